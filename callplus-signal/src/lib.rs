@@ -1,0 +1,1 @@
+//! The callplus network layer.
