@@ -1,1 +1,4 @@
 //! The callplus network layer.
+
+pub mod storage;
+pub mod token;

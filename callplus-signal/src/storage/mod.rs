@@ -1,0 +1,234 @@
+//! Durable storage: apps, call records, offline events and active calls.
+//!
+//! Storage is bytes-oriented: the server stores protobuf-encoded records and events as opaque
+//! blobs, and only the columns it looks things up by are typed. This keeps storage independent
+//! of the message types, and lets other engines (PostgreSQL) implement [`Storage`] later.
+//!
+//! [`SqliteStorage`] is the default, embedded engine. [`BatchWriter`] moves writes onto a
+//! dedicated thread that commits everything queued in one transaction, so storage never caps
+//! call throughput.
+//!
+//! Everything is isolated by `app_key`: no method ever returns another app's rows.
+
+mod sqlite;
+mod writer;
+
+pub use crate::token::AppCredentials;
+pub use sqlite::SqliteStorage;
+pub use writer::{BatchWriter, OfflineReply, WriteOp};
+
+/// The largest page [`Storage::page_records`] returns.
+pub const MAX_PAGE_SIZE: u32 = 100;
+
+/// The `sync_time` that asks [`Storage::page_records`] for the first page.
+pub const FIRST_PAGE: i64 = -1;
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The SQLite engine reported an error.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A file system operation (creating the data directory) failed.
+    #[error("storage I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The caller passed an argument storage cannot accept (page size, duplicate app, …).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The storage (or its writer thread) has shut down.
+    #[error("storage is closed")]
+    Closed,
+    /// Writes queued on a [`BatchWriter`] failed since the last flush; each failure was also
+    /// logged when it happened.
+    #[error("{failed} queued write(s) failed; first error: {first}")]
+    WriteFailed {
+        /// How many queued operations failed.
+        failed: u64,
+        /// The first failure, as text.
+        first: String,
+    },
+    /// The database was written by a newer version of callplus.
+    #[error("database schema version {found} is newer than the supported version {supported}")]
+    IncompatibleSchema {
+        /// The version found in the database.
+        found: i64,
+        /// The newest version this build understands.
+        supported: i64,
+    },
+}
+
+/// One user's record of one call (a protobuf-encoded call record in `body`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRow {
+    /// The app the record belongs to.
+    pub app_key: String,
+    /// The user whose call log this record is in.
+    pub owner_id: String,
+    /// The call the record describes.
+    pub call_id: String,
+    /// The paging cursor: the server gives every record a time that increases with each write
+    /// (seed its counter from [`Storage::max_sync_time`]); it should be unique per owner.
+    pub sync_time: i64,
+    /// The encoded record.
+    pub body: Vec<u8>,
+}
+
+/// The direction of a [`Storage::page_records`] page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageOrder {
+    /// Oldest first; continues with records whose `sync_time` is greater than the cursor.
+    Asc,
+    /// Newest first; continues with records whose `sync_time` is less than the cursor.
+    Desc,
+}
+
+/// One page of call records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordPage {
+    /// The records, in the requested order.
+    pub rows: Vec<RecordRow>,
+    /// Whether more records exist beyond this page in the same direction.
+    pub has_more: bool,
+    /// The cursor for the next page: the last row's `sync_time`, or the input cursor when the
+    /// page is empty.
+    pub sync_time: i64,
+}
+
+/// An event stored for a user until their device comes back online.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineRow {
+    /// The event's id; ids only increase, also across restarts.
+    pub id: i64,
+    /// The app the user belongs to.
+    pub app_key: String,
+    /// The user the event is for.
+    pub user_id: String,
+    /// The encoded event.
+    pub body: Vec<u8>,
+}
+
+/// A snapshot of an unended call, kept so calls survive a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRow {
+    /// The app the call belongs to.
+    pub app_key: String,
+    /// The call's id.
+    pub call_id: String,
+    /// The encoded call state.
+    pub body: Vec<u8>,
+}
+
+/// One write in a batch given to [`Storage::apply_batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOp {
+    /// [`Storage::append_records`].
+    Records(Vec<RecordRow>),
+    /// [`Storage::enqueue_offline`].
+    Offline {
+        /// The app the user belongs to.
+        app_key: String,
+        /// The user the events are for.
+        user_id: String,
+        /// The encoded events, in order.
+        bodies: Vec<Vec<u8>>,
+    },
+    /// [`Storage::remove_offline`].
+    RemoveOffline {
+        /// The app the user belongs to.
+        app_key: String,
+        /// The user the events were for.
+        user_id: String,
+        /// The ids of the events to remove.
+        ids: Vec<i64>,
+    },
+    /// [`Storage::put_active_calls`].
+    PutCalls(Vec<CallRow>),
+    /// [`Storage::remove_active_calls`]; keys are `(app_key, call_id)`.
+    RemoveCalls(Vec<(String, String)>),
+}
+
+/// The result of one [`BatchOp`]: the new offline event ids for [`BatchOp::Offline`], empty for
+/// the others.
+pub type OpResult = Result<Vec<i64>, StorageError>;
+
+/// Durable storage used by the server. Implementations are shared between threads.
+pub trait Storage: Send + Sync + 'static {
+    /// All apps, in the order they were added.
+    fn apps(&self) -> Result<Vec<AppCredentials>, StorageError>;
+
+    /// Adds an app. Fails with [`StorageError::InvalidArgument`] if the key exists or is not
+    /// 1–64 characters of `[A-Za-z0-9_-]`, or the secret is empty.
+    fn insert_app(&self, app: &AppCredentials) -> Result<(), StorageError>;
+
+    /// Stores records, replacing any with the same `(app_key, owner_id, call_id)`.
+    fn append_records(&self, rows: &[RecordRow]) -> Result<(), StorageError>;
+
+    /// One page of a user's call records (CallPlus `getCallRecords`).
+    ///
+    /// `sync_time == -1` ([`FIRST_PAGE`]) asks for the first page (newest first for
+    /// [`PageOrder::Desc`], oldest first for [`PageOrder::Asc`]); any other value continues after
+    /// that cursor. `count` must be 1..=100, otherwise [`StorageError::InvalidArgument`].
+    fn page_records(
+        &self,
+        app_key: &str,
+        owner_id: &str,
+        sync_time: i64,
+        count: u32,
+        order: PageOrder,
+    ) -> Result<RecordPage, StorageError>;
+
+    /// Deletes the user's records of the given calls; returns how many were deleted.
+    fn delete_records(&self, app_key: &str, owner_id: &str, call_ids: &[String])
+    -> Result<u64, StorageError>;
+
+    /// Deletes all of the user's records; returns how many were deleted.
+    fn delete_all_records(&self, app_key: &str, owner_id: &str) -> Result<u64, StorageError>;
+
+    /// The highest `sync_time` ever stored (also counting deleted records), or 0.
+    fn max_sync_time(&self) -> Result<i64, StorageError>;
+
+    /// Stores events for an offline user; returns their ids, increasing, in the given order.
+    fn enqueue_offline(
+        &self,
+        app_key: &str,
+        user_id: &str,
+        bodies: &[Vec<u8>],
+    ) -> Result<Vec<i64>, StorageError>;
+
+    /// The user's stored events, oldest first.
+    fn offline_events(&self, app_key: &str, user_id: &str) -> Result<Vec<OfflineRow>, StorageError>;
+
+    /// Removes the user's stored events with these ids (unknown ids are ignored).
+    fn remove_offline(&self, app_key: &str, user_id: &str, ids: &[i64]) -> Result<(), StorageError>;
+
+    /// Stores call snapshots, replacing any with the same `(app_key, call_id)`.
+    fn put_active_calls(&self, rows: &[CallRow]) -> Result<(), StorageError>;
+
+    /// Removes call snapshots by `(app_key, call_id)` (unknown keys are ignored).
+    fn remove_active_calls(&self, keys: &[(String, String)]) -> Result<(), StorageError>;
+
+    /// All stored call snapshots.
+    fn active_calls(&self) -> Result<Vec<CallRow>, StorageError>;
+
+    /// Applies several writes, returning one result per op, in order.
+    ///
+    /// An `Err` for one op means that op was not applied; the others were. An outer `Err` means
+    /// **none** of the ops was applied. The provided implementation applies the ops one by
+    /// one; engines override it to commit the whole batch in one transaction.
+    fn apply_batch(&self, ops: &[BatchOp]) -> Result<Vec<OpResult>, StorageError> {
+        Ok(ops.iter().map(|op| apply_one(self, op)).collect())
+    }
+}
+
+/// Applies one op through the plain trait methods.
+fn apply_one<S: Storage + ?Sized>(storage: &S, op: &BatchOp) -> OpResult {
+    match op {
+        BatchOp::Records(rows) => storage.append_records(rows).map(|()| Vec::new()),
+        BatchOp::Offline { app_key, user_id, bodies } => storage.enqueue_offline(app_key, user_id, bodies),
+        BatchOp::RemoveOffline { app_key, user_id, ids } => {
+            storage.remove_offline(app_key, user_id, ids).map(|()| Vec::new())
+        }
+        BatchOp::PutCalls(rows) => storage.put_active_calls(rows).map(|()| Vec::new()),
+        BatchOp::RemoveCalls(keys) => storage.remove_active_calls(keys).map(|()| Vec::new()),
+    }
+}

@@ -1,0 +1,461 @@
+//! The embedded SQLite engine.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+
+use super::{
+    AppCredentials, BatchOp, CallRow, MAX_PAGE_SIZE, OfflineRow, OpResult, PageOrder, RecordPage, RecordRow,
+    Storage, StorageError,
+};
+
+/// The file created in the data directory.
+const DB_FILE: &str = "callplus.db";
+
+/// The schema version this build writes and understands.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How many read connections a file database keeps.
+const READERS: usize = 4;
+
+/// How long a connection waits for a lock held by another process before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA_V1: &str = "
+CREATE TABLE apps (
+    app_key    TEXT PRIMARY KEY NOT NULL,
+    app_secret TEXT NOT NULL
+);
+CREATE TABLE records (
+    app_key   TEXT NOT NULL,
+    owner_id  TEXT NOT NULL,
+    call_id   TEXT NOT NULL,
+    sync_time INTEGER NOT NULL,
+    body      BLOB NOT NULL,
+    PRIMARY KEY (app_key, owner_id, call_id)
+);
+CREATE INDEX records_by_time ON records (app_key, owner_id, sync_time);
+CREATE TABLE offline_events (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    app_key TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    body    BLOB NOT NULL
+);
+CREATE INDEX offline_by_user ON offline_events (app_key, user_id, id);
+CREATE TABLE active_calls (
+    app_key TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    body    BLOB NOT NULL,
+    PRIMARY KEY (app_key, call_id)
+);
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value INTEGER NOT NULL
+);
+";
+
+/// [`Storage`] on an embedded SQLite database.
+///
+/// A file database (see [`SqliteStorage::open`]) runs in WAL mode with one write connection and
+/// a few read connections, so reads never wait behind writes. Every multi-row write is one
+/// transaction; [`Storage::apply_batch`] commits a whole batch in one transaction.
+pub struct SqliteStorage {
+    writer: Mutex<Connection>,
+    /// Read connections; empty for an in-memory database, which reads through `writer`.
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+impl std::fmt::Debug for SqliteStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStorage").field("readers", &self.readers.len()).finish_non_exhaustive()
+    }
+}
+
+impl SqliteStorage {
+    /// Opens (creating if needed) `dir/callplus.db`, creating `dir` too.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] if the directory cannot be created, [`StorageError::Sqlite`] if
+    /// the database cannot be opened or migrated, [`StorageError::IncompatibleSchema`] if it was
+    /// written by a newer callplus.
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(DB_FILE);
+        let mut writer = Connection::open(&path)?;
+        writer.busy_timeout(BUSY_TIMEOUT)?;
+        let mode: String = writer.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(%mode, path = %path.display(), "SQLite did not switch to WAL mode");
+        }
+        writer.pragma_update(None, "synchronous", "NORMAL")?;
+        migrate(&mut writer)?;
+
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let reader = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            reader.busy_timeout(BUSY_TIMEOUT)?;
+            readers.push(Mutex::new(reader));
+        }
+        tracing::info!(path = %path.display(), "opened SQLite storage");
+        Ok(Self { writer: Mutex::new(writer), readers, next_reader: AtomicUsize::new(0) })
+    }
+
+    /// Opens a fresh private in-memory database (for tests and throw-away servers).
+    ///
+    /// # Errors
+    /// [`StorageError::Sqlite`] if SQLite cannot create it.
+    pub fn open_in_memory() -> Result<Self, StorageError> {
+        let mut conn = Connection::open_in_memory()?;
+        migrate(&mut conn)?;
+        Ok(Self { writer: Mutex::new(conn), readers: Vec::new(), next_reader: AtomicUsize::new(0) })
+    }
+
+    fn write_conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-done transaction behind (rusqlite
+        // rolls back on drop), so a poisoned connection is still usable.
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read_conn(&self) -> MutexGuard<'_, Connection> {
+        if self.readers.is_empty() {
+            return self.write_conn();
+        }
+        for reader in &self.readers {
+            if let Ok(guard) = reader.try_lock() {
+                return guard;
+            }
+        }
+        // All busy: queue on one of them, spreading waiters round-robin.
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        self.readers[i].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` in one write transaction and commits it.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let mut conn = self.write_conn();
+        let tx = conn.transaction()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+/// Creates the schema, or checks that an existing one is one we understand.
+fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
+    let tx = conn.transaction()?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let found: Option<i64> =
+        tx.query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0)).optional()?.flatten();
+    match found {
+        None => {
+            tx.execute_batch(SCHEMA_V1)?;
+            tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [SCHEMA_VERSION])?;
+            tracing::debug!(version = SCHEMA_VERSION, "created storage schema");
+        }
+        Some(v) if v > SCHEMA_VERSION => {
+            return Err(StorageError::IncompatibleSchema { found: v, supported: SCHEMA_VERSION });
+        }
+        Some(_) => {}
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn append_records_in(conn: &Connection, rows: &[RecordRow]) -> Result<(), StorageError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO records (app_key, owner_id, call_id, sync_time, body)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (app_key, owner_id, call_id)
+         DO UPDATE SET sync_time = excluded.sync_time, body = excluded.body",
+    )?;
+    let mut max = i64::MIN;
+    for row in rows {
+        stmt.execute(params![row.app_key, row.owner_id, row.call_id, row.sync_time, row.body])?;
+        max = max.max(row.sync_time);
+    }
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('max_sync_time', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+    )?
+    .execute([max])?;
+    Ok(())
+}
+
+fn enqueue_offline_in(
+    conn: &Connection,
+    app_key: &str,
+    user_id: &str,
+    bodies: &[Vec<u8>],
+) -> Result<Vec<i64>, StorageError> {
+    let mut stmt =
+        conn.prepare_cached("INSERT INTO offline_events (app_key, user_id, body) VALUES (?1, ?2, ?3)")?;
+    let mut ids = Vec::with_capacity(bodies.len());
+    for body in bodies {
+        stmt.execute(params![app_key, user_id, body])?;
+        ids.push(conn.last_insert_rowid());
+    }
+    Ok(ids)
+}
+
+fn remove_offline_in(
+    conn: &Connection,
+    app_key: &str,
+    user_id: &str,
+    ids: &[i64],
+) -> Result<(), StorageError> {
+    let mut stmt =
+        conn.prepare_cached("DELETE FROM offline_events WHERE id = ?1 AND app_key = ?2 AND user_id = ?3")?;
+    for id in ids {
+        stmt.execute(params![id, app_key, user_id])?;
+    }
+    Ok(())
+}
+
+fn put_active_calls_in(conn: &Connection, rows: &[CallRow]) -> Result<(), StorageError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO active_calls (app_key, call_id, body) VALUES (?1, ?2, ?3)
+         ON CONFLICT (app_key, call_id) DO UPDATE SET body = excluded.body",
+    )?;
+    for row in rows {
+        stmt.execute(params![row.app_key, row.call_id, row.body])?;
+    }
+    Ok(())
+}
+
+fn remove_active_calls_in(conn: &Connection, keys: &[(String, String)]) -> Result<(), StorageError> {
+    let mut stmt = conn.prepare_cached("DELETE FROM active_calls WHERE app_key = ?1 AND call_id = ?2")?;
+    for (app_key, call_id) in keys {
+        stmt.execute(params![app_key, call_id])?;
+    }
+    Ok(())
+}
+
+fn apply_in(conn: &Connection, op: &BatchOp) -> OpResult {
+    match op {
+        BatchOp::Records(rows) => append_records_in(conn, rows).map(|()| Vec::new()),
+        BatchOp::Offline { app_key, user_id, bodies } => enqueue_offline_in(conn, app_key, user_id, bodies),
+        BatchOp::RemoveOffline { app_key, user_id, ids } => {
+            remove_offline_in(conn, app_key, user_id, ids).map(|()| Vec::new())
+        }
+        BatchOp::PutCalls(rows) => put_active_calls_in(conn, rows).map(|()| Vec::new()),
+        BatchOp::RemoveCalls(keys) => remove_active_calls_in(conn, keys).map(|()| Vec::new()),
+    }
+}
+
+fn affected(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+impl Storage for SqliteStorage {
+    fn apps(&self) -> Result<Vec<AppCredentials>, StorageError> {
+        let conn = self.read_conn();
+        let mut stmt = conn.prepare_cached("SELECT app_key, app_secret FROM apps ORDER BY rowid")?;
+        let rows =
+            stmt.query_map([], |r| Ok(AppCredentials { app_key: r.get(0)?, app_secret: r.get(1)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn insert_app(&self, app: &AppCredentials) -> Result<(), StorageError> {
+        if !crate::token::is_valid_id(&app.app_key) {
+            return Err(StorageError::InvalidArgument(
+                "app key must be 1-64 characters of [A-Za-z0-9_-]".into(),
+            ));
+        }
+        if app.app_secret.is_empty() {
+            return Err(StorageError::InvalidArgument("app secret is empty".into()));
+        }
+        self.write(|tx| {
+            let inserted = tx.execute(
+                "INSERT INTO apps (app_key, app_secret) VALUES (?1, ?2)
+                 ON CONFLICT (app_key) DO NOTHING",
+                params![app.app_key, app.app_secret],
+            )?;
+            if inserted == 0 {
+                return Err(StorageError::InvalidArgument(format!("app {} already exists", app.app_key)));
+            }
+            Ok(())
+        })
+    }
+
+    fn append_records(&self, rows: &[RecordRow]) -> Result<(), StorageError> {
+        self.write(|tx| append_records_in(tx, rows))
+    }
+
+    fn page_records(
+        &self,
+        app_key: &str,
+        owner_id: &str,
+        sync_time: i64,
+        count: u32,
+        order: PageOrder,
+    ) -> Result<RecordPage, StorageError> {
+        if count == 0 || count > MAX_PAGE_SIZE {
+            return Err(StorageError::InvalidArgument(format!(
+                "count must be 1..={MAX_PAGE_SIZE}, got {count}"
+            )));
+        }
+        let first = sync_time == super::FIRST_PAGE;
+        let sql = match (order, first) {
+            (PageOrder::Desc, true) => {
+                "SELECT call_id, sync_time, body FROM records
+                 WHERE app_key = ?1 AND owner_id = ?2
+                 ORDER BY sync_time DESC, call_id DESC LIMIT ?3"
+            }
+            (PageOrder::Desc, false) => {
+                "SELECT call_id, sync_time, body FROM records
+                 WHERE app_key = ?1 AND owner_id = ?2 AND sync_time < ?4
+                 ORDER BY sync_time DESC, call_id DESC LIMIT ?3"
+            }
+            (PageOrder::Asc, true) => {
+                "SELECT call_id, sync_time, body FROM records
+                 WHERE app_key = ?1 AND owner_id = ?2
+                 ORDER BY sync_time ASC, call_id ASC LIMIT ?3"
+            }
+            (PageOrder::Asc, false) => {
+                "SELECT call_id, sync_time, body FROM records
+                 WHERE app_key = ?1 AND owner_id = ?2 AND sync_time > ?4
+                 ORDER BY sync_time ASC, call_id ASC LIMIT ?3"
+            }
+        };
+        // Fetch one extra row to learn whether there is more.
+        let limit = i64::from(count) + 1;
+        let conn = self.read_conn();
+        let mut stmt = conn.prepare_cached(sql)?;
+        let mapped = |r: &rusqlite::Row<'_>| {
+            Ok(RecordRow {
+                app_key: app_key.to_owned(),
+                owner_id: owner_id.to_owned(),
+                call_id: r.get(0)?,
+                sync_time: r.get(1)?,
+                body: r.get(2)?,
+            })
+        };
+        let mut rows: Vec<RecordRow> = if first {
+            stmt.query_map(params![app_key, owner_id, limit], mapped)?.collect::<Result<_, _>>()?
+        } else {
+            stmt.query_map(params![app_key, owner_id, limit, sync_time], mapped)?.collect::<Result<_, _>>()?
+        };
+        let page_len = usize::try_from(count).unwrap_or(usize::MAX);
+        let has_more = rows.len() > page_len;
+        rows.truncate(page_len);
+        let next = rows.last().map_or(sync_time, |r| r.sync_time);
+        Ok(RecordPage { rows, has_more, sync_time: next })
+    }
+
+    fn delete_records(
+        &self,
+        app_key: &str,
+        owner_id: &str,
+        call_ids: &[String],
+    ) -> Result<u64, StorageError> {
+        self.write(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "DELETE FROM records WHERE app_key = ?1 AND owner_id = ?2 AND call_id = ?3",
+            )?;
+            let mut n = 0;
+            for call_id in call_ids {
+                n += affected(stmt.execute(params![app_key, owner_id, call_id])?);
+            }
+            Ok(n)
+        })
+    }
+
+    fn delete_all_records(&self, app_key: &str, owner_id: &str) -> Result<u64, StorageError> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "DELETE FROM records WHERE app_key = ?1 AND owner_id = ?2",
+                params![app_key, owner_id],
+            )?;
+            Ok(affected(n))
+        })
+    }
+
+    fn max_sync_time(&self) -> Result<i64, StorageError> {
+        let conn = self.read_conn();
+        let v: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'max_sync_time'", [], |r| r.get(0))
+            .optional()?;
+        Ok(v.unwrap_or(0).max(0))
+    }
+
+    fn enqueue_offline(
+        &self,
+        app_key: &str,
+        user_id: &str,
+        bodies: &[Vec<u8>],
+    ) -> Result<Vec<i64>, StorageError> {
+        self.write(|tx| enqueue_offline_in(tx, app_key, user_id, bodies))
+    }
+
+    fn offline_events(&self, app_key: &str, user_id: &str) -> Result<Vec<OfflineRow>, StorageError> {
+        let conn = self.read_conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, body FROM offline_events
+             WHERE app_key = ?1 AND user_id = ?2 ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![app_key, user_id], |r| {
+            Ok(OfflineRow {
+                id: r.get(0)?,
+                app_key: app_key.to_owned(),
+                user_id: user_id.to_owned(),
+                body: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn remove_offline(&self, app_key: &str, user_id: &str, ids: &[i64]) -> Result<(), StorageError> {
+        self.write(|tx| remove_offline_in(tx, app_key, user_id, ids))
+    }
+
+    fn put_active_calls(&self, rows: &[CallRow]) -> Result<(), StorageError> {
+        self.write(|tx| put_active_calls_in(tx, rows))
+    }
+
+    fn remove_active_calls(&self, keys: &[(String, String)]) -> Result<(), StorageError> {
+        self.write(|tx| remove_active_calls_in(tx, keys))
+    }
+
+    fn active_calls(&self) -> Result<Vec<CallRow>, StorageError> {
+        let conn = self.read_conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT app_key, call_id, body FROM active_calls ORDER BY app_key, call_id")?;
+        let rows =
+            stmt.query_map([], |r| Ok(CallRow { app_key: r.get(0)?, call_id: r.get(1)?, body: r.get(2)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Commits the whole batch in one transaction; each op runs in its own savepoint, so a
+    /// failing op is rolled back alone and the rest still commit.
+    fn apply_batch(&self, ops: &[BatchOp]) -> Result<Vec<OpResult>, StorageError> {
+        let mut conn = self.write_conn();
+        let mut tx = conn.transaction()?;
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            let sp = tx.savepoint()?;
+            let result = apply_in(&sp, op);
+            if result.is_ok() {
+                sp.commit()?;
+            } else {
+                // Roll back to the savepoint and release it; only this op is undone.
+                sp.finish()?;
+            }
+            results.push(result);
+        }
+        tx.commit()?;
+        Ok(results)
+    }
+}
