@@ -10,6 +10,7 @@ pub mod error;
 pub mod limits;
 pub mod link;
 pub mod model;
+pub mod switchboard;
 pub mod wire;
 
 pub use error::{Code, Error};

@@ -1,7 +1,7 @@
 //! A dedicated writer thread that batches storage writes.
 
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
 use super::{BatchOp, OpResult, Storage, StorageError};
@@ -216,10 +216,8 @@ fn run(storage: &dyn Storage, rx: &Receiver<Msg>) {
             if ops.len() >= MAX_OPS_PER_BATCH {
                 break;
             }
-            next = match rx.try_recv() {
-                Ok(msg) => Some(msg),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-            };
+            // Empty or disconnected: apply what we have (a closed channel ends the loop after).
+            next = rx.try_recv().ok();
         }
         if !ops.is_empty() {
             let results = apply(storage, &ops);

@@ -1,0 +1,80 @@
+//! Switchboard settings.
+
+use crate::model::snapshot::IceServer;
+
+/// What happens to a callee who is already in a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BusyPolicy {
+    /// Ring anyway (call waiting) and tell the caller the callee is busy.
+    #[default]
+    RingBusy,
+    /// Reject at once with BUSY / REMOTE_BUSY.
+    AutoReject,
+}
+
+/// Whether a user may be connected from several devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DevicePolicy {
+    /// Every device rings; the first to answer takes the call.
+    #[default]
+    MultiDevice,
+    /// A new login kicks the older device (KICKED_OTHER_LOGIN).
+    SingleDevice,
+}
+
+/// Switchboard settings. All durations in milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwitchboardConfig {
+    /// Ring timeout when a call does not set one (0 = ring until answered or cancelled).
+    pub ring_timeout_ms: u32,
+    /// How long a change-media-type request waits for the peer.
+    pub change_media_type_timeout_ms: u32,
+    /// How often clients should ping (told in Welcome).
+    pub heartbeat_interval_ms: u32,
+    /// A device silent this long is gone: its calls end for it with NETWORK_ERROR.
+    pub liveness_timeout_ms: u32,
+    /// How long after its last frame a device session can still be resumed.
+    pub resume_window_ms: u32,
+    /// Most participants of a call with video.
+    pub max_video_participants: usize,
+    /// Most participants of an audio-only call.
+    pub max_audio_participants: usize,
+    /// Busy callees.
+    pub busy_policy: BusyPolicy,
+    /// Several devices per user, or one.
+    pub device_policy: DevicePolicy,
+    /// Whether push requests are emitted for offline callees.
+    pub push_enabled: bool,
+    /// STUN/TURN servers handed to clients.
+    pub ice_servers: Vec<IceServer>,
+    /// Most unacked frames kept per device before the device is dropped as too slow.
+    pub max_unacked_frames: usize,
+    /// Sustained requests per second allowed per device.
+    pub requests_per_second: u32,
+    /// Burst of requests allowed per device above the sustained rate.
+    pub request_burst: u32,
+    /// How long an ended call can still be looked up with GetCall.
+    pub ended_call_retention_ms: u32,
+}
+
+impl Default for SwitchboardConfig {
+    fn default() -> Self {
+        SwitchboardConfig {
+            ring_timeout_ms: 60_000,
+            change_media_type_timeout_ms: 30_000,
+            heartbeat_interval_ms: 5_000,
+            liveness_timeout_ms: 20_000,
+            resume_window_ms: 60_000,
+            max_video_participants: 16,
+            max_audio_participants: 32,
+            busy_policy: BusyPolicy::default(),
+            device_policy: DevicePolicy::default(),
+            push_enabled: true,
+            ice_servers: Vec::new(),
+            max_unacked_frames: 4096,
+            requests_per_second: 50,
+            request_burst: 200,
+            ended_call_retention_ms: 600_000,
+        }
+    }
+}

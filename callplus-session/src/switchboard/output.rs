@@ -1,0 +1,144 @@
+//! What the switchboard asks its driver to do.
+
+use crate::error::Error;
+use crate::model::ids::{AppKey, CallId, UserId};
+use crate::model::kinds::{MediaType, RecordOrder};
+use crate::model::message::{Event, ServerFrame};
+use crate::model::snapshot::{CallInfo, CallRecord, PushConfig, RecordPage};
+
+/// A transport connection, numbered by the driver. A device session outlives its connections:
+/// after a reconnect the same session continues on a new `ConnId`.
+pub type ConnId = u64;
+
+/// Identifies a storage query the driver must answer with `complete_query`.
+pub type QueryId = u64;
+
+/// An event stored for a user who had no connected device, handed back on the next connect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OfflineEvent {
+    /// Storage id, used to delete it once a device acked it.
+    pub id: i64,
+    /// The event.
+    pub event: Event,
+}
+
+/// A push notification to send to an offline callee through the webhook.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushRequest {
+    /// The app.
+    pub app: AppKey,
+    /// Who to wake.
+    pub callee: UserId,
+    /// The call.
+    pub call_id: CallId,
+    /// Who calls.
+    pub caller: UserId,
+    /// Media type.
+    pub media_type: MediaType,
+    /// The caller's push settings.
+    pub push_config: Option<PushConfig>,
+    /// The caller's extra data.
+    pub extra: String,
+}
+
+/// A storage operation on behalf of a device request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Query {
+    /// One page of the user's records.
+    Records {
+        /// -1 for the first page.
+        sync_time: i64,
+        /// 1..=100.
+        count: u32,
+        /// Order.
+        order: RecordOrder,
+    },
+    /// Delete some of the user's records.
+    DeleteRecords {
+        /// The calls.
+        call_ids: Vec<CallId>,
+    },
+    /// Delete all of the user's records.
+    DeleteAllRecords,
+}
+
+/// The driver's answer to a [`Query`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryAnswer {
+    /// A page of records.
+    Records(RecordPage),
+    /// Records were deleted.
+    Deleted,
+}
+
+/// Something the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Write this frame to the connection.
+    Transmit {
+        /// The connection.
+        conn: ConnId,
+        /// The frame.
+        frame: ServerFrame,
+    },
+    /// Close the connection after the frames already transmitted on it.
+    Close {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Persist a call record for its owner.
+    StoreRecord {
+        /// The app.
+        app: AppKey,
+        /// The record (its `owner` says whose).
+        record: CallRecord,
+    },
+    /// Persist an event for a user with no connected device; hand it back on their next connect.
+    StoreOffline {
+        /// The app.
+        app: AppKey,
+        /// The user.
+        user: UserId,
+        /// The event.
+        event: Event,
+    },
+    /// Stored offline events reached a device and were acked: delete them.
+    OfflineDelivered {
+        /// The app.
+        app: AppKey,
+        /// The user.
+        user: UserId,
+        /// Storage ids.
+        ids: Vec<i64>,
+    },
+    /// Send a push notification.
+    Push(PushRequest),
+    /// Run a storage query and answer with `complete_query`.
+    Query {
+        /// The query's id.
+        id: QueryId,
+        /// The app.
+        app: AppKey,
+        /// The user it is for.
+        user: UserId,
+        /// What to do.
+        query: Query,
+    },
+    /// A live call changed: persist its snapshot so a crash can end it cleanly on restart.
+    SaveCall {
+        /// The app.
+        app: AppKey,
+        /// The snapshot.
+        call: CallInfo,
+    },
+    /// A call ended: forget its saved snapshot.
+    ForgetCall {
+        /// The app.
+        app: AppKey,
+        /// The call.
+        call_id: CallId,
+    },
+}
+
+/// Keeps `Error` in this module's vocabulary for `complete_query`.
+pub type QueryResult = Result<QueryAnswer, Error>;
