@@ -9,7 +9,7 @@ mod server;
 mod snapshot;
 
 pub use client::FrameError;
-pub use server::server_frame_from_wire;
+pub use server::{event_from_wire, event_to_wire, server_frame_from_wire};
 
 use crate::error::{Code, Error};
 use crate::limits;

@@ -36,7 +36,7 @@ fn body_to_wire(body: &ServerBody) -> Body {
         }),
         ServerBody::Pong { server_time_ms } => Body::Pong(pb::Pong { server_time_ms: *server_time_ms }),
         ServerBody::Response(r) => Body::Response(response_to_wire(r)),
-        ServerBody::Event(e) => Body::Event(pb::Event { kind: Some(event_to_wire(e)) }),
+        ServerBody::Event(e) => Body::Event(event_to_wire(e)),
     }
 }
 
@@ -74,7 +74,20 @@ fn response_to_wire(r: &Response) -> pb::Response {
     }
 }
 
-fn event_to_wire(e: &Event) -> Kind {
+/// Converts an event to the wire (used to store offline events).
+pub fn event_to_wire(e: &Event) -> pb::Event {
+    pb::Event { kind: Some(event_kind_to_wire(e)) }
+}
+
+/// Converts a stored or received event from the wire. `me` is the user it is addressed to.
+pub fn event_from_wire(e: pb::Event, me: &UserId) -> Result<Event, Error> {
+    match e.kind {
+        None => Err(Error::new(Code::FrameInvalid, "event has no kind")),
+        Some(kind) => event_from_kind(kind, me),
+    }
+}
+
+fn event_kind_to_wire(e: &Event) -> Kind {
     match e {
         Event::IncomingCall { call, inviter, extra } => Kind::IncomingCall(pb::IncomingCall {
             call: Some(call.into()),
@@ -190,10 +203,7 @@ pub fn server_frame_from_wire(frame: pb::ServerFrame, me: &UserId) -> Result<Ser
         }),
         Some(Body::Pong(p)) => ServerBody::Pong { server_time_ms: p.server_time_ms },
         Some(Body::Response(r)) => ServerBody::Response(response_from_wire(r)?),
-        Some(Body::Event(e)) => match e.kind {
-            None => return Err(Error::new(Code::FrameInvalid, "event has no kind")),
-            Some(kind) => ServerBody::Event(event_from_wire(kind, me)?),
-        },
+        Some(Body::Event(e)) => ServerBody::Event(event_from_wire(e, me)?),
     };
     Ok(ServerFrame { seq: frame.seq, ack: frame.ack, body })
 }
@@ -225,7 +235,7 @@ fn response_from_wire(r: pb::Response) -> Result<Response, Error> {
     Ok(Response { request_id, result: Ok(body) })
 }
 
-fn event_from_wire(kind: Kind, me: &UserId) -> Result<Event, Error> {
+fn event_from_kind(kind: Kind, me: &UserId) -> Result<Event, Error> {
     Ok(match kind {
         Kind::IncomingCall(i) => Event::IncomingCall {
             call: required_call(i.call.as_ref())?,
