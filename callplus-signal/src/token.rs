@@ -180,7 +180,7 @@ pub fn peek_app_key(token: &str) -> Result<String, TokenError> {
 
 /// Verifies a token's signature with `app_secret` and its expiry against `now_unix_secs`.
 ///
-/// The signature is checked (in constant time) before the payload is parsed.
+/// The token's shape is checked first, then its signature (in constant time), then its expiry.
 ///
 /// # Errors
 /// [`TokenError::Malformed`] for a token that cannot be parsed, [`TokenError::BadSignature`]
@@ -188,6 +188,9 @@ pub fn peek_app_key(token: &str) -> Result<String, TokenError> {
 /// past the expiry, [`TokenError::InvalidInput`] when `app_secret` is empty.
 pub fn verify(token: &str, app_secret: &str, now_unix_secs: u64) -> Result<TokenClaims, TokenError> {
     let parts = split(token)?;
+    // The whole shape is checked first (peek_app_key parses it anyway), so garbage is always
+    // Malformed and only a well-formed token with a wrong signature is BadSignature.
+    let payload = decode_payload(parts.payload_b64)?;
     let tag = URL_SAFE_NO_PAD
         .decode(parts.signature_b64)
         .map_err(|_| TokenError::Malformed("signature is not base64url".into()))?;
@@ -201,7 +204,6 @@ pub fn verify(token: &str, app_secret: &str, now_unix_secs: u64) -> Result<Token
     mac.update(PREFIX.as_bytes());
     mac.update(parts.payload_b64.as_bytes());
     mac.verify_slice(&tag).map_err(|_| TokenError::BadSignature)?;
-    let payload = decode_payload(parts.payload_b64)?;
     if now_unix_secs >= payload.exp {
         return Err(TokenError::Expired { expired_at: payload.exp });
     }

@@ -159,9 +159,7 @@ impl BatchWriter {
     fn stop(&mut self) {
         // Closing the channel ends the thread once it has drained the queue.
         self.tx = None;
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
+        if let Some(Err(_)) = self.thread.take().map(JoinHandle::join) {
             tracing::error!("storage writer thread panicked");
         }
     }

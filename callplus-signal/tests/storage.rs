@@ -1,0 +1,499 @@
+//! Storage tests: the SQLite engine and the batch writer, against real databases.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use callplus_signal::storage::{
+    AppCredentials, BatchOp, BatchWriter, CallRow, FIRST_PAGE, OfflineRow, PageOrder, RecordPage, RecordRow,
+    SqliteStorage, Storage, StorageError, WriteOp,
+};
+
+fn record(app: &str, owner: &str, call: &str, sync_time: i64) -> RecordRow {
+    RecordRow {
+        app_key: app.into(),
+        owner_id: owner.into(),
+        call_id: call.into(),
+        sync_time,
+        body: format!("{app}/{owner}/{call}@{sync_time}").into_bytes(),
+    }
+}
+
+fn call(app: &str, id: &str, body: &[u8]) -> CallRow {
+    CallRow { app_key: app.into(), call_id: id.into(), body: body.to_vec() }
+}
+
+fn app(key: &str) -> AppCredentials {
+    AppCredentials { app_key: key.into(), app_secret: format!("secret-of-{key}") }
+}
+
+/// Pages through all of a user's records, returning the pages.
+fn all_pages(s: &dyn Storage, app: &str, owner: &str, order: PageOrder) -> Vec<RecordPage> {
+    let mut pages = Vec::new();
+    let mut cursor = FIRST_PAGE;
+    loop {
+        let page = s.page_records(app, owner, cursor, 100, order).unwrap();
+        cursor = page.sync_time;
+        let more = page.has_more;
+        pages.push(page);
+        if !more {
+            return pages;
+        }
+    }
+}
+
+#[test]
+fn apps_roundtrip() {
+    let s = SqliteStorage::open_in_memory().unwrap();
+    assert!(s.apps().unwrap().is_empty());
+    s.insert_app(&app("app_one")).unwrap();
+    s.insert_app(&app("app_two")).unwrap();
+    assert_eq!(s.apps().unwrap(), vec![app("app_one"), app("app_two")]);
+
+    let dup = AppCredentials { app_key: "app_one".into(), app_secret: "other".into() };
+    assert!(matches!(s.insert_app(&dup), Err(StorageError::InvalidArgument(_))));
+    assert!(matches!(s.insert_app(&app("bad key")), Err(StorageError::InvalidArgument(_))));
+    let no_secret = AppCredentials { app_key: "app_three".into(), app_secret: String::new() };
+    assert!(matches!(s.insert_app(&no_secret), Err(StorageError::InvalidArgument(_))));
+    // Failed inserts changed nothing; the original secret is kept.
+    assert_eq!(s.apps().unwrap(), vec![app("app_one"), app("app_two")]);
+}
+
+#[test]
+fn paging_250_records_both_orders() {
+    let s = SqliteStorage::open_in_memory().unwrap();
+    let rows: Vec<_> = (1..=250).map(|i| record("app_a", "alice", &format!("call-{i:03}"), i)).collect();
+    s.append_records(&rows).unwrap();
+    // Someone else's records must not show up.
+    s.append_records(&[record("app_a", "bob", "call-x", 1000)]).unwrap();
+
+    let desc = all_pages(&s, "app_a", "alice", PageOrder::Desc);
+    assert_eq!(desc.iter().map(|p| p.rows.len()).collect::<Vec<_>>(), [100, 100, 50]);
+    assert_eq!(desc.iter().map(|p| p.has_more).collect::<Vec<_>>(), [true, true, false]);
+    assert_eq!(desc.iter().map(|p| p.sync_time).collect::<Vec<_>>(), [151, 51, 1]);
+    let times: Vec<i64> = desc.iter().flat_map(|p| p.rows.iter().map(|r| r.sync_time)).collect();
+    assert_eq!(times, (1..=250).rev().collect::<Vec<_>>());
+    assert_eq!(desc[0].rows[0], rows[249], "bodies and ids come back intact");
+
+    let asc = all_pages(&s, "app_a", "alice", PageOrder::Asc);
+    assert_eq!(asc.iter().map(|p| p.rows.len()).collect::<Vec<_>>(), [100, 100, 50]);
+    assert_eq!(asc.iter().map(|p| p.has_more).collect::<Vec<_>>(), [true, true, false]);
+    assert_eq!(asc.iter().map(|p| p.sync_time).collect::<Vec<_>>(), [100, 200, 250]);
+    let times: Vec<i64> = asc.iter().flat_map(|p| p.rows.iter().map(|r| r.sync_time)).collect();
+    assert_eq!(times, (1..=250).collect::<Vec<_>>());
+
+    // Past the end: empty page, cursor unchanged.
+    let end = s.page_records("app_a", "alice", 250, 10, PageOrder::Asc).unwrap();
+    assert_eq!(end, RecordPage { rows: vec![], has_more: false, sync_time: 250 });
+    // A page that ends exactly at the last record says there is no more.
+    let exact = s.page_records("app_a", "alice", 150, 100, PageOrder::Asc).unwrap();
+    assert_eq!(exact.rows.len(), 100);
+    assert!(!exact.has_more);
+    // A small page from the middle.
+    let mid = s.page_records("app_a", "alice", 10, 3, PageOrder::Desc).unwrap();
+    assert_eq!(mid.rows.iter().map(|r| r.sync_time).collect::<Vec<_>>(), [9, 8, 7]);
+    assert!(mid.has_more);
+    assert_eq!(mid.sync_time, 7);
+}
+
+#[test]
+fn page_size_must_be_1_to_100() {
+    let s = SqliteStorage::open_in_memory().unwrap();
+    for count in [0, 101, u32::MAX] {
+        assert!(
+            matches!(
+                s.page_records("a", "u", FIRST_PAGE, count, PageOrder::Desc),
+                Err(StorageError::InvalidArgument(_))
+            ),
+            "count {count} must be rejected"
+        );
+    }
+    for count in [1, 100] {
+        let page = s.page_records("a", "u", FIRST_PAGE, count, PageOrder::Desc).unwrap();
+        assert!(page.rows.is_empty());
+        assert_eq!(page.sync_time, FIRST_PAGE);
+    }
+}
+
+#[test]
+fn records_upsert_by_call() {
+    let s = SqliteStorage::open_in_memory().unwrap();
+    s.append_records(&[record("a", "alice", "c1", 1), record("a", "alice", "c2", 2)]).unwrap();
+    let mut updated = record("a", "alice", "c1", 3);
+    updated.body = b"final".to_vec();
+    s.append_records(std::slice::from_ref(&updated)).unwrap();
+    let page = s.page_records("a", "alice", FIRST_PAGE, 10, PageOrder::Desc).unwrap();
+    assert_eq!(page.rows, vec![updated, record("a", "alice", "c2", 2)]);
+}
+
+#[test]
+fn delete_by_ids_and_all() {
+    let s = SqliteStorage::open_in_memory().unwrap();
+    let rows: Vec<_> = (1..=5).map(|i| record("a", "alice", &format!("c{i}"), i)).collect();
+    s.append_records(&rows).unwrap();
+    s.append_records(&[record("a", "bob", "c1", 10)]).unwrap();
+
+    let n = s.delete_records("a", "alice", &["c2".into(), "c4".into(), "nope".into()]).unwrap();
+    assert_eq!(n, 2);
+    let left = s.page_records("a", "alice", FIRST_PAGE, 100, PageOrder::Asc).unwrap();
+    assert_eq!(left.rows.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>(), ["c1", "c3", "c5"]);
+
+    assert_eq!(s.delete_all_records("a", "alice").unwrap(), 3);
+    assert_eq!(s.delete_all_records("a", "alice").unwrap(), 0);
+    assert!(s.page_records("a", "alice", FIRST_PAGE, 100, PageOrder::Asc).unwrap().rows.is_empty());
+    // Bob's record with the same call id is untouched.
+    let bob = s.page_records("a", "bob", FIRST_PAGE, 100, PageOrder::Asc).unwrap();
+    assert_eq!(bob.rows, vec![record("a", "bob", "c1", 10)]);
+    // The high-water mark survives deletes, so the server never reuses a sync time.
+    assert_eq!(s.max_sync_time().unwrap(), 10);
+}
+
+#[test]
+fn apps_are_isolated() {
+    let s = SqliteStorage::open_in_memory().unwrap();
+    s.append_records(&[
+        record("app_a", "alice", "c1", 1),
+        record("app_b", "alice", "c1", 2),
+        record("app_b", "alice", "c2", 3),
+    ])
+    .unwrap();
+    let a = s.page_records("app_a", "alice", FIRST_PAGE, 100, PageOrder::Desc).unwrap();
+    assert_eq!(a.rows, vec![record("app_a", "alice", "c1", 1)]);
+
+    assert_eq!(s.delete_all_records("app_a", "alice").unwrap(), 1);
+    assert_eq!(s.delete_records("app_a", "alice", &["c2".into()]).unwrap(), 0);
+    let b = s.page_records("app_b", "alice", FIRST_PAGE, 100, PageOrder::Desc).unwrap();
+    assert_eq!(b.rows.len(), 2);
+
+    s.enqueue_offline("app_a", "alice", &[b"a".to_vec()]).unwrap();
+    let ids_b = s.enqueue_offline("app_b", "alice", &[b"b".to_vec()]).unwrap();
+    // Removing app_b's id under app_a does nothing.
+    s.remove_offline("app_a", "alice", &ids_b).unwrap();
+    assert_eq!(s.offline_events("app_b", "alice").unwrap().len(), 1);
+    let a_events = s.offline_events("app_a", "alice").unwrap();
+    assert_eq!(a_events.len(), 1);
+    assert_eq!(a_events[0].body, b"a");
+}
+
+#[test]
+fn offline_events_keep_order() {
+    let s = SqliteStorage::open_in_memory().unwrap();
+    assert_eq!(s.max_sync_time().unwrap(), 0);
+    assert!(s.offline_events("a", "alice").unwrap().is_empty());
+    let first = s.enqueue_offline("a", "alice", &[b"e1".to_vec(), b"e2".to_vec(), b"e3".to_vec()]).unwrap();
+    s.enqueue_offline("a", "bob", &[b"other".to_vec()]).unwrap();
+    let second = s.enqueue_offline("a", "alice", &[b"e4".to_vec(), b"e5".to_vec()]).unwrap();
+    let ids: Vec<i64> = first.iter().chain(&second).copied().collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+
+    let events = s.offline_events("a", "alice").unwrap();
+    assert_eq!(events.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
+    assert_eq!(
+        events.iter().map(|e| e.body.as_slice()).collect::<Vec<_>>(),
+        [b"e1", b"e2", b"e3", b"e4", b"e5"]
+    );
+    assert_eq!(
+        events[0],
+        OfflineRow { id: ids[0], app_key: "a".into(), user_id: "alice".into(), body: b"e1".to_vec() }
+    );
+
+    // Remove delivered ones (plus an unknown id), the rest stay in order.
+    s.remove_offline("a", "alice", &[ids[0], ids[2], 999_999]).unwrap();
+    let left = s.offline_events("a", "alice").unwrap();
+    assert_eq!(left.iter().map(|e| e.body.as_slice()).collect::<Vec<_>>(), [b"e2", b"e4", b"e5"]);
+    assert_eq!(s.offline_events("a", "bob").unwrap().len(), 1);
+}
+
+#[test]
+fn active_calls_upsert_and_remove() {
+    let s = SqliteStorage::open_in_memory().unwrap();
+    s.put_active_calls(&[call("a", "c1", b"v1"), call("a", "c2", b"v1"), call("b", "c1", b"v1")]).unwrap();
+    s.put_active_calls(&[call("a", "c1", b"v2")]).unwrap();
+    assert_eq!(
+        s.active_calls().unwrap(),
+        vec![call("a", "c1", b"v2"), call("a", "c2", b"v1"), call("b", "c1", b"v1")]
+    );
+    s.remove_active_calls(&[("a".into(), "c1".into()), ("a".into(), "missing".into())]).unwrap();
+    assert_eq!(s.active_calls().unwrap(), vec![call("a", "c2", b"v1"), call("b", "c1", b"v1")]);
+}
+
+#[test]
+fn data_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("nested").join("data");
+    let offline_ids;
+    {
+        let s = SqliteStorage::open(&data_dir).unwrap();
+        s.insert_app(&app("app_p")).unwrap();
+        s.append_records(&[record("app_p", "alice", "c1", 41), record("app_p", "alice", "c2", 42)]).unwrap();
+        s.delete_records("app_p", "alice", &["c2".into()]).unwrap();
+        offline_ids = s.enqueue_offline("app_p", "alice", &[b"missed".to_vec()]).unwrap();
+        s.put_active_calls(&[call("app_p", "c9", b"ringing")]).unwrap();
+        // The read connections see committed writes.
+        assert_eq!(s.apps().unwrap(), vec![app("app_p")]);
+    }
+    assert!(data_dir.join("callplus.db").exists());
+
+    let s = SqliteStorage::open(&data_dir).unwrap();
+    assert_eq!(s.apps().unwrap(), vec![app("app_p")]);
+    let page = s.page_records("app_p", "alice", FIRST_PAGE, 10, PageOrder::Desc).unwrap();
+    assert_eq!(page.rows, vec![record("app_p", "alice", "c1", 41)]);
+    assert_eq!(s.max_sync_time().unwrap(), 42);
+    let events = s.offline_events("app_p", "alice").unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].id, offline_ids[0]);
+    assert_eq!(events[0].body, b"missed");
+    assert_eq!(s.active_calls().unwrap(), vec![call("app_p", "c9", b"ringing")]);
+
+    // Ids keep increasing after a restart, even once the old ones are removed.
+    s.remove_offline("app_p", "alice", &offline_ids).unwrap();
+    let new_ids = s.enqueue_offline("app_p", "alice", &[b"later".to_vec()]).unwrap();
+    assert!(new_ids[0] > offline_ids[0]);
+}
+
+#[test]
+fn concurrent_reads_and_writes_on_a_file_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(SqliteStorage::open(dir.path()).unwrap());
+    let writer = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || {
+            for batch in 0..40 {
+                let rows: Vec<_> = (0..50)
+                    .map(|i| {
+                        let t = batch * 50 + i + 1;
+                        record("a", "alice", &format!("c{t}"), t)
+                    })
+                    .collect();
+                s.append_records(&rows).unwrap();
+            }
+        })
+    };
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                let mut last_seen = 0;
+                for _ in 0..200 {
+                    let page = s.page_records("a", "alice", FIRST_PAGE, 1, PageOrder::Desc).unwrap();
+                    let newest = page.rows.first().map_or(0, |r| r.sync_time);
+                    // Every read sees a committed state, and time never goes backwards.
+                    assert_eq!(newest % 50, 0, "saw a half-committed batch");
+                    assert!(newest >= last_seen);
+                    last_seen = newest;
+                }
+            })
+        })
+        .collect();
+    writer.join().unwrap();
+    for r in readers {
+        r.join().unwrap();
+    }
+    let pages = all_pages(s.as_ref(), "a", "alice", PageOrder::Asc);
+    assert_eq!(pages.iter().map(|p| p.rows.len()).sum::<usize>(), 2000);
+}
+
+#[test]
+fn sqlite_apply_batch_applies_everything_in_order() {
+    let s = SqliteStorage::open_in_memory().unwrap();
+    let ops = vec![
+        BatchOp::Records(vec![record("a", "u", "c1", 1)]),
+        BatchOp::Offline {
+            app_key: "a".into(),
+            user_id: "u".into(),
+            bodies: vec![b"x".to_vec(), b"y".to_vec()],
+        },
+        BatchOp::PutCalls(vec![call("a", "c1", b"live")]),
+        BatchOp::RemoveCalls(vec![("a".into(), "c1".into())]),
+        BatchOp::Records(vec![record("a", "u", "c1", 5)]),
+    ];
+    let results = s.apply_batch(&ops).unwrap();
+    assert_eq!(results.len(), 5);
+    let ids = results[1].as_ref().unwrap().clone();
+    assert_eq!(ids.len(), 2);
+    assert!(results.iter().all(Result::is_ok));
+
+    // Later ops in the batch see earlier ones: the call was put then removed,
+    // and the record was upserted to its last version.
+    assert!(s.active_calls().unwrap().is_empty());
+    let page = s.page_records("a", "u", FIRST_PAGE, 10, PageOrder::Desc).unwrap();
+    assert_eq!(page.rows, vec![record("a", "u", "c1", 5)]);
+    let results = s
+        .apply_batch(&[BatchOp::RemoveOffline {
+            app_key: "a".into(),
+            user_id: "u".into(),
+            ids: vec![ids[0]],
+        }])
+        .unwrap();
+    assert!(results[0].is_ok());
+    let events = s.offline_events("a", "u").unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].body, b"y");
+}
+
+#[test]
+fn batch_writer_10k_records_then_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(SqliteStorage::open(dir.path()).unwrap());
+    let writer = BatchWriter::spawn(storage.clone());
+    for i in 1..=10_000 {
+        let owner = format!("user{}", i % 10);
+        writer.submit(WriteOp::Records(vec![record("a", &owner, &format!("c{i}"), i)]));
+    }
+    writer.flush().unwrap();
+    for u in 0..10 {
+        let pages = all_pages(storage.as_ref(), "a", &format!("user{u}"), PageOrder::Desc);
+        assert_eq!(pages.iter().map(|p| p.rows.len()).sum::<usize>(), 1000, "user{u}");
+    }
+    assert_eq!(storage.max_sync_time().unwrap(), 10_000);
+    writer.shutdown().unwrap();
+
+    // Committed to disk: a fresh open sees it all.
+    drop(storage);
+    let reopened = SqliteStorage::open(dir.path()).unwrap();
+    let pages = all_pages(&reopened, "a", "user3", PageOrder::Asc);
+    assert_eq!(pages.iter().map(|p| p.rows.len()).sum::<usize>(), 1000);
+}
+
+#[test]
+fn batch_writer_offline_reply_and_op_order() {
+    let storage = Arc::new(SqliteStorage::open_in_memory().unwrap());
+    let writer = BatchWriter::spawn(storage.clone());
+    let (tx, rx) = mpsc::channel();
+    for n in 0..3u8 {
+        let tx = tx.clone();
+        writer.submit(WriteOp::Offline {
+            app_key: "a".into(),
+            user_id: "alice".into(),
+            bodies: vec![vec![n], vec![n + 100]],
+            reply: Some(Box::new(move |r| tx.send(r).unwrap())),
+        });
+    }
+    writer.submit(WriteOp::PutCalls(vec![call("a", "c1", b"v1")]));
+    writer.submit(WriteOp::PutCalls(vec![call("a", "c1", b"v2")]));
+    writer.submit(WriteOp::PutCalls(vec![call("a", "c2", b"v1")]));
+    writer.submit(WriteOp::RemoveCalls(vec![("a".into(), "c2".into())]));
+    writer.flush().unwrap();
+
+    let ids: Vec<i64> = (0..3).flat_map(|_| rx.recv().unwrap().unwrap()).collect();
+    assert_eq!(ids.len(), 6);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "submission order kept");
+    let events = storage.offline_events("a", "alice").unwrap();
+    assert_eq!(events.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
+    assert_eq!(events.iter().map(|e| e.body[0]).collect::<Vec<_>>(), [0, 100, 1, 101, 2, 102]);
+    assert_eq!(storage.active_calls().unwrap(), vec![call("a", "c1", b"v2")]);
+
+    writer.submit(WriteOp::RemoveOffline {
+        app_key: "a".into(),
+        user_id: "alice".into(),
+        ids: ids[..4].to_vec(),
+    });
+    writer.shutdown().unwrap();
+    assert_eq!(storage.offline_events("a", "alice").unwrap().len(), 2);
+}
+
+#[test]
+fn dropping_the_writer_drains_the_queue() {
+    let storage = Arc::new(SqliteStorage::open_in_memory().unwrap());
+    let writer = BatchWriter::spawn(storage.clone());
+    for i in 1..=500 {
+        writer.submit(WriteOp::Records(vec![record("a", "u", &format!("c{i}"), i)]));
+    }
+    drop(writer);
+    assert_eq!(storage.max_sync_time().unwrap(), 500);
+}
+
+/// Wraps SQLite but fails record writes for the call id `boom`, and uses the trait's provided
+/// (op-by-op) `apply_batch`.
+struct Flaky {
+    inner: SqliteStorage,
+    record_calls: Mutex<u32>,
+}
+
+impl Storage for Flaky {
+    fn apps(&self) -> Result<Vec<AppCredentials>, StorageError> {
+        self.inner.apps()
+    }
+    fn insert_app(&self, app: &AppCredentials) -> Result<(), StorageError> {
+        self.inner.insert_app(app)
+    }
+    fn append_records(&self, rows: &[RecordRow]) -> Result<(), StorageError> {
+        *self.record_calls.lock().unwrap() += 1;
+        if rows.iter().any(|r| r.call_id == "boom") {
+            return Err(StorageError::InvalidArgument("boom".into()));
+        }
+        self.inner.append_records(rows)
+    }
+    fn page_records(
+        &self,
+        app_key: &str,
+        owner_id: &str,
+        sync_time: i64,
+        count: u32,
+        order: PageOrder,
+    ) -> Result<RecordPage, StorageError> {
+        self.inner.page_records(app_key, owner_id, sync_time, count, order)
+    }
+    fn delete_records(&self, a: &str, o: &str, ids: &[String]) -> Result<u64, StorageError> {
+        self.inner.delete_records(a, o, ids)
+    }
+    fn delete_all_records(&self, a: &str, o: &str) -> Result<u64, StorageError> {
+        self.inner.delete_all_records(a, o)
+    }
+    fn max_sync_time(&self) -> Result<i64, StorageError> {
+        self.inner.max_sync_time()
+    }
+    fn enqueue_offline(&self, a: &str, u: &str, b: &[Vec<u8>]) -> Result<Vec<i64>, StorageError> {
+        self.inner.enqueue_offline(a, u, b)
+    }
+    fn offline_events(&self, a: &str, u: &str) -> Result<Vec<OfflineRow>, StorageError> {
+        self.inner.offline_events(a, u)
+    }
+    fn remove_offline(&self, a: &str, u: &str, ids: &[i64]) -> Result<(), StorageError> {
+        self.inner.remove_offline(a, u, ids)
+    }
+    fn put_active_calls(&self, rows: &[CallRow]) -> Result<(), StorageError> {
+        self.inner.put_active_calls(rows)
+    }
+    fn remove_active_calls(&self, keys: &[(String, String)]) -> Result<(), StorageError> {
+        self.inner.remove_active_calls(keys)
+    }
+    fn active_calls(&self) -> Result<Vec<CallRow>, StorageError> {
+        self.inner.active_calls()
+    }
+}
+
+#[test]
+fn batch_writer_reports_failures_through_flush() {
+    let storage =
+        Arc::new(Flaky { inner: SqliteStorage::open_in_memory().unwrap(), record_calls: Mutex::new(0) });
+    let writer = BatchWriter::spawn(storage.clone());
+    writer.submit(WriteOp::Records(vec![record("a", "u", "c1", 1)]));
+    writer.submit(WriteOp::Records(vec![record("a", "u", "boom", 2)]));
+    writer.submit(WriteOp::Records(vec![record("a", "u", "c3", 3)]));
+    writer.submit(WriteOp::Records(vec![record("a", "u", "boom", 4)]));
+    match writer.flush() {
+        Err(StorageError::WriteFailed { failed, first }) => {
+            assert_eq!(failed, 2);
+            assert!(first.contains("boom"), "{first}");
+        }
+        other => panic!("expected WriteFailed, got {other:?}"),
+    }
+    // Each op was attempted exactly once, and the good ones landed.
+    assert_eq!(*storage.record_calls.lock().unwrap(), 4);
+    let page = storage.page_records("a", "u", FIRST_PAGE, 10, PageOrder::Asc).unwrap();
+    assert_eq!(page.rows.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>(), ["c1", "c3"]);
+    // The failures were reported once; the writer keeps working.
+    writer.submit(WriteOp::Records(vec![record("a", "u", "c5", 5)]));
+    writer.flush().unwrap();
+    writer.shutdown().unwrap();
+    assert_eq!(storage.max_sync_time().unwrap(), 5);
+}
+
+#[test]
+fn open_rejects_a_file_in_place_of_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(matches!(SqliteStorage::open(&file), Err(StorageError::Io(_))));
+}
