@@ -6,6 +6,8 @@
 //! tests drive these engines; see `docs/architecture.md` for the loop.
 #![forbid(unsafe_code)]
 
+pub mod call;
+pub mod client;
 pub mod error;
 pub mod limits;
 pub mod link;

@@ -1,0 +1,581 @@
+//! Two or three adapters in one process, talking WebRTC over 127.0.0.1; the test relays their
+//! signalling messages directly (no server). Every wait is on a real event with a timeout.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use callplus_media::{
+    AudioConfig, CallId, ChannelSink, DeviceId, IvfSink, MediaAdapter, MediaError, MediaEvent, MediaKind,
+    MediaPayload, MediaSink, MediaType, OggOpusSink, PeerSpec, RemoteFrame, StartMedia, TeeSink,
+    TestPatternSource, ToneSource, UserId, VideoConfig, WebRtcConfig, WebRtcMediaAdapter, should_offer,
+};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::time::timeout;
+
+/// Generous: the machine is shared with other builds.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Where recordings go: `$CALLPLUS_MEDIA_RECORD_DIR` if set (to inspect them with ffprobe or
+/// sox afterwards), else a temporary directory removed at the end.
+fn record_dir() -> (Option<tempfile::TempDir>, std::path::PathBuf) {
+    match std::env::var_os("CALLPLUS_MEDIA_RECORD_DIR") {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).unwrap();
+            (None, dir.into())
+        }
+        None => {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().to_owned();
+            (Some(tmp), path)
+        }
+    }
+}
+
+fn uid(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+
+fn did(s: &str) -> DeviceId {
+    DeviceId::new(s).unwrap()
+}
+
+struct Party {
+    user: UserId,
+    device: DeviceId,
+    adapter: Arc<WebRtcMediaAdapter>,
+    /// Every event but signals (which the router relays).
+    events: UnboundedReceiver<MediaEvent>,
+}
+
+/// Rewrites or drops a signal on its way from one user to another (loss-injection test).
+type SignalFilter = Arc<dyn Fn(&UserId, &UserId, MediaPayload) -> Option<MediaPayload> + Send + Sync>;
+
+/// Creates adapters for `names` and relays their signals to each other.
+fn parties(names: &[&str], config: WebRtcConfig) -> Vec<Party> {
+    parties_with(names, config, Arc::new(|_, _, payload| Some(payload)))
+}
+
+/// Like [`parties`], with every signal passed through `filter`.
+fn parties_with(names: &[&str], config: WebRtcConfig, filter: SignalFilter) -> Vec<Party> {
+    let mut adapters = HashMap::new();
+    let mut made = Vec::new();
+    for name in names {
+        let (adapter, events) = WebRtcMediaAdapter::new(config.clone());
+        let adapter = Arc::new(adapter);
+        adapters.insert((uid(name), did("dev1")), Arc::clone(&adapter));
+        made.push((uid(name), adapter, events));
+    }
+    let adapters = Arc::new(adapters);
+    made.into_iter()
+        .map(|(user, adapter, mut events)| {
+            let (tx, rx): (UnboundedSender<MediaEvent>, _) = unbounded_channel();
+            let (from_user, routes, filter) = (user.clone(), Arc::clone(&adapters), Arc::clone(&filter));
+            tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    match event {
+                        MediaEvent::Signal { call_id, to_user, to_device, payload } => {
+                            let Some(payload) = filter(&from_user, &to_user, payload) else { continue };
+                            let Some(to) = routes.get(&(to_user, to_device)) else { continue };
+                            if let Err(e) =
+                                to.handle_signal(&call_id, &from_user, &did("dev1"), payload).await
+                            {
+                                eprintln!("signal refused: {e}");
+                            }
+                        }
+                        other => {
+                            let _ = tx.send(other);
+                        }
+                    }
+                }
+            });
+            Party { user, device: did("dev1"), adapter, events: rx }
+        })
+        .collect()
+}
+
+fn start_for(party: &Party, call: &CallId, others: &[&Party], media_type: MediaType) -> StartMedia {
+    StartMedia {
+        call_id: call.clone(),
+        local_user: party.user.clone(),
+        local_device: party.device.clone(),
+        peers: others
+            .iter()
+            .map(|o| PeerSpec::new(&party.user, &party.device, o.user.clone(), o.device.clone()))
+            .collect(),
+        media_type,
+        ice_servers: vec![],
+    }
+}
+
+/// Waits for the first event matching `pred`, skipping others.
+async fn wait_event(
+    rx: &mut UnboundedReceiver<MediaEvent>,
+    what: &str,
+    pred: impl Fn(&MediaEvent) -> bool,
+) -> MediaEvent {
+    timeout(WAIT, async {
+        loop {
+            let event = rx.recv().await.expect("adapter gone");
+            if pred(&event) {
+                return event;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Waits for `n` frames on a sink channel.
+async fn frames(rx: &mut UnboundedReceiver<RemoteFrame>, n: usize, what: &str) -> Vec<RemoteFrame> {
+    timeout(WAIT, async {
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            got.push(rx.recv().await.expect("sink dropped"));
+        }
+        got
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {n} {what} frames"))
+}
+
+fn channel_sink() -> (Box<dyn MediaSink>, UnboundedReceiver<RemoteFrame>) {
+    let (sink, rx) = ChannelSink::new();
+    (Box::new(sink), rx)
+}
+
+fn tone(freq: f64) -> Box<ToneSource> {
+    Box::new(ToneSource::new(freq, 0.5, AudioConfig::default()).unwrap())
+}
+
+/// Decodes an Ogg Opus file to mono 48 kHz PCM.
+fn decode_ogg(path: &Path) -> Vec<i16> {
+    let mut reader = ogg::PacketReader::new(std::fs::File::open(path).unwrap());
+    let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+    let mut pcm = Vec::new();
+    let mut buf = vec![0i16; 5760];
+    let mut index = 0;
+    while let Some(packet) = reader.read_packet().unwrap() {
+        index += 1;
+        if index == 1 {
+            assert_eq!(&packet.data[..8], b"OpusHead");
+            continue;
+        }
+        if index == 2 {
+            assert_eq!(&packet.data[..8], b"OpusTags");
+            continue;
+        }
+        if packet.data.is_empty() {
+            continue;
+        }
+        let n = decoder.decode(&packet.data, &mut buf, false).unwrap();
+        pcm.extend_from_slice(&buf[..n]);
+    }
+    pcm
+}
+
+/// Goertzel power of `freq` in `pcm`.
+fn power(pcm: &[i16], freq: f64) -> f64 {
+    let coeff = 2.0 * (std::f64::consts::TAU * freq / 48_000.0).cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &x in pcm {
+        let s = f64::from(x) + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    s1 * s1 + s2 * s2 - coeff * s1 * s2
+}
+
+/// The strongest frequency between 100 and 2000 Hz, 5 Hz steps.
+fn dominant_frequency(pcm: &[i16]) -> f64 {
+    (20..=400).map(|i| f64::from(i) * 5.0).max_by(|a, b| power(pcm, *a).total_cmp(&power(pcm, *b))).unwrap()
+}
+
+/// Parses an IVF file: (fourcc, width, height, header frame count, frames).
+fn read_ivf(path: &Path) -> (Vec<u8>, u16, u16, u32, Vec<Vec<u8>>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..4], b"DKIF");
+    let width = u16::from_le_bytes([bytes[12], bytes[13]]);
+    let height = u16::from_le_bytes([bytes[14], bytes[15]]);
+    let count = u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]);
+    let mut frames = Vec::new();
+    let mut at = 32;
+    while at + 12 <= bytes.len() {
+        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        frames.push(bytes[at + 12..at + 12 + len].to_vec());
+        at += 12 + len;
+    }
+    assert_eq!(at, bytes.len(), "trailing bytes in the ivf file");
+    (bytes[8..12].to_vec(), width, height, count, frames)
+}
+
+/// Video sending stopped: after draining what was in flight (half a second of audio sent
+/// afterwards), another second of audio arrives with no video frame.
+async fn assert_no_more_video(
+    audio: &mut UnboundedReceiver<RemoteFrame>,
+    video: &mut UnboundedReceiver<RemoteFrame>,
+    why: &str,
+) {
+    while audio.try_recv().is_ok() {}
+    frames(audio, 25, "audio (flushing video in flight)").await;
+    while video.try_recv().is_ok() {}
+    frames(audio, 50, "audio (watching for video)").await;
+    assert!(video.try_recv().is_err(), "video arrived after {why}");
+}
+
+fn is_first_frame(user: &UserId, kind: MediaKind) -> impl Fn(&MediaEvent) -> bool + '_ {
+    move |e| matches!(e, MediaEvent::FirstFrame { user: u, kind: k, .. } if u == user && *k == kind)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_call_carries_the_tone_both_ways() {
+    let (_tmp, dir) = record_dir();
+    let mut p = parties(&["alice", "bob"], WebRtcConfig::loopback());
+    let call = CallId::new("call-audio").unwrap();
+    let (alice_user, bob_user) = (p[0].user.clone(), p[1].user.clone());
+    assert!(should_offer((&alice_user, &p[0].device), (&bob_user, &p[1].device)));
+
+    p[0].adapter.switch_microphone(tone(440.0)).await.unwrap();
+    p[1].adapter.switch_microphone(tone(660.0)).await.unwrap();
+    let (a_sink, mut at_alice) = channel_sink();
+    let (b_sink, mut at_bob) = channel_sink();
+    let a_ogg = dir.join("alice-hears-bob.ogg");
+    let b_ogg = dir.join("bob-hears-alice.ogg");
+    p[0].adapter.set_sink(
+        bob_user.clone(),
+        MediaKind::Audio,
+        Box::new(TeeSink::new(vec![Box::new(OggOpusSink::create(&a_ogg).unwrap()), a_sink])),
+    );
+    p[1].adapter.set_sink(
+        alice_user.clone(),
+        MediaKind::Audio,
+        Box::new(TeeSink::new(vec![Box::new(OggOpusSink::create(&b_ogg).unwrap()), b_sink])),
+    );
+    // A sink for the local user itself must never be fed (no echo).
+    let (self_sink, mut alice_self) = channel_sink();
+    p[0].adapter.set_sink(alice_user.clone(), MediaKind::Audio, self_sink);
+
+    let started = Instant::now();
+    let s0 = start_for(&p[0], &call, &[&p[1]], MediaType::Audio);
+    let s1 = start_for(&p[1], &call, &[&p[0]], MediaType::Audio);
+    p[0].adapter.start(s0).await.unwrap();
+    p[1].adapter.start(s1).await.unwrap();
+
+    wait_event(&mut p[0].events, "alice's first frame", is_first_frame(&bob_user, MediaKind::Audio)).await;
+    let alice_first = started.elapsed();
+    wait_event(&mut p[1].events, "bob's first frame", is_first_frame(&alice_user, MediaKind::Audio)).await;
+    let bob_first = started.elapsed();
+    eprintln!("start -> first remote audio frame: alice {alice_first:?}, bob {bob_first:?}");
+
+    // Two seconds of audio each way.
+    let got_a = frames(&mut at_alice, 100, "audio at alice").await;
+    let got_b = frames(&mut at_bob, 100, "audio at bob").await;
+    assert!(got_a.iter().chain(&got_b).all(|f| f.kind == MediaKind::Audio && !f.data.is_empty()));
+
+    // Audio level of the remote tone (amplitude 0.5 -> about 50).
+    let level = wait_event(
+        &mut p[1].events,
+        "audio level",
+        |e| matches!(e, MediaEvent::AudioLevel { user, .. } if *user == alice_user),
+    )
+    .await;
+    let MediaEvent::AudioLevel { level, .. } = level else { unreachable!() };
+    assert!((35..=65).contains(&level), "alice's level at bob: {level}");
+
+    p[0].adapter.stop(&call).await.unwrap();
+    p[1].adapter.stop(&call).await.unwrap();
+    assert!(alice_self.try_recv().is_err(), "the local user's own audio was played back");
+
+    for (path, freq) in [(&a_ogg, 660.0), (&b_ogg, 440.0)] {
+        let pcm = decode_ogg(path);
+        assert!(pcm.len() >= 48_000 * 3 / 2, "{} holds only {} samples", path.display(), pcm.len());
+        let tail = &pcm[pcm.len() - 48_000..];
+        let found = dominant_frequency(tail);
+        assert!((found - freq).abs() <= 10.0, "{}: dominant {found} Hz, sent {freq} Hz", path.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_call_carries_vp8_both_ways_and_camera_off_stops_it() {
+    let (_tmp, dir) = record_dir();
+    let mut p = parties(&["alice", "bob"], WebRtcConfig::loopback());
+    let call = CallId::new("call-video").unwrap();
+    let (alice_user, bob_user) = (p[0].user.clone(), p[1].user.clone());
+    let sizes = [(320u32, 240u32), (160, 120)];
+    for (party, (width, height)) in p.iter().zip(sizes) {
+        party.adapter.switch_microphone(tone(500.0)).await.unwrap();
+        let config = VideoConfig { width, height, fps: 15, ..VideoConfig::default() };
+        party.adapter.switch_camera(Box::new(TestPatternSource::new(config).unwrap())).await.unwrap();
+    }
+    let a_ivf = dir.join("alice-sees-bob.ivf");
+    let b_ivf = dir.join("bob-sees-alice.ivf");
+    let (a_video, mut a_video_rx) = channel_sink();
+    let (b_video, mut b_video_rx) = channel_sink();
+    let (b_audio, mut b_audio_rx) = channel_sink();
+    p[0].adapter.set_sink(
+        bob_user.clone(),
+        MediaKind::Video,
+        Box::new(TeeSink::new(vec![Box::new(IvfSink::create(&a_ivf).unwrap()), a_video])),
+    );
+    p[1].adapter.set_sink(
+        alice_user.clone(),
+        MediaKind::Video,
+        Box::new(TeeSink::new(vec![Box::new(IvfSink::create(&b_ivf).unwrap()), b_video])),
+    );
+    p[1].adapter.set_sink(alice_user.clone(), MediaKind::Audio, b_audio);
+
+    let started = Instant::now();
+    let s0 = start_for(&p[0], &call, &[&p[1]], MediaType::AudioVideo);
+    let s1 = start_for(&p[1], &call, &[&p[0]], MediaType::AudioVideo);
+    p[0].adapter.start(s0).await.unwrap();
+    p[1].adapter.start(s1).await.unwrap();
+    wait_event(&mut p[0].events, "alice's first video", is_first_frame(&bob_user, MediaKind::Video)).await;
+    eprintln!("start -> first remote video frame at alice: {:?}", started.elapsed());
+    wait_event(&mut p[1].events, "bob's first video", is_first_frame(&alice_user, MediaKind::Video)).await;
+
+    let got_a = frames(&mut a_video_rx, 20, "video at alice").await;
+    let got_b = frames(&mut b_video_rx, 20, "video at bob").await;
+    assert!(got_a[0].keyframe && got_b[0].keyframe, "the first delivered frame is a key frame");
+
+    // Stats: plausible numbers from the real stack.
+    let stats = wait_event(
+        &mut p[0].events,
+        "stats with bitrate",
+        |e| matches!(e, MediaEvent::Stats(s) if s.per_peer.iter().any(|pp| pp.bitrate_kbps > 0.0)),
+    )
+    .await;
+    let MediaEvent::Stats(stats) = stats else { unreachable!() };
+    eprintln!("stats at alice: {stats:?}");
+    assert_eq!(stats.call_id, call);
+    assert_eq!(stats.per_peer.len(), 1);
+    let peer = &stats.per_peer[0];
+    assert_eq!(peer.user, bob_user);
+    assert!(peer.bitrate_kbps > 10.0 && peer.bitrate_kbps < 10_000.0, "bitrate {}", peer.bitrate_kbps);
+    assert!((0.0..=100.0).contains(&peer.recv_loss_pct));
+    assert!((0.0..=100.0).contains(&stats.send_loss_pct));
+    assert!(stats.rtt_ms.is_none_or(|rtt| (0.0..1000.0).contains(&rtt)));
+
+    // Camera off at alice: once the command is acknowledged, nothing more is sent. Frames
+    // already in flight are flushed by waiting for half a second of audio sent afterwards.
+    p[0].adapter.set_camera_enabled(false).await.unwrap();
+    assert_no_more_video(&mut b_audio_rx, &mut b_video_rx, "the camera was turned off").await;
+    // Bob's camera is still on.
+    frames(&mut a_video_rx, 5, "video at alice while bob's camera is on").await;
+
+    // Camera back on: video flows again (starting with a key frame).
+    p[0].adapter.set_camera_enabled(true).await.unwrap();
+    let again = frames(&mut b_video_rx, 3, "video after camera on").await;
+    assert!(again[0].keyframe);
+
+    // Downgrade to AUDIO: video stops, audio goes on, no renegotiation.
+    p[0].adapter.set_media_type(&call, MediaType::Audio).await.unwrap();
+    assert_no_more_video(&mut b_audio_rx, &mut b_video_rx, "the call became AUDIO").await;
+
+    p[0].adapter.stop(&call).await.unwrap();
+    p[1].adapter.stop(&call).await.unwrap();
+    for (path, (width, height)) in [(&a_ivf, sizes[1]), (&b_ivf, sizes[0])] {
+        let (fourcc, w, h, count, frames) = read_ivf(path);
+        assert_eq!(fourcc, b"VP80");
+        assert_eq!((u32::from(w), u32::from(h)), (width, height), "{}", path.display());
+        assert_eq!(count as usize, frames.len());
+        assert!(frames.len() >= 20);
+        assert_eq!(callplus_media::vp8::keyframe_dimensions(&frames[0]), Some((w, h)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_party_mesh_everyone_hears_everyone() {
+    let names = ["alice", "bob", "carol"];
+    let mut p = parties(&names, WebRtcConfig::loopback());
+    let call = CallId::new("call-mesh").unwrap();
+    let mut receivers = Vec::new();
+    for (i, party) in p.iter().enumerate() {
+        party.adapter.switch_microphone(tone(300.0 + 200.0 * i as f64)).await.unwrap();
+        for (j, other) in p.iter().enumerate() {
+            if i != j {
+                let (sink, rx) = channel_sink();
+                party.adapter.set_sink(other.user.clone(), MediaKind::Audio, sink);
+                receivers.push((party.user.clone(), other.user.clone(), rx));
+            }
+        }
+    }
+    for i in 0..p.len() {
+        let others: Vec<&Party> = p.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, o)| o).collect();
+        let start = start_for(&p[i], &call, &others, MediaType::Audio);
+        p[i].adapter.start(start).await.unwrap();
+    }
+    for (listener, speaker, rx) in &mut receivers {
+        frames(rx, 25, &format!("audio from {speaker} at {listener}")).await;
+    }
+    for party in &mut p {
+        let connected = wait_event(
+            &mut party.events,
+            "a stats report with both peers",
+            |e| matches!(e, MediaEvent::Stats(s) if s.per_peer.len() == 2),
+        )
+        .await;
+        assert!(matches!(connected, MediaEvent::Stats(_)));
+    }
+    for party in &p {
+        party.adapter.stop(&call).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn mesh_beyond_the_limit_is_refused() {
+    let config = WebRtcConfig { max_mesh_audio: 2, ..WebRtcConfig::loopback() };
+    let (adapter, _events) = WebRtcMediaAdapter::new(config);
+    let (me, dev) = (uid("alice"), did("dev1"));
+    let start = StartMedia {
+        call_id: CallId::new("big").unwrap(),
+        local_user: me.clone(),
+        local_device: dev.clone(),
+        peers: vec![
+            PeerSpec::new(&me, &dev, uid("bob"), did("dev1")),
+            PeerSpec::new(&me, &dev, uid("carol"), did("dev1")),
+        ],
+        media_type: MediaType::Audio,
+        ice_servers: vec![],
+    };
+    let err = adapter.start(start).await.unwrap_err();
+    assert!(matches!(err, MediaError::MeshTooLarge { participants: 3, max: 2 }), "{err}");
+
+    // The default limit for video is 4 participants.
+    let peers = ["b", "c", "d", "e"].iter().map(|u| PeerSpec::new(&me, &dev, uid(u), did("x"))).collect();
+    let start = StartMedia {
+        call_id: CallId::new("big-video").unwrap(),
+        local_user: me.clone(),
+        local_device: dev.clone(),
+        peers,
+        media_type: MediaType::AudioVideo,
+        ice_servers: vec![],
+    };
+    let (adapter, _events) = WebRtcMediaAdapter::new(WebRtcConfig::loopback());
+    let err = adapter.start(start).await.unwrap_err();
+    assert!(matches!(err, MediaError::MeshTooLarge { participants: 5, max: 4 }), "{err}");
+
+    // The local user cannot be its own peer (its audio would loop back).
+    let start = StartMedia {
+        call_id: CallId::new("self").unwrap(),
+        local_user: me.clone(),
+        local_device: dev.clone(),
+        peers: vec![PeerSpec::new(&me, &dev, me.clone(), did("other"))],
+        media_type: MediaType::Audio,
+        ice_servers: vec![],
+    };
+    assert!(matches!(adapter.start(start).await, Err(MediaError::InvalidPeer(..))));
+}
+
+/// Removes candidate lines from an SDP (the test hands out candidates itself).
+fn strip_candidates(sdp: &str) -> String {
+    sdp.split_inclusive('\n').filter(|line| !line.starts_with("a=candidate")).collect()
+}
+
+/// A one-way lossy UDP relay standing between alice and bob, like a NAT: alice sees bob at
+/// `facing_alice`, bob sees alice at `facing_bob`. Every fifth RTP packet from alice to bob is
+/// dropped (20 %); STUN, DTLS and RTCP pass.
+async fn lossy_relay(bob: Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>) -> std::net::SocketAddr {
+    let facing_alice = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let facing_bob = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let address = facing_alice.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut a_buf, mut b_buf) = (vec![0u8; 2048], vec![0u8; 2048]);
+        let mut alice = None;
+        let mut rtp = 0u64;
+        loop {
+            tokio::select! {
+                got = facing_alice.recv_from(&mut a_buf) => {
+                    let Ok((n, from)) = got else { break };
+                    alice = Some(from);
+                    let packet = &a_buf[..n];
+                    // RFC 7983: 128..=191 is RTP/RTCP; RTCP packet types are 192..=223.
+                    let is_rtp = n > 1 && (128..=191).contains(&packet[0]) && !(192..=223).contains(&packet[1]);
+                    if is_rtp {
+                        rtp += 1;
+                        if rtp.is_multiple_of(5) {
+                            continue;
+                        }
+                    }
+                    let to = *bob.lock().unwrap();
+                    if let Some(to) = to {
+                        let _ = facing_bob.send_to(packet, to).await;
+                    }
+                }
+                got = facing_bob.recv_from(&mut b_buf) => {
+                    let Ok((n, _)) = got else { break };
+                    if let Some(to) = alice {
+                        let _ = facing_alice.send_to(&b_buf[..n], to).await;
+                    }
+                }
+            }
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_loss_shows_in_the_reports() {
+    let bob_address = Arc::new(std::sync::Mutex::new(None));
+    let relay = lossy_relay(Arc::clone(&bob_address)).await;
+    let filter: SignalFilter = Arc::new(move |from, _to, payload| match payload {
+        MediaPayload::SdpOffer(sdp) => Some(MediaPayload::SdpOffer(strip_candidates(&sdp))),
+        MediaPayload::SdpAnswer(sdp) => Some(MediaPayload::SdpAnswer(strip_candidates(&sdp))),
+        // Bob only learns alice through the relay.
+        MediaPayload::IceCandidate { .. } if from.as_str() == "alice" => None,
+        // Alice is told bob lives at the relay.
+        MediaPayload::IceCandidate { candidate, sdp_mid, sdp_mline_index } => {
+            let mut fields: Vec<String> = candidate.split_whitespace().map(str::to_owned).collect();
+            if fields.len() < 8 || fields[2] != "udp" {
+                return None;
+            }
+            let real = format!("{}:{}", fields[4], fields[5]).parse().ok()?;
+            *bob_address.lock().unwrap() = Some(real);
+            fields[4] = relay.ip().to_string();
+            fields[5] = relay.port().to_string();
+            Some(MediaPayload::IceCandidate { candidate: fields.join(" "), sdp_mid, sdp_mline_index })
+        }
+    });
+    let mut p = parties_with(&["alice", "bob"], WebRtcConfig::loopback(), filter);
+    let call = CallId::new("call-lossy").unwrap();
+    let alice_user = p[0].user.clone();
+    p[0].adapter.switch_microphone(tone(440.0)).await.unwrap();
+    p[1].adapter.switch_microphone(tone(660.0)).await.unwrap();
+    let s0 = start_for(&p[0], &call, &[&p[1]], MediaType::Audio);
+    let s1 = start_for(&p[1], &call, &[&p[0]], MediaType::Audio);
+    p[0].adapter.start(s0).await.unwrap();
+    p[1].adapter.start(s1).await.unwrap();
+    wait_event(&mut p[1].events, "audio through the relay", is_first_frame(&alice_user, MediaKind::Audio))
+        .await;
+
+    // Bob's receive loss from alice, over five reports with traffic: about 20 %.
+    let mut losses = Vec::new();
+    while losses.len() < 5 {
+        let report = wait_event(
+            &mut p[1].events,
+            "bob's stats",
+            |e| matches!(e, MediaEvent::Stats(s) if s.per_peer.iter().any(|pp| pp.bitrate_kbps > 0.0)),
+        )
+        .await;
+        let MediaEvent::Stats(stats) = report else { unreachable!() };
+        losses.push(stats.per_peer[0].recv_loss_pct);
+    }
+    let mean = losses.iter().sum::<f64>() / losses.len() as f64;
+    eprintln!("bob's receive loss from alice: {losses:?}, mean {mean:.1} %");
+    assert!((10.0..=30.0).contains(&mean), "receive loss {losses:?}");
+
+    // Alice hears about it through bob's receiver reports.
+    let report = wait_event(
+        &mut p[0].events,
+        "alice's send loss",
+        |e| matches!(e, MediaEvent::Stats(s) if s.send_loss_pct > 5.0),
+    )
+    .await;
+    let MediaEvent::Stats(stats) = report else { unreachable!() };
+    eprintln!("alice's send loss: {:.1} %", stats.send_loss_pct);
+    assert!((10.0..=30.0).contains(&stats.send_loss_pct), "send loss {}", stats.send_loss_pct);
+
+    p[0].adapter.stop(&call).await.unwrap();
+    p[1].adapter.stop(&call).await.unwrap();
+}

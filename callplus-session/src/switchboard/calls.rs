@@ -1,0 +1,928 @@
+//! Call requests and call endings: the switchboard side of [`crate::call`].
+
+use crate::call::{Call, Holders, MediaChange, NewCall, Party, SessionKey, remote_view};
+use crate::error::{Code, Error};
+use crate::model::ids::{CallId, DeviceId, TransactionId, UserId};
+use crate::model::kinds::{
+    CallType, ChangeMediaTypeResult, Delivery, EndReason, MediaKind, MediaType, ParticipantState,
+};
+use crate::model::message::{Event, MediaPayload, Request, ResponseBody, StartCall};
+use crate::model::snapshot::PushConfig;
+
+use super::Output;
+use super::fasthash::FastMap;
+use super::{BusyPolicy, Ctx, Net, PushRequest, Query, Switchboard, Timer};
+
+/// The participant whose departure is being processed, and the device sessions that held the
+/// call for it.
+pub(super) struct Leaver {
+    idx: usize,
+    sessions: Holders,
+    /// The device that acted (hung up / rejected); the others get `other_devices`.
+    acting: Option<SessionKey>,
+    other_devices: EndReason,
+}
+
+fn err(code: Code, message: &str) -> Error {
+    Error::new(code, message)
+}
+
+/// The call `id` of the requester's app and the requester's participant index.
+fn find<'a>(
+    calls: &'a mut FastMap<CallId, Box<Call>>,
+    ctx: &Ctx,
+    id: &CallId,
+) -> Result<(&'a mut Call, usize), Error> {
+    let call =
+        calls.get_mut(id).filter(|c| c.app == ctx.app).ok_or_else(|| Error::from_code(Code::CallNotFound))?;
+    let idx = call
+        .index_of(&ctx.user)
+        .ok_or_else(|| err(Code::Forbidden, "you are not a participant of this call"))?;
+    Ok((call, idx))
+}
+
+fn not_ended(call: &Call) -> Result<(), Error> {
+    if call.is_ended() { Err(Error::from_code(Code::CallEnded)) } else { Ok(()) }
+}
+
+/// The requester must hold the participant's live leg on this very device.
+fn holds_leg(call: &Call, idx: usize, sk: SessionKey) -> Result<(), Error> {
+    match call.party(idx) {
+        Some(p) if p.is_leg(sk) => Ok(()),
+        Some(p) if p.state.is_connected() => {
+            Err(err(Code::NotInCall, "the call is held by another device of this user"))
+        }
+        _ => Err(err(Code::NotInCall, "you are not connected in this call")),
+    }
+}
+
+/// Sends `event` to the devices of every active participant but `except`.
+fn notify_others(net: &mut Net, call: &Call, except: &[usize], event: Event) {
+    notify(net, call, |j, p| p.state.is_active() && !except.contains(&j), event);
+}
+
+/// Sends `event` to the devices of the participants `to` selects; the last one gets the event
+/// itself, the others clones.
+fn notify(net: &mut Net, call: &Call, to: impl Fn(usize, &Party) -> bool, event: Event) {
+    let mut pending: Option<SessionKey> = None;
+    for (j, p) in call.parties.iter().enumerate() {
+        if to(j, p) {
+            for &sk in p.sessions() {
+                if let Some(prev) = pending.replace(sk) {
+                    net.send(prev, event.clone());
+                }
+            }
+        }
+    }
+    if let Some(last) = pending {
+        net.send(last, event);
+    }
+}
+
+/// Tells the inviter of participant `idx` how far the invitation got (SPEC §9.1).
+fn notify_inviter(net: &mut Net, call: &Call, idx: usize) {
+    let Some(party) = call.party(idx) else { return };
+    let inviter = party.inviter.as_ref().unwrap_or(&call.creator);
+    let Some(inviter) = call.index_of(inviter).and_then(|j| call.party(j)) else { return };
+    if !inviter.state.is_active() {
+        return;
+    }
+    let event = Event::DeliveryChanged {
+        call_id: call.id.clone(),
+        user_id: party.user.clone(),
+        delivery: party.delivery,
+        devices: party.devices.clone(),
+    };
+    net.send_all(inviter.sessions(), event);
+}
+
+/// The CallEnded of the participant whose departure is processed, to each device that held the
+/// call for it but the one whose own request (hangup, reject, cancel) caused it: that device
+/// learns it from its response (and later gets the record and summary).
+fn send_leaver_ended(
+    net: &mut Net,
+    call: &Call,
+    leaver: &Leaver,
+    snapshot: &crate::model::snapshot::CallInfo,
+) {
+    let reason = call.party(leaver.idx).and_then(|p| p.reason).unwrap_or(EndReason::Hangup);
+    for &sk in leaver.sessions.as_slice() {
+        let reason = match leaver.acting {
+            Some(acting) if acting == sk => continue,
+            Some(_) => leaver.other_devices,
+            None => reason,
+        };
+        net.send(sk, Event::CallEnded { call: snapshot.clone(), reason });
+    }
+}
+
+fn push_allowed(enabled: bool, push: Option<&PushConfig>) -> bool {
+    enabled && !push.is_some_and(|p| p.disable_push)
+}
+
+impl Switchboard {
+    pub(super) fn request(&mut self, now: i64, ctx: &Ctx, rid: u64, request: Request) {
+        let result = match request {
+            Request::StartCall(start) => self.start_call(now, ctx, rid, start),
+            Request::Accept { call_id } => self.accept(now, ctx, rid, &call_id, false),
+            Request::JoinCall { call_id } => self.accept(now, ctx, rid, &call_id, true),
+            Request::Hangup { call_id, push: _ } => self.hangup(now, ctx, rid, &call_id),
+            Request::Ringing { call_id } => self.ringing(ctx, rid, &call_id),
+            Request::Invite { call_id, users, push, extra } => {
+                self.invite(now, ctx, rid, &call_id, users, push, extra)
+            }
+            Request::RequestChangeMediaType { call_id, media_type } => {
+                self.request_change(now, ctx, rid, &call_id, media_type)
+            }
+            Request::CancelChangeMediaType { call_id, transaction_id } => {
+                self.answer_change(ctx, rid, &call_id, &transaction_id, None)
+            }
+            Request::ReplyChangeMediaType { call_id, transaction_id, agree } => {
+                self.answer_change(ctx, rid, &call_id, &transaction_id, Some(agree))
+            }
+            Request::SetMediaState { call_id, kind, disabled } => {
+                self.set_media_state(ctx, rid, &call_id, kind, disabled)
+            }
+            Request::ReportFirstFrame { call_id } => self.first_frame(now, ctx, rid, &call_id),
+            Request::MediaSignal { call_id, to_user, to_device, payload } => {
+                self.media_signal(ctx, rid, &call_id, &to_user, &to_device, payload)
+            }
+            Request::GetCall { call_id } => self.get_call(ctx, rid, &call_id),
+            Request::GetAvailableCalls => {
+                let mut list = Vec::new();
+                for id in self.net.user_calls(&ctx.app, &ctx.user) {
+                    if let Some(call) = self.calls.get(&id)
+                        && call.call_type == CallType::Multi
+                        && !call.is_ended()
+                    {
+                        list.push(call.snapshot());
+                    }
+                }
+                self.net.respond(ctx.sk, rid, Ok(ResponseBody::Calls(list)));
+                Ok(())
+            }
+            Request::GetCallRecords { sync_time, count, order } => {
+                if count == 0 || count > crate::limits::MAX_RECORD_PAGE {
+                    Err(err(Code::ParamError, "count must be 1-100"))
+                } else {
+                    self.query(ctx, rid, Query::Records { sync_time, count, order });
+                    Ok(())
+                }
+            }
+            Request::DeleteCallRecords { call_ids } => {
+                if call_ids.is_empty() || call_ids.len() > crate::limits::MAX_DELETE_IDS {
+                    Err(err(Code::ParamError, "give 1-100 call ids"))
+                } else {
+                    self.query(ctx, rid, Query::DeleteRecords { call_ids });
+                    Ok(())
+                }
+            }
+            Request::DeleteAllCallRecords => {
+                self.query(ctx, rid, Query::DeleteAllRecords);
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            self.net.respond(ctx.sk, rid, Err(e));
+        }
+    }
+
+    fn query(&mut self, ctx: &Ctx, rid: u64, query: Query) {
+        self.next_query += 1;
+        let id = self.next_query;
+        self.queries.insert(id, (ctx.sk, rid));
+        self.net.outputs.push_back(Output::Query { id, app: ctx.app.clone(), user: ctx.user.clone(), query });
+    }
+
+    /// Whether `user` has a live leg (connected, or dialing) in another unended call, held by a
+    /// live device session (SPEC §9.3: a crashed app never makes its user look busy).
+    fn is_busy(&self, ctx: &Ctx, user: &UserId, except: Option<&CallId>) -> bool {
+        let Some(entry) = self.net.user(&ctx.app, user) else { return false };
+        entry.calls.iter().filter(|id| Some(*id) != except).any(|id| {
+            self.calls.get(id).is_some_and(|call| {
+                !call.is_ended()
+                    && call.index_of(user).and_then(|i| call.party(i)).is_some_and(|p| {
+                        p.state.is_connected() && p.bound.is_some_and(|sk| self.net.is_live(sk))
+                    })
+            })
+        })
+    }
+
+    /// The live leg this device holds in an unended call other than `except`.
+    fn device_leg(&self, ctx: &Ctx, except: Option<&CallId>) -> Option<(CallId, usize)> {
+        let entry = self.net.user(&ctx.app, &ctx.user)?;
+        entry.calls.iter().filter(|id| Some(*id) != except).find_map(|id| {
+            let call = self.calls.get(id)?;
+            if call.is_ended() {
+                return None;
+            }
+            call.leg_of(ctx.sk).map(|idx| (id.clone(), idx))
+        })
+    }
+
+    /// Rings participant `idx`: arms its ring timeout and offers the invitation to the user's
+    /// live devices, or requests a push when there are none.
+    fn ring(&mut self, now: i64, call: &mut Call, idx: usize, inviter: &UserId, push: Option<&PushConfig>) {
+        let ring_ms = call.ring_timeout_ms;
+        let live = match call.party(idx) {
+            Some(p) => self.net.live_sessions(&call.app, &p.user),
+            None => return,
+        };
+        let pushed = live.is_empty() && push_allowed(self.cfg.push_enabled, push);
+        let Some(party) = call.parties.get_mut(idx) else { return };
+        if ring_ms > 0 {
+            let at = now.saturating_add(i64::from(ring_ms));
+            party.ring_deadline = Some(at);
+            self.timers.set(at, Timer::Ring(call.id.clone(), idx));
+        }
+        party.offered = live;
+        if pushed {
+            let request = PushRequest {
+                app: call.app.clone(),
+                callee: party.user.clone(),
+                call_id: call.id.clone(),
+                caller: inviter.clone(),
+                media_type: call.media_type,
+                push_config: push.cloned(),
+                extra: party.extra.clone().unwrap_or_else(|| call.extra.clone()),
+            };
+            self.net.outputs.push_back(Output::Push(request));
+            call.mark_pushed(idx);
+        }
+    }
+
+    fn start_call(&mut self, now: i64, ctx: &Ctx, rid: u64, start: StartCall) -> Result<(), Error> {
+        let StartCall { callees, call_type, media_type, push, extra, ring_timeout_ms } = start;
+        if callees.is_empty() {
+            return Err(err(Code::UserListInvalid, "the callee list is empty"));
+        }
+        if callees.contains(&ctx.user) {
+            return Err(err(Code::UserListInvalid, "a user cannot call themselves"));
+        }
+        if callees.iter().enumerate().any(|(i, c)| callees.iter().take(i).any(|d| d == c)) {
+            return Err(err(Code::UserListInvalid, "a callee is listed twice"));
+        }
+        if call_type == CallType::Single && callees.len() != 1 {
+            return Err(Error::from_code(Code::SingleCallNotSupportMultiPerson));
+        }
+        let limit = Call::limit(media_type, self.cfg.max_video_participants, self.cfg.max_audio_participants);
+        if callees.len() + 1 > limit {
+            return Err(err(Code::CallFull, "too many participants for this media type"));
+        }
+        if self.device_leg(ctx, None).is_some() {
+            return Err(err(Code::SessionExist, "this device is already in a call"));
+        }
+        let id = self.new_call_id(now)?;
+        let mut call = Call::new(
+            NewCall {
+                app: ctx.app.clone(),
+                id: id.clone(),
+                call_type,
+                media_type,
+                creator: ctx.user.clone(),
+                creator_session: ctx.sk,
+                extra,
+                ring_timeout_ms: ring_timeout_ms.unwrap_or(self.cfg.ring_timeout_ms),
+                push,
+            },
+            now,
+        );
+        let auto_reject = self.cfg.busy_policy == BusyPolicy::AutoReject;
+        let mut busy = Vec::new();
+        let mut rejected = None;
+        let push = call.push.take();
+        let push_ref = push.as_deref();
+        for callee in &callees {
+            let Some(idx) = call.invite(callee, &ctx.user, None, now) else { continue };
+            if self.is_busy(ctx, callee, None) {
+                busy.push(callee.clone());
+                if auto_reject {
+                    call.end_party(idx, EndReason::Busy, now);
+                    rejected.get_or_insert(idx);
+                    continue;
+                }
+            }
+            self.ring(now, &mut call, idx, &ctx.user, push_ref);
+        }
+        call.push = push;
+        let snapshot = call.snapshot();
+        self.net.respond(ctx.sk, rid, Ok(ResponseBody::Started { call: snapshot.clone(), busy }));
+        for party in call.parties.iter().skip(1) {
+            if party.state.is_ringing() && !party.offered.is_empty() {
+                let event = Event::IncomingCall {
+                    call: snapshot.clone(),
+                    inviter: ctx.user.clone(),
+                    extra: call.extra.clone(),
+                };
+                self.net.send_all(&party.offered, event);
+            }
+        }
+        for party in &call.parties {
+            self.net.add_call(&ctx.app, &party.user, &id);
+        }
+        self.net.outputs.push_back(Output::SaveCall { app: ctx.app.clone(), call: snapshot });
+        let should_end = call.should_end();
+        self.calls.insert(id.clone(), Box::new(call));
+        self.live += 1;
+        if should_end {
+            let leaver = rejected.map(|idx| Leaver {
+                idx,
+                sessions: Holders::Many(Vec::new()),
+                acting: None,
+                other_devices: EndReason::Busy,
+            });
+            self.finish_call(now, &id, remote_view(EndReason::Busy), leaver);
+        }
+        Ok(())
+    }
+
+    /// Accept (`join == false`) or JoinCall (`join == true`).
+    fn accept(&mut self, now: i64, ctx: &Ctx, rid: u64, id: &CallId, join: bool) -> Result<(), Error> {
+        let limit_video = self.cfg.max_video_participants;
+        let limit_audio = self.cfg.max_audio_participants;
+        {
+            let (call, idx) = find(&mut self.calls, ctx, id)?;
+            not_ended(call)?;
+            if join && call.call_type == CallType::Single {
+                return Err(err(Code::SingleCallNotSupportMultiPerson, "only MULTI calls can be joined"));
+            }
+            let Some(party) = call.party(idx) else { return Err(Error::from_code(Code::Internal)) };
+            if party.state.is_connected() {
+                if party.bound == Some(ctx.sk) {
+                    let snapshot = call.snapshot();
+                    self.net.respond(ctx.sk, rid, Ok(ResponseBody::Call(snapshot)));
+                    return Ok(());
+                }
+                return Err(err(Code::InvalidState, "the call was answered on another device"));
+            }
+            if !party.state.is_ringing() {
+                if !join {
+                    return Err(err(Code::NotInCall, "you are no longer invited to this call"));
+                }
+                if call.active() + 1 > Call::limit(call.media_type, limit_video, limit_audio) {
+                    return Err(err(Code::CallFull, "the call is full"));
+                }
+            }
+        }
+        // No hold: this device's other call ends first.
+        if let Some((other, idx)) = self.device_leg(ctx, Some(id)) {
+            let reason = EndReason::AcceptedAnotherCall;
+            self.leave(now, &other, idx, reason, None, reason);
+        }
+        self.connect_party(now, ctx, rid, id)
+    }
+
+    /// The requester's participant answers (or rejoins) on this device.
+    fn connect_party(&mut self, now: i64, ctx: &Ctx, rid: u64, id: &CallId) -> Result<(), Error> {
+        let (call, idx) = find(&mut self.calls, ctx, id)?;
+        let Some(party) = call.party_mut(idx) else { return Err(Error::from_code(Code::Internal)) };
+        let others: Vec<SessionKey> = party.offered.iter().copied().filter(|&s| s != ctx.sk).collect();
+        party.state = ParticipantState::OnCall;
+        party.reason = None;
+        party.ended_at_ms = None;
+        party.connected_at_ms = Some(now);
+        party.bound = Some(ctx.sk);
+        party.offered.clear();
+        party.ring_deadline = None;
+        call.bump();
+        if idx != 0 {
+            call.mark_device(idx, &ctx.device, Delivery::Delivered);
+        }
+        let mut creator_on = false;
+        if idx != 0
+            && let Some(creator) = call.party_mut(0)
+            && creator.state == ParticipantState::Connecting
+        {
+            creator.state = ParticipantState::OnCall;
+            creator.connected_at_ms = Some(now);
+            creator_on = true;
+        }
+        let started = call.started_at_ms.is_none() && call.on_call() >= 2;
+        if started {
+            call.started_at_ms = Some(now);
+        }
+        let version = call.bump();
+        let snapshot = call.snapshot();
+        self.net.respond(ctx.sk, rid, Ok(ResponseBody::Call(snapshot.clone())));
+        if !others.is_empty() {
+            let event = Event::CallEnded { call: snapshot.clone(), reason: EndReason::AcceptedOnOtherDevice };
+            self.net.send_all(&others, event);
+        }
+        let changed = |user: &UserId| Event::ParticipantChanged {
+            call_id: id.clone(),
+            user_id: user.clone(),
+            state: ParticipantState::OnCall,
+            reason: None,
+            version,
+        };
+        notify_others(&mut self.net, call, &[idx], changed(&ctx.user));
+        if creator_on {
+            notify_others(&mut self.net, call, &[0, idx], changed(&call.creator));
+        }
+        if started {
+            let event = Event::CallStarted {
+                call_id: id.clone(),
+                call_type: call.call_type,
+                started_at_ms: now,
+                version,
+            };
+            notify(&mut self.net, call, |_, p| p.state.is_connected(), event);
+        }
+        self.net.outputs.push_back(Output::SaveCall { app: ctx.app.clone(), call: snapshot });
+        Ok(())
+    }
+
+    fn hangup(&mut self, now: i64, ctx: &Ctx, rid: u64, id: &CallId) -> Result<(), Error> {
+        let (call, idx) = find(&mut self.calls, ctx, id)?;
+        not_ended(call)?;
+        let Some(party) = call.party(idx) else { return Err(Error::from_code(Code::Internal)) };
+        if !party.state.is_active() {
+            return Err(err(Code::NotInCall, "you already left this call"));
+        }
+        if party.state.is_connected() {
+            holds_leg(call, idx, ctx.sk)?;
+        }
+        let reason = call.hangup_reason(idx);
+        let other_devices =
+            if reason == EndReason::Reject { EndReason::RejectedOnOtherDevice } else { reason };
+        self.net.respond(ctx.sk, rid, Ok(ResponseBody::Empty));
+        self.leave(now, id, idx, reason, Some(ctx.sk), other_devices);
+        Ok(())
+    }
+
+    fn ringing(&mut self, ctx: &Ctx, rid: u64, id: &CallId) -> Result<(), Error> {
+        let (call, idx) = find(&mut self.calls, ctx, id)?;
+        not_ended(call)?;
+        let Some(party) = call.party_mut(idx) else { return Err(Error::from_code(Code::Internal)) };
+        if !party.state.is_ringing() {
+            return Err(err(Code::InvalidState, "the call is not ringing for you"));
+        }
+        let state_changed = party.state == ParticipantState::Incoming;
+        party.state = ParticipantState::Ringing;
+        if !party.offered.contains(&ctx.sk) {
+            party.offered.push(ctx.sk);
+        }
+        let version = if state_changed { call.bump() } else { call.version };
+        let delivery_changed = call.mark_device(idx, &ctx.device, Delivery::Ringing);
+        self.net.respond(ctx.sk, rid, Ok(ResponseBody::Empty));
+        if state_changed {
+            let event = Event::ParticipantChanged {
+                call_id: id.clone(),
+                user_id: ctx.user.clone(),
+                state: ParticipantState::Ringing,
+                reason: None,
+                version,
+            };
+            notify_others(&mut self.net, call, &[idx], event);
+        }
+        if delivery_changed {
+            notify_inviter(&mut self.net, call, idx);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn invite(
+        &mut self,
+        now: i64,
+        ctx: &Ctx,
+        rid: u64,
+        id: &CallId,
+        users: Vec<UserId>,
+        push: Option<PushConfig>,
+        extra: String,
+    ) -> Result<(), Error> {
+        // Checks first (busy needs the other calls, so no mutable borrow yet).
+        let (targets, busy) = {
+            let call = self.calls.get(id).filter(|c| c.app == ctx.app).ok_or(Code::CallNotFound)?;
+            let idx =
+                call.index_of(&ctx.user).ok_or_else(|| err(Code::Forbidden, "you are not in this call"))?;
+            not_ended(call)?;
+            holds_leg(call, idx, ctx.sk)?;
+            if users.is_empty() {
+                return Err(err(Code::UserListInvalid, "the invitee list is empty"));
+            }
+            let mut targets: Vec<UserId> = Vec::with_capacity(users.len());
+            for u in users {
+                let active =
+                    call.index_of(&u).and_then(|j| call.party(j)).is_some_and(|p| p.state.is_active());
+                if u != ctx.user && !active && !targets.contains(&u) {
+                    targets.push(u);
+                }
+            }
+            let limit = Call::limit(
+                call.media_type,
+                self.cfg.max_video_participants,
+                self.cfg.max_audio_participants,
+            );
+            if call.active() + targets.len() > limit {
+                return Err(err(Code::CallFull, "the call would have too many participants"));
+            }
+            let busy: Vec<UserId> =
+                targets.iter().filter(|u| self.is_busy(ctx, u, Some(id))).cloned().collect();
+            (targets, busy)
+        };
+        let Some(mut call) = self.calls.remove(id) else { return Err(Error::from_code(Code::Internal)) };
+        let mut type_changed = false;
+        let mut cancelled = None;
+        if call.call_type == CallType::Single && !targets.is_empty() {
+            call.call_type = CallType::Multi;
+            call.bump();
+            type_changed = true;
+            cancelled = call.change.take();
+        }
+        let auto_reject = self.cfg.busy_policy == BusyPolicy::AutoReject;
+        let mut invited = Vec::new();
+        let mut rejected = Vec::new();
+        for u in &targets {
+            let Some(j) = call.invite(u, &ctx.user, Some(extra.clone()), now) else { continue };
+            if auto_reject && busy.contains(u) {
+                call.end_party(j, EndReason::Busy, now);
+                rejected.push(j);
+                continue;
+            }
+            self.ring(now, &mut call, j, &ctx.user, push.as_ref());
+            invited.push(j);
+            self.net.add_call(&ctx.app, u, id);
+        }
+        let version = call.bump();
+        let snapshot = call.snapshot();
+        self.net.respond(ctx.sk, rid, Ok(ResponseBody::Busy(busy)));
+        if let Some(change) = cancelled {
+            self.finish_change(&call, change, ChangeMediaTypeResult::Cancelled);
+        }
+        if type_changed {
+            let event = Event::CallTypeChanged { call_id: id.clone(), call_type: CallType::Multi, version };
+            notify_others(&mut self.net, &call, &invited, event);
+        }
+        if !invited.is_empty() {
+            let invitees = invited.iter().filter_map(|&j| call.party(j)).map(|p| p.user.clone()).collect();
+            let event =
+                Event::UsersInvited { call_id: id.clone(), inviter: ctx.user.clone(), invitees, version };
+            notify_others(&mut self.net, &call, &invited, event);
+        }
+        for &j in &rejected {
+            if let Some(p) = call.party(j) {
+                let event = Event::ParticipantChanged {
+                    call_id: id.clone(),
+                    user_id: p.user.clone(),
+                    state: ParticipantState::Ended,
+                    reason: Some(EndReason::Busy),
+                    version,
+                };
+                notify_others(&mut self.net, &call, &invited, event);
+            }
+        }
+        for &j in &invited {
+            if let Some(p) = call.party(j)
+                && !p.offered.is_empty()
+            {
+                let event = Event::IncomingCall {
+                    call: snapshot.clone(),
+                    inviter: ctx.user.clone(),
+                    extra: extra.clone(),
+                };
+                self.net.send_all(&p.offered, event);
+            }
+        }
+        for &j in &rejected {
+            if let Some(p) = call.party(j) {
+                self.net.add_call(&ctx.app, &p.user, id);
+            }
+        }
+        self.net.outputs.push_back(Output::SaveCall { app: ctx.app.clone(), call: snapshot });
+        self.calls.insert(id.clone(), call);
+        Ok(())
+    }
+
+    fn request_change(
+        &mut self,
+        now: i64,
+        ctx: &Ctx,
+        rid: u64,
+        id: &CallId,
+        media_type: MediaType,
+    ) -> Result<(), Error> {
+        let (call, idx) = find(&mut self.calls, ctx, id)?;
+        not_ended(call)?;
+        if call.call_type != CallType::Single {
+            return Err(err(Code::InvalidState, "the media type can change only in SINGLE calls"));
+        }
+        holds_leg(call, idx, ctx.sk)?;
+        let peer = call.peer_of(idx).ok_or(Code::Internal)?;
+        if !call.party(peer).is_some_and(|p| p.state.is_connected()) {
+            return Err(err(Code::InvalidState, "the call is not connected yet"));
+        }
+        if media_type == call.media_type {
+            return Err(err(Code::MediaTypeInvalid, "the call already has this media type"));
+        }
+        if call.change.as_ref().is_some_and(|c| c.requester == idx) {
+            return Err(err(Code::InvalidState, "your change of media type is still pending"));
+        }
+        self.next_tx += 1;
+        let seq = self.next_tx;
+        let tx = TransactionId::new(&format!("t{seq}")).map_err(|_| Error::from_code(Code::Internal))?;
+        let change = MediaChange { tx: tx.clone(), seq, requester: idx, media_type };
+        self.net.respond(ctx.sk, rid, Ok(ResponseBody::Transaction(tx)));
+        if media_type == MediaType::Audio {
+            // A downgrade needs no agreement (no upgrade can be pending: the call is on video).
+            call.media_type = media_type;
+            call.bump();
+            Self::finish_change_on(&mut self.net, call, change, ChangeMediaTypeResult::Accepted);
+            self.net.outputs.push_back(Output::SaveCall { app: call.app.clone(), call: call.snapshot() });
+        } else if let Some(pending) = call.change.take() {
+            // Both sides asked at once: neither request takes effect.
+            Self::finish_change_on(&mut self.net, call, pending, ChangeMediaTypeResult::Conflict);
+            Self::finish_change_on(&mut self.net, call, change, ChangeMediaTypeResult::Conflict);
+        } else {
+            let event = Event::ChangeMediaTypeRequested {
+                call_id: id.clone(),
+                user_id: ctx.user.clone(),
+                transaction_id: change.tx.clone(),
+                media_type,
+            };
+            if let Some(p) = call.party(peer) {
+                self.net.send_all(p.sessions(), event);
+            }
+            let timeout = self.cfg.change_media_type_timeout_ms;
+            if timeout > 0 {
+                self.timers.set(now.saturating_add(i64::from(timeout)), Timer::Change(id.clone(), seq));
+            }
+            call.change = Some(change);
+        }
+        Ok(())
+    }
+
+    /// Cancel (`agree == None`, by the requester) or reply (by the peer).
+    fn answer_change(
+        &mut self,
+        ctx: &Ctx,
+        rid: u64,
+        id: &CallId,
+        tx: &TransactionId,
+        agree: Option<bool>,
+    ) -> Result<(), Error> {
+        let (call, idx) = find(&mut self.calls, ctx, id)?;
+        not_ended(call)?;
+        holds_leg(call, idx, ctx.sk)?;
+        let valid = call.change.as_ref().is_some_and(|c| {
+            &c.tx == tx && if agree.is_none() { c.requester == idx } else { c.requester != idx }
+        });
+        if !valid {
+            return Err(err(Code::TransactionIdInvalid, "no such pending transaction for you"));
+        }
+        let Some(change) = call.change.take() else { return Err(Error::from_code(Code::Internal)) };
+        self.net.respond(ctx.sk, rid, Ok(ResponseBody::Empty));
+        let result = match agree {
+            None => ChangeMediaTypeResult::Cancelled,
+            Some(false) => ChangeMediaTypeResult::Rejected,
+            Some(true) => {
+                call.media_type = change.media_type;
+                call.bump();
+                self.net.outputs.push_back(Output::SaveCall { app: call.app.clone(), call: call.snapshot() });
+                ChangeMediaTypeResult::Accepted
+            }
+        };
+        let call = &*call;
+        Self::finish_change_on(&mut self.net, call, change, result);
+        Ok(())
+    }
+
+    fn finish_change(&mut self, call: &Call, change: MediaChange, result: ChangeMediaTypeResult) {
+        Self::finish_change_on(&mut self.net, call, change, result);
+    }
+
+    /// ChangeMediaTypeFinished to both sides.
+    fn finish_change_on(net: &mut Net, call: &Call, change: MediaChange, result: ChangeMediaTypeResult) {
+        let Some(requester) = call.party(change.requester) else { return };
+        let event = Event::ChangeMediaTypeFinished {
+            call_id: call.id.clone(),
+            user_id: requester.user.clone(),
+            transaction_id: change.tx,
+            media_type: call.media_type,
+            result,
+            version: call.version,
+        };
+        notify_others(net, call, &[], event);
+    }
+
+    pub(super) fn change_timer(&mut self, _now: i64, id: &CallId, seq: u64) {
+        let Some(call) = self.calls.get_mut(id) else { return };
+        if call.is_ended() || call.change.as_ref().is_none_or(|c| c.seq != seq) {
+            return;
+        }
+        if let Some(change) = call.change.take() {
+            Self::finish_change_on(&mut self.net, call, change, ChangeMediaTypeResult::Timeout);
+        }
+    }
+
+    fn set_media_state(
+        &mut self,
+        ctx: &Ctx,
+        rid: u64,
+        id: &CallId,
+        kind: MediaKind,
+        disabled: bool,
+    ) -> Result<(), Error> {
+        let (call, idx) = find(&mut self.calls, ctx, id)?;
+        not_ended(call)?;
+        holds_leg(call, idx, ctx.sk)?;
+        if kind == MediaKind::Video && !disabled && call.media_type == MediaType::Audio {
+            return Err(Error::from_code(Code::NotVideoCall));
+        }
+        let Some(party) = call.party_mut(idx) else { return Err(Error::from_code(Code::Internal)) };
+        let slot = match kind {
+            MediaKind::Video => &mut party.camera_disabled,
+            MediaKind::Audio => &mut party.microphone_disabled,
+        };
+        let changed = *slot != disabled;
+        *slot = disabled;
+        if changed {
+            call.bump();
+        }
+        self.net.respond(ctx.sk, rid, Ok(ResponseBody::Empty));
+        if changed {
+            let event =
+                Event::MediaStateChanged { call_id: id.clone(), user_id: ctx.user.clone(), kind, disabled };
+            notify_others(&mut self.net, call, &[idx], event);
+        }
+        Ok(())
+    }
+
+    fn first_frame(&mut self, now: i64, ctx: &Ctx, rid: u64, id: &CallId) -> Result<(), Error> {
+        let (call, idx) = find(&mut self.calls, ctx, id)?;
+        not_ended(call)?;
+        holds_leg(call, idx, ctx.sk)?;
+        let first = call.first_frame_at_ms.is_none();
+        if first {
+            call.first_frame_at_ms = Some(now);
+            call.bump();
+        }
+        self.net.respond(ctx.sk, rid, Ok(ResponseBody::Empty));
+        if first {
+            notify_others(&mut self.net, call, &[], Event::FirstFrame { call_id: id.clone(), at_ms: now });
+        }
+        Ok(())
+    }
+
+    fn media_signal(
+        &mut self,
+        ctx: &Ctx,
+        rid: u64,
+        id: &CallId,
+        to_user: &UserId,
+        to_device: &DeviceId,
+        payload: MediaPayload,
+    ) -> Result<(), Error> {
+        let (call, idx) = find(&mut self.calls, ctx, id)?;
+        not_ended(call)?;
+        holds_leg(call, idx, ctx.sk)?;
+        if to_user == &ctx.user {
+            return Err(err(Code::ParamError, "media signals go to another participant"));
+        }
+        let target = call
+            .index_of(to_user)
+            .and_then(|j| call.party(j))
+            .filter(|p| p.state.is_connected())
+            .and_then(|p| p.bound)
+            .filter(|sk| self.net.sessions.get(sk).is_some_and(|s| &s.device == to_device))
+            .ok_or_else(|| err(Code::NotInCall, "the target device is not connected in this call"))?;
+        self.net.respond(ctx.sk, rid, Ok(ResponseBody::Empty));
+        let event = Event::MediaSignal {
+            call_id: id.clone(),
+            from_user: ctx.user.clone(),
+            from_device: ctx.device.clone(),
+            payload,
+        };
+        self.net.send(target, event);
+        Ok(())
+    }
+
+    fn get_call(&mut self, ctx: &Ctx, rid: u64, id: &CallId) -> Result<(), Error> {
+        let (call, _) = find(&mut self.calls, ctx, id)?;
+        let snapshot = call.snapshot();
+        self.net.respond(ctx.sk, rid, Ok(ResponseBody::Call(snapshot)));
+        Ok(())
+    }
+
+    /// An invitation (or ack of one) reached a device: record it and tell the inviter.
+    pub(super) fn mark_delivery(
+        &mut self,
+        id: &CallId,
+        user: &UserId,
+        device: &DeviceId,
+        delivery: Delivery,
+    ) {
+        let Some(call) = self.calls.get_mut(id) else { return };
+        if call.is_ended() {
+            return;
+        }
+        let Some(idx) = call.index_of(user) else { return };
+        if !call.party(idx).is_some_and(|p| p.state.is_ringing()) {
+            return;
+        }
+        if call.mark_device(idx, device, delivery) {
+            notify_inviter(&mut self.net, call, idx);
+        }
+    }
+
+    pub(super) fn ring_timer(&mut self, now: i64, id: &CallId, idx: usize, at: i64) {
+        let Some(call) = self.calls.get(id) else { return };
+        let Some(party) = call.party(idx) else { return };
+        if call.is_ended() || !party.state.is_ringing() || party.ring_deadline != Some(at) {
+            return;
+        }
+        // SPEC §9.1: a callee no device of whom was reached (and who was not pushed) is
+        // unreachable, which is not the same as not answering.
+        let reason =
+            if party.delivery == Delivery::Unreachable { EndReason::Offline } else { EndReason::NoResponse };
+        self.leave(now, id, idx, reason, None, reason);
+    }
+
+    /// Participant `idx` leaves with `reason` (its own point of view). The call ends when the
+    /// rest cannot carry it on; otherwise (MULTI) the others are told.
+    pub(super) fn leave(
+        &mut self,
+        now: i64,
+        id: &CallId,
+        idx: usize,
+        reason: EndReason,
+        acting: Option<SessionKey>,
+        other_devices: EndReason,
+    ) {
+        let Some(call) = self.calls.get_mut(id) else { return };
+        if call.is_ended() {
+            return;
+        }
+        let Some(sessions) = call.end_party(idx, reason, now) else { return };
+        let leaver = Leaver { idx, sessions, acting, other_devices };
+        if call.should_end() {
+            self.finish_call(now, id, remote_view(reason), Some(leaver));
+            return;
+        }
+        let snapshot = call.snapshot();
+        send_leaver_ended(&mut self.net, call, &leaver, &snapshot);
+        if let Some(p) = call.party(idx) {
+            let event = Event::ParticipantChanged {
+                call_id: id.clone(),
+                user_id: p.user.clone(),
+                state: ParticipantState::Ended,
+                reason: Some(reason),
+                version: call.version,
+            };
+            notify_others(&mut self.net, call, &[idx], event);
+        }
+        self.net.outputs.push_back(Output::SaveCall { app: call.app.clone(), call: snapshot });
+    }
+
+    /// Ends the call: every participant still active ends with `others` (the leaver, if any,
+    /// already ended), then CallEnded to every device that held it, one record per
+    /// participant, summaries for SINGLE calls, ForgetCall.
+    pub(super) fn finish_call(&mut self, now: i64, id: &CallId, others: EndReason, leaver: Option<Leaver>) {
+        let Some(call) = self.calls.get_mut(id) else { return };
+        if call.is_ended() {
+            return;
+        }
+        let mut ended = Vec::new();
+        for j in 0..call.parties.len() {
+            // Someone still rung when the others hung up sees a cancel.
+            let ringing = call.party(j).is_some_and(|p| p.state.is_ringing());
+            let reason =
+                if ringing && others == EndReason::RemoteHangup { EndReason::RemoteCancel } else { others };
+            if let Some(sessions) = call.end_party(j, reason, now) {
+                ended.push((j, sessions));
+            }
+        }
+        call.ended_at_ms = Some(now);
+        call.change = None;
+        call.bump();
+        let snapshot = call.snapshot();
+        if let Some(leaver) = &leaver {
+            send_leaver_ended(&mut self.net, call, leaver, &snapshot);
+        }
+        for (j, sessions) in ended {
+            if let Some(reason) = call.party(j).and_then(|p| p.reason) {
+                self.net.send_all(sessions.as_slice(), Event::CallEnded { call: snapshot.clone(), reason });
+            }
+        }
+        let app = call.app.clone();
+        let single = call.call_type == CallType::Single;
+        let n = call.parties.len();
+        let mut snapshot = Some(snapshot);
+        for j in 0..n {
+            self.last_sync_time = now.max(self.last_sync_time.saturating_add(1));
+            let sync_time = self.last_sync_time;
+            let info = if j + 1 == n { snapshot.take() } else { snapshot.clone() };
+            let Some(record) = info.and_then(|info| call.record(j, sync_time, info)) else { continue };
+            let owner = record.owner.clone();
+            self.net.outputs.push_back(Output::StoreRecord { app: app.clone(), record: record.clone() });
+            let summary = if single { call.summary(j).map(Event::Summary) } else { None };
+            let events = std::iter::once(Event::CallRecord(record)).chain(summary);
+            self.net.deliver_to_user(&app, &owner, events, Some(id));
+        }
+        self.net.outputs.push_back(Output::ForgetCall { app, call_id: id.clone() });
+        self.live = self.live.saturating_sub(1);
+        let retention = now.saturating_add(i64::from(self.cfg.ended_call_retention_ms));
+        self.timers.set(retention, Timer::Retention(id.clone()));
+    }
+}

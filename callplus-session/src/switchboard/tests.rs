@@ -1,0 +1,1259 @@
+//! Switchboard scenarios driven directly with hand-made frames and a virtual clock.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::model::ids::TransactionId;
+use crate::model::kinds::{
+    CallType, ChangeMediaTypeResult, Direction, MediaKind, MediaType, ParticipantState,
+};
+use crate::model::message::{MediaPayload, Request, Resume, StartCall};
+use crate::model::snapshot::CallRecord;
+
+fn ok<T>(r: Result<T, Error>) -> T {
+    r.unwrap_or_else(|e| panic!("unexpected error: {e}"))
+}
+
+fn uid(s: &str) -> UserId {
+    ok(UserId::new(s))
+}
+
+fn app() -> AppKey {
+    ok(AppKey::new("app"))
+}
+
+/// One simulated device: its numbering, what it received, and whether it hears the network.
+#[derive(Debug)]
+struct Dev {
+    user: UserId,
+    device: DeviceId,
+    app: AppKey,
+    next_seq: u64,
+    ack: u64,
+    next_rid: u64,
+    inbox: Vec<ServerFrame>,
+    session_id: String,
+    /// Frames transmitted to a deaf device are lost in flight.
+    deaf: bool,
+}
+
+struct H {
+    sb: Switchboard,
+    now: i64,
+    devs: HashMap<ConnId, Dev>,
+    outputs: Vec<Output>,
+    closed: Vec<ConnId>,
+    next_conn: ConnId,
+}
+
+impl H {
+    fn new(cfg: SwitchboardConfig) -> H {
+        H {
+            sb: Switchboard::new(cfg),
+            now: 1_000_000,
+            devs: HashMap::new(),
+            outputs: Vec::new(),
+            closed: Vec::new(),
+            next_conn: 0,
+        }
+    }
+
+    fn default() -> H {
+        H::new(SwitchboardConfig { push_enabled: false, ..SwitchboardConfig::default() })
+    }
+
+    fn drain(&mut self) {
+        while let Some(out) = self.sb.poll_output() {
+            match out {
+                Output::Transmit { conn, frame } => {
+                    let Some(d) = self.devs.get_mut(&conn) else { continue };
+                    if d.deaf {
+                        continue;
+                    }
+                    if let ServerBody::Welcome(w) = &frame.body {
+                        d.session_id = w.session_id.clone();
+                        if !w.resumed {
+                            d.ack = 0;
+                        }
+                    }
+                    if frame.seq != 0 {
+                        assert_eq!(frame.seq, d.ack + 1, "frames arrive in order, exactly once: {frame:?}");
+                        d.ack = frame.seq;
+                    }
+                    d.inbox.push(frame);
+                }
+                Output::Close { conn } => self.closed.push(conn),
+                other => self.outputs.push(other),
+            }
+        }
+    }
+
+    fn hello(device: &DeviceId, resume: Option<Resume>) -> Hello {
+        Hello { token: "t".into(), device_id: device.clone(), resume, client_version: "test".into() }
+    }
+
+    fn connect_app(&mut self, app: AppKey, user: &str, device: &str) -> ConnId {
+        self.next_conn += 1;
+        let conn = self.next_conn;
+        let dev = Dev {
+            user: uid(user),
+            device: ok(DeviceId::new(device)),
+            app: app.clone(),
+            next_seq: 1,
+            ack: 0,
+            next_rid: 1,
+            inbox: Vec::new(),
+            session_id: String::new(),
+            deaf: false,
+        };
+        let hello = H::hello(&dev.device, None);
+        self.devs.insert(conn, dev);
+        self.sb.connect(self.now, conn, app, uid(user), hello, Vec::new());
+        self.drain();
+        conn
+    }
+
+    fn connect(&mut self, user: &str, device: &str) -> ConnId {
+        self.connect_app(app(), user, device)
+    }
+
+    /// The device reconnects on a new connection, resuming (or not) its session.
+    fn reconnect(&mut self, old: ConnId, resume: bool, offline: Vec<OfflineEvent>) -> ConnId {
+        let Some(mut dev) = self.devs.remove(&old) else { panic!("no device {old}") };
+        self.next_conn += 1;
+        let conn = self.next_conn;
+        dev.deaf = false;
+        dev.inbox.retain(|f| !matches!(f.body, ServerBody::Welcome(_)));
+        let r = resume.then(|| Resume { session_id: dev.session_id.clone(), last_received_seq: dev.ack });
+        if !resume {
+            dev.next_seq = 1;
+        }
+        let hello = H::hello(&dev.device, r);
+        let (app, user) = (dev.app.clone(), dev.user.clone());
+        self.devs.insert(conn, dev);
+        self.sb.connect(self.now, conn, app, user, hello, offline);
+        self.drain();
+        conn
+    }
+
+    fn frame(&mut self, conn: ConnId, body: ClientBody, sequenced: bool) -> ClientFrame {
+        let Some(d) = self.devs.get_mut(&conn) else { panic!("no device {conn}") };
+        let seq = if sequenced {
+            d.next_seq += 1;
+            d.next_seq - 1
+        } else {
+            0
+        };
+        let request_id = if sequenced {
+            d.next_rid += 1;
+            d.next_rid - 1
+        } else {
+            0
+        };
+        ClientFrame { seq, ack: d.ack, request_id, body }
+    }
+
+    fn send_frame(&mut self, conn: ConnId, frame: ClientFrame) {
+        self.sb.handle_frame(self.now, conn, frame);
+        self.drain();
+    }
+
+    fn response(&mut self, conn: ConnId, rid: u64) -> Option<Result<ResponseBody, Error>> {
+        let d = self.devs.get_mut(&conn)?;
+        let pos =
+            d.inbox.iter().position(|f| matches!(&f.body, ServerBody::Response(r) if r.request_id == rid))?;
+        match d.inbox.remove(pos).body {
+            ServerBody::Response(r) => Some(r.result),
+            _ => None,
+        }
+    }
+
+    fn req(&mut self, conn: ConnId, request: Request) -> Result<ResponseBody, Error> {
+        let frame = self.frame(conn, ClientBody::Request(request), true);
+        let rid = frame.request_id;
+        self.send_frame(conn, frame);
+        self.response(conn, rid).unwrap_or_else(|| panic!("no response to request {rid}"))
+    }
+
+    fn ping(&mut self, conn: ConnId) {
+        let frame = self.frame(conn, ClientBody::Ping, false);
+        self.send_frame(conn, frame);
+    }
+
+    /// Events received (and not yet looked at) by a device; other frames are discarded.
+    fn events(&mut self, conn: ConnId) -> Vec<Event> {
+        let Some(d) = self.devs.get_mut(&conn) else { return Vec::new() };
+        let frames = std::mem::take(&mut d.inbox);
+        frames
+            .into_iter()
+            .filter_map(|f| match f.body {
+                ServerBody::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn outputs(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.outputs)
+    }
+
+    fn advance(&mut self, ms: i64) {
+        self.now += ms;
+        while self.sb.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.sb.handle_timeout(self.now);
+            self.drain();
+        }
+    }
+
+    /// Advances in steps, pinging from `alive` devices so they stay live.
+    fn advance_pinging(&mut self, ms: i64, alive: &[ConnId]) {
+        let step = 5_000;
+        let mut left = ms;
+        while left > 0 {
+            let d = left.min(step);
+            self.advance(d);
+            left -= d;
+            for &c in alive {
+                self.ping(c);
+            }
+        }
+    }
+
+    fn start(&mut self, conn: ConnId, callees: &[&str], call_type: CallType, media: MediaType) -> CallInfo {
+        match self.start_full(conn, callees, call_type, media, None) {
+            Ok(ResponseBody::Started { call, .. }) => call,
+            other => panic!("start failed: {other:?}"),
+        }
+    }
+
+    fn start_full(
+        &mut self,
+        conn: ConnId,
+        callees: &[&str],
+        call_type: CallType,
+        media: MediaType,
+        ring_timeout_ms: Option<u32>,
+    ) -> Result<ResponseBody, Error> {
+        self.req(
+            conn,
+            Request::StartCall(StartCall {
+                callees: callees.iter().map(|c| uid(c)).collect(),
+                call_type,
+                media_type: media,
+                push: None,
+                extra: String::new(),
+                ring_timeout_ms,
+            }),
+        )
+    }
+
+    fn single(&mut self, conn: ConnId, callee: &str) -> CallId {
+        self.start(conn, &[callee], CallType::Single, MediaType::AudioVideo).call_id
+    }
+
+    fn accept(&mut self, conn: ConnId, id: &CallId) -> Result<ResponseBody, Error> {
+        self.req(conn, Request::Accept { call_id: id.clone() })
+    }
+
+    fn hangup(&mut self, conn: ConnId, id: &CallId) -> Result<ResponseBody, Error> {
+        self.req(conn, Request::Hangup { call_id: id.clone(), push: None })
+    }
+
+    /// A connected 1:1 call between a1 (caller) and b1.
+    fn connected_pair(&mut self) -> (ConnId, ConnId, CallId) {
+        let a = self.connect("alice", "a1");
+        let b = self.connect("bob", "b1");
+        let id = self.single(a, "bob");
+        ok(self.accept(b, &id));
+        self.events(a);
+        self.events(b);
+        (a, b, id)
+    }
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, Error>) -> Code {
+    match r {
+        Err(e) => e.code,
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
+fn ended_reason(events: &[Event], id: &CallId) -> Option<EndReason> {
+    let mut reasons = events.iter().filter_map(|e| match e {
+        Event::CallEnded { call, reason } if &call.call_id == id => Some(*reason),
+        _ => None,
+    });
+    let first = reasons.next();
+    assert!(reasons.next().is_none(), "CallEnded at most once per device: {events:?}");
+    first
+}
+
+fn records(outputs: &[Output]) -> Vec<&CallRecord> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::StoreRecord { record, .. } => Some(record),
+            _ => None,
+        })
+        .collect()
+}
+
+fn has_summary(events: &[Event], id: &CallId) -> bool {
+    events.iter().any(|e| matches!(e, Event::Summary(s) if &s.call_id == id))
+}
+
+fn stored_offline<'a>(outputs: &'a [Output], who: &str) -> Vec<&'a Event> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::StoreOffline { user, event, .. } if user.as_str() == who => Some(event),
+            _ => None,
+        })
+        .collect()
+}
+
+// ----- 1:1 calls ---------------------------------------------------------------------------------
+
+#[test]
+fn one_to_one_accept_and_hangup() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let t0 = h.now;
+    let id = h.single(a, "bob");
+    assert_eq!(h.sb.live_calls(), 1);
+    let ev = h.events(b);
+    assert!(
+        matches!(&ev[..], [Event::IncomingCall { call, inviter, .. }] if call.call_id == id && inviter.as_str() == "alice")
+    );
+    // The callee's device acks the invitation: the caller sees it delivered.
+    h.ping(b);
+    let ev = h.events(a);
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::DeliveryChanged { delivery: Delivery::Delivered, devices, .. } if devices.len() == 1)),
+        "{ev:?}"
+    );
+    h.advance_pinging(2_000, &[a, b]);
+    let t_accept = h.now;
+    let info = match h.accept(b, &id) {
+        Ok(ResponseBody::Call(info)) => info,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(info.started_at_ms, Some(t_accept));
+    assert!(info.participants.iter().all(|p| p.state == ParticipantState::OnCall));
+    let ev = h.events(a);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, Event::CallStarted { started_at_ms, .. } if *started_at_ms == t_accept))
+    );
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::ParticipantChanged { state: ParticipantState::OnCall, .. }))
+    );
+    assert!(h.events(b).iter().any(|e| matches!(e, Event::CallStarted { .. })));
+    h.advance_pinging(10_000, &[a, b]);
+    let t_end = h.now;
+    h.outputs();
+    assert_eq!(h.hangup(a, &id), Ok(ResponseBody::Empty));
+    let (ea, eb) = (h.events(a), h.events(b));
+    assert_eq!(ended_reason(&ea, &id), None, "the response tells the device that hung up");
+    assert!(ea.iter().any(|e| matches!(e, Event::Summary(s) if s.end_reason == EndReason::Hangup)));
+    assert_eq!(ended_reason(&eb, &id), Some(EndReason::RemoteHangup));
+    assert!(has_summary(&ea, &id) && has_summary(&eb, &id));
+    assert!(ea.iter().any(|e| matches!(e, Event::CallRecord(r) if r.owner.as_str() == "alice")));
+    let out = h.outputs();
+    let recs = records(&out);
+    assert_eq!(recs.len(), 2);
+    for r in &recs {
+        assert_eq!(r.call.created_at_ms, t0);
+        assert_eq!(r.call.started_at_ms, Some(t_accept));
+        assert_eq!(r.call.ended_at_ms, Some(t_end));
+        assert_eq!(r.duration_ms, t_end - t_accept);
+    }
+    assert_eq!(recs[0].direction, Direction::Outgoing);
+    assert_eq!(recs[1].direction, Direction::Incoming);
+    assert_eq!(recs[1].end_reason, EndReason::RemoteHangup);
+    assert!(recs[1].sync_time > recs[0].sync_time);
+    assert!(recs[1].call.participants[1].devices.iter().any(|d| d.delivery == Delivery::Delivered));
+    assert!(out.iter().any(|o| matches!(o, Output::ForgetCall { call_id, .. } if call_id == &id)));
+    assert_eq!(h.sb.live_calls(), 0);
+    assert!(!h.sb.is_call_live(&app(), &id));
+    // Ended calls stay visible to participants for a while (SPEC §9.2).
+    assert!(
+        matches!(h.req(b, Request::GetCall { call_id: id.clone() }), Ok(ResponseBody::Call(c)) if c.is_ended())
+    );
+    // Acting on it now says so.
+    assert_eq!(code(h.hangup(b, &id)), Code::CallEnded);
+}
+
+#[test]
+fn reject_and_cancel() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let id = h.single(a, "bob");
+    h.events(b);
+    ok(h.hangup(b, &id));
+    let eb = h.events(b);
+    assert_eq!(ended_reason(&eb, &id), None);
+    assert!(eb.iter().any(|e| matches!(e, Event::Summary(s) if s.end_reason == EndReason::Reject)));
+    let ea = h.events(a);
+    assert_eq!(ended_reason(&ea, &id), Some(EndReason::RemoteReject));
+    assert!(ea.iter().any(
+        |e| matches!(e, Event::Summary(s) if s.end_reason == EndReason::RemoteReject && s.duration_ms == 0)
+    ));
+
+    let id = h.single(a, "bob");
+    ok(h.hangup(a, &id));
+    assert!(h.events(a).iter().any(|e| matches!(e, Event::Summary(s) if s.end_reason == EndReason::Cancel)));
+    assert_eq!(ended_reason(&h.events(b), &id), Some(EndReason::RemoteCancel));
+    let out = h.outputs();
+    let recs = records(&out);
+    assert_eq!(recs.len(), 4);
+    assert!(recs.iter().all(|r| r.duration_ms == 0 && r.call.started_at_ms.is_none()));
+}
+
+#[test]
+fn ring_timeout_is_no_response_when_delivered() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let id = h.single(a, "bob");
+    h.ping(b); // acks the invitation
+    h.advance_pinging(59_000, &[a, b]);
+    assert!(h.sb.is_call_live(&app(), &id));
+    h.advance_pinging(1_000, &[a, b]);
+    assert!(!h.sb.is_call_live(&app(), &id));
+    assert_eq!(ended_reason(&h.events(b), &id), Some(EndReason::NoResponse));
+    assert_eq!(ended_reason(&h.events(a), &id), Some(EndReason::RemoteNoResponse));
+}
+
+#[test]
+fn unreachable_callee_is_offline_and_gets_the_summary_stored() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let id = h.single(a, "bob");
+    assert!(h.outputs().iter().all(|o| !matches!(o, Output::Push(_))), "push is disabled");
+    h.advance_pinging(60_000, &[a]);
+    assert_eq!(ended_reason(&h.events(a), &id), Some(EndReason::RemoteOffline));
+    let out = h.outputs();
+    let stored = stored_offline(&out, "bob");
+    assert!(stored.iter().any(|e| matches!(e, Event::Summary(s) if s.end_reason == EndReason::Offline)));
+    assert!(stored.iter().any(|e| matches!(e, Event::CallRecord(_))));
+    // Bob connects later and gets them; acking deletes them from storage.
+    let offline: Vec<OfflineEvent> = stored
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| OfflineEvent { id: i as i64 + 10, event: e.clone() })
+        .collect();
+    let n = offline.len();
+    h.next_conn += 1;
+    let conn = h.next_conn;
+    let device = ok(DeviceId::new("b1"));
+    h.devs.insert(
+        conn,
+        Dev {
+            user: uid("bob"),
+            device: device.clone(),
+            app: app(),
+            next_seq: 1,
+            ack: 0,
+            next_rid: 1,
+            inbox: Vec::new(),
+            session_id: String::new(),
+            deaf: false,
+        },
+    );
+    h.sb.connect(h.now, conn, app(), uid("bob"), H::hello(&device, None), offline);
+    h.drain();
+    let ev = h.events(conn);
+    assert_eq!(ev.len(), n);
+    assert!(has_summary(&ev, &id));
+    h.ping(conn);
+    let out = h.outputs();
+    assert!(out.iter().any(|o| matches!(o, Output::OfflineDelivered { ids, .. } if ids.len() == n)));
+}
+
+#[test]
+fn pushed_callee_times_out_as_no_response() {
+    let mut h = H::new(SwitchboardConfig::default());
+    let a = h.connect("alice", "a1");
+    let id = h.single(a, "bob");
+    let out = h.outputs();
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Push(p) if p.callee.as_str() == "bob" && p.call_id == id))
+    );
+    // forceKeepCalling: a device that connects in time still rings.
+    h.advance_pinging(30_000, &[a]);
+    let b = h.connect("bob", "b1");
+    assert!(h.events(b).iter().any(|e| matches!(e, Event::IncomingCall { call, .. } if call.call_id == id)));
+    // The invitation is marked delivered once that device acks it.
+    h.ping(b);
+    assert!(
+        h.events(a).iter().any(|e| matches!(e, Event::DeliveryChanged { delivery: Delivery::Delivered, .. }))
+    );
+    h.advance_pinging(30_000, &[a, b]);
+    assert_eq!(ended_reason(&h.events(a), &id), Some(EndReason::RemoteNoResponse));
+}
+
+#[test]
+fn ring_timeout_override_and_never() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let id = match h.start_full(a, &["bob"], CallType::Single, MediaType::Audio, Some(5_000)) {
+        Ok(ResponseBody::Started { call, .. }) => call.call_id,
+        other => panic!("{other:?}"),
+    };
+    h.advance_pinging(5_000, &[a, b]);
+    assert!(!h.sb.is_call_live(&app(), &id));
+    let id = match h.start_full(a, &["bob"], CallType::Single, MediaType::Audio, Some(0)) {
+        Ok(ResponseBody::Started { call, .. }) => call.call_id,
+        other => panic!("{other:?}"),
+    };
+    h.advance_pinging(600_000, &[a, b]);
+    assert!(h.sb.is_call_live(&app(), &id), "0 = ring until answered");
+}
+
+// ----- busy, multi-device, accept another call -----------------------------------------------------
+
+#[test]
+fn busy_callee_still_rings_and_caller_is_told() {
+    let mut h = H::default();
+    let (_a, b, _id) = h.connected_pair();
+    let c = h.connect("carol", "c1");
+    match h.start_full(c, &["bob"], CallType::Single, MediaType::Audio, None) {
+        Ok(ResponseBody::Started { busy, .. }) => assert_eq!(busy, vec![uid("bob")]),
+        other => panic!("{other:?}"),
+    }
+    assert!(h.events(b).iter().any(|e| matches!(e, Event::IncomingCall { .. })), "call waiting");
+}
+
+#[test]
+fn busy_callee_auto_rejected() {
+    let mut h = H::new(SwitchboardConfig {
+        busy_policy: BusyPolicy::AutoReject,
+        push_enabled: false,
+        ..SwitchboardConfig::default()
+    });
+    let (_a, b, _id) = h.connected_pair();
+    let c = h.connect("carol", "c1");
+    let call = match h.start_full(c, &["bob"], CallType::Single, MediaType::Audio, None) {
+        Ok(ResponseBody::Started { call, busy }) => {
+            assert_eq!(busy, vec![uid("bob")]);
+            call
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(ended_reason(&h.events(c), &call.call_id), Some(EndReason::RemoteBusy));
+    let eb = h.events(b);
+    assert!(!eb.iter().any(|e| matches!(e, Event::IncomingCall { .. })), "never rung");
+    assert!(eb.iter().any(|e| matches!(e, Event::Summary(s) if s.end_reason == EndReason::Busy)));
+    assert_eq!(h.sb.live_calls(), 1);
+}
+
+#[test]
+fn multi_device_accept_on_other_device() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let b1 = h.connect("bob", "b1");
+    let b2 = h.connect("bob", "b2");
+    let id = h.single(a, "bob");
+    assert!(h.events(b1).iter().any(|e| matches!(e, Event::IncomingCall { .. })));
+    assert!(h.events(b2).iter().any(|e| matches!(e, Event::IncomingCall { .. })));
+    ok(h.req(b1, Request::Ringing { call_id: id.clone() }));
+    let ea = h.events(a);
+    assert!(
+        ea.iter().any(|e| matches!(e, Event::ParticipantChanged { state: ParticipantState::Ringing, .. }))
+    );
+    assert!(ea.iter().any(|e| matches!(e, Event::DeliveryChanged { delivery: Delivery::Ringing, .. })));
+    ok(h.accept(b2, &id));
+    assert_eq!(ended_reason(&h.events(b1), &id), Some(EndReason::AcceptedOnOtherDevice));
+    assert_eq!(code(h.accept(b1, &id)), Code::InvalidState);
+    h.events(b2);
+    ok(h.req(a, Request::SetMediaState { call_id: id.clone(), kind: MediaKind::Audio, disabled: true }));
+    assert!(h.events(b1).is_empty(), "only the answering device follows the call");
+    assert!(!h.events(b2).is_empty());
+    ok(h.hangup(a, &id));
+    let e1 = h.events(b1);
+    assert_eq!(ended_reason(&e1, &id), None);
+    assert!(has_summary(&e1, &id), "summaries go to every device of the user");
+    assert_eq!(ended_reason(&h.events(b2), &id), Some(EndReason::RemoteHangup));
+}
+
+#[test]
+fn multi_device_reject_on_other_device() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let b1 = h.connect("bob", "b1");
+    let b2 = h.connect("bob", "b2");
+    let id = h.single(a, "bob");
+    ok(h.hangup(b1, &id));
+    assert_eq!(ended_reason(&h.events(b1), &id), None, "the rejecting device has its response");
+    assert_eq!(ended_reason(&h.events(b2), &id), Some(EndReason::RejectedOnOtherDevice));
+    assert_eq!(ended_reason(&h.events(a), &id), Some(EndReason::RemoteReject));
+}
+
+#[test]
+fn accept_while_in_another_call_ends_the_old_one() {
+    let mut h = H::default();
+    let (a, b, first) = h.connected_pair();
+    let c = h.connect("carol", "c1");
+    let second = h.single(c, "bob");
+    h.events(b);
+    ok(h.accept(b, &second));
+    let eb = h.events(b);
+    assert_eq!(ended_reason(&eb, &first), Some(EndReason::AcceptedAnotherCall));
+    assert_eq!(ended_reason(&h.events(a), &first), Some(EndReason::RemoteAcceptedAnotherCall));
+    assert!(h.sb.is_call_live(&app(), &second));
+    assert!(!h.sb.is_call_live(&app(), &first));
+    assert!(h.events(c).iter().any(|e| matches!(e, Event::CallStarted { .. })));
+}
+
+#[test]
+fn session_exist_on_the_server() {
+    let mut h = H::default();
+    let (a, _b, _id) = h.connected_pair();
+    let r = h.start_full(a, &["carol"], CallType::Single, MediaType::Audio, None);
+    assert_eq!(code(r), Code::SessionExist);
+    // Another device of the same user may call.
+    let a2 = h.connect("alice", "a2");
+    assert!(h.start_full(a2, &["carol"], CallType::Single, MediaType::Audio, None).is_ok());
+}
+
+#[test]
+fn start_call_validation() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let r = h.start_full(a, &["bob", "carol"], CallType::Single, MediaType::Audio, None);
+    assert_eq!(code(r), Code::SingleCallNotSupportMultiPerson);
+    assert_eq!(code(h.start_full(a, &[], CallType::Multi, MediaType::Audio, None)), Code::UserListInvalid);
+    assert_eq!(
+        code(h.start_full(a, &["alice"], CallType::Single, MediaType::Audio, None)),
+        Code::UserListInvalid
+    );
+    assert_eq!(h.sb.live_calls(), 0);
+}
+
+// ----- group calls ---------------------------------------------------------------------------------
+
+#[test]
+fn invite_turns_single_into_multi() {
+    let mut h = H::default();
+    let (a, b, id) = h.connected_pair();
+    let c = h.connect("carol", "c1");
+    let r = h.req(
+        a,
+        Request::Invite { call_id: id.clone(), users: vec![uid("carol")], push: None, extra: "x".into() },
+    );
+    assert_eq!(r, Ok(ResponseBody::Busy(Vec::new())));
+    for conn in [a, b] {
+        let ev = h.events(conn);
+        assert!(ev.iter().any(|e| matches!(e, Event::CallTypeChanged { call_type: CallType::Multi, .. })));
+        assert!(
+            ev.iter().any(
+                |e| matches!(e, Event::UsersInvited { invitees, .. } if invitees == &vec![uid("carol")])
+            )
+        );
+    }
+    let ec = h.events(c);
+    assert!(
+        matches!(&ec[..], [Event::IncomingCall { call, extra, .. }] if call.call_type == CallType::Multi && extra == "x")
+    );
+    // Re-inviting an active participant is a no-op; a stranger cannot invite.
+    let r = h.req(
+        a,
+        Request::Invite { call_id: id.clone(), users: vec![uid("carol")], push: None, extra: String::new() },
+    );
+    assert!(r.is_ok());
+    assert!(h.events(c).is_empty());
+    let d = h.connect("dave", "d1");
+    let r = h.req(
+        d,
+        Request::Invite { call_id: id.clone(), users: vec![uid("erin")], push: None, extra: String::new() },
+    );
+    assert_eq!(code(r), Code::Forbidden);
+}
+
+#[test]
+fn multi_leave_continue_and_end() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let c = h.connect("carol", "c1");
+    let id = h.start(a, &["bob", "carol"], CallType::Multi, MediaType::Audio).call_id;
+    ok(h.accept(b, &id));
+    ok(h.accept(c, &id));
+    h.events(a);
+    h.events(b);
+    h.events(c);
+    ok(h.hangup(b, &id));
+    assert!(h.sb.is_call_live(&app(), &id), "a group call goes on");
+    assert!(h.events(b).is_empty(), "nothing more about the call for the device that left");
+    for conn in [a, c] {
+        assert!(h.events(conn).iter().any(|e| matches!(e,
+            Event::ParticipantChanged { state: ParticipantState::Ended, reason: Some(EndReason::Hangup), user_id, .. }
+            if user_id.as_str() == "bob")));
+    }
+    // Available calls list it for a participant.
+    assert!(matches!(h.req(b, Request::GetAvailableCalls), Ok(ResponseBody::Calls(l)) if l.len() == 1));
+    h.outputs();
+    ok(h.hangup(c, &id));
+    assert!(!h.sb.is_call_live(&app(), &id));
+    let ea = h.events(a);
+    assert_eq!(ended_reason(&ea, &id), Some(EndReason::RemoteHangup));
+    assert!(!has_summary(&ea, &id), "no summary for group calls");
+    let out = h.outputs();
+    let recs = records(&out);
+    assert_eq!(recs.len(), 3);
+    let bob = recs.iter().find(|r| r.owner.as_str() == "bob").map(|r| r.end_reason);
+    assert_eq!(bob, Some(EndReason::Hangup));
+}
+
+#[test]
+fn multi_creator_cancel_stops_the_ringing() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let id = h.start(a, &["bob", "carol"], CallType::Multi, MediaType::Audio).call_id;
+    ok(h.hangup(a, &id));
+    assert_eq!(ended_reason(&h.events(b), &id), Some(EndReason::RemoteCancel));
+    let out = h.outputs();
+    let alice = records(&out).into_iter().find(|r| r.owner.as_str() == "alice").map(|r| r.end_reason);
+    assert_eq!(alice, Some(EndReason::Cancel));
+}
+
+#[test]
+fn join_and_stranger_refused() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let c = h.connect("carol", "c1");
+    let d = h.connect("dave", "d1");
+    let id = h.start(a, &["bob", "carol"], CallType::Multi, MediaType::Audio).call_id;
+    ok(h.accept(b, &id));
+    ok(h.hangup(c, &id)); // rejects
+    assert_eq!(code(h.accept(c, &id)), Code::NotInCall);
+    match h.req(c, Request::JoinCall { call_id: id.clone() }) {
+        Ok(ResponseBody::Call(info)) => {
+            assert_eq!(info.participant(&uid("carol")).map(|p| p.state), Some(ParticipantState::OnCall));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(h.events(a).iter().any(|e| matches!(e, Event::ParticipantChanged { state: ParticipantState::OnCall, user_id, .. } if user_id.as_str() == "carol")));
+    assert_eq!(code(h.req(d, Request::JoinCall { call_id: id.clone() })), Code::Forbidden);
+    assert_eq!(code(h.req(d, Request::GetCall { call_id: id.clone() })), Code::Forbidden);
+    // SINGLE calls cannot be joined.
+    let e = h.connect("erin", "e1");
+    let single = h.single(e, "dave");
+    assert_eq!(code(h.req(d, Request::JoinCall { call_id: single })), Code::SingleCallNotSupportMultiPerson);
+}
+
+#[test]
+fn group_limit_is_call_full() {
+    let mut h = H::new(SwitchboardConfig {
+        max_audio_participants: 3,
+        max_video_participants: 2,
+        push_enabled: false,
+        ..SwitchboardConfig::default()
+    });
+    let a = h.connect("alice", "a1");
+    let r = h.start_full(a, &["b", "c", "d"], CallType::Multi, MediaType::Audio, None);
+    assert_eq!(code(r), Code::CallFull);
+    let r = h.start_full(a, &["b", "c"], CallType::Multi, MediaType::AudioVideo, None);
+    assert_eq!(code(r), Code::CallFull);
+    let id = h.start(a, &["b", "c"], CallType::Multi, MediaType::Audio).call_id;
+    let b = h.connect("b", "b1");
+    ok(h.accept(b, &id));
+    let r = h.req(
+        a,
+        Request::Invite { call_id: id.clone(), users: vec![uid("d")], push: None, extra: String::new() },
+    );
+    assert_eq!(code(r), Code::CallFull);
+    // c declines; now d fits, and c cannot join back while full.
+    let c = h.connect("c", "c1");
+    ok(h.hangup(c, &id));
+    let r = h.req(
+        a,
+        Request::Invite { call_id: id.clone(), users: vec![uid("d")], push: None, extra: String::new() },
+    );
+    assert!(r.is_ok());
+    assert_eq!(code(h.req(c, Request::JoinCall { call_id: id.clone() })), Code::CallFull);
+}
+
+// ----- media -------------------------------------------------------------------------------------
+
+fn tx_of(r: Result<ResponseBody, Error>) -> TransactionId {
+    match r {
+        Ok(ResponseBody::Transaction(tx)) => tx,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn finished(events: &[Event]) -> Vec<(TransactionId, ChangeMediaTypeResult, MediaType)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ChangeMediaTypeFinished { transaction_id, result, media_type, .. } => {
+                Some((transaction_id.clone(), *result, *media_type))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn audio_pair(h: &mut H) -> (ConnId, ConnId, CallId) {
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let id = h.start(a, &["bob"], CallType::Single, MediaType::Audio).call_id;
+    ok(h.accept(b, &id));
+    h.events(a);
+    h.events(b);
+    (a, b, id)
+}
+
+#[test]
+fn change_media_type_outcomes() {
+    let mut h = H::default();
+    let (a, b, id) = audio_pair(&mut h);
+    let change = |m| Request::RequestChangeMediaType { call_id: id.clone(), media_type: m };
+    // Same type.
+    assert_eq!(code(h.req(a, change(MediaType::Audio))), Code::MediaTypeInvalid);
+    // Rejected.
+    let tx = tx_of(h.req(a, change(MediaType::AudioVideo)));
+    assert!(h.events(b).iter().any(
+        |e| matches!(e, Event::ChangeMediaTypeRequested { transaction_id, .. } if transaction_id == &tx)
+    ));
+    assert_eq!(code(h.req(a, change(MediaType::AudioVideo))), Code::InvalidState, "already pending");
+    let reply = |tx: &TransactionId, agree| Request::ReplyChangeMediaType {
+        call_id: id.clone(),
+        transaction_id: tx.clone(),
+        agree,
+    };
+    assert_eq!(code(h.req(a, reply(&tx, true))), Code::TransactionIdInvalid, "requester cannot reply");
+    ok(h.req(b, reply(&tx, false)));
+    for conn in [a, b] {
+        assert_eq!(
+            finished(&h.events(conn)),
+            vec![(tx.clone(), ChangeMediaTypeResult::Rejected, MediaType::Audio)]
+        );
+    }
+    // Cancelled.
+    let tx = tx_of(h.req(a, change(MediaType::AudioVideo)));
+    ok(h.req(a, Request::CancelChangeMediaType { call_id: id.clone(), transaction_id: tx.clone() }));
+    assert_eq!(
+        finished(&h.events(b)),
+        vec![(tx.clone(), ChangeMediaTypeResult::Cancelled, MediaType::Audio)]
+    );
+    assert_eq!(code(h.req(b, reply(&tx, true))), Code::TransactionIdInvalid, "finished");
+    // Timeout.
+    let tx = tx_of(h.req(b, change(MediaType::AudioVideo)));
+    h.events(a);
+    h.advance_pinging(30_000, &[a, b]);
+    assert_eq!(finished(&h.events(a)), vec![(tx.clone(), ChangeMediaTypeResult::Timeout, MediaType::Audio)]);
+    assert_eq!(finished(&h.events(b)), vec![(tx, ChangeMediaTypeResult::Timeout, MediaType::Audio)]);
+    // Conflict: both ask at once.
+    let t1 = tx_of(h.req(a, change(MediaType::AudioVideo)));
+    let t2 = tx_of(h.req(b, change(MediaType::AudioVideo)));
+    let fa = finished(&h.events(a));
+    assert_eq!(
+        fa,
+        vec![
+            (t1.clone(), ChangeMediaTypeResult::Conflict, MediaType::Audio),
+            (t2.clone(), ChangeMediaTypeResult::Conflict, MediaType::Audio)
+        ]
+    );
+    assert_eq!(finished(&h.events(b)), fa);
+    // Accepted.
+    let tx = tx_of(h.req(a, change(MediaType::AudioVideo)));
+    let v0 = h.sb.call(&app(), &id).map(|c| c.version).unwrap_or_default();
+    ok(h.req(b, reply(&tx, true)));
+    assert_eq!(finished(&h.events(a)), vec![(tx, ChangeMediaTypeResult::Accepted, MediaType::AudioVideo)]);
+    let info = h.sb.call(&app(), &id).unwrap_or_else(|| panic!("call"));
+    assert_eq!(info.media_type, MediaType::AudioVideo);
+    assert!(info.version > v0);
+    // Downgrade needs no agreement.
+    h.events(b);
+    let tx = tx_of(h.req(b, change(MediaType::Audio)));
+    assert_eq!(finished(&h.events(a)), vec![(tx, ChangeMediaTypeResult::Accepted, MediaType::Audio)]);
+    // Unknown transaction.
+    let bogus = ok(TransactionId::new("nope"));
+    assert_eq!(code(h.req(b, reply(&bogus, true))), Code::TransactionIdInvalid);
+}
+
+#[test]
+fn change_media_type_not_in_multi() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let id = h.start(a, &["bob", "carol"], CallType::Multi, MediaType::Audio).call_id;
+    ok(h.accept(b, &id));
+    let r = h.req(a, Request::RequestChangeMediaType { call_id: id, media_type: MediaType::AudioVideo });
+    assert_eq!(code(r), Code::InvalidState);
+}
+
+#[test]
+fn media_state_first_frame_and_signals() {
+    let mut h = H::default();
+    let (a, b, id) = audio_pair(&mut h);
+    let set = |kind, disabled| Request::SetMediaState { call_id: id.clone(), kind, disabled };
+    assert_eq!(code(h.req(a, set(MediaKind::Video, false))), Code::NotVideoCall);
+    ok(h.req(a, set(MediaKind::Audio, true)));
+    assert!(h.events(b).iter().any(|e| matches!(e, Event::MediaStateChanged { kind: MediaKind::Audio, disabled: true, user_id, .. } if user_id.as_str() == "alice")));
+    assert_eq!(
+        h.sb.call(&app(), &id).and_then(|c| c.participant(&uid("alice")).map(|p| p.microphone_disabled)),
+        Some(true)
+    );
+    let t = h.now;
+    ok(h.req(b, Request::ReportFirstFrame { call_id: id.clone() }));
+    ok(h.req(a, Request::ReportFirstFrame { call_id: id.clone() }));
+    let ea = h.events(a);
+    assert_eq!(ea.iter().filter(|e| matches!(e, Event::FirstFrame { .. })).count(), 1);
+    assert_eq!(h.sb.call(&app(), &id).and_then(|c| c.first_frame_at_ms), Some(t));
+    h.events(b);
+    let signal = |to: &str, dev: &str| Request::MediaSignal {
+        call_id: id.clone(),
+        to_user: uid(to),
+        to_device: ok(DeviceId::new(dev)),
+        payload: MediaPayload::SdpOffer("v=0".into()),
+    };
+    ok(h.req(a, signal("bob", "b1")));
+    assert!(
+        matches!(&h.events(b)[..], [Event::MediaSignal { from_device, .. }] if from_device.as_str() == "a1")
+    );
+    assert_eq!(code(h.req(a, signal("bob", "b9"))), Code::NotInCall);
+    let c = h.connect("carol", "c1");
+    assert_eq!(code(h.req(c, signal("bob", "b1"))), Code::Forbidden);
+    assert!(h.events(b).is_empty());
+}
+
+// ----- liveness, resume, reliability ------------------------------------------------------------
+
+#[test]
+fn liveness_expiry_ends_calls_and_user_can_call_again_at_once() {
+    let mut h = H::default();
+    let (a, b, id) = h.connected_pair();
+    h.sb.connection_lost(h.now, a); // the app crashed; nothing more from a1
+    h.advance_pinging(19_000, &[b]);
+    assert!(h.sb.is_call_live(&app(), &id), "not yet");
+    h.advance_pinging(1_000, &[b]);
+    assert!(!h.sb.is_call_live(&app(), &id));
+    assert_eq!(ended_reason(&h.events(b), &id), Some(EndReason::RemoteNetworkError));
+    // The restarted app (fresh session, same device) can call at once, and bob is not busy.
+    let a2 = h.reconnect(a, false, Vec::new());
+    match h.start_full(a2, &["bob"], CallType::Single, MediaType::Audio, None) {
+        Ok(ResponseBody::Started { busy, .. }) => assert!(busy.is_empty()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn crashed_app_restarting_before_liveness_is_never_locked_out() {
+    let mut h = H::default();
+    let (a, b, id) = h.connected_pair();
+    h.sb.connection_lost(h.now, a);
+    h.advance(1_000);
+    let a2 = h.reconnect(a, false, Vec::new());
+    assert_eq!(ended_reason(&h.events(b), &id), Some(EndReason::RemoteNetworkError));
+    // The new session gets the ended call's summary and record.
+    let ea = h.events(a2);
+    assert!(has_summary(&ea, &id), "{ea:?}");
+    let c = h.connect("carol", "c1");
+    assert!(h.start_full(a2, &["carol"], CallType::Single, MediaType::Audio, None).is_ok());
+    h.events(c);
+}
+
+#[test]
+fn resume_replays_missed_frames_exactly_once() {
+    let mut h = H::default();
+    let (a, b, id) = h.connected_pair();
+    // Frames to b are lost in flight, then the connection drops.
+    if let Some(d) = h.devs.get_mut(&b) {
+        d.deaf = true;
+    }
+    ok(h.req(a, Request::SetMediaState { call_id: id.clone(), kind: MediaKind::Audio, disabled: true }));
+    h.sb.connection_lost(h.now, b);
+    ok(h.req(a, Request::SetMediaState { call_id: id.clone(), kind: MediaKind::Audio, disabled: false }));
+    h.advance(3_000);
+    let b2 = h.reconnect(b, true, Vec::new());
+    let frames = h.devs.get(&b2).map(|d| d.inbox.clone()).unwrap_or_default();
+    assert!(matches!(&frames[0].body, ServerBody::Welcome(w) if w.resumed));
+    let ev = h.events(b2);
+    let states: Vec<bool> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::MediaStateChanged { disabled, .. } => Some(*disabled),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(states, vec![true, false], "in order, exactly once (the harness checks seqs)");
+    assert!(h.sb.is_call_live(&app(), &id), "the call continues");
+    ok(h.hangup(b2, &id));
+    assert_eq!(ended_reason(&h.events(a), &id), Some(EndReason::RemoteHangup));
+}
+
+#[test]
+fn failed_resume_is_a_fresh_session() {
+    let mut h = H::default();
+    let (a, b, id) = h.connected_pair();
+    if let Some(d) = h.devs.get_mut(&b) {
+        d.session_id = "bogus".into();
+    }
+    let b2 = h.reconnect(b, true, Vec::new());
+    let frames = h.devs.get(&b2).map(|d| d.inbox.clone()).unwrap_or_default();
+    assert!(matches!(&frames[0].body, ServerBody::Welcome(w) if !w.resumed));
+    assert_eq!(ended_reason(&h.events(a), &id), Some(EndReason::RemoteNetworkError));
+}
+
+#[test]
+fn duplicate_request_is_processed_once() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let _b = h.connect("bob", "b1");
+    let frame = h.frame(
+        a,
+        ClientBody::Request(Request::StartCall(StartCall {
+            callees: vec![uid("bob")],
+            call_type: CallType::Single,
+            media_type: MediaType::Audio,
+            push: None,
+            extra: String::new(),
+            ring_timeout_ms: None,
+        })),
+        true,
+    );
+    h.send_frame(a, frame.clone());
+    h.send_frame(a, frame.clone());
+    // Also across a resume.
+    let a2 = h.reconnect(a, true, Vec::new());
+    let welcome =
+        h.devs.get(&a2).and_then(|d| d.inbox.iter().rev().find(|f| matches!(f.body, ServerBody::Welcome(_))));
+    assert!(
+        matches!(welcome.map(|f| &f.body), Some(ServerBody::Welcome(w)) if w.resumed && w.last_received_seq == frame.seq),
+        "{welcome:?}"
+    );
+    h.send_frame(a2, frame);
+    assert_eq!(h.sb.live_calls(), 1);
+    let responses = h
+        .devs
+        .get(&a2)
+        .map(|d| d.inbox.iter().filter(|f| matches!(f.body, ServerBody::Response(_))).count())
+        .unwrap_or_default();
+    assert!(responses <= 1);
+}
+
+#[test]
+fn strangers_and_other_apps_are_refused() {
+    let mut h = H::default();
+    let (_a, _b, id) = h.connected_pair();
+    let c = h.connect("carol", "c1");
+    assert_eq!(code(h.hangup(c, &id)), Code::Forbidden);
+    assert_eq!(code(h.accept(c, &id)), Code::Forbidden);
+    assert_eq!(code(h.req(c, Request::GetCall { call_id: id.clone() })), Code::Forbidden);
+    let other = h.connect_app(ok(AppKey::new("other")), "bob", "b1");
+    assert_eq!(code(h.hangup(other, &id)), Code::CallNotFound);
+    assert_eq!(code(h.req(other, Request::GetCall { call_id: id.clone() })), Code::CallNotFound);
+    assert_eq!(code(h.hangup(c, &ok(CallId::new("unknown")))), Code::CallNotFound);
+    assert!(h.sb.is_call_live(&app(), &id));
+}
+
+#[test]
+fn invalid_frame_is_answered_and_numbering_kept() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let seq = h.devs.get_mut(&a).map(|d| {
+        d.next_seq += 1;
+        d.next_seq - 1
+    });
+    let error = FrameError {
+        seq: seq.unwrap_or(1),
+        ack: 0,
+        request_id: 77,
+        error: Error::from_code(Code::FrameInvalid),
+    };
+    h.sb.handle_invalid_frame(h.now, a, error);
+    h.drain();
+    assert_eq!(h.response(a, 77).map(|r| r.map_err(|e| e.code)), Some(Err(Code::FrameInvalid)));
+    // The next numbered request is processed.
+    assert!(h.req(a, Request::GetAvailableCalls).is_ok());
+}
+
+#[test]
+fn rate_limit() {
+    let mut h = H::new(SwitchboardConfig {
+        requests_per_second: 1,
+        request_burst: 2,
+        push_enabled: false,
+        ..SwitchboardConfig::default()
+    });
+    let a = h.connect("alice", "a1");
+    assert!(h.req(a, Request::GetAvailableCalls).is_ok());
+    assert!(h.req(a, Request::GetAvailableCalls).is_ok());
+    assert_eq!(code(h.req(a, Request::GetAvailableCalls)), Code::RateLimited);
+    h.advance(1_000);
+    assert!(h.req(a, Request::GetAvailableCalls).is_ok());
+}
+
+#[test]
+fn goodbye_hangs_up_and_closes() {
+    let mut h = H::default();
+    let (a, b, id) = h.connected_pair();
+    let frame = h.frame(a, ClientBody::Goodbye, false);
+    h.send_frame(a, frame);
+    assert!(h.closed.contains(&a));
+    assert_eq!(ended_reason(&h.events(b), &id), Some(EndReason::RemoteHangup));
+    assert_eq!(h.sb.connected_devices(), 1);
+    // Alice had no other device: her summary is stored.
+    let out = h.outputs();
+    assert!(stored_offline(&out, "alice").iter().any(|e| matches!(e, Event::Summary(_))));
+}
+
+#[test]
+fn single_device_policy_kicks_the_older_device() {
+    let mut h = H::new(SwitchboardConfig {
+        device_policy: DevicePolicy::SingleDevice,
+        push_enabled: false,
+        ..SwitchboardConfig::default()
+    });
+    let (a, b, id) = h.connected_pair();
+    let a2 = h.connect("alice", "a2");
+    let ea = h.events(a);
+    assert!(ea.iter().any(|e| matches!(e, Event::Kicked { reason: EndReason::KickedOtherLogin, .. })));
+    assert!(h.closed.contains(&a));
+    assert_eq!(ended_reason(&h.events(b), &id), Some(EndReason::RemoteKickedOtherLogin));
+    assert!(has_summary(&h.events(a2), &id));
+}
+
+#[test]
+fn too_slow_device_is_dropped() {
+    let mut h = H::new(SwitchboardConfig {
+        max_unacked_frames: 4,
+        push_enabled: false,
+        ..SwitchboardConfig::default()
+    });
+    let (a, b, id) = h.connected_pair();
+    // b never acks (it only receives); a keeps toggling the microphone.
+    for i in 0..6 {
+        ok(h.req(
+            a,
+            Request::SetMediaState { call_id: id.clone(), kind: MediaKind::Audio, disabled: i % 2 == 0 },
+        ));
+        if !h.sb.is_call_live(&app(), &id) {
+            break;
+        }
+    }
+    assert!(h.closed.contains(&b));
+    assert!(!h.sb.is_call_live(&app(), &id));
+    assert_eq!(ended_reason(&h.events(a), &id), Some(EndReason::RemoteNetworkError));
+}
+
+#[test]
+fn resume_window_expiry_drops_the_session() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    h.sb.connection_lost(h.now, a);
+    h.advance(20_000);
+    assert_eq!(h.sb.net.sessions.len(), 1, "stale but resumable");
+    h.advance(40_000);
+    assert!(h.sb.net.sessions.is_empty());
+    let a2 = h.reconnect(a, true, Vec::new());
+    let frames = h.devs.get(&a2).map(|d| d.inbox.clone()).unwrap_or_default();
+    assert!(matches!(&frames[0].body, ServerBody::Welcome(w) if !w.resumed));
+}
+
+#[test]
+fn record_queries_round_trip() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let frame = h.frame(
+        a,
+        ClientBody::Request(Request::GetCallRecords {
+            sync_time: -1,
+            count: 20,
+            order: crate::RecordOrder::Desc,
+        }),
+        true,
+    );
+    let rid = frame.request_id;
+    h.send_frame(a, frame);
+    let out = h.outputs();
+    let qid = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Query { id, query: Query::Records { count: 20, .. }, .. } => Some(*id),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no query: {out:?}"));
+    let page = crate::RecordPage { records: Vec::new(), has_more: false, sync_time: 5 };
+    h.sb.complete_query(h.now, qid, Ok(QueryAnswer::Records(page.clone())));
+    h.drain();
+    assert_eq!(h.response(a, rid), Some(Ok(ResponseBody::Records(page))));
+    let r = h.req(a, Request::GetCallRecords { sync_time: -1, count: 0, order: crate::RecordOrder::Asc });
+    assert_eq!(code(r), Code::ParamError);
+}
+
+// ----- operator commands -------------------------------------------------------------------------
+
+#[test]
+fn shutdown_ends_everything() {
+    let mut h = H::default();
+    let (a, b, id) = h.connected_pair();
+    h.sb.shutdown(h.now);
+    h.drain();
+    for conn in [a, b] {
+        let ev = h.events(conn);
+        assert_eq!(ended_reason(&ev, &id), Some(EndReason::EndedByServer));
+        assert!(matches!(ev.last(), Some(Event::Kicked { reason: EndReason::EndedByServer, .. })));
+        assert!(h.closed.contains(&conn));
+    }
+    let out = h.outputs();
+    assert_eq!(records(&out).len(), 2);
+    assert!(stored_offline(&out, "alice").iter().any(|e| matches!(e, Event::Summary(_))));
+    assert!(stored_offline(&out, "bob").iter().any(|e| matches!(e, Event::Summary(_))));
+    assert!(out.iter().any(|o| matches!(o, Output::ForgetCall { .. })));
+    assert_eq!(h.sb.live_calls(), 0);
+    assert_eq!(h.sb.connected_devices(), 0);
+}
+
+#[test]
+fn recovered_calls_end_with_records() {
+    let mut h = H::default();
+    let saved = {
+        let a = h.connect("alice", "a1");
+        let b = h.connect("bob", "b1");
+        let id = h.single(a, "bob");
+        ok(h.accept(b, &id));
+        let out = h.outputs();
+        out.into_iter()
+            .filter_map(|o| match o {
+                Output::SaveCall { app, call } => Some((app, call)),
+                _ => None,
+            })
+            .last()
+            .unwrap_or_else(|| panic!("no SaveCall"))
+    };
+    let id = saved.1.call_id.clone();
+    let mut fresh = H::default();
+    fresh.sb.set_min_sync_time(i64::MAX / 2);
+    fresh.sb.end_recovered_calls(fresh.now, vec![saved]);
+    fresh.drain();
+    let out = fresh.outputs();
+    let recs = records(&out);
+    assert_eq!(recs.len(), 2);
+    assert!(recs.iter().all(|r| r.end_reason == EndReason::EndedByServer && r.sync_time > i64::MAX / 2));
+    assert_eq!(stored_offline(&out, "alice").len(), 2, "record and summary");
+    assert_eq!(stored_offline(&out, "bob").len(), 2);
+    assert!(out.iter().any(|o| matches!(o, Output::ForgetCall { call_id, .. } if call_id == &id)));
+    assert_eq!(fresh.sb.live_calls(), 0);
+}
+
+#[test]
+fn call_ids_are_unique_and_valid() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let id = h.single(a, "bob");
+        ok(h.hangup(a, &id));
+        assert!(seen.insert(id));
+    }
+}

@@ -1,0 +1,108 @@
+//! In-memory stand-in for the server's storage, answering the switchboard's storage outputs the
+//! way the SQLite storage does (same paging rules), so flows can check records and offline
+//! delivery end to end.
+
+use std::collections::{BTreeMap, HashMap};
+
+use callplus_session::switchboard::{OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryResult};
+use callplus_session::{AppKey, CallId, CallInfo, CallRecord, Event, RecordOrder, RecordPage, UserId};
+
+#[derive(Default)]
+pub struct SimStorage {
+    /// Records per (app, owner), keyed by sync_time.
+    pub records: HashMap<(AppKey, UserId), BTreeMap<i64, CallRecord>>,
+    /// Offline events per (app, user), keyed by id.
+    pub offline: HashMap<(AppKey, UserId), BTreeMap<i64, Event>>,
+    next_offline_id: i64,
+    /// Every push requested.
+    pub pushes: Vec<PushRequest>,
+    /// Saved live calls.
+    pub calls: HashMap<(AppKey, CallId), CallInfo>,
+    /// Every record ever written (deletes do not remove from here), in write order.
+    pub written: Vec<(AppKey, CallRecord)>,
+}
+
+impl SimStorage {
+    pub fn apply(&mut self, output: &Output) {
+        match output {
+            Output::StoreRecord { app, record } => {
+                self.written.push((app.clone(), record.clone()));
+                self.records
+                    .entry((app.clone(), record.owner.clone()))
+                    .or_default()
+                    .insert(record.sync_time, record.clone());
+            }
+            Output::StoreOffline { app, user, event } => {
+                self.next_offline_id += 1;
+                self.offline
+                    .entry((app.clone(), user.clone()))
+                    .or_default()
+                    .insert(self.next_offline_id, event.clone());
+            }
+            Output::OfflineDelivered { app, user, ids } => {
+                if let Some(queue) = self.offline.get_mut(&(app.clone(), user.clone())) {
+                    for id in ids {
+                        queue.remove(id);
+                    }
+                }
+            }
+            Output::Push(push) => self.pushes.push(push.clone()),
+            Output::SaveCall { app, call } => {
+                self.calls.insert((app.clone(), call.call_id.clone()), call.clone());
+            }
+            Output::ForgetCall { app, call_id } => {
+                self.calls.remove(&(app.clone(), call_id.clone()));
+            }
+            Output::Transmit { .. } | Output::Close { .. } | Output::Query { .. } => {}
+        }
+    }
+
+    pub fn offline_for(&self, app: &AppKey, user: &UserId) -> Vec<OfflineEvent> {
+        self.offline
+            .get(&(app.clone(), user.clone()))
+            .map(|q| q.iter().map(|(id, event)| OfflineEvent { id: *id, event: event.clone() }).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn records_of(&self, app: &AppKey, user: &UserId) -> Vec<CallRecord> {
+        self.records
+            .get(&(app.clone(), user.clone()))
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn run_query(&mut self, app: &AppKey, user: &UserId, query: &Query) -> QueryResult {
+        let key = (app.clone(), user.clone());
+        match query {
+            Query::Records { sync_time, count, order } => {
+                let all = self.records.get(&key).cloned().unwrap_or_default();
+                let count = *count as usize;
+                let rows: Vec<CallRecord> = match order {
+                    RecordOrder::Desc => all
+                        .range(..if *sync_time < 0 { i64::MAX } else { *sync_time })
+                        .rev()
+                        .map(|(_, r)| r.clone())
+                        .collect(),
+                    RecordOrder::Asc => all
+                        .range(if *sync_time < 0 { i64::MIN } else { sync_time + 1 }..)
+                        .map(|(_, r)| r.clone())
+                        .collect(),
+                };
+                let has_more = rows.len() > count;
+                let records: Vec<CallRecord> = rows.into_iter().take(count).collect();
+                let next = records.last().map_or(*sync_time, |r| r.sync_time);
+                Ok(QueryAnswer::Records(RecordPage { records, has_more, sync_time: next }))
+            }
+            Query::DeleteRecords { call_ids } => {
+                if let Some(records) = self.records.get_mut(&key) {
+                    records.retain(|_, r| !call_ids.contains(&r.call.call_id));
+                }
+                Ok(QueryAnswer::Deleted)
+            }
+            Query::DeleteAllRecords => {
+                self.records.remove(&key);
+                Ok(QueryAnswer::Deleted)
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! `callplus serve`: runs the signalling server until SIGTERM or Ctrl-C.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use callplus_session::IceServer;
+use callplus_session::switchboard::{BusyPolicy, DevicePolicy, SwitchboardConfig};
+use clap::{Args, ValueEnum};
+
+use super::LogFormat;
+use crate::server::config::{duration_ms_u32, parse_duration, parse_ice_server};
+use crate::server::{DEFAULT_ADMIN_LISTEN, DEFAULT_DATA_DIR, DEFAULT_LISTEN, Server, ServerOptions};
+
+/// Busy callees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BusyArg {
+    /// Ring anyway (call waiting) and tell the caller who is busy.
+    Ring,
+    /// Reject busy callees at once (BUSY / REMOTE_BUSY).
+    Reject,
+}
+
+/// Devices per user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// Several devices per user; all ring.
+    Multi,
+    /// One device per user; a new login kicks the older one (KICKED_OTHER_LOGIN).
+    Single,
+}
+
+/// Flags of `callplus serve`; each also reads a `CALLPLUS_*` environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// gRPC address devices connect to.
+    #[arg(long, env = "CALLPLUS_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Admin HTTP address (token API, /metrics, /healthz); `off` disables it.
+    #[arg(long, env = "CALLPLUS_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: String,
+    /// Data directory (SQLite database, created if missing).
+    #[arg(long, env = "CALLPLUS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Default ring timeout of a call (0 = ring until answered or cancelled).
+    #[arg(long, env = "CALLPLUS_RING_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub ring_timeout: Duration,
+    /// How long a change-media-type request waits for the peer.
+    #[arg(long, env = "CALLPLUS_CHANGE_MEDIA_TYPE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub change_media_type_timeout: Duration,
+    /// How often clients ping (told to them at connect).
+    #[arg(long, env = "CALLPLUS_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// A device silent this long is gone: its calls end for it with NETWORK_ERROR.
+    #[arg(long, env = "CALLPLUS_LIVENESS_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub liveness_timeout: Duration,
+    /// How long after its last frame a device can resume its session with nothing lost.
+    #[arg(long, env = "CALLPLUS_RESUME_WINDOW", default_value = "60s", value_parser = parse_duration)]
+    pub resume_window: Duration,
+    /// Most participants of a call with video.
+    #[arg(long, env = "CALLPLUS_MAX_VIDEO_PARTICIPANTS", default_value_t = 16)]
+    pub max_video_participants: usize,
+    /// Most participants of an audio-only call.
+    #[arg(long, env = "CALLPLUS_MAX_AUDIO_PARTICIPANTS", default_value_t = 32)]
+    pub max_audio_participants: usize,
+    /// What happens to a callee already in a call.
+    #[arg(long, env = "CALLPLUS_BUSY_POLICY", value_enum, default_value = "ring")]
+    pub busy_policy: BusyArg,
+    /// Several devices per user, or one (a new login kicks the older device).
+    #[arg(long, env = "CALLPLUS_DEVICE_POLICY", value_enum, default_value = "multi")]
+    pub device_policy: DeviceArg,
+    /// URL that push notifications for offline callees are POSTed to (JSON); none = no push.
+    #[arg(long, env = "CALLPLUS_PUSH_WEBHOOK")]
+    pub push_webhook: Option<String>,
+    /// Tries per push notification, with exponential backoff.
+    #[arg(long, env = "CALLPLUS_PUSH_ATTEMPTS", default_value_t = 4)]
+    pub push_attempts: u32,
+    /// STUN/TURN server for clients: `URL[,URL...][|USERNAME|CREDENTIAL]`; repeat the flag, or
+    /// separate servers with `;` in the environment variable.
+    #[arg(long = "ice-server", env = "CALLPLUS_ICE_SERVERS", value_delimiter = ';', value_parser = parse_ice_server)]
+    pub ice_servers: Vec<IceServer>,
+    /// Unacknowledged frames kept per device before it is dropped as too slow.
+    #[arg(long, env = "CALLPLUS_MAX_UNACKED_FRAMES", default_value_t = 4096)]
+    pub max_unacked_frames: usize,
+    /// Sustained requests per second allowed per device.
+    #[arg(long, env = "CALLPLUS_REQUESTS_PER_SECOND", default_value_t = 50)]
+    pub requests_per_second: u32,
+    /// Burst of requests allowed per device above the sustained rate.
+    #[arg(long, env = "CALLPLUS_REQUEST_BURST", default_value_t = 200)]
+    pub request_burst: u32,
+    /// How long an ended call can still be looked up (GetCall).
+    #[arg(long, env = "CALLPLUS_ENDED_CALL_RETENTION", default_value = "10m", value_parser = parse_duration)]
+    pub ended_call_retention: Duration,
+    /// How long a new stream may take to send its Hello.
+    #[arg(long, env = "CALLPLUS_HELLO_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub hello_timeout: Duration,
+    /// Frames queued per connection before a slow connection is closed (it can resume).
+    #[arg(long, env = "CALLPLUS_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+    /// Log format.
+    #[arg(long, env = "CALLPLUS_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    /// Log filter when RUST_LOG is not set (e.g. `info`, `callplus_signal=debug`).
+    #[arg(long, env = "CALLPLUS_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl ServeArgs {
+    /// The switchboard settings these flags describe.
+    ///
+    /// # Errors
+    /// When a duration does not fit in milliseconds as a `u32`.
+    pub fn switchboard_config(&self) -> anyhow::Result<SwitchboardConfig> {
+        let ms = |d: Duration| duration_ms_u32(d).map_err(anyhow::Error::msg);
+        Ok(SwitchboardConfig {
+            ring_timeout_ms: ms(self.ring_timeout)?,
+            change_media_type_timeout_ms: ms(self.change_media_type_timeout)?,
+            heartbeat_interval_ms: ms(self.heartbeat_interval)?,
+            liveness_timeout_ms: ms(self.liveness_timeout)?,
+            resume_window_ms: ms(self.resume_window)?,
+            max_video_participants: self.max_video_participants,
+            max_audio_participants: self.max_audio_participants,
+            busy_policy: match self.busy_policy {
+                BusyArg::Ring => BusyPolicy::RingBusy,
+                BusyArg::Reject => BusyPolicy::AutoReject,
+            },
+            device_policy: match self.device_policy {
+                DeviceArg::Multi => DevicePolicy::MultiDevice,
+                DeviceArg::Single => DevicePolicy::SingleDevice,
+            },
+            push_enabled: self.push_webhook.is_some(),
+            ice_servers: self.ice_servers.clone(),
+            max_unacked_frames: self.max_unacked_frames,
+            requests_per_second: self.requests_per_second,
+            request_burst: self.request_burst,
+            ended_call_retention_ms: ms(self.ended_call_retention)?,
+        })
+    }
+}
+
+/// Runs `callplus serve`.
+///
+/// # Errors
+/// When the configuration is invalid, storage cannot be opened, an address cannot be bound,
+/// or the final storage flush fails.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    super::init_logging(args.log_format, &args.log);
+    let config = args.switchboard_config()?;
+    let options = ServerOptions {
+        hello_timeout: args.hello_timeout,
+        outbound_queue: args.outbound_queue,
+        push_webhook: args.push_webhook.clone(),
+        push_attempts: args.push_attempts.max(1),
+        ..ServerOptions::default()
+    };
+    let mut builder =
+        Server::builder().data_dir(&args.data_dir).listen(&args.listen).config(config).options(options);
+    builder = if args.admin_listen.eq_ignore_ascii_case("off") {
+        builder.no_admin()
+    } else {
+        builder.admin_listen(&args.admin_listen)
+    };
+    let mut server = builder.start().await.context("cannot start the server")?;
+
+    let data_dir = args.data_dir.display();
+    println!("callplus {} is running", env!("CARGO_PKG_VERSION"));
+    println!("  gRPC (devices):   http://{}", server.grpc_addr());
+    match server.admin_addr() {
+        Some(addr) => {
+            println!("  admin API:        http://{addr}  (POST /v1/tokens, GET /metrics, GET /healthz)")
+        }
+        None => println!("  admin API:        off"),
+    }
+    println!("  data directory:   {data_dir}");
+    let app = server.app_credentials();
+    if server.created_app() {
+        println!();
+        println!("Created the default app. Its secret is shown only this once; keep it safe:");
+        println!("  app key:    {}", app.app_key);
+        println!("  app secret: {}", app.app_secret);
+    } else {
+        println!("  app key:          {}", app.app_key);
+    }
+    println!();
+    println!("Get a token for a user with:");
+    let dir_flag = if args.data_dir.as_os_str() == DEFAULT_DATA_DIR {
+        String::new()
+    } else {
+        format!(" --data-dir {}", shell_quote(&data_dir.to_string()))
+    };
+    println!("  callplus token --user alice{dir_flag}");
+    println!("Stop with Ctrl-C (or SIGTERM); nothing is lost.");
+
+    tokio::select! {
+        () = crate::server::shutdown::signal() => {}
+        () = server.failed() => tracing::error!("a server task failed; stopping"),
+    }
+    server.shutdown().await.context("shutdown did not complete cleanly")?;
+    Ok(())
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=@".contains(&b)) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}

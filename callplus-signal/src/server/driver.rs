@@ -1,0 +1,731 @@
+//! The driver: one tokio task owns the [`Switchboard`] and moves its inputs and outputs.
+//!
+//! Transports never touch the switchboard. They number their connections, authenticate the
+//! Hello, load the user's offline events and then send [`Input`]s here; the driver answers
+//! through each connection's bounded outbound queue. It is transport-agnostic: a queue of
+//! domain [`ServerFrame`]s per connection is all a transport gives it, and dropping that queue
+//! is how the driver closes a connection.
+//!
+//! The loop (as the switchboard's docs prescribe): take one input with the current time, call
+//! the switchboard, drain `poll_output` until it is empty, and sleep until `poll_timeout` to
+//! call `handle_timeout`. Storage never runs on this task: writes go to the storage
+//! [`BatchWriter`], queries to `spawn_blocking` and back as [`Input::QueryDone`], pushes to the
+//! push worker.
+//!
+//! Offline events: a transport reads the [`OfflineEpoch`], then commits queued writes and loads
+//! the user's stored events, then sends [`Input::Open`]. If an event for that user was stored
+//! after the epoch was read (the load may have missed it), the driver loads again before it
+//! opens the session, buffering the connection's frames meanwhile, so no stored event waits for
+//! a later connect.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use callplus_proto::v1 as pb;
+use callplus_session::switchboard::{
+    ConnId, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId, QueryResult, Switchboard,
+};
+use callplus_session::wire::{FrameError, event_to_wire};
+use callplus_session::{
+    AppKey, CallId, CallInfo, CallRecord, ClientFrame, Code, Error, Hello, RecordOrder, RecordPage,
+    ServerFrame, UserId,
+};
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::metrics::{Metrics, ReasonLabel};
+use crate::storage::{BatchWriter, CallRow, PageOrder, RecordRow, Storage, StorageError, WriteOp};
+
+/// Inputs queued to the driver before transports wait.
+const INPUT_QUEUE: usize = 8192;
+
+/// An authenticated device opening a session on a new connection.
+pub(crate) struct Open {
+    /// The connection's number.
+    pub(crate) conn: ConnId,
+    /// The token's app.
+    pub(crate) app: AppKey,
+    /// The token's user.
+    pub(crate) user: UserId,
+    /// The Hello.
+    pub(crate) hello: Hello,
+    /// The user's stored offline events, oldest first.
+    pub(crate) offline: Vec<OfflineEvent>,
+    /// [`OfflineEpoch`] read before `offline` was loaded.
+    pub(crate) offline_epoch: u64,
+    /// The connection's outbound queue.
+    pub(crate) tx: mpsc::Sender<ServerFrame>,
+    /// Dropped when the driver closes the connection, so the transport stops reading.
+    pub(crate) closed: oneshot::Sender<()>,
+}
+
+/// Counts offline events stored, so the driver can tell whether a connecting user's events were
+/// loaded before or after the latest one for that user was stored (see [`Driver`]).
+pub(crate) type OfflineEpoch = Arc<AtomicU64>;
+
+/// Most inputs buffered for a connection whose offline events are being reloaded.
+const MAX_BUFFERED_INPUTS: usize = 4096;
+/// Most users whose latest offline-event epoch is remembered; past it the table restarts.
+const MAX_OFFLINE_MARKS: usize = 65_536;
+
+/// What transports (and the driver's helpers) tell the driver.
+pub(crate) enum Input {
+    /// An authenticated device opened a session on a new connection.
+    Open(Box<Open>),
+    /// A frame arrived.
+    Frame {
+        /// The connection.
+        conn: ConnId,
+        /// The frame (boxed: frames are large and inputs are moved through a queue).
+        frame: Box<ClientFrame>,
+    },
+    /// A frame arrived that does not convert.
+    Invalid {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        error: FrameError,
+    },
+    /// The connection is gone.
+    Lost {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A storage query finished.
+    QueryDone {
+        /// The query.
+        id: QueryId,
+        /// Its result.
+        result: QueryResult,
+    },
+    /// Is this call still live (asked before each push attempt)?
+    IsLive {
+        /// The app.
+        app: AppKey,
+        /// The call.
+        call_id: CallId,
+        /// The answer.
+        reply: oneshot::Sender<bool>,
+    },
+    /// Shut down: end every session, write everything, flush storage, stop.
+    Shutdown {
+        /// Receives the storage flush result.
+        done: oneshot::Sender<Result<(), StorageError>>,
+    },
+}
+
+/// A cloneable handle to send inputs to the driver.
+#[derive(Clone, Debug)]
+pub(crate) struct DriverHandle {
+    tx: mpsc::Sender<Input>,
+}
+
+impl DriverHandle {
+    /// Queues an input; `false` when the driver has stopped.
+    pub(crate) async fn send(&self, input: Input) -> bool {
+        self.tx.send(input).await.is_ok()
+    }
+
+    /// Whether the call is live; `false` when the driver has stopped.
+    pub(crate) async fn is_call_live(&self, app: AppKey, call_id: CallId) -> bool {
+        let (reply, rx) = oneshot::channel();
+        self.send(Input::IsLive { app, call_id, reply }).await && rx.await.unwrap_or(false)
+    }
+
+    /// Whether the driver has stopped.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// Milliseconds since the Unix epoch from the system clock.
+pub(crate) fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A connection as the driver sees it: its queue, and a guard whose drop tells the transport
+/// the connection is closed.
+struct Outbound {
+    tx: mpsc::Sender<ServerFrame>,
+    _closed: oneshot::Sender<()>,
+}
+
+/// The task that owns the switchboard.
+pub(crate) struct Driver {
+    sb: Switchboard,
+    rx: mpsc::Receiver<Input>,
+    /// For helpers that report back (queries).
+    self_tx: mpsc::Sender<Input>,
+    conns: HashMap<ConnId, Outbound>,
+    /// Connections to report lost once the current drain is done.
+    lost: Vec<ConnId>,
+    storage: Arc<dyn Storage>,
+    writer: Arc<BatchWriter>,
+    push: Option<mpsc::Sender<PushRequest>>,
+    metrics: Arc<Metrics>,
+    /// Calls seen saved and not yet forgotten (counts calls started).
+    known_calls: HashSet<(AppKey, CallId)>,
+    /// The clock never goes back for the switchboard.
+    last_now: i64,
+    /// Bumped after each offline event is queued for storage.
+    offline_epoch: OfflineEpoch,
+    /// Per user, the epoch of their latest stored offline event.
+    offline_marks: HashMap<(AppKey, UserId), u64>,
+    /// Opens older than this epoch are treated as stale (the marks were cleared).
+    marks_cleared_at: u64,
+    /// Connections whose offline events are being reloaded, with the inputs that came meanwhile.
+    reloading: HashMap<ConnId, Vec<Input>>,
+    /// Connections lost (or overflowing) while reloading: their Open is dropped when it returns.
+    cancelled: HashSet<ConnId>,
+}
+
+impl Driver {
+    /// A driver over a switchboard that already knows the minimum sync time.
+    pub(crate) fn new(
+        sb: Switchboard,
+        storage: Arc<dyn Storage>,
+        writer: Arc<BatchWriter>,
+        push: Option<mpsc::Sender<PushRequest>>,
+        metrics: Arc<Metrics>,
+    ) -> (Driver, DriverHandle) {
+        let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+        let driver = Driver {
+            sb,
+            rx,
+            self_tx: tx.clone(),
+            conns: HashMap::new(),
+            lost: Vec::new(),
+            storage,
+            writer,
+            push,
+            metrics,
+            known_calls: HashSet::new(),
+            last_now: 0,
+            offline_epoch: Arc::new(AtomicU64::new(0)),
+            offline_marks: HashMap::new(),
+            marks_cleared_at: 0,
+            reloading: HashMap::new(),
+            cancelled: HashSet::new(),
+        };
+        (driver, DriverHandle { tx })
+    }
+
+    /// The counter transports read before loading offline events.
+    pub(crate) fn offline_epoch(&self) -> OfflineEpoch {
+        self.offline_epoch.clone()
+    }
+
+    fn now(&mut self) -> i64 {
+        self.last_now = self.last_now.max(unix_ms());
+        self.last_now
+    }
+
+    /// Ends calls that were live when the server last stopped, then drains the outputs.
+    pub(crate) fn recover(&mut self, calls: Vec<(AppKey, CallInfo)>) {
+        if !calls.is_empty() {
+            tracing::info!(calls = calls.len(), "ending calls interrupted by the last stop");
+            let now = self.now();
+            self.sb.end_recovered_calls(now, calls);
+        }
+        self.drain();
+    }
+
+    /// Runs until [`Input::Shutdown`].
+    pub(crate) async fn run(mut self) {
+        self.drain();
+        loop {
+            let input = match self.sb.poll_timeout() {
+                Some(at) => {
+                    let wait = u64::try_from(at.saturating_sub(unix_ms())).unwrap_or(0);
+                    let deadline = Instant::now() + Duration::from_millis(wait);
+                    tokio::select! {
+                        biased;
+                        input = self.rx.recv() => input,
+                        () = tokio::time::sleep_until(deadline) => {
+                            let now = self.now();
+                            self.sb.handle_timeout(now);
+                            self.drain();
+                            continue;
+                        }
+                    }
+                }
+                None => self.rx.recv().await,
+            };
+            // The driver holds a sender itself, so the queue never closes under it.
+            let Some(input) = input else { break };
+            if let Input::Shutdown { done } = input {
+                self.shutdown(done).await;
+                break;
+            }
+            self.handle(input);
+            self.drain();
+        }
+        tracing::debug!("driver stopped");
+    }
+
+    fn handle(&mut self, input: Input) {
+        let now = self.now();
+        match input {
+            Input::Open(open) => self.open(now, open),
+            Input::Frame { conn, .. } | Input::Invalid { conn, .. } if self.reloading.contains_key(&conn) => {
+                self.buffer(conn, input);
+            }
+            Input::Lost { conn } if self.reloading.remove(&conn).is_some() => {
+                self.cancelled.insert(conn);
+            }
+            Input::Frame { conn, frame } => {
+                if self.conns.contains_key(&conn) {
+                    self.metrics.frames_in.inc();
+                    self.sb.handle_frame(now, conn, *frame);
+                }
+            }
+            Input::Invalid { conn, error } => {
+                if self.conns.contains_key(&conn) {
+                    self.metrics.frames_in.inc();
+                    tracing::debug!(conn, %error, "invalid frame");
+                    self.sb.handle_invalid_frame(now, conn, error);
+                }
+            }
+            Input::Lost { conn } => {
+                if self.conns.remove(&conn).is_some() {
+                    tracing::debug!(conn, "connection lost");
+                    self.sb.connection_lost(now, conn);
+                }
+            }
+            Input::QueryDone { id, result } => self.sb.complete_query(now, id, result),
+            Input::IsLive { app, call_id, reply } => {
+                let _ = reply.send(self.sb.is_call_live(&app, &call_id));
+            }
+            Input::Shutdown { .. } => {}
+        }
+    }
+
+    /// Connects a session, unless an offline event for its user was stored after its events
+    /// were loaded: then they are loaded again first, and inputs meanwhile are buffered.
+    fn open(&mut self, now: i64, open: Box<Open>) {
+        let conn = open.conn;
+        if self.cancelled.remove(&conn) {
+            return;
+        }
+        let key = (open.app.clone(), open.user.clone());
+        let stale = open.offline_epoch < self.marks_cleared_at
+            || self.offline_marks.get(&key).is_some_and(|&e| e > open.offline_epoch);
+        if stale {
+            tracing::debug!(conn, user = %open.user, "offline events changed while loading; reloading");
+            self.reloading.entry(conn).or_default();
+            self.spawn_reload(open);
+            return;
+        }
+        let Open { conn, app, user, hello, offline, tx, closed, .. } = *open;
+        tracing::debug!(conn, %app, %user, device = %hello.device_id, "session opened");
+        self.metrics.frames_in.inc();
+        self.conns.insert(conn, Outbound { tx, _closed: closed });
+        self.sb.connect(now, conn, app, user, hello, offline);
+        for input in self.reloading.remove(&conn).unwrap_or_default() {
+            self.handle(input);
+        }
+    }
+
+    fn buffer(&mut self, conn: ConnId, input: Input) {
+        let Some(buffered) = self.reloading.get_mut(&conn) else { return };
+        if buffered.len() < MAX_BUFFERED_INPUTS {
+            buffered.push(input);
+        } else {
+            tracing::warn!(conn, "too many frames before the session opened; closing");
+            self.reloading.remove(&conn);
+            self.cancelled.insert(conn);
+        }
+    }
+
+    fn spawn_reload(&self, mut open: Box<Open>) {
+        let (storage, writer, tx) = (self.storage.clone(), self.writer.clone(), self.self_tx.clone());
+        let epoch = self.offline_epoch.clone();
+        tokio::spawn(async move {
+            let loaded = tokio::task::spawn_blocking(move || {
+                let at = epoch.load(Ordering::Acquire);
+                load_offline(&*storage, &writer, &open.app, &open.user).map(|events| {
+                    open.offline = events;
+                    open.offline_epoch = at;
+                    open
+                })
+            })
+            .await;
+            match loaded {
+                Ok(Ok(open)) => {
+                    let _ = tx.send(Input::Open(open)).await;
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot reload offline events; connection dropped"),
+                Err(e) => tracing::error!(error = %e, "offline reload task failed; connection dropped"),
+            }
+        });
+    }
+
+    /// Notes that an offline event for this user was just queued for storage.
+    fn mark_offline(&mut self, app: AppKey, user: UserId) {
+        // Queued first, counted after: a reader that sees this epoch flushes after the write.
+        let epoch = self.offline_epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.offline_marks.len() >= MAX_OFFLINE_MARKS {
+            self.offline_marks.clear();
+            self.marks_cleared_at = epoch;
+        }
+        self.offline_marks.insert((app, user), epoch);
+    }
+
+    async fn shutdown(&mut self, done: oneshot::Sender<Result<(), StorageError>>) {
+        tracing::info!(connections = self.conns.len(), live_calls = self.sb.live_calls(), "shutting down");
+        let now = self.now();
+        self.sb.shutdown(now);
+        self.drain();
+        // Dropping the queues ends every stream once its last frames are written.
+        self.conns.clear();
+        self.rx.close();
+        let writer = self.writer.clone();
+        let flushed = match tokio::task::spawn_blocking(move || writer.flush()).await {
+            Ok(r) => r,
+            Err(_) => Err(StorageError::Closed),
+        };
+        if let Err(e) = &flushed {
+            tracing::error!(error = %e, "storage flush at shutdown failed");
+        }
+        let _ = done.send(flushed);
+    }
+
+    /// Acts on every output, then reports connections closed as too slow, until quiet.
+    fn drain(&mut self) {
+        loop {
+            while let Some(output) = self.sb.poll_output() {
+                self.act(output);
+            }
+            if self.lost.is_empty() {
+                break;
+            }
+            let now = self.now();
+            for conn in std::mem::take(&mut self.lost) {
+                self.sb.connection_lost(now, conn);
+            }
+        }
+        self.metrics.connected_devices.set(i64::try_from(self.sb.connected_devices()).unwrap_or(i64::MAX));
+        self.metrics.live_calls.set(i64::try_from(self.sb.live_calls()).unwrap_or(i64::MAX));
+    }
+
+    fn act(&mut self, output: Output) {
+        match output {
+            Output::Transmit { conn, frame } => self.transmit(conn, frame),
+            Output::Close { conn } => {
+                if self.conns.remove(&conn).is_some() {
+                    tracing::debug!(conn, "closing connection");
+                }
+            }
+            Output::StoreRecord { app, record } => {
+                if record.owner == record.call.creator {
+                    let reason = end_reason_label(&record);
+                    self.metrics.calls_ended.get_or_create(&ReasonLabel { reason }).inc();
+                }
+                let row = RecordRow {
+                    app_key: app.as_str().to_owned(),
+                    owner_id: record.owner.as_str().to_owned(),
+                    call_id: record.call.call_id.as_str().to_owned(),
+                    sync_time: record.sync_time,
+                    body: pb::CallRecord::from(&record).encode_to_vec(),
+                };
+                self.writer.submit(WriteOp::Records(vec![row]));
+            }
+            Output::StoreOffline { app, user, event } => {
+                self.writer.submit(WriteOp::Offline {
+                    app_key: app.as_str().to_owned(),
+                    user_id: user.as_str().to_owned(),
+                    bodies: vec![event_to_wire(&event).encode_to_vec()],
+                    reply: None,
+                });
+                self.mark_offline(app, user);
+            }
+            Output::OfflineDelivered { app, user, ids } => {
+                self.writer.submit(WriteOp::RemoveOffline {
+                    app_key: app.as_str().to_owned(),
+                    user_id: user.as_str().to_owned(),
+                    ids,
+                });
+            }
+            Output::SaveCall { app, call } => {
+                let row = CallRow {
+                    app_key: app.as_str().to_owned(),
+                    call_id: call.call_id.as_str().to_owned(),
+                    body: pb::CallInfo::from(&call).encode_to_vec(),
+                };
+                if self.known_calls.insert((app, call.call_id.clone())) {
+                    self.metrics.calls_started.inc();
+                }
+                self.writer.submit(WriteOp::PutCalls(vec![row]));
+            }
+            Output::ForgetCall { app, call_id } => {
+                let key = (app.as_str().to_owned(), call_id.as_str().to_owned());
+                self.known_calls.remove(&(app, call_id));
+                self.writer.submit(WriteOp::RemoveCalls(vec![key]));
+            }
+            Output::Push(request) => match &self.push {
+                Some(push) => {
+                    if push.try_send(request).is_err() {
+                        self.metrics.count_push("dropped");
+                        tracing::warn!("push queue full; notification dropped");
+                    }
+                }
+                None => tracing::debug!(call = %request.call_id, "no push webhook configured"),
+            },
+            Output::Query { id, app, user, query } => self.spawn_query(id, app, user, query),
+        }
+    }
+
+    fn transmit(&mut self, conn: ConnId, frame: ServerFrame) {
+        let Some(Outbound { tx, .. }) = self.conns.get(&conn) else {
+            // Closed already: the frame stays in the session's outbox for a resume.
+            return;
+        };
+        match tx.try_send(frame) {
+            Ok(()) => {
+                self.metrics.frames_out.inc();
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(conn, "outbound queue full; closing the slow connection");
+                self.metrics.slow_consumers.inc();
+                self.conns.remove(&conn);
+                self.lost.push(conn);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.conns.remove(&conn);
+                self.lost.push(conn);
+            }
+        }
+    }
+
+    fn spawn_query(&self, id: QueryId, app: AppKey, user: UserId, query: Query) {
+        let storage = self.storage.clone();
+        let writer = self.writer.clone();
+        let tx = self.self_tx.clone();
+        tokio::spawn(async move {
+            let result =
+                tokio::task::spawn_blocking(move || run_query(&*storage, &writer, &app, &user, query))
+                    .await
+                    .unwrap_or_else(|e| Err(Error::new(Code::Internal, format!("query task failed: {e}"))));
+            let _ = tx.send(Input::QueryDone { id, result }).await;
+        });
+    }
+}
+
+fn end_reason_label(record: &CallRecord) -> String {
+    let name = pb::EndReason::from(record.end_reason).as_str_name();
+    name.strip_prefix("END_REASON_").unwrap_or(name).to_owned()
+}
+
+fn internal(e: &StorageError) -> Error {
+    tracing::error!(error = %e, "storage query failed");
+    Error::new(Code::Internal, "storage error")
+}
+
+/// Runs a query on a blocking thread; writes queued before it are committed first, so a
+/// device always reads its own writes.
+fn run_query(
+    storage: &dyn Storage,
+    writer: &BatchWriter,
+    app: &AppKey,
+    user: &UserId,
+    query: Query,
+) -> QueryResult {
+    if let Err(e) = writer.flush() {
+        // Earlier failures were logged when they happened; the query can still run.
+        tracing::warn!(error = %e, "storage flush before a query reported failures");
+    }
+    match query {
+        Query::Records { sync_time, count, order } => {
+            let order = match order {
+                RecordOrder::Asc => PageOrder::Asc,
+                RecordOrder::Desc => PageOrder::Desc,
+            };
+            let page =
+                storage.page_records(app.as_str(), user.as_str(), sync_time, count, order).map_err(|e| {
+                    match e {
+                        StorageError::InvalidArgument(m) => Error::new(Code::ParamError, m),
+                        e => internal(&e),
+                    }
+                })?;
+            let mut records = Vec::with_capacity(page.rows.len());
+            for row in &page.rows {
+                match decode_record(&row.body) {
+                    Ok(r) => records.push(r),
+                    Err(e) => {
+                        tracing::error!(call = %row.call_id, error = %e, "skipping an undecodable record")
+                    }
+                }
+            }
+            Ok(QueryAnswer::Records(RecordPage {
+                records,
+                has_more: page.has_more,
+                sync_time: page.sync_time,
+            }))
+        }
+        Query::DeleteRecords { call_ids } => {
+            let ids: Vec<String> = call_ids.iter().map(|c| c.as_str().to_owned()).collect();
+            storage.delete_records(app.as_str(), user.as_str(), &ids).map_err(|e| internal(&e))?;
+            Ok(QueryAnswer::Deleted)
+        }
+        Query::DeleteAllRecords => {
+            storage.delete_all_records(app.as_str(), user.as_str()).map_err(|e| internal(&e))?;
+            Ok(QueryAnswer::Deleted)
+        }
+    }
+}
+
+fn decode_record(body: &[u8]) -> Result<CallRecord, String> {
+    let wire = pb::CallRecord::decode(body).map_err(|e| e.to_string())?;
+    CallRecord::try_from(&wire).map_err(|e| e.to_string())
+}
+
+/// Calls recovered from storage, and the `(app_key, call_id)` keys of rows that did not decode.
+pub(crate) type Recovered = (Vec<(AppKey, CallInfo)>, Vec<(String, String)>);
+
+/// Decodes stored call snapshots for [`Switchboard::end_recovered_calls`]; bad rows are logged
+/// and returned so they can be removed.
+pub(crate) fn decode_calls(rows: Vec<crate::storage::CallRow>) -> Recovered {
+    let mut calls = Vec::with_capacity(rows.len());
+    let mut bad = Vec::new();
+    for row in rows {
+        let decoded = AppKey::new(&row.app_key).map_err(|e| e.to_string()).and_then(|app| {
+            let wire = pb::CallInfo::decode(row.body.as_slice()).map_err(|e| e.to_string())?;
+            let call = CallInfo::try_from(&wire).map_err(|e| e.to_string())?;
+            Ok((app, call))
+        });
+        match decoded {
+            Ok(c) => calls.push(c),
+            Err(e) => {
+                tracing::error!(app = %row.app_key, call = %row.call_id, error = %e, "dropping an undecodable saved call");
+                bad.push((row.app_key, row.call_id));
+            }
+        }
+    }
+    (calls, bad)
+}
+
+/// Loads a user's offline events (after committing queued writes) and decodes them; events
+/// that no longer decode are removed with an error log.
+pub(crate) fn load_offline(
+    storage: &dyn Storage,
+    writer: &BatchWriter,
+    app: &AppKey,
+    user: &UserId,
+) -> Result<Vec<OfflineEvent>, StorageError> {
+    if let Err(e) = writer.flush() {
+        tracing::warn!(error = %e, "storage flush before loading offline events reported failures");
+    }
+    let rows = storage.offline_events(app.as_str(), user.as_str())?;
+    let mut events = Vec::with_capacity(rows.len());
+    let mut bad = Vec::new();
+    for row in rows {
+        let decoded = pb::Event::decode(row.body.as_slice())
+            .map_err(|e| e.to_string())
+            .and_then(|e| callplus_session::wire::event_from_wire(e, user).map_err(|e| e.to_string()));
+        match decoded {
+            Ok(event) => events.push(OfflineEvent { id: row.id, event }),
+            Err(e) => {
+                tracing::error!(id = row.id, %user, error = %e, "dropping an undecodable offline event");
+                bad.push(row.id);
+            }
+        }
+    }
+    if !bad.is_empty() {
+        writer.submit(WriteOp::RemoveOffline {
+            app_key: app.as_str().to_owned(),
+            user_id: user.as_str().to_owned(),
+            ids: bad,
+        });
+    }
+    Ok(events)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use callplus_session::switchboard::SwitchboardConfig;
+    use callplus_session::{ClientBody, DeviceId, Event, ServerBody};
+
+    use super::*;
+    use crate::storage::SqliteStorage;
+
+    #[tokio::test]
+    async fn an_offline_event_stored_while_loading_is_delivered_at_connect() {
+        let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open_in_memory().unwrap());
+        let writer = Arc::new(BatchWriter::spawn(storage.clone()));
+        let sb = Switchboard::new(SwitchboardConfig::default());
+        let (mut driver, _handle) = Driver::new(sb, storage, writer, None, Arc::new(Metrics::new()));
+        let app = AppKey::new("app_test").unwrap();
+        let bob = UserId::new("bob").unwrap();
+
+        // Bob's new connection read the epoch and found nothing stored; then an event for him is.
+        let epoch = driver.offline_epoch().load(Ordering::Acquire);
+        let event = Event::FirstFrame { call_id: CallId::new("call-1").unwrap(), at_ms: 5 };
+        driver.act(Output::StoreOffline { app: app.clone(), user: bob.clone(), event: event.clone() });
+
+        let (tx, mut rx) = mpsc::channel(16);
+        let (closed, _closed_rx) = oneshot::channel();
+        let hello = Hello {
+            token: String::new(),
+            device_id: DeviceId::new("phone").unwrap(),
+            resume: None,
+            client_version: String::new(),
+        };
+        let open =
+            Open { conn: 1, app, user: bob, hello, offline: Vec::new(), offline_epoch: epoch, tx, closed };
+        driver.handle(Input::Open(Box::new(open)));
+        assert!(driver.conns.is_empty(), "the stale load is redone before the session opens");
+        let ping = ClientFrame { seq: 0, ack: 0, request_id: 0, body: ClientBody::Ping };
+        driver.handle(Input::Frame { conn: 1, frame: Box::new(ping) });
+
+        let reload = tokio::time::timeout(Duration::from_secs(10), driver.rx.recv()).await.unwrap().unwrap();
+        driver.handle(reload);
+        driver.drain();
+        let mut bodies = Vec::new();
+        while let Ok(frame) = rx.try_recv() {
+            bodies.push(frame.body);
+        }
+        assert!(matches!(bodies.first(), Some(ServerBody::Welcome(_))), "{bodies:?}");
+        assert!(bodies.contains(&ServerBody::Event(event)), "{bodies:?}");
+        assert!(
+            matches!(bodies.last(), Some(ServerBody::Pong { .. })),
+            "the buffered ping is answered: {bodies:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_lost_while_reloading_never_opens() {
+        let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open_in_memory().unwrap());
+        let writer = Arc::new(BatchWriter::spawn(storage.clone()));
+        let sb = Switchboard::new(SwitchboardConfig::default());
+        let (mut driver, _handle) = Driver::new(sb, storage, writer, None, Arc::new(Metrics::new()));
+        let app = AppKey::new("app_test").unwrap();
+        let bob = UserId::new("bob").unwrap();
+        let event = Event::FirstFrame { call_id: CallId::new("call-1").unwrap(), at_ms: 5 };
+        driver.act(Output::StoreOffline { app: app.clone(), user: bob.clone(), event });
+
+        let (tx, mut rx) = mpsc::channel(16);
+        let (closed, _closed_rx) = oneshot::channel();
+        let hello = Hello {
+            token: String::new(),
+            device_id: DeviceId::new("phone").unwrap(),
+            resume: None,
+            client_version: String::new(),
+        };
+        let open = Open { conn: 7, app, user: bob, hello, offline: Vec::new(), offline_epoch: 0, tx, closed };
+        driver.handle(Input::Open(Box::new(open)));
+        driver.handle(Input::Lost { conn: 7 });
+        let reload = tokio::time::timeout(Duration::from_secs(10), driver.rx.recv()).await.unwrap().unwrap();
+        driver.handle(reload);
+        driver.drain();
+        assert!(driver.conns.is_empty() && driver.cancelled.is_empty() && driver.reloading.is_empty());
+        assert_eq!(driver.sb.connected_devices(), 0);
+        assert!(rx.recv().await.is_none(), "the queue is dropped unused");
+    }
+}

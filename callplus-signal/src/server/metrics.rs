@@ -1,0 +1,98 @@
+//! Prometheus metrics of one server, served as text on the admin listener's `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Label of `callplus_calls_ended_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabel {
+    /// The end reason as the creator saw it (`HANGUP`, `REMOTE_NO_RESPONSE`, …).
+    pub(crate) reason: String,
+}
+
+/// Label of counters that count outcomes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ResultLabel {
+    /// The outcome.
+    pub(crate) result: String,
+}
+
+/// Every metric the server exports.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// Devices with a live connection (or a session the switchboard still keeps).
+    pub(crate) connected_devices: Gauge,
+    /// Unended calls.
+    pub(crate) live_calls: Gauge,
+    /// Calls created.
+    pub(crate) calls_started: Counter,
+    /// Calls ended, by the creator's end reason.
+    pub(crate) calls_ended: Family<ReasonLabel, Counter>,
+    /// Client frames handed to the switchboard.
+    pub(crate) frames_in: Counter,
+    /// Server frames queued to connections.
+    pub(crate) frames_out: Counter,
+    /// Connections accepted by the transport (before authentication).
+    pub(crate) connections: Counter,
+    /// Connections refused at Hello, by result code.
+    pub(crate) auth_failures: Family<ResultLabel, Counter>,
+    /// Connections closed because their outbound queue was full.
+    pub(crate) slow_consumers: Counter,
+    /// Push webhook deliveries, by outcome.
+    pub(crate) pushes: Family<ResultLabel, Counter>,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("callplus");
+        let m = Metrics {
+            registry: Registry::default(),
+            connected_devices: Gauge::default(),
+            live_calls: Gauge::default(),
+            calls_started: Counter::default(),
+            calls_ended: Family::default(),
+            frames_in: Counter::default(),
+            frames_out: Counter::default(),
+            connections: Counter::default(),
+            auth_failures: Family::default(),
+            slow_consumers: Counter::default(),
+            pushes: Family::default(),
+        };
+        registry.register("connected_devices", "Connected device sessions", m.connected_devices.clone());
+        registry.register("live_calls", "Calls that have not ended", m.live_calls.clone());
+        registry.register("calls_started", "Calls created", m.calls_started.clone());
+        registry.register("calls_ended", "Calls ended, by the creator's end reason", m.calls_ended.clone());
+        registry.register("frames_in", "Client frames received", m.frames_in.clone());
+        registry.register("frames_out", "Server frames sent", m.frames_out.clone());
+        registry.register("connections", "Signalling streams opened", m.connections.clone());
+        registry.register("auth_failures", "Streams refused at Hello, by code", m.auth_failures.clone());
+        registry.register(
+            "slow_consumers",
+            "Connections closed because their outbound queue was full",
+            m.slow_consumers.clone(),
+        );
+        registry.register("pushes", "Push webhook deliveries, by outcome", m.pushes.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub(crate) fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+
+    pub(crate) fn count_auth_failure(&self, code: &str) {
+        self.auth_failures.get_or_create(&ResultLabel { result: code.to_owned() }).inc();
+    }
+
+    pub(crate) fn count_push(&self, result: &str) {
+        self.pushes.get_or_create(&ResultLabel { result: result.to_owned() }).inc();
+    }
+}

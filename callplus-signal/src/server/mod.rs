@@ -1,0 +1,519 @@
+//! The signalling server: storage, the switchboard driver, the gRPC transport, the push
+//! webhook and the admin HTTP API, started together by [`Server::builder`].
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), callplus_signal::server::ServerError> {
+//! use callplus_signal::server::Server;
+//!
+//! let server = Server::builder()
+//!     .data_dir("./callplus-data")
+//!     .listen("127.0.0.1:7700")
+//!     .admin_listen("127.0.0.1:7701")
+//!     .start()
+//!     .await?;
+//! println!("gRPC on {}, admin on {:?}", server.grpc_addr(), server.admin_addr());
+//! callplus_signal::server::shutdown::signal().await;
+//! server.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Shutdown stops accepting, lets the switchboard end every session and call
+//! (`ENDED_BY_SERVER`), writes their last frames, records and offline events, and flushes
+//! storage before it returns. Calls that were live when a server crashed are ended the same way
+//! on the next start.
+
+mod admin;
+mod auth;
+pub mod config;
+mod driver;
+mod grpc;
+mod metrics;
+mod push;
+pub mod shutdown;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use callplus_proto::v1::signal_server::SignalServer;
+use callplus_session::limits::MAX_FRAME_BYTES;
+use callplus_session::switchboard::{Switchboard, SwitchboardConfig};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+pub use admin::{MAX_CLOCK_SKEW_SECS, sign_request};
+pub use config::ServerOptions;
+pub use push::{PushPayload, push_config_json};
+
+use crate::storage::{BatchWriter, SqliteStorage, Storage, StorageError, WriteOp};
+use crate::token::{self, AppCredentials};
+use driver::{Driver, DriverHandle, Input};
+
+/// Where `callplus serve` listens for devices by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+/// Where the admin API listens by default.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7701";
+/// Room in a connection's queue beyond `max_unacked_frames`, for unsequenced frames.
+const OUTBOUND_SLACK: usize = 256;
+
+/// The default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./callplus-data";
+
+/// Why a server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Storage could not be opened, read or flushed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Storage holds no app and creating one was disabled.
+    #[error("storage holds no app; start once with default app creation enabled")]
+    NoApp,
+    /// A background task failed.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Entry point: [`Server::builder`].
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// A builder with the defaults of `callplus serve`.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+}
+
+enum StorageSpec {
+    DataDir(PathBuf),
+    InMemory,
+    Custom(Arc<dyn Storage>),
+}
+
+/// Configures and starts a server.
+pub struct ServerBuilder {
+    storage: StorageSpec,
+    listen: String,
+    admin_listen: Option<String>,
+    config: SwitchboardConfig,
+    options: ServerOptions,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("config", &self.config)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder {
+            storage: StorageSpec::DataDir(PathBuf::from(DEFAULT_DATA_DIR)),
+            listen: DEFAULT_LISTEN.to_owned(),
+            admin_listen: Some(DEFAULT_ADMIN_LISTEN.to_owned()),
+            config: SwitchboardConfig::default(),
+            options: ServerOptions::default(),
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// Stores everything in SQLite under `dir` (created if missing).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.storage = StorageSpec::DataDir(dir.into());
+        self
+    }
+
+    /// Stores everything in a private in-memory database (lost at shutdown; for tests).
+    pub fn in_memory(mut self) -> Self {
+        self.storage = StorageSpec::InMemory;
+        self
+    }
+
+    /// Uses this storage engine.
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = StorageSpec::Custom(storage);
+        self
+    }
+
+    /// The gRPC listen address (`127.0.0.1:0` for an ephemeral port).
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen = addr.into();
+        self
+    }
+
+    /// The admin HTTP listen address.
+    pub fn admin_listen(mut self, addr: impl Into<String>) -> Self {
+        self.admin_listen = Some(addr.into());
+        self
+    }
+
+    /// Runs no admin API.
+    pub fn no_admin(mut self) -> Self {
+        self.admin_listen = None;
+        self
+    }
+
+    /// The switchboard's rules and timers.
+    pub fn config(mut self, config: SwitchboardConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Transport and delivery settings.
+    pub fn options(mut self, options: ServerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// POSTs push notifications for offline callees to `url`.
+    pub fn push_webhook(mut self, url: impl Into<String>) -> Self {
+        self.options.push_webhook = Some(url.into());
+        self
+    }
+
+    /// How long a new stream may take to send its Hello.
+    pub fn hello_timeout(mut self, timeout: Duration) -> Self {
+        self.options.hello_timeout = timeout;
+        self
+    }
+
+    /// Frames queued per connection before a slow connection is closed.
+    pub fn outbound_queue(mut self, frames: usize) -> Self {
+        self.options.outbound_queue = frames;
+        self
+    }
+
+    /// Opens storage, ends calls interrupted by the last stop, binds the listeners and starts
+    /// serving.
+    ///
+    /// # Errors
+    /// [`ServerError::Storage`] when storage cannot be opened or read, [`ServerError::Bind`]
+    /// when an address cannot be bound, [`ServerError::NoApp`].
+    pub async fn start(self) -> Result<RunningServer, ServerError> {
+        let ServerBuilder { storage, listen, admin_listen, mut config, options } = self;
+        let (storage, data_dir): (Arc<dyn Storage>, Option<PathBuf>) = match storage {
+            StorageSpec::DataDir(dir) => {
+                let d = dir.clone();
+                let opened = blocking(move || SqliteStorage::open(&d)).await??;
+                (Arc::new(opened), Some(dir))
+            }
+            StorageSpec::InMemory => (Arc::new(SqliteStorage::open_in_memory()?), None),
+            StorageSpec::Custom(s) => (s, None),
+        };
+        let create = options.create_default_app;
+        let st = storage.clone();
+        let loaded = blocking(move || -> Result<_, StorageError> {
+            let mut apps = st.apps()?;
+            let mut created = false;
+            if apps.is_empty() && create {
+                let app = token::generate_app();
+                st.insert_app(&app)?;
+                apps.push(app);
+                created = true;
+            }
+            Ok((apps, created, st.max_sync_time()?, st.active_calls()?))
+        })
+        .await??;
+        let (apps, created, max_sync_time, active_calls) = loaded;
+        let app = apps.first().cloned().ok_or(ServerError::NoApp)?;
+        if created {
+            tracing::info!(app_key = %app.app_key, "created the default app");
+        }
+
+        let listener = bind(&listen).await?;
+        let grpc_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: listen, source })?;
+        let admin_listener = match &admin_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let admin_addr = match (&admin_listener, admin_listen) {
+            (Some(l), Some(addr)) => {
+                Some(l.local_addr().map_err(|source| ServerError::Bind { addr, source })?)
+            }
+            _ => None,
+        };
+
+        let metrics = Arc::new(metrics::Metrics::new());
+        let writer = Arc::new(BatchWriter::spawn(storage.clone()));
+        config.push_enabled = config.push_enabled && options.push_webhook.is_some();
+        // A resuming device gets up to `max_unacked_frames` frames at once: they must fit.
+        let outbound_queue =
+            options.outbound_queue.max(config.max_unacked_frames.saturating_add(OUTBOUND_SLACK));
+        let mut switchboard = Switchboard::new(config);
+        switchboard.set_min_sync_time(max_sync_time);
+        let (push_tx, push_rx) = match &options.push_webhook {
+            Some(_) => {
+                let (tx, rx) = mpsc::channel(push::PUSH_QUEUE);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let (mut driver, handle) =
+            Driver::new(switchboard, storage.clone(), writer.clone(), push_tx, metrics.clone());
+        let (recovered, undecodable) = driver::decode_calls(active_calls);
+        if !undecodable.is_empty() {
+            writer.submit(WriteOp::RemoveCalls(undecodable));
+        }
+        driver.recover(recovered);
+        let offline_epoch = driver.offline_epoch();
+
+        let (fatal_tx, fatal_rx) = watch::channel(false);
+        let driver_join = tokio::spawn(driver.run());
+        let fatal = fatal_tx.clone();
+        let driver_task = tokio::spawn(async move {
+            if let Err(e) = driver_join.await {
+                tracing::error!(error = %e, "the switchboard driver failed");
+                let _ = fatal.send(true);
+            }
+        });
+
+        let push_task = match (push_rx, &options.push_webhook) {
+            (Some(rx), Some(url)) => {
+                let settings = push::PushSettings {
+                    url: url.clone(),
+                    attempts: options.push_attempts,
+                    backoff: options.push_backoff,
+                    timeout: options.push_timeout,
+                };
+                Some(tokio::spawn(push::run(settings, rx, handle.clone(), metrics.clone())))
+            }
+            _ => None,
+        };
+
+        let auth = Arc::new(auth::Auth::new(storage.clone(), &apps));
+        let (stopping, stopping_rx) = watch::channel(false);
+        let shared = Arc::new(grpc::Shared {
+            driver: handle.clone(),
+            auth: auth.clone(),
+            storage: storage.clone(),
+            writer: writer.clone(),
+            metrics: metrics.clone(),
+            hello_timeout: options.hello_timeout,
+            outbound_queue,
+            next_conn: AtomicU64::new(1),
+            offline_epoch,
+            stopping: stopping_rx,
+        });
+        let service =
+            SignalServer::new(grpc::SignalService { shared }).max_decoding_message_size(MAX_FRAME_BYTES);
+        let (grpc_stop, grpc_stop_rx) = oneshot::channel::<()>();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let fatal = fatal_tx.clone();
+        let grpc_task = tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = grpc_stop_rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the gRPC server failed");
+                let _ = fatal.send(true);
+            }
+        });
+
+        let (admin_stop, admin_task) = match admin_listener {
+            Some(listener) => {
+                let state = Arc::new(admin::AdminState {
+                    auth,
+                    metrics: metrics.clone(),
+                    driver: handle.clone(),
+                    nonces: Mutex::new(HashMap::new()),
+                });
+                let (stop, stop_rx) = oneshot::channel::<()>();
+                let app = admin::router(state);
+                let fatal = fatal_tx.clone();
+                let task = tokio::spawn(async move {
+                    let served = axum::serve(listener, app)
+                        .with_graceful_shutdown(async {
+                            let _ = stop_rx.await;
+                        })
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "the admin server failed");
+                        let _ = fatal.send(true);
+                    }
+                });
+                (Some(stop), Some(task))
+            }
+            None => (None, None),
+        };
+        tracing::info!(%grpc_addr, ?admin_addr, "callplus server started");
+
+        Ok(RunningServer {
+            grpc_addr,
+            admin_addr,
+            app,
+            created_app: created,
+            data_dir,
+            storage,
+            writer,
+            driver: handle,
+            drain_timeout: options.drain_timeout,
+            stopping,
+            grpc_stop: Some(grpc_stop),
+            admin_stop,
+            grpc_task,
+            admin_task,
+            driver_task,
+            push_task,
+            fatal: fatal_rx,
+        })
+    }
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr: addr.to_owned(), source })
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ServerError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ServerError::Internal(format!("blocking task: {e}")))
+}
+
+/// A started server. Stop it with [`RunningServer::shutdown`]; dropping it without shutdown
+/// leaves its tasks running until the runtime stops.
+pub struct RunningServer {
+    grpc_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    app: AppCredentials,
+    created_app: bool,
+    data_dir: Option<PathBuf>,
+    storage: Arc<dyn Storage>,
+    writer: Arc<BatchWriter>,
+    driver: DriverHandle,
+    drain_timeout: Duration,
+    stopping: watch::Sender<bool>,
+    grpc_stop: Option<oneshot::Sender<()>>,
+    admin_stop: Option<oneshot::Sender<()>>,
+    grpc_task: JoinHandle<()>,
+    admin_task: Option<JoinHandle<()>>,
+    driver_task: JoinHandle<()>,
+    push_task: Option<JoinHandle<()>>,
+    fatal: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for RunningServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningServer")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("admin_addr", &self.admin_addr)
+            .field("app", &self.app)
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningServer {
+    /// Where devices connect (gRPC over HTTP/2, plaintext).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Where the admin API listens, if it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The first app in storage (the default app on a fresh data directory).
+    pub fn app_credentials(&self) -> &AppCredentials {
+        &self.app
+    }
+
+    /// Whether this start created the default app (a fresh data directory).
+    pub fn created_app(&self) -> bool {
+        self.created_app
+    }
+
+    /// The data directory, for a file-backed server.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
+    }
+
+    /// The storage engine.
+    pub fn storage(&self) -> Arc<dyn Storage> {
+        self.storage.clone()
+    }
+
+    /// Mints a token for `user_id` of the server's first app, valid for `ttl`.
+    ///
+    /// # Errors
+    /// When the user id is invalid or the TTL is zero.
+    pub fn mint_token(&self, user_id: &str, ttl: Duration) -> Result<String, token::TokenError> {
+        let now = u64::try_from(driver::unix_ms() / 1000).unwrap_or(0);
+        token::mint(&self.app.app_key, &self.app.app_secret, user_id, now, ttl.as_secs())
+    }
+
+    /// Resolves if a part of the server stopped unexpectedly (then call `shutdown` and exit).
+    pub async fn failed(&mut self) {
+        while !*self.fatal.borrow_and_update() {
+            if self.fatal.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Stops gracefully: stops accepting, ends every session and call (`ENDED_BY_SERVER`),
+    /// writes the last frames, records and offline events, flushes storage, and waits for the
+    /// listeners to close.
+    ///
+    /// # Errors
+    /// [`ServerError::Storage`] when the final flush reported failed writes.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        tracing::info!("stopping: no new connections");
+        let _ = self.stopping.send(true);
+        if let Some(stop) = self.grpc_stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(stop) = self.admin_stop.take() {
+            let _ = stop.send(());
+        }
+        let (done, flushed) = oneshot::channel();
+        let flushed = if self.driver.send(Input::Shutdown { done }).await {
+            flushed.await.unwrap_or(Err(StorageError::Closed))
+        } else {
+            Err(StorageError::Closed)
+        };
+        let _ = (&mut self.driver_task).await;
+        if tokio::time::timeout(self.drain_timeout, &mut self.grpc_task).await.is_err() {
+            tracing::warn!("connections did not close in time; dropping them");
+            self.grpc_task.abort();
+        }
+        if let Some(mut task) = self.admin_task.take()
+            && tokio::time::timeout(self.drain_timeout, &mut task).await.is_err()
+        {
+            task.abort();
+        }
+        if let Some(task) = self.push_task.take() {
+            task.abort();
+        }
+        let writer = self.writer.clone();
+        drop(self);
+        // The last handle stops the writer thread after a final flush.
+        let stopped = match Arc::try_unwrap(writer) {
+            Ok(writer) => blocking(move || writer.shutdown()).await?,
+            Err(writer) => blocking(move || writer.flush()).await?,
+        };
+        tracing::info!("stopped");
+        flushed?;
+        stopped?;
+        Ok(())
+    }
+}
