@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use callplus_proto::v1 as pb;
 use callplus_proto::v1::signal_server::Signal;
-use callplus_session::wire::FrameError;
 use callplus_session::{
     AppKey, ClientBody, ClientFrame, Code, Error, Response, ServerBody, ServerFrame, UserId,
 };
@@ -154,6 +153,9 @@ async fn run_connection(
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(conn, ?peer, %app, %user, "stream authenticated");
     let (closed_by_driver, mut driver_closed) = oneshot::channel();
+    // Kept to answer a frame the stream cannot even decode (too large, corrupt): the stream
+    // cannot be read past it, so the device is told why before the connection closes.
+    let direct = out.clone();
     let open = Open { conn, app, user, hello, offline, offline_epoch, tx: out, closed: closed_by_driver };
     if !shared.driver.send(Input::Open(Box::new(open))).await {
         return;
@@ -172,10 +174,10 @@ async fn run_connection(
             Ok(None) => break,
             Err(status) => {
                 // The stream cannot be read past a bad message: report it, then close.
-                let error = FrameError { seq: 0, ack: 0, request_id: 0, error: status_error(&status) };
                 tracing::debug!(conn, %status, "stream error");
                 if status.code() != tonic::Code::Cancelled && status.code() != tonic::Code::Unknown {
-                    let _ = shared.driver.send(Input::Invalid { conn, error }).await;
+                    let _ =
+                        direct.send_timeout(refusal(0, status_error(&status)), REFUSAL_SEND_TIMEOUT).await;
                 }
                 break;
             }

@@ -1,0 +1,703 @@
+//! The shared harness of the end-to-end suites (`tests/tests/*.rs`): a real callplus server on
+//! `127.0.0.1` with ephemeral ports, real [`Client`]s talking gRPC to it, a severable TCP proxy
+//! for fault injection, a raw signalling stream for hand-made (hostile) frames, and a local HTTP
+//! receiver for the push webhook.
+//!
+//! Nothing here sleeps to synchronise: every wait is for an actual event or answer, bounded by
+//! [`WAIT`] so that a missing event fails the test with a log instead of hanging it.
+#![allow(clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use callplus_proto::v1 as pb;
+use callplus_proto::v1::client_frame::Body;
+use callplus_proto::v1::server_frame::Body as ServerBody;
+use callplus_proto::v1::signal_client::SignalClient;
+use callplus_session::client::CallOptions;
+use callplus_session::switchboard::SwitchboardConfig;
+use callplus_session::{CallId, DeviceId, EndReason, ParticipantState, UserId};
+use callplus_signal::server::{RunningServer, Server};
+use callplus_signal::storage::Storage;
+use callplus_signal::token::{self, AppCredentials};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_stream::wrappers::ReceiverStream;
+
+pub use callplus_session::{
+    CallState, CallType, ChangeMediaTypeResult, Code, Delivery, Direction, MediaType, RecordOrder,
+};
+pub use callplus_signal::client::{Client, ClientOptions, ConnectionState, Event, EventStream};
+
+/// Upper bound of any single wait: a failure guard, never a synchronisation device.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A user id (panics on an invalid one: test data).
+pub fn uid(s: &str) -> UserId {
+    UserId::new(s).expect("a valid user id")
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0))
+}
+
+/// Switchboard settings with short timers for tests: heartbeats every 100 ms, liveness 2 s (long
+/// enough not to trip on a loaded machine; fault tests shorten it), ring and media-change
+/// timeouts long unless a test shortens them.
+pub fn config() -> SwitchboardConfig {
+    SwitchboardConfig {
+        ring_timeout_ms: 20_000,
+        change_media_type_timeout_ms: 20_000,
+        heartbeat_interval_ms: 100,
+        liveness_timeout_ms: 2_000,
+        resume_window_ms: 10_000,
+        ..SwitchboardConfig::default()
+    }
+}
+
+/// Client options with fast reconnects.
+pub fn client_options(device: &str) -> ClientOptions {
+    ClientOptions {
+        device_id: Some(DeviceId::new(device).expect("a valid device id")),
+        reconnect_backoff_min: Duration::from_millis(20),
+        reconnect_backoff_max: Duration::from_millis(200),
+        ..ClientOptions::default()
+    }
+}
+
+/// Call options with a ring timeout.
+pub fn ring_for(ms: u32) -> CallOptions {
+    CallOptions { ring_timeout_ms: Some(ms), ..CallOptions::default() }
+}
+
+/// How to start a [`TestServer`].
+#[derive(Default)]
+pub struct Setup {
+    /// The switchboard's rules; [`config()`] when `None`.
+    pub config: Option<SwitchboardConfig>,
+    /// A data directory (SQLite); in memory when `None`.
+    pub data_dir: Option<PathBuf>,
+    /// A storage engine (overrides `data_dir`).
+    pub storage: Option<Arc<dyn Storage>>,
+    /// The push webhook URL.
+    pub push_webhook: Option<String>,
+}
+
+/// A running server on ephemeral ports of 127.0.0.1.
+pub struct TestServer {
+    server: RunningServer,
+}
+
+impl TestServer {
+    /// An in-memory server with `config`.
+    pub async fn start(config: SwitchboardConfig) -> TestServer {
+        TestServer::start_with(Setup { config: Some(config), ..Setup::default() }).await
+    }
+
+    /// A server on the data directory `dir` with `config`.
+    pub async fn start_in(dir: &Path, config: SwitchboardConfig) -> TestServer {
+        TestServer::start_with(Setup {
+            config: Some(config),
+            data_dir: Some(dir.to_owned()),
+            ..Setup::default()
+        })
+        .await
+    }
+
+    /// A server as `setup` says.
+    pub async fn start_with(setup: Setup) -> TestServer {
+        let Setup { config: cfg, data_dir, storage, push_webhook } = setup;
+        let mut builder = Server::builder()
+            .listen("127.0.0.1:0")
+            .admin_listen("127.0.0.1:0")
+            .config(cfg.unwrap_or_else(config))
+            .hello_timeout(Duration::from_secs(5));
+        builder = match (storage, data_dir) {
+            (Some(storage), _) => builder.storage(storage),
+            (None, Some(dir)) => builder.data_dir(dir),
+            (None, None) => builder.in_memory(),
+        };
+        if let Some(url) = push_webhook {
+            builder = builder.push_webhook(url);
+        }
+        let server =
+            timeout(WAIT, builder.start()).await.expect("server starts in time").expect("server starts");
+        TestServer { server }
+    }
+
+    /// The running server.
+    pub fn running(&self) -> &RunningServer {
+        &self.server
+    }
+
+    /// Where devices connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.grpc_addr()
+    }
+
+    /// `http://…` of the gRPC listener.
+    pub fn endpoint(&self) -> String {
+        endpoint(self.addr())
+    }
+
+    /// The server's (first) app.
+    pub fn app(&self) -> &AppCredentials {
+        self.server.app_credentials()
+    }
+
+    /// A token for `user` valid for an hour.
+    pub fn token(&self, user: &str) -> String {
+        self.server.mint_token(user, Duration::from_secs(3600)).expect("token minted")
+    }
+
+    /// `user` connected from the device `{user}-phone`.
+    pub async fn user(&self, user: &str) -> Party {
+        self.device(user, &format!("{user}-phone")).await
+    }
+
+    /// `user` connected from `device`.
+    pub async fn device(&self, user: &str, device: &str) -> Party {
+        Party::connect(&self.endpoint(), &self.token(user), user, device).await
+    }
+
+    /// `user` connected from `device` through another endpoint (a [`TcpProxy`]).
+    pub async fn device_via(&self, endpoint: &str, user: &str, device: &str) -> Party {
+        Party::connect(endpoint, &self.token(user), user, device).await
+    }
+
+    /// A raw signalling stream welcomed as `user` on `device`.
+    pub async fn raw(&self, user: &str, device: &str) -> RawStream {
+        let mut s = RawStream::open(self.addr()).await;
+        let welcome = s.hello(&self.token(user), device).await.expect("welcomed");
+        assert_eq!(welcome.user_id, user);
+        s
+    }
+
+    /// Graceful shutdown.
+    pub async fn shutdown(self) {
+        timeout(WAIT, self.server.shutdown()).await.expect("shutdown in time").expect("clean shutdown");
+    }
+}
+
+/// `http://addr`.
+pub fn endpoint(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+/// A connected client and every event it received.
+pub struct Party {
+    /// The user.
+    pub name: String,
+    /// The device id.
+    pub device: String,
+    /// The SDK handle.
+    pub client: Client,
+    /// The event stream (use [`Party::expect`] rather than reading it directly).
+    pub events: EventStream,
+    /// Every event received so far, in order.
+    pub log: Vec<Event>,
+    /// Which entries of `log` an `expect` already returned.
+    taken: Vec<bool>,
+}
+
+impl std::fmt::Debug for Party {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Party").field("name", &self.name).field("device", &self.device).finish()
+    }
+}
+
+impl Party {
+    /// Connects `user` on `device` with `token`; panics if refused.
+    pub async fn connect(endpoint: &str, token: &str, user: &str, device: &str) -> Party {
+        let connecting = Client::connect(endpoint, token, client_options(device));
+        let (client, events) = timeout(WAIT, connecting)
+            .await
+            .unwrap_or_else(|_| panic!("{user}@{device}: connect timed out"))
+            .unwrap_or_else(|e| panic!("{user}@{device}: connect refused: {e}"));
+        assert_eq!(client.connection_state(), ConnectionState::Connected);
+        assert_eq!(client.user_id().map(|u| u.to_string()).as_deref(), Some(user));
+        Party {
+            name: user.to_owned(),
+            device: device.to_owned(),
+            client,
+            events,
+            log: Vec::new(),
+            taken: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, event: Event) {
+        self.log.push(event);
+        self.taken.push(false);
+    }
+
+    /// The first event not returned by an earlier `expect` that matches `pred`: from the log,
+    /// else the next ones to arrive. Panics with the log on timeout or end of stream.
+    pub async fn expect(&mut self, pred: impl Fn(&Event) -> bool, what: &str) -> Event {
+        if let Some(i) = (0..self.log.len()).find(|&i| !self.taken[i] && pred(&self.log[i])) {
+            self.taken[i] = true;
+            return self.log[i].clone();
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match timeout_at(deadline, self.events.next()).await {
+                Ok(Some(event)) => {
+                    let hit = pred(&event);
+                    self.record(event.clone());
+                    if hit {
+                        if let Some(t) = self.taken.last_mut() {
+                            *t = true;
+                        }
+                        return event;
+                    }
+                }
+                Ok(None) => panic!("{}: stream ended waiting for {what}; log: {:#?}", self.name, self.log),
+                Err(_) => panic!("{}: timed out waiting for {what}; log: {:#?}", self.name, self.log),
+            }
+        }
+    }
+
+    /// How many events of the log match `pred`.
+    pub fn seen(&self, pred: impl Fn(&Event) -> bool) -> usize {
+        self.log.iter().filter(|e| pred(e)).count()
+    }
+
+    /// Takes every event already waiting into the log.
+    pub fn drain(&mut self) {
+        while let Some(event) = self.events.try_next() {
+            self.record(event);
+        }
+    }
+
+    /// A barrier: one request round trip, then every waiting event into the log. Afterwards
+    /// the log holds every event the server sent this device before it answered — so
+    /// everything caused by requests the server handled earlier.
+    pub async fn sync(&mut self) {
+        timeout(WAIT, self.client.get_available_calls())
+            .await
+            .expect("sync answered in time")
+            .unwrap_or_else(|e| panic!("{}: sync request failed: {e}", self.name));
+        self.drain();
+    }
+
+    /// Disconnects (Goodbye) and returns the whole log, to the end of the stream.
+    pub async fn finish(mut self) -> Vec<Event> {
+        timeout(WAIT, self.client.disconnect()).await.expect("disconnect completes");
+        while let Some(event) =
+            timeout(WAIT, self.events.next()).await.expect("the stream ends after disconnect")
+        {
+            self.record(event);
+        }
+        self.log
+    }
+
+    /// Starts a SINGLE call to `callee`; returns its id.
+    pub async fn call(&self, callee: &str, media_type: MediaType) -> CallId {
+        self.call_with(callee, media_type, CallOptions::default()).await
+    }
+
+    /// Starts a SINGLE call to `callee` with `options`; returns its id.
+    pub async fn call_with(&self, callee: &str, media_type: MediaType, options: CallOptions) -> CallId {
+        let started = timeout(WAIT, self.client.start_call(&[callee], CallType::Single, media_type, options))
+            .await
+            .expect("start_call answered in time")
+            .unwrap_or_else(|e| panic!("{} → {callee}: start_call failed: {e}", self.name));
+        started.call_id().clone()
+    }
+
+    /// Waits for the invitation to `call` and answers it (ringing, then accept); returns when
+    /// this device is connected.
+    pub async fn answer(&mut self, call: &CallId) {
+        self.expect(received(call), "the invitation").await;
+        self.client.ringing(call).await.unwrap_or_else(|e| panic!("{}: ringing failed: {e}", self.name));
+        self.client.accept(call).await.unwrap_or_else(|e| panic!("{}: accept failed: {e}", self.name));
+        self.expect(connected(call), "connected").await;
+    }
+}
+
+/// `caller` calls `callee` (SINGLE), `callee` answers, both are connected.
+pub async fn establish(caller: &mut Party, callee: &mut Party, media_type: MediaType) -> CallId {
+    let call = caller.call(&callee.name, media_type).await;
+    callee.answer(&call).await;
+    caller.expect(connected(&call), "connected").await;
+    call
+}
+
+// ----- event predicates ---------------------------------------------------------------------
+
+/// `ReceivedCall` of `call`.
+pub fn received(call: &CallId) -> impl Fn(&Event) -> bool + '_ {
+    move |e| matches!(e, Event::ReceivedCall { session, .. } if session.call_id() == call)
+}
+
+/// `CallConnected` of `call`.
+pub fn connected(call: &CallId) -> impl Fn(&Event) -> bool + '_ {
+    move |e| matches!(e, Event::CallConnected { session } if session.call_id() == call)
+}
+
+/// `CallEnded` of `call`, any reason.
+pub fn ended(call: &CallId) -> impl Fn(&Event) -> bool + '_ {
+    move |e| matches!(e, Event::CallEnded { session, .. } if session.call_id() == call)
+}
+
+/// `CallEnded` of `call` with `reason`.
+pub fn ended_with(call: &CallId, reason: EndReason) -> impl Fn(&Event) -> bool + '_ {
+    move |e| matches!(e, Event::CallEnded { session, reason: r } if session.call_id() == call && *r == reason)
+}
+
+/// `ReceivedCallRecord` of `call`.
+pub fn record_of(call: &CallId) -> impl Fn(&Event) -> bool + '_ {
+    move |e| matches!(e, Event::ReceivedCallRecord(r) if &r.call.call_id == call)
+}
+
+/// `SummaryMessage` of `call`.
+pub fn summary_of(call: &CallId) -> impl Fn(&Event) -> bool + '_ {
+    move |e| matches!(e, Event::SummaryMessage(s) if &s.call_id == call)
+}
+
+/// `RemoteUserStateChanged` of `user` in `call` to `state`.
+pub fn remote_state<'a>(
+    call: &'a CallId,
+    user: &'a str,
+    state: ParticipantState,
+) -> impl Fn(&Event) -> bool + 'a {
+    move |e| {
+        matches!(e, Event::RemoteUserStateChanged { call_id, user_id, state: s, .. }
+            if call_id == call && user_id.as_str() == user && *s == state)
+    }
+}
+
+/// A connection state change to `state`.
+pub fn state_is(state: ConnectionState) -> impl Fn(&Event) -> bool {
+    move |e| matches!(e, Event::ConnectionStateChanged(s) if *s == state)
+}
+
+/// The end reason of a `CallEnded` event.
+pub fn end_reason(event: &Event) -> Option<EndReason> {
+    match event {
+        Event::CallEnded { reason, .. } => Some(*reason),
+        _ => None,
+    }
+}
+
+// ----- TCP proxy ------------------------------------------------------------------------------
+
+/// One proxied connection: its task and whether each direction currently drops its bytes.
+struct Link {
+    task: AbortHandle,
+    /// Client → server bytes are dropped.
+    up_frozen: Arc<AtomicBool>,
+    /// Server → client bytes are dropped.
+    down_frozen: Arc<AtomicBool>,
+}
+
+struct ProxyState {
+    target: Mutex<SocketAddr>,
+    links: Mutex<Vec<Link>>,
+    paused: AtomicBool,
+}
+
+impl ProxyState {
+    fn links(&self) -> std::sync::MutexGuard<'_, Vec<Link>> {
+        self.links.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Copies `from` to `to` until either side ends, dropping the bytes while `frozen`.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, frozen: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if frozen.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// A TCP proxy on 127.0.0.1:0 forwarding to the server, whose connections a test can cut,
+/// black-hole or refuse.
+pub struct TcpProxy {
+    addr: SocketAddr,
+    state: Arc<ProxyState>,
+    accept_task: AbortHandle,
+}
+
+impl TcpProxy {
+    /// A proxy to `target`.
+    pub async fn start(target: SocketAddr) -> TcpProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy binds");
+        let addr = listener.local_addr().expect("proxy address");
+        let state = Arc::new(ProxyState {
+            target: Mutex::new(target),
+            links: Mutex::new(Vec::new()),
+            paused: AtomicBool::new(false),
+        });
+        let st = state.clone();
+        let accept_task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if st.paused.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = *st.target.lock().unwrap_or_else(PoisonError::into_inner);
+                let (up_frozen, down_frozen) =
+                    (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+                let (up, down) = (up_frozen.clone(), down_frozen.clone());
+                let task = tokio::spawn(async move {
+                    if let Ok(outbound) = TcpStream::connect(target).await {
+                        let _ = inbound.set_nodelay(true);
+                        let _ = outbound.set_nodelay(true);
+                        let (client_r, client_w) = inbound.into_split();
+                        let (server_r, server_w) = outbound.into_split();
+                        tokio::join!(pump(client_r, server_w, up), pump(server_r, client_w, down));
+                    }
+                });
+                let mut links = st.links();
+                links.retain(|l| !l.task.is_finished());
+                links.push(Link { task: task.abort_handle(), up_frozen, down_frozen });
+            }
+        })
+        .abort_handle();
+        TcpProxy { addr, state, accept_task }
+    }
+
+    /// `http://…` of the proxy.
+    pub fn endpoint(&self) -> String {
+        endpoint(self.addr)
+    }
+
+    /// Cuts every live connection (both sockets close).
+    pub fn sever(&self) {
+        for link in self.state.links().drain(..) {
+            link.task.abort();
+        }
+    }
+
+    /// Black-holes every live connection: the sockets stay open, bytes in both directions are
+    /// dropped (a dead network path nobody closes). New connections are not affected.
+    pub fn freeze(&self) {
+        for link in self.state.links().iter() {
+            link.up_frozen.store(true, Ordering::SeqCst);
+            link.down_frozen.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Drops the server → client bytes of every live connection (answers get lost, requests
+    /// still arrive).
+    pub fn freeze_downstream(&self) {
+        for link in self.state.links().iter() {
+            link.down_frozen.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Refuses new connections (accepted and closed at once).
+    pub fn pause(&self) {
+        self.state.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Accepts new connections again.
+    pub fn resume(&self) {
+        self.state.paused.store(false, Ordering::SeqCst);
+    }
+
+    /// Forwards new connections to `target` (e.g. a restarted server).
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.state.target.lock().unwrap_or_else(PoisonError::into_inner) = target;
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+        self.sever();
+    }
+}
+
+// ----- push webhook receiver ------------------------------------------------------------------
+
+/// A local HTTP receiver for the push webhook: every JSON body POSTed to it.
+pub struct PushReceiver {
+    /// The webhook URL to give the server.
+    pub url: String,
+    rx: mpsc::UnboundedReceiver<serde_json::Value>,
+    task: AbortHandle,
+}
+
+impl PushReceiver {
+    /// Listens on 127.0.0.1:0.
+    pub async fn start() -> PushReceiver {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let app = axum::Router::new().route(
+            "/push",
+            axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(body);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("webhook binds");
+        let addr = listener.local_addr().expect("webhook address");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        })
+        .abort_handle();
+        PushReceiver { url: format!("http://{addr}/push"), rx, task }
+    }
+
+    /// The next payload.
+    pub async fn next(&mut self) -> serde_json::Value {
+        timeout(WAIT, self.rx.recv()).await.expect("a push in time").expect("the receiver runs")
+    }
+
+    /// A payload already received, if any.
+    pub fn try_next(&mut self) -> Option<serde_json::Value> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Drop for PushReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ----- raw signalling stream ------------------------------------------------------------------
+
+/// A raw `Signal/Connect` stream for hand-made frames (no client-side validation).
+pub struct RawStream {
+    tx: mpsc::Sender<pb::ClientFrame>,
+    rx: tonic::Streaming<pb::ServerFrame>,
+    next_seq: u64,
+    next_request: u64,
+    /// Highest server seq received.
+    pub ack: u64,
+    /// Events received while waiting for responses.
+    pub events: Vec<pb::event::Kind>,
+}
+
+impl RawStream {
+    /// Opens a stream to `addr` (no Hello yet).
+    pub async fn open(addr: SocketAddr) -> RawStream {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint(addr))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("raw stream connects");
+        // Large encodes allowed so that oversized frames reach the server.
+        let mut client = SignalClient::new(channel)
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(16 * 1024 * 1024);
+        let (tx, rx) = mpsc::channel(64);
+        let response = timeout(WAIT, client.connect(ReceiverStream::new(rx)))
+            .await
+            .expect("stream opens in time")
+            .expect("stream opens");
+        RawStream {
+            tx,
+            rx: response.into_inner(),
+            next_seq: 1,
+            next_request: 100,
+            ack: 0,
+            events: Vec::new(),
+        }
+    }
+
+    /// Sends a frame as is; false if the stream is closed.
+    pub async fn send(&self, frame: pb::ClientFrame) -> bool {
+        self.tx.send(frame).await.is_ok()
+    }
+
+    /// Sends a Hello and returns the Welcome, or the refusal.
+    pub async fn hello(&mut self, token: &str, device: &str) -> Result<pb::Welcome, pb::Response> {
+        let hello = pb::Hello {
+            token: token.to_owned(),
+            device_id: device.to_owned(),
+            resume: None,
+            client_version: "callplus-tests".into(),
+        };
+        assert!(
+            self.send(pb::ClientFrame { seq: 0, ack: 0, request_id: 1, body: Some(Body::Hello(hello)) })
+                .await
+        );
+        loop {
+            match self.next().await.and_then(|f| f.body) {
+                Some(ServerBody::Welcome(w)) => return Ok(w),
+                Some(ServerBody::Response(r)) => return Err(r),
+                Some(_) => continue,
+                None => panic!("the stream ended without Welcome or refusal"),
+            }
+        }
+    }
+
+    /// The next frame; `None` when the server ended the stream (or it failed).
+    pub async fn next(&mut self) -> Option<pb::ServerFrame> {
+        match timeout(WAIT, self.rx.message()).await.expect("a frame or the end in time") {
+            Ok(Some(frame)) => {
+                self.ack = self.ack.max(frame.seq);
+                Some(frame)
+            }
+            Ok(None) | Err(_) => None,
+        }
+    }
+
+    /// Sends `body` as the next reliable request; returns its request id.
+    pub async fn request(&mut self, body: Body) -> u64 {
+        self.request_frame(Some(body)).await
+    }
+
+    /// Sends a reliable frame with `body` (possibly none); returns its request id.
+    pub async fn request_frame(&mut self, body: Option<Body>) -> u64 {
+        let (seq, request_id) = (self.next_seq, self.next_request);
+        self.next_seq += 1;
+        self.next_request += 1;
+        assert!(self.send(pb::ClientFrame { seq, ack: self.ack, request_id, body }).await, "stream open");
+        request_id
+    }
+
+    /// The response to `request_id` (events on the way are kept in `events`); `None` if the
+    /// stream ended first.
+    pub async fn response_to(&mut self, request_id: u64) -> Option<pb::Response> {
+        loop {
+            match self.next().await?.body {
+                Some(ServerBody::Response(r)) if r.request_id == request_id => return Some(r),
+                Some(ServerBody::Event(pb::Event { kind: Some(kind) })) => self.events.push(kind),
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends `body` and returns the response's code (`Err` with the raw number if unknown).
+    pub async fn call(&mut self, body: Body) -> Result<pb::ResultCode, i32> {
+        let id = self.request(body).await;
+        let r = self.response_to(id).await.expect("a response before the stream ends");
+        pb::ResultCode::try_from(r.code).map_err(|_| r.code)
+    }
+}
+
+/// A token of another app (unknown to the server) for `user`.
+pub fn foreign_token(user: &str) -> String {
+    let other = token::generate_app();
+    token::mint(&other.app_key, &other.app_secret, user, now_secs(), 3600).expect("token minted")
+}
