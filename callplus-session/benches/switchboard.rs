@@ -39,7 +39,6 @@ struct Bench {
 
 impl Bench {
     fn new() -> Bench {
-        let mut sb = Switchboard::new(SwitchboardConfig::default());
         let app = AppKey::new("bench").unwrap_or_else(|e| panic!("{e}"));
         let now = 1_700_000_000_000;
         let mut bench = Bench {
@@ -58,9 +57,8 @@ impl Bench {
                 client_version: "bench".into(),
             };
             let user = UserId::new(user).unwrap_or_else(|e| panic!("{e}"));
-            sb.connect(now, conn, app.clone(), user, hello, Vec::new());
+            bench.sb.connect(now, conn, app.clone(), user, hello, Vec::new());
         }
-        bench.sb = sb;
         bench.drain();
         bench
     }

@@ -36,6 +36,8 @@ pub(crate) struct Party {
     pub(crate) microphone_disabled: bool,
     /// The device session holding the answered (or, for the creator, dialing) leg.
     pub(crate) bound: Option<SessionKey>,
+    /// The device behind `bound` (kept after the leg ends, for the record).
+    pub(crate) device: Option<DeviceId>,
     /// Device sessions the invitation was offered to while the user is being rung.
     pub(crate) offered: Vec<SessionKey>,
     /// When the ringing of this participant times out.
@@ -60,6 +62,7 @@ impl Party {
             camera_disabled: false,
             microphone_disabled: false,
             bound: None,
+            device: None,
             offered: Vec::new(),
             ring_deadline: None,
             extra: None,
@@ -98,6 +101,7 @@ impl Party {
             delivery: self.delivery,
             camera_disabled: self.camera_disabled,
             microphone_disabled: self.microphone_disabled,
+            device_id: self.device.clone(),
         }
     }
 }
@@ -157,9 +161,12 @@ pub(crate) struct NewCall {
     pub(crate) media_type: MediaType,
     pub(crate) creator: UserId,
     pub(crate) creator_session: SessionKey,
+    pub(crate) creator_device: DeviceId,
     pub(crate) extra: String,
     pub(crate) ring_timeout_ms: u32,
     pub(crate) push: Option<PushConfig>,
+    /// How many participants to make room for.
+    pub(crate) capacity: usize,
 }
 
 impl Call {
@@ -167,6 +174,7 @@ impl Call {
     pub(crate) fn new(spec: NewCall, now_ms: i64) -> Call {
         let mut creator = Party::new(spec.creator.clone(), None, ParticipantState::Connecting, now_ms);
         creator.bound = Some(spec.creator_session);
+        creator.device = Some(spec.creator_device.clone());
         Call {
             app: spec.app,
             id: spec.id,
@@ -181,7 +189,11 @@ impl Call {
             extra: spec.extra,
             ring_timeout_ms: spec.ring_timeout_ms,
             push: spec.push.map(Box::new),
-            parties: vec![creator],
+            parties: {
+                let mut parties = Vec::with_capacity(spec.capacity.max(2));
+                parties.push(creator);
+                parties
+            },
             change: None,
         }
     }
@@ -205,6 +217,7 @@ impl Call {
                 camera_disabled: p.camera_disabled,
                 microphone_disabled: p.microphone_disabled,
                 bound: None,
+                device: p.device_id,
                 offered: Vec::new(),
                 ring_deadline: None,
                 extra: None,
@@ -447,7 +460,7 @@ impl Call {
             (Some(a), None) | (None, Some(a)) => a,
             (None, None) => return 0,
         };
-        (end - started.max(connected)).max(0)
+        end.saturating_sub(started.max(connected)).max(0)
     }
 
     /// The end-of-call summary of a SINGLE call for participant `idx`.
@@ -496,9 +509,11 @@ mod tests {
                 media_type: MediaType::Audio,
                 creator: id(UserId::new("a")),
                 creator_session: 1,
+                creator_device: id(DeviceId::new("a1")),
                 extra: String::new(),
                 ring_timeout_ms: 0,
                 push: None,
+                capacity: 2,
             },
             100,
         )

@@ -225,6 +225,7 @@ fn new_participant(
         delivery: Delivery::Unreachable,
         camera_disabled: false,
         microphone_disabled: false,
+        device_id: None,
     }
 }
 

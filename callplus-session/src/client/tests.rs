@@ -66,6 +66,7 @@ pub(super) fn participant(user: &str, state: ParticipantState) -> Participant {
         delivery: Delivery::Delivered,
         camera_disabled: false,
         microphone_disabled: false,
+        device_id: None,
     }
 }
 

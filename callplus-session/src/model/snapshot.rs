@@ -43,6 +43,9 @@ pub struct Participant {
     pub camera_disabled: bool,
     /// Whether the microphone is off.
     pub microphone_disabled: bool,
+    /// The device that answered for this user (the creator: the calling device); media
+    /// negotiation is addressed to it.
+    pub device_id: Option<DeviceId>,
 }
 
 /// A snapshot of a call.

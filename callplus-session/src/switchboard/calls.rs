@@ -33,11 +33,13 @@ fn find<'a>(
     ctx: &Ctx,
     id: &CallId,
 ) -> Result<(&'a mut Call, usize), Error> {
-    let call =
-        calls.get_mut(id).filter(|c| c.app == ctx.app).ok_or_else(|| Error::from_code(Code::CallNotFound))?;
-    let idx = call
-        .index_of(&ctx.user)
-        .ok_or_else(|| err(Code::Forbidden, "you are not a participant of this call"))?;
+    // A stranger is told exactly what a missing call gets, so call ids cannot be probed (SPEC §5:
+    // no user learns about calls they are not in).
+    let call = calls
+        .get_mut(id)
+        .filter(|c| c.app == ctx.app && c.index_of(&ctx.user).is_some())
+        .ok_or_else(|| Error::from_code(Code::CallNotFound))?;
+    let idx = call.index_of(&ctx.user).ok_or_else(|| Error::from_code(Code::CallNotFound))?;
     Ok((call, idx))
 }
 
@@ -281,9 +283,11 @@ impl Switchboard {
                 media_type,
                 creator: ctx.user.clone(),
                 creator_session: ctx.sk,
+                creator_device: ctx.device.clone(),
                 extra,
                 ring_timeout_ms: ring_timeout_ms.unwrap_or(self.cfg.ring_timeout_ms),
                 push,
+                capacity: (callees.len() + 1).min(crate::limits::MAX_USER_LIST + 1),
             },
             now,
         );
@@ -382,6 +386,7 @@ impl Switchboard {
         party.ended_at_ms = None;
         party.connected_at_ms = Some(now);
         party.bound = Some(ctx.sk);
+        party.device = Some(ctx.device.clone());
         party.offered.clear();
         party.ring_deadline = None;
         call.bump();
@@ -494,9 +499,12 @@ impl Switchboard {
     ) -> Result<(), Error> {
         // Checks first (busy needs the other calls, so no mutable borrow yet).
         let (targets, busy) = {
-            let call = self.calls.get(id).filter(|c| c.app == ctx.app).ok_or(Code::CallNotFound)?;
-            let idx =
-                call.index_of(&ctx.user).ok_or_else(|| err(Code::Forbidden, "you are not in this call"))?;
+            let call = self
+                .calls
+                .get(id)
+                .filter(|c| c.app == ctx.app && c.index_of(&ctx.user).is_some())
+                .ok_or(Code::CallNotFound)?;
+            let idx = call.index_of(&ctx.user).ok_or(Code::CallNotFound)?;
             not_ended(call)?;
             holds_leg(call, idx, ctx.sk)?;
             if users.is_empty() {
@@ -916,9 +924,11 @@ impl Switchboard {
             let Some(record) = info.and_then(|info| call.record(j, sync_time, info)) else { continue };
             let owner = record.owner.clone();
             self.net.outputs.push_back(Output::StoreRecord { app: app.clone(), record: record.clone() });
-            let summary = if single { call.summary(j).map(Event::Summary) } else { None };
-            let events = std::iter::once(Event::CallRecord(record)).chain(summary);
-            self.net.deliver_to_user(&app, &owner, events, Some(id));
+            let devices = self.net.user_devices(&app, &owner, Some(id));
+            self.net.deliver(&devices, &app, &owner, Event::CallRecord(record));
+            if single && let Some(summary) = call.summary(j) {
+                self.net.deliver(&devices, &app, &owner, Event::Summary(summary));
+            }
         }
         self.net.outputs.push_back(Output::ForgetCall { app, call_id: id.clone() });
         self.live = self.live.saturating_sub(1);

@@ -27,21 +27,37 @@
 //! session without a connection wait in its outbox. Events that belong to a user rather than to
 //! a device (call records, summaries) go to every live device of the user, or are stored
 //! ([`Output::StoreOffline`]) when the user has none.
+//!
+//! A reliable frame's [`Output::Transmit`] is made when it is polled: a frame whose connection
+//! closed (or was replaced by a resume) before the driver polled it is not written there; it
+//! stays in the outbox and the resume replays it. Requests are answered before the events they
+//! cause are sent to the same device. The device whose own request (hangup, reject, cancel)
+//! ended its part in a call learns it from the response; every other device that held the call
+//! gets `Event::CallEnded`.
+//!
+//! # Liveness
+//! Every frame refreshes its session's last-seen time. A session silent for
+//! `liveness_timeout_ms` is stale: its live legs end with NETWORK_ERROR (so it never looks
+//! busy), it is offered no new calls, and it can still be resumed until `resume_window_ms`
+//! after it was last seen; then it is dropped, and records and summaries it never acked are
+//! stored for the user if no other device of theirs is live.
 
 mod calls;
 mod config;
 mod fasthash;
 mod output;
+mod queue;
 mod session;
 mod timer;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use fasthash::FastMap;
+use queue::{Outputs, Slot};
 
 use crate::call::{Call, SessionKey};
 use crate::error::{Code, Error};
@@ -71,6 +87,34 @@ struct UserEntry {
     calls: Vec<CallId>,
 }
 
+/// A user's live device sessions (a few, kept inline).
+#[derive(Debug, Default)]
+struct Devices {
+    inline: [SessionKey; 4],
+    n: usize,
+    spill: Vec<SessionKey>,
+}
+
+impl Devices {
+    fn push(&mut self, sk: SessionKey) {
+        match self.inline.get_mut(self.n) {
+            Some(slot) => {
+                *slot = sk;
+                self.n += 1;
+            }
+            None => self.spill.push(sk),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.n + self.spill.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = SessionKey> + '_ {
+        self.inline.iter().take(self.n).chain(&self.spill).copied()
+    }
+}
+
 /// Who acted on a request: the session and its identity.
 #[derive(Debug, Clone)]
 struct Ctx {
@@ -89,7 +133,9 @@ struct Net {
     /// Presence and the per-user call index, by app then user. User ids come from clients, so
     /// the inner maps keep the standard keyed hasher.
     users: FastMap<AppKey, HashMap<UserId, UserEntry>>,
-    outputs: VecDeque<Output>,
+    outputs: Outputs,
+    /// Sessions dropped while frames of theirs wait in `outputs`; kept until the queue drains.
+    graveyard: FastMap<SessionKey, Session>,
     to_drop: Vec<SessionKey>,
     max_unacked: usize,
     /// While shutting down, user events are stored rather than sent.
@@ -98,9 +144,10 @@ struct Net {
 
 /// Queues a reliable frame on a session (and transmits it when connected). A free function so
 /// callers can hold other parts of [`Net`] at the same time.
+#[inline]
 fn push_frame(
     sessions: &mut FastMap<SessionKey, Session>,
-    outputs: &mut VecDeque<Output>,
+    outputs: &mut Outputs,
     to_drop: &mut Vec<SessionKey>,
     max_unacked: usize,
     sk: SessionKey,
@@ -108,11 +155,11 @@ fn push_frame(
 ) -> Option<u64> {
     let s = sessions.get_mut(&sk)?;
     let seq = s.outbox.next_seq();
-    let frame = ServerFrame { seq, ack: s.ack(), body };
+    let ack = s.ack();
+    s.outbox.push(Box::new(ServerFrame { seq, ack, body }));
     if let Some(conn) = s.conn {
-        outputs.push_back(Output::Transmit { conn, frame: frame.clone() });
+        outputs.frame(conn, sk, seq, s.epoch);
     }
-    s.outbox.push(frame);
     if s.outbox.len() > max_unacked && !to_drop.contains(&sk) {
         to_drop.push(sk);
     }
@@ -205,49 +252,41 @@ impl Net {
         self.user(app, user).is_some_and(|e| e.sessions.iter().any(|&sk| self.is_live(sk)))
     }
 
-    /// Events for a user rather than a device: to every live device, or stored. With
-    /// `ended`, the call also leaves the user's call index (one lookup for both).
-    fn deliver_to_user(
-        &mut self,
-        app: &AppKey,
-        user: &UserId,
-        events: impl IntoIterator<Item = Event>,
-        ended: Option<&CallId>,
-    ) {
-        let Net { sessions, users, outputs, to_drop, max_unacked, store_user_events, .. } = self;
-        let mut entry = users.get_mut(app).and_then(|u| u.get_mut(user));
-        let mut prune = false;
-        if let (Some(entry), Some(call)) = (entry.as_deref_mut(), ended) {
+    /// The user's live devices, for events that belong to the user rather than a device.
+    /// With `ended`, that call also leaves the user's call index (one lookup for both).
+    fn user_devices(&mut self, app: &AppKey, user: &UserId, ended: Option<&CallId>) -> Devices {
+        let mut devices = Devices::default();
+        let Some(entry) = self.users.get_mut(app).and_then(|u| u.get_mut(user)) else { return devices };
+        if let Some(call) = ended {
             entry.calls.retain(|c| c != call);
-            prune = entry.calls.is_empty() && entry.sessions.is_empty();
         }
-        let n = match &entry {
-            Some(entry) if !*store_user_events => {
-                entry.sessions.iter().filter(|sk| sessions.get(*sk).is_some_and(|s| !s.stale)).count()
-            }
-            _ => 0,
-        };
-        for event in events {
-            if n == 0 {
-                outputs.push_back(Output::StoreOffline { app: app.clone(), user: user.clone(), event });
-                continue;
-            }
-            let Some(entry) = entry.as_deref() else { continue };
-            let mut event = Some(event);
-            let mut i = 0;
+        let prune = entry.calls.is_empty() && entry.sessions.is_empty();
+        if !self.store_user_events {
             for &sk in &entry.sessions {
-                if sessions.get(&sk).is_none_or(|s| s.stale) {
-                    continue;
-                }
-                i += 1;
-                let e = if i == n { event.take() } else { event.clone() };
-                if let Some(e) = e {
-                    push_frame(sessions, outputs, to_drop, *max_unacked, sk, ServerBody::Event(e));
+                if self.sessions.get(&sk).is_some_and(|s| !s.stale) {
+                    devices.push(sk);
                 }
             }
         }
         if prune {
             self.prune_user(app, user);
+        }
+        devices
+    }
+
+    /// An event for a user: to each of `devices`, or stored when there is none.
+    fn deliver(&mut self, devices: &Devices, app: &AppKey, user: &UserId, event: Event) {
+        let n = devices.len();
+        if n == 0 {
+            self.outputs.push_back(Output::StoreOffline { app: app.clone(), user: user.clone(), event });
+            return;
+        }
+        let mut event = Some(event);
+        for (i, sk) in devices.iter().enumerate() {
+            let e = if i + 1 == n { event.take() } else { event.clone() };
+            if let Some(e) = e {
+                self.send(sk, e);
+            }
         }
     }
 
@@ -318,7 +357,8 @@ impl Switchboard {
                 sessions: FastMap::default(),
                 conns: FastMap::default(),
                 users: FastMap::default(),
-                outputs: VecDeque::new(),
+                outputs: Outputs::default(),
+                graveyard: FastMap::default(),
                 to_drop: Vec::new(),
                 max_unacked,
                 store_user_events: false,
@@ -372,7 +412,7 @@ impl Switchboard {
         if let Some(old) = self.net.conns.remove(&conn)
             && let Some(s) = self.net.sessions.get_mut(&old)
         {
-            s.conn = None;
+            s.set_conn(None);
         }
         if self.stopped {
             let frame = ServerFrame {
@@ -479,7 +519,7 @@ impl Switchboard {
             && let Some(s) = self.net.sessions.get_mut(&sk)
             && s.conn == Some(conn)
         {
-            s.conn = None;
+            s.set_conn(None);
         }
     }
 
@@ -547,7 +587,8 @@ impl Switchboard {
                 self.net.outputs.push_back(Output::Close { conn });
             }
         }
-        self.net.sessions.clear();
+        let sessions = std::mem::take(&mut self.net.sessions);
+        self.net.graveyard.extend(sessions);
         self.net.conns.clear();
         self.net.users.clear();
         self.net.to_drop.clear();
@@ -604,10 +645,30 @@ impl Switchboard {
 
     // ----- outputs ----------------------------------------------------------------------------
 
-    /// The next thing the driver must do; drain until `None` after every input.
+    /// The next thing the driver must do; drain until `None` after every input. Outputs come
+    /// in the order they were caused; frames for one connection are in seq order.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.net.outputs.pop_front()
+        loop {
+            let Some(slot) = self.net.outputs.pop_slot() else {
+                self.net.graveyard.clear();
+                return None;
+            };
+            let Slot::Frame { conn, sk, seq, epoch } = slot else { return self.net.outputs.pop_other() };
+            let Some(s) = self.net.sessions.get(&sk).or_else(|| self.net.graveyard.get(&sk)) else {
+                continue;
+            };
+            // Skipped when the session moved to another connection (the resume replayed the
+            // frame there) or the frame was acked already (the device has it).
+            if s.conn != Some(conn) || s.epoch != epoch {
+                continue;
+            }
+            let Some((first, _)) = s.outbox.pending().next() else { continue };
+            let Some(Ok(k)) = seq.checked_sub(first).map(usize::try_from) else { continue };
+            let Some((_, frame)) = s.outbox.pending().nth(k) else { continue };
+            let frame = ServerFrame { seq, ack: s.ack(), body: frame.body.clone() };
+            return Some(Output::Transmit { conn, frame });
+        }
     }
 
     /// When [`Switchboard::handle_timeout`] must be called next.
@@ -681,7 +742,7 @@ impl Switchboard {
         offline: Vec<OfflineEvent>,
     ) {
         let Some(s) = self.net.sessions.get_mut(&sk) else { return };
-        if let Some(old) = s.conn.replace(conn)
+        if let Some(old) = s.set_conn(Some(conn))
             && old != conn
         {
             self.net.conns.remove(&old);
@@ -693,7 +754,7 @@ impl Switchboard {
         if let Some(s) = self.net.sessions.get(&sk) {
             let ack = s.ack();
             for (_, frame) in s.outbox.pending() {
-                let mut frame = frame.clone();
+                let mut frame = ServerFrame::clone(frame);
                 frame.ack = ack;
                 self.net.outputs.push_back(Output::Transmit { conn, frame });
             }
@@ -705,8 +766,7 @@ impl Switchboard {
     /// Sends stored events to a session, skipping those it already holds.
     fn send_offline(&mut self, sk: SessionKey, offline: Vec<OfflineEvent>) {
         for ev in offline {
-            let held =
-                self.net.sessions.get(&sk).is_none_or(|s| s.offline.iter().any(|(_, id)| *id == ev.id));
+            let held = self.net.sessions.get(&sk).is_none_or(|s| s.holds_offline(ev.id));
             if held {
                 continue;
             }
@@ -761,13 +821,14 @@ impl Switchboard {
         let Some(s) = self.net.sessions.get_mut(&sk) else { return };
         let mut acked = std::mem::take(&mut self.scratch);
         s.outbox.ack(ack, |_, frame| {
-            if let ServerBody::Event(Event::IncomingCall { call, .. }) = frame.body {
-                acked.push(call.call_id);
+            if let ServerBody::Event(Event::IncomingCall { call, .. }) = &frame.body {
+                acked.push(call.call_id.clone());
             }
         });
         let n = s.offline.partition_point(|(seq, _)| *seq <= ack);
         if n > 0 {
-            let ids = s.offline.drain(..n).map(|(_, id)| id).collect();
+            let ids: Vec<i64> = s.offline.drain(..n).map(|(_, id)| id).collect();
+            s.offline_delivered(&ids);
             self.net.outputs.push_back(Output::OfflineDelivered {
                 app: s.app.clone(),
                 user: s.user.clone(),
@@ -957,6 +1018,9 @@ impl Switchboard {
             }
         }
         self.net.prune_user(&s.app, &s.user);
+        if s.conn.is_some() {
+            self.net.graveyard.insert(sk, s);
+        }
     }
 
     /// Ends the inputs: sessions whose outbox overflowed are dropped as too slow.

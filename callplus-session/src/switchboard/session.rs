@@ -1,7 +1,7 @@
 //! Device sessions: the per-device numbering, ack/replay buffers, liveness and rate limit.
 
 use crate::error::Error;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::link::{Inbox, Outbox};
 use crate::model::ids::{AppKey, DeviceId, UserId};
@@ -31,7 +31,11 @@ pub(super) struct Session {
     pub(super) user: UserId,
     pub(super) device: DeviceId,
     pub(super) conn: Option<ConnId>,
-    pub(super) outbox: Outbox<ServerFrame>,
+    /// Changes whenever `conn` does, so frames queued for an earlier connection are never
+    /// written to a later one (even if the driver reused the connection id).
+    pub(super) epoch: u32,
+    /// Boxed frames: queueing, acking and dropping them moves a pointer, not ~230 bytes.
+    pub(super) outbox: Outbox<Box<ServerFrame>>,
     /// Orders the client's numbered frames. It carries no payload: the frames that arrive
     /// early wait in `held` (the inbox decides what is held, delivered or dropped), so frames
     /// that arrive in order never leave the stack.
@@ -48,7 +52,13 @@ pub(super) struct Session {
     bucket_at: i64,
     /// Outbox seqs of frames that carry stored offline events, with their storage ids.
     pub(super) offline: Vec<(u64, i64)>,
+    /// Storage ids of offline events this session acked recently: a driver may hand them again
+    /// before their deletion lands, and they must not be delivered twice.
+    pub(super) offline_done: VecDeque<i64>,
 }
+
+/// How many delivered offline ids a session remembers.
+const OFFLINE_DONE_KEPT: usize = 1024;
 
 impl Session {
     pub(super) fn new(
@@ -66,6 +76,7 @@ impl Session {
             user,
             device,
             conn: Some(conn),
+            epoch: 0,
             outbox: Outbox::new(),
             inbox: Inbox::new(MAX_HELD_FRAMES),
             held: BTreeMap::new(),
@@ -75,6 +86,22 @@ impl Session {
             bucket: i64::from(burst.max(1)).saturating_mul(1000),
             bucket_at: now_ms,
             offline: Vec::new(),
+            offline_done: VecDeque::new(),
+        }
+    }
+
+    /// Whether the stored event `id` is in flight to, or was delivered to, this session.
+    pub(super) fn holds_offline(&self, id: i64) -> bool {
+        self.offline.iter().any(|(_, o)| *o == id) || self.offline_done.contains(&id)
+    }
+
+    /// Records that stored events were acked.
+    pub(super) fn offline_delivered(&mut self, ids: &[i64]) {
+        for &id in ids {
+            if self.offline_done.len() >= OFFLINE_DONE_KEPT {
+                self.offline_done.pop_front();
+            }
+            self.offline_done.push_back(id);
         }
     }
 
@@ -94,6 +121,12 @@ impl Session {
         } else {
             false
         }
+    }
+
+    /// Moves the session to another connection (or none).
+    pub(super) fn set_conn(&mut self, conn: Option<ConnId>) -> Option<ConnId> {
+        self.epoch = self.epoch.wrapping_add(1);
+        std::mem::replace(&mut self.conn, conn)
     }
 
     /// The ack value for frames sent now.

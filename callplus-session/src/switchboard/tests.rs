@@ -671,7 +671,7 @@ fn invite_turns_single_into_multi() {
         d,
         Request::Invite { call_id: id.clone(), users: vec![uid("erin")], push: None, extra: String::new() },
     );
-    assert_eq!(code(r), Code::Forbidden);
+    assert_eq!(code(r), Code::CallNotFound);
 }
 
 #[test]
@@ -740,8 +740,8 @@ fn join_and_stranger_refused() {
         other => panic!("{other:?}"),
     }
     assert!(h.events(a).iter().any(|e| matches!(e, Event::ParticipantChanged { state: ParticipantState::OnCall, user_id, .. } if user_id.as_str() == "carol")));
-    assert_eq!(code(h.req(d, Request::JoinCall { call_id: id.clone() })), Code::Forbidden);
-    assert_eq!(code(h.req(d, Request::GetCall { call_id: id.clone() })), Code::Forbidden);
+    assert_eq!(code(h.req(d, Request::JoinCall { call_id: id.clone() })), Code::CallNotFound);
+    assert_eq!(code(h.req(d, Request::GetCall { call_id: id.clone() })), Code::CallNotFound);
     // SINGLE calls cannot be joined.
     let e = h.connect("erin", "e1");
     let single = h.single(e, "dave");
@@ -922,7 +922,7 @@ fn media_state_first_frame_and_signals() {
     );
     assert_eq!(code(h.req(a, signal("bob", "b9"))), Code::NotInCall);
     let c = h.connect("carol", "c1");
-    assert_eq!(code(h.req(c, signal("bob", "b1"))), Code::Forbidden);
+    assert_eq!(code(h.req(c, signal("bob", "b1"))), Code::CallNotFound);
     assert!(h.events(b).is_empty());
 }
 
@@ -1046,9 +1046,9 @@ fn strangers_and_other_apps_are_refused() {
     let mut h = H::default();
     let (_a, _b, id) = h.connected_pair();
     let c = h.connect("carol", "c1");
-    assert_eq!(code(h.hangup(c, &id)), Code::Forbidden);
-    assert_eq!(code(h.accept(c, &id)), Code::Forbidden);
-    assert_eq!(code(h.req(c, Request::GetCall { call_id: id.clone() })), Code::Forbidden);
+    assert_eq!(code(h.hangup(c, &id)), Code::CallNotFound);
+    assert_eq!(code(h.accept(c, &id)), Code::CallNotFound);
+    assert_eq!(code(h.req(c, Request::GetCall { call_id: id.clone() })), Code::CallNotFound);
     let other = h.connect_app(ok(AppKey::new("other")), "bob", "b1");
     assert_eq!(code(h.hangup(other, &id)), Code::CallNotFound);
     assert_eq!(code(h.req(other, Request::GetCall { call_id: id.clone() })), Code::CallNotFound);
@@ -1256,4 +1256,204 @@ fn call_ids_are_unique_and_valid() {
         ok(h.hangup(a, &id));
         assert!(seen.insert(id));
     }
+}
+
+#[test]
+fn early_frames_are_held_until_the_gap_fills() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let _b = h.connect("bob", "b1");
+    let start = h.frame(
+        a,
+        ClientBody::Request(Request::StartCall(StartCall {
+            callees: vec![uid("bob")],
+            call_type: CallType::Single,
+            media_type: MediaType::Audio,
+            push: None,
+            extra: String::new(),
+            ring_timeout_ms: None,
+        })),
+        true,
+    );
+    let available = h.frame(a, ClientBody::Request(Request::GetAvailableCalls), true);
+    let (r1, r2) = (start.request_id, available.request_id);
+    h.send_frame(a, available);
+    assert!(h.response(a, r2).is_none(), "held until seq 1 arrives");
+    h.send_frame(a, start);
+    let d = h.devs.get(&a).map(|d| d.inbox.clone()).unwrap_or_default();
+    let order: Vec<u64> = d
+        .iter()
+        .filter_map(|f| match &f.body {
+            ServerBody::Response(r) => Some(r.request_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, vec![r1, r2]);
+}
+
+#[test]
+fn frames_queued_when_the_connection_drops_are_replayed_once() {
+    let mut h = H::default();
+    let (a, b, id) = h.connected_pair();
+    // The driver has not drained yet when the transport closes.
+    let frame = h.frame(
+        a,
+        ClientBody::Request(Request::SetMediaState {
+            call_id: id.clone(),
+            kind: MediaKind::Audio,
+            disabled: true,
+        }),
+        true,
+    );
+    h.sb.handle_frame(h.now, a, frame);
+    h.sb.connection_lost(h.now, b);
+    h.drain();
+    assert!(h.events(b).is_empty(), "nothing is written to a closed connection");
+    let b2 = h.reconnect(b, true, Vec::new());
+    let ev = h.events(b2);
+    assert_eq!(ev.iter().filter(|e| matches!(e, Event::MediaStateChanged { .. })).count(), 1);
+}
+
+#[test]
+fn invite_auto_rejects_busy_users_and_cancels_a_pending_change() {
+    let mut h = H::new(SwitchboardConfig {
+        busy_policy: BusyPolicy::AutoReject,
+        push_enabled: false,
+        ..SwitchboardConfig::default()
+    });
+    let (c, _d, _other) = {
+        let c = h.connect("carol", "c1");
+        let d = h.connect("dave", "d1");
+        let id = h.single(c, "dave");
+        ok(h.accept(d, &id));
+        (c, d, id)
+    };
+    let (a, b, id) = audio_pair(&mut h);
+    let tx = tx_of(
+        h.req(a, Request::RequestChangeMediaType { call_id: id.clone(), media_type: MediaType::AudioVideo }),
+    );
+    h.events(b);
+    let r = h.req(
+        a,
+        Request::Invite {
+            call_id: id.clone(),
+            users: vec![uid("carol"), uid("erin")],
+            push: None,
+            extra: String::new(),
+        },
+    );
+    assert_eq!(r, Ok(ResponseBody::Busy(vec![uid("carol")])));
+    let eb = h.events(b);
+    assert_eq!(finished(&eb), vec![(tx, ChangeMediaTypeResult::Cancelled, MediaType::Audio)]);
+    assert!(
+        eb.iter()
+            .any(|e| matches!(e, Event::UsersInvited { invitees, .. } if invitees == &vec![uid("erin")]))
+    );
+    assert!(eb.iter().any(|e| matches!(e,
+        Event::ParticipantChanged { user_id, state: ParticipantState::Ended, reason: Some(EndReason::Busy), .. }
+        if user_id.as_str() == "carol")));
+    assert!(!h.events(c).iter().any(|e| matches!(e, Event::IncomingCall { .. })), "carol is not rung");
+    let info = h.sb.call(&app(), &id).unwrap_or_else(|| panic!("call"));
+    assert_eq!(info.call_type, CallType::Multi);
+    assert_eq!(info.participant(&uid("carol")).and_then(|p| p.reason), Some(EndReason::Busy));
+}
+
+#[test]
+fn offline_events_are_not_sent_twice_on_resume() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    h.sb.connection_lost(h.now, a);
+    let ev = Event::FirstFrame { call_id: ok(CallId::new("x")), at_ms: 1 };
+    let offline = vec![OfflineEvent { id: 7, event: ev.clone() }];
+    // The driver hands the stored events on the fresh connect and again on the resume.
+    let a2 = h.reconnect(a, false, offline.clone());
+    assert_eq!(h.events(a2).len(), 1);
+    h.sb.connection_lost(h.now, a2);
+    let a3 = h.reconnect(a2, true, offline.clone());
+    // The resume's last_received_seq acked it: its deletion is requested, and the copy the
+    // driver fetched before that is not delivered again.
+    assert!(h.outputs().iter().any(|o| matches!(o, Output::OfflineDelivered { ids, .. } if ids == &vec![7])));
+    assert_eq!(h.events(a3).len(), 0);
+    h.sb.connection_lost(h.now, a3);
+    let a4 = h.reconnect(a3, true, offline);
+    assert_eq!(h.events(a4).len(), 0);
+}
+
+#[test]
+fn rejected_participant_can_still_look_the_call_up() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let c = h.connect("carol", "c1");
+    let id = h.start(a, &["bob", "carol"], CallType::Multi, MediaType::Audio).call_id;
+    ok(h.accept(b, &id));
+    ok(h.hangup(c, &id));
+    match h.req(c, Request::GetCall { call_id: id.clone() }) {
+        Ok(ResponseBody::Call(info)) => {
+            assert!(!info.is_ended());
+            assert_eq!(info.participant(&uid("carol")).and_then(|p| p.reason), Some(EndReason::Reject));
+            assert!(info.version > 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Acting on it as if still invited is refused.
+    assert_eq!(code(h.req(c, Request::Ringing { call_id: id.clone() })), Code::InvalidState);
+    assert_eq!(code(h.hangup(c, &id)), Code::NotInCall);
+}
+
+#[test]
+fn retention_forgets_ended_calls() {
+    let mut h = H::new(SwitchboardConfig {
+        ended_call_retention_ms: 10_000,
+        push_enabled: false,
+        ..SwitchboardConfig::default()
+    });
+    let (a, b, id) = h.connected_pair();
+    ok(h.hangup(a, &id));
+    assert!(h.req(b, Request::GetCall { call_id: id.clone() }).is_ok());
+    h.advance_pinging(10_000, &[a, b]);
+    assert_eq!(code(h.req(b, Request::GetCall { call_id: id.clone() })), Code::CallNotFound);
+    assert!(h.sb.call(&app(), &id).is_none());
+}
+
+#[test]
+fn undelivered_summaries_are_stored_when_the_session_is_dropped() {
+    let mut h = H::default();
+    let (a, b, id) = h.connected_pair();
+    h.sb.connection_lost(h.now, b);
+    ok(h.hangup(a, &id)); // bob's device is still live: its summary waits in the outbox
+    let out = h.outputs();
+    assert!(stored_offline(&out, "bob").is_empty());
+    h.advance_pinging(60_000, &[a]);
+    let out = h.outputs();
+    let stored = stored_offline(&out, "bob");
+    assert!(stored.iter().any(|e| matches!(e, Event::Summary(s) if s.call_id == id)), "{stored:?}");
+    assert!(stored.iter().any(|e| matches!(e, Event::CallRecord(_))));
+}
+
+#[test]
+fn a_reused_connection_id_never_gets_a_frame_twice() {
+    let mut h = H::default();
+    let (a, b, id) = h.connected_pair();
+    let frame = h.frame(
+        a,
+        ClientBody::Request(Request::SetMediaState {
+            call_id: id.clone(),
+            kind: MediaKind::Audio,
+            disabled: true,
+        }),
+        true,
+    );
+    h.sb.handle_frame(h.now, a, frame);
+    // Before the driver drains, b's transport drops and the device resumes on the same id.
+    h.sb.connection_lost(h.now, b);
+    let (session_id, ack, device) = match h.devs.get(&b) {
+        Some(d) => (d.session_id.clone(), d.ack, d.device.clone()),
+        None => panic!("no device"),
+    };
+    let resume = Resume { session_id, last_received_seq: ack };
+    h.sb.connect(h.now, b, app(), uid("bob"), H::hello(&device, Some(resume)), Vec::new());
+    h.drain(); // the harness asserts every seq arrives once, in order
+    let ev = h.events(b);
+    assert_eq!(ev.iter().filter(|e| matches!(e, Event::MediaStateChanged { .. })).count(), 1);
 }

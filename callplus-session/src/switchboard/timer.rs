@@ -24,19 +24,23 @@ pub(super) enum Timer {
     Retention(CallId),
 }
 
+/// Entries are ordered by deadline, then by insertion (a unique number), so the heap never
+/// compares the timers themselves and equal deadlines fire in the order they were set.
 #[derive(Debug, Default)]
 pub(super) struct Timers {
-    heap: BinaryHeap<Reverse<(i64, Timer)>>,
+    heap: BinaryHeap<Reverse<(i64, u64, Timer)>>,
+    next: u64,
 }
 
 impl Timers {
     pub(super) fn set(&mut self, at: i64, timer: Timer) {
-        self.heap.push(Reverse((at, timer)));
+        self.next += 1;
+        self.heap.push(Reverse((at, self.next, timer)));
     }
 
     /// The earliest deadline (possibly of a stale entry, which then fires harmlessly).
     pub(super) fn next(&self) -> Option<i64> {
-        self.heap.peek().map(|Reverse((at, _))| *at)
+        self.heap.peek().map(|Reverse((at, _, _))| *at)
     }
 
     /// Takes the earliest entry due at `now`.
@@ -44,7 +48,7 @@ impl Timers {
         if self.next()? > now {
             return None;
         }
-        self.heap.pop().map(|Reverse(entry)| entry)
+        self.heap.pop().map(|Reverse((at, _, timer))| (at, timer))
     }
 
     pub(super) fn clear(&mut self) {

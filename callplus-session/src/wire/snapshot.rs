@@ -51,6 +51,7 @@ impl From<&Participant> for pb::Participant {
             delivery: p.delivery.into(),
             camera_disabled: p.camera_disabled,
             microphone_disabled: p.microphone_disabled,
+            device_id: p.device_id.as_ref().map(ToString::to_string).unwrap_or_default(),
         }
     }
 }
@@ -70,6 +71,7 @@ impl TryFrom<&pb::Participant> for Participant {
             delivery: Delivery::try_from(p.delivery)?,
             camera_disabled: p.camera_disabled,
             microphone_disabled: p.microphone_disabled,
+            device_id: if p.device_id.is_empty() { None } else { Some(DeviceId::new(&p.device_id)?) },
         })
     }
 }

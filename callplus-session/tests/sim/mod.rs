@@ -52,13 +52,18 @@ impl Rng {
 }
 
 /// How bad the simulated network is.
+///
+/// A connection is a stream (gRPC over TCP, or a WebSocket): whatever the delay, frames on one
+/// connection arrive in the order they were sent. Reordering happens between connections, when a
+/// device reconnects while frames of the old connection are still on their way, and inside the
+/// link layer's own tests (`link.rs`).
 #[derive(Debug, Clone, Copy)]
 pub struct Faults {
     /// One-way latency, ms.
     pub latency_ms: i64,
-    /// Extra random delay, 0..jitter_ms (reorders frames when larger than the gap between them).
+    /// Extra random delay per frame, 0..jitter_ms.
     pub jitter_ms: i64,
-    /// Probability that a frame is delivered twice.
+    /// Probability that a frame is delivered twice (as a sender replaying it would).
     pub duplicate: f64,
 }
 
@@ -103,6 +108,8 @@ pub struct Sim {
     pub rng: Rng,
     flights: BTreeMap<(i64, u64), Flight>,
     flight_seq: u64,
+    /// Latest delivery time scheduled per connection and direction, to keep each stream in order.
+    stream_tail: HashMap<(ConnId, bool), i64>,
     next_conn: ConnId,
     conn_owner: HashMap<ConnId, usize>,
     /// Every output the switchboard produced, for assertions.
@@ -133,6 +140,7 @@ impl Sim {
             rng: Rng::new(seed),
             flights: BTreeMap::new(),
             flight_seq: 0,
+            stream_tail: HashMap::new(),
             next_conn: 1,
             conn_owner: HashMap::new(),
             outputs: Vec::new(),
@@ -242,14 +250,20 @@ impl Sim {
     fn send(&mut self, at: i64, flight: Flight) {
         let jitter =
             if self.faults.jitter_ms > 0 { self.rng.below(self.faults.jitter_ms as u64) as i64 } else { 0 };
-        let deliver = at + self.faults.latency_ms + jitter;
-        self.flight_seq += 1;
+        let stream = match &flight {
+            Flight::ToServer { conn, .. } => (*conn, true),
+            Flight::ToClient { conn, .. } => (*conn, false),
+        };
+        let tail = self.stream_tail.entry(stream).or_insert(i64::MIN);
+        let deliver = (at + self.faults.latency_ms + jitter).max(*tail);
+        *tail = deliver;
         let dup = self.rng.chance(self.faults.duplicate);
+        self.flight_seq += 1;
+        self.flights.insert((deliver, self.flight_seq), flight.clone());
         if dup {
-            self.flights.insert((deliver + 1, self.flight_seq), flight.clone());
             self.flight_seq += 1;
+            self.flights.insert((deliver, self.flight_seq), flight);
         }
-        self.flights.insert((deliver, self.flight_seq), flight);
     }
 
     /// Moves every pending output of every engine into the network (or storage).

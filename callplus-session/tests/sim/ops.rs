@@ -127,6 +127,15 @@ impl Sim {
         ok("invite", self.try_invite(idx, &call, users))
     }
 
+    pub fn get_call(&mut self, idx: usize, call: &CallId) -> callplus_session::CallInfo {
+        let now = self.now;
+        let id = ok("get_call", self.devices[idx].engine.get_call(now, call));
+        match ok("get_call answered", self.wait_request(idx, id)) {
+            ResponseBody::Call(info) => info,
+            other => panic!("get_call answered {other:?}"),
+        }
+    }
+
     pub fn available_calls(&mut self, idx: usize) -> Vec<CallId> {
         let now = self.now;
         let id = ok("get_available_calls", self.devices[idx].engine.get_available_calls(now));
