@@ -173,6 +173,12 @@ impl TestServer {
         Party::connect(&self.endpoint(), &self.token(user), user, device).await
     }
 
+    /// `user` connected from the device `{user}-phone` with `options` (media, say).
+    pub async fn user_with(&self, user: &str, options: ClientOptions) -> Party {
+        Party::connect_with(&self.endpoint(), &self.token(user), user, &format!("{user}-phone"), options)
+            .await
+    }
+
     /// `user` connected from `device` through another endpoint (a [`TcpProxy`]).
     pub async fn device_via(&self, endpoint: &str, user: &str, device: &str) -> Party {
         Party::connect(endpoint, &self.token(user), user, device).await
@@ -229,6 +235,30 @@ impl Party {
             .unwrap_or_else(|e| panic!("{user}@{device}: connect refused: {e}"));
         assert_eq!(client.connection_state(), ConnectionState::Connected);
         assert_eq!(client.user_id().map(|u| u.to_string()).as_deref(), Some(user));
+        Party {
+            name: user.to_owned(),
+            device: device.to_owned(),
+            client,
+            events,
+            log: Vec::new(),
+            taken: Vec::new(),
+        }
+    }
+
+    /// Connects `user` with `options` (whose device id is set to `device`); panics if refused.
+    pub async fn connect_with(
+        endpoint: &str,
+        token: &str,
+        user: &str,
+        device: &str,
+        options: ClientOptions,
+    ) -> Party {
+        let options = options.with_device_id(DeviceId::new(device).expect("a valid device id"));
+        let (client, events) = timeout(WAIT, Client::connect(endpoint, token, options))
+            .await
+            .unwrap_or_else(|_| panic!("{user}@{device}: connect timed out"))
+            .unwrap_or_else(|e| panic!("{user}@{device}: connect refused: {e}"));
+        assert_eq!(client.connection_state(), ConnectionState::Connected);
         Party {
             name: user.to_owned(),
             device: device.to_owned(),

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use callplus_signal::cli::bench::BenchArgs;
 use callplus_signal::cli::serve::ServeArgs;
 use callplus_signal::cli::softphone::{self, DialArgs, ListenArgs};
 use callplus_signal::cli::token::TokenArgs;
@@ -26,6 +27,8 @@ enum Command {
     Dial(DialArgs),
     /// Wait for calls and print their events.
     Listen(ListenArgs),
+    /// Load-test a server: call cycles between simulated users, or idle devices (--idle).
+    Bench(Box<BenchArgs>),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Token(args) => callplus_signal::cli::token::token(&args),
         Command::Dial(args) => runtime.block_on(softphone::dial(args)),
         Command::Listen(args) => runtime.block_on(softphone::listen(args)),
+        Command::Bench(args) => runtime.block_on(callplus_signal::cli::bench::bench(*args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! The `callplus` command line: `serve`, `token`, and the terminal softphone (`dial`, `listen`).
 
+pub mod bench;
 pub mod serve;
 pub mod softphone;
 pub mod token;

@@ -5,6 +5,11 @@
 //! when it ends (exit code 0 if it connected), `listen` waits for calls until Ctrl-C, answering
 //! them automatically (`--auto-accept`) or from the keyboard (`a` + Enter accepts, `r` + Enter
 //! rejects or hangs up).
+//!
+//! With a media flag (`--send-tone[=HZ]`, `--send-pattern`, `--record DIR`, `--media-bind ADDR`)
+//! the softphone also carries real WebRTC media: it sends a sine tone and/or a VP8 test pattern
+//! and writes what it receives to `DIR/<user>.ogg` / `DIR/<user>.ivf`, and prints the media
+//! events (first frames, once-a-second status reports).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -16,6 +21,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::client::{Client, ClientOptions, Event, EventStream, describe_event};
+#[cfg(feature = "media")]
+use crate::client::{MediaEventStream, MediaOptions, describe_media_event};
 use callplus_session::client::CallOptions;
 use callplus_session::{CallId, CallType, DeviceId, MediaType};
 
@@ -34,6 +41,67 @@ pub struct ConnectArgs {
     /// This device's id (random when absent).
     #[arg(long, env = "CALLPLUS_DEVICE_ID")]
     pub device_id: Option<String>,
+}
+
+/// Media flags of `dial` and `listen`; media is on when any of them is given.
+#[cfg(feature = "media")]
+#[derive(Debug, Clone, Default, Args)]
+pub struct MediaArgs {
+    /// Send a sine tone as the microphone: `--send-tone` (440 Hz) or `--send-tone=HZ`.
+    #[arg(
+        long,
+        value_name = "HZ",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "440"
+    )]
+    pub send_tone: Option<f64>,
+    /// Send a moving VP8 test pattern (320x240, 15 fps) as the camera in video calls.
+    #[arg(long)]
+    pub send_pattern: bool,
+    /// Record every remote user's media to `DIR/<user>.ogg` (Opus) and `DIR/<user>.ivf` (VP8).
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<std::path::PathBuf>,
+    /// Local UDP address for the media (ICE), repeatable. Default `0.0.0.0:0`: every interface
+    /// except loopback; use `127.0.0.1:0` for two terminals on one machine.
+    #[arg(long, value_name = "ADDR")]
+    pub media_bind: Vec<String>,
+}
+
+#[cfg(feature = "media")]
+impl MediaArgs {
+    /// The client's media options, `None` when no media flag is given.
+    ///
+    /// # Errors
+    /// A bad tone frequency, or a recording directory that cannot be created.
+    pub fn options(&self) -> anyhow::Result<Option<MediaOptions>> {
+        if self.send_tone.is_none()
+            && !self.send_pattern
+            && self.record.is_none()
+            && self.media_bind.is_empty()
+        {
+            return Ok(None);
+        }
+        let mut webrtc = callplus_media::WebRtcConfig::default();
+        if !self.media_bind.is_empty() {
+            webrtc.bind_addrs.clone_from(&self.media_bind);
+        }
+        let mut options = MediaOptions::new(webrtc);
+        if let Some(hz) = self.send_tone {
+            if !(1.0..=20_000.0).contains(&hz) {
+                return Err(anyhow!("--send-tone: {hz} Hz is not between 1 and 20000"));
+            }
+            options = options.with_tone(hz);
+        }
+        if self.send_pattern {
+            options = options.with_test_pattern(callplus_media::VideoConfig::default());
+        }
+        if let Some(dir) = &self.record {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            options = options.with_recording(dir);
+        }
+        Ok(Some(options))
+    }
 }
 
 /// Flags of `callplus dial`.
@@ -56,6 +124,10 @@ pub struct DialArgs {
     /// Data delivered to the callees with the invitation.
     #[arg(long, default_value = "")]
     pub extra: String,
+    #[cfg(feature = "media")]
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub media: MediaArgs,
     /// The user to call; several users place a group (MULTI) call.
     #[arg(required = true, value_name = "USER")]
     pub callees: Vec<String>,
@@ -76,16 +148,53 @@ pub struct ListenArgs {
     /// Exit after this many calls have ended (default: run until Ctrl-C).
     #[arg(long, value_name = "N")]
     pub exit_after_calls: Option<u32>,
+    #[cfg(feature = "media")]
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub media: MediaArgs,
 }
 
 fn endpoint(server: &str) -> String {
     if server.contains("://") { server.to_owned() } else { format!("http://{server}") }
 }
 
-async fn connect(args: &ConnectArgs) -> anyhow::Result<(Client, EventStream, String)> {
+/// The media events of a client, when it has media.
+#[cfg(feature = "media")]
+type MediaEvents = Option<MediaEventStream>;
+#[cfg(not(feature = "media"))]
+type MediaEvents = Option<std::convert::Infallible>;
+
+/// The next media event worth a line (audio levels, five per second and user, are not).
+async fn next_media(media: &mut MediaEvents) -> Option<String> {
+    #[cfg(feature = "media")]
+    if let Some(stream) = media {
+        loop {
+            match stream.next().await {
+                Some(callplus_media::MediaEvent::AudioLevel { .. }) => continue,
+                Some(event) => return Some(describe_media_event(&event)),
+                None => {
+                    *media = None;
+                    break;
+                }
+            }
+        }
+    }
+    #[cfg(not(feature = "media"))]
+    let _ = media;
+    std::future::pending().await
+}
+
+async fn connect(
+    args: &ConnectArgs,
+    #[cfg(feature = "media")] media: &MediaArgs,
+) -> anyhow::Result<(Client, EventStream, MediaEvents, String)> {
     let mut options = ClientOptions::default();
     if let Some(id) = &args.device_id {
         options.device_id = Some(DeviceId::new(id)?);
+    }
+    #[cfg(feature = "media")]
+    {
+        options.media = media.options()?;
     }
     let server = endpoint(&args.server);
     let (client, events) = Client::connect(&server, &args.token, options)
@@ -93,7 +202,11 @@ async fn connect(args: &ConnectArgs) -> anyhow::Result<(Client, EventStream, Str
         .with_context(|| format!("cannot connect to {server}"))?;
     let me = client.user_id().map_or_else(|| "?".to_owned(), |u| u.to_string());
     println!("[{me}] signed in to {server} as {me} (device {})", client.device_id());
-    Ok((client, events, me))
+    #[cfg(feature = "media")]
+    let media_events = client.media_events();
+    #[cfg(not(feature = "media"))]
+    let media_events = None;
+    Ok((client, events, media_events, me))
 }
 
 /// Prints the events that arrived while connecting (connection state changes) and returns
@@ -145,7 +258,10 @@ async fn linger_for_record(me: &str, events: &mut EventStream, call_id: &CallId)
 /// # Errors
 /// When the client cannot connect, the call cannot be placed, or it ended without connecting.
 pub async fn dial(args: DialArgs) -> anyhow::Result<()> {
-    let (client, mut events, me) = connect(&args.connect).await?;
+    #[cfg(feature = "media")]
+    let (client, mut events, mut media, me) = connect(&args.connect, &args.media).await?;
+    #[cfg(not(feature = "media"))]
+    let (client, mut events, mut media, me) = connect(&args.connect).await?;
     let mut backlog = take_backlog(&me, &mut events);
     let call_type = if args.callees.len() > 1 { CallType::Multi } else { CallType::Single };
     let media_type = if args.video { MediaType::AudioVideo } else { MediaType::Audio };
@@ -185,6 +301,11 @@ pub async fn dial(args: DialArgs) -> anyhow::Result<()> {
                         break Some(*reason);
                     }
                     _ => {}
+                }
+            }
+            line = next_media(&mut media) => {
+                if let Some(line) = line {
+                    println!("[{me}] {line}");
                 }
             }
             () = sleep_until_opt(hangup_at) => {
@@ -249,7 +370,10 @@ fn spawn_keyboard() -> mpsc::UnboundedReceiver<Key> {
 /// # Errors
 /// When the client cannot connect.
 pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
-    let (client, mut events, me) = connect(&args.connect).await?;
+    #[cfg(feature = "media")]
+    let (client, mut events, mut media, me) = connect(&args.connect, &args.media).await?;
+    #[cfg(not(feature = "media"))]
+    let (client, mut events, mut media, me) = connect(&args.connect).await?;
     let mut backlog = take_backlog(&me, &mut events);
     if args.auto_accept {
         println!("[{me}] waiting for calls (answering automatically); Ctrl-C to quit");
@@ -311,6 +435,11 @@ pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
                     _ => {}
                 }
             }
+            line = next_media(&mut media) => {
+                if let Some(line) = line {
+                    println!("[{me}] {line}");
+                }
+            }
             key = next_key(&mut keys) => match key {
                 Some(Key::Accept) => match &ringing {
                     Some(call_id) => answer(&client, &me, call_id),
@@ -367,4 +496,51 @@ fn hang_up(client: &Client, me: &str, call_id: &CallId) {
             println!("[{me}] hangup failed: {e}");
         }
     });
+}
+
+#[cfg(all(test, feature = "media"))]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Dial {
+        #[command(flatten)]
+        args: DialArgs,
+    }
+
+    #[test]
+    fn media_flags() {
+        // A bare --send-tone is 440 Hz and does not swallow the callee.
+        let dial = Dial::try_parse_from(["dial", "--token", "t", "--send-tone", "bob"]).unwrap().args;
+        assert_eq!(dial.media.send_tone, Some(440.0));
+        assert_eq!(dial.callees, ["bob"]);
+        assert!(dial.media.options().unwrap().is_some_and(|o| o.microphone.is_some() && o.sinks.is_none()));
+
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("rec");
+        let argv =
+            ["dial", "--token", "t", "--send-tone=660", "--send-pattern", "--media-bind", "127.0.0.1:0"];
+        let dial = Dial::try_parse_from(argv.into_iter().chain([
+            "--record",
+            record.to_str().unwrap(),
+            "bob",
+            "carol",
+        ]))
+        .unwrap()
+        .args;
+        assert_eq!(dial.media.send_tone, Some(660.0));
+        let options = dial.media.options().unwrap().unwrap();
+        assert!(options.microphone.is_some() && options.camera.is_some() && options.sinks.is_some());
+        assert_eq!(options.webrtc.bind_addrs, ["127.0.0.1:0"]);
+        assert!(record.is_dir(), "the recording directory is created");
+
+        // No media flag: no media.
+        let dial = Dial::try_parse_from(["dial", "--token", "t", "bob"]).unwrap().args;
+        assert!(dial.media.options().unwrap().is_none());
+        let dial = Dial::try_parse_from(["dial", "--token", "t", "--send-tone=0", "bob"]).unwrap().args;
+        assert!(dial.media.options().is_err());
+    }
 }

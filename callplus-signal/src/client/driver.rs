@@ -19,6 +19,10 @@ use tokio::time::Instant;
 use super::transport::{Connecting, Connection, Transport, TransportError};
 use super::{Command, Snapshot};
 
+/// Sees every event before the app does (the media glue): forwards what it needs and returns
+/// whether the event is consumed (then the app does not get it).
+pub(super) type MediaTap = Box<dyn FnMut(&ClientEvent) -> bool + Send>;
+
 /// How long `disconnect` waits for the server to close the stream after the Goodbye.
 const GOODBYE_LINGER: Duration = Duration::from_secs(2);
 
@@ -92,6 +96,7 @@ pub(super) struct Driver {
     commands: mpsc::UnboundedReceiver<Command>,
     commands_open: bool,
     events: mpsc::UnboundedSender<ClientEvent>,
+    media_tap: Option<MediaTap>,
     snapshot: Arc<Mutex<Snapshot>>,
     /// Answers `Client::connect` once: Welcome or why not.
     ready: Option<oneshot::Sender<Result<(), Error>>>,
@@ -123,6 +128,7 @@ impl Driver {
             commands,
             commands_open: true,
             events,
+            media_tap: None,
             snapshot,
             ready: Some(ready),
             pending: HashMap::new(),
@@ -132,6 +138,12 @@ impl Driver {
             anonymous,
             finished: false,
         }
+    }
+
+    /// Lets `tap` see (and possibly consume) every event before the app does.
+    pub(super) fn with_media_tap(mut self, tap: Option<MediaTap>) -> Self {
+        self.media_tap = tap;
+        self
     }
 
     pub(super) async fn run(mut self) {
@@ -360,6 +372,11 @@ impl Driver {
                 }
             }
             other => {
+                if let Some(tap) = self.media_tap.as_mut()
+                    && tap(&other)
+                {
+                    return;
+                }
                 let _ = self.events.send(other);
             }
         }
@@ -370,6 +387,9 @@ impl Driver {
         snapshot.state = self.engine.connection_state();
         snapshot.user_id = self.engine.user_id().cloned();
         snapshot.current = self.engine.current_call().cloned();
+        if snapshot.ice_servers.as_slice() != self.engine.ice_servers() {
+            snapshot.ice_servers = self.engine.ice_servers().to_vec();
+        }
     }
 }
 

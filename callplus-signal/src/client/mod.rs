@@ -35,6 +35,8 @@
 
 pub(crate) mod describe;
 mod driver;
+#[cfg(feature = "media")]
+mod media;
 mod transport;
 
 use std::pin::Pin;
@@ -44,8 +46,8 @@ use std::time::Duration;
 
 use callplus_session::client::{CallOptions, ClientEngine, RequestId};
 use callplus_session::{
-    CallId, CallInfo, CallType, Code, DeviceId, MediaPayload, MediaType, PushConfig, RecordOrder, RecordPage,
-    ResponseBody, TransactionId, UserId,
+    CallId, CallInfo, CallType, Code, DeviceId, IceServer, MediaPayload, MediaType, PushConfig, RecordOrder,
+    RecordPage, ResponseBody, TransactionId, UserId,
 };
 use rand::Rng as _;
 use tokio::sync::{mpsc, oneshot};
@@ -53,6 +55,10 @@ use tokio::sync::{mpsc, oneshot};
 pub use callplus_session::Error;
 pub use callplus_session::client::{CallSession, ConnectionState};
 pub use describe::describe_event;
+#[cfg(feature = "media")]
+pub use media::{
+    MediaEventStream, MediaOptions, SinkFactory, SourceFactory, describe_media_event, record_sink,
+};
 
 /// What the client tells the app: the engine's events (SPEC §4 and connection state).
 ///
@@ -76,6 +82,10 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// How long one attempt to open a connection may take.
     pub connect_timeout: Duration,
+    /// Real media: with it, the client sets up WebRTC audio/video by itself for every call it
+    /// is connected in (see [`MediaOptions`]); `None` (the default) leaves media to the app.
+    #[cfg(feature = "media")]
+    pub media: Option<MediaOptions>,
 }
 
 impl Default for ClientOptions {
@@ -86,6 +96,8 @@ impl Default for ClientOptions {
             reconnect_backoff_max: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            #[cfg(feature = "media")]
+            media: None,
         }
     }
 }
@@ -94,6 +106,13 @@ impl ClientOptions {
     /// These options with a fixed device id.
     pub fn with_device_id(mut self, device_id: DeviceId) -> Self {
         self.device_id = Some(device_id);
+        self
+    }
+
+    /// These options with media set up by the client.
+    #[cfg(feature = "media")]
+    pub fn with_media(mut self, media: MediaOptions) -> Self {
+        self.media = Some(media);
         self
     }
 }
@@ -134,12 +153,16 @@ struct Snapshot {
     state: ConnectionState,
     user_id: Option<UserId>,
     current: Option<CallSession>,
+    /// STUN/TURN servers from the Welcome.
+    ice_servers: Vec<IceServer>,
 }
 
 struct Inner {
     commands: mpsc::UnboundedSender<Command>,
     snapshot: Arc<Mutex<Snapshot>>,
     device_id: DeviceId,
+    #[cfg(feature = "media")]
+    media: Option<media::MediaHandle>,
 }
 
 /// A connection to a callplus server, acting as one user on one device.
@@ -192,8 +215,18 @@ impl Client {
         config.client_version = format!("callplus-signal/{VERSION}");
         config.request_timeout_ms = u32::try_from(options.request_timeout.as_millis()).unwrap_or(u32::MAX);
         let engine = ClientEngine::new(config);
-        let snapshot =
-            Arc::new(Mutex::new(Snapshot { state: engine.connection_state(), user_id: None, current: None }));
+        let snapshot = Arc::new(Mutex::new(Snapshot {
+            state: engine.connection_state(),
+            user_id: None,
+            current: None,
+            ice_servers: Vec::new(),
+        }));
+        #[cfg(feature = "media")]
+        let media_setup = options.media.clone().map(media::MediaSetup::new);
+        #[cfg(feature = "media")]
+        let media_tap = media_setup.as_ref().map(media::MediaSetup::tap);
+        #[cfg(not(feature = "media"))]
+        let media_tap = None;
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -205,15 +238,32 @@ impl Client {
             events_tx,
             snapshot.clone(),
             ready_tx,
-        );
+        )
+        .with_media_tap(media_tap);
         tokio::spawn(driver.run());
         match ready_rx.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(Error::new(Code::NotConnected, "the client task ended before connecting")),
         }
-        let client = Client { inner: Arc::new(Inner { commands, snapshot, device_id }) };
-        Ok((client, EventStream { rx: events_rx }))
+        #[cfg(feature = "media")]
+        let inner = {
+            let (media, glue) = match media_setup {
+                Some(setup) => {
+                    let (handle, glue) = setup.split(snapshot.clone(), device_id.clone());
+                    (Some(handle), Some(glue))
+                }
+                None => (None, None),
+            };
+            let inner = Arc::new(Inner { commands, snapshot, device_id, media });
+            if let (Some(glue), Some(handle)) = (glue, &inner.media) {
+                glue.spawn(&inner, handle);
+            }
+            inner
+        };
+        #[cfg(not(feature = "media"))]
+        let inner = Arc::new(Inner { commands, snapshot, device_id });
+        Ok((Client { inner }, EventStream { rx: events_rx }))
     }
 
     /// The SDK version (this crate's).
@@ -378,20 +428,46 @@ impl Client {
         self.request(move |e, now| e.reply_change_media_type(now, &tx, agree)).await.map(drop)
     }
 
-    /// Turns this user's camera on or off in the current call (the others are told).
+    /// Turns this user's camera on or off in the current call (the others are told). With
+    /// [`ClientOptions::media`], the real video track is muted too (no video packet is sent
+    /// while off) before the others are told.
     ///
     /// # Errors
     /// `NOT_IN_CALL`, `NOT_VIDEO_CALL`, ….
     pub async fn set_camera_enabled(&self, enabled: bool) -> Result<(), Error> {
+        #[cfg(feature = "media")]
+        if let Some(media) = &self.inner.media {
+            media.set_device(callplus_session::MediaKind::Video, enabled).await;
+        }
         self.request(move |e, now| e.set_camera_enabled(now, enabled)).await.map(drop)
     }
 
-    /// Turns this user's microphone on or off in the current call (the others are told).
+    /// Turns this user's microphone on or off in the current call (the others are told). With
+    /// [`ClientOptions::media`], the real audio track is muted too.
     ///
     /// # Errors
     /// `NOT_IN_CALL`, ….
     pub async fn set_microphone_enabled(&self, enabled: bool) -> Result<(), Error> {
+        #[cfg(feature = "media")]
+        if let Some(media) = &self.inner.media {
+            media.set_device(callplus_session::MediaKind::Audio, enabled).await;
+        }
         self.request(move |e, now| e.set_microphone_enabled(now, enabled)).await.map(drop)
+    }
+
+    /// The media events of this client (first frames, status reports, audio levels, errors):
+    /// `Some` the first time it is asked when [`ClientOptions::media`] is set, `None` after that
+    /// or without media.
+    #[cfg(feature = "media")]
+    pub fn media_events(&self) -> Option<MediaEventStream> {
+        self.inner.media.as_ref().and_then(media::MediaHandle::take_events)
+    }
+
+    /// The media adapter the client drives (with [`ClientOptions::media`]): to switch the
+    /// camera or microphone source, apply video/audio configs or set sinks by hand.
+    #[cfg(feature = "media")]
+    pub fn media_adapter(&self) -> Option<Arc<dyn callplus_media::MediaAdapter>> {
+        self.inner.media.as_ref().map(|m| Arc::clone(&m.adapter) as Arc<dyn callplus_media::MediaAdapter>)
     }
 
     /// Reports that the first remote media frame of `call_id` was rendered.
@@ -484,10 +560,17 @@ impl Client {
 
     /// Says Goodbye (the user's calls end for this device with HANGUP, no resume is kept) and
     /// waits for the client's task to end. The event stream ends after the last events.
+    ///
+    /// With [`ClientOptions::media`], it also waits until the media of every call has stopped
+    /// (recordings are complete when it returns).
     pub async fn disconnect(&self) {
         let (done, wait) = oneshot::channel();
         if self.inner.commands.send(Command::Disconnect { done }).is_ok() {
             let _ = wait.await;
+        }
+        #[cfg(feature = "media")]
+        if let Some(media) = &self.inner.media {
+            media.finished().await;
         }
     }
 
@@ -495,12 +578,23 @@ impl Client {
         &self,
         op: impl FnOnce(&mut ClientEngine, i64) -> Result<RequestId, Error> + Send + 'static,
     ) -> Result<ResponseBody, Error> {
+        self.submit(op).await
+    }
+
+    /// Queues a request now (requests reach the server in the order they are queued) and
+    /// returns the future of its answer.
+    fn submit(
+        &self,
+        op: impl FnOnce(&mut ClientEngine, i64) -> Result<RequestId, Error> + Send + 'static,
+    ) -> impl Future<Output = Result<ResponseBody, Error>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
-        self.inner
-            .commands
-            .send(Command::Request { op: Box::new(op), reply })
-            .map_err(|_| not_connected())?;
-        answer.await.map_err(|_| not_connected())?
+        let queued = self.inner.commands.send(Command::Request { op: Box::new(op), reply }).is_ok();
+        async move {
+            if !queued {
+                return Err(not_connected());
+            }
+            answer.await.map_err(|_| not_connected())?
+        }
     }
 }
 

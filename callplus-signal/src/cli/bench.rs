@@ -1,0 +1,135 @@
+//! `callplus bench`: the load tool.
+//!
+//! Starts a server (by default `callplus serve` from this same binary, as a child process, so
+//! the CPU and memory figures are the server's alone; `--in-process` runs it inside the load
+//! generator; `--server URL` targets a running one) and drives it over real gRPC connections
+//! on 127.0.0.1:
+//!
+//! - **call cycles** (the default): `--users N` users, each a real [`Client`](crate::client::Client)
+//!   on its own connection, in pairs; each pair runs full 1:1 cycles — start → the callee gets
+//!   `ReceivedCall` → accept → both `CallConnected` → hang up → both `CallEnded` and both call
+//!   records — as fast as it can, or at a fixed offered rate (`--rate`, cycles per second over
+//!   all pairs), for `--duration`. Reported: completed cycles per second, failed calls by reason,
+//!   HDR-histogram latency percentiles per step, server CPU seconds and peak RSS.
+//! - **idle** (`--idle N`): connects N devices and holds them for `--duration`, reporting the
+//!   server's RSS per connected device. Devices are lightweight raw gRPC streams (Hello, then a
+//!   Ping per heartbeat) by default, or full clients (`--idle-client client`); several may
+//!   share one HTTP/2 connection (`--streams-per-conn`) when file descriptors run short.
+//!
+//! A progress line goes to stderr each second; the report goes to stdout, and with `--json`
+//! its last line is one JSON object (see `docs/performance.md`).
+
+mod calls;
+mod idle;
+mod report;
+mod target;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, ValueEnum};
+
+use crate::server::config::parse_duration;
+
+/// How idle devices connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IdleClient {
+    /// A bare gRPC stream per device: Hello, then Pings (cheap on the load generator).
+    Raw,
+    /// A full `Client` per device (engine, driver task, reconnects).
+    Client,
+}
+
+/// Flags of `callplus bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Simulated users, each a client on its own gRPC connection; they call each other in pairs.
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    pub users: usize,
+    /// Offered call cycles per second over all pairs; 0 = every pair as fast as it can.
+    #[arg(long, default_value_t = 0.0, value_name = "CPS")]
+    pub rate: f64,
+    /// How long the load runs once everyone is connected (idle mode: how long devices are held).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// A call step not done within this time fails the cycle (reason `timeout:STEP`).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub step_timeout: Duration,
+    /// Idle mode: connect N devices, hold them, report the server's RSS per device.
+    #[arg(long, value_name = "N")]
+    pub idle: Option<usize>,
+    /// Idle mode: how each device connects.
+    #[arg(long, value_enum, default_value = "raw")]
+    pub idle_client: IdleClient,
+    /// Idle mode (raw devices): devices sharing one HTTP/2 connection (1 = a TCP connection each).
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub streams_per_conn: usize,
+    /// Connections being opened at once while users or devices connect.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub connect_concurrency: usize,
+    /// Loopback source addresses to spread connections over (127.0.0.1, .2, …); 0 = as many as
+    /// the ephemeral port range needs.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub source_addrs: usize,
+    /// Target this running server (`http://host:port`) instead of starting one.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// App key for minting tokens for `--server` (with `--app-secret`).
+    #[arg(long, requires = "server", requires = "app_secret")]
+    pub app_key: Option<String>,
+    /// App secret for minting tokens for `--server`.
+    #[arg(long, requires = "app_key", hide_env_values = true)]
+    pub app_secret: Option<String>,
+    /// Data directory of the `--server` (its first app mints the tokens).
+    #[arg(long, requires = "server", conflicts_with = "app_key")]
+    pub data_dir: Option<PathBuf>,
+    /// Process id of the `--server`, to report its CPU and memory.
+    #[arg(long, requires = "server", value_name = "PID")]
+    pub server_pid: Option<u32>,
+    /// Run the server inside this process (its CPU and RSS figures then include the load
+    /// generator's).
+    #[arg(long, conflicts_with = "server")]
+    pub in_process: bool,
+    /// Extra flag for the `callplus serve` child (repeat; e.g. `--server-arg=--busy-policy=reject`).
+    #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true, conflicts_with = "server")]
+    pub server_args: Vec<String>,
+    /// Also print the report as one JSON object on the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `callplus bench`.
+///
+/// # Errors
+/// When the arguments are inconsistent, the server cannot be started or reached, or no user
+/// or device could connect.
+pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if !args.rate.is_finite() || args.rate < 0.0 {
+        bail!("--rate must be a number of cycles per second, 0 or more");
+    }
+    if args.idle.is_none() && args.users < 2 {
+        bail!("--users must be at least 2 (users call each other in pairs)");
+    }
+    if args.duration.is_zero() {
+        bail!("--duration must be more than 0");
+    }
+    let target = target::Target::start(&args).await?;
+    eprintln!("bench: server {} ({})", target.endpoint, target.describe());
+    let result = match args.idle {
+        Some(n) => idle::run(&args, &target, n).await,
+        None => calls::run(&args, &target).await,
+    };
+    let stopped = target.stop().await;
+    let report = result?;
+    if let Err(e) = stopped {
+        eprintln!("bench: the server did not stop cleanly: {e:#}");
+    }
+    for line in &report.lines {
+        println!("{line}");
+    }
+    if args.json {
+        println!("{}", report.json);
+    }
+    Ok(())
+}

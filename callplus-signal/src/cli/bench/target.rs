@@ -1,0 +1,277 @@
+//! The server under test: a `callplus serve` child process (the default), a server inside this
+//! process, or one already running; tokens for it; and its CPU and memory from `/proc`.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, anyhow, bail};
+use callplus_session::switchboard::SwitchboardConfig;
+
+use super::BenchArgs;
+use crate::server::{RunningServer, Server};
+use crate::storage::{SqliteStorage, Storage as _};
+use crate::token;
+
+/// Per-device request limits given to a server the tool starts: the load is many calls per
+/// second per device, far above what a person makes, and must not be throttled.
+const UNLIMITED_REQUESTS: u32 = 1_000_000;
+/// How long a started child has to print where it listens.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a child has to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lifetime of the tokens the tool mints.
+const TOKEN_TTL_SECS: u64 = 24 * 3600;
+
+enum Kind {
+    Child { child: Child, _dir: tempfile::TempDir },
+    InProcess { server: Box<RunningServer>, _dir: tempfile::TempDir },
+    External { pid: Option<u32> },
+}
+
+/// The server under test.
+pub(crate) struct Target {
+    /// Where devices connect (`http://host:port`).
+    pub(crate) endpoint: String,
+    app_key: String,
+    app_secret: String,
+    kind: Kind,
+}
+
+/// CPU and memory of a process, from `/proc/<pid>/stat` and `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ProcStats {
+    /// User + system CPU seconds since the process started.
+    pub(crate) cpu_s: f64,
+    /// Resident set size now, KiB.
+    pub(crate) rss_kib: u64,
+    /// Peak resident set size, KiB.
+    pub(crate) peak_rss_kib: u64,
+}
+
+/// Reads the CPU and memory of `pid` (`"self"` for this process); `None` off Linux or when the
+/// process is gone.
+pub(crate) fn proc_stats(pid: &str) -> Option<ProcStats> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // /proc reports CPU time in USER_HZ, which Linux fixes at 100 for user space.
+    #[allow(clippy::cast_precision_loss)]
+    let cpu_s = (utime + stime) as f64 / 100.0;
+    Some(ProcStats { cpu_s, rss_kib: kib("VmRSS:"), peak_rss_kib: kib("VmHWM:") })
+}
+
+/// The soft limit on open files of this process (a child inherits it), if known.
+pub(crate) fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+impl Target {
+    /// Starts (or finds) the server the arguments name.
+    pub(crate) async fn start(args: &BenchArgs) -> anyhow::Result<Target> {
+        if let Some(url) = &args.server {
+            let endpoint = if url.contains("://") { url.clone() } else { format!("http://{url}") };
+            let (app_key, app_secret) = match (&args.app_key, &args.app_secret, &args.data_dir) {
+                (Some(key), Some(secret), _) => (key.clone(), secret.clone()),
+                (_, _, Some(dir)) => {
+                    let storage = SqliteStorage::open(dir)
+                        .with_context(|| format!("cannot open the data directory {}", dir.display()))?;
+                    let app = storage.apps()?.into_iter().next();
+                    let app = app.ok_or_else(|| anyhow!("no app in {}", dir.display()))?;
+                    (app.app_key, app.app_secret)
+                }
+                _ => bail!("--server needs --app-key and --app-secret, or --data-dir, to mint tokens"),
+            };
+            return Ok(Target {
+                endpoint,
+                app_key,
+                app_secret,
+                kind: Kind::External { pid: args.server_pid },
+            });
+        }
+        let dir = tempfile::Builder::new().prefix("callplus-bench-").tempdir()?;
+        if args.in_process {
+            let config = SwitchboardConfig {
+                requests_per_second: UNLIMITED_REQUESTS,
+                request_burst: UNLIMITED_REQUESTS,
+                ..SwitchboardConfig::default()
+            };
+            let server = Server::builder()
+                .data_dir(dir.path())
+                .listen("127.0.0.1:0")
+                .no_admin()
+                .config(config)
+                .start()
+                .await
+                .context("cannot start the server")?;
+            let app = server.app_credentials().clone();
+            return Ok(Target {
+                endpoint: format!("http://{}", server.grpc_addr()),
+                app_key: app.app_key,
+                app_secret: app.app_secret,
+                kind: Kind::InProcess { server: Box::new(server), _dir: dir },
+            });
+        }
+        let exe = std::env::current_exe().context("cannot find this program to start the server")?;
+        let mut command = Command::new(exe);
+        command
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "off", "--log", "warn"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--requests-per-second", &UNLIMITED_REQUESTS.to_string()])
+            .args(["--request-burst", &UNLIMITED_REQUESTS.to_string()])
+            .args(&args.server_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().context("cannot start `callplus serve`")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout from the server"))?;
+        let banner = tokio::task::spawn_blocking(move || read_banner(stdout));
+        let banner = match tokio::time::timeout(START_TIMEOUT, banner).await {
+            Ok(Ok(Ok(banner))) => banner,
+            Ok(Ok(Err(e))) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+            Ok(Err(e)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(anyhow!("reading the server's output failed: {e}"));
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the server did not say where it listens within {START_TIMEOUT:?}");
+            }
+        };
+        Ok(Target {
+            endpoint: banner.endpoint,
+            app_key: banner.app_key,
+            app_secret: banner.app_secret,
+            kind: Kind::Child { child, _dir: dir },
+        })
+    }
+
+    /// What the server is, for the report.
+    pub(crate) fn describe(&self) -> String {
+        match &self.kind {
+            Kind::Child { child, .. } => format!("`callplus serve` child process, pid {}", child.id()),
+            Kind::InProcess { .. } => "in this process (figures include the load generator)".to_owned(),
+            Kind::External { pid: Some(pid) } => format!("external, pid {pid}"),
+            Kind::External { pid: None } => "external (no --server-pid: no CPU/RSS figures)".to_owned(),
+        }
+    }
+
+    /// Whether the server's process figures include the load generator.
+    pub(crate) fn shares_process(&self) -> bool {
+        matches!(self.kind, Kind::InProcess { .. })
+    }
+
+    /// The server process's CPU and memory, when known.
+    pub(crate) fn stats(&self) -> Option<ProcStats> {
+        match &self.kind {
+            Kind::Child { child, .. } => proc_stats(&child.id().to_string()),
+            Kind::InProcess { .. } => proc_stats("self"),
+            Kind::External { pid } => pid.and_then(|pid| proc_stats(&pid.to_string())),
+        }
+    }
+
+    /// A token for `user`.
+    pub(crate) fn token(&self, user: &str) -> anyhow::Result<String> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        // Issued a minute early: a server whose clock is slightly behind still accepts it.
+        Ok(token::mint(&self.app_key, &self.app_secret, user, now.saturating_sub(60), TOKEN_TTL_SECS)?)
+    }
+
+    /// Stops a server the tool started (gracefully: SIGTERM, then a kill after a timeout).
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        match self.kind {
+            Kind::External { .. } => Ok(()),
+            Kind::InProcess { server, _dir } => Ok(server.shutdown().await?),
+            Kind::Child { mut child, _dir } => {
+                let pid = child.id().to_string();
+                let termed = Command::new("kill")
+                    .args(["-TERM", &pid])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !termed {
+                    child.kill()?;
+                }
+                let waited = tokio::task::spawn_blocking(move || {
+                    let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+                    loop {
+                        match child.try_wait() {
+                            Ok(Some(status)) => return Ok(status),
+                            Ok(None) if std::time::Instant::now() < deadline => {
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                            Ok(None) => {
+                                let _ = child.kill();
+                                return child.wait();
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                })
+                .await??;
+                if !waited.success() {
+                    bail!("the server exited with {waited}");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+struct Banner {
+    endpoint: String,
+    app_key: String,
+    app_secret: String,
+}
+
+/// Reads `callplus serve`'s start-up lines (address, app key and secret), then keeps draining
+/// its stdout on a thread so it never blocks on a full pipe.
+fn read_banner(stdout: std::process::ChildStdout) -> anyhow::Result<Banner> {
+    let mut reader = BufReader::new(stdout);
+    let (mut endpoint, mut app_key, mut app_secret) = (None, None, None);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            bail!("the server exited before it was ready (see its log above)");
+        }
+        let text = line.trim();
+        if let Some(rest) = text.strip_prefix("gRPC (devices):") {
+            endpoint = Some(rest.trim().to_owned());
+        } else if let Some(rest) = text.strip_prefix("app key:") {
+            app_key = Some(rest.trim().to_owned());
+        } else if let Some(rest) = text.strip_prefix("app secret:") {
+            app_secret = Some(rest.trim().to_owned());
+        } else if text.starts_with("Stop with") {
+            break;
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    match (endpoint, app_key, app_secret) {
+        (Some(endpoint), Some(app_key), Some(app_secret)) => Ok(Banner { endpoint, app_key, app_secret }),
+        _ => bail!("the server did not print its address and a new app's credentials"),
+    }
+}

@@ -1,0 +1,74 @@
+//! `callplus bench` end to end: the binary starts its own `callplus serve` child on 127.0.0.1,
+//! runs briefly, and prints one JSON object on its last stdout line. Only behaviour is checked
+//! (keys present, calls completed, none failed), never timings.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn run_bench(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_callplus"))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("callplus bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    assert!(stderr.contains("bench:"), "progress goes to stderr: {stderr}");
+    let last = stdout.lines().last().expect("some output");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
+}
+
+fn percentiles(v: &Value, step: &str) {
+    let p = &v["latency_ms"][step];
+    for key in ["p50", "p90", "p99", "max"] {
+        assert!(p[key].is_number(), "latency_ms.{step}.{key} missing in {v}");
+    }
+}
+
+#[test]
+fn call_cycles_report_the_required_figures() {
+    let v = run_bench(&["--users", "20", "--duration", "1s"]);
+    for key in [
+        "cycles_per_sec",
+        "completed",
+        "failed",
+        "failed_by_reason",
+        "latency_ms",
+        "server_cpu_s",
+        "server_peak_rss_kib",
+    ] {
+        assert!(v.get(key).is_some(), "{key} missing in {v}");
+    }
+    assert!(v["completed"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["failed"].as_u64(), Some(0), "{v}");
+    assert!(v["failed_by_reason"].as_object().unwrap().is_empty(), "{v}");
+    assert!(v["cycles_per_sec"].as_f64().unwrap() > 0.0, "{v}");
+    percentiles(&v, "start_to_received");
+    percentiles(&v, "accept_to_connected");
+    // The server ran as a child process, so its own figures are there.
+    assert!(v["server_cpu_s"].is_number() && v["server_peak_rss_kib"].as_u64().unwrap() > 0, "{v}");
+}
+
+#[test]
+fn an_offered_rate_is_paced() {
+    let v = run_bench(&["--users", "10", "--rate", "50", "--duration", "1s"]);
+    assert!(v["completed"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["failed"].as_u64(), Some(0), "{v}");
+    // Paced: 50 starts per second over all pairs (one slot of slack per pair), no more.
+    assert!(v["offered"].as_u64().unwrap() <= 55, "{v}");
+    assert!(v["completed"].as_u64().unwrap() <= v["offered"].as_u64().unwrap(), "{v}");
+}
+
+#[test]
+fn idle_devices_are_held_and_measured() {
+    let v = run_bench(&["--idle", "100", "--streams-per-conn", "10", "--duration", "1s"]);
+    assert_eq!(v["connected"].as_u64(), Some(100), "{v}");
+    assert_eq!(v["failed"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["tcp_connections"].as_u64(), Some(10), "{v}");
+    assert!(v["server_rss_per_device_kib"].is_number(), "{v}");
+}

@@ -1,0 +1,521 @@
+//! End-to-end media: a real server, real clients with `ClientOptions::media` and real WebRTC
+//! between them, all on 127.0.0.1 (`WebRtcConfig::loopback()`). The tests only place, answer
+//! and hang up calls; the clients set up, switch and stop the media by themselves.
+//!
+//! Every wait is for a real event, frame or closed channel, bounded by [`MEDIA_WAIT`]. The only
+//! waits that are expected to run out are the bounded checks that something does *not* happen
+//! (no video while it is off, no status report after the call).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use callplus_media::{ChannelSink, MediaEvent, MediaKind, MediaSink, RemoteFrame, TeeSink, VideoConfig};
+use callplus_session::{CallType, ParticipantState};
+use callplus_signal::client::{MediaEventStream, MediaOptions, record_sink};
+use callplus_tests::{
+    ChangeMediaTypeResult, ClientOptions, Event, MediaType, Party, TestServer, config, connected, ended,
+    received, record_of, remote_state,
+};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::{Instant, timeout};
+
+/// Generous: two cores shared with other builds, several peer connections and VP8 encoders.
+const MEDIA_WAIT: Duration = Duration::from_secs(30);
+
+/// Frame receivers by (remote user, kind), filled by the sink factory.
+type Receivers = Arc<Mutex<HashMap<(String, MediaKind), UnboundedReceiver<RemoteFrame>>>>;
+
+/// Where recordings go: `$CALLPLUS_MEDIA_RECORD_DIR` if set (to inspect them with ffprobe or
+/// sox afterwards), else a temporary directory removed at the end.
+fn record_dir(test: &str) -> (Option<tempfile::TempDir>, PathBuf) {
+    match std::env::var_os("CALLPLUS_MEDIA_RECORD_DIR") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir).join(test);
+            std::fs::create_dir_all(&dir).unwrap();
+            (None, dir)
+        }
+        None => {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().to_owned();
+            (Some(tmp), path)
+        }
+    }
+}
+
+/// A user whose client does media: a tone (and a test pattern), every remote user recorded to
+/// its own directory and mirrored into a channel.
+struct MediaParty {
+    party: Party,
+    media: MediaEventStream,
+    /// Media events read but not yet returned by `expect_media`.
+    backlog: Vec<MediaEvent>,
+    frames: Receivers,
+    dir: PathBuf,
+}
+
+async fn media_party(
+    server: &TestServer,
+    name: &str,
+    tone: f64,
+    video: Option<VideoConfig>,
+    root: &Path,
+) -> MediaParty {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let frames: Receivers = Arc::default();
+    let mut media = MediaOptions::loopback().with_tone(tone);
+    if let Some(config) = video {
+        media = media.with_test_pattern(config);
+    }
+    let (sink_dir, sink_frames) = (dir.clone(), Arc::clone(&frames));
+    let media = media.with_sinks(move |user, kind| {
+        let (channel, rx) = ChannelSink::new();
+        sink_frames.lock().unwrap().insert((user.to_string(), kind), rx);
+        let file = record_sink(&sink_dir, user, kind).expect("the recording is created");
+        Some(Box::new(TeeSink::new(vec![file, Box::new(channel)])) as Box<dyn MediaSink>)
+    });
+    let options =
+        ClientOptions { reconnect_backoff_min: Duration::from_millis(20), ..ClientOptions::default() }
+            .with_media(media);
+    let party = server.user_with(name, options).await;
+    let media = party.client.media_events().expect("the client has media");
+    assert!(party.client.media_events().is_none(), "media events are handed out once");
+    MediaParty { party, media, backlog: Vec::new(), frames, dir }
+}
+
+impl MediaParty {
+    /// The first media event not returned before that matches `pred`.
+    async fn expect_media(&mut self, what: &str, pred: impl Fn(&MediaEvent) -> bool) -> MediaEvent {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(i);
+        }
+        let name = self.party.name.clone();
+        let deadline = Instant::now() + MEDIA_WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.media.next()).await {
+                Ok(Some(event)) if pred(&event) => return event,
+                Ok(Some(event)) => self.backlog.push(event),
+                Ok(None) => panic!("{name}: media events ended waiting for {what}"),
+                Err(_) => panic!("{name}: timed out waiting for {what}; media events: {:#?}", self.backlog),
+            }
+        }
+    }
+
+    /// The frames of `from`'s `kind` arriving here (the sink exists once media started).
+    fn frames_from(&self, from: &str, kind: MediaKind) -> UnboundedReceiver<RemoteFrame> {
+        self.frames
+            .lock()
+            .unwrap()
+            .remove(&(from.to_owned(), kind))
+            .unwrap_or_else(|| panic!("{}: no {kind:?} sink for {from}", self.party.name))
+    }
+
+    /// Where `from`'s media is recorded here.
+    fn recording(&self, from: &str, ext: &str) -> PathBuf {
+        self.dir.join(format!("{from}.{ext}"))
+    }
+}
+
+fn first_frame(from: &str, kind: MediaKind) -> impl Fn(&MediaEvent) -> bool + '_ {
+    move |e| matches!(e, MediaEvent::FirstFrame { user, kind: k, .. } if user.as_str() == from && *k == kind)
+}
+
+/// Milliseconds from `start_ms` (wall clock) to a `FirstFrame` event.
+fn since(start_ms: i64, first: &MediaEvent) -> i64 {
+    match first {
+        MediaEvent::FirstFrame { at_ms, .. } => at_ms - start_ms,
+        other => panic!("not a first frame: {other:?}"),
+    }
+}
+
+fn is_stats(e: &MediaEvent) -> bool {
+    matches!(e, MediaEvent::Stats(_))
+}
+
+/// Waits for `n` frames on a sink channel.
+async fn frames(rx: &mut UnboundedReceiver<RemoteFrame>, n: usize, what: &str) -> Vec<RemoteFrame> {
+    timeout(MEDIA_WAIT, async {
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            got.push(rx.recv().await.unwrap_or_else(|| panic!("sink dropped while waiting for {what}")));
+        }
+        got
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {n} frames of {what}"))
+}
+
+/// Waits until the client dropped the sink (its channel closes): no frame can reach it any
+/// more. Returns how many frames were still queued.
+async fn sink_closed(rx: &mut UnboundedReceiver<RemoteFrame>, what: &str) -> usize {
+    timeout(MEDIA_WAIT, async {
+        let mut n = 0;
+        while rx.recv().await.is_some() {
+            n += 1;
+        }
+        n
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: the sink still receives after the call ended"))
+}
+
+/// Video sending stopped: after draining what was in flight (half a second of audio sent
+/// afterwards), another second of audio arrives with no video frame.
+async fn assert_no_more_video(
+    audio: &mut UnboundedReceiver<RemoteFrame>,
+    video: &mut UnboundedReceiver<RemoteFrame>,
+    why: &str,
+) {
+    while audio.try_recv().is_ok() {}
+    frames(audio, 25, "audio (flushing video in flight)").await;
+    while video.try_recv().is_ok() {}
+    frames(audio, 50, "audio (watching for video)").await;
+    assert!(video.try_recv().is_err(), "video arrived after {why}");
+}
+
+/// Decodes an Ogg Opus file to mono 48 kHz PCM.
+fn decode_ogg(path: &Path) -> Vec<i16> {
+    let mut reader = ogg::PacketReader::new(std::fs::File::open(path).unwrap());
+    let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+    let (mut pcm, mut buf) = (Vec::new(), vec![0i16; 5760]);
+    let mut index = 0;
+    while let Some(packet) = reader.read_packet().unwrap() {
+        index += 1;
+        match index {
+            1 => assert_eq!(&packet.data[..8], b"OpusHead"),
+            2 => assert_eq!(&packet.data[..8], b"OpusTags"),
+            _ if packet.data.is_empty() => {}
+            _ => {
+                let n = decoder.decode(&packet.data, &mut buf, false).unwrap();
+                pcm.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+    pcm
+}
+
+/// Goertzel power of `freq` in `pcm` (48 kHz).
+fn power(pcm: &[i16], freq: f64) -> f64 {
+    let coeff = 2.0 * (std::f64::consts::TAU * freq / 48_000.0).cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &x in pcm {
+        let s = f64::from(x) + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    s1 * s1 + s2 * s2 - coeff * s1 * s2
+}
+
+/// The strongest frequency between 100 and 2000 Hz, 5 Hz steps.
+fn dominant_frequency(pcm: &[i16]) -> f64 {
+    (20..=400).map(|i| f64::from(i) * 5.0).max_by(|a, b| power(pcm, *a).total_cmp(&power(pcm, *b))).unwrap()
+}
+
+/// Asserts that the recording holds at least a second of the `freq` tone.
+fn assert_tone(path: &Path, freq: f64) {
+    let pcm = decode_ogg(path);
+    assert!(pcm.len() >= 48_000, "{} holds only {} samples", path.display(), pcm.len());
+    let found = dominant_frequency(&pcm[pcm.len() - 48_000..]);
+    assert!((found - freq).abs() <= 10.0, "{}: dominant {found} Hz, sent {freq} Hz", path.display());
+}
+
+/// Parses an IVF file: (fourcc, width, height, header frame count, frames).
+fn read_ivf(path: &Path) -> (Vec<u8>, u16, u16, u32, Vec<Vec<u8>>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..4], b"DKIF", "{}", path.display());
+    let width = u16::from_le_bytes([bytes[12], bytes[13]]);
+    let height = u16::from_le_bytes([bytes[14], bytes[15]]);
+    let count = u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]);
+    let mut frames = Vec::new();
+    let mut at = 32;
+    while at + 12 <= bytes.len() {
+        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        frames.push(bytes[at + 12..at + 12 + len].to_vec());
+        at += 12 + len;
+    }
+    assert_eq!(at, bytes.len(), "trailing bytes in {}", path.display());
+    (bytes[8..12].to_vec(), width, height, count, frames)
+}
+
+/// After the call's sinks were dropped: what was queued is discarded, then within 2.5 s at most
+/// one status report (one in flight at the hangup) arrives for it — a running call would report
+/// twice or more.
+async fn assert_reports_stopped(p: &mut MediaParty, call: &callplus_session::CallId) {
+    p.backlog.clear();
+    while p.media.try_next().is_some() {}
+    let mut reports = 0;
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, p.media.next()).await {
+        if matches!(&event, MediaEvent::Stats(s) if s.call_id == *call) {
+            reports += 1;
+        }
+    }
+    assert!(reports <= 1, "{}: {reports} status reports after the call ended", p.party.name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_call_carries_the_tone_both_ways_and_hangup_stops_it() {
+    let (_tmp, dir) = record_dir("audio");
+    let server = TestServer::start(config()).await;
+    let mut alice = media_party(&server, "alice", 440.0, None, &dir).await;
+    let mut bob = media_party(&server, "bob", 660.0, None, &dir).await;
+
+    let call = alice.party.call("bob", MediaType::Audio).await;
+    bob.party.expect(received(&call), "the invitation").await;
+    bob.party.client.ringing(&call).await.unwrap();
+    let accepted = callplus_tests::now_ms();
+    bob.party.client.accept(&call).await.unwrap();
+    bob.party.expect(connected(&call), "connected").await;
+    alice.party.expect(connected(&call), "connected").await;
+
+    // No app code from here on: the clients negotiate and send by themselves.
+    let first = alice.expect_media("bob's first audio frame", first_frame("bob", MediaKind::Audio)).await;
+    let at_alice = since(accepted, &first);
+    let first = bob.expect_media("alice's first audio frame", first_frame("alice", MediaKind::Audio)).await;
+    let at_bob = since(accepted, &first);
+    eprintln!("accept -> first remote audio frame: caller {at_alice} ms, callee {at_bob} ms");
+
+    let mut bob_at_alice = alice.frames_from("bob", MediaKind::Audio);
+    let mut alice_at_bob = bob.frames_from("alice", MediaKind::Audio);
+    let got = frames(&mut bob_at_alice, 100, "bob's audio at alice").await;
+    assert!(got.iter().all(|f| f.kind == MediaKind::Audio && !f.data.is_empty()));
+    frames(&mut alice_at_bob, 100, "alice's audio at bob").await;
+    // The local user's own audio is never played back: no sink was ever asked for it.
+    assert!(alice.frames.lock().unwrap().keys().all(|(user, _)| user != "alice"));
+    assert!(bob.frames.lock().unwrap().keys().all(|(user, _)| user != "bob"));
+
+    // The first frame was reported to the server: the event, then the record carry it.
+    for p in [&mut alice.party, &mut bob.party] {
+        let event = p
+            .expect(
+                |e| matches!(e, Event::CallFirstFrameTime { call_id, .. } if *call_id == call),
+                "first frame",
+            )
+            .await;
+        let Event::CallFirstFrameTime { at_ms, .. } = event else { unreachable!() };
+        assert!(at_ms >= callplus_tests::now_ms() - 60_000, "first frame at {at_ms}");
+    }
+
+    // Status reports about once a second, from the real stack (timed as they arrive).
+    while let Some(event) = alice.media.try_next() {
+        alice.backlog.push(event);
+    }
+    alice.backlog.retain(|e| !is_stats(e));
+    let mut reports = Vec::new();
+    let mut arrivals = Vec::new();
+    while reports.len() < 4 {
+        let event = alice.expect_media("a status report", is_stats).await;
+        let MediaEvent::Stats(stats) = event else { unreachable!() };
+        arrivals.push(Instant::now());
+        reports.push(stats);
+    }
+    eprintln!("alice's status reports: {reports:#?}");
+    for pair in arrivals.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_millis(400) && gap <= Duration::from_millis(2500),
+            "report gap {gap:?}"
+        );
+    }
+    let last = &reports[reports.len() - 1];
+    assert_eq!(last.call_id, call);
+    assert_eq!(last.per_peer.len(), 1);
+    assert_eq!(last.per_peer[0].user.as_str(), "bob");
+    let bitrates: Vec<f64> = reports.iter().skip(1).map(|r| r.per_peer[0].bitrate_kbps).collect();
+    assert!(bitrates.iter().all(|b| (10.0..500.0).contains(b)), "receive bitrates {bitrates:?}");
+    assert!(bitrates.windows(2).any(|w| w[0] != w[1]), "constant bitrates {bitrates:?}");
+    assert!(reports.iter().all(|r| (0.0..=100.0).contains(&r.per_peer[0].recv_loss_pct)));
+    assert!(reports.iter().all(|r| (0.0..=100.0).contains(&r.send_loss_pct)));
+    assert!(reports.iter().all(|r| r.rtt_ms.is_none_or(|rtt| (0.0..1000.0).contains(&rtt))));
+    // Audio level of the half-scale tone: about 50.
+    let level = alice
+        .expect_media(
+            "bob's audio level",
+            |e| matches!(e, MediaEvent::AudioLevel { user, .. } if user.as_str() == "bob"),
+        )
+        .await;
+    let MediaEvent::AudioLevel { level, .. } = level else { unreachable!() };
+    assert!((35..=65).contains(&level), "bob's level at alice: {level}");
+
+    // Hang up: both clients stop their media; the sinks are dropped, nothing more arrives.
+    alice.party.client.hangup(Some(&call)).await.unwrap();
+    alice.party.expect(ended(&call), "ended").await;
+    bob.party.expect(ended(&call), "ended").await;
+    let late_a = sink_closed(&mut bob_at_alice, "alice").await;
+    let late_b = sink_closed(&mut alice_at_bob, "bob").await;
+    eprintln!("frames still queued at the hangup: alice {late_a}, bob {late_b}");
+    assert_reports_stopped(&mut alice, &call).await;
+    assert_reports_stopped(&mut bob, &call).await;
+
+    let record = alice.party.expect(record_of(&call), "the record").await;
+    let Event::ReceivedCallRecord(record) = record else { unreachable!() };
+    assert!(record.call.first_frame_at_ms.is_some(), "the record has no first-frame time: {record:?}");
+
+    // The recordings decode, and each holds the other side's tone.
+    assert_tone(&alice.recording("bob", "ogg"), 660.0);
+    assert_tone(&bob.recording("alice", "ogg"), 440.0);
+    assert!(!alice.recording("bob", "ivf").exists(), "an audio call records no video");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_call_carries_vp8_both_ways_camera_off_and_downgrade_stop_it() {
+    let (_tmp, dir) = record_dir("video");
+    let server = TestServer::start(config()).await;
+    let alice_size = VideoConfig { width: 320, height: 240, fps: 15, ..VideoConfig::default() };
+    let bob_size = VideoConfig { width: 160, height: 120, fps: 15, ..VideoConfig::default() };
+    let mut alice = media_party(&server, "alice", 500.0, Some(alice_size), &dir).await;
+    let mut bob = media_party(&server, "bob", 700.0, Some(bob_size), &dir).await;
+
+    let call = alice.party.call("bob", MediaType::AudioVideo).await;
+    bob.party.expect(received(&call), "the invitation").await;
+    bob.party.client.ringing(&call).await.unwrap();
+    let accepted = callplus_tests::now_ms();
+    bob.party.client.accept(&call).await.unwrap();
+    alice.party.expect(connected(&call), "connected").await;
+    let first = alice.expect_media("bob's first video frame", first_frame("bob", MediaKind::Video)).await;
+    let at_alice = since(accepted, &first);
+    let first = bob.expect_media("alice's first video frame", first_frame("alice", MediaKind::Video)).await;
+    let at_bob = since(accepted, &first);
+    eprintln!("accept -> first remote video frame: caller {at_alice} ms, callee {at_bob} ms");
+
+    let mut video_at_alice = alice.frames_from("bob", MediaKind::Video);
+    let mut audio_at_alice = alice.frames_from("bob", MediaKind::Audio);
+    let mut video_at_bob = bob.frames_from("alice", MediaKind::Video);
+    let mut audio_at_bob = bob.frames_from("alice", MediaKind::Audio);
+    let got_a = frames(&mut video_at_alice, 20, "video at alice").await;
+    let got_b = frames(&mut video_at_bob, 20, "video at bob").await;
+    assert!(got_a[0].keyframe && got_b[0].keyframe, "the first delivered frame is a key frame");
+
+    // Camera off at alice: the track is muted and bob is told.
+    alice.party.client.set_camera_enabled(false).await.unwrap();
+    bob.party
+        .expect(
+            |e| {
+                matches!(e, Event::RemoteCameraStateChanged { call_id, user_id, disabled: true }
+                    if *call_id == call && user_id.as_str() == "alice")
+            },
+            "alice's camera off",
+        )
+        .await;
+    assert_no_more_video(&mut audio_at_bob, &mut video_at_bob, "alice turned her camera off").await;
+    frames(&mut video_at_alice, 5, "bob's video while his camera is on").await;
+
+    // Camera on again: video flows again, starting with a key frame.
+    alice.party.client.set_camera_enabled(true).await.unwrap();
+    let again = frames(&mut video_at_bob, 3, "video after the camera is on again").await;
+    assert!(again[0].keyframe);
+
+    // Downgrade to AUDIO (needs no agreement): both stop sending video, audio goes on.
+    alice.party.client.request_change_media_type(MediaType::Audio).await.unwrap();
+    for p in [&mut alice.party, &mut bob.party] {
+        p.expect(
+            |e| {
+                matches!(e, Event::ChangeMediaTypeResult { call_id, media_type: MediaType::Audio, result, .. }
+                    if *call_id == call && *result == ChangeMediaTypeResult::Accepted)
+            },
+            "the downgrade",
+        )
+        .await;
+    }
+    assert_no_more_video(&mut audio_at_bob, &mut video_at_bob, "the call became AUDIO").await;
+    assert_no_more_video(&mut audio_at_alice, &mut video_at_alice, "the call became AUDIO").await;
+
+    bob.party.client.hangup(Some(&call)).await.unwrap();
+    alice.party.expect(ended(&call), "ended").await;
+    bob.party.expect(ended(&call), "ended").await;
+    for (rx, what) in [
+        (&mut video_at_alice, "video at alice"),
+        (&mut audio_at_alice, "audio at alice"),
+        (&mut video_at_bob, "video at bob"),
+        (&mut audio_at_bob, "audio at bob"),
+    ] {
+        sink_closed(rx, what).await;
+    }
+    for (path, size) in
+        [(alice.recording("bob", "ivf"), bob_size), (bob.recording("alice", "ivf"), alice_size)]
+    {
+        let (fourcc, w, h, count, frames) = read_ivf(&path);
+        assert_eq!(fourcc, b"VP80");
+        assert_eq!((u32::from(w), u32::from(h)), (size.width, size.height), "{}", path.display());
+        assert_eq!(count as usize, frames.len());
+        assert!(frames.len() >= 20, "{}: {} frames", path.display(), frames.len());
+        assert_eq!(callplus_media::vp8::keyframe_dimensions(&frames[0]), Some((w, h)));
+    }
+    assert_tone(&alice.recording("bob", "ogg"), 700.0);
+    assert_tone(&bob.recording("alice", "ogg"), 500.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_party_mesh_everyone_hears_everyone() {
+    let (_tmp, dir) = record_dir("mesh");
+    let server = TestServer::start(config()).await;
+    let names = ["alice", "bob", "carol"];
+    let tones = [300.0, 500.0, 700.0];
+    let mut p = Vec::new();
+    for (name, tone) in names.iter().zip(tones) {
+        p.push(media_party(&server, name, tone, None, &dir).await);
+    }
+    let started = p[0]
+        .party
+        .client
+        .start_call(&["bob", "carol"], CallType::Multi, MediaType::Audio, Default::default())
+        .await
+        .unwrap();
+    let call = started.call_id().clone();
+
+    // Bob answers first: alice and bob talk.
+    p[1].party.expect(received(&call), "the invitation").await;
+    p[1].party.client.accept(&call).await.unwrap();
+    p[0].expect_media("bob's audio", first_frame("bob", MediaKind::Audio)).await;
+    p[1].expect_media("alice's audio", first_frame("alice", MediaKind::Audio)).await;
+
+    // Carol joins later: alice and bob add her to their mesh, she connects to both.
+    p[2].party.expect(received(&call), "the invitation").await;
+    p[2].party.client.accept(&call).await.unwrap();
+    for (i, j) in [(0, 2), (1, 2), (2, 0), (2, 1)] {
+        let what = format!("{}'s audio at {}", names[j], names[i]);
+        p[i].expect_media(&what, first_frame(names[j], MediaKind::Audio)).await;
+    }
+    let mut rx: HashMap<(usize, usize), UnboundedReceiver<RemoteFrame>> = HashMap::new();
+    for (i, party) in p.iter().enumerate() {
+        for j in (0..3).filter(|&j| j != i) {
+            rx.insert((i, j), party.frames_from(names[j], MediaKind::Audio));
+        }
+    }
+    for ((i, j), frames_rx) in &mut rx {
+        frames(frames_rx, 50, &format!("{}'s audio at {}", names[*j], names[*i])).await;
+    }
+    for party in &mut p {
+        party
+            .expect_media(
+                "a report on both peers",
+                |e| matches!(e, MediaEvent::Stats(s) if s.per_peer.len() == 2),
+            )
+            .await;
+    }
+
+    // Carol leaves: the others drop her and go on talking.
+    p[2].party.client.hangup(Some(&call)).await.unwrap();
+    for party in &mut p[..2] {
+        party.party.expect(remote_state(&call, "carol", ParticipantState::Ended), "carol left").await;
+    }
+    for (i, j) in [(0, 2), (1, 2), (2, 0), (2, 1)] {
+        sink_closed(rx.get_mut(&(i, j)).unwrap(), &format!("{}'s audio at {}", names[j], names[i])).await;
+    }
+    for (i, j) in [(0, 1), (1, 0)] {
+        frames(rx.get_mut(&(i, j)).unwrap(), 25, "audio after carol left").await;
+    }
+
+    // Alice leaves: bob is alone and the call ends.
+    p[0].party.client.hangup(Some(&call)).await.unwrap();
+    p[1].party.expect(ended(&call), "ended").await;
+    for (i, j) in [(0, 1), (1, 0)] {
+        sink_closed(rx.get_mut(&(i, j)).unwrap(), "audio after the call ended").await;
+    }
+    for (i, j) in [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)] {
+        assert_tone(&p[i].recording(names[j], "ogg"), tones[j]);
+    }
+}
