@@ -1,0 +1,569 @@
+//! The C API called from Rust the way C calls it: NULLs, garbage strings, unknown enum numbers
+//! and invalid ids must come back as codes (never a crash), outputs must stay untouched on
+//! failure, and the event poll / callback must behave as documented, against a real server.
+#![allow(clippy::unwrap_used, clippy::expect_used, unsafe_code)]
+
+use std::ffi::{CStr, CString, c_char, c_void};
+use std::ptr::{null, null_mut};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use callplus::*;
+use callplus_signal::server::{RunningServer, Server};
+
+/// A value no function may write when it fails.
+fn sentinel<T>() -> *mut T {
+    std::ptr::dangling_mut::<T>()
+}
+
+const NOT_UTF8: &[u8] = &[0xff, 0xfe, 0x00];
+
+fn not_utf8() -> *const c_char {
+    NOT_UTF8.as_ptr().cast()
+}
+
+struct TestServer {
+    runtime: tokio::runtime::Runtime,
+    server: Option<RunningServer>,
+}
+
+impl TestServer {
+    fn start() -> TestServer {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let server = runtime
+            .block_on(Server::builder().in_memory().listen("127.0.0.1:0").no_admin().start())
+            .expect("server starts");
+        TestServer { runtime, server: Some(server) }
+    }
+
+    fn endpoint(&self) -> CString {
+        CString::new(format!("http://{}", self.server.as_ref().unwrap().grpc_addr())).unwrap()
+    }
+
+    fn token(&self, user: &str) -> CString {
+        CString::new(self.server.as_ref().unwrap().mint_token(user, Duration::from_secs(3600)).unwrap())
+            .unwrap()
+    }
+
+    fn connect(&self, user: &str) -> *mut callplus_client {
+        let mut client = null_mut();
+        let r = unsafe {
+            callplus_client_connect(self.endpoint().as_ptr(), self.token(user).as_ptr(), null(), &mut client)
+        };
+        assert_eq!(r, callplus_result::Ok, "{user} connects");
+        assert!(!client.is_null());
+        client
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = self.runtime.block_on(server.shutdown());
+        }
+    }
+}
+
+fn text(p: *const c_char) -> String {
+    assert!(!p.is_null());
+    unsafe { CStr::from_ptr(p) }.to_str().unwrap().to_owned()
+}
+
+/// Polls until an event of `kind` arrives (within 10 s) and returns it (owned).
+fn wait_for(client: *const callplus_client, kind: callplus_event_type) -> *mut callplus_event {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let mut event = null_mut();
+        let r = unsafe { callplus_client_poll_event(client, 100, &mut event) };
+        if r == callplus_result::NoEvent {
+            continue;
+        }
+        assert_eq!(r, callplus_result::Ok);
+        if unsafe { callplus_event_kind(event) } == kind {
+            return event;
+        }
+        unsafe { callplus_event_free(event) };
+    }
+    panic!("no {kind:?} event");
+}
+
+#[test]
+fn null_client_is_refused_everywhere() {
+    let c: *const callplus_client = null();
+    let id = c"c1".as_ptr();
+    let mut s = sentinel::<callplus_string>();
+    let mut l = sentinel::<callplus_string_list>();
+    let mut e = sentinel::<callplus_event>();
+    let mut page = sentinel::<callplus_record_page>();
+    let mut calls = sentinel::<callplus_call_info_list>();
+    let mut info = sentinel::<callplus_call_info>();
+    let mut session = sentinel::<callplus_call_session>();
+    let callees = [c"bob".as_ptr()];
+    unsafe {
+        use callplus_result::NullParameter as N;
+        assert_eq!(callplus_client_disconnect(c), N);
+        assert_eq!(callplus_client_set_token(c, c"t".as_ptr()), N);
+        assert_eq!(callplus_client_start_call(c, callees.as_ptr(), 1, 1, 1, null(), &mut s), N);
+        assert_eq!(callplus_client_accept(c, id), N);
+        assert_eq!(callplus_client_hangup(c, null()), N);
+        assert_eq!(callplus_client_ringing(c, id), N);
+        assert_eq!(callplus_client_join_call(c, id), N);
+        assert_eq!(callplus_client_invite(c, callees.as_ptr(), 1, null(), &mut l), N);
+        assert_eq!(callplus_client_request_change_media_type(c, 2, &mut s), N);
+        assert_eq!(callplus_client_cancel_change_media_type(c, id), N);
+        assert_eq!(callplus_client_reply_change_media_type(c, id, true), N);
+        assert_eq!(callplus_client_set_camera_enabled(c, false), N);
+        assert_eq!(callplus_client_set_microphone_enabled(c, false), N);
+        assert_eq!(callplus_client_report_first_frame(c, id), N);
+        assert_eq!(callplus_client_current_call(c, &mut session), N);
+        assert_eq!(callplus_client_get_call(c, id, &mut info), N);
+        assert_eq!(callplus_client_get_call_records(c, -1, 10, 0, &mut page), N);
+        assert_eq!(callplus_client_delete_call_records(c, callees.as_ptr(), 1), N);
+        assert_eq!(callplus_client_delete_all_call_records(c), N);
+        assert_eq!(callplus_client_get_available_calls(c, &mut calls), N);
+        assert_eq!(callplus_client_poll_event(c, 0, &mut e), N);
+        assert_eq!(callplus_client_set_event_callback(c, None, null_mut()), N);
+        assert_eq!(callplus_client_connection_state(c), callplus_connection_state::None);
+        assert!(callplus_client_user_id(c).is_null());
+        assert!(callplus_client_device_id(c).is_null());
+        callplus_client_free(null_mut());
+    }
+    // Nothing was written.
+    assert_eq!(s, sentinel());
+    assert_eq!(l, sentinel());
+    assert_eq!(e, sentinel());
+    assert_eq!(page, sentinel());
+    assert_eq!(calls, sentinel());
+    assert_eq!(info, sentinel());
+    assert_eq!(session, sentinel());
+}
+
+#[test]
+fn null_objects_read_as_nothing() {
+    unsafe {
+        assert_eq!(callplus_event_kind(null()), callplus_event_type::None);
+        assert!(callplus_event_call_id(null()).is_null());
+        assert!(callplus_event_description(null()).is_null());
+        assert_eq!(callplus_event_reason(null()), callplus_end_reason::None);
+        assert_eq!(callplus_event_code(null()), callplus_result::NullParameter);
+        assert!(callplus_event_session(null()).is_null());
+        assert_eq!(callplus_event_user_count(null()), 0);
+        assert!(callplus_event_user_at(null(), 0).is_null());
+        assert!(callplus_call_session_call_id(null()).is_null());
+        assert_eq!(callplus_call_session_state(null()), callplus_call_state::None);
+        assert_eq!(callplus_call_session_participant_count(null()), 0);
+        assert!(callplus_call_session_participant_user_id(null(), 3).is_null());
+        assert!(callplus_call_info_call_id(null()).is_null());
+        assert_eq!(callplus_record_page_len(null()), 0);
+        assert!(callplus_record_page_get(null(), 0).is_null());
+        assert!(!callplus_record_page_has_more(null()));
+        assert!(callplus_call_record_call(null()).is_null());
+        assert!(callplus_call_summary_call_id(null()).is_null());
+        assert_eq!(callplus_call_info_list_len(null()), 0);
+        callplus_event_free(null_mut());
+        callplus_call_session_free(null_mut());
+        callplus_call_info_free(null_mut());
+        callplus_call_info_list_free(null_mut());
+        callplus_record_page_free(null_mut());
+    }
+    assert_eq!(text(callplus_version()), env!("CARGO_PKG_VERSION"));
+    assert_eq!(text(callplus_event_type_name(8)), "CALL_ENDED");
+    assert_eq!(text(callplus_event_type_name(12345)), "UNKNOWN");
+}
+
+#[test]
+fn event_type_names_match_the_enum() {
+    use callplus_event_type as T;
+    for (t, name) in [
+        (T::ConnectionStateChanged, "CONNECTION_STATE_CHANGED"),
+        (T::ConnectionRejected, "CONNECTION_REJECTED"),
+        (T::ReceivedCall, "RECEIVED_CALL"),
+        (T::RemoteUserInvited, "REMOTE_USER_INVITED"),
+        (T::CallConnected, "CALL_CONNECTED"),
+        (T::CallTypeChanged, "CALL_TYPE_CHANGED"),
+        (T::RemoteUserStateChanged, "REMOTE_USER_STATE_CHANGED"),
+        (T::CallEnded, "CALL_ENDED"),
+        (T::RemoteCameraStateChanged, "REMOTE_CAMERA_STATE_CHANGED"),
+        (T::RemoteMicrophoneStateChanged, "REMOTE_MICROPHONE_STATE_CHANGED"),
+        (T::ReceivedCallRecord, "RECEIVED_CALL_RECORD"),
+        (T::ChangeMediaTypeRequest, "CHANGE_MEDIA_TYPE_REQUEST"),
+        (T::ChangeMediaTypeResult, "CHANGE_MEDIA_TYPE_RESULT"),
+        (T::CallStartTime, "CALL_START_TIME"),
+        (T::CallFirstFrameTime, "CALL_FIRST_FRAME_TIME"),
+        (T::SummaryMessage, "SUMMARY_MESSAGE"),
+        (T::MediaSignal, "MEDIA_SIGNAL"),
+        (T::DeliveryChanged, "DELIVERY_CHANGED"),
+        (T::Other, "OTHER"),
+    ] {
+        assert_eq!(text(callplus_event_type_name(t as u32)), name);
+    }
+}
+
+#[test]
+fn connect_refuses_bad_arguments() {
+    let server = TestServer::start();
+    let (endpoint, token) = (server.endpoint(), server.token("alice"));
+    let mut out = sentinel::<callplus_client>();
+    unsafe {
+        use callplus_result as R;
+        assert_eq!(callplus_client_connect(null(), token.as_ptr(), null(), &mut out), R::NullParameter);
+        assert_eq!(callplus_client_connect(endpoint.as_ptr(), null(), null(), &mut out), R::NullParameter);
+        assert_eq!(
+            callplus_client_connect(endpoint.as_ptr(), token.as_ptr(), null(), null_mut()),
+            R::NullParameter
+        );
+        assert_eq!(callplus_client_connect(not_utf8(), token.as_ptr(), null(), &mut out), R::ParamError);
+        assert_eq!(callplus_client_connect(endpoint.as_ptr(), not_utf8(), null(), &mut out), R::ParamError);
+        assert_eq!(
+            callplus_client_connect(endpoint.as_ptr(), token.as_ptr(), c"no spaces".as_ptr(), &mut out),
+            R::ParamError
+        );
+        assert_eq!(
+            callplus_client_connect(c"not a url".as_ptr(), token.as_ptr(), null(), &mut out),
+            R::ParamError
+        );
+        assert_eq!(
+            callplus_client_connect(endpoint.as_ptr(), c"garbage".as_ptr(), null(), &mut out),
+            R::TokenInvalid
+        );
+        assert_eq!(
+            callplus_client_connect(c"http://127.0.0.1:1".as_ptr(), token.as_ptr(), null(), &mut out),
+            R::NotConnected
+        );
+    }
+    assert_eq!(out, sentinel());
+}
+
+#[test]
+fn operations_refuse_garbage_with_codes() {
+    let server = TestServer::start();
+    let alice = server.connect("alice");
+    let _bob = server.connect("bob");
+    let mut s = sentinel::<callplus_string>();
+    let mut l = sentinel::<callplus_string_list>();
+    let mut page = sentinel::<callplus_record_page>();
+    let mut session = sentinel::<callplus_call_session>();
+    let bob = [c"bob".as_ptr()];
+    let two = [c"bob".as_ptr(), c"carol".as_ptr()];
+    let with_null = [c"bob".as_ptr(), null()];
+    let bad_utf8 = [not_utf8()];
+    let bad_id = [c"not an id".as_ptr()];
+    unsafe {
+        use callplus_result as R;
+        assert_eq!(
+            callplus_client_user_id(alice).as_ref().map(|_| text(callplus_client_user_id(alice))),
+            Some("alice".into())
+        );
+        assert_eq!(callplus_client_connection_state(alice), callplus_connection_state::Connected);
+
+        // start_call: every argument checked before anything is sent.
+        assert_eq!(callplus_client_start_call(alice, null(), 1, 1, 1, null(), &mut s), R::NullParameter);
+        assert_eq!(callplus_client_start_call(alice, null(), 0, 1, 1, null(), &mut s), R::UserListInvalid);
+        assert_eq!(
+            callplus_client_start_call(alice, with_null.as_ptr(), 2, 2, 1, null(), &mut s),
+            R::NullParameter
+        );
+        assert_eq!(
+            callplus_client_start_call(alice, bad_utf8.as_ptr(), 1, 1, 1, null(), &mut s),
+            R::ParamError
+        );
+        assert_eq!(
+            callplus_client_start_call(alice, bad_id.as_ptr(), 1, 1, 1, null(), &mut s),
+            R::ParamError
+        );
+        assert_eq!(callplus_client_start_call(alice, bob.as_ptr(), 1, 7, 1, null(), &mut s), R::ParamError);
+        assert_eq!(
+            callplus_client_start_call(alice, bob.as_ptr(), 1, 1, 9, null(), &mut s),
+            R::MediatypeInvalid
+        );
+        assert_eq!(
+            callplus_client_start_call(alice, two.as_ptr(), 2, 1, 1, null(), &mut s),
+            R::SingleCallNotSupportMultiPerson
+        );
+        assert_eq!(
+            callplus_client_start_call(alice, bob.as_ptr(), 1, 1, 1, not_utf8(), &mut s),
+            R::ParamError
+        );
+        assert_eq!(
+            callplus_client_start_call(alice, bob.as_ptr(), 1, 1, 1, null(), null_mut()),
+            R::NullParameter
+        );
+        assert_eq!(
+            callplus_client_start_call(alice, bob.as_ptr(), usize::MAX, 1, 1, null(), &mut s),
+            R::ParamError
+        );
+        assert_eq!(s, sentinel());
+        // None of that started a call.
+        assert_eq!(callplus_client_current_call(alice, &mut session), R::NotInCall);
+        assert_eq!(session, sentinel());
+
+        // Ids.
+        assert_eq!(callplus_client_accept(alice, null()), R::NullParameter);
+        assert_eq!(callplus_client_accept(alice, not_utf8()), R::ParamError);
+        assert_eq!(callplus_client_accept(alice, c"bad id!".as_ptr()), R::CallIdInvalid);
+        assert_eq!(callplus_client_accept(alice, c"".as_ptr()), R::CallIdInvalid);
+        assert_eq!(callplus_client_accept(alice, c"unknown-call".as_ptr()), R::CallIdInvalid);
+        assert_eq!(callplus_client_hangup(alice, null()), R::NotInCall);
+        assert_eq!(callplus_client_hangup(alice, c"bad id!".as_ptr()), R::CallIdInvalid);
+        assert_eq!(callplus_client_join_call(alice, c"bad id!".as_ptr()), R::CallIdInvalid);
+        assert_eq!(
+            callplus_client_cancel_change_media_type(alice, c"bad tx!".as_ptr()),
+            R::TransactionIdInvalid
+        );
+        assert_eq!(callplus_client_reply_change_media_type(alice, null(), true), R::NullParameter);
+        assert_eq!(callplus_client_request_change_media_type(alice, 0, &mut s), R::MediatypeInvalid);
+        assert_eq!(callplus_client_request_change_media_type(alice, 2, &mut s), R::NotInCall);
+        assert_eq!(callplus_client_invite(alice, bob.as_ptr(), 1, null(), null_mut()), R::NullParameter);
+        assert_eq!(callplus_client_invite(alice, bob.as_ptr(), 1, null(), &mut l), R::NotInCall);
+        assert_eq!(callplus_client_set_camera_enabled(alice, false), R::NotInCall);
+        assert_eq!(s, sentinel());
+        assert_eq!(l, sentinel());
+
+        // Records.
+        assert_eq!(callplus_client_get_call_records(alice, -1, 10, 2, &mut page), R::ParamError);
+        assert_eq!(callplus_client_get_call_records(alice, -1, 0, 0, &mut page), R::ParamError);
+        assert_eq!(callplus_client_get_call_records(alice, -1, 1000, 0, &mut page), R::ParamError);
+        assert_eq!(callplus_client_get_call_records(alice, -1, 10, 0, null_mut()), R::NullParameter);
+        assert_eq!(page, sentinel());
+        assert_eq!(callplus_client_delete_call_records(alice, with_null.as_ptr(), 2), R::NullParameter);
+        assert_eq!(callplus_client_delete_call_records(alice, bad_id.as_ptr(), 1), R::CallIdInvalid);
+        assert_eq!(callplus_client_get_call_records(alice, -1, 10, 1, &mut page), R::Ok);
+        assert_eq!(callplus_record_page_len(page), 0);
+        assert!(callplus_record_page_get(page, 0).is_null());
+        callplus_record_page_free(page);
+
+        // Events.
+        assert_eq!(callplus_client_poll_event(alice, 0, null_mut()), R::NullParameter);
+
+        // Blocking calls from inside a tokio runtime are refused, not deadlocked.
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let alice_addr = alice as usize;
+        let r =
+            rt.block_on(async move { callplus_client_hangup(alice_addr as *const callplus_client, null()) });
+        assert_eq!(r, R::InvalidState);
+
+        assert_eq!(callplus_client_disconnect(alice), R::Ok);
+        assert_eq!(callplus_client_hangup(alice, null()), R::NotConnected);
+        callplus_client_free(alice);
+        callplus_client_free(_bob);
+    }
+}
+
+#[test]
+fn a_call_through_the_c_api() {
+    let server = TestServer::start();
+    let alice = server.connect("alice");
+    let bob = server.connect("bob");
+    unsafe {
+        use callplus_result as R;
+        let mut call_id = null_mut();
+        let callees = [c"bob".as_ptr()];
+        assert_eq!(
+            callplus_client_start_call(alice, callees.as_ptr(), 1, 1, 1, c"hi".as_ptr(), &mut call_id),
+            R::Ok
+        );
+        let id = text(callplus_string_data(call_id));
+        assert_eq!(callplus_string_len(call_id), id.len());
+
+        let incoming = wait_for(bob, callplus_event_type::ReceivedCall);
+        assert_eq!(text(callplus_event_call_id(incoming)), id);
+        assert_eq!(text(callplus_event_inviter(incoming)), "alice");
+        assert_eq!(text(callplus_event_extra(incoming)), "hi");
+        let session = callplus_event_session(incoming);
+        assert_eq!(callplus_call_session_state(session), callplus_call_state::Incoming);
+        assert_eq!(callplus_call_session_media_type(session), callplus_media_type::Audio);
+        assert_eq!(text(callplus_call_session_creator(session)), "alice");
+        assert_eq!(callplus_call_session_participant_count(session), 2);
+        assert!(callplus_call_session_participant_user_id(session, 2).is_null());
+        assert_eq!(callplus_client_accept(bob, callplus_event_call_id(incoming)), R::Ok);
+        callplus_event_free(incoming);
+
+        callplus_event_free(wait_for(alice, callplus_event_type::CallConnected));
+        let mut current = null_mut();
+        assert_eq!(callplus_client_current_call(alice, &mut current), R::Ok);
+        assert_eq!(text(callplus_call_session_call_id(current)), id);
+        assert_eq!(callplus_call_session_state(current), callplus_call_state::OnCall);
+        assert!(callplus_call_session_is_outgoing(current));
+        assert!(callplus_call_session_inviter(current).is_null());
+        callplus_call_session_free(current);
+
+        // Microphone off reaches the peer.
+        assert_eq!(callplus_client_set_microphone_enabled(bob, false), R::Ok);
+        let camera = wait_for(alice, callplus_event_type::RemoteMicrophoneStateChanged);
+        assert_eq!(text(callplus_event_user_id(camera)), "bob");
+        assert!(callplus_event_disabled(camera));
+        callplus_event_free(camera);
+
+        // A media-type change request (audio to video), refused by the peer.
+        let mut tx = null_mut();
+        assert_eq!(callplus_client_request_change_media_type(alice, 2, &mut tx), R::Ok);
+        let request = wait_for(bob, callplus_event_type::ChangeMediaTypeRequest);
+        assert_eq!(text(callplus_event_transaction_id(request)), text(callplus_string_data(tx)));
+        assert_eq!(
+            callplus_client_reply_change_media_type(bob, callplus_event_transaction_id(request), false),
+            R::Ok
+        );
+        callplus_event_free(request);
+        let result = wait_for(alice, callplus_event_type::ChangeMediaTypeResult);
+        assert_eq!(callplus_event_change_result(result), callplus_change_media_type_result::Rejected);
+        callplus_event_free(result);
+        callplus_string_free(tx);
+
+        let mut info = null_mut();
+        assert_eq!(callplus_client_get_call(alice, callplus_string_data(call_id), &mut info), R::Ok);
+        assert_eq!(text(callplus_call_info_call_id(info)), id);
+        assert!(callplus_call_info_version(info) > 0);
+        callplus_call_info_free(info);
+
+        assert_eq!(callplus_client_hangup(bob, null()), R::Ok);
+        let ended = wait_for(alice, callplus_event_type::CallEnded);
+        assert_eq!(callplus_event_reason(ended), callplus_end_reason::RemoteHangup);
+        assert_eq!(text(callplus_end_reason_name(callplus_event_reason(ended) as u32)), "REMOTE_HANGUP");
+        callplus_event_free(ended);
+        let record = wait_for(alice, callplus_event_type::ReceivedCallRecord);
+        let r = callplus_event_record(record);
+        assert_eq!(text(callplus_call_record_call_id(r)), id);
+        assert_eq!(callplus_call_record_direction(r), callplus_direction::Outgoing);
+        assert_eq!(callplus_call_record_end_reason(r), callplus_end_reason::RemoteHangup);
+        assert_eq!(callplus_call_info_participant_count(callplus_call_record_call(r)), 2);
+        callplus_event_free(record);
+        let summary = wait_for(alice, callplus_event_type::SummaryMessage);
+        let m = callplus_event_summary(summary);
+        assert_eq!(text(callplus_call_summary_peer(m)), "bob");
+        assert_eq!(callplus_call_summary_direction(m), callplus_direction::Outgoing);
+        callplus_event_free(summary);
+
+        let mut calls = null_mut();
+        assert_eq!(callplus_client_get_available_calls(alice, &mut calls), R::Ok);
+        assert_eq!(callplus_call_info_list_len(calls), 0);
+        callplus_call_info_list_free(calls);
+        let ids = [callplus_string_data(call_id)];
+        assert_eq!(callplus_client_delete_call_records(alice, ids.as_ptr(), 1), R::Ok);
+        assert_eq!(callplus_client_delete_all_call_records(bob), R::Ok);
+
+        callplus_string_free(call_id);
+        callplus_client_free(alice);
+        callplus_client_free(bob);
+    }
+}
+
+/// What the callback test's callback records.
+struct Seen {
+    count: AtomicUsize,
+    kinds: Mutex<Vec<callplus_event_type>>,
+    /// The client, so the callback can answer (a blocking call from the callback thread).
+    client: AtomicUsize,
+    accepted: Mutex<Option<callplus_result>>,
+}
+
+/// Locks, ignoring poison (a panic must never unwind through the C callback).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+unsafe extern "C" fn on_event(user_data: *mut c_void, event: *const callplus_event) {
+    let seen = unsafe { &*user_data.cast::<Seen>() };
+    let kind = unsafe { callplus_event_kind(event) };
+    lock(&seen.kinds).push(kind);
+    if kind == callplus_event_type::ReceivedCall {
+        let client = seen.client.load(Ordering::SeqCst) as *const callplus_client;
+        let r = unsafe { callplus_client_accept(client, callplus_event_call_id(event)) };
+        *lock(&seen.accepted) = Some(r);
+    }
+    seen.count.fetch_add(1, Ordering::SeqCst);
+}
+
+#[test]
+fn callbacks_deliver_events_and_may_call_back_in() {
+    let server = TestServer::start();
+    let alice = server.connect("alice");
+    let bob = server.connect("bob");
+    let seen = Box::new(Seen {
+        count: AtomicUsize::new(0),
+        kinds: Mutex::new(Vec::new()),
+        client: AtomicUsize::new(bob as usize),
+        accepted: Mutex::new(None),
+    });
+    let user_data = (&*seen as *const Seen).cast_mut().cast::<c_void>();
+    unsafe {
+        use callplus_result as R;
+        assert_eq!(callplus_client_set_event_callback(bob, Some(on_event), user_data), R::Ok);
+        let mut e = sentinel::<callplus_event>();
+        assert_eq!(callplus_client_poll_event(bob, 0, &mut e), R::InvalidState);
+        assert_eq!(e, sentinel());
+
+        let mut call_id = null_mut();
+        let callees = [c"bob".as_ptr()];
+        assert_eq!(callplus_client_start_call(alice, callees.as_ptr(), 1, 1, 1, null(), &mut call_id), R::Ok);
+        callplus_event_free(wait_for(alice, callplus_event_type::CallConnected));
+        // The accept's answer may reach the callback just after alice's event.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let accepted = loop {
+            if let Some(r) = *lock(&seen.accepted) {
+                break r;
+            }
+            assert!(Instant::now() < deadline, "the callback did not accept");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(accepted, R::Ok);
+
+        // Removing the callback waits for a running invocation; afterwards nothing calls it.
+        assert_eq!(callplus_client_set_event_callback(bob, None, null_mut()), R::Ok);
+        let count = seen.count.load(Ordering::SeqCst);
+        assert!(lock(&seen.kinds).contains(&callplus_event_type::ReceivedCall));
+        assert_eq!(callplus_client_hangup(alice, null()), R::Ok);
+        // Bob's events queue up for polling again.
+        callplus_event_free(wait_for(bob, callplus_event_type::CallEnded));
+        assert_eq!(seen.count.load(Ordering::SeqCst), count);
+
+        // Freeing a client with a callback installed stops it cleanly.
+        assert_eq!(callplus_client_set_event_callback(bob, Some(on_event), user_data), R::Ok);
+        callplus_string_free(call_id);
+        callplus_client_free(alice);
+        callplus_client_free(bob);
+    }
+    drop(seen);
+}
+
+/// Frees its client from inside the callback, on the first event.
+unsafe extern "C" fn free_in_callback(user_data: *mut c_void, _event: *const callplus_event) {
+    let slot = unsafe { &*user_data.cast::<AtomicUsize>() };
+    let client = slot.swap(0, Ordering::SeqCst) as *mut callplus_client;
+    if !client.is_null() {
+        unsafe { callplus_client_free(client) };
+    }
+}
+
+#[test]
+fn a_client_may_be_freed_from_its_callback() {
+    let server = TestServer::start();
+    let bob = server.connect("bob");
+    let slot = Box::new(AtomicUsize::new(bob as usize));
+    let user_data = (&*slot as *const AtomicUsize).cast_mut().cast::<c_void>();
+    unsafe {
+        // Bob's first event (his connection state, queued since connect) frees him.
+        assert_eq!(
+            callplus_client_set_event_callback(bob, Some(free_in_callback), user_data),
+            callplus_result::Ok
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slot.load(Ordering::SeqCst) != 0 {
+        assert!(Instant::now() < deadline, "the callback did not run");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The dispatcher thread may still be returning from the callback; give it a moment before
+    // the slot it was handed goes away.
+    std::thread::sleep(Duration::from_millis(200));
+    drop(slot);
+}
+
+#[test]
+fn freeing_inside_a_runtime_does_not_panic() {
+    let server = TestServer::start();
+    let alice = server.connect("alice") as usize;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async move { unsafe { callplus_client_free(alice as *mut callplus_client) } });
+}

@@ -1,0 +1,306 @@
+//! `cargo xtask`: project automation, in Rust, with nothing but `std::process::Command`.
+//!
+//! ```text
+//! cargo xtask codegen [--check]        regenerate (or check) generated files: the C header
+//! cargo xtask ci [--fuzz-seconds N]    fmt check, clippy -D warnings, all tests, codegen
+//!                                      --check, fuzz build and a short run of each fuzz target
+//! cargo xtask fuzz [--seconds N] [TARGET...]
+//!                                      run each fuzz target (or the named ones) for N seconds
+//! cargo xtask bench [ARGS...]          criterion benches of the workspace (ARGS go to cargo bench)
+//! ```
+//!
+//! `ci` first installs the Debian packages the tests link or run (libopus, libvpx, pkg-config,
+//! valgrind) with `apt-get` when they are missing, so it works on a fresh machine.
+//!
+//! Fuzzing needs the nightly toolchain and `cargo-fuzz`; `fuzz` installs `cargo-fuzz` (from
+//! crates.io, `--locked`) when it is missing, `ci` does the same when nightly is present and
+//! skips fuzzing with a note when it is not.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+/// Debian packages the workspace needs at build or test time: the media crate links libopus and
+/// libvpx (found with pkg-config); the C example test runs under valgrind.
+const SYSTEM_PACKAGES: &[&str] = &["libopus-dev", "libvpx-dev", "pkg-config", "valgrind"];
+
+/// Default run time of each fuzz target for `cargo xtask fuzz`.
+const DEFAULT_FUZZ_SECONDS: u64 = 30;
+/// Default run time of each fuzz target within `cargo xtask ci`.
+const DEFAULT_CI_FUZZ_SECONDS: u64 = 10;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  codegen [--check]                  regenerate generated files (callplus-ffi/include/callplus.h);
+                                     --check fails if they are stale instead
+  ci [--fuzz-seconds N] [--no-fuzz]  fmt --check, clippy -D warnings, cargo test --workspace,
+                                     codegen --check, fuzz build and N s of each fuzz target
+  fuzz [--seconds N] [TARGET...]     run every fuzz target (or the named ones) for N s (default 30)
+  bench [ARGS...]                    run the criterion benches (cargo bench --workspace ARGS)
+";
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("codegen") => codegen(&args[1..]),
+        Some("ci") => ci(&args[1..]),
+        Some("fuzz") => fuzz_cmd(&args[1..]),
+        Some("bench") => bench(&args[1..]),
+        Some("help" | "-h" | "--help") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command {other:?}\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate).
+fn root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// `cargo` of the toolchain running us.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// `cargo +nightly` through rustup's proxy.
+fn cargo_nightly() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.arg("+nightly").current_dir(root());
+    // The stable toolchain that runs xtask must not leak into the nightly one.
+    cmd.env_remove("RUSTUP_TOOLCHAIN").env_remove("CARGO").env_remove("RUSTC");
+    cmd
+}
+
+/// Runs a command, echoing it, failing on a non-zero exit.
+fn run(what: &str, mut cmd: Command) -> Result {
+    eprintln!("xtask: {what}: {cmd:?}");
+    let start = Instant::now();
+    let status = cmd.status().map_err(|e| format!("{what}: cannot start {cmd:?}: {e}"))?;
+    eprintln!("xtask: {what}: {} in {:.0?}", if status.success() { "ok" } else { "FAILED" }, start.elapsed());
+    if status.success() { Ok(()) } else { Err(format!("{what} failed ({status})")) }
+}
+
+/// Whether a command runs and exits 0 (its output discarded).
+fn succeeds(mut cmd: Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Takes `--flag VALUE` out of `args`.
+fn take_value(args: &mut Vec<String>, flag: &str) -> Result<Option<String>> {
+    match args.iter().position(|a| a == flag) {
+        None => Ok(None),
+        Some(i) if i + 1 < args.len() => {
+            let value = args.remove(i + 1);
+            args.remove(i);
+            Ok(Some(value))
+        }
+        Some(_) => Err(format!("{flag} needs a value")),
+    }
+}
+
+/// Takes `--flag` out of `args`.
+fn take_flag(args: &mut Vec<String>, flag: &str) -> bool {
+    match args.iter().position(|a| a == flag) {
+        Some(i) => {
+            args.remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
+fn seconds(value: Option<String>, default: u64) -> Result<u64> {
+    value.map_or(Ok(default), |v| v.parse().map_err(|_| format!("not a number of seconds: {v:?}")))
+}
+
+fn no_more(args: &[String]) -> Result {
+    match args.first() {
+        Some(extra) => Err(format!("unexpected argument {extra:?}\n\n{USAGE}")),
+        None => Ok(()),
+    }
+}
+
+// ----- codegen --------------------------------------------------------------------------------
+
+/// The C header is generated by callplus-ffi's build script; its `header` test compares it with
+/// the checked-in copy and, with `CALLPLUS_UPDATE_HEADER=1`, rewrites the copy.
+fn codegen(args: &[String]) -> Result {
+    let mut args = args.to_vec();
+    let check = take_flag(&mut args, "--check");
+    no_more(&args)?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--package", "callplus-ffi", "--test", "header"]);
+    if check {
+        cmd.env_remove("CALLPLUS_UPDATE_HEADER");
+        run("codegen --check (callplus-ffi/include/callplus.h is fresh)", cmd).map_err(|_| {
+            "generated files are stale: run `cargo xtask codegen` and commit the result".to_owned()
+        })
+    } else {
+        cmd.env("CALLPLUS_UPDATE_HEADER", "1");
+        run("codegen (callplus-ffi/include/callplus.h)", cmd)
+    }
+}
+
+// ----- ci -------------------------------------------------------------------------------------
+
+fn ci(args: &[String]) -> Result {
+    let mut args = args.to_vec();
+    let fuzz_seconds = seconds(take_value(&mut args, "--fuzz-seconds")?, DEFAULT_CI_FUZZ_SECONDS)?;
+    let no_fuzz = take_flag(&mut args, "--no-fuzz");
+    no_more(&args)?;
+    let start = Instant::now();
+
+    ensure_system_packages()?;
+
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    run("fmt --check", fmt)?;
+
+    let mut clippy = cargo();
+    clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    run("clippy -D warnings", clippy)?;
+
+    let mut test = cargo();
+    test.args(["test", "--workspace"]);
+    run("test --workspace", test)?;
+
+    codegen(&["--check".to_owned()])?;
+
+    if no_fuzz {
+        eprintln!("xtask: fuzz: skipped (--no-fuzz)");
+    } else if !nightly_available() {
+        eprintln!("xtask: fuzz: skipped (no nightly toolchain: `rustup toolchain install nightly`)");
+    } else {
+        ensure_cargo_fuzz()?;
+        let mut build = cargo_nightly();
+        build.args(["fuzz", "build"]);
+        run("fuzz build", build)?;
+        if fuzz_seconds > 0 {
+            fuzz_run(&fuzz_targets()?, fuzz_seconds)?;
+        }
+    }
+    eprintln!("xtask: ci: all checks passed in {:.0?}", start.elapsed());
+    Ok(())
+}
+
+/// Installs the missing [`SYSTEM_PACKAGES`] with apt-get (through sudo when not root).
+fn ensure_system_packages() -> Result {
+    let missing: Vec<&str> = SYSTEM_PACKAGES
+        .iter()
+        .copied()
+        .filter(|pkg| {
+            let mut cmd = Command::new("dpkg");
+            cmd.args(["-s", pkg]);
+            !succeeds(cmd)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing system packages: {}", missing.join(" "));
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let apt = |args: &[&str]| {
+        let mut cmd = if root { Command::new("apt-get") } else { Command::new("sudo") };
+        if !root {
+            cmd.arg("apt-get");
+        }
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    run("apt-get update", apt(&["update", "-qq"]))?;
+    let mut install = vec!["install", "-y", "-qq"];
+    install.extend(&missing);
+    run("apt-get install", apt(&install))
+}
+
+// ----- fuzz -----------------------------------------------------------------------------------
+
+fn nightly_available() -> bool {
+    let mut cmd = cargo_nightly();
+    cmd.arg("--version");
+    succeeds(cmd)
+}
+
+fn ensure_cargo_fuzz() -> Result {
+    let mut probe = cargo_nightly();
+    probe.args(["fuzz", "--version"]);
+    if succeeds(probe) {
+        return Ok(());
+    }
+    let mut install = cargo();
+    install.args(["install", "cargo-fuzz", "--locked"]);
+    run("install cargo-fuzz", install)
+}
+
+/// The fuzz targets: the `[[bin]]` names of `fuzz/Cargo.toml` (the files of `fuzz/fuzz_targets`).
+fn fuzz_targets() -> Result<Vec<String>> {
+    let dir = root().join("fuzz").join("fuzz_targets");
+    let mut targets = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.extension().is_some_and(|e| e == "rs")
+            && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+        {
+            targets.push(stem.to_owned());
+        }
+    }
+    targets.sort();
+    Ok(targets)
+}
+
+fn fuzz_cmd(args: &[String]) -> Result {
+    let mut args = args.to_vec();
+    let secs = seconds(take_value(&mut args, "--seconds")?, DEFAULT_FUZZ_SECONDS)?;
+    if !nightly_available() {
+        return Err("fuzzing needs the nightly toolchain: `rustup toolchain install nightly`".to_owned());
+    }
+    ensure_cargo_fuzz()?;
+    let all = fuzz_targets()?;
+    let targets = if args.is_empty() { all } else { args };
+    fuzz_run(&targets, secs)
+}
+
+/// Runs each target for `secs` seconds; a crash fails (cargo-fuzz prints the reproducer path
+/// under `fuzz/artifacts/<target>/`).
+fn fuzz_run(targets: &[String], secs: u64) -> Result {
+    let mut failed = Vec::new();
+    for target in targets {
+        let mut cmd = cargo_nightly();
+        cmd.args(["fuzz", "run", target, "--", &format!("-max_total_time={secs}"), "-print_final_stats=1"]);
+        if run(&format!("fuzz {target} for {secs} s"), cmd).is_err() {
+            failed.push(target.clone());
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("fuzz targets failed: {} (reproducers in fuzz/artifacts/)", failed.join(", ")))
+    }
+}
+
+// ----- bench ----------------------------------------------------------------------------------
+
+fn bench(args: &[String]) -> Result {
+    let mut cmd = cargo();
+    cmd.args(["bench", "--workspace"]).args(args);
+    run("bench", cmd)
+}
