@@ -410,7 +410,9 @@ impl Driver {
                 self.sb.connection_lost(now, conn);
             }
         }
-        self.metrics.connected_devices.set(i64::try_from(self.sb.connected_devices()).unwrap_or(i64::MAX));
+        // The driver's own connection table, not `Switchboard::connected_devices` (which walks
+        // every session): this runs after every input.
+        self.metrics.connected_devices.set(i64::try_from(self.conns.len()).unwrap_or(i64::MAX));
         self.metrics.live_calls.set(i64::try_from(self.sb.live_calls()).unwrap_or(i64::MAX));
     }
 
