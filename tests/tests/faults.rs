@@ -279,7 +279,8 @@ async fn a_crashed_app_that_restarts_replaces_its_old_session_at_once() {
     let restarted = Instant::now();
     let mut alice = server.device("alice", "alice-phone").await;
     bob.expect(ended_with(&call, EndReason::RemoteNetworkError), "the old call ends").await;
-    assert!(restarted.elapsed() < Duration::from_secs(5), "ended by the new session, not by liveness");
+    // Far below the 30 s liveness timeout, with room for a slow machine.
+    assert!(restarted.elapsed() < Duration::from_secs(15), "ended by the new session, not by liveness");
 
     let second = alice.call("bob", MediaType::Audio).await;
     bob.answer(&second).await;

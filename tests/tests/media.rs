@@ -304,22 +304,15 @@ async fn audio_call_carries_the_tone_both_ways_and_hangup_stops_it() {
         alice.backlog.push(event);
     }
     alice.backlog.retain(|e| !is_stats(e));
+    // Four reports in a row: the content is checked, not the wall-clock gaps between them (a busy
+    // machine can delay or bunch their delivery).
     let mut reports = Vec::new();
-    let mut arrivals = Vec::new();
     while reports.len() < 4 {
         let event = alice.expect_media("a status report", is_stats).await;
         let MediaEvent::Stats(stats) = event else { unreachable!() };
-        arrivals.push(Instant::now());
         reports.push(stats);
     }
     eprintln!("alice's status reports: {reports:#?}");
-    for pair in arrivals.windows(2) {
-        let gap = pair[1] - pair[0];
-        assert!(
-            gap >= Duration::from_millis(400) && gap <= Duration::from_millis(2500),
-            "report gap {gap:?}"
-        );
-    }
     let last = &reports[reports.len() - 1];
     assert_eq!(last.call_id, call);
     assert_eq!(last.per_peer.len(), 1);
