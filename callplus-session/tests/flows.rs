@@ -67,10 +67,7 @@ fn audio_call_accepted_and_hung_up_by_caller() {
 #[test]
 fn video_call_hung_up_by_callee() {
     let (mut sim, alice, bob) = alice_and_bob();
-    let call = sim.start(alice, &["bob"], CallType::Single, MediaType::AudioVideo);
-    sim.run_until(1_000, "incoming", |s| s.incoming(bob).is_some());
-    sim.accept(bob, &call);
-    sim.run_until(1_000, "connected", |s| s.connected(alice, &call));
+    let call = sim.answered_call(alice, bob, "bob", MediaType::AudioVideo);
     sim.hangup(bob, &call);
     sim.run_until(1_000, "ended", |s| s.ended(alice, &call).is_some());
     assert_eq!(sim.ended(alice, &call), Some(EndReason::RemoteHangup));
@@ -142,10 +139,7 @@ fn busy_callee_is_rung_and_reported() {
     let bob = sim.add_device("bob", "b");
     let carol = sim.add_device("carol", "c");
     sim.settle();
-    let first = sim.start(bob, &["carol"], CallType::Single, MediaType::Audio);
-    sim.run_until(1_000, "incoming", |s| s.incoming(carol).is_some());
-    sim.accept(carol, &first);
-    sim.run_until(1_000, "connected", |s| s.connected(bob, &first));
+    let first = sim.answered_call(bob, carol, "carol", MediaType::Audio);
     let (second, busy) = sim.start_reporting_busy(alice, &["bob"], CallType::Single, MediaType::Audio);
     assert_eq!(busy, vec![user("bob")]);
     sim.run_until(1_000, "call waiting rings bob", |s| s.incoming(bob).as_ref() == Some(&second));
@@ -160,10 +154,7 @@ fn busy_callee_auto_rejected() {
     let bob = sim.add_device("bob", "b");
     let carol = sim.add_device("carol", "c");
     sim.settle();
-    let first = sim.start(bob, &["carol"], CallType::Single, MediaType::Audio);
-    sim.run_until(1_000, "incoming", |s| s.incoming(carol).is_some());
-    sim.accept(carol, &first);
-    sim.run_until(1_000, "connected", |s| s.connected(bob, &first));
+    let first = sim.answered_call(bob, carol, "carol", MediaType::Audio);
     let (second, busy) = sim.start_reporting_busy(alice, &["bob"], CallType::Single, MediaType::Audio);
     assert_eq!(busy, vec![user("bob")]);
     sim.run_until(1_000, "ended", |s| s.ended(alice, &second).is_some());
@@ -219,10 +210,7 @@ fn accepting_another_call_hangs_up_the_current_one() {
     let bob = sim.add_device("bob", "b");
     let carol = sim.add_device("carol", "c");
     sim.settle();
-    let first = sim.start(alice, &["bob"], CallType::Single, MediaType::Audio);
-    sim.run_until(1_000, "incoming", |s| s.incoming(bob).is_some());
-    sim.accept(bob, &first);
-    sim.run_until(1_000, "connected", |s| s.connected(bob, &first));
+    let first = sim.answered_call(alice, bob, "bob", MediaType::Audio);
     let second = sim.start(carol, &["bob"], CallType::Single, MediaType::Audio);
     sim.run_until(1_000, "second rings", |s| s.incoming(bob).as_ref() == Some(&second));
     sim.accept(bob, &second);
@@ -239,10 +227,7 @@ fn invite_turns_single_into_multi() {
     let bob = sim.add_device("bob", "b");
     let carol = sim.add_device("carol", "c");
     sim.settle();
-    let call = sim.start(alice, &["bob"], CallType::Single, MediaType::Audio);
-    sim.run_until(1_000, "incoming", |s| s.incoming(bob).is_some());
-    sim.accept(bob, &call);
-    sim.run_until(1_000, "connected", |s| s.connected(alice, &call));
+    let call = sim.answered_call(alice, bob, "bob", MediaType::Audio);
     let busy = sim.invite(alice, &["carol"]);
     assert!(busy.is_empty());
     sim.run_until(1_000, "carol rings", |s| s.incoming(carol).as_ref() == Some(&call));
@@ -628,10 +613,7 @@ fn accepting_while_dialing_then_hanging_up_at_once_keeps_one_story() {
 #[test]
 fn the_call_snapshot_names_the_device_that_answered() {
     let (mut sim, alice, bob) = alice_and_bob();
-    let call = sim.start(alice, &["bob"], CallType::Single, MediaType::Audio);
-    sim.run_until(1_000, "incoming", |s| s.incoming(bob).is_some());
-    sim.accept(bob, &call);
-    sim.run_until(1_000, "connected", |s| s.connected(alice, &call) && s.connected(bob, &call));
+    let call = sim.answered_call(alice, bob, "bob", MediaType::Audio);
     // Media negotiation is addressed to these devices.
     let info = sim.get_call(alice, &call);
     let device =

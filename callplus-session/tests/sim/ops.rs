@@ -93,6 +93,22 @@ impl Sim {
             .map(|e| e.code)
     }
 
+    /// Device `caller` calls `callee_name` (on device `callee`), who accepts; returns once both
+    /// sides are connected.
+    pub fn answered_call(
+        &mut self,
+        caller: usize,
+        callee: usize,
+        callee_name: &str,
+        media: MediaType,
+    ) -> CallId {
+        let call = self.start(caller, &[callee_name], CallType::Single, media);
+        self.run_until(1_000, "the callee rings", |s| s.incoming(callee).as_ref() == Some(&call));
+        self.accept(callee, &call);
+        self.run_until(1_000, "both connected", |s| s.connected(caller, &call) && s.connected(callee, &call));
+        call
+    }
+
     pub fn accept(&mut self, idx: usize, call: &CallId) {
         let now = self.now;
         let id = ok("accept", self.devices[idx].engine.accept(now, call));
