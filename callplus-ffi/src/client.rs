@@ -318,6 +318,24 @@ pub unsafe extern "C" fn callplus_client_start_call(
     })
 }
 
+/// The body shared by the exported operations that take only a call id: checks both arguments
+/// (NULL, UTF-8, id syntax) inside the panic boundary, then runs `op` on the client.
+///
+/// # Safety
+/// `client` must be NULL or a live client; `call_id` NULL or NUL-terminated.
+unsafe fn call_op<F: Future<Output = Result<(), callplus_session::Error>>>(
+    client: *const callplus_client,
+    call_id: *const c_char,
+    op: impl FnOnce(Client, CallId) -> F,
+) -> callplus_result {
+    boundary_result(|| {
+        // SAFETY: forwarded contract.
+        let (handle, call_id) = unsafe { (try_ref(client)?, str_arg(call_id)?) };
+        let call_id = call_id_arg(call_id)?;
+        handle.run(|c| op(c, call_id))
+    })
+}
+
 /// Answers the incoming call `call_id`. A current call, if any, is hung up first (reason
 /// ACCEPTED_ANOTHER_CALL). CALL_CONNECTED follows.
 ///
@@ -328,12 +346,8 @@ pub unsafe extern "C" fn callplus_client_accept(
     client: *const callplus_client,
     call_id: *const c_char,
 ) -> callplus_result {
-    boundary_result(|| {
-        // SAFETY: forwarded contract.
-        let (handle, call_id) = unsafe { (try_ref(client)?, str_arg(call_id)?) };
-        let call_id = call_id_arg(call_id)?;
-        handle.run(|c| async move { c.accept(&call_id).await })
-    })
+    // SAFETY: forwarded contract.
+    unsafe { call_op(client, call_id, |c, id| async move { c.accept(&id).await }) }
 }
 
 /// Hangs up `call_id`, or the current call when `call_id` is NULL. Before an answer this is a
@@ -363,12 +377,8 @@ pub unsafe extern "C" fn callplus_client_ringing(
     client: *const callplus_client,
     call_id: *const c_char,
 ) -> callplus_result {
-    boundary_result(|| {
-        // SAFETY: forwarded contract.
-        let (handle, call_id) = unsafe { (try_ref(client)?, str_arg(call_id)?) };
-        let call_id = call_id_arg(call_id)?;
-        handle.run(|c| async move { c.ringing(&call_id).await })
-    })
+    // SAFETY: forwarded contract.
+    unsafe { call_op(client, call_id, |c, id| async move { c.ringing(&id).await }) }
 }
 
 /// Joins the unended MULTI call `call_id` that this user was in or invited to.
@@ -380,12 +390,8 @@ pub unsafe extern "C" fn callplus_client_join_call(
     client: *const callplus_client,
     call_id: *const c_char,
 ) -> callplus_result {
-    boundary_result(|| {
-        // SAFETY: forwarded contract.
-        let (handle, call_id) = unsafe { (try_ref(client)?, str_arg(call_id)?) };
-        let call_id = call_id_arg(call_id)?;
-        handle.run(|c| async move { c.join_call(&call_id).await })
-    })
+    // SAFETY: forwarded contract.
+    unsafe { call_op(client, call_id, |c, id| async move { c.join_call(&id).await }) }
 }
 
 /// Invites `users` (`user_count` ids) into the current call; a SINGLE call becomes MULTI.
@@ -518,12 +524,8 @@ pub unsafe extern "C" fn callplus_client_report_first_frame(
     client: *const callplus_client,
     call_id: *const c_char,
 ) -> callplus_result {
-    boundary_result(|| {
-        // SAFETY: forwarded contract.
-        let (handle, call_id) = unsafe { (try_ref(client)?, str_arg(call_id)?) };
-        let call_id = call_id_arg(call_id)?;
-        handle.run(|c| async move { c.report_first_frame(&call_id).await })
-    })
+    // SAFETY: forwarded contract.
+    unsafe { call_op(client, call_id, |c, id| async move { c.report_first_frame(&id).await }) }
 }
 
 /// A snapshot of the current call (placed, accepted or joined here, and not ended).
