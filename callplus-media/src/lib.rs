@@ -17,6 +17,7 @@
 mod adapter;
 mod error;
 mod files;
+pub mod inspect;
 mod level;
 mod rtcp_observer;
 mod sink;

@@ -7,6 +7,7 @@
 //! (no video while it is off, no status report after the call).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use callplus_media::inspect::{IvfFile, decode_ogg_opus, dominant_frequency, read_ivf};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -176,68 +177,12 @@ async fn assert_no_more_video(
     assert!(video.try_recv().is_err(), "video arrived after {why}");
 }
 
-/// Decodes an Ogg Opus file to mono 48 kHz PCM.
-fn decode_ogg(path: &Path) -> Vec<i16> {
-    let mut reader = ogg::PacketReader::new(std::fs::File::open(path).unwrap());
-    let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
-    let (mut pcm, mut buf) = (Vec::new(), vec![0i16; 5760]);
-    let mut index = 0;
-    while let Some(packet) = reader.read_packet().unwrap() {
-        index += 1;
-        match index {
-            1 => assert_eq!(&packet.data[..8], b"OpusHead"),
-            2 => assert_eq!(&packet.data[..8], b"OpusTags"),
-            _ if packet.data.is_empty() => {}
-            _ => {
-                let n = decoder.decode(&packet.data, &mut buf, false).unwrap();
-                pcm.extend_from_slice(&buf[..n]);
-            }
-        }
-    }
-    pcm
-}
-
-/// Goertzel power of `freq` in `pcm` (48 kHz).
-fn power(pcm: &[i16], freq: f64) -> f64 {
-    let coeff = 2.0 * (std::f64::consts::TAU * freq / 48_000.0).cos();
-    let (mut s1, mut s2) = (0.0, 0.0);
-    for &x in pcm {
-        let s = f64::from(x) + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    s1 * s1 + s2 * s2 - coeff * s1 * s2
-}
-
-/// The strongest frequency between 100 and 2000 Hz, 5 Hz steps.
-fn dominant_frequency(pcm: &[i16]) -> f64 {
-    (20..=400).map(|i| f64::from(i) * 5.0).max_by(|a, b| power(pcm, *a).total_cmp(&power(pcm, *b))).unwrap()
-}
-
 /// Asserts that the recording holds at least a second of the `freq` tone.
 fn assert_tone(path: &Path, freq: f64) {
-    let pcm = decode_ogg(path);
+    let pcm = decode_ogg_opus(path).expect("the recording decodes");
     assert!(pcm.len() >= 48_000, "{} holds only {} samples", path.display(), pcm.len());
     let found = dominant_frequency(&pcm[pcm.len() - 48_000..]);
     assert!((found - freq).abs() <= 10.0, "{}: dominant {found} Hz, sent {freq} Hz", path.display());
-}
-
-/// Parses an IVF file: (fourcc, width, height, header frame count, frames).
-fn read_ivf(path: &Path) -> (Vec<u8>, u16, u16, u32, Vec<Vec<u8>>) {
-    let bytes = std::fs::read(path).unwrap();
-    assert_eq!(&bytes[..4], b"DKIF", "{}", path.display());
-    let width = u16::from_le_bytes([bytes[12], bytes[13]]);
-    let height = u16::from_le_bytes([bytes[14], bytes[15]]);
-    let count = u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]);
-    let mut frames = Vec::new();
-    let mut at = 32;
-    while at + 12 <= bytes.len() {
-        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
-        frames.push(bytes[at + 12..at + 12 + len].to_vec());
-        at += 12 + len;
-    }
-    assert_eq!(at, bytes.len(), "trailing bytes in {}", path.display());
-    (bytes[8..12].to_vec(), width, height, count, frames)
 }
 
 /// After the call's sinks were dropped: what was queued is discarded, then within 2.5 s at most
@@ -430,8 +375,9 @@ async fn video_call_carries_vp8_both_ways_camera_off_and_downgrade_stop_it() {
     for (path, size) in
         [(alice.recording("bob", "ivf"), bob_size), (bob.recording("alice", "ivf"), alice_size)]
     {
-        let (fourcc, w, h, count, frames) = read_ivf(&path);
-        assert_eq!(fourcc, b"VP80");
+        let IvfFile { fourcc, width: w, height: h, frame_count: count, frames } =
+            read_ivf(&path).expect("the recording parses");
+        assert_eq!(&fourcc, b"VP80");
         assert_eq!((u32::from(w), u32::from(h)), (size.width, size.height), "{}", path.display());
         assert_eq!(count as usize, frames.len());
         assert!(frames.len() >= 20, "{}: {} frames", path.display(), frames.len());
