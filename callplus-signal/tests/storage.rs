@@ -332,6 +332,120 @@ fn sqlite_apply_batch_applies_everything_in_order() {
 }
 
 #[test]
+fn sqlite_apply_batch_undoes_only_the_failing_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStorage::open(dir.path()).unwrap();
+    // A second connection makes SQLite itself refuse one record, as a full disk or a broken
+    // row would, in the middle of a batch.
+    let side = rusqlite::Connection::open(dir.path().join("callplus.db")).unwrap();
+    side.execute_batch(
+        "CREATE TRIGGER refuse_boom BEFORE INSERT ON records WHEN NEW.call_id = 'boom'
+         BEGIN SELECT RAISE(ABORT, 'boom refused'); END",
+    )
+    .unwrap();
+    let ops = vec![
+        BatchOp::Records(vec![record("a", "u", "c1", 1)]),
+        BatchOp::PutCalls(vec![call("a", "c1", b"live")]),
+        BatchOp::Records(vec![record("a", "u", "c2", 2), record("a", "u", "boom", 3)]),
+        BatchOp::Records(vec![record("a", "u", "c4", 4)]),
+    ];
+    let results = s.apply_batch(&ops).unwrap();
+    assert!(results[0].is_ok() && results[1].is_ok() && results[3].is_ok(), "{results:?}");
+    assert!(results[2].as_ref().is_err_and(|e| e.to_string().contains("boom refused")), "{results:?}");
+    // The failing op is undone whole (c2 went with it); everything else landed.
+    let page = s.page_records("a", "u", FIRST_PAGE, 10, PageOrder::Asc).unwrap();
+    assert_eq!(page.rows.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>(), ["c1", "c4"]);
+    assert_eq!(s.active_calls().unwrap(), vec![call("a", "c1", b"live")]);
+    assert_eq!(s.max_sync_time().unwrap(), 4);
+}
+
+/// Counts the call snapshots the writer hands to storage.
+struct CountingSnapshots {
+    inner: SqliteStorage,
+    put_rows: Mutex<Vec<String>>,
+}
+
+impl Storage for CountingSnapshots {
+    fn apps(&self) -> Result<Vec<AppCredentials>, StorageError> {
+        self.inner.apps()
+    }
+    fn insert_app(&self, app: &AppCredentials) -> Result<(), StorageError> {
+        self.inner.insert_app(app)
+    }
+    fn append_records(&self, rows: &[RecordRow]) -> Result<(), StorageError> {
+        self.inner.append_records(rows)
+    }
+    fn page_records(
+        &self,
+        app_key: &str,
+        owner_id: &str,
+        sync_time: i64,
+        count: u32,
+        order: PageOrder,
+    ) -> Result<RecordPage, StorageError> {
+        self.inner.page_records(app_key, owner_id, sync_time, count, order)
+    }
+    fn delete_records(&self, a: &str, o: &str, ids: &[String]) -> Result<u64, StorageError> {
+        self.inner.delete_records(a, o, ids)
+    }
+    fn delete_all_records(&self, a: &str, o: &str) -> Result<u64, StorageError> {
+        self.inner.delete_all_records(a, o)
+    }
+    fn max_sync_time(&self) -> Result<i64, StorageError> {
+        self.inner.max_sync_time()
+    }
+    fn enqueue_offline(&self, a: &str, u: &str, b: &[Vec<u8>]) -> Result<Vec<i64>, StorageError> {
+        self.inner.enqueue_offline(a, u, b)
+    }
+    fn offline_events(&self, a: &str, u: &str) -> Result<Vec<OfflineRow>, StorageError> {
+        self.inner.offline_events(a, u)
+    }
+    fn remove_offline(&self, a: &str, u: &str, ids: &[i64]) -> Result<(), StorageError> {
+        self.inner.remove_offline(a, u, ids)
+    }
+    fn put_active_calls(&self, rows: &[CallRow]) -> Result<(), StorageError> {
+        let mut seen = self.put_rows.lock().unwrap();
+        seen.extend(rows.iter().map(|r| format!("{}={}", r.call_id, String::from_utf8_lossy(&r.body))));
+        self.inner.put_active_calls(rows)
+    }
+    fn remove_active_calls(&self, keys: &[(String, String)]) -> Result<(), StorageError> {
+        self.inner.remove_active_calls(keys)
+    }
+    fn active_calls(&self) -> Result<Vec<CallRow>, StorageError> {
+        self.inner.active_calls()
+    }
+}
+
+#[test]
+fn batch_writer_skips_snapshots_replaced_in_the_same_batch() {
+    let storage = Arc::new(CountingSnapshots {
+        inner: SqliteStorage::open_in_memory().unwrap(),
+        put_rows: Mutex::default(),
+    });
+    // A long commit delay: the flush, not the timer, commits this one batch.
+    let writer = BatchWriter::spawn_with_delay(storage.clone(), std::time::Duration::from_secs(3600));
+    writer.submit_all(vec![
+        WriteOp::PutCalls(vec![call("a", "short", b"ringing")]),
+        WriteOp::PutCalls(vec![call("a", "long", b"ringing"), call("a", "long", b"connecting")]),
+        WriteOp::PutCalls(vec![call("a", "short", b"on_call")]),
+        WriteOp::RemoveCalls(vec![("a".into(), "short".into())]),
+        WriteOp::PutCalls(vec![call("a", "long", b"on_call")]),
+        WriteOp::PutCalls(vec![call("b", "long", b"ringing")]),
+    ]);
+    writer.flush().unwrap();
+    // Only each call's last state reached storage; the call that ended in the batch, none.
+    assert_eq!(*storage.put_rows.lock().unwrap(), ["long=on_call", "long=ringing"]);
+    let mut live = storage.active_calls().unwrap();
+    live.sort_by(|x, y| x.app_key.cmp(&y.app_key));
+    assert_eq!(live, vec![call("a", "long", b"on_call"), call("b", "long", b"ringing")]);
+
+    // A snapshot committed in an earlier batch is still removed by a later one.
+    writer.submit(WriteOp::RemoveCalls(vec![("a".into(), "long".into())]));
+    writer.shutdown().unwrap();
+    assert_eq!(storage.active_calls().unwrap(), vec![call("b", "long", b"ringing")]);
+}
+
+#[test]
 fn batch_writer_10k_records_then_flush() {
     let dir = tempfile::tempdir().unwrap();
     let storage = Arc::new(SqliteStorage::open(dir.path()).unwrap());

@@ -167,6 +167,9 @@ pub(crate) struct Driver {
     lost: Vec<ConnId>,
     storage: Arc<dyn Storage>,
     writer: Arc<BatchWriter>,
+    /// Storage writes of the current drain, handed to the writer in one message when it ends
+    /// (or earlier, when something must see them: a query, an offline event's epoch).
+    writes: Vec<WriteOp>,
     push: Option<mpsc::Sender<PushRequest>>,
     metrics: Arc<Metrics>,
     /// Calls seen saved and not yet forgotten (counts calls started).
@@ -203,6 +206,7 @@ impl Driver {
             lost: Vec::new(),
             storage,
             writer,
+            writes: Vec::new(),
             push,
             metrics,
             known_calls: HashSet::new(),
@@ -410,10 +414,18 @@ impl Driver {
                 self.sb.connection_lost(now, conn);
             }
         }
+        self.submit_writes();
         // The driver's own connection table, not `Switchboard::connected_devices` (which walks
         // every session): this runs after every input.
         self.metrics.connected_devices.set(i64::try_from(self.conns.len()).unwrap_or(i64::MAX));
         self.metrics.live_calls.set(i64::try_from(self.sb.live_calls()).unwrap_or(i64::MAX));
+    }
+
+    /// Hands the writes queued so far to the storage writer.
+    fn submit_writes(&mut self) {
+        if !self.writes.is_empty() {
+            self.writer.submit_all(std::mem::take(&mut self.writes));
+        }
     }
 
     fn act(&mut self, output: Output) {
@@ -436,19 +448,21 @@ impl Driver {
                     sync_time: record.sync_time,
                     body: pb::CallRecord::from(&record).encode_to_vec(),
                 };
-                self.writer.submit(WriteOp::Records(vec![row]));
+                self.writes.push(WriteOp::Records(vec![row]));
             }
             Output::StoreOffline { app, user, event } => {
-                self.writer.submit(WriteOp::Offline {
+                self.writes.push(WriteOp::Offline {
                     app_key: app.as_str().to_owned(),
                     user_id: user.as_str().to_owned(),
                     bodies: vec![event_to_wire(&event).encode_to_vec()],
                     reply: None,
                 });
+                // The epoch may only move once the event is queued (see `mark_offline`).
+                self.submit_writes();
                 self.mark_offline(app, user);
             }
             Output::OfflineDelivered { app, user, ids } => {
-                self.writer.submit(WriteOp::RemoveOffline {
+                self.writes.push(WriteOp::RemoveOffline {
                     app_key: app.as_str().to_owned(),
                     user_id: user.as_str().to_owned(),
                     ids,
@@ -463,12 +477,12 @@ impl Driver {
                 if self.known_calls.insert((app, call.call_id.clone())) {
                     self.metrics.calls_started.inc();
                 }
-                self.writer.submit(WriteOp::PutCalls(vec![row]));
+                self.writes.push(WriteOp::PutCalls(vec![row]));
             }
             Output::ForgetCall { app, call_id } => {
                 let key = (app.as_str().to_owned(), call_id.as_str().to_owned());
                 self.known_calls.remove(&(app, call_id));
-                self.writer.submit(WriteOp::RemoveCalls(vec![key]));
+                self.writes.push(WriteOp::RemoveCalls(vec![key]));
             }
             Output::Push(request) => match &self.push {
                 Some(push) => {
@@ -479,7 +493,11 @@ impl Driver {
                 }
                 None => tracing::debug!(call = %request.call_id, "no push webhook configured"),
             },
-            Output::Query { id, app, user, query } => self.spawn_query(id, app, user, query),
+            Output::Query { id, app, user, query } => {
+                // The query flushes the writer first: this device's own writes must be there.
+                self.submit_writes();
+                self.spawn_query(id, app, user, query);
+            }
         }
     }
 

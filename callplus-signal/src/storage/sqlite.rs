@@ -225,6 +225,9 @@ fn remove_offline_in(
 }
 
 fn put_active_calls_in(conn: &Connection, rows: &[CallRow]) -> Result<(), StorageError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     let mut stmt = conn.prepare_cached(
         "INSERT INTO active_calls (app_key, call_id, body) VALUES (?1, ?2, ?3)
          ON CONFLICT (app_key, call_id) DO UPDATE SET body = excluded.body",
@@ -442,6 +445,24 @@ impl Storage for SqliteStorage {
     /// failing op is rolled back alone and the rest still commit.
     fn apply_batch(&self, ops: &[BatchOp]) -> Result<Vec<OpResult>, StorageError> {
         let mut conn = self.write_conn();
+        // Almost every batch succeeds whole: apply it plainly first. Only when an op fails is
+        // the transaction rolled back and the batch replayed with a savepoint per op, so the
+        // good ops land and the failing one is undone alone.
+        {
+            let tx = conn.transaction()?;
+            let mut results = Vec::with_capacity(ops.len());
+            for op in ops {
+                match apply_in(&tx, op) {
+                    Ok(r) => results.push(Ok(r)),
+                    Err(_) => break,
+                }
+            }
+            if results.len() == ops.len() {
+                tx.commit()?;
+                return Ok(results);
+            }
+            // Dropping `tx` rolls the partial batch back.
+        }
         let mut tx = conn.transaction()?;
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {

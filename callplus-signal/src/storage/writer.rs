@@ -1,13 +1,24 @@
 //! A dedicated writer thread that batches storage writes.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::{BatchOp, OpResult, Storage, StorageError};
 
 /// The most operations committed in one transaction; a longer queue is split into several.
 const MAX_OPS_PER_BATCH: usize = 4096;
+
+/// How long the writer collects writes after the first one of a batch before it commits
+/// (unless a flush or a full batch comes first): the default of [`BatchWriter::spawn`].
+///
+/// A commit costs about the same for one write as for a hundred (SQLite writes every page the
+/// transaction dirtied to the WAL), so under load a short wait makes each commit carry many
+/// calls' records. Nothing waits for it: callers never block on writes, and every reader
+/// flushes first, which commits at once.
+pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(5);
 
 /// Called on the writer thread with the ids of the stored offline events (or the error).
 ///
@@ -84,17 +95,19 @@ impl WriteOp {
 }
 
 enum Msg {
-    Op(WriteOp),
+    Ops(Vec<WriteOp>),
     Flush(Sender<Result<(), StorageError>>),
 }
 
 /// Owns all writes on one OS thread, so callers never wait for the disk.
 ///
 /// [`submit`](Self::submit) only queues (the queue is unbounded). The thread takes everything
-/// queued at once and commits it through [`Storage::apply_batch`] — one transaction per batch
-/// for SQLite — so the write rate grows with load instead of capping it. Ops are applied in
-/// submission order. A failing op is logged and does not stop the others; failures are also
-/// reported by the next [`flush`](Self::flush).
+/// queued within a short commit delay and commits it through [`Storage::apply_batch`] — one
+/// transaction per batch for SQLite — so the write rate grows with load instead of capping it.
+/// Ops are applied in submission order; a call snapshot that a later op of the same batch
+/// replaces or removes is skipped, since only the last state of a call is ever read. A failing
+/// op is logged and does not stop the others; failures are also reported by the next
+/// [`flush`](Self::flush).
 ///
 /// Dropping the writer waits for the queue to drain; prefer [`shutdown`](Self::shutdown), which
 /// also reports errors.
@@ -110,10 +123,19 @@ impl BatchWriter {
     /// # Panics
     /// If the OS cannot start a thread (as [`std::thread::spawn`] does).
     pub fn spawn(storage: Arc<dyn Storage>) -> BatchWriter {
+        Self::spawn_with_delay(storage, DEFAULT_COMMIT_DELAY)
+    }
+
+    /// Starts the writer thread with its own commit delay (see [`DEFAULT_COMMIT_DELAY`]); zero
+    /// commits whatever is queued as soon as the previous commit is done.
+    ///
+    /// # Panics
+    /// If the OS cannot start a thread (as [`std::thread::spawn`] does).
+    pub fn spawn_with_delay(storage: Arc<dyn Storage>, commit_delay: Duration) -> BatchWriter {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("callplus-storage-writer".into())
-            .spawn(move || run(storage.as_ref(), &rx));
+            .spawn(move || run(storage.as_ref(), &rx, commit_delay));
         match thread {
             Ok(handle) => BatchWriter { tx: Some(tx), thread: Some(handle) },
             // Not an input error: the process is out of threads, as `thread::spawn` would panic.
@@ -125,12 +147,21 @@ impl BatchWriter {
     /// error log (an `Offline` reply is dropped uncalled) and the next flush returns
     /// [`StorageError::Closed`].
     pub fn submit(&self, op: WriteOp) {
+        self.submit_all(vec![op]);
+    }
+
+    /// Queues several writes at once, in order, as [`submit`](Self::submit) does for one: a
+    /// caller that produces writes in bursts wakes the writer thread once per burst.
+    pub fn submit_all(&self, ops: Vec<WriteOp>) {
+        if ops.is_empty() {
+            return;
+        }
         let sent = match &self.tx {
-            Some(tx) => tx.send(Msg::Op(op)).map_err(|e| e.0),
-            None => Err(Msg::Op(op)),
+            Some(tx) => tx.send(Msg::Ops(ops)).map_err(|e| e.0),
+            None => Err(Msg::Ops(ops)),
         };
-        if let Err(Msg::Op(op)) = sent {
-            tracing::error!(?op, "storage writer has stopped; write dropped");
+        if let Err(Msg::Ops(ops)) = sent {
+            tracing::error!(?ops, "storage writer has stopped; writes dropped");
         }
     }
 
@@ -195,29 +226,41 @@ impl Failures {
     }
 }
 
-fn run(storage: &dyn Storage, rx: &Receiver<Msg>) {
+fn run(storage: &dyn Storage, rx: &Receiver<Msg>, commit_delay: Duration) {
     let mut failures = Failures::default();
     let mut ops = Vec::new();
     let mut replies = Vec::new();
     let mut flushes = Vec::new();
     while let Ok(first) = rx.recv() {
+        let deadline = Instant::now() + commit_delay;
         let mut next = Some(first);
         while let Some(msg) = next {
             match msg {
-                Msg::Op(op) => {
-                    let (op, reply) = op.into_parts();
-                    ops.push(op);
-                    replies.push(reply);
+                Msg::Ops(batch) => {
+                    for op in batch {
+                        let (op, reply) = op.into_parts();
+                        ops.push(op);
+                        replies.push(reply);
+                    }
                 }
                 Msg::Flush(done) => flushes.push(done),
             }
-            if ops.len() >= MAX_OPS_PER_BATCH {
+            // A flush commits at once; a full batch too.
+            if !flushes.is_empty() || ops.len() >= MAX_OPS_PER_BATCH {
                 break;
             }
-            // Empty or disconnected: apply what we have (a closed channel ends the loop after).
-            next = rx.try_recv().ok();
+            next = match rx.try_recv() {
+                Ok(msg) => Some(msg),
+                Err(mpsc::TryRecvError::Disconnected) => None,
+                // The delay is over, or the channel closed: apply what we have (a closed
+                // channel ends the outer loop after).
+                Err(mpsc::TryRecvError::Empty) => {
+                    rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok()
+                }
+            };
         }
         if !ops.is_empty() {
+            skip_replaced_snapshots(&mut ops);
             let results = apply(storage, &ops);
             for ((op, reply), result) in ops.drain(..).zip(replies.drain(..)).zip(results) {
                 if let Err(e) = &result {
@@ -246,6 +289,28 @@ fn run(storage: &dyn Storage, rx: &Receiver<Msg>) {
         }
     }
     tracing::debug!("storage writer stopped");
+}
+
+/// Drops every call snapshot that a later op of the same batch replaces or removes: a call
+/// that starts and ends within one batch then costs the `active_calls` table nothing but its
+/// (no-op) delete. Ops stay in place, so results still line up with submissions.
+fn skip_replaced_snapshots(ops: &mut [BatchOp]) {
+    let mut later: HashSet<(String, String)> = HashSet::new();
+    for op in ops.iter_mut().rev() {
+        match op {
+            BatchOp::PutCalls(rows) => {
+                let keep: Vec<bool> = rows
+                    .iter()
+                    .rev()
+                    .map(|row| later.insert((row.app_key.clone(), row.call_id.clone())))
+                    .collect();
+                let mut keep = keep.into_iter().rev();
+                rows.retain(|_| keep.next().unwrap_or(true));
+            }
+            BatchOp::RemoveCalls(keys) => later.extend(keys.iter().cloned()),
+            BatchOp::Records(_) | BatchOp::Offline { .. } | BatchOp::RemoveOffline { .. } => {}
+        }
+    }
 }
 
 /// Applies a batch; if the batch as a whole fails (nothing applied), retries op by op so one
