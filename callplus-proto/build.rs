@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(grpc)
         .build_client(grpc)
         .build_transport(false)
+        // Small per-stream buffers: see `src/codec.rs`.
+        .codec_path("crate::codec::SignalCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -14,6 +14,9 @@
 //! assert_eq!(ClientFrame::decode(bytes.as_slice()).ok(), Some(frame));
 //! ```
 
+#[cfg(feature = "grpc")]
+pub mod codec;
+
 /// Version 1 of the protocol (`package callplus.v1`).
 pub mod v1 {
     #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

@@ -889,3 +889,24 @@ async fn single_device_policy_kicks_the_older_login() {
     tablet.expect(connected(&second), "the new login calls").await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn frames_larger_than_the_stream_buffers_arrive_whole() {
+    // The signalling codec starts each stream's buffers at 1 KiB; a frame several times that
+    // (the largest `extra` allowed) must grow them, not be cut or refused, both ways.
+    let server = TestServer::start(config()).await;
+    let alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    let extra: String =
+        (0..callplus_session::limits::MAX_EXTRA_BYTES).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    assert!(extra.len() > 3 * callplus_proto::codec::BUFFER_SIZE);
+    let options = CallOptions { extra: extra.clone(), ..CallOptions::default() };
+    let call = alice.call_with("bob", MediaType::AudioVideo, options).await;
+    let Event::ReceivedCall { extra: received_extra, .. } = bob.expect(received(&call), "invitation").await
+    else {
+        unreachable!()
+    };
+    assert_eq!(received_extra, extra);
+    bob.client.accept(&call).await.expect("accept");
+    bob.expect(connected(&call), "bob connected").await;
+}

@@ -56,11 +56,15 @@ pub(crate) struct Open {
     pub(crate) offline: Vec<OfflineEvent>,
     /// [`OfflineEpoch`] read before `offline` was loaded.
     pub(crate) offline_epoch: u64,
-    /// The connection's outbound queue.
-    pub(crate) tx: mpsc::Sender<ServerFrame>,
+    /// The connection's outbound queue (see [`OutboundQueue`]).
+    pub(crate) tx: OutboundQueue,
     /// Dropped when the driver closes the connection, so the transport stops reading.
     pub(crate) closed: oneshot::Sender<()>,
 }
+
+/// A connection's outbound queue. Frames are boxed: the queue allocates its slots in blocks of
+/// 32 up front, and 32 boxes cost an idle device 256 bytes where 32 inline frames cost 7 KiB.
+pub(crate) type OutboundQueue = mpsc::Sender<Box<ServerFrame>>;
 
 /// Counts offline events stored, so the driver can tell whether a connecting user's events were
 /// loaded before or after the latest one for that user was stored (see [`Driver`]).
@@ -152,7 +156,7 @@ pub(crate) fn unix_ms() -> i64 {
 /// A connection as the driver sees it: its queue, and a guard whose drop tells the transport
 /// the connection is closed.
 struct Outbound {
-    tx: mpsc::Sender<ServerFrame>,
+    tx: OutboundQueue,
     _closed: oneshot::Sender<()>,
 }
 
@@ -506,7 +510,7 @@ impl Driver {
             // Closed already: the frame stays in the session's outbox for a resume.
             return;
         };
-        match tx.try_send(frame) {
+        match tx.try_send(Box::new(frame)) {
             Ok(()) => {
                 self.metrics.frames_out.inc();
             }

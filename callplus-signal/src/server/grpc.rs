@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Status, Streaming};
 
 use super::auth::Auth;
-use super::driver::{DriverHandle, Input, OfflineEpoch, Open, load_offline, unix_ms};
+use super::driver::{DriverHandle, Input, OfflineEpoch, Open, OutboundQueue, load_offline, unix_ms};
 use super::metrics::Metrics;
 use crate::storage::{BatchWriter, Storage};
 
@@ -69,7 +69,7 @@ impl Signal for SignalService {
 /// The response stream: the connection's outbound queue. Dropping it (the client went away or
 /// the queue closed) tells the connection task to stop reading.
 pub(crate) struct OutboundStream {
-    rx: mpsc::Receiver<ServerFrame>,
+    rx: mpsc::Receiver<Box<ServerFrame>>,
     _closed: oneshot::Sender<()>,
 }
 
@@ -77,7 +77,7 @@ impl tokio_stream::Stream for OutboundStream {
     type Item = Result<pb::ServerFrame, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx).map(|frame| frame.map(|f| Ok(pb::ServerFrame::from(&f))))
+        self.rx.poll_recv(cx).map(|frame| frame.map(|f| Ok(pb::ServerFrame::from(&*f))))
     }
 }
 
@@ -86,11 +86,15 @@ fn unix_secs() -> u64 {
 }
 
 /// A response frame refusing the Hello.
-fn refusal(request_id: u64, error: Error) -> ServerFrame {
-    ServerFrame { seq: 0, ack: 0, body: ServerBody::Response(Response { request_id, result: Err(error) }) }
+fn refusal(request_id: u64, error: Error) -> Box<ServerFrame> {
+    Box::new(ServerFrame {
+        seq: 0,
+        ack: 0,
+        body: ServerBody::Response(Response { request_id, result: Err(error) }),
+    })
 }
 
-async fn refuse(shared: &Shared, out: mpsc::Sender<ServerFrame>, request_id: u64, error: Error) {
+async fn refuse(shared: &Shared, out: OutboundQueue, request_id: u64, error: Error) {
     tracing::debug!(code = error.code.number(), message = %error.message, "refusing a connection");
     let name = error.code.to_proto().as_str_name();
     shared.metrics.count_auth_failure(name.strip_prefix("RESULT_CODE_").unwrap_or(name));
@@ -109,7 +113,7 @@ fn status_error(status: &Status) -> Error {
 async fn run_connection(
     shared: Arc<Shared>,
     mut inbound: Streaming<pb::ClientFrame>,
-    out: mpsc::Sender<ServerFrame>,
+    out: OutboundQueue,
     mut closed: oneshot::Receiver<()>,
     peer: Option<std::net::SocketAddr>,
 ) {
