@@ -11,6 +11,7 @@
 //! Everything is isolated by `app_key`: no method ever returns another app's rows.
 
 mod sqlite;
+mod write_queue;
 mod writer;
 
 pub use crate::token::AppCredentials;

@@ -2,14 +2,15 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::write_queue::{AbandonOnDrop, Msg, URGENT_OPS, WriteQueue};
 use super::{BatchOp, OpResult, Storage, StorageError};
 
 /// The most operations committed in one transaction; a longer queue is split into several.
-const MAX_OPS_PER_BATCH: usize = 4096;
+const MAX_OPS_PER_BATCH: usize = URGENT_OPS;
 
 /// How long the writer collects writes after the first one of a batch before it commits
 /// (unless a flush or a full batch comes first): the default of [`BatchWriter::spawn`].
@@ -94,11 +95,6 @@ impl WriteOp {
     }
 }
 
-enum Msg {
-    Ops(Vec<WriteOp>),
-    Flush(Sender<Result<(), StorageError>>),
-}
-
 /// Owns all writes on one OS thread, so callers never wait for the disk.
 ///
 /// [`submit`](Self::submit) only queues (the queue is unbounded). The thread takes everything
@@ -113,7 +109,7 @@ enum Msg {
 /// also reports errors.
 #[derive(Debug)]
 pub struct BatchWriter {
-    tx: Option<Sender<Msg>>,
+    queue: Arc<WriteQueue>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -132,12 +128,13 @@ impl BatchWriter {
     /// # Panics
     /// If the OS cannot start a thread (as [`std::thread::spawn`] does).
     pub fn spawn_with_delay(storage: Arc<dyn Storage>, commit_delay: Duration) -> BatchWriter {
-        let (tx, rx) = mpsc::channel();
+        let queue = Arc::new(WriteQueue::default());
+        let theirs = queue.clone();
         let thread = std::thread::Builder::new()
             .name("callplus-storage-writer".into())
-            .spawn(move || run(storage.as_ref(), &rx, commit_delay));
+            .spawn(move || run(storage.as_ref(), &theirs, commit_delay));
         match thread {
-            Ok(handle) => BatchWriter { tx: Some(tx), thread: Some(handle) },
+            Ok(handle) => BatchWriter { queue, thread: Some(handle) },
             // Not an input error: the process is out of threads, as `thread::spawn` would panic.
             Err(e) => panic!("cannot start the storage writer thread: {e}"),
         }
@@ -156,11 +153,7 @@ impl BatchWriter {
         if ops.is_empty() {
             return;
         }
-        let sent = match &self.tx {
-            Some(tx) => tx.send(Msg::Ops(ops)).map_err(|e| e.0),
-            None => Err(Msg::Ops(ops)),
-        };
-        if let Err(Msg::Ops(ops)) = sent {
+        if let Err(Msg::Ops(ops)) = self.queue.push(Msg::Ops(ops)) {
             tracing::error!(?ops, "storage writer has stopped; writes dropped");
         }
     }
@@ -172,8 +165,7 @@ impl BatchWriter {
     /// [`StorageError::Closed`] if the writer thread has stopped.
     pub fn flush(&self) -> Result<(), StorageError> {
         let (done_tx, done_rx) = mpsc::channel();
-        let tx = self.tx.as_ref().ok_or(StorageError::Closed)?;
-        tx.send(Msg::Flush(done_tx)).map_err(|_| StorageError::Closed)?;
+        self.queue.push(Msg::Flush(done_tx)).map_err(|_| StorageError::Closed)?;
         done_rx.recv().map_err(|_| StorageError::Closed)?
     }
 
@@ -188,8 +180,8 @@ impl BatchWriter {
     }
 
     fn stop(&mut self) {
-        // Closing the channel ends the thread once it has drained the queue.
-        self.tx = None;
+        // Closing the queue ends the thread once it has drained it.
+        self.queue.close();
         if let Some(Err(_)) = self.thread.take().map(JoinHandle::join) {
             tracing::error!("storage writer thread panicked");
         }
@@ -226,43 +218,31 @@ impl Failures {
     }
 }
 
-fn run(storage: &dyn Storage, rx: &Receiver<Msg>, commit_delay: Duration) {
+fn run(storage: &dyn Storage, queue: &WriteQueue, commit_delay: Duration) {
+    let _abandon = AbandonOnDrop(queue);
     let mut failures = Failures::default();
     let mut ops = Vec::new();
     let mut replies = Vec::new();
     let mut flushes = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let deadline = Instant::now() + commit_delay;
-        let mut next = Some(first);
-        while let Some(msg) = next {
+    while let Some(batch) = queue.next_batch(commit_delay) {
+        for msg in batch {
             match msg {
-                Msg::Ops(batch) => {
-                    for op in batch {
+                Msg::Ops(submitted) => {
+                    for op in submitted {
                         let (op, reply) = op.into_parts();
                         ops.push(op);
                         replies.push(reply);
                     }
                 }
+                // Answered after everything taken with it is applied: more than it asked for.
                 Msg::Flush(done) => flushes.push(done),
             }
-            // A flush commits at once; a full batch too.
-            if !flushes.is_empty() || ops.len() >= MAX_OPS_PER_BATCH {
-                break;
-            }
-            next = match rx.try_recv() {
-                Ok(msg) => Some(msg),
-                Err(mpsc::TryRecvError::Disconnected) => None,
-                // The delay is over, or the channel closed: apply what we have (a closed
-                // channel ends the outer loop after).
-                Err(mpsc::TryRecvError::Empty) => {
-                    rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok()
-                }
-            };
         }
-        if !ops.is_empty() {
-            skip_replaced_snapshots(&mut ops);
-            let results = apply(storage, &ops);
-            for ((op, reply), result) in ops.drain(..).zip(replies.drain(..)).zip(results) {
+        skip_replaced_snapshots(&mut ops);
+        let mut pending_replies = replies.drain(..);
+        for chunk in ops.chunks(MAX_OPS_PER_BATCH) {
+            let results = apply(storage, chunk);
+            for ((op, reply), result) in chunk.iter().zip(pending_replies.by_ref()).zip(results) {
                 if let Err(e) = &result {
                     tracing::error!(error = %e, ?op, "storage write failed");
                     failures.record(e);
@@ -272,6 +252,8 @@ fn run(storage: &dyn Storage, rx: &Receiver<Msg>, commit_delay: Duration) {
                 }
             }
         }
+        drop(pending_replies);
+        ops.clear();
         // Every flush in this batch was queued after the ops before it, which are now applied.
         if !flushes.is_empty() {
             let result = failures.take_result();
