@@ -204,6 +204,7 @@ proptest! {
             sim.add_device(user, &format!("{user}-dev"));
         }
         sim.settle();
+        prop_assert_eq!(sim.switchboard.connected_devices(), USERS.len());
         for op in &ops {
             apply(&mut sim, op);
         }

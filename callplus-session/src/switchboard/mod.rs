@@ -633,9 +633,15 @@ impl Switchboard {
         self.calls.get(call_id).filter(|c| &c.app == app).map(|c| c.snapshot())
     }
 
-    /// Device sessions that currently have a transport connection.
+    /// Device sessions that currently have a transport connection. O(1): every attached
+    /// connection has exactly one entry in the connection index.
     pub fn connected_devices(&self) -> usize {
-        self.net.sessions.values().filter(|s| s.conn.is_some()).count()
+        debug_assert_eq!(
+            self.net.conns.len(),
+            self.net.sessions.values().filter(|s| s.conn.is_some()).count(),
+            "the connection index and the sessions' connections disagree"
+        );
+        self.net.conns.len()
     }
 
     /// Calls that have not ended.

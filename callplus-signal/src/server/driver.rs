@@ -419,8 +419,7 @@ impl Driver {
             }
         }
         self.submit_writes();
-        // The driver's own connection table, not `Switchboard::connected_devices` (which walks
-        // every session): this runs after every input.
+        // The transports the driver holds open (sessions waiting to be resumed are not counted).
         self.metrics.connected_devices.set(i64::try_from(self.conns.len()).unwrap_or(i64::MAX));
         self.metrics.live_calls.set(i64::try_from(self.sb.live_calls()).unwrap_or(i64::MAX));
     }
