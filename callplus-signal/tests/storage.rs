@@ -359,69 +359,9 @@ fn sqlite_apply_batch_undoes_only_the_failing_op() {
     assert_eq!(s.max_sync_time().unwrap(), 4);
 }
 
-/// Counts the call snapshots the writer hands to storage.
-struct CountingSnapshots {
-    inner: SqliteStorage,
-    put_rows: Mutex<Vec<String>>,
-}
-
-impl Storage for CountingSnapshots {
-    fn apps(&self) -> Result<Vec<AppCredentials>, StorageError> {
-        self.inner.apps()
-    }
-    fn insert_app(&self, app: &AppCredentials) -> Result<(), StorageError> {
-        self.inner.insert_app(app)
-    }
-    fn append_records(&self, rows: &[RecordRow]) -> Result<(), StorageError> {
-        self.inner.append_records(rows)
-    }
-    fn page_records(
-        &self,
-        app_key: &str,
-        owner_id: &str,
-        sync_time: i64,
-        count: u32,
-        order: PageOrder,
-    ) -> Result<RecordPage, StorageError> {
-        self.inner.page_records(app_key, owner_id, sync_time, count, order)
-    }
-    fn delete_records(&self, a: &str, o: &str, ids: &[String]) -> Result<u64, StorageError> {
-        self.inner.delete_records(a, o, ids)
-    }
-    fn delete_all_records(&self, a: &str, o: &str) -> Result<u64, StorageError> {
-        self.inner.delete_all_records(a, o)
-    }
-    fn max_sync_time(&self) -> Result<i64, StorageError> {
-        self.inner.max_sync_time()
-    }
-    fn enqueue_offline(&self, a: &str, u: &str, b: &[Vec<u8>]) -> Result<Vec<i64>, StorageError> {
-        self.inner.enqueue_offline(a, u, b)
-    }
-    fn offline_events(&self, a: &str, u: &str) -> Result<Vec<OfflineRow>, StorageError> {
-        self.inner.offline_events(a, u)
-    }
-    fn remove_offline(&self, a: &str, u: &str, ids: &[i64]) -> Result<(), StorageError> {
-        self.inner.remove_offline(a, u, ids)
-    }
-    fn put_active_calls(&self, rows: &[CallRow]) -> Result<(), StorageError> {
-        let mut seen = self.put_rows.lock().unwrap();
-        seen.extend(rows.iter().map(|r| format!("{}={}", r.call_id, String::from_utf8_lossy(&r.body))));
-        self.inner.put_active_calls(rows)
-    }
-    fn remove_active_calls(&self, keys: &[(String, String)]) -> Result<(), StorageError> {
-        self.inner.remove_active_calls(keys)
-    }
-    fn active_calls(&self) -> Result<Vec<CallRow>, StorageError> {
-        self.inner.active_calls()
-    }
-}
-
 #[test]
 fn batch_writer_skips_snapshots_replaced_in_the_same_batch() {
-    let storage = Arc::new(CountingSnapshots {
-        inner: SqliteStorage::open_in_memory().unwrap(),
-        put_rows: Mutex::default(),
-    });
+    let storage = Arc::new(Flaky::new());
     // A long commit delay: the flush, not the timer, commits this one batch.
     let writer = BatchWriter::spawn_with_delay(storage.clone(), std::time::Duration::from_secs(3600));
     writer.submit_all(vec![
@@ -517,11 +457,22 @@ fn dropping_the_writer_drains_the_queue() {
     assert_eq!(storage.max_sync_time().unwrap(), 500);
 }
 
-/// Wraps SQLite but fails record writes for the call id `boom`, and uses the trait's provided
-/// (op-by-op) `apply_batch`.
+/// Wraps SQLite through the trait's provided (op-by-op) `apply_batch`: fails record writes
+/// for the call id `boom`, counts record writes, and notes every call snapshot it is given.
 struct Flaky {
     inner: SqliteStorage,
     record_calls: Mutex<u32>,
+    put_rows: Mutex<Vec<String>>,
+}
+
+impl Flaky {
+    fn new() -> Flaky {
+        Flaky {
+            inner: SqliteStorage::open_in_memory().unwrap(),
+            record_calls: Mutex::new(0),
+            put_rows: Mutex::default(),
+        }
+    }
 }
 
 impl Storage for Flaky {
@@ -567,6 +518,8 @@ impl Storage for Flaky {
         self.inner.remove_offline(a, u, ids)
     }
     fn put_active_calls(&self, rows: &[CallRow]) -> Result<(), StorageError> {
+        let mut seen = self.put_rows.lock().unwrap();
+        seen.extend(rows.iter().map(|r| format!("{}={}", r.call_id, String::from_utf8_lossy(&r.body))));
         self.inner.put_active_calls(rows)
     }
     fn remove_active_calls(&self, keys: &[(String, String)]) -> Result<(), StorageError> {
@@ -579,8 +532,7 @@ impl Storage for Flaky {
 
 #[test]
 fn batch_writer_reports_failures_through_flush() {
-    let storage =
-        Arc::new(Flaky { inner: SqliteStorage::open_in_memory().unwrap(), record_calls: Mutex::new(0) });
+    let storage = Arc::new(Flaky::new());
     let writer = BatchWriter::spawn(storage.clone());
     writer.submit(WriteOp::Records(vec![record("a", "u", "c1", 1)]));
     writer.submit(WriteOp::Records(vec![record("a", "u", "boom", 2)]));
