@@ -15,6 +15,33 @@ use callplus_session::{
 use crate::ffi::PanicDefault;
 use crate::result::callplus_result;
 
+/// `From<Domain>` for a C enum whose variants carry the same names as the domain's.
+macro_rules! from_domain {
+    ($domain:ident => $c:ident { $($v:ident),+ $(,)? }) => {
+        impl From<$domain> for $c {
+            fn from(v: $domain) -> Self {
+                match v {
+                    $($domain::$v => $c::$v,)+
+                }
+            }
+        }
+    };
+}
+
+/// A parser of a C number into the domain value of the same-named C enum variant; any other
+/// number is refused with `$refusal`.
+macro_rules! domain_arg {
+    ($(#[$doc:meta])* $name:ident: $c:ident => $domain:ident { $($v:ident),+ $(,)? } else $refusal:ident) => {
+        $(#[$doc])*
+        pub(crate) fn $name(n: u32) -> Result<$domain, callplus_result> {
+            $(if n == $c::$v as u32 {
+                return Ok($domain::$v);
+            })+
+            Err(callplus_result::$refusal)
+        }
+    };
+}
+
 /// NULL objects and caught panics read as the enum's "none" value.
 macro_rules! fallback {
     ($($ty:ident => $v:ident),+ $(,)?) => {
@@ -50,23 +77,12 @@ pub enum callplus_call_type {
     Multi = 2,
 }
 
-impl From<CallType> for callplus_call_type {
-    fn from(v: CallType) -> Self {
-        match v {
-            CallType::Single => callplus_call_type::Single,
-            CallType::Multi => callplus_call_type::Multi,
-        }
-    }
-}
+from_domain!(CallType => callplus_call_type { Single, Multi });
 
-/// The domain call type of a C number.
-pub(crate) fn call_type_arg(n: u32) -> Result<CallType, callplus_result> {
-    match n {
-        1 => Ok(CallType::Single),
-        2 => Ok(CallType::Multi),
-        _ => Err(callplus_result::ParamError),
-    }
-}
+domain_arg!(
+    /// The domain call type of a C number.
+    call_type_arg: callplus_call_type => CallType { Single, Multi } else ParamError
+);
 
 /// Audio only, or audio and video.
 #[repr(C)]
@@ -80,23 +96,12 @@ pub enum callplus_media_type {
     AudioVideo = 2,
 }
 
-impl From<MediaType> for callplus_media_type {
-    fn from(v: MediaType) -> Self {
-        match v {
-            MediaType::Audio => callplus_media_type::Audio,
-            MediaType::AudioVideo => callplus_media_type::AudioVideo,
-        }
-    }
-}
+from_domain!(MediaType => callplus_media_type { Audio, AudioVideo });
 
-/// The domain media type of a C number.
-pub(crate) fn media_type_arg(n: u32) -> Result<MediaType, callplus_result> {
-    match n {
-        1 => Ok(MediaType::Audio),
-        2 => Ok(MediaType::AudioVideo),
-        _ => Err(callplus_result::MediatypeInvalid),
-    }
-}
+domain_arg!(
+    /// The domain media type of a C number.
+    media_type_arg: callplus_media_type => MediaType { Audio, AudioVideo } else MediatypeInvalid
+);
 
 /// A call's state as this user sees it.
 #[repr(C)]
@@ -118,18 +123,7 @@ pub enum callplus_call_state {
     Ended = 6,
 }
 
-impl From<CallState> for callplus_call_state {
-    fn from(v: CallState) -> Self {
-        match v {
-            CallState::Idle => callplus_call_state::Idle,
-            CallState::Dialing => callplus_call_state::Dialing,
-            CallState::Incoming => callplus_call_state::Incoming,
-            CallState::Connecting => callplus_call_state::Connecting,
-            CallState::OnCall => callplus_call_state::OnCall,
-            CallState::Ended => callplus_call_state::Ended,
-        }
-    }
-}
+from_domain!(CallState => callplus_call_state { Idle, Dialing, Incoming, Connecting, OnCall, Ended });
 
 /// A participant's state in a call.
 #[repr(C)]
@@ -151,18 +145,7 @@ pub enum callplus_participant_state {
     Ended = 6,
 }
 
-impl From<ParticipantState> for callplus_participant_state {
-    fn from(v: ParticipantState) -> Self {
-        match v {
-            ParticipantState::Idle => callplus_participant_state::Idle,
-            ParticipantState::Incoming => callplus_participant_state::Incoming,
-            ParticipantState::Ringing => callplus_participant_state::Ringing,
-            ParticipantState::Connecting => callplus_participant_state::Connecting,
-            ParticipantState::OnCall => callplus_participant_state::OnCall,
-            ParticipantState::Ended => callplus_participant_state::Ended,
-        }
-    }
-}
+from_domain!(ParticipantState => callplus_participant_state { Idle, Incoming, Ringing, Connecting, OnCall, Ended });
 
 /// Why a call ended for a user, from that user's point of view (`REMOTE_*`: the other side did
 /// it).
@@ -304,14 +287,7 @@ pub enum callplus_direction {
     Incoming = 2,
 }
 
-impl From<Direction> for callplus_direction {
-    fn from(v: Direction) -> Self {
-        match v {
-            Direction::Outgoing => callplus_direction::Outgoing,
-            Direction::Incoming => callplus_direction::Incoming,
-        }
-    }
-}
+from_domain!(Direction => callplus_direction { Outgoing, Incoming });
 
 /// How far an invitation got to a callee (the best over the callee's devices).
 #[repr(C)]
@@ -327,16 +303,7 @@ pub enum callplus_delivery {
     Ringing = 3,
 }
 
-impl From<Delivery> for callplus_delivery {
-    fn from(v: Delivery) -> Self {
-        match v {
-            Delivery::Unreachable => callplus_delivery::Unreachable,
-            Delivery::Pushed => callplus_delivery::Pushed,
-            Delivery::Delivered => callplus_delivery::Delivered,
-            Delivery::Ringing => callplus_delivery::Ringing,
-        }
-    }
-}
+from_domain!(Delivery => callplus_delivery { Unreachable, Pushed, Delivered, Ringing });
 
 /// Sort order of call record pages (`callplus_client_get_call_records`).
 #[repr(C)]
@@ -348,14 +315,10 @@ pub enum callplus_record_order {
     Asc = 1,
 }
 
-/// The domain record order of a C number.
-pub(crate) fn record_order_arg(n: u32) -> Result<RecordOrder, callplus_result> {
-    match n {
-        0 => Ok(RecordOrder::Desc),
-        1 => Ok(RecordOrder::Asc),
-        _ => Err(callplus_result::ParamError),
-    }
-}
+domain_arg!(
+    /// The domain record order of a C number.
+    record_order_arg: callplus_record_order => RecordOrder { Desc, Asc } else ParamError
+);
 
 /// The state of a client's connection.
 #[repr(C)]
