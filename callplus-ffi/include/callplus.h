@@ -29,6 +29,11 @@
 #include <stdint.h>
 
 /**
+ * `ring_timeout_ms` value asking the server to ring until the call is answered or cancelled.
+ */
+#define CALLPLUS_RING_UNTIL_ANSWERED -1
+
+/**
  * A call's state as this user sees it.
  */
 typedef enum callplus_call_state {
@@ -684,6 +689,45 @@ typedef struct callplus_string callplus_string;
 typedef struct callplus_string_list callplus_string_list;
 
 /**
+ * Optional settings of `callplus_client_start_call_with_options`.
+ *
+ * Zero-initialise it and set only what you need; a zero or NULL field means "not set":
+ *
+ * ```c
+ * struct callplus_call_options options = {0};
+ * options.ring_timeout_ms = 30000;
+ * options.push_title = "Incoming call";
+ * ```
+ */
+typedef struct callplus_call_options {
+    /**
+     * Data for the callees (at most 4 KiB), or NULL.
+     */
+    const char *extra;
+    /**
+     * How long the callees ring, in milliseconds: 0 for the server's default,
+     * `CALLPLUS_RING_UNTIL_ANSWERED` to ring until answered or cancelled.
+     */
+    int64_t ring_timeout_ms;
+    /**
+     * Title of the push notification sent to callees with no connected device, or NULL.
+     */
+    const char *push_title;
+    /**
+     * Body of that notification, or NULL.
+     */
+    const char *push_content;
+    /**
+     * Free-form data delivered to the app with that notification, or NULL.
+     */
+    const char *push_custom_data;
+    /**
+     * Send no push notification for this call.
+     */
+    bool disable_push;
+} callplus_call_options;
+
+/**
  * An event callback: called with the `user_data` given to `callplus_client_set_event_callback`
  * and an event borrowed for the duration of the call.
  */
@@ -1321,6 +1365,26 @@ enum callplus_result callplus_client_start_call(const struct callplus_client *cl
                                                 uint32_t media_type,
                                                 const char *extra,
                                                 struct callplus_string **call_id_out);
+
+/**
+ * As `callplus_client_start_call`, with optional settings: the invitation's `extra`, the ring
+ * timeout, and the push notification for callees with no connected device. `options` may be
+ * NULL (all defaults); see `struct callplus_call_options`.
+ *
+ * Errors as `callplus_client_start_call`, and `PARAM_ERROR` for a ring timeout below
+ * `CALLPLUS_RING_UNTIL_ANSWERED` or above `UINT32_MAX`.
+ *
+ * # Safety
+ * As `callplus_client_start_call`; `options` NULL or a readable `callplus_call_options` whose
+ * strings are NULL or NUL-terminated.
+ */
+enum callplus_result callplus_client_start_call_with_options(const struct callplus_client *client,
+                                                             const char *const *callees,
+                                                             size_t callee_count,
+                                                             uint32_t call_type,
+                                                             uint32_t media_type,
+                                                             const struct callplus_call_options *options,
+                                                             struct callplus_string **call_id_out);
 
 /**
  * Answers the incoming call `call_id`. A current call, if any, is hung up first (reason

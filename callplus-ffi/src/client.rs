@@ -21,6 +21,7 @@ use crate::ffi::{
     Opaque, boundary, boundary_result, check_out, cstring, free_boxed, opt_str_arg, str_arg, str_array_arg,
     to_boxed, try_ref, with_ref, write_out,
 };
+use crate::options::{call_options_arg, callplus_call_options};
 use crate::result::callplus_result;
 use crate::string::{callplus_string, callplus_string_list, new_string, new_string_list};
 
@@ -302,13 +303,65 @@ pub unsafe extern "C" fn callplus_client_start_call(
     extra: *const c_char,
     call_id_out: *mut *mut callplus_string,
 ) -> callplus_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        start_call(client, callees, callee_count, call_type, media_type, call_id_out, || {
+            Ok(CallOptions {
+                extra: opt_str_arg(extra)?.unwrap_or_default().to_owned(),
+                ..CallOptions::default()
+            })
+        })
+    }
+}
+
+/// As `callplus_client_start_call`, with optional settings: the invitation's `extra`, the ring
+/// timeout, and the push notification for callees with no connected device. `options` may be
+/// NULL (all defaults); see `struct callplus_call_options`.
+///
+/// Errors as `callplus_client_start_call`, and `PARAM_ERROR` for a ring timeout below
+/// `CALLPLUS_RING_UNTIL_ANSWERED` or above `UINT32_MAX`.
+///
+/// # Safety
+/// As `callplus_client_start_call`; `options` NULL or a readable `callplus_call_options` whose
+/// strings are NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_client_start_call_with_options(
+    client: *const callplus_client,
+    callees: *const *const c_char,
+    callee_count: usize,
+    call_type: u32,
+    media_type: u32,
+    options: *const callplus_call_options,
+    call_id_out: *mut *mut callplus_string,
+) -> callplus_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        start_call(client, callees, callee_count, call_type, media_type, call_id_out, || {
+            call_options_arg(options)
+        })
+    }
+}
+
+/// The body of both start-call functions: every argument is checked inside the panic boundary
+/// before anything is sent.
+///
+/// # Safety
+/// As `callplus_client_start_call`; `options` reads only what the caller's contract allows.
+unsafe fn start_call(
+    client: *const callplus_client,
+    callees: *const *const c_char,
+    callee_count: usize,
+    call_type: u32,
+    media_type: u32,
+    call_id_out: *mut *mut callplus_string,
+    options: impl FnOnce() -> Result<CallOptions, callplus_result>,
+) -> callplus_result {
     boundary_result(|| {
         // SAFETY: forwarded contract.
-        let (handle, callees, extra) =
-            unsafe { (try_ref(client)?, str_array_arg(callees, callee_count)?, opt_str_arg(extra)?) };
+        let (handle, callees) = unsafe { (try_ref(client)?, str_array_arg(callees, callee_count)?) };
+        let options = options()?;
         check_out(call_id_out)?;
         let (call_type, media_type) = (call_type_arg(call_type)?, media_type_arg(media_type)?);
-        let options = CallOptions { extra: extra.unwrap_or_default().to_owned(), ..CallOptions::default() };
         let callees: Vec<String> = callees.into_iter().map(str::to_owned).collect();
         let started =
             handle.run(|c| async move { c.start_call(&callees, call_type, media_type, options).await })?;

@@ -26,6 +26,7 @@ mod client;
 mod enums;
 mod events;
 mod ffi;
+mod options;
 mod result;
 mod string;
 
@@ -33,6 +34,7 @@ pub use calls::*;
 pub use client::*;
 pub use enums::*;
 pub use events::*;
+pub use options::*;
 pub use result::*;
 pub use string::*;
 

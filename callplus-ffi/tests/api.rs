@@ -567,3 +567,64 @@ fn freeing_inside_a_runtime_does_not_panic() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async move { unsafe { callplus_client_free(alice as *mut callplus_client) } });
 }
+
+#[test]
+fn start_call_options_reach_the_call() {
+    let server = TestServer::start();
+    let alice = server.connect("alice");
+    let bob = server.connect("bob");
+    unsafe {
+        use callplus_result as R;
+        let callees = [c"bob".as_ptr()];
+        let options = callplus_call_options {
+            extra: c"with options".as_ptr(),
+            ring_timeout_ms: 300,
+            push_title: c"Incoming call".as_ptr(),
+            push_content: null(),
+            push_custom_data: null(),
+            disable_push: false,
+        };
+        let mut call_id = sentinel();
+        let bad = callplus_call_options { ring_timeout_ms: -5, ..options };
+        assert_eq!(
+            callplus_client_start_call_with_options(alice, callees.as_ptr(), 1, 1, 1, &bad, &mut call_id),
+            R::ParamError
+        );
+        assert_eq!(call_id, sentinel(), "no output on failure");
+
+        let mut call_id = null_mut();
+        assert_eq!(
+            callplus_client_start_call_with_options(alice, callees.as_ptr(), 1, 1, 2, &options, &mut call_id),
+            R::Ok
+        );
+        let id = text(callplus_string_data(call_id));
+        let incoming = wait_for(bob, callplus_event_type::ReceivedCall);
+        assert_eq!(text(callplus_event_call_id(incoming)), id);
+        assert_eq!(text(callplus_event_extra(incoming)), "with options");
+        let session = callplus_event_session(incoming);
+        assert_eq!(callplus_call_session_media_type(session), callplus_media_type::AudioVideo);
+        callplus_event_free(incoming);
+
+        // Nobody answers: the 300 ms ring timeout of this call ends it on both sides.
+        let ended = wait_for(alice, callplus_event_type::CallEnded);
+        assert_eq!(text(callplus_event_call_id(ended)), id);
+        assert_eq!(callplus_event_reason(ended), callplus_end_reason::RemoteNoResponse);
+        callplus_event_free(ended);
+        let ended = wait_for(bob, callplus_event_type::CallEnded);
+        assert_eq!(callplus_event_reason(ended), callplus_end_reason::NoResponse);
+        callplus_event_free(ended);
+        callplus_string_free(call_id);
+
+        // NULL options are the defaults.
+        let mut second = null_mut();
+        assert_eq!(
+            callplus_client_start_call_with_options(alice, callees.as_ptr(), 1, 1, 1, null(), &mut second),
+            R::Ok
+        );
+        callplus_event_free(wait_for(bob, callplus_event_type::ReceivedCall));
+        assert_eq!(callplus_client_hangup(alice, callplus_string_data(second)), R::Ok);
+        callplus_string_free(second);
+        callplus_client_free(alice);
+        callplus_client_free(bob);
+    }
+}
