@@ -66,9 +66,13 @@ fn main() -> ExitCode {
 }
 
 /// The workspace root (the parent of this crate).
+///
+/// `cargo run` tells the binary where its manifest is; that is preferred over the path baked in
+/// at build time, which belongs to whichever checkout last built a shared `target/` directory.
 fn root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest.parent().map_or_else(|| manifest.clone(), Path::to_path_buf)
 }
 
 /// `cargo` of the toolchain running us.
