@@ -58,8 +58,9 @@ struct Plan {
     step: Duration,
 }
 
-/// What one pair did.
-struct PairResult {
+/// What pairs did: one pair's own tally, or every pair's summed with [`Tally::add`].
+#[derive(Default)]
+struct Tally {
     completed: u64,
     offered: u64,
     skipped: u64,
@@ -138,7 +139,7 @@ pub(crate) async fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<Rep
     let server1 = target.stats();
     let self1 = proc_stats("self");
 
-    let mut total = Totals::default();
+    let mut total = Tally::default();
     let mut pairs = Vec::with_capacity(results.len());
     for (pair, r) in results {
         total.add(&r);
@@ -180,17 +181,8 @@ async fn connect_users(
     Ok(parties)
 }
 
-async fn run_pair(mut pair: Pair, plan: Plan, counters: Arc<Counters>) -> (Pair, PairResult) {
-    let mut r = PairResult {
-        completed: 0,
-        offered: 0,
-        skipped: 0,
-        failed: Reasons::new(),
-        start_to_received: Latency::new(),
-        accept_to_connected: Latency::new(),
-        hangup_to_ended: Latency::new(),
-        cycle: Latency::new(),
-    };
+async fn run_pair(mut pair: Pair, plan: Plan, counters: Arc<Counters>) -> (Pair, Tally) {
+    let mut r = Tally::default();
     let mut next = plan.first;
     loop {
         if next >= plan.deadline {
@@ -292,7 +284,7 @@ fn ended(call_id: &CallId) -> impl FnMut(&Event) -> Option<Result<(), String>> +
 
 /// One full 1:1 cycle: start → received → accept → both connected → hang up → both ended with
 /// their records.
-async fn cycle(pair: &mut Pair, step: Duration, r: &mut PairResult) -> Result<(), String> {
+async fn cycle(pair: &mut Pair, step: Duration, r: &mut Tally) -> Result<(), String> {
     let Pair { caller, callee } = pair;
     let (caller_client, caller_events) = (&caller.client, &mut caller.events);
     let (callee_client, callee_events) = (&callee.client, &mut callee.events);
@@ -389,35 +381,8 @@ async fn disconnect(pairs: Vec<Pair>) {
     let _ = timeout(DISCONNECT, async { while set.join_next().await.is_some() {} }).await;
 }
 
-/// Everything the pairs did, summed.
-struct Totals {
-    completed: u64,
-    offered: u64,
-    skipped: u64,
-    failed: Reasons,
-    start_to_received: Latency,
-    accept_to_connected: Latency,
-    hangup_to_ended: Latency,
-    cycle: Latency,
-}
-
-impl Default for Totals {
-    fn default() -> Self {
-        Totals {
-            completed: 0,
-            offered: 0,
-            skipped: 0,
-            failed: Reasons::new(),
-            start_to_received: Latency::new(),
-            accept_to_connected: Latency::new(),
-            hangup_to_ended: Latency::new(),
-            cycle: Latency::new(),
-        }
-    }
-}
-
-impl Totals {
-    fn add(&mut self, r: &PairResult) {
+impl Tally {
+    fn add(&mut self, r: &Tally) {
         self.completed += r.completed;
         self.offered += r.offered;
         self.skipped += r.skipped;

@@ -27,10 +27,6 @@ pub(crate) struct Latency {
 }
 
 impl Latency {
-    pub(crate) fn new() -> Latency {
-        Latency::default()
-    }
-
     pub(crate) fn record(&mut self, d: Duration) {
         self.samples_us.push(u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1));
     }
@@ -125,7 +121,7 @@ mod tests {
 
     #[test]
     fn percentiles_come_from_every_merged_sample() {
-        let (mut a, mut b) = (Latency::new(), Latency::new());
+        let (mut a, mut b) = (Latency::default(), Latency::default());
         for ms in 1..=50 {
             a.record(Duration::from_millis(ms));
         }
@@ -139,6 +135,6 @@ mod tests {
         let near = |key: &str, ms: f64| (v[key].as_f64().unwrap() - ms).abs() <= ms / 1000.0;
         assert!(near("p50", 50.0) && near("p90", 90.0) && near("p99", 99.0) && near("max", 100.0), "{v}");
         assert!(a.line().contains("(100 samples)"), "{}", a.line());
-        assert_eq!(Latency::new().json()["count"], 0);
+        assert_eq!(Latency::default().json()["count"], 0);
     }
 }
