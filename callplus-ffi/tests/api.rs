@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use callplus::*;
-use callplus_signal::server::{RunningServer, Server};
+use common::TestServer;
+
+mod common;
 
 /// A value no function may write when it fails.
 fn sentinel<T>() -> *mut T {
@@ -23,28 +25,13 @@ fn not_utf8() -> *const c_char {
     NOT_UTF8.as_ptr().cast()
 }
 
-struct TestServer {
-    runtime: tokio::runtime::Runtime,
-    server: Option<RunningServer>,
-}
-
 impl TestServer {
-    fn start() -> TestServer {
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let server = runtime
-            .block_on(Server::builder().in_memory().listen("127.0.0.1:0").no_admin().start())
-            .expect("server starts");
-        TestServer { runtime, server: Some(server) }
-    }
-
     fn endpoint(&self) -> CString {
-        CString::new(format!("http://{}", self.server.as_ref().unwrap().grpc_addr())).unwrap()
+        CString::new(format!("http://{}", self.server().grpc_addr())).unwrap()
     }
 
     fn token(&self, user: &str) -> CString {
-        CString::new(self.server.as_ref().unwrap().mint_token(user, Duration::from_secs(3600)).unwrap())
-            .unwrap()
+        CString::new(self.server().mint_token(user, Duration::from_secs(3600)).unwrap()).unwrap()
     }
 
     fn connect(&self, user: &str) -> *mut callplus_client {
@@ -55,14 +42,6 @@ impl TestServer {
         assert_eq!(r, callplus_result::Ok, "{user} connects");
         assert!(!client.is_null());
         client
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            let _ = self.runtime.block_on(server.shutdown());
-        }
     }
 }
 

@@ -19,7 +19,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use callplus_signal::server::{RunningServer, Server};
+use common::TestServer;
+
+mod common;
 
 /// Longest a run of the example may take (valgrind slows it down a lot).
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -69,38 +71,11 @@ fn example() -> &'static Path {
     })
 }
 
-/// A server on an ephemeral port with in-memory storage, on its own runtime.
-struct TestServer {
-    runtime: tokio::runtime::Runtime,
-    server: Option<RunningServer>,
-}
-
 impl TestServer {
-    fn start() -> TestServer {
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let server = runtime
-            .block_on(Server::builder().in_memory().listen("127.0.0.1:0").no_admin().start())
-            .expect("server starts");
-        TestServer { runtime, server: Some(server) }
-    }
-
-    fn server(&self) -> &RunningServer {
-        self.server.as_ref().unwrap()
-    }
-
     /// Endpoint and tokens for the example's command line.
     fn args(&self) -> Vec<String> {
         let token = |user| self.server().mint_token(user, Duration::from_secs(3600)).unwrap();
         vec![format!("http://{}", self.server().grpc_addr()), token("alice"), token("bob")]
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            let _ = self.runtime.block_on(server.shutdown());
-        }
     }
 }
 
