@@ -680,10 +680,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_offline_event_stored_while_loading_is_delivered_at_connect() {
-        let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open_in_memory().unwrap());
-        let writer = Arc::new(BatchWriter::spawn(storage.clone()));
-        let sb = Switchboard::new(SwitchboardConfig::default());
-        let (mut driver, _handle) = Driver::new(sb, storage, writer, None, Arc::new(Metrics::new()));
+        let (mut driver, _storage, _writer) = test_driver();
         let app = AppKey::new("app_test").unwrap();
         let bob = UserId::new("bob").unwrap();
 
@@ -724,10 +721,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_lost_while_reloading_never_opens() {
-        let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open_in_memory().unwrap());
-        let writer = Arc::new(BatchWriter::spawn(storage.clone()));
-        let sb = Switchboard::new(SwitchboardConfig::default());
-        let (mut driver, _handle) = Driver::new(sb, storage, writer, None, Arc::new(Metrics::new()));
+        let (mut driver, _storage, _writer) = test_driver();
         let app = AppKey::new("app_test").unwrap();
         let bob = UserId::new("bob").unwrap();
         let event = Event::FirstFrame { call_id: CallId::new("call-1").unwrap(), at_ms: 5 };
@@ -750,5 +744,94 @@ mod tests {
         assert!(driver.conns.is_empty() && driver.cancelled.is_empty() && driver.reloading.is_empty());
         assert_eq!(driver.sb.connected_devices(), 0);
         assert!(rx.recv().await.is_none(), "the queue is dropped unused");
+    }
+
+    fn test_driver() -> (Driver, Arc<dyn Storage>, Arc<BatchWriter>) {
+        let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open_in_memory().unwrap());
+        let writer = Arc::new(BatchWriter::spawn(storage.clone()));
+        let sb = Switchboard::new(SwitchboardConfig::default());
+        let (driver, _handle) =
+            Driver::new(sb, storage.clone(), writer.clone(), None, Arc::new(Metrics::new()));
+        (driver, storage, writer)
+    }
+
+    fn ended_call_record(owner: &UserId, call_id: &CallId) -> CallRecord {
+        use callplus_session::{
+            CallType, Delivery, Direction, EndReason, MediaType, Participant, ParticipantState,
+        };
+        let participant = Participant {
+            user_id: owner.clone(),
+            state: ParticipantState::Ended,
+            reason: Some(EndReason::Hangup),
+            inviter: None,
+            invited_at_ms: 1_000,
+            connected_at_ms: Some(1_500),
+            ended_at_ms: Some(2_000),
+            devices: Vec::new(),
+            delivery: Delivery::Ringing,
+            camera_disabled: false,
+            microphone_disabled: false,
+            device_id: None,
+        };
+        CallRecord {
+            owner: owner.clone(),
+            call: CallInfo {
+                call_id: call_id.clone(),
+                call_type: CallType::Single,
+                media_type: MediaType::Audio,
+                creator: owner.clone(),
+                participants: vec![participant],
+                created_at_ms: 1_000,
+                started_at_ms: Some(1_500),
+                first_frame_at_ms: None,
+                ended_at_ms: Some(2_000),
+                version: 3,
+                extra: String::new(),
+                ring_timeout_ms: 0,
+            },
+            inviter: None,
+            end_reason: EndReason::Hangup,
+            direction: Direction::Outgoing,
+            duration_ms: 500,
+            sync_time: 7,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_query_in_the_same_drain_as_a_write_reads_that_write() {
+        // A hangup and the caller's records query can come out of one switchboard drain: the
+        // query must see the record although the drain has not finished (and not submitted).
+        let (mut driver, _storage, _writer) = test_driver();
+        let app = AppKey::new("app_test").unwrap();
+        let alice = UserId::new("alice").unwrap();
+        let call_id = CallId::new("call-1").unwrap();
+        driver.act(Output::StoreRecord { app: app.clone(), record: ended_call_record(&alice, &call_id) });
+        let query = Query::Records { sync_time: -1, count: 10, order: RecordOrder::Desc };
+        driver.act(Output::Query { id: 1, app, user: alice, query });
+
+        let done = tokio::time::timeout(Duration::from_secs(10), driver.rx.recv()).await.unwrap().unwrap();
+        let Input::QueryDone { id: 1, result: Ok(QueryAnswer::Records(page)) } = done else {
+            panic!("expected the records page, got another input");
+        };
+        let ids: Vec<&CallId> = page.records.iter().map(|r| &r.call.call_id).collect();
+        assert_eq!(ids, vec![&call_id]);
+    }
+
+    #[tokio::test]
+    async fn an_offline_event_is_in_storage_once_the_epoch_says_so() {
+        // A connecting device reads the epoch, flushes the writer and loads its offline events;
+        // when the epoch it read is current, it trusts that load. So an event must reach the
+        // writer before the epoch moves, even in the middle of a drain.
+        let (mut driver, storage, writer) = test_driver();
+        let app = AppKey::new("app_test").unwrap();
+        let bob = UserId::new("bob").unwrap();
+        let before = driver.offline_epoch().load(Ordering::Acquire);
+        let event = Event::FirstFrame { call_id: CallId::new("call-1").unwrap(), at_ms: 5 };
+        driver.act(Output::StoreOffline { app: app.clone(), user: bob.clone(), event });
+
+        assert!(driver.offline_epoch().load(Ordering::Acquire) > before, "the epoch moved");
+        writer.flush().unwrap();
+        let stored = storage.offline_events(app.as_str(), bob.as_str()).unwrap();
+        assert_eq!(stored.len(), 1, "the event is loadable at the new epoch");
     }
 }
