@@ -14,7 +14,7 @@ use callplus_session::client::CallOptions;
 use callplus_session::{
     CallId, CallState, CallType, Code, EndReason, MediaType, ParticipantState, RecordOrder,
 };
-use callplus_signal::client::{Client, ClientOptions, ConnectionState, Event, EventStream};
+use callplus_signal::client::{Client, ClientOptions, ConnectionState, Event, EventStream, TlsOptions};
 use callplus_signal::server::{RunningServer, Server};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
@@ -471,4 +471,89 @@ async fn a_kicked_client_stops_and_does_not_reconnect() {
     assert!(second.client.get_available_calls().await.expect("still serving the new device").is_empty());
     second.finish().await;
     server.shutdown().await.expect("shutdown");
+}
+
+/// The value after `label` on the first banner line holding it.
+fn banner_value(lines: &[String], label: &str) -> String {
+    lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix(label).map(|v| v.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no {label:?} in the banner: {lines:#?}"))
+}
+
+#[tokio::test]
+async fn serve_and_dial_over_tls_from_the_command_line() {
+    use std::process::Stdio;
+    use tokio::io::AsyncBufReadExt as _;
+    use tokio::process::Command;
+
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+
+    let bin = env!("CARGO_BIN_EXE_callplus");
+    let mut serve = Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "off"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .env("CALLPLUS_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(serve.stdout.take().unwrap()).lines();
+    let banner = read_until(&mut lines, "Stop with Ctrl-C").await;
+    let url = banner_value(&banner, "gRPC (devices):");
+    assert!(url.starts_with("https://127.0.0.1:"), "{banner:#?}");
+    let (app_key, app_secret) = (banner_value(&banner, "app key:"), banner_value(&banner, "app secret:"));
+    let mint =
+        |user: &str| callplus_signal::token::mint(&app_key, &app_secret, user, now_secs(), 3600).unwrap();
+
+    // Bob, in Rust, trusts the certificate and checks it for the name it carries.
+    let tls = TlsOptions::default().with_ca_pem(made.cert.pem()).with_domain("localhost");
+    let (bob, mut bob_events) =
+        Client::connect(&url, &mint("bob"), options().with_tls(tls)).await.expect("bob connects over TLS");
+    // Alice dials from the command line with the same trust.
+    let dial = Command::new(bin)
+        .args(["dial", "--server", &url, "--token", &mint("alice"), "--tls-domain", "localhost"])
+        .arg("--tls-ca")
+        .arg(&cert)
+        .args(["--hangup-after-secs", "0", "bob"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let answer = async {
+        loop {
+            match timeout(WAIT, bob_events.next()).await.expect("bob is rung").expect("events go on") {
+                Event::ReceivedCall { session, .. } => {
+                    bob.accept(session.call_id()).await.expect("accept");
+                    return;
+                }
+                _ => continue,
+            }
+        }
+    };
+    let (dial, ()) = tokio::join!(timeout(WAIT, dial), answer);
+    let dial = dial.expect("dial exits").unwrap();
+    let dial_out = String::from_utf8_lossy(&dial.stdout);
+    assert!(dial.status.success(), "{dial_out}\n{}", String::from_utf8_lossy(&dial.stderr));
+    assert!(dial_out.contains("signed in to https://"), "{dial_out}");
+    assert!(dial_out.contains("ended: HANGUP"), "{dial_out}");
+
+    // Without the CA the command line refuses the server's certificate.
+    let untrusted = Command::new(bin)
+        .args(["dial", "--server", &url, "--token", &mint("carol"), "bob"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let untrusted = timeout(WAIT, untrusted).await.expect("dial exits").unwrap();
+    assert!(!untrusted.status.success());
+    assert!(String::from_utf8_lossy(&untrusted.stderr).contains("certificate"), "{untrusted:?}");
 }

@@ -20,7 +20,7 @@ use callplus_proto::v1::signal_client::SignalClient;
 use callplus_session::client::CallOptions;
 use callplus_session::switchboard::SwitchboardConfig;
 use callplus_session::{CallId, DeviceId, EndReason, ParticipantState, UserId};
-use callplus_signal::server::{RunningServer, Server};
+use callplus_signal::server::{RunningServer, Server, ServerTls};
 use callplus_signal::storage::Storage;
 use callplus_signal::token::{self, AppCredentials};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -34,7 +34,7 @@ use tokio_stream::wrappers::ReceiverStream;
 pub use callplus_session::{
     CallState, CallType, ChangeMediaTypeResult, Code, Delivery, Direction, MediaType, RecordOrder,
 };
-pub use callplus_signal::client::{Client, ClientOptions, ConnectionState, Event, EventStream};
+pub use callplus_signal::client::{Client, ClientOptions, ConnectionState, Event, EventStream, TlsOptions};
 
 /// Upper bound of any single wait: a failure guard, never a synchronisation device.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -94,11 +94,38 @@ pub struct Setup {
     pub storage: Option<Arc<dyn Storage>>,
     /// The push webhook URL.
     pub push_webhook: Option<String>,
+    /// Serve devices over TLS with this certificate; the server's own parties trust it.
+    pub tls: Option<TestCertificate>,
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, made fresh for a test.
+#[derive(Debug, Clone)]
+pub struct TestCertificate {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+}
+
+impl TestCertificate {
+    /// A new key pair and certificate.
+    pub fn generate() -> TestCertificate {
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let made = rcgen::generate_simple_self_signed(names).expect("a self-signed certificate");
+        TestCertificate { cert_pem: made.cert.pem(), key_pem: made.signing_key.serialize_pem() }
+    }
+
+    /// Client settings that trust this certificate.
+    pub fn trusted(&self) -> TlsOptions {
+        TlsOptions::default().with_ca_pem(self.cert_pem.clone())
+    }
 }
 
 /// A running server on ephemeral ports of 127.0.0.1.
 pub struct TestServer {
     server: RunningServer,
+    /// How its parties check the server's certificate (TLS servers).
+    client_tls: TlsOptions,
 }
 
 impl TestServer {
@@ -119,7 +146,7 @@ impl TestServer {
 
     /// A server as `setup` says.
     pub async fn start_with(setup: Setup) -> TestServer {
-        let Setup { config: cfg, data_dir, storage, push_webhook } = setup;
+        let Setup { config: cfg, data_dir, storage, push_webhook, tls } = setup;
         let mut builder = Server::builder()
             .listen("127.0.0.1:0")
             .admin_listen("127.0.0.1:0")
@@ -133,9 +160,16 @@ impl TestServer {
         if let Some(url) = push_webhook {
             builder = builder.push_webhook(url);
         }
+        let client_tls = match &tls {
+            Some(cert) => {
+                builder = builder.tls(ServerTls::from_pem(cert.cert_pem.clone(), cert.key_pem.clone()));
+                cert.trusted()
+            }
+            None => TlsOptions::default(),
+        };
         let server =
             timeout(WAIT, builder.start()).await.expect("server starts in time").expect("server starts");
-        TestServer { server }
+        TestServer { server, client_tls }
     }
 
     /// The running server.
@@ -148,9 +182,9 @@ impl TestServer {
         self.server.grpc_addr()
     }
 
-    /// `http://…` of the gRPC listener.
+    /// `http://…` (`https://…` with TLS) of the gRPC listener.
     pub fn endpoint(&self) -> String {
-        endpoint(self.addr())
+        self.server.grpc_url()
     }
 
     /// The server's (first) app.
@@ -170,11 +204,13 @@ impl TestServer {
 
     /// `user` connected from `device`.
     pub async fn device(&self, user: &str, device: &str) -> Party {
-        Party::connect(&self.endpoint(), &self.token(user), user, device).await
+        let options = client_options(device).with_tls(self.client_tls.clone());
+        Party::connect_with(&self.endpoint(), &self.token(user), user, device, options).await
     }
 
     /// `user` connected from the device `{user}-phone` with `options` (media, say).
     pub async fn user_with(&self, user: &str, options: ClientOptions) -> Party {
+        let options = options.with_tls(self.client_tls.clone());
         Party::connect_with(&self.endpoint(), &self.token(user), user, &format!("{user}-phone"), options)
             .await
     }
@@ -259,6 +295,7 @@ impl Party {
             .unwrap_or_else(|_| panic!("{user}@{device}: connect timed out"))
             .unwrap_or_else(|e| panic!("{user}@{device}: connect refused: {e}"));
         assert_eq!(client.connection_state(), ConnectionState::Connected);
+        assert_eq!(client.user_id().map(|u| u.to_string()).as_deref(), Some(user));
         Party {
             name: user.to_owned(),
             device: device.to_owned(),

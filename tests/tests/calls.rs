@@ -910,3 +910,22 @@ async fn frames_larger_than_the_stream_buffers_arrive_whole() {
     bob.client.accept(&call).await.expect("accept");
     bob.expect(connected(&call), "bob connected").await;
 }
+
+#[tokio::test]
+async fn a_call_over_tls_works_like_one_over_plaintext() {
+    use callplus_tests::{Setup, TestCertificate};
+
+    let server =
+        TestServer::start_with(Setup { tls: Some(TestCertificate::generate()), ..Setup::default() }).await;
+    assert!(server.endpoint().starts_with("https://127.0.0.1:"), "{}", server.endpoint());
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    let call = establish(&mut alice, &mut bob, MediaType::Audio).await;
+    alice.client.hangup(Some(&call)).await.expect("hangup");
+    bob.expect(ended_with(&call, EndReason::RemoteHangup), "bob told").await;
+    bob.expect(record_of(&call), "bob's record").await;
+    alice.expect(record_of(&call), "alice's record").await;
+    let page = alice.client.get_call_records(-1, 10, RecordOrder::Desc).await.expect("records");
+    assert_eq!(page.records.first().map(|r| &r.call.call_id), Some(&call));
+    server.shutdown().await;
+}

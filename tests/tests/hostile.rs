@@ -560,3 +560,70 @@ async fn an_oversized_frame_after_the_hello_is_answered_message_too_large() {
     assert_eq!(R::try_from(r.code), Ok(R::MessageTooLarge), "{r:?}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn tls_is_refused_when_not_trusted_and_never_downgraded() {
+    use callplus_signal::server::{Server, ServerError, ServerTls};
+    use callplus_tests::{TestCertificate, TlsOptions};
+
+    let cert = TestCertificate::generate();
+    let server = TestServer::start_with(Setup { tls: Some(cert.clone()), ..Setup::default() }).await;
+    let (https, token) = (server.endpoint(), server.token("mallory"));
+    let connect = |endpoint: String, tls: TlsOptions| {
+        let token = token.clone();
+        async move {
+            let options = client_options("mallory-phone").with_tls(tls);
+            timeout(WAIT, Client::connect(&endpoint, &token, options)).await.expect("answered in time")
+        }
+    };
+
+    // The public roots do not vouch for a self-signed certificate.
+    let err = connect(https.clone(), TlsOptions::default()).await.expect_err("untrusted certificate");
+    assert_eq!(err.code, Code::NotConnected, "{err}");
+    assert!(err.message.to_lowercase().contains("certificate"), "{err}");
+
+    // Another certificate as the CA does not either.
+    let other = TestCertificate::generate().trusted();
+    let err = connect(https.clone(), other).await.expect_err("wrong CA");
+    assert_eq!(err.code, Code::NotConnected, "{err}");
+
+    // The right CA with a name the certificate does not carry.
+    let err = connect(https.clone(), cert.trusted().with_domain("calls.example.org"))
+        .await
+        .expect_err("wrong name");
+    assert_eq!(err.code, Code::NotConnected, "{err}");
+
+    // Plaintext HTTP/2 to the TLS listener gets nowhere.
+    let plaintext = https.replacen("https://", "http://", 1);
+    let err = connect(plaintext.clone(), TlsOptions::default()).await.expect_err("plaintext to TLS");
+    assert_eq!(err.code, Code::NotConnected, "{err}");
+
+    // Trust settings with an http:// endpoint are an error, not a silent plaintext connection.
+    let err = connect(plaintext, cert.trusted()).await.expect_err("TLS settings on http://");
+    assert_eq!(err.code, Code::ParamError, "{err}");
+
+    // The server is unharmed: a trusting client still calls.
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    establish(&mut alice, &mut bob, MediaType::Audio).await;
+
+    // A key that does not parse, a key of another certificate, or files that do not exist stop
+    // the start with TLS errors.
+    let bad = ServerTls::from_pem(
+        cert.cert_pem.clone(),
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    );
+    let started = Server::builder().in_memory().listen("127.0.0.1:0").no_admin().tls(bad).start().await;
+    assert!(matches!(started, Err(ServerError::Tls(_))), "{started:?}");
+    let mismatched = ServerTls::from_pem(cert.cert_pem.clone(), TestCertificate::generate().key_pem);
+    let started =
+        Server::builder().in_memory().listen("127.0.0.1:0").no_admin().tls(mismatched).start().await;
+    assert!(matches!(&started, Err(ServerError::Tls(m)) if m.contains("KeyMismatch")), "{started:?}");
+    let missing = std::path::Path::new("/nonexistent/callplus/cert.pem");
+    let read = ServerTls::from_files(missing, missing);
+    assert!(
+        matches!(&read, Err(ServerError::Tls(m)) if m.contains("/nonexistent/callplus/cert.pem")),
+        "{read:?}"
+    );
+    server.shutdown().await;
+}

@@ -10,7 +10,9 @@ use clap::{Args, ValueEnum};
 
 use super::LogFormat;
 use crate::server::config::{duration_ms_u32, parse_duration, parse_ice_server};
-use crate::server::{DEFAULT_ADMIN_LISTEN, DEFAULT_DATA_DIR, DEFAULT_LISTEN, Server, ServerOptions};
+use crate::server::{
+    DEFAULT_ADMIN_LISTEN, DEFAULT_DATA_DIR, DEFAULT_LISTEN, Server, ServerOptions, ServerTls,
+};
 
 /// Busy callees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -36,6 +38,13 @@ pub struct ServeArgs {
     /// gRPC address devices connect to.
     #[arg(long, env = "CALLPLUS_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: String,
+    /// PEM certificate chain for TLS on the gRPC listener (with `--tls-key`); devices then
+    /// connect with `https://`.
+    #[arg(long, env = "CALLPLUS_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "CALLPLUS_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Admin HTTP address (token API, /metrics, /healthz); `off` disables it.
     #[arg(long, env = "CALLPLUS_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: String,
@@ -155,6 +164,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let mut builder =
         Server::builder().data_dir(&args.data_dir).listen(&args.listen).config(config).options(options);
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        builder = builder.tls(ServerTls::from_files(cert, key)?);
+    }
     builder = if args.admin_listen.eq_ignore_ascii_case("off") {
         builder.no_admin()
     } else {
@@ -164,7 +176,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let data_dir = args.data_dir.display();
     println!("callplus {} is running", env!("CARGO_PKG_VERSION"));
-    println!("  gRPC (devices):   http://{}", server.grpc_addr());
+    println!("  gRPC (devices):   {}", server.grpc_url());
     match server.admin_addr() {
         Some(addr) => {
             println!("  admin API:        http://{addr}  (POST /v1/tokens, GET /metrics, GET /healthz)")

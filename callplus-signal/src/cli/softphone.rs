@@ -20,7 +20,7 @@ use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::client::{Client, ClientOptions, Event, EventStream, describe_event};
+use crate::client::{Client, ClientOptions, Event, EventStream, TlsOptions, describe_event};
 #[cfg(feature = "media")]
 use crate::client::{MediaEventStream, MediaOptions, describe_media_event};
 use callplus_session::client::CallOptions;
@@ -32,15 +32,40 @@ const RECORD_LINGER: Duration = Duration::from_secs(2);
 /// Where and as whom to connect.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
-    /// Server address (`http://host:port`, or `host:port`).
+    /// Server address (`http://host:port`, `https://host:port` for TLS, or `host:port`).
     #[arg(long, env = "CALLPLUS_SERVER", default_value = "http://127.0.0.1:7700")]
     pub server: String,
+    /// PEM file of the certificate authorities to trust for an `https://` server instead of
+    /// the public ones (a private CA, or the server's self-signed certificate).
+    #[arg(long, env = "CALLPLUS_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Name the `https://` server's certificate must carry, when the address is not it.
+    #[arg(long, env = "CALLPLUS_TLS_DOMAIN", value_name = "NAME")]
+    pub tls_domain: Option<String>,
     /// The user's token (mint one with `callplus token --user NAME`).
     #[arg(long, env = "CALLPLUS_TOKEN")]
     pub token: String,
     /// This device's id (random when absent).
     #[arg(long, env = "CALLPLUS_DEVICE_ID")]
     pub device_id: Option<String>,
+}
+
+impl ConnectArgs {
+    /// The TLS trust settings these flags describe.
+    ///
+    /// # Errors
+    /// The CA file cannot be read.
+    pub fn tls_options(&self) -> anyhow::Result<TlsOptions> {
+        let mut tls = TlsOptions::default();
+        if let Some(path) = &self.tls_ca {
+            let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            tls = tls.with_ca_pem(pem);
+        }
+        if let Some(domain) = &self.tls_domain {
+            tls = tls.with_domain(domain.clone());
+        }
+        Ok(tls)
+    }
 }
 
 /// Media flags of `dial` and `listen`; media is on when any of them is given.
@@ -188,7 +213,7 @@ async fn connect(
     args: &ConnectArgs,
     #[cfg(feature = "media")] media: &MediaArgs,
 ) -> anyhow::Result<(Client, EventStream, MediaEvents, String)> {
-    let mut options = ClientOptions::default();
+    let mut options = ClientOptions::default().with_tls(args.tls_options()?);
     if let Some(id) = &args.device_id {
         options.device_id = Some(DeviceId::new(id)?);
     }

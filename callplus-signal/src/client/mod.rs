@@ -37,6 +37,7 @@ pub(crate) mod describe;
 mod driver;
 #[cfg(feature = "media")]
 mod media;
+mod tls;
 mod transport;
 
 use std::pin::Pin;
@@ -59,6 +60,7 @@ pub use describe::describe_event;
 pub use media::{
     MediaEventStream, MediaOptions, SinkFactory, SourceFactory, describe_media_event, record_sink,
 };
+pub use tls::TlsOptions;
 
 /// What the client tells the app: the engine's events (SPEC §4 and connection state).
 ///
@@ -82,6 +84,8 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// How long one attempt to open a connection may take.
     pub connect_timeout: Duration,
+    /// How an `https://` server's certificate is checked (see [`TlsOptions`]).
+    pub tls: TlsOptions,
     /// Real media: with it, the client sets up WebRTC audio/video by itself for every call it
     /// is connected in (see [`MediaOptions`]); `None` (the default) leaves media to the app.
     #[cfg(feature = "media")]
@@ -96,6 +100,7 @@ impl Default for ClientOptions {
             reconnect_backoff_max: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            tls: TlsOptions::default(),
             #[cfg(feature = "media")]
             media: None,
         }
@@ -106,6 +111,12 @@ impl ClientOptions {
     /// These options with a fixed device id.
     pub fn with_device_id(mut self, device_id: DeviceId) -> Self {
         self.device_id = Some(device_id);
+        self
+    }
+
+    /// These options with these TLS trust settings (for `https://` endpoints).
+    pub fn with_tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -185,20 +196,22 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects to `endpoint` (`http://host:port`) with `token` and waits for the Welcome.
+    /// Connects to `endpoint` (`http://host:port`, or `https://host:port` for a server with
+    /// TLS, checked as [`ClientOptions::tls`] says) with `token` and waits for the Welcome.
     ///
     /// Must be called inside a tokio runtime; the client's task runs on it.
     ///
     /// # Errors
     /// The server's refusal (`TOKEN_INVALID`, `TOKEN_EXPIRED`, `APP_UNKNOWN`, …) with its code
     /// and message; `NOT_CONNECTED` when the server cannot be reached or closes the stream
-    /// before welcoming; `PARAM_ERROR` for a malformed endpoint.
+    /// before welcoming, and when its TLS certificate is not trusted; `PARAM_ERROR` for a
+    /// malformed endpoint or TLS settings on a plaintext one.
     pub async fn connect(
         endpoint: &str,
         token: &str,
         options: ClientOptions,
     ) -> Result<(Client, EventStream), Error> {
-        let transport = transport::GrpcTransport::new(endpoint, options.connect_timeout)?;
+        let transport = transport::GrpcTransport::new(endpoint, options.connect_timeout, &options.tls)?;
         Self::connect_with(Arc::new(transport), token, options).await
     }
 

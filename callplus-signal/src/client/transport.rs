@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::client::Error;
+use crate::client::{Error, TlsOptions};
+use crate::error_chain;
 use callplus_session::Code;
 
 /// Largest server frame the client accepts (records pages and call lists are the big ones).
@@ -87,8 +88,8 @@ pub(crate) struct GrpcTransport {
 }
 
 impl GrpcTransport {
-    /// A transport for `endpoint` (`http://host:port`).
-    pub(crate) fn new(endpoint: &str, connect_timeout: Duration) -> Result<Self, Error> {
+    /// A transport for `endpoint` (`http://host:port`, or `https://host:port` with `tls`).
+    pub(crate) fn new(endpoint: &str, connect_timeout: Duration, tls: &TlsOptions) -> Result<Self, Error> {
         let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
             .map_err(|e| Error::new(Code::ParamError, format!("invalid endpoint {endpoint:?}: {e}")))?
             .connect_timeout(connect_timeout)
@@ -96,7 +97,7 @@ impl GrpcTransport {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        Ok(GrpcTransport { endpoint })
+        Ok(GrpcTransport { endpoint: tls.apply(endpoint)? })
     }
 }
 
@@ -160,17 +161,6 @@ fn code_in_message(message: &str) -> Option<Code> {
         .filter(|s| s.len() == 5 && (s.starts_with("80") || s.starts_with("81")))
         .find_map(|s| s.parse::<i32>().ok().and_then(Code::from_number))
         .filter(|c| *c != Code::Internal)
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ mod grpc;
 mod metrics;
 mod push;
 pub mod shutdown;
+mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -48,6 +49,7 @@ use tokio::task::JoinHandle;
 pub use admin::{MAX_CLOCK_SKEW_SECS, sign_request};
 pub use config::ServerOptions;
 pub use push::{PushPayload, push_config_json};
+pub use tls::ServerTls;
 
 use crate::storage::{BatchWriter, SqliteStorage, Storage, StorageError, WriteOp};
 use crate::token::{self, AppCredentials};
@@ -77,6 +79,9 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The TLS certificate or key cannot be read or used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Storage holds no app and creating one was disabled.
     #[error("storage holds no app; start once with default app creation enabled")]
     NoApp,
@@ -109,6 +114,7 @@ pub struct ServerBuilder {
     admin_listen: Option<String>,
     config: SwitchboardConfig,
     options: ServerOptions,
+    tls: Option<ServerTls>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -118,6 +124,7 @@ impl std::fmt::Debug for ServerBuilder {
             .field("admin_listen", &self.admin_listen)
             .field("config", &self.config)
             .field("options", &self.options)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -130,6 +137,7 @@ impl Default for ServerBuilder {
             admin_listen: Some(DEFAULT_ADMIN_LISTEN.to_owned()),
             config: SwitchboardConfig::default(),
             options: ServerOptions::default(),
+            tls: None,
         }
     }
 }
@@ -162,6 +170,13 @@ impl ServerBuilder {
     /// The admin HTTP listen address.
     pub fn admin_listen(mut self, addr: impl Into<String>) -> Self {
         self.admin_listen = Some(addr.into());
+        self
+    }
+
+    /// Serves devices over TLS with this certificate and key (`https://` endpoints); without
+    /// it the gRPC listener is plaintext HTTP/2.
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -206,9 +221,14 @@ impl ServerBuilder {
     ///
     /// # Errors
     /// [`ServerError::Storage`] when storage cannot be opened or read, [`ServerError::Bind`]
-    /// when an address cannot be bound, [`ServerError::NoApp`].
+    /// when an address cannot be bound, [`ServerError::Tls`] for an unusable certificate or
+    /// key, [`ServerError::NoApp`].
     pub async fn start(self) -> Result<RunningServer, ServerError> {
-        let ServerBuilder { storage, listen, admin_listen, mut config, options } = self;
+        let ServerBuilder { storage, listen, admin_listen, mut config, options, tls } = self;
+        let mut grpc_server = match &tls {
+            Some(tls) => tls.apply(tonic::transport::Server::builder())?,
+            None => tonic::transport::Server::builder(),
+        };
         let (storage, data_dir): (Arc<dyn Storage>, Option<PathBuf>) = match storage {
             StorageSpec::DataDir(dir) => {
                 let d = dir.clone();
@@ -318,7 +338,7 @@ impl ServerBuilder {
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let fatal = fatal_tx.clone();
         let grpc_task = tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
+            let served = grpc_server
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = grpc_stop_rx.await;
@@ -360,6 +380,7 @@ impl ServerBuilder {
 
         Ok(RunningServer {
             grpc_addr,
+            tls: tls.is_some(),
             admin_addr,
             app,
             created_app: created,
@@ -392,6 +413,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// leaves its tasks running until the runtime stops.
 pub struct RunningServer {
     grpc_addr: SocketAddr,
+    tls: bool,
     admin_addr: Option<SocketAddr>,
     app: AppCredentials,
     created_app: bool,
@@ -422,9 +444,16 @@ impl std::fmt::Debug for RunningServer {
 }
 
 impl RunningServer {
-    /// Where devices connect (gRPC over HTTP/2, plaintext).
+    /// Where devices connect (gRPC over HTTP/2; TLS when [`ServerBuilder::tls`] was given).
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// The endpoint devices pass to `Client::connect`: `https://ADDR` with TLS, else
+    /// `http://ADDR`.
+    pub fn grpc_url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.grpc_addr)
     }
 
     /// Where the admin API listens, if it runs.

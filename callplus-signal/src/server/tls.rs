@@ -1,0 +1,67 @@
+//! TLS on the device-facing gRPC listener.
+//!
+//! Devices carry tokens and call metadata; anything beyond a trusted network needs the
+//! stream encrypted. The server terminates TLS itself (rustls, through tonic) so a single
+//! binary is enough; a TLS-terminating proxy in front still works with plaintext here.
+
+use std::path::Path;
+
+use tonic::transport::{Identity, ServerTlsConfig};
+
+use super::ServerError;
+
+/// The certificate chain and private key the gRPC listener presents.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), callplus_signal::server::ServerError> {
+/// use callplus_signal::server::{Server, ServerTls};
+///
+/// let tls = ServerTls::from_files("/etc/callplus/cert.pem".as_ref(), "/etc/callplus/key.pem".as_ref())?;
+/// let server = Server::builder().listen("0.0.0.0:7700").tls(tls).start().await?;
+/// println!("devices connect to {}", server.grpc_url());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ServerTls {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key never reaches a log.
+        f.debug_struct("ServerTls").field("cert_pem_bytes", &self.cert_pem.len()).finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// A PEM certificate chain (leaf first) and its PEM private key (PKCS#8, PKCS#1 or SEC1).
+    /// They are checked when the server starts.
+    pub fn from_pem(cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        ServerTls { cert_pem: cert_pem.into(), key_pem: key_pem.into() }
+    }
+
+    /// Reads the certificate chain and the key from PEM files.
+    ///
+    /// # Errors
+    /// [`ServerError::Tls`] when a file cannot be read.
+    pub fn from_files(cert: &Path, key: &Path) -> Result<Self, ServerError> {
+        let read = |path: &Path, what: &str| {
+            std::fs::read(path)
+                .map_err(|e| ServerError::Tls(format!("cannot read the {what} {}: {e}", path.display())))
+        };
+        Ok(ServerTls::from_pem(read(cert, "certificate")?, read(key, "private key")?))
+    }
+
+    /// tonic's server settings, with the certificate and key parsed (so a bad pair fails the
+    /// start rather than the first handshake).
+    pub(super) fn apply(
+        &self,
+        server: tonic::transport::Server,
+    ) -> Result<tonic::transport::Server, ServerError> {
+        let identity = Identity::from_pem(&self.cert_pem, &self.key_pem);
+        server
+            .tls_config(ServerTlsConfig::new().identity(identity))
+            .map_err(|e| ServerError::Tls(format!("invalid certificate or key: {}", crate::error_chain(&e))))
+    }
+}
