@@ -94,6 +94,8 @@ pub struct Setup {
     pub storage: Option<Arc<dyn Storage>>,
     /// The push webhook URL.
     pub push_webhook: Option<String>,
+    /// The authorities the server trusts for an `https://` webhook (PEM).
+    pub push_webhook_ca: Option<String>,
     /// Serve devices over TLS with this certificate; the server's own parties trust it.
     pub tls: Option<TestCertificate>,
 }
@@ -146,7 +148,7 @@ impl TestServer {
 
     /// A server as `setup` says.
     pub async fn start_with(setup: Setup) -> TestServer {
-        let Setup { config: cfg, data_dir, storage, push_webhook, tls } = setup;
+        let Setup { config: cfg, data_dir, storage, push_webhook, push_webhook_ca, tls } = setup;
         let mut builder = Server::builder()
             .listen("127.0.0.1:0")
             .admin_listen("127.0.0.1:0")
@@ -159,6 +161,9 @@ impl TestServer {
         };
         if let Some(url) = push_webhook {
             builder = builder.push_webhook(url);
+        }
+        if let Some(pem) = push_webhook_ca {
+            builder = builder.push_webhook_ca(pem);
         }
         let client_tls = match &tls {
             Some(cert) => {
@@ -264,21 +269,7 @@ impl std::fmt::Debug for Party {
 impl Party {
     /// Connects `user` on `device` with `token`; panics if refused.
     pub async fn connect(endpoint: &str, token: &str, user: &str, device: &str) -> Party {
-        let connecting = Client::connect(endpoint, token, client_options(device));
-        let (client, events) = timeout(WAIT, connecting)
-            .await
-            .unwrap_or_else(|_| panic!("{user}@{device}: connect timed out"))
-            .unwrap_or_else(|e| panic!("{user}@{device}: connect refused: {e}"));
-        assert_eq!(client.connection_state(), ConnectionState::Connected);
-        assert_eq!(client.user_id().map(|u| u.to_string()).as_deref(), Some(user));
-        Party {
-            name: user.to_owned(),
-            device: device.to_owned(),
-            client,
-            events,
-            log: Vec::new(),
-            taken: Vec::new(),
-        }
+        Party::connect_with(endpoint, token, user, device, client_options(device)).await
     }
 
     /// Connects `user` with `options` (whose device id is set to `device`); panics if refused.
@@ -611,8 +602,47 @@ pub struct PushReceiver {
 }
 
 impl PushReceiver {
-    /// Listens on 127.0.0.1:0.
+    /// Listens on 127.0.0.1:0 (plain HTTP).
     pub async fn start() -> PushReceiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("webhook binds");
+        let addr = listener.local_addr().expect("webhook address");
+        let (app, rx) = PushReceiver::app();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        })
+        .abort_handle();
+        PushReceiver { url: format!("http://{addr}/push"), rx, task }
+    }
+
+    /// Listens on 127.0.0.1:0 over HTTPS with `cert` (which names 127.0.0.1).
+    pub async fn start_tls(cert: &TestCertificate) -> PushReceiver {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let chain = vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).expect("certificate PEM")];
+        let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("key PEM");
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .expect("certificate and key");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("webhook binds");
+        let addr = tcp.local_addr().expect("webhook address");
+        let listener = TlsListener { tcp, acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)) };
+        let (app, rx) = PushReceiver::app();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        })
+        .abort_handle();
+        PushReceiver { url: format!("https://{addr}/push"), rx, task }
+    }
+
+    /// The webhook route, and the receiver of every body POSTed to it.
+    fn app() -> (axum::Router, mpsc::UnboundedReceiver<serde_json::Value>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let app = axum::Router::new().route(
             "/push",
@@ -624,13 +654,7 @@ impl PushReceiver {
                 }
             }),
         );
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("webhook binds");
-        let addr = listener.local_addr().expect("webhook address");
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        })
-        .abort_handle();
-        PushReceiver { url: format!("http://{addr}/push"), rx, task }
+        (app, rx)
     }
 
     /// The next payload.
@@ -641,6 +665,31 @@ impl PushReceiver {
     /// A payload already received, if any.
     pub fn try_next(&mut self) -> Option<serde_json::Value> {
         self.rx.try_recv().ok()
+    }
+}
+
+/// TCP connections of 127.0.0.1 that completed a TLS handshake; failed handshakes are
+/// dropped (the client sees the failure).
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, addr)) = self.tcp.accept().await else { continue };
+            if let Ok(tls) = self.acceptor.accept(stream).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
     }
 }
 

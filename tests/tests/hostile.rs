@@ -627,3 +627,33 @@ async fn tls_is_refused_when_not_trusted_and_never_downgraded() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn unusable_push_webhook_settings_stop_the_start() {
+    use callplus_signal::server::{Server, ServerError};
+    use callplus_tests::TestCertificate;
+
+    let ca = TestCertificate::generate().cert_pem;
+    let cases: [(&str, Option<&str>, &str); 5] = [
+        ("not a url", None, "invalid webhook URL"),
+        ("ftp://127.0.0.1/push", None, "must be http:// or https://"),
+        ("http://127.0.0.1:9/push", Some(ca.as_str()), "not an https:// URL"),
+        ("https://127.0.0.1:9/push", Some("no certificate here"), "no PEM certificate"),
+        (
+            "https://127.0.0.1:9/push",
+            Some("-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n"),
+            "CA",
+        ),
+    ];
+    for (url, ca, expected) in cases {
+        let mut builder = Server::builder().in_memory().listen("127.0.0.1:0").no_admin().push_webhook(url);
+        if let Some(pem) = ca {
+            builder = builder.push_webhook_ca(pem);
+        }
+        let started = builder.start().await;
+        assert!(
+            matches!(&started, Err(ServerError::Push(m)) if m.contains(expected)),
+            "{url} with CA {ca:?}: {started:?}"
+        );
+    }
+}

@@ -239,3 +239,25 @@ async fn an_offline_group_invitee_can_join_later_and_gets_its_record_but_no_summ
     assert_eq!(carol.seen(summary_of(&call)), 0, "no summary for group calls");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_https_webhook_with_a_private_ca_is_pushed() {
+    use callplus_tests::TestCertificate;
+
+    let cert = TestCertificate::generate();
+    let mut push = PushReceiver::start_tls(&cert).await;
+    assert!(push.url.starts_with("https://127.0.0.1:"), "{}", push.url);
+    let server = TestServer::start_with(Setup {
+        push_webhook: Some(push.url.clone()),
+        push_webhook_ca: Some(cert.cert_pem.clone()),
+        ..Setup::default()
+    })
+    .await;
+    let alice = server.user("alice").await;
+    let options = CallOptions { push: Some(push_config()), ..CallOptions::default() };
+    let call = alice.call_with("bob", MediaType::Audio, options).await;
+    let payload = push.next().await;
+    assert_eq!(payload["call_id"], call.as_str(), "{payload}");
+    assert_eq!(payload["push_config"]["title"], "Alice is calling", "{payload}");
+    server.shutdown().await;
+}

@@ -81,6 +81,10 @@ pub struct ServeArgs {
     /// URL that push notifications for offline callees are POSTed to (JSON); none = no push.
     #[arg(long, env = "CALLPLUS_PUSH_WEBHOOK")]
     pub push_webhook: Option<String>,
+    /// PEM file of the certificate authorities to trust for an `https://` push webhook instead
+    /// of the public ones.
+    #[arg(long, env = "CALLPLUS_PUSH_WEBHOOK_CA", value_name = "FILE", requires = "push_webhook")]
+    pub push_webhook_ca: Option<PathBuf>,
     /// Tries per push notification, with exponential backoff.
     #[arg(long, env = "CALLPLUS_PUSH_ATTEMPTS", default_value_t = 4)]
     pub push_attempts: u32,
@@ -159,6 +163,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         hello_timeout: args.hello_timeout,
         outbound_queue: args.outbound_queue,
         push_webhook: args.push_webhook.clone(),
+        push_webhook_ca_pem: match &args.push_webhook_ca {
+            Some(path) => {
+                Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
+            }
+            None => None,
+        },
         push_attempts: args.push_attempts.max(1),
         ..ServerOptions::default()
     };

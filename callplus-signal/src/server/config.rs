@@ -15,8 +15,12 @@ pub struct ServerOptions {
     /// resume; the frames stay in the switchboard's outbox). Raised to at least
     /// `max_unacked_frames + 256` so a resume's replay always fits.
     pub outbound_queue: usize,
-    /// Where push notifications for offline callees are POSTed; `None` disables push.
+    /// Where push notifications for offline callees are POSTed (`http://` or `https://`);
+    /// `None` disables push.
     pub push_webhook: Option<String>,
+    /// PEM certificates of the authorities trusted for an `https://` webhook instead of the
+    /// public ones (a push gateway with a private CA or a self-signed certificate).
+    pub push_webhook_ca_pem: Option<Vec<u8>>,
     /// Tries per push notification (with exponential backoff between them).
     pub push_attempts: u32,
     /// Delay before the second try; doubles for each further try.
@@ -35,6 +39,7 @@ impl Default for ServerOptions {
             hello_timeout: Duration::from_secs(10),
             outbound_queue: 1024,
             push_webhook: None,
+            push_webhook_ca_pem: None,
             push_attempts: 4,
             push_backoff: Duration::from_millis(500),
             push_timeout: Duration::from_secs(10),

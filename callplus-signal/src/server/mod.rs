@@ -79,6 +79,9 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The push webhook's URL or CA is unusable.
+    #[error("push webhook: {0}")]
+    Push(String),
     /// The TLS certificate or key cannot be read or used.
     #[error("TLS: {0}")]
     Tls(String),
@@ -204,6 +207,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Trusts only the authorities in `pem` for an `https://` push webhook.
+    pub fn push_webhook_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.options.push_webhook_ca_pem = Some(pem.into());
+        self
+    }
+
     /// How long a new stream may take to send its Hello.
     pub fn hello_timeout(mut self, timeout: Duration) -> Self {
         self.options.hello_timeout = timeout;
@@ -222,12 +231,19 @@ impl ServerBuilder {
     /// # Errors
     /// [`ServerError::Storage`] when storage cannot be opened or read, [`ServerError::Bind`]
     /// when an address cannot be bound, [`ServerError::Tls`] for an unusable certificate or
-    /// key, [`ServerError::NoApp`].
+    /// key, [`ServerError::Push`] for an unusable webhook URL or CA, [`ServerError::NoApp`].
     pub async fn start(self) -> Result<RunningServer, ServerError> {
         let ServerBuilder { storage, listen, admin_listen, mut config, options, tls } = self;
         let mut grpc_server = match &tls {
             Some(tls) => tls.apply(tonic::transport::Server::builder())?,
             None => tonic::transport::Server::builder(),
+        };
+        let push_client = match &options.push_webhook {
+            Some(url) => Some(
+                push::http_client(url, options.push_webhook_ca_pem.as_deref(), options.push_timeout)
+                    .map_err(ServerError::Push)?,
+            ),
+            None => None,
         };
         let (storage, data_dir): (Arc<dyn Storage>, Option<PathBuf>) = match storage {
             StorageSpec::DataDir(dir) => {
@@ -305,15 +321,14 @@ impl ServerBuilder {
             }
         });
 
-        let push_task = match (push_rx, &options.push_webhook) {
-            (Some(rx), Some(url)) => {
+        let push_task = match (push_rx, push_client, &options.push_webhook) {
+            (Some(rx), Some(client), Some(url)) => {
                 let settings = push::PushSettings {
                     url: url.clone(),
                     attempts: options.push_attempts,
                     backoff: options.push_backoff,
-                    timeout: options.push_timeout,
                 };
-                Some(tokio::spawn(push::run(settings, rx, handle.clone(), metrics.clone())))
+                Some(tokio::spawn(push::run(settings, client, rx, handle.clone(), metrics.clone())))
             }
             _ => None,
         };

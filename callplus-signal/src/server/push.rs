@@ -98,23 +98,48 @@ pub(crate) struct PushSettings {
     pub(crate) url: String,
     pub(crate) attempts: u32,
     pub(crate) backoff: Duration,
-    pub(crate) timeout: Duration,
+}
+
+/// The HTTP client for `url`, checked before the server starts so that a typo in the URL or an
+/// unreadable CA stops the start instead of failing every notification later.
+///
+/// `https://` webhooks trust the bundled Mozilla roots, or only the authorities in `ca_pem`.
+pub(crate) fn http_client(
+    url: &str,
+    ca_pem: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<reqwest::Client, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid webhook URL {url:?}: {e}"))?;
+    match parsed.scheme() {
+        "http" | "https" => {}
+        other => return Err(format!("the webhook URL {url:?} must be http:// or https://, not {other}://")),
+    }
+    if ca_pem.is_some() && parsed.scheme() != "https" {
+        return Err(format!("a webhook CA is given but {url:?} is not an https:// URL"));
+    }
+    let mut builder = reqwest::Client::builder().timeout(timeout);
+    if let Some(pem) = ca_pem {
+        let roots = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("cannot read the webhook CA certificates: {e}"))?;
+        if roots.is_empty() {
+            return Err("the webhook CA file holds no PEM certificate".to_owned());
+        }
+        builder = builder.tls_built_in_root_certs(false);
+        for root in roots {
+            builder = builder.add_root_certificate(root);
+        }
+    }
+    builder.build().map_err(|e| format!("cannot build the webhook HTTP client: {e}"))
 }
 
 /// Takes push requests from the driver and delivers them until the queue closes.
 pub(crate) async fn run(
     settings: PushSettings,
+    client: reqwest::Client,
     mut rx: mpsc::Receiver<PushRequest>,
     driver: DriverHandle,
     metrics: Arc<Metrics>,
 ) {
-    let client = match reqwest::Client::builder().timeout(settings.timeout).build() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the push HTTP client; push disabled");
-            return;
-        }
-    };
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
     while let Some(request) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else { break };
@@ -154,7 +179,10 @@ async fn deliver(
             Ok(resp) => {
                 tracing::warn!(attempt, status = %resp.status(), call = %request.call_id, "push webhook refused");
             }
-            Err(e) => tracing::warn!(attempt, error = %e, call = %request.call_id, "push webhook failed"),
+            Err(e) => {
+                let error = crate::error_chain(&e);
+                tracing::warn!(attempt, %error, call = %request.call_id, "push webhook failed");
+            }
         }
         if attempt < settings.attempts {
             tokio::time::sleep(delay).await;
