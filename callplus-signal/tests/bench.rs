@@ -72,3 +72,11 @@ fn idle_devices_are_held_and_measured() {
     assert_eq!(v["tcp_connections"].as_u64(), Some(10), "{v}");
     assert!(v["server_rss_per_device_kib"].is_number(), "{v}");
 }
+
+#[test]
+fn call_cycles_run_over_tls() {
+    let v = run_bench(&["--users", "10", "--duration", "1s", "--tls"]);
+    assert!(v["completed"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["failed"].as_u64(), Some(0), "{v}");
+    assert!(v["endpoint"].as_str().is_some_and(|e| e.starts_with("https://127.0.0.1:")), "{v}");
+}

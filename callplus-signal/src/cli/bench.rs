@@ -94,6 +94,17 @@ pub struct BenchArgs {
     /// Extra flag for the `callplus serve` child (repeat; e.g. `--server-arg=--busy-policy=reject`).
     #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true, conflicts_with = "server")]
     pub server_args: Vec<String>,
+    /// Serve devices over TLS (a fresh self-signed certificate for 127.0.0.1, trusted by the
+    /// simulated users), to measure what encryption costs.
+    #[arg(long, conflicts_with = "server")]
+    pub tls: bool,
+    /// PEM authorities to trust for an `https://` `--server` (its self-signed certificate, or
+    /// a private CA).
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub tls_ca: Option<PathBuf>,
+    /// Name the `--server`'s certificate must carry, when the URL's host is not it.
+    #[arg(long, value_name = "NAME", requires = "server")]
+    pub tls_domain: Option<String>,
     /// Also print the report as one JSON object on the last line of stdout.
     #[arg(long)]
     pub json: bool,

@@ -160,10 +160,10 @@ async fn connect_users(
     for i in 0..n {
         let user = format!("{prefix}-{i}");
         let token = target.token(&user)?;
-        let (endpoint, gate) = (target.endpoint.clone(), gate.clone());
+        let (endpoint, gate, tls) = (target.endpoint.clone(), gate.clone(), target.tls.clone());
         set.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            let connected = Client::connect(&endpoint, &token, ClientOptions::default()).await;
+            let connected = Client::connect(&endpoint, &token, ClientOptions::default().with_tls(tls)).await;
             (user, connected)
         });
     }
@@ -443,6 +443,7 @@ impl Tally {
             "server_rss_kib": server.1.map(|s| s.rss_kib),
             "loadgen_cpu_s": self_cpu,
             "server": target.describe(),
+            "endpoint": target.endpoint,
             "server_in_process": target.shares_process(),
             "machine": machine(),
         });

@@ -20,7 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::report::{Reasons, Report, machine, reasons_line, round3};
 use super::target::{ProcStats, Target, open_files_limit, proc_stats};
 use super::{BenchArgs, IdleClient};
-use crate::client::{Client, ClientOptions, EventStream};
+use crate::client::{Client, ClientOptions, EventStream, TlsOptions};
 
 /// Waited for before the baseline and after the last connect, so the server is quiet.
 const SETTLE: Duration = Duration::from_secs(2);
@@ -98,12 +98,12 @@ pub(crate) async fn run(args: &BenchArgs, target: &Target, n: usize) -> anyhow::
         }
         let source = sources.get(c % sources.len().max(1)).copied();
         let (endpoint, gate, shared) = (target.endpoint.clone(), gate.clone(), shared.clone());
-        let mode = args.idle_client;
+        let (mode, tls) = (args.idle_client, target.tls.clone());
         set.spawn(async move {
             let _permit = gate.acquire_owned().await;
             match mode {
-                IdleClient::Raw => connect_raw(&endpoint, source, devices, &shared).await,
-                IdleClient::Client => connect_clients(&endpoint, devices, &shared).await,
+                IdleClient::Raw => connect_raw(&endpoint, &tls, source, devices, &shared).await,
+                IdleClient::Client => connect_clients(&endpoint, &tls, devices, &shared).await,
             }
         });
     }
@@ -202,14 +202,17 @@ fn source_addresses(args: &BenchArgs, endpoint: &str, conns: usize) -> Vec<IpAdd
 /// Opens one HTTP/2 connection and a bare signalling stream per device on it.
 async fn connect_raw(
     endpoint: &str,
+    tls: &TlsOptions,
     source: Option<IpAddr>,
     devices: Vec<(usize, String)>,
     shared: &Arc<Shared>,
 ) {
-    let channel = match Endpoint::from_shared(endpoint.to_owned()) {
-        Ok(e) => {
-            e.tcp_nodelay(true).connect_timeout(Duration::from_secs(30)).local_address(source).connect().await
-        }
+    let endpoint = Endpoint::from_shared(endpoint.to_owned()).map_err(|e| e.to_string()).and_then(|e| {
+        let e = e.tcp_nodelay(true).connect_timeout(Duration::from_secs(30)).local_address(source);
+        tls.apply(e).map_err(|e| e.message)
+    });
+    let channel = match endpoint {
+        Ok(e) => e.connect().await,
         Err(e) => {
             for _ in &devices {
                 shared.fail(format!("endpoint:{e}"));
@@ -310,9 +313,14 @@ async fn hold(
 }
 
 /// Connects full clients, one per device, and keeps them until the end.
-async fn connect_clients(endpoint: &str, devices: Vec<(usize, String)>, shared: &Arc<Shared>) {
+async fn connect_clients(
+    endpoint: &str,
+    tls: &TlsOptions,
+    devices: Vec<(usize, String)>,
+    shared: &Arc<Shared>,
+) {
     for (_, token) in devices {
-        match Client::connect(endpoint, &token, ClientOptions::default()).await {
+        match Client::connect(endpoint, &token, ClientOptions::default().with_tls(tls.clone())).await {
             Ok(held) => {
                 shared.counters.connected.fetch_add(1, Ordering::Relaxed);
                 shared.clients.lock().unwrap_or_else(PoisonError::into_inner).push(held);

@@ -2,6 +2,7 @@
 //! process, or one already running; tokens for it; and its CPU and memory from `/proc`.
 
 use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,7 +10,8 @@ use anyhow::{Context as _, anyhow, bail};
 use callplus_session::switchboard::SwitchboardConfig;
 
 use super::BenchArgs;
-use crate::server::{RunningServer, Server};
+use crate::client::TlsOptions;
+use crate::server::{RunningServer, Server, ServerTls};
 use crate::storage::{SqliteStorage, Storage as _};
 use crate::token;
 
@@ -31,8 +33,10 @@ enum Kind {
 
 /// The server under test.
 pub(crate) struct Target {
-    /// Where devices connect (`http://host:port`).
+    /// Where devices connect (`http://host:port`, or `https://` with TLS).
     pub(crate) endpoint: String,
+    /// How the simulated users check the server's certificate.
+    pub(crate) tls: TlsOptions,
     app_key: String,
     app_secret: String,
     kind: Kind,
@@ -80,6 +84,29 @@ pub(crate) fn open_files_limit() -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
+/// A self-signed certificate for 127.0.0.1 written to the run's temporary directory.
+struct SelfSigned {
+    cert: PathBuf,
+    key: PathBuf,
+    pem: String,
+}
+
+impl SelfSigned {
+    fn create(dir: &Path) -> anyhow::Result<SelfSigned> {
+        let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let made = rcgen::generate_simple_self_signed(names).context("cannot make a certificate")?;
+        let (cert, key) = (dir.join("bench-cert.pem"), dir.join("bench-key.pem"));
+        let pem = made.cert.pem();
+        std::fs::write(&cert, &pem)?;
+        std::fs::write(&key, made.signing_key.serialize_pem())?;
+        Ok(SelfSigned { cert, key, pem })
+    }
+
+    fn trusted(&self) -> TlsOptions {
+        TlsOptions::default().with_ca_pem(self.pem.clone())
+    }
+}
+
 impl Target {
     /// Starts (or finds) the server the arguments name.
     pub(crate) async fn start(args: &BenchArgs) -> anyhow::Result<Target> {
@@ -96,31 +123,42 @@ impl Target {
                 }
                 _ => bail!("--server needs --app-key and --app-secret, or --data-dir, to mint tokens"),
             };
+            let mut tls = TlsOptions::default();
+            if let Some(path) = &args.tls_ca {
+                tls = tls.with_ca_pem(
+                    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+                );
+            }
+            if let Some(domain) = &args.tls_domain {
+                tls = tls.with_domain(domain.clone());
+            }
             return Ok(Target {
                 endpoint,
+                tls,
                 app_key,
                 app_secret,
                 kind: Kind::External { pid: args.server_pid },
             });
         }
         let dir = tempfile::Builder::new().prefix("callplus-bench-").tempdir()?;
+        let certificate = if args.tls { Some(SelfSigned::create(dir.path())?) } else { None };
+        let tls = certificate.as_ref().map_or_else(TlsOptions::default, SelfSigned::trusted);
         if args.in_process {
             let config = SwitchboardConfig {
                 requests_per_second: UNLIMITED_REQUESTS,
                 request_burst: UNLIMITED_REQUESTS,
                 ..SwitchboardConfig::default()
             };
-            let server = Server::builder()
-                .data_dir(dir.path())
-                .listen("127.0.0.1:0")
-                .no_admin()
-                .config(config)
-                .start()
-                .await
-                .context("cannot start the server")?;
+            let mut builder =
+                Server::builder().data_dir(dir.path()).listen("127.0.0.1:0").no_admin().config(config);
+            if let Some(cert) = &certificate {
+                builder = builder.tls(ServerTls::from_files(&cert.cert, &cert.key)?);
+            }
+            let server = builder.start().await.context("cannot start the server")?;
             let app = server.app_credentials().clone();
             return Ok(Target {
-                endpoint: format!("http://{}", server.grpc_addr()),
+                endpoint: server.grpc_url(),
+                tls,
                 app_key: app.app_key,
                 app_secret: app.app_secret,
                 kind: Kind::InProcess { server: Box::new(server), _dir: dir },
@@ -134,11 +172,11 @@ impl Target {
             .arg("--data-dir")
             .arg(dir.path())
             .args(["--requests-per-second", &UNLIMITED_REQUESTS.to_string()])
-            .args(["--request-burst", &UNLIMITED_REQUESTS.to_string()])
-            .args(&args.server_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .args(["--request-burst", &UNLIMITED_REQUESTS.to_string()]);
+        if let Some(cert) = &certificate {
+            command.arg("--tls-cert").arg(&cert.cert).arg("--tls-key").arg(&cert.key);
+        }
+        command.args(&args.server_args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = command.spawn().context("cannot start `callplus serve`")?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout from the server"))?;
         let banner = tokio::task::spawn_blocking(move || read_banner(stdout));
@@ -162,6 +200,7 @@ impl Target {
         };
         Ok(Target {
             endpoint: banner.endpoint,
+            tls,
             app_key: banner.app_key,
             app_secret: banner.app_secret,
             kind: Kind::Child { child, _dir: dir },
