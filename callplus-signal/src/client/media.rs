@@ -49,6 +49,9 @@ pub type SourceFactory = Arc<dyn Fn() -> Result<Box<dyn MediaSource>, MediaError
 /// Makes the sink for a remote user's audio or video in a call; `None` drops that media.
 pub type SinkFactory = Arc<dyn Fn(&UserId, MediaKind) -> Option<Box<dyn MediaSink>> + Send + Sync>;
 
+/// A [`SinkFactory`] that is also told the call (see [`MediaOptions::with_call_sinks`]).
+type CallSinkFactory = Arc<dyn Fn(&CallId, &UserId, MediaKind) -> Option<Box<dyn MediaSink>> + Send + Sync>;
+
 /// Media settings of a [`Client`](super::Client): with them, the client sets up WebRTC media by
 /// itself for every call it is connected in.
 #[derive(Clone)]
@@ -67,6 +70,8 @@ pub struct MediaOptions {
     pub sinks: Option<SinkFactory>,
     /// Media events kept for the app before it reads them; when full, the newest are dropped.
     pub event_capacity: usize,
+    /// Set by [`MediaOptions::with_call_sinks`]; used instead of `sinks` when set.
+    call_sinks: Option<CallSinkFactory>,
 }
 
 impl std::fmt::Debug for MediaOptions {
@@ -77,6 +82,7 @@ impl std::fmt::Debug for MediaOptions {
             .field("microphone", &self.microphone.is_some())
             .field("camera", &self.camera.is_some())
             .field("sinks", &self.sinks.is_some())
+            .field("call_sinks", &self.call_sinks.is_some())
             .field("event_capacity", &self.event_capacity)
             .finish()
     }
@@ -98,6 +104,7 @@ impl MediaOptions {
             camera: None,
             sinks: None,
             event_capacity: 1024,
+            call_sinks: None,
         }
     }
 
@@ -137,6 +144,17 @@ impl MediaOptions {
         factory: impl Fn(&UserId, MediaKind) -> Option<Box<dyn MediaSink>> + Send + Sync + 'static,
     ) -> Self {
         self.sinks = Some(Arc::new(factory));
+        self
+    }
+
+    /// A sink factory that is also told the call the sink is for: for apps that keep several
+    /// calls' media apart (a C app's frame callback names the call). Used instead of
+    /// [`MediaOptions::sinks`] when both are set.
+    pub fn with_call_sinks(
+        mut self,
+        factory: impl Fn(&CallId, &UserId, MediaKind) -> Option<Box<dyn MediaSink>> + Send + Sync + 'static,
+    ) -> Self {
+        self.call_sinks = Some(Arc::new(factory));
         self
     }
 
@@ -518,7 +536,7 @@ impl Glue {
         }
         let mut specs = Vec::with_capacity(peers.len());
         for (user, device) in peers {
-            self.attach_sinks(&user, call.video);
+            self.attach_sinks(&call_id, &user, call.video);
             specs.push(PeerSpec::new(&local_user, &self.device, user.clone(), device.clone()));
             call.peers.insert(user, device);
         }
@@ -597,19 +615,28 @@ impl Glue {
         }
     }
 
-    fn attach_sinks(&self, user: &UserId, video: bool) {
-        let Some(factory) = &self.options.sinks else { return };
+    fn attach_sinks(&self, call_id: &CallId, user: &UserId, video: bool) {
         let kinds: &[MediaKind] =
             if video { &[MediaKind::Audio, MediaKind::Video] } else { &[MediaKind::Audio] };
         for &kind in kinds {
-            if let Some(sink) = factory(user, kind) {
-                self.adapter.set_sink(user.clone(), kind, sink);
-            }
+            self.attach_sink(call_id, user, kind);
+        }
+    }
+
+    /// Asks the app's factory for one sink and hands it to the adapter.
+    fn attach_sink(&self, call_id: &CallId, user: &UserId, kind: MediaKind) {
+        let sink = match (&self.options.call_sinks, &self.options.sinks) {
+            (Some(factory), _) => factory(call_id, user, kind),
+            (None, Some(factory)) => factory(user, kind),
+            (None, None) => None,
+        };
+        if let Some(sink) = sink {
+            self.adapter.set_sink(user.clone(), kind, sink);
         }
     }
 
     fn detach_sinks(&self, user: &UserId) {
-        if self.options.sinks.is_some() {
+        if self.options.sinks.is_some() || self.options.call_sinks.is_some() {
             self.adapter.remove_sink(user, MediaKind::Audio);
             self.adapter.remove_sink(user, MediaKind::Video);
         }
@@ -646,7 +673,7 @@ impl Glue {
                 }
                 let video = call.video;
                 call.peers.insert(user.clone(), device.clone());
-                self.attach_sinks(&user, video);
+                self.attach_sinks(call_id, &user, video);
                 let spec = PeerSpec::new(&local_user, &self.device, user.clone(), device);
                 if let Err(e) = self.adapter.add_peer(call_id, spec).await {
                     if let Some(call) = self.calls.get_mut(call_id) {
@@ -675,12 +702,8 @@ impl Glue {
         if call.media_type != media_type {
             if media_type == MediaType::AudioVideo && !call.video {
                 self.enable_video(call_id, &mut call).await;
-                if let Some(factory) = &self.options.sinks {
-                    for user in call.peers.keys() {
-                        if let Some(sink) = factory(user, MediaKind::Video) {
-                            self.adapter.set_sink(user.clone(), MediaKind::Video, sink);
-                        }
-                    }
+                for user in call.peers.keys() {
+                    self.attach_sink(call_id, user, MediaKind::Video);
                 }
             }
             match self.adapter.set_media_type(call_id, media_type).await {
