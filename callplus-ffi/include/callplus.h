@@ -547,6 +547,48 @@ typedef enum callplus_event_type {
      */
     CALLPLUS_EVENT_TYPE_DELIVERY_CHANGED = 18,
     /**
+     * Built-in media: the media path to another participant's device is up (ICE and DTLS
+     * connected): `call_id`, `user_id`, `device_id`.
+     */
+    CALLPLUS_EVENT_TYPE_PEER_CONNECTED = 19,
+    /**
+     * Built-in media: a remote user's track started (`user_media_available`): `call_id`,
+     * `user_id`, `media_kind`.
+     */
+    CALLPLUS_EVENT_TYPE_USER_MEDIA_AVAILABLE = 20,
+    /**
+     * Built-in media: the first decodable frame of a remote user's track arrived (video: a
+     * key frame): `call_id`, `user_id`, `media_kind`, `time_ms` (this machine's clock). The
+     * client reports the call's first one to the server, which sends CALL_FIRST_FRAME_TIME.
+     */
+    CALLPLUS_EVENT_TYPE_FIRST_FRAME = 21,
+    /**
+     * Built-in media: a user's audio level, 0–100 (linear RMS; a full-scale sine is 100),
+     * about once a second: `call_id`, `user_id` (a remote user, or this user when the
+     * microphone source knows its level), `audio_level`.
+     */
+    CALLPLUS_EVENT_TYPE_AUDIO_LEVEL = 22,
+    /**
+     * Built-in media: the call's status report, about once a second while a peer is
+     * connected: `call_id`, `stats`.
+     */
+    CALLPLUS_EVENT_TYPE_MEDIA_STATS = 23,
+    /**
+     * Built-in media: a remote user's media could not be received or played
+     * (`fetch_remote_media_error`): `call_id`, `user_id`, `code`.
+     */
+    CALLPLUS_EVENT_TYPE_FETCH_REMOTE_MEDIA_ERROR = 24,
+    /**
+     * Built-in media failed otherwise (a source could not open, a peer could not be set up):
+     * `call_id` (NULL when no call is concerned), `message`.
+     */
+    CALLPLUS_EVENT_TYPE_MEDIA_ERROR = 25,
+    /**
+     * Built-in media: a peer needs a key frame from the app's camera (`app_camera`): encode
+     * the next frame pushed with `callplus_client_push_video_sample` as a key frame.
+     */
+    CALLPLUS_EVENT_TYPE_VIDEO_KEYFRAME_REQUESTED = 26,
+    /**
      * Internal bookkeeping; never delivered, listed for completeness.
      */
     CALLPLUS_EVENT_TYPE_OTHER = 99,
@@ -603,6 +645,24 @@ typedef enum callplus_delivery {
      */
     CALLPLUS_DELIVERY_RINGING = 3,
 } callplus_delivery;
+
+/**
+ * A kind of track: a microphone's audio or a camera's video.
+ */
+typedef enum callplus_media_kind {
+    /**
+     * Not applicable.
+     */
+    CALLPLUS_MEDIA_KIND_NONE = 0,
+    /**
+     * Audio (Opus).
+     */
+    CALLPLUS_MEDIA_KIND_AUDIO = 1,
+    /**
+     * Video (VP8).
+     */
+    CALLPLUS_MEDIA_KIND_VIDEO = 2,
+} callplus_media_kind;
 
 /**
  * Sort order of call record pages (`callplus_client_get_call_records`).
@@ -670,6 +730,13 @@ typedef struct callplus_client callplus_client;
 typedef struct callplus_event callplus_event;
 
 /**
+ * One status report of a call (about once a second while media runs), from the WebRTC
+ * stack's own statistics. Borrowed from its MEDIA_STATS event: valid as long as the event.
+ * Per-peer values are read by index, `0 <= index < callplus_media_stats_peer_count`.
+ */
+typedef struct callplus_media_stats callplus_media_stats;
+
+/**
  * One page of call records (from `callplus_client_get_call_records`). Free it with
  * `callplus_record_page_free`.
  */
@@ -687,6 +754,59 @@ typedef struct callplus_string callplus_string;
  * with `callplus_string_list_free`.
  */
 typedef struct callplus_string_list callplus_string_list;
+
+/**
+ * Optional settings of `callplus_client_connect_with_options`.
+ *
+ * Zero-initialise it and set only what you need; a zero, false or NULL field means "not set"
+ * (the defaults of `callplus_client_connect`). Fields may be added at the end in later
+ * versions, so always start from `{0}`:
+ *
+ * ```c
+ * struct callplus_client_options options = {0};
+ * options.enable_media = true;          // the client sets up WebRTC media for every call
+ * options.app_microphone = true;        // Opus samples from callplus_client_push_audio_sample
+ * ```
+ */
+typedef struct callplus_client_options {
+    /**
+     * This installation's id (1–64 of `[A-Za-z0-9_-]`, stable across restarts), or NULL for a
+     * random one.
+     */
+    const char *device_id;
+    /**
+     * Set up real media (WebRTC audio, and video in AUDIO_VIDEO calls) by itself for every
+     * call this client is connected in: no SDP or ICE handling in the app. Off: the client
+     * does signalling only and MEDIA_SIGNAL events reach the app. The media fields below need
+     * it (`PARAM_ERROR` otherwise).
+     */
+    bool enable_media;
+    /**
+     * The local IP address ICE binds to (`"192.0.2.7"`, or `"ip:port"`), or NULL for every
+     * interface but loopback. `"127.0.0.1"` keeps media on this host (tests, same-host
+     * calls).
+     */
+    const char *media_bind_address;
+    /**
+     * A built-in microphone that sends a sine tone of this frequency (1–20000 Hz, half
+     * scale), for tests and demos; 0 for none. Excludes `app_microphone`.
+     */
+    uint32_t tone_hz;
+    /**
+     * A built-in camera that sends a moving VP8 test pattern (320×240, 15 fps), for tests and
+     * demos. Excludes `app_camera`.
+     */
+    bool test_pattern;
+    /**
+     * The app is the microphone: it pushes Opus packets with
+     * `callplus_client_push_audio_sample`.
+     */
+    bool app_microphone;
+    /**
+     * The app is the camera: it pushes VP8 frames with `callplus_client_push_video_sample`.
+     */
+    bool app_camera;
+} callplus_client_options;
 
 /**
  * Optional settings of `callplus_client_start_call_with_options`.
@@ -732,6 +852,63 @@ typedef struct callplus_call_options {
  * and an event borrowed for the duration of the call.
  */
 typedef void (*callplus_event_callback)(void *user_data, const struct callplus_event *event);
+
+/**
+ * One remote media frame, as a media sink callback receives it. Borrowed: every pointer in it
+ * is valid only during the callback; copy what you keep.
+ *
+ * Fields may be added at the end in later versions (the library always hands a pointer to a
+ * whole frame, so code compiled against this header keeps working).
+ */
+typedef struct callplus_media_frame {
+    /**
+     * The call the frame belongs to.
+     */
+    const char *call_id;
+    /**
+     * The remote user who sent it (never this client's own user).
+     */
+    const char *user_id;
+    /**
+     * AUDIO (an Opus packet) or VIDEO (a whole VP8 frame).
+     */
+    enum callplus_media_kind kind;
+    /**
+     * The encoded bytes, `len` of them.
+     */
+    const uint8_t *data;
+    /**
+     * The number of bytes at `data` (never 0).
+     */
+    size_t len;
+    /**
+     * The RTP timestamp as sent (48 kHz clock for audio, 90 kHz for video).
+     */
+    uint32_t rtp_timestamp;
+    /**
+     * The frame's media time in microseconds since the first frame of this user's stream of
+     * this kind in this call (from the RTP timestamps, wrap-around handled): when to play it.
+     */
+    int64_t timestamp_us;
+    /**
+     * How long the frame plays, in microseconds: read from the Opus packet for audio; 0 for
+     * video (it lasts until the next frame).
+     */
+    uint32_t duration_us;
+    /**
+     * A VP8 key frame (decoding can start here); always true for audio. The first video frame
+     * delivered of a stream is always a key frame: frames that cannot be decoded before it are
+     * not delivered.
+     */
+    bool keyframe;
+} callplus_media_frame;
+
+/**
+ * A media sink callback: called with the `user_data` given to `callplus_client_set_media_sink`
+ * and one frame borrowed for the duration of the call.
+ */
+typedef void (*callplus_media_sink_callback)(void *user_data,
+                                             const struct callplus_media_frame *frame);
 
 #ifdef __cplusplus
 extern "C" {
@@ -1259,7 +1436,8 @@ enum callplus_end_reason callplus_call_summary_end_reason(const struct callplus_
 enum callplus_direction callplus_call_summary_direction(const struct callplus_call_summary *m);
 
 /**
- * Connects to a callplus server and waits until the server accepted the token.
+ * Connects to a callplus server and waits until the server accepted the token; signalling
+ * only (see `callplus_client_connect_with_options` for built-in media).
  *
  * - `endpoint`: the server's address, `http://host:port` (e.g. `http://127.0.0.1:7700`).
  * - `token`: a token minted by the app's backend (or `callplus token`) for this user.
@@ -1283,6 +1461,31 @@ enum callplus_result callplus_client_connect(const char *endpoint,
                                              const char *token,
                                              const char *device_id,
                                              struct callplus_client **client_out);
+
+/**
+ * As `callplus_client_connect`, with optional settings (`struct callplus_client_options`;
+ * NULL or all-zero: the defaults). With `enable_media` the client sets up real WebRTC media
+ * by itself for every call it is connected in: it publishes its microphone (and camera in
+ * AUDIO_VIDEO calls) once a call connects, stops at the call's end, and
+ * `callplus_client_set_camera_enabled` / `_set_microphone_enabled` mute the real tracks.
+ * Local media comes from a built-in test source or from the app
+ * (`callplus_client_push_audio_sample`, `_push_video_sample`); remote media goes to the
+ * callback of `callplus_client_set_media_sink`; media events (first frames, audio levels,
+ * status reports, errors) arrive with the other events.
+ *
+ * Errors as `callplus_client_connect`, and `PARAM_ERROR` for inconsistent options (a media
+ * field without `enable_media`, two sources for one device, a tone above 20000 Hz, a bind
+ * address that is not an IP address).
+ *
+ * # Safety
+ * String arguments must be NULL or NUL-terminated; `options` NULL or a readable
+ * `callplus_client_options` whose strings are NULL or NUL-terminated; `client_out` NULL or
+ * writable.
+ */
+enum callplus_result callplus_client_connect_with_options(const char *endpoint,
+                                                          const char *token,
+                                                          const struct callplus_client_options *options,
+                                                          struct callplus_client **client_out);
 
 /**
  * Disconnects (if still connected: the user's calls end for this device), stops event
@@ -1638,7 +1841,8 @@ enum callplus_event_type callplus_event_kind(const struct callplus_event *event)
 const char *callplus_event_description(const struct callplus_event *event);
 
 /**
- * The call the event is about (also for records and summaries); NULL for connection events.
+ * The call the event is about (also for records, summaries and media events); NULL for
+ * connection events, VIDEO_KEYFRAME_REQUESTED and a MEDIA_ERROR outside calls.
  *
  * # Safety
  * `event` must be NULL or a live `callplus_event`.
@@ -1648,7 +1852,9 @@ const char *callplus_event_call_id(const struct callplus_event *event);
 /**
  * The other user the event is about: the participant (REMOTE_USER_STATE_CHANGED, camera,
  * microphone, DELIVERY_CHANGED), the requester (CHANGE_MEDIA_TYPE_*), the sender
- * (MEDIA_SIGNAL); NULL otherwise.
+ * (MEDIA_SIGNAL), the remote user of the media events (PEER_CONNECTED,
+ * USER_MEDIA_AVAILABLE, FIRST_FRAME, FETCH_REMOTE_MEDIA_ERROR) and the user of AUDIO_LEVEL
+ * (which may be this client's own user); NULL otherwise.
  *
  * # Safety
  * `event` must be NULL or a live `callplus_event`.
@@ -1749,7 +1955,7 @@ bool callplus_event_disabled(const struct callplus_event *event);
 
 /**
  * The time of CALL_START_TIME / CALL_FIRST_FRAME_TIME (ms since the Unix epoch, server
- * clock); 0 otherwise.
+ * clock) and of FIRST_FRAME (this machine's clock); 0 otherwise.
  *
  * # Safety
  * `event` must be NULL or a live `callplus_event`.
@@ -1773,7 +1979,7 @@ enum callplus_delivery callplus_event_delivery(const struct callplus_event *even
 const char *callplus_event_extra(const struct callplus_event *event);
 
 /**
- * The sender's device (MEDIA_SIGNAL); NULL otherwise.
+ * The sender's device (MEDIA_SIGNAL), the peer's device (PEER_CONNECTED); NULL otherwise.
  *
  * # Safety
  * `event` must be NULL or a live `callplus_event`.
@@ -1781,7 +1987,9 @@ const char *callplus_event_extra(const struct callplus_event *event);
 const char *callplus_event_device_id(const struct callplus_event *event);
 
 /**
- * The refusal's code (CONNECTION_REJECTED); `CALLPLUS_RESULT_OK` for other events,
+ * The refusal's code (CONNECTION_REJECTED), why remote media failed
+ * (FETCH_REMOTE_MEDIA_ERROR: `RTC_SERVICE_UNAVAILABLE` when the connection failed,
+ * `MEDIA_RESOURCE_INVALID` for a broken track); `CALLPLUS_RESULT_OK` for other events,
  * `NULL_PARAMETER` when `event` is NULL.
  *
  * # Safety
@@ -1790,8 +1998,8 @@ const char *callplus_event_device_id(const struct callplus_event *event);
 enum callplus_result callplus_event_code(const struct callplus_event *event);
 
 /**
- * The server's words (CONNECTION_REJECTED) or the SDP / candidate line (MEDIA_SIGNAL); NULL
- * otherwise.
+ * The server's words (CONNECTION_REJECTED), the SDP / candidate line (MEDIA_SIGNAL) or what
+ * failed (MEDIA_ERROR); NULL otherwise.
  *
  * # Safety
  * `event` must be NULL or a live `callplus_event`.
@@ -1824,6 +2032,30 @@ const struct callplus_call_record *callplus_event_record(const struct callplus_e
 const struct callplus_call_summary *callplus_event_summary(const struct callplus_event *event);
 
 /**
+ * The track kind of USER_MEDIA_AVAILABLE and FIRST_FRAME; NONE otherwise.
+ *
+ * # Safety
+ * `event` must be NULL or a live `callplus_event`.
+ */
+enum callplus_media_kind callplus_event_media_kind(const struct callplus_event *event);
+
+/**
+ * The level of AUDIO_LEVEL, 0–100; 0 otherwise.
+ *
+ * # Safety
+ * `event` must be NULL or a live `callplus_event`.
+ */
+uint32_t callplus_event_audio_level(const struct callplus_event *event);
+
+/**
+ * The status report of MEDIA_STATS (borrowed: valid as long as the event); NULL otherwise.
+ *
+ * # Safety
+ * `event` must be NULL or a live `callplus_event`.
+ */
+const struct callplus_media_stats *callplus_event_stats(const struct callplus_event *event);
+
+/**
  * Frees an event from `callplus_client_poll_event`. NULL is ignored. Never free the event
  * handed to a callback.
  *
@@ -1833,10 +2065,164 @@ const struct callplus_call_summary *callplus_event_summary(const struct callplus
 void callplus_event_free(struct callplus_event *event);
 
 /**
+ * Pushes one Opus packet from the app's microphone (a client connected with
+ * `enable_media` and `app_microphone`). The packet is copied.
+ *
+ * - `data`, `len`: one Opus packet (mono or stereo, 48 kHz RTP clock), 1–16384 bytes.
+ * - `duration_us`: how long it plays (typically 20000), 1–120000.
+ *
+ * Push at the pace you capture: the client sends each packet as it is taken and does not pace
+ * them itself. While the media cannot send (the call is still connecting, the microphone is
+ * off), about half a second is kept and older packets are dropped, so sending resumes with
+ * fresh audio.
+ *
+ * Returns `OK` when queued; `NOT_IN_CALL` when this client has no connected call (the packet
+ * is dropped, with anything still queued, so a later call does not start with stale audio);
+ * `INVALID_STATE` when the client was not connected with `app_microphone`; `PARAM_ERROR` for
+ * an empty, too large or zero-length sample; `NULL_PARAMETER`. Does not block.
+ *
+ * **Thread:** any, also concurrently with other client functions, and also from an event or
+ * media sink callback.
+ *
+ * # Safety
+ * `client` must be NULL or a live client; `data` NULL or readable for `len` bytes.
+ */
+enum callplus_result callplus_client_push_audio_sample(const struct callplus_client *client,
+                                                       const uint8_t *data,
+                                                       size_t len,
+                                                       uint32_t duration_us);
+
+/**
+ * Pushes one encoded VP8 frame from the app's camera (a client connected with `enable_media`
+ * and `app_camera`). The frame is copied.
+ *
+ * - `data`, `len`: one whole VP8 frame, 1 byte to 4 MiB.
+ * - `duration_us`: how long it shows (1/fps, e.g. 66666 at 15 fps), 1–1000000.
+ *
+ * Push at the camera's pace; the client does not pace frames. Peers that join, and the camera
+ * turned back on, need a key frame to start decoding: the client asks for one with a
+ * VIDEO_KEYFRAME_REQUESTED event. About half a second of frames is kept while the media
+ * cannot send; older ones are dropped.
+ *
+ * Returns `OK` when queued; `NOT_IN_CALL` when this client has no connected call, and
+ * `NOT_VIDEO_CALL` when the connected call is audio only (the frame is dropped, with anything
+ * still queued); `INVALID_STATE` when the client was not connected with `app_camera`;
+ * `PARAM_ERROR` for an empty, too large or zero-length frame; `NULL_PARAMETER`. Does not
+ * block.
+ *
+ * **Thread:** any, also concurrently with other client functions, and also from an event or
+ * media sink callback.
+ *
+ * # Safety
+ * `client` must be NULL or a live client; `data` NULL or readable for `len` bytes.
+ */
+enum callplus_result callplus_client_push_video_sample(const struct callplus_client *client,
+                                                       const uint8_t *data,
+                                                       size_t len,
+                                                       uint32_t duration_us);
+
+/**
+ * Installs `callback` to receive every remote media frame of every call (a client connected
+ * with `enable_media`), or removes it when `callback` is NULL (frames are then dropped).
+ *
+ * Each frame names its call, its remote user and its kind, and carries the encoded bytes
+ * (Opus packet or whole VP8 frame) with its timing; see `struct callplus_media_frame`. This
+ * user's own media is never delivered (no echo).
+ *
+ * **Thread:** the callback runs on one of the client's media threads, one frame at a time
+ * (never concurrently with itself), in arrival order per user and kind. It blocks the
+ * receiving of media while it runs: copy the bytes and hand them to your decoder or player
+ * thread. It must not call the client's blocking functions (they return `INVALID_STATE`
+ * there); the push functions are fine. `user_data` is passed back unchanged and must be usable
+ * from that thread.
+ *
+ * **Ownership:** the frame and every pointer in it are borrowed for the duration of the
+ * callback only.
+ *
+ * Removing the callback (NULL) waits until a running invocation returns (unless called from
+ * it), so after that `user_data` may be freed; `callplus_client_free` removes it too.
+ * Replacing one callback by another takes effect from the next frame.
+ *
+ * Returns `OK`; `INVALID_STATE` when the client was connected without `enable_media`;
+ * `NULL_PARAMETER` for a NULL client.
+ *
+ * # Safety
+ * `client` must be NULL or a live client; `callback` NULL or a function safe to call from
+ * another thread with `user_data`.
+ */
+enum callplus_result callplus_client_set_media_sink(const struct callplus_client *client,
+                                                    callplus_media_sink_callback callback,
+                                                    void *user_data);
+
+/**
  * A static, NUL-terminated English description of `result` (a `callplus_result` value, or
  * any other number: unknown numbers get "unknown result code"). Never NULL; never free it.
  */
 const char *callplus_result_message(uint32_t result);
+
+/**
+ * Loss of the packets this client sent, as the peers report it, in percent (0–100; the mean
+ * over the peers that reported). 0 when `stats` is NULL.
+ *
+ * # Safety
+ * `stats` must be NULL or a live `callplus_media_stats`.
+ */
+double callplus_media_stats_send_loss_pct(const struct callplus_media_stats *stats);
+
+/**
+ * The round-trip delay to the peers in milliseconds (the mean over the peers); -1 before the
+ * first measurement; 0 when `stats` is NULL.
+ *
+ * # Safety
+ * `stats` must be NULL or a live `callplus_media_stats`.
+ */
+double callplus_media_stats_rtt_ms(const struct callplus_media_stats *stats);
+
+/**
+ * The number of connected peers reported on.
+ *
+ * # Safety
+ * `stats` must be NULL or a live `callplus_media_stats`.
+ */
+size_t callplus_media_stats_peer_count(const struct callplus_media_stats *stats);
+
+/**
+ * The user of peer `index`; NULL when out of range.
+ *
+ * # Safety
+ * `stats` must be NULL or a live `callplus_media_stats`.
+ */
+const char *callplus_media_stats_peer_user_id(const struct callplus_media_stats *stats,
+                                              size_t index);
+
+/**
+ * The device of peer `index`; NULL when out of range.
+ *
+ * # Safety
+ * `stats` must be NULL or a live `callplus_media_stats`.
+ */
+const char *callplus_media_stats_peer_device_id(const struct callplus_media_stats *stats,
+                                                size_t index);
+
+/**
+ * Loss of the packets received from peer `index` over the report's interval, in percent
+ * (0–100); 0 when out of range.
+ *
+ * # Safety
+ * `stats` must be NULL or a live `callplus_media_stats`.
+ */
+double callplus_media_stats_peer_recv_loss_pct(const struct callplus_media_stats *stats,
+                                               size_t index);
+
+/**
+ * The bitrate received from peer `index` over the report's interval, in kbit/s (RTP payload
+ * and headers); 0 when out of range.
+ *
+ * # Safety
+ * `stats` must be NULL or a live `callplus_media_stats`.
+ */
+double callplus_media_stats_peer_bitrate_kbps(const struct callplus_media_stats *stats,
+                                              size_t index);
 
 /**
  * The string's bytes: UTF-8, NUL-terminated, valid until `callplus_string_free`. NULL when

@@ -15,12 +15,14 @@ use crate::calls::{
     callplus_call_info, callplus_call_info_list, callplus_call_session, callplus_record_page, new_info,
     new_info_list, new_page, new_session,
 };
+use crate::client_options::{ConnectSettings, callplus_client_options, client_options_arg};
 use crate::enums::{call_type_arg, callplus_connection_state, media_type_arg, record_order_arg};
 use crate::events::{EventData, Events, callback as make_callback, callplus_event, callplus_event_callback};
 use crate::ffi::{
     Opaque, boundary, boundary_result, check_out, cstring, free_boxed, opt_str_arg, str_arg, str_array_arg,
     to_boxed, try_ref, with_ref, write_out,
 };
+use crate::media::ClientMedia;
 use crate::options::{call_options_arg, callplus_call_options};
 use crate::result::callplus_result;
 use crate::string::{callplus_string, callplus_string_list, new_string, new_string_list};
@@ -48,6 +50,8 @@ pub(crate) struct ClientHandle {
     pump: Option<JoinHandle<()>>,
     user_id: CString,
     device_id: CString,
+    /// The built-in media's C side, when connected with `enable_media`.
+    pub(crate) media: Option<ClientMedia>,
 }
 
 // The C API lets any thread use a client, also concurrently.
@@ -66,7 +70,7 @@ impl ClientHandle {
         self.runtime.as_ref().ok_or(callplus_result::NotConnected)
     }
 
-    fn client(&self) -> Result<&Client, callplus_result> {
+    pub(crate) fn client(&self) -> Result<&Client, callplus_result> {
         self.client.as_ref().ok_or(callplus_result::NotConnected)
     }
 
@@ -84,6 +88,9 @@ impl ClientHandle {
 impl Drop for ClientHandle {
     fn drop(&mut self) {
         self.events.stop();
+        if let Some(media) = &self.media {
+            media.stop();
+        }
         let in_runtime = tokio::runtime::Handle::try_current().is_ok();
         let client = self.client.take();
         let pump = self.pump.take();
@@ -125,7 +132,8 @@ fn transaction_arg(s: &str) -> Result<TransactionId, callplus_result> {
     TransactionId::new(s).map_err(callplus_result::from)
 }
 
-/// Connects to a callplus server and waits until the server accepted the token.
+/// Connects to a callplus server and waits until the server accepted the token; signalling
+/// only (see `callplus_client_connect_with_options` for built-in media).
 ///
 /// - `endpoint`: the server's address, `http://host:port` (e.g. `http://127.0.0.1:7700`).
 /// - `token`: a token minted by the app's backend (or `callplus token`) for this user.
@@ -156,38 +164,88 @@ pub unsafe extern "C" fn callplus_client_connect(
         let (endpoint, token, device_id) =
             unsafe { (str_arg(endpoint)?, str_arg(token)?, opt_str_arg(device_id)?) };
         check_out(client_out)?;
-        ensure_blocking_allowed()?;
-        let mut options = ClientOptions::default();
-        if let Some(device_id) = device_id {
-            options.device_id = Some(DeviceId::new(device_id)?);
-        }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .max_blocking_threads(2)
-            .thread_name("callplus-client")
-            .enable_all()
-            .build()
-            .map_err(|_| callplus_result::Internal)?;
-        let (client, stream) = match runtime.block_on(Client::connect(endpoint, token, options)) {
-            Ok(connected) => connected,
-            Err(e) => {
-                runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
-                return Err(e.into());
-            }
-        };
-        let events = Arc::new(Events::default());
-        let pump = runtime.spawn(Arc::clone(&events).pump(stream));
-        let handle = ClientHandle {
-            user_id: cstring(client.user_id().as_ref().map_or("", |u| u.as_str())),
-            device_id: cstring(client.device_id().as_str()),
-            runtime: Some(runtime),
-            client: Some(client),
-            events,
-            pump: Some(pump),
-        };
+        let device_id = device_id.map(DeviceId::new).transpose()?;
+        let handle = connect(endpoint, token, ConnectSettings { device_id, media: None })?;
         // SAFETY: checked non-NULL above.
         unsafe { write_out(client_out, to_boxed::<callplus_client>(handle)) };
         Ok(())
+    })
+}
+
+/// As `callplus_client_connect`, with optional settings (`struct callplus_client_options`;
+/// NULL or all-zero: the defaults). With `enable_media` the client sets up real WebRTC media
+/// by itself for every call it is connected in: it publishes its microphone (and camera in
+/// AUDIO_VIDEO calls) once a call connects, stops at the call's end, and
+/// `callplus_client_set_camera_enabled` / `_set_microphone_enabled` mute the real tracks.
+/// Local media comes from a built-in test source or from the app
+/// (`callplus_client_push_audio_sample`, `_push_video_sample`); remote media goes to the
+/// callback of `callplus_client_set_media_sink`; media events (first frames, audio levels,
+/// status reports, errors) arrive with the other events.
+///
+/// Errors as `callplus_client_connect`, and `PARAM_ERROR` for inconsistent options (a media
+/// field without `enable_media`, two sources for one device, a tone above 20000 Hz, a bind
+/// address that is not an IP address).
+///
+/// # Safety
+/// String arguments must be NULL or NUL-terminated; `options` NULL or a readable
+/// `callplus_client_options` whose strings are NULL or NUL-terminated; `client_out` NULL or
+/// writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_client_connect_with_options(
+    endpoint: *const c_char,
+    token: *const c_char,
+    options: *const callplus_client_options,
+    client_out: *mut *mut callplus_client,
+) -> callplus_result {
+    boundary_result(|| {
+        // SAFETY: forwarded contract.
+        let (endpoint, token, settings) =
+            unsafe { (str_arg(endpoint)?, str_arg(token)?, client_options_arg(options)?) };
+        check_out(client_out)?;
+        let handle = connect(endpoint, token, settings)?;
+        // SAFETY: checked non-NULL above.
+        unsafe { write_out(client_out, to_boxed::<callplus_client>(handle)) };
+        Ok(())
+    })
+}
+
+/// The body of both connect functions, once every argument is checked.
+fn connect(endpoint: &str, token: &str, settings: ConnectSettings) -> Result<ClientHandle, callplus_result> {
+    ensure_blocking_allowed()?;
+    let mut options = ClientOptions { device_id: settings.device_id, ..ClientOptions::default() };
+    let events = Arc::new(Events::default());
+    let media = settings.media.map(|settings| {
+        let (media, media_options) = ClientMedia::new(&settings, &events);
+        options.media = Some(media_options);
+        media
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(2)
+        .thread_name("callplus-client")
+        .enable_all()
+        .build()
+        .map_err(|_| callplus_result::Internal)?;
+    let (client, stream) = match runtime.block_on(Client::connect(endpoint, token, options)) {
+        Ok(connected) => connected,
+        Err(e) => {
+            runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
+            return Err(e.into());
+        }
+    };
+    let pump = runtime.spawn(Arc::clone(&events).pump(stream));
+    if let Some(media_events) = client.media_events() {
+        // Ends by itself once the client stops.
+        drop(runtime.spawn(Arc::clone(&events).pump_media(media_events)));
+    }
+    Ok(ClientHandle {
+        user_id: cstring(client.user_id().as_ref().map_or("", |u| u.as_str())),
+        device_id: cstring(client.device_id().as_str()),
+        runtime: Some(runtime),
+        client: Some(client),
+        events,
+        pump: Some(pump),
+        media,
     })
 }
 

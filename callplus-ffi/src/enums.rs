@@ -8,8 +8,8 @@ use std::ffi::c_char;
 
 use callplus_session::client::ConnectionState;
 use callplus_session::{
-    CallState, CallType, ChangeMediaTypeResult, Delivery, Direction, EndReason, MediaType, ParticipantState,
-    RecordOrder,
+    CallState, CallType, ChangeMediaTypeResult, Delivery, Direction, EndReason, MediaKind, MediaType,
+    ParticipantState, RecordOrder,
 };
 
 use crate::ffi::PanicDefault;
@@ -56,6 +56,7 @@ macro_rules! fallback {
 fallback!(
     callplus_call_type => None,
     callplus_media_type => None,
+    callplus_media_kind => None,
     callplus_call_state => None,
     callplus_participant_state => None,
     callplus_end_reason => None,
@@ -102,6 +103,20 @@ domain_arg!(
     /// The domain media type of a C number.
     media_type_arg: callplus_media_type => MediaType { Audio, AudioVideo } else MediatypeInvalid
 );
+
+/// A kind of track: a microphone's audio or a camera's video.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum callplus_media_kind {
+    /// Not applicable.
+    None = 0,
+    /// Audio (Opus).
+    Audio = 1,
+    /// Video (VP8).
+    Video = 2,
+}
+
+from_domain!(MediaKind => callplus_media_kind { Audio, Video });
 
 /// A call's state as this user sees it.
 #[repr(C)]
@@ -426,6 +441,9 @@ mod tests {
         for n in 0..=3 {
             let d = Delivery::try_from(n).expect("a delivery");
             assert_eq!(callplus_delivery::from(d) as i32, n);
+        }
+        for k in [MediaKind::Audio, MediaKind::Video] {
+            assert_eq!(callplus_media_kind::from(k) as i32, i32::from(k));
         }
         for o in [RecordOrder::Desc, RecordOrder::Asc] {
             assert_eq!(record_order_arg(i32::from(o) as u32), Ok(o));

@@ -1,5 +1,8 @@
 //! Events: the `callplus_event` object, the per-client queue behind
 //! `callplus_client_poll_event`, and the dispatcher thread behind event callbacks.
+//!
+//! With built-in media on, the media's events (first frames, status reports, audio levels,
+//! errors) join the call events in the same queue, so an app reads everything in one place.
 
 use std::collections::VecDeque;
 use std::ffi::{CString, c_char, c_void};
@@ -7,9 +10,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
+use callplus_media::MediaEvent;
 use callplus_session::client::{ClientEvent, ConnectionState};
 use callplus_session::{EndReason, MediaPayload};
-use callplus_signal::client::{Event, EventStream, describe_event};
+use callplus_signal::client::{Event, EventStream, MediaEventStream, describe_event, describe_media_event};
 
 use crate::calls::{
     Record, Session, Summary, callplus_call_record, callplus_call_session, callplus_call_summary, record_ptr,
@@ -17,12 +21,17 @@ use crate::calls::{
 };
 use crate::enums::{
     callplus_call_type, callplus_change_media_type_result, callplus_connection_state, callplus_delivery,
-    callplus_end_reason, callplus_media_type, callplus_participant_state,
+    callplus_end_reason, callplus_media_kind, callplus_media_type, callplus_participant_state,
 };
 use crate::ffi::{
     Opaque, PanicDefault, boundary, cstring, free_boxed, opt_ptr, to_const_ptr, try_ref, with_ref,
 };
 use crate::result::callplus_result;
+use crate::stats::{Stats, callplus_media_stats, stats_ptr};
+
+/// Media events kept in a client's queue before the app takes them; beyond, new ones are
+/// dropped (an app that never reads its events loses reports, never memory).
+const MEDIA_EVENT_CAPACITY: usize = 1024;
 
 /// What an event is about (SPEC §4 and the connection's state). The accessors that apply to
 /// each kind are listed on it; the others return NULL / 0 / false / NONE.
@@ -75,6 +84,32 @@ pub enum callplus_event_type {
     MediaSignal = 17,
     /// How far the invitation got to a callee: `call_id`, `user_id`, `delivery`.
     DeliveryChanged = 18,
+    /// Built-in media: the media path to another participant's device is up (ICE and DTLS
+    /// connected): `call_id`, `user_id`, `device_id`.
+    PeerConnected = 19,
+    /// Built-in media: a remote user's track started (`user_media_available`): `call_id`,
+    /// `user_id`, `media_kind`.
+    UserMediaAvailable = 20,
+    /// Built-in media: the first decodable frame of a remote user's track arrived (video: a
+    /// key frame): `call_id`, `user_id`, `media_kind`, `time_ms` (this machine's clock). The
+    /// client reports the call's first one to the server, which sends CALL_FIRST_FRAME_TIME.
+    FirstFrame = 21,
+    /// Built-in media: a user's audio level, 0–100 (linear RMS; a full-scale sine is 100),
+    /// about once a second: `call_id`, `user_id` (a remote user, or this user when the
+    /// microphone source knows its level), `audio_level`.
+    AudioLevel = 22,
+    /// Built-in media: the call's status report, about once a second while a peer is
+    /// connected: `call_id`, `stats`.
+    MediaStats = 23,
+    /// Built-in media: a remote user's media could not be received or played
+    /// (`fetch_remote_media_error`): `call_id`, `user_id`, `code`.
+    FetchRemoteMediaError = 24,
+    /// Built-in media failed otherwise (a source could not open, a peer could not be set up):
+    /// `call_id` (NULL when no call is concerned), `message`.
+    MediaError = 25,
+    /// Built-in media: a peer needs a key frame from the app's camera (`app_camera`): encode
+    /// the next frame pushed with `callplus_client_push_video_sample` as a key frame.
+    VideoKeyframeRequested = 26,
     /// Internal bookkeeping; never delivered, listed for completeness.
     Other = 99,
 }
@@ -103,6 +138,14 @@ pub extern "C" fn callplus_event_type_name(event_type: u32) -> *const c_char {
         16 => c"SUMMARY_MESSAGE",
         17 => c"MEDIA_SIGNAL",
         18 => c"DELIVERY_CHANGED",
+        19 => c"PEER_CONNECTED",
+        20 => c"USER_MEDIA_AVAILABLE",
+        21 => c"FIRST_FRAME",
+        22 => c"AUDIO_LEVEL",
+        23 => c"MEDIA_STATS",
+        24 => c"FETCH_REMOTE_MEDIA_ERROR",
+        25 => c"MEDIA_ERROR",
+        26 => c"VIDEO_KEYFRAME_REQUESTED",
         99 => c"OTHER",
         _ => c"UNKNOWN",
     };
@@ -122,9 +165,20 @@ pub struct callplus_event {
     _private: [u8; 0],
 }
 
+/// What a client's event queue holds.
+#[derive(Debug)]
+pub(crate) enum Queued {
+    /// A call or connection event.
+    Call(Event),
+    /// An event of the built-in media.
+    Media(MediaEvent),
+    /// The app's camera is asked for a key frame.
+    KeyframeRequested,
+}
+
 /// The Rust side of a `callplus_event`: the event and the C strings its accessors hand out.
 pub(crate) struct EventData {
-    event: Event,
+    event: Queued,
     call_id: Option<CString>,
     user_id: Option<CString>,
     inviter: Option<CString>,
@@ -137,6 +191,7 @@ pub(crate) struct EventData {
     session: Option<Session>,
     record: Option<Record>,
     summary: Option<Summary>,
+    stats: Option<Stats>,
 }
 
 // SAFETY: `callplus_event` pointers always point at an `EventData`.
@@ -149,9 +204,19 @@ fn id(s: &impl AsRef<str>) -> Option<CString> {
 }
 
 impl EventData {
-    pub(crate) fn new(event: Event) -> Self {
-        let mut d = EventData {
-            description: cstring(&describe_event(&event)),
+    pub(crate) fn new(event: Queued) -> Self {
+        match event {
+            Queued::Call(event) => Self::from_call(event),
+            Queued::Media(event) => Self::from_media(event),
+            Queued::KeyframeRequested => {
+                Self::empty(c"video key frame requested".into(), Queued::KeyframeRequested)
+            }
+        }
+    }
+
+    fn empty(description: CString, event: Queued) -> Self {
+        EventData {
+            description,
             call_id: None,
             user_id: None,
             inviter: None,
@@ -163,8 +228,13 @@ impl EventData {
             session: None,
             record: None,
             summary: None,
-            event: ClientEvent::TransportStale,
-        };
+            stats: None,
+            event,
+        }
+    }
+
+    fn from_call(event: Event) -> Self {
+        let mut d = Self::empty(cstring(&describe_event(&event)), Queued::KeyframeRequested);
         match &event {
             ClientEvent::ConnectionStateChanged(_)
             | ClientEvent::TransportStale
@@ -223,13 +293,64 @@ impl EventData {
                 }));
             }
         }
-        d.event = event;
+        d.event = Queued::Call(event);
         d
+    }
+
+    fn from_media(event: MediaEvent) -> Self {
+        let mut d = Self::empty(cstring(&describe_media_event(&event)), Queued::KeyframeRequested);
+        match &event {
+            MediaEvent::PeerConnected { call_id, user, device } => {
+                d.call_id = id(call_id);
+                d.user_id = id(user);
+                d.device_id = id(device);
+            }
+            MediaEvent::UserMediaAvailable { call_id, user, .. }
+            | MediaEvent::FirstFrame { call_id, user, .. }
+            | MediaEvent::AudioLevel { call_id, user, .. }
+            | MediaEvent::FetchRemoteMediaError { call_id, user, .. } => {
+                d.call_id = id(call_id);
+                d.user_id = id(user);
+            }
+            MediaEvent::Stats(stats) => {
+                d.call_id = id(&stats.call_id);
+                d.stats = Some(Stats::new(stats.clone()));
+            }
+            MediaEvent::Error { call_id, message } => {
+                d.call_id = call_id.as_ref().and_then(id);
+                d.message = Some(cstring(message));
+            }
+            // Signals are consumed by the client; later kinds are described only.
+            _ => {}
+        }
+        d.event = Queued::Media(event);
+        d
+    }
+
+    /// The call or connection event, if this is one.
+    fn call(&self) -> Option<&Event> {
+        match &self.event {
+            Queued::Call(event) => Some(event),
+            _ => None,
+        }
+    }
+
+    /// The media event, if this is one.
+    fn media(&self) -> Option<&MediaEvent> {
+        match &self.event {
+            Queued::Media(event) => Some(event),
+            _ => None,
+        }
     }
 
     fn kind(&self) -> callplus_event_type {
         use callplus_event_type as K;
-        match &self.event {
+        let event = match &self.event {
+            Queued::Call(event) => event,
+            Queued::Media(event) => return media_kind(event),
+            Queued::KeyframeRequested => return K::VideoKeyframeRequested,
+        };
+        match event {
             ClientEvent::ConnectionStateChanged(_) => K::ConnectionStateChanged,
             ClientEvent::ConnectionRejected(_) => K::ConnectionRejected,
             ClientEvent::ReceivedCall { .. } => K::ReceivedCall,
@@ -252,11 +373,20 @@ impl EventData {
         }
     }
 
+    fn media_kind(&self) -> callplus_media_kind {
+        match self.media() {
+            Some(MediaEvent::UserMediaAvailable { kind, .. } | MediaEvent::FirstFrame { kind, .. }) => {
+                (*kind).into()
+            }
+            _ => callplus_media_kind::None,
+        }
+    }
+
     fn reason(&self) -> callplus_end_reason {
-        let reason: Option<EndReason> = match &self.event {
-            ClientEvent::ConnectionStateChanged(ConnectionState::Kicked(r)) => Some(*r),
-            ClientEvent::CallEnded { reason, .. } => Some(*reason),
-            ClientEvent::RemoteUserStateChanged { reason, .. } => *reason,
+        let reason: Option<EndReason> = match self.call() {
+            Some(ClientEvent::ConnectionStateChanged(ConnectionState::Kicked(r))) => Some(*r),
+            Some(ClientEvent::CallEnded { reason, .. }) => Some(*reason),
+            Some(ClientEvent::RemoteUserStateChanged { reason, .. }) => *reason,
             _ => None,
         };
         crate::enums::end_reason(reason)
@@ -283,7 +413,8 @@ pub unsafe extern "C" fn callplus_event_description(event: *const callplus_event
     unsafe { with_ref(event, |e| e.description.as_ptr()) }
 }
 
-/// The call the event is about (also for records and summaries); NULL for connection events.
+/// The call the event is about (also for records, summaries and media events); NULL for
+/// connection events, VIDEO_KEYFRAME_REQUESTED and a MEDIA_ERROR outside calls.
 ///
 /// # Safety
 /// `event` must be NULL or a live `callplus_event`.
@@ -295,7 +426,9 @@ pub unsafe extern "C" fn callplus_event_call_id(event: *const callplus_event) ->
 
 /// The other user the event is about: the participant (REMOTE_USER_STATE_CHANGED, camera,
 /// microphone, DELIVERY_CHANGED), the requester (CHANGE_MEDIA_TYPE_*), the sender
-/// (MEDIA_SIGNAL); NULL otherwise.
+/// (MEDIA_SIGNAL), the remote user of the media events (PEER_CONNECTED,
+/// USER_MEDIA_AVAILABLE, FIRST_FRAME, FETCH_REMOTE_MEDIA_ERROR) and the user of AUDIO_LEVEL
+/// (which may be this client's own user); NULL otherwise.
 ///
 /// # Safety
 /// `event` must be NULL or a live `callplus_event`.
@@ -356,8 +489,8 @@ pub unsafe extern "C" fn callplus_event_participant_state(
 ) -> callplus_participant_state {
     // SAFETY: forwarded contract.
     unsafe {
-        with_ref(event, |e| match &e.event {
-            ClientEvent::RemoteUserStateChanged { state, .. } => (*state).into(),
+        with_ref(event, |e| match e.call() {
+            Some(ClientEvent::RemoteUserStateChanged { state, .. }) => (*state).into(),
             _ => callplus_participant_state::None,
         })
     }
@@ -373,8 +506,8 @@ pub unsafe extern "C" fn callplus_event_connection_state(
 ) -> callplus_connection_state {
     // SAFETY: forwarded contract.
     unsafe {
-        with_ref(event, |e| match &e.event {
-            ClientEvent::ConnectionStateChanged(state) => (*state).into(),
+        with_ref(event, |e| match e.call() {
+            Some(ClientEvent::ConnectionStateChanged(state)) => (*state).into(),
             _ => callplus_connection_state::None,
         })
     }
@@ -389,10 +522,9 @@ pub unsafe extern "C" fn callplus_event_connection_state(
 pub unsafe extern "C" fn callplus_event_call_type(event: *const callplus_event) -> callplus_call_type {
     // SAFETY: forwarded contract.
     unsafe {
-        with_ref(event, |e| match &e.event {
-            ClientEvent::CallTypeChanged { call_type, .. } | ClientEvent::CallStartTime { call_type, .. } => {
-                (*call_type).into()
-            }
+        with_ref(event, |e| match e.call() {
+            Some(ClientEvent::CallTypeChanged { call_type, .. })
+            | Some(ClientEvent::CallStartTime { call_type, .. }) => (*call_type).into(),
             _ => e.session.as_ref().map_or(callplus_call_type::None, |s| s.call_type().into()),
         })
     }
@@ -407,9 +539,9 @@ pub unsafe extern "C" fn callplus_event_call_type(event: *const callplus_event) 
 pub unsafe extern "C" fn callplus_event_media_type(event: *const callplus_event) -> callplus_media_type {
     // SAFETY: forwarded contract.
     unsafe {
-        with_ref(event, |e| match &e.event {
-            ClientEvent::ChangeMediaTypeRequest { media_type, .. }
-            | ClientEvent::ChangeMediaTypeResult { media_type, .. } => (*media_type).into(),
+        with_ref(event, |e| match e.call() {
+            Some(ClientEvent::ChangeMediaTypeRequest { media_type, .. })
+            | Some(ClientEvent::ChangeMediaTypeResult { media_type, .. }) => (*media_type).into(),
             _ => e.session.as_ref().map_or(callplus_media_type::None, |s| s.media_type().into()),
         })
     }
@@ -435,8 +567,8 @@ pub unsafe extern "C" fn callplus_event_change_result(
 ) -> callplus_change_media_type_result {
     // SAFETY: forwarded contract.
     unsafe {
-        with_ref(event, |e| match &e.event {
-            ClientEvent::ChangeMediaTypeResult { result, .. } => (*result).into(),
+        with_ref(event, |e| match e.call() {
+            Some(ClientEvent::ChangeMediaTypeResult { result, .. }) => (*result).into(),
             _ => callplus_change_media_type_result::None,
         })
     }
@@ -451,16 +583,16 @@ pub unsafe extern "C" fn callplus_event_change_result(
 pub unsafe extern "C" fn callplus_event_disabled(event: *const callplus_event) -> bool {
     // SAFETY: forwarded contract.
     unsafe {
-        with_ref(event, |e| match &e.event {
-            ClientEvent::RemoteCameraStateChanged { disabled, .. }
-            | ClientEvent::RemoteMicrophoneStateChanged { disabled, .. } => *disabled,
+        with_ref(event, |e| match e.call() {
+            Some(ClientEvent::RemoteCameraStateChanged { disabled, .. })
+            | Some(ClientEvent::RemoteMicrophoneStateChanged { disabled, .. }) => *disabled,
             _ => false,
         })
     }
 }
 
 /// The time of CALL_START_TIME / CALL_FIRST_FRAME_TIME (ms since the Unix epoch, server
-/// clock); 0 otherwise.
+/// clock) and of FIRST_FRAME (this machine's clock); 0 otherwise.
 ///
 /// # Safety
 /// `event` must be NULL or a live `callplus_event`.
@@ -468,10 +600,13 @@ pub unsafe extern "C" fn callplus_event_disabled(event: *const callplus_event) -
 pub unsafe extern "C" fn callplus_event_time_ms(event: *const callplus_event) -> i64 {
     // SAFETY: forwarded contract.
     unsafe {
-        with_ref(event, |e| match &e.event {
-            ClientEvent::CallStartTime { started_at_ms, .. } => *started_at_ms,
-            ClientEvent::CallFirstFrameTime { at_ms, .. } => *at_ms,
-            _ => 0,
+        with_ref(event, |e| match e.call() {
+            Some(ClientEvent::CallStartTime { started_at_ms, .. }) => *started_at_ms,
+            Some(ClientEvent::CallFirstFrameTime { at_ms, .. }) => *at_ms,
+            _ => match e.media() {
+                Some(MediaEvent::FirstFrame { at_ms, .. }) => *at_ms,
+                _ => 0,
+            },
         })
     }
 }
@@ -484,8 +619,8 @@ pub unsafe extern "C" fn callplus_event_time_ms(event: *const callplus_event) ->
 pub unsafe extern "C" fn callplus_event_delivery(event: *const callplus_event) -> callplus_delivery {
     // SAFETY: forwarded contract.
     unsafe {
-        with_ref(event, |e| match &e.event {
-            ClientEvent::DeliveryChanged { delivery, .. } => (*delivery).into(),
+        with_ref(event, |e| match e.call() {
+            Some(ClientEvent::DeliveryChanged { delivery, .. }) => (*delivery).into(),
             _ => callplus_delivery::Unreachable,
         })
     }
@@ -501,7 +636,7 @@ pub unsafe extern "C" fn callplus_event_extra(event: *const callplus_event) -> *
     unsafe { with_ref(event, |e| opt_ptr(e.extra.as_ref())) }
 }
 
-/// The sender's device (MEDIA_SIGNAL); NULL otherwise.
+/// The sender's device (MEDIA_SIGNAL), the peer's device (PEER_CONNECTED); NULL otherwise.
 ///
 /// # Safety
 /// `event` must be NULL or a live `callplus_event`.
@@ -511,7 +646,9 @@ pub unsafe extern "C" fn callplus_event_device_id(event: *const callplus_event) 
     unsafe { with_ref(event, |e| opt_ptr(e.device_id.as_ref())) }
 }
 
-/// The refusal's code (CONNECTION_REJECTED); `CALLPLUS_RESULT_OK` for other events,
+/// The refusal's code (CONNECTION_REJECTED), why remote media failed
+/// (FETCH_REMOTE_MEDIA_ERROR: `RTC_SERVICE_UNAVAILABLE` when the connection failed,
+/// `MEDIA_RESOURCE_INVALID` for a broken track); `CALLPLUS_RESULT_OK` for other events,
 /// `NULL_PARAMETER` when `event` is NULL.
 ///
 /// # Safety
@@ -521,17 +658,20 @@ pub unsafe extern "C" fn callplus_event_code(event: *const callplus_event) -> ca
     boundary(|| {
         // SAFETY: forwarded contract.
         match unsafe { try_ref(event) } {
-            Ok(EventData { event: ClientEvent::ConnectionRejected(error), .. }) => {
-                callplus_result::from(error)
-            }
-            Ok(_) => callplus_result::Ok,
+            Ok(e) => match (e.call(), e.media()) {
+                (Some(ClientEvent::ConnectionRejected(error)), _) => callplus_result::from(error),
+                (_, Some(MediaEvent::FetchRemoteMediaError { code, .. })) => {
+                    callplus_result::from_code(*code)
+                }
+                _ => callplus_result::Ok,
+            },
             Err(code) => code,
         }
     })
 }
 
-/// The server's words (CONNECTION_REJECTED) or the SDP / candidate line (MEDIA_SIGNAL); NULL
-/// otherwise.
+/// The server's words (CONNECTION_REJECTED), the SDP / candidate line (MEDIA_SIGNAL) or what
+/// failed (MEDIA_ERROR); NULL otherwise.
 ///
 /// # Safety
 /// `event` must be NULL or a live `callplus_event`.
@@ -576,6 +716,41 @@ pub unsafe extern "C" fn callplus_event_summary(
     unsafe { with_ref(event, |e| e.summary.as_ref().map_or(std::ptr::null(), summary_ptr)) }
 }
 
+/// The track kind of USER_MEDIA_AVAILABLE and FIRST_FRAME; NONE otherwise.
+///
+/// # Safety
+/// `event` must be NULL or a live `callplus_event`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_event_media_kind(event: *const callplus_event) -> callplus_media_kind {
+    // SAFETY: forwarded contract.
+    unsafe { with_ref(event, EventData::media_kind) }
+}
+
+/// The level of AUDIO_LEVEL, 0–100; 0 otherwise.
+///
+/// # Safety
+/// `event` must be NULL or a live `callplus_event`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_event_audio_level(event: *const callplus_event) -> u32 {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_ref(event, |e| match e.media() {
+            Some(MediaEvent::AudioLevel { level, .. }) => u32::from(*level),
+            _ => 0,
+        })
+    }
+}
+
+/// The status report of MEDIA_STATS (borrowed: valid as long as the event); NULL otherwise.
+///
+/// # Safety
+/// `event` must be NULL or a live `callplus_event`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_event_stats(event: *const callplus_event) -> *const callplus_media_stats {
+    // SAFETY: forwarded contract.
+    unsafe { with_ref(event, |e| e.stats.as_ref().map_or(std::ptr::null(), stats_ptr)) }
+}
+
 /// Frees an event from `callplus_client_poll_event`. NULL is ignored. Never free the event
 /// handed to a callback.
 ///
@@ -585,6 +760,21 @@ pub unsafe extern "C" fn callplus_event_summary(
 pub unsafe extern "C" fn callplus_event_free(event: *mut callplus_event) {
     // SAFETY: forwarded contract.
     boundary(|| drop(unsafe { free_boxed(event) }))
+}
+
+/// The C kind of a media event.
+fn media_kind(event: &MediaEvent) -> callplus_event_type {
+    use callplus_event_type as K;
+    match event {
+        MediaEvent::PeerConnected { .. } => K::PeerConnected,
+        MediaEvent::UserMediaAvailable { .. } => K::UserMediaAvailable,
+        MediaEvent::FirstFrame { .. } => K::FirstFrame,
+        MediaEvent::AudioLevel { .. } => K::AudioLevel,
+        MediaEvent::Stats(_) => K::MediaStats,
+        MediaEvent::FetchRemoteMediaError { .. } => K::FetchRemoteMediaError,
+        MediaEvent::Error { .. } => K::MediaError,
+        _ => K::Other,
+    }
 }
 
 // ----- the queue and the dispatcher -------------------------------------------------------------
@@ -607,7 +797,9 @@ unsafe impl Send for Callback {}
 
 #[derive(Default)]
 struct QueueState {
-    queue: VecDeque<Event>,
+    queue: VecDeque<Queued>,
+    /// How many of the queued events are media events.
+    media_queued: usize,
     /// The client's event stream ended: no more events will come.
     closed: bool,
     /// The client is being freed: the dispatcher stops at once.
@@ -629,6 +821,26 @@ pub(crate) struct Events {
     changed: Condvar,
 }
 
+impl QueueState {
+    fn pop(&mut self) -> Option<Queued> {
+        let event = self.queue.pop_front()?;
+        if !matches!(event, Queued::Call(_)) {
+            self.media_queued = self.media_queued.saturating_sub(1);
+        }
+        Some(event)
+    }
+
+    /// Queues a media event unless the client stopped or too many wait already.
+    fn push_media(&mut self, event: Queued) -> bool {
+        if self.closed || self.stopping || self.media_queued >= MEDIA_EVENT_CAPACITY {
+            return false;
+        }
+        self.media_queued += 1;
+        self.queue.push_back(event);
+        true
+    }
+}
+
 impl Events {
     fn lock(&self) -> MutexGuard<'_, QueueState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -644,7 +856,7 @@ impl Events {
         while let Some(event) = stream.next().await {
             match event {
                 ClientEvent::TransportStale | ClientEvent::RequestCompleted { .. } => continue,
-                event => self.lock().queue.push_back(event),
+                event => self.lock().queue.push_back(Queued::Call(event)),
             }
             self.changed.notify_all();
         }
@@ -652,16 +864,36 @@ impl Events {
         self.changed.notify_all();
     }
 
+    /// Moves the built-in media's events into the queue, behind the call events before them,
+    /// until the client stops (runs on the client's runtime).
+    pub(crate) async fn pump_media(self: Arc<Self>, mut stream: MediaEventStream) {
+        while let Some(event) = stream.next().await {
+            if matches!(event, MediaEvent::Signal { .. }) {
+                continue;
+            }
+            if self.lock().push_media(Queued::Media(event)) {
+                self.changed.notify_all();
+            }
+        }
+    }
+
+    /// Tells the app that its camera should send a key frame (from the media's threads).
+    pub(crate) fn keyframe_requested(&self) {
+        if self.lock().push_media(Queued::KeyframeRequested) {
+            self.changed.notify_all();
+        }
+    }
+
     /// The next event within `timeout`: `NoEvent` when none came, `NotConnected` once the
     /// client stopped and every event was taken, `InvalidState` while a callback is installed.
-    pub(crate) fn poll(&self, timeout: Duration) -> Result<Event, callplus_result> {
+    pub(crate) fn poll(&self, timeout: Duration) -> Result<Queued, callplus_result> {
         let deadline = Instant::now().checked_add(timeout);
         let mut st = self.lock();
         loop {
             if st.callback.is_some() {
                 return Err(callplus_result::InvalidState);
             }
-            if let Some(event) = st.queue.pop_front() {
+            if let Some(event) = st.pop() {
                 return Ok(event);
             }
             if st.closed || st.stopping {
@@ -736,7 +968,7 @@ impl Events {
                         self.changed.notify_all();
                         return;
                     }
-                    if let Some(event) = st.queue.pop_front() {
+                    if let Some(event) = st.pop() {
                         st.in_callback = true;
                         break (st.callback, event);
                     }
@@ -778,4 +1010,131 @@ impl Events {
 /// Builds the callback of a C function pointer and user data.
 pub(crate) fn callback(f: callplus_event_callback, user_data: *mut c_void) -> Option<Callback> {
     f.map(|f| Callback { f, user_data })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::ffi::CStr;
+
+    use super::*;
+
+    #[test]
+    fn every_event_type_has_its_constant_name() {
+        use callplus_event_type as K;
+        let all = [
+            K::None,
+            K::ConnectionStateChanged,
+            K::ConnectionRejected,
+            K::ReceivedCall,
+            K::RemoteUserInvited,
+            K::CallConnected,
+            K::CallTypeChanged,
+            K::RemoteUserStateChanged,
+            K::CallEnded,
+            K::RemoteCameraStateChanged,
+            K::RemoteMicrophoneStateChanged,
+            K::ReceivedCallRecord,
+            K::ChangeMediaTypeRequest,
+            K::ChangeMediaTypeResult,
+            K::CallStartTime,
+            K::CallFirstFrameTime,
+            K::SummaryMessage,
+            K::MediaSignal,
+            K::DeliveryChanged,
+            K::PeerConnected,
+            K::UserMediaAvailable,
+            K::FirstFrame,
+            K::AudioLevel,
+            K::MediaStats,
+            K::FetchRemoteMediaError,
+            K::MediaError,
+            K::VideoKeyframeRequested,
+            K::Other,
+        ];
+        for kind in all {
+            // SAFETY: the function returns a static C string.
+            let name = unsafe { CStr::from_ptr(callplus_event_type_name(kind as u32)) }.to_str().unwrap();
+            let debug = format!("{kind:?}");
+            let mut expected = String::new();
+            for (i, c) in debug.chars().enumerate() {
+                if c.is_uppercase() && i > 0 {
+                    expected.push('_');
+                }
+                expected.push(c.to_ascii_uppercase());
+            }
+            assert_eq!(name, expected, "{kind:?}");
+        }
+        // SAFETY: as above.
+        let unknown = unsafe { CStr::from_ptr(callplus_event_type_name(27)) };
+        assert_eq!(unknown, c"UNKNOWN");
+    }
+
+    fn media(event: MediaEvent) -> EventData {
+        EventData::new(Queued::Media(event))
+    }
+
+    #[test]
+    fn media_events_read_through_the_accessors() {
+        let call = callplus_media::CallId::new("c1").unwrap();
+        let bob = callplus_media::UserId::new("bob").unwrap();
+        let first = media(MediaEvent::FirstFrame {
+            call_id: call.clone(),
+            user: bob.clone(),
+            kind: callplus_media::MediaKind::Video,
+            at_ms: 1234,
+        });
+        let e = to_const_ptr::<callplus_event>(&first);
+        // SAFETY: `e` points at a live event.
+        unsafe {
+            assert_eq!(callplus_event_kind(e), callplus_event_type::FirstFrame);
+            assert_eq!(CStr::from_ptr(callplus_event_call_id(e)), c"c1");
+            assert_eq!(CStr::from_ptr(callplus_event_user_id(e)), c"bob");
+            assert_eq!(callplus_event_media_kind(e), callplus_media_kind::Video);
+            assert_eq!(callplus_event_time_ms(e), 1234);
+            assert_eq!(callplus_event_audio_level(e), 0);
+            assert!(callplus_event_stats(e).is_null());
+        }
+        let failed = media(MediaEvent::FetchRemoteMediaError {
+            call_id: call.clone(),
+            user: bob.clone(),
+            code: callplus_session::Code::RtcServiceUnavailable,
+        });
+        let e = to_const_ptr::<callplus_event>(&failed);
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(callplus_event_kind(e), callplus_event_type::FetchRemoteMediaError);
+            assert_eq!(callplus_event_code(e), callplus_result::RtcServiceUnavailable);
+        }
+        let error = media(MediaEvent::Error { call_id: None, message: "no camera".into() });
+        let e = to_const_ptr::<callplus_event>(&error);
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(callplus_event_kind(e), callplus_event_type::MediaError);
+            assert!(callplus_event_call_id(e).is_null());
+            assert_eq!(CStr::from_ptr(callplus_event_message(e)), c"no camera");
+        }
+        let keyframe = EventData::new(Queued::KeyframeRequested);
+        let e = to_const_ptr::<callplus_event>(&keyframe);
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(callplus_event_kind(e), callplus_event_type::VideoKeyframeRequested);
+            assert!(callplus_event_call_id(e).is_null());
+            assert_eq!(callplus_event_media_kind(e), callplus_media_kind::None);
+        }
+    }
+
+    #[test]
+    fn media_events_are_bounded_in_the_queue() {
+        let events = Events::default();
+        for _ in 0..MEDIA_EVENT_CAPACITY + 5 {
+            events.keyframe_requested();
+        }
+        let mut st = events.lock();
+        assert_eq!(st.queue.len(), MEDIA_EVENT_CAPACITY);
+        assert!(st.pop().is_some());
+        assert_eq!(st.media_queued, MEDIA_EVENT_CAPACITY - 1);
+        st.closed = true;
+        assert!(!st.push_media(Queued::KeyframeRequested), "nothing is queued after the client stopped");
+    }
 }

@@ -46,6 +46,12 @@ impl PanicDefault for u32 {
     }
 }
 
+impl PanicDefault for f64 {
+    fn panic_default() -> Self {
+        0.0
+    }
+}
+
 impl PanicDefault for usize {
     fn panic_default() -> Self {
         0

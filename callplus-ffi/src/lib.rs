@@ -3,7 +3,9 @@
 //! Everything a C (or Swift, Kotlin/JNI, C#, …) app needs to place and answer calls through a
 //! callplus server: `callplus_client_connect`, the call operations, call records, and events
 //! by polling (`callplus_client_poll_event`) or by callback
-//! (`callplus_client_set_event_callback`). The header `include/callplus.h` is generated from
+//! (`callplus_client_set_event_callback`). With `callplus_client_connect_with_options` and
+//! `enable_media`, the client also carries the calls' audio and video: the app pushes its
+//! encoded microphone and camera samples and receives remote frames through a sink callback. The header `include/callplus.h` is generated from
 //! this crate by cbindgen and checked in; `cargo xtask codegen` regenerates it.
 //!
 //! Conventions (those of rustls-ffi):
@@ -23,19 +25,28 @@
 
 mod calls;
 mod client;
+mod client_options;
 mod enums;
 mod events;
+mod feed;
 mod ffi;
+mod media;
 mod options;
 mod result;
+mod sink;
+mod stats;
 mod string;
 
 pub use calls::*;
 pub use client::*;
+pub use client_options::*;
 pub use enums::*;
 pub use events::*;
+pub use media::*;
 pub use options::*;
 pub use result::*;
+pub use sink::*;
+pub use stats::*;
 pub use string::*;
 
 /// The library's version, e.g. "0.1.0" (static; never free it).

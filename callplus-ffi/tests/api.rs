@@ -104,6 +104,10 @@ fn null_client_is_refused_everywhere() {
         assert_eq!(callplus_client_get_available_calls(c, &mut calls), N);
         assert_eq!(callplus_client_poll_event(c, 0, &mut e), N);
         assert_eq!(callplus_client_set_event_callback(c, None, null_mut()), N);
+        assert_eq!(callplus_client_set_media_sink(c, None, null_mut()), N);
+        let sample = [1u8];
+        assert_eq!(callplus_client_push_audio_sample(c, sample.as_ptr(), 1, 20_000), N);
+        assert_eq!(callplus_client_push_video_sample(c, sample.as_ptr(), 1, 66_666), N);
         assert_eq!(callplus_client_connection_state(c), callplus_connection_state::None);
         assert!(callplus_client_user_id(c).is_null());
         assert!(callplus_client_device_id(c).is_null());
@@ -130,6 +134,11 @@ fn null_objects_read_as_nothing() {
         assert!(callplus_event_session(null()).is_null());
         assert_eq!(callplus_event_user_count(null()), 0);
         assert!(callplus_event_user_at(null(), 0).is_null());
+        assert_eq!(callplus_event_media_kind(null()), callplus_media_kind::None);
+        assert_eq!(callplus_event_audio_level(null()), 0);
+        assert!(callplus_event_stats(null()).is_null());
+        assert_eq!(callplus_media_stats_peer_count(null()), 0);
+        assert!(callplus_media_stats_peer_user_id(null(), 0).is_null());
         assert!(callplus_call_session_call_id(null()).is_null());
         assert_eq!(callplus_call_session_state(null()), callplus_call_state::None);
         assert_eq!(callplus_call_session_participant_count(null()), 0);
@@ -174,6 +183,14 @@ fn event_type_names_match_the_enum() {
         (T::SummaryMessage, "SUMMARY_MESSAGE"),
         (T::MediaSignal, "MEDIA_SIGNAL"),
         (T::DeliveryChanged, "DELIVERY_CHANGED"),
+        (T::PeerConnected, "PEER_CONNECTED"),
+        (T::UserMediaAvailable, "USER_MEDIA_AVAILABLE"),
+        (T::FirstFrame, "FIRST_FRAME"),
+        (T::AudioLevel, "AUDIO_LEVEL"),
+        (T::MediaStats, "MEDIA_STATS"),
+        (T::FetchRemoteMediaError, "FETCH_REMOTE_MEDIA_ERROR"),
+        (T::MediaError, "MEDIA_ERROR"),
+        (T::VideoKeyframeRequested, "VIDEO_KEYFRAME_REQUESTED"),
         (T::Other, "OTHER"),
     ] {
         assert_eq!(text(callplus_event_type_name(t as u32)), name);
