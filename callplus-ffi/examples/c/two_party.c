@@ -230,9 +230,10 @@ int main(int argc, char **argv) {
     if (!check("bob", "set_event_callback", callplus_client_set_event_callback(bob.client, NULL, NULL)))
         goto done;
     if (!check("alice", "disconnect", callplus_client_disconnect(alice))) goto done;
-    /* The last events; NOT_CONNECTED once they are all taken. */
+    /* The last events; NOT_CONNECTED once they are all taken (it comes as soon as the
+     * stream has ended, so the long wait costs nothing when all is well). */
     for (;;) {
-        callplus_result r = callplus_client_poll_event(alice, 1000, &event);
+        callplus_result r = callplus_client_poll_event(alice, (uint32_t)wait_ms(), &event);
         if (r != CALLPLUS_RESULT_OK) {
             printf("alice: events done (%s)\n", callplus_result_message(r));
             break;
