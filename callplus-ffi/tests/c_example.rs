@@ -1,7 +1,9 @@
-//! The C example (`examples/c/two_party.c`) against a real server: compiled with the system C
-//! compiler against the checked-in header and the shared library that this `cargo test` just
-//! built, run, its output checked; then run again under valgrind (memcheck) so leaks and
-//! invalid memory accesses fail the test.
+//! The C examples against a real server: `examples/c/two_party.c` (signalling, events by poll
+//! and by callback) and `examples/c/media_call.c` (built-in media on loopback: a tone one way,
+//! app-pushed Opus packets the other, each side's media sink must receive the other's audio).
+//! Each is compiled with the system C compiler against the checked-in header and the shared
+//! library that this `cargo test` just built, run, its output checked; then run again under
+//! valgrind (memcheck) so leaks and invalid memory accesses fail the test.
 //!
 //! The library: `cargo test` builds every crate type of `callplus-ffi` (rlib, cdylib,
 //! staticlib) into the directory that also holds this test's executable
@@ -14,9 +16,10 @@
 //! valgrind run (it is skipped, with a note, when valgrind is not installed).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::TestServer;
@@ -40,35 +43,39 @@ fn lib_dir() -> PathBuf {
     })
 }
 
-/// Compiles the example once per test process.
-fn example() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("c_example");
-        std::fs::create_dir_all(&out_dir).unwrap();
-        let exe = out_dir.join("two_party");
-        let lib_dir = lib_dir();
-        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
-        let output = Command::new(&cc)
-            .args(["-std=c11", "-D_POSIX_C_SOURCE=200809L", "-g", "-O0", "-Wall", "-Wextra", "-Werror"])
-            .arg("-I")
-            .arg(manifest_dir().join("include"))
-            .arg("-o")
-            .arg(&exe)
-            .arg(manifest_dir().join("examples/c/two_party.c"))
-            .arg(format!("-L{}", lib_dir.display()))
-            .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
-            .args(["-lcallplus", "-lpthread"])
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run the C compiler {cc:?}: {e}"));
-        assert!(
-            output.status.success(),
-            "compiling two_party.c failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        exe
-    })
+/// Compiles the example `examples/c/<name>.c` once per test process.
+fn example(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT.get_or_init(Mutex::default).lock().unwrap_or_else(|p| p.into_inner());
+    built
+        .entry(name.to_owned())
+        .or_insert_with(|| {
+            let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("c_example");
+            std::fs::create_dir_all(&out_dir).unwrap();
+            let exe = out_dir.join(name);
+            let lib_dir = lib_dir();
+            let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+            let output = Command::new(&cc)
+                .args(["-std=c11", "-D_POSIX_C_SOURCE=200809L", "-g", "-O0", "-Wall", "-Wextra", "-Werror"])
+                .arg("-I")
+                .arg(manifest_dir().join("include"))
+                .arg("-o")
+                .arg(&exe)
+                .arg(manifest_dir().join(format!("examples/c/{name}.c")))
+                .arg(format!("-L{}", lib_dir.display()))
+                .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+                .args(["-lcallplus", "-lpthread"])
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run the C compiler {cc:?}: {e}"));
+            assert!(
+                output.status.success(),
+                "compiling {name}.c failed:\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            exe
+        })
+        .clone()
 }
 
 impl TestServer {
@@ -103,9 +110,9 @@ fn run(mut command: Command) -> Output {
     child.wait_with_output().unwrap()
 }
 
-/// Checks what the example printed: alice saw the call connect and end with HANGUP, bob saw
+/// Checks what `two_party` printed: alice saw the call connect and end with HANGUP, bob saw
 /// REMOTE_HANGUP, and both printed a record of the call.
-fn check_output(output: &Output) {
+fn check_two_party(output: &Output) {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let context = || format!("exit: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", output.status);
@@ -131,13 +138,83 @@ fn check_output(output: &Output) {
     }
 }
 
+/// Checks what `media_call` printed: each side received the other's audio through its media
+/// sink (the example itself exits non-zero otherwise), and the media events arrived.
+fn check_media_call(output: &Output) {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let context = || format!("exit: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", output.status);
+    assert!(output.status.success(), "the example failed\n{}", context());
+    let has = |needle: &str| stdout.lines().any(|l| l.starts_with(needle));
+    for needle in [
+        "alice: first audio frame from bob in call ",
+        "bob: first audio frame from alice in call ",
+        "alice: event USER_MEDIA_AVAILABLE",
+        "bob: event FIRST_FRAME",
+        "alice: event FIRST_FRAME",
+        "bob: event CALL_ENDED",
+        "media_call: OK",
+    ] {
+        assert!(has(needle), "missing line starting with {needle:?}\n{}", context());
+    }
+    for (who, from) in [("bob", "alice"), ("alice", "bob")] {
+        let prefix = format!("{who}: received ");
+        let frames: usize = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{who} printed no frame count\n{}", context()));
+        assert!(frames >= 25, "{who} received only {frames} frames from {from}\n{}", context());
+        assert!(has(&format!("{who}: received {frames} audio frames from {from} (0 bad, 20000 us each)")));
+    }
+}
+
+/// Runs `example` against a fresh server, directly or under valgrind.
+fn run_example(name: &str, under_valgrind: Option<&Path>) -> Output {
+    let exe = example(name);
+    let server = TestServer::start();
+    let mut command = match under_valgrind {
+        None => Command::new(exe),
+        Some(valgrind) => {
+            let mut command = Command::new(valgrind);
+            command
+                .args([
+                    "--tool=memcheck",
+                    "--leak-check=full",
+                    // Leaks that fail: memory no pointer reaches any more. "Still reachable"
+                    // blocks (thread-locals and statics of the Rust runtime at exit) are not
+                    // leaks.
+                    "--show-leak-kinds=definite,indirect",
+                    "--errors-for-leak-kinds=definite,indirect",
+                    "--error-exitcode=99",
+                    "--num-callers=30",
+                ])
+                .arg(format!("--suppressions={}", manifest_dir().join("tests/valgrind.supp").display()))
+                .arg(exe)
+                // Everything is slower under valgrind.
+                .env("CALLPLUS_WAIT_MS", "120000");
+            command
+        }
+    };
+    command.args(server.args());
+    let output = run(command);
+    if under_valgrind.is_some() && output.status.code() == Some(99) {
+        panic!(
+            "valgrind found memory errors or leaks in {name}:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    output
+}
+
 #[test]
 fn two_party_example_runs() {
-    let exe = example();
-    let server = TestServer::start();
-    let mut command = Command::new(exe);
-    command.args(server.args());
-    check_output(&run(command));
+    check_two_party(&run_example("two_party", None));
+}
+
+#[test]
+fn media_call_example_runs() {
+    check_media_call(&run_example("media_call", None));
 }
 
 fn valgrind() -> Option<PathBuf> {
@@ -154,32 +231,14 @@ fn two_party_example_is_clean_under_valgrind() {
         eprintln!("note: valgrind is not installed (or CALLPLUS_SKIP_VALGRIND is set); skipping");
         return;
     };
-    let exe = example();
-    let server = TestServer::start();
-    let mut command = Command::new(valgrind);
-    command
-        .args([
-            "--tool=memcheck",
-            "--leak-check=full",
-            // Leaks that fail: memory no pointer reaches any more. "Still reachable" blocks
-            // (thread-locals and statics of the Rust runtime at exit) are not leaks.
-            "--show-leak-kinds=definite,indirect",
-            "--errors-for-leak-kinds=definite,indirect",
-            "--error-exitcode=99",
-            "--num-callers=30",
-        ])
-        .arg(format!("--suppressions={}", manifest_dir().join("tests/valgrind.supp").display()))
-        .arg(exe)
-        .args(server.args())
-        // Everything is slower under valgrind.
-        .env("CALLPLUS_WAIT_MS", "120000");
-    let output = run(command);
-    if output.status.code() == Some(99) {
-        panic!(
-            "valgrind found memory errors or leaks:\n{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    check_output(&output);
+    check_two_party(&run_example("two_party", Some(&valgrind)));
+}
+
+#[test]
+fn media_call_example_is_clean_under_valgrind() {
+    let Some(valgrind) = valgrind() else {
+        eprintln!("note: valgrind is not installed (or CALLPLUS_SKIP_VALGRIND is set); skipping");
+        return;
+    };
+    check_media_call(&run_example("media_call", Some(&valgrind)));
 }
