@@ -1488,9 +1488,9 @@ enum callplus_result callplus_client_connect_with_options(const char *endpoint,
                                                           struct callplus_client **client_out);
 
 /**
- * Disconnects (if still connected: the user's calls end for this device), stops event
- * delivery (waiting for a running callback to return, unless called from that callback),
- * stops the client's thread and frees the client. Events not yet taken are dropped. NULL is
+ * Disconnects (if still connected: the user's calls end for this device), stops event and
+ * media frame delivery (waiting for a running callback to return, unless called from that
+ * callback), stops the client's threads and frees the client. Events not yet taken are dropped. NULL is
  * ignored. Blocks for at most a few seconds.
  *
  * # Safety

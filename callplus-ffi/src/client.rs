@@ -249,9 +249,9 @@ fn connect(endpoint: &str, token: &str, settings: ConnectSettings) -> Result<Cli
     })
 }
 
-/// Disconnects (if still connected: the user's calls end for this device), stops event
-/// delivery (waiting for a running callback to return, unless called from that callback),
-/// stops the client's thread and frees the client. Events not yet taken are dropped. NULL is
+/// Disconnects (if still connected: the user's calls end for this device), stops event and
+/// media frame delivery (waiting for a running callback to return, unless called from that
+/// callback), stops the client's threads and frees the client. Events not yet taken are dropped. NULL is
 /// ignored. Blocks for at most a few seconds.
 ///
 /// # Safety
