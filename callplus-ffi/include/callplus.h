@@ -806,6 +806,18 @@ typedef struct callplus_client_options {
      * The app is the camera: it pushes VP8 frames with `callplus_client_push_video_sample`.
      */
     bool app_camera;
+    /**
+     * For an `https://` endpoint: PEM certificates of the authorities to trust instead of the
+     * public ones (a private CA, or the server's self-signed certificate), or NULL for the
+     * public roots bundled in the library. Needs an `https://` endpoint (`PARAM_ERROR`
+     * otherwise: the connection is never quietly made in plaintext).
+     */
+    const char *tls_ca_pem;
+    /**
+     * For an `https://` endpoint: the name the server's certificate must carry when it is not
+     * the endpoint's host (an endpoint given as an IP address), or NULL.
+     */
+    const char *tls_domain;
 } callplus_client_options;
 
 /**
@@ -1439,14 +1451,16 @@ enum callplus_direction callplus_call_summary_direction(const struct callplus_ca
  * Connects to a callplus server and waits until the server accepted the token; signalling
  * only (see `callplus_client_connect_with_options` for built-in media).
  *
- * - `endpoint`: the server's address, `http://host:port` (e.g. `http://127.0.0.1:7700`).
+ * - `endpoint`: the server's address, `http://host:port` (e.g. `http://127.0.0.1:7700`), or
+ *   `https://host:port` for a server with TLS whose certificate a public authority signed
+ *   (for a private CA use `callplus_client_connect_with_options`).
  * - `token`: a token minted by the app's backend (or `callplus token`) for this user.
  * - `device_id`: this installation's id (1–64 of `[A-Za-z0-9_-]`, stable across restarts so
  *   a restarted app replaces its old session); NULL picks a random one.
  * - `client_out`: receives the client on success; free it with `callplus_client_free`.
  *
  * Returns `CALLPLUS_RESULT_OK`; the server's refusal (`TOKEN_INVALID`, `TOKEN_EXPIRED`,
- * `APP_UNKNOWN`); `NOT_CONNECTED` when the server cannot be reached; `PARAM_ERROR` for a
+ * `APP_UNKNOWN`); `NOT_CONNECTED` when the server cannot be reached or its certificate is not trusted; `PARAM_ERROR` for a
  * malformed endpoint or device id; `NULL_PARAMETER`. Blocks for at most about 5 s (connect
  * timeout) plus the server's answer.
  *
@@ -1473,9 +1487,12 @@ enum callplus_result callplus_client_connect(const char *endpoint,
  * callback of `callplus_client_set_media_sink`; media events (first frames, audio levels,
  * status reports, errors) arrive with the other events.
  *
+ * With `tls_ca_pem` / `tls_domain` the certificate of an `https://` server is checked against
+ * a CA of the app's own and another name.
+ *
  * Errors as `callplus_client_connect`, and `PARAM_ERROR` for inconsistent options (a media
  * field without `enable_media`, two sources for one device, a tone above 20000 Hz, a bind
- * address that is not an IP address).
+ * address that is not an IP address, TLS settings with an `http://` endpoint).
  *
  * # Safety
  * String arguments must be NULL or NUL-terminated; `options` NULL or a readable

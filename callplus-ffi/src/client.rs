@@ -135,14 +135,16 @@ fn transaction_arg(s: &str) -> Result<TransactionId, callplus_result> {
 /// Connects to a callplus server and waits until the server accepted the token; signalling
 /// only (see `callplus_client_connect_with_options` for built-in media).
 ///
-/// - `endpoint`: the server's address, `http://host:port` (e.g. `http://127.0.0.1:7700`).
+/// - `endpoint`: the server's address, `http://host:port` (e.g. `http://127.0.0.1:7700`), or
+///   `https://host:port` for a server with TLS whose certificate a public authority signed
+///   (for a private CA use `callplus_client_connect_with_options`).
 /// - `token`: a token minted by the app's backend (or `callplus token`) for this user.
 /// - `device_id`: this installation's id (1–64 of `[A-Za-z0-9_-]`, stable across restarts so
 ///   a restarted app replaces its old session); NULL picks a random one.
 /// - `client_out`: receives the client on success; free it with `callplus_client_free`.
 ///
 /// Returns `CALLPLUS_RESULT_OK`; the server's refusal (`TOKEN_INVALID`, `TOKEN_EXPIRED`,
-/// `APP_UNKNOWN`); `NOT_CONNECTED` when the server cannot be reached; `PARAM_ERROR` for a
+/// `APP_UNKNOWN`); `NOT_CONNECTED` when the server cannot be reached or its certificate is not trusted; `PARAM_ERROR` for a
 /// malformed endpoint or device id; `NULL_PARAMETER`. Blocks for at most about 5 s (connect
 /// timeout) plus the server's answer.
 ///
@@ -165,7 +167,7 @@ pub unsafe extern "C" fn callplus_client_connect(
             unsafe { (str_arg(endpoint)?, str_arg(token)?, opt_str_arg(device_id)?) };
         check_out(client_out)?;
         let device_id = device_id.map(DeviceId::new).transpose()?;
-        let handle = connect(endpoint, token, ConnectSettings { device_id, media: None })?;
+        let handle = connect(endpoint, token, ConnectSettings::with_device(device_id))?;
         // SAFETY: checked non-NULL above.
         unsafe { write_out(client_out, to_boxed::<callplus_client>(handle)) };
         Ok(())
@@ -182,9 +184,12 @@ pub unsafe extern "C" fn callplus_client_connect(
 /// callback of `callplus_client_set_media_sink`; media events (first frames, audio levels,
 /// status reports, errors) arrive with the other events.
 ///
+/// With `tls_ca_pem` / `tls_domain` the certificate of an `https://` server is checked against
+/// a CA of the app's own and another name.
+///
 /// Errors as `callplus_client_connect`, and `PARAM_ERROR` for inconsistent options (a media
 /// field without `enable_media`, two sources for one device, a tone above 20000 Hz, a bind
-/// address that is not an IP address).
+/// address that is not an IP address, TLS settings with an `http://` endpoint).
 ///
 /// # Safety
 /// String arguments must be NULL or NUL-terminated; `options` NULL or a readable
@@ -212,7 +217,8 @@ pub unsafe extern "C" fn callplus_client_connect_with_options(
 /// The body of both connect functions, once every argument is checked.
 fn connect(endpoint: &str, token: &str, settings: ConnectSettings) -> Result<ClientHandle, callplus_result> {
     ensure_blocking_allowed()?;
-    let mut options = ClientOptions { device_id: settings.device_id, ..ClientOptions::default() };
+    let mut options =
+        ClientOptions { device_id: settings.device_id, tls: settings.tls, ..ClientOptions::default() };
     let events = Arc::new(Events::default());
     let media = settings.media.map(|settings| {
         let (media, media_options) = ClientMedia::new(&settings, &events);

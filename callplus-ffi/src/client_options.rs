@@ -4,6 +4,7 @@ use std::ffi::c_char;
 use std::net::{IpAddr, SocketAddr};
 
 use callplus_session::DeviceId;
+use callplus_signal::client::TlsOptions;
 
 use crate::ffi::opt_str_arg;
 use crate::result::callplus_result;
@@ -48,6 +49,14 @@ pub struct callplus_client_options {
     pub app_microphone: bool,
     /// The app is the camera: it pushes VP8 frames with `callplus_client_push_video_sample`.
     pub app_camera: bool,
+    /// For an `https://` endpoint: PEM certificates of the authorities to trust instead of the
+    /// public ones (a private CA, or the server's self-signed certificate), or NULL for the
+    /// public roots bundled in the library. Needs an `https://` endpoint (`PARAM_ERROR`
+    /// otherwise: the connection is never quietly made in plaintext).
+    pub tls_ca_pem: *const c_char,
+    /// For an `https://` endpoint: the name the server's certificate must carry when it is not
+    /// the endpoint's host (an endpoint given as an IP address), or NULL.
+    pub tls_domain: *const c_char,
 }
 
 /// Where this client's microphone or camera media comes from.
@@ -81,6 +90,15 @@ pub(crate) struct ConnectSettings {
     pub(crate) device_id: Option<DeviceId>,
     /// The built-in media, `None` for signalling only.
     pub(crate) media: Option<MediaSettings>,
+    /// How an `https://` server's certificate is checked.
+    pub(crate) tls: TlsOptions,
+}
+
+impl ConnectSettings {
+    /// No device id, no media, the default trust: `callplus_client_connect`.
+    pub(crate) fn with_device(device_id: Option<DeviceId>) -> Self {
+        ConnectSettings { device_id, media: None, tls: TlsOptions::default() }
+    }
 }
 
 /// The settings of a C options struct (NULL: all defaults). Every field is checked here, before
@@ -94,18 +112,32 @@ pub(crate) unsafe fn client_options_arg(
 ) -> Result<ConnectSettings, callplus_result> {
     // SAFETY: forwarded contract.
     let Some(o) = (unsafe { options.as_ref() }) else {
-        return Ok(ConnectSettings { device_id: None, media: None });
+        return Ok(ConnectSettings::with_device(None));
     };
     // SAFETY: forwarded contract.
-    let (device_id, bind) = unsafe { (opt_str_arg(o.device_id)?, opt_str_arg(o.media_bind_address)?) };
+    let (device_id, bind, ca, domain) = unsafe {
+        (
+            opt_str_arg(o.device_id)?,
+            opt_str_arg(o.media_bind_address)?,
+            opt_str_arg(o.tls_ca_pem)?,
+            opt_str_arg(o.tls_domain)?,
+        )
+    };
     let device_id = device_id.map(DeviceId::new).transpose()?;
+    let mut tls = TlsOptions::default();
+    if let Some(pem) = ca {
+        tls = tls.with_ca_pem(pem.as_bytes().to_vec());
+    }
+    if let Some(domain) = domain {
+        tls = tls.with_domain(domain.to_owned());
+    }
     let any_media_field =
         bind.is_some() || o.tone_hz != 0 || o.test_pattern || o.app_microphone || o.app_camera;
     if !o.enable_media {
         return if any_media_field {
             Err(callplus_result::ParamError)
         } else {
-            Ok(ConnectSettings { device_id, media: None })
+            Ok(ConnectSettings { device_id, media: None, tls })
         };
     }
     let microphone = match (o.tone_hz, o.app_microphone) {
@@ -125,7 +157,7 @@ pub(crate) unsafe fn client_options_arg(
         Some(text) => bind_addr_arg(text)?,
     };
     let media = MediaSettings { bind_addr, microphone, tone_hz: o.tone_hz, camera };
-    Ok(ConnectSettings { device_id, media: Some(media) })
+    Ok(ConnectSettings { device_id, media: Some(media), tls })
 }
 
 /// `ip` or `ip:port` as `ip:port` (port 0: any free one).
@@ -152,6 +184,8 @@ mod tests {
             test_pattern: false,
             app_microphone: false,
             app_camera: false,
+            tls_ca_pem: null(),
+            tls_domain: null(),
         }
     }
 
@@ -161,7 +195,7 @@ mod tests {
 
     #[test]
     fn zeroed_or_null_options_are_the_defaults() {
-        let defaults = ConnectSettings { device_id: None, media: None };
+        let defaults = ConnectSettings::with_device(None);
         assert_eq!(unsafe { client_options_arg(null()) }, Ok(defaults.clone()));
         assert_eq!(unsafe { client_options_arg(&zeroed()) }, Ok(defaults));
     }
@@ -194,6 +228,23 @@ mod tests {
         let m = unsafe { client_options_arg(&o) }.unwrap().media.unwrap();
         assert_eq!(m.bind_addr, "[::1]:5000");
         assert_eq!((m.microphone, m.camera), (SourceChoice::App, SourceChoice::Test));
+    }
+
+    #[test]
+    fn tls_fields_reach_the_settings() {
+        let o = callplus_client_options {
+            tls_ca_pem: c"-----BEGIN CERTIFICATE-----".as_ptr(),
+            tls_domain: c"calls.example.org".as_ptr(),
+            ..zeroed()
+        };
+        let got = unsafe { client_options_arg(&o) }.unwrap();
+        assert_eq!(got.tls.ca_pem.as_deref(), Some(b"-----BEGIN CERTIFICATE-----".as_slice()));
+        assert_eq!(got.tls.domain.as_deref(), Some("calls.example.org"));
+        let with_media = callplus_client_options { tls_domain: c"localhost".as_ptr(), ..media() };
+        assert_eq!(
+            unsafe { client_options_arg(&with_media) }.unwrap().tls.domain.as_deref(),
+            Some("localhost")
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ fn not_utf8() -> *const c_char {
 
 impl TestServer {
     fn endpoint(&self) -> CString {
-        CString::new(format!("http://{}", self.server().grpc_addr())).unwrap()
+        CString::new(self.server().grpc_url()).unwrap()
     }
 
     fn token(&self, user: &str) -> CString {
@@ -229,6 +229,42 @@ fn connect_refuses_bad_arguments() {
             R::NotConnected
         );
     }
+    assert_eq!(out, sentinel());
+}
+
+#[test]
+fn connect_over_tls_checks_the_certificate() {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let tls = callplus_signal::server::ServerTls::from_pem(made.cert.pem(), made.signing_key.serialize_pem());
+    let server = TestServer::start_with(Some(tls));
+    let (endpoint, token) = (server.endpoint(), server.token("alice"));
+    assert!(endpoint.to_str().unwrap().starts_with("https://127.0.0.1:"));
+    let ca = CString::new(made.cert.pem()).unwrap();
+    let trusting = callplus_client_options {
+        tls_ca_pem: ca.as_ptr(),
+        tls_domain: c"localhost".as_ptr(),
+        ..unsafe { std::mem::zeroed() }
+    };
+    let connect = |endpoint: &CStr, options: &callplus_client_options, out: &mut *mut callplus_client| unsafe {
+        callplus_client_connect_with_options(endpoint.as_ptr(), token.as_ptr(), options, out)
+    };
+
+    let mut client = null_mut();
+    assert_eq!(connect(&endpoint, &trusting, &mut client), callplus_result::Ok);
+    assert_eq!(text(unsafe { callplus_client_user_id(client) }), "alice");
+    unsafe { callplus_client_free(client) };
+
+    let mut out = sentinel::<callplus_client>();
+    // The public roots do not vouch for a self-signed certificate; neither does a wrong name.
+    let public = unsafe { std::mem::zeroed::<callplus_client_options>() };
+    assert_eq!(connect(&endpoint, &public, &mut out), callplus_result::NotConnected);
+    let wrong_name = callplus_client_options { tls_domain: c"calls.example.org".as_ptr(), ..trusting };
+    assert_eq!(connect(&endpoint, &wrong_name, &mut out), callplus_result::NotConnected);
+    // TLS settings on a plaintext endpoint are refused, not ignored.
+    let plaintext = CString::new(endpoint.to_str().unwrap().replacen("https", "http", 1)).unwrap();
+    assert_eq!(connect(&plaintext, &trusting, &mut out), callplus_result::ParamError);
+    let not_utf8_ca = callplus_client_options { tls_ca_pem: not_utf8(), ..trusting };
+    assert_eq!(connect(&endpoint, &not_utf8_ca, &mut out), callplus_result::ParamError);
     assert_eq!(out, sentinel());
 }
 

@@ -233,16 +233,11 @@ impl TestServer {
     }
 }
 
+/// `{0}`, as C apps start their options.
 fn zeroed() -> callplus_client_options {
-    callplus_client_options {
-        device_id: null(),
-        enable_media: false,
-        media_bind_address: null(),
-        tone_hz: 0,
-        test_pattern: false,
-        app_microphone: false,
-        app_camera: false,
-    }
+    // SAFETY: every field is a pointer, a bool or an integer, for which all-zero is valid (NULL,
+    // false, 0) and means "not set".
+    unsafe { std::mem::zeroed() }
 }
 
 /// Bob's app: a microphone (a 660 Hz tone) and a camera (a small test pattern) encoded by the
