@@ -72,8 +72,13 @@ fn main() -> ExitCode {
 /// `cargo run` tells the binary where its manifest is; that is preferred over the path baked in
 /// at build time, which belongs to whichever checkout last built a shared `target/` directory.
 fn root() -> PathBuf {
-    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    workspace_root(std::env::var_os("CARGO_MANIFEST_DIR"), Path::new(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// The parent of xtask's manifest directory: the one `cargo run` passes at run time when there
+/// is one, else the one baked in at build time.
+fn workspace_root(at_run_time: Option<std::ffi::OsString>, at_build_time: &Path) -> PathBuf {
+    let manifest = at_run_time.map_or_else(|| at_build_time.to_path_buf(), PathBuf::from);
     manifest.parent().map_or_else(|| manifest.clone(), Path::to_path_buf)
 }
 
@@ -312,4 +317,22 @@ fn bench(args: &[String]) -> Result {
     let mut cmd = cargo();
     cmd.args(["bench", "--workspace"]).args(args);
     run("bench", cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_run_time_manifest_path_wins_over_the_build_time_one() {
+        let built = Path::new("/checkouts/old/xtask");
+        let run = Some(std::ffi::OsString::from("/checkouts/new/xtask"));
+        assert_eq!(workspace_root(run, built), PathBuf::from("/checkouts/new"));
+        assert_eq!(workspace_root(None, built), PathBuf::from("/checkouts/old"));
+    }
+
+    #[test]
+    fn this_workspace_is_found() {
+        assert!(root().join("Cargo.toml").is_file() && root().join("xtask").is_dir());
+    }
 }
