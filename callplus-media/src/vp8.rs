@@ -47,14 +47,33 @@ fn descriptor(payload: &[u8]) -> Option<(usize, bool, u8)> {
     (payload.len() >= len).then_some((len, start, pid))
 }
 
-/// Reassembles VP8 frames from RTP packets. A frame is emitted when its marker packet arrives
-/// and every packet since its start was there in sequence; incomplete frames are dropped.
+/// Reassembles VP8 frames from RTP packets and keeps track of whether they can be decoded.
+///
+/// A frame is complete when its marker packet arrives and every packet since its start was there
+/// in sequence. VP8 inter frames refer to the frames before them, so once anything is lost — a
+/// packet inside a frame, whole frames between two (a jump in sequence numbers), or the key frame
+/// the stream started with — every later inter frame depends on missing data. Such frames are
+/// withheld (a decoder would show garbage or refuse them) until a complete key frame arrives, and
+/// [`needs_keyframe`](Self::needs_keyframe) tells the receiver to ask the sender for one (RTCP
+/// PLI). Only evidence counts: the first packets of a stream's opening key frame do not make it
+/// "need" anything, so a call does not start with a needless request.
+///
+/// Packets at or behind the newest sequence number seen (late NACK retransmissions, reordering)
+/// are ignored: without a jitter buffer they cannot be put back in place, and must not break the
+/// frame being assembled.
 #[derive(Debug, Default)]
 pub struct Vp8Depacketizer {
+    /// RTP timestamp of the frame being assembled; `None` between frames.
     timestamp: Option<u32>,
-    next_seq: u16,
+    /// Newest sequence number seen.
+    newest_seq: Option<u16>,
     buf: BytesMut,
+    /// The frame being assembled misses data.
     broken: bool,
+    /// A key frame was emitted and nothing was lost since: inter frames can be decoded.
+    decodable: bool,
+    /// Something was lost or withheld since the last emitted key frame.
+    wants_keyframe: bool,
 }
 
 impl Vp8Depacketizer {
@@ -63,31 +82,67 @@ impl Vp8Depacketizer {
         Self::default()
     }
 
-    /// Feeds one RTP packet; returns `(frame, rtp_timestamp)` when a frame completes.
+    /// Whether the stream is undecodable until the next key frame, as far as the packets seen so
+    /// far show (loss, or inter frames without a key frame before them).
+    pub fn needs_keyframe(&self) -> bool {
+        self.wants_keyframe
+    }
+
+    /// Feeds one RTP packet; returns `(frame, rtp_timestamp)` when a decodable frame completes.
     pub fn push(&mut self, seq: u16, timestamp: u32, marker: bool, payload: &[u8]) -> Option<(Bytes, u32)> {
-        let Some((len, start, pid)) = descriptor(payload) else {
-            self.broken = true;
-            return None;
-        };
-        let data = &payload[len..];
+        let mut gap = false;
+        if let Some(newest) = self.newest_seq {
+            // RFC 3550 style: within half the sequence space, "behind" means older.
+            let ahead = seq.wrapping_sub(newest) as i16;
+            if ahead <= 0 {
+                return None;
+            }
+            gap = ahead > 1;
+        }
+        self.newest_seq = Some(seq);
+        if gap {
+            self.lost();
+        }
+        let descriptor = descriptor(payload);
         if self.timestamp != Some(timestamp) {
+            if self.timestamp.is_some() {
+                // The previous frame never saw its marker packet.
+                self.lost();
+            }
             self.timestamp = Some(timestamp);
             self.buf.clear();
-            self.broken = !(start && pid == 0);
-        } else if seq != self.next_seq {
+            self.broken = !matches!(descriptor, Some((_, true, 0)));
+        } else if gap {
             self.broken = true;
         }
-        self.next_seq = seq.wrapping_add(1);
-        if !self.broken {
-            self.buf.extend_from_slice(data);
+        match descriptor {
+            Some((len, _, _)) if !self.broken => self.buf.extend_from_slice(&payload[len..]),
+            Some(_) => {}
+            None => self.broken = true,
         }
-        if marker {
-            let complete = !self.broken && !self.buf.is_empty();
-            self.timestamp = None;
-            let frame = std::mem::take(&mut self.buf).freeze();
-            return complete.then_some((frame, timestamp));
+        if !marker {
+            return None;
         }
-        None
+        self.timestamp = None;
+        let frame = std::mem::take(&mut self.buf).freeze();
+        if self.broken || frame.is_empty() {
+            self.lost();
+            return None;
+        }
+        if is_keyframe(&frame) {
+            self.decodable = true;
+            self.wants_keyframe = false;
+        } else if !self.decodable {
+            self.wants_keyframe = true;
+            return None;
+        }
+        Some((frame, timestamp))
+    }
+
+    /// Data was lost: nothing after it decodes until a key frame.
+    fn lost(&mut self) {
+        self.decodable = false;
+        self.wants_keyframe = true;
     }
 }
 
@@ -95,19 +150,130 @@ impl Vp8Depacketizer {
 mod tests {
     use super::*;
 
+    /// Descriptor of a first packet (S bit, partition 0) and of a continuation packet.
+    const START: u8 = 0x10;
+    const CONT: u8 = 0x00;
+    /// First payload bytes of a key frame (P bit 0) and of an inter frame (P bit 1).
+    const KEY: u8 = 0x50;
+    const INTER: u8 = 0x51;
+
+    fn frame(d: &mut Vp8Depacketizer, first_seq: u16, ts: u32, key: bool, packets: u16) -> Option<Vec<u8>> {
+        let mut out = None;
+        for i in 0..packets {
+            let marker = i + 1 == packets;
+            let payload = match (i, key) {
+                (0, true) => vec![START, KEY],
+                (0, false) => vec![START, INTER],
+                _ => vec![CONT, i as u8],
+            };
+            out = d.push(first_seq.wrapping_add(i), ts, marker, &payload).map(|(f, _)| f.to_vec());
+        }
+        out
+    }
+
     #[test]
-    fn reassembles_and_drops_gaps() {
+    fn reassembles_across_packets_and_descriptor_extensions() {
         let mut d = Vp8Depacketizer::new();
         // Start packet with extended picture id (X, I, M): 4-byte descriptor.
-        assert_eq!(d.push(10, 900, false, &[0x90, 0x80, 0x81, 0x02, 1, 2]), None);
+        assert_eq!(d.push(10, 900, false, &[0x90, 0x80, 0x81, 0x02, KEY, 2]), None);
         let (frame, ts) = d.push(11, 900, true, &[0x80, 0x80, 0x81, 0x02, 3]).unwrap_or_default();
-        assert_eq!((&frame[..], ts), (&[1u8, 2, 3][..], 900));
-        // Gap: packet 13 missing 12.
-        assert_eq!(d.push(12, 1800, false, &[0x10, 4]), None);
-        assert_eq!(d.push(14, 1800, true, &[0x00, 5]), None);
-        // Starting mid-frame is dropped.
-        assert_eq!(d.push(20, 2700, true, &[0x00, 6]), None);
-        assert_eq!(d.push(21, 3600, true, &[0x10, 7]).map(|f| f.0.to_vec()), Some(vec![7]));
+        assert_eq!((&frame[..], ts), (&[KEY, 2, 3][..], 900));
+        assert!(!d.needs_keyframe());
+        assert_eq!(frame_of(&mut d, 12, 1800, false), Some(vec![INTER, 1]));
+    }
+
+    fn frame_of(d: &mut Vp8Depacketizer, seq: u16, ts: u32, key: bool) -> Option<Vec<u8>> {
+        frame(d, seq, ts, key, 2)
+    }
+
+    #[test]
+    fn the_opening_key_frame_is_not_a_loss() {
+        let mut d = Vp8Depacketizer::new();
+        assert_eq!(d.push(100, 0, false, &[START, KEY]), None);
+        assert!(!d.needs_keyframe(), "half a key frame is not evidence of loss");
+        assert!(d.push(101, 0, true, &[CONT, 1]).is_some());
+        assert!(!d.needs_keyframe());
+    }
+
+    #[test]
+    fn inter_frames_before_any_key_frame_are_withheld_and_ask_for_one() {
+        let mut d = Vp8Depacketizer::new();
+        assert_eq!(frame_of(&mut d, 1, 0, false), None);
+        assert!(d.needs_keyframe());
+        assert_eq!(frame_of(&mut d, 3, 3000, false), None);
+        assert!(frame_of(&mut d, 5, 6000, true).is_some());
+        assert!(!d.needs_keyframe());
+        assert!(frame_of(&mut d, 7, 9000, false).is_some());
+    }
+
+    #[test]
+    fn a_gap_inside_a_frame_breaks_it_and_the_frames_after_it() {
+        let mut d = Vp8Depacketizer::new();
+        assert!(frame(&mut d, 10, 0, true, 3).is_some());
+        // Inter frame 13..=15 loses 14.
+        assert_eq!(d.push(13, 3000, false, &[START, INTER]), None);
+        assert_eq!(d.push(15, 3000, true, &[CONT, 2]), None);
+        assert!(d.needs_keyframe());
+        // The next inter frame arrives whole but refers to the broken one.
+        assert_eq!(frame_of(&mut d, 16, 6000, false), None);
+        assert!(d.needs_keyframe());
+        assert!(frame_of(&mut d, 18, 9000, true).is_some());
+        assert!(!d.needs_keyframe());
+    }
+
+    #[test]
+    fn a_whole_frame_lost_between_two_breaks_the_chain() {
+        let mut d = Vp8Depacketizer::new();
+        assert!(frame_of(&mut d, 0, 0, true).is_some());
+        // Packets 2 and 3 (a whole frame) never arrive.
+        assert_eq!(frame_of(&mut d, 4, 6000, false), None);
+        assert!(d.needs_keyframe());
+    }
+
+    #[test]
+    fn a_frame_that_never_ends_breaks_the_chain() {
+        let mut d = Vp8Depacketizer::new();
+        assert!(frame_of(&mut d, 0, 0, true).is_some());
+        // Frame 3000 gets no marker packet; packet 3 already starts the next frame.
+        assert_eq!(d.push(2, 3000, false, &[START, INTER]), None);
+        assert_eq!(frame_of(&mut d, 3, 6000, false), None);
+        assert!(d.needs_keyframe());
+    }
+
+    #[test]
+    fn starting_mid_frame_is_a_loss() {
+        let mut d = Vp8Depacketizer::new();
+        assert_eq!(d.push(20, 2700, true, &[CONT, 6]), None);
+        assert!(d.needs_keyframe());
+        assert_eq!(d.push(21, 3600, true, &[START, KEY]).map(|f| f.0.to_vec()), Some(vec![KEY]));
+        assert!(!d.needs_keyframe());
+        // An empty payload is no descriptor: broken.
         assert_eq!(d.push(22, 4500, true, &[]), None);
+        assert!(d.needs_keyframe());
+    }
+
+    #[test]
+    fn late_and_duplicate_packets_are_ignored_without_breaking_the_frame() {
+        let mut d = Vp8Depacketizer::new();
+        assert!(frame_of(&mut d, 100, 0, true).is_some());
+        assert_eq!(d.push(102, 3000, false, &[START, INTER]), None);
+        // A late retransmission of packet 101 and a duplicate of 102.
+        assert_eq!(d.push(101, 0, true, &[CONT, 9]), None);
+        assert_eq!(d.push(102, 3000, false, &[START, INTER]), None);
+        assert_eq!(d.push(103, 3000, true, &[CONT, 1]).map(|f| f.0.to_vec()), Some(vec![INTER, 1]));
+        assert!(!d.needs_keyframe());
+    }
+
+    #[test]
+    fn sequence_numbers_wrap() {
+        let mut d = Vp8Depacketizer::new();
+        assert!(frame(&mut d, 65_534, 0, true, 2).is_some());
+        assert!(frame(&mut d, 0, 3000, false, 2).is_some());
+        assert!(!d.needs_keyframe());
+        // 65535 -> 1 across the wrap is a gap of one packet.
+        let mut d = Vp8Depacketizer::new();
+        assert!(frame(&mut d, 65_534, 0, true, 2).is_some());
+        assert_eq!(frame(&mut d, 1, 3000, false, 2), None);
+        assert!(d.needs_keyframe());
     }
 }
