@@ -73,6 +73,9 @@ pub struct PeerStats {
     pub recv_loss_pct: f64,
     /// Received media bitrate from this peer (RTP payload and headers), kbit/s.
     pub bitrate_kbps: f64,
+    /// Key-frame requests (RTCP PLI and FIR, before coalescing) this peer sent about our video in
+    /// the interval.
+    pub keyframe_requests_received: u32,
 }
 
 /// One status report (SPEC §3 "status reports"), built from the WebRTC stack's own stats.

@@ -18,6 +18,7 @@ mod adapter;
 mod error;
 mod files;
 pub mod inspect;
+mod keyframe_requests;
 mod level;
 mod rtcp_observer;
 mod sink;

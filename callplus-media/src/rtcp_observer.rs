@@ -1,9 +1,15 @@
-//! An interceptor that reads the peer's reception reports about our streams.
+//! An interceptor that reads the peer's RTCP about our streams: reception reports and key-frame
+//! requests.
 //!
 //! `rtc` 0.21.1 feeds only RTCP *receiver* reports into its remote-inbound stats, and computes no
 //! RTT from them; a peer that also sends (every call here) reports in the blocks of its *sender*
 //! reports instead. This observer reads both kinds, and measures RTT from the LSR/DLSR fields
 //! against the sender reports we sent (RFC 3550 §6.4.1).
+//!
+//! Nothing in `rtc`'s default chain acts on PLI/FIR (it cannot: it has no encoder), and inbound
+//! RTCP never reaches the application on its own, so the key-frame requests for our video are
+//! read here too ([`KeyframeRequests`] coalesces them) and handed to a callback that asks the
+//! video source for a key frame.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -16,11 +22,13 @@ use rtc::rtcp::sender_report::SenderReport;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
+use crate::keyframe_requests::KeyframeRequests;
+
 /// Sender reports remembered for RTT matching.
 const SENT_SR_MEMORY: usize = 32;
 
 /// What the observer learned since the stats task last took it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct RemoteReports {
     /// Sum of the reported loss fractions (0–1) and their number.
     pub(crate) fraction_sum: f64,
@@ -29,9 +37,22 @@ pub(crate) struct RemoteReports {
     pub(crate) rtt: Option<Duration>,
     /// (middle 32 bits of the NTP time, when sent) of our recent sender reports.
     sent: VecDeque<(u32, Instant)>,
+    /// Key-frame requests for our video stream.
+    pub(crate) keyframes: KeyframeRequests,
 }
 
 impl RemoteReports {
+    /// Nothing learned yet; `video_ssrc` is the SSRC of the video we send to this peer.
+    pub(crate) fn new(video_ssrc: u32) -> Self {
+        RemoteReports {
+            fraction_sum: 0.0,
+            fraction_n: 0,
+            rtt: None,
+            sent: VecDeque::new(),
+            keyframes: KeyframeRequests::new(video_ssrc),
+        }
+    }
+
     /// Takes the loss average of the interval (percent) and the latest RTT.
     pub(crate) fn take(&mut self) -> (Option<f64>, Option<Duration>) {
         let loss = (self.fraction_n > 0).then(|| self.fraction_sum / f64::from(self.fraction_n) * 100.0);
@@ -55,16 +76,27 @@ impl RemoteReports {
     }
 }
 
-/// Passes every packet through unchanged, recording reports into the shared [`RemoteReports`].
-pub(crate) struct ReportObserver {
+/// Called when the peer asked for a key frame of our video (already coalesced). Runs on the
+/// connection's driver: it must not block.
+pub(crate) type KeyframeCallback = Box<dyn Fn() + Send + Sync>;
+
+/// Passes every packet through unchanged, recording reports into the shared [`RemoteReports`]
+/// and forwarding key-frame requests to a callback.
+pub(crate) struct RtcpObserver {
     shared: Arc<Mutex<RemoteReports>>,
+    on_keyframe_request: KeyframeCallback,
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
 }
 
-impl ReportObserver {
-    pub(crate) fn new(shared: Arc<Mutex<RemoteReports>>) -> Self {
-        ReportObserver { shared, read_queue: VecDeque::new(), write_queue: VecDeque::new() }
+impl RtcpObserver {
+    pub(crate) fn new(shared: Arc<Mutex<RemoteReports>>, on_keyframe_request: KeyframeCallback) -> Self {
+        RtcpObserver {
+            shared,
+            on_keyframe_request,
+            read_queue: VecDeque::new(),
+            write_queue: VecDeque::new(),
+        }
     }
 
     fn reports(&self) -> std::sync::MutexGuard<'_, RemoteReports> {
@@ -72,7 +104,7 @@ impl ReportObserver {
     }
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for ReportObserver {
+impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpObserver {
     type Rout = TaggedPacket;
     type Wout = TaggedPacket;
     type Eout = ();
@@ -82,6 +114,8 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for ReportObserver {
     fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
             let mut reports = self.reports();
+            let rtt = reports.rtt;
+            let keyframe = reports.keyframes.on_rtcp(packets, msg.now, rtt);
             for packet in packets {
                 let any = packet.as_any();
                 let blocks = if let Some(sr) = any.downcast_ref::<SenderReport>() {
@@ -94,6 +128,11 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for ReportObserver {
                 for block in blocks {
                     reports.on_block(block, msg.now);
                 }
+            }
+            drop(reports);
+            if keyframe {
+                tracing::debug!("peer asked for a key frame");
+                (self.on_keyframe_request)();
             }
         }
         self.read_queue.push_back(msg);
@@ -126,7 +165,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for ReportObserver {
     }
 }
 
-impl Interceptor for ReportObserver {
+impl Interceptor for RtcpObserver {
     fn bind_local_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
@@ -136,10 +175,43 @@ impl Interceptor for ReportObserver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+    use rtc::shared::TransportContext;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn rtcp(now: Instant, packets: Vec<Box<dyn rtc::rtcp::Packet>>) -> TaggedPacket {
+        TaggedPacket { now, transport: TransportContext::default(), message: Packet::Rtcp(packets).into() }
+    }
+
+    #[test]
+    fn key_frame_requests_reach_the_callback_coalesced_and_pass_through() {
+        let reports = Arc::new(Mutex::new(RemoteReports::new(42)));
+        let calls = Arc::new(AtomicU32::new(0));
+        let counter = Arc::clone(&calls);
+        let mut observer = RtcpObserver::new(
+            Arc::clone(&reports),
+            Box::new(move || {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }),
+        );
+        let t0 = Instant::now();
+        let pli = |media_ssrc| -> Box<dyn rtc::rtcp::Packet> {
+            Box::new(PictureLossIndication { sender_ssrc: 7, media_ssrc })
+        };
+        for (i, at) in [0u64, 20, 40].into_iter().enumerate() {
+            let now = t0 + Duration::from_millis(at);
+            observer.handle_read(rtcp(now, vec![pli(42), pli(43)])).unwrap_or_default();
+            let passed =
+                observer.poll_read().map(|m| matches!(m.message.packet, Packet::Rtcp(p) if p.len() == 2));
+            assert_eq!(passed, Some(true), "packet {i} passes unchanged");
+        }
+        assert_eq!(calls.load(Ordering::Relaxed), 1, "one burst, one request");
+        assert_eq!(reports.lock().map(|mut r| r.keyframes.take_received()).unwrap_or_default(), 3);
+    }
 
     #[test]
     fn loss_and_rtt_from_report_blocks() {
-        let mut reports = RemoteReports::default();
+        let mut reports = RemoteReports::new(1);
         let t0 = Instant::now();
         reports.sent.push_back((0x1234_5678, t0));
         // Received 50 ms after our SR, of which the peer held it 10 ms: RTT 40 ms.

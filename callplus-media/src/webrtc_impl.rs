@@ -9,6 +9,8 @@
 //!   to the pumps;
 //! - one receive task per remote track depacketizes, feeds the user's [`MediaSink`], tracks the
 //!   first frame and (audio) decodes for the audio level;
+//! - one interceptor per peer connection (`rtcp_observer`) reads the peer's reception reports and
+//!   its key-frame requests (PLI/FIR), which become a key-frame request to the video source;
 //! - one stats task per call turns `get_stats` into the once-a-second [`MediaStats`].
 
 use std::collections::{HashMap, VecDeque};
@@ -41,7 +43,7 @@ use webrtc::rtp_transceiver::RtpSender;
 use crate::adapter::{MediaAdapter, MediaEvent, MediaEvents, MediaStats, PeerSpec, PeerStats, StartMedia};
 use crate::error::MediaError;
 use crate::level::level_from_mean_square;
-use crate::rtcp_observer::{RemoteReports, ReportObserver};
+use crate::rtcp_observer::{RemoteReports, RtcpObserver};
 use crate::sink::{MediaSink, RemoteFrame};
 use crate::source::{AudioConfig, EncodedSample, MediaSource, VideoConfig};
 use crate::vp8::{Vp8Depacketizer, is_keyframe};
@@ -49,9 +51,9 @@ use crate::vp8::{Vp8Depacketizer, is_keyframe};
 /// Payload types we offer.
 const OPUS_PT: u8 = 111;
 const VP8_PT: u8 = 96;
-/// Interceptor slot of the report observer: wire-side of the RR/SR interceptors (10 000 and
+/// Interceptor slot of the RTCP observer: wire-side of the RR/SR interceptors (10 000 and
 /// 11 000), which consume reports on the way in and create sender reports on the way out.
-const REPORT_OBSERVER_SLOT: usize = 9_500;
+const RTCP_OBSERVER_SLOT: usize = 9_500;
 /// Calls remembered as ended, so their late signals are dropped instead of buffered.
 const ENDED_MEMORY: usize = 64;
 /// Calls whose signals may be buffered before `start`.
@@ -118,6 +120,8 @@ enum PumpCmd {
     Wake {
         keyframe: bool,
     },
+    /// A peer asked for a key frame (RTCP PLI/FIR, coalesced per peer).
+    Keyframe,
 }
 
 struct LocalTrack {
@@ -189,7 +193,7 @@ struct PeerShared {
     first_video: AtomicBool,
     /// Sum of squares and count of decoded samples since the last level report.
     level: StdMutex<(f64, u64)>,
-    /// The peer's reception reports about what we send.
+    /// The peer's reception reports and key-frame requests about what we send.
     reports: Arc<StdMutex<RemoteReports>>,
 }
 
@@ -455,6 +459,9 @@ async fn pump(
                     PumpCmd::Wake { keyframe } => {
                         if keyframe && let Some(s) = source.as_mut() { s.request_keyframe() }
                     }
+                    PumpCmd::Keyframe => {
+                        if let Some(s) = source.as_mut() { s.request_keyframe() }
+                    }
                 }
             }
             sample = next_sample(&mut source), if active => {
@@ -535,7 +542,11 @@ async fn stats_loop(inner: Weak<Inner>, call_id: CallId, period: Duration) {
             let now = Instant::now();
             let report = pc.get_stats(now, StatsSelector::None).await;
             let mut current = Counters { at: Some(now), ..Counters::default() };
-            let (send_loss, rtcp_rtt) = lock(&shared.reports).take();
+            let (send_loss, rtcp_rtt, keyframe_requests_received) = {
+                let mut reports = lock(&shared.reports);
+                let (loss, rtt) = reports.take();
+                (loss, rtt, reports.keyframes.take_received())
+            };
             if let Some(loss) = send_loss {
                 loss_sum += loss;
                 loss_n += 1;
@@ -576,6 +587,7 @@ async fn stats_loop(inner: Weak<Inner>, call_id: CallId, period: Duration) {
                 device: key.1.clone(),
                 recv_loss_pct,
                 bitrate_kbps,
+                keyframe_requests_received,
             });
 
             let (sum, n) = std::mem::take(&mut *lock(&shared.level));
@@ -703,9 +715,18 @@ impl Inner {
             RTCRtpCodecParameters { rtp_codec: vp8_codec(), payload_type: VP8_PT },
             RtpCodecKind::Video,
         )?;
-        let reports = Arc::new(StdMutex::new(RemoteReports::default()));
+        let (audio_ssrc, video_ssrc) = (rand_ssrc(), rand_ssrc());
+        let reports = Arc::new(StdMutex::new(RemoteReports::new(video_ssrc)));
+        // Weak: a connection outliving the adapter must not keep the pump (and the camera) alive.
+        let video_pump = self.video_pump.downgrade();
+        let on_keyframe_request = Box::new(move || {
+            if let Some(pump) = video_pump.upgrade() {
+                let _ = pump.send(PumpCmd::Keyframe);
+            }
+        });
+        let observer = RtcpObserver::new(Arc::clone(&reports), on_keyframe_request);
         let registry = register_default_interceptors(Registry::new(), &mut media)?
-            .with(Slot::from(REPORT_OBSERVER_SLOT), ReportObserver::new(Arc::clone(&reports)));
+            .with(Slot::from(RTCP_OBSERVER_SLOT), observer);
         let settings =
             SettingEngineBuilder::new().with_multicast_dns_mode(MulticastDnsMode::Disabled).build();
         let configuration = RTCConfigurationBuilder::new()
@@ -736,7 +757,7 @@ impl Inner {
             .build()
             .await?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
-        let audio = add_track(&pc, local_user, RtpCodecKind::Audio, opus_codec()).await;
+        let audio = add_track(&pc, local_user, RtpCodecKind::Audio, opus_codec(), audio_ssrc).await;
         let audio = match audio {
             Ok(a) => a,
             Err(e) => {
@@ -744,7 +765,7 @@ impl Inner {
                 return Err(e);
             }
         };
-        let video = match add_track(&pc, local_user, RtpCodecKind::Video, vp8_codec()).await {
+        let video = match add_track(&pc, local_user, RtpCodecKind::Video, vp8_codec(), video_ssrc).await {
             Ok(v) => v,
             Err(e) => {
                 let _ = pc.close().await;
@@ -896,8 +917,8 @@ async fn add_track(
     local_user: &UserId,
     kind: RtpCodecKind,
     codec: RTCRtpCodec,
+    ssrc: u32,
 ) -> Result<LocalTrack, MediaError> {
-    let ssrc = rand_ssrc();
     let name = match kind {
         RtpCodecKind::Video => "video",
         _ => "audio",
