@@ -151,6 +151,7 @@ mod tests {
                 device: DeviceId::new("d2").unwrap(),
                 recv_loss_pct: 2.5,
                 bitrate_kbps: 41.0,
+                keyframe_requests_sent: 0,
                 keyframe_requests_received: 0,
             }],
         });

@@ -73,6 +73,9 @@ pub struct PeerStats {
     pub recv_loss_pct: f64,
     /// Received media bitrate from this peer (RTP payload and headers), kbit/s.
     pub bitrate_kbps: f64,
+    /// Key-frame requests (RTCP PLI) we sent this peer in the interval: its video could not be
+    /// decoded until a key frame (loss, or no key frame yet).
+    pub keyframe_requests_sent: u32,
     /// Key-frame requests (RTCP PLI and FIR, before coalescing) this peer sent about our video in
     /// the interval.
     pub keyframe_requests_received: u32,

@@ -20,6 +20,7 @@ mod files;
 pub mod inspect;
 mod keyframe_requests;
 mod level;
+mod pli_pacer;
 mod rtcp_observer;
 mod sink;
 mod source;

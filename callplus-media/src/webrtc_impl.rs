@@ -8,13 +8,14 @@
 //!   out to the connected peers' tracks ("send targets"); mute, switch and config are commands
 //!   to the pumps;
 //! - one receive task per remote track depacketizes, feeds the user's [`MediaSink`], tracks the
-//!   first frame and (audio) decodes for the audio level;
+//!   first frame, (audio) decodes for the audio level and (video) sends a PLI when the stream
+//!   cannot be decoded until the next key frame;
 //! - one interceptor per peer connection (`rtcp_observer`) reads the peer's reception reports and
 //!   its key-frame requests (PLI/FIR), which become a key-frame request to the video source;
 //! - one stats task per call turns `get_stats` into the once-a-second [`MediaStats`].
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +25,7 @@ use rtc::interceptor::Slot;
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -43,6 +45,7 @@ use webrtc::rtp_transceiver::RtpSender;
 use crate::adapter::{MediaAdapter, MediaEvent, MediaEvents, MediaStats, PeerSpec, PeerStats, StartMedia};
 use crate::error::MediaError;
 use crate::level::level_from_mean_square;
+use crate::pli_pacer::PliPacer;
 use crate::rtcp_observer::{RemoteReports, RtcpObserver};
 use crate::sink::{MediaSink, RemoteFrame};
 use crate::source::{AudioConfig, EncodedSample, MediaSource, VideoConfig};
@@ -195,6 +198,10 @@ struct PeerShared {
     level: StdMutex<(f64, u64)>,
     /// The peer's reception reports and key-frame requests about what we send.
     reports: Arc<StdMutex<RemoteReports>>,
+    /// SSRC of the video we send to this peer (the sender SSRC of our PLIs).
+    video_ssrc: u32,
+    /// PLIs sent to this peer since the last status report.
+    plis_sent: AtomicU32,
 }
 
 impl PeerShared {
@@ -348,6 +355,7 @@ async fn receive_loop(shared: Arc<PeerShared>, track: Arc<dyn TrackRemote>) {
         kind,
     });
     let mut vp8 = Vp8Depacketizer::new();
+    let mut pli = PliPacer::new();
     let mut decoder = match kind {
         MediaKind::Audio => opus::Decoder::new(48_000, opus::Channels::Mono)
             .map_err(|e| tracing::warn!(error = %e, "no opus decoder: no audio levels"))
@@ -383,14 +391,16 @@ async fn receive_loop(shared: Arc<PeerShared>, track: Arc<dyn TrackRemote>) {
                         }
                     }
                     MediaKind::Video => {
-                        let Some((data, ts)) = vp8.push(
+                        let frame = vp8.push(
                             header.sequence_number,
                             header.timestamp,
                             header.marker,
                             &packet.payload,
-                        ) else {
-                            continue;
-                        };
+                        );
+                        if vp8.needs_keyframe() {
+                            request_keyframe(&shared, track.as_ref(), &mut pli, header.ssrc).await;
+                        }
+                        let Some((data, ts)) = frame else { continue };
                         RemoteFrame { kind, keyframe: is_keyframe(&data), data, rtp_timestamp: ts }
                     }
                 };
@@ -406,6 +416,27 @@ async fn receive_loop(shared: Arc<PeerShared>, track: Arc<dyn TrackRemote>) {
         }
     }
     tracing::debug!(call = %shared.call_id, user = %shared.user, ?kind, "remote track ended");
+}
+
+/// Sends a PLI for the remote video stream `media_ssrc` if the pacer lets one through.
+async fn request_keyframe(
+    shared: &PeerShared,
+    track: &dyn TrackRemote,
+    pacer: &mut PliPacer,
+    media_ssrc: u32,
+) {
+    let rtt = lock(&shared.reports).rtt;
+    if !pacer.poll(Instant::now(), rtt) {
+        return;
+    }
+    let pli = PictureLossIndication { sender_ssrc: shared.video_ssrc, media_ssrc };
+    match track.write_rtcp(vec![Box::new(pli)]).await {
+        Ok(()) => {
+            shared.plis_sent.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(call = %shared.call_id, user = %shared.user, media_ssrc, "video undecodable: PLI sent");
+        }
+        Err(e) => tracing::debug!(error = %e, "PLI not sent"),
+    }
 }
 
 /// Pulls one kind's source and fans its samples out to the targets.
@@ -587,6 +618,7 @@ async fn stats_loop(inner: Weak<Inner>, call_id: CallId, period: Duration) {
                 device: key.1.clone(),
                 recv_loss_pct,
                 bitrate_kbps,
+                keyframe_requests_sent: shared.plis_sent.swap(0, Ordering::Relaxed),
                 keyframe_requests_received,
             });
 
@@ -746,6 +778,8 @@ impl Inner {
             first_video: AtomicBool::new(false),
             level: StdMutex::new((0.0, 0)),
             reports,
+            video_ssrc,
+            plis_sent: AtomicU32::new(0),
         });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(configuration)

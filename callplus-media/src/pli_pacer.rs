@@ -1,0 +1,71 @@
+//! When to send a Picture Loss Indication (RTCP PLI, RFC 4585 §6.3.1) for a remote video stream
+//! that cannot be decoded until its next key frame.
+//!
+//! The receive path asks on every packet while the stream needs a key frame; the pacer lets one
+//! PLI through per *hold-off*: at least [`MIN_INTERVAL`], and at least twice the round-trip time,
+//! so that no new request goes out while the key frame asked for may still be on its way (the
+//! request travels half an RTT, the key frame is encoded and sent back in the other half plus a
+//! frame interval or two). If the key frame is lost too, the next request follows one hold-off
+//! later, for as long as undecodable video keeps arriving. Sans-IO: time is an argument.
+
+use std::time::{Duration, Instant};
+
+/// Least time between two PLIs for one stream.
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest hold-off, whatever the RTT estimate says.
+pub(crate) const MAX_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Rate-limits the PLIs of one remote stream.
+#[derive(Debug, Default)]
+pub(crate) struct PliPacer {
+    last_sent: Option<Instant>,
+}
+
+impl PliPacer {
+    /// A pacer that has sent nothing yet.
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether to send a PLI now for a stream that needs a key frame; records it if so.
+    pub(crate) fn poll(&mut self, now: Instant, rtt: Option<Duration>) -> bool {
+        let hold_off =
+            rtt.map_or(MIN_INTERVAL, |rtt| rtt.saturating_mul(2)).clamp(MIN_INTERVAL, MAX_INTERVAL);
+        if self.last_sent.is_some_and(|last| now.saturating_duration_since(last) < hold_off) {
+            return false;
+        }
+        self.last_sent = Some(now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn one_pli_per_hold_off() {
+        let mut p = PliPacer::new();
+        let t0 = Instant::now();
+        assert!(p.poll(t0, None), "the first request goes at once");
+        assert!((1..50).all(|i| !p.poll(t0 + ms(i * 9), None)), "a key frame may be in flight");
+        assert!(p.poll(t0 + MIN_INTERVAL, None), "still undecodable: ask again");
+        assert!(!p.poll(t0 + MIN_INTERVAL + ms(1), None));
+    }
+
+    #[test]
+    fn a_long_rtt_stretches_the_hold_off_up_to_the_cap() {
+        let mut p = PliPacer::new();
+        let t0 = Instant::now();
+        assert!(p.poll(t0, Some(ms(400))));
+        assert!(!p.poll(t0 + ms(700), Some(ms(400))), "2 x RTT = 800 ms");
+        assert!(p.poll(t0 + ms(800), Some(ms(400))));
+        let t1 = t0 + ms(800);
+        assert!(!p.poll(t1 + ms(499), Some(ms(1))), "never below MIN_INTERVAL");
+        assert!(p.poll(t1 + MAX_INTERVAL, Some(Duration::from_secs(3600))), "never above MAX_INTERVAL");
+    }
+}
