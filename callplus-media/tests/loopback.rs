@@ -5,15 +5,23 @@
 use callplus_media::inspect::{IvfFile, decode_ogg_opus, dominant_frequency, read_ivf};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use callplus_media::vp8::is_keyframe;
+
 use callplus_media::{
-    AudioConfig, CallId, ChannelSink, DeviceId, IvfSink, MediaAdapter, MediaError, MediaEvent, MediaKind,
-    MediaPayload, MediaSink, MediaType, OggOpusSink, PeerSpec, RemoteFrame, StartMedia, TeeSink,
-    TestPatternSource, ToneSource, UserId, VideoConfig, WebRtcConfig, WebRtcMediaAdapter, should_offer,
+    AudioConfig, CallId, ChannelSink, DeviceId, EncodedSample, IvfSink, MediaAdapter, MediaError, MediaEvent,
+    MediaKind, MediaPayload, MediaSink, MediaSource, MediaType, OggOpusSink, PeerSpec, RemoteFrame,
+    StartMedia, TeeSink, TestPatternSource, ToneSource, UserId, VideoConfig, WebRtcConfig,
+    WebRtcMediaAdapter, should_offer,
 };
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::time::timeout;
+
+/// The VP8 payload type the adapters offer.
+const VP8_PT: u8 = 96;
 
 /// Generous: the machine is shared with other builds.
 const WAIT: Duration = Duration::from_secs(30);
@@ -413,17 +421,36 @@ fn strip_candidates(sdp: &str) -> String {
     sdp.split_inclusive('\n').filter(|line| !line.starts_with("a=candidate")).collect()
 }
 
+/// Decides whether the relay drops an RTP packet from alice to bob (given the whole datagram).
+type DropRtp = Box<dyn FnMut(&[u8]) -> bool + Send>;
+
+/// Drops every fifth RTP packet (20 %).
+fn every_fifth() -> DropRtp {
+    let mut rtp = 0u64;
+    Box::new(move |_| {
+        rtp += 1;
+        rtp.is_multiple_of(5)
+    })
+}
+
+/// The RTP payload type of a packet (the header is not encrypted by SRTP).
+fn payload_type(packet: &[u8]) -> u8 {
+    packet[1] & 0x7f
+}
+
 /// A one-way lossy UDP relay standing between alice and bob, like a NAT: alice sees bob at
-/// `facing_alice`, bob sees alice at `facing_bob`. Every fifth RTP packet from alice to bob is
-/// dropped (20 %); STUN, DTLS and RTCP pass.
-async fn lossy_relay(bob: Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>) -> std::net::SocketAddr {
+/// `facing_alice`, bob sees alice at `facing_bob`. RTP packets from alice to bob for which
+/// `drop_rtp` says so are dropped; STUN, DTLS, RTCP and everything from bob pass.
+async fn lossy_relay(
+    bob: Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
+    mut drop_rtp: DropRtp,
+) -> std::net::SocketAddr {
     let facing_alice = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let facing_bob = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let address = facing_alice.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut a_buf, mut b_buf) = (vec![0u8; 2048], vec![0u8; 2048]);
         let mut alice = None;
-        let mut rtp = 0u64;
         loop {
             tokio::select! {
                 got = facing_alice.recv_from(&mut a_buf) => {
@@ -432,11 +459,8 @@ async fn lossy_relay(bob: Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>) -
                     let packet = &a_buf[..n];
                     // RFC 7983: 128..=191 is RTP/RTCP; RTCP packet types are 192..=223.
                     let is_rtp = n > 1 && (128..=191).contains(&packet[0]) && !(192..=223).contains(&packet[1]);
-                    if is_rtp {
-                        rtp += 1;
-                        if rtp.is_multiple_of(5) {
-                            continue;
-                        }
+                    if is_rtp && drop_rtp(packet) {
+                        continue;
                     }
                     let to = *bob.lock().unwrap();
                     if let Some(to) = to {
@@ -455,10 +479,10 @@ async fn lossy_relay(bob: Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>) -
     address
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn injected_loss_shows_in_the_reports() {
+/// Alice and bob, with everything alice sends to bob going through [`lossy_relay`].
+async fn relayed_parties(drop_rtp: DropRtp) -> Vec<Party> {
     let bob_address = Arc::new(std::sync::Mutex::new(None));
-    let relay = lossy_relay(Arc::clone(&bob_address)).await;
+    let relay = lossy_relay(Arc::clone(&bob_address), drop_rtp).await;
     let filter: SignalFilter = Arc::new(move |from, _to, payload| match payload {
         MediaPayload::SdpOffer(sdp) => Some(MediaPayload::SdpOffer(strip_candidates(&sdp))),
         MediaPayload::SdpAnswer(sdp) => Some(MediaPayload::SdpAnswer(strip_candidates(&sdp))),
@@ -477,7 +501,12 @@ async fn injected_loss_shows_in_the_reports() {
             Some(MediaPayload::IceCandidate { candidate: fields.join(" "), sdp_mid, sdp_mline_index })
         }
     });
-    let mut p = parties_with(&["alice", "bob"], WebRtcConfig::loopback(), filter);
+    parties_with(&["alice", "bob"], WebRtcConfig::loopback(), filter)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_loss_shows_in_the_reports() {
+    let mut p = relayed_parties(every_fifth()).await;
     let call = CallId::new("call-lossy").unwrap();
     let alice_user = p[0].user.clone();
     p[0].adapter.switch_microphone(tone(440.0)).await.unwrap();
@@ -515,6 +544,122 @@ async fn injected_loss_shows_in_the_reports() {
     let MediaEvent::Stats(stats) = report else { unreachable!() };
     eprintln!("alice's send loss: {:.1} %", stats.send_loss_pct);
     assert!((10.0..=30.0).contains(&stats.send_loss_pct), "send loss {}", stats.send_loss_pct);
+
+    p[0].adapter.stop(&call).await.unwrap();
+    p[1].adapter.stop(&call).await.unwrap();
+}
+
+/// What a camera produced and was asked for (see [`AuditedCamera`]).
+#[derive(Default)]
+struct CameraLog {
+    /// `request_keyframe` calls not yet followed by a key frame.
+    pending_request: bool,
+    /// Every key frame produced, and whether a request came before it.
+    keyframes: Vec<(Bytes, bool)>,
+}
+
+/// A [`TestPatternSource`] that logs its key frames and whether each was asked for. libvpx also
+/// makes a key frame on its own every 128 frames (over 8 s at 15 fps, beyond the test); the log
+/// tells such a key frame apart from one asked for.
+struct AuditedCamera {
+    inner: TestPatternSource,
+    log: Arc<std::sync::Mutex<CameraLog>>,
+}
+
+#[async_trait::async_trait]
+impl MediaSource for AuditedCamera {
+    fn kind(&self) -> MediaKind {
+        MediaKind::Video
+    }
+
+    async fn next_sample(&mut self) -> Option<EncodedSample> {
+        let sample = self.inner.next_sample().await?;
+        if is_keyframe(&sample.data) {
+            let mut log = self.log.lock().unwrap();
+            let requested = std::mem::take(&mut log.pending_request);
+            log.keyframes.push((sample.data.clone(), requested));
+        }
+        Some(sample)
+    }
+
+    fn apply_video_config(&mut self, config: &VideoConfig) {
+        self.inner.apply_video_config(config);
+    }
+
+    fn request_keyframe(&mut self) {
+        self.log.lock().unwrap().pending_request = true;
+        self.inner.request_keyframe();
+    }
+}
+
+/// Video RTP packets the relay drops at the start: alice's opening key frame and the inter
+/// frames behind it (well under a second of the test pattern; any number from one on loses the
+/// key frame).
+const DROPPED_VIDEO_PACKETS: usize = 12;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_key_frame_is_recovered_by_pli() {
+    // The relay drops alice's first video packets, so bob's opening key frame never arrives;
+    // audio and RTCP pass. Only a PLI from bob and a key frame made for it can start his video.
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&dropped);
+    let drop_rtp: DropRtp = Box::new(move |packet| {
+        payload_type(packet) == VP8_PT
+            && counter
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < DROPPED_VIDEO_PACKETS).then_some(n + 1)
+                })
+                .is_ok()
+    });
+    let mut p = relayed_parties(drop_rtp).await;
+    let call = CallId::new("call-pli").unwrap();
+    let (alice_user, bob_user) = (p[0].user.clone(), p[1].user.clone());
+    let log = Arc::new(std::sync::Mutex::new(CameraLog::default()));
+    let camera = AuditedCamera {
+        inner: TestPatternSource::new(VideoConfig::default()).unwrap(),
+        log: Arc::clone(&log),
+    };
+    p[0].adapter.switch_camera(Box::new(camera)).await.unwrap();
+    let (b_video, mut b_video_rx) = channel_sink();
+    p[1].adapter.set_sink(alice_user.clone(), MediaKind::Video, b_video);
+
+    let started = Instant::now();
+    p[0].adapter.start(start_for(&p[0], &call, &[&p[1]], MediaType::AudioVideo)).await.unwrap();
+    p[1].adapter.start(start_for(&p[1], &call, &[&p[0]], MediaType::AudioVideo)).await.unwrap();
+
+    // Bob's first delivered frame is a key frame, and then video flows.
+    let mut got = frames(&mut b_video_rx, 1, "video at bob after the lost key frame").await;
+    eprintln!("start -> first frame at bob: {:?}", started.elapsed());
+    got.extend(frames(&mut b_video_rx, 14, "video at bob after the key frame").await);
+    eprintln!("start -> 15 frames at bob despite the lost key frame: {:?}", started.elapsed());
+    assert!(got[0].keyframe, "undecodable frames were delivered before a key frame");
+    assert_eq!(dropped.load(Ordering::Acquire), DROPPED_VIDEO_PACKETS);
+    {
+        let log = log.lock().unwrap();
+        let produced: Vec<bool> = log.keyframes.iter().map(|(_, requested)| *requested).collect();
+        eprintln!("alice's key frames (requested?): {produced:?}");
+        let index = log.keyframes.iter().position(|(data, _)| *data == got[0].data);
+        let Some(index) = index else { panic!("bob's key frame is not one alice made") };
+        assert!(index > 0, "bob got alice's opening key frame, which the relay dropped");
+        assert!(log.keyframes[index].1, "bob's key frame was a periodic one, not one asked for");
+    }
+
+    // The status reports count the request on both sides.
+    let sent = wait_event(
+        &mut p[1].events,
+        "bob's report of a PLI sent",
+        |e| matches!(e, MediaEvent::Stats(s) if s.per_peer.iter().any(|pp| pp.keyframe_requests_sent > 0)),
+    )
+    .await;
+    let received = wait_event(
+        &mut p[0].events,
+        "alice's report of a key-frame request received",
+        |e| matches!(e, MediaEvent::Stats(s) if s.per_peer.iter().any(|pp| pp.keyframe_requests_received > 0)),
+    )
+    .await;
+    let (MediaEvent::Stats(sent), MediaEvent::Stats(received)) = (sent, received) else { unreachable!() };
+    assert_eq!(sent.per_peer[0].user, alice_user);
+    assert_eq!(received.per_peer[0].user, bob_user);
 
     p[0].adapter.stop(&call).await.unwrap();
     p[1].adapter.stop(&call).await.unwrap();
