@@ -200,7 +200,7 @@ async fn a_frame_without_body_gets_frame_invalid_and_the_stream_keeps_working() 
 
 async fn post_token(
     http: &reqwest::Client,
-    admin: SocketAddr,
+    admin: &str,
     app_key: &str,
     secret: &str,
     nonce: &str,
@@ -208,7 +208,7 @@ async fn post_token(
     body: &str,
 ) -> reqwest::Response {
     let ts = timestamp.to_string();
-    http.post(format!("http://{admin}/v1/tokens"))
+    http.post(format!("{admin}/v1/tokens"))
         .header("X-App-Key", app_key)
         .header("X-Nonce", nonce)
         .header("X-Timestamp", &ts)
@@ -224,7 +224,9 @@ async fn post_token(
 async fn admin_api_mints_tokens_for_signed_requests_only() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
-    let admin = server.admin_addr().unwrap();
+    let admin = server.admin_url().unwrap();
+    assert!(admin.starts_with("http://127.0.0.1:"), "{admin}");
+    let admin = admin.as_str();
     let app = server.app_credentials().clone();
     let http = reqwest::Client::new();
     let body = r#"{"user_id":"alice","ttl_secs":3600}"#;
@@ -256,7 +258,7 @@ async fn admin_api_mints_tokens_for_signed_requests_only() {
     let r = post_token(&http, admin, &app.app_key, &app.app_secret, "n-5", now_secs(), bad_user).await;
     assert_eq!(r.status(), 400);
 
-    let unsigned = http.post(format!("http://{admin}/v1/tokens")).body(body).send().await.unwrap();
+    let unsigned = http.post(format!("{admin}/v1/tokens")).body(body).send().await.unwrap();
     assert_eq!(unsigned.status(), 401);
     server.shutdown().await.unwrap();
 }
@@ -627,5 +629,53 @@ async fn a_client_that_does_not_read_is_closed_without_stalling_others() {
     let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
     assert!(text.contains("callplus_slow_consumers_total 1"), "{text}");
     drop((slow, alice));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_admin_api_can_be_served_over_tls() {
+    use callplus_signal::server::ServerTls;
+
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let tls = ServerTls::from_pem(made.cert.pem(), made.signing_key.serialize_pem());
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::builder()
+        .data_dir(dir.path())
+        .listen("127.0.0.1:0")
+        .admin_listen("127.0.0.1:0")
+        .tls(tls.clone())
+        .admin_tls(tls)
+        .start()
+        .await
+        .expect("server starts");
+    let admin = server.admin_url().unwrap();
+    assert!(admin.starts_with("https://127.0.0.1:"), "{admin}");
+    let ca = reqwest::Certificate::from_pem(made.cert.pem().as_bytes()).unwrap();
+    // The timeout is shorter than the server's handshake timeout (10 s): a request waiting
+    // behind the silent connection below would fail.
+    let https = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+
+    // A client that holds a TCP connection open without a handshake does not block others.
+    let silent = tokio::net::TcpStream::connect(server.admin_addr().unwrap()).await.unwrap();
+    let health = https.get(format!("{admin}/healthz")).send().await.expect("healthz over TLS");
+    assert_eq!(health.status(), 200);
+    drop(silent);
+
+    let app = server.app_credentials().clone();
+    let body = r#"{"user_id":"alice"}"#;
+    let minted = post_token(&https, &admin, &app.app_key, &app.app_secret, "tls-1", now_secs(), body).await;
+    assert_eq!(minted.status(), 200);
+    let reply: serde_json::Value = minted.json().await.unwrap();
+    assert!(token::verify(reply["token"].as_str().unwrap(), &app.app_secret, now_secs()).is_ok());
+
+    // Plaintext to the TLS port, and TLS without trusting the certificate, get nothing.
+    let plaintext = admin.replacen("https://", "http://", 1);
+    assert!(reqwest::get(format!("{plaintext}/healthz")).await.is_err());
+    assert!(reqwest::get(format!("{admin}/healthz")).await.is_err());
     server.shutdown().await.unwrap();
 }

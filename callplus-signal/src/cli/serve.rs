@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// PEM private key of `--tls-cert`.
     #[arg(long, env = "CALLPLUS_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Serve the admin API over TLS too, with `--tls-cert` and `--tls-key`.
+    #[arg(long, env = "CALLPLUS_ADMIN_TLS", requires = "tls_cert")]
+    pub admin_tls: bool,
     /// Admin HTTP address (token API, /metrics, /healthz); `off` disables it.
     #[arg(long, env = "CALLPLUS_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: String,
@@ -175,7 +178,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut builder =
         Server::builder().data_dir(&args.data_dir).listen(&args.listen).config(config).options(options);
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        builder = builder.tls(ServerTls::from_files(cert, key)?);
+        let tls = ServerTls::from_files(cert, key)?;
+        if args.admin_tls {
+            builder = builder.admin_tls(tls.clone());
+        }
+        builder = builder.tls(tls);
     }
     builder = if args.admin_listen.eq_ignore_ascii_case("off") {
         builder.no_admin()
@@ -187,9 +194,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.display();
     println!("callplus {} is running", env!("CARGO_PKG_VERSION"));
     println!("  gRPC (devices):   {}", server.grpc_url());
-    match server.admin_addr() {
-        Some(addr) => {
-            println!("  admin API:        http://{addr}  (POST /v1/tokens, GET /metrics, GET /healthz)")
+    match server.admin_url() {
+        Some(url) => {
+            println!("  admin API:        {url}  (POST /v1/tokens, GET /metrics, GET /healthz)")
         }
         None => println!("  admin API:        off"),
     }

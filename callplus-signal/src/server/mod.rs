@@ -31,6 +31,7 @@ mod metrics;
 mod push;
 pub mod shutdown;
 mod tls;
+mod tls_listener;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -118,6 +119,7 @@ pub struct ServerBuilder {
     config: SwitchboardConfig,
     options: ServerOptions,
     tls: Option<ServerTls>,
+    admin_tls: Option<ServerTls>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -128,6 +130,7 @@ impl std::fmt::Debug for ServerBuilder {
             .field("config", &self.config)
             .field("options", &self.options)
             .field("tls", &self.tls)
+            .field("admin_tls", &self.admin_tls)
             .finish_non_exhaustive()
     }
 }
@@ -141,6 +144,7 @@ impl Default for ServerBuilder {
             config: SwitchboardConfig::default(),
             options: ServerOptions::default(),
             tls: None,
+            admin_tls: None,
         }
     }
 }
@@ -180,6 +184,13 @@ impl ServerBuilder {
     /// it the gRPC listener is plaintext HTTP/2.
     pub fn tls(mut self, tls: ServerTls) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Serves the admin API over TLS with this certificate and key (`https://`); without it
+    /// the admin API is plaintext HTTP.
+    pub fn admin_tls(mut self, tls: ServerTls) -> Self {
+        self.admin_tls = Some(tls);
         self
     }
 
@@ -233,10 +244,14 @@ impl ServerBuilder {
     /// when an address cannot be bound, [`ServerError::Tls`] for an unusable certificate or
     /// key, [`ServerError::Push`] for an unusable webhook URL or CA, [`ServerError::NoApp`].
     pub async fn start(self) -> Result<RunningServer, ServerError> {
-        let ServerBuilder { storage, listen, admin_listen, mut config, options, tls } = self;
+        let ServerBuilder { storage, listen, admin_listen, mut config, options, tls, admin_tls } = self;
         let mut grpc_server = match &tls {
             Some(tls) => tls.apply(tonic::transport::Server::builder())?,
             None => tonic::transport::Server::builder(),
+        };
+        let admin_acceptor = match (&admin_tls, &admin_listen) {
+            (Some(tls), Some(_)) => Some(tls.acceptor()?),
+            _ => None,
         };
         let push_client = match &options.push_webhook {
             Some(url) => Some(
@@ -376,12 +391,21 @@ impl ServerBuilder {
                 let (stop, stop_rx) = oneshot::channel::<()>();
                 let app = admin::router(state);
                 let fatal = fatal_tx.clone();
+                let stopped = async {
+                    let _ = stop_rx.await;
+                };
+                let served = match admin_acceptor {
+                    Some(acceptor) => {
+                        let listener = tls_listener::TlsListener::new(listener, acceptor)
+                            .map_err(|source| ServerError::Bind { addr: "admin".to_owned(), source })?;
+                        tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future())
+                    }
+                    None => {
+                        tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future())
+                    }
+                };
                 let task = tokio::spawn(async move {
-                    let served = axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
-                            let _ = stop_rx.await;
-                        })
-                        .await;
+                    let served = served.await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
                     if let Err(e) = served {
                         tracing::error!(error = %e, "the admin server failed");
                         let _ = fatal.send(true);
@@ -396,6 +420,7 @@ impl ServerBuilder {
         Ok(RunningServer {
             grpc_addr,
             tls: tls.is_some(),
+            admin_tls: admin_tls.is_some(),
             admin_addr,
             app,
             created_app: created,
@@ -429,6 +454,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 pub struct RunningServer {
     grpc_addr: SocketAddr,
     tls: bool,
+    admin_tls: bool,
     admin_addr: Option<SocketAddr>,
     app: AppCredentials,
     created_app: bool,
@@ -474,6 +500,13 @@ impl RunningServer {
     /// Where the admin API listens, if it runs.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The admin API's base URL (`https://ADDR` with [`ServerBuilder::admin_tls`], else
+    /// `http://ADDR`), if it runs.
+    pub fn admin_url(&self) -> Option<String> {
+        let scheme = if self.admin_tls { "https" } else { "http" };
+        self.admin_addr.map(|addr| format!("{scheme}://{addr}"))
     }
 
     /// The first app in storage (the default app on a fresh data directory).

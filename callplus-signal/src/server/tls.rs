@@ -5,7 +5,12 @@
 //! binary is enough; a TLS-terminating proxy in front still works with plaintext here.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::{Identity, ServerTlsConfig};
 
 use super::ServerError;
@@ -51,6 +56,29 @@ impl ServerTls {
                 .map_err(|e| ServerError::Tls(format!("cannot read the {what} {}: {e}", path.display())))
         };
         Ok(ServerTls::from_pem(read(cert, "certificate")?, read(key, "private key")?))
+    }
+
+    /// A rustls acceptor for the admin API (HTTP/2 or HTTP/1.1 by ALPN), with the certificate
+    /// and key parsed and matched now.
+    pub(super) fn acceptor(&self) -> Result<TlsAcceptor, ServerError> {
+        let invalid =
+            |what: &str, e: &dyn std::fmt::Display| ServerError::Tls(format!("invalid {what}: {e}"));
+        let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("certificate", &e))?;
+        if chain.is_empty() {
+            return Err(ServerError::Tls("the certificate file holds no PEM certificate".to_owned()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|e| invalid("private key", &e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid("TLS settings", &e))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| invalid("certificate or key", &e))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
     }
 
     /// tonic's server settings, with the certificate and key parsed (so a bad pair fails the
