@@ -495,7 +495,7 @@ async fn serve_and_dial_over_tls_from_the_command_line() {
 
     let bin = env!("CARGO_BIN_EXE_callplus");
     let mut serve = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "off"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--admin-tls"])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--tls-cert")
@@ -512,6 +512,7 @@ async fn serve_and_dial_over_tls_from_the_command_line() {
     let banner = read_until(&mut lines, "Stop with Ctrl-C").await;
     let url = banner_value(&banner, "gRPC (devices):");
     assert!(url.starts_with("https://127.0.0.1:"), "{banner:#?}");
+    assert!(banner_value(&banner, "admin API:").starts_with("https://127.0.0.1:"), "{banner:#?}");
     let (app_key, app_secret) = (banner_value(&banner, "app key:"), banner_value(&banner, "app secret:"));
     let mint =
         |user: &str| callplus_signal::token::mint(&app_key, &app_secret, user, now_secs(), 3600).unwrap();
