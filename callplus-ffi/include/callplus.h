@@ -2242,6 +2242,28 @@ double callplus_media_stats_peer_bitrate_kbps(const struct callplus_media_stats 
                                               size_t index);
 
 /**
+ * Key-frame requests (RTCP PLI) this client sent peer `index` over the report's interval:
+ * that peer's video could not be decoded until a key frame (loss, or no key frame yet); 0 when
+ * out of range.
+ *
+ * # Safety
+ * `stats` must be NULL or a live `callplus_media_stats`.
+ */
+uint32_t callplus_media_stats_peer_keyframe_requests_sent(const struct callplus_media_stats *stats,
+                                                          size_t index);
+
+/**
+ * Key-frame requests (RTCP PLI and FIR, every one before coalescing; a repeated FIR counts
+ * once) peer `index` sent about this client's video over the report's interval; 0 when out of
+ * range.
+ *
+ * # Safety
+ * `stats` must be NULL or a live `callplus_media_stats`.
+ */
+uint32_t callplus_media_stats_peer_keyframe_requests_received(const struct callplus_media_stats *stats,
+                                                              size_t index);
+
+/**
  * The string's bytes: UTF-8, NUL-terminated, valid until `callplus_string_free`. NULL when
  * `s` is NULL.
  *

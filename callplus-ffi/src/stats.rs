@@ -130,6 +130,36 @@ pub unsafe extern "C" fn callplus_media_stats_peer_bitrate_kbps(
     unsafe { with_ref(stats, |s| s.peer(index, |p| p.bitrate_kbps).unwrap_or(0.0)) }
 }
 
+/// Key-frame requests (RTCP PLI) this client sent peer `index` over the report's interval:
+/// that peer's video could not be decoded until a key frame (loss, or no key frame yet); 0 when
+/// out of range.
+///
+/// # Safety
+/// `stats` must be NULL or a live `callplus_media_stats`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_media_stats_peer_keyframe_requests_sent(
+    stats: *const callplus_media_stats,
+    index: usize,
+) -> u32 {
+    // SAFETY: forwarded contract.
+    unsafe { with_ref(stats, |s| s.peer(index, |p| p.keyframe_requests_sent).unwrap_or(0)) }
+}
+
+/// Key-frame requests (RTCP PLI and FIR, every one before coalescing; a repeated FIR counts
+/// once) peer `index` sent about this client's video over the report's interval; 0 when out of
+/// range.
+///
+/// # Safety
+/// `stats` must be NULL or a live `callplus_media_stats`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_media_stats_peer_keyframe_requests_received(
+    stats: *const callplus_media_stats,
+    index: usize,
+) -> u32 {
+    // SAFETY: forwarded contract.
+    unsafe { with_ref(stats, |s| s.peer(index, |p| p.keyframe_requests_received).unwrap_or(0)) }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -151,8 +181,8 @@ mod tests {
                 device: DeviceId::new("d2").unwrap(),
                 recv_loss_pct: 2.5,
                 bitrate_kbps: 41.0,
-                keyframe_requests_sent: 0,
-                keyframe_requests_received: 0,
+                keyframe_requests_sent: 3,
+                keyframe_requests_received: 7,
             }],
         });
         let s = stats_ptr(&stats);
@@ -165,10 +195,16 @@ mod tests {
             assert_eq!(CStr::from_ptr(callplus_media_stats_peer_device_id(s, 0)), c"d2");
             assert_eq!(callplus_media_stats_peer_recv_loss_pct(s, 0), 2.5);
             assert_eq!(callplus_media_stats_peer_bitrate_kbps(s, 0), 41.0);
+            assert_eq!(callplus_media_stats_peer_keyframe_requests_sent(s, 0), 3);
+            assert_eq!(callplus_media_stats_peer_keyframe_requests_received(s, 0), 7);
             assert!(callplus_media_stats_peer_user_id(s, 1).is_null());
             assert_eq!(callplus_media_stats_peer_bitrate_kbps(s, 1), 0.0);
+            assert_eq!(callplus_media_stats_peer_keyframe_requests_sent(s, 1), 0);
+            assert_eq!(callplus_media_stats_peer_keyframe_requests_received(s, usize::MAX), 0);
             assert_eq!(callplus_media_stats_peer_count(null()), 0);
             assert_eq!(callplus_media_stats_rtt_ms(null()), 0.0);
+            assert_eq!(callplus_media_stats_peer_keyframe_requests_sent(null(), 0), 0);
+            assert_eq!(callplus_media_stats_peer_keyframe_requests_received(null(), 0), 0);
         }
     }
 }
