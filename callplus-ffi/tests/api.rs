@@ -52,6 +52,16 @@ fn text(p: *const c_char) -> String {
 
 /// Polls until an event of `kind` arrives (within 10 s) and returns it (owned).
 fn wait_for(client: *const callplus_client, kind: callplus_event_type) -> *mut callplus_event {
+    wait_until(client, kind, |_| true)
+}
+
+/// Polls until an event of `kind` for which `matches` holds arrives (within 10 s) and returns
+/// it (owned); the events before it are dropped.
+fn wait_until(
+    client: *const callplus_client,
+    kind: callplus_event_type,
+    matches: impl Fn(*const callplus_event) -> bool,
+) -> *mut callplus_event {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         let mut event = null_mut();
@@ -60,12 +70,12 @@ fn wait_for(client: *const callplus_client, kind: callplus_event_type) -> *mut c
             continue;
         }
         assert_eq!(r, callplus_result::Ok);
-        if unsafe { callplus_event_kind(event) } == kind {
+        if unsafe { callplus_event_kind(event) } == kind && matches(event) {
             return event;
         }
         unsafe { callplus_event_free(event) };
     }
-    panic!("no {kind:?} event");
+    panic!("no matching {kind:?} event");
 }
 
 #[test]
@@ -658,5 +668,579 @@ fn start_call_options_reach_the_call() {
         callplus_string_free(second);
         callplus_client_free(alice);
         callplus_client_free(bob);
+    }
+}
+
+// ----- group (MULTI) calls ----------------------------------------------------------------------
+
+/// A C string list of `ids` and the pointer array C would pass.
+fn c_list(ids: &[&str]) -> (Vec<CString>, Vec<*const c_char>) {
+    let owned: Vec<CString> = ids.iter().map(|id| CString::new(*id).unwrap()).collect();
+    let ptrs = owned.iter().map(|s| s.as_ptr()).collect();
+    (owned, ptrs)
+}
+
+/// The users an event lists (`callplus_event_user_count` / `_user_at`); the index after the
+/// last one reads as NULL.
+fn event_users(event: *const callplus_event) -> Vec<String> {
+    let n = unsafe { callplus_event_user_count(event) };
+    assert!(unsafe { callplus_event_user_at(event, n) }.is_null());
+    (0..n).map(|i| text(unsafe { callplus_event_user_at(event, i) })).collect()
+}
+
+/// The strings of a `callplus_string_list`.
+fn list_strings(list: *const callplus_string_list) -> Vec<String> {
+    let n = unsafe { callplus_string_list_len(list) };
+    assert!(unsafe { callplus_string_list_get(list, n) }.is_null());
+    (0..n).map(|i| text(unsafe { callplus_string_list_get(list, i) })).collect()
+}
+
+type Parties = Vec<(String, callplus_participant_state, callplus_end_reason)>;
+
+/// Every participant of a session with its state and end reason, read by index.
+fn session_parties(s: *const callplus_call_session) -> Parties {
+    let n = unsafe { callplus_call_session_participant_count(s) };
+    assert!(unsafe { callplus_call_session_participant_user_id(s, n) }.is_null());
+    assert_eq!(unsafe { callplus_call_session_participant_state(s, n) }, callplus_participant_state::None);
+    (0..n)
+        .map(|i| unsafe {
+            (
+                text(callplus_call_session_participant_user_id(s, i)),
+                callplus_call_session_participant_state(s, i),
+                callplus_call_session_participant_reason(s, i),
+            )
+        })
+        .collect()
+}
+
+/// Every participant of a call snapshot with its state and end reason, read by index.
+fn info_parties(c: *const callplus_call_info) -> Parties {
+    let n = unsafe { callplus_call_info_participant_count(c) };
+    assert!(unsafe { callplus_call_info_participant_user_id(c, n) }.is_null());
+    (0..n)
+        .map(|i| unsafe {
+            (
+                text(callplus_call_info_participant_user_id(c, i)),
+                callplus_call_info_participant_state(c, i),
+                callplus_call_info_participant_reason(c, i),
+            )
+        })
+        .collect()
+}
+
+fn parties(list: &[(&str, callplus_participant_state, callplus_end_reason)]) -> Parties {
+    list.iter().map(|&(u, s, r)| (u.to_owned(), s, r)).collect()
+}
+
+/// Waits for REMOTE_USER_STATE_CHANGED of `user` to `state` and returns its reason.
+fn wait_state(
+    client: *const callplus_client,
+    call_id: &str,
+    user: &str,
+    state: callplus_participant_state,
+) -> callplus_end_reason {
+    let event = wait_until(client, callplus_event_type::RemoteUserStateChanged, |e| unsafe {
+        text(callplus_event_user_id(e)) == user && callplus_event_participant_state(e) == state
+    });
+    let reason = unsafe {
+        assert_eq!(text(callplus_event_call_id(event)), call_id);
+        callplus_event_reason(event)
+    };
+    unsafe { callplus_event_free(event) };
+    reason
+}
+
+/// The client's current call, owned.
+fn current(client: *const callplus_client) -> *mut callplus_call_session {
+    let mut session = null_mut();
+    assert_eq!(unsafe { callplus_client_current_call(client, &mut session) }, callplus_result::Ok);
+    session
+}
+
+/// The calls `callplus_client_get_available_calls` lists: id and participants of each.
+fn available(client: *const callplus_client) -> Vec<(String, callplus_call_type, Parties)> {
+    let mut list = null_mut();
+    assert_eq!(unsafe { callplus_client_get_available_calls(client, &mut list) }, callplus_result::Ok);
+    let n = unsafe { callplus_call_info_list_len(list) };
+    assert!(unsafe { callplus_call_info_list_get(list, n) }.is_null());
+    let calls = (0..n)
+        .map(|i| unsafe {
+            let c = callplus_call_info_list_get(list, i);
+            assert_eq!(callplus_call_info_ended_at_ms(c), 0, "an available call has not ended");
+            (text(callplus_call_info_call_id(c)), callplus_call_info_call_type(c), info_parties(c))
+        })
+        .collect();
+    unsafe { callplus_call_info_list_free(list) };
+    calls
+}
+
+/// Waits for `client`'s record of `call_id` and checks it: a MULTI call of `participants`
+/// people, owned by `owner`, with this direction and end reason.
+fn expect_group_record(
+    client: *const callplus_client,
+    call_id: &str,
+    owner: &str,
+    participants: usize,
+    direction: callplus_direction,
+    reason: callplus_end_reason,
+) {
+    let event = wait_until(client, callplus_event_type::ReceivedCallRecord, |e| unsafe {
+        text(callplus_event_call_id(e)) == call_id
+    });
+    unsafe {
+        let r = callplus_event_record(event);
+        assert_eq!(text(callplus_call_record_call_id(r)), call_id);
+        assert_eq!(text(callplus_call_record_owner(r)), owner);
+        assert_eq!(callplus_call_record_direction(r), direction, "{owner}'s direction");
+        assert_eq!(callplus_call_record_end_reason(r), reason, "{owner}'s end reason");
+        let call = callplus_call_record_call(r);
+        assert_eq!(callplus_call_info_call_type(call), callplus_call_type::Multi);
+        assert_eq!(callplus_call_info_participant_count(call), participants);
+        assert!(callplus_call_info_ended_at_ms(call) > 0);
+        callplus_event_free(event);
+    }
+}
+
+#[test]
+fn a_group_call_through_the_c_api() {
+    use callplus_end_reason as Why;
+    use callplus_event_type as E;
+    use callplus_participant_state as P;
+    use callplus_result as R;
+
+    let server = TestServer::start();
+    let [alice, bob, carol, dave] = ["alice", "bob", "carol", "dave"].map(|u| server.connect(u));
+    unsafe {
+        // alice rings three users at once.
+        let (_keep, callees) = c_list(&["bob", "carol", "dave"]);
+        let mut call_id = null_mut();
+        assert_eq!(
+            callplus_client_start_call(alice, callees.as_ptr(), 3, 2, 1, c"group".as_ptr(), &mut call_id),
+            R::Ok
+        );
+        let id = text(callplus_string_data(call_id));
+        let id_ptr = callplus_string_data(call_id);
+        for callee in [bob, carol, dave] {
+            let incoming = wait_for(callee, E::ReceivedCall);
+            assert_eq!(text(callplus_event_call_id(incoming)), id);
+            assert_eq!(text(callplus_event_inviter(incoming)), "alice");
+            assert_eq!(text(callplus_event_extra(incoming)), "group");
+            assert_eq!(callplus_event_call_type(incoming), callplus_call_type::Multi);
+            assert_eq!(callplus_event_user_count(incoming), 0);
+            let session = callplus_event_session(incoming);
+            assert_eq!(callplus_call_session_call_type(session), callplus_call_type::Multi);
+            assert_eq!(callplus_call_session_state(session), callplus_call_state::Incoming);
+            assert_eq!(text(callplus_call_session_creator(session)), "alice");
+            assert_eq!(text(callplus_call_session_inviter(session)), "alice");
+            assert!(!callplus_call_session_is_outgoing(session));
+            let names: Vec<String> = session_parties(session).into_iter().map(|p| p.0).collect();
+            assert_eq!(names, ["alice", "bob", "carol", "dave"]);
+            for (user, state, reason) in session_parties(session).into_iter().skip(1) {
+                assert!(matches!(state, P::Incoming | P::Ringing), "{user} is rung: {state:?}");
+                assert_eq!(reason, Why::None);
+            }
+            callplus_event_free(incoming);
+        }
+
+        // Two accept, one rejects; the call goes on for the others.
+        assert_eq!(callplus_client_accept(bob, id_ptr), R::Ok);
+        let connected = wait_for(alice, E::CallConnected);
+        assert_eq!(text(callplus_event_call_id(connected)), id);
+        assert_eq!(callplus_event_call_type(connected), callplus_call_type::Multi);
+        assert_eq!(
+            callplus_call_session_state(callplus_event_session(connected)),
+            callplus_call_state::OnCall
+        );
+        callplus_event_free(connected);
+        callplus_event_free(wait_for(bob, E::CallConnected));
+        assert_eq!(callplus_client_accept(carol, id_ptr), R::Ok);
+        callplus_event_free(wait_for(carol, E::CallConnected));
+        assert_eq!(wait_state(alice, &id, "carol", P::OnCall), Why::None);
+        assert_eq!(wait_state(bob, &id, "carol", P::OnCall), Why::None);
+        assert_eq!(callplus_client_hangup(dave, id_ptr), R::Ok);
+        let ended = wait_for(dave, E::CallEnded);
+        assert_eq!(text(callplus_event_call_id(ended)), id);
+        assert_eq!(callplus_event_reason(ended), Why::Reject);
+        callplus_event_free(ended);
+        for c in [alice, bob, carol] {
+            assert_eq!(wait_state(c, &id, "dave", P::Ended), Why::Reject);
+        }
+        let session = current(alice);
+        assert_eq!(text(callplus_call_session_call_id(session)), id);
+        assert_eq!(callplus_call_session_call_type(session), callplus_call_type::Multi);
+        assert_eq!(callplus_call_session_state(session), callplus_call_state::OnCall);
+        assert!(callplus_call_session_is_outgoing(session));
+        let expected = parties(&[
+            ("alice", P::OnCall, Why::None),
+            ("bob", P::OnCall, Why::None),
+            ("carol", P::OnCall, Why::None),
+            ("dave", P::Ended, Why::Reject),
+        ]);
+        // The creator's own entry in its local session is not checked: the Rust client leaves
+        // it at CONNECTING once the call is on (the server tells only the others of the
+        // creator's change). The server's snapshot has it right.
+        assert_eq!(session_parties(session)[1..], expected[1..]);
+        callplus_call_session_free(session);
+        let mut info = null_mut();
+        assert_eq!(callplus_client_get_call(alice, id_ptr, &mut info), R::Ok);
+        assert_eq!(callplus_call_info_call_type(info), callplus_call_type::Multi);
+        assert_eq!(info_parties(info), expected);
+        callplus_call_info_free(info);
+
+        // bob (not the creator) invites dave back from inside the call; nobody is busy.
+        let (_keep, again) = c_list(&["dave"]);
+        let mut busy = null_mut();
+        assert_eq!(callplus_client_invite(bob, again.as_ptr(), 1, c"come back".as_ptr(), &mut busy), R::Ok);
+        assert_eq!(list_strings(busy), Vec::<String>::new());
+        callplus_string_list_free(busy);
+        for c in [alice, carol] {
+            let invited = wait_for(c, E::RemoteUserInvited);
+            assert_eq!(text(callplus_event_call_id(invited)), id);
+            assert_eq!(text(callplus_event_inviter(invited)), "bob");
+            assert_eq!(event_users(invited), ["dave"]);
+            callplus_event_free(invited);
+        }
+        let incoming = wait_for(dave, E::ReceivedCall);
+        assert_eq!(text(callplus_event_call_id(incoming)), id);
+        assert_eq!(text(callplus_event_inviter(incoming)), "bob");
+        assert_eq!(text(callplus_event_extra(incoming)), "come back");
+        let session = callplus_event_session(incoming);
+        assert_eq!(callplus_call_session_state(session), callplus_call_state::Incoming);
+        assert_eq!(text(callplus_call_session_inviter(session)), "bob");
+        let dave_state = session_parties(session).into_iter().find(|p| p.0 == "dave").unwrap();
+        assert!(matches!(dave_state.1, P::Incoming | P::Ringing), "dave is rung again: {dave_state:?}");
+        callplus_event_free(incoming);
+        assert_eq!(callplus_client_accept(dave, id_ptr), R::Ok);
+        callplus_event_free(wait_for(dave, E::CallConnected));
+        assert_eq!(wait_state(alice, &id, "dave", P::OnCall), Why::None);
+
+        // carol leaves; the call goes on, and she can find it and come back.
+        assert_eq!(callplus_client_hangup(carol, null()), R::Ok);
+        let ended = wait_for(carol, E::CallEnded);
+        assert_eq!(callplus_event_reason(ended), Why::Hangup);
+        callplus_event_free(ended);
+        for c in [alice, bob, dave] {
+            assert_eq!(wait_state(c, &id, "carol", P::Ended), Why::Hangup);
+        }
+        let mut none = sentinel::<callplus_call_session>();
+        assert_eq!(callplus_client_current_call(carol, &mut none), R::NotInCall);
+        assert_eq!(none, sentinel());
+        let listed = available(carol);
+        assert_eq!(listed.len(), 1);
+        let (listed_id, listed_type, listed_parties) = &listed[0];
+        assert_eq!(listed_id, &id);
+        assert_eq!(*listed_type, callplus_call_type::Multi);
+        assert_eq!(
+            listed_parties,
+            &parties(&[
+                ("alice", P::OnCall, Why::None),
+                ("bob", P::OnCall, Why::None),
+                ("carol", P::Ended, Why::Hangup),
+                ("dave", P::OnCall, Why::None),
+            ])
+        );
+        assert_eq!(callplus_client_join_call(carol, id_ptr), R::Ok);
+        let back = wait_for(carol, E::CallConnected);
+        assert_eq!(text(callplus_event_call_id(back)), id);
+        assert_eq!(callplus_event_call_type(back), callplus_call_type::Multi);
+        let session = callplus_event_session(back);
+        assert_eq!(callplus_call_session_state(session), callplus_call_state::OnCall);
+        assert_eq!(
+            session_parties(session),
+            parties(&[
+                ("alice", P::OnCall, Why::None),
+                ("bob", P::OnCall, Why::None),
+                ("carol", P::OnCall, Why::None),
+                ("dave", P::OnCall, Why::None),
+            ])
+        );
+        callplus_event_free(back);
+        for c in [alice, bob, dave] {
+            assert_eq!(wait_state(c, &id, "carol", P::OnCall), Why::None);
+        }
+        let session = current(carol);
+        assert_eq!(text(callplus_call_session_call_id(session)), id);
+        callplus_call_session_free(session);
+
+        // Leaving one by one: with two connected the call lasts, with one it ends.
+        assert_eq!(callplus_client_hangup(alice, null()), R::Ok);
+        assert_eq!(wait_state(carol, &id, "alice", P::Ended), Why::Hangup);
+        assert_eq!(callplus_client_hangup(bob, null()), R::Ok);
+        assert_eq!(wait_state(carol, &id, "bob", P::Ended), Why::Hangup);
+        let session = current(carol);
+        assert_eq!(callplus_call_session_state(session), callplus_call_state::OnCall);
+        callplus_call_session_free(session);
+        assert_eq!(callplus_client_hangup(dave, null()), R::Ok);
+        let ended = wait_for(carol, E::CallEnded);
+        assert_eq!(text(callplus_event_call_id(ended)), id);
+        assert_eq!(callplus_event_reason(ended), Why::RemoteHangup);
+        let session = callplus_event_session(ended);
+        assert_eq!(callplus_call_session_state(session), callplus_call_state::Ended);
+        assert_eq!(callplus_call_session_end_reason(session), Why::RemoteHangup);
+        assert!(callplus_call_session_ended_at_ms(session) > 0);
+        callplus_event_free(ended);
+
+        // A record for everyone, and the call is no longer available.
+        expect_group_record(alice, &id, "alice", 4, callplus_direction::Outgoing, Why::Hangup);
+        expect_group_record(bob, &id, "bob", 4, callplus_direction::Incoming, Why::Hangup);
+        expect_group_record(carol, &id, "carol", 4, callplus_direction::Incoming, Why::RemoteHangup);
+        expect_group_record(dave, &id, "dave", 4, callplus_direction::Incoming, Why::Hangup);
+        for c in [alice, bob, carol, dave] {
+            assert!(available(c).is_empty());
+        }
+
+        callplus_string_free(call_id);
+        for c in [alice, bob, carol, dave] {
+            callplus_client_free(c);
+        }
+    }
+}
+
+#[test]
+fn an_invite_turns_a_single_call_multi_and_reports_busy_users() {
+    use callplus_end_reason as Why;
+    use callplus_event_type as E;
+    use callplus_participant_state as P;
+    use callplus_result as R;
+
+    let server = TestServer::start();
+    let [alice, bob, carol, dave] = ["alice", "bob", "carol", "dave"].map(|u| server.connect(u));
+    unsafe {
+        // carol and dave are busy with each other.
+        let mut other = null_mut();
+        let to_dave = [c"dave".as_ptr()];
+        assert_eq!(callplus_client_start_call(carol, to_dave.as_ptr(), 1, 1, 1, null(), &mut other), R::Ok);
+        let other_id = text(callplus_string_data(other));
+        callplus_event_free(wait_for(dave, E::ReceivedCall));
+        assert_eq!(callplus_client_accept(dave, callplus_string_data(other)), R::Ok);
+        callplus_event_free(wait_for(carol, E::CallConnected));
+
+        // alice and bob in a SINGLE call.
+        let mut call_id = null_mut();
+        let to_bob = [c"bob".as_ptr()];
+        assert_eq!(callplus_client_start_call(alice, to_bob.as_ptr(), 1, 1, 1, null(), &mut call_id), R::Ok);
+        let id = text(callplus_string_data(call_id));
+        let id_ptr = callplus_string_data(call_id);
+        callplus_event_free(wait_for(bob, E::ReceivedCall));
+        assert_eq!(callplus_client_accept(bob, id_ptr), R::Ok);
+        callplus_event_free(wait_for(alice, E::CallConnected));
+
+        // alice invites the two busy users and erin, who is not connected.
+        let (_keep, invitees) = c_list(&["carol", "dave", "erin"]);
+        let mut busy = null_mut();
+        assert_eq!(
+            callplus_client_invite(alice, invitees.as_ptr(), 3, c"join us".as_ptr(), &mut busy),
+            R::Ok
+        );
+        let mut busy_users = list_strings(busy);
+        busy_users.sort();
+        assert_eq!(busy_users, ["carol", "dave"]);
+        callplus_string_list_free(busy);
+
+        // Both sides learn that the call is MULTI now; bob learns who was invited.
+        for c in [alice, bob] {
+            let changed = wait_for(c, E::CallTypeChanged);
+            assert_eq!(text(callplus_event_call_id(changed)), id);
+            assert_eq!(callplus_event_call_type(changed), callplus_call_type::Multi);
+            callplus_event_free(changed);
+        }
+        let invited = wait_for(bob, E::RemoteUserInvited);
+        assert_eq!(text(callplus_event_call_id(invited)), id);
+        assert_eq!(text(callplus_event_inviter(invited)), "alice");
+        assert_eq!(event_users(invited), ["carol", "dave", "erin"]);
+        callplus_event_free(invited);
+        let session = current(bob);
+        assert_eq!(callplus_call_session_call_type(session), callplus_call_type::Multi);
+        callplus_call_session_free(session);
+        let session = current(alice);
+        assert_eq!(callplus_call_session_call_type(session), callplus_call_type::Multi);
+        let mut info = null_mut();
+        assert_eq!(callplus_client_get_call(alice, id_ptr, &mut info), R::Ok);
+        assert_eq!(callplus_call_info_call_type(info), callplus_call_type::Multi);
+        let on_call = parties(&[("alice", P::OnCall, Why::None), ("bob", P::OnCall, Why::None)]);
+        // As in the group test, alice's own entry is read from the server's snapshot.
+        for (states, from) in [(session_parties(session), 1), (info_parties(info), 0)] {
+            let names: Vec<&str> = states.iter().map(|p| p.0.as_str()).collect();
+            assert_eq!(names, ["alice", "bob", "carol", "dave", "erin"]);
+            assert_eq!(states[from..2], on_call[from..]);
+            for (user, state, _) in &states[2..] {
+                assert!(matches!(state, P::Incoming | P::Ringing), "{user} is rung: {state:?}");
+            }
+        }
+        callplus_call_info_free(info);
+        callplus_call_session_free(session);
+
+        // The busy users are rung all the same (call waiting).
+        for c in [carol, dave] {
+            let incoming = wait_until(c, E::ReceivedCall, |e| text(callplus_event_call_id(e)) == id);
+            assert_eq!(text(callplus_event_inviter(incoming)), "alice");
+            assert_eq!(text(callplus_event_extra(incoming)), "join us");
+            assert_eq!(callplus_event_call_type(incoming), callplus_call_type::Multi);
+            assert_eq!(callplus_call_session_participant_count(callplus_event_session(incoming)), 5);
+            callplus_event_free(incoming);
+        }
+
+        // carol takes it (ending her call with dave), dave declines.
+        assert_eq!(callplus_client_accept(carol, id_ptr), R::Ok);
+        let left = wait_until(carol, E::CallEnded, |e| text(callplus_event_call_id(e)) == other_id);
+        assert_eq!(callplus_event_reason(left), Why::AcceptedAnotherCall);
+        callplus_event_free(left);
+        callplus_event_free(wait_for(carol, E::CallConnected));
+        let dropped = wait_until(dave, E::CallEnded, |e| text(callplus_event_call_id(e)) == other_id);
+        assert_eq!(callplus_event_reason(dropped), Why::RemoteAcceptedAnotherCall);
+        callplus_event_free(dropped);
+        assert_eq!(wait_state(alice, &id, "carol", P::OnCall), Why::None);
+        assert_eq!(callplus_client_hangup(dave, id_ptr), R::Ok);
+        for c in [alice, bob, carol] {
+            assert_eq!(wait_state(c, &id, "dave", P::Ended), Why::Reject);
+        }
+
+        // alice and bob leave: carol alone is connected, but erin is still rung, so the call
+        // lasts; when carol leaves too it ends, for erin as well.
+        assert_eq!(callplus_client_hangup(alice, null()), R::Ok);
+        assert_eq!(callplus_client_hangup(bob, null()), R::Ok);
+        assert_eq!(wait_state(carol, &id, "bob", P::Ended), Why::Hangup);
+        let mut info = null_mut();
+        assert_eq!(callplus_client_get_call(carol, id_ptr, &mut info), R::Ok);
+        assert_eq!(callplus_call_info_ended_at_ms(info), 0);
+        let erin = info_parties(info).into_iter().find(|p| p.0 == "erin").unwrap();
+        assert!(matches!(erin.1, P::Incoming | P::Ringing), "erin is still rung: {erin:?}");
+        callplus_call_info_free(info);
+        assert_eq!(callplus_client_hangup(carol, null()), R::Ok);
+        expect_group_record(alice, &id, "alice", 5, callplus_direction::Outgoing, Why::Hangup);
+        expect_group_record(bob, &id, "bob", 5, callplus_direction::Incoming, Why::Hangup);
+        expect_group_record(carol, &id, "carol", 5, callplus_direction::Incoming, Why::Hangup);
+        expect_group_record(dave, &id, "dave", 5, callplus_direction::Incoming, Why::Reject);
+        let mut info = null_mut();
+        assert_eq!(callplus_client_get_call(alice, id_ptr, &mut info), R::Ok);
+        assert!(callplus_call_info_ended_at_ms(info) > 0);
+        let erin = info_parties(info).into_iter().find(|p| p.0 == "erin").unwrap();
+        assert_eq!(erin.1, P::Ended);
+        callplus_call_info_free(info);
+
+        callplus_string_free(other);
+        callplus_string_free(call_id);
+        for c in [alice, bob, carol, dave] {
+            callplus_client_free(c);
+        }
+    }
+}
+
+#[test]
+fn group_operations_refuse_bad_input() {
+    use callplus_result as R;
+
+    let server = TestServer::start();
+    let [alice, bob, carol] = ["alice", "bob", "carol"].map(|u| server.connect(u));
+    let many: Vec<String> = (0..70).map(|i| format!("u{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let (_keep, many) = c_list(&many);
+    let mut s = sentinel::<callplus_string>();
+    let mut busy = sentinel::<callplus_string_list>();
+    let mut calls = sentinel::<callplus_call_info_list>();
+    unsafe {
+        // Group size: 32 with audio, 16 with video (the server's defaults); 64 per list.
+        let start = |list: &[*const c_char], media_type, out: &mut *mut callplus_string| {
+            callplus_client_start_call(alice, list.as_ptr(), list.len(), 2, media_type, null(), out)
+        };
+        assert_eq!(start(&many[..32], 1, &mut s), R::CallFull);
+        assert_eq!(start(&many[..16], 2, &mut s), R::CallFull);
+        assert_eq!(start(&many[..65], 1, &mut s), R::UserListInvalid);
+        let (_keep, twice) = c_list(&["bob", "bob"]);
+        assert_eq!(start(&twice, 1, &mut s), R::UserListInvalid);
+        let (_keep, me) = c_list(&["bob", "alice"]);
+        assert_eq!(start(&me, 1, &mut s), R::UserListInvalid);
+        assert_eq!(s, sentinel());
+
+        // get_available_calls.
+        assert_eq!(callplus_client_get_available_calls(alice, null_mut()), R::NullParameter);
+        assert_eq!(callplus_client_get_available_calls(alice, &mut calls), R::Ok);
+        assert_eq!(callplus_call_info_list_len(calls), 0);
+        assert!(callplus_call_info_list_get(calls, 0).is_null());
+        callplus_call_info_list_free(calls);
+
+        // join_call with no call to join.
+        assert_eq!(callplus_client_join_call(alice, null()), R::NullParameter);
+        assert_eq!(callplus_client_join_call(alice, not_utf8()), R::ParamError);
+        assert_eq!(callplus_client_join_call(alice, c"".as_ptr()), R::CallIdInvalid);
+        assert_eq!(callplus_client_join_call(alice, c"bad id!".as_ptr()), R::CallIdInvalid);
+        assert_eq!(callplus_client_join_call(alice, c"unknown-call".as_ptr()), R::CallNotFound);
+
+        // A SINGLE call: it cannot be joined, and strangers do not learn it exists.
+        let mut call_id = null_mut();
+        let to_bob = [c"bob".as_ptr()];
+        assert_eq!(callplus_client_start_call(alice, to_bob.as_ptr(), 1, 1, 1, null(), &mut call_id), R::Ok);
+        let id_ptr = callplus_string_data(call_id);
+        callplus_event_free(wait_for(bob, callplus_event_type::ReceivedCall));
+        assert_eq!(callplus_client_join_call(bob, id_ptr), R::SingleCallNotSupportMultiPerson);
+        assert_eq!(callplus_client_join_call(carol, id_ptr), R::CallNotFound);
+        assert_eq!(callplus_client_join_call(alice, id_ptr), R::SessionExist);
+        assert_eq!(callplus_client_accept(bob, id_ptr), R::Ok);
+        callplus_event_free(wait_for(alice, callplus_event_type::CallConnected));
+        let mut info = null_mut();
+        assert_eq!(callplus_client_get_call(alice, id_ptr, &mut info), R::Ok);
+        let version = callplus_call_info_version(info);
+        callplus_call_info_free(info);
+
+        // invite: every argument checked; nothing is sent for a refused list.
+        let invite = |list: *const *const c_char, n: usize, out: *mut *mut callplus_string_list| {
+            callplus_client_invite(alice, list, n, null(), out)
+        };
+        let carol_only = [c"carol".as_ptr()];
+        assert_eq!(invite(null(), 1, &mut busy), R::NullParameter);
+        assert_eq!(invite(null(), 0, &mut busy), R::UserListInvalid);
+        assert_eq!(invite(carol_only.as_ptr(), 0, &mut busy), R::UserListInvalid);
+        assert_eq!(invite(carol_only.as_ptr(), 1, null_mut()), R::NullParameter);
+        let with_null = [c"carol".as_ptr(), null()];
+        assert_eq!(invite(with_null.as_ptr(), 2, &mut busy), R::NullParameter);
+        let bad_utf8 = [not_utf8()];
+        assert_eq!(invite(bad_utf8.as_ptr(), 1, &mut busy), R::ParamError);
+        let bad_id = [c"not an id".as_ptr()];
+        assert_eq!(invite(bad_id.as_ptr(), 1, &mut busy), R::ParamError);
+        let empty_id = [c"".as_ptr()];
+        assert_eq!(invite(empty_id.as_ptr(), 1, &mut busy), R::ParamError);
+        assert_eq!(invite(twice.as_ptr(), 2, &mut busy), R::UserListInvalid);
+        let myself = [c"alice".as_ptr()];
+        assert_eq!(invite(myself.as_ptr(), 1, &mut busy), R::UserListInvalid);
+        // 2 in the call + 31 = 33 > 32; 65 is over the list limit; a garbage count is refused
+        // before anything is read.
+        assert_eq!(invite(many.as_ptr(), 31, &mut busy), R::CallFull);
+        assert_eq!(invite(many.as_ptr(), 65, &mut busy), R::UserListInvalid);
+        assert_eq!(invite(many.as_ptr(), usize::MAX, &mut busy), R::ParamError);
+        let long_extra = CString::new("x".repeat(4097)).unwrap();
+        assert_eq!(
+            callplus_client_invite(alice, carol_only.as_ptr(), 1, long_extra.as_ptr(), &mut busy),
+            R::ParamError
+        );
+        assert_eq!(
+            callplus_client_invite(alice, carol_only.as_ptr(), 1, not_utf8(), &mut busy),
+            R::ParamError
+        );
+        assert_eq!(callplus_client_invite(carol, to_bob.as_ptr(), 1, null(), &mut busy), R::NotInCall);
+        assert_eq!(busy, sentinel());
+
+        // None of that touched the call: still SINGLE, two participants, same version.
+        let session = current(alice);
+        assert_eq!(callplus_call_session_call_type(session), callplus_call_type::Single);
+        assert_eq!(callplus_call_session_participant_count(session), 2);
+        callplus_call_session_free(session);
+        let mut info = null_mut();
+        assert_eq!(callplus_client_get_call(bob, id_ptr, &mut info), R::Ok);
+        assert_eq!(callplus_call_info_call_type(info), callplus_call_type::Single);
+        assert_eq!(callplus_call_info_version(info), version);
+        callplus_call_info_free(info);
+
+        // An ended call cannot be joined.
+        assert_eq!(callplus_client_hangup(bob, null()), R::Ok);
+        callplus_event_free(wait_for(alice, callplus_event_type::CallEnded));
+        assert_eq!(callplus_client_join_call(alice, id_ptr), R::CallEnded);
+        assert_eq!(callplus_client_get_available_calls(carol, &mut calls), R::Ok);
+        assert_eq!(callplus_call_info_list_len(calls), 0);
+        callplus_call_info_list_free(calls);
+
+        callplus_string_free(call_id);
+        for c in [alice, bob, carol] {
+            callplus_client_free(c);
+        }
     }
 }
