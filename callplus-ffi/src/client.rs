@@ -350,9 +350,11 @@ pub unsafe extern "C" fn callplus_client_set_token(
 /// - `call_id_out`: receives the new call's id; free it with `callplus_string_free`.
 ///
 /// The call becomes the current call; its progress arrives as events. Errors:
-/// `USER_LIST_INVALID` (empty list, duplicates, oneself), `SINGLE_CALL_NOT_SUPPORT_MULTI_PERSON`,
-/// `SESSION_EXIST` (a call is current), `USER_ID_INVALID`, `PARAM_ERROR` (bad call type, extra
-/// too long), `MEDIATYPE_INVALID`, `CALL_FULL`, and the server's refusals.
+/// `USER_LIST_INVALID` (empty list, more than 64 ids, duplicates, oneself),
+/// `SINGLE_CALL_NOT_SUPPORT_MULTI_PERSON`, `SESSION_EXIST` (a call is current), `PARAM_ERROR`
+/// (a malformed user id, bad call type, extra too long), `MEDIATYPE_INVALID`, `CALL_FULL` (more
+/// participants than the server allows: by default 16 with video, 32 audio-only, the caller
+/// included), and the server's refusals.
 ///
 /// # Safety
 /// `client` must be NULL or a live client; `callees` NULL or `callee_count` pointers to
@@ -498,7 +500,14 @@ pub unsafe extern "C" fn callplus_client_ringing(
     unsafe { call_op(client, call_id, |c, id| async move { c.ringing(&id).await }) }
 }
 
-/// Joins the unended MULTI call `call_id` that this user was in or invited to.
+/// Joins the unended MULTI call `call_id` that this user was in or invited to (e.g. one of
+/// `callplus_client_get_available_calls`, after leaving it); it becomes the current call and
+/// CALL_CONNECTED follows. The others see this user's REMOTE_USER_STATE_CHANGED to ON_CALL.
+///
+/// Errors: `CALL_ID_INVALID` (malformed id), `CALL_NOT_FOUND` (no such call, or one this user
+/// was never part of), `CALL_ENDED`, `SINGLE_CALL_NOT_SUPPORT_MULTI_PERSON` (a SINGLE call),
+/// `SESSION_EXIST` (a call is current), `CALL_FULL`, `NULL_PARAMETER`, `PARAM_ERROR` (not
+/// UTF-8).
 ///
 /// # Safety
 /// `client` must be NULL or a live client; `call_id` NULL or NUL-terminated.
@@ -513,7 +522,16 @@ pub unsafe extern "C" fn callplus_client_join_call(
 
 /// Invites `users` (`user_count` ids) into the current call; a SINGLE call becomes MULTI.
 /// `extra` (or NULL) is handed to the invitees. `busy_out` receives the invitees that are busy
-/// in another call (possibly an empty list); free it with `callplus_string_list_free`.
+/// in another call (possibly an empty list); free it with `callplus_string_list_free`. Busy
+/// invitees are rung all the same (unless the server rejects busy callees).
+///
+/// The invitees get RECEIVED_CALL; the other participants REMOTE_USER_INVITED (and, when the
+/// call was SINGLE, everyone CALL_TYPE_CHANGED). Users already in the call are skipped.
+///
+/// Errors: `NOT_IN_CALL` (no current call), `USER_LIST_INVALID` (empty list, more than 64 ids,
+/// duplicates, oneself), `PARAM_ERROR` (a malformed user id or not UTF-8, extra too long, a
+/// count above 4096), `CALL_FULL` (the call would have more participants than the server
+/// allows), `NULL_PARAMETER`; on error the call is unchanged and `busy_out` untouched.
 ///
 /// # Safety
 /// `client` must be NULL or a live client; `users` NULL or `user_count` pointers to
@@ -751,9 +769,9 @@ pub unsafe extern "C" fn callplus_client_delete_all_call_records(
     })
 }
 
-/// The unended MULTI calls this user took part in or was invited to (join one with
-/// `callplus_client_join_call`). `calls_out` receives the list; free it with
-/// `callplus_call_info_list_free`.
+/// The unended MULTI calls this user took part in or was invited to, also those this user
+/// left (join one with `callplus_client_join_call`). `calls_out` receives the list (possibly
+/// empty); free it with `callplus_call_info_list_free`.
 ///
 /// # Safety
 /// `client` must be NULL or a live client; `calls_out` NULL or writable.
