@@ -865,6 +865,11 @@ fn a_group_call_through_the_c_api() {
         for c in [alice, bob, carol] {
             assert_eq!(wait_state(c, &id, "dave", P::Ended), Why::Reject);
         }
+        // Invited counts: the call stays available to dave, as it is to those in it.
+        for c in [alice, dave] {
+            let listed: Vec<String> = available(c).into_iter().map(|(call, ..)| call).collect();
+            assert_eq!(listed, std::slice::from_ref(&id));
+        }
         let session = current(alice);
         assert_eq!(text(callplus_call_session_call_id(session)), id);
         assert_eq!(callplus_call_session_call_type(session), callplus_call_type::Multi);
