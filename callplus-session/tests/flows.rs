@@ -65,6 +65,32 @@ fn audio_call_accepted_and_hung_up_by_caller() {
 }
 
 #[test]
+fn both_sessions_say_everyone_is_on_call_once_connected() {
+    use callplus_session::client::ClientEvent;
+
+    let (mut sim, alice, bob) = alice_and_bob();
+    let call = sim.answered_call(alice, bob, "bob", MediaType::Audio);
+    for idx in [alice, bob] {
+        // The session the CallConnected event carried, and the session now.
+        let connected = sim
+            .events(idx)
+            .into_iter()
+            .find_map(|e| match e {
+                ClientEvent::CallConnected { session } if session.call_id() == &call => Some(session.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("device {idx}: no CallConnected"));
+        let now = sim.engine(idx).current_call().cloned().unwrap_or_else(|| panic!("device {idx}: no call"));
+        for session in [connected, now] {
+            for name in ["alice", "bob"] {
+                let state = session.participant(&user(name)).map(|p| p.state);
+                assert_eq!(state, Some(ParticipantState::OnCall), "device {idx}: {name} in {session:?}");
+            }
+        }
+    }
+}
+
+#[test]
 fn video_call_hung_up_by_callee() {
     let (mut sim, alice, bob) = alice_and_bob();
     let call = sim.answered_call(alice, bob, "bob", MediaType::AudioVideo);

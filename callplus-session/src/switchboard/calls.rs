@@ -420,10 +420,13 @@ impl Switchboard {
             reason: None,
             version,
         };
-        notify_others(&mut self.net, call, &[idx], changed(&ctx.user));
+        // The creator hears of its own ON_CALL too (its session must not keep saying
+        // CONNECTING), and before the callee's: the callee's change is what connects the call
+        // on the creator's side, and the session it then reports must already be right.
         if creator_on {
-            notify_others(&mut self.net, call, &[0, idx], changed(&call.creator));
+            notify_others(&mut self.net, call, &[idx], changed(&call.creator));
         }
+        notify_others(&mut self.net, call, &[idx], changed(&ctx.user));
         if started {
             let event = Event::CallStarted {
                 call_id: id.clone(),
