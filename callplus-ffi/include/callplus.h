@@ -1593,12 +1593,16 @@ enum callplus_result callplus_client_start_call(const struct callplus_client *cl
  * timeout, and the push notification for callees with no connected device. `options` may be
  * NULL (all defaults); see `struct callplus_call_options`.
  *
+ * `busy_out` may be NULL; otherwise it receives, on success, the callees already busy in
+ * another call (possibly an empty list; free it with `callplus_string_list_free`). They are
+ * rung all the same (call waiting) unless the server rejects busy callees.
+ *
  * Errors as `callplus_client_start_call`, and `PARAM_ERROR` for a ring timeout below
  * `CALLPLUS_RING_UNTIL_ANSWERED` or above `UINT32_MAX`.
  *
  * # Safety
  * As `callplus_client_start_call`; `options` NULL or a readable `callplus_call_options` whose
- * strings are NULL or NUL-terminated.
+ * strings are NULL or NUL-terminated; `busy_out` NULL or writable.
  */
 enum callplus_result callplus_client_start_call_with_options(const struct callplus_client *client,
                                                              const char *const *callees,
@@ -1606,7 +1610,8 @@ enum callplus_result callplus_client_start_call_with_options(const struct callpl
                                                              uint32_t call_type,
                                                              uint32_t media_type,
                                                              const struct callplus_call_options *options,
-                                                             struct callplus_string **call_id_out);
+                                                             struct callplus_string **call_id_out,
+                                                             struct callplus_string_list **busy_out);
 
 /**
  * Answers the incoming call `call_id`. A current call, if any, is hung up first (reason

@@ -369,9 +369,10 @@ pub unsafe extern "C" fn callplus_client_start_call(
     extra: *const c_char,
     call_id_out: *mut *mut callplus_string,
 ) -> callplus_result {
+    let outputs = StartOutputs { call_id: call_id_out, busy: std::ptr::null_mut() };
     // SAFETY: forwarded contract.
     unsafe {
-        start_call(client, callees, callee_count, call_type, media_type, call_id_out, || {
+        start_call(client, callees, callee_count, call_type, media_type, outputs, || {
             Ok(CallOptions {
                 extra: opt_str_arg(extra)?.unwrap_or_default().to_owned(),
                 ..CallOptions::default()
@@ -384,12 +385,16 @@ pub unsafe extern "C" fn callplus_client_start_call(
 /// timeout, and the push notification for callees with no connected device. `options` may be
 /// NULL (all defaults); see `struct callplus_call_options`.
 ///
+/// `busy_out` may be NULL; otherwise it receives, on success, the callees already busy in
+/// another call (possibly an empty list; free it with `callplus_string_list_free`). They are
+/// rung all the same (call waiting) unless the server rejects busy callees.
+///
 /// Errors as `callplus_client_start_call`, and `PARAM_ERROR` for a ring timeout below
 /// `CALLPLUS_RING_UNTIL_ANSWERED` or above `UINT32_MAX`.
 ///
 /// # Safety
 /// As `callplus_client_start_call`; `options` NULL or a readable `callplus_call_options` whose
-/// strings are NULL or NUL-terminated.
+/// strings are NULL or NUL-terminated; `busy_out` NULL or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn callplus_client_start_call_with_options(
     client: *const callplus_client,
@@ -399,13 +404,21 @@ pub unsafe extern "C" fn callplus_client_start_call_with_options(
     media_type: u32,
     options: *const callplus_call_options,
     call_id_out: *mut *mut callplus_string,
+    busy_out: *mut *mut callplus_string_list,
 ) -> callplus_result {
+    let outputs = StartOutputs { call_id: call_id_out, busy: busy_out };
     // SAFETY: forwarded contract.
     unsafe {
-        start_call(client, callees, callee_count, call_type, media_type, call_id_out, || {
+        start_call(client, callees, callee_count, call_type, media_type, outputs, || {
             call_options_arg(options)
         })
     }
+}
+
+/// Where a start-call function writes: the call id (required) and the busy callees (optional).
+struct StartOutputs {
+    call_id: *mut *mut callplus_string,
+    busy: *mut *mut callplus_string_list,
 }
 
 /// The body of both start-call functions: every argument is checked inside the panic boundary
@@ -419,20 +432,25 @@ unsafe fn start_call(
     callee_count: usize,
     call_type: u32,
     media_type: u32,
-    call_id_out: *mut *mut callplus_string,
+    outputs: StartOutputs,
     options: impl FnOnce() -> Result<CallOptions, callplus_result>,
 ) -> callplus_result {
     boundary_result(|| {
         // SAFETY: forwarded contract.
         let (handle, callees) = unsafe { (try_ref(client)?, str_array_arg(callees, callee_count)?) };
         let options = options()?;
-        check_out(call_id_out)?;
+        check_out(outputs.call_id)?;
         let (call_type, media_type) = (call_type_arg(call_type)?, media_type_arg(media_type)?);
         let callees: Vec<String> = callees.into_iter().map(str::to_owned).collect();
         let started =
             handle.run(|c| async move { c.start_call(&callees, call_type, media_type, options).await })?;
-        // SAFETY: checked non-NULL above.
-        unsafe { write_out(call_id_out, new_string(started.call_id().as_str())) };
+        // SAFETY: checked non-NULL above; `busy` is written only when the caller gave one.
+        unsafe {
+            write_out(outputs.call_id, new_string(started.call_id().as_str()));
+            if !outputs.busy.is_null() {
+                write_out(outputs.busy, new_string_list(&started.busy_users));
+            }
+        }
         Ok(())
     })
 }

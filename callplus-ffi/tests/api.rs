@@ -582,8 +582,10 @@ unsafe extern "C" fn free_in_callback(user_data: *mut c_void, _event: *const cal
 fn a_client_may_be_freed_from_its_callback() {
     let server = TestServer::start();
     let bob = server.connect("bob");
-    let slot = Box::new(AtomicUsize::new(bob as usize));
-    let user_data = (&*slot as *const AtomicUsize).cast_mut().cast::<c_void>();
+    // The dispatcher thread may still be returning from the callback after the slot is
+    // cleared, so the slot lives for the rest of the process.
+    let slot: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(bob as usize)));
+    let user_data = (slot as *const AtomicUsize).cast_mut().cast::<c_void>();
     unsafe {
         // Bob's first event (his connection state, queued since connect) frees him.
         assert_eq!(
@@ -596,10 +598,6 @@ fn a_client_may_be_freed_from_its_callback() {
         assert!(Instant::now() < deadline, "the callback did not run");
         std::thread::sleep(Duration::from_millis(10));
     }
-    // The dispatcher thread may still be returning from the callback; give it a moment before
-    // the slot it was handed goes away.
-    std::thread::sleep(Duration::from_millis(200));
-    drop(slot);
 }
 
 #[test]
@@ -626,17 +624,36 @@ fn start_call_options_reach_the_call() {
             push_custom_data: null(),
             disable_push: false,
         };
-        let mut call_id = sentinel();
+        let (mut call_id, mut busy) = (sentinel(), sentinel());
         let bad = callplus_call_options { ring_timeout_ms: -5, ..options };
         assert_eq!(
-            callplus_client_start_call_with_options(alice, callees.as_ptr(), 1, 1, 1, &bad, &mut call_id),
+            callplus_client_start_call_with_options(
+                alice,
+                callees.as_ptr(),
+                1,
+                1,
+                1,
+                &bad,
+                &mut call_id,
+                &mut busy
+            ),
             R::ParamError
         );
-        assert_eq!(call_id, sentinel(), "no output on failure");
+        assert_eq!((call_id, busy), (sentinel(), sentinel()), "no output on failure");
 
+        // NULL for the busy callees: not wanted.
         let mut call_id = null_mut();
         assert_eq!(
-            callplus_client_start_call_with_options(alice, callees.as_ptr(), 1, 1, 2, &options, &mut call_id),
+            callplus_client_start_call_with_options(
+                alice,
+                callees.as_ptr(),
+                1,
+                1,
+                2,
+                &options,
+                &mut call_id,
+                null_mut()
+            ),
             R::Ok
         );
         let id = text(callplus_string_data(call_id));
@@ -657,15 +674,54 @@ fn start_call_options_reach_the_call() {
         callplus_event_free(ended);
         callplus_string_free(call_id);
 
-        // NULL options are the defaults.
-        let mut second = null_mut();
+        // NULL options are the defaults; nobody is busy.
+        let (mut second, mut busy) = (null_mut(), null_mut());
         assert_eq!(
-            callplus_client_start_call_with_options(alice, callees.as_ptr(), 1, 1, 1, null(), &mut second),
+            callplus_client_start_call_with_options(
+                alice,
+                callees.as_ptr(),
+                1,
+                1,
+                1,
+                null(),
+                &mut second,
+                &mut busy
+            ),
             R::Ok
         );
+        assert_eq!(callplus_string_list_len(busy), 0);
+        callplus_string_list_free(busy);
         callplus_event_free(wait_for(bob, callplus_event_type::ReceivedCall));
+        assert_eq!(callplus_client_accept(bob, callplus_string_data(second)), R::Ok);
+        callplus_event_free(wait_for(alice, callplus_event_type::CallConnected));
+
+        // Bob is in that call now: a third caller is told so (and bob still rings).
+        let carol = server.connect("carol");
+        let (mut third, mut busy) = (null_mut(), null_mut());
+        assert_eq!(
+            callplus_client_start_call_with_options(
+                carol,
+                callees.as_ptr(),
+                1,
+                1,
+                1,
+                null(),
+                &mut third,
+                &mut busy
+            ),
+            R::Ok
+        );
+        assert_eq!(callplus_string_list_len(busy), 1);
+        assert_eq!(text(callplus_string_list_get(busy, 0)), "bob");
+        callplus_string_list_free(busy);
+        let waiting = wait_for(bob, callplus_event_type::ReceivedCall);
+        assert_eq!(text(callplus_event_call_id(waiting)), text(callplus_string_data(third)));
+        callplus_event_free(waiting);
+        assert_eq!(callplus_client_hangup(carol, callplus_string_data(third)), R::Ok);
         assert_eq!(callplus_client_hangup(alice, callplus_string_data(second)), R::Ok);
         callplus_string_free(second);
+        callplus_string_free(third);
+        callplus_client_free(carol);
         callplus_client_free(alice);
         callplus_client_free(bob);
     }
