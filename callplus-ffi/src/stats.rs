@@ -183,6 +183,8 @@ mod tests {
                 bitrate_kbps: 41.0,
                 keyframe_requests_sent: 3,
                 keyframe_requests_received: 7,
+                video_packets_recovered: 0,
+                video_packets_lost: 0,
             }],
         });
         let s = stats_ptr(&stats);

@@ -79,6 +79,12 @@ pub struct PeerStats {
     /// Key-frame requests (RTCP PLI and FIR, before coalescing) this peer sent about our video in
     /// the interval.
     pub keyframe_requests_received: u32,
+    /// Video packets from this peer that arrived late (after newer ones) and were still put back
+    /// in place in the interval: retransmissions answering our NACKs, or reordering.
+    pub video_packets_recovered: u32,
+    /// Missing video packets from this peer given up in the interval (not retransmitted in time):
+    /// each such gap makes the video undecodable until a key frame.
+    pub video_packets_lost: u32,
 }
 
 /// One status report (SPEC §3 "status reports"), built from the WebRTC stack's own stats.

@@ -21,6 +21,7 @@ pub mod inspect;
 mod keyframe_requests;
 mod level;
 mod pli_pacer;
+mod reorder;
 mod rtcp_observer;
 mod sink;
 mod source;

@@ -21,13 +21,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use callplus_session::{CallId, Code, DeviceId, IceServer, MediaKind, MediaPayload, MediaType, UserId};
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::interceptor::Slot;
+use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Slot};
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
 };
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -38,7 +40,7 @@ use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
     RTCSessionDescription, RTCStatsReportEntry, Registry, SettingEngineBuilder, StatsSelector,
-    register_default_interceptors,
+    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -46,6 +48,7 @@ use crate::adapter::{MediaAdapter, MediaEvent, MediaEvents, MediaStats, PeerSpec
 use crate::error::MediaError;
 use crate::level::level_from_mean_square;
 use crate::pli_pacer::PliPacer;
+use crate::reorder::{self, Pushed, ReorderBuffer};
 use crate::rtcp_observer::{RemoteReports, RtcpObserver};
 use crate::sink::{MediaSink, RemoteFrame};
 use crate::source::{AudioConfig, EncodedSample, MediaSource, VideoConfig};
@@ -202,6 +205,10 @@ struct PeerShared {
     video_ssrc: u32,
     /// PLIs sent to this peer since the last status report.
     plis_sent: AtomicU32,
+    /// Video packets from this peer put back in place by the reorder buffer, and missing ones it
+    /// gave up, since the last status report.
+    video_recovered: AtomicU32,
+    video_lost: AtomicU32,
 }
 
 impl PeerShared {
@@ -354,8 +361,7 @@ async fn receive_loop(shared: Arc<PeerShared>, track: Arc<dyn TrackRemote>) {
         user: shared.user.clone(),
         kind,
     });
-    let mut vp8 = Vp8Depacketizer::new();
-    let mut pli = PliPacer::new();
+    let mut video = VideoReceive::new();
     let mut decoder = match kind {
         MediaKind::Audio => opus::Decoder::new(48_000, opus::Channels::Mono)
             .map_err(|e| tracing::warn!(error = %e, "no opus decoder: no audio levels"))
@@ -363,49 +369,55 @@ async fn receive_loop(shared: Arc<PeerShared>, track: Arc<dyn TrackRemote>) {
         MediaKind::Video => None,
     };
     let mut pcm = vec![0i16; 5760];
-    while let Some(event) = track.poll().await {
+    loop {
+        // Video packets behind a gap wait in the reorder buffer: wake up when it gives the gap
+        // up, if no packet comes first. (`poll` is a channel receive: cancel-safe.)
+        let deadline = video.reorder.next_deadline();
+        let event = tokio::select! {
+            event = track.poll() => event,
+            () = sleep_until(deadline), if deadline.is_some() => {
+                video.release(&shared, track.as_ref(), Instant::now()).await;
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
         if shared.closed.load(Ordering::Acquire) {
             break;
         }
         match event {
-            TrackRemoteEvent::OnRtpPacket(packet) => {
-                let header = &packet.header;
-                let frame = match kind {
-                    MediaKind::Audio => {
-                        if packet.payload.is_empty() {
-                            continue;
-                        }
-                        if let Some(decoder) = decoder.as_mut()
-                            && let Ok(n) = decoder.decode(&packet.payload, &mut pcm, false)
-                        {
-                            let sum: f64 = pcm[..n].iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-                            let mut level = lock(&shared.level);
-                            level.0 += sum;
-                            level.1 += n as u64;
-                        }
-                        RemoteFrame {
-                            kind,
-                            data: packet.payload.clone(),
-                            rtp_timestamp: header.timestamp,
-                            keyframe: true,
-                        }
+            TrackRemoteEvent::OnRtpPacket(packet) => match kind {
+                // Opus conceals a lost packet better than a late one helps: audio is not held
+                // back for reordering (and its RTCP feedback offers no NACK).
+                MediaKind::Audio => {
+                    if packet.payload.is_empty() {
+                        continue;
                     }
-                    MediaKind::Video => {
-                        let frame = vp8.push(
-                            header.sequence_number,
-                            header.timestamp,
-                            header.marker,
-                            &packet.payload,
-                        );
-                        if vp8.needs_keyframe() {
-                            request_keyframe(&shared, track.as_ref(), &mut pli, header.ssrc).await;
-                        }
-                        let Some((data, ts)) = frame else { continue };
-                        RemoteFrame { kind, keyframe: is_keyframe(&data), data, rtp_timestamp: ts }
+                    if let Some(decoder) = decoder.as_mut()
+                        && let Ok(n) = decoder.decode(&packet.payload, &mut pcm, false)
+                    {
+                        let sum: f64 = pcm[..n].iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+                        let mut level = lock(&shared.level);
+                        level.0 += sum;
+                        level.1 += n as u64;
                     }
-                };
-                shared.deliver(frame);
-            }
+                    shared.deliver(RemoteFrame {
+                        kind,
+                        data: packet.payload.clone(),
+                        rtp_timestamp: packet.header.timestamp,
+                        keyframe: true,
+                    });
+                }
+                MediaKind::Video => {
+                    let now = Instant::now();
+                    video.reorder.set_max_wait(reorder::max_wait(lock(&shared.reports).rtt));
+                    let seq = packet.header.sequence_number;
+                    let pushed = video.reorder.push(seq, packet, now);
+                    if pushed != Pushed::Accepted {
+                        tracing::trace!(seq, ?pushed, "video packet dropped by the reorder buffer");
+                    }
+                    video.release(&shared, track.as_ref(), now).await;
+                }
+            },
             TrackRemoteEvent::OnError => shared.emit(MediaEvent::FetchRemoteMediaError {
                 call_id: shared.call_id.clone(),
                 user: shared.user.clone(),
@@ -416,6 +428,58 @@ async fn receive_loop(shared: Arc<PeerShared>, track: Arc<dyn TrackRemote>) {
         }
     }
     tracing::debug!(call = %shared.call_id, user = %shared.user, ?kind, "remote track ended");
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The receive path of one remote video track: reorder buffer, VP8 depacketizer, PLI pacing.
+struct VideoReceive {
+    reorder: ReorderBuffer<rtp::Packet>,
+    vp8: Vp8Depacketizer,
+    pli: PliPacer,
+}
+
+impl VideoReceive {
+    fn new() -> Self {
+        VideoReceive {
+            reorder: ReorderBuffer::new(reorder::max_wait(None)),
+            vp8: Vp8Depacketizer::new(),
+            pli: PliPacer::new(),
+        }
+    }
+
+    /// Depacketizes what the reorder buffer lets go at `now`: complete frames go to the sink, and
+    /// a stream that cannot be decoded (a gap given up, among others) asks for a key frame.
+    async fn release(&mut self, shared: &PeerShared, track: &dyn TrackRemote, now: Instant) {
+        while let Some(packet) = self.reorder.poll(now) {
+            let header = &packet.header;
+            let frame =
+                self.vp8.push(header.sequence_number, header.timestamp, header.marker, &packet.payload);
+            if self.vp8.needs_keyframe() {
+                request_keyframe(shared, track, &mut self.pli, header.ssrc).await;
+            }
+            if let Some((data, rtp_timestamp)) = frame {
+                shared.deliver(RemoteFrame {
+                    kind: MediaKind::Video,
+                    keyframe: is_keyframe(&data),
+                    data,
+                    rtp_timestamp,
+                });
+            }
+        }
+        let counts = self.reorder.take_counts();
+        if counts.lost > 0 {
+            tracing::debug!(call = %shared.call_id, user = %shared.user, lost = counts.lost, "video gap given up");
+        }
+        shared.video_recovered.fetch_add(counts.recovered, Ordering::Relaxed);
+        shared.video_lost.fetch_add(counts.lost, Ordering::Relaxed);
+    }
 }
 
 /// Sends a PLI for the remote video stream `media_ssrc` if the pacer lets one through.
@@ -620,6 +684,8 @@ async fn stats_loop(inner: Weak<Inner>, call_id: CallId, period: Duration) {
                 bitrate_kbps,
                 keyframe_requests_sent: shared.plis_sent.swap(0, Ordering::Relaxed),
                 keyframe_requests_received,
+                video_packets_recovered: shared.video_recovered.swap(0, Ordering::Relaxed),
+                video_packets_lost: shared.video_lost.swap(0, Ordering::Relaxed),
             });
 
             let (sum, n) = std::mem::take(&mut *lock(&shared.level));
@@ -670,6 +736,34 @@ fn vp8_codec() -> RTCRtpCodec {
         sdp_fmtp_line: String::new(),
         rtcp_feedback: vec![],
     }
+}
+
+/// `rtc`'s `register_default_interceptors` (NACK, RTCP reports, simulcast header extensions, TWCC
+/// feedback; its documentation asks to copy it for changes), with the NACK generator tuned for the
+/// reorder buffer (`reorder`): the default one lists missing packets every 100 ms, longer than
+/// the buffer waits for them on a short path, and keeps asking for a packet until it leaves its
+/// 512-packet log. Ours asks every [`reorder::NACK_INTERVAL`], at most for as long as the buffer
+/// can wait. The sender side answers with plain retransmissions on the media SSRC (no RTX is
+/// negotiated), which reach the track with their original sequence numbers.
+fn interceptors(media: &mut MediaEngine) -> Result<Registry, MediaError> {
+    // Advertised for video: `a=rtcp-fb:96 nack` and `nack pli`.
+    for parameter in ["", "pli"] {
+        media.register_feedback(
+            RTCPFeedback { typ: "nack".to_owned(), parameter: parameter.to_owned() },
+            RtpCodecKind::Video,
+        );
+    }
+    let nacks_per_packet = (reorder::MAX_WAIT.as_millis() / reorder::NACK_INTERVAL.as_millis()) as u16;
+    let registry = Registry::new().with(Slot::NackResponder, NackResponderBuilder::new().build()).with(
+        Slot::NackGenerator,
+        NackGeneratorBuilder::new()
+            .with_interval(reorder::NACK_INTERVAL)
+            .with_max_nacks_per_packet(nacks_per_packet)
+            .build(),
+    );
+    configure_simulcast_extension_headers(media)?;
+    let registry = configure_twcc_receiver_only(registry, media)?;
+    Ok(configure_rtcp_reports(registry))
 }
 
 fn ice_server(server: &IceServer) -> RTCIceServer {
@@ -757,8 +851,7 @@ impl Inner {
             }
         });
         let observer = RtcpObserver::new(Arc::clone(&reports), on_keyframe_request);
-        let registry = register_default_interceptors(Registry::new(), &mut media)?
-            .with(Slot::from(RTCP_OBSERVER_SLOT), observer);
+        let registry = interceptors(&mut media)?.with(Slot::from(RTCP_OBSERVER_SLOT), observer);
         let settings =
             SettingEngineBuilder::new().with_multicast_dns_mode(MulticastDnsMode::Disabled).build();
         let configuration = RTCConfigurationBuilder::new()
@@ -780,6 +873,8 @@ impl Inner {
             reports,
             video_ssrc,
             plis_sent: AtomicU32::new(0),
+            video_recovered: AtomicU32::new(0),
+            video_lost: AtomicU32::new(0),
         });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(configuration)
