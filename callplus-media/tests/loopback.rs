@@ -556,6 +556,8 @@ struct CameraLog {
     pending_request: bool,
     /// Every key frame produced, and whether a request came before it.
     keyframes: Vec<(Bytes, bool)>,
+    /// Every frame produced, in order.
+    frames: Vec<Bytes>,
 }
 
 /// A [`TestPatternSource`] that logs its key frames and whether each was asked for. libvpx also
@@ -574,11 +576,13 @@ impl MediaSource for AuditedCamera {
 
     async fn next_sample(&mut self) -> Option<EncodedSample> {
         let sample = self.inner.next_sample().await?;
+        let mut log = self.log.lock().unwrap();
+        log.frames.push(sample.data.clone());
         if is_keyframe(&sample.data) {
-            let mut log = self.log.lock().unwrap();
             let requested = std::mem::take(&mut log.pending_request);
             log.keyframes.push((sample.data.clone(), requested));
         }
+        drop(log);
         Some(sample)
     }
 
@@ -660,6 +664,119 @@ async fn a_lost_key_frame_is_recovered_by_pli() {
     let (MediaEvent::Stats(sent), MediaEvent::Stats(received)) = (sent, received) else { unreachable!() };
     assert_eq!(sent.per_peer[0].user, alice_user);
     assert_eq!(received.per_peer[0].user, bob_user);
+
+    p[0].adapter.stop(&call).await.unwrap();
+    p[1].adapter.stop(&call).await.unwrap();
+}
+
+/// Video packets the relay drops (first transmission only), counted in sequence numbers after
+/// the last packet of alice's opening key frame.
+const DROP_AFTER_KEY_FRAME: [u16; 3] = [4, 10, 17];
+/// Frames bob must get, every one of them: well past the last dropped packet.
+const FRAMES_AFTER_LOSS: usize = 30;
+
+/// The sequence number of an RTP packet (the header is not encrypted by SRTP).
+fn sequence_number(packet: &[u8]) -> u16 {
+    u16::from_be_bytes([packet[2], packet[3]])
+}
+
+/// What the relay did to alice's video in [`single_lost_packets_are_repaired_by_retransmission`].
+#[derive(Default)]
+struct Retransmissions {
+    /// Sequence number of the opening key frame's marker packet.
+    key_frame_end: Option<u16>,
+    /// Offsets (after `key_frame_end`) dropped once.
+    dropped: Vec<u16>,
+    /// Offsets seen again after being dropped: the sender's retransmissions.
+    resent: Vec<u16>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_lost_packets_are_repaired_by_retransmission() {
+    // The relay drops the first transmission of three single video packets after alice's opening
+    // key frame and lets everything else through, retransmissions included. Bob's stack asks for
+    // them (NACK), alice's resends them, and bob's reorder buffer puts them back in place: every
+    // frame alice encoded reaches bob's sink intact, and nobody needs a key frame.
+    let relay_log = Arc::new(std::sync::Mutex::new(Retransmissions::default()));
+    let seen = Arc::clone(&relay_log);
+    let drop_rtp: DropRtp = Box::new(move |packet| {
+        if payload_type(packet) != VP8_PT {
+            return false;
+        }
+        let mut log = seen.lock().unwrap();
+        let seq = sequence_number(packet);
+        let Some(end) = log.key_frame_end else {
+            if packet[1] & 0x80 != 0 {
+                log.key_frame_end = Some(seq);
+            }
+            return false;
+        };
+        let offset = seq.wrapping_sub(end);
+        if !DROP_AFTER_KEY_FRAME.contains(&offset) {
+            return false;
+        }
+        if log.dropped.contains(&offset) {
+            log.resent.push(offset);
+            return false;
+        }
+        log.dropped.push(offset);
+        true
+    });
+    let mut p = relayed_parties(drop_rtp).await;
+    let call = CallId::new("call-nack").unwrap();
+    let alice_user = p[0].user.clone();
+    let camera_log = Arc::new(std::sync::Mutex::new(CameraLog::default()));
+    let camera = AuditedCamera {
+        inner: TestPatternSource::new(VideoConfig::default()).unwrap(),
+        log: Arc::clone(&camera_log),
+    };
+    p[0].adapter.switch_camera(Box::new(camera)).await.unwrap();
+    let (b_video, mut b_video_rx) = channel_sink();
+    p[1].adapter.set_sink(alice_user.clone(), MediaKind::Video, b_video);
+
+    let started = Instant::now();
+    p[0].adapter.start(start_for(&p[0], &call, &[&p[1]], MediaType::AudioVideo)).await.unwrap();
+    p[1].adapter.start(start_for(&p[1], &call, &[&p[0]], MediaType::AudioVideo)).await.unwrap();
+
+    let got = frames(&mut b_video_rx, FRAMES_AFTER_LOSS, "video at bob").await;
+    eprintln!("start -> {FRAMES_AFTER_LOSS} frames at bob: {:?}", started.elapsed());
+    {
+        let relay = relay_log.lock().unwrap();
+        eprintln!("relay: dropped {:?}, resent {:?}", relay.dropped, relay.resent);
+        assert_eq!(relay.dropped, DROP_AFTER_KEY_FRAME, "the losses happened");
+        for offset in DROP_AFTER_KEY_FRAME {
+            assert!(relay.resent.contains(&offset), "packet {offset} was never retransmitted");
+        }
+    }
+    // Bob got alice's frames byte for byte, none missing, from her opening key frame on.
+    assert!(got[0].keyframe, "bob's first frame is not a key frame");
+    assert!(got[1..].iter().all(|f| !f.keyframe), "a key frame had to be made (PLI)");
+    {
+        let log = camera_log.lock().unwrap();
+        let first =
+            log.frames.iter().position(|f| *f == got[0].data).expect("bob's first frame is not alice's");
+        let sent = &log.frames[first..first + FRAMES_AFTER_LOSS];
+        for (i, (sent, got)) in sent.iter().zip(&got).enumerate() {
+            assert!(*sent == got.data, "frame {i} at bob differs from what alice sent");
+        }
+    }
+
+    // Bob's reports count the repairs and no key-frame request.
+    let mut recovered = 0;
+    while recovered < DROP_AFTER_KEY_FRAME.len() as u32 {
+        let report = wait_event(&mut p[1].events, "bob's report of recovered packets", |e| {
+            matches!(e, MediaEvent::Stats(_))
+        })
+        .await;
+        let MediaEvent::Stats(stats) = report else { unreachable!() };
+        for peer in &stats.per_peer {
+            assert_eq!(peer.keyframe_requests_sent, 0, "bob asked for a key frame");
+            assert_eq!(peer.video_packets_lost, 0, "bob gave up a gap");
+            recovered += peer.video_packets_recovered;
+        }
+    }
+    assert_eq!(recovered, DROP_AFTER_KEY_FRAME.len() as u32);
+    eprintln!("start -> reports checked: {:?}", started.elapsed());
 
     p[0].adapter.stop(&call).await.unwrap();
     p[1].adapter.stop(&call).await.unwrap();
