@@ -35,6 +35,9 @@ pub(crate) struct RemoteReports {
     pub(crate) fraction_n: u32,
     /// The latest RTT measured from a report.
     pub(crate) rtt: Option<Duration>,
+    /// The ICE candidate pair's RTT, as the stats task last read it: the fallback while no
+    /// report gave one (we send the peer nothing, or not yet).
+    pub(crate) ice_rtt: Option<Duration>,
     /// (middle 32 bits of the NTP time, when sent) of our recent sender reports.
     sent: VecDeque<(u32, Instant)>,
     /// Key-frame requests for our video stream.
@@ -48,6 +51,7 @@ impl RemoteReports {
             fraction_sum: 0.0,
             fraction_n: 0,
             rtt: None,
+            ice_rtt: None,
             sent: VecDeque::new(),
             keyframes: KeyframeRequests::new(video_ssrc),
         }
@@ -59,6 +63,11 @@ impl RemoteReports {
         self.fraction_sum = 0.0;
         self.fraction_n = 0;
         (loss, self.rtt)
+    }
+
+    /// The best round-trip time known: from the reports, else from ICE.
+    pub(crate) fn rtt_estimate(&self) -> Option<Duration> {
+        self.rtt.or(self.ice_rtt)
     }
 
     fn on_block(&mut self, block: &ReceptionReport, now: Instant) {
@@ -212,6 +221,8 @@ mod tests {
     #[test]
     fn loss_and_rtt_from_report_blocks() {
         let mut reports = RemoteReports::new(1);
+        reports.ice_rtt = Some(Duration::from_millis(3));
+        assert_eq!(reports.rtt_estimate(), reports.ice_rtt, "ICE until a report measures it");
         let t0 = Instant::now();
         reports.sent.push_back((0x1234_5678, t0));
         // Received 50 ms after our SR, of which the peer held it 10 ms: RTT 40 ms.
@@ -227,6 +238,7 @@ mod tests {
         assert_eq!(loss, Some(12.5));
         let rtt = rtt.unwrap_or_default().as_secs_f64() * 1000.0;
         assert!((39.0..41.0).contains(&rtt), "{rtt}");
+        assert_eq!(reports.rtt_estimate(), reports.rtt, "the report's RTT comes first");
         assert_eq!(reports.take().0, None, "loss is per interval");
     }
 }

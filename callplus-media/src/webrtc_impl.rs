@@ -409,7 +409,7 @@ async fn receive_loop(shared: Arc<PeerShared>, track: Arc<dyn TrackRemote>) {
                 }
                 MediaKind::Video => {
                     let now = Instant::now();
-                    video.reorder.set_max_wait(reorder::max_wait(lock(&shared.reports).rtt));
+                    video.reorder.set_max_wait(reorder::max_wait(lock(&shared.reports).rtt_estimate()));
                     let seq = packet.header.sequence_number;
                     let pushed = video.reorder.push(seq, packet, now);
                     if pushed != Pushed::Accepted {
@@ -489,7 +489,7 @@ async fn request_keyframe(
     pacer: &mut PliPacer,
     media_ssrc: u32,
 ) {
-    let rtt = lock(&shared.reports).rtt;
+    let rtt = lock(&shared.reports).rtt_estimate();
     if !pacer.poll(Instant::now(), rtt) {
         return;
     }
@@ -662,6 +662,9 @@ async fn stats_loop(inner: Weak<Inner>, call_id: CallId, period: Duration) {
                     _ => {}
                 }
             }
+            // The receive paths wait for retransmissions and key frames by it; a peer that sends
+            // us nothing has no RTCP RTT, but the ICE one is as good.
+            lock(&shared.reports).ice_rtt = ice_rtt.map(|ms| Duration::from_secs_f64(ms / 1000.0));
             if let Some(rtt) = rtcp_rtt.map(|d| d.as_secs_f64() * 1000.0).or(ice_rtt) {
                 rtt_sum += rtt;
                 rtt_n += 1;
