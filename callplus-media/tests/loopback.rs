@@ -781,3 +781,35 @@ async fn single_lost_packets_are_repaired_by_retransmission() {
     p[0].adapter.stop(&call).await.unwrap();
     p[1].adapter.stop(&call).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offer_and_answer_advertise_nack_for_video_only() {
+    // Retransmissions are plain resends on the media SSRC (no RTX stream), asked for by NACK,
+    // which both sides must advertise for VP8; Opus is never held back or resent.
+    let sdps = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&sdps);
+    let filter: SignalFilter = Arc::new(move |_, _, payload| {
+        if let MediaPayload::SdpOffer(sdp) | MediaPayload::SdpAnswer(sdp) = &payload {
+            seen.lock().unwrap().push(sdp.clone());
+        }
+        Some(payload)
+    });
+    let mut p = parties_with(&["alice", "bob"], WebRtcConfig::loopback(), filter);
+    let call = CallId::new("call-sdp").unwrap();
+    p[0].adapter.start(start_for(&p[0], &call, &[&p[1]], MediaType::AudioVideo)).await.unwrap();
+    p[1].adapter.start(start_for(&p[1], &call, &[&p[0]], MediaType::AudioVideo)).await.unwrap();
+    for party in &mut p {
+        wait_event(&mut party.events, "connected", |e| matches!(e, MediaEvent::PeerConnected { .. })).await;
+    }
+    let sdps = sdps.lock().unwrap().clone();
+    assert_eq!(sdps.len(), 2, "one offer, one answer");
+    for sdp in &sdps {
+        let lines: Vec<&str> = sdp.lines().collect();
+        assert!(lines.contains(&"a=rtcp-fb:96 nack"), "no NACK for VP8:\n{sdp}");
+        assert!(lines.contains(&"a=rtcp-fb:96 nack pli"), "no PLI for VP8:\n{sdp}");
+        assert!(!lines.iter().any(|l| l.starts_with("a=rtcp-fb:111 nack")), "NACK for Opus:\n{sdp}");
+        assert!(!sdp.contains("rtx/"), "an RTX stream is advertised:\n{sdp}");
+    }
+    p[0].adapter.stop(&call).await.unwrap();
+    p[1].adapter.stop(&call).await.unwrap();
+}
