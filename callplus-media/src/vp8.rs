@@ -58,9 +58,10 @@ fn descriptor(payload: &[u8]) -> Option<(usize, bool, u8)> {
 /// PLI). Only evidence counts: the first packets of a stream's opening key frame do not make it
 /// "need" anything, so a call does not start with a needless request.
 ///
-/// Packets at or behind the newest sequence number seen (late NACK retransmissions, reordering)
-/// are ignored: without a jitter buffer they cannot be put back in place, and must not break the
-/// frame being assembled.
+/// Expects packets in sequence order: the adapter puts them back in order first (its reorder
+/// buffer waits for NACK retransmissions), so a gap seen here is data given up. Packets at or
+/// behind the newest sequence number seen are ignored: they can no longer be put back in place,
+/// and must not break the frame being assembled.
 #[derive(Debug, Default)]
 pub struct Vp8Depacketizer {
     /// RTP timestamp of the frame being assembled; `None` between frames.
