@@ -361,6 +361,7 @@ async fn receive_loop(shared: Arc<PeerShared>, track: Arc<dyn TrackRemote>) {
         user: shared.user.clone(),
         kind,
     });
+    // Audio tracks leave it empty: it never has a deadline.
     let mut video = VideoReceive::new();
     let mut decoder = match kind {
         MediaKind::Audio => opus::Decoder::new(48_000, opus::Channels::Mono)
@@ -373,17 +374,21 @@ async fn receive_loop(shared: Arc<PeerShared>, track: Arc<dyn TrackRemote>) {
         // Video packets behind a gap wait in the reorder buffer: wake up when it gives the gap
         // up, if no packet comes first. (`poll` is a channel receive: cancel-safe.)
         let deadline = video.reorder.next_deadline();
-        let event = tokio::select! {
-            event = track.poll() => event,
-            () = sleep_until(deadline), if deadline.is_some() => {
+        let wake = tokio::select! {
+            event = track.poll() => Wake::Track(event),
+            () = sleep_until(deadline), if deadline.is_some() => Wake::Deadline,
+        };
+        if shared.closed.load(Ordering::Acquire) {
+            break;
+        }
+        let event = match wake {
+            Wake::Track(Some(event)) => event,
+            Wake::Track(None) => break,
+            Wake::Deadline => {
                 video.release(&shared, track.as_ref(), Instant::now()).await;
                 continue;
             }
         };
-        let Some(event) = event else { break };
-        if shared.closed.load(Ordering::Acquire) {
-            break;
-        }
         match event {
             TrackRemoteEvent::OnRtpPacket(packet) => match kind {
                 // Opus conceals a lost packet better than a late one helps: audio is not held
@@ -428,6 +433,14 @@ async fn receive_loop(shared: Arc<PeerShared>, track: Arc<dyn TrackRemote>) {
         }
     }
     tracing::debug!(call = %shared.call_id, user = %shared.user, ?kind, "remote track ended");
+}
+
+/// Why the receive loop woke up.
+enum Wake {
+    /// The track's next event; `None` once it is gone.
+    Track(Option<TrackRemoteEvent>),
+    /// The reorder buffer's deadline passed.
+    Deadline,
 }
 
 /// Sleeps until `deadline`, or forever without one.
