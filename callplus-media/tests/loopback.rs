@@ -691,19 +691,18 @@ struct Retransmissions {
     resent: Vec<u16>,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn single_lost_packets_are_repaired_by_retransmission() {
-    // The relay drops the first transmission of three single video packets after alice's opening
-    // key frame and lets everything else through, retransmissions included. Bob's stack asks for
-    // them (NACK), alice's resends them, and bob's reorder buffer puts them back in place: every
-    // frame alice encoded reaches bob's sink intact, and nobody needs a key frame.
-    let relay_log = Arc::new(std::sync::Mutex::new(Retransmissions::default()));
-    let seen = Arc::clone(&relay_log);
-    let drop_rtp: DropRtp = Box::new(move |packet| {
+/// Drops the alice → bob video packets at `offsets` (sequence numbers after the opening key
+/// frame's last packet): their first transmission, and with `resends` their retransmissions too.
+fn drop_after_key_frame(
+    offsets: &'static [u16],
+    resends: bool,
+    log: Arc<std::sync::Mutex<Retransmissions>>,
+) -> DropRtp {
+    Box::new(move |packet| {
         if payload_type(packet) != VP8_PT {
             return false;
         }
-        let mut log = seen.lock().unwrap();
+        let mut log = log.lock().unwrap();
         let seq = sequence_number(packet);
         let Some(end) = log.key_frame_end else {
             if packet[1] & 0x80 != 0 {
@@ -712,16 +711,26 @@ async fn single_lost_packets_are_repaired_by_retransmission() {
             return false;
         };
         let offset = seq.wrapping_sub(end);
-        if !DROP_AFTER_KEY_FRAME.contains(&offset) {
+        if !offsets.contains(&offset) {
             return false;
         }
         if log.dropped.contains(&offset) {
             log.resent.push(offset);
-            return false;
+            return resends;
         }
         log.dropped.push(offset);
         true
-    });
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_lost_packets_are_repaired_by_retransmission() {
+    // The relay drops the first transmission of three single video packets after alice's opening
+    // key frame and lets everything else through, retransmissions included. Bob's stack asks for
+    // them (NACK), alice's resends them, and bob's reorder buffer puts them back in place: every
+    // frame alice encoded reaches bob's sink intact, and nobody needs a key frame.
+    let relay_log = Arc::new(std::sync::Mutex::new(Retransmissions::default()));
+    let drop_rtp = drop_after_key_frame(&DROP_AFTER_KEY_FRAME, false, Arc::clone(&relay_log));
     let mut p = relayed_parties(drop_rtp).await;
     let call = CallId::new("call-nack").unwrap();
     let alice_user = p[0].user.clone();
@@ -810,6 +819,72 @@ async fn offer_and_answer_advertise_nack_for_video_only() {
         assert!(!lines.iter().any(|l| l.starts_with("a=rtcp-fb:111 nack")), "NACK for Opus:\n{sdp}");
         assert!(!sdp.contains("rtx/"), "an RTX stream is advertised:\n{sdp}");
     }
+    p[0].adapter.stop(&call).await.unwrap();
+    p[1].adapter.stop(&call).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_lost_for_good_is_given_up_and_costs_a_key_frame() {
+    // The relay drops one video packet after the opening key frame and every resend of it: bob's
+    // reorder buffer gives the gap up at its deadline, the depacketizer sees the hole, and only a
+    // key frame asked for (PLI) lets video through again.
+    let relay_log = Arc::new(std::sync::Mutex::new(Retransmissions::default()));
+    let drop_rtp = drop_after_key_frame(&[4], true, Arc::clone(&relay_log));
+    let mut p = relayed_parties(drop_rtp).await;
+    let call = CallId::new("call-gap").unwrap();
+    let alice_user = p[0].user.clone();
+    let camera_log = Arc::new(std::sync::Mutex::new(CameraLog::default()));
+    let camera = AuditedCamera {
+        inner: TestPatternSource::new(VideoConfig::default()).unwrap(),
+        log: Arc::clone(&camera_log),
+    };
+    p[0].adapter.switch_camera(Box::new(camera)).await.unwrap();
+    let (b_video, mut b_video_rx) = channel_sink();
+    p[1].adapter.set_sink(alice_user.clone(), MediaKind::Video, b_video);
+
+    let started = Instant::now();
+    p[0].adapter.start(start_for(&p[0], &call, &[&p[1]], MediaType::AudioVideo)).await.unwrap();
+    p[1].adapter.start(start_for(&p[1], &call, &[&p[0]], MediaType::AudioVideo)).await.unwrap();
+
+    // The opening key frame, then frames until one is a key frame again.
+    let first = frames(&mut b_video_rx, 1, "video at bob").await;
+    assert!(first[0].keyframe);
+    let recovered = timeout(WAIT, async {
+        loop {
+            let frame = b_video_rx.recv().await.expect("sink dropped");
+            if frame.keyframe {
+                return frame;
+            }
+        }
+    })
+    .await
+    .expect("no key frame after the lost packet");
+    eprintln!("start -> key frame after the lost packet: {:?}", started.elapsed());
+    {
+        let relay = relay_log.lock().unwrap();
+        eprintln!("relay: dropped {:?}, resends dropped {:?}", relay.dropped, relay.resent);
+        assert_eq!(relay.dropped, [4]);
+        assert!(!relay.resent.is_empty(), "bob never asked for the packet again");
+        let log = camera_log.lock().unwrap();
+        let index = log.keyframes.iter().position(|(data, _)| *data == recovered.data);
+        let Some(index) = index else { panic!("bob's key frame is not one alice made") };
+        assert!(index > 0 && log.keyframes[index].1, "bob's second key frame was not asked for");
+    }
+
+    // Bob's reports count the gap given up and the PLI.
+    let (mut lost, mut plis) = (0, 0);
+    while lost == 0 || plis == 0 {
+        let report =
+            wait_event(&mut p[1].events, "bob's report of the gap", |e| matches!(e, MediaEvent::Stats(_)))
+                .await;
+        let MediaEvent::Stats(stats) = report else { unreachable!() };
+        for peer in &stats.per_peer {
+            lost += peer.video_packets_lost;
+            plis += peer.keyframe_requests_sent;
+        }
+    }
+    assert_eq!(lost, 1, "one packet given up");
+
     p[0].adapter.stop(&call).await.unwrap();
     p[1].adapter.stop(&call).await.unwrap();
 }
