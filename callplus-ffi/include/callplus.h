@@ -2287,6 +2287,27 @@ uint32_t callplus_media_stats_peer_keyframe_requests_received(const struct callp
                                                               size_t index);
 
 /**
+ * Video packets from peer `index` that arrived late and were still put back in order over the
+ * report's interval (retransmissions answering this client's NACKs, or reordering); 0 when out
+ * of range.
+ *
+ * # Safety
+ * `stats` must be NULL or a live `callplus_media_stats`.
+ */
+uint32_t callplus_media_stats_peer_video_packets_recovered(const struct callplus_media_stats *stats,
+                                                           size_t index);
+
+/**
+ * Video packets from peer `index` given up over the report's interval (not retransmitted in
+ * time; each such gap withholds that peer's video until a key frame); 0 when out of range.
+ *
+ * # Safety
+ * `stats` must be NULL or a live `callplus_media_stats`.
+ */
+uint32_t callplus_media_stats_peer_video_packets_lost(const struct callplus_media_stats *stats,
+                                                      size_t index);
+
+/**
  * The string's bytes: UTF-8, NUL-terminated, valid until `callplus_string_free`. NULL when
  * `s` is NULL.
  *

@@ -160,6 +160,35 @@ pub unsafe extern "C" fn callplus_media_stats_peer_keyframe_requests_received(
     unsafe { with_ref(stats, |s| s.peer(index, |p| p.keyframe_requests_received).unwrap_or(0)) }
 }
 
+/// Video packets from peer `index` that arrived late and were still put back in order over the
+/// report's interval (retransmissions answering this client's NACKs, or reordering); 0 when out
+/// of range.
+///
+/// # Safety
+/// `stats` must be NULL or a live `callplus_media_stats`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_media_stats_peer_video_packets_recovered(
+    stats: *const callplus_media_stats,
+    index: usize,
+) -> u32 {
+    // SAFETY: forwarded contract.
+    unsafe { with_ref(stats, |s| s.peer(index, |p| p.video_packets_recovered).unwrap_or(0)) }
+}
+
+/// Video packets from peer `index` given up over the report's interval (not retransmitted in
+/// time; each such gap withholds that peer's video until a key frame); 0 when out of range.
+///
+/// # Safety
+/// `stats` must be NULL or a live `callplus_media_stats`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_media_stats_peer_video_packets_lost(
+    stats: *const callplus_media_stats,
+    index: usize,
+) -> u32 {
+    // SAFETY: forwarded contract.
+    unsafe { with_ref(stats, |s| s.peer(index, |p| p.video_packets_lost).unwrap_or(0)) }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -183,8 +212,8 @@ mod tests {
                 bitrate_kbps: 41.0,
                 keyframe_requests_sent: 3,
                 keyframe_requests_received: 7,
-                video_packets_recovered: 0,
-                video_packets_lost: 0,
+                video_packets_recovered: 11,
+                video_packets_lost: 2,
             }],
         });
         let s = stats_ptr(&stats);
@@ -199,14 +228,20 @@ mod tests {
             assert_eq!(callplus_media_stats_peer_bitrate_kbps(s, 0), 41.0);
             assert_eq!(callplus_media_stats_peer_keyframe_requests_sent(s, 0), 3);
             assert_eq!(callplus_media_stats_peer_keyframe_requests_received(s, 0), 7);
+            assert_eq!(callplus_media_stats_peer_video_packets_recovered(s, 0), 11);
+            assert_eq!(callplus_media_stats_peer_video_packets_lost(s, 0), 2);
             assert!(callplus_media_stats_peer_user_id(s, 1).is_null());
             assert_eq!(callplus_media_stats_peer_bitrate_kbps(s, 1), 0.0);
             assert_eq!(callplus_media_stats_peer_keyframe_requests_sent(s, 1), 0);
             assert_eq!(callplus_media_stats_peer_keyframe_requests_received(s, usize::MAX), 0);
+            assert_eq!(callplus_media_stats_peer_video_packets_recovered(s, 1), 0);
+            assert_eq!(callplus_media_stats_peer_video_packets_lost(s, usize::MAX), 0);
             assert_eq!(callplus_media_stats_peer_count(null()), 0);
             assert_eq!(callplus_media_stats_rtt_ms(null()), 0.0);
             assert_eq!(callplus_media_stats_peer_keyframe_requests_sent(null(), 0), 0);
             assert_eq!(callplus_media_stats_peer_keyframe_requests_received(null(), 0), 0);
+            assert_eq!(callplus_media_stats_peer_video_packets_recovered(null(), 0), 0);
+            assert_eq!(callplus_media_stats_peer_video_packets_lost(null(), 0), 0);
         }
     }
 }
