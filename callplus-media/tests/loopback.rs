@@ -601,6 +601,37 @@ impl MediaSource for AuditedCamera {
 /// key frame).
 const DROPPED_VIDEO_PACKETS: usize = 12;
 
+/// Alice (an audited test-pattern camera) and bob in an AUDIO_VIDEO call through the lossy
+/// relay, bob's sink for alice's video attached, both sides started.
+struct RelayedVideoCall {
+    p: Vec<Party>,
+    call: CallId,
+    /// What alice's camera made, and which key frames were asked for.
+    camera: Arc<std::sync::Mutex<CameraLog>>,
+    /// Alice's video as bob's sink receives it.
+    b_video_rx: UnboundedReceiver<RemoteFrame>,
+    started: Instant,
+}
+
+impl RelayedVideoCall {
+    async fn start(drop_rtp: DropRtp, call: &str) -> RelayedVideoCall {
+        let p = relayed_parties(drop_rtp).await;
+        let call = CallId::new(call).unwrap();
+        let camera = Arc::new(std::sync::Mutex::new(CameraLog::default()));
+        let audited = AuditedCamera {
+            inner: TestPatternSource::new(VideoConfig::default()).unwrap(),
+            log: Arc::clone(&camera),
+        };
+        p[0].adapter.switch_camera(Box::new(audited)).await.unwrap();
+        let (b_video, b_video_rx) = channel_sink();
+        p[1].adapter.set_sink(p[0].user.clone(), MediaKind::Video, b_video);
+        let started = Instant::now();
+        p[0].adapter.start(start_for(&p[0], &call, &[&p[1]], MediaType::AudioVideo)).await.unwrap();
+        p[1].adapter.start(start_for(&p[1], &call, &[&p[0]], MediaType::AudioVideo)).await.unwrap();
+        RelayedVideoCall { p, call, camera, b_video_rx, started }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_key_frame_is_recovered_by_pli() {
     // The relay drops alice's first video packets, so bob's opening key frame never arrives;
@@ -615,21 +646,9 @@ async fn a_lost_key_frame_is_recovered_by_pli() {
                 })
                 .is_ok()
     });
-    let mut p = relayed_parties(drop_rtp).await;
-    let call = CallId::new("call-pli").unwrap();
+    let RelayedVideoCall { mut p, call, camera: log, mut b_video_rx, started } =
+        RelayedVideoCall::start(drop_rtp, "call-pli").await;
     let (alice_user, bob_user) = (p[0].user.clone(), p[1].user.clone());
-    let log = Arc::new(std::sync::Mutex::new(CameraLog::default()));
-    let camera = AuditedCamera {
-        inner: TestPatternSource::new(VideoConfig::default()).unwrap(),
-        log: Arc::clone(&log),
-    };
-    p[0].adapter.switch_camera(Box::new(camera)).await.unwrap();
-    let (b_video, mut b_video_rx) = channel_sink();
-    p[1].adapter.set_sink(alice_user.clone(), MediaKind::Video, b_video);
-
-    let started = Instant::now();
-    p[0].adapter.start(start_for(&p[0], &call, &[&p[1]], MediaType::AudioVideo)).await.unwrap();
-    p[1].adapter.start(start_for(&p[1], &call, &[&p[0]], MediaType::AudioVideo)).await.unwrap();
 
     // Bob's first delivered frame is a key frame, and then video flows.
     let mut got = frames(&mut b_video_rx, 1, "video at bob after the lost key frame").await;
@@ -731,21 +750,8 @@ async fn single_lost_packets_are_repaired_by_retransmission() {
     // frame alice encoded reaches bob's sink intact, and nobody needs a key frame.
     let relay_log = Arc::new(std::sync::Mutex::new(Retransmissions::default()));
     let drop_rtp = drop_after_key_frame(&DROP_AFTER_KEY_FRAME, false, Arc::clone(&relay_log));
-    let mut p = relayed_parties(drop_rtp).await;
-    let call = CallId::new("call-nack").unwrap();
-    let alice_user = p[0].user.clone();
-    let camera_log = Arc::new(std::sync::Mutex::new(CameraLog::default()));
-    let camera = AuditedCamera {
-        inner: TestPatternSource::new(VideoConfig::default()).unwrap(),
-        log: Arc::clone(&camera_log),
-    };
-    p[0].adapter.switch_camera(Box::new(camera)).await.unwrap();
-    let (b_video, mut b_video_rx) = channel_sink();
-    p[1].adapter.set_sink(alice_user.clone(), MediaKind::Video, b_video);
-
-    let started = Instant::now();
-    p[0].adapter.start(start_for(&p[0], &call, &[&p[1]], MediaType::AudioVideo)).await.unwrap();
-    p[1].adapter.start(start_for(&p[1], &call, &[&p[0]], MediaType::AudioVideo)).await.unwrap();
+    let RelayedVideoCall { mut p, call, camera: camera_log, mut b_video_rx, started } =
+        RelayedVideoCall::start(drop_rtp, "call-nack").await;
 
     let got = frames(&mut b_video_rx, FRAMES_AFTER_LOSS, "video at bob").await;
     eprintln!("start -> {FRAMES_AFTER_LOSS} frames at bob: {:?}", started.elapsed());
@@ -830,21 +836,8 @@ async fn a_packet_lost_for_good_is_given_up_and_costs_a_key_frame() {
     // key frame asked for (PLI) lets video through again.
     let relay_log = Arc::new(std::sync::Mutex::new(Retransmissions::default()));
     let drop_rtp = drop_after_key_frame(&[4], true, Arc::clone(&relay_log));
-    let mut p = relayed_parties(drop_rtp).await;
-    let call = CallId::new("call-gap").unwrap();
-    let alice_user = p[0].user.clone();
-    let camera_log = Arc::new(std::sync::Mutex::new(CameraLog::default()));
-    let camera = AuditedCamera {
-        inner: TestPatternSource::new(VideoConfig::default()).unwrap(),
-        log: Arc::clone(&camera_log),
-    };
-    p[0].adapter.switch_camera(Box::new(camera)).await.unwrap();
-    let (b_video, mut b_video_rx) = channel_sink();
-    p[1].adapter.set_sink(alice_user.clone(), MediaKind::Video, b_video);
-
-    let started = Instant::now();
-    p[0].adapter.start(start_for(&p[0], &call, &[&p[1]], MediaType::AudioVideo)).await.unwrap();
-    p[1].adapter.start(start_for(&p[1], &call, &[&p[0]], MediaType::AudioVideo)).await.unwrap();
+    let RelayedVideoCall { mut p, call, camera: camera_log, mut b_video_rx, started } =
+        RelayedVideoCall::start(drop_rtp, "call-gap").await;
 
     // The opening key frame, then frames until one is a key frame again.
     let first = frames(&mut b_video_rx, 1, "video at bob").await;
