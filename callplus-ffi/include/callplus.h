@@ -2195,6 +2195,23 @@ enum callplus_result callplus_client_set_media_sink(const struct callplus_client
                                                     void *user_data);
 
 /**
+ * `mute_all_remote_audio`: while `muted`, no remote user's audio reaches the media sink
+ * callback (nothing to play); it is still received, so AUDIO_LEVEL and MEDIA_STATS events go
+ * on, and unmuting delivers again at once. Holds across calls until changed; what this user
+ * sends is untouched (that is `callplus_client_set_microphone_enabled`).
+ *
+ * Returns `OK`; `INVALID_STATE` when the client was connected without `enable_media` (the app
+ * plays remote audio itself); `NULL_PARAMETER` for a NULL client. Does not block.
+ *
+ * **Thread:** any, also from an event or media sink callback.
+ *
+ * # Safety
+ * `client` must be NULL or a live client.
+ */
+enum callplus_result callplus_client_mute_all_remote_audio(const struct callplus_client *client,
+                                                           bool muted);
+
+/**
  * A static, NUL-terminated English description of `result` (a `callplus_result` value, or
  * any other number: unknown numbers get "unknown result code"). Never NULL; never free it.
  */

@@ -250,3 +250,28 @@ pub unsafe extern "C" fn callplus_client_set_media_sink(
         Ok(())
     })
 }
+
+/// `mute_all_remote_audio`: while `muted`, no remote user's audio reaches the media sink
+/// callback (nothing to play); it is still received, so AUDIO_LEVEL and MEDIA_STATS events go
+/// on, and unmuting delivers again at once. Holds across calls until changed; what this user
+/// sends is untouched (that is `callplus_client_set_microphone_enabled`).
+///
+/// Returns `OK`; `INVALID_STATE` when the client was connected without `enable_media` (the app
+/// plays remote audio itself); `NULL_PARAMETER` for a NULL client. Does not block.
+///
+/// **Thread:** any, also from an event or media sink callback.
+///
+/// # Safety
+/// `client` must be NULL or a live client.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_client_mute_all_remote_audio(
+    client: *const callplus_client,
+    muted: bool,
+) -> callplus_result {
+    boundary_result(|| {
+        // SAFETY: forwarded contract.
+        let handle = unsafe { try_ref(client)? };
+        handle.media.as_ref().ok_or(callplus_result::InvalidState)?;
+        handle.client()?.mute_all_remote_audio(muted).map_err(callplus_result::from)
+    })
+}

@@ -446,6 +446,14 @@ fn media_flows_both_ways_through_the_c_api() {
         let n = bob_seen.count("alice", Audio);
         bob_seen.frames("alice", Audio, n + 5);
 
+        // Bob mutes all remote audio: Alice's audio no longer reaches his sink while her video
+        // goes on; unmuted, it arrives again.
+        assert_eq!(callplus_client_mute_all_remote_audio(b, true), R::Ok);
+        assert_stopped(&bob_seen, "alice", Audio, Video, "bob muted remote audio");
+        assert_eq!(callplus_client_mute_all_remote_audio(b, false), R::Ok);
+        let n = bob_seen.count("alice", Audio);
+        bob_seen.frames("alice", Audio, n + 5);
+
         // Camera off at Alice: her video stops, her audio goes on; on again starts with a key frame.
         assert_eq!(callplus_client_set_camera_enabled(a, false), R::Ok);
         assert_stopped(&bob_seen, "alice", Video, Audio, "alice turned her camera off");
@@ -509,6 +517,8 @@ fn media_functions_refuse_bad_input_with_codes() {
         assert_eq!(r, R::Ok);
         assert_eq!(callplus_client_set_media_sink(plain, Some(on_frame), null_mut()), R::InvalidState);
         assert_eq!(callplus_client_push_audio_sample(plain, sample.as_ptr(), 3, 20_000), R::InvalidState);
+        assert_eq!(callplus_client_mute_all_remote_audio(plain, true), R::InvalidState);
+        assert_eq!(callplus_client_mute_all_remote_audio(null(), true), R::NullParameter);
         callplus_client_free(plain);
 
         // Inconsistent options are refused before anything connects; nothing is written.

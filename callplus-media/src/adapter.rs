@@ -265,4 +265,13 @@ pub trait MediaAdapter: Send + Sync {
 
     /// Removes a sink (it is told the stream ended).
     fn remove_sink(&self, user: &UserId, kind: MediaKind);
+
+    /// `mute_all_remote_audio`: while muted, no remote user's audio reaches a sink (nothing is
+    /// played); it is still received, so audio levels, status reports and first-frame times go
+    /// on, and unmuting resumes at once without renegotiation. The switch holds across calls
+    /// until changed; it does not touch what this user sends.
+    fn set_remote_audio_muted(&self, muted: bool);
+
+    /// Whether remote audio is muted ([`MediaAdapter::set_remote_audio_muted`]).
+    fn remote_audio_muted(&self) -> bool;
 }

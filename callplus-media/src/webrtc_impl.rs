@@ -179,6 +179,8 @@ struct Inner {
     video_pump: mpsc::UnboundedSender<PumpCmd>,
     /// The local source's last audio level; `NO_LEVEL` when unknown or muted.
     local_level: Arc<AtomicU8>,
+    /// `mute_all_remote_audio`: remote audio is received but not handed to sinks.
+    remote_audio_muted: Arc<AtomicBool>,
 }
 
 const NO_LEVEL: u8 = u8::MAX;
@@ -209,6 +211,8 @@ struct PeerShared {
     /// gave up, since the last status report.
     video_recovered: AtomicU32,
     video_lost: AtomicU32,
+    /// The adapter's `mute_all_remote_audio` switch.
+    remote_audio_muted: Arc<AtomicBool>,
 }
 
 impl PeerShared {
@@ -249,6 +253,10 @@ impl PeerShared {
                 kind: frame.kind,
                 at_ms: now_ms(),
             });
+        }
+        if frame.kind == MediaKind::Audio && self.remote_audio_muted.load(Ordering::Acquire) {
+            // Still received (levels, stats and the first frame go on), just not played.
+            return;
         }
         let mut sinks = lock(&self.sinks);
         let key = (self.user.clone(), frame.kind);
@@ -891,6 +899,7 @@ impl Inner {
             plis_sent: AtomicU32::new(0),
             video_recovered: AtomicU32::new(0),
             video_lost: AtomicU32::new(0),
+            remote_audio_muted: Arc::clone(&self.remote_audio_muted),
         });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(configuration)
@@ -1127,6 +1136,7 @@ impl WebRtcMediaAdapter {
             audio_pump,
             video_pump,
             local_level,
+            remote_audio_muted: Arc::new(AtomicBool::new(false)),
         });
         (WebRtcMediaAdapter { inner }, MediaEvents::new(rx))
     }
@@ -1383,5 +1393,13 @@ impl MediaAdapter for WebRtcMediaAdapter {
         if let Some(mut old) = lock(&self.inner.sinks).remove(&(user.clone(), kind)) {
             old.on_end();
         }
+    }
+
+    fn set_remote_audio_muted(&self, muted: bool) {
+        self.inner.remote_audio_muted.store(muted, Ordering::Release);
+    }
+
+    fn remote_audio_muted(&self) -> bool {
+        self.inner.remote_audio_muted.load(Ordering::Acquire)
     }
 }

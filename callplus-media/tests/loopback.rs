@@ -158,18 +158,29 @@ fn tone(freq: f64) -> Box<ToneSource> {
     Box::new(ToneSource::new(freq, 0.5, AudioConfig::default()).unwrap())
 }
 
-/// Video sending stopped: after draining what was in flight (half a second of audio sent
-/// afterwards), another second of audio arrives with no video frame.
+/// `stopped` gets no more frames while `clock` goes on: after draining what was in flight
+/// (`flush` frames of `clock` sent afterwards), `watch` more frames of `clock` arrive with none
+/// of `stopped`.
+async fn assert_stopped(
+    clock: &mut UnboundedReceiver<RemoteFrame>,
+    stopped: &mut UnboundedReceiver<RemoteFrame>,
+    (flush, watch): (usize, usize),
+    why: &str,
+) {
+    while clock.try_recv().is_ok() {}
+    frames(clock, flush, "the running stream (flushing frames in flight)").await;
+    while stopped.try_recv().is_ok() {}
+    frames(clock, watch, "the running stream (watching the stopped one)").await;
+    assert!(stopped.try_recv().is_err(), "a frame arrived after {why}");
+}
+
+/// Video sending stopped: half a second of audio flushes it, another second shows none.
 async fn assert_no_more_video(
     audio: &mut UnboundedReceiver<RemoteFrame>,
     video: &mut UnboundedReceiver<RemoteFrame>,
     why: &str,
 ) {
-    while audio.try_recv().is_ok() {}
-    frames(audio, 25, "audio (flushing video in flight)").await;
-    while video.try_recv().is_ok() {}
-    frames(audio, 50, "audio (watching for video)").await;
-    assert!(video.try_recv().is_err(), "video arrived after {why}");
+    assert_stopped(audio, video, (25, 50), why).await;
 }
 
 fn is_first_frame(user: &UserId, kind: MediaKind) -> impl Fn(&MediaEvent) -> bool + '_ {
@@ -315,6 +326,19 @@ async fn video_call_carries_vp8_both_ways_and_camera_off_stops_it() {
     p[0].adapter.set_camera_enabled(true).await.unwrap();
     let again = frames(&mut b_video_rx, 3, "video after camera on").await;
     assert!(again[0].keyframe);
+
+    // Bob mutes all remote audio: alice's audio no longer reaches his sink while her video goes
+    // on (half a second of video flushes, a second shows none), yet it is still received: her
+    // audio level keeps being reported. Unmuted, it plays again at once.
+    assert!(!p[1].adapter.remote_audio_muted());
+    p[1].adapter.set_remote_audio_muted(true);
+    assert!(p[1].adapter.remote_audio_muted());
+    assert_stopped(&mut b_video_rx, &mut b_audio_rx, (8, 15), "remote audio was muted").await;
+    while p[1].events.try_recv().is_ok() {}
+    let is_alice_level = |e: &MediaEvent| matches!(e, MediaEvent::AudioLevel { user, level, .. } if *user == alice_user && *level > 0);
+    wait_event(&mut p[1].events, "alice's level while muted", is_alice_level).await;
+    p[1].adapter.set_remote_audio_muted(false);
+    frames(&mut b_audio_rx, 10, "audio after unmuting").await;
 
     // Downgrade to AUDIO: video stops, audio goes on, no renegotiation.
     p[0].adapter.set_media_type(&call, MediaType::Audio).await.unwrap();

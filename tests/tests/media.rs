@@ -163,18 +163,29 @@ async fn sink_closed(rx: &mut UnboundedReceiver<RemoteFrame>, what: &str) -> usi
     .unwrap_or_else(|_| panic!("{what}: the sink still receives after the call ended"))
 }
 
-/// Video sending stopped: after draining what was in flight (half a second of audio sent
-/// afterwards), another second of audio arrives with no video frame.
+/// `stopped` gets no more frames while `clock` goes on: after draining what was in flight
+/// (`flush` frames of `clock` sent afterwards), `watch` more frames of `clock` arrive with none
+/// of `stopped`.
+async fn assert_stopped(
+    clock: &mut UnboundedReceiver<RemoteFrame>,
+    stopped: &mut UnboundedReceiver<RemoteFrame>,
+    (flush, watch): (usize, usize),
+    why: &str,
+) {
+    while clock.try_recv().is_ok() {}
+    frames(clock, flush, "the running stream (flushing frames in flight)").await;
+    while stopped.try_recv().is_ok() {}
+    frames(clock, watch, "the running stream (watching the stopped one)").await;
+    assert!(stopped.try_recv().is_err(), "a frame arrived after {why}");
+}
+
+/// Video sending stopped: half a second of audio flushes it, another second shows none.
 async fn assert_no_more_video(
     audio: &mut UnboundedReceiver<RemoteFrame>,
     video: &mut UnboundedReceiver<RemoteFrame>,
     why: &str,
 ) {
-    while audio.try_recv().is_ok() {}
-    frames(audio, 25, "audio (flushing video in flight)").await;
-    while video.try_recv().is_ok() {}
-    frames(audio, 50, "audio (watching for video)").await;
-    assert!(video.try_recv().is_err(), "video arrived after {why}");
+    assert_stopped(audio, video, (25, 50), why).await;
 }
 
 /// Asserts that the recording holds at least a second of the `freq` tone.
@@ -345,6 +356,17 @@ async fn video_call_carries_vp8_both_ways_camera_off_and_downgrade_stop_it() {
     alice.party.client.set_camera_enabled(true).await.unwrap();
     let again = frames(&mut video_at_bob, 3, "video after the camera is on again").await;
     assert!(again[0].keyframe);
+
+    // Bob mutes all remote audio: alice's video goes on, her audio is no longer played (half a
+    // second of video flushes, a second shows none); unmuted, it plays again.
+    bob.party.client.mute_all_remote_audio(true).unwrap();
+    assert_stopped(&mut video_at_bob, &mut audio_at_bob, (8, 15), "bob muted remote audio").await;
+    bob.party.client.mute_all_remote_audio(false).unwrap();
+    frames(&mut audio_at_bob, 10, "alice's audio after bob unmuted it").await;
+    // A client without media has nothing to mute: the app plays remote audio itself.
+    let carol = server.user("carol").await;
+    let refused = carol.client.mute_all_remote_audio(true).expect_err("no media to mute");
+    assert_eq!(refused.code, callplus_tests::Code::InvalidState);
 
     // Downgrade to AUDIO (needs no agreement): both stop sending video, audio goes on.
     alice.party.client.request_change_media_type(MediaType::Audio).await.unwrap();

@@ -468,6 +468,22 @@ impl Client {
         self.request(move |e, now| e.set_microphone_enabled(now, enabled)).await.map(drop)
     }
 
+    /// `mute_all_remote_audio`: while muted, no remote user's audio is played (handed to the
+    /// sinks); it is still received, so audio levels and status reports go on, and unmuting
+    /// plays again at once. Holds across calls until changed; what this user sends is
+    /// untouched (that is [`Client::set_microphone_enabled`]).
+    ///
+    /// # Errors
+    /// `INVALID_STATE` without [`ClientOptions::media`] (the app plays remote audio itself).
+    #[cfg(feature = "media")]
+    pub fn mute_all_remote_audio(&self, muted: bool) -> Result<(), Error> {
+        let media = self.inner.media.as_ref().ok_or_else(|| {
+            Error::new(Code::InvalidState, "media is off: the app plays remote audio itself")
+        })?;
+        callplus_media::MediaAdapter::set_remote_audio_muted(&*media.adapter, muted);
+        Ok(())
+    }
+
     /// The media events of this client (first frames, status reports, audio levels, errors):
     /// `Some` the first time it is asked when [`ClientOptions::media`] is set, `None` after that
     /// or without media.
