@@ -80,3 +80,12 @@ fn call_cycles_run_over_tls() {
     assert_eq!(v["failed"].as_u64(), Some(0), "{v}");
     assert!(v["endpoint"].as_str().is_some_and(|e| e.starts_with("https://127.0.0.1:")), "{v}");
 }
+
+#[test]
+fn idle_devices_are_held_over_tls() {
+    // Raw streams build their own TLS channel (not through Client): all must be welcomed.
+    let v = run_bench(&["--idle", "20", "--streams-per-conn", "10", "--duration", "1s", "--tls"]);
+    assert_eq!(v["connected"].as_u64(), Some(20), "{v}");
+    assert_eq!(v["failed"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["tcp_connections"].as_u64(), Some(2), "{v}");
+}

@@ -30,3 +30,23 @@ pub fn init_logging(format: LogFormat, filter: &str) {
         eprintln!("logging already set up: {e}");
     }
 }
+
+/// Client TLS settings from the command line's `--tls-ca FILE` and `--tls-domain NAME`.
+///
+/// # Errors
+/// The CA file cannot be read.
+pub fn tls_options(
+    ca: Option<&std::path::Path>,
+    domain: Option<&str>,
+) -> anyhow::Result<crate::client::TlsOptions> {
+    use anyhow::Context as _;
+    let mut tls = crate::client::TlsOptions::default();
+    if let Some(path) = ca {
+        let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        tls = tls.with_ca_pem(pem);
+    }
+    if let Some(domain) = domain {
+        tls = tls.with_domain(domain);
+    }
+    Ok(tls)
+}

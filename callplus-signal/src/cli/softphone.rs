@@ -20,7 +20,7 @@ use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::client::{Client, ClientOptions, Event, EventStream, TlsOptions, describe_event};
+use crate::client::{Client, ClientOptions, Event, EventStream, describe_event};
 #[cfg(feature = "media")]
 use crate::client::{MediaEventStream, MediaOptions, describe_media_event};
 use callplus_session::client::CallOptions;
@@ -48,24 +48,6 @@ pub struct ConnectArgs {
     /// This device's id (random when absent).
     #[arg(long, env = "CALLPLUS_DEVICE_ID")]
     pub device_id: Option<String>,
-}
-
-impl ConnectArgs {
-    /// The TLS trust settings these flags describe.
-    ///
-    /// # Errors
-    /// The CA file cannot be read.
-    pub fn tls_options(&self) -> anyhow::Result<TlsOptions> {
-        let mut tls = TlsOptions::default();
-        if let Some(path) = &self.tls_ca {
-            let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            tls = tls.with_ca_pem(pem);
-        }
-        if let Some(domain) = &self.tls_domain {
-            tls = tls.with_domain(domain.clone());
-        }
-        Ok(tls)
-    }
 }
 
 /// Media flags of `dial` and `listen`; media is on when any of them is given.
@@ -213,7 +195,8 @@ async fn connect(
     args: &ConnectArgs,
     #[cfg(feature = "media")] media: &MediaArgs,
 ) -> anyhow::Result<(Client, EventStream, MediaEvents, String)> {
-    let mut options = ClientOptions::default().with_tls(args.tls_options()?);
+    let mut options = ClientOptions::default()
+        .with_tls(super::tls_options(args.tls_ca.as_deref(), args.tls_domain.as_deref())?);
     if let Some(id) = &args.device_id {
         options.device_id = Some(DeviceId::new(id)?);
     }

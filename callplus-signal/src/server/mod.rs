@@ -380,8 +380,8 @@ impl ServerBuilder {
             }
         });
 
-        let (admin_stop, admin_task) = match admin_listener {
-            Some(listener) => {
+        let (admin_stop, admin_task) = match (admin_listener, admin_addr) {
+            (Some(listener), Some(local)) => {
                 let state = Arc::new(admin::AdminState {
                     auth,
                     metrics: metrics.clone(),
@@ -391,21 +391,14 @@ impl ServerBuilder {
                 let (stop, stop_rx) = oneshot::channel::<()>();
                 let app = admin::router(state);
                 let fatal = fatal_tx.clone();
-                let stopped = async {
-                    let _ = stop_rx.await;
-                };
-                let served = match admin_acceptor {
-                    Some(acceptor) => {
-                        let listener = tls_listener::TlsListener::new(listener, acceptor)
-                            .map_err(|source| ServerError::Bind { addr: "admin".to_owned(), source })?;
-                        tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future())
-                    }
-                    None => {
-                        tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future())
-                    }
-                };
                 let task = tokio::spawn(async move {
-                    let served = served.await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                    let served = match admin_acceptor {
+                        Some(acceptor) => {
+                            let listener = tls_listener::TlsListener::new(listener, local, acceptor);
+                            serve_admin(listener, app, stop_rx).await
+                        }
+                        None => serve_admin(listener, app, stop_rx).await,
+                    };
                     if let Err(e) = served {
                         tracing::error!(error = %e, "the admin server failed");
                         let _ = fatal.send(true);
@@ -413,7 +406,7 @@ impl ServerBuilder {
                 });
                 (Some(stop), Some(task))
             }
-            None => (None, None),
+            _ => (None, None),
         };
         tracing::info!(%grpc_addr, ?admin_addr, "callplus server started");
 
@@ -439,6 +432,19 @@ impl ServerBuilder {
             fatal: fatal_rx,
         })
     }
+}
+
+/// Serves the admin API on `listener` (plain TCP, or TLS) until `stop` fires.
+async fn serve_admin<L>(listener: L, app: axum::Router, stop: oneshot::Receiver<()>) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = stop.await;
+        })
+        .await
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, ServerError> {

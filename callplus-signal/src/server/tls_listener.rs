@@ -29,12 +29,11 @@ pub(crate) struct TlsListener {
 }
 
 impl TlsListener {
-    /// Starts accepting on `tcp`. Must be called inside a tokio runtime.
-    pub(crate) fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
-        let local = tcp.local_addr()?;
+    /// Starts accepting on `tcp`, bound to `local`. Must be called inside a tokio runtime.
+    pub(crate) fn new(tcp: TcpListener, local: SocketAddr, acceptor: TlsAcceptor) -> Self {
         let (tx, ready) = mpsc::channel(MAX_HANDSHAKES);
         let acceptor_task = tokio::spawn(accept_loop(tcp, acceptor, tx));
-        Ok(TlsListener { ready, local, acceptor_task })
+        TlsListener { ready, local, acceptor_task }
     }
 }
 

@@ -123,15 +123,7 @@ impl Target {
                 }
                 _ => bail!("--server needs --app-key and --app-secret, or --data-dir, to mint tokens"),
             };
-            let mut tls = TlsOptions::default();
-            if let Some(path) = &args.tls_ca {
-                tls = tls.with_ca_pem(
-                    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
-                );
-            }
-            if let Some(domain) = &args.tls_domain {
-                tls = tls.with_domain(domain.clone());
-            }
+            let tls = crate::cli::tls_options(args.tls_ca.as_deref(), args.tls_domain.as_deref())?;
             return Ok(Target {
                 endpoint,
                 tls,
