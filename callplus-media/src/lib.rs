@@ -23,6 +23,7 @@ mod level;
 mod pli_pacer;
 mod reorder;
 mod rtcp_observer;
+mod rtp_seq;
 mod sink;
 mod source;
 mod testsrc;

@@ -2,6 +2,8 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::rtp_seq::{RESYNC_AFTER, seq_ahead};
+
 /// Whether a VP8 frame is a key frame (the inverted P bit of the frame tag is 0).
 pub fn is_keyframe(frame: &[u8]) -> bool {
     frame.first().is_some_and(|b| b & 0x01 == 0)
@@ -75,6 +77,8 @@ pub struct Vp8Depacketizer {
     decodable: bool,
     /// Something was lost or withheld since the last emitted key frame.
     wants_keyframe: bool,
+    /// Packets in a row ignored as old (see `rtp_seq::RESYNC_AFTER`).
+    stale_run: u16,
 }
 
 impl Vp8Depacketizer {
@@ -93,16 +97,26 @@ impl Vp8Depacketizer {
     pub fn push(&mut self, seq: u16, timestamp: u32, marker: bool, payload: &[u8]) -> Option<(Bytes, u32)> {
         let mut gap = false;
         if let Some(newest) = self.newest_seq {
-            // RFC 3550 style: within half the sequence space, "behind" means older.
-            let ahead = seq.wrapping_sub(newest) as i16;
+            let ahead = seq_ahead(seq, newest);
             if ahead <= 0 {
-                return None;
+                self.stale_run = self.stale_run.saturating_add(1);
+                if self.stale_run < RESYNC_AFTER {
+                    return None;
+                }
+                // The sender jumped or restarted its numbering: follow it, as after a loss.
+                gap = true;
+            } else {
+                gap = ahead > 1;
             }
-            gap = ahead > 1;
         }
+        self.stale_run = 0;
         self.newest_seq = Some(seq);
         if gap {
             self.lost();
+        }
+        if payload.is_empty() {
+            // Padding (a sender probing bandwidth without RTX): it only takes a sequence number.
+            return None;
         }
         let descriptor = descriptor(payload);
         if self.timestamp != Some(timestamp) {
@@ -248,9 +262,36 @@ mod tests {
         assert!(d.needs_keyframe());
         assert_eq!(d.push(21, 3600, true, &[START, KEY]).map(|f| f.0.to_vec()), Some(vec![KEY]));
         assert!(!d.needs_keyframe());
-        // An empty payload is no descriptor: broken.
-        assert_eq!(d.push(22, 4500, true, &[]), None);
+        // A payload without a valid descriptor: broken.
+        assert_eq!(d.push(22, 4500, true, &[0x80]), None);
         assert!(d.needs_keyframe());
+    }
+
+    #[test]
+    fn padding_between_frames_breaks_nothing() {
+        let mut d = Vp8Depacketizer::new();
+        assert!(frame_of(&mut d, 100, 0, true).is_some());
+        // Padding-only packets (empty payload once the padding is stripped) take 102 and 103.
+        assert_eq!(d.push(102, 0, false, &[]), None);
+        assert_eq!(d.push(103, 0, false, &[]), None);
+        assert_eq!(d.push(104, 3000, true, &[START, INTER]).map(|f| f.0.to_vec()), Some(vec![INTER]));
+        assert!(!d.needs_keyframe());
+    }
+
+    #[test]
+    fn a_sender_that_jumps_half_the_space_is_followed_after_a_key_frame() {
+        let mut d = Vp8Depacketizer::new();
+        assert!(frame_of(&mut d, 100, 0, true).is_some());
+        // Numbers 40000 and up look older than 101: ignored, until a run of them shows the jump.
+        for i in 0..RESYNC_AFTER - 1 {
+            assert_eq!(d.push(40_000 + i, 3000 + u32::from(i), true, &[START, INTER]), None);
+        }
+        assert!(!d.needs_keyframe(), "not yet taken for a jump");
+        let seq = 40_000 + RESYNC_AFTER;
+        assert_eq!(d.push(seq, 900_000, true, &[START, INTER]), None, "after the jump, data is missing");
+        assert!(d.needs_keyframe());
+        let key = d.push(seq + 1, 903_000, true, &[START, KEY]).map(|f| f.0.to_vec());
+        assert_eq!(key, Some(vec![KEY]), "the key frame asked for is taken");
     }
 
     #[test]
