@@ -106,10 +106,12 @@ impl MediaSource for FedSource {
         Some(self.feed.next().await)
     }
 
+    /// Called when a peer connects or the device comes back on. What waits was captured
+    /// before: a video peer that asked cannot decode it, and audio queued while the microphone
+    /// was off must not be sent after it.
     fn request_keyframe(&mut self) {
+        self.feed.clear();
         if self.feed.kind == MediaKind::Video {
-            // What waits was encoded before the request: the peer that asked cannot decode it.
-            self.feed.clear();
             (self.feed.on_keyframe_request)();
         }
     }
@@ -154,7 +156,7 @@ mod tests {
     }
 
     #[test]
-    fn keyframe_requests_reach_the_app_for_video_only() {
+    fn keyframe_requests_reach_the_app_for_video_only_and_drop_what_waits() {
         let asked = Arc::new(AtomicUsize::new(0));
         let count = |kind| {
             let asked = Arc::clone(&asked);
@@ -162,9 +164,12 @@ mod tests {
                 asked.fetch_add(1, Ordering::SeqCst);
             }))
         };
-        FedSource::new(count(MediaKind::Audio)).request_keyframe();
-        assert_eq!(asked.load(Ordering::SeqCst), 0);
-        FedSource::new(count(MediaKind::Video)).request_keyframe();
-        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        for (kind, asked_after) in [(MediaKind::Audio, 0), (MediaKind::Video, 1)] {
+            let feed = count(kind);
+            feed.push(sample(1));
+            FedSource::new(Arc::clone(&feed)).request_keyframe();
+            assert_eq!(asked.load(Ordering::SeqCst), asked_after, "{kind:?}");
+            assert_eq!(feed.len(), 0, "{kind:?}: samples from before the request are dropped");
+        }
     }
 }

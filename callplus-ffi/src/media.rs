@@ -136,6 +136,16 @@ unsafe fn push_sample(
             feed.clear();
             return Err(callplus_result::NotVideoCall);
         }
+        // What is captured while the device is off must never reach a peer, not even queued
+        // for when it comes back on.
+        let closed = match kind {
+            MediaKind::Audio => (!call.microphone_enabled()).then_some(callplus_result::MicrophoneClosed),
+            MediaKind::Video => (!call.camera_enabled()).then_some(callplus_result::CameraClosed),
+        };
+        if let Some(closed) = closed {
+            feed.clear();
+            return Err(closed);
+        }
         // SAFETY: the caller guarantees `len` readable bytes at `data` (non-NULL, checked).
         let bytes = Bytes::copy_from_slice(unsafe { std::slice::from_raw_parts(data, len) });
         let duration = Duration::from_micros(u64::from(duration_us));
@@ -155,10 +165,12 @@ unsafe fn push_sample(
 /// off), about half a second is kept and older packets are dropped, so sending resumes with
 /// fresh audio.
 ///
-/// Returns `OK` when queued; `NOT_IN_CALL` when this client has no connected call (the packet
-/// is dropped, with anything still queued, so a later call does not start with stale audio);
+/// Returns `OK` when queued; `NOT_IN_CALL` when this client has no connected or connecting call
+/// (the packet is dropped, with anything still queued, so a later call does not start with
+/// stale audio); `MICROPHONE_CLOSED` while this user's microphone is off (dropped likewise:
+/// nothing captured while off is ever sent);
 /// `INVALID_STATE` when the client was not connected with `app_microphone`; `PARAM_ERROR` for
-/// an empty, too large or zero-length sample; `NULL_PARAMETER`. Does not block.
+/// an empty or too large sample, or a zero or too long duration; `NULL_PARAMETER`. Does not block.
 ///
 /// **Thread:** any, also concurrently with other client functions, and also from an event or
 /// media sink callback.
@@ -187,10 +199,10 @@ pub unsafe extern "C" fn callplus_client_push_audio_sample(
 /// VIDEO_KEYFRAME_REQUESTED event. About half a second of frames is kept while the media
 /// cannot send; older ones are dropped.
 ///
-/// Returns `OK` when queued; `NOT_IN_CALL` when this client has no connected call, and
-/// `NOT_VIDEO_CALL` when the connected call is audio only (the frame is dropped, with anything
-/// still queued); `INVALID_STATE` when the client was not connected with `app_camera`;
-/// `PARAM_ERROR` for an empty, too large or zero-length frame; `NULL_PARAMETER`. Does not
+/// Returns `OK` when queued; `NOT_IN_CALL` when this client has no connected or connecting
+/// call, `NOT_VIDEO_CALL` when the call is audio only, and `CAMERA_CLOSED` while this user's
+/// camera is off (the frame is dropped, with anything still queued); `INVALID_STATE` when the client was not connected with `app_camera`;
+/// `PARAM_ERROR` for an empty or too large frame, or a zero or too long duration; `NULL_PARAMETER`. Does not
 /// block.
 ///
 /// **Thread:** any, also concurrently with other client functions, and also from an event or
@@ -216,10 +228,10 @@ pub unsafe extern "C" fn callplus_client_push_video_sample(
 /// (Opus packet or whole VP8 frame) with its timing; see `struct callplus_media_frame`. This
 /// user's own media is never delivered (no echo).
 ///
-/// **Thread:** the callback runs on one of the client's media threads, one frame at a time
-/// (never concurrently with itself), in arrival order per user and kind. It blocks the
-/// receiving of media while it runs: copy the bytes and hand them to your decoder or player
-/// thread. It must not call the client's blocking functions (they return `INVALID_STATE`
+/// **Thread:** the callback runs on the client's runtime thread, one frame at a time (never
+/// concurrently with itself), in arrival order per user and kind. While it runs the client does
+/// nothing else (media, signalling, event delivery wait): copy the bytes and hand them to your
+/// decoder or player thread. It must not call the client's blocking functions (they return `INVALID_STATE`
 /// there); the push functions are fine. `user_data` is passed back unchanged and must be usable
 /// from that thread.
 ///

@@ -133,10 +133,12 @@ impl MediaClock {
         let ticks = match self.last {
             None => 0,
             // The signed difference handles the 32-bit wrap-around.
-            Some((last, ticks)) => ticks + i64::from(rtp.wrapping_sub(last) as i32),
+            Some((last, ticks)) => ticks.saturating_add(i64::from(rtp.wrapping_sub(last) as i32)),
         };
         self.last = Some((rtp, ticks));
-        ticks * 1_000_000 / clock_rate
+        // The peer chooses the timestamps: a stream of huge jumps must saturate, not overflow.
+        let micros = i128::from(ticks) * 1_000_000 / i128::from(clock_rate.max(1));
+        i64::try_from(micros).unwrap_or(if micros < 0 { i64::MIN } else { i64::MAX })
     }
 }
 
@@ -237,6 +239,19 @@ mod tests {
         let mut video = MediaClock::default();
         video.micros(7, 90_000);
         assert_eq!(video.micros(7 + 6000, 90_000), 66_666);
+    }
+
+    #[test]
+    fn a_peer_jumping_its_timestamps_every_frame_saturates_the_clock() {
+        let mut clock = MediaClock::default();
+        let mut rtp = 0u32;
+        let mut last = clock.micros(rtp, 48_000);
+        for _ in 0..10_000 {
+            rtp = rtp.wrapping_add(i32::MAX as u32);
+            let now = clock.micros(rtp, 48_000);
+            assert!(now >= last, "the clock only moves forward here");
+            last = now;
+        }
     }
 
     #[test]

@@ -292,6 +292,12 @@ impl AppDevices {
                     let ok = if kind == callplus_media_kind::Audio { &mut audio_ok } else { &mut video_ok };
                     match r {
                         callplus_result::Ok => *ok = true,
+                        // Bob's app keeps capturing while his device is off: refused, never sent.
+                        callplus_result::MicrophoneClosed | callplus_result::CameraClosed => {
+                            if fresh {
+                                lock(&thread_pushed).remove(sample.data.as_ref());
+                            }
+                        }
                         callplus_result::NotInCall if *ok => {
                             if fresh {
                                 lock(&thread_pushed).remove(sample.data.as_ref());
@@ -453,6 +459,19 @@ fn media_flows_both_ways_through_the_c_api() {
         assert_eq!(callplus_client_mute_all_remote_audio(b, false), R::Ok);
         let n = bob_seen.count("alice", Audio);
         bob_seen.frames("alice", Audio, n + 5);
+
+        // Bob turns his microphone off while his app keeps pushing: the pushes are refused
+        // (MICROPHONE_CLOSED) and none of them ever reaches Alice, also not after he turns it
+        // back on (every frame she gets is one that was accepted).
+        assert_eq!(callplus_client_set_microphone_enabled(b, false), R::Ok);
+        assert_stopped(&alice_seen, "bob", Audio, Video, "bob turned his microphone off");
+        assert_eq!(callplus_client_set_microphone_enabled(b, true), R::Ok);
+        let n = alice_seen.count("bob", Audio);
+        let after = alice_seen.frames("bob", Audio, n + 10);
+        {
+            let pushed = lock(&devices.pushed);
+            assert!(after.iter().all(|f| pushed.contains(&f.data)), "audio Bob pushed while muted");
+        }
 
         // Camera off at Alice: her video stops, her audio goes on; on again starts with a key frame.
         assert_eq!(callplus_client_set_camera_enabled(a, false), R::Ok);
