@@ -13,6 +13,8 @@
 use std::time::{Duration, Instant};
 
 use rtc::rtcp::Packet as RtcpPacket;
+
+use crate::pli_pacer::Pacer;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 
@@ -28,7 +30,7 @@ pub(crate) struct KeyframeRequests {
     /// Sequence number of the last FIR honoured: a repeated FIR with the same number is a
     /// retransmission of one request (RFC 5104 §4.3.1.1).
     last_fir_seq: Option<u8>,
-    last_forwarded: Option<Instant>,
+    forwarded: Pacer,
     /// Requests received since [`take_received`](Self::take_received).
     received: u32,
 }
@@ -36,7 +38,7 @@ pub(crate) struct KeyframeRequests {
 impl KeyframeRequests {
     /// Watches requests for our video stream `video_ssrc`.
     pub(crate) fn new(video_ssrc: u32) -> Self {
-        KeyframeRequests { video_ssrc, last_fir_seq: None, last_forwarded: None, received: 0 }
+        KeyframeRequests { video_ssrc, last_fir_seq: None, forwarded: Pacer::new(), received: 0 }
     }
 
     /// Reads the packets of one compound RTCP packet; `true` when the video source should be
@@ -74,12 +76,7 @@ impl KeyframeRequests {
     }
 
     fn forward(&mut self, now: Instant, rtt: Option<Duration>) -> bool {
-        let window = rtt.unwrap_or(MIN_WINDOW).clamp(MIN_WINDOW, MAX_WINDOW);
-        if self.last_forwarded.is_some_and(|last| now.saturating_duration_since(last) < window) {
-            return false;
-        }
-        self.last_forwarded = Some(now);
-        true
+        self.forwarded.poll(now, rtt.unwrap_or(MIN_WINDOW).clamp(MIN_WINDOW, MAX_WINDOW))
     }
 }
 

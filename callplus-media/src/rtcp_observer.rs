@@ -123,7 +123,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpObserver {
     fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
             let mut reports = self.reports();
-            let rtt = reports.rtt;
+            let rtt = reports.rtt_estimate();
             let keyframe = reports.keyframes.on_rtcp(packets, msg.now, rtt);
             for packet in packets {
                 let any = packet.as_any();

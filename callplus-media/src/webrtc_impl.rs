@@ -47,7 +47,7 @@ use webrtc::rtp_transceiver::RtpSender;
 use crate::adapter::{MediaAdapter, MediaEvent, MediaEvents, MediaStats, PeerSpec, PeerStats, StartMedia};
 use crate::error::MediaError;
 use crate::level::level_from_mean_square;
-use crate::pli_pacer::PliPacer;
+use crate::pli_pacer::{Pacer, pli_hold_off};
 use crate::reorder::{self, Pushed, ReorderBuffer};
 use crate::rtcp_observer::{RemoteReports, RtcpObserver};
 use crate::sink::{MediaSink, RemoteFrame};
@@ -122,12 +122,11 @@ enum PumpCmd {
     Enabled(bool, oneshot::Sender<()>),
     Video(VideoConfig),
     Audio(AudioConfig),
-    /// The target list changed; `keyframe` asks the video source for a key frame.
+    /// The target list changed, or a peer asked for a key frame (RTCP PLI/FIR, coalesced per
+    /// peer); `keyframe` asks the video source for one.
     Wake {
         keyframe: bool,
     },
-    /// A peer asked for a key frame (RTCP PLI/FIR, coalesced per peer).
-    Keyframe,
 }
 
 struct LocalTrack {
@@ -463,7 +462,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 struct VideoReceive {
     reorder: ReorderBuffer<rtp::Packet>,
     vp8: Vp8Depacketizer,
-    pli: PliPacer,
+    pli: Pacer,
 }
 
 impl VideoReceive {
@@ -471,7 +470,7 @@ impl VideoReceive {
         VideoReceive {
             reorder: ReorderBuffer::new(reorder::max_wait(None)),
             vp8: Vp8Depacketizer::new(),
-            pli: PliPacer::new(),
+            pli: Pacer::new(),
         }
     }
 
@@ -504,14 +503,9 @@ impl VideoReceive {
 }
 
 /// Sends a PLI for the remote video stream `media_ssrc` if the pacer lets one through.
-async fn request_keyframe(
-    shared: &PeerShared,
-    track: &dyn TrackRemote,
-    pacer: &mut PliPacer,
-    media_ssrc: u32,
-) {
+async fn request_keyframe(shared: &PeerShared, track: &dyn TrackRemote, pacer: &mut Pacer, media_ssrc: u32) {
     let rtt = lock(&shared.reports).rtt_estimate();
-    if !pacer.poll(Instant::now(), rtt) {
+    if !pacer.poll(Instant::now(), pli_hold_off(rtt)) {
         return;
     }
     let pli = PictureLossIndication { sender_ssrc: shared.video_ssrc, media_ssrc };
@@ -574,9 +568,6 @@ async fn pump(
                     }
                     PumpCmd::Wake { keyframe } => {
                         if keyframe && let Some(s) = source.as_mut() { s.request_keyframe() }
-                    }
-                    PumpCmd::Keyframe => {
-                        if let Some(s) = source.as_mut() { s.request_keyframe() }
                     }
                 }
             }
@@ -871,7 +862,7 @@ impl Inner {
         let video_pump = self.video_pump.downgrade();
         let on_keyframe_request = Box::new(move || {
             if let Some(pump) = video_pump.upgrade() {
-                let _ = pump.send(PumpCmd::Keyframe);
+                let _ = pump.send(PumpCmd::Wake { keyframe: true });
             }
         });
         let observer = RtcpObserver::new(Arc::clone(&reports), on_keyframe_request);
