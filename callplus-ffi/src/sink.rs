@@ -142,23 +142,10 @@ impl MediaClock {
     }
 }
 
-/// How long an Opus packet plays, in microseconds, from its TOC byte (RFC 6716 §3.1); 0 when
-/// the packet is malformed.
+/// How long an Opus packet plays, in microseconds; 0 when the packet is malformed.
 pub(crate) fn opus_duration_us(packet: &[u8]) -> u32 {
-    let Some(&toc) = packet.first() else { return 0 };
-    let config = toc >> 3;
-    // Frame sizes in microseconds by configuration: SILK, hybrid, CELT.
-    let frame_us: u32 = match config {
-        0..=11 => [10_000, 20_000, 40_000, 60_000][usize::from(config % 4)],
-        12..=15 => [10_000, 20_000][usize::from(config % 2)],
-        _ => [2_500, 5_000, 10_000, 20_000][usize::from(config % 4)],
-    };
-    let frames: u32 = match toc & 0x3 {
-        0 => 1,
-        1 | 2 => 2,
-        _ => packet.get(1).map_or(0, |&b| u32::from(b & 0x3f)),
-    };
-    frame_us * frames
+    callplus_media::opus_packet::duration(packet)
+        .map_or(0, |d| u32::try_from(d.as_micros()).unwrap_or(u32::MAX))
 }
 
 /// The sink of one remote user's media of one kind in one call: frames go to the client's

@@ -563,3 +563,38 @@ fn media_functions_refuse_bad_input_with_codes() {
         callplus_client_free(b);
     }
 }
+
+#[test]
+fn video_pushed_into_an_audio_call_is_refused() {
+    let server = TestServer::start();
+    let (erin_seen, frank_seen) = (Arc::new(Seen::default()), Arc::new(Seen::default()));
+    let erin = server.media_client(
+        "erin",
+        callplus_client_options { enable_media: true, app_camera: true, ..zeroed() },
+        &erin_seen,
+    );
+    let frank =
+        server.media_client("frank", callplus_client_options { enable_media: true, ..zeroed() }, &frank_seen);
+    let (e, f) = (erin.0, frank.0);
+    use callplus_event_type as K;
+    use callplus_result as R;
+    unsafe {
+        let mut call_id = null_mut();
+        let callees = [c"frank".as_ptr()];
+        // An AUDIO call (media type 1).
+        assert_eq!(callplus_client_start_call(e, callees.as_ptr(), 1, 1, 1, null(), &mut call_id), R::Ok);
+        let call = text(callplus_string_data(call_id)).unwrap();
+        let on_call = |ev: &Ev| ev.call_id.as_deref() == Some(call.as_str());
+        frank_seen.expect("the invitation", |ev| ev.kind == K::ReceivedCall && on_call(ev));
+        assert_eq!(callplus_client_accept(f, callplus_string_data(call_id)), R::Ok);
+        erin_seen.expect("connected", |ev| ev.kind == K::CallConnected && on_call(ev));
+        let frame = [0x50u8, 0x02, 0x00];
+        assert_eq!(
+            callplus_client_push_video_sample(e, frame.as_ptr(), frame.len(), 66_666),
+            R::NotVideoCall
+        );
+        callplus_string_free(call_id);
+        callplus_client_free(e);
+        callplus_client_free(f);
+    }
+}

@@ -75,7 +75,7 @@ impl MediaSink for OggOpusSink {
         let Some(writer) = self.writer.as_mut() else { return Ok(()) };
         let first = *self.first_ts.get_or_insert(frame.rtp_timestamp);
         // Granule = end of this packet in 48 kHz samples; 960 = one 20 ms frame.
-        let samples = opus::packet::get_nb_samples(&frame.data, 48_000).unwrap_or(960) as u64;
+        let samples = crate::opus_packet::samples_48k(&frame.data).unwrap_or(960) as u64;
         let granule = u64::from(frame.rtp_timestamp.wrapping_sub(first)) + samples;
         if let Some((data, g)) = self.held.take() {
             self.in_page += 1;

@@ -20,6 +20,7 @@ mod files;
 pub mod inspect;
 mod keyframe_requests;
 mod level;
+pub mod opus_packet;
 mod pli_pacer;
 mod reorder;
 mod rtcp_observer;

@@ -47,10 +47,7 @@ use super::{Client, Inner, Snapshot};
 pub type SourceFactory = Arc<dyn Fn() -> Result<Box<dyn MediaSource>, MediaError> + Send + Sync>;
 
 /// Makes the sink for a remote user's audio or video in a call; `None` drops that media.
-pub type SinkFactory = Arc<dyn Fn(&UserId, MediaKind) -> Option<Box<dyn MediaSink>> + Send + Sync>;
-
-/// A [`SinkFactory`] that is also told the call (see [`MediaOptions::with_call_sinks`]).
-type CallSinkFactory = Arc<dyn Fn(&CallId, &UserId, MediaKind) -> Option<Box<dyn MediaSink>> + Send + Sync>;
+pub type SinkFactory = Arc<dyn Fn(&CallId, &UserId, MediaKind) -> Option<Box<dyn MediaSink>> + Send + Sync>;
 
 /// Media settings of a [`Client`](super::Client): with them, the client sets up WebRTC media by
 /// itself for every call it is connected in.
@@ -70,8 +67,6 @@ pub struct MediaOptions {
     pub sinks: Option<SinkFactory>,
     /// Media events kept for the app before it reads them; when full, the newest are dropped.
     pub event_capacity: usize,
-    /// Set by [`MediaOptions::with_call_sinks`]; used instead of `sinks` when set.
-    call_sinks: Option<CallSinkFactory>,
 }
 
 impl std::fmt::Debug for MediaOptions {
@@ -82,7 +77,6 @@ impl std::fmt::Debug for MediaOptions {
             .field("microphone", &self.microphone.is_some())
             .field("camera", &self.camera.is_some())
             .field("sinks", &self.sinks.is_some())
-            .field("call_sinks", &self.call_sinks.is_some())
             .field("event_capacity", &self.event_capacity)
             .finish()
     }
@@ -104,7 +98,6 @@ impl MediaOptions {
             camera: None,
             sinks: None,
             event_capacity: 1024,
-            call_sinks: None,
         }
     }
 
@@ -143,18 +136,18 @@ impl MediaOptions {
         mut self,
         factory: impl Fn(&UserId, MediaKind) -> Option<Box<dyn MediaSink>> + Send + Sync + 'static,
     ) -> Self {
-        self.sinks = Some(Arc::new(factory));
+        self.sinks = Some(Arc::new(move |_call: &CallId, user: &UserId, kind| factory(user, kind)));
         self
     }
 
     /// A sink factory that is also told the call the sink is for: for apps that keep several
-    /// calls' media apart (a C app's frame callback names the call). Used instead of
-    /// [`MediaOptions::sinks`] when both are set.
+    /// calls' media apart (a C app's frame callback names the call). Replaces
+    /// [`MediaOptions::with_sinks`]'s factory, as that one replaces this.
     pub fn with_call_sinks(
         mut self,
         factory: impl Fn(&CallId, &UserId, MediaKind) -> Option<Box<dyn MediaSink>> + Send + Sync + 'static,
     ) -> Self {
-        self.call_sinks = Some(Arc::new(factory));
+        self.sinks = Some(Arc::new(factory));
         self
     }
 
@@ -625,18 +618,13 @@ impl Glue {
 
     /// Asks the app's factory for one sink and hands it to the adapter.
     fn attach_sink(&self, call_id: &CallId, user: &UserId, kind: MediaKind) {
-        let sink = match (&self.options.call_sinks, &self.options.sinks) {
-            (Some(factory), _) => factory(call_id, user, kind),
-            (None, Some(factory)) => factory(user, kind),
-            (None, None) => None,
-        };
-        if let Some(sink) = sink {
+        if let Some(sink) = self.options.sinks.as_ref().and_then(|factory| factory(call_id, user, kind)) {
             self.adapter.set_sink(user.clone(), kind, sink);
         }
     }
 
     fn detach_sinks(&self, user: &UserId) {
-        if self.options.sinks.is_some() || self.options.call_sinks.is_some() {
+        if self.options.sinks.is_some() {
             self.adapter.remove_sink(user, MediaKind::Audio);
             self.adapter.remove_sink(user, MediaKind::Video);
         }
