@@ -73,8 +73,6 @@ pub(crate) struct ReorderBuffer<T> {
     max_wait: Duration,
     /// Extended sequence number of the next item to release; `None` before the first one.
     next: Option<u64>,
-    /// Highest extended sequence number accepted.
-    highest: u64,
     /// Packets in a row refused as late (see [`RESYNC_AFTER`]).
     late_run: u16,
     held: BTreeMap<u64, Held<T>>,
@@ -92,7 +90,6 @@ impl<T> ReorderBuffer<T> {
         ReorderBuffer {
             max_wait,
             next: None,
-            highest: 0,
             late_run: 0,
             held: BTreeMap::new(),
             ready: VecDeque::new(),
@@ -118,7 +115,6 @@ impl<T> ReorderBuffer<T> {
             // the stream's numbering afresh.
             self.ready.extend(std::mem::take(&mut self.held).into_values().map(|held| held.item));
             self.next = None;
-            self.highest = 0;
             self.late_run = 0;
             return self.push(seq, item, now);
         }
@@ -127,10 +123,11 @@ impl<T> ReorderBuffer<T> {
         if self.held.contains_key(&ext) {
             return Pushed::Duplicate;
         }
-        if ext < self.highest {
+        // A newer packet is still held only when this one arrived after it (a newer one that was
+        // already released would have made this one late).
+        if self.held.last_key_value().is_some_and(|(&newest, _)| newest > ext) {
             self.counts.recovered = self.counts.recovered.saturating_add(1);
         }
-        self.highest = self.highest.max(ext);
         let span = u64::from(CAPACITY);
         if ext >= next + span {
             // Too far ahead to keep waiting on the oldest gaps: give them up.
