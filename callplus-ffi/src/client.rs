@@ -5,9 +5,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::callplus_client::{Client, ClientOptions};
 use callplus_session::client::CallOptions;
 use callplus_session::{CallId, DeviceId, TransactionId};
-use callplus_signal::client::{Client, ClientOptions};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 

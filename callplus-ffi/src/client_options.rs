@@ -3,8 +3,8 @@
 use std::ffi::c_char;
 use std::net::{IpAddr, SocketAddr};
 
+use ::callplus_client::TlsOptions;
 use callplus_session::DeviceId;
-use callplus_signal::client::TlsOptions;
 
 use crate::ffi::opt_str_arg;
 use crate::result::callplus_result;

@@ -10,10 +10,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
+use ::callplus_client::{Event, EventStream, MediaEventStream, describe_event, describe_media_event};
 use callplus_media::MediaEvent;
 use callplus_session::client::{ClientEvent, ConnectionState};
 use callplus_session::{EndReason, MediaPayload};
-use callplus_signal::client::{Event, EventStream, MediaEventStream, describe_event, describe_media_event};
 
 use crate::calls::{
     Record, Session, Summary, callplus_call_record, callplus_call_session, callplus_call_summary, record_ptr,

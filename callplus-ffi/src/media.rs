@@ -5,12 +5,12 @@ use std::ffi::c_void;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::callplus_client::MediaOptions;
 use bytes::Bytes;
 use callplus_media::{
     AudioConfig, EncodedSample, MediaKind, MediaSink, MediaSource, ToneSource, VideoConfig, WebRtcConfig,
 };
 use callplus_session::{CallState, MediaType};
-use callplus_signal::client::MediaOptions;
 
 use crate::client::callplus_client;
 use crate::client_options::{MediaSettings, SourceChoice};

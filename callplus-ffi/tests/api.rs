@@ -245,7 +245,7 @@ fn connect_refuses_bad_arguments() {
 #[test]
 fn connect_over_tls_checks_the_certificate() {
     let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let tls = callplus_signal::server::ServerTls::from_pem(made.cert.pem(), made.signing_key.serialize_pem());
+    let tls = callplus_server::server::ServerTls::from_pem(made.cert.pem(), made.signing_key.serialize_pem());
     let server = TestServer::start_with(Some(tls));
     let (endpoint, token) = (server.endpoint(), server.token("alice"));
     assert!(endpoint.to_str().unwrap().starts_with("https://127.0.0.1:"));

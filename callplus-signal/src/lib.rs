@@ -1,20 +1,11 @@
-//! The callplus network layer.
+//! The callplus network layer: the `callplus` command's subcommands ([`cli`]), and, re-exported
+//! under their usual paths, the server ([`server`], [`storage`], [`token`] from
+//! `callplus-server`) and the async client ([`client`], from `callplus-client`).
+//!
+//! Apps link only the client side (`callplus-client`, or `callplus-ffi` from C); the server
+//! crate and the command line stay out of them.
 
 pub mod cli;
-pub mod client;
-pub mod server;
-pub mod storage;
-pub mod token;
 
-/// An error and its sources on one line (`outer: inner: root`): transport errors (tonic,
-/// hyper, rustls) keep the useful part, such as "invalid peer certificate", in a source.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+pub use callplus_client as client;
+pub use callplus_server::{server, storage, token};

@@ -10,6 +10,9 @@
 //! cargo xtask bench [ARGS...]          criterion benches of the workspace (ARGS go to cargo bench)
 //! ```
 //!
+//! `ci` also checks the crate layering: `cargo tree` must not show server crates under the C
+//! library nor codecs under the server binary, which it builds with pkg-config finding nothing.
+//!
 //! `ci` first installs the Debian packages the tests link or run (libopus, libvpx, pkg-config,
 //! valgrind) with `apt-get` when they are missing, so it works on a fresh machine.
 //!
@@ -192,6 +195,8 @@ fn ci(args: &[String]) -> Result {
     clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
     run("clippy -D warnings", clippy)?;
 
+    check_layering()?;
+
     // The workspace tests include callplus-ffi's `header` test, which fails on a stale header:
     // that is the codegen check. Running it again alone (`codegen --check`) would build a second
     // copy of the dependency graph, because one package alone unifies features differently.
@@ -214,6 +219,46 @@ fn ci(args: &[String]) -> Result {
     }
     eprintln!("xtask: ci: all checks passed in {:.0?}", start.elapsed());
     Ok(())
+}
+
+/// Crates that must stay out of a package's normal dependency tree: the C library apps link
+/// carries no server, and the server binary carries no codec (so it builds with the Rust
+/// toolchain alone).
+const FORBIDDEN_DEPENDENCIES: &[(&str, &[&str])] = &[
+    ("callplus-ffi", &["rusqlite", "axum", "prometheus-client", "reqwest", "clap", "callplus-server"]),
+    ("callplus-client", &["rusqlite", "axum", "prometheus-client", "reqwest", "clap", "callplus-server"]),
+    ("callplus-signal", &["opus", "audiopus_sys", "env-libvpx-sys", "vpx-encode", "callplus-media"]),
+];
+
+/// Checks [`FORBIDDEN_DEPENDENCIES`] with `cargo tree`, then builds the README's server binary
+/// with pkg-config unable to find any system library, as on a machine without libopus/libvpx.
+fn check_layering() -> Result {
+    for (package, forbidden) in FORBIDDEN_DEPENDENCIES {
+        let mut tree = cargo();
+        tree.args(["tree", "-p", package, "-e", "normal", "--prefix", "none", "--format", "{p}"]);
+        let out = tree.output().map_err(|e| format!("cannot run cargo tree: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("cargo tree -p {package} failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let listing = String::from_utf8_lossy(&out.stdout);
+        let found: Vec<&str> = forbidden
+            .iter()
+            .copied()
+            .filter(|name| listing.lines().any(|line| line.split(' ').next() == Some(name)))
+            .collect();
+        if !found.is_empty() {
+            return Err(format!("{package} must not depend on {}", found.join(", ")));
+        }
+        eprintln!("xtask: layering: {package} is free of {}", forbidden.join(", "));
+    }
+    let empty = std::env::temp_dir().join("callplus-no-system-libraries");
+    std::fs::create_dir_all(&empty).map_err(|e| format!("cannot create {}: {e}", empty.display()))?;
+    let mut build = cargo();
+    build
+        .args(["build", "-p", "callplus-signal", "--bin", "callplus"])
+        .env("PKG_CONFIG_LIBDIR", &empty)
+        .env("PKG_CONFIG_PATH", &empty);
+    run("build the server binary without system codec libraries", build)
 }
 
 /// Installs the missing [`SYSTEM_PACKAGES`] with apt-get (through sudo when not root).

@@ -2,7 +2,7 @@
 //! its own runtime (the C API blocks its calling thread, so the server must not share it).
 //! Each suite adds the helpers it needs in its own `impl TestServer` block.
 
-use callplus_signal::server::{RunningServer, Server, ServerTls};
+use callplus_server::server::{RunningServer, Server, ServerTls};
 
 pub(crate) struct TestServer {
     runtime: tokio::runtime::Runtime,

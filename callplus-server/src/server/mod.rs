@@ -2,8 +2,8 @@
 //! webhook and the admin HTTP API, started together by [`Server::builder`].
 //!
 //! ```no_run
-//! # async fn run() -> Result<(), callplus_signal::server::ServerError> {
-//! use callplus_signal::server::Server;
+//! # async fn run() -> Result<(), callplus_server::server::ServerError> {
+//! use callplus_server::server::Server;
 //!
 //! let server = Server::builder()
 //!     .data_dir("./callplus-data")
@@ -12,7 +12,7 @@
 //!     .start()
 //!     .await?;
 //! println!("gRPC on {}, admin on {:?}", server.grpc_addr(), server.admin_addr());
-//! callplus_signal::server::shutdown::signal().await;
+//! callplus_server::server::shutdown::signal().await;
 //! server.shutdown().await?;
 //! # Ok(()) }
 //! ```

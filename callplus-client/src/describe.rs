@@ -125,7 +125,7 @@ pub(crate) fn connection_state(state: ConnectionState) -> String {
 }
 
 /// SCREAMING_CASE name of an end reason, as in the SPEC.
-pub(crate) fn end_reason(reason: EndReason) -> String {
+pub fn end_reason(reason: EndReason) -> String {
     let name = callplus_proto::v1::EndReason::from(reason).as_str_name();
     name.strip_prefix("END_REASON_").unwrap_or(name).to_owned()
 }

@@ -18,8 +18,8 @@ use super::ServerError;
 /// The certificate chain and private key the gRPC listener presents.
 ///
 /// ```no_run
-/// # async fn run() -> Result<(), callplus_signal::server::ServerError> {
-/// use callplus_signal::server::{Server, ServerTls};
+/// # async fn run() -> Result<(), callplus_server::server::ServerError> {
+/// use callplus_server::server::{Server, ServerTls};
 ///
 /// let tls = ServerTls::from_files("/etc/callplus/cert.pem".as_ref(), "/etc/callplus/key.pem".as_ref())?;
 /// let server = Server::builder().listen("0.0.0.0:7700").tls(tls).start().await?;

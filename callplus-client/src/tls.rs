@@ -13,7 +13,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 /// endpoint's host name.
 ///
 /// ```
-/// use callplus_signal::client::{ClientOptions, TlsOptions};
+/// use callplus_client::{ClientOptions, TlsOptions};
 ///
 /// // A server with a certificate from a private CA, reached by IP address.
 /// let ca_pem = b"-----BEGIN CERTIFICATE-----\n...".to_vec();
@@ -50,8 +50,12 @@ impl TlsOptions {
     }
 
     /// Applies these settings to `endpoint`: TLS for `https://`; `http://` stays plaintext but
-    /// only when no setting asks for TLS.
-    pub(crate) fn apply(&self, endpoint: Endpoint) -> Result<Endpoint, Error> {
+    /// only when no setting asks for TLS. Public for tools that open raw signalling streams
+    /// (the load tool's idle devices) with the client's TLS rules.
+    ///
+    /// # Errors
+    /// `PARAM_ERROR` for TLS settings on an `http://` endpoint or an unusable CA.
+    pub fn apply(&self, endpoint: Endpoint) -> Result<Endpoint, Error> {
         match endpoint.uri().scheme_str() {
             Some("https") => {
                 let mut config = ClientTlsConfig::new();

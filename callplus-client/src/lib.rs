@@ -8,7 +8,7 @@
 //! connection inside the server's resume window and no event is lost or delivered twice.
 //!
 //! ```no_run
-//! use callplus_signal::client::{Client, ClientOptions, Event};
+//! use callplus_client::{Client, ClientOptions, Event};
 //! use callplus_session::{CallType, MediaType};
 //!
 //! # async fn demo(token: &str) -> Result<(), callplus_session::Error> {
@@ -17,7 +17,7 @@
 //!     .start_call(&["bob"], CallType::Single, MediaType::Audio, Default::default())
 //!     .await?;
 //! while let Some(event) = events.next().await {
-//!     println!("{}", callplus_signal::client::describe_event(&event));
+//!     println!("{}", callplus_client::describe_event(&event));
 //!     if let Event::CallEnded { session, .. } = &event {
 //!         if session.call_id() == &started.call.call_id {
 //!             break;
@@ -33,7 +33,7 @@
 //! failures come from the engine, refusals from the server keep the server's code and message,
 //! and `NOT_CONNECTED` means the client is gone (disconnected, kicked, or never connected).
 
-pub(crate) mod describe;
+pub mod describe;
 mod driver;
 #[cfg(feature = "media")]
 mod media;
@@ -672,4 +672,17 @@ impl futures_core::Stream for EventStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         self.rx.poll_recv(cx)
     }
+}
+
+/// An error and its sources on one line (`outer: inner: root`): transport errors (tonic,
+/// hyper, rustls) keep the useful part, such as "invalid peer certificate", in a source.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::client::{Error, TlsOptions};
 use crate::error_chain;
+use crate::{Error, TlsOptions};
 use callplus_session::Code;
 
 /// Largest server frame the client accepts (records pages and call lists are the big ones).
