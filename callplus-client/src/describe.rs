@@ -2,7 +2,7 @@
 //! the examples).
 
 use callplus_session::client::{ClientEvent, ConnectionState};
-use callplus_session::{EndReason, MediaPayload, ParticipantState};
+use callplus_session::{EndReason, ParticipantState};
 
 use super::Event;
 
@@ -11,11 +11,6 @@ pub fn describe_event(event: &Event) -> String {
     match event {
         ClientEvent::ConnectionStateChanged(state) => format!("connection {}", connection_state(*state)),
         ClientEvent::ConnectionRejected(e) => format!("connection refused: {e}"),
-        ClientEvent::TransportStale => "connection stale, reconnecting".to_owned(),
-        ClientEvent::RequestCompleted { request_id, result } => match result {
-            Ok(_) => format!("request {request_id} done"),
-            Err(e) => format!("request {request_id} failed: {e}"),
-        },
         ClientEvent::ReceivedCall { session, inviter, extra } => {
             let extra = if extra.is_empty() { String::new() } else { format!(" (extra {extra:?})") };
             format!(
@@ -98,14 +93,6 @@ pub fn describe_event(event: &Event) -> String {
             end_reason(s.end_reason),
             s.duration_ms as f64 / 1000.0
         ),
-        ClientEvent::MediaSignal { call_id, from_user, from_device, payload } => {
-            let what = match payload {
-                MediaPayload::SdpOffer(_) => "SDP offer",
-                MediaPayload::SdpAnswer(_) => "SDP answer",
-                MediaPayload::IceCandidate { .. } => "ICE candidate",
-            };
-            format!("call {call_id}: {what} from {from_user}/{from_device}")
-        }
         ClientEvent::DeliveryChanged { call_id, user_id, delivery, .. } => {
             format!("call {call_id}: invitation to {user_id} {}", format!("{delivery:?}").to_lowercase())
         }

@@ -1,16 +1,20 @@
 //! The client's background task: owns the [`ClientEngine`] and the transport.
 //!
 //! One loop, in the order the engine documents: after every input (a server frame, an app
-//! command, a timer, a transport change) drain `poll_transmit` into the connection and
-//! `poll_event` into the app's stream (request completions go to the awaiting caller), publish
-//! the getters' snapshot, then wait for the next input or `poll_timeout`.
+//! command, a timer, a transport change) drain `poll_transmit` into the connection,
+//! `poll_driver_event` into the driver's own bookkeeping (request completions go to the awaiting
+//! caller, a stale transport is replaced), `poll_event` into the app's stream (every event, none
+//! filtered) and `poll_media` into the media executor, publish the getters' snapshot, then wait
+//! for the next input or `poll_timeout`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use callplus_proto::v1 as pb;
-use callplus_session::client::{ClientEngine, ClientEvent, ConnectionState, RequestId};
+use callplus_session::client::{
+    ClientEngine, ClientEvent, ConnectionState, DriverEvent, MediaCommand, RequestId,
+};
 use callplus_session::{Code, Error, ResponseBody, UserId, wire};
 use rand::Rng as _;
 use tokio::sync::{mpsc, oneshot};
@@ -19,9 +23,8 @@ use tokio::time::Instant;
 use super::transport::{Connecting, Connection, Transport, TransportError};
 use super::{Command, Snapshot};
 
-/// Sees every event before the app does (the media glue): forwards what it needs and returns
-/// whether the event is consumed (then the app does not get it).
-pub(super) type MediaTap = Box<dyn FnMut(&ClientEvent) -> bool + Send>;
+/// Where the engine's media commands go (the media executor), in order.
+pub(super) type MediaSink = mpsc::UnboundedSender<MediaCommand>;
 
 /// How long `disconnect` waits for the server to close the stream after the Goodbye.
 const GOODBYE_LINGER: Duration = Duration::from_secs(2);
@@ -96,7 +99,7 @@ pub(super) struct Driver {
     commands: mpsc::UnboundedReceiver<Command>,
     commands_open: bool,
     events: mpsc::UnboundedSender<ClientEvent>,
-    media_tap: Option<MediaTap>,
+    media: Option<MediaSink>,
     snapshot: Arc<Mutex<Snapshot>>,
     /// Answers `Client::connect` once: Welcome or why not.
     ready: Option<oneshot::Sender<Result<(), Error>>>,
@@ -128,7 +131,7 @@ impl Driver {
             commands,
             commands_open: true,
             events,
-            media_tap: None,
+            media: None,
             snapshot,
             ready: Some(ready),
             pending: HashMap::new(),
@@ -140,9 +143,10 @@ impl Driver {
         }
     }
 
-    /// Lets `tap` see (and possibly consume) every event before the app does.
-    pub(super) fn with_media_tap(mut self, tap: Option<MediaTap>) -> Self {
-        self.media_tap = tap;
+    /// Hands the engine's media commands to `media` (without it, media commands are dropped:
+    /// the client runs no media).
+    pub(super) fn with_media(mut self, media: Option<MediaSink>) -> Self {
+        self.media = media;
         self
     }
 
@@ -275,6 +279,7 @@ impl Driver {
                     let _ = reply.send(Err(e));
                 }
             },
+            Command::Input(input) => input(&mut self.engine, now_ms()),
             Command::SetToken(token) => self.engine.set_token(token),
             Command::Disconnect { done } => {
                 self.goodbye().await;
@@ -312,14 +317,32 @@ impl Driver {
                     conn.send(pb::ClientFrame::from(&frame));
                 }
             }
+            let mut driver_events = Vec::new();
+            while let Some(event) = self.engine.poll_driver_event() {
+                driver_events.push(event);
+            }
             let mut batch = Vec::new();
             while let Some(event) = self.engine.poll_event() {
                 batch.push(event);
             }
-            if batch.is_empty() && !progressed {
+            let mut media = Vec::new();
+            while let Some(command) = self.engine.poll_media() {
+                media.push(command);
+            }
+            if batch.is_empty() && driver_events.is_empty() && media.is_empty() && !progressed {
                 break;
             }
             self.publish();
+            // Media first: a `CallConnected` the app reacts to (say, with a mute) finds the
+            // call's media already on its way.
+            if let Some(sink) = &self.media {
+                for command in media {
+                    let _ = sink.send(command);
+                }
+            }
+            for event in driver_events {
+                self.on_driver_event(event);
+            }
             for event in batch {
                 self.route(event);
             }
@@ -327,14 +350,14 @@ impl Driver {
         self.publish();
     }
 
-    fn route(&mut self, event: ClientEvent) {
+    fn on_driver_event(&mut self, event: DriverEvent) {
         match event {
-            ClientEvent::RequestCompleted { request_id, result } => {
+            DriverEvent::RequestCompleted { request_id, result } => {
                 if let Some(reply) = self.pending.remove(&request_id) {
                     let _ = reply.send(result);
                 }
             }
-            ClientEvent::TransportStale => {
+            DriverEvent::TransportStale => {
                 // The engine already counts the transport as lost; close it and retry.
                 tracing::info!("transport stale");
                 self.conn = None;
@@ -346,6 +369,11 @@ impl Driver {
                     self.schedule_retry();
                 }
             }
+        }
+    }
+
+    fn route(&mut self, event: ClientEvent) {
+        match event {
             ClientEvent::ConnectionRejected(error) => {
                 if let Some(ready) = self.ready.take() {
                     let _ = ready.send(Err(error.clone()));
@@ -372,11 +400,6 @@ impl Driver {
                 }
             }
             other => {
-                if let Some(tap) = self.media_tap.as_mut()
-                    && tap(&other)
-                {
-                    return;
-                }
                 let _ = self.events.send(other);
             }
         }

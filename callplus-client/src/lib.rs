@@ -62,10 +62,9 @@ pub use media::{
 };
 pub use tls::TlsOptions;
 
-/// What the client tells the app: the engine's events (SPEC §4 and connection state).
-///
-/// Request completions and transport bookkeeping (`RequestCompleted`, `TransportStale`) are
-/// consumed by the driver and never appear on the [`EventStream`].
+/// What the client tells the app: the engine's events (SPEC §4 and connection state), every one
+/// of them. Request outcomes and transport bookkeeping are the driver's own
+/// (`callplus_session::client::DriverEvent`); media decisions go to the media glue.
 pub type Event = callplus_session::client::ClientEvent;
 
 /// The crate version, as reported by [`Client::version`].
@@ -148,10 +147,15 @@ impl StartedCall {
 /// An engine operation that sends a request: runs on the driver task with the current time.
 type RequestOp = Box<dyn FnOnce(&mut ClientEngine, i64) -> Result<RequestId, Error> + Send>;
 
+/// An engine input that answers nothing: runs on the driver task with the current time.
+type InputOp = Box<dyn FnOnce(&mut ClientEngine, i64) + Send>;
+
 /// What the [`Client`] handles ask the driver to do.
 enum Command {
     /// Run an operation and answer with the server's response.
     Request { op: RequestOp, reply: oneshot::Sender<Result<ResponseBody, Error>> },
+    /// Feed an input to the engine (the media stack's first frame).
+    Input(InputOp),
     /// Replace the token used by later Hellos.
     SetToken(String),
     /// Say Goodbye and stop.
@@ -237,9 +241,9 @@ impl Client {
         #[cfg(feature = "media")]
         let media_setup = options.media.clone().map(media::MediaSetup::new);
         #[cfg(feature = "media")]
-        let media_tap = media_setup.as_ref().map(media::MediaSetup::tap);
+        let media_sink = media_setup.as_ref().map(media::MediaSetup::command_sink);
         #[cfg(not(feature = "media"))]
-        let media_tap = None;
+        let media_sink = None;
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -252,7 +256,7 @@ impl Client {
             snapshot.clone(),
             ready_tx,
         )
-        .with_media_tap(media_tap);
+        .with_media(media_sink);
         tokio::spawn(driver.run());
         match ready_rx.await {
             Ok(Ok(())) => {}
@@ -263,7 +267,7 @@ impl Client {
         let inner = {
             let (media, glue) = match media_setup {
                 Some(setup) => {
-                    let (handle, glue) = setup.split(snapshot.clone(), device_id.clone());
+                    let (handle, glue) = setup.split();
                     (Some(handle), Some(glue))
                 }
                 None => (None, None),
@@ -443,16 +447,15 @@ impl Client {
 
     /// Turns this user's camera on or off in the current call (the others are told). With
     /// [`ClientOptions::media`], the real video track is muted too (no video packet is sent
-    /// while off) before the others are told.
+    /// while off): the engine orders the switch together with the request, and this returns
+    /// once the switch is in effect and the server confirmed.
     ///
     /// # Errors
     /// `NOT_IN_CALL`, `NOT_VIDEO_CALL`, ….
     pub async fn set_camera_enabled(&self, enabled: bool) -> Result<(), Error> {
-        #[cfg(feature = "media")]
-        if let Some(media) = &self.inner.media {
-            media.set_device(callplus_session::MediaKind::Video, enabled).await;
-        }
-        self.request(move |e, now| e.set_camera_enabled(now, enabled)).await.map(drop)
+        let result = self.request(move |e, now| e.set_camera_enabled(now, enabled)).await.map(drop);
+        self.media_barrier().await;
+        result
     }
 
     /// Turns this user's microphone on or off in the current call (the others are told). With
@@ -461,11 +464,18 @@ impl Client {
     /// # Errors
     /// `NOT_IN_CALL`, ….
     pub async fn set_microphone_enabled(&self, enabled: bool) -> Result<(), Error> {
+        let result = self.request(move |e, now| e.set_microphone_enabled(now, enabled)).await.map(drop);
+        self.media_barrier().await;
+        result
+    }
+
+    /// Waits until the media glue executed every media command given so far (no-op without
+    /// media).
+    async fn media_barrier(&self) {
         #[cfg(feature = "media")]
         if let Some(media) = &self.inner.media {
-            media.set_device(callplus_session::MediaKind::Audio, enabled).await;
+            media.barrier().await;
         }
-        self.request(move |e, now| e.set_microphone_enabled(now, enabled)).await.map(drop)
     }
 
     /// `mute_all_remote_audio`: while muted, no remote user's audio is played (handed to the
@@ -608,6 +618,12 @@ impl Client {
         op: impl FnOnce(&mut ClientEngine, i64) -> Result<RequestId, Error> + Send + 'static,
     ) -> Result<ResponseBody, Error> {
         self.submit(op).await
+    }
+
+    /// Feeds an input to the engine on the driver task (no answer is awaited).
+    #[cfg_attr(not(feature = "media"), allow(dead_code))]
+    fn input(&self, input: impl FnOnce(&mut ClientEngine, i64) + Send + 'static) {
+        let _ = self.inner.commands.send(Command::Input(Box::new(input)));
     }
 
     /// Queues a request now (requests reach the server in the order they are queued) and

@@ -1,29 +1,26 @@
-//! Media glue: drives a [`MediaAdapter`] from the client's call events, so that accepting a call
-//! makes audio (and video) flow with no further app code.
+//! Media glue: executes the client engine's media commands on a [`MediaAdapter`], so that
+//! accepting a call makes audio (and video) flow with no further app code.
 //!
 //! With [`ClientOptions::media`](super::ClientOptions::media) set, the client owns a
-//! [`WebRtcMediaAdapter`] and one background task (the *glue*) that:
+//! [`WebRtcMediaAdapter`] and one background task (the *glue*). The engine decides everything
+//! (`callplus_session::client::MediaCommand`: which devices, who offers, when to start, add,
+//! remove, switch type, apply a peer's SDP/ICE, switch a device, stop); the glue only carries
+//! the commands out, in order:
 //!
-//! - on `CallConnected` resolves the other participants that are ON_CALL and the device each
-//!   answered on (from the session, else one `get_call`), hands fresh sources to the adapter,
-//!   sets the app's sinks for those users and calls [`MediaAdapter::start`] (who offers follows
-//!   [`callplus_media::should_offer`]);
-//! - relays SDP/ICE: the adapter's `Signal`s go out with `send_media_signal` (in order), inbound
-//!   `MediaSignal`s go to [`MediaAdapter::handle_signal`] (they are consumed: they do not
-//!   appear on the app's [`EventStream`](super::EventStream));
-//! - adds/removes peers as participants of a MULTI call reach ON_CALL or leave;
-//! - applies an accepted media-type change ([`MediaAdapter::set_media_type`]);
-//! - stops the call's media on `CallEnded` (sinks are told the stream ended and are dropped);
-//! - reports the first remote frame of each call to the server (`report_first_frame`), which
-//!   stamps the call's `first_frame_at_ms` and sends `CallFirstFrameTime` to everyone;
-//! - hands everything else the adapter reports (first frames, stats, audio levels, remote
-//!   media available, errors) to the app's [`MediaEventStream`].
+//! - `Start`: switches microphone and camera as told, hands fresh sources from the app's
+//!   factories to the adapter, sets the app's sinks for the peers and calls
+//!   [`MediaAdapter::start`];
+//! - `AddPeer` / `RemovePeer` / `SetMediaType` / `ApplySignal` / `SetDevice` / `Stop`: the
+//!   adapter's matching operation, with the sinks of the users concerned;
+//! - the adapter's `Signal`s go out with `send_media_signal` (in order); its first frames go to
+//!   the engine, which reports the call's first frame to the server once;
+//! - everything else the adapter reports (first frames, stats, audio levels, remote media
+//!   available, errors) goes to the app's [`MediaEventStream`].
 //!
-//! The glue and the app's camera/microphone switches share one ordered queue, so a mute the app
-//! asks for after seeing `CallConnected` always lands after the call's media started (each new
-//! call starts with camera and microphone on, as the server assumes).
+//! Commands and the app's waits ([`MediaHandle::barrier`]) share one ordered queue, so a mute
+//! the app asks for after seeing `CallConnected` always lands after that call's media started.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -34,14 +31,12 @@ use callplus_media::{
     OggOpusSink, PeerSpec, StartMedia, TestPatternSource, ToneSource, VideoConfig, WebRtcConfig,
     WebRtcMediaAdapter,
 };
-use callplus_session::client::{CallSession, ClientEvent};
-use callplus_session::{
-    CallId, CallInfo, DeviceId, IceServer, MediaKind, MediaType, ParticipantState, UserId,
-};
+use callplus_session::client::MediaCommand;
+use callplus_session::{CallId, IceServer, MediaKind, MediaType, UserId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{Client, Inner, Snapshot};
+use super::{Client, Inner};
 
 /// Makes a fresh local source for each call (a microphone or a camera).
 pub type SourceFactory = Arc<dyn Fn() -> Result<Box<dyn MediaSource>, MediaError> + Send + Sync>;
@@ -272,10 +267,10 @@ fn kind_name(kind: MediaKind) -> &'static str {
 
 /// What the glue task is told, in one ordered queue.
 pub(super) enum GlueInput {
-    /// A call event from the driver (sent before the app sees it).
-    Call(Box<ClientEvent>),
-    /// The app turns a local device on or off.
-    Device { kind: MediaKind, enabled: bool, done: oneshot::Sender<()> },
+    /// A media command of the engine, in the order the engine gave them.
+    Command(MediaCommand),
+    /// Answered once everything queued before it was executed.
+    Barrier(oneshot::Sender<()>),
 }
 
 /// The client's handle on its media: the adapter, the app's event stream (until taken), the
@@ -293,21 +288,15 @@ impl MediaHandle {
         self.events.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 
-    /// Turns a local device on or off once the glue has handled everything queued before.
-    pub(super) async fn set_device(&self, kind: MediaKind, enabled: bool) {
+    /// Waits until the glue has executed every command queued so far (a camera switch the
+    /// engine ordered is in effect when this returns).
+    pub(super) async fn barrier(&self) {
         let (done, wait) = oneshot::channel();
-        match self.input.upgrade() {
-            Some(tx) if tx.send(GlueInput::Device { kind, enabled, done }).is_ok() => {
-                drop(tx);
-                let _ = wait.await;
-            }
-            // No glue any more (the client stopped): switch the adapter directly.
-            _ => {
-                let _ = match kind {
-                    MediaKind::Audio => self.adapter.set_microphone_enabled(enabled).await,
-                    MediaKind::Video => self.adapter.set_camera_enabled(enabled).await,
-                };
-            }
+        if let Some(tx) = self.input.upgrade()
+            && tx.send(GlueInput::Barrier(done)).is_ok()
+        {
+            drop(tx);
+            let _ = wait.await;
         }
     }
 
@@ -327,6 +316,8 @@ pub(super) struct MediaSetup {
     media_events: MediaEvents,
     input_tx: mpsc::UnboundedSender<GlueInput>,
     input_rx: mpsc::UnboundedReceiver<GlueInput>,
+    commands_tx: mpsc::UnboundedSender<MediaCommand>,
+    commands_rx: mpsc::UnboundedReceiver<MediaCommand>,
 }
 
 impl MediaSetup {
@@ -334,42 +325,35 @@ impl MediaSetup {
     pub(super) fn new(options: MediaOptions) -> Self {
         let (adapter, media_events) = WebRtcMediaAdapter::new(options.webrtc.clone());
         let (input_tx, input_rx) = mpsc::unbounded_channel();
-        MediaSetup { options, adapter: Arc::new(adapter), media_events, input_tx, input_rx }
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        MediaSetup {
+            options,
+            adapter: Arc::new(adapter),
+            media_events,
+            input_tx,
+            input_rx,
+            commands_tx,
+            commands_rx,
+        }
     }
 
-    /// The driver's tap: forwards the call events the glue needs (before the app sees them)
-    /// and says whether the app should not see it (inbound media signals).
-    pub(super) fn tap(&self) -> super::driver::MediaTap {
-        let tx = self.input_tx.clone();
-        Box::new(move |event: &ClientEvent| {
-            let (wanted, consumed) = match event {
-                ClientEvent::MediaSignal { .. } => (true, true),
-                ClientEvent::CallConnected { .. }
-                | ClientEvent::CallEnded { .. }
-                | ClientEvent::RemoteUserStateChanged { .. }
-                | ClientEvent::ChangeMediaTypeResult { .. } => (true, false),
-                _ => (false, false),
-            };
-            if wanted {
-                let _ = tx.send(GlueInput::Call(Box::new(event.clone())));
-            }
-            consumed
-        })
+    /// Where the driver puts the engine's media commands.
+    pub(super) fn command_sink(&self) -> super::driver::MediaSink {
+        self.commands_tx.clone()
     }
 
     /// The client's handle, and the glue to start once the client exists.
-    pub(super) fn split(self, snapshot: Arc<Mutex<Snapshot>>, device: DeviceId) -> (MediaHandle, GlueTask) {
-        let MediaSetup { options, adapter, media_events, input_tx, input_rx } = self;
+    pub(super) fn split(self) -> (MediaHandle, GlueTask) {
+        let MediaSetup { options, adapter, media_events, input_tx, input_rx, commands_tx, commands_rx } =
+            self;
         let (events_tx, events_rx) = mpsc::channel(options.event_capacity.max(1));
         let weak_input = input_tx.downgrade();
-        // The only strong sender left is the driver's tap: the queue closes when it ends.
-        drop(input_tx);
+        // The driver holds the only strong command sender: the glue ends when the driver does.
+        drop(commands_tx);
         let glue = Glue {
             adapter: Arc::clone(&adapter) as Arc<dyn MediaAdapter>,
             options,
             client: Weak::new(),
-            snapshot,
-            device,
             events: events_tx,
             calls: HashMap::new(),
         };
@@ -379,44 +363,60 @@ impl MediaSetup {
             input: weak_input,
             task: Mutex::new(None),
         };
-        (handle, GlueTask { glue, input: input_rx, media: media_events })
+        let task = GlueTask { glue, input_tx, input: input_rx, commands: commands_rx, media: media_events };
+        (handle, task)
     }
 }
 
 /// The glue, ready to run.
 pub(super) struct GlueTask {
     glue: Glue,
+    input_tx: mpsc::UnboundedSender<GlueInput>,
     input: mpsc::UnboundedReceiver<GlueInput>,
+    commands: mpsc::UnboundedReceiver<MediaCommand>,
     media: MediaEvents,
 }
 
 impl GlueTask {
     /// Runs the glue for `client` (whose handle is `handle`).
     pub(super) fn spawn(self, client: &Arc<Inner>, handle: &MediaHandle) {
-        let GlueTask { mut glue, input, media } = self;
+        let GlueTask { mut glue, input_tx, input, commands, media } = self;
         glue.client = Arc::downgrade(client);
+        // Commands from the driver and barriers from the app share one ordered queue.
+        tokio::spawn(forward_commands(commands, input_tx));
         let task = tokio::spawn(glue.run(input, media));
         *handle.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
     }
 }
 
-/// The glue's view of one call whose media runs.
-struct CallMedia {
-    local_user: UserId,
-    media_type: MediaType,
-    /// Remote users with media, and the device each is in the call on.
-    peers: HashMap<UserId, DeviceId>,
-    /// The camera source and video sinks were set up.
-    video: bool,
-    first_frame_reported: bool,
+/// Moves the driver's media commands into the glue's queue; ends (closing the queue's last
+/// strong sender) when the driver ends.
+async fn forward_commands(
+    mut commands: mpsc::UnboundedReceiver<MediaCommand>,
+    input: mpsc::UnboundedSender<GlueInput>,
+) {
+    while let Some(command) = commands.recv().await {
+        if input.send(GlueInput::Command(command)).is_err() {
+            break;
+        }
+    }
 }
 
+/// The sinks handed out for one call whose media runs.
+struct CallMedia {
+    /// Remote users with media.
+    peers: HashSet<UserId>,
+    /// The camera source and video sinks were set up.
+    video: bool,
+}
+
+/// Executes the engine's media commands on the adapter and relays what the adapter reports.
+/// It decides nothing about calls: which peers, who offers, when to start and stop all come
+/// from the commands.
 struct Glue {
     adapter: Arc<dyn MediaAdapter>,
     options: MediaOptions,
     client: Weak<Inner>,
-    snapshot: Arc<Mutex<Snapshot>>,
-    device: DeviceId,
     events: mpsc::Sender<MediaEvent>,
     calls: HashMap<CallId, CallMedia>,
 }
@@ -427,9 +427,8 @@ impl Glue {
         loop {
             tokio::select! {
                 got = input.recv() => match got {
-                    Some(GlueInput::Call(event)) => self.on_call_event(*event).await,
-                    Some(GlueInput::Device { kind, enabled, done }) => {
-                        self.set_device(kind, enabled).await;
+                    Some(GlueInput::Command(command)) => self.execute(command).await,
+                    Some(GlueInput::Barrier(done)) => {
                         let _ = done.send(());
                     }
                     None => break,
@@ -464,6 +463,53 @@ impl Glue {
         self.emit(MediaEvent::Error { call_id: call_id.cloned(), message });
     }
 
+    async fn execute(&mut self, command: MediaCommand) {
+        match command {
+            MediaCommand::Start {
+                call_id,
+                local_user,
+                local_device,
+                media_type,
+                peers,
+                ice_servers,
+                microphone_enabled,
+                camera_enabled,
+            } => {
+                let ice_servers = self.options.ice_servers.clone().unwrap_or(ice_servers);
+                let start = StartMedia {
+                    call_id,
+                    local_user,
+                    local_device,
+                    peers: peers.into_iter().map(PeerSpec::from).collect(),
+                    media_type,
+                    ice_servers,
+                };
+                self.start(start, microphone_enabled, camera_enabled).await;
+            }
+            MediaCommand::AddPeer { call_id, peer } => self.add_peer(&call_id, peer.into()).await,
+            MediaCommand::RemovePeer { call_id, user_id, device_id } => {
+                if let Some(call) = self.calls.get_mut(&call_id) {
+                    call.peers.remove(&user_id);
+                }
+                if let Err(e) = self.adapter.remove_peer(&call_id, &user_id, &device_id).await {
+                    tracing::debug!(call = %call_id, user = %user_id, error = %e, "removing a media peer");
+                }
+                self.detach_sinks(&user_id);
+            }
+            MediaCommand::SetMediaType { call_id, media_type } => {
+                self.set_media_type(&call_id, media_type).await
+            }
+            MediaCommand::ApplySignal { call_id, from_user, from_device, payload } => {
+                if let Err(e) = self.adapter.handle_signal(&call_id, &from_user, &from_device, payload).await
+                {
+                    tracing::debug!(call = %call_id, from = %from_user, error = %e, "media signal refused");
+                }
+            }
+            MediaCommand::SetDevice { kind, enabled } => self.set_device(kind, enabled).await,
+            MediaCommand::Stop { call_id } => self.stop(&call_id).await,
+        }
+    }
+
     async fn set_device(&self, kind: MediaKind, enabled: bool) {
         let result = match kind {
             MediaKind::Audio => self.adapter.set_microphone_enabled(enabled).await,
@@ -474,39 +520,14 @@ impl Glue {
         }
     }
 
-    async fn on_call_event(&mut self, event: ClientEvent) {
-        match event {
-            ClientEvent::CallConnected { session } => self.on_connected(&session).await,
-            ClientEvent::CallEnded { session, .. } => self.stop(session.call_id()).await,
-            ClientEvent::MediaSignal { call_id, from_user, from_device, payload } => {
-                // Before `start` (or before the peer is added) the adapter keeps it for later.
-                if let Err(e) = self.adapter.handle_signal(&call_id, &from_user, &from_device, payload).await
-                {
-                    tracing::debug!(call = %call_id, from = %from_user, error = %e, "media signal refused");
-                }
-            }
-            ClientEvent::RemoteUserStateChanged { call_id, user_id, state, .. } => {
-                self.on_remote_state(&call_id, user_id, state).await;
-            }
-            ClientEvent::ChangeMediaTypeResult { call_id, media_type, .. } => {
-                self.on_media_type(&call_id, media_type).await;
-            }
-            _ => {}
-        }
-    }
-
-    async fn on_connected(&mut self, session: &CallSession) {
-        let call_id = session.call_id().clone();
+    async fn start(&mut self, start: StartMedia, microphone_enabled: bool, camera_enabled: bool) {
+        let call_id = start.call_id.clone();
         if self.calls.contains_key(&call_id) {
             return;
         }
-        let local_user = session.local_user().clone();
-        let peers = self.resolve_peers(session).await;
-        let media_type = session.media_type();
-        tracing::info!(call = %call_id, peers = peers.len(), ?media_type, "starting media");
-        // A new call starts with camera and microphone on, as the server assumes.
-        self.set_device(MediaKind::Audio, true).await;
-        self.set_device(MediaKind::Video, true).await;
+        tracing::info!(call = %call_id, peers = start.peers.len(), media_type = ?start.media_type, "starting media");
+        self.set_device(MediaKind::Audio, microphone_enabled).await;
+        self.set_device(MediaKind::Video, camera_enabled).await;
         if let Some(factory) = self.options.microphone.clone() {
             match factory() {
                 Ok(source) => {
@@ -517,40 +538,20 @@ impl Glue {
                 Err(e) => self.error(Some(&call_id), format!("cannot open the microphone: {e}")),
             }
         }
-        let mut call = CallMedia {
-            local_user: local_user.clone(),
-            media_type,
-            peers: HashMap::new(),
-            video: false,
-            first_frame_reported: false,
-        };
-        if media_type == MediaType::AudioVideo {
+        let mut call = CallMedia { peers: HashSet::new(), video: false };
+        if start.media_type == MediaType::AudioVideo {
             self.enable_video(&call_id, &mut call).await;
         }
-        let mut specs = Vec::with_capacity(peers.len());
-        for (user, device) in peers {
-            self.attach_sinks(&call_id, &user, call.video);
-            specs.push(PeerSpec::new(&local_user, &self.device, user.clone(), device.clone()));
-            call.peers.insert(user, device);
+        for peer in &start.peers {
+            self.attach_sinks(&call_id, &peer.user_id, call.video);
+            call.peers.insert(peer.user_id.clone());
         }
-        let ice_servers = match &self.options.ice_servers {
-            Some(servers) => servers.clone(),
-            None => self.snapshot.lock().unwrap_or_else(PoisonError::into_inner).ice_servers.clone(),
-        };
-        let start = StartMedia {
-            call_id: call_id.clone(),
-            local_user,
-            local_device: self.device.clone(),
-            peers: specs,
-            media_type,
-            ice_servers,
-        };
         match self.adapter.start(start).await {
             Ok(()) => {
                 self.calls.insert(call_id, call);
             }
             Err(e) => {
-                for user in call.peers.keys() {
+                for user in &call.peers {
                     self.detach_sinks(user);
                 }
                 self.error(Some(&call_id), format!("cannot start media: {e}"));
@@ -558,35 +559,19 @@ impl Glue {
         }
     }
 
-    /// The other participants that are ON_CALL, with their devices: from the session when it
-    /// names every device (the callee's view of a 1:1 call), else from the server's snapshot.
-    async fn resolve_peers(&self, session: &CallSession) -> Vec<(UserId, DeviceId)> {
-        if session.call_type() == callplus_session::CallType::Single {
-            // This device is connected, so is the other side of a 1:1 call (the caller may
-            // still read CONNECTING in the callee's copy); the callee's copy names its device.
-            let mut remote = session.remote_participants().filter(|p| p.state.is_connected());
-            if let (Some(peer), None) = (remote.next(), remote.next())
-                && let Some(device) = &peer.device_id
-            {
-                return vec![(peer.user_id.clone(), device.clone())];
-            }
+    async fn add_peer(&mut self, call_id: &CallId, peer: PeerSpec) {
+        let Some(call) = self.calls.get_mut(call_id) else { return };
+        if !call.peers.insert(peer.user_id.clone()) {
+            return;
         }
-        let on_call: Vec<_> =
-            session.remote_participants().filter(|p| p.state == ParticipantState::OnCall).collect();
-        match self.get_call(session.call_id()).await {
-            Some(info) => peers_in(&info, session.local_user()),
-            None => on_call.iter().filter_map(|p| Some((p.user_id.clone(), p.device_id.clone()?))).collect(),
-        }
-    }
-
-    async fn get_call(&self, call_id: &CallId) -> Option<CallInfo> {
-        let client = self.client()?;
-        match client.get_call(call_id).await {
-            Ok(info) => Some(info),
-            Err(e) => {
-                tracing::warn!(call = %call_id, error = %e, "cannot fetch the call's participants");
-                None
+        let (video, user) = (call.video, peer.user_id.clone());
+        self.attach_sinks(call_id, &user, video);
+        if let Err(e) = self.adapter.add_peer(call_id, peer).await {
+            if let Some(call) = self.calls.get_mut(call_id) {
+                call.peers.remove(&user);
             }
+            self.detach_sinks(&user);
+            self.error(Some(call_id), format!("cannot add {user} to the media: {e}"));
         }
     }
 
@@ -638,66 +623,21 @@ impl Glue {
         if let Err(e) = result {
             tracing::debug!(call = %call_id, error = %e, "stopping media");
         }
-        for user in call.peers.keys() {
+        for user in &call.peers {
             self.detach_sinks(user);
         }
     }
 
-    async fn on_remote_state(&mut self, call_id: &CallId, user: UserId, state: ParticipantState) {
-        let Some(call) = self.calls.get(call_id) else { return };
-        let known = call.peers.get(&user).cloned();
-        match (state, known) {
-            (ParticipantState::OnCall, None) => {
-                // Joined: find the device it answered on.
-                let Some(info) = self.get_call(call_id).await else { return };
-                let local_user = call.local_user.clone();
-                let Some((_, device)) = peers_in(&info, &local_user).into_iter().find(|(u, _)| *u == user)
-                else {
-                    return;
-                };
-                let Some(call) = self.calls.get_mut(call_id) else { return };
-                if call.peers.contains_key(&user) {
-                    return;
-                }
-                let video = call.video;
-                call.peers.insert(user.clone(), device.clone());
-                self.attach_sinks(call_id, &user, video);
-                let spec = PeerSpec::new(&local_user, &self.device, user.clone(), device);
-                if let Err(e) = self.adapter.add_peer(call_id, spec).await {
-                    if let Some(call) = self.calls.get_mut(call_id) {
-                        call.peers.remove(&user);
-                    }
-                    self.detach_sinks(&user);
-                    self.error(Some(call_id), format!("cannot add {user} to the media: {e}"));
-                }
-            }
-            (ParticipantState::OnCall, Some(_)) | (_, None) => {}
-            (_, Some(device)) => {
-                // Left (or no longer connected).
-                if let Some(call) = self.calls.get_mut(call_id) {
-                    call.peers.remove(&user);
-                }
-                if let Err(e) = self.adapter.remove_peer(call_id, &user, &device).await {
-                    tracing::debug!(call = %call_id, %user, error = %e, "removing a media peer");
-                }
-                self.detach_sinks(&user);
+    async fn set_media_type(&mut self, call_id: &CallId, media_type: MediaType) {
+        let Some(mut call) = self.calls.remove(call_id) else { return };
+        if media_type == MediaType::AudioVideo && !call.video {
+            self.enable_video(call_id, &mut call).await;
+            for user in &call.peers {
+                self.attach_sink(call_id, user, MediaKind::Video);
             }
         }
-    }
-
-    async fn on_media_type(&mut self, call_id: &CallId, media_type: MediaType) {
-        let Some(mut call) = self.calls.remove(call_id) else { return };
-        if call.media_type != media_type {
-            if media_type == MediaType::AudioVideo && !call.video {
-                self.enable_video(call_id, &mut call).await;
-                for user in call.peers.keys() {
-                    self.attach_sink(call_id, user, MediaKind::Video);
-                }
-            }
-            match self.adapter.set_media_type(call_id, media_type).await {
-                Ok(()) => call.media_type = media_type,
-                Err(e) => self.error(Some(call_id), format!("cannot switch the media type: {e}")),
-            }
+        if let Err(e) = self.adapter.set_media_type(call_id, media_type).await {
+            self.error(Some(call_id), format!("cannot switch the media type: {e}"));
         }
         self.calls.insert(call_id.clone(), call);
     }
@@ -716,35 +656,16 @@ impl Glue {
                 });
             }
             MediaEvent::FirstFrame { ref call_id, .. } => {
-                if let Some(call) = self.calls.get_mut(call_id)
-                    && !call.first_frame_reported
-                {
-                    call.first_frame_reported = true;
-                    if let Some(client) = self.client() {
-                        let id = call_id.clone();
-                        let sent = client.submit(move |e, now| e.report_first_frame(now, &id));
-                        let id = call_id.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = sent.await {
-                                tracing::debug!(call = %id, error = %e, "first frame not reported");
-                            }
-                        });
-                    }
+                // The engine reports the call's first frame to the server once.
+                if let Some(client) = self.client() {
+                    let id = call_id.clone();
+                    client.input(move |e, now| e.media_first_frame(now, &id));
                 }
                 self.emit(event);
             }
             other => self.emit(other),
         }
     }
-}
-
-/// The ON_CALL participants of `info` other than `me`, with their devices.
-fn peers_in(info: &CallInfo, me: &UserId) -> Vec<(UserId, DeviceId)> {
-    info.participants
-        .iter()
-        .filter(|p| &p.user_id != me && p.state == ParticipantState::OnCall)
-        .filter_map(|p| Some((p.user_id.clone(), p.device_id.clone()?)))
-        .collect()
 }
 
 fn device_name(kind: MediaKind) -> &'static str {

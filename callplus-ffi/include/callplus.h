@@ -538,11 +538,6 @@ typedef enum callplus_event_type {
      */
     CALLPLUS_EVENT_TYPE_SUMMARY_MESSAGE = 16,
     /**
-     * SDP or ICE from another participant's device (for a media adapter): `call_id`,
-     * `user_id`, `device_id`, `message` (the SDP or the candidate line).
-     */
-    CALLPLUS_EVENT_TYPE_MEDIA_SIGNAL = 17,
-    /**
      * How far the invitation got to a callee: `call_id`, `user_id`, `delivery`.
      */
     CALLPLUS_EVENT_TYPE_DELIVERY_CHANGED = 18,
@@ -588,10 +583,6 @@ typedef enum callplus_event_type {
      * the next frame pushed with `callplus_client_push_video_sample` as a key frame.
      */
     CALLPLUS_EVENT_TYPE_VIDEO_KEYFRAME_REQUESTED = 26,
-    /**
-     * Internal bookkeeping; never delivered, listed for completeness.
-     */
-    CALLPLUS_EVENT_TYPE_OTHER = 99,
 } callplus_event_type;
 
 /**

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use ::callplus_client::{Event, EventStream, MediaEventStream, describe_event, describe_media_event};
 use callplus_media::MediaEvent;
+use callplus_session::EndReason;
 use callplus_session::client::{ClientEvent, ConnectionState};
-use callplus_session::{EndReason, MediaPayload};
 
 use crate::calls::{
     Record, Session, Summary, callplus_call_record, callplus_call_session, callplus_call_summary, record_ptr,
@@ -79,9 +79,6 @@ pub enum callplus_event_type {
     CallFirstFrameTime = 15,
     /// The end-of-call message of a SINGLE call: `summary`, `call_id`.
     SummaryMessage = 16,
-    /// SDP or ICE from another participant's device (for a media adapter): `call_id`,
-    /// `user_id`, `device_id`, `message` (the SDP or the candidate line).
-    MediaSignal = 17,
     /// How far the invitation got to a callee: `call_id`, `user_id`, `delivery`.
     DeliveryChanged = 18,
     /// Built-in media: the media path to another participant's device is up (ICE and DTLS
@@ -110,8 +107,6 @@ pub enum callplus_event_type {
     /// Built-in media: a peer needs a key frame from the app's camera (`app_camera`): encode
     /// the next frame pushed with `callplus_client_push_video_sample` as a key frame.
     VideoKeyframeRequested = 26,
-    /// Internal bookkeeping; never delivered, listed for completeness.
-    Other = 99,
 }
 
 /// The constant's name without prefix (e.g. "CALL_ENDED") of an event type number, for logs;
@@ -136,7 +131,6 @@ pub extern "C" fn callplus_event_type_name(event_type: u32) -> *const c_char {
         14 => c"CALL_START_TIME",
         15 => c"CALL_FIRST_FRAME_TIME",
         16 => c"SUMMARY_MESSAGE",
-        17 => c"MEDIA_SIGNAL",
         18 => c"DELIVERY_CHANGED",
         19 => c"PEER_CONNECTED",
         20 => c"USER_MEDIA_AVAILABLE",
@@ -146,7 +140,6 @@ pub extern "C" fn callplus_event_type_name(event_type: u32) -> *const c_char {
         24 => c"FETCH_REMOTE_MEDIA_ERROR",
         25 => c"MEDIA_ERROR",
         26 => c"VIDEO_KEYFRAME_REQUESTED",
-        99 => c"OTHER",
         _ => c"UNKNOWN",
     };
     name.as_ptr()
@@ -236,9 +229,7 @@ impl EventData {
     fn from_call(event: Event) -> Self {
         let mut d = Self::empty(cstring(&describe_event(&event)), Queued::KeyframeRequested);
         match &event {
-            ClientEvent::ConnectionStateChanged(_)
-            | ClientEvent::TransportStale
-            | ClientEvent::RequestCompleted { .. } => {}
+            ClientEvent::ConnectionStateChanged(_) => {}
             ClientEvent::ConnectionRejected(e) => d.message = Some(cstring(&e.message)),
             ClientEvent::ReceivedCall { session, inviter, extra } => {
                 let s = Session::new(session.clone());
@@ -282,15 +273,6 @@ impl EventData {
                 let s = Summary::new(summary.clone());
                 d.call_id = Some(s.call_id().clone());
                 d.summary = Some(s);
-            }
-            ClientEvent::MediaSignal { call_id, from_user, from_device, payload } => {
-                d.call_id = id(call_id);
-                d.user_id = id(from_user);
-                d.device_id = id(from_device);
-                d.message = Some(cstring(match payload {
-                    MediaPayload::SdpOffer(sdp) | MediaPayload::SdpAnswer(sdp) => sdp,
-                    MediaPayload::IceCandidate { candidate, .. } => candidate,
-                }));
             }
         }
         d.event = Queued::Call(event);
@@ -347,7 +329,8 @@ impl EventData {
         use callplus_event_type as K;
         let event = match &self.event {
             Queued::Call(event) => event,
-            Queued::Media(event) => return media_kind(event),
+            // The media pump queues only events that have a kind.
+            Queued::Media(event) => return media_kind(event).unwrap_or(K::MediaError),
             Queued::KeyframeRequested => return K::VideoKeyframeRequested,
         };
         match event {
@@ -367,9 +350,7 @@ impl EventData {
             ClientEvent::CallStartTime { .. } => K::CallStartTime,
             ClientEvent::CallFirstFrameTime { .. } => K::CallFirstFrameTime,
             ClientEvent::SummaryMessage(_) => K::SummaryMessage,
-            ClientEvent::MediaSignal { .. } => K::MediaSignal,
             ClientEvent::DeliveryChanged { .. } => K::DeliveryChanged,
-            ClientEvent::TransportStale | ClientEvent::RequestCompleted { .. } => K::Other,
         }
     }
 
@@ -762,10 +743,11 @@ pub unsafe extern "C" fn callplus_event_free(event: *mut callplus_event) {
     boundary(|| drop(unsafe { free_boxed(event) }))
 }
 
-/// The C kind of a media event.
-fn media_kind(event: &MediaEvent) -> callplus_event_type {
+/// The C kind of a media event; `None` for what the client's media glue handles itself (the
+/// adapter's outgoing SDP/ICE), which never reaches the app.
+fn media_kind(event: &MediaEvent) -> Option<callplus_event_type> {
     use callplus_event_type as K;
-    match event {
+    Some(match event {
         MediaEvent::PeerConnected { .. } => K::PeerConnected,
         MediaEvent::UserMediaAvailable { .. } => K::UserMediaAvailable,
         MediaEvent::FirstFrame { .. } => K::FirstFrame,
@@ -773,8 +755,8 @@ fn media_kind(event: &MediaEvent) -> callplus_event_type {
         MediaEvent::Stats(_) => K::MediaStats,
         MediaEvent::FetchRemoteMediaError { .. } => K::FetchRemoteMediaError,
         MediaEvent::Error { .. } => K::MediaError,
-        _ => K::Other,
-    }
+        _ => return None,
+    })
 }
 
 // ----- the queue and the dispatcher -------------------------------------------------------------
@@ -854,10 +836,7 @@ impl Events {
     /// runtime).
     pub(crate) async fn pump(self: Arc<Self>, mut stream: EventStream) {
         while let Some(event) = stream.next().await {
-            match event {
-                ClientEvent::TransportStale | ClientEvent::RequestCompleted { .. } => continue,
-                event => self.lock().queue.push_back(Queued::Call(event)),
-            }
+            self.lock().queue.push_back(Queued::Call(event));
             self.changed.notify_all();
         }
         self.lock().closed = true;
@@ -868,7 +847,7 @@ impl Events {
     /// until the client stops (runs on the client's runtime).
     pub(crate) async fn pump_media(self: Arc<Self>, mut stream: MediaEventStream) {
         while let Some(event) = stream.next().await {
-            if matches!(event, MediaEvent::Signal { .. }) {
+            if media_kind(&event).is_none() {
                 continue;
             }
             if self.lock().push_media(Queued::Media(event)) {
@@ -1040,7 +1019,6 @@ mod tests {
             K::CallStartTime,
             K::CallFirstFrameTime,
             K::SummaryMessage,
-            K::MediaSignal,
             K::DeliveryChanged,
             K::PeerConnected,
             K::UserMediaAvailable,
@@ -1050,7 +1028,6 @@ mod tests {
             K::FetchRemoteMediaError,
             K::MediaError,
             K::VideoKeyframeRequested,
-            K::Other,
         ];
         for kind in all {
             // SAFETY: the function returns a static C string.

@@ -1,29 +1,13 @@
 //! The backend-neutral surface: the [`MediaAdapter`] trait the client drives and the
 //! [`MediaEvent`]s it reads back.
 
+use callplus_session::client::MediaPeer;
 use callplus_session::{CallId, DeviceId, IceServer, MediaKind, MediaPayload, MediaType, UserId};
 use tokio::sync::mpsc;
 
 use crate::error::MediaError;
 use crate::sink::MediaSink;
 use crate::source::{AudioConfig, MediaSource, VideoConfig};
-
-/// The glare-free rule: of two devices, the one with the lexicographically smaller
-/// `(user_id, device_id)` pair sends the SDP offer; the other waits for it and answers.
-///
-/// Both sides compute the same answer from the same two pairs, so exactly one offers and
-/// offers never cross ("glare"). Returns `false` for a device paired with itself.
-///
-/// ```
-/// use callplus_media::{should_offer, DeviceId, UserId};
-/// let (alice, bob) = (UserId::new("alice").unwrap(), UserId::new("bob").unwrap());
-/// let (d1, d2) = (DeviceId::new("d1").unwrap(), DeviceId::new("d2").unwrap());
-/// assert!(should_offer((&alice, &d2), (&bob, &d1)));
-/// assert!(!should_offer((&bob, &d1), (&alice, &d2)));
-/// ```
-pub fn should_offer(local: (&UserId, &DeviceId), remote: (&UserId, &DeviceId)) -> bool {
-    (local.0.as_str(), local.1.as_str()) < (remote.0.as_str(), remote.1.as_str())
-}
 
 /// A remote participant device to exchange media with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,16 +16,14 @@ pub struct PeerSpec {
     pub user_id: UserId,
     /// The remote user's device in the call.
     pub device_id: DeviceId,
-    /// Whether the local side sends the offer to this peer. Use [`PeerSpec::new`] to fill it
-    /// from [`should_offer`].
+    /// Whether the local side sends the offer to this peer: the client engine decides it
+    /// ([`callplus_session::client::offers_to`]) and says so in its media commands.
     pub offerer: bool,
 }
 
-impl PeerSpec {
-    /// A peer whose `offerer` flag follows the glare-free rule ([`should_offer`]).
-    pub fn new(local_user: &UserId, local_device: &DeviceId, user_id: UserId, device_id: DeviceId) -> Self {
-        let offerer = should_offer((local_user, local_device), (&user_id, &device_id));
-        PeerSpec { user_id, device_id, offerer }
+impl From<MediaPeer> for PeerSpec {
+    fn from(peer: MediaPeer) -> Self {
+        PeerSpec { user_id: peer.user_id, device_id: peer.device_id, offerer: peer.offerer }
     }
 }
 
@@ -209,7 +191,7 @@ impl MediaEvents {
 #[async_trait::async_trait]
 pub trait MediaAdapter: Send + Sync {
     /// Starts media for a call with these peers: creates the peer connections and sends the
-    /// offers this side owes ([`should_offer`]). Signals that arrived for the call before
+    /// offers this side owes ([`PeerSpec::offerer`]). Signals that arrived for the call before
     /// `start` are applied now.
     ///
     /// # Errors

@@ -11,7 +11,8 @@
 //! sine [`ToneSource`], a VP8 [`TestPatternSource`]) and file sinks ([`OggOpusSink`],
 //! [`IvfSink`]) so a call can be checked with `ffprobe` or `sox`.
 //!
-//! Who offers is decided by a fixed rule, [`should_offer`], so two peers never offer at once.
+//! Who offers is decided by the client engine ([`PeerSpec::offerer`], from its media commands),
+//! by a rule both ends compute alike, so two peers never offer at once.
 #![forbid(unsafe_code)]
 
 mod adapter;
@@ -31,9 +32,7 @@ mod testsrc;
 pub mod vp8;
 mod webrtc_impl;
 
-pub use adapter::{
-    MediaAdapter, MediaEvent, MediaEvents, MediaStats, PeerSpec, PeerStats, StartMedia, should_offer,
-};
+pub use adapter::{MediaAdapter, MediaEvent, MediaEvents, MediaStats, PeerSpec, PeerStats, StartMedia};
 pub use error::MediaError;
 pub use files::{IvfSink, OggOpusSink};
 pub use level::audio_level;

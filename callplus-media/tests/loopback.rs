@@ -15,8 +15,9 @@ use callplus_media::{
     AudioConfig, CallId, ChannelSink, DeviceId, EncodedSample, IvfSink, MediaAdapter, MediaError, MediaEvent,
     MediaKind, MediaPayload, MediaSink, MediaSource, MediaType, OggOpusSink, PeerSpec, RemoteFrame,
     StartMedia, TeeSink, TestPatternSource, ToneSource, UserId, VideoConfig, WebRtcConfig,
-    WebRtcMediaAdapter, should_offer,
+    WebRtcMediaAdapter,
 };
+use callplus_session::client::offers_to;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::time::timeout;
 
@@ -111,7 +112,7 @@ fn start_for(party: &Party, call: &CallId, others: &[&Party], media_type: MediaT
         local_device: party.device.clone(),
         peers: others
             .iter()
-            .map(|o| PeerSpec::new(&party.user, &party.device, o.user.clone(), o.device.clone()))
+            .map(|o| peer_spec(&party.user, &party.device, o.user.clone(), o.device.clone()))
             .collect(),
         media_type,
         ice_servers: vec![],
@@ -193,7 +194,7 @@ async fn audio_call_carries_the_tone_both_ways() {
     let mut p = parties(&["alice", "bob"], WebRtcConfig::loopback());
     let call = CallId::new("call-audio").unwrap();
     let (alice_user, bob_user) = (p[0].user.clone(), p[1].user.clone());
-    assert!(should_offer((&alice_user, &p[0].device), (&bob_user, &p[1].device)));
+    assert!(offers_to((&alice_user, &p[0].device), (&bob_user, &p[1].device)));
 
     p[0].adapter.switch_microphone(tone(440.0)).await.unwrap();
     p[1].adapter.switch_microphone(tone(660.0)).await.unwrap();
@@ -405,8 +406,8 @@ async fn mesh_beyond_the_limit_is_refused() {
         local_user: me.clone(),
         local_device: dev.clone(),
         peers: vec![
-            PeerSpec::new(&me, &dev, uid("bob"), did("dev1")),
-            PeerSpec::new(&me, &dev, uid("carol"), did("dev1")),
+            peer_spec(&me, &dev, uid("bob"), did("dev1")),
+            peer_spec(&me, &dev, uid("carol"), did("dev1")),
         ],
         media_type: MediaType::Audio,
         ice_servers: vec![],
@@ -415,7 +416,7 @@ async fn mesh_beyond_the_limit_is_refused() {
     assert!(matches!(err, MediaError::MeshTooLarge { participants: 3, max: 2 }), "{err}");
 
     // The default limit for video is 4 participants.
-    let peers = ["b", "c", "d", "e"].iter().map(|u| PeerSpec::new(&me, &dev, uid(u), did("x"))).collect();
+    let peers = ["b", "c", "d", "e"].iter().map(|u| peer_spec(&me, &dev, uid(u), did("x"))).collect();
     let start = StartMedia {
         call_id: CallId::new("big-video").unwrap(),
         local_user: me.clone(),
@@ -433,7 +434,7 @@ async fn mesh_beyond_the_limit_is_refused() {
         call_id: CallId::new("self").unwrap(),
         local_user: me.clone(),
         local_device: dev.clone(),
-        peers: vec![PeerSpec::new(&me, &dev, me.clone(), did("other"))],
+        peers: vec![peer_spec(&me, &dev, me.clone(), did("other"))],
         media_type: MediaType::Audio,
         ice_servers: vec![],
     };
@@ -904,4 +905,10 @@ async fn a_packet_lost_for_good_is_given_up_and_costs_a_key_frame() {
 
     p[0].adapter.stop(&call).await.unwrap();
     p[1].adapter.stop(&call).await.unwrap();
+}
+
+/// A peer whose offer role follows the client engine's glare-free rule.
+fn peer_spec(local_user: &UserId, local_device: &DeviceId, user_id: UserId, device_id: DeviceId) -> PeerSpec {
+    let offerer = offers_to((local_user, local_device), (&user_id, &device_id));
+    PeerSpec { user_id, device_id, offerer }
 }

@@ -11,10 +11,12 @@ use std::collections::{HashMap, HashSet};
 use arbitrary::Arbitrary;
 use callplus_proto::prost::Message as _;
 use callplus_proto::v1 as pb;
-use callplus_session::client::{CallOptions, ClientConfig, ClientEngine, ClientEvent, RequestId};
+use callplus_session::client::{
+    CallOptions, ClientConfig, ClientEngine, ClientEvent, DriverEvent, MediaCommand, RequestId,
+};
 use callplus_session::wire::server_frame_from_wire;
 use callplus_session::{
-    CallId, CallInfo, CallRecord, CallSummary, CallType, ChangeMediaTypeResult, Code, Delivery, DeviceId,
+    CallId, CallInfo, CallRecord, CallState, CallSummary, CallType, ChangeMediaTypeResult, Code, Delivery, DeviceId,
     Direction, EndReason, Error, Event, MediaKind, MediaType, Participant, ParticipantState, RecordOrder,
     RecordPage, Response, ResponseBody, ServerBody, ServerFrame, TransactionId, UserId, Welcome,
 };
@@ -204,6 +206,8 @@ fn event(e: &Ev, now: i64) -> Event {
             state: state(*s),
             reason: r.map(reason),
             version: u64::from(*version),
+            // The peer's device, so connected participants become media peers.
+            device_id: DeviceId::new(&format!("{}-device", user(*u))).ok(),
         },
         Ev::TypeChanged { call, multi, version } => Event::CallTypeChanged {
             call_id: call_id(*call),
@@ -328,15 +332,24 @@ impl Harness {
                 self.requests.push(frame.request_id);
             }
         }
+        while let Some(event) = engine.poll_driver_event() {
+            if let DriverEvent::RequestCompleted { request_id, result: Ok(_) } = &event
+                && let Some(call) = self.rejoins.remove(request_id)
+            {
+                self.ended.remove(&call);
+            }
+        }
+        // Media only for calls connected on this device.
+        while let Some(command) = engine.poll_media() {
+            if let MediaCommand::Start { call_id, .. } | MediaCommand::AddPeer { call_id, .. } = &command {
+                let state = engine.session(call_id).map(|s| s.state());
+                assert_eq!(state, Some(CallState::OnCall), "media for a call not connected here: {command:?}");
+            }
+        }
         while let Some(event) = engine.poll_event() {
             match &event {
                 ClientEvent::ReceivedCall { session, .. } => {
                     self.ended.remove(session.call_id());
-                }
-                ClientEvent::RequestCompleted { request_id, result: Ok(_) } => {
-                    if let Some(call) = self.rejoins.remove(request_id) {
-                        self.ended.remove(&call);
-                    }
                 }
                 ClientEvent::CallEnded { session, .. } => {
                     let rejoining = self.rejoins.values().any(|c| c == session.call_id());

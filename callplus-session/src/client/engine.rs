@@ -13,7 +13,8 @@ use crate::model::message::{
 use crate::model::snapshot::{CallInfo, IceServer};
 
 use super::config::ClientConfig;
-use super::event::{ClientEvent, ConnectionState, RequestId};
+use super::event::{ClientEvent, ConnectionState, DriverEvent, RequestId};
+use super::media::{MediaCommand, MediaPlan, WantedMedia};
 use super::requests::{Op, Pending, Requests};
 use super::session::{CallSession, LiveCall, Role};
 
@@ -92,7 +93,7 @@ impl EndedCalls {
 ///   call operations ([`start_call`](Self::start_call), [`accept`](Self::accept),
 ///   [`hangup`](Self::hangup), …). Each validates its input and the state (failing with a SPEC
 ///   code), queues a request frame and returns its [`RequestId`]; the outcome arrives later as
-///   [`ClientEvent::RequestCompleted`] with that id.
+///   [`DriverEvent::RequestCompleted`] with that id.
 /// - **Getters** (`&self`): [`connection_state`](Self::connection_state),
 ///   [`current_call`](Self::current_call), [`incoming_calls`](Self::incoming_calls),
 ///   [`session`](Self::session), …
@@ -109,7 +110,7 @@ impl EndedCalls {
 /// 4. For each frame read from the stream call `handle_frame(now, frame)`; when the stream
 ///    breaks call `transport_lost(now)`.
 /// 5. Reconnect (with backoff) when the state is `Connecting` or `Reconnecting` without a
-///    transport, or on [`ClientEvent::TransportStale`]; never in `Disconnected` or `Kicked`.
+///    transport, or on [`DriverEvent::TransportStale`]; never in `Disconnected` or `Kicked`.
 ///
 /// ```
 /// use callplus_session::client::{CallOptions, ClientConfig, ClientEngine, ClientEvent, ConnectionState};
@@ -187,6 +188,8 @@ pub struct ClientEngine {
     inbox: Inbox<ServerBody>,
     transmits: VecDeque<ClientFrame>,
     pub(super) events: VecDeque<ClientEvent>,
+    driver_events: VecDeque<DriverEvent>,
+    pub(super) media: MediaPlan,
     pub(super) requests: Requests,
     next_request_id: RequestId,
     pub(super) calls: BTreeMap<CallId, LiveCall>,
@@ -220,6 +223,8 @@ impl ClientEngine {
             inbox: Inbox::new(MAX_HELD_FRAMES),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            driver_events: VecDeque::new(),
+            media: MediaPlan::default(),
             requests: Requests::default(),
             next_request_id: 1,
             calls: BTreeMap::new(),
@@ -426,7 +431,7 @@ impl ClientEngine {
 
     /// The clock reached (or passed) [`poll_timeout`](Self::poll_timeout): sends heartbeats,
     /// times out requests, and detects a dead transport (no Welcome in time, or a server
-    /// silent past its liveness timeout; see [`ClientEvent::TransportStale`]).
+    /// silent past its liveness timeout; see [`DriverEvent::TransportStale`]).
     pub fn handle_timeout(&mut self, now_ms: i64) {
         if self.awaiting_welcome && self.hello_deadline.is_some_and(|d| d <= now_ms) {
             self.transport_stale(now_ms);
@@ -456,6 +461,26 @@ impl ClientEngine {
     #[must_use]
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
+    }
+
+    /// The next thing the driver itself must act on: a request's outcome or a stale transport.
+    #[must_use]
+    pub fn poll_driver_event(&mut self) -> Option<DriverEvent> {
+        self.driver_events.pop_front()
+    }
+
+    /// The next media command for the driver's media stack (see [`MediaCommand`]), in order.
+    ///
+    /// Media follows the sessions: it starts when a call connects on this device, gains and
+    /// loses peers as other participants connect and leave, switches type with the call, and
+    /// stops when the call ends here. A device never gets media for a call it is not connected
+    /// in (one that rings here, or that another device of the user answered).
+    #[must_use]
+    pub fn poll_media(&mut self) -> Option<MediaCommand> {
+        if self.media.is_empty() {
+            self.reconcile_media();
+        }
+        self.media.pop()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called (ms since the epoch):
@@ -539,7 +564,7 @@ impl ClientEngine {
 
     fn transport_stale(&mut self, now_ms: i64) {
         self.transport_lost(now_ms);
-        self.events.push_back(ClientEvent::TransportStale);
+        self.driver_events.push_back(DriverEvent::TransportStale);
     }
 
     fn on_welcome(&mut self, now_ms: i64, ack: u64, w: Welcome) {
@@ -595,7 +620,7 @@ impl ClientEngine {
                 self.lose_session(now_ms, EndReason::NetworkError);
                 self.transport_lost(now_ms);
                 self.set_state(ConnectionState::Connecting);
-                self.events.push_back(ClientEvent::TransportStale);
+                self.driver_events.push_back(DriverEvent::TransportStale);
             }
             Code::Internal | Code::RateLimited | Code::Timeout | Code::RtcServiceUnavailable => {
                 self.transport_stale(now_ms);
@@ -626,7 +651,7 @@ impl ClientEngine {
         }
         for (request_id, pending) in self.requests.drain() {
             if !pending.internal {
-                self.events.push_back(ClientEvent::RequestCompleted {
+                self.driver_events.push_back(DriverEvent::RequestCompleted {
                     request_id,
                     result: Err(Error::new(
                         Code::NotConnected,
@@ -673,7 +698,8 @@ impl ClientEngine {
             return;
         };
         if !pending.internal {
-            self.events.push_back(ClientEvent::RequestCompleted { request_id, result: result.clone() });
+            self.driver_events
+                .push_back(DriverEvent::RequestCompleted { request_id, result: result.clone() });
         }
         let me = self.user_id.clone();
         match (pending.op, result) {
@@ -792,7 +818,7 @@ impl ClientEngine {
 
     fn on_request_timeout(&mut self, now_ms: i64, request_id: RequestId, pending: Pending) {
         if !pending.internal {
-            self.events.push_back(ClientEvent::RequestCompleted {
+            self.driver_events.push_back(DriverEvent::RequestCompleted {
                 request_id,
                 result: Err(Error::new(Code::Timeout, "no answer from the server in time")),
             });
@@ -945,12 +971,12 @@ impl ClientEngine {
             Event::UsersInvited { inviter, invitees, .. } => {
                 call.users_invited(now_ms, &inviter, &invitees, out)
             }
-            Event::ParticipantChanged { user_id, state, reason, version, .. } => {
+            Event::ParticipantChanged { user_id, state, reason, version, device_id, .. } => {
                 if call.is_stale(version) {
                     // Older than the snapshot already applied (which includes it).
                     return;
                 }
-                call.participant_changed(now_ms, &user_id, state, reason, out);
+                call.participant_changed(now_ms, &user_id, state, reason, device_id, out);
                 if call.role == Role::Answered && self.current.is_none() {
                     // This device's answer took effect before its response arrived.
                     self.current = Some(id.clone());
@@ -978,12 +1004,11 @@ impl ClientEngine {
             }
             Event::FirstFrame { at_ms, .. } => call.first_frame(at_ms, out),
             Event::MediaSignal { from_user, from_device, payload, .. } => {
-                out.push_back(ClientEvent::MediaSignal {
-                    call_id: id.clone(),
-                    from_user,
-                    from_device,
-                    payload,
-                });
+                // Held while this device's answer is on its way; dropped when the call does
+                // not run here (it rings here, or another device answered).
+                let may_hold = call.role != Role::Invited || call.accepting;
+                self.reconcile_media();
+                self.media.signal(id, from_user, from_device, payload, may_hold);
             }
             Event::DeliveryChanged { user_id, delivery, devices, .. } => {
                 call.delivery_changed(now_ms, &user_id, delivery, devices, out);
@@ -994,5 +1019,35 @@ impl ClientEngine {
             | Event::Summary(_)
             | Event::Kicked { .. } => {}
         }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Media
+
+    /// Emits the media commands that bring the driver's media in line with the sessions.
+    pub(super) fn reconcile_media(&mut self) {
+        let wanted: Vec<WantedMedia> = self
+            .calls
+            .values()
+            .filter(|call| call.media_runs_here())
+            .map(|call| {
+                let session = &call.session;
+                let peers = session
+                    .remote_participants()
+                    .filter(|p| p.state.is_connected())
+                    .filter_map(|p| Some((p.user_id.clone(), p.device_id.clone()?)))
+                    .collect();
+                WantedMedia {
+                    call_id: session.call_id().clone(),
+                    local_user: session.local_user().clone(),
+                    media_type: session.media_type(),
+                    peers,
+                    microphone_enabled: session.microphone_enabled(),
+                    camera_enabled: session.camera_enabled(),
+                }
+            })
+            .collect();
+        let calls = &self.calls;
+        self.media.reconcile(&self.config.device_id, &self.ice_servers, wanted, &|id| calls.contains_key(id));
     }
 }

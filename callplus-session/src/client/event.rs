@@ -1,11 +1,11 @@
 //! What the client engine tells the app (SPEC §4) and the state of its connection.
 
 use crate::error::Error;
-use crate::model::ids::{CallId, DeviceId, TransactionId, UserId};
+use crate::model::ids::{CallId, TransactionId, UserId};
 use crate::model::kinds::{
     CallType, ChangeMediaTypeResult, Delivery, EndReason, MediaType, ParticipantState,
 };
-use crate::model::message::{MediaPayload, ResponseBody};
+use crate::model::message::ResponseBody;
 use crate::model::snapshot::{CallRecord, CallSummary};
 
 use super::session::CallSession;
@@ -52,8 +52,10 @@ impl ConnectionState {
     }
 }
 
-/// Something the app (or the driver) is told. Drained with
-/// [`ClientEngine::poll_event`](super::ClientEngine::poll_event).
+/// Something the app is told (`docs/protocol.md`, "Events"). Drained with
+/// [`ClientEngine::poll_event`](super::ClientEngine::poll_event); a driver hands every one to
+/// the app and filters none. What only the driver needs comes out separately
+/// ([`DriverEvent`], [`MediaCommand`](super::MediaCommand)).
 ///
 /// Invariant: after [`ClientEvent::CallEnded`] for a call, no event whose
 /// [`call_id`](ClientEvent::call_id) names that call follows, unless the user is in that call
@@ -66,19 +68,6 @@ pub enum ClientEvent {
     /// The server refused the Hello for a reason reconnecting will not fix (bad or expired
     /// token, unknown app, …). Followed by `ConnectionStateChanged(Disconnected)`.
     ConnectionRejected(Error),
-    /// The transport looks dead (no Welcome within the request timeout, or the server was
-    /// silent past its liveness timeout, or it refused a resume and closes the stream). The
-    /// engine already treats the transport as lost; the driver must close it and reconnect
-    /// (with backoff) unless the state is `Disconnected` or `Kicked`.
-    TransportStale,
-    /// A request finished: the server answered, it timed out (`Timeout`), or the session it
-    /// belonged to is gone (`NotConnected`).
-    RequestCompleted {
-        /// The id the operation returned.
-        request_id: RequestId,
-        /// The server's answer.
-        result: Result<ResponseBody, Error>,
-    },
     /// This user is invited to a call (`received_call`). The session is in state `Incoming`.
     ReceivedCall {
         /// The call.
@@ -191,17 +180,6 @@ pub enum ClientEvent {
     },
     /// The end-of-call message of a SINGLE call (`summary_message`).
     SummaryMessage(CallSummary),
-    /// SDP / ICE from another participant's device, for the media adapter.
-    MediaSignal {
-        /// The call.
-        call_id: CallId,
-        /// The sender.
-        from_user: UserId,
-        /// The sender's device.
-        from_device: DeviceId,
-        /// What it sent.
-        payload: MediaPayload,
-    },
     /// How far the invitation got to a callee: unreachable, pushed, delivered or ringing.
     DeliveryChanged {
         /// The call.
@@ -231,14 +209,31 @@ impl ClientEvent {
             | ClientEvent::ChangeMediaTypeResult { call_id, .. }
             | ClientEvent::CallStartTime { call_id, .. }
             | ClientEvent::CallFirstFrameTime { call_id, .. }
-            | ClientEvent::MediaSignal { call_id, .. }
             | ClientEvent::DeliveryChanged { call_id, .. } => Some(call_id),
             ClientEvent::ConnectionStateChanged(_)
             | ClientEvent::ConnectionRejected(_)
-            | ClientEvent::TransportStale
-            | ClientEvent::RequestCompleted { .. }
             | ClientEvent::ReceivedCallRecord(_)
             | ClientEvent::SummaryMessage(_) => None,
         }
     }
+}
+
+/// What the engine tells its driver, apart from the app's events and the media commands.
+/// Drained with [`ClientEngine::poll_driver_event`](super::ClientEngine::poll_driver_event).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DriverEvent {
+    /// The transport looks dead (no Welcome within the request timeout, or the server was
+    /// silent past its liveness timeout, or it refused a resume and closes the stream). The
+    /// engine already treats the transport as lost; the driver must close it and reconnect
+    /// (with backoff) unless the state is `Disconnected` or `Kicked`.
+    TransportStale,
+    /// A request the app made finished: the server answered, it timed out (`Timeout`), or the
+    /// session it belonged to is gone (`NotConnected`). The driver answers whoever awaits
+    /// `request_id`.
+    RequestCompleted {
+        /// The id the operation returned.
+        request_id: RequestId,
+        /// The server's answer, or why there is none.
+        result: Result<ResponseBody, Error>,
+    },
 }

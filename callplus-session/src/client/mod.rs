@@ -7,13 +7,16 @@
 //!
 //! - [`ClientConfig`]: device id, token, timeouts.
 //! - [`ClientEngine`]: the engine; its operations return a [`RequestId`] whose outcome comes
-//!   back as [`ClientEvent::RequestCompleted`].
+//!   back as [`DriverEvent::RequestCompleted`].
 //! - [`ClientEvent`]: what the app is told; [`ConnectionState`]: the connection's state.
+//! - [`DriverEvent`]: what only the driver needs (request outcomes, a stale transport).
+//! - [`MediaCommand`]: the engine's media decisions, for the driver's WebRTC stack.
 //! - [`CallSession`]: one call as this device sees it.
 
 mod config;
 mod engine;
 mod event;
+mod media;
 mod ops;
 mod requests;
 mod session;
@@ -25,5 +28,6 @@ mod tests;
 
 pub use config::{CallOptions, ClientConfig};
 pub use engine::ClientEngine;
-pub use event::{ClientEvent, ConnectionState, RequestId};
+pub use event::{ClientEvent, ConnectionState, DriverEvent, RequestId};
+pub use media::{MediaCommand, MediaPeer, offers_to};
 pub use session::CallSession;

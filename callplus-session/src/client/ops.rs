@@ -10,6 +10,7 @@ use crate::model::snapshot::PushConfig;
 use super::config::CallOptions;
 use super::engine::{ClientEngine, MAX_PENDING_REQUESTS, MAX_UNACKED_FRAMES};
 use super::event::RequestId;
+use super::media::MediaCommand;
 use super::requests::Op;
 use super::session::{LiveCall, Role};
 
@@ -347,8 +348,23 @@ impl ClientEngine {
         kind: MediaKind,
         disabled: bool,
     ) -> RequestId {
+        // The device switches at once, after whatever media commands are already due (a
+        // mute asked for right after `CallConnected` lands after that call's `Start`).
+        self.reconcile_media();
+        self.media.push(MediaCommand::SetDevice { kind, enabled: !disabled });
         let request = Request::SetMediaState { call_id: call_id.clone(), kind, disabled };
         self.send_request(now_ms, Op::SetMediaState(call_id, kind, disabled), request, false)
+    }
+
+    /// The driver's media stack rendered the first remote frame of a call. The engine reports
+    /// it to the server once per call (the server stamps the call's first-frame time and tells
+    /// every participant); later frames, and calls whose media does not run here, are ignored.
+    pub fn media_first_frame(&mut self, now_ms: i64, call_id: &CallId) {
+        if self.ready().is_err() || !self.media.first_frame(call_id) {
+            return;
+        }
+        let request = Request::ReportFirstFrame { call_id: call_id.clone() };
+        self.send_request(now_ms, Op::Plain, request, true);
     }
 
     /// Reports that the first media frame of a live call was rendered (the server stamps the

@@ -119,7 +119,8 @@ fn event() -> impl Strategy<Value = Event> {
                 user_id,
                 state,
                 reason,
-                version
+                version,
+                device_id: None,
             }
         ),
         1 => (call_id(), call_type()).prop_map(|(call_id, call_type)| Event::CallTypeChanged {
@@ -351,6 +352,7 @@ fn live_step(
             state: ParticipantState::OnCall,
             reason: None,
             version: 1,
+            device_id: Some(DeviceId::new("peer-device").unwrap()),
         },
         1 => Event::ParticipantChanged {
             call_id,
@@ -358,6 +360,7 @@ fn live_step(
             state: ParticipantState::Ended,
             reason: Some(EndReason::Hangup),
             version: 1,
+            device_id: None,
         },
         2 => Event::CallEnded { call: snapshot(ParticipantState::Ended), reason: EndReason::RemoteHangup },
         3 => Event::ChangeMediaTypeRequested {
@@ -396,6 +399,8 @@ fn live_step(
 struct Checker {
     ended: BTreeSet<CallId>,
     joins: BTreeMap<RequestId, CallId>,
+    /// Calls whose media was started and not stopped.
+    media: BTreeSet<CallId>,
 }
 
 impl Checker {
@@ -406,17 +411,17 @@ impl Checker {
                 _ => prop_assert!(frame.seq == 0 && frame.request_id == 0, "{frame:?}"),
             }
         }
+        // A join's answer comes before the events of the call it opens.
+        while let Some(event) = e.poll_driver_event() {
+            if let DriverEvent::RequestCompleted { request_id, result: Ok(ResponseBody::Call(info)) } = &event
+                && self.joins.get(request_id) == Some(&info.call_id)
+            {
+                self.ended.remove(&info.call_id);
+            }
+        }
         while let Some(event) = e.poll_event() {
-            match &event {
-                ClientEvent::ReceivedCall { session, .. } => {
-                    self.ended.remove(session.call_id());
-                }
-                ClientEvent::RequestCompleted { request_id, result: Ok(ResponseBody::Call(info)) }
-                    if self.joins.get(request_id) == Some(&info.call_id) =>
-                {
-                    self.ended.remove(&info.call_id);
-                }
-                _ => {}
+            if let ClientEvent::ReceivedCall { session, .. } = &event {
+                self.ended.remove(session.call_id());
             }
             if let Some(id) = event.call_id() {
                 prop_assert!(!self.ended.contains(id), "event about {id} after its CallEnded: {event:?}");
@@ -424,6 +429,30 @@ impl Checker {
             if let ClientEvent::CallEnded { session, .. } = &event {
                 prop_assert_eq!(session.state(), CallState::Ended);
                 self.ended.insert(session.call_id().clone());
+            }
+        }
+        // Media only for calls connected on this device; every stop matches a start.
+        while let Some(command) = e.poll_media() {
+            match &command {
+                MediaCommand::SetDevice { .. } => {}
+                MediaCommand::Stop { call_id } => {
+                    prop_assert!(self.media.remove(call_id), "stop without start: {command:?}");
+                }
+                other => {
+                    let Some(id) = other.call_id() else { continue };
+                    let state = e.session(id).map(CallSession::state);
+                    prop_assert_eq!(
+                        state,
+                        Some(CallState::OnCall),
+                        "media for a call not connected here: {:?}",
+                        other
+                    );
+                    if matches!(other, MediaCommand::Start { .. }) {
+                        prop_assert!(self.media.insert(id.clone()), "started twice: {other:?}");
+                    } else {
+                        prop_assert!(self.media.contains(id), "media before start: {other:?}");
+                    }
+                }
             }
         }
         if let Some(current) = e.current_call() {
@@ -452,7 +481,7 @@ proptest! {
         let mut now = T0;
         let mut next_seq = 1u64;
         let mut latest = 0;
-        let mut checker = Checker { ended: BTreeSet::new(), joins: BTreeMap::new() };
+        let mut checker = Checker { ended: BTreeSet::new(), joins: BTreeMap::new(), media: BTreeSet::new() };
         if connect_first {
             e.transport_connected(now);
             e.handle_frame(now, ServerFrame {

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use crate::model::ids::{CallId, TransactionId, UserId};
+use crate::model::ids::{CallId, DeviceId, TransactionId, UserId};
 use crate::model::kinds::{
     CallState, CallType, ChangeMediaTypeResult, Delivery, EndReason, MediaKind, MediaType, ParticipantState,
 };
@@ -276,6 +276,12 @@ impl LiveCall {
         &self.session.call_id
     }
 
+    /// Whether the call's media belongs on this device: placed, accepted or joined here, and
+    /// connected (`CallConnected` was told), not merely ringing or answered elsewhere.
+    pub(super) fn media_runs_here(&self) -> bool {
+        self.role != Role::Invited && self.connected_emitted && self.session.state == CallState::OnCall
+    }
+
     fn me(&self) -> &UserId {
         &self.session.local_user
     }
@@ -429,6 +435,7 @@ impl LiveCall {
         user: &UserId,
         state: ParticipantState,
         reason: Option<EndReason>,
+        device: Option<DeviceId>,
         out: &mut VecDeque<ClientEvent>,
     ) {
         let is_me = user == self.me();
@@ -436,6 +443,9 @@ impl LiveCall {
         let changed = p.state != state || p.reason != reason;
         p.state = state;
         p.reason = reason;
+        if device.is_some() {
+            p.device_id = device;
+        }
         if state == ParticipantState::OnCall && p.connected_at_ms.is_none() {
             p.connected_at_ms = Some(now_ms);
         }

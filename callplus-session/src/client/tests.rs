@@ -94,7 +94,14 @@ pub(super) fn info(
 }
 
 fn changed(id: &str, user: &str, state: ParticipantState, version: u64) -> Event {
-    Event::ParticipantChanged { call_id: cid(id), user_id: uid(user), state, reason: None, version }
+    Event::ParticipantChanged {
+        call_id: cid(id),
+        user_id: uid(user),
+        state,
+        reason: None,
+        version,
+        device_id: None,
+    }
 }
 
 fn events(e: &mut ClientEngine) -> Vec<ClientEvent> {
@@ -119,9 +126,14 @@ fn code<T: std::fmt::Debug>(r: Result<T, crate::Error>) -> Code {
     r.unwrap_err().code
 }
 
-fn completed(events: &[ClientEvent], id: RequestId) -> Option<&Result<ResponseBody, crate::Error>> {
+/// Drains the driver's queue (request outcomes, stale transports).
+fn driver(e: &mut ClientEngine) -> Vec<DriverEvent> {
+    std::iter::from_fn(|| e.poll_driver_event()).collect()
+}
+
+fn completed(events: &[DriverEvent], id: RequestId) -> Option<Result<ResponseBody, crate::Error>> {
     events.iter().find_map(|ev| match ev {
-        ClientEvent::RequestCompleted { request_id, result } if *request_id == id => Some(result),
+        DriverEvent::RequestCompleted { request_id, result } if *request_id == id => Some(result.clone()),
         _ => None,
     })
 }
@@ -309,18 +321,19 @@ fn responses_are_matched_by_request_id() {
     e.handle_frame(T0, resp(1, b, Ok(ResponseBody::Calls(vec![]))));
     e.handle_frame(T0, resp(2, 9_999, Ok(ResponseBody::Empty)));
     e.handle_frame(T0, resp(3, a, Err(crate::Error::from_code(Code::RateLimited))));
-    let evs = events(&mut e);
-    assert_eq!(evs.len(), 2, "{evs:?}");
-    assert_eq!(completed(&evs, b), Some(&Ok(ResponseBody::Calls(vec![]))));
-    assert_eq!(completed(&evs, a).map(|r| r.as_ref().unwrap_err().code), Some(Code::RateLimited));
+    let drv = driver(&mut e);
+    assert_eq!(drv.len(), 2, "{drv:?}");
+    assert_eq!(completed(&drv, b), Some(Ok(ResponseBody::Calls(vec![]))));
+    assert_eq!(completed(&drv, a).map(|r| r.unwrap_err().code), Some(Code::RateLimited));
 }
 
 #[test]
 fn outgoing_call_lifecycle() {
     let mut e = connected();
     let rid = start_single(&mut e, 1);
-    let evs = events(&mut e);
-    assert!(matches!(completed(&evs, rid), Some(Ok(ResponseBody::Started { .. }))));
+    let _ = events(&mut e);
+    let drv = driver(&mut e);
+    assert!(matches!(completed(&drv, rid), Some(Ok(ResponseBody::Started { .. }))));
     let s = e.current_call().unwrap();
     assert_eq!((s.call_id().as_str(), s.state(), s.is_outgoing()), ("c1", CallState::Dialing, true));
     assert_eq!(s.inviter(), None);
@@ -377,7 +390,8 @@ fn outgoing_call_lifecycle() {
     );
     e.handle_frame(T0 + 1_010, resp(6, hang, Ok(ResponseBody::Empty)));
     let evs = events(&mut e);
-    assert!(completed(&evs, hang).is_some());
+    let drv = driver(&mut e);
+    assert!(completed(&drv, hang).is_some());
     assert_eq!(ended_reason(&evs, "c1"), Some(EndReason::Hangup));
     assert!(e.current_call().is_none());
 
@@ -440,8 +454,9 @@ fn incoming_call_accept() {
         &[("bob", ParticipantState::OnCall), ("alice", ParticipantState::Connecting)],
     );
     e.handle_frame(T0, resp(2, rid, Ok(ResponseBody::Call(call))));
-    let evs = events(&mut e);
-    assert!(completed(&evs, rid).is_some());
+    let _ = events(&mut e);
+    let drv = driver(&mut e);
+    assert!(completed(&drv, rid).is_some());
     assert_eq!(e.current_call().unwrap().state(), CallState::Connecting);
     assert_eq!(e.incoming_calls().count(), 0);
 
@@ -577,16 +592,17 @@ fn resume_replays_exactly_the_unacked_requests() {
     assert_eq!(tx.iter().map(|f| (f.seq, f.request_id)).collect::<Vec<_>>(), vec![(3, r3), (4, r4)]);
     assert!(tx.iter().all(|f| f.ack == 2));
     assert_eq!(events(&mut e), vec![ClientEvent::ConnectionStateChanged(ConnectionState::Connected)]);
+    let _ = driver(&mut e);
 
     // The server replays its frames after 2: duplicates are dropped, a gap is held.
     e.handle_frame(T0, resp(2, r2, Ok(ResponseBody::Calls(vec![]))));
     e.handle_frame(T0, resp(4, r4, Ok(ResponseBody::Calls(vec![]))));
-    assert!(events(&mut e).is_empty(), "seq 2 is a duplicate, seq 4 waits for seq 3");
+    assert!(driver(&mut e).is_empty(), "seq 2 is a duplicate, seq 4 waits for seq 3");
     e.handle_frame(T0, resp(3, r2, Ok(ResponseBody::Calls(vec![]))));
     e.handle_frame(T0, resp(3, r2, Ok(ResponseBody::Calls(vec![]))));
-    let evs = events(&mut e);
-    assert_eq!(evs.len(), 2, "{evs:?}");
-    assert!(completed(&evs, r2).is_some() && completed(&evs, r4).is_some());
+    let drv = driver(&mut e);
+    assert_eq!(drv.len(), 2, "{drv:?}");
+    assert!(completed(&drv, r2).is_some() && completed(&drv, r4).is_some());
     // The calls continue; new requests continue the numbering.
     e.get_available_calls(T0).unwrap();
     assert_eq!(transmits(&mut e)[0].seq, 5);
@@ -606,7 +622,8 @@ fn fresh_session_after_loss_ends_calls_with_network_error() {
     let evs = events(&mut e);
     assert_eq!(ended_reason(&evs, "c9"), Some(EndReason::NetworkError));
     assert_eq!(ended_reason(&evs, "c3"), Some(EndReason::NetworkError));
-    assert_eq!(completed(&evs, pending).map(|r| r.as_ref().unwrap_err().code), Some(Code::NotConnected));
+    let drv = driver(&mut e);
+    assert_eq!(completed(&drv, pending).map(|r| r.unwrap_err().code), Some(Code::NotConnected));
     assert_eq!(evs.last(), Some(&ClientEvent::ConnectionStateChanged(ConnectionState::Connected)));
     assert!(transmits(&mut e).is_empty(), "requests of the old session are not resent");
     assert!(e.current_call().is_none() && e.calls().next().is_none());
@@ -633,8 +650,9 @@ fn request_timeout() {
     e.handle_timeout(T0 + 10_999);
     assert!(events(&mut e).is_empty());
     e.handle_timeout(T0 + 11_000);
-    let evs = events(&mut e);
-    assert_eq!(completed(&evs, rid).map(|r| r.as_ref().unwrap_err().code), Some(Code::Timeout));
+    let _ = events(&mut e);
+    let drv = driver(&mut e);
+    assert_eq!(completed(&drv, rid).map(|r| r.unwrap_err().code), Some(Code::Timeout));
     // A late answer is ignored.
     e.handle_frame(T0 + 12_000, resp(1, rid, Ok(ResponseBody::Empty)));
     assert!(events(&mut e).is_empty());
@@ -698,10 +716,8 @@ fn heartbeats_and_liveness() {
     assert_eq!(e.poll_timeout(), Some(T0 + 5_010 + 20_000), "the liveness deadline");
     e.handle_timeout(T0 + 25_010);
     let evs = events(&mut e);
-    assert_eq!(
-        evs,
-        vec![ClientEvent::ConnectionStateChanged(ConnectionState::Reconnecting), ClientEvent::TransportStale]
-    );
+    assert_eq!(evs, vec![ClientEvent::ConnectionStateChanged(ConnectionState::Reconnecting)]);
+    assert_eq!(driver(&mut e), vec![DriverEvent::TransportStale]);
     assert_eq!(e.poll_timeout(), None, "no timers without a transport");
 }
 
@@ -736,7 +752,8 @@ fn hello_without_welcome_is_stale() {
     let _ = events(&mut e);
     assert_eq!(e.poll_timeout(), Some(T0 + 10_000));
     e.handle_timeout(T0 + 10_000);
-    assert_eq!(events(&mut e), vec![ClientEvent::TransportStale]);
+    assert!(events(&mut e).is_empty());
+    assert_eq!(driver(&mut e), vec![DriverEvent::TransportStale]);
     assert_eq!(e.connection_state(), ConnectionState::Connecting);
 }
 
@@ -766,7 +783,8 @@ fn kicked_ends_everything() {
     );
     let evs = events(&mut e);
     assert_eq!(ended_reason(&evs, "c9"), Some(EndReason::KickedOtherLogin));
-    assert_eq!(completed(&evs, pending).map(|r| r.as_ref().unwrap_err().code), Some(Code::NotConnected));
+    let drv = driver(&mut e);
+    assert_eq!(completed(&drv, pending).map(|r| r.unwrap_err().code), Some(Code::NotConnected));
     assert_eq!(
         evs.last(),
         Some(&ClientEvent::ConnectionStateChanged(ConnectionState::Kicked(EndReason::KickedOtherLogin)))
@@ -792,7 +810,8 @@ fn disconnect_says_goodbye() {
     assert_eq!(tx.iter().map(|f| &f.body).collect::<Vec<_>>(), vec![&ClientBody::Goodbye]);
     let evs = events(&mut e);
     assert_eq!(ended_reason(&evs, "c9"), Some(EndReason::Hangup));
-    assert_eq!(completed(&evs, pending).map(|r| r.as_ref().unwrap_err().code), Some(Code::NotConnected));
+    let drv = driver(&mut e);
+    assert_eq!(completed(&drv, pending).map(|r| r.unwrap_err().code), Some(Code::NotConnected));
     assert_eq!(e.connection_state(), ConnectionState::Disconnected);
     assert_eq!(code(e.get_available_calls(T0)), Code::NotConnected);
 }
@@ -892,7 +911,8 @@ fn events_before_the_start_response_are_kept() {
     );
     e.handle_frame(T0, resp(2, rid, Ok(ResponseBody::Started { call, busy: vec![] })));
     let evs = events(&mut e);
-    assert!(completed(&evs, rid).is_some());
+    let drv = driver(&mut e);
+    assert!(completed(&drv, rid).is_some());
     assert!(matches!(
         evs.last(),
         Some(ClientEvent::RemoteUserStateChanged { state: ParticipantState::Ringing, .. })
@@ -1082,7 +1102,8 @@ fn start_answered_with_an_ended_call_ends_at_once() {
         resp(1, rid, Ok(ResponseBody::Started { call: call.clone(), busy: vec![uid("bob")] })),
     );
     let evs = events(&mut e);
-    assert!(completed(&evs, rid).is_some());
+    let drv = driver(&mut e);
+    assert!(completed(&drv, rid).is_some());
     assert_eq!(ended_reason(&evs, "c1"), Some(EndReason::RemoteBusy));
     assert!(e.current_call().is_none());
     e.handle_frame(T0, ev(2, Event::CallEnded { call, reason: EndReason::RemoteBusy }));

@@ -349,6 +349,8 @@ pub enum Event {
         reason: Option<EndReason>,
         /// Call version.
         version: u64,
+        /// The device the participant is in the call on (set for `Connecting` and `OnCall`).
+        device_id: Option<DeviceId>,
     },
     /// SINGLE became MULTI.
     CallTypeChanged {

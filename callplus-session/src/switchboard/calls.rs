@@ -413,20 +413,22 @@ impl Switchboard {
             let event = Event::CallEnded { call: snapshot.clone(), reason: EndReason::AcceptedOnOtherDevice };
             self.net.send_all(&others, event);
         }
-        let changed = |user: &UserId| Event::ParticipantChanged {
+        let changed = |user: &UserId, device: Option<DeviceId>| Event::ParticipantChanged {
             call_id: id.clone(),
             user_id: user.clone(),
             state: ParticipantState::OnCall,
             reason: None,
             version,
+            device_id: device,
         };
         // The creator hears of its own ON_CALL too (its session must not keep saying
         // CONNECTING), and before the callee's: the callee's change is what connects the call
         // on the creator's side, and the session it then reports must already be right.
         if creator_on {
-            notify_others(&mut self.net, call, &[idx], changed(&call.creator));
+            let device = call.party(0).and_then(|p| p.device.clone());
+            notify_others(&mut self.net, call, &[idx], changed(&call.creator, device));
         }
-        notify_others(&mut self.net, call, &[idx], changed(&ctx.user));
+        notify_others(&mut self.net, call, &[idx], changed(&ctx.user, Some(ctx.device.clone())));
         if started {
             let event = Event::CallStarted {
                 call_id: id.clone(),
@@ -480,6 +482,7 @@ impl Switchboard {
                 state: ParticipantState::Ringing,
                 reason: None,
                 version,
+                device_id: None,
             };
             notify_others(&mut self.net, call, &[idx], event);
         }
@@ -580,6 +583,7 @@ impl Switchboard {
                     state: ParticipantState::Ended,
                     reason: Some(EndReason::Busy),
                     version,
+                    device_id: None,
                 };
                 notify_others(&mut self.net, &call, &invited, event);
             }
@@ -880,6 +884,7 @@ impl Switchboard {
                 state: ParticipantState::Ended,
                 reason: Some(reason),
                 version: call.version,
+                device_id: None,
             };
             notify_others(&mut self.net, call, &[idx], event);
         }

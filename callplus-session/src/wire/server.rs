@@ -100,13 +100,14 @@ fn event_kind_to_wire(e: &Event) -> Kind {
             invitee_ids: ids(invitees),
             version: *version,
         }),
-        Event::ParticipantChanged { call_id, user_id, state, reason, version } => {
+        Event::ParticipantChanged { call_id, user_id, state, reason, version, device_id } => {
             Kind::ParticipantChanged(pb::ParticipantChanged {
                 call_id: call_id.to_string(),
                 user_id: user_id.to_string(),
                 state: (*state).into(),
                 reason: reason.map_or(0, i32::from),
                 version: *version,
+                device_id: device_id.as_ref().map(ToString::to_string).unwrap_or_default(),
             })
         }
         Event::CallTypeChanged { call_id, call_type, version } => {
@@ -254,6 +255,7 @@ fn event_from_kind(kind: Kind, me: &UserId) -> Result<Event, Error> {
             state: ParticipantState::try_from(p.state)?,
             reason: reason_from_wire(p.reason)?,
             version: p.version,
+            device_id: if p.device_id.is_empty() { None } else { Some(DeviceId::new(&p.device_id)?) },
         },
         Kind::CallTypeChanged(c) => Event::CallTypeChanged {
             call_id: CallId::new(&c.call_id)?,

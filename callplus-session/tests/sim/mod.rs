@@ -8,6 +8,7 @@
 //! noticed by both ends and the device reconnects with the envelope's resume logic.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod media;
 pub mod ops;
 pub mod raw;
 pub mod storage;
@@ -16,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use callplus_proto::prost::Message;
 use callplus_proto::v1 as pb;
-use callplus_session::client::{ClientConfig, ClientEngine, ClientEvent};
+use callplus_session::client::{ClientConfig, ClientEngine, ClientEvent, DriverEvent, MediaCommand};
 use callplus_session::switchboard::{ConnId, Output, Switchboard, SwitchboardConfig};
 use callplus_session::wire::server_frame_from_wire;
 use callplus_session::{AppKey, ClientBody, ClientFrame, DeviceId, ServerFrame, UserId};
@@ -92,9 +93,15 @@ pub struct Device {
     pub online: bool,
     /// Everything the engine told the app, with the time.
     pub events: Vec<(i64, ClientEvent)>,
+    /// Everything the engine told the driver (request outcomes, stale transports), with the time.
+    pub driver_events: Vec<(i64, DriverEvent)>,
+    /// Every media command the engine gave, with the time.
+    pub media: Vec<(i64, MediaCommand)>,
+    /// The simulated media stack that executes those commands.
+    pub stack: media::SimMediaStack,
     /// Whether a Hello on the current connection has been authenticated.
     hello_seen: bool,
-    /// Index in `events` where the current engine's life began (request ids restart with it).
+    /// Index in `driver_events` where the current engine's life began (request ids restart with it).
     pub epoch: usize,
 }
 
@@ -169,6 +176,9 @@ impl Sim {
             conn: None,
             online: true,
             events: Vec::new(),
+            driver_events: Vec::new(),
+            media: Vec::new(),
+            stack: media::SimMediaStack::default(),
             hello_seen: false,
             epoch: 0,
         });
@@ -235,7 +245,9 @@ impl Sim {
             default_heartbeat_interval_ms: 5_000,
         };
         self.devices[idx].engine = ClientEngine::new(config);
-        self.devices[idx].epoch = self.devices[idx].events.len();
+        self.devices[idx].epoch = self.devices[idx].driver_events.len();
+        // The app's process died: its media stack is gone with it.
+        self.devices[idx].stack = media::SimMediaStack::default();
         self.devices[idx].online = true;
         self.open_connection(idx);
     }
@@ -281,6 +293,17 @@ impl Sim {
                 while let Some(event) = self.devices[idx].engine.poll_event() {
                     progressed = true;
                     self.devices[idx].events.push((self.now, event));
+                }
+                while let Some(event) = self.devices[idx].engine.poll_driver_event() {
+                    progressed = true;
+                    self.devices[idx].driver_events.push((self.now, event));
+                }
+                while let Some(command) = self.devices[idx].engine.poll_media() {
+                    progressed = true;
+                    let now = self.now;
+                    let device = &mut self.devices[idx];
+                    device.media.push((now, command.clone()));
+                    device.stack.execute(now, &mut device.engine, command);
                 }
             }
             while let Some(output) = self.switchboard.poll_output() {
@@ -460,6 +483,18 @@ impl Sim {
     pub fn clear_events(&mut self) {
         for device in &mut self.devices {
             device.events.clear();
+        }
+    }
+
+    /// Media commands a device got, without times.
+    pub fn media(&self, idx: usize) -> Vec<&MediaCommand> {
+        self.devices[idx].media.iter().map(|(_, c)| c).collect()
+    }
+
+    /// Forgets the media commands collected so far for every device.
+    pub fn clear_media(&mut self) {
+        for device in &mut self.devices {
+            device.media.clear();
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Test vocabulary over the simulation: place calls, answer them, and ask what each device saw.
 
-use callplus_session::client::{CallOptions, ClientEvent, RequestId};
+use callplus_session::client::{CallOptions, ClientEvent, DriverEvent, RequestId};
 use callplus_session::{
     CallId, CallRecord, CallState, CallSummary, CallType, ChangeMediaTypeResult, Code, Delivery, EndReason,
     Error, MediaKind, MediaType, ParticipantState, RecordOrder, RecordPage, ResponseBody, TransactionId,
@@ -18,10 +18,10 @@ impl Sim {
     pub fn wait_request(&mut self, idx: usize, id: RequestId) -> Result<ResponseBody, Error> {
         self.run_until(15_000, "request completes", |s| s.request_done(idx, id));
         let device = &self.devices[idx];
-        device.events[device.epoch..]
+        device.driver_events[device.epoch..]
             .iter()
             .find_map(|(_, e)| match e {
-                ClientEvent::RequestCompleted { request_id, result } if *request_id == id => {
+                DriverEvent::RequestCompleted { request_id, result } if *request_id == id => {
                     Some(result.clone())
                 }
                 _ => None,
@@ -31,9 +31,9 @@ impl Sim {
 
     pub fn request_done(&self, idx: usize, id: RequestId) -> bool {
         let device = &self.devices[idx];
-        device.events[device.epoch..]
+        device.driver_events[device.epoch..]
             .iter()
-            .any(|(_, e)| matches!(e, ClientEvent::RequestCompleted { request_id, .. } if *request_id == id))
+            .any(|(_, e)| matches!(e, DriverEvent::RequestCompleted { request_id, .. } if *request_id == id))
     }
 
     pub fn try_start(
