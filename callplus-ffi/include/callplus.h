@@ -768,7 +768,7 @@ typedef struct callplus_client_options {
     /**
      * Set up real media (WebRTC audio, and video in AUDIO_VIDEO calls) by itself for every
      * call this client is connected in: no SDP or ICE handling in the app. Off: the client
-     * does signalling only and MEDIA_SIGNAL events reach the app. The media fields below need
+     * does signalling only (calls connect, no media flows). The media fields below need
      * it (`PARAM_ERROR` otherwise).
      */
     bool enable_media;
@@ -1882,8 +1882,8 @@ const char *callplus_event_call_id(const struct callplus_event *event);
 
 /**
  * The other user the event is about: the participant (REMOTE_USER_STATE_CHANGED, camera,
- * microphone, DELIVERY_CHANGED), the requester (CHANGE_MEDIA_TYPE_*), the sender
- * (MEDIA_SIGNAL), the remote user of the media events (PEER_CONNECTED,
+ * microphone, DELIVERY_CHANGED), the requester (CHANGE_MEDIA_TYPE_*), the remote user of the
+ * media events (PEER_CONNECTED,
  * USER_MEDIA_AVAILABLE, FIRST_FRAME, FETCH_REMOTE_MEDIA_ERROR) and the user of AUDIO_LEVEL
  * (which may be this client's own user); NULL otherwise.
  *
@@ -2010,7 +2010,7 @@ enum callplus_delivery callplus_event_delivery(const struct callplus_event *even
 const char *callplus_event_extra(const struct callplus_event *event);
 
 /**
- * The sender's device (MEDIA_SIGNAL), the peer's device (PEER_CONNECTED); NULL otherwise.
+ * The peer's device (PEER_CONNECTED); NULL otherwise.
  *
  * # Safety
  * `event` must be NULL or a live `callplus_event`.
@@ -2029,8 +2029,7 @@ const char *callplus_event_device_id(const struct callplus_event *event);
 enum callplus_result callplus_event_code(const struct callplus_event *event);
 
 /**
- * The server's words (CONNECTION_REJECTED), the SDP / candidate line (MEDIA_SIGNAL) or what
- * failed (MEDIA_ERROR); NULL otherwise.
+ * The server's words (CONNECTION_REJECTED) or what failed (MEDIA_ERROR); NULL otherwise.
  *
  * # Safety
  * `event` must be NULL or a live `callplus_event`.

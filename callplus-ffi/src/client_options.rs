@@ -31,7 +31,7 @@ pub struct callplus_client_options {
     pub device_id: *const c_char,
     /// Set up real media (WebRTC audio, and video in AUDIO_VIDEO calls) by itself for every
     /// call this client is connected in: no SDP or ICE handling in the app. Off: the client
-    /// does signalling only and MEDIA_SIGNAL events reach the app. The media fields below need
+    /// does signalling only (calls connect, no media flows). The media fields below need
     /// it (`PARAM_ERROR` otherwise).
     pub enable_media: bool,
     /// The local IP address ICE binds to (`"192.0.2.7"`, or `"ip:port"`), or NULL for every

@@ -406,8 +406,8 @@ pub unsafe extern "C" fn callplus_event_call_id(event: *const callplus_event) ->
 }
 
 /// The other user the event is about: the participant (REMOTE_USER_STATE_CHANGED, camera,
-/// microphone, DELIVERY_CHANGED), the requester (CHANGE_MEDIA_TYPE_*), the sender
-/// (MEDIA_SIGNAL), the remote user of the media events (PEER_CONNECTED,
+/// microphone, DELIVERY_CHANGED), the requester (CHANGE_MEDIA_TYPE_*), the remote user of the
+/// media events (PEER_CONNECTED,
 /// USER_MEDIA_AVAILABLE, FIRST_FRAME, FETCH_REMOTE_MEDIA_ERROR) and the user of AUDIO_LEVEL
 /// (which may be this client's own user); NULL otherwise.
 ///
@@ -617,7 +617,7 @@ pub unsafe extern "C" fn callplus_event_extra(event: *const callplus_event) -> *
     unsafe { with_ref(event, |e| opt_ptr(e.extra.as_ref())) }
 }
 
-/// The sender's device (MEDIA_SIGNAL), the peer's device (PEER_CONNECTED); NULL otherwise.
+/// The peer's device (PEER_CONNECTED); NULL otherwise.
 ///
 /// # Safety
 /// `event` must be NULL or a live `callplus_event`.
@@ -651,8 +651,7 @@ pub unsafe extern "C" fn callplus_event_code(event: *const callplus_event) -> ca
     })
 }
 
-/// The server's words (CONNECTION_REJECTED), the SDP / candidate line (MEDIA_SIGNAL) or what
-/// failed (MEDIA_ERROR); NULL otherwise.
+/// The server's words (CONNECTION_REJECTED) or what failed (MEDIA_ERROR); NULL otherwise.
 ///
 /// # Safety
 /// `event` must be NULL or a live `callplus_event`.
