@@ -17,6 +17,7 @@ use super::event::{ClientEvent, ConnectionState, DriverEvent, RequestId};
 use super::media::{MediaCommand, MediaPlan, WantedMedia};
 use super::requests::{Op, Pending, Requests};
 use super::session::{CallSession, LiveCall, Role};
+use super::timers::{Timer, TimerTable};
 
 /// Server frames held ahead of a gap.
 const MAX_HELD_FRAMES: usize = 256;
@@ -82,7 +83,7 @@ impl EndedCalls {
 /// It speaks the signalling protocol (Hello / Welcome, numbered and acked frames, resume,
 /// heartbeats), validates the SPEC §3 operations locally, keeps the device's call sessions and
 /// turns server frames into the SPEC §4 events. It never reads a clock, opens a socket or
-/// panics on server input: time comes in as `now_ms` (ms since the Unix epoch) and everything
+/// panics on server input: time comes in as `now_ms` (see "Time" below) and everything
 /// it wants done comes out of the `poll_*` methods.
 ///
 /// # Methods
@@ -99,6 +100,14 @@ impl EndedCalls {
 ///   [`session`](Self::session), …
 /// - **Outputs**: [`poll_transmit`](Self::poll_transmit), [`poll_event`](Self::poll_event),
 ///   [`poll_timeout`](Self::poll_timeout).
+///
+/// # Time
+/// `now_ms` is a reading of the driver's **monotonic** clock in milliseconds: it never goes
+/// backwards and does not follow wall-clock changes (the async client counts from its start,
+/// seeded with the Unix time then, so readings look like timestamps). Every timer (Hello,
+/// heartbeat, delayed ack, liveness, request deadlines) is a deadline on that clock, so setting
+/// the device's clock forward cannot fire them early. Timestamps the engine writes into
+/// sessions are converted to the server's clock ([`server_time_ms`](Self::server_time_ms)).
 ///
 /// # The drive loop
 /// 1. Open a transport (the gRPC stream); call `transport_connected(now)`.
@@ -171,17 +180,15 @@ pub struct ClientEngine {
     transport_up: bool,
     /// A Hello was sent on this transport and no Welcome came yet.
     awaiting_welcome: bool,
-    hello_deadline: Option<i64>,
     /// The server session to resume; `None` when there is none.
     session_id: Option<String>,
     pub(super) user_id: Option<UserId>,
     heartbeat_ms: u32,
     liveness_ms: u32,
-    next_ping_at: Option<i64>,
-    last_rx_at: i64,
+    /// Hello, heartbeat, ack and liveness deadlines (the request deadlines live with the
+    /// requests).
+    timers: TimerTable,
     rx_unacked: u32,
-    /// When the received frames must be acked by a Ping if nothing else went out.
-    ack_at: Option<i64>,
     ice_servers: Vec<IceServer>,
     clock_offset_ms: Option<i64>,
     outbox: Outbox<(RequestId, Request)>,
@@ -208,15 +215,12 @@ impl ClientEngine {
             state: ConnectionState::Idle,
             transport_up: false,
             awaiting_welcome: false,
-            hello_deadline: None,
             session_id: None,
             user_id: None,
             heartbeat_ms: 0,
             liveness_ms: 0,
-            next_ping_at: None,
-            last_rx_at: 0,
+            timers: TimerTable::default(),
             rx_unacked: 0,
-            ack_at: None,
             ice_servers: Vec::new(),
             clock_offset_ms: None,
             outbox: Outbox::new(),
@@ -278,9 +282,18 @@ impl ClientEngine {
         &self.ice_servers
     }
 
-    /// `server clock - local clock` in ms, measured at the latest Welcome or Pong.
+    /// `server clock - engine clock` in ms, measured at the latest Welcome or Pong.
     pub fn server_clock_offset_ms(&self) -> Option<i64> {
         self.clock_offset_ms
+    }
+
+    /// The server's clock (ms since the Unix epoch) at engine time `now_ms`, as measured at the
+    /// latest Welcome or Pong; the engine clock itself before any. Session timestamps the
+    /// engine makes (a participant connected or ended, a call ended here) use it, so they
+    /// compare with the server's own (`started_at_ms`, records) whatever the device's clock
+    /// says: pass it to [`CallSession::duration_ms`] for the talk time so far.
+    pub fn server_time_ms(&self, now_ms: i64) -> i64 {
+        now_ms.saturating_add(self.clock_offset_ms.unwrap_or(0))
     }
 
     // ----------------------------------------------------------------------------------------
@@ -297,7 +310,8 @@ impl ClientEngine {
         }
         self.transport_up = true;
         self.awaiting_welcome = true;
-        self.hello_deadline = Some(now_ms.saturating_add(i64::from(self.config.request_timeout_ms)));
+        self.timers.stop_all();
+        self.timers.set(Timer::Hello, now_ms.saturating_add(i64::from(self.config.request_timeout_ms)));
         self.transmits.clear();
         let resume = self.session_id.as_ref().map(|session_id| Resume {
             session_id: session_id.clone(),
@@ -323,9 +337,7 @@ impl ClientEngine {
     pub fn transport_lost(&mut self, _now_ms: i64) {
         self.transport_up = false;
         self.awaiting_welcome = false;
-        self.hello_deadline = None;
-        self.next_ping_at = None;
-        self.ack_at = None;
+        self.timers.stop_all();
         self.transmits.clear();
         if self.state == ConnectionState::Connected {
             self.set_state(ConnectionState::Reconnecting);
@@ -360,8 +372,7 @@ impl ClientEngine {
         self.lose_session(now_ms, EndReason::Hangup);
         self.transport_up = false;
         self.awaiting_welcome = false;
-        self.hello_deadline = None;
-        self.next_ping_at = None;
+        self.timers.stop_all();
         self.set_state(ConnectionState::Disconnected);
     }
 
@@ -395,7 +406,7 @@ impl ClientEngine {
         if self.state != ConnectionState::Connected {
             return;
         }
-        self.last_rx_at = now_ms;
+        self.arm_liveness(now_ms);
         self.outbox.ack(ack, |_, _| {});
         match body {
             ServerBody::Welcome(_) => {}
@@ -421,8 +432,8 @@ impl ClientEngine {
                 if self.state == ConnectionState::Connected && self.rx_unacked > 0 {
                     if self.rx_unacked >= ACK_EVERY {
                         self.queue_ping(now_ms);
-                    } else if self.ack_at.is_none() {
-                        self.ack_at = Some(now_ms.saturating_add(ACK_DELAY_MS));
+                    } else if !self.timers.is_set(Timer::Ack) {
+                        self.timers.set(Timer::Ack, now_ms.saturating_add(ACK_DELAY_MS));
                     }
                 }
             }
@@ -433,13 +444,13 @@ impl ClientEngine {
     /// times out requests, and detects a dead transport (no Welcome in time, or a server
     /// silent past its liveness timeout; see [`DriverEvent::TransportStale`]).
     pub fn handle_timeout(&mut self, now_ms: i64) {
-        if self.awaiting_welcome && self.hello_deadline.is_some_and(|d| d <= now_ms) {
+        if self.awaiting_welcome && self.timers.is_due(Timer::Hello, now_ms) {
             self.transport_stale(now_ms);
         }
         if self.state == ConnectionState::Connected && self.transport_up {
-            if self.liveness_deadline().is_some_and(|d| d <= now_ms) {
+            if self.timers.is_due(Timer::Liveness, now_ms) {
                 self.transport_stale(now_ms);
-            } else if self.next_ping_at.into_iter().chain(self.ack_at).any(|t| t <= now_ms) {
+            } else if self.timers.is_due(Timer::Heartbeat, now_ms) || self.timers.is_due(Timer::Ack, now_ms) {
                 self.queue_ping(now_ms);
             }
         }
@@ -483,7 +494,7 @@ impl ClientEngine {
         self.media.pop()
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) must next be called (ms since the epoch):
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called (engine clock):
     /// the earliest of the next heartbeat, the delayed ack, the liveness check, the Hello's
     /// deadline and the request deadlines. `None` when nothing is scheduled.
     #[must_use]
@@ -495,12 +506,12 @@ impl ClientEngine {
             }
         };
         if self.awaiting_welcome {
-            consider(self.hello_deadline);
+            consider(self.timers.get(Timer::Hello));
         }
         if self.state == ConnectionState::Connected && self.transport_up {
-            consider(self.next_ping_at);
-            consider(self.ack_at);
-            consider(self.liveness_deadline());
+            consider(self.timers.get(Timer::Heartbeat));
+            consider(self.timers.get(Timer::Ack));
+            consider(self.timers.get(Timer::Liveness));
         }
         next
     }
@@ -513,8 +524,21 @@ impl ClientEngine {
         self.outbox.len()
     }
 
-    fn liveness_deadline(&self) -> Option<i64> {
-        (self.liveness_ms > 0).then(|| self.last_rx_at.saturating_add(i64::from(self.liveness_ms)))
+    /// The server just spoke: it is alive until the liveness timeout from now.
+    fn arm_liveness(&mut self, now_ms: i64) {
+        if self.liveness_ms > 0 {
+            self.timers.set(Timer::Liveness, now_ms.saturating_add(i64::from(self.liveness_ms)));
+        } else {
+            self.timers.stop(Timer::Liveness);
+        }
+    }
+
+    fn arm_heartbeat(&mut self, now_ms: i64) {
+        if self.heartbeat_ms > 0 {
+            self.timers.set(Timer::Heartbeat, now_ms.saturating_add(i64::from(self.heartbeat_ms)));
+        } else {
+            self.timers.stop(Timer::Heartbeat);
+        }
     }
 
     pub(super) fn set_state(&mut self, state: ConnectionState) {
@@ -526,7 +550,7 @@ impl ClientEngine {
 
     fn frame(&mut self, seq: u64, request_id: u64, body: ClientBody) -> ClientFrame {
         self.rx_unacked = 0;
-        self.ack_at = None;
+        self.timers.stop(Timer::Ack);
         ClientFrame { seq, ack: self.inbox.last_in_order(), request_id, body }
     }
 
@@ -537,8 +561,7 @@ impl ClientEngine {
 
     fn queue_ping(&mut self, now_ms: i64) {
         self.queue_unsequenced(ClientBody::Ping);
-        self.next_ping_at =
-            (self.heartbeat_ms > 0).then(|| now_ms.saturating_add(i64::from(self.heartbeat_ms)));
+        self.arm_heartbeat(now_ms);
     }
 
     /// Numbers a request, keeps it until acked, sends it now when connected (else it is sent
@@ -591,11 +614,10 @@ impl ClientEngine {
         self.ice_servers = w.ice_servers;
         self.clock_offset_ms = Some(w.server_time_ms.saturating_sub(now_ms));
         self.awaiting_welcome = false;
-        self.hello_deadline = None;
-        self.last_rx_at = now_ms;
+        self.timers.stop(Timer::Hello);
+        self.arm_liveness(now_ms);
         self.rx_unacked = 0;
-        self.next_ping_at =
-            (self.heartbeat_ms > 0).then(|| now_ms.saturating_add(i64::from(self.heartbeat_ms)));
+        self.arm_heartbeat(now_ms);
         if resumable {
             let acked = w.last_received_seq.max(ack);
             self.outbox.ack(acked, |_, _| {});
@@ -667,7 +689,7 @@ impl ClientEngine {
         self.outbox = Outbox::new();
         self.inbox = Inbox::new(MAX_HELD_FRAMES);
         self.rx_unacked = 0;
-        self.ack_at = None;
+        self.timers.stop(Timer::Ack);
     }
 
     /// Ends a live call here: `CallEnded`, and the call leaves the current / incoming slots.
@@ -676,7 +698,8 @@ impl ClientEngine {
         if self.current.as_ref() == Some(id) {
             self.current = None;
         }
-        let session = call.end(now_ms, reason, last, &mut self.events);
+        let at = self.server_time_ms(now_ms);
+        let session = call.end(at, reason, last, &mut self.events);
         self.ended.insert(id.clone(), session.version());
     }
 
@@ -965,6 +988,8 @@ impl ClientEngine {
             }
             return;
         }
+        // Session timestamps are on the server's clock, like every time the server sends.
+        let now_ms = self.server_time_ms(now_ms);
         let Some(call) = self.calls.get_mut(id) else { return };
         let out = &mut self.events;
         match event {

@@ -20,6 +20,7 @@ mod media;
 mod ops;
 mod requests;
 mod session;
+mod timers;
 
 #[cfg(test)]
 mod proptests;

@@ -101,6 +101,9 @@ pub struct Device {
     pub stack: media::SimMediaStack,
     /// Whether a Hello on the current connection has been authenticated.
     hello_seen: bool,
+    /// The device's engine clock minus simulated time: a driver may feed its engine any
+    /// monotonic clock, not the wall clock (0 unless a test says otherwise).
+    pub clock_offset_ms: i64,
     /// Index in `driver_events` where the current engine's life began (request ids restart with it).
     pub epoch: usize,
 }
@@ -179,6 +182,7 @@ impl Sim {
             driver_events: Vec::new(),
             media: Vec::new(),
             stack: media::SimMediaStack::default(),
+            clock_offset_ms: 0,
             hello_seen: false,
             epoch: 0,
         });
@@ -194,11 +198,16 @@ impl Sim {
         idx
     }
 
+    /// The engine clock of device `idx` now.
+    pub fn device_now(&self, idx: usize) -> i64 {
+        self.now + self.devices[idx].clock_offset_ms
+    }
+
     fn open_connection(&mut self, idx: usize) {
         let conn = self.next_conn;
         self.next_conn += 1;
         self.conn_owner.insert(conn, idx);
-        let now = self.now;
+        let now = self.device_now(idx);
         let device = &mut self.devices[idx];
         device.conn = Some(conn);
         device.hello_seen = false;
@@ -214,7 +223,8 @@ impl Sim {
         self.conn_owner.remove(&conn);
         let now = self.now;
         self.switchboard.connection_lost(now, conn);
-        self.devices[idx].engine.transport_lost(now);
+        let device_now = self.device_now(idx);
+        self.devices[idx].engine.transport_lost(device_now);
     }
 
     /// Cuts the connection and reconnects at once (a TCP reset followed by a resume).
@@ -255,7 +265,8 @@ impl Sim {
     /// The device comes back on the same engine (reconnect and resume).
     pub fn power_on(&mut self, idx: usize) {
         self.devices[idx].online = true;
-        self.devices[idx].engine.transport_lost(self.now);
+        let now = self.device_now(idx);
+        self.devices[idx].engine.transport_lost(now);
         self.open_connection(idx);
     }
 
@@ -300,7 +311,7 @@ impl Sim {
                 }
                 while let Some(command) = self.devices[idx].engine.poll_media() {
                     progressed = true;
-                    let now = self.now;
+                    let now = self.device_now(idx);
                     let device = &mut self.devices[idx];
                     device.media.push((now, command.clone()));
                     device.stack.execute(now, &mut device.engine, command);
@@ -381,7 +392,8 @@ impl Sim {
                     Ok(frame) => frame,
                     Err(e) => panic!("the switchboard produced an invalid frame: {e}"),
                 };
-                device.engine.handle_frame(now, frame);
+                let device_now = now + device.clock_offset_ms;
+                device.engine.handle_frame(device_now, frame);
             }
         }
     }
@@ -397,7 +409,7 @@ impl Sim {
         consider(self.switchboard.poll_timeout());
         for device in &self.devices {
             if device.online {
-                consider(device.engine.poll_timeout());
+                consider(device.engine.poll_timeout().map(|t| t - device.clock_offset_ms));
             }
         }
         next
@@ -426,8 +438,11 @@ impl Sim {
             self.switchboard.handle_timeout(now);
         }
         for idx in 0..self.devices.len() {
-            if self.devices[idx].online && self.devices[idx].engine.poll_timeout().is_some_and(|t| t <= now) {
-                self.devices[idx].engine.handle_timeout(now);
+            let device_now = self.device_now(idx);
+            if self.devices[idx].online
+                && self.devices[idx].engine.poll_timeout().is_some_and(|t| t <= device_now)
+            {
+                self.devices[idx].engine.handle_timeout(device_now);
             }
         }
         self.flush();

@@ -54,7 +54,7 @@ impl Sim {
         media: MediaType,
         options: CallOptions,
     ) -> Result<(CallId, Vec<UserId>), Error> {
-        let now = self.now;
+        let now = self.device_now(idx);
         let callees: Vec<String> = callees.iter().map(|s| s.to_string()).collect();
         let id = self.devices[idx].engine.start_call(now, &callees, call_type, media, options)?;
         match self.wait_request(idx, id)? {
@@ -84,7 +84,7 @@ impl Sim {
 
     /// The code of a start_call refused by the engine itself, before anything is sent.
     pub fn try_start_local(&mut self, idx: usize, callees: &[&str], call_type: CallType) -> Option<Code> {
-        let now = self.now;
+        let now = self.device_now(idx);
         let callees: Vec<String> = callees.iter().map(|s| s.to_string()).collect();
         self.devices[idx]
             .engine
@@ -110,25 +110,25 @@ impl Sim {
     }
 
     pub fn accept(&mut self, idx: usize, call: &CallId) {
-        let now = self.now;
+        let now = self.device_now(idx);
         let id = ok("accept", self.devices[idx].engine.accept(now, call));
         ok("accept answered", self.wait_request(idx, id));
     }
 
     pub fn hangup(&mut self, idx: usize, call: &CallId) {
-        let now = self.now;
+        let now = self.device_now(idx);
         let id = ok("hangup", self.devices[idx].engine.hangup(now, Some(call), None));
         ok("hangup answered", self.wait_request(idx, id));
     }
 
     pub fn join(&mut self, idx: usize, call: &CallId) -> Result<(), Error> {
-        let now = self.now;
+        let now = self.device_now(idx);
         let id = self.devices[idx].engine.join_call(now, call)?;
         self.wait_request(idx, id).map(|_| ())
     }
 
     pub fn try_invite(&mut self, idx: usize, _call: &CallId, users: &[&str]) -> Result<Vec<UserId>, Error> {
-        let now = self.now;
+        let now = self.device_now(idx);
         let users: Vec<String> = users.iter().map(|s| s.to_string()).collect();
         let id = self.devices[idx].engine.invite(now, &users, None, String::new())?;
         match self.wait_request(idx, id)? {
@@ -144,7 +144,7 @@ impl Sim {
     }
 
     pub fn get_call(&mut self, idx: usize, call: &CallId) -> callplus_session::CallInfo {
-        let now = self.now;
+        let now = self.device_now(idx);
         let id = ok("get_call", self.devices[idx].engine.get_call(now, call));
         match ok("get_call answered", self.wait_request(idx, id)) {
             ResponseBody::Call(info) => info,
@@ -153,7 +153,7 @@ impl Sim {
     }
 
     pub fn available_calls(&mut self, idx: usize) -> Vec<CallId> {
-        let now = self.now;
+        let now = self.device_now(idx);
         let id = ok("get_available_calls", self.devices[idx].engine.get_available_calls(now));
         match ok("available", self.wait_request(idx, id)) {
             ResponseBody::Calls(calls) => calls.into_iter().map(|c| c.call_id).collect(),
@@ -162,7 +162,7 @@ impl Sim {
     }
 
     pub fn request_media_nowait(&mut self, idx: usize, media: MediaType) -> RequestId {
-        let now = self.now;
+        let now = self.device_now(idx);
         ok("request_change_media_type", self.devices[idx].engine.request_change_media_type(now, media))
     }
 
@@ -175,39 +175,39 @@ impl Sim {
     }
 
     pub fn reply_media(&mut self, idx: usize, tx: &TransactionId, agree: bool) {
-        let now = self.now;
+        let now = self.device_now(idx);
         let id = ok("reply", self.devices[idx].engine.reply_change_media_type(now, tx, agree));
         ok("reply answered", self.wait_request(idx, id));
     }
 
     pub fn cancel_media(&mut self, idx: usize, tx: &TransactionId) {
-        let now = self.now;
+        let now = self.device_now(idx);
         let id = ok("cancel", self.devices[idx].engine.cancel_change_media_type(now, tx));
         ok("cancel answered", self.wait_request(idx, id));
     }
 
     pub fn set_camera(&mut self, idx: usize, enabled: bool) {
-        let now = self.now;
+        let now = self.device_now(idx);
         ok("camera", self.devices[idx].engine.set_camera_enabled(now, enabled));
     }
 
     pub fn set_microphone(&mut self, idx: usize, enabled: bool) {
-        let now = self.now;
+        let now = self.device_now(idx);
         ok("microphone", self.devices[idx].engine.set_microphone_enabled(now, enabled));
     }
 
     pub fn report_first_frame(&mut self, idx: usize, call: &CallId) {
-        let now = self.now;
+        let now = self.device_now(idx);
         ok("first frame", self.devices[idx].engine.report_first_frame(now, call));
     }
 
     pub fn ringing(&mut self, idx: usize, call: &CallId) {
-        let now = self.now;
+        let now = self.device_now(idx);
         ok("ringing", self.devices[idx].engine.ringing(now, call));
     }
 
     pub fn records_page(&mut self, idx: usize, sync_time: i64, count: u32, order: RecordOrder) -> RecordPage {
-        let now = self.now;
+        let now = self.device_now(idx);
         let id = ok("records", self.devices[idx].engine.get_call_records(now, sync_time, count, order));
         match ok("records answered", self.wait_request(idx, id)) {
             ResponseBody::Records(page) => page,
@@ -216,13 +216,13 @@ impl Sim {
     }
 
     pub fn delete_records(&mut self, idx: usize, calls: Vec<CallId>) {
-        let now = self.now;
+        let now = self.device_now(idx);
         let id = ok("delete", self.devices[idx].engine.delete_call_records(now, calls));
         ok("delete answered", self.wait_request(idx, id));
     }
 
     pub fn delete_all_records(&mut self, idx: usize) {
-        let now = self.now;
+        let now = self.device_now(idx);
         let id = ok("delete all", self.devices[idx].engine.delete_all_call_records(now));
         ok("delete all answered", self.wait_request(idx, id));
     }
