@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use callplus_proto::v1 as pb;
 use callplus_session::client::{
@@ -20,6 +20,7 @@ use rand::Rng as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::clock::EngineClock;
 use super::transport::{Connecting, Connection, Transport, TransportError};
 use super::{Command, Snapshot};
 
@@ -58,19 +59,6 @@ impl Backoff {
     }
 }
 
-/// Milliseconds since the Unix epoch: the engine's clock.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// The tokio instant at which the engine's epoch-ms deadline falls.
-fn instant_at(deadline_ms: i64) -> Instant {
-    let wait = deadline_ms.saturating_sub(now_ms()).max(0);
-    Instant::now() + Duration::from_millis(u64::try_from(wait).unwrap_or(0))
-}
-
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -94,6 +82,7 @@ async fn receive(conn: &mut Option<Connection>) -> Option<Result<pb::ServerFrame
 
 pub(super) struct Driver {
     engine: ClientEngine,
+    clock: EngineClock,
     transport: Arc<dyn Transport>,
     backoff: Backoff,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -126,6 +115,7 @@ impl Driver {
         let anonymous = UserId::new("anonymous").expect("a valid id literal");
         Driver {
             engine,
+            clock: EngineClock::start(),
             transport,
             backoff,
             commands,
@@ -157,7 +147,7 @@ impl Driver {
             if self.finished {
                 break;
             }
-            let timer = self.engine.poll_timeout().map(instant_at);
+            let timer = self.engine.poll_timeout().map(|t| self.clock.instant_at(t));
             tokio::select! {
                 frame = receive(&mut self.conn) => self.on_receive(frame),
                 command = self.commands.recv(), if self.commands_open => match command {
@@ -172,7 +162,7 @@ impl Driver {
                     self.attempt = None;
                     self.on_connected(result);
                 }
-                () = sleep_until_opt(timer) => self.engine.handle_timeout(now_ms()),
+                () = sleep_until_opt(timer) => self.engine.handle_timeout(self.clock.now_ms()),
                 () = sleep_until_opt(self.retry_at) => {
                     self.retry_at = None;
                     tracing::debug!("reconnecting");
@@ -190,7 +180,7 @@ impl Driver {
             Ok(conn) => {
                 tracing::debug!("transport connected");
                 self.conn = Some(conn);
-                self.engine.transport_connected(now_ms());
+                self.engine.transport_connected(self.clock.now_ms());
             }
             Err(TransportError::Refused(error)) => self.refused(error),
             Err(TransportError::Io(message)) => {
@@ -211,7 +201,7 @@ impl Driver {
             Some(Ok(frame)) => {
                 let me = self.engine.user_id().cloned().unwrap_or_else(|| self.anonymous.clone());
                 match wire::server_frame_from_wire(frame, &me) {
-                    Ok(frame) => self.engine.handle_frame(now_ms(), frame),
+                    Ok(frame) => self.engine.handle_frame(self.clock.now_ms(), frame),
                     Err(e) => tracing::warn!(error = %e, "dropping a server frame that does not convert"),
                 }
             }
@@ -229,7 +219,7 @@ impl Driver {
             let _ = ready.send(Err(error));
         } else {
             let _ = self.events.send(ClientEvent::ConnectionRejected(error));
-            self.engine.disconnect(now_ms());
+            self.engine.disconnect(self.clock.now_ms());
         }
         self.finished = true;
     }
@@ -239,7 +229,7 @@ impl Driver {
         if self.ready.is_some() && self.engine.connection_state() != ConnectionState::Connected {
             // The first connection never got its Welcome: report instead of retrying; the
             // engine may already have said why (ConnectionRejected) while draining.
-            self.engine.transport_lost(now_ms());
+            self.engine.transport_lost(self.clock.now_ms());
             self.drain();
             if let Some(ready) = self.ready.take() {
                 let _ = ready.send(Err(Error::new(Code::NotConnected, format!("connection lost: {why}"))));
@@ -252,7 +242,7 @@ impl Driver {
             return;
         }
         tracing::info!(why, "transport lost");
-        self.engine.transport_lost(now_ms());
+        self.engine.transport_lost(self.clock.now_ms());
         self.schedule_retry();
     }
 
@@ -271,7 +261,7 @@ impl Driver {
 
     async fn on_command(&mut self, command: Command) {
         match command {
-            Command::Request { op, reply } => match op(&mut self.engine, now_ms()) {
+            Command::Request { op, reply } => match op(&mut self.engine, self.clock.now_ms()) {
                 Ok(id) => {
                     self.pending.insert(id, reply);
                 }
@@ -279,7 +269,7 @@ impl Driver {
                     let _ = reply.send(Err(e));
                 }
             },
-            Command::Input(input) => input(&mut self.engine, now_ms()),
+            Command::Input(input) => input(&mut self.engine, self.clock.now_ms()),
             Command::SetToken(token) => self.engine.set_token(token),
             Command::Disconnect { done } => {
                 self.goodbye().await;
@@ -290,7 +280,7 @@ impl Driver {
 
     /// Sends Goodbye, lets the server close the stream (bounded wait) and stops.
     async fn goodbye(&mut self) {
-        self.engine.disconnect(now_ms());
+        self.engine.disconnect(self.clock.now_ms());
         self.drain();
         self.attempt = None;
         self.retry_at = None;

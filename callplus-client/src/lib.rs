@@ -33,6 +33,7 @@
 //! failures come from the engine, refusals from the server keep the server's code and message,
 //! and `NOT_CONNECTED` means the client is gone (disconnected, kicked, or never connected).
 
+mod clock;
 pub mod describe;
 mod driver;
 #[cfg(feature = "media")]

@@ -1850,12 +1850,6 @@ enum callplus_result callplus_client_set_event_callback(const struct callplus_cl
 const char *callplus_end_reason_name(uint32_t reason);
 
 /**
- * The constant's name without prefix (e.g. "CALL_ENDED") of an event type number, for logs;
- * "UNKNOWN" for other numbers. Static; never free it.
- */
-const char *callplus_event_type_name(uint32_t event_type);
-
-/**
  * The event's kind; NONE when `event` is NULL.
  *
  * # Safety
@@ -2093,6 +2087,12 @@ const struct callplus_media_stats *callplus_event_stats(const struct callplus_ev
  * `event` must be NULL or an owned `callplus_event` not freed before.
  */
 void callplus_event_free(struct callplus_event *event);
+
+/**
+ * The constant's name without prefix (e.g. "CALL_ENDED") of an event type number, for logs;
+ * "UNKNOWN" for other numbers. Static; never free it.
+ */
+const char *callplus_event_type_name(uint32_t event_type);
 
 /**
  * Pushes one Opus packet from the app's microphone (a client connected with
