@@ -3,14 +3,19 @@
 //! A [`Call`] holds everything the switchboard knows about a call: its type and media type, its
 //! participants (with their states, end reasons, per-device ring delivery and the device session
 //! that holds each answered leg), its version, and a pending change-media-type transaction. It
-//! knows the rules that depend only on the call itself — when it must end, what each viewer's end
-//! reason is, what its snapshot, records and summaries look like — while the switchboard
+//! knows the rules that depend only on the call itself — its transitions (answer, ring, leave,
+//! finish: `transitions.rs`), when it must end, what each viewer's end reason is, what its
+//! snapshot, records and summaries look like — while the switchboard
 //! (`crate::switchboard`) routes the resulting events to devices and runs the timers.
 //!
 //! Participant states on the server: the creator is `Connecting` while dialing and `OnCall` once
 //! someone answered; an invitee is `Incoming`, then `Ringing` once one of their devices reports
 //! that it shows the call, then `OnCall` when a device accepts (the SDK's `CONNECTING` is a
 //! client-side transient while media is set up), and finally `Ended` with a reason.
+
+mod transitions;
+
+pub(crate) use transitions::{Answered, Rang};
 
 use crate::model::ids::{AppKey, CallId, DeviceId, TransactionId, UserId};
 use crate::model::kinds::{CallType, Delivery, Direction, EndReason, MediaType, ParticipantState};
@@ -371,29 +376,6 @@ impl Call {
                 Some(self.parties.len() - 1)
             }
         }
-    }
-
-    /// Ends one participant with `reason` (its own point of view) and returns the device
-    /// sessions that held the call for it. `None` when it was not active.
-    pub(crate) fn end_party(&mut self, idx: usize, reason: EndReason, now_ms: i64) -> Option<Holders> {
-        let party = self.parties.get_mut(idx)?;
-        if !party.state.is_active() {
-            return None;
-        }
-        party.state = ParticipantState::Ended;
-        party.reason = Some(reason);
-        party.ended_at_ms = Some(now_ms);
-        party.ring_deadline = None;
-        let sessions = match party.bound.take() {
-            Some(sk) => Holders::One(sk),
-            None => Holders::Many(std::mem::take(&mut party.offered)),
-        };
-        party.offered.clear();
-        if self.change.as_ref().is_some_and(|c| c.requester == idx || self.call_type == CallType::Single) {
-            self.change = None;
-        }
-        self.version += 1;
-        Some(sessions)
     }
 
     /// Records how far the invitation got on one device of a participant; true when anything

@@ -1,6 +1,6 @@
 //! Call requests and call endings: the switchboard side of [`crate::call`].
 
-use crate::call::{Call, Holders, MediaChange, NewCall, Party, SessionKey, remote_view};
+use crate::call::{Answered, Call, Holders, MediaChange, NewCall, Party, Rang, SessionKey, remote_view};
 use crate::error::{Code, Error};
 use crate::model::ids::{CallId, DeviceId, TransactionId, UserId};
 use crate::model::kinds::{
@@ -379,39 +379,16 @@ impl Switchboard {
     /// The requester's participant answers (or rejoins) on this device.
     fn connect_party(&mut self, now: i64, ctx: &Ctx, rid: u64, id: &CallId) -> Result<(), Error> {
         let (call, idx) = find(&mut self.calls, ctx, id)?;
-        let Some(party) = call.party_mut(idx) else { return Err(Error::from_code(Code::Internal)) };
-        let others: Vec<SessionKey> = party.offered.iter().copied().filter(|&s| s != ctx.sk).collect();
-        party.state = ParticipantState::OnCall;
-        party.reason = None;
-        party.ended_at_ms = None;
-        party.connected_at_ms = Some(now);
-        party.bound = Some(ctx.sk);
-        party.device = Some(ctx.device.clone());
-        party.offered.clear();
-        party.ring_deadline = None;
-        call.bump();
-        if idx != 0 {
-            call.mark_device(idx, &ctx.device, Delivery::Delivered);
-        }
-        let mut creator_on = false;
-        if idx != 0
-            && let Some(creator) = call.party_mut(0)
-            && creator.state == ParticipantState::Connecting
-        {
-            creator.state = ParticipantState::OnCall;
-            creator.connected_at_ms = Some(now);
-            creator_on = true;
-        }
-        let started = call.started_at_ms.is_none() && call.on_call() >= 2;
-        if started {
-            call.started_at_ms = Some(now);
-        }
-        let version = call.bump();
+        let Some(Answered { stop_ringing, creator_connected: creator_on, started, version }) =
+            call.answer(idx, ctx.sk, &ctx.device, now)
+        else {
+            return Err(Error::from_code(Code::Internal));
+        };
         let snapshot = call.snapshot();
         self.net.respond(ctx.sk, rid, Ok(ResponseBody::Call(snapshot.clone())));
-        if !others.is_empty() {
+        if !stop_ringing.is_empty() {
             let event = Event::CallEnded { call: snapshot.clone(), reason: EndReason::AcceptedOnOtherDevice };
-            self.net.send_all(&others, event);
+            self.net.send_all(&stop_ringing, event);
         }
         let changed = |user: &UserId, device: Option<DeviceId>| Event::ParticipantChanged {
             call_id: id.clone(),
@@ -463,17 +440,10 @@ impl Switchboard {
     fn ringing(&mut self, ctx: &Ctx, rid: u64, id: &CallId) -> Result<(), Error> {
         let (call, idx) = find(&mut self.calls, ctx, id)?;
         not_ended(call)?;
-        let Some(party) = call.party_mut(idx) else { return Err(Error::from_code(Code::Internal)) };
-        if !party.state.is_ringing() {
+        let Some(Rang { state_changed, delivery_changed, version }) = call.ring_on(idx, ctx.sk, &ctx.device)
+        else {
             return Err(err(Code::InvalidState, "the call is not ringing for you"));
-        }
-        let state_changed = party.state == ParticipantState::Incoming;
-        party.state = ParticipantState::Ringing;
-        if !party.offered.contains(&ctx.sk) {
-            party.offered.push(ctx.sk);
-        }
-        let version = if state_changed { call.bump() } else { call.version };
-        let delivery_changed = call.mark_device(idx, &ctx.device, Delivery::Ringing);
+        };
         self.net.respond(ctx.sk, rid, Ok(ResponseBody::Empty));
         if state_changed {
             let event = Event::ParticipantChanged {
@@ -899,19 +869,7 @@ impl Switchboard {
         if call.is_ended() {
             return;
         }
-        let mut ended = Vec::new();
-        for j in 0..call.parties.len() {
-            // Someone still rung when the others hung up sees a cancel.
-            let ringing = call.party(j).is_some_and(|p| p.state.is_ringing());
-            let reason =
-                if ringing && others == EndReason::RemoteHangup { EndReason::RemoteCancel } else { others };
-            if let Some(sessions) = call.end_party(j, reason, now) {
-                ended.push((j, sessions));
-            }
-        }
-        call.ended_at_ms = Some(now);
-        call.change = None;
-        call.bump();
+        let ended = call.finish(others, now);
         let snapshot = call.snapshot();
         if let Some(leaver) = &leaver {
             send_leaver_ended(&mut self.net, call, leaver, &snapshot);
