@@ -10,6 +10,9 @@
 //! cargo xtask bench [ARGS...]          criterion benches of the workspace (ARGS go to cargo bench)
 //! ```
 //!
+//! `ci` builds the web engine for `wasm32-unknown-unknown` (adding the target with rustup when
+//! missing) and reports its size.
+//!
 //! `ci` also checks the crate layering: `cargo tree` must not show server crates under the C
 //! library nor codecs under the server binary, which it builds with pkg-config finding nothing.
 //!
@@ -196,6 +199,7 @@ fn ci(args: &[String]) -> Result {
     run("clippy -D warnings", clippy)?;
 
     check_layering()?;
+    build_web_engine()?;
 
     // The workspace tests include callplus-ffi's `header` test, which fails on a stale header:
     // that is the codegen check. Running it again alone (`codegen --check`) would build a second
@@ -260,6 +264,41 @@ fn check_layering() -> Result {
         .env("PKG_CONFIG_PATH", &empty);
     run("build the server binary without system codec libraries", build)
 }
+
+/// Builds the web engine for browsers (adding the `wasm32-unknown-unknown` target with rustup
+/// when it is missing), lints it for that target, and reports its size raw and gzipped.
+fn build_web_engine() -> Result {
+    let mut installed = Command::new("rustup");
+    installed.args(["target", "list", "--installed"]);
+    let has_target = installed
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == WASM_TARGET));
+    if !has_target {
+        let mut add = Command::new("rustup");
+        add.args(["target", "add", WASM_TARGET]);
+        run("rustup target add (web engine)", add)?;
+    }
+    let mut clippy = cargo();
+    clippy.args(["clippy", "-p", "callplus-web", "--target", WASM_TARGET, "--", "-D", "warnings"]);
+    run("clippy -D warnings (web engine, wasm32)", clippy)?;
+    let mut build = cargo();
+    build.args(["build", "-p", "callplus-web", "--target", WASM_TARGET, "--profile", "wasm"]);
+    run("build the web engine (wasm32)", build)?;
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let wasm = target_dir.join(WASM_TARGET).join("wasm").join("callplus_web.wasm");
+    let bytes = std::fs::read(&wasm).map_err(|e| format!("cannot read {}: {e}", wasm.display()))?;
+    eprintln!("xtask: web engine: {} bytes raw ({})", bytes.len(), wasm.display());
+    let mut gzip = Command::new("gzip");
+    gzip.args(["-9", "-c"]).arg(&wasm);
+    if let Ok(out) = gzip.output() {
+        eprintln!("xtask: web engine: {} bytes gzipped", out.stdout.len());
+    }
+    Ok(())
+}
+
+/// The target the web engine is built for.
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
 /// Installs the missing [`SYSTEM_PACKAGES`] with apt-get (through sudo when not root).
 fn ensure_system_packages() -> Result {
