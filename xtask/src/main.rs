@@ -8,6 +8,8 @@
 //! cargo xtask fuzz [--seconds N] [TARGET...]
 //!                                      run each fuzz target (or the named ones) for N seconds
 //! cargo xtask bench [ARGS...]          criterion benches of the workspace (ARGS go to cargo bench)
+//! cargo xtask bench --compare-sip [--rates R1,R2] [--seconds N]
+//!                                      callplus against Kamailio + SIPp, back to back
 //! ```
 //!
 //! `ci` builds the web engine for `wasm32-unknown-unknown` (adding the target with rustup when
@@ -22,6 +24,8 @@
 //! Fuzzing needs the nightly toolchain and `cargo-fuzz`; `fuzz` installs `cargo-fuzz` (from
 //! crates.io, `--locked`) when it is missing, `ci` does the same when nightly is present and
 //! skips fuzzing with a note when it is not.
+
+mod compare_sip;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -47,6 +51,9 @@ commands:
                                      of each fuzz target
   fuzz [--seconds N] [TARGET...]     run every fuzz target (or the named ones) for N s (default 30)
   bench [ARGS...]                    run the criterion benches (cargo bench --workspace ARGS)
+  bench --compare-sip [--rates R1,R2] [--seconds N]
+                                     Kamailio + SIPp and `callplus bench` back to back at the
+                                     same offered rates on 127.0.0.1; one table with the ratio
 ";
 
 type Result<T = ()> = std::result::Result<T, String>;
@@ -315,6 +322,11 @@ fn ensure_system_packages() -> Result {
         return Ok(());
     }
     eprintln!("xtask: installing system packages: {}", missing.join(" "));
+    apt_install(&missing)
+}
+
+/// `apt-get update` and `apt-get install` of `packages` (through sudo when not root).
+fn apt_install(packages: &[&str]) -> Result {
     let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
     let apt = |args: &[&str]| {
         let mut cmd = if root { Command::new("apt-get") } else { Command::new("sudo") };
@@ -326,7 +338,7 @@ fn ensure_system_packages() -> Result {
     };
     run("apt-get update", apt(&["update", "-qq"]))?;
     let mut install = vec!["install", "-y", "-qq"];
-    install.extend(&missing);
+    install.extend(packages);
     run("apt-get install", apt(&install))
 }
 
@@ -398,6 +410,10 @@ fn fuzz_run(targets: &[String], secs: u64) -> Result {
 // ----- bench ----------------------------------------------------------------------------------
 
 fn bench(args: &[String]) -> Result {
+    let mut args = args.to_vec();
+    if take_flag(&mut args, "--compare-sip") {
+        return compare_sip::compare_sip(&args);
+    }
     let mut cmd = cargo();
     cmd.args(["bench", "--workspace"]).args(args);
     run("bench", cmd)

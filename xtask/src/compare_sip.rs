@@ -1,0 +1,350 @@
+//! `cargo xtask bench --compare-sip`: callplus against a SIP anchor, back to back on one box.
+//!
+//! The anchor is Kamailio as a stateful proxy (`tm`, record-routing) between two SIPp endpoints
+//! running the built-in UAC and UAS scenarios (INVITE / 100 / 180 / 200 / ACK / BYE / 200); the
+//! candidate is `callplus bench` (full 1:1 cycles: start, ring, accept, connect, hang-up, records)
+//! against a `callplus serve` child. Both run at the same offered rates on 127.0.0.1, one right
+//! after the other, and the table reports each side's achieved rate, failures, p99 setup time and
+//! server CPU per call, and the ratio of CPU per call. Figures from different moments are not
+//! comparable; ratios from one run are.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{Result, cargo, root, run};
+
+/// Debian packages the comparison needs.
+const PACKAGES: &[&str] = &["kamailio", "sip-tester"];
+/// Ports on 127.0.0.1: the proxy, the UAS, the UAC.
+const PROXY_PORT: u16 = 25_060;
+const UAS_PORT: u16 = 25_070;
+const UAC_PORT: u16 = 25_080;
+
+/// The proxy: stateful relaying to the UAS, record-routing INVITEs; in-dialog requests go to the
+/// UAS when SIPp's built-in UAC does not route them (it ignores Record-Route).
+fn kamailio_config(modules: &Path) -> String {
+    format!(
+        r#"#!KAMAILIO
+debug=0
+log_stderror=yes
+children=2
+listen=udp:127.0.0.1:{PROXY_PORT}
+auto_aliases=no
+mpath="{modules}/"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "siputils.so"
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    if (has_totag()) {{
+        if (!loose_route()) {{ $du = "sip:127.0.0.1:{UAS_PORT}"; }}
+        t_relay();
+        exit;
+    }}
+    if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+    t_check_trans();
+    if (is_method("INVITE")) {{ record_route(); }}
+    $du = "sip:127.0.0.1:{UAS_PORT}";
+    if (!t_relay()) {{ sl_reply_error(); }}
+    exit;
+}}
+"#,
+        modules = modules.display()
+    )
+}
+
+/// One side's result at one offered rate.
+#[derive(Debug, Clone)]
+struct Point {
+    system: &'static str,
+    offered: f64,
+    achieved: f64,
+    failed: u64,
+    completed: u64,
+    p99_ms: Option<f64>,
+    cpu_s: f64,
+}
+
+impl Point {
+    /// Server CPU per completed call, in microseconds.
+    fn cpu_per_call_us(&self) -> Option<f64> {
+        (self.completed > 0).then(|| self.cpu_s * 1e6 / self.completed as f64)
+    }
+}
+
+/// Parses `--rates 2000,5000` and `--seconds 12`.
+pub(crate) fn compare_sip(args: &[String]) -> Result {
+    let mut args = args.to_vec();
+    let rates: Vec<f64> = match crate::take_value(&mut args, "--rates")? {
+        Some(list) => list
+            .split(',')
+            .map(|r| r.trim().parse().map_err(|_| format!("not a rate: {r:?}")))
+            .collect::<Result<Vec<f64>>>()?,
+        None => vec![2_000.0, 5_000.0],
+    };
+    let seconds: u64 = crate::seconds(crate::take_value(&mut args, "--seconds")?, 12)?;
+    crate::no_more(&args)?;
+    ensure_packages()?;
+    let mut build = cargo();
+    build.args(["build", "--release", "-p", "callplus-signal", "--bin", "callplus"]);
+    run("build callplus (release)", build)?;
+    let work = std::env::temp_dir().join(format!("callplus-compare-sip-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+    let mut points = Vec::new();
+    for &rate in &rates {
+        points.push(sip_point(&work, rate, seconds)?);
+        points.push(callplus_point(rate, seconds)?);
+    }
+    print_table(&points);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+fn ensure_packages() -> Result {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|pkg| {
+            !crate::succeeds({
+                let mut c = Command::new("dpkg");
+                c.args(["-s", pkg]);
+                c
+            })
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    crate::apt_install(&missing)
+}
+
+/// A child process killed (and reaped) when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(what: &str, cmd: &mut Command) -> Result<Reaped> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.spawn().map(Reaped).map_err(|e| format!("cannot start {what}: {e}"))
+}
+
+/// CPU seconds (user + system) of `pid` and every process whose parent it is.
+fn tree_cpu_s(pid: u32) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut total = 0u64;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
+    for entry in entries.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid ... utime(14) stime(15)
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let own: Option<u32> = stat.split_whitespace().next().and_then(|p| p.parse().ok());
+        let ppid: Option<u32> = fields.get(1).and_then(|p| p.parse().ok());
+        if own == Some(pid) || ppid == Some(pid) {
+            let utime: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
+            let stime: u64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+            total += utime + stime;
+        }
+    }
+    total as f64 / ticks
+}
+
+/// Waits until something listens on UDP `port` of 127.0.0.1 (a bind there fails).
+fn wait_for_udp(port: u16, within: Duration) -> Result {
+    let deadline = Instant::now() + within;
+    while std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if Instant::now() > deadline {
+            return Err(format!("nothing listens on udp 127.0.0.1:{port}"));
+        }
+        std::thread::yield_now();
+    }
+    Ok(())
+}
+
+fn sip_point(work: &Path, rate: f64, seconds: u64) -> Result<Point> {
+    let modules = ["/usr/lib/x86_64-linux-gnu/kamailio/modules", "/usr/lib/kamailio/modules"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("tm.so").is_file())
+        .ok_or("kamailio's modules (tm.so) not found")?;
+    let cfg = work.join("kamailio.cfg");
+    std::fs::write(&cfg, kamailio_config(&modules))
+        .map_err(|e| format!("cannot write {}: {e}", cfg.display()))?;
+    let proxy = spawn(
+        "kamailio",
+        Command::new("kamailio").arg("-f").arg(&cfg).args(["-DD", "-E", "-x", "fm", "-m", "256", "-M", "16"]),
+    )?;
+    wait_for_udp(PROXY_PORT, Duration::from_secs(10))?;
+    let port = |p: u16| p.to_string();
+    let _uas = spawn(
+        "sipp (UAS)",
+        Command::new("sipp").args(["-sn", "uas", "-i", "127.0.0.1", "-p", &port(UAS_PORT), "-nostdin"]),
+    )?;
+    wait_for_udp(UAS_PORT, Duration::from_secs(10))?;
+    let calls = (rate * seconds as f64).round() as u64;
+    let stats = work.join(format!("uac-{rate}.csv"));
+    let rtt_dir = work.join(format!("rtt-{rate}"));
+    std::fs::create_dir_all(&rtt_dir).map_err(|e| e.to_string())?;
+    let cpu_before = tree_cpu_s(proxy.0.id());
+    let start = Instant::now();
+    let status = Command::new("sipp")
+        .current_dir(&rtt_dir)
+        .args(["-sn", "uac", &format!("127.0.0.1:{PROXY_PORT}"), "-s", "service", "-i", "127.0.0.1"])
+        .args(["-p", &port(UAC_PORT), "-r", &format!("{rate}"), "-m", &calls.to_string(), "-d", "0"])
+        .args(["-l", "100000", "-nostdin", "-timeout", &format!("{}s", seconds * 3), "-timeout_error"])
+        .args(["-trace_stat", "-fd", "1", "-trace_rtt", "-rtt_freq", "1", "-stf"])
+        .arg(&stats)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run sipp (UAC): {e}"))?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu_s = tree_cpu_s(proxy.0.id()) - cpu_before;
+    eprintln!("xtask: compare-sip: sipp UAC at {rate}/s exited with {status}");
+    let (completed, failed) = sipp_counts(&stats)?;
+    Ok(Point {
+        system: "Kamailio + SIPp",
+        offered: rate,
+        achieved: completed as f64 / elapsed.max(seconds as f64),
+        failed,
+        completed,
+        p99_ms: sipp_p99_ms(&rtt_dir),
+        cpu_s,
+    })
+}
+
+/// Successful and failed calls from SIPp's statistics file (its last line is the final count).
+fn sipp_counts(stats: &Path) -> Result<(u64, u64)> {
+    let text = std::fs::read_to_string(stats).map_err(|e| format!("cannot read {}: {e}", stats.display()))?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines.next().ok_or("empty SIPp statistics")?.split(';').collect();
+    let last: Vec<&str> = lines.next_back().ok_or("no SIPp statistics line")?.split(';').collect();
+    let column = |name: &str| -> Result<u64> {
+        let i = header.iter().position(|h| *h == name).ok_or(format!("no {name} column"))?;
+        last.get(i).and_then(|v| v.trim().parse().ok()).ok_or(format!("bad {name} value"))
+    };
+    Ok((column("SuccessfulCall(C)")?, column("FailedCall(C)")?))
+}
+
+/// The p99 of SIPp's response time 1 (INVITE → 200) from its `-trace_rtt` file, in ms.
+fn sipp_p99_ms(dir: &Path) -> Option<f64> {
+    let file = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with("_rtt.csv")))?;
+    let text = std::fs::read_to_string(file).ok()?;
+    let mut values: Vec<f64> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(';').nth(2).and_then(|v| v.trim().parse().ok()))
+        .collect();
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let i = ((values.len() as f64) * 0.99).ceil() as usize;
+    values.get(i.saturating_sub(1).min(values.len() - 1)).copied()
+}
+
+fn callplus_point(rate: f64, seconds: u64) -> Result<Point> {
+    let binary = root().join("target").join("release").join("callplus");
+    let out = Command::new(&binary)
+        .args([
+            "bench",
+            "--users",
+            "200",
+            "--rate",
+            &format!("{rate}"),
+            "--duration",
+            &format!("{seconds}s"),
+            "--json",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or("callplus bench printed no JSON")?;
+    let report: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("bench JSON: {e}"))?;
+    let num = |v: &serde_json::Value| v.as_f64();
+    Ok(Point {
+        system: "callplus",
+        offered: rate,
+        achieved: num(&report["cycles_per_sec"]).unwrap_or(0.0),
+        failed: report["failed"].as_u64().unwrap_or(0),
+        completed: report["completed"].as_u64().unwrap_or(0),
+        p99_ms: num(&report["latency_ms"]["start_to_received"]["p99"]),
+        cpu_s: num(&report["server_cpu_s"]).unwrap_or(0.0),
+    })
+}
+
+fn print_table(points: &[Point]) {
+    println!(
+        "| system | offered/s | achieved/s | failed | p99 setup | server CPU per call | callplus / anchor CPU |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for pair in points.chunks(2) {
+        let ratio = match pair {
+            [sip, cp] => match (sip.cpu_per_call_us(), cp.cpu_per_call_us()) {
+                (Some(a), Some(b)) if a > 0.0 => Some(b / a),
+                _ => None,
+            },
+            _ => None,
+        };
+        for (i, p) in pair.iter().enumerate() {
+            println!(
+                "| {} | {:.0} | {:.0} | {} | {} | {} | {} |",
+                p.system,
+                p.offered,
+                p.achieved,
+                p.failed,
+                p.p99_ms.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms")),
+                p.cpu_per_call_us().map_or_else(|| "-".to_owned(), |v| format!("{v:.0} µs")),
+                if i == 1 {
+                    ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}×"))
+                } else {
+                    String::new()
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sipp_final_counts_come_from_the_last_statistics_line() {
+        let dir = std::env::temp_dir().join(format!("callplus-xtask-sipp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.join("stat.csv");
+        std::fs::write(&file, "StartTime;SuccessfulCall(C);FailedCall(C);\nx;10;1;\nx;4858;76;\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sipp_counts(&file).ok(), Some((4858, 76)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_proxy_relays_to_the_uas_and_record_routes() {
+        let cfg = kamailio_config(Path::new("/mods"));
+        assert!(cfg.contains("mpath=\"/mods/\"") && cfg.contains("record_route()"));
+        assert!(cfg.contains(&format!("sip:127.0.0.1:{UAS_PORT}")));
+        assert!(cfg.contains(&format!("listen=udp:127.0.0.1:{PROXY_PORT}")));
+    }
+}
