@@ -57,7 +57,7 @@ impl Bench {
                 client_version: "bench".into(),
             };
             let user = UserId::new(user).unwrap_or_else(|e| panic!("{e}"));
-            bench.sb.connect(now, conn, app.clone(), user, hello, Vec::new());
+            bench.sb.connect(now, conn, app.clone(), user, hello);
         }
         bench.drain();
         bench

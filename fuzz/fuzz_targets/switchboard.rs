@@ -309,7 +309,7 @@ fuzz_target!(|input: Input| {
                 world.next_seq.insert(conn, 1);
                 world.acked.insert(conn, last.unwrap_or(0));
                 world.last_rx.remove(&conn);
-                sb.connect(now, conn, app, user(u), hello, Vec::new());
+                sb.connect(now, conn, app, user(u), hello);
             }
             Op::Request { conn, seq, request } => {
                 request_id += 1;
@@ -353,6 +353,8 @@ fuzz_target!(|input: Input| {
                         Err(Error::new(Code::Internal, "storage failed"))
                     } else if matches!(q, Query::Records { .. }) {
                         Ok(QueryAnswer::Records(RecordPage::default()))
+                    } else if matches!(q, Query::OfflineEvents) {
+                        Ok(QueryAnswer::OfflineEvents(Vec::new()))
                     } else {
                         Ok(QueryAnswer::Deleted)
                     };

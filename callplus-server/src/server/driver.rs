@@ -1,7 +1,7 @@
 //! The driver: one tokio task owns the [`Switchboard`] and moves its inputs and outputs.
 //!
 //! Transports never touch the switchboard. They number their connections, authenticate the
-//! Hello, load the user's offline events and then send [`Input`]s here; the driver answers
+//! Hello and then send [`Input`]s here; the driver answers
 //! through each connection's bounded outbound queue. It is transport-agnostic: a queue of
 //! domain [`ServerFrame`]s per connection is all a transport gives it, and dropping that queue
 //! is how the driver closes a connection.
@@ -12,15 +12,13 @@
 //! [`BatchWriter`], queries to `spawn_blocking` and back as [`Input::QueryDone`], pushes to the
 //! push worker.
 //!
-//! Offline events: a transport reads the [`OfflineEpoch`], then commits queued writes and loads
-//! the user's stored events, then sends [`Input::Open`]. If an event for that user was stored
-//! after the epoch was read (the load may have missed it), the driver loads again before it
-//! opens the session, buffering the connection's frames meanwhile, so no stored event waits for
-//! a later connect.
+//! Offline events: the switchboard asks for a connecting device's stored events with a query
+//! ([`Query::OfflineEvents`]); like every query it runs after the storage writes queued before
+//! it, so an event stored before the device connected is in the answer and later ones go to
+//! the device directly.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use callplus_proto::v1 as pb;
@@ -52,10 +50,6 @@ pub(crate) struct Open {
     pub(crate) user: UserId,
     /// The Hello.
     pub(crate) hello: Hello,
-    /// The user's stored offline events, oldest first.
-    pub(crate) offline: Vec<OfflineEvent>,
-    /// [`OfflineEpoch`] read before `offline` was loaded.
-    pub(crate) offline_epoch: u64,
     /// The connection's outbound queue (see [`OutboundQueue`]).
     pub(crate) tx: OutboundQueue,
     /// Dropped when the driver closes the connection, so the transport stops reading.
@@ -65,15 +59,6 @@ pub(crate) struct Open {
 /// A connection's outbound queue. Frames are boxed: the queue allocates its slots in blocks of
 /// 32 up front, and 32 boxes cost an idle device 256 bytes where 32 inline frames cost 7 KiB.
 pub(crate) type OutboundQueue = mpsc::Sender<Box<ServerFrame>>;
-
-/// Counts offline events stored, so the driver can tell whether a connecting user's events were
-/// loaded before or after the latest one for that user was stored (see [`Driver`]).
-pub(crate) type OfflineEpoch = Arc<AtomicU64>;
-
-/// Most inputs buffered for a connection whose offline events are being reloaded.
-const MAX_BUFFERED_INPUTS: usize = 4096;
-/// Most users whose latest offline-event epoch is remembered; past it the table restarts.
-const MAX_OFFLINE_MARKS: usize = 65_536;
 
 /// What transports (and the driver's helpers) tell the driver.
 pub(crate) enum Input {
@@ -180,16 +165,6 @@ pub(crate) struct Driver {
     known_calls: HashSet<(AppKey, CallId)>,
     /// The clock never goes back for the switchboard.
     last_now: i64,
-    /// Bumped after each offline event is queued for storage.
-    offline_epoch: OfflineEpoch,
-    /// Per user, the epoch of their latest stored offline event.
-    offline_marks: HashMap<(AppKey, UserId), u64>,
-    /// Opens older than this epoch are treated as stale (the marks were cleared).
-    marks_cleared_at: u64,
-    /// Connections whose offline events are being reloaded, with the inputs that came meanwhile.
-    reloading: HashMap<ConnId, Vec<Input>>,
-    /// Connections lost (or overflowing) while reloading: their Open is dropped when it returns.
-    cancelled: HashSet<ConnId>,
 }
 
 impl Driver {
@@ -215,18 +190,8 @@ impl Driver {
             metrics,
             known_calls: HashSet::new(),
             last_now: 0,
-            offline_epoch: Arc::new(AtomicU64::new(0)),
-            offline_marks: HashMap::new(),
-            marks_cleared_at: 0,
-            reloading: HashMap::new(),
-            cancelled: HashSet::new(),
         };
         (driver, DriverHandle { tx })
-    }
-
-    /// The counter transports read before loading offline events.
-    pub(crate) fn offline_epoch(&self) -> OfflineEpoch {
-        self.offline_epoch.clone()
     }
 
     fn now(&mut self) -> i64 {
@@ -280,13 +245,7 @@ impl Driver {
     fn handle(&mut self, input: Input) {
         let now = self.now();
         match input {
-            Input::Open(open) => self.open(now, open),
-            Input::Frame { conn, .. } | Input::Invalid { conn, .. } if self.reloading.contains_key(&conn) => {
-                self.buffer(conn, input);
-            }
-            Input::Lost { conn } if self.reloading.remove(&conn).is_some() => {
-                self.cancelled.insert(conn);
-            }
+            Input::Open(open) => self.open(now, *open),
             Input::Frame { conn, frame } => {
                 if self.conns.contains_key(&conn) {
                     self.metrics.frames_in.inc();
@@ -314,75 +273,13 @@ impl Driver {
         }
     }
 
-    /// Connects a session, unless an offline event for its user was stored after its events
-    /// were loaded: then they are loaded again first, and inputs meanwhile are buffered.
-    fn open(&mut self, now: i64, open: Box<Open>) {
-        let conn = open.conn;
-        if self.cancelled.remove(&conn) {
-            return;
-        }
-        let key = (open.app.clone(), open.user.clone());
-        let stale = open.offline_epoch < self.marks_cleared_at
-            || self.offline_marks.get(&key).is_some_and(|&e| e > open.offline_epoch);
-        if stale {
-            tracing::debug!(conn, user = %open.user, "offline events changed while loading; reloading");
-            self.reloading.entry(conn).or_default();
-            self.spawn_reload(open);
-            return;
-        }
-        let Open { conn, app, user, hello, offline, tx, closed, .. } = *open;
+    /// Connects a session; the switchboard asks for the user's stored events itself.
+    fn open(&mut self, now: i64, open: Open) {
+        let Open { conn, app, user, hello, tx, closed } = open;
         tracing::debug!(conn, %app, %user, device = %hello.device_id, "session opened");
         self.metrics.frames_in.inc();
         self.conns.insert(conn, Outbound { tx, _closed: closed });
-        self.sb.connect(now, conn, app, user, hello, offline);
-        for input in self.reloading.remove(&conn).unwrap_or_default() {
-            self.handle(input);
-        }
-    }
-
-    fn buffer(&mut self, conn: ConnId, input: Input) {
-        let Some(buffered) = self.reloading.get_mut(&conn) else { return };
-        if buffered.len() < MAX_BUFFERED_INPUTS {
-            buffered.push(input);
-        } else {
-            tracing::warn!(conn, "too many frames before the session opened; closing");
-            self.reloading.remove(&conn);
-            self.cancelled.insert(conn);
-        }
-    }
-
-    fn spawn_reload(&self, mut open: Box<Open>) {
-        let (storage, writer, tx) = (self.storage.clone(), self.writer.clone(), self.self_tx.clone());
-        let epoch = self.offline_epoch.clone();
-        tokio::spawn(async move {
-            let loaded = tokio::task::spawn_blocking(move || {
-                let at = epoch.load(Ordering::Acquire);
-                load_offline(&*storage, &writer, &open.app, &open.user).map(|events| {
-                    open.offline = events;
-                    open.offline_epoch = at;
-                    open
-                })
-            })
-            .await;
-            match loaded {
-                Ok(Ok(open)) => {
-                    let _ = tx.send(Input::Open(open)).await;
-                }
-                Ok(Err(e)) => tracing::error!(error = %e, "cannot reload offline events; connection dropped"),
-                Err(e) => tracing::error!(error = %e, "offline reload task failed; connection dropped"),
-            }
-        });
-    }
-
-    /// Notes that an offline event for this user was just queued for storage.
-    fn mark_offline(&mut self, app: AppKey, user: UserId) {
-        // Queued first, counted after: a reader that sees this epoch flushes after the write.
-        let epoch = self.offline_epoch.fetch_add(1, Ordering::AcqRel) + 1;
-        if self.offline_marks.len() >= MAX_OFFLINE_MARKS {
-            self.offline_marks.clear();
-            self.marks_cleared_at = epoch;
-        }
-        self.offline_marks.insert((app, user), epoch);
+        self.sb.connect(now, conn, app, user, hello);
     }
 
     async fn shutdown(&mut self, done: oneshot::Sender<Result<(), StorageError>>) {
@@ -460,9 +357,6 @@ impl Driver {
                     bodies: vec![event_to_wire(&event).encode_to_vec()],
                     reply: None,
                 });
-                // The epoch may only move once the event is queued (see `mark_offline`).
-                self.submit_writes();
-                self.mark_offline(app, user);
             }
             Output::OfflineDelivered { app, user, ids } => {
                 self.writes.push(WriteOp::RemoveOffline {
@@ -600,6 +494,9 @@ fn run_query(
             storage.delete_all_records(app.as_str(), user.as_str()).map_err(|e| internal(&e))?;
             Ok(QueryAnswer::Deleted)
         }
+        Query::OfflineEvents => {
+            load_offline(storage, writer, app, user).map(QueryAnswer::OfflineEvents).map_err(|e| internal(&e))
+        }
     }
 }
 
@@ -633,17 +530,14 @@ pub(crate) fn decode_calls(rows: Vec<crate::storage::CallRow>) -> Recovered {
     (calls, bad)
 }
 
-/// Loads a user's offline events (after committing queued writes) and decodes them; events
-/// that no longer decode are removed with an error log.
-pub(crate) fn load_offline(
+/// Loads a user's offline events and decodes them (the caller committed queued writes first);
+/// events that no longer decode are removed with an error log.
+fn load_offline(
     storage: &dyn Storage,
     writer: &BatchWriter,
     app: &AppKey,
     user: &UserId,
 ) -> Result<Vec<OfflineEvent>, StorageError> {
-    if let Err(e) = writer.flush() {
-        tracing::warn!(error = %e, "storage flush before loading offline events reported failures");
-    }
     let rows = storage.offline_events(app.as_str(), user.as_str())?;
     let mut events = Vec::with_capacity(rows.len());
     let mut bad = Vec::new();
@@ -673,23 +567,13 @@ pub(crate) fn load_offline(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use callplus_session::switchboard::SwitchboardConfig;
-    use callplus_session::{ClientBody, DeviceId, Event, ServerBody};
+    use callplus_session::{DeviceId, Event, ServerBody};
 
     use super::*;
     use crate::storage::SqliteStorage;
 
-    #[tokio::test]
-    async fn an_offline_event_stored_while_loading_is_delivered_at_connect() {
-        let (mut driver, _storage, _writer) = test_driver();
-        let app = AppKey::new("app_test").unwrap();
-        let bob = UserId::new("bob").unwrap();
-
-        // Bob's new connection read the epoch and found nothing stored; then an event for him is.
-        let epoch = driver.offline_epoch().load(Ordering::Acquire);
-        let event = Event::FirstFrame { call_id: CallId::new("call-1").unwrap(), at_ms: 5 };
-        driver.act(Output::StoreOffline { app: app.clone(), user: bob.clone(), event: event.clone() });
-
-        let (tx, mut rx) = mpsc::channel(16);
+    fn bob_opens(driver: &mut Driver, conn: ConnId) -> mpsc::Receiver<Box<ServerFrame>> {
+        let (tx, rx) = mpsc::channel(16);
         let (closed, _closed_rx) = oneshot::channel();
         let hello = Hello {
             token: String::new(),
@@ -697,15 +581,35 @@ mod tests {
             resume: None,
             client_version: String::new(),
         };
-        let open =
-            Open { conn: 1, app, user: bob, hello, offline: Vec::new(), offline_epoch: epoch, tx, closed };
+        let open = Open {
+            conn,
+            app: AppKey::new("app_test").unwrap(),
+            user: UserId::new("bob").unwrap(),
+            hello,
+            tx,
+            closed,
+        };
         driver.handle(Input::Open(Box::new(open)));
-        assert!(driver.conns.is_empty(), "the stale load is redone before the session opens");
-        let ping = ClientFrame { seq: 0, ack: 0, request_id: 0, body: ClientBody::Ping };
-        driver.handle(Input::Frame { conn: 1, frame: Box::new(ping) });
+        driver.drain();
+        rx
+    }
 
-        let reload = tokio::time::timeout(Duration::from_secs(10), driver.rx.recv()).await.unwrap().unwrap();
-        driver.handle(reload);
+    #[tokio::test]
+    async fn an_offline_event_stored_just_before_a_connect_is_delivered_to_it() {
+        let (mut driver, _storage, _writer) = test_driver();
+        let app = AppKey::new("app_test").unwrap();
+        let bob = UserId::new("bob").unwrap();
+        // Queued for storage (not yet written) when Bob's device connects.
+        let event = Event::FirstFrame { call_id: CallId::new("call-1").unwrap(), at_ms: 5 };
+        driver.act(Output::StoreOffline { app: app.clone(), user: bob.clone(), event: event.clone() });
+        let mut rx = bob_opens(&mut driver, 1);
+
+        // The switchboard's offline query runs after that write and comes back as an input.
+        let done = tokio::time::timeout(Duration::from_secs(10), driver.rx.recv()).await.unwrap().unwrap();
+        assert!(
+            matches!(done, Input::QueryDone { result: Ok(QueryAnswer::OfflineEvents(ref e)), .. } if e.len() == 1)
+        );
+        driver.handle(done);
         driver.drain();
         let mut bodies = Vec::new();
         while let Ok(frame) = rx.try_recv() {
@@ -713,37 +617,24 @@ mod tests {
         }
         assert!(matches!(bodies.first(), Some(ServerBody::Welcome(_))), "{bodies:?}");
         assert!(bodies.contains(&ServerBody::Event(event)), "{bodies:?}");
-        assert!(
-            matches!(bodies.last(), Some(ServerBody::Pong { .. })),
-            "the buffered ping is answered: {bodies:?}"
-        );
     }
 
     #[tokio::test]
-    async fn a_connection_lost_while_reloading_never_opens() {
-        let (mut driver, _storage, _writer) = test_driver();
+    async fn offline_events_stay_stored_when_the_device_leaves_before_they_load() {
+        let (mut driver, storage, writer) = test_driver();
         let app = AppKey::new("app_test").unwrap();
         let bob = UserId::new("bob").unwrap();
         let event = Event::FirstFrame { call_id: CallId::new("call-1").unwrap(), at_ms: 5 };
         driver.act(Output::StoreOffline { app: app.clone(), user: bob.clone(), event });
-
-        let (tx, mut rx) = mpsc::channel(16);
-        let (closed, _closed_rx) = oneshot::channel();
-        let hello = Hello {
-            token: String::new(),
-            device_id: DeviceId::new("phone").unwrap(),
-            resume: None,
-            client_version: String::new(),
-        };
-        let open = Open { conn: 7, app, user: bob, hello, offline: Vec::new(), offline_epoch: 0, tx, closed };
-        driver.handle(Input::Open(Box::new(open)));
+        let _rx = bob_opens(&mut driver, 7);
         driver.handle(Input::Lost { conn: 7 });
-        let reload = tokio::time::timeout(Duration::from_secs(10), driver.rx.recv()).await.unwrap().unwrap();
-        driver.handle(reload);
         driver.drain();
-        assert!(driver.conns.is_empty() && driver.cancelled.is_empty() && driver.reloading.is_empty());
-        assert_eq!(driver.sb.connected_devices(), 0);
-        assert!(rx.recv().await.is_none(), "the queue is dropped unused");
+        let done = tokio::time::timeout(Duration::from_secs(10), driver.rx.recv()).await.unwrap().unwrap();
+        driver.handle(done);
+        driver.drain();
+        writer.flush().unwrap();
+        let stored = storage.offline_events(app.as_str(), bob.as_str()).unwrap();
+        assert_eq!(stored.len(), 1, "nothing acked them: they wait for the next connect");
     }
 
     fn test_driver() -> (Driver, Arc<dyn Storage>, Arc<BatchWriter>) {
@@ -815,23 +706,5 @@ mod tests {
         };
         let ids: Vec<&CallId> = page.records.iter().map(|r| &r.call.call_id).collect();
         assert_eq!(ids, vec![&call_id]);
-    }
-
-    #[tokio::test]
-    async fn an_offline_event_is_in_storage_once_the_epoch_says_so() {
-        // A connecting device reads the epoch, flushes the writer and loads its offline events;
-        // when the epoch it read is current, it trusts that load. So an event must reach the
-        // writer before the epoch moves, even in the middle of a drain.
-        let (mut driver, storage, writer) = test_driver();
-        let app = AppKey::new("app_test").unwrap();
-        let bob = UserId::new("bob").unwrap();
-        let before = driver.offline_epoch().load(Ordering::Acquire);
-        let event = Event::FirstFrame { call_id: CallId::new("call-1").unwrap(), at_ms: 5 };
-        driver.act(Output::StoreOffline { app: app.clone(), user: bob.clone(), event });
-
-        assert!(driver.offline_epoch().load(Ordering::Acquire) > before, "the epoch moved");
-        writer.flush().unwrap();
-        let stored = storage.offline_events(app.as_str(), bob.as_str()).unwrap();
-        assert_eq!(stored.len(), 1, "the event is loadable at the new epoch");
     }
 }

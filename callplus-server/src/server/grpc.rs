@@ -13,16 +13,13 @@ use std::time::Duration;
 
 use callplus_proto::v1 as pb;
 use callplus_proto::v1::signal_server::Signal;
-use callplus_session::{
-    AppKey, ClientBody, ClientFrame, Code, Error, Response, ServerBody, ServerFrame, UserId,
-};
+use callplus_session::{ClientBody, ClientFrame, Code, Error, Response, ServerBody, ServerFrame};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Status, Streaming};
 
 use super::auth::Auth;
-use super::driver::{DriverHandle, Input, OfflineEpoch, Open, OutboundQueue, load_offline, unix_ms};
+use super::driver::{DriverHandle, Input, Open, OutboundQueue, unix_ms};
 use super::metrics::Metrics;
-use crate::storage::{BatchWriter, Storage};
 
 /// How long a refusal may wait for room in the outbound queue.
 const REFUSAL_SEND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -31,14 +28,10 @@ const REFUSAL_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 pub(crate) struct Shared {
     pub(crate) driver: DriverHandle,
     pub(crate) auth: Arc<Auth>,
-    pub(crate) storage: Arc<dyn Storage>,
-    pub(crate) writer: Arc<BatchWriter>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) hello_timeout: Duration,
     pub(crate) outbound_queue: usize,
     pub(crate) next_conn: AtomicU64,
-    /// Read before loading a user's offline events (see [`Open::offline_epoch`]).
-    pub(crate) offline_epoch: OfflineEpoch,
     /// Becomes true when the server stops: streams still waiting for their Hello are closed.
     pub(crate) stopping: watch::Receiver<bool>,
 }
@@ -148,19 +141,13 @@ async fn run_connection(
             return refuse(&shared, out, request_id, error).await;
         }
     };
-    // Read before loading: the driver reloads if the user got a newer offline event meanwhile.
-    let offline_epoch = shared.offline_epoch.load(Ordering::Acquire);
-    let offline = match offline_events(&shared, &app, &user).await {
-        Ok(events) => events,
-        Err(error) => return refuse(&shared, out, request_id, error).await,
-    };
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(conn, ?peer, %app, %user, "stream authenticated");
     let (closed_by_driver, mut driver_closed) = oneshot::channel();
     // Kept to answer a frame the stream cannot even decode (too large, corrupt): the stream
     // cannot be read past it, so the device is told why before the connection closes.
     let direct = out.clone();
-    let open = Open { conn, app, user, hello, offline, offline_epoch, tx: out, closed: closed_by_driver };
+    let open = Open { conn, app, user, hello, tx: out, closed: closed_by_driver };
     if !shared.driver.send(Input::Open(Box::new(open))).await {
         return;
     }
@@ -191,24 +178,4 @@ async fn run_connection(
         }
     }
     let _ = shared.driver.send(Input::Lost { conn }).await;
-}
-
-async fn offline_events(
-    shared: &Shared,
-    app: &AppKey,
-    user: &UserId,
-) -> Result<Vec<callplus_session::switchboard::OfflineEvent>, Error> {
-    let (storage, writer) = (shared.storage.clone(), shared.writer.clone());
-    let (app, user) = (app.clone(), user.clone());
-    match tokio::task::spawn_blocking(move || load_offline(&*storage, &writer, &app, &user)).await {
-        Ok(Ok(events)) => Ok(events),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot load offline events");
-            Err(Error::new(Code::Internal, "storage error"))
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "offline event task failed");
-            Err(Error::new(Code::Internal, "internal error"))
-        }
-    }
 }

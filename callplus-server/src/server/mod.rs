@@ -324,7 +324,6 @@ impl ServerBuilder {
             writer.submit(WriteOp::RemoveCalls(undecodable));
         }
         driver.recover(recovered);
-        let offline_epoch = driver.offline_epoch();
 
         let (fatal_tx, fatal_rx) = watch::channel(false);
         let driver_join = tokio::spawn(driver.run());
@@ -353,13 +352,10 @@ impl ServerBuilder {
         let shared = Arc::new(grpc::Shared {
             driver: handle.clone(),
             auth: auth.clone(),
-            storage: storage.clone(),
-            writer: writer.clone(),
             metrics: metrics.clone(),
             hello_timeout: options.hello_timeout,
             outbound_queue,
             next_conn: AtomicU64::new(1),
-            offline_epoch,
             stopping: stopping_rx,
         });
         let service =

@@ -192,7 +192,7 @@ impl Switchboard {
     fn query(&mut self, ctx: &Ctx, rid: u64, query: Query) {
         self.next_query += 1;
         let id = self.next_query;
-        self.queries.insert(id, (ctx.sk, rid));
+        self.queries.insert(id, super::QueryFor::Request(ctx.sk, rid));
         self.net.outputs.push_back(Output::Query { id, app: ctx.app.clone(), user: ctx.user.clone(), query });
     }
 

@@ -323,6 +323,15 @@ enum Leftovers {
     CarryTo(SessionKey),
 }
 
+/// Whom a storage query answers.
+#[derive(Debug, Clone, Copy)]
+enum QueryFor {
+    /// A device's request (session, request id).
+    Request(SessionKey, u64),
+    /// A session that just connected waits for the user's stored offline events.
+    Offline(SessionKey),
+}
+
 /// The server's switchboard. See the [module docs](self) for how to drive it.
 #[derive(Debug)]
 pub struct Switchboard {
@@ -332,7 +341,7 @@ pub struct Switchboard {
     calls: FastMap<CallId, Box<Call>>,
     live: usize,
     timers: Timers,
-    queries: FastMap<QueryId, (SessionKey, u64)>,
+    queries: FastMap<QueryId, QueryFor>,
     next_session: u64,
     next_call: u64,
     next_tx: u64,
@@ -391,23 +400,16 @@ impl Switchboard {
     /// A transport connection presented a Hello whose token the driver already verified as
     /// (`app`, `user`).
     ///
-    /// A fresh session gets `Welcome{resumed: false}`, then the stored `offline` events (as
-    /// reliable frames; acking them yields [`Output::OfflineDelivered`]), then an IncomingCall for
-    /// every live call in which the user is still being rung. A resume (`hello.resume` names the
+    /// A fresh session gets `Welcome{resumed: false}`, then an IncomingCall for every live call
+    /// in which the user is still being rung, and a [`Query::OfflineEvents`]: the user's stored
+    /// events follow as reliable frames when the driver answers it (acking them yields
+    /// [`Output::OfflineDelivered`]). A resume (`hello.resume` names the
     /// kept session of this device and its outbox still holds every frame after
     /// `last_received_seq`) gets `Welcome{resumed: true, last_received_seq}` and the replay of the
     /// missed frames, in order, exactly once. A failed resume, or a fresh Hello from a device
     /// that still has a session, replaces the old session: its calls end for it with
     /// NETWORK_ERROR first, and its undelivered records and summaries move to the new session.
-    pub fn connect(
-        &mut self,
-        now_ms: i64,
-        conn: ConnId,
-        app: AppKey,
-        user: UserId,
-        hello: Hello,
-        offline: Vec<OfflineEvent>,
-    ) {
+    pub fn connect(&mut self, now_ms: i64, conn: ConnId, app: AppKey, user: UserId, hello: Hello) {
         self.init_prefix(now_ms);
         if let Some(old) = self.net.conns.remove(&conn)
             && let Some(s) = self.net.sessions.get_mut(&old)
@@ -439,7 +441,7 @@ impl Switchboard {
                 s.id == resume.session_id && s.outbox.replay_after(resume.last_received_seq).is_ok()
             });
             if resumable {
-                self.resume(now_ms, conn, sk, resume.last_received_seq, offline);
+                self.resume(now_ms, conn, sk, resume.last_received_seq);
                 self.finish_input(now_ms);
                 return;
             }
@@ -477,8 +479,8 @@ impl Switchboard {
                 self.kick(now_ms, other, EndReason::KickedOtherLogin, "the user logged in on another device");
             }
         }
-        self.send_offline(sk, offline);
         self.offer_ringing(sk);
+        self.load_offline(sk);
         self.finish_input(now_ms);
     }
 
@@ -525,12 +527,25 @@ impl Switchboard {
 
     /// The driver's answer to an [`Output::Query`]: answers the request that caused it.
     pub fn complete_query(&mut self, now_ms: i64, id: QueryId, result: QueryResult) {
-        let Some((sk, request_id)) = self.queries.remove(&id) else { return };
-        let result = result.map(|answer| match answer {
-            QueryAnswer::Records(page) => ResponseBody::Records(page),
-            QueryAnswer::Deleted => ResponseBody::Empty,
-        });
-        self.net.respond(sk, request_id, result);
+        match self.queries.remove(&id) {
+            Some(QueryFor::Request(sk, request_id)) => {
+                let result = result.and_then(|answer| match answer {
+                    QueryAnswer::Records(page) => Ok(ResponseBody::Records(page)),
+                    QueryAnswer::Deleted => Ok(ResponseBody::Empty),
+                    QueryAnswer::OfflineEvents(_) => {
+                        Err(Error::new(Code::Internal, "a request got offline events"))
+                    }
+                });
+                self.net.respond(sk, request_id, result);
+            }
+            Some(QueryFor::Offline(sk)) => match result {
+                // The session may have gone meanwhile: the events stay stored for the next one.
+                Ok(QueryAnswer::OfflineEvents(events)) => self.send_offline(sk, events),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "stored offline events could not be loaded"),
+            },
+            None => {}
+        }
         self.finish_input(now_ms);
     }
 
@@ -739,14 +754,7 @@ impl Switchboard {
         self.net.unsequenced(sk, ServerBody::Welcome(welcome));
     }
 
-    fn resume(
-        &mut self,
-        now_ms: i64,
-        conn: ConnId,
-        sk: SessionKey,
-        last_received: u64,
-        offline: Vec<OfflineEvent>,
-    ) {
+    fn resume(&mut self, now_ms: i64, conn: ConnId, sk: SessionKey, last_received: u64) {
         let Some(s) = self.net.sessions.get_mut(&sk) else { return };
         if let Some(old) = s.set_conn(Some(conn))
             && old != conn
@@ -765,8 +773,18 @@ impl Switchboard {
                 self.net.outputs.push_back(Output::Transmit { conn, frame });
             }
         }
-        self.send_offline(sk, offline);
         self.offer_ringing(sk);
+        self.load_offline(sk);
+    }
+
+    /// Asks the driver for the session's user's stored offline events ([`Query::OfflineEvents`]).
+    fn load_offline(&mut self, sk: SessionKey) {
+        let Some(s) = self.net.sessions.get(&sk) else { return };
+        let (app, user) = (s.app.clone(), s.user.clone());
+        self.next_query += 1;
+        let id = self.next_query;
+        self.queries.insert(id, QueryFor::Offline(sk));
+        self.net.outputs.push_back(Output::Query { id, app, user, query: Query::OfflineEvents });
     }
 
     /// Sends stored events to a session, skipping those it already holds.

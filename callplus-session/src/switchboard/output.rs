@@ -60,6 +60,10 @@ pub enum Query {
     },
     /// Delete all of the user's records.
     DeleteAllRecords,
+    /// The user's stored offline events, oldest first, for a device that just connected. The
+    /// driver runs it after every storage write queued before it, so an event stored before
+    /// the device connected is in the answer; later ones go to the device directly.
+    OfflineEvents,
 }
 
 /// The driver's answer to a [`Query`].
@@ -69,6 +73,8 @@ pub enum QueryAnswer {
     Records(RecordPage),
     /// Records were deleted.
     Deleted,
+    /// The user's stored offline events.
+    OfflineEvents(Vec<OfflineEvent>),
 }
 
 /// Something the driver must do.

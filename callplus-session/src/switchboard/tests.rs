@@ -44,6 +44,8 @@ struct H {
     outputs: Vec<Output>,
     closed: Vec<ConnId>,
     next_conn: ConnId,
+    /// What storage holds for the next device that connects.
+    stored_offline: Vec<OfflineEvent>,
 }
 
 impl H {
@@ -52,6 +54,7 @@ impl H {
             sb: Switchboard::new(cfg),
             now: 1_000_000,
             devs: HashMap::new(),
+            stored_offline: Vec::new(),
             outputs: Vec::new(),
             closed: Vec::new(),
             next_conn: 0,
@@ -83,6 +86,11 @@ impl H {
                     d.inbox.push(frame);
                 }
                 Output::Close { conn } => self.closed.push(conn),
+                // The storage answers a connecting device with what the test stored for it.
+                Output::Query { id, query: Query::OfflineEvents, .. } => {
+                    let events = std::mem::take(&mut self.stored_offline);
+                    self.sb.complete_query(self.now, id, Ok(QueryAnswer::OfflineEvents(events)));
+                }
                 other => self.outputs.push(other),
             }
         }
@@ -108,7 +116,7 @@ impl H {
         };
         let hello = H::hello(&dev.device, None);
         self.devs.insert(conn, dev);
-        self.sb.connect(self.now, conn, app, uid(user), hello, Vec::new());
+        self.sb.connect(self.now, conn, app, uid(user), hello);
         self.drain();
         conn
     }
@@ -131,7 +139,8 @@ impl H {
         let hello = H::hello(&dev.device, r);
         let (app, user) = (dev.app.clone(), dev.user.clone());
         self.devs.insert(conn, dev);
-        self.sb.connect(self.now, conn, app, user, hello, offline);
+        self.stored_offline = offline;
+        self.sb.connect(self.now, conn, app, user, hello);
         self.drain();
         conn
     }
@@ -463,7 +472,8 @@ fn unreachable_callee_is_offline_and_gets_the_summary_stored() {
             deaf: false,
         },
     );
-    h.sb.connect(h.now, conn, app(), uid("bob"), H::hello(&device, None), offline);
+    h.stored_offline = offline;
+    h.sb.connect(h.now, conn, app(), uid("bob"), H::hello(&device, None));
     h.drain();
     let ev = h.events(conn);
     assert_eq!(ev.len(), n);
@@ -1453,7 +1463,7 @@ fn a_reused_connection_id_never_gets_a_frame_twice() {
         None => panic!("no device"),
     };
     let resume = Resume { session_id, last_received_seq: ack };
-    h.sb.connect(h.now, b, app(), uid("bob"), H::hello(&device, Some(resume)), Vec::new());
+    h.sb.connect(h.now, b, app(), uid("bob"), H::hello(&device, Some(resume)));
     h.drain(); // the harness asserts every seq arrives once, in order
     let ev = h.events(b);
     assert_eq!(ev.iter().filter(|e| matches!(e, Event::MediaStateChanged { .. })).count(), 1);

@@ -369,8 +369,7 @@ impl Sim {
                                 device.hello_seen = true;
                                 let app = device.app.clone();
                                 let user = device.user.clone();
-                                let offline = self.storage.offline_for(&app, &user);
-                                self.switchboard.connect(now, conn, app, user, hello.clone(), offline);
+                                self.switchboard.connect(now, conn, app, user, hello.clone());
                                 return;
                             }
                         }

@@ -18,7 +18,7 @@ impl Sim {
         let device_id = DeviceId::new(&format!("raw-{conn}")).unwrap_or_else(|e| panic!("{e}"));
         let hello = Hello { token: user.to_string(), device_id, resume: None, client_version: "raw".into() };
         let now = self.now;
-        self.switchboard.connect(now, conn, app, user, hello, Vec::new());
+        self.switchboard.connect(now, conn, app, user, hello);
         let frame = ClientFrame { seq: 1, ack: 0, request_id: 77, body: ClientBody::Request(request) };
         self.switchboard.handle_frame(now, conn, frame);
         self.run_for(10);

@@ -99,6 +99,7 @@ impl SimStorage {
                 }
                 Ok(QueryAnswer::Deleted)
             }
+            Query::OfflineEvents => Ok(QueryAnswer::OfflineEvents(self.offline_for(app, user))),
             Query::DeleteAllRecords => {
                 self.records.remove(&key);
                 Ok(QueryAnswer::Deleted)
