@@ -37,6 +37,7 @@ loadmodule "sl.so"
 loadmodule "rr.so"
 loadmodule "pv.so"
 loadmodule "maxfwd.so"
+loadmodule "textops.so"
 loadmodule "siputils.so"
 request_route {{
     if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
@@ -179,6 +180,12 @@ fn sip_point(work: &Path, rate: f64, seconds: u64) -> Result<Point> {
     let cfg = work.join("kamailio.cfg");
     std::fs::write(&cfg, kamailio_config(&modules))
         .map_err(|e| format!("cannot write {}: {e}", cfg.display()))?;
+    let check = Command::new("kamailio").arg("-c").arg("-f").arg(&cfg).output();
+    if let Ok(out) = &check
+        && !out.status.success()
+    {
+        return Err(format!("kamailio refuses the configuration: {}", String::from_utf8_lossy(&out.stderr)));
+    }
     let proxy = spawn(
         "kamailio",
         Command::new("kamailio").arg("-f").arg(&cfg).args(["-DD", "-E", "-x", "fm", "-m", "256", "-M", "16"]),
