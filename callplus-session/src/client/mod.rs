@@ -14,8 +14,10 @@
 //! - [`CallSession`]: one call as this device sees it.
 
 mod config;
+mod connection;
 mod engine;
 mod event;
+mod inbound;
 mod media;
 mod ops;
 mod requests;
