@@ -159,16 +159,26 @@ fn tree_cpu_s(pid: u32) -> f64 {
     total as f64 / ticks
 }
 
-/// Waits until something listens on UDP `port` of 127.0.0.1 (a bind there fails).
+/// Waits until a socket is bound to UDP `port` (read from `/proc/net/udp`: probing with a bind of
+/// our own could take the port from the process that is starting).
 fn wait_for_udp(port: u16, within: Duration) -> Result {
     let deadline = Instant::now() + within;
-    while std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+    let suffix = format!(":{port:04X}");
+    loop {
+        let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+        let bound = table
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_whitespace().nth(1))
+            .any(|local| local.ends_with(&suffix));
+        if bound {
+            return Ok(());
+        }
         if Instant::now() > deadline {
             return Err(format!("nothing listens on udp 127.0.0.1:{port}"));
         }
-        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(())
 }
 
 fn sip_point(work: &Path, rate: f64, seconds: u64) -> Result<Point> {
