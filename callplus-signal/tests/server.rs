@@ -103,6 +103,18 @@ async fn welcome_as(addr: SocketAddr, token: &str, user: &str) -> Stream {
     s
 }
 
+/// `token` with the app field of its payload replaced (the signature is left as it was).
+fn with_app(token: &str, app_key: &str) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    payload["app"] = app_key.into();
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&payload).unwrap());
+    format!("cp1.{payload}.{}", parts[2])
+}
+
 async fn refused(addr: SocketAddr, token: &str) -> pb::Response {
     let mut s = Stream::open(addr).await;
     s.hello(7, token).await;
@@ -140,11 +152,28 @@ async fn bad_expired_and_foreign_tokens_are_refused_with_their_codes() {
     let expired = token::mint(&app.app_key, &app.app_secret, "alice", now_secs() - 7200, 3600).unwrap();
     assert_eq!(refused(addr, &expired).await.code, pb::ResultCode::TokenExpired as i32);
 
+    // Whether an app key exists cannot be probed: a token of an unknown app, or one whose app
+    // field was altered (to a key that exists or to one that does not), is refused exactly as a
+    // forged one is.
+    let forged_refusal = refused(addr, &forged).await;
     let other = token::generate_app();
     let foreign = token::mint(&other.app_key, &other.app_secret, "alice", now_secs(), 60).unwrap();
-    let r = refused(addr, &foreign).await;
-    assert_eq!(r.code, pb::ResultCode::AppUnknown as i32);
-    assert!(r.message.contains(&other.app_key), "{}", r.message);
+    let good = server.mint_token("alice", Duration::from_secs(60)).unwrap();
+    for (what, token) in [
+        ("foreign app", foreign.clone()),
+        ("app altered to an unknown key", with_app(&good, "app_nobody")),
+        ("app altered to this server's key", with_app(&foreign, &app.app_key)),
+    ] {
+        let r = refused(addr, &token).await;
+        assert_eq!(r.code, pb::ResultCode::TokenInvalid as i32, "{what}: {r:?}");
+        assert_eq!(r.message, forged_refusal.message, "{what}: the refusal tells nothing more");
+        assert!(!r.message.contains("app_"), "{what}: {}", r.message);
+    }
+
+    // A 200 KB token is not a token either (not a parameter error).
+    let huge = format!("cp1.{}.x", "A".repeat(200_000));
+    let r = refused(addr, &huge).await;
+    assert_eq!(r.code, pb::ResultCode::TokenInvalid as i32, "{r:?}");
 
     // The server still serves good tokens.
     let good = server.mint_token("alice", Duration::from_secs(60)).unwrap();

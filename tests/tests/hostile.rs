@@ -68,7 +68,7 @@ async fn bad_expired_and_foreign_tokens_are_refused() {
         ("wrong signature", forged, Code::TokenInvalid),
         ("tampered", tampered, Code::TokenInvalid),
         ("expired", expired, Code::TokenExpired),
-        ("unknown app", foreign_token("alice"), Code::AppUnknown),
+        ("unknown app", foreign_token("alice"), Code::TokenInvalid),
         ("empty", String::new(), Code::TokenInvalid),
     ];
     for (what, token, code) in &cases {

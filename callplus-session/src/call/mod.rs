@@ -373,16 +373,18 @@ impl Call {
         }
     }
 
-    /// Ends one participant with `reason` (its own point of view) and returns the device
-    /// sessions that held the call for it. `None` when it was not active.
-    pub(crate) fn end_party(&mut self, idx: usize, reason: EndReason, now_ms: i64) -> Option<Holders> {
+    /// Ends one participant with `reason` (its own point of view) at `at_ms` (never before it
+    /// was invited or connected) and returns the device sessions that held the call for it.
+    /// `None` when it was not active.
+    pub(crate) fn end_party(&mut self, idx: usize, reason: EndReason, at_ms: i64) -> Option<Holders> {
         let party = self.parties.get_mut(idx)?;
         if !party.state.is_active() {
             return None;
         }
+        let at_ms = at_ms.max(party.invited_at_ms).max(party.connected_at_ms.unwrap_or(i64::MIN));
         party.state = ParticipantState::Ended;
         party.reason = Some(reason);
-        party.ended_at_ms = Some(now_ms);
+        party.ended_at_ms = Some(at_ms);
         party.ring_deadline = None;
         let sessions = match party.bound.take() {
             Some(sk) => Holders::One(sk),
@@ -394,6 +396,15 @@ impl Call {
         }
         self.version += 1;
         Some(sessions)
+    }
+
+    /// The latest moment the call's state names: its creation, start, first frame, and every
+    /// participant's invitation, connection and end. An end is never placed before it.
+    pub(crate) fn last_event_ms(&self) -> i64 {
+        let call = [Some(self.created_at_ms), self.started_at_ms, self.first_frame_at_ms];
+        let parties =
+            self.parties.iter().flat_map(|p| [Some(p.invited_at_ms), p.connected_at_ms, p.ended_at_ms]);
+        call.into_iter().chain(parties).flatten().max().unwrap_or(self.created_at_ms)
     }
 
     /// Records how far the invitation got on one device of a participant; true when anything
