@@ -280,6 +280,39 @@ async fn admin_api_mints_tokens_for_signed_requests_only() {
     let replay = post_token(&http, admin, &app.app_key, &app.app_secret, "n-1", now_secs(), body).await;
     assert_eq!(replay.status(), 401, "a nonce is used once");
 
+    // A captured request cannot be turned into a new one by moving characters between the
+    // nonce and the timestamp (a leading 0 or + once kept the timestamp's value).
+    let ts = now_secs().to_string();
+    let signature = sign_request(&app.app_secret, "n-60", &ts, body.as_bytes());
+    let send = |nonce: &str, timestamp: String| {
+        http.post(format!("{admin}/v1/tokens"))
+            .header("X-App-Key", &app.app_key)
+            .header("X-Nonce", nonce)
+            .header("X-Timestamp", timestamp)
+            .header("X-Signature", &signature)
+            .body(body)
+            .send()
+    };
+    assert_eq!(send("n-60", ts.clone()).await.unwrap().status(), 200);
+    for (nonce, timestamp) in
+        [("n-6", format!("0{ts}")), ("n-", format!("60{ts}")), ("n-6", format!("0+{ts}"))]
+    {
+        let split = send(nonce, timestamp.clone()).await.unwrap();
+        assert_eq!(split.status(), 401, "nonce {nonce:?} with timestamp {timestamp:?}");
+    }
+    let signature = sign_request(&app.app_secret, "n-61+", &ts, body.as_bytes());
+    let plus = http
+        .post(format!("{admin}/v1/tokens"))
+        .header("X-App-Key", &app.app_key)
+        .header("X-Nonce", "n-61")
+        .header("X-Timestamp", format!("+{ts}"))
+        .header("X-Signature", &signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plus.status(), 401, "a signed timestamp is not a timestamp");
+
     let unknown = post_token(&http, admin, "app_nobody", "x", "n-4", now_secs(), body).await;
     assert_eq!(unknown.status(), 401);
 
@@ -490,7 +523,7 @@ async fn offline_callee_is_pushed_and_gets_the_record_later() {
 }
 
 #[test]
-fn calls_interrupted_by_a_crash_end_with_ended_by_server_on_restart() {
+fn calls_interrupted_by_a_crash_end_with_network_error_on_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
     // A server that dies without shutdown: its runtime is dropped with the call ringing.
@@ -516,7 +549,7 @@ fn calls_interrupted_by_a_crash_end_with_ended_by_server_on_restart() {
         let mut alice = welcome(server.grpc_addr(), &token).await;
         let log = records(&mut alice, 1, 10).await;
         let record = log.iter().find(|r| r.call_id == call_id).expect("the interrupted call has a record");
-        assert_eq!(record.end_reason, pb::EndReason::EndedByServer as i32);
+        assert_eq!(record.end_reason, pb::EndReason::NetworkError as i32);
         assert!(server.storage().active_calls().unwrap().is_empty(), "the saved call is forgotten");
         drop(alice);
         server.shutdown().await.unwrap();
