@@ -562,7 +562,8 @@ impl Switchboard {
 
     /// Graceful stop: every live call ends with ENDED_BY_SERVER (records and summaries are
     /// stored as offline events so nothing is lost), every connected device gets
-    /// `Event::Kicked{EndedByServer}` then Close. Later connects are refused the same way.
+    /// `Event::Kicked{EndedByServer}` (which clients take as "reconnect later", not as a
+    /// kick) then Close. Later connects are refused the same way.
     pub fn shutdown(&mut self, now_ms: i64) {
         if self.stopped {
             return;

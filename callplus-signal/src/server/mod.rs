@@ -19,8 +19,8 @@
 //!
 //! Shutdown stops accepting, lets the switchboard end every session and call
 //! (`ENDED_BY_SERVER`), writes their last frames, records and offline events, and flushes
-//! storage before it returns. Calls that were live when a server crashed are ended the same way
-//! on the next start.
+//! storage before it returns. Calls that were live when a server crashed are ended on the next
+//! start, with NETWORK_ERROR, at the last moment the crashed server noted it was running.
 
 mod admin;
 mod auth;
