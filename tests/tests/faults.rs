@@ -177,7 +177,11 @@ async fn a_call_whose_peer_vanished_ends_at_its_last_sign_of_life() {
         unreachable!()
     };
     let duration = Duration::from_millis(u64::try_from(rec.duration_ms).expect("a duration"));
-    assert!(duration <= talked, "{duration:?} counts the liveness timeout (talked {talked:?})");
+    // (The server started the call a few ms before the test saw it connected.)
+    assert!(
+        duration <= talked + Duration::from_millis(100),
+        "{duration:?} counts the liveness timeout (talked {talked:?})"
+    );
     // Alice's client pings at least every 0.5 s: her last sign of life is that recent.
     assert!(duration + Duration::from_millis(800) >= talked, "{duration:?} for {talked:?} of talk");
     drop(alice);
