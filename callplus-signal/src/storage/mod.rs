@@ -1,4 +1,5 @@
-//! Durable storage: apps, call records, offline events and active calls.
+//! Durable storage: apps, call records, offline events, active calls, the server's alive mark
+//! and the admin API's used nonces.
 //!
 //! Storage is bytes-oriented: the server stores protobuf-encoded records and events as opaque
 //! blobs, and only the columns it looks things up by are typed. This keeps storage independent
