@@ -207,7 +207,7 @@ impl Client {
     /// Must be called inside a tokio runtime; the client's task runs on it.
     ///
     /// # Errors
-    /// The server's refusal (`TOKEN_INVALID`, `TOKEN_EXPIRED`, `APP_UNKNOWN`, …) with its code
+    /// The server's refusal (`TOKEN_INVALID`, `TOKEN_EXPIRED`, …) with its code
     /// and message; `NOT_CONNECTED` when the server cannot be reached or closes the stream
     /// before welcoming, and when its TLS certificate is not trusted; `PARAM_ERROR` for a
     /// malformed endpoint or TLS settings on a plaintext one.

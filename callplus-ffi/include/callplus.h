@@ -1450,8 +1450,8 @@ enum callplus_direction callplus_call_summary_direction(const struct callplus_ca
  *   a restarted app replaces its old session); NULL picks a random one.
  * - `client_out`: receives the client on success; free it with `callplus_client_free`.
  *
- * Returns `CALLPLUS_RESULT_OK`; the server's refusal (`TOKEN_INVALID`, `TOKEN_EXPIRED`,
- * `APP_UNKNOWN`); `NOT_CONNECTED` when the server cannot be reached or its certificate is not trusted; `PARAM_ERROR` for a
+ * Returns `CALLPLUS_RESULT_OK`; the server's refusal (`TOKEN_INVALID`, `TOKEN_EXPIRED`);
+ * `NOT_CONNECTED` when the server cannot be reached or its certificate is not trusted; `PARAM_ERROR` for a
  * malformed endpoint or device id; `NULL_PARAMETER`. Blocks for at most about 5 s (connect
  * timeout) plus the server's answer.
  *

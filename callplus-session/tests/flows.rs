@@ -611,6 +611,35 @@ fn server_shutdown_ends_calls_with_ended_by_server() {
 }
 
 #[test]
+fn devices_reconnect_to_the_server_that_replaces_a_stopped_one() {
+    use callplus_session::client::{ClientEvent, ConnectionState, DriverEvent};
+    let (mut sim, alice, bob, call) = connected_pair(MediaType::Audio);
+    let now = sim.now;
+    sim.switchboard.shutdown(now);
+    let stale = |s: &Sim, idx: usize| {
+        s.devices[idx].driver_events.iter().any(|(_, e)| matches!(e, DriverEvent::TransportStale))
+    };
+    sim.run_until(1_000, "told to reconnect", |s| stale(s, alice) && stale(s, bob));
+    for idx in [alice, bob] {
+        assert_eq!(sim.kicked(idx), None, "a shutdown is not a kick");
+        assert_eq!(sim.engine(idx).connection_state(), ConnectionState::Connecting);
+    }
+    assert_eq!(sim.ended(alice, &call), Some(EndReason::EndedByServer));
+
+    sim.replace_server(SwitchboardConfig::default());
+    sim.clear_events();
+    sim.reconnect(alice);
+    sim.reconnect(bob);
+    sim.run_until(1_000, "connected again", |s| {
+        [alice, bob]
+            .iter()
+            .all(|&i| s.events(i).contains(&&ClientEvent::ConnectionStateChanged(ConnectionState::Connected)))
+    });
+    let again = sim.start(alice, &["bob"], CallType::Single, MediaType::Audio);
+    sim.run_until(1_000, "bob rings", |s| s.incoming(bob).as_ref() == Some(&again));
+}
+
+#[test]
 fn accepting_while_dialing_then_hanging_up_at_once_keeps_one_story() {
     let mut sim = sim();
     let alice = sim.add_device("alice", "a");

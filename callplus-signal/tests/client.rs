@@ -220,7 +220,7 @@ async fn refused_tokens_and_unreachable_servers_fail_with_their_codes() {
 
     let foreign = callplus_signal::token::mint("app_other", "secret", "alice", now_secs(), 60).unwrap();
     let err = Client::connect(&url, &foreign, options()).await.expect_err("unknown app");
-    assert_eq!(err.code, Code::AppUnknown, "{err}");
+    assert_eq!(err.code, Code::TokenInvalid, "an unknown app is not told apart: {err}");
 
     // Nothing listens on a port that was just released.
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();

@@ -103,6 +103,18 @@ async fn welcome_as(addr: SocketAddr, token: &str, user: &str) -> Stream {
     s
 }
 
+/// `token` with the app field of its payload replaced (the signature is left as it was).
+fn with_app(token: &str, app_key: &str) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    payload["app"] = app_key.into();
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&payload).unwrap());
+    format!("cp1.{payload}.{}", parts[2])
+}
+
 async fn refused(addr: SocketAddr, token: &str) -> pb::Response {
     let mut s = Stream::open(addr).await;
     s.hello(7, token).await;
@@ -140,11 +152,28 @@ async fn bad_expired_and_foreign_tokens_are_refused_with_their_codes() {
     let expired = token::mint(&app.app_key, &app.app_secret, "alice", now_secs() - 7200, 3600).unwrap();
     assert_eq!(refused(addr, &expired).await.code, pb::ResultCode::TokenExpired as i32);
 
+    // Whether an app key exists cannot be probed: a token of an unknown app, or one whose app
+    // field was altered (to a key that exists or to one that does not), is refused exactly as a
+    // forged one is.
+    let forged_refusal = refused(addr, &forged).await;
     let other = token::generate_app();
     let foreign = token::mint(&other.app_key, &other.app_secret, "alice", now_secs(), 60).unwrap();
-    let r = refused(addr, &foreign).await;
-    assert_eq!(r.code, pb::ResultCode::AppUnknown as i32);
-    assert!(r.message.contains(&other.app_key), "{}", r.message);
+    let good = server.mint_token("alice", Duration::from_secs(60)).unwrap();
+    for (what, token) in [
+        ("foreign app", foreign.clone()),
+        ("app altered to an unknown key", with_app(&good, "app_nobody")),
+        ("app altered to this server's key", with_app(&foreign, &app.app_key)),
+    ] {
+        let r = refused(addr, &token).await;
+        assert_eq!(r.code, pb::ResultCode::TokenInvalid as i32, "{what}: {r:?}");
+        assert_eq!(r.message, forged_refusal.message, "{what}: the refusal tells nothing more");
+        assert!(!r.message.contains("app_"), "{what}: {}", r.message);
+    }
+
+    // A 200 KB token is not a token either (not a parameter error).
+    let huge = format!("cp1.{}.x", "A".repeat(200_000));
+    let r = refused(addr, &huge).await;
+    assert_eq!(r.code, pb::ResultCode::TokenInvalid as i32, "{r:?}");
 
     // The server still serves good tokens.
     let good = server.mint_token("alice", Duration::from_secs(60)).unwrap();
@@ -250,6 +279,39 @@ async fn admin_api_mints_tokens_for_signed_requests_only() {
 
     let replay = post_token(&http, admin, &app.app_key, &app.app_secret, "n-1", now_secs(), body).await;
     assert_eq!(replay.status(), 401, "a nonce is used once");
+
+    // A captured request cannot be turned into a new one by moving characters between the
+    // nonce and the timestamp (a leading 0 or + once kept the timestamp's value).
+    let ts = now_secs().to_string();
+    let signature = sign_request(&app.app_secret, "n-60", &ts, body.as_bytes());
+    let send = |nonce: &str, timestamp: String| {
+        http.post(format!("{admin}/v1/tokens"))
+            .header("X-App-Key", &app.app_key)
+            .header("X-Nonce", nonce)
+            .header("X-Timestamp", timestamp)
+            .header("X-Signature", &signature)
+            .body(body)
+            .send()
+    };
+    assert_eq!(send("n-60", ts.clone()).await.unwrap().status(), 200);
+    for (nonce, timestamp) in
+        [("n-6", format!("0{ts}")), ("n-", format!("60{ts}")), ("n-6", format!("0+{ts}"))]
+    {
+        let split = send(nonce, timestamp.clone()).await.unwrap();
+        assert_eq!(split.status(), 401, "nonce {nonce:?} with timestamp {timestamp:?}");
+    }
+    let signature = sign_request(&app.app_secret, "n-61+", &ts, body.as_bytes());
+    let plus = http
+        .post(format!("{admin}/v1/tokens"))
+        .header("X-App-Key", &app.app_key)
+        .header("X-Nonce", "n-61")
+        .header("X-Timestamp", format!("+{ts}"))
+        .header("X-Signature", &signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plus.status(), 401, "a signed timestamp is not a timestamp");
 
     let unknown = post_token(&http, admin, "app_nobody", "x", "n-4", now_secs(), body).await;
     assert_eq!(unknown.status(), 401);
@@ -461,7 +523,7 @@ async fn offline_callee_is_pushed_and_gets_the_record_later() {
 }
 
 #[test]
-fn calls_interrupted_by_a_crash_end_with_ended_by_server_on_restart() {
+fn calls_interrupted_by_a_crash_end_with_network_error_on_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
     // A server that dies without shutdown: its runtime is dropped with the call ringing.
@@ -487,7 +549,7 @@ fn calls_interrupted_by_a_crash_end_with_ended_by_server_on_restart() {
         let mut alice = welcome(server.grpc_addr(), &token).await;
         let log = records(&mut alice, 1, 10).await;
         let record = log.iter().find(|r| r.call_id == call_id).expect("the interrupted call has a record");
-        assert_eq!(record.end_reason, pb::EndReason::EndedByServer as i32);
+        assert_eq!(record.end_reason, pb::EndReason::NetworkError as i32);
         assert!(server.storage().active_calls().unwrap().is_empty(), "the saved call is forgotten");
         drop(alice);
         server.shutdown().await.unwrap();

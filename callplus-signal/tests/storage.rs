@@ -528,6 +528,21 @@ impl Storage for Flaky {
     fn active_calls(&self) -> Result<Vec<CallRow>, StorageError> {
         self.inner.active_calls()
     }
+    fn claim_nonce(
+        &self,
+        app_key: &str,
+        nonce: &str,
+        now: i64,
+        forget_at: i64,
+    ) -> Result<bool, StorageError> {
+        self.inner.claim_nonce(app_key, nonce, now, forget_at)
+    }
+    fn set_alive_mark(&self, at_ms: i64) -> Result<(), StorageError> {
+        self.inner.set_alive_mark(at_ms)
+    }
+    fn alive_mark(&self) -> Result<Option<i64>, StorageError> {
+        self.inner.alive_mark()
+    }
 }
 
 #[test]
@@ -562,4 +577,40 @@ fn open_rejects_a_file_in_place_of_the_directory() {
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
     assert!(matches!(SqliteStorage::open(&file), Err(StorageError::Io(_))));
+}
+
+#[test]
+fn admin_nonces_are_claimed_once_kept_across_reopening_and_forgotten_when_old() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        assert!(s.claim_nonce("app_a", "n-1", 1_000, 1_600).unwrap());
+        assert!(!s.claim_nonce("app_a", "n-1", 1_001, 1_601).unwrap(), "a replay");
+        assert!(s.claim_nonce("app_b", "n-1", 1_001, 1_601).unwrap(), "nonces are per app");
+    }
+    let s = SqliteStorage::open(dir.path()).unwrap();
+    assert!(!s.claim_nonce("app_a", "n-1", 1_599, 2_199).unwrap(), "still refused after reopening");
+    // Once its request could no longer be accepted, the nonce is forgotten (and its row pruned).
+    assert!(s.claim_nonce("app_a", "n-1", 1_600, 2_200).unwrap());
+}
+
+#[test]
+fn a_version_1_database_is_upgraded_and_keeps_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        s.insert_app(&app("app_one")).unwrap();
+    }
+    {
+        // Turn it back into what version 1 wrote.
+        let conn = rusqlite::Connection::open(dir.path().join("callplus.db")).unwrap();
+        conn.execute_batch(
+            "DROP TABLE admin_nonces; DELETE FROM schema_version; INSERT INTO schema_version VALUES (1);",
+        )
+        .unwrap();
+    }
+    let s = SqliteStorage::open(dir.path()).unwrap();
+    assert_eq!(s.apps().unwrap(), vec![app("app_one")]);
+    assert!(s.claim_nonce("app_one", "n", 1, 100).unwrap());
+    assert!(!s.claim_nonce("app_one", "n", 2, 100).unwrap());
 }

@@ -1,8 +1,9 @@
 //! Faults: a TCP connection cut mid-call (through a severable proxy) is resumed with no event
 //! lost or repeated; a client that dies without goodbye is noticed within the liveness timeout
-//! (or at once when the app restarts) and never locks its user out; a server stopped or
-//! crashed and restarted on the same data directory keeps its records and ends the interrupted
-//! calls with ENDED_BY_SERVER.
+//! (or at once when the app restarts) and never locks its user out, and its calls end at its
+//! last sign of life; a server stopped and restarted on the same data directory keeps its
+//! records, ends the interrupted calls with ENDED_BY_SERVER and its clients reconnect; a server
+//! crashed and restarted ends them with NETWORK_ERROR, which is what its clients saw.
 #![allow(clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -148,6 +149,41 @@ async fn a_silent_device_is_dropped_within_the_liveness_timeout_and_its_user_cal
     let page = again.client.get_call_records(-1, 10, RecordOrder::Desc).await.expect("records");
     let first = page.records.iter().find(|r| r.call.call_id == call).expect("the first call's record");
     assert_eq!(first.end_reason, EndReason::NetworkError);
+    drop(alice);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_call_whose_peer_vanished_ends_at_its_last_sign_of_life() {
+    const LIVENESS: u64 = 4_000;
+    let server = TestServer::start(SwitchboardConfig {
+        liveness_timeout_ms: LIVENESS as u32,
+        heartbeat_interval_ms: 100,
+        ..config()
+    })
+    .await;
+    let proxy = TcpProxy::start(server.addr()).await;
+    let mut alice = server.device_via(&proxy.endpoint(), "alice", "alice-phone").await;
+    let mut bob = server.user("bob").await;
+    let call = establish(&mut alice, &mut bob, MediaType::Audio).await;
+    let connected_at = Instant::now();
+    // They talk for a second (the duration under test), then alice's phone vanishes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.pause();
+    proxy.sever();
+    let talked = connected_at.elapsed();
+    bob.expect(ended_with(&call, EndReason::RemoteNetworkError), "bob told REMOTE_NETWORK_ERROR").await;
+    let Event::ReceivedCallRecord(rec) = bob.expect(record_of(&call), "bob's record").await else {
+        unreachable!()
+    };
+    let duration = Duration::from_millis(u64::try_from(rec.duration_ms).expect("a duration"));
+    // (The server started the call a few ms before the test saw it connected.)
+    assert!(
+        duration <= talked + Duration::from_millis(100),
+        "{duration:?} counts the liveness timeout (talked {talked:?})"
+    );
+    // Alice's client pings at least every 0.5 s: her last sign of life is that recent.
+    assert!(duration + Duration::from_millis(800) >= talked, "{duration:?} for {talked:?} of talk");
     drop(alice);
     server.shutdown().await;
 }
@@ -305,13 +341,18 @@ async fn a_server_restart_keeps_records_and_ends_the_interrupted_call() {
     first.shutdown().await;
     for party in [&mut alice, &mut bob] {
         party.expect(ended_with(&live, EndReason::EndedByServer), "ENDED_BY_SERVER").await;
-        party.expect(state_is(ConnectionState::Kicked(EndReason::EndedByServer)), "kicked by the stop").await;
+        // A shutdown is not a kick: the client goes on trying to connect.
+        party.expect(state_is(ConnectionState::Connecting), "reconnecting after the stop").await;
     }
 
     let second = TestServer::start_in(dir.path(), config()).await;
     proxy.retarget(second.addr());
-    for user in ["alice", "bob"] {
-        let mut party = second.device_via(&proxy.endpoint(), user, &format!("{user}-phone")).await;
+    for (user, mut party) in [("alice", alice), ("bob", bob)] {
+        party.expect(state_is(ConnectionState::Connected), "back on the restarted server").await;
+        let kicked = |e: &Event| matches!(e, Event::ConnectionStateChanged(ConnectionState::Kicked(_)));
+        assert_eq!(party.seen(kicked), 0, "{user}: {:#?}", party.log);
+        // From here on, only what the restarted server sent.
+        party.log.clear();
         let Event::ReceivedCallRecord(rec) =
             party.expect(record_of(&live), "record of the interrupted call").await
         else {
@@ -385,15 +426,17 @@ async fn clients_ride_out_a_server_crash_and_get_the_interrupted_call_once() {
     proxy.retarget(second.addr());
     for party in [&mut alice, &mut bob] {
         party.expect(state_is(ConnectionState::Connected), "connected to the new server").await;
-        party.expect(ended(&call), "the interrupted call ends").await;
+        // The session could not be resumed: the phone says NETWORK_ERROR, and so do the
+        // record and the summary.
+        party.expect(ended_with(&call, EndReason::NetworkError), "the interrupted call ends").await;
         let Event::ReceivedCallRecord(rec) = party.expect(record_of(&call), "its record").await else {
             unreachable!()
         };
-        assert_eq!(rec.end_reason, EndReason::EndedByServer);
+        assert_eq!(rec.end_reason, EndReason::NetworkError);
         let Event::SummaryMessage(sum) = party.expect(summary_of(&call), "its summary").await else {
             unreachable!()
         };
-        assert_eq!(sum.end_reason, EndReason::EndedByServer);
+        assert_eq!(sum.end_reason, EndReason::NetworkError);
         party.sync().await;
         assert_eq!(party.seen(record_of(&call)), 1, "{:#?}", party.log);
         assert_eq!(party.seen(summary_of(&call)), 1, "{:#?}", party.log);

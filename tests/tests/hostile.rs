@@ -68,7 +68,7 @@ async fn bad_expired_and_foreign_tokens_are_refused() {
         ("wrong signature", forged, Code::TokenInvalid),
         ("tampered", tampered, Code::TokenInvalid),
         ("expired", expired, Code::TokenExpired),
-        ("unknown app", foreign_token("alice"), Code::AppUnknown),
+        ("unknown app", foreign_token("alice"), Code::TokenInvalid),
         ("empty", String::new(), Code::TokenInvalid),
     ];
     for (what, token, code) in &cases {
@@ -653,4 +653,134 @@ async fn unusable_push_webhook_settings_stop_the_start() {
             "{url} with CA {ca:?}: {started:?}"
         );
     }
+}
+
+/// Sends byte strings as gRPC messages as they are (so a test can send what no encoder
+/// would) and decodes server frames.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = pb::ServerFrame;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = pb::ServerFrame;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<pb::ServerFrame>, tonic::Status> {
+        let bytes = bytes::Buf::copy_to_bytes(src, bytes::Buf::remaining(src));
+        callplus_proto::prost::Message::decode(bytes)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+#[tokio::test]
+async fn an_undecodable_frame_right_after_the_hello_is_answered_after_the_welcome_then_the_stream_closes() {
+    use callplus_proto::prost::Message as _;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::codegen::http::uri::PathAndQuery;
+
+    let server = TestServer::start(config()).await;
+    let hello = pb::ClientFrame {
+        seq: 0,
+        ack: 0,
+        request_id: 1,
+        body: Some(Body::Hello(pb::Hello {
+            token: server.token("mallory"),
+            device_id: "mallory-laptop".into(),
+            resume: None,
+            client_version: "tests".into(),
+        })),
+    };
+    // Field 1 with wire type 7, which does not exist: no protobuf decoder takes it.
+    let garbage = vec![0x0f, 0x00];
+    // The race is between the Welcome and the answer to the garbage: try it many times.
+    for attempt in 0..20 {
+        let channel = tonic::transport::Endpoint::from_shared(server.endpoint())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connects");
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.expect("ready");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(hello.encode_to_vec()).await.expect("queued");
+        tx.send(garbage.clone()).await.expect("queued");
+        let path = PathAndQuery::from_static("/callplus.v1.Signal/Connect");
+        let response =
+            timeout(WAIT, grpc.streaming(tonic::Request::new(ReceiverStream::new(rx)), path, RawCodec))
+                .await
+                .expect("answered in time")
+                .expect("stream opens");
+        let mut inbound = response.into_inner();
+        let mut frames = Vec::new();
+        while let Ok(Some(frame)) =
+            timeout(WAIT, inbound.message()).await.expect("a frame or the end in time")
+        {
+            frames.push(frame.body);
+        }
+        drop(tx);
+        assert!(
+            matches!(frames.first(), Some(Some(pb::server_frame::Body::Welcome(_)))),
+            "attempt {attempt}: the Welcome comes first: {frames:?}"
+        );
+        assert!(
+            matches!(
+                frames.get(1),
+                Some(Some(pb::server_frame::Body::Response(r)))
+                    if r.request_id == 0 && r.code == R::FrameInvalid as i32 && !r.message.is_empty()
+            ),
+            "attempt {attempt}: then FRAME_INVALID: {frames:?}"
+        );
+        assert_eq!(frames.len(), 2, "attempt {attempt}: then the stream closes: {frames:?}");
+    }
+    still_serves(&server).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_caller_cannot_accept_her_own_outgoing_call() {
+    let server = TestServer::start(config()).await;
+    let mut bob = server.user("bob").await;
+    let mut alice = server.raw("alice", "alice-phone").await;
+    let id = alice.request(single_to("bob")).await;
+    let started = alice.response_to(id).await.expect("started");
+    let call_id = match started.result {
+        Some(pb::response::Result::Started(s)) => s.call.expect("a call").call_id,
+        other => panic!("{other:?}"),
+    };
+    let id = alice.request(Body::Accept(pb::Accept { call_id: call_id.clone() })).await;
+    let refused = alice.response_to(id).await.expect("answered");
+    assert_eq!(R::try_from(refused.code), Ok(R::InvalidState), "{refused:?}");
+    assert!(refused.message.contains("own outgoing call"), "{}", refused.message);
+    // Nothing happened to the call: bob still rings and answers it.
+    let call = CallId::new(&call_id).expect("id");
+    bob.answer(&call).await;
+    server.shutdown().await;
 }

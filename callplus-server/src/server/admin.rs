@@ -1,12 +1,17 @@
 //! The admin HTTP API: token minting for the app's backend, `/metrics`, `/healthz`.
 //!
 //! `POST /v1/tokens` is authenticated like the seed vendors' server APIs: the request carries
-//! `X-App-Key`, `X-Nonce` (1–128 chars, never reused within the time window), `X-Timestamp`
-//! (Unix seconds, within ±300 s of the server clock) and `X-Signature` =
-//! hex(HMAC-SHA256(app_secret, nonce + timestamp + body)).
+//! `X-App-Key`, `X-Nonce` (1–128 visible ASCII characters, never reused within the time
+//! window), `X-Timestamp` (Unix seconds, within ±300 s of the server clock) and `X-Signature` =
+//! hex(HMAC-SHA256(app_secret, nonce + "\n" + timestamp + "\n" + body)).
+//!
+//! The signed message must have exactly one reading: the nonce cannot hold a newline and the
+//! timestamp is plain digits without sign or leading zero, so no two header sets sign the same
+//! bytes (with fields simply glued together, moving the nonce's last digit into the timestamp
+//! gave a second request with the same signature). Nonces are kept in storage until their
+//! request could no longer be accepted, so a replay is refused across restarts too.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
@@ -22,6 +27,7 @@ use sha2::Sha256;
 use super::auth::Auth;
 use super::driver::{DriverHandle, unix_ms};
 use super::metrics::Metrics;
+use crate::storage::Storage;
 use crate::token;
 
 /// Largest accepted request body.
@@ -34,14 +40,16 @@ const DEFAULT_TTL_SECS: u64 = 86_400;
 const MAX_TTL_SECS: u64 = 365 * 86_400;
 /// Longest nonce.
 const MAX_NONCE_LEN: usize = 128;
+/// Most digits of `X-Timestamp` (Unix seconds fit in 12 digits for the next 30,000 years).
+const MAX_TIMESTAMP_DIGITS: usize = 12;
 
 /// Admin API state.
 pub(crate) struct AdminState {
     pub(crate) auth: Arc<Auth>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) driver: DriverHandle,
-    /// `(app_key, nonce)` seen recently → when it may be forgotten (Unix seconds).
-    pub(crate) nonces: Mutex<HashMap<(String, String), i64>>,
+    /// Where used nonces are kept (see [`Storage::claim_nonce`]).
+    pub(crate) storage: Arc<dyn Storage>,
 }
 
 /// The admin router.
@@ -76,13 +84,38 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// hex(HMAC-SHA256(secret, nonce + timestamp + body)): what a client puts in `X-Signature`.
+/// hex(HMAC-SHA256(secret, nonce + "\n" + timestamp + "\n" + body)): what a client puts in
+/// `X-Signature`.
 pub fn sign_request(app_secret: &str, nonce: &str, timestamp: &str, body: &[u8]) -> String {
-    let mut mac = new_mac(app_secret);
+    hex(&signed_message_mac(app_secret, nonce, timestamp, body).finalize().into_bytes())
+}
+
+/// The MAC over the one encoding of a request that is signed.
+fn signed_message_mac(secret: &str, nonce: &str, timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
+    let mut mac = new_mac(secret);
     mac.update(nonce.as_bytes());
+    mac.update(b"\n");
     mac.update(timestamp.as_bytes());
+    mac.update(b"\n");
     mac.update(body);
-    hex(&mac.finalize().into_bytes())
+    mac
+}
+
+/// Whether `nonce` is 1–128 visible ASCII characters (no space, no control character), so the
+/// newline that ends it in the signed message cannot be part of it.
+fn valid_nonce(nonce: &str) -> bool {
+    !nonce.is_empty() && nonce.len() <= MAX_NONCE_LEN && nonce.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// `X-Timestamp` as Unix seconds: 1–12 ASCII digits, no sign, no leading zero. Anything else
+/// (`+5`, `0005`, ` 5`) is refused, so one instant has one spelling.
+fn parse_timestamp(s: &str) -> Option<i64> {
+    let digits_only =
+        !s.is_empty() && s.len() <= MAX_TIMESTAMP_DIGITS && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits_only || s.starts_with('0') {
+        return None;
+    }
+    s.parse().ok()
 }
 
 fn new_mac(secret: &str) -> Hmac<Sha256> {
@@ -114,12 +147,15 @@ async fn mint_token(State(state): State<Arc<AdminState>>, headers: HeaderMap, bo
             "X-App-Key, X-Nonce, X-Timestamp and X-Signature headers are required",
         );
     };
-    if nonce.is_empty() || nonce.len() > MAX_NONCE_LEN {
-        return error(StatusCode::UNAUTHORIZED, "X-Nonce must be 1-128 characters");
+    if !valid_nonce(nonce) {
+        return error(StatusCode::UNAUTHORIZED, "X-Nonce must be 1-128 visible ASCII characters");
     }
     let now = unix_ms() / 1000;
-    let Ok(ts) = timestamp.parse::<i64>() else {
-        return error(StatusCode::UNAUTHORIZED, "X-Timestamp must be Unix seconds");
+    let Some(ts) = parse_timestamp(timestamp) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "X-Timestamp must be Unix seconds: digits only, no sign, no leading zero",
+        );
     };
     if (now - ts).abs() > MAX_CLOCK_SKEW_SECS {
         return error(StatusCode::UNAUTHORIZED, "X-Timestamp is more than 300 s away from the server clock");
@@ -127,22 +163,25 @@ async fn mint_token(State(state): State<Arc<AdminState>>, headers: HeaderMap, bo
     let Some(secret) = state.auth.secret(app_key).await else {
         return error(StatusCode::UNAUTHORIZED, "unknown app key or bad signature");
     };
-    let mut mac = new_mac(&secret);
-    mac.update(nonce.as_bytes());
-    mac.update(timestamp.as_bytes());
-    mac.update(&body);
+    let mac = signed_message_mac(&secret, nonce, timestamp, &body);
     let valid = unhex(signature.trim()).is_some_and(|sig| mac.verify_slice(&sig).is_ok());
     if !valid {
         return error(StatusCode::UNAUTHORIZED, "unknown app key or bad signature");
     }
-    {
-        let mut nonces = state.nonces.lock().unwrap_or_else(PoisonError::into_inner);
-        nonces.retain(|_, forget_at| *forget_at > now);
-        let key = (app_key.to_owned(), nonce.to_owned());
-        if nonces.contains_key(&key) {
-            return error(StatusCode::UNAUTHORIZED, "X-Nonce was already used");
+    // Remembered (durably, before the answer) for as long as this timestamp is acceptable.
+    let forget_at = ts.max(now) + 2 * MAX_CLOCK_SKEW_SECS;
+    let (storage, key, used) = (state.storage.clone(), app_key.to_owned(), nonce.to_owned());
+    match tokio::task::spawn_blocking(move || storage.claim_nonce(&key, &used, now, forget_at)).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => return error(StatusCode::UNAUTHORIZED, "X-Nonce was already used"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot record an admin nonce");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "storage error");
         }
-        nonces.insert(key, ts.max(now) + 2 * MAX_CLOCK_SKEW_SECS);
+        Err(e) => {
+            tracing::error!(error = %e, "admin nonce task failed");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        }
     }
     let request: MintRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -182,6 +221,8 @@ async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
 mod tests {
     use super::*;
 
+    const EXPECTED_SIGNATURE: &str = "fea2c943a8d09e0d17d2f00db07431fd0cdb8957533937bb5e92af2be84f005f";
+
     #[test]
     fn hex_roundtrip() {
         assert_eq!(unhex(&hex(&[0, 1, 0xab, 0xff])), Some(vec![0, 1, 0xab, 0xff]));
@@ -191,9 +232,43 @@ mod tests {
     }
 
     #[test]
-    fn signature_is_hmac_of_nonce_timestamp_body() {
-        // RFC 4231 test case 2 with the message split across the three parts.
-        let sig = sign_request("Jefe", "what do ya want ", "for nothing", b"?");
-        assert_eq!(sig, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    fn signature_is_hmac_of_newline_joined_fields() {
+        // HMAC-SHA256("Jefe", "nonce-1\n1700000000\n{}"), computed independently
+        // (`printf 'nonce-1\n1700000000\n{}' | openssl dgst -sha256 -hmac Jefe`).
+        let sig = sign_request("Jefe", "nonce-1", "1700000000", b"{}");
+        assert_eq!(sig, EXPECTED_SIGNATURE);
+    }
+
+    #[test]
+    fn moving_a_digit_between_nonce_and_timestamp_changes_the_signature() {
+        let a = sign_request("secret", "n12", "1700000000", b"{}");
+        let b = sign_request("secret", "n1", "21700000000", b"{}");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn timestamps_have_one_spelling() {
+        assert_eq!(parse_timestamp("1700000000"), Some(1_700_000_000));
+        for bad in [
+            "",
+            "+1700000000",
+            "01700000000",
+            "0",
+            "-5",
+            " 1700000000",
+            "1700000000 ",
+            "1e9",
+            "1234567890123",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn nonces_are_visible_ascii() {
+        assert!(valid_nonce("a1-B2_c3.~"));
+        for bad in ["", "a b", "a\nb", "é", &"x".repeat(129)] {
+            assert!(!valid_nonce(bad), "{bad:?}");
+        }
     }
 }

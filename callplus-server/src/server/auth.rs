@@ -63,9 +63,12 @@ impl Auth {
 
     /// Checks a token at `now_secs` (Unix seconds) and returns its app and user.
     ///
+    /// A token that names an app this server does not have is `TOKEN_INVALID`, exactly as a
+    /// forged one: the app field is not signed by anything the server can check, so a
+    /// distinct answer would let anyone probe which app keys exist.
+    ///
     /// # Errors
-    /// `TOKEN_INVALID` for a malformed or forged token, `TOKEN_EXPIRED`, `APP_UNKNOWN` for a
-    /// token of an app this server does not have.
+    /// `TOKEN_INVALID` for a malformed or forged token or an unknown app, `TOKEN_EXPIRED`.
     pub(crate) async fn authenticate(
         &self,
         token_str: &str,
@@ -73,7 +76,8 @@ impl Auth {
     ) -> Result<(AppKey, UserId), Error> {
         let app_key = token::peek_app_key(token_str).map_err(token_error)?;
         let Some(secret) = self.secret(&app_key).await else {
-            return Err(Error::new(Code::AppUnknown, format!("unknown app key {app_key}")));
+            tracing::debug!(app = %app_key, "token of an unknown app");
+            return Err(Error::new(Code::TokenInvalid, token::TokenError::BadSignature.to_string()));
         };
         let claims = token::verify(token_str, &secret, now_secs).map_err(token_error)?;
         let app = AppKey::new(&claims.app_key).map_err(|e| Error::new(Code::TokenInvalid, e.message))?;

@@ -27,8 +27,8 @@ use callplus_session::switchboard::{
 };
 use callplus_session::wire::{FrameError, event_to_wire};
 use callplus_session::{
-    AppKey, CallId, CallInfo, CallRecord, ClientFrame, Code, Error, Hello, RecordOrder, RecordPage,
-    ServerFrame, UserId,
+    AppKey, CallId, CallInfo, CallRecord, ClientFrame, Code, Error, Hello, RecordOrder, RecordPage, Response,
+    ServerBody, ServerFrame, UserId,
 };
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
@@ -39,6 +39,11 @@ use crate::storage::{BatchWriter, CallRow, PageOrder, RecordRow, Storage, Storag
 
 /// Inputs queued to the driver before transports wait.
 const INPUT_QUEUE: usize = 8192;
+
+/// How often the driver notes in storage that it runs with live calls. After a crash, the
+/// calls found saved end at the last mark, so at most this much (plus the writer's commit
+/// delay) of downtime is counted in their durations.
+pub(crate) const ALIVE_MARK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// An authenticated device opening a session on a new connection.
 pub(crate) struct Open {
@@ -77,6 +82,15 @@ pub(crate) enum Input {
         conn: ConnId,
         /// Why.
         error: FrameError,
+    },
+    /// The stream cannot be read any further (an undecodable or oversized message): the
+    /// device is told why, after everything queued for it (its Welcome first), and the
+    /// connection closes. Its session stays resumable, as after any lost connection.
+    Broken {
+        /// The connection.
+        conn: ConnId,
+        /// Why (`FRAME_INVALID` or `MESSAGE_TOO_LARGE`).
+        error: Error,
     },
     /// The connection is gone.
     Lost {
@@ -127,6 +141,13 @@ impl DriverHandle {
     /// Whether the driver has stopped.
     pub(crate) fn is_closed(&self) -> bool {
         self.tx.is_closed()
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -199,12 +220,13 @@ impl Driver {
         self.last_now
     }
 
-    /// Ends calls that were live when the server last stopped, then drains the outputs.
-    pub(crate) fn recover(&mut self, calls: Vec<(AppKey, CallInfo)>) {
+    /// Ends calls that were live when the server last stopped (at `alive_until`, the last
+    /// [`ALIVE_MARK_INTERVAL`] mark of the stopped server), then drains the outputs.
+    pub(crate) fn recover(&mut self, calls: Vec<(AppKey, CallInfo)>, alive_until: Option<i64>) {
         if !calls.is_empty() {
-            tracing::info!(calls = calls.len(), "ending calls interrupted by the last stop");
+            tracing::info!(calls = calls.len(), ?alive_until, "ending calls interrupted by the last stop");
             let now = self.now();
-            self.sb.end_recovered_calls(now, calls);
+            self.sb.end_recovered_calls(now, alive_until, calls);
         }
         self.drain();
     }
@@ -212,23 +234,26 @@ impl Driver {
     /// Runs until [`Input::Shutdown`].
     pub(crate) async fn run(mut self) {
         self.drain();
+        let mut alive = tokio::time::interval(ALIVE_MARK_INTERVAL);
+        alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let input = match self.sb.poll_timeout() {
-                Some(at) => {
-                    let wait = u64::try_from(at.saturating_sub(unix_ms())).unwrap_or(0);
-                    let deadline = Instant::now() + Duration::from_millis(wait);
-                    tokio::select! {
-                        biased;
-                        input = self.rx.recv() => input,
-                        () = tokio::time::sleep_until(deadline) => {
-                            let now = self.now();
-                            self.sb.handle_timeout(now);
-                            self.drain();
-                            continue;
-                        }
-                    }
+            let deadline = self.sb.poll_timeout().map(|at| {
+                let wait = u64::try_from(at.saturating_sub(unix_ms())).unwrap_or(0);
+                Instant::now() + Duration::from_millis(wait)
+            });
+            let input = tokio::select! {
+                biased;
+                input = self.rx.recv() => input,
+                () = sleep_until_opt(deadline) => {
+                    let now = self.now();
+                    self.sb.handle_timeout(now);
+                    self.drain();
+                    continue;
                 }
-                None => self.rx.recv().await,
+                _ = alive.tick() => {
+                    self.mark_alive();
+                    continue;
+                }
             };
             // The driver holds a sender itself, so the queue never closes under it.
             let Some(input) = input else { break };
@@ -240,6 +265,15 @@ impl Driver {
             self.drain();
         }
         tracing::debug!("driver stopped");
+    }
+
+    /// Notes in storage that the server runs, while it has live calls (see
+    /// [`ALIVE_MARK_INTERVAL`]).
+    fn mark_alive(&mut self) {
+        if self.sb.live_calls() > 0 {
+            let now = self.now();
+            self.writer.submit(WriteOp::AliveMark(now));
+        }
     }
 
     fn handle(&mut self, input: Input) {
@@ -257,6 +291,22 @@ impl Driver {
                     self.metrics.frames_in.inc();
                     tracing::debug!(conn, %error, "invalid frame");
                     self.sb.handle_invalid_frame(now, conn, error);
+                }
+            }
+            Input::Broken { conn, error } => {
+                // Queued after the Welcome and everything else already sent to this connection.
+                if let Some(Outbound { tx, .. }) = self.conns.remove(&conn) {
+                    self.metrics.frames_in.inc();
+                    tracing::debug!(conn, %error, "unreadable stream; closing it");
+                    let refusal = ServerFrame {
+                        seq: 0,
+                        ack: 0,
+                        body: ServerBody::Response(Response { request_id: 0, result: Err(error) }),
+                    };
+                    if tx.try_send(Box::new(refusal)).is_ok() {
+                        self.metrics.frames_out.inc();
+                    }
+                    self.sb.connection_lost(now, conn);
                 }
             }
             Input::Lost { conn } => {

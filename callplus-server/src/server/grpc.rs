@@ -1,9 +1,8 @@
 //! The gRPC transport: `Signal.Connect`, one bidirectional stream per device.
 //!
-//! Each stream gets a task that waits for the Hello (with a timeout), checks the token, loads
-//! the user's offline events and hands the connection to the driver; then it forwards every
-//! frame. Refusals are answered with a `Response` carrying the Hello's `request_id` and a code
-//! (`TOKEN_INVALID`, `TOKEN_EXPIRED`, `APP_UNKNOWN`, …), then the stream is closed.
+//! Each stream gets a task that waits for the Hello (with a timeout), checks the token and
+//! hands the connection to the driver; then it forwards every frame. Refusals are answered with a `Response` carrying the Hello's `request_id` and a code
+//! (`TOKEN_INVALID`, `TOKEN_EXPIRED`, …), then the stream is closed.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -144,9 +143,6 @@ async fn run_connection(
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(conn, ?peer, %app, %user, "stream authenticated");
     let (closed_by_driver, mut driver_closed) = oneshot::channel();
-    // Kept to answer a frame the stream cannot even decode (too large, corrupt): the stream
-    // cannot be read past it, so the device is told why before the connection closes.
-    let direct = out.clone();
     let open = Open { conn, app, user, hello, tx: out, closed: closed_by_driver };
     if !shared.driver.send(Input::Open(Box::new(open))).await {
         return;
@@ -164,13 +160,15 @@ async fn run_connection(
             },
             Ok(None) => break,
             Err(status) => {
-                // The stream cannot be read past a bad message: report it, then close.
+                // The stream cannot be read past a message it cannot decode (too large,
+                // corrupt): the driver tells the device why, after its Welcome and whatever
+                // else it was sent, and closes the connection.
                 tracing::debug!(conn, %status, "stream error");
-                if status.code() != tonic::Code::Cancelled && status.code() != tonic::Code::Unknown {
-                    let _ =
-                        direct.send_timeout(refusal(0, status_error(&status)), REFUSAL_SEND_TIMEOUT).await;
+                if status.code() == tonic::Code::Cancelled || status.code() == tonic::Code::Unknown {
+                    break;
                 }
-                break;
+                let _ = shared.driver.send(Input::Broken { conn, error: status_error(&status) }).await;
+                return;
             }
         };
         if !shared.driver.send(input).await {

@@ -19,8 +19,8 @@
 //!
 //! Shutdown stops accepting, lets the switchboard end every session and call
 //! (`ENDED_BY_SERVER`), writes their last frames, records and offline events, and flushes
-//! storage before it returns. Calls that were live when a server crashed are ended the same way
-//! on the next start.
+//! storage before it returns. Calls that were live when a server crashed are ended on the next
+//! start, with NETWORK_ERROR, at the last moment the crashed server noted it was running.
 
 mod admin;
 mod auth;
@@ -33,11 +33,10 @@ pub mod shutdown;
 mod tls;
 mod tls_listener;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use callplus_proto::v1::signal_server::SignalServer;
@@ -86,6 +85,9 @@ pub enum ServerError {
     /// The TLS certificate or key cannot be read or used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The switchboard settings cannot work together.
+    #[error("configuration: {0}")]
+    Config(#[from] callplus_session::switchboard::ConfigError),
     /// Storage holds no app and creating one was disabled.
     #[error("storage holds no app; start once with default app creation enabled")]
     NoApp,
@@ -242,9 +244,12 @@ impl ServerBuilder {
     /// # Errors
     /// [`ServerError::Storage`] when storage cannot be opened or read, [`ServerError::Bind`]
     /// when an address cannot be bound, [`ServerError::Tls`] for an unusable certificate or
-    /// key, [`ServerError::Push`] for an unusable webhook URL or CA, [`ServerError::NoApp`].
+    /// key, [`ServerError::Push`] for an unusable webhook URL or CA, [`ServerError::Config`] for
+    /// settings that cannot work together (a liveness timeout under twice the heartbeat),
+    /// [`ServerError::NoApp`].
     pub async fn start(self) -> Result<RunningServer, ServerError> {
         let ServerBuilder { storage, listen, admin_listen, mut config, options, tls, admin_tls } = self;
+        config.validate()?;
         let mut grpc_server = match &tls {
             Some(tls) => tls.apply(tonic::transport::Server::builder())?,
             None => tonic::transport::Server::builder(),
@@ -280,10 +285,10 @@ impl ServerBuilder {
                 apps.push(app);
                 created = true;
             }
-            Ok((apps, created, st.max_sync_time()?, st.active_calls()?))
+            Ok((apps, created, st.max_sync_time()?, st.active_calls()?, st.alive_mark()?))
         })
         .await??;
-        let (apps, created, max_sync_time, active_calls) = loaded;
+        let (apps, created, max_sync_time, active_calls, alive_mark) = loaded;
         let app = apps.first().cloned().ok_or(ServerError::NoApp)?;
         if created {
             tracing::info!(app_key = %app.app_key, "created the default app");
@@ -323,7 +328,7 @@ impl ServerBuilder {
         if !undecodable.is_empty() {
             writer.submit(WriteOp::RemoveCalls(undecodable));
         }
-        driver.recover(recovered);
+        driver.recover(recovered, alive_mark);
 
         let (fatal_tx, fatal_rx) = watch::channel(false);
         let driver_join = tokio::spawn(driver.run());
@@ -382,7 +387,7 @@ impl ServerBuilder {
                     auth,
                     metrics: metrics.clone(),
                     driver: handle.clone(),
-                    nonces: Mutex::new(HashMap::new()),
+                    storage: storage.clone(),
                 });
                 let (stop, stop_rx) = oneshot::channel::<()>();
                 let app = admin::router(state);

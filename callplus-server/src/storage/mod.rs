@@ -1,4 +1,5 @@
-//! Durable storage: apps, call records, offline events and active calls.
+//! Durable storage: apps, call records, offline events, active calls, the server's alive mark
+//! and the admin API's used nonces.
 //!
 //! Storage is bytes-oriented: the server stores protobuf-encoded records and events as opaque
 //! blobs, and only the columns it looks things up by are typed. This keeps storage independent
@@ -146,6 +147,8 @@ pub enum BatchOp {
     PutCalls(Vec<CallRow>),
     /// [`Storage::remove_active_calls`]; keys are `(app_key, call_id)`.
     RemoveCalls(Vec<(String, String)>),
+    /// [`Storage::set_alive_mark`].
+    AliveMark(i64),
 }
 
 /// The result of one [`BatchOp`]: the new offline event ids for [`BatchOp::Offline`], empty for
@@ -211,6 +214,20 @@ pub trait Storage: Send + Sync + 'static {
     /// All stored call snapshots.
     fn active_calls(&self) -> Result<Vec<CallRow>, StorageError>;
 
+    /// Notes that the server was running, with live calls, at `at_ms` (ms since the Unix
+    /// epoch). After a crash, the calls found saved end at the last such mark.
+    fn set_alive_mark(&self, at_ms: i64) -> Result<(), StorageError>;
+
+    /// The latest [`set_alive_mark`](Self::set_alive_mark), if any.
+    fn alive_mark(&self) -> Result<Option<i64>, StorageError>;
+
+    /// Records that an admin request of `app_key` used `nonce`, until `forget_at` (Unix
+    /// seconds); nonces whose `forget_at` is at or before `now` (Unix seconds) are forgotten
+    /// first. Returns `false` when the nonce is already recorded: the request is a replay. The
+    /// nonce is committed when this returns, so it is refused again after a restart or a crash.
+    fn claim_nonce(&self, app_key: &str, nonce: &str, now: i64, forget_at: i64)
+    -> Result<bool, StorageError>;
+
     /// Applies several writes, returning one result per op, in order.
     ///
     /// An `Err` for one op means that op was not applied; the others were. An outer `Err` means
@@ -231,5 +248,6 @@ fn apply_one<S: Storage + ?Sized>(storage: &S, op: &BatchOp) -> OpResult {
         }
         BatchOp::PutCalls(rows) => storage.put_active_calls(rows).map(|()| Vec::new()),
         BatchOp::RemoveCalls(keys) => storage.remove_active_calls(keys).map(|()| Vec::new()),
+        BatchOp::AliveMark(at_ms) => storage.set_alive_mark(*at_ms).map(|()| Vec::new()),
     }
 }

@@ -16,7 +16,7 @@ use super::{
 const DB_FILE: &str = "callplus.db";
 
 /// The schema version this build writes and understands.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How many read connections a file database keeps.
 const READERS: usize = 4;
@@ -55,6 +55,17 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY NOT NULL,
     value INTEGER NOT NULL
 );
+";
+
+/// Version 2: admin request nonces, kept across restarts so a replay is refused after one.
+const SCHEMA_V2: &str = "
+CREATE TABLE admin_nonces (
+    app_key   TEXT NOT NULL,
+    nonce     TEXT NOT NULL,
+    forget_at INTEGER NOT NULL,
+    PRIMARY KEY (app_key, nonce)
+) WITHOUT ROWID;
+CREATE INDEX admin_nonces_by_age ON admin_nonces (forget_at);
 ";
 
 /// [`Storage`] on an embedded SQLite database.
@@ -159,11 +170,17 @@ fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     match found {
         None => {
             tx.execute_batch(SCHEMA_V1)?;
+            tx.execute_batch(SCHEMA_V2)?;
             tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [SCHEMA_VERSION])?;
             tracing::debug!(version = SCHEMA_VERSION, "created storage schema");
         }
         Some(v) if v > SCHEMA_VERSION => {
             return Err(StorageError::IncompatibleSchema { found: v, supported: SCHEMA_VERSION });
+        }
+        Some(1) => {
+            tx.execute_batch(SCHEMA_V2)?;
+            tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [SCHEMA_VERSION])?;
+            tracing::info!(from = 1, to = SCHEMA_VERSION, "upgraded storage schema");
         }
         Some(_) => {}
     }
@@ -246,6 +263,15 @@ fn remove_active_calls_in(conn: &Connection, keys: &[(String, String)]) -> Resul
     Ok(())
 }
 
+fn set_alive_mark_in(conn: &Connection, at_ms: i64) -> Result<(), StorageError> {
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('alive_mark_ms', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([at_ms])?;
+    Ok(())
+}
+
 fn apply_in(conn: &Connection, op: &BatchOp) -> OpResult {
     match op {
         BatchOp::Records(rows) => append_records_in(conn, rows).map(|()| Vec::new()),
@@ -255,6 +281,7 @@ fn apply_in(conn: &Connection, op: &BatchOp) -> OpResult {
         }
         BatchOp::PutCalls(rows) => put_active_calls_in(conn, rows).map(|()| Vec::new()),
         BatchOp::RemoveCalls(keys) => remove_active_calls_in(conn, keys).map(|()| Vec::new()),
+        BatchOp::AliveMark(at_ms) => set_alive_mark_in(conn, *at_ms).map(|()| Vec::new()),
     }
 }
 
@@ -439,6 +466,37 @@ impl Storage for SqliteStorage {
         let rows =
             stmt.query_map([], |r| Ok(CallRow { app_key: r.get(0)?, call_id: r.get(1)?, body: r.get(2)? }))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn set_alive_mark(&self, at_ms: i64) -> Result<(), StorageError> {
+        self.write(|tx| set_alive_mark_in(tx, at_ms))
+    }
+
+    fn alive_mark(&self) -> Result<Option<i64>, StorageError> {
+        let conn = self.read_conn();
+        let v: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'alive_mark_ms'", [], |r| r.get(0))
+            .optional()?;
+        Ok(v)
+    }
+
+    fn claim_nonce(
+        &self,
+        app_key: &str,
+        nonce: &str,
+        now: i64,
+        forget_at: i64,
+    ) -> Result<bool, StorageError> {
+        self.write(|tx| {
+            tx.prepare_cached("DELETE FROM admin_nonces WHERE forget_at <= ?1")?.execute([now])?;
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO admin_nonces (app_key, nonce, forget_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (app_key, nonce) DO NOTHING",
+                )?
+                .execute(params![app_key, nonce, forget_at])?;
+            Ok(inserted == 1)
+        })
     }
 
     /// Commits the whole batch in one transaction; each op runs in its own savepoint, so a

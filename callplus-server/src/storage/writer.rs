@@ -54,6 +54,8 @@ pub enum WriteOp {
     PutCalls(Vec<super::CallRow>),
     /// Remove call snapshots by `(app_key, call_id)`, like [`Storage::remove_active_calls`].
     RemoveCalls(Vec<(String, String)>),
+    /// Note that the server is running with live calls, like [`Storage::set_alive_mark`].
+    AliveMark(i64),
 }
 
 impl std::fmt::Debug for WriteOp {
@@ -75,6 +77,7 @@ impl std::fmt::Debug for WriteOp {
                 .finish(),
             WriteOp::PutCalls(rows) => f.debug_tuple("PutCalls").field(&rows.len()).finish(),
             WriteOp::RemoveCalls(keys) => f.debug_tuple("RemoveCalls").field(keys).finish(),
+            WriteOp::AliveMark(at_ms) => f.debug_tuple("AliveMark").field(at_ms).finish(),
         }
     }
 }
@@ -91,6 +94,7 @@ impl WriteOp {
             }
             WriteOp::PutCalls(rows) => (BatchOp::PutCalls(rows), None),
             WriteOp::RemoveCalls(keys) => (BatchOp::RemoveCalls(keys), None),
+            WriteOp::AliveMark(at_ms) => (BatchOp::AliveMark(at_ms), None),
         }
     }
 }
@@ -290,7 +294,10 @@ fn skip_replaced_snapshots(ops: &mut [BatchOp]) {
                 rows.retain(|_| keep.next().unwrap_or(true));
             }
             BatchOp::RemoveCalls(keys) => later.extend(keys.iter().cloned()),
-            BatchOp::Records(_) | BatchOp::Offline { .. } | BatchOp::RemoveOffline { .. } => {}
+            BatchOp::Records(_)
+            | BatchOp::Offline { .. }
+            | BatchOp::RemoveOffline { .. }
+            | BatchOp::AliveMark(_) => {}
         }
     }
 }

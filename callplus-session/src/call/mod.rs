@@ -378,6 +378,15 @@ impl Call {
         }
     }
 
+    /// The latest moment the call's state names: its creation, start, first frame, and every
+    /// participant's invitation, connection and end. An end is never placed before it.
+    pub(crate) fn last_event_ms(&self) -> i64 {
+        let call = [Some(self.created_at_ms), self.started_at_ms, self.first_frame_at_ms];
+        let parties =
+            self.parties.iter().flat_map(|p| [Some(p.invited_at_ms), p.connected_at_ms, p.ended_at_ms]);
+        call.into_iter().chain(parties).flatten().max().unwrap_or(self.created_at_ms)
+    }
+
     /// Records how far the invitation got on one device of a participant; true when anything
     /// changed (the best delivery or the device's own).
     pub(crate) fn mark_device(&mut self, idx: usize, device: &DeviceId, delivery: Delivery) -> bool {

@@ -91,16 +91,18 @@ impl Call {
         Some(Rang { state_changed, delivery_changed, version })
     }
 
-    /// Ends one participant with `reason` (its own point of view) and returns the device
-    /// sessions that held the call for it. `None` when it was not active.
-    pub(crate) fn end_party(&mut self, idx: usize, reason: EndReason, now_ms: i64) -> Option<Holders> {
+    /// Ends one participant with `reason` (its own point of view) at `at_ms` (never before it
+    /// was invited or connected) and returns the device sessions that held the call for it.
+    /// `None` when it was not active.
+    pub(crate) fn end_party(&mut self, idx: usize, reason: EndReason, at_ms: i64) -> Option<Holders> {
         let party = self.parties.get_mut(idx)?;
         if !party.state.is_active() {
             return None;
         }
+        let at_ms = at_ms.max(party.invited_at_ms).max(party.connected_at_ms.unwrap_or(i64::MIN));
         party.state = ParticipantState::Ended;
         party.reason = Some(reason);
-        party.ended_at_ms = Some(now_ms);
+        party.ended_at_ms = Some(at_ms);
         party.ring_deadline = None;
         let sessions = match party.bound.take() {
             Some(sk) => Holders::One(sk),

@@ -320,10 +320,19 @@ impl ClientEngine {
         }
     }
 
+    /// `Kicked{ENDED_BY_SERVER}` is a server going away (a graceful shutdown), not a kick:
+    /// the session is gone with it, but the next server (or the same one restarted) takes a
+    /// fresh Hello, so the driver reconnects with backoff. Kicks by another login or by the
+    /// operator stay final.
     pub(super) fn on_kicked(&mut self, now_ms: i64, reason: EndReason) {
         self.lose_session(now_ms, reason);
         self.transport_lost(now_ms);
-        self.set_state(ConnectionState::Kicked(reason));
+        if reason == EndReason::EndedByServer {
+            self.set_state(ConnectionState::Connecting);
+            self.driver_events.push_back(DriverEvent::TransportStale);
+        } else {
+            self.set_state(ConnectionState::Kicked(reason));
+        }
     }
 
     /// Ends every call with `reason`, fails every request with `NotConnected` and forgets the

@@ -23,6 +23,7 @@ pub type RequestId = u64;
 ///                               Connected ◀──Welcome── Reconnecting
 /// any ──disconnect──▶ Disconnected        any ──Kicked──▶ Kicked(reason)
 /// any ──Hello refused (token …)──▶ Disconnected
+/// any ──server shutting down (Kicked{ENDED_BY_SERVER})──▶ Connecting (reconnect with backoff)
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConnectionState {
@@ -39,8 +40,9 @@ pub enum ConnectionState {
     /// The app disconnected, or the server refused the Hello for good (see
     /// [`ClientEvent::ConnectionRejected`]). The driver must not reconnect on its own.
     Disconnected,
-    /// The server closed the session (another login, an operator, a shutdown). The driver must
-    /// not reconnect on its own.
+    /// The server closed the session for good (another login, an operator). The driver must
+    /// not reconnect on its own. A server shutting down is not a kick: its devices go back to
+    /// `Connecting` with [`DriverEvent::TransportStale`] and reconnect.
     Kicked(EndReason),
 }
 
@@ -223,9 +225,9 @@ impl ClientEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DriverEvent {
     /// The transport looks dead (no Welcome within the request timeout, or the server was
-    /// silent past its liveness timeout, or it refused a resume and closes the stream). The
-    /// engine already treats the transport as lost; the driver must close it and reconnect
-    /// (with backoff) unless the state is `Disconnected` or `Kicked`.
+    /// silent past its liveness timeout, or it refused a resume and closes the stream, or it is
+    /// shutting down). The engine already treats the transport as lost; the driver must close
+    /// it and reconnect (with backoff) unless the state is `Disconnected` or `Kicked`.
     TransportStale,
     /// A request the app made finished: the server answered, it timed out (`Timeout`), or the
     /// session it belonged to is gone (`NotConnected`). The driver answers whoever awaits

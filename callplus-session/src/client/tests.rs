@@ -800,6 +800,33 @@ fn kicked_ends_everything() {
 }
 
 #[test]
+fn a_server_shutting_down_is_not_a_kick() {
+    let mut e = connected();
+    on_call(&mut e, MediaType::Audio);
+    let pending = e.get_available_calls(T0).unwrap();
+    e.handle_frame(
+        T0,
+        ev(
+            0,
+            Event::Kicked { reason: EndReason::EndedByServer, message: "the server is shutting down".into() },
+        ),
+    );
+    let evs = events(&mut e);
+    assert_eq!(ended_reason(&evs, "c9"), Some(EndReason::EndedByServer));
+    let drv = driver(&mut e);
+    assert_eq!(completed(&drv, pending).map(|r| r.unwrap_err().code), Some(Code::NotConnected));
+    assert!(evs.contains(&ClientEvent::ConnectionStateChanged(ConnectionState::Connecting)), "{evs:?}");
+    assert_eq!(drv.last(), Some(&DriverEvent::TransportStale), "the driver reconnects: {drv:?}");
+    assert!(
+        !evs.iter().any(|e| matches!(e, ClientEvent::ConnectionStateChanged(ConnectionState::Kicked(_))))
+    );
+    // The reconnect starts a fresh session (the old one went with the server).
+    e.transport_connected(T0 + 1_000);
+    let tx = transmits(&mut e);
+    assert!(matches!(&tx[0].body, ClientBody::Hello(h) if h.resume.is_none()));
+}
+
+#[test]
 fn disconnect_says_goodbye() {
     let mut e = connected();
     on_call(&mut e, MediaType::Audio);

@@ -351,6 +351,14 @@ impl Switchboard {
                 return Err(err(Code::SingleCallNotSupportMultiPerson, "only MULTI calls can be joined"));
             }
             let Some(party) = call.party(idx) else { return Err(Error::from_code(Code::Internal)) };
+            // The creator's own leg (never invited: no inviter) has nothing to answer; only a
+            // creator who left a group call and was invited back is rung again.
+            if !join && party.inviter.is_none() && party.state.is_connected() {
+                return Err(err(
+                    Code::InvalidState,
+                    "this is your own outgoing call: only a callee can accept it",
+                ));
+            }
             if party.state.is_connected() {
                 if party.bound == Some(ctx.sk) {
                     let snapshot = call.snapshot();
@@ -824,11 +832,28 @@ impl Switchboard {
         self.leave(now, id, idx, reason, None, reason);
     }
 
-    /// Participant `idx` leaves with `reason` (its own point of view). The call ends when the
-    /// rest cannot carry it on; otherwise (MULTI) the others are told.
+    /// Participant `idx` leaves now with `reason` (its own point of view). The call ends when
+    /// the rest cannot carry it on; otherwise (MULTI) the others are told.
     pub(super) fn leave(
         &mut self,
         now: i64,
+        id: &CallId,
+        idx: usize,
+        reason: EndReason,
+        acting: Option<SessionKey>,
+        other_devices: EndReason,
+    ) {
+        self.leave_at(now, now, id, idx, reason, acting, other_devices);
+    }
+
+    /// [`leave`](Self::leave), with the departure (and the call's end, if it ends) placed at
+    /// `at` rather than `now`: a device lost to the network leaves at its last sign of life,
+    /// so the time it took to notice is not counted as talk time.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn leave_at(
+        &mut self,
+        now: i64,
+        at: i64,
         id: &CallId,
         idx: usize,
         reason: EndReason,
@@ -839,10 +864,10 @@ impl Switchboard {
         if call.is_ended() {
             return;
         }
-        let Some(sessions) = call.end_party(idx, reason, now) else { return };
+        let Some(sessions) = call.end_party(idx, reason, at.min(now)) else { return };
         let leaver = Leaver { idx, sessions, acting, other_devices };
         if call.should_end() {
-            self.finish_call(now, id, remote_view(reason), Some(leaver));
+            self.finish_call_at(now, at, id, remote_view(reason), Some(leaver));
             return;
         }
         let snapshot = call.snapshot();
@@ -861,15 +886,30 @@ impl Switchboard {
         self.net.outputs.push_back(Output::SaveCall { app: call.app.clone(), call: snapshot });
     }
 
-    /// Ends the call: every participant still active ends with `others` (the leaver, if any,
-    /// already ended), then CallEnded to every device that held it, one record per
+    /// Ends the call now: every participant still active ends with `others` (the leaver, if
+    /// any, already ended), then CallEnded to every device that held it, one record per
     /// participant, summaries for SINGLE calls, ForgetCall.
     pub(super) fn finish_call(&mut self, now: i64, id: &CallId, others: EndReason, leaver: Option<Leaver>) {
+        self.finish_call_at(now, now, id, others, leaver);
+    }
+
+    /// [`finish_call`](Self::finish_call) with the end placed at `at` (no later than `now`,
+    /// no earlier than anything the call already recorded): the last moment the call was known
+    /// to be alive. Records are still numbered (`sync_time`) and retained from `now`.
+    pub(super) fn finish_call_at(
+        &mut self,
+        now: i64,
+        at: i64,
+        id: &CallId,
+        others: EndReason,
+        leaver: Option<Leaver>,
+    ) {
         let Some(call) = self.calls.get_mut(id) else { return };
         if call.is_ended() {
             return;
         }
-        let ended = call.finish(others, now);
+        let at = at.min(now).max(call.last_event_ms());
+        let ended = call.finish(others, at);
         let snapshot = call.snapshot();
         if let Some(leaver) = &leaver {
             send_leaver_ended(&mut self.net, call, leaver, &snapshot);

@@ -57,6 +57,46 @@ pub struct SwitchboardConfig {
     pub ended_call_retention_ms: u32,
 }
 
+/// A [`SwitchboardConfig`] that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Devices ping every `heartbeat_interval_ms`; a liveness timeout that is not at least twice
+    /// that would end healthy calls at the first ping that arrives a little late.
+    #[error(
+        "the liveness timeout ({liveness_ms} ms) must be at least twice the heartbeat interval \
+         ({heartbeat_ms} ms), so that one late ping does not end a healthy call"
+    )]
+    LivenessTooShort {
+        /// `liveness_timeout_ms`.
+        liveness_ms: u32,
+        /// `heartbeat_interval_ms`.
+        heartbeat_ms: u32,
+    },
+    /// A heartbeat interval of 0 would leave the ping rate to each client.
+    #[error("the heartbeat interval must be positive")]
+    NoHeartbeat,
+}
+
+impl SwitchboardConfig {
+    /// Checks the settings that depend on each other: the liveness timeout must be at least
+    /// twice the (positive) heartbeat interval.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first setting that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_interval_ms == 0 {
+            return Err(ConfigError::NoHeartbeat);
+        }
+        if u64::from(self.liveness_timeout_ms) < 2 * u64::from(self.heartbeat_interval_ms) {
+            return Err(ConfigError::LivenessTooShort {
+                liveness_ms: self.liveness_timeout_ms,
+                heartbeat_ms: self.heartbeat_interval_ms,
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Default for SwitchboardConfig {
     fn default() -> Self {
         SwitchboardConfig {
@@ -76,5 +116,29 @@ impl Default for SwitchboardConfig {
             request_burst: 200,
             ended_call_retention_ms: 600_000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_must_be_at_least_twice_the_heartbeat() {
+        assert_eq!(SwitchboardConfig::default().validate(), Ok(()));
+        let cfg = |heartbeat_interval_ms, liveness_timeout_ms| SwitchboardConfig {
+            heartbeat_interval_ms,
+            liveness_timeout_ms,
+            ..SwitchboardConfig::default()
+        };
+        assert_eq!(cfg(5_000, 10_000).validate(), Ok(()));
+        for (heartbeat, liveness) in [(5_000, 5_000), (5_000, 4_000), (5_000, 9_999), (5_000, 0)] {
+            assert_eq!(
+                cfg(heartbeat, liveness).validate(),
+                Err(ConfigError::LivenessTooShort { liveness_ms: liveness, heartbeat_ms: heartbeat })
+            );
+        }
+        assert_eq!(cfg(0, 20_000).validate(), Err(ConfigError::NoHeartbeat));
+        assert!(cfg(u32::MAX, u32::MAX).validate().is_err(), "no overflow hides a short timeout");
     }
 }

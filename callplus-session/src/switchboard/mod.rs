@@ -70,7 +70,7 @@ use crate::model::message::{
 use crate::model::snapshot::CallInfo;
 use crate::wire::FrameError;
 
-pub use config::{BusyPolicy, DevicePolicy, SwitchboardConfig};
+pub use config::{BusyPolicy, ConfigError, DevicePolicy, SwitchboardConfig};
 pub use output::{ConnId, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId};
 
 pub use output::QueryResult;
@@ -577,7 +577,8 @@ impl Switchboard {
 
     /// Graceful stop: every live call ends with ENDED_BY_SERVER (records and summaries are
     /// stored as offline events so nothing is lost), every connected device gets
-    /// `Event::Kicked{EndedByServer}` then Close. Later connects are refused the same way.
+    /// `Event::Kicked{EndedByServer}` (which clients take as "reconnect later", not as a
+    /// kick) then Close. Later connects are refused the same way.
     pub fn shutdown(&mut self, now_ms: i64) {
         if self.stopped {
             return;
@@ -611,10 +612,21 @@ impl Switchboard {
         self.timers.clear();
     }
 
-    /// After a restart: calls found saved ([`Output::SaveCall`] snapshots) end with
-    /// ENDED_BY_SERVER, producing their records and summaries (stored as offline events for
+    /// After a crash: calls found saved ([`Output::SaveCall`] snapshots) end with
+    /// NETWORK_ERROR, producing their records and summaries (stored as offline events for
     /// users with no live device) and [`Output::ForgetCall`].
-    pub fn end_recovered_calls(&mut self, now_ms: i64, calls: Vec<(AppKey, CallInfo)>) {
+    ///
+    /// Each call ends at `alive_until_ms`, the last moment the stopped server was known to be
+    /// running (a mark the driver keeps in storage), so the downtime is not counted as talk
+    /// time; never before the latest moment its snapshot records, nor after `now_ms`. Without
+    /// a mark, that latest moment. NETWORK_ERROR is what every device of the call saw (its
+    /// connection broke and its session could not be resumed), so the records say the same.
+    pub fn end_recovered_calls(
+        &mut self,
+        now_ms: i64,
+        alive_until_ms: Option<i64>,
+        calls: Vec<(AppKey, CallInfo)>,
+    ) {
         self.init_prefix(now_ms);
         for (app, info) in calls {
             if self.calls.contains_key(&info.call_id) {
@@ -629,9 +641,10 @@ impl Switchboard {
             for p in &call.parties {
                 self.net.add_call(&call.app, &p.user, &id);
             }
+            let at = alive_until_ms.unwrap_or_else(|| call.last_event_ms());
             self.calls.insert(id.clone(), Box::new(call));
             self.live += 1;
-            self.finish_call(now_ms, &id, EndReason::EndedByServer, None);
+            self.finish_call_at(now_ms, at, &id, EndReason::NetworkError, None);
         }
         self.finish_input(now_ms);
     }
@@ -938,16 +951,18 @@ impl Switchboard {
         }
     }
 
-    /// A session went silent past the liveness timeout: its live legs end with NETWORK_ERROR;
-    /// the session is kept for a resume until the resume window closes.
+    /// A session went silent past the liveness timeout: its live legs end with NETWORK_ERROR
+    /// at its last sign of life (the timeout spent noticing is not talk time); the session is
+    /// kept for a resume until the resume window closes.
     fn expire(&mut self, now_ms: i64, sk: SessionKey) {
         let Some(s) = self.net.sessions.get_mut(&sk) else { return };
         tracing::debug!(session = sk, "device silent past the liveness timeout");
         s.stale = true;
-        let (app, user) = (s.app.clone(), s.user.clone());
+        let (app, user, last_seen) = (s.app.clone(), s.user.clone(), s.last_seen);
         let drop_at = s.last_seen.saturating_add(i64::from(self.cfg.resume_window_ms));
         for (id, idx) in self.legs_of(sk, &app, &user) {
-            self.leave(now_ms, &id, idx, EndReason::NetworkError, None, EndReason::NetworkError);
+            let reason = EndReason::NetworkError;
+            self.leave_at(now_ms, last_seen, &id, idx, reason, None, reason);
         }
         if drop_at <= now_ms {
             self.drop_session(now_ms, sk, LegEnd::Reason(EndReason::NetworkError), Leftovers::Store);
@@ -980,7 +995,8 @@ impl Switchboard {
     }
 
     /// Removes a session for good: Close its connection, end its legs, take it off every
-    /// invitation, and save its undelivered records and summaries.
+    /// invitation, and save its undelivered records and summaries. Legs lost to the network
+    /// (NETWORK_ERROR) end at the device's last sign of life; the others now.
     fn drop_session(&mut self, now_ms: i64, sk: SessionKey, how: LegEnd, leftovers: Leftovers) {
         let Some(s) = self.net.sessions.remove(&sk) else { return };
         if let Some(conn) = s.conn {
@@ -1009,8 +1025,12 @@ impl Switchboard {
                 }
             }
         }
+        let at = match how {
+            LegEnd::Reason(EndReason::NetworkError) => s.last_seen,
+            LegEnd::Reason(_) | LegEnd::Hangup => now_ms,
+        };
         for (id, idx, reason) in legs {
-            self.leave(now_ms, &id, idx, reason, None, reason);
+            self.leave_at(now_ms, at, &id, idx, reason, None, reason);
         }
         // Records and summaries the device never acked.
         let carry = |frame: &ServerFrame| match &frame.body {

@@ -1225,36 +1225,143 @@ fn shutdown_ends_everything() {
     assert_eq!(h.sb.connected_devices(), 0);
 }
 
+/// A connected 1:1 call's last saved snapshot, and when it was accepted.
+fn saved_connected_call(h: &mut H) -> ((AppKey, CallInfo), i64) {
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let id = h.single(a, "bob");
+    ok(h.accept(b, &id));
+    let out = h.outputs();
+    let saved = out
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::SaveCall { app, call } => Some((app, call)),
+            _ => None,
+        })
+        .last()
+        .unwrap_or_else(|| panic!("no SaveCall"));
+    (saved, h.now)
+}
+
 #[test]
 fn recovered_calls_end_with_records() {
     let mut h = H::default();
-    let saved = {
-        let a = h.connect("alice", "a1");
-        let b = h.connect("bob", "b1");
-        let id = h.single(a, "bob");
-        ok(h.accept(b, &id));
-        let out = h.outputs();
-        out.into_iter()
-            .filter_map(|o| match o {
-                Output::SaveCall { app, call } => Some((app, call)),
-                _ => None,
-            })
-            .last()
-            .unwrap_or_else(|| panic!("no SaveCall"))
-    };
+    let (saved, _) = saved_connected_call(&mut h);
     let id = saved.1.call_id.clone();
     let mut fresh = H::default();
     fresh.sb.set_min_sync_time(i64::MAX / 2);
-    fresh.sb.end_recovered_calls(fresh.now, vec![saved]);
+    fresh.sb.end_recovered_calls(fresh.now, None, vec![saved]);
     fresh.drain();
     let out = fresh.outputs();
     let recs = records(&out);
     assert_eq!(recs.len(), 2);
-    assert!(recs.iter().all(|r| r.end_reason == EndReason::EndedByServer && r.sync_time > i64::MAX / 2));
+    // What each device saw (its session could not be resumed) is what its record says.
+    assert!(recs.iter().all(|r| r.end_reason == EndReason::NetworkError && r.sync_time > i64::MAX / 2));
     assert_eq!(stored_offline(&out, "alice").len(), 2, "record and summary");
     assert_eq!(stored_offline(&out, "bob").len(), 2);
     assert!(out.iter().any(|o| matches!(o, Output::ForgetCall { call_id, .. } if call_id == &id)));
     assert_eq!(fresh.sb.live_calls(), 0);
+}
+
+#[test]
+fn a_recovered_call_ends_when_the_stopped_server_was_last_known_alive() {
+    let mut h = H::default();
+    let (saved, accepted_at) = saved_connected_call(&mut h);
+    // Talked 1 s before the crash was last marked; restarted 30 s after that.
+    let alive_until = accepted_at + 1_000;
+    let mut fresh = H::default();
+    fresh.now = alive_until + 30_000;
+    fresh.sb.end_recovered_calls(fresh.now, Some(alive_until), vec![saved.clone()]);
+    fresh.drain();
+    let out = fresh.outputs();
+    let recs = records(&out);
+    assert_eq!(recs.len(), 2);
+    for r in &recs {
+        assert_eq!(r.duration_ms, 1_000, "the downtime is not talk time: {r:?}");
+        assert_eq!(r.call.ended_at_ms, Some(alive_until));
+    }
+
+    // A mark older than the call (the server was idle before it) never ends it before its
+    // latest recorded moment; no mark at all does the same.
+    for mark in [Some(accepted_at - 60_000), None] {
+        let mut fresh = H::default();
+        fresh.now = accepted_at + 30_000;
+        fresh.sb.end_recovered_calls(fresh.now, mark, vec![saved.clone()]);
+        fresh.drain();
+        let out = fresh.outputs();
+        let recs = records(&out);
+        assert!(
+            recs.iter().all(|r| r.duration_ms == 0 && r.call.ended_at_ms == Some(accepted_at)),
+            "{recs:?}"
+        );
+    }
+}
+
+#[test]
+fn a_peer_lost_to_the_network_ends_the_call_at_its_last_sign_of_life() {
+    let mut h = H::default();
+    let (a, b, id) = h.connected_pair();
+    let accepted_at = h.now;
+    // Both talk for 3 s, then bob's phone dies: nothing more from b1.
+    h.advance_pinging(3_000, &[a, b]);
+    let last_seen = h.now;
+    h.sb.connection_lost(h.now, b);
+    h.advance_pinging(25_000, &[a]);
+    assert_eq!(ended_reason(&h.events(a), &id), Some(EndReason::RemoteNetworkError));
+    let out = h.outputs();
+    let recs = records(&out);
+    assert_eq!(recs.len(), 2);
+    for r in &recs {
+        assert_eq!(r.call.ended_at_ms, Some(last_seen), "{r:?}");
+        assert_eq!(r.duration_ms, last_seen - accepted_at, "the liveness timeout is not talk time: {r:?}");
+    }
+}
+
+#[test]
+fn a_crashed_app_that_comes_back_ends_its_old_call_at_its_last_sign_of_life() {
+    let mut h = H::default();
+    let (a, b, id) = h.connected_pair();
+    let accepted_at = h.now;
+    h.advance_pinging(2_000, &[a, b]);
+    let last_seen = h.now;
+    h.sb.connection_lost(h.now, a);
+    h.advance_pinging(5_000, &[b]);
+    let _a2 = h.reconnect(a, false, Vec::new());
+    assert_eq!(ended_reason(&h.events(b), &id), Some(EndReason::RemoteNetworkError));
+    let out = h.outputs();
+    let recs = records(&out);
+    assert!(recs.iter().all(|r| r.duration_ms == last_seen - accepted_at), "{recs:?}");
+}
+
+#[test]
+fn the_caller_cannot_accept_her_own_call() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let id = h.single(a, "bob");
+    let refused = h.accept(a, &id);
+    assert_eq!(code(refused.clone()), Code::InvalidState);
+    assert!(refused.err().is_some_and(|e| e.message.contains("own outgoing call")));
+    // Nothing changed: bob still rings and can answer; then neither can alice accept.
+    assert!(h.events(b).iter().all(|e| !matches!(e, Event::CallEnded { .. })));
+    ok(h.accept(b, &id));
+    assert_eq!(code(h.accept(a, &id)), Code::InvalidState);
+    ok(h.hangup(a, &id));
+    // A group call's creator who left and was invited back answers like anyone else.
+    let c = h.connect("carol", "c1");
+    let group = h.start(a, &["bob", "carol"], CallType::Multi, MediaType::Audio).call_id;
+    ok(h.accept(c, &group));
+    ok(h.hangup(a, &group));
+    ok(h.req(
+        c,
+        Request::Invite {
+            call_id: group.clone(),
+            users: vec![uid("alice")],
+            push: None,
+            extra: String::new(),
+        },
+    ));
+    ok(h.accept(a, &group));
 }
 
 #[test]

@@ -91,10 +91,22 @@ pub(crate) fn payload_to_wire(p: &MediaPayload) -> pb::media_signal::Payload {
     }
 }
 
+/// A Hello's token: one longer than any token this server mints is not a token
+/// (`TOKEN_INVALID`, as a forged one of normal size is; not a parameter error).
+fn token(token: String) -> Result<String, Error> {
+    if token.len() > limits::MAX_TOKEN_BYTES {
+        return Err(Error::new(
+            Code::TokenInvalid,
+            format!("the token is {} bytes; tokens are at most {}", token.len(), limits::MAX_TOKEN_BYTES),
+        ));
+    }
+    Ok(token)
+}
+
 fn body_from_wire(body: Body) -> Result<ClientBody, Error> {
     Ok(match body {
         Body::Hello(h) => ClientBody::Hello(Hello {
-            token: bounded("token", h.token, limits::MAX_TOKEN_BYTES)?,
+            token: token(h.token)?,
             device_id: DeviceId::new(&h.device_id)?,
             resume: h
                 .resume
@@ -284,5 +296,24 @@ fn request_to_wire(r: &Request) -> Body {
         }),
         Request::DeleteAllCallRecords => Body::DeleteAllCallRecords(pb::DeleteAllCallRecords {}),
         Request::GetAvailableCalls => Body::GetAvailableCalls(pb::GetAvailableCalls {}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(token: String) -> pb::ClientFrame {
+        let hello =
+            pb::Hello { token, device_id: "phone".into(), resume: None, client_version: String::new() };
+        pb::ClientFrame { seq: 0, ack: 0, request_id: 3, body: Some(Body::Hello(hello)) }
+    }
+
+    #[test]
+    fn an_oversized_token_is_token_invalid() {
+        let err =
+            ClientFrame::try_from(hello("t".repeat(200_000))).err().map(|e| (e.request_id, e.error.code));
+        assert_eq!(err, Some((3, Code::TokenInvalid)));
+        assert!(ClientFrame::try_from(hello("t".repeat(limits::MAX_TOKEN_BYTES))).is_ok());
     }
 }

@@ -262,6 +262,23 @@ impl Sim {
         self.open_connection(idx);
     }
 
+    /// The server process is replaced by a fresh one on the same storage (after a shutdown):
+    /// every connection and every session is gone.
+    pub fn replace_server(&mut self, config: SwitchboardConfig) {
+        self.flights.clear();
+        self.conn_owner.clear();
+        for device in &mut self.devices {
+            device.conn = None;
+        }
+        self.switchboard = Switchboard::new(config);
+    }
+
+    /// What the driver does after [`DriverEvent::TransportStale`] (once its backoff is over):
+    /// a new connection on the same engine.
+    pub fn reconnect(&mut self, idx: usize) {
+        self.open_connection(idx);
+    }
+
     /// The device comes back on the same engine (reconnect and resume).
     pub fn power_on(&mut self, idx: usize) {
         self.devices[idx].online = true;
