@@ -25,6 +25,8 @@
 mod admin;
 mod auth;
 pub mod config;
+mod connection;
+mod device_port;
 mod driver;
 mod grpc;
 mod metrics;
@@ -32,6 +34,7 @@ mod push;
 pub mod shutdown;
 mod tls;
 mod tls_listener;
+mod websocket;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -51,6 +54,7 @@ pub use admin::{MAX_CLOCK_SKEW_SECS, sign_request};
 pub use config::ServerOptions;
 pub use push::{PushPayload, push_config_json};
 pub use tls::ServerTls;
+pub use websocket::{PATH as WEBSOCKET_PATH, SUBPROTOCOL as WEBSOCKET_SUBPROTOCOL};
 
 use crate::storage::{BatchWriter, SqliteStorage, Storage, StorageError, WriteOp};
 use crate::token::{self, AppCredentials};
@@ -245,10 +249,7 @@ impl ServerBuilder {
     /// key, [`ServerError::Push`] for an unusable webhook URL or CA, [`ServerError::NoApp`].
     pub async fn start(self) -> Result<RunningServer, ServerError> {
         let ServerBuilder { storage, listen, admin_listen, mut config, options, tls, admin_tls } = self;
-        let mut grpc_server = match &tls {
-            Some(tls) => tls.apply(tonic::transport::Server::builder())?,
-            None => tonic::transport::Server::builder(),
-        };
+        let device_acceptor = tls.as_ref().map(ServerTls::acceptor).transpose()?;
         let admin_acceptor = match (&admin_tls, &admin_listen) {
             (Some(tls), Some(_)) => Some(tls.acceptor()?),
             _ => None,
@@ -350,7 +351,7 @@ impl ServerBuilder {
 
         let auth = Arc::new(auth::Auth::new(storage.clone(), &apps));
         let (stopping, stopping_rx) = watch::channel(false);
-        let shared = Arc::new(grpc::Shared {
+        let shared = Arc::new(connection::Shared {
             driver: handle.clone(),
             auth: auth.clone(),
             storage: storage.clone(),
@@ -362,20 +363,17 @@ impl ServerBuilder {
             offline_epoch,
             stopping: stopping_rx,
         });
-        let service =
-            SignalServer::new(grpc::SignalService { shared }).max_decoding_message_size(MAX_FRAME_BYTES);
+        let service = SignalServer::new(grpc::SignalService { shared: shared.clone() })
+            .max_decoding_message_size(MAX_FRAME_BYTES);
+        let device_app =
+            tonic::service::Routes::new(service).into_axum_router().merge(websocket::router(shared));
         let (grpc_stop, grpc_stop_rx) = oneshot::channel::<()>();
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let fatal = fatal_tx.clone();
         let grpc_task = tokio::spawn(async move {
-            let served = grpc_server
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = grpc_stop_rx.await;
-                })
-                .await;
+            let served =
+                device_port::serve(listener, grpc_addr, device_acceptor, device_app, grpc_stop_rx).await;
             if let Err(e) = served {
-                tracing::error!(error = %e, "the gRPC server failed");
+                tracing::error!(error = %e, "the device port failed");
                 let _ = fatal.send(true);
             }
         });

@@ -1,0 +1,189 @@
+//! One device connection, whatever carries it: the part of a transport that is not framing.
+//!
+//! Both transports (the gRPC stream in [`super::grpc`], the WebSocket in [`super::websocket`])
+//! decode messages into protobuf `ClientFrame`s and hand them here through [`Inbound`]; this
+//! task waits for the Hello (with a timeout), checks the token, loads the user's offline events,
+//! hands the connection to the driver and then forwards every frame. Outbound frames go the
+//! other way through the connection's [`OutboundQueue`], which the transport drains. Refusals
+//! are answered with a `Response` carrying the Hello's `request_id` and a code
+//! (`TOKEN_INVALID`, `TOKEN_EXPIRED`, `APP_UNKNOWN`, …), then the queue is closed, which ends the
+//! transport's stream. So the protocol (Hello/Welcome, seq/ack, resume, heartbeats, limits,
+//! error codes) is one, and only the framing differs.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use callplus_proto::v1 as pb;
+use callplus_session::{
+    AppKey, ClientBody, ClientFrame, Code, Error, Response, ServerBody, ServerFrame, UserId,
+};
+use tokio::sync::{oneshot, watch};
+
+use super::auth::Auth;
+use super::driver::{DriverHandle, Input, OfflineEpoch, Open, OutboundQueue, load_offline, unix_ms};
+use super::metrics::Metrics;
+use crate::storage::{BatchWriter, Storage};
+
+/// How long a refusal may wait for room in the outbound queue.
+const REFUSAL_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    pub(crate) driver: DriverHandle,
+    pub(crate) auth: Arc<Auth>,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) writer: Arc<BatchWriter>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) hello_timeout: Duration,
+    pub(crate) outbound_queue: usize,
+    pub(crate) next_conn: AtomicU64,
+    /// Read before loading a user's offline events (see [`Open::offline_epoch`]).
+    pub(crate) offline_epoch: OfflineEpoch,
+    /// Becomes true when the server stops: streams still waiting for their Hello are closed.
+    pub(crate) stopping: watch::Receiver<bool>,
+}
+
+/// The next thing a transport read from the device.
+pub(crate) enum Inbound {
+    /// A whole protobuf frame.
+    Frame(pb::ClientFrame),
+    /// The device ended its side cleanly.
+    Closed,
+    /// The transport cannot be read past this point. With an error, the device is told why
+    /// (`MESSAGE_TOO_LARGE`, `FRAME_INVALID`) before the connection closes; without one, the
+    /// device is gone and nothing is said.
+    Broken(Option<Error>),
+}
+
+/// A transport's inbound side: whole frames, one at a time.
+pub(crate) trait InboundFrames: Send {
+    /// The next frame or the end. Must be cancel-safe (it races the connection's other events).
+    fn next(&mut self) -> impl Future<Output = Inbound> + Send;
+}
+
+fn unix_secs() -> u64 {
+    u64::try_from(unix_ms() / 1000).unwrap_or(0)
+}
+
+/// A response frame refusing the Hello, or reporting why a transport broke.
+fn refusal(request_id: u64, error: Error) -> Box<ServerFrame> {
+    Box::new(ServerFrame {
+        seq: 0,
+        ack: 0,
+        body: ServerBody::Response(Response { request_id, result: Err(error) }),
+    })
+}
+
+async fn refuse(shared: &Shared, out: OutboundQueue, request_id: u64, error: Error) {
+    tracing::debug!(code = error.code.number(), message = %error.message, "refusing a connection");
+    let name = error.code.to_proto().as_str_name();
+    shared.metrics.count_auth_failure(name.strip_prefix("RESULT_CODE_").unwrap_or(name));
+    let _ = out.send_timeout(refusal(request_id, error), REFUSAL_SEND_TIMEOUT).await;
+    // Dropping `out` ends the outbound stream after the refusal.
+}
+
+/// Runs one connection until the device, the transport or the driver ends it.
+///
+/// `out` is the queue the transport sends from; `closed` resolves when the transport can no
+/// longer send (the device went away), which stops the reading.
+pub(crate) async fn run_connection(
+    shared: Arc<Shared>,
+    mut inbound: impl InboundFrames,
+    out: OutboundQueue,
+    mut closed: oneshot::Receiver<()>,
+    peer: Option<SocketAddr>,
+) {
+    let mut stopping = shared.stopping.clone();
+    let first = tokio::select! {
+        first = tokio::time::timeout(shared.hello_timeout, inbound.next()) => first,
+        _ = &mut closed => return,
+        _ = stopping.wait_for(|stop| *stop) => return,
+    };
+    let first = match first {
+        Err(_) => {
+            let error = Error::new(Code::Timeout, "no Hello received in time");
+            return refuse(&shared, out, 0, error).await;
+        }
+        Ok(Inbound::Frame(frame)) => frame,
+        Ok(Inbound::Closed | Inbound::Broken(None)) => return,
+        Ok(Inbound::Broken(Some(error))) => return refuse(&shared, out, 0, error).await,
+    };
+    let request_id = first.request_id;
+    let hello = match ClientFrame::try_from(first) {
+        Ok(ClientFrame { body: ClientBody::Hello(hello), .. }) => hello,
+        Ok(_) => {
+            let error = Error::new(Code::InvalidState, "the first frame must be a Hello");
+            return refuse(&shared, out, request_id, error).await;
+        }
+        Err(e) => return refuse(&shared, out, request_id, e.error).await,
+    };
+    let (app, user) = match shared.auth.authenticate(&hello.token, unix_secs()).await {
+        Ok(who) => who,
+        Err(error) => {
+            tracing::info!(?peer, code = error.code.number(), message = %error.message, "token refused");
+            return refuse(&shared, out, request_id, error).await;
+        }
+    };
+    // Read before loading: the driver reloads if the user got a newer offline event meanwhile.
+    let offline_epoch = shared.offline_epoch.load(Ordering::Acquire);
+    let offline = match offline_events(&shared, &app, &user).await {
+        Ok(events) => events,
+        Err(error) => return refuse(&shared, out, request_id, error).await,
+    };
+    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(conn, ?peer, %app, %user, "stream authenticated");
+    let (closed_by_driver, mut driver_closed) = oneshot::channel();
+    // Kept to answer a frame the transport cannot even decode (too large, corrupt): it cannot be
+    // read past it, so the device is told why before the connection closes.
+    let direct = out.clone();
+    let open = Open { conn, app, user, hello, offline, offline_epoch, tx: out, closed: closed_by_driver };
+    if !shared.driver.send(Input::Open(Box::new(open))).await {
+        return;
+    }
+    loop {
+        let message = tokio::select! {
+            message = inbound.next() => message,
+            _ = &mut closed => break,
+            _ = &mut driver_closed => return,
+        };
+        let input = match message {
+            Inbound::Frame(frame) => match ClientFrame::try_from(frame) {
+                Ok(frame) => Input::Frame { conn, frame: Box::new(frame) },
+                Err(error) => Input::Invalid { conn, error },
+            },
+            Inbound::Closed | Inbound::Broken(None) => break,
+            Inbound::Broken(Some(error)) => {
+                tracing::debug!(conn, code = error.code.number(), message = %error.message, "stream error");
+                let _ = direct.send_timeout(refusal(0, error), REFUSAL_SEND_TIMEOUT).await;
+                break;
+            }
+        };
+        if !shared.driver.send(input).await {
+            return;
+        }
+    }
+    let _ = shared.driver.send(Input::Lost { conn }).await;
+}
+
+async fn offline_events(
+    shared: &Shared,
+    app: &AppKey,
+    user: &UserId,
+) -> Result<Vec<callplus_session::switchboard::OfflineEvent>, Error> {
+    let (storage, writer) = (shared.storage.clone(), shared.writer.clone());
+    let (app, user) = (app.clone(), user.clone());
+    match tokio::task::spawn_blocking(move || load_offline(&*storage, &writer, &app, &user)).await {
+        Ok(Ok(events)) => Ok(events),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot load offline events");
+            Err(Error::new(Code::Internal, "storage error"))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "offline event task failed");
+            Err(Error::new(Code::Internal, "internal error"))
+        }
+    }
+}
