@@ -240,7 +240,7 @@ impl TestServer {
 
     /// A raw WebSocket welcomed as `user` on `device`.
     pub async fn ws(&self, user: &str, device: &str) -> ws::WsStream {
-        let mut s = ws::WsStream::open(self.addr()).await;
+        let mut s = ws::WsStream::open_url(&self.server.websocket_url()).await;
         let welcome = s.hello(&self.token(user), device).await.expect("welcomed");
         assert_eq!(welcome.user_id, user);
         s

@@ -51,6 +51,13 @@ impl WsStream {
         WsStream::handshake(Box::new(tcp), &format!("ws://{addr}{WEBSOCKET_PATH}"), true).await
     }
 
+    /// Opens the server's advertised WebSocket URL (`ws://…`).
+    pub async fn open_url(url: &str) -> WsStream {
+        let addr = url.strip_prefix("ws://").and_then(|rest| rest.split('/').next()).expect("a ws:// URL");
+        let tcp = TcpStream::connect(addr).await.expect("the device port accepts");
+        WsStream::handshake(Box::new(tcp), url, true).await
+    }
+
     /// Opens `wss://localhost:port/v1/ws`, trusting the certificate `ca_pem`.
     pub async fn open_tls(addr: SocketAddr, ca_pem: &str) -> WsStream {
         let mut roots = rustls::RootCertStore::empty();

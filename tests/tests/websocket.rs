@@ -319,3 +319,63 @@ async fn a_socket_that_never_sends_hello_is_timed_out() {
     assert_eq!(r.request_id, 0);
     server.shutdown().await;
 }
+
+// ----- the Rust client on the WebSocket transport ---------------------------------------------
+
+fn microphone_off(e: &Event) -> bool {
+    matches!(e, Event::RemoteMicrophoneStateChanged { disabled: true, .. })
+}
+
+#[tokio::test]
+async fn the_rust_client_over_websocket_resumes_after_a_cut() {
+    let server = TestServer::start(SwitchboardConfig { liveness_timeout_ms: 5_000, ..config() }).await;
+    let proxy = TcpProxy::start(server.addr()).await;
+    let ws_endpoint = proxy.endpoint().replacen("http://", "ws://", 1);
+    let mut alice = server.device_via(&ws_endpoint, "alice", "alice-browser").await;
+    let mut bob = server.user("bob").await;
+    let call = establish(&mut alice, &mut bob, MediaType::Audio).await;
+
+    proxy.pause();
+    proxy.sever();
+    alice.expect(state_is(ConnectionState::Reconnecting), "reconnecting").await;
+    bob.client.set_microphone_enabled(false).await.expect("bob mutes while alice is away");
+    let queued = {
+        let (client, call) = (alice.client.clone(), call.clone());
+        tokio::spawn(async move { client.get_call(&call).await })
+    };
+    proxy.resume();
+    alice.expect(state_is(ConnectionState::Connected), "connected again").await;
+    alice.expect(microphone_off, "the missed mute").await;
+    let info = tokio::time::timeout(WAIT, queued).await.expect("answered").expect("task").expect("get_call");
+    assert!(!info.is_ended(), "the call survived the cut");
+
+    alice.client.hangup(None).await.expect("hangup");
+    bob.expect(ended_with(&call, EndReason::RemoteHangup), "bob ended").await;
+    alice.expect(record_of(&call), "alice's record").await;
+    let log = alice.finish().await;
+    assert_eq!(log.iter().filter(|e| microphone_off(e)).count(), 1, "once: {log:#?}");
+    assert_eq!(log.iter().filter(|e| connected(&call)(e)).count(), 1, "{log:#?}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_rust_client_over_wss_calls_a_grpc_client() {
+    let cert = TestCertificate::generate();
+    let server = TestServer::start_with(Setup { tls: Some(cert.clone()), ..Setup::default() }).await;
+    let wss = format!("wss://127.0.0.1:{}", server.addr().port());
+    let options = client_options("alice-browser").with_tls(cert.trusted());
+    let mut alice =
+        Party::connect_with(&wss, &server.token("alice"), "alice", "alice-browser", options).await;
+    let mut bob = server.user("bob").await;
+    let call = establish(&mut bob, &mut alice, MediaType::Audio).await;
+    alice.client.hangup(None).await.expect("hangup");
+    bob.expect(ended_with(&call, EndReason::RemoteHangup), "bob ended").await;
+
+    // An untrusted certificate is refused, never downgraded.
+    let untrusted = client_options("eve-browser").with_tls(TestCertificate::generate().trusted());
+    let Err(err) = Client::connect(&wss, &server.token("eve"), untrusted).await else {
+        panic!("an untrusted certificate is accepted")
+    };
+    assert_eq!(err.code, Code::NotConnected, "{err}");
+    server.shutdown().await;
+}

@@ -49,7 +49,7 @@ pub(crate) struct Shared {
 /// The next thing a transport read from the device.
 pub(crate) enum Inbound {
     /// A whole protobuf frame.
-    Frame(pb::ClientFrame),
+    Frame(Box<pb::ClientFrame>),
     /// The device ended its side cleanly.
     Closed,
     /// The transport cannot be read past this point. With an error, the device is told why
@@ -107,7 +107,7 @@ pub(crate) async fn run_connection(
             let error = Error::new(Code::Timeout, "no Hello received in time");
             return refuse(&shared, out, 0, error).await;
         }
-        Ok(Inbound::Frame(frame)) => frame,
+        Ok(Inbound::Frame(frame)) => *frame,
         Ok(Inbound::Closed | Inbound::Broken(None)) => return,
         Ok(Inbound::Broken(Some(error))) => return refuse(&shared, out, 0, error).await,
     };
@@ -150,7 +150,7 @@ pub(crate) async fn run_connection(
             _ = &mut driver_closed => return,
         };
         let input = match message {
-            Inbound::Frame(frame) => match ClientFrame::try_from(frame) {
+            Inbound::Frame(frame) => match ClientFrame::try_from(*frame) {
                 Ok(frame) => Input::Frame { conn, frame: Box::new(frame) },
                 Err(error) => Input::Invalid { conn, error },
             },

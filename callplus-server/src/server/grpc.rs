@@ -63,7 +63,7 @@ struct GrpcInbound(Streaming<pb::ClientFrame>);
 impl InboundFrames for GrpcInbound {
     async fn next(&mut self) -> Inbound {
         match self.0.message().await {
-            Ok(Some(frame)) => Inbound::Frame(frame),
+            Ok(Some(frame)) => Inbound::Frame(Box::new(frame)),
             Ok(None) => Inbound::Closed,
             // The client cancelled or the connection dropped: nobody is left to tell.
             Err(status) if matches!(status.code(), tonic::Code::Cancelled | tonic::Code::Unknown) => {

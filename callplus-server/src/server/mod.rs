@@ -501,6 +501,13 @@ impl RunningServer {
         format!("{scheme}://{}", self.grpc_addr)
     }
 
+    /// The URL browsers (and other WebSocket clients) open: `wss://ADDR/v1/ws` with TLS, else
+    /// `ws://ADDR/v1/ws`.
+    pub fn websocket_url(&self) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}{}", self.grpc_addr, websocket::PATH)
+    }
+
     /// Where the admin API listens, if it runs.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr

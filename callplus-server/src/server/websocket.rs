@@ -106,7 +106,7 @@ impl InboundFrames for WsInbound {
             };
             return match message {
                 Message::Binary(bytes) => match pb::ClientFrame::decode(bytes) {
-                    Ok(frame) => Inbound::Frame(frame),
+                    Ok(frame) => Inbound::Frame(Box::new(frame)),
                     Err(e) => Inbound::Broken(Some(Error::new(
                         Code::FrameInvalid,
                         format!("a binary message is not a ClientFrame: {e}"),

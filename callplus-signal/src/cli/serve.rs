@@ -194,6 +194,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.display();
     println!("callplus {} is running", env!("CARGO_PKG_VERSION"));
     println!("  gRPC (devices):   {}", server.grpc_url());
+    println!("  WebSocket:        {}", server.websocket_url());
     match server.admin_url() {
         Some(url) => {
             println!("  admin API:        {url}  (POST /v1/tokens, GET /metrics, GET /healthz)")
