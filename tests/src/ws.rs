@@ -113,6 +113,53 @@ impl WsStream {
         WsStream { ws, next_seq: 1, next_request: 100, ack: 0, events: Vec::new(), close: None, protocol }
     }
 
+    /// Opens `http://addr/v1/ws` as WebSocket over HTTP/2 (extended CONNECT, RFC 8441), the
+    /// way a browser does on an HTTP/2 connection it already has.
+    pub async fn open_h2(addr: SocketAddr) -> WsStream {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let tcp = TcpStream::connect(addr).await.expect("the device port accepts");
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .expect("HTTP/2 handshake");
+        tokio::spawn(connection);
+        let url = format!("http://{addr}{WEBSOCKET_PATH}");
+        let request = |method: http::Method| {
+            let mut request = http::Request::builder()
+                .method(method.clone())
+                .uri(&url)
+                .header(http::header::SEC_WEBSOCKET_VERSION, "13")
+                .header(http::header::SEC_WEBSOCKET_PROTOCOL, WEBSOCKET_SUBPROTOCOL);
+            if method == http::Method::CONNECT {
+                request = request.extension(hyper::ext::Protocol::from_static("websocket"));
+            }
+            request.body(http_body_util::Empty::<bytes::Bytes>::new()).expect("a request")
+        };
+        // Extended CONNECT may only be sent once the server's SETTINGS allowed it: any answered
+        // request proves they arrived (the server sends them first).
+        let plain = timeout(WAIT, sender.send_request(request(http::Method::GET))).await;
+        plain.expect("answered in time").expect("a plain GET is answered");
+        let response = timeout(WAIT, sender.send_request(request(http::Method::CONNECT)))
+            .await
+            .expect("answered in time")
+            .expect("the CONNECT is answered");
+        assert_eq!(response.status(), http::StatusCode::OK, "{response:?}");
+        let protocol = response
+            .headers()
+            .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let upgraded = hyper::upgrade::on(response).await.expect("the stream is the WebSocket");
+        let io: Box<dyn Io> = Box::new(TokioIo::new(upgraded));
+        let ws = WebSocketStream::from_raw_socket(
+            io,
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        WsStream { ws, next_seq: 1, next_request: 100, ack: 0, events: Vec::new(), close: None, protocol }
+    }
+
     /// Sends a message as is; false if the socket is closed.
     pub async fn send_message(&mut self, message: Message) -> bool {
         self.ws.send(message).await.is_ok()

@@ -182,6 +182,19 @@ async fn wss_on_a_tls_port_serves_websocket_and_grpc_together() {
     server.shutdown().await;
 }
 
+#[tokio::test]
+async fn websocket_over_http2_extended_connect_is_served() {
+    let server = TestServer::start(ws_config()).await;
+    let mut bob = server.user("bob").await;
+    let mut alice = WsStream::open_h2(server.addr()).await;
+    assert_eq!(alice.protocol.as_deref(), Some(WEBSOCKET_SUBPROTOCOL));
+    alice.hello(&server.token("alice"), "alice-browser").await.expect("welcomed over HTTP/2");
+    let call = ws_calls(&mut alice, &mut bob).await;
+    bob.client.hangup(None).await.expect("bob hangs up");
+    alice.event(is_call_ended(&call), "CallEnded").await;
+    server.shutdown().await;
+}
+
 /// The response that precedes the server's close, and the close itself.
 async fn refused_then_closed(s: &mut WsStream) -> pb::Response {
     let r = s.next_response().await.expect("a Response before the socket closes");

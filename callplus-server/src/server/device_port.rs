@@ -1,5 +1,5 @@
-//! The device port's HTTP server: gRPC (HTTP/2) and WebSocket (HTTP/1.1 upgrade) on one
-//! listener.
+//! The device port's HTTP server: gRPC (HTTP/2) and WebSocket (HTTP/1.1 upgrade, or HTTP/2
+//! extended CONNECT) on one listener.
 //!
 //! tonic's own server cannot complete an HTTP/1.1 upgrade, so the device port is served by
 //! axum (hyper's HTTP/1.1 and HTTP/2, chosen per connection), with tonic's gRPC routes merged

@@ -33,7 +33,9 @@ pub const SUBPROTOCOL: &str = "callplus.v1";
 
 /// The WebSocket route, to be merged with the gRPC routes on the device port.
 pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
-    axum::Router::new().route(PATH, get(upgrade)).with_state(shared)
+    // GET for the HTTP/1.1 upgrade, CONNECT for WebSocket over HTTP/2 (RFC 8441), which a
+    // browser uses on an HTTP/2 connection it already has to this port.
+    axum::Router::new().route(PATH, get(upgrade).connect(upgrade)).with_state(shared)
 }
 
 async fn upgrade(
