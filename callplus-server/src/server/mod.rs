@@ -1,5 +1,5 @@
-//! The signalling server: storage, the switchboard driver, the gRPC transport, the push
-//! webhook and the admin HTTP API, started together by [`Server::builder`].
+//! The signalling server: storage, the switchboard driver, the gRPC and WebSocket transports,
+//! the push webhook and the admin HTTP API, started together by [`Server::builder`].
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), callplus_server::server::ServerError> {
@@ -172,7 +172,8 @@ impl ServerBuilder {
         self
     }
 
-    /// The gRPC listen address (`127.0.0.1:0` for an ephemeral port).
+    /// The device port's listen address, gRPC and WebSocket (`127.0.0.1:0` for an ephemeral
+    /// port).
     pub fn listen(mut self, addr: impl Into<String>) -> Self {
         self.listen = addr.into();
         self
@@ -184,8 +185,8 @@ impl ServerBuilder {
         self
     }
 
-    /// Serves devices over TLS with this certificate and key (`https://` endpoints); without
-    /// it the gRPC listener is plaintext HTTP/2.
+    /// Serves devices over TLS with this certificate and key (`https://` and `wss://`
+    /// endpoints); without it the device port is plaintext.
     pub fn tls(mut self, tls: ServerTls) -> Self {
         self.tls = Some(tls);
         self

@@ -14,7 +14,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::ServerError;
 
-/// The certificate chain and private key the gRPC listener presents.
+/// The certificate chain and private key the device port (and the admin API) present.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), callplus_server::server::ServerError> {
