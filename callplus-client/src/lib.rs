@@ -40,6 +40,7 @@ mod driver;
 mod media;
 mod tls;
 mod transport;
+mod websocket;
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -203,6 +204,9 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Connects to `endpoint` (`http://host:port`, or `https://host:port` for a server with
     /// TLS, checked as [`ClientOptions::tls`] says) with `token` and waits for the Welcome.
+    /// A `ws://host:port` or `wss://host:port` endpoint (optionally with a path; `/v1/ws` when
+    /// none) selects the WebSocket transport instead of gRPC: the same protocol, the same
+    /// behaviour.
     ///
     /// Must be called inside a tokio runtime; the client's task runs on it.
     ///
@@ -216,8 +220,13 @@ impl Client {
         token: &str,
         options: ClientOptions,
     ) -> Result<(Client, EventStream), Error> {
-        let transport = transport::GrpcTransport::new(endpoint, options.connect_timeout, &options.tls)?;
-        Self::connect_with(Arc::new(transport), token, options).await
+        let transport: Arc<dyn transport::Transport> =
+            if endpoint.starts_with("ws://") || endpoint.starts_with("wss://") {
+                Arc::new(websocket::WsTransport::new(endpoint, options.connect_timeout, &options.tls)?)
+            } else {
+                Arc::new(transport::GrpcTransport::new(endpoint, options.connect_timeout, &options.tls)?)
+            };
+        Self::connect_with(transport, token, options).await
     }
 
     async fn connect_with(

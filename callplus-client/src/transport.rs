@@ -2,8 +2,8 @@
 //!
 //! The driver only needs a pipe of protocol frames: open it, push [`pb::ClientFrame`]s into it,
 //! read [`pb::ServerFrame`]s (or the reason it broke) out of it. [`Transport`] is that contract;
-//! [`GrpcTransport`] implements it on the tonic bidirectional stream. A WebSocket transport
-//! carrying the same binary frames only has to implement [`Transport`] as well.
+//! [`GrpcTransport`] implements it on the tonic bidirectional stream, and
+//! [`crate::websocket::WsTransport`] on a WebSocket carrying the same frames.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,7 +20,7 @@ use crate::{Error, TlsOptions};
 use callplus_session::Code;
 
 /// Largest server frame the client accepts (records pages and call lists are the big ones).
-const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
 /// Why a transport could not be opened or broke.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +52,15 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
+    /// A connection whose `pump` moves frames between the socket and these queues.
+    pub(crate) fn new(
+        tx: mpsc::UnboundedSender<pb::ClientFrame>,
+        rx: mpsc::UnboundedReceiver<Result<pb::ServerFrame, TransportError>>,
+        pump: JoinHandle<()>,
+    ) -> Self {
+        Connection { tx: Some(tx), rx, pump }
+    }
+
     /// Queues a frame. A closed pipe drops it: the reader side reports the break.
     pub(crate) fn send(&self, frame: pb::ClientFrame) {
         if let Some(tx) = &self.tx {

@@ -512,6 +512,8 @@ async fn serve_and_dial_over_tls_from_the_command_line() {
     let banner = read_until(&mut lines, "Stop with Ctrl-C").await;
     let url = banner_value(&banner, "gRPC (devices):");
     assert!(url.starts_with("https://127.0.0.1:"), "{banner:#?}");
+    let ws_url = banner_value(&banner, "WebSocket:");
+    assert_eq!(ws_url, format!("{}/v1/ws", url.replacen("https://", "wss://", 1)), "{banner:#?}");
     assert!(banner_value(&banner, "admin API:").starts_with("https://127.0.0.1:"), "{banner:#?}");
     let (app_key, app_secret) = (banner_value(&banner, "app key:"), banner_value(&banner, "app secret:"));
     let mint =

@@ -7,6 +7,8 @@
 //! [`WAIT`] so that a missing event fails the test with a log instead of hanging it.
 #![allow(clippy::expect_used)]
 
+pub mod ws;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -98,6 +100,8 @@ pub struct Setup {
     pub push_webhook_ca: Option<String>,
     /// Serve devices over TLS with this certificate; the server's own parties trust it.
     pub tls: Option<TestCertificate>,
+    /// How long a new connection may take to send its Hello; 5 s when `None`.
+    pub hello_timeout: Option<Duration>,
 }
 
 /// A self-signed certificate for `localhost` and `127.0.0.1`, made fresh for a test.
@@ -148,12 +152,13 @@ impl TestServer {
 
     /// A server as `setup` says.
     pub async fn start_with(setup: Setup) -> TestServer {
-        let Setup { config: cfg, data_dir, storage, push_webhook, push_webhook_ca, tls } = setup;
+        let Setup { config: cfg, data_dir, storage, push_webhook, push_webhook_ca, tls, hello_timeout } =
+            setup;
         let mut builder = Server::builder()
             .listen("127.0.0.1:0")
             .admin_listen("127.0.0.1:0")
             .config(cfg.unwrap_or_else(config))
-            .hello_timeout(Duration::from_secs(5));
+            .hello_timeout(hello_timeout.unwrap_or(Duration::from_secs(5)));
         builder = match (storage, data_dir) {
             (Some(storage), _) => builder.storage(storage),
             (None, Some(dir)) => builder.data_dir(dir),
@@ -228,6 +233,14 @@ impl TestServer {
     /// A raw signalling stream welcomed as `user` on `device`.
     pub async fn raw(&self, user: &str, device: &str) -> RawStream {
         let mut s = RawStream::open(self.addr()).await;
+        let welcome = s.hello(&self.token(user), device).await.expect("welcomed");
+        assert_eq!(welcome.user_id, user);
+        s
+    }
+
+    /// A raw WebSocket welcomed as `user` on `device`.
+    pub async fn ws(&self, user: &str, device: &str) -> ws::WsStream {
+        let mut s = ws::WsStream::open_url(&self.server.websocket_url()).await;
         let welcome = s.hello(&self.token(user), device).await.expect("welcomed");
         assert_eq!(welcome.user_id, user);
         s

@@ -1,5 +1,5 @@
-//! The signalling server: storage, the switchboard driver, the gRPC transport, the push
-//! webhook and the admin HTTP API, started together by [`Server::builder`].
+//! The signalling server: storage, the switchboard driver, the gRPC and WebSocket transports,
+//! the push webhook and the admin HTTP API, started together by [`Server::builder`].
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), callplus_server::server::ServerError> {
@@ -25,6 +25,8 @@
 mod admin;
 mod auth;
 pub mod config;
+mod connection;
+mod device_port;
 mod driver;
 mod grpc;
 mod metrics;
@@ -32,6 +34,7 @@ mod push;
 pub mod shutdown;
 mod tls;
 mod tls_listener;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,6 +53,7 @@ pub use admin::{MAX_CLOCK_SKEW_SECS, sign_request};
 pub use config::ServerOptions;
 pub use push::{PushPayload, push_config_json};
 pub use tls::ServerTls;
+pub use websocket::{PATH as WEBSOCKET_PATH, SUBPROTOCOL as WEBSOCKET_SUBPROTOCOL};
 
 use crate::storage::{BatchWriter, SqliteStorage, Storage, StorageError, WriteOp};
 use crate::token::{self, AppCredentials};
@@ -170,7 +174,8 @@ impl ServerBuilder {
         self
     }
 
-    /// The gRPC listen address (`127.0.0.1:0` for an ephemeral port).
+    /// The device port's listen address, gRPC and WebSocket (`127.0.0.1:0` for an ephemeral
+    /// port).
     pub fn listen(mut self, addr: impl Into<String>) -> Self {
         self.listen = addr.into();
         self
@@ -182,8 +187,8 @@ impl ServerBuilder {
         self
     }
 
-    /// Serves devices over TLS with this certificate and key (`https://` endpoints); without
-    /// it the gRPC listener is plaintext HTTP/2.
+    /// Serves devices over TLS with this certificate and key (`https://` and `wss://`
+    /// endpoints); without it the device port is plaintext.
     pub fn tls(mut self, tls: ServerTls) -> Self {
         self.tls = Some(tls);
         self
@@ -250,10 +255,7 @@ impl ServerBuilder {
     pub async fn start(self) -> Result<RunningServer, ServerError> {
         let ServerBuilder { storage, listen, admin_listen, mut config, options, tls, admin_tls } = self;
         config.validate()?;
-        let mut grpc_server = match &tls {
-            Some(tls) => tls.apply(tonic::transport::Server::builder())?,
-            None => tonic::transport::Server::builder(),
-        };
+        let device_acceptor = tls.as_ref().map(ServerTls::acceptor).transpose()?;
         let admin_acceptor = match (&admin_tls, &admin_listen) {
             (Some(tls), Some(_)) => Some(tls.acceptor()?),
             _ => None,
@@ -354,7 +356,7 @@ impl ServerBuilder {
 
         let auth = Arc::new(auth::Auth::new(storage.clone(), &apps));
         let (stopping, stopping_rx) = watch::channel(false);
-        let shared = Arc::new(grpc::Shared {
+        let shared = Arc::new(connection::Shared {
             driver: handle.clone(),
             auth: auth.clone(),
             metrics: metrics.clone(),
@@ -363,20 +365,17 @@ impl ServerBuilder {
             next_conn: AtomicU64::new(1),
             stopping: stopping_rx,
         });
-        let service =
-            SignalServer::new(grpc::SignalService { shared }).max_decoding_message_size(MAX_FRAME_BYTES);
+        let service = SignalServer::new(grpc::SignalService { shared: shared.clone() })
+            .max_decoding_message_size(MAX_FRAME_BYTES);
+        let device_app =
+            tonic::service::Routes::new(service).into_axum_router().merge(websocket::router(shared));
         let (grpc_stop, grpc_stop_rx) = oneshot::channel::<()>();
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let fatal = fatal_tx.clone();
         let grpc_task = tokio::spawn(async move {
-            let served = grpc_server
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = grpc_stop_rx.await;
-                })
-                .await;
+            let served =
+                device_port::serve(listener, grpc_addr, device_acceptor, device_app, grpc_stop_rx).await;
             if let Err(e) = served {
-                tracing::error!(error = %e, "the gRPC server failed");
+                tracing::error!(error = %e, "the device port failed");
                 let _ = fatal.send(true);
             }
         });
@@ -502,6 +501,13 @@ impl RunningServer {
     pub fn grpc_url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}", self.grpc_addr)
+    }
+
+    /// The URL browsers (and other WebSocket clients) open: `wss://ADDR/v1/ws` with TLS, else
+    /// `ws://ADDR/v1/ws`.
+    pub fn websocket_url(&self) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}{}", self.grpc_addr, websocket::PATH)
     }
 
     /// Where the admin API listens, if it runs.

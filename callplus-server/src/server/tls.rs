@@ -1,7 +1,7 @@
-//! TLS on the device-facing gRPC listener.
+//! TLS on the device port (gRPC and WebSocket) and the admin API.
 //!
 //! Devices carry tokens and call metadata; anything beyond a trusted network needs the
-//! stream encrypted. The server terminates TLS itself (rustls, through tonic) so a single
+//! stream encrypted. The server terminates TLS itself (rustls) so a single
 //! binary is enough; a TLS-terminating proxy in front still works with plaintext here.
 
 use std::path::Path;
@@ -11,11 +11,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tonic::transport::{Identity, ServerTlsConfig};
 
 use super::ServerError;
 
-/// The certificate chain and private key the gRPC listener presents.
+/// The certificate chain and private key the device port (and the admin API) present.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), callplus_server::server::ServerError> {
@@ -58,7 +57,7 @@ impl ServerTls {
         Ok(ServerTls::from_pem(read(cert, "certificate")?, read(key, "private key")?))
     }
 
-    /// A rustls acceptor for the admin API (HTTP/2 or HTTP/1.1 by ALPN), with the certificate
+    /// A rustls acceptor (HTTP/2 or HTTP/1.1 by ALPN), with the certificate
     /// and key parsed and matched now.
     pub(super) fn acceptor(&self) -> Result<TlsAcceptor, ServerError> {
         let invalid =
@@ -79,17 +78,5 @@ impl ServerTls {
             .map_err(|e| invalid("certificate or key", &e))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(TlsAcceptor::from(Arc::new(config)))
-    }
-
-    /// tonic's server settings, with the certificate and key parsed (so a bad pair fails the
-    /// start rather than the first handshake).
-    pub(super) fn apply(
-        &self,
-        server: tonic::transport::Server,
-    ) -> Result<tonic::transport::Server, ServerError> {
-        let identity = Identity::from_pem(&self.cert_pem, &self.key_pem);
-        server
-            .tls_config(ServerTlsConfig::new().identity(identity))
-            .map_err(|e| ServerError::Tls(format!("invalid certificate or key: {}", crate::error_chain(&e))))
     }
 }

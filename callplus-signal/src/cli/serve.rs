@@ -35,11 +35,11 @@ pub enum DeviceArg {
 /// Flags of `callplus serve`; each also reads a `CALLPLUS_*` environment variable.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// gRPC address devices connect to.
+    /// Address devices connect to (gRPC, and WebSocket at `/v1/ws`).
     #[arg(long, env = "CALLPLUS_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: String,
-    /// PEM certificate chain for TLS on the gRPC listener (with `--tls-key`); devices then
-    /// connect with `https://`.
+    /// PEM certificate chain for TLS on the device port (with `--tls-key`); devices then
+    /// connect with `https://` or `wss://`.
     #[arg(long, env = "CALLPLUS_TLS_CERT", value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `--tls-cert`.
@@ -194,6 +194,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.display();
     println!("callplus {} is running", env!("CARGO_PKG_VERSION"));
     println!("  gRPC (devices):   {}", server.grpc_url());
+    println!("  WebSocket:        {}", server.websocket_url());
     match server.admin_url() {
         Some(url) => {
             println!("  admin API:        {url}  (POST /v1/tokens, GET /metrics, GET /healthz)")

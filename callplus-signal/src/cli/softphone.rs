@@ -32,7 +32,8 @@ const RECORD_LINGER: Duration = Duration::from_secs(2);
 /// Where and as whom to connect.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
-    /// Server address (`http://host:port`, `https://host:port` for TLS, or `host:port`).
+    /// Server address (`http://host:port`, `https://host:port` for TLS, `ws://` / `wss://` for
+    /// the WebSocket transport, or `host:port`).
     #[arg(long, env = "CALLPLUS_SERVER", default_value = "http://127.0.0.1:7700")]
     pub server: String,
     /// PEM file of the certificate authorities to trust for an `https://` server instead of

@@ -1,0 +1,156 @@
+//! One device connection, whatever carries it: the part of a transport that is not framing.
+//!
+//! Both transports (the gRPC stream in [`super::grpc`], the WebSocket in [`super::websocket`])
+//! decode messages into protobuf `ClientFrame`s and hand them here through [`Inbound`]; this
+//! task waits for the Hello (with a timeout), checks the token, hands the connection to the
+//! driver and then forwards every frame. Outbound frames go the
+//! other way through the connection's [`OutboundQueue`], which the transport drains. Refusals
+//! are answered with a `Response` carrying the Hello's `request_id` and a code
+//! (`TOKEN_INVALID`, `TOKEN_EXPIRED`, …), then the queue is closed, which ends the
+//! transport's stream. So the protocol (Hello/Welcome, seq/ack, resume, heartbeats, limits,
+//! error codes) is one, and only the framing differs.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use callplus_proto::v1 as pb;
+use callplus_session::{ClientBody, ClientFrame, Code, Error, Response, ServerBody, ServerFrame};
+use tokio::sync::{oneshot, watch};
+
+use super::auth::Auth;
+use super::driver::{DriverHandle, Input, Open, OutboundQueue, unix_ms};
+use super::metrics::Metrics;
+
+/// How long a refusal may wait for room in the outbound queue.
+const REFUSAL_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    pub(crate) driver: DriverHandle,
+    pub(crate) auth: Arc<Auth>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) hello_timeout: Duration,
+    pub(crate) outbound_queue: usize,
+    pub(crate) next_conn: AtomicU64,
+    /// Becomes true when the server stops: streams still waiting for their Hello are closed.
+    pub(crate) stopping: watch::Receiver<bool>,
+}
+
+/// The next thing a transport read from the device.
+pub(crate) enum Inbound {
+    /// A whole protobuf frame.
+    Frame(Box<pb::ClientFrame>),
+    /// The device ended its side cleanly.
+    Closed,
+    /// The transport cannot be read past this point. With an error, the device is told why
+    /// (`MESSAGE_TOO_LARGE`, `FRAME_INVALID`) before the connection closes; without one, the
+    /// device is gone and nothing is said.
+    Broken(Option<Error>),
+}
+
+/// A transport's inbound side: whole frames, one at a time.
+pub(crate) trait InboundFrames: Send {
+    /// The next frame or the end. Must be cancel-safe (it races the connection's other events).
+    fn next(&mut self) -> impl Future<Output = Inbound> + Send;
+}
+
+fn unix_secs() -> u64 {
+    u64::try_from(unix_ms() / 1000).unwrap_or(0)
+}
+
+/// A response frame refusing the Hello, or reporting why a transport broke.
+fn refusal(request_id: u64, error: Error) -> Box<ServerFrame> {
+    Box::new(ServerFrame {
+        seq: 0,
+        ack: 0,
+        body: ServerBody::Response(Response { request_id, result: Err(error) }),
+    })
+}
+
+async fn refuse(shared: &Shared, out: OutboundQueue, request_id: u64, error: Error) {
+    tracing::debug!(code = error.code.number(), message = %error.message, "refusing a connection");
+    let name = error.code.to_proto().as_str_name();
+    shared.metrics.count_auth_failure(name.strip_prefix("RESULT_CODE_").unwrap_or(name));
+    let _ = out.send_timeout(refusal(request_id, error), REFUSAL_SEND_TIMEOUT).await;
+    // Dropping `out` ends the outbound stream after the refusal.
+}
+
+/// Runs one connection until the device, the transport or the driver ends it.
+///
+/// `out` is the queue the transport sends from; `closed` resolves when the transport can no
+/// longer send (the device went away), which stops the reading.
+pub(crate) async fn run_connection(
+    shared: Arc<Shared>,
+    mut inbound: impl InboundFrames,
+    out: OutboundQueue,
+    mut closed: oneshot::Receiver<()>,
+    peer: Option<SocketAddr>,
+) {
+    let mut stopping = shared.stopping.clone();
+    let first = tokio::select! {
+        first = tokio::time::timeout(shared.hello_timeout, inbound.next()) => first,
+        _ = &mut closed => return,
+        _ = stopping.wait_for(|stop| *stop) => return,
+    };
+    let first = match first {
+        Err(_) => {
+            let error = Error::new(Code::Timeout, "no Hello received in time");
+            return refuse(&shared, out, 0, error).await;
+        }
+        Ok(Inbound::Frame(frame)) => *frame,
+        Ok(Inbound::Closed | Inbound::Broken(None)) => return,
+        Ok(Inbound::Broken(Some(error))) => return refuse(&shared, out, 0, error).await,
+    };
+    let request_id = first.request_id;
+    let hello = match ClientFrame::try_from(first) {
+        Ok(ClientFrame { body: ClientBody::Hello(hello), .. }) => hello,
+        Ok(_) => {
+            let error = Error::new(Code::InvalidState, "the first frame must be a Hello");
+            return refuse(&shared, out, request_id, error).await;
+        }
+        Err(e) => return refuse(&shared, out, request_id, e.error).await,
+    };
+    let (app, user) = match shared.auth.authenticate(&hello.token, unix_secs()).await {
+        Ok(who) => who,
+        Err(error) => {
+            tracing::info!(?peer, code = error.code.number(), message = %error.message, "token refused");
+            return refuse(&shared, out, request_id, error).await;
+        }
+    };
+    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(conn, ?peer, %app, %user, "stream authenticated");
+    let (closed_by_driver, mut driver_closed) = oneshot::channel();
+    let open = Open { conn, app, user, hello, tx: out, closed: closed_by_driver };
+    if !shared.driver.send(Input::Open(Box::new(open))).await {
+        return;
+    }
+    loop {
+        let message = tokio::select! {
+            message = inbound.next() => message,
+            _ = &mut closed => break,
+            _ = &mut driver_closed => return,
+        };
+        let input = match message {
+            Inbound::Frame(frame) => match ClientFrame::try_from(*frame) {
+                Ok(frame) => Input::Frame { conn, frame: Box::new(frame) },
+                Err(error) => Input::Invalid { conn, error },
+            },
+            Inbound::Closed | Inbound::Broken(None) => break,
+            Inbound::Broken(Some(error)) => {
+                // The transport cannot be read past a message it cannot decode (too large,
+                // corrupt): the driver tells the device why, after its Welcome and whatever else
+                // it was sent, and closes the connection.
+                tracing::debug!(conn, code = error.code.number(), message = %error.message, "stream error");
+                let _ = shared.driver.send(Input::Broken { conn, error }).await;
+                return;
+            }
+        };
+        if !shared.driver.send(input).await {
+            return;
+        }
+    }
+    let _ = shared.driver.send(Input::Lost { conn }).await;
+}
