@@ -3,11 +3,12 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::error::{Code, Error};
 use crate::model::ids::TransactionId;
 use crate::model::kinds::{
-    CallType, ChangeMediaTypeResult, Direction, MediaKind, MediaType, ParticipantState,
+    CallType, ChangeMediaTypeResult, Delivery, Direction, MediaKind, MediaType, ParticipantState,
 };
-use crate::model::message::{MediaPayload, Request, Resume, StartCall};
+use crate::model::message::{ClientBody, MediaPayload, Request, Resume, StartCall};
 use crate::model::snapshot::CallRecord;
 
 fn ok<T>(r: Result<T, Error>) -> T {
