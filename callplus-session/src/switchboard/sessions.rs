@@ -137,7 +137,8 @@ impl Switchboard {
     }
 
     /// Offers to a (live) session every call in which its user is still being rung and that it
-    /// was not offered yet (SPEC §5: a device that connects in time still rings).
+    /// was not offered yet (docs/protocol.md#server-rules: a device that connects in time still
+    /// rings).
     pub(super) fn offer_ringing(&mut self, sk: SessionKey) {
         let Some(s) = self.net.sessions.get(&sk) else { return };
         if s.stale {
