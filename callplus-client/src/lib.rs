@@ -1,7 +1,7 @@
 //! The async client: a tokio driver around the sans-IO [`ClientEngine`].
 //!
 //! [`Client::connect`] opens a signalling stream, waits for the server's Welcome and hands back
-//! a [`Client`] (cheap to clone, `Send + Sync`) and the [`EventStream`] of SPEC §4 events. A
+//! a [`Client`] (cheap to clone, `Send + Sync`) and the [`EventStream`] of [events](docs/protocol.md#events). A
 //! background task owns the engine and the transport: it feeds the server's frames in, writes
 //! the engine's frames out, fires its timers, and reconnects with jittered exponential backoff
 //! when the stream breaks; the engine resumes the session, so calls survive a dropped TCP
@@ -29,7 +29,7 @@
 //! # }
 //! ```
 //!
-//! Errors are [`Error`]s carrying the protocol's result code (SPEC §6): local validation
+//! Errors are [`Error`]s carrying the protocol's result code ([result codes](docs/protocol.md#result-codes)): local validation
 //! failures come from the engine, refusals from the server keep the server's code and message,
 //! and `NOT_CONNECTED` means the client is gone (disconnected, kicked, or never connected).
 
@@ -64,7 +64,7 @@ pub use media::{
 };
 pub use tls::TlsOptions;
 
-/// What the client tells the app: the engine's events (SPEC §4 and connection state), every one
+/// What the client tells the app: the engine's events ([events](docs/protocol.md#events) and connection state), every one
 /// of them. Request outcomes and transport bookkeeping are the driver's own
 /// (`callplus_session::client::DriverEvent`); media decisions go to the media glue.
 pub type Event = callplus_session::client::ClientEvent;

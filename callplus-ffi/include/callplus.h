@@ -269,10 +269,10 @@ typedef enum callplus_direction {
 /**
  * The result of every fallible function of this library.
  *
- * `CALLPLUS_RESULT_OK` (0) is success. The 80xxx and 81xxx codes are the protocol's (SPEC §6:
- * 80xxx are the CallPlus SDK codes, 81xxx the ones callplus adds), so a code received from the
- * server reaches C unchanged. The 89xxx codes belong to the C API itself.
- * `callplus_result_message` turns a code into an English sentence.
+ * `CALLPLUS_RESULT_OK` (0) is success. The 80xxx and 81xxx codes are the protocol's
+ * (docs/protocol.md#result-codes: 80xxx are the CallPlus SDK codes, 81xxx the ones callplus
+ * adds), so a code received from the server reaches C unchanged. The 89xxx codes belong to the
+ * C API itself. `callplus_result_message` turns a code into an English sentence.
  */
 typedef enum callplus_result {
     /**
@@ -458,7 +458,7 @@ typedef enum callplus_connection_state {
 } callplus_connection_state;
 
 /**
- * What an event is about (SPEC §4 and the connection's state). The accessors that apply to
+ * What an event is about ([events](docs/protocol.md#events) and the connection's state). The accessors that apply to
  * each kind are listed on it; the others return NULL / 0 / false / NONE.
  */
 typedef enum callplus_event_type {

@@ -6,10 +6,10 @@ use callplus_session::{Code, Error};
 
 /// The result of every fallible function of this library.
 ///
-/// `CALLPLUS_RESULT_OK` (0) is success. The 80xxx and 81xxx codes are the protocol's (SPEC §6:
-/// 80xxx are the CallPlus SDK codes, 81xxx the ones callplus adds), so a code received from the
-/// server reaches C unchanged. The 89xxx codes belong to the C API itself.
-/// `callplus_result_message` turns a code into an English sentence.
+/// `CALLPLUS_RESULT_OK` (0) is success. The 80xxx and 81xxx codes are the protocol's
+/// (docs/protocol.md#result-codes: 80xxx are the CallPlus SDK codes, 81xxx the ones callplus
+/// adds), so a code received from the server reaches C unchanged. The 89xxx codes belong to the
+/// C API itself. `callplus_result_message` turns a code into an English sentence.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum callplus_result {
@@ -89,45 +89,10 @@ pub enum callplus_result {
 }
 
 impl callplus_result {
-    /// The C code of a protocol code.
+    /// The C code of a protocol code: the one with the same number (every protocol code has
+    /// one; the tests check the C enum against `Code::ALL`).
     pub(crate) fn from_code(code: Code) -> callplus_result {
-        use callplus_result as R;
-        match code {
-            Code::ParamError => R::ParamError,
-            Code::SessionExist => R::SessionExist,
-            Code::NotInCall => R::NotInCall,
-            Code::MediaTypeInvalid => R::MediatypeInvalid,
-            Code::NotVideoCall => R::NotVideoCall,
-            Code::RtcServiceUnavailable => R::RtcServiceUnavailable,
-            Code::UserListInvalid => R::UserListInvalid,
-            Code::CallIdInvalid => R::CallIdInvalid,
-            Code::TransactionIdInvalid => R::TransactionIdInvalid,
-            Code::UserIdInvalid => R::UserIdInvalid,
-            Code::SingleCallNotSupportMultiPerson => R::SingleCallNotSupportMultiPerson,
-            Code::CameraClosed => R::CameraClosed,
-            Code::MicrophoneClosed => R::MicrophoneClosed,
-            Code::MediaResourceInvalid => R::MediaResourceInvalid,
-            Code::PlayMediaFailed => R::PlayMediaFailed,
-            Code::VideoViewNotSet => R::VideoViewNotSet,
-            Code::NotConnected => R::NotConnected,
-            Code::TokenInvalid => R::TokenInvalid,
-            Code::TokenExpired => R::TokenExpired,
-            Code::AppUnknown => R::AppUnknown,
-            Code::Forbidden => R::Forbidden,
-            Code::CallNotFound => R::CallNotFound,
-            Code::CallFull => R::CallFull,
-            Code::RateLimited => R::RateLimited,
-            Code::Timeout => R::Timeout,
-            Code::Internal => R::Internal,
-            Code::FrameInvalid => R::FrameInvalid,
-            Code::MessageTooLarge => R::MessageTooLarge,
-            Code::CallEnded => R::CallEnded,
-            Code::InvalidState => R::InvalidState,
-            Code::ResumeRejected => R::ResumeRejected,
-            // `Code` is non-exhaustive: a code added later maps by number once it is listed
-            // here; until then it is reported as internal.
-            _ => R::Internal,
-        }
+        callplus_result::from_number(code.number()).unwrap_or(callplus_result::Internal)
     }
 
     /// The code of a number, if it is one of ours.
@@ -135,45 +100,19 @@ impl callplus_result {
         ALL.iter().copied().find(|r| *r as i32 == n)
     }
 
-    /// The English sentence of this code.
+    /// The English sentence of this code: the protocol table's message for a protocol code,
+    /// the C API's own for the others.
     pub(crate) fn message(self) -> &'static CStr {
         use callplus_result as R;
         match self {
             R::Ok => c"success",
-            R::ParamError => c"invalid parameter",
-            R::SessionExist => c"a call is already in progress",
-            R::NotInCall => c"not in this call",
-            R::MediatypeInvalid => c"invalid media type",
-            R::NotVideoCall => c"not a video call",
-            R::RtcServiceUnavailable => c"media service unavailable",
-            R::UserListInvalid => c"invalid user list",
-            R::CallIdInvalid => c"invalid call id",
-            R::TransactionIdInvalid => c"invalid transaction id",
-            R::UserIdInvalid => c"invalid user id",
-            R::SingleCallNotSupportMultiPerson => c"a single call cannot have several callees",
-            R::CameraClosed => c"camera is closed",
-            R::MicrophoneClosed => c"microphone is closed",
-            R::MediaResourceInvalid => c"media resource invalid",
-            R::PlayMediaFailed => c"playing media failed",
-            R::VideoViewNotSet => c"no video view set",
-            R::NotConnected => c"not connected",
-            R::TokenInvalid => c"invalid token",
-            R::TokenExpired => c"token expired",
-            R::AppUnknown => c"unknown app key",
-            R::Forbidden => c"not allowed on this call",
-            R::CallNotFound => c"call not found",
-            R::CallFull => c"call is full",
-            R::RateLimited => c"rate limited",
-            R::Timeout => c"timed out",
-            R::Internal => c"internal error",
-            R::FrameInvalid => c"malformed frame",
-            R::MessageTooLarge => c"message too large",
-            R::CallEnded => c"call has ended",
-            R::InvalidState => c"not valid in the current state",
-            R::ResumeRejected => c"session cannot be resumed",
             R::NullParameter => c"a required pointer argument was NULL",
             R::Panic => c"internal error: the library panicked",
             R::NoEvent => c"no event within the timeout",
+            protocol => match Code::from_number(protocol as i32) {
+                Some(code) => code.describe_c(),
+                None => c"unknown result code",
+            },
         }
     }
 }
@@ -267,6 +206,33 @@ mod tests {
         assert_eq!(callplus_result::SingleCallNotSupportMultiPerson as i32, 80011);
         assert_eq!(callplus_result::VideoViewNotSet as i32, 80105);
         assert_eq!(callplus_result::NotConnected as i32, 81001);
+    }
+
+    #[test]
+    fn the_c_enum_is_the_protocol_table() {
+        // Every row of the table has the C code with its number, its name and its message,
+        // and every C code is either a row of the table or one of the C API's own.
+        for &code in Code::ALL {
+            let r = callplus_result::from_code(code);
+            assert_eq!(r as i32, code.number(), "{code:?}");
+            assert_eq!(format!("{r:?}"), format!("{:?}", code.to_proto()), "{code:?}");
+            assert_eq!(r.message(), code.describe_c());
+            assert_eq!(Code::from_number(r as i32), Some(code));
+        }
+        let own = [
+            callplus_result::Ok,
+            callplus_result::NullParameter,
+            callplus_result::Panic,
+            callplus_result::NoEvent,
+        ];
+        assert_eq!(ALL.len(), Code::ALL.len() + own.len());
+        for r in ALL {
+            let n = r as i32;
+            assert!(
+                own.contains(&r) || Code::ALL.iter().any(|c| c.number() == n),
+                "{r:?} is neither a protocol code nor one of the C API's own"
+            );
+        }
     }
 
     #[test]

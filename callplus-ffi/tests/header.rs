@@ -35,3 +35,13 @@ fn checked_in_header_is_fresh() {
         path.display()
     );
 }
+
+#[test]
+fn header_result_codes_are_the_protocol_table() {
+    // cbindgen reads `callplus_result` from the source (it does not expand macros), so the C
+    // enum is checked against the one table of result codes here and in `result.rs`.
+    for &code in callplus_session::Code::ALL {
+        let line = format!("CALLPLUS_RESULT_{} = {},", code.name(), code.number());
+        assert!(GENERATED.contains(&line), "the header lacks `{line}`");
+    }
+}

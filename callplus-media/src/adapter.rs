@@ -69,7 +69,7 @@ pub struct PeerStats {
     pub video_packets_lost: u32,
 }
 
-/// One status report (SPEC §3 "status reports"), built from the WebRTC stack's own stats.
+/// One status report (the status reports of [client operations](docs/protocol.md#client-operations)), built from the WebRTC stack's own stats.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MediaStats {
     /// The call.

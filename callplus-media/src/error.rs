@@ -59,7 +59,7 @@ pub enum MediaError {
 }
 
 impl MediaError {
-    /// The SDK result code (SPEC §6) that best describes this error.
+    /// The SDK result code (docs/protocol.md#result-codes) that best describes this error.
     pub fn code(&self) -> Code {
         match self {
             MediaError::MeshTooLarge { .. } => Code::CallFull,

@@ -30,7 +30,7 @@ mod sink;
 mod source;
 mod testsrc;
 pub mod vp8;
-mod webrtc_impl;
+mod webrtc;
 
 pub use adapter::{MediaAdapter, MediaEvent, MediaEvents, MediaStats, PeerSpec, PeerStats, StartMedia};
 pub use error::MediaError;
@@ -39,6 +39,6 @@ pub use level::audio_level;
 pub use sink::{ChannelSink, MediaSink, RemoteFrame, TeeSink};
 pub use source::{AudioConfig, EncodedSample, MediaSource, VideoConfig};
 pub use testsrc::{TestPatternSource, ToneSource};
-pub use webrtc_impl::{WebRtcConfig, WebRtcMediaAdapter};
+pub use webrtc::{WebRtcConfig, WebRtcMediaAdapter};
 
 pub use callplus_session::{CallId, DeviceId, IceServer, MediaKind, MediaPayload, MediaType, UserId};

@@ -23,7 +23,7 @@ pub(crate) const MIN_WAIT: Duration = Duration::from_millis(50);
 /// Longest wait for a gap, whatever the RTT: beyond this, a key frame (PLI) costs less than the
 /// freeze of waiting.
 pub(crate) const MAX_WAIT: Duration = Duration::from_millis(200);
-/// How often our NACK generator lists the missing packets (see `webrtc_impl`): a gap is asked
+/// How often our NACK generator lists the missing packets (see `webrtc::codecs`): a gap is asked
 /// for at most this long after it was noticed, so the wait covers it on top of the round trip.
 pub(crate) const NACK_INTERVAL: Duration = Duration::from_millis(20);
 /// Round-trip time assumed before the first measurement: generous, a call's first gaps are

@@ -17,7 +17,8 @@ pub struct EncodedSample {
     pub audio_level: Option<u8>,
 }
 
-/// Video capture/encoder settings (SPEC §3 video config). Taken at the next captured frame.
+/// Video capture/encoder settings (the video config of docs/protocol.md#client-operations).
+/// Taken at the next captured frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VideoConfig {
     /// Width in pixels (even).
@@ -38,7 +39,8 @@ impl Default for VideoConfig {
     }
 }
 
-/// Audio capture/encoder settings (SPEC §3 audio config). Taken at the next captured frame.
+/// Audio capture/encoder settings (the audio config of docs/protocol.md#client-operations).
+/// Taken at the next captured frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AudioConfig {
     /// Capture sample rate in Hz (Opus accepts 8000, 12000, 16000, 24000, 48000). The RTP clock

@@ -14,6 +14,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use callplus_session::Code;
 use hmac::{Hmac, KeyInit, Mac};
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
@@ -33,11 +34,6 @@ pub const MAX_ID_LEN: usize = 64;
 
 /// Length in bytes of an HMAC-SHA256 tag.
 const TAG_LEN: usize = 32;
-
-/// Protocol result code `TOKEN_INVALID`.
-const CODE_TOKEN_INVALID: i32 = 81002;
-/// Protocol result code `TOKEN_EXPIRED`.
-const CODE_TOKEN_EXPIRED: i32 = 81003;
 
 /// Why a token could not be minted, parsed or verified.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,9 +61,9 @@ impl TokenError {
     /// (`TOKEN_EXPIRED`).
     pub fn code_number(&self) -> i32 {
         match self {
-            TokenError::Expired { .. } => CODE_TOKEN_EXPIRED,
+            TokenError::Expired { .. } => Code::TokenExpired.number(),
             TokenError::Malformed(_) | TokenError::BadSignature | TokenError::InvalidInput(_) => {
-                CODE_TOKEN_INVALID
+                Code::TokenInvalid.number()
             }
         }
     }

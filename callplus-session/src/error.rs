@@ -1,152 +1,136 @@
-//! Result codes (SPEC §6) and the error type every fallible operation returns.
+//! Result codes (docs/protocol.md#result-codes) and the error type every fallible operation
+//! returns.
+
+use std::ffi::CStr;
 
 use callplus_proto::v1::ResultCode;
 
-/// A result code. The numbers are the protocol's (`ResultCode` in `types.proto`): 80xxx are the
-/// CallPlus SDK codes, 81xxx the ones callplus adds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Code {
+/// The one table of result codes: each row is the domain variant, the wire variant of
+/// `ResultCode` (whose numbers, in `types.proto`, are the protocol's: 80xxx are the CallPlus SDK
+/// codes, 81xxx the ones callplus adds) and the English message. `Code`, its wire conversions and
+/// its messages are generated from it; the C API's `callplus_result` takes the numbers and
+/// messages from `Code` (and its tests check the C enum against [`Code::ALL`]), so a code is
+/// added in one place. The wire variant names are also the C names (`CALLPLUS_RESULT_…`).
+macro_rules! result_codes {
+    ($($(#[$doc:meta])* $code:ident => $wire:ident, $message:literal;)*) => {
+        /// A result code. The numbers are the protocol's (`ResultCode` in `types.proto`): 80xxx
+        /// are the CallPlus SDK codes, 81xxx the ones callplus adds.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum Code {
+            $($(#[$doc])* $code,)*
+        }
+
+        impl Code {
+            /// Every code, in protocol order.
+            pub const ALL: &'static [Code] = &[$(Code::$code),*];
+
+            /// The wire enum of this code.
+            pub fn to_proto(self) -> ResultCode {
+                match self {
+                    $(Code::$code => ResultCode::$wire,)*
+                }
+            }
+
+            /// The domain code of a wire code; `None` for SUCCESS.
+            ///
+            /// The match is exhaustive over the wire enum, so a code added to `types.proto`
+            /// without a row in the table does not compile.
+            pub fn from_proto(code: ResultCode) -> Option<Code> {
+                match code {
+                    ResultCode::Success => None,
+                    $(ResultCode::$wire => Some(Code::$code),)*
+                }
+            }
+
+            /// A short English description of the code.
+            pub fn describe(self) -> &'static str {
+                match self {
+                    $(Code::$code => $message,)*
+                }
+            }
+
+            /// [`Code::describe`] as a NUL-terminated C string (for the C API).
+            pub fn describe_c(self) -> &'static CStr {
+                match self {
+                    $(Code::$code => const {
+                        match CStr::from_bytes_with_nul(concat!($message, "\0").as_bytes()) {
+                            Ok(s) => s,
+                            Err(_) => panic!("a result-code message holds a NUL byte"),
+                        }
+                    },)*
+                }
+            }
+        }
+    };
+}
+
+result_codes! {
     /// A parameter is missing, malformed or out of range.
-    ParamError,
+    ParamError => ParamError, "invalid parameter";
     /// The user already has a current call.
-    SessionExist,
+    SessionExist => SessionExist, "a call is already in progress";
     /// The user is not in the call.
-    NotInCall,
+    NotInCall => NotInCall, "not in this call";
     /// Bad or disallowed media type.
-    MediaTypeInvalid,
+    MediaTypeInvalid => MediatypeInvalid, "invalid media type";
     /// Video operation on an audio call.
-    NotVideoCall,
+    NotVideoCall => NotVideoCall, "not a video call";
     /// The media service is unavailable.
-    RtcServiceUnavailable,
+    RtcServiceUnavailable => RtcServiceUnavailable, "media service unavailable";
     /// Empty, too long or otherwise invalid user list.
-    UserListInvalid,
+    UserListInvalid => UserListInvalid, "invalid user list";
     /// Bad call id.
-    CallIdInvalid,
+    CallIdInvalid => CallIdInvalid, "invalid call id";
     /// Unknown or finished change-media-type transaction.
-    TransactionIdInvalid,
+    TransactionIdInvalid => TransactionIdInvalid, "invalid transaction id";
     /// Bad user id.
-    UserIdInvalid,
+    UserIdInvalid => UserIdInvalid, "invalid user id";
     /// SINGLE call with more than one callee.
-    SingleCallNotSupportMultiPerson,
+    SingleCallNotSupportMultiPerson => SingleCallNotSupportMultiPerson, "a single call cannot have several callees";
     /// Camera closed.
-    CameraClosed,
+    CameraClosed => CameraClosed, "camera is closed";
     /// Microphone closed.
-    MicrophoneClosed,
+    MicrophoneClosed => MicrophoneClosed, "microphone is closed";
     /// Media source or sink unusable.
-    MediaResourceInvalid,
+    MediaResourceInvalid => MediaResourceInvalid, "media resource invalid";
     /// Remote media could not be played.
-    PlayMediaFailed,
+    PlayMediaFailed => PlayMediaFailed, "playing media failed";
     /// No video sink for the user.
-    VideoViewNotSet,
+    VideoViewNotSet => VideoViewNotSet, "no video view set";
     /// No connection to the server.
-    NotConnected,
+    NotConnected => NotConnected, "not connected";
     /// Malformed token or bad signature.
-    TokenInvalid,
+    TokenInvalid => TokenInvalid, "invalid token";
     /// Expired token.
-    TokenExpired,
+    TokenExpired => TokenExpired, "token expired";
     /// Unknown app key.
-    AppUnknown,
+    AppUnknown => AppUnknown, "unknown app key";
     /// The device may not act on this call.
-    Forbidden,
+    Forbidden => Forbidden, "not allowed on this call";
     /// No such call (or not visible to the user).
-    CallNotFound,
+    CallNotFound => CallNotFound, "call not found";
     /// The call is full.
-    CallFull,
+    CallFull => CallFull, "call is full";
     /// Too many requests.
-    RateLimited,
+    RateLimited => RateLimited, "rate limited";
     /// No answer in time.
-    Timeout,
+    Timeout => Timeout, "timed out";
     /// Unexpected failure.
-    Internal,
+    Internal => Internal, "internal error";
     /// Undecodable frame.
-    FrameInvalid,
+    FrameInvalid => FrameInvalid, "malformed frame";
     /// Frame too large.
-    MessageTooLarge,
+    MessageTooLarge => MessageTooLarge, "message too large";
     /// The call has ended.
-    CallEnded,
+    CallEnded => CallEnded, "call has ended";
     /// Not valid in the current state.
-    InvalidState,
+    InvalidState => InvalidState, "not valid in the current state";
     /// Resume not possible.
-    ResumeRejected,
+    ResumeRejected => ResumeRejected, "session cannot be resumed";
 }
 
 impl Code {
-    /// The wire enum of this code.
-    pub fn to_proto(self) -> ResultCode {
-        match self {
-            Code::ParamError => ResultCode::ParamError,
-            Code::SessionExist => ResultCode::SessionExist,
-            Code::NotInCall => ResultCode::NotInCall,
-            Code::MediaTypeInvalid => ResultCode::MediatypeInvalid,
-            Code::NotVideoCall => ResultCode::NotVideoCall,
-            Code::RtcServiceUnavailable => ResultCode::RtcServiceUnavailable,
-            Code::UserListInvalid => ResultCode::UserListInvalid,
-            Code::CallIdInvalid => ResultCode::CallIdInvalid,
-            Code::TransactionIdInvalid => ResultCode::TransactionIdInvalid,
-            Code::UserIdInvalid => ResultCode::UserIdInvalid,
-            Code::SingleCallNotSupportMultiPerson => ResultCode::SingleCallNotSupportMultiPerson,
-            Code::CameraClosed => ResultCode::CameraClosed,
-            Code::MicrophoneClosed => ResultCode::MicrophoneClosed,
-            Code::MediaResourceInvalid => ResultCode::MediaResourceInvalid,
-            Code::PlayMediaFailed => ResultCode::PlayMediaFailed,
-            Code::VideoViewNotSet => ResultCode::VideoViewNotSet,
-            Code::NotConnected => ResultCode::NotConnected,
-            Code::TokenInvalid => ResultCode::TokenInvalid,
-            Code::TokenExpired => ResultCode::TokenExpired,
-            Code::AppUnknown => ResultCode::AppUnknown,
-            Code::Forbidden => ResultCode::Forbidden,
-            Code::CallNotFound => ResultCode::CallNotFound,
-            Code::CallFull => ResultCode::CallFull,
-            Code::RateLimited => ResultCode::RateLimited,
-            Code::Timeout => ResultCode::Timeout,
-            Code::Internal => ResultCode::Internal,
-            Code::FrameInvalid => ResultCode::FrameInvalid,
-            Code::MessageTooLarge => ResultCode::MessageTooLarge,
-            Code::CallEnded => ResultCode::CallEnded,
-            Code::InvalidState => ResultCode::InvalidState,
-            Code::ResumeRejected => ResultCode::ResumeRejected,
-        }
-    }
-
-    /// The domain code of a wire code; `None` for SUCCESS.
-    pub fn from_proto(code: ResultCode) -> Option<Code> {
-        Some(match code {
-            ResultCode::Success => return None,
-            ResultCode::ParamError => Code::ParamError,
-            ResultCode::SessionExist => Code::SessionExist,
-            ResultCode::NotInCall => Code::NotInCall,
-            ResultCode::MediatypeInvalid => Code::MediaTypeInvalid,
-            ResultCode::NotVideoCall => Code::NotVideoCall,
-            ResultCode::RtcServiceUnavailable => Code::RtcServiceUnavailable,
-            ResultCode::UserListInvalid => Code::UserListInvalid,
-            ResultCode::CallIdInvalid => Code::CallIdInvalid,
-            ResultCode::TransactionIdInvalid => Code::TransactionIdInvalid,
-            ResultCode::UserIdInvalid => Code::UserIdInvalid,
-            ResultCode::SingleCallNotSupportMultiPerson => Code::SingleCallNotSupportMultiPerson,
-            ResultCode::CameraClosed => Code::CameraClosed,
-            ResultCode::MicrophoneClosed => Code::MicrophoneClosed,
-            ResultCode::MediaResourceInvalid => Code::MediaResourceInvalid,
-            ResultCode::PlayMediaFailed => Code::PlayMediaFailed,
-            ResultCode::VideoViewNotSet => Code::VideoViewNotSet,
-            ResultCode::NotConnected => Code::NotConnected,
-            ResultCode::TokenInvalid => Code::TokenInvalid,
-            ResultCode::TokenExpired => Code::TokenExpired,
-            ResultCode::AppUnknown => Code::AppUnknown,
-            ResultCode::Forbidden => Code::Forbidden,
-            ResultCode::CallNotFound => Code::CallNotFound,
-            ResultCode::CallFull => Code::CallFull,
-            ResultCode::RateLimited => Code::RateLimited,
-            ResultCode::Timeout => Code::Timeout,
-            ResultCode::Internal => Code::Internal,
-            ResultCode::FrameInvalid => Code::FrameInvalid,
-            ResultCode::MessageTooLarge => Code::MessageTooLarge,
-            ResultCode::CallEnded => Code::CallEnded,
-            ResultCode::InvalidState => Code::InvalidState,
-            ResultCode::ResumeRejected => Code::ResumeRejected,
-        })
-    }
-
     /// The numeric code (80001, 81006, …).
     pub fn number(self) -> i32 {
         self.to_proto() as i32
@@ -160,41 +144,11 @@ impl Code {
         }
     }
 
-    /// A short English description of the code.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Code::ParamError => "invalid parameter",
-            Code::SessionExist => "a call is already in progress",
-            Code::NotInCall => "not in this call",
-            Code::MediaTypeInvalid => "invalid media type",
-            Code::NotVideoCall => "not a video call",
-            Code::RtcServiceUnavailable => "media service unavailable",
-            Code::UserListInvalid => "invalid user list",
-            Code::CallIdInvalid => "invalid call id",
-            Code::TransactionIdInvalid => "invalid transaction id",
-            Code::UserIdInvalid => "invalid user id",
-            Code::SingleCallNotSupportMultiPerson => "a single call cannot have several callees",
-            Code::CameraClosed => "camera is closed",
-            Code::MicrophoneClosed => "microphone is closed",
-            Code::MediaResourceInvalid => "media resource invalid",
-            Code::PlayMediaFailed => "playing media failed",
-            Code::VideoViewNotSet => "no video view set",
-            Code::NotConnected => "not connected",
-            Code::TokenInvalid => "invalid token",
-            Code::TokenExpired => "token expired",
-            Code::AppUnknown => "unknown app key",
-            Code::Forbidden => "not allowed on this call",
-            Code::CallNotFound => "call not found",
-            Code::CallFull => "call is full",
-            Code::RateLimited => "rate limited",
-            Code::Timeout => "timed out",
-            Code::Internal => "internal error",
-            Code::FrameInvalid => "malformed frame",
-            Code::MessageTooLarge => "message too large",
-            Code::CallEnded => "call has ended",
-            Code::InvalidState => "not valid in the current state",
-            Code::ResumeRejected => "session cannot be resumed",
-        }
+    /// The protocol name of the code without its prefix (`PARAM_ERROR`, `CALL_NOT_FOUND`):
+    /// the name docs use and the C constant's suffix (`CALLPLUS_RESULT_PARAM_ERROR`).
+    pub fn name(self) -> &'static str {
+        let full = self.to_proto().as_str_name();
+        full.strip_prefix("RESULT_CODE_").unwrap_or(full)
     }
 }
 
@@ -239,5 +193,29 @@ mod tests {
         assert_eq!(Code::from_number(80007), Some(Code::UserListInvalid));
         assert_eq!(Code::from_number(0), None);
         assert_eq!(Code::from_number(12345), Some(Code::Internal));
+    }
+
+    #[test]
+    fn every_code_round_trips_through_the_wire_and_has_a_message() {
+        let mut messages = std::collections::HashSet::new();
+        for &code in Code::ALL {
+            assert_eq!(Code::from_proto(code.to_proto()), Some(code));
+            assert_eq!(Code::from_number(code.number()), Some(code));
+            assert!(!code.describe().is_empty(), "{code:?}");
+            assert!(messages.insert(code.describe()), "{code:?} shares its message");
+            assert_eq!(code.describe_c().to_str(), Ok(code.describe()));
+            assert_eq!(format!("RESULT_CODE_{}", code.name()), code.to_proto().as_str_name());
+        }
+    }
+
+    #[test]
+    fn the_table_matches_the_proto_enum() {
+        // Every value of the wire enum (the .proto schema) other than SUCCESS is a row of the
+        // table, and the table has no row the wire enum lacks.
+        let wire: Vec<ResultCode> = (0..100_000).filter_map(|n| ResultCode::try_from(n).ok()).collect();
+        assert_eq!(wire.first(), Some(&ResultCode::Success));
+        let from_wire: Vec<Code> = wire.iter().filter_map(|&w| Code::from_proto(w)).collect();
+        assert_eq!(from_wire, Code::ALL);
+        assert_eq!(wire.len(), Code::ALL.len() + 1);
     }
 }

@@ -1,4 +1,5 @@
-//! Every call flow of SPEC §3–§6, run through the real switchboard and real client engines over
+//! Every call flow of docs/protocol.md (docs/protocol.md#client-operations to
+//! docs/protocol.md#result-codes), run through the real switchboard and real client engines over
 //! the simulated network (see `sim`). Time is virtual: a 60 s ring timeout costs nothing.
 
 mod sim;

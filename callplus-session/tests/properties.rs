@@ -130,7 +130,8 @@ fn check_invariants(sim: &Sim, disconnected_at: i64) -> Result<(), TestCaseError
             }
             // `call_id()` leaves out records and summaries, which legitimately follow the end.
             if let Some(call) = event.call_id() {
-                // A re-invitation after leaving is a new leg in the same call (SPEC §3 invite).
+                // A re-invitation after leaving is a new leg in the same call
+                // (`invite` in docs/protocol.md#client-operations).
                 if let ClientEvent::ReceivedCall { .. } = event {
                     ended.remove(call);
                 }

@@ -535,7 +535,10 @@ async fn a_stranger_cannot_tell_an_existing_call_from_a_missing_one() {
     for (what, body) in probes {
         let existing = mallory.call(body(call.as_str().to_owned())).await;
         let absent = mallory.call(body(missing.clone())).await;
-        assert_eq!(existing, absent, "{what}: a stranger can tell that {call} exists (SPEC §5)");
+        assert_eq!(
+            existing, absent,
+            "{what}: a stranger can tell that {call} exists (docs/protocol.md#server-rules)"
+        );
     }
     server.shutdown().await;
 }
@@ -553,7 +556,7 @@ async fn an_oversized_frame_after_the_hello_is_answered_message_too_large() {
         }
     }
     let r =
-        answer.expect("a MESSAGE_TOO_LARGE answer before the stream closes (SPEC §5: a clear error code)");
+        answer.expect("a MESSAGE_TOO_LARGE answer before the stream closes (docs/protocol.md#server-rules: a clear error code)");
     assert_eq!(R::try_from(r.code), Ok(R::MessageTooLarge), "{r:?}");
     server.shutdown().await;
 }

@@ -24,6 +24,12 @@
 //! Fuzzing needs the nightly toolchain and `cargo-fuzz`; `fuzz` installs `cargo-fuzz` (from
 //! crates.io, `--locked`) when it is missing, `ci` does the same when nightly is present and
 //! skips fuzzing with a note when it is not.
+//!
+//! The tidy checks of the source tree (`tidy.rs`: module doc lines, a sans-IO core, documentation
+//! references that resolve) are tests of this crate, so `cargo test` runs them.
+
+#[cfg(test)]
+mod tidy;
 
 mod compare_sip;
 

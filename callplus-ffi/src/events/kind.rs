@@ -7,7 +7,7 @@ use callplus_media::MediaEvent;
 
 use crate::ffi::PanicDefault;
 
-/// What an event is about (SPEC §4 and the connection's state). The accessors that apply to
+/// What an event is about ([events](docs/protocol.md#events) and the connection's state). The accessors that apply to
 /// each kind are listed on it; the others return NULL / 0 / false / NONE.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

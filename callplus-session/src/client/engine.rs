@@ -37,7 +37,7 @@ pub(super) const MIN_HEARTBEAT_MS: u32 = 500;
 /// at once.
 pub(super) const ACK_EVERY: u32 = 32;
 /// Otherwise a received frame is acked within this delay (by whatever frame goes out first, or
-/// a Ping): the server learns quickly that an invitation reached this device (SPEC §9.1) and
+/// a Ping): the server learns quickly that an invitation reached this device ([delivery states](docs/protocol.md#delivery-states)) and
 /// can drop its copy.
 pub(super) const ACK_DELAY_MS: i64 = 25;
 
@@ -78,8 +78,8 @@ impl EndedCalls {
 /// The sans-IO client: one per device connection, driven by the async client (or a test).
 ///
 /// It speaks the signalling protocol (Hello / Welcome, numbered and acked frames, resume,
-/// heartbeats), validates the SPEC §3 operations locally, keeps the device's call sessions and
-/// turns server frames into the SPEC §4 events. It never reads a clock, opens a socket or
+/// heartbeats), validates the [client operations](docs/protocol.md#client-operations) locally, keeps the device's call sessions and
+/// turns server frames into the [events](docs/protocol.md#events). It never reads a clock, opens a socket or
 /// panics on server input: time comes in as `now_ms` (see "Time" below) and everything
 /// it wants done comes out of the `poll_*` methods.
 ///

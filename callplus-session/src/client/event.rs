@@ -1,4 +1,4 @@
-//! What the client engine tells the app (SPEC §4) and the state of its connection.
+//! What the client engine tells the app ([events](docs/protocol.md#events)) and the state of its connection.
 
 use crate::error::Error;
 use crate::model::ids::{CallId, TransactionId, UserId};

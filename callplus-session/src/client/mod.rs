@@ -1,4 +1,4 @@
-//! The client engine: what the SDK does on each API call and each inbound frame (SPEC §3, §4).
+//! The client engine: what the SDK does on each API call and each inbound frame ([operations](docs/protocol.md#client-operations), [events](docs/protocol.md#events)).
 //!
 //! [`ClientEngine`] is a sans-IO state machine, one per device connection, in the style of
 //! `quinn-proto` and `str0m`: the async client (`callplus-signal`) or a test feeds it transport

@@ -1,4 +1,4 @@
-//! The SPEC §3 operations: local validation, then a request frame.
+//! The [client operations](docs/protocol.md#client-operations): local validation, then a request frame.
 
 use crate::error::{Code, Error};
 use crate::limits;
@@ -402,7 +402,7 @@ impl ClientEngine {
         Ok(self.send_request(now_ms, Op::Plain, request, false))
     }
 
-    /// Asks for a call's current state (SPEC §9.2: "is this call still ringing?"). Any call
+    /// Asks for a call's current state ([call state query](docs/protocol.md#call-state-query): "is this call still ringing?"). Any call
     /// this user is or was invited to; a live session is refreshed from the answer (and ends
     /// if the answer says it is over).
     pub fn get_call(&mut self, now_ms: i64, call_id: &CallId) -> Result<RequestId, Error> {

@@ -314,7 +314,7 @@ pub enum ResponseBody {
     Calls(Vec<CallInfo>),
 }
 
-/// Something a device is told (SPEC §4).
+/// Something a device is told (docs/protocol.md#events).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// This user is invited.

@@ -9,7 +9,7 @@ pub type PushConfig = callplus_proto::v1::PushConfig;
 /// A STUN/TURN server handed to clients.
 pub type IceServer = callplus_proto::v1::IceServer;
 
-/// One device of a callee and how far the invitation got to it (SPEC §9.1).
+/// One device of a callee and how far the invitation got to it (docs/protocol.md#delivery-states).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceLeg {
     /// The device.

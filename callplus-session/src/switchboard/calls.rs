@@ -33,8 +33,8 @@ fn find<'a>(
     ctx: &Ctx,
     id: &CallId,
 ) -> Result<(&'a mut Call, usize), Error> {
-    // A stranger is told exactly what a missing call gets, so call ids cannot be probed (SPEC §5:
-    // no user learns about calls they are not in).
+    // A stranger is told exactly what a missing call gets, so call ids cannot be probed
+    // (docs/protocol.md#server-rules: no user learns about calls they are not in).
     let call = calls
         .get_mut(id)
         .filter(|c| c.app == ctx.app && c.index_of(&ctx.user).is_some())
@@ -81,7 +81,7 @@ fn notify(net: &mut Net, call: &Call, to: impl Fn(usize, &Party) -> bool, event:
     }
 }
 
-/// Tells the inviter of participant `idx` how far the invitation got (SPEC §9.1).
+/// Tells the inviter of participant `idx` how far the invitation got (docs/protocol.md#delivery-states).
 fn notify_inviter(net: &mut Net, call: &Call, idx: usize) {
     let Some(party) = call.party(idx) else { return };
     let inviter = party.inviter.as_ref().unwrap_or(&call.creator);
@@ -197,7 +197,8 @@ impl Switchboard {
     }
 
     /// Whether `user` has a live leg (connected, or dialing) in another unended call, held by a
-    /// live device session (SPEC §9.3: a crashed app never makes its user look busy).
+    /// live device session (docs/protocol.md#busy-and-liveness: a crashed app never makes its
+    /// user look busy).
     fn is_busy(&self, ctx: &Ctx, user: &UserId, except: Option<&CallId>) -> bool {
         let Some(entry) = self.net.user(&ctx.app, user) else { return false };
         entry.calls.iter().filter(|id| Some(*id) != except).any(|id| {
@@ -825,8 +826,8 @@ impl Switchboard {
         if call.is_ended() || !party.state.is_ringing() || party.ring_deadline != Some(at) {
             return;
         }
-        // SPEC §9.1: a callee no device of whom was reached (and who was not pushed) is
-        // unreachable, which is not the same as not answering.
+        // docs/protocol.md#delivery-states: a callee no device of whom was reached (and who was
+        // not pushed) is unreachable, which is not the same as not answering.
         let reason =
             if party.delivery == Delivery::Unreachable { EndReason::Offline } else { EndReason::NoResponse };
         self.leave(now, id, idx, reason, None, reason);

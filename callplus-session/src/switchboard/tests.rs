@@ -3,11 +3,12 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::error::{Code, Error};
 use crate::model::ids::TransactionId;
 use crate::model::kinds::{
-    CallType, ChangeMediaTypeResult, Direction, MediaKind, MediaType, ParticipantState,
+    CallType, ChangeMediaTypeResult, Delivery, Direction, MediaKind, MediaType, ParticipantState,
 };
-use crate::model::message::{MediaPayload, Request, Resume, StartCall};
+use crate::model::message::{ClientBody, MediaPayload, Request, Resume, StartCall};
 use crate::model::snapshot::CallRecord;
 
 fn ok<T>(r: Result<T, Error>) -> T {
@@ -386,7 +387,7 @@ fn one_to_one_accept_and_hangup() {
     assert!(out.iter().any(|o| matches!(o, Output::ForgetCall { call_id, .. } if call_id == &id)));
     assert_eq!(h.sb.live_calls(), 0);
     assert!(!h.sb.is_call_live(&app(), &id));
-    // Ended calls stay visible to participants for a while (SPEC §9.2).
+    // Ended calls stay visible to participants for a while (docs/protocol.md#call-state-query).
     assert!(
         matches!(h.req(b, Request::GetCall { call_id: id.clone() }), Ok(ResponseBody::Call(c)) if c.is_ended())
     );

@@ -28,7 +28,7 @@ pub(crate) fn user_list(ids: &[String]) -> Result<Vec<UserId>, Error> {
     }
     let mut out: Vec<UserId> = Vec::with_capacity(ids.len());
     for id in ids {
-        // SPEC §3: bad ids in a call's user list are a PARAM_ERROR.
+        // docs/protocol.md#client-operations: bad ids in a call's user list are a PARAM_ERROR.
         let user = UserId::new(id).map_err(|e| Error::new(Code::ParamError, e.message))?;
         if out.contains(&user) {
             return Err(Error::new(Code::UserListInvalid, format!("user {user} is listed twice")));

@@ -1,0 +1,233 @@
+//! The delivery half of the switchboard ([`Net`]): device sessions by connection, presence and
+//! the per-user call index, and the output queue every frame goes through.
+
+use std::collections::HashMap;
+
+use super::fasthash::FastMap;
+use super::queue::Outputs;
+
+use crate::call::SessionKey;
+use crate::error::Error;
+use crate::model::ids::{AppKey, CallId, UserId};
+use crate::model::message::{Event, Response, ResponseBody, ServerBody, ServerFrame};
+
+use super::output::{ConnId, Output};
+
+use super::session::Session;
+
+/// What the switchboard knows about one user.
+#[derive(Debug, Default)]
+pub(super) struct UserEntry {
+    /// The user's device sessions (live, or stale and still resumable).
+    pub(super) sessions: Vec<SessionKey>,
+    /// Unended calls the user is (or was) a participant of.
+    pub(super) calls: Vec<CallId>,
+}
+
+/// A user's live device sessions (a few, kept inline).
+#[derive(Debug, Default)]
+pub(super) struct Devices {
+    pub(super) inline: [SessionKey; 4],
+    pub(super) n: usize,
+    pub(super) spill: Vec<SessionKey>,
+}
+
+impl Devices {
+    pub(super) fn push(&mut self, sk: SessionKey) {
+        match self.inline.get_mut(self.n) {
+            Some(slot) => {
+                *slot = sk;
+                self.n += 1;
+            }
+            None => self.spill.push(sk),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.n + self.spill.len()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = SessionKey> + '_ {
+        self.inline.iter().take(self.n).chain(&self.spill).copied()
+    }
+}
+
+/// from the calls so a handler can hold a call and send at the same time.
+#[derive(Debug)]
+pub(super) struct Net {
+    pub(super) sessions: FastMap<SessionKey, Session>,
+    pub(super) conns: FastMap<ConnId, SessionKey>,
+    /// Presence and the per-user call index, by app then user. User ids come from clients, so
+    /// the inner maps keep the standard keyed hasher.
+    pub(super) users: FastMap<AppKey, HashMap<UserId, UserEntry>>,
+    pub(super) outputs: Outputs,
+    /// Sessions dropped while frames of theirs wait in `outputs`; kept until the queue drains.
+    pub(super) graveyard: FastMap<SessionKey, Session>,
+    pub(super) to_drop: Vec<SessionKey>,
+    pub(super) max_unacked: usize,
+    /// While shutting down, user events are stored rather than sent.
+    pub(super) store_user_events: bool,
+}
+
+/// Queues a reliable frame on a session (and transmits it when connected). A free function so
+/// callers can hold other parts of [`Net`] at the same time.
+#[inline]
+pub(super) fn push_frame(
+    sessions: &mut FastMap<SessionKey, Session>,
+    outputs: &mut Outputs,
+    to_drop: &mut Vec<SessionKey>,
+    max_unacked: usize,
+    sk: SessionKey,
+    body: ServerBody,
+) -> Option<u64> {
+    let s = sessions.get_mut(&sk)?;
+    let seq = s.outbox.next_seq();
+    let ack = s.ack();
+    s.outbox.push(Box::new(ServerFrame { seq, ack, body }));
+    if let Some(conn) = s.conn {
+        outputs.frame(conn, sk, seq, s.epoch);
+    }
+    if s.outbox.len() > max_unacked && !to_drop.contains(&sk) {
+        to_drop.push(sk);
+    }
+    Some(seq)
+}
+
+impl Net {
+    pub(super) fn push_body(&mut self, sk: SessionKey, body: ServerBody) -> Option<u64> {
+        push_frame(&mut self.sessions, &mut self.outputs, &mut self.to_drop, self.max_unacked, sk, body)
+    }
+
+    pub(super) fn send(&mut self, sk: SessionKey, event: Event) {
+        self.push_body(sk, ServerBody::Event(event));
+    }
+
+    /// Sends one event to several sessions.
+    pub(super) fn send_all(&mut self, sks: &[SessionKey], event: Event) {
+        let mut event = Some(event);
+        let n = sks.len();
+        for (i, &sk) in sks.iter().enumerate() {
+            let e = if i + 1 == n { event.take() } else { event.clone() };
+            if let Some(e) = e {
+                self.send(sk, e);
+            }
+        }
+    }
+
+    pub(super) fn respond(&mut self, sk: SessionKey, request_id: u64, result: Result<ResponseBody, Error>) {
+        if request_id == 0 {
+            return;
+        }
+        self.push_body(sk, ServerBody::Response(Response { request_id, result }));
+    }
+
+    /// An unsequenced frame (Welcome, Pong, Kicked), transmitted only when connected.
+    pub(super) fn unsequenced(&mut self, sk: SessionKey, body: ServerBody) {
+        if let Some(s) = self.sessions.get(&sk)
+            && let Some(conn) = s.conn
+        {
+            let frame = ServerFrame { seq: 0, ack: s.ack(), body };
+            self.outputs.push_back(Output::Transmit { conn, frame });
+        }
+    }
+
+    pub(super) fn is_live(&self, sk: SessionKey) -> bool {
+        self.sessions.get(&sk).is_some_and(|s| !s.stale)
+    }
+
+    pub(super) fn user(&self, app: &AppKey, user: &UserId) -> Option<&UserEntry> {
+        self.users.get(app)?.get(user)
+    }
+
+    pub(super) fn user_mut(&mut self, app: &AppKey, user: &UserId) -> Option<&mut UserEntry> {
+        self.users.get_mut(app)?.get_mut(user)
+    }
+
+    /// The user's entry, made if missing.
+    pub(super) fn user_entry(&mut self, app: &AppKey, user: &UserId) -> &mut UserEntry {
+        if !self.users.contains_key(app) {
+            self.users.insert(app.clone(), HashMap::new());
+        }
+        let users = self.users.entry(app.clone()).or_default();
+        if !users.contains_key(user) {
+            users.insert(user.clone(), UserEntry::default());
+        }
+        users.entry(user.clone()).or_default()
+    }
+
+    /// Forgets a user with no sessions and no calls.
+    pub(super) fn prune_user(&mut self, app: &AppKey, user: &UserId) {
+        if let Some(users) = self.users.get_mut(app) {
+            if users.get(user).is_some_and(|e| e.sessions.is_empty() && e.calls.is_empty()) {
+                users.remove(user);
+            }
+            if users.is_empty() {
+                self.users.remove(app);
+            }
+        }
+    }
+
+    /// The user's live device sessions.
+    pub(super) fn live_sessions(&self, app: &AppKey, user: &UserId) -> Vec<SessionKey> {
+        match self.user(app, user) {
+            Some(entry) => entry.sessions.iter().copied().filter(|&sk| self.is_live(sk)).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    pub(super) fn has_live_session(&self, app: &AppKey, user: &UserId) -> bool {
+        self.user(app, user).is_some_and(|e| e.sessions.iter().any(|&sk| self.is_live(sk)))
+    }
+
+    /// The user's live devices, for events that belong to the user rather than a device.
+    /// With `ended`, that call also leaves the user's call index (one lookup for both).
+    pub(super) fn user_devices(&mut self, app: &AppKey, user: &UserId, ended: Option<&CallId>) -> Devices {
+        let mut devices = Devices::default();
+        let Some(entry) = self.users.get_mut(app).and_then(|u| u.get_mut(user)) else { return devices };
+        if let Some(call) = ended {
+            entry.calls.retain(|c| c != call);
+        }
+        let prune = entry.calls.is_empty() && entry.sessions.is_empty();
+        if !self.store_user_events {
+            for &sk in &entry.sessions {
+                if self.sessions.get(&sk).is_some_and(|s| !s.stale) {
+                    devices.push(sk);
+                }
+            }
+        }
+        if prune {
+            self.prune_user(app, user);
+        }
+        devices
+    }
+
+    /// An event for a user: to each of `devices`, or stored when there is none.
+    pub(super) fn deliver(&mut self, devices: &Devices, app: &AppKey, user: &UserId, event: Event) {
+        let n = devices.len();
+        if n == 0 {
+            self.outputs.push_back(Output::StoreOffline { app: app.clone(), user: user.clone(), event });
+            return;
+        }
+        let mut event = Some(event);
+        for (i, sk) in devices.iter().enumerate() {
+            let e = if i + 1 == n { event.take() } else { event.clone() };
+            if let Some(e) = e {
+                self.send(sk, e);
+            }
+        }
+    }
+
+    pub(super) fn add_call(&mut self, app: &AppKey, user: &UserId, call: &CallId) {
+        let entry = match self.user_mut(app, user) {
+            Some(entry) => entry,
+            None => self.user_entry(app, user),
+        };
+        if !entry.calls.contains(call) {
+            entry.calls.push(call.clone());
+        }
+    }
+
+    pub(super) fn user_calls(&self, app: &AppKey, user: &UserId) -> Vec<CallId> {
+        self.user(app, user).map(|e| e.calls.clone()).unwrap_or_default()
+    }
+}
