@@ -20,7 +20,7 @@ async fn start(url: &str) -> RunningServer {
 }
 
 fn token(server: &RunningServer, user: &str) -> String {
-    let app = server.app_credentials().clone();
+    let app = server.app_credentials();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     callplus_signal::token::mint(&app.app_key, &app.app_secret, user, now, 3600).unwrap()
 }
@@ -53,7 +53,7 @@ async fn a_call_on_postgres_keeps_its_records_across_a_restart() {
     let url = support::postgres::fresh_database();
     let server = start(&url).await;
     assert!(server.created_app(), "an empty database gets the default app");
-    let app = server.app_credentials();
+    let app = server.app_credentials().clone();
     let (alice, mut alice_events) = connect(&server, "alice").await;
     let (bob, mut bob_events) = connect(&server, "bob").await;
 
@@ -67,9 +67,13 @@ async fn a_call_on_postgres_keeps_its_records_across_a_restart() {
     let connected = |e: &Event| matches!(e, Event::CallConnected { .. });
     wait_for(&mut alice_events, "alice connected", connected).await;
     wait_for(&mut bob_events, "bob connected", connected).await;
-    // The live call is in PostgreSQL while it lasts.
-    let live = server.storage().active_calls().unwrap();
-    assert!(live.iter().any(|c| c.call_id == call_id.as_str()), "{live:?}");
+    // The live call reaches PostgreSQL (written behind the call, by the storage writer).
+    let storage = server.storage();
+    let deadline = Instant::now() + WAIT;
+    while !storage.active_calls().unwrap().iter().any(|c| c.call_id == call_id.as_str()) {
+        assert!(Instant::now() < deadline, "the live call never reached PostgreSQL");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     alice.hangup(Some(&call_id)).await.expect("hangup");
     let ended = wait_for(&mut bob_events, "bob ended", |e| matches!(e, Event::CallEnded { .. })).await;
@@ -86,7 +90,7 @@ async fn a_call_on_postgres_keeps_its_records_across_a_restart() {
     // A new server on the same database: same app, same records, no call left live.
     let server = start(&url).await;
     assert!(!server.created_app());
-    assert_eq!(server.app_credentials(), app);
+    assert_eq!(server.app_credentials(), &app);
     assert!(server.storage().active_calls().unwrap().is_empty());
     let (alice, _alice_events) = connect(&server, "alice").await;
     let (bob, _bob_events) = connect(&server, "bob").await;
