@@ -81,8 +81,8 @@ async fn a_call_on_postgres_keeps_its_records_across_a_restart() {
     let record = |e: &Event| matches!(e, Event::ReceivedCallRecord(_));
     wait_for(&mut alice_events, "alice's record", record).await;
     wait_for(&mut bob_events, "bob's record", record).await;
-    assert_eq!(record_ids(&alice).await, [call_id.clone()]);
-    assert_eq!(record_ids(&bob).await, [call_id.clone()]);
+    assert_eq!(record_ids(&alice).await, std::slice::from_ref(&call_id));
+    assert_eq!(record_ids(&bob).await, std::slice::from_ref(&call_id));
     alice.disconnect().await;
     bob.disconnect().await;
     server.shutdown().await.expect("shutdown");
@@ -94,7 +94,7 @@ async fn a_call_on_postgres_keeps_its_records_across_a_restart() {
     assert!(server.storage().active_calls().unwrap().is_empty());
     let (alice, _alice_events) = connect(&server, "alice").await;
     let (bob, _bob_events) = connect(&server, "bob").await;
-    assert_eq!(record_ids(&alice).await, [call_id.clone()]);
+    assert_eq!(record_ids(&alice).await, std::slice::from_ref(&call_id));
     assert_eq!(record_ids(&bob).await, [call_id]);
     alice.disconnect().await;
     bob.disconnect().await;
