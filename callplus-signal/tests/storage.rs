@@ -622,3 +622,15 @@ fn open_rejects_a_file_in_place_of_the_directory() {
     std::fs::write(&file, b"x").unwrap();
     assert!(matches!(SqliteStorage::open(&file), Err(StorageError::Io(_))));
 }
+
+#[test]
+fn postgres_refuses_a_database_migrated_by_a_newer_version() {
+    let url = support::postgres::fresh_database();
+    drop(PostgresStorage::open(&url).unwrap());
+    let db = url.rsplit('/').next().unwrap();
+    support::postgres::server().exec(db, "INSERT INTO schema_migrations (version) VALUES (999)");
+    match PostgresStorage::open(&url) {
+        Err(StorageError::IncompatibleSchema { found: 999, supported: 1 }) => {}
+        other => panic!("expected IncompatibleSchema, got {other:?}"),
+    }
+}
