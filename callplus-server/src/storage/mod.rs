@@ -33,9 +33,10 @@ pub enum StorageError {
     /// The SQLite engine reported an error.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    /// The PostgreSQL server or its connection reported an error.
+    /// The PostgreSQL server or its connection reported an error. The text already holds its
+    /// cause, so it is not also given as the error's source (which would print it twice).
     #[error("postgres: {}", postgres_text(.0))]
-    Postgres(#[from] tokio_postgres::Error),
+    Postgres(tokio_postgres::Error),
     /// A file system operation (creating the data directory) failed.
     #[error("storage I/O: {0}")]
     Io(#[from] std::io::Error),
@@ -62,6 +63,12 @@ pub enum StorageError {
         /// The newest version this build understands.
         supported: i64,
     },
+}
+
+impl From<tokio_postgres::Error> for StorageError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StorageError::Postgres(e)
+    }
 }
 
 /// A PostgreSQL error with its cause: `tokio_postgres::Error` alone prints only its kind
