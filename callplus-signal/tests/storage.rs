@@ -1,12 +1,15 @@
-//! Storage tests: the SQLite engine and the batch writer, against real databases.
+//! Storage tests: every engine (SQLite and PostgreSQL) through the same tests, and the batch
+//! writer, against real databases.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use callplus_signal::storage::{
-    AppCredentials, BatchOp, BatchWriter, CallRow, FIRST_PAGE, OfflineRow, PageOrder, RecordPage, RecordRow,
-    SqliteStorage, Storage, StorageError, WriteOp,
+    AppCredentials, BatchOp, BatchWriter, CallRow, FIRST_PAGE, OfflineRow, PageOrder, PostgresStorage,
+    RecordPage, RecordRow, SqliteStorage, Storage, StorageError, WriteOp,
 };
 
 fn record(app: &str, owner: &str, call: &str, sync_time: i64) -> RecordRow {
@@ -42,9 +45,100 @@ fn all_pages(s: &dyn Storage, app: &str, owner: &str, order: PageOrder) -> Vec<R
     }
 }
 
-#[test]
-fn apps_roundtrip() {
-    let s = SqliteStorage::open_in_memory().unwrap();
+/// A storage engine under test: a fresh, empty database, opened (and reopened) through the
+/// engine's public constructor, plus a side door to run raw SQL on it.
+trait Engine {
+    fn open(&self) -> Arc<dyn Storage>;
+    /// Runs SQL on the database behind the storage's back (e.g. a trigger that refuses rows).
+    fn exec(&self, sqlite: &str, postgres: &str);
+}
+
+struct Sqlite(tempfile::TempDir);
+
+impl Engine for Sqlite {
+    fn open(&self) -> Arc<dyn Storage> {
+        Arc::new(SqliteStorage::open(self.0.path()).unwrap())
+    }
+    fn exec(&self, sqlite: &str, _postgres: &str) {
+        rusqlite::Connection::open(self.0.path().join("callplus.db")).unwrap().execute_batch(sqlite).unwrap();
+    }
+}
+
+struct Postgres(String);
+
+impl Engine for Postgres {
+    fn open(&self) -> Arc<dyn Storage> {
+        Arc::new(PostgresStorage::open(&self.0).unwrap())
+    }
+    fn exec(&self, _sqlite: &str, postgres: &str) {
+        let db = self.0.rsplit('/').next().unwrap();
+        support::postgres::server().exec(db, postgres);
+    }
+}
+
+/// Runs each named test once per engine: `sqlite::NAME` and `postgres::NAME`.
+macro_rules! every_engine {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(&super::Sqlite(tempfile::tempdir().unwrap()));
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                super::$name(&super::Postgres(crate::support::postgres::fresh_database()));
+            })*
+        }
+    };
+}
+
+every_engine!(
+    apps_roundtrip,
+    paging_250_records_both_orders,
+    page_size_must_be_1_to_100,
+    records_upsert_by_call,
+    delete_by_ids_and_all,
+    apps_are_isolated,
+    offline_events_keep_order,
+    active_calls_upsert_and_remove,
+    data_survives_reopening,
+    concurrent_reads_and_writes,
+    apply_batch_applies_everything_in_order,
+    apply_batch_undoes_only_the_failing_op,
+    batch_writer_10k_records_then_flush,
+    batch_writer_offline_reply_and_op_order,
+    dropping_the_writer_drains_the_queue,
+    nonces_are_claimed_once_and_kept_across_reopening,
+    the_alive_mark_is_kept_and_written_in_batches,
+);
+
+fn nonces_are_claimed_once_and_kept_across_reopening(e: &dyn Engine) {
+    {
+        let s = e.open();
+        assert!(s.claim_nonce("app_a", "n-1", 1_000, 1_600).unwrap());
+        assert!(!s.claim_nonce("app_a", "n-1", 1_001, 1_601).unwrap(), "a replay");
+        assert!(s.claim_nonce("app_b", "n-1", 1_001, 1_601).unwrap(), "nonces are per app");
+    }
+    let s = e.open();
+    assert!(!s.claim_nonce("app_a", "n-1", 1_599, 2_199).unwrap(), "still refused after reopening");
+    assert!(s.claim_nonce("app_a", "n-1", 1_600, 2_200).unwrap(), "forgotten once its time passed");
+}
+
+fn the_alive_mark_is_kept_and_written_in_batches(e: &dyn Engine) {
+    {
+        let s = e.open();
+        assert_eq!(s.alive_mark().unwrap(), None);
+        s.set_alive_mark(5_000).unwrap();
+        let results = s.apply_batch(&[BatchOp::AliveMark(7_000)]).unwrap();
+        assert!(results.iter().all(Result::is_ok));
+    }
+    assert_eq!(e.open().alive_mark().unwrap(), Some(7_000));
+}
+
+fn apps_roundtrip(e: &dyn Engine) {
+    let s = e.open();
     assert!(s.apps().unwrap().is_empty());
     s.insert_app(&app("app_one")).unwrap();
     s.insert_app(&app("app_two")).unwrap();
@@ -59,15 +153,14 @@ fn apps_roundtrip() {
     assert_eq!(s.apps().unwrap(), vec![app("app_one"), app("app_two")]);
 }
 
-#[test]
-fn paging_250_records_both_orders() {
-    let s = SqliteStorage::open_in_memory().unwrap();
+fn paging_250_records_both_orders(e: &dyn Engine) {
+    let s = e.open();
     let rows: Vec<_> = (1..=250).map(|i| record("app_a", "alice", &format!("call-{i:03}"), i)).collect();
     s.append_records(&rows).unwrap();
     // Someone else's records must not show up.
     s.append_records(&[record("app_a", "bob", "call-x", 1000)]).unwrap();
 
-    let desc = all_pages(&s, "app_a", "alice", PageOrder::Desc);
+    let desc = all_pages(s.as_ref(), "app_a", "alice", PageOrder::Desc);
     assert_eq!(desc.iter().map(|p| p.rows.len()).collect::<Vec<_>>(), [100, 100, 50]);
     assert_eq!(desc.iter().map(|p| p.has_more).collect::<Vec<_>>(), [true, true, false]);
     assert_eq!(desc.iter().map(|p| p.sync_time).collect::<Vec<_>>(), [151, 51, 1]);
@@ -75,7 +168,7 @@ fn paging_250_records_both_orders() {
     assert_eq!(times, (1..=250).rev().collect::<Vec<_>>());
     assert_eq!(desc[0].rows[0], rows[249], "bodies and ids come back intact");
 
-    let asc = all_pages(&s, "app_a", "alice", PageOrder::Asc);
+    let asc = all_pages(s.as_ref(), "app_a", "alice", PageOrder::Asc);
     assert_eq!(asc.iter().map(|p| p.rows.len()).collect::<Vec<_>>(), [100, 100, 50]);
     assert_eq!(asc.iter().map(|p| p.has_more).collect::<Vec<_>>(), [true, true, false]);
     assert_eq!(asc.iter().map(|p| p.sync_time).collect::<Vec<_>>(), [100, 200, 250]);
@@ -96,9 +189,8 @@ fn paging_250_records_both_orders() {
     assert_eq!(mid.sync_time, 7);
 }
 
-#[test]
-fn page_size_must_be_1_to_100() {
-    let s = SqliteStorage::open_in_memory().unwrap();
+fn page_size_must_be_1_to_100(e: &dyn Engine) {
+    let s = e.open();
     for count in [0, 101, u32::MAX] {
         assert!(
             matches!(
@@ -115,9 +207,8 @@ fn page_size_must_be_1_to_100() {
     }
 }
 
-#[test]
-fn records_upsert_by_call() {
-    let s = SqliteStorage::open_in_memory().unwrap();
+fn records_upsert_by_call(e: &dyn Engine) {
+    let s = e.open();
     s.append_records(&[record("a", "alice", "c1", 1), record("a", "alice", "c2", 2)]).unwrap();
     let mut updated = record("a", "alice", "c1", 3);
     updated.body = b"final".to_vec();
@@ -126,9 +217,8 @@ fn records_upsert_by_call() {
     assert_eq!(page.rows, vec![updated, record("a", "alice", "c2", 2)]);
 }
 
-#[test]
-fn delete_by_ids_and_all() {
-    let s = SqliteStorage::open_in_memory().unwrap();
+fn delete_by_ids_and_all(e: &dyn Engine) {
+    let s = e.open();
     let rows: Vec<_> = (1..=5).map(|i| record("a", "alice", &format!("c{i}"), i)).collect();
     s.append_records(&rows).unwrap();
     s.append_records(&[record("a", "bob", "c1", 10)]).unwrap();
@@ -148,9 +238,8 @@ fn delete_by_ids_and_all() {
     assert_eq!(s.max_sync_time().unwrap(), 10);
 }
 
-#[test]
-fn apps_are_isolated() {
-    let s = SqliteStorage::open_in_memory().unwrap();
+fn apps_are_isolated(e: &dyn Engine) {
+    let s = e.open();
     s.append_records(&[
         record("app_a", "alice", "c1", 1),
         record("app_b", "alice", "c1", 2),
@@ -175,9 +264,8 @@ fn apps_are_isolated() {
     assert_eq!(a_events[0].body, b"a");
 }
 
-#[test]
-fn offline_events_keep_order() {
-    let s = SqliteStorage::open_in_memory().unwrap();
+fn offline_events_keep_order(e: &dyn Engine) {
+    let s = e.open();
     assert_eq!(s.max_sync_time().unwrap(), 0);
     assert!(s.offline_events("a", "alice").unwrap().is_empty());
     let first = s.enqueue_offline("a", "alice", &[b"e1".to_vec(), b"e2".to_vec(), b"e3".to_vec()]).unwrap();
@@ -204,9 +292,8 @@ fn offline_events_keep_order() {
     assert_eq!(s.offline_events("a", "bob").unwrap().len(), 1);
 }
 
-#[test]
-fn active_calls_upsert_and_remove() {
-    let s = SqliteStorage::open_in_memory().unwrap();
+fn active_calls_upsert_and_remove(e: &dyn Engine) {
+    let s = e.open();
     s.put_active_calls(&[call("a", "c1", b"v1"), call("a", "c2", b"v1"), call("b", "c1", b"v1")]).unwrap();
     s.put_active_calls(&[call("a", "c1", b"v2")]).unwrap();
     assert_eq!(
@@ -217,13 +304,10 @@ fn active_calls_upsert_and_remove() {
     assert_eq!(s.active_calls().unwrap(), vec![call("a", "c2", b"v1"), call("b", "c1", b"v1")]);
 }
 
-#[test]
-fn data_survives_reopening() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("nested").join("data");
+fn data_survives_reopening(e: &dyn Engine) {
     let offline_ids;
     {
-        let s = SqliteStorage::open(&data_dir).unwrap();
+        let s = e.open();
         s.insert_app(&app("app_p")).unwrap();
         s.append_records(&[record("app_p", "alice", "c1", 41), record("app_p", "alice", "c2", 42)]).unwrap();
         s.delete_records("app_p", "alice", &["c2".into()]).unwrap();
@@ -232,9 +316,8 @@ fn data_survives_reopening() {
         // The read connections see committed writes.
         assert_eq!(s.apps().unwrap(), vec![app("app_p")]);
     }
-    assert!(data_dir.join("callplus.db").exists());
 
-    let s = SqliteStorage::open(&data_dir).unwrap();
+    let s = e.open();
     assert_eq!(s.apps().unwrap(), vec![app("app_p")]);
     let page = s.page_records("app_p", "alice", FIRST_PAGE, 10, PageOrder::Desc).unwrap();
     assert_eq!(page.rows, vec![record("app_p", "alice", "c1", 41)]);
@@ -252,9 +335,16 @@ fn data_survives_reopening() {
 }
 
 #[test]
-fn concurrent_reads_and_writes_on_a_file_database() {
+fn sqlite_creates_its_data_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Arc::new(SqliteStorage::open(dir.path()).unwrap());
+    let data_dir = dir.path().join("nested").join("data");
+    SqliteStorage::open(&data_dir).unwrap().insert_app(&app("app_p")).unwrap();
+    assert!(data_dir.join("callplus.db").exists());
+    assert_eq!(SqliteStorage::open(&data_dir).unwrap().apps().unwrap(), vec![app("app_p")]);
+}
+
+fn concurrent_reads_and_writes(e: &dyn Engine) {
+    let s = e.open();
     let writer = {
         let s = Arc::clone(&s);
         std::thread::spawn(move || {
@@ -293,9 +383,8 @@ fn concurrent_reads_and_writes_on_a_file_database() {
     assert_eq!(pages.iter().map(|p| p.rows.len()).sum::<usize>(), 2000);
 }
 
-#[test]
-fn sqlite_apply_batch_applies_everything_in_order() {
-    let s = SqliteStorage::open_in_memory().unwrap();
+fn apply_batch_applies_everything_in_order(e: &dyn Engine) {
+    let s = e.open();
     let ops = vec![
         BatchOp::Records(vec![record("a", "u", "c1", 1)]),
         BatchOp::Offline {
@@ -331,18 +420,17 @@ fn sqlite_apply_batch_applies_everything_in_order() {
     assert_eq!(events[0].body, b"y");
 }
 
-#[test]
-fn sqlite_apply_batch_undoes_only_the_failing_op() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStorage::open(dir.path()).unwrap();
-    // A second connection makes SQLite itself refuse one record, as a full disk or a broken
-    // row would, in the middle of a batch.
-    let side = rusqlite::Connection::open(dir.path().join("callplus.db")).unwrap();
-    side.execute_batch(
+fn apply_batch_undoes_only_the_failing_op(e: &dyn Engine) {
+    let s = e.open();
+    // The database itself refuses one record, as a full disk or a broken row would, in the
+    // middle of a batch.
+    e.exec(
         "CREATE TRIGGER refuse_boom BEFORE INSERT ON records WHEN NEW.call_id = 'boom'
          BEGIN SELECT RAISE(ABORT, 'boom refused'); END",
-    )
-    .unwrap();
+        "CREATE FUNCTION refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.call_id = 'boom' THEN RAISE EXCEPTION 'boom refused'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER refuse_boom BEFORE INSERT ON records FOR EACH ROW EXECUTE FUNCTION refuse_boom();",
+    );
     let ops = vec![
         BatchOp::Records(vec![record("a", "u", "c1", 1)]),
         BatchOp::PutCalls(vec![call("a", "c1", b"live")]),
@@ -385,10 +473,8 @@ fn batch_writer_skips_snapshots_replaced_in_the_same_batch() {
     assert_eq!(storage.active_calls().unwrap(), vec![call("b", "long", b"ringing")]);
 }
 
-#[test]
-fn batch_writer_10k_records_then_flush() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Arc::new(SqliteStorage::open(dir.path()).unwrap());
+fn batch_writer_10k_records_then_flush(e: &dyn Engine) {
+    let storage = e.open();
     let writer = BatchWriter::spawn(storage.clone());
     for i in 1..=10_000 {
         let owner = format!("user{}", i % 10);
@@ -404,14 +490,13 @@ fn batch_writer_10k_records_then_flush() {
 
     // Committed to disk: a fresh open sees it all.
     drop(storage);
-    let reopened = SqliteStorage::open(dir.path()).unwrap();
-    let pages = all_pages(&reopened, "a", "user3", PageOrder::Asc);
+    let reopened = e.open();
+    let pages = all_pages(reopened.as_ref(), "a", "user3", PageOrder::Asc);
     assert_eq!(pages.iter().map(|p| p.rows.len()).sum::<usize>(), 1000);
 }
 
-#[test]
-fn batch_writer_offline_reply_and_op_order() {
-    let storage = Arc::new(SqliteStorage::open_in_memory().unwrap());
+fn batch_writer_offline_reply_and_op_order(e: &dyn Engine) {
+    let storage = e.open();
     let writer = BatchWriter::spawn(storage.clone());
     let (tx, rx) = mpsc::channel();
     for n in 0..3u8 {
@@ -446,9 +531,8 @@ fn batch_writer_offline_reply_and_op_order() {
     assert_eq!(storage.offline_events("a", "alice").unwrap().len(), 2);
 }
 
-#[test]
-fn dropping_the_writer_drains_the_queue() {
-    let storage = Arc::new(SqliteStorage::open_in_memory().unwrap());
+fn dropping_the_writer_drains_the_queue(e: &dyn Engine) {
+    let storage = e.open();
     let writer = BatchWriter::spawn(storage.clone());
     for i in 1..=500 {
         writer.submit(WriteOp::Records(vec![record("a", "u", &format!("c{i}"), i)]));
@@ -613,4 +697,16 @@ fn a_version_1_database_is_upgraded_and_keeps_its_data() {
     assert_eq!(s.apps().unwrap(), vec![app("app_one")]);
     assert!(s.claim_nonce("app_one", "n", 1, 100).unwrap());
     assert!(!s.claim_nonce("app_one", "n", 2, 100).unwrap());
+}
+
+#[test]
+fn postgres_refuses_a_database_migrated_by_a_newer_version() {
+    let url = support::postgres::fresh_database();
+    drop(PostgresStorage::open(&url).unwrap());
+    let db = url.rsplit('/').next().unwrap();
+    support::postgres::server().exec(db, "INSERT INTO schema_migrations (version) VALUES (999)");
+    match PostgresStorage::open(&url) {
+        Err(StorageError::IncompatibleSchema { found: 999, supported: 2 }) => {}
+        other => panic!("expected IncompatibleSchema, got {other:?}"),
+    }
 }

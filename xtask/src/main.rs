@@ -38,8 +38,9 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 /// Debian packages the workspace needs at build or test time: the media crate links libopus and
-/// libvpx (found with pkg-config); the C example test runs under valgrind.
-const SYSTEM_PACKAGES: &[&str] = &["libopus-dev", "libvpx-dev", "pkg-config", "valgrind"];
+/// libvpx (found with pkg-config); the C example test runs under valgrind; the storage tests
+/// start their own PostgreSQL server from the `postgresql` package's binaries.
+const SYSTEM_PACKAGES: &[&str] = &["libopus-dev", "libvpx-dev", "pkg-config", "valgrind", "postgresql"];
 
 /// Default run time of each fuzz target for `cargo xtask fuzz`.
 const DEFAULT_FUZZ_SECONDS: u64 = 30;

@@ -55,7 +55,7 @@ pub use push::{PushPayload, push_config_json};
 pub use tls::ServerTls;
 pub use websocket::{PATH as WEBSOCKET_PATH, SUBPROTOCOL as WEBSOCKET_SUBPROTOCOL};
 
-use crate::storage::{BatchWriter, SqliteStorage, Storage, StorageError, WriteOp};
+use crate::storage::{BatchWriter, PostgresStorage, SqliteStorage, Storage, StorageError, WriteOp};
 use crate::token::{self, AppCredentials};
 use driver::{Driver, DriverHandle, Input};
 
@@ -114,6 +114,7 @@ impl Server {
 enum StorageSpec {
     DataDir(PathBuf),
     InMemory,
+    Postgres(String),
     Custom(Arc<dyn Storage>),
 }
 
@@ -165,6 +166,13 @@ impl ServerBuilder {
     /// Stores everything in a private in-memory database (lost at shutdown; for tests).
     pub fn in_memory(mut self) -> Self {
         self.storage = StorageSpec::InMemory;
+        self
+    }
+
+    /// Stores everything in the PostgreSQL database at `url` (migrated at start) instead of
+    /// SQLite.
+    pub fn postgres(mut self, url: impl Into<String>) -> Self {
+        self.storage = StorageSpec::Postgres(url.into());
         self
     }
 
@@ -274,6 +282,9 @@ impl ServerBuilder {
                 (Arc::new(opened), Some(dir))
             }
             StorageSpec::InMemory => (Arc::new(SqliteStorage::open_in_memory()?), None),
+            StorageSpec::Postgres(url) => {
+                (Arc::new(blocking(move || PostgresStorage::open(&url)).await??), None)
+            }
             StorageSpec::Custom(s) => (s, None),
         };
         let create = options.create_default_app;

@@ -3,19 +3,22 @@
 //!
 //! Storage is bytes-oriented: the server stores protobuf-encoded records and events as opaque
 //! blobs, and only the columns it looks things up by are typed. This keeps storage independent
-//! of the message types, and lets other engines (PostgreSQL) implement [`Storage`] later.
+//! of the message types, and lets other engines implement [`Storage`] with the same tests.
 //!
-//! [`SqliteStorage`] is the default, embedded engine. [`BatchWriter`] moves writes onto a
+//! [`SqliteStorage`] is the default, embedded engine; [`PostgresStorage`] keeps the same tables
+//! on a PostgreSQL server (`serve --postgres URL`). [`BatchWriter`] moves writes onto a
 //! dedicated thread that commits everything queued in one transaction, so storage never caps
 //! call throughput.
 //!
 //! Everything is isolated by `app_key`: no method ever returns another app's rows.
 
+mod postgres;
 mod sqlite;
 mod write_queue;
 mod writer;
 
 pub use crate::token::AppCredentials;
+pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
 pub use writer::{BatchWriter, DEFAULT_COMMIT_DELAY, OfflineReply, WriteOp};
 
@@ -31,6 +34,10 @@ pub enum StorageError {
     /// The SQLite engine reported an error.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The PostgreSQL server or its connection reported an error. The text already holds its
+    /// cause, so it is not also given as the error's source (which would print it twice).
+    #[error("postgres: {}", postgres_text(.0))]
+    Postgres(tokio_postgres::Error),
     /// A file system operation (creating the data directory) failed.
     #[error("storage I/O: {0}")]
     Io(#[from] std::io::Error),
@@ -57,6 +64,21 @@ pub enum StorageError {
         /// The newest version this build understands.
         supported: i64,
     },
+}
+
+impl From<tokio_postgres::Error> for StorageError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StorageError::Postgres(e)
+    }
+}
+
+/// A PostgreSQL error with its cause: `tokio_postgres::Error` alone prints only its kind
+/// ("db error"), not the server's message.
+fn postgres_text(e: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 /// One user's record of one call (a protobuf-encoded call record in `body`).

@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Data directory (SQLite database, created if missing).
     #[arg(long, env = "CALLPLUS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+    /// Keep durable data in this PostgreSQL database (`postgres://USER:PASSWORD@HOST:PORT/DB`)
+    /// instead of SQLite in `--data-dir`; its tables are created or migrated at start.
+    #[arg(long, env = "CALLPLUS_POSTGRES", value_name = "URL")]
+    pub postgres: Option<String>,
     /// Default ring timeout of a call (0 = ring until answered or cancelled).
     #[arg(long, env = "CALLPLUS_RING_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub ring_timeout: Duration,
@@ -175,8 +179,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         push_attempts: args.push_attempts.max(1),
         ..ServerOptions::default()
     };
-    let mut builder =
-        Server::builder().data_dir(&args.data_dir).listen(&args.listen).config(config).options(options);
+    let mut builder = Server::builder().listen(&args.listen).config(config).options(options);
+    builder = match &args.postgres {
+        Some(url) => builder.postgres(url),
+        None => builder.data_dir(&args.data_dir),
+    };
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let tls = ServerTls::from_files(cert, key)?;
         if args.admin_tls {
@@ -201,7 +208,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => println!("  admin API:        off"),
     }
-    println!("  data directory:   {data_dir}");
+    if args.postgres.is_some() {
+        println!("  storage:          PostgreSQL");
+    } else {
+        println!("  data directory:   {data_dir}");
+    }
     let app = server.app_credentials();
     if server.created_app() {
         println!();
@@ -213,7 +224,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     println!();
     println!("Get a token for a user with:");
-    let dir_flag = if args.data_dir.as_os_str() == DEFAULT_DATA_DIR {
+    let dir_flag = if args.postgres.is_some() {
+        format!(" --app-key {} --app-secret <the app secret>", app.app_key)
+    } else if args.data_dir.as_os_str() == DEFAULT_DATA_DIR {
         String::new()
     } else {
         format!(" --data-dir {}", shell_quote(&data_dir.to_string()))

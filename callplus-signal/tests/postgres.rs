@@ -1,0 +1,102 @@
+//! The server on PostgreSQL end to end: a real server on a throw-away PostgreSQL on 127.0.0.1,
+//! a 1:1 call between two clients, and its records still there after the server restarts.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use callplus_session::client::CallOptions;
+use callplus_session::{CallId, CallType, EndReason, MediaType, RecordOrder};
+use callplus_signal::client::{Client, ClientOptions, Event, EventStream};
+use callplus_signal::server::{RunningServer, Server};
+use tokio::time::{Instant, timeout_at};
+
+/// Upper bound for any single wait.
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn start(url: &str) -> RunningServer {
+    Server::builder().postgres(url).listen("127.0.0.1:0").no_admin().start().await.expect("server starts")
+}
+
+fn token(server: &RunningServer, user: &str) -> String {
+    let app = server.app_credentials();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    callplus_signal::token::mint(&app.app_key, &app.app_secret, user, now, 3600).unwrap()
+}
+
+async fn connect(server: &RunningServer, user: &str) -> (Client, EventStream) {
+    let url = format!("http://{}", server.grpc_addr());
+    Client::connect(&url, &token(server, user), ClientOptions::default()).await.expect("connects")
+}
+
+/// Takes events until one matches `pred`, within [`WAIT`].
+async fn wait_for(events: &mut EventStream, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match timeout_at(deadline, events.next()).await {
+            Ok(Some(event)) if pred(&event) => return event,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("stream ended waiting for {what}"),
+            Err(_) => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+async fn record_ids(client: &Client) -> Vec<CallId> {
+    let page = client.get_call_records(-1, 10, RecordOrder::Desc).await.expect("records");
+    page.records.into_iter().map(|r| r.call.call_id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_on_postgres_keeps_its_records_across_a_restart() {
+    let url = support::postgres::fresh_database();
+    let server = start(&url).await;
+    assert!(server.created_app(), "an empty database gets the default app");
+    let app = server.app_credentials().clone();
+    let (alice, mut alice_events) = connect(&server, "alice").await;
+    let (bob, mut bob_events) = connect(&server, "bob").await;
+
+    let call = alice
+        .start_call(&["bob"], CallType::Single, MediaType::Audio, CallOptions::default())
+        .await
+        .expect("start_call");
+    let call_id = call.call_id().clone();
+    wait_for(&mut bob_events, "the call", |e| matches!(e, Event::ReceivedCall { .. })).await;
+    bob.accept(&call_id).await.expect("accept");
+    let connected = |e: &Event| matches!(e, Event::CallConnected { .. });
+    wait_for(&mut alice_events, "alice connected", connected).await;
+    wait_for(&mut bob_events, "bob connected", connected).await;
+    // The live call reaches PostgreSQL (written behind the call, by the storage writer).
+    let storage = server.storage();
+    let deadline = Instant::now() + WAIT;
+    while !storage.active_calls().unwrap().iter().any(|c| c.call_id == call_id.as_str()) {
+        assert!(Instant::now() < deadline, "the live call never reached PostgreSQL");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    alice.hangup(Some(&call_id)).await.expect("hangup");
+    let ended = wait_for(&mut bob_events, "bob ended", |e| matches!(e, Event::CallEnded { .. })).await;
+    assert!(matches!(ended, Event::CallEnded { reason: EndReason::RemoteHangup, .. }), "{ended:?}");
+    let record = |e: &Event| matches!(e, Event::ReceivedCallRecord(_));
+    wait_for(&mut alice_events, "alice's record", record).await;
+    wait_for(&mut bob_events, "bob's record", record).await;
+    assert_eq!(record_ids(&alice).await, std::slice::from_ref(&call_id));
+    assert_eq!(record_ids(&bob).await, std::slice::from_ref(&call_id));
+    alice.disconnect().await;
+    bob.disconnect().await;
+    server.shutdown().await.expect("shutdown");
+
+    // A new server on the same database: same app, same records, no call left live.
+    let server = start(&url).await;
+    assert!(!server.created_app());
+    assert_eq!(server.app_credentials(), &app);
+    assert!(server.storage().active_calls().unwrap().is_empty());
+    let (alice, _alice_events) = connect(&server, "alice").await;
+    let (bob, _bob_events) = connect(&server, "bob").await;
+    assert_eq!(record_ids(&alice).await, std::slice::from_ref(&call_id));
+    assert_eq!(record_ids(&bob).await, [call_id]);
+    alice.disconnect().await;
+    bob.disconnect().await;
+    server.shutdown().await.expect("shutdown");
+}
