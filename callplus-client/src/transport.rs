@@ -15,9 +15,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::error_chain;
 use crate::{Error, TlsOptions};
 use callplus_session::Code;
+use callplus_session::error::error_chain;
 
 /// Largest server frame the client accepts (records pages and call lists are the big ones).
 pub(crate) const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;

@@ -180,6 +180,25 @@ impl From<Code> for Error {
     }
 }
 
+/// An error and its sources on one line (`outer: inner: root`). Transport and database errors
+/// (gRPC, TLS, PostgreSQL) keep the useful part, such as "invalid peer certificate", in
+/// a source, so the drivers log and report the whole chain.
+///
+/// ```
+/// let io = std::io::Error::other("connection refused");
+/// assert_eq!(callplus_session::error::error_chain(&io), "connection refused");
+/// ```
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +212,15 @@ mod tests {
         assert_eq!(Code::from_number(80007), Some(Code::UserListInvalid));
         assert_eq!(Code::from_number(0), None);
         assert_eq!(Code::from_number(12345), Some(Code::Internal));
+    }
+
+    #[test]
+    fn an_error_chain_names_every_source_outermost_first() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot connect")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("invalid peer certificate"));
+        assert_eq!(super::error_chain(&e), "cannot connect: invalid peer certificate");
     }
 
     #[test]

@@ -112,13 +112,7 @@ impl WebEngine {
 
     /// The connection state's name (`"CONNECTED"`, …).
     pub fn connection_state(&self) -> String {
-        json::event(&callplus_session::client::ClientEvent::ConnectionStateChanged(
-            self.engine.connection_state(),
-        ))
-        .get("state")
-        .and_then(|s| s.as_str())
-        .unwrap_or("IDLE")
-        .to_owned()
+        json::connection_state_name(self.engine.connection_state()).to_owned()
     }
 
     /// The current call as JSON, or `None`.

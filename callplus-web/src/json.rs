@@ -57,14 +57,22 @@ fn change_result(v: ChangeMediaTypeResult) -> Value {
     short(pb::ChangeMediaTypeResult::from(v).as_str_name(), "CHANGE_MEDIA_TYPE_RESULT_")
 }
 
+/// The name a page sees for a connection state.
+pub(crate) fn connection_state_name(v: ConnectionState) -> &'static str {
+    match v {
+        ConnectionState::Idle => "IDLE",
+        ConnectionState::Connecting => "CONNECTING",
+        ConnectionState::Connected => "CONNECTED",
+        ConnectionState::Reconnecting => "RECONNECTING",
+        ConnectionState::Disconnected => "DISCONNECTED",
+        ConnectionState::Kicked(_) => "KICKED",
+    }
+}
+
 fn connection_state(v: ConnectionState) -> Value {
     match v {
-        ConnectionState::Idle => json!({ "state": "IDLE" }),
-        ConnectionState::Connecting => json!({ "state": "CONNECTING" }),
-        ConnectionState::Connected => json!({ "state": "CONNECTED" }),
-        ConnectionState::Reconnecting => json!({ "state": "RECONNECTING" }),
-        ConnectionState::Disconnected => json!({ "state": "DISCONNECTED" }),
         ConnectionState::Kicked(reason) => json!({ "state": "KICKED", "reason": end_reason(reason) }),
+        other => json!({ "state": connection_state_name(other) }),
     }
 }
 

@@ -180,7 +180,7 @@ async fn deliver(
                 tracing::warn!(attempt, status = %resp.status(), call = %request.call_id, "push webhook refused");
             }
             Err(e) => {
-                let error = crate::error_chain(&e);
+                let error = callplus_session::error::error_chain(&e);
                 tracing::warn!(attempt, %error, call = %request.call_id, "push webhook failed");
             }
         }
