@@ -406,6 +406,10 @@ typedef enum callplus_result {
      */
     CALLPLUS_RESULT_RESUME_REJECTED = 81015,
     /**
+     * The user already has as many devices connected as the server allows.
+     */
+    CALLPLUS_RESULT_TOO_MANY_DEVICES = 81016,
+    /**
      * A required pointer argument was NULL.
      */
     CALLPLUS_RESULT_NULL_PARAMETER = 89001,

@@ -79,6 +79,8 @@ pub enum callplus_result {
     InvalidState = 81014,
     /// Resume not possible.
     ResumeRejected = 81015,
+    /// The user already has as many devices connected as the server allows.
+    TooManyDevices = 81016,
     /// A required pointer argument was NULL.
     NullParameter = 89001,
     /// The library hit a bug (a Rust panic was caught at the C boundary). The object involved
@@ -118,7 +120,7 @@ impl callplus_result {
 }
 
 /// Every code, for lookups by number.
-pub(crate) const ALL: [callplus_result; 35] = {
+pub(crate) const ALL: [callplus_result; 36] = {
     use callplus_result as R;
     [
         R::Ok,
@@ -153,6 +155,7 @@ pub(crate) const ALL: [callplus_result; 35] = {
         R::CallEnded,
         R::InvalidState,
         R::ResumeRejected,
+        R::TooManyDevices,
         R::NullParameter,
         R::Panic,
         R::NoEvent,
@@ -201,7 +204,7 @@ mod tests {
                 seen += 1;
             }
         }
-        assert_eq!(seen, 31);
+        assert_eq!(seen, 32);
         assert_eq!(callplus_result::ParamError as i32, 80001);
         assert_eq!(callplus_result::SingleCallNotSupportMultiPerson as i32, 80011);
         assert_eq!(callplus_result::VideoViewNotSet as i32, 80105);

@@ -128,6 +128,8 @@ result_codes! {
     InvalidState => InvalidState, "not valid in the current state";
     /// Resume not possible.
     ResumeRejected => ResumeRejected, "session cannot be resumed";
+    /// The user already has as many devices connected as the server allows.
+    TooManyDevices => TooManyDevices, "too many devices connected for this user";
 }
 
 impl Code {

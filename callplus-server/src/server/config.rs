@@ -9,8 +9,20 @@ use callplus_session::IceServer;
 /// [`SwitchboardConfig`](callplus_session::switchboard::SwitchboardConfig)).
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// How long a new stream may take to send its Hello before it is closed.
+    /// How long a new stream may take to send its Hello before it is closed. A device-port
+    /// connection that has carried no authenticated Hello one second after this is closed
+    /// whole (plain TCP silence, an HTTP/2 preface with no stream, a slow trickle of bytes).
     pub hello_timeout: Duration,
+    /// How long an admin-port connection may take to send a complete request (from its accept,
+    /// or from the last response on it) before it is closed.
+    pub admin_request_timeout: Duration,
+    /// Most device-port connections open at once (0 = no limit); further connections wait in
+    /// the kernel's backlog until one closes. The open-file limit must leave room for them.
+    pub max_connections: usize,
+    /// Estimated bytes queued per connection before the connection is closed as too slow.
+    /// Raised to at least the switchboard's `max_unacked_bytes` + 1 MiB so a resume's replay
+    /// always fits.
+    pub outbound_queue_bytes: usize,
     /// Frames queued per connection before the connection is closed as too slow (the device can
     /// resume; the frames stay in the switchboard's outbox). Raised to at least
     /// `max_unacked_frames + 256` so a resume's replay always fits.
@@ -37,6 +49,9 @@ impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             hello_timeout: Duration::from_secs(10),
+            admin_request_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            outbound_queue_bytes: 9 << 20,
             outbound_queue: 1024,
             push_webhook: None,
             push_webhook_ca_pem: None,
@@ -72,6 +87,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     .ok_or_else(bad)?;
     Ok(Duration::from_millis(ms))
+}
+
+/// Parses a size in bytes: a number with an optional unit `B`, `KiB`, `MiB` or `GiB` (`K`,
+/// `M`, `G` are the same binary units): `8MiB`, `512K`, `1048576`.
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let bad = || format!("invalid size {s:?}: use e.g. 8MiB, 512KiB or a number of bytes");
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    if digits.is_empty() {
+        return Err(bad());
+    }
+    let n: usize = digits.parse().map_err(|_| bad())?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1usize << shift).ok_or_else(bad)
 }
 
 /// A duration as whole milliseconds that fit a `u32` (the switchboard's unit).
@@ -122,6 +161,17 @@ mod tests {
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         for bad in ["", "s", "1x", "-1s", "1.5s", "99999999999999999999h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_bytes("512K"), Ok(512 << 10));
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("1G"), Ok(1 << 30));
+        for bad in ["", "M", "1x", "-1", "1.5M", "99999999999999999999G"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
         }
     }
 

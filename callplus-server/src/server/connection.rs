@@ -9,9 +9,12 @@
 //! (`TOKEN_INVALID`, `TOKEN_EXPIRED`, …), then the queue is closed, which ends the
 //! transport's stream. So the protocol (Hello/Welcome, seq/ack, resume, heartbeats, limits,
 //! error codes) is one, and only the framing differs.
+//!
+//! Once a Hello is authenticated the task marks the connection greeted ([`ConnInfo::greet`]),
+//! for either transport: until then the device port closes the whole connection at its
+//! deadline ([`super::silence`]), whatever it carries.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -23,6 +26,8 @@ use tokio::sync::{oneshot, watch};
 use super::auth::Auth;
 use super::driver::{DriverHandle, Input, Open, OutboundQueue, unix_ms};
 use super::metrics::Metrics;
+use super::outbound::{OutboundReceiver, outbound};
+use super::silence::ConnInfo;
 
 /// How long a refusal may wait for room in the outbound queue.
 const REFUSAL_SEND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -34,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) hello_timeout: Duration,
     pub(crate) outbound_queue: usize,
+    /// Estimated bytes queued per connection before it is closed as too slow.
+    pub(crate) outbound_queue_bytes: usize,
     pub(crate) next_conn: AtomicU64,
     /// Becomes true when the server stops: streams still waiting for their Hello are closed.
     pub(crate) stopping: watch::Receiver<bool>,
@@ -55,6 +62,13 @@ pub(crate) enum Inbound {
 pub(crate) trait InboundFrames: Send {
     /// The next frame or the end. Must be cancel-safe (it races the connection's other events).
     fn next(&mut self) -> impl Future<Output = Inbound> + Send;
+}
+
+impl Shared {
+    /// A new connection's outbound queue, bounded in frames and bytes.
+    pub(crate) fn outbound(&self) -> (OutboundQueue, OutboundReceiver) {
+        outbound(self.outbound_queue, self.outbound_queue_bytes)
+    }
 }
 
 fn unix_secs() -> u64 {
@@ -81,14 +95,16 @@ async fn refuse(shared: &Shared, out: OutboundQueue, request_id: u64, error: Err
 /// Runs one connection until the device, the transport or the driver ends it.
 ///
 /// `out` is the queue the transport sends from; `closed` resolves when the transport can no
-/// longer send (the device went away), which stops the reading.
+/// longer send (the device went away), which stops the reading. `info` is the connection's
+/// (marked greeted once the Hello is authenticated).
 pub(crate) async fn run_connection(
     shared: Arc<Shared>,
     mut inbound: impl InboundFrames,
     out: OutboundQueue,
     mut closed: oneshot::Receiver<()>,
-    peer: Option<SocketAddr>,
+    info: Option<ConnInfo>,
 ) {
+    let peer = info.as_ref().and_then(ConnInfo::peer);
     let mut stopping = shared.stopping.clone();
     let first = tokio::select! {
         first = tokio::time::timeout(shared.hello_timeout, inbound.next()) => first,
@@ -120,10 +136,13 @@ pub(crate) async fn run_connection(
             return refuse(&shared, out, request_id, error).await;
         }
     };
+    if let Some(info) = &info {
+        info.greet();
+    }
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(conn, ?peer, %app, %user, "stream authenticated");
     let (closed_by_driver, mut driver_closed) = oneshot::channel();
-    let open = Open { conn, app, user, hello, tx: out, closed: closed_by_driver };
+    let open = Open { conn, app, user, hello, request_id, tx: out, closed: closed_by_driver };
     if !shared.driver.send(Input::Open(Box::new(open))).await {
         return;
     }

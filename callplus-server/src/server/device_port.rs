@@ -5,51 +5,40 @@
 //! axum (hyper's HTTP/1.1 and HTTP/2, chosen per connection), with tonic's gRPC routes merged
 //! into the same router as the WebSocket route. With TLS, ALPN offers `h2` and `http/1.1`:
 //! gRPC clients pick `h2`, WebSocket clients (`wss://`) `http/1.1`.
+//!
+//! Connections come from a [`GuardedListener`]: bounded in number, accepted without spinning
+//! when the process is out of descriptors, and closed unless they carry an authenticated Hello
+//! in time ([`super::silence`]). Each request gets the connection's [`ConnInfo`] as axum
+//! connect-info, through which the connection task marks the connection greeted.
 
-use std::net::SocketAddr;
-
-use axum::serve::{Listener, ListenerExt as _, TapIo};
-use tokio::net::{TcpListener, TcpStream};
+use axum::serve::Listener;
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
+use super::silence::{ConnInfo, GuardedListener};
 use super::tls_listener::TlsListener;
 
 /// Serves `app` on `listener` (in TLS with `acceptor`) until `stop` fires and every connection
 /// has closed.
 pub(crate) async fn serve(
-    listener: TcpListener,
-    local: SocketAddr,
+    listener: GuardedListener,
     acceptor: Option<TlsAcceptor>,
     app: axum::Router,
     stop: oneshot::Receiver<()>,
 ) -> std::io::Result<()> {
     match acceptor {
-        Some(acceptor) => {
-            let listener = TlsListener::new(listener, local, acceptor).tap_io(|tls| nodelay(tls.get_ref().0));
-            run(listener, app, stop).await
-        }
-        None => run(listener.tap_io(|tcp| nodelay(tcp)), app, stop).await,
+        Some(acceptor) => run(TlsListener::new(listener, acceptor), app, stop).await,
+        None => run(listener, app, stop).await,
     }
 }
 
-/// Signalling frames are small and latency-bound.
-fn nodelay(tcp: &TcpStream) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-    }
-}
-
-async fn run<L, F>(
-    listener: TapIo<L, F>,
-    app: axum::Router,
-    stop: oneshot::Receiver<()>,
-) -> std::io::Result<()>
+async fn run<L>(listener: L, app: axum::Router, stop: oneshot::Receiver<()>) -> std::io::Result<()>
 where
-    L: Listener<Addr = SocketAddr>,
-    F: FnMut(&mut L::Io) + Send + 'static,
+    L: Listener,
+    L::Addr: std::fmt::Debug,
+    ConnInfo: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+    axum::serve(listener, app.into_make_service_with_connect_info::<ConnInfo>())
         .with_graceful_shutdown(async {
             let _ = stop.await;
         })

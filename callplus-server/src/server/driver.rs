@@ -55,15 +55,16 @@ pub(crate) struct Open {
     pub(crate) user: UserId,
     /// The Hello.
     pub(crate) hello: Hello,
+    /// The Hello frame's request id (a refusal answers it).
+    pub(crate) request_id: u64,
     /// The connection's outbound queue (see [`OutboundQueue`]).
     pub(crate) tx: OutboundQueue,
     /// Dropped when the driver closes the connection, so the transport stops reading.
     pub(crate) closed: oneshot::Sender<()>,
 }
 
-/// A connection's outbound queue. Frames are boxed: the queue allocates its slots in blocks of
-/// 32 up front, and 32 boxes cost an idle device 256 bytes where 32 inline frames cost 7 KiB.
-pub(crate) type OutboundQueue = mpsc::Sender<Box<ServerFrame>>;
+pub(crate) use super::outbound::OutboundQueue;
+use super::outbound::QueueError;
 
 /// What transports (and the driver's helpers) tell the driver.
 pub(crate) enum Input {
@@ -186,6 +187,8 @@ pub(crate) struct Driver {
     known_calls: HashSet<(AppKey, CallId)>,
     /// The clock never goes back for the switchboard.
     last_now: i64,
+    /// [`Switchboard::slow_sessions_dropped`] already counted in the metrics.
+    slow_sessions_seen: u64,
 }
 
 impl Driver {
@@ -211,6 +214,7 @@ impl Driver {
             metrics,
             known_calls: HashSet::new(),
             last_now: 0,
+            slow_sessions_seen: 0,
         };
         (driver, DriverHandle { tx })
     }
@@ -323,9 +327,20 @@ impl Driver {
         }
     }
 
-    /// Connects a session; the switchboard asks for the user's stored events itself.
+    /// Connects a session; the switchboard asks for the user's stored events itself. A Hello
+    /// past the user's device bound is answered (its request id) with TOO_MANY_DEVICES and
+    /// the stream ends.
     fn open(&mut self, now: i64, open: Open) {
-        let Open { conn, app, user, hello, tx, closed } = open;
+        let Open { conn, app, user, hello, request_id, tx, closed } = open;
+        if let Err(error) = self.sb.admit(&app, &user, &hello.device_id) {
+            tracing::info!(conn, %app, %user, device = %hello.device_id, "refused: {}", error.message);
+            let name = error.code.to_proto().as_str_name();
+            self.metrics.count_auth_failure(name.strip_prefix("RESULT_CODE_").unwrap_or(name));
+            let body = ServerBody::Response(Response { request_id, result: Err(error) });
+            let _ = tx.try_send(Box::new(ServerFrame { seq: 0, ack: 0, body }));
+            // Dropping `tx` and `closed` ends the stream after the refusal.
+            return;
+        }
         tracing::debug!(conn, %app, %user, device = %hello.device_id, "session opened");
         self.metrics.frames_in.inc();
         self.conns.insert(conn, Outbound { tx, _closed: closed });
@@ -366,6 +381,15 @@ impl Driver {
             }
         }
         self.submit_writes();
+        let dropped = self.sb.slow_sessions_dropped();
+        if dropped > self.slow_sessions_seen {
+            tracing::warn!(
+                sessions = dropped - self.slow_sessions_seen,
+                "device sessions dropped for holding too many unacked frames or bytes"
+            );
+            self.metrics.slow_consumers.inc_by(dropped - self.slow_sessions_seen);
+            self.slow_sessions_seen = dropped;
+        }
         // The transports the driver holds open (sessions waiting to be resumed are not counted).
         self.metrics.connected_devices.set(i64::try_from(self.conns.len()).unwrap_or(i64::MAX));
         self.metrics.live_calls.set(i64::try_from(self.sb.live_calls()).unwrap_or(i64::MAX));
@@ -457,13 +481,13 @@ impl Driver {
             Ok(()) => {
                 self.metrics.frames_out.inc();
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(QueueError::Full) => {
                 tracing::warn!(conn, "outbound queue full; closing the slow connection");
                 self.metrics.slow_consumers.inc();
                 self.conns.remove(&conn);
                 self.lost.push(conn);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(QueueError::Closed) => {
                 self.conns.remove(&conn);
                 self.lost.push(conn);
             }
@@ -622,8 +646,8 @@ mod tests {
     use super::*;
     use crate::storage::SqliteStorage;
 
-    fn bob_opens(driver: &mut Driver, conn: ConnId) -> mpsc::Receiver<Box<ServerFrame>> {
-        let (tx, rx) = mpsc::channel(16);
+    fn bob_opens(driver: &mut Driver, conn: ConnId) -> super::super::outbound::OutboundReceiver {
+        let (tx, rx) = super::super::outbound::outbound(16, usize::MAX);
         let (closed, _closed_rx) = oneshot::channel();
         let hello = Hello {
             token: String::new(),
@@ -636,6 +660,7 @@ mod tests {
             app: AppKey::new("app_test").unwrap(),
             user: UserId::new("bob").unwrap(),
             hello,
+            request_id: 1,
             tx,
             closed,
         };
@@ -662,7 +687,7 @@ mod tests {
         driver.handle(done);
         driver.drain();
         let mut bodies = Vec::new();
-        while let Ok(frame) = rx.try_recv() {
+        while let Some(frame) = rx.try_recv() {
             bodies.push(frame.body);
         }
         assert!(matches!(bodies.first(), Some(ServerBody::Welcome(_))), "{bodies:?}");

@@ -3,18 +3,19 @@
 //! Each stream becomes a connection task ([`super::connection`]): tonic's decoded messages are
 //! its inbound frames, and the connection's outbound queue is the response stream.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use callplus_proto::v1 as pb;
 use callplus_proto::v1::signal_server::Signal;
-use callplus_session::{Code, Error, ServerFrame};
-use tokio::sync::{mpsc, oneshot};
+use callplus_session::{Code, Error};
+use tokio::sync::oneshot;
 use tonic::{Request, Status, Streaming};
 
 use super::connection::{Inbound, InboundFrames, Shared, run_connection};
+use super::outbound::OutboundReceiver;
+use super::silence::ConnInfo;
 
 /// The tonic service.
 pub(crate) struct SignalService {
@@ -29,15 +30,15 @@ impl Signal for SignalService {
         &self,
         request: Request<Streaming<pb::ClientFrame>>,
     ) -> Result<tonic::Response<Self::ConnectStream>, Status> {
-        // Served through axum (see `device_port`), which records the peer as `ConnectInfo`.
-        let peer = request.remote_addr().or_else(|| {
-            request.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|info| info.0)
-        });
+        // Served through axum (see `device_port`), which hands every request its connection's
+        // info (the peer, and the flag an authenticated Hello sets) as `ConnectInfo`.
+        let info =
+            request.extensions().get::<axum::extract::ConnectInfo<ConnInfo>>().map(|info| info.0.clone());
         let inbound = GrpcInbound(request.into_inner());
-        let (tx, rx) = mpsc::channel(self.shared.outbound_queue.max(1));
+        let (tx, rx) = self.shared.outbound();
         let (closed_tx, closed_rx) = oneshot::channel();
         self.shared.metrics.connections.inc();
-        tokio::spawn(run_connection(self.shared.clone(), inbound, tx, closed_rx, peer));
+        tokio::spawn(run_connection(self.shared.clone(), inbound, tx, closed_rx, info));
         Ok(tonic::Response::new(OutboundStream { rx, _closed: closed_tx }))
     }
 }
@@ -45,7 +46,7 @@ impl Signal for SignalService {
 /// The response stream: the connection's outbound queue. Dropping it (the client went away or
 /// the queue closed) tells the connection task to stop reading.
 pub(crate) struct OutboundStream {
-    rx: mpsc::Receiver<Box<ServerFrame>>,
+    rx: OutboundReceiver,
     _closed: oneshot::Sender<()>,
 }
 

@@ -20,6 +20,13 @@ pub(crate) struct ResultLabel {
     pub(crate) result: String,
 }
 
+/// Label of counters per listener.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PortLabel {
+    /// `device` or `admin`.
+    pub(crate) port: &'static str,
+}
+
 /// Every metric the server exports.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -40,8 +47,12 @@ pub(crate) struct Metrics {
     pub(crate) connections: Counter,
     /// Connections refused at Hello, by result code.
     pub(crate) auth_failures: Family<ResultLabel, Counter>,
-    /// Connections closed because their outbound queue was full.
+    /// Devices cut for not reading: their connection's outbound queue was full (frames or
+    /// bytes), or their session held more unacked frames or bytes than allowed.
     pub(crate) slow_consumers: Counter,
+    /// Connections closed because they sent no Hello (device port) or no complete request
+    /// (admin port) in time.
+    pub(crate) silent_connections: Family<PortLabel, Counter>,
     /// Push webhook deliveries, by outcome.
     pub(crate) pushes: Family<ResultLabel, Counter>,
 }
@@ -60,6 +71,7 @@ impl Metrics {
             connections: Counter::default(),
             auth_failures: Family::default(),
             slow_consumers: Counter::default(),
+            silent_connections: Family::default(),
             pushes: Family::default(),
         };
         registry.register("connected_devices", "Connected device sessions", m.connected_devices.clone());
@@ -72,8 +84,13 @@ impl Metrics {
         registry.register("auth_failures", "Streams refused at Hello, by code", m.auth_failures.clone());
         registry.register(
             "slow_consumers",
-            "Connections closed because their outbound queue was full",
+            "Devices cut for not reading: outbound queue full, or too many unacked frames or bytes",
             m.slow_consumers.clone(),
+        );
+        registry.register(
+            "silent_connections_closed",
+            "Connections closed for sending no Hello (device port) or no complete request (admin port) in time",
+            m.silent_connections.clone(),
         );
         registry.register("pushes", "Push webhook deliveries, by outcome", m.pushes.clone());
         Metrics { registry, ..m }
@@ -90,6 +107,10 @@ impl Metrics {
 
     pub(crate) fn count_auth_failure(&self, code: &str) {
         self.auth_failures.get_or_create(&ResultLabel { result: code.to_owned() }).inc();
+    }
+
+    pub(crate) fn count_silent(&self, port: &'static str) {
+        self.silent_connections.get_or_create(&PortLabel { port }).inc();
     }
 
     pub(crate) fn count_push(&self, result: &str) {

@@ -28,10 +28,13 @@ pub mod config;
 mod connection;
 mod device_port;
 mod driver;
+mod fd_limit;
 mod grpc;
 mod metrics;
+mod outbound;
 mod push;
 pub mod shutdown;
+mod silence;
 mod tls;
 mod tls_listener;
 mod websocket;
@@ -65,6 +68,13 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7701";
 /// Room in a connection's queue beyond `max_unacked_frames`, for unsequenced frames.
 const OUTBOUND_SLACK: usize = 256;
+/// Room in a connection's queue beyond `max_unacked_bytes`, for unsequenced frames.
+const OUTBOUND_SLACK_BYTES: usize = 1 << 20;
+/// How long past the Hello timeout a device-port connection with no authenticated Hello is
+/// kept (the stream's own timeout answers first, with TIMEOUT).
+const SILENT_CONNECTION_GRACE: Duration = Duration::from_secs(1);
+/// Most admin-port connections open at once.
+const MAX_ADMIN_CONNECTIONS: usize = 256;
 
 /// The default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./callplus-data";
@@ -251,6 +261,25 @@ impl ServerBuilder {
         self
     }
 
+    /// How long an admin-port connection may take to send a complete request.
+    pub fn admin_request_timeout(mut self, timeout: Duration) -> Self {
+        self.options.admin_request_timeout = timeout;
+        self
+    }
+
+    /// Most device-port connections open at once (0 = no limit).
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.options.max_connections = connections;
+        self
+    }
+
+    /// Most device sessions one user may have at once (0 = no limit); a Hello from a further
+    /// device is refused with TOO_MANY_DEVICES. Sets the switchboard's `max_devices_per_user`.
+    pub fn max_devices_per_user(mut self, devices: usize) -> Self {
+        self.config.max_devices_per_user = devices;
+        self
+    }
+
     /// Opens storage, ends calls interrupted by the last stop, binds the listeners and starts
     /// serving.
     ///
@@ -326,6 +355,13 @@ impl ServerBuilder {
         // A resuming device gets up to `max_unacked_frames` frames at once: they must fit.
         let outbound_queue =
             options.outbound_queue.max(config.max_unacked_frames.saturating_add(OUTBOUND_SLACK));
+        let outbound_queue_bytes =
+            options.outbound_queue_bytes.max(config.max_unacked_bytes.saturating_add(OUTBOUND_SLACK_BYTES));
+        let admin_connections = if admin_listener.is_some() { MAX_ADMIN_CONNECTIONS } else { 0 };
+        fd_limit::check(
+            fd_limit::needed(options.max_connections, admin_connections),
+            options.max_connections,
+        );
         let mut switchboard = Switchboard::new(config);
         switchboard.set_min_sync_time(max_sync_time);
         let (push_tx, push_rx) = match &options.push_webhook {
@@ -373,6 +409,7 @@ impl ServerBuilder {
             metrics: metrics.clone(),
             hello_timeout: options.hello_timeout,
             outbound_queue,
+            outbound_queue_bytes,
             next_conn: AtomicU64::new(1),
             stopping: stopping_rx,
         });
@@ -382,9 +419,17 @@ impl ServerBuilder {
             tonic::service::Routes::new(service).into_axum_router().merge(websocket::router(shared));
         let (grpc_stop, grpc_stop_rx) = oneshot::channel::<()>();
         let fatal = fatal_tx.clone();
+        let device_guard = silence::Guard {
+            mode: silence::Mode::UntilGreeted,
+            timeout: options.hello_timeout.saturating_add(SILENT_CONNECTION_GRACE),
+            port: "device",
+            metrics: metrics.clone(),
+        };
+        let max_connections = options.max_connections;
         let grpc_task = tokio::spawn(async move {
-            let served =
-                device_port::serve(listener, grpc_addr, device_acceptor, device_app, grpc_stop_rx).await;
+            let listener =
+                silence::GuardedListener::spawn(listener, grpc_addr, device_guard, max_connections);
+            let served = device_port::serve(listener, device_acceptor, device_app, grpc_stop_rx).await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "the device port failed");
                 let _ = fatal.send(true);
@@ -402,10 +447,18 @@ impl ServerBuilder {
                 let (stop, stop_rx) = oneshot::channel::<()>();
                 let app = admin::router(state);
                 let fatal = fatal_tx.clone();
+                let admin_guard = silence::Guard {
+                    mode: silence::Mode::PerRequest,
+                    timeout: options.admin_request_timeout,
+                    port: "admin",
+                    metrics: metrics.clone(),
+                };
                 let task = tokio::spawn(async move {
+                    let listener =
+                        silence::GuardedListener::spawn(listener, local, admin_guard, MAX_ADMIN_CONNECTIONS);
                     let served = match admin_acceptor {
                         Some(acceptor) => {
-                            let listener = tls_listener::TlsListener::new(listener, local, acceptor);
+                            let listener = tls_listener::TlsListener::new(listener, acceptor);
                             serve_admin(listener, app, stop_rx).await
                         }
                         None => serve_admin(listener, app, stop_rx).await,

@@ -1,20 +1,26 @@
-//! A TLS listener for the admin API's `axum::serve`.
+//! A TLS listener for `axum::serve`, on the device port and on the admin port.
 //!
 //! axum takes connections from a [`Listener`] one at a time; doing each TLS handshake inside
 //! `accept` would let one slow or silent client hold up every other. Handshakes therefore run
 //! in their own tasks (bounded in number and time), and `accept` hands out the connections
-//! that completed one.
+//! that completed one. The TCP connections come from a [`GuardedListener`], so the deadline of
+//! a connection that never speaks runs through the handshake and after it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::Listener;
-use tokio::net::{TcpListener, TcpStream};
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
+use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+
+use super::silence::{ConnInfo, Guarded, GuardedListener};
+
+type Io = TlsStream<Guarded<TcpStream>>;
 
 /// Longest a client may take to complete its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,45 +29,38 @@ const MAX_HANDSHAKES: usize = 256;
 
 /// Connections of `tcp` that completed a TLS handshake with `acceptor`.
 pub(crate) struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(Io, SocketAddr)>,
     local: SocketAddr,
     acceptor_task: JoinHandle<()>,
 }
 
 impl TlsListener {
-    /// Starts accepting on `tcp`, bound to `local`. Must be called inside a tokio runtime.
-    pub(crate) fn new(tcp: TcpListener, local: SocketAddr, acceptor: TlsAcceptor) -> Self {
+    /// Starts handshaking the connections of `tcp`. Must be called inside a tokio runtime.
+    pub(crate) fn new(tcp: GuardedListener, acceptor: TlsAcceptor) -> Self {
+        let local = tcp.local_addr();
         let (tx, ready) = mpsc::channel(MAX_HANDSHAKES);
         let acceptor_task = tokio::spawn(accept_loop(tcp, acceptor, tx));
         TlsListener { ready, local, acceptor_task }
     }
 }
 
-async fn accept_loop(
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
-    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-) {
+async fn accept_loop(mut tcp: GuardedListener, acceptor: TlsAcceptor, tx: mpsc::Sender<(Io, SocketAddr)>) {
+    // The port this listener serves (`device` or `admin`), named in its logs.
+    let port = tcp.port();
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let (stream, peer) = match tcp.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of descriptors and the like: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "admin API: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        // The guarded listener backs off on failed accepts itself.
+        let Some(stream) = tcp.next().await else { return };
+        let peer = stream.peer().unwrap_or(tcp.local_addr());
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     let _ = tx.send((tls, peer)).await;
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "admin API: TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "admin API: TLS handshake timed out"),
+                Ok(Err(e)) => tracing::debug!(port, %peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(port, %peer, "TLS handshake timed out"),
             }
             drop(permit);
         });
@@ -75,7 +74,7 @@ impl Drop for TlsListener {
 }
 
 impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Io;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -88,5 +87,12 @@ impl Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+/// axum's connect-info of a device-port connection in TLS.
+impl Connected<IncomingStream<'_, TlsListener>> for ConnInfo {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        stream.io().get_ref().0.info().clone()
     }
 }

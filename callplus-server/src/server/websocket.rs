@@ -8,7 +8,6 @@
 //! `Response` (`FRAME_INVALID` or `MESSAGE_TOO_LARGE`, request id 0) and the socket is closed,
 //! as a gRPC stream is after a message it cannot decode.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
@@ -21,10 +20,12 @@ use callplus_session::{Code, Error, ServerFrame};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
 use prost::Message as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite;
 
 use super::connection::{Inbound, InboundFrames, Shared, run_connection};
+use super::outbound::OutboundReceiver;
+use super::silence::ConnInfo;
 
 /// Where the device port accepts WebSocket upgrades.
 pub const PATH: &str = "/v1/ws";
@@ -40,26 +41,28 @@ pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
 
 async fn upgrade(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(info): ConnectInfo<ConnInfo>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let peer = info.peer();
     // The same limit as gRPC's decoder: a larger message is refused as soon as its header is read.
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .protocols([SUBPROTOCOL])
-        .on_failed_upgrade(move |e| tracing::debug!(%peer, error = %e, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| serve(shared, socket, peer))
+        .on_failed_upgrade(move |e| tracing::debug!(?peer, error = %e, "WebSocket upgrade failed"))
+        .on_upgrade(move |socket| serve(shared, socket, info))
 }
 
 /// Runs one WebSocket connection: a writer task drains the outbound queue, the connection task
-/// reads.
-async fn serve(shared: Arc<Shared>, socket: WebSocket, peer: SocketAddr) {
+/// reads. The upgraded socket is still the guarded connection: a WebSocket that never sends an
+/// authenticated Hello is closed like any other silent connection.
+async fn serve(shared: Arc<Shared>, socket: WebSocket, info: ConnInfo) {
     let (sink, stream) = socket.split();
-    let (tx, rx) = mpsc::channel(shared.outbound_queue.max(1));
+    let (tx, rx) = shared.outbound();
     let (closed_tx, closed_rx) = oneshot::channel();
     shared.metrics.connections.inc();
     let writer = tokio::spawn(write(sink, rx, closed_tx));
-    run_connection(shared, WsInbound(stream), tx, closed_rx, Some(peer)).await;
+    run_connection(shared, WsInbound(stream), tx, closed_rx, Some(info)).await;
     // The writer ends once the driver lets go of the queue (after the last frames and a Close).
     let _ = writer.await;
 }
@@ -68,7 +71,7 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, peer: SocketAddr) {
 /// fails. Dropping `_closed` tells the connection task that nothing more can be sent.
 async fn write(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Box<ServerFrame>>,
+    mut rx: OutboundReceiver,
     _closed: oneshot::Sender<()>,
 ) {
     while let Some(frame) = rx.recv().await {
@@ -79,7 +82,7 @@ async fn write(
                 tracing::debug!(error = %e, "WebSocket send failed");
                 return;
             }
-            next = rx.try_recv().ok();
+            next = rx.try_recv();
         }
         if let Err(e) = sink.flush().await {
             tracing::debug!(error = %e, "WebSocket send failed");

@@ -49,6 +49,17 @@ pub struct SwitchboardConfig {
     pub ice_servers: Vec<IceServer>,
     /// Most unacked frames kept per device before the device is dropped as too slow.
     pub max_unacked_frames: usize,
+    /// Most bytes of unacked frames kept per device (estimated by
+    /// [`frame_bytes`](super::frame_bytes)) before the device is dropped as too slow. A device
+    /// always gets at least one frame, however large.
+    pub max_unacked_bytes: usize,
+    /// Most bytes of unacked frames kept for all the devices of one user together; past it the
+    /// device holding the most is dropped as too slow.
+    pub max_user_unacked_bytes: usize,
+    /// Most device sessions (connected or kept for a resume) one user may have; a Hello from
+    /// another device is refused with TOO_MANY_DEVICES. 0 = no limit. Not applied with
+    /// [`DevicePolicy::SingleDevice`] (a new login replaces the old one there).
+    pub max_devices_per_user: usize,
     /// Sustained requests per second allowed per device.
     pub requests_per_second: u32,
     /// Burst of requests allowed per device above the sustained rate.
@@ -112,6 +123,9 @@ impl Default for SwitchboardConfig {
             push_enabled: true,
             ice_servers: Vec::new(),
             max_unacked_frames: 4096,
+            max_unacked_bytes: 8 << 20,
+            max_user_unacked_bytes: 32 << 20,
+            max_devices_per_user: 16,
             requests_per_second: 50,
             request_burst: 200,
             ended_call_retention_ms: 600_000,

@@ -56,6 +56,7 @@ mod queue;
 mod session;
 mod sessions;
 mod timer;
+mod weight;
 
 #[cfg(test)]
 mod tests;
@@ -67,7 +68,7 @@ use crate::call::{Call, SessionKey};
 use crate::error::{Code, Error};
 use crate::model::ids::{AppKey, CallId, DeviceId, UserId};
 use crate::model::kinds::EndReason;
-use crate::model::message::{ClientFrame, Event, Hello, ResponseBody, ServerBody, ServerFrame};
+use crate::model::message::{ClientFrame, Event, Hello, Response, ResponseBody, ServerBody, ServerFrame};
 use crate::model::snapshot::CallInfo;
 use crate::wire::FrameError;
 
@@ -75,11 +76,12 @@ pub use config::{BusyPolicy, ConfigError, DevicePolicy, SwitchboardConfig};
 pub use output::{ConnId, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId};
 
 pub use output::QueryResult;
+pub use weight::frame_bytes;
 
 use session::{Inbound, Session};
 use timer::{Timer, Timers};
 
-use net::Net;
+use net::{Limits, Net};
 use sessions::{Leftovers, LegEnd};
 
 /// Who acted on a request: the session and its identity.
@@ -91,7 +93,6 @@ struct Ctx {
     device: DeviceId,
 }
 
-/// The delivery half of the switchboard: sessions, presence and the output queue. Kept apart
 /// Whom a storage query answers.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum QueryFor {
@@ -121,6 +122,8 @@ pub struct Switchboard {
     min_sync_time: i64,
     last_sync_time: i64,
     stopped: bool,
+    /// Sessions dropped so far for holding too much unacked (frames or bytes).
+    slow_dropped: u64,
     scratch: Vec<CallId>,
     id_buf: String,
 }
@@ -128,7 +131,11 @@ pub struct Switchboard {
 impl Switchboard {
     /// A switchboard with no sessions and no calls.
     pub fn new(config: SwitchboardConfig) -> Self {
-        let max_unacked = config.max_unacked_frames.max(1);
+        let limits = Limits {
+            frames: config.max_unacked_frames.max(1),
+            bytes: config.max_unacked_bytes.max(1),
+            user_bytes: config.max_user_unacked_bytes.max(1),
+        };
         Switchboard {
             cfg: config,
             net: Net {
@@ -138,7 +145,8 @@ impl Switchboard {
                 outputs: Outputs::default(),
                 graveyard: FastMap::default(),
                 to_drop: Vec::new(),
-                max_unacked,
+                grown: Vec::new(),
+                limits,
                 store_user_events: false,
             },
             calls: FastMap::default(),
@@ -153,6 +161,7 @@ impl Switchboard {
             min_sync_time: 0,
             last_sync_time: 0,
             stopped: false,
+            slow_dropped: 0,
             scratch: Vec::new(),
             id_buf: String::new(),
         }
@@ -198,6 +207,13 @@ impl Switchboard {
             self.net.outputs.push_back(Output::Close { conn });
             return;
         }
+        if let Err(error) = self.admit(&app, &user, &hello.device_id) {
+            let body = ServerBody::Response(Response { request_id: 0, result: Err(error) });
+            let frame = ServerFrame { seq: 0, ack: 0, body };
+            self.net.outputs.push_back(Output::Transmit { conn, frame });
+            self.net.outputs.push_back(Output::Close { conn });
+            return;
+        }
         let existing = self.net.user(&app, &user).and_then(|entry| {
             entry
                 .sessions
@@ -220,7 +236,7 @@ impl Switchboard {
         self.next_session += 1;
         let sk = self.next_session;
         let id = format!("s{}-{}", self.prefix.as_deref().unwrap_or(""), sk);
-        let session = Session::new(
+        let mut session = Session::new(
             id,
             app.clone(),
             user.clone(),
@@ -229,9 +245,11 @@ impl Switchboard {
             now_ms,
             self.cfg.request_burst,
         );
+        let entry = self.net.user_entry(&app, &user);
+        entry.sessions.push(sk);
+        session.user_bytes = entry.bytes.get_or_insert_with(Default::default).clone();
         self.net.sessions.insert(sk, session);
         self.net.conns.insert(conn, sk);
-        self.net.user_entry(&app, &user).sessions.push(sk);
         self.arm_session(sk, now_ms.saturating_add(i64::from(self.cfg.liveness_timeout_ms)));
         self.send_welcome(now_ms, sk, false);
 
@@ -377,6 +395,7 @@ impl Switchboard {
         self.net.conns.clear();
         self.net.users.clear();
         self.net.to_drop.clear();
+        self.net.grown.clear();
         self.queries.clear();
         self.timers.clear();
     }
@@ -439,6 +458,41 @@ impl Switchboard {
             "the connection index and the sessions' connections disagree"
         );
         self.net.conns.len()
+    }
+
+    /// Device sessions dropped since the start because they held more unacked frames or bytes
+    /// than allowed (`max_unacked_frames`, `max_unacked_bytes`, `max_user_unacked_bytes`).
+    pub fn slow_sessions_dropped(&self) -> u64 {
+        self.slow_dropped
+    }
+
+    /// Whether a Hello from `device` of `user` may open a session: refused with
+    /// TOO_MANY_DEVICES when the user already has `max_devices_per_user` sessions of other
+    /// devices (connected or kept for a resume). A driver calls this before
+    /// [`Switchboard::connect`] to answer the Hello with the error; `connect` refuses such a
+    /// Hello too (Close, with a response carrying request id 0).
+    ///
+    /// # Errors
+    /// TOO_MANY_DEVICES, as above.
+    pub fn admit(&self, app: &AppKey, user: &UserId, device: &DeviceId) -> Result<(), Error> {
+        let max = self.cfg.max_devices_per_user;
+        if max == 0 || self.stopped || self.cfg.device_policy == DevicePolicy::SingleDevice {
+            return Ok(());
+        }
+        let others = self.net.user(app, user).map_or(0, |entry| {
+            entry
+                .sessions
+                .iter()
+                .filter(|sk| self.net.sessions.get(sk).is_some_and(|s| &s.device != device))
+                .count()
+        });
+        if others >= max {
+            return Err(Error::new(
+                Code::TooManyDevices,
+                format!("the user already has {others} devices connected (the limit is {max})"),
+            ));
+        }
+        Ok(())
     }
 
     /// Calls that have not ended.

@@ -2,6 +2,8 @@
 //! the per-user call index, and the output queue every frame goes through.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::fasthash::FastMap;
 use super::queue::Outputs;
@@ -14,6 +16,7 @@ use crate::model::message::{Event, Response, ResponseBody, ServerBody, ServerFra
 use super::output::{ConnId, Output};
 
 use super::session::Session;
+use super::weight::frame_bytes;
 
 /// What the switchboard knows about one user.
 #[derive(Debug, Default)]
@@ -22,6 +25,10 @@ pub(super) struct UserEntry {
     pub(super) sessions: Vec<SessionKey>,
     /// Unended calls the user is (or was) a participant of.
     pub(super) calls: Vec<CallId>,
+    /// The unacked bytes of all the user's sessions, shared with each of them so a frame
+    /// queued or acked updates it without looking the user up. (An atomic only so the
+    /// switchboard stays `Send`; it is never touched from two threads.)
+    pub(super) bytes: Option<Arc<AtomicUsize>>,
 }
 
 /// A user's live device sessions (a few, kept inline).
@@ -52,6 +59,7 @@ impl Devices {
     }
 }
 
+/// The delivery half of the switchboard: sessions, presence and the output queue. Kept apart
 /// from the calls so a handler can hold a call and send at the same time.
 #[derive(Debug)]
 pub(super) struct Net {
@@ -63,39 +71,90 @@ pub(super) struct Net {
     pub(super) outputs: Outputs,
     /// Sessions dropped while frames of theirs wait in `outputs`; kept until the queue drains.
     pub(super) graveyard: FastMap<SessionKey, Session>,
+    /// Sessions over their bounds, dropped as too slow when the current input ends.
     pub(super) to_drop: Vec<SessionKey>,
-    pub(super) max_unacked: usize,
+    /// Sessions whose user went over its unacked bytes during the current input: checked when
+    /// the input ends.
+    pub(super) grown: Vec<SessionKey>,
+    pub(super) limits: Limits,
     /// While shutting down, user events are stored rather than sent.
     pub(super) store_user_events: bool,
 }
 
-/// Queues a reliable frame on a session (and transmits it when connected). A free function so
-/// callers can hold other parts of [`Net`] at the same time.
-#[inline]
-pub(super) fn push_frame(
-    sessions: &mut FastMap<SessionKey, Session>,
-    outputs: &mut Outputs,
-    to_drop: &mut Vec<SessionKey>,
-    max_unacked: usize,
-    sk: SessionKey,
-    body: ServerBody,
-) -> Option<u64> {
-    let s = sessions.get_mut(&sk)?;
-    let seq = s.outbox.next_seq();
-    let ack = s.ack();
-    s.outbox.push(Box::new(ServerFrame { seq, ack, body }));
-    if let Some(conn) = s.conn {
-        outputs.frame(conn, sk, seq, s.epoch);
+/// What one device, and one user, may leave unacked before being dropped as too slow.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    pub(super) frames: usize,
+    pub(super) bytes: usize,
+    pub(super) user_bytes: usize,
+}
+
+impl Limits {
+    /// Whether a session holding `frames` frames of `bytes` is over its own bounds. A single
+    /// frame is always allowed, however large.
+    fn over(&self, frames: usize, bytes: usize) -> bool {
+        frames > self.frames || (bytes > self.bytes && frames > 1)
     }
-    if s.outbox.len() > max_unacked && !to_drop.contains(&sk) {
-        to_drop.push(sk);
-    }
-    Some(seq)
 }
 
 impl Net {
+    /// Queues a reliable frame on a session (and transmits it when connected). Its estimated
+    /// size ([`frame_bytes`]) is counted once here, for the session and its user, and kept
+    /// until the frame is acked; a session (or user) over its bounds is marked for dropping.
     pub(super) fn push_body(&mut self, sk: SessionKey, body: ServerBody) -> Option<u64> {
-        push_frame(&mut self.sessions, &mut self.outputs, &mut self.to_drop, self.max_unacked, sk, body)
+        let s = self.sessions.get_mut(&sk)?;
+        let seq = s.outbox.next_seq();
+        let ack = s.ack();
+        let frame = Box::new(ServerFrame { seq, ack, body });
+        let bytes = frame_bytes(&frame);
+        s.outbox_bytes = s.outbox_bytes.saturating_add(bytes);
+        s.sizes.push_back(bytes);
+        let user_total = s.user_bytes.fetch_add(bytes, Ordering::Relaxed).saturating_add(bytes);
+        s.outbox.push(frame);
+        if let Some(conn) = s.conn {
+            self.outputs.frame(conn, sk, seq, s.epoch);
+        }
+        if self.limits.over(s.outbox.len(), s.outbox_bytes) && !self.to_drop.contains(&sk) {
+            self.to_drop.push(sk);
+        }
+        if user_total > self.limits.user_bytes && !s.grown {
+            s.grown = true;
+            self.grown.push(sk);
+        }
+        Some(seq)
+    }
+
+    /// Marks for dropping, biggest first, the sessions of `sk`'s user until the user's unacked
+    /// bytes are within bounds again. Sessions holding a single frame are left alone.
+    pub(super) fn check_user_bytes(&mut self, sk: SessionKey) {
+        let Some(s) = self.sessions.get_mut(&sk) else { return };
+        s.grown = false;
+        if s.user_bytes.load(Ordering::Relaxed) <= self.limits.user_bytes {
+            return;
+        }
+        let (app, user) = (s.app.clone(), s.user.clone());
+        let Some(entry) = self.user(&app, &user) else { return };
+        let mut held: Vec<(usize, SessionKey)> = entry
+            .sessions
+            .iter()
+            .filter(|o| !self.to_drop.contains(o))
+            .filter_map(|o| self.sessions.get(o).map(|s| (s.outbox_bytes, *o)))
+            .collect();
+        let mut total = held.iter().map(|(b, _)| *b).fold(0, usize::saturating_add);
+        if total <= self.limits.user_bytes {
+            return;
+        }
+        held.sort_unstable_by(|a, b| b.cmp(a));
+        for (bytes, o) in held {
+            if total <= self.limits.user_bytes {
+                break;
+            }
+            if self.sessions.get(&o).is_some_and(|s| s.outbox.len() > 1) {
+                tracing::debug!(session = o, bytes, total, "user over its unacked bytes");
+                self.to_drop.push(o);
+                total = total.saturating_sub(bytes);
+            }
+        }
     }
 
     pub(super) fn send(&mut self, sk: SessionKey, event: Event) {

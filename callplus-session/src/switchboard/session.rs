@@ -2,6 +2,8 @@
 
 use crate::error::Error;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use crate::link::{Inbox, Outbox};
 use crate::model::ids::{AppKey, DeviceId, UserId};
@@ -36,6 +38,15 @@ pub(super) struct Session {
     pub(super) epoch: u32,
     /// Boxed frames: queueing, acking and dropping them moves a pointer, not ~230 bytes.
     pub(super) outbox: Outbox<Box<ServerFrame>>,
+    /// Estimated bytes of the frames in `outbox` ([`super::frame_bytes`]).
+    pub(super) outbox_bytes: usize,
+    /// The estimated bytes of each frame in `outbox`, in the same order.
+    pub(super) sizes: VecDeque<usize>,
+    /// The unacked bytes of all the sessions of this session's user (shared among them).
+    pub(super) user_bytes: Arc<AtomicUsize>,
+    /// Listed in the switchboard's `grown` (its user is over its bytes; checked when the input
+    /// ends).
+    pub(super) grown: bool,
     /// Orders the client's numbered frames. It carries no payload: the frames that arrive
     /// early wait in `held` (the inbox decides what is held, delivered or dropped), so frames
     /// that arrive in order never leave the stack.
@@ -78,6 +89,10 @@ impl Session {
             conn: Some(conn),
             epoch: 0,
             outbox: Outbox::new(),
+            outbox_bytes: 0,
+            sizes: VecDeque::new(),
+            user_bytes: Arc::default(),
+            grown: false,
             inbox: Inbox::new(MAX_HELD_FRAMES),
             held: BTreeMap::new(),
             last_seen: now_ms,

@@ -2,6 +2,7 @@
 //! dispatch of inbound frames, kicks and dropping a session with its legs.
 
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 
 use crate::call::SessionKey;
 use crate::error::{Code, Error};
@@ -182,11 +183,17 @@ impl Switchboard {
     pub(super) fn process_ack(&mut self, sk: SessionKey, ack: u64) {
         let Some(s) = self.net.sessions.get_mut(&sk) else { return };
         let mut acked = std::mem::take(&mut self.scratch);
+        let mut n = 0usize;
         s.outbox.ack(ack, |_, frame| {
+            n += 1;
             if let ServerBody::Event(Event::IncomingCall { call, .. }) = &frame.body {
                 acked.push(call.call_id.clone());
             }
         });
+        // The sizes kept when the frames were queued, not estimated again.
+        let freed = s.sizes.drain(..n.min(s.sizes.len())).fold(0, usize::saturating_add);
+        s.outbox_bytes = s.outbox_bytes.saturating_sub(freed);
+        s.user_bytes.fetch_sub(freed.min(s.user_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
         let n = s.offline.partition_point(|(seq, _)| *seq <= ack);
         if n > 0 {
             let ids: Vec<i64> = s.offline.drain(..n).map(|(_, id)| id).collect();
@@ -324,6 +331,7 @@ impl Switchboard {
     /// (NETWORK_ERROR) end at the device's last sign of life; the others now.
     pub(super) fn drop_session(&mut self, now_ms: i64, sk: SessionKey, how: LegEnd, leftovers: Leftovers) {
         let Some(s) = self.net.sessions.remove(&sk) else { return };
+        s.user_bytes.fetch_sub(s.outbox_bytes.min(s.user_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
         if let Some(conn) = s.conn {
             self.net.conns.remove(&conn);
             self.net.outputs.push_back(Output::Close { conn });
@@ -392,10 +400,24 @@ impl Switchboard {
         }
     }
 
-    /// Ends the inputs: sessions whose outbox overflowed are dropped as too slow.
+    /// Ends the inputs: sessions holding more unacked frames or bytes than allowed (on their
+    /// own, or with the other devices of their user) are dropped as too slow. Dropping is final:
+    /// the device must start a fresh session (its resume is rejected), since keeping the
+    /// session for a resume would keep the very frames that were too many.
     pub(super) fn finish_input(&mut self, now_ms: i64) {
+        while let Some(sk) = self.net.grown.pop() {
+            self.net.check_user_bytes(sk);
+        }
         while let Some(sk) = self.net.to_drop.pop() {
-            tracing::debug!(session = sk, "device too slow; session dropped");
+            if let Some(s) = self.net.sessions.get(&sk) {
+                tracing::debug!(
+                    session = sk,
+                    frames = s.outbox.len(),
+                    bytes = s.outbox_bytes,
+                    "device too slow; session dropped"
+                );
+                self.slow_dropped += 1;
+            }
             self.drop_session(now_ms, sk, LegEnd::Reason(EndReason::NetworkError), Leftovers::Store);
         }
     }

@@ -1158,6 +1158,175 @@ fn too_slow_device_is_dropped() {
     assert_eq!(ended_reason(&h.events(a), &id), Some(EndReason::RemoteNetworkError));
 }
 
+/// A device asks for pages of records and never acks: the switchboard answers each query with
+/// a page of `records` records of `extra` bytes of data each.
+fn records_without_acks(h: &mut H, conn: ConnId, pages: usize, records: usize, extra: usize) {
+    for _ in 0..pages {
+        let body = ClientBody::Request(Request::GetCallRecords {
+            sync_time: -1,
+            count: 100,
+            order: crate::RecordOrder::Desc,
+        });
+        let mut frame = h.frame(conn, body, true);
+        frame.ack = 0;
+        h.send_frame(conn, frame);
+        let Some(qid) = h.outputs().iter().find_map(|o| match o {
+            Output::Query { id, .. } => Some(*id),
+            _ => None,
+        }) else {
+            return;
+        };
+        let owner = h.devs.get(&conn).map(|d| d.user.clone()).unwrap_or_else(|| uid("x"));
+        let record = big_record(&owner, extra);
+        let page = crate::RecordPage { records: vec![record; records], has_more: true, sync_time: 5 };
+        h.sb.complete_query(h.now, qid, Ok(QueryAnswer::Records(page)));
+        h.drain();
+        h.advance(20);
+    }
+}
+
+fn big_record(owner: &UserId, extra: usize) -> CallRecord {
+    let call = CallInfo {
+        call_id: ok(CallId::new("c1")),
+        call_type: CallType::Single,
+        media_type: MediaType::Audio,
+        creator: owner.clone(),
+        participants: Vec::new(),
+        created_at_ms: 0,
+        started_at_ms: None,
+        first_frame_at_ms: None,
+        ended_at_ms: Some(1),
+        version: 1,
+        extra: "x".repeat(extra),
+        ring_timeout_ms: 0,
+    };
+    CallRecord {
+        owner: owner.clone(),
+        call,
+        inviter: None,
+        end_reason: EndReason::Hangup,
+        direction: Direction::Outgoing,
+        duration_ms: 0,
+        sync_time: 1,
+    }
+}
+
+#[test]
+fn a_device_holding_too_many_unacked_bytes_is_dropped_for_good() {
+    let mut h = H::new(SwitchboardConfig {
+        max_unacked_bytes: 1 << 20,
+        push_enabled: false,
+        ..SwitchboardConfig::default()
+    });
+    let a = h.connect("alice", "a1");
+    let session = h.devs.get(&a).map(|d| d.session_id.clone()).unwrap_or_default();
+    // 100 records of 1 KiB: about 100 KiB a page, far below the frame bound (4096).
+    records_without_acks(&mut h, a, 30, 100, 1024);
+    assert!(h.closed.contains(&a), "dropped once over 1 MiB");
+    assert_eq!(h.sb.slow_sessions_dropped(), 1);
+    assert!(h.sb.net.sessions.is_empty(), "nothing is kept for it");
+    // Its resume is refused: it starts again.
+    let a2 = h.reconnect(a, true, Vec::new());
+    let welcome = h.devs.get(&a2).and_then(|d| {
+        d.inbox.iter().find_map(|f| match &f.body {
+            ServerBody::Welcome(w) => Some(w.clone()),
+            _ => None,
+        })
+    });
+    assert!(welcome.is_some_and(|w| !w.resumed && w.session_id != session));
+}
+
+#[test]
+fn a_single_frame_over_the_byte_bound_is_still_delivered() {
+    let mut h = H::new(SwitchboardConfig {
+        max_unacked_bytes: 1024,
+        push_enabled: false,
+        ..SwitchboardConfig::default()
+    });
+    let a = h.connect("alice", "a1");
+    records_without_acks(&mut h, a, 1, 10, 1024);
+    assert!(!h.closed.contains(&a));
+    assert_eq!(h.sb.slow_sessions_dropped(), 0);
+}
+
+#[test]
+fn a_device_that_acks_keeps_its_session_however_much_it_reads() {
+    let mut h = H::new(SwitchboardConfig {
+        max_unacked_bytes: 1 << 20,
+        push_enabled: false,
+        ..SwitchboardConfig::default()
+    });
+    let a = h.connect("alice", "a1");
+    for _ in 0..30 {
+        records_without_acks(&mut h, a, 1, 100, 1024);
+        h.ping(a);
+    }
+    assert!(!h.closed.contains(&a));
+    let held = h.sb.net.sessions.values().map(|s| s.outbox_bytes).sum::<usize>();
+    assert_eq!(held, 0, "acked frames are no longer counted");
+    let user_held: Vec<usize> =
+        h.sb.net.sessions.values().map(|s| s.user_bytes.load(std::sync::atomic::Ordering::Relaxed)).collect();
+    assert_eq!(user_held, vec![0], "nor in the user's total");
+}
+
+#[test]
+fn a_user_over_its_unacked_bytes_loses_the_device_holding_most() {
+    let mut h = H::new(SwitchboardConfig {
+        max_unacked_bytes: 1 << 20,
+        max_user_unacked_bytes: 2 << 20,
+        push_enabled: false,
+        ..SwitchboardConfig::default()
+    });
+    let devices: Vec<ConnId> = (0..4).map(|i| h.connect("alice", &format!("d{i}"))).collect();
+    // Each device stays under its own bound (about 700 KiB); together they pass 2 MiB.
+    for &d in &devices {
+        records_without_acks(&mut h, d, 5, 100, 1024);
+    }
+    let one = h.sb.net.sessions.values().map(|s| s.outbox_bytes).max().unwrap_or(0);
+    assert!(one < 1 << 20 && one > 600 << 10, "{one}");
+    let closed: Vec<&ConnId> = devices.iter().filter(|d| h.closed.contains(d)).collect();
+    assert!(!closed.is_empty() && closed.len() < devices.len(), "{closed:?}");
+    let held: usize = h.sb.net.sessions.values().map(|s| s.outbox_bytes).sum();
+    assert!(held <= 2 << 20, "{held}");
+    assert_eq!(h.sb.slow_sessions_dropped(), u64::try_from(closed.len()).unwrap_or(0));
+    // Another user is not affected.
+    let b = h.connect("bob", "b1");
+    records_without_acks(&mut h, b, 5, 100, 1024);
+    assert!(!h.closed.contains(&b));
+}
+
+#[test]
+fn devices_per_user_are_capped() {
+    let mut h = H::new(SwitchboardConfig {
+        max_devices_per_user: 2,
+        push_enabled: false,
+        ..SwitchboardConfig::default()
+    });
+    let d1 = h.connect("alice", "d1");
+    let _d2 = h.connect("alice", "d2");
+    let refused = h.sb.admit(&app(), &uid("alice"), &ok(DeviceId::new("d3")));
+    assert_eq!(refused.map_err(|e| e.code), Err(Code::TooManyDevices));
+    assert!(
+        h.sb.admit(&app(), &uid("alice"), &ok(DeviceId::new("d1"))).is_ok(),
+        "the same device may reconnect"
+    );
+    assert!(h.sb.admit(&app(), &uid("bob"), &ok(DeviceId::new("d3"))).is_ok());
+    // connect refuses too, whatever the driver did.
+    let d3 = h.connect("alice", "d3");
+    assert!(h.closed.contains(&d3));
+    let frames = h.devs.get(&d3).map(|d| d.inbox.clone()).unwrap_or_default();
+    assert!(
+        matches!(&frames[..], [ServerFrame { body: ServerBody::Response(Response { result: Err(e), .. }), .. }]
+            if e.code == Code::TooManyDevices),
+        "{frames:?}"
+    );
+    // A session kept for a resume still counts; once it is gone there is room.
+    h.sb.connection_lost(h.now, d1);
+    assert!(h.sb.admit(&app(), &uid("alice"), &ok(DeviceId::new("d3"))).is_err());
+    h.advance(70_000);
+    assert!(h.sb.admit(&app(), &uid("alice"), &ok(DeviceId::new("d3"))).is_ok());
+}
+
 #[test]
 fn resume_window_expiry_drops_the_session() {
     let mut h = H::default();

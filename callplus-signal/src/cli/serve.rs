@@ -9,7 +9,7 @@ use callplus_session::switchboard::{BusyPolicy, DevicePolicy, SwitchboardConfig}
 use clap::{Args, ValueEnum};
 
 use super::LogFormat;
-use crate::server::config::{duration_ms_u32, parse_duration, parse_ice_server};
+use crate::server::config::{duration_ms_u32, parse_bytes, parse_duration, parse_ice_server};
 use crate::server::{
     DEFAULT_ADMIN_LISTEN, DEFAULT_DATA_DIR, DEFAULT_LISTEN, Server, ServerOptions, ServerTls,
 };
@@ -102,6 +102,24 @@ pub struct ServeArgs {
     /// Unacknowledged frames kept per device before it is dropped as too slow.
     #[arg(long, env = "CALLPLUS_MAX_UNACKED_FRAMES", default_value_t = 4096)]
     pub max_unacked_frames: usize,
+    /// Bytes of unacknowledged frames kept per device before it is dropped as too slow (e.g.
+    /// `8MiB`, `512KiB`, or a number of bytes).
+    #[arg(long, env = "CALLPLUS_MAX_UNACKED_BYTES", default_value = "8MiB", value_parser = parse_bytes)]
+    pub max_unacked_bytes: usize,
+    /// Bytes of unacknowledged frames kept for all the devices of one user; past it the device
+    /// holding the most is dropped as too slow.
+    #[arg(long, env = "CALLPLUS_MAX_USER_UNACKED_BYTES", default_value = "32MiB", value_parser = parse_bytes)]
+    pub max_user_unacked_bytes: usize,
+    /// Most device sessions one user may have (connected or kept for a resume); a further
+    /// device's Hello is refused with TOO_MANY_DEVICES. 0 = no limit.
+    #[arg(long, env = "CALLPLUS_MAX_DEVICES_PER_USER", default_value_t = 16)]
+    pub max_devices_per_user: usize,
+    /// Most device-port connections open at once (0 = no limit); more wait in the backlog.
+    #[arg(long, env = "CALLPLUS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// How long an admin-port connection may take to send a complete request.
+    #[arg(long, env = "CALLPLUS_ADMIN_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub admin_request_timeout: Duration,
     /// Sustained requests per second allowed per device.
     #[arg(long, env = "CALLPLUS_REQUESTS_PER_SECOND", default_value_t = 50)]
     pub requests_per_second: u32,
@@ -151,6 +169,9 @@ impl ServeArgs {
             push_enabled: self.push_webhook.is_some(),
             ice_servers: self.ice_servers.clone(),
             max_unacked_frames: self.max_unacked_frames,
+            max_unacked_bytes: self.max_unacked_bytes,
+            max_user_unacked_bytes: self.max_user_unacked_bytes,
+            max_devices_per_user: self.max_devices_per_user,
             requests_per_second: self.requests_per_second,
             request_burst: self.request_burst,
             ended_call_retention_ms: ms(self.ended_call_retention)?,
@@ -168,6 +189,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.switchboard_config()?;
     let options = ServerOptions {
         hello_timeout: args.hello_timeout,
+        admin_request_timeout: args.admin_request_timeout,
+        max_connections: args.max_connections,
         outbound_queue: args.outbound_queue,
         push_webhook: args.push_webhook.clone(),
         push_webhook_ca_pem: match &args.push_webhook_ca {

@@ -143,6 +143,8 @@ impl Target {
             };
             let mut builder =
                 Server::builder().data_dir(dir.path()).listen("127.0.0.1:0").no_admin().config(config);
+            // The load may hold more connections than the server's default bound.
+            builder = builder.max_connections(0);
             if let Some(cert) = &certificate {
                 builder = builder.tls(ServerTls::from_files(&cert.cert, &cert.key)?);
             }
@@ -164,7 +166,8 @@ impl Target {
             .arg("--data-dir")
             .arg(dir.path())
             .args(["--requests-per-second", &UNLIMITED_REQUESTS.to_string()])
-            .args(["--request-burst", &UNLIMITED_REQUESTS.to_string()]);
+            .args(["--request-burst", &UNLIMITED_REQUESTS.to_string()])
+            .args(["--max-connections", "0"]);
         if let Some(cert) = &certificate {
             command.arg("--tls-cert").arg(&cert.cert).arg("--tls-key").arg(&cert.key);
         }
