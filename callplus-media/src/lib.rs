@@ -32,7 +32,9 @@ mod testsrc;
 pub mod vp8;
 mod webrtc;
 
-pub use adapter::{MediaAdapter, MediaEvent, MediaEvents, MediaStats, PeerSpec, PeerStats, StartMedia};
+pub use adapter::{
+    MediaAdapter, MediaEvent, MediaEvents, MediaStats, PeerSpec, PeerStats, SfuRoute, StartMedia,
+};
 pub use error::MediaError;
 pub use files::{IvfSink, OggOpusSink};
 pub use level::audio_level;
