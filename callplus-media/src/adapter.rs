@@ -206,9 +206,9 @@ impl MediaEvents {
     }
 }
 
-/// What the client needs from a media backend. Peer-to-peer WebRTC ([`crate::WebRtcMediaAdapter`])
-/// is one; an SFU backend is planned and fits the same surface: it would take the same
-/// `start/stop/handle_signal` calls (with the SFU as the only "peer") and produce the same events.
+/// What the client needs from a media backend. [`crate::WebRtcMediaAdapter`] is one: a mesh of
+/// peer connections, or one connection to a selective forwarding unit ([`StartMedia::sfu`]), with
+/// the same calls and the same events either way.
 ///
 /// Devices (sources, mute state, configs) and sinks belong to the adapter, not to a call: the
 /// app sets its camera once and it is used by whichever call runs.

@@ -317,7 +317,27 @@ async fn three_participants_see_and_hear_each_other_through_the_sfu() {
         "the late joiner's key-frame requests reached the publishers"
     );
 
-    for party in &net.parties {
+    // Carol leaves: her connection closes, the SFU takes her streams off alice's and bob's
+    // connections (a renegotiation each), and those two go on seeing and hearing each other.
+    net.parties[2].adapter.stop(&call).await.unwrap();
+    assert!(net.sfu.remove_participant(&call, &users[2], &did("dev1")).await.unwrap());
+    let stats = net.sfu.stats().await.unwrap();
+    assert_eq!((stats.participants, stats.published_streams, stats.forwarded_streams), (2, 4, 4));
+    for (i, other) in [(0, &users[1]), (1, &users[0])] {
+        let party = &mut net.parties[i];
+        for (kind, n) in [(MediaKind::Audio, 100), (MediaKind::Video, 15)] {
+            let rx = party.frames.get_mut(&(other.clone(), kind)).unwrap();
+            timeout(WAIT, async {
+                for _ in 0..n {
+                    rx.recv().await.expect("sink dropped");
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{} lost {other}'s {kind:?} after carol left", users[i]));
+        }
+    }
+
+    for party in &net.parties[..2] {
         party.adapter.stop(&call).await.unwrap();
     }
     net.sfu.end_call(&call).await.unwrap();

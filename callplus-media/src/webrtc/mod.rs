@@ -1,7 +1,8 @@
 //! [`WebRtcMediaAdapter`]: the [`MediaAdapter`] on the `webrtc` crate (0.21, sans-IO `rtc` core).
 //!
 //! Layout:
-//! - one `PeerConnection` per remote device of a call (full mesh), each with one Opus and one
+//! - one `PeerConnection` per remote device of a call (full mesh), or one to the SFU whose
+//!   remote tracks carry every other user's media (told apart by stream id); each with one Opus and one
 //!   VP8 sending track, negotiated once; AUDIO calls simply never send video, so switching the
 //!   media type needs no renegotiation;
 //! - two *pumps* (tasks), audio and video, pull the app's [`MediaSource`]s and fan every sample
