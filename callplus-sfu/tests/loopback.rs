@@ -223,11 +223,22 @@ async fn more_frames(party: &mut Party, kind: MediaKind, n: usize) {
 }
 
 /// Tone and picture size per participant.
-const SENDERS: [(&str, f64, u32, u32); 3] =
+type Sender = (&'static str, f64, u32, u32);
+const SENDERS: [Sender; 3] =
     [("alice", 440.0, 320, 240), ("bob", 660.0, 160, 120), ("carol", 880.0, 240, 176)];
+const SIX: [Sender; 6] = [
+    ("p1", 440.0, 320, 240),
+    ("p2", 550.0, 160, 120),
+    ("p3", 660.0, 240, 176),
+    ("p4", 770.0, 176, 144),
+    ("p5", 880.0, 208, 160),
+    ("p6", 990.0, 256, 192),
+];
 
-async fn equip(party: &mut Party, dir: &Path) {
-    let (_, hz, width, height) = SENDERS.iter().find(|s| s.0 == party.user.as_str()).copied().unwrap();
+/// Gives `party` its tone and test pattern from `senders`, and file and channel sinks for every
+/// other sender.
+async fn equip(party: &mut Party, dir: &Path, senders: &[Sender]) {
+    let (_, hz, width, height) = senders.iter().find(|s| s.0 == party.user.as_str()).copied().unwrap();
     party
         .adapter
         .switch_microphone(Box::new(ToneSource::new(hz, 0.5, AudioConfig::default()).unwrap()))
@@ -235,7 +246,7 @@ async fn equip(party: &mut Party, dir: &Path) {
         .unwrap();
     let config = VideoConfig { width, height, fps: 15, ..VideoConfig::default() };
     party.adapter.switch_camera(Box::new(TestPatternSource::new(config).unwrap())).await.unwrap();
-    for (other, ..) in SENDERS.iter().filter(|s| s.0 != party.user.as_str()) {
+    for (other, ..) in senders.iter().filter(|s| s.0 != party.user.as_str()) {
         let other = uid(other);
         let me = &party.user;
         let ivf = IvfSink::create(dir.join(format!("{me}-sees-{other}.ivf"))).unwrap();
@@ -264,7 +275,7 @@ async fn three_participants_see_and_hear_each_other_through_the_sfu() {
     let mut net = net(&["alice", "bob", "carol"]);
     let call = CallId::new("group-call").unwrap();
     for party in &mut net.parties {
-        equip(party, &dir).await;
+        equip(party, &dir, &SENDERS).await;
     }
     let users: Vec<UserId> = net.parties.iter().map(|p| p.user.clone()).collect();
     let token = |p: &Party| net.sfu.issue_token(&call, &p.user, &p.device, in_an_hour());
@@ -343,8 +354,14 @@ async fn three_participants_see_and_hear_each_other_through_the_sfu() {
     net.sfu.end_call(&call).await.unwrap();
     assert_eq!(net.sfu.stats().await.unwrap().participants, 0);
 
-    for (me, ..) in SENDERS {
-        for (other, hz, width, height) in SENDERS.iter().filter(|s| s.0 != me).copied() {
+    check_recordings(&dir, &SENDERS);
+}
+
+/// Every sender's recordings at every other: the sender's picture size in the `.ivf` header, at
+/// least 15 frames, and its tone dominant in the last second of the `.ogg`.
+fn check_recordings(dir: &Path, senders: &[Sender]) {
+    for (me, ..) in senders {
+        for (other, hz, width, height) in senders.iter().filter(|s| s.0 != *me).copied() {
             let ivf =
                 read_ivf(&dir.join(format!("{me}-sees-{other}.ivf"))).expect("the video recording parses");
             assert_eq!((u32::from(ivf.width), u32::from(ivf.height)), (width, height), "{me} sees {other}");
@@ -355,7 +372,76 @@ async fn three_participants_see_and_hear_each_other_through_the_sfu() {
             assert!((found - hz).abs() <= 10.0, "{me} hears {other} at {found} Hz, sent {hz} Hz");
         }
     }
-    drop(net.sfu_results);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_participants_see_and_hear_each_other_through_the_sfu() {
+    let _turn = ONE_CALL_AT_A_TIME.lock().await;
+    let (_tmp, dir) = record_dir();
+    let names: Vec<&str> = SIX.iter().map(|s| s.0).collect();
+    let mut net = net(&names);
+    let call = CallId::new("six-call").unwrap();
+    for party in &mut net.parties {
+        equip(party, &dir, &SIX).await;
+    }
+    let users: Vec<UserId> = net.parties.iter().map(|p| p.user.clone()).collect();
+    let started = Instant::now();
+    for party in &net.parties {
+        let others: Vec<UserId> = users.iter().filter(|u| **u != party.user).cloned().collect();
+        let token = net.sfu.issue_token(&call, &party.user, &party.device, in_an_hour());
+        party.adapter.start(start(party, &call, &others, token)).await.unwrap();
+    }
+    for party in &mut net.parties {
+        let others: Vec<UserId> = users.iter().filter(|u| **u != party.user).cloned().collect();
+        first_frames(party, &others).await;
+    }
+    eprintln!("6 participants: start -> everyone sees and hears everyone: {:?}", started.elapsed());
+    // Two seconds of audio from everyone at everyone, timed; the video frames that arrived
+    // meanwhile give the received frame rate per sender at each viewer (sent: 15 fps).
+    for party in &mut net.parties {
+        for rx in party.frames.values_mut() {
+            while rx.try_recv().is_ok() {}
+        }
+    }
+    let measuring = Instant::now();
+    for party in &mut net.parties {
+        more_frames(party, MediaKind::Audio, 100).await;
+    }
+    let window = measuring.elapsed().as_secs_f64();
+    let mut fps = Vec::new();
+    for party in &mut net.parties {
+        for ((_, kind), rx) in &mut party.frames {
+            if *kind == MediaKind::Video {
+                let mut n = 0u32;
+                while rx.try_recv().is_ok() {
+                    n += 1;
+                }
+                fps.push(f64::from(n) / window);
+            }
+        }
+    }
+    fps.sort_by(f64::total_cmp);
+    eprintln!(
+        "6 participants: 100 audio frames from each at each in {window:.2} s; received video fps per (viewer, sender): min {:.1}, median {:.1}, max {:.1}",
+        fps[0],
+        fps[fps.len() / 2],
+        fps[fps.len() - 1]
+    );
+    assert_eq!(fps.len(), 30);
+    assert!(fps[0] > 0.0, "a viewer got no video from a sender for {window:.2} s");
+    for party in &mut net.parties {
+        let stats = wait_event(&mut party.events, "stats", |e| matches!(e, MediaEvent::Stats(_))).await;
+        let MediaEvent::Stats(stats) = stats else { unreachable!() };
+        assert_eq!(stats.per_peer.len(), 1, "{}: one connection, to the SFU", party.user);
+    }
+    let stats = net.sfu.stats().await.unwrap();
+    eprintln!("sfu: {stats:?}");
+    assert_eq!((stats.participants, stats.published_streams, stats.forwarded_streams), (6, 12, 60));
+    for party in &net.parties {
+        party.adapter.stop(&call).await.unwrap();
+    }
+    net.sfu.end_call(&call).await.unwrap();
+    check_recordings(&dir, &SIX);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -558,7 +644,7 @@ async fn loss_between_one_subscriber_and_the_sfu_is_repaired_for_that_subscriber
     let mut net = net_with(&["alice", "bob", "carol"], filter);
     let call = CallId::new("lossy-call").unwrap();
     for party in &mut net.parties {
-        equip(party, &dir).await;
+        equip(party, &dir, &SENDERS).await;
     }
     let users: Vec<UserId> = net.parties.iter().map(|p| p.user.clone()).collect();
     for i in 0..3 {
