@@ -498,14 +498,17 @@ impl Task {
                     .map(move |(kind, published)| (member.clone(), *kind, Arc::clone(&published.fanout)))
             })
             .collect();
+        // The participant is in from here on: a stream that cannot be added is logged and the
+        // rest still offered (it has its answer already).
         for (publisher, kind, fanout) in others {
-            Self::subscribe(key, &mut participant, &publisher, kind, &fanout).await?;
+            if let Err(e) = Self::subscribe(key, &mut participant, &publisher, kind, &fanout).await {
+                tracing::warn!(call = %key.call_id, user = %key.user, publisher = %publisher.0, error = %e, "sfu: cannot forward a track");
+            }
         }
-        if participant.renegotiate {
-            Self::negotiate(key, &mut participant).await?;
-        }
+        let offered =
+            if participant.renegotiate { Self::negotiate(key, &mut participant).await } else { Ok(()) };
         call.insert(key.member(), participant);
-        Ok(())
+        offered
     }
 
     /// Adds an outgoing track to `subscriber` carrying `publisher`'s stream of `kind`. The track
