@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use callplus_session::media_token::media_token;
@@ -111,6 +112,8 @@ pub struct SfuStats {
     pub keyframe_requests_forwarded: u64,
     /// Subscribers' key-frame requests held back by the per-subscriber rate limit.
     pub keyframe_requests_held: u64,
+    /// Packets not forwarded because a subscriber's queue was full (its path is too slow).
+    pub packets_dropped: u64,
 }
 
 /// One participant device of one call.
@@ -206,6 +209,7 @@ impl Sfu {
             calls: HashMap::new(),
             keyframes_forwarded: 0,
             keyframes_held: 0,
+            dropped: Arc::new(AtomicU64::new(0)),
         };
         tokio::spawn(task.run(commands_rx));
         (Sfu { commands, tokens }, SfuEvents { rx })
@@ -300,6 +304,8 @@ struct Task {
     calls: HashMap<CallId, HashMap<Member, Participant>>,
     keyframes_forwarded: u64,
     keyframes_held: u64,
+    /// Packets dropped at full subscriber queues.
+    dropped: Arc<AtomicU64>,
 }
 
 fn invalid(key: &ParticipantKey, reason: impl ToString) -> SfuError {
@@ -370,6 +376,7 @@ impl Task {
             calls: self.calls.len(),
             keyframe_requests_forwarded: self.keyframes_forwarded,
             keyframe_requests_held: self.keyframes_held,
+            packets_dropped: self.dropped.load(Ordering::Relaxed),
             ..SfuStats::default()
         };
         for p in participants {
@@ -501,7 +508,9 @@ impl Task {
         // The participant is in from here on: a stream that cannot be added is logged and the
         // rest still offered (it has its answer already).
         for (publisher, kind, fanout) in others {
-            if let Err(e) = Self::subscribe(key, &mut participant, &publisher, kind, &fanout).await {
+            if let Err(e) =
+                Self::subscribe(key, &mut participant, &publisher, kind, &fanout, &self.dropped).await
+            {
                 tracing::warn!(call = %key.call_id, user = %key.user, publisher = %publisher.0, error = %e, "sfu: cannot forward a track");
             }
         }
@@ -519,6 +528,7 @@ impl Task {
         publisher: &Member,
         kind: MediaKind,
         fanout: &Arc<Fanout>,
+        dropped: &Arc<AtomicU64>,
     ) -> Result<(), SfuError> {
         let ssrc = rand_ssrc();
         let (codec_kind, codec, name) = match kind {
@@ -540,10 +550,8 @@ impl Task {
         );
         let track = Arc::new(TrackLocalStaticRTP::new(track));
         let sender = subscriber.pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>).await?;
-        fanout
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.member(), Arc::new(Target { track, ssrc }));
+        let target = Target::spawn(track, ssrc, Arc::clone(dropped));
+        fanout.write().unwrap_or_else(|p| p.into_inner()).insert(key.member(), target);
         subscriber
             .subscriptions
             .insert((publisher.clone(), kind), Subscription { sender, ssrc, gate: KeyframeGate::default() });
@@ -591,7 +599,7 @@ impl Task {
             };
             let done = async {
                 if !subscriber.subscriptions.contains_key(&(member.clone(), kind)) {
-                    Self::subscribe(&sub_key, subscriber, &member, kind, &fanout).await?;
+                    Self::subscribe(&sub_key, subscriber, &member, kind, &fanout, &self.dropped).await?;
                 }
                 Self::negotiate(&sub_key, subscriber).await
             }
