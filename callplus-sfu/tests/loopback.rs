@@ -222,6 +222,18 @@ async fn more_frames(party: &mut Party, kind: MediaKind, n: usize) {
     }
 }
 
+/// Waits for `n` more frames of `kind` from `from` at `party`.
+async fn more_frames_from(party: &mut Party, from: &UserId, kind: MediaKind, n: usize) {
+    let rx = party.frames.get_mut(&(from.clone(), kind)).unwrap();
+    timeout(WAIT, async {
+        for _ in 0..n {
+            rx.recv().await.expect("sink dropped");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} got fewer than {n} {kind:?} frames from {from}", party.user));
+}
+
 /// Tone and picture size per participant.
 type Sender = (&'static str, f64, u32, u32);
 const SENDERS: [Sender; 3] =
@@ -330,6 +342,27 @@ async fn three_participants_see_and_hear_each_other_through_the_sfu() {
         "the late joiner's key-frame requests reached the publishers"
     );
 
+    // Alice turns her camera off: her video stops reaching bob and carol (nothing is sent, so
+    // nothing is forwarded) while her audio goes on; back on, it resumes with a key frame.
+    net.parties[0].adapter.set_camera_enabled(false).await.unwrap();
+    for viewer in 1..3 {
+        let party = &mut net.parties[viewer];
+        let alice = users[0].clone();
+        // Flush what was in flight with half a second of alice's audio, then watch a second.
+        more_frames_from(party, &alice, MediaKind::Audio, 25).await;
+        let video = party.frames.get_mut(&(alice.clone(), MediaKind::Video)).unwrap();
+        while video.try_recv().is_ok() {}
+        more_frames_from(party, &alice, MediaKind::Audio, 50).await;
+        let video = party.frames.get_mut(&(alice.clone(), MediaKind::Video)).unwrap();
+        assert!(video.try_recv().is_err(), "{} got alice's video with her camera off", users[viewer]);
+    }
+    net.parties[0].adapter.set_camera_enabled(true).await.unwrap();
+    for viewer in 1..3 {
+        let video = net.parties[viewer].frames.get_mut(&(users[0].clone(), MediaKind::Video)).unwrap();
+        let first = timeout(WAIT, video.recv()).await.expect("alice's video is back").expect("sink dropped");
+        assert!(first.keyframe, "{}: alice's video resumes with a key frame", users[viewer]);
+    }
+
     // Carol leaves: her connection closes, the SFU takes her streams off alice's and bob's
     // connections (a renegotiation each), and those two go on seeing and hearing each other.
     net.parties[2].adapter.stop(&call).await.unwrap();
@@ -337,17 +370,8 @@ async fn three_participants_see_and_hear_each_other_through_the_sfu() {
     let stats = net.sfu.stats().await.unwrap();
     assert_eq!((stats.participants, stats.published_streams, stats.forwarded_streams), (2, 4, 4));
     for (i, other) in [(0, &users[1]), (1, &users[0])] {
-        let party = &mut net.parties[i];
-        for (kind, n) in [(MediaKind::Audio, 100), (MediaKind::Video, 15)] {
-            let rx = party.frames.get_mut(&(other.clone(), kind)).unwrap();
-            timeout(WAIT, async {
-                for _ in 0..n {
-                    rx.recv().await.expect("sink dropped");
-                }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("{} lost {other}'s {kind:?} after carol left", users[i]));
-        }
+        more_frames_from(&mut net.parties[i], other, MediaKind::Audio, 100).await;
+        more_frames_from(&mut net.parties[i], other, MediaKind::Video, 15).await;
     }
 
     for party in &net.parties[..2] {
