@@ -483,6 +483,7 @@ impl Glue {
                     peers: peers.into_iter().map(PeerSpec::from).collect(),
                     media_type,
                     ice_servers,
+                    sfu: None,
                 };
                 self.start(start, microphone_enabled, camera_enabled).await;
             }

@@ -27,6 +27,28 @@ impl From<MediaPeer> for PeerSpec {
     }
 }
 
+/// Where a call's media goes when it runs through a selective forwarding unit: the SFU's
+/// signalling address (its signals are sent to and come from this user/device) and the media
+/// token the signalling server issued for this device.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SfuRoute {
+    /// The user id the SFU's signals carry.
+    pub user_id: UserId,
+    /// The device id the SFU's signals carry.
+    pub device_id: DeviceId,
+    /// This device's media token, sent inside its offer.
+    pub token: String,
+}
+
+impl std::fmt::Debug for SfuRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SfuRoute")
+            .field("user_id", &self.user_id)
+            .field("device_id", &self.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Everything [`MediaAdapter::start`] needs for one call.
 #[derive(Debug, Clone)]
 pub struct StartMedia {
@@ -42,6 +64,10 @@ pub struct StartMedia {
     pub media_type: MediaType,
     /// STUN/TURN servers handed out by the signalling server (may be empty on a LAN).
     pub ice_servers: Vec<IceServer>,
+    /// `Some`: the call's media goes through this SFU, over one connection, instead of a mesh;
+    /// `peers` are then only the other participants (no connection is made to them, and the
+    /// mesh limits do not apply).
+    pub sfu: Option<SfuRoute>,
 }
 
 /// Receive statistics for one remote peer over the last report interval.
@@ -180,9 +206,9 @@ impl MediaEvents {
     }
 }
 
-/// What the client needs from a media backend. Peer-to-peer WebRTC ([`crate::WebRtcMediaAdapter`])
-/// is one; an SFU backend is planned and fits the same surface: it would take the same
-/// `start/stop/handle_signal` calls (with the SFU as the only "peer") and produce the same events.
+/// What the client needs from a media backend. [`crate::WebRtcMediaAdapter`] is one: a mesh of
+/// peer connections, or one connection to a selective forwarding unit ([`StartMedia::sfu`]), with
+/// the same calls and the same events either way.
 ///
 /// Devices (sources, mute state, configs) and sinks belong to the adapter, not to a call: the
 /// app sets its camera once and it is used by whichever call runs.

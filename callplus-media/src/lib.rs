@@ -4,7 +4,8 @@
 //! call with its peers, stop, mute, switch source, apply config, relay SDP/ICE) and reads
 //! [`MediaEvent`]s back (signalling messages to send, remote media available, first frame, stats,
 //! audio levels, errors). [`WebRtcMediaAdapter`] implements it on the `webrtc` crate: 1:1 calls
-//! peer-to-peer, small MULTI calls as a full mesh (see `docs/media.md`).
+//! peer-to-peer, small MULTI calls as a full mesh, larger ones over one connection to the SFU
+//! (`callplus-sfu`, [`SfuRoute`]; see `docs/media.md`).
 //!
 //! Local media comes from the app as encoded samples through a [`MediaSource`] (Opus audio, VP8
 //! video); remote media goes to a per-user [`MediaSink`]. The crate ships test sources (an Opus
@@ -32,7 +33,9 @@ mod testsrc;
 pub mod vp8;
 mod webrtc;
 
-pub use adapter::{MediaAdapter, MediaEvent, MediaEvents, MediaStats, PeerSpec, PeerStats, StartMedia};
+pub use adapter::{
+    MediaAdapter, MediaEvent, MediaEvents, MediaStats, PeerSpec, PeerStats, SfuRoute, StartMedia,
+};
 pub use error::MediaError;
 pub use files::{IvfSink, OggOpusSink};
 pub use level::audio_level;

@@ -116,6 +116,7 @@ fn start_for(party: &Party, call: &CallId, others: &[&Party], media_type: MediaT
             .collect(),
         media_type,
         ice_servers: vec![],
+        sfu: None,
     }
 }
 
@@ -411,6 +412,7 @@ async fn mesh_beyond_the_limit_is_refused() {
         ],
         media_type: MediaType::Audio,
         ice_servers: vec![],
+        sfu: None,
     };
     let err = adapter.start(start).await.unwrap_err();
     assert!(matches!(err, MediaError::MeshTooLarge { participants: 3, max: 2 }), "{err}");
@@ -424,6 +426,7 @@ async fn mesh_beyond_the_limit_is_refused() {
         peers,
         media_type: MediaType::AudioVideo,
         ice_servers: vec![],
+        sfu: None,
     };
     let (adapter, _events) = WebRtcMediaAdapter::new(WebRtcConfig::loopback());
     let err = adapter.start(start).await.unwrap_err();
@@ -437,6 +440,7 @@ async fn mesh_beyond_the_limit_is_refused() {
         peers: vec![peer_spec(&me, &dev, me.clone(), did("other"))],
         media_type: MediaType::Audio,
         ice_servers: vec![],
+        sfu: None,
     };
     assert!(matches!(adapter.start(start).await, Err(MediaError::InvalidPeer(..))));
 }

@@ -11,6 +11,7 @@ pub mod client;
 pub mod error;
 pub mod limits;
 pub mod link;
+pub mod media_token;
 pub mod model;
 pub mod switchboard;
 pub mod wire;

@@ -240,12 +240,16 @@ fn ci(args: &[String]) -> Result {
 }
 
 /// Crates that must stay out of a package's normal dependency tree: the C library apps link
-/// carries no server, and the server binary carries no codec (so it builds with the Rust
-/// toolchain alone).
+/// carries no server, and the server binary and the SFU carry no codec and no OpenSSL (so they
+/// build with the Rust toolchain alone).
 const FORBIDDEN_DEPENDENCIES: &[(&str, &[&str])] = &[
     ("callplus-ffi", &["rusqlite", "axum", "prometheus-client", "reqwest", "clap", "callplus-server"]),
     ("callplus-client", &["rusqlite", "axum", "prometheus-client", "reqwest", "clap", "callplus-server"]),
     ("callplus-signal", &["opus", "audiopus_sys", "env-libvpx-sys", "vpx-encode", "callplus-media"]),
+    (
+        "callplus-sfu",
+        &["opus", "audiopus_sys", "env-libvpx-sys", "vpx-encode", "callplus-media", "openssl-sys"],
+    ),
 ];
 
 /// Checks [`FORBIDDEN_DEPENDENCIES`] with `cargo tree`, then builds the README's server binary

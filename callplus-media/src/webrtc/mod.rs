@@ -1,7 +1,8 @@
 //! [`WebRtcMediaAdapter`]: the [`MediaAdapter`] on the `webrtc` crate (0.21, sans-IO `rtc` core).
 //!
 //! Layout:
-//! - one `PeerConnection` per remote device of a call (full mesh), each with one Opus and one
+//! - one `PeerConnection` per remote device of a call (full mesh), or one to the SFU whose
+//!   remote tracks carry every other user's media (told apart by stream id); each with one Opus and one
 //!   VP8 sending track, negotiated once; AUDIO calls simply never send video, so switching the
 //!   media type needs no renegotiation;
 //! - two *pumps* (tasks), audio and video, pull the app's [`MediaSource`]s and fan every sample
@@ -88,6 +89,8 @@ type Sinks = Arc<StdMutex<HashMap<(UserId, MediaKind), Box<dyn MediaSink>>>>;
 
 struct CallEntry {
     media_type: MediaType,
+    /// Through an SFU: the SFU's signalling address, the call's only connection.
+    sfu: Option<PeerKey>,
     local_user: UserId,
     local_device: DeviceId,
     ice_servers: Vec<IceServer>,
@@ -211,7 +214,7 @@ impl MediaAdapter for WebRtcMediaAdapter {
         let inner = &self.inner;
         let participants = start.peers.len() + 1;
         let max = inner.mesh_limit(start.media_type);
-        if participants > max {
+        if start.sfu.is_none() && participants > max {
             return Err(MediaError::MeshTooLarge { participants, max });
         }
         for (i, p) in start.peers.iter().enumerate() {
@@ -227,7 +230,7 @@ impl MediaAdapter for WebRtcMediaAdapter {
             return Err(MediaError::CallExists(start.call_id));
         }
         state.ended.retain(|c| *c != start.call_id);
-        tracing::info!(call = %start.call_id, peers = start.peers.len(), media = ?start.media_type, "media start");
+        tracing::info!(call = %start.call_id, peers = start.peers.len(), media = ?start.media_type, sfu = start.sfu.is_some(), "media start");
         let stats_task = tokio::spawn(stats_loop(
             Arc::downgrade(inner),
             start.call_id.clone(),
@@ -237,6 +240,7 @@ impl MediaAdapter for WebRtcMediaAdapter {
             start.call_id.clone(),
             CallEntry {
                 media_type: start.media_type,
+                sfu: start.sfu.as_ref().map(|r| (r.user_id.clone(), r.device_id.clone())),
                 local_user: start.local_user.clone(),
                 local_device: start.local_device.clone(),
                 ice_servers: start.ice_servers.clone(),
@@ -244,8 +248,16 @@ impl MediaAdapter for WebRtcMediaAdapter {
                 stats_task,
             },
         );
-        for spec in start.peers {
-            if let Err(e) = inner.add_peer_locked(&mut state, &start.call_id, spec).await {
+        // One connection to the SFU, which we offer to; else one per peer.
+        let connections: Vec<(PeerSpec, Option<String>)> = match start.sfu {
+            Some(route) => vec![(
+                PeerSpec { user_id: route.user_id, device_id: route.device_id, offerer: true },
+                Some(route.token),
+            )],
+            None => start.peers.into_iter().map(|spec| (spec, None)).collect(),
+        };
+        for (spec, token) in connections {
+            if let Err(e) = inner.add_peer_locked(&mut state, &start.call_id, spec, token).await {
                 if let Some(call) = state.calls.remove(&start.call_id) {
                     call.stats_task.abort();
                     for (_, peer) in call.peers {
@@ -274,6 +286,10 @@ impl MediaAdapter for WebRtcMediaAdapter {
         if peer.user_id == call.local_user {
             return Err(MediaError::InvalidPeer(peer.user_id, "is the local user"));
         }
+        if call.sfu.is_some() {
+            // The SFU offers the newcomer's tracks on the connection we have.
+            return Ok(());
+        }
         let key = (peer.user_id.clone(), peer.device_id.clone());
         if call.peers.contains_key(&key) {
             return Err(MediaError::InvalidPeer(peer.user_id, "listed twice"));
@@ -283,7 +299,7 @@ impl MediaAdapter for WebRtcMediaAdapter {
         if participants > max {
             return Err(MediaError::MeshTooLarge { participants, max });
         }
-        inner.add_peer_locked(&mut state, call_id, peer).await?;
+        inner.add_peer_locked(&mut state, call_id, peer, None).await?;
         // Signals this peer sent before we knew it.
         if let Some(queue) = state.pending.get_mut(call_id) {
             let (mine, rest): (Vec<_>, Vec<_>) =
@@ -308,6 +324,10 @@ impl MediaAdapter for WebRtcMediaAdapter {
         let inner = &self.inner;
         let mut state = inner.state.lock().await;
         let call = state.calls.get_mut(call_id).ok_or_else(|| MediaError::UnknownCall(call_id.clone()))?;
+        if call.sfu.as_ref().is_some_and(|sfu| sfu.0 != *user || sfu.1 != *device) {
+            // The SFU stops forwarding a participant that left; our connection stays.
+            return Ok(());
+        }
         let peer = call.peers.remove(&(user.clone(), device.clone())).ok_or_else(|| {
             MediaError::UnknownPeer { call_id: call_id.clone(), user: user.clone(), device: device.clone() }
         })?;
@@ -374,7 +394,7 @@ impl MediaAdapter for WebRtcMediaAdapter {
         let call = state.calls.get_mut(call_id).ok_or_else(|| MediaError::UnknownCall(call_id.clone()))?;
         let participants = call.peers.len() + 1;
         let max = inner.mesh_limit(media_type);
-        if participants > max {
+        if call.sfu.is_none() && participants > max {
             return Err(MediaError::MeshTooLarge { participants, max });
         }
         call.media_type = media_type;

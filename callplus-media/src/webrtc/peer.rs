@@ -1,10 +1,12 @@
 //! One peer connection per remote device: its callbacks (ICE, state, remote tracks), what its
 //! tasks share, and how the adapter creates, negotiates, connects and closes it.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::Instant;
 
+use callplus_session::media_token::attach_media_token;
 use callplus_session::{CallId, Code, DeviceId, IceServer, MediaKind, MediaPayload, MediaType, UserId};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::Slot;
@@ -61,10 +63,17 @@ pub(super) struct PeerShared {
     pub(super) held_candidates: StdMutex<Option<Vec<MediaPayload>>>,
     pub(super) connected: AtomicBool,
     pub(super) closed: AtomicBool,
-    pub(super) first_audio: AtomicBool,
-    pub(super) first_video: AtomicBool,
-    /// Sum of squares and count of decoded samples since the last level report.
-    pub(super) level: StdMutex<(f64, u64)>,
+    /// `Some` when this connection goes to an SFU: the media token our offer carries. Its remote
+    /// tracks then belong to several users, told apart by their stream id.
+    pub(super) sfu_token: Option<String>,
+    /// The local user (an SFU track naming it is never delivered).
+    pub(super) local_user: UserId,
+    /// (user, kind) whose first decodable frame was reported.
+    pub(super) first_frames: StdMutex<HashSet<(UserId, MediaKind)>>,
+    /// Per remote user: sum of squares and count of decoded samples since the last level report.
+    pub(super) levels: StdMutex<HashMap<UserId, (f64, u64)>>,
+    /// Through an SFU: the users whose tracks arrived on this connection.
+    pub(super) sfu_users: StdMutex<HashSet<UserId>>,
     /// The peer's reception reports and key-frame requests about what we send.
     pub(super) reports: Arc<StdMutex<RemoteReports>>,
     /// SSRC of the video we send to this peer (the sender SSRC of our PLIs).
@@ -103,17 +112,14 @@ impl PeerShared {
         }
     }
 
-    pub(super) fn deliver(&self, frame: RemoteFrame) {
+    /// Hands a frame of `user`'s media to that user's sink.
+    pub(super) fn deliver(&self, user: &UserId, frame: RemoteFrame) {
         // The first *decodable* frame: for video, a key frame.
-        let first = match frame.kind {
-            MediaKind::Audio => &self.first_audio,
-            MediaKind::Video => &self.first_video,
-        };
-        if frame.keyframe && !first.swap(true, Ordering::AcqRel) {
-            tracing::debug!(call = %self.call_id, user = %self.user, kind = ?frame.kind, "first remote frame");
+        if frame.keyframe && lock(&self.first_frames).insert((user.clone(), frame.kind)) {
+            tracing::debug!(call = %self.call_id, user = %user, kind = ?frame.kind, "first remote frame");
             self.emit(MediaEvent::FirstFrame {
                 call_id: self.call_id.clone(),
-                user: self.user.clone(),
+                user: user.clone(),
                 kind: frame.kind,
                 at_ms: now_ms(),
             });
@@ -123,17 +129,17 @@ impl PeerShared {
             return;
         }
         let mut sinks = lock(&self.sinks);
-        let key = (self.user.clone(), frame.kind);
+        let key = (user.clone(), frame.kind);
         if let Some(sink) = sinks.get_mut(&key)
             && let Err(e) = sink.on_frame(&frame)
         {
-            tracing::warn!(user = %self.user, error = %e, "sink failed; removed");
+            tracing::warn!(user = %user, error = %e, "sink failed; removed");
             if let Some(mut sink) = sinks.remove(&key) {
                 sink.on_end();
             }
             self.emit(MediaEvent::FetchRemoteMediaError {
                 call_id: self.call_id.clone(),
-                user: self.user.clone(),
+                user: user.clone(),
                 code: Code::PlayMediaFailed,
             });
         }
@@ -274,6 +280,7 @@ impl Inner {
         local_user: &UserId,
         ice_servers: &[IceServer],
         spec: &PeerSpec,
+        sfu_token: Option<String>,
     ) -> Result<PeerEntry, MediaError> {
         let mut media = MediaEngine::default();
         media.register_codec(
@@ -310,9 +317,11 @@ impl Inner {
             held_candidates: StdMutex::new(Some(Vec::new())),
             connected: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            first_audio: AtomicBool::new(false),
-            first_video: AtomicBool::new(false),
-            level: StdMutex::new((0.0, 0)),
+            sfu_token,
+            local_user: local_user.clone(),
+            first_frames: StdMutex::new(HashSet::new()),
+            levels: StdMutex::new(HashMap::new()),
+            sfu_users: StdMutex::new(HashSet::new()),
             reports,
             video_ssrc,
             plis_sent: AtomicU32::new(0),
@@ -367,6 +376,10 @@ impl Inner {
             .await
             .ok_or_else(|| MediaError::WebRtc("no local description after set_local_description".into()))?
             .sdp;
+        let sdp = match &peer.shared.sfu_token {
+            Some(token) => attach_media_token(&sdp, token),
+            None => sdp,
+        };
         peer.shared.send_signal(MediaPayload::SdpOffer(sdp));
         peer.shared.release_candidates();
         Ok(())
@@ -378,10 +391,11 @@ impl Inner {
         state: &mut State,
         call_id: &CallId,
         spec: PeerSpec,
+        sfu_token: Option<String>,
     ) -> Result<(), MediaError> {
         let call = state.calls.get(call_id).ok_or_else(|| MediaError::UnknownCall(call_id.clone()))?;
         let (local_user, ice_servers) = (call.local_user.clone(), call.ice_servers.clone());
-        let peer = self.new_peer(call_id, &local_user, &ice_servers, &spec).await?;
+        let peer = self.new_peer(call_id, &local_user, &ice_servers, &spec, sfu_token).await?;
         if spec.offerer
             && let Err(e) = Self::offer(&peer).await
         {
@@ -468,10 +482,18 @@ impl Inner {
         if let Err(e) = peer.pc.close().await {
             tracing::debug!(error = %e, "closing peer connection");
         }
+        // Through an SFU, the connection carried every other user's media.
+        let users: Vec<UserId> = if peer.shared.sfu_token.is_some() {
+            lock(&peer.shared.sfu_users).iter().cloned().collect()
+        } else {
+            vec![peer.shared.user.clone()]
+        };
         let mut sinks = lock(&self.sinks);
-        for kind in [MediaKind::Audio, MediaKind::Video] {
-            if let Some(sink) = sinks.get_mut(&(peer.shared.user.clone(), kind)) {
-                sink.on_end();
+        for user in users {
+            for kind in [MediaKind::Audio, MediaKind::Video] {
+                if let Some(sink) = sinks.get_mut(&(user.clone(), kind)) {
+                    sink.on_end();
+                }
             }
         }
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use callplus_session::{Code, MediaKind};
+use callplus_session::{Code, MediaKind, UserId};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
@@ -29,11 +29,23 @@ pub(super) async fn receive_loop(shared: Arc<PeerShared>, track: Arc<dyn TrackRe
             return;
         }
     };
-    shared.emit(MediaEvent::UserMediaAvailable {
-        call_id: shared.call_id.clone(),
-        user: shared.user.clone(),
-        kind,
-    });
+    // Whose media this is: the peer's; through an SFU, the user the stream id names.
+    let user = if shared.sfu_token.is_some() {
+        let stream_id = track.stream_id().await;
+        match UserId::new(&stream_id) {
+            Ok(user) if user != shared.local_user => {
+                lock(&shared.sfu_users).insert(user.clone());
+                user
+            }
+            _ => {
+                tracing::debug!(stream_id, "SFU track of no other user ignored");
+                return;
+            }
+        }
+    } else {
+        shared.user.clone()
+    };
+    shared.emit(MediaEvent::UserMediaAvailable { call_id: shared.call_id.clone(), user: user.clone(), kind });
     // Audio tracks leave it empty: it never has a deadline.
     let mut video = VideoReceive::new();
     let mut decoder = match kind {
@@ -58,7 +70,7 @@ pub(super) async fn receive_loop(shared: Arc<PeerShared>, track: Arc<dyn TrackRe
             Wake::Track(Some(event)) => event,
             Wake::Track(None) => break,
             Wake::Deadline => {
-                video.release(&shared, track.as_ref(), Instant::now()).await;
+                video.release(&shared, &user, track.as_ref(), Instant::now()).await;
                 continue;
             }
         };
@@ -74,16 +86,20 @@ pub(super) async fn receive_loop(shared: Arc<PeerShared>, track: Arc<dyn TrackRe
                         && let Ok(n) = decoder.decode(&packet.payload, &mut pcm, false)
                     {
                         let sum: f64 = pcm[..n].iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-                        let mut level = lock(&shared.level);
+                        let mut levels = lock(&shared.levels);
+                        let level = levels.entry(user.clone()).or_default();
                         level.0 += sum;
                         level.1 += n as u64;
                     }
-                    shared.deliver(RemoteFrame {
-                        kind,
-                        data: packet.payload.clone(),
-                        rtp_timestamp: packet.header.timestamp,
-                        keyframe: true,
-                    });
+                    shared.deliver(
+                        &user,
+                        RemoteFrame {
+                            kind,
+                            data: packet.payload.clone(),
+                            rtp_timestamp: packet.header.timestamp,
+                            keyframe: true,
+                        },
+                    );
                 }
                 MediaKind::Video => {
                     let now = Instant::now();
@@ -93,19 +109,19 @@ pub(super) async fn receive_loop(shared: Arc<PeerShared>, track: Arc<dyn TrackRe
                     if pushed != Pushed::Accepted {
                         tracing::trace!(seq, ?pushed, "video packet dropped by the reorder buffer");
                     }
-                    video.release(&shared, track.as_ref(), now).await;
+                    video.release(&shared, &user, track.as_ref(), now).await;
                 }
             },
             TrackRemoteEvent::OnError => shared.emit(MediaEvent::FetchRemoteMediaError {
                 call_id: shared.call_id.clone(),
-                user: shared.user.clone(),
+                user: user.clone(),
                 code: Code::MediaResourceInvalid,
             }),
             TrackRemoteEvent::OnEnded => break,
             _ => {}
         }
     }
-    tracing::debug!(call = %shared.call_id, user = %shared.user, ?kind, "remote track ended");
+    tracing::debug!(call = %shared.call_id, user = %user, ?kind, "remote track ended");
 }
 
 /// Why the receive loop woke up.
@@ -142,7 +158,13 @@ impl VideoReceive {
 
     /// Depacketizes what the reorder buffer lets go at `now`: complete frames go to the sink, and
     /// a stream that cannot be decoded (a gap given up, among others) asks for a key frame.
-    pub(super) async fn release(&mut self, shared: &PeerShared, track: &dyn TrackRemote, now: Instant) {
+    pub(super) async fn release(
+        &mut self,
+        shared: &PeerShared,
+        user: &UserId,
+        track: &dyn TrackRemote,
+        now: Instant,
+    ) {
         while let Some(packet) = self.reorder.poll(now) {
             let header = &packet.header;
             let frame =
@@ -151,17 +173,15 @@ impl VideoReceive {
                 request_keyframe(shared, track, &mut self.pli, header.ssrc).await;
             }
             if let Some((data, rtp_timestamp)) = frame {
-                shared.deliver(RemoteFrame {
-                    kind: MediaKind::Video,
-                    keyframe: is_keyframe(&data),
-                    data,
-                    rtp_timestamp,
-                });
+                shared.deliver(
+                    user,
+                    RemoteFrame { kind: MediaKind::Video, keyframe: is_keyframe(&data), data, rtp_timestamp },
+                );
             }
         }
         let counts = self.reorder.take_counts();
         if counts.lost > 0 {
-            tracing::debug!(call = %shared.call_id, user = %shared.user, lost = counts.lost, "video gap given up");
+            tracing::debug!(call = %shared.call_id, user = %user, lost = counts.lost, "video gap given up");
         }
         shared.video_recovered.fetch_add(counts.recovered, Ordering::Relaxed);
         shared.video_lost.fetch_add(counts.lost, Ordering::Relaxed);

@@ -102,13 +102,15 @@ pub(super) async fn stats_loop(inner: Weak<Inner>, call_id: CallId, period: Dura
                 video_packets_lost: shared.video_lost.swap(0, Ordering::Relaxed),
             });
 
-            let (sum, n) = std::mem::take(&mut *lock(&shared.level));
-            if n > 0 {
-                shared.emit(MediaEvent::AudioLevel {
-                    call_id: call_id.clone(),
-                    user: key.0.clone(),
-                    level: level_from_mean_square(sum / n as f64),
-                });
+            let levels = std::mem::take(&mut *lock(&shared.levels));
+            for (user, (sum, n)) in levels {
+                if n > 0 {
+                    shared.emit(MediaEvent::AudioLevel {
+                        call_id: call_id.clone(),
+                        user,
+                        level: level_from_mean_square(sum / n as f64),
+                    });
+                }
             }
         }
         previous.retain(|k, _| peers.iter().any(|(p, _, _)| p == k));

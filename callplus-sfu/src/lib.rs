@@ -1,0 +1,27 @@
+//! The selective forwarding unit (SFU) of callplus: group calls without a full mesh.
+//!
+//! Each participant device of a MULTI call has one WebRTC connection to the SFU. It publishes its
+//! audio and video once; the SFU forwards every RTP packet, undecoded, to each other participant
+//! on that participant's own connection. Only devices holding a media token issued for their
+//! (call, user, device) get an answer ([`MediaTokens`]); DTLS-SRTP protects every connection.
+//!
+//! Per subscriber: the SFU answers its NACKs from the packets it sent on that connection (the
+//! stack's NACK responder), asks the publisher itself for what never reached the SFU, and passes
+//! its key-frame requests (PLI/FIR) on to the publisher at most once per 500 ms
+//! ([`keyframe_gate`]). See `docs/media.md`, "Group calls through the SFU".
+//!
+//! Built on the `webrtc`/`rtc` 0.21 stack the clients use; no codec and no system library.
+#![forbid(unsafe_code)]
+
+mod codecs;
+mod connection;
+mod error;
+mod feedback;
+mod forward;
+pub mod keyframe_gate;
+mod sfu;
+mod token;
+
+pub use error::SfuError;
+pub use sfu::{Sfu, SfuConfig, SfuEvent, SfuEvents, SfuStats};
+pub use token::{MediaTokens, TokenError};

@@ -1,0 +1,683 @@
+//! [`Sfu`]: the forwarding unit. One task owns every call's participants; the public methods and
+//! the connections' callbacks post commands to it, so no lock is held across the stack's awaits.
+//!
+//! Negotiation: a participant offers first (its audio and video, and its media token); the SFU
+//! answers, then adds one outgoing track per stream of every other participant and offers them
+//! (renegotiation). The SFU never has two offers out to one participant: tracks added while an
+//! offer waits for its answer are offered after that answer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use callplus_session::media_token::media_token;
+use callplus_session::{CallId, DeviceId, IceServer, MediaKind, MediaPayload, UserId};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit, RTCSessionDescription};
+use webrtc::rtp_transceiver::RtpSender;
+
+use crate::codecs::{opus_codec, vp8_codec};
+use crate::connection::{Shared, connect};
+use crate::error::SfuError;
+use crate::forward::{Fanout, Target, forward};
+use crate::keyframe_gate::KeyframeGate;
+use crate::token::MediaTokens;
+
+/// Settings of an [`Sfu`].
+#[derive(Clone)]
+pub struct SfuConfig {
+    /// Local UDP addresses the connections bind to (`"127.0.0.1:0"` in tests; a public address
+    /// in production).
+    pub bind_addrs: Vec<String>,
+    /// STUN/TURN servers for the SFU's own candidates (usually none: it has a public address).
+    pub ice_servers: Vec<IceServer>,
+    /// The secret media tokens are signed with (shared with the signalling server).
+    pub token_secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for SfuConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SfuConfig").field("bind_addrs", &self.bind_addrs).finish_non_exhaustive()
+    }
+}
+
+/// What the SFU tells the signalling layer.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SfuEvent {
+    /// Send this SDP/ICE message to one participant device (`MediaSignal`).
+    Signal {
+        /// The call.
+        call_id: CallId,
+        /// Recipient user.
+        to_user: UserId,
+        /// Recipient device.
+        to_device: DeviceId,
+        /// The message.
+        payload: MediaPayload,
+    },
+    /// ICE + DTLS up with this participant.
+    ParticipantConnected {
+        /// The call.
+        call_id: CallId,
+        /// The user.
+        user: UserId,
+        /// The device.
+        device: DeviceId,
+    },
+    /// The connection to this participant failed.
+    ParticipantFailed {
+        /// The call.
+        call_id: CallId,
+        /// The user.
+        user: UserId,
+        /// The device.
+        device: DeviceId,
+    },
+}
+
+/// The stream of [`SfuEvent`]s, returned by [`Sfu::new`].
+#[derive(Debug)]
+pub struct SfuEvents {
+    rx: mpsc::UnboundedReceiver<SfuEvent>,
+}
+
+impl SfuEvents {
+    /// The next event; `None` once the SFU is gone.
+    pub async fn recv(&mut self) -> Option<SfuEvent> {
+        self.rx.recv().await
+    }
+}
+
+/// Counters of the SFU, for tests, logs and the load tool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SfuStats {
+    /// Calls with at least one participant.
+    pub calls: usize,
+    /// Participant connections.
+    pub participants: usize,
+    /// Streams published to the SFU.
+    pub published_streams: usize,
+    /// Streams forwarded (one per subscriber per published stream).
+    pub forwarded_streams: usize,
+    /// Subscribers' key-frame requests passed on to publishers.
+    pub keyframe_requests_forwarded: u64,
+    /// Subscribers' key-frame requests held back by the per-subscriber rate limit.
+    pub keyframe_requests_held: u64,
+    /// Packets not forwarded because a subscriber's queue was full (its path is too slow).
+    pub packets_dropped: u64,
+}
+
+/// One participant device of one call.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ParticipantKey {
+    pub(crate) call_id: CallId,
+    pub(crate) user: UserId,
+    pub(crate) device: DeviceId,
+}
+
+impl ParticipantKey {
+    fn member(&self) -> Member {
+        (self.user.clone(), self.device.clone())
+    }
+}
+
+type Member = (UserId, DeviceId);
+
+pub(crate) enum Command {
+    Signal {
+        key: ParticipantKey,
+        payload: MediaPayload,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    Remove {
+        key: ParticipantKey,
+        reply: oneshot::Sender<bool>,
+    },
+    EndCall {
+        call_id: CallId,
+        reply: oneshot::Sender<()>,
+    },
+    Stats {
+        reply: oneshot::Sender<SfuStats>,
+    },
+    /// A publisher's track arrived (from the connection's callback).
+    Track {
+        key: ParticipantKey,
+        track: Arc<dyn TrackRemote>,
+    },
+    /// A subscriber asked for a key frame of the stream `ssrc` on its connection.
+    Keyframe {
+        key: ParticipantKey,
+        ssrc: u32,
+        at: Instant,
+    },
+}
+
+/// The selective forwarding unit. Must be created inside a tokio runtime.
+///
+/// ```no_run
+/// # async fn demo(signal: callplus_session::MediaPayload) -> Result<(), callplus_sfu::SfuError> {
+/// use callplus_sfu::{Sfu, SfuConfig};
+/// let (sfu, mut events) = Sfu::new(SfuConfig {
+///     bind_addrs: vec!["127.0.0.1:0".into()],
+///     ice_servers: vec![],
+///     token_secret: b"shared with the signalling server".to_vec(),
+/// });
+/// # let (call, user, device) = todo!();
+/// sfu.handle_signal(&call, &user, &device, signal).await?;   // an offer, answer or candidate
+/// while let Some(event) = events.recv().await { /* SfuEvent::Signal -> that device */ }
+/// # Ok(()) }
+/// ```
+pub struct Sfu {
+    commands: mpsc::UnboundedSender<Command>,
+    tokens: MediaTokens,
+}
+
+impl std::fmt::Debug for Sfu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sfu").finish_non_exhaustive()
+    }
+}
+
+fn now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Sfu {
+    /// Starts the SFU task; the events say what to send to whom.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn new(config: SfuConfig) -> (Sfu, SfuEvents) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let tokens = MediaTokens::new(config.token_secret.clone());
+        let task = Task {
+            tokens: tokens.clone(),
+            config,
+            events,
+            me: commands.downgrade(),
+            calls: HashMap::new(),
+            keyframes_forwarded: 0,
+            keyframes_held: 0,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        tokio::spawn(task.run(commands_rx));
+        (Sfu { commands, tokens }, SfuEvents { rx })
+    }
+
+    /// A media token for this device of this call, valid until `expires_s` (Unix seconds); the
+    /// signalling server hands it to the device with the SFU's address.
+    pub fn issue_token(&self, call_id: &CallId, user: &UserId, device: &DeviceId, expires_s: u64) -> String {
+        self.tokens.issue(call_id, user, device, expires_s)
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, SfuError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).map_err(|_| SfuError::Stopped)?;
+        rx.await.map_err(|_| SfuError::Stopped)
+    }
+
+    /// Applies an SDP offer or answer or an ICE candidate from a participant device. The first
+    /// offer of a device must carry its media token.
+    ///
+    /// # Errors
+    /// [`SfuError::Unauthorized`] for an offer without a valid token (nothing is answered),
+    /// [`SfuError::UnknownParticipant`] for an answer or candidate from a device without a
+    /// connection, [`SfuError::InvalidSignal`], stack failures.
+    pub async fn handle_signal(
+        &self,
+        call_id: &CallId,
+        from_user: &UserId,
+        from_device: &DeviceId,
+        payload: MediaPayload,
+    ) -> Result<(), SfuError> {
+        let key =
+            ParticipantKey { call_id: call_id.clone(), user: from_user.clone(), device: from_device.clone() };
+        self.ask(|reply| Command::Signal { key, payload, reply }).await?
+    }
+
+    /// A participant left: its connection closes, the others stop receiving its streams.
+    /// `false` when it had no connection.
+    pub async fn remove_participant(
+        &self,
+        call_id: &CallId,
+        user: &UserId,
+        device: &DeviceId,
+    ) -> Result<bool, SfuError> {
+        let key = ParticipantKey { call_id: call_id.clone(), user: user.clone(), device: device.clone() };
+        self.ask(|reply| Command::Remove { key, reply }).await
+    }
+
+    /// The call ended: every connection of it closes.
+    pub async fn end_call(&self, call_id: &CallId) -> Result<(), SfuError> {
+        let call_id = call_id.clone();
+        self.ask(|reply| Command::EndCall { call_id, reply }).await
+    }
+
+    /// The SFU's counters now.
+    pub async fn stats(&self) -> Result<SfuStats, SfuError> {
+        self.ask(|reply| Command::Stats { reply }).await
+    }
+}
+
+/// A stream a participant publishes.
+struct Published {
+    track: Arc<dyn TrackRemote>,
+    ssrc: u32,
+    fanout: Arc<Fanout>,
+    task: JoinHandle<()>,
+}
+
+/// Another participant's stream, forwarded to this one.
+struct Subscription {
+    sender: Arc<dyn RtpSender>,
+    ssrc: u32,
+    gate: KeyframeGate,
+}
+
+struct Participant {
+    pc: Arc<dyn PeerConnection>,
+    shared: Arc<Shared>,
+    /// Our offer is out and its answer not in yet.
+    awaiting_answer: bool,
+    /// Tracks changed since the last offer.
+    renegotiate: bool,
+    published: HashMap<MediaKind, Published>,
+    subscriptions: HashMap<(Member, MediaKind), Subscription>,
+}
+
+struct Task {
+    config: SfuConfig,
+    tokens: MediaTokens,
+    events: mpsc::UnboundedSender<SfuEvent>,
+    me: mpsc::WeakUnboundedSender<Command>,
+    calls: HashMap<CallId, HashMap<Member, Participant>>,
+    keyframes_forwarded: u64,
+    keyframes_held: u64,
+    /// Packets dropped at full subscriber queues.
+    dropped: Arc<AtomicU64>,
+}
+
+fn invalid(key: &ParticipantKey, reason: impl ToString) -> SfuError {
+    SfuError::InvalidSignal { user: key.user.clone(), device: key.device.clone(), reason: reason.to_string() }
+}
+
+fn media_kind(kind: RtpCodecKind) -> Option<MediaKind> {
+    match kind {
+        RtpCodecKind::Audio => Some(MediaKind::Audio),
+        RtpCodecKind::Video => Some(MediaKind::Video),
+        _ => None,
+    }
+}
+
+/// A random SSRC, from the std hasher's randomly keyed SipHash (no extra dependency).
+fn rand_ssrc() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    (h.finish() as u32).max(1)
+}
+
+impl Task {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        while let Some(command) = commands.recv().await {
+            match command {
+                Command::Signal { key, payload, reply } => {
+                    let result = self.on_signal(&key, payload).await;
+                    if let Err(e) = &result {
+                        tracing::info!(call = %key.call_id, user = %key.user, device = %key.device, error = %e, "sfu: signal refused");
+                    }
+                    let _ = reply.send(result);
+                }
+                Command::Remove { key, reply } => {
+                    let removed = self.remove(&key).await;
+                    let _ = reply.send(removed);
+                }
+                Command::EndCall { call_id, reply } => {
+                    let members: Vec<Member> =
+                        self.calls.get(&call_id).map(|c| c.keys().cloned().collect()).unwrap_or_default();
+                    for (user, device) in members {
+                        self.remove(&ParticipantKey { call_id: call_id.clone(), user, device }).await;
+                    }
+                    let _ = reply.send(());
+                }
+                Command::Stats { reply } => {
+                    let _ = reply.send(self.stats());
+                }
+                Command::Track { key, track } => self.on_track(&key, track).await,
+                Command::Keyframe { key, ssrc, at } => self.on_keyframe_request(&key, ssrc, at).await,
+            }
+        }
+        // The Sfu is gone: close everything.
+        let calls: Vec<CallId> = self.calls.keys().cloned().collect();
+        for call_id in calls {
+            let members: Vec<Member> =
+                self.calls.get(&call_id).map(|c| c.keys().cloned().collect()).unwrap_or_default();
+            for (user, device) in members {
+                self.remove(&ParticipantKey { call_id: call_id.clone(), user, device }).await;
+            }
+        }
+    }
+
+    fn stats(&self) -> SfuStats {
+        let participants = self.calls.values().flat_map(|c| c.values());
+        let mut stats = SfuStats {
+            calls: self.calls.len(),
+            keyframe_requests_forwarded: self.keyframes_forwarded,
+            keyframe_requests_held: self.keyframes_held,
+            packets_dropped: self.dropped.load(Ordering::Relaxed),
+            ..SfuStats::default()
+        };
+        for p in participants {
+            stats.participants += 1;
+            stats.published_streams += p.published.len();
+            stats.forwarded_streams += p.subscriptions.len();
+        }
+        stats
+    }
+
+    fn participant(&mut self, key: &ParticipantKey) -> Result<&mut Participant, SfuError> {
+        self.calls.get_mut(&key.call_id).and_then(|c| c.get_mut(&key.member())).ok_or_else(|| {
+            SfuError::UnknownParticipant {
+                call_id: key.call_id.clone(),
+                user: key.user.clone(),
+                device: key.device.clone(),
+            }
+        })
+    }
+
+    async fn on_signal(&mut self, key: &ParticipantKey, payload: MediaPayload) -> Result<(), SfuError> {
+        let known = self.calls.get(&key.call_id).is_some_and(|c| c.contains_key(&key.member()));
+        match payload {
+            MediaPayload::SdpOffer(sdp) if !known => self.join(key, sdp).await,
+            MediaPayload::SdpOffer(sdp) => {
+                // The device renegotiates (an ICE restart, say). If our own offer is out, ours
+                // wins: the device applies it and offers again later.
+                let p = self.participant(key)?;
+                if p.awaiting_answer {
+                    return Err(invalid(key, "offer while the SFU's offer is pending"));
+                }
+                let offer = RTCSessionDescription::offer(sdp).map_err(|e| invalid(key, e))?;
+                p.pc.set_remote_description(offer).await.map_err(|e| invalid(key, e))?;
+                let answer = p.pc.create_answer(None).await?;
+                p.pc.set_local_description(answer).await?;
+                let sdp =
+                    p.pc.local_description().await.ok_or_else(|| SfuError::WebRtc("no answer".into()))?.sdp;
+                p.shared.send_signal(MediaPayload::SdpAnswer(sdp));
+                Ok(())
+            }
+            MediaPayload::SdpAnswer(sdp) => {
+                let p = self.participant(key)?;
+                if !p.awaiting_answer {
+                    return Err(invalid(key, "answer without an offer"));
+                }
+                let answer = RTCSessionDescription::answer(sdp).map_err(|e| invalid(key, e))?;
+                p.pc.set_remote_description(answer).await.map_err(|e| invalid(key, e))?;
+                p.awaiting_answer = false;
+                if p.renegotiate {
+                    Self::negotiate(key, p).await?;
+                }
+                Ok(())
+            }
+            MediaPayload::IceCandidate { candidate, sdp_mid, sdp_mline_index } => {
+                let p = self.participant(key)?;
+                if candidate.is_empty() {
+                    return Ok(()); // end of candidates
+                }
+                let init = RTCIceCandidateInit {
+                    candidate,
+                    sdp_mid: (!sdp_mid.is_empty()).then_some(sdp_mid),
+                    sdp_mline_index: Some(
+                        u16::try_from(sdp_mline_index)
+                            .map_err(|_| invalid(key, "m-line index out of range"))?,
+                    ),
+                    ..Default::default()
+                };
+                // A participant exists once its offer was applied: the candidate has its
+                // description.
+                p.pc.add_ice_candidate(init).await.map_err(|e| invalid(key, e))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// A device's first offer: check its token, answer, then offer it the others' streams.
+    async fn join(&mut self, key: &ParticipantKey, sdp: String) -> Result<(), SfuError> {
+        let unauthorized = |reason| SfuError::Unauthorized {
+            call_id: key.call_id.clone(),
+            user: key.user.clone(),
+            device: key.device.clone(),
+            reason,
+        };
+        let token = media_token(&sdp).ok_or_else(|| unauthorized(crate::TokenError::Missing))?;
+        self.tokens.verify(token, &key.call_id, &key.user, &key.device, now_s()).map_err(unauthorized)?;
+        let offer = RTCSessionDescription::offer(sdp).map_err(|e| invalid(key, e))?;
+        let (pc, shared) = connect(
+            key.clone(),
+            &self.config.bind_addrs,
+            &self.config.ice_servers,
+            self.events.clone(),
+            self.me.clone(),
+        )
+        .await?;
+        let answered = async {
+            pc.set_remote_description(offer).await.map_err(|e| invalid(key, e))?;
+            let answer = pc.create_answer(None).await?;
+            pc.set_local_description(answer).await?;
+            pc.local_description().await.ok_or_else(|| SfuError::WebRtc("no answer".into()))
+        }
+        .await;
+        let answer = match answered {
+            Ok(answer) => answer,
+            Err(e) => {
+                let _ = pc.close().await;
+                return Err(e);
+            }
+        };
+        shared.send_signal(MediaPayload::SdpAnswer(answer.sdp));
+        shared.release_candidates();
+        tracing::info!(call = %key.call_id, user = %key.user, device = %key.device, "sfu: participant joined");
+        let mut participant = Participant {
+            pc,
+            shared,
+            awaiting_answer: false,
+            renegotiate: false,
+            published: HashMap::new(),
+            subscriptions: HashMap::new(),
+        };
+        let call = self.calls.entry(key.call_id.clone()).or_default();
+        let others: Vec<(Member, MediaKind, Arc<Fanout>)> = call
+            .iter()
+            .flat_map(|(member, p)| {
+                p.published
+                    .iter()
+                    .map(move |(kind, published)| (member.clone(), *kind, Arc::clone(&published.fanout)))
+            })
+            .collect();
+        // The participant is in from here on: a stream that cannot be added is logged and the
+        // rest still offered (it has its answer already).
+        for (publisher, kind, fanout) in others {
+            if let Err(e) =
+                Self::subscribe(key, &mut participant, &publisher, kind, &fanout, &self.dropped).await
+            {
+                tracing::warn!(call = %key.call_id, user = %key.user, publisher = %publisher.0, error = %e, "sfu: cannot forward a track");
+            }
+        }
+        let offered =
+            if participant.renegotiate { Self::negotiate(key, &mut participant).await } else { Ok(()) };
+        call.insert(key.member(), participant);
+        offered
+    }
+
+    /// Adds an outgoing track to `subscriber` carrying `publisher`'s stream of `kind`. The track
+    /// is offered at the next negotiation.
+    async fn subscribe(
+        key: &ParticipantKey,
+        subscriber: &mut Participant,
+        publisher: &Member,
+        kind: MediaKind,
+        fanout: &Arc<Fanout>,
+        dropped: &Arc<AtomicU64>,
+    ) -> Result<(), SfuError> {
+        let ssrc = rand_ssrc();
+        let (codec_kind, codec, name) = match kind {
+            MediaKind::Audio => (RtpCodecKind::Audio, opus_codec(), "audio"),
+            MediaKind::Video => (RtpCodecKind::Video, vp8_codec(), "video"),
+        };
+        // The stream id is the publisher's user id: the subscriber's adapter tells by it whose
+        // media a track carries.
+        let track = MediaStreamTrack::new(
+            publisher.0.to_string(),
+            format!("{}-{}-{name}", publisher.0, publisher.1),
+            name.to_owned(),
+            codec_kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+                codec,
+                ..Default::default()
+            }],
+        );
+        let track = Arc::new(TrackLocalStaticRTP::new(track));
+        let sender = subscriber.pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>).await?;
+        let target = Target::spawn(track, ssrc, Arc::clone(dropped));
+        fanout.write().unwrap_or_else(|p| p.into_inner()).insert(key.member(), target);
+        subscriber
+            .subscriptions
+            .insert((publisher.clone(), kind), Subscription { sender, ssrc, gate: KeyframeGate::default() });
+        subscriber.renegotiate = true;
+        Ok(())
+    }
+
+    /// Offers the participant its current tracks, unless an offer is already out (then after
+    /// its answer).
+    async fn negotiate(key: &ParticipantKey, p: &mut Participant) -> Result<(), SfuError> {
+        if p.awaiting_answer {
+            p.renegotiate = true;
+            return Ok(());
+        }
+        let offer = p.pc.create_offer(None).await?;
+        p.pc.set_local_description(offer).await?;
+        let sdp = p.pc.local_description().await.ok_or_else(|| SfuError::WebRtc("no offer".into()))?.sdp;
+        tracing::debug!(call = %key.call_id, user = %key.user, tracks = p.subscriptions.len(), "sfu: offering tracks");
+        p.shared.send_signal(MediaPayload::SdpOffer(sdp));
+        p.awaiting_answer = true;
+        p.renegotiate = false;
+        Ok(())
+    }
+
+    /// A participant's track arrived: forward it to everyone else in the call.
+    async fn on_track(&mut self, key: &ParticipantKey, track: Arc<dyn TrackRemote>) {
+        let Some(kind) = media_kind(track.kind().await) else { return };
+        let Some(ssrc) = track.ssrcs().await.first().copied() else { return };
+        let Some(call) = self.calls.get_mut(&key.call_id) else { return };
+        let Some(publisher) = call.get_mut(&key.member()) else { return };
+        tracing::debug!(call = %key.call_id, user = %key.user, ?kind, ssrc, "sfu: track published");
+        let fanout = Arc::new(Fanout::default());
+        let task = tokio::spawn(forward(Arc::clone(&track), Arc::clone(&fanout)));
+        if let Some(old) =
+            publisher.published.insert(kind, Published { track, ssrc, fanout: Arc::clone(&fanout), task })
+        {
+            old.task.abort();
+        }
+        let member = key.member();
+        for (other, subscriber) in call.iter_mut().filter(|(m, _)| **m != member) {
+            let sub_key = ParticipantKey {
+                call_id: key.call_id.clone(),
+                user: other.0.clone(),
+                device: other.1.clone(),
+            };
+            let done = async {
+                if !subscriber.subscriptions.contains_key(&(member.clone(), kind)) {
+                    Self::subscribe(&sub_key, subscriber, &member, kind, &fanout, &self.dropped).await?;
+                }
+                Self::negotiate(&sub_key, subscriber).await
+            }
+            .await;
+            if let Err(e) = done {
+                tracing::warn!(call = %key.call_id, user = %other.0, error = %e, "sfu: cannot forward a track");
+            }
+        }
+    }
+
+    /// A subscriber asked for a key frame of stream `ssrc` on its connection: pass it on to the
+    /// publisher, at most once per [`crate::keyframe_gate::MIN_INTERVAL`] for this subscriber.
+    async fn on_keyframe_request(&mut self, key: &ParticipantKey, ssrc: u32, at: Instant) {
+        let Some(call) = self.calls.get_mut(&key.call_id) else { return };
+        let Some(subscriber) = call.get_mut(&key.member()) else { return };
+        let Some(((publisher, _), subscription)) = subscriber
+            .subscriptions
+            .iter_mut()
+            .find(|((_, kind), s)| *kind == MediaKind::Video && s.ssrc == ssrc)
+        else {
+            return;
+        };
+        if !subscription.gate.allow(at) {
+            self.keyframes_held += 1;
+            return;
+        }
+        let publisher = publisher.clone();
+        let Some(published) = call.get(&publisher).and_then(|p| p.published.get(&MediaKind::Video)) else {
+            return;
+        };
+        self.keyframes_forwarded += 1;
+        let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: published.ssrc };
+        tracing::debug!(call = %key.call_id, subscriber = %key.user, publisher = %publisher.0, "sfu: key frame requested");
+        if let Err(e) = published.track.write_rtcp(vec![Box::new(pli)]).await {
+            tracing::debug!(error = %e, "sfu: PLI not sent");
+        }
+    }
+
+    /// Closes a participant's connection and takes its streams away from the others.
+    async fn remove(&mut self, key: &ParticipantKey) -> bool {
+        let Some(call) = self.calls.get_mut(&key.call_id) else { return false };
+        let member = key.member();
+        let Some(gone) = call.remove(&member) else { return false };
+        gone.shared.closed.store(true, std::sync::atomic::Ordering::Release);
+        for published in gone.published.values() {
+            published.task.abort();
+        }
+        for (other, p) in call.iter_mut() {
+            for published in p.published.values() {
+                published.fanout.write().unwrap_or_else(|e| e.into_inner()).remove(&member);
+            }
+            let theirs: Vec<(Member, MediaKind)> =
+                p.subscriptions.keys().filter(|(publisher, _)| *publisher == member).cloned().collect();
+            for sub in &theirs {
+                if let Some(s) = p.subscriptions.remove(sub)
+                    && let Err(e) = p.pc.remove_track(&s.sender).await
+                {
+                    tracing::debug!(error = %e, "sfu: removing a forwarded track");
+                }
+            }
+            if !theirs.is_empty() {
+                let sub_key = ParticipantKey {
+                    call_id: key.call_id.clone(),
+                    user: other.0.clone(),
+                    device: other.1.clone(),
+                };
+                if let Err(e) = Self::negotiate(&sub_key, p).await {
+                    tracing::debug!(error = %e, "sfu: renegotiating after a leave");
+                }
+            }
+        }
+        if call.is_empty() {
+            self.calls.remove(&key.call_id);
+        }
+        if let Err(e) = gone.pc.close().await {
+            tracing::debug!(error = %e, "sfu: closing a connection");
+        }
+        tracing::info!(call = %key.call_id, user = %key.user, device = %key.device, "sfu: participant left");
+        true
+    }
+}

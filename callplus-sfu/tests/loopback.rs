@@ -1,0 +1,724 @@
+//! The SFU with real peers in one process over 127.0.0.1: each participant is a callplus-media
+//! adapter in SFU mode (test-pattern camera, tone microphone, file sinks), the test relays the
+//! signals between the adapters and the SFU as the signalling server would. Every wait is on a
+//! real event with a deadline.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use callplus_media::inspect::{decode_ogg_opus, dominant_frequency, read_ivf};
+use callplus_media::{
+    AudioConfig, CallId, ChannelSink, DeviceId, IvfSink, MediaAdapter, MediaEvent, MediaKind, MediaPayload,
+    MediaType, OggOpusSink, RemoteFrame, SfuRoute, StartMedia, TeeSink, TestPatternSource, ToneSource,
+    UserId, VideoConfig, WebRtcConfig, WebRtcMediaAdapter,
+};
+use callplus_sfu::{Sfu, SfuConfig, SfuEvent};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::time::timeout;
+
+/// Generous: the machine is shared with other builds.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Each test runs three encoding participants and an SFU; on a small machine two at once starve
+/// each other's timers (a retransmission arriving after the receiver gave its gap up). The tests
+/// take turns.
+static ONE_CALL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn uid(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+
+fn did(s: &str) -> DeviceId {
+    DeviceId::new(s).unwrap()
+}
+
+/// The SFU's signalling address, as the adapters see it.
+fn sfu_user() -> UserId {
+    uid("sfu")
+}
+
+fn sfu_device() -> DeviceId {
+    did("sfu-1")
+}
+
+fn in_an_hour() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600
+}
+
+fn record_dir() -> (Option<tempfile::TempDir>, PathBuf) {
+    match std::env::var_os("CALLPLUS_MEDIA_RECORD_DIR") {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).unwrap();
+            (None, dir.into())
+        }
+        None => {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().to_owned();
+            (Some(tmp), path)
+        }
+    }
+}
+
+struct Party {
+    user: UserId,
+    device: DeviceId,
+    adapter: Arc<WebRtcMediaAdapter>,
+    /// Every event but signals.
+    events: UnboundedReceiver<MediaEvent>,
+    /// Frames per remote user and kind (to wait for enough media).
+    frames: HashMap<(UserId, MediaKind), UnboundedReceiver<RemoteFrame>>,
+}
+
+/// Results of the signals the adapters sent to the SFU: (sender, result).
+type Refusals = UnboundedReceiver<(UserId, Result<(), String>)>;
+
+struct Net {
+    sfu: Arc<Sfu>,
+    parties: Vec<Party>,
+    /// What the SFU made of each signal from a participant.
+    sfu_results: Refusals,
+    /// Signals the SFU sent, per recipient user.
+    delivered: Arc<std::sync::Mutex<HashMap<UserId, usize>>>,
+}
+
+/// Rewrites or drops a signal on its way (from, to); the SFU is [`sfu_user`].
+type SignalFilter = Arc<dyn Fn(&UserId, &UserId, MediaPayload) -> Option<MediaPayload> + Send + Sync>;
+
+/// An SFU and adapters for `names` (device "dev1" each), with signals relayed both ways.
+fn net(names: &[&str]) -> Net {
+    net_with(names, Arc::new(|_, _, payload| Some(payload)))
+}
+
+/// Like [`net`], with every signal passed through `filter`.
+fn net_with(names: &[&str], filter: SignalFilter) -> Net {
+    let (sfu, mut sfu_events) = Sfu::new(SfuConfig {
+        bind_addrs: vec!["127.0.0.1:0".to_owned()],
+        ice_servers: vec![],
+        token_secret: b"test secret".to_vec(),
+    });
+    let sfu = Arc::new(sfu);
+    let mut adapters = HashMap::new();
+    let mut made = Vec::new();
+    for name in names {
+        let (adapter, events) = WebRtcMediaAdapter::new(WebRtcConfig::loopback());
+        let adapter = Arc::new(adapter);
+        adapters.insert((uid(name), did("dev1")), Arc::clone(&adapter));
+        made.push((uid(name), adapter, events));
+    }
+    let adapters = Arc::new(adapters);
+    let delivered = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    {
+        let (adapters, delivered, filter) =
+            (Arc::clone(&adapters), Arc::clone(&delivered), Arc::clone(&filter));
+        tokio::spawn(async move {
+            while let Some(event) = sfu_events.recv().await {
+                if let SfuEvent::Signal { call_id, to_user, to_device, payload } = event {
+                    let Some(payload) = filter(&sfu_user(), &to_user, payload) else { continue };
+                    *delivered.lock().unwrap().entry(to_user.clone()).or_insert(0) += 1;
+                    let Some(to) = adapters.get(&(to_user, to_device)) else { continue };
+                    if let Err(e) = to.handle_signal(&call_id, &sfu_user(), &sfu_device(), payload).await {
+                        eprintln!("adapter refused an SFU signal: {e}");
+                    }
+                }
+            }
+        });
+    }
+    let (results_tx, sfu_results): (UnboundedSender<_>, _) = unbounded_channel();
+    let parties = made
+        .into_iter()
+        .map(|(user, adapter, mut events)| {
+            let (tx, rx) = unbounded_channel();
+            let (from, sfu, results) = (user.clone(), Arc::clone(&sfu), results_tx.clone());
+            let filter = Arc::clone(&filter);
+            tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    match event {
+                        MediaEvent::Signal { call_id, to_user, payload, .. } => {
+                            assert_eq!(to_user, sfu_user(), "through an SFU, every signal goes to it");
+                            let Some(payload) = filter(&from, &to_user, payload) else { continue };
+                            let result = sfu.handle_signal(&call_id, &from, &did("dev1"), payload).await;
+                            let _ = results.send((from.clone(), result.map_err(|e| format!("{e:?}"))));
+                        }
+                        other => {
+                            let _ = tx.send(other);
+                        }
+                    }
+                }
+            });
+            Party { user, device: did("dev1"), adapter, events: rx, frames: HashMap::new() }
+        })
+        .collect();
+    Net { sfu, parties, sfu_results, delivered }
+}
+
+fn route(token: String) -> SfuRoute {
+    SfuRoute { user_id: sfu_user(), device_id: sfu_device(), token }
+}
+
+fn start(party: &Party, call: &CallId, others: &[UserId], token: String) -> StartMedia {
+    StartMedia {
+        call_id: call.clone(),
+        local_user: party.user.clone(),
+        local_device: party.device.clone(),
+        peers: others
+            .iter()
+            .map(|u| callplus_media::PeerSpec { user_id: u.clone(), device_id: did("dev1"), offerer: false })
+            .collect(),
+        media_type: MediaType::AudioVideo,
+        ice_servers: vec![],
+        sfu: Some(route(token)),
+    }
+}
+
+async fn wait_event(
+    rx: &mut UnboundedReceiver<MediaEvent>,
+    what: &str,
+    pred: impl Fn(&MediaEvent) -> bool,
+) -> MediaEvent {
+    timeout(WAIT, async {
+        loop {
+            let event = rx.recv().await.expect("adapter gone");
+            if pred(&event) {
+                return event;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Waits until `party` has the first audio and video frame of each of `from`.
+async fn first_frames(party: &mut Party, from: &[UserId]) {
+    let mut missing: HashSet<(UserId, MediaKind)> =
+        from.iter().flat_map(|u| [(u.clone(), MediaKind::Audio), (u.clone(), MediaKind::Video)]).collect();
+    let who = party.user.clone();
+    timeout(WAIT, async {
+        while !missing.is_empty() {
+            if let Some(MediaEvent::FirstFrame { user, kind, .. }) = party.events.recv().await {
+                missing.remove(&(user, kind));
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{who} still misses first frames: {missing:?}"));
+}
+
+/// Waits for `n` more frames of `kind` from each remote user at `party`.
+async fn more_frames(party: &mut Party, kind: MediaKind, n: usize) {
+    for ((from, k), rx) in &mut party.frames {
+        if *k != kind {
+            continue;
+        }
+        timeout(WAIT, async {
+            for _ in 0..n {
+                rx.recv().await.expect("sink dropped");
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{} got fewer than {n} {kind:?} frames from {from}", party.user));
+    }
+}
+
+/// Waits for `n` more frames of `kind` from `from` at `party`.
+async fn more_frames_from(party: &mut Party, from: &UserId, kind: MediaKind, n: usize) {
+    let rx = party.frames.get_mut(&(from.clone(), kind)).unwrap();
+    timeout(WAIT, async {
+        for _ in 0..n {
+            rx.recv().await.expect("sink dropped");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} got fewer than {n} {kind:?} frames from {from}", party.user));
+}
+
+/// Tone and picture size per participant.
+type Sender = (&'static str, f64, u32, u32);
+const SENDERS: [Sender; 3] =
+    [("alice", 440.0, 320, 240), ("bob", 660.0, 160, 120), ("carol", 880.0, 240, 176)];
+const SIX: [Sender; 6] = [
+    ("p1", 440.0, 320, 240),
+    ("p2", 550.0, 160, 120),
+    ("p3", 660.0, 240, 176),
+    ("p4", 770.0, 176, 144),
+    ("p5", 880.0, 208, 160),
+    ("p6", 990.0, 256, 192),
+];
+
+/// Gives `party` its tone and test pattern from `senders`, and file and channel sinks for every
+/// other sender.
+async fn equip(party: &mut Party, dir: &Path, senders: &[Sender]) {
+    let (_, hz, width, height) = senders.iter().find(|s| s.0 == party.user.as_str()).copied().unwrap();
+    party
+        .adapter
+        .switch_microphone(Box::new(ToneSource::new(hz, 0.5, AudioConfig::default()).unwrap()))
+        .await
+        .unwrap();
+    let config = VideoConfig { width, height, fps: 15, ..VideoConfig::default() };
+    party.adapter.switch_camera(Box::new(TestPatternSource::new(config).unwrap())).await.unwrap();
+    for (other, ..) in senders.iter().filter(|s| s.0 != party.user.as_str()) {
+        let other = uid(other);
+        let me = &party.user;
+        let ivf = IvfSink::create(dir.join(format!("{me}-sees-{other}.ivf"))).unwrap();
+        let (count, rx) = ChannelSink::new();
+        party.adapter.set_sink(
+            other.clone(),
+            MediaKind::Video,
+            Box::new(TeeSink::new(vec![Box::new(ivf), Box::new(count)])),
+        );
+        party.frames.insert((other.clone(), MediaKind::Video), rx);
+        let ogg = OggOpusSink::create(dir.join(format!("{me}-hears-{other}.ogg"))).unwrap();
+        let (count, rx) = ChannelSink::new();
+        party.adapter.set_sink(
+            other.clone(),
+            MediaKind::Audio,
+            Box::new(TeeSink::new(vec![Box::new(ogg), Box::new(count)])),
+        );
+        party.frames.insert((other, MediaKind::Audio), rx);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_participants_see_and_hear_each_other_through_the_sfu() {
+    let _turn = ONE_CALL_AT_A_TIME.lock().await;
+    let (_tmp, dir) = record_dir();
+    let mut net = net(&["alice", "bob", "carol"]);
+    let call = CallId::new("group-call").unwrap();
+    for party in &mut net.parties {
+        equip(party, &dir, &SENDERS).await;
+    }
+    let users: Vec<UserId> = net.parties.iter().map(|p| p.user.clone()).collect();
+    let token = |p: &Party| net.sfu.issue_token(&call, &p.user, &p.device, in_an_hour());
+
+    // Alice and Bob first.
+    let started = Instant::now();
+    for i in 0..2 {
+        let s = start(&net.parties[i], &call, &[users[1 - i].clone()], token(&net.parties[i]));
+        net.parties[i].adapter.start(s).await.unwrap();
+    }
+    first_frames(&mut net.parties[0], &users[1..2]).await;
+    first_frames(&mut net.parties[1], &users[0..1]).await;
+    eprintln!("alice and bob: start -> both see and hear each other: {:?}", started.elapsed());
+
+    // Carol joins a running call: the SFU offers her the others' streams and offers hers to
+    // them; she starts receiving mid-stream, so her first key frames come on request.
+    let joined = Instant::now();
+    let s = start(&net.parties[2], &call, &users[0..2], token(&net.parties[2]));
+    net.parties[2].adapter.start(s).await.unwrap();
+    first_frames(&mut net.parties[0], &users[2..3]).await;
+    first_frames(&mut net.parties[1], &users[2..3]).await;
+    first_frames(&mut net.parties[2], &users[0..2]).await;
+    let join_to_media = joined.elapsed();
+    eprintln!("carol: join -> everyone sees and hears everyone: {join_to_media:?}");
+    // libvpx's own periodic key frame comes every 128 frames (8.5 s at 15 fps): without the
+    // forwarded key-frame requests, a late joiner would wait for it.
+    assert!(join_to_media < Duration::from_secs(6), "late joiner waited {join_to_media:?} for video");
+
+    // Two seconds of audio and a second of video from everyone at everyone.
+    let flowing = Instant::now();
+    for party in &mut net.parties {
+        more_frames(party, MediaKind::Audio, 100).await;
+        more_frames(party, MediaKind::Video, 15).await;
+    }
+    eprintln!("3 participants: 100 audio and 15 video frames from each at each in {:?}", flowing.elapsed());
+
+    // One connection each, to the SFU.
+    for party in &mut net.parties {
+        let stats = wait_event(&mut party.events, "stats", |e| matches!(e, MediaEvent::Stats(_))).await;
+        let MediaEvent::Stats(stats) = stats else { unreachable!() };
+        let peers: Vec<&UserId> = stats.per_peer.iter().map(|p| &p.user).collect();
+        assert_eq!(peers, [&sfu_user()], "{}: one connection, to the SFU", party.user);
+    }
+    let stats = net.sfu.stats().await.unwrap();
+    eprintln!("sfu: {stats:?}");
+    assert_eq!(
+        (stats.calls, stats.participants, stats.published_streams, stats.forwarded_streams),
+        (1, 3, 6, 12)
+    );
+    assert!(
+        stats.keyframe_requests_forwarded >= 1,
+        "the late joiner's key-frame requests reached the publishers"
+    );
+
+    // Alice turns her camera off: her video stops reaching bob and carol (nothing is sent, so
+    // nothing is forwarded) while her audio goes on; back on, it resumes with a key frame.
+    net.parties[0].adapter.set_camera_enabled(false).await.unwrap();
+    for viewer in 1..3 {
+        let party = &mut net.parties[viewer];
+        let alice = users[0].clone();
+        // Flush what was in flight with half a second of alice's audio, then watch a second.
+        more_frames_from(party, &alice, MediaKind::Audio, 25).await;
+        let video = party.frames.get_mut(&(alice.clone(), MediaKind::Video)).unwrap();
+        while video.try_recv().is_ok() {}
+        more_frames_from(party, &alice, MediaKind::Audio, 50).await;
+        let video = party.frames.get_mut(&(alice.clone(), MediaKind::Video)).unwrap();
+        assert!(video.try_recv().is_err(), "{} got alice's video with her camera off", users[viewer]);
+    }
+    net.parties[0].adapter.set_camera_enabled(true).await.unwrap();
+    for viewer in 1..3 {
+        let video = net.parties[viewer].frames.get_mut(&(users[0].clone(), MediaKind::Video)).unwrap();
+        let first = timeout(WAIT, video.recv()).await.expect("alice's video is back").expect("sink dropped");
+        assert!(first.keyframe, "{}: alice's video resumes with a key frame", users[viewer]);
+    }
+
+    // Carol leaves: her connection closes, the SFU takes her streams off alice's and bob's
+    // connections (a renegotiation each), and those two go on seeing and hearing each other.
+    net.parties[2].adapter.stop(&call).await.unwrap();
+    assert!(net.sfu.remove_participant(&call, &users[2], &did("dev1")).await.unwrap());
+    let stats = net.sfu.stats().await.unwrap();
+    assert_eq!((stats.participants, stats.published_streams, stats.forwarded_streams), (2, 4, 4));
+    for (i, other) in [(0, &users[1]), (1, &users[0])] {
+        more_frames_from(&mut net.parties[i], other, MediaKind::Audio, 100).await;
+        more_frames_from(&mut net.parties[i], other, MediaKind::Video, 15).await;
+    }
+
+    for party in &net.parties[..2] {
+        party.adapter.stop(&call).await.unwrap();
+    }
+    net.sfu.end_call(&call).await.unwrap();
+    assert_eq!(net.sfu.stats().await.unwrap().participants, 0);
+
+    check_recordings(&dir, &SENDERS);
+}
+
+/// Every sender's recordings at every other: the sender's picture size in the `.ivf` header, at
+/// least 15 frames, and its tone dominant in the last second of the `.ogg`.
+fn check_recordings(dir: &Path, senders: &[Sender]) {
+    for (me, ..) in senders {
+        for (other, hz, width, height) in senders.iter().filter(|s| s.0 != *me).copied() {
+            let ivf =
+                read_ivf(&dir.join(format!("{me}-sees-{other}.ivf"))).expect("the video recording parses");
+            assert_eq!((u32::from(ivf.width), u32::from(ivf.height)), (width, height), "{me} sees {other}");
+            assert!(ivf.frames.len() >= 15, "{me} got {} frames of {other}", ivf.frames.len());
+            let pcm =
+                decode_ogg_opus(&dir.join(format!("{me}-hears-{other}.ogg"))).expect("the audio decodes");
+            let found = dominant_frequency(&pcm[pcm.len().saturating_sub(48_000)..]);
+            assert!((found - hz).abs() <= 10.0, "{me} hears {other} at {found} Hz, sent {hz} Hz");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_participants_see_and_hear_each_other_through_the_sfu() {
+    let _turn = ONE_CALL_AT_A_TIME.lock().await;
+    let (_tmp, dir) = record_dir();
+    let names: Vec<&str> = SIX.iter().map(|s| s.0).collect();
+    let mut net = net(&names);
+    let call = CallId::new("six-call").unwrap();
+    for party in &mut net.parties {
+        equip(party, &dir, &SIX).await;
+    }
+    let users: Vec<UserId> = net.parties.iter().map(|p| p.user.clone()).collect();
+    let started = Instant::now();
+    for party in &net.parties {
+        let others: Vec<UserId> = users.iter().filter(|u| **u != party.user).cloned().collect();
+        let token = net.sfu.issue_token(&call, &party.user, &party.device, in_an_hour());
+        party.adapter.start(start(party, &call, &others, token)).await.unwrap();
+    }
+    for party in &mut net.parties {
+        let others: Vec<UserId> = users.iter().filter(|u| **u != party.user).cloned().collect();
+        first_frames(party, &others).await;
+    }
+    eprintln!("6 participants: start -> everyone sees and hears everyone: {:?}", started.elapsed());
+    // Two seconds of audio from everyone at everyone, timed; the video frames that arrived
+    // meanwhile give the received frame rate per sender at each viewer (sent: 15 fps).
+    for party in &mut net.parties {
+        for rx in party.frames.values_mut() {
+            while rx.try_recv().is_ok() {}
+        }
+    }
+    let measuring = Instant::now();
+    for party in &mut net.parties {
+        more_frames(party, MediaKind::Audio, 100).await;
+    }
+    let window = measuring.elapsed().as_secs_f64();
+    let mut fps = Vec::new();
+    for party in &mut net.parties {
+        for ((_, kind), rx) in &mut party.frames {
+            if *kind == MediaKind::Video {
+                let mut n = 0u32;
+                while rx.try_recv().is_ok() {
+                    n += 1;
+                }
+                fps.push(f64::from(n) / window);
+            }
+        }
+    }
+    fps.sort_by(f64::total_cmp);
+    eprintln!(
+        "6 participants: 100 audio frames from each at each in {window:.2} s; received video fps per (viewer, sender): min {:.1}, median {:.1}, max {:.1}",
+        fps[0],
+        fps[fps.len() / 2],
+        fps[fps.len() - 1]
+    );
+    assert_eq!(fps.len(), 30);
+    assert!(fps[0] > 0.0, "a viewer got no video from a sender for {window:.2} s");
+    // Enough in every recording for the checks below, however slowly the machine runs.
+    for party in &mut net.parties {
+        more_frames(party, MediaKind::Video, 15).await;
+    }
+    for party in &mut net.parties {
+        let stats = wait_event(&mut party.events, "stats", |e| matches!(e, MediaEvent::Stats(_))).await;
+        let MediaEvent::Stats(stats) = stats else { unreachable!() };
+        assert_eq!(stats.per_peer.len(), 1, "{}: one connection, to the SFU", party.user);
+    }
+    let stats = net.sfu.stats().await.unwrap();
+    eprintln!("sfu: {stats:?}");
+    assert_eq!((stats.participants, stats.published_streams, stats.forwarded_streams), (6, 12, 60));
+    for party in &net.parties {
+        party.adapter.stop(&call).await.unwrap();
+    }
+    net.sfu.end_call(&call).await.unwrap();
+    check_recordings(&dir, &SIX);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_without_its_own_token_cannot_connect() {
+    let _turn = ONE_CALL_AT_A_TIME.lock().await;
+    let mut net = net(&["alice", "mallory", "eve"]);
+    let call = CallId::new("guarded-call").unwrap();
+    let [alice, mallory, eve] =
+        [0, 1, 2].map(|i| (net.parties[i].user.clone(), net.parties[i].device.clone()));
+    let alice_token = net.sfu.issue_token(&call, &alice.0, &alice.1, in_an_hour());
+    let other_call = CallId::new("another-call").unwrap();
+    let eve_elsewhere = net.sfu.issue_token(&other_call, &eve.0, &eve.1, in_an_hour());
+
+    // Mallory replays Alice's token; Eve brings one for another call.
+    net.parties[1].adapter.start(start(&net.parties[1], &call, &[], alice_token.clone())).await.unwrap();
+    net.parties[2].adapter.start(start(&net.parties[2], &call, &[], eve_elsewhere)).await.unwrap();
+    net.parties[0].adapter.start(start(&net.parties[0], &call, &[], alice_token)).await.unwrap();
+
+    let mut refused = HashSet::new();
+    let mut alice_ok = false;
+    timeout(WAIT, async {
+        while !(alice_ok && refused.len() == 2) {
+            let (from, result) = net.sfu_results.recv().await.expect("router gone");
+            match result {
+                Ok(()) if from == alice.0 => alice_ok = true,
+                Ok(()) => panic!("the SFU took a signal of {from}"),
+                // The offer is refused for its token, the candidates behind it for coming from a
+                // device without a connection.
+                Err(e) if e.contains("Unauthorized") => {
+                    assert!(e.contains("WrongParticipant"), "{from}: {e}");
+                    refused.insert(from);
+                }
+                Err(e) => assert!(e.contains("UnknownParticipant"), "{from}: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the SFU judged every offer");
+    wait_event(
+        &mut net.parties[0].events,
+        "alice connected to the SFU",
+        |e| matches!(e, MediaEvent::PeerConnected { user, .. } if *user == sfu_user()),
+    )
+    .await;
+    // Neither of the others ever got a word from the SFU (no answer, no ICE credentials), and
+    // their candidates are refused too.
+    let delivered = net.delivered.lock().unwrap().clone();
+    assert!(delivered.get(&alice.0).copied().unwrap_or(0) >= 1);
+    assert_eq!(delivered.get(&mallory.0), None);
+    assert_eq!(delivered.get(&eve.0), None);
+    let stats = net.sfu.stats().await.unwrap();
+    assert_eq!(stats.participants, 1, "only alice has a connection");
+    for party in &mut net.parties[1..] {
+        while let Ok(event) = party.events.try_recv() {
+            assert!(!matches!(event, MediaEvent::PeerConnected { .. }), "{}: {event:?}", party.user);
+        }
+    }
+}
+
+/// Removes candidate lines from an SDP (the test hands out candidates itself).
+fn strip_candidates(sdp: &str) -> String {
+    sdp.split_inclusive('\n').filter(|line| !line.starts_with("a=candidate")).collect()
+}
+
+/// The VP8 payload type.
+const VP8_PT: u8 = 96;
+/// Video packets the relay drops once per stream, counted in sequence numbers from the first
+/// packet it saw of that stream after the loss was switched on.
+const DROP_OFFSETS: [u16; 3] = [4, 10, 17];
+
+/// What the relay did to the video the SFU sends bob, per SSRC.
+#[derive(Default)]
+struct LossLog {
+    /// Losses switched on (the test does it once the call is up and quiet).
+    armed: bool,
+    /// Per SSRC: sequence number of the first packet after arming, offsets dropped, offsets
+    /// seen again (retransmissions).
+    streams: HashMap<u32, (u16, Vec<u16>, Vec<u16>)>,
+}
+
+/// A UDP relay between the SFU and bob, dropping the first transmission of a few video packets
+/// from the SFU to bob once armed; everything else (STUN, DTLS, RTCP, resends, bob's packets)
+/// passes. Returns the address the SFU is told bob has.
+async fn lossy_relay(
+    bob: Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
+    log: Arc<std::sync::Mutex<LossLog>>,
+) -> std::net::SocketAddr {
+    let facing_sfu = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let facing_bob = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let address = facing_sfu.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s_buf, mut b_buf) = (vec![0u8; 2048], vec![0u8; 2048]);
+        let mut sfu = None;
+        loop {
+            tokio::select! {
+                got = facing_sfu.recv_from(&mut s_buf) => {
+                    let Ok((n, from)) = got else { break };
+                    sfu = Some(from);
+                    let packet = &s_buf[..n];
+                    // RFC 7983: 128..=191 is RTP/RTCP; RTCP packet types are 192..=223. The RTP
+                    // header is not encrypted by SRTP.
+                    let is_video = n > 12 && (128..=191).contains(&packet[0]) && packet[1] & 0x7f == VP8_PT;
+                    if is_video && drop_once(&mut log.lock().unwrap(), packet) {
+                        continue;
+                    }
+                    let to = *bob.lock().unwrap();
+                    if let Some(to) = to {
+                        let _ = facing_bob.send_to(packet, to).await;
+                    }
+                }
+                got = facing_bob.recv_from(&mut b_buf) => {
+                    let Ok((n, _)) = got else { break };
+                    if let Some(to) = sfu {
+                        let _ = facing_sfu.send_to(&b_buf[..n], to).await;
+                    }
+                }
+            }
+        }
+    });
+    address
+}
+
+/// Whether the relay drops this video packet (see [`LossLog`]).
+fn drop_once(log: &mut LossLog, packet: &[u8]) -> bool {
+    if !log.armed {
+        return false;
+    }
+    let seq = u16::from_be_bytes([packet[2], packet[3]]);
+    let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
+    let (first, dropped, resent) = log.streams.entry(ssrc).or_insert((seq, Vec::new(), Vec::new()));
+    let offset = seq.wrapping_sub(*first);
+    if !DROP_OFFSETS.contains(&offset) {
+        return false;
+    }
+    if dropped.contains(&offset) {
+        resent.push(offset);
+        return false;
+    }
+    dropped.push(offset);
+    true
+}
+
+/// The sums of (recovered, given up, key-frame requests sent) over `party`'s next reports, once
+/// `recovered` reaches `want` (or the gaps were given up instead).
+async fn repairs_reported(party: &mut Party, want: u32) -> (u32, u32, u32) {
+    let mut sum = (0, 0, 0);
+    timeout(WAIT, async {
+        while sum.0 < want && sum.1 == 0 {
+            let (recovered, lost, plis) = next_report(party).await;
+            sum = (sum.0 + recovered, sum.1 + lost, sum.2 + plis);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} reported only {sum:?} (recovered, lost, PLIs)", party.user));
+    sum
+}
+
+/// The next report of `party`: (recovered, given up, key-frame requests sent) in its interval.
+async fn next_report(party: &mut Party) -> (u32, u32, u32) {
+    let report = wait_event(&mut party.events, "a report", |e| matches!(e, MediaEvent::Stats(_))).await;
+    let MediaEvent::Stats(stats) = report else { unreachable!() };
+    stats.per_peer.iter().fold((0, 0, 0), |(r, l, p), peer| {
+        (r + peer.video_packets_recovered, l + peer.video_packets_lost, p + peer.keyframe_requests_sent)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_between_one_subscriber_and_the_sfu_is_repaired_for_that_subscriber_only() {
+    let _turn = ONE_CALL_AT_A_TIME.lock().await;
+    // Bob's link from the SFU loses single video packets. Bob's stack asks the SFU for them
+    // (NACK), the SFU resends them from what it sent on bob's connection, and bob's reorder buffer
+    // puts them back: no key frame is asked for, so the publishers make none, and carol sees
+    // nothing of it.
+    let bob_address = Arc::new(std::sync::Mutex::new(None));
+    let log = Arc::new(std::sync::Mutex::new(LossLog::default()));
+    let relay = lossy_relay(Arc::clone(&bob_address), Arc::clone(&log)).await;
+    let filter: SignalFilter = Arc::new(move |from, to, payload| {
+        let bobs = from.as_str() == "bob" || to.as_str() == "bob";
+        match payload {
+            MediaPayload::SdpOffer(sdp) if bobs => Some(MediaPayload::SdpOffer(strip_candidates(&sdp))),
+            MediaPayload::SdpAnswer(sdp) if bobs => Some(MediaPayload::SdpAnswer(strip_candidates(&sdp))),
+            // Bob only learns the SFU through the relay.
+            MediaPayload::IceCandidate { .. } if to.as_str() == "bob" => None,
+            // The SFU is told bob lives at the relay.
+            MediaPayload::IceCandidate { candidate, sdp_mid, sdp_mline_index } if from.as_str() == "bob" => {
+                let mut fields: Vec<String> = candidate.split_whitespace().map(str::to_owned).collect();
+                if fields.len() < 8 || fields[2] != "udp" {
+                    return None;
+                }
+                let real = format!("{}:{}", fields[4], fields[5]).parse().ok()?;
+                *bob_address.lock().unwrap() = Some(real);
+                fields[4] = relay.ip().to_string();
+                fields[5] = relay.port().to_string();
+                Some(MediaPayload::IceCandidate { candidate: fields.join(" "), sdp_mid, sdp_mline_index })
+            }
+            other => Some(other),
+        }
+    });
+    let (_tmp, dir) = record_dir();
+    let mut net = net_with(&["alice", "bob", "carol"], filter);
+    let call = CallId::new("lossy-call").unwrap();
+    for party in &mut net.parties {
+        equip(party, &dir, &SENDERS).await;
+    }
+    let users: Vec<UserId> = net.parties.iter().map(|p| p.user.clone()).collect();
+    for i in 0..3 {
+        let others: Vec<UserId> = users.iter().filter(|u| **u != users[i]).cloned().collect();
+        let token = net.sfu.issue_token(&call, &net.parties[i].user, &net.parties[i].device, in_an_hour());
+        net.parties[i].adapter.start(start(&net.parties[i], &call, &others, token)).await.unwrap();
+    }
+    for i in 0..3 {
+        let others: Vec<UserId> = users.iter().filter(|u| **u != users[i]).cloned().collect();
+        first_frames(&mut net.parties[i], &others).await;
+    }
+    // Wait for a quiet interval at bob (the opening key frames are behind), then lose packets.
+    timeout(WAIT, async { while next_report(&mut net.parties[1]).await != (0, 0, 0) {} })
+        .await
+        .expect("bob's reports settle");
+    while next_report(&mut net.parties[2]).await != (0, 0, 0) {}
+    let before = net.sfu.stats().await.unwrap();
+    log.lock().unwrap().armed = true;
+
+    let want = (DROP_OFFSETS.len() * 2) as u32; // alice's and carol's video
+    let (recovered, lost, plis) = repairs_reported(&mut net.parties[1], want).await;
+    let after = net.sfu.stats().await.unwrap();
+    eprintln!(
+        "bob reported {recovered} recovered, {lost} given up, {plis} PLIs; sfu before {before:?}, after {after:?}"
+    );
+    {
+        let log = log.lock().unwrap();
+        assert_eq!(log.streams.len(), 2, "bob receives two video streams");
+        for (ssrc, (_, dropped, resent)) in &log.streams {
+            eprintln!("relay, stream {ssrc}: dropped {dropped:?}, resent {resent:?}");
+            assert_eq!(*dropped, DROP_OFFSETS, "the losses happened");
+            for offset in DROP_OFFSETS {
+                assert!(resent.contains(&offset), "packet {offset} of {ssrc} was never resent by the SFU");
+            }
+        }
+    }
+    assert_eq!((recovered, lost, plis), (want, 0, 0), "bob: every loss repaired, no key frame needed");
+    assert_eq!(
+        after.keyframe_requests_forwarded, before.keyframe_requests_forwarded,
+        "no publisher was asked for a key frame"
+    );
+    // Carol's link is clean: nothing to repair, nothing asked.
+    assert_eq!(next_report(&mut net.parties[2]).await, (0, 0, 0));
+    for party in &net.parties {
+        party.adapter.stop(&call).await.unwrap();
+    }
+}
