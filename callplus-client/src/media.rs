@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 
 use callplus_media::{
     AudioConfig, IvfSink, MediaAdapter, MediaError, MediaEvent, MediaEvents, MediaSink, MediaSource,
-    OggOpusSink, PeerSpec, StartMedia, TestPatternSource, ToneSource, VideoConfig, WebRtcConfig,
+    OggOpusSink, PeerSpec, SfuRoute, StartMedia, TestPatternSource, ToneSource, VideoConfig, WebRtcConfig,
     WebRtcMediaAdapter,
 };
 use callplus_session::client::MediaCommand;
@@ -474,6 +474,7 @@ impl Glue {
                 ice_servers,
                 microphone_enabled,
                 camera_enabled,
+                sfu,
             } => {
                 let ice_servers = self.options.ice_servers.clone().unwrap_or(ice_servers);
                 let start = StartMedia {
@@ -483,7 +484,7 @@ impl Glue {
                     peers: peers.into_iter().map(PeerSpec::from).collect(),
                     media_type,
                     ice_servers,
-                    sfu: None,
+                    sfu: sfu.map(|r| SfuRoute { user_id: r.user_id, device_id: r.device_id, token: r.token }),
                 };
                 self.start(start, microphone_enabled, camera_enabled).await;
             }

@@ -24,7 +24,7 @@ pub use model::kinds::{
 };
 pub use model::message::{
     ClientBody, ClientFrame, Event, Hello, MediaPayload, Request, Response, ResponseBody, Resume, ServerBody,
-    ServerFrame, StartCall, Welcome,
+    ServerFrame, SfuRoute, StartCall, Welcome,
 };
 pub use model::snapshot::{
     CallInfo, CallRecord, CallSummary, DeviceLeg, IceServer, Participant, PushConfig, RecordPage,

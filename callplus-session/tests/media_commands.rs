@@ -8,8 +8,9 @@
 mod sim;
 
 use callplus_session::client::{MediaCommand, MediaPeer};
-use callplus_session::switchboard::SwitchboardConfig;
-use callplus_session::{CallId, CallType, DeviceId, MediaKind, MediaPayload, MediaType};
+use callplus_session::media_token::media_token;
+use callplus_session::switchboard::{MediaRouter, Output, SwitchboardConfig};
+use callplus_session::{CallId, CallType, DeviceId, MediaKind, MediaPayload, MediaType, SfuRoute};
 use sim::{Sim, user};
 
 fn device(s: &str) -> DeviceId {
@@ -36,6 +37,7 @@ fn start(
         ice_servers: Vec::new(),
         microphone_enabled: true,
         camera_enabled: true,
+        sfu: None,
     }
 }
 
@@ -332,4 +334,130 @@ fn signals_for_a_call_this_device_is_not_connected_in_are_dropped() {
     assert!(sent.is_ok());
     sim.settle();
     assert!(sim.media(bob1).is_empty(), "{:?}", sim.media(bob1));
+}
+
+/// A simulation whose switchboard routes MULTI calls made with more than `mesh_max`
+/// participants through an SFU at `callplus-sfu`/`sfu` (the simulated SFU answers every offer);
+/// tokens are `tok.<call>.<user>.<device>`.
+fn setup_with_sfu(devices: &[(&str, &str)], mesh_max: usize) -> (Sim, Vec<usize>) {
+    let (mut sim, idx) = setup(devices);
+    sim.switchboard.set_media_router(MediaRouter {
+        sfu_user: user("callplus-sfu"),
+        sfu_device: device("sfu"),
+        mesh_max,
+        sign: Box::new(|call, user, device| format!("tok.{call}.{user}.{device}")),
+    });
+    (sim, idx)
+}
+
+fn sfu_route(call: &CallId, me: &str, my_device: &str) -> SfuRoute {
+    SfuRoute {
+        user_id: user("callplus-sfu"),
+        device_id: device("sfu"),
+        token: format!("tok.{call}.{me}.{my_device}"),
+    }
+}
+
+/// The offers that reached the SFU: (user, device, token).
+fn offers_to_sfu(sim: &Sim, call: &CallId) -> Vec<(String, String, Option<String>)> {
+    sim.outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::SfuSignal { call_id, from_user, from_device, payload: MediaPayload::SdpOffer(sdp) }
+                if call_id == call =>
+            {
+                Some((from_user.to_string(), from_device.to_string(), media_token(sdp).map(str::to_owned)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_group_call_starts_media_through_the_sfu_and_a_one_to_one_call_stays_peer_to_peer() {
+    let (mut sim, d) = setup_with_sfu(&[("alice", "a1"), ("bob", "b1"), ("carol", "c1")], 0);
+    let (alice, bob, carol) = (d[0], d[1], d[2]);
+    let call = sim.start(alice, &["bob", "carol"], CallType::Multi, MediaType::AudioVideo);
+    sim.run_until(1_000, "both ring", |s| s.incoming(bob).is_some() && s.incoming(carol).is_some());
+    sim.accept(bob, &call);
+    sim.accept(carol, &call);
+    sim.run_until(2_000, "everyone connected to the sfu", |s| {
+        [alice, bob, carol].iter().all(|&i| s.devices[i].stack.connected_to_sfu(&call))
+    });
+    sim.settle();
+
+    // Each device starts with the SFU's route and its own token; its only offer goes there.
+    let with_sfu = |me: &str, my_device: &str, peers: Vec<MediaPeer>| {
+        let mut command = start(&call, me, my_device, MediaType::AudioVideo, peers);
+        if let MediaCommand::Start { sfu, .. } = &mut command {
+            *sfu = Some(sfu_route(&call, me, my_device));
+        }
+        command
+    };
+    assert_eq!(
+        sim.media(alice).first().cloned().cloned(),
+        Some(with_sfu("alice", "a1", vec![peer("bob", "b1", true)]))
+    );
+    assert_eq!(
+        sim.media(carol).first().cloned().cloned(),
+        Some(with_sfu("carol", "c1", vec![peer("alice", "a1", false), peer("bob", "b1", false)]))
+    );
+    let mut offers = offers_to_sfu(&sim, &call);
+    offers.sort();
+    let expected: Vec<(String, String, Option<String>)> = [("alice", "a1"), ("bob", "b1"), ("carol", "c1")]
+        .iter()
+        .map(|(u, dev)| (u.to_string(), dev.to_string(), Some(format!("tok.{call}.{u}.{dev}"))))
+        .collect();
+    assert_eq!(offers, expected, "one offer per device, to the sfu, with that device's token");
+    // Every signal a device applied came from the SFU (the stack flags any other).
+    for &i in &[alice, bob, carol] {
+        let from_devices = sim.media(i).into_iter().any(|c| {
+            matches!(c, MediaCommand::ApplySignal { from_user, .. } if from_user.as_str() != "callplus-sfu")
+        });
+        assert!(!from_devices, "{}: a signal from another device", sim.devices[i].name);
+    }
+    assert_no_violations(&sim);
+
+    // Carol leaves: the SFU is told (it renegotiates the others' connections).
+    sim.hangup(carol, &call);
+    sim.run_until(1_000, "carol left", |s| s.ended(carol, &call).is_some());
+    let left = Output::SfuLeave { call_id: call.clone(), user: user("carol"), device: device("c1") };
+    assert!(sim.outputs.contains(&left), "the sfu hears of carol's leave");
+    sim.hangup(alice, &call);
+    sim.run_until(1_000, "the call ended", |s| s.ended(bob, &call).is_some());
+    assert!(sim.outputs.contains(&Output::SfuEndCall { call_id: call.clone() }));
+
+    // A one-to-one call on the same server: peer to peer, no route, nothing for the SFU.
+    sim.clear_media();
+    let single = sim.start(alice, &["bob"], CallType::Single, MediaType::Audio);
+    sim.run_until(1_000, "bob rings", |s| s.incoming(bob) == Some(single.clone()));
+    sim.accept(bob, &single);
+    sim.run_until(1_000, "media up", |s| s.devices[alice].stack.connected_with(&single, "bob", "b1"));
+    assert_eq!(
+        sim.media(alice).first().cloned().cloned(),
+        Some(start(&single, "alice", "a1", MediaType::Audio, vec![peer("bob", "b1", true)]))
+    );
+    assert!(offers_to_sfu(&sim, &single).is_empty());
+    assert_no_violations(&sim);
+}
+
+#[test]
+fn a_group_call_within_the_mesh_size_stays_peer_to_peer() {
+    let (mut sim, d) = setup_with_sfu(&[("alice", "a1"), ("bob", "b1"), ("carol", "c1")], 3);
+    let (alice, bob, carol) = (d[0], d[1], d[2]);
+    let call = sim.start(alice, &["bob", "carol"], CallType::Multi, MediaType::Audio);
+    sim.run_until(1_000, "both ring", |s| s.incoming(bob).is_some() && s.incoming(carol).is_some());
+    sim.accept(bob, &call);
+    sim.accept(carol, &call);
+    sim.run_until(2_000, "full mesh up", |s| {
+        s.devices[alice].stack.connected_with(&call, "bob", "b1")
+            && s.devices[alice].stack.connected_with(&call, "carol", "c1")
+            && s.devices[bob].stack.connected_with(&call, "carol", "c1")
+    });
+    assert_eq!(
+        sim.media(alice).first().cloned().cloned(),
+        Some(start(&call, "alice", "a1", MediaType::Audio, vec![peer("bob", "b1", true)]))
+    );
+    assert!(offers_to_sfu(&sim, &call).is_empty());
+    assert_no_violations(&sim);
 }

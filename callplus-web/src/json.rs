@@ -342,6 +342,7 @@ pub(crate) fn media_command(c: &MediaCommand) -> Value {
             ice_servers,
             microphone_enabled,
             camera_enabled,
+            sfu,
         } => with_type(
             "start",
             json!({
@@ -353,6 +354,11 @@ pub(crate) fn media_command(c: &MediaCommand) -> Value {
                 "iceServers": ice_servers.iter().map(ice_server).collect::<Vec<_>>(),
                 "microphoneEnabled": microphone_enabled,
                 "cameraEnabled": camera_enabled,
+                "sfu": sfu.as_ref().map(|r| json!({
+                    "userId": r.user_id.as_str(),
+                    "deviceId": r.device_id.as_str(),
+                    "token": r.token,
+                })),
             }),
         ),
         MediaCommand::AddPeer { call_id, peer: p } => {

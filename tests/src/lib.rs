@@ -102,6 +102,9 @@ pub struct Setup {
     pub tls: Option<TestCertificate>,
     /// How long a new connection may take to send its Hello; 5 s when `None`.
     pub hello_timeout: Option<Duration>,
+    /// MULTI calls made with at most this many participants stay peer to peer; when `None`,
+    /// every MULTI call's media goes through the server's SFU (the default).
+    pub mesh_max: Option<usize>,
 }
 
 /// A self-signed certificate for `localhost` and `127.0.0.1`, made fresh for a test.
@@ -152,11 +155,20 @@ impl TestServer {
 
     /// A server as `setup` says.
     pub async fn start_with(setup: Setup) -> TestServer {
-        let Setup { config: cfg, data_dir, storage, push_webhook, push_webhook_ca, tls, hello_timeout } =
-            setup;
+        let Setup {
+            config: cfg,
+            data_dir,
+            storage,
+            push_webhook,
+            push_webhook_ca,
+            tls,
+            hello_timeout,
+            mesh_max,
+        } = setup;
         let mut builder = Server::builder()
             .listen("127.0.0.1:0")
             .admin_listen("127.0.0.1:0")
+            .media_listen("127.0.0.1:0")
             .config(cfg.unwrap_or_else(config))
             .hello_timeout(hello_timeout.unwrap_or(Duration::from_secs(5)));
         builder = match (storage, data_dir) {
@@ -164,6 +176,9 @@ impl TestServer {
             (None, Some(dir)) => builder.data_dir(dir),
             (None, None) => builder.in_memory(),
         };
+        if let Some(n) = mesh_max {
+            builder = builder.mesh_max(n);
+        }
         if let Some(url) = push_webhook {
             builder = builder.push_webhook(url);
         }

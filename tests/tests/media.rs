@@ -17,8 +17,8 @@ use callplus_media::{ChannelSink, MediaEvent, MediaKind, MediaSink, RemoteFrame,
 use callplus_session::{CallType, ParticipantState};
 use callplus_signal::client::{MediaEventStream, MediaOptions, record_sink};
 use callplus_tests::{
-    ChangeMediaTypeResult, ClientOptions, Event, MediaType, Party, TestServer, config, connected, ended,
-    received, record_of, remote_state,
+    ChangeMediaTypeResult, ClientOptions, Event, MediaType, Party, Setup, TestServer, config, connected,
+    ended, received, record_of, remote_state,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{Instant, timeout};
@@ -412,7 +412,9 @@ async fn video_call_carries_vp8_both_ways_camera_off_and_downgrade_stop_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_party_mesh_everyone_hears_everyone() {
     let (_tmp, dir) = record_dir("mesh");
-    let server = TestServer::start(config()).await;
+    // A server keeping MULTI calls of up to three participants peer to peer.
+    let server =
+        TestServer::start_with(Setup { config: Some(config()), mesh_max: Some(3), ..Setup::default() }).await;
     let names = ["alice", "bob", "carol"];
     let tones = [300.0, 500.0, 700.0];
     let mut p = Vec::new();
@@ -478,5 +480,89 @@ async fn three_party_mesh_everyone_hears_everyone() {
     }
     for (i, j) in [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)] {
         assert_tone(&p[i].recording(names[j], "ogg"), tones[j]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_party_video_call_goes_through_the_servers_sfu() {
+    let (_tmp, dir) = record_dir("sfu");
+    let server = TestServer::start(config()).await;
+    let names = ["alice", "bob", "carol"];
+    let tones = [440.0, 660.0, 880.0];
+    let sizes = [(320, 240), (160, 120), (240, 176)];
+    let mut p = Vec::new();
+    for ((name, tone), (width, height)) in names.iter().zip(tones).zip(sizes) {
+        let video = VideoConfig { width, height, fps: 15, ..VideoConfig::default() };
+        p.push(media_party(&server, name, tone, Some(video), &dir).await);
+    }
+    let started = p[0]
+        .party
+        .client
+        .start_call(&["bob", "carol"], CallType::Multi, MediaType::AudioVideo, Default::default())
+        .await
+        .unwrap();
+    let call = started.call_id().clone();
+    for party in &mut p[1..] {
+        party.party.expect(received(&call), "the invitation").await;
+        party.party.client.accept(&call).await.unwrap();
+    }
+
+    // Everyone decodes everyone else's video and hears their tone.
+    let pairs: Vec<(usize, usize)> =
+        (0..3).flat_map(|i| (0..3).filter(move |&j| j != i).map(move |j| (i, j))).collect();
+    for &(i, j) in &pairs {
+        let what = format!("{}'s video at {}", names[j], names[i]);
+        p[i].expect_media(&what, first_frame(names[j], MediaKind::Video)).await;
+    }
+    let mut rx: HashMap<(usize, usize, MediaKind), UnboundedReceiver<RemoteFrame>> = HashMap::new();
+    for &(i, j) in &pairs {
+        for kind in [MediaKind::Audio, MediaKind::Video] {
+            rx.insert((i, j, kind), p[i].frames_from(names[j], kind));
+        }
+    }
+    for &(i, j) in &pairs {
+        let video = rx.get_mut(&(i, j, MediaKind::Video)).unwrap();
+        frames(video, 15, &format!("{}'s video at {}", names[j], names[i])).await;
+        let audio = rx.get_mut(&(i, j, MediaKind::Audio)).unwrap();
+        frames(audio, 60, &format!("{}'s audio at {}", names[j], names[i])).await;
+    }
+
+    // One peer connection per client, and it is the server's SFU's.
+    for party in &mut p {
+        let report = party.expect_media("a status report", is_stats).await;
+        let MediaEvent::Stats(stats) = report else { unreachable!() };
+        let peers: Vec<(String, String)> =
+            stats.per_peer.iter().map(|s| (s.user.to_string(), s.device.to_string())).collect();
+        assert_eq!(
+            peers,
+            vec![(
+                callplus_signal::server::SFU_USER.to_owned(),
+                callplus_signal::server::SFU_DEVICE.to_owned()
+            )],
+            "{}: its connections",
+            party.party.name
+        );
+    }
+
+    // Carol leaves: the SFU drops her streams at alice and bob, who go on receiving each other.
+    p[2].party.client.hangup(Some(&call)).await.unwrap();
+    for (i, j) in [(0, 2), (1, 2)] {
+        for kind in [MediaKind::Audio, MediaKind::Video] {
+            let what = format!("{}'s {kind:?} at {} after she left", names[j], names[i]);
+            sink_closed(rx.get_mut(&(i, j, kind)).unwrap(), &what).await;
+        }
+    }
+    for (i, j) in [(0, 1), (1, 0)] {
+        frames(rx.get_mut(&(i, j, MediaKind::Audio)).unwrap(), 25, "audio after carol left").await;
+    }
+    p[0].party.client.hangup(Some(&call)).await.unwrap();
+    p[1].party.expect(ended(&call), "ended").await;
+
+    for (i, j) in pairs {
+        assert_tone(&p[i].recording(names[j], "ogg"), tones[j]);
+        let path = p[i].recording(names[j], "ivf");
+        let IvfFile { width, height, frames, .. } = read_ivf(&path).expect("the recording parses");
+        assert_eq!((u32::from(width), u32::from(height)), sizes[j], "{}", path.display());
+        assert!(frames.len() >= 15, "{}: {} frames", path.display(), frames.len());
     }
 }

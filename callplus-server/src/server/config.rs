@@ -43,6 +43,16 @@ pub struct ServerOptions {
     pub drain_timeout: Duration,
     /// Whether to create a default app when storage holds none.
     pub create_default_app: bool,
+    /// Whether the server runs the selective forwarding unit MULTI calls' media goes through
+    /// (else every call's media is peer to peer).
+    pub sfu: bool,
+    /// Local UDP addresses the SFU's connections bind to (`ip:port`, port 0 for any).
+    pub media_listen: Vec<String>,
+    /// MULTI calls made with at most this many participants (creator included) stay peer to
+    /// peer; 0 sends every MULTI call through the SFU.
+    pub mesh_max: usize,
+    /// How long a media token (a device's credential for the SFU) is valid.
+    pub media_token_ttl: Duration,
 }
 
 impl Default for ServerOptions {
@@ -60,6 +70,10 @@ impl Default for ServerOptions {
             push_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
             create_default_app: true,
+            sfu: true,
+            media_listen: vec!["0.0.0.0:0".to_owned()],
+            mesh_max: 0,
+            media_token_ttl: Duration::from_secs(3600),
         }
     }
 }

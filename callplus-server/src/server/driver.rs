@@ -27,13 +27,14 @@ use callplus_session::switchboard::{
 };
 use callplus_session::wire::{FrameError, event_to_wire};
 use callplus_session::{
-    AppKey, CallId, CallInfo, CallRecord, ClientFrame, Code, Error, Hello, RecordOrder, RecordPage, Response,
-    ServerBody, ServerFrame, UserId,
+    AppKey, CallId, CallInfo, CallRecord, ClientFrame, Code, DeviceId, Error, Hello, MediaPayload,
+    RecordOrder, RecordPage, Response, ServerBody, ServerFrame, UserId,
 };
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::media_relay::SfuCommand;
 use super::metrics::{Metrics, ReasonLabel};
 use crate::storage::{BatchWriter, CallRow, PageOrder, RecordRow, Storage, StorageError, WriteOp};
 
@@ -114,6 +115,17 @@ pub(crate) enum Input {
         /// The answer.
         reply: oneshot::Sender<bool>,
     },
+    /// SDP/ICE from the SFU to one participant device.
+    SfuSignal {
+        /// The call.
+        call_id: CallId,
+        /// Recipient user.
+        to_user: UserId,
+        /// Recipient device.
+        to_device: DeviceId,
+        /// The message.
+        payload: MediaPayload,
+    },
     /// Shut down: end every session, write everything, flush storage, stop.
     Shutdown {
         /// Receives the storage flush result.
@@ -189,6 +201,8 @@ pub(crate) struct Driver {
     last_now: i64,
     /// [`Switchboard::slow_sessions_dropped`] already counted in the metrics.
     slow_sessions_seen: u64,
+    /// Where SFU work goes, when the server runs an SFU.
+    sfu: Option<mpsc::UnboundedSender<SfuCommand>>,
 }
 
 impl Driver {
@@ -215,8 +229,14 @@ impl Driver {
             known_calls: HashSet::new(),
             last_now: 0,
             slow_sessions_seen: 0,
+            sfu: None,
         };
         (driver, DriverHandle { tx })
+    }
+
+    /// Sends the switchboard's SFU work to this queue (see `media_relay`).
+    pub(crate) fn set_sfu(&mut self, commands: mpsc::UnboundedSender<SfuCommand>) {
+        self.sfu = Some(commands);
     }
 
     fn now(&mut self) -> i64 {
@@ -323,6 +343,9 @@ impl Driver {
             Input::IsLive { app, call_id, reply } => {
                 let _ = reply.send(self.sb.is_call_live(&app, &call_id));
             }
+            Input::SfuSignal { call_id, to_user, to_device, payload } => {
+                self.sb.sfu_signal(now, &call_id, &to_user, &to_device, payload);
+            }
             Input::Shutdown { .. } => {}
         }
     }
@@ -405,6 +428,13 @@ impl Driver {
     fn act(&mut self, output: Output) {
         match output {
             Output::Transmit { conn, frame } => self.transmit(conn, frame),
+            Output::SfuSignal { call_id, from_user, from_device, payload } => {
+                self.to_sfu(SfuCommand::Signal { call_id, user: from_user, device: from_device, payload });
+            }
+            Output::SfuLeave { call_id, user, device } => {
+                self.to_sfu(SfuCommand::Leave { call_id, user, device });
+            }
+            Output::SfuEndCall { call_id } => self.to_sfu(SfuCommand::EndCall { call_id }),
             Output::Close { conn } => {
                 if self.conns.remove(&conn).is_some() {
                     tracing::debug!(conn, "closing connection");
@@ -469,6 +499,17 @@ impl Driver {
                 self.submit_writes();
                 self.spawn_query(id, app, user, query);
             }
+        }
+    }
+
+    fn to_sfu(&self, command: SfuCommand) {
+        match &self.sfu {
+            Some(tx) => {
+                if tx.send(command).is_err() {
+                    tracing::warn!("the sfu task has stopped; sfu work dropped");
+                }
+            }
+            None => tracing::debug!(?command, "no sfu runs here"),
         }
     }
 

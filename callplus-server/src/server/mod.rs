@@ -30,6 +30,7 @@ mod device_port;
 mod driver;
 mod fd_limit;
 mod grpc;
+mod media_relay;
 mod metrics;
 mod outbound;
 mod push;
@@ -54,6 +55,7 @@ use tokio::task::JoinHandle;
 
 pub use admin::{MAX_CLOCK_SKEW_SECS, sign_request};
 pub use config::ServerOptions;
+pub use media_relay::{SFU_DEVICE, SFU_USER};
 pub use push::{PushPayload, push_config_json};
 pub use tls::ServerTls;
 pub use websocket::{PATH as WEBSOCKET_PATH, SUBPROTOCOL as WEBSOCKET_SUBPROTOCOL};
@@ -280,6 +282,26 @@ impl ServerBuilder {
         self
     }
 
+    /// Runs the selective forwarding unit MULTI calls' media goes through (on by default), or
+    /// not (every call's media peer to peer).
+    pub fn sfu(mut self, enabled: bool) -> Self {
+        self.options.sfu = enabled;
+        self
+    }
+
+    /// MULTI calls made with at most `participants` (creator included) stay peer to peer; 0
+    /// (the default) sends every MULTI call's media through the SFU.
+    pub fn mesh_max(mut self, participants: usize) -> Self {
+        self.options.mesh_max = participants;
+        self
+    }
+
+    /// The local UDP address the SFU's connections bind to (`"127.0.0.1:0"` in tests).
+    pub fn media_listen(mut self, addr: impl Into<String>) -> Self {
+        self.options.media_listen = vec![addr.into()];
+        self
+    }
+
     /// Opens storage, ends calls interrupted by the last stop, binds the listeners and starts
     /// serving.
     ///
@@ -371,8 +393,23 @@ impl ServerBuilder {
             }
             None => (None, None),
         };
+        let sfu = options.sfu.then(|| {
+            media_relay::start(&media_relay::SfuSettings {
+                bind_addrs: options.media_listen.clone(),
+                mesh_max: options.mesh_max,
+                token_ttl: options.media_token_ttl,
+            })
+        });
+        let sfu_task = sfu.map(|(router, commands, task)| {
+            switchboard.set_media_router(router);
+            (commands, task)
+        });
         let (mut driver, handle) =
             Driver::new(switchboard, storage.clone(), writer.clone(), push_tx, metrics.clone());
+        if let Some((commands, task)) = sfu_task {
+            driver.set_sfu(commands);
+            tokio::spawn(task.run(handle.clone()));
+        }
         let (recovered, undecodable) = driver::decode_calls(active_calls);
         if !undecodable.is_empty() {
             writer.submit(WriteOp::RemoveCalls(undecodable));

@@ -156,6 +156,8 @@ pub struct Call {
     /// Everyone ever invited; the creator first. Never shrinks, so indexes are stable.
     pub(crate) parties: Vec<Party>,
     pub(crate) change: Option<MediaChange>,
+    /// Whether the call's media goes through the SFU (decided when the call is made).
+    pub(crate) via_sfu: bool,
 }
 
 /// What a new call is made of.
@@ -200,6 +202,7 @@ impl Call {
                 parties
             },
             change: None,
+            via_sfu: false,
         }
     }
 
@@ -244,6 +247,7 @@ impl Call {
             push: None,
             parties,
             change: None,
+            via_sfu: false,
         }
     }
 

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::link::{Inbox, Outbox};
 use crate::model::ids::{CallId, UserId};
+use crate::model::kinds::CallType;
 use crate::model::message::{ClientFrame, Event, Request, ServerBody};
 use crate::model::snapshot::IceServer;
 
@@ -355,10 +356,18 @@ impl ClientEngine {
 
     /// Emits the media commands that bring the driver's media in line with the sessions.
     pub(super) fn reconcile_media(&mut self) {
+        let media = &self.media;
         let wanted: Vec<WantedMedia> = self
             .calls
             .values()
             .filter(|call| call.media_runs_here())
+            // A MULTI call's media starts once the server said where it goes; media running
+            // already (a SINGLE call that became MULTI) goes on as it is.
+            .filter(|call| {
+                call.session.call_type() != CallType::Multi
+                    || call.media_route.is_some()
+                    || media.runs(call.session.call_id())
+            })
             .map(|call| {
                 let session = &call.session;
                 let peers = session
@@ -373,6 +382,7 @@ impl ClientEngine {
                     peers,
                     microphone_enabled: session.microphone_enabled(),
                     camera_enabled: session.camera_enabled(),
+                    sfu: call.media_route.clone().flatten(),
                 }
             })
             .collect();

@@ -356,6 +356,10 @@ impl ClientEngine {
                 self.reconcile_media();
                 self.media.signal(id, from_user, from_device, payload, may_hold);
             }
+            Event::MediaRoute { sfu, .. } => {
+                call.media_route = Some(sfu);
+                self.reconcile_media();
+            }
             Event::DeliveryChanged { user_id, delivery, devices, .. } => {
                 call.delivery_changed(now_ms, &user_id, delivery, devices, out);
             }

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::model::ids::{CallId, DeviceId, UserId};
 use crate::model::kinds::{MediaKind, MediaType};
-use crate::model::message::MediaPayload;
+use crate::model::message::{MediaPayload, SfuRoute};
 use crate::model::snapshot::IceServer;
 
 /// SDP/ICE messages held per call while its media or the sending peer is not set up yet (they
@@ -79,6 +79,11 @@ pub enum MediaCommand {
         microphone_enabled: bool,
         /// Whether the camera sends.
         camera_enabled: bool,
+        /// `Some`: a MULTI call whose media goes through the SFU. Open one peer connection, to
+        /// the SFU's address, and offer to it with the token; `peers` are the other
+        /// participants (their media arrives on that connection), `AddPeer`/`RemovePeer` open
+        /// and close nothing, and every `ApplySignal` comes from the SFU. `None`: a mesh.
+        sfu: Option<SfuRoute>,
     },
     /// A participant connected (or reconnected on another device): connect to its device.
     AddPeer {
@@ -154,14 +159,29 @@ pub(super) struct WantedMedia {
     pub(super) peers: BTreeMap<UserId, DeviceId>,
     pub(super) microphone_enabled: bool,
     pub(super) camera_enabled: bool,
+    /// The SFU the call's media goes through, if any.
+    pub(super) sfu: Option<SfuRoute>,
 }
 
 /// What the driver was told for one call.
 #[derive(Debug, Clone)]
 struct RunningMedia {
     media_type: MediaType,
+    /// The SFU's address, when the media goes through it (signals come from there).
+    sfu: Option<(UserId, DeviceId)>,
     peers: BTreeMap<UserId, DeviceId>,
     first_frame_reported: bool,
+}
+
+impl RunningMedia {
+    /// Whether signals from this device are for the call's media: the SFU's, when the media
+    /// goes through it; else a current peer's.
+    fn sends(&self, user: &UserId, device: &DeviceId) -> bool {
+        match &self.sfu {
+            Some((sfu_user, sfu_device)) => sfu_user == user && sfu_device == device,
+            None => self.peers.get(user) == Some(device),
+        }
+    }
 }
 
 /// A signal kept until its call's media (or its sender's peer) is set up.
@@ -183,6 +203,11 @@ pub(super) struct MediaPlan {
 impl MediaPlan {
     pub(super) fn pop(&mut self) -> Option<MediaCommand> {
         self.commands.pop_front()
+    }
+
+    /// Whether the driver was told to run media for this call.
+    pub(super) fn runs(&self, call_id: &CallId) -> bool {
+        self.running.contains_key(call_id)
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -216,8 +241,7 @@ impl MediaPlan {
         payload: MediaPayload,
         may_hold: bool,
     ) {
-        let from_peer =
-            self.running.get(call_id).is_some_and(|media| media.peers.get(&from_user) == Some(&from_device));
+        let from_peer = self.running.get(call_id).is_some_and(|media| media.sends(&from_user, &from_device));
         if from_peer {
             self.commands.push_back(MediaCommand::ApplySignal {
                 call_id: call_id.clone(),
@@ -272,11 +296,13 @@ impl MediaPlan {
                         ice_servers: ice_servers.to_vec(),
                         microphone_enabled: want.microphone_enabled,
                         camera_enabled: want.camera_enabled,
+                        sfu: want.sfu.clone(),
                     });
                     self.running.insert(
                         call_id.clone(),
                         RunningMedia {
                             media_type: want.media_type,
+                            sfu: want.sfu.map(|r| (r.user_id, r.device_id)),
                             peers: want.peers,
                             first_frame_reported: false,
                         },
@@ -328,6 +354,17 @@ impl MediaPlan {
         let Some(held) = self.held.get_mut(call_id) else { return };
         let mut keep = VecDeque::new();
         while let Some(signal) = held.pop_front() {
+            if running.sfu.is_some() {
+                if running.sends(&signal.from_user, &signal.from_device) {
+                    self.commands.push_back(MediaCommand::ApplySignal {
+                        call_id: call_id.clone(),
+                        from_user: signal.from_user,
+                        from_device: signal.from_device,
+                        payload: signal.payload,
+                    });
+                }
+                continue;
+            }
             match running.peers.get(&signal.from_user) {
                 Some(device) if *device == signal.from_device => {
                     self.commands.push_back(MediaCommand::ApplySignal {

@@ -6,6 +6,7 @@ use crate::model::ids::{CallId, DeviceId, TransactionId, UserId};
 use crate::model::kinds::{
     CallState, CallType, ChangeMediaTypeResult, Delivery, EndReason, MediaKind, MediaType, ParticipantState,
 };
+use crate::model::message::SfuRoute;
 use crate::model::snapshot::{CallInfo, DeviceLeg, Participant};
 
 use super::event::ClientEvent;
@@ -186,6 +187,9 @@ pub(super) struct LiveCall {
     pub(super) role: Role,
     /// An Accept from this device is in flight.
     pub(super) accepting: bool,
+    /// Where a MULTI call's media goes, once the server said (`Some(None)`: mesh). A MULTI
+    /// call's media waits for it; SINGLE calls are always peer to peer.
+    pub(super) media_route: Option<Option<SfuRoute>>,
     connected_emitted: bool,
     start_time_emitted: bool,
     first_frame_emitted: bool,
@@ -262,6 +266,7 @@ impl LiveCall {
             session,
             role,
             accepting: false,
+            media_route: None,
             connected_emitted: false,
             start_time_emitted: false,
             first_frame_emitted: false,

@@ -438,6 +438,13 @@ pub enum Event {
         /// Payload.
         payload: MediaPayload,
     },
+    /// Where this device's media of a MULTI call goes (`None`: mesh).
+    MediaRoute {
+        /// The call.
+        call_id: CallId,
+        /// The SFU's address and this device's token, or `None` for a mesh.
+        sfu: Option<SfuRoute>,
+    },
     /// Invitation progress for one callee.
     DeliveryChanged {
         /// The call.
@@ -458,6 +465,28 @@ pub enum Event {
     },
 }
 
+/// A call's media through a selective forwarding unit: where this device's media signals go
+/// (the SFU's signalling address) and the token its first offer carries.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SfuRoute {
+    /// The SFU's signalling user id.
+    pub user_id: UserId,
+    /// The SFU's signalling device id.
+    pub device_id: DeviceId,
+    /// This (call, user, device)'s media token.
+    pub token: String,
+}
+
+impl std::fmt::Debug for SfuRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a credential: not logged.
+        f.debug_struct("SfuRoute")
+            .field("user_id", &self.user_id)
+            .field("device_id", &self.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Event {
     /// The call the event is about, if any.
     pub fn call_id(&self) -> Option<&CallId> {
@@ -472,6 +501,7 @@ impl Event {
             | Event::ChangeMediaTypeFinished { call_id, .. }
             | Event::FirstFrame { call_id, .. }
             | Event::MediaSignal { call_id, .. }
+            | Event::MediaRoute { call_id, .. }
             | Event::DeliveryChanged { call_id, .. } => Some(call_id),
             Event::CallRecord(record) => Some(&record.call.call_id),
             Event::Summary(summary) => Some(&summary.call_id),

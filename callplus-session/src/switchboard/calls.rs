@@ -11,6 +11,7 @@ use crate::model::snapshot::PushConfig;
 
 use super::Output;
 use super::fasthash::FastMap;
+use super::media_route::send_route;
 use super::{BusyPolicy, Ctx, Net, PushRequest, Query, Switchboard, Timer};
 
 /// The participant whose departure is being processed, and the device sessions that held the
@@ -292,6 +293,7 @@ impl Switchboard {
             },
             now,
         );
+        call.via_sfu = self.router.as_ref().is_some_and(|r| r.routes(call_type, callees.len() + 1));
         let auto_reject = self.cfg.busy_policy == BusyPolicy::AutoReject;
         let mut busy = Vec::new();
         let mut rejected = None;
@@ -312,6 +314,7 @@ impl Switchboard {
         call.push = push;
         let snapshot = call.snapshot();
         self.net.respond(ctx.sk, rid, Ok(ResponseBody::Started { call: snapshot.clone(), busy }));
+        send_route(self.router.as_ref(), &mut self.net, &call, ctx.sk, &ctx.user, &ctx.device);
         for party in call.parties.iter().skip(1) {
             if party.state.is_ringing() && !party.offered.is_empty() {
                 let event = Event::IncomingCall {
@@ -395,6 +398,7 @@ impl Switchboard {
         };
         let snapshot = call.snapshot();
         self.net.respond(ctx.sk, rid, Ok(ResponseBody::Call(snapshot.clone())));
+        send_route(self.router.as_ref(), &mut self.net, call, ctx.sk, &ctx.user, &ctx.device);
         if !stop_ringing.is_empty() {
             let event = Event::CallEnded { call: snapshot.clone(), reason: EndReason::AcceptedOnOtherDevice };
             self.net.send_all(&stop_ringing, event);
@@ -547,6 +551,13 @@ impl Switchboard {
         if type_changed {
             let event = Event::CallTypeChanged { call_id: id.clone(), call_type: CallType::Multi, version };
             notify_others(&mut self.net, &call, &invited, event);
+            // Its media stays peer to peer (no switchover yet); a MULTI call's devices wait for
+            // the route, so those already in it are told.
+            for p in call.parties.iter().filter(|p| p.state.is_connected()) {
+                if let (Some(sk), Some(device)) = (p.bound, &p.device) {
+                    send_route(self.router.as_ref(), &mut self.net, &call, sk, &p.user, device);
+                }
+            }
         }
         if !invited.is_empty() {
             let invitees = invited.iter().filter_map(|&j| call.party(j)).map(|p| p.user.clone()).collect();
@@ -771,6 +782,16 @@ impl Switchboard {
         let (call, idx) = find(&mut self.calls, ctx, id)?;
         not_ended(call)?;
         holds_leg(call, idx, ctx.sk)?;
+        if self.router.as_ref().is_some_and(|r| r.is_sfu(call, to_user, to_device)) {
+            self.net.respond(ctx.sk, rid, Ok(ResponseBody::Empty));
+            self.net.outputs.push_back(Output::SfuSignal {
+                call_id: id.clone(),
+                from_user: ctx.user.clone(),
+                from_device: ctx.device.clone(),
+                payload,
+            });
+            return Ok(());
+        }
         if to_user == &ctx.user {
             return Err(err(Code::ParamError, "media signals go to another participant"));
         }
@@ -865,8 +886,16 @@ impl Switchboard {
         if call.is_ended() {
             return;
         }
+        let sfu_leaver = call
+            .party(idx)
+            .filter(|p| call.via_sfu && p.state.is_connected())
+            .map(|p| (p.user.clone(), p.device.clone()));
         let Some(sessions) = call.end_party(idx, reason, at.min(now)) else { return };
         let leaver = Leaver { idx, sessions, acting, other_devices };
+        if let Some((user, device)) = sfu_leaver {
+            self.sfu_leave(id, user, device);
+        }
+        let Some(call) = self.calls.get_mut(id) else { return };
         if call.should_end() {
             self.finish_call_at(now, at, id, remote_view(reason), Some(leaver));
             return;
@@ -910,6 +939,9 @@ impl Switchboard {
             return;
         }
         let at = at.min(now).max(call.last_event_ms());
+        if call.via_sfu {
+            self.net.outputs.push_back(Output::SfuEndCall { call_id: id.clone() });
+        }
         let ended = call.finish(others, at);
         let snapshot = call.snapshot();
         if let Some(leaver) = &leaver {

@@ -50,6 +50,7 @@
 mod calls;
 mod config;
 mod fasthash;
+mod media_route;
 mod net;
 mod output;
 mod queue;
@@ -73,6 +74,7 @@ use crate::model::snapshot::CallInfo;
 use crate::wire::FrameError;
 
 pub use config::{BusyPolicy, ConfigError, DevicePolicy, SwitchboardConfig};
+pub use media_route::{MediaRouter, TokenSigner};
 pub use output::{ConnId, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId};
 
 pub use output::QueryResult;
@@ -126,6 +128,8 @@ pub struct Switchboard {
     slow_dropped: u64,
     scratch: Vec<CallId>,
     id_buf: String,
+    /// The SFU MULTI calls go through, if the server runs one.
+    router: Option<media_route::MediaRouter>,
 }
 
 impl Switchboard {
@@ -164,6 +168,7 @@ impl Switchboard {
             slow_dropped: 0,
             scratch: Vec::new(),
             id_buf: String::new(),
+            router: None,
         }
     }
 

@@ -1,9 +1,9 @@
 //! What the switchboard asks its driver to do.
 
 use crate::error::Error;
-use crate::model::ids::{AppKey, CallId, UserId};
+use crate::model::ids::{AppKey, CallId, DeviceId, UserId};
 use crate::model::kinds::{MediaType, RecordOrder};
-use crate::model::message::{Event, ServerFrame};
+use crate::model::message::{Event, MediaPayload, ServerFrame};
 use crate::model::snapshot::{CallInfo, CallRecord, PushConfig, RecordPage};
 
 /// A transport connection, numbered by the driver. A device session outlives its connections:
@@ -80,6 +80,31 @@ pub enum QueryAnswer {
 /// Something the driver must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
+    /// SDP/ICE from a participant device to the call's SFU: `Sfu::handle_signal`.
+    SfuSignal {
+        /// The call.
+        call_id: CallId,
+        /// The sending user (a connected participant of the call).
+        from_user: UserId,
+        /// The sending device.
+        from_device: DeviceId,
+        /// What it sent.
+        payload: MediaPayload,
+    },
+    /// A participant device left an SFU call: close its SFU connection.
+    SfuLeave {
+        /// The call.
+        call_id: CallId,
+        /// The user.
+        user: UserId,
+        /// The device it was in the call on.
+        device: DeviceId,
+    },
+    /// An SFU call ended: close all its SFU connections.
+    SfuEndCall {
+        /// The call.
+        call_id: CallId,
+    },
     /// Write this frame to the connection.
     Transmit {
         /// The connection.

@@ -61,6 +61,7 @@ fn event_bytes(event: &Event) -> usize {
             }
         },
         Event::DeliveryChanged { devices, .. } => ids_bytes(devices.len()),
+        Event::MediaRoute { sfu: Some(route), .. } => route.token.len().saturating_add(64),
         Event::Kicked { message, .. } => message.len(),
         // Ids and numbers only.
         _ => 64,

@@ -10,7 +10,9 @@ use crate::model::ids::{CallId, DeviceId, TransactionId, UserId};
 use crate::model::kinds::{
     CallType, ChangeMediaTypeResult, Delivery, EndReason, MediaKind, MediaType, ParticipantState,
 };
-use crate::model::message::{Event, MediaPayload, Response, ResponseBody, ServerBody, ServerFrame, Welcome};
+use crate::model::message::{
+    Event, MediaPayload, Response, ResponseBody, ServerBody, ServerFrame, SfuRoute, Welcome,
+};
 use crate::model::snapshot::{CallInfo, CallRecord, DeviceLeg, RecordPage};
 
 use super::client::payload_to_wire;
@@ -173,6 +175,12 @@ fn event_kind_to_wire(e: &Event) -> Kind {
                 payload: Some(payload),
             })
         }
+        Event::MediaRoute { call_id, sfu } => Kind::MediaRoute(pb::MediaRoute {
+            call_id: call_id.to_string(),
+            sfu_user_id: sfu.as_ref().map(|r| r.user_id.to_string()).unwrap_or_default(),
+            sfu_device_id: sfu.as_ref().map(|r| r.device_id.to_string()).unwrap_or_default(),
+            media_token: sfu.as_ref().map(|r| r.token.clone()).unwrap_or_default(),
+        }),
         Event::DeliveryChanged { call_id, user_id, delivery, devices } => {
             Kind::DeliveryChanged(pb::DeliveryChanged {
                 call_id: call_id.to_string(),
@@ -313,6 +321,18 @@ fn event_from_kind(kind: Kind, me: &UserId) -> Result<Event, Error> {
                 payload,
             }
         }
+        Kind::MediaRoute(r) => Event::MediaRoute {
+            call_id: CallId::new(&r.call_id)?,
+            sfu: if r.sfu_user_id.is_empty() {
+                None
+            } else {
+                Some(SfuRoute {
+                    user_id: UserId::new(&r.sfu_user_id)?,
+                    device_id: DeviceId::new(&r.sfu_device_id)?,
+                    token: r.media_token,
+                })
+            },
+        },
         Kind::DeliveryChanged(d) => Event::DeliveryChanged {
             call_id: CallId::new(&d.call_id)?,
             user_id: UserId::new(&d.user_id)?,

@@ -5,14 +5,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use callplus_session::client::{ClientEngine, MediaCommand, MediaPeer};
+use callplus_session::media_token::attach_media_token;
 use callplus_session::{CallId, DeviceId, MediaKind, MediaPayload, MediaType, UserId};
 
 /// One call's media as the stack runs it.
 #[derive(Debug, Clone, Default)]
 pub struct SimCallMedia {
     pub media_type: Option<MediaType>,
-    /// Peers (user, device) and whether their media is up (offer answered).
+    /// Peers (user, device) and whether their media is up (offer answered). Through an SFU:
+    /// the other participants, never up themselves (their media comes over the SFU's
+    /// connection).
     pub peers: BTreeMap<(UserId, DeviceId), bool>,
+    /// The SFU's address when the media goes through it, and whether its connection is up.
+    pub sfu: Option<((UserId, DeviceId), bool)>,
 }
 
 /// The stack of one device.
@@ -32,7 +37,13 @@ impl SimMediaStack {
     pub fn execute(&mut self, now: i64, engine: &mut ClientEngine, command: MediaCommand) {
         match command {
             MediaCommand::Start {
-                call_id, peers, media_type, microphone_enabled, camera_enabled, ..
+                call_id,
+                peers,
+                media_type,
+                microphone_enabled,
+                camera_enabled,
+                sfu,
+                ..
             } => {
                 if self.calls.contains_key(&call_id) {
                     self.violations.push(format!("{call_id} started twice"));
@@ -41,8 +52,21 @@ impl SimMediaStack {
                 self.devices.push((MediaKind::Video, camera_enabled));
                 self.calls.insert(
                     call_id.clone(),
-                    SimCallMedia { media_type: Some(media_type), ..Default::default() },
+                    SimCallMedia {
+                        media_type: Some(media_type),
+                        sfu: sfu.as_ref().map(|r| ((r.user_id.clone(), r.device_id.clone()), false)),
+                        ..Default::default()
+                    },
                 );
+                if let Some(route) = sfu {
+                    // One connection, to the SFU, offered with the token.
+                    let offer = MediaPayload::SdpOffer(attach_media_token("offer", &route.token));
+                    if let Err(e) =
+                        engine.send_media_signal(now, &call_id, &route.user_id, &route.device_id, offer)
+                    {
+                        self.violations.push(format!("{call_id}: cannot offer to the sfu: {e}"));
+                    }
+                }
                 for peer in peers {
                     self.add_peer(now, engine, &call_id, peer);
                 }
@@ -66,6 +90,18 @@ impl SimMediaStack {
                     self.violations.push(format!("{call_id}: signal for a call without media"));
                     return;
                 };
+                if let Some((address, up)) = &mut call.sfu {
+                    if *address != (from_user.clone(), from_device.clone()) {
+                        self.violations
+                            .push(format!("{call_id}: signal from {from_user}/{from_device}, not the sfu"));
+                        return;
+                    }
+                    if matches!(payload, MediaPayload::SdpAnswer(_)) {
+                        *up = true;
+                        self.frame(now, engine, &call_id);
+                    }
+                    return;
+                }
                 let Some(up) = call.peers.get_mut(&(from_user.clone(), from_device.clone())) else {
                     self.violations
                         .push(format!("{call_id}: signal from non-peer {from_user}/{from_device}"));
@@ -106,7 +142,7 @@ impl SimMediaStack {
         if call.peers.insert((peer.user_id.clone(), peer.device_id.clone()), false).is_some() {
             self.violations.push(format!("{call_id}: peer {}/{} added twice", peer.user_id, peer.device_id));
         }
-        if peer.offerer {
+        if peer.offerer && call.sfu.is_none() {
             let offer = MediaPayload::SdpOffer("offer".to_owned());
             if let Err(e) = engine.send_media_signal(now, call_id, &peer.user_id, &peer.device_id, offer) {
                 self.violations.push(format!("{call_id}: cannot offer: {e}"));
@@ -126,6 +162,11 @@ impl SimMediaStack {
         self.calls.get(call_id).is_some_and(|c| {
             c.peers.iter().any(|((u, d), up)| *up && u.as_str() == user && d.as_str() == device)
         })
+    }
+
+    /// Whether the connection to the SFU is up in `call_id` (its answer arrived).
+    pub fn connected_to_sfu(&self, call_id: &CallId) -> bool {
+        self.calls.get(call_id).is_some_and(|c| c.sfu.as_ref().is_some_and(|(_, up)| *up))
     }
 
     /// The peers of a running call, as `user/device` strings.

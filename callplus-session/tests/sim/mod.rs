@@ -20,7 +20,7 @@ use callplus_proto::v1 as pb;
 use callplus_session::client::{ClientConfig, ClientEngine, ClientEvent, DriverEvent, MediaCommand};
 use callplus_session::switchboard::{ConnId, Output, Switchboard, SwitchboardConfig};
 use callplus_session::wire::server_frame_from_wire;
-use callplus_session::{AppKey, ClientBody, ClientFrame, DeviceId, ServerFrame, UserId};
+use callplus_session::{AppKey, ClientBody, ClientFrame, DeviceId, MediaPayload, ServerFrame, UserId};
 
 use storage::SimStorage;
 
@@ -363,6 +363,12 @@ impl Sim {
                 let answer = self.storage.run_query(app, user, query);
                 let (id, now) = (*id, self.now);
                 self.switchboard.complete_query(now, id, answer);
+            }
+            Output::SfuSignal { call_id, from_user, from_device, payload: MediaPayload::SdpOffer(_) } => {
+                // A simulated SFU: answers every offer at once.
+                let answer = MediaPayload::SdpAnswer("sfu answer".to_owned());
+                let now = self.now;
+                self.switchboard.sfu_signal(now, call_id, from_user, from_device, answer);
             }
             other => self.storage.apply(other),
         }

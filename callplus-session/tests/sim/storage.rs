@@ -53,7 +53,12 @@ impl SimStorage {
             Output::ForgetCall { app, call_id } => {
                 self.calls.remove(&(app.clone(), call_id.clone()));
             }
-            Output::Transmit { .. } | Output::Close { .. } | Output::Query { .. } => {}
+            Output::Transmit { .. }
+            | Output::Close { .. }
+            | Output::Query { .. }
+            | Output::SfuSignal { .. }
+            | Output::SfuLeave { .. }
+            | Output::SfuEndCall { .. } => {}
         }
     }
 

@@ -114,6 +114,16 @@ pub struct ServeArgs {
     /// device's Hello is refused with TOO_MANY_DEVICES. 0 = no limit.
     #[arg(long, env = "CALLPLUS_MAX_DEVICES_PER_USER", default_value_t = 16)]
     pub max_devices_per_user: usize,
+    /// Do not run the selective forwarding unit: every call's media is peer to peer.
+    #[arg(long, env = "CALLPLUS_NO_SFU")]
+    pub no_sfu: bool,
+    /// The local UDP address the SFU's media connections bind to (`ip:port`; port 0 for any).
+    #[arg(long, env = "CALLPLUS_MEDIA_LISTEN", default_value = "0.0.0.0:0")]
+    pub media_listen: String,
+    /// MULTI calls made with at most this many participants stay peer to peer (0: every MULTI
+    /// call's media goes through the SFU).
+    #[arg(long, env = "CALLPLUS_MESH_MAX", default_value_t = 0)]
+    pub mesh_max: usize,
     /// Most device-port connections open at once (0 = no limit); more wait in the backlog.
     #[arg(long, env = "CALLPLUS_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
@@ -200,6 +210,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             None => None,
         },
         push_attempts: args.push_attempts.max(1),
+        sfu: !args.no_sfu,
+        media_listen: vec![args.media_listen.clone()],
+        mesh_max: args.mesh_max,
         ..ServerOptions::default()
     };
     let mut builder = Server::builder().listen(&args.listen).config(config).options(options);

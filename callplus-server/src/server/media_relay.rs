@@ -1,0 +1,125 @@
+//! The selective forwarding unit inside `callplus serve`: MULTI calls' media goes through it.
+//!
+//! The switchboard decides the route and asks for SFU work with outputs (a participant's signal
+//! to the SFU, a leave, a call's end); the driver queues them here in order, and one task applies
+//! them to the [`Sfu`] one after another (an offer is applied before the candidates behind it).
+//! The SFU's own signals go back to the driver as [`Input::SfuSignal`], and from there to the
+//! participant device as a `MediaSignal` from the SFU's address. The token key is made at start
+//! and never leaves the process: the switchboard gets a signer, the SFU the same key.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use callplus_session::switchboard::MediaRouter;
+use callplus_session::{CallId, DeviceId, MediaPayload, UserId};
+use callplus_sfu::{MediaTokens, Sfu, SfuConfig, SfuEvent, SfuEvents};
+use rand::RngCore as _;
+use tokio::sync::mpsc;
+
+use super::driver::{DriverHandle, Input};
+
+/// The user id the SFU's signals carry (its signalling address).
+pub const SFU_USER: &str = "callplus-sfu";
+/// The device id the SFU's signals carry.
+pub const SFU_DEVICE: &str = "sfu";
+
+/// SFU work the switchboard asked for, in order.
+#[derive(Debug)]
+pub(crate) enum SfuCommand {
+    /// SDP/ICE from a participant device.
+    Signal { call_id: CallId, user: UserId, device: DeviceId, payload: MediaPayload },
+    /// A participant device left the call.
+    Leave { call_id: CallId, user: UserId, device: DeviceId },
+    /// The call ended.
+    EndCall { call_id: CallId },
+}
+
+/// The SFU's settings in a server.
+#[derive(Debug, Clone)]
+pub(crate) struct SfuSettings {
+    /// UDP addresses its connections bind to.
+    pub(crate) bind_addrs: Vec<String>,
+    /// MULTI calls made with at most this many participants stay a mesh.
+    pub(crate) mesh_max: usize,
+    /// How long a media token is valid.
+    pub(crate) token_ttl: Duration,
+}
+
+/// Starts the SFU (inside the runtime) with a fresh token key: the switchboard's router, the
+/// queue the driver sends SFU work to, and the task to spawn with the driver's handle.
+pub(crate) fn start(settings: &SfuSettings) -> (MediaRouter, mpsc::UnboundedSender<SfuCommand>, SfuTask) {
+    let mut secret = vec![0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let tokens = MediaTokens::new(secret.clone());
+    let (sfu, events) = Sfu::new(SfuConfig {
+        bind_addrs: settings.bind_addrs.clone(),
+        ice_servers: Vec::new(),
+        token_secret: secret,
+    });
+    let ttl = settings.token_ttl.as_secs();
+    let router = MediaRouter {
+        sfu_user: UserId::new(SFU_USER).unwrap_or_else(|_| unreachable!("a valid constant id")),
+        sfu_device: DeviceId::new(SFU_DEVICE).unwrap_or_else(|_| unreachable!("a valid constant id")),
+        mesh_max: settings.mesh_max,
+        sign: Box::new(move |call, user, device| {
+            tokens.issue(call, user, device, now_s().saturating_add(ttl))
+        }),
+    };
+    let (commands, rx) = mpsc::unbounded_channel();
+    (router, commands, SfuTask { sfu, events, rx })
+}
+
+fn now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The task applying the switchboard's SFU work and passing the SFU's signals to the driver.
+pub(crate) struct SfuTask {
+    sfu: Sfu,
+    events: SfuEvents,
+    rx: mpsc::UnboundedReceiver<SfuCommand>,
+}
+
+impl SfuTask {
+    /// Runs until the driver is gone.
+    pub(crate) async fn run(mut self, driver: DriverHandle) {
+        loop {
+            tokio::select! {
+                command = self.rx.recv() => match command {
+                    Some(command) => self.apply(command).await,
+                    None => break,
+                },
+                event = self.events.recv() => match event {
+                    Some(SfuEvent::Signal { call_id, to_user, to_device, payload }) => {
+                        let input = Input::SfuSignal { call_id, to_user, to_device, payload };
+                        if !driver.send(input).await {
+                            break;
+                        }
+                    }
+                    Some(other) => tracing::debug!(event = ?other, "sfu"),
+                    None => break,
+                },
+            }
+        }
+        tracing::debug!("sfu task stopped");
+    }
+
+    async fn apply(&self, command: SfuCommand) {
+        match command {
+            SfuCommand::Signal { call_id, user, device, payload } => {
+                if let Err(e) = self.sfu.handle_signal(&call_id, &user, &device, payload).await {
+                    tracing::info!(call = %call_id, %user, %device, error = %e, "sfu refused a media signal");
+                }
+            }
+            SfuCommand::Leave { call_id, user, device } => {
+                if let Err(e) = self.sfu.remove_participant(&call_id, &user, &device).await {
+                    tracing::debug!(call = %call_id, %user, error = %e, "sfu leave");
+                }
+            }
+            SfuCommand::EndCall { call_id } => {
+                if let Err(e) = self.sfu.end_call(&call_id).await {
+                    tracing::debug!(call = %call_id, error = %e, "sfu end of call");
+                }
+            }
+        }
+    }
+}
