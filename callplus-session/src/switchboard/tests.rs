@@ -937,6 +937,81 @@ fn media_state_first_frame_and_signals() {
     assert!(h.events(b).is_empty());
 }
 
+#[test]
+fn multi_calls_are_routed_through_the_sfu_and_only_participants_reach_it() {
+    let mut h = H::default();
+    h.sb.set_media_router(MediaRouter {
+        sfu_user: uid("callplus-sfu"),
+        sfu_device: ok(DeviceId::new("sfu")),
+        mesh_max: 0,
+        sign: Box::new(|call, user, device| format!("tok.{call}.{user}.{device}")),
+    });
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let c = h.connect("carol", "c1");
+    let m = h.connect("mallory", "m1");
+    let id = h.start(a, &["bob", "carol"], CallType::Multi, MediaType::Audio).call_id;
+    let route = |e: &Event| match e {
+        Event::MediaRoute { sfu: Some(r), .. } => {
+            Some((r.user_id.to_string(), r.device_id.to_string(), r.token.clone()))
+        }
+        _ => None,
+    };
+    let routes = |h: &mut H, conn| h.events(conn).iter().filter_map(route).collect::<Vec<_>>();
+    assert_eq!(routes(&mut h, a), vec![("callplus-sfu".into(), "sfu".into(), format!("tok.{id}.alice.a1"))]);
+    ok(h.accept(b, &id));
+    assert_eq!(routes(&mut h, b), vec![("callplus-sfu".into(), "sfu".into(), format!("tok.{id}.bob.b1"))]);
+
+    // A participant's signal to the SFU's address goes to the SFU, not to a device.
+    let to_sfu = Request::MediaSignal {
+        call_id: id.clone(),
+        to_user: uid("callplus-sfu"),
+        to_device: ok(DeviceId::new("sfu")),
+        payload: MediaPayload::SdpOffer("v=0".into()),
+    };
+    h.outputs();
+    ok(h.req(b, to_sfu.clone()));
+    let sent = Output::SfuSignal {
+        call_id: id.clone(),
+        from_user: uid("bob"),
+        from_device: ok(DeviceId::new("b1")),
+        payload: MediaPayload::SdpOffer("v=0".into()),
+    };
+    assert_eq!(h.outputs(), vec![sent]);
+    // Carol still rings and mallory is not in the call: neither reaches the SFU.
+    assert_eq!(code(h.req(c, to_sfu.clone())), Code::NotInCall);
+    assert_eq!(code(h.req(m, to_sfu)), Code::CallNotFound);
+    assert!(h.outputs().iter().all(|o| !matches!(o, Output::SfuSignal { .. })));
+
+    // The SFU's answer reaches bob from the SFU's address; one for carol (not connected) is dropped.
+    h.events(b);
+    h.events(c);
+    let answer = MediaPayload::SdpAnswer("v=0".into());
+    h.sb.sfu_signal(h.now, &id, &uid("bob"), &ok(DeviceId::new("b1")), answer.clone());
+    h.sb.sfu_signal(h.now, &id, &uid("carol"), &ok(DeviceId::new("c1")), answer);
+    h.drain();
+    assert!(
+        matches!(&h.events(b)[..], [Event::MediaSignal { from_user, .. }] if from_user.as_str() == "callplus-sfu")
+    );
+    assert!(h.events(c).iter().all(|e| !matches!(e, Event::MediaSignal { .. })));
+
+    // Bob leaves: the SFU closes his connection; the call ends: the SFU closes the call.
+    ok(h.hangup(b, &id));
+    assert!(h.outputs().contains(&Output::SfuLeave {
+        call_id: id.clone(),
+        user: uid("bob"),
+        device: ok(DeviceId::new("b1"))
+    }));
+    ok(h.hangup(a, &id));
+    let _ = h.hangup(c, &id);
+    assert!(h.outputs().contains(&Output::SfuEndCall { call_id: id.clone() }));
+
+    // A one-to-one call gets no route and has no SFU address.
+    let single = h.start(a, &["bob"], CallType::Single, MediaType::Audio).call_id;
+    ok(h.accept(b, &single));
+    assert!(h.events(a).iter().chain(h.events(b).iter()).all(|e| !matches!(e, Event::MediaRoute { .. })));
+}
+
 // ----- liveness, resume, reliability ------------------------------------------------------------
 
 #[test]
