@@ -502,18 +502,23 @@ async fn three_party_video_call_goes_through_the_servers_sfu() {
         .await
         .unwrap();
     let call = started.call_id().clone();
+    let mut accepted = 0;
     for party in &mut p[1..] {
         party.party.expect(received(&call), "the invitation").await;
+        accepted = callplus_tests::now_ms();
         party.party.client.accept(&call).await.unwrap();
     }
 
     // Everyone decodes everyone else's video and hears their tone.
     let pairs: Vec<(usize, usize)> =
         (0..3).flat_map(|i| (0..3).filter(move |&j| j != i).map(move |j| (i, j))).collect();
+    let mut slowest = 0;
     for &(i, j) in &pairs {
         let what = format!("{}'s video at {}", names[j], names[i]);
-        p[i].expect_media(&what, first_frame(names[j], MediaKind::Video)).await;
+        let first = p[i].expect_media(&what, first_frame(names[j], MediaKind::Video)).await;
+        slowest = slowest.max(since(accepted, &first));
     }
+    eprintln!("last accept -> everyone decodes everyone's video through the sfu: {slowest} ms");
     let mut rx: HashMap<(usize, usize, MediaKind), UnboundedReceiver<RemoteFrame>> = HashMap::new();
     for &(i, j) in &pairs {
         for kind in [MediaKind::Audio, MediaKind::Video] {
@@ -557,6 +562,13 @@ async fn three_party_video_call_goes_through_the_servers_sfu() {
     }
     p[0].party.client.hangup(Some(&call)).await.unwrap();
     p[1].party.expect(ended(&call), "ended").await;
+    // Every recording is complete once its sink is dropped.
+    for (i, j) in [(0, 1), (1, 0), (2, 0), (2, 1)] {
+        for kind in [MediaKind::Audio, MediaKind::Video] {
+            let what = format!("{}'s {kind:?} at {} after the call", names[j], names[i]);
+            sink_closed(rx.get_mut(&(i, j, kind)).unwrap(), &what).await;
+        }
+    }
 
     for (i, j) in pairs {
         assert_tone(&p[i].recording(names[j], "ogg"), tones[j]);
