@@ -461,3 +461,37 @@ fn a_group_call_within_the_mesh_size_stays_peer_to_peer() {
     assert!(offers_to_sfu(&sim, &call).is_empty());
     assert_no_violations(&sim);
 }
+
+#[test]
+fn invite_into_a_single_call_moves_its_media_to_the_sfu() {
+    let (mut sim, d) = setup_with_sfu(&[("alice", "a1"), ("bob", "b1"), ("carol", "c1")], 0);
+    let (alice, bob, carol) = (d[0], d[1], d[2]);
+    let call = sim.answered_call(alice, bob, "bob", MediaType::Audio);
+    sim.run_until(1_000, "media up", |s| s.devices[alice].stack.connected_with(&call, "bob", "b1"));
+    sim.clear_media();
+
+    sim.invite(bob, &["carol"]);
+    sim.run_until(1_000, "alice and bob connected to the sfu", |s| {
+        s.devices[alice].stack.connected_to_sfu(&call) && s.devices[bob].stack.connected_to_sfu(&call)
+    });
+    // The peer-to-peer media stops and starts again through the SFU, without ending the call.
+    let moved = |me: &str, my_device: &str, peer: MediaPeer| {
+        let mut command = start(&call, me, my_device, MediaType::Audio, vec![peer]);
+        if let MediaCommand::Start { sfu, .. } = &mut command {
+            *sfu = Some(sfu_route(&call, me, my_device));
+        }
+        owned(vec![&stop(&call), &command])
+    };
+    assert_eq!(owned(sim.media(alice))[..2], moved("alice", "a1", peer("bob", "b1", true))[..]);
+    assert_eq!(owned(sim.media(bob))[..2], moved("bob", "b1", peer("alice", "a1", false))[..]);
+    assert!(sim.ended(alice, &call).is_none() && sim.ended(bob, &call).is_none());
+
+    sim.run_until(1_000, "carol rings", |s| s.incoming(carol).is_some());
+    sim.accept(carol, &call);
+    sim.run_until(1_000, "carol connected to the sfu", |s| s.devices[carol].stack.connected_to_sfu(&call));
+    let mut offers = offers_to_sfu(&sim, &call);
+    offers.sort();
+    let users: Vec<String> = offers.iter().map(|(u, _, _)| u.clone()).collect();
+    assert_eq!(users, vec!["alice", "bob", "carol"]);
+    assert_no_violations(&sim);
+}

@@ -578,3 +578,82 @@ async fn three_party_video_call_goes_through_the_servers_sfu() {
         assert!(frames.len() >= 15, "{}: {} frames", path.display(), frames.len());
     }
 }
+
+/// Whether a status report shows exactly one connection, the server's SFU's.
+fn only_the_sfu(e: &MediaEvent) -> bool {
+    matches!(e, MediaEvent::Stats(s) if s.per_peer.len() == 1
+        && s.per_peer[0].user.as_str() == callplus_signal::server::SFU_USER
+        && s.per_peer[0].device.as_str() == callplus_signal::server::SFU_DEVICE)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_into_a_one_to_one_video_call_moves_its_media_to_the_sfu() {
+    let (_tmp, dir) = record_dir("sfu-switch");
+    let server = TestServer::start(config()).await;
+    let names = ["alice", "bob", "carol"];
+    let tones = [440.0, 660.0, 880.0];
+    let sizes = [(320, 240), (160, 120), (240, 176)];
+    let mut p = Vec::new();
+    for ((name, tone), (width, height)) in names.iter().zip(tones).zip(sizes) {
+        let video = VideoConfig { width, height, fps: 15, ..VideoConfig::default() };
+        p.push(media_party(&server, name, tone, Some(video), &dir).await);
+    }
+
+    // A one-to-one call: peer to peer.
+    let call = p[0].party.call("bob", MediaType::AudioVideo).await;
+    p[1].party.expect(received(&call), "the invitation").await;
+    p[1].party.client.accept(&call).await.unwrap();
+    p[0].expect_media("bob's video", first_frame("bob", MediaKind::Video)).await;
+    p[1].expect_media("alice's video", first_frame("alice", MediaKind::Video)).await;
+    p[0].expect_media(
+        "a report on the connection to bob",
+        |e| matches!(e, MediaEvent::Stats(s) if s.per_peer.len() == 1 && s.per_peer[0].user.as_str() == "bob"),
+    )
+    .await;
+    for party in &mut p {
+        party.backlog.clear();
+        while party.media.try_next().is_some() {}
+    }
+
+    // Alice invites carol: the call becomes a group, alice's and bob's media moves to the SFU,
+    // and carol joins them there.
+    p[0].party.client.invite(&["carol"]).await.unwrap();
+    p[2].party.expect(received(&call), "the invitation").await;
+    p[2].party.client.accept(&call).await.unwrap();
+    let pairs: Vec<(usize, usize)> =
+        (0..3).flat_map(|i| (0..3).filter(move |&j| j != i).map(move |j| (i, j))).collect();
+    for &(i, j) in &pairs {
+        let what = format!("{}'s video at {} through the sfu", names[j], names[i]);
+        p[i].expect_media(&what, first_frame(names[j], MediaKind::Video)).await;
+    }
+    let mut rx: HashMap<(usize, usize, MediaKind), UnboundedReceiver<RemoteFrame>> = HashMap::new();
+    for &(i, j) in &pairs {
+        for kind in [MediaKind::Audio, MediaKind::Video] {
+            rx.insert((i, j, kind), p[i].frames_from(names[j], kind));
+        }
+    }
+    for &(i, j) in &pairs {
+        frames(rx.get_mut(&(i, j, MediaKind::Video)).unwrap(), 15, "video through the sfu").await;
+        frames(rx.get_mut(&(i, j, MediaKind::Audio)).unwrap(), 60, "audio through the sfu").await;
+    }
+    for party in &mut p {
+        party.expect_media("a report on the sfu connection alone", only_the_sfu).await;
+    }
+    for party in &p[..2] {
+        assert!(party.party.client.current_call().is_some(), "{}: the call went on", party.party.name);
+    }
+
+    for party in &p {
+        party.party.client.hangup(Some(&call)).await.unwrap_or_default();
+    }
+    for (key, sink) in &mut rx {
+        sink_closed(sink, &format!("{key:?} after the call")).await;
+    }
+    for (i, j) in pairs {
+        assert_tone(&p[i].recording(names[j], "ogg"), tones[j]);
+        let path = p[i].recording(names[j], "ivf");
+        let IvfFile { width, height, frames, .. } = read_ivf(&path).expect("the recording parses");
+        assert_eq!((u32::from(width), u32::from(height)), sizes[j], "{}", path.display());
+        assert!(frames.len() >= 15, "{}: {} frames", path.display(), frames.len());
+    }
+}

@@ -280,6 +280,13 @@ impl MediaPlan {
             self.commands.push_back(MediaCommand::Stop { call_id });
         }
         for (call_id, want) in wanted {
+            let route = want.sfu.as_ref().map(|r| (r.user_id.clone(), r.device_id.clone()));
+            if self.running.get(&call_id).is_some_and(|running| running.sfu != route) {
+                // The call's media moves (a SINGLE call became a group through the SFU): the
+                // connections it had close and it starts again on the new route.
+                self.running.remove(&call_id);
+                self.commands.push_back(MediaCommand::Stop { call_id: call_id.clone() });
+            }
             match self.running.get_mut(&call_id) {
                 None => {
                     let peers = want

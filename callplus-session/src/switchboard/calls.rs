@@ -551,8 +551,9 @@ impl Switchboard {
         if type_changed {
             let event = Event::CallTypeChanged { call_id: id.clone(), call_type: CallType::Multi, version };
             notify_others(&mut self.net, &call, &invited, event);
-            // Its media stays peer to peer (no switchover yet); a MULTI call's devices wait for
-            // the route, so those already in it are told.
+            // The media route is decided again for the group it becomes; the devices already in
+            // the call are told (through the SFU, they move their media there).
+            call.via_sfu = self.router.as_ref().is_some_and(|r| r.routes(CallType::Multi, call.active()));
             for p in call.parties.iter().filter(|p| p.state.is_connected()) {
                 if let (Some(sk), Some(device)) = (p.bound, &p.device) {
                     send_route(self.router.as_ref(), &mut self.net, &call, sk, &p.user, device);

@@ -2,8 +2,9 @@
 //! (SFU) the server runs.
 //!
 //! The switchboard decides the topology when a call is made (SINGLE: peer to peer; MULTI:
-//! through the SFU unless it starts with at most [`MediaRouter::mesh_max`] participants) and
-//! tells every device that connects in a MULTI call with a [`Event::MediaRoute`]. Signals a
+//! through the SFU unless it starts with at most [`MediaRouter::mesh_max`] participants), and
+//! again when an invite turns a SINGLE call into MULTI; it tells every device that connects in a
+//! MULTI call (and the devices of a call that just became MULTI) with an [`Event::MediaRoute`]. Signals a
 //! participant addresses to the SFU come out as [`Output::SfuSignal`]; the driver hands the
 //! SFU's answers back through [`Switchboard::sfu_signal`]. The media token is signed by the
 //! server layer ([`MediaRouter::sign`]): the key never enters the sans-IO core.
@@ -25,7 +26,8 @@ pub struct MediaRouter {
     /// The device id the SFU's signals carry.
     pub sfu_device: DeviceId,
     /// MULTI calls made with at most this many participants (creator included) stay a mesh;
-    /// 0: every MULTI call goes through the SFU. A call keeps its topology for its lifetime.
+    /// 0: every MULTI call goes through the SFU. Decided when the call is made, and again for
+    /// the group a SINGLE call becomes when an invite makes it MULTI; otherwise kept.
     pub mesh_max: usize,
     /// Signs a device's media token (the server layer holds the key and picks the expiry).
     pub sign: TokenSigner,
