@@ -617,7 +617,11 @@ async fn invite_into_a_one_to_one_video_call_moves_its_media_to_the_sfu() {
 
     // Alice invites carol: the call becomes a group, alice's and bob's media moves to the SFU,
     // and carol joins them there.
+    let invited = callplus_tests::now_ms();
     p[0].party.client.invite(&["carol"]).await.unwrap();
+    let again = p[0].expect_media("bob's video again", first_frame("bob", MediaKind::Video)).await;
+    eprintln!("invite -> alice decodes bob's video again, through the sfu: {} ms", since(invited, &again));
+    p[0].backlog.push(again);
     p[2].party.expect(received(&call), "the invitation").await;
     p[2].party.client.accept(&call).await.unwrap();
     let pairs: Vec<(usize, usize)> =
