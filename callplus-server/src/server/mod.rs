@@ -34,6 +34,7 @@ mod push;
 pub mod shutdown;
 mod tls;
 mod tls_listener;
+mod web_page;
 mod websocket;
 
 use std::net::SocketAddr;
@@ -378,8 +379,10 @@ impl ServerBuilder {
         });
         let service = SignalServer::new(grpc::SignalService { shared: shared.clone() })
             .max_decoding_message_size(MAX_FRAME_BYTES);
-        let device_app =
-            tonic::service::Routes::new(service).into_axum_router().merge(websocket::router(shared));
+        let device_app = tonic::service::Routes::new(service)
+            .into_axum_router()
+            .merge(websocket::router(shared))
+            .merge(web_page::router());
         let (grpc_stop, grpc_stop_rx) = oneshot::channel::<()>();
         let fatal = fatal_tx.clone();
         let grpc_task = tokio::spawn(async move {
