@@ -210,11 +210,99 @@ async function oneToOneVideo(context, server) {
   await bob.close();
 }
 
+/** Whether the page's tiles all show moving, non-blank video (drawn to a canvas and compared). */
+function tilesShowVideo(page) {
+  return page.evaluate(async () => {
+    const videos = [...document.querySelectorAll('.tile video')];
+    const sample = (v) => {
+      const c = document.createElement('canvas');
+      c.width = 64;
+      c.height = 48;
+      const g = c.getContext('2d');
+      g.drawImage(v, 0, 0, 64, 48);
+      const d = g.getImageData(0, 0, 64, 48).data;
+      let sum = 0;
+      let sq = 0;
+      for (let i = 0; i < d.length; i += 4) { const y = d[i] + d[i + 1] + d[i + 2]; sum += y; sq += y * y; }
+      const n = d.length / 4;
+      return { variance: sq / n - (sum / n) ** 2, pixels: Array.from(d.filter((_, i) => i % 97 === 0)).join() };
+    };
+    const out = [];
+    for (const v of videos) {
+      const box = v.getBoundingClientRect();
+      const a = sample(v);
+      await new Promise((r) => v.requestVideoFrameCallback ? v.requestVideoFrameCallback(() => r()) : setTimeout(r, 100));
+      await new Promise((r) => v.requestVideoFrameCallback ? v.requestVideoFrameCallback(() => r()) : setTimeout(r, 100));
+      const b = sample(v);
+      out.push({ user: v.parentElement.dataset.user, width: box.width, videoWidth: v.videoWidth, variance: a.variance, moving: a.pixels !== b.pixels });
+    }
+    return out;
+  });
+}
+
+/** The demo page itself, driven through its buttons: sign in, call, ring, accept, two tiles, mute, hang up, log. */
+async function demoPage(context, server, shots) {
+  log('--- the demo page');
+  const pages = {};
+  for (const user of ['carol', 'dave']) {
+    const page = await context.newPage();
+    page.on('pageerror', (e) => log(`[${user}] page error: ${e.message}`));
+    await page.goto(server.url);
+    await page.fill('#token', token(server.dir, user));
+    await page.click('#signin-button');
+    await page.waitForSelector('#phone:not([hidden])', { timeout: DEADLINE_MS });
+    check((await page.textContent('#status')).includes(user), `${user} signs in on the page`);
+    pages[user] = page;
+  }
+  const { carol, dave } = pages;
+  await carol.fill('#callee', 'dave');
+  await carol.click('#call-video');
+  await dave.waitForSelector('#incoming:not([hidden])', { timeout: DEADLINE_MS });
+  check((await dave.textContent('#incoming-from')) === 'carol', 'dave\'s page rings with carol\'s call');
+  await dave.click('#accept');
+  for (const [page, who] of [[carol, 'carol'], [dave, 'dave']]) {
+    await waitFor(page, `${who}'s page shows two video tiles with video`, () => {
+      const videos = [...document.querySelectorAll('.tile video')];
+      return videos.length === 2 && videos.every((v) => v.videoWidth > 0 && !v.paused);
+    });
+  }
+  const tiles = await tilesShowVideo(carol);
+  const path = join(shots, 'demo-call.png');
+  await carol.screenshot({ path, fullPage: true });
+  // The screenshot itself: each tile's pixels are a picture (a blank tile compresses to a few
+  // hundred bytes of PNG) and change from one shot to the next.
+  for (const user of ['carol', 'dave']) {
+    const el = carol.locator(`.tile[data-user=${user}] video`);
+    const first = await el.screenshot();
+    let second = first;
+    const deadline = Date.now() + DEADLINE_MS;
+    while (second.equals(first) && Date.now() < deadline) second = await el.screenshot();
+    check(first.length > 3000 && !second.equals(first), `the screenshot's ${user} tile shows moving video (${first.length} bytes of PNG)`);
+  }
+  log(`   screenshot ${path}: ${JSON.stringify(tiles)}`);
+  check(tiles.length === 2 && tiles.every((t) => t.width > 100 && t.videoWidth > 0 && t.variance > 10 && t.moving),
+    'the screenshot shows two tiles of moving video (carol and dave)');
+
+  await carol.click('#mute');
+  await waitFor(carol, 'carol mutes', () => document.getElementById('mute').textContent === 'Unmute');
+  await carol.click('#camera');
+  await waitFor(dave, 'dave\'s page greys out carol\'s tile', () => document.querySelector('.tile[data-user=carol]').classList.contains('off'));
+  await dave.click('#hangup');
+  for (const [page, who, other] of [[carol, 'carol', 'dave'], [dave, 'dave', 'carol']]) {
+    await waitFor(page, `${who}'s page ends the call and logs it`, (o) => document.getElementById('call').hidden
+      && [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes(o) && li.textContent.includes('video')), other);
+  }
+  await carol.close();
+  await dave.close();
+}
+
 async function main() {
   const server = await startServer();
   log(`server at ${server.url}`);
   const context = await launch();
   await oneToOneVideo(context, server);
+  const shots = process.env.CALLPLUS_SCREENSHOTS || mkdtempSync(join(tmpdir(), 'callplus-shots-'));
+  await demoPage(context, server, shots);
 }
 
 try {
