@@ -228,6 +228,7 @@ export declare class CallPlusClient {
   playMedia(userId: string, mediaType: MediaTypeName): Promise<Result>;
   muteAllRemoteAudio(mute: boolean): Result;
   getMediaStats(): Promise<Record<string, ReceivedMediaStats>>;
+  getRemoteMediaStream(userId: string): MediaStream | null;
 
   /** `order`: 0 ascending after `syncTime`, 1 descending before it. */
   getCallRecords(syncTime?: number, count?: number, order?: 0 | 1): Promise<Result<{ result: { list: CallRecord[]; hasMore: boolean; syncTime: number } }>>;

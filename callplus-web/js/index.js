@@ -257,6 +257,9 @@ export class CallPlusClient {
     return { code: CallPlusCode.SUCCESS };
   }
 
+  /** A remote user's received audio and video as a MediaStream (null before any arrived). */
+  getRemoteMediaStream(userId) { return this.#media.remoteStream(userId); }
+
   /** What was received from each remote user so far (getStats, summed over its devices). */
   getMediaStats() { return this.#media.stats(); }
 

@@ -342,6 +342,12 @@ export class MediaExecutor {
     await Promise.all(jobs);
   }
 
+  /** A user's received audio and video tracks as one stream (for analysis or recording). */
+  remoteStream(userId) {
+    const r = this.remotes.get(userId);
+    return r ? new MediaStream([...r.audioStream.getTracks(), ...r.videoStream.getTracks()]) : null;
+  }
+
   muteAllRemoteAudio(mute) {
     this.remoteAudioMuted = mute;
     for (const r of this.remotes.values()) r.audio.muted = mute;

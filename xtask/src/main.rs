@@ -6,6 +6,7 @@
 //! cargo xtask ci [--fuzz-seconds N]    fmt check, clippy -D warnings, all tests (the header
 //!                                      check among them), fuzz build and a short run of each
 //!                                      fuzz target
+//! cargo xtask browser                 the browser tests alone
 //! cargo xtask fuzz [--seconds N] [TARGET...]
 //!                                      run each fuzz target (or the named ones) for N seconds
 //! cargo xtask bench [ARGS...]          criterion benches of the workspace (ARGS go to cargo bench)
@@ -62,6 +63,8 @@ commands:
                                      (which checks the generated header), the web SDK's generated
                                      files and size, browser tests in headless Chromium, fuzz
                                      build and N s of each fuzz target
+  browser                            the browser tests alone (headless Chromium, loopback-only
+                                     network namespace; installs Chromium and playwright-core)
   fuzz [--seconds N] [TARGET...]     run every fuzz target (or the named ones) for N s (default 30)
   bench [ARGS...]                    run the criterion benches (cargo bench --workspace ARGS)
   bench --compare-sip [--rates R1,R2] [--seconds N]
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Some("codegen") => codegen(&args[1..]),
         Some("ci") => ci(&args[1..]),
         Some("fuzz") => fuzz_cmd(&args[1..]),
+        Some("browser") => no_more(&args[1..]).and_then(|()| web::browser_tests()),
         Some("bench") => bench(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             print!("{USAGE}");
@@ -134,7 +138,7 @@ pub(crate) fn run(what: &str, mut cmd: Command) -> Result {
 }
 
 /// Whether a command runs and exits 0 (its output discarded).
-pub(crate) fn succeeds(mut cmd: Command) -> bool {
+fn succeeds(mut cmd: Command) -> bool {
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{Result, cargo, root, run, succeeds};
+use crate::{Result, cargo, root, run};
 
 /// The target the web engine is built for.
 pub(crate) const WASM_TARGET: &str = "wasm32-unknown-unknown";
@@ -201,9 +201,20 @@ pub(crate) fn report_size() -> Result {
 
 // ----- browser tests ----------------------------------------------------------------------------
 
-/// Debian packages of the browser tests: Chromium itself (its fake camera and microphone) and
-/// `iproute2` for the loopback-only network namespace.
-const BROWSER_PACKAGES: &[&str] = &["chromium", "iproute2", "nodejs", "npm"];
+/// What the browser tests run, and the Debian package that brings it when it is missing:
+/// Chromium itself (its fake camera and microphone), `ip` for the loopback-only network
+/// namespace, node and npm for the driver (a node from elsewhere that carries npm is fine).
+const BROWSER_TOOLS: &[(&str, &str)] =
+    &[("/usr/lib/chromium/chromium", "chromium"), ("ip", "iproute2"), ("node", "nodejs"), ("npm", "npm")];
+
+/// Whether `tool` (a path, or a command looked up on the PATH) exists.
+fn have(tool: &str) -> bool {
+    if tool.starts_with('/') {
+        return Path::new(tool).exists();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+}
 
 /// The npm driver of the browser, at a fixed version, installed under the tests' directory.
 const PLAYWRIGHT: &str = "playwright-core@1.65.1";
@@ -214,15 +225,8 @@ const BROWSER_TESTS: &str = "callplus-web/browser-tests";
 /// Installs Chromium and `playwright-core` when missing, builds `callplus`, and runs the browser
 /// tests inside a network namespace that has only a loopback interface (nothing can leave it).
 pub(crate) fn browser_tests() -> Result {
-    let missing: Vec<&str> = BROWSER_PACKAGES
-        .iter()
-        .copied()
-        .filter(|pkg| {
-            let mut cmd = Command::new("dpkg");
-            cmd.args(["-s", pkg]);
-            !succeeds(cmd)
-        })
-        .collect();
+    let missing: Vec<&str> =
+        BROWSER_TOOLS.iter().filter(|(tool, _)| !have(tool)).map(|(_, package)| *package).collect();
     if !missing.is_empty() {
         eprintln!("xtask: installing browser test packages: {}", missing.join(" "));
         crate::apt_install(&missing)?;
@@ -236,10 +240,28 @@ pub(crate) fn browser_tests() -> Result {
     let mut build = cargo();
     build.args(["build", "-p", "callplus-signal", "--bin", "callplus"]);
     run("build callplus (browser tests)", build)?;
+    let mut build = cargo();
+    // `--workspace`, as `ci` builds the tests: the same features, so the same artifacts.
+    build.args(["test", "--workspace", "--test", "browser", "--no-run"]);
+    run("build the browser <-> Rust client test", build)?;
     let callplus = target_dir().join("debug").join("callplus");
-    let mut cmd = Command::new("unshare");
-    cmd.args(["-n", "sh", "-c", "ip link set lo up && exec node run.mjs"])
+    let mut pages = Command::new("unshare");
+    pages
+        .args(["-n", "sh", "-c", "ip link set lo up && exec node run.mjs"])
         .current_dir(&dir)
         .env("CALLPLUS_BIN", &callplus);
-    run("browser tests (headless Chromium, loopback-only network)", cmd)
+    run("browser tests: SDK and demo page (headless Chromium, loopback-only network)", pages)?;
+    // The same namespace for the Rust client's WebRTC and the browser; built above, so cargo
+    // needs no network in there.
+    let mut interop = cargo();
+    interop.args(["test", "--offline", "--workspace", "--test", "browser", "--", "--ignored"]);
+    let program = interop.get_program().to_owned();
+    let args: Vec<_> = interop.get_args().map(|a| a.to_owned()).collect();
+    let mut netns = Command::new("unshare");
+    netns
+        .args(["-n", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+        .arg(program)
+        .args(args)
+        .current_dir(root());
+    run("browser tests: browser <-> Rust client, Opus and VP8 both ways (loopback-only network)", netns)
 }
