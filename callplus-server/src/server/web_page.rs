@@ -71,6 +71,11 @@ fn respond(asset: &'static Asset) -> Response {
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if asset.path.starts_with("/sdk/") {
+        // Public files without credentials: pages of other origins may import the SDK (module
+        // scripts and the .wasm are fetched in CORS mode).
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    }
     response
 }
 
