@@ -31,12 +31,12 @@ export async function launch(extraArgs = []) {
 }
 
 /** Opens the server's root in a new tab and signs `user` in through the SDK (not the page's UI). */
-export async function signIn(context, url, user, token) {
+export async function signIn(context, url, user, token, serverUrl) {
   const page = await context.newPage();
   page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') log(`[${user}] ${m.text()}`); });
   page.on('pageerror', (e) => log(`[${user}] page error: ${e.message}`));
   await page.goto(url);
-  const result = await page.evaluate(async ({ user, token }) => {
+  const result = await page.evaluate(async ({ user, token, serverUrl }) => {
     const sdk = await import('/sdk/index.js');
     const client = new sdk.CallPlusClient();
     window.sdk = sdk;
@@ -64,8 +64,8 @@ export async function signIn(context, url, user, token) {
       },
     });
     window.view(user);
-    return client.connect(token);
-  }, { user, token });
+    return client.connect(token, serverUrl || undefined);
+  }, { user, token, serverUrl });
   check(result.code === 0 && result.userId === user, `${user} connects (${JSON.stringify(result)})`);
   return page;
 }

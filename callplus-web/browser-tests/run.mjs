@@ -7,6 +7,7 @@
 
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -179,11 +180,113 @@ async function demoPage(context, server, shots) {
   await dave.close();
 }
 
+/**
+ * A TCP relay to the server on 127.0.0.1 that the test can cut (every relayed connection closed
+ * at once) and hold (new connections closed as soon as they open).
+ */
+function relay(target) {
+  const [host, port] = [target.hostname, Number(target.port)];
+  const pairs = new Set();
+  let held = false;
+  let accepted = 0;
+  const server = net.createServer((client) => {
+    accepted += 1;
+    if (held) {
+      client.destroy();
+      return;
+    }
+    const upstream = net.connect(port, host);
+    const pair = [client, upstream];
+    pairs.add(pair);
+    const close = () => { client.destroy(); upstream.destroy(); pairs.delete(pair); };
+    client.pipe(upstream);
+    upstream.pipe(client);
+    for (const s of pair) { s.on('error', close); s.on('close', close); }
+  });
+  cleanups.push(() => server.close());
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({
+    url: `ws://127.0.0.1:${server.address().port}`,
+    accepted: () => accepted,
+    hold: (on) => { held = on; },
+    cut: () => { for (const [a, b] of pairs) { a.destroy(); b.destroy(); } pairs.clear(); },
+  })));
+}
+
+const count = ([type, field, value]) => window.events.filter((e) => e.type === type && (field === null || e[field] === value)).length;
+
+/** The page's socket is cut mid-call and comes back: the session resumes, nothing lost or doubled, media goes on. */
+async function socketCut(context, server) {
+  log('--- the socket is cut mid-call');
+  const link = await relay(new URL(server.url));
+  // Erin's page comes through the relay too: the page's CSP lets it open sockets to its own origin only.
+  const erin = await signIn(context, link.url.replace('ws:', 'http:') + '/', 'erin', token(server.dir, 'erin'));
+  const frank = await signIn(context, server.url, 'frank', token(server.dir, 'frank'));
+  await erin.evaluate(() => window.view('frank'));
+  await frank.evaluate(() => window.view('erin'));
+  const started = await erin.evaluate(() => window.client.startCall({ userIds: ['frank'], mediaType: 'AUDIO_VIDEO' }));
+  check(started.code === 0, 'erin calls frank (through the relay)');
+  await waitFor(frank, 'frank receives the call', (id) => window.incoming === id, started.callId);
+  check((await frank.evaluate((id) => window.client.accept(id), started.callId)).code === 0, 'frank accepts');
+  await seesAndHears(erin, 'erin', 'frank');
+  await seesAndHears(frank, 'frank', 'erin');
+
+  // Cut erin's socket and keep her away while frank turns his camera off.
+  link.hold(true);
+  link.cut();
+  await waitFor(erin, 'erin reconnects', hasEvent, ['connectionStateChanged', 'state', 'RECONNECTING']);
+  check((await frank.evaluate(() => window.client.stopCamera())).code === 0, 'frank turns his camera off while erin is away');
+  const tries = link.accepted();
+  const deadline = Date.now() + DEADLINE_MS;
+  while (link.accepted() === tries && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  check(link.accepted() > tries, 'erin tries again while the relay holds her off');
+  link.hold(false);
+  await waitFor(erin, 'erin is connected again', () => window.client.getConnectionState() === 'CONNECTED'
+    && window.events.filter((e) => e.type === 'connectionStateChanged' && e.state === 'CONNECTED').length === 2);
+  log(`   erin's connections through the relay: ${link.accepted()}`);
+  await waitFor(erin, "erin hears of frank's camera, once", ([type, field, value]) => window.events.filter((e) => e.type === type && e[field] === value).length === 1, ['remoteCameraStateChanged', 'disabled', true]);
+  check(await erin.evaluate(count, ['callConnected', null, null]) === 1, 'erin saw the call connect once');
+  check(await erin.evaluate(count, ['callEnded', null, null]) === 0, 'the call did not end for erin');
+
+  // Media went on peer to peer: erin still hears frank, frank still sees erin.
+  const heard = (await remoteMedia(erin, 'frank')).stats.audio.packetsReceived;
+  await waitFor(erin, 'erin still receives frank\'s audio', async (n) => (await window.client.getMediaStats()).frank.audio.packetsReceived > n + 50, heard);
+  const seen = (await remoteMedia(frank, 'erin')).stats.video.framesDecoded;
+  await waitFor(frank, 'frank still decodes erin\'s video', async (n) => (await window.client.getMediaStats()).erin.video.framesDecoded > n + 10, seen);
+
+  // And the resumed session carries requests: erin hangs up.
+  check((await erin.evaluate(() => window.client.hangup())).code === 0, 'erin hangs up over the resumed session');
+  for (const [page, who] of [[erin, 'erin'], [frank, 'frank']]) {
+    await waitFor(page, `${who}: the call ends once, with one record`, () => window.events.filter((e) => e.type === 'callEnded').length === 1
+      && window.events.filter((e) => e.type === 'receivedCallRecord').length === 1);
+  }
+  await erin.close();
+  await frank.close();
+}
+
+/** Connections that cannot work end with a clear code instead of hanging. */
+async function refusedConnections(context, server) {
+  log('--- refused connections');
+  const page = await context.newPage();
+  await page.goto(server.url);
+  const results = await page.evaluate(async () => {
+    const sdk = await import('/sdk/index.js');
+    const forged = await new sdk.CallPlusClient().connect('cp1.forged.token');
+    // The page's CSP lets no socket leave its origin: that socket never opens.
+    const blocked = await new sdk.CallPlusClient({ connectTimeoutMs: 500 }).connect('t', 'ws://127.0.0.1:9');
+    return { forged, blocked };
+  });
+  check(results.forged.code === 81002, `a forged token is refused with TOKEN_INVALID (${JSON.stringify(results.forged)})`);
+  check(results.blocked.code === 81001, `a socket that never opens ends in NOT_CONNECTED (${JSON.stringify(results.blocked)})`);
+  await page.close();
+}
+
 async function main() {
   const server = await startServer();
   log(`server at ${server.url}`);
   const context = await launch();
+  await refusedConnections(context, server);
   await oneToOneVideo(context, server);
+  await socketCut(context, server);
   const shots = process.env.CALLPLUS_SCREENSHOTS || mkdtempSync(join(tmpdir(), 'callplus-shots-'));
   await demoPage(context, server, shots);
 }

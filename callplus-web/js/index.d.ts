@@ -188,6 +188,8 @@ export interface CallPlusClientOptions {
   wasmUrl?: string | URL;
   reconnectBackoffMin?: number;
   reconnectBackoffMax?: number;
+  /** How long a WebSocket may take to open before it counts as lost (default 10000 ms). */
+  connectTimeoutMs?: number;
 }
 
 /** Loads the WebAssembly engine (done by `connect` too). */

@@ -95,6 +95,7 @@ export class CallPlusClient {
   #retryTimer = null;
   #backoffMin;
   #backoffMax;
+  #connectTimeout;
   #backoff;
   #connectWaiter = null;
   #finished = false;
@@ -103,7 +104,8 @@ export class CallPlusClient {
   #media;
 
   /**
-   * @param options {deviceId?, clientVersion?, wasmUrl?, reconnectBackoffMin?, reconnectBackoffMax?}
+   * @param options {deviceId?, clientVersion?, wasmUrl?, reconnectBackoffMin?, reconnectBackoffMax?,
+   *   connectTimeoutMs?}
    */
   constructor(options = {}) {
     this.#deviceId = options.deviceId || randomDeviceId();
@@ -112,6 +114,7 @@ export class CallPlusClient {
     this.#backoffMin = options.reconnectBackoffMin ?? 100;
     this.#backoffMax = options.reconnectBackoffMax ?? 5000;
     this.#backoff = this.#backoffMin;
+    this.#connectTimeout = options.connectTimeoutMs ?? 10000;
     this.#media = new MediaExecutor({
       signal: (callId, toUser, toDevice, kind, text, sdpMid, mLineIndex) => {
         this.#input((t) => this.#engine.sendMediaSignal(t, callId, toUser, toDevice, kind, text, sdpMid, mLineIndex));
@@ -348,7 +351,15 @@ export class CallPlusClient {
     }
     ws.binaryType = 'arraybuffer';
     this.#ws = ws;
+    // A socket that neither opens nor fails (a silent network, a blocked URL) counts as lost.
+    const opening = setTimeout(() => {
+      if (this.#ws !== ws || ws.readyState === WebSocket.OPEN) return;
+      this.#ws = null;
+      ws.close();
+      this.#lost('no answer to the WebSocket handshake');
+    }, this.#connectTimeout);
     ws.onopen = () => {
+      clearTimeout(opening);
       if (this.#ws !== ws) return;
       this.#engine.transportConnected(now());
       this.#pump();
@@ -363,6 +374,7 @@ export class CallPlusClient {
       this.#pump();
     };
     ws.onclose = (e) => {
+      clearTimeout(opening);
       if (this.#ws !== ws) return;
       this.#ws = null;
       this.#lost(`closed (${e.code})`);
