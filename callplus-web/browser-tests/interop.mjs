@@ -7,7 +7,8 @@
 // It tells the Rust side where it is with lines on stdout: `@ready`, `@checked`, `@done`.
 //
 // Environment: CALLPLUS_URL (the server's http:// root), CALLPLUS_TOKEN, CALLPLUS_USER,
-// CALLPLUS_PEER (the Rust user), CALLPLUS_ROLE (`caller` or `callee`), CALLPLUS_PEER_TONE_HZ,
+// CALLPLUS_PEER (the Rust user), CALLPLUS_ROLE (`caller`, `callee`, or `other-device`: the user
+// is also on a Rust client, which answers), CALLPLUS_PEER_TONE_HZ,
 // CALLPLUS_FAKE_AUDIO (a WAV file).
 
 import { check, finish, hasEvent, launch, log, seesAndHears, signIn, waitFor } from './harness.mjs';
@@ -28,6 +29,19 @@ async function main() {
   const page = await signIn(context, url, user, token);
   await page.evaluate((peer) => window.view(peer), peer);
   tell('ready');
+
+  if (role === 'other-device') {
+    // The same user is signed in on a Rust client too, which answers.
+    await waitFor(page, `${user}'s tab rings`, () => window.incoming !== null);
+    tell('ringing');
+    await waitFor(page, `${user}'s tab stops ringing: answered on the other device`, hasEvent,
+      ['callEnded', 'reason', 'ACCEPTED_ON_OTHER_DEVICE']);
+    check(await page.evaluate(() => !window.events.some((e) => e.type === 'callConnected')), 'the tab never joined the call');
+    const peers = await page.evaluate(async () => Object.keys(await window.client.getMediaStats()).length);
+    check(peers === 0, 'the tab started no media');
+    tell('done');
+    return;
+  }
 
   if (role === 'caller') {
     const started = await page.evaluate((peer) => window.client.startCall({ userIds: [peer], mediaType: 'AUDIO_VIDEO' }), peer);

@@ -247,3 +247,27 @@ async fn browser_and_rust_client_exchange_opus_and_vp8_both_ways() {
     one_call(&server, "a-web", false, &root, &wav).await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium, node and playwright-core in a loopback-only network namespace: cargo xtask ci runs it"]
+async fn a_tab_stops_ringing_when_the_same_users_rust_client_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wav = tmp.path().join("tone.wav");
+    write_tone_wav(&wav, BROWSER_TONE_HZ, 2);
+    let server = TestServer::start(config()).await;
+    let mut phone = server.device("web", "web-phone").await;
+    let mut page = Page::start(&server, "web", "other-device", &wav);
+    page.reached("ready").await;
+
+    let mut caller = server.user("caller").await;
+    let call = caller.call("web", MediaType::AudioVideo).await;
+    page.reached("ringing").await;
+    phone.answer(&call).await;
+    caller.expect(connected(&call), "connected to the Rust device").await;
+    page.reached("done").await;
+    page.succeeded().await;
+
+    caller.client.hangup(Some(&call)).await.unwrap();
+    phone.expect(ended(&call), "the call ends").await;
+    server.shutdown().await;
+}
