@@ -263,6 +263,45 @@ async function socketCut(context, server) {
   await frank.close();
 }
 
+/** Three browsers: a 1:1 call becomes MULTI through invite; everyone sees the two others; one leaves; the call ends. */
+async function multiCall(context, server) {
+  log('--- three browsers, MULTI through invite');
+  const users = ['gina', 'hank', 'ivy'];
+  const pages = {};
+  for (const u of users) {
+    pages[u] = await signIn(context, server.url, u, token(server.dir, u));
+    await pages[u].evaluate((others) => others.forEach((o) => window.view(o)), users.filter((o) => o !== u));
+  }
+  const { gina, hank, ivy } = pages;
+  const started = await gina.evaluate(() => window.client.startCall({ userIds: ['hank'], mediaType: 'AUDIO_VIDEO' }));
+  check(started.code === 0, 'gina calls hank');
+  await waitFor(hank, 'hank receives the call', (id) => window.incoming === id, started.callId);
+  check((await hank.evaluate((id) => window.client.accept(id), started.callId)).code === 0, 'hank accepts');
+  await waitFor(gina, 'gina: connected', hasEvent, ['callConnected', null, null]);
+  const invited = await gina.evaluate(() => window.client.invite(['ivy']));
+  check(invited.code === 0, `gina invites ivy (${JSON.stringify(invited)})`);
+  await waitFor(ivy, 'ivy receives the call', (id) => window.incoming === id, started.callId);
+  await waitFor(hank, 'hank sees the call become MULTI', hasEvent, ['callTypeChanged', 'callType', 'MULTI']);
+  check((await ivy.evaluate((id) => window.client.accept(id), started.callId)).code === 0, 'ivy accepts');
+  for (const u of users) {
+    for (const o of users.filter((x) => x !== u)) await seesAndHears(pages[u], u, o);
+  }
+  check((await ivy.evaluate(() => window.client.hangup())).code === 0, 'ivy leaves');
+  for (const u of ['gina', 'hank']) {
+    await waitFor(pages[u], `${u} sees ivy leave`, () => window.events.some((e) => e.type === 'remoteUserStateChanged'
+      && e.userId === 'ivy' && e.state === 'ENDED'));
+    check(await pages[u].evaluate(() => !window.events.some((e) => e.type === 'callEnded')), `the call goes on for ${u}`);
+  }
+  const other = (await remoteMedia(hank, 'gina')).stats.video.framesDecoded;
+  await waitFor(hank, 'hank still decodes gina', async (n) => (await window.client.getMediaStats()).gina.video.framesDecoded > n + 10, other);
+  check((await gina.evaluate(() => window.client.hangup())).code === 0, 'gina hangs up');
+  for (const u of users) {
+    await waitFor(pages[u], `${u}: call ended and recorded`, () => window.events.some((e) => e.type === 'callEnded')
+      && window.events.some((e) => e.type === 'receivedCallRecord'));
+  }
+  for (const u of users) await pages[u].close();
+}
+
 /** Connections that cannot work end with a clear code instead of hanging. */
 async function refusedConnections(context, server) {
   log('--- refused connections');
@@ -287,6 +326,7 @@ async function main() {
   await refusedConnections(context, server);
   await oneToOneVideo(context, server);
   await socketCut(context, server);
+  await multiCall(context, server);
   const shots = process.env.CALLPLUS_SCREENSHOTS || mkdtempSync(join(tmpdir(), 'callplus-shots-'));
   await demoPage(context, server, shots);
 }
