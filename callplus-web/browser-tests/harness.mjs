@@ -55,8 +55,18 @@ export async function signIn(context, url, user, token, serverUrl) {
       }
       return window.videos[userId];
     };
+    window.levels = [];
+    window.reports = [];
+    client.setStatusReportListener({
+      onSendPacketLoss: (rate, delay) => window.reports.push({ send: { rate, delay } }),
+      onReceivePacketLoss: (data) => window.reports.push({ receive: data }),
+    });
     client.setCallPlusEventListener({
       onEvent: (e) => window.events.push(e),
+      onUserAudioLevelChanged: (userId, level) => window.levels.push({ userId, level }),
+      onReceivedChangeMediaTypeRequest: (userId, transactionId, mediaType) => {
+        window.changeRequests = (window.changeRequests || []).concat([{ userId, transactionId, mediaType }]);
+      },
       onReceivedCall: (s) => { window.incoming = s.getCallId(); },
       onUserMediaAvailable: (userId, mediaType) => {
         window.media.push({ userId, mediaType });

@@ -62,6 +62,9 @@ async function oneToOneVideo(context, server) {
   await seesAndHears(alice, 'alice', 'bob');
   await seesAndHears(bob, 'bob', 'alice');
   await waitFor(alice, 'alice: first-frame time reported', hasEvent, ['callFirstFrameTime', null, null]);
+  await waitFor(alice, "alice gets bob's audio level and status reports", () => window.levels.some((l) => l.userId === 'bob' && l.level > 0)
+    && window.reports.some((r) => r.receive && r.receive.bob && r.receive.bob.bitRate > 0)
+    && window.reports.some((r) => r.send));
 
   const off = await alice.evaluate(() => window.client.stopCamera());
   check(off.code === 0, 'alice turns her camera off');
@@ -263,6 +266,42 @@ async function socketCut(context, server) {
   await frank.close();
 }
 
+/** An AUDIO call upgraded to AUDIO_VIDEO by request and agreement: video starts both ways; records deleted. */
+async function upgradeToVideo(context, server) {
+  log('--- AUDIO -> AUDIO_VIDEO by request');
+  const jack = await signIn(context, server.url, 'jack', token(server.dir, 'jack'));
+  const kate = await signIn(context, server.url, 'kate', token(server.dir, 'kate'));
+  await jack.evaluate(() => window.view('kate'));
+  await kate.evaluate(() => window.view('jack'));
+  const started = await jack.evaluate(() => window.client.startCall({ userIds: ['kate'], mediaType: 'AUDIO' }));
+  check(started.code === 0, 'jack makes an audio call');
+  await waitFor(kate, 'kate receives it', (id) => window.incoming === id, started.callId);
+  check((await kate.evaluate((id) => window.client.accept(id), started.callId)).code === 0, 'kate accepts');
+  await waitFor(jack, 'jack hears kate', async () => {
+    const s = (await window.client.getMediaStats()).kate;
+    return s && s.audio.packetsReceived > 20 && s.video.framesDecoded === 0;
+  });
+  const asked = await jack.evaluate(() => window.client.requestChangeMediaType('AUDIO_VIDEO'));
+  check(asked.code === 0 && typeof asked.transactionId === 'string', `jack asks for video (${JSON.stringify(asked)})`);
+  await waitFor(kate, "kate gets jack's request", (tx) => (window.changeRequests || []).some((r) => r.transactionId === tx && r.mediaType === 'AUDIO_VIDEO'), asked.transactionId);
+  check((await kate.evaluate((tx) => window.client.replyChangeMediaType(tx, true), asked.transactionId)).code === 0, 'kate agrees');
+  await waitFor(jack, 'jack: the change is accepted', hasEvent, ['changeMediaTypeResult', 'result', 'ACCEPTED']);
+  await seesAndHears(jack, 'jack', 'kate');
+  await seesAndHears(kate, 'kate', 'jack');
+  check((await kate.evaluate(() => window.client.hangup())).code === 0, 'kate hangs up');
+  await waitFor(jack, 'jack: record', hasEvent, ['receivedCallRecord', null, null]);
+  const before = await jack.evaluate(() => window.client.getCallRecords(-1, 10, 1));
+  check(before.code === 0 && before.result.list.length === 1 && before.result.list[0].call.mediaType === 'AUDIO_VIDEO', 'jack has one record, of a video call');
+  check((await jack.evaluate((id) => window.client.deleteCallRecords([id]), started.callId)).code === 0, 'jack deletes it');
+  const after = await jack.evaluate(() => window.client.getCallRecords(-1, 10, 1));
+  check(after.code === 0 && after.result.list.length === 0, 'jack has no record left');
+  check((await kate.evaluate(() => window.client.deleteAllCallRecords())).code === 0, 'kate deletes all hers');
+  const kates = await kate.evaluate(() => window.client.getCallRecords(-1, 10, 1));
+  check(kates.code === 0 && kates.result.list.length === 0, 'kate has no record left');
+  await jack.close();
+  await kate.close();
+}
+
 /** Three browsers: a 1:1 call becomes MULTI through invite; everyone sees the two others; one leaves; the call ends. */
 async function multiCall(context, server) {
   log('--- three browsers, MULTI through invite');
@@ -294,7 +333,21 @@ async function multiCall(context, server) {
   }
   const other = (await remoteMedia(hank, 'gina')).stats.video.framesDecoded;
   await waitFor(hank, 'hank still decodes gina', async (n) => (await window.client.getMediaStats()).gina.video.framesDecoded > n + 10, other);
+
+  // Ivy comes back: the call is among her available calls, and she joins it.
+  const available = await ivy.evaluate(() => window.client.getAvailableCalls());
+  check(available.code === 0 && available.records.some((c) => c.callId === started.callId), 'the call is available to ivy');
+  check((await ivy.evaluate((id) => window.client.joinCall(id), started.callId)).code === 0, 'ivy joins it again');
+  await waitFor(gina, 'gina sees ivy back', () => window.events.filter((e) => e.type === 'remoteUserStateChanged'
+    && e.userId === 'ivy' && e.state === 'ON_CALL').length >= 2);
+  // Her old connections closed when she left: these counts are of the new ones.
+  await waitFor(ivy, 'ivy decodes gina again', async () => {
+    const s = (await window.client.getMediaStats()).gina;
+    return s && s.video.framesDecoded > 10 && s.audio.packetsReceived > 20;
+  });
+
   check((await gina.evaluate(() => window.client.hangup())).code === 0, 'gina hangs up');
+  check((await hank.evaluate(() => window.client.hangup())).code === 0, 'hank hangs up');
   for (const u of users) {
     await waitFor(pages[u], `${u}: call ended and recorded`, () => window.events.some((e) => e.type === 'callEnded')
       && window.events.some((e) => e.type === 'receivedCallRecord'));
@@ -327,6 +380,7 @@ async function main() {
   await oneToOneVideo(context, server);
   await socketCut(context, server);
   await multiCall(context, server);
+  await upgradeToVideo(context, server);
   const shots = process.env.CALLPLUS_SCREENSHOTS || mkdtempSync(join(tmpdir(), 'callplus-shots-'));
   await demoPage(context, server, shots);
 }
