@@ -77,6 +77,16 @@ pub(crate) fn build_engine(lint: bool) -> Result<PathBuf> {
     Ok(target_dir().join(WASM_TARGET).join("wasm").join("callplus_web.wasm"))
 }
 
+/// Names the toolchain and `wasm-bindgen` version that produced the checked-in files.
+const BUILT_WITH: &str = "BUILT_WITH";
+
+/// `rustc --version` of the toolchain running us.
+fn rustc_version() -> Result<String> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = Command::new(rustc).arg("--version").output().map_err(|e| format!("cannot run rustc: {e}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 /// The `wasm-bindgen` crate's version in `Cargo.lock`: the CLI must be exactly the same.
 fn bindgen_version() -> Result<String> {
     let lock = std::fs::read_to_string(root().join("Cargo.lock"))
@@ -135,6 +145,9 @@ pub(crate) fn codegen(update: bool, lint: bool) -> Result {
     ensure_bindgen()?;
     let fresh = target_dir().join("callplus-web-pkg");
     bindgen(&wasm, &fresh)?;
+    let toolchain = rustc_version()?;
+    std::fs::write(fresh.join(BUILT_WITH), format!("{toolchain}\nwasm-bindgen {}\n", bindgen_version()?))
+        .map_err(|e| format!("cannot write {BUILT_WITH}: {e}"))?;
     let pkg = root().join(PKG_DIR);
     if update {
         std::fs::create_dir_all(&pkg).map_err(|e| format!("cannot create {}: {e}", pkg.display()))?;
@@ -148,10 +161,23 @@ pub(crate) fn codegen(update: bool, lint: bool) -> Result {
         eprintln!("xtask: codegen: wrote {PKG_DIR}/");
         return Ok(());
     }
+    // The .wasm's bytes depend on the Rust toolchain: built by another one than the checked-in
+    // file's, only the glue (which depends on the engine's exported interface and the
+    // wasm-bindgen version alone) can be compared.
+    let built_with = std::fs::read_to_string(pkg.join(BUILT_WITH)).unwrap_or_default();
+    let same_toolchain = built_with.lines().next() == Some(toolchain.as_str());
+    if !same_toolchain {
+        eprintln!(
+            "xtask: codegen --check: note: {PKG_DIR}/ was built with {:?}, this is {toolchain:?}: \
+             comparing the JavaScript glue and types only, not the .wasm",
+            built_with.lines().next().unwrap_or("an unknown toolchain")
+        );
+    }
+    let compared = |name: &String| same_toolchain || !(name.ends_with(".wasm") || name == BUILT_WITH);
     let (want, have) = (listing(&fresh)?, listing(&pkg).unwrap_or_default());
     let mut stale: Vec<String> = want.iter().filter(|n| !have.contains(n)).cloned().collect();
     stale.extend(have.iter().filter(|n| !want.contains(n)).cloned());
-    for name in want.iter().filter(|n| have.contains(n)) {
+    for name in want.iter().filter(|n| have.contains(n) && compared(n)) {
         let a = std::fs::read(fresh.join(name)).map_err(|e| format!("cannot read {name}: {e}"))?;
         let b = std::fs::read(pkg.join(name)).map_err(|e| format!("cannot read {name}: {e}"))?;
         if a != b {
