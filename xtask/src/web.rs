@@ -248,6 +248,18 @@ const PLAYWRIGHT: &str = "playwright-core@1.65.1";
 /// Where the browser tests live, relative to the workspace root.
 const BROWSER_TESTS: &str = "callplus-web/browser-tests";
 
+/// `unshare` into a new network namespace (its only interface is loopback, brought up by the
+/// command); as a normal user inside a user namespace where it is root.
+fn loopback_only() -> Command {
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let mut cmd = Command::new("unshare");
+    if !root {
+        cmd.arg("--map-root-user");
+    }
+    cmd.arg("--net");
+    cmd
+}
+
 /// Installs Chromium and `playwright-core` when missing, builds `callplus`, and runs the browser
 /// tests inside a network namespace that has only a loopback interface (nothing can leave it).
 pub(crate) fn browser_tests() -> Result {
@@ -271,9 +283,9 @@ pub(crate) fn browser_tests() -> Result {
     build.args(["test", "--workspace", "--test", "browser", "--no-run"]);
     run("build the browser <-> Rust client test", build)?;
     let callplus = target_dir().join("debug").join("callplus");
-    let mut pages = Command::new("unshare");
+    let mut pages = loopback_only();
     pages
-        .args(["-n", "sh", "-c", "ip link set lo up && exec node run.mjs"])
+        .args(["sh", "-c", "ip link set lo up && exec node run.mjs"])
         .current_dir(&dir)
         .env("CALLPLUS_BIN", &callplus);
     run("browser tests: SDK and demo page (headless Chromium, loopback-only network)", pages)?;
@@ -283,9 +295,9 @@ pub(crate) fn browser_tests() -> Result {
     interop.args(["test", "--offline", "--workspace", "--test", "browser", "--", "--ignored"]);
     let program = interop.get_program().to_owned();
     let args: Vec<_> = interop.get_args().map(|a| a.to_owned()).collect();
-    let mut netns = Command::new("unshare");
+    let mut netns = loopback_only();
     netns
-        .args(["-n", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+        .args(["sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
         .arg(program)
         .args(args)
         .current_dir(root());
