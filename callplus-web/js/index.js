@@ -98,6 +98,7 @@ export class CallPlusClient {
   #connectTimeout;
   #backoff;
   #connectWaiter = null;
+  #connecting = null;
   #finished = false;
   #pumping = false;
   #again = false;
@@ -150,6 +151,7 @@ export class CallPlusClient {
    */
   async connect(token, serverUrl) {
     await loadEngine(this.#wasmUrl);
+    if (this.#connecting) return this.#connecting;
     if (this.#engine && !this.#finished) return { code: CallPlusCode.SUCCESS, userId: this.userId };
     try {
       this.#engine = new Engine(this.#deviceId, token, this.#clientVersion);
@@ -159,10 +161,15 @@ export class CallPlusClient {
     }
     this.#finished = false;
     this.#backoff = this.#backoffMin;
-    return new Promise((resolve) => {
+    this.#connecting = new Promise((resolve) => {
       this.#connectWaiter = resolve;
       this.#open();
     });
+    try {
+      return await this.#connecting;
+    } finally {
+      this.#connecting = null;
+    }
   }
 
   /** Says goodbye to the server and stops (the call, if any, ends for this device). */
