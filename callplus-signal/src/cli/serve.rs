@@ -225,6 +225,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("callplus {} is running", env!("CARGO_PKG_VERSION"));
     println!("  gRPC (devices):   {}", server.grpc_url());
     println!("  WebSocket:        {}", server.websocket_url());
+    println!("  web phone:        {}/  (sign in with a token)", server.grpc_url());
     match server.admin_url() {
         Some(url) => {
             println!("  admin API:        {url}  (POST /v1/tokens, GET /metrics, GET /healthz)")
