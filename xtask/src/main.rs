@@ -245,7 +245,7 @@ fn ci(args: &[String]) -> Result {
 const FORBIDDEN_DEPENDENCIES: &[(&str, &[&str])] = &[
     ("callplus-ffi", &["rusqlite", "axum", "prometheus-client", "reqwest", "clap", "callplus-server"]),
     ("callplus-client", &["rusqlite", "axum", "prometheus-client", "reqwest", "clap", "callplus-server"]),
-    ("callplus-signal", &["opus", "audiopus_sys", "env-libvpx-sys", "vpx-encode", "callplus-media"]),
+    ("callplus-signal", &["opus", "audiopus_sys", "env-libvpx-sys", "callplus-media"]),
 ];
 
 /// Checks [`FORBIDDEN_DEPENDENCIES`] with `cargo tree`, then builds the README's server binary
