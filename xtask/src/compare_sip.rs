@@ -279,6 +279,10 @@ fn callplus_point(rate: f64, seconds: u64) -> Result<Point> {
     let out = Command::new(&binary)
         .args([
             "bench",
+            // Raw users: the load generator shares the two cores with the server, so it is kept
+            // cheap (see docs/performance.md).
+            "--call-client",
+            "raw",
             "--users",
             "200",
             "--rate",
