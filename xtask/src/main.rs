@@ -267,11 +267,8 @@ fn ci(args: &[String]) -> Result {
 const FORBIDDEN_DEPENDENCIES: &[(&str, &[&str])] = &[
     ("callplus-ffi", &["rusqlite", "axum", "prometheus-client", "reqwest", "clap", "callplus-server"]),
     ("callplus-client", &["rusqlite", "axum", "prometheus-client", "reqwest", "clap", "callplus-server"]),
-    ("callplus-signal", &["opus", "audiopus_sys", "env-libvpx-sys", "vpx-encode", "callplus-media"]),
-    (
-        "callplus-sfu",
-        &["opus", "audiopus_sys", "env-libvpx-sys", "vpx-encode", "callplus-media", "openssl-sys"],
-    ),
+    ("callplus-signal", &["opus", "audiopus_sys", "env-libvpx-sys", "callplus-media"]),
+    ("callplus-sfu", &["opus", "audiopus_sys", "env-libvpx-sys", "callplus-media", "openssl-sys"]),
 ];
 
 /// Checks [`FORBIDDEN_DEPENDENCIES`] with `cargo tree`, then builds the README's server binary

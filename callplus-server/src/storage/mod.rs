@@ -20,7 +20,7 @@ mod writer;
 pub use crate::token::AppCredentials;
 pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
-pub use writer::{BatchWriter, DEFAULT_COMMIT_DELAY, OfflineReply, WriteOp};
+pub use writer::{BatchWriter, DEFAULT_COMMIT_DELAY, Encode, OfflineReply, WriteOp};
 
 /// The largest page [`Storage::page_records`] returns.
 pub const MAX_PAGE_SIZE: u32 = 100;
