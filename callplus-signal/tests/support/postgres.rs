@@ -168,3 +168,89 @@ fn free_port() -> Result<u16, String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
 }
+
+/// A PostgreSQL server of one test's own, which the test may stop and start again (on the same
+/// port, with the same data) to play a database outage. Stopped and removed when dropped.
+pub struct OwnedPostgres {
+    bin: PathBuf,
+    port: u16,
+    dir: PathBuf,
+    run_as: Vec<&'static str>,
+}
+
+impl OwnedPostgres {
+    /// Creates the cluster in a temporary directory and starts it.
+    ///
+    /// # Panics
+    /// When PostgreSQL is not installed or does not start.
+    pub fn start() -> OwnedPostgres {
+        let bin = find_bin().expect(
+            "PostgreSQL is not installed: this test needs a real PostgreSQL server. \
+             Install the Debian package `postgresql` (`cargo xtask ci` does it).",
+        );
+        let dir = tempfile::Builder::new().prefix("callplus-pg-own-").tempdir().expect("tempdir").keep();
+        let run_as: Vec<&'static str> = if is_root() {
+            std::os::unix::fs::chown(&dir, Some(id_of("-u").unwrap()), Some(id_of("-g").unwrap())).unwrap();
+            vec!["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+        } else {
+            vec![]
+        };
+        let server = OwnedPostgres { bin, port: free_port().unwrap(), dir, run_as };
+        let out = server
+            .command("initdb")
+            .args(["-D", &server.data(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .output()
+            .expect("run initdb");
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        server.resume();
+        server
+    }
+
+    /// The URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server (fast shutdown: open connections are cut) and waits until it is down.
+    pub fn stop(&self) {
+        let out = self.command("pg_ctl").args(["-D", &self.data(), "-m", "fast", "-w", "stop"]).output().unwrap();
+        assert!(out.status.success(), "pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Starts the server again on the same port and data, and waits until it accepts connections.
+    pub fn resume(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c fsync=off",
+            self.port
+        );
+        let log = self.dir.join("postgres.log");
+        let out = self
+            .command("pg_ctl")
+            .args(["-D", &self.data(), "-l", &log.to_string_lossy(), "-o", &options, "-w", "start"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").to_string_lossy().into_owned()
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let mut command = Command::new(self.run_as.first().copied().unwrap_or("env"));
+        command.args(self.run_as.iter().skip(1)).arg(self.bin.join(tool));
+        command
+    }
+}
+
+impl Drop for OwnedPostgres {
+    fn drop(&mut self) {
+        let _ = self.command("pg_ctl").args(["-D", &self.data(), "-m", "immediate", "-w", "stop"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
