@@ -353,7 +353,7 @@ fn skip_replaced_snapshots(ops: &mut [BatchOp]) {
 ///
 /// A write whose commit reached the database just as the connection broke may be applied
 /// twice; every write is an upsert or a delete except storing offline events, which could then
-/// be stored (and later delivered) twice — the client drops the duplicate by its call id.
+/// be stored (and later delivered) twice.
 fn apply_retrying(storage: &dyn Storage, ops: &[BatchOp], policy: &Retry) -> Vec<OpResult> {
     let mut results = apply(storage, ops);
     let started = Instant::now();
