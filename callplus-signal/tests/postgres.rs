@@ -100,3 +100,39 @@ async fn a_call_on_postgres_keeps_its_records_across_a_restart() {
     bob.disconnect().await;
     server.shutdown().await.expect("shutdown");
 }
+
+/// `callplus token --postgres URL` signs with the app a PostgreSQL-backed server created, and
+/// the server accepts the token; `CALLPLUS_POSTGRES` works the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_command_reads_the_app_from_postgres() {
+    let url = support::postgres::fresh_database();
+    let server = start(&url).await;
+    let app = server.app_credentials().clone();
+    let empty_dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_callplus");
+    let by_flag = std::process::Command::new(bin)
+        .args(["token", "--user", "carol", "--postgres", &url, "--data-dir"])
+        .arg(empty_dir.path())
+        .env_remove("CALLPLUS_POSTGRES")
+        .output()
+        .unwrap();
+    assert!(by_flag.status.success(), "{}", String::from_utf8_lossy(&by_flag.stderr));
+    let by_env = std::process::Command::new(bin)
+        .args(["token", "--user", "carol", "--data-dir"])
+        .arg(empty_dir.path())
+        .env("CALLPLUS_POSTGRES", &url)
+        .output()
+        .unwrap();
+    assert!(by_env.status.success(), "{}", String::from_utf8_lossy(&by_env.stderr));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    for out in [by_flag, by_env] {
+        let minted = String::from_utf8(out.stdout).unwrap();
+        let claims = callplus_signal::token::verify(minted.trim(), &app.app_secret, now).expect("signed by the app");
+        assert_eq!(claims.user_id, "carol");
+        let (client, _events) =
+            Client::connect(&format!("http://{}", server.grpc_addr()), minted.trim(), ClientOptions::default())
+                .await
+                .expect("the server accepts the token");
+        drop(client);
+    }
+}

@@ -225,7 +225,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!();
     println!("Get a token for a user with:");
     let dir_flag = if args.postgres.is_some() {
-        format!(" --app-key {} --app-secret <the app secret>", app.app_key)
+        " --postgres <the same URL>".to_owned()
     } else if args.data_dir.as_os_str() == DEFAULT_DATA_DIR {
         String::new()
     } else {
