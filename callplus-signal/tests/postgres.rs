@@ -136,3 +136,41 @@ async fn the_token_command_reads_the_app_from_postgres() {
         drop(client);
     }
 }
+
+/// `sslmode=require` (and `verify-full`) with `sslrootcert` connects over TLS to a PostgreSQL
+/// that refuses plaintext; without the right root the certificate is refused, and a URL without
+/// `sslmode` is refused by the server (so the working connections really are encrypted).
+#[test]
+fn tls_to_postgres_follows_the_url() {
+    use callplus_signal::storage::{PostgresStorage, RecordRow, Storage as _, StorageError};
+
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let pg = support::postgres::OwnedPostgres::start_with_tls(&made.cert.pem(), &made.signing_key.serialize_pem());
+    let ca = pg.dir().join("ca.pem");
+    std::fs::write(&ca, made.cert.pem()).unwrap();
+    let base = pg.url();
+
+    for mode in ["require", "verify-full"] {
+        let url = format!("{base}?sslmode={mode}&sslrootcert={}", ca.display());
+        let storage = PostgresStorage::open(&url).unwrap_or_else(|e| panic!("sslmode={mode}: {e}"));
+        let row = RecordRow {
+            app_key: "app".into(),
+            owner_id: mode.into(),
+            call_id: "c1".into(),
+            sync_time: 1,
+            body: b"over TLS".to_vec(),
+        };
+        storage.append_records(std::slice::from_ref(&row)).unwrap();
+        let page = storage.page_records("app", mode, -1, 10, callplus_signal::storage::PageOrder::Asc).unwrap();
+        assert_eq!(page.rows, vec![row]);
+    }
+
+    let plaintext = PostgresStorage::open(&base);
+    assert!(matches!(&plaintext, Err(StorageError::Postgres(_))), "plaintext refused: {plaintext:?}");
+    // The Mozilla roots do not hold the test's certificate.
+    let unknown_root = PostgresStorage::open(&format!("{base}?sslmode=require"));
+    let text = unknown_root.as_ref().err().map(ToString::to_string).unwrap_or_default();
+    assert!(text.contains("certificate"), "an unknown certificate is refused: {text}");
+    let verify_ca = PostgresStorage::open(&format!("{base}?sslmode=verify-ca"));
+    assert!(matches!(verify_ca, Err(StorageError::InvalidArgument(_))));
+}

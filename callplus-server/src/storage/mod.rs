@@ -13,6 +13,7 @@
 //! Everything is isolated by `app_key`: no method ever returns another app's rows.
 
 mod postgres;
+mod postgres_tls;
 mod sqlite;
 mod write_queue;
 mod writer;
@@ -96,8 +97,10 @@ impl StorageError {
         }
         let mut source = std::error::Error::source(e);
         while let Some(cause) = source {
-            if cause.is::<std::io::Error>() {
-                return true;
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                // A refused certificate comes wrapped in an I/O error; retrying cannot fix it.
+                let tls = io.get_ref().is_some_and(|inner| inner.is::<tokio_rustls::rustls::Error>());
+                return !tls;
             }
             source = cause.source();
         }

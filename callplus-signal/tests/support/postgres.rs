@@ -184,6 +184,16 @@ impl OwnedPostgres {
     /// # Panics
     /// When PostgreSQL is not installed or does not start.
     pub fn start() -> OwnedPostgres {
+        Self::start_with(None)
+    }
+
+    /// Like [`start`](Self::start), with TLS on (this PEM certificate chain and key) and
+    /// plaintext connections refused, so a connection that works is encrypted.
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> OwnedPostgres {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> OwnedPostgres {
         let bin = find_bin().expect(
             "PostgreSQL is not installed: this test needs a real PostgreSQL server. \
              Install the Debian package `postgresql` (`cargo xtask ci` does it).",
@@ -202,8 +212,34 @@ impl OwnedPostgres {
             .output()
             .expect("run initdb");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        if let Some((cert, key)) = tls {
+            let data = PathBuf::from(server.data());
+            std::fs::write(data.join("server.crt"), cert).unwrap();
+            std::fs::write(data.join("server.key"), key).unwrap();
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "hostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+            )
+            .unwrap();
+            let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+            conf.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+            std::fs::write(data.join("postgresql.conf"), conf).unwrap();
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+            if is_root() {
+                for file in ["server.crt", "server.key", "pg_hba.conf", "postgresql.conf"] {
+                    std::os::unix::fs::chown(data.join(file), Some(id_of("-u").unwrap()), Some(id_of("-g").unwrap()))
+                        .unwrap();
+                }
+            }
+        }
         server.resume();
         server
+    }
+
+    /// The directory the server's files live in (removed with the server).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// The URL of its `postgres` database.
