@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use callplus_signal::storage::{BatchWriter, FIRST_PAGE, PageOrder, PostgresStorage, RecordRow, Storage, WriteOp};
+use callplus_signal::storage::{
+    BatchWriter, FIRST_PAGE, PageOrder, PostgresStorage, RecordRow, Storage, WriteOp,
+};
 use support::postgres::OwnedPostgres;
 
 /// How long to wait for a condition before failing.

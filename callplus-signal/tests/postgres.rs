@@ -127,12 +127,16 @@ async fn the_token_command_reads_the_app_from_postgres() {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     for out in [by_flag, by_env] {
         let minted = String::from_utf8(out.stdout).unwrap();
-        let claims = callplus_signal::token::verify(minted.trim(), &app.app_secret, now).expect("signed by the app");
+        let claims =
+            callplus_signal::token::verify(minted.trim(), &app.app_secret, now).expect("signed by the app");
         assert_eq!(claims.user_id, "carol");
-        let (client, _events) =
-            Client::connect(&format!("http://{}", server.grpc_addr()), minted.trim(), ClientOptions::default())
-                .await
-                .expect("the server accepts the token");
+        let (client, _events) = Client::connect(
+            &format!("http://{}", server.grpc_addr()),
+            minted.trim(),
+            ClientOptions::default(),
+        )
+        .await
+        .expect("the server accepts the token");
         drop(client);
     }
 }
@@ -145,7 +149,8 @@ fn tls_to_postgres_follows_the_url() {
     use callplus_signal::storage::{PostgresStorage, RecordRow, Storage as _, StorageError};
 
     let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-    let pg = support::postgres::OwnedPostgres::start_with_tls(&made.cert.pem(), &made.signing_key.serialize_pem());
+    let pg =
+        support::postgres::OwnedPostgres::start_with_tls(&made.cert.pem(), &made.signing_key.serialize_pem());
     let ca = pg.dir().join("ca.pem");
     std::fs::write(&ca, made.cert.pem()).unwrap();
     let base = pg.url();
@@ -161,7 +166,8 @@ fn tls_to_postgres_follows_the_url() {
             body: b"over TLS".to_vec(),
         };
         storage.append_records(std::slice::from_ref(&row)).unwrap();
-        let page = storage.page_records("app", mode, -1, 10, callplus_signal::storage::PageOrder::Asc).unwrap();
+        let page =
+            storage.page_records("app", mode, -1, 10, callplus_signal::storage::PageOrder::Asc).unwrap();
         assert_eq!(page.rows, vec![row]);
     }
 

@@ -16,10 +16,7 @@ const WAIT: Duration = Duration::from_secs(15);
 async fn node(redis: &OwnedRedis, id: &str, ttl: Duration) -> (CallLeases, Presence) {
     let config = ClusterConfig::new(&redis.url(), id).unwrap();
     let conn = connect(&config.client).await.unwrap();
-    (
-        CallLeases::new(conn.clone(), config.node_id.clone(), ttl),
-        Presence::new(conn, config.node_id, ttl),
-    )
+    (CallLeases::new(conn.clone(), config.node_id.clone(), ttl), Presence::new(conn, config.node_id, ttl))
 }
 
 /// Polls `check` until it returns `Some`, within [`WAIT`].
@@ -101,8 +98,10 @@ async fn presence_finds_devices_on_any_node_and_forgets_silent_ones() {
     assert_eq!(a.lookup("app", "bob").await.unwrap(), vec![at("laptop", "node-b", "s2")]);
 
     // The laptop's heartbeats stop (its node died): it vanishes within the TTL.
-    eventually("the silent laptop to vanish", || async { a.lookup("app", "bob").await.unwrap().is_empty().then_some(()) })
-        .await;
+    eventually("the silent laptop to vanish", || async {
+        a.lookup("app", "bob").await.unwrap().is_empty().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -129,8 +128,10 @@ async fn a_live_node_recovers_when_redis_restarts() {
     assert_eq!(leases.owner("app", "call-1").await.unwrap(), Some(("node-a".into(), lease.token)));
     // Node B's idle connection learns of the restart on its first command (an error), then
     // reconnects by itself.
-    let taken = eventually("node B to reach Redis again", || async { other_leases.acquire("app", "call-1").await.ok() })
-        .await;
+    let taken = eventually("node B to reach Redis again", || async {
+        other_leases.acquire("app", "call-1").await.ok()
+    })
+    .await;
     assert_eq!(taken, None, "still one owner");
 
     // The restored epoch keeps fencing tokens growing past the ones handed out before.

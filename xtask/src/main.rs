@@ -223,7 +223,9 @@ fn ci(args: &[String]) -> Result {
     let mut test = cargo();
     // The Redis tests skip (loudly) without `redis-server` on a developer's machine; here it was
     // installed above, so a missing one must fail them.
-    test.args(["test", "--workspace"]).env_remove("CALLPLUS_UPDATE_HEADER").env("CALLPLUS_REQUIRE_REDIS", "1");
+    test.args(["test", "--workspace"])
+        .env_remove("CALLPLUS_UPDATE_HEADER")
+        .env("CALLPLUS_REQUIRE_REDIS", "1");
     run("test --workspace (includes the generated-header check)", test)?;
 
     if no_fuzz {

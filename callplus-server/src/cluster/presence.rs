@@ -171,7 +171,8 @@ impl Presence {
         if index.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = index.iter().map(|(device, _)| device_key(app_key, user_id, device)).collect();
+        let keys: Vec<String> =
+            index.iter().map(|(device, _)| device_key(app_key, user_id, device)).collect();
         let live: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
         let mut found = Vec::new();
         let mut stale = Vec::new();
@@ -189,7 +190,11 @@ impl Presence {
         if !stale.is_empty() {
             // Expired devices; a device registering again meanwhile rewrites its field, and a
             // field deleted too eagerly comes back with its next renewal.
-            redis::cmd("HDEL").arg(user_key(app_key, user_id)).arg(&stale).query_async::<()>(&mut conn).await?;
+            redis::cmd("HDEL")
+                .arg(user_key(app_key, user_id))
+                .arg(&stale)
+                .query_async::<()>(&mut conn)
+                .await?;
         }
         found.sort_by(|a, b| a.device_id.cmp(&b.device_id));
         Ok(found)

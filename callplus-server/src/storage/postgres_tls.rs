@@ -45,7 +45,8 @@ pub(super) fn parse(url: &str) -> Result<Target, StorageError> {
         Some("require" | "verify-full") => true,
         Some("verify-ca") => {
             return Err(StorageError::InvalidArgument(
-                "sslmode=verify-ca is not supported: use verify-full (checks the chain and the host name)".into(),
+                "sslmode=verify-ca is not supported: use verify-full (checks the chain and the host name)"
+                    .into(),
             ));
         }
         Some(other) => return Err(StorageError::InvalidArgument(format!("unknown sslmode `{other}`"))),
@@ -64,7 +65,8 @@ fn client_config(root_cert: Option<&str>) -> Result<rustls::ClientConfig, Storag
     let mut roots = rustls::RootCertStore::empty();
     match root_cert {
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| invalid(format!("cannot read sslrootcert {path}: {e}")))?;
+            let pem =
+                std::fs::read(path).map_err(|e| invalid(format!("cannot read sslrootcert {path}: {e}")))?;
             for cert in CertificateDer::pem_slice_iter(&pem) {
                 let cert = cert.map_err(|e| invalid(format!("sslrootcert {path}: {e}")))?;
                 roots.add(cert).map_err(|e| invalid(format!("sslrootcert {path}: {e}")))?;
@@ -145,13 +147,15 @@ fn percent_decode(value: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn tls_options_are_taken_out_of_both_url_forms() {
-        let (rest, mode, root) =
-            take_tls_options("postgres://u@h:5/db?connect_timeout=3&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem");
+        let (rest, mode, root) = take_tls_options(
+            "postgres://u@h:5/db?connect_timeout=3&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem",
+        );
         assert_eq!(rest, "postgres://u@h:5/db?connect_timeout=3");
         assert_eq!(mode.as_deref(), Some("verify-full"));
         assert_eq!(root.as_deref(), Some("/etc/ca.pem"));
@@ -170,7 +174,10 @@ mod tests {
         let tls = parse("postgres://u@h/db?sslmode=require").unwrap();
         assert!(tls.tls.is_some());
         assert_eq!(tls.config.get_ssl_mode(), SslMode::Require);
-        assert!(matches!(parse("postgres://u@h/db?sslmode=verify-ca"), Err(StorageError::InvalidArgument(_))));
+        assert!(matches!(
+            parse("postgres://u@h/db?sslmode=verify-ca"),
+            Err(StorageError::InvalidArgument(_))
+        ));
         assert!(matches!(parse("postgres://u@h/db?sslmode=bogus"), Err(StorageError::InvalidArgument(_))));
         assert!(matches!(
             parse("postgres://u@h/db?sslmode=require&sslrootcert=/nonexistent/ca.pem"),

@@ -238,7 +238,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("  data directory:   {data_dir}");
     }
     if let Some(cluster) = &cluster {
-        println!("  node id:          {} (Redis configured; routing between nodes is not wired yet)", cluster.node_id);
+        println!(
+            "  node id:          {} (Redis configured; routing between nodes is not wired yet)",
+            cluster.node_id
+        );
         tracing::warn!(
             node_id = %cluster.node_id,
             "--redis is checked but not used yet: this node serves only the devices connected to it"
@@ -282,6 +285,7 @@ fn shell_quote(s: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use clap::Parser;
 
@@ -295,7 +299,8 @@ mod tests {
 
     #[test]
     fn redis_and_node_id_are_parsed_and_checked_together() {
-        let serve = |argv: &[&str]| Serve::try_parse_from(std::iter::once("serve").chain(argv.iter().copied()));
+        let serve =
+            |argv: &[&str]| Serve::try_parse_from(std::iter::once("serve").chain(argv.iter().copied()));
         let args = serve(&["--redis", "redis://127.0.0.1:6379/", "--node-id", "node-1"]).unwrap().args;
         let cluster = args.cluster_config().unwrap().expect("configured");
         assert_eq!(cluster.node_id.as_str(), "node-1");

@@ -225,11 +225,16 @@ impl OwnedPostgres {
             conf.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
             std::fs::write(data.join("postgresql.conf"), conf).unwrap();
             use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
             if is_root() {
                 for file in ["server.crt", "server.key", "pg_hba.conf", "postgresql.conf"] {
-                    std::os::unix::fs::chown(data.join(file), Some(id_of("-u").unwrap()), Some(id_of("-g").unwrap()))
-                        .unwrap();
+                    std::os::unix::fs::chown(
+                        data.join(file),
+                        Some(id_of("-u").unwrap()),
+                        Some(id_of("-g").unwrap()),
+                    )
+                    .unwrap();
                 }
             }
         }
@@ -249,7 +254,8 @@ impl OwnedPostgres {
 
     /// Stops the server (fast shutdown: open connections are cut) and waits until it is down.
     pub fn stop(&self) {
-        let out = self.command("pg_ctl").args(["-D", &self.data(), "-m", "fast", "-w", "stop"]).output().unwrap();
+        let out =
+            self.command("pg_ctl").args(["-D", &self.data(), "-m", "fast", "-w", "stop"]).output().unwrap();
         assert!(out.status.success(), "pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 

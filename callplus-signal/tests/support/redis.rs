@@ -64,7 +64,16 @@ impl OwnedRedis {
     /// Starts the server again on the same port and waits until it answers.
     pub fn resume(&mut self) {
         let child = Command::new(binary().expect("redis-server"))
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .args(["--daemonize", "no", "--dir"])
             .arg(self.dir.path())
             .stdin(Stdio::null())
@@ -78,7 +87,9 @@ impl OwnedRedis {
             if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
                 use std::io::{Read as _, Write as _};
                 let mut reply = [0u8; 7];
-                if stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+                if stream.write_all(b"PING\r\n").is_ok()
+                    && stream.read_exact(&mut reply).is_ok()
+                    && &reply == b"+PONG\r\n"
                 {
                     return;
                 }
