@@ -147,3 +147,27 @@ fn cluster_settings_are_checked() {
     assert!(ClusterConfig::new("redis://127.0.0.1:6379/", "node|1").is_err());
     assert!(ClusterConfig::new("not a url", "node-1").is_err());
 }
+
+/// `rediss://` connects with TLS, checking the certificate against the given CA; a plaintext
+/// client cannot talk to a TLS-only Redis, nor a client that does not trust the certificate.
+#[tokio::test]
+async fn rediss_urls_connect_with_tls() {
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let Some(redis) =
+        support::redis::OwnedTlsRedis::start(&made.cert.pem(), &made.signing_key.serialize_pem())
+    else {
+        return;
+    };
+    let url = format!("rediss://127.0.0.1:{}/", redis.port);
+    let config = ClusterConfig::with_tls_ca(&url, "node-a", Some(made.cert.pem().into_bytes())).unwrap();
+    let conn = connect(&config.client).await.expect("TLS connection with the CA");
+    let presence = Presence::new(conn, config.node_id, Duration::from_secs(30));
+    presence.register("app", "bob", "phone", "s1").await.unwrap();
+    assert_eq!(presence.lookup("app", "bob").await.unwrap(), vec![at("phone", "node-a", "s1")]);
+
+    let plaintext = ClusterConfig::new(&format!("redis://127.0.0.1:{}/", redis.port), "node-b").unwrap();
+    assert!(connect(&plaintext.client).await.is_err(), "a TLS-only Redis refuses plaintext");
+    let untrusted = ClusterConfig::new(&url, "node-c").unwrap();
+    assert!(connect(&untrusted.client).await.is_err(), "an untrusted certificate is refused");
+    assert!(ClusterConfig::with_tls_ca("redis://127.0.0.1:1/", "n", Some(Vec::new())).is_err());
+}

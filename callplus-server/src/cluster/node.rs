@@ -63,10 +63,39 @@ impl ClusterConfig {
     /// # Errors
     /// [`ClusterError::InvalidArgument`] for a URL or node id that cannot be used.
     pub fn new(redis_url: &str, node_id: &str) -> Result<ClusterConfig, ClusterError> {
+        Self::with_tls_ca(redis_url, node_id, None)
+    }
+
+    /// Like [`new`](Self::new); a `rediss://` URL connects with TLS (rustls) and checks the
+    /// server's certificate against `ca_pem` (PEM) if given, else the system's trusted roots.
+    ///
+    /// # Errors
+    /// [`ClusterError::InvalidArgument`] for a URL or node id that cannot be used, or a CA with
+    /// a plaintext `redis://` URL (it would silently not be used).
+    pub fn with_tls_ca(
+        redis_url: &str,
+        node_id: &str,
+        ca_pem: Option<Vec<u8>>,
+    ) -> Result<ClusterConfig, ClusterError> {
         let node_id = NodeId::new(node_id)?;
         // The error text may quote the URL, password included: keep only its kind.
-        let client = redis::Client::open(redis_url)
-            .map_err(|e| ClusterError::InvalidArgument(format!("invalid Redis URL ({:?})", e.kind())))?;
+        let invalid = |e: redis::RedisError| {
+            ClusterError::InvalidArgument(format!("invalid Redis URL ({:?})", e.kind()))
+        };
+        let tls = redis_url.starts_with("rediss://");
+        let client = match ca_pem {
+            Some(_) if !tls => {
+                return Err(ClusterError::InvalidArgument(
+                    "a Redis CA is given but the URL is not rediss://".into(),
+                ));
+            }
+            Some(root_cert) => redis::Client::build_with_tls(
+                redis_url,
+                redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) },
+            )
+            .map_err(invalid)?,
+            None => redis::Client::open(redis_url).map_err(invalid)?,
+        };
         Ok(ClusterConfig { client, node_id })
     }
 }

@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// wired yet, so a node still serves only its own devices.
     #[arg(long, env = "CALLPLUS_REDIS", value_name = "URL", requires = "node_id", hide_env_values = true)]
     pub redis: Option<String>,
+    /// PEM CA certificate that `rediss://` Redis certificates must chain to (default: the
+    /// system's trusted roots).
+    #[arg(long, env = "CALLPLUS_REDIS_CA", value_name = "FILE", requires = "redis")]
+    pub redis_ca: Option<PathBuf>,
     /// This node's id, unique in the deployment (1-64 characters of A-Z a-z 0-9 _ -); with
     /// `--redis`.
     #[arg(long, env = "CALLPLUS_NODE_ID", value_name = "ID", requires = "redis")]
@@ -174,7 +178,15 @@ impl ServeArgs {
     /// When the URL or the node id cannot be used.
     pub fn cluster_config(&self) -> anyhow::Result<Option<crate::cluster::ClusterConfig>> {
         match (&self.redis, &self.node_id) {
-            (Some(url), Some(id)) => Ok(Some(crate::cluster::ClusterConfig::new(url, id)?)),
+            (Some(url), Some(id)) => {
+                let ca = match &self.redis_ca {
+                    Some(path) => {
+                        Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
+                    }
+                    None => None,
+                };
+                Ok(Some(crate::cluster::ClusterConfig::with_tls_ca(url, id, ca)?))
+            }
             (None, None) => Ok(None),
             _ => anyhow::bail!("--redis and --node-id go together"),
         }

@@ -108,3 +108,62 @@ impl Drop for OwnedRedis {
         }
     }
 }
+
+/// A `redis-server` that accepts TLS only, with this certificate and key (PEM).
+pub struct OwnedTlsRedis {
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl OwnedTlsRedis {
+    /// Starts it, or `None` as [`OwnedRedis::start`] does without `redis-server`.
+    pub fn start(cert_pem: &str, key_pem: &str) -> Option<OwnedTlsRedis> {
+        let probe = OwnedRedis::start()?;
+        drop(probe);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        let port = listener.local_addr().expect("port").port();
+        drop(listener);
+        let dir = tempfile::Builder::new().prefix("callplus-redis-tls-").tempdir().expect("tempdir");
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, cert_pem).expect("write cert");
+        std::fs::write(&key, key_pem).expect("write key");
+        let child = Command::new(binary().expect("redis-server"))
+            .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(&cert)
+            .arg("--tls-key-file")
+            .arg(&key)
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+            ])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let deadline = Instant::now() + START_DEADLINE;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server (TLS) did not start within {START_DEADLINE:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(OwnedTlsRedis { port, _dir: dir, child })
+    }
+}
+
+impl Drop for OwnedTlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
