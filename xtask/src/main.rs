@@ -44,8 +44,10 @@ use std::time::Instant;
 
 /// Debian packages the workspace needs at build or test time: the media crate links libopus and
 /// libvpx (found with pkg-config); the C example test runs under valgrind; the storage tests
-/// start their own PostgreSQL server from the `postgresql` package's binaries.
-const SYSTEM_PACKAGES: &[&str] = &["libopus-dev", "libvpx-dev", "pkg-config", "valgrind", "postgresql"];
+/// start their own PostgreSQL server from the `postgresql` package's binaries, and the Redis tests
+/// their own `redis-server`.
+const SYSTEM_PACKAGES: &[&str] =
+    &["libopus-dev", "libvpx-dev", "pkg-config", "valgrind", "postgresql", "redis-server"];
 
 /// Default run time of each fuzz target for `cargo xtask fuzz`.
 const DEFAULT_FUZZ_SECONDS: u64 = 30;
@@ -235,7 +237,11 @@ fn ci(args: &[String]) -> Result {
     // that is the codegen check. Running it again alone (`codegen --check`) would build a second
     // copy of the dependency graph, because one package alone unifies features differently.
     let mut test = cargo();
-    test.args(["test", "--workspace"]).env_remove("CALLPLUS_UPDATE_HEADER");
+    // The Redis tests skip (loudly) without `redis-server` on a developer's machine; here it was
+    // installed above, so a missing one must fail them.
+    test.args(["test", "--workspace"])
+        .env_remove("CALLPLUS_UPDATE_HEADER")
+        .env("CALLPLUS_REQUIRE_REDIS", "1");
     run("test --workspace (includes the generated-header check)", test)?;
 
     if no_browser {

@@ -2,9 +2,10 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::write_queue::{AbandonOnDrop, Msg, URGENT_OPS, WriteQueue};
 use super::{BatchOp, OpResult, Storage, StorageError};
@@ -20,6 +21,22 @@ const MAX_OPS_PER_BATCH: usize = URGENT_OPS;
 /// calls' records. Nothing waits for it: callers never block on writes, and every reader
 /// flushes first, which commits at once.
 pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(5);
+
+/// How long the writer keeps retrying writes that failed because the database could not be
+/// reached ([`StorageError::is_transient`]) before it gives them up as failed.
+///
+/// During an outage the writer thread waits and retries the same batch (backing off from
+/// [`FIRST_RETRY_DELAY`] to [`MAX_RETRY_DELAY`]) while callers keep queuing: nothing is lost
+/// as long as the database is back within this window. The window is the bound on what is
+/// buffered: memory grows with the write rate times the window, and past it the writes are
+/// logged and reported as failed by the next flush instead of being held forever.
+pub const DEFAULT_OUTAGE_WINDOW: Duration = Duration::from_secs(30);
+
+/// The first wait before retrying a batch that found the database unreachable.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// The longest wait between two retries during an outage.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Called on the writer thread with the ids of the stored offline events (or the error).
 ///
@@ -163,6 +180,7 @@ impl WriteOp {
 pub struct BatchWriter {
     queue: Arc<WriteQueue>,
     thread: Option<JoinHandle<()>>,
+    retries: Arc<AtomicU64>,
 }
 
 impl BatchWriter {
@@ -180,13 +198,28 @@ impl BatchWriter {
     /// # Panics
     /// If the OS cannot start a thread (as [`std::thread::spawn`] does).
     pub fn spawn_with_delay(storage: Arc<dyn Storage>, commit_delay: Duration) -> BatchWriter {
+        Self::spawn_with(storage, commit_delay, DEFAULT_OUTAGE_WINDOW)
+    }
+
+    /// Starts the writer thread with its own commit delay and outage window (see
+    /// [`DEFAULT_OUTAGE_WINDOW`]).
+    ///
+    /// # Panics
+    /// If the OS cannot start a thread (as [`std::thread::spawn`] does).
+    pub fn spawn_with(
+        storage: Arc<dyn Storage>,
+        commit_delay: Duration,
+        outage_window: Duration,
+    ) -> BatchWriter {
         let queue = Arc::new(WriteQueue::default());
+        let retries = Arc::new(AtomicU64::new(0));
         let theirs = queue.clone();
+        let policy = Retry { window: outage_window, retries: retries.clone() };
         let thread = std::thread::Builder::new()
             .name("callplus-storage-writer".into())
-            .spawn(move || run(storage.as_ref(), &theirs, commit_delay));
+            .spawn(move || run(storage.as_ref(), &theirs, commit_delay, &policy));
         match thread {
-            Ok(handle) => BatchWriter { queue, thread: Some(handle) },
+            Ok(handle) => BatchWriter { queue, thread: Some(handle), retries },
             // Not an input error: the process is out of threads, as `thread::spawn` would panic.
             Err(e) => panic!("cannot start the storage writer thread: {e}"),
         }
@@ -219,6 +252,12 @@ impl BatchWriter {
         let (done_tx, done_rx) = mpsc::channel();
         self.queue.push(Msg::Flush(done_tx)).map_err(|_| StorageError::Closed)?;
         done_rx.recv().map_err(|_| StorageError::Closed)?
+    }
+
+    /// How many times the writer has retried a batch because the database was unreachable,
+    /// since it started (an outage shows as a run of retries).
+    pub fn outage_retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
     }
 
     /// Flushes, stops the thread and waits for it.
@@ -270,7 +309,13 @@ impl Failures {
     }
 }
 
-fn run(storage: &dyn Storage, queue: &WriteQueue, commit_delay: Duration) {
+/// How the writer thread retries writes during a database outage.
+struct Retry {
+    window: Duration,
+    retries: Arc<AtomicU64>,
+}
+
+fn run(storage: &dyn Storage, queue: &WriteQueue, commit_delay: Duration, policy: &Retry) {
     let _abandon = AbandonOnDrop(queue);
     let mut failures = Failures::default();
     let mut ops = Vec::new();
@@ -294,7 +339,7 @@ fn run(storage: &dyn Storage, queue: &WriteQueue, commit_delay: Duration) {
         skip_replaced_snapshots(&mut ops);
         let mut pending_replies = replies.drain(..);
         for chunk in ops.chunks(MAX_OPS_PER_BATCH) {
-            let results = apply(storage, chunk);
+            let results = apply_retrying(storage, chunk, policy);
             for ((op, reply), result) in chunk.iter().zip(pending_replies.by_ref()).zip(results) {
                 if let Err(e) = &result {
                     tracing::error!(error = %e, ?op, "storage write failed");
@@ -376,6 +421,50 @@ fn skip_replaced_snapshots(ops: &mut [BatchOp]) {
     }
 }
 
+/// Applies a batch as [`apply`] does, then retries the ops that failed only because the
+/// database was unreachable, in order, until they succeed, fail for another reason, or the
+/// outage outlasts the policy's window. Ops that succeeded are not applied again.
+///
+/// A write whose commit reached the database just as the connection broke may be applied
+/// twice; every write is an upsert or a delete except storing offline events, which could then
+/// be stored (and later delivered) twice.
+fn apply_retrying(storage: &dyn Storage, ops: &[BatchOp], policy: &Retry) -> Vec<OpResult> {
+    let mut results = apply(storage, ops);
+    let started = Instant::now();
+    let mut delay = FIRST_RETRY_DELAY;
+    loop {
+        let failed: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.as_ref().is_err_and(StorageError::is_transient))
+            .map(|(i, _)| i)
+            .collect();
+        if failed.is_empty() {
+            return results;
+        }
+        if started.elapsed() >= policy.window {
+            tracing::error!(
+                ops = failed.len(),
+                window = ?policy.window,
+                "database unreachable for longer than the outage window; writes given up"
+            );
+            return results;
+        }
+        let retries = policy.retries.fetch_add(1, Ordering::Relaxed);
+        if retries == 0 || delay == MAX_RETRY_DELAY {
+            tracing::warn!(ops = failed.len(), "database unreachable; holding writes and retrying");
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+        let again: Vec<BatchOp> = failed.iter().filter_map(|&i| ops.get(i).cloned()).collect();
+        for (i, result) in failed.into_iter().zip(apply(storage, &again)) {
+            if let Some(slot) = results.get_mut(i) {
+                *slot = result;
+            }
+        }
+    }
+}
+
 /// Applies a batch; if the batch as a whole fails (nothing applied), retries op by op so one
 /// bad op cannot sink the others.
 fn apply(storage: &dyn Storage, ops: &[BatchOp]) -> Vec<OpResult> {
@@ -395,6 +484,11 @@ fn apply(storage: &dyn Storage, ops: &[BatchOp]) -> Vec<OpResult> {
                     ))
                 })
                 .collect()
+        }
+        // The database is unreachable: every op would fail the same way; the caller retries.
+        Err(e) if e.is_transient() => {
+            let text = e.to_string();
+            ops.iter().map(|_| Err(StorageError::Unavailable(text.clone()))).collect()
         }
         Err(e) if ops.len() > 1 => {
             tracing::warn!(error = %e, ops = ops.len(), "storage batch failed; retrying op by op");
