@@ -260,6 +260,11 @@ fn connect(endpoint: &str, token: &str, settings: ConnectSettings) -> Result<Cli
 /// callback), stops the client's threads and frees the client. Events not yet taken are dropped. NULL is
 /// ignored. Blocks for at most a few seconds.
 ///
+/// **Guarantee:** when it returns, no event callback or media sink callback of this client is
+/// running and none will start again, and no `user_data` given to the client is touched again:
+/// the app may free its user data right away. (Called from inside a callback, that one
+/// invocation is of course still running until it returns; nothing else runs.)
+///
 /// # Safety
 /// `client` must be NULL or a client from `callplus_client_connect` not freed before, and no
 /// other thread may be using it.
@@ -852,8 +857,8 @@ pub unsafe extern "C" fn callplus_client_poll_event(
 /// the client.
 ///
 /// Removing the callback (NULL) waits until a running invocation returns (unless called from
-/// it), so after that `user_data` may be freed. Replacing one callback by another takes effect
-/// from the next event.
+/// it), so after that `user_data` may be freed; so does `callplus_client_free`, after which no
+/// callback runs. Replacing one callback by another takes effect from the next event.
 ///
 /// # Safety
 /// `client` must be NULL or a live client; `callback` NULL or a function safe to call from

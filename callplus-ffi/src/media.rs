@@ -239,7 +239,8 @@ pub unsafe extern "C" fn callplus_client_push_video_sample(
 /// callback only.
 ///
 /// Removing the callback (NULL) waits until a running invocation returns (unless called from
-/// it), so after that `user_data` may be freed; `callplus_client_free` removes it too.
+/// it), so after that `user_data` may be freed; `callplus_client_free` removes it too, and once
+/// it returns no frame is delivered any more.
 /// Replacing one callback by another takes effect from the next frame.
 ///
 /// Returns `OK`; `INVALID_STATE` when the client was connected without `enable_media`;

@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::ptr::{null, null_mut};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -81,10 +81,41 @@ struct Seen {
     changed: Condvar,
     /// Set by VIDEO_KEYFRAME_REQUESTED; the app's camera thread answers it.
     keyframe_wanted: AtomicBool,
+    /// Set once `callplus_client_free` of the client returned.
+    freed: AtomicBool,
+    /// Callback invocations that began, or were still running, after `freed` was set: each one
+    /// breaks the guarantee of `callplus_client_free`.
+    late_calls: AtomicUsize,
+    /// Callback invocations so far.
+    calls: AtomicUsize,
+    /// Each callback takes about this long (an app that does real work in it), so that some
+    /// invocation is running when the client is freed.
+    callback_work: Duration,
+}
+
+impl Seen {
+    /// What every callback does first and last: counts the invocation, and counts it as late
+    /// when the client was already freed.
+    fn enter(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.freed.load(Ordering::SeqCst) {
+            self.late_calls.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn leave(&self) {
+        if !self.callback_work.is_zero() {
+            std::thread::sleep(self.callback_work);
+        }
+        if self.freed.load(Ordering::SeqCst) {
+            self.late_calls.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 unsafe extern "C" fn on_frame(user_data: *mut c_void, frame: *const callplus_media_frame) {
     let seen = unsafe { &*user_data.cast::<Seen>() };
+    seen.enter();
     let f = unsafe { &*frame };
     let data = unsafe { std::slice::from_raw_parts(f.data, f.len) }.to_vec();
     let key = (text(f.user_id).unwrap(), f.kind);
@@ -98,10 +129,12 @@ unsafe extern "C" fn on_frame(user_data: *mut c_void, frame: *const callplus_med
     };
     lock(&seen.frames).entry(key).or_default().push(frame);
     seen.changed.notify_all();
+    seen.leave();
 }
 
 unsafe extern "C" fn on_event(user_data: *mut c_void, event: *const callplus_event) {
     let seen = unsafe { &*user_data.cast::<Seen>() };
+    seen.enter();
     let ev = unsafe {
         let stats = callplus_event_stats(event);
         Ev {
@@ -136,6 +169,7 @@ unsafe extern "C" fn on_event(user_data: *mut c_void, event: *const callplus_eve
     }
     lock(&seen.events).push(ev);
     seen.changed.notify_all();
+    seen.leave();
 }
 
 impl Seen {
@@ -198,6 +232,31 @@ impl ClientPtr {
     }
 }
 
+/// A connected client whose callbacks write to `seen`. Freed when dropped, also when a failed
+/// assertion unwinds: it holds `seen`, so no callback can outlive what it writes to.
+struct TestClient {
+    ptr: ClientPtr,
+    seen: Arc<Seen>,
+}
+
+impl TestClient {
+    fn get(&self) -> *mut callplus_client {
+        self.ptr.get()
+    }
+
+    /// Frees the client and marks `seen`: from here on no callback may run.
+    fn free(self) {
+        drop(self);
+    }
+}
+
+impl Drop for TestClient {
+    fn drop(&mut self) {
+        unsafe { callplus_client_free(self.ptr.get()) };
+        self.seen.freed.store(true, Ordering::SeqCst);
+    }
+}
+
 impl TestServer {
     fn endpoint(&self) -> CString {
         CString::new(format!("http://{}", self.server().grpc_addr())).unwrap()
@@ -208,7 +267,7 @@ impl TestServer {
     }
 
     /// Connects `user` with `options` (on loopback) and installs both callbacks on `seen`.
-    fn media_client(&self, user: &str, options: callplus_client_options, seen: &Arc<Seen>) -> ClientPtr {
+    fn media_client(&self, user: &str, options: callplus_client_options, seen: &Arc<Seen>) -> TestClient {
         let options = callplus_client_options { media_bind_address: c"127.0.0.1".as_ptr(), ..options };
         let mut client = null_mut();
         let user_data = Arc::as_ptr(seen).cast_mut().cast::<c_void>();
@@ -229,7 +288,7 @@ impl TestServer {
                 callplus_result::Ok
             );
         }
-        ClientPtr(client)
+        TestClient { ptr: ClientPtr(client), seen: Arc::clone(seen) }
     }
 }
 
@@ -320,6 +379,16 @@ impl AppDevices {
     }
 }
 
+impl Drop for AppDevices {
+    /// Also when a failed assertion unwinds: the thread must not push into a freed client.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// `kind` frames from `user` stopped: after `flush` frames of the other kind `clock` (what was
 /// in flight arrives meanwhile), `window` more of them arrive and not one of `kind`.
 fn assert_stopped(seen: &Seen, user: &str, kind: callplus_media_kind, clock: callplus_media_kind, why: &str) {
@@ -353,7 +422,7 @@ fn media_flows_both_ways_through_the_c_api() {
         callplus_client_options { enable_media: true, app_microphone: true, app_camera: true, ..zeroed() },
         &bob_seen,
     );
-    let (a, b) = (alice.0, bob.0);
+    let (a, b) = (alice.get(), bob.get());
     use callplus_event_type as K;
     use callplus_media_kind::{Audio, Video};
     use callplus_result as R;
@@ -378,7 +447,7 @@ fn media_flows_both_ways_through_the_c_api() {
         assert_eq!(callplus_client_accept(b, call_c.as_ptr()), R::Ok);
         bob_seen.expect("connected", |e| e.kind == K::CallConnected && on_call(e));
         alice_seen.expect("connected", |e| e.kind == K::CallConnected && on_call(e));
-        let mut devices = AppDevices::start(bob, Arc::clone(&bob_seen));
+        let mut devices = AppDevices::start(bob.ptr, Arc::clone(&bob_seen));
 
         // Alice's tone and pattern reach Bob's sink: real Opus packets and VP8 frames in order.
         let audio = bob_seen.frames("alice", Audio, 50);
@@ -487,11 +556,69 @@ fn media_flows_both_ways_through_the_c_api() {
         bob_seen.expect("ended", |e| e.kind == K::CallEnded && on_call(e));
         devices.stop();
         assert_eq!(callplus_client_push_audio_sample(b, sample.as_ptr(), 3, 20_000), R::NotInCall);
-
-        callplus_client_free(a);
-        callplus_client_free(b);
+    }
+    alice.free();
+    bob.free();
+    for seen in [&alice_seen, &bob_seen] {
+        assert_eq!(seen.late_calls.load(Ordering::SeqCst), 0, "a callback ran after free returned");
     }
     eprintln!("media through the C API: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// `callplus_client_free` while remote frames and media events flow, repeated: when it returns
+/// every callback invocation has returned, and none begins afterwards. The callbacks take a
+/// little while (as an app's might), so that one is usually running at the moment of the free;
+/// the clients freed in a round are watched through the rounds after it.
+#[test]
+fn no_callback_runs_once_free_returned() {
+    const ROUNDS: usize = 3;
+    use callplus_event_type as K;
+    use callplus_media_kind::Audio;
+    use callplus_result as R;
+    let server = TestServer::start();
+    let options =
+        callplus_client_options { enable_media: true, tone_hz: 440, test_pattern: true, ..zeroed() };
+    let mut watched: Vec<Arc<Seen>> = Vec::new();
+    for round in 0..ROUNDS {
+        let seen = || Arc::new(Seen { callback_work: Duration::from_millis(2), ..Seen::default() });
+        let (caller_seen, callee_seen) = (seen(), seen());
+        let (caller_name, callee_name) = (format!("caller{round}"), format!("callee{round}"));
+        let caller = server.media_client(&caller_name, options, &caller_seen);
+        let callee = server.media_client(&callee_name, options, &callee_seen);
+        unsafe {
+            let mut call_id = null_mut();
+            let callee_c = CString::new(callee_name.clone()).unwrap();
+            let callees = [callee_c.as_ptr()];
+            let r = callplus_client_start_call(caller.get(), callees.as_ptr(), 1, 1, 2, null(), &mut call_id);
+            assert_eq!(r, R::Ok);
+            callee_seen.expect("the invitation", |e| e.kind == K::ReceivedCall);
+            assert_eq!(callplus_client_accept(callee.get(), callplus_string_data(call_id)), R::Ok);
+            callplus_string_free(call_id);
+        }
+        // Frames and media events are flowing both ways.
+        callee_seen.frames(&caller_name, Audio, 10);
+        caller_seen.frames(&callee_name, Audio, 10);
+        for seen in [&caller_seen, &callee_seen] {
+            seen.expect("an audio level", |e| e.kind == K::AudioLevel);
+        }
+        // Freed mid-stream, one side first, then the other; which one goes first alternates.
+        if round % 2 == 0 {
+            caller.free();
+            callee.free();
+        } else {
+            callee.free();
+            caller.free();
+        }
+        watched.extend([caller_seen, callee_seen]);
+        for (i, seen) in watched.iter().enumerate() {
+            assert!(seen.calls.load(Ordering::SeqCst) > 0);
+            assert_eq!(
+                seen.late_calls.load(Ordering::SeqCst),
+                0,
+                "client {i}: a callback ran after free returned"
+            );
+        }
+    }
 }
 
 #[test]
@@ -503,7 +630,7 @@ fn media_functions_refuse_bad_input_with_codes() {
         callplus_client_options { enable_media: true, app_microphone: true, ..zeroed() },
         &seen,
     );
-    let b = bob.0;
+    let b = bob.get();
     let sample = [0xf8u8, 0xff, 0xfe];
     let big = vec![0u8; 16 * 1024 + 1];
     use callplus_result as R;
@@ -560,8 +687,8 @@ fn media_functions_refuse_bad_input_with_codes() {
         let r = callplus_client_connect_with_options(null(), token.as_ptr(), null(), &mut out);
         assert_eq!(r, R::NullParameter);
         assert_eq!(out, std::ptr::dangling_mut());
-        callplus_client_free(b);
     }
+    bob.free();
 }
 
 #[test]
@@ -575,7 +702,7 @@ fn video_pushed_into_an_audio_call_is_refused() {
     );
     let frank =
         server.media_client("frank", callplus_client_options { enable_media: true, ..zeroed() }, &frank_seen);
-    let (e, f) = (erin.0, frank.0);
+    let (e, f) = (erin.get(), frank.get());
     use callplus_event_type as K;
     use callplus_result as R;
     unsafe {
@@ -594,7 +721,7 @@ fn video_pushed_into_an_audio_call_is_refused() {
             R::NotVideoCall
         );
         callplus_string_free(call_id);
-        callplus_client_free(e);
-        callplus_client_free(f);
     }
+    erin.free();
+    frank.free();
 }

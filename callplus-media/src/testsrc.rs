@@ -11,6 +11,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 use crate::error::MediaError;
 use crate::level::audio_level;
 use crate::source::{AudioConfig, EncodedSample, MediaSource, VideoConfig};
+use crate::vp8_encoder::{Vp8Encoder, Vp8Frame, Vp8Settings};
 
 /// Opus frame length.
 const FRAME: Duration = Duration::from_millis(20);
@@ -118,25 +119,28 @@ impl MediaSource for ToneSource {
 }
 
 /// Encoded frames (data, key frame?) or why encoding failed.
-type EncodeResult = Result<Vec<(Vec<u8>, bool)>, String>;
+type EncodeResult = Result<Vec<Vp8Frame>, String>;
 
 /// One encode job for the encoder thread.
 struct EncodeJob {
     index: u64,
     config: VideoConfig,
-    restart: bool,
+    /// Encode this frame as a key frame.
+    keyframe: bool,
     reply: oneshot::Sender<EncodeResult>,
 }
 
 /// A camera that shows a moving test pattern (colour bars sliding sideways over a gradient),
 /// encoded to VP8 with libvpx on its own thread, paced at the configured frame rate.
 ///
-/// Config changes and key-frame requests restart the encoder, whose first frame is a key frame.
+/// Config changes restart the encoder (whose first frame is a key frame); key-frame requests
+/// make the next frame a key frame.
 pub struct TestPatternSource {
     config: VideoConfig,
     jobs: std_mpsc::Sender<EncodeJob>,
     index: u64,
-    restart: bool,
+    /// The next frame must be a key frame (the first, or one a peer asked for).
+    keyframe: bool,
     ticker: Option<Interval>,
 }
 
@@ -168,7 +172,7 @@ impl TestPatternSource {
         check_video_config(&config)?;
         let (jobs, rx) = std_mpsc::channel::<EncodeJob>();
         std::thread::Builder::new().name("vp8-pattern".into()).spawn(move || encoder_thread(rx))?;
-        Ok(TestPatternSource { config, jobs, index: 0, restart: true, ticker: None })
+        Ok(TestPatternSource { config, jobs, index: 0, keyframe: true, ticker: None })
     }
 }
 
@@ -199,26 +203,22 @@ fn pattern(config: &VideoConfig, index: u64) -> Vec<u8> {
 }
 
 fn encoder_thread(jobs: std_mpsc::Receiver<EncodeJob>) {
-    let mut encoder: Option<(vpx_encode::Encoder, VideoConfig, i64)> = None;
+    let mut encoder: Option<(Vp8Encoder, i64)> = None;
     while let Ok(job) = jobs.recv() {
         let result = (|| -> EncodeResult {
-            let restart = job.restart || encoder.as_ref().is_none_or(|(_, c, _)| *c != job.config);
-            if restart {
-                let vpx_config = vpx_encode::Config {
-                    width: job.config.width,
-                    height: job.config.height,
-                    timebase: [1, job.config.fps as i32],
-                    bitrate: job.config.max_bitrate_kbps,
-                    codec: vpx_encode::VideoCodecId::VP8,
-                };
+            let settings = Vp8Settings {
+                width: job.config.width,
+                height: job.config.height,
+                fps: job.config.fps,
+                bitrate_kbps: job.config.max_bitrate_kbps,
+            };
+            if encoder.as_ref().is_none_or(|(enc, _)| enc.settings() != settings) {
                 encoder = None; // destroy the old context first
-                encoder =
-                    Some((vpx_encode::Encoder::new(vpx_config).map_err(|e| e.to_string())?, job.config, 0));
+                encoder = Some((Vp8Encoder::new(settings)?, 0));
             }
-            let Some((enc, config, pts)) = encoder.as_mut() else { return Err("no encoder".into()) };
-            let image = pattern(config, job.index);
-            let frames = enc.encode(*pts, &image).map_err(|e| e.to_string())?;
-            let out = frames.map(|f| (f.data.to_vec(), f.key)).collect();
+            let Some((enc, pts)) = encoder.as_mut() else { return Err("no encoder".into()) };
+            let image = pattern(&job.config, job.index);
+            let out = enc.encode(*pts, &image, job.keyframe)?;
             *pts += 1;
             Ok(out)
         })();
@@ -238,7 +238,7 @@ impl MediaSource for TestPatternSource {
         loop {
             self.ticker.get_or_insert_with(|| ticker(period)).tick().await;
             let (reply, rx) = oneshot::channel();
-            let job = EncodeJob { index: self.index, config: self.config, restart: self.restart, reply };
+            let job = EncodeJob { index: self.index, config: self.config, keyframe: self.keyframe, reply };
             if self.jobs.send(job).is_err() {
                 tracing::warn!("vp8 encoder thread is gone");
                 return None;
@@ -246,7 +246,9 @@ impl MediaSource for TestPatternSource {
             self.index += 1;
             match rx.await {
                 Ok(Ok(frames)) => {
-                    self.restart = false;
+                    if frames.iter().any(|(_, key)| *key) {
+                        self.keyframe = false;
+                    }
                     let mut data = Vec::new();
                     for (frame, _key) in frames {
                         data.extend_from_slice(&frame);
@@ -281,6 +283,6 @@ impl MediaSource for TestPatternSource {
     }
 
     fn request_keyframe(&mut self) {
-        self.restart = true;
+        self.keyframe = true;
     }
 }

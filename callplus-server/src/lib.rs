@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cluster;
 pub mod server;
 pub mod storage;
 pub mod token;

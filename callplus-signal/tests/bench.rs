@@ -55,6 +55,19 @@ fn call_cycles_report_the_required_figures() {
 }
 
 #[test]
+fn raw_users_run_the_same_cycles() {
+    let v = run_bench(&["--users", "20", "--duration", "1s", "--call-client", "raw"]);
+    assert_eq!(v["call_client"].as_str(), Some("raw"), "{v}");
+    assert!(v["completed"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["failed"].as_u64(), Some(0), "{v}");
+    for step in ["start_to_received", "accept_to_connected", "hangup_to_ended", "cycle"] {
+        percentiles(&v, step);
+        assert_eq!(v["latency_ms"][step]["count"], v["completed"], "every completed cycle timed {step}: {v}");
+    }
+    assert!(v["loadgen_cpu_s"].is_number(), "{v}");
+}
+
+#[test]
 fn an_offered_rate_is_paced() {
     let v = run_bench(&["--users", "10", "--rate", "50", "--duration", "1s"]);
     assert!(v["completed"].as_u64().unwrap() > 0, "{v}");

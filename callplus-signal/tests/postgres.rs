@@ -100,3 +100,83 @@ async fn a_call_on_postgres_keeps_its_records_across_a_restart() {
     bob.disconnect().await;
     server.shutdown().await.expect("shutdown");
 }
+
+/// `callplus token --postgres URL` signs with the app a PostgreSQL-backed server created, and
+/// the server accepts the token; `CALLPLUS_POSTGRES` works the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_command_reads_the_app_from_postgres() {
+    let url = support::postgres::fresh_database();
+    let server = start(&url).await;
+    let app = server.app_credentials().clone();
+    let empty_dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_callplus");
+    let by_flag = std::process::Command::new(bin)
+        .args(["token", "--user", "carol", "--postgres", &url, "--data-dir"])
+        .arg(empty_dir.path())
+        .env_remove("CALLPLUS_POSTGRES")
+        .output()
+        .unwrap();
+    assert!(by_flag.status.success(), "{}", String::from_utf8_lossy(&by_flag.stderr));
+    let by_env = std::process::Command::new(bin)
+        .args(["token", "--user", "carol", "--data-dir"])
+        .arg(empty_dir.path())
+        .env("CALLPLUS_POSTGRES", &url)
+        .output()
+        .unwrap();
+    assert!(by_env.status.success(), "{}", String::from_utf8_lossy(&by_env.stderr));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    for out in [by_flag, by_env] {
+        let minted = String::from_utf8(out.stdout).unwrap();
+        let claims =
+            callplus_signal::token::verify(minted.trim(), &app.app_secret, now).expect("signed by the app");
+        assert_eq!(claims.user_id, "carol");
+        let (client, _events) = Client::connect(
+            &format!("http://{}", server.grpc_addr()),
+            minted.trim(),
+            ClientOptions::default(),
+        )
+        .await
+        .expect("the server accepts the token");
+        drop(client);
+    }
+}
+
+/// `sslmode=require` (and `verify-full`) with `sslrootcert` connects over TLS to a PostgreSQL
+/// that refuses plaintext; without the right root the certificate is refused, and a URL without
+/// `sslmode` is refused by the server (so the working connections really are encrypted).
+#[test]
+fn tls_to_postgres_follows_the_url() {
+    use callplus_signal::storage::{PostgresStorage, RecordRow, Storage as _, StorageError};
+
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let pg =
+        support::postgres::OwnedPostgres::start_with_tls(&made.cert.pem(), &made.signing_key.serialize_pem());
+    let ca = pg.dir().join("ca.pem");
+    std::fs::write(&ca, made.cert.pem()).unwrap();
+    let base = pg.url();
+
+    for mode in ["require", "verify-full"] {
+        let url = format!("{base}?sslmode={mode}&sslrootcert={}", ca.display());
+        let storage = PostgresStorage::open(&url).unwrap_or_else(|e| panic!("sslmode={mode}: {e}"));
+        let row = RecordRow {
+            app_key: "app".into(),
+            owner_id: mode.into(),
+            call_id: "c1".into(),
+            sync_time: 1,
+            body: b"over TLS".to_vec(),
+        };
+        storage.append_records(std::slice::from_ref(&row)).unwrap();
+        let page =
+            storage.page_records("app", mode, -1, 10, callplus_signal::storage::PageOrder::Asc).unwrap();
+        assert_eq!(page.rows, vec![row]);
+    }
+
+    let plaintext = PostgresStorage::open(&base);
+    assert!(matches!(&plaintext, Err(StorageError::Postgres(_))), "plaintext refused: {plaintext:?}");
+    // The Mozilla roots do not hold the test's certificate.
+    let unknown_root = PostgresStorage::open(&format!("{base}?sslmode=require"));
+    let text = unknown_root.as_ref().err().map(ToString::to_string).unwrap_or_default();
+    assert!(text.contains("certificate"), "an unknown certificate is refused: {text}");
+    let verify_ca = PostgresStorage::open(&format!("{base}?sslmode=verify-ca"));
+    assert!(matches!(verify_ca, Err(StorageError::InvalidArgument(_))));
+}

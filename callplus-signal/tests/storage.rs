@@ -473,6 +473,47 @@ fn batch_writer_skips_snapshots_replaced_in_the_same_batch() {
     assert_eq!(storage.active_calls().unwrap(), vec![call("b", "long", b"ringing")]);
 }
 
+/// Deferred writes (`SaveCall`, `Record`) are encoded on the writer's thread, and a snapshot
+/// that a later op of its batch replaces or removes is never encoded.
+#[test]
+fn batch_writer_encodes_only_the_snapshots_it_writes() {
+    let storage = Arc::new(Flaky::new());
+    let writer = BatchWriter::spawn_with_delay(storage.clone(), std::time::Duration::from_secs(3600));
+    let encoded = Arc::new(Mutex::new(Vec::<String>::new()));
+    let save = |id: &str, state: &'static str| {
+        let (encoded, id_owned) = (encoded.clone(), id.to_owned());
+        WriteOp::SaveCall {
+            app_key: "a".into(),
+            call_id: id.into(),
+            body: Box::new(move || {
+                encoded.lock().unwrap().push(format!("{id_owned}={state}"));
+                state.as_bytes().to_vec()
+            }),
+        }
+    };
+    let record_op = WriteOp::Record {
+        app_key: "a".into(),
+        owner_id: "u".into(),
+        call_id: "short".into(),
+        sync_time: 7,
+        body: Box::new(|| b"the record".to_vec()),
+    };
+    writer.submit_all(vec![
+        save("short", "ringing"),
+        save("long", "ringing"),
+        save("short", "on_call"),
+        WriteOp::RemoveCalls(vec![("a".into(), "short".into())]),
+        record_op,
+        save("long", "on_call"),
+    ]);
+    writer.flush().unwrap();
+    assert_eq!(*encoded.lock().unwrap(), ["long=on_call"], "only the snapshot that is written is encoded");
+    assert_eq!(storage.active_calls().unwrap(), vec![call("a", "long", b"on_call")]);
+    let page = storage.page_records("a", "u", FIRST_PAGE, 10, PageOrder::Asc).unwrap();
+    assert_eq!(page.rows.iter().map(|r| r.body.as_slice()).collect::<Vec<_>>(), [b"the record".as_slice()]);
+    writer.shutdown().unwrap();
+}
+
 fn batch_writer_10k_records_then_flush(e: &dyn Engine) {
     let storage = e.open();
     let writer = BatchWriter::spawn(storage.clone());

@@ -87,6 +87,12 @@ impl Engine {
         self.inner.connection_state()
     }
 
+    /// The signed-in user (from the Welcome) or undefined.
+    #[wasm_bindgen(js_name = userId)]
+    pub fn user_id(&self) -> Option<String> {
+        self.inner.user_id()
+    }
+
     /// The current call (JSON) or undefined.
     #[wasm_bindgen(js_name = currentCall)]
     pub fn current_call(&self) -> Option<String> {
@@ -111,6 +117,7 @@ impl Engine {
     }
 
     /// Start a call.
+    #[allow(clippy::too_many_arguments)]
     #[wasm_bindgen(js_name = startCall)]
     pub fn start_call(
         &mut self,
@@ -120,8 +127,9 @@ impl Engine {
         media_type: &str,
         extra: &str,
         ring_timeout_ms: f64,
+        push: &str,
     ) -> Result<f64, JsError> {
-        id(self.inner.start_call(now, &user_ids, call_type, media_type, extra, ring_timeout_ms))
+        id(self.inner.start_call(now, &user_ids, call_type, media_type, extra, ring_timeout_ms, push))
     }
 
     /// Accept a call.
@@ -141,8 +149,14 @@ impl Engine {
     }
 
     /// Invite users into the current call.
-    pub fn invite(&mut self, now: f64, user_ids: Vec<String>, extra: &str) -> Result<f64, JsError> {
-        id(self.inner.invite(now, &user_ids, extra))
+    pub fn invite(
+        &mut self,
+        now: f64,
+        user_ids: Vec<String>,
+        extra: &str,
+        push: &str,
+    ) -> Result<f64, JsError> {
+        id(self.inner.invite(now, &user_ids, extra, push))
     }
 
     /// Ask to change the media type.

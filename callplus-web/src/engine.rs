@@ -6,6 +6,7 @@
 //! Rust, so it is tested natively; `lib.rs` exports it to JavaScript on wasm32.
 
 use callplus_proto::v1 as pb;
+use callplus_session::PushConfig;
 use callplus_session::client::{CallOptions, ClientConfig, ClientEngine, RequestId};
 use callplus_session::wire::server_frame_from_wire;
 use callplus_session::{
@@ -35,6 +36,22 @@ fn parse_media_type(s: &str) -> Result<MediaType, Error> {
     MediaType::try_from(n).map_err(|_| {
         Error::new(Code::MediaTypeInvalid, format!("unknown media type {s:?}: AUDIO or AUDIO_VIDEO"))
     })
+}
+
+/// A push configuration from a page: `{title, content, templateId, disablePush, customData,
+/// ios: {threadId, apnsCollapseId, category, richMediaUri}, android: {…}}` as JSON (the seed's
+/// `IRCCallPlusPushConfig`); an empty string or `null` for none. Unknown fields are ignored.
+fn push_config(text: &str) -> Result<Option<PushConfig>, Error> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let bad = |why: &str| Error::new(Code::ParamError, format!("invalid pushConfig: {why}"));
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(&e.to_string()))?;
+    match value {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Object(map) => json::push_config(&map).map(Some).map_err(|e| bad(&e)),
+        _ => Err(bad("expected an object")),
+    }
 }
 
 /// The client engine for a web page. See the [module docs](self).
@@ -115,6 +132,11 @@ impl WebEngine {
         json::connection_state_name(self.engine.connection_state()).to_owned()
     }
 
+    /// The user the server's Welcome named, once connected.
+    pub fn user_id(&self) -> Option<String> {
+        self.engine.user_id().map(|u| u.as_str().to_owned())
+    }
+
     /// The current call as JSON, or `None`.
     pub fn current_call(&self) -> Option<String> {
         self.engine.current_call().map(|s| json::session(s).to_string())
@@ -136,11 +158,13 @@ impl WebEngine {
     }
 
     /// `startCall`: `call_type` is `SINGLE` or `MULTI`, `media_type` `AUDIO` or `AUDIO_VIDEO`;
-    /// `ring_timeout_ms` < 0 keeps the server's default.
+    /// `ring_timeout_ms` < 0 keeps the server's default; `push` is the push configuration as
+    /// JSON (see [`push_config`]), empty for none.
     ///
     /// # Errors
     /// The engine's local checks (see [`ClientEngine::start_call`]) and `PARAM_ERROR` for an
-    /// unknown type name.
+    /// unknown type name or a malformed push configuration.
+    #[allow(clippy::too_many_arguments)]
     pub fn start_call(
         &mut self,
         now: f64,
@@ -149,9 +173,10 @@ impl WebEngine {
         media_type: &str,
         extra: &str,
         ring_timeout_ms: f64,
+        push: &str,
     ) -> Result<RequestId, Error> {
         let options = CallOptions {
-            push: None,
+            push: push_config(push)?,
             extra: extra.to_owned(),
             ring_timeout_ms: (ring_timeout_ms >= 0.0)
                 .then(|| ring_timeout_ms.min(f64::from(u32::MAX)) as u32),
@@ -185,12 +210,18 @@ impl WebEngine {
         self.engine.join_call(ms(now), &call_id(call_id_)?)
     }
 
-    /// `invite` into the current call.
+    /// `invite` into the current call; `push` as for [`start_call`](Self::start_call).
     ///
     /// # Errors
-    /// See [`ClientEngine::invite`].
-    pub fn invite(&mut self, now: f64, user_ids: &[String], extra: &str) -> Result<RequestId, Error> {
-        self.engine.invite(ms(now), user_ids, None, extra.to_owned())
+    /// See [`ClientEngine::invite`]; `PARAM_ERROR` for a malformed push configuration.
+    pub fn invite(
+        &mut self,
+        now: f64,
+        user_ids: &[String],
+        extra: &str,
+        push: &str,
+    ) -> Result<RequestId, Error> {
+        self.engine.invite(ms(now), user_ids, push_config(push)?, extra.to_owned())
     }
 
     /// `requestChangeMediaType`.

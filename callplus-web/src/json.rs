@@ -386,3 +386,96 @@ pub(crate) fn media_command(c: &MediaCommand) -> Value {
         MediaCommand::Stop { call_id } => with_type("stop", json!({ "callId": call_id.as_str() })),
     }
 }
+
+fn text(map: &Map<String, Value>, key: &str) -> Result<String, String> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(format!("{key} must be a string")),
+    }
+}
+
+fn flag(map: &Map<String, Value>, key: &str) -> Result<bool, String> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(format!("{key} must be a boolean")),
+    }
+}
+
+fn object<'a>(map: &'a Map<String, Value>, key: &str) -> Result<Option<&'a Map<String, Value>>, String> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(inner)) => Ok(Some(inner)),
+        Some(_) => Err(format!("{key} must be an object")),
+    }
+}
+
+/// A page's push configuration (camelCase fields of `PushConfig`) as the wire message.
+pub(crate) fn push_config(map: &Map<String, Value>) -> Result<pb::PushConfig, String> {
+    let ios = object(map, "ios")?
+        .map(|ios| {
+            Ok::<_, String>(pb::IosPushConfig {
+                thread_id: text(ios, "threadId")?,
+                apns_collapse_id: text(ios, "apnsCollapseId")?,
+                category: text(ios, "category")?,
+                rich_media_uri: text(ios, "richMediaUri")?,
+                voip: flag(ios, "voip")?,
+            })
+        })
+        .transpose()?;
+    let android = object(map, "android")?
+        .map(|android| {
+            Ok::<_, String>(pb::AndroidPushConfig {
+                channel_id: text(android, "channelId")?,
+                collapse_key: text(android, "collapseKey")?,
+                vendor: match object(android, "vendor")? {
+                    None => Default::default(),
+                    Some(vendor) => vendor
+                        .iter()
+                        .map(|(k, v)| match v {
+                            Value::String(s) => Ok((k.clone(), s.clone())),
+                            _ => Err(format!("android.vendor.{k} must be a string")),
+                        })
+                        .collect::<Result<_, String>>()?,
+                },
+            })
+        })
+        .transpose()?;
+    Ok(pb::PushConfig {
+        title: text(map, "title")?,
+        content: text(map, "content")?,
+        template_id: text(map, "templateId")?,
+        disable_push: flag(map, "disablePush")?,
+        ios,
+        android,
+        custom_data: text(map, "customData")?,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_push_config_becomes_the_wire_message() {
+        let page = json!({
+            "title": "Alice calls", "content": "video call", "templateId": "t1", "disablePush": true,
+            "customData": "{}", "ios": {"threadId": "th", "voip": true},
+            "android": {"channelId": "calls", "vendor": {"huawei.importance": "high"}},
+        });
+        let Value::Object(map) = page else { unreachable!() };
+        let push = push_config(&map).unwrap();
+        assert_eq!((push.title.as_str(), push.content.as_str()), ("Alice calls", "video call"));
+        assert_eq!(
+            (push.template_id.as_str(), push.disable_push, push.custom_data.as_str()),
+            ("t1", true, "{}")
+        );
+        let ios = push.ios.unwrap();
+        assert_eq!((ios.thread_id.as_str(), ios.voip, ios.category.as_str()), ("th", true, ""));
+        let android = push.android.unwrap();
+        assert_eq!(android.channel_id, "calls");
+        assert_eq!(android.vendor.get("huawei.importance").map(String::as_str), Some("high"));
+    }
+}

@@ -150,7 +150,7 @@ async fn a_video_call_between_two_pages_negotiates_media_through_the_engine() {
 
     let users = vec!["bob".to_owned()];
     let start =
-        w.pages[alice].engine.start_call(now(), &users, "SINGLE", "AUDIO_VIDEO", "hello", -1.0).unwrap();
+        w.pages[alice].engine.start_call(now(), &users, "SINGLE", "AUDIO_VIDEO", "hello", -1.0, "").unwrap();
     w.until("bob rings and alice's start completes", |w| {
         w.pages[bob].event("receivedCall").is_some() && w.pages[alice].completed(start).is_some()
     })
@@ -268,12 +268,18 @@ async fn bad_input_from_a_page_gets_a_clear_error() {
     assert_eq!(json["name"], "CALL_ID_INVALID");
     assert_eq!(json["code"], 80008);
 
-    let e = engine.start_call(now(), &["bob".to_owned()], "TRIPLE", "AUDIO", "", -1.0).unwrap_err();
+    let e = engine.start_call(now(), &["bob".to_owned()], "TRIPLE", "AUDIO", "", -1.0, "").unwrap_err();
     assert_eq!(e.code, callplus_session::Code::ParamError);
-    let e = engine.start_call(now(), &["bob".to_owned()], "SINGLE", "HOLOGRAM", "", -1.0).unwrap_err();
+    let e = engine.start_call(now(), &["bob".to_owned()], "SINGLE", "HOLOGRAM", "", -1.0, "").unwrap_err();
     assert_eq!(e.code, callplus_session::Code::MediaTypeInvalid);
-    let e = engine.start_call(now(), &[], "SINGLE", "AUDIO", "", -1.0).unwrap_err();
+    let e = engine.start_call(now(), &[], "SINGLE", "AUDIO", "", -1.0, "").unwrap_err();
     assert_eq!(e.code, callplus_session::Code::UserListInvalid);
+    for push in ["[1]", "{\"title\": 5}", "{\"ios\": \"x\"}", "{\"android\": {\"vendor\": {\"k\": 1}}}", "{"]
+    {
+        let e = engine.start_call(now(), &["bob".to_owned()], "SINGLE", "AUDIO", "", -1.0, push).unwrap_err();
+        assert_eq!(e.code, callplus_session::Code::ParamError, "pushConfig {push}");
+        assert!(e.message.contains("pushConfig"), "{}", e.message);
+    }
     let e = engine.send_media_signal(now(), "c1", "bob", "d", "telepathy", "x", "", 0).unwrap_err();
     assert_eq!(e.code, callplus_session::Code::ParamError);
 

@@ -123,18 +123,23 @@ fn ensure_packages() -> Result {
     crate::apt_install(&missing)
 }
 
-/// A child process killed (and reaped) when dropped.
+/// A child process, in a process group of its own, killed with the whole group (and reaped)
+/// when dropped. Kamailio forks its worker processes: killing only the main one left the
+/// workers bound to the proxy's port, and the next run's SIPp traffic was split between them.
 struct Reaped(Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
 fn spawn(what: &str, cmd: &mut Command) -> Result<Reaped> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    use std::os::unix::process::CommandExt as _;
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
     cmd.spawn().map(Reaped).map_err(|e| format!("cannot start {what}: {e}"))
 }
 
@@ -279,6 +284,10 @@ fn callplus_point(rate: f64, seconds: u64) -> Result<Point> {
     let out = Command::new(&binary)
         .args([
             "bench",
+            // Raw users: the load generator shares the two cores with the server, so it is kept
+            // cheap (see docs/performance.md).
+            "--call-client",
+            "raw",
             "--users",
             "200",
             "--rate",

@@ -1,10 +1,12 @@
 //! `cargo xtask`: project automation, in Rust, with nothing but `std::process::Command`.
 //!
 //! ```text
-//! cargo xtask codegen [--check]        regenerate (or check) generated files: the C header
+//! cargo xtask codegen [--check]        regenerate (or check) generated files: the C header and
+//!                                      the web SDK's wasm-bindgen output
 //! cargo xtask ci [--fuzz-seconds N]    fmt check, clippy -D warnings, all tests (the header
 //!                                      check among them), fuzz build and a short run of each
 //!                                      fuzz target
+//! cargo xtask browser                 the browser tests alone
 //! cargo xtask fuzz [--seconds N] [TARGET...]
 //!                                      run each fuzz target (or the named ones) for N seconds
 //! cargo xtask bench [ARGS...]          criterion benches of the workspace (ARGS go to cargo bench)
@@ -13,7 +15,9 @@
 //! ```
 //!
 //! `ci` builds the web engine for `wasm32-unknown-unknown` (adding the target with rustup when
-//! missing) and reports its size.
+//! missing), checks the checked-in `wasm-bindgen` output against it (installing
+//! `wasm-bindgen-cli` at the crate's exact version when missing), reports the Web SDK's size,
+//! and, after the workspace tests, runs the browser tests in headless Chromium (`web.rs`).
 //!
 //! `ci` also checks the crate layering: `cargo tree` must not show server crates under the C
 //! library nor codecs under the server binary, which it builds with pkg-config finding nothing.
@@ -32,6 +36,7 @@
 mod tidy;
 
 mod compare_sip;
+mod web;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -39,8 +44,10 @@ use std::time::Instant;
 
 /// Debian packages the workspace needs at build or test time: the media crate links libopus and
 /// libvpx (found with pkg-config); the C example test runs under valgrind; the storage tests
-/// start their own PostgreSQL server from the `postgresql` package's binaries.
-const SYSTEM_PACKAGES: &[&str] = &["libopus-dev", "libvpx-dev", "pkg-config", "valgrind", "postgresql"];
+/// start their own PostgreSQL server from the `postgresql` package's binaries, and the Redis tests
+/// their own `redis-server`.
+const SYSTEM_PACKAGES: &[&str] =
+    &["libopus-dev", "libvpx-dev", "pkg-config", "valgrind", "postgresql", "redis-server"];
 
 /// Default run time of each fuzz target for `cargo xtask fuzz`.
 const DEFAULT_FUZZ_SECONDS: u64 = 30;
@@ -51,11 +58,15 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  codegen [--check]                  regenerate generated files (callplus-ffi/include/callplus.h);
-                                     --check fails if they are stale instead
-  ci [--fuzz-seconds N] [--no-fuzz]  fmt --check, clippy -D warnings, cargo test --workspace
-                                     (which checks the generated header), fuzz build and N s
-                                     of each fuzz target
+  codegen [--check]                  regenerate generated files (callplus-ffi/include/callplus.h,
+                                     callplus-web/js/pkg/); --check fails if they are stale instead
+  ci [--fuzz-seconds N] [--no-fuzz] [--no-browser]
+                                     fmt --check, clippy -D warnings, cargo test --workspace
+                                     (which checks the generated header), the web SDK's generated
+                                     files and size, browser tests in headless Chromium, fuzz
+                                     build and N s of each fuzz target
+  browser                            the browser tests alone (headless Chromium, loopback-only
+                                     network namespace; installs Chromium and playwright-core)
   fuzz [--seconds N] [TARGET...]     run every fuzz target (or the named ones) for N s (default 30)
   bench [ARGS...]                    run the criterion benches (cargo bench --workspace ARGS)
   bench --compare-sip [--rates R1,R2] [--seconds N]
@@ -63,7 +74,7 @@ commands:
                                      same offered rates on 127.0.0.1; one table with the ratio
 ";
 
-type Result<T = ()> = std::result::Result<T, String>;
+pub(crate) type Result<T = ()> = std::result::Result<T, String>;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -71,6 +82,7 @@ fn main() -> ExitCode {
         Some("codegen") => codegen(&args[1..]),
         Some("ci") => ci(&args[1..]),
         Some("fuzz") => fuzz_cmd(&args[1..]),
+        Some("browser") => no_more(&args[1..]).and_then(|()| web::browser_tests()),
         Some("bench") => bench(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             print!("{USAGE}");
@@ -91,7 +103,7 @@ fn main() -> ExitCode {
 ///
 /// `cargo run` tells the binary where its manifest is; that is preferred over the path baked in
 /// at build time, which belongs to whichever checkout last built a shared `target/` directory.
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     workspace_root(std::env::var_os("CARGO_MANIFEST_DIR"), Path::new(env!("CARGO_MANIFEST_DIR")))
 }
 
@@ -103,7 +115,7 @@ fn workspace_root(at_run_time: Option<std::ffi::OsString>, at_build_time: &Path)
 }
 
 /// `cargo` of the toolchain running us.
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
     cmd
@@ -119,7 +131,7 @@ fn cargo_nightly() -> Command {
 }
 
 /// Runs a command, echoing it, failing on a non-zero exit.
-fn run(what: &str, mut cmd: Command) -> Result {
+pub(crate) fn run(what: &str, mut cmd: Command) -> Result {
     eprintln!("xtask: {what}: {cmd:?}");
     let start = Instant::now();
     let status = cmd.status().map_err(|e| format!("{what}: cannot start {cmd:?}: {e}"))?;
@@ -173,11 +185,13 @@ fn no_more(args: &[String]) -> Result {
 // ----- codegen --------------------------------------------------------------------------------
 
 /// The C header is generated by callplus-ffi's build script; its `header` test compares it with
-/// the checked-in copy and, with `CALLPLUS_UPDATE_HEADER=1`, rewrites the copy.
+/// the checked-in copy and, with `CALLPLUS_UPDATE_HEADER=1`, rewrites the copy. The web SDK's
+/// `wasm-bindgen` output (`callplus-web/js/pkg/`) is regenerated or compared by [`web::codegen`].
 fn codegen(args: &[String]) -> Result {
     let mut args = args.to_vec();
     let check = take_flag(&mut args, "--check");
     no_more(&args)?;
+    web::codegen(!check, false)?;
     let mut cmd = cargo();
     // `--workspace` (the one `header` test is callplus-ffi's) keeps the workspace's feature
     // set, so this reuses the artifacts of `cargo test --workspace` instead of building anew.
@@ -199,6 +213,7 @@ fn ci(args: &[String]) -> Result {
     let mut args = args.to_vec();
     let fuzz_seconds = seconds(take_value(&mut args, "--fuzz-seconds")?, DEFAULT_CI_FUZZ_SECONDS)?;
     let no_fuzz = take_flag(&mut args, "--no-fuzz");
+    let no_browser = take_flag(&mut args, "--no-browser");
     no_more(&args)?;
     let start = Instant::now();
 
@@ -213,14 +228,27 @@ fn ci(args: &[String]) -> Result {
     run("clippy -D warnings", clippy)?;
 
     check_layering()?;
-    build_web_engine()?;
+    // The web engine for wasm32, linted, with its wasm-bindgen output compared with the
+    // checked-in copy (callplus-web/js/pkg/), and the page's download size.
+    web::codegen(false, true)?;
+    web::report_size()?;
 
     // The workspace tests include callplus-ffi's `header` test, which fails on a stale header:
     // that is the codegen check. Running it again alone (`codegen --check`) would build a second
     // copy of the dependency graph, because one package alone unifies features differently.
     let mut test = cargo();
-    test.args(["test", "--workspace"]).env_remove("CALLPLUS_UPDATE_HEADER");
+    // The Redis tests skip (loudly) without `redis-server` on a developer's machine; here it was
+    // installed above, so a missing one must fail them.
+    test.args(["test", "--workspace"])
+        .env_remove("CALLPLUS_UPDATE_HEADER")
+        .env("CALLPLUS_REQUIRE_REDIS", "1");
     run("test --workspace (includes the generated-header check)", test)?;
+
+    if no_browser {
+        eprintln!("xtask: browser tests: skipped (--no-browser)");
+    } else {
+        web::browser_tests()?;
+    }
 
     if no_fuzz {
         eprintln!("xtask: fuzz: skipped (--no-fuzz)");
@@ -245,11 +273,8 @@ fn ci(args: &[String]) -> Result {
 const FORBIDDEN_DEPENDENCIES: &[(&str, &[&str])] = &[
     ("callplus-ffi", &["rusqlite", "axum", "prometheus-client", "reqwest", "clap", "callplus-server"]),
     ("callplus-client", &["rusqlite", "axum", "prometheus-client", "reqwest", "clap", "callplus-server"]),
-    ("callplus-signal", &["opus", "audiopus_sys", "env-libvpx-sys", "vpx-encode", "callplus-media"]),
-    (
-        "callplus-sfu",
-        &["opus", "audiopus_sys", "env-libvpx-sys", "vpx-encode", "callplus-media", "openssl-sys"],
-    ),
+    ("callplus-signal", &["opus", "audiopus_sys", "env-libvpx-sys", "callplus-media"]),
+    ("callplus-sfu", &["opus", "audiopus_sys", "env-libvpx-sys", "callplus-media", "openssl-sys"]),
 ];
 
 /// Checks [`FORBIDDEN_DEPENDENCIES`] with `cargo tree`, then builds the README's server binary
@@ -283,41 +308,6 @@ fn check_layering() -> Result {
     run("build the server binary without system codec libraries", build)
 }
 
-/// Builds the web engine for browsers (adding the `wasm32-unknown-unknown` target with rustup
-/// when it is missing), lints it for that target, and reports its size raw and gzipped.
-fn build_web_engine() -> Result {
-    let mut installed = Command::new("rustup");
-    installed.args(["target", "list", "--installed"]);
-    let has_target = installed
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == WASM_TARGET));
-    if !has_target {
-        let mut add = Command::new("rustup");
-        add.args(["target", "add", WASM_TARGET]);
-        run("rustup target add (web engine)", add)?;
-    }
-    let mut clippy = cargo();
-    clippy.args(["clippy", "-p", "callplus-web", "--target", WASM_TARGET, "--", "-D", "warnings"]);
-    run("clippy -D warnings (web engine, wasm32)", clippy)?;
-    let mut build = cargo();
-    build.args(["build", "-p", "callplus-web", "--target", WASM_TARGET, "--profile", "wasm"]);
-    run("build the web engine (wasm32)", build)?;
-    let target_dir =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
-    let wasm = target_dir.join(WASM_TARGET).join("wasm").join("callplus_web.wasm");
-    let bytes = std::fs::read(&wasm).map_err(|e| format!("cannot read {}: {e}", wasm.display()))?;
-    eprintln!("xtask: web engine: {} bytes raw ({})", bytes.len(), wasm.display());
-    let mut gzip = Command::new("gzip");
-    gzip.args(["-9", "-c"]).arg(&wasm);
-    if let Ok(out) = gzip.output() {
-        eprintln!("xtask: web engine: {} bytes gzipped", out.stdout.len());
-    }
-    Ok(())
-}
-
-/// The target the web engine is built for.
-const WASM_TARGET: &str = "wasm32-unknown-unknown";
-
 /// Installs the missing [`SYSTEM_PACKAGES`] with apt-get (through sudo when not root).
 fn ensure_system_packages() -> Result {
     let missing: Vec<&str> = SYSTEM_PACKAGES
@@ -337,7 +327,7 @@ fn ensure_system_packages() -> Result {
 }
 
 /// `apt-get update` and `apt-get install` of `packages` (through sudo when not root).
-fn apt_install(packages: &[&str]) -> Result {
+pub(crate) fn apt_install(packages: &[&str]) -> Result {
     let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
     let apt = |args: &[&str]| {
         let mut cmd = if root { Command::new("apt-get") } else { Command::new("sudo") };

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 
 use super::media_relay::SfuCommand;
 use super::metrics::{Metrics, ReasonLabel};
-use crate::storage::{BatchWriter, CallRow, PageOrder, RecordRow, Storage, StorageError, WriteOp};
+use crate::storage::{BatchWriter, Encode, PageOrder, Storage, StorageError, WriteOp};
 
 /// Inputs queued to the driver before transports wait.
 const INPUT_QUEUE: usize = 8192;
@@ -445,14 +445,14 @@ impl Driver {
                     let reason = end_reason_label(&record);
                     self.metrics.calls_ended.get_or_create(&ReasonLabel { reason }).inc();
                 }
-                let row = RecordRow {
+                // Encoded on the storage writer's thread (see `storage::Encode`).
+                self.writes.push(WriteOp::Record {
                     app_key: app.as_str().to_owned(),
                     owner_id: record.owner.as_str().to_owned(),
                     call_id: record.call.call_id.as_str().to_owned(),
                     sync_time: record.sync_time,
-                    body: pb::CallRecord::from(&record).encode_to_vec(),
-                };
-                self.writes.push(WriteOp::Records(vec![row]));
+                    body: Box::new(move || pb::CallRecord::from(&record).encode_to_vec()),
+                });
             }
             Output::StoreOffline { app, user, event } => {
                 self.writes.push(WriteOp::Offline {
@@ -470,15 +470,14 @@ impl Driver {
                 });
             }
             Output::SaveCall { app, call } => {
-                let row = CallRow {
-                    app_key: app.as_str().to_owned(),
-                    call_id: call.call_id.as_str().to_owned(),
-                    body: pb::CallInfo::from(&call).encode_to_vec(),
-                };
+                let (app_key, call_id) = (app.as_str().to_owned(), call.call_id.as_str().to_owned());
                 if self.known_calls.insert((app, call.call_id.clone())) {
                     self.metrics.calls_started.inc();
                 }
-                self.writes.push(WriteOp::PutCalls(vec![row]));
+                // Encoded on the storage writer's thread, and only if no later write of its
+                // batch replaces it (see `storage::Encode`).
+                let body: Encode = Box::new(move || pb::CallInfo::from(&call).encode_to_vec());
+                self.writes.push(WriteOp::SaveCall { app_key, call_id, body });
             }
             Output::ForgetCall { app, call_id } => {
                 let key = (app.as_str().to_owned(), call_id.as_str().to_owned());

@@ -38,6 +38,7 @@ pub mod shutdown;
 mod silence;
 mod tls;
 mod tls_listener;
+mod web_page;
 mod websocket;
 
 use std::net::SocketAddr;
@@ -452,8 +453,10 @@ impl ServerBuilder {
         });
         let service = SignalServer::new(grpc::SignalService { shared: shared.clone() })
             .max_decoding_message_size(MAX_FRAME_BYTES);
-        let device_app =
-            tonic::service::Routes::new(service).into_axum_router().merge(websocket::router(shared));
+        let device_app = tonic::service::Routes::new(service)
+            .into_axum_router()
+            .merge(websocket::router(shared))
+            .merge(web_page::router());
         let (grpc_stop, grpc_stop_rx) = oneshot::channel::<()>();
         let fatal = fatal_tx.clone();
         let device_guard = silence::Guard {

@@ -13,6 +13,7 @@
 //! Everything is isolated by `app_key`: no method ever returns another app's rows.
 
 mod postgres;
+mod postgres_tls;
 mod sqlite;
 mod write_queue;
 mod writer;
@@ -20,7 +21,7 @@ mod writer;
 pub use crate::token::AppCredentials;
 pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
-pub use writer::{BatchWriter, DEFAULT_COMMIT_DELAY, OfflineReply, WriteOp};
+pub use writer::{BatchWriter, DEFAULT_COMMIT_DELAY, DEFAULT_OUTAGE_WINDOW, Encode, OfflineReply, WriteOp};
 
 /// The largest page [`Storage::page_records`] returns.
 pub const MAX_PAGE_SIZE: u32 = 100;
@@ -38,6 +39,10 @@ pub enum StorageError {
     /// cause, so it is not also given as the error's source (which would print it twice).
     #[error("postgres: {}", postgres_text(.0))]
     Postgres(tokio_postgres::Error),
+    /// The database could not be reached for a write of a batch (the batch's error, given to
+    /// each of its ops); like a connection error of [`StorageError::Postgres`] it is transient.
+    #[error("database unreachable: {0}")]
+    Unavailable(String),
     /// A file system operation (creating the data directory) failed.
     #[error("storage I/O: {0}")]
     Io(#[from] std::io::Error),
@@ -69,6 +74,37 @@ pub enum StorageError {
 impl From<tokio_postgres::Error> for StorageError {
     fn from(e: tokio_postgres::Error) -> Self {
         StorageError::Postgres(e)
+    }
+}
+
+impl StorageError {
+    /// Whether the error says the database could not be reached (connection refused or lost,
+    /// the server shutting down or starting up) rather than that it refused the operation: the
+    /// same operation may succeed once the database is back, so the writer retries it.
+    pub fn is_transient(&self) -> bool {
+        let e = match self {
+            StorageError::Postgres(e) => e,
+            StorageError::Unavailable(_) => return true,
+            _ => return false,
+        };
+        if e.is_closed() {
+            return true;
+        }
+        if let Some(db) = e.as_db_error() {
+            // Class 08: connection exception; 57P01-57P03: admin/crash shutdown, starting up.
+            let code = db.code().code();
+            return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03");
+        }
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                // A refused certificate comes wrapped in an I/O error; retrying cannot fix it.
+                let tls = io.get_ref().is_some_and(|inner| inner.is::<tokio_rustls::rustls::Error>());
+                return !tls;
+            }
+            source = cause.source();
+        }
+        false
     }
 }
 

@@ -13,7 +13,8 @@ use std::sync::{Arc, mpsc};
 
 use tokio::runtime::Runtime;
 use tokio::sync::{Mutex, MutexGuard};
-use tokio_postgres::{Client, GenericClient, NoTls};
+use tokio_postgres::{Client, Config, GenericClient, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     AppCredentials, BatchOp, CallRow, FIRST_PAGE, MAX_PAGE_SIZE, OfflineRow, OpResult, PageOrder, RecordPage,
@@ -46,7 +47,8 @@ impl std::fmt::Debug for PostgresStorage {
 
 /// The connections, shared with the futures that run on the engine's runtime.
 struct Inner {
-    url: String,
+    config: Config,
+    tls: Option<MakeRustlsConnect>,
     writer: Mutex<Option<Client>>,
     reader: Mutex<Option<Arc<Client>>>,
 }
@@ -56,7 +58,7 @@ impl Inner {
     async fn write_client(&self) -> Result<MutexGuard<'_, Option<Client>>, StorageError> {
         let mut guard = self.writer.lock().await;
         if guard.as_ref().is_none_or(Client::is_closed) {
-            *guard = Some(connect(&self.url).await?);
+            *guard = Some(connect(&self.config, self.tls.as_ref()).await?);
         }
         Ok(guard)
     }
@@ -67,38 +69,58 @@ impl Inner {
         if let Some(client) = guard.as_ref().filter(|c| !c.is_closed()) {
             return Ok(client.clone());
         }
-        let client = Arc::new(connect(&self.url).await?);
+        let client = Arc::new(connect(&self.config, self.tls.as_ref()).await?);
         *guard = Some(client.clone());
         Ok(client)
     }
 }
 
-async fn connect(url: &str) -> Result<Client, StorageError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "PostgreSQL connection ended");
+async fn connect(config: &Config, tls: Option<&MakeRustlsConnect>) -> Result<Client, StorageError> {
+    let client = match tls {
+        Some(tls) => {
+            let (client, connection) = config.connect(tls.clone()).await?;
+            tokio::spawn(watch(connection));
+            client
         }
-    });
+        None => {
+            let (client, connection) = config.connect(NoTls).await?;
+            tokio::spawn(watch(connection));
+            client
+        }
+    };
     Ok(client)
+}
+
+/// Drives a connection until it ends, logging why.
+async fn watch(connection: impl Future<Output = Result<(), tokio_postgres::Error>>) {
+    if let Err(e) = connection.await {
+        tracing::warn!(error = %e, "PostgreSQL connection ended");
+    }
 }
 
 impl PostgresStorage {
     /// Connects to the database at `url` (a `postgres://` URL or a `key=value` string) and
-    /// applies the migrations it has not seen yet.
+    /// applies the migrations it has not seen yet. `sslmode=require` or `verify-full` in the
+    /// URL connects with TLS and checks the server's certificate (see `postgres_tls`).
     ///
     /// # Errors
     /// [`StorageError::Postgres`] if the database cannot be reached or migrated,
     /// [`StorageError::IncompatibleSchema`] if a newer callplus migrated it,
-    /// [`StorageError::Io`] if the engine's runtime cannot start.
+    /// [`StorageError::Io`] if the engine's runtime cannot start,
+    /// [`StorageError::InvalidArgument`] for a URL or TLS setting that cannot be used.
     pub fn open(url: &str) -> Result<Self, StorageError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("callplus-postgres")
             .enable_all()
             .build()?;
-        let inner =
-            Arc::new(Inner { url: url.to_owned(), writer: Mutex::new(None), reader: Mutex::new(None) });
+        let target = super::postgres_tls::parse(url)?;
+        let inner = Arc::new(Inner {
+            config: target.config,
+            tls: target.tls,
+            writer: Mutex::new(None),
+            reader: Mutex::new(None),
+        });
         let storage = PostgresStorage { runtime: Some(runtime), inner };
         storage.run(|inner| async move {
             let mut guard = inner.write_client().await?;

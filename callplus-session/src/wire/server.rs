@@ -5,6 +5,7 @@ use callplus_proto::v1::event::Kind;
 use callplus_proto::v1::response::Result as PbResult;
 use callplus_proto::v1::server_frame::Body;
 
+use super::owned;
 use crate::error::{Code, Error};
 use crate::model::ids::{CallId, DeviceId, TransactionId, UserId};
 use crate::model::kinds::{
@@ -28,7 +29,7 @@ fn body_to_wire(body: &ServerBody) -> Body {
     match body {
         ServerBody::Welcome(w) => Body::Welcome(pb::Welcome {
             session_id: w.session_id.clone(),
-            user_id: w.user_id.to_string(),
+            user_id: owned(&w.user_id),
             server_time_ms: w.server_time_ms,
             resumed: w.resumed,
             heartbeat_interval_ms: w.heartbeat_interval_ms,
@@ -43,7 +44,7 @@ fn body_to_wire(body: &ServerBody) -> Body {
 }
 
 fn ids(users: &[UserId]) -> Vec<String> {
-    users.iter().map(ToString::to_string).collect()
+    users.iter().map(owned).collect()
 }
 
 fn response_to_wire(r: &Response) -> pb::Response {
@@ -66,7 +67,7 @@ fn response_to_wire(r: &Response) -> pb::Response {
                     busy_user_ids: ids(busy),
                 })),
                 ResponseBody::Busy(users) => Some(PbResult::Busy(pb::BusyUsers { user_ids: ids(users) })),
-                ResponseBody::Transaction(tx) => Some(PbResult::TransactionId(tx.to_string())),
+                ResponseBody::Transaction(tx) => Some(PbResult::TransactionId(owned(&tx))),
                 ResponseBody::Records(page) => Some(PbResult::Records(page.into())),
                 ResponseBody::Calls(calls) => {
                     Some(PbResult::Calls(pb::CallList { calls: calls.iter().map(Into::into).collect() }))
@@ -93,35 +94,35 @@ fn event_kind_to_wire(e: &Event) -> Kind {
     match e {
         Event::IncomingCall { call, inviter, extra } => Kind::IncomingCall(pb::IncomingCall {
             call: Some(call.into()),
-            inviter_id: inviter.to_string(),
+            inviter_id: owned(&inviter),
             extra: extra.clone(),
         }),
         Event::UsersInvited { call_id, inviter, invitees, version } => Kind::UsersInvited(pb::UsersInvited {
-            call_id: call_id.to_string(),
-            inviter_id: inviter.to_string(),
+            call_id: owned(&call_id),
+            inviter_id: owned(&inviter),
             invitee_ids: ids(invitees),
             version: *version,
         }),
         Event::ParticipantChanged { call_id, user_id, state, reason, version, device_id } => {
             Kind::ParticipantChanged(pb::ParticipantChanged {
-                call_id: call_id.to_string(),
-                user_id: user_id.to_string(),
+                call_id: owned(&call_id),
+                user_id: owned(&user_id),
                 state: (*state).into(),
                 reason: reason.map_or(0, i32::from),
                 version: *version,
-                device_id: device_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+                device_id: device_id.as_ref().map(owned).unwrap_or_default(),
             })
         }
         Event::CallTypeChanged { call_id, call_type, version } => {
             Kind::CallTypeChanged(pb::CallTypeChanged {
-                call_id: call_id.to_string(),
+                call_id: owned(&call_id),
                 call_type: (*call_type).into(),
                 version: *version,
             })
         }
         Event::CallStarted { call_id, call_type, started_at_ms, version } => {
             Kind::CallStarted(pb::CallStarted {
-                call_id: call_id.to_string(),
+                call_id: owned(&call_id),
                 call_type: (*call_type).into(),
                 started_at_ms: *started_at_ms,
                 version: *version,
@@ -132,32 +133,32 @@ fn event_kind_to_wire(e: &Event) -> Kind {
         }
         Event::MediaStateChanged { call_id, user_id, kind, disabled } => {
             Kind::MediaStateChanged(pb::MediaStateChanged {
-                call_id: call_id.to_string(),
-                user_id: user_id.to_string(),
+                call_id: owned(&call_id),
+                user_id: owned(&user_id),
                 kind: (*kind).into(),
                 disabled: *disabled,
             })
         }
         Event::ChangeMediaTypeRequested { call_id, user_id, transaction_id, media_type } => {
             Kind::ChangeMediaTypeRequested(pb::ChangeMediaTypeRequested {
-                call_id: call_id.to_string(),
-                user_id: user_id.to_string(),
-                transaction_id: transaction_id.to_string(),
+                call_id: owned(&call_id),
+                user_id: owned(&user_id),
+                transaction_id: owned(&transaction_id),
                 media_type: (*media_type).into(),
             })
         }
         Event::ChangeMediaTypeFinished { call_id, user_id, transaction_id, media_type, result, version } => {
             Kind::ChangeMediaTypeFinished(pb::ChangeMediaTypeFinished {
-                call_id: call_id.to_string(),
-                user_id: user_id.to_string(),
-                transaction_id: transaction_id.to_string(),
+                call_id: owned(&call_id),
+                user_id: owned(&user_id),
+                transaction_id: owned(&transaction_id),
                 media_type: (*media_type).into(),
                 result: (*result).into(),
                 version: *version,
             })
         }
         Event::FirstFrame { call_id, at_ms } => {
-            Kind::FirstFrame(pb::FirstFrame { call_id: call_id.to_string(), at_ms: *at_ms })
+            Kind::FirstFrame(pb::FirstFrame { call_id: owned(&call_id), at_ms: *at_ms })
         }
         Event::CallRecord(r) => Kind::CallRecord(r.into()),
         Event::Summary(s) => Kind::Summary(s.into()),
@@ -169,9 +170,9 @@ fn event_kind_to_wire(e: &Event) -> Kind {
                 pb::media_signal::Payload::IceCandidate(c) => P::IceCandidate(c),
             };
             Kind::MediaSignal(pb::MediaSignalEvent {
-                call_id: call_id.to_string(),
-                from_user_id: from_user.to_string(),
-                from_device_id: from_device.to_string(),
+                call_id: owned(&call_id),
+                from_user_id: owned(&from_user),
+                from_device_id: owned(&from_device),
                 payload: Some(payload),
             })
         }
@@ -183,8 +184,8 @@ fn event_kind_to_wire(e: &Event) -> Kind {
         }),
         Event::DeliveryChanged { call_id, user_id, delivery, devices } => {
             Kind::DeliveryChanged(pb::DeliveryChanged {
-                call_id: call_id.to_string(),
-                user_id: user_id.to_string(),
+                call_id: owned(&call_id),
+                user_id: owned(&user_id),
                 delivery: (*delivery).into(),
                 devices: devices.iter().map(Into::into).collect(),
             })

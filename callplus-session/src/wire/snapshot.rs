@@ -2,6 +2,7 @@
 
 use callplus_proto::v1 as pb;
 
+use super::owned;
 use crate::error::{Code, Error};
 use crate::model::ids::{CallId, DeviceId, UserId};
 use crate::model::kinds::{CallType, Delivery, Direction, EndReason, MediaType, ParticipantState};
@@ -23,7 +24,7 @@ fn opt_user(s: &str) -> Result<Option<UserId>, Error> {
 
 impl From<&DeviceLeg> for pb::DeviceLeg {
     fn from(leg: &DeviceLeg) -> Self {
-        pb::DeviceLeg { device_id: leg.device_id.to_string(), delivery: leg.delivery.into() }
+        pb::DeviceLeg { device_id: owned(&leg.device_id), delivery: leg.delivery.into() }
     }
 }
 
@@ -40,10 +41,10 @@ impl TryFrom<&pb::DeviceLeg> for DeviceLeg {
 impl From<&Participant> for pb::Participant {
     fn from(p: &Participant) -> Self {
         pb::Participant {
-            user_id: p.user_id.to_string(),
+            user_id: owned(&p.user_id),
             state: p.state.into(),
             reason: reason_to_wire(p.reason),
-            inviter_id: p.inviter.as_ref().map(ToString::to_string).unwrap_or_default(),
+            inviter_id: p.inviter.as_ref().map(owned).unwrap_or_default(),
             invited_at_ms: p.invited_at_ms,
             connected_at_ms: p.connected_at_ms.unwrap_or(0),
             ended_at_ms: p.ended_at_ms.unwrap_or(0),
@@ -51,7 +52,7 @@ impl From<&Participant> for pb::Participant {
             delivery: p.delivery.into(),
             camera_disabled: p.camera_disabled,
             microphone_disabled: p.microphone_disabled,
-            device_id: p.device_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+            device_id: p.device_id.as_ref().map(owned).unwrap_or_default(),
         }
     }
 }
@@ -79,10 +80,10 @@ impl TryFrom<&pb::Participant> for Participant {
 impl From<&CallInfo> for pb::CallInfo {
     fn from(c: &CallInfo) -> Self {
         pb::CallInfo {
-            call_id: c.call_id.to_string(),
+            call_id: owned(&c.call_id),
             call_type: c.call_type.into(),
             media_type: c.media_type.into(),
-            creator_id: c.creator.to_string(),
+            creator_id: owned(&c.creator),
             participants: c.participants.iter().map(Into::into).collect(),
             created_at_ms: c.created_at_ms,
             started_at_ms: c.started_at_ms.unwrap_or(0),
@@ -132,7 +133,7 @@ impl From<&CallRecord> for pb::CallRecord {
             call_type: call.call_type,
             media_type: call.media_type,
             creator_id: call.creator_id,
-            inviter_id: r.inviter.as_ref().map(ToString::to_string).unwrap_or_default(),
+            inviter_id: r.inviter.as_ref().map(owned).unwrap_or_default(),
             participants: call.participants,
             created_at_ms: call.created_at_ms,
             started_at_ms: call.started_at_ms,
@@ -142,7 +143,7 @@ impl From<&CallRecord> for pb::CallRecord {
             end_reason: r.end_reason.into(),
             direction: r.direction.into(),
             sync_time: r.sync_time,
-            owner_id: r.owner.to_string(),
+            owner_id: owned(&r.owner),
         }
     }
 }
@@ -179,9 +180,9 @@ impl TryFrom<&pb::CallRecord> for CallRecord {
 impl From<&CallSummary> for pb::CallSummary {
     fn from(s: &CallSummary) -> Self {
         pb::CallSummary {
-            call_id: s.call_id.to_string(),
-            caller_id: s.caller.to_string(),
-            peer_id: s.peer.to_string(),
+            call_id: owned(&s.call_id),
+            caller_id: owned(&s.caller),
+            peer_id: owned(&s.peer),
             media_type: s.media_type.into(),
             started_at_ms: s.started_at_ms.unwrap_or(0),
             ended_at_ms: s.ended_at_ms,

@@ -21,6 +21,7 @@
 
 mod calls;
 mod idle;
+mod raw;
 mod report;
 mod target;
 
@@ -41,6 +42,16 @@ pub enum IdleClient {
     Client,
 }
 
+/// How the simulated users of call cycles talk to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CallClient {
+    /// A full `Client` per user (engine, driver task, event stream): what an app runs.
+    Client,
+    /// A bare gRPC stream per user writing the protocol's frames itself: the same frames reach
+    /// the server for a fraction of the load generator's CPU.
+    Raw,
+}
+
 /// Flags of `callplus bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -56,6 +67,9 @@ pub struct BenchArgs {
     /// A call step not done within this time fails the cycle (reason `timeout:STEP`).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub step_timeout: Duration,
+    /// Call cycles: how each simulated user connects (`raw` keeps the load generator cheap).
+    #[arg(long, value_enum, default_value = "client")]
+    pub call_client: CallClient,
     /// Idle mode: connect N devices, hold them, report the server's RSS per device.
     #[arg(long, value_name = "N")]
     pub idle: Option<usize>,

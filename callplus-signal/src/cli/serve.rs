@@ -58,6 +58,19 @@ pub struct ServeArgs {
     /// instead of SQLite in `--data-dir`; its tables are created or migrated at start.
     #[arg(long, env = "CALLPLUS_POSTGRES", value_name = "URL")]
     pub postgres: Option<String>,
+    /// Redis for presence and call ownership when several nodes serve one deployment
+    /// (`redis://[:PASSWORD@]HOST:PORT[/DB]`). Checked at start; routing between nodes is not
+    /// wired yet, so a node still serves only its own devices.
+    #[arg(long, env = "CALLPLUS_REDIS", value_name = "URL", requires = "node_id", hide_env_values = true)]
+    pub redis: Option<String>,
+    /// PEM CA certificate that `rediss://` Redis certificates must chain to (default: the
+    /// system's trusted roots).
+    #[arg(long, env = "CALLPLUS_REDIS_CA", value_name = "FILE", requires = "redis")]
+    pub redis_ca: Option<PathBuf>,
+    /// This node's id, unique in the deployment (1-64 characters of A-Z a-z 0-9 _ -); with
+    /// `--redis`.
+    #[arg(long, env = "CALLPLUS_NODE_ID", value_name = "ID", requires = "redis")]
+    pub node_id: Option<String>,
     /// Default ring timeout of a call (0 = ring until answered or cancelled).
     #[arg(long, env = "CALLPLUS_RING_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub ring_timeout: Duration,
@@ -189,6 +202,28 @@ impl ServeArgs {
     }
 }
 
+impl ServeArgs {
+    /// `--redis` and `--node-id`, checked (URL parsed, id spelled right), not connected.
+    ///
+    /// # Errors
+    /// When the URL or the node id cannot be used.
+    pub fn cluster_config(&self) -> anyhow::Result<Option<crate::cluster::ClusterConfig>> {
+        match (&self.redis, &self.node_id) {
+            (Some(url), Some(id)) => {
+                let ca = match &self.redis_ca {
+                    Some(path) => {
+                        Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
+                    }
+                    None => None,
+                };
+                Ok(Some(crate::cluster::ClusterConfig::with_tls_ca(url, id, ca)?))
+            }
+            (None, None) => Ok(None),
+            _ => anyhow::bail!("--redis and --node-id go together"),
+        }
+    }
+}
+
 /// Runs `callplus serve`.
 ///
 /// # Errors
@@ -197,6 +232,7 @@ impl ServeArgs {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     super::init_logging(args.log_format, &args.log);
     let config = args.switchboard_config()?;
+    let cluster = args.cluster_config()?;
     let options = ServerOptions {
         hello_timeout: args.hello_timeout,
         admin_request_timeout: args.admin_request_timeout,
@@ -238,6 +274,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("callplus {} is running", env!("CARGO_PKG_VERSION"));
     println!("  gRPC (devices):   {}", server.grpc_url());
     println!("  WebSocket:        {}", server.websocket_url());
+    println!("  web phone:        {}/  (sign in with a token)", server.grpc_url());
     match server.admin_url() {
         Some(url) => {
             println!("  admin API:        {url}  (POST /v1/tokens, GET /metrics, GET /healthz)")
@@ -248,6 +285,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("  storage:          PostgreSQL");
     } else {
         println!("  data directory:   {data_dir}");
+    }
+    if let Some(cluster) = &cluster {
+        println!(
+            "  node id:          {} (Redis configured; routing between nodes is not wired yet)",
+            cluster.node_id
+        );
+        tracing::warn!(
+            node_id = %cluster.node_id,
+            "--redis is checked but not used yet: this node serves only the devices connected to it"
+        );
     }
     let app = server.app_credentials();
     if server.created_app() {
@@ -261,7 +308,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!();
     println!("Get a token for a user with:");
     let dir_flag = if args.postgres.is_some() {
-        format!(" --app-key {} --app-secret <the app secret>", app.app_key)
+        " --postgres <the same URL>".to_owned()
     } else if args.data_dir.as_os_str() == DEFAULT_DATA_DIR {
         String::new()
     } else {
@@ -283,5 +330,35 @@ fn shell_quote(s: &str) -> String {
         s.to_owned()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    #[test]
+    fn redis_and_node_id_are_parsed_and_checked_together() {
+        let serve =
+            |argv: &[&str]| Serve::try_parse_from(std::iter::once("serve").chain(argv.iter().copied()));
+        let args = serve(&["--redis", "redis://127.0.0.1:6379/", "--node-id", "node-1"]).unwrap().args;
+        let cluster = args.cluster_config().unwrap().expect("configured");
+        assert_eq!(cluster.node_id.as_str(), "node-1");
+        assert!(serve(&[]).unwrap().args.cluster_config().unwrap().is_none(), "single node by default");
+        assert!(serve(&["--redis", "redis://127.0.0.1:6379/"]).is_err(), "--redis needs --node-id");
+        assert!(serve(&["--node-id", "node-1"]).is_err(), "--node-id needs --redis");
+        let bad_id = serve(&["--redis", "redis://127.0.0.1:6379/", "--node-id", "no spaces"]).unwrap().args;
+        assert!(bad_id.cluster_config().is_err());
+        let bad_url = serve(&["--redis", "http://x", "--node-id", "n"]).unwrap().args;
+        assert!(bad_url.cluster_config().is_err());
     }
 }

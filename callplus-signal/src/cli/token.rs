@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 
 use crate::server::DEFAULT_DATA_DIR;
-use crate::storage::{SqliteStorage, Storage as _};
+use crate::storage::{PostgresStorage, SqliteStorage, Storage};
 use crate::token;
 
 /// Flags of `callplus token`.
@@ -21,8 +21,12 @@ pub struct TokenArgs {
     /// Data directory of the server whose app signs the token.
     #[arg(long, env = "CALLPLUS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
-    /// App key; alone it picks an app from the data directory, with --app-secret the data
-    /// directory is not read.
+    /// Read the app from this PostgreSQL database (the one `serve --postgres` uses) instead of
+    /// the data directory.
+    #[arg(long, env = "CALLPLUS_POSTGRES", value_name = "URL", hide_env_values = true)]
+    pub postgres: Option<String>,
+    /// App key; alone it picks an app from the server's storage, with --app-secret the storage
+    /// is not read.
     #[arg(long, env = "CALLPLUS_APP_KEY")]
     pub app_key: Option<String>,
     /// App secret (with --app-key).
@@ -39,21 +43,14 @@ pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
     let (app_key, app_secret) = match (&args.app_key, &args.app_secret) {
         (Some(key), Some(secret)) => (key.clone(), secret.clone()),
         (key, _) => {
-            if !args.data_dir.join("callplus.db").exists() {
-                bail!(
-                    "no callplus data in {}: start `callplus serve` there first, or pass --app-key and --app-secret",
-                    args.data_dir.display()
-                );
-            }
-            let storage = SqliteStorage::open(&args.data_dir)
-                .with_context(|| format!("cannot open {}", args.data_dir.display()))?;
+            let (storage, place) = open_storage(args)?;
             let apps = storage.apps()?;
             let app = match key {
                 Some(key) => apps.into_iter().find(|a| &a.app_key == key),
                 None => apps.into_iter().next(),
             };
             let Some(app) = app else {
-                bail!("no such app in {}", args.data_dir.display());
+                bail!("no such app in {place}");
             };
             (app.app_key, app.app_secret)
         }
@@ -63,4 +60,23 @@ pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
     println!("{minted}");
     eprintln!("token for user {} of app {app_key}, valid for {ttl} s", args.user);
     Ok(())
+}
+
+/// The storage the server keeps its apps in, and how to name it in messages.
+fn open_storage(args: &TokenArgs) -> anyhow::Result<(Box<dyn Storage>, String)> {
+    if let Some(url) = &args.postgres {
+        // The URL may hold a password: never print it.
+        let storage = PostgresStorage::open(url).context("cannot open the PostgreSQL storage")?;
+        return Ok((Box::new(storage), "the PostgreSQL database".to_owned()));
+    }
+    if !args.data_dir.join("callplus.db").exists() {
+        bail!(
+            "no callplus data in {}: start `callplus serve` there first, or pass --postgres URL, \
+             or --app-key and --app-secret",
+            args.data_dir.display()
+        );
+    }
+    let storage = SqliteStorage::open(&args.data_dir)
+        .with_context(|| format!("cannot open {}", args.data_dir.display()))?;
+    Ok((Box::new(storage), args.data_dir.display().to_string()))
 }

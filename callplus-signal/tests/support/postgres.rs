@@ -168,3 +168,131 @@ fn free_port() -> Result<u16, String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
 }
+
+/// A PostgreSQL server of one test's own, which the test may stop and start again (on the same
+/// port, with the same data) to play a database outage. Stopped and removed when dropped.
+pub struct OwnedPostgres {
+    bin: PathBuf,
+    port: u16,
+    dir: PathBuf,
+    run_as: Vec<&'static str>,
+}
+
+impl OwnedPostgres {
+    /// Creates the cluster in a temporary directory and starts it.
+    ///
+    /// # Panics
+    /// When PostgreSQL is not installed or does not start.
+    pub fn start() -> OwnedPostgres {
+        Self::start_with(None)
+    }
+
+    /// Like [`start`](Self::start), with TLS on (this PEM certificate chain and key) and
+    /// plaintext connections refused, so a connection that works is encrypted.
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> OwnedPostgres {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> OwnedPostgres {
+        let bin = find_bin().expect(
+            "PostgreSQL is not installed: this test needs a real PostgreSQL server. \
+             Install the Debian package `postgresql` (`cargo xtask ci` does it).",
+        );
+        let dir = tempfile::Builder::new().prefix("callplus-pg-own-").tempdir().expect("tempdir").keep();
+        let run_as: Vec<&'static str> = if is_root() {
+            std::os::unix::fs::chown(&dir, Some(id_of("-u").unwrap()), Some(id_of("-g").unwrap())).unwrap();
+            vec!["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+        } else {
+            vec![]
+        };
+        let server = OwnedPostgres { bin, port: free_port().unwrap(), dir, run_as };
+        let out = server
+            .command("initdb")
+            .args(["-D", &server.data(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .output()
+            .expect("run initdb");
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        if let Some((cert, key)) = tls {
+            let data = PathBuf::from(server.data());
+            std::fs::write(data.join("server.crt"), cert).unwrap();
+            std::fs::write(data.join("server.key"), key).unwrap();
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "hostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+            )
+            .unwrap();
+            let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+            conf.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+            std::fs::write(data.join("postgresql.conf"), conf).unwrap();
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+            if is_root() {
+                for file in ["server.crt", "server.key", "pg_hba.conf", "postgresql.conf"] {
+                    std::os::unix::fs::chown(
+                        data.join(file),
+                        Some(id_of("-u").unwrap()),
+                        Some(id_of("-g").unwrap()),
+                    )
+                    .unwrap();
+                }
+            }
+        }
+        server.resume();
+        server
+    }
+
+    /// The directory the server's files live in (removed with the server).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server (fast shutdown: open connections are cut) and waits until it is down.
+    pub fn stop(&self) {
+        let out =
+            self.command("pg_ctl").args(["-D", &self.data(), "-m", "fast", "-w", "stop"]).output().unwrap();
+        assert!(out.status.success(), "pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Starts the server again on the same port and data, and waits until it accepts connections.
+    pub fn resume(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c fsync=off",
+            self.port
+        );
+        let log = self.dir.join("postgres.log");
+        let out = self
+            .command("pg_ctl")
+            .args(["-D", &self.data(), "-l", &log.to_string_lossy(), "-o", &options, "-w", "start"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").to_string_lossy().into_owned()
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let mut command = Command::new(self.run_as.first().copied().unwrap_or("env"));
+        command.args(self.run_as.iter().skip(1)).arg(self.bin.join(tool));
+        command
+    }
+}
+
+impl Drop for OwnedPostgres {
+    fn drop(&mut self) {
+        let _ = self.command("pg_ctl").args(["-D", &self.data(), "-m", "immediate", "-w", "stop"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

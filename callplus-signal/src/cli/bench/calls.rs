@@ -14,9 +14,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior, sleep, sleep_until, timeout};
 
-use super::BenchArgs;
+use super::raw::{self, RawPair, RawParty};
 use super::report::{Latency, Reasons, Report, machine, reasons_line, round3};
 use super::target::{ProcStats, Target, proc_stats};
+use super::{BenchArgs, CallClient};
 use crate::client::{Client, ClientOptions, Event, EventStream};
 
 /// How long recovery after a failed cycle may take before the pair carries on anyway.
@@ -32,9 +33,16 @@ struct Party {
 }
 
 /// A caller and its callee.
-struct Pair {
+struct FullPair {
     caller: Party,
     callee: Party,
+}
+
+/// A pair of either kind of simulated user (`--call-client`).
+enum Pair {
+    Full(FullPair),
+    /// Boxed: a raw user holds its stream inline.
+    Raw(Box<RawPair>),
 }
 
 /// Live counters for the progress line.
@@ -60,15 +68,15 @@ struct Plan {
 
 /// What pairs did: one pair's own tally, or every pair's summed with [`Tally::add`].
 #[derive(Default)]
-struct Tally {
+pub(super) struct Tally {
     completed: u64,
     offered: u64,
     skipped: u64,
     failed: Reasons,
-    start_to_received: Latency,
-    accept_to_connected: Latency,
-    hangup_to_ended: Latency,
-    cycle: Latency,
+    pub(super) start_to_received: Latency,
+    pub(super) accept_to_connected: Latency,
+    pub(super) hangup_to_ended: Latency,
+    pub(super) cycle: Latency,
 }
 
 /// Runs the call-cycle load and reports.
@@ -76,7 +84,24 @@ pub(crate) async fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<Rep
     let users = args.users - args.users % 2;
     let tag: String = rand::rng().sample_iter(rand::distr::Alphanumeric).take(6).map(char::from).collect();
     let began = Instant::now();
-    let mut parties = connect_users(args, target, &format!("bench-{tag}"), users).await?;
+    let mut pairs = match args.call_client {
+        CallClient::Client => {
+            let mut parties = connect_users(args, target, &format!("bench-{tag}"), users).await?;
+            let mut pairs = Vec::with_capacity(users / 2);
+            while let (Some(callee), Some(caller)) = (parties.pop(), parties.pop()) {
+                pairs.push(Pair::Full(FullPair { caller, callee }));
+            }
+            pairs
+        }
+        CallClient::Raw => {
+            let mut parties = connect_raw_users(args, target, &format!("bench-{tag}"), users).await?;
+            let mut pairs = Vec::with_capacity(users / 2);
+            while let (Some(callee), Some(caller)) = (parties.pop(), parties.pop()) {
+                pairs.push(Pair::Raw(Box::new(RawPair { caller, callee })));
+            }
+            pairs
+        }
+    };
     eprintln!("bench: {users} users connected in {:.2} s", began.elapsed().as_secs_f64());
 
     let counters = Arc::new(Counters::default());
@@ -92,7 +117,7 @@ pub(crate) async fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<Rep
     let deadline = t0 + args.duration;
     let mut set = JoinSet::new();
     let mut index = 0u32;
-    while let (Some(callee), Some(caller)) = (parties.pop(), parties.pop()) {
+    while let Some(pair) = pairs.pop() {
         let first = match period {
             // Starts spread evenly over one period, so the offered load is smooth.
             Some(p) => t0 + p.mul_f64(f64::from(index) / n_pairs as f64),
@@ -100,7 +125,7 @@ pub(crate) async fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<Rep
         };
         index += 1;
         let plan = Plan { deadline, first, period, step: args.step_timeout };
-        set.spawn(run_pair(Pair { caller, callee }, plan, counters.clone()));
+        set.spawn(run_pair(pair, plan, counters.clone()));
     }
 
     let mut results = Vec::with_capacity(n_pairs);
@@ -181,6 +206,38 @@ async fn connect_users(
     Ok(parties)
 }
 
+/// Connects `n` raw users (`--call-client raw`).
+async fn connect_raw_users(
+    args: &BenchArgs,
+    target: &Target,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<Vec<RawParty>> {
+    let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let mut set = JoinSet::new();
+    for i in 0..n {
+        let user = format!("{prefix}-{i}");
+        let token = target.token(&user)?;
+        let (endpoint, gate, tls) = (target.endpoint.clone(), gate.clone(), target.tls.clone());
+        set.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            RawParty::connect(&endpoint, &tls, user, token).await
+        });
+    }
+    let mut parties = Vec::with_capacity(n);
+    let mut failed = Reasons::new();
+    while let Some(joined) = set.join_next().await {
+        match joined? {
+            Ok(party) => parties.push(party),
+            Err(why) => *failed.entry(why).or_default() += 1,
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{} of {n} users could not connect: {}", n - parties.len(), reasons_line(&failed));
+    }
+    Ok(parties)
+}
+
 async fn run_pair(mut pair: Pair, plan: Plan, counters: Arc<Counters>) -> (Pair, Tally) {
     let mut r = Tally::default();
     let mut next = plan.first;
@@ -210,7 +267,10 @@ async fn run_pair(mut pair: Pair, plan: Plan, counters: Arc<Counters>) -> (Pair,
         }
         r.offered += 1;
         counters.in_flight.fetch_add(1, Ordering::Relaxed);
-        let outcome = cycle(&mut pair, plan.step, &mut r).await;
+        let outcome = match &mut pair {
+            Pair::Full(pair) => cycle(pair, plan.step, &mut r).await,
+            Pair::Raw(pair) => raw::cycle(pair, plan.step, &mut r).await,
+        };
         counters.in_flight.fetch_sub(1, Ordering::Relaxed);
         match outcome {
             Ok(()) => {
@@ -220,7 +280,11 @@ async fn run_pair(mut pair: Pair, plan: Plan, counters: Arc<Counters>) -> (Pair,
             Err(why) => {
                 *r.failed.entry(why).or_default() += 1;
                 counters.failed.fetch_add(1, Ordering::Relaxed);
-                if !recover(&mut pair).await {
+                let recovered = match &mut pair {
+                    Pair::Full(pair) => recover(pair).await,
+                    Pair::Raw(pair) => raw::recover(pair, RECOVERY).await,
+                };
+                if !recovered {
                     // A client stopped: this pair is out of the run.
                     break;
                 }
@@ -250,7 +314,7 @@ async fn wait<T>(
 }
 
 /// Runs `f` within `limit`, failing with `timeout:STEP`.
-async fn in_time<T>(
+pub(super) async fn in_time<T>(
     limit: Duration,
     step: &str,
     f: impl Future<Output = Result<T, String>>,
@@ -284,8 +348,8 @@ fn ended(call_id: &CallId) -> impl FnMut(&Event) -> Option<Result<(), String>> +
 
 /// One full 1:1 cycle: start → received → accept → both connected → hang up → both ended with
 /// their records.
-async fn cycle(pair: &mut Pair, step: Duration, r: &mut Tally) -> Result<(), String> {
-    let Pair { caller, callee } = pair;
+async fn cycle(pair: &mut FullPair, step: Duration, r: &mut Tally) -> Result<(), String> {
+    let FullPair { caller, callee } = pair;
     let (caller_client, caller_events) = (&caller.client, &mut caller.events);
     let (callee_client, callee_events) = (&callee.client, &mut callee.events);
     let callees = [callee.user.as_str()];
@@ -340,14 +404,14 @@ async fn cycle(pair: &mut Pair, step: Duration, r: &mut Tally) -> Result<(), Str
 
 /// After a failed cycle: hangs up whatever is left (rejecting late invitations) until both
 /// sides are quiet. `false` when a client stopped.
-async fn recover(pair: &mut Pair) -> bool {
+async fn recover(pair: &mut FullPair) -> bool {
     let deadline = Instant::now() + RECOVERY;
     for party in [&pair.caller, &pair.callee] {
         if party.client.current_call().is_some() {
             let _ = timeout(RECOVERY, party.client.hangup(None)).await;
         }
     }
-    let Pair { caller, callee } = pair;
+    let FullPair { caller, callee } = pair;
     while Instant::now() < deadline {
         let (party, event) = tokio::select! {
             event = caller.events.next() => (&caller.client, event),
@@ -374,8 +438,15 @@ async fn recover(pair: &mut Pair) -> bool {
 async fn disconnect(pairs: Vec<Pair>) {
     let mut set = JoinSet::new();
     for pair in pairs {
-        for party in [pair.caller, pair.callee] {
-            set.spawn(async move { party.client.disconnect().await });
+        match pair {
+            Pair::Full(pair) => {
+                for party in [pair.caller, pair.callee] {
+                    set.spawn(async move { party.client.disconnect().await });
+                }
+            }
+            Pair::Raw(pair) => {
+                set.spawn(raw::goodbye(*pair));
+            }
         }
     }
     let _ = timeout(DISCONNECT, async { while set.join_next().await.is_some() {} }).await;
@@ -420,6 +491,7 @@ impl Tally {
         let rate = (args.rate > 0.0).then_some(args.rate);
         let json = json!({
             "mode": "calls",
+            "call_client": match args.call_client { CallClient::Client => "client", CallClient::Raw => "raw" },
             "users": users,
             "pairs": users / 2,
             "rate_offered": rate,

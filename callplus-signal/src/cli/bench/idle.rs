@@ -230,7 +230,7 @@ async fn connect_raw(
         }
     };
     for (i, token) in devices {
-        match open_stream(&channel, i, token).await {
+        match open_stream(&channel, &format!("idle-{i}"), token).await {
             Ok((tx, inbound, heartbeat)) => {
                 shared.counters.connected.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(hold(tx, inbound, heartbeat, shared.clone()));
@@ -241,16 +241,16 @@ async fn connect_raw(
 }
 
 /// Sends the Hello and waits for the Welcome; returns the stream and the heartbeat interval.
-async fn open_stream(
+pub(super) async fn open_stream(
     channel: &Channel,
-    i: usize,
+    device_id: &str,
     token: String,
 ) -> Result<(mpsc::Sender<pb::ClientFrame>, tonic::Streaming<pb::ServerFrame>, Duration), String> {
     let mut client = SignalClient::new(channel.clone());
     let (tx, rx) = mpsc::channel(4);
     let hello = pb::Hello {
         token,
-        device_id: format!("idle-{i}"),
+        device_id: device_id.to_owned(),
         resume: None,
         client_version: format!("callplus-bench/{}", env!("CARGO_PKG_VERSION")),
     };

@@ -1,0 +1,30 @@
+//! Building blocks for running several nodes on one Redis: call-ownership leases and the
+//! presence registry (see "Several nodes" in `docs/architecture.md`).
+//!
+//! Routing between nodes is not wired into the server yet: these types are used by the tests
+//! and by the next steps; `serve --redis URL --node-id ID` is parsed and checked only.
+
+mod lease;
+mod node;
+mod presence;
+
+pub use lease::{CallLeases, Lease};
+pub use node::{ClusterConfig, NodeId, connect};
+pub use presence::{DeviceLocation, Presence};
+
+/// What can go wrong talking to Redis or setting a node up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Redis could not be reached or refused a command. Transient while Redis restarts: the
+    /// connection manager reconnects by itself and the next call may succeed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A setting (URL, node id, TTL) cannot be used.
+    #[error("invalid cluster setting: {0}")]
+    InvalidArgument(String),
+}
+
+/// Milliseconds of a TTL as Redis takes them (`PX`), at least 1.
+fn ttl_ms(ttl: std::time::Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}

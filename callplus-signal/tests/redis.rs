@@ -1,0 +1,180 @@
+//! The multi-node building blocks against a real `redis-server` on 127.0.0.1: call-ownership
+//! leases, the presence registry, and both surviving a Redis restart under a live node.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use callplus_signal::cluster::{CallLeases, ClusterConfig, DeviceLocation, Presence, connect};
+use support::redis::OwnedRedis;
+use tokio::time::Instant;
+
+/// Upper bound for any wait on a condition.
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn node(redis: &OwnedRedis, id: &str, ttl: Duration) -> (CallLeases, Presence) {
+    let config = ClusterConfig::new(&redis.url(), id).unwrap();
+    let conn = connect(&config.client).await.unwrap();
+    (CallLeases::new(conn.clone(), config.node_id.clone(), ttl), Presence::new(conn, config.node_id, ttl))
+}
+
+/// Polls `check` until it returns `Some`, within [`WAIT`].
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn at(device: &str, node: &str, session: &str) -> DeviceLocation {
+    DeviceLocation { device_id: device.into(), node_id: node.into(), session_id: session.into() }
+}
+
+#[tokio::test]
+async fn a_call_lease_has_one_owner_and_growing_fencing_tokens() {
+    let Some(redis) = OwnedRedis::start() else { return };
+    let (a, _) = node(&redis, "node-a", Duration::from_millis(400)).await;
+    let (b, _) = node(&redis, "node-b", Duration::from_secs(30)).await;
+
+    let first = a.acquire("app", "call-1").await.unwrap().expect("a free call is taken");
+    assert_eq!(first.token, 1);
+    assert_eq!(b.acquire("app", "call-1").await.unwrap(), None, "one owner at a time");
+    assert_eq!(a.acquire("app", "call-1").await.unwrap(), None, "not even twice by the owner");
+    assert_eq!(a.owner("app", "call-1").await.unwrap(), Some(("node-a".into(), 1)));
+    assert!(a.renew(&first).await.unwrap());
+
+    // The owner stops renewing (it died): the lease expires and another node takes the call.
+    let second = eventually("the lease to expire and node B to take the call", || async {
+        b.acquire("app", "call-1").await.unwrap()
+    })
+    .await;
+    assert!(second.token > first.token, "a new owner gets a larger fencing token");
+    assert_eq!(b.owner("app", "call-1").await.unwrap(), Some(("node-b".into(), second.token)));
+
+    // The old owner wakes up: it can neither extend nor delete its successor's lease.
+    assert!(!a.renew(&first).await.unwrap(), "the old owner learns it lost the call");
+    assert!(!a.release(&first).await.unwrap());
+    assert_eq!(b.owner("app", "call-1").await.unwrap(), Some(("node-b".into(), second.token)));
+
+    assert!(b.release(&second).await.unwrap(), "the owner releases when the call ends");
+    assert_eq!(b.owner("app", "call-1").await.unwrap(), None);
+    let third = a.acquire("app", "call-1").await.unwrap().expect("free again");
+    assert!(third.token > second.token);
+    // Leases of different calls are independent.
+    assert!(b.acquire("app", "call-2").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn presence_finds_devices_on_any_node_and_forgets_silent_ones() {
+    let Some(redis) = OwnedRedis::start() else { return };
+    let (_, a) = node(&redis, "node-a", Duration::from_secs(30)).await;
+    let (_, b) = node(&redis, "node-b", Duration::from_millis(400)).await;
+
+    a.register("app", "bob", "phone", "s1").await.unwrap();
+    b.register("app", "bob", "laptop", "s2").await.unwrap();
+    assert_eq!(
+        a.lookup("app", "bob").await.unwrap(),
+        vec![at("laptop", "node-b", "s2"), at("phone", "node-a", "s1")]
+    );
+    assert_eq!(b.lookup("app", "alice").await.unwrap(), vec![], "nobody connected");
+
+    // The phone reconnects through node B: node A's old connection is stale and cannot erase it.
+    b.register("app", "bob", "phone", "s3").await.unwrap();
+    assert!(!a.renew("app", "bob", "phone", "s1").await.unwrap(), "the old connection learns it moved");
+    assert!(!a.unregister("app", "bob", "phone", "s1").await.unwrap());
+    assert!(a.lookup("app", "bob").await.unwrap().contains(&at("phone", "node-b", "s3")));
+
+    // A clean disconnect removes the device at once.
+    assert!(b.unregister("app", "bob", "phone", "s3").await.unwrap());
+    assert_eq!(a.lookup("app", "bob").await.unwrap(), vec![at("laptop", "node-b", "s2")]);
+
+    // The laptop's heartbeats stop (its node died): it vanishes within the TTL.
+    eventually("the silent laptop to vanish", || async {
+        a.lookup("app", "bob").await.unwrap().is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_live_node_recovers_when_redis_restarts() {
+    let Some(mut redis) = OwnedRedis::start() else { return };
+    let (leases, presence) = node(&redis, "node-a", Duration::from_secs(30)).await;
+    let (other_leases, _) = node(&redis, "node-b", Duration::from_secs(30)).await;
+    let lease = leases.acquire("app", "call-1").await.unwrap().expect("taken");
+    presence.register("app", "bob", "phone", "s1").await.unwrap();
+
+    // Redis restarts and loses everything (no persistence).
+    redis.stop();
+    assert!(presence.lookup("app", "bob").await.is_err(), "Redis is down");
+    redis.resume();
+
+    // Same node objects, same connection manager: the next heartbeat renewals work again and
+    // put back what the node still holds.
+    eventually("presence renewal after the restart", || async {
+        presence.renew("app", "bob", "phone", "s1").await.ok().filter(|renewed| *renewed)
+    })
+    .await;
+    assert_eq!(presence.lookup("app", "bob").await.unwrap(), vec![at("phone", "node-a", "s1")]);
+    assert!(leases.renew(&lease).await.unwrap(), "the owner keeps its call");
+    assert_eq!(leases.owner("app", "call-1").await.unwrap(), Some(("node-a".into(), lease.token)));
+    // Node B's idle connection learns of the restart on its first command (an error), then
+    // reconnects by itself.
+    let taken = eventually("node B to reach Redis again", || async {
+        other_leases.acquire("app", "call-1").await.ok()
+    })
+    .await;
+    assert_eq!(taken, None, "still one owner");
+
+    // The restored epoch keeps fencing tokens growing past the ones handed out before.
+    assert!(leases.release(&lease).await.unwrap());
+    let next = other_leases.acquire("app", "call-1").await.unwrap().expect("free");
+    assert!(next.token > lease.token, "{} > {}", next.token, lease.token);
+}
+
+#[test]
+fn cluster_settings_are_checked() {
+    assert!(ClusterConfig::new("redis://127.0.0.1:6379/", "node-1").is_ok());
+    assert!(ClusterConfig::new("redis://127.0.0.1:6379/", "").is_err());
+    assert!(ClusterConfig::new("redis://127.0.0.1:6379/", "node|1").is_err());
+    assert!(ClusterConfig::new("not a url", "node-1").is_err());
+}
+
+/// `rediss://` connects with TLS, checking the certificate against the given CA; a plaintext
+/// client cannot talk to a TLS-only Redis, nor a client that does not trust the certificate.
+#[tokio::test]
+async fn rediss_urls_connect_with_tls() {
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let Some(redis) =
+        support::redis::OwnedTlsRedis::start(&made.cert.pem(), &made.signing_key.serialize_pem())
+    else {
+        return;
+    };
+    let url = format!("rediss://127.0.0.1:{}/", redis.port);
+    let config = ClusterConfig::with_tls_ca(&url, "node-a", Some(made.cert.pem().into_bytes())).unwrap();
+    let conn = connect(&config.client).await.expect("TLS connection with the CA");
+    let presence = Presence::new(conn, config.node_id, Duration::from_secs(30));
+    presence.register("app", "bob", "phone", "s1").await.unwrap();
+    assert_eq!(presence.lookup("app", "bob").await.unwrap(), vec![at("phone", "node-a", "s1")]);
+
+    let plaintext = ClusterConfig::new(&format!("redis://127.0.0.1:{}/", redis.port), "node-b").unwrap();
+    // One attempt each (the connection manager would retry with backoff).
+    assert!(
+        plaintext.client.get_multiplexed_async_connection().await.is_err(),
+        "a TLS-only Redis refuses plaintext"
+    );
+    let untrusted = ClusterConfig::new(&url, "node-c").unwrap();
+    assert!(
+        untrusted.client.get_multiplexed_async_connection().await.is_err(),
+        "an untrusted certificate is refused"
+    );
+    assert!(ClusterConfig::with_tls_ca("redis://127.0.0.1:1/", "n", Some(Vec::new())).is_err());
+}

@@ -1,0 +1,391 @@
+// Browser tests of the Web SDK: a real `callplus serve` on 127.0.0.1 (ephemeral port, fresh data
+// directory), headless Chromium with its fake camera and microphone, pages that load the SDK the
+// server serves (/sdk/index.js) and call each other. `cargo xtask ci` runs this inside a network
+// namespace whose only interface is loopback. Exits non-zero on the first failed check.
+//
+// CALLPLUS_BIN: the `callplus` binary. CHROMIUM: the browser (default /usr/lib/chromium/chromium).
+
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  DEADLINE_MS, check, cleanups, finish, hasEvent, launch, log, remoteMedia, seesAndHears, signIn, waitFor,
+} from './harness.mjs';
+
+const BIN = process.env.CALLPLUS_BIN || 'callplus';
+
+/** Starts `callplus serve` and resolves its page URL once it prints where it listens. */
+function startServer() {
+  const dir = mkdtempSync(join(tmpdir(), 'callplus-browser-'));
+  const child = spawn(BIN, ['serve', '--listen', '127.0.0.1:0', '--admin-listen', 'off', '--data-dir', dir],
+    { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' } });
+  cleanups.push(() => { child.kill('SIGTERM'); rmSync(dir, { recursive: true, force: true }); });
+  return new Promise((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`callplus serve printed no WebSocket URL: ${out}`)), DEADLINE_MS);
+    child.on('exit', (code) => reject(new Error(`callplus serve exited (${code}): ${out}`)));
+    child.stdout.on('data', (chunk) => {
+      out += chunk;
+      const m = out.match(/WebSocket:\s+ws:\/\/([0-9.]+:[0-9]+)\//);
+      if (m) {
+        clearTimeout(timer);
+        resolve({ url: `http://${m[1]}/`, dir });
+      }
+    });
+  });
+}
+
+function token(dir, user) {
+  return execFileSync(BIN, ['token', '--user', user, '--data-dir', dir], { stdio: ['ignore', 'pipe', 'ignore'] })
+    .toString().trim();
+}
+
+/** Browser <-> browser, 1:1 AUDIO_VIDEO: ring, accept, media both ways, camera off, hang-up, records. */
+async function oneToOneVideo(context, server) {
+  log('--- browser <-> browser 1:1 AUDIO_VIDEO');
+  const alice = await signIn(context, server.url, 'alice', token(server.dir, 'alice'));
+  const bob = await signIn(context, server.url, 'bob', token(server.dir, 'bob'));
+  await alice.evaluate(() => window.view('bob'));
+  await bob.evaluate(() => window.view('alice'));
+
+  const started = await alice.evaluate(() => window.client.startCall({ userIds: ['bob'], callType: 'SINGLE', mediaType: 'AUDIO_VIDEO', extra: 'hi' }));
+  check(started.code === 0 && typeof started.callId === 'string', `alice starts a call (${JSON.stringify(started)})`);
+  await waitFor(bob, 'bob receives the call', (id) => window.incoming === id, started.callId);
+  await waitFor(alice, 'alice sees bob ringing', hasEvent, ['deliveryChanged', 'delivery', 'RINGING']);
+  const accepted = await bob.evaluate((id) => window.client.accept(id), started.callId);
+  check(accepted.code === 0, `bob accepts (${JSON.stringify(accepted)})`);
+  await waitFor(alice, 'alice: call connected', hasEvent, ['callConnected', null, null]);
+  await waitFor(bob, 'bob: call connected', hasEvent, ['callConnected', null, null]);
+
+  await seesAndHears(alice, 'alice', 'bob');
+  await seesAndHears(bob, 'bob', 'alice');
+  await waitFor(alice, 'alice: first-frame time reported', hasEvent, ['callFirstFrameTime', null, null]);
+  await waitFor(alice, "alice gets bob's audio level and status reports", () => window.levels.some((l) => l.userId === 'bob' && l.level > 0)
+    && window.reports.some((r) => r.receive && r.receive.bob && r.receive.bob.bitRate > 0)
+    && window.reports.some((r) => r.send));
+
+  const off = await alice.evaluate(() => window.client.stopCamera());
+  check(off.code === 0, 'alice turns her camera off');
+  await waitFor(bob, 'bob sees alice camera off', hasEvent, ['remoteCameraStateChanged', 'disabled', true]);
+  await waitFor(bob, "alice's frames stop reaching bob", async () => {
+    const frames = async () => (await window.client.getMediaStats()).alice.video.framesDecoded;
+    const before = await frames();
+    await new Promise((r) => setTimeout(r, 700));
+    return (await frames()) === before;
+  });
+  const on = await alice.evaluate(() => window.client.startCamera());
+  check(on.code === 0, 'alice turns her camera back on');
+  await waitFor(bob, 'bob sees alice camera on', hasEvent, ['remoteCameraStateChanged', 'disabled', false]);
+  const resumed = (await remoteMedia(bob, 'alice')).stats.video.framesDecoded;
+  await waitFor(bob, "alice's frames reach bob again", async (n) => (await window.client.getMediaStats()).alice.video.framesDecoded > n + 10, resumed);
+
+  const hung = await alice.evaluate(() => window.client.hangup());
+  check(hung.code === 0, 'alice hangs up');
+  for (const [page, who] of [[alice, 'alice'], [bob, 'bob']]) {
+    await waitFor(page, `${who}: call ended`, hasEvent, ['callEnded', null, null]);
+    await waitFor(page, `${who}: call record pushed`, hasEvent, ['receivedCallRecord', null, null]);
+    const records = await page.evaluate(() => window.client.getCallRecords(-1, 10, 1));
+    const record = records.code === 0 && records.result.list.find((r) => r.call.callId === started.callId);
+    check(!!record && record.duration > 0 && record.call.mediaType === 'AUDIO_VIDEO',
+      `${who} has the call's record (${record ? `${record.direction}, ${record.duration} ms, ${record.endReason}` : JSON.stringify(records)})`);
+  }
+  const peers = await alice.evaluate(async () => Object.keys(await window.client.getMediaStats()).length);
+  check(peers === 0, 'alice closed her peer connections');
+  await alice.close();
+  await bob.close();
+}
+
+/** Whether the page's tiles all show moving, non-blank video (drawn to a canvas and compared). */
+function tilesShowVideo(page) {
+  return page.evaluate(async () => {
+    const videos = [...document.querySelectorAll('.tile video')];
+    const sample = (v) => {
+      const c = document.createElement('canvas');
+      c.width = 64;
+      c.height = 48;
+      const g = c.getContext('2d');
+      g.drawImage(v, 0, 0, 64, 48);
+      const d = g.getImageData(0, 0, 64, 48).data;
+      let sum = 0;
+      let sq = 0;
+      for (let i = 0; i < d.length; i += 4) { const y = d[i] + d[i + 1] + d[i + 2]; sum += y; sq += y * y; }
+      const n = d.length / 4;
+      return { variance: sq / n - (sum / n) ** 2, pixels: Array.from(d.filter((_, i) => i % 97 === 0)).join() };
+    };
+    const out = [];
+    for (const v of videos) {
+      const box = v.getBoundingClientRect();
+      const a = sample(v);
+      await new Promise((r) => v.requestVideoFrameCallback ? v.requestVideoFrameCallback(() => r()) : setTimeout(r, 100));
+      await new Promise((r) => v.requestVideoFrameCallback ? v.requestVideoFrameCallback(() => r()) : setTimeout(r, 100));
+      const b = sample(v);
+      out.push({ user: v.parentElement.dataset.user, width: box.width, videoWidth: v.videoWidth, variance: a.variance, moving: a.pixels !== b.pixels });
+    }
+    return out;
+  });
+}
+
+/** The demo page itself, driven through its buttons: sign in, call, ring, accept, two tiles, mute, hang up, log. */
+async function demoPage(context, server, shots) {
+  log('--- the demo page');
+  const pages = {};
+  for (const user of ['carol', 'dave']) {
+    const page = await context.newPage();
+    page.on('pageerror', (e) => log(`[${user}] page error: ${e.message}`));
+    await page.goto(server.url);
+    await page.fill('#token', token(server.dir, user));
+    await page.click('#signin-button');
+    await page.waitForSelector('#phone:not([hidden])', { timeout: DEADLINE_MS });
+    check((await page.textContent('#status')).includes(user), `${user} signs in on the page`);
+    pages[user] = page;
+  }
+  const { carol, dave } = pages;
+  await carol.fill('#callee', 'dave');
+  await carol.click('#call-video');
+  await dave.waitForSelector('#incoming:not([hidden])', { timeout: DEADLINE_MS });
+  check((await dave.textContent('#incoming-from')) === 'carol', 'dave\'s page rings with carol\'s call');
+  await dave.click('#accept');
+  for (const [page, who] of [[carol, 'carol'], [dave, 'dave']]) {
+    await waitFor(page, `${who}'s page shows two video tiles with video`, () => {
+      const videos = [...document.querySelectorAll('.tile video')];
+      return videos.length === 2 && videos.every((v) => v.videoWidth > 0 && !v.paused);
+    });
+  }
+  const tiles = await tilesShowVideo(carol);
+  const path = join(shots, 'demo-call.png');
+  await carol.screenshot({ path, fullPage: true });
+  // The screenshot itself: each tile's pixels are a picture (a blank tile compresses to a few
+  // hundred bytes of PNG) and change from one shot to the next.
+  for (const user of ['carol', 'dave']) {
+    const el = carol.locator(`.tile[data-user=${user}] video`);
+    const first = await el.screenshot();
+    let second = first;
+    const deadline = Date.now() + DEADLINE_MS;
+    while (second.equals(first) && Date.now() < deadline) second = await el.screenshot();
+    check(first.length > 3000 && !second.equals(first), `the screenshot's ${user} tile shows moving video (${first.length} bytes of PNG)`);
+  }
+  log(`   screenshot ${path}: ${JSON.stringify(tiles)}`);
+  check(tiles.length === 2 && tiles.every((t) => t.width > 100 && t.videoWidth > 0 && t.variance > 10 && t.moving),
+    'the screenshot shows two tiles of moving video (carol and dave)');
+
+  await carol.click('#mute');
+  await waitFor(carol, 'carol mutes', () => document.getElementById('mute').textContent === 'Unmute');
+  await carol.click('#camera');
+  await waitFor(dave, 'dave\'s page greys out carol\'s tile', () => document.querySelector('.tile[data-user=carol]').classList.contains('off'));
+  await dave.click('#hangup');
+  for (const [page, who, other] of [[carol, 'carol', 'dave'], [dave, 'dave', 'carol']]) {
+    await waitFor(page, `${who}'s page ends the call and logs it`, (o) => document.getElementById('call').hidden
+      && [...document.querySelectorAll('#log li')].some((li) => li.textContent.includes(o) && li.textContent.includes('video')), other);
+  }
+  await carol.close();
+  await dave.close();
+}
+
+/**
+ * A TCP relay to the server on 127.0.0.1 that the test can cut (every relayed connection closed
+ * at once) and hold (new connections closed as soon as they open).
+ */
+function relay(target) {
+  const [host, port] = [target.hostname, Number(target.port)];
+  const pairs = new Set();
+  let held = false;
+  let accepted = 0;
+  const server = net.createServer((client) => {
+    accepted += 1;
+    if (held) {
+      client.destroy();
+      return;
+    }
+    const upstream = net.connect(port, host);
+    const pair = [client, upstream];
+    pairs.add(pair);
+    const close = () => { client.destroy(); upstream.destroy(); pairs.delete(pair); };
+    client.pipe(upstream);
+    upstream.pipe(client);
+    for (const s of pair) { s.on('error', close); s.on('close', close); }
+  });
+  cleanups.push(() => server.close());
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({
+    url: `ws://127.0.0.1:${server.address().port}`,
+    accepted: () => accepted,
+    hold: (on) => { held = on; },
+    cut: () => { for (const [a, b] of pairs) { a.destroy(); b.destroy(); } pairs.clear(); },
+  })));
+}
+
+const count = ([type, field, value]) => window.events.filter((e) => e.type === type && (field === null || e[field] === value)).length;
+
+/** The page's socket is cut mid-call and comes back: the session resumes, nothing lost or doubled, media goes on. */
+async function socketCut(context, server) {
+  log('--- the socket is cut mid-call');
+  const link = await relay(new URL(server.url));
+  // Erin's page comes through the relay too: the page's CSP lets it open sockets to its own origin only.
+  const erin = await signIn(context, link.url.replace('ws:', 'http:') + '/', 'erin', token(server.dir, 'erin'));
+  const frank = await signIn(context, server.url, 'frank', token(server.dir, 'frank'));
+  await erin.evaluate(() => window.view('frank'));
+  await frank.evaluate(() => window.view('erin'));
+  const started = await erin.evaluate(() => window.client.startCall({ userIds: ['frank'], mediaType: 'AUDIO_VIDEO' }));
+  check(started.code === 0, 'erin calls frank (through the relay)');
+  await waitFor(frank, 'frank receives the call', (id) => window.incoming === id, started.callId);
+  check((await frank.evaluate((id) => window.client.accept(id), started.callId)).code === 0, 'frank accepts');
+  await seesAndHears(erin, 'erin', 'frank');
+  await seesAndHears(frank, 'frank', 'erin');
+
+  // Cut erin's socket and keep her away while frank turns his camera off.
+  link.hold(true);
+  link.cut();
+  await waitFor(erin, 'erin reconnects', hasEvent, ['connectionStateChanged', 'state', 'RECONNECTING']);
+  check((await frank.evaluate(() => window.client.stopCamera())).code === 0, 'frank turns his camera off while erin is away');
+  const tries = link.accepted();
+  const deadline = Date.now() + DEADLINE_MS;
+  while (link.accepted() === tries && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  check(link.accepted() > tries, 'erin tries again while the relay holds her off');
+  link.hold(false);
+  await waitFor(erin, 'erin is connected again', () => window.client.getConnectionState() === 'CONNECTED'
+    && window.events.filter((e) => e.type === 'connectionStateChanged' && e.state === 'CONNECTED').length === 2);
+  log(`   erin's connections through the relay: ${link.accepted()}`);
+  await waitFor(erin, "erin hears of frank's camera, once", ([type, field, value]) => window.events.filter((e) => e.type === type && e[field] === value).length === 1, ['remoteCameraStateChanged', 'disabled', true]);
+  check(await erin.evaluate(count, ['callConnected', null, null]) === 1, 'erin saw the call connect once');
+  check(await erin.evaluate(count, ['callEnded', null, null]) === 0, 'the call did not end for erin');
+
+  // Media went on peer to peer: erin still hears frank, frank still sees erin.
+  const heard = (await remoteMedia(erin, 'frank')).stats.audio.packetsReceived;
+  await waitFor(erin, 'erin still receives frank\'s audio', async (n) => (await window.client.getMediaStats()).frank.audio.packetsReceived > n + 50, heard);
+  const seen = (await remoteMedia(frank, 'erin')).stats.video.framesDecoded;
+  await waitFor(frank, 'frank still decodes erin\'s video', async (n) => (await window.client.getMediaStats()).erin.video.framesDecoded > n + 10, seen);
+
+  // And the resumed session carries requests: erin hangs up.
+  check((await erin.evaluate(() => window.client.hangup())).code === 0, 'erin hangs up over the resumed session');
+  for (const [page, who] of [[erin, 'erin'], [frank, 'frank']]) {
+    await waitFor(page, `${who}: the call ends once, with one record`, () => window.events.filter((e) => e.type === 'callEnded').length === 1
+      && window.events.filter((e) => e.type === 'receivedCallRecord').length === 1);
+  }
+  await erin.close();
+  await frank.close();
+}
+
+/** An AUDIO call upgraded to AUDIO_VIDEO by request and agreement: video starts both ways; records deleted. */
+async function upgradeToVideo(context, server) {
+  log('--- AUDIO -> AUDIO_VIDEO by request');
+  const jack = await signIn(context, server.url, 'jack', token(server.dir, 'jack'));
+  const kate = await signIn(context, server.url, 'kate', token(server.dir, 'kate'));
+  await jack.evaluate(() => window.view('kate'));
+  await kate.evaluate(() => window.view('jack'));
+  const started = await jack.evaluate(() => window.client.startCall({ userIds: ['kate'], mediaType: 'AUDIO' }));
+  check(started.code === 0, 'jack makes an audio call');
+  await waitFor(kate, 'kate receives it', (id) => window.incoming === id, started.callId);
+  check((await kate.evaluate((id) => window.client.accept(id), started.callId)).code === 0, 'kate accepts');
+  await waitFor(jack, 'jack hears kate', async () => {
+    const s = (await window.client.getMediaStats()).kate;
+    return s && s.audio.packetsReceived > 20 && s.video.framesDecoded === 0;
+  });
+  const asked = await jack.evaluate(() => window.client.requestChangeMediaType('AUDIO_VIDEO'));
+  check(asked.code === 0 && typeof asked.transactionId === 'string', `jack asks for video (${JSON.stringify(asked)})`);
+  await waitFor(kate, "kate gets jack's request", (tx) => (window.changeRequests || []).some((r) => r.transactionId === tx && r.mediaType === 'AUDIO_VIDEO'), asked.transactionId);
+  check((await kate.evaluate((tx) => window.client.replyChangeMediaType(tx, true), asked.transactionId)).code === 0, 'kate agrees');
+  await waitFor(jack, 'jack: the change is accepted', hasEvent, ['changeMediaTypeResult', 'result', 'ACCEPTED']);
+  await seesAndHears(jack, 'jack', 'kate');
+  await seesAndHears(kate, 'kate', 'jack');
+  check((await kate.evaluate(() => window.client.hangup())).code === 0, 'kate hangs up');
+  await waitFor(jack, 'jack: record', hasEvent, ['receivedCallRecord', null, null]);
+  const before = await jack.evaluate(() => window.client.getCallRecords(-1, 10, 1));
+  check(before.code === 0 && before.result.list.length === 1 && before.result.list[0].call.mediaType === 'AUDIO_VIDEO', 'jack has one record, of a video call');
+  check((await jack.evaluate((id) => window.client.deleteCallRecords([id]), started.callId)).code === 0, 'jack deletes it');
+  const after = await jack.evaluate(() => window.client.getCallRecords(-1, 10, 1));
+  check(after.code === 0 && after.result.list.length === 0, 'jack has no record left');
+  check((await kate.evaluate(() => window.client.deleteAllCallRecords())).code === 0, 'kate deletes all hers');
+  const kates = await kate.evaluate(() => window.client.getCallRecords(-1, 10, 1));
+  check(kates.code === 0 && kates.result.list.length === 0, 'kate has no record left');
+  await jack.close();
+  await kate.close();
+}
+
+/** Three browsers: a 1:1 call becomes MULTI through invite; everyone sees the two others; one leaves; the call ends. */
+async function multiCall(context, server) {
+  log('--- three browsers, MULTI through invite');
+  const users = ['gina', 'hank', 'ivy'];
+  const pages = {};
+  for (const u of users) {
+    pages[u] = await signIn(context, server.url, u, token(server.dir, u));
+    await pages[u].evaluate((others) => others.forEach((o) => window.view(o)), users.filter((o) => o !== u));
+  }
+  const { gina, hank, ivy } = pages;
+  const started = await gina.evaluate(() => window.client.startCall({ userIds: ['hank'], mediaType: 'AUDIO_VIDEO' }));
+  check(started.code === 0, 'gina calls hank');
+  await waitFor(hank, 'hank receives the call', (id) => window.incoming === id, started.callId);
+  check((await hank.evaluate((id) => window.client.accept(id), started.callId)).code === 0, 'hank accepts');
+  await waitFor(gina, 'gina: connected', hasEvent, ['callConnected', null, null]);
+  const invited = await gina.evaluate(() => window.client.invite(['ivy']));
+  check(invited.code === 0, `gina invites ivy (${JSON.stringify(invited)})`);
+  await waitFor(ivy, 'ivy receives the call', (id) => window.incoming === id, started.callId);
+  await waitFor(hank, 'hank sees the call become MULTI', hasEvent, ['callTypeChanged', 'callType', 'MULTI']);
+  check((await ivy.evaluate((id) => window.client.accept(id), started.callId)).code === 0, 'ivy accepts');
+  for (const u of users) {
+    for (const o of users.filter((x) => x !== u)) await seesAndHears(pages[u], u, o);
+  }
+  check((await ivy.evaluate(() => window.client.hangup())).code === 0, 'ivy leaves');
+  for (const u of ['gina', 'hank']) {
+    await waitFor(pages[u], `${u} sees ivy leave`, () => window.events.some((e) => e.type === 'remoteUserStateChanged'
+      && e.userId === 'ivy' && e.state === 'ENDED'));
+    check(await pages[u].evaluate(() => !window.events.some((e) => e.type === 'callEnded')), `the call goes on for ${u}`);
+  }
+  const other = (await remoteMedia(hank, 'gina')).stats.video.framesDecoded;
+  await waitFor(hank, 'hank still decodes gina', async (n) => (await window.client.getMediaStats()).gina.video.framesDecoded > n + 10, other);
+
+  // Ivy comes back: the call is among her available calls, and she joins it.
+  const available = await ivy.evaluate(() => window.client.getAvailableCalls());
+  check(available.code === 0 && available.records.some((c) => c.callId === started.callId), 'the call is available to ivy');
+  check((await ivy.evaluate((id) => window.client.joinCall(id), started.callId)).code === 0, 'ivy joins it again');
+  await waitFor(gina, 'gina sees ivy back', () => window.events.filter((e) => e.type === 'remoteUserStateChanged'
+    && e.userId === 'ivy' && e.state === 'ON_CALL').length >= 2);
+  // Her old connections closed when she left: these counts are of the new ones.
+  await waitFor(ivy, 'ivy decodes gina again', async () => {
+    const s = (await window.client.getMediaStats()).gina;
+    return s && s.video.framesDecoded > 10 && s.audio.packetsReceived > 20;
+  });
+
+  check((await gina.evaluate(() => window.client.hangup())).code === 0, 'gina hangs up');
+  check((await hank.evaluate(() => window.client.hangup())).code === 0, 'hank hangs up');
+  for (const u of users) {
+    await waitFor(pages[u], `${u}: call ended and recorded`, () => window.events.some((e) => e.type === 'callEnded')
+      && window.events.some((e) => e.type === 'receivedCallRecord'));
+  }
+  for (const u of users) await pages[u].close();
+}
+
+/** Connections that cannot work end with a clear code instead of hanging. */
+async function refusedConnections(context, server) {
+  log('--- refused connections');
+  const page = await context.newPage();
+  await page.goto(server.url);
+  const results = await page.evaluate(async () => {
+    const sdk = await import('/sdk/index.js');
+    const forgedClient = new sdk.CallPlusClient();
+    // Two connects at once share one outcome.
+    const [forged, again] = await Promise.all([forgedClient.connect('cp1.forged.token'), forgedClient.connect('cp1.forged.token')]);
+    if (JSON.stringify(forged) !== JSON.stringify(again)) return { forged: { code: -2, both: [forged, again] } };
+    // The page's CSP lets no socket leave its origin: that socket never opens.
+    const blocked = await new sdk.CallPlusClient({ connectTimeoutMs: 500 }).connect('t', 'ws://127.0.0.1:9');
+    return { forged, blocked };
+  });
+  check(results.forged.code === 81002, `a forged token is refused with TOKEN_INVALID (${JSON.stringify(results.forged)})`);
+  check(results.blocked.code === 81001, `a socket that never opens ends in NOT_CONNECTED (${JSON.stringify(results.blocked)})`);
+  await page.close();
+}
+
+async function main() {
+  const server = await startServer();
+  log(`server at ${server.url}`);
+  const context = await launch();
+  await refusedConnections(context, server);
+  await oneToOneVideo(context, server);
+  await socketCut(context, server);
+  await multiCall(context, server);
+  await upgradeToVideo(context, server);
+  const shots = process.env.CALLPLUS_SCREENSHOTS || mkdtempSync(join(tmpdir(), 'callplus-shots-'));
+  await demoPage(context, server, shots);
+}
+
+await finish(main);

@@ -1,0 +1,241 @@
+// Types of the callplus Web SDK (index.js). Enum values are the protocol's names without their
+// prefix ("ON_CALL", "AUDIO_VIDEO", "REMOTE_HANGUP"); times are milliseconds on the server's clock.
+
+export type CallTypeName = 'SINGLE' | 'MULTI';
+export type MediaTypeName = 'AUDIO' | 'AUDIO_VIDEO';
+export type ConnectionStateName = 'IDLE' | 'CONNECTING' | 'CONNECTED' | 'RECONNECTING' | 'DISCONNECTED' | 'KICKED';
+export type CallStateName = 'IDLE' | 'DIALING' | 'INCOMING' | 'CONNECTING' | 'ON_CALL' | 'ENDED';
+export type ParticipantStateName = 'IDLE' | 'INCOMING' | 'RINGING' | 'CONNECTING' | 'ON_CALL' | 'ENDED';
+/** `HANGUP`, `REMOTE_HANGUP`, `REJECT`, `NO_RESPONSE`, `ACCEPTED_ON_OTHER_DEVICE`, … */
+export type EndReasonName = string;
+export type DeliveryName = 'UNREACHABLE' | 'PUSHED' | 'DELIVERED' | 'RINGING';
+export type DirectionName = 'OUTGOING' | 'INCOMING';
+export type ChangeMediaTypeResultName = 'ACCEPTED' | 'CANCELLED' | 'REJECTED' | 'TIMEOUT' | 'CONFLICT';
+
+export declare const CallPlusCode: Readonly<{ SUCCESS: 0; NOT_CONNECTED: 81001 }>;
+export declare const CallType: Readonly<{ SINGLE: 'SINGLE'; MULTI: 'MULTI' }>;
+export declare const MediaType: Readonly<{ AUDIO: 'AUDIO'; AUDIO_VIDEO: 'AUDIO_VIDEO' }>;
+export declare const ConnectionState: Readonly<{ [K in ConnectionStateName]: K }>;
+
+/** A failure: the server's (or the SDK's) code, the seeds' numbers, with its name and message. */
+export interface Failure { code: number; name: string; message: string }
+/**
+ * What every operation resolves to, as in the seed: `code` 0 (`CallPlusCode.SUCCESS`) with the
+ * operation's fields, or a failure's `code`, `name` and `message`. Operations never reject.
+ */
+export type Result<T = {}> = { code: number; name?: string; message?: string } & Partial<T>;
+
+export interface DeviceLeg { deviceId: string; delivery: DeliveryName }
+
+export interface Participant {
+  userId: string;
+  state: ParticipantStateName;
+  reason: EndReasonName | null;
+  inviter: string | null;
+  invitedAt: number;
+  connectedAt: number;
+  endedAt: number;
+  devices: DeviceLeg[];
+  delivery: DeliveryName;
+  cameraDisabled: boolean;
+  microphoneDisabled: boolean;
+  deviceId: string | null;
+}
+
+/** A call as this device sees it. */
+export declare class CallSession {
+  callId: string;
+  localUser: string;
+  state: CallStateName;
+  callType: CallTypeName;
+  mediaType: MediaTypeName;
+  creator: string;
+  inviter: string | null;
+  participants: Participant[];
+  createdAt: number;
+  startedAt: number;
+  firstFrameAt: number;
+  endedAt: number;
+  endReason: EndReasonName | null;
+  extra: string;
+  outgoing: boolean;
+  cameraEnabled: boolean;
+  microphoneEnabled: boolean;
+  version: number;
+  getCallId(): string;
+  getCallType(): CallTypeName;
+  getMediaType(): MediaTypeName;
+  getCallerUserId(): string;
+  getInviterUserId(): string;
+  getState(): CallStateName;
+  getExtra(): string;
+  getUserList(): { userId: string; state: ParticipantStateName }[];
+}
+
+/** A call as the server keeps it (records, available calls). */
+export interface CallInfo {
+  callId: string;
+  callType: CallTypeName;
+  mediaType: MediaTypeName;
+  creator: string;
+  participants: Participant[];
+  createdAt: number;
+  startedAt: number;
+  firstFrameAt: number;
+  endedAt: number;
+  extra: string;
+  version: number;
+}
+
+export interface CallRecord {
+  owner: string;
+  call: CallInfo;
+  inviter: string | null;
+  endReason: EndReasonName;
+  direction: DirectionName;
+  /** Talk time in milliseconds (0 when never connected). */
+  duration: number;
+  syncTime: number;
+}
+
+export interface CallSummary {
+  owner: string;
+  callId: string;
+  caller: string;
+  peer: string;
+  mediaType: MediaTypeName;
+  createdAt: number;
+  startedAt: number;
+  endedAt: number;
+  endReason: EndReasonName;
+  direction: DirectionName;
+  duration: number;
+}
+
+/** The seed's `IRCCallPlusPushConfig`: how callees with no connected device are notified. */
+export interface PushConfig {
+  title?: string;
+  content?: string;
+  templateId?: string;
+  disablePush?: boolean;
+  customData?: string;
+  ios?: { threadId?: string; apnsCollapseId?: string; category?: string; richMediaUri?: string; voip?: boolean };
+  android?: { channelId?: string; collapseKey?: string; vendor?: Record<string, string> };
+}
+
+export interface StartCallOptions {
+  userIds: string[];
+  callType?: CallTypeName;
+  mediaType?: MediaTypeName;
+  /** Delivered to the callees with the invitation (at most 4 KiB). */
+  extra?: string;
+  pushConfig?: PushConfig;
+  /** Ring timeout of this call; omitted for the server's default, 0 to ring until answered. */
+  ringTimeoutMs?: number;
+}
+
+/** One raw engine event (what `onEvent` receives); `type` names the callback without `on`. */
+export interface EngineEvent { type: string; [field: string]: unknown }
+
+/** The seed's `ICallPlusEventListener`; every callback is optional. */
+export interface CallPlusEventListener {
+  onReceivedCall?(session: CallSession, extra: string, inviter: string): void;
+  onCallConnected?(session: CallSession): void;
+  onCallEnded?(session: CallSession, reason: EndReasonName): void;
+  onRemoteUserStateChanged?(callId: string, userId: string, state: ParticipantStateName, reason: EndReasonName | null): void;
+  onRemoteUserInvited?(inviteeUserList: string[], inviterUserId: string, callId: string): void;
+  onCallTypeChanged?(type: CallTypeName, callId: string): void;
+  onRemoteCameraStateChanged?(callId: string, userId: string, disabled: boolean): void;
+  onRemoteMicrophoneStateChanged?(callId: string, userId: string, disabled: boolean): void;
+  onReceivedCallRecord?(record: CallRecord): void;
+  onReceivedCallPlusSummaryMessage?(summary: CallSummary): void;
+  onReceivedChangeMediaTypeRequest?(userId: string, transactionId: string, mediaType: MediaTypeName, callId: string): void;
+  onReceivedChangeMediaTypeResult?(info: { callId: string; userId: string; transactionId: string; mediaType: MediaTypeName; result: ChangeMediaTypeResultName }): void;
+  onReceivedCallStartTime?(info: { callId: string; callType: CallTypeName; callStartTime: number }): void;
+  onReceivedCallFirstFrameTime?(callId: string, callFirstFrameTime: number): void;
+  onDeliveryChanged?(callId: string, userId: string, delivery: DeliveryName): void;
+  /** A user's media can be played (`playMedia`); `mediaType` AUDIO for sound, AUDIO_VIDEO for video. */
+  onUserMediaAvailable?(userId: string, mediaType: MediaTypeName): void;
+  onFetchRemoteMediaError?(userId: string | null, message: string): void;
+  /** A remote user's audio level, 0-100, once a second during a call. */
+  onUserAudioLevelChanged?(userId: string, audioLevel: number): void;
+  onConnectionStateChanged?(state: ConnectionStateName, reason?: EndReasonName): void;
+  onConnectionRejected?(error: Failure): void;
+  /** Every engine event, raw, before the callback it maps to. */
+  onEvent?(event: EngineEvent): void;
+}
+
+export interface StatusReportListener {
+  /** Loss (0-100) of what this device sends and the round-trip delay (ms), once a second. */
+  onSendPacketLoss?(packetLostRate: number, delay: number): void;
+  /** Per remote user: loss (0-100) and bit rate (kbps) of what this device receives. */
+  onReceivePacketLoss?(data: Record<string, { packetLostRate: number; bitRate: number }>): void;
+}
+
+export interface ReceivedMediaStats {
+  audio: { packetsReceived: number; packetsLost: number; bytesReceived: number; totalAudioEnergy: number; audioLevel: number };
+  video: { packetsReceived: number; packetsLost: number; bytesReceived: number; framesDecoded: number; frameWidth: number; frameHeight: number };
+  connectionState: RTCPeerConnectionState;
+  roundTripTime: number;
+  fractionLost: number;
+}
+
+export interface CallPlusClientOptions {
+  /** This tab's device id (1-64 of [A-Za-z0-9_-]); random by default. */
+  deviceId?: string;
+  clientVersion?: string;
+  /** Where the engine's .wasm is, when not next to pkg/callplus_web.js. */
+  wasmUrl?: string | URL;
+  reconnectBackoffMin?: number;
+  reconnectBackoffMax?: number;
+  /** How long a WebSocket may take to open before it counts as lost (default 10000 ms). */
+  connectTimeoutMs?: number;
+}
+
+/** Loads the WebAssembly engine (done by `connect` too). */
+export declare function loadEngine(wasmUrl?: string | URL): Promise<unknown>;
+/** The WebSocket URL of a server address (`ws://host:port/v1/ws`). */
+export declare function webSocketUrl(server?: string): string;
+
+export declare class CallPlusClient {
+  constructor(options?: CallPlusClientOptions);
+  readonly deviceId: string;
+  readonly userId: string | null;
+  setCallPlusEventListener(listener: CallPlusEventListener): void;
+  setStatusReportListener(listener: StatusReportListener): void;
+  getConnectionState(): ConnectionStateName;
+  getCurrentCallSession(): CallSession | null;
+  /** `serverUrl`: `ws://`, `wss://`, `http://`, `https://` or `host:port`; default the page's host. */
+  connect(token: string, serverUrl?: string): Promise<Result<{ userId: string }>>;
+  disconnect(): Promise<Result>;
+  setToken(token: string): void;
+
+  startCall(options: StartCallOptions): Promise<Result<{ callId: string; busyUsers: string[] }>>;
+  startCall(userIds: string[], callType?: CallTypeName, mediaType?: MediaTypeName, pushConfig?: PushConfig, extra?: string): Promise<Result<{ callId: string; busyUsers: string[] }>>;
+  accept(callId: string): Promise<Result>;
+  hangup(callId?: string): Promise<Result>;
+  joinCall(callId: string): Promise<Result>;
+  invite(userIds: string[], options?: { extra?: string; pushConfig?: PushConfig }): Promise<Result<{ busyUsers: string[] }>>;
+  requestChangeMediaType(mediaType: MediaTypeName): Promise<Result<{ transactionId: string }>>;
+  cancelChangeMediaType(transactionId: string): Promise<Result>;
+  replyChangeMediaType(transactionId: string, isAgree: boolean): Promise<Result>;
+  startCamera(): Promise<Result>;
+  stopCamera(): Promise<Result>;
+  startMicrophone(): Promise<Result>;
+  stopMicrophone(): Promise<Result>;
+  switchCamera(cameraId: string): Promise<Result>;
+  switchMicrophone(microphoneId: string): Promise<Result>;
+  setVideoView(userId: string, element: HTMLVideoElement | null): Result;
+  setVideoView(list: { userId: string; videoElement: HTMLVideoElement | null; isTiny?: boolean }[]): Result;
+  playMedia(userId: string, mediaType: MediaTypeName): Promise<Result>;
+  muteAllRemoteAudio(mute: boolean): Result;
+  getMediaStats(): Promise<Record<string, ReceivedMediaStats>>;
+  getRemoteMediaStream(userId: string): MediaStream | null;
+
+  /** `order`: 0 ascending after `syncTime`, 1 descending before it. */
+  getCallRecords(syncTime?: number, count?: number, order?: 0 | 1): Promise<Result<{ result: { list: CallRecord[]; hasMore: boolean; syncTime: number } }>>;
+  deleteCallRecords(callIds: string[]): Promise<Result>;
+  deleteAllCallRecords(): Promise<Result>;
+  getAvailableCallRecordsFromServer(): Promise<Result<{ records: CallInfo[] }>>;
+  getAvailableCalls(): Promise<Result<{ records: CallInfo[] }>>;
+}

@@ -1,0 +1,420 @@
+// The browser's media for callplus calls: carries out the engine's media commands on
+// RTCPeerConnections and getUserMedia, and reports what the connections produce (SDP, ICE
+// candidates, first frames) back through hooks. It decides nothing: who offers, when media
+// starts and stops, and which devices are on all come from the engine's commands.
+//
+// Every peer connection negotiates one audio and one video transceiver, whatever the call's
+// media type (as callplus-media does), so AUDIO <-> AUDIO_VIDEO changes swap tracks without
+// renegotiation.
+
+const KIND_AUDIO = 'AUDIO';
+const KIND_VIDEO = 'VIDEO';
+
+function iceServers(list) {
+  return (list || []).map((s) => {
+    const out = { urls: s.urls };
+    if (s.username) out.username = s.username;
+    if (s.credential) out.credential = s.credential;
+    return out;
+  });
+}
+
+/** One peer device of the running call. */
+class Peer {
+  constructor(userId, deviceId, offerer, pc) {
+    this.userId = userId;
+    this.deviceId = deviceId;
+    this.offerer = offerer;
+    this.pc = pc;
+    /** Candidates that came before the remote description. */
+    this.pendingCandidates = [];
+    this.audio = null;
+    this.video = null;
+  }
+}
+
+export class MediaExecutor {
+  /**
+   * @param hooks {signal(callId, toUser, toDevice, kind, text, sdpMid, mLineIndex),
+   *   firstFrame(callId), userMediaAvailable(userId, kind), audioLevel(userId, level),
+   *   sendPacketLoss(rate, delay), receivePacketLoss(map), error(userId, message)}
+   */
+  constructor(hooks) {
+    this.hooks = hooks;
+    this.queue = Promise.resolve();
+    this.call = null;
+    this.localUser = null;
+    this.localStream = new MediaStream();
+    this.micEnabled = true;
+    this.camEnabled = true;
+    this.cameraId = undefined;
+    this.microphoneId = undefined;
+    /** userId -> HTMLVideoElement the app chose (setVideoView). */
+    this.views = new Map();
+    /** userId -> {videoStream, audio: HTMLAudioElement} of remote users. */
+    this.remotes = new Map();
+    this.remoteAudioMuted = false;
+    this.statsTimer = null;
+    this.lastStats = new Map();
+  }
+
+  /** Runs a media command after the ones before it. */
+  handle(command) {
+    this.queue = this.queue
+      .then(() => this.run(command))
+      .catch((e) => this.hooks.error?.(null, `${command.type}: ${e && e.message ? e.message : e}`));
+    return this.queue;
+  }
+
+  async run(c) {
+    switch (c.type) {
+      case 'start': return this.start(c);
+      case 'addPeer': return this.call && this.call.callId === c.callId ? this.addPeer(c.peer) : undefined;
+      case 'removePeer': return this.removePeer(c.userId, c.deviceId);
+      case 'setMediaType': return this.setMediaType(c.mediaType);
+      case 'applySignal': return this.applySignal(c);
+      case 'setDevice': return this.setDevice(c.kind, c.enabled);
+      case 'stop': return this.stop(c.callId);
+      default: return undefined;
+    }
+  }
+
+  // ----- local media ------------------------------------------------------------------------
+
+  track(kind) {
+    const list = kind === KIND_AUDIO ? this.localStream.getAudioTracks() : this.localStream.getVideoTracks();
+    return list[0] || null;
+  }
+
+  /** Opens the microphone (and the camera for AUDIO_VIDEO) unless already open. */
+  async ensureLocal(mediaType) {
+    const wantVideo = mediaType === 'AUDIO_VIDEO';
+    const constraints = {};
+    if (!this.track(KIND_AUDIO)) constraints.audio = this.microphoneId ? { deviceId: { exact: this.microphoneId } } : true;
+    if (wantVideo && !this.track(KIND_VIDEO)) constraints.video = this.cameraId ? { deviceId: { exact: this.cameraId } } : true;
+    if (!constraints.audio && !constraints.video) return;
+    const stream = await navigator.mediaDevices.getUserMedia(constraints);
+    for (const t of stream.getTracks()) this.localStream.addTrack(t);
+    this.showLocal();
+    this.hooks.userMediaAvailable?.(this.localUser, wantVideo ? 'AUDIO_VIDEO' : 'AUDIO');
+  }
+
+  /** Local preview before the call connects (called on startCall/accept). */
+  prepare(localUser, mediaType) {
+    this.localUser = localUser;
+    this.queue = this.queue.then(() => this.ensureLocal(mediaType)).catch((e) => this.hooks.error?.(localUser, `${e}`));
+  }
+
+  dropVideo() {
+    for (const t of this.localStream.getVideoTracks()) {
+      t.stop();
+      this.localStream.removeTrack(t);
+    }
+  }
+
+  showLocal() {
+    const el = this.localUser && this.views.get(this.localUser);
+    if (el && el.srcObject !== this.localStream) {
+      el.muted = true;
+      el.srcObject = this.localStream;
+    }
+  }
+
+  /** What a sender sends: the track of its kind when that device is on. */
+  sendTrack(kind) {
+    if (kind === KIND_AUDIO) return this.micEnabled ? this.track(KIND_AUDIO) : null;
+    return this.camEnabled && this.call && this.call.mediaType === 'AUDIO_VIDEO' ? this.track(KIND_VIDEO) : null;
+  }
+
+  async refreshSenders() {
+    if (!this.call) return;
+    const jobs = [];
+    for (const peer of this.call.peers.values()) {
+      if (peer.audio) jobs.push(peer.audio.sender.replaceTrack(this.sendTrack(KIND_AUDIO)));
+      if (peer.video) jobs.push(peer.video.sender.replaceTrack(this.sendTrack(KIND_VIDEO)));
+    }
+    await Promise.all(jobs);
+  }
+
+  async switchDevice(kind, deviceId) {
+    if (kind === KIND_AUDIO) this.microphoneId = deviceId; else this.cameraId = deviceId;
+    const old = this.track(kind);
+    if (!old) return;
+    const stream = await navigator.mediaDevices.getUserMedia(
+      kind === KIND_AUDIO ? { audio: { deviceId: { exact: deviceId } } } : { video: { deviceId: { exact: deviceId } } });
+    const fresh = kind === KIND_AUDIO ? stream.getAudioTracks()[0] : stream.getVideoTracks()[0];
+    this.localStream.removeTrack(old);
+    old.stop();
+    this.localStream.addTrack(fresh);
+    await this.refreshSenders();
+    this.hooks.userMediaAvailable?.(this.localUser, kind === KIND_AUDIO ? 'AUDIO' : 'AUDIO_VIDEO');
+  }
+
+  // ----- commands ---------------------------------------------------------------------------
+
+  async start(c) {
+    if (this.call) await this.stop(this.call.callId);
+    this.localUser = c.localUser;
+    this.micEnabled = c.microphoneEnabled;
+    this.camEnabled = c.cameraEnabled;
+    this.call = { callId: c.callId, mediaType: c.mediaType, iceServers: iceServers(c.iceServers), peers: new Map(), firstFrame: false };
+    if (c.mediaType !== 'AUDIO_VIDEO') this.dropVideo();
+    await this.ensureLocal(c.mediaType);
+    for (const p of c.peers) await this.addPeer(p);
+    this.statsTimer = setInterval(() => { this.report().catch(() => {}); }, 1000);
+  }
+
+  key(userId, deviceId) { return `${userId}/${deviceId}`; }
+
+  async addPeer(p) {
+    const call = this.call;
+    if (!call) return null;
+    const key = this.key(p.userId, p.deviceId);
+    if (call.peers.has(key)) return call.peers.get(key);
+    const pc = new RTCPeerConnection({ iceServers: call.iceServers });
+    const peer = new Peer(p.userId, p.deviceId, p.offerer, pc);
+    call.peers.set(key, peer);
+    pc.onicecandidate = (e) => {
+      if (e.candidate && e.candidate.candidate) {
+        this.hooks.signal(call.callId, p.userId, p.deviceId, 'candidate', e.candidate.candidate,
+          e.candidate.sdpMid || '', e.candidate.sdpMLineIndex || 0);
+      }
+    };
+    pc.ontrack = (e) => this.remoteTrack(peer, e.track);
+    if (p.offerer) {
+      peer.audio = pc.addTransceiver('audio', { direction: 'sendrecv' });
+      peer.video = pc.addTransceiver('video', { direction: 'sendrecv' });
+      await peer.audio.sender.replaceTrack(this.sendTrack(KIND_AUDIO));
+      await peer.video.sender.replaceTrack(this.sendTrack(KIND_VIDEO));
+      const offer = await pc.createOffer();
+      await pc.setLocalDescription(offer);
+      this.hooks.signal(call.callId, p.userId, p.deviceId, 'offer', pc.localDescription.sdp, '', 0);
+    }
+    return peer;
+  }
+
+  async removePeer(userId, deviceId) {
+    if (!this.call) return;
+    const key = this.key(userId, deviceId);
+    const peer = this.call.peers.get(key);
+    if (!peer) return;
+    peer.pc.close();
+    this.call.peers.delete(key);
+    if (![...this.call.peers.values()].some((q) => q.userId === userId)) this.dropRemote(userId);
+  }
+
+  async applySignal(c) {
+    if (!this.call || this.call.callId !== c.callId) return;
+    const key = this.key(c.fromUser, c.fromDevice);
+    let peer = this.call.peers.get(key);
+    const s = c.signal;
+    if (!peer) {
+      if (s.kind !== 'offer') return;
+      peer = await this.addPeer({ userId: c.fromUser, deviceId: c.fromDevice, offerer: false });
+    }
+    const pc = peer.pc;
+    if (s.kind === 'offer') {
+      await pc.setRemoteDescription({ type: 'offer', sdp: s.sdp });
+      for (const t of pc.getTransceivers()) {
+        const kind = t.receiver.track.kind;
+        if (kind === 'audio' && !peer.audio) peer.audio = t;
+        if (kind === 'video' && !peer.video) peer.video = t;
+        t.direction = 'sendrecv';
+      }
+      await this.refreshSenders();
+      const answer = await pc.createAnswer();
+      await pc.setLocalDescription(answer);
+      this.hooks.signal(this.call.callId, peer.userId, peer.deviceId, 'answer', pc.localDescription.sdp, '', 0);
+      await this.flushCandidates(peer);
+    } else if (s.kind === 'answer') {
+      await pc.setRemoteDescription({ type: 'answer', sdp: s.sdp });
+      await this.flushCandidates(peer);
+    } else if (s.kind === 'candidate') {
+      const candidate = { candidate: s.candidate, sdpMid: s.sdpMid || null, sdpMLineIndex: s.sdpMLineIndex };
+      if (pc.remoteDescription) await pc.addIceCandidate(candidate);
+      else peer.pendingCandidates.push(candidate);
+    }
+  }
+
+  async flushCandidates(peer) {
+    const list = peer.pendingCandidates;
+    peer.pendingCandidates = [];
+    for (const c of list) await peer.pc.addIceCandidate(c);
+  }
+
+  async setMediaType(mediaType) {
+    if (!this.call) return;
+    this.call.mediaType = mediaType;
+    if (mediaType === 'AUDIO_VIDEO') await this.ensureLocal(mediaType);
+    else this.dropVideo();
+    await this.refreshSenders();
+  }
+
+  async setDevice(kind, enabled) {
+    if (kind === KIND_AUDIO) this.micEnabled = enabled; else this.camEnabled = enabled;
+    const t = this.track(kind);
+    if (t) t.enabled = enabled;
+    await this.refreshSenders();
+  }
+
+  async stop(callId) {
+    if (!this.call || (callId && this.call.callId !== callId)) return;
+    for (const peer of this.call.peers.values()) peer.pc.close();
+    this.call = null;
+    clearInterval(this.statsTimer);
+    this.statsTimer = null;
+    this.lastStats.clear();
+    for (const userId of [...this.remotes.keys()]) this.dropRemote(userId);
+    for (const t of this.localStream.getTracks()) {
+      t.stop();
+      this.localStream.removeTrack(t);
+    }
+    const el = this.localUser && this.views.get(this.localUser);
+    if (el) el.srcObject = null;
+  }
+
+  // ----- remote media -----------------------------------------------------------------------
+
+  remote(userId) {
+    let r = this.remotes.get(userId);
+    if (!r) {
+      const audio = document.createElement('audio');
+      audio.autoplay = true;
+      audio.muted = this.remoteAudioMuted;
+      r = { videoStream: new MediaStream(), audioStream: new MediaStream(), audio };
+      audio.srcObject = r.audioStream;
+      this.remotes.set(userId, r);
+    }
+    return r;
+  }
+
+  remoteTrack(peer, track) {
+    const r = this.remote(peer.userId);
+    const stream = track.kind === 'audio' ? r.audioStream : r.videoStream;
+    for (const old of (track.kind === 'audio' ? stream.getAudioTracks() : stream.getVideoTracks())) stream.removeTrack(old);
+    stream.addTrack(track);
+    if (track.kind === 'video') this.attachView(peer.userId);
+    const call = this.call;
+    const available = () => {
+      if (this.call !== call) return;
+      if (call && !call.firstFrame) {
+        call.firstFrame = true;
+        this.hooks.firstFrame(call.callId);
+      }
+      this.hooks.userMediaAvailable?.(peer.userId, track.kind === 'audio' ? 'AUDIO' : 'AUDIO_VIDEO');
+    };
+    if (track.muted) track.addEventListener('unmute', available, { once: true });
+    else available();
+  }
+
+  attachView(userId) {
+    const el = this.views.get(userId);
+    const r = this.remotes.get(userId);
+    if (el && r && el.srcObject !== r.videoStream) {
+      el.muted = true; // the user's sound plays from its own audio element
+      el.srcObject = r.videoStream;
+    }
+  }
+
+  dropRemote(userId) {
+    const r = this.remotes.get(userId);
+    if (!r) return;
+    r.audio.srcObject = null;
+    this.remotes.delete(userId);
+    const el = this.views.get(userId);
+    if (el) el.srcObject = null;
+  }
+
+  setView(userId, element) {
+    if (element) this.views.set(userId, element); else this.views.delete(userId);
+    if (!element) return;
+    element.autoplay = true;
+    element.playsInline = true;
+    if (userId === this.localUser) this.showLocal(); else this.attachView(userId);
+  }
+
+  async play(userId, mediaType) {
+    const jobs = [];
+    const el = this.views.get(userId);
+    if (el && mediaType !== 'AUDIO') jobs.push(el.play());
+    const r = this.remotes.get(userId);
+    if (r && userId !== this.localUser) jobs.push(r.audio.play());
+    await Promise.all(jobs);
+  }
+
+  /** A user's received audio and video tracks as one stream (for analysis or recording). */
+  remoteStream(userId) {
+    const r = this.remotes.get(userId);
+    return r ? new MediaStream([...r.audioStream.getTracks(), ...r.videoStream.getTracks()]) : null;
+  }
+
+  muteAllRemoteAudio(mute) {
+    this.remoteAudioMuted = mute;
+    for (const r of this.remotes.values()) r.audio.muted = mute;
+  }
+
+  // ----- statistics -------------------------------------------------------------------------
+
+  /** Per remote user: what was received ({audio, video}) from `getStats`, summed over devices. */
+  async stats() {
+    const out = {};
+    if (!this.call) return out;
+    for (const peer of this.call.peers.values()) {
+      const u = out[peer.userId] || (out[peer.userId] = {
+        audio: { packetsReceived: 0, packetsLost: 0, bytesReceived: 0, totalAudioEnergy: 0, audioLevel: 0 },
+        video: { packetsReceived: 0, packetsLost: 0, bytesReceived: 0, framesDecoded: 0, frameWidth: 0, frameHeight: 0 },
+        connectionState: peer.pc.connectionState,
+        roundTripTime: 0, fractionLost: 0,
+      });
+      const report = await peer.pc.getStats();
+      report.forEach((s) => {
+        if (s.type === 'inbound-rtp' && (s.kind === 'audio' || s.kind === 'video')) {
+          const k = u[s.kind];
+          k.packetsReceived += s.packetsReceived || 0;
+          k.packetsLost += s.packetsLost || 0;
+          k.bytesReceived += s.bytesReceived || 0;
+          if (s.kind === 'audio') {
+            k.totalAudioEnergy += s.totalAudioEnergy || 0;
+            k.audioLevel = Math.max(k.audioLevel, s.audioLevel || 0);
+          } else {
+            k.framesDecoded += s.framesDecoded || 0;
+            k.frameWidth = Math.max(k.frameWidth, s.frameWidth || 0);
+            k.frameHeight = Math.max(k.frameHeight, s.frameHeight || 0);
+          }
+        } else if (s.type === 'remote-inbound-rtp') {
+          u.roundTripTime = Math.max(u.roundTripTime, s.roundTripTime || 0);
+          u.fractionLost = Math.max(u.fractionLost, s.fractionLost || 0);
+        }
+      });
+    }
+    return out;
+  }
+
+  /** Once a second: audio levels and packet loss, as the seed's status reports. */
+  async report() {
+    const stats = await this.stats();
+    const receive = {};
+    let sendLoss = 0;
+    let delay = 0;
+    for (const [userId, s] of Object.entries(stats)) {
+      this.hooks.audioLevel?.(userId, Math.round(s.audio.audioLevel * 100));
+      const last = this.lastStats.get(userId);
+      const received = s.audio.packetsReceived + s.video.packetsReceived;
+      const lost = s.audio.packetsLost + s.video.packetsLost;
+      const bytes = s.audio.bytesReceived + s.video.bytesReceived;
+      if (last) {
+        const dr = received - last.received;
+        const dl = lost - last.lost;
+        receive[userId] = {
+          packetLostRate: dr + dl > 0 ? Math.round((100 * dl) / (dr + dl)) : 0,
+          bitRate: Math.round(((bytes - last.bytes) * 8) / 1000),
+        };
+      }
+      this.lastStats.set(userId, { received, lost, bytes });
+      sendLoss = Math.max(sendLoss, Math.round(s.fractionLost * 100));
+      delay = Math.max(delay, Math.round(s.roundTripTime * 1000));
+    }
+    this.hooks.sendPacketLoss?.(sendLoss, delay);
+    if (Object.keys(receive).length) this.hooks.receivePacketLoss?.(receive);
+  }
+}
