@@ -72,7 +72,7 @@ use crate::model::message::{ClientFrame, Event, Hello, Response, ResponseBody, S
 use crate::model::snapshot::CallInfo;
 use crate::wire::FrameError;
 
-pub use config::{BusyPolicy, ConfigError, DevicePolicy, SwitchboardConfig};
+pub use config::{BusyPolicy, ConfigError, DevicePolicy, MAX_NODE_ID_LEN, SwitchboardConfig, valid_node_id};
 pub use output::{ConnId, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId};
 
 pub use output::QueryResult;

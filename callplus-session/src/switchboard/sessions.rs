@@ -48,7 +48,14 @@ impl Switchboard {
         x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         x ^= x >> 31;
         const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-        let mut s = String::with_capacity(10);
+        // `{node}_{time}`: the time part has no `_`, so the node id is everything before the
+        // last `_` and two nodes' ids can never be equal; a single node keeps `{time}`.
+        let node = self.cfg.node_id.as_str();
+        let mut s = String::with_capacity(node.len() + 11);
+        if !node.is_empty() {
+            s.push_str(node);
+            s.push('_');
+        }
         for _ in 0..10 {
             let d = (x % 36) as usize;
             s.push(char::from(DIGITS.get(d).copied().unwrap_or(b'0')));

@@ -1745,3 +1745,43 @@ fn a_reused_connection_id_never_gets_a_frame_twice() {
     let ev = h.events(b);
     assert_eq!(ev.iter().filter(|e| matches!(e, Event::MediaStateChanged { .. })).count(), 1);
 }
+
+/// Two nodes started in the same millisecond, with the same storage, mint disjoint call and
+/// session ids because each id leads with the node id; a single node keeps the old form.
+#[test]
+fn nodes_started_together_mint_disjoint_ids() {
+    let node = |node_id: &str| {
+        let mut h = H::new(SwitchboardConfig {
+            push_enabled: false,
+            node_id: node_id.to_owned(),
+            ..SwitchboardConfig::default()
+        });
+        h.sb.set_min_sync_time(42);
+        let a = h.connect("alice", "a1");
+        h.connect("bob", "b1");
+        let calls: Vec<CallId> = (0..3)
+            .map(|_| {
+                let id = h.single(a, "bob");
+                ok(h.hangup(a, &id));
+                id
+            })
+            .collect();
+        let session = h.devs.get(&a).map(|d| d.session_id.clone()).unwrap_or_default();
+        (calls, session)
+    };
+    let (ids_a, session_a) = node("node-a");
+    let (ids_b, session_b) = node("node-b");
+    assert!(ids_a.iter().all(|id| id.as_str().starts_with("node-a_")), "{ids_a:?}");
+    assert!(ids_b.iter().all(|id| id.as_str().starts_with("node-b_")), "{ids_b:?}");
+    assert!(ids_a.iter().all(|id| !ids_b.contains(id)), "{ids_a:?} vs {ids_b:?}");
+    assert_ne!(session_a, session_b);
+    // A single node's ids are unchanged: `{10-character prefix}-{counter}`.
+    let (single, _) = node("");
+    assert!(
+        single.iter().all(|id| id.as_str().split_once('-').is_some_and(|(p, _)| p.len() == 10)),
+        "{single:?}"
+    );
+    // The same instant without node ids: the collision the node id prevents.
+    let (again, _) = node("");
+    assert_eq!(single, again);
+}

@@ -188,6 +188,7 @@ impl ServeArgs {
             requests_per_second: self.requests_per_second,
             request_burst: self.request_burst,
             ended_call_retention_ms: ms(self.ended_call_retention)?,
+            node_id: self.node_id.clone().unwrap_or_default(),
         })
     }
 }
