@@ -11,7 +11,7 @@ use crate::model::ids::{AppKey, CallId, UserId};
 use crate::model::kinds::{Delivery, EndReason};
 use crate::model::message::{ClientBody, Event, ServerBody, ServerFrame, Welcome};
 
-use super::output::{ConnId, OfflineEvent, Output, Query};
+use super::output::{ConnId, DevicePresence, OfflineEvent, Output, Query};
 
 use super::session::Inbound;
 use super::timer::Timer;
@@ -96,6 +96,17 @@ impl Switchboard {
             ice_servers: self.cfg.ice_servers.clone(),
             last_received_seq: s.ack(),
         };
+        if !self.cfg.node_id.is_empty()
+            && let Some(conn) = s.conn
+        {
+            let device = DevicePresence {
+                app: s.app.clone(),
+                user: s.user.clone(),
+                device: s.device.clone(),
+                session_id: s.id.clone(),
+            };
+            self.net.outputs.push_back(Output::SessionOnline { conn, device });
+        }
         self.net.unsequenced(sk, ServerBody::Welcome(welcome));
     }
 
@@ -338,6 +349,15 @@ impl Switchboard {
     /// (NETWORK_ERROR) end at the device's last sign of life; the others now.
     pub(super) fn drop_session(&mut self, now_ms: i64, sk: SessionKey, how: LegEnd, leftovers: Leftovers) {
         let Some(s) = self.net.sessions.remove(&sk) else { return };
+        if !self.cfg.node_id.is_empty() {
+            let device = DevicePresence {
+                app: s.app.clone(),
+                user: s.user.clone(),
+                device: s.device.clone(),
+                session_id: s.id.clone(),
+            };
+            self.net.outputs.push_back(Output::SessionEnded { device });
+        }
         s.user_bytes.fetch_sub(s.outbox_bytes.min(s.user_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
         if let Some(conn) = s.conn {
             self.net.conns.remove(&conn);
