@@ -27,14 +27,15 @@ use callplus_session::switchboard::{
 };
 use callplus_session::wire::{FrameError, event_to_wire};
 use callplus_session::{
-    AppKey, CallId, CallInfo, CallRecord, ClientFrame, Code, Error, Hello, RecordOrder, RecordPage, Response,
-    ServerBody, ServerFrame, UserId,
+    AppKey, CallId, CallInfo, CallRecord, ClientBody, ClientFrame, Code, Error, Hello, RecordOrder,
+    RecordPage, Response, ServerBody, ServerFrame, UserId,
 };
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::metrics::{Metrics, ReasonLabel};
+use super::presence::{Note, PresenceQueue};
 use crate::storage::{BatchWriter, Encode, PageOrder, Storage, StorageError, WriteOp};
 
 /// Inputs queued to the driver before transports wait.
@@ -189,6 +190,8 @@ pub(crate) struct Driver {
     last_now: i64,
     /// [`Switchboard::slow_sessions_dropped`] already counted in the metrics.
     slow_sessions_seen: u64,
+    /// The presence registry's queue (`serve --redis`).
+    presence: Option<PresenceQueue>,
 }
 
 impl Driver {
@@ -215,8 +218,14 @@ impl Driver {
             known_calls: HashSet::new(),
             last_now: 0,
             slow_sessions_seen: 0,
+            presence: None,
         };
         (driver, DriverHandle { tx })
+    }
+
+    /// Keeps this node's devices in the presence registry (needs a switchboard with a node id).
+    pub(crate) fn set_presence(&mut self, presence: PresenceQueue) {
+        self.presence = Some(presence);
     }
 
     fn now(&mut self) -> i64 {
@@ -287,6 +296,11 @@ impl Driver {
             Input::Frame { conn, frame } => {
                 if self.conns.contains_key(&conn) {
                     self.metrics.frames_in.inc();
+                    if let Some(presence) = &self.presence
+                        && matches!(frame.body, ClientBody::Ping)
+                    {
+                        presence.note(Note::Heartbeat { conn });
+                    }
                     self.sb.handle_frame(now, conn, *frame);
                 }
             }
@@ -463,6 +477,16 @@ impl Driver {
                 }
                 None => tracing::debug!(call = %request.call_id, "no push webhook configured"),
             },
+            Output::SessionOnline { conn, device } => {
+                if let Some(presence) = &self.presence {
+                    presence.note(Note::Online { conn, device });
+                }
+            }
+            Output::SessionEnded { device } => {
+                if let Some(presence) = &self.presence {
+                    presence.note(Note::Ended { device });
+                }
+            }
             Output::Query { id, app, user, query } => {
                 // The query flushes the writer first: this device's own writes must be there.
                 self.submit_writes();
