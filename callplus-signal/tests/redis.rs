@@ -320,5 +320,15 @@ async fn a_node_keeps_its_devices_sessions_in_presence() {
     })
     .await;
     assert_eq!(restored, alice_at, "the same session, restored by its renewals");
+
+    // A stopping server ends its sessions and removes their entries before it exits.
+    let pid = serve.child.id().unwrap().to_string();
+    let stopping = Instant::now();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    eventually("alice's presence removed at stop", || async {
+        reader.lookup(&app, "alice").await.ok().filter(Vec::is_empty)
+    })
+    .await;
+    assert!(stopping.elapsed() < Duration::from_secs(3), "removed by the stop, not by expiry");
     drop(alice);
 }

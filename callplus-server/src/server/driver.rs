@@ -366,6 +366,9 @@ impl Driver {
         let now = self.now();
         self.sb.shutdown(now);
         self.drain();
+        if let Some(presence) = self.presence.take() {
+            presence.close().await;
+        }
         // Dropping the queues ends every stream once its last frames are written.
         self.conns.clear();
         self.rx.close();

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use callplus_session::switchboard::{ConnId, DevicePresence};
 use tokio::sync::mpsc;
@@ -31,11 +32,15 @@ pub(crate) enum Note {
     Ended { device: DevicePresence },
 }
 
+/// How long a stopping server waits for the presence task to remove its devices' entries.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The driver's end of the presence queue.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct PresenceQueue {
     tx: mpsc::Sender<Note>,
     metrics: Arc<Metrics>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl PresenceQueue {
@@ -46,13 +51,25 @@ impl PresenceQueue {
             tracing::debug!(note = ?e.into_inner(), "presence queue full; note dropped");
         }
     }
+
+    /// Closes the queue and waits (bounded by [`CLOSE_TIMEOUT`]) for the notes already queued,
+    /// so a stopping server removes its devices' entries instead of leaving them to expire.
+    pub(crate) async fn close(self) {
+        let PresenceQueue { tx, task, .. } = self;
+        drop(tx);
+        if tokio::time::timeout(CLOSE_TIMEOUT, task).await.is_err() {
+            tracing::warn!(
+                "presence registry not updated in time at shutdown; the entries left expire by TTL"
+            );
+        }
+    }
 }
 
 /// Starts the presence task; it stops when every [`PresenceQueue`] is dropped.
 pub(crate) fn spawn(presence: Presence, metrics: Arc<Metrics>) -> PresenceQueue {
     let (tx, rx) = mpsc::channel(PRESENCE_QUEUE);
-    tokio::spawn(run(presence, rx, metrics.clone()));
-    PresenceQueue { tx, metrics }
+    let task = tokio::spawn(run(presence, rx, metrics.clone()));
+    PresenceQueue { tx, metrics, task }
 }
 
 async fn run(presence: Presence, mut rx: mpsc::Receiver<Note>, metrics: Arc<Metrics>) {

@@ -389,6 +389,7 @@ impl Switchboard {
             if let Some(conn) = self.net.sessions.get(&sk).and_then(|s| s.conn) {
                 self.net.outputs.push_back(Output::Close { conn });
             }
+            self.session_ended(sk);
         }
         let sessions = std::mem::take(&mut self.net.sessions);
         self.net.graveyard.extend(sessions);

@@ -84,6 +84,22 @@ impl Switchboard {
         }
     }
 
+    /// Tells a node of several (one with a node id) that the session ends for good, so its
+    /// presence entry goes.
+    pub(super) fn session_ended(&mut self, sk: SessionKey) {
+        if self.cfg.node_id.is_empty() {
+            return;
+        }
+        let Some(s) = self.net.sessions.get(&sk) else { return };
+        let device = DevicePresence {
+            app: s.app.clone(),
+            user: s.user.clone(),
+            device: s.device.clone(),
+            session_id: s.id.clone(),
+        };
+        self.net.outputs.push_back(Output::SessionEnded { device });
+    }
+
     pub(super) fn send_welcome(&mut self, now_ms: i64, sk: SessionKey, resumed: bool) {
         let Some(s) = self.net.sessions.get(&sk) else { return };
         let welcome = Welcome {
@@ -348,16 +364,8 @@ impl Switchboard {
     /// invitation, and save its undelivered records and summaries. Legs lost to the network
     /// (NETWORK_ERROR) end at the device's last sign of life; the others now.
     pub(super) fn drop_session(&mut self, now_ms: i64, sk: SessionKey, how: LegEnd, leftovers: Leftovers) {
+        self.session_ended(sk);
         let Some(s) = self.net.sessions.remove(&sk) else { return };
-        if !self.cfg.node_id.is_empty() {
-            let device = DevicePresence {
-                app: s.app.clone(),
-                user: s.user.clone(),
-                device: s.device.clone(),
-                session_id: s.id.clone(),
-            };
-            self.net.outputs.push_back(Output::SessionEnded { device });
-        }
         s.user_bytes.fetch_sub(s.outbox_bytes.min(s.user_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
         if let Some(conn) = s.conn {
             self.net.conns.remove(&conn);

@@ -1839,6 +1839,14 @@ fn presence_follows_sessions_not_connections() {
     h.advance(resume_window + 1);
     assert_eq!(presence(h.outputs()), vec![("ended", None, "a1".to_owned(), sa)]);
 
+    // The server stops: every session ends.
+    let c = h.connect("carol", "c1");
+    let sc = h.devs[&c].session_id.clone();
+    h.outputs();
+    h.sb.shutdown(h.now);
+    h.drain();
+    assert_eq!(presence(h.outputs()), vec![("ended", None, "c1".to_owned(), sc)]);
+
     // A single node (no node id) is told nothing.
     let mut single = H::default();
     let c = single.connect("carol", "c1");
