@@ -185,6 +185,11 @@ fn scenario(seed: u64) {
         let callee = node.sim.add_device(&format!("callee{i}"), &format!("callee{i}-phone"));
         node.sim.settle();
         pairs.push((caller, callee));
+        // Each node registers its own devices' sessions, minted with its node id.
+        let presence = &node.sim.storage.presence;
+        assert_eq!(presence.len(), 2, "{presence:?}");
+        let minted = format!("s{}_", node.name);
+        assert!(presence.values().all(|session| session.starts_with(&minted)), "{presence:?}");
     }
     let start = nodes.iter().map(|n| n.sim.now).max().unwrap_or(0);
     run(&mut nodes, &mut redis, start);
