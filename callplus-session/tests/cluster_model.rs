@@ -11,7 +11,7 @@
 
 mod sim;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use callplus_session::switchboard::SwitchboardConfig;
 use callplus_session::{AppKey, CallId, CallInfo, CallType, EndReason, MediaType};
@@ -88,7 +88,7 @@ impl Node {
     fn new(name: &str) -> Node {
         Node {
             name: name.to_owned(),
-            sim: Sim::new(SwitchboardConfig::default()),
+            sim: Sim::new(SwitchboardConfig { node_id: name.to_owned(), ..SwitchboardConfig::default() }),
             alive: true,
             leases: BTreeMap::new(),
             renewed_at: 0,
@@ -180,14 +180,16 @@ fn scenario(seed: u64) {
     // On each node a caller and a callee of its own.
     let mut pairs = Vec::new();
     for (i, node) in nodes.iter_mut().enumerate() {
-        // Nodes started in the same millisecond would mint the same call ids (the switchboard
-        // derives its id prefix from its start time): the nodes here start apart. Real nodes
-        // need their node id in the prefix; see docs/architecture.md.
-        node.sim.run_for(1 + i as i64 * 7);
+        // All nodes start in the same millisecond: their node ids keep their call ids apart.
         let caller = node.sim.add_device(&format!("caller{i}"), &format!("caller{i}-phone"));
         let callee = node.sim.add_device(&format!("callee{i}"), &format!("callee{i}-phone"));
         node.sim.settle();
         pairs.push((caller, callee));
+        // Each node registers its own devices' sessions, minted with its node id.
+        let presence = &node.sim.storage.presence;
+        assert_eq!(presence.len(), 2, "{presence:?}");
+        let minted = format!("s{}_", node.name);
+        assert!(presence.values().all(|session| session.starts_with(&minted)), "{presence:?}");
     }
     let start = nodes.iter().map(|n| n.sim.now).max().unwrap_or(0);
     run(&mut nodes, &mut redis, start);
@@ -208,6 +210,8 @@ fn scenario(seed: u64) {
         };
         calls.push(call);
     }
+    let distinct: BTreeSet<&CallId> = calls.iter().collect();
+    assert_eq!(distinct.len(), calls.len(), "nodes started together mint distinct call ids: {calls:?}");
     let t = nodes.iter().map(|n| n.sim.now).max().unwrap_or(0) + rng.below(5_000) as i64;
     run(&mut nodes, &mut redis, t);
     let lost_call = calls[lost].clone();

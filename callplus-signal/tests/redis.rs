@@ -178,3 +178,157 @@ async fn rediss_urls_connect_with_tls() {
     );
     assert!(ClusterConfig::with_tls_ca("redis://127.0.0.1:1/", "n", Some(Vec::new())).is_err());
 }
+
+/// A running `callplus serve --redis URL --node-id ID` (the real binary).
+struct Serve {
+    child: tokio::process::Child,
+    banner: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Serve {
+    /// Heartbeats every 2 s, so presence entries live 6 s unless renewed.
+    async fn start(redis: &OwnedRedis, node_id: &str) -> Serve {
+        use tokio::io::AsyncBufReadExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_callplus"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--heartbeat-interval", "2s", "--liveness-timeout", "8s"])
+            .args(["--redis", &redis.url(), "--node-id", node_id])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("CALLPLUS_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut banner = Vec::new();
+        loop {
+            match tokio::time::timeout(WAIT, lines.next_line()).await {
+                Ok(Ok(Some(line))) => {
+                    let done = line.contains("Stop with Ctrl-C");
+                    banner.push(line);
+                    if done {
+                        break;
+                    }
+                }
+                other => panic!("no banner ({other:?}): {banner:#?}"),
+            }
+        }
+        // Keep reading so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Serve { child, banner, _dir: dir }
+    }
+
+    fn value(&self, label: &str) -> String {
+        self.banner
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(label).map(|v| v.trim().to_owned()))
+            .unwrap_or_else(|| panic!("no {label:?} in the banner: {:#?}", self.banner))
+    }
+
+    fn token(&self, user: &str) -> String {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        callplus_signal::token::mint(&self.value("app key:"), &self.value("app secret:"), user, now, 3600)
+            .unwrap()
+    }
+
+    /// The sum of a `/metrics` counter over the label `result="{result}"`.
+    async fn presence_updates(&self, result: &str) -> f64 {
+        let admin = self.value("admin API:").split_whitespace().next().unwrap().to_owned();
+        let text = reqwest::get(format!("{admin}/metrics")).await.unwrap().text().await.unwrap();
+        let prefix = format!("callplus_presence_updates_total{{result=\"{result}\"}} ");
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+#[tokio::test]
+async fn a_node_keeps_its_devices_sessions_in_presence() {
+    use callplus_session::{CallType, DeviceId, MediaType};
+    use callplus_signal::client::{Client, ClientOptions};
+    let Some(mut redis) = OwnedRedis::start() else { return };
+    let serve = Serve::start(&redis, "node-a").await;
+    let url = serve.value("gRPC (devices):");
+    let (_, reader) = node(&redis, "reader", Duration::from_secs(30)).await;
+    let options = |device: &str| ClientOptions {
+        reconnect_backoff_min: Duration::from_millis(20),
+        reconnect_backoff_max: Duration::from_millis(200),
+        ..ClientOptions::default().with_device_id(DeviceId::new(device).unwrap())
+    };
+    let (alice, _alice_events) =
+        Client::connect(&url, &serve.token("alice"), options("alice-phone")).await.unwrap();
+    let (bob, _bob_events) = Client::connect(&url, &serve.token("bob"), options("bob-phone")).await.unwrap();
+    let app = serve.value("app key:");
+    let on_node = |found: Vec<DeviceLocation>, device: &str| {
+        found.into_iter().find(|d| d.device_id == device && d.node_id == "node-a")
+    };
+
+    // Both devices are registered on this node, with sessions minted by this node.
+    let alice_at = eventually("alice's presence", || async {
+        on_node(reader.lookup(&app, "alice").await.ok()?, "alice-phone")
+    })
+    .await;
+    let bob_at = eventually("bob's presence", || async {
+        on_node(reader.lookup(&app, "bob").await.ok()?, "bob-phone")
+    })
+    .await;
+    assert!(alice_at.session_id.starts_with("snode-a_"), "{alice_at:?}");
+    assert_ne!(alice_at.session_id, bob_at.session_id);
+    // Call ids lead with the node id too.
+    let call =
+        alice.start_call(&["bob"], CallType::Single, MediaType::Audio, Default::default()).await.unwrap();
+    assert!(call.call_id().as_str().starts_with("node-a_"), "{:?}", call.call_id());
+    alice.hangup(Some(call.call_id())).await.unwrap();
+
+    // Bob logs out: his session ends and his entry goes at once, well before its TTL (6 s from
+    // its last renewal, at most 2 s ago) could expire it.
+    let ended = Instant::now();
+    bob.disconnect().await;
+    eventually("bob's presence removed", || async {
+        reader.lookup(&app, "bob").await.ok().filter(Vec::is_empty)
+    })
+    .await;
+    assert!(ended.elapsed() < Duration::from_secs(3), "removed by the session's end, not by expiry");
+    assert!(on_node(reader.lookup(&app, "alice").await.unwrap(), "alice-phone").is_some(), "alice stays");
+
+    // Redis restarts empty: signalling goes on (errors counted), and alice's next heartbeat
+    // renewals write her entry back.
+    redis.stop();
+    eventually("a failed presence update counted", || async {
+        let errors = serve.presence_updates("error").await;
+        (errors > 0.0).then_some(errors)
+    })
+    .await;
+    assert!(
+        alice.get_call_records(-1, 10, callplus_session::RecordOrder::Desc).await.is_ok(),
+        "signalling works"
+    );
+    redis.resume();
+    let restored = eventually("alice's presence restored", || async {
+        on_node(reader.lookup(&app, "alice").await.ok()?, "alice-phone")
+    })
+    .await;
+    assert_eq!(restored, alice_at, "the same session, restored by its renewals");
+
+    // A stopping server ends its sessions and removes their entries before it exits.
+    let pid = serve.child.id().unwrap().to_string();
+    let stopping = Instant::now();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    eventually("alice's presence removed at stop", || async {
+        reader.lookup(&app, "alice").await.ok().filter(Vec::is_empty)
+    })
+    .await;
+    assert!(stopping.elapsed() < Duration::from_secs(3), "removed by the stop, not by expiry");
+    drop(alice);
+}

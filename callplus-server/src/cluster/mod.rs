@@ -1,8 +1,9 @@
 //! Building blocks for running several nodes on one Redis: call-ownership leases and the
 //! presence registry (see "Several nodes" in `docs/architecture.md`).
 //!
-//! Routing between nodes is not wired into the server yet: these types are used by the tests
-//! and by the next steps; `serve --redis URL --node-id ID` is parsed and checked only.
+//! With `serve --redis URL --node-id ID` the server keeps its devices in [`Presence`] (see
+//! `server::presence`); routing between nodes and call leases are not wired into the server
+//! yet: [`CallLeases`] is used by the tests and the next steps.
 
 mod lease;
 mod node;

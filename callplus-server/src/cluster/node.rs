@@ -6,7 +6,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::ClusterError;
 
-/// A node's id, unique in the deployment: 1-64 characters of `[A-Za-z0-9_-]`, so it can sit in
+/// A node's id, unique in the deployment: 1-32 characters of `[A-Za-z0-9_-]` (it leads every call id the
+/// node mints, which must stay within 64 characters), so it can sit in
 /// Redis keys and values next to `:` and `|` separators.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NodeId(String);
@@ -17,13 +18,12 @@ impl NodeId {
     /// # Errors
     /// [`ClusterError::InvalidArgument`] for an empty, long or oddly spelled id.
     pub fn new(id: &str) -> Result<NodeId, ClusterError> {
-        let ok = (1..=64).contains(&id.len())
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let ok = !id.is_empty() && callplus_session::switchboard::valid_node_id(id);
         if ok {
             Ok(NodeId(id.to_owned()))
         } else {
             Err(ClusterError::InvalidArgument(format!(
-                "node id `{id}` must be 1-64 characters of A-Z a-z 0-9 _ -"
+                "node id `{id}` must be 1-32 characters of A-Z a-z 0-9 _ -"
             )))
         }
     }

@@ -27,8 +27,8 @@ use callplus_session::switchboard::{
 };
 use callplus_session::wire::{FrameError, event_to_wire};
 use callplus_session::{
-    AppKey, CallId, CallInfo, CallRecord, ClientFrame, Code, DeviceId, Error, Hello, MediaPayload,
-    RecordOrder, RecordPage, Response, ServerBody, ServerFrame, UserId,
+    AppKey, CallId, CallInfo, CallRecord, ClientBody, ClientFrame, Code, DeviceId, Error, Hello,
+    MediaPayload, RecordOrder, RecordPage, Response, ServerBody, ServerFrame, UserId,
 };
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
@@ -36,6 +36,7 @@ use tokio::time::Instant;
 
 use super::media_relay::SfuCommand;
 use super::metrics::{Metrics, ReasonLabel};
+use super::presence::{Note, PresenceQueue};
 use crate::storage::{BatchWriter, Encode, PageOrder, Storage, StorageError, WriteOp};
 
 /// Inputs queued to the driver before transports wait.
@@ -203,6 +204,8 @@ pub(crate) struct Driver {
     slow_sessions_seen: u64,
     /// Where SFU work goes, when the server runs an SFU.
     sfu: Option<mpsc::UnboundedSender<SfuCommand>>,
+    /// The presence registry's queue (`serve --redis`).
+    presence: Option<PresenceQueue>,
 }
 
 impl Driver {
@@ -230,6 +233,7 @@ impl Driver {
             last_now: 0,
             slow_sessions_seen: 0,
             sfu: None,
+            presence: None,
         };
         (driver, DriverHandle { tx })
     }
@@ -237,6 +241,11 @@ impl Driver {
     /// Sends the switchboard's SFU work to this queue (see `media_relay`).
     pub(crate) fn set_sfu(&mut self, commands: mpsc::UnboundedSender<SfuCommand>) {
         self.sfu = Some(commands);
+    }
+
+    /// Keeps this node's devices in the presence registry (needs a switchboard with a node id).
+    pub(crate) fn set_presence(&mut self, presence: PresenceQueue) {
+        self.presence = Some(presence);
     }
 
     fn now(&mut self) -> i64 {
@@ -307,6 +316,11 @@ impl Driver {
             Input::Frame { conn, frame } => {
                 if self.conns.contains_key(&conn) {
                     self.metrics.frames_in.inc();
+                    if let Some(presence) = &self.presence
+                        && matches!(frame.body, ClientBody::Ping)
+                    {
+                        presence.note(Note::Heartbeat { conn });
+                    }
                     self.sb.handle_frame(now, conn, *frame);
                 }
             }
@@ -375,6 +389,9 @@ impl Driver {
         let now = self.now();
         self.sb.shutdown(now);
         self.drain();
+        if let Some(presence) = self.presence.take() {
+            presence.close().await;
+        }
         // Dropping the queues ends every stream once its last frames are written.
         self.conns.clear();
         self.rx.close();
@@ -493,6 +510,16 @@ impl Driver {
                 }
                 None => tracing::debug!(call = %request.call_id, "no push webhook configured"),
             },
+            Output::SessionOnline { conn, device } => {
+                if let Some(presence) = &self.presence {
+                    presence.note(Note::Online { conn, device });
+                }
+            }
+            Output::SessionEnded { device } => {
+                if let Some(presence) = &self.presence {
+                    presence.note(Note::Ended { device });
+                }
+            }
             Output::Query { id, app, user, query } => {
                 // The query flushes the writer first: this device's own writes must be there.
                 self.submit_writes();

@@ -55,6 +55,9 @@ pub(crate) struct Metrics {
     pub(crate) silent_connections: Family<PortLabel, Counter>,
     /// Push webhook deliveries, by outcome.
     pub(crate) pushes: Family<ResultLabel, Counter>,
+    /// Presence registry commands (`serve --redis`), by outcome: `ok`, `error` (Redis
+    /// unreachable or refusing), `dropped` (the queue to the presence task was full).
+    pub(crate) presence: Family<ResultLabel, Counter>,
 }
 
 impl Metrics {
@@ -73,6 +76,7 @@ impl Metrics {
             slow_consumers: Counter::default(),
             silent_connections: Family::default(),
             pushes: Family::default(),
+            presence: Family::default(),
         };
         registry.register("connected_devices", "Connected device sessions", m.connected_devices.clone());
         registry.register("live_calls", "Calls that have not ended", m.live_calls.clone());
@@ -93,6 +97,11 @@ impl Metrics {
             m.silent_connections.clone(),
         );
         registry.register("pushes", "Push webhook deliveries, by outcome", m.pushes.clone());
+        registry.register(
+            "presence_updates",
+            "Presence registry updates (--redis), by outcome: ok, error, dropped",
+            m.presence.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -111,6 +120,10 @@ impl Metrics {
 
     pub(crate) fn count_silent(&self, port: &'static str) {
         self.silent_connections.get_or_create(&PortLabel { port }).inc();
+    }
+
+    pub(crate) fn count_presence(&self, result: &str) {
+        self.presence.get_or_create(&ResultLabel { result: result.to_owned() }).inc();
     }
 
     pub(crate) fn count_push(&self, result: &str) {

@@ -33,6 +33,7 @@ mod grpc;
 mod media_relay;
 mod metrics;
 mod outbound;
+mod presence;
 mod push;
 pub mod shutdown;
 mod silence;
@@ -111,6 +112,9 @@ pub enum ServerError {
     /// A background task failed.
     #[error("internal: {0}")]
     Internal(String),
+    /// Redis (`serve --redis`) could not be reached at start.
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Entry point: [`Server::builder`].
@@ -140,6 +144,7 @@ pub struct ServerBuilder {
     options: ServerOptions,
     tls: Option<ServerTls>,
     admin_tls: Option<ServerTls>,
+    cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -151,6 +156,7 @@ impl std::fmt::Debug for ServerBuilder {
             .field("options", &self.options)
             .field("tls", &self.tls)
             .field("admin_tls", &self.admin_tls)
+            .field("cluster", &self.cluster)
             .finish_non_exhaustive()
     }
 }
@@ -165,6 +171,7 @@ impl Default for ServerBuilder {
             options: ServerOptions::default(),
             tls: None,
             admin_tls: None,
+            cluster: None,
         }
     }
 }
@@ -225,6 +232,16 @@ impl ServerBuilder {
     /// Runs no admin API.
     pub fn no_admin(mut self) -> Self {
         self.admin_listen = None;
+        self
+    }
+
+    /// Runs as one node of several (`serve --redis URL --node-id ID`): the node id leads every
+    /// call and session id, and each device's session is kept in Redis presence (registered at
+    /// its Welcome, renewed by its heartbeats, removed when the session ends). Redis must be
+    /// reachable at start; later outages do not stop signalling. Routing between nodes is not
+    /// wired yet.
+    pub fn cluster(mut self, cluster: crate::cluster::ClusterConfig) -> Self {
+        self.cluster = Some(cluster);
         self
     }
 
@@ -313,8 +330,22 @@ impl ServerBuilder {
     /// settings that cannot work together (a liveness timeout under twice the heartbeat),
     /// [`ServerError::NoApp`].
     pub async fn start(self) -> Result<RunningServer, ServerError> {
-        let ServerBuilder { storage, listen, admin_listen, mut config, options, tls, admin_tls } = self;
+        let ServerBuilder { storage, listen, admin_listen, mut config, options, tls, admin_tls, cluster } =
+            self;
+        if let Some(cluster) = &cluster {
+            // The node id leads this node's call and session ids.
+            config.node_id = cluster.node_id.as_str().to_owned();
+        }
         config.validate()?;
+        // Presence entries live three heartbeat intervals unless renewed (docs/architecture.md).
+        let presence_ttl = Duration::from_millis(u64::from(config.heartbeat_interval_ms) * 3);
+        let presence = match &cluster {
+            Some(cluster) => {
+                let conn = crate::cluster::connect(&cluster.client).await?;
+                Some(crate::cluster::Presence::new(conn, cluster.node_id.clone(), presence_ttl))
+            }
+            None => None,
+        };
         let device_acceptor = tls.as_ref().map(ServerTls::acceptor).transpose()?;
         let admin_acceptor = match (&admin_tls, &admin_listen) {
             (Some(tls), Some(_)) => Some(tls.acceptor()?),
@@ -410,6 +441,9 @@ impl ServerBuilder {
         if let Some((commands, task)) = sfu_task {
             driver.set_sfu(commands);
             tokio::spawn(task.run(handle.clone()));
+        }
+        if let Some(presence) = presence {
+            driver.set_presence(presence::spawn(presence, metrics.clone()));
         }
         let (recovered, undecodable) = driver::decode_calls(active_calls);
         if !undecodable.is_empty() {

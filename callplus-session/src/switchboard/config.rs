@@ -66,7 +66,15 @@ pub struct SwitchboardConfig {
     pub request_burst: u32,
     /// How long an ended call can still be looked up with GetCall.
     pub ended_call_retention_ms: u32,
+    /// This node's id in a deployment of several nodes; empty for a single node. It leads every
+    /// call and session id this switchboard mints, so nodes started in the same millisecond
+    /// cannot mint the same ids. 0-[`MAX_NODE_ID_LEN`] characters of `[A-Za-z0-9_-]`.
+    pub node_id: String,
 }
+
+/// Longest node id: with the separator, the 10-character start prefix and a 16-digit counter,
+/// a call id stays within the 64 characters an id may have.
+pub const MAX_NODE_ID_LEN: usize = 32;
 
 /// A [`SwitchboardConfig`] that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,6 +94,9 @@ pub enum ConfigError {
     /// A heartbeat interval of 0 would leave the ping rate to each client.
     #[error("the heartbeat interval must be positive")]
     NoHeartbeat,
+    /// A node id that would make call ids invalid.
+    #[error("the node id {0:?} must be at most 32 characters of A-Z a-z 0-9 _ -")]
+    NodeId(String),
 }
 
 impl SwitchboardConfig {
@@ -104,8 +115,17 @@ impl SwitchboardConfig {
                 heartbeat_ms: self.heartbeat_interval_ms,
             });
         }
+        if !valid_node_id(&self.node_id) {
+            return Err(ConfigError::NodeId(self.node_id.clone()));
+        }
         Ok(())
     }
+}
+
+/// Whether `id` can lead call ids: empty (a single node), or 1-[`MAX_NODE_ID_LEN`] characters of
+/// `[A-Za-z0-9_-]`.
+pub fn valid_node_id(id: &str) -> bool {
+    id.len() <= MAX_NODE_ID_LEN && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl Default for SwitchboardConfig {
@@ -129,6 +149,7 @@ impl Default for SwitchboardConfig {
             requests_per_second: 50,
             request_burst: 200,
             ended_call_retention_ms: 600_000,
+            node_id: String::new(),
         }
     }
 }
@@ -154,5 +175,17 @@ mod tests {
         }
         assert_eq!(cfg(0, 20_000).validate(), Err(ConfigError::NoHeartbeat));
         assert!(cfg(u32::MAX, u32::MAX).validate().is_err(), "no overflow hides a short timeout");
+    }
+
+    #[test]
+    fn node_ids_must_fit_in_call_ids() {
+        let cfg =
+            |node_id: &str| SwitchboardConfig { node_id: node_id.to_owned(), ..SwitchboardConfig::default() };
+        for ok in ["", "node-1", "a_b", &"n".repeat(MAX_NODE_ID_LEN)] {
+            assert_eq!(cfg(ok).validate(), Ok(()), "{ok:?}");
+        }
+        for bad in ["no spaces", "dot.ted", &"n".repeat(MAX_NODE_ID_LEN + 1)] {
+            assert_eq!(cfg(bad).validate(), Err(ConfigError::NodeId(bad.to_owned())), "{bad:?}");
+        }
     }
 }

@@ -73,9 +73,9 @@ use crate::model::message::{ClientFrame, Event, Hello, Response, ResponseBody, S
 use crate::model::snapshot::CallInfo;
 use crate::wire::FrameError;
 
-pub use config::{BusyPolicy, ConfigError, DevicePolicy, SwitchboardConfig};
+pub use config::{BusyPolicy, ConfigError, DevicePolicy, MAX_NODE_ID_LEN, SwitchboardConfig, valid_node_id};
 pub use media_route::{MediaRouter, TokenSigner};
-pub use output::{ConnId, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId};
+pub use output::{ConnId, DevicePresence, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId};
 
 pub use output::QueryResult;
 pub use weight::frame_bytes;
@@ -394,6 +394,7 @@ impl Switchboard {
             if let Some(conn) = self.net.sessions.get(&sk).and_then(|s| s.conn) {
                 self.net.outputs.push_back(Output::Close { conn });
             }
+            self.session_ended(sk);
         }
         let sessions = std::mem::take(&mut self.net.sessions);
         self.net.graveyard.extend(sessions);

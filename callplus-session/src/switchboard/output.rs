@@ -169,6 +169,36 @@ pub enum Output {
         /// The call.
         call_id: CallId,
     },
+    /// A device's session was welcomed on a connection (fresh or resumed): a node of several
+    /// registers the device's presence. Emitted only with a node id
+    /// ([`SwitchboardConfig::node_id`](super::SwitchboardConfig::node_id)).
+    SessionOnline {
+        /// The connection now carrying the session.
+        conn: ConnId,
+        /// The presence entry.
+        device: DevicePresence,
+    },
+    /// A device's session ended for good (expired past its resume window, replaced, kicked,
+    /// logged out, dropped as too slow, or the server stopped) — not a lost connection whose
+    /// session can still resume: a node of several removes the device's presence. Emitted only
+    /// with a node id.
+    SessionEnded {
+        /// The presence entry.
+        device: DevicePresence,
+    },
+}
+
+/// Which session of which device: what a node of several writes in its presence registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicePresence {
+    /// The app.
+    pub app: AppKey,
+    /// The user.
+    pub user: UserId,
+    /// The device.
+    pub device: DeviceId,
+    /// The session's id (as told in its Welcome).
+    pub session_id: String,
 }
 
 /// Keeps `Error` in this module's vocabulary for `complete_query`.

@@ -11,7 +11,7 @@ use crate::model::ids::{AppKey, CallId, UserId};
 use crate::model::kinds::{Delivery, EndReason};
 use crate::model::message::{ClientBody, Event, ServerBody, ServerFrame, Welcome};
 
-use super::output::{ConnId, OfflineEvent, Output, Query};
+use super::output::{ConnId, DevicePresence, OfflineEvent, Output, Query};
 
 use super::session::Inbound;
 use super::timer::Timer;
@@ -48,7 +48,14 @@ impl Switchboard {
         x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         x ^= x >> 31;
         const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-        let mut s = String::with_capacity(10);
+        // `{node}_{time}`: the time part has no `_`, so the node id is everything before the
+        // last `_` and two nodes' ids can never be equal; a single node keeps `{time}`.
+        let node = self.cfg.node_id.as_str();
+        let mut s = String::with_capacity(node.len() + 11);
+        if !node.is_empty() {
+            s.push_str(node);
+            s.push('_');
+        }
         for _ in 0..10 {
             let d = (x % 36) as usize;
             s.push(char::from(DIGITS.get(d).copied().unwrap_or(b'0')));
@@ -77,6 +84,22 @@ impl Switchboard {
         }
     }
 
+    /// Tells a node of several (one with a node id) that the session ends for good, so its
+    /// presence entry goes.
+    pub(super) fn session_ended(&mut self, sk: SessionKey) {
+        if self.cfg.node_id.is_empty() {
+            return;
+        }
+        let Some(s) = self.net.sessions.get(&sk) else { return };
+        let device = DevicePresence {
+            app: s.app.clone(),
+            user: s.user.clone(),
+            device: s.device.clone(),
+            session_id: s.id.clone(),
+        };
+        self.net.outputs.push_back(Output::SessionEnded { device });
+    }
+
     pub(super) fn send_welcome(&mut self, now_ms: i64, sk: SessionKey, resumed: bool) {
         let Some(s) = self.net.sessions.get(&sk) else { return };
         let welcome = Welcome {
@@ -89,6 +112,17 @@ impl Switchboard {
             ice_servers: self.cfg.ice_servers.clone(),
             last_received_seq: s.ack(),
         };
+        if !self.cfg.node_id.is_empty()
+            && let Some(conn) = s.conn
+        {
+            let device = DevicePresence {
+                app: s.app.clone(),
+                user: s.user.clone(),
+                device: s.device.clone(),
+                session_id: s.id.clone(),
+            };
+            self.net.outputs.push_back(Output::SessionOnline { conn, device });
+        }
         self.net.unsequenced(sk, ServerBody::Welcome(welcome));
     }
 
@@ -330,6 +364,7 @@ impl Switchboard {
     /// invitation, and save its undelivered records and summaries. Legs lost to the network
     /// (NETWORK_ERROR) end at the device's last sign of life; the others now.
     pub(super) fn drop_session(&mut self, now_ms: i64, sk: SessionKey, how: LegEnd, leftovers: Leftovers) {
+        self.session_ended(sk);
         let Some(s) = self.net.sessions.remove(&sk) else { return };
         s.user_bytes.fetch_sub(s.outbox_bytes.min(s.user_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
         if let Some(conn) = s.conn {

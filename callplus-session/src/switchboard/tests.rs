@@ -1820,3 +1820,112 @@ fn a_reused_connection_id_never_gets_a_frame_twice() {
     let ev = h.events(b);
     assert_eq!(ev.iter().filter(|e| matches!(e, Event::MediaStateChanged { .. })).count(), 1);
 }
+
+/// Two nodes started in the same millisecond, with the same storage, mint disjoint call and
+/// session ids because each id leads with the node id; a single node keeps the old form.
+#[test]
+fn nodes_started_together_mint_disjoint_ids() {
+    let node = |node_id: &str| {
+        let mut h = H::new(SwitchboardConfig {
+            push_enabled: false,
+            node_id: node_id.to_owned(),
+            ..SwitchboardConfig::default()
+        });
+        h.sb.set_min_sync_time(42);
+        let a = h.connect("alice", "a1");
+        h.connect("bob", "b1");
+        let calls: Vec<CallId> = (0..3)
+            .map(|_| {
+                let id = h.single(a, "bob");
+                ok(h.hangup(a, &id));
+                id
+            })
+            .collect();
+        let session = h.devs.get(&a).map(|d| d.session_id.clone()).unwrap_or_default();
+        (calls, session)
+    };
+    let (ids_a, session_a) = node("node-a");
+    let (ids_b, session_b) = node("node-b");
+    assert!(ids_a.iter().all(|id| id.as_str().starts_with("node-a_")), "{ids_a:?}");
+    assert!(ids_b.iter().all(|id| id.as_str().starts_with("node-b_")), "{ids_b:?}");
+    assert!(ids_a.iter().all(|id| !ids_b.contains(id)), "{ids_a:?} vs {ids_b:?}");
+    assert_ne!(session_a, session_b);
+    // A single node's ids are unchanged: `{10-character prefix}-{counter}`.
+    let (single, _) = node("");
+    assert!(
+        single.iter().all(|id| id.as_str().split_once('-').is_some_and(|(p, _)| p.len() == 10)),
+        "{single:?}"
+    );
+    // The same instant without node ids: the collision the node id prevents.
+    let (again, _) = node("");
+    assert_eq!(single, again);
+}
+
+/// A node of several is told when a device's session comes online (each Welcome, fresh or
+/// resumed, with its connection) and when it ends for good — not when a connection drops while
+/// the session can still resume. A single node is told nothing.
+#[test]
+fn presence_follows_sessions_not_connections() {
+    let presence = |outputs: Vec<Output>| -> Vec<(&'static str, Option<ConnId>, String, String)> {
+        outputs
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::SessionOnline { conn, device } => {
+                    Some(("online", Some(conn), device.device.as_str().to_owned(), device.session_id))
+                }
+                Output::SessionEnded { device } => {
+                    Some(("ended", None, device.device.as_str().to_owned(), device.session_id))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let cfg =
+        SwitchboardConfig { push_enabled: false, node_id: "node-a".into(), ..SwitchboardConfig::default() };
+    let resume_window = i64::from(cfg.resume_window_ms);
+    let mut h = H::new(cfg);
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let (sa, sb) = (h.devs[&a].session_id.clone(), h.devs[&b].session_id.clone());
+    assert_eq!(
+        presence(h.outputs()),
+        vec![
+            ("online", Some(a), "a1".to_owned(), sa.clone()),
+            ("online", Some(b), "b1".to_owned(), sb.clone())
+        ]
+    );
+
+    // a1's connection drops: its session waits for a resume, so its presence stays.
+    h.sb.connection_lost(h.now, a);
+    h.drain();
+    assert_eq!(presence(h.outputs()), vec![]);
+    let a2 = h.reconnect(a, true, Vec::new());
+    assert_eq!(h.devs[&a2].session_id, sa, "resumed");
+    assert_eq!(presence(h.outputs()), vec![("online", Some(a2), "a1".to_owned(), sa.clone())]);
+
+    // b1 says Goodbye: its session ends.
+    let bye = h.frame(b, ClientBody::Goodbye, false);
+    h.send_frame(b, bye);
+    assert_eq!(presence(h.outputs()), vec![("ended", None, "b1".to_owned(), sb)]);
+
+    // a1 drops again and never comes back: its session ends when the resume window closes.
+    h.sb.connection_lost(h.now, a2);
+    h.drain();
+    h.advance(resume_window + 1);
+    assert_eq!(presence(h.outputs()), vec![("ended", None, "a1".to_owned(), sa)]);
+
+    // The server stops: every session ends.
+    let c = h.connect("carol", "c1");
+    let sc = h.devs[&c].session_id.clone();
+    h.outputs();
+    h.sb.shutdown(h.now);
+    h.drain();
+    assert_eq!(presence(h.outputs()), vec![("ended", None, "c1".to_owned(), sc)]);
+
+    // A single node (no node id) is told nothing.
+    let mut single = H::default();
+    let c = single.connect("carol", "c1");
+    let bye = single.frame(c, ClientBody::Goodbye, false);
+    single.send_frame(c, bye);
+    assert_eq!(presence(single.outputs()), vec![]);
+}

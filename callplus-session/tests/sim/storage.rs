@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use callplus_session::switchboard::{OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryResult};
-use callplus_session::{AppKey, CallId, CallInfo, CallRecord, Event, RecordOrder, RecordPage, UserId};
+use callplus_session::{
+    AppKey, CallId, CallInfo, CallRecord, DeviceId, Event, RecordOrder, RecordPage, UserId,
+};
 
 #[derive(Default)]
 pub struct SimStorage {
@@ -20,6 +22,8 @@ pub struct SimStorage {
     pub calls: HashMap<(AppKey, CallId), CallInfo>,
     /// Every record ever written (deletes do not remove from here), in write order.
     pub written: Vec<(AppKey, CallRecord)>,
+    /// The presence registry a node of several keeps: device → its live session's id.
+    pub presence: HashMap<(AppKey, UserId, DeviceId), String>,
 }
 
 impl SimStorage {
@@ -52,6 +56,17 @@ impl SimStorage {
             }
             Output::ForgetCall { app, call_id } => {
                 self.calls.remove(&(app.clone(), call_id.clone()));
+            }
+            Output::SessionOnline { device, .. } => {
+                let key = (device.app.clone(), device.user.clone(), device.device.clone());
+                self.presence.insert(key, device.session_id.clone());
+            }
+            Output::SessionEnded { device } => {
+                // Compare-and-delete: a newer session of the device keeps its entry.
+                let key = (device.app.clone(), device.user.clone(), device.device.clone());
+                if self.presence.get(&key) == Some(&device.session_id) {
+                    self.presence.remove(&key);
+                }
             }
             Output::Transmit { .. }
             | Output::Close { .. }

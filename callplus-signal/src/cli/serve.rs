@@ -59,16 +59,17 @@ pub struct ServeArgs {
     #[arg(long, env = "CALLPLUS_POSTGRES", value_name = "URL")]
     pub postgres: Option<String>,
     /// Redis for presence and call ownership when several nodes serve one deployment
-    /// (`redis://[:PASSWORD@]HOST:PORT[/DB]`). Checked at start; routing between nodes is not
-    /// wired yet, so a node still serves only its own devices.
+    /// (`redis://[:PASSWORD@]HOST:PORT[/DB]`), reachable at start. Each device's session is
+    /// kept in Redis presence; routing between nodes is not wired yet, so a node still serves
+    /// only its own devices.
     #[arg(long, env = "CALLPLUS_REDIS", value_name = "URL", requires = "node_id", hide_env_values = true)]
     pub redis: Option<String>,
     /// PEM CA certificate that `rediss://` Redis certificates must chain to (default: the
     /// system's trusted roots).
     #[arg(long, env = "CALLPLUS_REDIS_CA", value_name = "FILE", requires = "redis")]
     pub redis_ca: Option<PathBuf>,
-    /// This node's id, unique in the deployment (1-64 characters of A-Z a-z 0-9 _ -); with
-    /// `--redis`.
+    /// This node's id, unique in the deployment (1-32 characters of A-Z a-z 0-9 _ -); with
+    /// `--redis`. It leads every call and session id the node mints.
     #[arg(long, env = "CALLPLUS_NODE_ID", value_name = "ID", requires = "redis")]
     pub node_id: Option<String>,
     /// Default ring timeout of a call (0 = ring until answered or cancelled).
@@ -198,6 +199,7 @@ impl ServeArgs {
             requests_per_second: self.requests_per_second,
             request_burst: self.request_burst,
             ended_call_retention_ms: ms(self.ended_call_retention)?,
+            node_id: self.node_id.clone().unwrap_or_default(),
         })
     }
 }
@@ -263,6 +265,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         builder = builder.tls(tls);
     }
+    if let Some(cluster) = &cluster {
+        builder = builder.cluster(cluster.clone());
+    }
     builder = if args.admin_listen.eq_ignore_ascii_case("off") {
         builder.no_admin()
     } else {
@@ -288,12 +293,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(cluster) = &cluster {
         println!(
-            "  node id:          {} (Redis configured; routing between nodes is not wired yet)",
+            "  node id:          {} (Redis presence on; routing between nodes is not wired yet)",
             cluster.node_id
         );
         tracing::warn!(
             node_id = %cluster.node_id,
-            "--redis is checked but not used yet: this node serves only the devices connected to it"
+            "Redis keeps this node's presence, but routing between nodes is not wired yet: this node serves only the devices connected to it"
         );
     }
     let app = server.app_credentials();
