@@ -7,7 +7,7 @@
 //! subscriber's NACK or key-frame request repairs it as any loss.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use callplus_session::{DeviceId, UserId};
@@ -27,6 +27,10 @@ pub(crate) struct Target {
     pub(crate) ssrc: u32,
     /// Packets dropped because the queue was full, shared by all targets of the SFU.
     dropped: Arc<AtomicU64>,
+    /// Set once the subscriber applied an offer naming this stream. Packets sent before that
+    /// reach a browser as an unsignalled SSRC, which Chromium may bind to the wrong receiver
+    /// and then never deliver the stream.
+    live: AtomicBool,
 }
 
 impl Target {
@@ -41,12 +45,20 @@ impl Target {
                 }
             }
         });
-        Arc::new(Target { queue, ssrc, dropped })
+        Arc::new(Target { queue, ssrc, dropped, live: AtomicBool::new(false) })
+    }
+
+    /// Starts forwarding: the subscriber's answer to an offer carrying this stream is in.
+    pub(crate) fn go_live(&self) {
+        self.live.store(true, Ordering::Release);
     }
 
     /// Queues a copy of `packet` for the subscriber without waiting; `false` when it was dropped
     /// (queue full, or the subscriber is gone).
     pub(crate) fn offer(&self, packet: &rtp::Packet) -> bool {
+        if !self.live.load(Ordering::Acquire) {
+            return false;
+        }
         let mut copy = packet.clone();
         copy.header.ssrc = self.ssrc;
         copy.header.extension = false;
@@ -90,11 +102,17 @@ pub(crate) async fn forward(track: Arc<dyn TrackRemote>, fanout: Arc<Fanout>) {
 mod tests {
     use super::*;
 
+    fn packet_for_gate() -> rtp::Packet {
+        rtp::Packet::default()
+    }
+
     #[test]
     fn a_full_queue_drops_instead_of_waiting_and_counts() {
         let (queue, mut rx) = mpsc::channel(2);
         let dropped = Arc::new(AtomicU64::new(0));
-        let target = Target { queue, ssrc: 77, dropped: Arc::clone(&dropped) };
+        let target = Target { queue, ssrc: 77, dropped: Arc::clone(&dropped), live: AtomicBool::new(false) };
+        assert!(!target.offer(&packet_for_gate()), "nothing goes before the subscriber knows the stream");
+        target.go_live();
         let mut packet = rtp::Packet::default();
         packet.header.ssrc = 5;
         packet.header.sequence_number = 9;

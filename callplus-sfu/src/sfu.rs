@@ -283,6 +283,10 @@ struct Subscription {
     sender: Arc<dyn RtpSender>,
     ssrc: u32,
     gate: KeyframeGate,
+    /// The subscriber's copy of the stream, live once an answer covers it.
+    target: Arc<Target>,
+    /// Named in an offer already sent, so the next answer covers it.
+    offered: bool,
 }
 
 struct Participant {
@@ -425,6 +429,9 @@ impl Task {
                 let answer = RTCSessionDescription::answer(sdp).map_err(|e| invalid(key, e))?;
                 p.pc.set_remote_description(answer).await.map_err(|e| invalid(key, e))?;
                 p.awaiting_answer = false;
+                for subscription in p.subscriptions.values().filter(|s| s.offered) {
+                    subscription.target.go_live();
+                }
                 if p.renegotiate {
                     Self::negotiate(key, p).await?;
                 }
@@ -551,10 +558,11 @@ impl Task {
         let track = Arc::new(TrackLocalStaticRTP::new(track));
         let sender = subscriber.pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>).await?;
         let target = Target::spawn(track, ssrc, Arc::clone(dropped));
-        fanout.write().unwrap_or_else(|p| p.into_inner()).insert(key.member(), target);
-        subscriber
-            .subscriptions
-            .insert((publisher.clone(), kind), Subscription { sender, ssrc, gate: KeyframeGate::default() });
+        fanout.write().unwrap_or_else(|p| p.into_inner()).insert(key.member(), Arc::clone(&target));
+        subscriber.subscriptions.insert(
+            (publisher.clone(), kind),
+            Subscription { sender, ssrc, gate: KeyframeGate::default(), target, offered: false },
+        );
         subscriber.renegotiate = true;
         Ok(())
     }
@@ -573,6 +581,9 @@ impl Task {
         p.shared.send_signal(MediaPayload::SdpOffer(sdp));
         p.awaiting_answer = true;
         p.renegotiate = false;
+        for subscription in p.subscriptions.values_mut() {
+            subscription.offered = true;
+        }
         Ok(())
     }
 

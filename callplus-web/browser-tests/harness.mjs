@@ -27,6 +27,19 @@ export async function launch(extraArgs = []) {
       '--autoplay-policy=no-user-gesture-required', ...extraArgs],
   });
   cleanups.push(async () => { await context.close(); rmSync(profile, { recursive: true, force: true }); });
+  // Every RTCPeerConnection a page makes, so that tests can check the media's topology.
+  await context.addInitScript(() => {
+    const Native = window.RTCPeerConnection;
+    window.peerConnections = [];
+    window.RTCPeerConnection = class extends Native {
+      constructor(...args) {
+        super(...args);
+        window.peerConnections.push(this);
+        this.streamIds = new Set();
+        this.addEventListener('track', (e) => e.streams.forEach((m) => this.streamIds.add(m.id)));
+      }
+    };
+  });
   return context;
 }
 
@@ -137,6 +150,22 @@ export async function seesAndHears(page, me, userId) {
     `audio energy ${now.stats.audio.totalAudioEnergy.toFixed(3)}`);
 }
 
+
+/**
+ * The page's open peer connections: each one's DTLS fingerprints (local and remote) and the
+ * ids of the streams (users, through the SFU) whose tracks it received.
+ */
+export function peerConnections(page) {
+  return page.evaluate(() => {
+    const fingerprint = (d) => (d && d.sdp.match(/^a=fingerprint:(.*)$/m) || [])[1] || null;
+    return window.peerConnections.filter((pc) => pc.connectionState !== 'closed').map((pc) => ({
+      local: fingerprint(pc.localDescription),
+      remote: fingerprint(pc.remoteDescription),
+      state: pc.connectionState,
+      streams: [...pc.streamIds].sort(),
+    }));
+  });
+}
 
 /** Runs `main`, then the cleanups; exits 0 when every check passed. */
 export async function finish(main) {

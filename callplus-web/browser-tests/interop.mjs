@@ -9,9 +9,10 @@
 // Environment: CALLPLUS_URL (the server's http:// root), CALLPLUS_TOKEN, CALLPLUS_USER,
 // CALLPLUS_PEER (the Rust user), CALLPLUS_ROLE (`caller`, `callee`, or `other-device`: the user
 // is also on a Rust client, which answers), CALLPLUS_PEER_TONE_HZ,
-// CALLPLUS_FAKE_AUDIO (a WAV file).
+// CALLPLUS_FAKE_AUDIO (a WAV file), CALLPLUS_SFU (`1`: a group call whose media goes through the
+// server's SFU).
 
-import { check, finish, hasEvent, launch, log, seesAndHears, signIn, waitFor } from './harness.mjs';
+import { check, finish, hasEvent, launch, log, peerConnections, seesAndHears, signIn, waitFor } from './harness.mjs';
 
 const env = (name) => {
   const value = process.env[name];
@@ -53,6 +54,12 @@ async function main() {
   }
   await waitFor(page, `${user}: call connected`, hasEvent, ['callConnected', null, null]);
   await seesAndHears(page, user, peer);
+  if (process.env.CALLPLUS_SFU === '1') {
+    // One connection, to the SFU: the Rust side's tracks arrive in a stream named after it.
+    const pcs = await peerConnections(page);
+    check(pcs.length === 1 && pcs[0].streams.includes(peer) && pcs[0].state === 'connected',
+      `${user} has one peer connection, to the SFU, carrying ${peer} (${JSON.stringify(pcs)})`);
+  }
 
   // The Rust side's tone: the loudest bin of an FFT over its received audio, five times running.
   await page.evaluate((peer) => {

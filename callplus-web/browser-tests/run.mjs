@@ -11,7 +11,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  DEADLINE_MS, check, cleanups, finish, hasEvent, launch, log, remoteMedia, seesAndHears, signIn, waitFor,
+  DEADLINE_MS, check, cleanups, finish, hasEvent, launch, log, peerConnections, remoteMedia, seesAndHears, signIn, waitFor,
 } from './harness.mjs';
 
 const BIN = process.env.CALLPLUS_BIN || 'callplus';
@@ -302,7 +302,27 @@ async function upgradeToVideo(context, server) {
   await kate.close();
 }
 
-/** Three browsers: a 1:1 call becomes MULTI through invite; everyone sees the two others; one leaves; the call ends. */
+/**
+ * Checks that every page's media goes through the SFU: one open peer connection each, whose far
+ * end is none of the pages (its DTLS fingerprint is no page's own), and on which the page
+ * received the tracks of each other user in `expected` (stream id = user id).
+ */
+async function throughSfu(pages, expected) {
+  const all = {};
+  for (const [u, page] of Object.entries(pages)) all[u] = await peerConnections(page);
+  const locals = new Set(Object.values(all).flat().map((pc) => pc.local));
+  for (const [u, pcs] of Object.entries(all)) {
+    const others = expected.filter((o) => o !== u);
+    const ok = pcs.length === 1 && pcs[0].remote && !locals.has(pcs[0].remote)
+      && others.every((o) => pcs[0].streams.includes(o));
+    check(ok, `${u} has one peer connection, to the SFU, carrying ${others.join(' and ')} (${JSON.stringify(pcs)})`);
+  }
+}
+
+/**
+ * Three browsers: a 1:1 call (peer to peer) becomes MULTI through invite, and its media moves to
+ * the SFU; everyone sees the two others; one leaves and comes back; the call ends.
+ */
 async function multiCall(context, server) {
   log('--- three browsers, MULTI through invite');
   const users = ['gina', 'hank', 'ivy'];
@@ -317,6 +337,10 @@ async function multiCall(context, server) {
   await waitFor(hank, 'hank receives the call', (id) => window.incoming === id, started.callId);
   check((await hank.evaluate((id) => window.client.accept(id), started.callId)).code === 0, 'hank accepts');
   await waitFor(gina, 'gina: connected', hasEvent, ['callConnected', null, null]);
+  await seesAndHears(gina, 'gina', 'hank');
+  const direct = await peerConnections(gina);
+  const hanks = (await peerConnections(hank)).map((pc) => pc.local);
+  check(direct.length === 1 && hanks.includes(direct[0].remote), 'the 1:1 call runs peer to peer, gina to hank');
   const invited = await gina.evaluate(() => window.client.invite(['ivy']));
   check(invited.code === 0, `gina invites ivy (${JSON.stringify(invited)})`);
   await waitFor(ivy, 'ivy receives the call', (id) => window.incoming === id, started.callId);
@@ -325,6 +349,7 @@ async function multiCall(context, server) {
   for (const u of users) {
     for (const o of users.filter((x) => x !== u)) await seesAndHears(pages[u], u, o);
   }
+  await throughSfu(pages, users);
   check((await ivy.evaluate(() => window.client.hangup())).code === 0, 'ivy leaves');
   for (const u of ['gina', 'hank']) {
     await waitFor(pages[u], `${u} sees ivy leave`, () => window.events.some((e) => e.type === 'remoteUserStateChanged'
@@ -345,6 +370,9 @@ async function multiCall(context, server) {
     const s = (await window.client.getMediaStats()).gina;
     return s && s.video.framesDecoded > 10 && s.audio.packetsReceived > 20;
   });
+  await seesAndHears(ivy, 'ivy', 'hank');
+  await seesAndHears(gina, 'gina', 'ivy');
+  await throughSfu(pages, users);
 
   check((await gina.evaluate(() => window.client.hangup())).code === 0, 'gina hangs up');
   check((await hank.evaluate(() => window.client.hangup())).code === 0, 'hank hangs up');

@@ -6,9 +6,35 @@
 // Every peer connection negotiates one audio and one video transceiver, whatever the call's
 // media type (as callplus-media does), so AUDIO <-> AUDIO_VIDEO changes swap tracks without
 // renegotiation.
+//
+// A MULTI call whose `start` names an SFU opens ONE connection, to the SFU's signalling address:
+// it offers (publishing audio and video once) with the call's media token as an SDP session
+// attribute, answers the SFU's later offers (which add or drop other participants' tracks), and
+// tells remote tracks apart by their stream id, which is the publishing user's id. `addPeer` and
+// `removePeer` of participants open and close nothing there.
 
 const KIND_AUDIO = 'AUDIO';
 const KIND_VIDEO = 'VIDEO';
+
+/** The SDP session attribute carrying the media token to the SFU (callplus-session's media_token). */
+const MEDIA_TOKEN_ATTRIBUTE = 'x-callplus-media-token';
+
+/**
+ * `sdp` with `a=x-callplus-media-token:<token>` right after the `t=` line, where session
+ * attributes begin (appended when there is none), in the SDP's own line ending.
+ */
+export function attachMediaToken(sdp, token) {
+  const eol = sdp.includes('\r\n') ? '\r\n' : '\n';
+  const line = `a=${MEDIA_TOKEN_ATTRIBUTE}:${token}${eol}`;
+  const parts = sdp.split(/(?<=\n)/);
+  const at = parts.findIndex((part) => part.startsWith('t='));
+  if (at >= 0) {
+    parts.splice(at + 1, 0, line);
+    return parts.join('');
+  }
+  const body = sdp && !sdp.endsWith('\n') ? sdp + eol : sdp;
+  return body + line;
+}
 
 function iceServers(list) {
   return (list || []).map((s) => {
@@ -157,16 +183,34 @@ export class MediaExecutor {
     this.localUser = c.localUser;
     this.micEnabled = c.microphoneEnabled;
     this.camEnabled = c.cameraEnabled;
-    this.call = { callId: c.callId, mediaType: c.mediaType, iceServers: iceServers(c.iceServers), peers: new Map(), firstFrame: false };
+    this.call = {
+      callId: c.callId, mediaType: c.mediaType, iceServers: iceServers(c.iceServers), peers: new Map(), firstFrame: false,
+      // Through the SFU: its address and our token; `senders` maps a received track's id and its
+      // transceiver's mid to the user whose media it carries (for statistics).
+      sfu: c.sfu ? { userId: c.sfu.userId, deviceId: c.sfu.deviceId, token: c.sfu.token } : null,
+      senders: new Map(),
+    };
     if (c.mediaType !== 'AUDIO_VIDEO') this.dropVideo();
     await this.ensureLocal(c.mediaType);
-    for (const p of c.peers) await this.addPeer(p);
+    if (this.call.sfu) {
+      const sfu = this.call.sfu;
+      await this.connect({ userId: sfu.userId, deviceId: sfu.deviceId, offerer: true });
+    } else {
+      for (const p of c.peers) await this.addPeer(p);
+    }
     this.statsTimer = setInterval(() => { this.report().catch(() => {}); }, 1000);
   }
 
   key(userId, deviceId) { return `${userId}/${deviceId}`; }
 
+  /** Connects to a peer device of a mesh; through the SFU, its offers bring the peer's media. */
   async addPeer(p) {
+    if (!this.call || this.call.sfu) return null;
+    return this.connect(p);
+  }
+
+  /** Opens the peer connection to a device (a peer's, or the SFU's), offering if ours to. */
+  async connect(p) {
     const call = this.call;
     if (!call) return null;
     const key = this.key(p.userId, p.deviceId);
@@ -180,7 +224,18 @@ export class MediaExecutor {
           e.candidate.sdpMid || '', e.candidate.sdpMLineIndex || 0);
       }
     };
-    pc.ontrack = (e) => this.remoteTrack(peer, e.track);
+    pc.ontrack = (e) => {
+      if (!call.sfu) {
+        this.remoteTrack(peer.userId, e.track);
+        return;
+      }
+      // Through the SFU the stream id names the publisher.
+      const userId = e.streams[0] && e.streams[0].id;
+      if (!userId || userId === this.localUser) return;
+      call.senders.set(`track:${e.track.id}`, userId);
+      if (e.transceiver && e.transceiver.mid !== null) call.senders.set(`mid:${e.transceiver.mid}`, userId);
+      this.remoteTrack(userId, e.track);
+    };
     if (p.offerer) {
       peer.audio = pc.addTransceiver('audio', { direction: 'sendrecv' });
       peer.video = pc.addTransceiver('video', { direction: 'sendrecv' });
@@ -188,7 +243,8 @@ export class MediaExecutor {
       await peer.video.sender.replaceTrack(this.sendTrack(KIND_VIDEO));
       const offer = await pc.createOffer();
       await pc.setLocalDescription(offer);
-      this.hooks.signal(call.callId, p.userId, p.deviceId, 'offer', pc.localDescription.sdp, '', 0);
+      const sdp = call.sfu ? attachMediaToken(pc.localDescription.sdp, call.sfu.token) : pc.localDescription.sdp;
+      this.hooks.signal(call.callId, p.userId, p.deviceId, 'offer', sdp, '', 0);
     }
     return peer;
   }
@@ -197,7 +253,11 @@ export class MediaExecutor {
     if (!this.call) return;
     const key = this.key(userId, deviceId);
     const peer = this.call.peers.get(key);
-    if (!peer) return;
+    if (!peer) {
+      // A participant left a call through the SFU (which drops its tracks in its next offer).
+      if (this.call.sfu && userId !== this.localUser) this.dropRemote(userId);
+      return;
+    }
     peer.pc.close();
     this.call.peers.delete(key);
     if (![...this.call.peers.values()].some((q) => q.userId === userId)) this.dropRemote(userId);
@@ -209,17 +269,21 @@ export class MediaExecutor {
     let peer = this.call.peers.get(key);
     const s = c.signal;
     if (!peer) {
-      if (s.kind !== 'offer') return;
+      if (s.kind !== 'offer' || this.call.sfu) return;
       peer = await this.addPeer({ userId: c.fromUser, deviceId: c.fromDevice, offerer: false });
     }
     const pc = peer.pc;
     if (s.kind === 'offer') {
       await pc.setRemoteDescription({ type: 'offer', sdp: s.sdp });
-      for (const t of pc.getTransceivers()) {
-        const kind = t.receiver.track.kind;
-        if (kind === 'audio' && !peer.audio) peer.audio = t;
-        if (kind === 'video' && !peer.video) peer.video = t;
-        t.direction = 'sendrecv';
+      // Through the SFU our two sending transceivers are those of our first offer; the SFU's
+      // offers add receive-only ones, which stay so.
+      if (!this.call.sfu) {
+        for (const t of pc.getTransceivers()) {
+          const kind = t.receiver.track.kind;
+          if (kind === 'audio' && !peer.audio) peer.audio = t;
+          if (kind === 'video' && !peer.video) peer.video = t;
+          t.direction = 'sendrecv';
+        }
       }
       await this.refreshSenders();
       const answer = await pc.createAnswer();
@@ -288,12 +352,12 @@ export class MediaExecutor {
     return r;
   }
 
-  remoteTrack(peer, track) {
-    const r = this.remote(peer.userId);
+  remoteTrack(userId, track) {
+    const r = this.remote(userId);
     const stream = track.kind === 'audio' ? r.audioStream : r.videoStream;
     for (const old of (track.kind === 'audio' ? stream.getAudioTracks() : stream.getVideoTracks())) stream.removeTrack(old);
     stream.addTrack(track);
-    if (track.kind === 'video') this.attachView(peer.userId);
+    if (track.kind === 'video') this.attachView(userId);
     const call = this.call;
     const available = () => {
       if (this.call !== call) return;
@@ -301,7 +365,7 @@ export class MediaExecutor {
         call.firstFrame = true;
         this.hooks.firstFrame(call.callId);
       }
-      this.hooks.userMediaAvailable?.(peer.userId, track.kind === 'audio' ? 'AUDIO' : 'AUDIO_VIDEO');
+      this.hooks.userMediaAvailable?.(userId, track.kind === 'audio' ? 'AUDIO' : 'AUDIO_VIDEO');
     };
     if (track.muted) track.addEventListener('unmute', available, { once: true });
     else available();
@@ -355,21 +419,34 @@ export class MediaExecutor {
 
   // ----- statistics -------------------------------------------------------------------------
 
-  /** Per remote user: what was received ({audio, video}) from `getStats`, summed over devices. */
+  /**
+   * Per remote user: what was received ({audio, video}) from `getStats`, summed over devices.
+   * Through the SFU, the one connection's inbound streams are told apart by whose track they feed.
+   */
   async stats() {
     const out = {};
-    if (!this.call) return out;
-    for (const peer of this.call.peers.values()) {
-      const u = out[peer.userId] || (out[peer.userId] = {
+    const call = this.call;
+    if (!call) return out;
+    for (const peer of call.peers.values()) {
+      const entry = (userId) => out[userId] || (out[userId] = {
         audio: { packetsReceived: 0, packetsLost: 0, bytesReceived: 0, totalAudioEnergy: 0, audioLevel: 0 },
         video: { packetsReceived: 0, packetsLost: 0, bytesReceived: 0, framesDecoded: 0, frameWidth: 0, frameHeight: 0 },
         connectionState: peer.pc.connectionState,
         roundTripTime: 0, fractionLost: 0,
       });
+      const users = new Set(call.sfu ? [] : [peer.userId]);
+      for (const u of users) entry(u);
+      let roundTripTime = 0;
+      let fractionLost = 0;
       const report = await peer.pc.getStats();
       report.forEach((s) => {
         if (s.type === 'inbound-rtp' && (s.kind === 'audio' || s.kind === 'video')) {
-          const k = u[s.kind];
+          const userId = call.sfu
+            ? call.senders.get(`track:${s.trackIdentifier}`) || call.senders.get(`mid:${s.mid}`)
+            : peer.userId;
+          if (!userId) return;
+          users.add(userId);
+          const k = entry(userId)[s.kind];
           k.packetsReceived += s.packetsReceived || 0;
           k.packetsLost += s.packetsLost || 0;
           k.bytesReceived += s.bytesReceived || 0;
@@ -382,10 +459,16 @@ export class MediaExecutor {
             k.frameHeight = Math.max(k.frameHeight, s.frameHeight || 0);
           }
         } else if (s.type === 'remote-inbound-rtp') {
-          u.roundTripTime = Math.max(u.roundTripTime, s.roundTripTime || 0);
-          u.fractionLost = Math.max(u.fractionLost, s.fractionLost || 0);
+          roundTripTime = Math.max(roundTripTime, s.roundTripTime || 0);
+          fractionLost = Math.max(fractionLost, s.fractionLost || 0);
         }
       });
+      // What the far end reports of our sending is the link's (the SFU's, for everyone through it).
+      for (const u of users) {
+        const e = out[u];
+        e.roundTripTime = Math.max(e.roundTripTime, roundTripTime);
+        e.fractionLost = Math.max(e.fractionLost, fractionLost);
+      }
     }
     return out;
   }

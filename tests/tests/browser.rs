@@ -6,7 +6,8 @@
 //! what the browser sends (Chromium's fake microphone plays a WAV tone written here) and must
 //! find that tone in the `.ogg` and VP8 frames in the `.ivf`. The two calls swap who calls and
 //! who sends the SDP offer (the glare rule orders `(user, device)`: `rust` < `web`, `a-web` <
-//! `rust`).
+//! `rust`). A third call is a group (MULTI) call, whose media both sides send through the server's
+//! SFU: each has one peer connection, to the SFU.
 //!
 //! Ignored by plain `cargo test`: it needs Chromium, node and playwright-core, and must run in
 //! a network namespace with only a loopback interface (browsers gather candidates on every
@@ -22,7 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use callplus_media::inspect::{decode_ogg_opus, dominant_frequency, read_ivf};
-use callplus_media::{ChannelSink, MediaKind, MediaSink, RemoteFrame, TeeSink, VideoConfig};
+use callplus_media::{ChannelSink, MediaEvent, MediaKind, MediaSink, RemoteFrame, TeeSink, VideoConfig};
+use callplus_session::CallType;
 use callplus_signal::client::{MediaOptions, record_sink};
 use callplus_tests::{ClientOptions, Event, MediaType, TestServer, config, connected, ended, record_of};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
@@ -77,7 +79,8 @@ impl Drop for Page {
 }
 
 impl Page {
-    fn start(server: &TestServer, user: &str, role: &str, wav: &Path) -> Page {
+    /// `sfu`: the call's media goes through the server's SFU (the page checks its connection).
+    fn start(server: &TestServer, user: &str, role: &str, sfu: bool, wav: &Path) -> Page {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../callplus-web/browser-tests");
         let mut child = Command::new("node")
             .arg("interop.mjs")
@@ -89,6 +92,7 @@ impl Page {
             .env("CALLPLUS_ROLE", role)
             .env("CALLPLUS_PEER_TONE_HZ", RUST_TONE_HZ.to_string())
             .env("CALLPLUS_FAKE_AUDIO", wav)
+            .env("CALLPLUS_SFU", if sfu { "1" } else { "0" })
             .stdout(Stdio::piped())
             .spawn()
             .expect("node runs (cargo xtask ci installs it)");
@@ -164,7 +168,16 @@ async fn take_sink(frames: &Receivers, from: &str, kind: MediaKind) -> Unbounded
     .unwrap_or_else(|_| panic!("no {kind:?} sink for {from}: media never started"))
 }
 
-async fn one_call(server: &TestServer, web_user: &str, browser_calls: bool, root: &Path, wav: &Path) {
+/// Who makes the call: the browser (1:1), the Rust client (1:1), or the Rust client, as a group
+/// call through the SFU.
+#[derive(Clone, Copy, PartialEq)]
+enum Caller {
+    Browser,
+    Rust,
+    RustGroup,
+}
+
+async fn one_call(server: &TestServer, web_user: &str, caller: Caller, root: &Path, wav: &Path) {
     let dir = root.join(web_user);
     std::fs::create_dir_all(&dir).unwrap();
     let sinks: Receivers = Arc::default();
@@ -179,17 +192,27 @@ async fn one_call(server: &TestServer, web_user: &str, browser_calls: bool, root
         },
     );
     let mut rust = server.user_with("rust", ClientOptions::default().with_media(media)).await;
-    let mut page = Page::start(server, web_user, if browser_calls { "caller" } else { "callee" }, wav);
+    let mut media_events = rust.client.media_events().expect("the client has media");
+    let role = if caller == Caller::Browser { "caller" } else { "callee" };
+    let mut page = Page::start(server, web_user, role, caller == Caller::RustGroup, wav);
     page.reached("ready").await;
 
-    let call = if browser_calls {
-        let event = rust.expect(|e| matches!(e, Event::ReceivedCall { .. }), "the browser's call").await;
-        let Event::ReceivedCall { session, .. } = event else { unreachable!() };
-        let call = session.call_id().clone();
-        rust.client.accept(&call).await.unwrap();
-        call
-    } else {
-        rust.call(web_user, MediaType::AudioVideo).await
+    let call = match caller {
+        Caller::Browser => {
+            let event = rust.expect(|e| matches!(e, Event::ReceivedCall { .. }), "the browser's call").await;
+            let Event::ReceivedCall { session, .. } = event else { unreachable!() };
+            let call = session.call_id().clone();
+            rust.client.accept(&call).await.unwrap();
+            call
+        }
+        Caller::Rust => rust.call(web_user, MediaType::AudioVideo).await,
+        Caller::RustGroup => rust
+            .client
+            .start_call(&[web_user], CallType::Multi, MediaType::AudioVideo, Default::default())
+            .await
+            .unwrap()
+            .call_id()
+            .clone(),
     };
     rust.expect(connected(&call), "connected").await;
 
@@ -198,6 +221,36 @@ async fn one_call(server: &TestServer, web_user: &str, browser_calls: bool, root
     frames(&mut audio, 150, "the browser's audio").await;
     frames(&mut video, 20, "the browser's video").await;
     page.reached("checked").await;
+    // The Rust client's own connections: the browser's device (peer to peer), or the SFU alone.
+    let expected = if caller == Caller::RustGroup {
+        (callplus_signal::server::SFU_USER.to_owned(), callplus_signal::server::SFU_DEVICE.to_owned())
+    } else {
+        (web_user.to_owned(), String::new())
+    };
+    timeout(WAIT, async {
+        loop {
+            let stats = match media_events.next().await {
+                Some(MediaEvent::Stats(stats)) => stats,
+                Some(_) => continue,
+                None => panic!("the Rust client's media events ended"),
+            };
+            let peers: Vec<(String, String)> = stats
+                .per_peer
+                .iter()
+                .map(|s| {
+                    (
+                        s.user.to_string(),
+                        if caller == Caller::RustGroup { s.device.to_string() } else { String::new() },
+                    )
+                })
+                .collect();
+            if peers == [expected.clone()] {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the Rust client reports no single connection to {expected:?}"));
 
     rust.client.hangup(Some(&call)).await.unwrap();
     rust.expect(ended(&call), "the call ends").await;
@@ -242,9 +295,11 @@ async fn browser_and_rust_client_exchange_opus_and_vp8_both_ways() {
     write_tone_wav(&wav, BROWSER_TONE_HZ, 10);
     let server = TestServer::start(config()).await;
     // The browser calls; the Rust client offers (rust < web).
-    one_call(&server, "web", true, &root, &wav).await;
+    one_call(&server, "web", Caller::Browser, &root, &wav).await;
     // The Rust client calls; the browser offers (a-web < rust).
-    one_call(&server, "a-web", false, &root, &wav).await;
+    one_call(&server, "a-web", Caller::Rust, &root, &wav).await;
+    // A group call: both sides offer to the SFU.
+    one_call(&server, "g-web", Caller::RustGroup, &root, &wav).await;
     server.shutdown().await;
 }
 
@@ -256,7 +311,7 @@ async fn a_tab_stops_ringing_when_the_same_users_rust_client_answers() {
     write_tone_wav(&wav, BROWSER_TONE_HZ, 2);
     let server = TestServer::start(config()).await;
     let mut phone = server.device("web", "web-phone").await;
-    let mut page = Page::start(&server, "web", "other-device", &wav);
+    let mut page = Page::start(&server, "web", "other-device", false, &wav);
     page.reached("ready").await;
 
     let mut caller = server.user("caller").await;
