@@ -1109,6 +1109,10 @@ fn an_invite_turns_a_single_call_multi_and_reports_busy_users() {
         let session = current(bob);
         assert_eq!(callplus_call_session_call_type(session), callplus_call_type::Multi);
         callplus_call_session_free(session);
+        // alice learns the invitees from the same event, which comes after the type change.
+        let invited = wait_for(alice, E::RemoteUserInvited);
+        assert_eq!(event_users(invited), ["carol", "dave", "erin"]);
+        callplus_event_free(invited);
         let session = current(alice);
         assert_eq!(callplus_call_session_call_type(session), callplus_call_type::Multi);
         let mut info = null_mut();
