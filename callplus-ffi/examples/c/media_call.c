@@ -99,6 +99,8 @@ static void on_frame(void *user_data, const callplus_media_frame *frame) {
 
 static void print_event(const char *who, const callplus_event *event) {
     callplus_event_type type = callplus_event_kind(event);
+    /* Both clients' callback threads print: hold stdout so the line is not interleaved. */
+    flockfile(stdout);
     printf("%s: event %s", who, callplus_event_type_name(type));
     if (callplus_event_call_id(event)) printf(" call=%s", callplus_event_call_id(event));
     if (callplus_event_user_id(event)) printf(" user=%s", callplus_event_user_id(event));
@@ -114,6 +116,7 @@ static void print_event(const char *who, const callplus_event *event) {
     }
     printf(" | %s\n", callplus_event_description(event));
     fflush(stdout);
+    funlockfile(stdout);
 }
 
 /* The event callback: runs on the library's event thread, one event at a time. */

@@ -39,6 +39,8 @@ static int check(const char *who, const char *what, callplus_result r) {
 static void print_event(const char *who, const callplus_event *event) {
     callplus_event_type type = callplus_event_kind(event);
     const char *call_id = callplus_event_call_id(event);
+    /* Both clients' callback threads print: hold stdout so the line is not interleaved. */
+    flockfile(stdout);
     printf("%s: event %s", who, callplus_event_type_name(type));
     if (call_id) printf(" call=%s", call_id);
     if (callplus_event_user_id(event)) printf(" user=%s", callplus_event_user_id(event));
@@ -46,6 +48,7 @@ static void print_event(const char *who, const callplus_event *event) {
         printf(" reason=%s", callplus_end_reason_name(callplus_event_reason(event)));
     printf(" | %s\n", callplus_event_description(event));
     fflush(stdout);
+    funlockfile(stdout);
 }
 
 static void print_records(const char *who, const callplus_client *client) {
