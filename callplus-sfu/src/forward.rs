@@ -102,21 +102,18 @@ pub(crate) async fn forward(track: Arc<dyn TrackRemote>, fanout: Arc<Fanout>) {
 mod tests {
     use super::*;
 
-    fn packet_for_gate() -> rtp::Packet {
-        rtp::Packet::default()
-    }
-
     #[test]
     fn a_full_queue_drops_instead_of_waiting_and_counts() {
         let (queue, mut rx) = mpsc::channel(2);
         let dropped = Arc::new(AtomicU64::new(0));
         let target = Target { queue, ssrc: 77, dropped: Arc::clone(&dropped), live: AtomicBool::new(false) };
-        assert!(!target.offer(&packet_for_gate()), "nothing goes before the subscriber knows the stream");
-        target.go_live();
         let mut packet = rtp::Packet::default();
         packet.header.ssrc = 5;
         packet.header.sequence_number = 9;
         packet.header.extension = true;
+        assert!(!target.offer(&packet), "nothing goes before the subscriber knows the stream");
+        assert_eq!(dropped.load(Ordering::Relaxed), 0, "held back is not a queue drop");
+        target.go_live();
         let offered: Vec<bool> = (0..3).map(|_| target.offer(&packet)).collect();
         assert_eq!(offered, [true, true, false], "the third finds the queue full and does not wait");
         assert_eq!(dropped.load(Ordering::Relaxed), 1);
