@@ -594,7 +594,8 @@ fn a_device_whose_sfu_connection_failed_gets_a_fresh_route_and_reconnects() {
         started_tokens(s, bob).len() == 1 && s.devices[bob].stack.connected_to_sfu(&call)
     });
     let left = Output::SfuLeave { call_id: call.clone(), user: user("bob"), device: device("b1") };
-    let leave_at = sim.outputs.iter().position(|o| *o == left).expect("the failed connection is closed");
+    let leave_at = sim.outputs.iter().position(|o| *o == left);
+    let leave_at = leave_at.unwrap_or_else(|| panic!("the failed connection is closed"));
     let offers: Vec<usize> = sim
         .outputs
         .iter()

@@ -834,7 +834,7 @@ async fn camera_off_pauses_forwarding_at_the_sfu_even_if_the_sender_goes_on() {
     let (_tmp, dir) = record_dir("sfu-pause");
     let server = TestServer::start(config()).await;
     let video = VideoConfig { width: 160, height: 120, fps: 15, ..VideoConfig::default() };
-    let alice = media_party(&server, "alice", 440.0, Some(video.clone()), &dir).await;
+    let alice = media_party(&server, "alice", 440.0, Some(video), &dir).await;
     let mut bob = media_party(&server, "bob", 660.0, Some(video), &dir).await;
     // A MULTI call of two: through the SFU (the server's default mesh size is 0).
     let started = alice
