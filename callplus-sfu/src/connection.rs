@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use callplus_session::{IceServer, MediaPayload};
 use rtc::ice::mdns::MulticastDnsMode;
@@ -19,6 +19,15 @@ use crate::codecs::media_engine_and_interceptors;
 use crate::error::SfuError;
 use crate::feedback::KeyframeTap;
 use crate::sfu::{Command, ParticipantKey, SfuEvent};
+
+/// No packet from the device for this long: disconnected (the stack's default is 5 s).
+const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(3);
+/// Disconnected for this long more: failed, and the signalling layer starts the device's
+/// recovery (a fresh route). The stack's default, 25 s, would leave the others looking at a
+/// frozen picture for half a minute; media that pauses for 5 s is gone for a call anyway.
+const ICE_FAILED_AFTER: Duration = Duration::from_secs(5);
+/// Keepalives (consent checks) when nothing else is sent (the stack's default is 2 s).
+const ICE_KEEPALIVE: Duration = Duration::from_secs(1);
 
 pub(crate) fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -105,11 +114,15 @@ impl PeerConnectionEventHandler for Handler {
                     device: s.key.device.clone(),
                 });
             }
-            RTCPeerConnectionState::Failed => s.emit(SfuEvent::ParticipantFailed {
-                call_id: s.key.call_id.clone(),
-                user: s.key.user.clone(),
-                device: s.key.device.clone(),
-            }),
+            // Closed without the SFU closing it (`closed` is set first when it does): the
+            // device's side went away; as good as failed.
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                s.emit(SfuEvent::ParticipantFailed {
+                    call_id: s.key.call_id.clone(),
+                    user: s.key.user.clone(),
+                    device: s.key.device.clone(),
+                })
+            }
             _ => {}
         }
     }
@@ -150,7 +163,10 @@ pub(crate) async fn connect(
         }
     }));
     let (media, registry) = media_engine_and_interceptors(tap)?;
-    let settings = SettingEngineBuilder::new().with_multicast_dns_mode(MulticastDnsMode::Disabled).build();
+    let settings = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .with_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(ICE_FAILED_AFTER), Some(ICE_KEEPALIVE))
+        .build();
     let configuration =
         RTCConfigurationBuilder::new().with_ice_servers(ice_servers.iter().map(ice_server).collect()).build();
     let pc = PeerConnectionBuilder::new()

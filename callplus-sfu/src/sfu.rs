@@ -31,6 +31,8 @@ use crate::forward::{Fanout, Target, forward};
 use crate::keyframe_gate::KeyframeGate;
 use crate::token::MediaTokens;
 
+mod pause;
+
 /// Settings of an [`Sfu`].
 #[derive(Clone)]
 pub struct SfuConfig {
@@ -149,6 +151,14 @@ pub(crate) enum Command {
     Stats {
         reply: oneshot::Sender<SfuStats>,
     },
+    /// Stop or resume forwarding a publisher's stream (`pause`).
+    Pause {
+        call_id: CallId,
+        publisher: Member,
+        kind: MediaKind,
+        paused: bool,
+        reply: oneshot::Sender<()>,
+    },
     /// A publisher's track arrived (from the connection's callback).
     Track {
         key: ParticipantKey,
@@ -210,6 +220,7 @@ impl Sfu {
             keyframes_forwarded: 0,
             keyframes_held: 0,
             dropped: Arc::new(AtomicU64::new(0)),
+            paused: HashMap::new(),
         };
         tokio::spawn(task.run(commands_rx));
         (Sfu { commands, tokens }, SfuEvents { rx })
@@ -264,6 +275,22 @@ impl Sfu {
         self.ask(|reply| Command::EndCall { call_id, reply }).await
     }
 
+    /// Stops (`paused`) or resumes forwarding `user`'s stream of `kind` to the call's other
+    /// participants: its camera (video) or microphone (audio) went off or on. Resuming video
+    /// asks the publisher for a key frame. Holds across the publisher's reconnections until the
+    /// call ends.
+    pub async fn set_paused(
+        &self,
+        call_id: &CallId,
+        user: &UserId,
+        device: &DeviceId,
+        kind: MediaKind,
+        paused: bool,
+    ) -> Result<(), SfuError> {
+        let (call_id, publisher) = (call_id.clone(), (user.clone(), device.clone()));
+        self.ask(|reply| Command::Pause { call_id, publisher, kind, paused, reply }).await
+    }
+
     /// The SFU's counters now.
     pub async fn stats(&self) -> Result<SfuStats, SfuError> {
         self.ask(|reply| Command::Stats { reply }).await
@@ -310,6 +337,8 @@ struct Task {
     keyframes_held: u64,
     /// Packets dropped at full subscriber queues.
     dropped: Arc<AtomicU64>,
+    /// Streams whose forwarding is paused, with the subscribers' copies held back (`pause`).
+    paused: HashMap<pause::PausedKey, pause::Held>,
 }
 
 fn invalid(key: &ParticipantKey, reason: impl ToString) -> SfuError {
@@ -339,6 +368,7 @@ impl Task {
             match command {
                 Command::Signal { key, payload, reply } => {
                     let result = self.on_signal(&key, payload).await;
+                    self.hold_paused(&key.call_id);
                     if let Err(e) = &result {
                         tracing::info!(call = %key.call_id, user = %key.user, device = %key.device, error = %e, "sfu: signal refused");
                     }
@@ -354,12 +384,20 @@ impl Task {
                     for (user, device) in members {
                         self.remove(&ParticipantKey { call_id: call_id.clone(), user, device }).await;
                     }
+                    self.forget_paused(&call_id);
+                    let _ = reply.send(());
+                }
+                Command::Pause { call_id, publisher, kind, paused, reply } => {
+                    self.set_paused(&call_id, publisher, kind, paused).await;
                     let _ = reply.send(());
                 }
                 Command::Stats { reply } => {
                     let _ = reply.send(self.stats());
                 }
-                Command::Track { key, track } => self.on_track(&key, track).await,
+                Command::Track { key, track } => {
+                    self.on_track(&key, track).await;
+                    self.hold_paused(&key.call_id);
+                }
                 Command::Keyframe { key, ssrc, at } => self.on_keyframe_request(&key, ssrc, at).await,
             }
         }
