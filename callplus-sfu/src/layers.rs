@@ -85,6 +85,11 @@ pub(crate) struct LayerSwitch {
     pub(crate) switches: u64,
 }
 
+/// How far behind the newest packet `since_seq` is kept once the stream has moved on: far more
+/// than any resend can be late, and well inside the half of the sequence space that counts as
+/// "behind" (so the check cannot flip as the numbers wrap).
+const SINCE_WINDOW: u16 = 0x1000;
+
 /// Whether `a` is after `b` in 16-bit sequence-number space (RFC 3550 A.1).
 fn seq_after_or_at(a: u16, b: u16) -> bool {
     a.wrapping_sub(b) < 0x8000
@@ -138,6 +143,10 @@ impl LayerSwitch {
             Some(current) if current == p.layer => {
                 if !seq_after_or_at(p.seq, self.since_seq) {
                     return None;
+                }
+                // Follow the stream, or after half the sequence space everything would look old.
+                if p.seq.wrapping_sub(self.since_seq) > SINCE_WINDOW {
+                    self.since_seq = p.seq.wrapping_sub(SINCE_WINDOW);
                 }
             }
             Some(_) => {
@@ -237,6 +246,23 @@ mod tests {
         assert_eq!(s.keyframe_layer(), Layer::Full);
         // The tiny layer appears: switch to it at its key frame.
         assert_eq!(s.on_packet(packet(Layer::Tiny, 900, 5, true, true), BOTH, t0), Some((2, 11)));
+    }
+
+    #[test]
+    fn a_long_stream_keeps_flowing_past_wrap_arounds() {
+        let mut s = LayerSwitch::new(Layer::Full);
+        let t0 = Instant::now();
+        for i in 0..200_000u32 {
+            let seq = (i % 65_536) as u16;
+            let got = s.on_packet(packet(Layer::Full, seq, i * 10, true, false), BOTH, t0);
+            assert_eq!(got, Some((seq, i * 10)), "packet {i}");
+        }
+        // A resend a little late still fits; one from before the window does not.
+        let last = (199_999 % 65_536) as u16;
+        assert!(s.on_packet(packet(Layer::Full, last.wrapping_sub(30), 0, true, false), BOTH, t0).is_some());
+        assert!(
+            s.on_packet(packet(Layer::Full, last.wrapping_sub(20_000), 0, true, false), BOTH, t0).is_none()
+        );
     }
 
     #[test]
