@@ -1,6 +1,6 @@
 //! One participant's peer connection at the SFU: how it is built, and its callbacks (local ICE
 //! candidates held behind our description, connection state, incoming tracks, key-frame
-//! requests), which only post to the SFU task.
+//! requests, the participant's control channel), which only post to the SFU task.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use callplus_session::{IceServer, MediaPayload};
 use rtc::ice::mdns::MulticastDnsMode;
 use tokio::sync::mpsc;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceServer,
@@ -16,6 +17,7 @@ use webrtc::peer_connection::{
 };
 
 use crate::codecs::media_engine_and_interceptors;
+use crate::control::{CONTROL_LABEL, ControlMessage};
 use crate::error::SfuError;
 use crate::feedback::KeyframeTap;
 use crate::sfu::{Command, ParticipantKey, SfuEvent};
@@ -129,6 +131,28 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         self.shared.command(Command::Track { key: self.shared.key.clone(), track });
+    }
+
+    async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
+        let label = channel.label().await.unwrap_or_default();
+        if label != CONTROL_LABEL {
+            tracing::debug!(label, "sfu: data channel of unknown purpose ignored");
+            return;
+        }
+        // Weak: the channel's task must not keep the participant's state alive.
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            while let Some(event) = channel.poll().await {
+                let DataChannelEvent::OnMessage(message) = event else { continue };
+                let Some(shared) = shared.upgrade() else { break };
+                match ControlMessage::parse(&message.data).and_then(|m| m.view()) {
+                    Some((publisher, layer)) => {
+                        shared.command(Command::VideoView { key: shared.key.clone(), publisher, layer })
+                    }
+                    None => tracing::debug!(user = %shared.key.user, "sfu: control message ignored"),
+                }
+            }
+        });
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use callplus_media::{ChannelSink, MediaEvent, MediaKind, MediaSink, RemoteFrame, TeeSink, VideoConfig};
-use callplus_session::{CallType, ParticipantState};
+use callplus_session::{CallType, ParticipantState, UserId};
 use callplus_signal::client::{MediaEventStream, MediaOptions, record_sink};
 use callplus_tests::{
     ChangeMediaTypeResult, ClientOptions, Event, MediaType, Party, Setup, TestServer, config, connected,
@@ -887,4 +887,76 @@ async fn camera_off_pauses_forwarding_at_the_sfu_even_if_the_sender_goes_on() {
 
     alice.party.client.hangup(Some(&call)).await.unwrap();
     bob.party.expect(ended(&call), "ended").await;
+}
+
+/// The size of the next key frame on `rx`.
+async fn next_key_frame_size(rx: &mut UnboundedReceiver<RemoteFrame>, what: &str) -> (u16, u16) {
+    timeout(MEDIA_WAIT, async {
+        loop {
+            let frame = rx.recv().await.unwrap_or_else(|| panic!("sink dropped while waiting for {what}"));
+            if frame.keyframe {
+                return callplus_media::vp8::keyframe_dimensions(&frame.data)
+                    .expect("a key frame has a size");
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for a key frame of {what}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_layer_selection_changes_the_received_resolution() {
+    let (_tmp, dir) = record_dir("sfu-tiny");
+    let server = TestServer::start(config()).await;
+    let names = ["alice", "bob", "carol"];
+    let mut p = Vec::new();
+    for (name, tone) in names.iter().zip([440.0, 660.0, 880.0]) {
+        let video = VideoConfig { width: 320, height: 240, fps: 15, ..VideoConfig::default() };
+        p.push(media_party(&server, name, tone, Some(video), &dir).await);
+    }
+    let started = p[0]
+        .party
+        .client
+        .start_call(&["bob", "carol"], CallType::Multi, MediaType::AudioVideo, Default::default())
+        .await
+        .unwrap();
+    let call = started.call_id().clone();
+    for party in &mut p[1..] {
+        party.party.expect(received(&call), "the invitation").await;
+        party.party.client.accept(&call).await.unwrap();
+    }
+    for i in [1, 2] {
+        p[i].expect_media("alice's video", first_frame("alice", MediaKind::Video)).await;
+    }
+    let mut at_bob = p[1].frames_from("alice", MediaKind::Video);
+    let mut at_carol = p[2].frames_from("alice", MediaKind::Video);
+    assert_eq!(next_key_frame_size(&mut at_bob, "alice's video at bob").await, (320, 240));
+    assert_eq!(next_key_frame_size(&mut at_carol, "alice's video at carol").await, (320, 240));
+
+    // Bob shows alice in a small view: her tiny layer reaches him, carol keeps the full one.
+    let alice = UserId::new("alice").unwrap();
+    let asked = Instant::now();
+    p[1].party.client.set_video_tiny(&alice, true).await.unwrap();
+    assert_eq!(next_key_frame_size(&mut at_bob, "alice's tiny layer at bob").await, (160, 120));
+    eprintln!("bob: tiny view -> alice's tiny layer: {:?}", asked.elapsed());
+    for frame in frames(&mut at_bob, 15, "alice's tiny layer at bob").await {
+        if frame.keyframe {
+            assert_eq!(callplus_media::vp8::keyframe_dimensions(&frame.data), Some((160, 120)));
+        }
+    }
+    for frame in frames(&mut at_carol, 15, "alice's video at carol").await {
+        if frame.keyframe {
+            assert_eq!(callplus_media::vp8::keyframe_dimensions(&frame.data), Some((320, 240)), "carol");
+        }
+    }
+
+    // Back to a large view: the full size returns.
+    p[1].party.client.set_video_tiny(&alice, false).await.unwrap();
+    assert_eq!(next_key_frame_size(&mut at_bob, "alice's full layer at bob").await, (320, 240));
+    frames(&mut at_bob, 15, "alice's full layer at bob").await;
+
+    p[0].party.client.hangup(Some(&call)).await.unwrap();
+    for party in &mut p[1..] {
+        party.party.client.hangup(Some(&call)).await.ok();
+    }
 }
