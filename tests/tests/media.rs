@@ -774,10 +774,10 @@ async fn six_party_video_call_through_the_sfu_survives_a_leave_and_a_rejoin() {
     // Fay's connection is new: she reports a first frame of everyone. The others' connections
     // to the SFU stay up (a first frame is reported once per connection and user): their new
     // sinks for fay receive her media.
-    for j in 0..5 {
+    for name in &names[..5] {
         for kind in [MediaKind::Video, MediaKind::Audio] {
-            let what = format!("{}'s {kind:?} at fay after she rejoined", names[j]);
-            p[5].expect_media(&what, first_frame(names[j], kind)).await;
+            let what = format!("{name}'s {kind:?} at fay after she rejoined");
+            p[5].expect_media(&what, first_frame(name, kind)).await;
         }
     }
     for &(i, j) in pairs.iter().filter(|(i, j)| *i == 5 || *j == 5) {
