@@ -86,10 +86,12 @@ fn power(pcm: &[i16], freq: f64) -> f64 {
 /// assert_eq!(callplus_media::inspect::dominant_frequency(&pcm), 440.0);
 /// ```
 pub fn dominant_frequency(pcm: &[i16]) -> f64 {
+    // Each frequency's power once (comparing inside `max_by` computed it twice per step).
     (20..=400)
         .map(|i| f64::from(i) * 5.0)
-        .max_by(|a, b| power(pcm, *a).total_cmp(&power(pcm, *b)))
-        .unwrap_or(0.0)
+        .map(|f| (f, power(pcm, f)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or(0.0, |(f, _)| f)
 }
 
 /// An IVF recording (as `IvfSink` writes it).

@@ -113,3 +113,41 @@ fn idle_devices_are_held_over_tls() {
     assert_eq!(v["failed"].as_u64(), Some(0), "{v}");
     assert_eq!(v["tcp_connections"].as_u64(), Some(2), "{v}");
 }
+
+/// A three-party video call of media bots through the child server's SFU: every field of the
+/// report is there and consistent (no timing is judged).
+#[cfg(feature = "media")]
+#[test]
+fn a_group_call_of_media_bots_goes_through_the_sfu() {
+    let v = run_bench(&["--group", "3", "--video", "--duration", "1s", "--join-timeout", "30s"]);
+    assert_eq!(v["mode"], "group", "{v}");
+    assert_eq!(v["participants"].as_u64(), Some(3), "{v}");
+    assert_eq!(v["media_type"], "audio_video", "{v}");
+    assert_eq!(v["everyone_received_everyone"], true, "{v}");
+    assert!(v["failed_by_reason"].as_object().unwrap().is_empty(), "{v}");
+    // Each of the three receives the other two's audio and video.
+    assert_eq!(v["expected_streams"].as_u64(), Some(12), "{v}");
+    assert_eq!(v["forwarded_streams"].as_u64(), Some(12), "{v}");
+    let per = v["per_participant"].as_array().unwrap();
+    assert_eq!(per.len(), 3, "{v}");
+    for p in per {
+        for key in ["audio_fps_min", "video_fps_min", "video_fps_mean", "recv_loss_pct"] {
+            assert!(p[key].is_number(), "{key} missing in {p}");
+        }
+        assert!(p["video_fps_min"].as_f64().unwrap() > 0.0, "{p}");
+        let loss = p["recv_loss_pct"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&loss), "{p}");
+    }
+    // One first frame per (receiver, sender) and kind, timed from the later join.
+    for key in ["join_to_first_video_ms", "join_to_first_audio_ms"] {
+        assert_eq!(v[key]["count"].as_u64(), Some(6), "{key}: {v}");
+        assert!(v[key]["p50"].as_f64().unwrap() <= v[key]["p99"].as_f64().unwrap(), "{v}");
+    }
+    assert_eq!(v["join_to_first_frame_ms"], v["join_to_first_video_ms"], "{v}");
+    assert_eq!(v["sent_fps"].as_f64(), Some(15.0), "{v}");
+    // The server ran as a child: its own CPU and memory, per forwarded stream.
+    assert!(v["server_cpu_s"].as_f64().unwrap() >= 0.0, "{v}");
+    assert!(v["sfu_cpu_pct_per_stream"].is_number(), "{v}");
+    assert!(v["server_rss_kib"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["sfu_rss_growth_kib"].is_number(), "{v}");
+}

@@ -15,11 +15,18 @@
 //!   server's RSS per connected device. Devices are lightweight raw gRPC streams (Hello, then a
 //!   Ping per heartbeat) by default, or full clients (`--idle-client client`); several may
 //!   share one HTTP/2 connection (`--streams-per-conn`) when file descriptors run short.
+//! - **group call** (`--group N`, with the `media` feature): N media bots (full clients with
+//!   WebRTC media on 127.0.0.1, a tone and with `--video` a small VP8 test pattern each) in one
+//!   MULTI call through the server's SFU, reporting the frames each receives per second and
+//!   sender, their loss, join → first remote frame percentiles, and the server's CPU per
+//!   forwarded stream and memory.
 //!
 //! A progress line goes to stderr each second; the report goes to stdout, and with `--json`
 //! its last line is one JSON object (see `docs/performance.md`).
 
 mod calls;
+#[cfg(feature = "media")]
+mod group;
 mod idle;
 mod idle_ws;
 mod raw;
@@ -76,6 +83,23 @@ pub struct BenchArgs {
     /// Idle mode: connect N devices, hold them, report the server's RSS per device.
     #[arg(long, value_name = "N")]
     pub idle: Option<usize>,
+    /// Group mode: N media bots in one MULTI call through the server's SFU (needs the `media`
+    /// feature); `--duration` is the measured time after everyone receives everyone.
+    #[arg(long, value_name = "N", conflicts_with = "idle")]
+    pub group: Option<usize>,
+    /// Group mode: the bots send video (a VP8 test pattern) besides their tone.
+    #[arg(long, requires = "group")]
+    pub video: bool,
+    /// Group mode: the bots' picture size, `WIDTHxHEIGHT` (small keeps the bots cheap).
+    #[arg(long, default_value = "160x120", value_parser = parse_size, value_name = "WxH")]
+    pub video_size: (u32, u32),
+    /// Group mode: the bots' video frame rate.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=60))]
+    pub fps: u32,
+    /// Group mode: how long the bots have to join and receive everyone's media before the
+    /// measurement starts anyway.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub join_timeout: Duration,
     /// Idle mode: how each device connects.
     #[arg(long, value_enum, default_value = "raw")]
     pub idle_client: IdleClient,
@@ -127,6 +151,17 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// Parses `WIDTHxHEIGHT` (even numbers, as the VP8 test pattern needs).
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("invalid size {s:?}: use WIDTHxHEIGHT with even numbers, e.g. 160x120");
+    let (w, h) = s.split_once('x').ok_or_else(bad)?;
+    let (w, h): (u32, u32) = (w.trim().parse().map_err(|_| bad())?, h.trim().parse().map_err(|_| bad())?);
+    if w < 16 || h < 16 || w % 2 != 0 || h % 2 != 0 || w > 1920 || h > 1080 {
+        return Err(bad());
+    }
+    Ok((w, h))
+}
+
 /// Runs `callplus bench`.
 ///
 /// # Errors
@@ -136,7 +171,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if !args.rate.is_finite() || args.rate < 0.0 {
         bail!("--rate must be a number of cycles per second, 0 or more");
     }
-    if args.idle.is_none() && args.users < 2 {
+    if args.idle.is_none() && args.group.is_none() && args.users < 2 {
         bail!("--users must be at least 2 (users call each other in pairs)");
     }
     if args.duration.is_zero() {
@@ -144,9 +179,15 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     let target = target::Target::start(&args).await?;
     eprintln!("bench: server {} ({})", target.endpoint, target.describe());
-    let result = match args.idle {
-        Some(n) => idle::run(&args, &target, n).await,
-        None => calls::run(&args, &target).await,
+    let result = match (args.idle, args.group) {
+        (Some(n), _) => idle::run(&args, &target, n).await,
+        #[cfg(feature = "media")]
+        (None, Some(n)) => group::run(&args, &target, n).await,
+        #[cfg(not(feature = "media"))]
+        (None, Some(_)) => Err(anyhow::anyhow!(
+            "--group needs media bots: build with `--features media` (libopus and libvpx)"
+        )),
+        (None, None) => calls::run(&args, &target).await,
     };
     let stopped = target.stop().await;
     let report = result?;

@@ -84,6 +84,12 @@ pub(crate) fn open_files_limit() -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
+/// The `callplus serve` child's log filter: warnings, without the WebRTC stack's own
+/// connection-setup chatter when it runs the SFU for `--group`.
+fn log_filter(args: &BenchArgs) -> &'static str {
+    if args.group.is_some() { "warn,rtc=error,rtc_ice=error,rtc_dtls=error,webrtc=error" } else { "warn" }
+}
+
 /// A self-signed certificate for 127.0.0.1 written to the run's temporary directory.
 struct SelfSigned {
     cert: PathBuf,
@@ -141,8 +147,19 @@ impl Target {
                 request_burst: UNLIMITED_REQUESTS,
                 ..SwitchboardConfig::default()
             };
-            let mut builder =
-                Server::builder().data_dir(dir.path()).listen("127.0.0.1:0").no_admin().config(config);
+            let mut config = config;
+            if let Some(n) = args.group {
+                config.max_video_participants = config.max_video_participants.max(n);
+                config.max_audio_participants = config.max_audio_participants.max(n);
+            }
+            let mut builder = Server::builder()
+                .data_dir(dir.path())
+                .listen("127.0.0.1:0")
+                .no_admin()
+                .config(config)
+                // The SFU on loopback (a wildcard address skips it), for every MULTI call.
+                .media_listen("127.0.0.1:0")
+                .mesh_max(0);
             // The load may hold more connections than the server's default bound.
             builder = builder.max_connections(0);
             if let Some(cert) = &certificate {
@@ -162,12 +179,23 @@ impl Target {
         let mut command = Command::new(exe);
         command
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "off", "--log", "warn"])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "off", "--log", log_filter(args)])
             .arg("--data-dir")
             .arg(dir.path())
             .args(["--requests-per-second", &UNLIMITED_REQUESTS.to_string()])
             .args(["--request-burst", &UNLIMITED_REQUESTS.to_string()])
             .args(["--max-connections", "0"]);
+        if let Some(n) = args.group {
+            // The SFU on loopback (a wildcard address skips it), for every MULTI call, and a
+            // call as large as asked for.
+            let n = n.to_string();
+            command.args(["--media-listen", "127.0.0.1:0", "--mesh-max", "0"]).args([
+                "--max-video-participants",
+                &n,
+                "--max-audio-participants",
+                &n,
+            ]);
+        }
         if let Some(cert) = &certificate {
             command.arg("--tls-cert").arg(&cert.cert).arg("--tls-key").arg(&cert.key);
         }
