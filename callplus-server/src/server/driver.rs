@@ -23,7 +23,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use callplus_proto::v1 as pb;
 use callplus_session::switchboard::{
-    ConnId, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId, QueryResult, Switchboard,
+    ConnId, NodeMessage, NodeOutput, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId,
+    QueryResult, Switchboard,
 };
 use callplus_session::wire::{FrameError, event_to_wire};
 use callplus_session::{
@@ -525,6 +526,32 @@ impl Driver {
                 self.submit_writes();
                 self.spawn_query(id, app, user, query);
             }
+            Output::Node(work) => self.node_work(work),
+        }
+    }
+
+    /// Work across nodes. The inbox transport between nodes is not wired yet, so a node acts
+    /// as if it were alone: no other node holds a device (a user with none here gets the push
+    /// and has their records and summaries stored), and a request about another node's call
+    /// is answered CALL_NOT_FOUND, as before routing existed.
+    fn node_work(&mut self, work: NodeOutput) {
+        let now = self.now();
+        match work {
+            NodeOutput::Locate { id, .. } => self.sb.complete_locate(now, id, Vec::new()),
+            NodeOutput::Route { app, user, event, store_if_absent } => {
+                if store_if_absent {
+                    self.act(Output::StoreOffline { app, user, event });
+                }
+            }
+            NodeOutput::Send { node, message } => match *message {
+                NodeMessage::Request { app, user, session_id, request_id, .. } => {
+                    tracing::debug!(%node, "no route to the call's node; request refused");
+                    self.sb.forward_failed(now, &app, &user, &session_id, request_id);
+                }
+                other => {
+                    tracing::debug!(%node, message = ?other, "no route to another node; message dropped")
+                }
+            },
         }
     }
 

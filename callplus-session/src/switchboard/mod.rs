@@ -48,6 +48,7 @@
 //! sessions (welcome, resume, acks, liveness, dispatch, drop); `calls` the call requests.
 
 mod calls;
+mod cluster;
 mod config;
 mod fasthash;
 mod media_route;
@@ -73,6 +74,7 @@ use crate::model::message::{ClientFrame, Event, Hello, Response, ResponseBody, S
 use crate::model::snapshot::CallInfo;
 use crate::wire::FrameError;
 
+pub use cluster::{NodeMessage, NodeOutput, RemoteDevice, owner_node};
 pub use config::{BusyPolicy, ConfigError, DevicePolicy, MAX_NODE_ID_LEN, SwitchboardConfig, valid_node_id};
 pub use media_route::{MediaRouter, TokenSigner};
 pub use output::{ConnId, DevicePresence, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId};
@@ -130,11 +132,16 @@ pub struct Switchboard {
     id_buf: String,
     /// The SFU MULTI calls go through, if the server runs one.
     router: Option<media_route::MediaRouter>,
+    /// A node of several: remote sessions by (node, session id) (`cluster`).
+    remotes: FastMap<(String, String), SessionKey>,
+    /// A node of several: presence lookups in flight (`cluster`).
+    locates: FastMap<QueryId, cluster::Locating>,
 }
 
 impl Switchboard {
     /// A switchboard with no sessions and no calls.
     pub fn new(config: SwitchboardConfig) -> Self {
+        let clustered = !config.node_id.is_empty();
         let limits = Limits {
             frames: config.max_unacked_frames.max(1),
             bytes: config.max_unacked_bytes.max(1),
@@ -152,6 +159,7 @@ impl Switchboard {
                 grown: Vec::new(),
                 limits,
                 store_user_events: false,
+                clustered,
             },
             calls: FastMap::default(),
             live: 0,
@@ -169,6 +177,8 @@ impl Switchboard {
             scratch: Vec::new(),
             id_buf: String::new(),
             router: None,
+            remotes: FastMap::default(),
+            locates: FastMap::default(),
         }
     }
 
@@ -220,11 +230,9 @@ impl Switchboard {
             return;
         }
         let existing = self.net.user(&app, &user).and_then(|entry| {
-            entry
-                .sessions
-                .iter()
-                .copied()
-                .find(|sk| self.net.sessions.get(sk).is_some_and(|s| s.device == hello.device_id))
+            entry.sessions.iter().copied().find(|sk| {
+                self.net.sessions.get(sk).is_some_and(|s| s.device == hello.device_id && s.remote.is_none())
+            })
         });
         if let (Some(resume), Some(sk)) = (&hello.resume, existing) {
             let resumable = self.net.sessions.get(&sk).is_some_and(|s| {
@@ -395,11 +403,14 @@ impl Switchboard {
                 self.net.outputs.push_back(Output::Close { conn });
             }
             self.session_ended(sk);
+            self.tell_peers_gone(sk, LegEnd::Reason(EndReason::EndedByServer));
         }
         let sessions = std::mem::take(&mut self.net.sessions);
         self.net.graveyard.extend(sessions);
         self.net.conns.clear();
         self.net.users.clear();
+        self.remotes.clear();
+        self.locates.clear();
         self.net.to_drop.clear();
         self.net.grown.clear();
         self.queries.clear();
@@ -489,7 +500,9 @@ impl Switchboard {
             entry
                 .sessions
                 .iter()
-                .filter(|sk| self.net.sessions.get(sk).is_some_and(|s| &s.device != device))
+                .filter(|sk| {
+                    self.net.sessions.get(sk).is_some_and(|s| &s.device != device && s.remote.is_none())
+                })
                 .count()
         });
         if others >= max {
