@@ -575,3 +575,45 @@ mod routing {
         assert_eq!(c.nodes[A].switchboard.live_calls(), 0);
     }
 }
+
+mod stale_presence {
+    use callplus_session::client::CallOptions;
+    use callplus_session::switchboard::NodeMessage;
+    use callplus_session::{CallType, DeviceId, EndReason, MediaType, ResponseBody};
+
+    use super::sim::cluster::Cluster;
+    use super::sim::{default_app, user};
+
+    /// A presence entry that outlived its session (its node restarted, the entry has not expired
+    /// yet): the owner offers the call there, the node answers that no such session exists, the
+    /// owner forgets it and pushes the callee as if no device had been found.
+    #[test]
+    fn a_presence_entry_without_a_session_is_dropped_and_the_callee_pushed() {
+        let mut c = Cluster::new(&["node-a", "node-b"]);
+        let alice = c.add_device(0, "alice", "alice-phone");
+        let key = (default_app(), user("dave"), DeviceId::new("dave-phone").unwrap());
+        c.presence.insert(key, (1, "snode-b_gone-1".to_owned()));
+        let now = c.device_now(0, alice);
+        let options = CallOptions { ring_timeout_ms: Some(3_000), ..CallOptions::default() };
+        let rid = c.nodes[0].devices[alice]
+            .engine
+            .start_call(now, &["dave"], CallType::Single, MediaType::Audio, options)
+            .unwrap();
+        let call = match c.wait_request(0, alice, rid) {
+            Ok(ResponseBody::Started { call, .. }) => call.call_id,
+            other => panic!("{other:?}"),
+        };
+        c.run_until(1_000, "the owner forgets the stale session", |c| {
+            c.sent
+                .iter()
+                .any(|(from, to, m)| *from == 1 && *to == 0 && matches!(m, NodeMessage::SessionGone { .. }))
+                && c.nodes[0].switchboard.remote_sessions() == 0
+        });
+        c.settle();
+        assert_eq!(c.db.borrow().pushes.len(), 1, "pushed once no device was left");
+        let call2 = call.clone();
+        c.run_until(5_000, "the ring times out", move |c| c.nodes[0].ended(alice, &call2).is_some());
+        // Pushed but not answered: not reached, not declined.
+        assert_eq!(c.nodes[0].ended(alice, &call), Some(EndReason::RemoteNoResponse));
+    }
+}

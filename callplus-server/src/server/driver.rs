@@ -128,6 +128,8 @@ pub(crate) enum Input {
         /// The message.
         payload: MediaPayload,
     },
+    /// Work across nodes came back (`serve --redis`, see `routing`).
+    Node(super::routing::NodeInput),
     /// Shut down: end every session, write everything, flush storage, stop.
     Shutdown {
         /// Receives the storage flush result.
@@ -207,6 +209,8 @@ pub(crate) struct Driver {
     sfu: Option<mpsc::UnboundedSender<SfuCommand>>,
     /// The presence registry's queue (`serve --redis`).
     presence: Option<PresenceQueue>,
+    /// The queue of work across nodes (`serve --redis`).
+    routing: Option<super::routing::RoutingQueue>,
 }
 
 impl Driver {
@@ -235,6 +239,7 @@ impl Driver {
             slow_sessions_seen: 0,
             sfu: None,
             presence: None,
+            routing: None,
         };
         (driver, DriverHandle { tx })
     }
@@ -247,6 +252,11 @@ impl Driver {
     /// Keeps this node's devices in the presence registry (needs a switchboard with a node id).
     pub(crate) fn set_presence(&mut self, presence: PresenceQueue) {
         self.presence = Some(presence);
+    }
+
+    /// Sends the switchboard's work across nodes to this queue (see `routing`).
+    pub(crate) fn set_routing(&mut self, routing: super::routing::RoutingQueue) {
+        self.routing = Some(routing);
     }
 
     fn now(&mut self) -> i64 {
@@ -361,7 +371,23 @@ impl Driver {
             Input::SfuSignal { call_id, to_user, to_device, payload } => {
                 self.sb.sfu_signal(now, &call_id, &to_user, &to_device, payload);
             }
+            Input::Node(input) => self.node_input(now, input),
             Input::Shutdown { .. } => {}
+        }
+    }
+
+    fn node_input(&mut self, now: i64, input: super::routing::NodeInput) {
+        use super::routing::NodeInput;
+        match input {
+            NodeInput::Message { from, message } => self.sb.handle_node_message(now, &from, *message),
+            NodeInput::Located { id, devices } => self.sb.complete_locate(now, id, devices),
+            NodeInput::Unroutable { app, user, session_id, request_id } => {
+                self.sb.forward_failed(now, &app, &user, &session_id, request_id);
+            }
+            NodeInput::Store { app, user, event } => {
+                self.act(Output::StoreOffline { app, user, event: *event })
+            }
+            NodeInput::NodeLost { node } => self.sb.node_lost(now, &node),
         }
     }
 
@@ -390,6 +416,9 @@ impl Driver {
         let now = self.now();
         self.sb.shutdown(now);
         self.drain();
+        if let Some(routing) = self.routing.take() {
+            routing.close().await;
+        }
         if let Some(presence) = self.presence.take() {
             presence.close().await;
         }
@@ -530,11 +559,15 @@ impl Driver {
         }
     }
 
-    /// Work across nodes. The inbox transport between nodes is not wired yet, so a node acts
-    /// as if it were alone: no other node holds a device (a user with none here gets the push
-    /// and has their records and summaries stored), and a request about another node's call
-    /// is answered CALL_NOT_FOUND, as before routing existed.
+    /// Work across nodes: to the routing task (`routing`). Without one (a switchboard given a
+    /// node id but no Redis) the node acts alone: no other node holds a device (a user with
+    /// none here gets the push and has their records and summaries stored), and a request
+    /// about another node's call is answered CALL_NOT_FOUND.
     fn node_work(&mut self, work: NodeOutput) {
+        if let Some(routing) = &self.routing {
+            routing.send(work);
+            return;
+        }
         let now = self.now();
         match work {
             NodeOutput::Locate { id, .. } => self.sb.complete_locate(now, id, Vec::new()),

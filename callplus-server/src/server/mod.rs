@@ -35,6 +35,7 @@ mod metrics;
 mod outbound;
 mod presence;
 mod push;
+mod routing;
 pub mod shutdown;
 mod silence;
 mod tls;
@@ -339,12 +340,22 @@ impl ServerBuilder {
         config.validate()?;
         // Presence entries live three heartbeat intervals unless renewed (docs/architecture.md).
         let presence_ttl = Duration::from_millis(u64::from(config.heartbeat_interval_ms) * 3);
-        let presence = match &cluster {
+        let (presence, routing) = match &cluster {
             Some(cluster) => {
                 let conn = crate::cluster::connect(&cluster.client).await?;
-                Some(crate::cluster::Presence::new(conn, cluster.node_id.clone(), presence_ttl))
+                let presence =
+                    crate::cluster::Presence::new(conn.clone(), cluster.node_id.clone(), presence_ttl);
+                // The inbox reader blocks its connection while it waits: it gets its own.
+                let reader_conn = crate::cluster::connect(&cluster.client).await?;
+                let routing = routing::Routing {
+                    node: cluster.node_id.clone(),
+                    outbox: crate::cluster::Outbox::new(conn, cluster.node_id.clone()),
+                    presence: presence.clone(),
+                    reader: crate::cluster::InboxReader::new(reader_conn, &cluster.node_id),
+                };
+                (Some(presence), Some(routing))
             }
-            None => None,
+            None => (None, None),
         };
         let device_acceptor = tls.as_ref().map(ServerTls::acceptor).transpose()?;
         let admin_acceptor = match (&admin_tls, &admin_listen) {
@@ -444,6 +455,9 @@ impl ServerBuilder {
         }
         if let Some(presence) = presence {
             driver.set_presence(presence::spawn(presence, metrics.clone()));
+        }
+        if let Some(routing) = routing {
+            driver.set_routing(routing::spawn(routing, handle.clone(), metrics.clone()));
         }
         let (recovered, undecodable) = driver::decode_calls(active_calls);
         if !undecodable.is_empty() {

@@ -296,10 +296,31 @@ impl Switchboard {
     }
 
     /// Drops the remote session of (`node`, `session_id`), ending its legs as `how` says.
+    /// A user it was the only device offered to (its presence entry outlived the session) is
+    /// pushed then, as if no device had been found.
     fn drop_remote(&mut self, now_ms: i64, node: &str, session_id: &str, how: LegEnd) {
         let Some(sk) = self.remotes.remove(&(node.to_owned(), session_id.to_owned())) else { return };
-        if self.net.sessions.get(&sk).is_some_and(|s| s.remote.is_some()) {
-            self.drop_session(now_ms, sk, how, Leftovers::Store);
+        let Some(s) = self.net.sessions.get(&sk).filter(|s| s.remote.is_some()) else { return };
+        let ringing: Vec<(CallId, usize)> = self
+            .net
+            .user_calls(&s.app, &s.user)
+            .into_iter()
+            .filter_map(|id| {
+                let call = self.calls.get(&id)?;
+                let idx = call.index_of(&s.user)?;
+                call.party(idx).is_some_and(|p| p.offered.contains(&sk)).then_some((id, idx))
+            })
+            .collect();
+        self.drop_session(now_ms, sk, how, Leftovers::Store);
+        for (id, idx) in ringing {
+            let Some(call) = self.calls.get(&id) else { continue };
+            let push = call.push.as_deref().cloned();
+            if !self.cfg.push_enabled || push.as_ref().is_some_and(|p| p.disable_push) {
+                continue;
+            }
+            let inviter =
+                call.party(idx).and_then(|p| p.inviter.clone()).unwrap_or_else(|| call.creator.clone());
+            self.push_unreached(&id, idx, &inviter, push.as_ref());
         }
     }
 
@@ -335,8 +356,11 @@ impl Switchboard {
                         self.net.push_body(sk, body);
                     }
                     None => {
-                        // The session ended meanwhile: the owner hears it through SessionGone.
-                        // A record or summary meant for it is kept for the user.
+                        // No such session here (it ended, or the presence entry that named it
+                        // outlived it): the owner is told so it stops routing to it. A record
+                        // or summary meant for it is kept for the user.
+                        let how = LegEnd::Reason(EndReason::NetworkError);
+                        self.send_gone(&app, &user, &session_id, vec![from.to_owned()], how);
                         if let ServerBody::Event(e @ (Event::CallRecord(_) | Event::Summary(_))) = body {
                             self.user_event(app, user, e);
                         }

@@ -273,7 +273,11 @@ impl Switchboard {
             let others: Vec<SessionKey> = self
                 .net
                 .user(&app, &user)
-                .map(|e| e.sessions.iter().copied().filter(|&o| o != sk).collect())
+                .map(|e| {
+                    // Devices on other nodes are their nodes' to kick.
+                    let local = |o: &SessionKey| self.net.sessions.get(o).is_some_and(|s| s.remote.is_none());
+                    e.sessions.iter().copied().filter(|&o| o != sk).filter(local).collect()
+                })
                 .unwrap_or_default();
             for other in others {
                 self.kick(now_ms, other, EndReason::KickedOtherLogin, "the user logged in on another device");
