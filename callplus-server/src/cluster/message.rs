@@ -51,6 +51,11 @@ pub fn encode(from: &str, message: &NodeMessage) -> Fields {
             text(&mut f, "user", user.as_str());
             f.push(("body", event_to_wire(event).encode_to_vec()));
         }
+        NodeMessage::OfflineWaiting { app, user } => {
+            text(&mut f, "kind", "offline");
+            text(&mut f, "app", app.as_str());
+            text(&mut f, "user", user.as_str());
+        }
         NodeMessage::Delivered { app, user, device, session_id, call_id } => {
             text(&mut f, "kind", "delivered");
             text(&mut f, "app", app.as_str());
@@ -141,6 +146,7 @@ pub fn decode(fields: &[Vec<u8>]) -> Result<(String, NodeMessage), ClusterError>
             let event = event_from_wire(pb, &user).map_err(|e| bad(&e.to_string()))?;
             NodeMessage::UserEvent { app: e.app()?, user, event }
         }
+        "offline" => NodeMessage::OfflineWaiting { app: e.app()?, user: e.user()? },
         "delivered" => NodeMessage::Delivered {
             app: e.app()?,
             user: e.user()?,
@@ -215,6 +221,7 @@ mod tests {
             session_id: "s1".into(),
             reason: Some(EndReason::NetworkError),
         });
+        roundtrip(NodeMessage::OfflineWaiting { app: app.clone(), user: user.clone() });
         roundtrip(NodeMessage::SessionGone { app, user, session_id: "s1".into(), reason: None });
         Ok(())
     }

@@ -40,6 +40,10 @@ use super::metrics::{Metrics, ReasonLabel};
 use super::presence::{Note, PresenceQueue};
 use crate::storage::{BatchWriter, Encode, PageOrder, Storage, StorageError, WriteOp};
 
+/// How long a connecting device's stored events wait for its presence registration (a node
+/// of several; Redis commands time out after 2 s).
+const REGISTER_WAIT: Duration = Duration::from_secs(3);
+
 /// Inputs queued to the driver before transports wait.
 const INPUT_QUEUE: usize = 8192;
 
@@ -211,6 +215,8 @@ pub(crate) struct Driver {
     presence: Option<PresenceQueue>,
     /// The queue of work across nodes (`serve --redis`).
     routing: Option<super::routing::RoutingQueue>,
+    /// Presence registrations under way, by user: the user's stored events load after them.
+    registering: HashMap<(AppKey, UserId), oneshot::Receiver<()>>,
 }
 
 impl Driver {
@@ -240,6 +246,7 @@ impl Driver {
             sfu: None,
             presence: None,
             routing: None,
+            registering: HashMap::new(),
         };
         (driver, DriverHandle { tx })
     }
@@ -502,11 +509,22 @@ impl Driver {
                 });
             }
             Output::StoreOffline { app, user, event } => {
+                let (app_key, user_id) = (app.as_str().to_owned(), user.as_str().to_owned());
+                // A node of several checks, once the event is committed, that no device of the
+                // user connected elsewhere while it was being stored (see `routing`).
+                let reply: Option<crate::storage::OfflineReply> = self.routing.as_ref().map(|routing| {
+                    let after = routing.after_store();
+                    Box::new(move |stored: Result<Vec<i64>, StorageError>| {
+                        if stored.is_ok() {
+                            after(app, user);
+                        }
+                    }) as crate::storage::OfflineReply
+                });
                 self.writes.push(WriteOp::Offline {
-                    app_key: app.as_str().to_owned(),
-                    user_id: user.as_str().to_owned(),
+                    app_key,
+                    user_id,
                     bodies: vec![event_to_wire(&event).encode_to_vec()],
-                    reply: None,
+                    reply,
                 });
             }
             Output::OfflineDelivered { app, user, ids } => {
@@ -542,7 +560,18 @@ impl Driver {
             },
             Output::SessionOnline { conn, device } => {
                 if let Some(presence) = &self.presence {
-                    presence.note(Note::Online { conn, device });
+                    // A node of several loads the user's stored events only once the device is
+                    // in presence: an event stored by another node after that load finds the
+                    // device there (and has this node load again); one stored before it is in
+                    // the load.
+                    let registered = if self.routing.is_some() {
+                        let (tx, rx) = oneshot::channel();
+                        self.registering.insert((device.app.clone(), device.user.clone()), rx);
+                        Some(tx)
+                    } else {
+                        None
+                    };
+                    presence.note(Note::Online { conn, device, registered });
                 }
             }
             Output::SessionEnded { device } => {
@@ -553,7 +582,11 @@ impl Driver {
             Output::Query { id, app, user, query } => {
                 // The query flushes the writer first: this device's own writes must be there.
                 self.submit_writes();
-                self.spawn_query(id, app, user, query);
+                let registering = match query {
+                    Query::OfflineEvents => self.registering.remove(&(app.clone(), user.clone())),
+                    _ => None,
+                };
+                self.spawn_query(id, app, user, query, registering);
             }
             Output::Node(work) => self.node_work(work),
         }
@@ -621,11 +654,23 @@ impl Driver {
         }
     }
 
-    fn spawn_query(&self, id: QueryId, app: AppKey, user: UserId, query: Query) {
+    /// Runs a query off the driver. With `after`, it first waits (at most
+    /// [`REGISTER_WAIT`]) for the device's presence registration.
+    fn spawn_query(
+        &self,
+        id: QueryId,
+        app: AppKey,
+        user: UserId,
+        query: Query,
+        after: Option<oneshot::Receiver<()>>,
+    ) {
         let storage = self.storage.clone();
         let writer = self.writer.clone();
         let tx = self.self_tx.clone();
         tokio::spawn(async move {
+            if let Some(after) = after {
+                let _ = tokio::time::timeout(REGISTER_WAIT, after).await;
+            }
             let result =
                 tokio::task::spawn_blocking(move || run_query(&*storage, &writer, &app, &user, query))
                     .await

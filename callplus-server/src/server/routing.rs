@@ -52,10 +52,22 @@ pub(crate) enum NodeInput {
     NodeLost { node: String },
 }
 
+/// What the routing task does.
+// Moved once through the queue, like the switchboard's outputs it carries.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Work {
+    /// The switchboard's work.
+    Out(NodeOutput),
+    /// Events were just stored for a user with no device anywhere a moment ago: if presence
+    /// now finds devices of theirs on other nodes, those nodes load the stored events again.
+    Recheck { app: AppKey, user: UserId },
+}
+
 /// The driver's end of the routing queue.
 #[derive(Debug)]
 pub(crate) struct RoutingQueue {
-    tx: mpsc::Sender<NodeOutput>,
+    tx: mpsc::Sender<Work>,
     metrics: Arc<Metrics>,
     task: tokio::task::JoinHandle<()>,
     reader: tokio::task::JoinHandle<()>,
@@ -64,9 +76,23 @@ pub(crate) struct RoutingQueue {
 impl RoutingQueue {
     /// Queues work without waiting; a full queue drops it (counted and logged).
     pub(crate) fn send(&self, work: NodeOutput) {
-        if let Err(e) = self.tx.try_send(work) {
+        if let Err(e) = self.tx.try_send(Work::Out(work)) {
             self.metrics.count_node("dropped");
             tracing::warn!(work = ?e.into_inner(), "routing queue full; work across nodes dropped");
+        }
+    }
+
+    /// What to call once events for a user are committed to storage (from the storage
+    /// writer's thread: it never waits). It closes a race with a device connecting on another
+    /// node while they were being stored: that node's load may have run before the commit, so
+    /// it is told to load again (see [`NodeMessage::OfflineWaiting`]).
+    pub(crate) fn after_store(&self) -> impl Fn(AppKey, UserId) + Send + 'static {
+        let tx = self.tx.clone();
+        let metrics = self.metrics.clone();
+        move |app, user| {
+            if tx.try_send(Work::Recheck { app, user }).is_err() {
+                metrics.count_node("dropped");
+            }
         }
     }
 
@@ -157,13 +183,14 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(mut self, mut rx: mpsc::Receiver<NodeOutput>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Work>) {
         let mut check = tokio::time::interval(ALIVE_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 work = rx.recv() => match work {
-                    Some(work) => self.work(work).await,
+                    Some(Work::Out(work)) => self.work(work).await,
+                    Some(Work::Recheck { app, user }) => self.recheck(app, user).await,
                     None => return,
                 },
                 _ = check.tick() => self.check_peers().await,
@@ -271,6 +298,18 @@ impl Worker {
                     self.tell(NodeInput::Store { app, user, event: Box::new(event) }).await;
                 }
             }
+        }
+    }
+
+    async fn recheck(&mut self, app: AppKey, user: UserId) {
+        let Ok(found) = self.presence.lookup(app.as_str(), user.as_str()).await else { return };
+        let mut nodes: Vec<String> =
+            found.into_iter().map(|d| d.node_id).filter(|n| n != self.node.as_str()).collect();
+        nodes.sort();
+        nodes.dedup();
+        for node in nodes {
+            let message = NodeMessage::OfflineWaiting { app: app.clone(), user: user.clone() };
+            self.send_to(&node, &message).await;
         }
     }
 

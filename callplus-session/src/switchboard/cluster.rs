@@ -95,6 +95,16 @@ pub enum NodeMessage {
         /// The call.
         call_id: CallId,
     },
+    /// Events were stored for a user who has no device on the sending node, and presence then
+    /// found devices of theirs on the receiving node: those sessions load the user's stored
+    /// events again (a device that connected while the event was being stored may have looked
+    /// before it was there). Events a session holds already are not sent twice.
+    OfflineWaiting {
+        /// The app.
+        app: AppKey,
+        /// The user.
+        user: UserId,
+    },
     /// A device session the receiving node routed for has ended or gone silent (origin →
     /// owner): its legs end, as a local session's would.
     SessionGone {
@@ -368,6 +378,11 @@ impl Switchboard {
                 }
             }
             NodeMessage::UserEvent { app, user, event } => self.user_event(app, user, event),
+            NodeMessage::OfflineWaiting { app, user } => {
+                for sk in self.net.user_devices(&app, &user, None).iter() {
+                    self.load_offline(sk);
+                }
+            }
             NodeMessage::Delivered { app, user, device, session_id, call_id } => {
                 self.remote_session(from, &app, &user, &device, &session_id);
                 self.mark_delivery(&call_id, &user, &device, Delivery::Delivered);

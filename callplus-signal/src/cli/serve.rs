@@ -292,14 +292,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("  data directory:   {data_dir}");
     }
     if let Some(cluster) = &cluster {
-        println!(
-            "  node id:          {} (Redis presence on; routing between nodes is not wired yet)",
-            cluster.node_id
-        );
-        tracing::warn!(
-            node_id = %cluster.node_id,
-            "Redis keeps this node's presence, but routing between nodes is not wired yet: this node serves only the devices connected to it"
-        );
+        println!("  node id:          {} (Redis: presence and routing between nodes)", cluster.node_id);
     }
     let app = server.app_credentials();
     if server.created_app() {
