@@ -617,3 +617,45 @@ mod stale_presence {
         assert_eq!(c.nodes[0].ended(alice, &call), Some(EndReason::RemoteNoResponse));
     }
 }
+
+mod offline_waiting {
+    use callplus_session::switchboard::{NodeMessage, Output};
+    use callplus_session::{CallId, CallSummary, EndReason, Event, MediaType};
+
+    use super::sim::cluster::Cluster;
+    use super::sim::{default_app, user};
+
+    /// Another node stored a summary for dave just as he connected here: told so, this node
+    /// loads his stored events again and he gets it, once, however often it is told.
+    #[test]
+    fn stored_events_are_loaded_again_when_another_node_says_so() {
+        let mut c = Cluster::new(&["node-a", "node-b"]);
+        let dave = c.add_device(1, "dave", "dave-phone");
+        let call = CallId::new("node-a_x-1").unwrap();
+        let summary = CallSummary {
+            call_id: call.clone(),
+            owner: user("dave"),
+            caller: user("alice"),
+            peer: user("alice"),
+            started_at_ms: None,
+            media_type: MediaType::Audio,
+            direction: callplus_session::Direction::Incoming,
+            end_reason: EndReason::Offline,
+            duration_ms: 0,
+            created_at_ms: c.now,
+            ended_at_ms: c.now,
+        };
+        let stored =
+            Output::StoreOffline { app: default_app(), user: user("dave"), event: Event::Summary(summary) };
+        c.db.borrow_mut().apply(&stored);
+        for _ in 0..2 {
+            c.inject(0, 1, NodeMessage::OfflineWaiting { app: default_app(), user: user("dave") });
+            c.settle();
+        }
+        assert_eq!(c.nodes[1].summaries_received(dave, &call), 1);
+        assert!(
+            c.db.borrow().offline_for(&default_app(), &user("dave")).is_empty(),
+            "delivered, then deleted"
+        );
+    }
+}

@@ -237,3 +237,33 @@ async fn calls_span_three_nodes_on_one_postgres_and_one_redis() {
         client.disconnect().await;
     }
 }
+
+/// The node holding a callee's connection is killed mid-call (SIGKILL): the call's owner notices
+/// that node's liveness key expire and ends the call for the caller with NETWORK_ERROR, once,
+/// with a record, within the liveness key's TTL (5 s) and one check interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_ends_its_devices_legs_on_the_calls_owner() {
+    let Some(redis) = OwnedRedis::start() else { return };
+    let postgres = support::postgres::fresh_database();
+    let a = Node::start(&postgres, &redis, "node-a").await;
+    let secret = a.value("app secret:");
+    let mut b = Node::start(&postgres, &redis, "node-b").await;
+    let (alice, mut alice_ev) = a.connect(&secret, "alice", "alice-phone").await;
+    let (bob, mut bob_ev) = b.connect(&secret, "bob", "bob-phone").await;
+    let call = alice.start_call(&["bob"], CallType::Single, MediaType::Audio, CallOptions::default()).await;
+    let call = call.expect("start_call").call_id().clone();
+    wait_for(&mut bob_ev, "bob rings on B", rings(&call)).await;
+    bob.accept(&call).await.expect("accept");
+    wait_for(&mut alice_ev, "alice connected", connected(&call)).await;
+
+    b.child.start_kill().expect("SIGKILL node B");
+    let killed = Instant::now();
+    let end = wait_for(&mut alice_ev, "the call ends for alice", ended(&call)).await;
+    let took = killed.elapsed();
+    assert_eq!(reason(&end), Some(EndReason::RemoteNetworkError));
+    assert!(took < Duration::from_secs(8), "ended {took:?} after the kill");
+    wait_for(&mut alice_ev, "alice's record", record(&call)).await;
+    records_become(&alice, std::slice::from_ref(&call)).await;
+    alice.disconnect().await;
+    drop(bob);
+}

@@ -164,6 +164,11 @@ impl Cluster {
         }
     }
 
+    /// Puts a message on node `to`'s inbox as if node `from` had sent it.
+    pub fn inject(&mut self, from: usize, to: usize, message: NodeMessage) {
+        self.post(from, to, message);
+    }
+
     fn post(&mut self, from: usize, to: usize, message: NodeMessage) {
         self.sent.push((from, to, message.clone()));
         if !self.alive[to] {
