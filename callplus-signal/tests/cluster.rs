@@ -240,7 +240,8 @@ async fn calls_span_three_nodes_on_one_postgres_and_one_redis() {
 
 /// The node holding a callee's connection is killed mid-call (SIGKILL): the call's owner notices
 /// that node's liveness key expire and ends the call for the caller with NETWORK_ERROR, once,
-/// with a record, within the liveness key's TTL (5 s) and one check interval.
+/// with a record, within the liveness key's TTL (5 s), the 3 s it must stay missing, and one
+/// check interval.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_ends_its_devices_legs_on_the_calls_owner() {
     let Some(redis) = OwnedRedis::start() else { return };
@@ -261,7 +262,7 @@ async fn a_killed_node_ends_its_devices_legs_on_the_calls_owner() {
     let end = wait_for(&mut alice_ev, "the call ends for alice", ended(&call)).await;
     let took = killed.elapsed();
     assert_eq!(reason(&end), Some(EndReason::RemoteNetworkError));
-    assert!(took < Duration::from_secs(8), "ended {took:?} after the kill");
+    assert!(took < Duration::from_secs(12), "ended {took:?} after the kill");
     wait_for(&mut alice_ev, "alice's record", record(&call)).await;
     records_become(&alice, std::slice::from_ref(&call)).await;
     alice.disconnect().await;

@@ -34,6 +34,10 @@ pub(crate) const ROUTING_QUEUE: usize = 16_384;
 /// it routes to.
 const ALIVE_EVERY: Duration = Duration::from_secs(1);
 
+/// How long a node's liveness key must stay missing after it was last seen before the node
+/// counts as lost: longer than a Redis restart takes to be noticed and the key written back.
+const LOST_AFTER: Duration = Duration::from_secs(3);
+
 /// How long a stopping server waits for the routing task to send what is queued.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -218,8 +222,9 @@ impl Worker {
         }
     }
 
-    /// Tells the driver about every node routed to that stopped renewing its liveness key
-    /// (it is gone for longer than [`ALIVE_TTL`]).
+    /// Tells the driver about every node routed to that stopped renewing its liveness key: the
+    /// key expired ([`ALIVE_TTL`] after its last renewal) and stayed missing for
+    /// [`LOST_AFTER`].
     async fn check_peers(&mut self) {
         let stale: Vec<String> =
             self.peers.iter().filter(|(_, at)| at.elapsed() >= ALIVE_EVERY).map(|(n, _)| n.clone()).collect();
@@ -228,6 +233,9 @@ impl Worker {
                 Ok(true) => {
                     self.peers.insert(node, Instant::now());
                 }
+                // Missing for a moment (Redis restarted without its data, the node has not
+                // written its key back yet): not lost yet.
+                Ok(false) if self.peers.get(&node).is_some_and(|at| at.elapsed() < LOST_AFTER) => {}
                 Ok(false) => {
                     tracing::warn!(%node, ttl_ms = ALIVE_TTL.as_millis(), "node gone (its liveness key expired)");
                     self.peers.remove(&node);
