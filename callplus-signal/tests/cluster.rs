@@ -257,6 +257,15 @@ async fn a_killed_node_ends_its_devices_legs_on_the_calls_owner() {
     bob.accept(&call).await.expect("accept");
     wait_for(&mut alice_ev, "alice connected", connected(&call)).await;
 
+    // A node starting now shares the live-calls table: it ends only calls it owned itself.
+    let c = Node::start(&postgres, &redis, "node-c").await;
+    let (carol, _carol_ev) = c.connect(&secret, "carol", "carol-phone").await;
+    // A records read on C runs after every write C queued (its start's included).
+    assert!(record_ids(&carol).await.is_empty());
+    assert!(record_ids(&alice).await.is_empty(), "node C did not end node A's call");
+    let live = bob.get_call(&call).await.expect("the call, asked through node B");
+    assert!(live.ended_at_ms.is_none(), "{live:?}");
+
     b.child.start_kill().expect("SIGKILL node B");
     let killed = Instant::now();
     let end = wait_for(&mut alice_ev, "the call ends for alice", ended(&call)).await;

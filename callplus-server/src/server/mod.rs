@@ -50,8 +50,9 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use callplus_proto::v1::signal_server::SignalServer;
+use callplus_session::CallId;
 use callplus_session::limits::MAX_FRAME_BYTES;
-use callplus_session::switchboard::{Switchboard, SwitchboardConfig};
+use callplus_session::switchboard::{Switchboard, SwitchboardConfig, owner_node};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -459,6 +460,18 @@ impl ServerBuilder {
         if let Some(routing) = routing {
             driver.set_routing(routing::spawn(routing, handle.clone(), metrics.clone()));
         }
+        // A node of several shares the table with the other nodes: it ends only the calls it
+        // owned itself (their ids lead with its node id); the others' calls are live.
+        let node = cluster.as_ref().map(|c| c.node_id.as_str().to_owned());
+        let active_calls: Vec<_> = active_calls
+            .into_iter()
+            .filter(|row| match &node {
+                Some(node) => {
+                    CallId::new(&row.call_id).ok().as_ref().and_then(owner_node) == Some(node.as_str())
+                }
+                None => true,
+            })
+            .collect();
         let (recovered, undecodable) = driver::decode_calls(active_calls);
         if !undecodable.is_empty() {
             writer.submit(WriteOp::RemoveCalls(undecodable));

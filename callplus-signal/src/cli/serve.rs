@@ -60,8 +60,8 @@ pub struct ServeArgs {
     pub postgres: Option<String>,
     /// Redis for presence and call ownership when several nodes serve one deployment
     /// (`redis://[:PASSWORD@]HOST:PORT[/DB]`), reachable at start. Each device's session is
-    /// kept in Redis presence; routing between nodes is not wired yet, so a node still serves
-    /// only its own devices.
+    /// kept in Redis presence, and calls reach devices on any node through per-node inbox
+    /// streams (call leases and take-over of a lost node's calls are not done yet).
     #[arg(long, env = "CALLPLUS_REDIS", value_name = "URL", requires = "node_id", hide_env_values = true)]
     pub redis: Option<String>,
     /// PEM CA certificate that `rediss://` Redis certificates must chain to (default: the
