@@ -13,7 +13,7 @@ mod sim;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use callplus_session::switchboard::SwitchboardConfig;
+use callplus_session::switchboard::{NodeOutput, Output, SwitchboardConfig};
 use callplus_session::{AppKey, CallId, CallInfo, CallType, EndReason, MediaType};
 use sim::{Rng, Sim, default_app};
 
@@ -162,8 +162,17 @@ fn take_over(
                 continue;
             };
             let node = &mut nodes[idx];
+            let seen = node.sim.outputs.len();
             node.sim.switchboard.end_recovered_calls(now, None, vec![(app.clone(), info.clone())]);
             node.sim.settle();
+            // The driver's routing: the participants have no device on any node, so their
+            // records and summaries are stored for their next connect.
+            let routed: Vec<Output> = node.sim.outputs[seen..].to_vec();
+            for output in routed {
+                if let Output::Node(NodeOutput::Route { app, user, event, store_if_absent: true }) = output {
+                    node.sim.storage.apply(&Output::StoreOffline { app, user, event });
+                }
+            }
             // The shared table forgets the call (the winner's ForgetCall).
             nodes[lost].sim.storage.calls.remove(&(app.clone(), info.call_id.clone()));
             assert!(redis.release(nodes[idx].sim.now, info.call_id.as_str(), &name, token));
@@ -302,5 +311,351 @@ fn scenario(seed: u64) {
 fn a_lost_owner_node_has_its_calls_ended_once_by_one_survivor() {
     for seed in 1..=40 {
         scenario(seed);
+    }
+}
+
+// ----- routing between nodes ------------------------------------------------------------------
+
+mod routing {
+    use callplus_session::client::CallOptions;
+    use callplus_session::switchboard::{NodeMessage, owner_node};
+    use callplus_session::{CallId, CallType, EndReason, MediaType, RecordOrder, ResponseBody};
+
+    use super::sim::cluster::Cluster;
+    use super::sim::{default_app, user};
+
+    const A: usize = 0;
+    const B: usize = 1;
+    const C: usize = 2;
+
+    fn cluster() -> Cluster {
+        Cluster::new(&["node-a", "node-b", "node-c"])
+    }
+
+    fn start(c: &mut Cluster, node: usize, idx: usize, callees: &[&str], call_type: CallType) -> CallId {
+        let now = c.device_now(node, idx);
+        let engine = &mut c.nodes[node].devices[idx].engine;
+        let id =
+            engine.start_call(now, callees, call_type, MediaType::Audio, CallOptions::default()).unwrap();
+        match c.wait_request(node, idx, id) {
+            Ok(ResponseBody::Started { call, .. }) => call.call_id,
+            other => panic!("start_call answered {other:?}"),
+        }
+    }
+
+    fn accept(c: &mut Cluster, node: usize, idx: usize, call: &CallId) {
+        let now = c.device_now(node, idx);
+        let id = c.nodes[node].devices[idx].engine.accept(now, call).unwrap();
+        c.wait_request(node, idx, id).unwrap();
+    }
+
+    fn hangup(c: &mut Cluster, node: usize, idx: usize, call: &CallId) {
+        let now = c.device_now(node, idx);
+        let id = c.nodes[node].devices[idx].engine.hangup(now, Some(call), None).unwrap();
+        c.wait_request(node, idx, id).unwrap();
+    }
+
+    fn rings(c: &mut Cluster, node: usize, idx: usize, call: &CallId) {
+        let call2 = call.clone();
+        c.run_until(2_000, "the callee rings", move |c| c.nodes[node].incoming(idx).as_ref() == Some(&call2));
+    }
+
+    /// Only the owner ever holds the call; every other node only routes it.
+    fn only_owner_holds(c: &Cluster, owner: usize, call: &CallId) {
+        for (n, node) in c.nodes.iter().enumerate() {
+            if n != owner {
+                assert!(node.switchboard.call(&default_app(), call).is_none(), "node {n} holds {call}");
+            }
+        }
+    }
+
+    fn records_for(c: &Cluster, call: &CallId) -> Vec<String> {
+        let mut owners: Vec<String> =
+            c.db.borrow()
+                .written
+                .iter()
+                .filter(|(_, r)| &r.call.call_id == call)
+                .map(|(_, r)| r.owner.to_string())
+                .collect();
+        owners.sort();
+        owners
+    }
+
+    #[test]
+    fn a_call_from_one_node_to_another_connects_ends_once_and_records_both() {
+        let mut c = cluster();
+        let alice = c.add_device(A, "alice", "alice-phone");
+        let bob = c.add_device(B, "bob", "bob-phone");
+        let call = start(&mut c, A, alice, &["bob"], CallType::Single);
+        assert_eq!(owner_node(&call), Some("node-a"));
+        rings(&mut c, B, bob, &call);
+        accept(&mut c, B, bob, &call);
+        let call2 = call.clone();
+        c.run_until(2_000, "both connected", move |c| {
+            c.nodes[A].connected(alice, &call2) && c.nodes[B].connected(bob, &call2)
+        });
+        // Bob's accept went to the owner, its answer came back to bob's node.
+        assert!(c.sent.iter().any(|(from, to, m)| *from == B
+            && *to == A
+            && matches!(m, NodeMessage::Request { request_id, .. } if *request_id > 0)));
+        only_owner_holds(&c, A, &call);
+
+        // Bob hangs up from his node: forwarded, and the call ends once for both.
+        hangup(&mut c, B, bob, &call);
+        let call2 = call.clone();
+        c.run_until(2_000, "the caller sees the end", move |c| c.nodes[A].ended(alice, &call2).is_some());
+        c.settle();
+        assert_eq!(c.nodes[A].ended_count(alice, &call), 1);
+        assert_eq!(c.nodes[B].ended_count(bob, &call), 1);
+        assert_eq!(c.nodes[A].ended(alice, &call), Some(EndReason::RemoteHangup));
+        assert_eq!(records_for(&c, &call), ["alice", "bob"], "one record per participant");
+        // Bob's record and summary reached him on his node, nothing was stored offline.
+        assert_eq!(c.nodes[B].records_received(bob, &call), 1);
+        assert_eq!(c.nodes[B].summaries_received(bob, &call), 1);
+        assert!(c.db.borrow().offline.values().all(|q| q.is_empty()));
+        assert!(!c.nodes[A].switchboard.is_call_live(&default_app(), &call));
+        // Records page the same from any node (one shared database).
+        let from_b = c.nodes[B].records_page(bob, -1, 10, RecordOrder::Desc);
+        assert_eq!(from_b.records.len(), 1);
+        assert_eq!(from_b.records[0].call.call_id, call);
+    }
+
+    #[test]
+    fn a_callee_ringing_on_two_nodes_stops_on_the_other_when_one_answers() {
+        let mut c = cluster();
+        let alice = c.add_device(A, "alice", "alice-phone");
+        let bob_b = c.add_device(B, "bob", "bob-phone");
+        let bob_c = c.add_device(C, "bob", "bob-tablet");
+        let call = start(&mut c, A, alice, &["bob"], CallType::Single);
+        rings(&mut c, B, bob_b, &call);
+        rings(&mut c, C, bob_c, &call);
+        accept(&mut c, C, bob_c, &call);
+        let call2 = call.clone();
+        c.run_until(2_000, "the phone stops ringing", move |c| c.nodes[B].ended(bob_b, &call2).is_some());
+        assert_eq!(c.nodes[B].ended(bob_b, &call), Some(EndReason::AcceptedOnOtherDevice));
+        let call2 = call.clone();
+        c.run_until(2_000, "connected", move |c| {
+            c.nodes[A].connected(alice, &call2) && c.nodes[C].connected(bob_c, &call2)
+        });
+        // The phone, no longer ringing, cannot take the call any more.
+        let now = c.device_now(B, bob_b);
+        assert!(c.nodes[B].devices[bob_b].engine.accept(now, &call).is_err());
+
+        // Busy across nodes: bob holds his leg of alice's call (owned by node A) on node C;
+        // dave, on node A, calling bob is told bob is busy.
+        let dave = c.add_device(A, "dave", "dave-phone");
+        let now = c.device_now(A, dave);
+        let rid = c.nodes[A].devices[dave]
+            .engine
+            .start_call(now, &["bob"], CallType::Single, MediaType::Audio, CallOptions::default())
+            .unwrap();
+        let daves = match c.wait_request(A, dave, rid) {
+            Ok(ResponseBody::Started { call, busy }) => {
+                assert_eq!(busy, [user("bob")]);
+                call.call_id
+            }
+            other => panic!("{other:?}"),
+        };
+        hangup(&mut c, A, dave, &daves);
+        c.settle();
+
+        hangup(&mut c, A, alice, &call);
+        let call2 = call.clone();
+        c.run_until(2_000, "bob sees the end", move |c| c.nodes[C].ended(bob_c, &call2).is_some());
+        c.settle();
+        assert_eq!(c.nodes[C].ended_count(bob_c, &call), 1);
+        assert_eq!(c.nodes[B].ended_count(bob_b, &call), 1);
+        assert_eq!(records_for(&c, &call), ["alice", "bob"]);
+        // Bob's record reached both his devices, each on its own node.
+        assert_eq!(c.nodes[B].records_received(bob_b, &call), 1);
+        assert_eq!(c.nodes[C].records_received(bob_c, &call), 1);
+    }
+
+    #[test]
+    fn a_group_call_with_participants_on_three_nodes() {
+        let mut c = cluster();
+        let alice = c.add_device(A, "alice", "alice-phone");
+        let bob = c.add_device(B, "bob", "bob-phone");
+        let carol = c.add_device(C, "carol", "carol-phone");
+        let call = start(&mut c, B, bob, &["alice", "carol"], CallType::Multi);
+        assert_eq!(owner_node(&call), Some("node-b"));
+        rings(&mut c, A, alice, &call);
+        rings(&mut c, C, carol, &call);
+        accept(&mut c, A, alice, &call);
+        accept(&mut c, C, carol, &call);
+        let call2 = call.clone();
+        c.run_until(3_000, "all three connected", move |c| {
+            c.nodes[A].connected(alice, &call2)
+                && c.nodes[B].connected(bob, &call2)
+                && c.nodes[C].connected(carol, &call2)
+        });
+        only_owner_holds(&c, B, &call);
+        // Carol leaves; the others carry on; then alice and bob.
+        hangup(&mut c, C, carol, &call);
+        c.settle();
+        assert!(c.nodes[B].switchboard.is_call_live(&default_app(), &call));
+        hangup(&mut c, A, alice, &call);
+        let call2 = call.clone();
+        c.run_until(3_000, "the call ends for bob", move |c| c.nodes[B].ended(bob, &call2).is_some());
+        c.settle();
+        for (n, idx) in [(A, alice), (B, bob), (C, carol)] {
+            assert_eq!(c.nodes[n].ended_count(idx, &call), 1, "node {n}");
+            assert_eq!(c.nodes[n].records_received(idx, &call), 1, "node {n}");
+        }
+        assert_eq!(records_for(&c, &call), ["alice", "bob", "carol"]);
+    }
+
+    #[test]
+    fn a_user_with_no_device_anywhere_is_pushed_and_gets_the_summary_on_any_node() {
+        let mut c = cluster();
+        let alice = c.add_device(A, "alice", "alice-phone");
+        let now = c.device_now(A, alice);
+        let options = CallOptions { ring_timeout_ms: Some(2_000), ..CallOptions::default() };
+        let rid = c.nodes[A].devices[alice]
+            .engine
+            .start_call(now, &["dave"], CallType::Single, MediaType::Audio, options)
+            .unwrap();
+        let call = match c.wait_request(A, alice, rid) {
+            Ok(ResponseBody::Started { call, .. }) => call.call_id,
+            other => panic!("{other:?}"),
+        };
+        let call2 = call.clone();
+        c.run_until(5_000, "the ring times out", move |c| c.nodes[A].ended(alice, &call2).is_some());
+        c.settle();
+        assert_eq!(c.db.borrow().pushes.len(), 1, "pushed once, after presence found no device");
+        let stored = c.db.borrow().offline_for(&default_app(), &user("dave"));
+        assert_eq!(stored.len(), 2, "dave's record and summary wait in the shared database: {stored:?}");
+        // Dave connects to node C: he gets them there, once.
+        let dave = c.add_device(C, "dave", "dave-phone");
+        let call2 = call.clone();
+        c.run_until(2_000, "dave gets the summary", move |c| {
+            c.nodes[C].summaries_received(dave, &call2) == 1
+        });
+        c.settle();
+        assert_eq!(c.nodes[C].records_received(dave, &call), 1);
+        assert!(c.db.borrow().offline_for(&default_app(), &user("dave")).is_empty(), "delivered and deleted");
+    }
+
+    #[test]
+    fn a_device_silent_on_its_node_ends_its_leg_on_the_owner() {
+        let mut c = cluster();
+        let alice = c.add_device(A, "alice", "alice-phone");
+        let bob = c.add_device(B, "bob", "bob-phone");
+        let call = start(&mut c, A, alice, &["bob"], CallType::Single);
+        rings(&mut c, B, bob, &call);
+        accept(&mut c, B, bob, &call);
+        c.settle();
+        c.nodes[B].crash(bob);
+        let call2 = call.clone();
+        c.run_until(60_000, "the call ends for alice", move |c| c.nodes[A].ended(alice, &call2).is_some());
+        assert_eq!(c.nodes[A].ended(alice, &call), Some(EndReason::RemoteNetworkError));
+        c.settle();
+        assert_eq!(records_for(&c, &call), ["alice", "bob"]);
+        assert_eq!(c.nodes[A].switchboard.live_calls(), 0);
+    }
+
+    #[test]
+    fn a_lost_node_ends_its_devices_legs_on_the_owner() {
+        let mut c = cluster();
+        let alice = c.add_device(A, "alice", "alice-phone");
+        let bob = c.add_device(B, "bob", "bob-phone");
+        let call = start(&mut c, A, alice, &["bob"], CallType::Single);
+        rings(&mut c, B, bob, &call);
+        accept(&mut c, B, bob, &call);
+        c.settle();
+        assert_eq!(c.nodes[A].switchboard.remote_sessions(), 1);
+        c.kill(B, 15_000);
+        let call2 = call.clone();
+        c.run_until(1_000, "the call ends for alice", move |c| c.nodes[A].ended(alice, &call2).is_some());
+        assert_eq!(c.nodes[A].ended(alice, &call), Some(EndReason::RemoteNetworkError));
+        c.settle();
+        assert_eq!(c.nodes[A].ended_count(alice, &call), 1);
+        assert_eq!(records_for(&c, &call), ["alice", "bob"]);
+        assert_eq!(c.nodes[A].switchboard.remote_sessions(), 0);
+        assert_eq!(c.nodes[A].switchboard.live_calls(), 0);
+    }
+}
+
+mod stale_presence {
+    use callplus_session::client::CallOptions;
+    use callplus_session::switchboard::NodeMessage;
+    use callplus_session::{CallType, DeviceId, EndReason, MediaType, ResponseBody};
+
+    use super::sim::cluster::Cluster;
+    use super::sim::{default_app, user};
+
+    /// A presence entry that outlived its session (its node restarted, the entry has not expired
+    /// yet): the owner offers the call there, the node answers that no such session exists, the
+    /// owner forgets it and pushes the callee as if no device had been found.
+    #[test]
+    fn a_presence_entry_without_a_session_is_dropped_and_the_callee_pushed() {
+        let mut c = Cluster::new(&["node-a", "node-b"]);
+        let alice = c.add_device(0, "alice", "alice-phone");
+        let key = (default_app(), user("dave"), DeviceId::new("dave-phone").unwrap());
+        c.presence.insert(key, (1, "snode-b_gone-1".to_owned()));
+        let now = c.device_now(0, alice);
+        let options = CallOptions { ring_timeout_ms: Some(3_000), ..CallOptions::default() };
+        let rid = c.nodes[0].devices[alice]
+            .engine
+            .start_call(now, &["dave"], CallType::Single, MediaType::Audio, options)
+            .unwrap();
+        let call = match c.wait_request(0, alice, rid) {
+            Ok(ResponseBody::Started { call, .. }) => call.call_id,
+            other => panic!("{other:?}"),
+        };
+        c.run_until(1_000, "the owner forgets the stale session", |c| {
+            c.sent
+                .iter()
+                .any(|(from, to, m)| *from == 1 && *to == 0 && matches!(m, NodeMessage::SessionGone { .. }))
+                && c.nodes[0].switchboard.remote_sessions() == 0
+        });
+        c.settle();
+        assert_eq!(c.db.borrow().pushes.len(), 1, "pushed once no device was left");
+        let call2 = call.clone();
+        c.run_until(5_000, "the ring times out", move |c| c.nodes[0].ended(alice, &call2).is_some());
+        // Pushed but not answered: not reached, not declined.
+        assert_eq!(c.nodes[0].ended(alice, &call), Some(EndReason::RemoteNoResponse));
+    }
+}
+
+mod offline_waiting {
+    use callplus_session::switchboard::{NodeMessage, Output};
+    use callplus_session::{CallId, CallSummary, EndReason, Event, MediaType};
+
+    use super::sim::cluster::Cluster;
+    use super::sim::{default_app, user};
+
+    /// Another node stored a summary for dave just as he connected here: told so, this node
+    /// loads his stored events again and he gets it, once, however often it is told.
+    #[test]
+    fn stored_events_are_loaded_again_when_another_node_says_so() {
+        let mut c = Cluster::new(&["node-a", "node-b"]);
+        let dave = c.add_device(1, "dave", "dave-phone");
+        let call = CallId::new("node-a_x-1").unwrap();
+        let summary = CallSummary {
+            call_id: call.clone(),
+            owner: user("dave"),
+            caller: user("alice"),
+            peer: user("alice"),
+            started_at_ms: None,
+            media_type: MediaType::Audio,
+            direction: callplus_session::Direction::Incoming,
+            end_reason: EndReason::Offline,
+            duration_ms: 0,
+            created_at_ms: c.now,
+            ended_at_ms: c.now,
+        };
+        let stored =
+            Output::StoreOffline { app: default_app(), user: user("dave"), event: Event::Summary(summary) };
+        c.db.borrow_mut().apply(&stored);
+        for _ in 0..2 {
+            c.inject(0, 1, NodeMessage::OfflineWaiting { app: default_app(), user: user("dave") });
+            c.settle();
+        }
+        assert_eq!(c.nodes[1].summaries_received(dave, &call), 1);
+        assert!(
+            c.db.borrow().offline_for(&default_app(), &user("dave")).is_empty(),
+            "delivered, then deleted"
+        );
     }
 }

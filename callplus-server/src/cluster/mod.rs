@@ -2,13 +2,17 @@
 //! presence registry (see "Several nodes" in `docs/architecture.md`).
 //!
 //! With `serve --redis URL --node-id ID` the server keeps its devices in [`Presence`] (see
-//! `server::presence`); routing between nodes and call leases are not wired into the server
-//! yet: [`CallLeases`] is used by the tests and the next steps.
+//! `server::presence`) and routes between nodes through their inboxes ([`Outbox`],
+//! [`InboxReader`]; see `server::routing`). Call leases are not taken by the server yet:
+//! [`CallLeases`] is used by the tests and the next steps.
 
+mod inbox;
 mod lease;
+pub mod message;
 mod node;
 mod presence;
 
+pub use inbox::{ALIVE_TTL, INBOX_MAXLEN, InboxReader, Outbox, READ_BLOCK, Received};
 pub use lease::{CallLeases, Lease};
 pub use node::{ClusterConfig, NodeId, connect};
 pub use presence::{DeviceLocation, Presence};
@@ -20,6 +24,9 @@ pub enum ClusterError {
     /// connection manager reconnects by itself and the next call may succeed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// An inbox entry is not a node message this build can read.
+    #[error("unreadable node message: {0}")]
+    Message(String),
     /// A setting (URL, node id, TTL) cannot be used.
     #[error("invalid cluster setting: {0}")]
     InvalidArgument(String),

@@ -23,7 +23,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use callplus_proto::v1 as pb;
 use callplus_session::switchboard::{
-    ConnId, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId, QueryResult, Switchboard,
+    ConnId, NodeMessage, NodeOutput, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId,
+    QueryResult, Switchboard,
 };
 use callplus_session::wire::{FrameError, event_to_wire};
 use callplus_session::{
@@ -38,6 +39,10 @@ use super::media_relay::SfuCommand;
 use super::metrics::{Metrics, ReasonLabel};
 use super::presence::{Note, PresenceQueue};
 use crate::storage::{BatchWriter, Encode, PageOrder, Storage, StorageError, WriteOp};
+
+/// How long a connecting device's stored events wait for its presence registration (a node
+/// of several; Redis commands time out after 2 s).
+const REGISTER_WAIT: Duration = Duration::from_secs(3);
 
 /// Inputs queued to the driver before transports wait.
 const INPUT_QUEUE: usize = 8192;
@@ -138,6 +143,8 @@ pub(crate) enum Input {
         /// Up, or failed.
         connected: bool,
     },
+    /// Work across nodes came back (`serve --redis`, see `routing`).
+    Node(super::routing::NodeInput),
     /// Shut down: end every session, write everything, flush storage, stop.
     Shutdown {
         /// Receives the storage flush result.
@@ -217,6 +224,10 @@ pub(crate) struct Driver {
     sfu: Option<mpsc::UnboundedSender<SfuCommand>>,
     /// The presence registry's queue (`serve --redis`).
     presence: Option<PresenceQueue>,
+    /// The queue of work across nodes (`serve --redis`).
+    routing: Option<super::routing::RoutingQueue>,
+    /// Presence registrations under way, by user: the user's stored events load after them.
+    registering: HashMap<(AppKey, UserId), oneshot::Receiver<()>>,
 }
 
 impl Driver {
@@ -245,6 +256,8 @@ impl Driver {
             slow_sessions_seen: 0,
             sfu: None,
             presence: None,
+            routing: None,
+            registering: HashMap::new(),
         };
         (driver, DriverHandle { tx })
     }
@@ -257,6 +270,11 @@ impl Driver {
     /// Keeps this node's devices in the presence registry (needs a switchboard with a node id).
     pub(crate) fn set_presence(&mut self, presence: PresenceQueue) {
         self.presence = Some(presence);
+    }
+
+    /// Sends the switchboard's work across nodes to this queue (see `routing`).
+    pub(crate) fn set_routing(&mut self, routing: super::routing::RoutingQueue) {
+        self.routing = Some(routing);
     }
 
     fn now(&mut self) -> i64 {
@@ -377,7 +395,23 @@ impl Driver {
             Input::SfuConnection { call_id, user, device, connected: false } => {
                 self.sb.sfu_participant_failed(now, &call_id, &user, &device);
             }
+            Input::Node(input) => self.node_input(now, input),
             Input::Shutdown { .. } => {}
+        }
+    }
+
+    fn node_input(&mut self, now: i64, input: super::routing::NodeInput) {
+        use super::routing::NodeInput;
+        match input {
+            NodeInput::Message { from, message } => self.sb.handle_node_message(now, &from, *message),
+            NodeInput::Located { id, devices } => self.sb.complete_locate(now, id, devices),
+            NodeInput::Unroutable { app, user, session_id, request_id } => {
+                self.sb.forward_failed(now, &app, &user, &session_id, request_id);
+            }
+            NodeInput::Store { app, user, event } => {
+                self.act(Output::StoreOffline { app, user, event: *event })
+            }
+            NodeInput::NodeLost { node } => self.sb.node_lost(now, &node),
         }
     }
 
@@ -406,6 +440,9 @@ impl Driver {
         let now = self.now();
         self.sb.shutdown(now);
         self.drain();
+        if let Some(routing) = self.routing.take() {
+            routing.close().await;
+        }
         if let Some(presence) = self.presence.take() {
             presence.close().await;
         }
@@ -492,11 +529,22 @@ impl Driver {
                 });
             }
             Output::StoreOffline { app, user, event } => {
+                let (app_key, user_id) = (app.as_str().to_owned(), user.as_str().to_owned());
+                // A node of several checks, once the event is committed, that no device of the
+                // user connected elsewhere while it was being stored (see `routing`).
+                let reply: Option<crate::storage::OfflineReply> = self.routing.as_ref().map(|routing| {
+                    let after = routing.after_store();
+                    Box::new(move |stored: Result<Vec<i64>, StorageError>| {
+                        if stored.is_ok() {
+                            after(app, user);
+                        }
+                    }) as crate::storage::OfflineReply
+                });
                 self.writes.push(WriteOp::Offline {
-                    app_key: app.as_str().to_owned(),
-                    user_id: user.as_str().to_owned(),
+                    app_key,
+                    user_id,
                     bodies: vec![event_to_wire(&event).encode_to_vec()],
-                    reply: None,
+                    reply,
                 });
             }
             Output::OfflineDelivered { app, user, ids } => {
@@ -532,7 +580,18 @@ impl Driver {
             },
             Output::SessionOnline { conn, device } => {
                 if let Some(presence) = &self.presence {
-                    presence.note(Note::Online { conn, device });
+                    // A node of several loads the user's stored events only once the device is
+                    // in presence: an event stored by another node after that load finds the
+                    // device there (and has this node load again); one stored before it is in
+                    // the load.
+                    let registered = if self.routing.is_some() {
+                        let (tx, rx) = oneshot::channel();
+                        self.registering.insert((device.app.clone(), device.user.clone()), rx);
+                        Some(tx)
+                    } else {
+                        None
+                    };
+                    presence.note(Note::Online { conn, device, registered });
                 }
             }
             Output::SessionEnded { device } => {
@@ -543,8 +602,42 @@ impl Driver {
             Output::Query { id, app, user, query } => {
                 // The query flushes the writer first: this device's own writes must be there.
                 self.submit_writes();
-                self.spawn_query(id, app, user, query);
+                let registering = match query {
+                    Query::OfflineEvents => self.registering.remove(&(app.clone(), user.clone())),
+                    _ => None,
+                };
+                self.spawn_query(id, app, user, query, registering);
             }
+            Output::Node(work) => self.node_work(work),
+        }
+    }
+
+    /// Work across nodes: to the routing task (`routing`). Without one (a switchboard given a
+    /// node id but no Redis) the node acts alone: no other node holds a device (a user with
+    /// none here gets the push and has their records and summaries stored), and a request
+    /// about another node's call is answered CALL_NOT_FOUND.
+    fn node_work(&mut self, work: NodeOutput) {
+        if let Some(routing) = &self.routing {
+            routing.send(work);
+            return;
+        }
+        let now = self.now();
+        match work {
+            NodeOutput::Locate { id, .. } => self.sb.complete_locate(now, id, Vec::new()),
+            NodeOutput::Route { app, user, event, store_if_absent } => {
+                if store_if_absent {
+                    self.act(Output::StoreOffline { app, user, event });
+                }
+            }
+            NodeOutput::Send { node, message } => match *message {
+                NodeMessage::Request { app, user, session_id, request_id, .. } => {
+                    tracing::debug!(%node, "no route to the call's node; request refused");
+                    self.sb.forward_failed(now, &app, &user, &session_id, request_id);
+                }
+                other => {
+                    tracing::debug!(%node, message = ?other, "no route to another node; message dropped")
+                }
+            },
         }
     }
 
@@ -581,11 +674,23 @@ impl Driver {
         }
     }
 
-    fn spawn_query(&self, id: QueryId, app: AppKey, user: UserId, query: Query) {
+    /// Runs a query off the driver. With `after`, it first waits (at most
+    /// [`REGISTER_WAIT`]) for the device's presence registration.
+    fn spawn_query(
+        &self,
+        id: QueryId,
+        app: AppKey,
+        user: UserId,
+        query: Query,
+        after: Option<oneshot::Receiver<()>>,
+    ) {
         let storage = self.storage.clone();
         let writer = self.writer.clone();
         let tx = self.self_tx.clone();
         tokio::spawn(async move {
+            if let Some(after) = after {
+                let _ = tokio::time::timeout(REGISTER_WAIT, after).await;
+            }
             let result =
                 tokio::task::spawn_blocking(move || run_query(&*storage, &writer, &app, &user, query))
                     .await

@@ -58,6 +58,10 @@ pub(crate) struct Metrics {
     /// Presence registry commands (`serve --redis`), by outcome: `ok`, `error` (Redis
     /// unreachable or refusing), `dropped` (the queue to the presence task was full).
     pub(crate) presence: Family<ResultLabel, Counter>,
+    /// Work across nodes (`serve --redis`), by outcome: `sent`, `received`, `error`
+    /// (Redis unreachable, or an unreadable entry), `unroutable` (the node is gone),
+    /// `dropped` (the queue to the routing task was full).
+    pub(crate) node_messages: Family<ResultLabel, Counter>,
 }
 
 impl Metrics {
@@ -77,6 +81,7 @@ impl Metrics {
             silent_connections: Family::default(),
             pushes: Family::default(),
             presence: Family::default(),
+            node_messages: Family::default(),
         };
         registry.register("connected_devices", "Connected device sessions", m.connected_devices.clone());
         registry.register("live_calls", "Calls that have not ended", m.live_calls.clone());
@@ -102,6 +107,11 @@ impl Metrics {
             "Presence registry updates (--redis), by outcome: ok, error, dropped",
             m.presence.clone(),
         );
+        registry.register(
+            "node_messages",
+            "Messages between nodes (--redis), by outcome: sent, received, error, unroutable, dropped",
+            m.node_messages.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -124,6 +134,10 @@ impl Metrics {
 
     pub(crate) fn count_presence(&self, result: &str) {
         self.presence.get_or_create(&ResultLabel { result: result.to_owned() }).inc();
+    }
+
+    pub(crate) fn count_node(&self, result: &str) {
+        self.node_messages.get_or_create(&ResultLabel { result: result.to_owned() }).inc();
     }
 
     pub(crate) fn count_push(&self, result: &str) {

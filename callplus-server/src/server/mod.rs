@@ -35,6 +35,7 @@ mod metrics;
 mod outbound;
 mod presence;
 mod push;
+mod routing;
 pub mod shutdown;
 mod silence;
 mod tls;
@@ -49,8 +50,9 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use callplus_proto::v1::signal_server::SignalServer;
+use callplus_session::CallId;
 use callplus_session::limits::MAX_FRAME_BYTES;
-use callplus_session::switchboard::{Switchboard, SwitchboardConfig};
+use callplus_session::switchboard::{Switchboard, SwitchboardConfig, owner_node};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -339,12 +341,22 @@ impl ServerBuilder {
         config.validate()?;
         // Presence entries live three heartbeat intervals unless renewed (docs/architecture.md).
         let presence_ttl = Duration::from_millis(u64::from(config.heartbeat_interval_ms) * 3);
-        let presence = match &cluster {
+        let (presence, routing) = match &cluster {
             Some(cluster) => {
                 let conn = crate::cluster::connect(&cluster.client).await?;
-                Some(crate::cluster::Presence::new(conn, cluster.node_id.clone(), presence_ttl))
+                let presence =
+                    crate::cluster::Presence::new(conn.clone(), cluster.node_id.clone(), presence_ttl);
+                // The inbox reader blocks its connection while it waits: it gets its own.
+                let reader_conn = crate::cluster::connect(&cluster.client).await?;
+                let routing = routing::Routing {
+                    node: cluster.node_id.clone(),
+                    outbox: crate::cluster::Outbox::new(conn, cluster.node_id.clone()),
+                    presence: presence.clone(),
+                    reader: crate::cluster::InboxReader::new(reader_conn, &cluster.node_id),
+                };
+                (Some(presence), Some(routing))
             }
-            None => None,
+            None => (None, None),
         };
         let device_acceptor = tls.as_ref().map(ServerTls::acceptor).transpose()?;
         let admin_acceptor = match (&admin_tls, &admin_listen) {
@@ -445,6 +457,21 @@ impl ServerBuilder {
         if let Some(presence) = presence {
             driver.set_presence(presence::spawn(presence, metrics.clone()));
         }
+        if let Some(routing) = routing {
+            driver.set_routing(routing::spawn(routing, handle.clone(), metrics.clone()));
+        }
+        // A node of several shares the table with the other nodes: it ends only the calls it
+        // owned itself (their ids lead with its node id); the others' calls are live.
+        let node = cluster.as_ref().map(|c| c.node_id.as_str().to_owned());
+        let active_calls: Vec<_> = active_calls
+            .into_iter()
+            .filter(|row| match &node {
+                Some(node) => {
+                    CallId::new(&row.call_id).ok().as_ref().and_then(owner_node) == Some(node.as_str())
+                }
+                None => true,
+            })
+            .collect();
         let (recovered, undecodable) = driver::decode_calls(active_calls);
         if !undecodable.is_empty() {
             writer.submit(WriteOp::RemoveCalls(undecodable));

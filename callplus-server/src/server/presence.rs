@@ -25,7 +25,8 @@ pub(crate) const PRESENCE_QUEUE: usize = 4096;
 #[derive(Debug)]
 pub(crate) enum Note {
     /// The session was welcomed on `conn` (fresh or resumed): register the device here.
-    Online { conn: ConnId, device: DevicePresence },
+    /// `registered` fires once the registration was attempted (done or failed).
+    Online { conn: ConnId, device: DevicePresence, registered: Option<tokio::sync::oneshot::Sender<()>> },
     /// The device on `conn` sent a heartbeat: renew its entry.
     Heartbeat { conn: ConnId },
     /// The session ended for good: remove the device's entry (if still this session's).
@@ -79,7 +80,7 @@ async fn run(presence: Presence, mut rx: mpsc::Receiver<Note>, metrics: Arc<Metr
     let mut failing = false;
     while let Some(note) = rx.recv().await {
         let result = match note {
-            Note::Online { conn, device } => {
+            Note::Online { conn, device, registered } => {
                 // A resumed session leaves its older connection behind.
                 on.retain(|_, d| d.session_id != device.session_id);
                 let r = presence
@@ -91,6 +92,9 @@ async fn run(presence: Presence, mut rx: mpsc::Receiver<Note>, metrics: Arc<Metr
                     )
                     .await;
                 on.insert(conn, device);
+                if let Some(registered) = registered {
+                    let _ = registered.send(());
+                }
                 r.map(|()| true)
             }
             Note::Heartbeat { conn } => match on.get(&conn) {

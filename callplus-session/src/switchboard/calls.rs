@@ -232,7 +232,23 @@ impl Switchboard {
             Some(p) => self.net.live_sessions(&call.app, &p.user),
             None => return,
         };
-        let pushed = live.is_empty() && push_allowed(self.cfg.push_enabled, push);
+        let mut pushed = live.is_empty() && push_allowed(self.cfg.push_enabled, push);
+        if self.clustered()
+            && let Some(p) = call.party(idx)
+        {
+            // The user's devices on other nodes are looked up first; the push waits for the
+            // answer and goes only if no device anywhere got the invitation.
+            let push = pushed.then(|| (inviter.clone(), push.cloned()));
+            pushed = false;
+            let locating = super::cluster::Locating {
+                app: call.app.clone(),
+                user: p.user.clone(),
+                call: call.id.clone(),
+                idx,
+                push,
+            };
+            self.locate(locating);
+        }
         let Some(party) = call.parties.get_mut(idx) else { return };
         if ring_ms > 0 {
             let at = now.saturating_add(i64::from(ring_ms));
@@ -827,6 +843,34 @@ impl Switchboard {
         let snapshot = call.snapshot();
         self.net.respond(ctx.sk, rid, Ok(ResponseBody::Call(snapshot)));
         Ok(())
+    }
+
+    /// A node of several found no device of participant `idx` anywhere while it is still rung
+    /// and offered to no device: the push deferred by `ring` goes now.
+    pub(super) fn push_unreached(
+        &mut self,
+        id: &CallId,
+        idx: usize,
+        inviter: &UserId,
+        push: Option<&PushConfig>,
+    ) {
+        let Some(call) = self.calls.get_mut(id) else { return };
+        let Some(party) = call.party(idx) else { return };
+        if call.is_ended() || !party.state.is_ringing() || !party.offered.is_empty() || party.pushed {
+            return;
+        }
+        let request = PushRequest {
+            app: call.app.clone(),
+            callee: party.user.clone(),
+            call_id: call.id.clone(),
+            caller: inviter.clone(),
+            media_type: call.media_type,
+            push_config: push.cloned(),
+            extra: party.extra.clone().unwrap_or_else(|| call.extra.clone()),
+        };
+        self.net.outputs.push_back(Output::Push(request));
+        call.mark_pushed(idx);
+        notify_inviter(&mut self.net, call, idx);
     }
 
     /// An invitation (or ack of one) reached a device: record it and tell the inviter.

@@ -48,6 +48,7 @@
 //! sessions (welcome, resume, acks, liveness, dispatch, drop); `calls` the call requests.
 
 mod calls;
+mod cluster;
 mod config;
 mod fasthash;
 mod media_route;
@@ -73,6 +74,7 @@ use crate::model::message::{ClientFrame, Event, Hello, Response, ResponseBody, S
 use crate::model::snapshot::CallInfo;
 use crate::wire::FrameError;
 
+pub use cluster::{NodeMessage, NodeOutput, RemoteDevice, owner_node};
 pub use config::{BusyPolicy, ConfigError, DevicePolicy, MAX_NODE_ID_LEN, SwitchboardConfig, valid_node_id};
 pub use media_route::{MEDIA_RECOVERY_MS, MediaRouter, TokenSigner};
 pub use output::{ConnId, DevicePresence, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId};
@@ -133,11 +135,16 @@ pub struct Switchboard {
     /// Participants of SFU calls whose media connection failed: the device, and when it must
     /// be back (`media_route`).
     media_lost: FastMap<(CallId, UserId), (DeviceId, i64)>,
+    /// A node of several: remote sessions by (node, session id) (`cluster`).
+    remotes: FastMap<(String, String), SessionKey>,
+    /// A node of several: presence lookups in flight (`cluster`).
+    locates: FastMap<QueryId, cluster::Locating>,
 }
 
 impl Switchboard {
     /// A switchboard with no sessions and no calls.
     pub fn new(config: SwitchboardConfig) -> Self {
+        let clustered = !config.node_id.is_empty();
         let limits = Limits {
             frames: config.max_unacked_frames.max(1),
             bytes: config.max_unacked_bytes.max(1),
@@ -155,6 +162,7 @@ impl Switchboard {
                 grown: Vec::new(),
                 limits,
                 store_user_events: false,
+                clustered,
             },
             calls: FastMap::default(),
             live: 0,
@@ -173,6 +181,8 @@ impl Switchboard {
             id_buf: String::new(),
             router: None,
             media_lost: FastMap::default(),
+            remotes: FastMap::default(),
+            locates: FastMap::default(),
         }
     }
 
@@ -224,11 +234,9 @@ impl Switchboard {
             return;
         }
         let existing = self.net.user(&app, &user).and_then(|entry| {
-            entry
-                .sessions
-                .iter()
-                .copied()
-                .find(|sk| self.net.sessions.get(sk).is_some_and(|s| s.device == hello.device_id))
+            entry.sessions.iter().copied().find(|sk| {
+                self.net.sessions.get(sk).is_some_and(|s| s.device == hello.device_id && s.remote.is_none())
+            })
         });
         if let (Some(resume), Some(sk)) = (&hello.resume, existing) {
             let resumable = self.net.sessions.get(&sk).is_some_and(|s| {
@@ -269,7 +277,11 @@ impl Switchboard {
             let others: Vec<SessionKey> = self
                 .net
                 .user(&app, &user)
-                .map(|e| e.sessions.iter().copied().filter(|&o| o != sk).collect())
+                .map(|e| {
+                    // Devices on other nodes are their nodes' to kick.
+                    let local = |o: &SessionKey| self.net.sessions.get(o).is_some_and(|s| s.remote.is_none());
+                    e.sessions.iter().copied().filter(|&o| o != sk).filter(local).collect()
+                })
                 .unwrap_or_default();
             for other in others {
                 self.kick(now_ms, other, EndReason::KickedOtherLogin, "the user logged in on another device");
@@ -400,11 +412,14 @@ impl Switchboard {
                 self.net.outputs.push_back(Output::Close { conn });
             }
             self.session_ended(sk);
+            self.tell_peers_gone(sk, LegEnd::Reason(EndReason::EndedByServer));
         }
         let sessions = std::mem::take(&mut self.net.sessions);
         self.net.graveyard.extend(sessions);
         self.net.conns.clear();
         self.net.users.clear();
+        self.remotes.clear();
+        self.locates.clear();
         self.net.to_drop.clear();
         self.net.grown.clear();
         self.queries.clear();
@@ -494,7 +509,9 @@ impl Switchboard {
             entry
                 .sessions
                 .iter()
-                .filter(|sk| self.net.sessions.get(sk).is_some_and(|s| &s.device != device))
+                .filter(|sk| {
+                    self.net.sessions.get(sk).is_some_and(|s| &s.device != device && s.remote.is_none())
+                })
                 .count()
         });
         if others >= max {

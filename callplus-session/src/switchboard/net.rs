@@ -79,6 +79,9 @@ pub(super) struct Net {
     pub(super) limits: Limits,
     /// While shutting down, user events are stored rather than sent.
     pub(super) store_user_events: bool,
+    /// A node of several: user events also go to the user's devices on other nodes
+    /// ([`super::cluster::NodeOutput::Route`]).
+    pub(super) clustered: bool,
 }
 
 /// What one device, and one user, may leave unacked before being dropped as too slow.
@@ -103,6 +106,11 @@ impl Net {
     /// until the frame is acked; a session (or user) over its bounds is marked for dropping.
     pub(super) fn push_body(&mut self, sk: SessionKey, body: ServerBody) -> Option<u64> {
         let s = self.sessions.get_mut(&sk)?;
+        if let Some(node) = &s.remote {
+            let output = super::cluster::deliver_output(s, node, body);
+            self.outputs.push_back(output);
+            return None;
+        }
         let seq = s.outbox.next_seq();
         let ack = s.ack();
         let frame = Box::new(ServerFrame { seq, ack, body });
@@ -234,8 +242,11 @@ impl Net {
         }
     }
 
+    /// Whether the user has a live device session on this node (remote sessions do not count).
     pub(super) fn has_live_session(&self, app: &AppKey, user: &UserId) -> bool {
-        self.user(app, user).is_some_and(|e| e.sessions.iter().any(|&sk| self.is_live(sk)))
+        self.user(app, user).is_some_and(|e| {
+            e.sessions.iter().any(|sk| self.sessions.get(sk).is_some_and(|s| !s.stale && s.remote.is_none()))
+        })
     }
 
     /// The user's live devices, for events that belong to the user rather than a device.
@@ -249,7 +260,7 @@ impl Net {
         let prune = entry.calls.is_empty() && entry.sessions.is_empty();
         if !self.store_user_events {
             for &sk in &entry.sessions {
-                if self.sessions.get(&sk).is_some_and(|s| !s.stale) {
+                if self.sessions.get(&sk).is_some_and(|s| !s.stale && s.remote.is_none()) {
                     devices.push(sk);
                 }
             }
@@ -260,9 +271,23 @@ impl Net {
         devices
     }
 
-    /// An event for a user: to each of `devices`, or stored when there is none.
+    /// An event for a user: to each of `devices`, or stored when there is none. On a node of
+    /// several it also goes to the user's devices on the other nodes, and is stored only when
+    /// the user has no device anywhere (the driver decides with the presence registry).
     pub(super) fn deliver(&mut self, devices: &Devices, app: &AppKey, user: &UserId, event: Event) {
         let n = devices.len();
+        if self.clustered && !self.store_user_events {
+            let route = super::cluster::NodeOutput::Route {
+                app: app.clone(),
+                user: user.clone(),
+                event: event.clone(),
+                store_if_absent: n == 0,
+            };
+            self.outputs.push_back(Output::Node(route));
+            if n == 0 {
+                return;
+            }
+        }
         if n == 0 {
             self.outputs.push_back(Output::StoreOffline { app: app.clone(), user: user.clone(), event });
             return;

@@ -201,6 +201,9 @@ pub enum Output {
         /// The presence entry.
         device: DevicePresence,
     },
+    /// Work across nodes (a node of several only): a message to another node's inbox, a
+    /// presence lookup, an event routed to a user's devices on other nodes.
+    Node(super::cluster::NodeOutput),
 }
 
 /// Which session of which device: what a node of several writes in its presence registry.

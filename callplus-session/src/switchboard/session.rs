@@ -66,6 +66,12 @@ pub(super) struct Session {
     /// Storage ids of offline events this session acked recently: a driver may hand them again
     /// before their deletion lands, and they must not be delivered twice.
     pub(super) offline_done: VecDeque<i64>,
+    /// On the owner of a call, a device connected to another node: that node. Such a session
+    /// has no connection and no outbox; its frames leave as node messages (`cluster`).
+    pub(super) remote: Option<String>,
+    /// On a device's own node: the other nodes it sent requests to or got frames from, told
+    /// when the session ends (`cluster`).
+    pub(super) peers: Vec<String>,
 }
 
 /// How many delivered offline ids a session remembers.
@@ -102,6 +108,8 @@ impl Session {
             bucket_at: now_ms,
             offline: Vec::new(),
             offline_done: VecDeque::new(),
+            remote: None,
+            peers: Vec::new(),
         }
     }
 

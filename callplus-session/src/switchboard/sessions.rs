@@ -8,7 +8,7 @@ use crate::call::SessionKey;
 use crate::error::{Code, Error};
 use crate::link::Received;
 use crate::model::ids::{AppKey, CallId, UserId};
-use crate::model::kinds::{Delivery, EndReason};
+use crate::model::kinds::EndReason;
 use crate::model::message::{ClientBody, Event, ServerBody, ServerFrame, Welcome};
 
 use super::output::{ConnId, DevicePresence, OfflineEvent, Output, Query};
@@ -90,7 +90,7 @@ impl Switchboard {
         if self.cfg.node_id.is_empty() {
             return;
         }
-        let Some(s) = self.net.sessions.get(&sk) else { return };
+        let Some(s) = self.net.sessions.get(&sk).filter(|s| s.remote.is_none()) else { return };
         let device = DevicePresence {
             app: s.app.clone(),
             user: s.user.clone(),
@@ -241,7 +241,7 @@ impl Switchboard {
         if !acked.is_empty() {
             let (user, device) = (s.user.clone(), s.device.clone());
             for id in acked.drain(..) {
-                self.mark_delivery(&id, &user, &device, Delivery::Delivered);
+                self.invitation_acked(sk, &id, &user, &device);
             }
         }
         self.scratch = acked;
@@ -288,7 +288,9 @@ impl Switchboard {
                         return;
                     }
                     let ctx = Ctx { sk, app: s.app.clone(), user: s.user.clone(), device: s.device.clone() };
-                    self.request(now_ms, &ctx, frame.request_id, request);
+                    if let Some(request) = self.forward_request(&ctx, frame.request_id, request) {
+                        self.request(now_ms, &ctx, frame.request_id, request);
+                    }
                 }
             },
         }
@@ -330,6 +332,8 @@ impl Switchboard {
             let reason = EndReason::NetworkError;
             self.leave_at(now_ms, last_seen, &id, idx, reason, None, reason);
         }
+        // Its legs in other nodes' calls end there the same way.
+        self.tell_peers_gone(sk, LegEnd::Reason(EndReason::NetworkError));
         if drop_at <= now_ms {
             self.drop_session(now_ms, sk, LegEnd::Reason(EndReason::NetworkError), Leftovers::Store);
         } else {
@@ -366,6 +370,10 @@ impl Switchboard {
     pub(super) fn drop_session(&mut self, now_ms: i64, sk: SessionKey, how: LegEnd, leftovers: Leftovers) {
         self.session_ended(sk);
         let Some(s) = self.net.sessions.remove(&sk) else { return };
+        if !s.peers.is_empty() {
+            let peers = s.peers.clone();
+            self.send_gone(&s.app, &s.user, &s.id, peers, how);
+        }
         s.user_bytes.fetch_sub(s.outbox_bytes.min(s.user_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
         if let Some(conn) = s.conn {
             self.net.conns.remove(&conn);

@@ -8,6 +8,7 @@
 //! noticed by both ends and the device reconnects with the envelope's resume logic.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod cluster;
 pub mod media;
 pub mod ops;
 pub mod raw;

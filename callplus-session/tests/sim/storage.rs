@@ -2,7 +2,9 @@
 //! way the SQLite storage does (same paging rules), so flows can check records and offline
 //! delivery end to end.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 
 use callplus_session::switchboard::{OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryResult};
 use callplus_session::{
@@ -24,10 +26,17 @@ pub struct SimStorage {
     pub written: Vec<(AppKey, CallRecord)>,
     /// The presence registry a node of several keeps: device → its live session's id.
     pub presence: HashMap<(AppKey, UserId, DeviceId), String>,
+    /// The database several simulated nodes share (`sim::cluster`): when set, every write and
+    /// query goes there instead.
+    pub shared: Option<Rc<RefCell<SimStorage>>>,
 }
 
 impl SimStorage {
     pub fn apply(&mut self, output: &Output) {
+        if let Some(shared) = &self.shared {
+            shared.borrow_mut().apply(output);
+            return;
+        }
         match output {
             Output::StoreRecord { app, record } => {
                 self.written.push((app.clone(), record.clone()));
@@ -74,7 +83,8 @@ impl SimStorage {
             | Output::SfuSignal { .. }
             | Output::SfuLeave { .. }
             | Output::SfuPause { .. }
-            | Output::SfuEndCall { .. } => {}
+            | Output::SfuEndCall { .. }
+            | Output::Node(_) => {}
         }
     }
 
@@ -93,6 +103,9 @@ impl SimStorage {
     }
 
     pub fn run_query(&mut self, app: &AppKey, user: &UserId, query: &Query) -> QueryResult {
+        if let Some(shared) = &self.shared {
+            return shared.borrow_mut().run_query(app, user, query);
+        }
         let key = (app.clone(), user.clone());
         match query {
             Query::Records { sync_time, count, order } => {

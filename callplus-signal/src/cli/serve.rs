@@ -60,8 +60,8 @@ pub struct ServeArgs {
     pub postgres: Option<String>,
     /// Redis for presence and call ownership when several nodes serve one deployment
     /// (`redis://[:PASSWORD@]HOST:PORT[/DB]`), reachable at start. Each device's session is
-    /// kept in Redis presence; routing between nodes is not wired yet, so a node still serves
-    /// only its own devices.
+    /// kept in Redis presence, and calls reach devices on any node through per-node inbox
+    /// streams (call leases and take-over of a lost node's calls are not done yet).
     #[arg(long, env = "CALLPLUS_REDIS", value_name = "URL", requires = "node_id", hide_env_values = true)]
     pub redis: Option<String>,
     /// PEM CA certificate that `rediss://` Redis certificates must chain to (default: the
@@ -292,14 +292,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("  data directory:   {data_dir}");
     }
     if let Some(cluster) = &cluster {
-        println!(
-            "  node id:          {} (Redis presence on; routing between nodes is not wired yet)",
-            cluster.node_id
-        );
-        tracing::warn!(
-            node_id = %cluster.node_id,
-            "Redis keeps this node's presence, but routing between nodes is not wired yet: this node serves only the devices connected to it"
-        );
+        println!("  node id:          {} (Redis: presence and routing between nodes)", cluster.node_id);
     }
     let app = server.app_credentials();
     if server.created_app() {

@@ -1,0 +1,479 @@
+//! Routing between the nodes of a deployment (docs/architecture.md, "Several nodes").
+//!
+//! Every call is owned by the switchboard of the node that created it (the node id leads its
+//! call id). A device connected to another node takes part through two halves:
+//!
+//! - **On the owner**, the device is a *remote session*: a session like any other in the
+//!   switchboard's tables (so invitations, busy checks, ACCEPTED_ON_OTHER_DEVICE and the end of
+//!   a call treat it exactly like a local device), but with no connection and no outbox: every
+//!   frame queued on it leaves at once as [`NodeMessage::Deliver`] to the device's node. The
+//!   owner learns of remote devices from the presence registry ([`NodeOutput::Locate`] when it
+//!   rings a user) and from the requests other nodes forward to it.
+//! - **On the device's node**, the device keeps its one real session: seq, ack and resume with
+//!   the device are unchanged. A request about a call this node does not own is forwarded to the
+//!   owner ([`NodeMessage::Request`]); what the owner delivers is queued on the session's
+//!   reliable link like any local frame. When the session ends (or goes silent), every owner it
+//!   dealt with is told ([`NodeMessage::SessionGone`]) so the remote session's legs end there.
+//!
+//! Events that belong to a user rather than a device (records, summaries) go to the user's
+//! devices on this node and, through [`NodeOutput::Route`], to their devices on every other
+//! node; the driver stores them for the next connect when the user has no device anywhere.
+
+use crate::call::SessionKey;
+use crate::error::{Code, Error};
+use crate::model::ids::{AppKey, CallId, DeviceId, UserId};
+use crate::model::kinds::{Delivery, EndReason};
+use crate::model::message::{Event, Request, ServerBody};
+use crate::model::snapshot::PushConfig;
+
+use super::output::{Output, QueryId};
+use super::session::Session;
+use super::sessions::{Leftovers, LegEnd};
+use super::{Ctx, Switchboard};
+
+/// One device of a user as the presence registry has it: the node holding its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteDevice {
+    /// The node the device is connected to.
+    pub node: String,
+    /// The device.
+    pub device: DeviceId,
+    /// The id of its session on that node.
+    pub session_id: String,
+}
+
+/// What one node's switchboard tells another's (the driver carries it on the receiving node's
+/// inbox and hands it to [`Switchboard::handle_node_message`] there).
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeMessage {
+    /// A device's request about a call the receiving node owns (origin → owner).
+    Request {
+        /// The app.
+        app: AppKey,
+        /// The requesting user.
+        user: UserId,
+        /// The requesting device.
+        device: DeviceId,
+        /// The device's session on the origin node.
+        session_id: String,
+        /// Echoed in the response.
+        request_id: u64,
+        /// The request.
+        request: Request,
+    },
+    /// A reliable frame's body for one device session (owner → the device's node), queued
+    /// there on the session's link.
+    Deliver {
+        /// The app.
+        app: AppKey,
+        /// The user.
+        user: UserId,
+        /// The session on the receiving node.
+        session_id: String,
+        /// A Response or an Event.
+        body: ServerBody,
+    },
+    /// An event for every device of a user on the receiving node (records, summaries).
+    UserEvent {
+        /// The app.
+        app: AppKey,
+        /// The user.
+        user: UserId,
+        /// The event.
+        event: Event,
+    },
+    /// A device acked the invitation to a call the receiving node owns (origin → owner).
+    Delivered {
+        /// The app.
+        app: AppKey,
+        /// The user.
+        user: UserId,
+        /// The device.
+        device: DeviceId,
+        /// Its session on the origin node.
+        session_id: String,
+        /// The call.
+        call_id: CallId,
+    },
+    /// Events were stored for a user who has no device on the sending node, and presence then
+    /// found devices of theirs on the receiving node: those sessions load the user's stored
+    /// events again (a device that connected while the event was being stored may have looked
+    /// before it was there). Events a session holds already are not sent twice.
+    OfflineWaiting {
+        /// The app.
+        app: AppKey,
+        /// The user.
+        user: UserId,
+    },
+    /// A device session the receiving node routed for has ended or gone silent (origin →
+    /// owner): its legs end, as a local session's would.
+    SessionGone {
+        /// The app.
+        app: AppKey,
+        /// The user.
+        user: UserId,
+        /// The session.
+        session_id: String,
+        /// How its legs end: a reason (NETWORK_ERROR when it went silent), or `None` when the
+        /// device said Goodbye (hang up, reject or cancel, by state).
+        reason: Option<EndReason>,
+    },
+}
+
+/// What a node of several asks its driver to do across nodes ([`Output::Node`]).
+// Moved once, from the switchboard to its driver, like `Output::StoreOffline` with its event.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeOutput {
+    /// Put the message on `node`'s inbox.
+    Send {
+        /// The receiving node.
+        node: String,
+        /// The message (boxed: it is much larger than the other outputs).
+        message: Box<NodeMessage>,
+    },
+    /// Look the user's devices up in the presence registry and answer with
+    /// [`Switchboard::complete_locate`] (an empty list when there is none or the lookup failed).
+    Locate {
+        /// The lookup's id.
+        id: QueryId,
+        /// The app.
+        app: AppKey,
+        /// The user.
+        user: UserId,
+    },
+    /// Send `event` as [`NodeMessage::UserEvent`] to every other node holding a device of the
+    /// user; with `store_if_absent` (the user has no device on this node), store it as an
+    /// offline event when no node does.
+    Route {
+        /// The app.
+        app: AppKey,
+        /// The user.
+        user: UserId,
+        /// The event.
+        event: Event,
+        /// Store it when the user has no device anywhere.
+        store_if_absent: bool,
+    },
+}
+
+/// The node that owns a call: its id's part before the last `_` (ids minted by a node of
+/// several are `{node}_{time}-{n}`; a single node's ids have no `_`).
+pub fn owner_node(call_id: &CallId) -> Option<&str> {
+    call_id.as_str().rsplit_once('_').map(|(node, _)| node).filter(|n| !n.is_empty())
+}
+
+/// A user being rung whose devices on other nodes are being looked up.
+#[derive(Debug, Clone)]
+pub(super) struct Locating {
+    pub(super) app: AppKey,
+    pub(super) user: UserId,
+    pub(super) call: CallId,
+    pub(super) idx: usize,
+    /// The push to send when no device anywhere gets the invitation (when pushing is allowed).
+    pub(super) push: Option<(UserId, Option<PushConfig>)>,
+}
+
+impl Switchboard {
+    /// Whether this switchboard is a node of several.
+    pub(super) fn clustered(&self) -> bool {
+        !self.cfg.node_id.is_empty()
+    }
+
+    /// The other node that owns the call `request` is about, when there is one: the request is
+    /// forwarded there. A call this switchboard holds (created or recovered here) is its own.
+    fn remote_owner(&self, request: &Request) -> Option<String> {
+        if !self.clustered() {
+            return None;
+        }
+        let id = request.call_id()?;
+        if self.calls.contains_key(id) {
+            return None;
+        }
+        owner_node(id).filter(|n| *n != self.cfg.node_id).map(str::to_owned)
+    }
+
+    /// On the device's node: sends a request about another node's call to that node, when it
+    /// is one. Returns the request back when it is this node's to handle.
+    pub(super) fn forward_request(&mut self, ctx: &Ctx, rid: u64, request: Request) -> Option<Request> {
+        let Some(node) = self.remote_owner(&request) else { return Some(request) };
+        let s = self.net.sessions.get_mut(&ctx.sk)?;
+        if !s.peers.contains(&node) {
+            s.peers.push(node.clone());
+        }
+        let message = NodeMessage::Request {
+            app: ctx.app.clone(),
+            user: ctx.user.clone(),
+            device: ctx.device.clone(),
+            session_id: s.id.clone(),
+            request_id: rid,
+            request,
+        };
+        self.net.outputs.push_back(Output::Node(NodeOutput::Send { node, message: Box::new(message) }));
+        None
+    }
+
+    /// On the device's node: a device acked the invitation to a call; the owner records the
+    /// delivery (and tells the inviter).
+    pub(super) fn invitation_acked(&mut self, sk: SessionKey, id: &CallId, user: &UserId, device: &DeviceId) {
+        if self.calls.contains_key(id) || !self.clustered() {
+            self.mark_delivery(id, user, device, Delivery::Delivered);
+            return;
+        }
+        let Some(node) = owner_node(id).filter(|n| *n != self.cfg.node_id) else { return };
+        let Some(s) = self.net.sessions.get(&sk) else { return };
+        let message = NodeMessage::Delivered {
+            app: s.app.clone(),
+            user: user.clone(),
+            device: device.clone(),
+            session_id: s.id.clone(),
+            call_id: id.clone(),
+        };
+        self.net
+            .outputs
+            .push_back(Output::Node(NodeOutput::Send { node: node.to_owned(), message: Box::new(message) }));
+    }
+
+    /// On the device's node: a session ended (`how`) or went silent; each owner it dealt with
+    /// ends its legs there. Its peers are forgotten (a resumed session finds them again).
+    pub(super) fn tell_peers_gone(&mut self, sk: SessionKey, how: LegEnd) {
+        let Some(s) = self.net.sessions.get_mut(&sk) else { return };
+        let peers = std::mem::take(&mut s.peers);
+        let (app, user, session_id) = (s.app.clone(), s.user.clone(), s.id.clone());
+        self.send_gone(&app, &user, &session_id, peers, how);
+    }
+
+    /// Sends [`NodeMessage::SessionGone`] to each of `peers`.
+    pub(super) fn send_gone(
+        &mut self,
+        app: &AppKey,
+        user: &UserId,
+        session_id: &str,
+        peers: Vec<String>,
+        how: LegEnd,
+    ) {
+        let reason = match how {
+            LegEnd::Reason(r) => Some(r),
+            LegEnd::Hangup => None,
+        };
+        for node in peers {
+            let message = NodeMessage::SessionGone {
+                app: app.clone(),
+                user: user.clone(),
+                session_id: session_id.to_owned(),
+                reason,
+            };
+            self.net.outputs.push_back(Output::Node(NodeOutput::Send { node, message: Box::new(message) }));
+        }
+    }
+
+    /// On the owner: asks the driver where the user's devices are, to offer them the call
+    /// being rung (and push only when none is found).
+    pub(super) fn locate(&mut self, locating: Locating) {
+        self.next_query += 1;
+        let id = self.next_query;
+        let (app, user) = (locating.app.clone(), locating.user.clone());
+        self.locates.insert(id, locating);
+        self.net.outputs.push_back(Output::Node(NodeOutput::Locate { id, app, user }));
+    }
+
+    /// The remote session of a device on another node, made if missing.
+    fn remote_session(
+        &mut self,
+        node: &str,
+        app: &AppKey,
+        user: &UserId,
+        device: &DeviceId,
+        session_id: &str,
+    ) -> SessionKey {
+        let key = (node.to_owned(), session_id.to_owned());
+        if let Some(&sk) = self.remotes.get(&key)
+            && self.net.sessions.get(&sk).is_some_and(|s| &s.app == app && &s.user == user)
+        {
+            return sk;
+        }
+        self.next_session += 1;
+        let sk = self.next_session;
+        let mut session =
+            Session::new(session_id.to_owned(), app.clone(), user.clone(), device.clone(), 0, 0, 1);
+        session.set_conn(None);
+        session.remote = Some(node.to_owned());
+        let entry = self.net.user_entry(app, user);
+        entry.sessions.push(sk);
+        self.net.sessions.insert(sk, session);
+        self.remotes.insert(key, sk);
+        sk
+    }
+
+    /// Drops the remote session of (`node`, `session_id`), ending its legs as `how` says.
+    /// A user it was the only device offered to (its presence entry outlived the session) is
+    /// pushed then, as if no device had been found.
+    fn drop_remote(&mut self, now_ms: i64, node: &str, session_id: &str, how: LegEnd) {
+        let Some(sk) = self.remotes.remove(&(node.to_owned(), session_id.to_owned())) else { return };
+        let Some(s) = self.net.sessions.get(&sk).filter(|s| s.remote.is_some()) else { return };
+        let ringing: Vec<(CallId, usize)> = self
+            .net
+            .user_calls(&s.app, &s.user)
+            .into_iter()
+            .filter_map(|id| {
+                let call = self.calls.get(&id)?;
+                let idx = call.index_of(&s.user)?;
+                call.party(idx).is_some_and(|p| p.offered.contains(&sk)).then_some((id, idx))
+            })
+            .collect();
+        self.drop_session(now_ms, sk, how, Leftovers::Store);
+        for (id, idx) in ringing {
+            let Some(call) = self.calls.get(&id) else { continue };
+            let push = call.push.as_deref().cloned();
+            if !self.cfg.push_enabled || push.as_ref().is_some_and(|p| p.disable_push) {
+                continue;
+            }
+            let inviter =
+                call.party(idx).and_then(|p| p.inviter.clone()).unwrap_or_else(|| call.creator.clone());
+            self.push_unreached(&id, idx, &inviter, push.as_ref());
+        }
+    }
+
+    // ----- inputs -----------------------------------------------------------------------------
+
+    /// A message from node `from` (read from this node's inbox).
+    pub fn handle_node_message(&mut self, now_ms: i64, from: &str, message: NodeMessage) {
+        self.init_prefix(now_ms);
+        match message {
+            NodeMessage::Request { app, user, device, session_id, request_id, request } => {
+                let sk = self.remote_session(from, &app, &user, &device, &session_id);
+                let ctx = Ctx { sk, app, user, device };
+                if self.stopped {
+                    let e = Error::new(Code::CallNotFound, "the call's node is shutting down");
+                    self.net.respond(sk, request_id, Err(e));
+                } else {
+                    self.request(now_ms, &ctx, request_id, request);
+                }
+            }
+            NodeMessage::Deliver { app, user, session_id, body } => {
+                let sk = self.net.user(&app, &user).and_then(|entry| {
+                    entry.sessions.iter().copied().find(|sk| {
+                        self.net.sessions.get(sk).is_some_and(|s| s.remote.is_none() && s.id == session_id)
+                    })
+                });
+                match sk {
+                    Some(sk) => {
+                        if let Some(s) = self.net.sessions.get_mut(&sk)
+                            && !s.peers.iter().any(|p| p == from)
+                        {
+                            s.peers.push(from.to_owned());
+                        }
+                        self.net.push_body(sk, body);
+                    }
+                    None => {
+                        // No such session here (it ended, or the presence entry that named it
+                        // outlived it): the owner is told so it stops routing to it. A record
+                        // or summary meant for it is kept for the user.
+                        let how = LegEnd::Reason(EndReason::NetworkError);
+                        self.send_gone(&app, &user, &session_id, vec![from.to_owned()], how);
+                        if let ServerBody::Event(e @ (Event::CallRecord(_) | Event::Summary(_))) = body {
+                            self.user_event(app, user, e);
+                        }
+                    }
+                }
+            }
+            NodeMessage::UserEvent { app, user, event } => self.user_event(app, user, event),
+            NodeMessage::OfflineWaiting { app, user } => {
+                for sk in self.net.user_devices(&app, &user, None).iter() {
+                    self.load_offline(sk);
+                }
+            }
+            NodeMessage::Delivered { app, user, device, session_id, call_id } => {
+                self.remote_session(from, &app, &user, &device, &session_id);
+                self.mark_delivery(&call_id, &user, &device, Delivery::Delivered);
+            }
+            NodeMessage::SessionGone { app: _, user: _, session_id, reason } => {
+                let how = reason.map_or(LegEnd::Hangup, LegEnd::Reason);
+                self.drop_remote(now_ms, from, &session_id, how);
+            }
+        }
+        self.finish_input(now_ms);
+    }
+
+    /// An event for a user's devices on this node, stored when there is none (a record or
+    /// summary routed here just as the device left is kept rather than lost; another node
+    /// holding a device of the user may then deliver it too).
+    fn user_event(&mut self, app: AppKey, user: UserId, event: Event) {
+        // Delivered here only: the sending node routed it to every node concerned.
+        let devices = self.net.user_devices(&app, &user, None);
+        if devices.len() == 0 {
+            self.net.outputs.push_back(Output::StoreOffline { app, user, event });
+        } else {
+            for sk in devices.iter() {
+                self.net.send(sk, event.clone());
+            }
+        }
+    }
+
+    /// The driver's answer to [`NodeOutput::Locate`]: the user's devices by the presence
+    /// registry (entries of this node are ignored: its own sessions are known). Each device on
+    /// another node is offered the calls its user is still being rung in; when no device at all
+    /// got the invitation, the push is sent now.
+    pub fn complete_locate(&mut self, now_ms: i64, id: QueryId, devices: Vec<RemoteDevice>) {
+        if let Some(locating) = self.locates.remove(&id) {
+            for d in devices {
+                if d.node == self.cfg.node_id || d.node.is_empty() {
+                    continue;
+                }
+                let sk =
+                    self.remote_session(&d.node, &locating.app, &locating.user, &d.device, &d.session_id);
+                self.offer_ringing(sk);
+            }
+            if let Some((inviter, push)) = locating.push {
+                self.push_unreached(&locating.call, locating.idx, &inviter, push.as_ref());
+            }
+        }
+        self.finish_input(now_ms);
+    }
+
+    /// A forwarded request could not be put on its owner's inbox (no such node, or it is gone):
+    /// the device is answered CALL_NOT_FOUND, as for a call that does not exist.
+    pub fn forward_failed(
+        &mut self,
+        now_ms: i64,
+        app: &AppKey,
+        user: &UserId,
+        session_id: &str,
+        request_id: u64,
+    ) {
+        let sk = self.net.user(app, user).and_then(|entry| {
+            entry.sessions.iter().copied().find(|sk| {
+                self.net.sessions.get(sk).is_some_and(|s| s.remote.is_none() && s.id == session_id)
+            })
+        });
+        if let Some(sk) = sk {
+            self.net.respond(sk, request_id, Err(Error::from_code(Code::CallNotFound)));
+        }
+        self.finish_input(now_ms);
+    }
+
+    /// Node `node` is gone (its presence and liveness expired): the legs its devices held in
+    /// this node's calls end with NETWORK_ERROR, as for a device silent past the liveness
+    /// timeout.
+    pub fn node_lost(&mut self, now_ms: i64, node: &str) {
+        let gone: Vec<String> =
+            self.remotes.keys().filter(|(n, _)| n == node).map(|(_, session)| session.clone()).collect();
+        for session_id in gone {
+            self.drop_remote(now_ms, node, &session_id, LegEnd::Reason(EndReason::NetworkError));
+        }
+        self.finish_input(now_ms);
+    }
+
+    /// Remote sessions this node holds for devices on other nodes (a getter for tests and
+    /// metrics).
+    pub fn remote_sessions(&self) -> usize {
+        self.remotes.len()
+    }
+}
+
+/// Turns a reliable frame body for a remote session into the message to its node.
+pub(super) fn deliver_output(s: &Session, node: &str, body: ServerBody) -> Output {
+    let message =
+        NodeMessage::Deliver { app: s.app.clone(), user: s.user.clone(), session_id: s.id.clone(), body };
+    Output::Node(NodeOutput::Send { node: node.to_owned(), message: Box::new(message) })
+}

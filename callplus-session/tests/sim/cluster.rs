@@ -1,0 +1,289 @@
+//! Several simulated nodes in one deployment: one [`Sim`] per node (a switchboard with its own
+//! devices and network), one database they share, a presence registry fed by the switchboards'
+//! `SessionOnline` / `SessionEnded`, and a per-node inbox that carries `NodeMessage`s with a
+//! latency. It does what the server's cluster driver does with `Output::Node`: messages go to
+//! the named node's inbox, presence lookups are answered from the registry (other nodes'
+//! entries), and an event routed to a user goes to every other node holding one of their
+//! devices, or is stored when they have none anywhere. All nodes advance together on one
+//! virtual clock, a tick at a time.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use callplus_session::client::{ConnectionState, DriverEvent, RequestId};
+use callplus_session::switchboard::{
+    NodeMessage, NodeOutput, Output, QueryId, RemoteDevice, SwitchboardConfig,
+};
+use callplus_session::{AppKey, DeviceId, Error, ResponseBody, UserId};
+
+use super::Sim;
+use super::storage::SimStorage;
+
+/// How far all nodes advance at a time (ms).
+pub const TICK_MS: i64 = 5;
+
+/// How long a message takes from one node's outputs to another's inbox reader (ms).
+pub const NODE_LATENCY_MS: i64 = 3;
+
+/// A message on its way to a node's inbox.
+#[derive(Debug, Clone)]
+struct InFlight {
+    to: usize,
+    from: usize,
+    message: NodeMessage,
+}
+
+/// The simulated deployment.
+pub struct Cluster {
+    pub nodes: Vec<Sim>,
+    pub names: Vec<String>,
+    pub alive: Vec<bool>,
+    /// The database every node shares.
+    pub db: Rc<RefCell<SimStorage>>,
+    /// Presence: device → (node, session id), written and removed compare-and-delete.
+    pub presence: BTreeMap<(AppKey, UserId, DeviceId), (usize, String)>,
+    /// Every message any node put on another's inbox: (from, to, message).
+    pub sent: Vec<(usize, usize, NodeMessage)>,
+    inbox: BTreeMap<(i64, u64), InFlight>,
+    locates: BTreeMap<(i64, u64), (usize, QueryId, AppKey, UserId)>,
+    cursors: Vec<usize>,
+    seq: u64,
+    pub now: i64,
+}
+
+impl Cluster {
+    /// Nodes named `names`, started in the same millisecond on one shared database.
+    pub fn new(names: &[&str]) -> Cluster {
+        let db = Rc::new(RefCell::new(SimStorage::default()));
+        let mut nodes = Vec::new();
+        for name in names {
+            let config = SwitchboardConfig { node_id: (*name).to_owned(), ..SwitchboardConfig::default() };
+            let mut sim = Sim::new(config);
+            sim.storage.shared = Some(db.clone());
+            nodes.push(sim);
+        }
+        let now = nodes.first().map_or(0, |n| n.now);
+        Cluster {
+            names: names.iter().map(|n| (*n).to_owned()).collect(),
+            alive: vec![true; nodes.len()],
+            cursors: vec![0; nodes.len()],
+            nodes,
+            db,
+            presence: BTreeMap::new(),
+            sent: Vec::new(),
+            inbox: BTreeMap::new(),
+            locates: BTreeMap::new(),
+            seq: 0,
+            now,
+        }
+    }
+
+    /// Connects a device of `user` to node `node`; returns its index on that node.
+    pub fn add_device(&mut self, node: usize, user: &str, device: &str) -> usize {
+        let idx = self.nodes[node].add_device(user, device);
+        let key = (
+            super::default_app(),
+            super::user(user),
+            DeviceId::new(device).unwrap_or_else(|e| panic!("{e}")),
+        );
+        self.run_until(1_000, "the device is welcomed", |c| {
+            c.presence.get(&key).is_some_and(|(n, _)| *n == node)
+                && c.nodes[node].devices[idx].engine.connection_state() == ConnectionState::Connected
+        });
+        idx
+    }
+
+    /// The device's engine clock on its node.
+    pub fn device_now(&self, node: usize, idx: usize) -> i64 {
+        self.nodes[node].device_now(idx)
+    }
+
+    fn schedule_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Carries every new output of every node the way the cluster driver does.
+    fn collect(&mut self) {
+        for n in 0..self.nodes.len() {
+            let outputs: Vec<Output> = self.nodes[n].outputs[self.cursors[n]..].to_vec();
+            self.cursors[n] = self.nodes[n].outputs.len();
+            for output in outputs {
+                self.carry(n, output);
+            }
+        }
+    }
+
+    fn carry(&mut self, n: usize, output: Output) {
+        match output {
+            Output::SessionOnline { device, .. } => {
+                let key = (device.app, device.user, device.device);
+                self.presence.insert(key, (n, device.session_id));
+            }
+            Output::SessionEnded { device } => {
+                let key = (device.app, device.user, device.device);
+                if self.presence.get(&key) == Some(&(n, device.session_id.clone())) {
+                    self.presence.remove(&key);
+                }
+            }
+            Output::Node(NodeOutput::Send { node, message }) => {
+                let to = self.names.iter().position(|x| *x == node).unwrap_or_else(|| {
+                    panic!("{} sent to an unknown node {node}: {message:?}", self.names[n])
+                });
+                self.post(n, to, *message);
+            }
+            Output::Node(NodeOutput::Locate { id, app, user }) => {
+                let at = self.now + NODE_LATENCY_MS;
+                let s = self.schedule_seq();
+                self.locates.insert((at, s), (n, id, app, user));
+            }
+            Output::Node(NodeOutput::Route { app, user, event, store_if_absent }) => {
+                let mut nodes: Vec<usize> = self
+                    .presence
+                    .iter()
+                    .filter(|((a, u, _), _)| *a == app && *u == user)
+                    .map(|(_, (node, _))| *node)
+                    .collect();
+                nodes.sort_unstable();
+                nodes.dedup();
+                let others: Vec<usize> = nodes.iter().copied().filter(|&o| o != n).collect();
+                if others.is_empty() {
+                    if store_if_absent {
+                        self.db.borrow_mut().apply(&Output::StoreOffline { app, user, event });
+                    }
+                    return;
+                }
+                for to in others {
+                    let message =
+                        NodeMessage::UserEvent { app: app.clone(), user: user.clone(), event: event.clone() };
+                    self.post(n, to, message);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Puts a message on node `to`'s inbox as if node `from` had sent it.
+    pub fn inject(&mut self, from: usize, to: usize, message: NodeMessage) {
+        self.post(from, to, message);
+    }
+
+    fn post(&mut self, from: usize, to: usize, message: NodeMessage) {
+        self.sent.push((from, to, message.clone()));
+        if !self.alive[to] {
+            return;
+        }
+        let at = self.now + NODE_LATENCY_MS;
+        let s = self.schedule_seq();
+        self.inbox.insert((at, s), InFlight { to, from, message });
+    }
+
+    /// Feeds each node what is due on its inbox and the presence answers it waits for.
+    fn deliver_due(&mut self) {
+        loop {
+            let due = self.inbox.keys().next().copied().filter(|(t, _)| *t <= self.now);
+            let Some(key) = due else { break };
+            let Some(f) = self.inbox.remove(&key) else { break };
+            if !self.alive[f.to] {
+                continue;
+            }
+            let from = self.names[f.from].clone();
+            let now = self.now;
+            self.nodes[f.to].switchboard.handle_node_message(now, &from, f.message);
+            self.nodes[f.to].run_for(0);
+            self.collect();
+        }
+        loop {
+            let due = self.locates.keys().next().copied().filter(|(t, _)| *t <= self.now);
+            let Some(key) = due else { break };
+            let Some((n, id, app, user)) = self.locates.remove(&key) else { break };
+            if !self.alive[n] {
+                continue;
+            }
+            let devices: Vec<RemoteDevice> = self
+                .presence
+                .iter()
+                .filter(|((a, u, _), _)| *a == app && *u == user)
+                .map(|((_, _, device), (node, session_id))| RemoteDevice {
+                    node: self.names[*node].clone(),
+                    device: device.clone(),
+                    session_id: session_id.clone(),
+                })
+                .collect();
+            let now = self.now;
+            self.nodes[n].switchboard.complete_locate(now, id, devices);
+            self.nodes[n].run_for(0);
+            self.collect();
+        }
+    }
+
+    /// Advances every live node by one tick.
+    pub fn tick(&mut self) {
+        self.now += TICK_MS;
+        for n in 0..self.nodes.len() {
+            if self.alive[n] && self.nodes[n].now < self.now {
+                let ms = self.now - self.nodes[n].now;
+                self.nodes[n].run_for(ms);
+            }
+        }
+        self.collect();
+        self.deliver_due();
+    }
+
+    pub fn run_for(&mut self, ms: i64) {
+        let until = self.now + ms;
+        while self.now < until {
+            self.tick();
+        }
+    }
+
+    /// Runs until `done` holds, for at most `max_ms`; panics if it never does.
+    pub fn run_until(&mut self, max_ms: i64, what: &str, mut done: impl FnMut(&Cluster) -> bool) {
+        let until = self.now + max_ms;
+        self.collect();
+        while !done(self) {
+            assert!(self.now < until, "cluster: {what} did not happen within {max_ms} ms");
+            self.tick();
+        }
+    }
+
+    /// Lets in-flight frames and node messages land.
+    pub fn settle(&mut self) {
+        self.run_for(200);
+    }
+
+    /// Runs until device `idx` of node `node` has the outcome of request `id`; returns it.
+    pub fn wait_request(&mut self, node: usize, idx: usize, id: RequestId) -> Result<ResponseBody, Error> {
+        self.run_until(15_000, "the request completes", |c| c.nodes[node].request_done(idx, id));
+        let device = &self.nodes[node].devices[idx];
+        device.driver_events[device.epoch..]
+            .iter()
+            .find_map(|(_, e)| match e {
+                DriverEvent::RequestCompleted { request_id, result } if *request_id == id => {
+                    Some(result.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("request {id} vanished"))
+    }
+
+    /// The node is lost (SIGKILL): it runs no more, messages to it are dropped. After
+    /// `presence_ttl_ms` its presence entries expire and every survivor is told
+    /// (`node_lost`), as the driver does when the node's liveness key expires.
+    pub fn kill(&mut self, node: usize, presence_ttl_ms: i64) {
+        self.alive[node] = false;
+        self.inbox.retain(|_, f| f.to != node);
+        self.run_for(presence_ttl_ms);
+        self.presence.retain(|_, (n, _)| *n != node);
+        let name = self.names[node].clone();
+        for n in 0..self.nodes.len() {
+            if self.alive[n] {
+                let now = self.now;
+                self.nodes[n].switchboard.node_lost(now, &name);
+                self.nodes[n].run_for(0);
+            }
+        }
+        self.collect();
+    }
+}

@@ -1,0 +1,279 @@
+//! Three real `callplus serve` nodes sharing one PostgreSQL and one Redis, all started by the
+//! test on 127.0.0.1 in temporary directories: calls whose participants sit on different nodes,
+//! a callee ringing on two nodes, a group call across all three, records read from any node, and
+//! an offline user's summary handed to whichever node they connect to.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use callplus_session::client::CallOptions;
+use callplus_session::{CallId, CallType, DeviceId, EndReason, MediaType, RecordOrder};
+use callplus_signal::client::{Client, ClientOptions, Event, EventStream};
+use support::redis::OwnedRedis;
+use tokio::time::{Instant, timeout_at};
+
+/// Upper bound for any wait on a condition.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A running `callplus serve --postgres URL --redis URL --node-id ID` (the real binary).
+struct Node {
+    child: tokio::process::Child,
+    banner: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    async fn start(postgres: &str, redis: &OwnedRedis, node_id: &str) -> Node {
+        use tokio::io::AsyncBufReadExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_callplus"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--heartbeat-interval", "2s", "--liveness-timeout", "8s"])
+            .args(["--postgres", postgres, "--redis", &redis.url(), "--node-id", node_id])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("CALLPLUS_LOG", "warn")
+            .env_remove("CALLPLUS_POSTGRES")
+            .env_remove("CALLPLUS_REDIS")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut banner = Vec::new();
+        loop {
+            match tokio::time::timeout(WAIT, lines.next_line()).await {
+                Ok(Ok(Some(line))) => {
+                    let done = line.contains("Stop with Ctrl-C");
+                    banner.push(line);
+                    if done {
+                        break;
+                    }
+                }
+                other => panic!("{node_id}: no banner ({other:?}): {banner:#?}"),
+            }
+        }
+        // Keep reading so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Node { child, banner, _dir: dir }
+    }
+
+    fn value(&self, label: &str) -> String {
+        self.banner
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(label).map(|v| v.trim().to_owned()))
+            .unwrap_or_else(|| panic!("no {label:?} in the banner: {:#?}", self.banner))
+    }
+
+    /// Connects `user`'s `device` with a token signed with the app's `secret` (shown only by
+    /// the node that made the app).
+    async fn connect(&self, secret: &str, user: &str, device: &str) -> (Client, EventStream) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let token = callplus_signal::token::mint(&self.value("app key:"), secret, user, now, 3600).unwrap();
+        let options = ClientOptions {
+            reconnect_backoff_min: Duration::from_millis(20),
+            reconnect_backoff_max: Duration::from_millis(200),
+            ..ClientOptions::default().with_device_id(DeviceId::new(device).unwrap())
+        };
+        let url = self.value("gRPC (devices):");
+        Client::connect(&url, &token, options).await.unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn wait_for(events: &mut EventStream, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match timeout_at(deadline, events.next()).await {
+            Ok(Some(event)) if pred(&event) => return event,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("stream ended waiting for {what}"),
+            Err(_) => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+fn rings(call: &CallId) -> impl Fn(&Event) -> bool + '_ {
+    move |e| matches!(e, Event::ReceivedCall { session, .. } if session.call_id() == call)
+}
+
+fn connected(call: &CallId) -> impl Fn(&Event) -> bool + '_ {
+    move |e| matches!(e, Event::CallConnected { session } if session.call_id() == call)
+}
+
+fn ended(call: &CallId) -> impl Fn(&Event) -> bool + '_ {
+    move |e| matches!(e, Event::CallEnded { session, .. } if session.call_id() == call)
+}
+
+fn record(call: &CallId) -> impl Fn(&Event) -> bool + '_ {
+    move |e| matches!(e, Event::ReceivedCallRecord(r) if &r.call.call_id == call)
+}
+
+fn reason(event: &Event) -> Option<EndReason> {
+    match event {
+        Event::CallEnded { reason, .. } => Some(*reason),
+        _ => None,
+    }
+}
+
+async fn record_ids(client: &Client) -> Vec<CallId> {
+    let page = client.get_call_records(-1, 20, RecordOrder::Desc).await.expect("records");
+    page.records.into_iter().map(|r| r.call.call_id).collect()
+}
+
+/// The user's record ids once they are `expected`. The call's owner writes the records through
+/// its storage writer; its record event can reach a device on another node before that write
+/// commits, so a page read there right away may not show it yet (docs/architecture.md).
+async fn records_become(client: &Client, expected: &[CallId]) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ids = record_ids(client).await;
+        if ids == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "records are {ids:?}, not {expected:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_span_three_nodes_on_one_postgres_and_one_redis() {
+    let Some(redis) = OwnedRedis::start() else { return };
+    let postgres = support::postgres::fresh_database();
+    // The first node makes the app in the empty database; the others find it.
+    let a = Node::start(&postgres, &redis, "node-a").await;
+    let b = Node::start(&postgres, &redis, "node-b").await;
+    let c = Node::start(&postgres, &redis, "node-c").await;
+    assert_eq!(a.value("app key:"), c.value("app key:"), "one app for the deployment");
+    let secret = a.value("app secret:");
+
+    // --- alice on A calls carol on B: the full 1:1 flow, with records for both. -------------
+    let (alice, mut alice_ev) = a.connect(&secret, "alice", "alice-phone").await;
+    let (carol, mut carol_ev) = b.connect(&secret, "carol", "carol-phone").await;
+    let call = alice.start_call(&["carol"], CallType::Single, MediaType::Audio, CallOptions::default()).await;
+    let call = call.expect("start_call").call_id().clone();
+    assert!(call.as_str().starts_with("node-a_"), "{call:?}");
+    wait_for(&mut carol_ev, "carol rings on node B", rings(&call)).await;
+    carol.accept(&call).await.expect("carol's accept, forwarded to node A");
+    wait_for(&mut alice_ev, "alice connected", connected(&call)).await;
+    wait_for(&mut carol_ev, "carol connected", connected(&call)).await;
+    carol.hangup(Some(&call)).await.expect("carol's hangup, forwarded to node A");
+    let end = wait_for(&mut alice_ev, "alice sees the end", ended(&call)).await;
+    assert_eq!(reason(&end), Some(EndReason::RemoteHangup));
+    wait_for(&mut alice_ev, "alice's record", record(&call)).await;
+    wait_for(&mut carol_ev, "carol's record, routed to node B", record(&call)).await;
+    records_become(&alice, std::slice::from_ref(&call)).await;
+    records_become(&carol, std::slice::from_ref(&call)).await;
+
+    // --- bob rings on B and C; the tablet on C answers, the phone on B stops. ---------------
+    let (bob_phone, mut phone_ev) = b.connect(&secret, "bob", "bob-phone").await;
+    let (bob_tablet, mut tablet_ev) = c.connect(&secret, "bob", "bob-tablet").await;
+    let call2 = alice.start_call(&["bob"], CallType::Single, MediaType::Audio, CallOptions::default()).await;
+    let call2 = call2.expect("start_call").call_id().clone();
+    wait_for(&mut phone_ev, "bob's phone rings on B", rings(&call2)).await;
+    wait_for(&mut tablet_ev, "bob's tablet rings on C", rings(&call2)).await;
+    bob_tablet.accept(&call2).await.expect("accept on C");
+    let stop = wait_for(&mut phone_ev, "the phone stops", ended(&call2)).await;
+    assert_eq!(reason(&stop), Some(EndReason::AcceptedOnOtherDevice));
+    wait_for(&mut alice_ev, "alice connected to bob", connected(&call2)).await;
+    wait_for(&mut tablet_ev, "the tablet connected", connected(&call2)).await;
+    assert!(bob_phone.accept(&call2).await.is_err(), "the phone cannot take the call any more");
+    alice.hangup(Some(&call2)).await.expect("hangup");
+    let end = wait_for(&mut tablet_ev, "the tablet sees the end", ended(&call2)).await;
+    assert_eq!(reason(&end), Some(EndReason::RemoteHangup));
+    wait_for(&mut phone_ev, "bob's record on B", record(&call2)).await;
+    wait_for(&mut tablet_ev, "bob's record on C", record(&call2)).await;
+    // Records page the same from any node: one database.
+    records_become(&bob_phone, std::slice::from_ref(&call2)).await;
+    records_become(&bob_tablet, std::slice::from_ref(&call2)).await;
+    records_become(&alice, &[call2.clone(), call.clone()]).await;
+
+    // --- a group call with one participant on each node, made on C. -------------------------
+    let group = bob_tablet
+        .start_call(&["alice", "carol"], CallType::Multi, MediaType::Audio, CallOptions::default())
+        .await;
+    let group = group.expect("start a MULTI call").call_id().clone();
+    assert!(group.as_str().starts_with("node-c_"), "{group:?}");
+    wait_for(&mut alice_ev, "alice rings on A", rings(&group)).await;
+    wait_for(&mut carol_ev, "carol rings on B", rings(&group)).await;
+    alice.accept(&group).await.expect("alice joins from A");
+    carol.accept(&group).await.expect("carol joins from B");
+    wait_for(&mut alice_ev, "alice in the group", connected(&group)).await;
+    wait_for(&mut carol_ev, "carol in the group", connected(&group)).await;
+    wait_for(&mut tablet_ev, "bob in the group", connected(&group)).await;
+    carol.hangup(Some(&group)).await.expect("carol leaves");
+    alice.hangup(Some(&group)).await.expect("alice leaves");
+    wait_for(&mut tablet_ev, "the group ends for bob", ended(&group)).await;
+    for (who, events) in [("alice", &mut alice_ev), ("carol", &mut carol_ev), ("bob", &mut tablet_ev)] {
+        wait_for(events, &format!("{who}'s group record"), record(&group)).await;
+    }
+    records_become(&carol, &[group.clone(), call.clone()]).await;
+
+    // --- dave has no device anywhere: his summary waits for him on whichever node. ---------
+    let options = CallOptions { ring_timeout_ms: Some(1_500), ..CallOptions::default() };
+    let missed = alice.start_call(&["dave"], CallType::Single, MediaType::Audio, options).await;
+    let missed = missed.expect("start_call").call_id().clone();
+    let end = wait_for(&mut alice_ev, "the ring times out", ended(&missed)).await;
+    assert_eq!(reason(&end), Some(EndReason::RemoteOffline));
+    let (dave, mut dave_ev) = c.connect(&secret, "dave", "dave-phone").await;
+    let summary = wait_for(
+        &mut dave_ev,
+        "dave's summary on node C",
+        |e| matches!(e, Event::SummaryMessage(s) if s.call_id == missed),
+    )
+    .await;
+    assert!(matches!(summary, Event::SummaryMessage(_)));
+    records_become(&dave, &[missed]).await;
+
+    for client in [alice, carol, bob_phone, bob_tablet, dave] {
+        client.disconnect().await;
+    }
+}
+
+/// The node holding a callee's connection is killed mid-call (SIGKILL): the call's owner notices
+/// that node's liveness key expire and ends the call for the caller with NETWORK_ERROR, once,
+/// with a record, within the liveness key's TTL (5 s), the 3 s it must stay missing, and one
+/// check interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_ends_its_devices_legs_on_the_calls_owner() {
+    let Some(redis) = OwnedRedis::start() else { return };
+    let postgres = support::postgres::fresh_database();
+    let a = Node::start(&postgres, &redis, "node-a").await;
+    let secret = a.value("app secret:");
+    let mut b = Node::start(&postgres, &redis, "node-b").await;
+    let (alice, mut alice_ev) = a.connect(&secret, "alice", "alice-phone").await;
+    let (bob, mut bob_ev) = b.connect(&secret, "bob", "bob-phone").await;
+    let call = alice.start_call(&["bob"], CallType::Single, MediaType::Audio, CallOptions::default()).await;
+    let call = call.expect("start_call").call_id().clone();
+    wait_for(&mut bob_ev, "bob rings on B", rings(&call)).await;
+    bob.accept(&call).await.expect("accept");
+    wait_for(&mut alice_ev, "alice connected", connected(&call)).await;
+
+    // A node starting now shares the live-calls table: it ends only calls it owned itself.
+    let c = Node::start(&postgres, &redis, "node-c").await;
+    let (carol, _carol_ev) = c.connect(&secret, "carol", "carol-phone").await;
+    // A records read on C runs after every write C queued (its start's included).
+    assert!(record_ids(&carol).await.is_empty());
+    assert!(record_ids(&alice).await.is_empty(), "node C did not end node A's call");
+    let live = bob.get_call(&call).await.expect("the call, asked through node B");
+    assert!(live.ended_at_ms.is_none(), "{live:?}");
+
+    b.child.start_kill().expect("SIGKILL node B");
+    let killed = Instant::now();
+    let end = wait_for(&mut alice_ev, "the call ends for alice", ended(&call)).await;
+    let took = killed.elapsed();
+    assert_eq!(reason(&end), Some(EndReason::RemoteNetworkError));
+    assert!(took < Duration::from_secs(12), "ended {took:?} after the kill");
+    wait_for(&mut alice_ev, "alice's record", record(&call)).await;
+    records_become(&alice, std::slice::from_ref(&call)).await;
+    alice.disconnect().await;
+    drop(bob);
+}
