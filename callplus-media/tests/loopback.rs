@@ -853,6 +853,8 @@ async fn offer_and_answer_advertise_nack_for_video_only() {
         assert!(lines.contains(&"a=rtcp-fb:96 nack pli"), "no PLI for VP8:\n{sdp}");
         assert!(!lines.iter().any(|l| l.starts_with("a=rtcp-fb:111 nack")), "NACK for Opus:\n{sdp}");
         assert!(!sdp.contains("rtx/"), "an RTX stream is advertised:\n{sdp}");
+        // Peer to peer, video goes out in one layer (simulcast is for the SFU).
+        assert!(!sdp.contains("a=simulcast") && !sdp.contains("a=rid:"), "simulcast in a 1:1 call:\n{sdp}");
     }
     p[0].adapter.stop(&call).await.unwrap();
     p[1].adapter.stop(&call).await.unwrap();

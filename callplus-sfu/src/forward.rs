@@ -28,6 +28,10 @@ use crate::vp8::starts_keyframe;
 /// Packets a subscriber's copy of one stream may have waiting: about a second of 500 kbit/s video.
 pub(crate) const QUEUE: usize = 512;
 
+/// Packets of an SSRC the stack has not bound to a layer that are held back before it is taken
+/// for the full layer anyway (normally it is bound within a packet or two).
+const UNBOUND_PACKETS: u32 = 50;
+
 /// What a subscriber's copy decides under its lock: which layer, and when to ask for a key frame.
 pub(crate) struct TargetState {
     pub(crate) layers: LayerSwitch,
@@ -160,6 +164,8 @@ pub(crate) async fn forward(
     keyframes: Arc<AtomicU64>,
 ) {
     let mut layers: HashMap<u32, Layer> = HashMap::new();
+    // Packets held back per SSRC whose layer is not known yet.
+    let mut unbound: HashMap<u32, u32> = HashMap::new();
     let mut seen: [Option<Instant>; 2] = [None, None];
     while let Some(event) = track.poll().await {
         match event {
@@ -173,8 +179,25 @@ pub(crate) async fn forward(
                 let layer = match layers.get(&ssrc) {
                     Some(layer) => *layer,
                     None => {
-                        // Its `OnOpen` was lost (the stack drops it on a full queue): ask the track.
-                        let layer = Layer::from_rid(&track.rid(ssrc).await.unwrap_or_default());
+                        // Its `OnOpen` is still on its way (events and media reach us on separate
+                        // queues) or was lost (the stack drops it on a full queue). The track
+                        // knows the layer once the stack bound the SSRC; until then the packet
+                        // is not forwarded: taken for the wrong layer, it would splice another
+                        // stream's numbering into a subscriber's copy.
+                        let layer = match track.rid(ssrc).await {
+                            Some(rid) => Layer::from_rid(&rid),
+                            None if track.ssrcs().await.contains(&ssrc) => Layer::Full,
+                            None => {
+                                // A stack that never binds it: after a while, the only layer.
+                                let waited = unbound.entry(ssrc).or_insert(0);
+                                *waited += 1;
+                                if *waited < UNBOUND_PACKETS {
+                                    continue;
+                                }
+                                Layer::Full
+                            }
+                        };
+                        unbound.remove(&ssrc);
                         layers.insert(ssrc, layer);
                         layer_ssrcs.set(layer, ssrc);
                         layer

@@ -817,7 +817,18 @@ async fn reports_so_far(party: &mut Party) -> (u32, u32, u32) {
 async fn a_tiny_view_gets_the_low_layer_without_costing_the_others_a_key_frame() {
     let _turn = ONE_CALL_AT_A_TIME.lock().await;
     let (_tmp, dir) = record_dir();
-    let mut net = net(&["alice", "bob", "carol"]);
+    // Alice's first offer, as the SFU gets it.
+    let offers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&offers);
+    let filter: SignalFilter = Arc::new(move |from, _, payload| {
+        if let MediaPayload::SdpOffer(sdp) = &payload
+            && from.as_str() == "alice"
+        {
+            seen.lock().unwrap().push(sdp.clone());
+        }
+        Some(payload)
+    });
+    let mut net = net_with(&["alice", "bob", "carol"], filter);
     let call = CallId::new("simulcast-call").unwrap();
     for party in &mut net.parties {
         equip(party, &dir, &SENDERS).await;
@@ -838,6 +849,12 @@ async fn a_tiny_view_gets_the_low_layer_without_costing_the_others_a_key_frame()
         first_frames(&mut net.parties[i], &others).await;
     }
     let alice = users[0].clone();
+    // Alice declares her two layers by rid, as a browser does, and opens the control channel.
+    let offer = offers.lock().unwrap().first().cloned().expect("alice offered");
+    for line in ["a=rid:f send", "a=rid:q send", "a=simulcast:send f;q"] {
+        assert!(offer.lines().any(|l| l == line), "no {line:?} in alice's offer:\n{offer}");
+    }
+    assert!(offer.contains("m=application"), "no data channel in alice's offer:\n{offer}");
     // Both viewers get alice's full layer (their first frame is a key frame).
     for viewer in [1, 2] {
         let (sizes, _) = received_key_frame_sizes(&mut net.parties[viewer], &alice);
