@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Slot};
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
-use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
 use webrtc::peer_connection::{
     MediaEngine, Registry, configure_rtcp_reports, configure_simulcast_extension_headers,
 };
@@ -69,6 +71,12 @@ pub(crate) fn media_engine_and_interceptors(tap: KeyframeTap) -> Result<(MediaEn
     // `mid` and `rid` header extensions: a simulcast publisher's layers are told apart by them
     // (its offer declares `a=rid` lines, not SSRCs).
     configure_simulcast_extension_headers(&mut media)?;
+    // The publishers' audio levels (RFC 6464), read without decoding (`levels`).
+    media.register_header_extension(
+        RTCRtpHeaderExtensionCapability { uri: crate::levels::AUDIO_LEVEL_URI.to_owned() },
+        RtpCodecKind::Audio,
+        None,
+    )?;
     let registry = Registry::new()
         .with(Slot::NackResponder, NackResponderBuilder::new().build())
         .with(

@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     held: StdMutex<Option<Vec<MediaPayload>>>,
     pub(crate) closed: AtomicBool,
     connected: AtomicBool,
+    /// The participant's control channel once it opened it: where audio levels go.
+    pub(crate) control: StdMutex<Option<Arc<dyn DataChannel>>>,
 }
 
 impl Shared {
@@ -139,6 +141,7 @@ impl PeerConnectionEventHandler for Handler {
             tracing::debug!(label, "sfu: data channel of unknown purpose ignored");
             return;
         }
+        *lock(&self.shared.control) = Some(Arc::clone(&channel));
         // Weak: the channel's task must not keep the participant's state alive.
         let shared = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
@@ -179,6 +182,7 @@ pub(crate) async fn connect(
         held: StdMutex::new(Some(Vec::new())),
         closed: AtomicBool::new(false),
         connected: AtomicBool::new(false),
+        control: StdMutex::new(None),
     });
     let tap_shared = Arc::downgrade(&shared);
     let tap = KeyframeTap::new(Box::new(move |ssrc: u32, at: Instant| {

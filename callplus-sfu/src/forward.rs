@@ -23,6 +23,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use crate::connection::lock;
 use crate::keyframe_gate::KeyframeGate;
 use crate::layers::{Available, LAYER_TIMEOUT, Layer, LayerSwitch, PacketInfo};
+use crate::levels::{CallLevels, level_from_dbov};
 use crate::vp8::starts_keyframe;
 
 /// Packets a subscriber's copy of one stream may have waiting: about a second of 500 kbit/s video.
@@ -149,19 +150,37 @@ impl LayerSsrcs {
     }
 }
 
+/// Where a published audio track's levels go: the call's [`CallLevels`], under the publisher's
+/// user id, read from the audio-level header extension of id `extension`.
+pub(crate) struct LevelTap {
+    pub(crate) levels: Arc<StdMutex<CallLevels>>,
+    pub(crate) user: UserId,
+    pub(crate) extension: u8,
+}
+
+impl LevelTap {
+    fn on_packet(&self, packet: &rtp::Packet, now: Instant) {
+        let Some(value) = packet.header.get_extension(self.extension) else { return };
+        let Some(first) = value.first() else { return };
+        lock(&self.levels).on_level(&self.user, level_from_dbov(*first), now);
+    }
+}
+
 /// Reads the publisher's track until it ends and offers each packet to every subscriber.
 ///
 /// Until a subscriber switches layers, sequence numbers and timestamps stay the publisher's, so
 /// its NACK names the same packet the SFU asks the publisher for. Header extensions are dropped:
 /// their ids were negotiated on the publisher's connection, not the subscriber's. Subscribers
 /// waiting to switch layers get a key frame of the new layer asked for (at most once per
-/// [`crate::keyframe_gate::MIN_INTERVAL`] each); `keyframes` counts the requests sent.
+/// [`crate::keyframe_gate::MIN_INTERVAL`] each); `keyframes` counts the requests sent. Audio
+/// packets' levels go to `level_tap`.
 pub(crate) async fn forward(
     track: Arc<dyn TrackRemote>,
     kind: MediaKind,
     fanout: Arc<Fanout>,
     layer_ssrcs: Arc<LayerSsrcs>,
     keyframes: Arc<AtomicU64>,
+    level_tap: Option<LevelTap>,
 ) {
     let mut layers: HashMap<u32, Layer> = HashMap::new();
     // Packets held back per SSRC whose layer is not known yet.
@@ -204,6 +223,9 @@ pub(crate) async fn forward(
                     }
                 };
                 let now = Instant::now();
+                if let Some(tap) = &level_tap {
+                    tap.on_packet(&packet, now);
+                }
                 seen[layer.index()] = Some(now);
                 let available =
                     seen.map(|at| at.is_some_and(|at| now.saturating_duration_since(at) < LAYER_TIMEOUT));

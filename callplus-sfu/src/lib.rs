@@ -15,6 +15,10 @@
 //! between layers at a key frame with its numbering kept continuous ([`layers`]). See
 //! `docs/media.md`, "Group calls through the SFU".
 //!
+//! Audio levels: the publishers' RFC 6464 audio-level header extension gives each publisher's
+//! level without decoding; a few times a second the SFU sends every participant the levels and
+//! the active speaker on the control channel ([`levels`]).
+//!
 //! Built on the `webrtc`/`rtc` 0.21 stack the clients use; no codec and no system library.
 #![forbid(unsafe_code)]
 
@@ -26,6 +30,7 @@ mod feedback;
 mod forward;
 pub mod keyframe_gate;
 pub mod layers;
+pub mod levels;
 mod sfu;
 mod token;
 mod vp8;
@@ -33,5 +38,6 @@ mod vp8;
 pub use control::{CONTROL_LABEL, ControlMessage};
 pub use error::SfuError;
 pub use layers::Layer;
+pub use levels::AudioLevels;
 pub use sfu::{Sfu, SfuConfig, SfuEvent, SfuEvents, SfuStats};
 pub use token::{MediaTokens, TokenError};

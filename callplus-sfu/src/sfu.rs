@@ -28,11 +28,13 @@ use webrtc::rtp_transceiver::RtpSender;
 use crate::codecs::{opus_codec, vp8_codec};
 use crate::connection::{Shared, connect};
 use crate::error::SfuError;
-use crate::forward::{Fanout, LayerSsrcs, Target, forward};
+use crate::forward::{Fanout, LayerSsrcs, LevelTap, Target, forward};
 use crate::layers::Layer;
+use crate::levels::{CallLevels, audio_level_extension_id};
 use crate::token::MediaTokens;
 
 mod pause;
+mod speakers;
 
 /// Settings of an [`Sfu`].
 #[derive(Clone)]
@@ -233,6 +235,7 @@ impl Sfu {
             dropped: Arc::new(AtomicU64::new(0)),
             paused: HashMap::new(),
             layer_keyframes: Arc::new(AtomicU64::new(0)),
+            levels: HashMap::new(),
         };
         tokio::spawn(task.run(commands_rx));
         (Sfu { commands, tokens }, SfuEvents { rx })
@@ -342,6 +345,8 @@ struct Participant {
     /// The layer this participant asked for per publisher (full when not asked); kept for
     /// publishers that are not forwarded yet.
     views: HashMap<UserId, Layer>,
+    /// The id this participant's offer gives the audio-level header extension.
+    audio_level_ext: Option<u8>,
 }
 
 struct Task {
@@ -358,6 +363,8 @@ struct Task {
     paused: HashMap<pause::PausedKey, pause::Held>,
     /// Key frames asked for layer switches (by the forwarding tasks).
     layer_keyframes: Arc<AtomicU64>,
+    /// Each call's audio levels and active speaker (`speakers`).
+    levels: HashMap<CallId, Arc<std::sync::Mutex<CallLevels>>>,
 }
 
 fn invalid(key: &ParticipantKey, reason: impl ToString) -> SfuError {
@@ -383,7 +390,17 @@ fn rand_ssrc() -> u32 {
 
 impl Task {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        while let Some(command) = commands.recv().await {
+        let mut report = tokio::time::interval(crate::levels::REPORT_INTERVAL);
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let command = tokio::select! {
+                command = commands.recv() => command,
+                _ = report.tick() => {
+                    self.report_levels();
+                    continue;
+                }
+            };
+            let Some(command) = command else { break };
             match command {
                 Command::Signal { key, payload, reply } => {
                     let result = self.on_signal(&key, payload).await;
@@ -474,6 +491,9 @@ impl Task {
                 if p.awaiting_answer {
                     return Err(invalid(key, "offer while the SFU's offer is pending"));
                 }
+                if let Some(id) = audio_level_extension_id(&sdp) {
+                    p.audio_level_ext = Some(id);
+                }
                 let offer = RTCSessionDescription::offer(sdp).map_err(|e| invalid(key, e))?;
                 p.pc.set_remote_description(offer).await.map_err(|e| invalid(key, e))?;
                 let answer = p.pc.create_answer(None).await?;
@@ -531,6 +551,7 @@ impl Task {
         };
         let token = media_token(&sdp).ok_or_else(|| unauthorized(crate::TokenError::Missing))?;
         self.tokens.verify(token, &key.call_id, &key.user, &key.device, now_s()).map_err(unauthorized)?;
+        let audio_level_ext = audio_level_extension_id(&sdp);
         let offer = RTCSessionDescription::offer(sdp).map_err(|e| invalid(key, e))?;
         let (pc, shared) = connect(
             key.clone(),
@@ -565,6 +586,7 @@ impl Task {
             published: HashMap::new(),
             subscriptions: HashMap::new(),
             views: HashMap::new(),
+            audio_level_ext,
         };
         let call = self.calls.entry(key.call_id.clone()).or_default();
         let others: Vec<(Member, MediaKind, Arc<Fanout>)> = call
@@ -683,12 +705,21 @@ impl Task {
         tracing::debug!(call = %key.call_id, user = %key.user, ?kind, ssrc, "sfu: track published");
         let fanout = Arc::new(Fanout::default());
         let layers = Arc::new(LayerSsrcs::default());
+        let level_tap = match (kind, publisher.audio_level_ext) {
+            (MediaKind::Audio, Some(extension)) => {
+                let levels = Arc::clone(self.levels.entry(key.call_id.clone()).or_default());
+                crate::connection::lock(&levels).add(&key.user);
+                Some(LevelTap { levels, user: key.user.clone(), extension })
+            }
+            _ => None,
+        };
         let task = tokio::spawn(forward(
             Arc::clone(&track),
             kind,
             Arc::clone(&fanout),
             Arc::clone(&layers),
             Arc::clone(&self.layer_keyframes),
+            level_tap,
         ));
         if let Some(old) = publisher
             .published
@@ -799,8 +830,12 @@ impl Task {
                 }
             }
         }
+        let user_left = !call.keys().any(|(user, _)| *user == key.user);
         if call.is_empty() {
             self.calls.remove(&key.call_id);
+            self.levels.remove(&key.call_id);
+        } else if user_left && let Some(levels) = self.levels.get(&key.call_id) {
+            crate::connection::lock(levels).remove(&key.user);
         }
         if let Err(e) = gone.pc.close().await {
             tracing::debug!(error = %e, "sfu: closing a connection");
