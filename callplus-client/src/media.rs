@@ -247,6 +247,10 @@ pub fn describe_media_event(event: &MediaEvent) -> String {
         MediaEvent::AudioLevel { call_id, user, level } => {
             format!("call {call_id}: {user} audio level {level}")
         }
+        MediaEvent::ActiveSpeaker { call_id, user: Some(user) } => {
+            format!("call {call_id}: active speaker {user}")
+        }
+        MediaEvent::ActiveSpeaker { call_id, user: None } => format!("call {call_id}: no active speaker"),
         MediaEvent::FetchRemoteMediaError { call_id, user, code } => {
             format!("call {call_id}: media of {user} failed: {code:?}")
         }

@@ -157,7 +157,9 @@ pub enum MediaEvent {
     /// The once-a-second status report.
     Stats(MediaStats),
     /// A user's audio level, 0–100 (linear RMS; a full-scale sine is 100). Reported for remote
-    /// users from their decoded audio, and for the local user when its source gives a level.
+    /// users from their decoded audio (once a second) or, through an SFU that sends levels, from
+    /// the SFU's messages (when they change, up to five times a second); for the local user when
+    /// its source gives a level.
     AudioLevel {
         /// The call.
         call_id: CallId,
@@ -165,6 +167,15 @@ pub enum MediaEvent {
         user: UserId,
         /// Level 0–100.
         level: u8,
+    },
+    /// Through the SFU: the active speaker changed, the loudest user for a moment (`None` until
+    /// someone has spoken, or once the speaker left). Its levels come as
+    /// [`MediaEvent::AudioLevel`].
+    ActiveSpeaker {
+        /// The call.
+        call_id: CallId,
+        /// The speaker.
+        user: Option<UserId>,
     },
     /// Remote media of this user could not be received or played (`fetch_remote_media_error`).
     FetchRemoteMediaError {

@@ -21,6 +21,15 @@ pub(crate) fn level_from_mean_square(mean_sq: f64) -> u8 {
     level.clamp(0.0, 100.0) as u8
 }
 
+/// A level 0–100 (linear) as RFC 6464 carries it: −dBov, 0 the loudest, 127 silence.
+pub(crate) fn minus_dbov(level: u8) -> u8 {
+    if level == 0 {
+        return 127;
+    }
+    let dbov = 20.0 * (f64::from(level.min(100)) / 100.0).log10();
+    (-dbov).round().clamp(0.0, 127.0) as u8
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,5 +43,13 @@ mod tests {
         let half = audio_level(&sine(0.5));
         assert!((49..=51).contains(&half), "{half}");
         assert_eq!(audio_level(&[]), 0);
+    }
+
+    #[test]
+    fn dbov() {
+        assert_eq!(minus_dbov(100), 0);
+        assert_eq!(minus_dbov(10), 20);
+        assert_eq!(minus_dbov(50), 6);
+        assert_eq!(minus_dbov(0), 127);
     }
 }

@@ -3,7 +3,9 @@
 
 use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Slot};
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
-use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
 use webrtc::peer_connection::{
     MediaEngine, Registry, configure_rtcp_reports, configure_simulcast_extension_headers,
     configure_twcc_receiver_only,
@@ -18,6 +20,9 @@ pub(super) const VP8_PT: u8 = 96;
 /// Interceptor slot of the RTCP observer: wire-side of the RR/SR interceptors (10 000 and
 /// 11 000), which consume reports on the way in and create sender reports on the way out.
 pub(super) const RTCP_OBSERVER_SLOT: usize = 9_500;
+/// The RFC 6464 client-to-mixer audio level header extension.
+const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+
 pub(super) fn opus_codec() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: MIME_TYPE_OPUS.to_owned(),
@@ -62,6 +67,12 @@ pub(super) fn interceptors(media: &mut MediaEngine) -> Result<Registry, MediaErr
             .build(),
     );
     configure_simulcast_extension_headers(media)?;
+    // Our audio packets carry their level (RFC 6464), which an SFU reads without decoding.
+    media.register_header_extension(
+        RTCRtpHeaderExtensionCapability { uri: AUDIO_LEVEL_URI.to_owned() },
+        RtpCodecKind::Audio,
+        None,
+    )?;
     let registry = configure_twcc_receiver_only(registry, media)?;
     Ok(configure_rtcp_reports(registry))
 }

@@ -14,7 +14,8 @@
 //! - one interceptor per peer connection (`rtcp_observer`) reads the peer's reception reports and
 //!   its key-frame requests (PLI/FIR), which become a key-frame request to the video source;
 //! - through the SFU, our video goes out in two simulcast layers (full and tiny), and a data
-//!   channel on the SFU connection carries which layer this device wants of each user's video;
+//!   channel on the SFU connection carries which layer this device wants of each user's video,
+//!   and from the SFU the users' audio levels and the active speaker (`sfu_levels`);
 //! - one stats task per call turns `get_stats` into the once-a-second
 //!   [`MediaStats`](crate::adapter::MediaStats).
 //!
@@ -26,6 +27,7 @@ mod codecs;
 mod peer;
 mod receive;
 mod send;
+mod sfu_levels;
 mod stats;
 
 use std::collections::{HashMap, VecDeque};

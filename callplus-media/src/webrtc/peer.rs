@@ -94,6 +94,10 @@ pub(super) struct PeerShared {
     pub(super) remote_audio_muted: Arc<AtomicBool>,
     /// Through an SFU: the control data channel, where this device's layer choices go.
     pub(super) control: StdMutex<Option<Arc<dyn DataChannel>>>,
+    /// Through an SFU: what its audio-level messages said last.
+    pub(super) sfu_levels: StdMutex<super::sfu_levels::SfuLevels>,
+    /// The SFU sends audio levels: remote levels are no longer taken from decoding.
+    pub(super) sfu_levels_seen: AtomicBool,
 }
 
 impl PeerShared {
@@ -370,6 +374,8 @@ impl Inner {
             video_lost: AtomicU32::new(0),
             remote_audio_muted: Arc::clone(&self.remote_audio_muted),
             control: StdMutex::new(None),
+            sfu_levels: StdMutex::new(Default::default()),
+            sfu_levels_seen: AtomicBool::new(false),
         });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(configuration)
@@ -616,7 +622,7 @@ async fn mid_of(pc: &dyn PeerConnection, sender: &Arc<dyn RtpSender>) -> Option<
 }
 
 /// Reads the control channel to the SFU until it closes: once it opens, every layer choice made
-/// so far is sent (later ones go as they are made).
+/// so far is sent (later ones go as they are made); the SFU's audio levels come in on it.
 async fn control_loop(shared: Weak<PeerShared>, channel: Arc<dyn DataChannel>) {
     while let Some(event) = channel.poll().await {
         let Some(shared) = shared.upgrade() else { break };
@@ -630,6 +636,9 @@ async fn control_loop(shared: Weak<PeerShared>, channel: Arc<dyn DataChannel>) {
                 for (user, tiny) in views {
                     shared.send_video_view(&user, tiny).await;
                 }
+            }
+            DataChannelEvent::OnMessage(message) => {
+                super::sfu_levels::on_control_message(&shared, &message.data)
             }
             DataChannelEvent::OnClose => break,
             _ => {}

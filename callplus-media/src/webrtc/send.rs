@@ -11,11 +11,13 @@ use bytes::Bytes;
 use callplus_session::MediaKind;
 use rtc::media::Sample;
 use rtc::rtp::extension::HeaderExtension;
+use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use rtc::shared::marshal::{Marshal, MarshalSize};
 use tokio::sync::{mpsc, oneshot};
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 
 use super::NO_LEVEL;
+use crate::level::minus_dbov;
 use crate::source::{AudioConfig, EncodedSample, MediaSource, VideoConfig, VideoLayer};
 
 /// The `rid` of each simulcast layer (`callplus_sfu::layers` reads them).
@@ -199,12 +201,25 @@ pub(super) async fn fan_out(
             MediaKind::Video => t.video.clone(),
         }
     };
+    // Audio packets carry their level (RFC 6464) for an SFU's levels and active speaker.
+    let level = (kind == MediaKind::Audio).then_some(sample.audio_level).flatten();
+    let level_extension = || {
+        level.map(|level| {
+            HeaderExtension::AudioLevel(AudioLevelExtension { level: minus_dbov(level), voice: level > 0 })
+        })
+    };
     let now = Instant::now();
     let sample = Sample { data: sample.data, duration: sample.duration, ..Sample::new(now) };
     let tiny = tiny.map(|t| Sample { data: t.data, duration: t.duration, ..Sample::new(now) });
     for target in list {
         let sent = match &target.simulcast {
-            None => target.track.sample_writer(target.ssrc, target.payload_type).write_sample(&sample).await,
+            None => {
+                let writer = target.track.sample_writer(target.ssrc, target.payload_type);
+                match level_extension() {
+                    Some(extension) => writer.with_extension(extension).write_sample(&sample).await,
+                    None => writer.write_sample(&sample).await,
+                }
+            }
             Some(simulcast) => {
                 let full = target
                     .track

@@ -103,7 +103,9 @@ pub(super) async fn stats_loop(inner: Weak<Inner>, call_id: CallId, period: Dura
             });
 
             let levels = std::mem::take(&mut *lock(&shared.levels));
-            for (user, (sum, n)) in levels {
+            // Through an SFU that sends levels, they come from it (`sfu_levels`).
+            let from_sfu = shared.sfu_levels_seen.load(Ordering::Acquire);
+            for (user, (sum, n)) in levels.into_iter().filter(|_| !from_sfu) {
                 if n > 0 {
                     shared.emit(MediaEvent::AudioLevel {
                         call_id: call_id.clone(),
