@@ -3,7 +3,7 @@
 //!
 //! Sans-IO: [`CallLevels`] takes levels and the time from its caller and says what to tell the
 //! subscribers ([`AudioLevels`], sent on the control data channel). Each publisher's level is
-//! held at its peaks and decays with a [`HALF_LIFE`] (a level meter, not a per-packet value), so
+//! held at its peaks for [`HOLD`] and then decays with a [`HALF_LIFE`] (a level meter, not a per-packet value), so
 //! a publisher that stops sending falls silent by itself. The active speaker is the loudest
 //! publisher above [`THRESHOLD`]; another takes over only after being the loudest for
 //! [`DWELL`], so the speaker does not flap between two voices; it stays the last one through
@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 /// How often the SFU looks at the levels (and sends them if they changed).
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(200);
-/// A level halves in this time once its publisher goes quieter.
+/// A peak is held this long (packets come every 20 ms; a steady tone must read steady)...
+pub const HOLD: Duration = Duration::from_millis(100);
+/// ...then halves in this time while its publisher stays quieter.
 pub const HALF_LIFE: Duration = Duration::from_millis(150);
 /// Below this level (0–1) nobody is speaking.
 pub const THRESHOLD: f32 = 0.05;
@@ -85,13 +87,14 @@ pub fn audio_level_extension_id(sdp: &str) -> Option<u8> {
 #[derive(Debug, Clone, Copy)]
 struct Meter {
     peak: f32,
+    /// When the peak was reached (or last matched).
     at: Instant,
 }
 
 impl Meter {
     fn at(&self, now: Instant) -> f32 {
-        let halves = now.saturating_duration_since(self.at).as_secs_f32() / HALF_LIFE.as_secs_f32();
-        self.peak * 0.5f32.powf(halves)
+        let decaying = now.saturating_duration_since(self.at).saturating_sub(HOLD);
+        self.peak * 0.5f32.powf(decaying.as_secs_f32() / HALF_LIFE.as_secs_f32())
     }
 }
 
@@ -125,9 +128,12 @@ impl CallLevels {
 
     /// A level (0–1) from one of `user`'s packets.
     pub fn on_level(&mut self, user: &UserId, level: f32, now: Instant) {
+        let level = level.clamp(0.0, 1.0);
         let meter = self.meters.entry(user.clone()).or_insert(None);
-        let held = meter.map(|m| m.at(now)).unwrap_or(0.0);
-        *meter = Some(Meter { peak: level.clamp(0.0, 1.0).max(held), at: now });
+        match meter {
+            Some(m) if m.at(now) > level => {} // still decaying from a louder peak
+            _ => *meter = Some(Meter { peak: level, at: now }),
+        }
     }
 
     /// The users whose microphone is off (signalled): silent whatever their packets say.
@@ -270,10 +276,10 @@ mod tests {
         let mut call = CallLevels::default();
         let t0 = Instant::now();
         run(&mut call, t0, Duration::from_secs(1), &[(&alice, 0.5), (&bob, 0.0)]);
-        // Bob coughs for 200 ms, louder than alice.
+        // Bob coughs for 100 ms, louder than alice.
         let t1 = t0 + Duration::from_secs(1);
-        let burst = run(&mut call, t1, Duration::from_millis(200), &[(&alice, 0.5), (&bob, 0.9)]);
-        let t2 = t1 + Duration::from_millis(200);
+        let burst = run(&mut call, t1, Duration::from_millis(100), &[(&alice, 0.5), (&bob, 0.9)]);
+        let t2 = t1 + Duration::from_millis(100);
         let after = run(&mut call, t2, Duration::from_secs(1), &[(&alice, 0.5), (&bob, 0.0)]);
         assert!(
             burst.iter().chain(&after).all(|(_, r)| r.active_speaker.as_deref() == Some("alice")),
@@ -302,12 +308,17 @@ mod tests {
         call.on_level(&alice, 0.8, t1);
         let report = call.report(t1).unwrap_or_else(|| panic!("alice's pause changes the levels"));
         assert_eq!(report.levels.get("alice"), Some(&0.0), "a paused microphone counts as silent");
-        // Bob stops sending: his level halves every HALF_LIFE.
-        let later = call.report(t1 + HALF_LIFE).unwrap_or_else(|| panic!("bob's level fell"));
+        // Bob stops sending (his last packet 20 ms before t1): held for HOLD, then halving every
+        // HALF_LIFE.
+        let held = call.report(t1 + HOLD - Duration::from_millis(40));
+        assert_eq!(held.map(|r| r.levels.get("bob").copied()), None, "held: nothing changed");
+        let later = call.report(t1 + HOLD + HALF_LIFE).unwrap_or_else(|| panic!("bob's level fell"));
         let bob_level = later.levels.get("bob").copied().unwrap_or_default();
-        assert!((0.09..=0.11).contains(&bob_level), "{bob_level}");
+        assert!((0.08..=0.1).contains(&bob_level), "{bob_level}");
         call.remove(&alice);
-        let report = call.report(t1 + HALF_LIFE * 2).unwrap_or_else(|| panic!("alice left"));
+        // (Before bob, the loudest now, has been so for the dwell.)
+        let report = call.report(t1 + HOLD + HALF_LIFE + Duration::from_millis(10));
+        let report = report.unwrap_or_else(|| panic!("alice left"));
         assert!(!report.levels.contains_key("alice"));
         assert_eq!(report.active_speaker, None, "the speaker who left is no longer the speaker");
     }

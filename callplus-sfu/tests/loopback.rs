@@ -915,3 +915,83 @@ async fn a_tiny_view_gets_the_low_layer_without_costing_the_others_a_key_frame()
     }
     net.sfu.end_call(&call).await.unwrap();
 }
+
+/// Waits at `party` for the active speaker to be `speaker`; the audio levels (0–100) reported
+/// per user up to then, the last one of each.
+async fn speaker_and_levels(party: &mut Party, speaker: &UserId) -> HashMap<UserId, u8> {
+    let mut levels = HashMap::new();
+    let who = party.user.clone();
+    timeout(WAIT, async {
+        loop {
+            match party.events.recv().await.expect("adapter gone") {
+                // Its own level comes from its source, not the SFU.
+                MediaEvent::AudioLevel { user, level, .. } if user != who => {
+                    levels.insert(user, level);
+                }
+                MediaEvent::ActiveSpeaker { user: Some(user), .. } if user == *speaker => return,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{who} was never told {speaker} speaks; levels {levels:?}"));
+    levels
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loud_participant_is_the_active_speaker_for_everyone_with_levels_from_the_sfu() {
+    let _turn = ONE_CALL_AT_A_TIME.lock().await;
+    let mut net = net(&["alice", "bob", "carol"]);
+    let call = CallId::new("speaker-call").unwrap();
+    let users: Vec<UserId> = net.parties.iter().map(|p| p.user.clone()).collect();
+    // Alice at half scale, bob barely audible, carol silent; no cameras.
+    for (party, amplitude) in net.parties.iter().zip([0.5, 0.02, 0.0]) {
+        let tone = ToneSource::new(440.0, amplitude, AudioConfig::default()).unwrap();
+        party.adapter.switch_microphone(Box::new(tone)).await.unwrap();
+    }
+    for i in 0..3 {
+        let others: Vec<UserId> = users.iter().filter(|u| **u != users[i]).cloned().collect();
+        let token = net.sfu.issue_token(&call, &users[i], &did("dev1"), in_an_hour());
+        let s = start(&net.parties[i], &call, &others, token);
+        net.parties[i].adapter.start(s).await.unwrap();
+    }
+    for i in 0..3 {
+        let party = &mut net.parties[i];
+        let levels = speaker_and_levels(party, &users[0]).await;
+        eprintln!("{}: alice speaks; levels {levels:?}", party.user);
+        let others: HashSet<&UserId> = levels.keys().collect();
+        let want: HashSet<&UserId> = users.iter().filter(|u| **u != party.user).collect();
+        assert_eq!(others, want, "{}: a level for every other publisher", party.user);
+        if i != 0 {
+            // A half-scale sine is 50; RFC 6464 carries whole dB (±6 %).
+            let alice = levels[&users[0]];
+            assert!((45..=55).contains(&alice), "{}: alice's level {alice}", party.user);
+        }
+        if i != 2 {
+            assert_eq!(levels[&users[2]], 0, "{}: carol is silent", party.user);
+        }
+        if i != 1 {
+            assert!(levels[&users[1]] <= 3, "{}: bob is barely audible: {}", party.user, levels[&users[1]]);
+        }
+    }
+
+    // Alice's microphone goes off and bob speaks up: bob takes over at the others.
+    net.parties[0].adapter.set_microphone_enabled(false).await.unwrap();
+    net.sfu.set_paused(&call, &users[0], &did("dev1"), MediaKind::Audio, true).await.unwrap();
+    let loud = ToneSource::new(660.0, 0.8, AudioConfig::default()).unwrap();
+    net.parties[1].adapter.switch_microphone(Box::new(loud)).await.unwrap();
+    for i in [0, 2] {
+        let party = &mut net.parties[i];
+        let levels = speaker_and_levels(party, &users[1]).await;
+        eprintln!("{}: bob speaks; levels {levels:?}", party.user);
+        assert!(levels.get(&users[1]).is_some_and(|l| (75..=85).contains(l)), "{}: {levels:?}", party.user);
+        if i == 2 {
+            assert_eq!(levels.get(&users[0]), Some(&0), "carol: alice's paused microphone is silent");
+        }
+    }
+
+    for party in &net.parties {
+        party.adapter.stop(&call).await.unwrap();
+    }
+    net.sfu.end_call(&call).await.unwrap();
+}
