@@ -587,6 +587,11 @@ typedef enum callplus_event_type {
      * the next frame pushed with `callplus_client_push_video_sample` as a key frame.
      */
     CALLPLUS_EVENT_TYPE_VIDEO_KEYFRAME_REQUESTED = 26,
+    /**
+     * Built-in media through the SFU: the active speaker changed (the loudest user for a
+     * moment): `call_id`, `user_id` (NULL until someone has spoken or once the speaker left).
+     */
+    CALLPLUS_EVENT_TYPE_ACTIVE_SPEAKER = 27,
 } callplus_event_type;
 
 /**
@@ -1905,8 +1910,9 @@ const char *callplus_event_call_id(const struct callplus_event *event);
  * The other user the event is about: the participant (REMOTE_USER_STATE_CHANGED, camera,
  * microphone, DELIVERY_CHANGED), the requester (CHANGE_MEDIA_TYPE_*), the remote user of the
  * media events (PEER_CONNECTED,
- * USER_MEDIA_AVAILABLE, FIRST_FRAME, FETCH_REMOTE_MEDIA_ERROR) and the user of AUDIO_LEVEL
- * (which may be this client's own user); NULL otherwise.
+ * USER_MEDIA_AVAILABLE, FIRST_FRAME, FETCH_REMOTE_MEDIA_ERROR), the user of AUDIO_LEVEL
+ * (which may be this client's own user) and the speaker of ACTIVE_SPEAKER (which may be this
+ * client's own user; NULL for none); NULL otherwise.
  *
  * # Safety
  * `event` must be NULL or a live `callplus_event`.

@@ -200,6 +200,7 @@ fn event_type_names_match_the_enum() {
         (T::FetchRemoteMediaError, "FETCH_REMOTE_MEDIA_ERROR"),
         (T::MediaError, "MEDIA_ERROR"),
         (T::VideoKeyframeRequested, "VIDEO_KEYFRAME_REQUESTED"),
+        (T::ActiveSpeaker, "ACTIVE_SPEAKER"),
     ] {
         assert_eq!(text(callplus_event_type_name(t as u32)), name);
     }

@@ -163,6 +163,10 @@ impl EventData {
                 d.call_id = id(call_id);
                 d.user_id = id(user);
             }
+            MediaEvent::ActiveSpeaker { call_id, user } => {
+                d.call_id = id(call_id);
+                d.user_id = user.as_ref().and_then(id);
+            }
             MediaEvent::Stats(stats) => {
                 d.call_id = id(&stats.call_id);
                 d.stats = Some(Stats::new(stats.clone()));
@@ -277,8 +281,9 @@ pub unsafe extern "C" fn callplus_event_call_id(event: *const callplus_event) ->
 /// The other user the event is about: the participant (REMOTE_USER_STATE_CHANGED, camera,
 /// microphone, DELIVERY_CHANGED), the requester (CHANGE_MEDIA_TYPE_*), the remote user of the
 /// media events (PEER_CONNECTED,
-/// USER_MEDIA_AVAILABLE, FIRST_FRAME, FETCH_REMOTE_MEDIA_ERROR) and the user of AUDIO_LEVEL
-/// (which may be this client's own user); NULL otherwise.
+/// USER_MEDIA_AVAILABLE, FIRST_FRAME, FETCH_REMOTE_MEDIA_ERROR), the user of AUDIO_LEVEL
+/// (which may be this client's own user) and the speaker of ACTIVE_SPEAKER (which may be this
+/// client's own user; NULL for none); NULL otherwise.
 ///
 /// # Safety
 /// `event` must be NULL or a live `callplus_event`.

@@ -81,6 +81,9 @@ pub enum callplus_event_type {
     /// Built-in media: a peer needs a key frame from the app's camera (`app_camera`): encode
     /// the next frame pushed with `callplus_client_push_video_sample` as a key frame.
     VideoKeyframeRequested = 26,
+    /// Built-in media through the SFU: the active speaker changed (the loudest user for a
+    /// moment): `call_id`, `user_id` (NULL until someone has spoken or once the speaker left).
+    ActiveSpeaker = 27,
 }
 
 /// The constant's name without prefix (e.g. "CALL_ENDED") of an event type number, for logs;
@@ -114,6 +117,7 @@ pub extern "C" fn callplus_event_type_name(event_type: u32) -> *const c_char {
         24 => c"FETCH_REMOTE_MEDIA_ERROR",
         25 => c"MEDIA_ERROR",
         26 => c"VIDEO_KEYFRAME_REQUESTED",
+        27 => c"ACTIVE_SPEAKER",
         _ => c"UNKNOWN",
     };
     name.as_ptr()
@@ -136,6 +140,7 @@ pub(super) fn media_kind(event: &MediaEvent) -> Option<callplus_event_type> {
         MediaEvent::AudioLevel { .. } => K::AudioLevel,
         MediaEvent::Stats(_) => K::MediaStats,
         MediaEvent::FetchRemoteMediaError { .. } => K::FetchRemoteMediaError,
+        MediaEvent::ActiveSpeaker { .. } => K::ActiveSpeaker,
         MediaEvent::Error { .. } => K::MediaError,
         _ => return None,
     })

@@ -42,6 +42,7 @@ fn every_event_type_has_its_constant_name() {
         K::FetchRemoteMediaError,
         K::MediaError,
         K::VideoKeyframeRequested,
+        K::ActiveSpeaker,
     ];
     for kind in all {
         // SAFETY: the function returns a static C string.
@@ -57,7 +58,7 @@ fn every_event_type_has_its_constant_name() {
         assert_eq!(name, expected, "{kind:?}");
     }
     // SAFETY: as above.
-    let unknown = unsafe { CStr::from_ptr(callplus_event_type_name(27)) };
+    let unknown = unsafe { CStr::from_ptr(callplus_event_type_name(28)) };
     assert_eq!(unknown, c"UNKNOWN");
 }
 
@@ -104,6 +105,21 @@ fn media_events_read_through_the_accessors() {
         assert_eq!(callplus_event_kind(e), callplus_event_type::MediaError);
         assert!(callplus_event_call_id(e).is_null());
         assert_eq!(CStr::from_ptr(callplus_event_message(e)), c"no camera");
+    }
+    let speaker = media(MediaEvent::ActiveSpeaker { call_id: call.clone(), user: Some(bob.clone()) });
+    let e = to_const_ptr::<callplus_event>(&speaker);
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(callplus_event_kind(e), callplus_event_type::ActiveSpeaker);
+        assert_eq!(CStr::from_ptr(callplus_event_call_id(e)), c"c1");
+        assert_eq!(CStr::from_ptr(callplus_event_user_id(e)), c"bob");
+    }
+    let nobody = media(MediaEvent::ActiveSpeaker { call_id: call.clone(), user: None });
+    let e = to_const_ptr::<callplus_event>(&nobody);
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(callplus_event_kind(e), callplus_event_type::ActiveSpeaker);
+        assert!(callplus_event_user_id(e).is_null());
     }
     let keyframe = EventData::new(Queued::KeyframeRequested);
     let e = to_const_ptr::<callplus_event>(&keyframe);
