@@ -211,7 +211,7 @@ mod tests {
             for (user, level) in levels {
                 call.on_level(user, *level, now);
             }
-            if t.as_millis() % REPORT_INTERVAL.as_millis() == 0
+            if t.as_millis().is_multiple_of(REPORT_INTERVAL.as_millis())
                 && let Some(report) = call.report(now)
             {
                 reports.push((now, report));
