@@ -572,6 +572,28 @@ async fn three_party_video_call_goes_through_the_servers_sfu() {
         );
     }
 
+    // The SFU's audio levels and active speaker reach every client (half-scale tones all: someone
+    // of the call speaks, everyone's level about 50).
+    for party in &mut p {
+        let speaker = party
+            .expect_media("the active speaker", |e| {
+                matches!(e, MediaEvent::ActiveSpeaker { user: Some(user), .. } if names.contains(&user.as_str()))
+            })
+            .await;
+        eprintln!("{}: {speaker:?}", party.party.name);
+        let me = party.party.name.clone();
+        for other in names.iter().filter(|n| **n != me.as_str()) {
+            let level = party
+                .expect_media(
+                    "a level",
+                    |e| matches!(e, MediaEvent::AudioLevel { user, .. } if user.as_str() == *other),
+                )
+                .await;
+            let MediaEvent::AudioLevel { level, .. } = level else { unreachable!() };
+            assert!((35..=65).contains(&level), "{other}'s level at {me}: {level}");
+        }
+    }
+
     // Carol leaves: the SFU drops her streams at alice and bob, who go on receiving each other.
     p[2].party.client.hangup(Some(&call)).await.unwrap();
     for (i, j) in [(0, 2), (1, 2)] {
