@@ -216,7 +216,7 @@ impl Switchboard {
     /// On the device's node: a device acked the invitation to a call; the owner records the
     /// delivery (and tells the inviter).
     pub(super) fn invitation_acked(&mut self, sk: SessionKey, id: &CallId, user: &UserId, device: &DeviceId) {
-        if self.calls.contains_key(id) || !self.clustered() {
+        if !self.clustered() || self.calls.contains_key(id) {
             self.mark_delivery(id, user, device, Delivery::Delivered);
             return;
         }

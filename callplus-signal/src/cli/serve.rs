@@ -313,10 +313,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         format!(" --data-dir {}", shell_quote(&data_dir.to_string()))
     };
     println!("  callplus token --user alice{dir_flag}");
+    // Listening before saying so: a SIGTERM right after the banner stops the server cleanly.
+    let stop = crate::server::shutdown::signal();
     println!("Stop with Ctrl-C (or SIGTERM); nothing is lost.");
 
     tokio::select! {
-        () = crate::server::shutdown::signal() => {}
+        () = stop => {}
         () = server.failed() => tracing::error!("a server task failed; stopping"),
     }
     server.shutdown().await.context("shutdown did not complete cleanly")?;
