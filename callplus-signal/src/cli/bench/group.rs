@@ -446,8 +446,11 @@ fn snapshot(counts: &HashMap<String, Counts>) -> HashMap<(String, String, MediaK
 
 type Snapshot = HashMap<(String, String, MediaKind), u64>;
 
+/// Samples sent by (sender, kind) at one moment.
+type SentSnapshot = HashMap<(String, MediaKind), u64>;
+
 /// What every bot's sources produced so far, by (sender, kind).
-fn sent_now(sent: &Sent) -> HashMap<(String, MediaKind), u64> {
+fn sent_now(sent: &Sent) -> SentSnapshot {
     sent.iter().map(|(key, n)| (key.clone(), n.load(Ordering::Relaxed))).collect()
 }
 
@@ -461,7 +464,7 @@ struct Measured<'a> {
     before: &'a Snapshot,
     after: &'a Snapshot,
     /// Samples sent by (sender, kind), at the window's start and end.
-    sent: (&'a HashMap<(String, MediaKind), u64>, &'a HashMap<(String, MediaKind), u64>),
+    sent: (&'a SentSnapshot, &'a SentSnapshot),
     reports: &'a HashMap<String, Reports>,
     /// Server: before the call, at the window's start and end.
     server: (Option<ProcStats>, Option<ProcStats>, Option<ProcStats>),
