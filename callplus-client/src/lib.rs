@@ -504,6 +504,42 @@ impl Client {
         Ok(())
     }
 
+    /// Which layer of `user`'s video this device receives: the tiny one (a quarter of the
+    /// pixels, for a small view) or the full one (the default). In calls through the SFU the
+    /// choice reaches the SFU over the media connection and takes effect at that layer's next
+    /// key frame (the SFU asks the publisher for one of that layer only); it holds across calls
+    /// until changed. Peer-to-peer calls send one layer, so it changes nothing there.
+    ///
+    /// # Errors
+    /// `INVALID_STATE` without [`ClientOptions::media`].
+    #[cfg(feature = "media")]
+    pub async fn set_video_tiny(&self, user: &UserId, tiny: bool) -> Result<(), Error> {
+        let media = self.inner.media.as_ref().ok_or_else(|| {
+            Error::new(Code::InvalidState, "media is off: the app receives no video through the client")
+        })?;
+        callplus_media::MediaAdapter::set_video_tiny(&*media.adapter, user, tiny).await;
+        Ok(())
+    }
+
+    /// `set_video_view(user, sink, tiny)`: `user`'s video goes to `sink` from now on (replacing
+    /// what the sink factory gave), in the layer `tiny` chooses (see [`Client::set_video_tiny`]).
+    ///
+    /// # Errors
+    /// `INVALID_STATE` without [`ClientOptions::media`].
+    #[cfg(feature = "media")]
+    pub async fn set_video_view(
+        &self,
+        user: &UserId,
+        sink: Box<dyn callplus_media::MediaSink>,
+        tiny: bool,
+    ) -> Result<(), Error> {
+        let media = self.inner.media.as_ref().ok_or_else(|| {
+            Error::new(Code::InvalidState, "media is off: the app receives no video through the client")
+        })?;
+        callplus_media::MediaAdapter::set_video_view(&*media.adapter, user.clone(), sink, tiny).await;
+        Ok(())
+    }
+
     /// The media events of this client (first frames, status reports, audio levels, errors):
     /// `Some` the first time it is asked when [`ClientOptions::media`] is set, `None` after that
     /// or without media.

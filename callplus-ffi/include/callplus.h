@@ -1732,6 +1732,24 @@ enum callplus_result callplus_client_set_microphone_enabled(const struct callplu
                                                             bool enabled);
 
 /**
+ * `set_video_view`'s layer choice: whether this device receives `user_id`'s video in its tiny
+ * layer (a quarter of the pixels, for a small view) or its full one (the default). Frames keep
+ * arriving at the media sink callback either way; in a call through the SFU their size changes
+ * at the chosen layer's next key frame (the SFU asks the publisher for one of that layer only,
+ * so nobody else gets a key frame for it). Holds across calls until changed; a peer-to-peer
+ * call sends one layer, so it changes nothing there.
+ *
+ * Returns `OK`; `INVALID_STATE` when the client was connected without `enable_media`;
+ * `NULL_PARAMETER` for a NULL client or user id; `USER_ID_INVALID` for an invalid user id.
+ *
+ * # Safety
+ * `client` must be NULL or a live client; `user_id` NULL or NUL-terminated.
+ */
+enum callplus_result callplus_client_set_video_tiny(const struct callplus_client *client,
+                                                    const char *user_id,
+                                                    bool tiny);
+
+/**
  * Reports that the first remote media frame of `call_id` was rendered (CALL_FIRST_FRAME_TIME
  * reaches every participant).
  *

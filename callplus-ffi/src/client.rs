@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ::callplus_client::{Client, ClientOptions};
 use callplus_session::client::CallOptions;
-use callplus_session::{CallId, DeviceId, TransactionId};
+use callplus_session::{CallId, DeviceId, TransactionId, UserId};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
@@ -669,6 +669,32 @@ pub unsafe extern "C" fn callplus_client_set_microphone_enabled(
         // SAFETY: forwarded contract.
         let handle = unsafe { try_ref(client)? };
         handle.run(|c| async move { c.set_microphone_enabled(enabled).await })
+    })
+}
+
+/// `set_video_view`'s layer choice: whether this device receives `user_id`'s video in its tiny
+/// layer (a quarter of the pixels, for a small view) or its full one (the default). Frames keep
+/// arriving at the media sink callback either way; in a call through the SFU their size changes
+/// at the chosen layer's next key frame (the SFU asks the publisher for one of that layer only,
+/// so nobody else gets a key frame for it). Holds across calls until changed; a peer-to-peer
+/// call sends one layer, so it changes nothing there.
+///
+/// Returns `OK`; `INVALID_STATE` when the client was connected without `enable_media`;
+/// `NULL_PARAMETER` for a NULL client or user id; `USER_ID_INVALID` for an invalid user id.
+///
+/// # Safety
+/// `client` must be NULL or a live client; `user_id` NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_client_set_video_tiny(
+    client: *const callplus_client,
+    user_id: *const c_char,
+    tiny: bool,
+) -> callplus_result {
+    boundary_result(|| {
+        // SAFETY: forwarded contract.
+        let (handle, user) = unsafe { (try_ref(client)?, str_arg(user_id)?) };
+        let user = UserId::new(user)?;
+        handle.run(|c| async move { c.set_video_tiny(&user, tiny).await })
     })
 }
 

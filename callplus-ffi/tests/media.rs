@@ -651,6 +651,13 @@ fn media_functions_refuse_bad_input_with_codes() {
         assert_eq!(callplus_client_push_audio_sample(b, sample.as_ptr(), 3, 20_000), R::NotInCall);
         // Removing and re-installing the sink is fine at any time.
         assert_eq!(callplus_client_set_media_sink(b, None, null_mut()), R::Ok);
+        // The tiny layer can be chosen before any call (it holds until changed); the user id
+        // must be one.
+        assert_eq!(callplus_client_set_video_tiny(b, c"alice".as_ptr(), true), R::Ok);
+        assert_eq!(callplus_client_set_video_tiny(b, c"alice".as_ptr(), false), R::Ok);
+        assert_eq!(callplus_client_set_video_tiny(b, c"".as_ptr(), true), R::UserIdInvalid);
+        assert_eq!(callplus_client_set_video_tiny(b, null(), true), R::NullParameter);
+        assert_eq!(callplus_client_set_video_tiny(null(), c"alice".as_ptr(), true), R::NullParameter);
 
         // A client without media has no media to feed or to receive.
         let mut plain = null_mut();
@@ -665,6 +672,7 @@ fn media_functions_refuse_bad_input_with_codes() {
         assert_eq!(callplus_client_push_audio_sample(plain, sample.as_ptr(), 3, 20_000), R::InvalidState);
         assert_eq!(callplus_client_mute_all_remote_audio(plain, true), R::InvalidState);
         assert_eq!(callplus_client_mute_all_remote_audio(null(), true), R::NullParameter);
+        assert_eq!(callplus_client_set_video_tiny(plain, c"alice".as_ptr(), true), R::InvalidState);
         callplus_client_free(plain);
 
         // Inconsistent options are refused before anything connects; nothing is written.

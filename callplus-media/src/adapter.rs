@@ -274,6 +274,18 @@ pub trait MediaAdapter: Send + Sync {
     /// Removes a sink (it is told the stream ended).
     fn remove_sink(&self, user: &UserId, kind: MediaKind);
 
+    /// Which layer of `user`'s video to receive: the tiny one (a quarter of the pixels) for a
+    /// small view, or the full one (the default). Through the SFU, the choice goes to the SFU,
+    /// which switches at the layer's next key frame; it holds across calls until changed. A
+    /// peer-to-peer call sends one layer only, so it changes nothing there.
+    async fn set_video_tiny(&self, user: &UserId, tiny: bool);
+
+    /// `set_video_view(user, sink, tiny)`: where `user`'s video goes, and in which layer.
+    async fn set_video_view(&self, user: UserId, sink: Box<dyn MediaSink>, tiny: bool) {
+        self.set_video_tiny(&user, tiny).await;
+        self.set_sink(user, MediaKind::Video, sink);
+    }
+
     /// `mute_all_remote_audio`: while muted, no remote user's audio reaches a sink (nothing is
     /// played); it is still received, so audio levels, status reports and first-frame times go
     /// on, and unmuting resumes at once without renegotiation. The switch holds across calls

@@ -42,7 +42,7 @@ pub use error::MediaError;
 pub use files::{IvfSink, OggOpusSink};
 pub use level::audio_level;
 pub use sink::{ChannelSink, MediaSink, RemoteFrame, TeeSink};
-pub use source::{AudioConfig, EncodedSample, MediaSource, VideoConfig};
+pub use source::{AudioConfig, EncodedSample, MediaSource, VideoConfig, VideoLayer};
 pub use testsrc::{TestPatternSource, ToneSource};
 pub use webrtc::{WebRtcConfig, WebRtcMediaAdapter};
 

@@ -23,6 +23,7 @@ use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
 use crate::keyframe_requests::KeyframeRequests;
+use crate::source::VideoLayer;
 
 /// Sender reports remembered for RTT matching.
 const SENT_SR_MEMORY: usize = 32;
@@ -42,6 +43,8 @@ pub(crate) struct RemoteReports {
     sent: VecDeque<(u32, Instant)>,
     /// Key-frame requests for our video stream.
     pub(crate) keyframes: KeyframeRequests,
+    /// Key-frame requests for the tiny layer of our video (simulcast, through the SFU).
+    pub(crate) tiny_keyframes: Option<KeyframeRequests>,
 }
 
 impl RemoteReports {
@@ -54,7 +57,19 @@ impl RemoteReports {
             ice_rtt: None,
             sent: VecDeque::new(),
             keyframes: KeyframeRequests::new(video_ssrc),
+            tiny_keyframes: None,
         }
+    }
+
+    /// Also watches the key-frame requests for the tiny layer we send as `tiny_ssrc`.
+    pub(crate) fn with_tiny_layer(mut self, tiny_ssrc: u32) -> Self {
+        self.tiny_keyframes = Some(KeyframeRequests::new(tiny_ssrc));
+        self
+    }
+
+    /// Key-frame requests received since the last call, both layers.
+    pub(crate) fn take_keyframe_requests(&mut self) -> u32 {
+        self.keyframes.take_received() + self.tiny_keyframes.as_mut().map_or(0, |k| k.take_received())
     }
 
     /// Takes the loss average of the interval (percent) and the latest RTT.
@@ -85,9 +100,9 @@ impl RemoteReports {
     }
 }
 
-/// Called when the peer asked for a key frame of our video (already coalesced). Runs on the
-/// connection's driver: it must not block.
-pub(crate) type KeyframeCallback = Box<dyn Fn() + Send + Sync>;
+/// Called when the peer asked for a key frame of (a layer of) our video (already coalesced).
+/// Runs on the connection's driver: it must not block.
+pub(crate) type KeyframeCallback = Box<dyn Fn(VideoLayer) + Send + Sync>;
 
 /// Passes every packet through unchanged, recording reports into the shared [`RemoteReports`]
 /// and forwarding key-frame requests to a callback.
@@ -125,6 +140,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpObserver {
             let mut reports = self.reports();
             let rtt = reports.rtt_estimate();
             let keyframe = reports.keyframes.on_rtcp(packets, msg.now, rtt);
+            let tiny = reports.tiny_keyframes.as_mut().is_some_and(|k| k.on_rtcp(packets, msg.now, rtt));
             for packet in packets {
                 let any = packet.as_any();
                 let blocks = if let Some(sr) = any.downcast_ref::<SenderReport>() {
@@ -141,7 +157,11 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpObserver {
             drop(reports);
             if keyframe {
                 tracing::debug!("peer asked for a key frame");
-                (self.on_keyframe_request)();
+                (self.on_keyframe_request)(VideoLayer::Full);
+            }
+            if tiny {
+                tracing::debug!("peer asked for a key frame of the tiny layer");
+                (self.on_keyframe_request)(VideoLayer::Tiny);
             }
         }
         self.read_queue.push_back(msg);
@@ -199,7 +219,7 @@ mod tests {
         let counter = Arc::clone(&calls);
         let mut observer = RtcpObserver::new(
             Arc::clone(&reports),
-            Box::new(move || {
+            Box::new(move |_| {
                 counter.fetch_add(1, Ordering::Relaxed);
             }),
         );

@@ -58,6 +58,31 @@ impl Default for AudioConfig {
     }
 }
 
+/// A layer of simulcast video: through the SFU, a camera sends its picture twice, whole and at a
+/// quarter of the pixels (half the width and height), and each viewer gets one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VideoLayer {
+    /// The picture as configured.
+    Full,
+    /// The small copy for small views (`set_video_view(user, sink, tiny: true)`).
+    Tiny,
+}
+
+impl VideoConfig {
+    /// The config of the tiny layer: half the width and height (even, at least 16), a quarter of
+    /// the bitrate (at least 30 kbit/s), same frame rate.
+    pub fn tiny(&self) -> VideoConfig {
+        let half = |v: u32| ((v / 2) & !1).max(16);
+        VideoConfig {
+            width: half(self.width),
+            height: half(self.height),
+            fps: self.fps,
+            min_bitrate_kbps: (self.min_bitrate_kbps / 4).max(30),
+            max_bitrate_kbps: (self.max_bitrate_kbps / 4).max(30),
+        }
+    }
+}
+
 /// A local camera or microphone as the adapter sees it: a paced producer of encoded samples.
 ///
 /// The adapter pulls [`next_sample`](MediaSource::next_sample) while the device is enabled and a
@@ -81,6 +106,25 @@ pub trait MediaSource: Send + 'static {
     /// Applies an audio config (audio sources).
     fn apply_audio_config(&mut self, _config: &AudioConfig) {}
 
-    /// Asks a video source for a key frame soon (a peer just connected).
+    /// Asks a video source for a key frame soon (a peer just connected), of every layer.
     fn request_keyframe(&mut self) {}
+
+    /// Simulcast (calls through the SFU): when on, a video source that can also encodes each
+    /// frame at the [tiny](VideoConfig::tiny) size and hands it out with
+    /// [`take_tiny_sample`](MediaSource::take_tiny_sample). Sources that cannot ignore it and send
+    /// one layer, which every viewer then gets.
+    fn set_simulcast(&mut self, _on: bool) {}
+
+    /// The tiny layer's frame of the picture [`next_sample`](MediaSource::next_sample) just
+    /// returned, if the source made one (simulcast on).
+    fn take_tiny_sample(&mut self) -> Option<EncodedSample> {
+        None
+    }
+
+    /// Asks for a key frame of one layer only (a viewer of that layer lost video or switched to
+    /// it): the other layer's viewers get no key frame they did not need. By default, a key
+    /// frame of every layer.
+    fn request_layer_keyframe(&mut self, _layer: VideoLayer) {
+        self.request_keyframe();
+    }
 }

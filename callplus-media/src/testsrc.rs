@@ -10,7 +10,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::error::MediaError;
 use crate::level::audio_level;
-use crate::source::{AudioConfig, EncodedSample, MediaSource, VideoConfig};
+use crate::source::{AudioConfig, EncodedSample, MediaSource, VideoConfig, VideoLayer};
 use crate::vp8_encoder::{Vp8Encoder, Vp8Frame, Vp8Settings};
 
 /// Opus frame length.
@@ -118,8 +118,8 @@ impl MediaSource for ToneSource {
     }
 }
 
-/// Encoded frames (data, key frame?) or why encoding failed.
-type EncodeResult = Result<Vec<Vp8Frame>, String>;
+/// Encoded frames (data, key frame?) of the full and the tiny layer, or why encoding failed.
+type EncodeResult = Result<(Vec<Vp8Frame>, Vec<Vp8Frame>), String>;
 
 /// One encode job for the encoder thread.
 struct EncodeJob {
@@ -127,6 +127,8 @@ struct EncodeJob {
     config: VideoConfig,
     /// Encode this frame as a key frame.
     keyframe: bool,
+    /// Also encode the tiny layer (simulcast); `Some(true)` as a key frame.
+    tiny: Option<bool>,
     reply: oneshot::Sender<EncodeResult>,
 }
 
@@ -134,13 +136,20 @@ struct EncodeJob {
 /// encoded to VP8 with libvpx on its own thread, paced at the configured frame rate.
 ///
 /// Config changes restart the encoder (whose first frame is a key frame); key-frame requests
-/// make the next frame a key frame.
+/// make the next frame a key frame. With simulcast on, a second encoder makes the tiny layer of
+/// each frame (the same pattern drawn at [`VideoConfig::tiny`]'s size), with its own key frames.
 pub struct TestPatternSource {
     config: VideoConfig,
     jobs: std_mpsc::Sender<EncodeJob>,
     index: u64,
     /// The next frame must be a key frame (the first, or one a peer asked for).
     keyframe: bool,
+    /// Simulcast on: the tiny layer is encoded too.
+    simulcast: bool,
+    /// The next tiny frame must be a key frame.
+    tiny_keyframe: bool,
+    /// The tiny layer of the last frame returned.
+    tiny: Option<EncodedSample>,
     ticker: Option<Interval>,
 }
 
@@ -172,7 +181,16 @@ impl TestPatternSource {
         check_video_config(&config)?;
         let (jobs, rx) = std_mpsc::channel::<EncodeJob>();
         std::thread::Builder::new().name("vp8-pattern".into()).spawn(move || encoder_thread(rx))?;
-        Ok(TestPatternSource { config, jobs, index: 0, keyframe: true, ticker: None })
+        Ok(TestPatternSource {
+            config,
+            jobs,
+            index: 0,
+            keyframe: true,
+            simulcast: false,
+            tiny_keyframe: true,
+            tiny: None,
+            ticker: None,
+        })
     }
 }
 
@@ -202,25 +220,45 @@ fn pattern(config: &VideoConfig, index: u64) -> Vec<u8> {
     buf
 }
 
+/// Encodes frame `index` of the pattern at `config` with `encoder` (made again when the config
+/// changed).
+fn encode_pattern(
+    encoder: &mut Option<(Vp8Encoder, i64)>,
+    config: &VideoConfig,
+    index: u64,
+    keyframe: bool,
+) -> Result<Vec<Vp8Frame>, String> {
+    let settings = Vp8Settings {
+        width: config.width,
+        height: config.height,
+        fps: config.fps,
+        bitrate_kbps: config.max_bitrate_kbps,
+    };
+    if encoder.as_ref().is_none_or(|(enc, _)| enc.settings() != settings) {
+        *encoder = None; // destroy the old context first
+        *encoder = Some((Vp8Encoder::new(settings)?, 0));
+    }
+    let Some((enc, pts)) = encoder.as_mut() else { return Err("no encoder".into()) };
+    let image = pattern(config, index);
+    let out = enc.encode(*pts, &image, keyframe)?;
+    *pts += 1;
+    Ok(out)
+}
+
 fn encoder_thread(jobs: std_mpsc::Receiver<EncodeJob>) {
-    let mut encoder: Option<(Vp8Encoder, i64)> = None;
+    let mut full: Option<(Vp8Encoder, i64)> = None;
+    let mut tiny: Option<(Vp8Encoder, i64)> = None;
     while let Ok(job) = jobs.recv() {
         let result = (|| -> EncodeResult {
-            let settings = Vp8Settings {
-                width: job.config.width,
-                height: job.config.height,
-                fps: job.config.fps,
-                bitrate_kbps: job.config.max_bitrate_kbps,
+            let out = encode_pattern(&mut full, &job.config, job.index, job.keyframe)?;
+            let small = match job.tiny {
+                Some(keyframe) => encode_pattern(&mut tiny, &job.config.tiny(), job.index, keyframe)?,
+                None => {
+                    tiny = None; // a later start of the layer begins with a key frame
+                    Vec::new()
+                }
             };
-            if encoder.as_ref().is_none_or(|(enc, _)| enc.settings() != settings) {
-                encoder = None; // destroy the old context first
-                encoder = Some((Vp8Encoder::new(settings)?, 0));
-            }
-            let Some((enc, pts)) = encoder.as_mut() else { return Err("no encoder".into()) };
-            let image = pattern(&job.config, job.index);
-            let out = enc.encode(*pts, &image, job.keyframe)?;
-            *pts += 1;
-            Ok(out)
+            Ok((out, small))
         })();
         // The source may have given up waiting (its future was dropped): nothing to do.
         let _ = job.reply.send(result);
@@ -238,21 +276,35 @@ impl MediaSource for TestPatternSource {
         loop {
             self.ticker.get_or_insert_with(|| ticker(period)).tick().await;
             let (reply, rx) = oneshot::channel();
-            let job = EncodeJob { index: self.index, config: self.config, keyframe: self.keyframe, reply };
+            let tiny = self.simulcast.then_some(self.tiny_keyframe);
+            let job =
+                EncodeJob { index: self.index, config: self.config, keyframe: self.keyframe, tiny, reply };
             if self.jobs.send(job).is_err() {
                 tracing::warn!("vp8 encoder thread is gone");
                 return None;
             }
             self.index += 1;
             match rx.await {
-                Ok(Ok(frames)) => {
+                Ok(Ok((frames, tiny))) => {
                     if frames.iter().any(|(_, key)| *key) {
                         self.keyframe = false;
                     }
-                    let mut data = Vec::new();
-                    for (frame, _key) in frames {
-                        data.extend_from_slice(&frame);
+                    if tiny.iter().any(|(_, key)| *key) {
+                        self.tiny_keyframe = false;
                     }
+                    let join = |frames: Vec<Vp8Frame>| {
+                        let mut data = Vec::new();
+                        for (frame, _key) in frames {
+                            data.extend_from_slice(&frame);
+                        }
+                        data
+                    };
+                    let (data, tiny) = (join(frames), join(tiny));
+                    self.tiny = (!tiny.is_empty()).then(|| EncodedSample {
+                        data: Bytes::from(tiny),
+                        duration: period,
+                        audio_level: None,
+                    });
                     if !data.is_empty() {
                         return Some(EncodedSample {
                             data: Bytes::from(data),
@@ -284,5 +336,24 @@ impl MediaSource for TestPatternSource {
 
     fn request_keyframe(&mut self) {
         self.keyframe = true;
+        self.tiny_keyframe = true;
+    }
+
+    fn set_simulcast(&mut self, on: bool) {
+        if on && !self.simulcast {
+            self.tiny_keyframe = true;
+        }
+        self.simulcast = on;
+    }
+
+    fn take_tiny_sample(&mut self) -> Option<EncodedSample> {
+        self.tiny.take()
+    }
+
+    fn request_layer_keyframe(&mut self, layer: VideoLayer) {
+        match layer {
+            VideoLayer::Full => self.keyframe = true,
+            VideoLayer::Tiny => self.tiny_keyframe = true,
+        }
     }
 }

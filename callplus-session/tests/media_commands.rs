@@ -7,11 +7,16 @@
 
 mod sim;
 
+use callplus_session::client::ClientEvent;
 use callplus_session::client::{MediaCommand, MediaPeer};
 use callplus_session::media_token::media_token;
-use callplus_session::switchboard::{MediaRouter, Output, SwitchboardConfig};
-use callplus_session::{CallId, CallType, DeviceId, MediaKind, MediaPayload, MediaType, SfuRoute};
+use callplus_session::switchboard::{MEDIA_RECOVERY_MS, MediaRouter, Output, SwitchboardConfig};
+use callplus_session::{
+    CallId, CallType, DeviceId, EndReason, MediaKind, MediaPayload, MediaType, ParticipantState, SfuRoute,
+};
 use sim::{Sim, user};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 fn device(s: &str) -> DeviceId {
     DeviceId::new(s).unwrap_or_else(|e| panic!("{e}"))
@@ -494,4 +499,203 @@ fn invite_into_a_single_call_moves_its_media_to_the_sfu() {
     let users: Vec<String> = offers.iter().map(|(u, _, _)| u.clone()).collect();
     assert_eq!(users, vec!["alice", "bob", "carol"]);
     assert_no_violations(&sim);
+}
+
+/// Like [`setup_with_sfu`], but every token the signer makes is new (`tok.<n>`), as a real
+/// signer's are (each carries its expiry): a route sent again is a fresh one.
+fn setup_with_fresh_tokens(devices: &[(&str, &str)], mesh_max: usize) -> (Sim, Vec<usize>) {
+    let (mut sim, idx) = setup(devices);
+    let issued = Arc::new(AtomicU64::new(0));
+    sim.switchboard.set_media_router(MediaRouter {
+        sfu_user: user("callplus-sfu"),
+        sfu_device: device("sfu"),
+        mesh_max,
+        sign: Box::new(move |_, _, _| format!("tok.{}", issued.fetch_add(1, Ordering::Relaxed))),
+    });
+    (sim, idx)
+}
+
+/// The token of the `Start` commands a device got for `call`, in order (`None` for a mesh).
+fn started_tokens(sim: &Sim, idx: usize) -> Vec<Option<String>> {
+    sim.media(idx)
+        .into_iter()
+        .filter_map(|c| match c {
+            MediaCommand::Start { sfu, .. } => Some(sfu.as_ref().map(|r| r.token.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A three-party call through the (simulated) SFU with everyone connected to it.
+fn sfu_call(sim: &mut Sim, alice: usize, bob: usize, carol: usize) -> CallId {
+    let call = sim.start(alice, &["bob", "carol"], CallType::Multi, MediaType::AudioVideo);
+    sim.run_until(1_000, "both ring", |s| s.incoming(bob).is_some() && s.incoming(carol).is_some());
+    sim.accept(bob, &call);
+    sim.accept(carol, &call);
+    sim.run_until(2_000, "everyone connected to the sfu", |s| {
+        [alice, bob, carol].iter().all(|&i| s.devices[i].stack.connected_to_sfu(&call))
+    });
+    sim.settle();
+    call
+}
+
+#[test]
+fn a_mesh_call_that_grows_past_the_mesh_size_moves_to_the_sfu() {
+    let (mut sim, d) = setup_with_sfu(&[("alice", "a1"), ("bob", "b1"), ("carol", "c1")], 2);
+    let (alice, bob, carol) = (d[0], d[1], d[2]);
+    // Two participants, within the mesh size: peer to peer.
+    let call = sim.start(alice, &["bob"], CallType::Multi, MediaType::Audio);
+    sim.run_until(1_000, "bob rings", |s| s.incoming(bob).is_some());
+    sim.accept(bob, &call);
+    sim.run_until(1_000, "mesh up", |s| s.devices[alice].stack.connected_with(&call, "bob", "b1"));
+    assert!(offers_to_sfu(&sim, &call).is_empty());
+    sim.clear_media();
+
+    // Carol makes three: alice's and bob's media move to the SFU before she even answers.
+    sim.invite(alice, &["carol"]);
+    sim.run_until(1_000, "alice and bob connected to the sfu", |s| {
+        s.devices[alice].stack.connected_to_sfu(&call) && s.devices[bob].stack.connected_to_sfu(&call)
+    });
+    let moved = |me: &str, my_device: &str, peer: MediaPeer| {
+        let mut command = start(&call, me, my_device, MediaType::Audio, vec![peer]);
+        if let MediaCommand::Start { sfu, .. } = &mut command {
+            *sfu = Some(sfu_route(&call, me, my_device));
+        }
+        owned(vec![&stop(&call), &command])
+    };
+    assert_eq!(owned(sim.media(alice))[..2], moved("alice", "a1", peer("bob", "b1", true))[..]);
+    assert_eq!(owned(sim.media(bob))[..2], moved("bob", "b1", peer("alice", "a1", false))[..]);
+    assert!(sim.ended(alice, &call).is_none() && sim.ended(bob, &call).is_none(), "the call goes on");
+
+    sim.run_until(1_000, "carol rings", |s| s.incoming(carol).is_some());
+    sim.accept(carol, &call);
+    sim.run_until(1_000, "carol connected to the sfu", |s| s.devices[carol].stack.connected_to_sfu(&call));
+    let mut users: Vec<String> = offers_to_sfu(&sim, &call).into_iter().map(|(u, _, _)| u).collect();
+    users.sort();
+    assert_eq!(users, vec!["alice", "bob", "carol"], "one offer each, all to the sfu");
+    assert!(!sim.devices[alice].stack.connected_with(&call, "bob", "b1"), "no mesh connection left");
+    assert_no_violations(&sim);
+}
+
+#[test]
+fn a_device_whose_sfu_connection_failed_gets_a_fresh_route_and_reconnects() {
+    let (mut sim, d) = setup_with_fresh_tokens(&[("alice", "a1"), ("bob", "b1"), ("carol", "c1")], 0);
+    let (alice, bob, carol) = (d[0], d[1], d[2]);
+    let call = sfu_call(&mut sim, alice, bob, carol);
+    let first = started_tokens(&sim, bob);
+    assert_eq!(first.len(), 1);
+    sim.clear_media();
+    sim.outputs.clear();
+
+    // The SFU reports bob's connection failed: it is closed there, and bob gets a new route.
+    let now = sim.now;
+    sim.switchboard.sfu_participant_failed(now, &call, &user("bob"), &device("b1"));
+    sim.run_until(1_000, "bob back on the sfu", |s| {
+        started_tokens(s, bob).len() == 1 && s.devices[bob].stack.connected_to_sfu(&call)
+    });
+    let left = Output::SfuLeave { call_id: call.clone(), user: user("bob"), device: device("b1") };
+    let leave_at = sim.outputs.iter().position(|o| *o == left);
+    let leave_at = leave_at.unwrap_or_else(|| panic!("the failed connection is closed"));
+    let offers: Vec<usize> = sim
+        .outputs
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| matches!(o, Output::SfuSignal { from_user, payload: MediaPayload::SdpOffer(_), .. } if from_user.as_str() == "bob"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(offers.len(), 1, "bob offers once more");
+    assert!(leave_at < offers[0], "the old connection is gone before the new offer reaches the sfu");
+    let commands = owned(sim.media(bob));
+    assert!(
+        matches!(commands[..], [MediaCommand::Stop { .. }, MediaCommand::Start { .. }, ..]),
+        "{commands:?}"
+    );
+    let again = started_tokens(&sim, bob);
+    assert_eq!(again.len(), 1);
+    assert_ne!(again, first, "a fresh token");
+    assert!(sim.media(alice).is_empty() && sim.media(carol).is_empty(), "nobody else restarts");
+
+    // The SFU sees bob connect again: he stays, well past the recovery bound.
+    let now = sim.now;
+    sim.switchboard.sfu_participant_connected(now, &call, &user("bob"), &device("b1"));
+    sim.run_for(MEDIA_RECOVERY_MS + 5_000);
+    for &i in &[alice, bob, carol] {
+        assert!(sim.ended(i, &call).is_none(), "{}: still in the call", sim.devices[i].name);
+    }
+    assert_no_violations(&sim);
+}
+
+#[test]
+fn a_participant_whose_sfu_connection_does_not_come_back_is_removed() {
+    let (mut sim, d) = setup_with_fresh_tokens(&[("alice", "a1"), ("bob", "b1"), ("carol", "c1")], 0);
+    let (alice, bob, carol) = (d[0], d[1], d[2]);
+    let call = sfu_call(&mut sim, alice, bob, carol);
+    sim.clear_events();
+    let failed_at = sim.now;
+    sim.switchboard.sfu_participant_failed(failed_at, &call, &user("bob"), &device("b1"));
+    // A second report (the reconnection failed too) does not move the deadline.
+    sim.run_for(MEDIA_RECOVERY_MS / 2);
+    let now = sim.now;
+    sim.switchboard.sfu_participant_failed(now, &call, &user("bob"), &device("b1"));
+    sim.run_for(MEDIA_RECOVERY_MS / 2 - 1_000);
+    assert!(sim.ended(bob, &call).is_none(), "within the bound bob is still in");
+
+    sim.run_until(3_000, "bob removed", |s| s.ended(bob, &call).is_some());
+    assert!(sim.now - failed_at <= MEDIA_RECOVERY_MS + 1_000, "removed at the bound, not later");
+    assert_eq!(sim.ended(bob, &call), Some(EndReason::NetworkError));
+    for &i in &[alice, carol] {
+        let left = sim.events(i).into_iter().any(|e| {
+            matches!(e, ClientEvent::RemoteUserStateChanged { call_id, user_id, state: ParticipantState::Ended, reason: Some(EndReason::NetworkError) }
+                if call_id == &call && user_id.as_str() == "bob")
+        });
+        assert!(left, "{}: bob left with NETWORK_ERROR", sim.devices[i].name);
+        assert!(sim.ended(i, &call).is_none(), "{}: the call goes on", sim.devices[i].name);
+    }
+    assert!(
+        sim.media(bob).last().is_some_and(|c| matches!(c, MediaCommand::Stop { .. })),
+        "bob's media stops"
+    );
+    let removed = owned(sim.media(alice))
+        .into_iter()
+        .any(|c| matches!(c, MediaCommand::RemovePeer { user_id, .. } if user_id.as_str() == "bob"));
+    assert!(removed, "alice drops bob");
+    assert_no_violations(&sim);
+}
+
+#[test]
+fn camera_off_and_on_pauses_and_resumes_forwarding_at_the_sfu() {
+    let (mut sim, d) = setup_with_sfu(&[("alice", "a1"), ("bob", "b1"), ("carol", "c1")], 0);
+    let (alice, bob, carol) = (d[0], d[1], d[2]);
+    let call = sfu_call(&mut sim, alice, bob, carol);
+    sim.outputs.clear();
+    sim.clear_events();
+    sim.set_camera(alice, false);
+    sim.run_until(1_000, "bob sees the camera event", |s| {
+        s.events(bob).iter().any(|e| matches!(e, ClientEvent::RemoteCameraStateChanged { .. }))
+    });
+    sim.set_camera(alice, true);
+    sim.settle();
+    let pauses: Vec<(String, MediaKind, bool)> = sim
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::SfuPause { call_id, user, device, kind, paused } if call_id == &call => {
+                assert_eq!(device.as_str(), "a1");
+                Some((user.to_string(), *kind, *paused))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        pauses,
+        vec![("alice".into(), MediaKind::Video, true), ("alice".into(), MediaKind::Video, false)]
+    );
+
+    // A mesh call tells no SFU anything.
+    let (mut sim, d) = setup_with_sfu(&[("alice", "a1"), ("bob", "b1")], 0);
+    let mesh = sim.answered_call(d[0], d[1], "bob", MediaType::AudioVideo);
+    sim.outputs.clear();
+    sim.set_camera(d[0], false);
+    sim.settle();
+    assert!(!sim.outputs.iter().any(|o| matches!(o, Output::SfuPause { call_id, .. } if call_id == &mesh)));
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Slot};
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
-use webrtc::peer_connection::{MediaEngine, Registry, configure_rtcp_reports};
+use webrtc::peer_connection::{
+    MediaEngine, Registry, configure_rtcp_reports, configure_simulcast_extension_headers,
+};
 
 use crate::error::SfuError;
 use crate::feedback::KeyframeTap;
@@ -64,6 +66,9 @@ pub(crate) fn media_engine_and_interceptors(tap: KeyframeTap) -> Result<(MediaEn
             RtpCodecKind::Video,
         );
     }
+    // `mid` and `rid` header extensions: a simulcast publisher's layers are told apart by them
+    // (its offer declares `a=rid` lines, not SSRCs).
+    configure_simulcast_extension_headers(&mut media)?;
     let registry = Registry::new()
         .with(Slot::NackResponder, NackResponderBuilder::new().build())
         .with(

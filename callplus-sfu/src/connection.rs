@@ -1,14 +1,15 @@
 //! One participant's peer connection at the SFU: how it is built, and its callbacks (local ICE
 //! candidates held behind our description, connection state, incoming tracks, key-frame
-//! requests), which only post to the SFU task.
+//! requests, the participant's control channel), which only post to the SFU task.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use callplus_session::{IceServer, MediaPayload};
 use rtc::ice::mdns::MulticastDnsMode;
 use tokio::sync::mpsc;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceServer,
@@ -16,9 +17,19 @@ use webrtc::peer_connection::{
 };
 
 use crate::codecs::media_engine_and_interceptors;
+use crate::control::{CONTROL_LABEL, ControlMessage};
 use crate::error::SfuError;
 use crate::feedback::KeyframeTap;
 use crate::sfu::{Command, ParticipantKey, SfuEvent};
+
+/// No packet from the device for this long: disconnected (the stack's default is 5 s).
+const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(3);
+/// Disconnected for this long more: failed, and the signalling layer starts the device's
+/// recovery (a fresh route). The stack's default, 25 s, would leave the others looking at a
+/// frozen picture for half a minute; media that pauses for 5 s is gone for a call anyway.
+const ICE_FAILED_AFTER: Duration = Duration::from_secs(5);
+/// Keepalives (consent checks) when nothing else is sent (the stack's default is 2 s).
+const ICE_KEEPALIVE: Duration = Duration::from_secs(1);
 
 pub(crate) fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -105,17 +116,43 @@ impl PeerConnectionEventHandler for Handler {
                     device: s.key.device.clone(),
                 });
             }
-            RTCPeerConnectionState::Failed => s.emit(SfuEvent::ParticipantFailed {
-                call_id: s.key.call_id.clone(),
-                user: s.key.user.clone(),
-                device: s.key.device.clone(),
-            }),
+            // Closed without the SFU closing it (`closed` is set first when it does): the
+            // device's side went away; as good as failed.
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                s.emit(SfuEvent::ParticipantFailed {
+                    call_id: s.key.call_id.clone(),
+                    user: s.key.user.clone(),
+                    device: s.key.device.clone(),
+                })
+            }
             _ => {}
         }
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         self.shared.command(Command::Track { key: self.shared.key.clone(), track });
+    }
+
+    async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
+        let label = channel.label().await.unwrap_or_default();
+        if label != CONTROL_LABEL {
+            tracing::debug!(label, "sfu: data channel of unknown purpose ignored");
+            return;
+        }
+        // Weak: the channel's task must not keep the participant's state alive.
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            while let Some(event) = channel.poll().await {
+                let DataChannelEvent::OnMessage(message) = event else { continue };
+                let Some(shared) = shared.upgrade() else { break };
+                match ControlMessage::parse(&message.data).and_then(|m| m.view()) {
+                    Some((publisher, layer)) => {
+                        shared.command(Command::VideoView { key: shared.key.clone(), publisher, layer })
+                    }
+                    None => tracing::debug!(user = %shared.key.user, "sfu: control message ignored"),
+                }
+            }
+        });
     }
 }
 
@@ -150,7 +187,10 @@ pub(crate) async fn connect(
         }
     }));
     let (media, registry) = media_engine_and_interceptors(tap)?;
-    let settings = SettingEngineBuilder::new().with_multicast_dns_mode(MulticastDnsMode::Disabled).build();
+    let settings = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .with_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(ICE_FAILED_AFTER), Some(ICE_KEEPALIVE))
+        .build();
     let configuration =
         RTCConfigurationBuilder::new().with_ice_servers(ice_servers.iter().map(ice_server).collect()).build();
     let pc = PeerConnectionBuilder::new()

@@ -1,5 +1,6 @@
-//! Forwarding one published track: every RTP packet from the publisher goes, unchanged but for
-//! its SSRC, to each subscriber's outgoing track. Nothing is decoded.
+//! Forwarding one published track: every RTP packet from the publisher goes to each subscriber's
+//! outgoing track, with the subscriber's SSRC and, for simulcast video, only the layer that
+//! subscriber gets ([`LayerSwitch`]). Nothing is decoded.
 //!
 //! Each subscriber's copy goes through its own bounded queue and writer task: writing to a
 //! connection waits when that connection's driver is behind, and a subscriber on a slow path must
@@ -8,17 +9,31 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex as StdMutex, RwLock};
+use std::time::Instant;
 
-use callplus_session::{DeviceId, UserId};
+use callplus_session::{DeviceId, MediaKind, UserId};
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp;
 use tokio::sync::mpsc;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
+use crate::connection::lock;
+use crate::keyframe_gate::KeyframeGate;
+use crate::layers::{Available, LAYER_TIMEOUT, Layer, LayerSwitch, PacketInfo};
+use crate::vp8::starts_keyframe;
+
 /// Packets a subscriber's copy of one stream may have waiting: about a second of 500 kbit/s video.
 pub(crate) const QUEUE: usize = 512;
+
+/// What a subscriber's copy decides under its lock: which layer, and when to ask for a key frame.
+pub(crate) struct TargetState {
+    pub(crate) layers: LayerSwitch,
+    /// Key-frame requests for this subscriber, its own (PLI/FIR) and its layer switches alike.
+    pub(crate) gate: KeyframeGate,
+}
 
 /// One subscriber's copy of a published stream.
 pub(crate) struct Target {
@@ -31,11 +46,18 @@ pub(crate) struct Target {
     /// reach a browser as an unsignalled SSRC, which Chromium may bind to the wrong receiver
     /// and then never deliver the stream.
     live: AtomicBool,
+    pub(crate) state: StdMutex<TargetState>,
 }
 
 impl Target {
-    /// A target writing to `track`; its writer task ends when the target is dropped.
-    pub(crate) fn spawn(track: Arc<TrackLocalStaticRTP>, ssrc: u32, dropped: Arc<AtomicU64>) -> Arc<Target> {
+    /// A target writing to `track`, getting `layer`; its writer task ends when the target is
+    /// dropped.
+    pub(crate) fn spawn(
+        track: Arc<TrackLocalStaticRTP>,
+        ssrc: u32,
+        layer: Layer,
+        dropped: Arc<AtomicU64>,
+    ) -> Arc<Target> {
         let (queue, mut packets) = mpsc::channel::<rtp::Packet>(QUEUE);
         tokio::spawn(async move {
             while let Some(packet) = packets.recv().await {
@@ -45,7 +67,20 @@ impl Target {
                 }
             }
         });
-        Arc::new(Target { queue, ssrc, dropped, live: AtomicBool::new(false) })
+        Arc::new(Target::new(queue, ssrc, layer, dropped))
+    }
+
+    fn new(queue: mpsc::Sender<rtp::Packet>, ssrc: u32, layer: Layer, dropped: Arc<AtomicU64>) -> Target {
+        Target {
+            queue,
+            ssrc,
+            dropped,
+            live: AtomicBool::new(false),
+            state: StdMutex::new(TargetState {
+                layers: LayerSwitch::new(layer),
+                gate: KeyframeGate::default(),
+            }),
+        }
     }
 
     /// Starts forwarding: the subscriber's answer to an offer carrying this stream is in.
@@ -53,14 +88,19 @@ impl Target {
         self.live.store(true, Ordering::Release);
     }
 
-    /// Queues a copy of `packet` for the subscriber without waiting; `false` when it was dropped
-    /// (queue full, or the subscriber is gone).
-    pub(crate) fn offer(&self, packet: &rtp::Packet) -> bool {
+    /// Queues the subscriber's copy of `packet` without waiting; `false` when it was not
+    /// forwarded (not live yet, another layer, queue full, or the subscriber is gone).
+    fn offer(&self, packet: &rtp::Packet, info: PacketInfo, available: Available, now: Instant) -> bool {
         if !self.live.load(Ordering::Acquire) {
             return false;
         }
+        let Some((seq, timestamp)) = lock(&self.state).layers.on_packet(info, available, now) else {
+            return false;
+        };
         let mut copy = packet.clone();
         copy.header.ssrc = self.ssrc;
+        copy.header.sequence_number = seq;
+        copy.header.timestamp = timestamp;
         copy.header.extension = false;
         copy.header.extension_profile = 0;
         copy.header.extensions.clear();
@@ -73,23 +113,108 @@ impl Target {
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
+
+    /// A layer switch waits for a key frame and the gate lets a request through now: the layer
+    /// to ask for.
+    fn switch_keyframe(&self, now: Instant) -> Option<Layer> {
+        let mut state = lock(&self.state);
+        if !state.layers.switch_pending() {
+            return None;
+        }
+        let layer = state.layers.keyframe_layer();
+        state.gate.allow(now).then_some(layer)
+    }
 }
 
 /// The subscribers of one published stream, by (user, device).
 pub(crate) type Fanout = RwLock<HashMap<(UserId, DeviceId), Arc<Target>>>;
 
+/// The SSRC of each layer of a published stream, learnt from its packets' `rid`.
+#[derive(Debug, Default)]
+pub(crate) struct LayerSsrcs {
+    ssrcs: StdMutex<[Option<u32>; 2]>,
+}
+
+impl LayerSsrcs {
+    pub(crate) fn get(&self, layer: Layer) -> Option<u32> {
+        lock(&self.ssrcs)[layer.index()]
+    }
+
+    fn set(&self, layer: Layer, ssrc: u32) {
+        lock(&self.ssrcs)[layer.index()] = Some(ssrc);
+    }
+}
+
 /// Reads the publisher's track until it ends and offers each packet to every subscriber.
 ///
-/// Sequence numbers and timestamps stay the publisher's, so a subscriber's NACK names the same
-/// packet the SFU asks the publisher for. Header extensions are dropped: their ids were
-/// negotiated on the publisher's connection, not the subscriber's.
-pub(crate) async fn forward(track: Arc<dyn TrackRemote>, fanout: Arc<Fanout>) {
+/// Until a subscriber switches layers, sequence numbers and timestamps stay the publisher's, so
+/// its NACK names the same packet the SFU asks the publisher for. Header extensions are dropped:
+/// their ids were negotiated on the publisher's connection, not the subscriber's. Subscribers
+/// waiting to switch layers get a key frame of the new layer asked for (at most once per
+/// [`crate::keyframe_gate::MIN_INTERVAL`] each); `keyframes` counts the requests sent.
+pub(crate) async fn forward(
+    track: Arc<dyn TrackRemote>,
+    kind: MediaKind,
+    fanout: Arc<Fanout>,
+    layer_ssrcs: Arc<LayerSsrcs>,
+    keyframes: Arc<AtomicU64>,
+) {
+    let mut layers: HashMap<u32, Layer> = HashMap::new();
+    let mut seen: [Option<Instant>; 2] = [None, None];
     while let Some(event) = track.poll().await {
         match event {
+            TrackRemoteEvent::OnOpen(init) => {
+                let layer = Layer::from_rid(init.rid.as_deref().unwrap_or_default());
+                layers.insert(init.ssrc, layer);
+                layer_ssrcs.set(layer, init.ssrc);
+            }
             TrackRemoteEvent::OnRtpPacket(packet) => {
-                let fanout = fanout.read().unwrap_or_else(|p| p.into_inner());
-                for target in fanout.values() {
-                    target.offer(&packet);
+                let ssrc = packet.header.ssrc;
+                let layer = match layers.get(&ssrc) {
+                    Some(layer) => *layer,
+                    None => {
+                        // Its `OnOpen` was lost (the stack drops it on a full queue): ask the track.
+                        let layer = Layer::from_rid(&track.rid(ssrc).await.unwrap_or_default());
+                        layers.insert(ssrc, layer);
+                        layer_ssrcs.set(layer, ssrc);
+                        layer
+                    }
+                };
+                let now = Instant::now();
+                seen[layer.index()] = Some(now);
+                let available =
+                    seen.map(|at| at.is_some_and(|at| now.saturating_duration_since(at) < LAYER_TIMEOUT));
+                let info = PacketInfo {
+                    layer,
+                    seq: packet.header.sequence_number,
+                    timestamp: packet.header.timestamp,
+                    marker: packet.header.marker,
+                    keyframe_start: kind == MediaKind::Video && starts_keyframe(&packet.payload),
+                };
+                let mut ask = [false; 2];
+                {
+                    let fanout = fanout.read().unwrap_or_else(|p| p.into_inner());
+                    for target in fanout.values() {
+                        target.offer(&packet, info, available, now);
+                        if kind == MediaKind::Video
+                            && let Some(wanted) = target.switch_keyframe(now)
+                            && available[wanted.index()]
+                        {
+                            ask[wanted.index()] = true;
+                        }
+                    }
+                }
+                for layer in [Layer::Full, Layer::Tiny] {
+                    if !ask[layer.index()] {
+                        continue;
+                    }
+                    let Some(media_ssrc) = layer_ssrcs.get(layer) else { continue };
+                    keyframes.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(?layer, media_ssrc, "sfu: key frame requested for a layer switch");
+                    let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc };
+                    if let Err(e) = track.write_rtcp(vec![Box::new(pli)]).await {
+                        tracing::debug!(error = %e, "sfu: PLI not sent");
+                    }
                 }
             }
             TrackRemoteEvent::OnEnded => break,
@@ -106,22 +231,28 @@ mod tests {
     fn a_full_queue_drops_instead_of_waiting_and_counts() {
         let (queue, mut rx) = mpsc::channel(2);
         let dropped = Arc::new(AtomicU64::new(0));
-        let target = Target { queue, ssrc: 77, dropped: Arc::clone(&dropped), live: AtomicBool::new(false) };
+        let target = Target::new(queue, 77, Layer::Full, Arc::clone(&dropped));
         let mut packet = rtp::Packet::default();
         packet.header.ssrc = 5;
         packet.header.sequence_number = 9;
         packet.header.extension = true;
-        assert!(!target.offer(&packet), "nothing goes before the subscriber knows the stream");
+        let info =
+            PacketInfo { layer: Layer::Full, seq: 9, timestamp: 0, marker: true, keyframe_start: false };
+        let now = Instant::now();
+        assert!(
+            !target.offer(&packet, info, [true, false], now),
+            "nothing goes before the subscriber knows the stream"
+        );
         assert_eq!(dropped.load(Ordering::Relaxed), 0, "held back is not a queue drop");
         target.go_live();
-        let offered: Vec<bool> = (0..3).map(|_| target.offer(&packet)).collect();
+        let offered: Vec<bool> = (0..3).map(|_| target.offer(&packet, info, [true, false], now)).collect();
         assert_eq!(offered, [true, true, false], "the third finds the queue full and does not wait");
         assert_eq!(dropped.load(Ordering::Relaxed), 1);
         let copy = rx.try_recv().map_err(|e| e.to_string());
         let copy = copy.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((copy.header.ssrc, copy.header.sequence_number, copy.header.extension), (77, 9, false));
         drop(rx);
-        assert!(!target.offer(&packet), "a subscriber that is gone takes nothing");
+        assert!(!target.offer(&packet, info, [true, false], now), "a subscriber that is gone takes nothing");
         assert_eq!(dropped.load(Ordering::Relaxed), 1, "and that is not a queue drop");
     }
 }

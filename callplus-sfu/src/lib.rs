@@ -8,20 +8,30 @@
 //! Per subscriber: the SFU answers its NACKs from the packets it sent on that connection (the
 //! stack's NACK responder), asks the publisher itself for what never reached the SFU, and passes
 //! its key-frame requests (PLI/FIR) on to the publisher at most once per 500 ms
-//! ([`keyframe_gate`]). See `docs/media.md`, "Group calls through the SFU".
+//! ([`keyframe_gate`]).
+//!
+//! Simulcast: a publisher's video may come in two layers (`rid` "f" and "q"); each subscriber gets
+//! one layer per publisher, chosen over its control data channel ([`control`]), and is moved
+//! between layers at a key frame with its numbering kept continuous ([`layers`]). See
+//! `docs/media.md`, "Group calls through the SFU".
 //!
 //! Built on the `webrtc`/`rtc` 0.21 stack the clients use; no codec and no system library.
 #![forbid(unsafe_code)]
 
 mod codecs;
 mod connection;
+pub mod control;
 mod error;
 mod feedback;
 mod forward;
 pub mod keyframe_gate;
+pub mod layers;
 mod sfu;
 mod token;
+mod vp8;
 
+pub use control::{CONTROL_LABEL, ControlMessage};
 pub use error::SfuError;
+pub use layers::Layer;
 pub use sfu::{Sfu, SfuConfig, SfuEvent, SfuEvents, SfuStats};
 pub use token::{MediaTokens, TokenError};

@@ -16,6 +16,7 @@ use callplus_session::{CallId, DeviceId, IceServer, MediaKind, MediaPayload, Use
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use webrtc::media_stream::track_local::TrackLocal;
@@ -27,9 +28,11 @@ use webrtc::rtp_transceiver::RtpSender;
 use crate::codecs::{opus_codec, vp8_codec};
 use crate::connection::{Shared, connect};
 use crate::error::SfuError;
-use crate::forward::{Fanout, Target, forward};
-use crate::keyframe_gate::KeyframeGate;
+use crate::forward::{Fanout, LayerSsrcs, Target, forward};
+use crate::layers::Layer;
 use crate::token::MediaTokens;
+
+mod pause;
 
 /// Settings of an [`Sfu`].
 #[derive(Clone)]
@@ -114,6 +117,10 @@ pub struct SfuStats {
     pub keyframe_requests_held: u64,
     /// Packets not forwarded because a subscriber's queue was full (its path is too slow).
     pub packets_dropped: u64,
+    /// Key frames asked of publishers so that a subscriber could switch simulcast layers.
+    pub layer_keyframe_requests: u64,
+    /// Simulcast layer switches made (a subscriber moved to the tiny or the full layer).
+    pub layer_switches: u64,
 }
 
 /// One participant device of one call.
@@ -149,6 +156,14 @@ pub(crate) enum Command {
     Stats {
         reply: oneshot::Sender<SfuStats>,
     },
+    /// Stop or resume forwarding a publisher's stream (`pause`).
+    Pause {
+        call_id: CallId,
+        publisher: Member,
+        kind: MediaKind,
+        paused: bool,
+        reply: oneshot::Sender<()>,
+    },
     /// A publisher's track arrived (from the connection's callback).
     Track {
         key: ParticipantKey,
@@ -159,6 +174,12 @@ pub(crate) enum Command {
         key: ParticipantKey,
         ssrc: u32,
         at: Instant,
+    },
+    /// A subscriber chose a layer of a publisher's video (its control channel).
+    VideoView {
+        key: ParticipantKey,
+        publisher: UserId,
+        layer: Layer,
     },
 }
 
@@ -210,6 +231,8 @@ impl Sfu {
             keyframes_forwarded: 0,
             keyframes_held: 0,
             dropped: Arc::new(AtomicU64::new(0)),
+            paused: HashMap::new(),
+            layer_keyframes: Arc::new(AtomicU64::new(0)),
         };
         tokio::spawn(task.run(commands_rx));
         (Sfu { commands, tokens }, SfuEvents { rx })
@@ -264,6 +287,22 @@ impl Sfu {
         self.ask(|reply| Command::EndCall { call_id, reply }).await
     }
 
+    /// Stops (`paused`) or resumes forwarding `user`'s stream of `kind` to the call's other
+    /// participants: its camera (video) or microphone (audio) went off or on. Resuming video
+    /// asks the publisher for a key frame. Holds across the publisher's reconnections until the
+    /// call ends.
+    pub async fn set_paused(
+        &self,
+        call_id: &CallId,
+        user: &UserId,
+        device: &DeviceId,
+        kind: MediaKind,
+        paused: bool,
+    ) -> Result<(), SfuError> {
+        let (call_id, publisher) = (call_id.clone(), (user.clone(), device.clone()));
+        self.ask(|reply| Command::Pause { call_id, publisher, kind, paused, reply }).await
+    }
+
     /// The SFU's counters now.
     pub async fn stats(&self) -> Result<SfuStats, SfuError> {
         self.ask(|reply| Command::Stats { reply }).await
@@ -274,6 +313,8 @@ impl Sfu {
 struct Published {
     track: Arc<dyn TrackRemote>,
     ssrc: u32,
+    /// The SSRC of each simulcast layer (video), as its packets arrive.
+    layers: Arc<LayerSsrcs>,
     fanout: Arc<Fanout>,
     task: JoinHandle<()>,
 }
@@ -282,8 +323,8 @@ struct Published {
 struct Subscription {
     sender: Arc<dyn RtpSender>,
     ssrc: u32,
-    gate: KeyframeGate,
-    /// The subscriber's copy of the stream, live once an answer covers it.
+    /// The subscriber's copy of the stream (with its layer and key-frame gate), live once an
+    /// answer covers it.
     target: Arc<Target>,
     /// Named in an offer already sent, so the next answer covers it.
     offered: bool,
@@ -298,6 +339,9 @@ struct Participant {
     renegotiate: bool,
     published: HashMap<MediaKind, Published>,
     subscriptions: HashMap<(Member, MediaKind), Subscription>,
+    /// The layer this participant asked for per publisher (full when not asked); kept for
+    /// publishers that are not forwarded yet.
+    views: HashMap<UserId, Layer>,
 }
 
 struct Task {
@@ -310,6 +354,10 @@ struct Task {
     keyframes_held: u64,
     /// Packets dropped at full subscriber queues.
     dropped: Arc<AtomicU64>,
+    /// Streams whose forwarding is paused, with the subscribers' copies held back (`pause`).
+    paused: HashMap<pause::PausedKey, pause::Held>,
+    /// Key frames asked for layer switches (by the forwarding tasks).
+    layer_keyframes: Arc<AtomicU64>,
 }
 
 fn invalid(key: &ParticipantKey, reason: impl ToString) -> SfuError {
@@ -339,6 +387,7 @@ impl Task {
             match command {
                 Command::Signal { key, payload, reply } => {
                     let result = self.on_signal(&key, payload).await;
+                    self.hold_paused(&key.call_id);
                     if let Err(e) = &result {
                         tracing::info!(call = %key.call_id, user = %key.user, device = %key.device, error = %e, "sfu: signal refused");
                     }
@@ -354,13 +403,22 @@ impl Task {
                     for (user, device) in members {
                         self.remove(&ParticipantKey { call_id: call_id.clone(), user, device }).await;
                     }
+                    self.forget_paused(&call_id);
+                    let _ = reply.send(());
+                }
+                Command::Pause { call_id, publisher, kind, paused, reply } => {
+                    self.set_paused(&call_id, publisher, kind, paused).await;
                     let _ = reply.send(());
                 }
                 Command::Stats { reply } => {
                     let _ = reply.send(self.stats());
                 }
-                Command::Track { key, track } => self.on_track(&key, track).await,
+                Command::Track { key, track } => {
+                    self.on_track(&key, track).await;
+                    self.hold_paused(&key.call_id);
+                }
                 Command::Keyframe { key, ssrc, at } => self.on_keyframe_request(&key, ssrc, at).await,
+                Command::VideoView { key, publisher, layer } => self.on_video_view(&key, publisher, layer),
             }
         }
         // The Sfu is gone: close everything.
@@ -381,12 +439,16 @@ impl Task {
             keyframe_requests_forwarded: self.keyframes_forwarded,
             keyframe_requests_held: self.keyframes_held,
             packets_dropped: self.dropped.load(Ordering::Relaxed),
+            layer_keyframe_requests: self.layer_keyframes.load(Ordering::Relaxed),
             ..SfuStats::default()
         };
         for p in participants {
             stats.participants += 1;
             stats.published_streams += p.published.len();
             stats.forwarded_streams += p.subscriptions.len();
+            for s in p.subscriptions.values() {
+                stats.layer_switches += crate::connection::lock(&s.target.state).layers.switches;
+            }
         }
         stats
     }
@@ -502,6 +564,7 @@ impl Task {
             renegotiate: false,
             published: HashMap::new(),
             subscriptions: HashMap::new(),
+            views: HashMap::new(),
         };
         let call = self.calls.entry(key.call_id.clone()).or_default();
         let others: Vec<(Member, MediaKind, Arc<Fanout>)> = call
@@ -556,13 +619,37 @@ impl Task {
             }],
         );
         let track = Arc::new(TrackLocalStaticRTP::new(track));
-        let sender = subscriber.pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>).await?;
-        let target = Target::spawn(track, ssrc, Arc::clone(dropped));
+        let sender = match kind {
+            MediaKind::Audio => subscriber.pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>).await?,
+            // Video always gets a send-only section of its own. `add_track` would reuse the
+            // subscriber's own video section, whose `a=rid`/`a=simulcast:recv` lines (we receive
+            // its simulcast there) make the subscriber's stack take the forwarded track for a
+            // simulcast one and wait for `rid` header extensions that never come.
+            MediaKind::Video => {
+                let init = RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                };
+                let transceiver = subscriber
+                    .pc
+                    .add_transceiver_from_track(Arc::clone(&track) as Arc<dyn TrackLocal>, Some(init))
+                    .await?;
+                transceiver
+                    .sender()
+                    .await?
+                    .ok_or_else(|| SfuError::WebRtc("no sender for a new track".into()))?
+            }
+        };
+        let layer = match kind {
+            MediaKind::Video => subscriber.views.get(&publisher.0).copied().unwrap_or(Layer::Full),
+            MediaKind::Audio => Layer::Full,
+        };
+        let target = Target::spawn(track, ssrc, layer, Arc::clone(dropped));
         fanout.write().unwrap_or_else(|p| p.into_inner()).insert(key.member(), Arc::clone(&target));
-        subscriber.subscriptions.insert(
-            (publisher.clone(), kind),
-            Subscription { sender, ssrc, gate: KeyframeGate::default(), target, offered: false },
-        );
+        subscriber
+            .subscriptions
+            .insert((publisher.clone(), kind), Subscription { sender, ssrc, target, offered: false });
         subscriber.renegotiate = true;
         Ok(())
     }
@@ -595,9 +682,17 @@ impl Task {
         let Some(publisher) = call.get_mut(&key.member()) else { return };
         tracing::debug!(call = %key.call_id, user = %key.user, ?kind, ssrc, "sfu: track published");
         let fanout = Arc::new(Fanout::default());
-        let task = tokio::spawn(forward(Arc::clone(&track), Arc::clone(&fanout)));
-        if let Some(old) =
-            publisher.published.insert(kind, Published { track, ssrc, fanout: Arc::clone(&fanout), task })
+        let layers = Arc::new(LayerSsrcs::default());
+        let task = tokio::spawn(forward(
+            Arc::clone(&track),
+            kind,
+            Arc::clone(&fanout),
+            Arc::clone(&layers),
+            Arc::clone(&self.layer_keyframes),
+        ));
+        if let Some(old) = publisher
+            .published
+            .insert(kind, Published { track, ssrc, layers, fanout: Arc::clone(&fanout), task })
         {
             old.task.abort();
         }
@@ -633,20 +728,42 @@ impl Task {
         else {
             return;
         };
-        if !subscription.gate.allow(at) {
-            self.keyframes_held += 1;
-            return;
-        }
+        let layer = {
+            let mut state = crate::connection::lock(&subscription.target.state);
+            if !state.gate.allow(at) {
+                self.keyframes_held += 1;
+                return;
+            }
+            // The layer it gets, or the one it waits to switch to.
+            state.layers.keyframe_layer()
+        };
         let publisher = publisher.clone();
         let Some(published) = call.get(&publisher).and_then(|p| p.published.get(&MediaKind::Video)) else {
             return;
         };
         self.keyframes_forwarded += 1;
-        let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: published.ssrc };
+        let media_ssrc = published.layers.get(layer).unwrap_or(published.ssrc);
+        let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc };
         tracing::debug!(call = %key.call_id, subscriber = %key.user, publisher = %publisher.0, "sfu: key frame requested");
         if let Err(e) = published.track.write_rtcp(vec![Box::new(pli)]).await {
             tracing::debug!(error = %e, "sfu: PLI not sent");
         }
+    }
+
+    /// A subscriber chose the layer of `publisher`'s video it wants: remembered for streams
+    /// forwarded later, and applied to the ones forwarded now (at the layer's next key frame,
+    /// which the forwarding task asks for).
+    fn on_video_view(&mut self, key: &ParticipantKey, publisher: UserId, layer: Layer) {
+        let Ok(subscriber) = self.participant(key) else { return };
+        tracing::debug!(call = %key.call_id, subscriber = %key.user, publisher = %publisher, ?layer, "sfu: video view");
+        for (_, subscription) in subscriber
+            .subscriptions
+            .iter()
+            .filter(|((member, kind), _)| member.0 == publisher && *kind == MediaKind::Video)
+        {
+            crate::connection::lock(&subscription.target.state).layers.want(layer);
+        }
+        subscriber.views.insert(publisher, layer);
     }
 
     /// Closes a participant's connection and takes its streams away from the others.

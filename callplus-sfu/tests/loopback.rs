@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use callplus_media::inspect::{decode_ogg_opus, dominant_frequency, read_ivf};
+use callplus_media::vp8::keyframe_dimensions;
 use callplus_media::{
-    AudioConfig, CallId, ChannelSink, DeviceId, IvfSink, MediaAdapter, MediaEvent, MediaKind, MediaPayload,
-    MediaType, OggOpusSink, RemoteFrame, SfuRoute, StartMedia, TeeSink, TestPatternSource, ToneSource,
-    UserId, VideoConfig, WebRtcConfig, WebRtcMediaAdapter,
+    AudioConfig, CallId, ChannelSink, DeviceId, EncodedSample, IvfSink, MediaAdapter, MediaEvent, MediaKind,
+    MediaPayload, MediaSource, MediaType, OggOpusSink, RemoteFrame, SfuRoute, StartMedia, TeeSink,
+    TestPatternSource, ToneSource, UserId, VideoConfig, VideoLayer, WebRtcConfig, WebRtcMediaAdapter,
 };
 use callplus_sfu::{Sfu, SfuConfig, SfuEvent};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -721,4 +722,179 @@ async fn loss_between_one_subscriber_and_the_sfu_is_repaired_for_that_subscriber
     for party in &net.parties {
         party.adapter.stop(&call).await.unwrap();
     }
+}
+
+/// A test-pattern camera that logs every key-frame request it gets: `Some(layer)` for one
+/// layer, `None` for all of them.
+struct LoggedCamera {
+    inner: TestPatternSource,
+    log: Arc<std::sync::Mutex<Vec<Option<VideoLayer>>>>,
+}
+
+#[async_trait::async_trait]
+impl MediaSource for LoggedCamera {
+    fn kind(&self) -> MediaKind {
+        MediaKind::Video
+    }
+
+    async fn next_sample(&mut self) -> Option<EncodedSample> {
+        self.inner.next_sample().await
+    }
+
+    fn apply_video_config(&mut self, config: &VideoConfig) {
+        self.inner.apply_video_config(config);
+    }
+
+    fn request_keyframe(&mut self) {
+        self.log.lock().unwrap().push(None);
+        self.inner.request_keyframe();
+    }
+
+    fn set_simulcast(&mut self, on: bool) {
+        self.inner.set_simulcast(on);
+    }
+
+    fn take_tiny_sample(&mut self) -> Option<EncodedSample> {
+        self.inner.take_tiny_sample()
+    }
+
+    fn request_layer_keyframe(&mut self, layer: VideoLayer) {
+        self.log.lock().unwrap().push(Some(layer));
+        self.inner.request_layer_keyframe(layer);
+    }
+}
+
+/// The sizes of the key frames among the frames `party` has received from `from` so far, and
+/// how many frames that was.
+fn received_key_frame_sizes(party: &mut Party, from: &UserId) -> (Vec<(u16, u16)>, usize) {
+    let rx = party.frames.get_mut(&(from.clone(), MediaKind::Video)).unwrap();
+    let (mut sizes, mut n) = (Vec::new(), 0);
+    while let Ok(frame) = rx.try_recv() {
+        n += 1;
+        if frame.keyframe {
+            sizes.push(keyframe_dimensions(&frame.data).expect("a key frame has a size"));
+        }
+    }
+    (sizes, n)
+}
+
+/// Waits for the next key frame from `from` at `party`: its size, and the inter frames before it.
+async fn next_key_frame_size(party: &mut Party, from: &UserId) -> ((u16, u16), usize) {
+    let rx = party.frames.get_mut(&(from.clone(), MediaKind::Video)).unwrap();
+    let who = party.user.clone();
+    timeout(WAIT, async {
+        let mut before = 0;
+        loop {
+            let frame = rx.recv().await.expect("sink dropped");
+            if frame.keyframe {
+                return (keyframe_dimensions(&frame.data).expect("a key frame has a size"), before);
+            }
+            before += 1;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{who} got no key frame from {from}"))
+}
+
+/// Sums (recovered, given up, key-frame requests sent) over the reports `party` has made so far
+/// and the next one.
+async fn reports_so_far(party: &mut Party) -> (u32, u32, u32) {
+    let mut sum = (0, 0, 0);
+    while let Ok(event) = party.events.try_recv() {
+        if let MediaEvent::Stats(stats) = event {
+            for peer in &stats.per_peer {
+                sum.0 += peer.video_packets_recovered;
+                sum.1 += peer.video_packets_lost;
+                sum.2 += peer.keyframe_requests_sent;
+            }
+        }
+    }
+    let next = next_report(party).await;
+    (sum.0 + next.0, sum.1 + next.1, sum.2 + next.2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_view_gets_the_low_layer_without_costing_the_others_a_key_frame() {
+    let _turn = ONE_CALL_AT_A_TIME.lock().await;
+    let (_tmp, dir) = record_dir();
+    let mut net = net(&["alice", "bob", "carol"]);
+    let call = CallId::new("simulcast-call").unwrap();
+    for party in &mut net.parties {
+        equip(party, &dir, &SENDERS).await;
+    }
+    // Alice's camera (320x240) logs the key frames asked of it, per layer.
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let config = VideoConfig { width: 320, height: 240, fps: 15, ..VideoConfig::default() };
+    let camera = LoggedCamera { inner: TestPatternSource::new(config).unwrap(), log: Arc::clone(&log) };
+    net.parties[0].adapter.switch_camera(Box::new(camera)).await.unwrap();
+    let users: Vec<UserId> = net.parties.iter().map(|p| p.user.clone()).collect();
+    for i in 0..3 {
+        let others: Vec<UserId> = users.iter().filter(|u| **u != users[i]).cloned().collect();
+        let token = net.sfu.issue_token(&call, &net.parties[i].user, &net.parties[i].device, in_an_hour());
+        net.parties[i].adapter.start(start(&net.parties[i], &call, &others, token)).await.unwrap();
+    }
+    for i in 0..3 {
+        let others: Vec<UserId> = users.iter().filter(|u| **u != users[i]).cloned().collect();
+        first_frames(&mut net.parties[i], &others).await;
+    }
+    let alice = users[0].clone();
+    // Both viewers get alice's full layer (their first frame is a key frame).
+    for viewer in [1, 2] {
+        let (sizes, _) = received_key_frame_sizes(&mut net.parties[viewer], &alice);
+        assert!(!sizes.is_empty() && sizes.iter().all(|s| *s == (320, 240)), "{}: {sizes:?}", users[viewer]);
+    }
+    // Wait until bob's link is quiet (opening key frames behind), so that whatever bob reports
+    // from here on is the switches' doing.
+    timeout(WAIT, async { while next_report(&mut net.parties[1]).await != (0, 0, 0) {} })
+        .await
+        .expect("bob's reports settle");
+    let _ = received_key_frame_sizes(&mut net.parties[2], &alice);
+    let before = net.sfu.stats().await.unwrap();
+    log.lock().unwrap().clear();
+
+    // Bob makes alice's view small: the SFU asks alice for a key frame of the tiny layer only,
+    // and moves bob to it there.
+    let asked = Instant::now();
+    net.parties[1].adapter.set_video_tiny(&alice, true).await;
+    let (size, before_switch) = next_key_frame_size(&mut net.parties[1], &alice).await;
+    eprintln!(
+        "bob: tiny asked -> first tiny frame: {:?} ({before_switch} full frames between)",
+        asked.elapsed()
+    );
+    assert_eq!(size, (160, 120), "bob now gets alice's tiny layer");
+    more_frames_from(&mut net.parties[1], &alice, MediaKind::Video, 15).await;
+    let (sizes, _) = received_key_frame_sizes(&mut net.parties[1], &alice);
+    assert!(sizes.iter().all(|s| *s == (160, 120)), "bob stays on the tiny layer: {sizes:?}");
+    // Carol kept the full layer, and alice's full-layer encoder was never asked for a key frame.
+    let (sizes, n) = received_key_frame_sizes(&mut net.parties[2], &alice);
+    assert!(n >= 10, "carol kept receiving alice's video ({n} frames)");
+    assert!(sizes.iter().all(|s| *s == (320, 240)), "carol: {sizes:?}");
+    let asked_of_alice = std::mem::take(&mut *log.lock().unwrap());
+    assert!(asked_of_alice.contains(&Some(VideoLayer::Tiny)), "{asked_of_alice:?}");
+    assert!(
+        asked_of_alice.iter().all(|l| *l == Some(VideoLayer::Tiny)),
+        "bob's switch made alice send a full-layer key frame: {asked_of_alice:?}"
+    );
+
+    // Back to the full view: the full size returns at the full layer's next key frame.
+    net.parties[1].adapter.set_video_tiny(&alice, false).await;
+    let (size, _) = next_key_frame_size(&mut net.parties[1], &alice).await;
+    assert_eq!(size, (320, 240), "bob gets alice's full layer again");
+    more_frames_from(&mut net.parties[1], &alice, MediaKind::Video, 15).await;
+    let asked_of_alice = std::mem::take(&mut *log.lock().unwrap());
+    assert!(asked_of_alice.iter().all(|l| *l == Some(VideoLayer::Full)), "{asked_of_alice:?}");
+    // Bob got carol at full size all along.
+    let (sizes, _) = received_key_frame_sizes(&mut net.parties[1], &users[2]);
+    assert!(sizes.iter().all(|s| *s == (240, 176)), "bob sees carol: {sizes:?}");
+
+    // Both switches kept bob's copy one continuous stream: nothing lost, no key frame asked.
+    assert_eq!(reports_so_far(&mut net.parties[1]).await, (0, 0, 0), "bob: (recovered, lost, PLIs)");
+    let after = net.sfu.stats().await.unwrap();
+    eprintln!("sfu before {before:?}, after {after:?}");
+    assert_eq!(after.layer_switches - before.layer_switches, 2);
+    assert!(after.layer_keyframe_requests > before.layer_keyframe_requests);
+    for party in &net.parties {
+        party.adapter.stop(&call).await.unwrap();
+    }
+    net.sfu.end_call(&call).await.unwrap();
 }

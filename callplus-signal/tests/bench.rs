@@ -87,6 +87,17 @@ fn idle_devices_are_held_and_measured() {
 }
 
 #[test]
+fn idle_devices_are_held_over_websocket() {
+    let v = run_bench(&["--idle", "20", "--idle-client", "websocket", "--duration", "1s"]);
+    assert_eq!(v["idle_client"].as_str(), Some("websocket"), "{v}");
+    assert_eq!(v["connected"].as_u64(), Some(20), "{v}");
+    assert_eq!(v["failed"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["dropped"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["tcp_connections"].as_u64(), Some(20), "{v}");
+    assert!(v["server_rss_per_device_kib"].is_number(), "{v}");
+}
+
+#[test]
 fn call_cycles_run_over_tls() {
     let v = run_bench(&["--users", "10", "--duration", "1s", "--tls"]);
     assert!(v["completed"].as_u64().unwrap() > 0, "{v}");

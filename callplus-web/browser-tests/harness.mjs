@@ -1,4 +1,4 @@
-// What the browser tests share: Chromium with fake devices, pages signed in through the SDK,
+// What the browser tests share: Chromium with fake devices (three cameras, three microphones), pages signed in through the SDK,
 // checks, and waits for conditions with a deadline.
 
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -22,7 +22,7 @@ export async function launch(extraArgs = []) {
     executablePath: CHROMIUM,
     headless: true,
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--use-fake-device-for-media-stream',
+      '--disable-component-update', '--disable-sync', '--use-fake-device-for-media-stream=device-count=3',
       '--use-fake-ui-for-media-stream', '--allow-loopback-in-peer-connection',
       '--autoplay-policy=no-user-gesture-required', ...extraArgs],
   });

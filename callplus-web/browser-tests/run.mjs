@@ -302,6 +302,98 @@ async function upgradeToVideo(context, server) {
   await kate.close();
 }
 
+/** The aspect ratio of `userId`'s video as `page` shows it (0 before any frame). */
+function shownAspect(page, userId) {
+  return page.evaluate((u) => {
+    const v = window.videos[u];
+    return v && v.videoHeight > 0 ? v.videoWidth / v.videoHeight : 0;
+  }, userId);
+}
+
+/**
+ * Capture settings and devices: a video config (resolution, frame rate, maximum bitrate) set
+ * before the call shapes what the peer receives; switching camera and microphone mid-call keeps
+ * media flowing, and the new camera is captured under a config set meanwhile.
+ */
+async function captureSettings(context, server) {
+  log('--- video config, switch camera and microphone');
+  const lisa = await signIn(context, server.url, 'lisa', token(server.dir, 'lisa'));
+  const mike = await signIn(context, server.url, 'mike', token(server.dir, 'mike'));
+  await lisa.evaluate(() => window.view('mike'));
+  await mike.evaluate(() => window.view('lisa'));
+
+  const refused = await lisa.evaluate(() => {
+    const b = window.client.createVideoConfigBuilder();
+    const thrown = (f) => { try { f(); return null; } catch (e) { return e.name; } };
+    return [thrown(() => b.setVideoResolution('W1_H')), thrown(() => b.setFps(0)), thrown(() => b.setBitrate(900, 100))];
+  });
+  check(refused.every((name) => name === 'RangeError'), `bad capture settings are refused (${refused})`);
+  const set = await lisa.evaluate(() => {
+    const { VideoResolution, VideoFps } = window.sdk;
+    const config = window.client.createVideoConfigBuilder()
+      .setVideoResolution(VideoResolution.W320_H240).setFps(VideoFps.FPS_15).setBitrate(100, 250).build();
+    return window.client.setVideoConfig(config);
+  });
+  check(set.code === 0, 'lisa sets 320x240 at 15 fps, at most 250 kbps');
+
+  const started = await lisa.evaluate(() => window.client.startCall({ userIds: ['mike'], mediaType: 'AUDIO_VIDEO' }));
+  check(started.code === 0, 'lisa calls mike');
+  await waitFor(mike, 'mike receives the call', (id) => window.incoming === id, started.callId);
+  check((await mike.evaluate((id) => window.client.accept(id), started.callId)).code === 0, 'mike accepts');
+  await seesAndHears(mike, 'mike', 'lisa');
+  const local = await lisa.evaluate(() => {
+    const t = window.videos.lisa.srcObject.getVideoTracks()[0].getSettings();
+    const sender = window.peerConnections.flatMap((pc) => pc.getSenders()).find((s) => s.track && s.track.kind === 'video');
+    return { width: t.width, height: t.height, frameRate: t.frameRate, deviceId: t.deviceId, maxBitrate: sender.getParameters().encodings[0].maxBitrate };
+  });
+  check(local.width === 320 && local.height === 240 && local.frameRate <= 15 && local.maxBitrate === 250000,
+    `lisa captures and sends under her config (${JSON.stringify(local)})`);
+  const before = await remoteMedia(mike, 'lisa');
+  check(before.videoWidth <= 320 && Math.abs(before.videoWidth / before.videoHeight - 4 / 3) < 0.01,
+    `mike receives lisa's 4:3 video of at most 320 wide (${before.videoWidth}x${before.videoHeight})`);
+
+  // Another camera, captured under a config set after the call began.
+  const switched = await lisa.evaluate(async (current) => {
+    const { VideoResolution } = window.sdk;
+    await window.client.setVideoConfig(window.client.createVideoConfigBuilder().setVideoResolution(VideoResolution.W640_H360).build());
+    const cameras = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === 'videoinput');
+    // Chromium's fake_device_1 is a depth camera (Y16) that WebRTC cannot encode.
+    const other = cameras.find((d) => d.deviceId !== current && d.label !== 'fake_device_1');
+    const r = await window.client.switchCamera(other.deviceId);
+    const now = window.videos.lisa.srcObject.getVideoTracks();
+    const settings = now[0].getSettings();
+    return { code: r.code, wanted: other.deviceId, tracks: now.length, deviceId: settings.deviceId, size: `${settings.width}x${settings.height}` };
+  }, local.deviceId);
+  check(switched.code === 0 && switched.tracks === 1 && switched.deviceId === switched.wanted && switched.size === '640x360',
+    `lisa switches to her other camera (${JSON.stringify(switched)})`);
+  await waitFor(mike, "mike shows lisa's new camera, 16:9", (u) => {
+    const v = window.videos[u];
+    return v.videoHeight > 0 && Math.abs(v.videoWidth / v.videoHeight - 16 / 9) < 0.01;
+  }, 'lisa');
+  const frames = (await remoteMedia(mike, 'lisa')).stats.video.framesDecoded;
+  await waitFor(mike, "lisa's frames keep coming after the switch", async ([u, n]) => (await window.client.getMediaStats())[u].video.framesDecoded > n + 10, ['lisa', frames]);
+
+  const mic = await lisa.evaluate(async () => {
+    const current = window.videos.lisa.srcObject.getAudioTracks()[0];
+    const mics = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === 'audioinput');
+    const other = mics.find((d) => d.deviceId !== current.getSettings().deviceId && d.deviceId !== 'default');
+    const r = await window.client.switchMicrophone(other.deviceId);
+    const now = window.videos.lisa.srcObject.getAudioTracks();
+    const sender = window.peerConnections.flatMap((pc) => pc.getSenders()).find((s) => s.track && s.track.kind === 'audio');
+    return { code: r.code, wanted: other.deviceId, tracks: now.length, deviceId: now[0].getSettings().deviceId,
+      sending: sender.track === now[0], oldEnded: current.readyState === 'ended' };
+  });
+  check(mic.code === 0 && mic.tracks === 1 && mic.deviceId === mic.wanted && mic.sending && mic.oldEnded,
+    `lisa switches microphone and sends the new one (${JSON.stringify(mic)})`);
+  const energy = (await remoteMedia(mike, 'lisa')).stats.audio.totalAudioEnergy;
+  await waitFor(mike, "mike keeps hearing lisa after the switch", async ([u, e]) => (await window.client.getMediaStats())[u].audio.totalAudioEnergy > e, ['lisa', energy]);
+
+  check((await mike.evaluate(() => window.client.hangup())).code === 0, 'mike hangs up');
+  await waitFor(lisa, 'lisa: call ended', hasEvent, ['callEnded', null, null]);
+  await lisa.close();
+  await mike.close();
+}
+
 /**
  * Checks that every page's media goes through the SFU: one open peer connection each, whose far
  * end is none of the pages (its DTLS fingerprint is no page's own), and on which the page
@@ -412,6 +504,7 @@ async function main() {
   await socketCut(context, server);
   await multiCall(context, server);
   await upgradeToVideo(context, server);
+  await captureSettings(context, server);
   const shots = process.env.CALLPLUS_SCREENSHOTS || mkdtempSync(join(tmpdir(), 'callplus-shots-'));
   await demoPage(context, server, shots);
 }

@@ -17,6 +17,49 @@ export declare const CallType: Readonly<{ SINGLE: 'SINGLE'; MULTI: 'MULTI' }>;
 export declare const MediaType: Readonly<{ AUDIO: 'AUDIO'; AUDIO_VIDEO: 'AUDIO_VIDEO' }>;
 export declare const ConnectionState: Readonly<{ [K in ConnectionStateName]: K }>;
 
+/** Capture resolutions: `W{width}_H{height}`. */
+export type VideoResolutionName = 'W176_H144' | 'W320_H180' | 'W320_H240' | 'W480_H360' | 'W640_H360' | 'W640_H480'
+  | 'W1280_H720' | 'W1920_H1080';
+export declare const VideoResolution: Readonly<{ [K in VideoResolutionName]: K }>;
+export declare const VideoFps: Readonly<{ FPS_10: 10; FPS_15: 15; FPS_24: 24; FPS_30: 30 }>;
+
+/** The local video's capture settings, built by `VideoConfigBuilder`. */
+export interface VideoConfig {
+  readonly width?: number;
+  readonly height?: number;
+  readonly frameRate?: number;
+  readonly cameraId?: string;
+  /** kbps; accepted for compatibility, browsers only bound the maximum. */
+  readonly minBitrate?: number;
+  readonly maxBitrate?: number;
+}
+
+/** The local audio's capture settings, built by `AudioConfigBuilder`. */
+export interface AudioConfig {
+  readonly microphoneId?: string;
+  readonly sampleRate?: number;
+  readonly minBitrate?: number;
+  readonly maxBitrate?: number;
+}
+
+/** Builds a `VideoConfig`; setters throw `RangeError` on values out of range. */
+export declare class VideoConfigBuilder {
+  setVideoResolution(resolution: VideoResolutionName): this;
+  setFps(fps: number): this;
+  setDefaultCameraId(cameraId: string): this;
+  /** Minimum and maximum send bitrate in kbps. */
+  setBitrate(min?: number, max?: number): this;
+  build(): VideoConfig;
+}
+
+/** Builds an `AudioConfig`; setters throw `RangeError` on values out of range. */
+export declare class AudioConfigBuilder {
+  setDefaultMicrophoneId(microphoneId: string): this;
+  setSampleRate(sampleRate: number): this;
+  setBitrate(min?: number, max?: number): this;
+  build(): AudioConfig;
+}
+
 /** A failure: the server's (or the SDK's) code, the seeds' numbers, with its name and message. */
 export interface Failure { code: number; name: string; message: string }
 /**
@@ -223,6 +266,11 @@ export declare class CallPlusClient {
   stopCamera(): Promise<Result>;
   startMicrophone(): Promise<Result>;
   stopMicrophone(): Promise<Result>;
+  createVideoConfigBuilder(): VideoConfigBuilder;
+  createAudioConfigBuilder(): AudioConfigBuilder;
+  /** Resolution, frame rate and camera at the next capture; the maximum bitrate at once. */
+  setVideoConfig(config: VideoConfig): Promise<Result>;
+  setAudioConfig(config: AudioConfig): Promise<Result>;
   switchCamera(cameraId: string): Promise<Result>;
   switchMicrophone(microphoneId: string): Promise<Result>;
   setVideoView(userId: string, element: HTMLVideoElement | null): Result;

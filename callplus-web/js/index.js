@@ -9,6 +9,9 @@
 
 import init, { Engine } from './pkg/callplus_web.js';
 import { MediaExecutor } from './media.js';
+import { AudioConfigBuilder, VideoConfigBuilder } from './config.js';
+
+export { AudioConfigBuilder, VideoConfigBuilder, VideoFps, VideoResolution } from './config.js';
 
 /** Result codes the SDK itself produces (the server's are passed through as they come). */
 export const CallPlusCode = Object.freeze({
@@ -245,6 +248,21 @@ export class CallPlusClient {
   async stopCamera() { return this.#plain(await this.#request((t) => this.#engine.setCameraEnabled(t, false))); }
   async startMicrophone() { return this.#plain(await this.#request((t) => this.#engine.setMicrophoneEnabled(t, true))); }
   async stopMicrophone() { return this.#plain(await this.#request((t) => this.#engine.setMicrophoneEnabled(t, false))); }
+
+  /** A builder of the local video's capture settings (`setVideoConfig`). */
+  createVideoConfigBuilder() { return new VideoConfigBuilder(); }
+
+  /** A builder of the local audio's capture settings (`setAudioConfig`). */
+  createAudioConfigBuilder() { return new AudioConfigBuilder(); }
+
+  /**
+   * Capture settings for the camera: resolution, frame rate and camera at the next capture (a
+   * new call, a switched camera); the maximum bitrate on the current senders at once.
+   */
+  async setVideoConfig(config) { return this.#local(() => this.#media.setConfig('VIDEO', config || {})); }
+
+  /** Capture settings for the microphone, as `setVideoConfig`. */
+  async setAudioConfig(config) { return this.#local(() => this.#media.setConfig('AUDIO', config || {})); }
 
   async switchCamera(cameraId) { return this.#local(() => this.#media.switchDevice('VIDEO', cameraId)); }
   async switchMicrophone(microphoneId) { return this.#local(() => this.#media.switchDevice('AUDIO', microphoneId)); }

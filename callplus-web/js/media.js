@@ -13,6 +13,8 @@
 // tells remote tracks apart by their stream id, which is the publishing user's id. `addPeer` and
 // `removePeer` of participants open and close nothing there.
 
+import { applyMaxBitrate, audioConstraints, videoConstraints } from './config.js';
+
 const KIND_AUDIO = 'AUDIO';
 const KIND_VIDEO = 'VIDEO';
 
@@ -75,6 +77,9 @@ export class MediaExecutor {
     this.camEnabled = true;
     this.cameraId = undefined;
     this.microphoneId = undefined;
+    /** Capture settings (setVideoConfig / setAudioConfig), used at the next capture. */
+    this.videoConfig = {};
+    this.audioConfig = {};
     /** userId -> HTMLVideoElement the app chose (setVideoView). */
     this.views = new Map();
     /** userId -> {videoStream, audio: HTMLAudioElement} of remote users. */
@@ -116,8 +121,8 @@ export class MediaExecutor {
   async ensureLocal(mediaType) {
     const wantVideo = mediaType === 'AUDIO_VIDEO';
     const constraints = {};
-    if (!this.track(KIND_AUDIO)) constraints.audio = this.microphoneId ? { deviceId: { exact: this.microphoneId } } : true;
-    if (wantVideo && !this.track(KIND_VIDEO)) constraints.video = this.cameraId ? { deviceId: { exact: this.cameraId } } : true;
+    if (!this.track(KIND_AUDIO)) constraints.audio = audioConstraints(this.audioConfig, this.microphoneId);
+    if (wantVideo && !this.track(KIND_VIDEO)) constraints.video = videoConstraints(this.videoConfig, this.cameraId);
     if (!constraints.audio && !constraints.video) return;
     const stream = await navigator.mediaDevices.getUserMedia(constraints);
     for (const t of stream.getTracks()) this.localStream.addTrack(t);
@@ -160,15 +165,34 @@ export class MediaExecutor {
       if (peer.video) jobs.push(peer.video.sender.replaceTrack(this.sendTrack(KIND_VIDEO)));
     }
     await Promise.all(jobs);
+    await this.applyBitrates();
+  }
+
+  /** The configured maximum bitrates on every sender that has a track. */
+  async applyBitrates() {
+    if (!this.call) return;
+    await Promise.all([...this.call.peers.values()].map((peer) => this.applyPeerBitrates(peer)));
+  }
+
+  async applyPeerBitrates(peer) {
+    if (peer.audio) await applyMaxBitrate(peer.audio.sender, this.audioConfig.maxBitrate);
+    if (peer.video) await applyMaxBitrate(peer.video.sender, this.videoConfig.maxBitrate);
+  }
+
+  /** Keeps capture settings for the next capture; bitrate bounds apply to the senders now. */
+  async setConfig(kind, config) {
+    if (kind === KIND_AUDIO) this.audioConfig = { ...config }; else this.videoConfig = { ...config };
+    await this.applyBitrates();
   }
 
   async switchDevice(kind, deviceId) {
     if (kind === KIND_AUDIO) this.microphoneId = deviceId; else this.cameraId = deviceId;
     const old = this.track(kind);
     if (!old) return;
-    const stream = await navigator.mediaDevices.getUserMedia(
-      kind === KIND_AUDIO ? { audio: { deviceId: { exact: deviceId } } } : { video: { deviceId: { exact: deviceId } } });
+    const stream = await navigator.mediaDevices.getUserMedia(kind === KIND_AUDIO
+      ? { audio: audioConstraints(this.audioConfig, deviceId) } : { video: videoConstraints(this.videoConfig, deviceId) });
     const fresh = kind === KIND_AUDIO ? stream.getAudioTracks()[0] : stream.getVideoTracks()[0];
+    fresh.enabled = kind === KIND_AUDIO ? this.micEnabled : this.camEnabled;
     this.localStream.removeTrack(old);
     old.stop();
     this.localStream.addTrack(fresh);
@@ -241,6 +265,7 @@ export class MediaExecutor {
       peer.video = pc.addTransceiver('video', { direction: 'sendrecv' });
       await peer.audio.sender.replaceTrack(this.sendTrack(KIND_AUDIO));
       await peer.video.sender.replaceTrack(this.sendTrack(KIND_VIDEO));
+      await this.applyPeerBitrates(peer);
       const offer = await pc.createOffer();
       await pc.setLocalDescription(offer);
       const sdp = call.sfu ? attachMediaToken(pc.localDescription.sdp, call.sfu.token) : pc.localDescription.sdp;

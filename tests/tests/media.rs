@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use callplus_media::{ChannelSink, MediaEvent, MediaKind, MediaSink, RemoteFrame, TeeSink, VideoConfig};
-use callplus_session::{CallType, ParticipantState};
+use callplus_session::{CallType, ParticipantState, UserId};
 use callplus_signal::client::{MediaEventStream, MediaOptions, record_sink};
 use callplus_tests::{
     ChangeMediaTypeResult, ClientOptions, Event, MediaType, Party, Setup, TestServer, config, connected,
@@ -682,6 +682,305 @@ async fn invite_into_a_one_to_one_video_call_moves_its_media_to_the_sfu() {
         let IvfFile { width, height, frames, .. } = read_ivf(&path).expect("the recording parses");
         assert_eq!((u32::from(width), u32::from(height)), sizes[j], "{}", path.display());
         assert!(frames.len() >= 15, "{}: {} frames", path.display(), frames.len());
+    }
+}
+
+/// Whether a status report shows exactly one connection, to `user`.
+fn only_peer(user: &'static str) -> impl Fn(&MediaEvent) -> bool {
+    move |e| matches!(e, MediaEvent::Stats(s) if s.per_peer.len() == 1 && s.per_peer[0].user.as_str() == user)
+}
+
+/// Drops the backlog and every media event queued so far.
+fn forget_media_events(party: &mut MediaParty) {
+    party.backlog.clear();
+    while party.media.try_next().is_some() {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_call_growing_past_mesh_max_moves_to_the_sfu_and_everyone_keeps_media() {
+    let (_tmp, dir) = record_dir("mesh-grows");
+    // MULTI calls of up to two participants stay peer to peer.
+    let server =
+        TestServer::start_with(Setup { config: Some(config()), mesh_max: Some(2), ..Setup::default() }).await;
+    let names = ["alice", "bob", "carol"];
+    let tones = [440.0, 660.0, 880.0];
+    let mut p = Vec::new();
+    for (name, tone) in names.iter().zip(tones) {
+        p.push(media_party(&server, name, tone, None, &dir).await);
+    }
+    let started = p[0]
+        .party
+        .client
+        .start_call(&["bob"], CallType::Multi, MediaType::Audio, Default::default())
+        .await
+        .unwrap();
+    let call = started.call_id().clone();
+    p[1].party.expect(received(&call), "the invitation").await;
+    p[1].party.client.accept(&call).await.unwrap();
+    p[0].expect_media("bob's audio", first_frame("bob", MediaKind::Audio)).await;
+    p[1].expect_media("alice's audio", first_frame("alice", MediaKind::Audio)).await;
+    p[0].expect_media("a report on the mesh connection to bob", only_peer("bob")).await;
+    for party in &mut p {
+        forget_media_events(party);
+    }
+
+    // Carol makes three: alice's and bob's media move to the SFU, without ending the call.
+    let invited = callplus_tests::now_ms();
+    p[0].party.client.invite(&["carol"]).await.unwrap();
+    let again = p[0].expect_media("bob's audio again", first_frame("bob", MediaKind::Audio)).await;
+    eprintln!("invite -> alice hears bob again, through the sfu: {} ms", since(invited, &again));
+    p[0].backlog.push(again);
+    p[2].party.expect(received(&call), "the invitation").await;
+    p[2].party.client.accept(&call).await.unwrap();
+    let pairs: Vec<(usize, usize)> =
+        (0..3).flat_map(|i| (0..3).filter(move |&j| j != i).map(move |j| (i, j))).collect();
+    for &(i, j) in &pairs {
+        let what = format!("{}'s audio at {} through the sfu", names[j], names[i]);
+        p[i].expect_media(&what, first_frame(names[j], MediaKind::Audio)).await;
+    }
+    let mut rx: HashMap<(usize, usize), UnboundedReceiver<RemoteFrame>> = HashMap::new();
+    for &(i, j) in &pairs {
+        rx.insert((i, j), p[i].frames_from(names[j], MediaKind::Audio));
+    }
+    for (&(i, j), sink) in &mut rx {
+        frames(sink, 60, &format!("{}'s audio at {} through the sfu", names[j], names[i])).await;
+    }
+    for party in &mut p {
+        party.expect_media("a report on the sfu connection alone", only_the_sfu).await;
+    }
+    for party in &mut p[..2] {
+        party.party.sync().await;
+        assert!(party.party.client.current_call().is_some(), "{}: the call went on", party.party.name);
+        assert_eq!(party.party.seen(ended(&call)), 0, "{}: the call never ended", party.party.name);
+    }
+
+    for party in &p {
+        party.party.client.hangup(Some(&call)).await.unwrap_or_default();
+    }
+    for (key, sink) in &mut rx {
+        sink_closed(sink, &format!("{key:?} after the call")).await;
+    }
+    for (i, j) in pairs {
+        assert_tone(&p[i].recording(names[j], "ogg"), tones[j]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_sfu_connection_is_cut_reconnects_without_leaving_the_call() {
+    let (_tmp, dir) = record_dir("sfu-recovery");
+    let server = TestServer::start(config()).await;
+    let names = ["alice", "bob", "carol"];
+    let tones = [440.0, 660.0, 880.0];
+    let mut p = Vec::new();
+    for (name, tone) in names.iter().zip(tones) {
+        p.push(media_party(&server, name, tone, None, &dir).await);
+    }
+    let started = p[0]
+        .party
+        .client
+        .start_call(&["bob", "carol"], CallType::Multi, MediaType::Audio, Default::default())
+        .await
+        .unwrap();
+    let call = started.call_id().clone();
+    for party in &mut p[1..] {
+        party.party.expect(received(&call), "the invitation").await;
+        party.party.client.accept(&call).await.unwrap();
+    }
+    let pairs: Vec<(usize, usize)> =
+        (0..3).flat_map(|i| (0..3).filter(move |&j| j != i).map(move |j| (i, j))).collect();
+    for &(i, j) in &pairs {
+        let what = format!("{}'s audio at {}", names[j], names[i]);
+        p[i].expect_media(&what, first_frame(names[j], MediaKind::Audio)).await;
+    }
+    let mut rx: HashMap<(usize, usize), UnboundedReceiver<RemoteFrame>> = HashMap::new();
+    for &(i, j) in &pairs {
+        rx.insert((i, j), p[i].frames_from(names[j], MediaKind::Audio));
+    }
+    for (&(i, j), sink) in &mut rx {
+        frames(sink, 25, &format!("{}'s audio at {}", names[j], names[i])).await;
+    }
+    for party in &mut p {
+        forget_media_events(party);
+    }
+
+    // Bob's connection to the SFU goes away under his client (closed by his media stack alone:
+    // his engine and the server are not told).
+    let cut = callplus_tests::now_ms();
+    let adapter = p[1].party.client.media_adapter().expect("bob has media");
+    adapter.stop(&call).await.unwrap();
+    // His old sinks end with it; alice and carol go on hearing each other meanwhile.
+    for j in [0, 2] {
+        sink_closed(rx.get_mut(&(1, j)).unwrap(), "bob's sinks of the cut connection").await;
+    }
+    frames(rx.get_mut(&(0, 2)).unwrap(), 25, "carol's audio at alice while bob is cut off").await;
+
+    // The SFU notices, the server sends bob a fresh route, and his media comes back: he hears
+    // both again and both hear him, on one connection, the SFU's.
+    for j in [0, 2] {
+        let what = format!("{}'s audio at bob again", names[j]);
+        let first = p[1].expect_media(&what, first_frame(names[j], MediaKind::Audio)).await;
+        eprintln!("cut -> bob hears {} again: {} ms", names[j], since(cut, &first));
+        rx.insert((1, j), p[1].frames_from(names[j], MediaKind::Audio));
+    }
+    for i in [0, 2] {
+        let sink = rx.get_mut(&(i, 1)).unwrap();
+        while sink.try_recv().is_ok() {}
+        frames(sink, 50, &format!("bob's audio at {} after his reconnection", names[i])).await;
+    }
+    for j in [0, 2] {
+        frames(rx.get_mut(&(1, j)).unwrap(), 50, "audio at bob after his reconnection").await;
+    }
+    p[1].expect_media("bob's report on the sfu connection alone", only_the_sfu).await;
+    for party in &mut p {
+        party.party.sync().await;
+        assert!(party.party.client.current_call().is_some(), "{}: still in the call", party.party.name);
+        assert_eq!(party.party.seen(ended(&call)), 0, "{}: the call never ended", party.party.name);
+    }
+    for party in [&p[0], &p[2]] {
+        let bob_left = party.party.seen(remote_state(&call, "bob", ParticipantState::Ended));
+        assert_eq!(bob_left, 0, "{}: bob never left", party.party.name);
+    }
+
+    for party in &p {
+        party.party.client.hangup(Some(&call)).await.unwrap_or_default();
+    }
+    for (key, sink) in &mut rx {
+        sink_closed(sink, &format!("{key:?} after the call")).await;
+    }
+    for (i, j) in pairs {
+        assert_tone(&p[i].recording(names[j], "ogg"), tones[j]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camera_off_pauses_forwarding_at_the_sfu_even_if_the_sender_goes_on() {
+    let (_tmp, dir) = record_dir("sfu-pause");
+    let server = TestServer::start(config()).await;
+    let video = VideoConfig { width: 160, height: 120, fps: 15, ..VideoConfig::default() };
+    let alice = media_party(&server, "alice", 440.0, Some(video), &dir).await;
+    let mut bob = media_party(&server, "bob", 660.0, Some(video), &dir).await;
+    // A MULTI call of two: through the SFU (the server's default mesh size is 0).
+    let started = alice
+        .party
+        .client
+        .start_call(&["bob"], CallType::Multi, MediaType::AudioVideo, Default::default())
+        .await
+        .unwrap();
+    let call = started.call_id().clone();
+    bob.party.expect(received(&call), "the invitation").await;
+    bob.party.client.accept(&call).await.unwrap();
+    bob.expect_media("alice's video", first_frame("alice", MediaKind::Video)).await;
+    bob.expect_media("a report on the sfu connection", only_the_sfu).await;
+    let mut video_at_bob = bob.frames_from("alice", MediaKind::Video);
+    let mut audio_at_bob = bob.frames_from("alice", MediaKind::Audio);
+    frames(&mut video_at_bob, 10, "alice's video at bob").await;
+
+    // Alice turns her camera off: bob is told, and no video of hers reaches him.
+    alice.party.client.set_camera_enabled(false).await.unwrap();
+    bob.party
+        .expect(
+            |e| {
+                matches!(e, Event::RemoteCameraStateChanged { call_id, user_id, disabled: true }
+                    if *call_id == call && user_id.as_str() == "alice")
+            },
+            "alice's camera off",
+        )
+        .await;
+    assert_no_more_video(&mut audio_at_bob, &mut video_at_bob, "alice turned her camera off").await;
+
+    // Her media stack sends video again without telling the server (a client that does not
+    // stop its sender): the SFU forwards none of it while the call says her camera is off.
+    let adapter = alice.party.client.media_adapter().expect("alice has media");
+    adapter.set_camera_enabled(true).await.unwrap();
+    assert_no_more_video(&mut audio_at_bob, &mut video_at_bob, "the sfu paused alice's video").await;
+
+    // Camera on through the call: forwarding resumes, bob decodes from a key frame.
+    alice.party.client.set_camera_enabled(true).await.unwrap();
+    bob.party
+        .expect(
+            |e| {
+                matches!(e, Event::RemoteCameraStateChanged { call_id, user_id, disabled: false }
+                    if *call_id == call && user_id.as_str() == "alice")
+            },
+            "alice's camera on",
+        )
+        .await;
+    let again = frames(&mut video_at_bob, 5, "alice's video after her camera is on again").await;
+    assert!(again[0].keyframe, "forwarding resumes with a key frame");
+
+    alice.party.client.hangup(Some(&call)).await.unwrap();
+    bob.party.expect(ended(&call), "ended").await;
+}
+
+/// The size of the next key frame on `rx`.
+async fn next_key_frame_size(rx: &mut UnboundedReceiver<RemoteFrame>, what: &str) -> (u16, u16) {
+    timeout(MEDIA_WAIT, async {
+        loop {
+            let frame = rx.recv().await.unwrap_or_else(|| panic!("sink dropped while waiting for {what}"));
+            if frame.keyframe {
+                return callplus_media::vp8::keyframe_dimensions(&frame.data)
+                    .expect("a key frame has a size");
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for a key frame of {what}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_layer_selection_changes_the_received_resolution() {
+    let (_tmp, dir) = record_dir("sfu-tiny");
+    let server = TestServer::start(config()).await;
+    let names = ["alice", "bob", "carol"];
+    let mut p = Vec::new();
+    for (name, tone) in names.iter().zip([440.0, 660.0, 880.0]) {
+        let video = VideoConfig { width: 320, height: 240, fps: 15, ..VideoConfig::default() };
+        p.push(media_party(&server, name, tone, Some(video), &dir).await);
+    }
+    let started = p[0]
+        .party
+        .client
+        .start_call(&["bob", "carol"], CallType::Multi, MediaType::AudioVideo, Default::default())
+        .await
+        .unwrap();
+    let call = started.call_id().clone();
+    for party in &mut p[1..] {
+        party.party.expect(received(&call), "the invitation").await;
+        party.party.client.accept(&call).await.unwrap();
+    }
+    for i in [1, 2] {
+        p[i].expect_media("alice's video", first_frame("alice", MediaKind::Video)).await;
+    }
+    let mut at_bob = p[1].frames_from("alice", MediaKind::Video);
+    let mut at_carol = p[2].frames_from("alice", MediaKind::Video);
+    assert_eq!(next_key_frame_size(&mut at_bob, "alice's video at bob").await, (320, 240));
+    assert_eq!(next_key_frame_size(&mut at_carol, "alice's video at carol").await, (320, 240));
+
+    // Bob shows alice in a small view: her tiny layer reaches him, carol keeps the full one.
+    let alice = UserId::new("alice").unwrap();
+    let asked = Instant::now();
+    p[1].party.client.set_video_tiny(&alice, true).await.unwrap();
+    assert_eq!(next_key_frame_size(&mut at_bob, "alice's tiny layer at bob").await, (160, 120));
+    eprintln!("bob: tiny view -> alice's tiny layer: {:?}", asked.elapsed());
+    for frame in frames(&mut at_bob, 15, "alice's tiny layer at bob").await {
+        if frame.keyframe {
+            assert_eq!(callplus_media::vp8::keyframe_dimensions(&frame.data), Some((160, 120)));
+        }
+    }
+    for frame in frames(&mut at_carol, 15, "alice's video at carol").await {
+        if frame.keyframe {
+            assert_eq!(callplus_media::vp8::keyframe_dimensions(&frame.data), Some((320, 240)), "carol");
+        }
+    }
+
+    // Back to a large view: the full size returns.
+    p[1].party.client.set_video_tiny(&alice, false).await.unwrap();
+    assert_eq!(next_key_frame_size(&mut at_bob, "alice's full layer at bob").await, (320, 240));
+    frames(&mut at_bob, 15, "alice's full layer at bob").await;
+
+    p[0].party.client.hangup(Some(&call)).await.unwrap();
+    for party in &mut p[1..] {
+        party.party.client.hangup(Some(&call)).await.ok();
     }
 }
 

@@ -54,6 +54,7 @@ async fn the_device_port_serves_the_demo_phone_and_the_sdk() {
         ("/phone.js", "page/phone.js", "text/javascript; charset=utf-8"),
         ("/sdk/index.js", "js/index.js", "text/javascript; charset=utf-8"),
         ("/sdk/media.js", "js/media.js", "text/javascript; charset=utf-8"),
+        ("/sdk/config.js", "js/config.js", "text/javascript; charset=utf-8"),
         ("/sdk/pkg/callplus_web.js", "js/pkg/callplus_web.js", "text/javascript; charset=utf-8"),
         ("/sdk/pkg/callplus_web_bg.wasm", "js/pkg/callplus_web_bg.wasm", "application/wasm"),
     ] {

@@ -13,6 +13,8 @@
 //!   cannot be decoded until the next key frame;
 //! - one interceptor per peer connection (`rtcp_observer`) reads the peer's reception reports and
 //!   its key-frame requests (PLI/FIR), which become a key-frame request to the video source;
+//! - through the SFU, our video goes out in two simulcast layers (full and tiny), and a data
+//!   channel on the SFU connection carries which layer this device wants of each user's video;
 //! - one stats task per call turns `get_stats` into the once-a-second
 //!   [`MediaStats`](crate::adapter::MediaStats).
 //!
@@ -123,6 +125,9 @@ struct Inner {
     local_level: Arc<AtomicU8>,
     /// `mute_all_remote_audio`: remote audio is received but not handed to sinks.
     remote_audio_muted: Arc<AtomicBool>,
+    /// The layer chosen per remote user's video (`true`: tiny); absent users get the full one.
+    /// Sent to the SFU of every call that goes through one.
+    video_views: StdMutex<HashMap<UserId, bool>>,
 }
 
 const NO_LEVEL: u8 = u8::MAX;
@@ -171,6 +176,7 @@ impl WebRtcMediaAdapter {
             video_pump,
             local_level,
             remote_audio_muted: Arc::new(AtomicBool::new(false)),
+            video_views: StdMutex::new(HashMap::new()),
         });
         (WebRtcMediaAdapter { inner }, MediaEvents::new(rx))
     }
@@ -443,6 +449,22 @@ impl MediaAdapter for WebRtcMediaAdapter {
     fn remove_sink(&self, user: &UserId, kind: MediaKind) {
         if let Some(mut old) = lock(&self.inner.sinks).remove(&(user.clone(), kind)) {
             old.on_end();
+        }
+    }
+
+    async fn set_video_tiny(&self, user: &UserId, tiny: bool) {
+        lock(&self.inner.video_views).insert(user.clone(), tiny);
+        let connections: Vec<Arc<peer::PeerShared>> = {
+            let state = self.inner.state.lock().await;
+            state
+                .calls
+                .values()
+                .filter(|call| call.sfu.is_some())
+                .flat_map(|call| call.peers.values().map(|peer| Arc::clone(&peer.shared)))
+                .collect()
+        };
+        for shared in connections {
+            shared.send_video_view(user, tiny).await;
         }
     }
 

@@ -15,6 +15,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use tokio::sync::mpsc;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_remote::TrackRemote;
@@ -27,7 +28,7 @@ use webrtc::rtp_transceiver::RtpSender;
 
 use super::codecs::{OPUS_PT, RTCP_OBSERVER_SLOT, VP8_PT, interceptors, opus_codec, vp8_codec};
 use super::receive::receive_loop;
-use super::send::{PumpCmd, SendTarget, Targets};
+use super::send::{FULL_RID, PumpCmd, SendTarget, Simulcast, TINY_RID, Targets};
 use super::{Inner, PeerKey, Sinks, State, lock, now_ms};
 use crate::adapter::{MediaEvent, PeerSpec};
 use crate::error::MediaError;
@@ -38,7 +39,12 @@ pub(super) struct LocalTrack {
     pub(super) track: Arc<TrackLocalStaticSample>,
     pub(super) sender: Arc<dyn RtpSender>,
     pub(super) ssrc: u32,
+    /// Simulcast video (to the SFU): the SSRC of the tiny layer.
+    pub(super) tiny_ssrc: Option<u32>,
 }
+
+/// The label of the control data channel to the SFU (`callplus_sfu::CONTROL_LABEL`).
+pub(super) const CONTROL_LABEL: &str = "callplus-sfu";
 
 pub(super) struct PeerEntry {
     pub(super) pc: Arc<dyn PeerConnection>,
@@ -86,9 +92,24 @@ pub(super) struct PeerShared {
     pub(super) video_lost: AtomicU32,
     /// The adapter's `mute_all_remote_audio` switch.
     pub(super) remote_audio_muted: Arc<AtomicBool>,
+    /// Through an SFU: the control data channel, where this device's layer choices go.
+    pub(super) control: StdMutex<Option<Arc<dyn DataChannel>>>,
 }
 
 impl PeerShared {
+    /// Tells the SFU which layer of `user`'s video this device wants, if the control channel is
+    /// open (when it opens, every choice made so far is sent).
+    pub(super) async fn send_video_view(&self, user: &UserId, tiny: bool) {
+        let control = lock(&self.control).clone();
+        if let Some(control) = control {
+            let text =
+                format!(r#"{{"type":"video_view","user":{},"tiny":{tiny}}}"#, json_string(user.as_str()));
+            if let Err(e) = control.send_text(&text).await {
+                tracing::debug!(error = %e, "video view not sent yet");
+            }
+        }
+    }
+
     pub(super) fn emit(&self, event: MediaEvent) {
         if !self.closed.load(Ordering::Acquire) {
             let _ = self.events.send(event);
@@ -264,8 +285,22 @@ impl Inner {
                 tracing::debug!(?kind, peer = %key.0, "nothing negotiated to send");
                 continue;
             };
-            let target =
-                Arc::new(SendTarget { track: Arc::clone(&local.track), ssrc: local.ssrc, payload_type });
+            let simulcast = match local.tiny_ssrc {
+                Some(tiny_ssrc) => match mid_of(peer.pc.as_ref(), &local.sender).await {
+                    Some(mid) => Some(Simulcast { tiny_ssrc, mid }),
+                    None => {
+                        tracing::warn!(peer = %key.0, "no mid for the video sender: one layer only");
+                        None
+                    }
+                },
+                None => None,
+            };
+            let target = Arc::new(SendTarget {
+                track: Arc::clone(&local.track),
+                ssrc: local.ssrc,
+                payload_type,
+                simulcast,
+            });
             match kind {
                 MediaKind::Audio => peer.audio_target = Some(target),
                 MediaKind::Video => peer.video_target = Some(target),
@@ -292,12 +327,18 @@ impl Inner {
             RtpCodecKind::Video,
         )?;
         let (audio_ssrc, video_ssrc) = (rand_ssrc(), rand_ssrc());
-        let reports = Arc::new(StdMutex::new(RemoteReports::new(video_ssrc)));
+        // Through the SFU, video goes out in two simulcast layers.
+        let tiny_ssrc = sfu_token.is_some().then(rand_ssrc);
+        let mut reports = RemoteReports::new(video_ssrc);
+        if let Some(tiny) = tiny_ssrc {
+            reports = reports.with_tiny_layer(tiny);
+        }
+        let reports = Arc::new(StdMutex::new(reports));
         // Weak: a connection outliving the adapter must not keep the pump (and the camera) alive.
         let video_pump = self.video_pump.downgrade();
-        let on_keyframe_request = Box::new(move || {
+        let on_keyframe_request = Box::new(move |layer| {
             if let Some(pump) = video_pump.upgrade() {
-                let _ = pump.send(PumpCmd::Wake { keyframe: true });
+                let _ = pump.send(PumpCmd::LayerKeyframe(layer));
             }
         });
         let observer = RtcpObserver::new(Arc::clone(&reports), on_keyframe_request);
@@ -328,6 +369,7 @@ impl Inner {
             video_recovered: AtomicU32::new(0),
             video_lost: AtomicU32::new(0),
             remote_audio_muted: Arc::clone(&self.remote_audio_muted),
+            control: StdMutex::new(None),
         });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(configuration)
@@ -339,7 +381,7 @@ impl Inner {
             .build()
             .await?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
-        let audio = add_track(&pc, local_user, RtpCodecKind::Audio, opus_codec(), audio_ssrc).await;
+        let audio = add_track(&pc, local_user, RtpCodecKind::Audio, opus_codec(), audio_ssrc, None).await;
         let audio = match audio {
             Ok(a) => a,
             Err(e) => {
@@ -347,13 +389,27 @@ impl Inner {
                 return Err(e);
             }
         };
-        let video = match add_track(&pc, local_user, RtpCodecKind::Video, vp8_codec(), video_ssrc).await {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = pc.close().await;
-                return Err(e);
+        let video =
+            match add_track(&pc, local_user, RtpCodecKind::Video, vp8_codec(), video_ssrc, tiny_ssrc).await {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = pc.close().await;
+                    return Err(e);
+                }
+            };
+        if shared.sfu_token.is_some() {
+            // Made before our offer, so the offer carries it (`m=application`).
+            match pc.create_data_channel(CONTROL_LABEL, None).await {
+                Ok(channel) => {
+                    *lock(&shared.control) = Some(Arc::clone(&channel));
+                    tokio::spawn(control_loop(Arc::downgrade(&shared), channel));
+                }
+                Err(e) => {
+                    let _ = pc.close().await;
+                    return Err(e.into());
+                }
             }
-        };
+        }
         Ok(PeerEntry {
             pc,
             shared,
@@ -507,31 +563,94 @@ pub(super) async fn flush_candidates(peer: &mut PeerEntry) {
     }
 }
 
+/// Adds our sending track of `kind`; with `tiny_ssrc`, a simulcast track of two encodings
+/// (`rid` "f" on `ssrc`, "q" on `tiny_ssrc`), which the offer declares with `a=rid` and
+/// `a=simulcast:send f;q`.
 pub(super) async fn add_track(
     pc: &Arc<dyn PeerConnection>,
     local_user: &UserId,
     kind: RtpCodecKind,
     codec: RTCRtpCodec,
     ssrc: u32,
+    tiny_ssrc: Option<u32>,
 ) -> Result<LocalTrack, MediaError> {
     let name = match kind {
         RtpCodecKind::Video => "video",
         _ => "audio",
+    };
+    let coding = |ssrc: u32, rid: &str| RTCRtpEncodingParameters {
+        rtp_coding_parameters: RTCRtpCodingParameters {
+            rid: rid.to_owned(),
+            ssrc: Some(ssrc),
+            ..Default::default()
+        },
+        codec: codec.clone(),
+        ..Default::default()
+    };
+    let codings = match tiny_ssrc {
+        Some(tiny) => vec![coding(ssrc, FULL_RID), coding(tiny, TINY_RID)],
+        None => vec![coding(ssrc, "")],
     };
     let track = MediaStreamTrack::new(
         local_user.to_string(),
         format!("{local_user}-{name}"),
         name.to_owned(),
         kind,
-        vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
-            codec,
-            ..Default::default()
-        }],
+        codings,
     );
     let track = Arc::new(TrackLocalStaticSample::new(Instant::now(), track)?);
     let sender = pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>).await?;
-    Ok(LocalTrack { track, sender, ssrc })
+    Ok(LocalTrack { track, sender, ssrc, tiny_ssrc })
+}
+
+/// The `mid` of the media section `sender` sends on (known once negotiated).
+async fn mid_of(pc: &dyn PeerConnection, sender: &Arc<dyn RtpSender>) -> Option<String> {
+    for transceiver in pc.get_transceivers().await {
+        if let Ok(Some(s)) = transceiver.sender().await
+            && s.id() == sender.id()
+        {
+            return transceiver.mid().await.ok().flatten();
+        }
+    }
+    None
+}
+
+/// Reads the control channel to the SFU until it closes: once it opens, every layer choice made
+/// so far is sent (later ones go as they are made).
+async fn control_loop(shared: Weak<PeerShared>, channel: Arc<dyn DataChannel>) {
+    while let Some(event) = channel.poll().await {
+        let Some(shared) = shared.upgrade() else { break };
+        match event {
+            DataChannelEvent::OnOpen => {
+                let views: Vec<(UserId, bool)> = match shared.inner.upgrade() {
+                    Some(inner) => lock(&inner.video_views).iter().map(|(u, t)| (u.clone(), *t)).collect(),
+                    None => break,
+                };
+                tracing::debug!(call = %shared.call_id, views = views.len(), "SFU control channel open");
+                for (user, tiny) in views {
+                    shared.send_video_view(&user, tiny).await;
+                }
+            }
+            DataChannelEvent::OnClose => break,
+            _ => {}
+        }
+    }
+}
+
+/// `text` as a JSON string literal.
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// A random SSRC, from the std hasher's randomly keyed SipHash (no extra dependency).

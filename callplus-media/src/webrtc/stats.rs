@@ -51,7 +51,7 @@ pub(super) async fn stats_loop(inner: Weak<Inner>, call_id: CallId, period: Dura
             let (send_loss, rtcp_rtt, keyframe_requests_received) = {
                 let mut reports = lock(&shared.reports);
                 let (loss, rtt) = reports.take();
-                (loss, rtt, reports.keyframes.take_received())
+                (loss, rtt, reports.take_keyframe_requests())
             };
             if let Some(loss) = send_loss {
                 loss_sum += loss;

@@ -127,6 +127,17 @@ pub(crate) enum Input {
         /// The message.
         payload: MediaPayload,
     },
+    /// The SFU's connection to a participant device came up (`connected`) or failed.
+    SfuConnection {
+        /// The call.
+        call_id: CallId,
+        /// The user.
+        user: UserId,
+        /// The device.
+        device: DeviceId,
+        /// Up, or failed.
+        connected: bool,
+    },
     /// Shut down: end every session, write everything, flush storage, stop.
     Shutdown {
         /// Receives the storage flush result.
@@ -360,6 +371,12 @@ impl Driver {
             Input::SfuSignal { call_id, to_user, to_device, payload } => {
                 self.sb.sfu_signal(now, &call_id, &to_user, &to_device, payload);
             }
+            Input::SfuConnection { call_id, user, device, connected: true } => {
+                self.sb.sfu_participant_connected(now, &call_id, &user, &device);
+            }
+            Input::SfuConnection { call_id, user, device, connected: false } => {
+                self.sb.sfu_participant_failed(now, &call_id, &user, &device);
+            }
             Input::Shutdown { .. } => {}
         }
     }
@@ -452,6 +469,9 @@ impl Driver {
                 self.to_sfu(SfuCommand::Leave { call_id, user, device });
             }
             Output::SfuEndCall { call_id } => self.to_sfu(SfuCommand::EndCall { call_id }),
+            Output::SfuPause { call_id, user, device, kind, paused } => {
+                self.to_sfu(SfuCommand::Pause { call_id, user, device, kind, paused });
+            }
             Output::Close { conn } => {
                 if self.conns.remove(&conn).is_some() {
                     tracing::debug!(conn, "closing connection");

@@ -4,13 +4,15 @@
 //! to the SFU, a leave, a call's end); the driver queues them here in order, and one task applies
 //! them to the [`Sfu`] one after another (an offer is applied before the candidates behind it).
 //! The SFU's own signals go back to the driver as [`Input::SfuSignal`], and from there to the
-//! participant device as a `MediaSignal` from the SFU's address. The token key is made at start
-//! and never leaves the process: the switchboard gets a signer, the SFU the same key.
+//! participant device as a `MediaSignal` from the SFU's address; its connection reports (up,
+//! failed) go to the switchboard, which recovers a failed connection or removes the participant.
+//! The token key is made at start and never leaves the process: the switchboard gets a signer,
+//! the SFU the same key.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use callplus_session::switchboard::MediaRouter;
-use callplus_session::{CallId, DeviceId, MediaPayload, UserId};
+use callplus_session::{CallId, DeviceId, MediaKind, MediaPayload, UserId};
 use callplus_sfu::{MediaTokens, Sfu, SfuConfig, SfuEvent, SfuEvents};
 use rand::RngCore as _;
 use tokio::sync::mpsc;
@@ -29,6 +31,8 @@ pub(crate) enum SfuCommand {
     Signal { call_id: CallId, user: UserId, device: DeviceId, payload: MediaPayload },
     /// A participant device left the call.
     Leave { call_id: CallId, user: UserId, device: DeviceId },
+    /// A participant's camera (video) or microphone (audio) went off (`paused`) or on again.
+    Pause { call_id: CallId, user: UserId, device: DeviceId, kind: MediaKind, paused: bool },
     /// The call ended.
     EndCall { call_id: CallId },
 }
@@ -95,6 +99,21 @@ impl SfuTask {
                             break;
                         }
                     }
+                    // The switchboard recovers a failed connection (fresh route) and removes
+                    // a participant that does not come back.
+                    Some(SfuEvent::ParticipantConnected { call_id, user, device }) => {
+                        let input = Input::SfuConnection { call_id, user, device, connected: true };
+                        if !driver.send(input).await {
+                            break;
+                        }
+                    }
+                    Some(SfuEvent::ParticipantFailed { call_id, user, device }) => {
+                        tracing::info!(call = %call_id, %user, %device, "sfu connection failed");
+                        let input = Input::SfuConnection { call_id, user, device, connected: false };
+                        if !driver.send(input).await {
+                            break;
+                        }
+                    }
                     Some(other) => tracing::debug!(event = ?other, "sfu"),
                     None => break,
                 },
@@ -113,6 +132,11 @@ impl SfuTask {
             SfuCommand::Leave { call_id, user, device } => {
                 if let Err(e) = self.sfu.remove_participant(&call_id, &user, &device).await {
                     tracing::debug!(call = %call_id, %user, error = %e, "sfu leave");
+                }
+            }
+            SfuCommand::Pause { call_id, user, device, kind, paused } => {
+                if let Err(e) = self.sfu.set_paused(&call_id, &user, &device, kind, paused).await {
+                    tracing::debug!(call = %call_id, %user, error = %e, "sfu pause");
                 }
             }
             SfuCommand::EndCall { call_id } => {

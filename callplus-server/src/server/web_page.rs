@@ -47,6 +47,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../../../callplus-web/js/media.js"),
     },
     Asset {
+        path: "/sdk/config.js",
+        content_type: JS,
+        body: include_bytes!("../../../callplus-web/js/config.js"),
+    },
+    Asset {
         path: "/sdk/pkg/callplus_web.js",
         content_type: JS,
         body: include_bytes!("../../../callplus-web/js/pkg/callplus_web.js"),

@@ -32,6 +32,11 @@ pub const PATH: &str = "/v1/ws";
 /// The subprotocol the server selects when a client offers it (offering none is fine too).
 pub const SUBPROTOCOL: &str = "callplus.v1";
 
+/// How much a socket reads at a time. The library's default (128 KiB) is zero-filled on every
+/// read, so each idle socket would hold 128 KiB resident; frames larger than this still arrive
+/// whole (the buffer reserves a frame's length once its header is read).
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
 /// The WebSocket route, to be merged with the gRPC routes on the device port.
 pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
     // GET for the HTTP/1.1 upgrade, CONNECT for WebSocket over HTTP/2 (RFC 8441), which a
@@ -46,7 +51,8 @@ async fn upgrade(
 ) -> Response {
     let peer = info.peer();
     // The same limit as gRPC's decoder: a larger message is refused as soon as its header is read.
-    ws.max_message_size(MAX_FRAME_BYTES)
+    ws.read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .protocols([SUBPROTOCOL])
         .on_failed_upgrade(move |e| tracing::debug!(?peer, error = %e, "WebSocket upgrade failed"))

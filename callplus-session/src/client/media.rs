@@ -167,8 +167,8 @@ pub(super) struct WantedMedia {
 #[derive(Debug, Clone)]
 struct RunningMedia {
     media_type: MediaType,
-    /// The SFU's address, when the media goes through it (signals come from there).
-    sfu: Option<(UserId, DeviceId)>,
+    /// The SFU route, when the media goes through it (signals come from its address).
+    sfu: Option<SfuRoute>,
     peers: BTreeMap<UserId, DeviceId>,
     first_frame_reported: bool,
 }
@@ -178,7 +178,7 @@ impl RunningMedia {
     /// goes through it; else a current peer's.
     fn sends(&self, user: &UserId, device: &DeviceId) -> bool {
         match &self.sfu {
-            Some((sfu_user, sfu_device)) => sfu_user == user && sfu_device == device,
+            Some(route) => &route.user_id == user && &route.device_id == device,
             None => self.peers.get(user) == Some(device),
         }
     }
@@ -280,10 +280,11 @@ impl MediaPlan {
             self.commands.push_back(MediaCommand::Stop { call_id });
         }
         for (call_id, want) in wanted {
-            let route = want.sfu.as_ref().map(|r| (r.user_id.clone(), r.device_id.clone()));
-            if self.running.get(&call_id).is_some_and(|running| running.sfu != route) {
-                // The call's media moves (a SINGLE call became a group through the SFU): the
-                // connections it had close and it starts again on the new route.
+            if self.running.get(&call_id).is_some_and(|running| running.sfu != want.sfu) {
+                // The call's media moves (a SINGLE call, or a mesh that outgrew the mesh size,
+                // became a group through the SFU), or the server sent a fresh route because
+                // this device's SFU connection failed: the connections it had close and it
+                // starts again on the new route, with the new token.
                 self.running.remove(&call_id);
                 self.commands.push_back(MediaCommand::Stop { call_id: call_id.clone() });
             }
@@ -309,7 +310,7 @@ impl MediaPlan {
                         call_id.clone(),
                         RunningMedia {
                             media_type: want.media_type,
-                            sfu: want.sfu.map(|r| (r.user_id, r.device_id)),
+                            sfu: want.sfu,
                             peers: want.peers,
                             first_frame_reported: false,
                         },

@@ -396,6 +396,10 @@ impl Switchboard {
         else {
             return Err(Error::from_code(Code::Internal));
         };
+        // A mesh that grows past the mesh size moves to the SFU (the others are told here,
+        // this device with its route below).
+        self.reroute_if_outgrown(id, Some(ctx.sk));
+        let (call, idx) = find(&mut self.calls, ctx, id)?;
         let snapshot = call.snapshot();
         self.net.respond(ctx.sk, rid, Ok(ResponseBody::Call(snapshot.clone())));
         send_route(self.router.as_ref(), &mut self.net, call, ctx.sk, &ctx.user, &ctx.device);
@@ -598,6 +602,9 @@ impl Switchboard {
         }
         self.net.outputs.push_back(Output::SaveCall { app: ctx.app.clone(), call: snapshot });
         self.calls.insert(id.clone(), call);
+        // A group call kept as a mesh that the invitees make larger than the mesh size moves
+        // to the SFU now, before they answer.
+        self.reroute_if_outgrown(id, None);
         Ok(())
     }
 
@@ -751,6 +758,7 @@ impl Switchboard {
             let event =
                 Event::MediaStateChanged { call_id: id.clone(), user_id: ctx.user.clone(), kind, disabled };
             notify_others(&mut self.net, call, &[idx], event);
+            self.sfu_pause(id, &ctx.user, kind, disabled);
         }
         Ok(())
     }

@@ -8,13 +8,34 @@
 //! participant addresses to the SFU come out as [`Output::SfuSignal`]; the driver hands the
 //! SFU's answers back through [`Switchboard::sfu_signal`]. The media token is signed by the
 //! server layer ([`MediaRouter::sign`]): the key never enters the sans-IO core.
+//!
+//! A call's route follows it as it changes:
+//! - **Growth.** A mesh call that grows past [`MediaRouter::mesh_max`] (an invite, a join) moves
+//!   to the SFU: its connected devices get the SFU's route, and their engines move their media
+//!   there the way a SINGLE call that became MULTI does, without ending the call.
+//! - **Recovery.** When the SFU reports a participant's connection failed
+//!   ([`Switchboard::sfu_participant_failed`]), the switchboard drops that connection at the SFU
+//!   ([`Output::SfuLeave`]) and sends the device a fresh route with a newly signed token; its
+//!   engine restarts the call's media on it. A token is only checked when a connection opens,
+//!   so every reconnection carries one just made and the token's lifetime never cuts a call.
+//! - **Removal.** A participant whose SFU connection does not come back
+//!   ([`Switchboard::sfu_participant_connected`]) within [`MEDIA_RECOVERY_MS`] of the failure
+//!   leaves the call with NETWORK_ERROR, so the others see it go rather than a frozen tile.
+//! - **Camera and microphone.** A participant's camera or microphone switched off or on
+//!   becomes [`Output::SfuPause`]: the SFU stops (or resumes) forwarding that stream.
 
 use super::net::Net;
+use super::timer::Timer;
 use super::{Output, Switchboard};
 use crate::call::{Call, SessionKey};
 use crate::model::ids::{CallId, DeviceId, UserId};
-use crate::model::kinds::CallType;
+use crate::model::kinds::{CallType, EndReason, MediaKind};
 use crate::model::message::{Event, MediaPayload, SfuRoute};
+
+/// How long a participant whose SFU connection failed has to connect again before it is
+/// removed from the call (NETWORK_ERROR). It covers the SFU noticing the failure of the
+/// reconnection too, plus an ICE and DTLS setup over a poor network.
+pub const MEDIA_RECOVERY_MS: i64 = 20_000;
 
 /// Signs the media token of one (call, user, device).
 pub type TokenSigner = Box<dyn Fn(&CallId, &UserId, &DeviceId) -> String + Send + Sync>;
@@ -48,6 +69,11 @@ impl MediaRouter {
     /// the SFU.
     pub(super) fn routes(&self, call_type: CallType, participants: usize) -> bool {
         call_type == CallType::Multi && participants > self.mesh_max
+    }
+
+    /// Whether `call`, a mesh so far, has grown past the mesh size and moves to the SFU.
+    pub(super) fn outgrown(&self, call: &Call) -> bool {
+        !call.via_sfu && self.routes(call.call_type, call.active())
     }
 
     /// Whether `(user, device)` is the SFU's address in `call`.
@@ -114,8 +140,123 @@ impl Switchboard {
 
     /// Queues the SFU's side of a participant's leaving an SFU call.
     pub(super) fn sfu_leave(&mut self, call_id: &CallId, user: UserId, device: Option<DeviceId>) {
+        self.media_lost.remove(&(call_id.clone(), user.clone()));
         if let Some(device) = device {
             self.net.outputs.push_back(Output::SfuLeave { call_id: call_id.clone(), user, device });
+        }
+    }
+}
+
+/// A participant connected in an SFU call on this device, and the session holding its leg.
+fn sfu_party(call: &Call, user: &UserId, device: &DeviceId) -> Option<(usize, SessionKey)> {
+    if !call.via_sfu || call.is_ended() {
+        return None;
+    }
+    let idx = call.index_of(user)?;
+    let party = call.party(idx).filter(|p| p.state.is_connected() && p.device.as_ref() == Some(device))?;
+    Some((idx, party.bound?))
+}
+
+impl Switchboard {
+    /// A mesh call that has grown past the mesh size moves to the SFU: every connected device
+    /// but `except` (which is told on its own) gets the SFU's route.
+    pub(super) fn reroute_if_outgrown(&mut self, id: &CallId, except: Option<SessionKey>) {
+        let Some(router) = &self.router else { return };
+        let Some(call) = self.calls.get_mut(id).filter(|c| !c.is_ended()) else { return };
+        if !router.outgrown(call) {
+            return;
+        }
+        call.via_sfu = true;
+        for p in call.parties.iter().filter(|p| p.state.is_connected()) {
+            if let (Some(sk), Some(device)) = (p.bound, &p.device)
+                && Some(sk) != except
+            {
+                send_route(Some(router), &mut self.net, call, sk, &p.user, device);
+            }
+        }
+    }
+
+    /// The SFU reports that a participant device's connection failed. The failed connection is
+    /// closed at the SFU and the device gets a fresh route (a new token): its engine restarts
+    /// the call's media. If it has not connected again [`MEDIA_RECOVERY_MS`] after the first
+    /// failure, it leaves the call with NETWORK_ERROR. Reports about devices that are not (or
+    /// no longer) in the call on that device are ignored.
+    pub fn sfu_participant_failed(
+        &mut self,
+        now_ms: i64,
+        call_id: &CallId,
+        user: &UserId,
+        device: &DeviceId,
+    ) {
+        self.media_failed(now_ms, call_id, user, device);
+        self.finish_input(now_ms);
+    }
+
+    fn media_failed(&mut self, now_ms: i64, call_id: &CallId, user: &UserId, device: &DeviceId) {
+        let Some(router) = &self.router else { return };
+        let Some(call) = self.calls.get(call_id) else { return };
+        let Some((idx, sk)) = sfu_party(call, user, device) else { return };
+        self.net.outputs.push_back(Output::SfuLeave {
+            call_id: call_id.clone(),
+            user: user.clone(),
+            device: device.clone(),
+        });
+        send_route(Some(router), &mut self.net, call, sk, user, device);
+        let key = (call_id.clone(), user.clone());
+        if self.media_lost.get(&key).is_none_or(|(d, _)| d != device) {
+            let deadline = now_ms.saturating_add(MEDIA_RECOVERY_MS);
+            self.media_lost.insert(key, (device.clone(), deadline));
+            self.timers.set(deadline, Timer::MediaLost(call_id.clone(), idx));
+        }
+    }
+
+    /// The SFU reports that a participant device's connection is up (ICE and DTLS): a recovery
+    /// in progress for it is over.
+    pub fn sfu_participant_connected(
+        &mut self,
+        now_ms: i64,
+        call_id: &CallId,
+        user: &UserId,
+        device: &DeviceId,
+    ) {
+        let key = (call_id.clone(), user.clone());
+        if self.media_lost.get(&key).is_some_and(|(d, _)| d == device) {
+            self.media_lost.remove(&key);
+        }
+        self.finish_input(now_ms);
+    }
+
+    /// The recovery deadline of participant `idx` passed: still without media, it leaves.
+    pub(super) fn media_lost_timer(&mut self, now_ms: i64, id: &CallId, idx: usize, at: i64) {
+        let Some(call) = self.calls.get(id) else { return };
+        let Some(party) = call.party(idx) else { return };
+        let key = (id.clone(), party.user.clone());
+        let Some((device, deadline)) = self.media_lost.get(&key).cloned() else { return };
+        if deadline != at {
+            return;
+        }
+        self.media_lost.remove(&key);
+        if party.state.is_connected() && party.device.as_ref() == Some(&device) && !call.is_ended() {
+            tracing::info!(call = %id, user = %party.user, "no media from the participant since its SFU connection failed");
+            self.leave(now_ms, id, idx, EndReason::NetworkError, None, EndReason::NetworkError);
+        }
+    }
+
+    /// A participant turned its camera (video) or microphone (audio) off or on: in an SFU call,
+    /// the SFU stops or resumes forwarding that stream.
+    pub(super) fn sfu_pause(&mut self, call_id: &CallId, user: &UserId, kind: MediaKind, paused: bool) {
+        let Some(call) = self.calls.get(call_id).filter(|c| c.via_sfu && self.router.is_some()) else {
+            return;
+        };
+        let device = call.index_of(user).and_then(|j| call.party(j)).and_then(|p| p.device.clone());
+        if let Some(device) = device {
+            self.net.outputs.push_back(Output::SfuPause {
+                call_id: call_id.clone(),
+                user: user.clone(),
+                device,
+                kind,
+                paused,
+            });
         }
     }
 }

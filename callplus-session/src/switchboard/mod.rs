@@ -74,7 +74,7 @@ use crate::model::snapshot::CallInfo;
 use crate::wire::FrameError;
 
 pub use config::{BusyPolicy, ConfigError, DevicePolicy, MAX_NODE_ID_LEN, SwitchboardConfig, valid_node_id};
-pub use media_route::{MediaRouter, TokenSigner};
+pub use media_route::{MEDIA_RECOVERY_MS, MediaRouter, TokenSigner};
 pub use output::{ConnId, DevicePresence, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId};
 
 pub use output::QueryResult;
@@ -130,6 +130,9 @@ pub struct Switchboard {
     id_buf: String,
     /// The SFU MULTI calls go through, if the server runs one.
     router: Option<media_route::MediaRouter>,
+    /// Participants of SFU calls whose media connection failed: the device, and when it must
+    /// be back (`media_route`).
+    media_lost: FastMap<(CallId, UserId), (DeviceId, i64)>,
 }
 
 impl Switchboard {
@@ -169,6 +172,7 @@ impl Switchboard {
             scratch: Vec::new(),
             id_buf: String::new(),
             router: None,
+            media_lost: FastMap::default(),
         }
     }
 
@@ -349,6 +353,7 @@ impl Switchboard {
                 Timer::Session(sk) => self.session_timer(now_ms, sk, at),
                 Timer::Ring(id, idx) => self.ring_timer(now_ms, &id, idx, at),
                 Timer::Change(id, seq) => self.change_timer(now_ms, &id, seq),
+                Timer::MediaLost(id, idx) => self.media_lost_timer(now_ms, &id, idx, at),
                 Timer::Retention(id) => {
                     let retention = i64::from(self.cfg.ended_call_retention_ms);
                     let expired = self

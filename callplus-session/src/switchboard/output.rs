@@ -2,7 +2,7 @@
 
 use crate::error::Error;
 use crate::model::ids::{AppKey, CallId, DeviceId, UserId};
-use crate::model::kinds::{MediaType, RecordOrder};
+use crate::model::kinds::{MediaKind, MediaType, RecordOrder};
 use crate::model::message::{Event, MediaPayload, ServerFrame};
 use crate::model::snapshot::{CallInfo, CallRecord, PushConfig, RecordPage};
 
@@ -99,6 +99,21 @@ pub enum Output {
         user: UserId,
         /// The device it was in the call on.
         device: DeviceId,
+    },
+    /// A participant of an SFU call turned its camera (video) or microphone (audio) off
+    /// (`paused`) or on: the SFU stops forwarding that stream to the others, or resumes it
+    /// (with a key frame asked of the publisher, for video).
+    SfuPause {
+        /// The call.
+        call_id: CallId,
+        /// The publishing user.
+        user: UserId,
+        /// The device it is in the call on.
+        device: DeviceId,
+        /// Which stream.
+        kind: MediaKind,
+        /// Off (`true`) or on again.
+        paused: bool,
     },
     /// An SFU call ended: close all its SFU connections.
     SfuEndCall {

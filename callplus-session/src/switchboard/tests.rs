@@ -1012,6 +1012,141 @@ fn multi_calls_are_routed_through_the_sfu_and_only_participants_reach_it() {
     assert!(h.events(a).iter().chain(h.events(b).iter()).all(|e| !matches!(e, Event::MediaRoute { .. })));
 }
 
+/// A router for the SFU at `callplus-sfu`/`sfu` whose every token is new (`tok.<n>`).
+fn fresh_token_router(mesh_max: usize) -> MediaRouter {
+    let issued = std::sync::atomic::AtomicU64::new(0);
+    MediaRouter {
+        sfu_user: uid("callplus-sfu"),
+        sfu_device: ok(DeviceId::new("sfu")),
+        mesh_max,
+        sign: Box::new(move |_, _, _| {
+            format!("tok.{}", issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        }),
+    }
+}
+
+fn routes_of(events: &[Event]) -> Vec<Option<String>> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::MediaRoute { sfu, .. } => Some(sfu.as_ref().map(|r| r.token.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_mesh_that_outgrows_the_mesh_size_is_routed_through_the_sfu() {
+    let mut h = H::default();
+    h.sb.set_media_router(fresh_token_router(2));
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let c = h.connect("carol", "c1");
+    let id = h.start(a, &["bob"], CallType::Multi, MediaType::Audio).call_id;
+    ok(h.accept(b, &id));
+    assert_eq!(routes_of(&h.events(a)), vec![None], "two: a mesh");
+    assert_eq!(routes_of(&h.events(b)), vec![None]);
+
+    let invite =
+        Request::Invite { call_id: id.clone(), users: vec![uid("carol")], push: None, extra: String::new() };
+    ok(h.req(a, invite));
+    // Both connected devices get the SFU (each its own token); the invitee not yet.
+    assert!(matches!(&routes_of(&h.events(a))[..], [Some(_)]));
+    assert!(matches!(&routes_of(&h.events(b))[..], [Some(_)]));
+    assert!(routes_of(&h.events(c)).is_empty());
+    ok(h.accept(c, &id));
+    assert!(matches!(&routes_of(&h.events(c))[..], [Some(_)]));
+    assert!(routes_of(&h.events(a)).is_empty(), "moved once");
+
+    // Shrinking does not move it back.
+    ok(h.hangup(c, &id));
+    assert!(h.outputs().iter().any(|o| matches!(o, Output::SfuLeave { .. })));
+    assert!(routes_of(&h.events(a)).is_empty() && routes_of(&h.events(b)).is_empty());
+}
+
+#[test]
+fn a_failed_sfu_connection_is_rerouted_and_removed_if_it_does_not_come_back() {
+    let mut h = H::default();
+    h.sb.set_media_router(fresh_token_router(0));
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let c = h.connect("carol", "c1");
+    let id = h.start(a, &["bob", "carol"], CallType::Multi, MediaType::Audio).call_id;
+    ok(h.accept(b, &id));
+    let before = routes_of(&h.events(b));
+    h.events(a);
+    h.events(c);
+    h.outputs();
+
+    // Reports about a ringing participant, a device not in the call, or an unknown call do nothing.
+    h.sb.sfu_participant_failed(h.now, &id, &uid("carol"), &ok(DeviceId::new("c1")));
+    h.sb.sfu_participant_failed(h.now, &id, &uid("bob"), &ok(DeviceId::new("b2")));
+    h.sb.sfu_participant_failed(h.now, &ok(CallId::new("nope")), &uid("bob"), &ok(DeviceId::new("b1")));
+    h.drain();
+    assert!(h.outputs().is_empty());
+    assert!(h.events(b).is_empty() && h.events(c).is_empty());
+
+    // Bob's failed: his connection is closed at the SFU and he gets a fresh route.
+    h.sb.sfu_participant_failed(h.now, &id, &uid("bob"), &ok(DeviceId::new("b1")));
+    h.drain();
+    let left = Output::SfuLeave { call_id: id.clone(), user: uid("bob"), device: ok(DeviceId::new("b1")) };
+    assert_eq!(h.outputs(), vec![left]);
+    let after = routes_of(&h.events(b));
+    assert!(matches!(&after[..], [Some(_)]) && after != before, "a fresh token: {before:?} -> {after:?}");
+    assert!(h.events(a).is_empty(), "nobody else hears of it");
+
+    // He connects again: nothing happens at the bound.
+    h.sb.sfu_participant_connected(h.now, &id, &uid("bob"), &ok(DeviceId::new("b1")));
+    h.drain();
+    h.advance_pinging(MEDIA_RECOVERY_MS + 5_000, &[a, b, c]);
+    assert!(h.events(a).iter().all(|e| !matches!(e, Event::ParticipantChanged { .. })));
+
+    // He fails again and stays away: at the bound he leaves with NETWORK_ERROR.
+    h.sb.sfu_participant_failed(h.now, &id, &uid("bob"), &ok(DeviceId::new("b1")));
+    h.drain();
+    h.advance_pinging(MEDIA_RECOVERY_MS - 5_000, &[a, b, c]);
+    assert!(
+        h.events(a).iter().all(|e| !matches!(e, Event::ParticipantChanged { .. })),
+        "not before the bound"
+    );
+    h.advance_pinging(5_000, &[a, b, c]);
+    let gone = h.events(a).into_iter().any(|e| {
+        matches!(e, Event::ParticipantChanged { user_id, state: ParticipantState::Ended, reason: Some(EndReason::NetworkError), .. } if user_id.as_str() == "bob")
+    });
+    assert!(gone, "alice sees bob leave with NETWORK_ERROR");
+    assert!(
+        h.events(b).iter().any(|e| matches!(e, Event::CallEnded { reason: EndReason::NetworkError, .. })),
+        "bob's device is told"
+    );
+    assert!(h.sb.is_call_live(&app(), &id), "alice and carol's call goes on");
+}
+
+#[test]
+fn camera_changes_in_an_sfu_call_pause_and_resume_forwarding() {
+    let mut h = H::default();
+    h.sb.set_media_router(fresh_token_router(0));
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let id = h.start(a, &["bob"], CallType::Multi, MediaType::AudioVideo).call_id;
+    ok(h.accept(b, &id));
+    h.outputs();
+    let state = |disabled| Request::SetMediaState { call_id: id.clone(), kind: MediaKind::Video, disabled };
+    ok(h.req(a, state(true)));
+    ok(h.req(a, state(true)));
+    ok(h.req(a, state(false)));
+    let pauses: Vec<bool> = h
+        .outputs()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::SfuPause { user, kind: MediaKind::Video, paused, .. } if user.as_str() == "alice" => {
+                Some(paused)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pauses, vec![true, false], "one per change");
+}
+
 // ----- liveness, resume, reliability ------------------------------------------------------------
 
 #[test]

@@ -22,6 +22,8 @@ pub(super) enum Timer {
     Change(CallId, u64),
     /// An ended call is forgotten (GetCall no longer finds it).
     Retention(CallId),
+    /// Participant (index) of an SFU call whose media connection failed must be back by now.
+    MediaLost(CallId, usize),
 }
 
 /// Entries are ordered by deadline, then by insertion (a unique number), so the heap never

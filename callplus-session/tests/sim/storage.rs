@@ -73,6 +73,7 @@ impl SimStorage {
             | Output::Query { .. }
             | Output::SfuSignal { .. }
             | Output::SfuLeave { .. }
+            | Output::SfuPause { .. }
             | Output::SfuEndCall { .. } => {}
         }
     }

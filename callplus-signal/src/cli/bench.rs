@@ -28,6 +28,7 @@ mod calls;
 #[cfg(feature = "media")]
 mod group;
 mod idle;
+mod idle_ws;
 mod raw;
 mod report;
 mod target;
@@ -47,6 +48,8 @@ pub enum IdleClient {
     Raw,
     /// A full `Client` per device (engine, driver task, reconnects).
     Client,
+    /// A bare WebSocket per device (`/v1/ws`, as a browser connects): Hello, then Pings.
+    Websocket,
 }
 
 /// How the simulated users of call cycles talk to the server.

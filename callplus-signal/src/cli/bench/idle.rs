@@ -25,29 +25,29 @@ use crate::client::{Client, ClientOptions, EventStream, TlsOptions};
 /// Waited for before the baseline and after the last connect, so the server is quiet.
 const SETTLE: Duration = Duration::from_secs(2);
 /// Longest wait for a Welcome.
-const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
 /// File descriptors kept free beyond one per connection.
 const FD_MARGIN: u64 = 256;
 
 /// Live counters.
 #[derive(Default)]
-struct Counters {
-    connected: AtomicU64,
+pub(super) struct Counters {
+    pub(super) connected: AtomicU64,
     failed: AtomicU64,
-    dropped: AtomicU64,
+    pub(super) dropped: AtomicU64,
 }
 
 /// What the connect tasks share.
-struct Shared {
-    counters: Counters,
+pub(super) struct Shared {
+    pub(super) counters: Counters,
     failures: Mutex<Reasons>,
-    stop: watch::Receiver<bool>,
+    pub(super) stop: watch::Receiver<bool>,
     /// Full clients, held until the end (client mode).
     clients: Mutex<Vec<(Client, EventStream)>>,
 }
 
 impl Shared {
-    fn fail(&self, why: String) {
+    pub(super) fn fail(&self, why: String) {
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
         *self.failures.lock().unwrap_or_else(PoisonError::into_inner).entry(why).or_default() += 1;
     }
@@ -60,7 +60,13 @@ pub(crate) async fn run(args: &BenchArgs, target: &Target, n: usize) -> anyhow::
     }
     let per_conn = match args.idle_client {
         IdleClient::Raw => args.streams_per_conn.max(1),
-        IdleClient::Client => 1,
+        IdleClient::Client | IdleClient::Websocket => 1,
+    };
+    let ws_url = match args.idle_client {
+        IdleClient::Websocket => {
+            Some(super::idle_ws::websocket_url(&target.endpoint).map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
     };
     let conns = n.div_ceil(per_conn);
     if let Some(limit) = open_files_limit()
@@ -98,12 +104,17 @@ pub(crate) async fn run(args: &BenchArgs, target: &Target, n: usize) -> anyhow::
         }
         let source = sources.get(c % sources.len().max(1)).copied();
         let (endpoint, gate, shared) = (target.endpoint.clone(), gate.clone(), shared.clone());
-        let (mode, tls) = (args.idle_client, target.tls.clone());
+        let (mode, tls, ws_url) = (args.idle_client, target.tls.clone(), ws_url.clone());
         set.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            match mode {
-                IdleClient::Raw => connect_raw(&endpoint, &tls, source, devices, &shared).await,
-                IdleClient::Client => connect_clients(&endpoint, &tls, devices, &shared).await,
+            match (mode, ws_url) {
+                (IdleClient::Websocket, Some(url)) => {
+                    for (i, token) in devices {
+                        super::idle_ws::connect(&url, source, i, token, &shared).await;
+                    }
+                }
+                (IdleClient::Client, _) => connect_clients(&endpoint, &tls, devices, &shared).await,
+                _ => connect_raw(&endpoint, &tls, source, devices, &shared).await,
             }
         });
     }
@@ -372,6 +383,7 @@ impl Summary {
         let mode = match args.idle_client {
             IdleClient::Raw => "raw",
             IdleClient::Client => "client",
+            IdleClient::Websocket => "websocket",
         };
         let json = json!({
             "mode": "idle",

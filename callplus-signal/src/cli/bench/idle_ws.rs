@@ -1,0 +1,146 @@
+//! Idle devices over the WebSocket framing (`--idle-client websocket`): one bare socket per
+//! device on `/v1/ws`, as a browser page connects, sending its Hello and then only Pings (with
+//! its ack) once per heartbeat interval. It measures what a connected web device costs the
+//! server, next to the raw gRPC stream of the default mode.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use callplus_proto::v1 as pb;
+use futures_util::{SinkExt as _, StreamExt as _};
+use prost::Message as _;
+use rand::Rng as _;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, header};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use super::idle::{Shared, WELCOME_TIMEOUT};
+
+/// The WebSocket subprotocol the device port speaks.
+const SUBPROTOCOL: &str = "callplus.v1";
+
+/// `ws://host:port/v1/ws` for a plain `http://host:port` endpoint; TLS endpoints are refused
+/// (this mode measures the plain socket; `--idle-client raw --tls` measures what TLS adds).
+pub(super) fn websocket_url(endpoint: &str) -> Result<String, String> {
+    match endpoint.strip_prefix("http://") {
+        Some(rest) => Ok(format!("ws://{}/v1/ws", rest.trim_end_matches('/'))),
+        None => Err(format!("--idle-client websocket needs a plain http:// server, not {endpoint}")),
+    }
+}
+
+/// Connects one device and, once welcomed, holds it in a task of its own.
+pub(super) async fn connect(
+    url: &str,
+    source: Option<IpAddr>,
+    index: usize,
+    token: String,
+    shared: &Arc<Shared>,
+) {
+    match open(url, source, &format!("idle-ws-{index}"), token).await {
+        Ok((socket, heartbeat)) => {
+            shared.counters.connected.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(hold(socket, heartbeat, shared.clone()));
+        }
+        Err(why) => shared.fail(why),
+    }
+}
+
+async fn tcp(url: &str, source: Option<IpAddr>) -> Result<TcpStream, String> {
+    let authority = url.strip_prefix("ws://").and_then(|r| r.split('/').next()).unwrap_or_default();
+    let addr: SocketAddr = authority.parse().map_err(|_| format!("endpoint:{authority} is not host:port"))?;
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
+    let socket = socket.map_err(|_| "tcp_socket".to_owned())?;
+    if let Some(source) = source {
+        socket.bind(SocketAddr::new(source, 0)).map_err(|_| "tcp_bind".to_owned())?;
+    }
+    let stream = socket.connect(addr).await.map_err(|_| "tcp_connect".to_owned())?;
+    stream.set_nodelay(true).map_err(|_| "tcp_nodelay".to_owned())?;
+    Ok(stream)
+}
+
+/// Opens the socket, sends the Hello and waits for the Welcome; returns the heartbeat interval.
+async fn open(
+    url: &str,
+    source: Option<IpAddr>,
+    device_id: &str,
+    token: String,
+) -> Result<(WebSocketStream<TcpStream>, Duration), String> {
+    let stream = tcp(url, source).await?;
+    let mut request = url.into_client_request().map_err(|e| format!("endpoint:{e}"))?;
+    request.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
+    // A small read buffer, as the server's: thousands of sockets in one process.
+    let config = WebSocketConfig::default().read_buffer_size(4 * 1024);
+    let (mut socket, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+        .await
+        .map_err(|_| "websocket_handshake".to_owned())?;
+    let hello = pb::Hello {
+        token,
+        device_id: device_id.to_owned(),
+        resume: None,
+        client_version: format!("callplus-bench/{}", env!("CARGO_PKG_VERSION")),
+    };
+    let frame =
+        pb::ClientFrame { seq: 0, ack: 0, request_id: 1, body: Some(pb::client_frame::Body::Hello(hello)) };
+    socket
+        .send(Message::Binary(frame.encode_to_vec().into()))
+        .await
+        .map_err(|_| "stream_closed".to_owned())?;
+    let first = loop {
+        match timeout(WELCOME_TIMEOUT, socket.next()).await {
+            Err(_) => return Err("timeout:welcome".to_owned()),
+            Ok(None | Some(Ok(Message::Close(_)))) => return Err("closed_before_welcome".to_owned()),
+            Ok(Some(Err(_))) => return Err("websocket_receive".to_owned()),
+            Ok(Some(Ok(Message::Binary(bytes)))) => break bytes,
+            Ok(Some(Ok(_))) => {}
+        }
+    };
+    let frame = pb::ServerFrame::decode(first).map_err(|_| "undecodable_first_frame".to_owned())?;
+    match frame.body {
+        Some(pb::server_frame::Body::Welcome(w)) => {
+            Ok((socket, Duration::from_millis(u64::from(w.heartbeat_interval_ms.max(500)))))
+        }
+        Some(pb::server_frame::Body::Response(r)) => {
+            let code = pb::ResultCode::try_from(r.code).map_or("UNKNOWN", |c| c.as_str_name());
+            Err(format!("refused:{}", code.strip_prefix("RESULT_CODE_").unwrap_or(code)))
+        }
+        _ => Err("unexpected_first_frame".to_owned()),
+    }
+}
+
+/// Holds a device: a Ping (carrying the ack) per heartbeat, until the stop signal.
+async fn hold(mut socket: WebSocketStream<TcpStream>, heartbeat: Duration, shared: Arc<Shared>) {
+    let mut stop = shared.stop.clone();
+    let mut ack = 0;
+    let first = heartbeat.mul_f64(rand::rng().random_range(0.0..1.0));
+    let mut tick = tokio::time::interval_at(Instant::now() + first, heartbeat);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let ping = pb::ClientFrame { seq: 0, ack, request_id: 0, body: Some(pb::client_frame::Body::Ping(pb::Ping {})) };
+                if socket.send(Message::Binary(ping.encode_to_vec().into())).await.is_err() {
+                    break;
+                }
+            }
+            message = socket.next() => match message {
+                Some(Ok(Message::Binary(bytes))) => {
+                    if let Ok(frame) = pb::ServerFrame::decode(bytes) {
+                        ack = ack.max(frame.seq);
+                    }
+                }
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+            _ = stop.changed() => return,
+        }
+    }
+    if !*stop.borrow() {
+        shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
