@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::bail;
 use callplus_media::{
     AudioConfig, EncodedSample, MediaEvent, MediaKind, MediaSink, MediaSource, RemoteFrame,
-    TestPatternSource, ToneSource, VideoConfig,
+    TestPatternSource, ToneSource, VideoConfig, VideoLayer,
 };
 use callplus_session::client::CallOptions;
 use callplus_session::{CallType, MediaType};
@@ -59,7 +59,8 @@ impl MediaSink for CountingSink {
 type Sent = HashMap<(String, MediaKind), Arc<AtomicU64>>;
 
 /// A source that counts the samples it hands out: what a bot really sends, which falls behind
-/// the nominal rate when the bots' own process is short of CPU.
+/// the nominal rate when the bots' own process is short of CPU. Everything else (configs, key
+/// frames, simulcast's tiny layer) goes to the real source; tiny-layer samples are not counted.
 struct CountingSource {
     inner: Box<dyn MediaSource>,
     sent: Arc<AtomicU64>,
@@ -89,6 +90,18 @@ impl MediaSource for CountingSource {
 
     fn request_keyframe(&mut self) {
         self.inner.request_keyframe();
+    }
+
+    fn set_simulcast(&mut self, on: bool) {
+        self.inner.set_simulcast(on);
+    }
+
+    fn take_tiny_sample(&mut self) -> Option<EncodedSample> {
+        self.inner.take_tiny_sample()
+    }
+
+    fn request_layer_keyframe(&mut self, layer: VideoLayer) {
+        self.inner.request_layer_keyframe(layer);
     }
 }
 
