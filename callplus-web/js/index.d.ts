@@ -273,7 +273,11 @@ export declare class CallPlusClient {
   setAudioConfig(config: AudioConfig): Promise<Result>;
   switchCamera(cameraId: string): Promise<Result>;
   switchMicrophone(microphoneId: string): Promise<Result>;
-  setVideoView(userId: string, element: HTMLVideoElement | null): Result;
+  /**
+   * Where `userId`'s video plays; `isTiny` (default false) asks for that user's small video (a
+   * quarter of the pixels) in calls through the SFU. The choice holds across calls.
+   */
+  setVideoView(userId: string, element: HTMLVideoElement | null, isTiny?: boolean): Result;
   setVideoView(list: { userId: string; videoElement: HTMLVideoElement | null; isTiny?: boolean }[]): Result;
   playMedia(userId: string, mediaType: MediaTypeName): Promise<Result>;
   muteAllRemoteAudio(mute: boolean): Result;

@@ -268,12 +268,15 @@ export class CallPlusClient {
   async switchMicrophone(microphoneId) { return this.#local(() => this.#media.switchDevice('AUDIO', microphoneId)); }
 
   /**
-   * Where a user's video plays: `setVideoView(userId, element)` or the seed's
-   * `setVideoView([{userId, videoElement}])`. The local user's element shows the preview.
+   * Where a user's video plays: `setVideoView(userId, element, isTiny?)` or the seed's
+   * `setVideoView([{userId, videoElement, isTiny}])`. The local user's element shows the
+   * preview. `isTiny` asks for that user's small video (a quarter of the pixels) in calls
+   * through the SFU, for a small view; the choice holds, in later calls too, until the next
+   * `setVideoView` of that user (peer-to-peer calls always carry the full video).
    */
-  setVideoView(listOrUser, element) {
-    const list = Array.isArray(listOrUser) ? listOrUser : [{ userId: listOrUser, videoElement: element }];
-    for (const item of list) this.#media.setView(item.userId, item.videoElement);
+  setVideoView(listOrUser, element, isTiny) {
+    const list = Array.isArray(listOrUser) ? listOrUser : [{ userId: listOrUser, videoElement: element, isTiny }];
+    for (const item of list) this.#media.setView(item.userId, item.videoElement, !!item.isTiny);
     return { code: CallPlusCode.SUCCESS };
   }
 
