@@ -442,6 +442,9 @@ async function multiCall(context, server) {
     for (const o of users.filter((x) => x !== u)) await seesAndHears(pages[u], u, o);
   }
   await throughSfu(pages, users);
+  const answer = await gina.evaluate(() => window.peerConnections.find((c) => c.connectionState === 'connected').localDescription.sdp);
+  check(/^m=application /m.test(answer) && !/a=simulcast/.test(answer),
+    'without the simulcast option gina sends one video encoding to the SFU, and has the control channel');
   check((await ivy.evaluate(() => window.client.hangup())).code === 0, 'ivy leaves');
   for (const u of ['gina', 'hank']) {
     await waitFor(pages[u], `${u} sees ivy leave`, () => window.events.some((e) => e.type === 'remoteUserStateChanged'
@@ -502,8 +505,8 @@ function receivedSize(page, userId) {
 }
 
 /**
- * Simulcast through the SFU: every page sends its video in two encodings (rid "f" and "q") and
- * opens the `callplus-sfu` data channel; nora views owen tiny (chosen before the call, sent when
+ * Simulcast through the SFU: every page (with the `simulcast` option) sends its video in two
+ * encodings (rid "f" and "q") and opens the `callplus-sfu` data channel; nora views owen tiny (chosen before the call, sent when
  * the channel opens) and gets his video at half the width and height of what pia (full) gets of
  * the same publisher at the same moment; back to full, nora gets pia's size; tiny again mid-call;
  * and the choice holds into the next call.
@@ -515,7 +518,7 @@ async function tinyLayer(context, server) {
   const users = ['nora', 'owen', 'pia'];
   const pages = {};
   for (const u of users) {
-    pages[u] = await signIn(context, server.url, u, token(server.dir, u));
+    pages[u] = await signIn(context, server.url, u, token(server.dir, u), undefined, { simulcast: true });
     await pages[u].evaluate((others) => others.forEach((o) => window.view(o)), users.filter((o) => o !== u));
   }
   const { nora, owen, pia } = pages;

@@ -233,6 +233,12 @@ export interface CallPlusClientOptions {
   reconnectBackoffMax?: number;
   /** How long a WebSocket may take to open before it counts as lost (default 10000 ms). */
   connectTimeoutMs?: number;
+  /**
+   * Send this page's video to the SFU in two layers (rid "f" and a tiny "q"), so that others can
+   * view it tiny (`setVideoView(…, isTiny)`). Off by default: the SFU loses a browser's layers
+   * when it renegotiates the connection late in the call (docs/web.md, "Not done yet").
+   */
+  simulcast?: boolean;
 }
 
 /** Loads the WebAssembly engine (done by `connect` too). */

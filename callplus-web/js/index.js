@@ -109,7 +109,8 @@ export class CallPlusClient {
 
   /**
    * @param options {deviceId?, clientVersion?, wasmUrl?, reconnectBackoffMin?, reconnectBackoffMax?,
-   *   connectTimeoutMs?}
+   *   connectTimeoutMs?, simulcast?} — `simulcast: true` sends this page's video to the SFU in
+   *   two layers, so that others can view it tiny (off by default: see docs/web.md)
    */
   constructor(options = {}) {
     this.#deviceId = options.deviceId || randomDeviceId();
@@ -129,7 +130,7 @@ export class CallPlusClient {
       sendPacketLoss: (rate, delay) => this.#statusListener.onSendPacketLoss?.(rate, delay),
       receivePacketLoss: (data) => this.#statusListener.onReceivePacketLoss?.(data),
       error: (userId, message) => this.#emit('onFetchRemoteMediaError', userId, message),
-    });
+    }, { simulcast: options.simulcast });
   }
 
   /** This tab's device id (each `CallPlusClient` is one device of its user). */

@@ -13,11 +13,12 @@
 // tells remote tracks apart by their stream id, which is the publishing user's id. `addPeer` and
 // `removePeer` of participants open and close nothing there.
 //
-// Through the SFU the page also sends its video twice (simulcast: rid "f", the full layer, and
-// rid "q", the tiny one at half the width and height), and opens the `callplus-sfu` data channel
-// on which it tells the SFU which layer of each publisher it wants (`setVideoView(…, isTiny)`):
+// Through the SFU the page opens the `callplus-sfu` data channel, on which it tells the SFU which
+// layer of each publisher's video it wants (`setVideoView(…, isTiny)`):
 // `{"type":"video_view","user":"alice","tiny":true}`, every choice so far when the channel
-// opens, later ones as they are made. A mesh call sends one encoding.
+// opens, later ones as they are made. With the `simulcast` option the page's own video goes to
+// the SFU twice (rid "f", the full layer, and rid "q", the tiny one at half the width and
+// height); without it, and in every mesh call, it sends one encoding.
 
 import { TINY_RID, applyMaxBitrate, audioConstraints, videoConstraints } from './config.js';
 
@@ -87,8 +88,10 @@ export class MediaExecutor {
    *   firstFrame(callId), userMediaAvailable(userId, kind), audioLevel(userId, level),
    *   sendPacketLoss(rate, delay), receivePacketLoss(map), error(userId, message)}
    */
-  constructor(hooks) {
+  constructor(hooks, options = {}) {
     this.hooks = hooks;
+    /** Whether the video to an SFU goes in two encodings (the tiny layer too). */
+    this.simulcast = !!options.simulcast;
     this.queue = Promise.resolve();
     this.call = null;
     this.localUser = null;
@@ -289,8 +292,8 @@ export class MediaExecutor {
     };
     if (p.offerer) {
       peer.audio = pc.addTransceiver('audio', { direction: 'sendrecv' });
-      // To the SFU, two encodings (simulcast); to a peer, one.
-      peer.video = call.sfu
+      // To the SFU, two encodings (simulcast) when enabled; to a peer, one.
+      peer.video = call.sfu && this.simulcast
         ? pc.addTransceiver('video', { direction: 'sendrecv', sendEncodings: SFU_SEND_ENCODINGS.map((e) => ({ ...e })) })
         : pc.addTransceiver('video', { direction: 'sendrecv' });
       // In the first offer, so that the SFU's connection has it from the start.
