@@ -479,11 +479,11 @@ async function multiCall(context, server) {
 }
 
 /**
- * Polls `fn` (run in node, across pages) every 100 ms until it returns `{ok: true, …}`, up to the
- * deadline; logs and returns its last result.
+ * Polls `fn` (run in node, across pages) every 100 ms until it returns `{ok: true, …}`, up to
+ * `deadlineMs`; logs and returns its last result.
  */
-async function until(what, fn) {
-  const deadline = Date.now() + DEADLINE_MS;
+async function until(what, fn, deadlineMs = DEADLINE_MS) {
+  const deadline = Date.now() + deadlineMs;
   let last;
   for (;;) {
     last = await fn();
@@ -504,6 +504,22 @@ function receivedSize(page, userId) {
   }, userId);
 }
 
+/** The video layers the page sends (rid -> {width, height, frames}) and why its quality is limited. */
+function sentLayers(page) {
+  return page.evaluate(async () => {
+    const pc = window.peerConnections.find((c) => c.connectionState === 'connected');
+    const out = {};
+    if (pc) {
+      (await pc.getStats()).forEach((s) => {
+        if (s.type === 'outbound-rtp' && s.kind === 'video' && s.rid) {
+          out[s.rid] = { width: s.frameWidth || 0, height: s.frameHeight || 0, frames: s.framesEncoded || 0, limit: s.qualityLimitationReason };
+        }
+      });
+    }
+    return out;
+  });
+}
+
 /**
  * Simulcast through the SFU: every page (with the `simulcast` option) sends its video in two
  * encodings (rid "f" and "q") and opens the `callplus-sfu` data channel; nora views owen tiny (chosen before the call, sent when
@@ -520,6 +536,10 @@ async function tinyLayer(context, server) {
   for (const u of users) {
     pages[u] = await signIn(context, server.url, u, token(server.dir, u), undefined, { simulcast: true });
     await pages[u].evaluate((others) => others.forEach((o) => window.view(o)), users.filter((o) => o !== u));
+    // 15 fps: six encoders on a shared machine leave room for both layers.
+    const config = await pages[u].evaluate(() => window.client.setVideoConfig(window.client.createVideoConfigBuilder()
+      .setFps(window.sdk.VideoFps.FPS_15).build()));
+    check(config.code === 0, `${u} captures at 15 fps`);
   }
   const { nora, owen, pia } = pages;
   // The seed's form, before any call: the choice waits for the SFU's channel.
@@ -548,16 +568,19 @@ async function tinyLayer(context, server) {
     return channel && layers.f > 10 && layers.q > 10;
   });
 
+  // Owen's layers come and go with his encoder's headroom (the SFU gives a silent layer's viewers
+  // the other one): the sizes are compared at one moment, and may take a while to settle.
   const compare = async () => {
-    const [tiny, full] = await Promise.all([receivedSize(nora, 'owen'), receivedSize(pia, 'owen')]);
-    return { tiny, full, ratio: tiny.width ? +(full.width / tiny.width).toFixed(2) : 0 };
+    const [tiny, full, sent] = await Promise.all([receivedSize(nora, 'owen'), receivedSize(pia, 'owen'), sentLayers(owen)]);
+    return { tiny, full, sent, ratio: tiny.width ? +(full.width / tiny.width).toFixed(2) : 0 };
   };
+  const SETTLE_MS = 3 * DEADLINE_MS;
   const half = (r) => r.tiny.width > 0 && r.tiny.height > 0 && Math.abs(r.full.width - 2 * r.tiny.width) <= 4
     && Math.abs(r.full.height - 2 * r.tiny.height) <= 4 && r.tiny.videoWidth === r.tiny.width;
   const small = await until('nora gets owen\'s tiny layer (half the width and height of what pia gets)', async () => {
     const r = await compare();
     return { ok: half(r), ...r };
-  });
+  }, SETTLE_MS);
   // Still moving at that size.
   await waitFor(nora, 'nora keeps decoding owen\'s tiny video', async ([n, w]) => {
     const s = (await window.client.getMediaStats()).owen.video;
@@ -571,14 +594,14 @@ async function tinyLayer(context, server) {
     const ok = r.full.width > 0 && r.tiny.width === r.full.width && r.tiny.height === r.full.height
       && r.full.width >= 2 * small.tiny.width - 4 && r.tiny.videoWidth === r.tiny.width;
     return { ok, ...r };
-  });
+  }, SETTLE_MS);
 
   // And tiny again, asked mid-call.
   check((await nora.evaluate(() => window.client.setVideoView('owen', window.videos.owen, true))).code === 0, 'nora asks for owen\'s tiny video mid-call');
   await until('nora gets owen\'s tiny layer again, asked mid-call', async () => {
     const r = await compare();
     return { ok: half(r), ...r };
-  });
+  }, SETTLE_MS);
 
   const hangUp = async (count) => {
     for (const u of ['nora', 'owen']) check((await pages[u].evaluate(() => window.client.hangup())).code === 0, `${u} hangs up`);
@@ -598,7 +621,7 @@ async function tinyLayer(context, server) {
   await until('nora gets owen\'s tiny layer in the next call, without asking again', async () => {
     const r = await compare();
     return { ok: half(r), ...r };
-  });
+  }, SETTLE_MS);
   await hangUp(2);
   for (const u of users) await pages[u].close();
 }
