@@ -350,7 +350,8 @@ impl ServerBuilder {
                 let reader_conn = crate::cluster::connect(&cluster.client).await?;
                 let routing = routing::Routing {
                     node: cluster.node_id.clone(),
-                    outbox: crate::cluster::Outbox::new(conn, cluster.node_id.clone()),
+                    outbox: crate::cluster::Outbox::new(conn.clone(), cluster.node_id.clone()),
+                    takeovers: crate::cluster::Takeovers::new(conn, cluster.node_id.clone()),
                     presence: presence.clone(),
                     reader: crate::cluster::InboxReader::new(reader_conn, &cluster.node_id),
                 };
