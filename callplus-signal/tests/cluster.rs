@@ -313,6 +313,9 @@ async fn a_killed_owner_node_has_its_call_ended_for_everyone() {
     host.hangup(Some(&group)).await.expect("host leaves");
     let live = bob.get_call(&group).await.expect("the call, asked through node B");
     assert!(live.ended_at_ms.is_none(), "{live:?}");
+    // A records read on A runs after every write A queued: the call's snapshot is committed
+    // (a call whose snapshot is not yet written when its owner dies is not known to anyone).
+    record_ids(&host).await;
 
     a.child.start_kill().expect("SIGKILL node A");
     let killed = Instant::now();
@@ -350,4 +353,68 @@ async fn a_killed_owner_node_has_its_call_ended_for_everyone() {
         client.disconnect().await;
     }
     drop(host);
+}
+
+/// The owner of a live call is killed and started again (same node id) before the others count
+/// it lost: it ends the calls of its last run itself, holding its own takeover lock so that no
+/// survivor ends them too, and the end reaches the participants on the other nodes (CallEnded
+/// with NETWORK_ERROR, one record each); the lock is given back afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_owner_ends_its_calls_for_the_participants_on_other_nodes() {
+    let Some(redis) = OwnedRedis::start() else { return };
+    let postgres = support::postgres::fresh_database();
+    let mut a = Node::start(&postgres, &redis, "node-a").await;
+    let secret = a.value("app secret:");
+    let b = Node::start(&postgres, &redis, "node-b").await;
+    let c = Node::start(&postgres, &redis, "node-c").await;
+    let (host, mut host_ev) = a.connect(&secret, "host", "host-phone").await;
+    let (bob, mut bob_ev) = b.connect(&secret, "bob", "bob-phone").await;
+    let (carol, mut carol_ev) = c.connect(&secret, "carol", "carol-phone").await;
+    let group =
+        host.start_call(&["bob", "carol"], CallType::Multi, MediaType::Audio, CallOptions::default()).await;
+    let group = group.expect("start a MULTI call").call_id().clone();
+    wait_for(&mut bob_ev, "bob rings on B", rings(&group)).await;
+    wait_for(&mut carol_ev, "carol rings on C", rings(&group)).await;
+    bob.accept(&group).await.expect("bob joins from B");
+    carol.accept(&group).await.expect("carol joins from C");
+    wait_for(&mut bob_ev, "bob in the group", connected(&group)).await;
+    wait_for(&mut carol_ev, "carol in the group", connected(&group)).await;
+    wait_for(&mut host_ev, "host in the group", connected(&group)).await;
+    // A records read on A runs after every write A queued: the call's snapshot is committed.
+    assert!(record_ids(&host).await.is_empty());
+
+    a.child.start_kill().expect("SIGKILL node A");
+    let _ = a.child.wait().await;
+    let restarted = Node::start(&postgres, &redis, "node-a").await;
+    let bob_end = wait_for(&mut bob_ev, "the call ends for bob", ended(&group)).await;
+    let carol_end = wait_for(&mut carol_ev, "the call ends for carol", ended(&group)).await;
+    assert_eq!(reason(&bob_end), Some(EndReason::NetworkError));
+    assert_eq!(reason(&carol_end), Some(EndReason::NetworkError));
+    wait_for(&mut bob_ev, "bob's record", record(&group)).await;
+    wait_for(&mut carol_ev, "carol's record", record(&group)).await;
+    records_become(&bob, std::slice::from_ref(&group)).await;
+    records_become(&carol, std::slice::from_ref(&group)).await;
+
+    // The restarted node's own takeover lock is free again.
+    let config = callplus_signal::cluster::ClusterConfig::new(&redis.url(), "node-x").unwrap();
+    let locks = callplus_signal::cluster::Takeovers::new(
+        callplus_signal::cluster::connect(&config.client).await.unwrap(),
+        config.node_id,
+    );
+    let deadline = Instant::now() + WAIT;
+    while locks.holder("node-a").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "node A's takeover lock was never given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Nobody is busy.
+    let again = carol.start_call(&["bob"], CallType::Single, MediaType::Audio, CallOptions::default()).await;
+    let again = again.expect("carol is in no call").call_id().clone();
+    wait_for(&mut bob_ev, "bob rings", rings(&again)).await;
+    bob.accept(&again).await.expect("bob is in no call");
+    wait_for(&mut carol_ev, "carol connected", connected(&again)).await;
+    for client in [bob, carol] {
+        client.disconnect().await;
+    }
+    drop((host, restarted));
 }
