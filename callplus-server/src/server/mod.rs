@@ -31,6 +31,7 @@ mod driver;
 mod fd_limit;
 mod grpc;
 mod media_relay;
+mod media_relay_remote;
 mod metrics;
 mod outbound;
 mod presence;
@@ -442,6 +443,7 @@ impl ServerBuilder {
                 bind_addrs: options.media_listen.clone(),
                 mesh_max: options.mesh_max,
                 token_ttl: options.media_token_ttl,
+                remote: options.remote_sfu.clone(),
             })
         });
         let sfu_task = sfu.map(|(router, commands, task)| {
