@@ -28,6 +28,10 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long opening the connection to the SFU may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the connection to the SFU is pinged (HTTP/2 PING).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection counts as lost.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why an attach failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +60,11 @@ async fn attach(remote: &RemoteSfu) -> Result<Attached, AttachError> {
     let endpoint = tonic::transport::Endpoint::from_shared(remote.url.clone())
         .map_err(|e| AttachError::Url(e.to_string()))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // An SFU machine that vanishes without closing the connection is noticed too.
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
     let channel = endpoint.connect().await?;
     let mut client = MediaRelayClient::new(channel);
     let (commands, rx) = mpsc::unbounded_channel();

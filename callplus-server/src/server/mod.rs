@@ -323,6 +323,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Drives the SFU process (`callplus sfu`) `remote` names instead of running the SFU in
+    /// this server (`serve --sfu-url`).
+    pub fn remote_sfu(mut self, remote: crate::relay::RemoteSfu) -> Self {
+        self.options.remote_sfu = Some(remote);
+        self
+    }
+
     /// Opens storage, ends calls interrupted by the last stop, binds the listeners and starts
     /// serving.
     ///

@@ -395,4 +395,26 @@ mod tests {
         let bad_url = serve(&["--redis", "http://x", "--node-id", "n"]).unwrap().args;
         assert!(bad_url.cluster_config().is_err());
     }
+
+    #[test]
+    fn sfu_url_goes_with_a_readable_media_secret_file() {
+        let serve =
+            |argv: &[&str]| Serve::try_parse_from(std::iter::once("serve").chain(argv.iter().copied()));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("media.secret");
+        let path = file.to_str().unwrap();
+        assert!(serve(&[]).unwrap().args.remote_sfu().unwrap().is_none(), "in-process SFU by default");
+        assert!(serve(&["--sfu-url", "http://127.0.0.1:7702"]).is_err(), "--sfu-url needs the secret");
+        assert!(serve(&["--media-secret-file", path]).is_err(), "the secret needs --sfu-url");
+        let with_no_sfu = ["--sfu-url", "http://127.0.0.1:7702", "--media-secret-file", path, "--no-sfu"];
+        assert!(serve(&with_no_sfu).is_err(), "--sfu-url and --no-sfu contradict");
+        let args = serve(&["--sfu-url", "http://127.0.0.1:7702", "--media-secret-file", path]).unwrap().args;
+        assert!(args.remote_sfu().is_err(), "a missing secret file");
+        let (secret, _) = crate::relay::MediaSecret::read_or_create(&file).unwrap();
+        let remote = args.remote_sfu().unwrap().expect("configured");
+        assert_eq!(remote.url, "http://127.0.0.1:7702");
+        assert_eq!(remote.secret.token_key(), secret.token_key());
+        let not_http = serve(&["--sfu-url", "127.0.0.1:7702", "--media-secret-file", path]).unwrap().args;
+        assert!(not_http.remote_sfu().is_err());
+    }
 }
