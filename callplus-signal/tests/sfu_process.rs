@@ -360,6 +360,13 @@ async fn a_group_call_goes_through_a_separate_sfu_process_and_survives_its_resta
             sink_closed(rx.get_mut(&(i, j, kind)).unwrap(), &what).await;
         }
     }
+    // SIGTERM stops the SFU process cleanly even with a server attached.
+    let pid = sfu.child.id().unwrap().to_string();
+    let kill = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert!(kill.success());
+    let status = timeout(WAIT, sfu.child.wait()).await.expect("the SFU stops on SIGTERM").unwrap();
+    assert!(status.success(), "{status}");
+
     for (i, j) in pairs {
         assert_tone(&p[i].recording(names[j], "ogg"), tones[j]);
         let path = p[i].recording(names[j], "ivf");

@@ -30,6 +30,9 @@ use super::wire::{self, Participant};
 pub const WRONG_SECRET: &str =
     "wrong media secret: the signalling server's --media-secret-file differs from the SFU's";
 
+/// How long a shutdown waits for the attached servers to close their streams.
+pub const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Settings of an SFU process.
 #[derive(Debug, Clone)]
 pub struct SfuNodeOptions {
@@ -55,11 +58,17 @@ pub enum SfuNodeError {
 }
 
 /// A running SFU process: its relay service and the SFU.
-#[derive(Debug)]
 pub struct SfuNode {
     addr: SocketAddr,
+    routes: Arc<Mutex<Routes>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl std::fmt::Debug for SfuNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SfuNode").field("addr", &self.addr).finish_non_exhaustive()
+    }
 }
 
 impl SfuNode {
@@ -81,7 +90,12 @@ impl SfuNode {
         });
         let routes = Arc::new(Mutex::new(Routes::default()));
         tokio::spawn(pump_events(events, routes.clone()));
-        let relay = Relay { sfu: Arc::new(sfu), secret: options.secret, routes, next_id: AtomicU64::new(1) };
+        let relay = Relay {
+            sfu: Arc::new(sfu),
+            secret: options.secret,
+            routes: routes.clone(),
+            next_id: AtomicU64::new(1),
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         let task = tokio::spawn(
@@ -91,7 +105,7 @@ impl SfuNode {
                     let _ = stopped.await;
                 }),
         );
-        Ok(SfuNode { addr, stop: Some(stop), task })
+        Ok(SfuNode { addr, routes, stop: Some(stop), task })
     }
 
     /// The relay service's address.
@@ -114,7 +128,8 @@ impl SfuNode {
         }
     }
 
-    /// Stops accepting and closes the attached streams.
+    /// Stops accepting and closes the attached streams (their servers then attach elsewhere or
+    /// again later); waits at most [`SHUTDOWN_WAIT`] for them to go.
     ///
     /// # Errors
     /// The service failed.
@@ -122,7 +137,17 @@ impl SfuNode {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.stopped().await
+        // An attach stream lasts as long as its server: end the event half here, or the
+        // graceful shutdown would wait for it forever.
+        lock(&self.routes).attachments.clear();
+        match tokio::time::timeout(SHUTDOWN_WAIT, self.stopped()).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!("attached servers did not close their streams; stopping anyway");
+                self.task.abort();
+                Ok(())
+            }
+        }
     }
 }
 
