@@ -31,6 +31,7 @@ mod driver;
 mod fd_limit;
 mod grpc;
 mod media_relay;
+mod media_relay_remote;
 mod metrics;
 mod outbound;
 mod presence;
@@ -333,6 +334,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Drives the SFU process (`callplus sfu`) `remote` names instead of running the SFU in
+    /// this server (`serve --sfu-url`).
+    pub fn remote_sfu(mut self, remote: crate::relay::RemoteSfu) -> Self {
+        self.options.remote_sfu = Some(remote);
+        self
+    }
+
     /// Opens storage, ends calls interrupted by the last stop, binds the listeners and starts
     /// serving.
     ///
@@ -465,6 +473,7 @@ impl ServerBuilder {
                 bind_addrs: options.media_listen.clone(),
                 mesh_max: options.mesh_max,
                 token_ttl: options.media_token_ttl,
+                remote: options.remote_sfu.clone(),
             })
         });
         let sfu_task = sfu.map(|(router, commands, task)| {
