@@ -1,7 +1,8 @@
 //! Compiles the `.proto` files with `protox` (pure Rust), so building needs no `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/callplus/v1/types.proto", "proto/callplus/v1/signal.proto"];
+    let files =
+        ["proto/callplus/v1/types.proto", "proto/callplus/v1/signal.proto", "proto/callplus/v1/relay.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod cluster;
+pub mod relay;
 pub mod server;
 pub mod storage;
 pub mod token;

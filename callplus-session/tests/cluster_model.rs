@@ -659,3 +659,153 @@ mod offline_waiting {
         );
     }
 }
+
+mod owner_takeover {
+    use callplus_session::client::CallOptions;
+    use callplus_session::switchboard::owner_node;
+    use callplus_session::{CallId, CallType, EndReason, MediaType, ResponseBody};
+
+    use super::sim::cluster::Cluster;
+    use super::sim::{Rng, default_app, user};
+
+    /// How long after a SIGKILL the survivors are told the node is lost (its liveness key's
+    /// TTL plus the grace the driver gives it).
+    const LOST_AFTER_MS: i64 = 8_000;
+
+    fn start(c: &mut Cluster, node: usize, idx: usize, callees: &[&str], call_type: CallType) -> CallId {
+        let now = c.device_now(node, idx);
+        let engine = &mut c.nodes[node].devices[idx].engine;
+        let id =
+            engine.start_call(now, callees, call_type, MediaType::Audio, CallOptions::default()).unwrap();
+        match c.wait_request(node, idx, id) {
+            Ok(ResponseBody::Started { call, busy }) => {
+                assert!(busy.is_empty(), "nobody is busy: {busy:?}");
+                call.call_id
+            }
+            other => panic!("start_call answered {other:?}"),
+        }
+    }
+
+    fn accept(c: &mut Cluster, node: usize, idx: usize, call: &CallId) {
+        let now = c.device_now(node, idx);
+        let id = c.nodes[node].devices[idx].engine.accept(now, call).unwrap();
+        c.wait_request(node, idx, id).unwrap();
+    }
+
+    fn rings(c: &mut Cluster, node: usize, idx: usize, call: &CallId) {
+        let call2 = call.clone();
+        c.run_until(2_000, "the callee rings", move |c| c.nodes[node].incoming(idx).as_ref() == Some(&call2));
+    }
+
+    fn records_for(c: &Cluster, call: &CallId) -> Vec<String> {
+        let mut owners: Vec<String> =
+            c.db.borrow()
+                .written
+                .iter()
+                .filter(|(_, r)| &r.call.call_id == call)
+                .map(|(_, r)| r.owner.to_string())
+                .collect();
+        owners.sort();
+        owners
+    }
+
+    /// The owner of a group call (participants on the two other nodes) and of a 1:1 call
+    /// (callee on another node) is lost at a random moment: exactly one survivor ends both
+    /// calls, each participant's device on a surviving node sees each call end once with
+    /// NETWORK_ERROR, each participant gets one record, nothing stays live or saved, and the
+    /// participants can call each other afterwards without being busy.
+    fn scenario(seed: u64) {
+        let mut rng = Rng::new(seed);
+        let mut c = Cluster::new(&["node-a", "node-b", "node-c"]);
+        let owner = rng.below(3) as usize;
+        let p = (owner + 1) % 3;
+        let q = (owner + 2) % 3;
+        let host = c.add_device(owner, "host", "host-phone");
+        let dan = c.add_device(owner, "dan", "dan-phone");
+        let bob = c.add_device(p, "bob", "bob-phone");
+        let carol = c.add_device(q, "carol", "carol-phone");
+        let erin = c.add_device(if rng.chance(0.5) { p } else { q }, "erin", "erin-phone");
+        let erin_node = if c.nodes[p].devices.len() > bob + 1 { p } else { q };
+
+        // The group call: bob answers; carol answers or is still ringing; the host stays or
+        // leaves (then the call runs between the other nodes' devices only).
+        let group = start(&mut c, owner, host, &["bob", "carol"], CallType::Multi);
+        assert_eq!(owner_node(&group), Some(c.names[owner].as_str()));
+        rings(&mut c, p, bob, &group);
+        rings(&mut c, q, carol, &group);
+        accept(&mut c, p, bob, &group);
+        let carol_answers = rng.chance(0.7);
+        if carol_answers {
+            accept(&mut c, q, carol, &group);
+            if rng.chance(0.5) {
+                let now = c.device_now(owner, host);
+                let id = c.nodes[owner].devices[host].engine.hangup(now, Some(&group), None).unwrap();
+                c.wait_request(owner, host, id).unwrap();
+            }
+        }
+        // The 1:1 call: answered or ringing.
+        let single = start(&mut c, owner, dan, &["erin"], CallType::Single);
+        rings(&mut c, erin_node, erin, &single);
+        if rng.chance(0.5) {
+            accept(&mut c, erin_node, erin, &single);
+        }
+        c.run_for(rng.below(3_000) as i64);
+        assert!(c.nodes[owner].switchboard.is_call_live(&default_app(), &group));
+
+        // SIGKILL the owner.
+        c.kill(owner, LOST_AFTER_MS);
+        let (group2, single2) = (group.clone(), single.clone());
+        c.run_until(1_000, "every survivor's device sees the calls end", move |c| {
+            c.nodes[p].ended(bob, &group2).is_some()
+                && c.nodes[q].ended(carol, &group2).is_some()
+                && c.nodes[erin_node].ended(erin, &single2).is_some()
+        });
+        c.settle();
+
+        // Both survivors asked; exactly one won and ended the calls.
+        let lost = c.names[owner].clone();
+        let asked: Vec<usize> =
+            c.takeover_attempts.iter().filter(|(_, n)| *n == lost).map(|(by, _)| *by).collect();
+        assert_eq!(asked.len(), 2, "{asked:?}");
+        let winner = c.takeovers[&lost];
+        assert!(winner == p || winner == q);
+        for (node, idx, call) in [(p, bob, &group), (q, carol, &group), (erin_node, erin, &single)] {
+            assert_eq!(c.nodes[node].ended_count(idx, call), 1, "seed {seed}: ends once");
+            assert_eq!(c.nodes[node].ended(idx, call), Some(EndReason::NetworkError), "seed {seed}");
+            assert!(c.nodes[node].devices[idx].engine.calls().next().is_none(), "seed {seed}: in no call");
+        }
+        assert_eq!(records_for(&c, &group), ["bob", "carol", "host"], "seed {seed}");
+        assert_eq!(records_for(&c, &single), ["dan", "erin"], "seed {seed}");
+        assert_eq!(c.nodes[erin_node].records_received(erin, &single), 1, "seed {seed}");
+        assert_eq!(c.nodes[erin_node].summaries_received(erin, &single), 1, "seed {seed}");
+        // Dan had no device left anywhere: his summary waits for his next connect.
+        let dans = c.db.borrow().offline_for(&default_app(), &user("dan"));
+        assert!(
+            dans.iter()
+                .any(|e| matches!(&e.event, callplus_session::Event::Summary(s) if s.call_id == single)),
+            "seed {seed}: {dans:?}"
+        );
+        // No zombie: nothing live or saved anywhere.
+        assert!(c.db.borrow().calls.is_empty(), "seed {seed}: the saved calls are forgotten");
+        for n in [p, q] {
+            assert_eq!(c.nodes[n].switchboard.live_calls(), 0, "seed {seed}");
+        }
+        let _ = (host, dan);
+
+        // Nobody is left busy: bob calls carol, she answers.
+        let again = start(&mut c, p, bob, &["carol"], CallType::Single);
+        rings(&mut c, q, carol, &again);
+        accept(&mut c, q, carol, &again);
+        let again2 = again.clone();
+        c.run_until(2_000, "connected", move |c| {
+            c.nodes[p].connected(bob, &again2) && c.nodes[q].connected(carol, &again2)
+        });
+    }
+
+    #[test]
+    fn a_lost_owner_has_its_calls_ended_once_for_every_participant_by_one_survivor() {
+        for seed in 1..=24 {
+            scenario(seed);
+        }
+    }
+}

@@ -8,4 +8,4 @@
 pub mod cli;
 
 pub use callplus_client as client;
-pub use callplus_server::{cluster, server, storage, token};
+pub use callplus_server::{cluster, relay, server, storage, token};

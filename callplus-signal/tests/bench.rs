@@ -131,7 +131,15 @@ fn a_group_call_of_media_bots_goes_through_the_sfu() {
     let per = v["per_participant"].as_array().unwrap();
     assert_eq!(per.len(), 3, "{v}");
     for p in per {
-        for key in ["audio_fps_min", "video_fps_min", "video_fps_mean", "recv_loss_pct"] {
+        for key in [
+            "audio_fps_min",
+            "video_fps_min",
+            "video_fps_mean",
+            "recv_loss_pct",
+            "sent_audio_fps",
+            "sent_video_fps",
+            "worst_share_of_sent",
+        ] {
             assert!(p[key].is_number(), "{key} missing in {p}");
         }
         assert!(p["video_fps_min"].as_f64().unwrap() > 0.0, "{p}");
@@ -144,7 +152,11 @@ fn a_group_call_of_media_bots_goes_through_the_sfu() {
         assert!(v[key]["p50"].as_f64().unwrap() <= v[key]["p99"].as_f64().unwrap(), "{v}");
     }
     assert_eq!(v["join_to_first_frame_ms"], v["join_to_first_video_ms"], "{v}");
-    assert_eq!(v["sent_fps"].as_f64(), Some(15.0), "{v}");
+    assert_eq!(v["nominal_fps"].as_f64(), Some(15.0), "{v}");
+    assert!(v["sent_fps"]["min"].as_f64().unwrap() > 0.0, "the bots' sources sent: {v}");
+    assert!(v["participants_below_90pct"].as_u64().unwrap() <= 3, "{v}");
+    assert!(v["participants_below_90pct_of_nominal"].as_u64().unwrap() <= 3, "{v}");
+    assert!(v["received_frames_per_sec"].as_f64().unwrap() > 0.0, "{v}");
     // The server ran as a child: its own CPU and memory, per forwarded stream.
     assert!(v["server_cpu_s"].as_f64().unwrap() >= 0.0, "{v}");
     assert!(v["sfu_cpu_pct_per_stream"].is_number(), "{v}");

@@ -277,3 +277,144 @@ async fn a_killed_node_ends_its_devices_legs_on_the_calls_owner() {
     alice.disconnect().await;
     drop(bob);
 }
+
+/// The node that owns a live call is killed (SIGKILL) while the call's participants sit on the
+/// two other nodes: both notice the node's liveness key expire, exactly one of them wins the
+/// lost node's takeover lock and ends the call from its saved snapshot, and both participants
+/// get CallEnded with NETWORK_ERROR, within the liveness key's TTL (5 s), the 3 s it must stay
+/// missing and one check interval. Each participant has one record (the creator's, whose device
+/// died with the node, included), nothing is left saved, and the two can call each other
+/// afterwards: nobody is left busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_node_has_its_call_ended_for_everyone() {
+    let Some(redis) = OwnedRedis::start() else { return };
+    let postgres = support::postgres::fresh_database();
+    let mut a = Node::start(&postgres, &redis, "node-a").await;
+    let secret = a.value("app secret:");
+    let b = Node::start(&postgres, &redis, "node-b").await;
+    let c = Node::start(&postgres, &redis, "node-c").await;
+    let (host, mut host_ev) = a.connect(&secret, "host", "host-phone").await;
+    let (bob, mut bob_ev) = b.connect(&secret, "bob", "bob-phone").await;
+    let (carol, mut carol_ev) = c.connect(&secret, "carol", "carol-phone").await;
+
+    // host on A makes a group call, bob (B) and carol (C) join, host leaves: the call goes on
+    // between B's and C's devices, still owned by A.
+    let group =
+        host.start_call(&["bob", "carol"], CallType::Multi, MediaType::Audio, CallOptions::default()).await;
+    let group = group.expect("start a MULTI call").call_id().clone();
+    assert!(group.as_str().starts_with("node-a_"), "{group:?}");
+    wait_for(&mut bob_ev, "bob rings on B", rings(&group)).await;
+    wait_for(&mut carol_ev, "carol rings on C", rings(&group)).await;
+    bob.accept(&group).await.expect("bob joins from B");
+    carol.accept(&group).await.expect("carol joins from C");
+    wait_for(&mut bob_ev, "bob in the group", connected(&group)).await;
+    wait_for(&mut carol_ev, "carol in the group", connected(&group)).await;
+    wait_for(&mut host_ev, "host in the group", connected(&group)).await;
+    host.hangup(Some(&group)).await.expect("host leaves");
+    let live = bob.get_call(&group).await.expect("the call, asked through node B");
+    assert!(live.ended_at_ms.is_none(), "{live:?}");
+    // A records read on A runs after every write A queued: the call's snapshot is committed
+    // (a call whose snapshot is not yet written when its owner dies is not known to anyone).
+    record_ids(&host).await;
+
+    a.child.start_kill().expect("SIGKILL node A");
+    let killed = Instant::now();
+    let bob_end = wait_for(&mut bob_ev, "the call ends for bob", ended(&group)).await;
+    let carol_end = wait_for(&mut carol_ev, "the call ends for carol", ended(&group)).await;
+    let took = killed.elapsed();
+    assert_eq!(reason(&bob_end), Some(EndReason::NetworkError));
+    assert_eq!(reason(&carol_end), Some(EndReason::NetworkError));
+    println!("owner killed: the call ended for both participants {} ms later", took.as_millis());
+    assert!(took < Duration::from_secs(12), "ended {took:?} after the kill");
+    wait_for(&mut bob_ev, "bob's record", record(&group)).await;
+    wait_for(&mut carol_ev, "carol's record", record(&group)).await;
+    records_become(&bob, std::slice::from_ref(&group)).await;
+    records_become(&carol, std::slice::from_ref(&group)).await;
+    // The call is gone: asked again, it has ended.
+    if let Ok(info) = bob.get_call(&group).await {
+        assert!(info.ended_at_ms.is_some(), "{info:?}");
+    }
+
+    // Nobody is busy: bob calls carol, she answers.
+    let again = bob.start_call(&["carol"], CallType::Single, MediaType::Audio, CallOptions::default()).await;
+    let again = again.expect("bob is in no call").call_id().clone();
+    assert!(again.as_str().starts_with("node-b_"), "{again:?}");
+    wait_for(&mut carol_ev, "carol rings", rings(&again)).await;
+    carol.accept(&again).await.expect("carol is in no call");
+    wait_for(&mut bob_ev, "bob connected", connected(&again)).await;
+    wait_for(&mut carol_ev, "carol connected", connected(&again)).await;
+    bob.hangup(Some(&again)).await.expect("hangup");
+    wait_for(&mut carol_ev, "carol sees the end", ended(&again)).await;
+
+    // The creator, whose device died with node A, has one record of the call too.
+    let (host2, _host2_ev) = c.connect(&secret, "host", "host-tablet").await;
+    records_become(&host2, std::slice::from_ref(&group)).await;
+    for client in [bob, carol, host2] {
+        client.disconnect().await;
+    }
+    drop(host);
+}
+
+/// The owner of a live call is killed and started again (same node id) before the others count
+/// it lost: it ends the calls of its last run itself, holding its own takeover lock so that no
+/// survivor ends them too, and the end reaches the participants on the other nodes (CallEnded
+/// with NETWORK_ERROR, one record each); the lock is given back afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_owner_ends_its_calls_for_the_participants_on_other_nodes() {
+    let Some(redis) = OwnedRedis::start() else { return };
+    let postgres = support::postgres::fresh_database();
+    let mut a = Node::start(&postgres, &redis, "node-a").await;
+    let secret = a.value("app secret:");
+    let b = Node::start(&postgres, &redis, "node-b").await;
+    let c = Node::start(&postgres, &redis, "node-c").await;
+    let (host, mut host_ev) = a.connect(&secret, "host", "host-phone").await;
+    let (bob, mut bob_ev) = b.connect(&secret, "bob", "bob-phone").await;
+    let (carol, mut carol_ev) = c.connect(&secret, "carol", "carol-phone").await;
+    let group =
+        host.start_call(&["bob", "carol"], CallType::Multi, MediaType::Audio, CallOptions::default()).await;
+    let group = group.expect("start a MULTI call").call_id().clone();
+    wait_for(&mut bob_ev, "bob rings on B", rings(&group)).await;
+    wait_for(&mut carol_ev, "carol rings on C", rings(&group)).await;
+    bob.accept(&group).await.expect("bob joins from B");
+    carol.accept(&group).await.expect("carol joins from C");
+    wait_for(&mut bob_ev, "bob in the group", connected(&group)).await;
+    wait_for(&mut carol_ev, "carol in the group", connected(&group)).await;
+    wait_for(&mut host_ev, "host in the group", connected(&group)).await;
+    // A records read on A runs after every write A queued: the call's snapshot is committed.
+    assert!(record_ids(&host).await.is_empty());
+
+    a.child.start_kill().expect("SIGKILL node A");
+    let _ = a.child.wait().await;
+    let restarted = Node::start(&postgres, &redis, "node-a").await;
+    let bob_end = wait_for(&mut bob_ev, "the call ends for bob", ended(&group)).await;
+    let carol_end = wait_for(&mut carol_ev, "the call ends for carol", ended(&group)).await;
+    assert_eq!(reason(&bob_end), Some(EndReason::NetworkError));
+    assert_eq!(reason(&carol_end), Some(EndReason::NetworkError));
+    wait_for(&mut bob_ev, "bob's record", record(&group)).await;
+    wait_for(&mut carol_ev, "carol's record", record(&group)).await;
+    records_become(&bob, std::slice::from_ref(&group)).await;
+    records_become(&carol, std::slice::from_ref(&group)).await;
+
+    // The restarted node's own takeover lock is free again.
+    let config = callplus_signal::cluster::ClusterConfig::new(&redis.url(), "node-x").unwrap();
+    let locks = callplus_signal::cluster::Takeovers::new(
+        callplus_signal::cluster::connect(&config.client).await.unwrap(),
+        config.node_id,
+    );
+    let deadline = Instant::now() + WAIT;
+    while locks.holder("node-a").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "node A's takeover lock was never given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Nobody is busy.
+    let again = carol.start_call(&["bob"], CallType::Single, MediaType::Audio, CallOptions::default()).await;
+    let again = again.expect("carol is in no call").call_id().clone();
+    wait_for(&mut bob_ev, "bob rings", rings(&again)).await;
+    bob.accept(&again).await.expect("bob is in no call");
+    wait_for(&mut carol_ev, "carol connected", connected(&again)).await;
+    for client in [bob, carol] {
+        client.disconnect().await;
+    }
+    drop((host, restarted));
+}

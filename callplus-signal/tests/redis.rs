@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use callplus_signal::cluster::{CallLeases, ClusterConfig, DeviceLocation, Presence, connect};
+use callplus_signal::cluster::{CallLeases, ClusterConfig, DeviceLocation, Presence, Takeovers, connect};
 use support::redis::OwnedRedis;
 use tokio::time::Instant;
 
@@ -71,6 +71,35 @@ async fn a_call_lease_has_one_owner_and_growing_fencing_tokens() {
     assert!(third.token > second.token);
     // Leases of different calls are independent.
     assert!(b.acquire("app", "call-2").await.unwrap().is_some());
+}
+
+/// Both survivors of a lost node try its takeover lock: exactly one wins; the loser cannot give
+/// it back; once the winner does, a node that notices the loss later can take it (and finds the
+/// lost node's calls already ended and forgotten).
+#[tokio::test]
+async fn a_lost_nodes_takeover_lock_has_one_winner() {
+    let Some(redis) = OwnedRedis::start() else { return };
+    let url = redis.url();
+    let takeovers = |id: &'static str| {
+        let url = url.clone();
+        async move {
+            let config = ClusterConfig::new(&url, id).unwrap();
+            Takeovers::new(connect(&config.client).await.unwrap(), config.node_id)
+        }
+    };
+    let b = takeovers("node-b").await;
+    let c = takeovers("node-c").await;
+    let (won_b, won_c) = tokio::join!(b.acquire("node-a"), c.acquire("node-a"));
+    let (won_b, won_c) = (won_b.unwrap(), won_c.unwrap());
+    assert!(won_b ^ won_c, "exactly one winner: b {won_b}, c {won_c}");
+    let (winner, loser, name) = if won_b { (&b, &c, "node-b") } else { (&c, &b, "node-c") };
+    assert_eq!(winner.holder("node-a").await.unwrap().as_deref(), Some(name));
+    assert!(!loser.acquire("node-a").await.unwrap(), "held: nobody else wins it");
+    assert!(!loser.release("node-a").await.unwrap(), "a loser never deletes the winner's lock");
+    assert!(winner.acquire("node-x").await.unwrap(), "locks are per lost node");
+    assert!(winner.release("node-a").await.unwrap());
+    assert_eq!(winner.holder("node-a").await.unwrap(), None);
+    assert!(loser.acquire("node-a").await.unwrap(), "given back: the next to notice may take it");
 }
 
 #[tokio::test]

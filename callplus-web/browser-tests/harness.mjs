@@ -43,15 +43,18 @@ export async function launch(extraArgs = []) {
   return context;
 }
 
-/** Opens the server's root in a new tab and signs `user` in through the SDK (not the page's UI). */
-export async function signIn(context, url, user, token, serverUrl) {
+/**
+ * Opens the server's root in a new tab and signs `user` in through the SDK (not the page's UI),
+ * with `options` for its `CallPlusClient`.
+ */
+export async function signIn(context, url, user, token, serverUrl, options = {}) {
   const page = await context.newPage();
   page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') log(`[${user}] ${m.text()}`); });
   page.on('pageerror', (e) => log(`[${user}] page error: ${e.message}`));
   await page.goto(url);
-  const result = await page.evaluate(async ({ user, token, serverUrl }) => {
+  const result = await page.evaluate(async ({ user, token, serverUrl, options }) => {
     const sdk = await import('/sdk/index.js');
-    const client = new sdk.CallPlusClient();
+    const client = new sdk.CallPlusClient(options);
     window.sdk = sdk;
     window.client = client;
     window.events = [];
@@ -88,7 +91,7 @@ export async function signIn(context, url, user, token, serverUrl) {
     });
     window.view(user);
     return client.connect(token, serverUrl || undefined);
-  }, { user, token, serverUrl });
+  }, { user, token, serverUrl, options });
   check(result.code === 0 && result.userId === user, `${user} connects (${JSON.stringify(result)})`);
   return page;
 }

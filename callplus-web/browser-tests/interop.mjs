@@ -10,7 +10,7 @@
 // CALLPLUS_PEER (the Rust user), CALLPLUS_ROLE (`caller`, `callee`, or `other-device`: the user
 // is also on a Rust client, which answers), CALLPLUS_PEER_TONE_HZ,
 // CALLPLUS_FAKE_AUDIO (a WAV file), CALLPLUS_SFU (`1`: a group call whose media goes through the
-// server's SFU).
+// server's SFU; the page also views the Rust side's tiny simulcast layer and back).
 
 import { check, finish, hasEvent, launch, log, peerConnections, seesAndHears, signIn, waitFor } from './harness.mjs';
 
@@ -59,6 +59,22 @@ async function main() {
     const pcs = await peerConnections(page);
     check(pcs.length === 1 && pcs[0].streams.includes(peer) && pcs[0].state === 'connected',
       `${user} has one peer connection, to the SFU, carrying ${peer} (${JSON.stringify(pcs)})`);
+
+    // The Rust side publishes both simulcast layers (a test pattern of a fixed size): the page
+    // views it tiny and decodes half the width and height, then full again.
+    const size = async () => page.evaluate(async (u) => (await window.client.getMediaStats())[u].video, peer);
+    const full = await size();
+    const view = (tiny) => page.evaluate(([u, t]) => window.client.setVideoView(u, window.videos[u], t), [peer, tiny]);
+    check((await view(true)).code === 0, `${user} views ${peer} tiny`);
+    await waitFor(page, `${user} decodes ${peer}'s tiny layer (half of ${full.frameWidth}x${full.frameHeight})`, async ([u, w, h]) => {
+      const v = (await window.client.getMediaStats())[u].video;
+      return v.frameWidth * 2 === w && v.frameHeight * 2 === h && window.videos[u].videoWidth * 2 === w;
+    }, [peer, full.frameWidth, full.frameHeight]);
+    check((await view(false)).code === 0, `${user} views ${peer} full again`);
+    await waitFor(page, `${user} decodes ${peer}'s full layer again`, async ([u, w, h]) => {
+      const v = (await window.client.getMediaStats())[u].video;
+      return v.frameWidth === w && v.frameHeight === h && window.videos[u].videoWidth === w;
+    }, [peer, full.frameWidth, full.frameHeight]);
   }
 
   // The Rust side's tone: the loudest bin of an FFT over its received audio, five times running.

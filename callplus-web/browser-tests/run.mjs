@@ -442,6 +442,9 @@ async function multiCall(context, server) {
     for (const o of users.filter((x) => x !== u)) await seesAndHears(pages[u], u, o);
   }
   await throughSfu(pages, users);
+  const answer = await gina.evaluate(() => window.peerConnections.find((c) => c.connectionState === 'connected').localDescription.sdp);
+  check(/^m=application /m.test(answer) && !/a=simulcast/.test(answer),
+    'without the simulcast option gina sends one video encoding to the SFU, and has the control channel');
   check((await ivy.evaluate(() => window.client.hangup())).code === 0, 'ivy leaves');
   for (const u of ['gina', 'hank']) {
     await waitFor(pages[u], `${u} sees ivy leave`, () => window.events.some((e) => e.type === 'remoteUserStateChanged'
@@ -475,6 +478,154 @@ async function multiCall(context, server) {
   for (const u of users) await pages[u].close();
 }
 
+/**
+ * Polls `fn` (run in node, across pages) every 100 ms until it returns `{ok: true, …}`, up to
+ * `deadlineMs`; logs and returns its last result.
+ */
+async function until(what, fn, deadlineMs = DEADLINE_MS) {
+  const deadline = Date.now() + deadlineMs;
+  let last;
+  for (;;) {
+    last = await fn();
+    if (last.ok || Date.now() > deadline) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  check(last.ok, `${what} (${JSON.stringify(last)})`);
+  return last;
+}
+
+/** The size of `userId`'s video as the page decodes it now (getStats and the video element). */
+function receivedSize(page, userId) {
+  return page.evaluate(async (u) => {
+    const s = (await window.client.getMediaStats())[u];
+    const v = window.videos[u];
+    return { width: s ? s.video.frameWidth : 0, height: s ? s.video.frameHeight : 0, frames: s ? s.video.framesDecoded : 0,
+      videoWidth: v ? v.videoWidth : 0, videoHeight: v ? v.videoHeight : 0 };
+  }, userId);
+}
+
+/** The video layers the page sends (rid -> {width, height, frames}) and why its quality is limited. */
+function sentLayers(page) {
+  return page.evaluate(async () => {
+    const pc = window.peerConnections.find((c) => c.connectionState === 'connected');
+    const out = {};
+    if (pc) {
+      (await pc.getStats()).forEach((s) => {
+        if (s.type === 'outbound-rtp' && s.kind === 'video' && s.rid) {
+          out[s.rid] = { width: s.frameWidth || 0, height: s.frameHeight || 0, frames: s.framesEncoded || 0, limit: s.qualityLimitationReason };
+        }
+      });
+    }
+    return out;
+  });
+}
+
+/**
+ * Simulcast through the SFU: every page (with the `simulcast` option) sends its video in two
+ * encodings (rid "f" and "q") and opens the `callplus-sfu` data channel; nora views owen tiny (chosen before the call, sent when
+ * the channel opens) and gets his video at half the width and height of what pia (full) gets of
+ * the same publisher at the same moment; back to full, nora gets pia's size; tiny again mid-call;
+ * and the choice holds into the next call.
+ * Sizes are compared with pia's, not with fixed numbers, so that bandwidth or CPU adaptation of
+ * owen's camera cannot fail the test.
+ */
+async function tinyLayer(context, server) {
+  log('--- simulcast: a tiny view through the SFU');
+  const users = ['nora', 'owen', 'pia'];
+  const pages = {};
+  for (const u of users) {
+    pages[u] = await signIn(context, server.url, u, token(server.dir, u), undefined, { simulcast: true });
+    await pages[u].evaluate((others) => others.forEach((o) => window.view(o)), users.filter((o) => o !== u));
+    // 15 fps: six encoders on a shared machine leave room for both layers.
+    const config = await pages[u].evaluate(() => window.client.setVideoConfig(window.client.createVideoConfigBuilder()
+      .setFps(window.sdk.VideoFps.FPS_15).build()));
+    check(config.code === 0, `${u} captures at 15 fps`);
+  }
+  const { nora, owen, pia } = pages;
+  // The seed's form, before any call: the choice waits for the SFU's channel.
+  const chosen = await nora.evaluate(() => window.client.setVideoView([{ userId: 'owen', videoElement: window.videos.owen, isTiny: true }]));
+  check(chosen.code === 0, 'nora chooses owen\'s tiny video before the call');
+  const started = await nora.evaluate(() => window.client.startCall({ userIds: ['owen', 'pia'], callType: 'MULTI', mediaType: 'AUDIO_VIDEO' }));
+  check(started.code === 0, `nora starts a MULTI call with owen and pia (${JSON.stringify(started)})`);
+  for (const u of ['owen', 'pia']) {
+    await waitFor(pages[u], `${u} receives the call`, (id) => window.incoming === id, started.callId);
+    check((await pages[u].evaluate((id) => window.client.accept(id), started.callId)).code === 0, `${u} accepts`);
+  }
+  await seesAndHears(nora, 'nora', 'owen');
+  await seesAndHears(pia, 'pia', 'owen');
+  await throughSfu(pages, users);
+
+  // What owen offered and sends: two encodings of his video, and the control channel.
+  await waitFor(owen, 'owen sends both layers of his video to the SFU (rid f and q)', async () => {
+    const pc = window.peerConnections.find((c) => c.connectionState === 'connected');
+    if (!pc) return false;
+    const sdp = pc.localDescription.sdp;
+    const channel = /^m=application /m.test(sdp) && /a=simulcast:send f;q/.test(sdp);
+    const layers = {};
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === 'outbound-rtp' && s.kind === 'video' && s.rid) layers[s.rid] = s.framesEncoded || 0;
+    });
+    return channel && layers.f > 10 && layers.q > 10;
+  });
+
+  // Owen's layers come and go with his encoder's headroom (the SFU gives a silent layer's viewers
+  // the other one): the sizes are compared at one moment, and may take a while to settle.
+  const compare = async () => {
+    const [tiny, full, sent] = await Promise.all([receivedSize(nora, 'owen'), receivedSize(pia, 'owen'), sentLayers(owen)]);
+    return { tiny, full, sent, ratio: tiny.width ? +(full.width / tiny.width).toFixed(2) : 0 };
+  };
+  const SETTLE_MS = 3 * DEADLINE_MS;
+  const half = (r) => r.tiny.width > 0 && r.tiny.height > 0 && Math.abs(r.full.width - 2 * r.tiny.width) <= 4
+    && Math.abs(r.full.height - 2 * r.tiny.height) <= 4 && r.tiny.videoWidth === r.tiny.width;
+  const small = await until('nora gets owen\'s tiny layer (half the width and height of what pia gets)', async () => {
+    const r = await compare();
+    return { ok: half(r), ...r };
+  }, SETTLE_MS);
+  // Still moving at that size.
+  await waitFor(nora, 'nora keeps decoding owen\'s tiny video', async ([n, w]) => {
+    const s = (await window.client.getMediaStats()).owen.video;
+    return s.framesDecoded > n + 10 && s.frameWidth === w;
+  }, [small.tiny.frames, small.tiny.width]);
+
+  // Back to full, in the (userId, element, isTiny) form: nora now gets what pia gets.
+  check((await nora.evaluate(() => window.client.setVideoView('owen', window.videos.owen, false))).code === 0, 'nora asks for owen\'s full video');
+  await until('nora gets owen\'s full layer again (pia\'s size, twice the tiny one)', async () => {
+    const r = await compare();
+    const ok = r.full.width > 0 && r.tiny.width === r.full.width && r.tiny.height === r.full.height
+      && r.full.width >= 2 * small.tiny.width - 4 && r.tiny.videoWidth === r.tiny.width;
+    return { ok, ...r };
+  }, SETTLE_MS);
+
+  // And tiny again, asked mid-call.
+  check((await nora.evaluate(() => window.client.setVideoView('owen', window.videos.owen, true))).code === 0, 'nora asks for owen\'s tiny video mid-call');
+  await until('nora gets owen\'s tiny layer again, asked mid-call', async () => {
+    const r = await compare();
+    return { ok: half(r), ...r };
+  }, SETTLE_MS);
+
+  const hangUp = async (count) => {
+    for (const u of ['nora', 'owen']) check((await pages[u].evaluate(() => window.client.hangup())).code === 0, `${u} hangs up`);
+    for (const u of users) {
+      await waitFor(pages[u], `${u}: call ended`, (n) => window.events.filter((e) => e.type === 'callEnded').length === n, count);
+    }
+  };
+  await hangUp(1);
+
+  // The choice holds across calls: the next call through the SFU brings owen tiny to nora at once.
+  const again = await nora.evaluate(() => window.client.startCall({ userIds: ['owen', 'pia'], callType: 'MULTI', mediaType: 'AUDIO_VIDEO' }));
+  check(again.code === 0, 'nora starts another MULTI call with owen and pia');
+  for (const u of ['owen', 'pia']) {
+    await waitFor(pages[u], `${u} receives the second call`, (id) => window.incoming === id, again.callId);
+    check((await pages[u].evaluate((id) => window.client.accept(id), again.callId)).code === 0, `${u} accepts`);
+  }
+  await until('nora gets owen\'s tiny layer in the next call, without asking again', async () => {
+    const r = await compare();
+    return { ok: half(r), ...r };
+  }, SETTLE_MS);
+  await hangUp(2);
+  for (const u of users) await pages[u].close();
+}
+
 /** Connections that cannot work end with a clear code instead of hanging. */
 async function refusedConnections(context, server) {
   log('--- refused connections');
@@ -503,6 +654,7 @@ async function main() {
   await oneToOneVideo(context, server);
   await socketCut(context, server);
   await multiCall(context, server);
+  await tinyLayer(context, server);
   await upgradeToVideo(context, server);
   await captureSettings(context, server);
   const shots = process.env.CALLPLUS_SCREENSHOTS || mkdtempSync(join(tmpdir(), 'callplus-shots-'));

@@ -122,15 +122,26 @@ export function audioConstraints(config, microphoneId) {
   return Object.keys(c).length ? c : true;
 }
 
-/** Sets an RTCRtpSender's maximum bitrate (kbps) when it differs; senders without encodings are left. */
+/** The tiny simulcast layer's `rid` (the SFU takes any other for the full layer). */
+export const TINY_RID = 'q';
+
+/** The least maximum bitrate (bps) of the tiny layer, as callplus-media's `VideoConfig::tiny`. */
+const TINY_MIN_BPS = 30000;
+
+/**
+ * Sets an RTCRtpSender's maximum bitrate (kbps) when it differs; senders without encodings are
+ * left. The tiny simulcast layer gets a quarter of it (at least 30 kbps), as callplus-media's.
+ */
 export async function applyMaxBitrate(sender, maxKbps) {
   if (!sender || !sender.track) return;
   const params = sender.getParameters();
   if (!params.encodings || params.encodings.length === 0) return;
-  const want = maxKbps ? maxKbps * 1000 : undefined;
-  if (params.encodings.every((e) => e.maxBitrate === want)) return;
+  const full = maxKbps ? maxKbps * 1000 : undefined;
+  const want = (e) => (full === undefined || e.rid !== TINY_RID ? full : Math.max(TINY_MIN_BPS, Math.round(full / 4)));
+  if (params.encodings.every((e) => e.maxBitrate === want(e))) return;
   for (const e of params.encodings) {
-    if (want === undefined) delete e.maxBitrate; else e.maxBitrate = want;
+    const bps = want(e);
+    if (bps === undefined) delete e.maxBitrate; else e.maxBitrate = bps;
   }
   await sender.setParameters(params);
 }

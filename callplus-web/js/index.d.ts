@@ -233,6 +233,12 @@ export interface CallPlusClientOptions {
   reconnectBackoffMax?: number;
   /** How long a WebSocket may take to open before it counts as lost (default 10000 ms). */
   connectTimeoutMs?: number;
+  /**
+   * Send this page's video to the SFU in two layers (rid "f" and a tiny "q"), so that others can
+   * view it tiny (`setVideoView(…, isTiny)`). Off by default: the SFU loses a browser's layers
+   * when it renegotiates the connection late in the call (docs/web.md, "Not done yet").
+   */
+  simulcast?: boolean;
 }
 
 /** Loads the WebAssembly engine (done by `connect` too). */
@@ -273,7 +279,11 @@ export declare class CallPlusClient {
   setAudioConfig(config: AudioConfig): Promise<Result>;
   switchCamera(cameraId: string): Promise<Result>;
   switchMicrophone(microphoneId: string): Promise<Result>;
-  setVideoView(userId: string, element: HTMLVideoElement | null): Result;
+  /**
+   * Where `userId`'s video plays; `isTiny` (default false) asks for that user's small video (a
+   * quarter of the pixels) in calls through the SFU. The choice holds across calls.
+   */
+  setVideoView(userId: string, element: HTMLVideoElement | null, isTiny?: boolean): Result;
   setVideoView(list: { userId: string; videoElement: HTMLVideoElement | null; isTiny?: boolean }[]): Result;
   playMedia(userId: string, mediaType: MediaTypeName): Promise<Result>;
   muteAllRemoteAudio(mute: boolean): Result;

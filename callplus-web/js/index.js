@@ -109,7 +109,8 @@ export class CallPlusClient {
 
   /**
    * @param options {deviceId?, clientVersion?, wasmUrl?, reconnectBackoffMin?, reconnectBackoffMax?,
-   *   connectTimeoutMs?}
+   *   connectTimeoutMs?, simulcast?} — `simulcast: true` sends this page's video to the SFU in
+   *   two layers, so that others can view it tiny (off by default: see docs/web.md)
    */
   constructor(options = {}) {
     this.#deviceId = options.deviceId || randomDeviceId();
@@ -129,7 +130,7 @@ export class CallPlusClient {
       sendPacketLoss: (rate, delay) => this.#statusListener.onSendPacketLoss?.(rate, delay),
       receivePacketLoss: (data) => this.#statusListener.onReceivePacketLoss?.(data),
       error: (userId, message) => this.#emit('onFetchRemoteMediaError', userId, message),
-    });
+    }, { simulcast: options.simulcast });
   }
 
   /** This tab's device id (each `CallPlusClient` is one device of its user). */
@@ -268,12 +269,15 @@ export class CallPlusClient {
   async switchMicrophone(microphoneId) { return this.#local(() => this.#media.switchDevice('AUDIO', microphoneId)); }
 
   /**
-   * Where a user's video plays: `setVideoView(userId, element)` or the seed's
-   * `setVideoView([{userId, videoElement}])`. The local user's element shows the preview.
+   * Where a user's video plays: `setVideoView(userId, element, isTiny?)` or the seed's
+   * `setVideoView([{userId, videoElement, isTiny}])`. The local user's element shows the
+   * preview. `isTiny` asks for that user's small video (a quarter of the pixels) in calls
+   * through the SFU, for a small view; the choice holds, in later calls too, until the next
+   * `setVideoView` of that user (peer-to-peer calls always carry the full video).
    */
-  setVideoView(listOrUser, element) {
-    const list = Array.isArray(listOrUser) ? listOrUser : [{ userId: listOrUser, videoElement: element }];
-    for (const item of list) this.#media.setView(item.userId, item.videoElement);
+  setVideoView(listOrUser, element, isTiny) {
+    const list = Array.isArray(listOrUser) ? listOrUser : [{ userId: listOrUser, videoElement: element, isTiny }];
+    for (const item of list) this.#media.setView(item.userId, item.videoElement, !!item.isTiny);
     return { code: CallPlusCode.SUCCESS };
   }
 

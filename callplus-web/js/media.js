@@ -12,14 +12,35 @@
 // attribute, answers the SFU's later offers (which add or drop other participants' tracks), and
 // tells remote tracks apart by their stream id, which is the publishing user's id. `addPeer` and
 // `removePeer` of participants open and close nothing there.
+//
+// Through the SFU the page opens the `callplus-sfu` data channel, on which it tells the SFU which
+// layer of each publisher's video it wants (`setVideoView(…, isTiny)`):
+// `{"type":"video_view","user":"alice","tiny":true}`, every choice so far when the channel
+// opens, later ones as they are made. With the `simulcast` option the page's own video goes to
+// the SFU twice (rid "f", the full layer, and rid "q", the tiny one at half the width and
+// height); without it, and in every mesh call, it sends one encoding.
 
-import { applyMaxBitrate, audioConstraints, videoConstraints } from './config.js';
+import { TINY_RID, applyMaxBitrate, audioConstraints, videoConstraints } from './config.js';
 
 const KIND_AUDIO = 'AUDIO';
 const KIND_VIDEO = 'VIDEO';
 
 /** The SDP session attribute carrying the media token to the SFU (callplus-session's media_token). */
 const MEDIA_TOKEN_ATTRIBUTE = 'x-callplus-media-token';
+
+/** The label of the data channel to the SFU that carries layer choices (callplus-sfu's CONTROL_LABEL). */
+export const SFU_CONTROL_LABEL = 'callplus-sfu';
+
+/** The video sender's encodings to the SFU: the full layer and the tiny one (a quarter of the pixels). */
+export const SFU_SEND_ENCODINGS = Object.freeze([
+  Object.freeze({ rid: 'f' }),
+  Object.freeze({ rid: TINY_RID, scaleResolutionDownBy: 2 }),
+]);
+
+/** The control message choosing `userId`'s tiny (`true`) or full video layer. */
+export function videoViewMessage(userId, tiny) {
+  return JSON.stringify({ type: 'video_view', user: userId, tiny: !!tiny });
+}
 
 /**
  * `sdp` with `a=x-callplus-media-token:<token>` right after the `t=` line, where session
@@ -67,8 +88,10 @@ export class MediaExecutor {
    *   firstFrame(callId), userMediaAvailable(userId, kind), audioLevel(userId, level),
    *   sendPacketLoss(rate, delay), receivePacketLoss(map), error(userId, message)}
    */
-  constructor(hooks) {
+  constructor(hooks, options = {}) {
     this.hooks = hooks;
+    /** Whether the video to an SFU goes in two encodings (the tiny layer too). */
+    this.simulcast = !!options.simulcast;
     this.queue = Promise.resolve();
     this.call = null;
     this.localUser = null;
@@ -82,6 +105,11 @@ export class MediaExecutor {
     this.audioConfig = {};
     /** userId -> HTMLVideoElement the app chose (setVideoView). */
     this.views = new Map();
+    /**
+     * userId -> whether the app wants that user's tiny video layer (setVideoView's isTiny); kept
+     * across calls, sent to the SFU of every call that goes through one.
+     */
+    this.tiny = new Map();
     /** userId -> {videoStream, audio: HTMLAudioElement} of remote users. */
     this.remotes = new Map();
     this.remoteAudioMuted = false;
@@ -213,6 +241,8 @@ export class MediaExecutor {
       // transceiver's mid to the user whose media it carries (for statistics).
       sfu: c.sfu ? { userId: c.sfu.userId, deviceId: c.sfu.deviceId, token: c.sfu.token } : null,
       senders: new Map(),
+      /** The data channel to the SFU (layer choices). */
+      control: null,
     };
     if (c.mediaType !== 'AUDIO_VIDEO') this.dropVideo();
     await this.ensureLocal(c.mediaType);
@@ -262,7 +292,12 @@ export class MediaExecutor {
     };
     if (p.offerer) {
       peer.audio = pc.addTransceiver('audio', { direction: 'sendrecv' });
-      peer.video = pc.addTransceiver('video', { direction: 'sendrecv' });
+      // To the SFU, two encodings (simulcast) when enabled; to a peer, one.
+      peer.video = call.sfu && this.simulcast
+        ? pc.addTransceiver('video', { direction: 'sendrecv', sendEncodings: SFU_SEND_ENCODINGS.map((e) => ({ ...e })) })
+        : pc.addTransceiver('video', { direction: 'sendrecv' });
+      // In the first offer, so that the SFU's connection has it from the start.
+      if (call.sfu) this.openControl(call, pc);
       await peer.audio.sender.replaceTrack(this.sendTrack(KIND_AUDIO));
       await peer.video.sender.replaceTrack(this.sendTrack(KIND_VIDEO));
       await this.applyPeerBitrates(peer);
@@ -272,6 +307,23 @@ export class MediaExecutor {
       this.hooks.signal(call.callId, p.userId, p.deviceId, 'offer', sdp, '', 0);
     }
     return peer;
+  }
+
+  /** Opens the data channel to the SFU; once open, it carries every layer choice made so far. */
+  openControl(call, pc) {
+    const channel = pc.createDataChannel(SFU_CONTROL_LABEL);
+    call.control = channel;
+    channel.onopen = () => {
+      if (this.call !== call) return;
+      for (const [userId, tiny] of this.tiny) channel.send(videoViewMessage(userId, tiny));
+    };
+  }
+
+  /** Remembers which layer of `userId`'s video the app wants and tells the SFU if the call has one. */
+  setTiny(userId, tiny) {
+    this.tiny.set(userId, tiny);
+    const channel = this.call && this.call.control;
+    if (channel && channel.readyState === 'open') channel.send(videoViewMessage(userId, tiny));
   }
 
   async removePeer(userId, deviceId) {
@@ -414,7 +466,12 @@ export class MediaExecutor {
     if (el) el.srcObject = null;
   }
 
-  setView(userId, element) {
+  /**
+   * Where `userId`'s video plays, and (through an SFU) in which layer: the tiny one when
+   * `isTiny`. The choice is kept for later calls too.
+   */
+  setView(userId, element, isTiny = false) {
+    if (userId !== this.localUser) this.setTiny(userId, !!isTiny);
     if (element) this.views.set(userId, element); else this.views.delete(userId);
     if (!element) return;
     element.autoplay = true;

@@ -3,7 +3,8 @@
 //!
 //! With `serve --redis URL --node-id ID` the server keeps its devices in [`Presence`] (see
 //! `server::presence`) and routes between nodes through their inboxes ([`Outbox`],
-//! [`InboxReader`]; see `server::routing`). Call leases are not taken by the server yet:
+//! [`InboxReader`]; see `server::routing`), and a lost node's calls are ended by the one
+//! survivor that wins its [`Takeovers`] lock. Per-call leases are not taken by the server:
 //! [`CallLeases`] is used by the tests and the next steps.
 
 mod inbox;
@@ -11,11 +12,13 @@ mod lease;
 pub mod message;
 mod node;
 mod presence;
+mod takeover;
 
 pub use inbox::{ALIVE_TTL, INBOX_MAXLEN, InboxReader, Outbox, READ_BLOCK, Received};
 pub use lease::{CallLeases, Lease};
 pub use node::{ClusterConfig, NodeId, connect};
 pub use presence::{DeviceLocation, Presence};
+pub use takeover::{TAKEOVER_TTL, Takeovers};
 
 /// What can go wrong talking to Redis or setting a node up.
 #[derive(Debug, thiserror::Error)]

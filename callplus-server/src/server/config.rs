@@ -53,6 +53,9 @@ pub struct ServerOptions {
     pub mesh_max: usize,
     /// How long a media token (a device's credential for the SFU) is valid.
     pub media_token_ttl: Duration,
+    /// Drive this SFU process (`callplus sfu`) instead of running the SFU in this server; with
+    /// `sfu` on.
+    pub remote_sfu: Option<crate::relay::RemoteSfu>,
 }
 
 impl Default for ServerOptions {
@@ -74,6 +77,7 @@ impl Default for ServerOptions {
             media_listen: vec!["0.0.0.0:0".to_owned()],
             mesh_max: 0,
             media_token_ttl: Duration::from_secs(3600),
+            remote_sfu: None,
         }
     }
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use callplus_proto::v1 as pb;
 use callplus_session::switchboard::{
     ConnId, NodeMessage, NodeOutput, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId,
-    QueryResult, Switchboard,
+    QueryResult, Switchboard, owner_node,
 };
 use callplus_session::wire::{FrameError, event_to_wire};
 use callplus_session::{
@@ -412,7 +412,62 @@ impl Driver {
                 self.act(Output::StoreOffline { app, user, event: *event })
             }
             NodeInput::NodeLost { node } => self.sb.node_lost(now, &node),
+            NodeInput::TakeoverWon { node } => self.read_lost_calls(node),
+            NodeInput::Takeover { node, calls } => {
+                let count = calls.len();
+                self.sb.takeover_granted(now, &node, calls);
+                // The ends' writes (records, forgotten snapshots) go to the writer now; the
+                // lock is given back once they are committed, so a node that wins it later
+                // finds nothing left to end.
+                self.drain();
+                tracing::info!(%node, calls = count, "calls of a lost node ended");
+                let writer = self.writer.clone();
+                let release = self.routing.as_ref().map(super::routing::RoutingQueue::releaser);
+                tokio::spawn(async move {
+                    let flushed = tokio::task::spawn_blocking(move || writer.flush()).await;
+                    if !matches!(flushed, Ok(Ok(()))) {
+                        // Not released: it expires, and a node that takes it then ends what is
+                        // still saved.
+                        tracing::warn!(%node, "the ends of a lost node's calls were not all committed");
+                        return;
+                    }
+                    if let Some(release) = release {
+                        release(node);
+                    }
+                });
+            }
         }
+    }
+
+    /// This node won the lost `node`'s takeover lock: reads the saved calls (after winning, so
+    /// calls another winner already ended and forgot are not ended twice) and hands the lost
+    /// node's to the switchboard ([`NodeInput::Takeover`]).
+    fn read_lost_calls(&self, node: String) {
+        let storage = self.storage.clone();
+        let tx = self.self_tx.clone();
+        tokio::spawn(async move {
+            let rows = tokio::task::spawn_blocking(move || storage.active_calls()).await;
+            let rows = match rows {
+                Ok(Ok(rows)) => rows,
+                Ok(Err(e)) => {
+                    tracing::error!(%node, error = %e, "a lost node's saved calls could not be read");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(%node, error = %e, "reading a lost node's saved calls failed");
+                    return;
+                }
+            };
+            let rows: Vec<_> = rows
+                .into_iter()
+                .filter(|row| {
+                    CallId::new(&row.call_id).ok().as_ref().and_then(owner_node) == Some(node.as_str())
+                })
+                .collect();
+            let (calls, _undecodable) = decode_calls(rows);
+            let input = super::routing::NodeInput::Takeover { node, calls };
+            let _ = tx.send(Input::Node(input)).await;
+        });
     }
 
     /// Connects a session; the switchboard asks for the user's stored events itself. A Hello
@@ -624,6 +679,8 @@ impl Driver {
         let now = self.now();
         match work {
             NodeOutput::Locate { id, .. } => self.sb.complete_locate(now, id, Vec::new()),
+            // No other node without Redis: none is ever lost.
+            NodeOutput::AcquireTakeover { .. } => {}
             NodeOutput::Route { app, user, event, store_if_absent } => {
                 if store_if_absent {
                     self.act(Output::StoreOffline { app, user, event });

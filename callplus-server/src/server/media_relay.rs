@@ -8,6 +8,13 @@
 //! failed) go to the switchboard, which recovers a failed connection or removes the participant.
 //! The token key is made at start and never leaves the process: the switchboard gets a signer,
 //! the SFU the same key.
+//!
+//! With a remote SFU (`serve --sfu-url`, [`RemoteSfu`]) the same work goes down a
+//! `MediaRelay.Attach` stream to a `callplus sfu` process and its events come back up it; the
+//! token key is then the media secret shared with that process. The stream is opened again with
+//! backoff when it breaks; after each (re)attach every participant whose connection may have
+//! been on the lost SFU is reported failed, so the switchboard routes it afresh (new token, new
+//! connection) as for any failed SFU connection.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +25,7 @@ use rand::RngCore as _;
 use tokio::sync::mpsc;
 
 use super::driver::{DriverHandle, Input};
+use crate::relay::RemoteSfu;
 
 /// The user id the SFU's signals carry (its signalling address).
 pub const SFU_USER: &str = "callplus-sfu";
@@ -46,19 +54,27 @@ pub(crate) struct SfuSettings {
     pub(crate) mesh_max: usize,
     /// How long a media token is valid.
     pub(crate) token_ttl: Duration,
+    /// Drive this SFU process instead of an SFU in this server.
+    pub(crate) remote: Option<RemoteSfu>,
 }
 
 /// Starts the SFU (inside the runtime) with a fresh token key: the switchboard's router, the
 /// queue the driver sends SFU work to, and the task to spawn with the driver's handle.
 pub(crate) fn start(settings: &SfuSettings) -> (MediaRouter, mpsc::UnboundedSender<SfuCommand>, SfuTask) {
-    let mut secret = vec![0u8; 32];
-    rand::rng().fill_bytes(&mut secret);
-    let tokens = MediaTokens::new(secret.clone());
-    let (sfu, events) = Sfu::new(SfuConfig {
-        bind_addrs: settings.bind_addrs.clone(),
-        ice_servers: Vec::new(),
-        token_secret: secret,
-    });
+    let (secret, backend) = match &settings.remote {
+        Some(remote) => (remote.secret.token_key(), Backend::Remote(remote.clone())),
+        None => {
+            let mut secret = vec![0u8; 32];
+            rand::rng().fill_bytes(&mut secret);
+            let (sfu, events) = Sfu::new(SfuConfig {
+                bind_addrs: settings.bind_addrs.clone(),
+                ice_servers: Vec::new(),
+                token_secret: secret.clone(),
+            });
+            (secret, Backend::Local { sfu, events })
+        }
+    };
+    let tokens = MediaTokens::new(secret);
     let ttl = settings.token_ttl.as_secs();
     let router = MediaRouter {
         sfu_user: UserId::new(SFU_USER).unwrap_or_else(|_| unreachable!("a valid constant id")),
@@ -69,7 +85,7 @@ pub(crate) fn start(settings: &SfuSettings) -> (MediaRouter, mpsc::UnboundedSend
         }),
     };
     let (commands, rx) = mpsc::unbounded_channel();
-    (router, commands, SfuTask { sfu, events, rx })
+    (router, commands, SfuTask { backend, rx })
 }
 
 fn now_s() -> u64 {
@@ -78,71 +94,90 @@ fn now_s() -> u64 {
 
 /// The task applying the switchboard's SFU work and passing the SFU's signals to the driver.
 pub(crate) struct SfuTask {
-    sfu: Sfu,
-    events: SfuEvents,
+    backend: Backend,
     rx: mpsc::UnboundedReceiver<SfuCommand>,
+}
+
+/// Where the SFU runs.
+enum Backend {
+    /// In this server.
+    Local { sfu: Sfu, events: SfuEvents },
+    /// In a `callplus sfu` process.
+    Remote(RemoteSfu),
 }
 
 impl SfuTask {
     /// Runs until the driver is gone.
-    pub(crate) async fn run(mut self, driver: DriverHandle) {
-        loop {
-            tokio::select! {
-                command = self.rx.recv() => match command {
-                    Some(command) => self.apply(command).await,
-                    None => break,
-                },
-                event = self.events.recv() => match event {
-                    Some(SfuEvent::Signal { call_id, to_user, to_device, payload }) => {
-                        let input = Input::SfuSignal { call_id, to_user, to_device, payload };
-                        if !driver.send(input).await {
-                            break;
-                        }
-                    }
-                    // The switchboard recovers a failed connection (fresh route) and removes
-                    // a participant that does not come back.
-                    Some(SfuEvent::ParticipantConnected { call_id, user, device }) => {
-                        let input = Input::SfuConnection { call_id, user, device, connected: true };
-                        if !driver.send(input).await {
-                            break;
-                        }
-                    }
-                    Some(SfuEvent::ParticipantFailed { call_id, user, device }) => {
-                        tracing::info!(call = %call_id, %user, %device, "sfu connection failed");
-                        let input = Input::SfuConnection { call_id, user, device, connected: false };
-                        if !driver.send(input).await {
-                            break;
-                        }
-                    }
-                    Some(other) => tracing::debug!(event = ?other, "sfu"),
-                    None => break,
-                },
-            }
+    pub(crate) async fn run(self, driver: DriverHandle) {
+        match self.backend {
+            Backend::Local { sfu, events } => run_local(sfu, events, self.rx, driver).await,
+            Backend::Remote(remote) => super::media_relay_remote::run(remote, self.rx, driver).await,
         }
         tracing::debug!("sfu task stopped");
     }
+}
 
-    async fn apply(&self, command: SfuCommand) {
-        match command {
-            SfuCommand::Signal { call_id, user, device, payload } => {
-                if let Err(e) = self.sfu.handle_signal(&call_id, &user, &device, payload).await {
-                    tracing::info!(call = %call_id, %user, %device, error = %e, "sfu refused a media signal");
+async fn run_local(
+    sfu: Sfu,
+    mut events: SfuEvents,
+    mut rx: mpsc::UnboundedReceiver<SfuCommand>,
+    driver: DriverHandle,
+) {
+    loop {
+        tokio::select! {
+            command = rx.recv() => match command {
+                Some(command) => apply(&sfu, command).await,
+                None => break,
+            },
+            event = events.recv() => match event {
+                Some(SfuEvent::Signal { call_id, to_user, to_device, payload }) => {
+                    let input = Input::SfuSignal { call_id, to_user, to_device, payload };
+                    if !driver.send(input).await {
+                        break;
+                    }
                 }
+                // The switchboard recovers a failed connection (fresh route) and removes
+                // a participant that does not come back.
+                Some(SfuEvent::ParticipantConnected { call_id, user, device }) => {
+                    let input = Input::SfuConnection { call_id, user, device, connected: true };
+                    if !driver.send(input).await {
+                        break;
+                    }
+                }
+                Some(SfuEvent::ParticipantFailed { call_id, user, device }) => {
+                    tracing::info!(call = %call_id, %user, %device, "sfu connection failed");
+                    let input = Input::SfuConnection { call_id, user, device, connected: false };
+                    if !driver.send(input).await {
+                        break;
+                    }
+                }
+                Some(other) => tracing::debug!(event = ?other, "sfu"),
+                None => break,
+            },
+        }
+    }
+}
+
+async fn apply(sfu: &Sfu, command: SfuCommand) {
+    match command {
+        SfuCommand::Signal { call_id, user, device, payload } => {
+            if let Err(e) = sfu.handle_signal(&call_id, &user, &device, payload).await {
+                tracing::info!(call = %call_id, %user, %device, error = %e, "sfu refused a media signal");
             }
-            SfuCommand::Leave { call_id, user, device } => {
-                if let Err(e) = self.sfu.remove_participant(&call_id, &user, &device).await {
-                    tracing::debug!(call = %call_id, %user, error = %e, "sfu leave");
-                }
+        }
+        SfuCommand::Leave { call_id, user, device } => {
+            if let Err(e) = sfu.remove_participant(&call_id, &user, &device).await {
+                tracing::debug!(call = %call_id, %user, error = %e, "sfu leave");
             }
-            SfuCommand::Pause { call_id, user, device, kind, paused } => {
-                if let Err(e) = self.sfu.set_paused(&call_id, &user, &device, kind, paused).await {
-                    tracing::debug!(call = %call_id, %user, error = %e, "sfu pause");
-                }
+        }
+        SfuCommand::Pause { call_id, user, device, kind, paused } => {
+            if let Err(e) = sfu.set_paused(&call_id, &user, &device, kind, paused).await {
+                tracing::debug!(call = %call_id, %user, error = %e, "sfu pause");
             }
-            SfuCommand::EndCall { call_id } => {
-                if let Err(e) = self.sfu.end_call(&call_id).await {
-                    tracing::debug!(call = %call_id, error = %e, "sfu end of call");
-                }
+        }
+        SfuCommand::EndCall { call_id } => {
+            if let Err(e) = sfu.end_call(&call_id).await {
+                tracing::debug!(call = %call_id, error = %e, "sfu end of call");
             }
         }
     }

@@ -31,6 +31,7 @@ mod driver;
 mod fd_limit;
 mod grpc;
 mod media_relay;
+mod media_relay_remote;
 mod metrics;
 mod outbound;
 mod presence;
@@ -128,6 +129,17 @@ impl Server {
     pub fn builder() -> ServerBuilder {
         ServerBuilder::default()
     }
+}
+
+/// Whether a node of several holds its own takeover lock while it ends the calls saved by its
+/// last run.
+enum OwnLock {
+    /// Held: released once the ends are committed.
+    Held(crate::cluster::Takeovers),
+    /// Another node holds it: that node is ending them.
+    Taken,
+    /// Not tried (no Redis, or Redis refused): they are ended here, as a single node does.
+    Untried,
 }
 
 enum StorageSpec {
@@ -322,6 +334,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Drives the SFU process (`callplus sfu`) `remote` names instead of running the SFU in
+    /// this server (`serve --sfu-url`).
+    pub fn remote_sfu(mut self, remote: crate::relay::RemoteSfu) -> Self {
+        self.options.remote_sfu = Some(remote);
+        self
+    }
+
     /// Opens storage, ends calls interrupted by the last stop, binds the listeners and starts
     /// serving.
     ///
@@ -341,7 +360,7 @@ impl ServerBuilder {
         config.validate()?;
         // Presence entries live three heartbeat intervals unless renewed (docs/architecture.md).
         let presence_ttl = Duration::from_millis(u64::from(config.heartbeat_interval_ms) * 3);
-        let (presence, routing) = match &cluster {
+        let (presence, routing, own_lock) = match &cluster {
             Some(cluster) => {
                 let conn = crate::cluster::connect(&cluster.client).await?;
                 let presence =
@@ -350,13 +369,25 @@ impl ServerBuilder {
                 let reader_conn = crate::cluster::connect(&cluster.client).await?;
                 let routing = routing::Routing {
                     node: cluster.node_id.clone(),
-                    outbox: crate::cluster::Outbox::new(conn, cluster.node_id.clone()),
+                    outbox: crate::cluster::Outbox::new(conn.clone(), cluster.node_id.clone()),
+                    takeovers: crate::cluster::Takeovers::new(conn, cluster.node_id.clone()),
                     presence: presence.clone(),
                     reader: crate::cluster::InboxReader::new(reader_conn, &cluster.node_id),
                 };
-                (Some(presence), Some(routing))
+                // This node's own calls saved by its last run are ended either here (below) or
+                // by the survivor that noticed it was lost, never both: whoever holds this
+                // node's takeover lock ends them (docs/architecture.md, "Owner death").
+                let own_lock = match routing.takeovers.acquire(cluster.node_id.as_str()).await {
+                    Ok(true) => OwnLock::Held(routing.takeovers.clone()),
+                    Ok(false) => OwnLock::Taken,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "own takeover lock not tried; ending own saved calls");
+                        OwnLock::Untried
+                    }
+                };
+                (Some(presence), Some(routing), own_lock)
             }
-            None => (None, None),
+            None => (None, None, OwnLock::Untried),
         };
         let device_acceptor = tls.as_ref().map(ServerTls::acceptor).transpose()?;
         let admin_acceptor = match (&admin_tls, &admin_listen) {
@@ -442,6 +473,7 @@ impl ServerBuilder {
                 bind_addrs: options.media_listen.clone(),
                 mesh_max: options.mesh_max,
                 token_ttl: options.media_token_ttl,
+                remote: options.remote_sfu.clone(),
             })
         });
         let sfu_task = sfu.map(|(router, commands, task)| {
@@ -476,7 +508,27 @@ impl ServerBuilder {
         if !undecodable.is_empty() {
             writer.submit(WriteOp::RemoveCalls(undecodable));
         }
-        driver.recover(recovered, alive_mark);
+        match own_lock {
+            OwnLock::Taken => {
+                tracing::warn!(
+                    calls = recovered.len(),
+                    "another node is ending this node's calls from its last run; not ending them here"
+                );
+                driver.recover(Vec::new(), alive_mark);
+            }
+            OwnLock::Untried => driver.recover(recovered, alive_mark),
+            OwnLock::Held(takeovers) => {
+                driver.recover(recovered, alive_mark);
+                // Given back once the ends are committed.
+                let (writer, node) = (writer.clone(), node.clone().unwrap_or_default());
+                tokio::spawn(async move {
+                    let flushed = blocking(move || writer.flush()).await;
+                    if matches!(flushed, Ok(Ok(()))) {
+                        let _ = takeovers.release(&node).await;
+                    }
+                });
+            }
+        }
 
         let (fatal_tx, fatal_rx) = watch::channel(false);
         let driver_join = tokio::spawn(driver.run());

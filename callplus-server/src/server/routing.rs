@@ -8,7 +8,11 @@
 //! none anywhere. A second task reads this node's inbox (`XREAD BLOCK` from the last id read,
 //! resynchronised after Redis comes back) and hands each message to the driver, and keeps the
 //! node's liveness key fresh. The same task notices when a node this one routed to stops
-//! renewing its liveness key and tells the driver ([`NodeInput::NodeLost`]).
+//! renewing its liveness key and tells the driver ([`NodeInput::NodeLost`]). When the
+//! switchboard then asks for the lost node's takeover lock, the routing task tries it and tells
+//! the driver whether it won ([`NodeInput::TakeoverWon`]); the driver reads the lost node's saved
+//! calls, the switchboard ends them, and once those ends are committed the lock is given back
+//! ([`RoutingQueue::releaser`]).
 //!
 //! Redis I/O therefore never runs on the switchboard's task. When Redis is down, sends fail
 //! (counted); a forwarded request that cannot be sent is answered CALL_NOT_FOUND, and the
@@ -19,13 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callplus_session::switchboard::{NodeMessage, NodeOutput, QueryId, RemoteDevice};
-use callplus_session::{AppKey, DeviceId, Event, UserId};
+use callplus_session::{AppKey, CallInfo, DeviceId, Event, UserId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::driver::{DriverHandle, Input};
 use super::metrics::Metrics;
-use crate::cluster::{ALIVE_TTL, InboxReader, NodeId, Outbox, Presence};
+use crate::cluster::{ALIVE_TTL, InboxReader, NodeId, Outbox, Presence, Takeovers};
 
 /// Work queued for the routing task before further work is dropped.
 pub(crate) const ROUTING_QUEUE: usize = 16_384;
@@ -54,6 +58,10 @@ pub(crate) enum NodeInput {
     Store { app: AppKey, user: UserId, event: Box<Event> },
     /// A node stopped renewing its liveness key.
     NodeLost { node: String },
+    /// This node won the right to end the lost `node`'s calls: read them and end them.
+    TakeoverWon { node: String },
+    /// The lost `node`'s saved calls, read after winning its takeover lock.
+    Takeover { node: String, calls: Vec<(AppKey, CallInfo)> },
 }
 
 /// What the routing task does.
@@ -66,6 +74,8 @@ enum Work {
     /// Events were just stored for a user with no device anywhere a moment ago: if presence
     /// now finds devices of theirs on other nodes, those nodes load the stored events again.
     Recheck { app: AppKey, user: UserId },
+    /// The lost node's calls are ended and committed: give its takeover lock back.
+    Release { node: String },
 }
 
 /// The driver's end of the routing queue.
@@ -100,6 +110,18 @@ impl RoutingQueue {
         }
     }
 
+    /// Gives a takeover lock back, from the task that waited for the ends of the lost node's
+    /// calls to be committed.
+    pub(crate) fn releaser(&self) -> impl FnOnce(String) + Send + 'static {
+        let tx = self.tx.clone();
+        let metrics = self.metrics.clone();
+        move |node| {
+            if tx.try_send(Work::Release { node }).is_err() {
+                metrics.count_node("dropped");
+            }
+        }
+    }
+
     /// Stops reading the inbox, closes the queue and waits (bounded by [`CLOSE_TIMEOUT`]) for
     /// the work already queued, so a stopping node's last messages (sessions gone) are sent.
     pub(crate) async fn close(self) {
@@ -118,14 +140,24 @@ pub(crate) struct Routing {
     pub(crate) outbox: Outbox,
     pub(crate) presence: Presence,
     pub(crate) reader: InboxReader,
+    pub(crate) takeovers: Takeovers,
 }
 
 /// Starts the routing and inbox tasks; they stop when the [`RoutingQueue`] is closed.
 pub(crate) fn spawn(routing: Routing, driver: DriverHandle, metrics: Arc<Metrics>) -> RoutingQueue {
     let (tx, rx) = mpsc::channel(ROUTING_QUEUE);
-    let Routing { node, outbox, presence, reader } = routing;
+    let Routing { node, outbox, presence, reader, takeovers } = routing;
     let reader = tokio::spawn(read_inbox(reader, outbox.clone(), driver.clone(), metrics.clone()));
-    let worker = Worker { node, outbox, presence, driver, metrics: metrics.clone(), peers: HashMap::new() };
+    let worker = Worker {
+        node,
+        outbox,
+        presence,
+        takeovers,
+        driver,
+        metrics: metrics.clone(),
+        peers: HashMap::new(),
+        untried: Vec::new(),
+    };
     let task = tokio::spawn(worker.run(rx));
     RoutingQueue { tx, metrics, task, reader }
 }
@@ -180,10 +212,14 @@ struct Worker {
     node: NodeId,
     outbox: Outbox,
     presence: Presence,
+    takeovers: Takeovers,
     driver: DriverHandle,
     metrics: Arc<Metrics>,
     /// Nodes this one routes to, and when each was last seen alive.
     peers: HashMap<String, Instant>,
+    /// Lost nodes whose takeover lock could not be tried (Redis unreachable): tried again on
+    /// each check.
+    untried: Vec<String>,
 }
 
 impl Worker {
@@ -195,6 +231,7 @@ impl Worker {
                 work = rx.recv() => match work {
                     Some(Work::Out(work)) => self.work(work).await,
                     Some(Work::Recheck { app, user }) => self.recheck(app, user).await,
+                    Some(Work::Release { node }) => self.release(node).await,
                     None => return,
                 },
                 _ = check.tick() => self.check_peers().await,
@@ -226,6 +263,9 @@ impl Worker {
     /// key expired ([`ALIVE_TTL`] after its last renewal) and stayed missing for
     /// [`LOST_AFTER`].
     async fn check_peers(&mut self) {
+        for node in std::mem::take(&mut self.untried) {
+            self.take_over(node).await;
+        }
         let stale: Vec<String> =
             self.peers.iter().filter(|(_, at)| at.elapsed() >= ALIVE_EVERY).map(|(n, _)| n.clone()).collect();
         for node in stale {
@@ -248,6 +288,7 @@ impl Worker {
 
     async fn work(&mut self, work: NodeOutput) {
         match work {
+            NodeOutput::AcquireTakeover { node } => self.take_over(node).await,
             NodeOutput::Send { node, message } => self.send(node, *message).await,
             NodeOutput::Locate { id, app, user } => {
                 let devices = match self.presence.lookup(app.as_str(), user.as_str()).await {
@@ -306,6 +347,30 @@ impl Worker {
                     self.tell(NodeInput::Store { app, user, event: Box::new(event) }).await;
                 }
             }
+        }
+    }
+
+    /// Tries the lost `node`'s takeover lock; the winner's driver ends the node's calls.
+    async fn take_over(&mut self, node: String) {
+        match self.takeovers.acquire(&node).await {
+            Ok(true) => {
+                tracing::info!(%node, "ending the calls of a lost node");
+                self.tell(NodeInput::TakeoverWon { node }).await;
+            }
+            Ok(false) => tracing::debug!(%node, "another node ends the lost node's calls"),
+            Err(e) => {
+                self.metrics.count_node("error");
+                tracing::warn!(%node, error = %e, "takeover lock not tried; trying again");
+                self.untried.push(node);
+            }
+        }
+    }
+
+    async fn release(&mut self, node: String) {
+        match self.takeovers.release(&node).await {
+            Ok(true) => tracing::debug!(%node, "takeover done"),
+            Ok(false) => tracing::warn!(%node, "takeover lock expired before the calls were ended"),
+            Err(e) => tracing::warn!(%node, error = %e, "takeover lock not released; it expires"),
         }
     }
 

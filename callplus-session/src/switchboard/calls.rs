@@ -987,6 +987,9 @@ impl Switchboard {
         others: EndReason,
         leaver: Option<Leaver>,
     ) {
+        // A call ended from its saved snapshot on a node of several has no sessions bound
+        // here: its participants' devices are told wherever they are.
+        let route_ends = self.ending_saved && self.clustered();
         let Some(call) = self.calls.get_mut(id) else { return };
         if call.is_ended() {
             return;
@@ -1000,12 +1003,24 @@ impl Switchboard {
         if let Some(leaver) = &leaver {
             send_leaver_ended(&mut self.net, call, leaver, &snapshot);
         }
+        let mut to_route = Vec::new();
         for (j, sessions) in ended {
-            if let Some(reason) = call.party(j).and_then(|p| p.reason) {
-                self.net.send_all(sessions.as_slice(), Event::CallEnded { call: snapshot.clone(), reason });
+            if let Some(p) = call.party(j)
+                && let Some(reason) = p.reason
+            {
+                let event = Event::CallEnded { call: snapshot.clone(), reason };
+                if route_ends {
+                    to_route.push((p.user.clone(), event));
+                } else {
+                    self.net.send_all(sessions.as_slice(), event);
+                }
             }
         }
         let app = call.app.clone();
+        for (user, event) in to_route {
+            self.route_call_ended(&app, &user, event);
+        }
+        let Some(call) = self.calls.get_mut(id) else { return };
         let single = call.call_type == CallType::Single;
         let n = call.parties.len();
         let mut snapshot = Some(snapshot);

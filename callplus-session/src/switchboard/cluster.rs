@@ -19,12 +19,12 @@
 //! devices on this node and, through [`NodeOutput::Route`], to their devices on every other
 //! node; the driver stores them for the next connect when the user has no device anywhere.
 
-use crate::call::SessionKey;
+use crate::call::{Call, SessionKey};
 use crate::error::{Code, Error};
 use crate::model::ids::{AppKey, CallId, DeviceId, UserId};
 use crate::model::kinds::{Delivery, EndReason};
 use crate::model::message::{Event, Request, ServerBody};
-use crate::model::snapshot::PushConfig;
+use crate::model::snapshot::{CallInfo, PushConfig};
 
 use super::output::{Output, QueryId};
 use super::session::Session;
@@ -155,6 +155,14 @@ pub enum NodeOutput {
         /// Store it when the user has no device anywhere.
         store_if_absent: bool,
     },
+    /// Node `node` is lost: try to win the right to end its calls (in Redis, `SET NX` on the
+    /// node's takeover key, so exactly one surviving node does it). The winner reads the lost
+    /// node's saved calls from durable storage *after* winning and answers
+    /// [`Switchboard::takeover_granted`]; a loser does nothing.
+    AcquireTakeover {
+        /// The lost node.
+        node: String,
+    },
 }
 
 /// The node that owns a call: its id's part before the last `_` (ids minted by a node of
@@ -216,7 +224,7 @@ impl Switchboard {
     /// On the device's node: a device acked the invitation to a call; the owner records the
     /// delivery (and tells the inviter).
     pub(super) fn invitation_acked(&mut self, sk: SessionKey, id: &CallId, user: &UserId, device: &DeviceId) {
-        if self.calls.contains_key(id) || !self.clustered() {
+        if !self.clustered() || self.calls.contains_key(id) {
             self.mark_delivery(id, user, device, Delivery::Delivered);
             return;
         }
@@ -398,11 +406,15 @@ impl Switchboard {
     /// An event for a user's devices on this node, stored when there is none (a record or
     /// summary routed here just as the device left is kept rather than lost; another node
     /// holding a device of the user may then deliver it too).
+    /// A call's end routed here (a taken-over call) is only for devices present now: a device
+    /// that connects later never had the call.
     fn user_event(&mut self, app: AppKey, user: UserId, event: Event) {
         // Delivered here only: the sending node routed it to every node concerned.
         let devices = self.net.user_devices(&app, &user, None);
         if devices.len() == 0 {
-            self.net.outputs.push_back(Output::StoreOffline { app, user, event });
+            if matches!(event, Event::CallRecord(_) | Event::Summary(_)) {
+                self.net.outputs.push_back(Output::StoreOffline { app, user, event });
+            }
         } else {
             for sk in devices.iter() {
                 self.net.send(sk, event.clone());
@@ -455,13 +467,77 @@ impl Switchboard {
     /// Node `node` is gone (its presence and liveness expired): the legs its devices held in
     /// this node's calls end with NETWORK_ERROR, as for a device silent past the liveness
     /// timeout.
+    ///
+    /// The calls the lost node owned are then ended by exactly one surviving node: this one
+    /// asks for the right to do it ([`NodeOutput::AcquireTakeover`]), and the node that wins
+    /// it ends them from their saved snapshots ([`Switchboard::takeover_granted`]). The lost
+    /// node is also forgotten as a peer of this node's sessions (nothing is sent to it any
+    /// more).
     pub fn node_lost(&mut self, now_ms: i64, node: &str) {
         let gone: Vec<String> =
             self.remotes.keys().filter(|(n, _)| n == node).map(|(_, session)| session.clone()).collect();
         for session_id in gone {
             self.drop_remote(now_ms, node, &session_id, LegEnd::Reason(EndReason::NetworkError));
         }
+        for s in self.net.sessions.values_mut() {
+            s.peers.retain(|p| p != node);
+        }
+        if self.clustered() && node != self.cfg.node_id && !self.stopped {
+            let node = node.to_owned();
+            self.net.outputs.push_back(Output::Node(NodeOutput::AcquireTakeover { node }));
+        }
         self.finish_input(now_ms);
+    }
+
+    /// This node won the right to end the calls of the lost node `node`
+    /// ([`NodeOutput::AcquireTakeover`]); `calls` are the saved snapshots the driver read from
+    /// durable storage after winning it (calls of other nodes among them are ignored).
+    ///
+    /// Each live one ends now with NETWORK_ERROR for every participant still in it: one record
+    /// per participant (routed to their devices wherever they are, stored when they have none),
+    /// a summary for 1:1 calls, `Event::CallEnded` sent to each participant's devices on every
+    /// node (so no device keeps the call), and [`Output::ForgetCall`]. The call is held here
+    /// afterwards like any ended call, so a late request about it is answered as for an ended
+    /// call. Taking over and continuing the call is not attempted: the snapshot lacks the ring
+    /// timers and the per-device link state needed to continue it faithfully.
+    pub fn takeover_granted(&mut self, now_ms: i64, node: &str, calls: Vec<(AppKey, CallInfo)>) {
+        self.init_prefix(now_ms);
+        for (app, info) in calls {
+            if owner_node(&info.call_id) != Some(node) || node == self.cfg.node_id {
+                continue;
+            }
+            if self.calls.contains_key(&info.call_id) {
+                continue;
+            }
+            if info.is_ended() {
+                self.net.outputs.push_back(Output::ForgetCall { app, call_id: info.call_id });
+                continue;
+            }
+            let call = Call::from_info(app, info);
+            let id = call.id.clone();
+            for p in &call.parties {
+                self.net.add_call(&call.app, &p.user, &id);
+            }
+            self.calls.insert(id.clone(), Box::new(call));
+            self.live += 1;
+            self.ending_saved = true;
+            self.finish_call_at(now_ms, now_ms, &id, EndReason::NetworkError, None);
+            self.ending_saved = false;
+        }
+        self.finish_input(now_ms);
+    }
+
+    /// A call ended from its saved snapshot (taken over from a lost node, or this node's own
+    /// after a restart) ended for `user`: no session of theirs is bound to it here, so
+    /// `Event::CallEnded` goes to their devices on this node and on every other (a device that
+    /// does not hold the call ignores it).
+    pub(super) fn route_call_ended(&mut self, app: &AppKey, user: &UserId, event: Event) {
+        let devices = self.net.user_devices(app, user, None);
+        for sk in devices.iter() {
+            self.net.send(sk, event.clone());
+        }
+        let route = NodeOutput::Route { app: app.clone(), user: user.clone(), event, store_if_absent: false };
+        self.net.outputs.push_back(Output::Node(route));
     }
 
     /// Remote sessions this node holds for devices on other nodes (a getter for tests and

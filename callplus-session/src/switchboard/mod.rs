@@ -139,6 +139,10 @@ pub struct Switchboard {
     remotes: FastMap<(String, String), SessionKey>,
     /// A node of several: presence lookups in flight (`cluster`).
     locates: FastMap<QueryId, cluster::Locating>,
+    /// Set while a call is ended from its saved snapshot (`end_recovered_calls`,
+    /// `takeover_granted`): on a node of several its participants' devices are told through
+    /// routing, as none is bound to it here.
+    ending_saved: bool,
 }
 
 impl Switchboard {
@@ -183,6 +187,7 @@ impl Switchboard {
             media_lost: FastMap::default(),
             remotes: FastMap::default(),
             locates: FastMap::default(),
+            ending_saved: false,
         }
     }
 
@@ -458,7 +463,9 @@ impl Switchboard {
             let at = alive_until_ms.unwrap_or_else(|| call.last_event_ms());
             self.calls.insert(id.clone(), Box::new(call));
             self.live += 1;
+            self.ending_saved = true;
             self.finish_call_at(now_ms, at, &id, EndReason::NetworkError, None);
+            self.ending_saved = false;
         }
         self.finish_input(now_ms);
     }

@@ -13,9 +13,9 @@ use std::rc::Rc;
 
 use callplus_session::client::{ConnectionState, DriverEvent, RequestId};
 use callplus_session::switchboard::{
-    NodeMessage, NodeOutput, Output, QueryId, RemoteDevice, SwitchboardConfig,
+    NodeMessage, NodeOutput, Output, QueryId, RemoteDevice, SwitchboardConfig, owner_node,
 };
-use callplus_session::{AppKey, DeviceId, Error, ResponseBody, UserId};
+use callplus_session::{AppKey, CallInfo, DeviceId, Error, ResponseBody, UserId};
 
 use super::Sim;
 use super::storage::SimStorage;
@@ -47,6 +47,13 @@ pub struct Cluster {
     pub sent: Vec<(usize, usize, NodeMessage)>,
     inbox: BTreeMap<(i64, u64), InFlight>,
     locates: BTreeMap<(i64, u64), (usize, QueryId, AppKey, UserId)>,
+    /// The takeover locks (`SET NX` on a lost node's takeover key): lost node → the node that
+    /// won the right to end its calls.
+    pub takeovers: BTreeMap<String, usize>,
+    /// Every attempt at a lost node's takeover lock: (node that asked, lost node).
+    pub takeover_attempts: Vec<(usize, String)>,
+    /// Won takeovers whose saved calls are being read: answered a latency later.
+    grants: BTreeMap<(i64, u64), (usize, String)>,
     cursors: Vec<usize>,
     seq: u64,
     pub now: i64,
@@ -74,6 +81,9 @@ impl Cluster {
             sent: Vec::new(),
             inbox: BTreeMap::new(),
             locates: BTreeMap::new(),
+            takeovers: BTreeMap::new(),
+            takeover_attempts: Vec::new(),
+            grants: BTreeMap::new(),
             seq: 0,
             now,
         }
@@ -137,6 +147,15 @@ impl Cluster {
                 let at = self.now + NODE_LATENCY_MS;
                 let s = self.schedule_seq();
                 self.locates.insert((at, s), (n, id, app, user));
+            }
+            Output::Node(NodeOutput::AcquireTakeover { node }) => {
+                self.takeover_attempts.push((n, node.clone()));
+                if !self.takeovers.contains_key(&node) {
+                    self.takeovers.insert(node.clone(), n);
+                    let at = self.now + NODE_LATENCY_MS;
+                    let s = self.schedule_seq();
+                    self.grants.insert((at, s), (n, node));
+                }
             }
             Output::Node(NodeOutput::Route { app, user, event, store_if_absent }) => {
                 let mut nodes: Vec<usize> = self
@@ -216,6 +235,27 @@ impl Cluster {
             self.nodes[n].run_for(0);
             self.collect();
         }
+        loop {
+            let due = self.grants.keys().next().copied().filter(|(t, _)| *t <= self.now);
+            let Some(key) = due else { break };
+            let Some((n, lost)) = self.grants.remove(&key) else { break };
+            if !self.alive[n] {
+                continue;
+            }
+            // The saved calls are read after the lock was won (what the driver does).
+            let calls: Vec<(AppKey, CallInfo)> = self
+                .db
+                .borrow()
+                .calls
+                .iter()
+                .filter(|((_, id), _)| owner_node(id) == Some(lost.as_str()))
+                .map(|((app, _), info)| (app.clone(), info.clone()))
+                .collect();
+            let now = self.now;
+            self.nodes[n].switchboard.takeover_granted(now, &lost, calls);
+            self.nodes[n].run_for(0);
+            self.collect();
+        }
     }
 
     /// Advances every live node by one tick.
@@ -270,7 +310,8 @@ impl Cluster {
 
     /// The node is lost (SIGKILL): it runs no more, messages to it are dropped. After
     /// `presence_ttl_ms` its presence entries expire and every survivor is told
-    /// (`node_lost`), as the driver does when the node's liveness key expires.
+    /// (`node_lost`), as the driver does when the node's liveness key expires; each then asks
+    /// for the node's takeover lock, and the one that gets it ends the node's saved calls.
     pub fn kill(&mut self, node: usize, presence_ttl_ms: i64) {
         self.alive[node] = false;
         self.inbox.retain(|_, f| f.to != node);

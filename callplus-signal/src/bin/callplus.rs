@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use callplus_signal::cli::bench::BenchArgs;
 use callplus_signal::cli::serve::ServeArgs;
+use callplus_signal::cli::sfu::SfuArgs;
 use callplus_signal::cli::softphone::{self, DialArgs, ListenArgs};
 use callplus_signal::cli::token::TokenArgs;
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the signalling server (embedded storage; prints where it listens and how to get a token).
     Serve(Box<ServeArgs>),
+    /// Run the selective forwarding unit as its own process, for `serve --sfu-url`.
+    Sfu(SfuArgs),
     /// Mint a token for a user.
     Token(TokenArgs),
     /// Call a user and print the call's events.
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(callplus_signal::cli::serve::serve(*args)),
+        Command::Sfu(args) => runtime.block_on(callplus_signal::cli::sfu::sfu(args)),
         Command::Token(args) => callplus_signal::cli::token::token(&args),
         Command::Dial(args) => runtime.block_on(softphone::dial(args)),
         Command::Listen(args) => runtime.block_on(softphone::listen(args)),

@@ -1,7 +1,8 @@
-//! The `callplus` command line: `serve`, `token`, and the terminal softphone (`dial`, `listen`).
+//! The `callplus` command line: `serve`, `sfu`, `token`, and the terminal softphone (`dial`, `listen`).
 
 pub mod bench;
 pub mod serve;
+pub mod sfu;
 pub mod softphone;
 pub mod token;
 

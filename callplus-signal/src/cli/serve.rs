@@ -134,6 +134,19 @@ pub struct ServeArgs {
     /// The local UDP address the SFU's media connections bind to (`ip:port`; port 0 for any).
     #[arg(long, env = "CALLPLUS_MEDIA_LISTEN", default_value = "0.0.0.0:0")]
     pub media_listen: String,
+    /// Drive the SFU process (`callplus sfu`) at this URL (`http://host:port`) instead of
+    /// running the SFU in this server; with `--media-secret-file`.
+    #[arg(
+        long,
+        env = "CALLPLUS_SFU_URL",
+        value_name = "URL",
+        requires = "media_secret_file",
+        conflicts_with = "no_sfu"
+    )]
+    pub sfu_url: Option<String>,
+    /// File of the media secret shared with the SFU process (the one `callplus sfu` created).
+    #[arg(long, env = "CALLPLUS_MEDIA_SECRET_FILE", value_name = "FILE", requires = "sfu_url")]
+    pub media_secret_file: Option<PathBuf>,
     /// MULTI calls made with at most this many participants stay peer to peer (0: every MULTI
     /// call's media goes through the SFU).
     #[arg(long, env = "CALLPLUS_MESH_MAX", default_value_t = 0)]
@@ -226,6 +239,25 @@ impl ServeArgs {
     }
 }
 
+impl ServeArgs {
+    /// `--sfu-url` with its secret, read from `--media-secret-file`.
+    ///
+    /// # Errors
+    /// The URL is not an `http://` URL, or the secret file cannot be read.
+    pub fn remote_sfu(&self) -> anyhow::Result<Option<crate::relay::RemoteSfu>> {
+        let (Some(url), Some(file)) = (&self.sfu_url, &self.media_secret_file) else {
+            return Ok(None);
+        };
+        tonic::transport::Endpoint::from_shared(url.clone())
+            .with_context(|| format!("--sfu-url {url} is not a URL"))?;
+        if !url.starts_with("http://") {
+            anyhow::bail!("--sfu-url {url}: expected http://HOST:PORT");
+        }
+        let secret = crate::relay::MediaSecret::read(file)?;
+        Ok(Some(crate::relay::RemoteSfu { url: url.clone(), secret }))
+    }
+}
+
 /// Runs `callplus serve`.
 ///
 /// # Errors
@@ -251,6 +283,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         sfu: !args.no_sfu,
         media_listen: vec![args.media_listen.clone()],
         mesh_max: args.mesh_max,
+        remote_sfu: args.remote_sfu()?,
         ..ServerOptions::default()
     };
     let mut builder = Server::builder().listen(&args.listen).config(config).options(options);
@@ -291,6 +324,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         println!("  data directory:   {data_dir}");
     }
+    if let Some(url) = &args.sfu_url {
+        println!("  SFU:              {url} (callplus sfu)");
+    }
     if let Some(cluster) = &cluster {
         println!("  node id:          {} (Redis: presence and routing between nodes)", cluster.node_id);
     }
@@ -313,10 +349,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         format!(" --data-dir {}", shell_quote(&data_dir.to_string()))
     };
     println!("  callplus token --user alice{dir_flag}");
+    // Listening before saying so: a SIGTERM right after the banner stops the server cleanly.
+    let stop = crate::server::shutdown::signal();
     println!("Stop with Ctrl-C (or SIGTERM); nothing is lost.");
 
     tokio::select! {
-        () = crate::server::shutdown::signal() => {}
+        () = stop => {}
         () = server.failed() => tracing::error!("a server task failed; stopping"),
     }
     server.shutdown().await.context("shutdown did not complete cleanly")?;
@@ -358,5 +396,27 @@ mod tests {
         assert!(bad_id.cluster_config().is_err());
         let bad_url = serve(&["--redis", "http://x", "--node-id", "n"]).unwrap().args;
         assert!(bad_url.cluster_config().is_err());
+    }
+
+    #[test]
+    fn sfu_url_goes_with_a_readable_media_secret_file() {
+        let serve =
+            |argv: &[&str]| Serve::try_parse_from(std::iter::once("serve").chain(argv.iter().copied()));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("media.secret");
+        let path = file.to_str().unwrap();
+        assert!(serve(&[]).unwrap().args.remote_sfu().unwrap().is_none(), "in-process SFU by default");
+        assert!(serve(&["--sfu-url", "http://127.0.0.1:7702"]).is_err(), "--sfu-url needs the secret");
+        assert!(serve(&["--media-secret-file", path]).is_err(), "the secret needs --sfu-url");
+        let with_no_sfu = ["--sfu-url", "http://127.0.0.1:7702", "--media-secret-file", path, "--no-sfu"];
+        assert!(serve(&with_no_sfu).is_err(), "--sfu-url and --no-sfu contradict");
+        let args = serve(&["--sfu-url", "http://127.0.0.1:7702", "--media-secret-file", path]).unwrap().args;
+        assert!(args.remote_sfu().is_err(), "a missing secret file");
+        let (secret, _) = crate::relay::MediaSecret::read_or_create(&file).unwrap();
+        let remote = args.remote_sfu().unwrap().expect("configured");
+        assert_eq!(remote.url, "http://127.0.0.1:7702");
+        assert_eq!(remote.secret.token_key(), secret.token_key());
+        let not_http = serve(&["--sfu-url", "127.0.0.1:7702", "--media-secret-file", path]).unwrap().args;
+        assert!(not_http.remote_sfu().is_err());
     }
 }

@@ -14,7 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
-use callplus_media::{MediaEvent, MediaKind, MediaSink, RemoteFrame, VideoConfig};
+use callplus_media::{
+    AudioConfig, EncodedSample, MediaEvent, MediaKind, MediaSink, MediaSource, RemoteFrame,
+    TestPatternSource, ToneSource, VideoConfig, VideoLayer,
+};
 use callplus_session::client::CallOptions;
 use callplus_session::{CallType, MediaType};
 use rand::Rng as _;
@@ -49,6 +52,56 @@ impl MediaSink for CountingSink {
     fn on_frame(&mut self, _frame: &RemoteFrame) -> std::io::Result<()> {
         self.0.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Samples a bot's sources produced (and its adapter sent to the SFU), per user and kind.
+type Sent = HashMap<(String, MediaKind), Arc<AtomicU64>>;
+
+/// A source that counts the samples it hands out: what a bot really sends, which falls behind
+/// the nominal rate when the bots' own process is short of CPU. Everything else (configs, key
+/// frames, simulcast's tiny layer) goes to the real source; tiny-layer samples are not counted.
+struct CountingSource {
+    inner: Box<dyn MediaSource>,
+    sent: Arc<AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl MediaSource for CountingSource {
+    fn kind(&self) -> MediaKind {
+        self.inner.kind()
+    }
+
+    async fn next_sample(&mut self) -> Option<EncodedSample> {
+        let sample = self.inner.next_sample().await;
+        if sample.is_some() {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        sample
+    }
+
+    fn apply_video_config(&mut self, config: &VideoConfig) {
+        self.inner.apply_video_config(config);
+    }
+
+    fn apply_audio_config(&mut self, config: &AudioConfig) {
+        self.inner.apply_audio_config(config);
+    }
+
+    fn request_keyframe(&mut self) {
+        self.inner.request_keyframe();
+    }
+
+    fn set_simulcast(&mut self, on: bool) {
+        self.inner.set_simulcast(on);
+    }
+
+    fn take_tiny_sample(&mut self) -> Option<EncodedSample> {
+        self.inner.take_tiny_sample()
+    }
+
+    fn request_layer_keyframe(&mut self, layer: VideoLayer) {
+        self.inner.request_layer_keyframe(layer);
     }
 }
 
@@ -123,7 +176,7 @@ pub(crate) async fn run(args: &BenchArgs, target: &Target, n: usize) -> anyhow::
     };
     let tag: String = rand::rng().sample_iter(rand::distr::Alphanumeric).take(6).map(char::from).collect();
     let began = Instant::now();
-    let (bots, counts) = connect_bots(args, target, &format!("group-{tag}"), n, video).await?;
+    let (bots, counts, sent) = connect_bots(args, target, &format!("group-{tag}"), n, video).await?;
     eprintln!("bench: {n} media bots connected in {:.2} s", began.elapsed().as_secs_f64());
     let server_before_call = target.stats();
 
@@ -171,6 +224,7 @@ pub(crate) async fn run(args: &BenchArgs, target: &Target, n: usize) -> anyhow::
 
     // The measurement window.
     let before = snapshot(&counts);
+    let sent_before = sent_now(&sent);
     let (server0, self0) = (target.stats(), proc_stats("self"));
     shared.measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
@@ -194,6 +248,7 @@ pub(crate) async fn run(args: &BenchArgs, target: &Target, n: usize) -> anyhow::
     shared.measuring.store(false, Ordering::Relaxed);
     let window = t0.elapsed().as_secs_f64();
     let after = snapshot(&counts);
+    let sent_after = sent_now(&sent);
     let (server1, self1) = (target.stats(), proc_stats("self"));
 
     let _ = stop_tx.send(true);
@@ -219,6 +274,7 @@ pub(crate) async fn run(args: &BenchArgs, target: &Target, n: usize) -> anyhow::
         all_joined,
         before: &before,
         after: &after,
+        sent: (&sent_before, &sent_after),
         reports: &reports,
         server: (server_before_call, server0, server1),
         loadgen: (self0, self1),
@@ -233,10 +289,11 @@ async fn connect_bots(
     prefix: &str,
     n: usize,
     video: Option<VideoConfig>,
-) -> anyhow::Result<(Vec<Bot>, HashMap<String, Counts>)> {
+) -> anyhow::Result<(Vec<Bot>, HashMap<String, Counts>, Sent)> {
     let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let mut set = JoinSet::new();
     let mut counts = HashMap::new();
+    let mut sent = Sent::new();
     for i in 0..n {
         let user = format!("{prefix}-{i}");
         let token = target.token(&user)?;
@@ -244,9 +301,18 @@ async fn connect_bots(
         counts.insert(user.clone(), Arc::clone(&bot_counts));
         // A distinct tone per bot (200 Hz, 230 Hz, …), as a person's voice would be.
         #[allow(clippy::cast_precision_loss)]
-        let mut media = MediaOptions::loopback().with_tone(200.0 + 30.0 * i as f64);
+        let hz = 200.0 + 30.0 * i as f64;
+        let audio_sent = Arc::clone(sent.entry((user.clone(), MediaKind::Audio)).or_default());
+        let mut media = MediaOptions::loopback().with_microphone(move || {
+            let inner = Box::new(ToneSource::new(hz, 0.5, AudioConfig::default())?);
+            Ok(Box::new(CountingSource { inner, sent: Arc::clone(&audio_sent) }) as Box<dyn MediaSource>)
+        });
         if let Some(config) = video {
-            media = media.with_test_pattern(config);
+            let video_sent = Arc::clone(sent.entry((user.clone(), MediaKind::Video)).or_default());
+            media = media.with_camera(move || {
+                let inner = Box::new(TestPatternSource::new(config)?);
+                Ok(Box::new(CountingSource { inner, sent: Arc::clone(&video_sent) }) as Box<dyn MediaSource>)
+            });
         }
         let media = media.with_sinks(move |from, kind| {
             let mut map = bot_counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -277,7 +343,7 @@ async fn connect_bots(
     }
     // The creator is the first user; the others in order, for a readable report.
     bots.sort_by_key(|b| b.user.rsplit('-').next().and_then(|i| i.parse::<usize>().ok()));
-    Ok((bots, counts))
+    Ok((bots, counts, sent))
 }
 
 /// One bot: joins (starts the call when it has `callees`, else accepts its invitation), then
@@ -393,6 +459,14 @@ fn snapshot(counts: &HashMap<String, Counts>) -> HashMap<(String, String, MediaK
 
 type Snapshot = HashMap<(String, String, MediaKind), u64>;
 
+/// Samples sent by (sender, kind) at one moment.
+type SentSnapshot = HashMap<(String, MediaKind), u64>;
+
+/// What every bot's sources produced so far, by (sender, kind).
+fn sent_now(sent: &Sent) -> SentSnapshot {
+    sent.iter().map(|(key, n)| (key.clone(), n.load(Ordering::Relaxed))).collect()
+}
+
 /// Everything the report is made of.
 struct Measured<'a> {
     users: &'a [String],
@@ -402,6 +476,8 @@ struct Measured<'a> {
     all_joined: bool,
     before: &'a Snapshot,
     after: &'a Snapshot,
+    /// Samples sent by (sender, kind), at the window's start and end.
+    sent: (&'a SentSnapshot, &'a SentSnapshot),
     reports: &'a HashMap<String, Reports>,
     /// Server: before the call, at the window's start and end.
     server: (Option<ProcStats>, Option<ProcStats>, Option<ProcStats>),
@@ -432,17 +508,30 @@ impl Measured<'_> {
         fps
     }
 
+    /// Frames per second `sender`'s source produced in the window.
+    fn sent_fps(&self, sender: &str, kind: MediaKind) -> f64 {
+        let key = (sender.to_owned(), kind);
+        let n = self.sent.1.get(&key).copied().unwrap_or(0) - self.sent.0.get(&key).copied().unwrap_or(0);
+        #[allow(clippy::cast_precision_loss)]
+        let fps = n as f64 / self.window.max(1e-3);
+        fps
+    }
+
     fn report(&self, args: &BenchArgs, target: &Target, shared: &Shared) -> Report {
         let n = self.users.len();
         let kinds: &[MediaKind] =
             if self.video.is_some() { &[MediaKind::Audio, MediaKind::Video] } else { &[MediaKind::Audio] };
-        let sent_fps = self.video.map_or(AUDIO_FPS, |v| f64::from(v.fps));
+        let nominal = self.video.map_or(AUDIO_FPS, |v| f64::from(v.fps));
+        let judged_kind = self.plan.judged;
         let mut forwarded = 0usize;
         let mut participants = Vec::with_capacity(n);
-        let (mut below, mut all_video, mut all_audio) = (0usize, Vec::new(), Vec::new());
+        let (mut below, mut below_nominal) = (0usize, 0usize);
+        let (mut all_video, mut all_audio, mut sent_judged) = (Vec::new(), Vec::new(), Vec::new());
         for receiver in self.users {
             let senders: Vec<&String> = self.users.iter().filter(|s| *s != receiver).collect();
             let mut per_kind: HashMap<MediaKind, Vec<f64>> = HashMap::new();
+            // The judged kind's received rate as a share of what each sender really sent.
+            let mut worst_share: Option<f64> = None;
             for sender in &senders {
                 for &kind in kinds {
                     let fps = self.fps(receiver, sender, kind);
@@ -450,27 +539,40 @@ impl Measured<'_> {
                         forwarded += 1;
                     }
                     per_kind.entry(kind).or_default().push(fps);
+                    if kind == judged_kind {
+                        let sent = self.sent_fps(sender, kind);
+                        let share = if sent > 0.0 { fps / sent } else { 0.0 };
+                        worst_share = Some(worst_share.map_or(share, |w| w.min(share)));
+                    }
                 }
             }
             let audio = per_kind.remove(&MediaKind::Audio).unwrap_or_default();
             let video = per_kind.remove(&MediaKind::Video).unwrap_or_default();
             let judged = if self.video.is_some() { &video } else { &audio };
-            let (judged_min, _) = min_mean(judged);
-            if judged_min.is_none_or(|m| m < HEALTHY * sent_fps) {
+            if min_mean(judged).0.is_none_or(|m| m < HEALTHY * nominal) {
+                below_nominal += 1;
+            }
+            if worst_share.is_none_or(|w| w < HEALTHY) {
                 below += 1;
             }
             all_audio.extend_from_slice(&audio);
             all_video.extend_from_slice(&video);
             let (audio_min, audio_mean) = min_mean(&audio);
             let (video_min, video_mean) = min_mean(&video);
+            let sent_audio = self.sent_fps(receiver, MediaKind::Audio);
+            let sent_video = self.video.map(|_| self.sent_fps(receiver, MediaKind::Video));
+            sent_judged.push(sent_video.unwrap_or(sent_audio));
             let r = self.reports.get(receiver).copied().unwrap_or_default();
             let loss = (r.count > 0).then(|| r.loss_pct_sum / f64::from(r.count));
             participants.push(json!({
                 "user": receiver,
+                "sent_audio_fps": round3(sent_audio),
+                "sent_video_fps": opt3(sent_video),
                 "audio_fps_min": opt3(audio_min),
                 "audio_fps_mean": opt3(audio_mean),
                 "video_fps_min": opt3(video_min),
                 "video_fps_mean": opt3(video_mean),
+                "worst_share_of_sent": opt3(worst_share),
                 "recv_loss_pct": opt3(loss),
                 "reports": r.count,
                 "video_packets_lost": r.video_packets_lost,
@@ -478,6 +580,11 @@ impl Measured<'_> {
                 "keyframe_requests_sent": r.keyframe_requests_sent,
             }));
         }
+        let (sent_min, sent_mean) = min_mean(&sent_judged);
+        let received: u64 =
+            self.after.iter().map(|(k, n)| n - self.before.get(k).copied().unwrap_or(0)).sum();
+        #[allow(clippy::cast_precision_loss)]
+        let received_per_sec = received as f64 / self.window.max(1e-3);
 
         // Join -> first remote frame, per (receiver, sender): from the later of the two joins
         // (a sender sends nothing before it joined).
@@ -502,6 +609,10 @@ impl Measured<'_> {
         let util = server_cpu.map(|c| c / self.window.max(1e-3));
         #[allow(clippy::cast_precision_loss)]
         let per_stream = util.filter(|_| forwarded > 0).map(|u| u * 100.0 / forwarded as f64);
+        // Per frame the bots received: what a stream costs depends on its frame rate, which falls
+        // when the bots run short of CPU.
+        #[allow(clippy::cast_precision_loss)]
+        let per_frame_us = server_cpu.filter(|_| received > 0).map(|c| c * 1e6 / received as f64);
         let rss_growth = match (before_call, s1) {
             (Some(a), Some(b)) => Some(b.rss_kib.saturating_sub(a.rss_kib)),
             _ => None,
@@ -527,18 +638,28 @@ impl Measured<'_> {
             ),
             format!("forwarded streams: {forwarded} of {expected}"),
             format!(
-                "received fps per (receiver, sender): audio min {} mean {}; video min {} mean {} (sent {sent_fps})",
+                "received fps per (receiver, sender): audio min {} mean {}; video min {} mean {}",
                 fmt1(audio_min),
                 fmt1(audio_mean),
                 fmt1(video_min),
                 fmt1(video_mean)
             ),
-            format!("participants below {:.0} % of the sent rate: {below}", HEALTHY * 100.0),
+            format!(
+                "sent {judged_kind:?} fps per bot: min {} mean {} (nominal {nominal})",
+                fmt1(sent_min),
+                fmt1(sent_mean)
+            ),
+            format!(
+                "participants receiving some sender below {:.0} % of what it sent: {below}; below {:.0} % of the nominal rate: {below_nominal}",
+                HEALTHY * 100.0,
+                HEALTHY * 100.0
+            ),
             format!("join -> first remote {:?} frame: {}", self.plan.judged, first.line()),
             format!(
-                "server CPU: {} cores, {} % of a core per forwarded stream; RSS {} KiB (+{} KiB for the call)",
+                "server CPU: {} cores, {} % of a core per forwarded stream, {} µs per forwarded frame ({received_per_sec:.0} frames/s); RSS {} KiB (+{} KiB for the call)",
                 fmt1(util),
-                per_stream.map_or_else(|| "-".to_owned(), |p| format!("{p:.2}")),
+                per_stream.map_or_else(|| "-".to_owned(), |p| format!("{p:.3}")),
+                fmt1(per_frame_us),
                 s1.map_or(0, |s| s.rss_kib),
                 rss_growth.unwrap_or(0)
             ),
@@ -557,10 +678,12 @@ impl Measured<'_> {
             "everyone_received_everyone": self.all_joined,
             "forwarded_streams": forwarded,
             "expected_streams": expected,
-            "sent_fps": sent_fps,
+            "nominal_fps": nominal,
+            "sent_fps": {"min": opt3(sent_min), "mean": opt3(sent_mean)},
             "audio_fps": {"min": opt3(audio_min), "mean": opt3(audio_mean)},
             "video_fps": {"min": opt3(video_min), "mean": opt3(video_mean)},
             "participants_below_90pct": below,
+            "participants_below_90pct_of_nominal": below_nominal,
             "per_participant": participants,
             "join_to_first_frame_ms": first.json(),
             "join_to_first_audio_ms": first_audio.json(),
@@ -568,6 +691,8 @@ impl Measured<'_> {
             "server_cpu_s": server_cpu.map(round3),
             "server_cpu_util": util.map(round3),
             "sfu_cpu_pct_per_stream": per_stream.map(round3),
+            "received_frames_per_sec": round3(received_per_sec),
+            "server_cpu_us_per_forwarded_frame": per_frame_us.map(round3),
             "server_rss_kib": s1.map(|s| s.rss_kib),
             "server_peak_rss_kib": s1.map(|s| s.peak_rss_kib),
             "server_rss_before_call_kib": before_call.map(|s| s.rss_kib),

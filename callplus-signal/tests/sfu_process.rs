@@ -1,0 +1,389 @@
+//! The SFU as its own process: a real `callplus sfu` and a real `callplus serve --sfu-url` on
+//! 127.0.0.1, three media clients in a MULTI call whose media goes through that SFU process
+//! (each client's one peer connection is the SFU's; everyone hears and sees everyone), the call
+//! recovering when the SFU process is restarted, and a server with another media secret refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use callplus_media::inspect::{IvfFile, decode_ogg_opus, dominant_frequency, read_ivf};
+use callplus_media::{ChannelSink, MediaEvent, MediaKind, MediaSink, RemoteFrame, TeeSink, VideoConfig};
+use callplus_session::{CallId, CallType, DeviceId, MediaType};
+use callplus_signal::client::{
+    Client, ClientOptions, Event, EventStream, MediaEventStream, MediaOptions, record_sink,
+};
+use tokio::io::AsyncBufReadExt as _;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::time::{Instant, timeout, timeout_at};
+
+/// Upper bound for a signalling wait.
+const WAIT: Duration = Duration::from_secs(15);
+/// Generous: two cores shared with other builds, several peer connections and VP8 encoders.
+const MEDIA_WAIT: Duration = Duration::from_secs(40);
+
+/// A running `callplus` process: its banner (stdout up to `Stop with Ctrl-C`) and its log lines.
+struct Proc {
+    child: tokio::process::Child,
+    banner: Vec<String>,
+    log: UnboundedReceiver<String>,
+}
+
+impl Proc {
+    async fn start(args: &[&str]) -> Proc {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_callplus"))
+            .args(args)
+            .env("CALLPLUS_LOG", "info")
+            .env_remove("RUST_LOG")
+            .env_remove("CALLPLUS_MEDIA_SECRET_FILE")
+            .env_remove("CALLPLUS_SFU_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let (tx, log) = unbounded_channel();
+        forward_lines(child.stderr.take().unwrap(), tx);
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut banner = Vec::new();
+        loop {
+            match timeout(WAIT, lines.next_line()).await {
+                Ok(Ok(Some(line))) => {
+                    let done = line.contains("Stop with Ctrl-C");
+                    banner.push(line);
+                    if done {
+                        break;
+                    }
+                }
+                other => panic!("{args:?}: no banner ({other:?}): {banner:#?}"),
+            }
+        }
+        // Keep reading so the process never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Proc { child, banner, log }
+    }
+
+    fn value(&self, label: &str) -> String {
+        self.banner
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(label).map(|v| v.trim().to_owned()))
+            .unwrap_or_else(|| panic!("no {label:?} in the banner: {:#?}", self.banner))
+    }
+
+    /// Waits for a log line containing `needle`.
+    async fn log_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match timeout_at(deadline, self.log.recv()).await {
+                Ok(Some(line)) if line.contains(needle) => return line,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the process ended before logging {needle:?}"),
+                Err(_) => panic!("no log line with {needle:?}"),
+            }
+        }
+    }
+
+    async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+fn forward_lines(stderr: tokio::process::ChildStderr, tx: UnboundedSender<String>) {
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
+}
+
+async fn start_sfu(listen: &str, secret: &Path) -> Proc {
+    let secret = secret.to_str().unwrap();
+    Proc::start(&["sfu", "--listen", listen, "--media-listen", "127.0.0.1:0", "--media-secret-file", secret])
+        .await
+}
+
+async fn start_serve(data: &Path, sfu_url: &str, secret: &Path) -> Proc {
+    let (data, secret) = (data.to_str().unwrap(), secret.to_str().unwrap());
+    Proc::start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "off",
+        "--data-dir",
+        data,
+        "--sfu-url",
+        sfu_url,
+        "--media-secret-file",
+        secret,
+    ])
+    .await
+}
+
+/// Frame receivers by (remote user, kind), filled by the sink factory.
+type Receivers = Arc<Mutex<HashMap<(String, MediaKind), UnboundedReceiver<RemoteFrame>>>>;
+
+/// A user whose client sends a tone and a test pattern and records every remote user.
+struct MediaParty {
+    name: String,
+    client: Client,
+    events: EventStream,
+    media: MediaEventStream,
+    backlog: Vec<MediaEvent>,
+    frames: Receivers,
+    dir: PathBuf,
+}
+
+impl MediaParty {
+    async fn connect(serve: &Proc, name: &str, tone: f64, size: (u32, u32), root: &Path) -> MediaParty {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let frames: Receivers = Arc::default();
+        let (sink_dir, sink_frames) = (dir.clone(), Arc::clone(&frames));
+        let video = VideoConfig { width: size.0, height: size.1, fps: 15, ..VideoConfig::default() };
+        let media = MediaOptions::loopback().with_tone(tone).with_test_pattern(video).with_sinks(
+            move |user, kind| {
+                let (channel, rx) = ChannelSink::new();
+                sink_frames.lock().unwrap().insert((user.to_string(), kind), rx);
+                let file = record_sink(&sink_dir, user, kind).expect("the recording is created");
+                Some(Box::new(TeeSink::new(vec![file, Box::new(channel)])) as Box<dyn MediaSink>)
+            },
+        );
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let token = callplus_signal::token::mint(
+            &serve.value("app key:"),
+            &serve.value("app secret:"),
+            name,
+            now,
+            3600,
+        )
+        .unwrap();
+        let options = ClientOptions {
+            reconnect_backoff_min: Duration::from_millis(20),
+            ..ClientOptions::default().with_device_id(DeviceId::new(&format!("{name}-phone")).unwrap())
+        }
+        .with_media(media);
+        let (client, events) =
+            Client::connect(&serve.value("gRPC (devices):"), &token, options).await.unwrap();
+        let media = client.media_events().expect("the client has media");
+        MediaParty { name: name.to_owned(), client, events, media, backlog: Vec::new(), frames, dir }
+    }
+
+    async fn expect(&mut self, what: &str, pred: impl Fn(&Event) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match timeout_at(deadline, self.events.next()).await {
+                Ok(Some(event)) if pred(&event) => return,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("{}: events ended waiting for {what}", self.name),
+                Err(_) => panic!("{}: timed out waiting for {what}", self.name),
+            }
+        }
+    }
+
+    async fn expect_media(&mut self, what: &str, pred: impl Fn(&MediaEvent) -> bool) -> MediaEvent {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(i);
+        }
+        let deadline = Instant::now() + MEDIA_WAIT;
+        loop {
+            match timeout_at(deadline, self.media.next()).await {
+                Ok(Some(event)) if pred(&event) => return event,
+                Ok(Some(event)) => self.backlog.push(event),
+                Ok(None) => panic!("{}: media events ended waiting for {what}", self.name),
+                Err(_) => {
+                    panic!("{}: timed out waiting for {what}; media events: {:#?}", self.name, self.backlog)
+                }
+            }
+        }
+    }
+
+    /// The frames of `from`'s `kind` arriving here, once the client made a sink for them.
+    async fn frames_from(&self, from: &str, kind: MediaKind) -> UnboundedReceiver<RemoteFrame> {
+        let key = (from.to_owned(), kind);
+        let deadline = Instant::now() + MEDIA_WAIT;
+        loop {
+            if let Some(rx) = self.frames.lock().unwrap().remove(&key) {
+                return rx;
+            }
+            assert!(Instant::now() < deadline, "{}: no {kind:?} sink for {from}", self.name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn recording(&self, from: &str, ext: &str) -> PathBuf {
+        self.dir.join(format!("{from}.{ext}"))
+    }
+}
+
+fn received(call: &CallId) -> impl Fn(&Event) -> bool + '_ {
+    move |e| matches!(e, Event::ReceivedCall { session, .. } if session.call_id() == call)
+}
+
+fn ended(call: &CallId) -> impl Fn(&Event) -> bool + '_ {
+    move |e| matches!(e, Event::CallEnded { session, .. } if session.call_id() == call)
+}
+
+fn first_frame(from: &str, kind: MediaKind) -> impl Fn(&MediaEvent) -> bool + '_ {
+    move |e| matches!(e, MediaEvent::FirstFrame { user, kind: k, .. } if user.as_str() == from && *k == kind)
+}
+
+/// A status report showing exactly one connection, the SFU's.
+fn only_the_sfu(e: &MediaEvent) -> bool {
+    matches!(e, MediaEvent::Stats(s) if s.per_peer.len() == 1
+        && s.per_peer[0].user.as_str() == callplus_signal::server::SFU_USER
+        && s.per_peer[0].device.as_str() == callplus_signal::server::SFU_DEVICE)
+}
+
+async fn frames(rx: &mut UnboundedReceiver<RemoteFrame>, n: usize, what: &str) {
+    timeout(MEDIA_WAIT, async {
+        for _ in 0..n {
+            rx.recv().await.unwrap_or_else(|| panic!("sink dropped while waiting for {what}"));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {n} frames of {what}"));
+}
+
+/// Waits until the client dropped the sink: the recording behind it is complete.
+async fn sink_closed(rx: &mut UnboundedReceiver<RemoteFrame>, what: &str) {
+    timeout(MEDIA_WAIT, async { while rx.recv().await.is_some() {} })
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the sink was not dropped"));
+}
+
+fn assert_tone(path: &Path, freq: f64) {
+    let pcm = decode_ogg_opus(path).expect("the recording decodes");
+    assert!(pcm.len() >= 24_000, "{} holds only {} samples", path.display(), pcm.len());
+    let found = dominant_frequency(&pcm[pcm.len() - 12_000..]);
+    assert!((found - freq).abs() <= 10.0, "{}: dominant {found} Hz, sent {freq} Hz", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_call_goes_through_a_separate_sfu_process_and_survives_its_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("media.secret");
+    let mut sfu = start_sfu("127.0.0.1:0", &secret).await;
+    assert!(secret.exists(), "callplus sfu creates the missing secret file");
+    let relay = sfu.value("relay (servers):");
+    let serve = start_serve(&tmp.path().join("data"), &relay, &secret).await;
+    sfu.log_line("signalling server attached").await;
+
+    let names = ["alice", "bob", "carol"];
+    let tones = [440.0, 660.0, 880.0];
+    let sizes = [(320, 240), (160, 120), (240, 176)];
+    let mut p = Vec::new();
+    for ((name, tone), size) in names.iter().zip(tones).zip(sizes) {
+        p.push(MediaParty::connect(&serve, name, tone, size, tmp.path()).await);
+    }
+    let started = p[0]
+        .client
+        .start_call(&["bob", "carol"], CallType::Multi, MediaType::AudioVideo, Default::default())
+        .await
+        .unwrap();
+    let call = started.call_id().clone();
+    for party in &mut p[1..] {
+        party.expect("the invitation", received(&call)).await;
+        party.client.accept(&call).await.unwrap();
+    }
+
+    // Everyone decodes everyone else's video and hears their audio, through the SFU process.
+    let pairs: Vec<(usize, usize)> =
+        (0..3).flat_map(|i| (0..3).filter(move |&j| j != i).map(move |j| (i, j))).collect();
+    for &(i, j) in &pairs {
+        p[i].expect_media(
+            &format!("{}'s video at {}", names[j], names[i]),
+            first_frame(names[j], MediaKind::Video),
+        )
+        .await;
+    }
+    let mut rx = HashMap::new();
+    for &(i, j) in &pairs {
+        for kind in [MediaKind::Audio, MediaKind::Video] {
+            rx.insert((i, j, kind), p[i].frames_from(names[j], kind).await);
+        }
+    }
+    for &(i, j) in &pairs {
+        frames(
+            rx.get_mut(&(i, j, MediaKind::Video)).unwrap(),
+            10,
+            &format!("{}'s video at {}", names[j], names[i]),
+        )
+        .await;
+        frames(
+            rx.get_mut(&(i, j, MediaKind::Audio)).unwrap(),
+            50,
+            &format!("{}'s audio at {}", names[j], names[i]),
+        )
+        .await;
+    }
+    // One peer connection per client, and it is the SFU's.
+    for party in &mut p {
+        let name = party.name.clone();
+        party.expect_media(&format!("{name}: a report of one connection, the SFU's"), only_the_sfu).await;
+    }
+
+    // The SFU process dies and comes back on the same address: the server attaches again, and
+    // every participant gets a fresh route and connects to the new SFU; media flows again.
+    let relay_addr = relay.strip_prefix("http://").unwrap().to_owned();
+    sfu.kill().await;
+    let mut sfu = start_sfu(&relay_addr, &secret).await;
+    let restarted = Instant::now();
+    sfu.log_line("signalling server attached").await;
+    for &(i, j) in &pairs {
+        for kind in [MediaKind::Audio, MediaKind::Video] {
+            let what = format!("{}'s {kind:?} at {} from the dead SFU", names[j], names[i]);
+            sink_closed(rx.get_mut(&(i, j, kind)).unwrap(), &what).await;
+            let mut again = p[i].frames_from(names[j], kind).await;
+            let n = if kind == MediaKind::Audio { 50 } else { 10 };
+            frames(&mut again, n, &format!("{}'s {kind:?} at {} after the restart", names[j], names[i]))
+                .await;
+            rx.insert((i, j, kind), again);
+        }
+    }
+    eprintln!(
+        "sfu restarted -> every pair receives audio and video again: {} ms",
+        restarted.elapsed().as_millis()
+    );
+
+    p[0].client.hangup(Some(&call)).await.unwrap();
+    p[1].client.hangup(Some(&call)).await.unwrap();
+    p[2].expect("the call's end", ended(&call)).await;
+    for &(i, j) in &pairs {
+        for kind in [MediaKind::Audio, MediaKind::Video] {
+            let what = format!("{}'s {kind:?} at {} after the call", names[j], names[i]);
+            sink_closed(rx.get_mut(&(i, j, kind)).unwrap(), &what).await;
+        }
+    }
+    // SIGTERM stops the SFU process cleanly even with a server attached.
+    let pid = sfu.child.id().unwrap().to_string();
+    let kill = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert!(kill.success());
+    let status = timeout(WAIT, sfu.child.wait()).await.expect("the SFU stops on SIGTERM").unwrap();
+    assert!(status.success(), "{status}");
+
+    for (i, j) in pairs {
+        assert_tone(&p[i].recording(names[j], "ogg"), tones[j]);
+        let path = p[i].recording(names[j], "ivf");
+        let IvfFile { width, height, frames, .. } = read_ivf(&path).expect("the recording parses");
+        assert_eq!((u32::from(width), u32::from(height)), sizes[j], "{}", path.display());
+        assert!(frames.len() >= 10, "{}: {} frames", path.display(), frames.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_another_media_secret_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (tmp.path().join("sfu.secret"), tmp.path().join("other.secret"));
+    let mut sfu = start_sfu("127.0.0.1:0", &ours).await;
+    std::fs::write(&theirs, "another-secret-that-is-long-enough-to-use-0123456789\n").unwrap();
+    let mut serve = start_serve(&tmp.path().join("data"), &sfu.value("relay (servers):"), &theirs).await;
+    let refusal = serve.log_line("the SFU refused this server").await;
+    assert!(refusal.contains("wrong media secret"), "{refusal}");
+    sfu.log_line("refused a signalling server: wrong media secret").await;
+}
