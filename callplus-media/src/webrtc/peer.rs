@@ -304,6 +304,7 @@ impl Inner {
                 ssrc: local.ssrc,
                 payload_type,
                 simulcast,
+                carries_level: kind == MediaKind::Audio && peer.shared.sfu_token.is_some(),
             });
             match kind {
                 MediaKind::Audio => peer.audio_target = Some(target),

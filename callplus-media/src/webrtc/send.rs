@@ -33,6 +33,10 @@ pub(super) struct SendTarget {
     pub(super) payload_type: u8,
     /// Simulcast video (to the SFU): the tiny layer's SSRC and the media section's `mid`.
     pub(super) simulcast: Option<Simulcast>,
+    /// Audio packets carry their level (RFC 6464): only to the SFU, which offered it itself and
+    /// reads it. A peer's offer may map the extension to an id this stack does not write, and
+    /// a browser then dropped our audio.
+    pub(super) carries_level: bool,
 }
 
 /// What a simulcast sending track needs besides its full layer's SSRC.
@@ -215,7 +219,7 @@ pub(super) async fn fan_out(
         let sent = match &target.simulcast {
             None => {
                 let writer = target.track.sample_writer(target.ssrc, target.payload_type);
-                match level_extension() {
+                match level_extension().filter(|_| target.carries_level) {
                     Some(extension) => writer.with_extension(extension).write_sample(&sample).await,
                     None => writer.write_sample(&sample).await,
                 }
