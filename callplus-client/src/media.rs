@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 
 use callplus_media::{
     AudioConfig, IvfSink, MediaAdapter, MediaError, MediaEvent, MediaEvents, MediaSink, MediaSource,
-    OggOpusSink, PeerSpec, SfuRoute, StartMedia, TestPatternSource, ToneSource, VideoConfig, WebRtcConfig,
+    OggOpusSink, PeerSpec, StartMedia, TestPatternSource, ToneSource, VideoConfig, WebRtcConfig,
     WebRtcMediaAdapter,
 };
 use callplus_session::client::MediaCommand;
@@ -488,7 +488,7 @@ impl Glue {
                     peers: peers.into_iter().map(PeerSpec::from).collect(),
                     media_type,
                     ice_servers,
-                    sfu: sfu.map(|r| SfuRoute { user_id: r.user_id, device_id: r.device_id, token: r.token }),
+                    sfu,
                 };
                 self.start(start, microphone_enabled, camera_enabled).await;
             }

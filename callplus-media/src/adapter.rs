@@ -27,27 +27,9 @@ impl From<MediaPeer> for PeerSpec {
     }
 }
 
-/// Where a call's media goes when it runs through a selective forwarding unit: the SFU's
-/// signalling address (its signals are sent to and come from this user/device) and the media
-/// token the signalling server issued for this device.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SfuRoute {
-    /// The user id the SFU's signals carry.
-    pub user_id: UserId,
-    /// The device id the SFU's signals carry.
-    pub device_id: DeviceId,
-    /// This device's media token, sent inside its offer.
-    pub token: String,
-}
-
-impl std::fmt::Debug for SfuRoute {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SfuRoute")
-            .field("user_id", &self.user_id)
-            .field("device_id", &self.device_id)
-            .finish_non_exhaustive()
-    }
-}
+/// Where a call's media goes when it runs through a selective forwarding unit: the client
+/// engine's route (the SFU's signalling address and this device's media token), used as is.
+pub use callplus_session::SfuRoute;
 
 /// Everything [`MediaAdapter::start`] needs for one call.
 #[derive(Debug, Clone)]
