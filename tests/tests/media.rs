@@ -927,6 +927,22 @@ async fn next_key_frame_size(rx: &mut UnboundedReceiver<RemoteFrame>, what: &str
     .unwrap_or_else(|_| panic!("timed out waiting for a key frame of {what}"))
 }
 
+/// Waits for a key frame of `size` on `rx` after a layer switch was asked for; until the switch,
+/// the old layer goes on, and so may its key frames (its encoder's periodic ones, or one another
+/// viewer asked for): they must all be of `old` size.
+async fn switched_to(rx: &mut UnboundedReceiver<RemoteFrame>, size: (u16, u16), old: (u16, u16), what: &str) {
+    let switched = timeout(MEDIA_WAIT, async {
+        loop {
+            let got = next_key_frame_size(rx, what).await;
+            if got == size {
+                return;
+            }
+            assert_eq!(got, old, "{what}: a key frame of neither layer");
+        }
+    });
+    switched.await.unwrap_or_else(|_| panic!("{what}: only key frames of the old layer"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_layer_selection_changes_the_received_resolution() {
     let (_tmp, dir) = record_dir("sfu-tiny");
@@ -960,7 +976,7 @@ async fn tiny_layer_selection_changes_the_received_resolution() {
     let alice = UserId::new("alice").unwrap();
     let asked = Instant::now();
     p[1].party.client.set_video_tiny(&alice, true).await.unwrap();
-    assert_eq!(next_key_frame_size(&mut at_bob, "alice's tiny layer at bob").await, (160, 120));
+    switched_to(&mut at_bob, (160, 120), (320, 240), "alice's tiny layer at bob").await;
     eprintln!("bob: tiny view -> alice's tiny layer: {:?}", asked.elapsed());
     for frame in frames(&mut at_bob, 15, "alice's tiny layer at bob").await {
         if frame.keyframe {
@@ -975,7 +991,7 @@ async fn tiny_layer_selection_changes_the_received_resolution() {
 
     // Back to a large view: the full size returns.
     p[1].party.client.set_video_tiny(&alice, false).await.unwrap();
-    assert_eq!(next_key_frame_size(&mut at_bob, "alice's full layer at bob").await, (320, 240));
+    switched_to(&mut at_bob, (320, 240), (160, 120), "alice's full layer at bob").await;
     frames(&mut at_bob, 15, "alice's full layer at bob").await;
 
     p[0].party.client.hangup(Some(&call)).await.unwrap();
