@@ -22,7 +22,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 use crate::connection::lock;
 use crate::keyframe_gate::KeyframeGate;
-use crate::layers::{Available, LAYER_TIMEOUT, Layer, LayerSwitch, PacketInfo};
+use crate::layers::{Available, Layer, LayerActivity, LayerSwitch, PacketInfo};
 use crate::levels::{CallLevels, level_from_dbov};
 use crate::vp8::starts_keyframe;
 
@@ -185,7 +185,7 @@ pub(crate) async fn forward(
     let mut layers: HashMap<u32, Layer> = HashMap::new();
     // Packets held back per SSRC whose layer is not known yet.
     let mut unbound: HashMap<u32, u32> = HashMap::new();
-    let mut seen: [Option<Instant>; 2] = [None, None];
+    let mut activity = LayerActivity::default();
     while let Some(event) = track.poll().await {
         match event {
             TrackRemoteEvent::OnOpen(init) => {
@@ -226,9 +226,7 @@ pub(crate) async fn forward(
                 if let Some(tap) = &level_tap {
                     tap.on_packet(&packet, now);
                 }
-                seen[layer.index()] = Some(now);
-                let available =
-                    seen.map(|at| at.is_some_and(|at| now.saturating_duration_since(at) < LAYER_TIMEOUT));
+                let available = activity.on_packet(layer, packet.header.timestamp);
                 let info = PacketInfo {
                     layer,
                     seq: packet.header.sequence_number,

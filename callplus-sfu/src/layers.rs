@@ -18,8 +18,12 @@ pub const TINY_RID: &str = "q";
 /// The `rid` of the full layer the clients send.
 pub const FULL_RID: &str = "f";
 
-/// How long a layer may go without a packet before subscribers asking for it are given the other.
+/// How much media the other layer may send without a packet of a layer before subscribers asking
+/// for that layer are given the other one.
 pub(crate) const LAYER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The RTP clock rate of video (VP8, RFC 7741): [`LAYER_TIMEOUT`] is measured on it.
+const VIDEO_CLOCK_HZ: u32 = 90_000;
 
 /// A simulcast layer of a published video stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,8 +55,46 @@ impl Layer {
     }
 }
 
-/// Which layers of a stream have sent a packet lately, by [`Layer::index`].
+/// Which layers of a stream are sending, by [`Layer::index`].
 pub(crate) type Available = [bool; 2];
+
+/// Tells, packet by packet, which layers of a published stream are sending.
+///
+/// A layer is gone once the *other* layer has sent [`LAYER_TIMEOUT`] worth of media (by its RTP
+/// timestamps) without a packet of it: a publisher without simulcast, or whose tiny layer stopped.
+/// Wall-clock silence is no evidence: when the publisher's encoders, the network or this process
+/// fall behind (a CPU-starved machine), *both* layers pause and then arrive together, and a
+/// timeout on arrival times would take whichever layer came back second for gone, switch its
+/// subscribers over and ask the publisher for key frames for nothing. A layer never seen is not
+/// sending.
+#[derive(Debug, Default)]
+pub(crate) struct LayerActivity {
+    seen: [bool; 2],
+    /// Per layer: the RTP timestamp of the other layer's first packet after this layer's last.
+    other_since: [Option<u32>; 2],
+    /// Per layer: taken for gone, until its next packet.
+    gone: [bool; 2],
+}
+
+impl LayerActivity {
+    /// A packet of `layer` with RTP timestamp `timestamp` arrived: which layers are sending now.
+    pub(crate) fn on_packet(&mut self, layer: Layer, timestamp: u32) -> Available {
+        let (this, other) = (layer.index(), layer.other().index());
+        self.seen[this] = true;
+        self.other_since[this] = None;
+        self.gone[this] = false;
+        let since = *self.other_since[other].get_or_insert(timestamp);
+        let ticks =
+            u32::try_from(LAYER_TIMEOUT.as_millis().saturating_mul(u128::from(VIDEO_CLOCK_HZ)) / 1000)
+                .unwrap_or(u32::MAX);
+        let elapsed = timestamp.wrapping_sub(since);
+        // A late packet (a resend) is behind `since`: it says nothing about the other layer.
+        if elapsed < 0x8000_0000 && elapsed >= ticks {
+            self.gone[other] = true;
+        }
+        [0, 1].map(|i| self.seen[i] && !self.gone[i])
+    }
+}
 
 /// The header fields of one packet, as the switch needs them.
 #[derive(Debug, Clone, Copy)]
@@ -149,8 +191,11 @@ impl LayerSwitch {
                     self.since_seq = p.seq.wrapping_sub(SINCE_WINDOW);
                 }
             }
-            Some(_) => {
-                let at_boundary = self.last.is_none_or(|(_, _, _, marker)| marker);
+            Some(current) => {
+                // Between two frames of the old layer; or anywhere, once the old layer is gone
+                // (stopped in the middle of a frame, it would never reach a boundary).
+                let at_boundary =
+                    self.last.is_none_or(|(_, _, _, marker)| marker) || !available[current.index()];
                 if p.layer != self.target || !p.keyframe_start || !at_boundary {
                     return None;
                 }
@@ -246,6 +291,59 @@ mod tests {
         assert_eq!(s.keyframe_layer(), Layer::Full);
         // The tiny layer appears: switch to it at its key frame.
         assert_eq!(s.on_packet(packet(Layer::Tiny, 900, 5, true, true), BOTH, t0), Some((2, 11)));
+    }
+
+    #[test]
+    fn a_layer_that_stops_in_the_middle_of_a_frame_is_left_at_the_next_key_frame() {
+        let mut s = LayerSwitch::new(Layer::Tiny);
+        let t0 = Instant::now();
+        assert!(s.on_packet(packet(Layer::Tiny, 10, 100, true, true), BOTH, t0).is_some());
+        // A frame begins, and the tiny layer stops before its end.
+        assert!(s.on_packet(packet(Layer::Tiny, 11, 200, false, false), BOTH, t0).is_some());
+        // Once it counts as gone, the full layer's key frame is switched to at once.
+        assert_eq!(
+            s.on_packet(packet(Layer::Full, 500, 9000, true, true), [true, false], t0),
+            Some((12, 201))
+        );
+        assert_eq!(s.switches, 1);
+        // While it still counts as sending, that key frame would cut its frame: not yet.
+        let mut waiting = LayerSwitch::new(Layer::Tiny);
+        assert!(waiting.on_packet(packet(Layer::Tiny, 10, 100, false, true), BOTH, t0).is_some());
+        assert_eq!(waiting.on_packet(packet(Layer::Full, 500, 9000, true, true), BOTH, t0), None);
+    }
+
+    #[test]
+    fn a_layer_is_gone_after_a_second_of_the_other_layer_alone() {
+        let mut a = LayerActivity::default();
+        assert_eq!(a.on_packet(Layer::Full, 1000), [true, false], "the tiny layer was never seen");
+        assert_eq!(a.on_packet(Layer::Tiny, 50), BOTH);
+        // The full layer goes on alone: 89,999 ticks later the tiny one still counts...
+        assert_eq!(a.on_packet(Layer::Full, 7000), BOTH);
+        assert_eq!(a.on_packet(Layer::Full, 7000 + 89_999), BOTH);
+        // ...one second of full-layer media after the tiny layer's last packet, it is gone.
+        assert_eq!(a.on_packet(Layer::Full, 7000 + 90_000), [true, false]);
+        // A late resend from before does not bring it back nor make it look gone longer.
+        assert_eq!(a.on_packet(Layer::Full, 6000), [true, false]);
+        // It comes back with its next packet.
+        assert_eq!(a.on_packet(Layer::Tiny, 100_000), BOTH);
+        assert_eq!(a.on_packet(Layer::Full, 200_000), BOTH);
+    }
+
+    #[test]
+    fn a_pause_of_both_layers_is_not_a_layer_going_away() {
+        // Each frame comes as a full packet, then a tiny one, 6,000 ticks apart (15 fps); then
+        // nothing arrives for seconds (a starved machine) and the tiny layer happens to come
+        // back first, then the full one: neither was ever taken for gone.
+        let mut a = LayerActivity::default();
+        let mut ts = 0u32;
+        for _ in 0..10 {
+            assert_eq!(a.on_packet(Layer::Full, ts), [true, ts > 0]);
+            assert_eq!(a.on_packet(Layer::Tiny, ts.wrapping_add(7)), BOTH);
+            ts += 6000;
+        }
+        assert_eq!(a.on_packet(Layer::Tiny, ts.wrapping_add(7)), BOTH, "after the pause");
+        assert_eq!(a.on_packet(Layer::Tiny, ts.wrapping_add(6007)), BOTH);
+        assert_eq!(a.on_packet(Layer::Full, ts), BOTH);
     }
 
     #[test]

@@ -95,6 +95,11 @@ fn net(names: &[&str]) -> Net {
 
 /// Like [`net`], with every signal passed through `filter`.
 fn net_with(names: &[&str], filter: SignalFilter) -> Net {
+    net_configured(names, filter, WebRtcConfig::loopback())
+}
+
+/// Like [`net_with`], the adapters made with `config`.
+fn net_configured(names: &[&str], filter: SignalFilter, config: WebRtcConfig) -> Net {
     let (sfu, mut sfu_events) = Sfu::new(SfuConfig {
         bind_addrs: vec!["127.0.0.1:0".to_owned()],
         ice_servers: vec![],
@@ -104,7 +109,7 @@ fn net_with(names: &[&str], filter: SignalFilter) -> Net {
     let mut adapters = HashMap::new();
     let mut made = Vec::new();
     for name in names {
-        let (adapter, events) = WebRtcMediaAdapter::new(WebRtcConfig::loopback());
+        let (adapter, events) = WebRtcMediaAdapter::new(config.clone());
         let adapter = Arc::new(adapter);
         adapters.insert((uid(name), did("dev1")), Arc::clone(&adapter));
         made.push((uid(name), adapter, events));
@@ -645,12 +650,21 @@ async fn loss_between_one_subscriber_and_the_sfu_is_repaired_for_that_subscriber
     // Bob's link from the SFU loses single video packets. Bob's stack asks the SFU for them
     // (NACK), the SFU resends them from what it sent on bob's connection, and bob's reorder buffer
     // puts them back: no key frame is asked for, so the publishers make none, and carol sees
-    // nothing of it.
+    // nothing of it. This is about NACK, not layers: the publishers send one layer
+    // (`WebRtcConfig::simulcast` off), which spares the machine three encoders, so that the
+    // repairs are not late for want of CPU.
     let bob_address = Arc::new(std::sync::Mutex::new(None));
     let log = Arc::new(std::sync::Mutex::new(LossLog::default()));
     let relay = lossy_relay(Arc::clone(&bob_address), Arc::clone(&log)).await;
+    let offers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&offers);
     let filter: SignalFilter = Arc::new(move |from, to, payload| {
         let bobs = from.as_str() == "bob" || to.as_str() == "bob";
+        if let MediaPayload::SdpOffer(sdp) = &payload
+            && to.as_str() == "sfu"
+        {
+            seen.lock().unwrap().push((from.clone(), sdp.clone()));
+        }
         match payload {
             MediaPayload::SdpOffer(sdp) if bobs => Some(MediaPayload::SdpOffer(strip_candidates(&sdp))),
             MediaPayload::SdpAnswer(sdp) if bobs => Some(MediaPayload::SdpAnswer(strip_candidates(&sdp))),
@@ -672,7 +686,8 @@ async fn loss_between_one_subscriber_and_the_sfu_is_repaired_for_that_subscriber
         }
     });
     let (_tmp, dir) = record_dir();
-    let mut net = net_with(&["alice", "bob", "carol"], filter);
+    let one_layer = WebRtcConfig { simulcast: false, ..WebRtcConfig::loopback() };
+    let mut net = net_configured(&["alice", "bob", "carol"], filter, one_layer);
     let call = CallId::new("lossy-call").unwrap();
     for party in &mut net.parties {
         equip(party, &dir, &SENDERS).await;
@@ -692,6 +707,17 @@ async fn loss_between_one_subscriber_and_the_sfu_is_repaired_for_that_subscriber
     for i in 0..3 {
         let others: Vec<UserId> = users.iter().filter(|u| **u != users[i]).cloned().collect();
         first_frames(&mut net.parties[i], &others).await;
+    }
+    // One layer each: no rids, no simulcast in the publishers' offers.
+    let offers = offers.lock().unwrap().clone();
+    let offerers: HashSet<&UserId> = offers.iter().map(|(from, _)| from).collect();
+    assert_eq!(offerers.len(), 3, "everyone offered");
+    for (from, offer) in &offers {
+        assert!(offer.contains("m=video"), "{from}: {offer}");
+        assert!(
+            !offer.contains("a=simulcast") && !offer.contains("a=rid:"),
+            "{from} offered simulcast:\n{offer}"
+        );
     }
     // Wait for a quiet interval at bob (the opening key frames are behind), then lose packets.
     timeout(WAIT, async { while next_report(&mut net.parties[1]).await != (0, 0, 0) {} })
@@ -807,24 +833,28 @@ fn received_key_frame_sizes(party: &mut Party, from: &UserId) -> (Vec<(u16, u16)
     (sizes, n)
 }
 
-/// Waits for a key frame of `size` from `from` at `party`; the frames before it. Key frames of
-/// the other layer may come first: a switch happens at the new layer's next key frame, and
-/// until then the old layer keeps flowing, its own key frames included.
-async fn key_frame_of_size(party: &mut Party, from: &UserId, size: (u16, u16)) -> usize {
+/// Waits for the next key frame of `size` from `from` at `party`: the sizes of the other key
+/// frames before it, and how many frames came before it.
+async fn key_frame_of_size(party: &mut Party, from: &UserId, size: (u16, u16)) -> (Vec<(u16, u16)>, usize) {
     let rx = party.frames.get_mut(&(from.clone(), MediaKind::Video)).unwrap();
     let who = party.user.clone();
+    let (mut others, mut before) = (Vec::new(), 0);
     timeout(WAIT, async {
-        let mut before = 0;
         loop {
             let frame = rx.recv().await.expect("sink dropped");
-            if frame.keyframe && keyframe_dimensions(&frame.data) == Some(size) {
-                return before;
+            if frame.keyframe {
+                let got = keyframe_dimensions(&frame.data).expect("a key frame has a size");
+                if got == size {
+                    return;
+                }
+                others.push(got);
             }
             before += 1;
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("{who} got no {size:?} key frame from {from}"))
+    .unwrap_or_else(|_| panic!("{who} got no key frame of {size:?} from {from}, only of {others:?}"));
+    (others, before)
 }
 
 /// Sums (recovered, given up, key-frame requests sent) over the reports `party` has made so far
@@ -896,19 +926,27 @@ async fn a_tiny_view_gets_the_low_layer_without_costing_the_others_a_key_frame()
     timeout(WAIT, async { while next_report(&mut net.parties[1]).await != (0, 0, 0) {} })
         .await
         .expect("bob's reports settle");
+    // Carol's too: a key frame she asked for would be a full-layer request in alice's log.
+    timeout(WAIT, async { while next_report(&mut net.parties[2]).await != (0, 0, 0) {} })
+        .await
+        .expect("carol's reports settle");
+    // What bob and carol got so far is not the switches' doing.
+    let _ = received_key_frame_sizes(&mut net.parties[1], &alice);
     let _ = received_key_frame_sizes(&mut net.parties[2], &alice);
     let before = net.sfu.stats().await.unwrap();
     log.lock().unwrap().clear();
 
     // Bob makes alice's view small: the SFU asks alice for a key frame of the tiny layer only,
-    // and moves bob to it there.
+    // and moves bob to it there. Until then the full layer keeps coming (its own periodic key
+    // frames included).
     let asked = Instant::now();
     net.parties[1].adapter.set_video_tiny(&alice, true).await;
-    let before_switch = key_frame_of_size(&mut net.parties[1], &alice, (160, 120)).await;
+    let (full_key_frames, before_switch) = key_frame_of_size(&mut net.parties[1], &alice, (160, 120)).await;
     eprintln!(
         "bob: tiny asked -> first tiny frame: {:?} ({before_switch} full frames between)",
         asked.elapsed()
     );
+    assert!(full_key_frames.iter().all(|s| *s == (320, 240)), "bob before the switch: {full_key_frames:?}");
     more_frames_from(&mut net.parties[1], &alice, MediaKind::Video, 15).await;
     let (sizes, _) = received_key_frame_sizes(&mut net.parties[1], &alice);
     assert!(sizes.iter().all(|s| *s == (160, 120)), "bob stays on the tiny layer: {sizes:?}");
@@ -925,7 +963,11 @@ async fn a_tiny_view_gets_the_low_layer_without_costing_the_others_a_key_frame()
 
     // Back to the full view: the full size returns at the full layer's next key frame.
     net.parties[1].adapter.set_video_tiny(&alice, false).await;
-    key_frame_of_size(&mut net.parties[1], &alice, (320, 240)).await;
+    let (tiny_key_frames, _) = key_frame_of_size(&mut net.parties[1], &alice, (320, 240)).await;
+    assert!(
+        tiny_key_frames.iter().all(|s| *s == (160, 120)),
+        "bob before the switch back: {tiny_key_frames:?}"
+    );
     more_frames_from(&mut net.parties[1], &alice, MediaKind::Video, 15).await;
     let asked_of_alice = std::mem::take(&mut *log.lock().unwrap());
     assert!(asked_of_alice.iter().all(|l| *l == Some(VideoLayer::Full)), "{asked_of_alice:?}");

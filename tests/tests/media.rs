@@ -934,22 +934,6 @@ async fn camera_off_pauses_forwarding_at_the_sfu_even_if_the_sender_goes_on() {
     bob.party.expect(ended(&call), "ended").await;
 }
 
-/// Waits for a key frame of `size` on `rx`. Key frames of the other layer may still come first:
-/// a layer switch happens at the new layer's next key frame, and until then the old layer keeps
-/// flowing, its own key frames included.
-async fn key_frame_of_size(rx: &mut UnboundedReceiver<RemoteFrame>, size: (u16, u16), what: &str) {
-    timeout(MEDIA_WAIT, async {
-        loop {
-            let frame = rx.recv().await.unwrap_or_else(|| panic!("sink dropped while waiting for {what}"));
-            if frame.keyframe && callplus_media::vp8::keyframe_dimensions(&frame.data) == Some(size) {
-                return;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for a {size:?} key frame of {what}"));
-}
-
 /// The size of the next key frame on `rx`.
 async fn next_key_frame_size(rx: &mut UnboundedReceiver<RemoteFrame>, what: &str) -> (u16, u16) {
     timeout(MEDIA_WAIT, async {
@@ -963,6 +947,22 @@ async fn next_key_frame_size(rx: &mut UnboundedReceiver<RemoteFrame>, what: &str
     })
     .await
     .unwrap_or_else(|_| panic!("timed out waiting for a key frame of {what}"))
+}
+
+/// Waits for a key frame of `size` on `rx` after a layer switch was asked for; until the switch,
+/// the old layer goes on, and so may its key frames (its encoder's periodic ones, or one another
+/// viewer asked for): they must all be of `old` size.
+async fn switched_to(rx: &mut UnboundedReceiver<RemoteFrame>, size: (u16, u16), old: (u16, u16), what: &str) {
+    let switched = timeout(MEDIA_WAIT, async {
+        loop {
+            let got = next_key_frame_size(rx, what).await;
+            if got == size {
+                return;
+            }
+            assert_eq!(got, old, "{what}: a key frame of neither layer");
+        }
+    });
+    switched.await.unwrap_or_else(|_| panic!("{what}: only key frames of the old layer"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -998,7 +998,7 @@ async fn tiny_layer_selection_changes_the_received_resolution() {
     let alice = UserId::new("alice").unwrap();
     let asked = Instant::now();
     p[1].party.client.set_video_tiny(&alice, true).await.unwrap();
-    key_frame_of_size(&mut at_bob, (160, 120), "alice's tiny layer at bob").await;
+    switched_to(&mut at_bob, (160, 120), (320, 240), "alice's tiny layer at bob").await;
     eprintln!("bob: tiny view -> alice's tiny layer: {:?}", asked.elapsed());
     for frame in frames(&mut at_bob, 15, "alice's tiny layer at bob").await {
         if frame.keyframe {
@@ -1013,7 +1013,7 @@ async fn tiny_layer_selection_changes_the_received_resolution() {
 
     // Back to a large view: the full size returns.
     p[1].party.client.set_video_tiny(&alice, false).await.unwrap();
-    key_frame_of_size(&mut at_bob, (320, 240), "alice's full layer at bob").await;
+    switched_to(&mut at_bob, (320, 240), (160, 120), "alice's full layer at bob").await;
     frames(&mut at_bob, 15, "alice's full layer at bob").await;
 
     p[0].party.client.hangup(Some(&call)).await.unwrap();

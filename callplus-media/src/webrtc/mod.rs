@@ -66,6 +66,11 @@ pub struct WebRtcConfig {
     pub stats_interval: Duration,
     /// Signals kept per call while its media is not started yet.
     pub max_pending_signals: usize,
+    /// Through an SFU, send video in two simulcast layers (full and tiny) so that viewers can
+    /// choose the tiny one (default). Off, one layer is sent, as in a mesh: every viewer gets the
+    /// full picture and the device runs one video encoder instead of two (a weak device, or an
+    /// app that never shows small views).
+    pub simulcast: bool,
 }
 
 impl Default for WebRtcConfig {
@@ -76,6 +81,7 @@ impl Default for WebRtcConfig {
             max_mesh_audio: 8,
             stats_interval: Duration::from_secs(1),
             max_pending_signals: 256,
+            simulcast: true,
         }
     }
 }

@@ -332,8 +332,8 @@ impl Inner {
             RtpCodecKind::Video,
         )?;
         let (audio_ssrc, video_ssrc) = (rand_ssrc(), rand_ssrc());
-        // Through the SFU, video goes out in two simulcast layers.
-        let tiny_ssrc = sfu_token.is_some().then(rand_ssrc);
+        // Through the SFU, video goes out in two simulcast layers (unless configured off).
+        let tiny_ssrc = (sfu_token.is_some() && self.config.simulcast).then(rand_ssrc);
         let mut reports = RemoteReports::new(video_ssrc);
         if let Some(tiny) = tiny_ssrc {
             reports = reports.with_tiny_layer(tiny);
