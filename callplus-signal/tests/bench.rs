@@ -82,6 +82,7 @@ fn idle_devices_are_held_and_measured() {
     let v = run_bench(&["--idle", "100", "--streams-per-conn", "10", "--duration", "1s"]);
     assert_eq!(v["connected"].as_u64(), Some(100), "{v}");
     assert_eq!(v["failed"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["dropped"].as_u64(), Some(0), "{v}");
     assert_eq!(v["tcp_connections"].as_u64(), Some(10), "{v}");
     assert!(v["server_rss_per_device_kib"].is_number(), "{v}");
 }

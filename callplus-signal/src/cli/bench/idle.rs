@@ -244,7 +244,7 @@ async fn connect_raw(
         match open_stream(&channel, &format!("idle-{i}"), token).await {
             Ok((tx, inbound, heartbeat)) => {
                 shared.counters.connected.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(hold(tx, inbound, heartbeat, shared.clone()));
+                tokio::spawn(hold(RawLink { tx, inbound }, heartbeat, shared.clone()));
             }
             Err(why) => shared.fail(why),
         }
@@ -290,13 +290,39 @@ pub(super) async fn open_stream(
     }
 }
 
-/// Holds a raw device: a Ping (carrying the ack) per heartbeat, until the stop signal.
-async fn hold(
+/// What holding an idle device needs of its link to the server, whatever the framing.
+pub(super) trait IdleLink: Send {
+    /// Sends a Ping carrying `ack`; false once the link is gone.
+    async fn ping(&mut self, ack: u64) -> bool;
+    /// The sequence number of the next frame from the server (0 for a frame that carries none);
+    /// `None` once the link is gone.
+    async fn next_seq(&mut self) -> Option<u64>;
+}
+
+/// A raw gRPC device: its request sender and its response stream.
+struct RawLink {
     tx: mpsc::Sender<pb::ClientFrame>,
-    mut inbound: tonic::Streaming<pb::ServerFrame>,
-    heartbeat: Duration,
-    shared: Arc<Shared>,
-) {
+    inbound: tonic::Streaming<pb::ServerFrame>,
+}
+
+impl IdleLink for RawLink {
+    async fn ping(&mut self, ack: u64) -> bool {
+        self.tx.send(ping(ack)).await.is_ok()
+    }
+
+    async fn next_seq(&mut self) -> Option<u64> {
+        self.inbound.message().await.ok().flatten().map(|frame| frame.seq)
+    }
+}
+
+/// The heartbeat frame, carrying the device's ack.
+pub(super) fn ping(ack: u64) -> pb::ClientFrame {
+    pb::ClientFrame { seq: 0, ack, request_id: 0, body: Some(pb::client_frame::Body::Ping(pb::Ping {})) }
+}
+
+/// Holds a device: a Ping (carrying the ack) per heartbeat, until the stop signal. A link
+/// lost before the stop counts as dropped.
+pub(super) async fn hold(mut link: impl IdleLink, heartbeat: Duration, shared: Arc<Shared>) {
     let mut stop = shared.stop.clone();
     let mut ack = 0;
     // The first ping at a random point of the interval, so devices do not ping in lockstep.
@@ -306,14 +332,13 @@ async fn hold(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let ping = pb::ClientFrame { seq: 0, ack, request_id: 0, body: Some(pb::client_frame::Body::Ping(pb::Ping {})) };
-                if tx.send(ping).await.is_err() {
+                if !link.ping(ack).await {
                     break;
                 }
             }
-            message = inbound.message() => match message {
-                Ok(Some(frame)) => ack = ack.max(frame.seq),
-                Ok(None) | Err(_) => break,
+            seq = link.next_seq() => match seq {
+                Some(seq) => ack = ack.max(seq),
+                None => break,
             },
             _ = stop.changed() => return,
         }

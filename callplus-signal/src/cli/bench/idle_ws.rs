@@ -11,16 +11,15 @@ use std::time::Duration;
 use callplus_proto::v1 as pb;
 use futures_util::{SinkExt as _, StreamExt as _};
 use prost::Message as _;
-use rand::Rng as _;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tokio::time::timeout;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, header};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::idle::{Shared, WELCOME_TIMEOUT};
+use super::idle::{IdleLink, Shared, WELCOME_TIMEOUT, hold, ping};
 
 /// The WebSocket subprotocol the device port speaks.
 const SUBPROTOCOL: &str = "callplus.v1";
@@ -45,7 +44,7 @@ pub(super) async fn connect(
     match open(url, source, &format!("idle-ws-{index}"), token).await {
         Ok((socket, heartbeat)) => {
             shared.counters.connected.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(hold(socket, heartbeat, shared.clone()));
+            tokio::spawn(hold(WsLink(socket), heartbeat, shared.clone()));
         }
         Err(why) => shared.fail(why),
     }
@@ -113,34 +112,24 @@ async fn open(
     }
 }
 
-/// Holds a device: a Ping (carrying the ack) per heartbeat, until the stop signal.
-async fn hold(mut socket: WebSocketStream<TcpStream>, heartbeat: Duration, shared: Arc<Shared>) {
-    let mut stop = shared.stop.clone();
-    let mut ack = 0;
-    let first = heartbeat.mul_f64(rand::rng().random_range(0.0..1.0));
-    let mut tick = tokio::time::interval_at(Instant::now() + first, heartbeat);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let ping = pb::ClientFrame { seq: 0, ack, request_id: 0, body: Some(pb::client_frame::Body::Ping(pb::Ping {})) };
-                if socket.send(Message::Binary(ping.encode_to_vec().into())).await.is_err() {
-                    break;
-                }
-            }
-            message = socket.next() => match message {
-                Some(Ok(Message::Binary(bytes))) => {
-                    if let Ok(frame) = pb::ServerFrame::decode(bytes) {
-                        ack = ack.max(frame.seq);
-                    }
-                }
-                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
-                Some(Ok(_)) => {}
-            },
-            _ = stop.changed() => return,
-        }
+/// A web device: its socket.
+struct WsLink(WebSocketStream<TcpStream>);
+
+impl IdleLink for WsLink {
+    async fn ping(&mut self, ack: u64) -> bool {
+        self.0.send(Message::Binary(ping(ack).encode_to_vec().into())).await.is_ok()
     }
-    if !*stop.borrow() {
-        shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+
+    async fn next_seq(&mut self) -> Option<u64> {
+        loop {
+            match self.0.next().await? {
+                // A frame that does not decode carries no sequence number to ack.
+                Ok(Message::Binary(bytes)) => {
+                    return Some(pb::ServerFrame::decode(bytes).map_or(0, |f| f.seq));
+                }
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
     }
 }
