@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use callplus_signal::cluster::{CallLeases, ClusterConfig, DeviceLocation, Presence, Takeovers, connect};
+use support::process::{self, Banner};
 use support::redis::OwnedRedis;
 use tokio::time::Instant;
 
@@ -211,51 +212,30 @@ async fn rediss_urls_connect_with_tls() {
 /// A running `callplus serve --redis URL --node-id ID` (the real binary).
 struct Serve {
     child: tokio::process::Child,
-    banner: Vec<String>,
+    banner: Banner,
     _dir: tempfile::TempDir,
 }
 
 impl Serve {
     /// Heartbeats every 2 s, so presence entries live 6 s unless renewed.
     async fn start(redis: &OwnedRedis, node_id: &str) -> Serve {
-        use tokio::io::AsyncBufReadExt as _;
         let dir = tempfile::tempdir().unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_callplus"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--heartbeat-interval", "2s", "--liveness-timeout", "8s"])
-            .args(["--redis", &redis.url(), "--node-id", node_id])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env("CALLPLUS_LOG", "warn")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut banner = Vec::new();
-        loop {
-            match tokio::time::timeout(WAIT, lines.next_line()).await {
-                Ok(Ok(Some(line))) => {
-                    let done = line.contains("Stop with Ctrl-C");
-                    banner.push(line);
-                    if done {
-                        break;
-                    }
-                }
-                other => panic!("no banner ({other:?}): {banner:#?}"),
-            }
-        }
-        // Keep reading so the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (child, banner, lines) = process::spawn(
+            process::callplus()
+                .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+                .args(["--heartbeat-interval", "2s", "--liveness-timeout", "8s"])
+                .args(["--redis", &redis.url(), "--node-id", node_id])
+                .arg("--data-dir")
+                .arg(dir.path())
+                .env("CALLPLUS_LOG", "warn"),
+        )
+        .await;
+        process::drain(lines);
         Serve { child, banner, _dir: dir }
     }
 
     fn value(&self, label: &str) -> String {
-        self.banner
-            .iter()
-            .find_map(|l| l.trim().strip_prefix(label).map(|v| v.trim().to_owned()))
-            .unwrap_or_else(|| panic!("no {label:?} in the banner: {:#?}", self.banner))
+        self.banner.value(label)
     }
 
     fn token(&self, user: &str) -> String {

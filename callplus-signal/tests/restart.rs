@@ -6,6 +6,8 @@
 //! hang-up and a kill); every other step waits for what it needs, bounded by a timeout.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod support;
+
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,6 +16,7 @@ use callplus_session::client::CallOptions;
 use callplus_session::{CallId, CallType, EndReason, MediaType, RecordOrder};
 use callplus_signal::client::{Client, ClientOptions, ConnectionState, Event, EventStream};
 use callplus_signal::server::sign_request;
+use support::process::{self, Banner};
 use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::time::{Instant, timeout, timeout_at};
@@ -29,44 +32,25 @@ fn now_secs() -> u64 {
 struct Serve {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
-    banner: Vec<String>,
+    banner: Banner,
 }
 
 impl Serve {
     /// Starts the binary on `dir`, its gRPC listener on `listen`, and reads its banner.
     async fn start(dir: &Path, listen: &str) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_callplus"))
-            .args(["serve", "--listen", listen, "--admin-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(dir)
-            .env("CALLPLUS_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut banner = Vec::new();
-        loop {
-            match timeout(WAIT, lines.next_line()).await {
-                Ok(Ok(Some(line))) => {
-                    let done = line.contains("Stop with Ctrl-C");
-                    banner.push(line);
-                    if done {
-                        break;
-                    }
-                }
-                other => panic!("no banner ({other:?}): {banner:#?}"),
-            }
-        }
+        let (child, banner, lines) = process::spawn(
+            process::callplus()
+                .args(["serve", "--listen", listen, "--admin-listen", "127.0.0.1:0"])
+                .arg("--data-dir")
+                .arg(dir)
+                .env("CALLPLUS_LOG", "warn"),
+        )
+        .await;
         Serve { child, lines, banner }
     }
 
     fn value(&self, label: &str) -> String {
-        self.banner
-            .iter()
-            .find_map(|l| l.trim().strip_prefix(label).map(|v| v.trim().to_owned()))
-            .unwrap_or_else(|| panic!("no {label:?} in the banner: {:#?}", self.banner))
+        self.banner.value(label)
     }
 
     fn grpc_url(&self) -> String {

@@ -4,6 +4,8 @@
 //! recovering when the SFU process is restarted, and a server with another media secret refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -16,6 +18,7 @@ use callplus_session::{CallId, CallType, DeviceId, MediaType};
 use callplus_signal::client::{
     Client, ClientOptions, Event, EventStream, MediaEventStream, MediaOptions, record_sink,
 };
+use support::process::{self, Banner};
 use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::time::{Instant, timeout, timeout_at};
@@ -28,50 +31,29 @@ const MEDIA_WAIT: Duration = Duration::from_secs(40);
 /// A running `callplus` process: its banner (stdout up to `Stop with Ctrl-C`) and its log lines.
 struct Proc {
     child: tokio::process::Child,
-    banner: Vec<String>,
+    banner: Banner,
     log: UnboundedReceiver<String>,
 }
 
 impl Proc {
     async fn start(args: &[&str]) -> Proc {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_callplus"))
+        let mut command = process::callplus();
+        command
             .args(args)
             .env("CALLPLUS_LOG", "info")
             .env_remove("RUST_LOG")
             .env_remove("CALLPLUS_MEDIA_SECRET_FILE")
             .env_remove("CALLPLUS_SFU_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        let (mut child, banner, lines) = process::spawn(&mut command).await;
         let (tx, log) = unbounded_channel();
         forward_lines(child.stderr.take().unwrap(), tx);
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut banner = Vec::new();
-        loop {
-            match timeout(WAIT, lines.next_line()).await {
-                Ok(Ok(Some(line))) => {
-                    let done = line.contains("Stop with Ctrl-C");
-                    banner.push(line);
-                    if done {
-                        break;
-                    }
-                }
-                other => panic!("{args:?}: no banner ({other:?}): {banner:#?}"),
-            }
-        }
-        // Keep reading so the process never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        process::drain(lines);
         Proc { child, banner, log }
     }
 
     fn value(&self, label: &str) -> String {
-        self.banner
-            .iter()
-            .find_map(|l| l.trim().strip_prefix(label).map(|v| v.trim().to_owned()))
-            .unwrap_or_else(|| panic!("no {label:?} in the banner: {:#?}", self.banner))
+        self.banner.value(label)
     }
 
     /// Waits for a log line containing `needle`.

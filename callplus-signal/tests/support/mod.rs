@@ -3,4 +3,5 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod postgres;
+pub mod process;
 pub mod redis;
