@@ -90,8 +90,12 @@ async fn start_sfu(listen: &str, secret: &Path) -> Proc {
 }
 
 async fn start_serve(data: &Path, sfu_url: &str, secret: &Path) -> Proc {
+    start_serve_with(data, sfu_url, secret, &[]).await
+}
+
+async fn start_serve_with(data: &Path, sfu_url: &str, secret: &Path, more: &[&str]) -> Proc {
     let (data, secret) = (data.to_str().unwrap(), secret.to_str().unwrap());
-    Proc::start(&[
+    let args = [
         "serve",
         "--listen",
         "127.0.0.1:0",
@@ -103,8 +107,17 @@ async fn start_serve(data: &Path, sfu_url: &str, secret: &Path) -> Proc {
         sfu_url,
         "--media-secret-file",
         secret,
-    ])
-    .await
+    ];
+    Proc::start(&args.iter().chain(more).copied().collect::<Vec<_>>()).await
+}
+
+/// A self-signed certificate for 127.0.0.1 in `dir`: (certificate file, key file).
+fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert, key) = (dir.join(format!("{name}-cert.pem")), dir.join(format!("{name}-key.pem")));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    (cert, key)
 }
 
 /// Frame receivers by (remote user, kind), filled by the sink factory.
@@ -368,4 +381,61 @@ async fn a_server_with_another_media_secret_is_refused() {
     let refusal = serve.log_line("the SFU refused this server").await;
     assert!(refusal.contains("wrong media secret"), "{refusal}");
     sfu.log_line("refused a signalling server: wrong media secret").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_link_runs_over_tls_and_a_server_that_does_not_trust_the_sfu_stays_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("sfu.secret");
+    let (cert, key) = self_signed(tmp.path(), "sfu");
+    let (cert_s, key_s, secret_s) = (cert.to_str().unwrap(), key.to_str().unwrap(), secret.to_str().unwrap());
+    let mut sfu = Proc::start(&[
+        "sfu",
+        "--listen",
+        "127.0.0.1:0",
+        "--media-listen",
+        "127.0.0.1:0",
+        "--media-secret-file",
+        secret_s,
+        "--tls-cert",
+        cert_s,
+        "--tls-key",
+        key_s,
+    ])
+    .await;
+    let relay = sfu.value("relay (servers):");
+    assert!(relay.starts_with("https://127.0.0.1:"), "{relay}");
+
+    // A server that trusts another certificate never gets as far as the attach proof.
+    let (stranger, _) = self_signed(tmp.path(), "stranger");
+    let mut wary = start_serve_with(
+        &tmp.path().join("wary"),
+        &relay,
+        &secret,
+        &["--sfu-ca", stranger.to_str().unwrap()],
+    )
+    .await;
+    let failure = wary.log_line("cannot attach to the SFU").await;
+    assert!(failure.contains("cannot reach the SFU"), "{failure}");
+    drop(wary);
+
+    // A server that trusts the SFU's certificate attaches, and a call's media flows through it.
+    let serve = start_serve_with(&tmp.path().join("data"), &relay, &secret, &["--sfu-ca", cert_s]).await;
+    sfu.log_line("signalling server attached").await;
+    let mut p = Vec::new();
+    for (name, tone) in [("alice", 440.0), ("bob", 660.0)] {
+        p.push(MediaParty::connect(&serve, name, tone, (160, 120), tmp.path()).await);
+    }
+    let started = p[0]
+        .client
+        .start_call(&["bob"], CallType::Multi, MediaType::AudioVideo, Default::default())
+        .await
+        .unwrap();
+    let call = started.call_id().clone();
+    p[1].expect("the invitation", received(&call)).await;
+    p[1].client.accept(&call).await.unwrap();
+    p[0].expect_media("bob's video at alice", first_frame("bob", MediaKind::Video)).await;
+    p[1].expect_media("alice's video at bob", first_frame("alice", MediaKind::Video)).await;
+    p[0].client.hangup(Some(&call)).await.unwrap();
+    p[1].expect("the end", ended(&call)).await;
 }

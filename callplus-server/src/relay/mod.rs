@@ -18,8 +18,12 @@ pub use secret::{MediaSecret, SecretError};
 /// (`callplus serve --sfu-url`).
 #[derive(Debug, Clone)]
 pub struct RemoteSfu {
-    /// The SFU process's relay URL (`http://host:port`).
+    /// The SFU process's relay URL: `http://host:port`, or `https://host:port` when the SFU
+    /// presents a certificate (`callplus sfu --tls-cert`).
     pub url: String,
     /// The media secret shared with it.
     pub secret: MediaSecret,
+    /// PEM certificates trusted for an `https://` URL: the CA that signed the SFU's
+    /// certificate, or that certificate itself when self-signed.
+    pub tls_ca_pem: Option<Vec<u8>>,
 }

@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::secret::MediaSecret;
 use super::wire::{self, Participant};
+use crate::server::ServerTls;
 
 /// What the attach refusal says: the one configuration mistake it can be.
 pub const WRONG_SECRET: &str =
@@ -42,6 +43,10 @@ pub struct SfuNodeOptions {
     pub media_listen: Vec<String>,
     /// The secret shared with the signalling servers.
     pub secret: MediaSecret,
+    /// The certificate and key the relay service presents; plaintext HTTP/2 without. The
+    /// attach proof and the participants' media tokens cross this link, so anything beyond a
+    /// private network wants it.
+    pub tls: Option<ServerTls>,
 }
 
 /// Why an SFU process cannot start.
@@ -55,6 +60,9 @@ pub enum SfuNodeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The certificate or key is unusable.
+    #[error("invalid relay TLS certificate or key: {0}")]
+    Tls(String),
 }
 
 /// A running SFU process: its relay service and the SFU.
@@ -81,6 +89,10 @@ impl SfuNode {
     /// Outside a tokio runtime.
     pub async fn start(options: SfuNodeOptions) -> Result<SfuNode, SfuNodeError> {
         let bind = |source| SfuNodeError::Bind { addr: options.listen.clone(), source };
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &options.tls {
+            builder = builder.tls_config(tls.tonic_config()).map_err(|e| SfuNodeError::Tls(e.to_string()))?;
+        }
         let listener = TcpListener::bind(&options.listen).await.map_err(bind)?;
         let addr = listener.local_addr().map_err(bind)?;
         let (sfu, events) = Sfu::new(SfuConfig {
@@ -99,11 +111,9 @@ impl SfuNode {
         let (stop, stopped) = oneshot::channel::<()>();
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         let task = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(MediaRelayServer::new(relay))
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                }),
+            builder.add_service(MediaRelayServer::new(relay)).serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            }),
         );
         Ok(SfuNode { addr, routes, stop: Some(stop), task })
     }

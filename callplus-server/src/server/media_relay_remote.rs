@@ -57,8 +57,14 @@ struct Attached {
 }
 
 async fn attach(remote: &RemoteSfu) -> Result<Attached, AttachError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(remote.url.clone())
-        .map_err(|e| AttachError::Url(e.to_string()))?
+    let mut endpoint = tonic::transport::Endpoint::from_shared(remote.url.clone())
+        .map_err(|e| AttachError::Url(e.to_string()))?;
+    if let Some(ca) = &remote.tls_ca_pem {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let endpoint = endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         // An SFU machine that vanishes without closing the connection is noticed too.

@@ -57,6 +57,12 @@ impl ServerTls {
         Ok(ServerTls::from_pem(read(cert, "certificate")?, read(key, "private key")?))
     }
 
+    /// The same certificate and key for a tonic server (the SFU process's relay service).
+    pub(crate) fn tonic_config(&self) -> tonic::transport::ServerTlsConfig {
+        let identity = tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem);
+        tonic::transport::ServerTlsConfig::new().identity(identity)
+    }
+
     /// A rustls acceptor (HTTP/2 or HTTP/1.1 by ALPN), with the certificate
     /// and key parsed and matched now.
     pub(super) fn acceptor(&self) -> Result<TlsAcceptor, ServerError> {

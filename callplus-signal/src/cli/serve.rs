@@ -134,8 +134,9 @@ pub struct ServeArgs {
     /// The local UDP address the SFU's media connections bind to (`ip:port`; port 0 for any).
     #[arg(long, env = "CALLPLUS_MEDIA_LISTEN", default_value = "0.0.0.0:0")]
     pub media_listen: String,
-    /// Drive the SFU process (`callplus sfu`) at this URL (`http://host:port`) instead of
-    /// running the SFU in this server; with `--media-secret-file`.
+    /// Drive the SFU process (`callplus sfu`) at this URL (`http://host:port`, or
+    /// `https://host:port` with `--sfu-ca`) instead of running the SFU in this server; with
+    /// `--media-secret-file`.
     #[arg(
         long,
         env = "CALLPLUS_SFU_URL",
@@ -147,6 +148,10 @@ pub struct ServeArgs {
     /// File of the media secret shared with the SFU process (the one `callplus sfu` created).
     #[arg(long, env = "CALLPLUS_MEDIA_SECRET_FILE", value_name = "FILE", requires = "sfu_url")]
     pub media_secret_file: Option<PathBuf>,
+    /// PEM certificates trusted for an `https://` `--sfu-url`: the CA that signed the SFU's
+    /// `--tls-cert`, or that certificate itself.
+    #[arg(long, env = "CALLPLUS_SFU_CA", value_name = "FILE", requires = "sfu_url")]
+    pub sfu_ca: Option<PathBuf>,
     /// MULTI calls made with at most this many participants stay peer to peer (0: every MULTI
     /// call's media goes through the SFU).
     #[arg(long, env = "CALLPLUS_MESH_MAX", default_value_t = 0)]
@@ -243,18 +248,27 @@ impl ServeArgs {
     /// `--sfu-url` with its secret, read from `--media-secret-file`.
     ///
     /// # Errors
-    /// The URL is not an `http://` URL, or the secret file cannot be read.
+    /// The URL is neither `http://` nor `https://` (the latter with `--sfu-ca`), or the secret
+    /// or CA file cannot be read.
     pub fn remote_sfu(&self) -> anyhow::Result<Option<crate::relay::RemoteSfu>> {
         let (Some(url), Some(file)) = (&self.sfu_url, &self.media_secret_file) else {
             return Ok(None);
         };
         tonic::transport::Endpoint::from_shared(url.clone())
             .with_context(|| format!("--sfu-url {url} is not a URL"))?;
-        if !url.starts_with("http://") {
-            anyhow::bail!("--sfu-url {url}: expected http://HOST:PORT");
-        }
+        let tls_ca_pem = match (url.split_once("://").map(|(scheme, _)| scheme), &self.sfu_ca) {
+            (Some("http"), None) => None,
+            (Some("http"), Some(_)) => anyhow::bail!("--sfu-ca goes with an https:// --sfu-url, not {url}"),
+            (Some("https"), Some(ca)) => {
+                Some(std::fs::read(ca).with_context(|| format!("cannot read --sfu-ca {}", ca.display()))?)
+            }
+            (Some("https"), None) => {
+                anyhow::bail!("--sfu-url {url} needs --sfu-ca: the certificates that vouch for the SFU")
+            }
+            _ => anyhow::bail!("--sfu-url {url}: expected http://HOST:PORT or https://HOST:PORT"),
+        };
         let secret = crate::relay::MediaSecret::read(file)?;
-        Ok(Some(crate::relay::RemoteSfu { url: url.clone(), secret }))
+        Ok(Some(crate::relay::RemoteSfu { url: url.clone(), secret, tls_ca_pem }))
     }
 }
 
@@ -416,7 +430,23 @@ mod tests {
         let remote = args.remote_sfu().unwrap().expect("configured");
         assert_eq!(remote.url, "http://127.0.0.1:7702");
         assert_eq!(remote.secret.token_key(), secret.token_key());
+        assert_eq!(remote.tls_ca_pem, None, "plaintext");
         let not_http = serve(&["--sfu-url", "127.0.0.1:7702", "--media-secret-file", path]).unwrap().args;
         assert!(not_http.remote_sfu().is_err());
+
+        // https:// needs the certificates that vouch for the SFU, and only https:// takes them.
+        let https = ["--sfu-url", "https://127.0.0.1:7702", "--media-secret-file", path];
+        assert!(serve(&https).unwrap().args.remote_sfu().is_err(), "https without --sfu-ca");
+        let ca = dir.path().join("ca.pem");
+        let ca_path = ca.to_str().unwrap();
+        let with_ca: Vec<&str> = https.iter().copied().chain(["--sfu-ca", ca_path]).collect();
+        assert!(serve(&with_ca).unwrap().args.remote_sfu().is_err(), "an unreadable CA file");
+        std::fs::write(&ca, b"-----BEGIN CERTIFICATE-----").unwrap();
+        let remote = serve(&with_ca).unwrap().args.remote_sfu().unwrap().expect("configured");
+        assert_eq!(remote.tls_ca_pem.as_deref(), Some(&b"-----BEGIN CERTIFICATE-----"[..]));
+        let http_with_ca =
+            ["--sfu-url", "http://127.0.0.1:7702", "--media-secret-file", path, "--sfu-ca", ca_path];
+        assert!(serve(&http_with_ca).unwrap().args.remote_sfu().is_err(), "--sfu-ca on plaintext");
+        assert!(serve(&["--sfu-ca", ca_path]).is_err(), "--sfu-ca needs --sfu-url");
     }
 }
