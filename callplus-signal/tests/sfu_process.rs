@@ -69,6 +69,19 @@ impl Proc {
         }
     }
 
+    /// Waits for a log line containing every one of `needles`.
+    async fn log_line_with(&mut self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match timeout_at(deadline, self.log.recv()).await {
+                Ok(Some(line)) if needles.iter().all(|n| line.contains(n)) => return line,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the process ended before logging {needles:?}"),
+                Err(_) => panic!("no log line with {needles:?}"),
+            }
+        }
+    }
+
     async fn kill(&mut self) {
         self.child.kill().await.unwrap();
     }
@@ -438,4 +451,62 @@ async fn the_relay_link_runs_over_tls_and_a_server_that_does_not_trust_the_sfu_s
     p[1].expect_media("alice's video at bob", first_frame("alice", MediaKind::Video)).await;
     p[0].client.hangup(Some(&call)).await.unwrap();
     p[1].expect("the end", ended(&call)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_spread_over_several_sfus_and_a_lost_sfus_call_moves_to_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("sfu.secret");
+    let mut first = start_sfu("127.0.0.1:0", &secret).await;
+    let mut second = start_sfu("127.0.0.1:0", &secret).await;
+    let list = format!("{},{}", first.value("relay (servers):"), second.value("relay (servers):"));
+    let mut serve = start_serve(&tmp.path().join("data"), &list, &secret).await;
+    // Attached as the server sees it: placement only counts the SFUs it knows are there.
+    for _ in 0..2 {
+        serve.log_line("attached to the SFU").await;
+    }
+
+    let names = ["alice", "bob", "carol", "dave"];
+    let mut p = Vec::new();
+    for (name, tone) in names.iter().zip([440.0, 660.0, 880.0, 550.0]) {
+        p.push(MediaParty::connect(&serve, name, tone, (160, 120), tmp.path()).await);
+    }
+    // Two calls, one per SFU: the first on the first listed, the second on the less loaded.
+    let mut calls = Vec::new();
+    for (a, b) in [(0, 1), (2, 3)] {
+        let started = p[a]
+            .client
+            .start_call(&[names[b]], CallType::Multi, MediaType::AudioVideo, Default::default())
+            .await
+            .unwrap();
+        let call = started.call_id().clone();
+        p[b].expect("the invitation", received(&call)).await;
+        p[b].client.accept(&call).await.unwrap();
+        p[a].expect_media("video", first_frame(names[b], MediaKind::Video)).await;
+        p[b].expect_media("video", first_frame(names[a], MediaKind::Video)).await;
+        calls.push(call);
+    }
+    first.log_line_with(&["participant joined", calls[0].as_str()]).await;
+    eprintln!("FIRST OK");
+    second.log_line_with(&["participant joined", calls[1].as_str()]).await;
+    let mut carol_hears = p[2].frames_from("dave", MediaKind::Audio).await;
+    let mut alice_sees = p[0].frames_from("bob", MediaKind::Video).await;
+
+    // The first SFU dies for good: its call moves to the second, whose own call goes on.
+    first.kill().await;
+    sink_closed(&mut alice_sees, "bob's video at alice from the dead SFU").await;
+    second.log_line_with(&["participant joined", calls[0].as_str()]).await;
+    for (i, j) in [(0, 1), (1, 0)] {
+        for kind in [MediaKind::Audio, MediaKind::Video] {
+            let mut again = p[i].frames_from(names[j], kind).await;
+            let what = format!("{}'s {kind:?} at {} on the second SFU", names[j], names[i]);
+            frames(&mut again, if kind == MediaKind::Audio { 50 } else { 10 }, &what).await;
+        }
+    }
+    frames(&mut carol_hears, 50, "dave's audio at carol, on the SFU that stayed").await;
+
+    for (a, call) in [(0, &calls[0]), (2, &calls[1])] {
+        p[a].client.hangup(Some(call)).await.unwrap();
+        p[a + 1].expect("the end", ended(call)).await;
+    }
 }

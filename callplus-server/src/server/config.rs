@@ -53,9 +53,10 @@ pub struct ServerOptions {
     pub mesh_max: usize,
     /// How long a media token (a device's credential for the SFU) is valid.
     pub media_token_ttl: Duration,
-    /// Drive this SFU process (`callplus sfu`) instead of running the SFU in this server; with
-    /// `sfu` on.
-    pub remote_sfu: Option<crate::relay::RemoteSfu>,
+    /// Drive these SFU processes (`callplus sfu`) instead of running the SFU in this server;
+    /// with `sfu` on. With several, each call's media is placed on one of them; they share one
+    /// media secret.
+    pub remote_sfus: Vec<crate::relay::RemoteSfu>,
 }
 
 impl Default for ServerOptions {
@@ -77,7 +78,7 @@ impl Default for ServerOptions {
             media_listen: vec!["0.0.0.0:0".to_owned()],
             mesh_max: 0,
             media_token_ttl: Duration::from_secs(3600),
-            remote_sfu: None,
+            remote_sfus: Vec::new(),
         }
     }
 }

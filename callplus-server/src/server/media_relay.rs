@@ -14,7 +14,8 @@
 //! token key is then the media secret shared with that process. The stream is opened again with
 //! backoff when it breaks; after each (re)attach every participant whose connection may have
 //! been on the lost SFU is reported failed, so the switchboard routes it afresh (new token, new
-//! connection) as for any failed SFU connection.
+//! connection) as for any failed SFU connection. With several SFU processes
+//! (`--sfu-url URL,URL,…`) each call is placed on one of them ([`super::media_relay_pool`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -45,6 +46,18 @@ pub(crate) enum SfuCommand {
     EndCall { call_id: CallId },
 }
 
+impl SfuCommand {
+    /// The call the work is for.
+    pub(crate) fn call_id(&self) -> &CallId {
+        match self {
+            SfuCommand::Signal { call_id, .. }
+            | SfuCommand::Leave { call_id, .. }
+            | SfuCommand::Pause { call_id, .. }
+            | SfuCommand::EndCall { call_id } => call_id,
+        }
+    }
+}
+
 /// The SFU's settings in a server.
 #[derive(Debug, Clone)]
 pub(crate) struct SfuSettings {
@@ -54,15 +67,17 @@ pub(crate) struct SfuSettings {
     pub(crate) mesh_max: usize,
     /// How long a media token is valid.
     pub(crate) token_ttl: Duration,
-    /// Drive this SFU process instead of an SFU in this server.
-    pub(crate) remote: Option<RemoteSfu>,
+    /// Drive these SFU processes instead of an SFU in this server (empty: the SFU in this
+    /// server).
+    pub(crate) remote: Vec<RemoteSfu>,
 }
 
 /// Starts the SFU (inside the runtime) with a fresh token key: the switchboard's router, the
 /// queue the driver sends SFU work to, and the task to spawn with the driver's handle.
 pub(crate) fn start(settings: &SfuSettings) -> (MediaRouter, mpsc::UnboundedSender<SfuCommand>, SfuTask) {
-    let (secret, backend) = match &settings.remote {
-        Some(remote) => (remote.secret.token_key(), Backend::Remote(remote.clone())),
+    let (secret, backend) = match settings.remote.first() {
+        // Every SFU of the list shares the one media secret (`--media-secret-file`).
+        Some(remote) => (remote.secret.token_key(), Backend::Remote(settings.remote.clone())),
         None => {
             let mut secret = vec![0u8; 32];
             rand::rng().fill_bytes(&mut secret);
@@ -102,8 +117,8 @@ pub(crate) struct SfuTask {
 enum Backend {
     /// In this server.
     Local { sfu: Sfu, events: SfuEvents },
-    /// In a `callplus sfu` process.
-    Remote(RemoteSfu),
+    /// In `callplus sfu` processes (at least one).
+    Remote(Vec<RemoteSfu>),
 }
 
 impl SfuTask {
@@ -111,7 +126,11 @@ impl SfuTask {
     pub(crate) async fn run(self, driver: DriverHandle) {
         match self.backend {
             Backend::Local { sfu, events } => run_local(sfu, events, self.rx, driver).await,
-            Backend::Remote(remote) => super::media_relay_remote::run(remote, self.rx, driver).await,
+            Backend::Remote(mut remotes) if remotes.len() == 1 => {
+                let remote = remotes.remove(0);
+                super::media_relay_remote::run(remote, self.rx, driver, |_| {}).await;
+            }
+            Backend::Remote(remotes) => super::media_relay_pool::run(remotes, self.rx, driver).await,
         }
         tracing::debug!("sfu task stopped");
     }

@@ -159,6 +159,15 @@ fn event_to_input(event: pb::RelayEvent) -> Option<Input> {
     result.map_err(|e| tracing::warn!(error = %e, "the SFU sent an unusable event")).ok()
 }
 
+/// What a relay stream reports of itself (to the placement of several SFUs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkState {
+    /// The stream is open: work sent now reaches the SFU.
+    Attached,
+    /// The stream broke: work sent now is dropped until it attaches again.
+    Lost,
+}
+
 /// How a relay stream ended.
 enum Ended {
     /// The stream broke; attach again.
@@ -167,11 +176,13 @@ enum Ended {
     Stop,
 }
 
-/// Runs until the driver is gone.
+/// Runs until the driver is gone (or `rx` closes), telling `on_state` when the stream attaches
+/// and when it is lost.
 pub(crate) async fn run(
     remote: RemoteSfu,
     mut rx: mpsc::UnboundedReceiver<SfuCommand>,
     driver: DriverHandle,
+    on_state: impl Fn(LinkState),
 ) {
     let mut tracked = Tracked::default();
     let mut backoff = MIN_BACKOFF;
@@ -179,6 +190,7 @@ pub(crate) async fn run(
         match attach(&remote).await {
             Ok(attached) => {
                 tracing::info!(url = %remote.url, "attached to the SFU");
+                on_state(LinkState::Attached);
                 backoff = MIN_BACKOFF;
                 for p in std::mem::take(&mut tracked.0) {
                     let input = Input::SfuConnection {
@@ -193,7 +205,10 @@ pub(crate) async fn run(
                 }
                 match relay(attached, &mut rx, &driver, &mut tracked).await {
                     Ended::Stop => return,
-                    Ended::Broken => tracing::warn!(url = %remote.url, "lost the SFU; attaching again"),
+                    Ended::Broken => {
+                        tracing::warn!(url = %remote.url, "lost the SFU; attaching again");
+                        on_state(LinkState::Lost);
+                    }
                 }
             }
             Err(AttachError::Refused(reason)) => {

@@ -31,6 +31,7 @@ mod driver;
 mod fd_limit;
 mod grpc;
 mod media_relay;
+mod media_relay_pool;
 mod media_relay_remote;
 mod metrics;
 mod outbound;
@@ -335,9 +336,11 @@ impl ServerBuilder {
     }
 
     /// Drives the SFU process (`callplus sfu`) `remote` names instead of running the SFU in
-    /// this server (`serve --sfu-url`).
+    /// this server (`serve --sfu-url`). Called again, adds another: each call's media is then
+    /// placed on one of them, and moves to another when its SFU is lost. They all share one
+    /// media secret.
     pub fn remote_sfu(mut self, remote: crate::relay::RemoteSfu) -> Self {
-        self.options.remote_sfu = Some(remote);
+        self.options.remote_sfus.push(remote);
         self
     }
 
@@ -473,7 +476,7 @@ impl ServerBuilder {
                 bind_addrs: options.media_listen.clone(),
                 mesh_max: options.mesh_max,
                 token_ttl: options.media_token_ttl,
-                remote: options.remote_sfu.clone(),
+                remote: options.remote_sfus.clone(),
             })
         });
         let sfu_task = sfu.map(|(router, commands, task)| {

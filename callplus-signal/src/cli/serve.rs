@@ -136,15 +136,17 @@ pub struct ServeArgs {
     pub media_listen: String,
     /// Drive the SFU process (`callplus sfu`) at this URL (`http://host:port`, or
     /// `https://host:port` with `--sfu-ca`) instead of running the SFU in this server; with
-    /// `--media-secret-file`.
+    /// `--media-secret-file`. Several, comma-separated: each call's media is placed on one of
+    /// them (the least loaded) and moves to another when its SFU is lost.
     #[arg(
         long,
         env = "CALLPLUS_SFU_URL",
         value_name = "URL",
+        value_delimiter = ',',
         requires = "media_secret_file",
         conflicts_with = "no_sfu"
     )]
-    pub sfu_url: Option<String>,
+    pub sfu_url: Vec<String>,
     /// File of the media secret shared with the SFU process (the one `callplus sfu` created).
     #[arg(long, env = "CALLPLUS_MEDIA_SECRET_FILE", value_name = "FILE", requires = "sfu_url")]
     pub media_secret_file: Option<PathBuf>,
@@ -245,30 +247,50 @@ impl ServeArgs {
 }
 
 impl ServeArgs {
-    /// `--sfu-url` with its secret, read from `--media-secret-file`.
+    /// The SFU processes of `--sfu-url`, with the secret read from `--media-secret-file` and,
+    /// for `https://` ones, the certificates of `--sfu-ca`; empty for the SFU in this server.
     ///
     /// # Errors
-    /// The URL is neither `http://` nor `https://` (the latter with `--sfu-ca`), or the secret
-    /// or CA file cannot be read.
-    pub fn remote_sfu(&self) -> anyhow::Result<Option<crate::relay::RemoteSfu>> {
-        let (Some(url), Some(file)) = (&self.sfu_url, &self.media_secret_file) else {
-            return Ok(None);
+    /// A URL is neither `http://` nor `https://`, an `https://` one has no `--sfu-ca` (or
+    /// `--sfu-ca` is given with no `https://` one), a URL is listed twice, or the secret or CA
+    /// file cannot be read.
+    pub fn remote_sfus(&self) -> anyhow::Result<Vec<crate::relay::RemoteSfu>> {
+        let Some(file) = &self.media_secret_file else {
+            return Ok(Vec::new());
         };
-        tonic::transport::Endpoint::from_shared(url.clone())
-            .with_context(|| format!("--sfu-url {url} is not a URL"))?;
-        let tls_ca_pem = match (url.split_once("://").map(|(scheme, _)| scheme), &self.sfu_ca) {
-            (Some("http"), None) => None,
-            (Some("http"), Some(_)) => anyhow::bail!("--sfu-ca goes with an https:// --sfu-url, not {url}"),
-            (Some("https"), Some(ca)) => {
+        let mut https = false;
+        for (i, url) in self.sfu_url.iter().enumerate() {
+            tonic::transport::Endpoint::from_shared(url.clone())
+                .with_context(|| format!("--sfu-url {url} is not a URL"))?;
+            match url.split_once("://").map(|(scheme, _)| scheme) {
+                Some("http") => {}
+                Some("https") => https = true,
+                _ => anyhow::bail!("--sfu-url {url}: expected http://HOST:PORT or https://HOST:PORT"),
+            }
+            if self.sfu_url[..i].contains(url) {
+                anyhow::bail!("--sfu-url {url} is listed twice");
+            }
+        }
+        let tls_ca_pem = match (https, &self.sfu_ca) {
+            (false, None) => None,
+            (false, Some(_)) => anyhow::bail!("--sfu-ca goes with an https:// --sfu-url"),
+            (true, Some(ca)) => {
                 Some(std::fs::read(ca).with_context(|| format!("cannot read --sfu-ca {}", ca.display()))?)
             }
-            (Some("https"), None) => {
-                anyhow::bail!("--sfu-url {url} needs --sfu-ca: the certificates that vouch for the SFU")
+            (true, None) => {
+                anyhow::bail!("an https:// --sfu-url needs --sfu-ca: the certificates that vouch for the SFU")
             }
-            _ => anyhow::bail!("--sfu-url {url}: expected http://HOST:PORT or https://HOST:PORT"),
         };
         let secret = crate::relay::MediaSecret::read(file)?;
-        Ok(Some(crate::relay::RemoteSfu { url: url.clone(), secret, tls_ca_pem }))
+        Ok(self
+            .sfu_url
+            .iter()
+            .map(|url| crate::relay::RemoteSfu {
+                url: url.clone(),
+                secret: secret.clone(),
+                tls_ca_pem: if url.starts_with("https://") { tls_ca_pem.clone() } else { None },
+            })
+            .collect())
     }
 }
 
@@ -297,7 +319,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         sfu: !args.no_sfu,
         media_listen: vec![args.media_listen.clone()],
         mesh_max: args.mesh_max,
-        remote_sfu: args.remote_sfu()?,
+        remote_sfus: args.remote_sfus()?,
         ..ServerOptions::default()
     };
     let mut builder = Server::builder().listen(&args.listen).config(config).options(options);
@@ -338,7 +360,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         println!("  data directory:   {data_dir}");
     }
-    if let Some(url) = &args.sfu_url {
+    for url in &args.sfu_url {
         println!("  SFU:              {url} (callplus sfu)");
     }
     if let Some(cluster) = &cluster {
@@ -419,34 +441,48 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("media.secret");
         let path = file.to_str().unwrap();
-        assert!(serve(&[]).unwrap().args.remote_sfu().unwrap().is_none(), "in-process SFU by default");
+        assert!(serve(&[]).unwrap().args.remote_sfus().unwrap().is_empty(), "in-process SFU by default");
         assert!(serve(&["--sfu-url", "http://127.0.0.1:7702"]).is_err(), "--sfu-url needs the secret");
         assert!(serve(&["--media-secret-file", path]).is_err(), "the secret needs --sfu-url");
         let with_no_sfu = ["--sfu-url", "http://127.0.0.1:7702", "--media-secret-file", path, "--no-sfu"];
         assert!(serve(&with_no_sfu).is_err(), "--sfu-url and --no-sfu contradict");
         let args = serve(&["--sfu-url", "http://127.0.0.1:7702", "--media-secret-file", path]).unwrap().args;
-        assert!(args.remote_sfu().is_err(), "a missing secret file");
+        assert!(args.remote_sfus().is_err(), "a missing secret file");
         let (secret, _) = crate::relay::MediaSecret::read_or_create(&file).unwrap();
-        let remote = args.remote_sfu().unwrap().expect("configured");
+        let remotes = args.remote_sfus().unwrap();
+        let [remote] = remotes.as_slice() else { panic!("one SFU: {remotes:?}") };
         assert_eq!(remote.url, "http://127.0.0.1:7702");
         assert_eq!(remote.secret.token_key(), secret.token_key());
         assert_eq!(remote.tls_ca_pem, None, "plaintext");
         let not_http = serve(&["--sfu-url", "127.0.0.1:7702", "--media-secret-file", path]).unwrap().args;
-        assert!(not_http.remote_sfu().is_err());
+        assert!(not_http.remote_sfus().is_err());
 
         // https:// needs the certificates that vouch for the SFU, and only https:// takes them.
         let https = ["--sfu-url", "https://127.0.0.1:7702", "--media-secret-file", path];
-        assert!(serve(&https).unwrap().args.remote_sfu().is_err(), "https without --sfu-ca");
+        assert!(serve(&https).unwrap().args.remote_sfus().is_err(), "https without --sfu-ca");
         let ca = dir.path().join("ca.pem");
         let ca_path = ca.to_str().unwrap();
         let with_ca: Vec<&str> = https.iter().copied().chain(["--sfu-ca", ca_path]).collect();
-        assert!(serve(&with_ca).unwrap().args.remote_sfu().is_err(), "an unreadable CA file");
+        assert!(serve(&with_ca).unwrap().args.remote_sfus().is_err(), "an unreadable CA file");
         std::fs::write(&ca, b"-----BEGIN CERTIFICATE-----").unwrap();
-        let remote = serve(&with_ca).unwrap().args.remote_sfu().unwrap().expect("configured");
-        assert_eq!(remote.tls_ca_pem.as_deref(), Some(&b"-----BEGIN CERTIFICATE-----"[..]));
+        let remotes = serve(&with_ca).unwrap().args.remote_sfus().unwrap();
+        assert_eq!(remotes[0].tls_ca_pem.as_deref(), Some(&b"-----BEGIN CERTIFICATE-----"[..]));
         let http_with_ca =
             ["--sfu-url", "http://127.0.0.1:7702", "--media-secret-file", path, "--sfu-ca", ca_path];
-        assert!(serve(&http_with_ca).unwrap().args.remote_sfu().is_err(), "--sfu-ca on plaintext");
+        assert!(serve(&http_with_ca).unwrap().args.remote_sfus().is_err(), "--sfu-ca on plaintext");
         assert!(serve(&["--sfu-ca", ca_path]).is_err(), "--sfu-ca needs --sfu-url");
+
+        // Several SFUs, comma-separated: each its own URL, one secret, the CA for https ones.
+        let list = "http://127.0.0.1:7702,https://127.0.0.1:7703";
+        let both =
+            serve(&["--sfu-url", list, "--media-secret-file", path, "--sfu-ca", ca_path]).unwrap().args;
+        let remotes = both.remote_sfus().unwrap();
+        let urls: Vec<&str> = remotes.iter().map(|r| r.url.as_str()).collect();
+        assert_eq!(urls, ["http://127.0.0.1:7702", "https://127.0.0.1:7703"]);
+        assert!(remotes[0].tls_ca_pem.is_none() && remotes[1].tls_ca_pem.is_some());
+        let twice = "http://127.0.0.1:7702,http://127.0.0.1:7702";
+        assert!(
+            serve(&["--sfu-url", twice, "--media-secret-file", path]).unwrap().args.remote_sfus().is_err()
+        );
     }
 }
