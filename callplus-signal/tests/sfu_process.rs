@@ -9,24 +9,17 @@ mod support;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use callplus_media::inspect::{IvfFile, decode_ogg_opus, dominant_frequency, read_ivf};
-use callplus_media::{ChannelSink, MediaEvent, MediaKind, MediaSink, RemoteFrame, TeeSink, VideoConfig};
-use callplus_session::{CallId, CallType, DeviceId, MediaType};
-use callplus_signal::client::{
-    Client, ClientOptions, Event, EventStream, MediaEventStream, MediaOptions, record_sink,
+use callplus_media::inspect::{IvfFile, read_ivf};
+use callplus_media::{MediaEvent, MediaKind};
+use callplus_session::{CallType, MediaType};
+use support::media::{
+    MediaParty, Server, WAIT, assert_tone, ended, first_frame, frames, received, sink_closed,
 };
 use support::process::{self, Banner};
 use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::time::{Instant, timeout, timeout_at};
-
-/// Upper bound for a signalling wait.
-const WAIT: Duration = Duration::from_secs(15);
-/// Generous: two cores shared with other builds, several peer connections and VP8 encoders.
-const MEDIA_WAIT: Duration = Duration::from_secs(40);
 
 /// A running `callplus` process: its banner (stdout up to `Stop with Ctrl-C`) and its log lines.
 struct Proc {
@@ -133,114 +126,6 @@ fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-/// Frame receivers by (remote user, kind), filled by the sink factory.
-type Receivers = Arc<Mutex<HashMap<(String, MediaKind), UnboundedReceiver<RemoteFrame>>>>;
-
-/// A user whose client sends a tone and a test pattern and records every remote user.
-struct MediaParty {
-    name: String,
-    client: Client,
-    events: EventStream,
-    media: MediaEventStream,
-    backlog: Vec<MediaEvent>,
-    frames: Receivers,
-    dir: PathBuf,
-}
-
-impl MediaParty {
-    async fn connect(serve: &Proc, name: &str, tone: f64, size: (u32, u32), root: &Path) -> MediaParty {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let frames: Receivers = Arc::default();
-        let (sink_dir, sink_frames) = (dir.clone(), Arc::clone(&frames));
-        let video = VideoConfig { width: size.0, height: size.1, fps: 15, ..VideoConfig::default() };
-        let media = MediaOptions::loopback().with_tone(tone).with_test_pattern(video).with_sinks(
-            move |user, kind| {
-                let (channel, rx) = ChannelSink::new();
-                sink_frames.lock().unwrap().insert((user.to_string(), kind), rx);
-                let file = record_sink(&sink_dir, user, kind).expect("the recording is created");
-                Some(Box::new(TeeSink::new(vec![file, Box::new(channel)])) as Box<dyn MediaSink>)
-            },
-        );
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        let token = callplus_signal::token::mint(
-            &serve.value("app key:"),
-            &serve.value("app secret:"),
-            name,
-            now,
-            3600,
-        )
-        .unwrap();
-        let options = ClientOptions {
-            reconnect_backoff_min: Duration::from_millis(20),
-            ..ClientOptions::default().with_device_id(DeviceId::new(&format!("{name}-phone")).unwrap())
-        }
-        .with_media(media);
-        let (client, events) =
-            Client::connect(&serve.value("gRPC (devices):"), &token, options).await.unwrap();
-        let media = client.media_events().expect("the client has media");
-        MediaParty { name: name.to_owned(), client, events, media, backlog: Vec::new(), frames, dir }
-    }
-
-    async fn expect(&mut self, what: &str, pred: impl Fn(&Event) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match timeout_at(deadline, self.events.next()).await {
-                Ok(Some(event)) if pred(&event) => return,
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("{}: events ended waiting for {what}", self.name),
-                Err(_) => panic!("{}: timed out waiting for {what}", self.name),
-            }
-        }
-    }
-
-    async fn expect_media(&mut self, what: &str, pred: impl Fn(&MediaEvent) -> bool) -> MediaEvent {
-        if let Some(i) = self.backlog.iter().position(&pred) {
-            return self.backlog.remove(i);
-        }
-        let deadline = Instant::now() + MEDIA_WAIT;
-        loop {
-            match timeout_at(deadline, self.media.next()).await {
-                Ok(Some(event)) if pred(&event) => return event,
-                Ok(Some(event)) => self.backlog.push(event),
-                Ok(None) => panic!("{}: media events ended waiting for {what}", self.name),
-                Err(_) => {
-                    panic!("{}: timed out waiting for {what}; media events: {:#?}", self.name, self.backlog)
-                }
-            }
-        }
-    }
-
-    /// The frames of `from`'s `kind` arriving here, once the client made a sink for them.
-    async fn frames_from(&self, from: &str, kind: MediaKind) -> UnboundedReceiver<RemoteFrame> {
-        let key = (from.to_owned(), kind);
-        let deadline = Instant::now() + MEDIA_WAIT;
-        loop {
-            if let Some(rx) = self.frames.lock().unwrap().remove(&key) {
-                return rx;
-            }
-            assert!(Instant::now() < deadline, "{}: no {kind:?} sink for {from}", self.name);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn recording(&self, from: &str, ext: &str) -> PathBuf {
-        self.dir.join(format!("{from}.{ext}"))
-    }
-}
-
-fn received(call: &CallId) -> impl Fn(&Event) -> bool + '_ {
-    move |e| matches!(e, Event::ReceivedCall { session, .. } if session.call_id() == call)
-}
-
-fn ended(call: &CallId) -> impl Fn(&Event) -> bool + '_ {
-    move |e| matches!(e, Event::CallEnded { session, .. } if session.call_id() == call)
-}
-
-fn first_frame(from: &str, kind: MediaKind) -> impl Fn(&MediaEvent) -> bool + '_ {
-    move |e| matches!(e, MediaEvent::FirstFrame { user, kind: k, .. } if user.as_str() == from && *k == kind)
-}
-
 /// A status report showing exactly one connection, the SFU's.
 fn only_the_sfu(e: &MediaEvent) -> bool {
     matches!(e, MediaEvent::Stats(s) if s.per_peer.len() == 1
@@ -248,28 +133,14 @@ fn only_the_sfu(e: &MediaEvent) -> bool {
         && s.per_peer[0].device.as_str() == callplus_signal::server::SFU_DEVICE)
 }
 
-async fn frames(rx: &mut UnboundedReceiver<RemoteFrame>, n: usize, what: &str) {
-    timeout(MEDIA_WAIT, async {
-        for _ in 0..n {
-            rx.recv().await.unwrap_or_else(|| panic!("sink dropped while waiting for {what}"));
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {n} frames of {what}"));
-}
-
-/// Waits until the client dropped the sink: the recording behind it is complete.
-async fn sink_closed(rx: &mut UnboundedReceiver<RemoteFrame>, what: &str) {
-    timeout(MEDIA_WAIT, async { while rx.recv().await.is_some() {} })
-        .await
-        .unwrap_or_else(|_| panic!("{what}: the sink was not dropped"));
-}
-
-fn assert_tone(path: &Path, freq: f64) {
-    let pcm = decode_ogg_opus(path).expect("the recording decodes");
-    assert!(pcm.len() >= 24_000, "{} holds only {} samples", path.display(), pcm.len());
-    let found = dominant_frequency(&pcm[pcm.len() - 12_000..]);
-    assert!((found - freq).abs() <= 10.0, "{}: dominant {found} Hz, sent {freq} Hz", path.display());
+/// A media party on `serve`, whose banner names its address and app.
+async fn party(serve: &Proc, name: &str, tone: f64, size: (u32, u32), root: &Path) -> MediaParty {
+    let server = Server {
+        url: serve.value("gRPC (devices):"),
+        app_key: serve.value("app key:"),
+        app_secret: serve.value("app secret:"),
+    };
+    MediaParty::connect(&server, name, tone, size, root).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,7 +158,7 @@ async fn a_group_call_goes_through_a_separate_sfu_process_and_survives_its_resta
     let sizes = [(320, 240), (160, 120), (240, 176)];
     let mut p = Vec::new();
     for ((name, tone), size) in names.iter().zip(tones).zip(sizes) {
-        p.push(MediaParty::connect(&serve, name, tone, size, tmp.path()).await);
+        p.push(party(&serve, name, tone, size, tmp.path()).await);
     }
     let started = p[0]
         .client
@@ -437,7 +308,7 @@ async fn the_relay_link_runs_over_tls_and_a_server_that_does_not_trust_the_sfu_s
     sfu.log_line("signalling server attached").await;
     let mut p = Vec::new();
     for (name, tone) in [("alice", 440.0), ("bob", 660.0)] {
-        p.push(MediaParty::connect(&serve, name, tone, (160, 120), tmp.path()).await);
+        p.push(party(&serve, name, tone, (160, 120), tmp.path()).await);
     }
     let started = p[0]
         .client
@@ -469,7 +340,7 @@ async fn calls_are_spread_over_several_sfus_and_a_lost_sfus_call_moves_to_anothe
     let names = ["alice", "bob", "carol", "dave"];
     let mut p = Vec::new();
     for (name, tone) in names.iter().zip([440.0, 660.0, 880.0, 550.0]) {
-        p.push(MediaParty::connect(&serve, name, tone, (160, 120), tmp.path()).await);
+        p.push(party(&serve, name, tone, (160, 120), tmp.path()).await);
     }
     // Two calls, one per SFU: the first on the first listed, the second on the less loaded.
     let mut calls = Vec::new();

@@ -2,6 +2,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cluster;
+#[cfg(feature = "media")]
+pub mod media;
 pub mod postgres;
 pub mod process;
 pub mod redis;
