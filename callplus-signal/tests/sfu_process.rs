@@ -14,7 +14,7 @@ use callplus_media::inspect::{IvfFile, read_ivf};
 use callplus_media::{MediaEvent, MediaKind};
 use callplus_session::{CallType, MediaType};
 use support::media::{
-    MediaParty, Server, WAIT, assert_tone, ended, first_frame, frames, received, sink_closed,
+    MEDIA_WAIT, MediaParty, Server, WAIT, assert_tone, ended, first_frame, frames, received, sink_closed,
 };
 use support::process::{self, Banner};
 use tokio::io::AsyncBufReadExt as _;
@@ -62,9 +62,10 @@ impl Proc {
         }
     }
 
-    /// Waits for a log line containing every one of `needles`.
+    /// Waits for a log line containing every one of `needles`; as long as a media wait, since
+    /// the lines awaited follow media connections.
     async fn log_line_with(&mut self, needles: &[&str]) -> String {
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + MEDIA_WAIT;
         loop {
             match timeout_at(deadline, self.log.recv()).await {
                 Ok(Some(line)) if needles.iter().all(|n| line.contains(n)) => return line,
