@@ -21,7 +21,8 @@
 //! - **Removal.** A participant whose SFU connection does not come back
 //!   ([`Switchboard::sfu_participant_connected`]) within
 //!   [`SwitchboardConfig::media_recovery_ms`](super::SwitchboardConfig::media_recovery_ms)
-//!   (default [`MEDIA_RECOVERY_MS`](super::MEDIA_RECOVERY_MS)) of the failure leaves the call with NETWORK_ERROR, so the others see it go rather than a frozen tile.
+//!   (default [`MEDIA_RECOVERY_MS`](super::MEDIA_RECOVERY_MS)) of the failure leaves the call
+//!   with NETWORK_ERROR, so the others see it go rather than a frozen tile.
 //! - **Camera and microphone.** A participant's camera or microphone switched off or on
 //!   becomes [`Output::SfuPause`]: the SFU stops (or resumes) forwarding that stream.
 
@@ -175,8 +176,8 @@ impl Switchboard {
     /// The SFU reports that a participant device's connection failed. The failed connection is
     /// closed at the SFU and the device gets a fresh route (a new token): its engine restarts
     /// the call's media. If it has not connected again
-    /// [`SwitchboardConfig::media_recovery_ms`](super::SwitchboardConfig::media_recovery_ms) after the first
-    /// failure, it leaves the call with NETWORK_ERROR. Reports about devices that are not (or
+    /// [`SwitchboardConfig::media_recovery_ms`](super::SwitchboardConfig::media_recovery_ms)
+    /// after the first failure, it leaves the call with NETWORK_ERROR. Reports about devices that are not (or
     /// no longer) in the call on that device are ignored.
     pub fn sfu_participant_failed(
         &mut self,
