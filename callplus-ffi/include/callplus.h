@@ -818,6 +818,14 @@ typedef struct callplus_client_options {
      * the endpoint's host (an endpoint given as an IP address), or NULL.
      */
     const char *tls_domain;
+    /**
+     * Through the SFU (group calls), send video in one layer only, as in a peer-to-peer call,
+     * instead of two simulcast layers (full and tiny, the default): every viewer gets the full
+     * picture, also one that chose this user's tiny video, and the device runs one video
+     * encoder instead of two (a weak device, or an app that never shows small views). Needs
+     * `enable_media`.
+     */
+    bool no_simulcast;
 } callplus_client_options;
 
 /**

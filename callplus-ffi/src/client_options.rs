@@ -57,6 +57,12 @@ pub struct callplus_client_options {
     /// For an `https://` endpoint: the name the server's certificate must carry when it is not
     /// the endpoint's host (an endpoint given as an IP address), or NULL.
     pub tls_domain: *const c_char,
+    /// Through the SFU (group calls), send video in one layer only, as in a peer-to-peer call,
+    /// instead of two simulcast layers (full and tiny, the default): every viewer gets the full
+    /// picture, also one that chose this user's tiny video, and the device runs one video
+    /// encoder instead of two (a weak device, or an app that never shows small views). Needs
+    /// `enable_media`.
+    pub no_simulcast: bool,
 }
 
 /// Where this client's microphone or camera media comes from.
@@ -81,6 +87,8 @@ pub(crate) struct MediaSettings {
     pub(crate) tone_hz: u32,
     /// The camera.
     pub(crate) camera: SourceChoice,
+    /// Whether video to the SFU goes in two simulcast layers (`WebRtcConfig::simulcast`).
+    pub(crate) simulcast: bool,
 }
 
 /// The client settings of a C options struct.
@@ -131,8 +139,12 @@ pub(crate) unsafe fn client_options_arg(
     if let Some(domain) = domain {
         tls = tls.with_domain(domain.to_owned());
     }
-    let any_media_field =
-        bind.is_some() || o.tone_hz != 0 || o.test_pattern || o.app_microphone || o.app_camera;
+    let any_media_field = bind.is_some()
+        || o.tone_hz != 0
+        || o.test_pattern
+        || o.app_microphone
+        || o.app_camera
+        || o.no_simulcast;
     if !o.enable_media {
         return if any_media_field {
             Err(callplus_result::ParamError)
@@ -156,7 +168,8 @@ pub(crate) unsafe fn client_options_arg(
         None => "0.0.0.0:0".to_owned(),
         Some(text) => bind_addr_arg(text)?,
     };
-    let media = MediaSettings { bind_addr, microphone, tone_hz: o.tone_hz, camera };
+    let media =
+        MediaSettings { bind_addr, microphone, tone_hz: o.tone_hz, camera, simulcast: !o.no_simulcast };
     Ok(ConnectSettings { device_id, media: Some(media), tls })
 }
 
@@ -186,6 +199,7 @@ mod tests {
             app_camera: false,
             tls_ca_pem: null(),
             tls_domain: null(),
+            no_simulcast: false,
         }
     }
 
@@ -205,6 +219,9 @@ mod tests {
         let got = unsafe { client_options_arg(&media()) }.unwrap().media.unwrap();
         assert_eq!(got.bind_addr, "0.0.0.0:0");
         assert_eq!((got.microphone, got.camera), (SourceChoice::None, SourceChoice::None));
+        assert!(got.simulcast, "two layers unless turned off");
+        let one_layer = callplus_client_options { no_simulcast: true, ..media() };
+        assert!(!unsafe { client_options_arg(&one_layer) }.unwrap().media.unwrap().simulcast);
 
         let o = callplus_client_options {
             device_id: c"phone-1".as_ptr(),
@@ -261,6 +278,10 @@ mod tests {
         );
         let bind = callplus_client_options { media_bind_address: c"127.0.0.1".as_ptr(), ..zeroed() };
         assert_eq!(refused(bind), callplus_result::ParamError);
+        assert_eq!(
+            refused(callplus_client_options { no_simulcast: true, ..zeroed() }),
+            callplus_result::ParamError
+        );
         // Two sources for one device.
         let both = callplus_client_options { tone_hz: 440, app_microphone: true, ..media() };
         assert_eq!(refused(both), callplus_result::ParamError);

@@ -43,7 +43,11 @@ impl ClientMedia {
     /// The C side of the media and the client's media options for `settings`. Keyframe requests
     /// of the app's camera become events of `events`.
     pub(crate) fn new(settings: &MediaSettings, events: &Arc<Events>) -> (Self, MediaOptions) {
-        let webrtc = WebRtcConfig { bind_addrs: vec![settings.bind_addr.clone()], ..WebRtcConfig::default() };
+        let webrtc = WebRtcConfig {
+            bind_addrs: vec![settings.bind_addr.clone()],
+            simulcast: settings.simulcast,
+            ..WebRtcConfig::default()
+        };
         let mut options = MediaOptions::new(webrtc);
         let mut media = ClientMedia { microphone: None, camera: None, sink: Arc::default() };
         match settings.microphone {

@@ -686,6 +686,7 @@ fn media_functions_refuse_bad_input_with_codes() {
                 media_bind_address: c"nowhere".as_ptr(),
                 ..zeroed()
             },
+            callplus_client_options { no_simulcast: true, ..zeroed() },
         ] {
             let r = callplus_client_connect_with_options(endpoint.as_ptr(), token.as_ptr(), &bad, &mut out);
             assert_eq!(r, R::ParamError, "{bad:?}");
@@ -697,6 +698,85 @@ fn media_functions_refuse_bad_input_with_codes() {
         assert_eq!(out, std::ptr::dangling_mut());
     }
     bob.free();
+}
+
+/// `no_simulcast`: through the SFU, a client connected with it sends its video in one layer.
+/// Bob views both alice (connected with `no_simulcast`) and carol (the default, two layers)
+/// tiny: carol's video switches to her tiny layer (half the width and height), alice's stays
+/// full, frames after the switch included.
+#[test]
+fn a_client_without_simulcast_is_seen_full_through_the_sfu() {
+    let server = TestServer::start();
+    let [alice_seen, bob_seen, carol_seen] = [(); 3].map(|()| Arc::new(Seen::default()));
+    let camera = callplus_client_options { enable_media: true, test_pattern: true, ..zeroed() };
+    let alice = server.media_client(
+        "alice",
+        callplus_client_options { tone_hz: 440, no_simulcast: true, ..camera },
+        &alice_seen,
+    );
+    let bob = server.media_client(
+        "bob",
+        callplus_client_options { enable_media: true, tone_hz: 660, ..zeroed() },
+        &bob_seen,
+    );
+    let carol = server.media_client("carol", callplus_client_options { tone_hz: 880, ..camera }, &carol_seen);
+    use callplus_event_type as K;
+    use callplus_media_kind::Video;
+    use callplus_result as R;
+    let full = (320, 240);
+    // The sizes of the key frames of `user` at bob, from the `from`th frame on.
+    let key_sizes = |all: &HashMap<(String, callplus_media_kind), Vec<Frame>>, user: &str, from: usize| {
+        all.get(&(user.to_owned(), Video))
+            .map(|frames| {
+                frames[from.min(frames.len())..]
+                    .iter()
+                    .filter(|f| f.keyframe)
+                    .map(|f| {
+                        callplus_media::vp8::keyframe_dimensions(&f.data).expect("a key frame has a size")
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    unsafe {
+        let (a, b, c) = (alice.get(), bob.get(), carol.get());
+        let mut call_id = null_mut();
+        let callees = [c"bob".as_ptr(), c"carol".as_ptr()];
+        // MULTI, AUDIO_VIDEO: through the server's SFU.
+        assert_eq!(callplus_client_start_call(a, callees.as_ptr(), 2, 2, 2, null(), &mut call_id), R::Ok);
+        let call = text(callplus_string_data(call_id)).unwrap();
+        callplus_string_free(call_id);
+        let call_c = CString::new(call.clone()).unwrap();
+        let on_call = |e: &Ev| e.call_id.as_deref() == Some(call.as_str());
+        for (client, seen) in [(b, &bob_seen), (c, &carol_seen)] {
+            seen.expect("the invitation", |e| e.kind == K::ReceivedCall && on_call(e));
+            assert_eq!(callplus_client_accept(client, call_c.as_ptr()), R::Ok);
+        }
+        // Both full at first.
+        for user in ["alice", "carol"] {
+            bob_seen.frames_until(&format!("a full key frame of {user} at bob"), |all| {
+                key_sizes(all, user, 0).contains(&full).then_some(())
+            });
+        }
+        let (alice_from, carol_from) = (bob_seen.count("alice", Video), bob_seen.count("carol", Video));
+        assert_eq!(callplus_client_set_video_tiny(b, c"alice".as_ptr(), true), R::Ok);
+        assert_eq!(callplus_client_set_video_tiny(b, c"carol".as_ptr(), true), R::Ok);
+        bob_seen.frames_until("carol's tiny layer at bob", |all| {
+            key_sizes(all, "carol", carol_from).contains(&(160, 120)).then_some(())
+        });
+        // Alice's video goes on at bob, in the one layer she sends, a second after carol's
+        // switch (a tiny layer of hers would have reached him with carol's).
+        let n = bob_seen.count("alice", Video);
+        bob_seen.frames("alice", Video, n + 15);
+        let alice_keys = key_sizes(&lock(&bob_seen.frames), "alice", 0);
+        assert!(alice_keys.iter().all(|&size| size == full), "alice's key frames at bob: {alice_keys:?}");
+        assert!(bob_seen.count("alice", Video) > alice_from);
+        assert_eq!(callplus_client_hangup(a, null()), R::Ok);
+        alice_seen.expect("the call ends for alice", |e| e.kind == K::CallEnded && on_call(e));
+    }
+    alice.free();
+    bob.free();
+    carol.free();
 }
 
 #[test]

@@ -618,7 +618,7 @@ fn a_device_whose_sfu_connection_failed_gets_a_fresh_route_and_reconnects() {
     // The SFU sees bob connect again: he stays, well past the recovery bound.
     let now = sim.now;
     sim.switchboard.sfu_participant_connected(now, &call, &user("bob"), &device("b1"));
-    sim.run_for(MEDIA_RECOVERY_MS + 5_000);
+    sim.run_for(i64::from(MEDIA_RECOVERY_MS) + 5_000);
     for &i in &[alice, bob, carol] {
         assert!(sim.ended(i, &call).is_none(), "{}: still in the call", sim.devices[i].name);
     }
@@ -634,14 +634,14 @@ fn a_participant_whose_sfu_connection_does_not_come_back_is_removed() {
     let failed_at = sim.now;
     sim.switchboard.sfu_participant_failed(failed_at, &call, &user("bob"), &device("b1"));
     // A second report (the reconnection failed too) does not move the deadline.
-    sim.run_for(MEDIA_RECOVERY_MS / 2);
+    sim.run_for(i64::from(MEDIA_RECOVERY_MS) / 2);
     let now = sim.now;
     sim.switchboard.sfu_participant_failed(now, &call, &user("bob"), &device("b1"));
-    sim.run_for(MEDIA_RECOVERY_MS / 2 - 1_000);
+    sim.run_for(i64::from(MEDIA_RECOVERY_MS) / 2 - 1_000);
     assert!(sim.ended(bob, &call).is_none(), "within the bound bob is still in");
 
     sim.run_until(3_000, "bob removed", |s| s.ended(bob, &call).is_some());
-    assert!(sim.now - failed_at <= MEDIA_RECOVERY_MS + 1_000, "removed at the bound, not later");
+    assert!(sim.now - failed_at <= i64::from(MEDIA_RECOVERY_MS) + 1_000, "removed at the bound, not later");
     assert_eq!(sim.ended(bob, &call), Some(EndReason::NetworkError));
     for &i in &[alice, carol] {
         let left = sim.events(i).into_iter().any(|e| {

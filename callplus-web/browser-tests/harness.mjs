@@ -72,6 +72,7 @@ export async function signIn(context, url, user, token, serverUrl, options = {})
       return window.videos[userId];
     };
     window.levels = [];
+    window.speakers = [];
     window.reports = [];
     client.setStatusReportListener({
       onSendPacketLoss: (rate, delay) => window.reports.push({ send: { rate, delay } }),
@@ -80,6 +81,7 @@ export async function signIn(context, url, user, token, serverUrl, options = {})
     client.setCallPlusEventListener({
       onEvent: (e) => window.events.push(e),
       onUserAudioLevelChanged: (userId, level) => window.levels.push({ userId, level }),
+      onActiveSpeakerChanged: (callId, userId) => window.speakers.push({ callId, userId }),
       onReceivedChangeMediaTypeRequest: (userId, transactionId, mediaType) => {
         window.changeRequests = (window.changeRequests || []).concat([{ userId, transactionId, mediaType }]);
       },

@@ -200,8 +200,17 @@ export interface CallPlusEventListener {
   /** A user's media can be played (`playMedia`); `mediaType` AUDIO for sound, AUDIO_VIDEO for video. */
   onUserMediaAvailable?(userId: string, mediaType: MediaTypeName): void;
   onFetchRemoteMediaError?(userId: string | null, message: string): void;
-  /** A remote user's audio level, 0-100, once a second during a call. */
+  /**
+   * A user's audio level, 0-100. Peer to peer: each remote user's, once a second. Through the
+   * SFU (group calls): every participant's that publishes audio, this user's own too, as the
+   * SFU measures it, when it changes (at most five times a second).
+   */
   onUserAudioLevelChanged?(userId: string, audioLevel: number): void;
+  /**
+   * Through the SFU: the call's active speaker changed (the loudest participant for a moment;
+   * it stays through silence). `null` until someone has spoken, or once the speaker left.
+   */
+  onActiveSpeakerChanged?(callId: string, userId: string | null): void;
   onConnectionStateChanged?(state: ConnectionStateName, reason?: EndReasonName): void;
   onConnectionRejected?(error: Failure): void;
   /** Every engine event, raw, before the callback it maps to. */
@@ -289,6 +298,8 @@ export declare class CallPlusClient {
   muteAllRemoteAudio(mute: boolean): Result;
   getMediaStats(): Promise<Record<string, ReceivedMediaStats>>;
   getRemoteMediaStream(userId: string): MediaStream | null;
+  /** Through the SFU, the current call's active speaker; null before anyone spoke, peer to peer, or outside a call. */
+  getActiveSpeaker(): string | null;
 
   /** `order`: 0 ascending after `syncTime`, 1 descending before it. */
   getCallRecords(syncTime?: number, count?: number, order?: 0 | 1): Promise<Result<{ result: { list: CallRecord[]; hasMore: boolean; syncTime: number } }>>;

@@ -127,6 +127,7 @@ export class CallPlusClient {
       firstFrame: (callId) => this.#input((t) => this.#engine.mediaFirstFrame(t, callId)),
       userMediaAvailable: (userId, mediaType) => this.#emit('onUserMediaAvailable', userId, mediaType),
       audioLevel: (userId, level) => this.#emit('onUserAudioLevelChanged', userId, level),
+      activeSpeaker: (callId, userId) => this.#emit('onActiveSpeakerChanged', callId, userId),
       sendPacketLoss: (rate, delay) => this.#statusListener.onSendPacketLoss?.(rate, delay),
       receivePacketLoss: (data) => this.#statusListener.onReceivePacketLoss?.(data),
       error: (userId, message) => this.#emit('onFetchRemoteMediaError', userId, message),
@@ -294,6 +295,9 @@ export class CallPlusClient {
 
   /** What was received from each remote user so far (getStats, summed over its devices). */
   getMediaStats() { return this.#media.stats(); }
+
+  /** Through the SFU, the current call's active speaker (null before anyone spoke, or without one). */
+  getActiveSpeaker() { return this.#media.activeSpeaker(); }
 
   // ----- call records -----------------------------------------------------------------------
 

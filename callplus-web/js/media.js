@@ -18,7 +18,12 @@
 // `{"type":"video_view","user":"alice","tiny":true}`, every choice so far when the channel
 // opens, later ones as they are made. With the `simulcast` option the page's own video goes to
 // the SFU twice (rid "f", the full layer, and rid "q", the tiny one at half the width and
-// height); without it, and in every mesh call, it sends one encoding.
+// height); without it, and in every mesh call, it sends one encoding. The SFU sends back, on
+// the same channel, every participant's audio level and the active speaker
+// (`{"type":"audio_levels","levels":{"alice":0.42},"active_speaker":"alice"}`, levels 0-1, when
+// they change, at most five times a second): they become `audioLevel` (0-100, for every user
+// whose level changed, this page's own user too) and `activeSpeaker` hooks, and replace the
+// once-a-second levels read from getStats for that call.
 
 import { TINY_RID, applyMaxBitrate, audioConstraints, videoConstraints } from './config.js';
 
@@ -30,6 +35,26 @@ const MEDIA_TOKEN_ATTRIBUTE = 'x-callplus-media-token';
 
 /** The label of the data channel to the SFU that carries layer choices (callplus-sfu's CONTROL_LABEL). */
 export const SFU_CONTROL_LABEL = 'callplus-sfu';
+
+/** Longest control message read from the SFU; longer ones are ignored. */
+const MAX_CONTROL_MESSAGE = 64 * 1024;
+
+/**
+ * The SFU's audio levels message as `{levels: Map(userId -> 0-100), speaker: userId | null}`, or
+ * null for any other message.
+ */
+export function parseAudioLevels(text) {
+  if (typeof text !== 'string' || text.length > MAX_CONTROL_MESSAGE) return null;
+  let m;
+  try { m = JSON.parse(text); } catch (_) { return null; }
+  if (!m || m.type !== 'audio_levels' || typeof m.levels !== 'object' || m.levels === null) return null;
+  const levels = new Map();
+  for (const [userId, level] of Object.entries(m.levels)) {
+    if (typeof level === 'number' && Number.isFinite(level)) levels.set(userId, Math.round(Math.min(Math.max(level, 0), 1) * 100));
+  }
+  const speaker = typeof m.active_speaker === 'string' ? m.active_speaker : null;
+  return { levels, speaker };
+}
 
 /** The video sender's encodings to the SFU: the full layer and the tiny one (a quarter of the pixels). */
 export const SFU_SEND_ENCODINGS = Object.freeze([
@@ -86,6 +111,7 @@ export class MediaExecutor {
   /**
    * @param hooks {signal(callId, toUser, toDevice, kind, text, sdpMid, mLineIndex),
    *   firstFrame(callId), userMediaAvailable(userId, kind), audioLevel(userId, level),
+   *   activeSpeaker(callId, userId | null),
    *   sendPacketLoss(rate, delay), receivePacketLoss(map), error(userId, message)}
    */
   constructor(hooks, options = {}) {
@@ -241,8 +267,12 @@ export class MediaExecutor {
       // transceiver's mid to the user whose media it carries (for statistics).
       sfu: c.sfu ? { userId: c.sfu.userId, deviceId: c.sfu.deviceId, token: c.sfu.token } : null,
       senders: new Map(),
-      /** The data channel to the SFU (layer choices). */
+      /** The data channel to the SFU (layer choices out, audio levels in). */
       control: null,
+      /** Through the SFU, once it sent levels: what was last reported of them (userId -> 0-100). */
+      sfuLevels: null,
+      /** The active speaker last reported; undefined before the SFU's first levels. */
+      speaker: undefined,
     };
     if (c.mediaType !== 'AUDIO_VIDEO') this.dropVideo();
     await this.ensureLocal(c.mediaType);
@@ -317,6 +347,33 @@ export class MediaExecutor {
       if (this.call !== call) return;
       for (const [userId, tiny] of this.tiny) channel.send(videoViewMessage(userId, tiny));
     };
+    channel.onmessage = (e) => this.onControlMessage(call, e.data);
+  }
+
+  /**
+   * A message from the SFU: audio levels become `audioLevel` for each user whose level changed
+   * and `activeSpeaker` when the speaker changed (and with the first levels); others are ignored.
+   */
+  onControlMessage(call, data) {
+    if (this.call !== call) return;
+    const message = parseAudioLevels(data);
+    if (!message) return;
+    const last = call.sfuLevels || (call.sfuLevels = new Map());
+    for (const [userId, level] of message.levels) {
+      if (last.get(userId) === level) continue;
+      last.set(userId, level);
+      this.hooks.audioLevel?.(userId, level);
+    }
+    for (const userId of [...last.keys()]) if (!message.levels.has(userId)) last.delete(userId);
+    if (call.speaker !== message.speaker) {
+      call.speaker = message.speaker;
+      this.hooks.activeSpeaker?.(call.callId, message.speaker);
+    }
+  }
+
+  /** Through the SFU, the call's active speaker (null before anyone spoke, or outside a call). */
+  activeSpeaker() {
+    return (this.call && this.call.speaker) || null;
   }
 
   /** Remembers which layer of `userId`'s video the app wants and tells the SFU if the call has one. */
@@ -561,8 +618,10 @@ export class MediaExecutor {
     const receive = {};
     let sendLoss = 0;
     let delay = 0;
+    // Through the SFU, once it sends levels, they come from it alone.
+    const levelsFromSfu = !!(this.call && this.call.sfuLevels);
     for (const [userId, s] of Object.entries(stats)) {
-      this.hooks.audioLevel?.(userId, Math.round(s.audio.audioLevel * 100));
+      if (!levelsFromSfu) this.hooks.audioLevel?.(userId, Math.round(s.audio.audioLevel * 100));
       const last = this.lastStats.get(userId);
       const received = s.audio.packetsReceived + s.video.packetsReceived;
       const lost = s.audio.packetsLost + s.video.packetsLost;

@@ -333,11 +333,22 @@ impl Party {
     /// The first event not returned by an earlier `expect` that matches `pred`: from the log,
     /// else the next ones to arrive. Panics with the log on timeout or end of stream.
     pub async fn expect(&mut self, pred: impl Fn(&Event) -> bool, what: &str) -> Event {
+        self.expect_within(WAIT, pred, what).await
+    }
+
+    /// As [`Party::expect`], waiting up to `wait` instead of [`WAIT`] (for events due after
+    /// a server-side bound longer than it).
+    pub async fn expect_within(
+        &mut self,
+        wait: Duration,
+        pred: impl Fn(&Event) -> bool,
+        what: &str,
+    ) -> Event {
         if let Some(i) = (0..self.log.len()).find(|&i| !self.taken[i] && pred(&self.log[i])) {
             self.taken[i] = true;
             return self.log[i].clone();
         }
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + wait;
         loop {
             match timeout_at(deadline, self.events.next()).await {
                 Ok(Some(event)) => {

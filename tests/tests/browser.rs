@@ -23,7 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use callplus_media::inspect::{decode_ogg_opus, dominant_frequency, read_ivf};
-use callplus_media::{ChannelSink, MediaEvent, MediaKind, MediaSink, RemoteFrame, TeeSink, VideoConfig};
+use callplus_media::{
+    AudioConfig, ChannelSink, MediaEvent, MediaKind, MediaSink, MediaSource, RemoteFrame, TeeSink,
+    ToneSource, VideoConfig,
+};
 use callplus_session::CallType;
 use callplus_signal::client::{MediaOptions, record_sink};
 use callplus_tests::{ClientOptions, Event, MediaType, TestServer, config, connected, ended, record_of};
@@ -81,18 +84,30 @@ impl Drop for Page {
 impl Page {
     /// `sfu`: the call's media goes through the server's SFU (the page checks its connection).
     fn start(server: &TestServer, user: &str, role: &str, sfu: bool, wav: &Path) -> Page {
+        let tone = RUST_TONE_HZ.to_string();
+        Page::spawn(
+            "interop.mjs",
+            server,
+            &[
+                ("CALLPLUS_TOKEN", server.token(user).as_str()),
+                ("CALLPLUS_USER", user),
+                ("CALLPLUS_PEER", "rust"),
+                ("CALLPLUS_ROLE", role),
+                ("CALLPLUS_PEER_TONE_HZ", tone.as_str()),
+                ("CALLPLUS_FAKE_AUDIO", wav.to_str().unwrap()),
+                ("CALLPLUS_SFU", if sfu { "1" } else { "0" }),
+            ],
+        )
+    }
+
+    /// node running `script` of `callplus-web/browser-tests` against `server`, with `vars`.
+    fn spawn(script: &str, server: &TestServer, vars: &[(&str, &str)]) -> Page {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../callplus-web/browser-tests");
         let mut child = Command::new("node")
-            .arg("interop.mjs")
+            .arg(script)
             .current_dir(&dir)
             .env("CALLPLUS_URL", format!("http://{}/", server.addr()))
-            .env("CALLPLUS_TOKEN", server.token(user))
-            .env("CALLPLUS_USER", user)
-            .env("CALLPLUS_PEER", "rust")
-            .env("CALLPLUS_ROLE", role)
-            .env("CALLPLUS_PEER_TONE_HZ", RUST_TONE_HZ.to_string())
-            .env("CALLPLUS_FAKE_AUDIO", wav)
-            .env("CALLPLUS_SFU", if sfu { "1" } else { "0" })
+            .envs(vars.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .expect("node runs (cargo xtask ci installs it)");
@@ -324,5 +339,64 @@ async fn a_tab_stops_ringing_when_the_same_users_rust_client_answers() {
 
     caller.client.hangup(Some(&call)).await.unwrap();
     phone.expect(ended(&call), "the call ends").await;
+    server.shutdown().await;
+}
+
+/// Audio levels and the active speaker through the SFU reach pages (`browser-tests/levels.mjs`):
+/// a group call of a Rust client sending a quiet tone (0.1 of full scale: level 10) and two
+/// pages whose microphones are tones the page script turns up and down. The pages check their
+/// `onUserAudioLevelChanged` levels for all three (their own included) and
+/// `onActiveSpeakerChanged`: the loud page A, then, once A is silent and B loud, B. The Rust
+/// client is told the same speakers in the same order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium, node and playwright-core in a loopback-only network namespace: cargo xtask ci runs it"]
+async fn pages_get_audio_levels_and_the_active_speaker_from_the_sfu() {
+    let server = TestServer::start(config()).await;
+    let media = MediaOptions::loopback().with_microphone(|| {
+        Ok(Box::new(ToneSource::new(RUST_TONE_HZ, 0.1, AudioConfig::default())?) as Box<dyn MediaSource>)
+    });
+    let mut rust = server.user_with("rust", ClientOptions::default().with_media(media)).await;
+    let mut media_events = rust.client.media_events().expect("the client has media");
+    let (a, b) = ("lv-ann", "lv-ben");
+    let mut page = Page::spawn(
+        "levels.mjs",
+        &server,
+        &[
+            ("CALLPLUS_USER_A", a),
+            ("CALLPLUS_TOKEN_A", server.token(a).as_str()),
+            ("CALLPLUS_USER_B", b),
+            ("CALLPLUS_TOKEN_B", server.token(b).as_str()),
+            ("CALLPLUS_PEER", "rust"),
+            ("CALLPLUS_PEER_LEVEL", "10"),
+        ],
+    );
+    page.reached("ready").await;
+    let call = rust
+        .client
+        .start_call(&[a, b], CallType::Multi, MediaType::Audio, Default::default())
+        .await
+        .unwrap()
+        .call_id()
+        .clone();
+
+    let mut speakers = Vec::new();
+    timeout(2 * WAIT, async {
+        while speakers.last().map(String::as_str) != Some(b) {
+            match media_events.next().await {
+                Some(MediaEvent::ActiveSpeaker { call_id, user: Some(user) }) if call_id == call => {
+                    speakers.push(user.to_string());
+                }
+                Some(_) => {}
+                None => panic!("the Rust client's media events ended"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the Rust client was not told {b} speaks; speakers so far: {speakers:?}"));
+    assert!(speakers.iter().position(|s| s == a).is_some(), "{a} spoke first: {speakers:?}");
+    page.reached("checked").await;
+    page.reached("done").await;
+    page.succeeded().await;
+    rust.expect(ended(&call), "the call ends as both pages hung up").await;
     server.shutdown().await;
 }

@@ -14,11 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use callplus_media::{ChannelSink, MediaEvent, MediaKind, MediaSink, RemoteFrame, TeeSink, VideoConfig};
-use callplus_session::{CallType, ParticipantState, UserId};
+use callplus_session::switchboard::SwitchboardConfig;
+use callplus_session::{CallType, EndReason, ParticipantState, UserId};
 use callplus_signal::client::{MediaEventStream, MediaOptions, record_sink};
 use callplus_tests::{
-    ChangeMediaTypeResult, ClientOptions, Event, MediaType, Party, Setup, TestServer, config, connected,
-    ended, received, record_of, remote_state,
+    ChangeMediaTypeResult, ClientOptions, Event, MediaType, Party, Setup, TcpProxy, TestServer, config,
+    connected, ended, received, record_of, remote_state,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{Instant, timeout};
@@ -64,6 +65,18 @@ async fn media_party(
     video: Option<VideoConfig>,
     root: &Path,
 ) -> MediaParty {
+    media_party_at(server, &server.endpoint(), name, tone, video, root).await
+}
+
+/// As [`media_party`], connected through `endpoint` (a [`TcpProxy`] in front of the server).
+async fn media_party_at(
+    server: &TestServer,
+    endpoint: &str,
+    name: &str,
+    tone: f64,
+    video: Option<VideoConfig>,
+    root: &Path,
+) -> MediaParty {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let frames: Receivers = Arc::default();
@@ -81,7 +94,8 @@ async fn media_party(
     let options =
         ClientOptions { reconnect_backoff_min: Duration::from_millis(20), ..ClientOptions::default() }
             .with_media(media);
-    let party = server.user_with(name, options).await;
+    let party =
+        Party::connect_with(endpoint, &server.token(name), name, &format!("{name}-phone"), options).await;
     let media = party.client.media_events().expect("the client has media");
     assert!(party.client.media_events().is_none(), "media events are handed out once");
     MediaParty { party, media, backlog: Vec::new(), frames, dir }
@@ -871,6 +885,76 @@ async fn a_client_whose_sfu_connection_is_cut_reconnects_without_leaving_the_cal
     }
     for (i, j) in pairs {
         assert_tone(&p[i].recording(names[j], "ogg"), tones[j]);
+    }
+}
+
+/// A participant whose SFU connection is cut and who never connects again leaves the call with
+/// NETWORK_ERROR at the server's media recovery bound (`media_recovery_ms`, `--media-recovery`),
+/// here 2 s. His signalling is black-holed at the same moment (the fresh route cannot reach
+/// him), and the liveness timeout is a minute, so only the media bound can remove him in time.
+/// The SFU notices the closed connection when its ICE consent runs out (about 7 s here), so the
+/// removal comes about 9 s after the cut; at the default 20 s bound, not before 27 s, and the
+/// 18 s wait for it runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_whose_sfu_connection_never_comes_back_leaves_at_the_recovery_bound() {
+    let (_tmp, dir) = record_dir("sfu-removal");
+    let bound_ms = 2_000;
+    let cfg = SwitchboardConfig {
+        media_recovery_ms: bound_ms,
+        liveness_timeout_ms: 60_000,
+        resume_window_ms: 60_000,
+        ..config()
+    };
+    let server = TestServer::start(cfg).await;
+    let proxy = TcpProxy::start(server.addr()).await;
+    let mut alice = media_party(&server, "alice", 440.0, None, &dir).await;
+    let mut bob = media_party_at(&server, &proxy.endpoint(), "bob", 660.0, None, &dir).await;
+    let mut carol = media_party(&server, "carol", 880.0, None, &dir).await;
+    let started = alice
+        .party
+        .client
+        .start_call(&["bob", "carol"], CallType::Multi, MediaType::Audio, Default::default())
+        .await
+        .unwrap();
+    let call = started.call_id().clone();
+    for party in [&mut bob, &mut carol] {
+        party.party.expect(received(&call), "the invitation").await;
+        party.party.client.accept(&call).await.unwrap();
+    }
+    for from in ["bob", "carol"] {
+        alice.expect_media(&format!("{from}'s audio at alice"), first_frame(from, MediaKind::Audio)).await;
+    }
+    for party in [&mut bob, &mut carol] {
+        party.expect_media("alice's audio", first_frame("alice", MediaKind::Audio)).await;
+    }
+    let mut carol_at_alice = alice.frames_from("carol", MediaKind::Audio);
+    frames(&mut carol_at_alice, 25, "carol's audio at alice").await;
+
+    // Bob's network to the server goes dead (nobody closes it) and his SFU connection closes.
+    proxy.freeze();
+    proxy.pause();
+    let cut = callplus_tests::now_ms();
+    bob.party.client.media_adapter().expect("bob has media").stop(&call).await.unwrap();
+
+    let bob_left = |e: &Event| {
+        matches!(e, Event::RemoteUserStateChanged { call_id, user_id, state: ParticipantState::Ended, reason: Some(EndReason::NetworkError) }
+            if call_id == &call && user_id.as_str() == "bob")
+    };
+    for party in [&mut alice, &mut carol] {
+        party.party.expect_within(Duration::from_secs(18), bob_left, "bob leaves with NETWORK_ERROR").await;
+    }
+    let after = callplus_tests::now_ms() - cut;
+    eprintln!("cut -> bob removed: {after} ms (bound {bound_ms} ms)");
+    assert!(after >= i64::from(bound_ms), "removed before the bound: {after} ms");
+    // Alice and carol's call goes on, with media.
+    while carol_at_alice.try_recv().is_ok() {}
+    frames(&mut carol_at_alice, 25, "carol's audio at alice after bob left").await;
+    for party in [&mut alice, &mut carol] {
+        party.party.sync().await;
+        assert_eq!(party.party.seen(ended(&call)), 0, "{}: the call goes on", party.party.name);
+    }
+    for party in [&alice, &carol] {
+        party.party.client.hangup(Some(&call)).await.unwrap_or_default();
     }
 }
 

@@ -70,7 +70,17 @@ pub struct SwitchboardConfig {
     /// call and session id this switchboard mints, so nodes started in the same millisecond
     /// cannot mint the same ids. 0-[`MAX_NODE_ID_LEN`] characters of `[A-Za-z0-9_-]`.
     pub node_id: String,
+    /// How long a participant whose connection to the SFU failed has to connect again before it
+    /// is removed from the call with NETWORK_ERROR (see
+    /// [`Switchboard::sfu_participant_failed`](super::Switchboard::sfu_participant_failed)).
+    /// Shorter: a participant on a dead network leaves the others' view sooner; longer: a
+    /// slow network has more time to bring media back. Default [`MEDIA_RECOVERY_MS`].
+    pub media_recovery_ms: u32,
 }
+
+/// The default of [`SwitchboardConfig::media_recovery_ms`]: it covers the SFU noticing the
+/// failure of a reconnection too, plus an ICE and DTLS setup over a poor network.
+pub const MEDIA_RECOVERY_MS: u32 = 20_000;
 
 /// Longest node id: with the separator, the 10-character start prefix and a 16-digit counter,
 /// a call id stays within the 64 characters an id may have.
@@ -150,6 +160,7 @@ impl Default for SwitchboardConfig {
             request_burst: 200,
             ended_call_retention_ms: 600_000,
             node_id: String::new(),
+            media_recovery_ms: MEDIA_RECOVERY_MS,
         }
     }
 }

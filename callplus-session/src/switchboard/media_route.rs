@@ -19,8 +19,10 @@
 //!   engine restarts the call's media on it. A token is only checked when a connection opens,
 //!   so every reconnection carries one just made and the token's lifetime never cuts a call.
 //! - **Removal.** A participant whose SFU connection does not come back
-//!   ([`Switchboard::sfu_participant_connected`]) within [`MEDIA_RECOVERY_MS`] of the failure
-//!   leaves the call with NETWORK_ERROR, so the others see it go rather than a frozen tile.
+//!   ([`Switchboard::sfu_participant_connected`]) within
+//!   [`SwitchboardConfig::media_recovery_ms`](super::SwitchboardConfig::media_recovery_ms)
+//!   (default [`MEDIA_RECOVERY_MS`](super::MEDIA_RECOVERY_MS)) of the failure leaves the call
+//!   with NETWORK_ERROR, so the others see it go rather than a frozen tile.
 //! - **Camera and microphone.** A participant's camera or microphone switched off or on
 //!   becomes [`Output::SfuPause`]: the SFU stops (or resumes) forwarding that stream.
 
@@ -31,11 +33,6 @@ use crate::call::{Call, SessionKey};
 use crate::model::ids::{CallId, DeviceId, UserId};
 use crate::model::kinds::{CallType, EndReason, MediaKind};
 use crate::model::message::{Event, MediaPayload, SfuRoute};
-
-/// How long a participant whose SFU connection failed has to connect again before it is
-/// removed from the call (NETWORK_ERROR). It covers the SFU noticing the failure of the
-/// reconnection too, plus an ICE and DTLS setup over a poor network.
-pub const MEDIA_RECOVERY_MS: i64 = 20_000;
 
 /// Signs the media token of one (call, user, device).
 pub type TokenSigner = Box<dyn Fn(&CallId, &UserId, &DeviceId) -> String + Send + Sync>;
@@ -178,8 +175,9 @@ impl Switchboard {
 
     /// The SFU reports that a participant device's connection failed. The failed connection is
     /// closed at the SFU and the device gets a fresh route (a new token): its engine restarts
-    /// the call's media. If it has not connected again [`MEDIA_RECOVERY_MS`] after the first
-    /// failure, it leaves the call with NETWORK_ERROR. Reports about devices that are not (or
+    /// the call's media. If it has not connected again
+    /// [`SwitchboardConfig::media_recovery_ms`](super::SwitchboardConfig::media_recovery_ms)
+    /// after the first failure, it leaves the call with NETWORK_ERROR. Reports about devices that are not (or
     /// no longer) in the call on that device are ignored.
     pub fn sfu_participant_failed(
         &mut self,
@@ -204,7 +202,7 @@ impl Switchboard {
         send_route(Some(router), &mut self.net, call, sk, user, device);
         let key = (call_id.clone(), user.clone());
         if self.media_lost.get(&key).is_none_or(|(d, _)| d != device) {
-            let deadline = now_ms.saturating_add(MEDIA_RECOVERY_MS);
+            let deadline = now_ms.saturating_add(i64::from(self.cfg.media_recovery_ms));
             self.media_lost.insert(key, (device.clone(), deadline));
             self.timers.set(deadline, Timer::MediaLost(call_id.clone(), idx));
         }

@@ -75,8 +75,11 @@ use crate::model::snapshot::CallInfo;
 use crate::wire::FrameError;
 
 pub use cluster::{NodeMessage, NodeOutput, RemoteDevice, owner_node};
-pub use config::{BusyPolicy, ConfigError, DevicePolicy, MAX_NODE_ID_LEN, SwitchboardConfig, valid_node_id};
-pub use media_route::{MEDIA_RECOVERY_MS, MediaRouter, TokenSigner};
+pub use config::{
+    BusyPolicy, ConfigError, DevicePolicy, MAX_NODE_ID_LEN, MEDIA_RECOVERY_MS, SwitchboardConfig,
+    valid_node_id,
+};
+pub use media_route::{MediaRouter, TokenSigner};
 pub use output::{ConnId, DevicePresence, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId};
 
 pub use output::QueryResult;

@@ -1098,13 +1098,13 @@ fn a_failed_sfu_connection_is_rerouted_and_removed_if_it_does_not_come_back() {
     // He connects again: nothing happens at the bound.
     h.sb.sfu_participant_connected(h.now, &id, &uid("bob"), &ok(DeviceId::new("b1")));
     h.drain();
-    h.advance_pinging(MEDIA_RECOVERY_MS + 5_000, &[a, b, c]);
+    h.advance_pinging(i64::from(MEDIA_RECOVERY_MS) + 5_000, &[a, b, c]);
     assert!(h.events(a).iter().all(|e| !matches!(e, Event::ParticipantChanged { .. })));
 
     // He fails again and stays away: at the bound he leaves with NETWORK_ERROR.
     h.sb.sfu_participant_failed(h.now, &id, &uid("bob"), &ok(DeviceId::new("b1")));
     h.drain();
-    h.advance_pinging(MEDIA_RECOVERY_MS - 5_000, &[a, b, c]);
+    h.advance_pinging(i64::from(MEDIA_RECOVERY_MS) - 5_000, &[a, b, c]);
     assert!(
         h.events(a).iter().all(|e| !matches!(e, Event::ParticipantChanged { .. })),
         "not before the bound"
@@ -1119,6 +1119,31 @@ fn a_failed_sfu_connection_is_rerouted_and_removed_if_it_does_not_come_back() {
         "bob's device is told"
     );
     assert!(h.sb.is_call_live(&app(), &id), "alice and carol's call goes on");
+}
+
+#[test]
+fn the_media_recovery_bound_is_the_configured_one() {
+    let mut h = H::new(SwitchboardConfig { media_recovery_ms: 2_000, ..SwitchboardConfig::default() });
+    h.sb.set_media_router(fresh_token_router(0));
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let c = h.connect("carol", "c1");
+    let id = h.start(a, &["bob", "carol"], CallType::Multi, MediaType::Audio).call_id;
+    ok(h.accept(b, &id));
+    ok(h.accept(c, &id));
+    h.events(a);
+
+    h.sb.sfu_participant_failed(h.now, &id, &uid("bob"), &ok(DeviceId::new("b1")));
+    h.drain();
+    let bob_left = |events: Vec<Event>| {
+        events.into_iter().any(|e| {
+            matches!(e, Event::ParticipantChanged { user_id, state: ParticipantState::Ended, reason: Some(EndReason::NetworkError), .. } if user_id.as_str() == "bob")
+        })
+    };
+    h.advance_pinging(1_900, &[a, b, c]);
+    assert!(!bob_left(h.events(a)), "not before the configured bound");
+    h.advance_pinging(200, &[a, b, c]);
+    assert!(bob_left(h.events(a)), "at the configured 2 s, far before the default 20 s");
 }
 
 #[test]

@@ -158,6 +158,10 @@ pub struct ServeArgs {
     /// call's media goes through the SFU).
     #[arg(long, env = "CALLPLUS_MESH_MAX", default_value_t = 0)]
     pub mesh_max: usize,
+    /// How long a participant whose connection to the SFU failed has to connect again before
+    /// it is removed from the call with NETWORK_ERROR.
+    #[arg(long, env = "CALLPLUS_MEDIA_RECOVERY", default_value = "20s", value_parser = parse_duration)]
+    pub media_recovery: Duration,
     /// Most device-port connections open at once (0 = no limit); more wait in the backlog.
     #[arg(long, env = "CALLPLUS_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
@@ -220,6 +224,7 @@ impl ServeArgs {
             request_burst: self.request_burst,
             ended_call_retention_ms: ms(self.ended_call_retention)?,
             node_id: self.node_id.clone().unwrap_or_default(),
+            media_recovery_ms: ms(self.media_recovery)?,
         })
     }
 }
@@ -432,6 +437,17 @@ mod tests {
         assert!(bad_id.cluster_config().is_err());
         let bad_url = serve(&["--redis", "http://x", "--node-id", "n"]).unwrap().args;
         assert!(bad_url.cluster_config().is_err());
+    }
+
+    #[test]
+    fn media_recovery_reaches_the_switchboard() {
+        let serve =
+            |argv: &[&str]| Serve::try_parse_from(std::iter::once("serve").chain(argv.iter().copied()));
+        let default = serve(&[]).unwrap().args.switchboard_config().unwrap();
+        assert_eq!(default.media_recovery_ms, SwitchboardConfig::default().media_recovery_ms);
+        let short = serve(&["--media-recovery", "2s"]).unwrap().args.switchboard_config().unwrap();
+        assert_eq!(short.media_recovery_ms, 2_000);
+        assert!(serve(&["--media-recovery", "soon"]).is_err());
     }
 
     #[test]
