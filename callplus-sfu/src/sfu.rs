@@ -628,10 +628,14 @@ impl Task {
             MediaKind::Video => (RtpCodecKind::Video, vp8_codec(), "video"),
         };
         // The stream id is the publisher's user id: the subscriber's adapter tells by it whose
-        // media a track carries.
+        // media a track carries. The track id is new for every subscription (it ends in the
+        // subscription's SSRC): the subscriber's stack routes packets and track events by track
+        // id, and a publisher that left and came back must not get the id of its old track, whose
+        // receiver is still known there (its media section went inactive, it did not end). With
+        // the old id the new stream went to the old receiver, which dropped it.
         let track = MediaStreamTrack::new(
             publisher.0.to_string(),
-            format!("{}-{}-{name}", publisher.0, publisher.1),
+            format!("{}-{}-{name}-{ssrc:08x}", publisher.0, publisher.1),
             name.to_owned(),
             codec_kind,
             vec![RTCRtpEncodingParameters {
