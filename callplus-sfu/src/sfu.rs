@@ -349,6 +349,19 @@ struct Participant {
     audio_level_ext: Option<u8>,
 }
 
+impl Participant {
+    /// A description of this participant after its first: once its video is published, its
+    /// simulcast section keeps the receiver (and the layers' SSRCs) the stack has
+    /// ([`crate::simulcast_sdp`]).
+    fn later_description(&self, sdp: String) -> String {
+        if self.published.contains_key(&MediaKind::Video) {
+            crate::simulcast_sdp::keep_simulcast_receivers(&sdp)
+        } else {
+            sdp
+        }
+    }
+}
+
 struct Task {
     config: SfuConfig,
     tokens: MediaTokens,
@@ -494,6 +507,7 @@ impl Task {
                 if let Some(id) = audio_level_extension_id(&sdp) {
                     p.audio_level_ext = Some(id);
                 }
+                let sdp = p.later_description(sdp);
                 let offer = RTCSessionDescription::offer(sdp).map_err(|e| invalid(key, e))?;
                 p.pc.set_remote_description(offer).await.map_err(|e| invalid(key, e))?;
                 let answer = p.pc.create_answer(None).await?;
@@ -508,6 +522,7 @@ impl Task {
                 if !p.awaiting_answer {
                     return Err(invalid(key, "answer without an offer"));
                 }
+                let sdp = p.later_description(sdp);
                 let answer = RTCSessionDescription::answer(sdp).map_err(|e| invalid(key, e))?;
                 p.pc.set_remote_description(answer).await.map_err(|e| invalid(key, e))?;
                 p.awaiting_answer = false;
