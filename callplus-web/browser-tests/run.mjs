@@ -420,7 +420,9 @@ async function multiCall(context, server) {
   const users = ['gina', 'hank', 'ivy'];
   const pages = {};
   for (const u of users) {
-    pages[u] = await signIn(context, server.url, u, token(server.dir, u));
+    // Gina turns simulcast off; hank and ivy keep the default (on).
+    const options = u === 'gina' ? { simulcast: false } : {};
+    pages[u] = await signIn(context, server.url, u, token(server.dir, u), undefined, options);
     await pages[u].evaluate((others) => others.forEach((o) => window.view(o)), users.filter((o) => o !== u));
   }
   const { gina, hank, ivy } = pages;
@@ -444,7 +446,9 @@ async function multiCall(context, server) {
   await throughSfu(pages, users);
   const answer = await gina.evaluate(() => window.peerConnections.find((c) => c.connectionState === 'connected').localDescription.sdp);
   check(/^m=application /m.test(answer) && !/a=simulcast/.test(answer),
-    'without the simulcast option gina sends one video encoding to the SFU, and has the control channel');
+    'with simulcast: false gina sends one video encoding to the SFU, and has the control channel');
+  const hankOffer = await hank.evaluate(() => window.peerConnections.find((c) => c.connectionState === 'connected').localDescription.sdp);
+  check(/a=simulcast:send f;q/.test(hankOffer), 'by default hank sends his video to the SFU in two layers');
   check((await ivy.evaluate(() => window.client.hangup())).code === 0, 'ivy leaves');
   for (const u of ['gina', 'hank']) {
     await waitFor(pages[u], `${u} sees ivy leave`, () => window.events.some((e) => e.type === 'remoteUserStateChanged'
