@@ -1092,12 +1092,12 @@ async fn a_participant_who_leaves_and_rejoins_is_seen_and_heard_again() {
     }
     let users: Vec<UserId> = net.parties.iter().map(|p| p.user.clone()).collect();
     let others = |i: usize| -> Vec<UserId> { users.iter().filter(|u| **u != users[i]).cloned().collect() };
-    for i in 0..3 {
-        let token = net.sfu.issue_token(&call, &users[i], &did("dev1"), in_an_hour());
-        net.parties[i].adapter.start(start(&net.parties[i], &call, &others(i), token)).await.unwrap();
+    for (i, party) in net.parties.iter().enumerate() {
+        let token = net.sfu.issue_token(&call, &party.user, &party.device, in_an_hour());
+        party.adapter.start(start(party, &call, &others(i), token)).await.unwrap();
     }
-    for i in 0..3 {
-        first_frames(&mut net.parties[i], &others(i)).await;
+    for (i, party) in net.parties.iter_mut().enumerate() {
+        first_frames(party, &others(i)).await;
     }
 
     // Carol leaves, twice in a row comes back on a new connection of the same adapter: each time
