@@ -190,6 +190,7 @@ pub(crate) async fn forward(
         match event {
             TrackRemoteEvent::OnOpen(init) => {
                 let layer = Layer::from_rid(init.rid.as_deref().unwrap_or_default());
+                tracing::debug!(ssrc = init.ssrc, ?layer, "sfu: published stream open");
                 layers.insert(init.ssrc, layer);
                 layer_ssrcs.set(layer, init.ssrc);
             }

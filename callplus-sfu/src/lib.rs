@@ -32,6 +32,7 @@ pub mod keyframe_gate;
 pub mod layers;
 pub mod levels;
 mod sfu;
+mod simulcast_sdp;
 mod token;
 mod vp8;
 

@@ -349,6 +349,19 @@ struct Participant {
     audio_level_ext: Option<u8>,
 }
 
+impl Participant {
+    /// A description of this participant after its first: once its video is published, its
+    /// simulcast section keeps the receiver (and the layers' SSRCs) the stack has
+    /// ([`crate::simulcast_sdp`]).
+    fn later_description(&self, sdp: String) -> String {
+        if self.published.contains_key(&MediaKind::Video) {
+            crate::simulcast_sdp::keep_simulcast_receivers(&sdp)
+        } else {
+            sdp
+        }
+    }
+}
+
 struct Task {
     config: SfuConfig,
     tokens: MediaTokens,
@@ -494,6 +507,7 @@ impl Task {
                 if let Some(id) = audio_level_extension_id(&sdp) {
                     p.audio_level_ext = Some(id);
                 }
+                let sdp = p.later_description(sdp);
                 let offer = RTCSessionDescription::offer(sdp).map_err(|e| invalid(key, e))?;
                 p.pc.set_remote_description(offer).await.map_err(|e| invalid(key, e))?;
                 let answer = p.pc.create_answer(None).await?;
@@ -508,6 +522,7 @@ impl Task {
                 if !p.awaiting_answer {
                     return Err(invalid(key, "answer without an offer"));
                 }
+                let sdp = p.later_description(sdp);
                 let answer = RTCSessionDescription::answer(sdp).map_err(|e| invalid(key, e))?;
                 p.pc.set_remote_description(answer).await.map_err(|e| invalid(key, e))?;
                 p.awaiting_answer = false;
@@ -628,10 +643,14 @@ impl Task {
             MediaKind::Video => (RtpCodecKind::Video, vp8_codec(), "video"),
         };
         // The stream id is the publisher's user id: the subscriber's adapter tells by it whose
-        // media a track carries.
+        // media a track carries. The track id is new for every subscription (it ends in the
+        // subscription's SSRC): the subscriber's stack routes packets and track events by track
+        // id, and a publisher that left and came back must not get the id of its old track, whose
+        // receiver is still known there (its media section went inactive, it did not end). With
+        // the old id the new stream went to the old receiver, which dropped it.
         let track = MediaStreamTrack::new(
             publisher.0.to_string(),
-            format!("{}-{}-{name}", publisher.0, publisher.1),
+            format!("{}-{}-{name}-{ssrc:08x}", publisher.0, publisher.1),
             name.to_owned(),
             codec_kind,
             vec![RTCRtpEncodingParameters {

@@ -1066,3 +1066,81 @@ async fn the_loud_participant_is_the_active_speaker_for_everyone_with_levels_fro
     }
     net.sfu.end_call(&call).await.unwrap();
 }
+
+/// Logs to the test's output, filtered by `RUST_LOG` (nothing without it).
+fn logs() {
+    let filter = tracing_subscriber::EnvFilter::from_default_env();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+/// Drops whatever `party` has received so far from every remote user.
+fn drain_frames(party: &mut Party) {
+    for rx in party.frames.values_mut() {
+        while rx.try_recv().is_ok() {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_who_leaves_and_rejoins_is_seen_and_heard_again() {
+    logs();
+    let _turn = ONE_CALL_AT_A_TIME.lock().await;
+    let (_tmp, dir) = record_dir();
+    let mut net = net(&["alice", "bob", "carol"]);
+    let call = CallId::new("rejoin-call").unwrap();
+    for party in &mut net.parties {
+        equip(party, &dir, &SENDERS).await;
+    }
+    let users: Vec<UserId> = net.parties.iter().map(|p| p.user.clone()).collect();
+    let others = |i: usize| -> Vec<UserId> { users.iter().filter(|u| **u != users[i]).cloned().collect() };
+    for (i, party) in net.parties.iter().enumerate() {
+        let token = net.sfu.issue_token(&call, &party.user, &party.device, in_an_hour());
+        party.adapter.start(start(party, &call, &others(i), token)).await.unwrap();
+    }
+    for (i, party) in net.parties.iter_mut().enumerate() {
+        first_frames(party, &others(i)).await;
+    }
+
+    // Carol leaves, twice in a row comes back on a new connection of the same adapter: each time
+    // alice and bob (whose connections stay up, renegotiated) decode her video and hear her
+    // again, and she them.
+    for round in 1..=2 {
+        net.parties[2].adapter.stop(&call).await.unwrap();
+        assert!(net.sfu.remove_participant(&call, &users[2], &did("dev1")).await.unwrap());
+        for (i, other) in [(0, &users[1]), (1, &users[0])] {
+            more_frames_from(&mut net.parties[i], other, MediaKind::Video, 5).await;
+        }
+        for party in &mut net.parties {
+            drain_frames(party);
+        }
+        let rejoined = Instant::now();
+        let token = net.sfu.issue_token(&call, &users[2], &did("dev1"), in_an_hour());
+        net.parties[2].adapter.start(start(&net.parties[2], &call, &others(2), token)).await.unwrap();
+        first_frames(&mut net.parties[2], &others(2)).await;
+        for i in 0..2 {
+            let carol = users[2].clone();
+            more_frames_from(&mut net.parties[i], &carol, MediaKind::Audio, 25).await;
+            let video = net.parties[i].frames.get_mut(&(carol.clone(), MediaKind::Video)).unwrap();
+            // Her first frame on the renegotiated connection is a key frame of her picture.
+            let first = timeout(WAIT, async {
+                loop {
+                    let frame = video.recv().await.expect("sink dropped");
+                    if frame.keyframe {
+                        return frame;
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: {} never decoded carol's video again", users[i]));
+            assert_eq!(keyframe_dimensions(&first.data), Some((240, 176)), "round {round}: carol's picture");
+            more_frames_from(&mut net.parties[i], &carol, MediaKind::Video, 10).await;
+        }
+        eprintln!("round {round}: carol rejoined -> seen and heard by everyone: {:?}", rejoined.elapsed());
+        let stats = net.sfu.stats().await.unwrap();
+        assert_eq!((stats.participants, stats.published_streams, stats.forwarded_streams), (3, 6, 12));
+    }
+
+    for party in &net.parties {
+        party.adapter.stop(&call).await.unwrap();
+    }
+    net.sfu.end_call(&call).await.unwrap();
+}

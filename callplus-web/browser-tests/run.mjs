@@ -420,7 +420,9 @@ async function multiCall(context, server) {
   const users = ['gina', 'hank', 'ivy'];
   const pages = {};
   for (const u of users) {
-    pages[u] = await signIn(context, server.url, u, token(server.dir, u));
+    // Gina turns simulcast off; hank and ivy keep the default (on).
+    const options = u === 'gina' ? { simulcast: false } : {};
+    pages[u] = await signIn(context, server.url, u, token(server.dir, u), undefined, options);
     await pages[u].evaluate((others) => others.forEach((o) => window.view(o)), users.filter((o) => o !== u));
   }
   const { gina, hank, ivy } = pages;
@@ -444,7 +446,9 @@ async function multiCall(context, server) {
   await throughSfu(pages, users);
   const answer = await gina.evaluate(() => window.peerConnections.find((c) => c.connectionState === 'connected').localDescription.sdp);
   check(/^m=application /m.test(answer) && !/a=simulcast/.test(answer),
-    'without the simulcast option gina sends one video encoding to the SFU, and has the control channel');
+    'with simulcast: false gina sends one video encoding to the SFU, and has the control channel');
+  const hankOffer = await hank.evaluate(() => window.peerConnections.find((c) => c.connectionState === 'connected').localDescription.sdp);
+  check(/a=simulcast:send f;q/.test(hankOffer), 'by default hank sends his video to the SFU in two layers');
   check((await ivy.evaluate(() => window.client.hangup())).code === 0, 'ivy leaves');
   for (const u of ['gina', 'hank']) {
     await waitFor(pages[u], `${u} sees ivy leave`, () => window.events.some((e) => e.type === 'remoteUserStateChanged'
@@ -626,6 +630,76 @@ async function tinyLayer(context, server) {
   for (const u of users) await pages[u].close();
 }
 
+/**
+ * Simulcast after a renegotiation: three pages with the `simulcast` option; once their layers
+ * flow, suki leaves and the SFU renegotiates quin's and ross's connections without her streams.
+ * Chromium sent the `mid`/`rid` header extensions only on its first packets, so the SFU must keep
+ * the SSRC of each layer it learnt: quin and ross go on decoding each other's video, and a tiny
+ * view of ross chosen after the renegotiation still gets his tiny layer.
+ */
+async function simulcastAfterLeave(context, server) {
+  log('--- simulcast: a renegotiation late in the call (one of three leaves)');
+  const users = ['quin', 'ross', 'suki'];
+  const pages = {};
+  for (const u of users) {
+    pages[u] = await signIn(context, server.url, u, token(server.dir, u), undefined, { simulcast: true });
+    await pages[u].evaluate((others) => others.forEach((o) => window.view(o)), users.filter((o) => o !== u));
+    const config = await pages[u].evaluate(() => window.client.setVideoConfig(window.client.createVideoConfigBuilder()
+      .setFps(window.sdk.VideoFps.FPS_15).build()));
+    check(config.code === 0, `${u} captures at 15 fps`);
+  }
+  const { quin, ross, suki } = pages;
+  const started = await quin.evaluate(() => window.client.startCall({ userIds: ['ross', 'suki'], callType: 'MULTI', mediaType: 'AUDIO_VIDEO' }));
+  check(started.code === 0, `quin starts a MULTI call with ross and suki (${JSON.stringify(started)})`);
+  for (const u of ['ross', 'suki']) {
+    await waitFor(pages[u], `${u} receives the call`, (id) => window.incoming === id, started.callId);
+    check((await pages[u].evaluate((id) => window.client.accept(id), started.callId)).code === 0, `${u} accepts`);
+  }
+  for (const u of users) {
+    for (const o of users.filter((x) => x !== u)) await seesAndHears(pages[u], u, o);
+  }
+  await throughSfu(pages, users);
+  for (const u of ['quin', 'ross']) {
+    await until(`${u} sends both layers of its video (rid f and q)`, async () => {
+      const sent = await sentLayers(pages[u]);
+      return { ok: sent.f && sent.q && sent.f.frames > 30 && sent.q.frames > 30, sent };
+    }, 3 * DEADLINE_MS);
+  }
+
+  check((await suki.evaluate(() => window.client.hangup())).code === 0, 'suki leaves');
+  for (const u of ['quin', 'ross']) {
+    await waitFor(pages[u], `${u} sees suki leave`, () => window.events.some((e) => e.type === 'remoteUserStateChanged'
+      && e.userId === 'suki' && e.state === 'ENDED'));
+    // The SFU's new offer, applied: suki's sections no longer send.
+    await waitFor(pages[u], `the SFU renegotiated ${u}'s connection without suki`, () => {
+      const pc = window.peerConnections.find((c) => c.connectionState === 'connected');
+      return pc && pc.signalingState === 'stable' && !/^a=msid:suki /m.test(pc.remoteDescription.sdp);
+    });
+  }
+  // Well past the renegotiation (a second and a half of video at 15 fps), in both directions.
+  for (const [me, other] of [['quin', 'ross'], ['ross', 'quin']]) {
+    const before = (await remoteMedia(pages[me], other)).stats.video.framesDecoded;
+    await waitFor(pages[me], `${me} still decodes ${other}'s simulcast video after the renegotiation`,
+      async ([o, n]) => (await window.client.getMediaStats())[o].video.framesDecoded > n + 25, [other, before]);
+  }
+  // The layers are still told apart: quin's tiny view of ross gets his tiny layer (what ross
+  // sends as "q", at most half his full layer's width).
+  check((await quin.evaluate(() => window.client.setVideoView('ross', window.videos.ross, true))).code === 0, 'quin asks for ross\'s tiny video');
+  await until('quin gets ross\'s tiny layer after the renegotiation', async () => {
+    const [got, sent] = await Promise.all([receivedSize(quin, 'ross'), sentLayers(ross)]);
+    const ok = sent.q && sent.f && got.width > 0 && got.width === sent.q.width && got.height === sent.q.height
+      && 2 * got.width <= sent.f.width + 4;
+    return { ok, got, sent };
+  }, 3 * DEADLINE_MS);
+
+  // Quin hangs up: ross is alone and the call ends.
+  check((await quin.evaluate(() => window.client.hangup())).code === 0, 'quin hangs up');
+  for (const u of ['quin', 'ross']) {
+    await waitFor(pages[u], `${u}: call ended`, () => window.events.some((e) => e.type === 'callEnded'));
+  }
+  for (const u of users) await pages[u].close();
+}
+
 /** Connections that cannot work end with a clear code instead of hanging. */
 async function refusedConnections(context, server) {
   log('--- refused connections');
@@ -650,15 +724,19 @@ async function main() {
   const server = await startServer();
   log(`server at ${server.url}`);
   const context = await launch();
-  await refusedConnections(context, server);
-  await oneToOneVideo(context, server);
-  await socketCut(context, server);
-  await multiCall(context, server);
-  await tinyLayer(context, server);
-  await upgradeToVideo(context, server);
-  await captureSettings(context, server);
+  // BROWSER_TESTS_ONLY=name,name runs only those parts (by function name), for working on one.
+  const only = (process.env.BROWSER_TESTS_ONLY || '').split(',').filter(Boolean);
+  const run = (part) => only.length === 0 || only.includes(part.name);
+  if (run(refusedConnections)) await refusedConnections(context, server);
+  if (run(oneToOneVideo)) await oneToOneVideo(context, server);
+  if (run(socketCut)) await socketCut(context, server);
+  if (run(multiCall)) await multiCall(context, server);
+  if (run(tinyLayer)) await tinyLayer(context, server);
+  if (run(simulcastAfterLeave)) await simulcastAfterLeave(context, server);
+  if (run(upgradeToVideo)) await upgradeToVideo(context, server);
+  if (run(captureSettings)) await captureSettings(context, server);
   const shots = process.env.CALLPLUS_SCREENSHOTS || mkdtempSync(join(tmpdir(), 'callplus-shots-'));
-  await demoPage(context, server, shots);
+  if (run(demoPage)) await demoPage(context, server, shots);
 }
 
 await finish(main);

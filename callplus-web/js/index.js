@@ -109,8 +109,8 @@ export class CallPlusClient {
 
   /**
    * @param options {deviceId?, clientVersion?, wasmUrl?, reconnectBackoffMin?, reconnectBackoffMax?,
-   *   connectTimeoutMs?, simulcast?} — `simulcast: true` sends this page's video to the SFU in
-   *   two layers, so that others can view it tiny (off by default: see docs/web.md)
+   *   connectTimeoutMs?, simulcast?} — this page's video goes to the SFU in two layers, so that
+   *   others can view it tiny; `simulcast: false` sends one (less encoding work)
    */
   constructor(options = {}) {
     this.#deviceId = options.deviceId || randomDeviceId();

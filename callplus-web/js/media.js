@@ -16,6 +16,7 @@
 // Through the SFU the page opens the `callplus-sfu` data channel, on which it tells the SFU which
 // layer of each publisher's video it wants (`setVideoView(…, isTiny)`):
 // `{"type":"video_view","user":"alice","tiny":true}`, every choice so far when the channel
+<<<<<<< HEAD
 // opens, later ones as they are made. With the `simulcast` option the page's own video goes to
 // the SFU twice (rid "f", the full layer, and rid "q", the tiny one at half the width and
 // height); without it, and in every mesh call, it sends one encoding. The SFU sends back, on
@@ -24,6 +25,11 @@
 // they change, at most five times a second): they become `audioLevel` (0-100, for every user
 // whose level changed, this page's own user too) and `activeSpeaker` hooks, and replace the
 // once-a-second levels read from getStats for that call.
+=======
+// opens, later ones as they are made. The page's own video goes to the SFU twice (rid "f", the
+// full layer, and rid "q", the tiny one at half the width and height); with the option
+// `simulcast: false`, and in every mesh call, it sends one encoding.
+>>>>>>> sfu-rejoin
 
 import { TINY_RID, applyMaxBitrate, audioConstraints, videoConstraints } from './config.js';
 
@@ -116,8 +122,8 @@ export class MediaExecutor {
    */
   constructor(hooks, options = {}) {
     this.hooks = hooks;
-    /** Whether the video to an SFU goes in two encodings (the tiny layer too). */
-    this.simulcast = !!options.simulcast;
+    /** Whether the video to an SFU goes in two encodings (the tiny layer too): unless turned off. */
+    this.simulcast = options.simulcast !== false;
     this.queue = Promise.resolve();
     this.call = null;
     this.localUser = null;

@@ -45,6 +45,8 @@ pub(super) async fn receive_loop(shared: Arc<PeerShared>, track: Arc<dyn TrackRe
     } else {
         shared.user.clone()
     };
+    let ssrcs = track.ssrcs().await;
+    tracing::debug!(call = %shared.call_id, user = %user, ?kind, ?ssrcs, "remote track started");
     shared.emit(MediaEvent::UserMediaAvailable { call_id: shared.call_id.clone(), user: user.clone(), kind });
     // Audio tracks leave it empty: it never has a deadline.
     let mut video = VideoReceive::new();

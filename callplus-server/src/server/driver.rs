@@ -159,6 +159,12 @@ pub(crate) struct DriverHandle {
 }
 
 impl DriverHandle {
+    /// A handle whose inputs go to `tx` (tests read them there).
+    #[cfg(test)]
+    pub(crate) fn from_sender(tx: mpsc::Sender<Input>) -> DriverHandle {
+        DriverHandle { tx }
+    }
+
     /// Queues an input; `false` when the driver has stopped.
     pub(crate) async fn send(&self, input: Input) -> bool {
         self.tx.send(input).await.is_ok()

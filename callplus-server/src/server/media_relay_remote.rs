@@ -265,10 +265,94 @@ async fn relay(
                 }
                 Ok(None) => return Ended::Broken,
                 Err(status) => {
-                    tracing::debug!(error = %status, "relay stream failed");
+                    // A broken connection, or a frame that is not a relay event (garbage, or
+                    // larger than the decoder's limit): the stream is given up either way.
+                    tracing::warn!(code = ?status.code(), error = %status.message(), "the SFU's relay stream failed");
                     return Ended::Broken;
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+    use crate::relay::MediaSecret;
+
+    /// A fake SFU on 127.0.0.1 whose relay stream sends `body` (gRPC-framed bytes) and then ends
+    /// without a status.
+    async fn fake_sfu(body: Vec<u8>) -> String {
+        let attach = move || {
+            let body = body.clone();
+            async move {
+                axum::response::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(axum::body::Body::from(body))
+                    .unwrap()
+            }
+        };
+        let app = axum::Router::new().route("/callplus.v1.MediaRelay/Attach", axum::routing::post(attach));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    /// One gRPC length-prefixed frame (uncompressed) declaring `len` bytes and carrying `bytes`.
+    fn frame(len: u32, bytes: &[u8]) -> Vec<u8> {
+        let mut out = vec![0];
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    /// Relays from a fake SFU sending `body`: the stream must end as broken, within a deadline and
+    /// without a panic, and the driver must get nothing from it.
+    async fn relay_from(body: Vec<u8>) {
+        let remote =
+            RemoteSfu { url: fake_sfu(body).await, secret: MediaSecret::generate(), tls_ca_pem: None };
+        let attached = attach(&remote).await.expect("the fake SFU opens the stream");
+        let (tx, mut inputs) = mpsc::channel(8);
+        let driver = DriverHandle::from_sender(tx);
+        let (_commands, mut rx) = mpsc::unbounded_channel();
+        let ended = tokio::time::timeout(
+            Duration::from_secs(10),
+            relay(attached, &mut rx, &driver, &mut Tracked::default()),
+        )
+        .await
+        .expect("the relay gives the stream up");
+        assert!(matches!(ended, Ended::Broken), "a bad stream is broken, not the driver's end");
+        assert!(inputs.try_recv().is_err(), "nothing of it reaches the driver");
+    }
+
+    #[tokio::test]
+    async fn garbage_from_the_sfu_ends_the_stream_cleanly() {
+        relay_from(frame(6, &[0xff; 6])).await;
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_from_the_sfu_ends_the_stream_cleanly() {
+        // Declares 2 GiB: refused from its header, before anything is buffered.
+        relay_from(frame(0x7fff_ffff, &[0; 64])).await;
+    }
+
+    #[tokio::test]
+    async fn an_event_with_unusable_ids_is_dropped_and_a_truncated_frame_ends_the_stream() {
+        let signal = pb::RelaySignal {
+            call_id: String::new(),
+            user_id: "a user".into(),
+            device_id: String::new(),
+            payload: Some(pb::relay_signal::Payload::SdpOffer("v=0".into())),
+        };
+        let event = pb::RelayEvent { body: Some(pb::relay_event::Body::Signal(signal)) }.encode_to_vec();
+        let empty = pb::RelayEvent { body: None }.encode_to_vec();
+        let mut body = frame(event.len() as u32, &event);
+        body.extend(frame(empty.len() as u32, &empty));
+        body.extend(frame(100, &[1, 2, 3]));
+        relay_from(body).await;
     }
 }
