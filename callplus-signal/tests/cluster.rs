@@ -418,3 +418,67 @@ async fn a_restarted_owner_ends_its_calls_for_the_participants_on_other_nodes() 
     }
     drop((host, restarted));
 }
+
+/// The in-call marks of `user` in Redis (the calls their owners marked them in).
+async fn marks_of(redis: &OwnedRedis, app: &str, user: &str) -> Vec<(String, String)> {
+    let config = callplus_signal::cluster::ClusterConfig::new(&redis.url(), "node-x").unwrap();
+    let marks = callplus_signal::cluster::InCallMarks::new(
+        callplus_signal::cluster::connect(&config.client).await.unwrap(),
+    );
+    marks.read(app, &[user]).await.unwrap()
+}
+
+/// Busy across owners: bob is in a call node A owns (with his device on A); carol, on node B,
+/// calls him through a call node B owns and is told he is busy, as on one node, and he is rung
+/// anyway (call waiting). Once his call ends his in-call mark is gone and he is free for her.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callee_in_a_call_another_node_owns_is_busy() {
+    let Some(redis) = OwnedRedis::start() else { return };
+    let postgres = support::postgres::fresh_database();
+    let a = Node::start(&postgres, &redis, "node-a").await;
+    let secret = a.value("app secret:");
+    let app = a.value("app key:");
+    let b = Node::start(&postgres, &redis, "node-b").await;
+    let (alice, mut alice_ev) = a.connect(&secret, "alice", "alice-phone").await;
+    let (bob, mut bob_ev) = a.connect(&secret, "bob", "bob-phone").await;
+    let (carol, mut carol_ev) = b.connect(&secret, "carol", "carol-phone").await;
+
+    let first = alice.start_call(&["bob"], CallType::Single, MediaType::Audio, CallOptions::default()).await;
+    let first = first.expect("start_call").call_id().clone();
+    wait_for(&mut bob_ev, "bob rings on A", rings(&first)).await;
+    bob.accept(&first).await.expect("accept");
+    wait_for(&mut alice_ev, "alice connected", connected(&first)).await;
+
+    let second = carol.start_call(&["bob"], CallType::Single, MediaType::Audio, CallOptions::default()).await;
+    let second = second.expect("start_call on B");
+    assert!(second.call_id().as_str().starts_with("node-b_"), "{:?}", second.call_id());
+    assert_eq!(second.busy_users, [callplus_session::UserId::new("bob").unwrap()], "bob is busy on node A");
+    let second = second.call_id().clone();
+    wait_for(&mut bob_ev, "bob is rung anyway (call waiting)", rings(&second)).await;
+    carol.hangup(Some(&second)).await.expect("carol cancels");
+    wait_for(&mut carol_ev, "carol's record", record(&second)).await;
+
+    alice.hangup(Some(&first)).await.expect("alice hangs up");
+    wait_for(&mut bob_ev, "bob's call ends", ended(&first)).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let marks = marks_of(&redis, &app, "bob").await;
+        if marks.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob's in-call marks stay: {marks:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let third = carol.start_call(&["bob"], CallType::Single, MediaType::Audio, CallOptions::default()).await;
+    let third = third.expect("start_call on B");
+    assert!(third.busy_users.is_empty(), "bob is free: {:?}", third.busy_users);
+    let third = third.call_id().clone();
+    wait_for(&mut bob_ev, "bob rings", rings(&third)).await;
+    bob.accept(&third).await.expect("bob answers carol");
+    wait_for(&mut carol_ev, "carol connected", connected(&third)).await;
+    carol.hangup(Some(&third)).await.expect("hangup");
+    wait_for(&mut bob_ev, "bob sees the end", ended(&third)).await;
+    for client in [alice, bob, carol] {
+        client.disconnect().await;
+    }
+}

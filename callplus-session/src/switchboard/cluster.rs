@@ -163,6 +163,31 @@ pub enum NodeOutput {
         /// The lost node.
         node: String,
     },
+    /// The owner's mark that `user` is in a live call (`on`: they hold a connected leg in
+    /// `call_id`) or no longer is. Other nodes read the marks to tell a caller that a callee is
+    /// busy in a call owned elsewhere ([`NodeOutput::CheckBusy`]); in Redis a hash per user,
+    /// one field per call.
+    InCall {
+        /// The app.
+        app: AppKey,
+        /// The user.
+        user: UserId,
+        /// The call (its id names the owner).
+        call_id: CallId,
+        /// Set (`true`) or cleared.
+        on: bool,
+    },
+    /// Before starting a call or inviting into one: read the [`NodeOutput::InCall`] marks of
+    /// `users` and answer [`Switchboard::complete_busy`] with each (user, call) marked by a
+    /// node that is alive (an empty list when the lookup failed: nobody is busy).
+    CheckBusy {
+        /// The lookup's id.
+        id: QueryId,
+        /// The app.
+        app: AppKey,
+        /// The callees or invitees.
+        users: Vec<UserId>,
+    },
 }
 
 /// The node that owns a call: its id's part before the last `_` (ids minted by a node of
@@ -180,6 +205,14 @@ pub(super) struct Locating {
     pub(super) idx: usize,
     /// The push to send when no device anywhere gets the invitation (when pushing is allowed).
     pub(super) push: Option<(UserId, Option<PushConfig>)>,
+}
+
+/// A StartCall or Invite waiting for the callees' in-call marks ([`NodeOutput::CheckBusy`]).
+#[derive(Debug, Clone)]
+pub(super) struct BusyCheck {
+    ctx: Ctx,
+    rid: u64,
+    request: Request,
 }
 
 impl Switchboard {
@@ -342,7 +375,100 @@ impl Switchboard {
         }
     }
 
+    /// Before a StartCall or Invite on a node of several: the callees may be in calls other
+    /// nodes own, which this node cannot see. The request waits for their in-call marks
+    /// ([`NodeOutput::CheckBusy`]) and is handled with them ([`Switchboard::complete_busy`]).
+    /// Returns the request back when it is to be handled now.
+    pub(super) fn check_busy_first(&mut self, ctx: &Ctx, rid: u64, request: Request) -> Option<Request> {
+        if !self.clustered() || self.remote_busy.is_some() {
+            return Some(request);
+        }
+        let users = match &request {
+            Request::StartCall(start) => start.callees.clone(),
+            Request::Invite { users, .. } => users.clone(),
+            _ => return Some(request),
+        };
+        if users.is_empty() {
+            return Some(request);
+        }
+        self.next_query += 1;
+        let id = self.next_query;
+        self.busy_checks.insert(id, BusyCheck { ctx: ctx.clone(), rid, request });
+        self.net.outputs.push_back(Output::Node(NodeOutput::CheckBusy { id, app: ctx.app.clone(), users }));
+        None
+    }
+
+    /// Keeps the in-call marks of the calls this input changed in step with them: a user
+    /// holding a connected leg in a live call here is marked, one who no longer does is
+    /// cleared ([`NodeOutput::InCall`]).
+    pub(super) fn sync_marks(&mut self) {
+        let touched = std::mem::take(&mut self.net.outputs.touched);
+        for id in touched {
+            let (app, want): (Option<AppKey>, Vec<UserId>) = match self.calls.get(&id) {
+                Some(call) if !call.is_ended() => (
+                    Some(call.app.clone()),
+                    call.parties
+                        .iter()
+                        .filter(|p| p.state.is_connected() && p.bound.is_some())
+                        .map(|p| p.user.clone())
+                        .collect(),
+                ),
+                Some(call) => (Some(call.app.clone()), Vec::new()),
+                None => (None, Vec::new()),
+            };
+            let had = self.marked.remove(&id);
+            let Some(app) = app.or_else(|| had.as_ref().map(|(a, _)| a.clone())) else { continue };
+            let had = had.map(|(_, users)| users).unwrap_or_default();
+            for (user, on) in want
+                .iter()
+                .filter(|u| !had.contains(u))
+                .map(|u| (u, true))
+                .chain(had.iter().filter(|u| !want.contains(u)).map(|u| (u, false)))
+            {
+                let mark =
+                    NodeOutput::InCall { app: app.clone(), user: user.clone(), call_id: id.clone(), on };
+                self.net.outputs.push_back(Output::Node(mark));
+            }
+            if !want.is_empty() {
+                self.marked.insert(id, (app, want));
+            }
+        }
+    }
+
+    /// A call ended from its saved snapshot here was marked by its former owner: every
+    /// participant's mark is cleared when it ends.
+    pub(super) fn clear_marks_of_saved(&mut self, call: &Call) {
+        if self.clustered() {
+            let users = call.parties.iter().map(|p| p.user.clone()).collect();
+            self.marked.insert(call.id.clone(), (call.app.clone(), users));
+        }
+    }
+
     // ----- inputs -----------------------------------------------------------------------------
+
+    /// The driver's answer to [`NodeOutput::CheckBusy`]: `calls` are the (user, call) in-call
+    /// marks found, of nodes that are alive. The waiting request is handled now; a callee
+    /// marked in a call another node owns counts as busy exactly like one in a call here
+    /// (calls this node owns are judged from its own state, which is never stale).
+    pub fn complete_busy(&mut self, now_ms: i64, id: QueryId, calls: Vec<(UserId, CallId)>) {
+        if let Some(BusyCheck { ctx, rid, request }) = self.busy_checks.remove(&id)
+            && self.net.sessions.contains_key(&ctx.sk)
+        {
+            let this_call = request.call_id().cloned();
+            let me = self.cfg.node_id.as_str();
+            let busy: Vec<UserId> = calls
+                .into_iter()
+                .filter(|(_, c)| {
+                    Some(c) != this_call.as_ref() && !self.calls.contains_key(c) && owner_node(c) != Some(me)
+                })
+                .map(|(u, _)| u)
+                .collect();
+            self.remote_busy = Some(busy);
+            self.request(now_ms, &ctx, rid, request);
+            self.remote_busy = None;
+        }
+        self.finish_input(now_ms);
+    }
 
     /// A message from node `from` (read from this node's inbox).
     pub fn handle_node_message(&mut self, now_ms: i64, from: &str, message: NodeMessage) {
@@ -514,6 +640,7 @@ impl Switchboard {
                 continue;
             }
             let call = Call::from_info(app, info);
+            self.clear_marks_of_saved(&call);
             let id = call.id.clone();
             for p in &call.parties {
                 self.net.add_call(&call.app, &p.user, &id);

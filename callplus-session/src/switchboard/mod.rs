@@ -143,6 +143,13 @@ pub struct Switchboard {
     /// `takeover_granted`): on a node of several its participants' devices are told through
     /// routing, as none is bound to it here.
     ending_saved: bool,
+    /// A node of several: StartCall / Invite requests waiting for their callees' in-call
+    /// marks (`cluster`).
+    busy_checks: FastMap<QueryId, cluster::BusyCheck>,
+    /// While such a request is handled: the callees marked busy in calls other nodes own.
+    remote_busy: Option<Vec<UserId>>,
+    /// A node of several: the users marked in a call, per call this node owns (`cluster`).
+    marked: FastMap<CallId, (AppKey, Vec<UserId>)>,
 }
 
 impl Switchboard {
@@ -160,7 +167,7 @@ impl Switchboard {
                 sessions: FastMap::default(),
                 conns: FastMap::default(),
                 users: FastMap::default(),
-                outputs: Outputs::default(),
+                outputs: Outputs::new(clustered),
                 graveyard: FastMap::default(),
                 to_drop: Vec::new(),
                 grown: Vec::new(),
@@ -188,6 +195,9 @@ impl Switchboard {
             remotes: FastMap::default(),
             locates: FastMap::default(),
             ending_saved: false,
+            busy_checks: FastMap::default(),
+            remote_busy: None,
+            marked: FastMap::default(),
         }
     }
 
@@ -456,6 +466,7 @@ impl Switchboard {
                 continue;
             }
             let call = Call::from_info(app, info);
+            self.clear_marks_of_saved(&call);
             let id = call.id.clone();
             for p in &call.parties {
                 self.net.add_call(&call.app, &p.user, &id);

@@ -15,7 +15,7 @@ use callplus_session::client::{ConnectionState, DriverEvent, RequestId};
 use callplus_session::switchboard::{
     NodeMessage, NodeOutput, Output, QueryId, RemoteDevice, SwitchboardConfig, owner_node,
 };
-use callplus_session::{AppKey, CallInfo, DeviceId, Error, ResponseBody, UserId};
+use callplus_session::{AppKey, CallId, CallInfo, DeviceId, Error, ResponseBody, UserId};
 
 use super::Sim;
 use super::storage::SimStorage;
@@ -54,6 +54,11 @@ pub struct Cluster {
     pub takeover_attempts: Vec<(usize, String)>,
     /// Won takeovers whose saved calls are being read: answered a latency later.
     grants: BTreeMap<(i64, u64), (usize, String)>,
+    /// The in-call marks (`NodeOutput::InCall`): (app, user) → calls, each with the node that
+    /// marked it.
+    pub in_call: BTreeMap<(AppKey, UserId), BTreeMap<CallId, usize>>,
+    /// Busy lookups waiting for their answer.
+    busy_checks: BTreeMap<(i64, u64), (usize, QueryId, AppKey, Vec<UserId>)>,
     cursors: Vec<usize>,
     seq: u64,
     pub now: i64,
@@ -62,11 +67,17 @@ pub struct Cluster {
 impl Cluster {
     /// Nodes named `names`, started in the same millisecond on one shared database.
     pub fn new(names: &[&str]) -> Cluster {
+        Cluster::with_config(names, &SwitchboardConfig::default())
+    }
+
+    /// Like [`Cluster::new`], every node with `base` (and its own node id).
+    pub fn with_config(names: &[&str], base: &SwitchboardConfig) -> Cluster {
         let db = Rc::new(RefCell::new(SimStorage::default()));
         let mut nodes = Vec::new();
         for name in names {
-            let config = SwitchboardConfig { node_id: (*name).to_owned(), ..SwitchboardConfig::default() };
+            let config = SwitchboardConfig { node_id: (*name).to_owned(), ..base.clone() };
             let mut sim = Sim::new(config);
+            sim.routed = true;
             sim.storage.shared = Some(db.clone());
             nodes.push(sim);
         }
@@ -84,6 +95,8 @@ impl Cluster {
             takeovers: BTreeMap::new(),
             takeover_attempts: Vec::new(),
             grants: BTreeMap::new(),
+            in_call: BTreeMap::new(),
+            busy_checks: BTreeMap::new(),
             seq: 0,
             now,
         }
@@ -147,6 +160,19 @@ impl Cluster {
                 let at = self.now + NODE_LATENCY_MS;
                 let s = self.schedule_seq();
                 self.locates.insert((at, s), (n, id, app, user));
+            }
+            Output::Node(NodeOutput::InCall { app, user, call_id, on }) => {
+                let calls = self.in_call.entry((app, user)).or_default();
+                if on {
+                    calls.insert(call_id, n);
+                } else {
+                    calls.remove(&call_id);
+                }
+            }
+            Output::Node(NodeOutput::CheckBusy { id, app, users }) => {
+                let at = self.now + NODE_LATENCY_MS;
+                let s = self.schedule_seq();
+                self.busy_checks.insert((at, s), (n, id, app, users));
             }
             Output::Node(NodeOutput::AcquireTakeover { node }) => {
                 self.takeover_attempts.push((n, node.clone()));
@@ -232,6 +258,29 @@ impl Cluster {
                 .collect();
             let now = self.now;
             self.nodes[n].switchboard.complete_locate(now, id, devices);
+            self.nodes[n].run_for(0);
+            self.collect();
+        }
+        loop {
+            let due = self.busy_checks.keys().next().copied().filter(|(t, _)| *t <= self.now);
+            let Some(key) = due else { break };
+            let Some((n, id, app, users)) = self.busy_checks.remove(&key) else { break };
+            if !self.alive[n] {
+                continue;
+            }
+            // Marks of lost nodes are skipped, as the driver skips nodes whose liveness key
+            // is gone.
+            let mut found = Vec::new();
+            for user in users {
+                let Some(calls) = self.in_call.get(&(app.clone(), user.clone())) else { continue };
+                for (call, node) in calls {
+                    if self.alive[*node] {
+                        found.push((user.clone(), call.clone()));
+                    }
+                }
+            }
+            let now = self.now;
+            self.nodes[n].switchboard.complete_busy(now, id, found);
             self.nodes[n].run_for(0);
             self.collect();
         }
