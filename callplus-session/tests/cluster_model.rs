@@ -700,6 +700,94 @@ mod busy_across_owners {
     }
 }
 
+mod late_devices {
+    //! A device that connects after the ringing started, on a node that does not own the call,
+    //! is offered the call as on one node: the owner marks its callees ringing
+    //! (`NodeOutput::InCall`), the device's node finds the marks (`NodeOutput::FindRinging`) and
+    //! tells the owner (`NodeMessage::DeviceOnline`), which offers the call there.
+    use callplus_session::client::CallOptions;
+    use callplus_session::switchboard::{DevicePolicy, SwitchboardConfig};
+    use callplus_session::{CallId, CallType, EndReason, MediaType, ResponseBody};
+
+    use super::sim::cluster::Cluster;
+
+    const A: usize = 0;
+    const B: usize = 1;
+    const C: usize = 2;
+    const NAMES: [&str; 3] = ["node-a", "node-b", "node-c"];
+
+    fn start(c: &mut Cluster, node: usize, idx: usize, callee: &str) -> CallId {
+        let now = c.device_now(node, idx);
+        let options = CallOptions { ring_timeout_ms: Some(30_000), ..CallOptions::default() };
+        let engine = &mut c.nodes[node].devices[idx].engine;
+        let id = engine.start_call(now, &[callee], CallType::Single, MediaType::Audio, options).unwrap();
+        match c.wait_request(node, idx, id) {
+            Ok(ResponseBody::Started { call, .. }) => call.call_id,
+            other => panic!("start_call answered {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_device_connecting_after_the_ringing_started_rings_and_answers() {
+        let mut c = Cluster::new(&NAMES);
+        let alice = c.add_device(A, "alice", "alice-phone");
+        let bob_c = c.add_device(C, "bob", "bob-tablet");
+        let call = start(&mut c, A, alice, "bob");
+        let call2 = call.clone();
+        c.run_until(2_000, "the tablet rings", move |c| c.nodes[C].incoming(bob_c).as_ref() == Some(&call2));
+
+        // Bob's phone connects to node B only now: it rings too, and answers.
+        let bob_b = c.add_device(B, "bob", "bob-phone");
+        let call2 = call.clone();
+        c.run_until(2_000, "the late phone rings", move |c| {
+            c.nodes[B].incoming(bob_b).as_ref() == Some(&call2)
+        });
+        let now = c.device_now(B, bob_b);
+        let rid = c.nodes[B].devices[bob_b].engine.accept(now, &call).unwrap();
+        c.wait_request(B, bob_b, rid).unwrap();
+        let call2 = call.clone();
+        c.run_until(2_000, "connected", move |c| {
+            c.nodes[A].connected(alice, &call2) && c.nodes[B].connected(bob_b, &call2)
+        });
+        let call2 = call.clone();
+        c.run_until(2_000, "the tablet stops", move |c| c.nodes[C].ended(bob_c, &call2).is_some());
+        assert_eq!(c.nodes[C].ended(bob_c, &call), Some(EndReason::AcceptedOnOtherDevice));
+    }
+
+    #[test]
+    fn a_device_connecting_once_the_call_was_answered_is_not_rung() {
+        let mut c = Cluster::new(&NAMES);
+        let alice = c.add_device(A, "alice", "alice-phone");
+        let bob_c = c.add_device(C, "bob", "bob-tablet");
+        let call = start(&mut c, A, alice, "bob");
+        let call2 = call.clone();
+        c.run_until(2_000, "the tablet rings", move |c| c.nodes[C].incoming(bob_c).as_ref() == Some(&call2));
+        let now = c.device_now(C, bob_c);
+        let rid = c.nodes[C].devices[bob_c].engine.accept(now, &call).unwrap();
+        c.wait_request(C, bob_c, rid).unwrap();
+        c.settle();
+        let bob_b = c.add_device(B, "bob", "bob-phone");
+        c.settle();
+        assert_eq!(c.nodes[B].incoming(bob_b), None, "an answered call is not offered");
+    }
+
+    /// Under the single-device policy a login on node B kicks the user's older device on node
+    /// A (KICKED_OTHER_LOGIN), as on one node; the new device stays.
+    #[test]
+    fn single_device_policy_kicks_the_older_device_on_another_node() {
+        let config =
+            SwitchboardConfig { device_policy: DevicePolicy::SingleDevice, ..SwitchboardConfig::default() };
+        let mut c = Cluster::with_config(&NAMES, &config);
+        let old = c.add_device(A, "bob", "bob-phone");
+        let new = c.add_device(B, "bob", "bob-tablet");
+        c.run_until(2_000, "the phone on A is kicked", move |c| {
+            c.nodes[A].kicked(old) == Some(EndReason::KickedOtherLogin)
+        });
+        c.settle();
+        assert_eq!(c.nodes[B].kicked(new), None, "the new login stays");
+    }
+}
+
 mod stale_presence {
     use callplus_session::client::CallOptions;
     use callplus_session::switchboard::NodeMessage;

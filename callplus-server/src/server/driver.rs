@@ -681,7 +681,10 @@ impl Driver {
         match work {
             NodeOutput::Locate { id, .. } => self.sb.complete_locate(now, id, Vec::new()),
             // No other node without Redis: none is ever lost, nobody is in a call elsewhere.
-            NodeOutput::AcquireTakeover { .. } | NodeOutput::InCall { .. } => {}
+            NodeOutput::AcquireTakeover { .. }
+            | NodeOutput::InCall { .. }
+            | NodeOutput::FindRinging { .. }
+            | NodeOutput::KickElsewhere { .. } => {}
             NodeOutput::CheckBusy { id, .. } => self.sb.complete_busy(now, id, Vec::new()),
             NodeOutput::Route { app, user, event, store_if_absent } => {
                 if store_if_absent {

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use callplus_session::switchboard::{NodeMessage, NodeOutput, QueryId, RemoteDevice, owner_node};
+use callplus_session::switchboard::{CallMark, NodeMessage, NodeOutput, QueryId, RemoteDevice, owner_node};
 use callplus_session::{AppKey, CallId, CallInfo, DeviceId, Event, UserId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -319,15 +319,62 @@ impl Worker {
                 }
                 self.tell(NodeInput::Located { id, devices }).await;
             }
-            NodeOutput::InCall { app, user, call_id, on } => {
-                if let Err(e) = self.marks.set(app.as_str(), user.as_str(), call_id.as_str(), on).await {
+            NodeOutput::InCall { app, user, call_id, mark } => {
+                let mark = mark.map(CallMark::as_str);
+                if let Err(e) = self.marks.set(app.as_str(), user.as_str(), call_id.as_str(), mark).await {
                     self.metrics.count_node("error");
                     tracing::warn!(error = %e, "in-call mark not written");
                 }
             }
             NodeOutput::CheckBusy { id, app, users } => {
-                let calls = self.busy(&app, &users).await;
+                let calls = self.marked(&app, &users, CallMark::Connected).await;
                 self.tell(NodeInput::BusyFound { id, calls }).await;
+            }
+            NodeOutput::FindRinging { app, user, device, session_id } => {
+                let found = self.marked(&app, std::slice::from_ref(&user), CallMark::Ringing).await;
+                let mut owners: Vec<String> =
+                    found.iter().filter_map(|(_, call)| owner_node(call).map(str::to_owned)).collect();
+                owners.sort();
+                owners.dedup();
+                for node in owners {
+                    let message = NodeMessage::DeviceOnline {
+                        app: app.clone(),
+                        user: user.clone(),
+                        device: device.clone(),
+                        session_id: session_id.clone(),
+                    };
+                    self.send_to(&node, &message).await;
+                }
+            }
+            NodeOutput::KickElsewhere { app, user, device, at_ms } => {
+                let nodes = match self.presence.lookup(app.as_str(), user.as_str()).await {
+                    Ok(found) => {
+                        let mut nodes: Vec<String> = found
+                            .into_iter()
+                            .filter(|d| d.node_id != self.node.as_str() && d.device_id != device.as_str())
+                            .map(|d| d.node_id)
+                            .collect();
+                        nodes.sort();
+                        nodes.dedup();
+                        nodes
+                    }
+                    Err(e) => {
+                        self.metrics.count_node("error");
+                        tracing::warn!(error = %e, "presence lookup failed; older logins elsewhere not kicked");
+                        Vec::new()
+                    }
+                };
+                for node in nodes {
+                    if self.alive(&node).await {
+                        let message = NodeMessage::LoggedIn {
+                            app: app.clone(),
+                            user: user.clone(),
+                            device: device.clone(),
+                            at_ms,
+                        };
+                        self.send_to(&node, &message).await;
+                    }
+                }
             }
             NodeOutput::Route { app, user, event, store_if_absent } => {
                 let nodes = match self.presence.lookup(app.as_str(), user.as_str()).await {
@@ -365,21 +412,24 @@ impl Worker {
         }
     }
 
-    /// The in-call marks of `users` whose owner is another node that is alive (this node's own
-    /// calls are judged by its switchboard; a lost node's marks count for nothing). A failed
-    /// lookup finds nobody busy.
-    async fn busy(&mut self, app: &AppKey, users: &[UserId]) -> Vec<(UserId, CallId)> {
+    /// The (user, call) marks `wanted` of `users` whose owner is another node that is alive
+    /// (this node's own calls are judged by its switchboard; a lost node's marks count for
+    /// nothing). A failed lookup finds none: nobody busy, no late ringing.
+    async fn marked(&mut self, app: &AppKey, users: &[UserId], wanted: CallMark) -> Vec<(UserId, CallId)> {
         let names: Vec<&str> = users.iter().map(UserId::as_str).collect();
         let found = match self.marks.read(app.as_str(), &names).await {
             Ok(found) => found,
             Err(e) => {
                 self.metrics.count_node("error");
-                tracing::warn!(error = %e, "in-call marks not read; no callee counts as busy elsewhere");
+                tracing::warn!(error = %e, "in-call marks not read; none counts");
                 return Vec::new();
             }
         };
         let mut calls = Vec::new();
-        for (user, call) in found {
+        for (user, call, mark) in found {
+            if CallMark::parse(&mark) != Some(wanted) {
+                continue;
+            }
             let (Ok(user), Ok(call)) = (UserId::new(&user), CallId::new(&call)) else { continue };
             let Some(owner) = owner_node(&call).map(str::to_owned) else { continue };
             if owner != self.node.as_str() && self.alive(&owner).await {

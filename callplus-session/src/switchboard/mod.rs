@@ -74,7 +74,7 @@ use crate::model::message::{ClientFrame, Event, Hello, Response, ResponseBody, S
 use crate::model::snapshot::CallInfo;
 use crate::wire::FrameError;
 
-pub use cluster::{NodeMessage, NodeOutput, RemoteDevice, owner_node};
+pub use cluster::{CallMark, NodeMessage, NodeOutput, RemoteDevice, owner_node};
 pub use config::{BusyPolicy, ConfigError, DevicePolicy, MAX_NODE_ID_LEN, SwitchboardConfig, valid_node_id};
 pub use media_route::{MEDIA_RECOVERY_MS, MediaRouter, TokenSigner};
 pub use output::{ConnId, DevicePresence, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId};
@@ -149,7 +149,7 @@ pub struct Switchboard {
     /// While such a request is handled: the callees marked busy in calls other nodes own.
     remote_busy: Option<Vec<UserId>>,
     /// A node of several: the users marked in a call, per call this node owns (`cluster`).
-    marked: FastMap<CallId, (AppKey, Vec<UserId>)>,
+    marked: FastMap<CallId, (AppKey, Vec<(UserId, cluster::CallMark)>)>,
 }
 
 impl Switchboard {
@@ -303,6 +303,7 @@ impl Switchboard {
             }
         }
         self.offer_ringing(sk);
+        self.announce(sk, self.cfg.device_policy == DevicePolicy::SingleDevice);
         self.load_offline(sk);
         self.finish_input(now_ms);
     }

@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use callplus_session::client::{ConnectionState, DriverEvent, RequestId};
 use callplus_session::switchboard::{
-    NodeMessage, NodeOutput, Output, QueryId, RemoteDevice, SwitchboardConfig, owner_node,
+    CallMark, NodeMessage, NodeOutput, Output, QueryId, RemoteDevice, SwitchboardConfig, owner_node,
 };
 use callplus_session::{AppKey, CallId, CallInfo, DeviceId, Error, ResponseBody, UserId};
 
@@ -55,8 +55,8 @@ pub struct Cluster {
     /// Won takeovers whose saved calls are being read: answered a latency later.
     grants: BTreeMap<(i64, u64), (usize, String)>,
     /// The in-call marks (`NodeOutput::InCall`): (app, user) → calls, each with the node that
-    /// marked it.
-    pub in_call: BTreeMap<(AppKey, UserId), BTreeMap<CallId, usize>>,
+    /// marked it and the mark.
+    pub in_call: BTreeMap<(AppKey, UserId), BTreeMap<CallId, (usize, CallMark)>>,
     /// Busy lookups waiting for their answer.
     busy_checks: BTreeMap<(i64, u64), (usize, QueryId, AppKey, Vec<UserId>)>,
     cursors: Vec<usize>,
@@ -161,12 +161,58 @@ impl Cluster {
                 let s = self.schedule_seq();
                 self.locates.insert((at, s), (n, id, app, user));
             }
-            Output::Node(NodeOutput::InCall { app, user, call_id, on }) => {
+            Output::Node(NodeOutput::InCall { app, user, call_id, mark }) => {
                 let calls = self.in_call.entry((app, user)).or_default();
-                if on {
-                    calls.insert(call_id, n);
-                } else {
-                    calls.remove(&call_id);
+                match mark {
+                    Some(mark) => {
+                        calls.insert(call_id, (n, mark));
+                    }
+                    None => {
+                        calls.remove(&call_id);
+                    }
+                }
+            }
+            Output::Node(NodeOutput::FindRinging { app, user, device, session_id }) => {
+                let mut owners: Vec<usize> = self
+                    .in_call
+                    .get(&(app.clone(), user.clone()))
+                    .map(|calls| {
+                        calls
+                            .values()
+                            .filter(|(o, m)| *m == CallMark::Ringing && *o != n && self.alive[*o])
+                            .map(|(o, _)| *o)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                owners.sort_unstable();
+                owners.dedup();
+                for to in owners {
+                    let message = NodeMessage::DeviceOnline {
+                        app: app.clone(),
+                        user: user.clone(),
+                        device: device.clone(),
+                        session_id: session_id.clone(),
+                    };
+                    self.post(n, to, message);
+                }
+            }
+            Output::Node(NodeOutput::KickElsewhere { app, user, device, at_ms }) => {
+                let mut nodes: Vec<usize> = self
+                    .presence
+                    .iter()
+                    .filter(|((a, u, d), (o, _))| *a == app && *u == user && *d != device && *o != n)
+                    .map(|(_, (o, _))| *o)
+                    .collect();
+                nodes.sort_unstable();
+                nodes.dedup();
+                for to in nodes {
+                    let message = NodeMessage::LoggedIn {
+                        app: app.clone(),
+                        user: user.clone(),
+                        device: device.clone(),
+                        at_ms,
+                    };
+                    self.post(n, to, message);
                 }
             }
             Output::Node(NodeOutput::CheckBusy { id, app, users }) => {
@@ -273,8 +319,8 @@ impl Cluster {
             let mut found = Vec::new();
             for user in users {
                 let Some(calls) = self.in_call.get(&(app.clone(), user.clone())) else { continue };
-                for (call, node) in calls {
-                    if self.alive[*node] {
+                for (call, (node, mark)) in calls {
+                    if *mark == CallMark::Connected && self.alive[*node] {
                         found.push((user.clone(), call.clone()));
                     }
                 }
