@@ -1,7 +1,9 @@
 //! Three real `callplus serve` nodes sharing one PostgreSQL and one Redis, all started by the
 //! test on 127.0.0.1 in temporary directories: calls whose participants sit on different nodes,
-//! a callee ringing on two nodes, a group call across all three, records read from any node, and
-//! an offline user's summary handed to whichever node they connect to.
+//! a callee ringing on two nodes, a group call across all three, records read from any node, an
+//! offline user's summary handed to whichever node they connect to, a callee busy in a call
+//! another node owns, a device connecting late to another node, and the single-device policy
+//! across nodes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;

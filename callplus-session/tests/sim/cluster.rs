@@ -34,6 +34,9 @@ struct InFlight {
     message: NodeMessage,
 }
 
+/// A busy lookup on its way: the asking node, the lookup's id, the app and the callees.
+type BusyCheck = (usize, QueryId, AppKey, Vec<UserId>);
+
 /// The simulated deployment.
 pub struct Cluster {
     pub nodes: Vec<Sim>,
@@ -58,7 +61,7 @@ pub struct Cluster {
     /// marked it and the mark.
     pub in_call: BTreeMap<(AppKey, UserId), BTreeMap<CallId, (usize, CallMark)>>,
     /// Busy lookups waiting for their answer.
-    busy_checks: BTreeMap<(i64, u64), (usize, QueryId, AppKey, Vec<UserId>)>,
+    busy_checks: BTreeMap<(i64, u64), BusyCheck>,
     cursors: Vec<usize>,
     seq: u64,
     pub now: i64,
