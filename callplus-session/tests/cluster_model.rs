@@ -576,6 +576,218 @@ mod routing {
     }
 }
 
+mod busy_across_owners {
+    //! A callee in a call another node owns is busy for a caller on any node: the owner marks
+    //! its participants' connected legs (`NodeOutput::InCall`), a node starting a call reads the
+    //! marks first (`NodeOutput::CheckBusy`), and marks of a lost node count for nothing and are
+    //! cleared by the survivor that ends its calls.
+    use callplus_session::client::CallOptions;
+    use callplus_session::switchboard::{BusyPolicy, SwitchboardConfig};
+    use callplus_session::{CallId, CallType, EndReason, MediaType, ResponseBody, UserId};
+
+    use super::sim::cluster::Cluster;
+    use super::sim::{default_app, user};
+
+    const A: usize = 0;
+    const B: usize = 1;
+    const C: usize = 2;
+    const NAMES: [&str; 3] = ["node-a", "node-b", "node-c"];
+
+    fn start(c: &mut Cluster, node: usize, idx: usize, callee: &str) -> (CallId, Vec<UserId>) {
+        let now = c.device_now(node, idx);
+        let options = CallOptions::default();
+        let engine = &mut c.nodes[node].devices[idx].engine;
+        let id = engine.start_call(now, &[callee], CallType::Single, MediaType::Audio, options).unwrap();
+        match c.wait_request(node, idx, id) {
+            Ok(ResponseBody::Started { call, busy }) => (call.call_id, busy),
+            other => panic!("start_call answered {other:?}"),
+        }
+    }
+
+    fn accept(c: &mut Cluster, node: usize, idx: usize, call: &CallId) {
+        let call2 = call.clone();
+        c.run_until(2_000, "the callee rings", move |c| c.nodes[node].incoming(idx).as_ref() == Some(&call2));
+        let now = c.device_now(node, idx);
+        let id = c.nodes[node].devices[idx].engine.accept(now, call).unwrap();
+        c.wait_request(node, idx, id).unwrap();
+    }
+
+    fn hangup(c: &mut Cluster, node: usize, idx: usize, call: &CallId) {
+        let now = c.device_now(node, idx);
+        let id = c.nodes[node].devices[idx].engine.hangup(now, Some(call), None).unwrap();
+        c.wait_request(node, idx, id).unwrap();
+    }
+
+    fn marks_of(c: &Cluster, name: &str) -> usize {
+        c.in_call.get(&(default_app(), user(name))).map_or(0, |calls| calls.len())
+    }
+
+    #[test]
+    fn a_callee_in_a_call_another_node_owns_is_reported_busy_and_still_rung() {
+        let mut c = Cluster::new(&NAMES);
+        let alice = c.add_device(A, "alice", "alice-phone");
+        let bob = c.add_device(A, "bob", "bob-phone");
+        let carol = c.add_device(B, "carol", "carol-phone");
+        let (call, busy) = start(&mut c, A, alice, "bob");
+        assert!(busy.is_empty());
+        accept(&mut c, A, bob, &call);
+        c.settle();
+        assert_eq!(marks_of(&c, "bob"), 1, "the owner marks bob in its call");
+
+        // Carol, on node B, calls bob: his call is node A's, and he is busy all the same.
+        let (second, busy) = start(&mut c, B, carol, "bob");
+        assert_eq!(busy, [user("bob")]);
+        // Call waiting: bob's phone rings for the second call too, as on one node.
+        let second2 = second.clone();
+        c.run_until(2_000, "bob is offered the second call", move |c| {
+            c.nodes[A].incoming(bob).as_ref() == Some(&second2)
+        });
+        hangup(&mut c, B, carol, &second);
+        hangup(&mut c, A, alice, &call);
+        c.settle();
+        assert_eq!(marks_of(&c, "bob"), 0, "the marks go with the call");
+        assert_eq!(marks_of(&c, "alice"), 0);
+        assert_eq!(marks_of(&c, "carol"), 0);
+
+        let (third, busy) = start(&mut c, B, carol, "bob");
+        assert!(busy.is_empty(), "bob is free again: {busy:?}");
+        hangup(&mut c, B, carol, &third);
+    }
+
+    #[test]
+    fn auto_reject_ends_a_call_to_a_callee_busy_on_another_owner() {
+        let config =
+            SwitchboardConfig { busy_policy: BusyPolicy::AutoReject, ..SwitchboardConfig::default() };
+        let mut c = Cluster::with_config(&NAMES, &config);
+        let alice = c.add_device(A, "alice", "alice-phone");
+        let bob = c.add_device(C, "bob", "bob-phone");
+        let carol = c.add_device(B, "carol", "carol-phone");
+        let (call, _) = start(&mut c, A, alice, "bob");
+        accept(&mut c, C, bob, &call);
+        c.settle();
+
+        let (second, busy) = start(&mut c, B, carol, "bob");
+        assert_eq!(busy, [user("bob")]);
+        let second2 = second.clone();
+        c.run_until(2_000, "carol's call ends", move |c| c.nodes[B].ended(carol, &second2).is_some());
+        assert_eq!(c.nodes[B].ended(carol, &second), Some(EndReason::RemoteBusy));
+        c.settle();
+        assert_ne!(c.nodes[C].incoming(bob).as_ref(), Some(&second), "a busy callee is not rung");
+        assert!(c.nodes[C].connected(bob, &call), "bob's call goes on");
+    }
+
+    #[test]
+    fn a_lost_owners_marks_do_not_keep_anyone_busy() {
+        let mut c = Cluster::new(&NAMES);
+        let alice = c.add_device(A, "alice", "alice-phone");
+        let bob = c.add_device(C, "bob", "bob-phone");
+        let carol = c.add_device(B, "carol", "carol-phone");
+        let (call, _) = start(&mut c, A, alice, "bob");
+        accept(&mut c, C, bob, &call);
+        c.settle();
+        assert_eq!(marks_of(&c, "bob"), 1);
+
+        c.kill(A, 15_000);
+        let call2 = call.clone();
+        c.run_until(2_000, "bob's call is ended by a survivor", move |c| {
+            c.nodes[C].ended(bob, &call2).is_some()
+        });
+        c.settle();
+        assert_eq!(marks_of(&c, "bob"), 0, "the survivor that ended the call cleared its marks");
+        assert_eq!(marks_of(&c, "alice"), 0);
+        let (_, busy) = start(&mut c, B, carol, "bob");
+        assert!(busy.is_empty(), "{busy:?}");
+    }
+}
+
+mod late_devices {
+    //! A device that connects after the ringing started, on a node that does not own the call,
+    //! is offered the call as on one node: the owner marks its callees ringing
+    //! (`NodeOutput::InCall`), the device's node finds the marks (`NodeOutput::FindRinging`) and
+    //! tells the owner (`NodeMessage::DeviceOnline`), which offers the call there.
+    use callplus_session::client::CallOptions;
+    use callplus_session::switchboard::{DevicePolicy, SwitchboardConfig};
+    use callplus_session::{CallId, CallType, EndReason, MediaType, ResponseBody};
+
+    use super::sim::cluster::Cluster;
+
+    const A: usize = 0;
+    const B: usize = 1;
+    const C: usize = 2;
+    const NAMES: [&str; 3] = ["node-a", "node-b", "node-c"];
+
+    fn start(c: &mut Cluster, node: usize, idx: usize, callee: &str) -> CallId {
+        let now = c.device_now(node, idx);
+        let options = CallOptions { ring_timeout_ms: Some(30_000), ..CallOptions::default() };
+        let engine = &mut c.nodes[node].devices[idx].engine;
+        let id = engine.start_call(now, &[callee], CallType::Single, MediaType::Audio, options).unwrap();
+        match c.wait_request(node, idx, id) {
+            Ok(ResponseBody::Started { call, .. }) => call.call_id,
+            other => panic!("start_call answered {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_device_connecting_after_the_ringing_started_rings_and_answers() {
+        let mut c = Cluster::new(&NAMES);
+        let alice = c.add_device(A, "alice", "alice-phone");
+        let bob_c = c.add_device(C, "bob", "bob-tablet");
+        let call = start(&mut c, A, alice, "bob");
+        let call2 = call.clone();
+        c.run_until(2_000, "the tablet rings", move |c| c.nodes[C].incoming(bob_c).as_ref() == Some(&call2));
+
+        // Bob's phone connects to node B only now: it rings too, and answers.
+        let bob_b = c.add_device(B, "bob", "bob-phone");
+        let call2 = call.clone();
+        c.run_until(2_000, "the late phone rings", move |c| {
+            c.nodes[B].incoming(bob_b).as_ref() == Some(&call2)
+        });
+        let now = c.device_now(B, bob_b);
+        let rid = c.nodes[B].devices[bob_b].engine.accept(now, &call).unwrap();
+        c.wait_request(B, bob_b, rid).unwrap();
+        let call2 = call.clone();
+        c.run_until(2_000, "connected", move |c| {
+            c.nodes[A].connected(alice, &call2) && c.nodes[B].connected(bob_b, &call2)
+        });
+        let call2 = call.clone();
+        c.run_until(2_000, "the tablet stops", move |c| c.nodes[C].ended(bob_c, &call2).is_some());
+        assert_eq!(c.nodes[C].ended(bob_c, &call), Some(EndReason::AcceptedOnOtherDevice));
+    }
+
+    #[test]
+    fn a_device_connecting_once_the_call_was_answered_is_not_rung() {
+        let mut c = Cluster::new(&NAMES);
+        let alice = c.add_device(A, "alice", "alice-phone");
+        let bob_c = c.add_device(C, "bob", "bob-tablet");
+        let call = start(&mut c, A, alice, "bob");
+        let call2 = call.clone();
+        c.run_until(2_000, "the tablet rings", move |c| c.nodes[C].incoming(bob_c).as_ref() == Some(&call2));
+        let now = c.device_now(C, bob_c);
+        let rid = c.nodes[C].devices[bob_c].engine.accept(now, &call).unwrap();
+        c.wait_request(C, bob_c, rid).unwrap();
+        c.settle();
+        let bob_b = c.add_device(B, "bob", "bob-phone");
+        c.settle();
+        assert_eq!(c.nodes[B].incoming(bob_b), None, "an answered call is not offered");
+    }
+
+    /// Under the single-device policy a login on node B kicks the user's older device on node
+    /// A (KICKED_OTHER_LOGIN), as on one node; the new device stays.
+    #[test]
+    fn single_device_policy_kicks_the_older_device_on_another_node() {
+        let config =
+            SwitchboardConfig { device_policy: DevicePolicy::SingleDevice, ..SwitchboardConfig::default() };
+        let mut c = Cluster::with_config(&NAMES, &config);
+        let old = c.add_device(A, "bob", "bob-phone");
+        let new = c.add_device(B, "bob", "bob-tablet");
+        c.run_until(2_000, "the phone on A is kicked", move |c| {
+            c.nodes[A].kicked(old) == Some(EndReason::KickedOtherLogin)
+        });
+        c.settle();
+        assert_eq!(c.nodes[B].kicked(new), None, "the new login stays");
+    }
+}
+
 mod stale_presence {
     use callplus_session::client::CallOptions;
     use callplus_session::switchboard::NodeMessage;

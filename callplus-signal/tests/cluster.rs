@@ -1,7 +1,9 @@
 //! Three real `callplus serve` nodes sharing one PostgreSQL and one Redis, all started by the
 //! test on 127.0.0.1 in temporary directories: calls whose participants sit on different nodes,
-//! a callee ringing on two nodes, a group call across all three, records read from any node, and
-//! an offline user's summary handed to whichever node they connect to.
+//! a callee ringing on two nodes, a group call across all three, records read from any node, an
+//! offline user's summary handed to whichever node they connect to, a callee busy in a call
+//! another node owns, a device connecting late to another node, and the single-device policy
+//! across nodes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -26,12 +28,18 @@ struct Node {
 
 impl Node {
     async fn start(postgres: &str, redis: &OwnedRedis, node_id: &str) -> Node {
+        Node::start_with(postgres, redis, node_id, &[]).await
+    }
+
+    /// Like [`Node::start`], with `extra` flags for `serve`.
+    async fn start_with(postgres: &str, redis: &OwnedRedis, node_id: &str, extra: &[&str]) -> Node {
         use tokio::io::AsyncBufReadExt as _;
         let dir = tempfile::tempdir().unwrap();
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_callplus"))
             .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--heartbeat-interval", "2s", "--liveness-timeout", "8s"])
             .args(["--postgres", postgres, "--redis", &redis.url(), "--node-id", node_id])
+            .args(extra)
             .arg("--data-dir")
             .arg(dir.path())
             .env("CALLPLUS_LOG", "warn")
@@ -417,4 +425,141 @@ async fn a_restarted_owner_ends_its_calls_for_the_participants_on_other_nodes() 
         client.disconnect().await;
     }
     drop((host, restarted));
+}
+
+/// The in-call marks of `user` in Redis (the calls their owners marked them in).
+async fn marks_of(redis: &OwnedRedis, app: &str, user: &str) -> Vec<(String, String, String)> {
+    let config = callplus_signal::cluster::ClusterConfig::new(&redis.url(), "node-x").unwrap();
+    let marks = callplus_signal::cluster::InCallMarks::new(
+        callplus_signal::cluster::connect(&config.client).await.unwrap(),
+    );
+    marks.read(app, &[user]).await.unwrap()
+}
+
+/// Busy across owners: bob is in a call node A owns (with his device on A); carol, on node B,
+/// calls him through a call node B owns and is told he is busy, as on one node, and he is rung
+/// anyway (call waiting). Once his call ends his in-call mark is gone and he is free for her.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callee_in_a_call_another_node_owns_is_busy() {
+    let Some(redis) = OwnedRedis::start() else { return };
+    let postgres = support::postgres::fresh_database();
+    let a = Node::start(&postgres, &redis, "node-a").await;
+    let secret = a.value("app secret:");
+    let app = a.value("app key:");
+    let b = Node::start(&postgres, &redis, "node-b").await;
+    let (alice, mut alice_ev) = a.connect(&secret, "alice", "alice-phone").await;
+    let (bob, mut bob_ev) = a.connect(&secret, "bob", "bob-phone").await;
+    let (carol, mut carol_ev) = b.connect(&secret, "carol", "carol-phone").await;
+
+    let first = alice.start_call(&["bob"], CallType::Single, MediaType::Audio, CallOptions::default()).await;
+    let first = first.expect("start_call").call_id().clone();
+    wait_for(&mut bob_ev, "bob rings on A", rings(&first)).await;
+    bob.accept(&first).await.expect("accept");
+    wait_for(&mut alice_ev, "alice connected", connected(&first)).await;
+    // The owner writes the mark from its routing task right after the leg connects (the
+    // device may hear of its connection a moment before): wait for it.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let marks = marks_of(&redis, &app, "bob").await;
+        if marks.iter().any(|(_, call, mark)| call == first.as_str() && mark == "connected") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob is not marked in his call: {marks:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let second = carol.start_call(&["bob"], CallType::Single, MediaType::Audio, CallOptions::default()).await;
+    let second = second.expect("start_call on B");
+    assert!(second.call_id().as_str().starts_with("node-b_"), "{:?}", second.call_id());
+    assert_eq!(second.busy_users, [callplus_session::UserId::new("bob").unwrap()], "bob is busy on node A");
+    let second = second.call_id().clone();
+    wait_for(&mut bob_ev, "bob is rung anyway (call waiting)", rings(&second)).await;
+    carol.hangup(Some(&second)).await.expect("carol cancels");
+    wait_for(&mut carol_ev, "carol's record", record(&second)).await;
+
+    alice.hangup(Some(&first)).await.expect("alice hangs up");
+    wait_for(&mut bob_ev, "bob's call ends", ended(&first)).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let marks = marks_of(&redis, &app, "bob").await;
+        if marks.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob's in-call marks stay: {marks:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let third = carol.start_call(&["bob"], CallType::Single, MediaType::Audio, CallOptions::default()).await;
+    let third = third.expect("start_call on B");
+    assert!(third.busy_users.is_empty(), "bob is free: {:?}", third.busy_users);
+    let third = third.call_id().clone();
+    wait_for(&mut bob_ev, "bob rings", rings(&third)).await;
+    bob.accept(&third).await.expect("bob answers carol");
+    wait_for(&mut carol_ev, "carol connected", connected(&third)).await;
+    carol.hangup(Some(&third)).await.expect("hangup");
+    wait_for(&mut bob_ev, "bob sees the end", ended(&third)).await;
+    for client in [alice, bob, carol] {
+        client.disconnect().await;
+    }
+}
+
+/// Late devices: bob has no device when alice's call (owned by node A) starts ringing him; his
+/// phone then connects to node B and is offered the call, as on one node, and answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_connecting_to_another_node_after_the_ringing_started_rings() {
+    let Some(redis) = OwnedRedis::start() else { return };
+    let postgres = support::postgres::fresh_database();
+    let a = Node::start(&postgres, &redis, "node-a").await;
+    let secret = a.value("app secret:");
+    let b = Node::start(&postgres, &redis, "node-b").await;
+    let (alice, mut alice_ev) = a.connect(&secret, "alice", "alice-phone").await;
+    let options = CallOptions { ring_timeout_ms: Some(30_000), ..CallOptions::default() };
+    let call = alice.start_call(&["bob"], CallType::Single, MediaType::Audio, options).await;
+    let call = call.expect("start_call").call_id().clone();
+    assert!(call.as_str().starts_with("node-a_"), "{call:?}");
+
+    let (bob, mut bob_ev) = b.connect(&secret, "bob", "bob-phone").await;
+    wait_for(&mut bob_ev, "bob's late phone rings on node B", rings(&call)).await;
+    bob.accept(&call).await.expect("bob answers from node B");
+    wait_for(&mut alice_ev, "alice connected", connected(&call)).await;
+    wait_for(&mut bob_ev, "bob connected", connected(&call)).await;
+    alice.hangup(Some(&call)).await.expect("hangup");
+    wait_for(&mut bob_ev, "bob sees the end", ended(&call)).await;
+    for client in [alice, bob] {
+        client.disconnect().await;
+    }
+}
+
+/// The single-device policy holds across nodes: bob's phone is on node A, his tablet logs in
+/// on node B, and the phone is kicked with KICKED_OTHER_LOGIN as on one node; the tablet is
+/// the one rung afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_device_policy_kicks_the_older_login_on_another_node() {
+    use callplus_signal::client::ConnectionState;
+    let Some(redis) = OwnedRedis::start() else { return };
+    let postgres = support::postgres::fresh_database();
+    let single = ["--device-policy", "single"];
+    let a = Node::start_with(&postgres, &redis, "node-a", &single).await;
+    let secret = a.value("app secret:");
+    let b = Node::start_with(&postgres, &redis, "node-b", &single).await;
+    let (phone, mut phone_ev) = a.connect(&secret, "bob", "bob-phone").await;
+    let (tablet, mut tablet_ev) = b.connect(&secret, "bob", "bob-tablet").await;
+    wait_for(&mut phone_ev, "the phone on A is kicked", |e| {
+        matches!(e, Event::ConnectionStateChanged(ConnectionState::Kicked(EndReason::KickedOtherLogin)))
+    })
+    .await;
+
+    let (alice, _alice_ev) = a.connect(&secret, "alice", "alice-phone").await;
+    let call = alice.start_call(&["bob"], CallType::Single, MediaType::Audio, CallOptions::default()).await;
+    let call = call.expect("start_call").call_id().clone();
+    wait_for(&mut tablet_ev, "the tablet rings", rings(&call)).await;
+    assert!(
+        matches!(tablet.connection_state(), ConnectionState::Connected),
+        "{:?}",
+        tablet.connection_state()
+    );
+    alice.hangup(Some(&call)).await.expect("cancel");
+    for client in [alice, tablet] {
+        client.disconnect().await;
+    }
+    drop(phone);
 }

@@ -64,6 +64,20 @@ pub fn encode(from: &str, message: &NodeMessage) -> Fields {
             text(&mut f, "session", session_id);
             text(&mut f, "call", call_id.as_str());
         }
+        NodeMessage::DeviceOnline { app, user, device, session_id } => {
+            text(&mut f, "kind", "online");
+            text(&mut f, "app", app.as_str());
+            text(&mut f, "user", user.as_str());
+            text(&mut f, "device", device.as_str());
+            text(&mut f, "session", session_id);
+        }
+        NodeMessage::LoggedIn { app, user, device, at_ms } => {
+            text(&mut f, "kind", "logged_in");
+            text(&mut f, "app", app.as_str());
+            text(&mut f, "user", user.as_str());
+            text(&mut f, "device", device.as_str());
+            text(&mut f, "at", &at_ms.to_string());
+        }
         NodeMessage::SessionGone { app, user, session_id, reason } => {
             text(&mut f, "kind", "gone");
             text(&mut f, "app", app.as_str());
@@ -154,6 +168,18 @@ pub fn decode(fields: &[Vec<u8>]) -> Result<(String, NodeMessage), ClusterError>
             session_id: e.text("session")?.to_owned(),
             call_id: CallId::new(e.text("call")?).map_err(|e| bad(&e.to_string()))?,
         },
+        "online" => NodeMessage::DeviceOnline {
+            app: e.app()?,
+            user: e.user()?,
+            device: e.device()?,
+            session_id: e.text("session")?.to_owned(),
+        },
+        "logged_in" => NodeMessage::LoggedIn {
+            app: e.app()?,
+            user: e.user()?,
+            device: e.device()?,
+            at_ms: e.text("at")?.parse().map_err(|_| bad("at is not a number"))?,
+        },
         "gone" => {
             let n: i32 = e.text("reason")?.parse().map_err(|_| bad("reason is not a number"))?;
             let reason =
@@ -207,6 +233,18 @@ mod tests {
                 request_id: 7,
                 result: Err(callplus_session::Error::from_code(callplus_session::Code::CallNotFound)),
             }),
+        });
+        roundtrip(NodeMessage::DeviceOnline {
+            app: app.clone(),
+            user: user.clone(),
+            device: device.clone(),
+            session_id: "s2".into(),
+        });
+        roundtrip(NodeMessage::LoggedIn {
+            app: app.clone(),
+            user: user.clone(),
+            device: device.clone(),
+            at_ms: 1_764_800_000_123,
         });
         roundtrip(NodeMessage::Delivered {
             app: app.clone(),

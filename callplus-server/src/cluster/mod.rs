@@ -4,10 +4,12 @@
 //! With `serve --redis URL --node-id ID` the server keeps its devices in [`Presence`] (see
 //! `server::presence`) and routes between nodes through their inboxes ([`Outbox`],
 //! [`InboxReader`]; see `server::routing`), and a lost node's calls are ended by the one
-//! survivor that wins its [`Takeovers`] lock. Per-call leases are not taken by the server:
+//! survivor that wins its [`Takeovers`] lock. Users in a call are marked in
+//! [`InCallMarks`] so a node of several sees a callee busy in another node's call. Per-call leases are not taken by the server:
 //! [`CallLeases`] is used by the tests and the next steps.
 
 mod inbox;
+mod incall;
 mod lease;
 pub mod message;
 mod node;
@@ -15,6 +17,7 @@ mod presence;
 mod takeover;
 
 pub use inbox::{ALIVE_TTL, INBOX_MAXLEN, InboxReader, Outbox, READ_BLOCK, Received};
+pub use incall::InCallMarks;
 pub use lease::{CallLeases, Lease};
 pub use node::{ClusterConfig, NodeId, connect};
 pub use presence::{DeviceLocation, Presence};

@@ -411,6 +411,7 @@ impl Driver {
         match input {
             NodeInput::Message { from, message } => self.sb.handle_node_message(now, &from, *message),
             NodeInput::Located { id, devices } => self.sb.complete_locate(now, id, devices),
+            NodeInput::BusyFound { id, calls } => self.sb.complete_busy(now, id, calls),
             NodeInput::Unroutable { app, user, session_id, request_id } => {
                 self.sb.forward_failed(now, &app, &user, &session_id, request_id);
             }
@@ -685,8 +686,12 @@ impl Driver {
         let now = self.now();
         match work {
             NodeOutput::Locate { id, .. } => self.sb.complete_locate(now, id, Vec::new()),
-            // No other node without Redis: none is ever lost.
-            NodeOutput::AcquireTakeover { .. } => {}
+            // No other node without Redis: none is ever lost, nobody is in a call elsewhere.
+            NodeOutput::AcquireTakeover { .. }
+            | NodeOutput::InCall { .. }
+            | NodeOutput::FindRinging { .. }
+            | NodeOutput::KickElsewhere { .. } => {}
+            NodeOutput::CheckBusy { id, .. } => self.sb.complete_busy(now, id, Vec::new()),
             NodeOutput::Route { app, user, event, store_if_absent } => {
                 if store_if_absent {
                     self.act(Output::StoreOffline { app, user, event });

@@ -22,14 +22,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use callplus_session::switchboard::{NodeMessage, NodeOutput, QueryId, RemoteDevice};
-use callplus_session::{AppKey, CallInfo, DeviceId, Event, UserId};
+use callplus_session::switchboard::{CallMark, NodeMessage, NodeOutput, QueryId, RemoteDevice, owner_node};
+use callplus_session::{AppKey, CallId, CallInfo, DeviceId, Event, UserId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::driver::{DriverHandle, Input};
 use super::metrics::Metrics;
-use crate::cluster::{ALIVE_TTL, InboxReader, NodeId, Outbox, Presence, Takeovers};
+use crate::cluster::{ALIVE_TTL, InCallMarks, InboxReader, NodeId, Outbox, Presence, Takeovers};
 
 /// Work queued for the routing task before further work is dropped.
 pub(crate) const ROUTING_QUEUE: usize = 16_384;
@@ -52,6 +52,8 @@ pub(crate) enum NodeInput {
     Message { from: String, message: Box<NodeMessage> },
     /// The answer to a presence lookup.
     Located { id: QueryId, devices: Vec<RemoteDevice> },
+    /// The answer to a busy lookup: (user, call) in-call marks of live nodes.
+    BusyFound { id: QueryId, calls: Vec<(UserId, CallId)> },
     /// A forwarded request could not be sent: answer it CALL_NOT_FOUND.
     Unroutable { app: AppKey, user: UserId, session_id: String, request_id: u64 },
     /// A user event found no device on any node: store it for the next connect.
@@ -141,18 +143,20 @@ pub(crate) struct Routing {
     pub(crate) presence: Presence,
     pub(crate) reader: InboxReader,
     pub(crate) takeovers: Takeovers,
+    pub(crate) marks: InCallMarks,
 }
 
 /// Starts the routing and inbox tasks; they stop when the [`RoutingQueue`] is closed.
 pub(crate) fn spawn(routing: Routing, driver: DriverHandle, metrics: Arc<Metrics>) -> RoutingQueue {
     let (tx, rx) = mpsc::channel(ROUTING_QUEUE);
-    let Routing { node, outbox, presence, reader, takeovers } = routing;
+    let Routing { node, outbox, presence, reader, takeovers, marks } = routing;
     let reader = tokio::spawn(read_inbox(reader, outbox.clone(), driver.clone(), metrics.clone()));
     let worker = Worker {
         node,
         outbox,
         presence,
         takeovers,
+        marks,
         driver,
         metrics: metrics.clone(),
         peers: HashMap::new(),
@@ -213,6 +217,7 @@ struct Worker {
     outbox: Outbox,
     presence: Presence,
     takeovers: Takeovers,
+    marks: InCallMarks,
     driver: DriverHandle,
     metrics: Arc<Metrics>,
     /// Nodes this one routes to, and when each was last seen alive.
@@ -314,6 +319,63 @@ impl Worker {
                 }
                 self.tell(NodeInput::Located { id, devices }).await;
             }
+            NodeOutput::InCall { app, user, call_id, mark } => {
+                let mark = mark.map(CallMark::as_str);
+                if let Err(e) = self.marks.set(app.as_str(), user.as_str(), call_id.as_str(), mark).await {
+                    self.metrics.count_node("error");
+                    tracing::warn!(error = %e, "in-call mark not written");
+                }
+            }
+            NodeOutput::CheckBusy { id, app, users } => {
+                let calls = self.marked(&app, &users, CallMark::Connected).await;
+                self.tell(NodeInput::BusyFound { id, calls }).await;
+            }
+            NodeOutput::FindRinging { app, user, device, session_id } => {
+                let found = self.marked(&app, std::slice::from_ref(&user), CallMark::Ringing).await;
+                let mut owners: Vec<String> =
+                    found.iter().filter_map(|(_, call)| owner_node(call).map(str::to_owned)).collect();
+                owners.sort();
+                owners.dedup();
+                for node in owners {
+                    let message = NodeMessage::DeviceOnline {
+                        app: app.clone(),
+                        user: user.clone(),
+                        device: device.clone(),
+                        session_id: session_id.clone(),
+                    };
+                    self.send_to(&node, &message).await;
+                }
+            }
+            NodeOutput::KickElsewhere { app, user, device, at_ms } => {
+                let nodes = match self.presence.lookup(app.as_str(), user.as_str()).await {
+                    Ok(found) => {
+                        let mut nodes: Vec<String> = found
+                            .into_iter()
+                            .filter(|d| d.node_id != self.node.as_str() && d.device_id != device.as_str())
+                            .map(|d| d.node_id)
+                            .collect();
+                        nodes.sort();
+                        nodes.dedup();
+                        nodes
+                    }
+                    Err(e) => {
+                        self.metrics.count_node("error");
+                        tracing::warn!(error = %e, "presence lookup failed; older logins elsewhere not kicked");
+                        Vec::new()
+                    }
+                };
+                for node in nodes {
+                    if self.alive(&node).await {
+                        let message = NodeMessage::LoggedIn {
+                            app: app.clone(),
+                            user: user.clone(),
+                            device: device.clone(),
+                            at_ms,
+                        };
+                        self.send_to(&node, &message).await;
+                    }
+                }
+            }
             NodeOutput::Route { app, user, event, store_if_absent } => {
                 let nodes = match self.presence.lookup(app.as_str(), user.as_str()).await {
                     Ok(found) => {
@@ -348,6 +410,33 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// The (user, call) marks `wanted` of `users` whose owner is another node that is alive
+    /// (this node's own calls are judged by its switchboard; a lost node's marks count for
+    /// nothing). A failed lookup finds none: nobody busy, no late ringing.
+    async fn marked(&mut self, app: &AppKey, users: &[UserId], wanted: CallMark) -> Vec<(UserId, CallId)> {
+        let names: Vec<&str> = users.iter().map(UserId::as_str).collect();
+        let found = match self.marks.read(app.as_str(), &names).await {
+            Ok(found) => found,
+            Err(e) => {
+                self.metrics.count_node("error");
+                tracing::warn!(error = %e, "in-call marks not read; none counts");
+                return Vec::new();
+            }
+        };
+        let mut calls = Vec::new();
+        for (user, call, mark) in found {
+            if CallMark::parse(&mark) != Some(wanted) {
+                continue;
+            }
+            let (Ok(user), Ok(call)) = (UserId::new(&user), CallId::new(&call)) else { continue };
+            let Some(owner) = owner_node(&call).map(str::to_owned) else { continue };
+            if owner != self.node.as_str() && self.alive(&owner).await {
+                calls.push((user, call));
+            }
+        }
+        calls
     }
 
     /// Tries the lost `node`'s takeover lock; the winner's driver ends the node's calls.

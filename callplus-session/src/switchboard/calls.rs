@@ -125,6 +125,7 @@ fn push_allowed(enabled: bool, push: Option<&PushConfig>) -> bool {
 
 impl Switchboard {
     pub(super) fn request(&mut self, now: i64, ctx: &Ctx, rid: u64, request: Request) {
+        let Some(request) = self.check_busy_first(ctx, rid, request) else { return };
         let result = match request {
             Request::StartCall(start) => self.start_call(now, ctx, rid, start),
             Request::Accept { call_id } => self.accept(now, ctx, rid, &call_id, false),
@@ -200,7 +201,12 @@ impl Switchboard {
     /// Whether `user` has a live leg (connected, or dialing) in another unended call, held by a
     /// live device session (docs/protocol.md#busy-and-liveness: a crashed app never makes its
     /// user look busy).
+    /// On a node of several, a user marked in a call another node owns is busy too
+    /// (`remote_busy`, read just before this request: `cluster::check_busy_first`).
     fn is_busy(&self, ctx: &Ctx, user: &UserId, except: Option<&CallId>) -> bool {
+        if self.remote_busy.as_ref().is_some_and(|busy| busy.contains(user)) {
+            return true;
+        }
         let Some(entry) = self.net.user(&ctx.app, user) else { return false };
         entry.calls.iter().filter(|id| Some(*id) != except).any(|id| {
             self.calls.get(id).is_some_and(|call| {

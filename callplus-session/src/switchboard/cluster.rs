@@ -105,6 +105,33 @@ pub enum NodeMessage {
         /// The user.
         user: UserId,
     },
+    /// A device of the user opened a fresh session on the sending node (device's node → a
+    /// node that marked the user ringing): the receiving node offers it every call it owns in
+    /// which the user is still being rung.
+    DeviceOnline {
+        /// The app.
+        app: AppKey,
+        /// The user.
+        user: UserId,
+        /// The device.
+        device: DeviceId,
+        /// Its session on the sending node.
+        session_id: String,
+    },
+    /// Under the single-device policy, the user logged in on the sending node with `device`
+    /// at `at_ms`: the receiving node kicks its own sessions of the user that are older
+    /// (KICKED_OTHER_LOGIN). Two logins in the same millisecond on two nodes are ordered by
+    /// node id, so exactly one survives.
+    LoggedIn {
+        /// The app.
+        app: AppKey,
+        /// The user.
+        user: UserId,
+        /// The device that logged in.
+        device: DeviceId,
+        /// When its session opened.
+        at_ms: i64,
+    },
     /// A device session the receiving node routed for has ended or gone silent (origin →
     /// owner): its legs end, as a local session's would.
     SessionGone {
@@ -163,6 +190,87 @@ pub enum NodeOutput {
         /// The lost node.
         node: String,
     },
+    /// The owner's mark of where `user` stands in `call_id`: being rung, holding a connected
+    /// leg, or (`None`) neither any more. Other nodes read the marks to tell a caller that a
+    /// callee is busy in a call owned elsewhere ([`NodeOutput::CheckBusy`]) and to offer a
+    /// device that connects late the calls it rings in ([`NodeOutput::FindRinging`]); in
+    /// Redis a hash per user, one field per call.
+    InCall {
+        /// The app.
+        app: AppKey,
+        /// The user.
+        user: UserId,
+        /// The call (its id names the owner).
+        call_id: CallId,
+        /// The mark, or `None` to clear it.
+        mark: Option<CallMark>,
+    },
+    /// Before starting a call or inviting into one: read the [`CallMark::Connected`] marks of
+    /// `users` and answer [`Switchboard::complete_busy`] with each (user, call) marked by a
+    /// node that is alive (an empty list when the lookup failed: nobody is busy).
+    CheckBusy {
+        /// The lookup's id.
+        id: QueryId,
+        /// The app.
+        app: AppKey,
+        /// The callees or invitees.
+        users: Vec<UserId>,
+    },
+    /// A device of `user` opened a fresh session here: send [`NodeMessage::DeviceOnline`] to
+    /// every other live node that marked the user [`CallMark::Ringing`] in a call it owns, so
+    /// the device rings as it would on one node.
+    FindRinging {
+        /// The app.
+        app: AppKey,
+        /// The user.
+        user: UserId,
+        /// The device.
+        device: DeviceId,
+        /// Its new session here.
+        session_id: String,
+    },
+    /// Under the single-device policy, `user` logged in here with `device` at `at_ms`: send
+    /// [`NodeMessage::LoggedIn`] to every other node holding a device of theirs (presence),
+    /// which kicks its older sessions of the user.
+    KickElsewhere {
+        /// The app.
+        app: AppKey,
+        /// The user.
+        user: UserId,
+        /// The device that logged in.
+        device: DeviceId,
+        /// When its session opened (this node's clock).
+        at_ms: i64,
+    },
+}
+
+/// Where a user stands in a call, as its owner marks it for the other nodes
+/// ([`NodeOutput::InCall`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallMark {
+    /// Being rung.
+    Ringing,
+    /// Holding a connected leg (dialing, for the caller): busy.
+    Connected,
+}
+
+impl CallMark {
+    /// The mark as stored (`"ringing"`, `"connected"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallMark::Ringing => "ringing",
+            CallMark::Connected => "connected",
+        }
+    }
+
+    /// The mark stored as `s`, if it is one.
+    pub fn parse(s: &str) -> Option<CallMark> {
+        match s {
+            "ringing" => Some(CallMark::Ringing),
+            "connected" => Some(CallMark::Connected),
+            _ => None,
+        }
+    }
 }
 
 /// The node that owns a call: its id's part before the last `_` (ids minted by a node of
@@ -180,6 +288,14 @@ pub(super) struct Locating {
     pub(super) idx: usize,
     /// The push to send when no device anywhere gets the invitation (when pushing is allowed).
     pub(super) push: Option<(UserId, Option<PushConfig>)>,
+}
+
+/// A StartCall or Invite waiting for the callees' in-call marks ([`NodeOutput::CheckBusy`]).
+#[derive(Debug, Clone)]
+pub(super) struct BusyCheck {
+    ctx: Ctx,
+    rid: u64,
+    request: Request,
 }
 
 impl Switchboard {
@@ -342,7 +458,160 @@ impl Switchboard {
         }
     }
 
+    /// Before a StartCall or Invite on a node of several: the callees may be in calls other
+    /// nodes own, which this node cannot see. The request waits for their in-call marks
+    /// ([`NodeOutput::CheckBusy`]) and is handled with them ([`Switchboard::complete_busy`]).
+    /// Returns the request back when it is to be handled now.
+    pub(super) fn check_busy_first(&mut self, ctx: &Ctx, rid: u64, request: Request) -> Option<Request> {
+        if !self.clustered() || self.remote_busy.is_some() {
+            return Some(request);
+        }
+        let users = match &request {
+            Request::StartCall(start) => start.callees.clone(),
+            Request::Invite { users, .. } => users.clone(),
+            _ => return Some(request),
+        };
+        if users.is_empty() {
+            return Some(request);
+        }
+        self.next_query += 1;
+        let id = self.next_query;
+        self.busy_checks.insert(id, BusyCheck { ctx: ctx.clone(), rid, request });
+        self.net.outputs.push_back(Output::Node(NodeOutput::CheckBusy { id, app: ctx.app.clone(), users }));
+        None
+    }
+
+    /// Keeps the in-call marks of the calls this input changed in step with them: a user being
+    /// rung is marked ringing, one holding a connected leg connected, one who is neither any
+    /// more is cleared ([`NodeOutput::InCall`]).
+    pub(super) fn sync_marks(&mut self) {
+        let touched = std::mem::take(&mut self.net.outputs.touched);
+        for id in touched {
+            let (app, want): (Option<AppKey>, Vec<(UserId, CallMark)>) = match self.calls.get(&id) {
+                Some(call) if !call.is_ended() => (
+                    Some(call.app.clone()),
+                    call.parties
+                        .iter()
+                        .filter_map(|p| {
+                            if p.state.is_connected() && p.bound.is_some() {
+                                Some((p.user.clone(), CallMark::Connected))
+                            } else if p.state.is_ringing() {
+                                Some((p.user.clone(), CallMark::Ringing))
+                            } else {
+                                None
+                            }
+                        })
+                        .collect(),
+                ),
+                Some(call) => (Some(call.app.clone()), Vec::new()),
+                None => (None, Vec::new()),
+            };
+            let had = self.marked.remove(&id);
+            let Some(app) = app.or_else(|| had.as_ref().map(|(a, _)| a.clone())) else { continue };
+            let had = had.map(|(_, marks)| marks).unwrap_or_default();
+            let set = want.iter().filter(|m| !had.contains(m)).map(|(u, m)| (u, Some(*m)));
+            let cleared =
+                had.iter().filter(|(u, _)| !want.iter().any(|(w, _)| w == u)).map(|(u, _)| (u, None));
+            for (user, mark) in set.chain(cleared) {
+                let mark =
+                    NodeOutput::InCall { app: app.clone(), user: user.clone(), call_id: id.clone(), mark };
+                self.net.outputs.push_back(Output::Node(mark));
+            }
+            if !want.is_empty() {
+                self.marked.insert(id, (app, want));
+            }
+        }
+    }
+
+    /// On a node of several, a fresh session of a device: the calls other nodes ring its user
+    /// in are offered to it ([`NodeOutput::FindRinging`]), and under the single-device policy
+    /// the user's older sessions on other nodes are kicked ([`NodeOutput::KickElsewhere`]).
+    pub(super) fn announce(&mut self, sk: SessionKey, single_device: bool) {
+        if !self.clustered() {
+            return;
+        }
+        let Some(s) = self.net.sessions.get(&sk) else { return };
+        let (app, user, device) = (s.app.clone(), s.user.clone(), s.device.clone());
+        if single_device {
+            let kick = NodeOutput::KickElsewhere {
+                app: app.clone(),
+                user: user.clone(),
+                device: device.clone(),
+                at_ms: s.since,
+            };
+            self.net.outputs.push_back(Output::Node(kick));
+        }
+        let find = NodeOutput::FindRinging { app, user, device, session_id: s.id.clone() };
+        self.net.outputs.push_back(Output::Node(find));
+    }
+
+    /// A login on node `from` at `at_ms` under the single-device policy: this node's sessions
+    /// of the user on other devices that opened earlier are kicked (same instant: the node
+    /// with the larger id wins).
+    fn logged_in_elsewhere(
+        &mut self,
+        now_ms: i64,
+        from: &str,
+        app: &AppKey,
+        user: &UserId,
+        device: &DeviceId,
+        at_ms: i64,
+    ) {
+        let me = self.cfg.node_id.as_str();
+        let older: Vec<SessionKey> = self
+            .net
+            .user(app, user)
+            .map(|e| {
+                e.sessions
+                    .iter()
+                    .copied()
+                    .filter(|sk| {
+                        self.net.sessions.get(sk).is_some_and(|s| {
+                            s.remote.is_none() && &s.device != device && (s.since, me) < (at_ms, from)
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for sk in older {
+            self.kick(now_ms, sk, EndReason::KickedOtherLogin, "the user logged in on another device");
+        }
+    }
+
+    /// A call ended from its saved snapshot here was marked by its former owner: every
+    /// participant's mark is cleared when it ends.
+    pub(super) fn clear_marks_of_saved(&mut self, call: &Call) {
+        if self.clustered() {
+            let marks = call.parties.iter().map(|p| (p.user.clone(), CallMark::Connected)).collect();
+            self.marked.insert(call.id.clone(), (call.app.clone(), marks));
+        }
+    }
+
     // ----- inputs -----------------------------------------------------------------------------
+
+    /// The driver's answer to [`NodeOutput::CheckBusy`]: `calls` are the (user, call) in-call
+    /// marks found, of nodes that are alive. The waiting request is handled now; a callee
+    /// marked in a call another node owns counts as busy exactly like one in a call here
+    /// (calls this node owns are judged from its own state, which is never stale).
+    pub fn complete_busy(&mut self, now_ms: i64, id: QueryId, calls: Vec<(UserId, CallId)>) {
+        if let Some(BusyCheck { ctx, rid, request }) = self.busy_checks.remove(&id)
+            && self.net.sessions.contains_key(&ctx.sk)
+        {
+            let this_call = request.call_id().cloned();
+            let me = self.cfg.node_id.as_str();
+            let busy: Vec<UserId> = calls
+                .into_iter()
+                .filter(|(_, c)| {
+                    Some(c) != this_call.as_ref() && !self.calls.contains_key(c) && owner_node(c) != Some(me)
+                })
+                .map(|(u, _)| u)
+                .collect();
+            self.remote_busy = Some(busy);
+            self.request(now_ms, &ctx, rid, request);
+            self.remote_busy = None;
+        }
+        self.finish_input(now_ms);
+    }
 
     /// A message from node `from` (read from this node's inbox).
     pub fn handle_node_message(&mut self, now_ms: i64, from: &str, message: NodeMessage) {
@@ -394,6 +663,26 @@ impl Switchboard {
             NodeMessage::Delivered { app, user, device, session_id, call_id } => {
                 self.remote_session(from, &app, &user, &device, &session_id);
                 self.mark_delivery(&call_id, &user, &device, Delivery::Delivered);
+            }
+            NodeMessage::DeviceOnline { app, user, device, session_id } => {
+                let rung = self.net.user_calls(&app, &user).into_iter().any(|id| {
+                    self.calls.get(&id).is_some_and(|call| {
+                        !call.is_ended()
+                            && call
+                                .index_of(&user)
+                                .and_then(|i| call.party(i))
+                                .is_some_and(|p| p.state.is_ringing())
+                    })
+                });
+                if rung {
+                    let sk = self.remote_session(from, &app, &user, &device, &session_id);
+                    self.offer_ringing(sk);
+                }
+            }
+            NodeMessage::LoggedIn { app, user, device, at_ms } => {
+                if self.cfg.device_policy == super::DevicePolicy::SingleDevice {
+                    self.logged_in_elsewhere(now_ms, from, &app, &user, &device, at_ms);
+                }
             }
             NodeMessage::SessionGone { app: _, user: _, session_id, reason } => {
                 let how = reason.map_or(LegEnd::Hangup, LegEnd::Reason);
@@ -514,6 +803,7 @@ impl Switchboard {
                 continue;
             }
             let call = Call::from_info(app, info);
+            self.clear_marks_of_saved(&call);
             let id = call.id.clone();
             for p in &call.parties {
                 self.net.add_call(&call.app, &p.user, &id);

@@ -74,7 +74,7 @@ use crate::model::message::{ClientFrame, Event, Hello, Response, ResponseBody, S
 use crate::model::snapshot::CallInfo;
 use crate::wire::FrameError;
 
-pub use cluster::{NodeMessage, NodeOutput, RemoteDevice, owner_node};
+pub use cluster::{CallMark, NodeMessage, NodeOutput, RemoteDevice, owner_node};
 pub use config::{
     BusyPolicy, ConfigError, DevicePolicy, MAX_NODE_ID_LEN, MEDIA_RECOVERY_MS, SwitchboardConfig,
     valid_node_id,
@@ -146,6 +146,13 @@ pub struct Switchboard {
     /// `takeover_granted`): on a node of several its participants' devices are told through
     /// routing, as none is bound to it here.
     ending_saved: bool,
+    /// A node of several: StartCall / Invite requests waiting for their callees' in-call
+    /// marks (`cluster`).
+    busy_checks: FastMap<QueryId, cluster::BusyCheck>,
+    /// While such a request is handled: the callees marked busy in calls other nodes own.
+    remote_busy: Option<Vec<UserId>>,
+    /// A node of several: the users marked in a call, per call this node owns (`cluster`).
+    marked: FastMap<CallId, (AppKey, Vec<(UserId, cluster::CallMark)>)>,
 }
 
 impl Switchboard {
@@ -163,7 +170,7 @@ impl Switchboard {
                 sessions: FastMap::default(),
                 conns: FastMap::default(),
                 users: FastMap::default(),
-                outputs: Outputs::default(),
+                outputs: Outputs::new(clustered),
                 graveyard: FastMap::default(),
                 to_drop: Vec::new(),
                 grown: Vec::new(),
@@ -191,6 +198,9 @@ impl Switchboard {
             remotes: FastMap::default(),
             locates: FastMap::default(),
             ending_saved: false,
+            busy_checks: FastMap::default(),
+            remote_busy: None,
+            marked: FastMap::default(),
         }
     }
 
@@ -296,6 +306,7 @@ impl Switchboard {
             }
         }
         self.offer_ringing(sk);
+        self.announce(sk, self.cfg.device_policy == DevicePolicy::SingleDevice);
         self.load_offline(sk);
         self.finish_input(now_ms);
     }
@@ -459,6 +470,7 @@ impl Switchboard {
                 continue;
             }
             let call = Call::from_info(app, info);
+            self.clear_marks_of_saved(&call);
             let id = call.id.clone();
             for p in &call.parties {
                 self.net.add_call(&call.app, &p.user, &id);

@@ -21,11 +21,28 @@ pub(super) enum Slot {
 pub(super) struct Outputs {
     slots: VecDeque<Slot>,
     others: VecDeque<Output>,
+    /// Whether to note the calls saved or forgotten (a node of several keeps its in-call
+    /// marks in step with them).
+    pub(super) track_calls: bool,
+    /// The calls saved or forgotten since the marks were last brought in step.
+    pub(super) touched: Vec<crate::model::ids::CallId>,
 }
 
 impl Outputs {
+    /// An empty queue; `track_calls` notes the calls saved or forgotten (see `touched`).
+    pub(super) fn new(track_calls: bool) -> Outputs {
+        Outputs { track_calls, ..Outputs::default() }
+    }
+
     /// Queues an output.
     pub(super) fn push_back(&mut self, output: Output) {
+        if self.track_calls {
+            match &output {
+                Output::SaveCall { call, .. } => self.touched.push(call.call_id.clone()),
+                Output::ForgetCall { call_id, .. } => self.touched.push(call_id.clone()),
+                _ => {}
+            }
+        }
         self.others.push_back(output);
         self.slots.push_back(Slot::Other);
     }

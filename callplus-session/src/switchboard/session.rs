@@ -72,6 +72,9 @@ pub(super) struct Session {
     /// On a device's own node: the other nodes it sent requests to or got frames from, told
     /// when the session ends (`cluster`).
     pub(super) peers: Vec<String>,
+    /// When the session was opened (a node of several kicks only sessions older than a login
+    /// elsewhere under the single-device policy).
+    pub(super) since: i64,
 }
 
 /// How many delivered offline ids a session remembers.
@@ -110,6 +113,7 @@ impl Session {
             offline_done: VecDeque::new(),
             remote: None,
             peers: Vec::new(),
+            since: now_ms,
         }
     }
 

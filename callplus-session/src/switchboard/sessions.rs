@@ -463,5 +463,8 @@ impl Switchboard {
             }
             self.drop_session(now_ms, sk, LegEnd::Reason(EndReason::NetworkError), Leftovers::Store);
         }
+        if self.clustered() {
+            self.sync_marks();
+        }
     }
 }

@@ -92,6 +92,10 @@ impl H {
                     let events = std::mem::take(&mut self.stored_offline);
                     self.sb.complete_query(self.now, id, Ok(QueryAnswer::OfflineEvents(events)));
                 }
+                // A node alone: no other node marks anyone in a call.
+                Output::Node(super::NodeOutput::CheckBusy { id, .. }) => {
+                    self.sb.complete_busy(self.now, id, Vec::new());
+                }
                 other => self.outputs.push(other),
             }
         }

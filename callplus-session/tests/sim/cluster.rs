@@ -13,9 +13,9 @@ use std::rc::Rc;
 
 use callplus_session::client::{ConnectionState, DriverEvent, RequestId};
 use callplus_session::switchboard::{
-    NodeMessage, NodeOutput, Output, QueryId, RemoteDevice, SwitchboardConfig, owner_node,
+    CallMark, NodeMessage, NodeOutput, Output, QueryId, RemoteDevice, SwitchboardConfig, owner_node,
 };
-use callplus_session::{AppKey, CallInfo, DeviceId, Error, ResponseBody, UserId};
+use callplus_session::{AppKey, CallId, CallInfo, DeviceId, Error, ResponseBody, UserId};
 
 use super::Sim;
 use super::storage::SimStorage;
@@ -33,6 +33,9 @@ struct InFlight {
     from: usize,
     message: NodeMessage,
 }
+
+/// A busy lookup on its way: the asking node, the lookup's id, the app and the callees.
+type BusyCheck = (usize, QueryId, AppKey, Vec<UserId>);
 
 /// The simulated deployment.
 pub struct Cluster {
@@ -54,6 +57,11 @@ pub struct Cluster {
     pub takeover_attempts: Vec<(usize, String)>,
     /// Won takeovers whose saved calls are being read: answered a latency later.
     grants: BTreeMap<(i64, u64), (usize, String)>,
+    /// The in-call marks (`NodeOutput::InCall`): (app, user) → calls, each with the node that
+    /// marked it and the mark.
+    pub in_call: BTreeMap<(AppKey, UserId), BTreeMap<CallId, (usize, CallMark)>>,
+    /// Busy lookups waiting for their answer.
+    busy_checks: BTreeMap<(i64, u64), BusyCheck>,
     cursors: Vec<usize>,
     seq: u64,
     pub now: i64,
@@ -62,11 +70,17 @@ pub struct Cluster {
 impl Cluster {
     /// Nodes named `names`, started in the same millisecond on one shared database.
     pub fn new(names: &[&str]) -> Cluster {
+        Cluster::with_config(names, &SwitchboardConfig::default())
+    }
+
+    /// Like [`Cluster::new`], every node with `base` (and its own node id).
+    pub fn with_config(names: &[&str], base: &SwitchboardConfig) -> Cluster {
         let db = Rc::new(RefCell::new(SimStorage::default()));
         let mut nodes = Vec::new();
         for name in names {
-            let config = SwitchboardConfig { node_id: (*name).to_owned(), ..SwitchboardConfig::default() };
+            let config = SwitchboardConfig { node_id: (*name).to_owned(), ..base.clone() };
             let mut sim = Sim::new(config);
+            sim.routed = true;
             sim.storage.shared = Some(db.clone());
             nodes.push(sim);
         }
@@ -84,6 +98,8 @@ impl Cluster {
             takeovers: BTreeMap::new(),
             takeover_attempts: Vec::new(),
             grants: BTreeMap::new(),
+            in_call: BTreeMap::new(),
+            busy_checks: BTreeMap::new(),
             seq: 0,
             now,
         }
@@ -147,6 +163,65 @@ impl Cluster {
                 let at = self.now + NODE_LATENCY_MS;
                 let s = self.schedule_seq();
                 self.locates.insert((at, s), (n, id, app, user));
+            }
+            Output::Node(NodeOutput::InCall { app, user, call_id, mark }) => {
+                let calls = self.in_call.entry((app, user)).or_default();
+                match mark {
+                    Some(mark) => {
+                        calls.insert(call_id, (n, mark));
+                    }
+                    None => {
+                        calls.remove(&call_id);
+                    }
+                }
+            }
+            Output::Node(NodeOutput::FindRinging { app, user, device, session_id }) => {
+                let mut owners: Vec<usize> = self
+                    .in_call
+                    .get(&(app.clone(), user.clone()))
+                    .map(|calls| {
+                        calls
+                            .values()
+                            .filter(|(o, m)| *m == CallMark::Ringing && *o != n && self.alive[*o])
+                            .map(|(o, _)| *o)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                owners.sort_unstable();
+                owners.dedup();
+                for to in owners {
+                    let message = NodeMessage::DeviceOnline {
+                        app: app.clone(),
+                        user: user.clone(),
+                        device: device.clone(),
+                        session_id: session_id.clone(),
+                    };
+                    self.post(n, to, message);
+                }
+            }
+            Output::Node(NodeOutput::KickElsewhere { app, user, device, at_ms }) => {
+                let mut nodes: Vec<usize> = self
+                    .presence
+                    .iter()
+                    .filter(|((a, u, d), (o, _))| *a == app && *u == user && *d != device && *o != n)
+                    .map(|(_, (o, _))| *o)
+                    .collect();
+                nodes.sort_unstable();
+                nodes.dedup();
+                for to in nodes {
+                    let message = NodeMessage::LoggedIn {
+                        app: app.clone(),
+                        user: user.clone(),
+                        device: device.clone(),
+                        at_ms,
+                    };
+                    self.post(n, to, message);
+                }
+            }
+            Output::Node(NodeOutput::CheckBusy { id, app, users }) => {
+                let at = self.now + NODE_LATENCY_MS;
+                let s = self.schedule_seq();
+                self.busy_checks.insert((at, s), (n, id, app, users));
             }
             Output::Node(NodeOutput::AcquireTakeover { node }) => {
                 self.takeover_attempts.push((n, node.clone()));
@@ -232,6 +307,29 @@ impl Cluster {
                 .collect();
             let now = self.now;
             self.nodes[n].switchboard.complete_locate(now, id, devices);
+            self.nodes[n].run_for(0);
+            self.collect();
+        }
+        loop {
+            let due = self.busy_checks.keys().next().copied().filter(|(t, _)| *t <= self.now);
+            let Some(key) = due else { break };
+            let Some((n, id, app, users)) = self.busy_checks.remove(&key) else { break };
+            if !self.alive[n] {
+                continue;
+            }
+            // Marks of lost nodes are skipped, as the driver skips nodes whose liveness key
+            // is gone.
+            let mut found = Vec::new();
+            for user in users {
+                let Some(calls) = self.in_call.get(&(app.clone(), user.clone())) else { continue };
+                for (call, (node, mark)) in calls {
+                    if *mark == CallMark::Connected && self.alive[*node] {
+                        found.push((user.clone(), call.clone()));
+                    }
+                }
+            }
+            let now = self.now;
+            self.nodes[n].switchboard.complete_busy(now, id, found);
             self.nodes[n].run_for(0);
             self.collect();
         }

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use callplus_proto::prost::Message;
 use callplus_proto::v1 as pb;
 use callplus_session::client::{ClientConfig, ClientEngine, ClientEvent, DriverEvent, MediaCommand};
-use callplus_session::switchboard::{ConnId, Output, Switchboard, SwitchboardConfig};
+use callplus_session::switchboard::{ConnId, NodeOutput, Output, Switchboard, SwitchboardConfig};
 use callplus_session::wire::server_frame_from_wire;
 use callplus_session::{AppKey, ClientBody, ClientFrame, DeviceId, MediaPayload, ServerFrame, UserId};
 
@@ -125,6 +125,9 @@ pub struct Sim {
     conn_owner: HashMap<ConnId, usize>,
     /// Every output the switchboard produced, for assertions.
     pub outputs: Vec<Output>,
+    /// Work across nodes is carried by a simulated deployment (`cluster::Cluster`); without
+    /// one, a node of several finds no in-call mark of another node (nobody else is there).
+    pub routed: bool,
 }
 
 /// The app every simulated device belongs to unless a test says otherwise.
@@ -155,6 +158,7 @@ impl Sim {
             next_conn: 1,
             conn_owner: HashMap::new(),
             outputs: Vec::new(),
+            routed: false,
         }
     }
 
@@ -370,6 +374,10 @@ impl Sim {
                 let answer = MediaPayload::SdpAnswer("sfu answer".to_owned());
                 let now = self.now;
                 self.switchboard.sfu_signal(now, call_id, from_user, from_device, answer);
+            }
+            Output::Node(NodeOutput::CheckBusy { id, .. }) if !self.routed => {
+                let (id, now) = (*id, self.now);
+                self.switchboard.complete_busy(now, id, Vec::new());
             }
             other => self.storage.apply(other),
         }

@@ -113,8 +113,10 @@ pub struct BenchArgs {
     /// the ephemeral port range needs.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub source_addrs: usize,
-    /// Target this running server (`http://host:port`) instead of starting one.
-    #[arg(long, value_name = "URL")]
+    /// Target this running server (`http://host:port`) instead of starting one. Several URLs,
+    /// comma-separated, drive the nodes of one deployment (`serve --redis`): users are spread
+    /// over them in turn (call cycles only).
+    #[arg(long, value_name = "URL[,URL…]")]
     pub server: Option<String>,
     /// App key for minting tokens for `--server` (with `--app-secret`).
     #[arg(long, requires = "server", requires = "app_secret")]
@@ -125,9 +127,10 @@ pub struct BenchArgs {
     /// Data directory of the `--server` (its first app mints the tokens).
     #[arg(long, requires = "server", conflicts_with = "app_key")]
     pub data_dir: Option<PathBuf>,
-    /// Process id of the `--server`, to report its CPU and memory.
-    #[arg(long, requires = "server", value_name = "PID")]
-    pub server_pid: Option<u32>,
+    /// Process id of the `--server`, to report its CPU and memory (comma-separated for several
+    /// nodes: their CPU and memory are summed).
+    #[arg(long, requires = "server", value_name = "PID[,PID…]", value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// Run the server inside this process (its CPU and RSS figures then include the load
     /// generator's).
     #[arg(long, conflicts_with = "server")]
@@ -178,6 +181,9 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--duration must be more than 0");
     }
     let target = target::Target::start(&args).await?;
+    if target.nodes() > 1 && (args.idle.is_some() || args.group.is_some()) {
+        bail!("several --server URLs drive call cycles only, not --idle or --group");
+    }
     eprintln!("bench: server {} ({})", target.endpoint, target.describe());
     let result = match (args.idle, args.group) {
         (Some(n), _) => idle::run(&args, &target, n).await,

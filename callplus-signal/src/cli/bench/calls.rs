@@ -185,7 +185,7 @@ async fn connect_users(
     for i in 0..n {
         let user = format!("{prefix}-{i}");
         let token = target.token(&user)?;
-        let (endpoint, gate, tls) = (target.endpoint.clone(), gate.clone(), target.tls.clone());
+        let (endpoint, gate, tls) = (target.endpoint_for(i).to_owned(), gate.clone(), target.tls.clone());
         set.spawn(async move {
             let _permit = gate.acquire_owned().await;
             let connected = Client::connect(&endpoint, &token, ClientOptions::default().with_tls(tls)).await;
@@ -218,7 +218,7 @@ async fn connect_raw_users(
     for i in 0..n {
         let user = format!("{prefix}-{i}");
         let token = target.token(&user)?;
-        let (endpoint, gate, tls) = (target.endpoint.clone(), gate.clone(), target.tls.clone());
+        let (endpoint, gate, tls) = (target.endpoint_for(i).to_owned(), gate.clone(), target.tls.clone());
         set.spawn(async move {
             let _permit = gate.acquire_owned().await;
             RawParty::connect(&endpoint, &tls, user, token).await

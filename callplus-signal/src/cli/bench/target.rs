@@ -28,13 +28,16 @@ const TOKEN_TTL_SECS: u64 = 24 * 3600;
 enum Kind {
     Child { child: Child, _dir: tempfile::TempDir },
     InProcess { server: Box<RunningServer>, _dir: tempfile::TempDir },
-    External { pid: Option<u32> },
+    External { pids: Vec<u32> },
 }
 
 /// The server under test.
 pub(crate) struct Target {
-    /// Where devices connect (`http://host:port`, or `https://` with TLS).
+    /// Where devices connect (`http://host:port`, or `https://` with TLS); for the nodes of a
+    /// deployment, their URLs comma-separated.
     pub(crate) endpoint: String,
+    /// Each node's URL (one unless several `--server` URLs were given).
+    endpoints: Vec<String>,
     /// How the simulated users check the server's certificate.
     pub(crate) tls: TlsOptions,
     app_key: String,
@@ -116,8 +119,17 @@ impl SelfSigned {
 impl Target {
     /// Starts (or finds) the server the arguments name.
     pub(crate) async fn start(args: &BenchArgs) -> anyhow::Result<Target> {
-        if let Some(url) = &args.server {
-            let endpoint = if url.contains("://") { url.clone() } else { format!("http://{url}") };
+        if let Some(urls) = &args.server {
+            let endpoints: Vec<String> = urls
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(|u| if u.contains("://") { u.to_owned() } else { format!("http://{u}") })
+                .collect();
+            if endpoints.is_empty() {
+                bail!("--server needs at least one URL");
+            }
+            let endpoint = endpoints.join(",");
             let (app_key, app_secret) = match (&args.app_key, &args.app_secret, &args.data_dir) {
                 (Some(key), Some(secret), _) => (key.clone(), secret.clone()),
                 (_, _, Some(dir)) => {
@@ -132,10 +144,11 @@ impl Target {
             let tls = crate::cli::tls_options(args.tls_ca.as_deref(), args.tls_domain.as_deref())?;
             return Ok(Target {
                 endpoint,
+                endpoints,
                 tls,
                 app_key,
                 app_secret,
-                kind: Kind::External { pid: args.server_pid },
+                kind: Kind::External { pids: args.server_pid.clone() },
             });
         }
         let dir = tempfile::Builder::new().prefix("callplus-bench-").tempdir()?;
@@ -168,6 +181,7 @@ impl Target {
             let server = builder.start().await.context("cannot start the server")?;
             let app = server.app_credentials().clone();
             return Ok(Target {
+                endpoints: vec![server.grpc_url()],
                 endpoint: server.grpc_url(),
                 tls,
                 app_key: app.app_key,
@@ -222,6 +236,7 @@ impl Target {
             }
         };
         Ok(Target {
+            endpoints: vec![banner.endpoint.clone()],
             endpoint: banner.endpoint,
             tls,
             app_key: banner.app_key,
@@ -235,8 +250,21 @@ impl Target {
         match &self.kind {
             Kind::Child { child, .. } => format!("`callplus serve` child process, pid {}", child.id()),
             Kind::InProcess { .. } => "in this process (figures include the load generator)".to_owned(),
-            Kind::External { pid: Some(pid) } => format!("external, pid {pid}"),
-            Kind::External { pid: None } => "external (no --server-pid: no CPU/RSS figures)".to_owned(),
+            Kind::External { pids } if pids.is_empty() => {
+                "external (no --server-pid: no CPU/RSS figures)".to_owned()
+            }
+            Kind::External { pids } if self.endpoints.len() > 1 => {
+                let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+                format!(
+                    "{} external nodes, pids {} (CPU and RSS summed)",
+                    self.endpoints.len(),
+                    pids.join(",")
+                )
+            }
+            Kind::External { pids } => {
+                let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+                format!("external, pid {}", pids.join(","))
+            }
         }
     }
 
@@ -250,8 +278,28 @@ impl Target {
         match &self.kind {
             Kind::Child { child, .. } => proc_stats(&child.id().to_string()),
             Kind::InProcess { .. } => proc_stats("self"),
-            Kind::External { pid } => pid.and_then(|pid| proc_stats(&pid.to_string())),
+            Kind::External { pids } if pids.is_empty() => None,
+            Kind::External { pids } => {
+                let mut sum = ProcStats::default();
+                for pid in pids {
+                    let s = proc_stats(&pid.to_string())?;
+                    sum.cpu_s += s.cpu_s;
+                    sum.rss_kib += s.rss_kib;
+                    sum.peak_rss_kib += s.peak_rss_kib;
+                }
+                Some(sum)
+            }
         }
+    }
+
+    /// How many nodes the users are spread over.
+    pub(crate) fn nodes(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Where user number `i` connects: the nodes in turn.
+    pub(crate) fn endpoint_for(&self, i: usize) -> &str {
+        self.endpoints.get(i % self.endpoints.len().max(1)).map_or(self.endpoint.as_str(), String::as_str)
     }
 
     /// A token for `user`.
