@@ -331,6 +331,14 @@ impl Worker {
                 self.tell(NodeInput::BusyFound { id, calls }).await;
             }
             NodeOutput::FindRinging { app, user, device, session_id } => {
+                // In presence first, then the marks (`NodeOutput::Locate` says why). The presence
+                // task registers the session too, but on its own schedule; this write (the same
+                // entry) orders the two reads. A failure leaves it to that task.
+                let registered =
+                    self.presence.register(app.as_str(), user.as_str(), device.as_str(), &session_id).await;
+                if let Err(e) = registered {
+                    tracing::debug!(error = %e, "presence not written before reading the ringing marks");
+                }
                 let found = self.marked(&app, std::slice::from_ref(&user), CallMark::Ringing).await;
                 let mut owners: Vec<String> =
                     found.iter().filter_map(|(_, call)| owner_node(call).map(str::to_owned)).collect();

@@ -161,6 +161,12 @@ pub enum NodeOutput {
     },
     /// Look the user's devices up in the presence registry and answer with
     /// [`Switchboard::complete_locate`] (an empty list when there is none or the lookup failed).
+    ///
+    /// It comes after the [`NodeOutput::InCall`] ringing mark of the same input, and the driver
+    /// must finish each before starting the next; a late device's node, for its part, has the
+    /// device in presence before it reads the marks ([`NodeOutput::FindRinging`]). Each side
+    /// writes, then reads what the other writes, so at least one sees the other: a device that
+    /// connects while its user is being rung is either found here or finds the mark there.
     Locate {
         /// The lookup's id.
         id: QueryId,
@@ -218,7 +224,8 @@ pub enum NodeOutput {
     },
     /// A device of `user` opened a fresh session here: send [`NodeMessage::DeviceOnline`] to
     /// every other live node that marked the user [`CallMark::Ringing`] in a call it owns, so
-    /// the device rings as it would on one node.
+    /// the device rings as it would on one node. The driver reads the marks only once the device
+    /// is in presence (see [`NodeOutput::Locate`] for why).
     FindRinging {
         /// The app.
         app: AppKey,
@@ -398,7 +405,7 @@ impl Switchboard {
         let id = self.next_query;
         let (app, user) = (locating.app.clone(), locating.user.clone());
         self.locates.insert(id, locating);
-        self.net.outputs.push_back(Output::Node(NodeOutput::Locate { id, app, user }));
+        self.net.outputs.after_marks.push(Output::Node(NodeOutput::Locate { id, app, user }));
     }
 
     /// The remote session of a device on another node, made if missing.

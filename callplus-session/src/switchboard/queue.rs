@@ -26,6 +26,11 @@ pub(super) struct Outputs {
     pub(super) track_calls: bool,
     /// The calls saved or forgotten since the marks were last brought in step.
     pub(super) touched: Vec<crate::model::ids::CallId>,
+    /// Outputs held back until the input's in-call marks are queued, then queued after them
+    /// (`Switchboard::finish_input`): the presence lookup of a callee being rung
+    /// (`cluster::locate`), so the owner writes the ringing mark before it looks for the
+    /// callee's devices (see `NodeOutput::Locate`).
+    pub(super) after_marks: Vec<Output>,
 }
 
 impl Outputs {

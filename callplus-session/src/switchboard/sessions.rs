@@ -466,5 +466,8 @@ impl Switchboard {
         if self.clustered() {
             self.sync_marks();
         }
+        for output in std::mem::take(&mut self.net.outputs.after_marks) {
+            self.net.outputs.push_back(output);
+        }
     }
 }

@@ -2093,3 +2093,30 @@ fn presence_follows_sessions_not_connections() {
     single.send_frame(c, bye);
     assert_eq!(presence(single.outputs()), vec![]);
 }
+
+/// On a node of several, the owner marks a callee ringing before it looks the callee's devices
+/// up: the driver runs node work in order, and a device connecting elsewhere meanwhile writes
+/// its presence before reading the marks, so one of the two always sees the other.
+#[test]
+fn a_callee_is_marked_ringing_before_their_devices_are_looked_up() {
+    let cfg =
+        SwitchboardConfig { push_enabled: false, node_id: "node-a".into(), ..SwitchboardConfig::default() };
+    let mut h = H::new(cfg);
+    let a = h.connect("alice", "a1");
+    h.outputs();
+    let call = h.start(a, &["bob"], CallType::Single, MediaType::Audio);
+    let work: Vec<&'static str> = h
+        .outputs()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Node(NodeOutput::InCall { user, call_id, mark: Some(CallMark::Ringing), .. })
+                if user.as_str() == "bob" && call_id == call.call_id =>
+            {
+                Some("marked ringing")
+            }
+            Output::Node(NodeOutput::Locate { user, .. }) if user.as_str() == "bob" => Some("looked up"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(work, vec!["marked ringing", "looked up"]);
+}
