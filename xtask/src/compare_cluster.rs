@@ -111,6 +111,10 @@ struct Point {
     server_cpu_s: Option<f64>,
     /// CPU seconds of Redis and PostgreSQL during the whole bench run (connects included).
     backing_cpu_s: Option<f64>,
+    /// Commands Redis processed during the bench run.
+    redis_commands: Option<u64>,
+    /// Transactions committed in the point's database (its whole life: schema and app too).
+    postgres_commits: Option<u64>,
 }
 
 impl Point {
@@ -131,6 +135,8 @@ impl Point {
             p99_ms: report["latency_ms"]["start_to_received"]["p99"].as_f64(),
             server_cpu_s: report["server_cpu_s"].as_f64(),
             backing_cpu_s: None,
+            redis_commands: None,
+            postgres_commits: None,
         })
     }
 
@@ -148,6 +154,12 @@ impl Point {
     /// Redis's and PostgreSQL's CPU per completed cycle, in microseconds.
     fn backing_us(&self) -> Option<f64> {
         self.per_cycle_us(self.backing_cpu_s)
+    }
+
+    /// `count` per completed cycle.
+    fn per_cycle(&self, count: Option<u64>) -> Option<f64> {
+        #[allow(clippy::cast_precision_loss)]
+        count.filter(|_| self.completed > 0).map(|n| n as f64 / self.completed as f64)
     }
 }
 
@@ -169,9 +181,10 @@ fn render_table(points: &[Point]) -> String {
     let mut out = String::new();
     out.push_str(
         "| config | offered/s | achieved/s | failed | p99 start→received | nodes' CPU per cycle \
-         | Redis + PostgreSQL CPU per cycle | N nodes / 1 node |\n",
+         | Redis + PostgreSQL CPU per cycle | Redis commands / PostgreSQL commits per cycle \
+         | N nodes / 1 node |\n",
     );
-    out.push_str("|---|---|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|\n");
     for p in points {
         let anchor =
             points.iter().find(|a| a.config == Config::One && a.offered.total_cmp(&p.offered).is_eq());
@@ -185,7 +198,7 @@ fn render_table(points: &[Point]) -> String {
             _ => String::new(),
         };
         out.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} |\n",
+            "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
             p.config.label(),
             p.offered,
             p.achieved,
@@ -193,6 +206,14 @@ fn render_table(points: &[Point]) -> String {
             or_dash(p.p99_ms, |v| format!("{v:.2} ms")),
             or_dash(p.server_us(), |v| format!("{v:.0} µs")),
             or_dash(p.backing_us(), |v| format!("{v:.0} µs")),
+            match (p.per_cycle(p.redis_commands), p.per_cycle(p.postgres_commits)) {
+                (None, None) => "-".to_owned(),
+                (redis, postgres) => format!(
+                    "{} / {}",
+                    or_dash(redis, |v| format!("{v:.1}")),
+                    or_dash(postgres, |v| format!("{v:.2}"))
+                ),
+            },
             versus,
         ));
     }
@@ -278,7 +299,7 @@ fn run_point(
             .env_remove("CALLPLUS_POSTGRES")
             .env_remove("CALLPLUS_REDIS")
             .env_remove("CALLPLUS_NODE_ID");
-        if let Some(db) = &backing {
+        if let Some((db, _)) = &backing {
             cmd.args(["--postgres", db, "--redis", &redis.url(), "--node-id", &format!("n{i}")]);
         }
         // The first node on an empty database creates the app and shows its secret; the others
@@ -295,6 +316,7 @@ fn run_point(
     let urls: Vec<&str> = nodes.iter().map(|n| n.banner.grpc.as_str()).collect();
     let pids: Vec<String> = nodes.iter().map(|n| n.process.child.id().to_string()).collect();
     let backing_before = backing.as_ref().map(|_| redis.cpu_s() + postgres.cpu_s());
+    let commands_before = backing.as_ref().and_then(|_| redis.commands_processed().ok());
     let out = Command::new(binary)
         .args(["bench", "--server", &urls.join(","), "--server-pid", &pids.join(",")])
         .args(["--app-key", &app_key, "--app-secret", &app_secret])
@@ -306,15 +328,21 @@ fn run_point(
         .output()
         .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
     let backing_cpu_s = backing_before.map(|before| redis.cpu_s() + postgres.cpu_s() - before);
+    let commands_after = backing.as_ref().and_then(|_| redis.commands_processed().ok());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let mut point = Point::from_bench_output(config, rate, &stdout).map_err(|e| {
         format!("{e} ({}; its stderr: {})", out.status, String::from_utf8_lossy(&out.stderr).trim())
     })?;
     point.backing_cpu_s = backing_cpu_s;
+    point.redis_commands = commands_before.zip(commands_after).map(|(a, b)| b.saturating_sub(a));
     for node in nodes {
         if let Err(e) = node.stop() {
             eprintln!("xtask: bench --cluster: {e}");
         }
+    }
+    // Read once the nodes are gone: a backend reports its statistics when it exits.
+    if let Some((_, name)) = &backing {
+        point.postgres_commits = postgres.commits(name).ok();
     }
     Ok(point)
 }
@@ -529,6 +557,17 @@ impl Redis {
 
     /// Sends one inline command and returns the first line of the answer.
     fn command(&self, command: &str) -> Result<String> {
+        self.exchange(command).map(|(line, _)| line)
+    }
+
+    /// `total_commands_processed` from `INFO stats`.
+    fn commands_processed(&self) -> Result<u64> {
+        let (_, bulk) = self.exchange("INFO stats")?;
+        info_value(&bulk, "total_commands_processed").ok_or_else(|| "no total_commands_processed".to_owned())
+    }
+
+    /// Sends one inline command; its answer's first line and, for a bulk string, its body.
+    fn exchange(&self, command: &str) -> Result<(String, String)> {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
         stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
         stream.write_all(format!("{command}\r\n").as_bytes()).map_err(|e| e.to_string())?;
@@ -541,7 +580,14 @@ impl Redis {
                 Err(e) => return Err(format!("redis: {e}")),
             }
         }
-        Ok(String::from_utf8_lossy(&reply).trim_end().to_owned())
+        let line = String::from_utf8_lossy(&reply).trim_end().to_owned();
+        let mut body = Vec::new();
+        if let Some(len) = line.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+            body.resize(len + 2, 0);
+            stream.read_exact(&mut body).map_err(|e| format!("redis: {e}"))?;
+            body.truncate(len);
+        }
+        Ok((line, String::from_utf8_lossy(&body).into_owned()))
     }
 
     /// Empties every database (between points: no presence, inbox or mark of a previous run).
@@ -555,6 +601,11 @@ impl Redis {
     fn cpu_s(&self) -> f64 {
         tree_cpu_s(self.process.child.id())
     }
+}
+
+/// The value of `key` in an `INFO` answer (`key:value` lines).
+fn info_value(info: &str, key: &str) -> Option<u64> {
+    info.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.trim().parse().ok())
 }
 
 // ----- PostgreSQL -------------------------------------------------------------------------------
@@ -647,8 +698,8 @@ impl Postgres {
         }
     }
 
-    /// Creates an empty database and returns its URL.
-    fn fresh_database(&mut self) -> Result<String> {
+    /// Creates an empty database and returns its URL and name.
+    fn fresh_database(&mut self) -> Result<(String, String)> {
         self.next_db += 1;
         let name = format!("bench{}", self.next_db);
         let out = Command::new(self.bin.join("createdb"))
@@ -658,7 +709,22 @@ impl Postgres {
         if !out.status.success() {
             return Err(format!("createdb failed: {}", String::from_utf8_lossy(&out.stderr)));
         }
-        Ok(format!("postgres://postgres@127.0.0.1:{}/{name}", self.port))
+        Ok((format!("postgres://postgres@127.0.0.1:{}/{name}", self.port), name))
+    }
+
+    /// Transactions committed in database `name` so far.
+    fn commits(&self, name: &str) -> Result<u64> {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres"])
+            .args([
+                "-tA",
+                "-c",
+                &format!("SELECT xact_commit FROM pg_stat_database WHERE datname = '{name}'"),
+            ])
+            .output()
+            .map_err(|e| format!("cannot run psql: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim().parse().map_err(|_| format!("psql: no commit count for {name}: {text:?}"))
     }
 
     fn cpu_s(&self) -> f64 {
@@ -744,6 +810,14 @@ mod tests {
     }
 
     #[test]
+    fn redis_info_values_are_read_by_key() {
+        let info = "# Stats\r\ntotal_connections_received:12\r\ntotal_commands_processed:4242\r\n";
+        assert_eq!(info_value(info, "total_commands_processed"), Some(4242));
+        assert_eq!(info_value(info, "total_commands"), None, "a prefix of a key is not the key");
+        assert_eq!(info_value(info, "missing"), None);
+    }
+
+    #[test]
     fn a_point_comes_from_the_last_json_line_of_bench() {
         let p = Point::from_bench_output(Config::One, 1_000.0, &bench_json(999.5, 10_000, 2, 1.25, 2.0))
             .unwrap_or_else(|e| panic!("{e}"));
@@ -759,6 +833,8 @@ mod tests {
         let point = |config, offered, json: &str, backing| {
             let mut p = Point::from_bench_output(config, offered, json).unwrap_or_else(|e| panic!("{e}"));
             p.backing_cpu_s = backing;
+            p.redis_commands = backing.map(|_| 160_000);
+            p.postgres_commits = backing.map(|_| 5_000);
             p
         };
         let points = [
@@ -774,14 +850,14 @@ mod tests {
         assert!(rows[0].starts_with("| config | offered/s | achieved/s |"), "{table}");
         assert_eq!(
             rows[2],
-            "| 1 node (Redis + PostgreSQL) | 1000 | 1000 | 0 | 1.00 ms | 200 µs | 100 µs |  |"
+            "| 1 node (Redis + PostgreSQL) | 1000 | 1000 | 0 | 1.00 ms | 200 µs | 100 µs | 16.0 / 0.50 |  |"
         );
         assert_eq!(
             rows[3],
-            "| 3 nodes (Redis + PostgreSQL) | 1000 | 990 | 3 | 2.50 ms | 400 µs | 200 µs \
+            "| 3 nodes (Redis + PostgreSQL) | 1000 | 990 | 3 | 2.50 ms | 400 µs | 200 µs | 16.2 / 0.51 \
              | cycles/s 0.99×, p99 2.50×, CPU per cycle 2.00× |"
         );
-        assert_eq!(rows[4], "| 1 node (SQLite, reference) | 1000 | 1000 | 0 | 0.50 ms | 150 µs | - |  |");
+        assert_eq!(rows[4], "| 1 node (SQLite, reference) | 1000 | 1000 | 0 | 0.50 ms | 150 µs | - | - |  |");
         assert!(rows[6].ends_with("| cycles/s 0.50×, p99 4.00×, CPU per cycle 2.00× |"), "{table}");
     }
 }
