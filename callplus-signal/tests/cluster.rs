@@ -11,91 +11,14 @@ mod support;
 use std::time::Duration;
 
 use callplus_session::client::CallOptions;
-use callplus_session::{CallId, CallType, DeviceId, EndReason, MediaType, RecordOrder};
-use callplus_signal::client::{Client, ClientOptions, Event, EventStream};
+use callplus_session::{CallId, CallType, EndReason, MediaType, RecordOrder};
+use callplus_signal::client::{Client, Event, EventStream};
+use support::cluster::Node;
 use support::redis::OwnedRedis;
 use tokio::time::{Instant, timeout_at};
 
 /// Upper bound for any wait on a condition.
 const WAIT: Duration = Duration::from_secs(15);
-
-/// A running `callplus serve --postgres URL --redis URL --node-id ID` (the real binary).
-struct Node {
-    child: tokio::process::Child,
-    banner: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    async fn start(postgres: &str, redis: &OwnedRedis, node_id: &str) -> Node {
-        Node::start_with(postgres, redis, node_id, &[]).await
-    }
-
-    /// Like [`Node::start`], with `extra` flags for `serve`.
-    async fn start_with(postgres: &str, redis: &OwnedRedis, node_id: &str, extra: &[&str]) -> Node {
-        use tokio::io::AsyncBufReadExt as _;
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_callplus"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--heartbeat-interval", "2s", "--liveness-timeout", "8s"])
-            .args(["--postgres", postgres, "--redis", &redis.url(), "--node-id", node_id])
-            .args(extra)
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env("CALLPLUS_LOG", "warn")
-            .env_remove("CALLPLUS_POSTGRES")
-            .env_remove("CALLPLUS_REDIS")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut banner = Vec::new();
-        loop {
-            match tokio::time::timeout(WAIT, lines.next_line()).await {
-                Ok(Ok(Some(line))) => {
-                    let done = line.contains("Stop with Ctrl-C");
-                    banner.push(line);
-                    if done {
-                        break;
-                    }
-                }
-                other => panic!("{node_id}: no banner ({other:?}): {banner:#?}"),
-            }
-        }
-        // Keep reading so the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Node { child, banner, _dir: dir }
-    }
-
-    fn value(&self, label: &str) -> String {
-        self.banner
-            .iter()
-            .find_map(|l| l.trim().strip_prefix(label).map(|v| v.trim().to_owned()))
-            .unwrap_or_else(|| panic!("no {label:?} in the banner: {:#?}", self.banner))
-    }
-
-    /// Connects `user`'s `device` with a token signed with the app's `secret` (shown only by
-    /// the node that made the app).
-    async fn connect(&self, secret: &str, user: &str, device: &str) -> (Client, EventStream) {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        let token = callplus_signal::token::mint(&self.value("app key:"), secret, user, now, 3600).unwrap();
-        let options = ClientOptions {
-            reconnect_backoff_min: Duration::from_millis(20),
-            reconnect_backoff_max: Duration::from_millis(200),
-            ..ClientOptions::default().with_device_id(DeviceId::new(device).unwrap())
-        };
-        let url = self.value("gRPC (devices):");
-        Client::connect(&url, &token, options).await.unwrap()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
 
 async fn wait_for(events: &mut EventStream, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
     let deadline = Instant::now() + WAIT;

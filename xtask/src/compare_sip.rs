@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{Result, cargo, root, run};
+use crate::{Result, cargo, run};
 
 /// Debian packages the comparison needs.
 const PACKAGES: &[&str] = &["kamailio", "sip-tester"];
@@ -280,7 +280,7 @@ fn sipp_p99_ms(dir: &Path) -> Option<f64> {
 }
 
 fn callplus_point(rate: f64, seconds: u64) -> Result<Point> {
-    let binary = root().join("target").join("release").join("callplus");
+    let binary = crate::release_binary("callplus");
     let out = Command::new(&binary)
         .args([
             "bench",

@@ -12,6 +12,8 @@
 //! cargo xtask bench [ARGS...]          criterion benches of the workspace (ARGS go to cargo bench)
 //! cargo xtask bench --compare-sip [--rates R1,R2] [--seconds N]
 //!                                      callplus against Kamailio + SIPp, back to back
+//! cargo xtask bench --cluster [--nodes N] [--rates R1,R2] [--seconds S] [--users U] [--no-sqlite]
+//!                                      1 node against N nodes on Redis + PostgreSQL, back to back
 //! ```
 //!
 //! `ci` builds the web engine for `wasm32-unknown-unknown` (adding the target with rustup when
@@ -35,6 +37,7 @@
 #[cfg(test)]
 mod tidy;
 
+mod compare_cluster;
 mod compare_sip;
 mod web;
 
@@ -72,6 +75,10 @@ commands:
   bench --compare-sip [--rates R1,R2] [--seconds N]
                                      Kamailio + SIPp and `callplus bench` back to back at the
                                      same offered rates on 127.0.0.1; one table with the ratio
+  bench --cluster [--nodes N] [--rates R1,R2] [--seconds S] [--users U] [--no-sqlite]
+                                     its own Redis and PostgreSQL on 127.0.0.1, then per rate
+                                     `callplus bench` against 1 node, N nodes (default 3) and
+                                     the SQLite single node; one table with N-node/1-node ratios
 ";
 
 pub(crate) type Result<T = ()> = std::result::Result<T, String>;
@@ -119,6 +126,19 @@ pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
     cmd
+}
+
+/// A binary of the release build: in `CARGO_TARGET_DIR` when set (relative to the workspace root
+/// when relative), else in the workspace's `target/`.
+pub(crate) fn release_binary(name: &str) -> PathBuf {
+    target_dir(std::env::var_os("CARGO_TARGET_DIR"), &root()).join("release").join(name)
+}
+
+fn target_dir(from_env: Option<std::ffi::OsString>, root: &Path) -> PathBuf {
+    match from_env.filter(|d| !d.is_empty()) {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
 }
 
 /// `cargo +nightly` through rustup's proxy.
@@ -415,6 +435,9 @@ fn bench(args: &[String]) -> Result {
     if take_flag(&mut args, "--compare-sip") {
         return compare_sip::compare_sip(&args);
     }
+    if take_flag(&mut args, "--cluster") {
+        return compare_cluster::compare_cluster(&args);
+    }
     let mut cmd = cargo();
     cmd.args(["bench", "--workspace"]).args(args);
     run("bench", cmd)
@@ -430,6 +453,15 @@ mod tests {
         let run = Some(std::ffi::OsString::from("/checkouts/new/xtask"));
         assert_eq!(workspace_root(run, built), PathBuf::from("/checkouts/new"));
         assert_eq!(workspace_root(None, built), PathBuf::from("/checkouts/old"));
+    }
+
+    #[test]
+    fn release_binaries_are_found_in_the_target_directory_cargo_uses() {
+        let root = Path::new("/ws");
+        assert_eq!(target_dir(None, root), PathBuf::from("/ws/target"));
+        assert_eq!(target_dir(Some("".into()), root), PathBuf::from("/ws/target"));
+        assert_eq!(target_dir(Some("/elsewhere/t".into()), root), PathBuf::from("/elsewhere/t"));
+        assert_eq!(target_dir(Some("build".into()), root), PathBuf::from("/ws/build"));
     }
 
     #[test]

@@ -19,6 +19,11 @@ pub struct Node {
 impl Node {
     /// Starts the node `node_id` on the shared `postgres` database and `redis`.
     pub async fn start(postgres: &str, redis: &OwnedRedis, node_id: &str) -> Node {
+        Node::start_with(postgres, redis, node_id, &[]).await
+    }
+
+    /// Like [`Node::start`], with `extra` flags for `serve`.
+    pub async fn start_with(postgres: &str, redis: &OwnedRedis, node_id: &str, extra: &[&str]) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let (child, banner, lines) = process::spawn(
             process::callplus()
@@ -26,6 +31,7 @@ impl Node {
                 .args(["--heartbeat-interval", "2s", "--liveness-timeout", "8s"])
                 .args(["--postgres", postgres, "--redis", &redis.url(), "--node-id", node_id])
                 .args(["--media-listen", "127.0.0.1:0"])
+                .args(extra)
                 .arg("--data-dir")
                 .arg(dir.path())
                 .env("CALLPLUS_LOG", "warn")
