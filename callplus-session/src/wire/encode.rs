@@ -12,7 +12,10 @@
 //! added to the protocol and its conversion but not here fails it.
 //!
 //! Each message is written once by a generic `fields` function over an [`Out`]: one `Out`
-//! counts the bytes (a nested message is preceded by its length), the other writes them.
+//! counts the bytes and notes the length of every nested message (each is preceded by its
+//! length), the other writes them with those lengths. Two passes over the frame in all, where
+//! measuring each nested message again at every level (as prost's `encoded_len` does) would
+//! cost one pass per level of nesting.
 
 use callplus_proto::prost::bytes::BufMut;
 use callplus_proto::prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
@@ -27,21 +30,29 @@ use crate::model::snapshot::{
 /// The encoded length of the frame (`seq`, `ack`, `body`) in bytes, without a length prefix.
 #[must_use]
 pub fn server_frame_len(seq: u64, ack: u64, body: &ServerBody) -> usize {
-    len_of(&Frame { seq, ack, body })
+    let mut len = Len { total: 0, sizes: Sizes::default() };
+    Frame { seq, ack, body }.fields(&mut len);
+    len.total
 }
 
 /// Writes the frame (`seq`, `ack`, `body`) as a protobuf `ServerFrame` (no length prefix): the
 /// bytes prost writes for the generated message converted from the same frame. `buf` must have
 /// room for [`server_frame_len`] bytes (a `Vec` grows; tonic's encode buffer does too).
 pub fn encode_server_frame(seq: u64, ack: u64, body: &ServerBody, buf: &mut impl BufMut) {
-    Frame { seq, ack, body }.fields(&mut Write(buf));
+    let frame = Frame { seq, ack, body };
+    let mut len = Len { total: 0, sizes: Sizes::default() };
+    frame.fields(&mut len);
+    frame.fields(&mut Write { buf, sizes: &len.sizes, next: 0 });
 }
 
 /// [`encode_server_frame`] into a new `Vec` of the exact size.
 #[must_use]
 pub fn server_frame_to_vec(seq: u64, ack: u64, body: &ServerBody) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(server_frame_len(seq, ack, body));
-    encode_server_frame(seq, ack, body, &mut buf);
+    let frame = Frame { seq, ack, body };
+    let mut len = Len { total: 0, sizes: Sizes::default() };
+    frame.fields(&mut len);
+    let mut buf = Vec::with_capacity(len.total);
+    frame.fields(&mut Write { buf: &mut buf, sizes: &len.sizes, next: 0 });
     buf
 }
 
@@ -58,50 +69,108 @@ trait Msg {
     fn fields<O: Out>(&self, o: &mut O);
 }
 
-fn len_of<M: Msg>(message: &M) -> usize {
-    let mut len = Len(0);
-    message.fields(&mut len);
-    len.0
-}
-
 fn usize_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
-struct Len(usize);
+/// Nested messages inline before the first heap allocation (a call snapshot with a few
+/// participants needs about ten).
+const INLINE_SIZES: usize = 32;
 
-impl Out for Len {
-    fn varint(&mut self, tag: u32, value: u64) {
-        self.0 += key_len(tag) + encoded_len_varint(value);
-    }
+/// The lengths of a frame's nested messages, in the order they are entered (pre-order): the
+/// counting pass fills them once, the writing pass reads them back in the same order, so no
+/// message is measured more than once however deep it is nested.
+struct Sizes {
+    inline: [usize; INLINE_SIZES],
+    spill: Vec<usize>,
+    n: usize,
+}
 
-    fn bytes(&mut self, tag: u32, value: &[u8]) {
-        self.0 += key_len(tag) + encoded_len_varint(usize_u64(value.len())) + value.len();
-    }
-
-    fn message<M: Msg>(&mut self, tag: u32, message: &M) {
-        let len = len_of(message);
-        self.0 += key_len(tag) + encoded_len_varint(usize_u64(len)) + len;
+impl Default for Sizes {
+    fn default() -> Self {
+        Sizes { inline: [0; INLINE_SIZES], spill: Vec::new(), n: 0 }
     }
 }
 
-struct Write<'a, B: BufMut>(&'a mut B);
+impl Sizes {
+    /// Reserves the next slot and returns its index.
+    fn push(&mut self) -> usize {
+        let i = self.n;
+        self.n += 1;
+        if i >= INLINE_SIZES {
+            self.spill.push(0);
+        }
+        i
+    }
 
-impl<B: BufMut> Out for Write<'_, B> {
+    fn set(&mut self, i: usize, len: usize) {
+        let slot = match i.checked_sub(INLINE_SIZES) {
+            None => self.inline.get_mut(i),
+            Some(j) => self.spill.get_mut(j),
+        };
+        if let Some(slot) = slot {
+            *slot = len;
+        }
+    }
+
+    fn get(&self, i: usize) -> usize {
+        let slot = match i.checked_sub(INLINE_SIZES) {
+            None => self.inline.get(i),
+            Some(j) => self.spill.get(j),
+        };
+        slot.copied().unwrap_or(0)
+    }
+}
+
+/// The counting pass: the frame's total length, and every nested message's.
+struct Len {
+    total: usize,
+    sizes: Sizes,
+}
+
+impl Out for Len {
     fn varint(&mut self, tag: u32, value: u64) {
-        encode_key(tag, WireType::Varint, self.0);
-        encode_varint(value, self.0);
+        self.total += key_len(tag) + encoded_len_varint(value);
     }
 
     fn bytes(&mut self, tag: u32, value: &[u8]) {
-        encode_key(tag, WireType::LengthDelimited, self.0);
-        encode_varint(usize_u64(value.len()), self.0);
-        self.0.put_slice(value);
+        self.total += key_len(tag) + encoded_len_varint(usize_u64(value.len())) + value.len();
     }
 
     fn message<M: Msg>(&mut self, tag: u32, message: &M) {
-        encode_key(tag, WireType::LengthDelimited, self.0);
-        encode_varint(usize_u64(len_of(message)), self.0);
+        let slot = self.sizes.push();
+        let start = self.total;
+        message.fields(self);
+        let len = self.total - start;
+        self.sizes.set(slot, len);
+        self.total += key_len(tag) + encoded_len_varint(usize_u64(len));
+    }
+}
+
+/// The writing pass, with the lengths the counting pass found.
+struct Write<'a, B: BufMut> {
+    buf: &'a mut B,
+    sizes: &'a Sizes,
+    next: usize,
+}
+
+impl<B: BufMut> Out for Write<'_, B> {
+    fn varint(&mut self, tag: u32, value: u64) {
+        encode_key(tag, WireType::Varint, self.buf);
+        encode_varint(value, self.buf);
+    }
+
+    fn bytes(&mut self, tag: u32, value: &[u8]) {
+        encode_key(tag, WireType::LengthDelimited, self.buf);
+        encode_varint(usize_u64(value.len()), self.buf);
+        self.buf.put_slice(value);
+    }
+
+    fn message<M: Msg>(&mut self, tag: u32, message: &M) {
+        let len = self.sizes.get(self.next);
+        self.next += 1;
+        encode_key(tag, WireType::LengthDelimited, self.buf);
+        encode_varint(usize_u64(len), self.buf);
         message.fields(self);
     }
 }

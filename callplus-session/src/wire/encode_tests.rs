@@ -368,3 +368,19 @@ fn zero_seq_and_ack_are_left_out() {
     // Field 11 (Pong), length-delimited, empty.
     assert_eq!(server_frame_to_vec(0, 0, &body), vec![(11 << 3) | 2, 0]);
 }
+
+#[test]
+fn a_large_page_spills_its_lengths_and_keeps_prosts_bytes() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let records = prop::collection::vec(record(), 40).new_tree(&mut runner).unwrap().current();
+    let page = RecordPage { records, has_more: true, sync_time: 7 };
+    let body = ServerBody::Response(Response { request_id: 3, result: Ok(ResponseBody::Records(page)) });
+    let frame = ServerFrame { seq: 9, ack: 4, body };
+    let expected = pb::ServerFrame::from(&frame).encode_to_vec();
+    assert_eq!(server_frame_to_vec(9, 4, &frame.body), expected);
+    let mut buf = Vec::new();
+    encode_server_frame(9, 4, &frame.body, &mut buf);
+    assert_eq!(buf, expected);
+}
