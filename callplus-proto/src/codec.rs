@@ -29,7 +29,10 @@ impl<T, U> Default for SignalCodec<T, U> {
     }
 }
 
-fn settings() -> BufferSettings {
+/// The buffer settings of the signalling stream's codec ([`BUFFER_SIZE`] buffers); a codec of
+/// the same stream written elsewhere (the server's direct frame encoder) uses them too.
+#[must_use]
+pub fn buffer_settings() -> BufferSettings {
     BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD)
 }
 
@@ -44,10 +47,10 @@ where
     type Decoder = ProstDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<T, U>::raw_encoder(settings())
+        ProstCodec::<T, U>::raw_encoder(buffer_settings())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(settings())
+        ProstCodec::<T, U>::raw_decoder(buffer_settings())
     }
 }

@@ -78,7 +78,7 @@ impl Bench {
                     if let ServerBody::Response(Response {
                         result: Ok(ResponseBody::Started { call, .. }),
                         ..
-                    }) = &frame.body
+                    }) = &*frame.body
                     {
                         started = Some(call.call_id.clone());
                     }

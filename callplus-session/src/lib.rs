@@ -23,8 +23,8 @@ pub use model::kinds::{
     ParticipantState, RecordOrder,
 };
 pub use model::message::{
-    ClientBody, ClientFrame, Event, Hello, MediaPayload, Request, Response, ResponseBody, Resume, ServerBody,
-    ServerFrame, SfuRoute, StartCall, Welcome,
+    ClientBody, ClientFrame, Event, Hello, MediaPayload, OutFrame, Request, Response, ResponseBody, Resume,
+    ServerBody, ServerFrame, SfuRoute, StartCall, Welcome,
 };
 pub use model::snapshot::{
     CallInfo, CallRecord, CallSummary, DeviceLeg, IceServer, Participant, PushConfig, RecordPage,

@@ -1,11 +1,12 @@
 //! Bytes → protobuf `ServerFrame` → domain `ServerFrame` (what a client does with every frame
-//! the server sends). Never panics; a frame that converts survives a round trip unchanged.
+//! the server sends). Never panics; a frame that converts survives a round trip unchanged, and
+//! the server's direct encoder writes for it the bytes prost writes.
 #![no_main]
 
 use callplus_proto::prost::Message as _;
 use callplus_proto::v1 as pb;
 use callplus_session::UserId;
-use callplus_session::wire::server_frame_from_wire;
+use callplus_session::wire::{server_frame_from_wire, server_frame_to_vec};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(me) = UserId::new("alice") else { return };
     match server_frame_from_wire(wire, &me) {
         Ok(frame) => {
-            let again = server_frame_from_wire(pb::ServerFrame::from(&frame), &me);
+            let wire = pb::ServerFrame::from(&frame);
+            let direct = server_frame_to_vec(frame.seq, frame.ack, &frame.body);
+            assert_eq!(direct, wire.encode_to_vec(), "the direct encoder must write prost's bytes");
+            let again = server_frame_from_wire(wire, &me);
             assert_eq!(again.as_ref(), Ok(&frame), "a converted frame must convert back unchanged");
         }
         Err(e) => {

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use callplus_proto::v1 as pb;
-use callplus_session::{ClientBody, ClientFrame, Code, Error, Response, ServerBody, ServerFrame};
+use callplus_session::{ClientBody, ClientFrame, Code, Error, OutFrame, Response, ServerBody, ServerFrame};
 use tokio::sync::{oneshot, watch};
 
 use super::auth::Auth;
@@ -76,8 +76,8 @@ fn unix_secs() -> u64 {
 }
 
 /// A response frame refusing the Hello, or reporting why a transport broke.
-fn refusal(request_id: u64, error: Error) -> Box<ServerFrame> {
-    Box::new(ServerFrame {
+fn refusal(request_id: u64, error: Error) -> OutFrame {
+    OutFrame::from(ServerFrame {
         seq: 0,
         ack: 0,
         body: ServerBody::Response(Response { request_id, result: Err(error) }),

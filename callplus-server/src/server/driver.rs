@@ -29,7 +29,7 @@ use callplus_session::switchboard::{
 use callplus_session::wire::{FrameError, event_to_wire};
 use callplus_session::{
     AppKey, CallId, CallInfo, CallRecord, ClientBody, ClientFrame, Code, DeviceId, Error, Hello,
-    MediaPayload, RecordOrder, RecordPage, Response, ServerBody, ServerFrame, UserId,
+    MediaPayload, OutFrame, RecordOrder, RecordPage, Response, ServerBody, ServerFrame, UserId,
 };
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
@@ -376,7 +376,7 @@ impl Driver {
                         ack: 0,
                         body: ServerBody::Response(Response { request_id: 0, result: Err(error) }),
                     };
-                    if tx.try_send(Box::new(refusal)).is_ok() {
+                    if tx.try_send(OutFrame::from(refusal)).is_ok() {
                         self.metrics.frames_out.inc();
                     }
                     self.sb.connection_lost(now, conn);
@@ -487,7 +487,7 @@ impl Driver {
             let name = error.code.to_proto().as_str_name();
             self.metrics.count_auth_failure(name.strip_prefix("RESULT_CODE_").unwrap_or(name));
             let body = ServerBody::Response(Response { request_id, result: Err(error) });
-            let _ = tx.try_send(Box::new(ServerFrame { seq: 0, ack: 0, body }));
+            let _ = tx.try_send(OutFrame::from(ServerFrame { seq: 0, ack: 0, body }));
             // Dropping `tx` and `closed` ends the stream after the refusal.
             return;
         }
@@ -720,12 +720,12 @@ impl Driver {
         }
     }
 
-    fn transmit(&mut self, conn: ConnId, frame: ServerFrame) {
+    fn transmit(&mut self, conn: ConnId, frame: OutFrame) {
         let Some(Outbound { tx, .. }) = self.conns.get(&conn) else {
             // Closed already: the frame stays in the session's outbox for a resume.
             return;
         };
-        match tx.try_send(Box::new(frame)) {
+        match tx.try_send(frame) {
             Ok(()) => {
                 self.metrics.frames_out.inc();
             }
@@ -948,7 +948,7 @@ mod tests {
         driver.drain();
         let mut bodies = Vec::new();
         while let Some(frame) = rx.try_recv() {
-            bodies.push(frame.body);
+            bodies.push(ServerBody::clone(&frame.body));
         }
         assert!(matches!(bodies.first(), Some(ServerBody::Welcome(_))), "{bodies:?}");
         assert!(bodies.contains(&ServerBody::Event(event)), "{bodies:?}");

@@ -3,43 +3,146 @@
 //! Each stream becomes a connection task ([`super::connection`]): tonic's decoded messages are
 //! its inbound frames, and the connection's outbound queue is the response stream.
 
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use callplus_proto::codec::{SignalCodec, buffer_settings};
 use callplus_proto::v1 as pb;
-use callplus_proto::v1::signal_server::Signal;
-use callplus_session::{Code, Error};
+use callplus_session::wire::encode_server_frame;
+use callplus_session::{Code, Error, OutFrame};
 use tokio::sync::oneshot;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{BoxFuture, Service, StdError, http};
+use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Request, Status, Streaming};
 
 use super::connection::{Inbound, InboundFrames, Shared, run_connection};
 use super::outbound::OutboundReceiver;
 use super::silence::ConnInfo;
 
-/// The tonic service.
+/// The gRPC path of `Signal.Connect`.
+const CONNECT_PATH: &str = "/callplus.v1.Signal/Connect";
+
+/// The `Signal` service, written out rather than generated: the generated stub fixes the
+/// response stream's items to `pb::ServerFrame`, and this one sends the switchboard's
+/// [`OutFrame`]s, which [`FrameEncoder`] writes straight into tonic's buffer
+/// (`callplus_session::wire::encode_server_frame`) without building the generated struct.
+#[derive(Clone)]
 pub(crate) struct SignalService {
     pub(crate) shared: Arc<Shared>,
+    /// The largest client frame accepted (tonic answers larger ones with `OUT_OF_RANGE`).
+    pub(crate) max_decoding_message_size: usize,
 }
 
-#[tonic::async_trait]
-impl Signal for SignalService {
-    type ConnectStream = OutboundStream;
+impl NamedService for SignalService {
+    const NAME: &'static str = pb::signal_server::SERVICE_NAME;
+}
 
-    async fn connect(
-        &self,
-        request: Request<Streaming<pb::ClientFrame>>,
-    ) -> Result<tonic::Response<Self::ConnectStream>, Status> {
-        // Served through axum (see `device_port`), which hands every request its connection's
-        // info (the peer, and the flag an authenticated Hello sets) as `ConnectInfo`.
-        let info =
-            request.extensions().get::<axum::extract::ConnectInfo<ConnInfo>>().map(|info| info.0.clone());
-        let inbound = GrpcInbound(request.into_inner());
-        let (tx, rx) = self.shared.outbound();
-        let (closed_tx, closed_rx) = oneshot::channel();
-        self.shared.metrics.connections.inc();
-        tokio::spawn(run_connection(self.shared.clone(), inbound, tx, closed_rx, info));
-        Ok(tonic::Response::new(OutboundStream { rx, _closed: closed_tx }))
+impl<B> Service<http::Request<B>> for SignalService
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != CONNECT_PATH {
+            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
+        }
+        let connect = Connect { shared: self.shared.clone() };
+        let max = self.max_decoding_message_size;
+        Box::pin(async move {
+            let mut grpc = Grpc::new(FrameCodec).apply_max_message_size_config(Some(max), None);
+            Ok(grpc.streaming(connect, req).await)
+        })
+    }
+}
+
+/// `Signal.Connect`: one bidirectional stream per device.
+struct Connect {
+    shared: Arc<Shared>,
+}
+
+impl StreamingService<pb::ClientFrame> for Connect {
+    type Response = OutFrame;
+    type ResponseStream = OutboundStream;
+    type Future = BoxFuture<tonic::Response<OutboundStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<pb::ClientFrame>>) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            // Served through axum (see `device_port`), which hands every request its
+            // connection's info (the peer, and the flag an authenticated Hello sets) as
+            // `ConnectInfo`.
+            let info =
+                request.extensions().get::<axum::extract::ConnectInfo<ConnInfo>>().map(|info| info.0.clone());
+            let inbound = GrpcInbound(request.into_inner());
+            let (tx, rx) = shared.outbound();
+            let (closed_tx, closed_rx) = oneshot::channel();
+            shared.metrics.connections.inc();
+            tokio::spawn(run_connection(shared.clone(), inbound, tx, closed_rx, info));
+            Ok(tonic::Response::new(OutboundStream { rx, _closed: closed_tx }))
+        })
+    }
+}
+
+/// The stream's codec: client frames through prost (as the generated stub), server frames
+/// through [`FrameEncoder`]; both with the signalling stream's small buffers.
+struct FrameCodec;
+
+impl Codec for FrameCodec {
+    type Encode = OutFrame;
+    type Decode = pb::ClientFrame;
+    type Encoder = FrameEncoder;
+    type Decoder = ClientFrameDecoder;
+
+    fn encoder(&mut self) -> FrameEncoder {
+        FrameEncoder
+    }
+
+    fn decoder(&mut self) -> ClientFrameDecoder {
+        ClientFrameDecoder(SignalCodec::<pb::ServerFrame, pb::ClientFrame>::default().decoder())
+    }
+}
+
+/// Writes each frame's protobuf bytes straight from the domain frame.
+struct FrameEncoder;
+
+impl Encoder for FrameEncoder {
+    type Item = OutFrame;
+    type Error = Status;
+
+    fn encode(&mut self, frame: OutFrame, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        encode_server_frame(frame.seq, frame.ack, &frame.body, dst);
+        Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        buffer_settings()
+    }
+}
+
+/// The generated stub's decoder of client frames.
+struct ClientFrameDecoder(<SignalCodec<pb::ServerFrame, pb::ClientFrame> as Codec>::Decoder);
+
+impl Decoder for ClientFrameDecoder {
+    type Item = pb::ClientFrame;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<pb::ClientFrame>, Status> {
+        self.0.decode(src)
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
     }
 }
 
@@ -51,10 +154,10 @@ pub(crate) struct OutboundStream {
 }
 
 impl tokio_stream::Stream for OutboundStream {
-    type Item = Result<pb::ServerFrame, Status>;
+    type Item = Result<OutFrame, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx).map(|frame| frame.map(|f| Ok(pb::ServerFrame::from(&*f))))
+        self.rx.poll_recv(cx).map(|frame| frame.map(Ok))
     }
 }
 

@@ -51,7 +51,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use callplus_proto::v1::signal_server::SignalServer;
 use callplus_session::CallId;
 use callplus_session::limits::MAX_FRAME_BYTES;
 use callplus_session::switchboard::{Switchboard, SwitchboardConfig, owner_node};
@@ -568,8 +567,8 @@ impl ServerBuilder {
             next_conn: AtomicU64::new(1),
             stopping: stopping_rx,
         });
-        let service = SignalServer::new(grpc::SignalService { shared: shared.clone() })
-            .max_decoding_message_size(MAX_FRAME_BYTES);
+        let service =
+            grpc::SignalService { shared: shared.clone(), max_decoding_message_size: MAX_FRAME_BYTES };
         let device_app = tonic::service::Routes::new(service)
             .into_axum_router()
             .merge(websocket::router(shared))

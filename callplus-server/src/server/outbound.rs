@@ -1,7 +1,8 @@
 //! A connection's outbound queue, bounded in frames and in bytes.
 //!
-//! The driver queues a connection's frames here and the connection's response stream takes
-//! them off as the transport writes them. A device that does not read leaves them here: the
+//! The driver queues a connection's frames here (each an [`OutFrame`], whose body is shared
+//! with the device session's outbox, so queueing one copies no body) and the connection's
+//! response stream takes them off as the transport writes them. A device that does not read leaves them here: the
 //! frame bound alone would let a few thousand large frames (pages of call records) pile up, so
 //! the queue also counts their estimated bytes
 //! ([`frame_bytes`](callplus_session::switchboard::frame_bytes)) and reports itself full past
@@ -12,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use callplus_session::ServerFrame;
-use callplus_session::switchboard::frame_bytes;
+use callplus_session::OutFrame;
+use callplus_session::switchboard::body_frame_bytes;
 use tokio::sync::mpsc;
 
 /// Why a frame was not queued.
@@ -28,7 +29,7 @@ pub(crate) enum QueueError {
 /// The sending half, held by the driver (and by the connection task for refusals).
 #[derive(Debug, Clone)]
 pub(crate) struct OutboundQueue {
-    tx: mpsc::Sender<(Box<ServerFrame>, usize)>,
+    tx: mpsc::Sender<(OutFrame, usize)>,
     held: Arc<AtomicUsize>,
     max_bytes: usize,
 }
@@ -36,7 +37,7 @@ pub(crate) struct OutboundQueue {
 /// The receiving half, read by the connection's response stream.
 #[derive(Debug)]
 pub(crate) struct OutboundReceiver {
-    rx: mpsc::Receiver<(Box<ServerFrame>, usize)>,
+    rx: mpsc::Receiver<(OutFrame, usize)>,
     held: Arc<AtomicUsize>,
 }
 
@@ -50,8 +51,8 @@ pub(crate) fn outbound(frames: usize, max_bytes: usize) -> (OutboundQueue, Outbo
 
 impl OutboundQueue {
     /// Queues a frame unless the queue is over a bound or closed.
-    pub(crate) fn try_send(&self, frame: Box<ServerFrame>) -> Result<(), QueueError> {
-        let bytes = frame_bytes(&frame);
+    pub(crate) fn try_send(&self, frame: OutFrame) -> Result<(), QueueError> {
+        let bytes = body_frame_bytes(&frame.body);
         let held = self.held.load(Ordering::Acquire);
         if held > 0 && held.saturating_add(bytes) > self.max_bytes {
             return Err(if self.tx.is_closed() { QueueError::Closed } else { QueueError::Full });
@@ -68,12 +69,8 @@ impl OutboundQueue {
 
     /// Queues a frame, waiting up to `timeout` for room in the frame bound (refusals, which
     /// are small and the last frame of a connection).
-    pub(crate) async fn send_timeout(
-        &self,
-        frame: Box<ServerFrame>,
-        timeout: Duration,
-    ) -> Result<(), QueueError> {
-        let bytes = frame_bytes(&frame);
+    pub(crate) async fn send_timeout(&self, frame: OutFrame, timeout: Duration) -> Result<(), QueueError> {
+        let bytes = body_frame_bytes(&frame.body);
         self.held.fetch_add(bytes, Ordering::AcqRel);
         self.tx.send_timeout((frame, bytes), timeout).await.map_err(|_| {
             self.held.fetch_sub(bytes, Ordering::AcqRel);
@@ -84,21 +81,21 @@ impl OutboundQueue {
 
 impl OutboundReceiver {
     /// The next frame; `None` once every sender is gone and the queue is empty.
-    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Box<ServerFrame>>> {
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<OutFrame>> {
         self.rx.poll_recv(cx).map(|next| next.map(|(frame, bytes)| self.taken(frame, bytes)))
     }
 
     /// The next frame, waiting for it; `None` once every sender is gone and the queue is empty.
-    pub(crate) async fn recv(&mut self) -> Option<Box<ServerFrame>> {
+    pub(crate) async fn recv(&mut self) -> Option<OutFrame> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// The next frame if one is queued.
-    pub(crate) fn try_recv(&mut self) -> Option<Box<ServerFrame>> {
+    pub(crate) fn try_recv(&mut self) -> Option<OutFrame> {
         self.rx.try_recv().ok().map(|(frame, bytes)| self.taken(frame, bytes))
     }
 
-    fn taken(&self, frame: Box<ServerFrame>, bytes: usize) -> Box<ServerFrame> {
+    fn taken(&self, frame: OutFrame, bytes: usize) -> OutFrame {
         self.held.fetch_sub(bytes, Ordering::AcqRel);
         frame
     }
@@ -106,14 +103,14 @@ impl OutboundReceiver {
 
 #[cfg(test)]
 mod tests {
-    use callplus_session::{Event, ServerBody};
+    use callplus_session::{Event, ServerBody, ServerFrame};
 
     use super::*;
 
-    fn frame(message_bytes: usize) -> Box<ServerFrame> {
+    fn frame(message_bytes: usize) -> OutFrame {
         let kicked =
             Event::Kicked { reason: callplus_session::EndReason::Hangup, message: "x".repeat(message_bytes) };
-        Box::new(ServerFrame { seq: 1, ack: 0, body: ServerBody::Event(kicked) })
+        OutFrame::from(ServerFrame { seq: 1, ack: 0, body: ServerBody::Event(kicked) })
     }
 
     #[tokio::test]

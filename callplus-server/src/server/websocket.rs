@@ -16,7 +16,8 @@ use axum::response::Response;
 use axum::routing::get;
 use callplus_proto::v1 as pb;
 use callplus_session::limits::MAX_FRAME_BYTES;
-use callplus_session::{Code, Error, ServerFrame};
+use callplus_session::wire::server_frame_to_vec;
+use callplus_session::{Code, Error, OutFrame};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
 use prost::Message as _;
@@ -100,8 +101,9 @@ async fn write(
     let _ = sink.close().await;
 }
 
-fn encode(frame: &ServerFrame) -> Message {
-    Message::Binary(pb::ServerFrame::from(frame).encode_to_vec().into())
+/// One binary message per frame, its bytes written straight from the domain frame.
+fn encode(frame: &OutFrame) -> Message {
+    Message::Binary(server_frame_to_vec(frame.seq, frame.ack, &frame.body).into())
 }
 
 /// The socket's messages as inbound frames.

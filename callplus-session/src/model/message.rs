@@ -244,6 +244,34 @@ pub struct ServerFrame {
     pub body: ServerBody,
 }
 
+/// A server frame as the switchboard hands it to its driver
+/// ([`Output::Transmit`](crate::switchboard::Output::Transmit)): the seq and ack of this
+/// transmission, and the body shared with the session's outbox, which keeps it until the device
+/// acks it. Transmitting (or replaying after a resume) copies a pointer, not the body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutFrame {
+    /// Sequence number; 0 for Welcome, Pong and Kicked.
+    pub seq: u64,
+    /// Highest client seq received in order.
+    pub ack: u64,
+    /// The payload.
+    pub body: std::sync::Arc<ServerBody>,
+}
+
+impl OutFrame {
+    /// An owned copy of the frame (a deep clone of the body).
+    #[must_use]
+    pub fn to_frame(&self) -> ServerFrame {
+        ServerFrame { seq: self.seq, ack: self.ack, body: ServerBody::clone(&self.body) }
+    }
+}
+
+impl From<ServerFrame> for OutFrame {
+    fn from(frame: ServerFrame) -> Self {
+        OutFrame { seq: frame.seq, ack: frame.ack, body: std::sync::Arc::new(frame.body) }
+    }
+}
+
 /// What a server frame carries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerBody {

@@ -70,9 +70,10 @@ use crate::call::{Call, SessionKey};
 use crate::error::{Code, Error};
 use crate::model::ids::{AppKey, CallId, DeviceId, UserId};
 use crate::model::kinds::EndReason;
-use crate::model::message::{ClientFrame, Event, Hello, Response, ResponseBody, ServerBody, ServerFrame};
+use crate::model::message::{ClientFrame, Event, Hello, OutFrame, Response, ResponseBody, ServerBody};
 use crate::model::snapshot::CallInfo;
 use crate::wire::FrameError;
+use std::sync::Arc;
 
 pub use cluster::{CallMark, NodeMessage, NodeOutput, RemoteDevice, owner_node};
 pub use config::{
@@ -83,7 +84,7 @@ pub use media_route::{MediaRouter, TokenSigner};
 pub use output::{ConnId, DevicePresence, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId};
 
 pub use output::QueryResult;
-pub use weight::frame_bytes;
+pub use weight::{body_frame_bytes, frame_bytes};
 
 use session::{Inbound, Session};
 use timer::{Timer, Timers};
@@ -232,13 +233,13 @@ impl Switchboard {
             s.set_conn(None);
         }
         if self.stopped {
-            let frame = ServerFrame {
+            let frame = OutFrame {
                 seq: 0,
                 ack: 0,
-                body: ServerBody::Event(Event::Kicked {
+                body: Arc::new(ServerBody::Event(Event::Kicked {
                     reason: EndReason::EndedByServer,
                     message: "the server is shutting down".to_owned(),
-                }),
+                })),
             };
             self.net.outputs.push_back(Output::Transmit { conn, frame });
             self.net.outputs.push_back(Output::Close { conn });
@@ -246,7 +247,7 @@ impl Switchboard {
         }
         if let Err(error) = self.admit(&app, &user, &hello.device_id) {
             let body = ServerBody::Response(Response { request_id: 0, result: Err(error) });
-            let frame = ServerFrame { seq: 0, ack: 0, body };
+            let frame = OutFrame { seq: 0, ack: 0, body: Arc::new(body) };
             self.net.outputs.push_back(Output::Transmit { conn, frame });
             self.net.outputs.push_back(Output::Close { conn });
             return;
@@ -572,8 +573,8 @@ impl Switchboard {
             }
             let Some((first, _)) = s.outbox.pending().next() else { continue };
             let Some(Ok(k)) = seq.checked_sub(first).map(usize::try_from) else { continue };
-            let Some((_, frame)) = s.outbox.pending().nth(k) else { continue };
-            let frame = ServerFrame { seq, ack: s.ack(), body: frame.body.clone() };
+            let Some((_, body)) = s.outbox.pending().nth(k) else { continue };
+            let frame = OutFrame { seq, ack: s.ack(), body: Arc::clone(body) };
             return Some(Output::Transmit { conn, frame });
         }
     }

@@ -11,12 +11,12 @@ use super::queue::Outputs;
 use crate::call::SessionKey;
 use crate::error::Error;
 use crate::model::ids::{AppKey, CallId, UserId};
-use crate::model::message::{Event, Response, ResponseBody, ServerBody, ServerFrame};
+use crate::model::message::{Event, OutFrame, Response, ResponseBody, ServerBody};
 
 use super::output::{ConnId, Output};
 
 use super::session::Session;
-use super::weight::frame_bytes;
+use super::weight::body_frame_bytes;
 
 /// What the switchboard knows about one user.
 #[derive(Debug, Default)]
@@ -111,14 +111,11 @@ impl Net {
             self.outputs.push_back(output);
             return None;
         }
-        let seq = s.outbox.next_seq();
-        let ack = s.ack();
-        let frame = Box::new(ServerFrame { seq, ack, body });
-        let bytes = frame_bytes(&frame);
+        let bytes = body_frame_bytes(&body);
         s.outbox_bytes = s.outbox_bytes.saturating_add(bytes);
         s.sizes.push_back(bytes);
         let user_total = s.user_bytes.fetch_add(bytes, Ordering::Relaxed).saturating_add(bytes);
-        s.outbox.push(frame);
+        let seq = s.outbox.push(Arc::new(body));
         if let Some(conn) = s.conn {
             self.outputs.frame(conn, sk, seq, s.epoch);
         }
@@ -193,7 +190,7 @@ impl Net {
         if let Some(s) = self.sessions.get(&sk)
             && let Some(conn) = s.conn
         {
-            let frame = ServerFrame { seq: 0, ack: s.ack(), body };
+            let frame = OutFrame { seq: 0, ack: s.ack(), body: Arc::new(body) };
             self.outputs.push_back(Output::Transmit { conn, frame });
         }
     }

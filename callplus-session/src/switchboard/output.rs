@@ -3,7 +3,7 @@
 use crate::error::Error;
 use crate::model::ids::{AppKey, CallId, DeviceId, UserId};
 use crate::model::kinds::{MediaKind, MediaType, RecordOrder};
-use crate::model::message::{Event, MediaPayload, ServerFrame};
+use crate::model::message::{Event, MediaPayload, OutFrame};
 use crate::model::snapshot::{CallInfo, CallRecord, PushConfig, RecordPage};
 
 /// A transport connection, numbered by the driver. A device session outlives its connections:
@@ -120,12 +120,13 @@ pub enum Output {
         /// The call.
         call_id: CallId,
     },
-    /// Write this frame to the connection.
+    /// Write this frame to the connection. Its body is shared with the session's outbox (a
+    /// transmission costs a reference count, not a copy).
     Transmit {
         /// The connection.
         conn: ConnId,
         /// The frame.
-        frame: ServerFrame,
+        frame: OutFrame,
     },
     /// Close the connection after the frames already transmitted on it.
     Close {

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicUsize;
 
 use crate::link::{Inbox, Outbox};
 use crate::model::ids::{AppKey, DeviceId, UserId};
-use crate::model::message::{ClientFrame, ServerFrame};
+use crate::model::message::{ClientFrame, ServerBody};
 
 use super::output::ConnId;
 
@@ -36,8 +36,10 @@ pub(super) struct Session {
     /// Changes whenever `conn` does, so frames queued for an earlier connection are never
     /// written to a later one (even if the driver reused the connection id).
     pub(super) epoch: u32,
-    /// Boxed frames: queueing, acking and dropping them moves a pointer, not ~230 bytes.
-    pub(super) outbox: Outbox<Box<ServerFrame>>,
+    /// The bodies of the frames sent and not acked, shared with their transmissions
+    /// ([`crate::model::message::OutFrame`]): transmitting, replaying, acking and dropping them
+    /// moves a pointer. A transmission takes its ack when it is made.
+    pub(super) outbox: Outbox<Arc<ServerBody>>,
     /// Estimated bytes of the frames in `outbox` ([`super::frame_bytes`]).
     pub(super) outbox_bytes: usize,
     /// The estimated bytes of each frame in `outbox`, in the same order.

@@ -9,7 +9,8 @@ use crate::error::{Code, Error};
 use crate::link::Received;
 use crate::model::ids::{AppKey, CallId, UserId};
 use crate::model::kinds::EndReason;
-use crate::model::message::{ClientBody, Event, ServerBody, ServerFrame, Welcome};
+use crate::model::message::{ClientBody, Event, OutFrame, ServerBody, Welcome};
+use std::sync::Arc;
 
 use super::output::{ConnId, DevicePresence, OfflineEvent, Output, Query};
 
@@ -139,9 +140,8 @@ impl Switchboard {
         self.send_welcome(now_ms, sk, true);
         if let Some(s) = self.net.sessions.get(&sk) {
             let ack = s.ack();
-            for (_, frame) in s.outbox.pending() {
-                let mut frame = ServerFrame::clone(frame);
-                frame.ack = ack;
+            for (seq, body) in s.outbox.pending() {
+                let frame = OutFrame { seq, ack, body: Arc::clone(body) };
                 self.net.outputs.push_back(Output::Transmit { conn, frame });
             }
         }
@@ -220,7 +220,7 @@ impl Switchboard {
         let mut n = 0usize;
         s.outbox.ack(ack, |_, frame| {
             n += 1;
-            if let ServerBody::Event(Event::IncomingCall { call, .. }) = &frame.body {
+            if let ServerBody::Event(Event::IncomingCall { call, .. }) = &*frame {
                 acked.push(call.call_id.clone());
             }
         });
@@ -409,7 +409,7 @@ impl Switchboard {
             self.leave_at(now_ms, at, &id, idx, reason, None, reason);
         }
         // Records and summaries the device never acked.
-        let carry = |frame: &ServerFrame| match &frame.body {
+        let carry = |body: &ServerBody| match body {
             ServerBody::Event(e @ (Event::CallRecord(_) | Event::Summary(_))) => Some(e.clone()),
             _ => None,
         };
@@ -417,7 +417,7 @@ impl Switchboard {
             .outbox
             .pending()
             .filter(|(seq, _)| !s.offline.iter().any(|(o, _)| o == seq))
-            .filter_map(|(_, frame)| carry(frame))
+            .filter_map(|(_, body)| carry(body))
             .collect();
         match leftovers {
             Leftovers::CarryTo(new) => {

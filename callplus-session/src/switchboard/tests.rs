@@ -8,7 +8,7 @@ use crate::model::ids::TransactionId;
 use crate::model::kinds::{
     CallType, ChangeMediaTypeResult, Delivery, Direction, MediaKind, MediaType, ParticipantState,
 };
-use crate::model::message::{ClientBody, MediaPayload, Request, Resume, StartCall};
+use crate::model::message::{ClientBody, MediaPayload, Request, Resume, ServerFrame, StartCall};
 use crate::model::snapshot::CallRecord;
 
 fn ok<T>(r: Result<T, Error>) -> T {
@@ -74,7 +74,7 @@ impl H {
                     if d.deaf {
                         continue;
                     }
-                    if let ServerBody::Welcome(w) = &frame.body {
+                    if let ServerBody::Welcome(w) = &*frame.body {
                         d.session_id = w.session_id.clone();
                         if !w.resumed {
                             d.ack = 0;
@@ -84,7 +84,7 @@ impl H {
                         assert_eq!(frame.seq, d.ack + 1, "frames arrive in order, exactly once: {frame:?}");
                         d.ack = frame.seq;
                     }
-                    d.inbox.push(frame);
+                    d.inbox.push(frame.to_frame());
                 }
                 Output::Close { conn } => self.closed.push(conn),
                 // The storage answers a connecting device with what the test stored for it.

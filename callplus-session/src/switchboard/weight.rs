@@ -12,7 +12,12 @@ use crate::model::snapshot::{CallInfo, CallRecord, Participant};
 
 /// The estimated bytes `frame` holds (at least `size_of::<ServerFrame>()`).
 pub fn frame_bytes(frame: &ServerFrame) -> usize {
-    size_of::<ServerFrame>().saturating_add(body_bytes(&frame.body))
+    body_frame_bytes(&frame.body)
+}
+
+/// The estimated bytes a frame carrying `body` holds (as [`frame_bytes`]).
+pub fn body_frame_bytes(body: &ServerBody) -> usize {
+    size_of::<ServerFrame>().saturating_add(body_bytes(body))
 }
 
 fn body_bytes(body: &ServerBody) -> usize {

@@ -5,10 +5,12 @@
 //! typed errors with protocol codes; outbound domain values always convert.
 
 mod client;
+mod encode;
 mod server;
 mod snapshot;
 
 pub use client::FrameError;
+pub use encode::{encode_server_frame, server_frame_len, server_frame_to_vec};
 pub use server::{event_from_wire, event_to_wire, server_frame_from_wire};
 
 use crate::error::{Code, Error};

@@ -20,7 +20,7 @@ use callplus_proto::prost::Message;
 use callplus_proto::v1 as pb;
 use callplus_session::client::{ClientConfig, ClientEngine, ClientEvent, DriverEvent, MediaCommand};
 use callplus_session::switchboard::{ConnId, NodeOutput, Output, Switchboard, SwitchboardConfig};
-use callplus_session::wire::server_frame_from_wire;
+use callplus_session::wire::{server_frame_from_wire, server_frame_to_vec};
 use callplus_session::{AppKey, ClientBody, ClientFrame, DeviceId, MediaPayload, ServerFrame, UserId};
 
 use storage::SimStorage;
@@ -353,7 +353,8 @@ impl Sim {
         match &output {
             Output::Transmit { conn, frame } => {
                 if let Some(&client) = self.conn_owner.get(conn) {
-                    let bytes = pb::ServerFrame::from(frame).encode_to_vec();
+                    // As the server does: straight from the domain frame.
+                    let bytes = server_frame_to_vec(frame.seq, frame.ack, &frame.body);
                     let at = self.now;
                     self.send(at, Flight::ToClient { client, conn: *conn, bytes });
                 }

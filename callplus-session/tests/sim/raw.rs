@@ -2,9 +2,7 @@
 //! check what the server itself allows (a hostile or buggy client can send anything).
 
 use callplus_session::switchboard::Output;
-use callplus_session::{
-    CallId, ClientBody, ClientFrame, Code, DeviceId, Hello, Request, ServerBody, ServerFrame,
-};
+use callplus_session::{CallId, ClientBody, ClientFrame, Code, DeviceId, Hello, Request, ServerBody};
 
 use super::Sim;
 
@@ -23,11 +21,10 @@ impl Sim {
         self.switchboard.handle_frame(now, conn, frame);
         self.run_for(10);
         let answer = self.outputs.iter().find_map(|o| match o {
-            Output::Transmit { conn: c, frame: ServerFrame { body: ServerBody::Response(r), .. } }
-                if *c == conn && r.request_id == 77 =>
-            {
-                Some(r.result.clone())
-            }
+            Output::Transmit { conn: c, frame } if *c == conn => match &*frame.body {
+                ServerBody::Response(r) if r.request_id == 77 => Some(r.result.clone()),
+                _ => None,
+            },
             _ => None,
         });
         match answer {

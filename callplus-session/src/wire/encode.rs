@@ -1,0 +1,603 @@
+//! Server frames straight to protobuf bytes.
+//!
+//! The server sends every frame it makes: converting each domain frame into the generated
+//! `pb::ServerFrame` (a fresh `String` for every id, a `Vec` for every list) only for prost to
+//! encode that struct and drop it cost about a sixth of the server's instructions per call cycle
+//! (docs/performance.md). This module writes the same bytes from the domain frame itself, with
+//! prost's encoding primitives and no intermediate values.
+//!
+//! The bytes are exactly those prost writes for `pb::ServerFrame::from(frame)` (fields in tag
+//! order, proto3 defaults left out, oneof members and repeated elements always written); the
+//! property test below checks that byte for byte for arbitrary frames of every kind, so a field
+//! added to the protocol and its conversion but not here fails it.
+//!
+//! Each message is written once by a generic `fields` function over an [`Out`]: one `Out`
+//! counts the bytes and notes the length of every nested message (each is preceded by its
+//! length), the other writes them with those lengths. Two passes over the frame in all, where
+//! measuring each nested message again at every level (as prost's `encoded_len` does) would
+//! cost one pass per level of nesting.
+
+use callplus_proto::prost::bytes::BufMut;
+use callplus_proto::prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use callplus_proto::v1 as pb;
+
+use crate::model::ids::UserId;
+use crate::model::message::{Event, MediaPayload, Response, ResponseBody, ServerBody, Welcome};
+use crate::model::snapshot::{
+    CallInfo, CallRecord, CallSummary, DeviceLeg, IceServer, Participant, RecordPage,
+};
+
+/// The encoded length of the frame (`seq`, `ack`, `body`) in bytes, without a length prefix.
+#[must_use]
+pub fn server_frame_len(seq: u64, ack: u64, body: &ServerBody) -> usize {
+    let mut len = Len { total: 0, sizes: Sizes::default() };
+    Frame { seq, ack, body }.fields(&mut len);
+    len.total
+}
+
+/// Writes the frame (`seq`, `ack`, `body`) as a protobuf `ServerFrame` (no length prefix): the
+/// bytes prost writes for the generated message converted from the same frame. `buf` must have
+/// room for [`server_frame_len`] bytes (a `Vec` grows; tonic's encode buffer does too).
+pub fn encode_server_frame(seq: u64, ack: u64, body: &ServerBody, buf: &mut impl BufMut) {
+    let frame = Frame { seq, ack, body };
+    let mut len = Len { total: 0, sizes: Sizes::default() };
+    frame.fields(&mut len);
+    frame.fields(&mut Write { buf, sizes: &len.sizes, next: 0 });
+}
+
+/// [`encode_server_frame`] into a new `Vec` of the exact size.
+#[must_use]
+pub fn server_frame_to_vec(seq: u64, ack: u64, body: &ServerBody) -> Vec<u8> {
+    let frame = Frame { seq, ack, body };
+    let mut len = Len { total: 0, sizes: Sizes::default() };
+    frame.fields(&mut len);
+    let mut buf = Vec::with_capacity(len.total);
+    frame.fields(&mut Write { buf: &mut buf, sizes: &len.sizes, next: 0 });
+    buf
+}
+
+/// Where fields go: counted or written. Every method writes its field unconditionally; the
+/// free functions below leave out proto3 defaults.
+trait Out {
+    fn varint(&mut self, tag: u32, value: u64);
+    fn bytes(&mut self, tag: u32, value: &[u8]);
+    fn message<M: Msg>(&mut self, tag: u32, message: &M);
+}
+
+/// A message: its fields in tag order.
+trait Msg {
+    fn fields<O: Out>(&self, o: &mut O);
+}
+
+fn usize_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// Nested messages inline before the first heap allocation (a call snapshot with a few
+/// participants needs about ten).
+const INLINE_SIZES: usize = 32;
+
+/// The lengths of a frame's nested messages, in the order they are entered (pre-order): the
+/// counting pass fills them once, the writing pass reads them back in the same order, so no
+/// message is measured more than once however deep it is nested.
+struct Sizes {
+    inline: [usize; INLINE_SIZES],
+    spill: Vec<usize>,
+    n: usize,
+}
+
+impl Default for Sizes {
+    fn default() -> Self {
+        Sizes { inline: [0; INLINE_SIZES], spill: Vec::new(), n: 0 }
+    }
+}
+
+impl Sizes {
+    /// Reserves the next slot and returns its index.
+    fn push(&mut self) -> usize {
+        let i = self.n;
+        self.n += 1;
+        if i >= INLINE_SIZES {
+            self.spill.push(0);
+        }
+        i
+    }
+
+    fn set(&mut self, i: usize, len: usize) {
+        let slot = match i.checked_sub(INLINE_SIZES) {
+            None => self.inline.get_mut(i),
+            Some(j) => self.spill.get_mut(j),
+        };
+        if let Some(slot) = slot {
+            *slot = len;
+        }
+    }
+
+    fn get(&self, i: usize) -> usize {
+        let slot = match i.checked_sub(INLINE_SIZES) {
+            None => self.inline.get(i),
+            Some(j) => self.spill.get(j),
+        };
+        slot.copied().unwrap_or(0)
+    }
+}
+
+/// The counting pass: the frame's total length, and every nested message's.
+struct Len {
+    total: usize,
+    sizes: Sizes,
+}
+
+impl Out for Len {
+    fn varint(&mut self, tag: u32, value: u64) {
+        self.total += key_len(tag) + encoded_len_varint(value);
+    }
+
+    fn bytes(&mut self, tag: u32, value: &[u8]) {
+        self.total += key_len(tag) + encoded_len_varint(usize_u64(value.len())) + value.len();
+    }
+
+    fn message<M: Msg>(&mut self, tag: u32, message: &M) {
+        let slot = self.sizes.push();
+        let start = self.total;
+        message.fields(self);
+        let len = self.total - start;
+        self.sizes.set(slot, len);
+        self.total += key_len(tag) + encoded_len_varint(usize_u64(len));
+    }
+}
+
+/// The writing pass, with the lengths the counting pass found.
+struct Write<'a, B: BufMut> {
+    buf: &'a mut B,
+    sizes: &'a Sizes,
+    next: usize,
+}
+
+impl<B: BufMut> Out for Write<'_, B> {
+    fn varint(&mut self, tag: u32, value: u64) {
+        encode_key(tag, WireType::Varint, self.buf);
+        encode_varint(value, self.buf);
+    }
+
+    fn bytes(&mut self, tag: u32, value: &[u8]) {
+        encode_key(tag, WireType::LengthDelimited, self.buf);
+        encode_varint(usize_u64(value.len()), self.buf);
+        self.buf.put_slice(value);
+    }
+
+    fn message<M: Msg>(&mut self, tag: u32, message: &M) {
+        let len = self.sizes.get(self.next);
+        self.next += 1;
+        encode_key(tag, WireType::LengthDelimited, self.buf);
+        encode_varint(usize_u64(len), self.buf);
+        message.fields(self);
+    }
+}
+
+// Scalar fields, left out when they hold the default (proto3).
+
+fn u64_field<O: Out>(o: &mut O, tag: u32, value: u64) {
+    if value != 0 {
+        o.varint(tag, value);
+    }
+}
+
+fn u32_field<O: Out>(o: &mut O, tag: u32, value: u32) {
+    u64_field(o, tag, u64::from(value));
+}
+
+fn i64_field<O: Out>(o: &mut O, tag: u32, value: i64) {
+    // Protobuf's int64: the two's complement bits as a varint.
+    #[allow(clippy::cast_sign_loss)]
+    u64_field(o, tag, value as u64);
+}
+
+/// An int32 or enum field (negative values take ten bytes, as in prost).
+fn i32_field<O: Out>(o: &mut O, tag: u32, value: i32) {
+    i64_field(o, tag, i64::from(value));
+}
+
+fn bool_field<O: Out>(o: &mut O, tag: u32, value: bool) {
+    u64_field(o, tag, u64::from(value));
+}
+
+fn str_field<O: Out>(o: &mut O, tag: u32, value: &str) {
+    if !value.is_empty() {
+        o.bytes(tag, value.as_bytes());
+    }
+}
+
+fn opt_str_field<O: Out, S: AsRef<str>>(o: &mut O, tag: u32, value: Option<&S>) {
+    if let Some(value) = value {
+        str_field(o, tag, value.as_ref());
+    }
+}
+
+/// A repeated string: every element, empty ones included.
+fn strs_field<O: Out, S: AsRef<str>>(o: &mut O, tag: u32, values: &[S]) {
+    for value in values {
+        o.bytes(tag, value.as_ref().as_bytes());
+    }
+}
+
+fn end_reason(reason: Option<crate::model::kinds::EndReason>) -> i32 {
+    reason.map_or(pb::EndReason::Unspecified as i32, i32::from)
+}
+
+// Messages.
+
+struct Frame<'a> {
+    seq: u64,
+    ack: u64,
+    body: &'a ServerBody,
+}
+
+impl Msg for Frame<'_> {
+    fn fields<O: Out>(&self, o: &mut O) {
+        u64_field(o, 1, self.seq);
+        u64_field(o, 2, self.ack);
+        match self.body {
+            ServerBody::Welcome(w) => o.message(10, &WelcomeMsg(w)),
+            ServerBody::Pong { server_time_ms } => o.message(11, &PongMsg(*server_time_ms)),
+            ServerBody::Response(r) => o.message(12, &ResponseMsg(r)),
+            ServerBody::Event(e) => o.message(13, &EventMsg(e)),
+        }
+    }
+}
+
+struct WelcomeMsg<'a>(&'a Welcome);
+
+impl Msg for WelcomeMsg<'_> {
+    fn fields<O: Out>(&self, o: &mut O) {
+        let w = self.0;
+        str_field(o, 1, &w.session_id);
+        str_field(o, 2, w.user_id.as_str());
+        i64_field(o, 3, w.server_time_ms);
+        bool_field(o, 4, w.resumed);
+        u32_field(o, 5, w.heartbeat_interval_ms);
+        u32_field(o, 6, w.liveness_timeout_ms);
+        for server in &w.ice_servers {
+            o.message(7, &IceServerMsg(server));
+        }
+        u64_field(o, 8, w.last_received_seq);
+    }
+}
+
+struct IceServerMsg<'a>(&'a IceServer);
+
+impl Msg for IceServerMsg<'_> {
+    fn fields<O: Out>(&self, o: &mut O) {
+        strs_field(o, 1, &self.0.urls);
+        str_field(o, 2, &self.0.username);
+        str_field(o, 3, &self.0.credential);
+    }
+}
+
+struct PongMsg(i64);
+
+impl Msg for PongMsg {
+    fn fields<O: Out>(&self, o: &mut O) {
+        i64_field(o, 1, self.0);
+    }
+}
+
+struct ResponseMsg<'a>(&'a Response);
+
+impl Msg for ResponseMsg<'_> {
+    fn fields<O: Out>(&self, o: &mut O) {
+        u64_field(o, 1, self.0.request_id);
+        let body = match &self.0.result {
+            Err(e) => {
+                i32_field(o, 2, e.code.number());
+                str_field(o, 3, &e.message);
+                return;
+            }
+            Ok(body) => body,
+        };
+        i32_field(o, 2, pb::ResultCode::Success as i32);
+        match body {
+            ResponseBody::Empty => {}
+            ResponseBody::Call(call) => o.message(10, &CallMsg(call)),
+            ResponseBody::Busy(users) => o.message(11, &UsersMsg(users)),
+            ResponseBody::Transaction(tx) => o.bytes(12, tx.as_str().as_bytes()),
+            ResponseBody::Records(page) => o.message(13, &PageMsg(page)),
+            ResponseBody::Calls(calls) => o.message(14, &CallsMsg(calls)),
+            ResponseBody::Started { call, busy } => o.message(15, &StartedMsg(call, busy)),
+        }
+    }
+}
+
+/// `BusyUsers`: the user ids in field 1.
+struct UsersMsg<'a>(&'a [UserId]);
+
+impl Msg for UsersMsg<'_> {
+    fn fields<O: Out>(&self, o: &mut O) {
+        strs_field(o, 1, self.0);
+    }
+}
+
+struct StartedMsg<'a>(&'a CallInfo, &'a [UserId]);
+
+impl Msg for StartedMsg<'_> {
+    fn fields<O: Out>(&self, o: &mut O) {
+        o.message(1, &CallMsg(self.0));
+        strs_field(o, 2, self.1);
+    }
+}
+
+struct CallsMsg<'a>(&'a [CallInfo]);
+
+impl Msg for CallsMsg<'_> {
+    fn fields<O: Out>(&self, o: &mut O) {
+        for call in self.0 {
+            o.message(1, &CallMsg(call));
+        }
+    }
+}
+
+struct PageMsg<'a>(&'a RecordPage);
+
+impl Msg for PageMsg<'_> {
+    fn fields<O: Out>(&self, o: &mut O) {
+        for record in &self.0.records {
+            o.message(1, &RecordMsg(record));
+        }
+        bool_field(o, 2, self.0.has_more);
+        i64_field(o, 3, self.0.sync_time);
+    }
+}
+
+struct DeviceLegMsg<'a>(&'a DeviceLeg);
+
+impl Msg for DeviceLegMsg<'_> {
+    fn fields<O: Out>(&self, o: &mut O) {
+        str_field(o, 1, self.0.device_id.as_str());
+        i32_field(o, 2, self.0.delivery.into());
+    }
+}
+
+struct ParticipantMsg<'a>(&'a Participant);
+
+impl Msg for ParticipantMsg<'_> {
+    fn fields<O: Out>(&self, o: &mut O) {
+        let p = self.0;
+        str_field(o, 1, p.user_id.as_str());
+        i32_field(o, 2, p.state.into());
+        i32_field(o, 3, end_reason(p.reason));
+        opt_str_field(o, 4, p.inviter.as_ref());
+        i64_field(o, 5, p.invited_at_ms);
+        i64_field(o, 6, p.connected_at_ms.unwrap_or(0));
+        i64_field(o, 7, p.ended_at_ms.unwrap_or(0));
+        for leg in &p.devices {
+            o.message(8, &DeviceLegMsg(leg));
+        }
+        i32_field(o, 9, p.delivery.into());
+        bool_field(o, 10, p.camera_disabled);
+        bool_field(o, 11, p.microphone_disabled);
+        opt_str_field(o, 12, p.device_id.as_ref());
+    }
+}
+
+struct CallMsg<'a>(&'a CallInfo);
+
+impl Msg for CallMsg<'_> {
+    fn fields<O: Out>(&self, o: &mut O) {
+        let c = self.0;
+        str_field(o, 1, c.call_id.as_str());
+        i32_field(o, 2, c.call_type.into());
+        i32_field(o, 3, c.media_type.into());
+        str_field(o, 4, c.creator.as_str());
+        for p in &c.participants {
+            o.message(5, &ParticipantMsg(p));
+        }
+        i64_field(o, 6, c.created_at_ms);
+        i64_field(o, 7, c.started_at_ms.unwrap_or(0));
+        i64_field(o, 8, c.first_frame_at_ms.unwrap_or(0));
+        i64_field(o, 9, c.ended_at_ms.unwrap_or(0));
+        u64_field(o, 10, c.version);
+        bool_field(o, 11, c.ended_at_ms.is_some());
+        str_field(o, 12, &c.extra);
+        u32_field(o, 13, c.ring_timeout_ms);
+    }
+}
+
+struct RecordMsg<'a>(&'a CallRecord);
+
+impl Msg for RecordMsg<'_> {
+    fn fields<O: Out>(&self, o: &mut O) {
+        let (r, c) = (self.0, &self.0.call);
+        str_field(o, 1, c.call_id.as_str());
+        i32_field(o, 2, c.call_type.into());
+        i32_field(o, 3, c.media_type.into());
+        str_field(o, 4, c.creator.as_str());
+        opt_str_field(o, 5, r.inviter.as_ref());
+        for p in &c.participants {
+            o.message(6, &ParticipantMsg(p));
+        }
+        i64_field(o, 7, c.created_at_ms);
+        i64_field(o, 8, c.started_at_ms.unwrap_or(0));
+        i64_field(o, 9, c.first_frame_at_ms.unwrap_or(0));
+        i64_field(o, 10, c.ended_at_ms.unwrap_or(0));
+        i64_field(o, 11, r.duration_ms);
+        i32_field(o, 12, r.end_reason.into());
+        i32_field(o, 13, r.direction.into());
+        i64_field(o, 14, r.sync_time);
+        str_field(o, 15, r.owner.as_str());
+    }
+}
+
+struct SummaryMsg<'a>(&'a CallSummary);
+
+impl Msg for SummaryMsg<'_> {
+    fn fields<O: Out>(&self, o: &mut O) {
+        let s = self.0;
+        str_field(o, 1, s.call_id.as_str());
+        str_field(o, 2, s.caller.as_str());
+        str_field(o, 3, s.peer.as_str());
+        i32_field(o, 4, s.media_type.into());
+        i64_field(o, 5, s.started_at_ms.unwrap_or(0));
+        i64_field(o, 6, s.ended_at_ms);
+        i64_field(o, 7, s.duration_ms);
+        i32_field(o, 8, s.end_reason.into());
+        i32_field(o, 9, s.direction.into());
+        i64_field(o, 10, s.created_at_ms);
+    }
+}
+
+/// `pb::Event`: the kind (a oneof of messages).
+struct EventMsg<'a>(&'a Event);
+
+impl Msg for EventMsg<'_> {
+    fn fields<O: Out>(&self, o: &mut O) {
+        match self.0 {
+            Event::CallRecord(r) => o.message(11, &RecordMsg(r)),
+            Event::Summary(s) => o.message(12, &SummaryMsg(s)),
+            e => o.message(event_tag(e), &KindMsg(e)),
+        }
+    }
+}
+
+fn event_tag(e: &Event) -> u32 {
+    match e {
+        Event::IncomingCall { .. } => 1,
+        Event::UsersInvited { .. } => 2,
+        Event::ParticipantChanged { .. } => 3,
+        Event::CallTypeChanged { .. } => 4,
+        Event::CallStarted { .. } => 5,
+        Event::CallEnded { .. } => 6,
+        Event::MediaStateChanged { .. } => 7,
+        Event::ChangeMediaTypeRequested { .. } => 8,
+        Event::ChangeMediaTypeFinished { .. } => 9,
+        Event::FirstFrame { .. } => 10,
+        Event::CallRecord(_) => 11,
+        Event::Summary(_) => 12,
+        Event::MediaSignal { .. } => 13,
+        Event::DeliveryChanged { .. } => 14,
+        Event::Kicked { .. } => 15,
+        Event::MediaRoute { .. } => 16,
+    }
+}
+
+/// The message of an event's kind (the fields of `pb::IncomingCall`, `pb::UsersInvited` …).
+struct KindMsg<'a>(&'a Event);
+
+impl Msg for KindMsg<'_> {
+    fn fields<O: Out>(&self, o: &mut O) {
+        match self.0 {
+            Event::IncomingCall { call, inviter, extra } => {
+                o.message(1, &CallMsg(call));
+                str_field(o, 2, inviter.as_str());
+                str_field(o, 3, extra);
+            }
+            Event::UsersInvited { call_id, inviter, invitees, version } => {
+                str_field(o, 1, call_id.as_str());
+                str_field(o, 2, inviter.as_str());
+                strs_field(o, 3, invitees);
+                u64_field(o, 4, *version);
+            }
+            Event::ParticipantChanged { call_id, user_id, state, reason, version, device_id } => {
+                str_field(o, 1, call_id.as_str());
+                str_field(o, 2, user_id.as_str());
+                i32_field(o, 3, (*state).into());
+                i32_field(o, 4, reason.map_or(0, i32::from));
+                u64_field(o, 5, *version);
+                opt_str_field(o, 6, device_id.as_ref());
+            }
+            Event::CallTypeChanged { call_id, call_type, version } => {
+                str_field(o, 1, call_id.as_str());
+                i32_field(o, 2, (*call_type).into());
+                u64_field(o, 3, *version);
+            }
+            Event::CallStarted { call_id, call_type, started_at_ms, version } => {
+                str_field(o, 1, call_id.as_str());
+                i32_field(o, 2, (*call_type).into());
+                i64_field(o, 3, *started_at_ms);
+                u64_field(o, 4, *version);
+            }
+            Event::CallEnded { call, reason } => {
+                o.message(1, &CallMsg(call));
+                i32_field(o, 2, (*reason).into());
+            }
+            Event::MediaStateChanged { call_id, user_id, kind, disabled } => {
+                str_field(o, 1, call_id.as_str());
+                str_field(o, 2, user_id.as_str());
+                i32_field(o, 3, (*kind).into());
+                bool_field(o, 4, *disabled);
+            }
+            Event::ChangeMediaTypeRequested { call_id, user_id, transaction_id, media_type } => {
+                str_field(o, 1, call_id.as_str());
+                str_field(o, 2, user_id.as_str());
+                str_field(o, 3, transaction_id.as_str());
+                i32_field(o, 4, (*media_type).into());
+            }
+            Event::ChangeMediaTypeFinished {
+                call_id,
+                user_id,
+                transaction_id,
+                media_type,
+                result,
+                version,
+            } => {
+                str_field(o, 1, call_id.as_str());
+                str_field(o, 2, user_id.as_str());
+                str_field(o, 3, transaction_id.as_str());
+                i32_field(o, 4, (*media_type).into());
+                i32_field(o, 5, (*result).into());
+                u64_field(o, 6, *version);
+            }
+            Event::FirstFrame { call_id, at_ms } => {
+                str_field(o, 1, call_id.as_str());
+                i64_field(o, 2, *at_ms);
+            }
+            Event::CallRecord(r) => RecordMsg(r).fields(o),
+            Event::Summary(s) => SummaryMsg(s).fields(o),
+            Event::MediaSignal { call_id, from_user, from_device, payload } => {
+                str_field(o, 1, call_id.as_str());
+                str_field(o, 2, from_user.as_str());
+                str_field(o, 3, from_device.as_str());
+                match payload {
+                    MediaPayload::SdpOffer(sdp) => o.bytes(10, sdp.as_bytes()),
+                    MediaPayload::SdpAnswer(sdp) => o.bytes(11, sdp.as_bytes()),
+                    MediaPayload::IceCandidate { candidate, sdp_mid, sdp_mline_index } => {
+                        o.message(12, &CandidateMsg(candidate, sdp_mid, *sdp_mline_index));
+                    }
+                }
+            }
+            Event::DeliveryChanged { call_id, user_id, delivery, devices } => {
+                str_field(o, 1, call_id.as_str());
+                str_field(o, 2, user_id.as_str());
+                i32_field(o, 3, (*delivery).into());
+                for leg in devices {
+                    o.message(4, &DeviceLegMsg(leg));
+                }
+            }
+            Event::Kicked { reason, message } => {
+                i32_field(o, 1, (*reason).into());
+                str_field(o, 2, message);
+            }
+            Event::MediaRoute { call_id, sfu } => {
+                str_field(o, 1, call_id.as_str());
+                if let Some(sfu) = sfu {
+                    str_field(o, 2, sfu.user_id.as_str());
+                    str_field(o, 3, sfu.device_id.as_str());
+                    str_field(o, 4, &sfu.token);
+                }
+            }
+        }
+    }
+}
+
+struct CandidateMsg<'a>(&'a str, &'a str, u32);
+
+impl Msg for CandidateMsg<'_> {
+    fn fields<O: Out>(&self, o: &mut O) {
+        str_field(o, 1, self.0);
+        str_field(o, 2, self.1);
+        u32_field(o, 3, self.2);
+    }
+}
+
+#[cfg(test)]
+#[path = "encode_tests.rs"]
+mod tests;
