@@ -145,6 +145,11 @@ impl LayerSsrcs {
         lock(&self.ssrcs)[layer.index()]
     }
 
+    /// The SSRC of any layer seen so far (the lowest first).
+    pub(crate) fn any(&self) -> Option<u32> {
+        lock(&self.ssrcs).iter().flatten().copied().next()
+    }
+
     fn set(&self, layer: Layer, ssrc: u32) {
         lock(&self.ssrcs)[layer.index()] = Some(ssrc);
     }

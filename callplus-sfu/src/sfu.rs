@@ -315,7 +315,9 @@ impl Sfu {
 /// A stream a participant publishes.
 struct Published {
     track: Arc<dyn TrackRemote>,
-    ssrc: u32,
+    /// The stream's SSRC when the track was announced; `None` for a simulcast track announced
+    /// before its streams were bound (`layers` has them then).
+    ssrc: Option<u32>,
     /// The SSRC of each simulcast layer (video), as its packets arrive.
     layers: Arc<LayerSsrcs>,
     fanout: Arc<Fanout>,
@@ -717,11 +719,18 @@ impl Task {
 
     /// A participant's track arrived: forward it to everyone else in the call.
     async fn on_track(&mut self, key: &ParticipantKey, track: Arc<dyn TrackRemote>) {
-        let Some(kind) = media_kind(track.kind().await) else { return };
-        let Some(ssrc) = track.ssrcs().await.first().copied() else { return };
+        let Some(kind) = media_kind(track.kind().await) else {
+            tracing::warn!(call = %key.call_id, user = %key.user, "sfu: track of unknown kind ignored");
+            return;
+        };
+        // A simulcast track can be announced before the stack has bound any of its SSRCs (its
+        // streams' `OnOpen` come on another queue): the forwarding task learns them as packets
+        // arrive, so the track must not wait for one here; left unread, its queue fills and
+        // nobody gets the publisher's video.
+        let ssrc = track.ssrcs().await.first().copied();
         let Some(call) = self.calls.get_mut(&key.call_id) else { return };
         let Some(publisher) = call.get_mut(&key.member()) else { return };
-        tracing::debug!(call = %key.call_id, user = %key.user, ?kind, ssrc, "sfu: track published");
+        tracing::debug!(call = %key.call_id, user = %key.user, ?kind, ?ssrc, "sfu: track published");
         let fanout = Arc::new(Fanout::default());
         let layers = Arc::new(LayerSsrcs::default());
         let level_tap = match (kind, publisher.audio_level_ext) {
@@ -792,7 +801,11 @@ impl Task {
             return;
         };
         self.keyframes_forwarded += 1;
-        let media_ssrc = published.layers.get(layer).unwrap_or(published.ssrc);
+        let known = published.layers.get(layer).or(published.ssrc).or_else(|| published.layers.any());
+        let Some(media_ssrc) = known else {
+            tracing::debug!(call = %key.call_id, "sfu: key frame asked before any packet of the stream");
+            return;
+        };
         let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc };
         tracing::debug!(call = %key.call_id, subscriber = %key.user, publisher = %publisher.0, "sfu: key frame requested");
         if let Err(e) = published.track.write_rtcp(vec![Box::new(pli)]).await {

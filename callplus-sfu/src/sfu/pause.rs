@@ -57,8 +57,10 @@ impl Task {
             }
         }
         tracing::debug!(call = %call_id, user = %publisher.0, ?kind, "sfu: forwarding resumed");
-        if kind == MediaKind::Video {
-            let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: published.ssrc };
+        if kind == MediaKind::Video
+            && let Some(media_ssrc) = published.ssrc.or_else(|| published.layers.any())
+        {
+            let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc };
             if let Err(e) = published.track.write_rtcp(vec![Box::new(pli)]).await {
                 tracing::debug!(error = %e, "sfu: PLI on resume not sent");
             }
