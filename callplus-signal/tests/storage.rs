@@ -751,3 +751,59 @@ fn postgres_refuses_a_database_migrated_by_a_newer_version() {
         other => panic!("expected IncompatibleSchema, got {other:?}"),
     }
 }
+
+/// Two nodes writing one database can deadlock (each batch takes row locks, the shared `meta`
+/// row among them); PostgreSQL then rolls one transaction back with 40P01 and says to try
+/// again. The writer retries what `is_transient` says may succeed when tried again, so a real
+/// deadlock must count as transient, or a batch of records would be given up; a refused
+/// operation (a duplicate key) must not.
+#[test]
+fn a_postgres_deadlock_is_retried_but_a_refused_write_is_not() {
+    use tokio_postgres::NoTls;
+    let url = support::postgres::fresh_database();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let connect = || async {
+            let (client, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client
+        };
+        let (one, two) = (connect().await, connect().await);
+        one.batch_execute("CREATE TABLE t (k INT PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 0), (2, 0);")
+            .await
+            .unwrap();
+        one.batch_execute("BEGIN; UPDATE t SET v = 1 WHERE k = 1;").await.unwrap();
+        two.batch_execute("BEGIN; UPDATE t SET v = 2 WHERE k = 2;").await.unwrap();
+        let one = std::sync::Arc::new(one);
+        let first = tokio::spawn({
+            let one = one.clone();
+            async move { one.batch_execute("UPDATE t SET v = 1 WHERE k = 2").await }
+        });
+        // Wait until `one` is blocked on row 2 before `two` asks for row 1.
+        loop {
+            let waiting = two
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                    &[],
+                )
+                .await
+                .unwrap();
+            if waiting.get::<_, i64>(0) > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let second = two.batch_execute("UPDATE t SET v = 2 WHERE k = 1").await;
+        let first = first.await.unwrap();
+        let lost = match (first, second) {
+            (Err(e), Ok(())) | (Ok(()), Err(e)) => e,
+            other => panic!("expected exactly one side to lose the deadlock, got {other:?}"),
+        };
+        assert_eq!(lost.code(), Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED), "{lost:?}");
+        assert!(StorageError::Postgres(lost).is_transient(), "a deadlock is worth another try");
+
+        let fresh = connect().await;
+        let refused = fresh.batch_execute("INSERT INTO t VALUES (1, 0)").await.unwrap_err();
+        assert!(!StorageError::Postgres(refused).is_transient(), "a duplicate key stays refused");
+    });
+}

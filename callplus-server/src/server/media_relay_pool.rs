@@ -2,7 +2,11 @@
 //! placed on one of them, and a call whose SFU is lost moves to another.
 //!
 //! Placement happens at a call's first SFU work: the attached SFU carrying the fewest of this
-//! server's calls gets it (the first listed on a tie), and keeps it until the call ends. Each SFU
+//! server's participant connections gets it (the first listed on a tie), and keeps it until the
+//! call ends. Participants, not calls, because an SFU's work grows with the connections it
+//! terminates and the streams it forwards: one 16-party call weighs more than ten 1:1 calls
+//! moved there by a switch to MULTI. A call counts its members as they join, so a call placed
+//! early and grown since weighs what it has become. Each SFU
 //! has its own relay stream ([`super::media_relay_remote`]), which says when it attaches and when
 //! it is lost. When one is lost while another is attached, its calls are moved at once: the
 //! lost stream forgets them (so it does not report them again when it comes back), and every
@@ -41,7 +45,14 @@ impl Placement {
         if let Some(&sfu) = self.calls.get(call) {
             return sfu;
         }
-        let load = |sfu: usize| self.calls.values().filter(|&&on| on == sfu).count();
+        // Each call weighs its participant devices (at least one: it is about to get its first).
+        let load = |sfu: usize| -> usize {
+            self.calls
+                .iter()
+                .filter(|&(_, &on)| on == sfu)
+                .map(|(id, _)| self.members.get(id).map_or(0, HashSet::len).max(1))
+                .sum()
+        };
         let all = 0..self.attached.len();
         let attached: Vec<usize> = all.clone().filter(|&i| self.attached[i]).collect();
         // With none attached the work waits on some SFU's stream, as it would with one SFU.
@@ -181,6 +192,24 @@ mod tests {
         p.note(&SfuCommand::EndCall { call_id: call("a") });
         p.note(&SfuCommand::EndCall { call_id: call("c") });
         assert_eq!(p.place(&call("d")), 0, "ended calls no longer count");
+    }
+
+    #[test]
+    fn a_big_call_weighs_its_participants() {
+        let mut p = Placement::new(2);
+        p.attached = vec![true, true];
+        for user in ["u1", "u2", "u3", "u4", "u5"] {
+            let command = signal("big", user);
+            p.place(command.call_id());
+            p.note(&command);
+        }
+        assert_eq!(p.calls[&call("big")], 0);
+        assert_eq!(p.place(&call("x")), 1);
+        assert_eq!(p.place(&call("y")), 1, "two calls of one on SFU 1 weigh less than five on SFU 0");
+        for user in ["u1", "u2", "u3", "u4", "u5"] {
+            p.note(&signal("x", user));
+        }
+        assert_eq!(p.place(&call("z")), 0, "x grew to five: SFU 1 carries six, SFU 0 five");
     }
 
     #[test]

@@ -79,8 +79,10 @@ impl From<tokio_postgres::Error> for StorageError {
 
 impl StorageError {
     /// Whether the error says the database could not be reached (connection refused or lost,
-    /// the server shutting down or starting up) rather than that it refused the operation: the
-    /// same operation may succeed once the database is back, so the writer retries it.
+    /// the server shutting down or starting up), or that the operation lost a race with another
+    /// writer (a deadlock, a serialization failure: several nodes write one database), rather
+    /// than that it refused the operation: the same operation may succeed when tried again, so
+    /// the writer retries it.
     pub fn is_transient(&self) -> bool {
         let e = match self {
             StorageError::Postgres(e) => e,
@@ -91,9 +93,11 @@ impl StorageError {
             return true;
         }
         if let Some(db) = e.as_db_error() {
-            // Class 08: connection exception; 57P01-57P03: admin/crash shutdown, starting up.
+            // Class 08: connection exception; 57P01-57P03: admin/crash shutdown, starting up;
+            // 40P01 deadlock detected and 40001 serialization failure: PostgreSQL rolled the
+            // transaction back to let the other one through, and says to try again.
             let code = db.code().code();
-            return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03");
+            return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "40P01" | "40001");
         }
         let mut source = std::error::Error::source(e);
         while let Some(cause) = source {
