@@ -802,8 +802,9 @@ fn a_postgres_deadlock_is_retried_but_a_refused_write_is_not() {
         assert_eq!(lost.code(), Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED), "{lost:?}");
         assert!(StorageError::Postgres(lost).is_transient(), "a deadlock is worth another try");
 
-        let fresh = connect().await;
-        let refused = fresh.batch_execute("INSERT INTO t VALUES (1, 0)").await.unwrap_err();
+        one.batch_execute("ROLLBACK").await.unwrap();
+        two.batch_execute("ROLLBACK").await.unwrap();
+        let refused = two.batch_execute("INSERT INTO t VALUES (1, 0)").await.unwrap_err();
         assert!(!StorageError::Postgres(refused).is_transient(), "a duplicate key stays refused");
     });
 }
