@@ -16,20 +16,14 @@
 // Through the SFU the page opens the `callplus-sfu` data channel, on which it tells the SFU which
 // layer of each publisher's video it wants (`setVideoView(…, isTiny)`):
 // `{"type":"video_view","user":"alice","tiny":true}`, every choice so far when the channel
-<<<<<<< HEAD
-// opens, later ones as they are made. With the `simulcast` option the page's own video goes to
-// the SFU twice (rid "f", the full layer, and rid "q", the tiny one at half the width and
-// height); without it, and in every mesh call, it sends one encoding. The SFU sends back, on
+// opens, later ones as they are made. The page's own video goes to the SFU twice (rid "f", the
+// full layer, and rid "q", the tiny one at half the width and height); with the option
+// `simulcast: false`, and in every mesh call, it sends one encoding. The SFU sends back, on
 // the same channel, every participant's audio level and the active speaker
 // (`{"type":"audio_levels","levels":{"alice":0.42},"active_speaker":"alice"}`, levels 0-1, when
 // they change, at most five times a second): they become `audioLevel` (0-100, for every user
 // whose level changed, this page's own user too) and `activeSpeaker` hooks, and replace the
 // once-a-second levels read from getStats for that call.
-=======
-// opens, later ones as they are made. The page's own video goes to the SFU twice (rid "f", the
-// full layer, and rid "q", the tiny one at half the width and height); with the option
-// `simulcast: false`, and in every mesh call, it sends one encoding.
->>>>>>> sfu-rejoin
 
 import { TINY_RID, applyMaxBitrate, audioConstraints, videoConstraints } from './config.js';
 

@@ -130,6 +130,26 @@ mod tests {
         assert!(missing.is_empty(), "files that do not open with a `//!` line:\n{}", missing.join("\n"));
     }
 
+    /// A merge that commits its conflict markers can still build (in a comment, a JS file the
+    /// Rust build never reads); this finds them before a browser or a reader does.
+    #[test]
+    fn no_file_holds_merge_conflict_markers() {
+        let exts = ["rs", "md", "proto", "js", "mjs", "html", "css", "toml", "sql", "h", "c", "sh", "yml"];
+        let texts = files(&root(), Path::new(""), &exts);
+        assert!(texts.len() > 50, "the walk found only {} files", texts.len());
+        // Spelt in two parts so that this file does not hold one itself.
+        let markers = [concat!("<<<<<", "<< "), concat!(">>>>>", ">> ")];
+        let found: Vec<String> = texts
+            .iter()
+            .filter_map(|path| {
+                let text = std::fs::read_to_string(root().join(path)).ok()?;
+                let line = text.lines().position(|l| markers.iter().any(|m| l.starts_with(m)))?;
+                Some(format!("{}:{}", path.display(), line + 1))
+            })
+            .collect();
+        assert!(found.is_empty(), "merge conflict markers left in: {found:?}");
+    }
+
     #[test]
     fn the_core_reads_no_clock_and_does_no_io() {
         let core = files(&root(), Path::new("callplus-session/src"), &["rs"]);
