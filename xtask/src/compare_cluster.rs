@@ -223,7 +223,7 @@ fn render_table(points: &[Point]) -> String {
 /// Runs the comparison.
 pub(crate) fn compare_cluster(args: &[String]) -> Result {
     let args = parse_args(args)?;
-    ensure_packages()?;
+    crate::ensure_packages(PACKAGES)?;
     let mut build = cargo();
     build.args(["build", "--release", "-p", "callplus-signal", "--bin", "callplus"]);
     run("build callplus (release)", build)?;
@@ -345,24 +345,6 @@ fn run_point(
         point.postgres_commits = postgres.commits(name).ok();
     }
     Ok(point)
-}
-
-fn ensure_packages() -> Result {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .copied()
-        .filter(|pkg| {
-            !crate::succeeds({
-                let mut c = Command::new("dpkg");
-                c.args(["-s", pkg]);
-                c
-            })
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    crate::apt_install(&missing)
 }
 
 // ----- processes --------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ pub(crate) fn compare_sip(args: &[String]) -> Result {
     };
     let seconds: u64 = crate::seconds(crate::take_value(&mut args, "--seconds")?, 12)?;
     crate::no_more(&args)?;
-    ensure_packages()?;
+    crate::ensure_packages(PACKAGES)?;
     let mut build = cargo();
     build.args(["build", "--release", "-p", "callplus-signal", "--bin", "callplus"]);
     run("build callplus (release)", build)?;
@@ -103,24 +103,6 @@ pub(crate) fn compare_sip(args: &[String]) -> Result {
     print_table(&points);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
-}
-
-fn ensure_packages() -> Result {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .copied()
-        .filter(|pkg| {
-            !crate::succeeds({
-                let mut c = Command::new("dpkg");
-                c.args(["-s", pkg]);
-                c
-            })
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    crate::apt_install(&missing)
 }
 
 /// A child process, in a process group of its own, killed with the whole group (and reaped)

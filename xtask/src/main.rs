@@ -330,7 +330,12 @@ fn check_layering() -> Result {
 
 /// Installs the missing [`SYSTEM_PACKAGES`] with apt-get (through sudo when not root).
 fn ensure_system_packages() -> Result {
-    let missing: Vec<&str> = SYSTEM_PACKAGES
+    ensure_packages(SYSTEM_PACKAGES)
+}
+
+/// Installs those of `packages` that dpkg does not know as installed, with [`apt_install`].
+pub(crate) fn ensure_packages(packages: &[&str]) -> Result {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|pkg| {

@@ -355,23 +355,8 @@ impl Worker {
                 }
             }
             NodeOutput::KickElsewhere { app, user, device, at_ms } => {
-                let nodes = match self.presence.lookup(app.as_str(), user.as_str()).await {
-                    Ok(found) => {
-                        let mut nodes: Vec<String> = found
-                            .into_iter()
-                            .filter(|d| d.node_id != self.node.as_str() && d.device_id != device.as_str())
-                            .map(|d| d.node_id)
-                            .collect();
-                        nodes.sort();
-                        nodes.dedup();
-                        nodes
-                    }
-                    Err(e) => {
-                        self.metrics.count_node("error");
-                        tracing::warn!(error = %e, "presence lookup failed; older logins elsewhere not kicked");
-                        Vec::new()
-                    }
-                };
+                let failed = "presence lookup failed; older logins elsewhere not kicked";
+                let nodes = self.other_nodes(&app, &user, Some(&device), failed).await;
                 for node in nodes {
                     if self.alive(&node).await {
                         let message = NodeMessage::LoggedIn {
@@ -385,23 +370,8 @@ impl Worker {
                 }
             }
             NodeOutput::Route { app, user, event, store_if_absent } => {
-                let nodes = match self.presence.lookup(app.as_str(), user.as_str()).await {
-                    Ok(found) => {
-                        let mut nodes: Vec<String> = found
-                            .into_iter()
-                            .map(|d| d.node_id)
-                            .filter(|n| n != self.node.as_str())
-                            .collect();
-                        nodes.sort();
-                        nodes.dedup();
-                        nodes
-                    }
-                    Err(e) => {
-                        self.metrics.count_node("error");
-                        tracing::warn!(error = %e, "presence lookup failed; the event is kept for the user");
-                        Vec::new()
-                    }
-                };
+                let failed = "presence lookup failed; the event is kept for the user";
+                let nodes = self.other_nodes(&app, &user, None, failed).await;
                 let mut sent = false;
                 for node in nodes {
                     if self.alive(&node).await {
@@ -416,6 +386,35 @@ impl Worker {
                 if !sent && store_if_absent {
                     self.tell(NodeInput::Store { app, user, event: Box::new(event) }).await;
                 }
+            }
+        }
+    }
+
+    /// The other nodes holding a device of `user` (but `except`), by presence, each once; none
+    /// when the lookup fails, which is counted and logged as `failed`.
+    async fn other_nodes(
+        &self,
+        app: &AppKey,
+        user: &UserId,
+        except: Option<&DeviceId>,
+        failed: &str,
+    ) -> Vec<String> {
+        match self.presence.lookup(app.as_str(), user.as_str()).await {
+            Ok(found) => {
+                let mut nodes: Vec<String> = found
+                    .into_iter()
+                    .filter(|d| d.node_id != self.node.as_str())
+                    .filter(|d| except.is_none_or(|device| d.device_id != device.as_str()))
+                    .map(|d| d.node_id)
+                    .collect();
+                nodes.sort();
+                nodes.dedup();
+                nodes
+            }
+            Err(e) => {
+                self.metrics.count_node("error");
+                tracing::warn!(error = %e, "{failed}");
+                Vec::new()
             }
         }
     }
