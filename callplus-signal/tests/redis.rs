@@ -6,7 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use callplus_signal::cluster::{CallLeases, ClusterConfig, DeviceLocation, Presence, Takeovers, connect};
+use callplus_signal::cluster::{
+    Batch, CallLeases, ClusterConfig, DeviceLocation, InCallMarks, Presence, Takeovers, connect,
+};
 use support::process::{self, Banner};
 use support::redis::OwnedRedis;
 use tokio::time::Instant;
@@ -132,6 +134,64 @@ async fn presence_finds_devices_on_any_node_and_forgets_silent_ones() {
         a.lookup("app", "bob").await.unwrap().is_empty().then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_batch_runs_in_order_keeps_each_reply_and_loads_its_scripts() {
+    let Some(redis) = OwnedRedis::start() else { return };
+    let config = ClusterConfig::new(&redis.url(), "node-a").unwrap();
+    let mut conn = connect(&config.client).await.unwrap();
+    let presence = Presence::new(conn.clone(), config.node_id.clone(), Duration::from_secs(30));
+    // Redis forgot every script (as after a restart): a batch loads what it invokes.
+    redis::cmd("SCRIPT").arg("FLUSH").query_async::<()>(&mut conn).await.unwrap();
+
+    let mut batch = Batch::default();
+    let registered = presence.register_in(&mut batch, "app", "bob", "phone", "s1");
+    let found = presence.lookup_in(&mut batch, "app", "bob");
+    let marked = InCallMarks::set_in(&mut batch, "app", "bob", "node-b_1", Some("ringing"));
+    let mut wrong = redis::cmd("HGETALL");
+    wrong.arg("callplus:node:node-a:wrong-type");
+    let refused = batch.push(wrong);
+    let read = InCallMarks::read_in(&mut batch, "app", "bob");
+    let found_again = presence.lookup_in(&mut batch, "app", "bob");
+    redis::cmd("SET")
+        .arg("callplus:node:node-a:wrong-type")
+        .arg("a string")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let mut replies = batch.run(&mut conn).await.unwrap();
+
+    Presence::registered(&mut replies, registered).unwrap();
+    // Each read sees the writes queued before it in the same round trip.
+    assert_eq!(Presence::found(&mut replies, found).unwrap(), vec![at("phone", "node-a", "s1")]);
+    replies.take::<redis::Value>(marked).unwrap();
+    assert!(replies.take::<Vec<(String, String)>>(refused).is_err(), "WRONGTYPE fails its own command");
+    assert_eq!(
+        InCallMarks::marks(&mut replies, read).unwrap(),
+        vec![("node-b_1".to_owned(), "ringing".to_owned())],
+        "the commands after a refused one still ran"
+    );
+    assert_eq!(Presence::found(&mut replies, found_again).unwrap(), vec![at("phone", "node-a", "s1")]);
+    assert!(replies.take::<redis::Value>(read).is_err(), "a reply is taken once");
+}
+
+#[tokio::test]
+async fn a_lookup_drops_the_index_fields_of_expired_devices() {
+    let Some(redis) = OwnedRedis::start() else { return };
+    let (_, a) = node(&redis, "node-a", Duration::from_secs(30)).await;
+    let (_, b) = node(&redis, "node-b", Duration::from_millis(300)).await;
+    a.register("app", "bob", "phone", "s1").await.unwrap();
+    b.register("app", "bob", "laptop", "s2").await.unwrap();
+    let mut conn = connect(&ClusterConfig::new(&redis.url(), "reader").unwrap().client).await.unwrap();
+
+    eventually("the laptop's own key to expire", || async {
+        (a.lookup("app", "bob").await.unwrap() == vec![at("phone", "node-a", "s1")]).then_some(())
+    })
+    .await;
+    let index: Vec<(String, String)> =
+        redis::cmd("HGETALL").arg("callplus:app:presence:bob").query_async(&mut conn).await.unwrap();
+    assert_eq!(index, vec![("phone".to_owned(), "node-a|s1".to_owned())], "the lookup cleaned the index");
 }
 
 #[tokio::test]

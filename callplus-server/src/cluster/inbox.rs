@@ -9,6 +9,7 @@ use std::time::Duration;
 use callplus_session::switchboard::NodeMessage;
 use redis::aio::ConnectionManager;
 
+use super::batch::{Batch, Replies, Slot};
 use super::message::{decode, encode};
 use super::{ClusterError, NodeId, ttl_ms};
 
@@ -54,13 +55,27 @@ impl Outbox {
     /// # Errors
     /// [`ClusterError::Redis`] when Redis cannot be reached.
     pub async fn send(&self, to: &str, message: &NodeMessage) -> Result<(), ClusterError> {
-        let mut conn = self.conn.clone();
+        let mut batch = Batch::default();
+        let slot = self.send_in(&mut batch, to, message);
+        Outbox::sent(&mut batch.run(&mut self.conn.clone()).await?, slot)
+    }
+
+    /// [`Outbox::send`] as part of `batch`.
+    pub fn send_in(&self, batch: &mut Batch, to: &str, message: &NodeMessage) -> Slot {
         let mut cmd = redis::cmd("XADD");
         cmd.arg(inbox_key(to)).arg("MAXLEN").arg("~").arg(INBOX_MAXLEN).arg("*");
         for (k, v) in encode(self.node.as_str(), message) {
             cmd.arg(k).arg(v);
         }
-        cmd.query_async::<String>(&mut conn).await?;
+        batch.push(cmd)
+    }
+
+    /// Whether a [`Outbox::send_in`] was appended.
+    ///
+    /// # Errors
+    /// [`ClusterError::Redis`] when Redis refused it.
+    pub fn sent(replies: &mut Replies, slot: Slot) -> Result<(), ClusterError> {
+        replies.take::<String>(slot)?;
         Ok(())
     }
 
@@ -69,9 +84,30 @@ impl Outbox {
     /// # Errors
     /// [`ClusterError::Redis`] when Redis cannot be reached.
     pub async fn is_alive(&self, node: &str) -> Result<bool, ClusterError> {
-        let mut conn = self.conn.clone();
-        let n: u32 = redis::cmd("EXISTS").arg(alive_key(node)).query_async(&mut conn).await?;
-        Ok(n == 1)
+        let mut batch = Batch::default();
+        let slot = Outbox::is_alive_in(&mut batch, node);
+        Outbox::alive(&mut batch.run(&mut self.conn.clone()).await?, slot)
+    }
+
+    /// [`Outbox::is_alive`] as part of `batch`.
+    pub fn is_alive_in(batch: &mut Batch, node: &str) -> Slot {
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(alive_key(node));
+        batch.push(cmd)
+    }
+
+    /// The answer to a [`Outbox::is_alive_in`].
+    ///
+    /// # Errors
+    /// [`ClusterError::Redis`] when Redis refused it.
+    pub fn alive(replies: &mut Replies, slot: Slot) -> Result<bool, ClusterError> {
+        Ok(replies.take::<u32>(slot)? == 1)
+    }
+
+    /// The connection batches run on: the one this outbox sends on, so a batch and a single send
+    /// keep the order they were made in.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
     }
 
     /// Marks this node alive for [`ALIVE_TTL`].

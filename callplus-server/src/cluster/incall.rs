@@ -12,6 +12,7 @@
 use redis::aio::ConnectionManager;
 
 use super::ClusterError;
+use super::batch::{Batch, Replies, Slot};
 
 fn marks_key(app_key: &str, user_id: &str) -> String {
     format!("callplus:{app_key}:incall:{user_id}")
@@ -47,14 +48,30 @@ impl InCallMarks {
         call_id: &str,
         mark: Option<&str>,
     ) -> Result<(), ClusterError> {
-        let mut conn = self.conn.clone();
-        let key = marks_key(app_key, user_id);
-        if let Some(mark) = mark {
-            redis::cmd("HSET").arg(key).arg(call_id).arg(mark).query_async::<()>(&mut conn).await?;
-        } else {
-            redis::cmd("HDEL").arg(key).arg(call_id).query_async::<()>(&mut conn).await?;
-        }
+        let mut batch = Batch::default();
+        let slot = InCallMarks::set_in(&mut batch, app_key, user_id, call_id, mark);
+        batch.run(&mut self.conn.clone()).await?.take::<redis::Value>(slot)?;
         Ok(())
+    }
+
+    /// [`InCallMarks::set`] as part of `batch`.
+    pub fn set_in(
+        batch: &mut Batch,
+        app_key: &str,
+        user_id: &str,
+        call_id: &str,
+        mark: Option<&str>,
+    ) -> Slot {
+        let key = marks_key(app_key, user_id);
+        let mut cmd;
+        if let Some(mark) = mark {
+            cmd = redis::cmd("HSET");
+            cmd.arg(key).arg(call_id).arg(mark);
+        } else {
+            cmd = redis::cmd("HDEL");
+            cmd.arg(key).arg(call_id);
+        }
+        batch.push(cmd)
     }
 
     /// The marks of each of `users`, in one round trip: (user, call id, mark).
@@ -66,18 +83,31 @@ impl InCallMarks {
         app_key: &str,
         users: &[&str],
     ) -> Result<Vec<(String, String, String)>, ClusterError> {
-        let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        for user in users {
-            pipe.cmd("HGETALL").arg(marks_key(app_key, user));
+        let mut batch = Batch::default();
+        let slots: Vec<Slot> =
+            users.iter().map(|user| InCallMarks::read_in(&mut batch, app_key, user)).collect();
+        let mut replies = batch.run(&mut self.conn.clone()).await?;
+        let mut found = Vec::new();
+        for (user, slot) in users.iter().zip(slots) {
+            for (call, mark) in InCallMarks::marks(&mut replies, slot)? {
+                found.push(((*user).to_owned(), call, mark));
+            }
         }
-        let found: Vec<Vec<(String, String)>> = pipe.query_async(&mut conn).await?;
-        Ok(users
-            .iter()
-            .zip(found)
-            .flat_map(|(user, calls)| {
-                calls.into_iter().map(move |(call, mark)| ((*user).to_owned(), call, mark))
-            })
-            .collect())
+        Ok(found)
+    }
+
+    /// Reads `user`'s marks as part of `batch`; the answer is [`InCallMarks::marks`].
+    pub fn read_in(batch: &mut Batch, app_key: &str, user_id: &str) -> Slot {
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(marks_key(app_key, user_id));
+        batch.push(cmd)
+    }
+
+    /// The answer to a [`InCallMarks::read_in`]: (call id, mark).
+    ///
+    /// # Errors
+    /// [`ClusterError::Redis`] when Redis refused the read.
+    pub fn marks(replies: &mut Replies, slot: Slot) -> Result<Vec<(String, String)>, ClusterError> {
+        replies.take(slot)
     }
 }

@@ -8,6 +8,7 @@
 //! [`InCallMarks`] so a node of several sees a callee busy in another node's call. Per-call leases are not taken by the server:
 //! [`CallLeases`] is used by the tests and the next steps.
 
+mod batch;
 mod inbox;
 mod incall;
 mod lease;
@@ -16,6 +17,7 @@ mod node;
 mod presence;
 mod takeover;
 
+pub use batch::{Batch, Replies, Slot};
 pub use inbox::{ALIVE_TTL, INBOX_MAXLEN, InboxReader, Outbox, READ_BLOCK, Received};
 pub use incall::InCallMarks;
 pub use lease::{CallLeases, Lease};

@@ -11,6 +11,7 @@ use std::time::Duration;
 use redis::Script;
 use redis::aio::ConnectionManager;
 
+use super::batch::{Batch, Replies, Slot};
 use super::{ClusterError, NodeId, ttl_ms};
 
 /// Extends the device's entry if it is still this connection's (1); writes it again if it
@@ -36,6 +37,26 @@ if redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[1] then redis.call('HDEL', KEYS[
 return removed
 ";
 
+/// The user's devices whose own key is alive, as `[device, "{node}|{session}", …]`; the index
+/// fields of expired devices are dropped on the way. One round trip, and atomic: no device
+/// registering meanwhile can have its fresh field dropped.
+const LOOKUP: &str = r"
+local index = redis.call('HGETALL', KEYS[1])
+local found = {}
+local stale = {}
+for i = 1, #index, 2 do
+  local value = redis.call('GET', ARGV[1] .. index[i])
+  if value then
+    found[#found + 1] = index[i]
+    found[#found + 1] = value
+  else
+    stale[#stale + 1] = index[i]
+  end
+end
+if #stale > 0 then redis.call('HDEL', KEYS[1], unpack(stale)) end
+return found
+";
+
 /// Where one of a user's devices is connected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceLocation {
@@ -55,6 +76,7 @@ pub struct Presence {
     ttl: Duration,
     renew: Script,
     unregister: Script,
+    lookup: Script,
 }
 
 impl std::fmt::Debug for Presence {
@@ -74,7 +96,14 @@ fn device_key(app_key: &str, user_id: &str, device_id: &str) -> String {
 impl Presence {
     /// Presence for `node`; an entry lives `ttl` unless renewed (about 3 heartbeat intervals).
     pub fn new(conn: ConnectionManager, node: NodeId, ttl: Duration) -> Presence {
-        Presence { conn, node, ttl, renew: Script::new(RENEW), unregister: Script::new(UNREGISTER) }
+        Presence {
+            conn,
+            node,
+            ttl,
+            renew: Script::new(RENEW),
+            unregister: Script::new(UNREGISTER),
+            lookup: Script::new(LOOKUP),
+        }
     }
 
     fn value(&self, session_id: &str) -> String {
@@ -92,23 +121,37 @@ impl Presence {
         device_id: &str,
         session_id: &str,
     ) -> Result<(), ClusterError> {
-        let mut conn = self.conn.clone();
+        let mut batch = Batch::default();
+        let written = self.register_in(&mut batch, app_key, user_id, device_id, session_id);
+        Presence::registered(&mut batch.run(&mut self.conn.clone()).await?, written)
+    }
+
+    /// [`Presence::register`] as part of `batch`: the device's key first, then the index, so a
+    /// lookup between the two finds the device either in full or not at all.
+    pub fn register_in(
+        &self,
+        batch: &mut Batch,
+        app_key: &str,
+        user_id: &str,
+        device_id: &str,
+        session_id: &str,
+    ) -> [Slot; 2] {
         let value = self.value(session_id);
-        redis::pipe()
-            .atomic()
-            .cmd("SET")
-            .arg(device_key(app_key, user_id, device_id))
-            .arg(&value)
-            .arg("PX")
-            .arg(ttl_ms(self.ttl))
-            .ignore()
-            .cmd("HSET")
-            .arg(user_key(app_key, user_id))
-            .arg(device_id)
-            .arg(&value)
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await?;
+        let mut set = redis::cmd("SET");
+        set.arg(device_key(app_key, user_id, device_id)).arg(&value).arg("PX").arg(ttl_ms(self.ttl));
+        let mut index = redis::cmd("HSET");
+        index.arg(user_key(app_key, user_id)).arg(device_id).arg(&value);
+        [batch.push(set), batch.push(index)]
+    }
+
+    /// Whether a [`Presence::register_in`] was written.
+    ///
+    /// # Errors
+    /// [`ClusterError::Redis`] when Redis refused either command.
+    pub fn registered(replies: &mut Replies, slots: [Slot; 2]) -> Result<(), ClusterError> {
+        for slot in slots {
+            replies.take::<redis::Value>(slot)?;
+        }
         Ok(())
     }
 
@@ -165,37 +208,35 @@ impl Presence {
     /// # Errors
     /// [`ClusterError::Redis`] when Redis cannot be reached.
     pub async fn lookup(&self, app_key: &str, user_id: &str) -> Result<Vec<DeviceLocation>, ClusterError> {
-        let mut conn = self.conn.clone();
-        let index: Vec<(String, String)> =
-            redis::cmd("HGETALL").arg(user_key(app_key, user_id)).query_async(&mut conn).await?;
-        if index.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> =
-            index.iter().map(|(device, _)| device_key(app_key, user_id, device)).collect();
-        let live: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-        let mut found = Vec::new();
-        let mut stale = Vec::new();
-        for ((device_id, _), value) in index.into_iter().zip(live) {
-            let parsed = value.as_deref().and_then(|v| v.split_once('|'));
-            match parsed {
-                Some((node_id, session_id)) => found.push(DeviceLocation {
+        let mut batch = Batch::default();
+        let slot = self.lookup_in(&mut batch, app_key, user_id);
+        Presence::found(&mut batch.run(&mut self.conn.clone()).await?, slot)
+    }
+
+    /// [`Presence::lookup`] as part of `batch`; read the answer with [`Presence::found`].
+    pub fn lookup_in(&self, batch: &mut Batch, app_key: &str, user_id: &str) -> Slot {
+        let mut invocation = self.lookup.key(user_key(app_key, user_id));
+        invocation.arg(device_key(app_key, user_id, ""));
+        batch.push_script(&self.lookup, &invocation)
+    }
+
+    /// The answer to a [`Presence::lookup_in`], sorted by device id.
+    ///
+    /// # Errors
+    /// [`ClusterError::Redis`] when Redis refused the lookup.
+    pub fn found(replies: &mut Replies, slot: Slot) -> Result<Vec<DeviceLocation>, ClusterError> {
+        let pairs: Vec<(String, String)> = replies.take(slot)?;
+        let mut found: Vec<DeviceLocation> = pairs
+            .into_iter()
+            .filter_map(|(device_id, value)| {
+                let (node_id, session_id) = value.split_once('|')?;
+                Some(DeviceLocation {
                     device_id,
                     node_id: node_id.to_owned(),
                     session_id: session_id.to_owned(),
-                }),
-                None => stale.push(device_id),
-            }
-        }
-        if !stale.is_empty() {
-            // Expired devices; a device registering again meanwhile rewrites its field, and a
-            // field deleted too eagerly comes back with its next renewal.
-            redis::cmd("HDEL")
-                .arg(user_key(app_key, user_id))
-                .arg(&stale)
-                .query_async::<()>(&mut conn)
-                .await?;
-        }
+                })
+            })
+            .collect();
         found.sort_by(|a, b| a.device_id.cmp(&b.device_id));
         Ok(found)
     }

@@ -372,8 +372,7 @@ impl ServerBuilder {
                 let routing = routing::Routing {
                     node: cluster.node_id.clone(),
                     outbox: crate::cluster::Outbox::new(conn.clone(), cluster.node_id.clone()),
-                    takeovers: crate::cluster::Takeovers::new(conn.clone(), cluster.node_id.clone()),
-                    marks: crate::cluster::InCallMarks::new(conn),
+                    takeovers: crate::cluster::Takeovers::new(conn, cluster.node_id.clone()),
                     presence: presence.clone(),
                     reader: crate::cluster::InboxReader::new(reader_conn, &cluster.node_id),
                 };

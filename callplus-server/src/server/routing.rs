@@ -22,17 +22,22 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use callplus_session::switchboard::{CallMark, NodeMessage, NodeOutput, QueryId, RemoteDevice, owner_node};
-use callplus_session::{AppKey, CallId, CallInfo, DeviceId, Event, UserId};
+use callplus_session::switchboard::{NodeMessage, NodeOutput, QueryId, RemoteDevice};
+use callplus_session::{AppKey, CallId, CallInfo, Event, UserId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+mod batch;
+
 use super::driver::{DriverHandle, Input};
 use super::metrics::Metrics;
-use crate::cluster::{ALIVE_TTL, InCallMarks, InboxReader, NodeId, Outbox, Presence, Takeovers};
+use crate::cluster::{ALIVE_TTL, InboxReader, NodeId, Outbox, Presence, Takeovers};
 
 /// Work queued for the routing task before further work is dropped.
 pub(crate) const ROUTING_QUEUE: usize = 16_384;
+
+/// At most how much queued work one run of round trips carries (`routing/batch.rs`).
+const RUN: usize = 512;
 
 /// How often the reader renews this node's liveness key, and the routing task checks the nodes
 /// it routes to.
@@ -143,20 +148,19 @@ pub(crate) struct Routing {
     pub(crate) presence: Presence,
     pub(crate) reader: InboxReader,
     pub(crate) takeovers: Takeovers,
-    pub(crate) marks: InCallMarks,
 }
 
 /// Starts the routing and inbox tasks; they stop when the [`RoutingQueue`] is closed.
 pub(crate) fn spawn(routing: Routing, driver: DriverHandle, metrics: Arc<Metrics>) -> RoutingQueue {
     let (tx, rx) = mpsc::channel(ROUTING_QUEUE);
-    let Routing { node, outbox, presence, reader, takeovers, marks } = routing;
+    let Routing { node, outbox, presence, reader, takeovers } = routing;
     let reader = tokio::spawn(read_inbox(reader, outbox.clone(), driver.clone(), metrics.clone()));
     let worker = Worker {
         node,
+        conn: outbox.connection(),
         outbox,
         presence,
         takeovers,
-        marks,
         driver,
         metrics: metrics.clone(),
         peers: HashMap::new(),
@@ -217,7 +221,8 @@ struct Worker {
     outbox: Outbox,
     presence: Presence,
     takeovers: Takeovers,
-    marks: InCallMarks,
+    /// The connection the runs' batches go on (the outbox's).
+    conn: redis::aio::ConnectionManager,
     driver: DriverHandle,
     metrics: Arc<Metrics>,
     /// Nodes this one routes to, and when each was last seen alive.
@@ -229,16 +234,17 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self, mut rx: mpsc::Receiver<Work>) {
+        let mut run = Vec::with_capacity(RUN);
         let mut check = tokio::time::interval(ALIVE_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                work = rx.recv() => match work {
-                    Some(Work::Out(work)) => self.work(work).await,
-                    Some(Work::Recheck { app, user }) => self.recheck(app, user).await,
-                    Some(Work::Release { node }) => self.release(node).await,
-                    None => return,
-                },
+                got = rx.recv_many(&mut run, RUN) => {
+                    if got == 0 {
+                        return;
+                    }
+                    self.run_batch(&mut run).await;
+                }
                 _ = check.tick() => self.check_peers().await,
             }
         }
@@ -246,22 +252,6 @@ impl Worker {
 
     async fn tell(&self, input: NodeInput) {
         let _ = self.driver.send(Input::Node(input)).await;
-    }
-
-    /// Whether `node` is alive, asking Redis at most once per [`ALIVE_EVERY`] per node.
-    async fn alive(&mut self, node: &str) -> bool {
-        if self.peers.get(node).is_some_and(|at| at.elapsed() < ALIVE_EVERY) {
-            return true;
-        }
-        match self.outbox.is_alive(node).await {
-            Ok(true) => {
-                self.peers.insert(node.to_owned(), Instant::now());
-                true
-            }
-            Ok(false) => false,
-            // Redis is down: the send fails too, and says so.
-            Err(_) => true,
-        }
     }
 
     /// Tells the driver about every node routed to that stopped renewing its liveness key: the
@@ -291,161 +281,6 @@ impl Worker {
         }
     }
 
-    async fn work(&mut self, work: NodeOutput) {
-        match work {
-            NodeOutput::AcquireTakeover { node } => self.take_over(node).await,
-            NodeOutput::Send { node, message } => self.send(node, *message).await,
-            NodeOutput::Locate { id, app, user } => {
-                let devices = match self.presence.lookup(app.as_str(), user.as_str()).await {
-                    Ok(found) => found
-                        .into_iter()
-                        .filter(|d| d.node_id != self.node.as_str())
-                        .filter_map(|d| {
-                            Some(RemoteDevice {
-                                node: d.node_id,
-                                device: DeviceId::new(&d.device_id).ok()?,
-                                session_id: d.session_id,
-                            })
-                        })
-                        .collect(),
-                    Err(e) => {
-                        self.metrics.count_node("error");
-                        tracing::warn!(error = %e, "presence lookup failed; only this node's devices are rung");
-                        Vec::new()
-                    }
-                };
-                for d in &devices {
-                    self.peers.entry(d.node.clone()).or_insert_with(Instant::now);
-                }
-                self.tell(NodeInput::Located { id, devices }).await;
-            }
-            NodeOutput::InCall { app, user, call_id, mark } => {
-                let mark = mark.map(CallMark::as_str);
-                if let Err(e) = self.marks.set(app.as_str(), user.as_str(), call_id.as_str(), mark).await {
-                    self.metrics.count_node("error");
-                    tracing::warn!(error = %e, "in-call mark not written");
-                }
-            }
-            NodeOutput::CheckBusy { id, app, users } => {
-                let calls = self.marked(&app, &users, CallMark::Connected).await;
-                self.tell(NodeInput::BusyFound { id, calls }).await;
-            }
-            NodeOutput::FindRinging { app, user, device, session_id } => {
-                // In presence first, then the marks (`NodeOutput::Locate` says why). The presence
-                // task registers the session too, but on its own schedule; this write (the same
-                // entry) orders the two reads. A failure leaves it to that task.
-                let registered =
-                    self.presence.register(app.as_str(), user.as_str(), device.as_str(), &session_id).await;
-                if let Err(e) = registered {
-                    tracing::debug!(error = %e, "presence not written before reading the ringing marks");
-                }
-                let found = self.marked(&app, std::slice::from_ref(&user), CallMark::Ringing).await;
-                let mut owners: Vec<String> =
-                    found.iter().filter_map(|(_, call)| owner_node(call).map(str::to_owned)).collect();
-                owners.sort();
-                owners.dedup();
-                for node in owners {
-                    let message = NodeMessage::DeviceOnline {
-                        app: app.clone(),
-                        user: user.clone(),
-                        device: device.clone(),
-                        session_id: session_id.clone(),
-                    };
-                    self.send_to(&node, &message).await;
-                }
-            }
-            NodeOutput::KickElsewhere { app, user, device, at_ms } => {
-                let failed = "presence lookup failed; older logins elsewhere not kicked";
-                let nodes = self.other_nodes(&app, &user, Some(&device), failed).await;
-                for node in nodes {
-                    if self.alive(&node).await {
-                        let message = NodeMessage::LoggedIn {
-                            app: app.clone(),
-                            user: user.clone(),
-                            device: device.clone(),
-                            at_ms,
-                        };
-                        self.send_to(&node, &message).await;
-                    }
-                }
-            }
-            NodeOutput::Route { app, user, event, store_if_absent } => {
-                let failed = "presence lookup failed; the event is kept for the user";
-                let nodes = self.other_nodes(&app, &user, None, failed).await;
-                let mut sent = false;
-                for node in nodes {
-                    if self.alive(&node).await {
-                        let message = NodeMessage::UserEvent {
-                            app: app.clone(),
-                            user: user.clone(),
-                            event: event.clone(),
-                        };
-                        sent |= self.send_to(&node, &message).await;
-                    }
-                }
-                if !sent && store_if_absent {
-                    self.tell(NodeInput::Store { app, user, event: Box::new(event) }).await;
-                }
-            }
-        }
-    }
-
-    /// The other nodes holding a device of `user` (but `except`), by presence, each once; none
-    /// when the lookup fails, which is counted and logged as `failed`.
-    async fn other_nodes(
-        &self,
-        app: &AppKey,
-        user: &UserId,
-        except: Option<&DeviceId>,
-        failed: &str,
-    ) -> Vec<String> {
-        match self.presence.lookup(app.as_str(), user.as_str()).await {
-            Ok(found) => {
-                let mut nodes: Vec<String> = found
-                    .into_iter()
-                    .filter(|d| d.node_id != self.node.as_str())
-                    .filter(|d| except.is_none_or(|device| d.device_id != device.as_str()))
-                    .map(|d| d.node_id)
-                    .collect();
-                nodes.sort();
-                nodes.dedup();
-                nodes
-            }
-            Err(e) => {
-                self.metrics.count_node("error");
-                tracing::warn!(error = %e, "{failed}");
-                Vec::new()
-            }
-        }
-    }
-
-    /// The (user, call) marks `wanted` of `users` whose owner is another node that is alive
-    /// (this node's own calls are judged by its switchboard; a lost node's marks count for
-    /// nothing). A failed lookup finds none: nobody busy, no late ringing.
-    async fn marked(&mut self, app: &AppKey, users: &[UserId], wanted: CallMark) -> Vec<(UserId, CallId)> {
-        let names: Vec<&str> = users.iter().map(UserId::as_str).collect();
-        let found = match self.marks.read(app.as_str(), &names).await {
-            Ok(found) => found,
-            Err(e) => {
-                self.metrics.count_node("error");
-                tracing::warn!(error = %e, "in-call marks not read; none counts");
-                return Vec::new();
-            }
-        };
-        let mut calls = Vec::new();
-        for (user, call, mark) in found {
-            if CallMark::parse(&mark) != Some(wanted) {
-                continue;
-            }
-            let (Ok(user), Ok(call)) = (UserId::new(&user), CallId::new(&call)) else { continue };
-            let Some(owner) = owner_node(&call).map(str::to_owned) else { continue };
-            if owner != self.node.as_str() && self.alive(&owner).await {
-                calls.push((user, call));
-            }
-        }
-        calls
-    }
-
     /// Tries the lost `node`'s takeover lock; the winner's driver ends the node's calls.
     async fn take_over(&mut self, node: String) {
         match self.takeovers.acquire(&node).await {
@@ -467,47 +302,6 @@ impl Worker {
             Ok(true) => tracing::debug!(%node, "takeover done"),
             Ok(false) => tracing::warn!(%node, "takeover lock expired before the calls were ended"),
             Err(e) => tracing::warn!(%node, error = %e, "takeover lock not released; it expires"),
-        }
-    }
-
-    async fn recheck(&mut self, app: AppKey, user: UserId) {
-        let Ok(found) = self.presence.lookup(app.as_str(), user.as_str()).await else { return };
-        let mut nodes: Vec<String> =
-            found.into_iter().map(|d| d.node_id).filter(|n| n != self.node.as_str()).collect();
-        nodes.sort();
-        nodes.dedup();
-        for node in nodes {
-            let message = NodeMessage::OfflineWaiting { app: app.clone(), user: user.clone() };
-            self.send_to(&node, &message).await;
-        }
-    }
-
-    async fn send(&mut self, node: String, message: NodeMessage) {
-        let sent = self.alive(&node).await && self.send_to(&node, &message).await;
-        if sent {
-            return;
-        }
-        self.metrics.count_node("unroutable");
-        match message {
-            NodeMessage::Request { app, user, session_id, request_id, .. } => {
-                tracing::debug!(%node, "the call's node cannot be reached; request refused");
-                self.tell(NodeInput::Unroutable { app, user, session_id, request_id }).await;
-            }
-            other => tracing::debug!(%node, message = ?other, "node cannot be reached; message dropped"),
-        }
-    }
-
-    async fn send_to(&mut self, node: &str, message: &NodeMessage) -> bool {
-        match self.outbox.send(node, message).await {
-            Ok(()) => {
-                self.metrics.count_node("sent");
-                true
-            }
-            Err(e) => {
-                self.metrics.count_node("error");
-                tracing::warn!(%node, error = %e, "message to another node not sent");
-                false
-            }
         }
     }
 }
