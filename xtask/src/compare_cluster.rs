@@ -319,7 +319,9 @@ fn run_point(
     let commands_before = backing.as_ref().and_then(|_| redis.commands_processed().ok());
     let out = Command::new(binary)
         .args(["bench", "--server", &urls.join(","), "--server-pid", &pids.join(",")])
-        .args(["--app-key", &app_key, "--app-secret", &app_secret])
+        // `=`: a secret may begin with `-`, which would read as an option on its own.
+        .arg(format!("--app-key={app_key}"))
+        .arg(format!("--app-secret={app_secret}"))
         // Raw users: the load generator shares the two cores with the servers, so it is kept
         // cheap (see docs/performance.md).
         .args(["--call-client", "raw", "--users", &args.users.to_string()])
