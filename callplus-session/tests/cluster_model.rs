@@ -921,6 +921,16 @@ mod owner_takeover {
         owners
     }
 
+    /// When each record of `call` says it ended.
+    fn ends_of(c: &Cluster, call: &CallId) -> Vec<i64> {
+        c.db.borrow()
+            .written
+            .iter()
+            .filter(|(_, r)| &r.call.call_id == call)
+            .filter_map(|(_, r)| r.call.ended_at_ms)
+            .collect()
+    }
+
     /// The owner of a group call (participants on the two other nodes) and of a 1:1 call
     /// (callee on another node) is lost at a random moment: exactly one survivor ends both
     /// calls, each participant's device on a surviving node sees each call end once with
@@ -965,6 +975,7 @@ mod owner_takeover {
         assert!(c.nodes[owner].switchboard.is_call_live(&default_app(), &group));
 
         // SIGKILL the owner.
+        let killed_at = c.now;
         c.kill(owner, LOST_AFTER_MS);
         let (group2, single2) = (group.clone(), single.clone());
         c.run_until(1_000, "every survivor's device sees the calls end", move |c| {
@@ -988,6 +999,15 @@ mod owner_takeover {
         }
         assert_eq!(records_for(&c, &group), ["bob", "carol", "host"], "seed {seed}");
         assert_eq!(records_for(&c, &single), ["dan", "erin"], "seed {seed}");
+        // The calls ended when the owner died, not when its loss was noticed 8 s later: no
+        // record counts the detection delay as talk time.
+        for call in [&group, &single] {
+            let ends = ends_of(&c, call);
+            assert!(
+                !ends.is_empty() && ends.iter().all(|end| *end == killed_at),
+                "seed {seed}: {ends:?} != {killed_at}"
+            );
+        }
         assert_eq!(c.nodes[erin_node].records_received(erin, &single), 1, "seed {seed}");
         assert_eq!(c.nodes[erin_node].summaries_received(erin, &single), 1, "seed {seed}");
         // Dan had no device left anywhere: his summary waits for his next connect.

@@ -418,7 +418,10 @@ impl Driver {
             NodeInput::Store { app, user, event } => {
                 self.act(Output::StoreOffline { app, user, event: *event })
             }
-            NodeInput::NodeLost { node } => self.sb.node_lost(now, &node),
+            NodeInput::NodeLost { node, stopped_ago } => {
+                let ago = i64::try_from(stopped_ago.as_millis()).unwrap_or(i64::MAX);
+                self.sb.node_lost(now, &node, now.saturating_sub(ago));
+            }
             NodeInput::TakeoverWon { node } => self.read_lost_calls(node),
             NodeInput::Takeover { node, calls } => {
                 let count = calls.len();

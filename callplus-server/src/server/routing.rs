@@ -64,7 +64,13 @@ pub(crate) enum NodeInput {
     /// A user event found no device on any node: store it for the next connect.
     Store { app: AppKey, user: UserId, event: Box<Event> },
     /// A node stopped renewing its liveness key.
-    NodeLost { node: String },
+    NodeLost {
+        node: String,
+        /// About how long ago it stopped: its key was last renewed [`ALIVE_TTL`] before it
+        /// expired, and the node renews it every [`ALIVE_EVERY`]; it was last seen alive
+        /// before that expiry. The estimate is within a renewal interval of the truth.
+        stopped_ago: Duration,
+    },
     /// This node won the right to end the lost `node`'s calls: read them and end them.
     TakeoverWon { node: String },
     /// The lost `node`'s saved calls, read after winning its takeover lock.
@@ -273,8 +279,9 @@ impl Worker {
                 Ok(false) if self.peers.get(&node).is_some_and(|at| at.elapsed() < LOST_AFTER) => {}
                 Ok(false) => {
                     tracing::warn!(%node, ttl_ms = ALIVE_TTL.as_millis(), "node gone (its liveness key expired)");
-                    self.peers.remove(&node);
-                    self.tell(NodeInput::NodeLost { node }).await;
+                    let seen = self.peers.remove(&node).map_or(Duration::ZERO, |at| at.elapsed());
+                    let stopped_ago = (seen + ALIVE_TTL).saturating_sub(ALIVE_EVERY);
+                    self.tell(NodeInput::NodeLost { node, stopped_ago }).await;
                 }
                 Err(_) => {}
             }

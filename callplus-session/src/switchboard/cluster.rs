@@ -769,7 +769,13 @@ impl Switchboard {
     /// it ends them from their saved snapshots ([`Switchboard::takeover_granted`]). The lost
     /// node is also forgotten as a peer of this node's sessions (nothing is sent to it any
     /// more).
-    pub fn node_lost(&mut self, now_ms: i64, node: &str) {
+    ///
+    /// `died_at_ms` is the driver's estimate of when the node stopped (its liveness key's last
+    /// renewal), earlier than `now_ms` by the time the loss took to notice: the calls taken over
+    /// from it end at that moment (never before their last change), so no record counts the
+    /// detection delay as talk time.
+    pub fn node_lost(&mut self, now_ms: i64, node: &str, died_at_ms: i64) {
+        self.lost_at.insert(node.to_owned(), died_at_ms.min(now_ms));
         let gone: Vec<String> =
             self.remotes.keys().filter(|(n, _)| n == node).map(|(_, session)| session.clone()).collect();
         for session_id in gone {
@@ -789,7 +795,9 @@ impl Switchboard {
     /// ([`NodeOutput::AcquireTakeover`]); `calls` are the saved snapshots the driver read from
     /// durable storage after winning it (calls of other nodes among them are ignored).
     ///
-    /// Each live one ends now with NETWORK_ERROR for every participant still in it: one record
+    /// Each live one ends with NETWORK_ERROR for every participant still in it, at the moment
+    /// the node died (as [`Switchboard::node_lost`] was told; never before the call's last
+    /// change): one record
     /// per participant (routed to their devices wherever they are, stored when they have none),
     /// a summary for 1:1 calls, `Event::CallEnded` sent to each participant's devices on every
     /// node (so no device keeps the call), and [`Output::ForgetCall`]. The call is held here
@@ -798,6 +806,9 @@ impl Switchboard {
     /// timers and the per-device link state needed to continue it faithfully.
     pub fn takeover_granted(&mut self, now_ms: i64, node: &str, calls: Vec<(AppKey, CallInfo)>) {
         self.init_prefix(now_ms);
+        // When the node died, as `node_lost` was told; a node that was not reported lost here
+        // (the caller's own bookkeeping) has its calls end now.
+        let died_at = self.lost_at.remove(node).unwrap_or(now_ms);
         for (app, info) in calls {
             if owner_node(&info.call_id) != Some(node) || node == self.cfg.node_id {
                 continue;
@@ -818,7 +829,7 @@ impl Switchboard {
             self.calls.insert(id.clone(), Box::new(call));
             self.live += 1;
             self.ending_saved = true;
-            self.finish_call_at(now_ms, now_ms, &id, EndReason::NetworkError, None);
+            self.finish_call_at(now_ms, died_at, &id, EndReason::NetworkError, None);
             self.ending_saved = false;
         }
         self.finish_input(now_ms);

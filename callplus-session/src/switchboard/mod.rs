@@ -141,6 +141,9 @@ pub struct Switchboard {
     media_lost: FastMap<(CallId, UserId), (DeviceId, i64)>,
     /// A node of several: remote sessions by (node, session id) (`cluster`).
     remotes: FastMap<(String, String), SessionKey>,
+    /// A node of several: when each lost node is thought to have died (`node_lost`), so the
+    /// calls taken over from it end then rather than when the loss was noticed.
+    lost_at: FastMap<String, i64>,
     /// A node of several: presence lookups in flight (`cluster`).
     locates: FastMap<QueryId, cluster::Locating>,
     /// Set while a call is ended from its saved snapshot (`end_recovered_calls`,
@@ -197,6 +200,7 @@ impl Switchboard {
             router: None,
             media_lost: FastMap::default(),
             remotes: FastMap::default(),
+            lost_at: FastMap::default(),
             locates: FastMap::default(),
             ending_saved: false,
             busy_checks: FastMap::default(),

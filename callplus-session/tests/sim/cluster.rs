@@ -409,8 +409,10 @@ impl Cluster {
     /// The node is lost (SIGKILL): it runs no more, messages to it are dropped. After
     /// `presence_ttl_ms` its presence entries expire and every survivor is told
     /// (`node_lost`), as the driver does when the node's liveness key expires; each then asks
-    /// for the node's takeover lock, and the one that gets it ends the node's saved calls.
+    /// for the node's takeover lock, and the one that gets it ends the node's saved calls. The
+    /// survivors are told the moment it died, as the driver estimates it from the liveness key.
     pub fn kill(&mut self, node: usize, presence_ttl_ms: i64) {
+        let died_at = self.now;
         self.alive[node] = false;
         self.inbox.retain(|_, f| f.to != node);
         self.run_for(presence_ttl_ms);
@@ -419,7 +421,7 @@ impl Cluster {
         for n in 0..self.nodes.len() {
             if self.alive[n] {
                 let now = self.now;
-                self.nodes[n].switchboard.node_lost(now, &name);
+                self.nodes[n].switchboard.node_lost(now, &name, died_at);
                 self.nodes[n].run_for(0);
             }
         }
