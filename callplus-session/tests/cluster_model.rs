@@ -1034,6 +1034,52 @@ mod owner_takeover {
         });
     }
 
+    /// The owner dies before its storage committed the snapshots of two calls (a 1:1 call
+    /// answered on another node, a group call still ringing on a third): no survivor can know
+    /// them from storage, yet each participant's own node ends them for its device
+    /// (NETWORK_ERROR, once), so no device keeps a call nobody owns, and nobody stays busy.
+    #[test]
+    fn calls_whose_snapshots_died_with_their_owner_still_end_on_the_participants_nodes() {
+        let mut c = Cluster::new(&["node-a", "node-b", "node-c"]);
+        let dan = c.add_device(0, "dan", "dan-phone");
+        let host = c.add_device(0, "host", "host-phone");
+        let erin = c.add_device(1, "erin", "erin-phone");
+        let carol = c.add_device(2, "carol", "carol-phone");
+        let single = start(&mut c, 0, dan, &["erin"], CallType::Single);
+        rings(&mut c, 1, erin, &single);
+        accept(&mut c, 1, erin, &single);
+        let group = start(&mut c, 0, host, &["carol"], CallType::Multi);
+        rings(&mut c, 2, carol, &group);
+        c.db.borrow_mut().calls.clear();
+
+        let killed_at = c.now;
+        c.kill(0, LOST_AFTER_MS);
+        let (single2, group2) = (single.clone(), group.clone());
+        c.run_until(1_000, "both calls end on the participants' nodes", move |c| {
+            c.nodes[1].ended(erin, &single2).is_some() && c.nodes[2].ended(carol, &group2).is_some()
+        });
+        c.settle();
+        for (node, idx, call) in [(1, erin, &single), (2, carol, &group)] {
+            assert_eq!(c.nodes[node].ended_count(idx, call), 1, "ends once");
+            assert_eq!(c.nodes[node].ended(idx, call), Some(EndReason::NetworkError));
+            assert!(c.nodes[node].devices[idx].engine.calls().next().is_none(), "in no call");
+        }
+        assert!(killed_at < c.now);
+        for n in [1, 2] {
+            assert_eq!(c.nodes[n].switchboard.live_calls(), 0);
+        }
+
+        // Nobody is busy: erin calls carol, she answers.
+        let again = start(&mut c, 1, erin, &["carol"], CallType::Single);
+        rings(&mut c, 2, carol, &again);
+        accept(&mut c, 2, carol, &again);
+        let again2 = again.clone();
+        c.run_until(2_000, "connected", move |c| {
+            c.nodes[1].connected(erin, &again2) && c.nodes[2].connected(carol, &again2)
+        });
+        let _ = (dan, host);
+    }
+
     #[test]
     fn a_lost_owner_has_its_calls_ended_once_for_every_participant_by_one_survivor() {
         for seed in 1..=24 {

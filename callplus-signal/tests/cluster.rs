@@ -251,7 +251,7 @@ async fn a_killed_owner_node_has_its_call_ended_for_everyone() {
     let live = bob.get_call(&group).await.expect("the call, asked through node B");
     assert!(live.ended_at_ms.is_none(), "{live:?}");
     // A records read on A runs after every write A queued: the call's snapshot is committed
-    // (a call whose snapshot is not yet written when its owner dies is not known to anyone).
+    // (a call whose snapshot is not yet written when its owner dies gets no records).
     record_ids(&host).await;
 
     a.child.start_kill().expect("SIGKILL node A");

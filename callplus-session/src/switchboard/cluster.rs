@@ -647,6 +647,7 @@ impl Switchboard {
                         {
                             s.peers.push(from.to_owned());
                         }
+                        self.note_held_elsewhere(sk, from, &body);
                         self.net.push_body(sk, body);
                     }
                     None => {
@@ -762,7 +763,8 @@ impl Switchboard {
 
     /// Node `node` is gone (its presence and liveness expired): the legs its devices held in
     /// this node's calls end with NETWORK_ERROR, as for a device silent past the liveness
-    /// timeout.
+    /// timeout, and the calls it owned end at once for this node's devices in them
+    /// (`Event::CallEnded`, NETWORK_ERROR), even one whose snapshot was never saved.
     ///
     /// The calls the lost node owned are then ended by exactly one surviving node: this one
     /// asks for the right to do it ([`NodeOutput::AcquireTakeover`]), and the node that wins
@@ -775,7 +777,9 @@ impl Switchboard {
     /// from it end at that moment (never before their last change), so no record counts the
     /// detection delay as talk time.
     pub fn node_lost(&mut self, now_ms: i64, node: &str, died_at_ms: i64) {
-        self.lost_at.insert(node.to_owned(), died_at_ms.min(now_ms));
+        let died_at_ms = died_at_ms.min(now_ms);
+        self.lost_at.insert(node.to_owned(), died_at_ms);
+        self.end_held_elsewhere(node, died_at_ms);
         let gone: Vec<String> =
             self.remotes.keys().filter(|(n, _)| n == node).map(|(_, session)| session.clone()).collect();
         for session_id in gone {
@@ -789,6 +793,52 @@ impl Switchboard {
             self.net.outputs.push_back(Output::Node(NodeOutput::AcquireTakeover { node }));
         }
         self.finish_input(now_ms);
+    }
+
+    /// Keeps [`Switchboard::held_elsewhere`] in step with a frame `from` a call's owner to the
+    /// local session `sk`: an invitation adds the call, its end removes it.
+    fn note_held_elsewhere(&mut self, sk: SessionKey, from: &str, body: &ServerBody) {
+        match body {
+            ServerBody::Event(Event::IncomingCall { call, .. })
+                if owner_node(&call.call_id) == Some(from) =>
+            {
+                let held = self.held_elsewhere.entry(sk).or_default();
+                held.retain(|c| c.call_id != call.call_id);
+                held.push(call.clone());
+            }
+            ServerBody::Event(Event::CallEnded { call, .. }) => {
+                if let Some(held) = self.held_elsewhere.get_mut(&sk) {
+                    held.retain(|c| c.call_id != call.call_id);
+                    if held.is_empty() {
+                        self.held_elsewhere.remove(&sk);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends, for this node's devices, every call the lost `node` owned that they hold: the end
+    /// the survivor that takes the node's calls over sends later is then ignored by the device
+    /// (it no longer holds the call), and a call no survivor knows of (its snapshot died with
+    /// its owner) does not live on. Records are the survivor's to write; such a call has none.
+    fn end_held_elsewhere(&mut self, node: &str, died_at_ms: i64) {
+        let mut ends = Vec::new();
+        for (sk, held) in self.held_elsewhere.iter_mut() {
+            held.retain(|call| {
+                let owned = owner_node(&call.call_id) == Some(node);
+                if owned {
+                    ends.push((*sk, call.clone()));
+                }
+                !owned
+            });
+        }
+        self.held_elsewhere.retain(|_, held| !held.is_empty());
+        ends.sort_by(|a, b| (a.0, &a.1.call_id).cmp(&(b.0, &b.1.call_id)));
+        for (sk, mut call) in ends {
+            call.ended_at_ms = Some(died_at_ms.max(call.created_at_ms));
+            self.net.send(sk, Event::CallEnded { call, reason: EndReason::NetworkError });
+        }
     }
 
     /// This node won the right to end the calls of the lost node `node`

@@ -141,6 +141,11 @@ pub struct Switchboard {
     media_lost: FastMap<(CallId, UserId), (DeviceId, i64)>,
     /// A node of several: remote sessions by (node, session id) (`cluster`).
     remotes: FastMap<(String, String), SessionKey>,
+    /// A node of several, on a device's own node: the calls another node owns that each local
+    /// session was invited to (the `IncomingCall` delivered to it), until their end reaches it.
+    /// If that owner is lost they end here at once (`cluster::node_lost`): a call whose saved
+    /// snapshot died with its owner is known to no survivor, and must not live on in a device.
+    held_elsewhere: FastMap<SessionKey, Vec<CallInfo>>,
     /// A node of several: when each lost node is thought to have died (`node_lost`), so the
     /// calls taken over from it end then rather than when the loss was noticed.
     lost_at: FastMap<String, i64>,
@@ -201,6 +206,7 @@ impl Switchboard {
             media_lost: FastMap::default(),
             remotes: FastMap::default(),
             lost_at: FastMap::default(),
+            held_elsewhere: FastMap::default(),
             locates: FastMap::default(),
             ending_saved: false,
             busy_checks: FastMap::default(),

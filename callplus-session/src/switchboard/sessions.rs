@@ -369,6 +369,7 @@ impl Switchboard {
     /// (NETWORK_ERROR) end at the device's last sign of life; the others now.
     pub(super) fn drop_session(&mut self, now_ms: i64, sk: SessionKey, how: LegEnd, leftovers: Leftovers) {
         self.session_ended(sk);
+        self.held_elsewhere.remove(&sk);
         let Some(s) = self.net.sessions.remove(&sk) else { return };
         if !s.peers.is_empty() {
             let peers = s.peers.clone();
