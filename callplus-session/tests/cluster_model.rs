@@ -333,31 +333,19 @@ mod routing {
     }
 
     fn start(c: &mut Cluster, node: usize, idx: usize, callees: &[&str], call_type: CallType) -> CallId {
-        let now = c.device_now(node, idx);
-        let engine = &mut c.nodes[node].devices[idx].engine;
-        let id =
-            engine.start_call(now, callees, call_type, MediaType::Audio, CallOptions::default()).unwrap();
-        match c.wait_request(node, idx, id) {
-            Ok(ResponseBody::Started { call, .. }) => call.call_id,
-            other => panic!("start_call answered {other:?}"),
-        }
+        c.start_call(node, idx, callees, call_type, CallOptions::default()).0
     }
 
     fn accept(c: &mut Cluster, node: usize, idx: usize, call: &CallId) {
-        let now = c.device_now(node, idx);
-        let id = c.nodes[node].devices[idx].engine.accept(now, call).unwrap();
-        c.wait_request(node, idx, id).unwrap();
+        c.accept(node, idx, call);
     }
 
     fn hangup(c: &mut Cluster, node: usize, idx: usize, call: &CallId) {
-        let now = c.device_now(node, idx);
-        let id = c.nodes[node].devices[idx].engine.hangup(now, Some(call), None).unwrap();
-        c.wait_request(node, idx, id).unwrap();
+        c.hangup(node, idx, call);
     }
 
     fn rings(c: &mut Cluster, node: usize, idx: usize, call: &CallId) {
-        let call2 = call.clone();
-        c.run_until(2_000, "the callee rings", move |c| c.nodes[node].incoming(idx).as_ref() == Some(&call2));
+        c.rings(node, idx, call);
     }
 
     /// Only the owner ever holds the call; every other node only routes it.
@@ -583,7 +571,7 @@ mod busy_across_owners {
     //! cleared by the survivor that ends its calls.
     use callplus_session::client::CallOptions;
     use callplus_session::switchboard::{BusyPolicy, SwitchboardConfig};
-    use callplus_session::{CallId, CallType, EndReason, MediaType, ResponseBody, UserId};
+    use callplus_session::{CallId, CallType, EndReason, UserId};
 
     use super::sim::cluster::Cluster;
     use super::sim::{default_app, user};
@@ -594,28 +582,16 @@ mod busy_across_owners {
     const NAMES: [&str; 3] = ["node-a", "node-b", "node-c"];
 
     fn start(c: &mut Cluster, node: usize, idx: usize, callee: &str) -> (CallId, Vec<UserId>) {
-        let now = c.device_now(node, idx);
-        let options = CallOptions::default();
-        let engine = &mut c.nodes[node].devices[idx].engine;
-        let id = engine.start_call(now, &[callee], CallType::Single, MediaType::Audio, options).unwrap();
-        match c.wait_request(node, idx, id) {
-            Ok(ResponseBody::Started { call, busy }) => (call.call_id, busy),
-            other => panic!("start_call answered {other:?}"),
-        }
+        c.start_call(node, idx, &[callee], CallType::Single, CallOptions::default())
     }
 
     fn accept(c: &mut Cluster, node: usize, idx: usize, call: &CallId) {
-        let call2 = call.clone();
-        c.run_until(2_000, "the callee rings", move |c| c.nodes[node].incoming(idx).as_ref() == Some(&call2));
-        let now = c.device_now(node, idx);
-        let id = c.nodes[node].devices[idx].engine.accept(now, call).unwrap();
-        c.wait_request(node, idx, id).unwrap();
+        c.rings(node, idx, call);
+        c.accept(node, idx, call);
     }
 
     fn hangup(c: &mut Cluster, node: usize, idx: usize, call: &CallId) {
-        let now = c.device_now(node, idx);
-        let id = c.nodes[node].devices[idx].engine.hangup(now, Some(call), None).unwrap();
-        c.wait_request(node, idx, id).unwrap();
+        c.hangup(node, idx, call);
     }
 
     fn marks_of(c: &Cluster, name: &str) -> usize {
@@ -707,7 +683,7 @@ mod late_devices {
     //! tells the owner (`NodeMessage::DeviceOnline`), which offers the call there.
     use callplus_session::client::CallOptions;
     use callplus_session::switchboard::{DevicePolicy, SwitchboardConfig};
-    use callplus_session::{CallId, CallType, EndReason, MediaType, ResponseBody};
+    use callplus_session::{CallId, CallType, EndReason};
 
     use super::sim::cluster::Cluster;
 
@@ -717,14 +693,8 @@ mod late_devices {
     const NAMES: [&str; 3] = ["node-a", "node-b", "node-c"];
 
     fn start(c: &mut Cluster, node: usize, idx: usize, callee: &str) -> CallId {
-        let now = c.device_now(node, idx);
         let options = CallOptions { ring_timeout_ms: Some(30_000), ..CallOptions::default() };
-        let engine = &mut c.nodes[node].devices[idx].engine;
-        let id = engine.start_call(now, &[callee], CallType::Single, MediaType::Audio, options).unwrap();
-        match c.wait_request(node, idx, id) {
-            Ok(ResponseBody::Started { call, .. }) => call.call_id,
-            other => panic!("start_call answered {other:?}"),
-        }
+        c.start_call(node, idx, &[callee], CallType::Single, options).0
     }
 
     #[test]
@@ -875,7 +845,7 @@ mod offline_waiting {
 mod owner_takeover {
     use callplus_session::client::CallOptions;
     use callplus_session::switchboard::owner_node;
-    use callplus_session::{CallId, CallType, EndReason, MediaType, ResponseBody};
+    use callplus_session::{CallId, CallType, EndReason};
 
     use super::sim::cluster::Cluster;
     use super::sim::{Rng, default_app, user};
@@ -885,28 +855,17 @@ mod owner_takeover {
     const LOST_AFTER_MS: i64 = 8_000;
 
     fn start(c: &mut Cluster, node: usize, idx: usize, callees: &[&str], call_type: CallType) -> CallId {
-        let now = c.device_now(node, idx);
-        let engine = &mut c.nodes[node].devices[idx].engine;
-        let id =
-            engine.start_call(now, callees, call_type, MediaType::Audio, CallOptions::default()).unwrap();
-        match c.wait_request(node, idx, id) {
-            Ok(ResponseBody::Started { call, busy }) => {
-                assert!(busy.is_empty(), "nobody is busy: {busy:?}");
-                call.call_id
-            }
-            other => panic!("start_call answered {other:?}"),
-        }
+        let (call, busy) = c.start_call(node, idx, callees, call_type, CallOptions::default());
+        assert!(busy.is_empty(), "nobody is busy: {busy:?}");
+        call
     }
 
     fn accept(c: &mut Cluster, node: usize, idx: usize, call: &CallId) {
-        let now = c.device_now(node, idx);
-        let id = c.nodes[node].devices[idx].engine.accept(now, call).unwrap();
-        c.wait_request(node, idx, id).unwrap();
+        c.accept(node, idx, call);
     }
 
     fn rings(c: &mut Cluster, node: usize, idx: usize, call: &CallId) {
-        let call2 = call.clone();
-        c.run_until(2_000, "the callee rings", move |c| c.nodes[node].incoming(idx).as_ref() == Some(&call2));
+        c.rings(node, idx, call);
     }
 
     fn records_for(c: &Cluster, call: &CallId) -> Vec<String> {

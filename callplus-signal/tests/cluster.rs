@@ -215,6 +215,46 @@ async fn a_killed_node_ends_its_devices_legs_on_the_calls_owner() {
     drop(bob);
 }
 
+/// Three nodes on one PostgreSQL and one Redis, a device on each (host on A, bob on B, carol
+/// on C), and a MULTI call host made that bob and carol joined: owned by A, connected for all.
+struct GroupOnThreeNodes {
+    a: Node,
+    b: Node,
+    c: Node,
+    secret: String,
+    host: Client,
+    bob: Client,
+    bob_ev: EventStream,
+    carol: Client,
+    carol_ev: EventStream,
+    group: CallId,
+}
+
+impl GroupOnThreeNodes {
+    async fn start(postgres: &str, redis: &OwnedRedis) -> GroupOnThreeNodes {
+        let a = Node::start(postgres, redis, "node-a").await;
+        let secret = a.value("app secret:");
+        let b = Node::start(postgres, redis, "node-b").await;
+        let c = Node::start(postgres, redis, "node-c").await;
+        let (host, mut host_ev) = a.connect(&secret, "host", "host-phone").await;
+        let (bob, mut bob_ev) = b.connect(&secret, "bob", "bob-phone").await;
+        let (carol, mut carol_ev) = c.connect(&secret, "carol", "carol-phone").await;
+        let group = host
+            .start_call(&["bob", "carol"], CallType::Multi, MediaType::Audio, CallOptions::default())
+            .await;
+        let group = group.expect("start a MULTI call").call_id().clone();
+        assert!(group.as_str().starts_with("node-a_"), "{group:?}");
+        wait_for(&mut bob_ev, "bob rings on B", rings(&group)).await;
+        wait_for(&mut carol_ev, "carol rings on C", rings(&group)).await;
+        bob.accept(&group).await.expect("bob joins from B");
+        carol.accept(&group).await.expect("carol joins from C");
+        wait_for(&mut bob_ev, "bob in the group", connected(&group)).await;
+        wait_for(&mut carol_ev, "carol in the group", connected(&group)).await;
+        wait_for(&mut host_ev, "host in the group", connected(&group)).await;
+        GroupOnThreeNodes { a, b, c, secret, host, bob, bob_ev, carol, carol_ev, group }
+    }
+}
+
 /// The node that owns a live call is killed (SIGKILL) while the call's participants sit on the
 /// two other nodes: both notice the node's liveness key expire, exactly one of them wins the
 /// lost node's takeover lock and ends the call from its saved snapshot, and both participants
@@ -226,27 +266,11 @@ async fn a_killed_node_ends_its_devices_legs_on_the_calls_owner() {
 async fn a_killed_owner_node_has_its_call_ended_for_everyone() {
     let Some(redis) = OwnedRedis::start() else { return };
     let postgres = support::postgres::fresh_database();
-    let mut a = Node::start(&postgres, &redis, "node-a").await;
-    let secret = a.value("app secret:");
-    let b = Node::start(&postgres, &redis, "node-b").await;
-    let c = Node::start(&postgres, &redis, "node-c").await;
-    let (host, mut host_ev) = a.connect(&secret, "host", "host-phone").await;
-    let (bob, mut bob_ev) = b.connect(&secret, "bob", "bob-phone").await;
-    let (carol, mut carol_ev) = c.connect(&secret, "carol", "carol-phone").await;
+    // Every node lives to the end of the test (a dropped `Node` is stopped).
+    let GroupOnThreeNodes { mut a, b: _b, c, secret, host, bob, mut bob_ev, carol, mut carol_ev, group } =
+        GroupOnThreeNodes::start(&postgres, &redis).await;
 
-    // host on A makes a group call, bob (B) and carol (C) join, host leaves: the call goes on
-    // between B's and C's devices, still owned by A.
-    let group =
-        host.start_call(&["bob", "carol"], CallType::Multi, MediaType::Audio, CallOptions::default()).await;
-    let group = group.expect("start a MULTI call").call_id().clone();
-    assert!(group.as_str().starts_with("node-a_"), "{group:?}");
-    wait_for(&mut bob_ev, "bob rings on B", rings(&group)).await;
-    wait_for(&mut carol_ev, "carol rings on C", rings(&group)).await;
-    bob.accept(&group).await.expect("bob joins from B");
-    carol.accept(&group).await.expect("carol joins from C");
-    wait_for(&mut bob_ev, "bob in the group", connected(&group)).await;
-    wait_for(&mut carol_ev, "carol in the group", connected(&group)).await;
-    wait_for(&mut host_ev, "host in the group", connected(&group)).await;
+    // host leaves: the call goes on between B's and C's devices, still owned by A.
     host.hangup(Some(&group)).await.expect("host leaves");
     let live = bob.get_call(&group).await.expect("the call, asked through node B");
     assert!(live.ended_at_ms.is_none(), "{live:?}");
@@ -306,23 +330,19 @@ async fn a_killed_owner_node_has_its_call_ended_for_everyone() {
 async fn a_restarted_owner_ends_its_calls_for_the_participants_on_other_nodes() {
     let Some(redis) = OwnedRedis::start() else { return };
     let postgres = support::postgres::fresh_database();
-    let mut a = Node::start(&postgres, &redis, "node-a").await;
-    let secret = a.value("app secret:");
-    let b = Node::start(&postgres, &redis, "node-b").await;
-    let c = Node::start(&postgres, &redis, "node-c").await;
-    let (host, mut host_ev) = a.connect(&secret, "host", "host-phone").await;
-    let (bob, mut bob_ev) = b.connect(&secret, "bob", "bob-phone").await;
-    let (carol, mut carol_ev) = c.connect(&secret, "carol", "carol-phone").await;
-    let group =
-        host.start_call(&["bob", "carol"], CallType::Multi, MediaType::Audio, CallOptions::default()).await;
-    let group = group.expect("start a MULTI call").call_id().clone();
-    wait_for(&mut bob_ev, "bob rings on B", rings(&group)).await;
-    wait_for(&mut carol_ev, "carol rings on C", rings(&group)).await;
-    bob.accept(&group).await.expect("bob joins from B");
-    carol.accept(&group).await.expect("carol joins from C");
-    wait_for(&mut bob_ev, "bob in the group", connected(&group)).await;
-    wait_for(&mut carol_ev, "carol in the group", connected(&group)).await;
-    wait_for(&mut host_ev, "host in the group", connected(&group)).await;
+    // Every node lives to the end of the test (a dropped `Node` is stopped).
+    let GroupOnThreeNodes {
+        mut a,
+        b: _b,
+        c: _c,
+        secret: _,
+        host,
+        bob,
+        mut bob_ev,
+        carol,
+        mut carol_ev,
+        group,
+    } = GroupOnThreeNodes::start(&postgres, &redis).await;
     // A records read on A runs after every write A queued: the call's snapshot is committed.
     assert!(record_ids(&host).await.is_empty());
 

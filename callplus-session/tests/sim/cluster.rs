@@ -11,11 +11,13 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use callplus_session::client::{ConnectionState, DriverEvent, RequestId};
+use callplus_session::client::{CallOptions, ConnectionState, DriverEvent, RequestId};
 use callplus_session::switchboard::{
     CallMark, NodeMessage, NodeOutput, Output, QueryId, RemoteDevice, SwitchboardConfig, owner_node,
 };
-use callplus_session::{AppKey, CallId, CallInfo, DeviceId, Error, ResponseBody, UserId};
+use callplus_session::{
+    AppKey, CallId, CallInfo, CallType, DeviceId, Error, MediaType, ResponseBody, UserId,
+};
 
 use super::Sim;
 use super::storage::SimStorage;
@@ -404,6 +406,55 @@ impl Cluster {
                 _ => None,
             })
             .unwrap_or_else(|| panic!("request {id} vanished"))
+    }
+
+    /// Device `idx` of `node` starts an AUDIO call to `callees` and waits for the answer: the
+    /// call and the callees reported busy.
+    pub fn start_call(
+        &mut self,
+        node: usize,
+        idx: usize,
+        callees: &[&str],
+        call_type: CallType,
+        options: CallOptions,
+    ) -> (CallId, Vec<UserId>) {
+        let now = self.device_now(node, idx);
+        let engine = &mut self.nodes[node].devices[idx].engine;
+        let id = engine
+            .start_call(now, callees, call_type, MediaType::Audio, options)
+            .unwrap_or_else(|e| panic!("start_call refused: {e:?}"));
+        match self.wait_request(node, idx, id) {
+            Ok(ResponseBody::Started { call, busy }) => (call.call_id, busy),
+            other => panic!("start_call answered {other:?}"),
+        }
+    }
+
+    /// Device `idx` of `node` answers `call` and waits for the answer.
+    pub fn accept(&mut self, node: usize, idx: usize, call: &CallId) {
+        let now = self.device_now(node, idx);
+        let id = self.nodes[node].devices[idx].engine.accept(now, call);
+        let id = id.unwrap_or_else(|e| panic!("accept refused: {e:?}"));
+        if let Err(e) = self.wait_request(node, idx, id) {
+            panic!("accept answered {e:?}");
+        }
+    }
+
+    /// Device `idx` of `node` hangs `call` up and waits for the answer.
+    pub fn hangup(&mut self, node: usize, idx: usize, call: &CallId) {
+        let now = self.device_now(node, idx);
+        let id = self.nodes[node].devices[idx].engine.hangup(now, Some(call), None);
+        let id = id.unwrap_or_else(|e| panic!("hangup refused: {e:?}"));
+        if let Err(e) = self.wait_request(node, idx, id) {
+            panic!("hangup answered {e:?}");
+        }
+    }
+
+    /// Runs until device `idx` of `node` rings for `call`.
+    pub fn rings(&mut self, node: usize, idx: usize, call: &CallId) {
+        let call = call.clone();
+        self.run_until(2_000, "the callee rings", move |c| {
+            c.nodes[node].incoming(idx).as_ref() == Some(&call)
+        });
     }
 
     /// The node is lost (SIGKILL): it runs no more, messages to it are dropped. After
