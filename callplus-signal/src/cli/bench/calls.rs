@@ -84,22 +84,16 @@ pub(crate) async fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<Rep
     let users = args.users - args.users % 2;
     let tag: String = rand::rng().sample_iter(rand::distr::Alphanumeric).take(6).map(char::from).collect();
     let began = Instant::now();
-    let mut pairs = match args.call_client {
+    let mut pairs: Vec<Pair> = match args.call_client {
         CallClient::Client => {
-            let mut parties = connect_users(args, target, &format!("bench-{tag}"), users).await?;
-            let mut pairs = Vec::with_capacity(users / 2);
-            while let (Some(callee), Some(caller)) = (parties.pop(), parties.pop()) {
-                pairs.push(Pair::Full(FullPair { caller, callee }));
-            }
-            pairs
+            let parties = connect_users(args, target, &format!("bench-{tag}"), users).await?;
+            neighbours(parties).map(|(caller, callee)| Pair::Full(FullPair { caller, callee })).collect()
         }
         CallClient::Raw => {
-            let mut parties = connect_raw_users(args, target, &format!("bench-{tag}"), users).await?;
-            let mut pairs = Vec::with_capacity(users / 2);
-            while let (Some(callee), Some(caller)) = (parties.pop(), parties.pop()) {
-                pairs.push(Pair::Raw(Box::new(RawPair { caller, callee })));
-            }
-            pairs
+            let parties = connect_raw_users(args, target, &format!("bench-{tag}"), users).await?;
+            neighbours(parties)
+                .map(|(caller, callee)| Pair::Raw(Box::new(RawPair { caller, callee })))
+                .collect()
         }
     };
     eprintln!("bench: {users} users connected in {:.2} s", began.elapsed().as_secs_f64());
@@ -189,21 +183,36 @@ async fn connect_users(
         set.spawn(async move {
             let _permit = gate.acquire_owned().await;
             let connected = Client::connect(&endpoint, &token, ClientOptions::default().with_tls(tls)).await;
-            (user, connected)
+            (i, user, connected)
         });
     }
     let mut parties = Vec::with_capacity(n);
     let mut failed = Reasons::new();
     while let Some(joined) = set.join_next().await {
         match joined? {
-            (user, Ok((client, events))) => parties.push(Party { client, events, user }),
-            (_, Err(e)) => *failed.entry(reason("connect", &e)).or_default() += 1,
+            (i, user, Ok((client, events))) => parties.push((i, Party { client, events, user })),
+            (_, _, Err(e)) => *failed.entry(reason("connect", &e)).or_default() += 1,
         }
     }
     if !failed.is_empty() {
         bail!("{} of {n} users could not connect: {}", n - parties.len(), reasons_line(&failed));
     }
-    Ok(parties)
+    Ok(in_user_order(parties))
+}
+
+/// (caller, callee) pairs of neighbours in `parties`: users 0 and 1, 2 and 3, …
+fn neighbours<P>(parties: Vec<P>) -> impl Iterator<Item = (P, P)> {
+    let mut parties = parties.into_iter();
+    std::iter::from_fn(move || Some((parties.next()?, parties.next()?)))
+}
+
+/// The parties in the order of their user numbers, not the order they finished connecting:
+/// neighbours are paired, and user `i` connects to server `i` mod N
+/// ([`Target::endpoint_for`]), so with several servers every pair's caller and callee are on
+/// different nodes and every call crosses nodes.
+fn in_user_order<P>(mut parties: Vec<(usize, P)>) -> Vec<P> {
+    parties.sort_by_key(|(i, _)| *i);
+    parties.into_iter().map(|(_, party)| party).collect()
 }
 
 /// Connects `n` raw users (`--call-client raw`).
@@ -221,21 +230,21 @@ async fn connect_raw_users(
         let (endpoint, gate, tls) = (target.endpoint_for(i).to_owned(), gate.clone(), target.tls.clone());
         set.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            RawParty::connect(&endpoint, &tls, user, token).await
+            (i, RawParty::connect(&endpoint, &tls, user, token).await)
         });
     }
     let mut parties = Vec::with_capacity(n);
     let mut failed = Reasons::new();
     while let Some(joined) = set.join_next().await {
         match joined? {
-            Ok(party) => parties.push(party),
-            Err(why) => *failed.entry(why).or_default() += 1,
+            (i, Ok(party)) => parties.push((i, party)),
+            (_, Err(why)) => *failed.entry(why).or_default() += 1,
         }
     }
     if !failed.is_empty() {
         bail!("{} of {n} users could not connect: {}", n - parties.len(), reasons_line(&failed));
     }
-    Ok(parties)
+    Ok(in_user_order(parties))
 }
 
 async fn run_pair(mut pair: Pair, plan: Plan, counters: Arc<Counters>) -> (Pair, Tally) {
@@ -549,5 +558,23 @@ impl Tally {
             format!("  server:                {}", target.describe()),
         ];
         Report { lines, json }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{in_user_order, neighbours};
+
+    #[test]
+    fn with_several_servers_every_pair_spans_two_of_them() {
+        // Users finish connecting in any order; user i is on server i mod 3.
+        let finished = [7, 0, 11, 3, 9, 1, 4, 10, 2, 6, 8, 5];
+        let parties = in_user_order(finished.iter().map(|&i| (i, i)).collect());
+        let pairs: Vec<(usize, usize)> = neighbours(parties).collect();
+        assert_eq!(pairs.len(), 6);
+        for (caller, callee) in pairs {
+            assert_eq!(callee, caller + 1, "neighbours are paired");
+            assert_ne!(caller % 3, callee % 3, "users {caller} and {callee} are on different servers");
+        }
     }
 }
