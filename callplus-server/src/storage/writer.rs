@@ -1,6 +1,7 @@
 //! A dedicated writer thread that batches storage writes.
 
 use std::collections::HashSet;
+use std::collections::hash_map::{Entry, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -97,6 +98,10 @@ pub enum WriteOp {
         app_key: String,
         /// The call's id.
         call_id: String,
+        /// No snapshot of this call can be stored yet: this is the first save of a call this
+        /// process made (not one read back from storage). When a later op of the same batch
+        /// removes a fresh call, neither write is made: the table ends as it was.
+        fresh: bool,
         /// Encodes the snapshot.
         body: Encode,
     },
@@ -131,9 +136,12 @@ impl std::fmt::Debug for WriteOp {
                 .field("call_id", call_id)
                 .field("sync_time", sync_time)
                 .finish(),
-            WriteOp::SaveCall { app_key, call_id, body: _ } => {
-                f.debug_struct("SaveCall").field("app_key", app_key).field("call_id", call_id).finish()
-            }
+            WriteOp::SaveCall { app_key, call_id, fresh, body: _ } => f
+                .debug_struct("SaveCall")
+                .field("app_key", app_key)
+                .field("call_id", call_id)
+                .field("fresh", fresh)
+                .finish(),
             WriteOp::RemoveCalls(keys) => f.debug_tuple("RemoveCalls").field(keys).finish(),
             WriteOp::AliveMark(at_ms) => f.debug_tuple("AliveMark").field(at_ms).finish(),
         }
@@ -155,7 +163,7 @@ impl WriteOp {
                 let row = super::RecordRow { app_key, owner_id, call_id, sync_time, body: body() };
                 (BatchOp::Records(vec![row]), None)
             }
-            WriteOp::SaveCall { app_key, call_id, body } => {
+            WriteOp::SaveCall { app_key, call_id, fresh: _, body } => {
                 (BatchOp::PutCalls(vec![super::CallRow { app_key, call_id, body: body() }]), None)
             }
             WriteOp::RemoveCalls(keys) => (BatchOp::RemoveCalls(keys), None),
@@ -170,7 +178,9 @@ impl WriteOp {
 /// queued within a short commit delay and commits it through [`Storage::apply_batch`] — one
 /// transaction per batch for SQLite — so the write rate grows with load instead of capping it.
 /// Ops are applied in submission order; a call snapshot that a later op of the same batch
-/// replaces or removes is skipped, since only the last state of a call is ever read. A failing
+/// replaces or removes is skipped, since only the last state of a call is ever read, and a
+/// fresh call (see [`WriteOp::SaveCall`]) removed in the batch that first saves it costs the
+/// table no write at all. A failing
 /// op is logged and does not stop the others; failures are also reported by the next
 /// [`flush`](Self::flush).
 ///
@@ -330,7 +340,7 @@ fn run(storage: &dyn Storage, queue: &WriteQueue, commit_delay: Duration, policy
                 Msg::Flush(done) => flushes.push(done),
             }
         }
-        skip_replaced_saves(&mut submitted_ops);
+        coalesce_saves(&mut submitted_ops);
         for op in submitted_ops.drain(..) {
             let (op, reply) = op.into_parts();
             ops.push(op);
@@ -371,27 +381,73 @@ fn run(storage: &dyn Storage, queue: &WriteQueue, commit_delay: Duration, policy
     tracing::debug!("storage writer stopped");
 }
 
-/// Turns every deferred snapshot (`SaveCall`) that a later op of the batch replaces or removes
-/// into an empty write before anything is encoded, so it is never encoded. The op stays in
-/// place (as an empty `PutCalls`), so results still line up with submissions.
-fn skip_replaced_saves(ops: &mut [WriteOp]) {
-    let mut later: HashSet<(String, String)> = HashSet::new();
+/// Coalesces a batch's snapshot writes before anything is encoded:
+///
+/// - every deferred snapshot (`SaveCall`) that a later op of the batch replaces or removes
+///   becomes an empty write, so it is never encoded;
+/// - a fresh call (no snapshot stored before its first save, which is in this batch) whose last
+///   op in the batch removes it is not written either way: its saves are empty writes and its
+///   key leaves the removals. Under load most calls start and end within one commit delay, so
+///   this spares the `active_calls` table a delete per call.
+///
+/// Ops stay in place (emptied), so results still line up with submissions. Records are never
+/// touched: an ended call's records are written whatever happens to its snapshot.
+fn coalesce_saves(ops: &mut [WriteOp]) {
+    /// What a key's ops in the batch look like, seen from its last op backwards.
+    struct Seen {
+        /// The key's last op removes its snapshot.
+        removed_last: bool,
+        /// The key's earliest op so far (backwards) is a fresh `SaveCall`.
+        fresh_first: bool,
+    }
+    let mut seen: HashMap<(String, String), Seen> = HashMap::new();
     for op in ops.iter_mut().rev() {
         match op {
-            WriteOp::SaveCall { app_key, call_id, .. } => {
-                if !later.insert((app_key.clone(), call_id.clone())) {
-                    *op = WriteOp::PutCalls(Vec::new());
+            WriteOp::SaveCall { app_key, call_id, fresh, .. } => {
+                match seen.entry((app_key.clone(), call_id.clone())) {
+                    Entry::Occupied(mut later) => {
+                        later.get_mut().fresh_first = *fresh;
+                        *op = WriteOp::PutCalls(Vec::new());
+                    }
+                    Entry::Vacant(last) => {
+                        last.insert(Seen { removed_last: false, fresh_first: *fresh });
+                    }
                 }
             }
             WriteOp::PutCalls(rows) => {
-                later.extend(rows.iter().map(|row| (row.app_key.clone(), row.call_id.clone())));
+                for row in rows.iter() {
+                    seen.entry((row.app_key.clone(), row.call_id.clone()))
+                        .and_modify(|s| s.fresh_first = false)
+                        .or_insert(Seen { removed_last: false, fresh_first: false });
+                }
             }
-            WriteOp::RemoveCalls(keys) => later.extend(keys.iter().cloned()),
+            WriteOp::RemoveCalls(keys) => {
+                for key in keys.iter() {
+                    seen.entry(key.clone())
+                        .and_modify(|s| s.fresh_first = false)
+                        .or_insert(Seen { removed_last: true, fresh_first: false });
+                }
+            }
             WriteOp::Records(_)
             | WriteOp::Record { .. }
             | WriteOp::Offline { .. }
             | WriteOp::RemoveOffline { .. }
             | WriteOp::AliveMark(_) => {}
+        }
+    }
+    if !seen.values().any(|s| s.removed_last && s.fresh_first) {
+        return;
+    }
+    // Every deferred save of such a key was emptied above (its removal comes later); its
+    // plain puts and its removals are left to drop.
+    let gone = |app_key: &String, call_id: &String| {
+        seen.get(&(app_key.clone(), call_id.clone())).is_some_and(|s| s.removed_last && s.fresh_first)
+    };
+    for op in ops.iter_mut() {
+        match op {
+            WriteOp::RemoveCalls(keys) => keys.retain(|(app_key, call_id)| !gone(app_key, call_id)),
+            WriteOp::PutCalls(rows) => rows.retain(|row| !gone(&row.app_key, &row.call_id)),
+            _ => {}
         }
     }
 }
