@@ -1,6 +1,5 @@
 //! A dedicated writer thread that batches storage writes.
 
-use std::collections::HashSet;
 use std::collections::hash_map::{Entry, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -346,7 +345,6 @@ fn run(storage: &dyn Storage, queue: &WriteQueue, commit_delay: Duration, policy
             ops.push(op);
             replies.push(reply);
         }
-        skip_replaced_snapshots(&mut ops);
         let mut pending_replies = replies.drain(..);
         for chunk in ops.chunks(MAX_OPS_PER_BATCH) {
             let results = apply_retrying(storage, chunk, policy);
@@ -383,96 +381,85 @@ fn run(storage: &dyn Storage, queue: &WriteQueue, commit_delay: Duration, policy
 
 /// Coalesces a batch's snapshot writes before anything is encoded:
 ///
-/// - every deferred snapshot (`SaveCall`) that a later op of the batch replaces or removes
-///   becomes an empty write, so it is never encoded;
+/// - every snapshot (`SaveCall`, or a row of `PutCalls`) that a later op of the batch replaces
+///   or removes is left out (a `SaveCall` becomes an empty write, so it is never encoded): only
+///   the last state of a call is ever read;
 /// - a fresh call (no snapshot stored before its first save, which is in this batch) whose last
-///   op in the batch removes it is not written either way: its saves are empty writes and its
-///   key leaves the removals. Under load most calls start and end within one commit delay, so
-///   this spares the `active_calls` table a delete per call.
+///   op in the batch removes it is not written either way: its saves are left out as above and
+///   its removal too. Under load most calls start and end within one commit delay, so this
+///   spares the `active_calls` table a delete per call.
 ///
 /// Ops stay in place (emptied), so results still line up with submissions. Records are never
-/// touched: an ended call's records are written whatever happens to its snapshot.
+/// touched: an ended call's records are written whatever happens to its snapshot. The keys
+/// are borrowed from the ops while deciding, so nothing is cloned.
 fn coalesce_saves(ops: &mut [WriteOp]) {
-    /// What a key's ops in the batch look like, seen from its last op backwards.
+    /// A key's ops in the batch, seen from its last op backwards.
     struct Seen {
-        /// The key's last op removes its snapshot.
-        removed_last: bool,
+        /// Where the key's last op removes its snapshot: `(op, key)` in a `RemoveCalls`.
+        removed_last: Option<(usize, usize)>,
         /// The key's earliest op so far (backwards) is a fresh `SaveCall`.
         fresh_first: bool,
     }
-    let mut seen: HashMap<(String, String), Seen> = HashMap::new();
-    for op in ops.iter_mut().rev() {
-        match op {
-            WriteOp::SaveCall { app_key, call_id, fresh, .. } => {
-                match seen.entry((app_key.clone(), call_id.clone())) {
-                    Entry::Occupied(mut later) => {
-                        later.get_mut().fresh_first = *fresh;
-                        *op = WriteOp::PutCalls(Vec::new());
+    let mut emptied = Vec::new();
+    let mut dropped: Vec<(usize, usize)> = Vec::new();
+    {
+        let mut seen: HashMap<(&str, &str), Seen> = HashMap::new();
+        for (i, op) in ops.iter().enumerate().rev() {
+            match op {
+                WriteOp::SaveCall { app_key, call_id, fresh, .. } => {
+                    match seen.entry((app_key.as_str(), call_id.as_str())) {
+                        Entry::Occupied(mut later) => {
+                            later.get_mut().fresh_first = *fresh;
+                            emptied.push(i);
+                        }
+                        Entry::Vacant(last) => {
+                            last.insert(Seen { removed_last: None, fresh_first: *fresh });
+                        }
                     }
-                    Entry::Vacant(last) => {
-                        last.insert(Seen { removed_last: false, fresh_first: *fresh });
+                }
+                WriteOp::PutCalls(rows) => {
+                    for (j, row) in rows.iter().enumerate().rev() {
+                        match seen.entry((row.app_key.as_str(), row.call_id.as_str())) {
+                            Entry::Occupied(mut later) => {
+                                later.get_mut().fresh_first = false;
+                                dropped.push((i, j));
+                            }
+                            Entry::Vacant(last) => {
+                                last.insert(Seen { removed_last: None, fresh_first: false });
+                            }
+                        }
                     }
                 }
-            }
-            WriteOp::PutCalls(rows) => {
-                for row in rows.iter() {
-                    seen.entry((row.app_key.clone(), row.call_id.clone()))
-                        .and_modify(|s| s.fresh_first = false)
-                        .or_insert(Seen { removed_last: false, fresh_first: false });
+                WriteOp::RemoveCalls(keys) => {
+                    for (j, (app_key, call_id)) in keys.iter().enumerate().rev() {
+                        seen.entry((app_key.as_str(), call_id.as_str()))
+                            .and_modify(|s| s.fresh_first = false)
+                            .or_insert(Seen { removed_last: Some((i, j)), fresh_first: false });
+                    }
                 }
+                WriteOp::Records(_)
+                | WriteOp::Record { .. }
+                | WriteOp::Offline { .. }
+                | WriteOp::RemoveOffline { .. }
+                | WriteOp::AliveMark(_) => {}
             }
-            WriteOp::RemoveCalls(keys) => {
-                for key in keys.iter() {
-                    seen.entry(key.clone())
-                        .and_modify(|s| s.fresh_first = false)
-                        .or_insert(Seen { removed_last: true, fresh_first: false });
-                }
-            }
-            WriteOp::Records(_)
-            | WriteOp::Record { .. }
-            | WriteOp::Offline { .. }
-            | WriteOp::RemoveOffline { .. }
-            | WriteOp::AliveMark(_) => {}
+        }
+        // A fresh call removed last: its saves are all emptied (the removal comes after them);
+        // the removal goes too. (An earlier removal between two of its saves stays: a no-op.)
+        dropped.extend(seen.values().filter(|s| s.fresh_first).filter_map(|s| s.removed_last));
+    }
+    for i in emptied {
+        if let Some(op) = ops.get_mut(i) {
+            *op = WriteOp::PutCalls(Vec::new());
         }
     }
-    if !seen.values().any(|s| s.removed_last && s.fresh_first) {
-        return;
-    }
-    // Every deferred save of such a key was emptied above (its removal comes later); its
-    // plain puts and its removals are left to drop.
-    let gone = |app_key: &String, call_id: &String| {
-        seen.get(&(app_key.clone(), call_id.clone())).is_some_and(|s| s.removed_last && s.fresh_first)
-    };
-    for op in ops.iter_mut() {
-        match op {
-            WriteOp::RemoveCalls(keys) => keys.retain(|(app_key, call_id)| !gone(app_key, call_id)),
-            WriteOp::PutCalls(rows) => rows.retain(|row| !gone(&row.app_key, &row.call_id)),
+    // Highest positions first, so the earlier positions of the same op stay valid.
+    dropped.sort_unstable_by(|a, b| b.cmp(a));
+    for (i, j) in dropped {
+        match ops.get_mut(i) {
+            Some(WriteOp::PutCalls(rows)) if j < rows.len() => drop(rows.remove(j)),
+            Some(WriteOp::RemoveCalls(keys)) if j < keys.len() => drop(keys.remove(j)),
             _ => {}
-        }
-    }
-}
-
-/// Drops every call snapshot that a later op of the same batch replaces or removes: a call
-/// that starts and ends within one batch then costs the `active_calls` table nothing but its
-/// (no-op) delete. Ops stay in place, so results still line up with submissions.
-fn skip_replaced_snapshots(ops: &mut [BatchOp]) {
-    let mut later: HashSet<(String, String)> = HashSet::new();
-    for op in ops.iter_mut().rev() {
-        match op {
-            BatchOp::PutCalls(rows) => {
-                let keep: Vec<bool> = rows
-                    .iter()
-                    .rev()
-                    .map(|row| later.insert((row.app_key.clone(), row.call_id.clone())))
-                    .collect();
-                let mut keep = keep.into_iter().rev();
-                rows.retain(|_| keep.next().unwrap_or(true));
-            }
-            BatchOp::RemoveCalls(keys) => later.extend(keys.iter().cloned()),
-            BatchOp::Records(_)
-            | BatchOp::Offline { .. }
-            | BatchOp::RemoveOffline { .. }
-            | BatchOp::AliveMark(_) => {}
         }
     }
 }
