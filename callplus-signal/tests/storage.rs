@@ -107,6 +107,8 @@ every_engine!(
     concurrent_reads_and_writes,
     apply_batch_applies_everything_in_order,
     apply_batch_undoes_only_the_failing_op,
+    apply_batch_raises_the_highest_sync_time_to_the_batchs,
+    batch_writer_snapshots_of_calls_fresh_and_stored,
     batch_writer_10k_records_then_flush,
     batch_writer_offline_reply_and_op_order,
     dropping_the_writer_drains_the_queue,
@@ -447,6 +449,137 @@ fn apply_batch_undoes_only_the_failing_op(e: &dyn Engine) {
     assert_eq!(s.max_sync_time().unwrap(), 4);
 }
 
+/// The highest `sync_time` follows every batch of records, whatever their order in the batch,
+/// and is never lowered.
+fn apply_batch_raises_the_highest_sync_time_to_the_batchs(e: &dyn Engine) {
+    {
+        let s = e.open();
+        s.append_records(&[record("a", "u", "c0", 50)]).unwrap();
+        let ops = vec![
+            BatchOp::Records(vec![record("a", "u", "c1", 60)]),
+            BatchOp::PutCalls(vec![call("a", "c1", b"live")]),
+            BatchOp::Records(vec![record("a", "v", "c1", 55), record("a", "u", "c2", 7)]),
+            BatchOp::RemoveCalls(vec![("a".into(), "c1".into())]),
+            BatchOp::AliveMark(1_000),
+        ];
+        let results = s.apply_batch(&ops).unwrap();
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(s.max_sync_time().unwrap(), 60);
+        let times = |owner| {
+            let page = s.page_records("a", owner, FIRST_PAGE, 10, PageOrder::Asc).unwrap();
+            page.rows.iter().map(|r| r.sync_time).collect::<Vec<_>>()
+        };
+        assert_eq!(times("u"), [7, 50, 60]);
+        assert_eq!(times("v"), [55]);
+        assert!(s.active_calls().unwrap().is_empty());
+
+        // A batch of older times leaves it; deleting the newest record does too.
+        assert!(s.apply_batch(&[BatchOp::Records(vec![record("a", "u", "c3", 20)])]).unwrap()[0].is_ok());
+        assert_eq!(s.delete_records("a", "u", &["c1".to_owned()]).unwrap(), 1);
+        assert_eq!(s.max_sync_time().unwrap(), 60);
+        // A batch without records leaves it too.
+        assert!(s.apply_batch(&[BatchOp::AliveMark(2_000)]).unwrap()[0].is_ok());
+        assert_eq!(s.max_sync_time().unwrap(), 60);
+    }
+    assert_eq!(e.open().max_sync_time().unwrap(), 60, "committed with the batch");
+}
+
+/// A deferred snapshot whose body is `state`.
+fn save_call(id: &str, state: &'static str, fresh: bool) -> WriteOp {
+    WriteOp::SaveCall {
+        app_key: "a".into(),
+        call_id: id.into(),
+        fresh,
+        body: Box::new(move || state.as_bytes().to_vec()),
+    }
+}
+
+/// A deferred record of `owner` for call `id`.
+fn record_op(owner: &str, id: &str, sync_time: i64) -> WriteOp {
+    let body = record("a", owner, id, sync_time).body;
+    WriteOp::Record {
+        app_key: "a".into(),
+        owner_id: owner.into(),
+        call_id: id.into(),
+        sync_time,
+        body: Box::new(move || body),
+    }
+}
+
+/// What the writer leaves in `active_calls` for calls made in this process (fresh) and calls
+/// read back from storage, whichever batch they end in.
+fn batch_writer_snapshots_of_calls_fresh_and_stored(e: &dyn Engine) {
+    let storage = e.open();
+    // A call of the last run, still stored.
+    storage.put_active_calls(&[call("a", "old", b"ringing")]).unwrap();
+    let writer = BatchWriter::spawn_with_delay(storage.clone(), std::time::Duration::from_secs(3600));
+
+    // One batch: a call made and ended within it, the stored call saved (ended) and removed,
+    // and a call made that stays live.
+    writer.submit_all(vec![
+        save_call("short", "ringing", true),
+        save_call("old", "ended", false),
+        save_call("short", "on_call", false),
+        record_op("alice", "short", 1),
+        save_call("mid", "ringing", true),
+        record_op("bob", "short", 2),
+        WriteOp::RemoveCalls(vec![("a".into(), "short".into())]),
+        WriteOp::RemoveCalls(vec![("a".into(), "old".into())]),
+        save_call("mid", "on_call", false),
+    ]);
+    writer.flush().unwrap();
+    // The call ended in the batch left no snapshot and both its records; the stored call is
+    // gone; the live call's last state is stored, and a fresh open (what a crash would leave)
+    // finds it.
+    assert_eq!(e.open().active_calls().unwrap(), vec![call("a", "mid", b"on_call")]);
+    for (owner, time) in [("alice", 1), ("bob", 2)] {
+        let page = storage.page_records("a", owner, FIRST_PAGE, 10, PageOrder::Asc).unwrap();
+        assert_eq!(page.rows, vec![record("a", owner, "short", time)], "{owner}");
+    }
+    assert_eq!(storage.max_sync_time().unwrap(), 2);
+
+    // A fresh call ended in a later batch than its first save is removed by that batch.
+    writer.submit_all(vec![
+        record_op("alice", "mid", 3),
+        WriteOp::RemoveCalls(vec![("a".into(), "mid".into())]),
+    ]);
+    writer.flush().unwrap();
+    assert!(e.open().active_calls().unwrap().is_empty());
+    writer.shutdown().unwrap();
+}
+
+/// A fresh call saved and removed within one batch costs `active_calls` no write either way;
+/// a call that was stored before, or that is saved again after its removal, still does.
+#[test]
+fn batch_writer_writes_nothing_for_a_fresh_call_ended_in_its_batch() {
+    let storage = Arc::new(Flaky::new());
+    let writer = BatchWriter::spawn_with_delay(storage.clone(), std::time::Duration::from_secs(3600));
+    writer.submit_all(vec![
+        save_call("short", "ringing", true),
+        record_op("alice", "short", 1),
+        save_call("short", "ended", false),
+        WriteOp::RemoveCalls(vec![("a".into(), "short".into()), ("a".into(), "stored".into())]),
+        save_call("again", "ringing", true),
+        WriteOp::RemoveCalls(vec![("a".into(), "again".into())]),
+        save_call("again", "back", false),
+        save_call("put", "x", true),
+        WriteOp::PutCalls(vec![call("a", "put", b"y")]),
+        WriteOp::RemoveCalls(vec![("a".into(), "put".into())]),
+        WriteOp::PutCalls(vec![call("a", "plain", b"y")]),
+        save_call("plain", "x", true),
+        WriteOp::RemoveCalls(vec![("a".into(), "plain".into())]),
+    ]);
+    writer.flush().unwrap();
+    assert_eq!(*storage.put_rows.lock().unwrap(), ["again=back"]);
+    // `again` was saved after its removal; `plain` was first written by a plain `PutCalls`,
+    // which does not say the call is fresh: their removals stay.
+    assert_eq!(*storage.removed.lock().unwrap(), ["stored", "again", "plain"]);
+    assert_eq!(storage.active_calls().unwrap(), vec![call("a", "again", b"back")]);
+    let page = storage.page_records("a", "alice", FIRST_PAGE, 10, PageOrder::Asc).unwrap();
+    assert_eq!(page.rows, vec![record("a", "alice", "short", 1)], "the records are written");
+    writer.shutdown().unwrap();
+}
+
 #[test]
 fn batch_writer_skips_snapshots_replaced_in_the_same_batch() {
     let storage = Arc::new(Flaky::new());
@@ -485,6 +618,7 @@ fn batch_writer_encodes_only_the_snapshots_it_writes() {
         WriteOp::SaveCall {
             app_key: "a".into(),
             call_id: id.into(),
+            fresh: false,
             body: Box::new(move || {
                 encoded.lock().unwrap().push(format!("{id_owned}={state}"));
                 state.as_bytes().to_vec()
@@ -583,11 +717,13 @@ fn dropping_the_writer_drains_the_queue(e: &dyn Engine) {
 }
 
 /// Wraps SQLite through the trait's provided (op-by-op) `apply_batch`: fails record writes
-/// for the call id `boom`, counts record writes, and notes every call snapshot it is given.
+/// for the call id `boom`, counts record writes, and notes every call snapshot it is given and
+/// every call whose snapshot it is told to remove.
 struct Flaky {
     inner: SqliteStorage,
     record_calls: Mutex<u32>,
     put_rows: Mutex<Vec<String>>,
+    removed: Mutex<Vec<String>>,
 }
 
 impl Flaky {
@@ -596,6 +732,7 @@ impl Flaky {
             inner: SqliteStorage::open_in_memory().unwrap(),
             record_calls: Mutex::new(0),
             put_rows: Mutex::default(),
+            removed: Mutex::default(),
         }
     }
 }
@@ -648,6 +785,7 @@ impl Storage for Flaky {
         self.inner.put_active_calls(rows)
     }
     fn remove_active_calls(&self, keys: &[(String, String)]) -> Result<(), StorageError> {
+        self.removed.lock().unwrap().extend(keys.iter().map(|(_, call_id)| call_id.clone()));
         self.inner.remove_active_calls(keys)
     }
     fn active_calls(&self) -> Result<Vec<CallRow>, StorageError> {

@@ -14,10 +14,11 @@
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::procs::{Group, tree_cpu_s};
 use crate::{Result, cargo, run};
 
 /// Debian packages the comparison needs.
@@ -26,8 +27,6 @@ const PACKAGES: &[&str] = &["redis-server", "postgresql"];
 const UNLIMITED_REQUESTS: &str = "1000000";
 /// How long a started process has to become ready.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a process has to stop after its stop signal before its group is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The banner line `callplus serve` prints last.
 const BANNER_END: &str = "Stop with";
 
@@ -314,7 +313,7 @@ fn run_point(
     let app_key = first.banner.app_key.clone();
     let app_secret = secret.ok_or("the first node did not show the new app's secret")?;
     let urls: Vec<&str> = nodes.iter().map(|n| n.banner.grpc.as_str()).collect();
-    let pids: Vec<String> = nodes.iter().map(|n| n.process.child.id().to_string()).collect();
+    let pids: Vec<String> = nodes.iter().map(|n| n.process.id().to_string()).collect();
     let backing_before = backing.as_ref().map(|_| redis.cpu_s() + postgres.cpu_s());
     let commands_before = backing.as_ref().and_then(|_| redis.commands_processed().ok());
     let out = Command::new(binary)
@@ -349,77 +348,7 @@ fn run_point(
     Ok(point)
 }
 
-// ----- processes --------------------------------------------------------------------------------
-
-/// A child process in a process group of its own. Dropping it sends `stop_signal` to the child,
-/// waits up to [`STOP_TIMEOUT`] for it to exit, then kills the whole group (and reaps it), so no
-/// worker of one point outlives it.
-struct Group {
-    child: Child,
-    stop_signal: &'static str,
-    stopped: bool,
-}
-
-impl Group {
-    fn spawn(what: &str, cmd: &mut Command, stop_signal: &'static str) -> Result<Group> {
-        use std::os::unix::process::CommandExt as _;
-        cmd.stdin(Stdio::null()).process_group(0);
-        let child = cmd.spawn().map_err(|e| format!("cannot start {what}: {e}"))?;
-        Ok(Group { child, stop_signal, stopped: false })
-    }
-
-    /// Stops the process with its stop signal; whether it exited successfully by itself.
-    fn stop(&mut self) -> bool {
-        if self.stopped {
-            return true;
-        }
-        self.stopped = true;
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args([self.stop_signal, &pid]).stderr(Stdio::null()).status();
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        let clean = loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => break status.success(),
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                _ => break false,
-            }
-        };
-        let group = format!("-{pid}");
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        clean
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// CPU seconds (user + system) of `pid`, of its children now running, and of its children
-/// already reaped (`cutime`/`cstime`).
-fn tree_cpu_s(pid: u32) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    let mut total = 0u64;
-    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
-    for entry in entries.flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // pid (comm) state ppid ... utime(14) stime(15) cutime(16) cstime(17)
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let own: Option<u32> = stat.split_whitespace().next().and_then(|p| p.parse().ok());
-        let ppid: Option<u32> = fields.get(1).and_then(|p| p.parse().ok());
-        let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        if own == Some(pid) {
-            total += field(11) + field(12) + field(13) + field(14);
-        } else if ppid == Some(pid) {
-            total += field(11) + field(12);
-        }
-    }
-    total as f64 / ticks
-}
+// ----- ports ------------------------------------------------------------------------------------
 
 /// A port free on 127.0.0.1 right now (the server binds it next).
 fn free_port() -> Result<u16> {
@@ -462,7 +391,7 @@ impl Node {
     fn start(what: &str, cmd: &mut Command) -> Result<Node> {
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut process = Group::spawn(what, cmd, "-TERM")?;
-        let stdout = process.child.stdout.take().ok_or("no stdout from the server")?;
+        let stdout = process.take_stdout().ok_or("no stdout from the server")?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
@@ -496,7 +425,7 @@ impl Node {
 
     /// Stops the node gracefully (SIGTERM: it finishes its storage writes).
     fn stop(mut self) -> Result {
-        let pid = self.process.child.id();
+        let pid = self.process.id();
         if self.process.stop() {
             Ok(())
         } else {
@@ -583,7 +512,7 @@ impl Redis {
     }
 
     fn cpu_s(&self) -> f64 {
-        tree_cpu_s(self.process.child.id())
+        tree_cpu_s(self.process.id())
     }
 }
 
@@ -712,7 +641,7 @@ impl Postgres {
     }
 
     fn cpu_s(&self) -> f64 {
-        tree_cpu_s(self.process.child.id())
+        tree_cpu_s(self.process.id())
     }
 }
 

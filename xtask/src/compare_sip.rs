@@ -9,9 +9,10 @@
 //! comparable; ratios from one run are.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::procs::{Group, tree_cpu_s};
 use crate::{Result, cargo, run};
 
 /// Debian packages the comparison needs.
@@ -105,45 +106,13 @@ pub(crate) fn compare_sip(args: &[String]) -> Result {
     Ok(())
 }
 
-/// A child process, in a process group of its own, killed with the whole group (and reaped)
-/// when dropped. Kamailio forks its worker processes: killing only the main one left the
-/// workers bound to the proxy's port, and the next run's SIPp traffic was split between them.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.0.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(what: &str, cmd: &mut Command) -> Result<Reaped> {
-    use std::os::unix::process::CommandExt as _;
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
-    cmd.spawn().map(Reaped).map_err(|e| format!("cannot start {what}: {e}"))
-}
-
-/// CPU seconds (user + system) of `pid` and every process whose parent it is.
-fn tree_cpu_s(pid: u32) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    let mut total = 0u64;
-    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
-    for entry in entries.flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // pid (comm) state ppid ... utime(14) stime(15)
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let own: Option<u32> = stat.split_whitespace().next().and_then(|p| p.parse().ok());
-        let ppid: Option<u32> = fields.get(1).and_then(|p| p.parse().ok());
-        if own == Some(pid) || ppid == Some(pid) {
-            let utime: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
-            let stime: u64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-            total += utime + stime;
-        }
-    }
-    total as f64 / ticks
+/// Starts `cmd` in a process group of its own, its output discarded; dropping the [`Group`]
+/// kills the whole group at once (and reaps it). Kamailio forks its worker processes: killing
+/// only the main one left the workers bound to the proxy's port, and the next run's SIPp
+/// traffic was split between them.
+fn spawn(what: &str, cmd: &mut Command) -> Result<Group> {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    Group::spawn(what, cmd, "-KILL")
 }
 
 /// Waits until a socket is bound to UDP `port` (read from `/proc/net/udp`: probing with a bind of
@@ -198,7 +167,7 @@ fn sip_point(work: &Path, rate: f64, seconds: u64) -> Result<Point> {
     let stats = work.join(format!("uac-{rate}.csv"));
     let rtt_dir = work.join(format!("rtt-{rate}"));
     std::fs::create_dir_all(&rtt_dir).map_err(|e| e.to_string())?;
-    let cpu_before = tree_cpu_s(proxy.0.id());
+    let cpu_before = tree_cpu_s(proxy.id());
     let start = Instant::now();
     let status = Command::new("sipp")
         .current_dir(&rtt_dir)
@@ -217,7 +186,7 @@ fn sip_point(work: &Path, rate: f64, seconds: u64) -> Result<Point> {
         .status()
         .map_err(|e| format!("cannot run sipp (UAC): {e}"))?;
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu_s = tree_cpu_s(proxy.0.id()) - cpu_before;
+    let cpu_s = tree_cpu_s(proxy.id()) - cpu_before;
     eprintln!("xtask: compare-sip: sipp UAC at {rate}/s exited with {status}");
     let (completed, failed) = sipp_counts(&stats)?;
     Ok(Point {

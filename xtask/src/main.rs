@@ -39,6 +39,7 @@ mod tidy;
 
 mod compare_cluster;
 mod compare_sip;
+mod procs;
 mod web;
 
 use std::path::{Path, PathBuf};

@@ -26,7 +26,7 @@ use callplus_session::switchboard::{
     ConnId, NodeMessage, NodeOutput, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId,
     QueryResult, Switchboard, owner_node,
 };
-use callplus_session::wire::{FrameError, event_to_wire};
+use callplus_session::wire::{self, FrameError, event_to_wire};
 use callplus_session::{
     AppKey, CallId, CallInfo, CallRecord, ClientBody, ClientFrame, Code, DeviceId, Error, Hello,
     MediaPayload, OutFrame, RecordOrder, RecordPage, Response, ServerBody, ServerFrame, UserId,
@@ -222,6 +222,10 @@ pub(crate) struct Driver {
     metrics: Arc<Metrics>,
     /// Calls seen saved and not yet forgotten (counts calls started).
     known_calls: HashSet<(AppKey, CallId)>,
+    /// Calls read back from storage (recovered at start, or taken over from a lost node) and
+    /// not yet forgotten: a snapshot of theirs may be stored, so no save of theirs is fresh
+    /// (see [`WriteOp::SaveCall`]).
+    stored_calls: HashSet<(AppKey, CallId)>,
     /// The clock never goes back for the switchboard.
     last_now: i64,
     /// [`Switchboard::slow_sessions_dropped`] already counted in the metrics.
@@ -258,6 +262,7 @@ impl Driver {
             push,
             metrics,
             known_calls: HashSet::new(),
+            stored_calls: HashSet::new(),
             last_now: 0,
             slow_sessions_seen: 0,
             sfu: None,
@@ -293,10 +298,16 @@ impl Driver {
     pub(crate) fn recover(&mut self, calls: Vec<(AppKey, CallInfo)>, alive_until: Option<i64>) {
         if !calls.is_empty() {
             tracing::info!(calls = calls.len(), ?alive_until, "ending calls interrupted by the last stop");
+            self.note_stored(&calls);
             let now = self.now();
             self.sb.end_recovered_calls(now, alive_until, calls);
         }
         self.drain();
+    }
+
+    /// Notes calls whose snapshots were read from storage (see `stored_calls`).
+    fn note_stored(&mut self, calls: &[(AppKey, CallInfo)]) {
+        self.stored_calls.extend(calls.iter().map(|(app, call)| (app.clone(), call.call_id.clone())));
     }
 
     /// Runs until [`Input::Shutdown`].
@@ -425,6 +436,7 @@ impl Driver {
             NodeInput::TakeoverWon { node } => self.read_lost_calls(node),
             NodeInput::Takeover { node, calls } => {
                 let count = calls.len();
+                self.note_stored(&calls);
                 self.sb.takeover_granted(now, &node, calls);
                 // The ends' writes (records, forgotten snapshots) go to the writer now; the
                 // lock is given back once they are committed, so a node that wins it later
@@ -590,7 +602,7 @@ impl Driver {
                     owner_id: record.owner.as_str().to_owned(),
                     call_id: record.call.call_id.as_str().to_owned(),
                     sync_time: record.sync_time,
-                    body: Box::new(move || pb::CallRecord::from(&record).encode_to_vec()),
+                    body: Box::new(move || wire::call_record_to_vec(&record)),
                 });
             }
             Output::StoreOffline { app, user, event } => {
@@ -621,17 +633,24 @@ impl Driver {
             }
             Output::SaveCall { app, call } => {
                 let (app_key, call_id) = (app.as_str().to_owned(), call.call_id.as_str().to_owned());
-                if self.known_calls.insert((app, call.call_id.clone())) {
+                let key = (app, call.call_id.clone());
+                // The first save of a call this process made: nothing of it is stored yet.
+                let fresh = !self.stored_calls.contains(&key);
+                let first = self.known_calls.insert(key);
+                if first {
                     self.metrics.calls_started.inc();
                 }
+                let fresh = fresh && first;
                 // Encoded on the storage writer's thread, and only if no later write of its
                 // batch replaces it (see `storage::Encode`).
-                let body: Encode = Box::new(move || pb::CallInfo::from(&call).encode_to_vec());
-                self.writes.push(WriteOp::SaveCall { app_key, call_id, body });
+                let body: Encode = Box::new(move || wire::call_info_to_vec(&call));
+                self.writes.push(WriteOp::SaveCall { app_key, call_id, fresh, body });
             }
             Output::ForgetCall { app, call_id } => {
                 let key = (app.as_str().to_owned(), call_id.as_str().to_owned());
-                self.known_calls.remove(&(app, call_id));
+                let call = (app, call_id);
+                self.known_calls.remove(&call);
+                self.stored_calls.remove(&call);
                 self.writes.push(WriteOp::RemoveCalls(vec![key]));
             }
             Output::Push(request) => match &self.push {
@@ -1024,6 +1043,49 @@ mod tests {
             duration_ms: 500,
             sync_time: 7,
         }
+    }
+
+    /// A call this process made costs `active_calls` nothing when it ends in the batch that
+    /// first saves it, but is stored once a batch commits it live (what a crash then finds); a
+    /// call read back from storage is removed however quickly it is saved and forgotten.
+    #[tokio::test]
+    async fn snapshots_of_fresh_and_stored_calls_saved_and_forgotten() {
+        let (mut driver, storage, writer) = test_driver();
+        let app = AppKey::new("app_test").unwrap();
+        let alice = UserId::new("alice").unwrap();
+        let snapshot = |id: &str| ended_call_record(&alice, &CallId::new(id).unwrap()).call;
+        let save = |driver: &mut Driver, id: &str| {
+            driver.act(Output::SaveCall { app: app.clone(), call: snapshot(id) });
+        };
+        let forget = |driver: &mut Driver, id: &str| {
+            driver.act(Output::ForgetCall { app: app.clone(), call_id: CallId::new(id).unwrap() });
+        };
+        let stored = || storage.active_calls().unwrap().into_iter().map(|c| c.call_id).collect::<Vec<_>>();
+
+        // A call of the last run, still stored, and read back (as `recover` does).
+        storage
+            .put_active_calls(&[crate::storage::CallRow {
+                app_key: app.as_str().into(),
+                call_id: "old".into(),
+                body: b"old snapshot".to_vec(),
+            }])
+            .unwrap();
+        driver.note_stored(&[(app.clone(), snapshot("old"))]);
+        // In one batch: it is saved and forgotten, and a call made here starts and ends.
+        save(&mut driver, "old");
+        save(&mut driver, "short");
+        forget(&mut driver, "short");
+        forget(&mut driver, "old");
+        // A call made here stays live.
+        save(&mut driver, "live");
+        driver.submit_writes();
+        writer.flush().unwrap();
+        assert_eq!(stored(), ["live"]);
+
+        forget(&mut driver, "live");
+        driver.submit_writes();
+        writer.flush().unwrap();
+        assert!(stored().is_empty());
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use std::sync::{Arc, mpsc};
 
 use tokio::runtime::Runtime;
 use tokio::sync::{Mutex, MutexGuard};
-use tokio_postgres::{Client, Config, GenericClient, NoTls};
+use tokio_postgres::{Client, Config, GenericClient, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
@@ -197,30 +197,110 @@ async fn set_alive_mark_in(c: &impl GenericClient, at_ms: i64) -> Result<(), Sto
     Ok(())
 }
 
+const UPSERT_RECORD: &str = "INSERT INTO records (app_key, owner_id, call_id, sync_time, body)
+     VALUES ($1, $2, $3, $4, $5)
+     ON CONFLICT (app_key, owner_id, call_id)
+     DO UPDATE SET sync_time = excluded.sync_time, body = excluded.body";
+
+const RAISE_MAX_SYNC_TIME: &str = "INSERT INTO meta (key, value) VALUES ('max_sync_time', $1)
+     ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, excluded.value)";
+
+const UPSERT_CALL: &str = "INSERT INTO active_calls (app_key, call_id, body) VALUES ($1, $2, $3)
+     ON CONFLICT (app_key, call_id) DO UPDATE SET body = excluded.body";
+
+const DELETE_CALL: &str = "DELETE FROM active_calls WHERE app_key = $1 AND call_id = $2";
+
 async fn append_records_in(c: &impl GenericClient, rows: &[RecordRow]) -> Result<(), StorageError> {
     if rows.is_empty() {
         return Ok(());
     }
-    let stmt = c
-        .prepare(
-            "INSERT INTO records (app_key, owner_id, call_id, sync_time, body)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (app_key, owner_id, call_id)
-             DO UPDATE SET sync_time = excluded.sync_time, body = excluded.body",
-        )
-        .await?;
+    let stmt = c.prepare(UPSERT_RECORD).await?;
     let mut max = i64::MIN;
     for row in rows {
         c.execute(&stmt, &[&row.app_key, &row.owner_id, &row.call_id, &row.sync_time, &row.body]).await?;
         max = max.max(row.sync_time);
     }
-    c.execute(
-        "INSERT INTO meta (key, value) VALUES ('max_sync_time', $1)
-         ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, excluded.value)",
-        &[&max],
-    )
-    .await?;
+    c.execute(RAISE_MAX_SYNC_TIME, &[&max]).await?;
     Ok(())
+}
+
+/// One batch's writes in one transaction, as [`apply_in`] makes them op by op, with fewer round
+/// trips: the statements of the frequent writes (records, call snapshots) are prepared once
+/// per batch rather than once per op, and the highest `sync_time` is raised once, when the
+/// batch is done, rather than after every op of records.
+#[derive(Default)]
+struct BatchStatements {
+    record: Option<Statement>,
+    put_call: Option<Statement>,
+    remove_call: Option<Statement>,
+    /// The highest `sync_time` written so far in the batch.
+    max_sync_time: Option<i64>,
+}
+
+impl BatchStatements {
+    /// The statement in `slot`, prepared on first use.
+    async fn stmt(
+        c: &impl GenericClient,
+        slot: &mut Option<Statement>,
+        sql: &str,
+    ) -> Result<Statement, StorageError> {
+        if let Some(stmt) = slot {
+            return Ok(stmt.clone());
+        }
+        let stmt = c.prepare(sql).await?;
+        *slot = Some(stmt.clone());
+        Ok(stmt)
+    }
+
+    async fn apply(&mut self, c: &impl GenericClient, op: &BatchOp) -> OpResult {
+        match op {
+            BatchOp::Records(rows) => {
+                if rows.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let stmt = Self::stmt(c, &mut self.record, UPSERT_RECORD).await?;
+                let mut max = self.max_sync_time.unwrap_or(i64::MIN);
+                for row in rows {
+                    c.execute(&stmt, &[&row.app_key, &row.owner_id, &row.call_id, &row.sync_time, &row.body])
+                        .await?;
+                    max = max.max(row.sync_time);
+                }
+                self.max_sync_time = Some(max);
+                Ok(Vec::new())
+            }
+            BatchOp::PutCalls(rows) => {
+                if rows.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let stmt = Self::stmt(c, &mut self.put_call, UPSERT_CALL).await?;
+                for row in rows {
+                    c.execute(&stmt, &[&row.app_key, &row.call_id, &row.body]).await?;
+                }
+                Ok(Vec::new())
+            }
+            BatchOp::RemoveCalls(keys) => {
+                if keys.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let stmt = Self::stmt(c, &mut self.remove_call, DELETE_CALL).await?;
+                for (app_key, call_id) in keys {
+                    c.execute(&stmt, &[app_key, call_id]).await?;
+                }
+                Ok(Vec::new())
+            }
+            BatchOp::Offline { .. } | BatchOp::RemoveOffline { .. } | BatchOp::AliveMark(_) => {
+                apply_in(c, op).await
+            }
+        }
+    }
+
+    /// Raises the stored highest `sync_time` to the batch's; to be done before the commit.
+    async fn finish(self, c: &impl GenericClient) -> Result<(), StorageError> {
+        if let Some(max) = self.max_sync_time {
+            c.execute(RAISE_MAX_SYNC_TIME, &[&max]).await?;
+        }
+        Ok(())
+    }
 }
 
 async fn enqueue_offline_in(
@@ -260,12 +340,7 @@ async fn put_active_calls_in(c: &impl GenericClient, rows: &[CallRow]) -> Result
     if rows.is_empty() {
         return Ok(());
     }
-    let stmt = c
-        .prepare(
-            "INSERT INTO active_calls (app_key, call_id, body) VALUES ($1, $2, $3)
-             ON CONFLICT (app_key, call_id) DO UPDATE SET body = excluded.body",
-        )
-        .await?;
+    let stmt = c.prepare(UPSERT_CALL).await?;
     for row in rows {
         c.execute(&stmt, &[&row.app_key, &row.call_id, &row.body]).await?;
     }
@@ -279,7 +354,7 @@ async fn remove_active_calls_in(
     if keys.is_empty() {
         return Ok(());
     }
-    let stmt = c.prepare("DELETE FROM active_calls WHERE app_key = $1 AND call_id = $2").await?;
+    let stmt = c.prepare(DELETE_CALL).await?;
     for (app_key, call_id) in keys {
         c.execute(&stmt, &[app_key, call_id]).await?;
     }
@@ -563,8 +638,9 @@ impl Storage for PostgresStorage {
         })
     }
 
-    /// Commits the whole batch in one transaction, as SQLite does: applied plainly first, and
-    /// only when an op fails replayed with a savepoint per op, so the failing op is undone alone.
+    /// Commits the whole batch in one transaction, as SQLite does: applied plainly first
+    /// ([`BatchStatements`]), and only when an op fails replayed with a savepoint per op, so the
+    /// failing op is undone alone.
     fn apply_batch(&self, ops: &[BatchOp]) -> Result<Vec<OpResult>, StorageError> {
         let ops = ops.to_vec();
         self.run(|inner| async move {
@@ -573,13 +649,14 @@ impl Storage for PostgresStorage {
             {
                 let tx = client.transaction().await?;
                 let mut results = Vec::with_capacity(ops.len());
+                let mut batch = BatchStatements::default();
                 for op in &ops {
-                    match apply_in(&tx, op).await {
+                    match batch.apply(&tx, op).await {
                         Ok(r) => results.push(Ok(r)),
                         Err(_) => break,
                     }
                 }
-                if results.len() == ops.len() {
+                if results.len() == ops.len() && batch.finish(&tx).await.is_ok() {
                     tx.commit().await?;
                     return Ok(results);
                 }

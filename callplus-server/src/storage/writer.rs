@@ -1,6 +1,6 @@
 //! A dedicated writer thread that batches storage writes.
 
-use std::collections::HashSet;
+use std::collections::hash_map::{Entry, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -97,6 +97,10 @@ pub enum WriteOp {
         app_key: String,
         /// The call's id.
         call_id: String,
+        /// No snapshot of this call can be stored yet: this is the first save of a call this
+        /// process made (not one read back from storage). When a later op of the same batch
+        /// removes a fresh call, neither write is made: the table ends as it was.
+        fresh: bool,
         /// Encodes the snapshot.
         body: Encode,
     },
@@ -131,9 +135,12 @@ impl std::fmt::Debug for WriteOp {
                 .field("call_id", call_id)
                 .field("sync_time", sync_time)
                 .finish(),
-            WriteOp::SaveCall { app_key, call_id, body: _ } => {
-                f.debug_struct("SaveCall").field("app_key", app_key).field("call_id", call_id).finish()
-            }
+            WriteOp::SaveCall { app_key, call_id, fresh, body: _ } => f
+                .debug_struct("SaveCall")
+                .field("app_key", app_key)
+                .field("call_id", call_id)
+                .field("fresh", fresh)
+                .finish(),
             WriteOp::RemoveCalls(keys) => f.debug_tuple("RemoveCalls").field(keys).finish(),
             WriteOp::AliveMark(at_ms) => f.debug_tuple("AliveMark").field(at_ms).finish(),
         }
@@ -155,7 +162,7 @@ impl WriteOp {
                 let row = super::RecordRow { app_key, owner_id, call_id, sync_time, body: body() };
                 (BatchOp::Records(vec![row]), None)
             }
-            WriteOp::SaveCall { app_key, call_id, body } => {
+            WriteOp::SaveCall { app_key, call_id, fresh: _, body } => {
                 (BatchOp::PutCalls(vec![super::CallRow { app_key, call_id, body: body() }]), None)
             }
             WriteOp::RemoveCalls(keys) => (BatchOp::RemoveCalls(keys), None),
@@ -170,7 +177,9 @@ impl WriteOp {
 /// queued within a short commit delay and commits it through [`Storage::apply_batch`] — one
 /// transaction per batch for SQLite — so the write rate grows with load instead of capping it.
 /// Ops are applied in submission order; a call snapshot that a later op of the same batch
-/// replaces or removes is skipped, since only the last state of a call is ever read. A failing
+/// replaces or removes is skipped, since only the last state of a call is ever read, and a
+/// fresh call (see [`WriteOp::SaveCall`]) removed in the batch that first saves it costs the
+/// table no write at all. A failing
 /// op is logged and does not stop the others; failures are also reported by the next
 /// [`flush`](Self::flush).
 ///
@@ -330,13 +339,12 @@ fn run(storage: &dyn Storage, queue: &WriteQueue, commit_delay: Duration, policy
                 Msg::Flush(done) => flushes.push(done),
             }
         }
-        skip_replaced_saves(&mut submitted_ops);
+        coalesce_saves(&mut submitted_ops);
         for op in submitted_ops.drain(..) {
             let (op, reply) = op.into_parts();
             ops.push(op);
             replies.push(reply);
         }
-        skip_replaced_snapshots(&mut ops);
         let mut pending_replies = replies.drain(..);
         for chunk in ops.chunks(MAX_OPS_PER_BATCH) {
             let results = apply_retrying(storage, chunk, policy);
@@ -371,52 +379,87 @@ fn run(storage: &dyn Storage, queue: &WriteQueue, commit_delay: Duration, policy
     tracing::debug!("storage writer stopped");
 }
 
-/// Turns every deferred snapshot (`SaveCall`) that a later op of the batch replaces or removes
-/// into an empty write before anything is encoded, so it is never encoded. The op stays in
-/// place (as an empty `PutCalls`), so results still line up with submissions.
-fn skip_replaced_saves(ops: &mut [WriteOp]) {
-    let mut later: HashSet<(String, String)> = HashSet::new();
-    for op in ops.iter_mut().rev() {
-        match op {
-            WriteOp::SaveCall { app_key, call_id, .. } => {
-                if !later.insert((app_key.clone(), call_id.clone())) {
-                    *op = WriteOp::PutCalls(Vec::new());
+/// Coalesces a batch's snapshot writes before anything is encoded:
+///
+/// - every snapshot (`SaveCall`, or a row of `PutCalls`) that a later op of the batch replaces
+///   or removes is left out (a `SaveCall` becomes an empty write, so it is never encoded): only
+///   the last state of a call is ever read;
+/// - a fresh call (no snapshot stored before its first save, which is in this batch) whose last
+///   op in the batch removes it is not written either way: its saves are left out as above and
+///   its removal too. Under load most calls start and end within one commit delay, so this
+///   spares the `active_calls` table a delete per call.
+///
+/// Ops stay in place (emptied), so results still line up with submissions. Records are never
+/// touched: an ended call's records are written whatever happens to its snapshot. The keys
+/// are borrowed from the ops while deciding, so nothing is cloned.
+fn coalesce_saves(ops: &mut [WriteOp]) {
+    /// A key's ops in the batch, seen from its last op backwards.
+    struct Seen {
+        /// Where the key's last op removes its snapshot: `(op, key)` in a `RemoveCalls`.
+        removed_last: Option<(usize, usize)>,
+        /// The key's earliest op so far (backwards) is a fresh `SaveCall`.
+        fresh_first: bool,
+    }
+    let mut emptied = Vec::new();
+    let mut dropped: Vec<(usize, usize)> = Vec::new();
+    {
+        let mut seen: HashMap<(&str, &str), Seen> = HashMap::new();
+        for (i, op) in ops.iter().enumerate().rev() {
+            match op {
+                WriteOp::SaveCall { app_key, call_id, fresh, .. } => {
+                    match seen.entry((app_key.as_str(), call_id.as_str())) {
+                        Entry::Occupied(mut later) => {
+                            later.get_mut().fresh_first = *fresh;
+                            emptied.push(i);
+                        }
+                        Entry::Vacant(last) => {
+                            last.insert(Seen { removed_last: None, fresh_first: *fresh });
+                        }
+                    }
                 }
+                WriteOp::PutCalls(rows) => {
+                    for (j, row) in rows.iter().enumerate().rev() {
+                        match seen.entry((row.app_key.as_str(), row.call_id.as_str())) {
+                            Entry::Occupied(mut later) => {
+                                later.get_mut().fresh_first = false;
+                                dropped.push((i, j));
+                            }
+                            Entry::Vacant(last) => {
+                                last.insert(Seen { removed_last: None, fresh_first: false });
+                            }
+                        }
+                    }
+                }
+                WriteOp::RemoveCalls(keys) => {
+                    for (j, (app_key, call_id)) in keys.iter().enumerate().rev() {
+                        seen.entry((app_key.as_str(), call_id.as_str()))
+                            .and_modify(|s| s.fresh_first = false)
+                            .or_insert(Seen { removed_last: Some((i, j)), fresh_first: false });
+                    }
+                }
+                WriteOp::Records(_)
+                | WriteOp::Record { .. }
+                | WriteOp::Offline { .. }
+                | WriteOp::RemoveOffline { .. }
+                | WriteOp::AliveMark(_) => {}
             }
-            WriteOp::PutCalls(rows) => {
-                later.extend(rows.iter().map(|row| (row.app_key.clone(), row.call_id.clone())));
-            }
-            WriteOp::RemoveCalls(keys) => later.extend(keys.iter().cloned()),
-            WriteOp::Records(_)
-            | WriteOp::Record { .. }
-            | WriteOp::Offline { .. }
-            | WriteOp::RemoveOffline { .. }
-            | WriteOp::AliveMark(_) => {}
+        }
+        // A fresh call removed last: its saves are all emptied (the removal comes after them);
+        // the removal goes too. (An earlier removal between two of its saves stays: a no-op.)
+        dropped.extend(seen.values().filter(|s| s.fresh_first).filter_map(|s| s.removed_last));
+    }
+    for i in emptied {
+        if let Some(op) = ops.get_mut(i) {
+            *op = WriteOp::PutCalls(Vec::new());
         }
     }
-}
-
-/// Drops every call snapshot that a later op of the same batch replaces or removes: a call
-/// that starts and ends within one batch then costs the `active_calls` table nothing but its
-/// (no-op) delete. Ops stay in place, so results still line up with submissions.
-fn skip_replaced_snapshots(ops: &mut [BatchOp]) {
-    let mut later: HashSet<(String, String)> = HashSet::new();
-    for op in ops.iter_mut().rev() {
-        match op {
-            BatchOp::PutCalls(rows) => {
-                let keep: Vec<bool> = rows
-                    .iter()
-                    .rev()
-                    .map(|row| later.insert((row.app_key.clone(), row.call_id.clone())))
-                    .collect();
-                let mut keep = keep.into_iter().rev();
-                rows.retain(|_| keep.next().unwrap_or(true));
-            }
-            BatchOp::RemoveCalls(keys) => later.extend(keys.iter().cloned()),
-            BatchOp::Records(_)
-            | BatchOp::Offline { .. }
-            | BatchOp::RemoveOffline { .. }
-            | BatchOp::AliveMark(_) => {}
+    // Highest positions first, so the earlier positions of the same op stay valid.
+    dropped.sort_unstable_by(|a, b| b.cmp(a));
+    for (i, j) in dropped {
+        match ops.get_mut(i) {
+            Some(WriteOp::PutCalls(rows)) if j < rows.len() => drop(rows.remove(j)),
+            Some(WriteOp::RemoveCalls(keys)) if j < keys.len() => drop(keys.remove(j)),
+            _ => {}
         }
     }
 }

@@ -56,6 +56,28 @@ pub fn server_frame_to_vec(seq: u64, ack: u64, body: &ServerBody) -> Vec<u8> {
     buf
 }
 
+/// A call record as the protobuf `CallRecord` (the bytes prost writes for the generated
+/// message converted from it): how storage keeps records.
+#[must_use]
+pub fn call_record_to_vec(record: &CallRecord) -> Vec<u8> {
+    message_to_vec(&RecordMsg(record))
+}
+
+/// A call snapshot as the protobuf `CallInfo` (the bytes prost writes for the generated message
+/// converted from it): how storage keeps live calls.
+#[must_use]
+pub fn call_info_to_vec(call: &CallInfo) -> Vec<u8> {
+    message_to_vec(&CallMsg(call))
+}
+
+fn message_to_vec<M: Msg>(message: &M) -> Vec<u8> {
+    let mut len = Len { total: 0, sizes: Sizes::default() };
+    message.fields(&mut len);
+    let mut buf = Vec::with_capacity(len.total);
+    message.fields(&mut Write { buf: &mut buf, sizes: &len.sizes, next: 0 });
+    buf
+}
+
 /// Where fields go: counted or written. Every method writes its field unconditionally; the
 /// free functions below leave out proto3 defaults.
 trait Out {

@@ -349,6 +349,17 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    /// What storage keeps: records and call snapshots on their own, as prost writes them.
+    #[test]
+    fn stored_records_and_snapshots_are_prosts(record in record(), call in call()) {
+        prop_assert_eq!(call_record_to_vec(&record), pb::CallRecord::from(&record).encode_to_vec());
+        prop_assert_eq!(call_info_to_vec(&call), pb::CallInfo::from(&call).encode_to_vec());
+    }
+}
+
 #[test]
 fn every_kind_is_generated() {
     use proptest::strategy::ValueTree;

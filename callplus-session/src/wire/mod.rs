@@ -10,7 +10,9 @@ mod server;
 mod snapshot;
 
 pub use client::FrameError;
-pub use encode::{encode_server_frame, server_frame_len, server_frame_to_vec};
+pub use encode::{
+    call_info_to_vec, call_record_to_vec, encode_server_frame, server_frame_len, server_frame_to_vec,
+};
 pub use server::{event_from_wire, event_to_wire, server_frame_from_wire};
 
 use crate::error::{Code, Error};
