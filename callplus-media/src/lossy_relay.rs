@@ -212,6 +212,7 @@ fn strip_candidates(sdp: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
