@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use callplus_media::inspect::{decode_ogg_opus, dominant_frequency, read_ivf};
-use callplus_media::lossy_relay::LossyRelay;
+use callplus_media::lossy_relay::{ArmedLosses, LossyRelay};
 use callplus_media::vp8::keyframe_dimensions;
 use callplus_media::{
     AudioConfig, CallId, ChannelSink, DeviceId, EncodedSample, IvfSink, MediaAdapter, MediaEvent, MediaKind,
@@ -575,7 +575,8 @@ async fn loss_between_one_subscriber_and_the_sfu_is_repaired_for_that_subscriber
     // nothing of it. This is about NACK, not layers: the publishers send one layer
     // (`WebRtcConfig::simulcast` off), which spares the machine three encoders, so that the
     // repairs are not late for want of CPU.
-    let relay = Arc::new(LossyRelay::start(&DROP_OFFSETS).await.unwrap());
+    let losses = ArmedLosses::new(&DROP_OFFSETS);
+    let relay = Arc::new(LossyRelay::start(losses.policy()).await.unwrap());
     let offers = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = Arc::clone(&offers);
     let bobs_link = Arc::clone(&relay);
@@ -587,8 +588,8 @@ async fn loss_between_one_subscriber_and_the_sfu_is_repaired_for_that_subscriber
         }
         // The SFU is told bob lives at the relay; bob only learns the SFU through it.
         match (from.as_str(), to.as_str()) {
-            ("bob", _) => bobs_link.from_subscriber(payload),
-            (_, "bob") => bobs_link.to_subscriber(payload),
+            ("bob", _) => bobs_link.from_relayed(payload),
+            (_, "bob") => bobs_link.to_relayed(payload),
             _ => Some(payload),
         }
     });
@@ -632,7 +633,7 @@ async fn loss_between_one_subscriber_and_the_sfu_is_repaired_for_that_subscriber
         .expect("bob's reports settle");
     while next_report(&mut net.parties[2]).await != (0, 0, 0) {}
     let before = net.sfu.stats().await.unwrap();
-    relay.arm();
+    losses.arm();
 
     let want = (DROP_OFFSETS.len() * 2) as u32; // alice's and carol's video
     let (recovered, lost, plis) = repairs_reported(&mut net.parties[1], want).await;
@@ -640,7 +641,7 @@ async fn loss_between_one_subscriber_and_the_sfu_is_repaired_for_that_subscriber
     eprintln!(
         "bob reported {recovered} recovered, {lost} given up, {plis} PLIs; sfu before {before:?}, after {after:?}"
     );
-    let losses = relay.losses();
+    let losses = losses.losses();
     assert_eq!(losses.len(), 2, "bob receives two video streams");
     for (ssrc, stream) in &losses {
         eprintln!("relay, stream {ssrc}: {stream:?}");

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use callplus_media::lossy_relay::LossyRelay;
+use callplus_media::lossy_relay::{ArmedLosses, LossyRelay};
 use callplus_media::{ChannelSink, MediaEvent, MediaKind, MediaSink, RemoteFrame, TeeSink, VideoConfig};
 use callplus_session::switchboard::SwitchboardConfig;
 use callplus_session::{CallType, EndReason, ParticipantState, UserId};
@@ -1342,7 +1342,8 @@ async fn loss_between_one_viewer_and_the_sfu_is_repaired_for_that_viewer_only() 
     let (_tmp, dir) = record_dir("sfu-loss");
     let server = TestServer::start(config()).await;
     let endpoint = server.endpoint();
-    let relay = Arc::new(LossyRelay::start(&DROP_OFFSETS).await.unwrap());
+    let losses = ArmedLosses::new(&DROP_OFFSETS);
+    let relay = Arc::new(LossyRelay::start(losses.policy()).await.unwrap());
     let fps = 15;
     let video = VideoConfig { width: 320, height: 240, fps, ..VideoConfig::default() };
     let mut alice =
@@ -1360,8 +1361,8 @@ async fn loss_between_one_viewer_and_the_sfu_is_repaired_for_that_viewer_only() 
                 "bob's media goes to the sfu alone"
             );
             match direction {
-                SignalDirection::Outgoing => bobs_link.from_subscriber(payload),
-                SignalDirection::Incoming => bobs_link.to_subscriber(payload),
+                SignalDirection::Outgoing => bobs_link.from_relayed(payload),
+                SignalDirection::Incoming => bobs_link.to_relayed(payload),
             }
         })
     })
@@ -1388,7 +1389,7 @@ async fn loss_between_one_viewer_and_the_sfu_is_repaired_for_that_viewer_only() 
     let before = frames(&mut at_bob, 10, "alice's video at bob").await;
     let step = steps(&before)[0];
     assert!(steps(&before).iter().all(|s| *s == step), "alice's frames step evenly: {:?}", steps(&before));
-    assert_eq!(relay.losses(), HashMap::new(), "nothing dropped before the relay is armed");
+    assert_eq!(losses.losses(), HashMap::new(), "nothing dropped before the relay is armed");
 
     // Once every report is quiet (the opening key frames and their requests are behind), bob's
     // link starts losing.
@@ -1398,7 +1399,7 @@ async fn loss_between_one_viewer_and_the_sfu_is_repaired_for_that_viewer_only() 
     }
     let _ = frames_waiting(&mut at_bob);
     let _ = frames_waiting(&mut at_carol);
-    relay.arm();
+    losses.arm();
 
     // Bob reports the repairs (or gaps given up instead).
     let want = DROP_OFFSETS.len() as u32;
@@ -1416,7 +1417,7 @@ async fn loss_between_one_viewer_and_the_sfu_is_repaired_for_that_viewer_only() 
     let at_alice_sum = alice.repairs_so_far().await;
     let during_at_bob = frames_waiting(&mut at_bob);
     let during_at_carol = frames_waiting(&mut at_carol);
-    let losses = relay.losses();
+    let losses = losses.losses();
     eprintln!(
         "bob {at_bob_sum:?}, carol {at_carol_sum:?}, alice {at_alice_sum:?}; relay {losses:?}; \
          frames meanwhile at bob {}, at carol {}",
