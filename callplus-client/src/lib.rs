@@ -62,6 +62,8 @@ pub use describe::describe_event;
 pub use media::{
     MediaEventStream, MediaOptions, SinkFactory, SourceFactory, describe_media_event, record_sink,
 };
+#[cfg(feature = "test-hooks")]
+pub use media::{SignalDirection, SignalFilter};
 pub use tls::TlsOptions;
 
 /// What the client tells the app: the engine's events ([events](docs/protocol.md#events) and connection state), every one

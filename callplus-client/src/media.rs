@@ -31,6 +31,8 @@ use callplus_media::{
     OggOpusSink, PeerSpec, StartMedia, TestPatternSource, ToneSource, VideoConfig, WebRtcConfig,
     WebRtcMediaAdapter,
 };
+#[cfg(feature = "test-hooks")]
+use callplus_session::MediaPayload;
 use callplus_session::client::MediaCommand;
 use callplus_session::{CallId, IceServer, MediaKind, MediaType, UserId};
 use tokio::sync::{mpsc, oneshot};
@@ -43,6 +45,24 @@ pub type SourceFactory = Arc<dyn Fn() -> Result<Box<dyn MediaSource>, MediaError
 
 /// Makes the sink for a remote user's audio or video in a call; `None` drops that media.
 pub type SinkFactory = Arc<dyn Fn(&CallId, &UserId, MediaKind) -> Option<Box<dyn MediaSink>> + Send + Sync>;
+
+/// Which way a media signal crosses a [`SignalFilter`].
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalDirection {
+    /// From this device's media stack to the other end (sent through the server).
+    Outgoing,
+    /// From the other end (received from the server) to this device's media stack.
+    Incoming,
+}
+
+/// Test hook (feature `test-hooks`): sees every media signal between the media stack and the
+/// signalling connection, with its direction and the other end's user, and returns what to pass
+/// on (`None` drops it). Lets an end-to-end test put a device's media behind a relay of its own
+/// (`callplus_media::lossy_relay`) by rewriting the ICE candidates both ways.
+#[cfg(feature = "test-hooks")]
+pub type SignalFilter =
+    Arc<dyn Fn(SignalDirection, &UserId, MediaPayload) -> Option<MediaPayload> + Send + Sync>;
 
 /// Media settings of a [`Client`](super::Client): with them, the client sets up WebRTC media by
 /// itself for every call it is connected in.
@@ -62,6 +82,9 @@ pub struct MediaOptions {
     pub sinks: Option<SinkFactory>,
     /// Media events kept for the app before it reads them; when full, the newest are dropped.
     pub event_capacity: usize,
+    /// The test hook on media signals ([`MediaOptions::with_signal_filter_for_tests`]).
+    #[cfg(feature = "test-hooks")]
+    signal_filter: Option<SignalFilter>,
 }
 
 impl std::fmt::Debug for MediaOptions {
@@ -73,7 +96,7 @@ impl std::fmt::Debug for MediaOptions {
             .field("camera", &self.camera.is_some())
             .field("sinks", &self.sinks.is_some())
             .field("event_capacity", &self.event_capacity)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -93,7 +116,20 @@ impl MediaOptions {
             camera: None,
             sinks: None,
             event_capacity: 1024,
+            #[cfg(feature = "test-hooks")]
+            signal_filter: None,
         }
+    }
+
+    /// Test hook (feature `test-hooks`, which no product build turns on): every media signal
+    /// goes through `filter` on its way out of and into the media stack (see [`SignalFilter`]).
+    #[cfg(feature = "test-hooks")]
+    pub fn with_signal_filter_for_tests(
+        mut self,
+        filter: impl Fn(SignalDirection, &UserId, MediaPayload) -> Option<MediaPayload> + Send + Sync + 'static,
+    ) -> Self {
+        self.signal_filter = Some(Arc::new(filter));
+        self
     }
 
     /// [`MediaOptions::new`] with [`WebRtcConfig::loopback`] (ICE on 127.0.0.1 only: tests,
@@ -455,6 +491,20 @@ impl Glue {
         self.client.upgrade().map(|inner| Client { inner })
     }
 
+    /// The test hook's verdict on a media signal (the signal itself without a hook).
+    #[cfg(feature = "test-hooks")]
+    fn filter_signal(
+        &self,
+        direction: SignalDirection,
+        other: &UserId,
+        payload: MediaPayload,
+    ) -> Option<MediaPayload> {
+        match &self.options.signal_filter {
+            Some(filter) => filter(direction, other, payload),
+            None => Some(payload),
+        }
+    }
+
     /// Hands an event to the app (dropped when the app does not keep up).
     fn emit(&self, event: MediaEvent) {
         if let Err(mpsc::error::TrySendError::Full(event)) = self.events.try_send(event) {
@@ -506,6 +556,10 @@ impl Glue {
                 self.set_media_type(&call_id, media_type).await
             }
             MediaCommand::ApplySignal { call_id, from_user, from_device, payload } => {
+                #[cfg(feature = "test-hooks")]
+                let Some(payload) = self.filter_signal(SignalDirection::Incoming, &from_user, payload) else {
+                    return;
+                };
                 if let Err(e) = self.adapter.handle_signal(&call_id, &from_user, &from_device, payload).await
                 {
                     tracing::debug!(call = %call_id, from = %from_user, error = %e, "media signal refused");
@@ -651,6 +705,10 @@ impl Glue {
     fn on_media_event(&mut self, event: MediaEvent) {
         match event {
             MediaEvent::Signal { call_id, to_user, to_device, payload } => {
+                #[cfg(feature = "test-hooks")]
+                let Some(payload) = self.filter_signal(SignalDirection::Outgoing, &to_user, payload) else {
+                    return;
+                };
                 let Some(client) = self.client() else { return };
                 let (c, u, d) = (call_id.clone(), to_user.clone(), to_device.clone());
                 // Queued now, in order (an offer or answer before its candidates).

@@ -23,6 +23,8 @@ mod files;
 pub mod inspect;
 mod keyframe_requests;
 mod level;
+#[cfg(feature = "test-support")]
+pub mod lossy_relay;
 pub mod opus_packet;
 mod pli_pacer;
 mod reorder;

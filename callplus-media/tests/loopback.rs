@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use callplus_media::inspect::{IvfFile, decode_ogg_opus, dominant_frequency, read_ivf};
+use callplus_media::lossy_relay::{DropRtp, LossyRelay, payload_type, sequence_number};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -445,14 +446,6 @@ async fn mesh_beyond_the_limit_is_refused() {
     assert!(matches!(adapter.start(start).await, Err(MediaError::InvalidPeer(..))));
 }
 
-/// Removes candidate lines from an SDP (the test hands out candidates itself).
-fn strip_candidates(sdp: &str) -> String {
-    sdp.split_inclusive('\n').filter(|line| !line.starts_with("a=candidate")).collect()
-}
-
-/// Decides whether the relay drops an RTP packet from alice to bob (given the whole datagram).
-type DropRtp = Box<dyn FnMut(&[u8]) -> bool + Send>;
-
 /// Drops every fifth RTP packet (20 %).
 fn every_fifth() -> DropRtp {
     let mut rtp = 0u64;
@@ -462,73 +455,13 @@ fn every_fifth() -> DropRtp {
     })
 }
 
-/// The RTP payload type of a packet (the header is not encrypted by SRTP).
-fn payload_type(packet: &[u8]) -> u8 {
-    packet[1] & 0x7f
-}
-
-/// A one-way lossy UDP relay standing between alice and bob, like a NAT: alice sees bob at
-/// `facing_alice`, bob sees alice at `facing_bob`. RTP packets from alice to bob for which
-/// `drop_rtp` says so are dropped; STUN, DTLS, RTCP and everything from bob pass.
-async fn lossy_relay(
-    bob: Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
-    mut drop_rtp: DropRtp,
-) -> std::net::SocketAddr {
-    let facing_alice = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let facing_bob = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let address = facing_alice.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut a_buf, mut b_buf) = (vec![0u8; 2048], vec![0u8; 2048]);
-        let mut alice = None;
-        loop {
-            tokio::select! {
-                got = facing_alice.recv_from(&mut a_buf) => {
-                    let Ok((n, from)) = got else { break };
-                    alice = Some(from);
-                    let packet = &a_buf[..n];
-                    // RFC 7983: 128..=191 is RTP/RTCP; RTCP packet types are 192..=223.
-                    let is_rtp = n > 1 && (128..=191).contains(&packet[0]) && !(192..=223).contains(&packet[1]);
-                    if is_rtp && drop_rtp(packet) {
-                        continue;
-                    }
-                    let to = *bob.lock().unwrap();
-                    if let Some(to) = to {
-                        let _ = facing_bob.send_to(packet, to).await;
-                    }
-                }
-                got = facing_bob.recv_from(&mut b_buf) => {
-                    let Ok((n, _)) = got else { break };
-                    if let Some(to) = alice {
-                        let _ = facing_alice.send_to(&b_buf[..n], to).await;
-                    }
-                }
-            }
-        }
-    });
-    address
-}
-
-/// Alice and bob, with everything alice sends to bob going through [`lossy_relay`].
+/// Alice and bob, with everything alice sends to bob going through a [`LossyRelay`] that drops
+/// what `drop_rtp` says: alice sees bob at the relay, bob sees alice only through it.
 async fn relayed_parties(drop_rtp: DropRtp) -> Vec<Party> {
-    let bob_address = Arc::new(std::sync::Mutex::new(None));
-    let relay = lossy_relay(Arc::clone(&bob_address), drop_rtp).await;
-    let filter: SignalFilter = Arc::new(move |from, _to, payload| match payload {
-        MediaPayload::SdpOffer(sdp) => Some(MediaPayload::SdpOffer(strip_candidates(&sdp))),
-        MediaPayload::SdpAnswer(sdp) => Some(MediaPayload::SdpAnswer(strip_candidates(&sdp))),
-        // Bob only learns alice through the relay.
-        MediaPayload::IceCandidate { .. } if from.as_str() == "alice" => None,
-        // Alice is told bob lives at the relay.
-        MediaPayload::IceCandidate { candidate, sdp_mid, sdp_mline_index } => {
-            let mut fields: Vec<String> = candidate.split_whitespace().map(str::to_owned).collect();
-            if fields.len() < 8 || fields[2] != "udp" {
-                return None;
-            }
-            let real = format!("{}:{}", fields[4], fields[5]).parse().ok()?;
-            *bob_address.lock().unwrap() = Some(real);
-            fields[4] = relay.ip().to_string();
-            fields[5] = relay.port().to_string();
-            Some(MediaPayload::IceCandidate { candidate: fields.join(" "), sdp_mid, sdp_mline_index })
-        }
+    let relay = LossyRelay::start(drop_rtp).await.unwrap();
+    let filter: SignalFilter = Arc::new(move |from, _to, payload| match from.as_str() {
+        "bob" => relay.from_relayed(payload),
+        _ => relay.to_relayed(payload),
     });
     parties_with(&["alice", "bob"], WebRtcConfig::loopback(), filter)
 }
@@ -722,11 +655,6 @@ async fn a_lost_key_frame_is_recovered_by_pli() {
 const DROP_AFTER_KEY_FRAME: [u16; 3] = [4, 10, 17];
 /// Frames bob must get, every one of them: well past the last dropped packet.
 const FRAMES_AFTER_LOSS: usize = 30;
-
-/// The sequence number of an RTP packet (the header is not encrypted by SRTP).
-fn sequence_number(packet: &[u8]) -> u16 {
-    u16::from_be_bytes([packet[2], packet[3]])
-}
 
 /// What the relay did to alice's video in [`single_lost_packets_are_repaired_by_retransmission`].
 #[derive(Default)]

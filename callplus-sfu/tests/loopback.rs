@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use callplus_media::inspect::{decode_ogg_opus, dominant_frequency, read_ivf};
+use callplus_media::lossy_relay::{ArmedLosses, LossyRelay};
 use callplus_media::vp8::keyframe_dimensions;
 use callplus_media::{
     AudioConfig, CallId, ChannelSink, DeviceId, EncodedSample, IvfSink, MediaAdapter, MediaEvent, MediaKind,
@@ -537,88 +538,9 @@ async fn a_device_without_its_own_token_cannot_connect() {
     }
 }
 
-/// Removes candidate lines from an SDP (the test hands out candidates itself).
-fn strip_candidates(sdp: &str) -> String {
-    sdp.split_inclusive('\n').filter(|line| !line.starts_with("a=candidate")).collect()
-}
-
-/// The VP8 payload type.
-const VP8_PT: u8 = 96;
 /// Video packets the relay drops once per stream, counted in sequence numbers from the first
 /// packet it saw of that stream after the loss was switched on.
 const DROP_OFFSETS: [u16; 3] = [4, 10, 17];
-
-/// What the relay did to the video the SFU sends bob, per SSRC.
-#[derive(Default)]
-struct LossLog {
-    /// Losses switched on (the test does it once the call is up and quiet).
-    armed: bool,
-    /// Per SSRC: sequence number of the first packet after arming, offsets dropped, offsets
-    /// seen again (retransmissions).
-    streams: HashMap<u32, (u16, Vec<u16>, Vec<u16>)>,
-}
-
-/// A UDP relay between the SFU and bob, dropping the first transmission of a few video packets
-/// from the SFU to bob once armed; everything else (STUN, DTLS, RTCP, resends, bob's packets)
-/// passes. Returns the address the SFU is told bob has.
-async fn lossy_relay(
-    bob: Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
-    log: Arc<std::sync::Mutex<LossLog>>,
-) -> std::net::SocketAddr {
-    let facing_sfu = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let facing_bob = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let address = facing_sfu.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut s_buf, mut b_buf) = (vec![0u8; 2048], vec![0u8; 2048]);
-        let mut sfu = None;
-        loop {
-            tokio::select! {
-                got = facing_sfu.recv_from(&mut s_buf) => {
-                    let Ok((n, from)) = got else { break };
-                    sfu = Some(from);
-                    let packet = &s_buf[..n];
-                    // RFC 7983: 128..=191 is RTP/RTCP; RTCP packet types are 192..=223. The RTP
-                    // header is not encrypted by SRTP.
-                    let is_video = n > 12 && (128..=191).contains(&packet[0]) && packet[1] & 0x7f == VP8_PT;
-                    if is_video && drop_once(&mut log.lock().unwrap(), packet) {
-                        continue;
-                    }
-                    let to = *bob.lock().unwrap();
-                    if let Some(to) = to {
-                        let _ = facing_bob.send_to(packet, to).await;
-                    }
-                }
-                got = facing_bob.recv_from(&mut b_buf) => {
-                    let Ok((n, _)) = got else { break };
-                    if let Some(to) = sfu {
-                        let _ = facing_sfu.send_to(&b_buf[..n], to).await;
-                    }
-                }
-            }
-        }
-    });
-    address
-}
-
-/// Whether the relay drops this video packet (see [`LossLog`]).
-fn drop_once(log: &mut LossLog, packet: &[u8]) -> bool {
-    if !log.armed {
-        return false;
-    }
-    let seq = u16::from_be_bytes([packet[2], packet[3]]);
-    let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
-    let (first, dropped, resent) = log.streams.entry(ssrc).or_insert((seq, Vec::new(), Vec::new()));
-    let offset = seq.wrapping_sub(*first);
-    if !DROP_OFFSETS.contains(&offset) {
-        return false;
-    }
-    if dropped.contains(&offset) {
-        resent.push(offset);
-        return false;
-    }
-    dropped.push(offset);
-    true
-}
 
 /// The sums of (recovered, given up, key-frame requests sent) over `party`'s next reports, once
 /// `recovered` reaches `want` (or the gaps were given up instead).
@@ -653,36 +575,22 @@ async fn loss_between_one_subscriber_and_the_sfu_is_repaired_for_that_subscriber
     // nothing of it. This is about NACK, not layers: the publishers send one layer
     // (`WebRtcConfig::simulcast` off), which spares the machine three encoders, so that the
     // repairs are not late for want of CPU.
-    let bob_address = Arc::new(std::sync::Mutex::new(None));
-    let log = Arc::new(std::sync::Mutex::new(LossLog::default()));
-    let relay = lossy_relay(Arc::clone(&bob_address), Arc::clone(&log)).await;
+    let losses = ArmedLosses::new(&DROP_OFFSETS);
+    let relay = Arc::new(LossyRelay::start(losses.policy()).await.unwrap());
     let offers = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = Arc::clone(&offers);
+    let bobs_link = Arc::clone(&relay);
     let filter: SignalFilter = Arc::new(move |from, to, payload| {
-        let bobs = from.as_str() == "bob" || to.as_str() == "bob";
         if let MediaPayload::SdpOffer(sdp) = &payload
             && to.as_str() == "sfu"
         {
             seen.lock().unwrap().push((from.clone(), sdp.clone()));
         }
-        match payload {
-            MediaPayload::SdpOffer(sdp) if bobs => Some(MediaPayload::SdpOffer(strip_candidates(&sdp))),
-            MediaPayload::SdpAnswer(sdp) if bobs => Some(MediaPayload::SdpAnswer(strip_candidates(&sdp))),
-            // Bob only learns the SFU through the relay.
-            MediaPayload::IceCandidate { .. } if to.as_str() == "bob" => None,
-            // The SFU is told bob lives at the relay.
-            MediaPayload::IceCandidate { candidate, sdp_mid, sdp_mline_index } if from.as_str() == "bob" => {
-                let mut fields: Vec<String> = candidate.split_whitespace().map(str::to_owned).collect();
-                if fields.len() < 8 || fields[2] != "udp" {
-                    return None;
-                }
-                let real = format!("{}:{}", fields[4], fields[5]).parse().ok()?;
-                *bob_address.lock().unwrap() = Some(real);
-                fields[4] = relay.ip().to_string();
-                fields[5] = relay.port().to_string();
-                Some(MediaPayload::IceCandidate { candidate: fields.join(" "), sdp_mid, sdp_mline_index })
-            }
-            other => Some(other),
+        // The SFU is told bob lives at the relay; bob only learns the SFU through it.
+        match (from.as_str(), to.as_str()) {
+            ("bob", _) => bobs_link.from_relayed(payload),
+            (_, "bob") => bobs_link.to_relayed(payload),
+            _ => Some(payload),
         }
     });
     let (_tmp, dir) = record_dir();
@@ -725,7 +633,7 @@ async fn loss_between_one_subscriber_and_the_sfu_is_repaired_for_that_subscriber
         .expect("bob's reports settle");
     while next_report(&mut net.parties[2]).await != (0, 0, 0) {}
     let before = net.sfu.stats().await.unwrap();
-    log.lock().unwrap().armed = true;
+    losses.arm();
 
     let want = (DROP_OFFSETS.len() * 2) as u32; // alice's and carol's video
     let (recovered, lost, plis) = repairs_reported(&mut net.parties[1], want).await;
@@ -733,15 +641,13 @@ async fn loss_between_one_subscriber_and_the_sfu_is_repaired_for_that_subscriber
     eprintln!(
         "bob reported {recovered} recovered, {lost} given up, {plis} PLIs; sfu before {before:?}, after {after:?}"
     );
-    {
-        let log = log.lock().unwrap();
-        assert_eq!(log.streams.len(), 2, "bob receives two video streams");
-        for (ssrc, (_, dropped, resent)) in &log.streams {
-            eprintln!("relay, stream {ssrc}: dropped {dropped:?}, resent {resent:?}");
-            assert_eq!(*dropped, DROP_OFFSETS, "the losses happened");
-            for offset in DROP_OFFSETS {
-                assert!(resent.contains(&offset), "packet {offset} of {ssrc} was never resent by the SFU");
-            }
+    let losses = losses.losses();
+    assert_eq!(losses.len(), 2, "bob receives two video streams");
+    for (ssrc, stream) in &losses {
+        eprintln!("relay, stream {ssrc}: {stream:?}");
+        assert_eq!(stream.dropped, DROP_OFFSETS, "the losses happened");
+        for offset in DROP_OFFSETS {
+            assert!(stream.resent.contains(&offset), "packet {offset} of {ssrc} was never resent by the SFU");
         }
     }
     assert_eq!((recovered, lost, plis), (want, 0, 0), "bob: every loss repaired, no key frame needed");

@@ -1,7 +1,9 @@
 //! The server's switchboard fed arbitrary request sequences from several devices of several
 //! users (in two apps): connects and resumes, well-formed requests on ids it handed out, raw
 //! decoded-or-garbage frames, lost connections, clock jumps, storage answers and a final
-//! shutdown.
+//! shutdown. With an SFU (when the setup says so) MULTI calls are routed through it, and the
+//! SFU's reports come in too: its signals, participant connections failed or up again, against
+//! a media recovery bound (`media_recovery_ms`) the setup picks, from 0 to about a minute.
 //!
 //! Checked: no panic; every connection sees its sequenced frames in order without gaps
 //! (resumes replay exactly the missed ones); after shutdown no call is live.
@@ -13,7 +15,8 @@ use arbitrary::Arbitrary;
 use callplus_proto::prost::Message as _;
 use callplus_proto::v1 as pb;
 use callplus_session::switchboard::{
-    BusyPolicy, DevicePolicy, Output, Query, QueryAnswer, QueryId, Switchboard, SwitchboardConfig,
+    BusyPolicy, DevicePolicy, MediaRouter, Output, Query, QueryAnswer, QueryId, Switchboard,
+    SwitchboardConfig,
 };
 use callplus_session::{
     AppKey, CallId, CallType, ClientBody, ClientFrame, Code, DeviceId, Error, Event, Hello, MediaKind,
@@ -33,6 +36,11 @@ struct Setup {
     single_device: bool,
     small_queues: bool,
     ring_timeout_s: u8,
+    /// Route MULTI calls through an SFU, those made with at most this many participants (mod 4)
+    /// staying a mesh.
+    sfu_mesh_max: Option<u8>,
+    /// `media_recovery_ms`, in ms.
+    media_recovery_ms: u16,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -45,7 +53,16 @@ enum Op {
     Lost { conn: u8 },
     Advance { ms: u32 },
     Complete { query: u8, ok: bool },
+    Sfu { call: u8, user: u8, device: u8, report: SfuReport },
     Shutdown,
+}
+
+/// What the SFU reports about a participant device of a call ([`Op::Sfu`]).
+#[derive(Debug, Arbitrary)]
+enum SfuReport {
+    Signal,
+    Failed,
+    Connected,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -182,10 +199,8 @@ impl World {
                 Ok(ResponseBody::Started { call: info, .. } | ResponseBody::Call(info)) => {
                     call(&info.call_id)
                 }
-                Ok(ResponseBody::Transaction(tx)) => {
-                    if self.transactions.len() < 32 {
-                        self.transactions.push(tx.clone());
-                    }
+                Ok(ResponseBody::Transaction(tx)) if self.transactions.len() < 32 => {
+                    self.transactions.push(tx.clone());
                 }
                 _ => {}
             },
@@ -231,10 +246,8 @@ fn drain(sb: &mut Switchboard, world: &mut World) {
                 world.next_seq.remove(&conn);
                 world.last_rx.remove(&conn);
             }
-            Output::Query { id, query, .. } => {
-                if world.queries.len() < 64 {
-                    world.queries.push((id, query));
-                }
+            Output::Query { id, query, .. } if world.queries.len() < 64 => {
+                world.queries.push((id, query));
             }
             Output::SaveCall { call, .. } => {
                 world.remember(&ServerBody::Response(callplus_session::Response {
@@ -271,11 +284,17 @@ fn send(
 
 fuzz_target!(|input: Input| {
     let Input { setup, ops } = input;
-    let mut config = SwitchboardConfig::default();
-    config.busy_policy = if setup.auto_reject_busy { BusyPolicy::AutoReject } else { BusyPolicy::RingBusy };
-    config.device_policy =
-        if setup.single_device { DevicePolicy::SingleDevice } else { DevicePolicy::MultiDevice };
-    config.ring_timeout_ms = u32::from(setup.ring_timeout_s) * 1000;
+    let mut config = SwitchboardConfig {
+        busy_policy: if setup.auto_reject_busy { BusyPolicy::AutoReject } else { BusyPolicy::RingBusy },
+        device_policy: if setup.single_device {
+            DevicePolicy::SingleDevice
+        } else {
+            DevicePolicy::MultiDevice
+        },
+        ring_timeout_ms: u32::from(setup.ring_timeout_s) * 1000,
+        media_recovery_ms: u32::from(setup.media_recovery_ms),
+        ..SwitchboardConfig::default()
+    };
     if setup.small_queues {
         config.max_unacked_frames = 8;
         config.requests_per_second = 2;
@@ -284,6 +303,14 @@ fuzz_target!(|input: Input| {
         config.max_video_participants = 2;
     }
     let mut sb = Switchboard::new(config);
+    if let Some(mesh_max) = setup.sfu_mesh_max {
+        sb.set_media_router(MediaRouter {
+            sfu_user: UserId::new("sfu").expect("valid"),
+            sfu_device: DeviceId::new("sfu-1").expect("valid"),
+            mesh_max: usize::from(mesh_max % 4),
+            sign: Box::new(|call, user, device| format!("token-{call}-{user}-{device}")),
+        });
+    }
     let mut world = World::default();
     let mut now = START_MS;
     let mut request_id = 0u64;
@@ -359,6 +386,17 @@ fuzz_target!(|input: Input| {
                         Ok(QueryAnswer::Deleted)
                     };
                     sb.complete_query(now, id, result);
+                }
+            }
+            Op::Sfu { call, user: u, device: d, report } => {
+                let (call, user, device) = (world.call(call), user(u), device(d));
+                match report {
+                    SfuReport::Signal => {
+                        let payload = MediaPayload::SdpAnswer("v=0".to_owned());
+                        sb.sfu_signal(now, &call, &user, &device, payload);
+                    }
+                    SfuReport::Failed => sb.sfu_participant_failed(now, &call, &user, &device),
+                    SfuReport::Connected => sb.sfu_participant_connected(now, &call, &user, &device),
                 }
             }
             Op::Shutdown => sb.shutdown(now),

@@ -13,10 +13,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use callplus_media::lossy_relay::{ArmedLosses, LossyRelay};
 use callplus_media::{ChannelSink, MediaEvent, MediaKind, MediaSink, RemoteFrame, TeeSink, VideoConfig};
 use callplus_session::switchboard::SwitchboardConfig;
 use callplus_session::{CallType, EndReason, ParticipantState, UserId};
-use callplus_signal::client::{MediaEventStream, MediaOptions, record_sink};
+use callplus_signal::client::{MediaEventStream, MediaOptions, SignalDirection, record_sink};
 use callplus_tests::{
     ChangeMediaTypeResult, ClientOptions, Event, MediaType, Party, Setup, TcpProxy, TestServer, config,
     connected, ended, received, record_of, remote_state,
@@ -77,6 +78,19 @@ async fn media_party_at(
     video: Option<VideoConfig>,
     root: &Path,
 ) -> MediaParty {
+    media_party_configured(server, endpoint, name, tone, video, root, |media| media).await
+}
+
+/// As [`media_party_at`], the media options passed through `configure` last.
+async fn media_party_configured(
+    server: &TestServer,
+    endpoint: &str,
+    name: &str,
+    tone: f64,
+    video: Option<VideoConfig>,
+    root: &Path,
+    configure: impl FnOnce(MediaOptions) -> MediaOptions,
+) -> MediaParty {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let frames: Receivers = Arc::default();
@@ -93,7 +107,7 @@ async fn media_party_at(
     });
     let options =
         ClientOptions { reconnect_backoff_min: Duration::from_millis(20), ..ClientOptions::default() }
-            .with_media(media);
+            .with_media(configure(media));
     let party =
         Party::connect_with(endpoint, &server.token(name), name, &format!("{name}-phone"), options).await;
     let media = party.client.media_events().expect("the client has media");
@@ -1234,5 +1248,210 @@ async fn six_party_video_call_through_the_sfu_survives_a_leave_and_a_rejoin() {
         let first =
             callplus_media::vp8::keyframe_dimensions(&frames[0]).map(|(w, h)| (u32::from(w), u32::from(h)));
         assert_eq!(first, Some(size), "{}: the first frame is a key frame of the right size", path.display());
+    }
+}
+
+/// Video packets the relay between bob and the SFU drops (their first transmission), counted in
+/// sequence numbers from the first packet of the stream it saw once armed.
+const DROP_OFFSETS: [u16; 3] = [4, 10, 17];
+
+/// Sums over status reports of what the peers (here: the SFU alone) did to video.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct VideoRepairs {
+    /// Packets put back in place (NACK retransmissions, or reordering).
+    recovered: u32,
+    /// Gaps given up.
+    lost: u32,
+    /// Key-frame requests sent.
+    plis_sent: u32,
+    /// Key-frame requests received about our own video.
+    plis_received: u32,
+}
+
+impl VideoRepairs {
+    fn of(event: &MediaEvent) -> VideoRepairs {
+        let MediaEvent::Stats(stats) = event else { return VideoRepairs::default() };
+        stats.per_peer.iter().fold(VideoRepairs::default(), |sum, peer| VideoRepairs {
+            recovered: sum.recovered + peer.video_packets_recovered,
+            lost: sum.lost + peer.video_packets_lost,
+            plis_sent: sum.plis_sent + peer.keyframe_requests_sent,
+            plis_received: sum.plis_received + peer.keyframe_requests_received,
+        })
+    }
+
+    fn add(self, other: VideoRepairs) -> VideoRepairs {
+        VideoRepairs {
+            recovered: self.recovered + other.recovered,
+            lost: self.lost + other.lost,
+            plis_sent: self.plis_sent + other.plis_sent,
+            plis_received: self.plis_received + other.plis_received,
+        }
+    }
+}
+
+impl MediaParty {
+    /// What the next status report says.
+    async fn next_repairs(&mut self) -> VideoRepairs {
+        VideoRepairs::of(&self.expect_media("a status report", is_stats).await)
+    }
+
+    /// Waits for a status report whose interval saw nothing to repair and no key-frame request
+    /// either way (a call's opening key frames are behind).
+    async fn quiet_report(&mut self) {
+        let name = self.party.name.clone();
+        let quiet =
+            timeout(MEDIA_WAIT, async { while self.next_repairs().await != VideoRepairs::default() {} })
+                .await;
+        quiet.unwrap_or_else(|_| panic!("{name}: no quiet status report"));
+    }
+
+    /// The sum of every status report not read yet and of the next one (whose interval is
+    /// running now).
+    async fn repairs_so_far(&mut self) -> VideoRepairs {
+        let mut sum = VideoRepairs::default();
+        for event in std::mem::take(&mut self.backlog) {
+            sum = sum.add(VideoRepairs::of(&event));
+        }
+        while let Some(event) = self.media.try_next() {
+            sum = sum.add(VideoRepairs::of(&event));
+        }
+        sum.add(self.next_repairs().await)
+    }
+}
+
+/// The frames waiting on a sink channel.
+fn frames_waiting(rx: &mut UnboundedReceiver<RemoteFrame>) -> Vec<RemoteFrame> {
+    std::iter::from_fn(|| rx.try_recv().ok()).collect()
+}
+
+/// The RTP timestamp steps between consecutive frames.
+fn steps(frames: &[RemoteFrame]) -> Vec<u32> {
+    frames.windows(2).map(|w| w[1].rtp_timestamp.wrapping_sub(w[0].rtp_timestamp)).collect()
+}
+
+/// Loss between one subscriber and the SFU is repaired for that subscriber alone, through the
+/// real server: alice publishes a camera test pattern (one layer, so that one encoder's load
+/// leaves the repairs their timing), bob and carol watch. Bob's media to and from the SFU goes
+/// through a lossy UDP relay (the client's test hook points his and the SFU's candidates at it);
+/// once the call is up and quiet, the relay drops the first transmission of three of the SFU's
+/// video packets to bob. Bob's stack asks for them (NACK), the SFU resends them from what it
+/// sent him, and every frame he decodes is complete, with none missing; no key frame is asked
+/// for, so alice gets no PLI; carol's reports show nothing to repair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_between_one_viewer_and_the_sfu_is_repaired_for_that_viewer_only() {
+    let (_tmp, dir) = record_dir("sfu-loss");
+    let server = TestServer::start(config()).await;
+    let endpoint = server.endpoint();
+    let losses = ArmedLosses::new(&DROP_OFFSETS);
+    let relay = Arc::new(LossyRelay::start(losses.policy()).await.unwrap());
+    let fps = 15;
+    let video = VideoConfig { width: 320, height: 240, fps, ..VideoConfig::default() };
+    let mut alice =
+        media_party_configured(&server, &endpoint, "alice", 440.0, Some(video), &dir, |mut media| {
+            media.webrtc.simulcast = false;
+            media
+        })
+        .await;
+    let bobs_link = Arc::clone(&relay);
+    let mut bob = media_party_configured(&server, &endpoint, "bob", 660.0, None, &dir, move |media| {
+        media.with_signal_filter_for_tests(move |direction, other, payload| {
+            assert_eq!(
+                other.as_str(),
+                callplus_signal::server::SFU_USER,
+                "bob's media goes to the sfu alone"
+            );
+            match direction {
+                SignalDirection::Outgoing => bobs_link.from_relayed(payload),
+                SignalDirection::Incoming => bobs_link.to_relayed(payload),
+            }
+        })
+    })
+    .await;
+    let mut carol = media_party(&server, "carol", 880.0, None, &dir).await;
+
+    let started = alice
+        .party
+        .client
+        .start_call(&["bob", "carol"], CallType::Multi, MediaType::AudioVideo, Default::default())
+        .await
+        .unwrap();
+    let call = started.call_id().clone();
+    for viewer in [&mut bob, &mut carol] {
+        viewer.party.expect(received(&call), "the invitation").await;
+        viewer.party.client.accept(&call).await.unwrap();
+    }
+    for viewer in [&mut bob, &mut carol] {
+        viewer.expect_media("alice's video", first_frame("alice", MediaKind::Video)).await;
+        viewer.expect_media("a report on the sfu connection alone", only_the_sfu).await;
+    }
+    let mut at_bob = bob.frames_from("alice", MediaKind::Video);
+    let mut at_carol = carol.frames_from("alice", MediaKind::Video);
+    let before = frames(&mut at_bob, 10, "alice's video at bob").await;
+    let step = steps(&before)[0];
+    assert!(steps(&before).iter().all(|s| *s == step), "alice's frames step evenly: {:?}", steps(&before));
+    assert_eq!(losses.losses(), HashMap::new(), "nothing dropped before the relay is armed");
+
+    // Once every report is quiet (the opening key frames and their requests are behind), bob's
+    // link starts losing.
+    for party in [&mut alice, &mut bob, &mut carol] {
+        forget_media_events(party);
+        party.quiet_report().await;
+    }
+    let _ = frames_waiting(&mut at_bob);
+    let _ = frames_waiting(&mut at_carol);
+    losses.arm();
+
+    // Bob reports the repairs (or gaps given up instead).
+    let want = DROP_OFFSETS.len() as u32;
+    let mut at_bob_sum = VideoRepairs::default();
+    timeout(MEDIA_WAIT, async {
+        while at_bob_sum.recovered < want && at_bob_sum.lost == 0 {
+            at_bob_sum = at_bob_sum.add(bob.next_repairs().await);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("bob reported only {at_bob_sum:?}"));
+    // The reports of everyone since the relay was armed, up to one more interval each.
+    let at_bob_sum = at_bob_sum.add(bob.repairs_so_far().await);
+    let at_carol_sum = carol.repairs_so_far().await;
+    let at_alice_sum = alice.repairs_so_far().await;
+    let during_at_bob = frames_waiting(&mut at_bob);
+    let during_at_carol = frames_waiting(&mut at_carol);
+    let losses = losses.losses();
+    eprintln!(
+        "bob {at_bob_sum:?}, carol {at_carol_sum:?}, alice {at_alice_sum:?}; relay {losses:?}; \
+         frames meanwhile at bob {}, at carol {}",
+        during_at_bob.len(),
+        during_at_carol.len()
+    );
+
+    // The losses happened, on bob's link alone (his one video stream), and the SFU resent each.
+    assert_eq!(losses.len(), 1, "bob receives one video stream, through the relay: {losses:?}");
+    for (ssrc, stream) in &losses {
+        assert_eq!(stream.dropped, DROP_OFFSETS, "stream {ssrc}: the losses happened");
+        for offset in DROP_OFFSETS {
+            assert!(stream.resent.contains(&offset), "packet {offset} of {ssrc} was never resent by the SFU");
+        }
+    }
+    // Bob: every loss repaired, no key frame needed; every frame complete and none missing.
+    assert_eq!(
+        (at_bob_sum.recovered, at_bob_sum.lost, at_bob_sum.plis_sent),
+        (want, 0, 0),
+        "bob: {at_bob_sum:?}"
+    );
+    assert!(during_at_bob.len() >= 10, "bob decoded only {} frames meanwhile", during_at_bob.len());
+    assert!(
+        steps(&during_at_bob).iter().all(|s| *s == step),
+        "frames missing at bob: {:?}",
+        steps(&during_at_bob)
+    );
+    // Alice (the publisher) was asked for no key frame.
+    assert_eq!(at_alice_sum.plis_received, 0, "alice: {at_alice_sum:?}");
+    // Carol saw no loss: nothing to repair, nothing asked, every frame there.
+    assert_eq!(at_carol_sum, VideoRepairs::default(), "carol: {at_carol_sum:?}");
+    assert!(steps(&during_at_carol).iter().all(|s| *s == step), "frames missing at carol");
+
+    for party in [&alice, &bob, &carol] {
+        party.party.client.hangup(Some(&call)).await.unwrap_or_default();
     }
 }

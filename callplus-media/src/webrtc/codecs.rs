@@ -16,7 +16,7 @@ use crate::reorder;
 
 /// Payload types we offer.
 pub(super) const OPUS_PT: u8 = 111;
-pub(super) const VP8_PT: u8 = 96;
+pub(crate) const VP8_PT: u8 = 96;
 /// Interceptor slot of the RTCP observer: wire-side of the RR/SR interceptors (10 000 and
 /// 11 000), which consume reports on the way in and create sender reports on the way out.
 pub(super) const RTCP_OBSERVER_SLOT: usize = 9_500;

@@ -47,6 +47,10 @@ use peer::PeerEntry;
 use send::{PumpCmd, Targets, pump};
 use stats::stats_loop;
 
+/// The payload type offered for VP8 (the relay of the `test-support` feature looks for it).
+#[cfg(feature = "test-support")]
+pub(crate) use codecs::VP8_PT;
+
 /// Calls remembered as ended, so their late signals are dropped instead of buffered.
 const ENDED_MEMORY: usize = 64;
 /// Calls whose signals may be buffered before `start`.
