@@ -630,6 +630,30 @@ mod busy_across_owners {
         hangup(&mut c, B, carol, &third);
     }
 
+    /// Redis loses its data: the owner is told (`marks_lost`) and writes its marks again, so a
+    /// callee in its call is busy for a caller on another node as before.
+    #[test]
+    fn marks_lost_with_redis_data_are_written_again() {
+        let mut c = Cluster::new(&NAMES);
+        let alice = c.add_device(A, "alice", "alice-phone");
+        let bob = c.add_device(A, "bob", "bob-phone");
+        let carol = c.add_device(B, "carol", "carol-phone");
+        let (call, _) = start(&mut c, A, alice, "bob");
+        accept(&mut c, A, bob, &call);
+        c.settle();
+        let before = c.in_call.clone();
+        assert_eq!(marks_of(&c, "bob"), 1);
+
+        c.in_call.clear();
+        let now = c.now;
+        c.nodes[A].switchboard.marks_lost(now);
+        c.settle();
+        assert_eq!(c.in_call, before, "every mark is back, as it was");
+        let (second, busy) = start(&mut c, B, carol, "bob");
+        assert_eq!(busy, [user("bob")], "bob is busy across nodes again");
+        hangup(&mut c, B, carol, &second);
+    }
+
     #[test]
     fn auto_reject_ends_a_call_to_a_callee_busy_on_another_owner() {
         let config =

@@ -194,6 +194,66 @@ async fn a_lookup_drops_the_index_fields_of_expired_devices() {
     assert_eq!(index, vec![("phone".to_owned(), "node-a|s1".to_owned())], "the lookup cleaned the index");
 }
 
+/// Waits until `user`'s in-call marks in Redis are `want` (call id, mark).
+async fn marks_become(
+    conn: &redis::aio::ConnectionManager,
+    app: &str,
+    user: &str,
+    want: &[(String, String)],
+) {
+    let key = format!("callplus:{app}:incall:{user}");
+    eventually("the in-call marks", || {
+        let (mut conn, key) = (conn.clone(), key.clone());
+        async move {
+            let marks: Vec<(String, String)> =
+                redis::cmd("HGETALL").arg(key).query_async(&mut conn).await.ok()?;
+            (marks == want).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Redis restarts without its data while a node owns a live call: the node notices its own
+/// liveness key gone and writes the call's in-call marks again (they are what makes a callee
+/// busy for callers on other nodes), without waiting for the call to change.
+#[tokio::test]
+async fn a_node_writes_its_in_call_marks_again_after_redis_lost_them() {
+    use callplus_session::{CallType, DeviceId, MediaType};
+    use callplus_signal::client::{Client, ClientOptions, Event};
+    let Some(mut redis) = OwnedRedis::start() else { return };
+    let serve = Serve::start(&redis, "node-a").await;
+    let url = serve.value("gRPC (devices):");
+    let app = serve.value("app key:");
+    let options = |device: &str| ClientOptions::default().with_device_id(DeviceId::new(device).unwrap());
+    let (alice, _alice_events) =
+        Client::connect(&url, &serve.token("alice"), options("alice-phone")).await.unwrap();
+    let (bob, mut bob_events) =
+        Client::connect(&url, &serve.token("bob"), options("bob-phone")).await.unwrap();
+    let call =
+        alice.start_call(&["bob"], CallType::Single, MediaType::Audio, Default::default()).await.unwrap();
+    let call = call.call_id().clone();
+    loop {
+        match tokio::time::timeout(WAIT, bob_events.next()).await.expect("bob rings").expect("events") {
+            Event::ReceivedCall { session, .. } if session.call_id() == &call => break,
+            _ => continue,
+        }
+    }
+    bob.accept(&call).await.unwrap();
+    let conn = connect(&ClusterConfig::new(&redis.url(), "reader").unwrap().client).await.unwrap();
+    let connected = [(call.as_str().to_owned(), "connected".to_owned())];
+    for user in ["alice", "bob"] {
+        marks_become(&conn, &app, user, &connected).await;
+    }
+
+    redis.stop();
+    redis.resume();
+    for user in ["alice", "bob"] {
+        marks_become(&conn, &app, user, &connected).await;
+    }
+    alice.hangup(Some(&call)).await.unwrap();
+    marks_become(&conn, &app, "bob", &[]).await;
+}
+
 #[tokio::test]
 async fn a_live_node_recovers_when_redis_restarts() {
     let Some(mut redis) = OwnedRedis::start() else { return };

@@ -110,20 +110,23 @@ impl Outbox {
         self.conn.clone()
     }
 
-    /// Marks this node alive for [`ALIVE_TTL`].
+    /// Marks this node alive for [`ALIVE_TTL`]; `false` when the mark was not there any more
+    /// (the node's first mark, or Redis lost its data, or the node went unseen past the TTL):
+    /// what the node keeps in Redis may be gone too.
     ///
     /// # Errors
     /// [`ClusterError::Redis`] when Redis cannot be reached.
-    pub async fn mark_alive(&self) -> Result<(), ClusterError> {
+    pub async fn mark_alive(&self) -> Result<bool, ClusterError> {
         let mut conn = self.conn.clone();
-        redis::cmd("SET")
+        let previous: Option<String> = redis::cmd("SET")
             .arg(alive_key(self.node.as_str()))
             .arg(1)
             .arg("PX")
             .arg(ttl_ms(ALIVE_TTL))
-            .query_async::<()>(&mut conn)
+            .arg("GET")
+            .query_async(&mut conn)
             .await?;
-        Ok(())
+        Ok(previous.is_some())
     }
 }
 

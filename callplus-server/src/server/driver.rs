@@ -433,6 +433,7 @@ impl Driver {
                 let ago = i64::try_from(stopped_ago.as_millis()).unwrap_or(i64::MAX);
                 self.sb.node_lost(now, &node, now.saturating_sub(ago));
             }
+            NodeInput::SharedStateLost => self.sb.marks_lost(now),
             NodeInput::TakeoverWon { node } => self.read_lost_calls(node),
             NodeInput::Takeover { node, calls } => {
                 let count = calls.len();

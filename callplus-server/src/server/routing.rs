@@ -71,6 +71,8 @@ pub(crate) enum NodeInput {
         /// before that expiry. The estimate is within a renewal interval of the truth.
         stopped_ago: Duration,
     },
+    /// What this node keeps in Redis may be gone (its liveness key was): publish it again.
+    SharedStateLost,
     /// This node won the right to end the lost `node`'s calls: read them and end them.
     TakeoverWon { node: String },
     /// The lost `node`'s saved calls, read after winning its takeover lock.
@@ -183,7 +185,18 @@ async fn read_inbox(mut reader: InboxReader, outbox: Outbox, driver: DriverHandl
     loop {
         if marked.is_none_or(|at| at.elapsed() >= ALIVE_EVERY) {
             match outbox.mark_alive().await {
-                Ok(()) => marked = Some(Instant::now()),
+                Ok(was_there) => {
+                    if !was_there && marked.is_some() {
+                        // The key this node renews every second is gone: Redis lost its data
+                        // (or this node went unseen past its TTL). Presence comes back with the
+                        // devices' renewals; the in-call marks are written again now.
+                        tracing::warn!("this node's liveness key was gone; writing its in-call marks again");
+                        if !driver.send(Input::Node(NodeInput::SharedStateLost)).await {
+                            return;
+                        }
+                    }
+                    marked = Some(Instant::now());
+                }
                 Err(e) => tracing::debug!(error = %e, "liveness key not renewed"),
             }
         }

@@ -620,6 +620,17 @@ impl Switchboard {
         self.finish_input(now_ms);
     }
 
+    /// The shared state in Redis was lost (Redis restarted without its data, or this node's
+    /// own liveness key was found gone): every in-call mark this node published is written
+    /// again ([`NodeOutput::InCall`] for each party of each live call it owns), so busy and
+    /// late ringing across nodes keep working without waiting for each call to change.
+    pub fn marks_lost(&mut self, now_ms: i64) {
+        let calls: Vec<CallId> = self.marked.keys().cloned().collect();
+        self.marked.clear();
+        self.net.outputs.touched.extend(calls);
+        self.finish_input(now_ms);
+    }
+
     /// A message from node `from` (read from this node's inbox).
     pub fn handle_node_message(&mut self, now_ms: i64, from: &str, message: NodeMessage) {
         self.init_prefix(now_ms);
