@@ -45,6 +45,11 @@ pub fn payload_type(packet: &[u8]) -> u8 {
     packet[1] & 0x7f
 }
 
+/// Whether an RTP packet carries video (VP8).
+pub fn is_video(packet: &[u8]) -> bool {
+    payload_type(packet) == VP8_PT
+}
+
 /// The RTP sequence number of a packet.
 pub fn sequence_number(packet: &[u8]) -> u16 {
     u16::from_be_bytes([packet[2], packet[3]])

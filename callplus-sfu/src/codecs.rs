@@ -13,7 +13,7 @@ use webrtc::peer_connection::{
 };
 
 use crate::error::SfuError;
-use crate::feedback::KeyframeTap;
+use crate::feedback::FeedbackTap;
 
 /// Payload types, as the clients' media adapter offers them.
 pub(crate) const OPUS_PT: u8 = 111;
@@ -51,8 +51,9 @@ pub(crate) fn vp8_codec() -> RTCRtpCodec {
 /// - NACK responder: keeps the last packets *sent on this connection* and resends what this
 ///   subscriber asks for, so one subscriber's loss is repaired on its own link only;
 /// - NACK generator: asks the publisher for packets missing from what it sends us;
-/// - [`KeyframeTap`]: this subscriber's PLI/FIR go to the SFU, which rate-limits and forwards them.
-pub(crate) fn media_engine_and_interceptors(tap: KeyframeTap) -> Result<(MediaEngine, Registry), SfuError> {
+/// - [`FeedbackTap`]: this subscriber's PLI/FIR go to the SFU, which rate-limits and forwards them,
+///   and the loss its reports give for each forwarded stream (`loss_guard`).
+pub(crate) fn media_engine_and_interceptors(tap: FeedbackTap) -> Result<(MediaEngine, Registry), SfuError> {
     let mut media = MediaEngine::default();
     media.register_codec(
         RTCRtpCodecParameters { rtp_codec: opus_codec(), payload_type: OPUS_PT },

@@ -19,7 +19,7 @@ use webrtc::peer_connection::{
 use crate::codecs::media_engine_and_interceptors;
 use crate::control::{CONTROL_LABEL, ControlMessage};
 use crate::error::SfuError;
-use crate::feedback::KeyframeTap;
+use crate::feedback::{Feedback, FeedbackTap};
 use crate::sfu::{Command, ParticipantKey, SfuEvent};
 
 /// No packet from the device for this long: disconnected (the stack's default is 5 s).
@@ -185,9 +185,13 @@ pub(crate) async fn connect(
         control: StdMutex::new(None),
     });
     let tap_shared = Arc::downgrade(&shared);
-    let tap = KeyframeTap::new(Box::new(move |ssrc: u32, at: Instant| {
+    let tap = FeedbackTap::new(Box::new(move |feedback: Feedback, at: Instant| {
         if let Some(shared) = tap_shared.upgrade() {
-            shared.command(Command::Keyframe { key: shared.key.clone(), ssrc, at });
+            let key = shared.key.clone();
+            shared.command(match feedback {
+                Feedback::Keyframe { ssrc } => Command::Keyframe { key, ssrc, at },
+                Feedback::Loss { ssrc, fraction_lost } => Command::Loss { key, ssrc, fraction_lost, at },
+            });
         }
     }));
     let (media, registry) = media_engine_and_interceptors(tap)?;

@@ -24,6 +24,7 @@ use crate::connection::lock;
 use crate::keyframe_gate::KeyframeGate;
 use crate::layers::{Available, Layer, LayerActivity, LayerSwitch, PacketInfo};
 use crate::levels::{CallLevels, level_from_dbov};
+use crate::loss_guard::LossGuard;
 use crate::vp8::starts_keyframe;
 
 /// Packets a subscriber's copy of one stream may have waiting: about a second of 500 kbit/s video.
@@ -38,6 +39,9 @@ pub(crate) struct TargetState {
     pub(crate) layers: LayerSwitch,
     /// Key-frame requests for this subscriber, its own (PLI/FIR) and its layer switches alike.
     pub(crate) gate: KeyframeGate,
+    /// The loss this subscriber reports about the stream, capping it at the tiny layer while
+    /// its link loses the full one.
+    pub(crate) loss: LossGuard,
 }
 
 /// One subscriber's copy of a published stream.
@@ -84,6 +88,7 @@ impl Target {
             state: StdMutex::new(TargetState {
                 layers: LayerSwitch::new(layer),
                 gate: KeyframeGate::default(),
+                loss: LossGuard::default(),
             }),
         }
     }

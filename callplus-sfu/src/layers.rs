@@ -110,7 +110,11 @@ pub(crate) struct PacketInfo {
 /// One subscriber's copy of one published stream.
 #[derive(Debug)]
 pub(crate) struct LayerSwitch {
+    /// The layer the subscriber asked for.
     wanted: Layer,
+    /// Held at the tiny layer whatever it asked for: its downlink loses the full one
+    /// (`loss_guard`).
+    capped: bool,
     /// What the subscriber gets now: `wanted`, or the other layer while `wanted` sends nothing.
     target: Layer,
     /// The layer being forwarded; `None` before the first packet.
@@ -141,6 +145,7 @@ impl LayerSwitch {
     pub(crate) fn new(wanted: Layer) -> Self {
         LayerSwitch {
             wanted,
+            capped: false,
             target: wanted,
             current: None,
             seq_offset: 0,
@@ -154,7 +159,19 @@ impl LayerSwitch {
     /// The subscriber asks for `layer`; it is switched to at that layer's next key frame.
     pub(crate) fn want(&mut self, layer: Layer) {
         self.wanted = layer;
-        self.target = layer;
+        self.target = self.ceiling();
+    }
+
+    /// Holds the subscriber at the tiny layer (`true`) or lets it have what it asked for again;
+    /// the switch happens at the next key frame of the layer, as for [`LayerSwitch::want`].
+    pub(crate) fn cap(&mut self, capped: bool) {
+        self.capped = capped;
+        self.target = self.ceiling();
+    }
+
+    /// The best layer the subscriber may have: what it asked for, unless capped.
+    fn ceiling(&self) -> Layer {
+        if self.capped { Layer::Tiny } else { self.wanted }
     }
 
     /// The layer a key-frame request for this subscriber must go to: the one it is waiting for,
@@ -176,10 +193,11 @@ impl LayerSwitch {
         available: Available,
         now: Instant,
     ) -> Option<(u16, u32)> {
-        self.target = if available[self.wanted.index()] || !available[self.wanted.other().index()] {
-            self.wanted
+        let ceiling = self.ceiling();
+        self.target = if available[ceiling.index()] || !available[ceiling.other().index()] {
+            ceiling
         } else {
-            self.wanted.other()
+            ceiling.other()
         };
         match self.current {
             Some(current) if current == p.layer => {
@@ -238,6 +256,25 @@ mod tests {
 
     fn packet(layer: Layer, seq: u16, timestamp: u32, marker: bool, keyframe_start: bool) -> PacketInfo {
         PacketInfo { layer, seq, timestamp, marker, keyframe_start }
+    }
+
+    #[test]
+    fn a_cap_holds_a_full_view_at_the_tiny_layer_until_lifted() {
+        let mut s = LayerSwitch::new(Layer::Full);
+        let t0 = Instant::now();
+        assert!(s.on_packet(packet(Layer::Full, 100, 9000, true, true), BOTH, t0).is_some());
+        s.cap(true);
+        assert_eq!(s.keyframe_layer(), Layer::Tiny, "a key frame of the tiny layer is asked for");
+        assert!(s.on_packet(packet(Layer::Full, 101, 12000, true, false), BOTH, t0).is_some(), "until then");
+        assert!(s.on_packet(packet(Layer::Tiny, 7, 12000, false, true), BOTH, t0).is_some(), "switched");
+        assert_eq!(s.on_packet(packet(Layer::Full, 102, 15000, true, true), BOTH, t0), None, "held there");
+        s.want(Layer::Full);
+        assert_eq!(s.keyframe_layer(), Layer::Tiny, "asking again does not lift the cap");
+        s.cap(false);
+        assert_eq!(s.keyframe_layer(), Layer::Full);
+        assert!(s.on_packet(packet(Layer::Tiny, 8, 15000, true, false), BOTH, t0).is_some());
+        assert!(s.on_packet(packet(Layer::Full, 103, 18000, false, true), BOTH, t0).is_some(), "back");
+        assert_eq!(s.switches, 2);
     }
 
     #[test]

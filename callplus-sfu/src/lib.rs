@@ -31,6 +31,7 @@ mod forward;
 pub mod keyframe_gate;
 pub mod layers;
 pub mod levels;
+mod loss_guard;
 mod sfu;
 mod simulcast_sdp;
 mod token;

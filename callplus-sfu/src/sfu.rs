@@ -123,6 +123,10 @@ pub struct SfuStats {
     pub layer_keyframe_requests: u64,
     /// Simulcast layer switches made (a subscriber moved to the tiny or the full layer).
     pub layer_switches: u64,
+    /// Times a subscriber's reported loss held it at the tiny layer of a stream.
+    pub loss_caps: u64,
+    /// Forwarded streams held at the tiny layer by their subscriber's loss now.
+    pub loss_capped_streams: usize,
 }
 
 /// One participant device of one call.
@@ -175,6 +179,14 @@ pub(crate) enum Command {
     Keyframe {
         key: ParticipantKey,
         ssrc: u32,
+        at: Instant,
+    },
+    /// A subscriber reported losing `fraction_lost`/256 of the stream `ssrc` on its
+    /// connection.
+    Loss {
+        key: ParticipantKey,
+        ssrc: u32,
+        fraction_lost: u8,
         at: Instant,
     },
     /// A subscriber chose a layer of a publisher's video (its control channel).
@@ -450,6 +462,7 @@ impl Task {
                     self.hold_paused(&key.call_id);
                 }
                 Command::Keyframe { key, ssrc, at } => self.on_keyframe_request(&key, ssrc, at).await,
+                Command::Loss { key, ssrc, fraction_lost, at } => self.on_loss(&key, ssrc, fraction_lost, at),
                 Command::VideoView { key, publisher, layer } => self.on_video_view(&key, publisher, layer),
             }
         }
@@ -479,7 +492,10 @@ impl Task {
             stats.published_streams += p.published.len();
             stats.forwarded_streams += p.subscriptions.len();
             for s in p.subscriptions.values() {
-                stats.layer_switches += crate::connection::lock(&s.target.state).layers.switches;
+                let state = crate::connection::lock(&s.target.state);
+                stats.layer_switches += state.layers.switches;
+                stats.loss_caps += state.loss.caps;
+                stats.loss_capped_streams += usize::from(state.loss.capped());
             }
         }
         stats
@@ -810,6 +826,28 @@ impl Task {
         tracing::debug!(call = %key.call_id, subscriber = %key.user, publisher = %publisher.0, "sfu: key frame requested");
         if let Err(e) = published.track.write_rtcp(vec![Box::new(pli)]).await {
             tracing::debug!(error = %e, "sfu: PLI not sent");
+        }
+    }
+
+    /// A subscriber reported loss on the video stream `ssrc` forwarded to it: while its link
+    /// loses the full layer it is held at the tiny one (`loss_guard`); the switch happens at the
+    /// layer's next key frame, which the forwarding task asks for.
+    fn on_loss(&mut self, key: &ParticipantKey, ssrc: u32, fraction_lost: u8, at: Instant) {
+        let Ok(subscriber) = self.participant(key) else { return };
+        let Some(((publisher, _), subscription)) = subscriber
+            .subscriptions
+            .iter()
+            .find(|((_, kind), s)| *kind == MediaKind::Video && s.ssrc == ssrc)
+        else {
+            return;
+        };
+        let mut state = crate::connection::lock(&subscription.target.state);
+        if let Some(capped) = state.loss.on_report(fraction_lost, at) {
+            tracing::info!(
+                call = %key.call_id, subscriber = %key.user, publisher = %publisher.0, fraction_lost, capped,
+                "sfu: subscriber's loss moves its layer"
+            );
+            state.layers.cap(capped);
         }
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use callplus_media::inspect::{decode_ogg_opus, dominant_frequency, read_ivf};
-use callplus_media::lossy_relay::{ArmedLosses, LossyRelay};
+use callplus_media::lossy_relay::{ArmedLosses, LossyRelay, is_video, sequence_number, ssrc};
 use callplus_media::vp8::keyframe_dimensions;
 use callplus_media::{
     AudioConfig, CallId, ChannelSink, DeviceId, EncodedSample, IvfSink, MediaAdapter, MediaEvent, MediaKind,
@@ -887,6 +887,115 @@ async fn a_tiny_view_gets_the_low_layer_without_costing_the_others_a_key_frame()
     eprintln!("sfu before {before:?}, after {after:?}");
     assert_eq!(after.layer_switches - before.layer_switches, 2);
     assert!(after.layer_keyframe_requests > before.layer_keyframe_requests);
+    for party in &net.parties {
+        party.adapter.stop(&call).await.unwrap();
+    }
+    net.sfu.end_call(&call).await.unwrap();
+}
+
+/// A link that loses a quarter of the video for good, once armed: every fourth new packet of each
+/// VP8 stream is dropped, and so is every resend of it, so that no repair can hide the loss.
+fn lasting_quarter_loss(armed: Arc<std::sync::atomic::AtomicBool>) -> callplus_media::lossy_relay::DropRtp {
+    let mut seen: HashMap<u32, u64> = HashMap::new();
+    let mut lost: HashSet<(u32, u16)> = HashSet::new();
+    Box::new(move |packet| {
+        if !is_video(packet) || !armed.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
+        let key = (ssrc(packet), sequence_number(packet));
+        if lost.contains(&key) {
+            return true;
+        }
+        let n = seen.entry(key.0).or_default();
+        *n += 1;
+        if (*n).is_multiple_of(4) {
+            lost.insert(key);
+            return true;
+        }
+        false
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_whose_link_loses_the_full_layer_is_held_at_the_tiny_one_alone() {
+    let _turn = ONE_CALL_AT_A_TIME.lock().await;
+    // Bob's link from the SFU loses a quarter of its video for good (resends too). His reports
+    // say so; the SFU holds him at alice's tiny layer, which he never asked for, until his link
+    // has been clean for a while. Carol, on a clean link, keeps the full layer.
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let relay = Arc::new(LossyRelay::start(lasting_quarter_loss(Arc::clone(&armed))).await.unwrap());
+    let bobs_link = Arc::clone(&relay);
+    let filter: SignalFilter = Arc::new(move |from, to, payload| match (from.as_str(), to.as_str()) {
+        ("bob", _) => bobs_link.from_relayed(payload),
+        (_, "bob") => bobs_link.to_relayed(payload),
+        _ => Some(payload),
+    });
+    let (_tmp, dir) = record_dir();
+    let mut net = net_with(&["alice", "bob", "carol"], filter);
+    let call = CallId::new("lossy-layers-call").unwrap();
+    for party in &mut net.parties {
+        equip(party, &dir, &SENDERS).await;
+    }
+    let config = VideoConfig { width: 320, height: 240, fps: 15, ..VideoConfig::default() };
+    net.parties[0].adapter.switch_camera(Box::new(TestPatternSource::new(config).unwrap())).await.unwrap();
+    let users: Vec<UserId> = net.parties.iter().map(|p| p.user.clone()).collect();
+    for i in 0..3 {
+        let others: Vec<UserId> = users.iter().filter(|u| **u != users[i]).cloned().collect();
+        let token = net.sfu.issue_token(&call, &net.parties[i].user, &net.parties[i].device, in_an_hour());
+        net.parties[i].adapter.start(start(&net.parties[i], &call, &others, token)).await.unwrap();
+    }
+    for i in 0..3 {
+        let others: Vec<UserId> = users.iter().filter(|u| **u != users[i]).cloned().collect();
+        first_frames(&mut net.parties[i], &others).await;
+    }
+    let alice = users[0].clone();
+    for viewer in [1, 2] {
+        let (sizes, _) = received_key_frame_sizes(&mut net.parties[viewer], &alice);
+        assert!(!sizes.is_empty() && sizes.iter().all(|s| *s == (320, 240)), "{}: {sizes:?}", users[viewer]);
+    }
+    let before = net.sfu.stats().await.unwrap();
+    assert_eq!(before.loss_capped_streams, 0, "clean links: {before:?}");
+
+    armed.store(true, std::sync::atomic::Ordering::Relaxed);
+    // The SFU caps bob once two of his reports in a row show the loss.
+    let capped = timeout(WAIT, async {
+        loop {
+            let stats = net.sfu.stats().await.unwrap();
+            if stats.loss_capped_streams > 0 {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("bob's loss caps his layer");
+    // Only bob's copies (of alice's and carol's video) can be held: carol's link is clean.
+    assert!(capped.loss_caps > before.loss_caps && capped.loss_capped_streams <= 2, "{capped:?}");
+    // The link heals (a quarter lost for good leaves no frame whole to decode). The cap holds
+    // until bob's reports have been clean for a while: his next key frames are the tiny size.
+    armed.store(false, std::sync::atomic::Ordering::Relaxed);
+    drain_frames(&mut net.parties[1]);
+    let (sizes, frames_before) = key_frame_of_size(&mut net.parties[1], &alice, (160, 120)).await;
+    eprintln!("bob: {sizes:?} then alice's tiny layer after {frames_before} frames; sfu {capped:?}");
+    // Clean for long enough, he gets the full layer back, as he never asked for less.
+    let (sizes, frames_before) = key_frame_of_size(&mut net.parties[1], &alice, (320, 240)).await;
+    eprintln!("bob: {sizes:?} then alice's full layer again after {frames_before} frames");
+    let after = net.sfu.stats().await.unwrap();
+    assert_eq!(after.loss_capped_streams, 0, "the caps are lifted: {after:?}");
+    // Carol keeps receiving alice's full layer: whatever key frames reach her are full size.
+    let rx = net.parties[2].frames.get_mut(&(alice.clone(), MediaKind::Video)).unwrap();
+    let mut sizes = Vec::new();
+    timeout(WAIT, async {
+        for _ in 0..15 {
+            let frame = rx.recv().await.expect("sink dropped");
+            if frame.keyframe {
+                sizes.push(keyframe_dimensions(&frame.data).expect("a key frame has a size"));
+            }
+        }
+    })
+    .await
+    .expect("carol keeps receiving alice's video");
+    assert!(sizes.iter().all(|s| *s == (320, 240)), "carol: {sizes:?}");
     for party in &net.parties {
         party.adapter.stop(&call).await.unwrap();
     }
