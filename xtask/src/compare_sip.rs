@@ -284,7 +284,7 @@ fn callplus_point(rate: f64, seconds: u64, client: &str, system: &'static str) -
 }
 
 /// The table's lines: each anchor point followed by the callplus points at the same rate, each
-/// of those with its CPU per call as a multiple of the anchor's.
+/// of those with its CPU per call as a multiple of the anchor's (when the anchor failed no call).
 fn table(points: &[Point]) -> Vec<String> {
     let mut lines = vec![
         "| system | offered/s | achieved/s | failed | p99 setup | server CPU per call | callplus / anchor CPU |"
@@ -292,7 +292,9 @@ fn table(points: &[Point]) -> Vec<String> {
         "|---|---|---|---|---|---|---|".to_owned(),
     ];
     for group in points.chunks(1 + CALLPLUS_CLIENTS.len()) {
-        let anchor = group.first().and_then(Point::cpu_per_call_us).filter(|&a| a > 0.0);
+        // An anchor that failed calls spent CPU on calls it does not count: no ratio against it.
+        let anchor =
+            group.first().filter(|a| a.failed == 0).and_then(Point::cpu_per_call_us).filter(|&a| a > 0.0);
         for (i, p) in group.iter().enumerate() {
             let ratio = match (i, anchor, p.cpu_per_call_us()) {
                 (0, ..) => String::new(),
@@ -330,22 +332,25 @@ mod tests {
 
     #[test]
     fn each_callplus_framing_is_compared_with_the_anchor_at_its_rate() {
-        let point = |system, offered, completed, cpu_s| Point {
+        let point = |system, offered, completed, failed, cpu_s| Point {
             system,
             offered,
             achieved: offered,
-            failed: 0,
+            failed,
             completed,
             p99_ms: Some(0.5),
             cpu_s,
         };
         let points = [
-            point("Kamailio + SIPp", 1_000.0, 10_000, 1.0),
-            point("callplus (gRPC)", 1_000.0, 10_000, 2.5),
-            point("callplus (WebSocket)", 1_000.0, 10_000, 1.5),
-            point("Kamailio + SIPp", 3_000.0, 30_000, 3.0),
-            point("callplus (gRPC)", 3_000.0, 30_000, 6.0),
-            point("callplus (WebSocket)", 3_000.0, 0, 0.0),
+            point("Kamailio + SIPp", 1_000.0, 10_000, 0, 1.0),
+            point("callplus (gRPC)", 1_000.0, 10_000, 0, 2.5),
+            point("callplus (WebSocket)", 1_000.0, 10_000, 0, 1.5),
+            point("Kamailio + SIPp", 3_000.0, 30_000, 0, 3.0),
+            point("callplus (gRPC)", 3_000.0, 30_000, 0, 6.0),
+            point("callplus (WebSocket)", 3_000.0, 0, 0, 0.0),
+            point("Kamailio + SIPp", 5_000.0, 7_000, 1_400, 6.0),
+            point("callplus (gRPC)", 5_000.0, 50_000, 0, 6.0),
+            point("callplus (WebSocket)", 5_000.0, 50_000, 0, 5.0),
         ];
         let lines = table(&points);
         assert_eq!(lines.len(), 2 + points.len());
@@ -357,6 +362,8 @@ mod tests {
         // Each rate against its own anchor; no completed call, no ratio.
         assert!(lines[6].ends_with("| 200 µs | 2.00× |"), "{}", lines[6]);
         assert!(lines[7].ends_with("| - | - |"), "{}", lines[7]);
+        // An anchor that failed calls gives no ratio.
+        assert!(lines[9].ends_with("| 120 µs | - |") && lines[10].ends_with("| 100 µs | - |"), "{lines:?}");
     }
 
     #[test]
