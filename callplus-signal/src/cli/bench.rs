@@ -2,8 +2,8 @@
 //!
 //! Starts a server (by default `callplus serve` from this same binary, as a child process, so
 //! the CPU and memory figures are the server's alone; `--in-process` runs it inside the load
-//! generator; `--server URL` targets a running one) and drives it over real gRPC connections
-//! on 127.0.0.1:
+//! generator; `--server URL` targets a running one) and drives it over real gRPC (or, with the
+//! `websocket` clients, WebSocket) connections on 127.0.0.1:
 //!
 //! - **call cycles** (the default): `--users N` users, each a real [`Client`](crate::client::Client)
 //!   on its own connection, in pairs; each pair runs full 1:1 cycles — start → the callee gets
