@@ -54,17 +54,32 @@ fn call_cycles_report_the_required_figures() {
     assert!(v["server_cpu_s"].is_number() && v["server_peak_rss_kib"].as_u64().unwrap() > 0, "{v}");
 }
 
-#[test]
-fn raw_users_run_the_same_cycles() {
-    let v = run_bench(&["--users", "20", "--duration", "1s", "--call-client", "raw"]);
-    assert_eq!(v["call_client"].as_str(), Some("raw"), "{v}");
+/// Runs call cycles with raw users over `client` framing; checks every cycle completed and
+/// was timed at each step.
+fn raw_cycles(client: &str) -> Value {
+    let v = run_bench(&["--users", "20", "--duration", "1s", "--call-client", client]);
+    assert_eq!(v["call_client"].as_str(), Some(client), "{v}");
     assert!(v["completed"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["failed"].as_u64(), Some(0), "{v}");
+    assert!(v["failed_by_reason"].as_object().unwrap().is_empty(), "{v}");
     for step in ["start_to_received", "accept_to_connected", "hangup_to_ended", "cycle"] {
         percentiles(&v, step);
         assert_eq!(v["latency_ms"][step]["count"], v["completed"], "every completed cycle timed {step}: {v}");
     }
+    v
+}
+
+#[test]
+fn raw_users_run_the_same_cycles() {
+    let v = raw_cycles("raw");
     assert!(v["loadgen_cpu_s"].is_number(), "{v}");
+}
+
+#[test]
+fn websocket_users_run_the_same_cycles() {
+    // One bare WebSocket per user on /v1/ws: the same frames without HTTP/2.
+    let v = raw_cycles("websocket");
+    assert!(v["server_cpu_s"].is_number(), "{v}");
 }
 
 #[test]

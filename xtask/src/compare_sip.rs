@@ -3,10 +3,11 @@
 //! The anchor is Kamailio as a stateful proxy (`tm`, record-routing) between two SIPp endpoints
 //! running the built-in UAC and UAS scenarios (INVITE / 100 / 180 / 200 / ACK / BYE / 200); the
 //! candidate is `callplus bench` (full 1:1 cycles: start, ring, accept, connect, hang-up, records)
-//! against a `callplus serve` child. Both run at the same offered rates on 127.0.0.1, one right
-//! after the other, and the table reports each side's achieved rate, failures, p99 setup time and
-//! server CPU per call, and the ratio of CPU per call. Figures from different moments are not
-//! comparable; ratios from one run are.
+//! against a `callplus serve` child, twice: its users on gRPC streams (HTTP/2), then on
+//! WebSockets (`/v1/ws`). All run at the same offered rates on 127.0.0.1, one right after the
+//! other, and the table reports each run's achieved rate, failures, p99 setup time and server CPU
+//! per call, and each callplus run's CPU per call as a multiple of the anchor's. Figures from
+//! different moments are not comparable; ratios from one run are.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -59,6 +60,10 @@ request_route {{
     )
 }
 
+/// The framings callplus runs in: `callplus bench --call-client` value and table label.
+const CALLPLUS_CLIENTS: &[(&str, &str)] =
+    &[("raw", "callplus (gRPC)"), ("websocket", "callplus (WebSocket)")];
+
 /// One side's result at one offered rate.
 #[derive(Debug, Clone)]
 struct Point {
@@ -99,9 +104,13 @@ pub(crate) fn compare_sip(args: &[String]) -> Result {
     let mut points = Vec::new();
     for &rate in &rates {
         points.push(sip_point(&work, rate, seconds)?);
-        points.push(callplus_point(rate, seconds)?);
+        for &(client, system) in CALLPLUS_CLIENTS {
+            points.push(callplus_point(rate, seconds, client, system)?);
+        }
     }
-    print_table(&points);
+    for line in table(&points) {
+        println!("{line}");
+    }
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
@@ -234,15 +243,15 @@ fn sipp_p99_ms(dir: &Path) -> Option<f64> {
     values.get(i.saturating_sub(1).min(values.len() - 1)).copied()
 }
 
-fn callplus_point(rate: f64, seconds: u64) -> Result<Point> {
+fn callplus_point(rate: f64, seconds: u64, client: &str, system: &'static str) -> Result<Point> {
     let binary = crate::release_binary("callplus");
     let out = Command::new(&binary)
         .args([
             "bench",
-            // Raw users: the load generator shares the two cores with the server, so it is kept
-            // cheap (see docs/performance.md).
+            // Raw users (on gRPC streams or WebSockets): the load generator shares the two cores
+            // with the server, so it is kept cheap (see docs/performance.md).
             "--call-client",
-            "raw",
+            client,
             "--users",
             "200",
             "--rate",
@@ -264,7 +273,7 @@ fn callplus_point(rate: f64, seconds: u64) -> Result<Point> {
     let report: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("bench JSON: {e}"))?;
     let num = |v: &serde_json::Value| v.as_f64();
     Ok(Point {
-        system: "callplus",
+        system,
         offered: rate,
         achieved: num(&report["cycles_per_sec"]).unwrap_or(0.0),
         failed: report["failed"].as_u64().unwrap_or(0),
@@ -274,36 +283,36 @@ fn callplus_point(rate: f64, seconds: u64) -> Result<Point> {
     })
 }
 
-fn print_table(points: &[Point]) {
-    println!(
+/// The table's lines: each anchor point followed by the callplus points at the same rate, each
+/// of those with its CPU per call as a multiple of the anchor's (when the anchor failed no call).
+fn table(points: &[Point]) -> Vec<String> {
+    let mut lines = vec![
         "| system | offered/s | achieved/s | failed | p99 setup | server CPU per call | callplus / anchor CPU |"
-    );
-    println!("|---|---|---|---|---|---|---|");
-    for pair in points.chunks(2) {
-        let ratio = match pair {
-            [sip, cp] => match (sip.cpu_per_call_us(), cp.cpu_per_call_us()) {
-                (Some(a), Some(b)) if a > 0.0 => Some(b / a),
-                _ => None,
-            },
-            _ => None,
-        };
-        for (i, p) in pair.iter().enumerate() {
-            println!(
-                "| {} | {:.0} | {:.0} | {} | {} | {} | {} |",
+            .to_owned(),
+        "|---|---|---|---|---|---|---|".to_owned(),
+    ];
+    for group in points.chunks(1 + CALLPLUS_CLIENTS.len()) {
+        // An anchor that failed calls spent CPU on calls it does not count: no ratio against it.
+        let anchor =
+            group.first().filter(|a| a.failed == 0).and_then(Point::cpu_per_call_us).filter(|&a| a > 0.0);
+        for (i, p) in group.iter().enumerate() {
+            let ratio = match (i, anchor, p.cpu_per_call_us()) {
+                (0, ..) => String::new(),
+                (_, Some(a), Some(b)) => format!("{:.2}×", b / a),
+                _ => "-".to_owned(),
+            };
+            lines.push(format!(
+                "| {} | {:.0} | {:.0} | {} | {} | {} | {ratio} |",
                 p.system,
                 p.offered,
                 p.achieved,
                 p.failed,
                 p.p99_ms.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms")),
                 p.cpu_per_call_us().map_or_else(|| "-".to_owned(), |v| format!("{v:.0} µs")),
-                if i == 1 {
-                    ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}×"))
-                } else {
-                    String::new()
-                },
-            );
+            ));
         }
     }
+    lines
 }
 
 #[cfg(test)]
@@ -319,6 +328,42 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(sipp_counts(&file).ok(), Some((4858, 76)));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn each_callplus_framing_is_compared_with_the_anchor_at_its_rate() {
+        let point = |system, offered, completed, failed, cpu_s| Point {
+            system,
+            offered,
+            achieved: offered,
+            failed,
+            completed,
+            p99_ms: Some(0.5),
+            cpu_s,
+        };
+        let points = [
+            point("Kamailio + SIPp", 1_000.0, 10_000, 0, 1.0),
+            point("callplus (gRPC)", 1_000.0, 10_000, 0, 2.5),
+            point("callplus (WebSocket)", 1_000.0, 10_000, 0, 1.5),
+            point("Kamailio + SIPp", 3_000.0, 30_000, 0, 3.0),
+            point("callplus (gRPC)", 3_000.0, 30_000, 0, 6.0),
+            point("callplus (WebSocket)", 3_000.0, 0, 0, 0.0),
+            point("Kamailio + SIPp", 5_000.0, 7_000, 1_400, 6.0),
+            point("callplus (gRPC)", 5_000.0, 50_000, 0, 6.0),
+            point("callplus (WebSocket)", 5_000.0, 50_000, 0, 5.0),
+        ];
+        let lines = table(&points);
+        assert_eq!(lines.len(), 2 + points.len());
+        assert!(lines[2].starts_with("| Kamailio + SIPp | 1000 |") && lines[2].ends_with("| 100 µs |  |"));
+        assert!(
+            lines[3].starts_with("| callplus (gRPC) | 1000 |") && lines[3].ends_with("| 250 µs | 2.50× |")
+        );
+        assert!(lines[4].starts_with("| callplus (WebSocket) |") && lines[4].ends_with("| 150 µs | 1.50× |"));
+        // Each rate against its own anchor; no completed call, no ratio.
+        assert!(lines[6].ends_with("| 200 µs | 2.00× |"), "{}", lines[6]);
+        assert!(lines[7].ends_with("| - | - |"), "{}", lines[7]);
+        // An anchor that failed calls gives no ratio.
+        assert!(lines[9].ends_with("| 120 µs | - |") && lines[10].ends_with("| 100 µs | - |"), "{lines:?}");
     }
 
     #[test]

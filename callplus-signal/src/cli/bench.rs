@@ -2,15 +2,17 @@
 //!
 //! Starts a server (by default `callplus serve` from this same binary, as a child process, so
 //! the CPU and memory figures are the server's alone; `--in-process` runs it inside the load
-//! generator; `--server URL` targets a running one) and drives it over real gRPC connections
-//! on 127.0.0.1:
+//! generator; `--server URL` targets a running one) and drives it over real gRPC (or, with the
+//! `websocket` clients, WebSocket) connections on 127.0.0.1:
 //!
 //! - **call cycles** (the default): `--users N` users, each a real [`Client`](crate::client::Client)
 //!   on its own connection, in pairs; each pair runs full 1:1 cycles — start → the callee gets
 //!   `ReceivedCall` → accept → both `CallConnected` → hang up → both `CallEnded` and both call
 //!   records — as fast as it can, or at a fixed offered rate (`--rate`, cycles per second over
 //!   all pairs), for `--duration`. Reported: completed cycles per second, failed calls by reason,
-//!   HDR-histogram latency percentiles per step, server CPU seconds and peak RSS.
+//!   HDR-histogram latency percentiles per step, server CPU seconds and peak RSS. Users may
+//!   instead be raw streams writing the protocol's frames themselves (`--call-client raw`, a
+//!   gRPC stream each; `--call-client websocket`, a WebSocket on `/v1/ws` each).
 //! - **idle** (`--idle N`): connects N devices and holds them for `--duration`, reporting the
 //!   server's RSS per connected device. Devices are lightweight raw gRPC streams (Hello, then a
 //!   Ping per heartbeat) by default, or full clients (`--idle-client client`); several may
@@ -60,6 +62,9 @@ pub enum CallClient {
     /// A bare gRPC stream per user writing the protocol's frames itself: the same frames reach
     /// the server for a fraction of the load generator's CPU.
     Raw,
+    /// A bare WebSocket per user (`/v1/ws`, as a browser connects) writing the same frames as
+    /// `raw`: the same cycles without HTTP/2 and gRPC framing.
+    Websocket,
 }
 
 /// Flags of `callplus bench`.
@@ -77,7 +82,8 @@ pub struct BenchArgs {
     /// A call step not done within this time fails the cycle (reason `timeout:STEP`).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub step_timeout: Duration,
-    /// Call cycles: how each simulated user connects (`raw` keeps the load generator cheap).
+    /// Call cycles: how each simulated user connects (`raw` and `websocket` keep the load
+    /// generator cheap).
     #[arg(long, value_enum, default_value = "client")]
     pub call_client: CallClient,
     /// Idle mode: connect N devices, hold them, report the server's RSS per device.

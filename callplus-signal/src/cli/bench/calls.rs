@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior, sleep, sleep_until, timeout};
 
+use super::idle_ws::websocket_url;
 use super::raw::{self, RawPair, RawParty};
 use super::report::{Latency, Reasons, Report, machine, reasons_line, round3};
 use super::target::{ProcStats, Target, proc_stats};
@@ -41,7 +42,7 @@ struct FullPair {
 /// A pair of either kind of simulated user (`--call-client`).
 enum Pair {
     Full(FullPair),
-    /// Boxed: a raw user holds its stream inline.
+    /// Raw users over either framing. Boxed: a raw user holds its stream inline.
     Raw(Box<RawPair>),
 }
 
@@ -89,7 +90,7 @@ pub(crate) async fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<Rep
             let parties = connect_users(args, target, &format!("bench-{tag}"), users).await?;
             neighbours(parties).map(|(caller, callee)| Pair::Full(FullPair { caller, callee })).collect()
         }
-        CallClient::Raw => {
+        CallClient::Raw | CallClient::Websocket => {
             let parties = connect_raw_users(args, target, &format!("bench-{tag}"), users).await?;
             neighbours(parties)
                 .map(|(caller, callee)| Pair::Raw(Box::new(RawPair { caller, callee })))
@@ -215,7 +216,7 @@ fn in_user_order<P>(mut parties: Vec<(usize, P)>) -> Vec<P> {
     parties.into_iter().map(|(_, party)| party).collect()
 }
 
-/// Connects `n` raw users (`--call-client raw`).
+/// Connects `n` raw users (`--call-client raw` or `websocket`).
 async fn connect_raw_users(
     args: &BenchArgs,
     target: &Target,
@@ -227,10 +228,19 @@ async fn connect_raw_users(
     for i in 0..n {
         let user = format!("{prefix}-{i}");
         let token = target.token(&user)?;
-        let (endpoint, gate, tls) = (target.endpoint_for(i).to_owned(), gate.clone(), target.tls.clone());
+        let endpoint = target.endpoint_for(i).to_owned();
+        let ws_url = match args.call_client {
+            CallClient::Websocket => Some(websocket_url(&endpoint).map_err(anyhow::Error::msg)?),
+            _ => None,
+        };
+        let (gate, tls) = (gate.clone(), target.tls.clone());
         set.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            (i, RawParty::connect(&endpoint, &tls, user, token).await)
+            let connected = match ws_url {
+                Some(url) => RawParty::connect_ws(&url, user, token).await,
+                None => RawParty::connect(&endpoint, &tls, user, token).await,
+            };
+            (i, connected)
         });
     }
     let mut parties = Vec::with_capacity(n);
@@ -500,7 +510,11 @@ impl Tally {
         let rate = (args.rate > 0.0).then_some(args.rate);
         let json = json!({
             "mode": "calls",
-            "call_client": match args.call_client { CallClient::Client => "client", CallClient::Raw => "raw" },
+            "call_client": match args.call_client {
+                CallClient::Client => "client",
+                CallClient::Raw => "raw",
+                CallClient::Websocket => "websocket",
+            },
             "users": users,
             "pairs": users / 2,
             "rate_offered": rate,

@@ -1,7 +1,8 @@
 //! Idle devices over the WebSocket framing (`--idle-client websocket`): one bare socket per
 //! device on `/v1/ws`, as a browser page connects, sending its Hello and then only Pings (with
 //! its ack) once per heartbeat interval. It measures what a connected web device costs the
-//! server, next to the raw gRPC stream of the default mode.
+//! server, next to the raw gRPC stream of the default mode. The socket code here also carries
+//! the raw call-cycle users of `--call-client websocket` ([`super::raw`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -25,13 +26,17 @@ use super::idle::{IdleLink, Shared, WELCOME_TIMEOUT, hold, ping};
 const SUBPROTOCOL: &str = "callplus.v1";
 
 /// `ws://host:port/v1/ws` for a plain `http://host:port` endpoint; TLS endpoints are refused
-/// (this mode measures the plain socket; `--idle-client raw --tls` measures what TLS adds).
+/// (the WebSocket modes measure the plain socket; the raw gRPC modes with `--tls` measure what
+/// TLS adds).
 pub(super) fn websocket_url(endpoint: &str) -> Result<String, String> {
     match endpoint.strip_prefix("http://") {
         Some(rest) => Ok(format!("ws://{}/v1/ws", rest.trim_end_matches('/'))),
-        None => Err(format!("--idle-client websocket needs a plain http:// server, not {endpoint}")),
+        None => Err(format!("the websocket client needs a plain http:// server, not {endpoint}")),
     }
 }
+
+/// A device's socket to `/v1/ws`.
+pub(super) type Socket = WebSocketStream<TcpStream>;
 
 /// Connects one device and, once welcomed, holds it in a task of its own.
 pub(super) async fn connect(
@@ -64,12 +69,12 @@ async fn tcp(url: &str, source: Option<IpAddr>) -> Result<TcpStream, String> {
 }
 
 /// Opens the socket, sends the Hello and waits for the Welcome; returns the heartbeat interval.
-async fn open(
+pub(super) async fn open(
     url: &str,
     source: Option<IpAddr>,
     device_id: &str,
     token: String,
-) -> Result<(WebSocketStream<TcpStream>, Duration), String> {
+) -> Result<(Socket, Duration), String> {
     let stream = tcp(url, source).await?;
     let mut request = url.into_client_request().map_err(|e| format!("endpoint:{e}"))?;
     request.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
@@ -86,20 +91,15 @@ async fn open(
     };
     let frame =
         pb::ClientFrame { seq: 0, ack: 0, request_id: 1, body: Some(pb::client_frame::Body::Hello(hello)) };
-    socket
-        .send(Message::Binary(frame.encode_to_vec().into()))
-        .await
-        .map_err(|_| "stream_closed".to_owned())?;
-    let first = loop {
-        match timeout(WELCOME_TIMEOUT, socket.next()).await {
-            Err(_) => return Err("timeout:welcome".to_owned()),
-            Ok(None | Some(Ok(Message::Close(_)))) => return Err("closed_before_welcome".to_owned()),
-            Ok(Some(Err(_))) => return Err("websocket_receive".to_owned()),
-            Ok(Some(Ok(Message::Binary(bytes)))) => break bytes,
-            Ok(Some(Ok(_))) => {}
-        }
+    if !send(&mut socket, &frame).await {
+        return Err("stream_closed".to_owned());
+    }
+    let frame = match timeout(WELCOME_TIMEOUT, next(&mut socket)).await {
+        Err(_) => return Err("timeout:welcome".to_owned()),
+        Ok(None) => return Err("closed_before_welcome".to_owned()),
+        Ok(Some(Err(_))) => return Err("undecodable_first_frame".to_owned()),
+        Ok(Some(Ok(frame))) => frame,
     };
-    let frame = pb::ServerFrame::decode(first).map_err(|_| "undecodable_first_frame".to_owned())?;
     match frame.body {
         Some(pb::server_frame::Body::Welcome(w)) => {
             Ok((socket, Duration::from_millis(u64::from(w.heartbeat_interval_ms.max(500)))))
@@ -112,24 +112,33 @@ async fn open(
     }
 }
 
+/// Sends one frame as a binary message; false once the socket is gone.
+pub(super) async fn send(socket: &mut Socket, frame: &pb::ClientFrame) -> bool {
+    socket.send(Message::Binary(frame.encode_to_vec().into())).await.is_ok()
+}
+
+/// The next server frame: `None` once the socket closed, `Some(Err)` for a binary message that
+/// does not decode. Other messages (the server's pings) are skipped.
+pub(super) async fn next(socket: &mut Socket) -> Option<Result<pb::ServerFrame, prost::DecodeError>> {
+    loop {
+        match socket.next().await? {
+            Ok(Message::Binary(bytes)) => return Some(pb::ServerFrame::decode(bytes)),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
 /// A web device: its socket.
-struct WsLink(WebSocketStream<TcpStream>);
+struct WsLink(Socket);
 
 impl IdleLink for WsLink {
     async fn ping(&mut self, ack: u64) -> bool {
-        self.0.send(Message::Binary(ping(ack).encode_to_vec().into())).await.is_ok()
+        send(&mut self.0, &ping(ack)).await
     }
 
     async fn next_seq(&mut self) -> Option<u64> {
-        loop {
-            match self.0.next().await? {
-                // A frame that does not decode carries no sequence number to ack.
-                Ok(Message::Binary(bytes)) => {
-                    return Some(pb::ServerFrame::decode(bytes).map_or(0, |f| f.seq));
-                }
-                Ok(Message::Close(_)) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
+        // A frame that does not decode carries no sequence number to ack.
+        next(&mut self.0).await.map(|f| f.map_or(0, |f| f.seq))
     }
 }

@@ -1,8 +1,10 @@
-//! Raw simulated users for call cycles (`--call-client raw`): a bare signalling stream per user
-//! that writes the protocol's frames itself and reads the server's, with no client engine, driver
-//! task or event queue in between. The server sees exactly what a real client sends (sequenced
-//! requests carrying acks), while the load generator spends a fraction of a full client's CPU,
-//! so a 2-core run measures the server rather than the tool.
+//! Raw simulated users for call cycles (`--call-client raw` and `--call-client websocket`): a
+//! bare signalling stream per user that writes the protocol's frames itself and reads the
+//! server's, with no client engine, driver task or event queue in between. The server sees
+//! exactly what a real client sends (sequenced requests carrying acks), while the load generator
+//! spends a fraction of a full client's CPU, so a 2-core run measures the server rather than the
+//! tool. The stream is a gRPC stream on its own HTTP/2 connection (`raw`) or a WebSocket on
+//! `/v1/ws` (`websocket`, as a browser connects); the cycle is the same on both.
 
 use std::time::Duration;
 
@@ -15,13 +17,39 @@ use tokio::time::{Instant, timeout};
 use tonic::transport::Endpoint;
 
 use super::calls::{Tally, in_time};
+use super::idle_ws;
 use crate::client::TlsOptions;
+
+/// The framing a raw user's frames travel in.
+enum Link {
+    /// A gRPC stream on its own HTTP/2 connection.
+    Grpc { tx: mpsc::Sender<pb::ClientFrame>, inbound: tonic::Streaming<pb::ServerFrame> },
+    /// A WebSocket on `/v1/ws`.
+    Ws(idle_ws::Socket),
+}
+
+impl Link {
+    /// Sends one frame; false once the stream is gone.
+    async fn send(&mut self, frame: pb::ClientFrame) -> bool {
+        match self {
+            Link::Grpc { tx, .. } => tx.send(frame).await.is_ok(),
+            Link::Ws(socket) => idle_ws::send(socket, &frame).await,
+        }
+    }
+
+    /// The next server frame; `None` once the stream closed or carried something undecodable.
+    async fn next(&mut self) -> Option<pb::ServerFrame> {
+        match self {
+            Link::Grpc { inbound, .. } => inbound.message().await.ok().flatten(),
+            Link::Ws(socket) => idle_ws::next(socket).await.and_then(Result::ok),
+        }
+    }
+}
 
 /// One raw user: its stream, the sequence numbers of the reliable link, and its user id.
 pub(super) struct RawParty {
     pub(super) user: String,
-    tx: mpsc::Sender<pb::ClientFrame>,
-    inbound: tonic::Streaming<pb::ServerFrame>,
+    link: Link,
     /// The last request's sequence number.
     seq: u64,
     /// The highest server sequence number received (frames arrive in order on one stream).
@@ -51,14 +79,27 @@ impl RawParty {
         let endpoint = tls.apply(endpoint.tcp_nodelay(true)).map_err(|e| format!("tls:{}", e.message))?;
         let channel = endpoint.connect().await.map_err(|_| "tcp_connect".to_owned())?;
         let (tx, inbound, _heartbeat) = super::idle::open_stream(&channel, "bench-raw", token).await?;
-        Ok(RawParty { user, tx, inbound, seq: 0, ack: 0, call: None })
+        Ok(Self::new(user, Link::Grpc { tx, inbound }))
+    }
+
+    /// Opens a WebSocket to `url` (`ws://host:port/v1/ws`) for `user`, sends the Hello and waits
+    /// for the Welcome.
+    pub(super) async fn connect_ws(url: &str, user: String, token: String) -> Result<Self, String> {
+        let (socket, _heartbeat) = idle_ws::open(url, None, "bench-ws", token).await?;
+        Ok(Self::new(user, Link::Ws(socket)))
+    }
+
+    fn new(user: String, link: Link) -> Self {
+        RawParty { user, link, seq: 0, ack: 0, call: None }
     }
 
     /// Sends one request (the next sequence number, carrying the ack); returns its request id.
     async fn send(&mut self, body: Body) -> Result<u64, String> {
         self.seq += 1;
         let frame = pb::ClientFrame { seq: self.seq, ack: self.ack, request_id: self.seq, body: Some(body) };
-        self.tx.send(frame).await.map_err(|_| "stream_closed".to_owned())?;
+        if !self.link.send(frame).await {
+            return Err("stream_closed".to_owned());
+        }
         Ok(self.seq)
     }
 
@@ -68,10 +109,7 @@ impl RawParty {
         mut decide: impl FnMut(&ServerBody) -> Decision<T>,
     ) -> Result<(T, Instant), String> {
         loop {
-            let frame = match self.inbound.message().await {
-                Ok(Some(frame)) => frame,
-                Ok(None) | Err(_) => return Err("disconnected".to_owned()),
-            };
+            let Some(frame) = self.link.next().await else { return Err("disconnected".to_owned()) };
             self.ack = self.ack.max(frame.seq);
             if let Some(body) = &frame.body
                 && let Some(decided) = decide(body)
@@ -254,11 +292,8 @@ pub(super) async fn goodbye(pair: RawPair) {
             request_id: 0,
             body: Some(Body::Goodbye(pb::Goodbye {})),
         };
-        let _ = party.tx.send(frame).await;
+        let _ = party.link.send(frame).await;
         // The server closes the stream once it handled the Goodbye.
-        let _ = timeout(Duration::from_secs(2), async {
-            while let Ok(Some(_)) = party.inbound.message().await {}
-        })
-        .await;
+        let _ = timeout(Duration::from_secs(2), async { while party.link.next().await.is_some() {} }).await;
     }
 }
