@@ -16,9 +16,9 @@ use callplus_session::client::{
 };
 use callplus_session::wire::server_frame_from_wire;
 use callplus_session::{
-    CallId, CallInfo, CallRecord, CallState, CallSummary, CallType, ChangeMediaTypeResult, Code, Delivery, DeviceId,
-    Direction, EndReason, Error, Event, MediaKind, MediaType, Participant, ParticipantState, RecordOrder,
-    RecordPage, Response, ResponseBody, ServerBody, ServerFrame, TransactionId, UserId, Welcome,
+    CallId, CallInfo, CallRecord, CallState, CallSummary, CallType, ChangeMediaTypeResult, Code, Delivery,
+    DeviceId, Direction, EndReason, Error, Event, MediaKind, MediaType, Participant, ParticipantState,
+    RecordOrder, RecordPage, Response, ResponseBody, ServerBody, ServerFrame, TransactionId, UserId, Welcome,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -343,7 +343,11 @@ impl Harness {
         while let Some(command) = engine.poll_media() {
             if let MediaCommand::Start { call_id, .. } | MediaCommand::AddPeer { call_id, .. } = &command {
                 let state = engine.session(call_id).map(|s| s.state());
-                assert_eq!(state, Some(CallState::OnCall), "media for a call not connected here: {command:?}");
+                assert_eq!(
+                    state,
+                    Some(CallState::OnCall),
+                    "media for a call not connected here: {command:?}"
+                );
             }
         }
         while let Some(event) = engine.poll_event() {
