@@ -243,6 +243,10 @@ fn ci(args: &[String]) -> Result {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run("fmt --check", fmt)?;
+    // The fuzz crate is a workspace of its own, outside `--all`.
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--all", "--", "--check"]);
+    run("fmt --check (fuzz targets)", fmt)?;
 
     let mut clippy = cargo();
     clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
