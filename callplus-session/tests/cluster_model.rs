@@ -552,6 +552,9 @@ mod routing {
         accept(&mut c, B, bob, &call);
         c.settle();
         assert_eq!(c.nodes[A].switchboard.remote_sessions(), 1);
+        // A minute of talk with nothing to signal: bob's node says nothing about him meanwhile.
+        c.run_for(60_000);
+        let killed_at = c.now;
         c.kill(B, 15_000);
         let call2 = call.clone();
         c.run_until(1_000, "the call ends for alice", move |c| c.nodes[A].ended(alice, &call2).is_some());
@@ -559,6 +562,16 @@ mod routing {
         c.settle();
         assert_eq!(c.nodes[A].ended_count(alice, &call), 1);
         assert_eq!(records_for(&c, &call), ["alice", "bob"]);
+        // The call ended when bob's node died: not at his last request (the minute of talk
+        // counts), not when the loss was noticed (the detection delay does not).
+        let ends: Vec<Option<i64>> =
+            c.db.borrow()
+                .written
+                .iter()
+                .filter(|(_, r)| r.call.call_id == call)
+                .map(|(_, r)| r.call.ended_at_ms)
+                .collect();
+        assert!(ends.iter().all(|end| *end == Some(killed_at)), "{ends:?} != {killed_at}");
         assert_eq!(c.nodes[A].switchboard.remote_sessions(), 0);
         assert_eq!(c.nodes[A].switchboard.live_calls(), 0);
     }

@@ -439,9 +439,17 @@ impl Switchboard {
     /// Drops the remote session of (`node`, `session_id`), ending its legs as `how` says.
     /// A user it was the only device offered to (its presence entry outlived the session) is
     /// pushed then, as if no device had been found.
-    fn drop_remote(&mut self, now_ms: i64, node: &str, session_id: &str, how: LegEnd) {
+    ///
+    /// `last_sign_ms` is when the device was last known to be there: a remote session hears
+    /// from its device only when it asks something, so its own `last_seen` can be minutes old
+    /// in a quiet call, and legs lost to the network end at the session's last sign of life.
+    fn drop_remote(&mut self, now_ms: i64, node: &str, session_id: &str, how: LegEnd, last_sign_ms: i64) {
         let Some(sk) = self.remotes.remove(&(node.to_owned(), session_id.to_owned())) else { return };
-        let Some(s) = self.net.sessions.get(&sk).filter(|s| s.remote.is_some()) else { return };
+        {
+            let Some(s) = self.net.sessions.get_mut(&sk).filter(|s| s.remote.is_some()) else { return };
+            s.last_seen = s.last_seen.max(last_sign_ms.min(now_ms));
+        }
+        let Some(s) = self.net.sessions.get(&sk) else { return };
         let ringing: Vec<(CallId, usize)> = self
             .net
             .user_calls(&s.app, &s.user)
@@ -705,7 +713,9 @@ impl Switchboard {
             }
             NodeMessage::SessionGone { app: _, user: _, session_id, reason } => {
                 let how = reason.map_or(LegEnd::Hangup, LegEnd::Reason);
-                self.drop_remote(now_ms, from, &session_id, how);
+                // The device's node tells as soon as the session is gone; until then it was
+                // there, as far as this node can know.
+                self.drop_remote(now_ms, from, &session_id, how, now_ms);
             }
         }
         self.finish_input(now_ms);
@@ -794,7 +804,7 @@ impl Switchboard {
         let gone: Vec<String> =
             self.remotes.keys().filter(|(n, _)| n == node).map(|(_, session)| session.clone()).collect();
         for session_id in gone {
-            self.drop_remote(now_ms, node, &session_id, LegEnd::Reason(EndReason::NetworkError));
+            self.drop_remote(now_ms, node, &session_id, LegEnd::Reason(EndReason::NetworkError), died_at_ms);
         }
         for s in self.net.sessions.values_mut() {
             s.peers.retain(|p| p != node);
