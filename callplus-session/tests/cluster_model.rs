@@ -358,15 +358,7 @@ mod routing {
     }
 
     fn records_for(c: &Cluster, call: &CallId) -> Vec<String> {
-        let mut owners: Vec<String> =
-            c.db.borrow()
-                .written
-                .iter()
-                .filter(|(_, r)| &r.call.call_id == call)
-                .map(|(_, r)| r.owner.to_string())
-                .collect();
-        owners.sort();
-        owners
+        c.records_for(call)
     }
 
     #[test]
@@ -533,12 +525,25 @@ mod routing {
         rings(&mut c, B, bob, &call);
         accept(&mut c, B, bob, &call);
         c.settle();
+        // A minute of talk, bob's phone pinging its own node only.
+        c.run_for(60_000);
         c.nodes[B].crash(bob);
+        let crashed_at = c.now;
         let call2 = call.clone();
         c.run_until(60_000, "the call ends for alice", move |c| c.nodes[A].ended(alice, &call2).is_some());
         assert_eq!(c.nodes[A].ended(alice, &call), Some(EndReason::RemoteNetworkError));
         c.settle();
         assert_eq!(records_for(&c, &call), ["alice", "bob"]);
+        // The call ended at bob's last sign of life on node B (a ping shortly before the
+        // crash), not at his accept a minute earlier nor when his silence was noticed.
+        let ends = c.ends_of(&call);
+        assert_eq!(ends.len(), 2);
+        for end in ends {
+            assert!(
+                (crashed_at - 30_000..=crashed_at).contains(&end),
+                "ended at {end}, crashed at {crashed_at}"
+            );
+        }
         assert_eq!(c.nodes[A].switchboard.live_calls(), 0);
     }
 
@@ -564,14 +569,8 @@ mod routing {
         assert_eq!(records_for(&c, &call), ["alice", "bob"]);
         // The call ended when bob's node died: not at his last request (the minute of talk
         // counts), not when the loss was noticed (the detection delay does not).
-        let ends: Vec<Option<i64>> =
-            c.db.borrow()
-                .written
-                .iter()
-                .filter(|(_, r)| r.call.call_id == call)
-                .map(|(_, r)| r.call.ended_at_ms)
-                .collect();
-        assert!(ends.iter().all(|end| *end == Some(killed_at)), "{ends:?} != {killed_at}");
+        let ends = c.ends_of(&call);
+        assert!(ends.len() == 2 && ends.iter().all(|end| *end == killed_at), "{ends:?} != {killed_at}");
         assert_eq!(c.nodes[A].switchboard.remote_sessions(), 0);
         assert_eq!(c.nodes[A].switchboard.live_calls(), 0);
     }
@@ -906,25 +905,7 @@ mod owner_takeover {
     }
 
     fn records_for(c: &Cluster, call: &CallId) -> Vec<String> {
-        let mut owners: Vec<String> =
-            c.db.borrow()
-                .written
-                .iter()
-                .filter(|(_, r)| &r.call.call_id == call)
-                .map(|(_, r)| r.owner.to_string())
-                .collect();
-        owners.sort();
-        owners
-    }
-
-    /// When each record of `call` says it ended.
-    fn ends_of(c: &Cluster, call: &CallId) -> Vec<i64> {
-        c.db.borrow()
-            .written
-            .iter()
-            .filter(|(_, r)| &r.call.call_id == call)
-            .filter_map(|(_, r)| r.call.ended_at_ms)
-            .collect()
+        c.records_for(call)
     }
 
     /// The owner of a group call (participants on the two other nodes) and of a 1:1 call
@@ -998,7 +979,7 @@ mod owner_takeover {
         // The calls ended when the owner died, not when its loss was noticed 8 s later: no
         // record counts the detection delay as talk time.
         for call in [&group, &single] {
-            let ends = ends_of(&c, call);
+            let ends = c.ends_of(call);
             assert!(
                 !ends.is_empty() && ends.iter().all(|end| *end == killed_at),
                 "seed {seed}: {ends:?} != {killed_at}"

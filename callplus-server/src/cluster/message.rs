@@ -78,13 +78,14 @@ pub fn encode(from: &str, message: &NodeMessage) -> Fields {
             text(&mut f, "device", device.as_str());
             text(&mut f, "at", &at_ms.to_string());
         }
-        NodeMessage::SessionGone { app, user, session_id, reason } => {
+        NodeMessage::SessionGone { app, user, session_id, reason, last_seen_ms } => {
             text(&mut f, "kind", "gone");
             text(&mut f, "app", app.as_str());
             text(&mut f, "user", user.as_str());
             text(&mut f, "session", session_id);
             let reason = reason.map_or(0, i32::from);
             text(&mut f, "reason", &reason.to_string());
+            text(&mut f, "seen", &last_seen_ms.to_string());
         }
     }
     f
@@ -189,6 +190,11 @@ pub fn decode(fields: &[Vec<u8>]) -> Result<(String, NodeMessage), ClusterError>
                 user: e.user()?,
                 session_id: e.text("session")?.to_owned(),
                 reason,
+                // Absent from a node of an older version: not known.
+                last_seen_ms: match e.text("seen") {
+                    Ok(seen) => seen.parse().map_err(|_| bad("seen is not a number"))?,
+                    Err(_) => 0,
+                },
             }
         }
         other => return Err(bad(&format!("unknown kind {other}"))),
@@ -258,10 +264,32 @@ mod tests {
             user: user.clone(),
             session_id: "s1".into(),
             reason: Some(EndReason::NetworkError),
+            last_seen_ms: 1_767_225_600_085,
         });
         roundtrip(NodeMessage::OfflineWaiting { app: app.clone(), user: user.clone() });
-        roundtrip(NodeMessage::SessionGone { app, user, session_id: "s1".into(), reason: None });
+        roundtrip(NodeMessage::SessionGone {
+            app,
+            user,
+            session_id: "s1".into(),
+            reason: None,
+            last_seen_ms: 0,
+        });
         Ok(())
+    }
+
+    #[test]
+    fn a_session_gone_from_an_older_node_has_no_last_sign_of_life() {
+        let fields: Vec<Vec<u8>> =
+            ["from", "node-b", "kind", "gone", "app", "app_1", "user", "bob", "session", "s1", "reason", "0"]
+                .iter()
+                .map(|f| f.as_bytes().to_vec())
+                .collect();
+        match decode(&fields) {
+            Ok((from, NodeMessage::SessionGone { last_seen_ms, .. })) => {
+                assert_eq!((from.as_str(), last_seen_ms), ("node-b", 0));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -144,6 +144,9 @@ pub enum NodeMessage {
         /// How its legs end: a reason (NETWORK_ERROR when it went silent), or `None` when the
         /// device said Goodbye (hang up, reject or cancel, by state).
         reason: Option<EndReason>,
+        /// The device's last sign of life on its own node (ms), where its legs lost to the
+        /// network end; 0 when that node does not know it (then: when the message arrives).
+        last_seen_ms: i64,
     },
 }
 
@@ -370,8 +373,8 @@ impl Switchboard {
     pub(super) fn tell_peers_gone(&mut self, sk: SessionKey, how: LegEnd) {
         let Some(s) = self.net.sessions.get_mut(&sk) else { return };
         let peers = std::mem::take(&mut s.peers);
-        let (app, user, session_id) = (s.app.clone(), s.user.clone(), s.id.clone());
-        self.send_gone(&app, &user, &session_id, peers, how);
+        let (app, user, session_id, last_seen) = (s.app.clone(), s.user.clone(), s.id.clone(), s.last_seen);
+        self.send_gone(&app, &user, &session_id, peers, how, last_seen);
     }
 
     /// Sends [`NodeMessage::SessionGone`] to each of `peers`.
@@ -382,6 +385,7 @@ impl Switchboard {
         session_id: &str,
         peers: Vec<String>,
         how: LegEnd,
+        last_seen_ms: i64,
     ) {
         let reason = match how {
             LegEnd::Reason(r) => Some(r),
@@ -393,6 +397,7 @@ impl Switchboard {
                 user: user.clone(),
                 session_id: session_id.to_owned(),
                 reason,
+                last_seen_ms,
             };
             self.net.outputs.push_back(Output::Node(NodeOutput::Send { node, message: Box::new(message) }));
         }
@@ -674,7 +679,7 @@ impl Switchboard {
                         // outlived it): the owner is told so it stops routing to it. A record
                         // or summary meant for it is kept for the user.
                         let how = LegEnd::Reason(EndReason::NetworkError);
-                        self.send_gone(&app, &user, &session_id, vec![from.to_owned()], how);
+                        self.send_gone(&app, &user, &session_id, vec![from.to_owned()], how, 0);
                         if let ServerBody::Event(e @ (Event::CallRecord(_) | Event::Summary(_))) = body {
                             self.user_event(app, user, e);
                         }
@@ -711,11 +716,12 @@ impl Switchboard {
                     self.logged_in_elsewhere(now_ms, from, &app, &user, &device, at_ms);
                 }
             }
-            NodeMessage::SessionGone { app: _, user: _, session_id, reason } => {
+            NodeMessage::SessionGone { app: _, user: _, session_id, reason, last_seen_ms } => {
                 let how = reason.map_or(LegEnd::Hangup, LegEnd::Reason);
-                // The device's node tells as soon as the session is gone; until then it was
-                // there, as far as this node can know.
-                self.drop_remote(now_ms, from, &session_id, how, now_ms);
+                // Its legs lost to the network end at its last sign of life on its own node,
+                // as a local session's do; unknown there, when the news arrives.
+                let last_sign = if last_seen_ms > 0 { last_seen_ms } else { now_ms };
+                self.drop_remote(now_ms, from, &session_id, how, last_sign);
             }
         }
         self.finish_input(now_ms);

@@ -373,7 +373,7 @@ impl Switchboard {
         let Some(s) = self.net.sessions.remove(&sk) else { return };
         if !s.peers.is_empty() {
             let peers = s.peers.clone();
-            self.send_gone(&s.app, &s.user, &s.id, peers, how);
+            self.send_gone(&s.app, &s.user, &s.id, peers, how, s.last_seen);
         }
         s.user_bytes.fetch_sub(s.outbox_bytes.min(s.user_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
         if let Some(conn) = s.conn {

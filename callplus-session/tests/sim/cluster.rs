@@ -408,6 +408,31 @@ impl Cluster {
             .unwrap_or_else(|| panic!("request {id} vanished"))
     }
 
+    /// Whose records of `call` were written, sorted.
+    pub fn records_for(&self, call: &CallId) -> Vec<String> {
+        let mut owners: Vec<String> = self
+            .db
+            .borrow()
+            .written
+            .iter()
+            .filter(|(_, r)| &r.call.call_id == call)
+            .map(|(_, r)| r.owner.to_string())
+            .collect();
+        owners.sort();
+        owners
+    }
+
+    /// When each written record of `call` says it ended.
+    pub fn ends_of(&self, call: &CallId) -> Vec<i64> {
+        self.db
+            .borrow()
+            .written
+            .iter()
+            .filter(|(_, r)| &r.call.call_id == call)
+            .filter_map(|(_, r)| r.call.ended_at_ms)
+            .collect()
+    }
+
     /// Device `idx` of `node` starts an AUDIO call to `callees` and waits for the answer: the
     /// call and the callees reported busy.
     pub fn start_call(
