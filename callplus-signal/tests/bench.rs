@@ -57,7 +57,14 @@ fn call_cycles_report_the_required_figures() {
 /// Runs call cycles with raw users over `client` framing; checks every cycle completed and
 /// was timed at each step.
 fn raw_cycles(client: &str) -> Value {
-    let v = run_bench(&["--users", "20", "--duration", "1s", "--call-client", client]);
+    raw_cycles_with(client, &[])
+}
+
+/// [`raw_cycles`], with `extra` arguments for the bench.
+fn raw_cycles_with(client: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["--users", "20", "--duration", "1s", "--call-client", client];
+    args.extend_from_slice(extra);
+    let v = run_bench(&args);
     assert_eq!(v["call_client"].as_str(), Some(client), "{v}");
     assert!(v["completed"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["failed"].as_u64(), Some(0), "{v}");
@@ -80,6 +87,24 @@ fn websocket_users_run_the_same_cycles() {
     // One bare WebSocket per user on /v1/ws: the same frames without HTTP/2.
     let v = raw_cycles("websocket");
     assert!(v["server_cpu_s"].is_number(), "{v}");
+}
+
+#[test]
+fn a_server_on_one_worker_thread_runs_the_same_cycles() {
+    // `serve --worker-threads 1`, passed to the bench's server child.
+    let v = raw_cycles_with("websocket", &["--server-arg=--worker-threads=1"]);
+    assert!(v["server_cpu_s"].is_number(), "{v}");
+}
+
+#[test]
+fn a_server_refuses_zero_worker_threads() {
+    let out = Command::new(env!("CARGO_BIN_EXE_callplus"))
+        .args(["serve", "--worker-threads", "0", "--listen", "127.0.0.1:0", "--admin-listen", "off"])
+        .output()
+        .expect("callplus runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--worker-threads"), "{stderr}");
 }
 
 #[test]

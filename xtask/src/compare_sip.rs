@@ -60,9 +60,17 @@ request_route {{
     )
 }
 
-/// The framings callplus runs in: `callplus bench --call-client` value and table label.
-const CALLPLUS_CLIENTS: &[(&str, &str)] =
-    &[("raw", "callplus (gRPC)"), ("websocket", "callplus (WebSocket)")];
+/// The anchor's row label.
+const ANCHOR: &str = "Kamailio + SIPp";
+
+/// How callplus runs: `callplus bench --call-client` value, the server's worker threads (`None`:
+/// its default, one per core), and the table label. One worker costs less CPU per call on this
+/// kind of machine (docs/performance.md, "Worker threads: one against two").
+const CALLPLUS_CLIENTS: &[(&str, Option<u16>, &str)] = &[
+    ("raw", None, "callplus (gRPC)"),
+    ("websocket", None, "callplus (WebSocket)"),
+    ("websocket", Some(1), "callplus (WebSocket, 1 worker)"),
+];
 
 /// One side's result at one offered rate.
 #[derive(Debug, Clone)]
@@ -104,8 +112,8 @@ pub(crate) fn compare_sip(args: &[String]) -> Result {
     let mut points = Vec::new();
     for &rate in &rates {
         points.push(sip_point(&work, rate, seconds)?);
-        for &(client, system) in CALLPLUS_CLIENTS {
-            points.push(callplus_point(rate, seconds, client, system)?);
+        for &(client, workers, system) in CALLPLUS_CLIENTS {
+            points.push(callplus_point(rate, seconds, client, workers, system)?);
         }
     }
     for line in table(&points) {
@@ -199,7 +207,7 @@ fn sip_point(work: &Path, rate: f64, seconds: u64) -> Result<Point> {
     eprintln!("xtask: compare-sip: sipp UAC at {rate}/s exited with {status}");
     let (completed, failed) = sipp_counts(&stats)?;
     Ok(Point {
-        system: "Kamailio + SIPp",
+        system: ANCHOR,
         offered: rate,
         achieved: completed as f64 / elapsed.max(seconds as f64),
         failed,
@@ -243,11 +251,21 @@ fn sipp_p99_ms(dir: &Path) -> Option<f64> {
     values.get(i.saturating_sub(1).min(values.len() - 1)).copied()
 }
 
-fn callplus_point(rate: f64, seconds: u64, client: &str, system: &'static str) -> Result<Point> {
+fn callplus_point(
+    rate: f64,
+    seconds: u64,
+    client: &str,
+    workers: Option<u16>,
+    system: &'static str,
+) -> Result<Point> {
     let binary = crate::release_binary("callplus");
-    let out = Command::new(&binary)
+    let mut bench = Command::new(&binary);
+    bench.arg("bench");
+    if let Some(workers) = workers {
+        bench.arg(format!("--server-arg=--worker-threads={workers}"));
+    }
+    let out = bench
         .args([
-            "bench",
             // Raw users (on gRPC streams or WebSockets): the load generator shares the two cores
             // with the server, so it is kept cheap (see docs/performance.md).
             "--call-client",
@@ -291,26 +309,28 @@ fn table(points: &[Point]) -> Vec<String> {
             .to_owned(),
         "|---|---|---|---|---|---|---|".to_owned(),
     ];
-    for group in points.chunks(1 + CALLPLUS_CLIENTS.len()) {
-        // An anchor that failed calls spent CPU on calls it does not count: no ratio against it.
-        let anchor =
-            group.first().filter(|a| a.failed == 0).and_then(Point::cpu_per_call_us).filter(|&a| a > 0.0);
-        for (i, p) in group.iter().enumerate() {
-            let ratio = match (i, anchor, p.cpu_per_call_us()) {
-                (0, ..) => String::new(),
-                (_, Some(a), Some(b)) => format!("{:.2}×", b / a),
+    // Each callplus row is compared with the anchor row before it (the same rate).
+    let mut anchor = None;
+    for p in points {
+        let ratio = if p.system == ANCHOR {
+            // An anchor that failed calls spent CPU on calls it does not count: no ratio against it.
+            anchor = Some(p).filter(|a| a.failed == 0).and_then(Point::cpu_per_call_us).filter(|&a| a > 0.0);
+            String::new()
+        } else {
+            match (anchor, p.cpu_per_call_us()) {
+                (Some(a), Some(b)) => format!("{:.2}×", b / a),
                 _ => "-".to_owned(),
-            };
-            lines.push(format!(
-                "| {} | {:.0} | {:.0} | {} | {} | {} | {ratio} |",
-                p.system,
-                p.offered,
-                p.achieved,
-                p.failed,
-                p.p99_ms.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms")),
-                p.cpu_per_call_us().map_or_else(|| "-".to_owned(), |v| format!("{v:.0} µs")),
-            ));
-        }
+            }
+        };
+        lines.push(format!(
+            "| {} | {:.0} | {:.0} | {} | {} | {} | {ratio} |",
+            p.system,
+            p.offered,
+            p.achieved,
+            p.failed,
+            p.p99_ms.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms")),
+            p.cpu_per_call_us().map_or_else(|| "-".to_owned(), |v| format!("{v:.0} µs")),
+        ));
     }
     lines
 }

@@ -165,6 +165,11 @@ pub struct ServeArgs {
     /// Most device-port connections open at once (0 = no limit); more wait in the backlog.
     #[arg(long, env = "CALLPLUS_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Worker threads of the async runtime (default: one per CPU core). One worker costs less
+    /// CPU per call on a small machine and adds latency near its limit (docs/operations.md,
+    /// "Worker threads").
+    #[arg(long, env = "CALLPLUS_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
     /// How long an admin-port connection may take to send a complete request.
     #[arg(long, env = "CALLPLUS_ADMIN_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub admin_request_timeout: Duration,
