@@ -364,6 +364,15 @@ struct Participant {
 }
 
 impl Participant {
+    /// The video this participant subscribes to whose copy on its connection has `ssrc` (what
+    /// its RTCP names), with the publisher.
+    fn video_subscription(&self, ssrc: u32) -> Option<(&Member, &Subscription)> {
+        self.subscriptions
+            .iter()
+            .find(|((_, kind), s)| *kind == MediaKind::Video && s.ssrc == ssrc)
+            .map(|((publisher, _), s)| (publisher, s))
+    }
+
     /// A description of this participant after its first: once its video is published, its
     /// simulcast section keeps the receiver (and the layers' SSRCs) the stack has
     /// ([`crate::simulcast_sdp`]).
@@ -795,14 +804,8 @@ impl Task {
     /// publisher, at most once per [`crate::keyframe_gate::MIN_INTERVAL`] for this subscriber.
     async fn on_keyframe_request(&mut self, key: &ParticipantKey, ssrc: u32, at: Instant) {
         let Some(call) = self.calls.get_mut(&key.call_id) else { return };
-        let Some(subscriber) = call.get_mut(&key.member()) else { return };
-        let Some(((publisher, _), subscription)) = subscriber
-            .subscriptions
-            .iter_mut()
-            .find(|((_, kind), s)| *kind == MediaKind::Video && s.ssrc == ssrc)
-        else {
-            return;
-        };
+        let Some(subscriber) = call.get(&key.member()) else { return };
+        let Some((publisher, subscription)) = subscriber.video_subscription(ssrc) else { return };
         let layer = {
             let mut state = crate::connection::lock(&subscription.target.state);
             if !state.gate.allow(at) {
@@ -834,13 +837,7 @@ impl Task {
     /// layer's next key frame, which the forwarding task asks for.
     fn on_loss(&mut self, key: &ParticipantKey, ssrc: u32, fraction_lost: u8, at: Instant) {
         let Ok(subscriber) = self.participant(key) else { return };
-        let Some(((publisher, _), subscription)) = subscriber
-            .subscriptions
-            .iter()
-            .find(|((_, kind), s)| *kind == MediaKind::Video && s.ssrc == ssrc)
-        else {
-            return;
-        };
+        let Some((publisher, subscription)) = subscriber.video_subscription(ssrc) else { return };
         let mut state = crate::connection::lock(&subscription.target.state);
         if let Some(capped) = state.loss.on_report(fraction_lost, at) {
             tracing::info!(

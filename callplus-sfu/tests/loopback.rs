@@ -197,6 +197,22 @@ async fn wait_event(
     .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+/// Every party joins `call` with a token of its own and waits for the first frames of every
+/// other: the users, in the order of `net.parties`.
+async fn join_and_see_everyone(net: &mut Net, call: &CallId) -> Vec<UserId> {
+    let users: Vec<UserId> = net.parties.iter().map(|p| p.user.clone()).collect();
+    let others = |me: &UserId| -> Vec<UserId> { users.iter().filter(|u| *u != me).cloned().collect() };
+    for party in &net.parties {
+        let token = net.sfu.issue_token(call, &party.user, &party.device, in_an_hour());
+        party.adapter.start(start(party, call, &others(&party.user), token)).await.unwrap();
+    }
+    for party in &mut net.parties {
+        let others = others(&party.user);
+        first_frames(party, &others).await;
+    }
+    users
+}
+
 /// Waits until `party` has the first audio and video frame of each of `from`.
 async fn first_frames(party: &mut Party, from: &[UserId]) {
     let mut missing: HashSet<(UserId, MediaKind)> =
@@ -606,16 +622,7 @@ async fn loss_between_one_subscriber_and_the_sfu_is_repaired_for_that_subscriber
         let camera = OneLayerCamera(TestPatternSource::new(config).unwrap());
         party.adapter.switch_camera(Box::new(camera)).await.unwrap();
     }
-    let users: Vec<UserId> = net.parties.iter().map(|p| p.user.clone()).collect();
-    for i in 0..3 {
-        let others: Vec<UserId> = users.iter().filter(|u| **u != users[i]).cloned().collect();
-        let token = net.sfu.issue_token(&call, &net.parties[i].user, &net.parties[i].device, in_an_hour());
-        net.parties[i].adapter.start(start(&net.parties[i], &call, &others, token)).await.unwrap();
-    }
-    for i in 0..3 {
-        let others: Vec<UserId> = users.iter().filter(|u| **u != users[i]).cloned().collect();
-        first_frames(&mut net.parties[i], &others).await;
-    }
+    join_and_see_everyone(&mut net, &call).await;
     // One layer each: no rids, no simulcast in the publishers' offers.
     let offers = offers.lock().unwrap().clone();
     let offerers: HashSet<&UserId> = offers.iter().map(|(from, _)| from).collect();
@@ -805,16 +812,7 @@ async fn a_tiny_view_gets_the_low_layer_without_costing_the_others_a_key_frame()
     let config = VideoConfig { width: 320, height: 240, fps: 15, ..VideoConfig::default() };
     let camera = LoggedCamera { inner: TestPatternSource::new(config).unwrap(), log: Arc::clone(&log) };
     net.parties[0].adapter.switch_camera(Box::new(camera)).await.unwrap();
-    let users: Vec<UserId> = net.parties.iter().map(|p| p.user.clone()).collect();
-    for i in 0..3 {
-        let others: Vec<UserId> = users.iter().filter(|u| **u != users[i]).cloned().collect();
-        let token = net.sfu.issue_token(&call, &net.parties[i].user, &net.parties[i].device, in_an_hour());
-        net.parties[i].adapter.start(start(&net.parties[i], &call, &others, token)).await.unwrap();
-    }
-    for i in 0..3 {
-        let others: Vec<UserId> = users.iter().filter(|u| **u != users[i]).cloned().collect();
-        first_frames(&mut net.parties[i], &others).await;
-    }
+    let users = join_and_see_everyone(&mut net, &call).await;
     let alice = users[0].clone();
     // Alice declares her two layers by rid, as a browser does, and opens the control channel.
     let offer = offers.lock().unwrap().first().cloned().expect("alice offered");
@@ -938,16 +936,7 @@ async fn a_subscriber_whose_link_loses_the_full_layer_is_held_at_the_tiny_one_al
     }
     let config = VideoConfig { width: 320, height: 240, fps: 15, ..VideoConfig::default() };
     net.parties[0].adapter.switch_camera(Box::new(TestPatternSource::new(config).unwrap())).await.unwrap();
-    let users: Vec<UserId> = net.parties.iter().map(|p| p.user.clone()).collect();
-    for i in 0..3 {
-        let others: Vec<UserId> = users.iter().filter(|u| **u != users[i]).cloned().collect();
-        let token = net.sfu.issue_token(&call, &net.parties[i].user, &net.parties[i].device, in_an_hour());
-        net.parties[i].adapter.start(start(&net.parties[i], &call, &others, token)).await.unwrap();
-    }
-    for i in 0..3 {
-        let others: Vec<UserId> = users.iter().filter(|u| **u != users[i]).cloned().collect();
-        first_frames(&mut net.parties[i], &others).await;
-    }
+    let users = join_and_see_everyone(&mut net, &call).await;
     let alice = users[0].clone();
     for viewer in [1, 2] {
         let (sizes, _) = received_key_frame_sizes(&mut net.parties[viewer], &alice);

@@ -178,6 +178,24 @@ fn is_stats(e: &MediaEvent) -> bool {
 }
 
 /// Waits for `n` frames on a sink channel.
+/// `caller` starts a MULTI call to `callees` and each of them answers once invited.
+async fn group_call(
+    caller: &MediaParty,
+    callees: Vec<&mut MediaParty>,
+    media: MediaType,
+) -> callplus_session::CallId {
+    let names: Vec<String> = callees.iter().map(|p| p.party.name.clone()).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let started =
+        caller.party.client.start_call(&names, CallType::Multi, media, Default::default()).await.unwrap();
+    let call = started.call_id().clone();
+    for callee in callees {
+        callee.party.expect(received(&call), "the invitation").await;
+        callee.party.client.accept(&call).await.unwrap();
+    }
+    call
+}
+
 async fn frames(rx: &mut UnboundedReceiver<RemoteFrame>, n: usize, what: &str) -> Vec<RemoteFrame> {
     timeout(MEDIA_WAIT, async {
         let mut got = Vec::with_capacity(n);
@@ -825,17 +843,10 @@ async fn a_client_whose_sfu_connection_is_cut_reconnects_without_leaving_the_cal
     for (name, tone) in names.iter().zip(tones) {
         p.push(media_party(&server, name, tone, None, &dir).await);
     }
-    let started = p[0]
-        .party
-        .client
-        .start_call(&["bob", "carol"], CallType::Multi, MediaType::Audio, Default::default())
-        .await
-        .unwrap();
-    let call = started.call_id().clone();
-    for party in &mut p[1..] {
-        party.party.expect(received(&call), "the invitation").await;
-        party.party.client.accept(&call).await.unwrap();
-    }
+    let call = {
+        let (caller, callees) = p.split_first_mut().expect("three parties");
+        group_call(caller, callees.iter_mut().collect(), MediaType::Audio).await
+    };
     let pairs: Vec<(usize, usize)> =
         (0..3).flat_map(|i| (0..3).filter(move |&j| j != i).map(move |j| (i, j))).collect();
     for &(i, j) in &pairs {
@@ -924,17 +935,7 @@ async fn a_participant_whose_sfu_connection_never_comes_back_leaves_at_the_recov
     let mut alice = media_party(&server, "alice", 440.0, None, &dir).await;
     let mut bob = media_party_at(&server, &proxy.endpoint(), "bob", 660.0, None, &dir).await;
     let mut carol = media_party(&server, "carol", 880.0, None, &dir).await;
-    let started = alice
-        .party
-        .client
-        .start_call(&["bob", "carol"], CallType::Multi, MediaType::Audio, Default::default())
-        .await
-        .unwrap();
-    let call = started.call_id().clone();
-    for party in [&mut bob, &mut carol] {
-        party.party.expect(received(&call), "the invitation").await;
-        party.party.client.accept(&call).await.unwrap();
-    }
+    let call = group_call(&alice, vec![&mut bob, &mut carol], MediaType::Audio).await;
     for from in ["bob", "carol"] {
         alice.expect_media(&format!("{from}'s audio at alice"), first_frame(from, MediaKind::Audio)).await;
     }
@@ -1073,17 +1074,10 @@ async fn tiny_layer_selection_changes_the_received_resolution() {
         let video = VideoConfig { width: 320, height: 240, fps: 15, ..VideoConfig::default() };
         p.push(media_party(&server, name, tone, Some(video), &dir).await);
     }
-    let started = p[0]
-        .party
-        .client
-        .start_call(&["bob", "carol"], CallType::Multi, MediaType::AudioVideo, Default::default())
-        .await
-        .unwrap();
-    let call = started.call_id().clone();
-    for party in &mut p[1..] {
-        party.party.expect(received(&call), "the invitation").await;
-        party.party.client.accept(&call).await.unwrap();
-    }
+    let call = {
+        let (caller, callees) = p.split_first_mut().expect("three parties");
+        group_call(caller, callees.iter_mut().collect(), MediaType::AudioVideo).await
+    };
     for i in [1, 2] {
         p[i].expect_media("alice's video", first_frame("alice", MediaKind::Video)).await;
     }
@@ -1369,17 +1363,7 @@ async fn loss_between_one_viewer_and_the_sfu_is_repaired_for_that_viewer_only() 
     .await;
     let mut carol = media_party(&server, "carol", 880.0, None, &dir).await;
 
-    let started = alice
-        .party
-        .client
-        .start_call(&["bob", "carol"], CallType::Multi, MediaType::AudioVideo, Default::default())
-        .await
-        .unwrap();
-    let call = started.call_id().clone();
-    for viewer in [&mut bob, &mut carol] {
-        viewer.party.expect(received(&call), "the invitation").await;
-        viewer.party.client.accept(&call).await.unwrap();
-    }
+    let call = group_call(&alice, vec![&mut bob, &mut carol], MediaType::AudioVideo).await;
     for viewer in [&mut bob, &mut carol] {
         viewer.expect_media("alice's video", first_frame("alice", MediaKind::Video)).await;
         viewer.expect_media("a report on the sfu connection alone", only_the_sfu).await;
