@@ -7,7 +7,8 @@ mod support;
 use std::time::Duration;
 
 use callplus_signal::cluster::{
-    Batch, CallLeases, ClusterConfig, DeviceLocation, InCallMarks, Presence, Takeovers, connect,
+    Batch, CallLeases, ClusterConfig, DeviceLocation, InCallMarks, Lease, NodeId, Presence, TakeOver,
+    Takeovers, connect,
 };
 use support::process::{self, Banner};
 use support::redis::OwnedRedis;
@@ -74,6 +75,74 @@ async fn a_call_lease_has_one_owner_and_growing_fencing_tokens() {
     assert!(third.token > second.token);
     // Leases of different calls are independent.
     assert!(b.acquire("app", "call-2").await.unwrap().is_some());
+}
+
+/// Leases as the server holds them: the creator's (token 1) is written by its first renewal, a
+/// survivor taking the call over waits for it to expire and gets a larger token, and once the
+/// survivor has ended and released the call the woken creator still cannot renew it: the epoch is
+/// past its token. A call whose creator never wrote its lease is taken at once, still with a
+/// token past the creator's; a node restarted with the same id takes its previous run's calls at
+/// once.
+#[tokio::test]
+async fn a_taken_over_call_is_never_renewed_by_its_woken_creator() {
+    let Some(redis) = OwnedRedis::start() else { return };
+    let (a, _) = node(&redis, "node-a", Duration::from_millis(400)).await;
+    let (b, _) = node(&redis, "node-b", Duration::from_secs(30)).await;
+    let (c, _) = node(&redis, "node-c", Duration::from_secs(30)).await;
+    let node_a = NodeId::new("node-a").unwrap();
+
+    // Never renewed (the call was younger than a renewal interval): nothing to wait for.
+    let short = Lease::first(&node_a, "app", "node-a_short");
+    assert_eq!(a.owner("app", "node-a_short").await.unwrap(), None);
+    let TakeOver::Taken(taken) = b.take_over("app", "node-a_short", "node-a").await.unwrap() else {
+        panic!("a call with no lease is taken at once")
+    };
+    assert_eq!(taken.token, 2, "past the creator's token even though it never wrote it");
+    assert_eq!(a.renew_all(std::slice::from_ref(&short)).await.unwrap(), vec![false]);
+
+    // Renewed once: written with the creator's token.
+    let first = Lease::first(&node_a, "app", "node-a_1");
+    assert_eq!(a.renew_all(std::slice::from_ref(&first)).await.unwrap(), vec![true]);
+    assert_eq!(a.owner("app", "node-a_1").await.unwrap(), Some(("node-a".into(), 1)));
+    match b.take_over("app", "node-a_1", "node-a").await.unwrap() {
+        TakeOver::Wait(left) => assert!(left <= Duration::from_millis(400), "{left:?}"),
+        other => panic!("the lost node's lease is still running: {other:?}"),
+    }
+    assert_eq!(
+        c.take_over("app", "node-a_1", "node-x").await.unwrap(),
+        TakeOver::TakenElsewhere,
+        "held by a node that is not the lost one"
+    );
+    let second = eventually("the creator's lease to expire", || async {
+        match b.take_over("app", "node-a_1", "node-a").await.unwrap() {
+            TakeOver::Taken(lease) => Some(lease),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(second.token, 2);
+    assert_eq!(
+        c.take_over("app", "node-a_1", "node-a").await.unwrap(),
+        TakeOver::TakenElsewhere,
+        "one successor"
+    );
+    b.release_all(std::slice::from_ref(&second)).await.unwrap();
+    assert_eq!(b.owner("app", "node-a_1").await.unwrap(), None);
+    // The creator wakes up after the call was ended and released: it cannot take it back.
+    assert_eq!(a.renew_all(std::slice::from_ref(&first)).await.unwrap(), vec![false]);
+    assert_eq!(a.owner("app", "node-a_1").await.unwrap(), None);
+
+    // Several leases in one round trip, each answered on its own.
+    let mine = Lease::first(&node_a, "app", "node-a_2");
+    assert_eq!(a.renew_all(&[mine.clone(), first]).await.unwrap(), vec![true, false]);
+    // Restarted with the same id, node A takes over its previous run's call without waiting.
+    let TakeOver::Taken(again) = a.take_over("app", "node-a_2", "node-a").await.unwrap() else {
+        panic!("a restarted node takes its own calls at once")
+    };
+    assert_eq!(again.token, 2);
+    assert_eq!(a.renew_all(&[mine]).await.unwrap(), vec![false], "the previous run's lease is fenced");
+    a.release_all(&[again]).await.unwrap();
+    assert_eq!(a.owner("app", "node-a_2").await.unwrap(), None);
 }
 
 /// Both survivors of a lost node try its takeover lock: exactly one wins; the loser cannot give

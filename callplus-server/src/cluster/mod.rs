@@ -5,8 +5,9 @@
 //! `server::presence`) and routes between nodes through their inboxes ([`Outbox`],
 //! [`InboxReader`]; see `server::routing`), and a lost node's calls are ended by the one
 //! survivor that wins its [`Takeovers`] lock. Users in a call are marked in
-//! [`InCallMarks`] so a node of several sees a callee busy in another node's call. Per-call leases are not taken by the server:
-//! [`CallLeases`] is used by the tests and the next steps.
+//! [`InCallMarks`] so a node of several sees a callee busy in another node's call. Each call is
+//! held by a [`CallLeases`] lease whose fencing token tags the call's durable writes, so an owner
+//! that paused past its loss and woke cannot overwrite what its successor wrote.
 
 mod batch;
 mod inbox;
@@ -20,7 +21,7 @@ mod takeover;
 pub use batch::{Batch, Replies, Slot};
 pub use inbox::{ALIVE_TTL, INBOX_MAXLEN, InboxReader, Outbox, READ_BLOCK, Received};
 pub use incall::InCallMarks;
-pub use lease::{CallLeases, Lease};
+pub use lease::{CallLeases, LEASE_TTL, Lease, TakeOver};
 pub use node::{ClusterConfig, NodeId, connect};
 pub use presence::{DeviceLocation, Presence};
 pub use takeover::{TAKEOVER_TTL, Takeovers};
