@@ -44,6 +44,7 @@ fn batch(next_call: &mut u64) -> Vec<BatchOp> {
                 call_id: call_id.clone(),
                 sync_time: 1_700_000_000_000 + n as i64,
                 body: vec![0x5a; BODY_BYTES],
+                fence: 0,
             });
         }
     }
@@ -60,6 +61,7 @@ CREATE TABLE records (
     call_id   TEXT NOT NULL,
     sync_time INTEGER NOT NULL,
     body      BLOB NOT NULL,
+    fence     INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (app_key, owner_id, call_id)
 ) WITHOUT ROWID;
 CREATE INDEX records_by_time ON records (app_key, owner_id, sync_time);

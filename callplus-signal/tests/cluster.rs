@@ -382,6 +382,92 @@ async fn a_restarted_owner_ends_its_calls_for_the_participants_on_other_nodes() 
     drop((host, restarted));
 }
 
+/// Sends `signal` (`-STOP`, `-CONT`) to the node's process.
+async fn signal(node: &Node, signal: &str) {
+    let pid = node.child.id().expect("the node runs").to_string();
+    let sent = tokio::process::Command::new("kill").args([signal, &pid]).status().await.unwrap();
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
+/// The owner of a live call is paused (SIGSTOP) past its loss rather than killed: a survivor
+/// takes the call over (its lease, with a fencing token past the owner's) and ends it for
+/// everyone, as for a dead owner. When the owner wakes (SIGCONT), its next lease renewal is
+/// refused and it lets the call go at once: asked through it, the call has ended; it wrote no
+/// record and brought no snapshot back, so the survivor's records stand; its in-call marks,
+/// written again when it found its liveness key gone, are cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_wakes_to_find_its_call_taken_over_and_lets_it_go() {
+    let Some(redis) = OwnedRedis::start() else { return };
+    let postgres = support::postgres::fresh_database();
+    let GroupOnThreeNodes { a, b: _b, c: _c, secret, host, bob, mut bob_ev, carol, mut carol_ev, group } =
+        GroupOnThreeNodes::start(&postgres, &redis).await;
+    let app = a.value("app key:");
+    host.hangup(Some(&group)).await.expect("host leaves");
+    // A records read on A runs after every write A queued: the call's snapshot is committed.
+    record_ids(&host).await;
+    // The owner writes its lease at its first renewal (every 2 s).
+    let config = callplus_signal::cluster::ClusterConfig::new(&redis.url(), "node-x").unwrap();
+    let leases = callplus_signal::cluster::CallLeases::new(
+        callplus_signal::cluster::connect(&config.client).await.unwrap(),
+        config.node_id,
+        callplus_signal::cluster::LEASE_TTL,
+    );
+    let deadline = Instant::now() + WAIT;
+    while leases.owner(&app, group.as_str()).await.unwrap() != Some(("node-a".into(), 1)) {
+        assert!(Instant::now() < deadline, "node A never wrote its lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    signal(&a, "-STOP").await;
+    let paused_ms = wall_ms();
+    let bob_end = wait_for(&mut bob_ev, "the call ends for bob", ended(&group)).await;
+    let carol_end = wait_for(&mut carol_ev, "the call ends for carol", ended(&group)).await;
+    assert_eq!(reason(&bob_end), Some(EndReason::NetworkError));
+    assert_eq!(reason(&carol_end), Some(EndReason::NetworkError));
+    wait_for(&mut bob_ev, "bob's record", record(&group)).await;
+    records_become(&bob, std::slice::from_ref(&group)).await;
+
+    signal(&a, "-CONT").await;
+    // Node A lets the call go: asked through it, the call has ended.
+    let (host2, _host2_ev) = a.connect(&secret, "host", "host-tablet").await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match host2.get_call(&group).await {
+            Ok(info) if info.ended_at_ms.is_some() => break,
+            Ok(info) => assert!(Instant::now() < deadline, "node A still holds the call live: {info:?}"),
+            Err(e) => panic!("asked through node A: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Bob's mark, written again by A when it woke, is gone with the call.
+    let deadline = Instant::now() + WAIT;
+    while !marks_of(&redis, &app, "bob").await.is_empty() {
+        assert!(Instant::now() < deadline, "bob is still marked in a call");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The survivor's end stands: one record each, ended when A stopped, nothing saved.
+    let page = bob.get_call_records(-1, 20, RecordOrder::Desc).await.expect("records");
+    assert_eq!(page.records.len(), 1, "{page:?}");
+    let kept = &page.records[0];
+    assert_eq!(kept.end_reason, EndReason::NetworkError, "{kept:?}");
+    let ended_at = kept.call.ended_at_ms.expect("an ended call's record");
+    assert!(ended_at <= paused_ms + 2_500, "ended at {ended_at}, A paused at {paused_ms}");
+    let storage = callplus_signal::storage::PostgresStorage::open(&postgres).unwrap();
+    let saved = callplus_signal::storage::Storage::active_calls(&storage).unwrap();
+    assert!(saved.iter().all(|c| c.call_id != group.as_str()), "{saved:?}");
+    // The survivor gives the lease up at its next renewal after the end.
+    let deadline = Instant::now() + WAIT;
+    while let Some(holder) = leases.owner(&app, group.as_str()).await.unwrap() {
+        assert!(["node-b", "node-c"].contains(&holder.0.as_str()) && holder.1 == 2, "{holder:?}");
+        assert!(Instant::now() < deadline, "the survivor never released the call's lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for client in [bob, carol, host2] {
+        client.disconnect().await;
+    }
+    drop(host);
+}
+
 /// The in-call marks of `user` in Redis (the calls their owners marked them in).
 async fn marks_of(redis: &OwnedRedis, app: &str, user: &str) -> Vec<(String, String, String)> {
     let config = callplus_signal::cluster::ClusterConfig::new(&redis.url(), "node-x").unwrap();

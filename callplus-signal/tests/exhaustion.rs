@@ -151,6 +151,7 @@ fn record(owner: &str, n: usize, extra: usize) -> RecordRow {
         call_id: call_id.as_str().to_owned(),
         sync_time,
         body: pb::CallRecord::from(&record).encode_to_vec(),
+        fence: 0,
     }
 }
 

@@ -33,6 +33,7 @@ fn record(n: u64) -> RecordRow {
         call_id: format!("call-{n:06}"),
         sync_time,
         body: format!("record {n}").into_bytes(),
+        fence: 0,
     }
 }
 

@@ -164,6 +164,7 @@ fn tls_to_postgres_follows_the_url() {
             call_id: "c1".into(),
             sync_time: 1,
             body: b"over TLS".to_vec(),
+            fence: 0,
         };
         storage.append_records(std::slice::from_ref(&row)).unwrap();
         let page =

@@ -19,11 +19,12 @@ fn record(app: &str, owner: &str, call: &str, sync_time: i64) -> RecordRow {
         call_id: call.into(),
         sync_time,
         body: format!("{app}/{owner}/{call}@{sync_time}").into_bytes(),
+        fence: 0,
     }
 }
 
 fn call(app: &str, id: &str, body: &[u8]) -> CallRow {
-    CallRow { app_key: app.into(), call_id: id.into(), body: body.to_vec() }
+    CallRow { app_key: app.into(), call_id: id.into(), body: body.to_vec(), fence: 0 }
 }
 
 fn app(key: &str) -> AppCredentials {
@@ -114,7 +115,76 @@ every_engine!(
     dropping_the_writer_drains_the_queue,
     nonces_are_claimed_once_and_kept_across_reopening,
     the_alive_mark_is_kept_and_written_in_batches,
+    writes_with_an_older_fencing_token_change_nothing,
 );
+
+/// Fencing: what a call's successor wrote (a larger token) is never overwritten by its former
+/// owner's late writes (a smaller one), whichever way they reach storage; writes with the same
+/// token (an owner's own updates) or a larger one replace the row as before.
+fn writes_with_an_older_fencing_token_change_nothing(e: &dyn Engine) {
+    let s = e.open();
+    let fenced = |sync_time: i64, fence: i64, body: &str| RecordRow {
+        body: body.as_bytes().to_vec(),
+        fence,
+        ..record("a", "bob", "node-a_1", sync_time)
+    };
+    let bodies = |s: &dyn Storage| -> Vec<(String, i64)> {
+        let page = s.page_records("a", "bob", FIRST_PAGE, 10, PageOrder::Asc).unwrap();
+        page.rows.into_iter().map(|r| (String::from_utf8(r.body).unwrap(), r.fence)).collect()
+    };
+    s.append_records(&[fenced(10, 1, "by the creator")]).unwrap();
+    s.append_records(&[fenced(11, 1, "by the creator, updated")]).unwrap();
+    assert_eq!(bodies(s.as_ref()), [("by the creator, updated".to_owned(), 1)]);
+    s.append_records(&[fenced(20, 2, "ended by the successor")]).unwrap();
+    let successors = [("ended by the successor".to_owned(), 2)];
+    assert_eq!(bodies(s.as_ref()), successors);
+
+    // The woken creator writes its own end: directly, in a batch, through the writer.
+    s.append_records(&[fenced(30, 1, "late")]).unwrap();
+    let results = s.apply_batch(&[BatchOp::Records(vec![fenced(31, 1, "late in a batch")])]).unwrap();
+    assert!(results.iter().all(Result::is_ok), "refused quietly, not failed: {results:?}");
+    let writer = BatchWriter::spawn(s.clone());
+    writer.submit(WriteOp::Record {
+        app_key: "a".into(),
+        owner_id: "bob".into(),
+        call_id: "node-a_1".into(),
+        sync_time: 32,
+        fence: 1,
+        body: Box::new(|| b"late through the writer".to_vec()),
+    });
+    writer.submit(WriteOp::SaveCall {
+        app_key: "a".into(),
+        call_id: "node-a_2".into(),
+        fresh: false,
+        fence: 1,
+        body: Box::new(|| b"stale snapshot".to_vec()),
+    });
+    writer.flush().unwrap();
+    assert_eq!(bodies(s.as_ref()), successors);
+
+    // Snapshots alike.
+    s.put_active_calls(&[CallRow { fence: 2, ..call("a", "node-a_2", b"successor's") }]).unwrap();
+    s.put_active_calls(&[CallRow { fence: 1, ..call("a", "node-a_2", b"stale") }]).unwrap();
+    let snapshots = |s: &dyn Storage| -> Vec<(Vec<u8>, i64)> {
+        s.active_calls().unwrap().into_iter().map(|c| (c.body, c.fence)).collect()
+    };
+    assert_eq!(snapshots(s.as_ref()), [(b"successor's".to_vec(), 2)]);
+    s.put_active_calls(&[CallRow { fence: 3, ..call("a", "node-a_2", b"third owner's") }]).unwrap();
+    assert_eq!(snapshots(s.as_ref()), [(b"third owner's".to_vec(), 3)]);
+    writer.shutdown().unwrap();
+
+    // Kept across reopening; a single node's rows (token 0) replace each other as always.
+    drop(s);
+    let s = e.open();
+    assert_eq!(bodies(s.as_ref()), successors);
+    s.append_records(&[RecordRow { owner_id: "carol".into(), ..fenced(40, 0, "one node") }]).unwrap();
+    s.append_records(&[RecordRow { owner_id: "carol".into(), ..fenced(41, 0, "one node, again") }]).unwrap();
+    let page = s.page_records("a", "carol", FIRST_PAGE, 10, PageOrder::Asc).unwrap();
+    assert_eq!(
+        page.rows.iter().map(|r| r.body.as_slice()).collect::<Vec<_>>(),
+        [b"one node, again".as_slice()]
+    );
+}
 
 fn nonces_are_claimed_once_and_kept_across_reopening(e: &dyn Engine) {
     {
@@ -490,6 +560,7 @@ fn save_call(id: &str, state: &'static str, fresh: bool) -> WriteOp {
         app_key: "a".into(),
         call_id: id.into(),
         fresh,
+        fence: 0,
         body: Box::new(move || state.as_bytes().to_vec()),
     }
 }
@@ -502,6 +573,7 @@ fn record_op(owner: &str, id: &str, sync_time: i64) -> WriteOp {
         owner_id: owner.into(),
         call_id: id.into(),
         sync_time,
+        fence: 0,
         body: Box::new(move || body),
     }
 }
@@ -619,6 +691,7 @@ fn batch_writer_encodes_only_the_snapshots_it_writes() {
             app_key: "a".into(),
             call_id: id.into(),
             fresh: false,
+            fence: 0,
             body: Box::new(move || {
                 encoded.lock().unwrap().push(format!("{id_owned}={state}"));
                 state.as_bytes().to_vec()
@@ -630,6 +703,7 @@ fn batch_writer_encodes_only_the_snapshots_it_writes() {
         owner_id: "u".into(),
         call_id: "short".into(),
         sync_time: 7,
+        fence: 0,
         body: Box::new(|| b"the record".to_vec()),
     };
     writer.submit_all(vec![
@@ -868,7 +942,9 @@ fn a_version_1_database_is_upgraded_and_keeps_its_data() {
         // Turn it back into what version 1 wrote.
         let conn = rusqlite::Connection::open(dir.path().join("callplus.db")).unwrap();
         conn.execute_batch(
-            "DROP TABLE admin_nonces; DELETE FROM schema_version; INSERT INTO schema_version VALUES (1);",
+            "DROP TABLE admin_nonces;
+             ALTER TABLE records DROP COLUMN fence; ALTER TABLE active_calls DROP COLUMN fence;
+             DELETE FROM schema_version; INSERT INTO schema_version VALUES (1);",
         )
         .unwrap();
     }
@@ -876,6 +952,37 @@ fn a_version_1_database_is_upgraded_and_keeps_its_data() {
     assert_eq!(s.apps().unwrap(), vec![app("app_one")]);
     assert!(s.claim_nonce("app_one", "n", 1, 100).unwrap());
     assert!(!s.claim_nonce("app_one", "n", 2, 100).unwrap());
+    s.append_records(&[RecordRow { fence: 2, ..record("app_one", "bob", "c", 1) }]).unwrap();
+    let page = s.page_records("app_one", "bob", FIRST_PAGE, 10, PageOrder::Asc).unwrap();
+    assert_eq!(page.rows.iter().map(|r| r.fence).collect::<Vec<_>>(), [2]);
+}
+
+/// A version 2 database (no fencing tokens) gets them: its rows count as a single node's
+/// (token 0), and fenced writes work from then on.
+#[test]
+fn a_version_2_database_is_upgraded_with_fencing_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        s.append_records(&[record("a", "bob", "c1", 1)]).unwrap();
+        s.put_active_calls(&[call("a", "c2", b"live")]).unwrap();
+    }
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("callplus.db")).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE records DROP COLUMN fence; ALTER TABLE active_calls DROP COLUMN fence;
+             DELETE FROM schema_version; INSERT INTO schema_version VALUES (2);",
+        )
+        .unwrap();
+    }
+    let s = SqliteStorage::open(dir.path()).unwrap();
+    let page = s.page_records("a", "bob", FIRST_PAGE, 10, PageOrder::Asc).unwrap();
+    assert_eq!(page.rows, vec![record("a", "bob", "c1", 1)], "kept, with token 0");
+    assert_eq!(s.active_calls().unwrap(), vec![call("a", "c2", b"live")]);
+    s.append_records(&[RecordRow { fence: 2, ..record("a", "bob", "c1", 2) }]).unwrap();
+    s.append_records(&[RecordRow { fence: 1, ..record("a", "bob", "c1", 3) }]).unwrap();
+    let page = s.page_records("a", "bob", FIRST_PAGE, 10, PageOrder::Asc).unwrap();
+    assert_eq!(page.rows, vec![RecordRow { fence: 2, ..record("a", "bob", "c1", 2) }]);
 }
 
 #[test]
@@ -885,7 +992,7 @@ fn postgres_refuses_a_database_migrated_by_a_newer_version() {
     let db = url.rsplit('/').next().unwrap();
     support::postgres::server().exec(db, "INSERT INTO schema_migrations (version) VALUES (999)");
     match PostgresStorage::open(&url) {
-        Err(StorageError::IncompatibleSchema { found: 999, supported: 2 }) => {}
+        Err(StorageError::IncompatibleSchema { found: 999, supported: 3 }) => {}
         other => panic!("expected IncompatibleSchema, got {other:?}"),
     }
 }

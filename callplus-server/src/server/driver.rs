@@ -38,6 +38,7 @@ use tokio::time::Instant;
 use super::media_relay::SfuCommand;
 use super::metrics::{Metrics, ReasonLabel};
 use super::presence::{Note, PresenceQueue};
+use crate::cluster::Lease;
 use crate::storage::{BatchWriter, Encode, PageOrder, Storage, StorageError, WriteOp};
 
 /// How long a connecting device's stored events wait for its presence registration (a node
@@ -238,6 +239,10 @@ pub(crate) struct Driver {
     routing: Option<super::routing::RoutingQueue>,
     /// Presence registrations under way, by user: the user's stored events load after them.
     registering: HashMap<(AppKey, UserId), oneshot::Receiver<()>>,
+    /// The fencing tokens of the calls this node took over (from a lost node, or from its own
+    /// previous run), until they are forgotten; every other call of a node of several is its
+    /// creator's, token 1, and a single node writes 0 (see `RecordRow::fence`).
+    fences: HashMap<(AppKey, CallId), i64>,
 }
 
 impl Driver {
@@ -269,6 +274,7 @@ impl Driver {
             presence: None,
             routing: None,
             registering: HashMap::new(),
+            fences: HashMap::new(),
         };
         (driver, DriverHandle { tx })
     }
@@ -303,6 +309,37 @@ impl Driver {
             self.sb.end_recovered_calls(now, alive_until, calls);
         }
         self.drain();
+    }
+
+    /// Notes the leases taken on calls read back from storage, to end them
+    /// ([`super::routing::take_calls`]): their writes carry the leases' fencing tokens, and
+    /// the leases are held until the calls are forgotten.
+    pub(crate) fn taken_over(&mut self, calls: Vec<(AppKey, CallInfo, Lease)>) -> Vec<(AppKey, CallInfo)> {
+        calls
+            .into_iter()
+            .map(|(app, info, lease)| {
+                let key = (app.clone(), info.call_id.clone());
+                self.fences.insert(key, i64::try_from(lease.token).unwrap_or(i64::MAX));
+                if let Some(routing) = &self.routing {
+                    routing.hold(app.clone(), info.call_id.clone(), lease);
+                }
+                (app, info)
+            })
+            .collect()
+    }
+
+    /// The fencing token the writes about `call_id` carry (see `fences`).
+    fn fence(&self, app: &AppKey, call_id: &CallId) -> i64 {
+        let taken = if self.fences.is_empty() {
+            None
+        } else {
+            self.fences.get(&(app.clone(), call_id.clone())).copied()
+        };
+        match taken {
+            Some(token) => token,
+            None if self.routing.is_some() => 1,
+            None => 0,
+        }
     }
 
     /// Notes calls whose snapshots were read from storage (see `stored_calls`).
@@ -435,8 +472,10 @@ impl Driver {
             }
             NodeInput::SharedStateLost => self.sb.marks_lost(now),
             NodeInput::TakeoverWon { node } => self.read_lost_calls(node),
+            NodeInput::LeaseLost { app, call_id } => self.sb.lease_lost(now, &app, &call_id),
             NodeInput::Takeover { node, calls } => {
                 let count = calls.len();
+                let calls = self.taken_over(calls);
                 self.note_stored(&calls);
                 self.sb.takeover_granted(now, &node, calls);
                 // The ends' writes (records, forgotten snapshots) go to the writer now; the
@@ -466,6 +505,7 @@ impl Driver {
     /// calls another winner already ended and forgot are not ended twice) and hands the lost
     /// node's to the switchboard ([`NodeInput::Takeover`]).
     fn read_lost_calls(&self, node: String) {
+        let Some(leases) = self.routing.as_ref().map(super::routing::RoutingQueue::leases) else { return };
         let storage = self.storage.clone();
         let tx = self.self_tx.clone();
         tokio::spawn(async move {
@@ -488,6 +528,7 @@ impl Driver {
                 })
                 .collect();
             let (calls, _undecodable) = decode_calls(rows);
+            let calls = super::routing::take_calls(&leases, &node, calls).await;
             let input = super::routing::NodeInput::Takeover { node, calls };
             let _ = tx.send(Input::Node(input)).await;
         });
@@ -603,6 +644,7 @@ impl Driver {
                     owner_id: record.owner.as_str().to_owned(),
                     call_id: record.call.call_id.as_str().to_owned(),
                     sync_time: record.sync_time,
+                    fence: self.fence(&app, &record.call.call_id),
                     body: Box::new(move || wire::call_record_to_vec(&record)),
                 });
             }
@@ -637,6 +679,17 @@ impl Driver {
                 let key = (app, call.call_id.clone());
                 // The first save of a call this process made: nothing of it is stored yet.
                 let fresh = !self.stored_calls.contains(&key);
+                let fence = self.fence(&key.0, &key.1);
+                // A call this node made holds the creator's lease from its first save on.
+                let hold = match &self.routing {
+                    Some(routing) if fresh && !self.known_calls.contains(&key) => {
+                        Some((routing, key.0.clone(), key.1.clone()))
+                    }
+                    _ => None,
+                };
+                if let Some((routing, app, id)) = hold {
+                    routing.hold(app, id, Lease::first(routing.node(), &app_key, &call_id));
+                }
                 let first = self.known_calls.insert(key);
                 if first {
                     self.metrics.calls_started.inc();
@@ -645,13 +698,17 @@ impl Driver {
                 // Encoded on the storage writer's thread, and only if no later write of its
                 // batch replaces it (see `storage::Encode`).
                 let body: Encode = Box::new(move || wire::call_info_to_vec(&call));
-                self.writes.push(WriteOp::SaveCall { app_key, call_id, fresh, body });
+                self.writes.push(WriteOp::SaveCall { app_key, call_id, fresh, fence, body });
             }
             Output::ForgetCall { app, call_id } => {
                 let key = (app.as_str().to_owned(), call_id.as_str().to_owned());
                 let call = (app, call_id);
                 self.known_calls.remove(&call);
                 self.stored_calls.remove(&call);
+                self.fences.remove(&call);
+                if let Some(routing) = &self.routing {
+                    routing.drop_lease(call.0.clone(), call.1.clone());
+                }
                 self.writes.push(WriteOp::RemoveCalls(vec![key]));
             }
             Output::Push(request) => match &self.push {
@@ -1069,6 +1126,7 @@ mod tests {
                 app_key: app.as_str().into(),
                 call_id: "old".into(),
                 body: b"old snapshot".to_vec(),
+                fence: 0,
             }])
             .unwrap();
         driver.note_stored(&[(app.clone(), snapshot("old"))]);

@@ -134,8 +134,9 @@ impl Server {
 /// Whether a node of several holds its own takeover lock while it ends the calls saved by its
 /// last run.
 enum OwnLock {
-    /// Held: released once the ends are committed.
-    Held(crate::cluster::Takeovers),
+    /// Held: the calls are taken over (their leases, for the fencing token of their ends'
+    /// writes) and ended; the lock is released once the ends are committed.
+    Held(Box<(crate::cluster::Takeovers, crate::cluster::CallLeases)>),
     /// Another node holds it: that node is ending them.
     Taken,
     /// Not tried (no Redis, or Redis refused): they are ended here, as a single node does.
@@ -372,7 +373,12 @@ impl ServerBuilder {
                 let routing = routing::Routing {
                     node: cluster.node_id.clone(),
                     outbox: crate::cluster::Outbox::new(conn.clone(), cluster.node_id.clone()),
-                    takeovers: crate::cluster::Takeovers::new(conn, cluster.node_id.clone()),
+                    takeovers: crate::cluster::Takeovers::new(conn.clone(), cluster.node_id.clone()),
+                    leases: crate::cluster::CallLeases::new(
+                        conn,
+                        cluster.node_id.clone(),
+                        crate::cluster::LEASE_TTL,
+                    ),
                     presence: presence.clone(),
                     reader: crate::cluster::InboxReader::new(reader_conn, &cluster.node_id),
                 };
@@ -380,7 +386,7 @@ impl ServerBuilder {
                 // by the survivor that noticed it was lost, never both: whoever holds this
                 // node's takeover lock ends them (docs/architecture.md, "Owner death").
                 let own_lock = match routing.takeovers.acquire(cluster.node_id.as_str()).await {
-                    Ok(true) => OwnLock::Held(routing.takeovers.clone()),
+                    Ok(true) => OwnLock::Held(Box::new((routing.takeovers.clone(), routing.leases.clone()))),
                     Ok(false) => OwnLock::Taken,
                     Err(e) => {
                         tracing::warn!(error = %e, "own takeover lock not tried; ending own saved calls");
@@ -519,7 +525,13 @@ impl ServerBuilder {
                 driver.recover(Vec::new(), alive_mark);
             }
             OwnLock::Untried => driver.recover(recovered, alive_mark),
-            OwnLock::Held(takeovers) => {
+            OwnLock::Held(held) => {
+                let (takeovers, leases) = *held;
+                // The previous run of this node may only have paused: the ends carry a fencing
+                // token past its own (docs/architecture.md, "Fencing").
+                let taken =
+                    routing::take_calls(&leases, node.as_deref().unwrap_or_default(), recovered).await;
+                let recovered = driver.taken_over(taken);
                 driver.recover(recovered, alive_mark);
                 // Given back once the ends are committed.
                 let (writer, node) = (writer.clone(), node.clone().unwrap_or_default());

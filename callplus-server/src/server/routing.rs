@@ -14,6 +14,13 @@
 //! calls, the switchboard ends them, and once those ends are committed the lock is given back
 //! ([`RoutingQueue::releaser`]).
 //!
+//! The routing task also holds the leases of the calls this node owns ([`RoutingQueue::hold`],
+//! [`RoutingQueue::drop_lease`]) and renews them together every third of [`LEASE_TTL`]; a
+//! lease found taken over by another node is reported to the driver
+//! ([`NodeInput::LeaseLost`]), whose switchboard stops acting for the call. [`take_calls`]
+//! takes a lost node's calls over before they are ended, for the fencing token their writes
+//! carry.
+//!
 //! Redis I/O therefore never runs on the switchboard's task. When Redis is down, sends fail
 //! (counted); a forwarded request that cannot be sent is answered CALL_NOT_FOUND, and the
 //! calls concerned recover by the liveness rules (docs/architecture.md).
@@ -31,7 +38,9 @@ mod batch;
 
 use super::driver::{DriverHandle, Input};
 use super::metrics::Metrics;
-use crate::cluster::{ALIVE_TTL, InboxReader, NodeId, Outbox, Presence, Takeovers};
+use crate::cluster::{
+    ALIVE_TTL, CallLeases, InboxReader, LEASE_TTL, Lease, NodeId, Outbox, Presence, TakeOver, Takeovers,
+};
 
 /// Work queued for the routing task before further work is dropped.
 pub(crate) const ROUTING_QUEUE: usize = 16_384;
@@ -75,8 +84,11 @@ pub(crate) enum NodeInput {
     SharedStateLost,
     /// This node won the right to end the lost `node`'s calls: read them and end them.
     TakeoverWon { node: String },
-    /// The lost `node`'s saved calls, read after winning its takeover lock.
-    Takeover { node: String, calls: Vec<(AppKey, CallInfo)> },
+    /// The lost `node`'s saved calls, read after winning its takeover lock, each with the
+    /// lease taken on it ([`take_calls`]).
+    Takeover { node: String, calls: Vec<(AppKey, CallInfo, Lease)> },
+    /// Another node took over the call this node owns (its lease renewal was refused).
+    LeaseLost { app: AppKey, call_id: CallId },
 }
 
 /// What the routing task does.
@@ -91,12 +103,18 @@ enum Work {
     Recheck { app: AppKey, user: UserId },
     /// The lost node's calls are ended and committed: give its takeover lock back.
     Release { node: String },
+    /// Hold (and renew) the lease of a call this node owns.
+    Hold { app: AppKey, call_id: CallId, lease: Lease },
+    /// The call ended here: give its lease up.
+    DropLease { app: AppKey, call_id: CallId },
 }
 
 /// The driver's end of the routing queue.
 #[derive(Debug)]
 pub(crate) struct RoutingQueue {
     tx: mpsc::Sender<Work>,
+    node: NodeId,
+    leases: CallLeases,
     metrics: Arc<Metrics>,
     task: tokio::task::JoinHandle<()>,
     reader: tokio::task::JoinHandle<()>,
@@ -108,6 +126,34 @@ impl RoutingQueue {
         if let Err(e) = self.tx.try_send(Work::Out(work)) {
             self.metrics.count_node("dropped");
             tracing::warn!(work = ?e.into_inner(), "routing queue full; work across nodes dropped");
+        }
+    }
+
+    /// Holds the lease of a call this node owns from now on: the creator's ([`Lease::first`],
+    /// written at its first renewal), or one taken over ([`take_calls`]).
+    pub(crate) fn hold(&self, app: AppKey, call_id: CallId, lease: Lease) {
+        self.queue(Work::Hold { app, call_id, lease });
+    }
+
+    /// Gives up the lease of a call that ended here.
+    pub(crate) fn drop_lease(&self, app: AppKey, call_id: CallId) {
+        self.queue(Work::DropLease { app, call_id });
+    }
+
+    /// This node's id.
+    pub(crate) fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// The leases' handle, to take calls over ([`take_calls`]).
+    pub(crate) fn leases(&self) -> CallLeases {
+        self.leases.clone()
+    }
+
+    fn queue(&self, work: Work) {
+        if let Err(e) = self.tx.try_send(work) {
+            self.metrics.count_node("dropped");
+            tracing::warn!(work = ?e.into_inner(), "routing queue full; lease work dropped");
         }
     }
 
@@ -156,15 +202,19 @@ pub(crate) struct Routing {
     pub(crate) presence: Presence,
     pub(crate) reader: InboxReader,
     pub(crate) takeovers: Takeovers,
+    pub(crate) leases: CallLeases,
 }
 
 /// Starts the routing and inbox tasks; they stop when the [`RoutingQueue`] is closed.
 pub(crate) fn spawn(routing: Routing, driver: DriverHandle, metrics: Arc<Metrics>) -> RoutingQueue {
     let (tx, rx) = mpsc::channel(ROUTING_QUEUE);
-    let Routing { node, outbox, presence, reader, takeovers } = routing;
+    let Routing { node, outbox, presence, reader, takeovers, leases } = routing;
     let reader = tokio::spawn(read_inbox(reader, outbox.clone(), driver.clone(), metrics.clone()));
     let worker = Worker {
-        node,
+        node: node.clone(),
+        leases: leases.clone(),
+        held: HashMap::new(),
+        to_release: Vec::new(),
         conn: outbox.connection(),
         outbox,
         presence,
@@ -175,7 +225,7 @@ pub(crate) fn spawn(routing: Routing, driver: DriverHandle, metrics: Arc<Metrics
         untried: Vec::new(),
     };
     let task = tokio::spawn(worker.run(rx));
-    RoutingQueue { tx, metrics, task, reader }
+    RoutingQueue { tx, node, leases, metrics, task, reader }
 }
 
 /// Reads this node's inbox until aborted, and keeps the node's liveness key fresh.
@@ -237,6 +287,12 @@ async fn read_inbox(mut reader: InboxReader, outbox: Outbox, driver: DriverHandl
 
 struct Worker {
     node: NodeId,
+    leases: CallLeases,
+    /// The leases of the calls this node owns, and whether each was written to Redis yet (a
+    /// creator's lease is written by its first renewal).
+    held: HashMap<(AppKey, CallId), (Lease, bool)>,
+    /// Written leases of calls that ended, to give up at the next renewal.
+    to_release: Vec<Lease>,
     outbox: Outbox,
     presence: Presence,
     takeovers: Takeovers,
@@ -256,6 +312,8 @@ impl Worker {
         let mut run = Vec::with_capacity(RUN);
         let mut check = tokio::time::interval(ALIVE_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renew = tokio::time::interval(LEASE_TTL / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 got = rx.recv_many(&mut run, RUN) => {
@@ -265,6 +323,7 @@ impl Worker {
                     self.run_batch(&mut run).await;
                 }
                 _ = check.tick() => self.check_peers().await,
+                _ = renew.tick() => self.renew_leases().await,
             }
         }
     }
@@ -317,6 +376,61 @@ impl Worker {
         }
     }
 
+    /// Notes lease work of a run (the run's other work goes to Redis in `batch`).
+    fn lease_work(&mut self, work: Work) {
+        match work {
+            Work::Hold { app, call_id, lease } => {
+                // A lease taken over is in Redis already; a creator's is written on renewal.
+                let written = lease.token > 1;
+                self.held.insert((app, call_id), (lease, written));
+            }
+            Work::DropLease { app, call_id } => {
+                if let Some((lease, true)) = self.held.remove(&(app, call_id)) {
+                    self.to_release.push(lease);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Renews every lease held, in one round trip, and reports those another node took over;
+    /// gives up those of the calls that ended since.
+    async fn renew_leases(&mut self) {
+        if !self.to_release.is_empty() {
+            let released = std::mem::take(&mut self.to_release);
+            if let Err(e) = self.leases.release_all(&released).await {
+                // They expire by themselves.
+                tracing::debug!(error = %e, leases = released.len(), "leases not released");
+            }
+        }
+        if self.held.is_empty() {
+            return;
+        }
+        let keys: Vec<(AppKey, CallId)> = self.held.keys().cloned().collect();
+        let leases: Vec<Lease> =
+            keys.iter().filter_map(|k| self.held.get(k).map(|(l, _)| l.clone())).collect();
+        match self.leases.renew_all(&leases).await {
+            Ok(kept) => {
+                for ((app, call_id), kept) in keys.into_iter().zip(kept) {
+                    if kept {
+                        if let Some(entry) = self.held.get_mut(&(app, call_id)) {
+                            entry.1 = true;
+                        }
+                    } else {
+                        self.held.remove(&(app.clone(), call_id.clone()));
+                        self.metrics.count_node("lease_lost");
+                        self.tell(NodeInput::LeaseLost { app, call_id }).await;
+                    }
+                }
+            }
+            Err(e) => {
+                // Still ours until they expire: the next renewal tries again.
+                self.metrics.count_node("error");
+                tracing::warn!(error = %e, leases = leases.len(), "call leases not renewed");
+            }
+        }
+    }
+
     async fn release(&mut self, node: String) {
         match self.takeovers.release(&node).await {
             Ok(true) => tracing::debug!(%node, "takeover done"),
@@ -324,4 +438,48 @@ impl Worker {
             Err(e) => tracing::warn!(%node, error = %e, "takeover lock not released; it expires"),
         }
     }
+}
+
+/// How long [`take_calls`] keeps trying a call's lease while Redis cannot be reached.
+const TAKE_RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// Takes over the calls of the lost node `lost` (this node won its takeover lock, or is `lost`
+/// itself restarted) before they are ended: each call's lease, with a fencing token larger
+/// than any its owner had, so the ends' writes win over anything the lost owner writes if it
+/// was only paused. A lease the lost node still holds is waited for (it expires within
+/// [`LEASE_TTL`] of the node's last renewal; a survivor notices the loss later than that, so
+/// usually there is no wait). A call another node took over already is left out, and so is one
+/// whose lease could not be taken while Redis was unreachable (it stays saved, and is ended when
+/// a node with the lost node's id starts again).
+pub(crate) async fn take_calls(
+    leases: &CallLeases,
+    lost: &str,
+    calls: Vec<(AppKey, CallInfo)>,
+) -> Vec<(AppKey, CallInfo, Lease)> {
+    let mut taken = Vec::with_capacity(calls.len());
+    for (app, info) in calls {
+        let started = Instant::now();
+        loop {
+            match leases.take_over(app.as_str(), info.call_id.as_str(), lost).await {
+                Ok(TakeOver::Taken(lease)) => {
+                    taken.push((app, info, lease));
+                    break;
+                }
+                Ok(TakeOver::TakenElsewhere) => {
+                    tracing::info!(call = %info.call_id, "call already taken over by another node");
+                    break;
+                }
+                Ok(TakeOver::Wait(left)) => tokio::time::sleep(left.min(LEASE_TTL)).await,
+                Err(e) if started.elapsed() < TAKE_RETRY_FOR => {
+                    tracing::debug!(call = %info.call_id, error = %e, "call lease not taken; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    tracing::error!(call = %info.call_id, error = %e, "call lease not taken; call left saved");
+                    break;
+                }
+            }
+        }
+    }
+    taken
 }

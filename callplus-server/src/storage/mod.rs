@@ -135,6 +135,10 @@ pub struct RecordRow {
     pub sync_time: i64,
     /// The encoded record.
     pub body: Vec<u8>,
+    /// The fencing token of the call's owner when it wrote this (its lease's; 0 on a single
+    /// node): a write whose token is smaller than the stored row's changes nothing, so an owner
+    /// that lost the call to a successor cannot overwrite what the successor wrote.
+    pub fence: i64,
 }
 
 /// The direction of a [`Storage::page_records`] page.
@@ -180,6 +184,10 @@ pub struct CallRow {
     pub call_id: String,
     /// The encoded call state.
     pub body: Vec<u8>,
+    /// The fencing token of the call's owner when it wrote this (its lease's; 0 on a single
+    /// node): a write whose token is smaller than the stored row's changes nothing, so an owner
+    /// that lost the call to a successor cannot overwrite what the successor wrote.
+    pub fence: i64,
 }
 
 /// One write in a batch given to [`Storage::apply_batch`].

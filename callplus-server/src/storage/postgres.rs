@@ -26,6 +26,7 @@ use super::{
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_initial.sql")),
     (2, include_str!("../../migrations/postgres/0002_admin_nonces.sql")),
+    (3, include_str!("../../migrations/postgres/0003_fencing_tokens.sql")),
 ];
 
 /// The advisory lock held while migrating, so nodes starting together migrate once.
@@ -197,16 +198,21 @@ async fn set_alive_mark_in(c: &impl GenericClient, at_ms: i64) -> Result<(), Sto
     Ok(())
 }
 
-const UPSERT_RECORD: &str = "INSERT INTO records (app_key, owner_id, call_id, sync_time, body)
-     VALUES ($1, $2, $3, $4, $5)
+/// A record written with a smaller fencing token than the stored one's changes nothing (the
+/// condition is checked on the row as locked, so it holds against a concurrent successor).
+const UPSERT_RECORD: &str = "INSERT INTO records (app_key, owner_id, call_id, sync_time, body, fence)
+     VALUES ($1, $2, $3, $4, $5, $6)
      ON CONFLICT (app_key, owner_id, call_id)
-     DO UPDATE SET sync_time = excluded.sync_time, body = excluded.body";
+     DO UPDATE SET sync_time = excluded.sync_time, body = excluded.body, fence = excluded.fence
+     WHERE records.fence <= excluded.fence";
 
 const RAISE_MAX_SYNC_TIME: &str = "INSERT INTO meta (key, value) VALUES ('max_sync_time', $1)
      ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, excluded.value)";
 
-const UPSERT_CALL: &str = "INSERT INTO active_calls (app_key, call_id, body) VALUES ($1, $2, $3)
-     ON CONFLICT (app_key, call_id) DO UPDATE SET body = excluded.body";
+/// A snapshot written with a smaller fencing token than the stored one's changes nothing.
+const UPSERT_CALL: &str = "INSERT INTO active_calls (app_key, call_id, body, fence) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (app_key, call_id) DO UPDATE SET body = excluded.body, fence = excluded.fence
+     WHERE active_calls.fence <= excluded.fence";
 
 const DELETE_CALL: &str = "DELETE FROM active_calls WHERE app_key = $1 AND call_id = $2";
 
@@ -217,7 +223,8 @@ async fn append_records_in(c: &impl GenericClient, rows: &[RecordRow]) -> Result
     let stmt = c.prepare(UPSERT_RECORD).await?;
     let mut max = i64::MIN;
     for row in rows {
-        c.execute(&stmt, &[&row.app_key, &row.owner_id, &row.call_id, &row.sync_time, &row.body]).await?;
+        c.execute(&stmt, &[&row.app_key, &row.owner_id, &row.call_id, &row.sync_time, &row.body, &row.fence])
+            .await?;
         max = max.max(row.sync_time);
     }
     c.execute(RAISE_MAX_SYNC_TIME, &[&max]).await?;
@@ -261,8 +268,11 @@ impl BatchStatements {
                 let stmt = Self::stmt(c, &mut self.record, UPSERT_RECORD).await?;
                 let mut max = self.max_sync_time.unwrap_or(i64::MIN);
                 for row in rows {
-                    c.execute(&stmt, &[&row.app_key, &row.owner_id, &row.call_id, &row.sync_time, &row.body])
-                        .await?;
+                    c.execute(
+                        &stmt,
+                        &[&row.app_key, &row.owner_id, &row.call_id, &row.sync_time, &row.body, &row.fence],
+                    )
+                    .await?;
                     max = max.max(row.sync_time);
                 }
                 self.max_sync_time = Some(max);
@@ -274,7 +284,7 @@ impl BatchStatements {
                 }
                 let stmt = Self::stmt(c, &mut self.put_call, UPSERT_CALL).await?;
                 for row in rows {
-                    c.execute(&stmt, &[&row.app_key, &row.call_id, &row.body]).await?;
+                    c.execute(&stmt, &[&row.app_key, &row.call_id, &row.body, &row.fence]).await?;
                 }
                 Ok(Vec::new())
             }
@@ -342,7 +352,7 @@ async fn put_active_calls_in(c: &impl GenericClient, rows: &[CallRow]) -> Result
     }
     let stmt = c.prepare(UPSERT_CALL).await?;
     for row in rows {
-        c.execute(&stmt, &[&row.app_key, &row.call_id, &row.body]).await?;
+        c.execute(&stmt, &[&row.app_key, &row.call_id, &row.body, &row.fence]).await?;
     }
     Ok(())
 }
@@ -444,22 +454,22 @@ impl Storage for PostgresStorage {
         let first = sync_time == FIRST_PAGE;
         let sql = match (order, first) {
             (PageOrder::Desc, true) => {
-                "SELECT call_id, sync_time, body FROM records
+                "SELECT call_id, sync_time, body, fence FROM records
                  WHERE app_key = $1 AND owner_id = $2
                  ORDER BY sync_time DESC, call_id DESC LIMIT $3"
             }
             (PageOrder::Desc, false) => {
-                "SELECT call_id, sync_time, body FROM records
+                "SELECT call_id, sync_time, body, fence FROM records
                  WHERE app_key = $1 AND owner_id = $2 AND sync_time < $4
                  ORDER BY sync_time DESC, call_id DESC LIMIT $3"
             }
             (PageOrder::Asc, true) => {
-                "SELECT call_id, sync_time, body FROM records
+                "SELECT call_id, sync_time, body, fence FROM records
                  WHERE app_key = $1 AND owner_id = $2
                  ORDER BY sync_time ASC, call_id ASC LIMIT $3"
             }
             (PageOrder::Asc, false) => {
-                "SELECT call_id, sync_time, body FROM records
+                "SELECT call_id, sync_time, body, fence FROM records
                  WHERE app_key = $1 AND owner_id = $2 AND sync_time > $4
                  ORDER BY sync_time ASC, call_id ASC LIMIT $3"
             }
@@ -483,6 +493,7 @@ impl Storage for PostgresStorage {
                         call_id: r.try_get(0)?,
                         sync_time: r.try_get(1)?,
                         body: r.try_get(2)?,
+                        fence: r.try_get(3)?,
                     })
                 })
                 .collect::<Result<Vec<_>, StorageError>>()
@@ -593,10 +604,20 @@ impl Storage for PostgresStorage {
         self.run(|inner| async move {
             let client = inner.read_client().await?;
             let rows = client
-                .query("SELECT app_key, call_id, body FROM active_calls ORDER BY app_key, call_id", &[])
+                .query(
+                    "SELECT app_key, call_id, body, fence FROM active_calls ORDER BY app_key, call_id",
+                    &[],
+                )
                 .await?;
             rows.iter()
-                .map(|r| Ok(CallRow { app_key: r.try_get(0)?, call_id: r.try_get(1)?, body: r.try_get(2)? }))
+                .map(|r| {
+                    Ok(CallRow {
+                        app_key: r.try_get(0)?,
+                        call_id: r.try_get(1)?,
+                        body: r.try_get(2)?,
+                        fence: r.try_get(3)?,
+                    })
+                })
                 .collect()
         })
     }

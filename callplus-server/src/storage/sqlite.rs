@@ -16,7 +16,7 @@ use super::{
 const DB_FILE: &str = "callplus.db";
 
 /// The schema version this build writes and understands.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// How many read connections a file database keeps.
 const READERS: usize = 4;
@@ -66,6 +66,12 @@ CREATE TABLE admin_nonces (
     PRIMARY KEY (app_key, nonce)
 ) WITHOUT ROWID;
 CREATE INDEX admin_nonces_by_age ON admin_nonces (forget_at);
+";
+
+/// Version 3: the owner's fencing token on records and call snapshots (`RecordRow::fence`).
+const SCHEMA_V3: &str = "
+ALTER TABLE records ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE active_calls ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
 ";
 
 /// [`Storage`] on an embedded SQLite database.
@@ -171,16 +177,20 @@ fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
         None => {
             tx.execute_batch(SCHEMA_V1)?;
             tx.execute_batch(SCHEMA_V2)?;
+            tx.execute_batch(SCHEMA_V3)?;
             tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [SCHEMA_VERSION])?;
             tracing::debug!(version = SCHEMA_VERSION, "created storage schema");
         }
         Some(v) if v > SCHEMA_VERSION => {
             return Err(StorageError::IncompatibleSchema { found: v, supported: SCHEMA_VERSION });
         }
-        Some(1) => {
-            tx.execute_batch(SCHEMA_V2)?;
+        Some(v) if v < SCHEMA_VERSION => {
+            if v < 2 {
+                tx.execute_batch(SCHEMA_V2)?;
+            }
+            tx.execute_batch(SCHEMA_V3)?;
             tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [SCHEMA_VERSION])?;
-            tracing::info!(from = 1, to = SCHEMA_VERSION, "upgraded storage schema");
+            tracing::info!(from = v, to = SCHEMA_VERSION, "upgraded storage schema");
         }
         Some(_) => {}
     }
@@ -188,16 +198,20 @@ fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     Ok(())
 }
 
-const UPSERT_RECORD: &str = "INSERT INTO records (app_key, owner_id, call_id, sync_time, body)
-     VALUES (?1, ?2, ?3, ?4, ?5)
+/// A record written with a smaller fencing token than the stored one's changes nothing.
+const UPSERT_RECORD: &str = "INSERT INTO records (app_key, owner_id, call_id, sync_time, body, fence)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
      ON CONFLICT (app_key, owner_id, call_id)
-     DO UPDATE SET sync_time = excluded.sync_time, body = excluded.body";
+     DO UPDATE SET sync_time = excluded.sync_time, body = excluded.body, fence = excluded.fence
+     WHERE records.fence <= excluded.fence";
 
 const RAISE_MAX_SYNC_TIME: &str = "INSERT INTO meta (key, value) VALUES ('max_sync_time', ?1)
      ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)";
 
-const UPSERT_CALL: &str = "INSERT INTO active_calls (app_key, call_id, body) VALUES (?1, ?2, ?3)
-     ON CONFLICT (app_key, call_id) DO UPDATE SET body = excluded.body";
+/// A snapshot written with a smaller fencing token than the stored one's changes nothing.
+const UPSERT_CALL: &str = "INSERT INTO active_calls (app_key, call_id, body, fence) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (app_key, call_id) DO UPDATE SET body = excluded.body, fence = excluded.fence
+     WHERE active_calls.fence <= excluded.fence";
 
 const DELETE_CALL: &str = "DELETE FROM active_calls WHERE app_key = ?1 AND call_id = ?2";
 
@@ -208,7 +222,7 @@ fn append_records_in(conn: &Connection, rows: &[RecordRow]) -> Result<(), Storag
     let mut stmt = conn.prepare_cached(UPSERT_RECORD)?;
     let mut max = i64::MIN;
     for row in rows {
-        stmt.execute(params![row.app_key, row.owner_id, row.call_id, row.sync_time, row.body])?;
+        stmt.execute(params![row.app_key, row.owner_id, row.call_id, row.sync_time, row.body, row.fence])?;
         max = max.max(row.sync_time);
     }
     conn.prepare_cached(RAISE_MAX_SYNC_TIME)?.execute([max])?;
@@ -255,7 +269,14 @@ impl<'c> BatchStatements<'c> {
                 let stmt = Self::stmt(self.conn, &mut self.record, UPSERT_RECORD)?;
                 let mut max = self.max_sync_time.unwrap_or(i64::MIN);
                 for row in rows {
-                    stmt.execute(params![row.app_key, row.owner_id, row.call_id, row.sync_time, row.body])?;
+                    stmt.execute(params![
+                        row.app_key,
+                        row.owner_id,
+                        row.call_id,
+                        row.sync_time,
+                        row.body,
+                        row.fence
+                    ])?;
                     max = max.max(row.sync_time);
                 }
                 self.max_sync_time = Some(max);
@@ -267,7 +288,7 @@ impl<'c> BatchStatements<'c> {
                 }
                 let stmt = Self::stmt(self.conn, &mut self.put_call, UPSERT_CALL)?;
                 for row in rows {
-                    stmt.execute(params![row.app_key, row.call_id, row.body])?;
+                    stmt.execute(params![row.app_key, row.call_id, row.body, row.fence])?;
                 }
                 Ok(Vec::new())
             }
@@ -332,7 +353,7 @@ fn put_active_calls_in(conn: &Connection, rows: &[CallRow]) -> Result<(), Storag
     }
     let mut stmt = conn.prepare_cached(UPSERT_CALL)?;
     for row in rows {
-        stmt.execute(params![row.app_key, row.call_id, row.body])?;
+        stmt.execute(params![row.app_key, row.call_id, row.body, row.fence])?;
     }
     Ok(())
 }
@@ -422,22 +443,22 @@ impl Storage for SqliteStorage {
         let first = sync_time == super::FIRST_PAGE;
         let sql = match (order, first) {
             (PageOrder::Desc, true) => {
-                "SELECT call_id, sync_time, body FROM records
+                "SELECT call_id, sync_time, body, fence FROM records
                  WHERE app_key = ?1 AND owner_id = ?2
                  ORDER BY sync_time DESC, call_id DESC LIMIT ?3"
             }
             (PageOrder::Desc, false) => {
-                "SELECT call_id, sync_time, body FROM records
+                "SELECT call_id, sync_time, body, fence FROM records
                  WHERE app_key = ?1 AND owner_id = ?2 AND sync_time < ?4
                  ORDER BY sync_time DESC, call_id DESC LIMIT ?3"
             }
             (PageOrder::Asc, true) => {
-                "SELECT call_id, sync_time, body FROM records
+                "SELECT call_id, sync_time, body, fence FROM records
                  WHERE app_key = ?1 AND owner_id = ?2
                  ORDER BY sync_time ASC, call_id ASC LIMIT ?3"
             }
             (PageOrder::Asc, false) => {
-                "SELECT call_id, sync_time, body FROM records
+                "SELECT call_id, sync_time, body, fence FROM records
                  WHERE app_key = ?1 AND owner_id = ?2 AND sync_time > ?4
                  ORDER BY sync_time ASC, call_id ASC LIMIT ?3"
             }
@@ -453,6 +474,7 @@ impl Storage for SqliteStorage {
                 call_id: r.get(0)?,
                 sync_time: r.get(1)?,
                 body: r.get(2)?,
+                fence: r.get(3)?,
             })
         };
         let mut rows: Vec<RecordRow> = if first {
@@ -543,10 +565,12 @@ impl Storage for SqliteStorage {
 
     fn active_calls(&self) -> Result<Vec<CallRow>, StorageError> {
         let conn = self.read_conn();
-        let mut stmt =
-            conn.prepare_cached("SELECT app_key, call_id, body FROM active_calls ORDER BY app_key, call_id")?;
-        let rows =
-            stmt.query_map([], |r| Ok(CallRow { app_key: r.get(0)?, call_id: r.get(1)?, body: r.get(2)? }))?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT app_key, call_id, body, fence FROM active_calls ORDER BY app_key, call_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(CallRow { app_key: r.get(0)?, call_id: r.get(1)?, body: r.get(2)?, fence: r.get(3)? })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

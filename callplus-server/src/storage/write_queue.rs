@@ -147,6 +147,7 @@ mod tests {
             call_id: "c".into(),
             sync_time: 1,
             body: Vec::new(),
+            fence: 0,
         };
         Msg::Ops((0..n).map(|_| WriteOp::Records(vec![row.clone()])).collect())
     }

@@ -87,6 +87,8 @@ pub enum WriteOp {
         call_id: String,
         /// The record's sync time.
         sync_time: i64,
+        /// The call's owner's fencing token (see [`super::RecordRow::fence`]).
+        fence: i64,
         /// Encodes the record.
         body: Encode,
     },
@@ -101,6 +103,8 @@ pub enum WriteOp {
         /// process made (not one read back from storage). When a later op of the same batch
         /// removes a fresh call, neither write is made: the table ends as it was.
         fresh: bool,
+        /// The call's owner's fencing token (see [`super::CallRow::fence`]).
+        fence: i64,
         /// Encodes the snapshot.
         body: Encode,
     },
@@ -128,18 +132,20 @@ impl std::fmt::Debug for WriteOp {
                 .field("ids", ids)
                 .finish(),
             WriteOp::PutCalls(rows) => f.debug_tuple("PutCalls").field(&rows.len()).finish(),
-            WriteOp::Record { app_key, owner_id, call_id, sync_time, body: _ } => f
+            WriteOp::Record { app_key, owner_id, call_id, sync_time, fence, body: _ } => f
                 .debug_struct("Record")
                 .field("app_key", app_key)
                 .field("owner_id", owner_id)
                 .field("call_id", call_id)
                 .field("sync_time", sync_time)
+                .field("fence", fence)
                 .finish(),
-            WriteOp::SaveCall { app_key, call_id, fresh, body: _ } => f
+            WriteOp::SaveCall { app_key, call_id, fresh, fence, body: _ } => f
                 .debug_struct("SaveCall")
                 .field("app_key", app_key)
                 .field("call_id", call_id)
                 .field("fresh", fresh)
+                .field("fence", fence)
                 .finish(),
             WriteOp::RemoveCalls(keys) => f.debug_tuple("RemoveCalls").field(keys).finish(),
             WriteOp::AliveMark(at_ms) => f.debug_tuple("AliveMark").field(at_ms).finish(),
@@ -158,12 +164,12 @@ impl WriteOp {
                 (BatchOp::RemoveOffline { app_key, user_id, ids }, None)
             }
             WriteOp::PutCalls(rows) => (BatchOp::PutCalls(rows), None),
-            WriteOp::Record { app_key, owner_id, call_id, sync_time, body } => {
-                let row = super::RecordRow { app_key, owner_id, call_id, sync_time, body: body() };
+            WriteOp::Record { app_key, owner_id, call_id, sync_time, fence, body } => {
+                let row = super::RecordRow { app_key, owner_id, call_id, sync_time, body: body(), fence };
                 (BatchOp::Records(vec![row]), None)
             }
-            WriteOp::SaveCall { app_key, call_id, fresh: _, body } => {
-                (BatchOp::PutCalls(vec![super::CallRow { app_key, call_id, body: body() }]), None)
+            WriteOp::SaveCall { app_key, call_id, fresh: _, fence, body } => {
+                (BatchOp::PutCalls(vec![super::CallRow { app_key, call_id, body: body(), fence }]), None)
             }
             WriteOp::RemoveCalls(keys) => (BatchOp::RemoveCalls(keys), None),
             WriteOp::AliveMark(at_ms) => (BatchOp::AliveMark(at_ms), None),

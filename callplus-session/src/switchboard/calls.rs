@@ -1010,6 +1010,7 @@ impl Switchboard {
             send_leaver_ended(&mut self.net, call, leaver, &snapshot);
         }
         let mut to_route = Vec::new();
+        let fenced = self.fenced;
         for (j, sessions) in ended {
             if let Some(p) = call.party(j)
                 && let Some(reason) = p.reason
@@ -1017,6 +1018,16 @@ impl Switchboard {
                 let event = Event::CallEnded { call: snapshot.clone(), reason };
                 if route_ends {
                     to_route.push((p.user.clone(), event));
+                } else if fenced {
+                    // The successor told every device it could reach; the ones left are this
+                    // node's own, which it took for lost.
+                    let own: Vec<SessionKey> = sessions
+                        .as_slice()
+                        .iter()
+                        .copied()
+                        .filter(|sk| self.net.sessions.get(sk).is_some_and(|s| s.remote.is_none()))
+                        .collect();
+                    self.net.send_all(&own, event);
                 } else {
                     self.net.send_all(sessions.as_slice(), event);
                 }
@@ -1028,7 +1039,8 @@ impl Switchboard {
         }
         let Some(call) = self.calls.get_mut(id) else { return };
         let single = call.call_type == CallType::Single;
-        let n = call.parties.len();
+        // Fenced: the records and summaries are the successor's to write.
+        let n = if fenced { 0 } else { call.parties.len() };
         let mut snapshot = Some(snapshot);
         for j in 0..n {
             self.last_sync_time = now.max(self.last_sync_time.saturating_add(1));

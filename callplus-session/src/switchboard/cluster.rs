@@ -912,6 +912,32 @@ impl Switchboard {
         self.finish_input(now_ms);
     }
 
+    /// The lease of the call `call_id`, which this node owns, was found held by another node,
+    /// or released by one that took it over: a node that took this one for lost (it paused, or
+    /// lost Redis, past the liveness timeout) ended the call for everyone, with its records. This
+    /// node stops acting for the call at once: its own devices still in it are told it ended
+    /// (NETWORK_ERROR, as the others were), the SFU drops it, and nothing durable is written or
+    /// routed for it (the successor's records stand: storage refuses this node's older fencing
+    /// token anyway). A call not held here, or already ended, is left alone.
+    ///
+    /// ```
+    /// use callplus_session::switchboard::{Switchboard, SwitchboardConfig};
+    /// use callplus_session::{AppKey, CallId};
+    /// let mut sb = Switchboard::new(SwitchboardConfig { node_id: "node-a".into(), ..Default::default() });
+    /// let (app, call) = (AppKey::new("app").unwrap(), CallId::new("node-a_x-1").unwrap());
+    /// sb.lease_lost(0, &app, &call);
+    /// assert_eq!(sb.live_calls(), 0);
+    /// ```
+    pub fn lease_lost(&mut self, now_ms: i64, app: &AppKey, call_id: &CallId) {
+        if self.calls.get(call_id).is_some_and(|call| &call.app == app && !call.is_ended()) {
+            tracing::warn!(call = %call_id, "call taken over by another node; this node stops acting for it");
+            self.fenced = true;
+            self.finish_call(now_ms, call_id, EndReason::NetworkError, None);
+            self.fenced = false;
+        }
+        self.finish_input(now_ms);
+    }
+
     /// A call ended from its saved snapshot (taken over from a lost node, or this node's own
     /// after a restart) ended for `user`: no session of theirs is bound to it here, so
     /// `Event::CallEnded` goes to their devices on this node and on every other (a device that

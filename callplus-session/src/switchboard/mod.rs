@@ -155,6 +155,10 @@ pub struct Switchboard {
     /// `takeover_granted`): on a node of several its participants' devices are told through
     /// routing, as none is bound to it here.
     ending_saved: bool,
+    /// Set while a call whose lease another node took is ended here
+    /// ([`Switchboard::lease_lost`]): only this node's own devices are told, and nothing durable
+    /// is written or routed (the successor did that).
+    fenced: bool,
     /// A node of several: StartCall / Invite requests waiting for their callees' in-call
     /// marks (`cluster`).
     busy_checks: FastMap<QueryId, cluster::BusyCheck>,
@@ -209,6 +213,7 @@ impl Switchboard {
             held_elsewhere: FastMap::default(),
             locates: FastMap::default(),
             ending_saved: false,
+            fenced: false,
             busy_checks: FastMap::default(),
             remote_busy: None,
             marked: FastMap::default(),

@@ -2120,3 +2120,65 @@ fn a_callee_is_marked_ringing_before_their_devices_are_looked_up() {
         .collect();
     assert_eq!(work, vec!["marked ringing", "looked up"]);
 }
+
+/// A node that paused past its loss finds, on waking, that another node took its call over
+/// (the lease renewal is refused): its own devices are told the call ended with
+/// NETWORK_ERROR, and nothing durable is written or routed for it (the successor wrote the
+/// records and summaries); its in-call marks are cleared and the call is no longer live.
+#[test]
+fn a_call_whose_lease_was_taken_over_ends_here_without_records() {
+    let cfg =
+        SwitchboardConfig { push_enabled: false, node_id: "node-a".into(), ..SwitchboardConfig::default() };
+    let mut h = H::new(cfg);
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let call = h.single(a, "bob");
+    ok(h.accept(b, &call));
+    h.events(a);
+    h.events(b);
+    h.outputs();
+    assert_eq!(h.sb.live_calls(), 1);
+
+    h.sb.lease_lost(h.now, &app(), &call);
+    h.drain();
+    for conn in [a, b] {
+        let ends: Vec<EndReason> = h
+            .events(conn)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::CallEnded { call: info, reason } if info.call_id == call => Some(reason),
+                Event::CallRecord(_) | Event::Summary(_) => panic!("no record from a fenced owner"),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ends, vec![EndReason::NetworkError]);
+    }
+    let outputs = h.outputs();
+    assert!(
+        !outputs.iter().any(|o| matches!(
+            o,
+            Output::StoreRecord { .. }
+                | Output::StoreOffline { .. }
+                | Output::SaveCall { .. }
+                | Output::Node(NodeOutput::Route { .. })
+        )),
+        "{outputs:?}"
+    );
+    assert!(outputs.iter().any(|o| matches!(o, Output::ForgetCall { call_id, .. } if call_id == &call)));
+    let cleared: Vec<&str> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Node(NodeOutput::InCall { user, call_id, mark: None, .. }) if call_id == &call => {
+                Some(user.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cleared.len(), 2, "both marks cleared: {cleared:?}");
+    assert_eq!(h.sb.live_calls(), 0);
+    // Told again (a second renewal), or about a call it never held: nothing happens.
+    h.sb.lease_lost(h.now, &app(), &call);
+    h.drain();
+    assert!(h.events(a).is_empty());
+    assert!(h.outputs().is_empty());
+}

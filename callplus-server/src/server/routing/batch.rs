@@ -113,6 +113,8 @@ impl Worker {
                     self.execute(std::mem::take(&mut pending)).await;
                     self.release(node).await;
                 }
+                // Kept in memory; written and renewed together on the renewal tick.
+                lease @ (Work::Hold { .. } | Work::DropLease { .. }) => self.lease_work(lease),
                 other => pending.push(other),
             }
         }
@@ -246,7 +248,7 @@ impl Worker {
                 let found = self.presence.lookup_in(batch, app.as_str(), user.as_str());
                 Step::Recheck { app, user, found }
             }
-            Work::Release { .. } => return None,
+            Work::Release { .. } | Work::Hold { .. } | Work::DropLease { .. } => return None,
         };
         Some(step)
     }
