@@ -1057,6 +1057,95 @@ mod owner_takeover {
         let _ = (dan, host);
     }
 
+    /// How long a callee is rung before the call ends unanswered (the default).
+    const RING_TIMEOUT_MS: i64 = 60_000;
+
+    /// The owner of a group call (participants on the two other nodes, the host still in it or
+    /// gone) and of a 1:1 call still ringing is paused past its loss and past the ring timeout,
+    /// not killed: a survivor takes both calls over (their leases, with a larger token) and ends
+    /// them. When the owner wakes, its overdue ring timer ends the 1:1 call its own way, and
+    /// those writes carry its creator's token, which storage refuses; its lease renewal is then
+    /// refused and it lets the group call go. Each participant has the survivor's records only
+    /// (NETWORK_ERROR, ended when the owner stopped), each surviving device saw each call end
+    /// once, the owner's own devices are told once too, and nothing is live or saved anywhere.
+    fn paused_scenario(seed: u64) {
+        let mut rng = Rng::new(seed);
+        let mut c = Cluster::new(&["node-a", "node-b", "node-c"]);
+        let owner = rng.below(3) as usize;
+        let (p, q) = ((owner + 1) % 3, (owner + 2) % 3);
+        let host = c.add_device(owner, "host", "host-phone");
+        let dan = c.add_device(owner, "dan", "dan-phone");
+        let bob = c.add_device(p, "bob", "bob-phone");
+        let carol = c.add_device(q, "carol", "carol-phone");
+        let erin = c.add_device(q, "erin", "erin-phone");
+        let group = start(&mut c, owner, host, &["bob", "carol"], CallType::Multi);
+        rings(&mut c, p, bob, &group);
+        rings(&mut c, q, carol, &group);
+        accept(&mut c, p, bob, &group);
+        accept(&mut c, q, carol, &group);
+        let host_stays = rng.chance(0.5);
+        if !host_stays {
+            let now = c.device_now(owner, host);
+            let id = c.nodes[owner].devices[host].engine.hangup(now, Some(&group), None).unwrap();
+            c.wait_request(owner, host, id).unwrap();
+        }
+        let single = start(&mut c, owner, dan, &["erin"], CallType::Single);
+        rings(&mut c, q, erin, &single);
+        c.run_for(rng.below(3_000) as i64);
+
+        let paused_at = c.now;
+        c.kill(owner, LOST_AFTER_MS);
+        let (group2, single2) = (group.clone(), single.clone());
+        c.run_until(1_000, "the survivors' devices see the calls end", move |c| {
+            c.nodes[p].ended(bob, &group2).is_some()
+                && c.nodes[q].ended(carol, &group2).is_some()
+                && c.nodes[q].ended(erin, &single2).is_some()
+        });
+        c.settle();
+        assert!(c.db.borrow().refused.is_empty(), "seed {seed}");
+        // Still asleep when the 1:1 call's ring timer falls due.
+        c.run_for(RING_TIMEOUT_MS);
+        c.wake(owner);
+        c.run_until(2_000, "the woken owner lets its calls go", |c| {
+            c.nodes[owner].switchboard.live_calls() == 0
+        });
+        c.settle();
+
+        // Its own end of the 1:1 call was refused by the survivor's larger token.
+        let refused = c.db.borrow().refused.clone();
+        assert!(refused.iter().any(|(_, id)| *id == single), "seed {seed}: {refused:?}");
+        for (node, idx, call) in [(p, bob, &group), (q, carol, &group), (q, erin, &single)] {
+            assert_eq!(c.nodes[node].ended_count(idx, call), 1, "seed {seed}: ends once");
+            assert_eq!(c.nodes[node].ended(idx, call), Some(EndReason::NetworkError), "seed {seed}");
+        }
+        assert_eq!(c.nodes[owner].ended_count(dan, &single), 1, "seed {seed}");
+        if host_stays {
+            assert_eq!(c.nodes[owner].ended_count(host, &group), 1, "seed {seed}");
+        }
+        assert_eq!(records_for(&c, &group), ["bob", "carol", "host"], "seed {seed}");
+        assert_eq!(records_for(&c, &single), ["dan", "erin"], "seed {seed}");
+        let db = c.db.borrow();
+        for (_, record) in db.written.iter() {
+            // The host who left before the pause keeps his own reason.
+            if host_stays || record.owner.as_str() != "host" {
+                assert_eq!(record.end_reason, EndReason::NetworkError, "seed {seed}: {record:?}");
+            }
+            assert_eq!(record.call.ended_at_ms, Some(paused_at), "seed {seed}");
+        }
+        assert!(db.calls.is_empty(), "seed {seed}: nothing saved");
+        drop(db);
+        for n in 0..3 {
+            assert_eq!(c.nodes[n].switchboard.live_calls(), 0, "seed {seed}: node {n}");
+        }
+    }
+
+    #[test]
+    fn a_paused_owner_wakes_and_neither_overwrites_nor_keeps_what_a_survivor_ended() {
+        for seed in 1..=12 {
+            paused_scenario(seed);
+        }
+    }
+
     #[test]
     fn a_lost_owner_has_its_calls_ended_once_for_every_participant_by_one_survivor() {
         for seed in 1..=24 {

@@ -57,6 +57,9 @@ pub struct Cluster {
     pub takeovers: BTreeMap<String, usize>,
     /// Every attempt at a lost node's takeover lock: (node that asked, lost node).
     pub takeover_attempts: Vec<(usize, String)>,
+    /// The highest fencing token handed out per call (a call's epoch in Redis): a node that
+    /// takes a lost owner's call over gets the next one, at least 2 (the creator holds 1).
+    pub epochs: BTreeMap<(AppKey, CallId), i64>,
     /// Won takeovers whose saved calls are being read: answered a latency later.
     grants: BTreeMap<(i64, u64), (usize, String)>,
     /// The in-call marks (`NodeOutput::InCall`): (app, user) → calls, each with the node that
@@ -84,6 +87,7 @@ impl Cluster {
             let mut sim = Sim::new(config);
             sim.routed = true;
             sim.storage.shared = Some(db.clone());
+            sim.storage.fenced = true;
             nodes.push(sim);
         }
         let now = nodes.first().map_or(0, |n| n.now);
@@ -99,6 +103,7 @@ impl Cluster {
             locates: BTreeMap::new(),
             takeovers: BTreeMap::new(),
             takeover_attempts: Vec::new(),
+            epochs: BTreeMap::new(),
             grants: BTreeMap::new(),
             in_call: BTreeMap::new(),
             busy_checks: BTreeMap::new(),
@@ -351,6 +356,13 @@ impl Cluster {
                 .filter(|((_, id), _)| owner_node(id) == Some(lost.as_str()))
                 .map(|((app, _), info)| (app.clone(), info.clone()))
                 .collect();
+            // Each call's lease is taken over before it is ended (`take_calls`), with a token
+            // past any its owners had; the ends' writes carry it.
+            for (app, info) in &calls {
+                let epoch = self.epochs.entry((app.clone(), info.call_id.clone())).or_insert(1);
+                *epoch = (*epoch).max(1) + 1;
+                self.nodes[n].storage.lease_tokens.insert(info.call_id.clone(), *epoch);
+            }
             let now = self.now;
             self.nodes[n].switchboard.takeover_granted(now, &lost, calls);
             self.nodes[n].run_for(0);
@@ -502,5 +514,31 @@ impl Cluster {
             }
         }
         self.collect();
+    }
+
+    /// The node stopped by [`Cluster::kill`] only paused (SIGSTOP, not SIGKILL) and runs again
+    /// with everything it held: it first catches up on what fell due while it slept (its timers
+    /// fire at once, as the server's do when it wakes), then its lease renewal reaches Redis a
+    /// moment later and is refused for every call a survivor took over (the call's epoch is past
+    /// its token): it is told [`Switchboard::lease_lost`] for each.
+    ///
+    /// [`Switchboard::lease_lost`]: callplus_session::switchboard::Switchboard::lease_lost
+    pub fn wake(&mut self, node: usize) {
+        self.alive[node] = true;
+        self.tick();
+        self.run_for(NODE_LATENCY_MS);
+        let name = self.names[node].clone();
+        let taken: Vec<(AppKey, CallId)> = self
+            .epochs
+            .iter()
+            .filter(|((_, id), epoch)| owner_node(id) == Some(name.as_str()) && **epoch > 1)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for (app, id) in taken {
+            let now = self.now;
+            self.nodes[node].switchboard.lease_lost(now, &app, &id);
+            self.nodes[node].run_for(0);
+            self.collect();
+        }
     }
 }

@@ -29,13 +29,50 @@ pub struct SimStorage {
     /// The database several simulated nodes share (`sim::cluster`): when set, every write and
     /// query goes there instead.
     pub shared: Option<Rc<RefCell<SimStorage>>>,
+    /// A node of several: its writes about a call carry a fencing token, its creator's (1)
+    /// unless it took the call over (`lease_tokens`), as the server's driver does.
+    pub fenced: bool,
+    /// The fencing tokens of the calls this node took over (`sim::cluster`).
+    pub lease_tokens: HashMap<CallId, i64>,
+    /// The highest fencing token written per call; a record or snapshot written with a smaller
+    /// one is refused, as the server's storage refuses it (`fence` column).
+    pub fences: HashMap<(AppKey, CallId), i64>,
+    /// The writes refused for their fencing token: (app, call).
+    pub refused: Vec<(AppKey, CallId)>,
 }
 
 impl SimStorage {
     pub fn apply(&mut self, output: &Output) {
+        let token = match output {
+            Output::StoreRecord { record, .. } if self.fenced => {
+                self.lease_tokens.get(&record.call.call_id).copied().unwrap_or(1)
+            }
+            Output::SaveCall { call, .. } if self.fenced => {
+                self.lease_tokens.get(&call.call_id).copied().unwrap_or(1)
+            }
+            _ => 0,
+        };
         if let Some(shared) = &self.shared {
-            shared.borrow_mut().apply(output);
+            shared.borrow_mut().apply_fenced(output, token);
             return;
+        }
+        self.apply_fenced(output, token);
+    }
+
+    /// Applies a write that carries the fencing token `token` (0 on a single node).
+    fn apply_fenced(&mut self, output: &Output, token: i64) {
+        let call = match output {
+            Output::StoreRecord { app, record } => Some((app.clone(), record.call.call_id.clone())),
+            Output::SaveCall { app, call } => Some((app.clone(), call.call_id.clone())),
+            _ => None,
+        };
+        if let Some(key) = call {
+            let fence = self.fences.entry(key.clone()).or_insert(token);
+            if token < *fence {
+                self.refused.push(key);
+                return;
+            }
+            *fence = token;
         }
         match output {
             Output::StoreRecord { app, record } => {
