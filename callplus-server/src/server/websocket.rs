@@ -33,10 +33,13 @@ pub const PATH: &str = "/v1/ws";
 /// The subprotocol the server selects when a client offers it (offering none is fine too).
 pub const SUBPROTOCOL: &str = "callplus.v1";
 
-/// How much a socket reads at a time. The library's default (128 KiB) is zero-filled on every
-/// read, so each idle socket would hold 128 KiB resident; frames larger than this still arrive
-/// whole (the buffer reserves a frame's length once its header is read).
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// How much a socket reads at a time. The library zero-fills this much before every read
+/// attempt (two per frame received, counting the one that finds nothing more): its default,
+/// 128 KiB, kept 128 KiB resident per idle socket, and 4 KiB still cost the server about 10 k
+/// instructions per call cycle (docs/performance.md). A client frame is tens to hundreds of
+/// bytes; a larger one still arrives whole (the buffer reserves a frame's length once its header
+/// is read), in more reads.
+const READ_BUFFER_BYTES: usize = 512;
 
 /// The WebSocket route, to be merged with the gRPC routes on the device port.
 pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {

@@ -18,7 +18,7 @@
 //! cost one pass per level of nesting.
 
 use callplus_proto::prost::bytes::BufMut;
-use callplus_proto::prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use callplus_proto::prost::encoding::{WireType, encoded_len_varint, key_len};
 use callplus_proto::v1 as pb;
 
 use crate::model::ids::UserId;
@@ -38,11 +38,11 @@ pub fn server_frame_len(seq: u64, ack: u64, body: &ServerBody) -> usize {
 /// Writes the frame (`seq`, `ack`, `body`) as a protobuf `ServerFrame` (no length prefix): the
 /// bytes prost writes for the generated message converted from the same frame. `buf` must have
 /// room for [`server_frame_len`] bytes (a `Vec` grows; tonic's encode buffer does too).
+///
+/// The frame is written into a `Vec` first and copied into `buf` whole: one copy of the frame
+/// costs less than handing `buf` its bytes one by one (see [`put_varint`]).
 pub fn encode_server_frame(seq: u64, ack: u64, body: &ServerBody, buf: &mut impl BufMut) {
-    let frame = Frame { seq, ack, body };
-    let mut len = Len { total: 0, sizes: Sizes::default() };
-    frame.fields(&mut len);
-    frame.fields(&mut Write { buf, sizes: &len.sizes, next: 0 });
+    buf.put_slice(&server_frame_to_vec(seq, ack, body));
 }
 
 /// [`encode_server_frame`] into a new `Vec` of the exact size.
@@ -169,30 +169,51 @@ impl Out for Len {
     }
 }
 
+/// Writes `value` as a varint.
+///
+/// A frame is mostly one- and two-byte varints (keys, small numbers, lengths). Through `BufMut`
+/// every byte is a slice of one (a capacity check and a copy call each), which made prost's
+/// byte-at-a-time `encode_varint` the largest single cost of encoding a frame; a `Vec` with the
+/// exact capacity, which the counting pass gives, takes a byte as a plain store.
+fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        #[allow(clippy::cast_possible_truncation)]
+        buf.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    buf.push(value as u8);
+}
+
+/// Writes a field's key.
+fn put_key(buf: &mut Vec<u8>, tag: u32, wire_type: WireType) {
+    put_varint(buf, (u64::from(tag) << 3) | wire_type as u64);
+}
+
 /// The writing pass, with the lengths the counting pass found.
-struct Write<'a, B: BufMut> {
-    buf: &'a mut B,
+struct Write<'a> {
+    buf: &'a mut Vec<u8>,
     sizes: &'a Sizes,
     next: usize,
 }
 
-impl<B: BufMut> Out for Write<'_, B> {
+impl Out for Write<'_> {
     fn varint(&mut self, tag: u32, value: u64) {
-        encode_key(tag, WireType::Varint, self.buf);
-        encode_varint(value, self.buf);
+        put_key(self.buf, tag, WireType::Varint);
+        put_varint(self.buf, value);
     }
 
     fn bytes(&mut self, tag: u32, value: &[u8]) {
-        encode_key(tag, WireType::LengthDelimited, self.buf);
-        encode_varint(usize_u64(value.len()), self.buf);
-        self.buf.put_slice(value);
+        put_key(self.buf, tag, WireType::LengthDelimited);
+        put_varint(self.buf, usize_u64(value.len()));
+        self.buf.extend_from_slice(value);
     }
 
     fn message<M: Msg>(&mut self, tag: u32, message: &M) {
         let len = self.sizes.get(self.next);
         self.next += 1;
-        encode_key(tag, WireType::LengthDelimited, self.buf);
-        encode_varint(usize_u64(len), self.buf);
+        put_key(self.buf, tag, WireType::LengthDelimited);
+        put_varint(self.buf, usize_u64(len));
         message.fields(self);
     }
 }
