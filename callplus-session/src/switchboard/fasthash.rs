@@ -1,6 +1,16 @@
 //! A small, fast, non-cryptographic hasher for maps whose keys the server assigns itself
 //! (session keys, connection ids, query ids, server-made call ids). Keys that clients choose
 //! (user ids) stay on the standard keyed SipHash, so nobody can flood a map with collisions.
+//!
+//! Public for the server's own maps of such keys (its connections, looked up for every frame).
+//!
+//! ```
+//! use callplus_session::switchboard::FastMap;
+//!
+//! let mut conns: FastMap<u64, &str> = FastMap::default();
+//! conns.insert(7, "alice's phone");
+//! assert_eq!(conns.get(&7), Some(&"alice's phone"));
+//! ```
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -9,7 +19,7 @@ const K: u64 = 0xf135_7aea_2e62_a9c5;
 
 /// Multiply-xor word hashing (like rustc's FxHasher) with a full-avalanche finish.
 #[derive(Debug, Default, Clone, Copy)]
-pub(super) struct FastHasher(u64);
+pub struct FastHasher(u64);
 
 impl FastHasher {
     #[inline]
@@ -71,7 +81,7 @@ impl Hasher for FastHasher {
 }
 
 /// A `HashMap` on [`FastHasher`].
-pub(super) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 #[cfg(test)]
 mod tests {

@@ -63,7 +63,6 @@ mod weight;
 #[cfg(test)]
 mod tests;
 
-use fasthash::FastMap;
 use queue::{Outputs, Slot};
 
 use crate::call::{Call, SessionKey};
@@ -80,6 +79,7 @@ pub use config::{
     BusyPolicy, ConfigError, DevicePolicy, MAX_NODE_ID_LEN, MEDIA_RECOVERY_MS, SwitchboardConfig,
     valid_node_id,
 };
+pub use fasthash::{FastHasher, FastMap};
 pub use media_route::{MediaRouter, TokenSigner};
 pub use output::{ConnId, DevicePresence, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId};
 
