@@ -50,8 +50,14 @@ fn call_cycles_report_the_required_figures() {
     assert!(v["cycles_per_sec"].as_f64().unwrap() > 0.0, "{v}");
     percentiles(&v, "start_to_received");
     percentiles(&v, "accept_to_connected");
-    // The server ran as a child process, so its own figures are there.
+    // The server ran as a child process, so its own figures are there, with the parts of its CPU
+    // spent in the kernel and on the storage writer thread.
     assert!(v["server_cpu_s"].is_number() && v["server_peak_rss_kib"].as_u64().unwrap() > 0, "{v}");
+    let cpu = v["server_cpu_s"].as_f64().unwrap();
+    for part in ["server_kernel_cpu_s", "server_storage_cpu_s"] {
+        let part = v[part].as_f64().unwrap_or_else(|| panic!("{part} missing in {v}"));
+        assert!((0.0..=cpu + 1e-9).contains(&part), "{v}");
+    }
 }
 
 /// Runs call cycles with raw users over `client` framing; checks every cycle completed and

@@ -82,12 +82,19 @@ struct Point {
     completed: u64,
     p99_ms: Option<f64>,
     cpu_s: f64,
+    /// Of `cpu_s`, callplus's storage writer thread (durable call records; the anchor keeps none).
+    storage_s: Option<f64>,
 }
 
 impl Point {
     /// Server CPU per completed call, in microseconds.
     fn cpu_per_call_us(&self) -> Option<f64> {
-        (self.completed > 0).then(|| self.cpu_s * 1e6 / self.completed as f64)
+        self.per_call_us(self.cpu_s)
+    }
+
+    /// `seconds` of CPU spread over the completed calls, in microseconds.
+    fn per_call_us(&self, seconds: f64) -> Option<f64> {
+        (self.completed > 0).then(|| seconds * 1e6 / self.completed as f64)
     }
 }
 
@@ -214,6 +221,7 @@ fn sip_point(work: &Path, rate: f64, seconds: u64) -> Result<Point> {
         completed,
         p99_ms: sipp_p99_ms(&rtt_dir),
         cpu_s,
+        storage_s: None,
     })
 }
 
@@ -298,6 +306,7 @@ fn callplus_point(
         completed: report["completed"].as_u64().unwrap_or(0),
         p99_ms: num(&report["latency_ms"]["start_to_received"]["p99"]),
         cpu_s: num(&report["server_cpu_s"]).unwrap_or(0.0),
+        storage_s: num(&report["server_storage_cpu_s"]),
     })
 }
 
@@ -305,9 +314,10 @@ fn callplus_point(
 /// of those with its CPU per call as a multiple of the anchor's (when the anchor failed no call).
 fn table(points: &[Point]) -> Vec<String> {
     let mut lines = vec![
-        "| system | offered/s | achieved/s | failed | p99 setup | server CPU per call | callplus / anchor CPU |"
+        "| system | offered/s | achieved/s | failed | p99 setup | server CPU per call | callplus / anchor CPU \
+         | of which storage writer |"
             .to_owned(),
-        "|---|---|---|---|---|---|---|".to_owned(),
+        "|---|---|---|---|---|---|---|---|".to_owned(),
     ];
     // Each callplus row is compared with the anchor row before it (the same rate).
     let mut anchor = None;
@@ -322,14 +332,16 @@ fn table(points: &[Point]) -> Vec<String> {
                 _ => "-".to_owned(),
             }
         };
+        let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0} µs"));
         lines.push(format!(
-            "| {} | {:.0} | {:.0} | {} | {} | {} | {ratio} |",
+            "| {} | {:.0} | {:.0} | {} | {} | {} | {ratio} | {} |",
             p.system,
             p.offered,
             p.achieved,
             p.failed,
             p.p99_ms.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms")),
-            p.cpu_per_call_us().map_or_else(|| "-".to_owned(), |v| format!("{v:.0} µs")),
+            us(p.cpu_per_call_us()),
+            us(p.storage_s.and_then(|s| p.per_call_us(s))),
         ));
     }
     lines
@@ -352,7 +364,8 @@ mod tests {
 
     #[test]
     fn each_callplus_framing_is_compared_with_the_anchor_at_its_rate() {
-        let point = |system, offered, completed, failed, cpu_s| Point {
+        // A quarter of callplus's CPU on its storage writer.
+        let point = |system: &'static str, offered, completed, failed, cpu_s: f64| Point {
             system,
             offered,
             achieved: offered,
@@ -360,6 +373,7 @@ mod tests {
             completed,
             p99_ms: Some(0.5),
             cpu_s,
+            storage_s: (system != ANCHOR).then_some(cpu_s / 4.0),
         };
         let points = [
             point("Kamailio + SIPp", 1_000.0, 10_000, 0, 1.0),
@@ -374,16 +388,25 @@ mod tests {
         ];
         let lines = table(&points);
         assert_eq!(lines.len(), 2 + points.len());
-        assert!(lines[2].starts_with("| Kamailio + SIPp | 1000 |") && lines[2].ends_with("| 100 µs |  |"));
+        let columns = |line: &str| line.matches('|').count();
+        assert!(lines.iter().all(|l| columns(l) == columns(&lines[0])), "{lines:?}");
         assert!(
-            lines[3].starts_with("| callplus (gRPC) | 1000 |") && lines[3].ends_with("| 250 µs | 2.50× |")
+            lines[2].starts_with("| Kamailio + SIPp | 1000 |") && lines[2].ends_with("| 100 µs |  | - |"),
+            "{}",
+            lines[2]
         );
-        assert!(lines[4].starts_with("| callplus (WebSocket) |") && lines[4].ends_with("| 150 µs | 1.50× |"));
+        assert!(
+            lines[3].starts_with("| callplus (gRPC) | 1000 |")
+                && lines[3].ends_with("| 250 µs | 2.50× | 62 µs |"),
+            "{}",
+            lines[3]
+        );
+        assert!(lines[4].starts_with("| callplus (WebSocket) |") && lines[4].contains("| 150 µs | 1.50× |"));
         // Each rate against its own anchor; no completed call, no ratio.
-        assert!(lines[6].ends_with("| 200 µs | 2.00× |"), "{}", lines[6]);
-        assert!(lines[7].ends_with("| - | - |"), "{}", lines[7]);
+        assert!(lines[6].contains("| 200 µs | 2.00× |"), "{}", lines[6]);
+        assert!(lines[7].ends_with("| - | - | - |"), "{}", lines[7]);
         // An anchor that failed calls gives no ratio.
-        assert!(lines[9].ends_with("| 120 µs | - |") && lines[10].ends_with("| 100 µs | - |"), "{lines:?}");
+        assert!(lines[9].contains("| 120 µs | - |") && lines[10].contains("| 100 µs | - |"), "{lines:?}");
     }
 
     #[test]

@@ -21,7 +21,10 @@ mod writer;
 pub use crate::token::AppCredentials;
 pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
-pub use writer::{BatchWriter, DEFAULT_COMMIT_DELAY, DEFAULT_OUTAGE_WINDOW, Encode, OfflineReply, WriteOp};
+pub use writer::{
+    BatchWriter, DEFAULT_COMMIT_DELAY, DEFAULT_OUTAGE_WINDOW, Encode, OfflineReply, WRITER_THREAD_NAME,
+    WriteOp,
+};
 
 /// The largest page [`Storage::page_records`] returns.
 pub const MAX_PAGE_SIZE: u32 = 100;

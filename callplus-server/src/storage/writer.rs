@@ -13,6 +13,10 @@ use super::{BatchOp, OpResult, Storage, StorageError};
 /// The most operations committed in one transaction; a longer queue is split into several.
 const MAX_OPS_PER_BATCH: usize = URGENT_OPS;
 
+/// The writer thread's name, by which a load test tells its CPU from the rest of the server's
+/// (Linux shows the first 15 bytes, `callplus-storag`, in `/proc/<pid>/task/<tid>/comm`).
+pub const WRITER_THREAD_NAME: &str = "callplus-storage-writer";
+
 /// How long the writer collects writes after the first one of a batch before it commits
 /// (unless a flush or a full batch comes first): the default of [`BatchWriter::spawn`].
 ///
@@ -231,7 +235,7 @@ impl BatchWriter {
         let theirs = queue.clone();
         let policy = Retry { window: outage_window, retries: retries.clone() };
         let thread = std::thread::Builder::new()
-            .name("callplus-storage-writer".into())
+            .name(WRITER_THREAD_NAME.into())
             .spawn(move || run(storage.as_ref(), &theirs, commit_delay, &policy));
         match thread {
             Ok(handle) => BatchWriter { queue, thread: Some(handle), retries },

@@ -502,6 +502,12 @@ impl Tally {
             (Some(a), Some(b)) => Some(round3(b.cpu_s - a.cpu_s)),
             _ => None,
         };
+        let server_part = |part: fn(&ProcStats) -> f64| match server {
+            (Some(a), Some(b)) => Some(round3(part(&b) - part(&a))),
+            _ => None,
+        };
+        let server_kernel_cpu = server_part(|s| s.kernel_cpu_s);
+        let server_storage_cpu = server_part(|s| s.storage_cpu_s);
         let server_peak = server.1.map(|s| s.peak_rss_kib);
         let self_cpu = match me {
             (Some(a), Some(b)) => Some(round3(b.cpu_s - a.cpu_s)),
@@ -534,6 +540,8 @@ impl Tally {
             },
             "server_cpu_s": server_cpu,
             "server_cpu_util": server_cpu.map(|c| round3(c / secs)),
+            "server_kernel_cpu_s": server_kernel_cpu,
+            "server_storage_cpu_s": server_storage_cpu,
             "server_peak_rss_kib": server_peak,
             "server_rss_kib": server.1.map(|s| s.rss_kib),
             "loadgen_cpu_s": self_cpu,
@@ -563,6 +571,11 @@ impl Tally {
                 "  server CPU:            {}{}",
                 opt(server_cpu, "s"),
                 server_cpu.map_or_else(String::new, |c| format!(" ({:.0}% of one core)", c / secs * 100.0))
+            ),
+            format!(
+                "    of which:            {} in the kernel, {} on the storage writer thread",
+                opt(server_kernel_cpu, "s"),
+                opt(server_storage_cpu, "s")
             ),
             format!(
                 "  server peak RSS:       {}",

@@ -12,7 +12,7 @@ use callplus_session::switchboard::SwitchboardConfig;
 use super::BenchArgs;
 use crate::client::TlsOptions;
 use crate::server::{RunningServer, Server, ServerTls};
-use crate::storage::{SqliteStorage, Storage as _};
+use crate::storage::{SqliteStorage, Storage as _, WRITER_THREAD_NAME};
 use crate::token;
 
 /// Per-device request limits given to a server the tool starts: the load is many calls per
@@ -50,6 +50,14 @@ pub(crate) struct Target {
 pub(crate) struct ProcStats {
     /// User + system CPU seconds since the process started.
     pub(crate) cpu_s: f64,
+    /// Of `cpu_s`, the seconds spent in the kernel (system calls: socket reads and writes, the
+    /// storage writer's page writes, wake-ups). Linux splits a process's exact run time between
+    /// user and kernel in the proportion of timer-tick samples, so the split of a process that
+    /// ran only a few hundred ticks can be far off; the total is exact.
+    pub(crate) kernel_cpu_s: f64,
+    /// Of `cpu_s`, the seconds of the server's storage writer thread (SQLite's or PostgreSQL's
+    /// batches), so a report can tell durable writes from the signalling around them.
+    pub(crate) storage_cpu_s: f64,
     /// Resident set size now, KiB.
     pub(crate) rss_kib: u64,
     /// Peak resident set size, KiB.
@@ -59,12 +67,8 @@ pub(crate) struct ProcStats {
 /// Reads the CPU and memory of `pid` (`"self"` for this process); `None` off Linux or when the
 /// process is gone.
 pub(crate) fn proc_stats(pid: &str) -> Option<ProcStats> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let (utime, stime) = cpu_ticks(&format!("/proc/{pid}/stat"))?;
+    let storage_ticks = storage_writer_ticks(pid);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib = |key: &str| {
         status
@@ -74,10 +78,45 @@ pub(crate) fn proc_stats(pid: &str) -> Option<ProcStats> {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    // /proc reports CPU time in USER_HZ, which Linux fixes at 100 for user space.
-    #[allow(clippy::cast_precision_loss)]
-    let cpu_s = (utime + stime) as f64 / 100.0;
-    Some(ProcStats { cpu_s, rss_kib: kib("VmRSS:"), peak_rss_kib: kib("VmHWM:") })
+    Some(ProcStats {
+        cpu_s: ticks_to_s(utime + stime),
+        kernel_cpu_s: ticks_to_s(stime),
+        storage_cpu_s: ticks_to_s(storage_ticks),
+        rss_kib: kib("VmRSS:"),
+        peak_rss_kib: kib("VmHWM:"),
+    })
+}
+
+/// Linux keeps the first 15 bytes of a thread's name in its `comm`.
+const COMM_BYTES: usize = 15;
+
+/// User and system CPU ticks of a process or thread, from its `stat` file.
+fn cpu_ticks(stat_path: &str) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime, stime))
+}
+
+/// CPU ticks (user + system) of the process's storage writer thread; 0 when it has none.
+fn storage_writer_ticks(pid: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    let comm = WRITER_THREAD_NAME.get(..COMM_BYTES).unwrap_or(WRITER_THREAD_NAME);
+    tasks
+        .filter_map(Result::ok)
+        .filter(|task| std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim_end() == comm))
+        .filter_map(|task| cpu_ticks(&task.path().join("stat").to_string_lossy()))
+        .map(|(u, s)| u + s)
+        .sum()
+}
+
+/// /proc reports CPU time in USER_HZ, which Linux fixes at 100 for user space.
+#[allow(clippy::cast_precision_loss)]
+fn ticks_to_s(ticks: u64) -> f64 {
+    ticks as f64 / 100.0
 }
 
 /// The soft limit on open files of this process (a child inherits it), if known.
@@ -284,6 +323,8 @@ impl Target {
                 for pid in pids {
                     let s = proc_stats(&pid.to_string())?;
                     sum.cpu_s += s.cpu_s;
+                    sum.kernel_cpu_s += s.kernel_cpu_s;
+                    sum.storage_cpu_s += s.storage_cpu_s;
                     sum.rss_kib += s.rss_kib;
                     sum.peak_rss_kib += s.peak_rss_kib;
                 }
@@ -383,5 +424,40 @@ fn read_banner(stdout: std::process::ChildStdout) -> anyhow::Result<Banner> {
     match (endpoint, app_key, app_secret) {
         (Some(endpoint), Some(app_key), Some(app_secret)) => Ok(Banner { endpoint, app_key, app_secret }),
         _ => bail!("the server did not print its address and a new app's credentials"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CPU ticks of the calling thread.
+    fn own_ticks() -> u64 {
+        cpu_ticks("/proc/thread-self/stat").map_or(0, |(u, s)| u + s)
+    }
+
+    #[test]
+    fn the_storage_writer_threads_cpu_is_counted_apart() {
+        let before = proc_stats("self").map_or(0.0, |s| s.storage_cpu_s);
+        // A thread named as the server names its writer, busy until the kernel has charged it
+        // at least two ticks.
+        let busy = std::thread::Builder::new()
+            .name(WRITER_THREAD_NAME.into())
+            .spawn(|| {
+                let mut x = 0u64;
+                while own_ticks() < 2 {
+                    for i in 0..100_000u64 {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                    }
+                }
+                let stats = proc_stats("self");
+                std::hint::black_box(x);
+                stats
+            })
+            .unwrap_or_else(|e| panic!("cannot start a thread: {e}"));
+        let stats = busy.join().unwrap_or_else(|_| panic!("the busy thread panicked"));
+        let Some(stats) = stats else { panic!("/proc/self/stat unreadable") };
+        assert!(stats.storage_cpu_s - before >= 0.02, "{stats:?}, before {before}");
+        assert!(stats.storage_cpu_s <= stats.cpu_s && stats.kernel_cpu_s <= stats.cpu_s, "{stats:?}");
     }
 }
