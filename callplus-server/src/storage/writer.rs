@@ -1,11 +1,13 @@
 //! A dedicated writer thread that batches storage writes.
 
-use std::collections::hash_map::{Entry, HashMap};
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use callplus_session::switchboard::FastMap;
 
 use super::write_queue::{AbandonOnDrop, Msg, URGENT_OPS, WriteQueue};
 use super::{BatchOp, OpResult, Storage, StorageError};
@@ -413,7 +415,9 @@ fn coalesce_saves(ops: &mut [WriteOp]) {
     let mut emptied = Vec::new();
     let mut dropped: Vec<(usize, usize)> = Vec::new();
     {
-        let mut seen: HashMap<(&str, &str), Seen> = HashMap::new();
+        // App keys and call ids are the server's own (no client chooses a key here), so the
+        // switchboard's fast hasher serves, as for its own map of calls.
+        let mut seen: FastMap<(&str, &str), Seen> = FastMap::default();
         for (i, op) in ops.iter().enumerate().rev() {
             match op {
                 WriteOp::SaveCall { app_key, call_id, fresh, .. } => {
