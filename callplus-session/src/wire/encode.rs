@@ -11,11 +11,12 @@
 //! property test below checks that byte for byte for arbitrary frames of every kind, so a field
 //! added to the protocol and its conversion but not here fails it.
 //!
-//! Each message is written once by a generic `fields` function over an [`Out`]: one `Out`
-//! counts the bytes and notes the length of every nested message (each is preceded by its
-//! length), the other writes them with those lengths. Two passes over the frame in all, where
-//! measuring each nested message again at every level (as prost's `encoded_len` does) would
-//! cost one pass per level of nesting.
+//! Each message is written once by a generic `fields` function over an [`Out`]: [`Backfill`]
+//! writes the bytes in one pass, leaving one byte for each nested message's length and filling it
+//! in (moving the message up when its length needs more bytes) once the message is written;
+//! [`Len`] only counts, for [`server_frame_len`]. One pass over the frame, where measuring each
+//! nested message first (as prost's `encoded_len` does, once per level of nesting) would walk
+//! every field again.
 
 use callplus_proto::prost::bytes::BufMut;
 use callplus_proto::prost::encoding::{WireType, encoded_len_varint, key_len};
@@ -30,7 +31,7 @@ use crate::model::snapshot::{
 /// The encoded length of the frame (`seq`, `ack`, `body`) in bytes, without a length prefix.
 #[must_use]
 pub fn server_frame_len(seq: u64, ack: u64, body: &ServerBody) -> usize {
-    let mut len = Len { total: 0, sizes: Sizes::default() };
+    let mut len = Len { total: 0 };
     Frame { seq, ack, body }.fields(&mut len);
     len.total
 }
@@ -45,15 +46,10 @@ pub fn encode_server_frame(seq: u64, ack: u64, body: &ServerBody, buf: &mut impl
     buf.put_slice(&server_frame_to_vec(seq, ack, body));
 }
 
-/// [`encode_server_frame`] into a new `Vec` of the exact size.
+/// [`encode_server_frame`] into a new `Vec`.
 #[must_use]
 pub fn server_frame_to_vec(seq: u64, ack: u64, body: &ServerBody) -> Vec<u8> {
-    let frame = Frame { seq, ack, body };
-    let mut len = Len { total: 0, sizes: Sizes::default() };
-    frame.fields(&mut len);
-    let mut buf = Vec::with_capacity(len.total);
-    frame.fields(&mut Write { buf: &mut buf, sizes: &len.sizes, next: 0 });
-    buf
+    message_to_vec(&Frame { seq, ack, body })
 }
 
 /// A call record as the protobuf `CallRecord` (the bytes prost writes for the generated
@@ -71,12 +67,14 @@ pub fn call_info_to_vec(call: &CallInfo) -> Vec<u8> {
 }
 
 fn message_to_vec<M: Msg>(message: &M) -> Vec<u8> {
-    let mut len = Len { total: 0, sizes: Sizes::default() };
-    message.fields(&mut len);
-    let mut buf = Vec::with_capacity(len.total);
-    message.fields(&mut Write { buf: &mut buf, sizes: &len.sizes, next: 0 });
+    let mut buf = Vec::with_capacity(FIRST_CAPACITY);
+    message.fields(&mut Backfill { buf: &mut buf });
     buf
 }
+
+/// What a frame's `Vec` starts with: most frames (events, replies, a call's snapshot with a few
+/// participants) fit; a page of records grows it a few times.
+const FIRST_CAPACITY: usize = 512;
 
 /// Where fields go: counted or written. Every method writes its field unconditionally; the
 /// free functions below leave out proto3 defaults.
@@ -95,59 +93,9 @@ fn usize_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
-/// Nested messages inline before the first heap allocation (a call snapshot with a few
-/// participants needs about ten).
-const INLINE_SIZES: usize = 32;
-
-/// The lengths of a frame's nested messages, in the order they are entered (pre-order): the
-/// counting pass fills them once, the writing pass reads them back in the same order, so no
-/// message is measured more than once however deep it is nested.
-struct Sizes {
-    inline: [usize; INLINE_SIZES],
-    spill: Vec<usize>,
-    n: usize,
-}
-
-impl Default for Sizes {
-    fn default() -> Self {
-        Sizes { inline: [0; INLINE_SIZES], spill: Vec::new(), n: 0 }
-    }
-}
-
-impl Sizes {
-    /// Reserves the next slot and returns its index.
-    fn push(&mut self) -> usize {
-        let i = self.n;
-        self.n += 1;
-        if i >= INLINE_SIZES {
-            self.spill.push(0);
-        }
-        i
-    }
-
-    fn set(&mut self, i: usize, len: usize) {
-        let slot = match i.checked_sub(INLINE_SIZES) {
-            None => self.inline.get_mut(i),
-            Some(j) => self.spill.get_mut(j),
-        };
-        if let Some(slot) = slot {
-            *slot = len;
-        }
-    }
-
-    fn get(&self, i: usize) -> usize {
-        let slot = match i.checked_sub(INLINE_SIZES) {
-            None => self.inline.get(i),
-            Some(j) => self.spill.get(j),
-        };
-        slot.copied().unwrap_or(0)
-    }
-}
-
-/// The counting pass: the frame's total length, and every nested message's.
+/// Counts the bytes a message takes.
 struct Len {
     total: usize,
-    sizes: Sizes,
 }
 
 impl Out for Len {
@@ -160,11 +108,9 @@ impl Out for Len {
     }
 
     fn message<M: Msg>(&mut self, tag: u32, message: &M) {
-        let slot = self.sizes.push();
         let start = self.total;
         message.fields(self);
         let len = self.total - start;
-        self.sizes.set(slot, len);
         self.total += key_len(tag) + encoded_len_varint(usize_u64(len));
     }
 }
@@ -173,8 +119,8 @@ impl Out for Len {
 ///
 /// A frame is mostly one- and two-byte varints (keys, small numbers, lengths). Through `BufMut`
 /// every byte is a slice of one (a capacity check and a copy call each), which made prost's
-/// byte-at-a-time `encode_varint` the largest single cost of encoding a frame; a `Vec` with the
-/// exact capacity, which the counting pass gives, takes a byte as a plain store.
+/// byte-at-a-time `encode_varint` the largest single cost of encoding a frame; a `Vec` with room
+/// takes a byte as a plain store.
 fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         #[allow(clippy::cast_possible_truncation)]
@@ -190,14 +136,15 @@ fn put_key(buf: &mut Vec<u8>, tag: u32, wire_type: WireType) {
     put_varint(buf, (u64::from(tag) << 3) | wire_type as u64);
 }
 
-/// The writing pass, with the lengths the counting pass found.
-struct Write<'a> {
+/// Writes a message in one pass. A nested message's length precedes it but is known only once
+/// it is written: one byte is left for it, which holds any length under 128 (most nested
+/// messages: participants, device legs, ICE servers); a longer message is moved up by the
+/// length's extra bytes, one `memmove` of bytes just written.
+struct Backfill<'a> {
     buf: &'a mut Vec<u8>,
-    sizes: &'a Sizes,
-    next: usize,
 }
 
-impl Out for Write<'_> {
+impl Out for Backfill<'_> {
     fn varint(&mut self, tag: u32, value: u64) {
         put_key(self.buf, tag, WireType::Varint);
         put_varint(self.buf, value);
@@ -210,12 +157,48 @@ impl Out for Write<'_> {
     }
 
     fn message<M: Msg>(&mut self, tag: u32, message: &M) {
-        let len = self.sizes.get(self.next);
-        self.next += 1;
         put_key(self.buf, tag, WireType::LengthDelimited);
-        put_varint(self.buf, usize_u64(len));
+        let at = self.buf.len();
+        self.buf.push(0);
         message.fields(self);
+        let end = self.buf.len();
+        let len = end - at - 1;
+        if len < 0x80 {
+            if let Some(byte) = self.buf.get_mut(at) {
+                #[allow(clippy::cast_possible_truncation)]
+                let short = len as u8;
+                *byte = short;
+            }
+            return;
+        }
+        let mut prefix = [0u8; 10];
+        let n = varint_into(&mut prefix, usize_u64(len));
+        let extra = n - 1;
+        self.buf.resize(end + extra, 0);
+        self.buf.copy_within(at + 1..end, at + n);
+        if let (Some(room), Some(prefix)) = (self.buf.get_mut(at..at + n), prefix.get(..n)) {
+            room.copy_from_slice(prefix);
+        }
     }
+}
+
+/// Writes `value` as a varint at the start of `out` and returns how many bytes it took.
+fn varint_into(out: &mut [u8; 10], mut value: u64) -> usize {
+    let mut n = 0;
+    for byte in out.iter_mut() {
+        n += 1;
+        if value < 0x80 {
+            #[allow(clippy::cast_possible_truncation)]
+            let last = value as u8;
+            *byte = last;
+            break;
+        }
+        #[allow(clippy::cast_possible_truncation)]
+        let more = (value as u8) | 0x80;
+        *byte = more;
+        value >>= 7;
+    }
+    n
 }
 
 // Scalar fields, left out when they hold the default (proto3).
