@@ -105,11 +105,17 @@ impl Lease {
     /// The lease of a call `node` has just created: token 1, the creator's. Nothing is written
     /// until it is renewed ([`CallLeases::renew`] writes a missing lease back).
     pub fn first(node: &NodeId, app_key: &str, call_id: &str) -> Lease {
+        Lease::new(node, app_key, call_id, 1)
+    }
+
+    /// The lease `node` holds on the call with `token`; its stored value names both, so a
+    /// renewal or release compares the whole value.
+    fn new(node: &NodeId, app_key: &str, call_id: &str, token: u64) -> Lease {
         Lease {
             app_key: app_key.to_owned(),
             call_id: call_id.to_owned(),
-            token: 1,
-            value: format!("{node}|1"),
+            token,
+            value: format!("{node}|{token}"),
         }
     }
 }
@@ -180,12 +186,7 @@ impl CallLeases {
             .arg(EPOCH_TTL_MS)
             .invoke_async(&mut conn)
             .await?;
-        Ok(token.map(|token| Lease {
-            app_key: app_key.to_owned(),
-            call_id: call_id.to_owned(),
-            token,
-            value: format!("{}|{token}", self.node),
-        }))
+        Ok(token.map(|token| Lease::new(&self.node, app_key, call_id, token)))
     }
 
     /// Extends the lease by the TTL. `false`: another node holds the call now, and this node
@@ -293,12 +294,7 @@ impl CallLeases {
         Ok(match outcome {
             1 => {
                 let token = u64::try_from(n).unwrap_or(0);
-                TakeOver::Taken(Lease {
-                    app_key: app_key.to_owned(),
-                    call_id: call_id.to_owned(),
-                    token,
-                    value: format!("{}|{token}", self.node),
-                })
+                TakeOver::Taken(Lease::new(&self.node, app_key, call_id, token))
             }
             2 => TakeOver::Wait(Duration::from_millis(u64::try_from(n).unwrap_or(0).max(1))),
             _ => TakeOver::TakenElsewhere,

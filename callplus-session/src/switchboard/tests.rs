@@ -2044,8 +2044,7 @@ fn presence_follows_sessions_not_connections() {
             })
             .collect()
     };
-    let cfg =
-        SwitchboardConfig { push_enabled: false, node_id: "node-a".into(), ..SwitchboardConfig::default() };
+    let cfg = node_a_config();
     let resume_window = i64::from(cfg.resume_window_ms);
     let mut h = H::new(cfg);
     let a = h.connect("alice", "a1");
@@ -2094,13 +2093,17 @@ fn presence_follows_sessions_not_connections() {
     assert_eq!(presence(single.outputs()), vec![]);
 }
 
+/// The configuration of node `node-a` of several, without push.
+fn node_a_config() -> SwitchboardConfig {
+    SwitchboardConfig { push_enabled: false, node_id: "node-a".into(), ..SwitchboardConfig::default() }
+}
+
 /// On a node of several, the owner marks a callee ringing before it looks the callee's devices
 /// up: the driver runs node work in order, and a device connecting elsewhere meanwhile writes
 /// its presence before reading the marks, so one of the two always sees the other.
 #[test]
 fn a_callee_is_marked_ringing_before_their_devices_are_looked_up() {
-    let cfg =
-        SwitchboardConfig { push_enabled: false, node_id: "node-a".into(), ..SwitchboardConfig::default() };
+    let cfg = node_a_config();
     let mut h = H::new(cfg);
     let a = h.connect("alice", "a1");
     h.outputs();
@@ -2127,8 +2130,7 @@ fn a_callee_is_marked_ringing_before_their_devices_are_looked_up() {
 /// records and summaries); its in-call marks are cleared and the call is no longer live.
 #[test]
 fn a_call_whose_lease_was_taken_over_ends_here_without_records() {
-    let cfg =
-        SwitchboardConfig { push_enabled: false, node_id: "node-a".into(), ..SwitchboardConfig::default() };
+    let cfg = node_a_config();
     let mut h = H::new(cfg);
     let a = h.connect("alice", "a1");
     let b = h.connect("bob", "b1");
