@@ -281,12 +281,24 @@ fn page_size_must_be_1_to_100(e: &dyn Engine) {
 
 fn records_upsert_by_call(e: &dyn Engine) {
     let s = e.open();
-    s.append_records(&[record("a", "alice", "c1", 1), record("a", "alice", "c2", 2)]).unwrap();
-    let mut updated = record("a", "alice", "c1", 3);
+    s.append_records(&[
+        record("a", "alice", "c1", 1),
+        record("a", "bob", "c1", 2),
+        record("a", "alice", "c2", 3),
+    ])
+    .unwrap();
+    let mut updated = record("a", "alice", "c1", 4);
     updated.body = b"final".to_vec();
     s.append_records(std::slice::from_ref(&updated)).unwrap();
     let page = s.page_records("a", "alice", FIRST_PAGE, 10, PageOrder::Desc).unwrap();
-    assert_eq!(page.rows, vec![updated, record("a", "alice", "c2", 2)]);
+    assert_eq!(page.rows, vec![updated, record("a", "alice", "c2", 3)]);
+    // The other participant's record of the same call is neither replaced nor doubled.
+    let page = s.page_records("a", "bob", FIRST_PAGE, 10, PageOrder::Desc).unwrap();
+    assert_eq!(page.rows, vec![record("a", "bob", "c1", 2)]);
+    // Nor is a record of the same call id in another app.
+    s.append_records(&[record("b", "alice", "c1", 5)]).unwrap();
+    let page = s.page_records("a", "alice", FIRST_PAGE, 10, PageOrder::Desc).unwrap();
+    assert_eq!(page.rows.len(), 2);
 }
 
 fn delete_by_ids_and_all(e: &dyn Engine) {
@@ -985,6 +997,96 @@ fn a_version_2_database_is_upgraded_with_fencing_tokens() {
     assert_eq!(page.rows, vec![RecordRow { fence: 2, ..record("a", "bob", "c1", 2) }]);
 }
 
+/// A version 3 database (records keyed by owner, then call) is rebuilt into version 4's layout
+/// (keyed by call, then owner): its records keep their order, and rewriting one still replaces
+/// it, fenced.
+#[test]
+fn a_version_3_database_is_upgraded_to_records_keyed_by_call() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(SqliteStorage::open(dir.path()).unwrap());
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("callplus.db")).unwrap();
+        conn.execute_batch(
+            "DROP TABLE records;
+             CREATE TABLE records (
+                 app_key TEXT NOT NULL, owner_id TEXT NOT NULL, call_id TEXT NOT NULL,
+                 sync_time INTEGER NOT NULL, body BLOB NOT NULL, fence INTEGER NOT NULL DEFAULT 0,
+                 PRIMARY KEY (app_key, owner_id, call_id)
+             );
+             CREATE INDEX records_by_time ON records (app_key, owner_id, sync_time);
+             DELETE FROM schema_version; INSERT INTO schema_version VALUES (3);",
+        )
+        .unwrap();
+        let mut insert = conn
+            .prepare(
+                "INSERT INTO records (app_key, owner_id, call_id, sync_time, body, fence)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .unwrap();
+        // Inserted out of sync-time order, as a rewritten record leaves them.
+        for (owner, call, sync_time, fence) in [("bob", "c2", 3, 0), ("bob", "c1", 1, 7), ("eve", "c1", 2, 7)]
+        {
+            let r = record("a", owner, call, sync_time);
+            insert
+                .execute(rusqlite::params![r.app_key, r.owner_id, r.call_id, r.sync_time, r.body, fence])
+                .unwrap();
+        }
+    }
+    let s = SqliteStorage::open(dir.path()).unwrap();
+    let page = s.page_records("a", "bob", FIRST_PAGE, 10, PageOrder::Asc).unwrap();
+    assert_eq!(
+        page.rows,
+        vec![RecordRow { fence: 7, ..record("a", "bob", "c1", 1) }, record("a", "bob", "c2", 3)]
+    );
+    // The fenced rewrite rule holds on the rebuilt table.
+    s.append_records(&[RecordRow { fence: 6, ..record("a", "bob", "c1", 4) }]).unwrap();
+    s.append_records(&[RecordRow { fence: 8, ..record("a", "bob", "c1", 5) }]).unwrap();
+    let page = s.page_records("a", "bob", FIRST_PAGE, 10, PageOrder::Desc).unwrap();
+    assert_eq!(
+        page.rows,
+        vec![RecordRow { fence: 8, ..record("a", "bob", "c1", 5) }, record("a", "bob", "c2", 3)]
+    );
+    let eve = s.page_records("a", "eve", FIRST_PAGE, 10, PageOrder::Desc).unwrap();
+    assert_eq!(eve.rows, vec![RecordRow { fence: 7, ..record("a", "eve", "c1", 2) }]);
+    assert_eq!(s.delete_records("a", "bob", &["c1".into()]).unwrap(), 1);
+    let conn = rusqlite::Connection::open(dir.path().join("callplus.db")).unwrap();
+    let version: i64 = conn.query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, 4);
+}
+
+/// A PostgreSQL database at migration 3 (records keyed by owner, then call) gets migration 4
+/// (keyed by call, then owner): its records stay, and rewriting one still replaces it, fenced.
+#[test]
+fn a_postgres_database_is_migrated_to_records_keyed_by_call() {
+    let url = support::postgres::fresh_database();
+    let db = url.rsplit('/').next().unwrap();
+    {
+        let s = PostgresStorage::open(&url).unwrap();
+        s.append_records(&[
+            RecordRow { fence: 7, ..record("a", "bob", "c1", 1) },
+            record("a", "eve", "c1", 2),
+        ])
+        .unwrap();
+    }
+    support::postgres::server().exec(
+        db,
+        "ALTER TABLE records DROP CONSTRAINT records_pkey, ADD PRIMARY KEY (app_key, owner_id, call_id);
+         DELETE FROM schema_migrations WHERE version = 4;",
+    );
+    let s = PostgresStorage::open(&url).unwrap();
+    s.append_records(&[RecordRow { fence: 6, ..record("a", "bob", "c1", 3) }]).unwrap();
+    s.append_records(&[RecordRow { fence: 8, ..record("a", "eve", "c1", 4) }]).unwrap();
+    let bob = s.page_records("a", "bob", FIRST_PAGE, 10, PageOrder::Asc).unwrap();
+    assert_eq!(bob.rows, vec![RecordRow { fence: 7, ..record("a", "bob", "c1", 1) }]);
+    let eve = s.page_records("a", "eve", FIRST_PAGE, 10, PageOrder::Asc).unwrap();
+    assert_eq!(eve.rows, vec![RecordRow { fence: 8, ..record("a", "eve", "c1", 4) }]);
+    let key = support::postgres::server().query_one(
+        db,
+        "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = 'records'::regclass AND indisprimary",
+    );
+    assert!(key.ends_with("(app_key, call_id, owner_id)"), "{key}");
+}
+
 #[test]
 fn postgres_refuses_a_database_migrated_by_a_newer_version() {
     let url = support::postgres::fresh_database();
@@ -992,7 +1094,7 @@ fn postgres_refuses_a_database_migrated_by_a_newer_version() {
     let db = url.rsplit('/').next().unwrap();
     support::postgres::server().exec(db, "INSERT INTO schema_migrations (version) VALUES (999)");
     match PostgresStorage::open(&url) {
-        Err(StorageError::IncompatibleSchema { found: 999, supported: 3 }) => {}
+        Err(StorageError::IncompatibleSchema { found: 999, supported: 4 }) => {}
         other => panic!("expected IncompatibleSchema, got {other:?}"),
     }
 }

@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_initial.sql")),
     (2, include_str!("../../migrations/postgres/0002_admin_nonces.sql")),
     (3, include_str!("../../migrations/postgres/0003_fencing_tokens.sql")),
+    (4, include_str!("../../migrations/postgres/0004_records_keyed_by_call.sql")),
 ];
 
 /// The advisory lock held while migrating, so nodes starting together migrate once.
@@ -202,7 +203,7 @@ async fn set_alive_mark_in(c: &impl GenericClient, at_ms: i64) -> Result<(), Sto
 /// condition is checked on the row as locked, so it holds against a concurrent successor).
 const UPSERT_RECORD: &str = "INSERT INTO records (app_key, owner_id, call_id, sync_time, body, fence)
      VALUES ($1, $2, $3, $4, $5, $6)
-     ON CONFLICT (app_key, owner_id, call_id)
+     ON CONFLICT (app_key, call_id, owner_id)
      DO UPDATE SET sync_time = excluded.sync_time, body = excluded.body, fence = excluded.fence
      WHERE records.fence <= excluded.fence";
 

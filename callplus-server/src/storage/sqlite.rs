@@ -16,7 +16,7 @@ use super::{
 const DB_FILE: &str = "callplus.db";
 
 /// The schema version this build writes and understands.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// How many read connections a file database keeps.
 const READERS: usize = 4;
@@ -72,6 +72,31 @@ CREATE INDEX admin_nonces_by_age ON admin_nonces (forget_at);
 const SCHEMA_V3: &str = "
 ALTER TABLE records ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE active_calls ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
+";
+
+/// Version 4: `records` keyed by `(app_key, call_id, owner_id)`, the call before the owner
+/// (docs/performance.md, "The records table keyed by call").
+///
+/// Keyed by owner first, a record landed on its owner's leaf in the key index as well as in the
+/// sync-time index: two scattered pages per record for SQLite to copy into the WAL at every
+/// commit. A server makes call ids with its own prefix and a counter, so keyed by call first a
+/// batch's new records land side by side, on a leaf the whole batch shares. The table is rebuilt
+/// (a key cannot be changed in place), in sync-time order.
+const SCHEMA_V4: &str = "
+CREATE TABLE records_v4 (
+    app_key   TEXT NOT NULL,
+    owner_id  TEXT NOT NULL,
+    call_id   TEXT NOT NULL,
+    sync_time INTEGER NOT NULL,
+    body      BLOB NOT NULL,
+    fence     INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (app_key, call_id, owner_id)
+);
+INSERT INTO records_v4 (app_key, owner_id, call_id, sync_time, body, fence)
+    SELECT app_key, owner_id, call_id, sync_time, body, fence FROM records ORDER BY sync_time, rowid;
+DROP TABLE records;
+ALTER TABLE records_v4 RENAME TO records;
+CREATE INDEX records_by_time ON records (app_key, owner_id, sync_time);
 ";
 
 /// [`Storage`] on an embedded SQLite database.
@@ -178,6 +203,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
             tx.execute_batch(SCHEMA_V1)?;
             tx.execute_batch(SCHEMA_V2)?;
             tx.execute_batch(SCHEMA_V3)?;
+            tx.execute_batch(SCHEMA_V4)?;
             tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [SCHEMA_VERSION])?;
             tracing::debug!(version = SCHEMA_VERSION, "created storage schema");
         }
@@ -188,7 +214,10 @@ fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
             if v < 2 {
                 tx.execute_batch(SCHEMA_V2)?;
             }
-            tx.execute_batch(SCHEMA_V3)?;
+            if v < 3 {
+                tx.execute_batch(SCHEMA_V3)?;
+            }
+            tx.execute_batch(SCHEMA_V4)?;
             tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [SCHEMA_VERSION])?;
             tracing::info!(from = v, to = SCHEMA_VERSION, "upgraded storage schema");
         }
@@ -201,7 +230,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
 /// A record written with a smaller fencing token than the stored one's changes nothing.
 const UPSERT_RECORD: &str = "INSERT INTO records (app_key, owner_id, call_id, sync_time, body, fence)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-     ON CONFLICT (app_key, owner_id, call_id)
+     ON CONFLICT (app_key, call_id, owner_id)
      DO UPDATE SET sync_time = excluded.sync_time, body = excluded.body, fence = excluded.fence
      WHERE records.fence <= excluded.fence";
 
@@ -497,7 +526,7 @@ impl Storage for SqliteStorage {
     ) -> Result<u64, StorageError> {
         self.write(|tx| {
             let mut stmt = tx.prepare_cached(
-                "DELETE FROM records WHERE app_key = ?1 AND owner_id = ?2 AND call_id = ?3",
+                "DELETE FROM records WHERE app_key = ?1 AND call_id = ?3 AND owner_id = ?2",
             )?;
             let mut n = 0;
             for call_id in call_ids {

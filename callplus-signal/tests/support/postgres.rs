@@ -79,6 +79,17 @@ impl TestPostgres {
         assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// Runs a query on database `db` with `psql` and returns its one value, as text.
+    pub fn query_one(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", db])
+            .args(["-v", "ON_ERROR_STOP=1", "-q", "-t", "-A", "-c", sql])
+            .output()
+            .expect("run psql");
+        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default()
     }
