@@ -98,7 +98,7 @@ impl Point {
     }
 }
 
-/// Parses `--rates 2000,5000` and `--seconds 12`.
+/// Parses `--rates 2000,5000`, `--seconds 12` and `--rounds 1`.
 pub(crate) fn compare_sip(args: &[String]) -> Result {
     let mut args = args.to_vec();
     let rates: Vec<f64> = match crate::take_value(&mut args, "--rates")? {
@@ -109,6 +109,10 @@ pub(crate) fn compare_sip(args: &[String]) -> Result {
         None => vec![2_000.0, 5_000.0],
     };
     let seconds: u64 = crate::seconds(crate::take_value(&mut args, "--seconds")?, 12)?;
+    let rounds: u32 = match crate::take_value(&mut args, "--rounds")? {
+        Some(n) => n.trim().parse().ok().filter(|&n| n > 0).ok_or(format!("--rounds: not a count: {n:?}"))?,
+        None => 1,
+    };
     crate::no_more(&args)?;
     crate::ensure_packages(PACKAGES)?;
     let mut build = cargo();
@@ -118,13 +122,23 @@ pub(crate) fn compare_sip(args: &[String]) -> Result {
     std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
     let mut points = Vec::new();
     for &rate in &rates {
-        points.push(sip_point(&work, rate, seconds)?);
-        for &(client, workers, system) in CALLPLUS_CLIENTS {
-            points.push(callplus_point(rate, seconds, client, workers, system)?);
+        // Each round is the anchor, then every callplus run, at this rate: a ratio is only ever
+        // taken between runs of one round, a minute apart at most.
+        for _ in 0..rounds {
+            points.push(sip_point(&work, rate, seconds)?);
+            for &(client, workers, system) in CALLPLUS_CLIENTS {
+                points.push(callplus_point(rate, seconds, client, workers, system)?);
+            }
         }
     }
     for line in table(&points) {
         println!("{line}");
+    }
+    if rounds > 1 {
+        println!();
+        for line in summary(&points) {
+            println!("{line}");
+        }
     }
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
@@ -310,6 +324,20 @@ fn callplus_point(
     })
 }
 
+/// Each callplus point with its CPU per call as a multiple of the anchor's in its round (the
+/// anchor point before it), when that anchor failed no call.
+fn ratios(points: &[Point]) -> impl Iterator<Item = (&Point, Option<f64>)> {
+    let mut anchor = None;
+    points.iter().map(move |p| {
+        if p.system == ANCHOR {
+            // An anchor that failed calls spent CPU on calls it does not count: no ratio against it.
+            anchor = Some(p).filter(|a| a.failed == 0).and_then(Point::cpu_per_call_us).filter(|&a| a > 0.0);
+            return (p, None);
+        }
+        (p, anchor.zip(p.cpu_per_call_us()).map(|(a, b)| b / a))
+    })
+}
+
 /// The table's lines: each anchor point followed by the callplus points at the same rate, each
 /// of those with its CPU per call as a multiple of the anchor's (when the anchor failed no call).
 fn table(points: &[Point]) -> Vec<String> {
@@ -320,17 +348,11 @@ fn table(points: &[Point]) -> Vec<String> {
         "|---|---|---|---|---|---|---|---|".to_owned(),
     ];
     // Each callplus row is compared with the anchor row before it (the same rate).
-    let mut anchor = None;
-    for p in points {
-        let ratio = if p.system == ANCHOR {
-            // An anchor that failed calls spent CPU on calls it does not count: no ratio against it.
-            anchor = Some(p).filter(|a| a.failed == 0).and_then(Point::cpu_per_call_us).filter(|&a| a > 0.0);
-            String::new()
-        } else {
-            match (anchor, p.cpu_per_call_us()) {
-                (Some(a), Some(b)) => format!("{:.2}×", b / a),
-                _ => "-".to_owned(),
-            }
+    for (p, ratio) in ratios(points) {
+        let ratio = match ratio {
+            _ if p.system == ANCHOR => String::new(),
+            Some(r) => format!("{r:.2}×"),
+            None => "-".to_owned(),
         };
         let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0} µs"));
         lines.push(format!(
@@ -343,6 +365,45 @@ fn table(points: &[Point]) -> Vec<String> {
             us(p.cpu_per_call_us()),
             us(p.storage_s.and_then(|s| p.per_call_us(s))),
         ));
+    }
+    lines
+}
+
+/// With several rounds: per rate and callplus run, the median of its rounds' ratios against the
+/// anchor, their range, and how many rounds gave one (the anchor failed no call). A single
+/// point on a shared machine moves by a quarter from run to run; the median of ratios, each
+/// taken within one round, moves much less.
+fn summary(points: &[Point]) -> Vec<String> {
+    let mut groups: Vec<(&'static str, f64, Vec<f64>, usize)> = Vec::new();
+    for (p, ratio) in ratios(points).filter(|(p, _)| p.system != ANCHOR) {
+        let i = match groups.iter().position(|g| g.0 == p.system && g.1 == p.offered) {
+            Some(i) => i,
+            None => {
+                groups.push((p.system, p.offered, Vec::new(), 0));
+                groups.len() - 1
+            }
+        };
+        let group = &mut groups[i];
+        group.3 += 1;
+        group.2.extend(ratio);
+    }
+    let mut lines = vec![
+        "| system | offered/s | median callplus / anchor CPU | range | rounds with a ratio |".to_owned(),
+        "|---|---|---|---|---|".to_owned(),
+    ];
+    for (system, offered, mut ratios, rounds) in groups {
+        ratios.sort_by(f64::total_cmp);
+        let (median, range) = match (ratios.first(), ratios.last()) {
+            (Some(low), Some(high)) => {
+                let mid = ratios.len() / 2;
+                let median =
+                    if ratios.len() % 2 == 1 { ratios[mid] } else { (ratios[mid - 1] + ratios[mid]) / 2.0 };
+                (format!("{median:.2}×"), format!("{low:.2}–{high:.2}×"))
+            }
+            _ => ("-".to_owned(), "-".to_owned()),
+        };
+        lines
+            .push(format!("| {system} | {offered:.0} | {median} | {range} | {} of {rounds} |", ratios.len()));
     }
     lines
 }
@@ -407,6 +468,42 @@ mod tests {
         assert!(lines[7].ends_with("| - | - | - |"), "{}", lines[7]);
         // An anchor that failed calls gives no ratio.
         assert!(lines[9].contains("| 120 µs | - |") && lines[10].contains("| 100 µs | - |"), "{lines:?}");
+    }
+
+    #[test]
+    fn rounds_are_summed_up_as_the_median_of_ratios_taken_within_each_round() {
+        let point = |system: &'static str, offered, failed, cpu_s: f64| Point {
+            system,
+            offered,
+            achieved: offered,
+            failed,
+            completed: 10_000,
+            p99_ms: None,
+            cpu_s,
+            storage_s: None,
+        };
+        let (anchor, ws) = (ANCHOR, "callplus (WebSocket)");
+        let points = [
+            // 1,000/s: three rounds; the anchor's own CPU moves, the ratios less.
+            point(anchor, 1_000.0, 0, 1.0),
+            point(ws, 1_000.0, 0, 1.2),
+            point(anchor, 1_000.0, 0, 0.8),
+            point(ws, 1_000.0, 0, 1.2),
+            point(anchor, 1_000.0, 0, 1.2),
+            point(ws, 1_000.0, 0, 1.32),
+            // 3,000/s: the anchor fails calls in one of two rounds.
+            point(anchor, 3_000.0, 0, 1.0),
+            point(ws, 3_000.0, 0, 1.1),
+            point(anchor, 3_000.0, 70, 2.0),
+            point(ws, 3_000.0, 0, 1.1),
+        ];
+        let lines = summary(&points);
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        // Ratios 1.2, 1.5, 1.1: the median is 1.2 (not the ratio of the mean CPUs, 1.24).
+        assert_eq!(lines[2], "| callplus (WebSocket) | 1000 | 1.20× | 1.10–1.50× | 3 of 3 |");
+        assert_eq!(lines[3], "| callplus (WebSocket) | 3000 | 1.10× | 1.10–1.10× | 1 of 2 |");
+        let none = summary(&[point(anchor, 5_000.0, 9, 1.0), point(ws, 5_000.0, 0, 1.0)]);
+        assert_eq!(none[2], "| callplus (WebSocket) | 5000 | - | - | 0 of 1 |");
     }
 
     #[test]
