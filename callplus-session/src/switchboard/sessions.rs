@@ -70,7 +70,11 @@ impl Switchboard {
         self.next_call += 1;
         let mut buf = std::mem::take(&mut self.id_buf);
         buf.clear();
-        let _ = write!(buf, "{}-{:x}", self.prefix.as_deref().unwrap_or("c"), self.next_call);
+        // The counter in hex after one hex digit that says how many digits follow (less one):
+        // ids of one run then sort in the order they were made, so a B-tree keyed by call id
+        // (the call records', the live calls') takes each new one at its right edge.
+        let digits = (u64::BITS - self.next_call.leading_zeros()).div_ceil(4).max(1) - 1;
+        let _ = write!(buf, "{}-{digits:x}{:x}", self.prefix.as_deref().unwrap_or("c"), self.next_call);
         let id = CallId::new(&buf).map_err(|_| Error::new(Code::Internal, "could not make a call id"));
         self.id_buf = buf;
         id

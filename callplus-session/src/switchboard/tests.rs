@@ -2184,3 +2184,23 @@ fn a_call_whose_lease_was_taken_over_ends_here_without_records() {
     assert!(h.events(a).is_empty());
     assert!(h.outputs().is_empty());
 }
+
+/// Call ids of one run sort in the order they were made, across every change in the number of
+/// the counter's digits, so storage keyed by call id appends instead of splitting mid-tree.
+#[test]
+fn call_ids_sort_in_the_order_they_were_made() {
+    let mut sb = Switchboard::new(SwitchboardConfig::default());
+    let mut made = Vec::new();
+    for next in [0, 0xe, 0xfe, 0xffe, 0xfff_fffe, u64::MAX - 2] {
+        sb.next_call = next;
+        made.push(ok(sb.new_call_id(1_000)));
+        made.push(ok(sb.new_call_id(1_000)));
+    }
+    let mut sorted = made.clone();
+    sorted.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    assert_eq!(sorted, made, "{made:?}");
+    let prefix = made[0].as_str().rsplit_once('-').map(|(p, _)| p.to_owned()).unwrap_or_default();
+    assert_eq!(made[0].as_str(), format!("{prefix}-01"));
+    assert_eq!(made[3].as_str(), format!("{prefix}-110"));
+    assert_eq!(made[11].as_str(), format!("{prefix}-f{:x}", u64::MAX));
+}
