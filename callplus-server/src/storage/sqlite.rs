@@ -79,9 +79,10 @@ ALTER TABLE active_calls ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
 ///
 /// Keyed by owner first, a record landed on its owner's leaf in the key index as well as in the
 /// sync-time index: two scattered pages per record for SQLite to copy into the WAL at every
-/// commit. A server makes call ids with its own prefix and a counter, so keyed by call first a
-/// batch's new records land side by side, on a leaf the whole batch shares. The table is rebuilt
-/// (a key cannot be changed in place), in sync-time order.
+/// commit. A server makes call ids with its own prefix and a counter, in an order that sorts,
+/// so keyed by call first a batch's new records land side by side at the key's right edge, on a
+/// leaf the whole batch shares. The table is rebuilt (a key cannot be changed in place), in
+/// sync-time order.
 const SCHEMA_V4: &str = "
 CREATE TABLE records_v4 (
     app_key   TEXT NOT NULL,
