@@ -992,10 +992,19 @@ async fn a_subscriber_whose_link_loses_the_full_layer_is_held_at_the_tiny_one_al
 }
 
 /// Waits at `party` for the active speaker to be `speaker`; the audio levels (0–100) reported
-/// per user up to then, the last one of each.
-async fn speaker_and_levels(party: &mut Party, speaker: &UserId) -> HashMap<UserId, u8> {
+/// per user up to then, the last one of each. A publisher of `publishers` (other than `party`)
+/// with no level by then gets its first one after: the speaker and the levels come in events
+/// of their own, and the one that announces the speaker can overtake a quiet publisher's first
+/// level.
+async fn speaker_and_levels(
+    party: &mut Party,
+    speaker: &UserId,
+    publishers: &[UserId],
+) -> HashMap<UserId, u8> {
     let mut levels = HashMap::new();
     let who = party.user.clone();
+    let missing =
+        |levels: &HashMap<UserId, u8>| publishers.iter().any(|p| *p != who && !levels.contains_key(p));
     timeout(WAIT, async {
         loop {
             match party.events.recv().await.expect("adapter gone") {
@@ -1003,13 +1012,20 @@ async fn speaker_and_levels(party: &mut Party, speaker: &UserId) -> HashMap<User
                 MediaEvent::AudioLevel { user, level, .. } if user != who => {
                     levels.insert(user, level);
                 }
-                MediaEvent::ActiveSpeaker { user: Some(user), .. } if user == *speaker => return,
+                MediaEvent::ActiveSpeaker { user: Some(user), .. } if user == *speaker => break,
                 _ => {}
+            }
+        }
+        while missing(&levels) {
+            if let MediaEvent::AudioLevel { user, level, .. } = party.events.recv().await.expect("adapter gone")
+                && user != who
+            {
+                levels.entry(user).or_insert(level);
             }
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("{who} was never told {speaker} speaks; levels {levels:?}"));
+    .unwrap_or_else(|_| panic!("{who} was never told {speaker} speaks with a level from each of {publishers:?}; levels {levels:?}"));
     levels
 }
 
@@ -1032,7 +1048,7 @@ async fn the_loud_participant_is_the_active_speaker_for_everyone_with_levels_fro
     }
     for i in 0..3 {
         let party = &mut net.parties[i];
-        let levels = speaker_and_levels(party, &users[0]).await;
+        let levels = speaker_and_levels(party, &users[0], &users).await;
         eprintln!("{}: alice speaks; levels {levels:?}", party.user);
         let others: HashSet<&UserId> = levels.keys().collect();
         let want: HashSet<&UserId> = users.iter().filter(|u| **u != party.user).collect();
@@ -1057,7 +1073,7 @@ async fn the_loud_participant_is_the_active_speaker_for_everyone_with_levels_fro
     net.parties[1].adapter.switch_microphone(Box::new(loud)).await.unwrap();
     for i in [0, 2] {
         let party = &mut net.parties[i];
-        let levels = speaker_and_levels(party, &users[1]).await;
+        let levels = speaker_and_levels(party, &users[1], &users[..2]).await;
         eprintln!("{}: bob speaks; levels {levels:?}", party.user);
         assert!(levels.get(&users[1]).is_some_and(|l| (75..=85).contains(l)), "{}: {levels:?}", party.user);
         if i == 2 {
