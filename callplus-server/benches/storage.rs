@@ -5,10 +5,10 @@
 //! touches are as deep as a busy server's and their pages are not all in one place.
 //!
 //! Two layouts of the `records` table run in the same process one after the other: the one in
-//! use (schema version 4: keyed by call, then owner; written through `SqliteStorage`), and
-//! version 3's (keyed by owner, then call), put in its place with raw SQL and written with
-//! version 3's upsert, so the comparison does not depend on which moment of a busy machine each
-//! was measured at. docs/performance.md has the figures.
+//! use (schema version 4: keyed by call, then owner), and version 3's (keyed by owner, then
+//! call), put in its place with raw SQL, both written through `SqliteStorage`, so the comparison
+//! does not depend on which moment of a busy machine each was measured at. docs/performance.md
+//! has the figures.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -68,77 +68,27 @@ CREATE TABLE records (
 CREATE INDEX records_by_time ON records (app_key, owner_id, sync_time);
 ";
 
-/// Version 3's record write and its raise of the highest sync time, once per batch.
-const UPSERT_KEYED_BY_OWNER: &str = "INSERT INTO records (app_key, owner_id, call_id, sync_time, body, fence)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-     ON CONFLICT (app_key, owner_id, call_id)
-     DO UPDATE SET sync_time = excluded.sync_time, body = excluded.body, fence = excluded.fence
-     WHERE records.fence <= excluded.fence";
-const RAISE_MAX_SYNC_TIME: &str = "INSERT INTO meta (key, value) VALUES ('max_sync_time', ?1)
-     ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)";
-
-/// Writes a batch of records in one transaction, one layout or the other.
-enum Layout {
-    /// The schema in use, through the storage's own batch path.
-    InUse(SqliteStorage),
-    /// Version 3's table on a connection of its own, set up as the storage sets up its writer.
-    KeyedByOwner(rusqlite::Connection),
-}
-
-impl Layout {
-    fn open(dir: &std::path::Path, keyed_by_owner: bool) -> Self {
-        let storage = SqliteStorage::open(dir).expect("open");
-        if !keyed_by_owner {
-            return Layout::InUse(storage);
-        }
-        drop(storage);
+/// A file database with a busy day's records in it, in one layout or the other. Both are
+/// written through the storage's own batch path: its upsert names the key's columns as a set,
+/// which version 3's key has too.
+fn prefilled(dir: &std::path::Path, keyed_by_owner: bool, next_call: &mut u64) -> SqliteStorage {
+    if keyed_by_owner {
+        drop(SqliteStorage::open(dir).expect("open"));
         let conn = rusqlite::Connection::open(dir.join("callplus.db")).expect("raw open");
-        conn.pragma_update(None, "journal_mode", "WAL").expect("wal");
-        conn.pragma_update(None, "synchronous", "NORMAL").expect("synchronous");
         conn.execute_batch(RECORDS_KEYED_BY_OWNER).expect("keyed records");
-        Layout::KeyedByOwner(conn)
     }
-
-    fn write(&mut self, rows: Vec<RecordRow>) {
-        match self {
-            Layout::InUse(storage) => {
-                for result in storage.apply_batch(&[BatchOp::Records(rows)]).expect("batch") {
-                    result.expect("records");
-                }
-            }
-            Layout::KeyedByOwner(conn) => {
-                let tx = conn.transaction().expect("begin");
-                {
-                    let mut upsert = tx.prepare_cached(UPSERT_KEYED_BY_OWNER).expect("upsert");
-                    let mut max = i64::MIN;
-                    for r in &rows {
-                        upsert
-                            .execute(rusqlite::params![
-                                r.app_key,
-                                r.owner_id,
-                                r.call_id,
-                                r.sync_time,
-                                r.body,
-                                r.fence
-                            ])
-                            .expect("record");
-                        max = max.max(r.sync_time);
-                    }
-                    tx.prepare_cached(RAISE_MAX_SYNC_TIME).expect("raise").execute([max]).expect("raise");
-                }
-                tx.commit().expect("commit");
-            }
-        }
+    let storage = SqliteStorage::open(dir).expect("open");
+    for _ in 0..2_000 {
+        write(&storage, batch(next_call));
     }
+    storage
 }
 
-/// A file database with a busy day's records in it, in one layout or the other.
-fn prefilled(dir: &std::path::Path, keyed_by_owner: bool, next_call: &mut u64) -> Layout {
-    let mut layout = Layout::open(dir, keyed_by_owner);
-    for _ in 0..2_000 {
-        layout.write(batch(next_call));
+/// Writes a batch of records in one transaction, as the storage writer does.
+fn write(storage: &SqliteStorage, rows: Vec<RecordRow>) {
+    for result in storage.apply_batch(&[BatchOp::Records(rows)]).expect("batch") {
+        result.expect("records");
     }
-    layout
 }
 
 fn records(c: &mut Criterion) {
@@ -147,7 +97,7 @@ fn records(c: &mut Criterion) {
     for (name, keyed_by_owner) in [("keyed_by_call", false), ("keyed_by_owner", true)] {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut next_call = 0u64;
-        let mut layout = prefilled(dir.path(), keyed_by_owner, &mut next_call);
+        let storage = prefilled(dir.path(), keyed_by_owner, &mut next_call);
         // CPU time of this thread (SQLite runs on the caller's thread), system calls included:
         // what a batch costs the server, without the wait for the disk, which on a shared
         // machine varies more from moment to moment than the layouts differ.
@@ -157,7 +107,7 @@ fn records(c: &mut Criterion) {
                 for _ in 0..iters {
                     let rows = batch(&mut next_call);
                     let start = thread_cpu();
-                    layout.write(black_box(rows));
+                    write(&storage, black_box(rows));
                     spent += thread_cpu().saturating_sub(start);
                 }
                 spent

@@ -50,14 +50,8 @@ fn parse_args(args: &[String]) -> Result<ClusterArgs> {
     if nodes < 2 {
         return Err(format!("--nodes must be at least 2 (got {nodes}): the comparison is 1 node against N"));
     }
-    let rates: Vec<f64> = match crate::take_value(&mut args, "--rates")? {
-        Some(list) => list
-            .split(',')
-            .map(|r| match r.trim().parse::<f64>() {
-                Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
-                _ => Err(format!("not a rate: {r:?}")),
-            })
-            .collect::<Result<Vec<f64>>>()?,
+    let rates = match crate::take_value(&mut args, "--rates")? {
+        Some(list) => crate::rates(&list)?,
         None => vec![1_000.0, 3_000.0],
     };
     let seconds = crate::seconds(crate::take_value(&mut args, "--seconds")?, 10)?;

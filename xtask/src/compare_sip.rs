@@ -98,22 +98,36 @@ impl Point {
     }
 }
 
+/// What `--compare-sip` was asked to do.
+#[derive(Debug, Clone, PartialEq)]
+struct SipArgs {
+    rates: Vec<f64>,
+    seconds: u64,
+    /// How many times each rate runs: each round is the anchor, then every callplus run.
+    rounds: u32,
+}
+
 /// Parses `--rates 2000,5000`, `--seconds 12` and `--rounds 1`.
-pub(crate) fn compare_sip(args: &[String]) -> Result {
+fn parse_args(args: &[String]) -> Result<SipArgs> {
     let mut args = args.to_vec();
-    let rates: Vec<f64> = match crate::take_value(&mut args, "--rates")? {
-        Some(list) => list
-            .split(',')
-            .map(|r| r.trim().parse().map_err(|_| format!("not a rate: {r:?}")))
-            .collect::<Result<Vec<f64>>>()?,
+    let rates = match crate::take_value(&mut args, "--rates")? {
+        Some(list) => crate::rates(&list)?,
         None => vec![2_000.0, 5_000.0],
     };
-    let seconds: u64 = crate::seconds(crate::take_value(&mut args, "--seconds")?, 12)?;
-    let rounds: u32 = match crate::take_value(&mut args, "--rounds")? {
+    let seconds = crate::seconds(crate::take_value(&mut args, "--seconds")?, 12)?;
+    if seconds == 0 {
+        return Err("--seconds must be at least 1".to_owned());
+    }
+    let rounds = match crate::take_value(&mut args, "--rounds")? {
         Some(n) => n.trim().parse().ok().filter(|&n| n > 0).ok_or(format!("--rounds: not a count: {n:?}"))?,
         None => 1,
     };
     crate::no_more(&args)?;
+    Ok(SipArgs { rates, seconds, rounds })
+}
+
+pub(crate) fn compare_sip(args: &[String]) -> Result {
+    let SipArgs { rates, seconds, rounds } = parse_args(args)?;
     crate::ensure_packages(PACKAGES)?;
     let mut build = cargo();
     build.args(["build", "--release", "-p", "callplus-signal", "--bin", "callplus"]);
@@ -468,6 +482,28 @@ mod tests {
         assert!(lines[7].ends_with("| - | - | - |"), "{}", lines[7]);
         // An anchor that failed calls gives no ratio.
         assert!(lines[9].contains("| 120 µs | - |") && lines[10].contains("| 100 µs | - |"), "{lines:?}");
+    }
+
+    #[test]
+    fn arguments_have_defaults_and_are_checked() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
+        let defaults = parse_args(&[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(defaults, SipArgs { rates: vec![2_000.0, 5_000.0], seconds: 12, rounds: 1 });
+        let given = parse_args(&args(&["--rates", "1000, 1500", "--seconds", "8", "--rounds", "3"]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(given, SipArgs { rates: vec![1_000.0, 1_500.0], seconds: 8, rounds: 3 });
+        for bad in [
+            &["--rates", "1000,x"][..],
+            &["--rates", "0"],
+            &["--rates", "-5"],
+            &["--seconds", "0"],
+            &["--rounds", "0"],
+            &["--rounds", "two"],
+            &["--rounds"],
+            &["--frobnicate"],
+        ] {
+            assert!(parse_args(&args(bad)).is_err(), "{bad:?} must be refused");
+        }
     }
 
     #[test]

@@ -193,6 +193,16 @@ fn take_flag(args: &mut Vec<String>, flag: &str) -> bool {
     }
 }
 
+/// Parses `--rates`' value, `1000,3000`: each a positive, finite rate per second.
+fn rates(list: &str) -> Result<Vec<f64>> {
+    list.split(',')
+        .map(|r| match r.trim().parse::<f64>() {
+            Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
+            _ => Err(format!("not a rate: {r:?}")),
+        })
+        .collect()
+}
+
 fn seconds(value: Option<String>, default: u64) -> Result<u64> {
     value.map_or(Ok(default), |v| v.parse().map_err(|_| format!("not a number of seconds: {v:?}")))
 }
