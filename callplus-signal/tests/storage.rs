@@ -427,6 +427,43 @@ fn sqlite_creates_its_data_directory() {
     assert_eq!(SqliteStorage::open(&data_dir).unwrap().apps().unwrap(), vec![app("app_p")]);
 }
 
+/// The WAL is checkpointed every 10,000 pages rather than SQLite's default 1,000: under the
+/// default, a checkpoint resets the WAL at about 1,000 pages and the next commits write from its
+/// start again, so the file never grew much past 4 MiB.
+#[test]
+fn sqlite_checkpoints_its_wal_less_often_than_sqlites_default() {
+    const PAGE: u64 = 4096;
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStorage::open(dir.path()).unwrap();
+    let wal = dir.path().join("callplus.db-wal");
+    let wal_pages = || std::fs::metadata(&wal).map_or(0, |m| m.len() / PAGE);
+    // Batches of records across many owners, each commit adding a few dozen pages, until the
+    // WAL holds half again SQLite's default interval.
+    let mut batches = 0;
+    while wal_pages() < 1_500 {
+        assert!(batches < 2_000, "the WAL stayed at {} pages", wal_pages());
+        let rows: Vec<RecordRow> = (0..64)
+            .map(|i| {
+                let mut row = record("a", &format!("owner-{:04}", (batches * 64 + i) % 5_000), "c", 0);
+                row.call_id = format!("call-{batches:05}-{i:02}");
+                row.sync_time = batches * 64 + i;
+                row.body = vec![b'x'; 300];
+                row
+            })
+            .collect();
+        s.append_records(&rows).unwrap();
+        batches += 1;
+    }
+    assert!(wal_pages() >= 1_500);
+    // What the WAL holds is read back, by this storage and by a fresh open of the file.
+    let first =
+        |s: &dyn Storage| s.page_records("a", "owner-0000", FIRST_PAGE, 100, PageOrder::Asc).unwrap().rows;
+    assert_eq!(first(&s).first().map(|r| r.call_id.as_str()), Some("call-00000-00"));
+    drop(s);
+    let written_for_owner_0 = usize::try_from(batches * 64).unwrap().div_ceil(5_000);
+    assert_eq!(first(&SqliteStorage::open(dir.path()).unwrap()).len(), written_for_owner_0);
+}
+
 fn concurrent_reads_and_writes(e: &dyn Engine) {
     let s = e.open();
     let writer = {

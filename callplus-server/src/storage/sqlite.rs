@@ -23,6 +23,14 @@ const READERS: usize = 4;
 
 /// How long a connection waits for a lock held by another process before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// WAL pages after which a commit checkpoints them into the database (SQLite's default: 1,000).
+/// The pages a steady load dirties are mostly the same few hundred (each owner's newest leaf in
+/// the sync-time index, the tables' last leaves), written again and again into the WAL; a
+/// checkpoint copies only each page's newest version, so ten times fewer checkpoints copy far
+/// fewer pages in all and sync the database file ten times less often. The storage writer took
+/// about 0.9 times the CPU per call cycle (docs/performance.md); the WAL file grows to about
+/// 40 MiB at 4 KiB pages and is reused from its start after each checkpoint.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE apps (
@@ -135,6 +143,7 @@ impl SqliteStorage {
             tracing::warn!(%mode, path = %path.display(), "SQLite did not switch to WAL mode");
         }
         writer.pragma_update(None, "synchronous", "NORMAL")?;
+        writer.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
         migrate(&mut writer)?;
 
         let mut readers = Vec::with_capacity(READERS);
