@@ -1,7 +1,8 @@
 //! Resource exhaustion through the real server on 127.0.0.1: a device that never reads, too
 //! many devices for one user, connections that never speak (raw TCP, an HTTP/2 preface with no
 //! stream, an HTTP/1.1 request or a WebSocket that never gets to a Hello, a slow admin request,
-//! the same under TLS) and a process out of file descriptors.
+//! the same under TLS), a process out of file descriptors, and a WebSocket device that stops
+//! reading for a while.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::net::SocketAddr;
@@ -415,12 +416,120 @@ async fn ws_recv(socket: &mut TcpStream) -> pb::ServerFrame {
             socket.read_exact(&mut n).await.unwrap();
             usize::from(u16::from_be_bytes(n))
         }
-        127 => panic!("a server frame over 64 KiB"),
+        127 => {
+            let mut n = [0u8; 8];
+            socket.read_exact(&mut n).await.unwrap();
+            usize::try_from(u64::from_be_bytes(n)).unwrap()
+        }
         n => usize::from(n),
     };
     let mut payload = vec![0u8; len];
     tokio::time::timeout(WAIT, socket.read_exact(&mut payload)).await.unwrap().unwrap();
     pb::ServerFrame::decode(payload.as_slice()).unwrap()
+}
+
+/// A WebSocket device that stops reading while the server answers it: the server's driver
+/// writes frames to the socket itself until the socket is full, then leaves them to the
+/// connection's writer task. Once the device reads again it gets every frame, in order, none
+/// twice. Two workers, so the driver, the writer and the reader can race for the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_device_that_stops_reading_gets_every_frame_in_order_afterwards() {
+    // Pages of about 7 KB are asked for in batches of this many, up to this many in all.
+    const BATCH: u64 = 50;
+    const MAX_PAGES: u64 = 3000;
+    let config = SwitchboardConfig {
+        max_unacked_bytes: 64 << 20,
+        max_user_unacked_bytes: 64 << 20,
+        requests_per_second: 100_000,
+        request_burst: 100_000,
+        ..SwitchboardConfig::default()
+    };
+    let server = Server::builder()
+        .in_memory()
+        .listen("127.0.0.1:0")
+        .admin_listen("127.0.0.1:0")
+        .config(config)
+        .start()
+        .await
+        .unwrap();
+    let app = AppKey::new(&server.app_credentials().app_key).unwrap();
+    store_records(&*server.storage(), &app, "reader");
+    let token = server.mint_token("reader", Duration::from_secs(60)).unwrap();
+    // A small receive buffer, so the pages fill the socket early.
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut socket = tcp.connect(server.grpc_addr()).await.unwrap();
+    upgrade_websocket(&mut socket).await;
+    let hello =
+        pb::Hello { token, device_id: "browser".into(), resume: None, client_version: "tests".into() };
+    ws_send(&mut socket, &pb::ClientFrame { seq: 0, ack: 0, request_id: 1, body: Some(Body::Hello(hello)) })
+        .await;
+    assert!(matches!(ws_recv(&mut socket).await.body, Some(ServerBody::Welcome(_))));
+    let direct_before = metric(&server, "callplus_frames_out_direct_total").await;
+    let out_before = metric(&server, "callplus_frames_out_total").await;
+    // Pages asked for in batches and none read, until the socket is full and the frames go
+    // through the writer task (however large this machine's socket buffers are), then one
+    // batch more.
+    let mut asked = 0;
+    let mut batches_after = 0;
+    while batches_after < 2 {
+        for _ in 0..BATCH {
+            asked += 1;
+            let get = pb::GetCallRecords { sync_time: -1, count: 100, order: pb::RecordOrder::Desc as i32 };
+            let frame = pb::ClientFrame {
+                seq: asked,
+                ack: 0,
+                request_id: asked + 1,
+                body: Some(Body::GetCallRecords(get)),
+            };
+            ws_send(&mut socket, &frame).await;
+        }
+        metric_reaches(&server, "callplus_frames_out_total", out_before + asked, WAIT).await;
+        let direct = metric(&server, "callplus_frames_out_direct_total").await - direct_before;
+        if direct < asked {
+            batches_after += 1;
+        }
+        assert!(asked < MAX_PAGES, "{asked} pages and the socket never filled");
+    }
+    let direct = metric(&server, "callplus_frames_out_direct_total").await - direct_before;
+    let queued = asked - direct;
+    assert!(direct > 0, "the first pages went to the socket from the driver");
+    assert!(queued > BATCH, "the pages after the socket filled went through the writer task");
+    // The frames come in the switchboard's order (their seq); the pages are queries, answered
+    // in whatever order they finish.
+    let mut last_seq = 0;
+    let mut answered = std::collections::HashSet::new();
+    for _ in 0..asked {
+        let frame = ws_recv(&mut socket).await;
+        assert_eq!(frame.seq, last_seq + 1, "frames in order, none missing or twice");
+        last_seq = frame.seq;
+        match frame.body {
+            Some(ServerBody::Response(response)) => {
+                assert_eq!(response.code, pb::ResultCode::Success as i32, "{}", response.message);
+                assert!(
+                    answered.insert(response.request_id),
+                    "request {} answered twice",
+                    response.request_id
+                );
+            }
+            other => panic!("expected a page, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        answered,
+        (2..=asked + 1).collect::<std::collections::HashSet<u64>>(),
+        "every page asked for is answered"
+    );
+    println!("{direct} frames written by the driver, {queued} by the writer task");
+    // The connection still works both ways.
+    ws_send(
+        &mut socket,
+        &pb::ClientFrame { seq: 0, ack: last_seq, request_id: 0, body: Some(Body::Ping(pb::Ping {})) },
+    )
+    .await;
+    assert!(matches!(ws_recv(&mut socket).await.body, Some(ServerBody::Pong(_))));
+    drop(socket);
+    server.shutdown().await.unwrap();
 }
 
 #[tokio::test]

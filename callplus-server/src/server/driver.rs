@@ -72,7 +72,7 @@ pub(crate) struct Open {
 }
 
 pub(crate) use super::outbound::OutboundQueue;
-use super::outbound::QueueError;
+use super::outbound::{QueueError, Sent};
 
 /// What transports (and the driver's helpers) tell the driver.
 pub(crate) enum Input {
@@ -216,6 +216,9 @@ pub(crate) struct Driver {
     conns: FastMap<ConnId, Outbound>,
     /// Connections to report lost once the current drain is done.
     lost: Vec<ConnId>,
+    /// Connections sent frames during the current drain, to flush when it ends (see
+    /// `outbound::DirectSink`).
+    sent: Vec<ConnId>,
     storage: Arc<dyn Storage>,
     writer: Arc<BatchWriter>,
     /// Storage writes of the current drain, handed to the writer in one message when it ends
@@ -263,6 +266,7 @@ impl Driver {
             self_tx: tx.clone(),
             conns: FastMap::default(),
             lost: Vec::new(),
+            sent: Vec::new(),
             storage,
             writer,
             writes: Vec::new(),
@@ -426,9 +430,7 @@ impl Driver {
                         ack: 0,
                         body: ServerBody::Response(Response { request_id: 0, result: Err(error) }),
                     };
-                    if tx.try_send(OutFrame::from(refusal)).is_ok() {
-                        self.metrics.frames_out.inc();
-                    }
+                    self.send_last(&tx, OutFrame::from(refusal));
                     self.sb.connection_lost(now, conn);
                 }
             }
@@ -546,7 +548,7 @@ impl Driver {
             let name = error.code.to_proto().as_str_name();
             self.metrics.count_auth_failure(name.strip_prefix("RESULT_CODE_").unwrap_or(name));
             let body = ServerBody::Response(Response { request_id, result: Err(error) });
-            let _ = tx.try_send(OutFrame::from(ServerFrame { seq: 0, ack: 0, body }));
+            self.send_last(&tx, OutFrame::from(ServerFrame { seq: 0, ack: 0, body }));
             // Dropping `tx` and `closed` ends the stream after the refusal.
             return;
         }
@@ -595,6 +597,7 @@ impl Driver {
                 self.sb.connection_lost(now, conn);
             }
         }
+        self.flush_sent();
         self.submit_writes();
         let dropped = self.sb.slow_sessions_dropped();
         if dropped > self.slow_sessions_seen {
@@ -608,6 +611,15 @@ impl Driver {
         // The transports the driver holds open (sessions waiting to be resumed are not counted).
         self.metrics.connected_devices.set(i64::try_from(self.conns.len()).unwrap_or(i64::MAX));
         self.metrics.live_calls.set(i64::try_from(self.sb.live_calls()).unwrap_or(i64::MAX));
+    }
+
+    /// Writes out the frames of this drain that went to the transports' buffers.
+    fn flush_sent(&mut self) {
+        for conn in self.sent.drain(..) {
+            if let Some(Outbound { tx, .. }) = self.conns.get(&conn) {
+                tx.flush_direct();
+            }
+        }
     }
 
     /// Hands the writes queued so far to the storage writer.
@@ -808,8 +820,11 @@ impl Driver {
             return;
         };
         match tx.try_send(frame) {
-            Ok(()) => {
-                self.metrics.frames_out.inc();
+            Ok(sent) => {
+                self.count_sent(sent);
+                if sent == Sent::Direct && self.sent.last() != Some(&conn) {
+                    self.sent.push(conn);
+                }
             }
             Err(QueueError::Full) => {
                 tracing::warn!(conn, "outbound queue full; closing the slow connection");
@@ -821,6 +836,22 @@ impl Driver {
                 self.conns.remove(&conn);
                 self.lost.push(conn);
             }
+        }
+    }
+
+    /// Sends the last frame of a connection the driver is letting go of (the queue closes
+    /// after it), flushed at once rather than with the drain's.
+    fn send_last(&self, tx: &OutboundQueue, frame: OutFrame) {
+        if let Ok(sent) = tx.try_send(frame) {
+            self.count_sent(sent);
+            tx.flush_direct();
+        }
+    }
+
+    fn count_sent(&self, sent: Sent) {
+        self.metrics.frames_out.inc();
+        if sent == Sent::Direct {
+            self.metrics.frames_out_direct.inc();
         }
     }
 

@@ -43,6 +43,9 @@ pub(crate) struct Metrics {
     pub(crate) frames_in: Counter,
     /// Server frames queued to connections.
     pub(crate) frames_out: Counter,
+    /// Of those, frames the driver wrote to the socket itself rather than through the
+    /// connection's writer task (WebSocket connections with nothing queued).
+    pub(crate) frames_out_direct: Counter,
     /// Connections accepted by the transport (before authentication).
     pub(crate) connections: Counter,
     /// Connections refused at Hello, by result code.
@@ -75,6 +78,7 @@ impl Metrics {
             calls_ended: Family::default(),
             frames_in: Counter::default(),
             frames_out: Counter::default(),
+            frames_out_direct: Counter::default(),
             connections: Counter::default(),
             auth_failures: Family::default(),
             slow_consumers: Counter::default(),
@@ -89,6 +93,11 @@ impl Metrics {
         registry.register("calls_ended", "Calls ended, by the creator's end reason", m.calls_ended.clone());
         registry.register("frames_in", "Client frames received", m.frames_in.clone());
         registry.register("frames_out", "Server frames sent", m.frames_out.clone());
+        registry.register(
+            "frames_out_direct",
+            "Server frames the driver wrote to the socket itself (WebSocket, nothing queued before them)",
+            m.frames_out_direct.clone(),
+        );
         registry.register("connections", "Signalling streams opened", m.connections.clone());
         registry.register("auth_failures", "Streams refused at Hello, by code", m.auth_failures.clone());
         registry.register(

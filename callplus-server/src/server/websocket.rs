@@ -8,7 +8,9 @@
 //! `Response` (`FRAME_INVALID` or `MESSAGE_TOO_LARGE`, request id 0) and the socket is closed,
 //! as a gRPC stream is after a message it cannot decode.
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{ConnectInfo, State};
@@ -19,13 +21,13 @@ use callplus_session::limits::MAX_FRAME_BYTES;
 use callplus_session::wire::server_frame_to_vec;
 use callplus_session::{Code, Error, OutFrame};
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::{Sink, StreamExt as _};
 use prost::Message as _;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio_tungstenite::tungstenite;
 
 use super::connection::{Inbound, InboundFrames, Shared, run_connection};
-use super::outbound::OutboundReceiver;
+use super::outbound::{DirectSink, OutboundReceiver};
 use super::silence::ConnInfo;
 
 /// Where the device port accepts WebSocket upgrades.
@@ -63,12 +65,18 @@ async fn upgrade(
         .on_upgrade(move |socket| serve(shared, socket, info))
 }
 
-/// Runs one WebSocket connection: a writer task drains the outbound queue, the connection task
+/// Runs one WebSocket connection: the driver writes frames to the socket itself when it can
+/// ([`WsSink`]), a writer task drains the outbound queue otherwise, and the connection task
 /// reads. The upgraded socket is still the guarded connection: a WebSocket that never sends an
 /// authenticated Hello is closed like any other silent connection.
 async fn serve(shared: Arc<Shared>, socket: WebSocket, info: ConnInfo) {
     let (sink, stream) = socket.split();
-    let (tx, rx) = shared.outbound();
+    let sink = Arc::new(WsSink {
+        state: Mutex::new(SinkState { sink, buffered: false, unflushed: false }),
+        flush: Notify::new(),
+    });
+    let (mut tx, rx) = shared.outbound();
+    tx.set_direct(sink.clone());
     let (closed_tx, closed_rx) = oneshot::channel();
     shared.metrics.connections.inc();
     let writer = tokio::spawn(write(sink, rx, closed_tx));
@@ -77,31 +85,140 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, info: ConnInfo) {
     let _ = writer.await;
 }
 
+/// The socket's sending half, shared by the driver's direct writes and the writer task.
+///
+/// The lock is only ever held for one poll, never across an await: the driver only tries it,
+/// and goes through the queue when the writer (or, on another worker, the reader) has it.
+#[derive(Debug)]
+struct WsSink {
+    state: Mutex<SinkState>,
+    /// Asks the writer task to finish a flush a direct write could not complete.
+    flush: Notify,
+}
+
+#[derive(Debug)]
+struct SinkState {
+    sink: SplitSink<WebSocket, Message>,
+    /// The driver buffered frames and has not flushed them yet.
+    buffered: bool,
+    /// A direct flush could not finish: nothing more goes direct until the writer has flushed.
+    unflushed: bool,
+}
+
+impl DirectSink for WsSink {
+    fn try_buffer(&self, frame: &OutFrame) -> bool {
+        let Ok(mut state) = self.state.try_lock() else { return false };
+        if state.unflushed {
+            return false;
+        }
+        // Nothing waits on this context: a direct write that cannot finish hands its bytes to
+        // the writer task, which polls with its own.
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut sink = Pin::new(&mut state.sink);
+        if !matches!(sink.as_mut().poll_ready(&mut cx), Poll::Ready(Ok(()))) {
+            return false;
+        }
+        if sink.as_mut().start_send(encode(frame)).is_err() {
+            return false;
+        }
+        state.buffered = true;
+        true
+    }
+
+    fn flush(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if !state.buffered {
+            return;
+        }
+        state.buffered = false;
+        let mut cx = Context::from_waker(Waker::noop());
+        if !matches!(Pin::new(&mut state.sink).poll_flush(&mut cx), Poll::Ready(Ok(()))) {
+            // Still buffered (the socket is full, or the reader holds the socket on another
+            // worker) or failed: the writer flushes it, or finds out.
+            state.unflushed = true;
+            self.flush.notify_one();
+        }
+    }
+}
+
+impl WsSink {
+    /// Runs one poll of the sink under the lock.
+    async fn poll_sink<R>(
+        &self,
+        mut f: impl FnMut(Pin<&mut SplitSink<WebSocket, Message>>, &mut Context<'_>) -> Poll<R>,
+    ) -> R {
+        std::future::poll_fn(|cx| {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            f(Pin::new(&mut state.sink), cx)
+        })
+        .await
+    }
+
+    async fn feed(&self, message: Message) -> Result<(), axum::Error> {
+        let mut message = Some(message);
+        self.poll_sink(|mut sink, cx| {
+            futures_util::ready!(sink.as_mut().poll_ready(cx))?;
+            match message.take() {
+                Some(message) => Poll::Ready(sink.start_send(message)),
+                None => Poll::Ready(Ok(())),
+            }
+        })
+        .await
+    }
+
+    /// Flushes everything buffered, the direct writes' leftovers included.
+    async fn flush(&self) -> Result<(), axum::Error> {
+        std::future::poll_fn(|cx| {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let flushed = futures_util::ready!(Pin::new(&mut state.sink).poll_flush(cx));
+            state.unflushed = false;
+            Poll::Ready(flushed)
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        let close = CloseFrame { code: close_code::NORMAL, reason: "".into() };
+        if self.feed(Message::Close(Some(close))).await.is_ok() {
+            let _ = self.poll_sink(|sink, cx| sink.poll_close(cx)).await;
+        }
+    }
+}
+
 /// Sends the outbound queue as binary messages until it closes (then a Close) or the socket
 /// fails. Dropping `_closed` tells the connection task that nothing more can be sent.
-async fn write(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: OutboundReceiver,
-    _closed: oneshot::Sender<()>,
-) {
-    while let Some(frame) = rx.recv().await {
+async fn write(sink: Arc<WsSink>, mut rx: OutboundReceiver, _closed: oneshot::Sender<()>) {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            frame = rx.recv() => frame,
+            () = sink.flush.notified() => {
+                if let Err(e) = sink.flush().await {
+                    tracing::debug!(error = %e, "WebSocket send failed");
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some(frame) = frame else { break };
         // Whatever else is queued goes out with it, flushed once.
         let mut next = Some(frame);
+        let mut fed = 0;
         while let Some(frame) = next {
             if let Err(e) = sink.feed(encode(&frame)).await {
                 tracing::debug!(error = %e, "WebSocket send failed");
                 return;
             }
+            fed += 1;
             next = rx.try_recv();
         }
         if let Err(e) = sink.flush().await {
             tracing::debug!(error = %e, "WebSocket send failed");
             return;
         }
+        rx.written(fed);
     }
-    let close = CloseFrame { code: close_code::NORMAL, reason: "".into() };
-    let _ = sink.send(Message::Close(Some(close))).await;
-    let _ = sink.close().await;
+    sink.close().await;
 }
 
 /// One binary message per frame, its bytes written straight from the domain frame.
