@@ -64,10 +64,12 @@ request_route {{
 const ANCHOR: &str = "Kamailio + SIPp";
 
 /// How callplus runs: `callplus bench --call-client` value, the server's worker threads (`None`:
-/// its default, one per core), and the table label. One worker costs less CPU per call on this
-/// kind of machine (docs/performance.md, "Worker threads: one against two").
+/// its default, one per core), and the table label. One worker costs less CPU per call over
+/// gRPC on this kind of machine (docs/performance.md, "The driver writes WebSocket frames
+/// itself"); over WebSocket the two cost about the same.
 const CALLPLUS_CLIENTS: &[(&str, Option<u16>, &str)] = &[
     ("raw", None, "callplus (gRPC)"),
+    ("raw", Some(1), "callplus (gRPC, 1 worker)"),
     ("websocket", None, "callplus (WebSocket)"),
     ("websocket", Some(1), "callplus (WebSocket, 1 worker)"),
 ];
