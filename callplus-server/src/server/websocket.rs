@@ -166,8 +166,9 @@ impl WsSink {
         .await
     }
 
-    /// Flushes everything buffered, the direct writes' leftovers included.
-    async fn flush(&self) -> Result<(), axum::Error> {
+    /// Flushes everything buffered, the direct writes' leftovers included, waiting for the
+    /// socket (the writer task's flush, where [`DirectSink::flush`] never waits).
+    async fn flush_all(&self) -> Result<(), axum::Error> {
         std::future::poll_fn(|cx| {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             let flushed = futures_util::ready!(Pin::new(&mut state.sink).poll_flush(cx));
@@ -193,7 +194,7 @@ async fn write(sink: Arc<WsSink>, mut rx: OutboundReceiver, _closed: oneshot::Se
             biased;
             frame = rx.recv() => frame,
             () = sink.flush.notified() => {
-                if let Err(e) = sink.flush().await {
+                if let Err(e) = sink.flush_all().await {
                     tracing::debug!(error = %e, "WebSocket send failed");
                     return;
                 }
@@ -212,7 +213,7 @@ async fn write(sink: Arc<WsSink>, mut rx: OutboundReceiver, _closed: oneshot::Se
             fed += 1;
             next = rx.try_recv();
         }
-        if let Err(e) = sink.flush().await {
+        if let Err(e) = sink.flush_all().await {
             tracing::debug!(error = %e, "WebSocket send failed");
             return;
         }
