@@ -163,6 +163,22 @@ fn store_records(storage: &dyn Storage, app: &AppKey, owner: &str) {
     storage.append_records(&rows).unwrap();
 }
 
+/// A server on 127.0.0.1 with `config`, 100 stored records of `owner`'s, and a token for them.
+async fn server_with_records(config: SwitchboardConfig, owner: &str) -> (RunningServer, String) {
+    let server = Server::builder()
+        .in_memory()
+        .listen("127.0.0.1:0")
+        .admin_listen("127.0.0.1:0")
+        .config(config)
+        .start()
+        .await
+        .unwrap();
+    let app = AppKey::new(&server.app_credentials().app_key).unwrap();
+    store_records(&*server.storage(), &app, owner);
+    let token = server.mint_token(owner, Duration::from_secs(60)).unwrap();
+    (server, token)
+}
+
 /// A device that asks for pages of 100 records at the rate limit and never reads nor acks.
 async fn flood_records(stream: &Stream, pages: u64) {
     for seq in 1..=pages {
@@ -176,17 +192,8 @@ async fn flood_records(stream: &Stream, pages: u64) {
 
 #[tokio::test]
 async fn a_device_that_never_reads_is_cut_at_its_byte_bound() {
-    let server = Server::builder()
-        .in_memory()
-        .listen("127.0.0.1:0")
-        .admin_listen("127.0.0.1:0")
-        .config(SwitchboardConfig { max_unacked_bytes: 2 << 20, ..SwitchboardConfig::default() })
-        .start()
-        .await
-        .unwrap();
-    let app = AppKey::new(&server.app_credentials().app_key).unwrap();
-    store_records(&*server.storage(), &app, "slow");
-    let token = server.mint_token("slow", Duration::from_secs(60)).unwrap();
+    let config = SwitchboardConfig { max_unacked_bytes: 2 << 20, ..SwitchboardConfig::default() };
+    let (server, token) = server_with_records(config, "slow").await;
     // Small HTTP/2 windows, so the transport buffers little of what the device does not read.
     let endpoint = tonic::transport::Endpoint::from_shared(server.grpc_url())
         .unwrap()
@@ -444,17 +451,7 @@ async fn a_websocket_device_that_stops_reading_gets_every_frame_in_order_afterwa
         request_burst: 100_000,
         ..SwitchboardConfig::default()
     };
-    let server = Server::builder()
-        .in_memory()
-        .listen("127.0.0.1:0")
-        .admin_listen("127.0.0.1:0")
-        .config(config)
-        .start()
-        .await
-        .unwrap();
-    let app = AppKey::new(&server.app_credentials().app_key).unwrap();
-    store_records(&*server.storage(), &app, "reader");
-    let token = server.mint_token("reader", Duration::from_secs(60)).unwrap();
+    let (server, token) = server_with_records(config, "reader").await;
     // A small receive buffer, so the pages fill the socket early.
     let tcp = tokio::net::TcpSocket::new_v4().unwrap();
     tcp.set_recv_buffer_size(64 * 1024).unwrap();

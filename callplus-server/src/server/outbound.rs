@@ -64,8 +64,8 @@ pub(crate) struct OutboundQueue {
     held: Arc<AtomicUsize>,
     max_bytes: usize,
     direct: Option<Arc<dyn DirectSink>>,
-    /// Frames queued and not yet reported written by the transport: a frame written directly
-    /// while one of them waits would overtake it.
+    /// Frames queued and not yet reported written by the transport (counted only with a
+    /// direct sink): a frame written directly while one of them waits would overtake it.
     unwritten: Arc<AtomicUsize>,
 }
 
@@ -113,18 +113,30 @@ impl OutboundQueue {
             return Err(if self.tx.is_closed() { QueueError::Closed } else { QueueError::Full });
         }
         // Counted before it can be taken, so the count is never short of the queue.
-        self.unwritten.fetch_add(1, Ordering::AcqRel);
+        self.count_unwritten(true);
         match self.tx.try_send((frame, bytes)) {
             Ok(()) => {
                 self.held.fetch_add(bytes, Ordering::AcqRel);
                 Ok(Sent::Queued)
             }
             Err(e) => {
-                self.unwritten.fetch_sub(1, Ordering::AcqRel);
+                self.count_unwritten(false);
                 Err(match e {
                     mpsc::error::TrySendError::Full(_) => QueueError::Full,
                     mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
                 })
+            }
+        }
+    }
+
+    /// Counts a frame into the queue (`true`) or back out of it, for a transport with a direct
+    /// sink: only such a transport reports frames written ([`OutboundReceiver::written`]).
+    fn count_unwritten(&self, queued: bool) {
+        if self.direct.is_some() {
+            if queued {
+                self.unwritten.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.unwritten.fetch_sub(1, Ordering::AcqRel);
             }
         }
     }
@@ -141,10 +153,10 @@ impl OutboundQueue {
     pub(crate) async fn send_timeout(&self, frame: OutFrame, timeout: Duration) -> Result<(), QueueError> {
         let bytes = body_frame_bytes(&frame.body);
         self.held.fetch_add(bytes, Ordering::AcqRel);
-        self.unwritten.fetch_add(1, Ordering::AcqRel);
+        self.count_unwritten(true);
         self.tx.send_timeout((frame, bytes), timeout).await.map_err(|_| {
             self.held.fetch_sub(bytes, Ordering::AcqRel);
-            self.unwritten.fetch_sub(1, Ordering::AcqRel);
+            self.count_unwritten(false);
             QueueError::Full
         })
     }

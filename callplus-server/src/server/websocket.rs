@@ -71,10 +71,7 @@ async fn upgrade(
 /// authenticated Hello is closed like any other silent connection.
 async fn serve(shared: Arc<Shared>, socket: WebSocket, info: ConnInfo) {
     let (sink, stream) = socket.split();
-    let sink = Arc::new(WsSink {
-        state: Mutex::new(SinkState { sink, buffered: false, unflushed: false }),
-        flush: Notify::new(),
-    });
+    let sink = Arc::new(WsSink::new(sink));
     let (mut tx, rx) = shared.outbound();
     tx.set_direct(sink.clone());
     let (closed_tx, closed_rx) = oneshot::channel();
@@ -142,6 +139,13 @@ impl DirectSink for WsSink {
 }
 
 impl WsSink {
+    fn new(sink: SplitSink<WebSocket, Message>) -> WsSink {
+        WsSink {
+            state: Mutex::new(SinkState { sink, buffered: false, unflushed: false }),
+            flush: Notify::new(),
+        }
+    }
+
     /// Runs one poll of the sink under the lock.
     async fn poll_sink<R>(
         &self,
@@ -274,5 +278,82 @@ fn read_error(error: axum::Error) -> Option<Error> {
             tracing::debug!(%error, "WebSocket read failed");
             None
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::time::Duration;
+
+    use callplus_session::{EndReason, Event, ServerBody, ServerFrame};
+    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+    use super::super::outbound::{Sent, outbound};
+    use super::*;
+
+    /// A server-side WebSocket from axum's upgrade, and the client's end of it.
+    async fn socket_pair() -> (WebSocket, tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) {
+        let (upgraded, socket) = oneshot::channel();
+        let upgraded = Arc::new(Mutex::new(Some(upgraded)));
+        let app = axum::Router::new().route(
+            "/",
+            get(move |ws: WebSocketUpgrade| async move {
+                ws.on_upgrade(move |socket| async move {
+                    let tx = upgraded.lock().unwrap_or_else(PoisonError::into_inner).take();
+                    if let Some(tx) = tx {
+                        let _ = tx.send(socket);
+                    }
+                })
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds on loopback");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connects");
+        let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
+        let (client, _) =
+            tokio_tungstenite::client_async_with_config(format!("ws://{addr}/"), tcp, Some(config))
+                .await
+                .expect("upgrades");
+        (socket.await.expect("the server side"), client)
+    }
+
+    /// A direct write whose flush the socket cannot take at once (the client is not reading,
+    /// and the frame is larger than both sockets' buffers) is finished by the writer task,
+    /// with nothing more sent to wake it: the frame arrives whole once the client reads.
+    #[tokio::test]
+    async fn a_direct_write_the_socket_cannot_take_at_once_is_finished_by_the_writer() {
+        let (socket, mut client) = socket_pair().await;
+        let (sink, _stream) = socket.split();
+        let sink = Arc::new(WsSink::new(sink));
+        let (mut tx, rx) = outbound(16, 1 << 30);
+        tx.set_direct(sink.clone());
+        let (closed, _closed) = oneshot::channel();
+        let writer = tokio::spawn(write(sink.clone(), rx, closed));
+        let message = "x".repeat(32 << 20);
+        let kicked = Event::Kicked { reason: EndReason::Hangup, message: message.clone() };
+        let frame = OutFrame::from(ServerFrame { seq: 7, ack: 0, body: ServerBody::Event(kicked) });
+        assert_eq!(tx.try_send(frame), Ok(Sent::Direct));
+        tx.flush_direct();
+        let handed_over = sink.state.lock().unwrap_or_else(PoisonError::into_inner).unflushed;
+        assert!(handed_over, "32 MiB cannot fit the sockets' buffers: the rest is the writer's");
+        let received = tokio::time::timeout(Duration::from_secs(20), client.next())
+            .await
+            .expect("the whole frame in time")
+            .expect("a message")
+            .expect("readable");
+        let tungstenite::Message::Binary(bytes) = received else { panic!("a binary message") };
+        let frame = pb::ServerFrame::decode(bytes).expect("a ServerFrame");
+        assert_eq!(frame.seq, 7);
+        let Some(pb::server_frame::Body::Event(event)) = frame.body else { panic!("an event") };
+        let Some(pb::event::Kind::Kicked(kicked)) = event.kind else { panic!("Kicked") };
+        assert_eq!(kicked.message.len(), message.len());
+        // Once the driver lets go, the writer closes the socket and ends.
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .expect("the writer ends")
+            .expect("no panic");
     }
 }
