@@ -105,7 +105,8 @@ impl Point {
 struct SipArgs {
     rates: Vec<f64>,
     seconds: u64,
-    /// How many times each rate runs: each round is the anchor, then every callplus run.
+    /// How many times each rate runs: each round is the anchor, then every callplus run (and
+    /// one more anchor run closes the rate).
     rounds: u32,
 }
 
@@ -138,14 +139,16 @@ pub(crate) fn compare_sip(args: &[String]) -> Result {
     std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
     let mut points = Vec::new();
     for &rate in &rates {
-        // Each round is the anchor, then every callplus run, at this rate: a ratio is only ever
-        // taken between runs of one round, a minute apart at most.
+        // Each round is the anchor, then every callplus run, at this rate, and one more anchor
+        // run closes the rate: a callplus run is compared with the anchor runs on either side
+        // of it, a minute apart at most (see `ratios`).
         for _ in 0..rounds {
             points.push(sip_point(&work, rate, seconds)?);
             for &(client, workers, system) in CALLPLUS_CLIENTS {
                 points.push(callplus_point(rate, seconds, client, workers, system)?);
             }
         }
+        points.push(sip_point(&work, rate, seconds)?);
     }
     for line in table(&points) {
         println!("{line}");
@@ -340,22 +343,42 @@ fn callplus_point(
     })
 }
 
-/// Each callplus point with its CPU per call as a multiple of the anchor's in its round (the
-/// anchor point before it), when that anchor failed no call.
-fn ratios(points: &[Point]) -> impl Iterator<Item = (&Point, Option<f64>)> {
-    let mut anchor = None;
-    points.iter().map(move |p| {
-        if p.system == ANCHOR {
-            // An anchor that failed calls spent CPU on calls it does not count: no ratio against it.
-            anchor = Some(p).filter(|a| a.failed == 0).and_then(Point::cpu_per_call_us).filter(|&a| a > 0.0);
-            return (p, None);
-        }
-        (p, anchor.zip(p.cpu_per_call_us()).map(|(a, b)| b / a))
-    })
+/// Each callplus point with its CPU per call as a multiple of the anchor's: the mean of the
+/// anchor's runs at the same rate just before and just after it (each round starts with one, and
+/// one more closes the rate), so that the machine drifting during a round weighs on both sides
+/// alike. No ratio when either of those anchor runs failed a call: it spent CPU on calls it does
+/// not count.
+fn ratios(points: &[Point]) -> Vec<(&Point, Option<f64>)> {
+    points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if p.system == ANCHOR {
+                return (p, None);
+            }
+            let anchor_at_rate = |a: &&Point| a.system == ANCHOR && a.offered == p.offered;
+            let before = points.get(..i).and_then(|b| b.iter().rev().find(anchor_at_rate));
+            let after = points.get(i + 1..).and_then(|a| a.iter().find(anchor_at_rate));
+            (p, anchor_cpu_around(before, after).zip(p.cpu_per_call_us()).map(|(a, b)| b / a))
+        })
+        .collect()
 }
 
-/// The table's lines: each anchor point followed by the callplus points at the same rate, each
-/// of those with its CPU per call as a multiple of the anchor's (when the anchor failed no call).
+/// The mean CPU per call of the anchor runs `before` and `after` a callplus run (`after` may be
+/// missing), or `None` if `before` is missing or either failed a call or completed none.
+fn anchor_cpu_around(before: Option<&Point>, after: Option<&Point>) -> Option<f64> {
+    let clean =
+        |a: &Point| Some(a).filter(|a| a.failed == 0).and_then(Point::cpu_per_call_us).filter(|&c| c > 0.0);
+    let first = clean(before?)?;
+    match after {
+        None => Some(first),
+        Some(after) => clean(after).map(|second| (first + second) / 2.0),
+    }
+}
+
+/// The table's lines: the anchor points and the callplus points between them at the same rate,
+/// each callplus point with its CPU per call as a multiple of the anchor's around it (when the
+/// anchor failed no call).
 fn table(points: &[Point]) -> Vec<String> {
     let mut lines = vec![
         "| system | offered/s | achieved/s | failed | p99 setup | server CPU per call | callplus / anchor CPU \
@@ -363,7 +386,7 @@ fn table(points: &[Point]) -> Vec<String> {
             .to_owned(),
         "|---|---|---|---|---|---|---|---|".to_owned(),
     ];
-    // Each callplus row is compared with the anchor row before it (the same rate).
+    // Each callplus row is compared with the anchor rows around it (the same rate).
     for (p, ratio) in ratios(points) {
         let ratio = match ratio {
             _ if p.system == ANCHOR => String::new(),
@@ -391,7 +414,7 @@ fn table(points: &[Point]) -> Vec<String> {
 /// taken within one round, moves much less.
 fn summary(points: &[Point]) -> Vec<String> {
     let mut groups: Vec<(&'static str, f64, Vec<f64>, usize)> = Vec::new();
-    for (p, ratio) in ratios(points).filter(|(p, _)| p.system != ANCHOR) {
+    for (p, ratio) in ratios(points).into_iter().filter(|(p, _)| p.system != ANCHOR) {
         let i = match groups.iter().position(|g| g.0 == p.system && g.1 == p.offered) {
             Some(i) => i,
             None => {
@@ -509,7 +532,7 @@ mod tests {
     }
 
     #[test]
-    fn rounds_are_summed_up_as_the_median_of_ratios_taken_within_each_round() {
+    fn rounds_are_summed_up_as_the_median_of_ratios_against_the_anchor_runs_around_each() {
         let point = |system: &'static str, offered, failed, cpu_s: f64| Point {
             system,
             offered,
@@ -522,26 +545,32 @@ mod tests {
         };
         let (anchor, ws) = (ANCHOR, "callplus (WebSocket)");
         let points = [
-            // 1,000/s: three rounds; the anchor's own CPU moves, the ratios less.
+            // 1,000/s: three rounds and the closing anchor run; the anchor's own CPU moves.
             point(anchor, 1_000.0, 0, 1.0),
             point(ws, 1_000.0, 0, 1.2),
             point(anchor, 1_000.0, 0, 0.8),
-            point(ws, 1_000.0, 0, 1.2),
-            point(anchor, 1_000.0, 0, 1.2),
+            point(ws, 1_000.0, 0, 1.08),
+            point(anchor, 1_000.0, 0, 1.0),
             point(ws, 1_000.0, 0, 1.32),
-            // 3,000/s: the anchor fails calls in one of two rounds.
+            point(anchor, 1_000.0, 0, 1.2),
+            // 3,000/s: the closing anchor run fails calls, so the last round has no ratio.
+            point(anchor, 3_000.0, 0, 1.0),
+            point(ws, 3_000.0, 0, 1.1),
             point(anchor, 3_000.0, 0, 1.0),
             point(ws, 3_000.0, 0, 1.1),
             point(anchor, 3_000.0, 70, 2.0),
-            point(ws, 3_000.0, 0, 1.1),
         ];
         let lines = summary(&points);
         assert_eq!(lines.len(), 4, "{lines:?}");
-        // Ratios 1.2, 1.5, 1.1: the median is 1.2 (not the ratio of the mean CPUs, 1.24).
-        assert_eq!(lines[2], "| callplus (WebSocket) | 1000 | 1.20× | 1.10–1.50× | 3 of 3 |");
+        // Against the means around each run (0.9, 0.9, 1.1): ratios 1.33, 1.2, 1.2. Against the
+        // run before each alone they would be 1.2, 1.35 and 1.32.
+        assert_eq!(lines[2], "| callplus (WebSocket) | 1000 | 1.20× | 1.20–1.33× | 3 of 3 |");
         assert_eq!(lines[3], "| callplus (WebSocket) | 3000 | 1.10× | 1.10–1.10× | 1 of 2 |");
         let none = summary(&[point(anchor, 5_000.0, 9, 1.0), point(ws, 5_000.0, 0, 1.0)]);
         assert_eq!(none[2], "| callplus (WebSocket) | 5000 | - | - | 0 of 1 |");
+        // Without a closing run, the anchor run before is the reference.
+        let before_only = summary(&[point(anchor, 2_000.0, 0, 1.0), point(ws, 2_000.0, 0, 1.5)]);
+        assert_eq!(before_only[2], "| callplus (WebSocket) | 2000 | 1.50× | 1.50–1.50× | 1 of 1 |");
     }
 
     #[test]
