@@ -26,6 +26,7 @@ use rand::RngCore as _;
 use tokio::sync::mpsc;
 
 use super::driver::{DriverHandle, Input};
+use super::media_token_issuer::TokenIssuer;
 use crate::relay::RemoteSfu;
 
 /// The user id the SFU's signals carry (its signalling address).
@@ -89,15 +90,12 @@ pub(crate) fn start(settings: &SfuSettings) -> (MediaRouter, mpsc::UnboundedSend
             (secret, Backend::Local { sfu, events })
         }
     };
-    let tokens = MediaTokens::new(secret);
-    let ttl = settings.token_ttl.as_secs();
+    let issuer = TokenIssuer::new(MediaTokens::new(secret), settings.token_ttl.as_secs());
     let router = MediaRouter {
         sfu_user: UserId::new(SFU_USER).unwrap_or_else(|_| unreachable!("a valid constant id")),
         sfu_device: DeviceId::new(SFU_DEVICE).unwrap_or_else(|_| unreachable!("a valid constant id")),
         mesh_max: settings.mesh_max,
-        sign: Box::new(move |call, user, device| {
-            tokens.issue(call, user, device, now_s().saturating_add(ttl))
-        }),
+        sign: Box::new(move |call, user, device| issuer.issue(call, user, device, now_s())),
     };
     let (commands, rx) = mpsc::unbounded_channel();
     (router, commands, SfuTask { backend, rx })

@@ -33,6 +33,7 @@ mod grpc;
 mod media_relay;
 mod media_relay_pool;
 mod media_relay_remote;
+mod media_token_issuer;
 mod metrics;
 mod outbound;
 mod presence;
