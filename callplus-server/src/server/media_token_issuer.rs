@@ -24,7 +24,6 @@ pub(crate) struct TokenIssuer {
     state: Mutex<Issued>,
 }
 
-#[derive(Default)]
 struct Issued {
     /// The expiry of the last token of each participant device, while it is valid.
     last: HashMap<(CallId, UserId, DeviceId), u64>,
