@@ -1020,7 +1020,12 @@ mod tests {
     use crate::storage::SqliteStorage;
 
     fn bob_opens(driver: &mut Driver, conn: ConnId) -> super::super::outbound::OutboundReceiver {
-        let (tx, rx) = super::super::outbound::outbound(16, usize::MAX);
+        opens(driver, conn, "bob")
+    }
+
+    /// `user`'s device `phone` connects on `conn` (its token already checked).
+    fn opens(driver: &mut Driver, conn: ConnId, user: &str) -> super::super::outbound::OutboundReceiver {
+        let (tx, rx) = super::super::outbound::outbound(64, usize::MAX);
         let (closed, _closed_rx) = oneshot::channel();
         let hello = Hello {
             token: String::new(),
@@ -1031,7 +1036,7 @@ mod tests {
         let open = Open {
             conn,
             app: AppKey::new("app_test").unwrap(),
-            user: UserId::new("bob").unwrap(),
+            user: UserId::new(user).unwrap(),
             hello,
             request_id: 1,
             tx,
@@ -1040,6 +1045,95 @@ mod tests {
         driver.handle(Input::Open(Box::new(open)));
         driver.drain();
         rx
+    }
+
+    /// Everything queued for a connection so far.
+    fn bodies(rx: &mut super::super::outbound::OutboundReceiver) -> Vec<ServerBody> {
+        std::iter::from_fn(|| rx.try_recv()).map(|frame| ServerBody::clone(&frame.body)).collect()
+    }
+
+    /// The SFU tokens of the media routes among `bodies`.
+    fn route_tokens(bodies: &[ServerBody]) -> Vec<String> {
+        bodies
+            .iter()
+            .filter_map(|body| match body {
+                ServerBody::Event(Event::MediaRoute { sfu: Some(route), .. }) => Some(route.token.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A device whose SFU connection fails gets a fresh route, and its token is not the one it
+    /// had, however soon the failure follows the route: its engine restarts media only on a
+    /// changed route, so a repeated token would leave it on the dead connection. Everything
+    /// here happens within a few milliseconds, well inside the second a token's expiry counts.
+    #[tokio::test]
+    async fn a_device_rerouted_after_its_sfu_connection_failed_gets_another_token() {
+        let settings = super::super::media_relay::SfuSettings {
+            bind_addrs: vec!["127.0.0.1:0".to_owned()],
+            mesh_max: 0,
+            token_ttl: Duration::from_secs(3600),
+            remote: Vec::new(),
+        };
+        let (router, commands, _sfu_task) = super::super::media_relay::start(&settings);
+        let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open_in_memory().unwrap());
+        let writer = Arc::new(BatchWriter::spawn(storage.clone()));
+        let mut sb = Switchboard::new(SwitchboardConfig::default());
+        sb.set_media_router(router);
+        let (mut driver, _handle) = Driver::new(sb, storage, writer, None, Arc::new(Metrics::new()));
+        driver.set_sfu(commands);
+        let mut alice = opens(&mut driver, 1, "alice");
+        let mut bob = opens(&mut driver, 2, "bob");
+
+        let start = callplus_session::StartCall {
+            callees: vec![UserId::new("bob").unwrap()],
+            call_type: callplus_session::CallType::Multi,
+            media_type: callplus_session::MediaType::Audio,
+            push: None,
+            extra: String::new(),
+            ring_timeout_ms: None,
+        };
+        let request =
+            |seq, body| ClientFrame { seq, ack: 0, request_id: seq + 1, body: ClientBody::Request(body) };
+        let frame = Box::new(request(1, callplus_session::Request::StartCall(start)));
+        driver.handle(Input::Frame { conn: 1, frame });
+        driver.drain();
+        let first = bodies(&mut alice);
+        let call_id = first
+            .iter()
+            .find_map(|body| match body {
+                ServerBody::Response(Response {
+                    result: Ok(callplus_session::ResponseBody::Started { call, .. }),
+                    ..
+                }) => Some(call.call_id.clone()),
+                _ => None,
+            })
+            .expect("the call started");
+        let before = route_tokens(&first);
+        assert_eq!(before.len(), 1, "the caller is routed through the SFU: {first:?}");
+        let frame = Box::new(request(1, callplus_session::Request::Accept { call_id: call_id.clone() }));
+        driver.handle(Input::Frame { conn: 2, frame });
+        driver.drain();
+        let bobs = route_tokens(&bodies(&mut bob));
+        assert_eq!(bobs.len(), 1, "the callee is routed through the SFU once it accepts");
+        assert_ne!(bobs, before, "each device has its own token");
+
+        // The SFU reports the caller's connection failed, twice in a row.
+        let mut tokens = before;
+        for _ in 0..2 {
+            driver.handle(Input::SfuConnection {
+                call_id: call_id.clone(),
+                user: UserId::new("alice").unwrap(),
+                device: DeviceId::new("phone").unwrap(),
+                connected: false,
+            });
+            driver.drain();
+            let fresh = route_tokens(&bodies(&mut alice));
+            assert_eq!(fresh.len(), 1, "one fresh route per failure");
+            assert!(!tokens.contains(&fresh[0]), "a fresh route repeats a token: {fresh:?} after {tokens:?}");
+            tokens.extend(fresh);
+        }
+        assert!(route_tokens(&bodies(&mut bob)).is_empty(), "the other participant keeps its route");
     }
 
     #[tokio::test]
