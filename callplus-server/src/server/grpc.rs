@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 
 use callplus_proto::codec::{SignalCodec, buffer_settings};
 use callplus_proto::v1 as pb;
-use callplus_session::wire::encode_server_frame;
 use callplus_session::{Code, Error, OutFrame};
 use tokio::sync::oneshot;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -19,6 +18,7 @@ use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Request, Status, Streaming};
 
 use super::connection::{Inbound, InboundFrames, Shared, run_connection};
+use super::frame_scratch::put_frame;
 use super::outbound::OutboundReceiver;
 use super::silence::ConnInfo;
 
@@ -28,7 +28,7 @@ const CONNECT_PATH: &str = "/callplus.v1.Signal/Connect";
 /// The `Signal` service, written out rather than generated: the generated stub fixes the
 /// response stream's items to `pb::ServerFrame`, and this one sends the switchboard's
 /// [`OutFrame`]s, which [`FrameEncoder`] writes straight into tonic's buffer
-/// (`callplus_session::wire::encode_server_frame`) without building the generated struct.
+/// ([`super::frame_scratch::put_frame`]) without building the generated struct.
 #[derive(Clone)]
 pub(crate) struct SignalService {
     pub(crate) shared: Arc<Shared>,
@@ -121,7 +121,7 @@ impl Encoder for FrameEncoder {
     type Error = Status;
 
     fn encode(&mut self, frame: OutFrame, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        encode_server_frame(frame.seq, frame.ack, &frame.body, dst);
+        put_frame(&frame, dst);
         Ok(())
     }
 

@@ -29,6 +29,7 @@ mod connection;
 mod device_port;
 mod driver;
 mod fd_limit;
+mod frame_scratch;
 mod grpc;
 mod media_relay;
 mod media_relay_pool;

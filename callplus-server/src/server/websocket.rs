@@ -18,7 +18,6 @@ use axum::response::Response;
 use axum::routing::get;
 use callplus_proto::v1 as pb;
 use callplus_session::limits::MAX_FRAME_BYTES;
-use callplus_session::wire::server_frame_to_vec;
 use callplus_session::{Code, Error, OutFrame};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, StreamExt as _};
@@ -27,6 +26,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio_tungstenite::tungstenite;
 
 use super::connection::{Inbound, InboundFrames, Shared, run_connection};
+use super::frame_scratch::frame_message;
 use super::outbound::{DirectSink, OutboundReceiver};
 use super::silence::ConnInfo;
 
@@ -228,7 +228,7 @@ async fn write(sink: Arc<WsSink>, mut rx: OutboundReceiver, _closed: oneshot::Se
 
 /// One binary message per frame, its bytes written straight from the domain frame.
 fn encode(frame: &OutFrame) -> Message {
-    Message::Binary(server_frame_to_vec(frame.seq, frame.ack, &frame.body).into())
+    Message::Binary(frame_message(frame))
 }
 
 /// The socket's messages as inbound frames.

@@ -52,6 +52,22 @@ pub fn server_frame_to_vec(seq: u64, ack: u64, body: &ServerBody) -> Vec<u8> {
     message_to_vec(&Frame { seq, ack, body })
 }
 
+/// Appends the frame's bytes (those of [`server_frame_to_vec`]) to `buf`: a transport that
+/// keeps one buffer for the frames it encodes allocates nothing per frame.
+///
+/// ```
+/// use callplus_session::wire::{append_server_frame, server_frame_to_vec};
+/// use callplus_session::{EndReason, Event, ServerBody};
+///
+/// let body = ServerBody::Event(Event::Kicked { reason: EndReason::Hangup, message: "bye".into() });
+/// let mut buf = vec![0xff];
+/// append_server_frame(1, 0, &body, &mut buf);
+/// assert_eq!(buf[1..], server_frame_to_vec(1, 0, &body)[..]);
+/// ```
+pub fn append_server_frame(seq: u64, ack: u64, body: &ServerBody, buf: &mut Vec<u8>) {
+    Frame { seq, ack, body }.fields(&mut Backfill { buf });
+}
+
 /// A call record as the protobuf `CallRecord` (the bytes prost writes for the generated
 /// message converted from it): how storage keeps records.
 #[must_use]

@@ -11,7 +11,8 @@ mod snapshot;
 
 pub use client::FrameError;
 pub use encode::{
-    call_info_to_vec, call_record_to_vec, encode_server_frame, server_frame_len, server_frame_to_vec,
+    append_server_frame, call_info_to_vec, call_record_to_vec, encode_server_frame, server_frame_len,
+    server_frame_to_vec,
 };
 pub use server::{event_from_wire, event_to_wire, server_frame_from_wire};
 
