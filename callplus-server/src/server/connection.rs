@@ -25,6 +25,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::auth::Auth;
 use super::driver::{DriverHandle, Input, Open, OutboundQueue, unix_ms};
+use super::driver_reads::{FrameStream, HandedOver};
 use super::metrics::Metrics;
 use super::outbound::{OutboundReceiver, outbound};
 use super::silence::ConnInfo;
@@ -59,9 +60,15 @@ pub(crate) enum Inbound {
 }
 
 /// A transport's inbound side: whole frames, one at a time.
-pub(crate) trait InboundFrames: Send {
+pub(crate) trait InboundFrames: Send + Sized {
     /// The next frame or the end. Must be cancel-safe (it races the connection's other events).
     fn next(&mut self) -> impl Future<Output = Inbound> + Send;
+
+    /// The frames as a stream the driver reads itself once the session is open
+    /// ([`super::driver_reads`]), or `self` back for a transport the connection task reads.
+    fn hand_over(self) -> Result<FrameStream, Self> {
+        Err(self)
+    }
 }
 
 impl Shared {
@@ -142,7 +149,26 @@ pub(crate) async fn run_connection(
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(conn, ?peer, %app, %user, "stream authenticated");
     let (closed_by_driver, mut driver_closed) = oneshot::channel();
-    let open = Open { conn, app, user, hello, request_id, tx: out, closed: closed_by_driver };
+    let mut inbound = match inbound.hand_over() {
+        Ok(frames) => {
+            // The driver reads the connection from now on.
+            let reader = HandedOver { frames, transport_closed: closed, released: driver_closed };
+            let open = Open {
+                conn,
+                app,
+                user,
+                hello,
+                request_id,
+                tx: out,
+                closed: closed_by_driver,
+                reader: Some(reader),
+            };
+            let _ = shared.driver.send(Input::Open(Box::new(open))).await;
+            return;
+        }
+        Err(inbound) => inbound,
+    };
+    let open = Open { conn, app, user, hello, request_id, tx: out, closed: closed_by_driver, reader: None };
     if !shared.driver.send(Input::Open(Box::new(open))).await {
         return;
     }

@@ -35,6 +35,8 @@ use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::connection::Inbound;
+use super::driver_reads::{HandedOver, ReadSet};
 use super::media_relay::SfuCommand;
 use super::metrics::{Metrics, ReasonLabel};
 use super::presence::{Note, PresenceQueue};
@@ -69,6 +71,8 @@ pub(crate) struct Open {
     pub(crate) tx: OutboundQueue,
     /// Dropped when the driver closes the connection, so the transport stops reading.
     pub(crate) closed: oneshot::Sender<()>,
+    /// The connection's frames, when the driver reads them itself (see `driver_reads`).
+    pub(crate) reader: Option<HandedOver>,
 }
 
 pub(crate) use super::outbound::OutboundQueue;
@@ -151,6 +155,29 @@ pub(crate) enum Input {
         /// Receives the storage flush result.
         done: oneshot::Sender<Result<(), StorageError>>,
     },
+}
+
+/// What the driver takes next: an input from its queue (`None` once it closed), or a frame
+/// (or the end) of a connection it reads itself.
+enum Next {
+    Input(Option<Input>),
+    Read(ConnId, Inbound),
+}
+
+/// A connection's frame or end, read by the driver, as the input its connection task would
+/// have sent.
+fn read_input(conn: ConnId, inbound: Inbound) -> Input {
+    match inbound {
+        Inbound::Frame(frame) => match ClientFrame::try_from(*frame) {
+            Ok(frame) => Input::Frame { conn, frame: Box::new(frame) },
+            Err(error) => Input::Invalid { conn, error },
+        },
+        Inbound::Closed | Inbound::Broken(None) => Input::Lost { conn },
+        Inbound::Broken(Some(error)) => {
+            tracing::debug!(conn, code = error.code.number(), message = %error.message, "stream error");
+            Input::Broken { conn, error }
+        }
+    }
 }
 
 /// A cloneable handle to send inputs to the driver.
@@ -248,6 +275,11 @@ pub(crate) struct Driver {
     /// previous run), until they are forgotten; every other call of a node of several is its
     /// creator's, token 1, and a single node writes 0 (see `RecordRow::fence`).
     fences: HashMap<(AppKey, CallId), i64>,
+    /// The connections whose frames the driver reads itself.
+    reads: ReadSet,
+    /// Which of its inputs and its connections' frames the driver looks at first next time,
+    /// so that neither waits behind the other for long.
+    reads_first: bool,
 }
 
 impl Driver {
@@ -281,6 +313,8 @@ impl Driver {
             routing: None,
             registering: HashMap::new(),
             fences: HashMap::new(),
+            reads: ReadSet::default(),
+            reads_first: false,
         };
         (driver, DriverHandle { tx })
     }
@@ -363,9 +397,9 @@ impl Driver {
                 let wait = u64::try_from(at.saturating_sub(unix_ms())).unwrap_or(0);
                 Instant::now() + Duration::from_millis(wait)
             });
-            let input = tokio::select! {
+            let next = tokio::select! {
                 biased;
-                input = self.rx.recv() => input,
+                next = std::future::poll_fn(|cx| self.poll_next(cx)) => next,
                 () = sleep_until_opt(deadline) => {
                     let now = self.now();
                     self.sb.handle_timeout(now);
@@ -377,6 +411,10 @@ impl Driver {
                     continue;
                 }
             };
+            let input = match next {
+                Next::Input(input) => input,
+                Next::Read(conn, inbound) => Some(read_input(conn, inbound)),
+            };
             // The driver holds a sender itself, so the queue never closes under it.
             let Some(input) = input else { break };
             if let Input::Shutdown { done } = input {
@@ -387,6 +425,26 @@ impl Driver {
             self.drain();
         }
         tracing::debug!("driver stopped");
+    }
+
+    /// The next input or frame read, taking the two in turns when both are ready.
+    fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Next> {
+        use std::task::Poll;
+        self.reads_first = !self.reads_first;
+        if self.reads_first
+            && let Poll::Ready((conn, inbound)) = self.reads.poll_next(cx)
+        {
+            return Poll::Ready(Next::Read(conn, inbound));
+        }
+        if let Poll::Ready(input) = self.rx.poll_recv(cx) {
+            return Poll::Ready(Next::Input(input));
+        }
+        if !self.reads_first
+            && let Poll::Ready((conn, inbound)) = self.reads.poll_next(cx)
+        {
+            return Poll::Ready(Next::Read(conn, inbound));
+        }
+        Poll::Pending
     }
 
     /// Notes in storage that the server runs, while it has live calls (see
@@ -542,7 +600,7 @@ impl Driver {
     /// past the user's device bound is answered (its request id) with TOO_MANY_DEVICES and
     /// the stream ends.
     fn open(&mut self, now: i64, open: Open) {
-        let Open { conn, app, user, hello, request_id, tx, closed } = open;
+        let Open { conn, app, user, hello, request_id, tx, closed, reader } = open;
         if let Err(error) = self.sb.admit(&app, &user, &hello.device_id) {
             tracing::info!(conn, %app, %user, device = %hello.device_id, "refused: {}", error.message);
             let name = error.code.to_proto().as_str_name();
@@ -555,6 +613,9 @@ impl Driver {
         tracing::debug!(conn, %app, %user, device = %hello.device_id, "session opened");
         self.metrics.frames_in.inc();
         self.conns.insert(conn, Outbound { tx, _closed: closed });
+        if let Some(reader) = reader {
+            self.reads.add(conn, reader);
+        }
         self.sb.connect(now, conn, app, user, hello);
     }
 
@@ -1041,6 +1102,7 @@ mod tests {
             request_id: 1,
             tx,
             closed,
+            reader: None,
         };
         driver.handle(Input::Open(Box::new(open)));
         driver.drain();

@@ -28,6 +28,7 @@ pub mod config;
 mod connection;
 mod device_port;
 mod driver;
+mod driver_reads;
 mod fd_limit;
 mod frame_scratch;
 mod grpc;

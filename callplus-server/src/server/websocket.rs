@@ -26,6 +26,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio_tungstenite::tungstenite;
 
 use super::connection::{Inbound, InboundFrames, Shared, run_connection};
+use super::driver_reads::FrameStream;
 use super::frame_scratch::frame_message;
 use super::outbound::{DirectSink, OutboundReceiver};
 use super::silence::ConnInfo;
@@ -235,6 +236,13 @@ fn encode(frame: &OutFrame) -> Message {
 struct WsInbound(SplitStream<WebSocket>);
 
 impl InboundFrames for WsInbound {
+    fn hand_over(self) -> Result<FrameStream, Self> {
+        Ok(Box::pin(futures_util::stream::unfold(self, |mut inbound| async move {
+            let next = inbound.next().await;
+            Some((next, inbound))
+        })))
+    }
+
     async fn next(&mut self) -> Inbound {
         loop {
             let message = match self.0.next().await {
