@@ -113,6 +113,29 @@ export function videoConstraints(config, cameraId) {
   return Object.keys(c).length ? c : true;
 }
 
+/**
+ * Holds a fresh camera track to `config`'s resolution and frame rate. getUserMedia takes them
+ * as ideals, and a browser whose camera is still open elsewhere (another tab, a page just
+ * closed) may hand back the camera's running format instead; a track's own constraints then
+ * scale it down. A track that cannot be scaled keeps what it has.
+ */
+export async function fitVideoTrack(track, config) {
+  if (!track) return;
+  const s = track.getSettings();
+  const off = (config.width && s.width !== config.width) || (config.height && s.height !== config.height)
+    || (config.frameRate && s.frameRate > config.frameRate);
+  if (!off) return;
+  const c = {};
+  if (config.width) c.width = { exact: config.width };
+  if (config.height) c.height = { exact: config.height };
+  if (config.frameRate) c.frameRate = { max: config.frameRate };
+  try {
+    await track.applyConstraints(c);
+  } catch {
+    // Over-constrained: the capture goes on as the browser opened it.
+  }
+}
+
 /** getUserMedia constraints for the microphone under `config`. */
 export function audioConstraints(config, microphoneId) {
   const c = {};
