@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use callplus_proto::v1 as pb;
+use callplus_session::switchboard::ConnId;
 use callplus_session::{ClientBody, ClientFrame, Code, Error, OutFrame, Response, ServerBody, ServerFrame};
 use tokio::sync::{oneshot, watch};
 
@@ -57,6 +58,26 @@ pub(crate) enum Inbound {
     /// (`MESSAGE_TOO_LARGE`, `FRAME_INVALID`) before the connection closes; without one, the
     /// device is gone and nothing is said.
     Broken(Option<Error>),
+}
+
+impl Inbound {
+    /// What the driver is told of it on connection `conn`: a frame (converted, or refused as
+    /// invalid), the connection lost, or broken. A transport cannot be read past a message it
+    /// cannot decode (too large, corrupt): the driver then tells the device why, after its
+    /// Welcome and whatever else it was sent, and closes the connection.
+    pub(crate) fn into_input(self, conn: ConnId) -> Input {
+        match self {
+            Inbound::Frame(frame) => match ClientFrame::try_from(*frame) {
+                Ok(frame) => Input::Frame { conn, frame: Box::new(frame) },
+                Err(error) => Input::Invalid { conn, error },
+            },
+            Inbound::Closed | Inbound::Broken(None) => Input::Lost { conn },
+            Inbound::Broken(Some(error)) => {
+                tracing::debug!(conn, code = error.code.number(), message = %error.message, "stream error");
+                Input::Broken { conn, error }
+            }
+        }
+    }
 }
 
 /// A transport's inbound side: whole frames, one at a time.
@@ -148,52 +169,27 @@ pub(crate) async fn run_connection(
     }
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(conn, ?peer, %app, %user, "stream authenticated");
-    let (closed_by_driver, mut driver_closed) = oneshot::channel();
-    let mut inbound = match inbound.hand_over() {
-        Ok(frames) => {
-            // The driver reads the connection from now on.
-            let reader = HandedOver { frames, transport_closed: closed, released: driver_closed };
-            let open = Open {
-                conn,
-                app,
-                user,
-                hello,
-                request_id,
-                tx: out,
-                closed: closed_by_driver,
-                reader: Some(reader),
-            };
-            let _ = shared.driver.send(Input::Open(Box::new(open))).await;
-            return;
-        }
-        Err(inbound) => inbound,
+    let (closed_by_driver, driver_closed) = oneshot::channel();
+    // A transport the driver reads itself is handed over with the Open; the others are read
+    // here, until the device, the transport or the driver ends the connection.
+    let (reader, read_here) = match inbound.hand_over() {
+        Ok(frames) => (Some(HandedOver { frames, transport_closed: closed, released: driver_closed }), None),
+        Err(inbound) => (None, Some((inbound, closed, driver_closed))),
     };
-    let open = Open { conn, app, user, hello, request_id, tx: out, closed: closed_by_driver, reader: None };
+    let open = Open { conn, app, user, hello, request_id, tx: out, closed: closed_by_driver, reader };
     if !shared.driver.send(Input::Open(Box::new(open))).await {
         return;
     }
+    let Some((mut inbound, mut closed, mut driver_closed)) = read_here else { return };
     loop {
         let message = tokio::select! {
             message = inbound.next() => message,
             _ = &mut closed => break,
             _ = &mut driver_closed => return,
         };
-        let input = match message {
-            Inbound::Frame(frame) => match ClientFrame::try_from(*frame) {
-                Ok(frame) => Input::Frame { conn, frame: Box::new(frame) },
-                Err(error) => Input::Invalid { conn, error },
-            },
-            Inbound::Closed | Inbound::Broken(None) => break,
-            Inbound::Broken(Some(error)) => {
-                // The transport cannot be read past a message it cannot decode (too large,
-                // corrupt): the driver tells the device why, after its Welcome and whatever else
-                // it was sent, and closes the connection.
-                tracing::debug!(conn, code = error.code.number(), message = %error.message, "stream error");
-                let _ = shared.driver.send(Input::Broken { conn, error }).await;
-                return;
-            }
-        };
-        if !shared.driver.send(input).await {
+        let input = message.into_input(conn);
+        let last = matches!(input, Input::Lost { .. } | Input::Broken { .. });
+        if !shared.driver.send(input).await || last {
             return;
         }
     }

@@ -164,22 +164,6 @@ enum Next {
     Read(ConnId, Inbound),
 }
 
-/// A connection's frame or end, read by the driver, as the input its connection task would
-/// have sent.
-fn read_input(conn: ConnId, inbound: Inbound) -> Input {
-    match inbound {
-        Inbound::Frame(frame) => match ClientFrame::try_from(*frame) {
-            Ok(frame) => Input::Frame { conn, frame: Box::new(frame) },
-            Err(error) => Input::Invalid { conn, error },
-        },
-        Inbound::Closed | Inbound::Broken(None) => Input::Lost { conn },
-        Inbound::Broken(Some(error)) => {
-            tracing::debug!(conn, code = error.code.number(), message = %error.message, "stream error");
-            Input::Broken { conn, error }
-        }
-    }
-}
-
 /// A cloneable handle to send inputs to the driver.
 #[derive(Clone, Debug)]
 pub(crate) struct DriverHandle {
@@ -413,7 +397,7 @@ impl Driver {
             };
             let input = match next {
                 Next::Input(input) => input,
-                Next::Read(conn, inbound) => Some(read_input(conn, inbound)),
+                Next::Read(conn, inbound) => Some(inbound.into_input(conn)),
             };
             // The driver holds a sender itself, so the queue never closes under it.
             let Some(input) = input else { break };
