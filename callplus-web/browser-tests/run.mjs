@@ -311,6 +311,58 @@ function shownAspect(page, userId) {
 }
 
 /**
+ * A camera another page opens at the same moment: Chromium runs one capture per camera, at the
+ * size of whichever page started it, and a track that only passes frames through follows it. The
+ * SDK's capture constraints must keep the track at its config all the same. The race is won by
+ * either page, so the check is made over several rounds.
+ */
+async function sharedCamera(context, server) {
+  log('--- a camera opened by another page at the same moment');
+  const pages = [];
+  for (let i = 0; i < 2; i++) {
+    const page = await context.newPage();
+    await page.goto(server.url);
+    pages.push(page);
+  }
+  const [mine, other] = pages;
+  for (let round = 1; round <= 6; round++) {
+    const open = (page, configured) => page.evaluate(async (configured) => {
+      const { VideoConfigBuilder, VideoResolution, VideoFps, videoConstraints } = await import('/sdk/config.js');
+      const config = configured
+        ? new VideoConfigBuilder().setVideoResolution(VideoResolution.W320_H240).setFps(VideoFps.FPS_15).build() : {};
+      const stream = await navigator.mediaDevices.getUserMedia({ video: videoConstraints(config) });
+      const v = document.createElement('video');
+      v.muted = true;
+      v.srcObject = stream;
+      window.sizes = [];
+      const count = () => { window.sizes.push(`${v.videoWidth}x${v.videoHeight}`); v.requestVideoFrameCallback(count); };
+      v.requestVideoFrameCallback(count);
+      await v.play();
+      window.capture = { stream, video: v };
+    }, configured);
+    await Promise.all([open(mine, true), open(other, false)]);
+    await waitFor(mine, `round ${round}: the configured capture shows 30 frames`, () => window.sizes.length >= 30);
+    const seen = await mine.evaluate(() => {
+      const s = window.capture.stream.getVideoTracks()[0].getSettings();
+      return { settings: `${s.width}x${s.height}@${s.frameRate}`, sizes: [...new Set(window.sizes)] };
+    });
+    const theirs = await other.evaluate(() => {
+      const s = window.capture.stream.getVideoTracks()[0].getSettings();
+      return `${s.width}x${s.height}`;
+    });
+    check(seen.settings === '320x240@15' && seen.sizes.length === 1 && seen.sizes[0] === '320x240',
+      `round ${round}: the configured capture stays 320x240 at 15 fps with the other page's at ${theirs} (${JSON.stringify(seen)})`);
+    for (const page of pages) {
+      await page.evaluate(() => {
+        for (const t of window.capture.stream.getTracks()) t.stop();
+        window.capture.video.remove();
+      });
+    }
+  }
+  for (const page of pages) await page.close();
+}
+
+/**
  * Capture settings and devices: a video config (resolution, frame rate, maximum bitrate) set
  * before the call shapes what the peer receives; switching camera and microphone mid-call keeps
  * media flowing, and the new camera is captured under a config set meanwhile.
@@ -734,6 +786,7 @@ async function main() {
   if (run(tinyLayer)) await tinyLayer(context, server);
   if (run(simulcastAfterLeave)) await simulcastAfterLeave(context, server);
   if (run(upgradeToVideo)) await upgradeToVideo(context, server);
+  if (run(sharedCamera)) await sharedCamera(context, server);
   if (run(captureSettings)) await captureSettings(context, server);
   const shots = process.env.CALLPLUS_SCREENSHOTS || mkdtempSync(join(tmpdir(), 'callplus-shots-'));
   if (run(demoPage)) await demoPage(context, server, shots);

@@ -102,38 +102,24 @@ export class AudioConfigBuilder {
   build() { return Object.freeze({ ...this.#config }); }
 }
 
-/** getUserMedia constraints for the camera under `config` (device `cameraId` wins over it). */
+/**
+ * getUserMedia constraints for the camera under `config` (device `cameraId` wins over it).
+ *
+ * The size is asked with `resizeMode: 'crop-and-scale'`. Without it a browser may pick the
+ * camera's own format at that size and pass frames through unscaled; when another page opens the
+ * same camera at another size at the same moment, the camera runs at that page's size and ours
+ * follows it (Chromium shares one running camera between pages). Scaling keeps our track at the
+ * config whatever the camera runs at.
+ */
 export function videoConstraints(config, cameraId) {
   const c = {};
   const device = cameraId || config.cameraId;
   if (device) c.deviceId = { exact: device };
   if (config.width) c.width = { ideal: config.width };
   if (config.height) c.height = { ideal: config.height };
+  if (config.width || config.height) c.resizeMode = 'crop-and-scale';
   if (config.frameRate) c.frameRate = { ideal: config.frameRate };
   return Object.keys(c).length ? c : true;
-}
-
-/**
- * Holds a fresh camera track to `config`'s resolution and frame rate. getUserMedia takes them
- * as ideals, and a browser whose camera is still open elsewhere (another tab, a page just
- * closed) may hand back the camera's running format instead; a track's own constraints then
- * scale it down. A track that cannot be scaled keeps what it has.
- */
-export async function fitVideoTrack(track, config) {
-  if (!track) return;
-  const s = track.getSettings();
-  const off = (config.width && s.width !== config.width) || (config.height && s.height !== config.height)
-    || (config.frameRate && s.frameRate > config.frameRate);
-  if (!off) return;
-  const c = {};
-  if (config.width) c.width = { exact: config.width };
-  if (config.height) c.height = { exact: config.height };
-  if (config.frameRate) c.frameRate = { max: config.frameRate };
-  try {
-    await track.applyConstraints(c);
-  } catch {
-    // Over-constrained: the capture goes on as the browser opened it.
-  }
 }
 
 /** getUserMedia constraints for the microphone under `config`. */

@@ -25,7 +25,7 @@
 // whose level changed, this page's own user too) and `activeSpeaker` hooks, and replace the
 // once-a-second levels read from getStats for that call.
 
-import { TINY_RID, applyMaxBitrate, audioConstraints, fitVideoTrack, videoConstraints } from './config.js';
+import { TINY_RID, applyMaxBitrate, audioConstraints, videoConstraints } from './config.js';
 
 const KIND_AUDIO = 'AUDIO';
 const KIND_VIDEO = 'VIDEO';
@@ -179,7 +179,6 @@ export class MediaExecutor {
     if (wantVideo && !this.track(KIND_VIDEO)) constraints.video = videoConstraints(this.videoConfig, this.cameraId);
     if (!constraints.audio && !constraints.video) return;
     const stream = await navigator.mediaDevices.getUserMedia(constraints);
-    await fitVideoTrack(stream.getVideoTracks()[0], this.videoConfig);
     for (const t of stream.getTracks()) this.localStream.addTrack(t);
     this.showLocal();
     this.hooks.userMediaAvailable?.(this.localUser, wantVideo ? 'AUDIO_VIDEO' : 'AUDIO');
@@ -247,7 +246,6 @@ export class MediaExecutor {
     const stream = await navigator.mediaDevices.getUserMedia(kind === KIND_AUDIO
       ? { audio: audioConstraints(this.audioConfig, deviceId) } : { video: videoConstraints(this.videoConfig, deviceId) });
     const fresh = kind === KIND_AUDIO ? stream.getAudioTracks()[0] : stream.getVideoTracks()[0];
-    if (kind !== KIND_AUDIO) await fitVideoTrack(fresh, this.videoConfig);
     fresh.enabled = kind === KIND_AUDIO ? this.micEnabled : this.camEnabled;
     this.localStream.removeTrack(old);
     old.stop();
