@@ -1109,6 +1109,65 @@ mod tests {
             .collect()
     }
 
+    /// The driver takes its input queue and the frames of the connections it reads in turns:
+    /// with both full, neither waits behind the other. A device flooding its socket cannot hold
+    /// back the connection tasks' inputs (gRPC frames, opens, query results), nor the reverse.
+    #[tokio::test]
+    async fn the_driver_takes_its_inputs_and_its_connections_frames_in_turns() {
+        let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open_in_memory().unwrap());
+        let writer = Arc::new(BatchWriter::spawn(storage.clone()));
+        let sb = Switchboard::new(SwitchboardConfig::default());
+        let (mut driver, handle) = Driver::new(sb, storage, writer, None, Arc::new(Metrics::new()));
+
+        let frame = |request_id| pb::ClientFrame {
+            request_id,
+            body: Some(pb::client_frame::Body::Ping(pb::Ping {})),
+            ..Default::default()
+        };
+        // Connection 7's socket holds frames 100.., read by the driver itself.
+        let (_transport, transport_closed) = oneshot::channel();
+        let (_release, released) = oneshot::channel();
+        let read: Vec<Inbound> = (100..108).map(|id| Inbound::Frame(Box::new(frame(id)))).collect();
+        let frames = Box::pin(futures_util::StreamExt::chain(
+            futures_util::stream::iter(read),
+            futures_util::stream::pending(),
+        ));
+        driver.reads.add(7, HandedOver { frames, transport_closed, released });
+        // Connection 8's task queued frames 200.. for the driver.
+        for id in 200..208 {
+            let frame = ClientFrame::try_from(frame(id)).unwrap();
+            assert!(handle.send(Input::Frame { conn: 8, frame: Box::new(frame) }).await);
+        }
+
+        let mut order = Vec::new();
+        for _ in 0..16 {
+            let next = std::future::poll_fn(|cx| driver.poll_next(cx)).await;
+            order.push(match next {
+                Next::Read(conn, Inbound::Frame(f)) => (conn, f.request_id),
+                Next::Input(Some(Input::Frame { conn, frame })) => (conn, frame.request_id),
+                _ => panic!("only frames were queued"),
+            });
+        }
+        let read: Vec<_> = order.iter().filter(|(conn, _)| *conn == 7).map(|(_, id)| *id).collect();
+        let queued: Vec<_> = order.iter().filter(|(conn, _)| *conn == 8).map(|(_, id)| *id).collect();
+        assert_eq!(read, (100..108).collect::<Vec<_>>(), "each side in its own order");
+        assert_eq!(queued, (200..208).collect::<Vec<_>>(), "each side in its own order");
+        for pair in order.windows(2) {
+            assert_ne!(pair[0].0, pair[1].0, "the two sides alternate while both have frames: {order:?}");
+        }
+        // With one side empty the other is not held back.
+        for id in 208..211 {
+            let frame = ClientFrame::try_from(frame(id)).unwrap();
+            assert!(handle.send(Input::Frame { conn: 8, frame: Box::new(frame) }).await);
+        }
+        for id in 208..211 {
+            match std::future::poll_fn(|cx| driver.poll_next(cx)).await {
+                Next::Input(Some(Input::Frame { conn: 8, frame })) => assert_eq!(frame.request_id, id),
+                _ => panic!("expected queued frame {id}"),
+            }
+        }
+    }
+
     /// A device whose SFU connection fails gets a fresh route, and its token is not the one it
     /// had, however soon the failure follows the route: its engine restarts media only on a
     /// changed route, so a repeated token would leave it on the dead connection. Everything

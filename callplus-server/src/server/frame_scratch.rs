@@ -115,6 +115,24 @@ mod tests {
         assert_eq!(grpc.as_ref(), [expected(&big), expected(&frames[0])].concat().as_slice());
     }
 
+    /// Encoding re-entered on the same thread (nothing does it today) gets a buffer of its own
+    /// rather than a panic from the scratch's `RefCell`, and neither frame is garbled.
+    #[test]
+    fn a_frame_encoded_while_the_scratch_is_in_use_gets_a_buffer_of_its_own() {
+        let outer = frame(1, "outer");
+        let inner = frame(2, "inner");
+        let (outer_bytes, inner_message, inner_grpc) = with_encoded(&outer, |encoded, _| {
+            let mut grpc = BytesMut::new();
+            put_frame(&inner, &mut grpc);
+            (encoded.to_vec(), frame_message(&inner), grpc)
+        });
+        assert_eq!(outer_bytes, expected(&outer));
+        assert_eq!(inner_message.as_ref(), expected(&inner).as_slice());
+        assert_eq!(inner_grpc.as_ref(), expected(&inner).as_slice());
+        // The scratch is free again afterwards.
+        assert_eq!(frame_message(&inner).as_ref(), expected(&inner).as_slice());
+    }
+
     /// Messages dropped as the transport sends them (as tungstenite does) leave their room to
     /// the next ones: each message is cut right after the one before, in one buffer, and past
     /// its end the next starts where the first one did.
