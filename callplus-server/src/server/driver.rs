@@ -17,14 +17,14 @@
 //! it, so an event stored before the device connected is in the answer and later ones go to
 //! the device directly.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use callplus_proto::v1 as pb;
 use callplus_session::switchboard::{
-    ConnId, FastMap, NodeMessage, NodeOutput, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId,
-    QueryResult, Switchboard, owner_node,
+    ConnId, FastMap, FastSet, NodeMessage, NodeOutput, OfflineEvent, Output, PushRequest, Query, QueryAnswer,
+    QueryId, QueryResult, Switchboard, owner_node,
 };
 use callplus_session::wire::{self, FrameError, event_to_wire};
 use callplus_session::{
@@ -237,12 +237,13 @@ pub(crate) struct Driver {
     writes: Vec<WriteOp>,
     push: Option<mpsc::Sender<PushRequest>>,
     metrics: Arc<Metrics>,
-    /// Calls seen saved and not yet forgotten (counts calls started).
-    known_calls: HashSet<(AppKey, CallId)>,
+    /// Calls seen saved and not yet forgotten (counts calls started). Keyed, like the
+    /// switchboard's own map of calls, by ids servers make, so on the fast hasher.
+    known_calls: FastSet<(AppKey, CallId)>,
     /// Calls read back from storage (recovered at start, or taken over from a lost node) and
     /// not yet forgotten: a snapshot of theirs may be stored, so no save of theirs is fresh
     /// (see [`WriteOp::SaveCall`]).
-    stored_calls: HashSet<(AppKey, CallId)>,
+    stored_calls: FastSet<(AppKey, CallId)>,
     /// The clock never goes back for the switchboard.
     last_now: i64,
     /// [`Switchboard::slow_sessions_dropped`] already counted in the metrics.
@@ -258,7 +259,7 @@ pub(crate) struct Driver {
     /// The fencing tokens of the calls this node took over (from a lost node, or from its own
     /// previous run), until they are forgotten; every other call of a node of several is its
     /// creator's, token 1, and a single node writes 0 (see `RecordRow::fence`).
-    fences: HashMap<(AppKey, CallId), i64>,
+    fences: FastMap<(AppKey, CallId), i64>,
     /// The connections whose frames the driver reads itself.
     reads: ReadSet,
     /// Which of its inputs and its connections' frames the driver looks at first next time,
@@ -288,15 +289,15 @@ impl Driver {
             writes: Vec::new(),
             push,
             metrics,
-            known_calls: HashSet::new(),
-            stored_calls: HashSet::new(),
+            known_calls: FastSet::default(),
+            stored_calls: FastSet::default(),
             last_now: 0,
             slow_sessions_seen: 0,
             sfu: None,
             presence: None,
             routing: None,
             registering: HashMap::new(),
-            fences: HashMap::new(),
+            fences: FastMap::default(),
             reads: ReadSet::default(),
             reads_first: false,
         };

@@ -79,7 +79,7 @@ pub use config::{
     BusyPolicy, ConfigError, DevicePolicy, MAX_NODE_ID_LEN, MEDIA_RECOVERY_MS, SwitchboardConfig,
     valid_node_id,
 };
-pub use fasthash::{FastHasher, FastMap};
+pub use fasthash::{FastHasher, FastMap, FastSet};
 pub use media_route::{MediaRouter, TokenSigner};
 pub use output::{ConnId, DevicePresence, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId};
 
