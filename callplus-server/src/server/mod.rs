@@ -42,6 +42,7 @@ mod presence;
 mod push;
 mod routing;
 pub mod shutdown;
+mod signal_thread;
 mod silence;
 mod tls;
 mod tls_listener;
@@ -547,8 +548,11 @@ impl ServerBuilder {
             }
         }
 
+        // The driver and the device port run on the signalling thread (see `signal_thread`).
+        let signal = signal_thread::SignalThread::start()
+            .map_err(|e| ServerError::Internal(format!("cannot start the signalling thread: {e}")))?;
         let (fatal_tx, fatal_rx) = watch::channel(false);
-        let driver_join = tokio::spawn(driver.run());
+        let driver_join = signal.handle().spawn(driver.run());
         let fatal = fatal_tx.clone();
         let driver_task = tokio::spawn(async move {
             if let Err(e) = driver_join.await {
@@ -596,10 +600,20 @@ impl ServerBuilder {
             metrics: metrics.clone(),
         };
         let max_connections = options.max_connections;
-        let grpc_task = tokio::spawn(async move {
-            let listener =
-                silence::GuardedListener::spawn(listener, grpc_addr, device_guard, max_connections);
-            let served = device_port::serve(listener, device_acceptor, device_app, grpc_stop_rx).await;
+        // Registered again with the signalling thread's I/O driver, as the connections it
+        // accepts will be.
+        let listener = listener
+            .into_std()
+            .map_err(|source| ServerError::Bind { addr: grpc_addr.to_string(), source })?;
+        let grpc_task = signal.handle().spawn(async move {
+            let served = match TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    let listener =
+                        silence::GuardedListener::spawn(listener, grpc_addr, device_guard, max_connections);
+                    device_port::serve(listener, device_acceptor, device_app, grpc_stop_rx).await
+                }
+                Err(e) => Err(e),
+            };
             if let Err(e) = served {
                 tracing::error!(error = %e, "the device port failed");
                 let _ = fatal.send(true);
@@ -664,6 +678,7 @@ impl ServerBuilder {
             driver_task,
             push_task,
             fatal: fatal_rx,
+            _signal: signal,
         })
     }
 }
@@ -689,8 +704,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.map_err(|e| ServerError::Internal(format!("blocking task: {e}")))
 }
 
-/// A started server. Stop it with [`RunningServer::shutdown`]; dropping it without shutdown
-/// leaves its tasks running until the runtime stops.
+/// A started server. Stop it with [`RunningServer::shutdown`]. Dropping it without shutdown
+/// stops the device port and the switchboard at once, as a crash would (no goodbyes, no last
+/// frames; what the storage writer already has is still written); its other tasks run until
+/// the runtime stops.
 pub struct RunningServer {
     grpc_addr: SocketAddr,
     tls: bool,
@@ -711,6 +728,8 @@ pub struct RunningServer {
     driver_task: JoinHandle<()>,
     push_task: Option<JoinHandle<()>>,
     fatal: watch::Receiver<bool>,
+    /// Last, so that it stops after everything above is dropped.
+    _signal: signal_thread::SignalThread,
 }
 
 impl std::fmt::Debug for RunningServer {
