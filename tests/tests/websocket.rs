@@ -392,3 +392,29 @@ async fn the_rust_client_over_wss_calls_a_grpc_client() {
     assert_eq!(err.code, Code::NotConnected, "{err}");
     server.shutdown().await;
 }
+
+/// The device port and the switchboard run on the server's own signalling thread, not on the
+/// runtime that started the server: a device is welcomed while that runtime's only thread is
+/// blocked. (Were they spawned on the caller's runtime, as before the signalling thread, the
+/// device would get nothing until its deadline.)
+#[tokio::test]
+async fn a_device_is_welcomed_while_the_runtime_that_started_the_server_is_blocked() {
+    let server = TestServer::start(ws_config()).await;
+    let (addr, token) = (server.addr(), server.token("alice"));
+    let device = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async move {
+            tokio::time::timeout(WAIT, async {
+                let mut ws = WsStream::open(addr).await;
+                ws.hello(&token, "alice-phone").await
+            })
+            .await
+        })
+    });
+    // This test's runtime has one thread, blocked here until the device is done.
+    let welcome = device.join().expect("device thread");
+    let welcome = welcome.expect("welcomed before the deadline").expect("a Welcome, not a refusal");
+    assert_eq!(welcome.user_id, "alice");
+    assert!(!welcome.session_id.is_empty());
+    server.shutdown().await;
+}

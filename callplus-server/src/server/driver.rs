@@ -1115,10 +1115,8 @@ mod tests {
     /// back the connection tasks' inputs (gRPC frames, opens, query results), nor the reverse.
     #[tokio::test]
     async fn the_driver_takes_its_inputs_and_its_connections_frames_in_turns() {
-        let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open_in_memory().unwrap());
-        let writer = Arc::new(BatchWriter::spawn(storage.clone()));
-        let sb = Switchboard::new(SwitchboardConfig::default());
-        let (mut driver, handle) = Driver::new(sb, storage, writer, None, Arc::new(Metrics::new()));
+        let (mut driver, handle, _storage, _writer) =
+            test_driver_with(Switchboard::new(SwitchboardConfig::default()));
 
         let frame = |request_id| pb::ClientFrame {
             request_id,
@@ -1182,11 +1180,9 @@ mod tests {
             remote: Vec::new(),
         };
         let (router, commands, _sfu_task) = super::super::media_relay::start(&settings);
-        let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open_in_memory().unwrap());
-        let writer = Arc::new(BatchWriter::spawn(storage.clone()));
         let mut sb = Switchboard::new(SwitchboardConfig::default());
         sb.set_media_router(router);
-        let (mut driver, _handle) = Driver::new(sb, storage, writer, None, Arc::new(Metrics::new()));
+        let (mut driver, _handle, _storage, _writer) = test_driver_with(sb);
         driver.set_sfu(commands);
         let mut alice = opens(&mut driver, 1, "alice");
         let mut bob = opens(&mut driver, 2, "bob");
@@ -1286,12 +1282,18 @@ mod tests {
     }
 
     fn test_driver() -> (Driver, Arc<dyn Storage>, Arc<BatchWriter>) {
+        let (driver, _handle, storage, writer) =
+            test_driver_with(Switchboard::new(SwitchboardConfig::default()));
+        (driver, storage, writer)
+    }
+
+    /// A driver over `sb`, with in-memory storage and its writer, and the handle to its queue.
+    fn test_driver_with(sb: Switchboard) -> (Driver, DriverHandle, Arc<dyn Storage>, Arc<BatchWriter>) {
         let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open_in_memory().unwrap());
         let writer = Arc::new(BatchWriter::spawn(storage.clone()));
-        let sb = Switchboard::new(SwitchboardConfig::default());
-        let (driver, _handle) =
+        let (driver, handle) =
             Driver::new(sb, storage.clone(), writer.clone(), None, Arc::new(Metrics::new()));
-        (driver, storage, writer)
+        (driver, handle, storage, writer)
     }
 
     fn ended_call_record(owner: &UserId, call_id: &CallId) -> CallRecord {
