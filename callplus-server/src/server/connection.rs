@@ -2,8 +2,8 @@
 //!
 //! Both transports (the gRPC stream in [`super::grpc`], the WebSocket in [`super::websocket`])
 //! decode messages into protobuf `ClientFrame`s and hand them here through [`Inbound`]; this
-//! task waits for the Hello (with a timeout), checks the token, hands the connection to the
-//! driver and then forwards every frame. Outbound frames go the
+//! task waits for the Hello (with a timeout), checks the token and hands the connection, with
+//! its inbound frames, to the driver, which reads them from then on. Outbound frames go the
 //! other way through the connection's [`OutboundQueue`], which the transport drains. Refusals
 //! are answered with a `Response` carrying the Hello's `request_id` and a code
 //! (`TOKEN_INVALID`, `TOKEN_EXPIRED`, …), then the queue is closed, which ends the
@@ -85,11 +85,9 @@ pub(crate) trait InboundFrames: Send + Sized {
     /// The next frame or the end. Must be cancel-safe (it races the connection's other events).
     fn next(&mut self) -> impl Future<Output = Inbound> + Send;
 
-    /// The frames as a stream the driver reads itself once the session is open
-    /// ([`super::driver_reads`]), or `self` back for a transport the connection task reads.
-    fn hand_over(self) -> Result<FrameStream, Self> {
-        Err(self)
-    }
+    /// The frames as a stream, which the driver reads itself once the session is open
+    /// ([`super::driver_reads`]).
+    fn into_frames(self) -> FrameStream;
 }
 
 impl Shared {
@@ -170,28 +168,11 @@ pub(crate) async fn run_connection(
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(conn, ?peer, %app, %user, "stream authenticated");
     let (closed_by_driver, driver_closed) = oneshot::channel();
-    // A transport the driver reads itself is handed over with the Open; the others are read
-    // here, until the device, the transport or the driver ends the connection.
-    let (reader, read_here) = match inbound.hand_over() {
-        Ok(frames) => (Some(HandedOver { frames, transport_closed: closed, released: driver_closed }), None),
-        Err(inbound) => (None, Some((inbound, closed, driver_closed))),
-    };
-    let open = Open { conn, app, user, hello, request_id, tx: out, closed: closed_by_driver, reader };
-    if !shared.driver.send(Input::Open(Box::new(open))).await {
-        return;
-    }
-    let Some((mut inbound, mut closed, mut driver_closed)) = read_here else { return };
-    loop {
-        let message = tokio::select! {
-            message = inbound.next() => message,
-            _ = &mut closed => break,
-            _ = &mut driver_closed => return,
-        };
-        let input = message.into_input(conn);
-        let last = matches!(input, Input::Lost { .. } | Input::Broken { .. });
-        if !shared.driver.send(input).await || last {
-            return;
-        }
-    }
-    let _ = shared.driver.send(Input::Lost { conn }).await;
+    // From here the driver reads the connection itself, until the device, the transport or
+    // the driver ends it.
+    let reader =
+        HandedOver { frames: inbound.into_frames(), transport_closed: closed, released: driver_closed };
+    let open =
+        Open { conn, app, user, hello, request_id, tx: out, closed: closed_by_driver, reader: Some(reader) };
+    let _ = shared.driver.send(Input::Open(Box::new(open))).await;
 }

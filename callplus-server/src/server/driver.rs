@@ -71,7 +71,8 @@ pub(crate) struct Open {
     pub(crate) tx: OutboundQueue,
     /// Dropped when the driver closes the connection, so the transport stops reading.
     pub(crate) closed: oneshot::Sender<()>,
-    /// The connection's frames, when the driver reads them itself (see `driver_reads`).
+    /// The connection's frames, which the driver reads itself (see `driver_reads`); `None`
+    /// where frames reach the driver through its input queue instead (the driver's tests).
     pub(crate) reader: Option<HandedOver>,
 }
 

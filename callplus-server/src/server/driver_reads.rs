@@ -1,14 +1,14 @@
 //! Device connections whose frames the driver reads itself.
 //!
-//! A connection task reads its device's frames and queues each for the driver, waking the
-//! driver's task: two task wake-ups and a queue hop per frame. When several sockets become
-//! readable at once, their reader tasks are runnable together and the runtime wakes a parked
-//! worker thread to take one, which costs more than the read (docs/performance.md). A
-//! WebSocket's reading half is therefore handed to the driver once its Hello is authenticated:
-//! the driver polls every such connection in one [`ReadSet`], a readable socket wakes only the
-//! driver, and a frame goes from the socket to the switchboard in one task. (A gRPC stream's
-//! frames come out of its HTTP/2 connection's task, which the driver cannot poll, and keep
-//! their connection task.)
+//! A connection task read its device's frames and queued each for the driver, waking the
+//! driver's task: two task wake-ups and a queue hop per frame. When several sockets became
+//! readable at once, their reader tasks were runnable together and the runtime woke a parked
+//! worker thread to take one, which cost more than the read (docs/performance.md). A
+//! connection's inbound frames are therefore handed to the driver once its Hello is
+//! authenticated: the driver polls every such connection in one [`ReadSet`], a readable
+//! connection wakes only the driver, and a frame goes to the switchboard in one task. A
+//! WebSocket hands over its socket's reading half; a gRPC stream its request body, which its
+//! HTTP/2 connection's task fills and which wakes the driver when a message is complete.
 
 use std::future::Future as _;
 use std::pin::Pin;

@@ -1,7 +1,8 @@
 //! The gRPC transport: `Signal.Connect`, one bidirectional stream per device.
 //!
-//! Each stream becomes a connection task ([`super::connection`]): tonic's decoded messages are
-//! its inbound frames, and the connection's outbound queue is the response stream.
+//! Each stream becomes a connection ([`super::connection`]): tonic's decoded messages are its
+//! inbound frames, which the driver reads once the Hello is authenticated, and the
+//! connection's outbound queue is the response stream.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -11,6 +12,7 @@ use std::task::{Context, Poll};
 use callplus_proto::codec::{SignalCodec, buffer_settings};
 use callplus_proto::v1 as pb;
 use callplus_session::{Code, Error, OutFrame};
+use futures_util::StreamExt as _;
 use tokio::sync::oneshot;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{BoxFuture, Service, StdError, http};
@@ -18,6 +20,7 @@ use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Request, Status, Streaming};
 
 use super::connection::{Inbound, InboundFrames, Shared, run_connection};
+use super::driver_reads::FrameStream;
 use super::frame_scratch::put_frame;
 use super::outbound::OutboundReceiver;
 use super::silence::ConnInfo;
@@ -162,20 +165,34 @@ impl tokio_stream::Stream for OutboundStream {
 }
 
 /// The request stream as inbound frames.
+///
+/// tonic's [`Streaming`] reads its stream's body, which the HTTP/2 connection's task fills and
+/// wakes whoever polls it: once the Hello is authenticated the driver polls it itself
+/// ([`super::driver_reads`]), and a frame goes from the connection's task to the switchboard
+/// without a connection task and a queue between them.
 struct GrpcInbound(Streaming<pb::ClientFrame>);
 
 impl InboundFrames for GrpcInbound {
+    fn into_frames(self) -> FrameStream {
+        Box::pin(self.0.map(|message| inbound(Some(message))))
+    }
+
     async fn next(&mut self) -> Inbound {
-        match self.0.message().await {
-            Ok(Some(frame)) => Inbound::Frame(Box::new(frame)),
-            Ok(None) => Inbound::Closed,
-            // The client cancelled or the connection dropped: nobody is left to tell.
-            Err(status) if matches!(status.code(), tonic::Code::Cancelled | tonic::Code::Unknown) => {
-                tracing::debug!(%status, "stream ended");
-                Inbound::Broken(None)
-            }
-            Err(status) => Inbound::Broken(Some(status_error(&status))),
+        inbound(self.0.message().await.transpose())
+    }
+}
+
+/// What the request stream's next item means for the connection.
+fn inbound(message: Option<Result<pb::ClientFrame, Status>>) -> Inbound {
+    match message {
+        Some(Ok(frame)) => Inbound::Frame(Box::new(frame)),
+        None => Inbound::Closed,
+        // The client cancelled or the connection dropped: nobody is left to tell.
+        Some(Err(status)) if matches!(status.code(), tonic::Code::Cancelled | tonic::Code::Unknown) => {
+            tracing::debug!(%status, "stream ended");
+            Inbound::Broken(None)
         }
+        Some(Err(status)) => Inbound::Broken(Some(status_error(&status))),
     }
 }
 

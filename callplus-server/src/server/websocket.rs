@@ -236,11 +236,11 @@ fn encode(frame: &OutFrame) -> Message {
 struct WsInbound(SplitStream<WebSocket>);
 
 impl InboundFrames for WsInbound {
-    fn hand_over(self) -> Result<FrameStream, Self> {
-        Ok(Box::pin(futures_util::stream::unfold(self, |mut inbound| async move {
+    fn into_frames(self) -> FrameStream {
+        Box::pin(futures_util::stream::unfold(self, |mut inbound| async move {
             let next = inbound.next().await;
             Some((next, inbound))
-        })))
+        }))
     }
 
     async fn next(&mut self) -> Inbound {
