@@ -82,6 +82,8 @@ export async function signIn(context, url, user, token, serverUrl, options = {})
       onEvent: (e) => window.events.push(e),
       onUserAudioLevelChanged: (userId, level) => window.levels.push({ userId, level }),
       onActiveSpeakerChanged: (callId, userId) => window.speakers.push({ callId, userId }),
+      // What the app finds in the same turn as the call's end.
+      onCallEnded: () => { window.speakerAtEnd = client.getActiveSpeaker(); },
       onReceivedChangeMediaTypeRequest: (userId, transactionId, mediaType) => {
         window.changeRequests = (window.changeRequests || []).concat([{ userId, transactionId, mediaType }]);
       },

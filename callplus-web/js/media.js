@@ -143,8 +143,15 @@ export class MediaExecutor {
     this.lastStats = new Map();
   }
 
-  /** Runs a media command after the ones before it. */
+  /**
+   * Runs a media command after the ones before it. A `stop` marks the call ended at once: the
+   * engine has ended it, and the app, told so in the same turn, must find no call behind the
+   * getters (the active speaker) while earlier commands, a renegotiation say, still run.
+   */
   handle(command) {
+    if (command.type === 'stop' && this.call && (!command.callId || this.call.callId === command.callId)) {
+      this.call.ended = true;
+    }
     this.queue = this.queue
       .then(() => this.run(command))
       .catch((e) => this.hooks.error?.(null, `${command.type}: ${e && e.message ? e.message : e}`));
@@ -355,7 +362,7 @@ export class MediaExecutor {
    * and `activeSpeaker` when the speaker changed (and with the first levels); others are ignored.
    */
   onControlMessage(call, data) {
-    if (this.call !== call) return;
+    if (this.call !== call || call.ended) return;
     const message = parseAudioLevels(data);
     if (!message) return;
     const last = call.sfuLevels || (call.sfuLevels = new Map());
@@ -373,7 +380,7 @@ export class MediaExecutor {
 
   /** Through the SFU, the call's active speaker (null before anyone spoke, or outside a call). */
   activeSpeaker() {
-    return (this.call && this.call.speaker) || null;
+    return (this.call && !this.call.ended && this.call.speaker) || null;
   }
 
   /** Remembers which layer of `userId`'s video the app wants and tells the SFU if the call has one. */
