@@ -149,9 +149,8 @@ export class MediaExecutor {
    * getters (the active speaker) while earlier commands, a renegotiation say, still run.
    */
   handle(command) {
-    if (command.type === 'stop' && this.call && (!command.callId || this.call.callId === command.callId)) {
-      this.call.ended = true;
-    }
+    const ending = command.type === 'stop' && this.currentCall(command.callId);
+    if (ending) ending.ended = true;
     this.queue = this.queue
       .then(() => this.run(command))
       .catch((e) => this.hooks.error?.(null, `${command.type}: ${e && e.message ? e.message : e}`));
@@ -462,8 +461,13 @@ export class MediaExecutor {
     await this.refreshSenders();
   }
 
+  /** The current call, if `callId` names it or is not given; otherwise null. */
+  currentCall(callId) {
+    return this.call && (!callId || this.call.callId === callId) ? this.call : null;
+  }
+
   async stop(callId) {
-    if (!this.call || (callId && this.call.callId !== callId)) return;
+    if (!this.currentCall(callId)) return;
     for (const peer of this.call.peers.values()) peer.pc.close();
     this.call = null;
     clearInterval(this.statsTimer);

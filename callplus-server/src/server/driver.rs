@@ -1112,8 +1112,9 @@ mod tests {
     }
 
     /// The driver takes its input queue and the frames of the connections it reads in turns:
-    /// with both full, neither waits behind the other. A device flooding its socket cannot hold
-    /// back the connection tasks' inputs (gRPC frames, opens, query results), nor the reverse.
+    /// with both full, neither waits behind the other. A device flooding its connection cannot
+    /// hold back the queue's inputs (opens, query results, the cluster's messages), nor the
+    /// reverse. Queued frames stand in for any input here.
     #[tokio::test]
     async fn the_driver_takes_its_inputs_and_its_connections_frames_in_turns() {
         let (mut driver, handle, _storage, _writer) =
@@ -1133,7 +1134,7 @@ mod tests {
             futures_util::stream::pending(),
         ));
         driver.reads.add(7, HandedOver { frames, transport_closed, released });
-        // Connection 8's task queued frames 200.. for the driver.
+        // The input queue holds frames 200.. (tagged connection 8).
         for id in 200..208 {
             let frame = ClientFrame::try_from(frame(id)).unwrap();
             assert!(handle.send(Input::Frame { conn: 8, frame: Box::new(frame) }).await);

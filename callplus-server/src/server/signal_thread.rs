@@ -7,9 +7,9 @@
 //! cycle about 1.5 times its CPU on two cores (docs/performance.md, "The signalling thread").
 //! Here the driver, the device port's listener and every connection task it spawns (HTTP/2,
 //! WebSocket, TLS) share one thread with its own current-thread runtime and I/O driver, so a
-//! wake-up between them is a queue push. The SFU, the admin port and the cluster's tasks stay
-//! on the main runtime and use the other cores; storage reads, the storage writer and push run
-//! on threads of their own either way.
+//! wake-up between them is a queue push. The SFU, the admin port, the cluster's tasks and push
+//! webhooks stay on the main runtime and use the other cores; storage reads and the storage
+//! writer run on threads of their own either way.
 
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
