@@ -103,6 +103,30 @@ fn a_server_on_one_worker_thread_runs_the_same_cycles() {
 }
 
 #[test]
+fn another_binary_can_serve_for_the_load_generator() {
+    // A copy of the binary under another name stands for another build: the report names the
+    // server child it started, so it must be the copy.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("callplus-other-build");
+    std::fs::copy(env!("CARGO_BIN_EXE_callplus"), &copy).unwrap();
+    let binary = format!("--server-binary={}", copy.display());
+    let v = raw_cycles_with("websocket", &[&binary]);
+    let server = v["server"].as_str().unwrap();
+    assert!(server.contains("callplus-other-build") && server.contains("child process"), "{v}");
+
+    // A path that is no program is a clear error naming it, not a hang.
+    let missing = dir.path().join("no-such-build");
+    let out = Command::new(env!("CARGO_BIN_EXE_callplus"))
+        .args(["bench", "--users", "2", "--duration", "1s"])
+        .arg(format!("--server-binary={}", missing.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no-such-build"), "{stderr}");
+}
+
+#[test]
 fn a_server_refuses_zero_worker_threads() {
     let out = Command::new(env!("CARGO_BIN_EXE_callplus"))
         .args(["serve", "--worker-threads", "0", "--listen", "127.0.0.1:0", "--admin-listen", "off"])

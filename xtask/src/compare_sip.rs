@@ -74,6 +74,12 @@ const CALLPLUS_CLIENTS: &[(&str, Option<u16>, &str)] = &[
     ("websocket", Some(1), "callplus (WebSocket, 1 worker)"),
 ];
 
+/// With `--pgo`, the runs of the server built with profile-guided optimisation (`cargo xtask
+/// pgo`), under the same load generator as the others (the plain release build's `callplus
+/// bench`, `--server-binary`), so that only the server differs.
+const PGO_CLIENTS: &[(&str, Option<u16>, &str)] =
+    &[("raw", None, "callplus (gRPC, PGO)"), ("websocket", None, "callplus (WebSocket, PGO)")];
+
 /// One side's result at one offered rate.
 #[derive(Debug, Clone)]
 struct Point {
@@ -108,9 +114,11 @@ struct SipArgs {
     /// How many times each rate runs: each round is the anchor, then every callplus run (and
     /// one more anchor run closes the rate).
     rounds: u32,
+    /// Also run the server built by `cargo xtask pgo` ([`PGO_CLIENTS`]).
+    pgo: bool,
 }
 
-/// Parses `--rates 2000,5000`, `--seconds 12` and `--rounds 1`.
+/// Parses `--rates 2000,5000`, `--seconds 12`, `--rounds 1` and `--pgo`.
 fn parse_args(args: &[String]) -> Result<SipArgs> {
     let mut args = args.to_vec();
     let rates = match crate::take_value(&mut args, "--rates")? {
@@ -125,16 +133,23 @@ fn parse_args(args: &[String]) -> Result<SipArgs> {
         Some(n) => n.trim().parse().ok().filter(|&n| n > 0).ok_or(format!("--rounds: not a count: {n:?}"))?,
         None => 1,
     };
+    let pgo = crate::take_flag(&mut args, "--pgo");
     crate::no_more(&args)?;
-    Ok(SipArgs { rates, seconds, rounds })
+    Ok(SipArgs { rates, seconds, rounds, pgo })
 }
 
 pub(crate) fn compare_sip(args: &[String]) -> Result {
-    let SipArgs { rates, seconds, rounds } = parse_args(args)?;
+    let SipArgs { rates, seconds, rounds, pgo } = parse_args(args)?;
     crate::ensure_packages(PACKAGES)?;
     let mut build = cargo();
     build.args(["build", "--release", "-p", "callplus-signal", "--bin", "callplus"]);
     run("build callplus (release)", build)?;
+    let pgo_binary = if pgo { Some(crate::pgo::build()?) } else { None };
+    let runs = CALLPLUS_CLIENTS
+        .iter()
+        .map(|&run| (run, None))
+        .chain(pgo_binary.iter().flat_map(|b| PGO_CLIENTS.iter().map(move |&run| (run, Some(b.as_path())))))
+        .collect::<Vec<_>>();
     let work = std::env::temp_dir().join(format!("callplus-compare-sip-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
     let mut points = Vec::new();
@@ -144,8 +159,8 @@ pub(crate) fn compare_sip(args: &[String]) -> Result {
         // of it, a minute apart at most (see `ratios`).
         for _ in 0..rounds {
             points.push(sip_point(&work, rate, seconds)?);
-            for &(client, workers, system) in CALLPLUS_CLIENTS {
-                points.push(callplus_point(rate, seconds, client, workers, system)?);
+            for &((client, workers, system), server_binary) in &runs {
+                points.push(callplus_point(rate, seconds, client, workers, system, server_binary)?);
             }
         }
         points.push(sip_point(&work, rate, seconds)?);
@@ -298,10 +313,14 @@ fn callplus_point(
     client: &str,
     workers: Option<u16>,
     system: &'static str,
+    server_binary: Option<&Path>,
 ) -> Result<Point> {
     let binary = crate::release_binary("callplus");
     let mut bench = Command::new(&binary);
     bench.arg("bench");
+    if let Some(server) = server_binary {
+        bench.arg("--server-binary").arg(server);
+    }
     if let Some(workers) = workers {
         bench.arg(format!("--server-arg=--worker-threads={workers}"));
     }
@@ -513,10 +532,10 @@ mod tests {
     fn arguments_have_defaults_and_are_checked() {
         let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
         let defaults = parse_args(&[]).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(defaults, SipArgs { rates: vec![2_000.0, 5_000.0], seconds: 12, rounds: 1 });
-        let given = parse_args(&args(&["--rates", "1000, 1500", "--seconds", "8", "--rounds", "3"]))
+        assert_eq!(defaults, SipArgs { rates: vec![2_000.0, 5_000.0], seconds: 12, rounds: 1, pgo: false });
+        let given = parse_args(&args(&["--rates", "1000, 1500", "--seconds", "8", "--rounds", "3", "--pgo"]))
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(given, SipArgs { rates: vec![1_000.0, 1_500.0], seconds: 8, rounds: 3 });
+        assert_eq!(given, SipArgs { rates: vec![1_000.0, 1_500.0], seconds: 8, rounds: 3, pgo: true });
         for bad in [
             &["--rates", "1000,x"][..],
             &["--rates", "0"],

@@ -10,10 +10,12 @@
 //! cargo xtask fuzz [--seconds N] [TARGET...]
 //!                                      run each fuzz target (or the named ones) for N seconds
 //! cargo xtask bench [ARGS...]          criterion benches of the workspace (ARGS go to cargo bench)
-//! cargo xtask bench --compare-sip [--rates R1,R2] [--seconds N] [--rounds N]
+//! cargo xtask bench --compare-sip [--rates R1,R2] [--seconds N] [--rounds N] [--pgo]
 //!                                      callplus against Kamailio + SIPp, back to back
 //! cargo xtask bench --cluster [--nodes N] [--rates R1,R2] [--seconds S] [--users U] [--no-sqlite]
 //!                                      1 node against N nodes on Redis + PostgreSQL, back to back
+//! cargo xtask pgo                      the `callplus` binary with profile-guided optimisation,
+//!                                      trained on `callplus bench`; prints its path
 //! ```
 //!
 //! `ci` builds the web engine for `wasm32-unknown-unknown` (adding the target with rustup when
@@ -39,6 +41,7 @@ mod tidy;
 
 mod compare_cluster;
 mod compare_sip;
+mod pgo;
 mod procs;
 mod web;
 
@@ -73,14 +76,19 @@ commands:
                                      network namespace; installs Chromium and playwright-core)
   fuzz [--seconds N] [TARGET...]     run every fuzz target (or the named ones) for N s (default 30)
   bench [ARGS...]                    run the criterion benches (cargo bench --workspace ARGS)
-  bench --compare-sip [--rates R1,R2] [--seconds N] [--rounds N]
+  bench --compare-sip [--rates R1,R2] [--seconds N] [--rounds N] [--pgo]
                                      Kamailio + SIPp and `callplus bench` back to back at the
                                      same offered rates on 127.0.0.1; one table with the ratio;
-                                     --rounds N: each rate N times, and the median ratio
+                                     --rounds N: each rate N times, and the median ratio;
+                                     --pgo: also the server built by `pgo` (below)
   bench --cluster [--nodes N] [--rates R1,R2] [--seconds S] [--users U] [--no-sqlite]
                                      its own Redis and PostgreSQL on 127.0.0.1, then per rate
                                      `callplus bench` against 1 node, N nodes (default 3) and
                                      the SQLite single node; one table with N-node/1-node ratios
+  pgo                                the `callplus` binary built with profile-guided optimisation:
+                                     an instrumented release build, 20 s of `callplus bench`
+                                     (gRPC, then WebSocket), a release build using the counts;
+                                     prints the binary's path (target/pgo/<host>/release/callplus)
 ";
 
 pub(crate) type Result<T = ()> = std::result::Result<T, String>;
@@ -93,6 +101,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz_cmd(&args[1..]),
         Some("browser") => no_more(&args[1..]).and_then(|()| web::browser_tests()),
         Some("bench") => bench(&args[1..]),
+        Some("pgo") => pgo::pgo(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             print!("{USAGE}");
             Ok(())
@@ -136,7 +145,7 @@ pub(crate) fn release_binary(name: &str) -> PathBuf {
     target_dir(std::env::var_os("CARGO_TARGET_DIR"), &root()).join("release").join(name)
 }
 
-fn target_dir(from_env: Option<std::ffi::OsString>, root: &Path) -> PathBuf {
+pub(crate) fn target_dir(from_env: Option<std::ffi::OsString>, root: &Path) -> PathBuf {
     match from_env.filter(|d| !d.is_empty()) {
         Some(dir) => root.join(dir),
         None => root.join("target"),
@@ -183,7 +192,7 @@ fn take_value(args: &mut Vec<String>, flag: &str) -> Result<Option<String>> {
 }
 
 /// Takes `--flag` out of `args`.
-fn take_flag(args: &mut Vec<String>, flag: &str) -> bool {
+pub(crate) fn take_flag(args: &mut Vec<String>, flag: &str) -> bool {
     match args.iter().position(|a| a == flag) {
         Some(i) => {
             args.remove(i);
@@ -207,7 +216,7 @@ fn seconds(value: Option<String>, default: u64) -> Result<u64> {
     value.map_or(Ok(default), |v| v.parse().map_err(|_| format!("not a number of seconds: {v:?}")))
 }
 
-fn no_more(args: &[String]) -> Result {
+pub(crate) fn no_more(args: &[String]) -> Result {
     match args.first() {
         Some(extra) => Err(format!("unexpected argument {extra:?}\n\n{USAGE}")),
         None => Ok(()),

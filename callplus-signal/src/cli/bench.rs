@@ -141,6 +141,10 @@ pub struct BenchArgs {
     /// generator's).
     #[arg(long, conflicts_with = "server")]
     pub in_process: bool,
+    /// Start this `callplus` binary as the server child instead of this program: one load
+    /// generator against two builds of the server (`cargo xtask bench --compare-sip --pgo`).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["server", "in_process"])]
+    pub server_binary: Option<PathBuf>,
     /// Extra flag for the `callplus serve` child (repeat; e.g. `--server-arg=--busy-policy=reject`).
     #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true, conflicts_with = "server")]
     pub server_args: Vec<String>,

@@ -26,7 +26,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const TOKEN_TTL_SECS: u64 = 24 * 3600;
 
 enum Kind {
-    Child { child: Child, _dir: tempfile::TempDir },
+    Child { child: Child, binary: PathBuf, _dir: tempfile::TempDir },
     InProcess { server: Box<RunningServer>, _dir: tempfile::TempDir },
     External { pids: Vec<u32> },
 }
@@ -228,8 +228,11 @@ impl Target {
                 kind: Kind::InProcess { server: Box::new(server), _dir: dir },
             });
         }
-        let exe = std::env::current_exe().context("cannot find this program to start the server")?;
-        let mut command = Command::new(exe);
+        let exe = match &args.server_binary {
+            Some(binary) => binary.clone(),
+            None => std::env::current_exe().context("cannot find this program to start the server")?,
+        };
+        let mut command = Command::new(&exe);
         command
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "off", "--log", log_filter(args)])
@@ -253,7 +256,7 @@ impl Target {
             command.arg("--tls-cert").arg(&cert.cert).arg("--tls-key").arg(&cert.key);
         }
         command.args(&args.server_args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-        let mut child = command.spawn().context("cannot start `callplus serve`")?;
+        let mut child = command.spawn().with_context(|| format!("cannot start `{} serve`", exe.display()))?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout from the server"))?;
         let banner = tokio::task::spawn_blocking(move || read_banner(stdout));
         let banner = match tokio::time::timeout(START_TIMEOUT, banner).await {
@@ -280,14 +283,16 @@ impl Target {
             tls,
             app_key: banner.app_key,
             app_secret: banner.app_secret,
-            kind: Kind::Child { child, _dir: dir },
+            kind: Kind::Child { child, binary: exe, _dir: dir },
         })
     }
 
     /// What the server is, for the report.
     pub(crate) fn describe(&self) -> String {
         match &self.kind {
-            Kind::Child { child, .. } => format!("`callplus serve` child process, pid {}", child.id()),
+            Kind::Child { child, binary, .. } => {
+                format!("`{} serve` child process, pid {}", binary.display(), child.id())
+            }
             Kind::InProcess { .. } => "in this process (figures include the load generator)".to_owned(),
             Kind::External { pids } if pids.is_empty() => {
                 "external (no --server-pid: no CPU/RSS figures)".to_owned()
@@ -355,7 +360,7 @@ impl Target {
         match self.kind {
             Kind::External { .. } => Ok(()),
             Kind::InProcess { server, _dir } => Ok(server.shutdown().await?),
-            Kind::Child { mut child, _dir } => {
+            Kind::Child { mut child, _dir, .. } => {
                 let pid = child.id().to_string();
                 let termed = Command::new("kill")
                     .args(["-TERM", &pid])

@@ -1,0 +1,180 @@
+//! `cargo xtask pgo`: the `callplus` binary built with profile-guided optimisation.
+//!
+//! At the rates a deployment sees most of the time, the server sleeps between requests and
+//! every wake-up starts on cold caches: per call cycle, its signalling thread spends more CPU
+//! than its instruction count explains (docs/performance.md, "Profile-guided optimisation").
+//! Branch and call counts from a real load let the compiler keep the hot paths together and
+//! inline where it pays. Three steps:
+//!
+//! 1. a release build instrumented to count (`-Cprofile-generate`);
+//! 2. training: that binary's `callplus bench` (full 1:1 call cycles against a `callplus serve`
+//!    child of the same binary, on 127.0.0.1) over gRPC streams, then over WebSockets;
+//! 3. a release build that uses the counts (`-Cprofile-use`).
+//!
+//! Both builds pass `--target <host>`, so that the flags reach the workspace's code and its
+//! dependencies but not build scripts and procedural macros (which would write counts of their
+//! own while compiling). `llvm-profdata` comes from the toolchain's `llvm-tools` component,
+//! added with rustup when missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{Result, cargo, run};
+
+/// The training load: each `callplus bench --call-client` value, for [`TRAINING_SECONDS`] at
+/// [`TRAINING_RATE`] cycles per second between 200 users.
+const TRAINING_CLIENTS: &[&str] = &["raw", "websocket"];
+const TRAINING_RATE: u32 = 2_000;
+const TRAINING_SECONDS: u32 = 10;
+
+/// Where the two builds and the counts go, under the target directory.
+const GENERATE_DIR: &str = "pgo-generate";
+const USE_DIR: &str = "pgo";
+const PROFILES_DIR: &str = "pgo-profiles";
+
+/// `cargo xtask pgo`: builds, trains, rebuilds; prints the optimised binary's path.
+pub(crate) fn pgo(args: &[String]) -> Result {
+    crate::no_more(args)?;
+    let binary = build()?;
+    println!("{}", binary.display());
+    Ok(())
+}
+
+/// The three steps; the optimised binary's path.
+pub(crate) fn build() -> Result<PathBuf> {
+    let host = host_triple()?;
+    let profdata = llvm_profdata(&host)?;
+    let target = crate::target_dir(std::env::var_os("CARGO_TARGET_DIR"), &crate::root());
+    let profiles = target.join(PROFILES_DIR);
+    let counts = profiles.join("raw");
+
+    let instrumented =
+        build_with(&target.join(GENERATE_DIR), &host, &format!("-Cprofile-generate={}", counts.display()))?;
+    // Counts from an earlier training would be merged with this one's.
+    let _ = std::fs::remove_dir_all(&counts);
+    std::fs::create_dir_all(&counts).map_err(|e| format!("cannot create {}: {e}", counts.display()))?;
+    for client in TRAINING_CLIENTS {
+        train(&instrumented, client)?;
+    }
+    let merged = profiles.join("callplus.profdata");
+    let mut merge = Command::new(&profdata);
+    merge.arg("merge").arg("-o").arg(&merged).arg(&counts);
+    run("merge the training's counts", merge)?;
+
+    build_with(&target.join(USE_DIR), &host, &format!("-Cprofile-use={}", merged.display()))
+}
+
+/// A release build of `callplus` into `target_dir` with `flag` added to `RUSTFLAGS`; the
+/// binary's path.
+fn build_with(target_dir: &Path, host: &str, flag: &str) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "-p", "callplus-signal", "--bin", "callplus", "--target", host])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env("RUSTFLAGS", rustflags(std::env::var("RUSTFLAGS").ok().as_deref(), flag));
+    run(&format!("build callplus ({flag})"), cmd)?;
+    Ok(target_dir.join(host).join("release").join("callplus"))
+}
+
+/// `RUSTFLAGS` as the caller set them, with `flag` after them.
+fn rustflags(existing: Option<&str>, flag: &str) -> String {
+    match existing.map(str::trim).filter(|f| !f.is_empty()) {
+        Some(existing) => format!("{existing} {flag}"),
+        None => flag.to_owned(),
+    }
+}
+
+/// One training run; fails unless every call cycle completed.
+fn train(binary: &Path, client: &str) -> Result {
+    let out = Command::new(binary)
+        .args(["bench", "--call-client", client, "--users", "200"])
+        .args(["--rate", &TRAINING_RATE.to_string(), "--duration", &format!("{TRAINING_SECONDS}s"), "--json"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "training over {client} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let (completed, failed) = bench_counts(&String::from_utf8_lossy(&out.stdout))?;
+    eprintln!("xtask: training over {client}: {completed} call cycles");
+    if failed > 0 || completed == 0 {
+        return Err(format!("training over {client}: {completed} cycles completed, {failed} failed"));
+    }
+    Ok(())
+}
+
+/// `completed` and `failed` from `callplus bench --json`'s summary line.
+fn bench_counts(stdout: &str) -> Result<(u64, u64)> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or("callplus bench printed no JSON")?;
+    let report: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("bench JSON: {e}"))?;
+    let count = |key: &str| report[key].as_u64().ok_or(format!("bench JSON has no {key:?}"));
+    Ok((count("completed")?, count("failed")?))
+}
+
+/// The host's target triple, from `rustc -vV`.
+fn host_triple() -> Result<String> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = Command::new(rustc).arg("-vV").output().map_err(|e| format!("cannot run rustc: {e}"))?;
+    host_of(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| "rustc -vV printed no host".to_owned())
+}
+
+fn host_of(rustc_version: &str) -> Option<String> {
+    rustc_version.lines().find_map(|l| l.strip_prefix("host:")).map(|h| h.trim().to_owned())
+}
+
+/// `llvm-profdata` of the toolchain (the LLVM that reads the counts must be the one that wrote
+/// them), adding the `llvm-tools` component when it is missing.
+fn llvm_profdata(host: &str) -> Result<PathBuf> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .map_err(|e| format!("cannot run rustc: {e}"))?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let path = sysroot.join("lib").join("rustlib").join(host).join("bin").join("llvm-profdata");
+    if !path.exists() {
+        let mut add = Command::new("rustup");
+        add.args(["component", "add", "llvm-tools"]);
+        run("add the llvm-tools component", add)?;
+    }
+    if path.exists() { Ok(path) } else { Err(format!("no llvm-profdata at {}", path.display())) }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_is_read_from_rustcs_verbose_version() {
+        let text = "rustc 1.95.0 (59807616e 2026-04-14)\nbinary: rustc\nhost: x86_64-unknown-linux-gnu\n\
+                    release: 1.95.0\n";
+        assert_eq!(host_of(text).as_deref(), Some("x86_64-unknown-linux-gnu"));
+        assert_eq!(host_of("rustc 1.95.0\n"), None);
+    }
+
+    #[test]
+    fn the_profile_flag_follows_the_callers_rustflags() {
+        assert_eq!(rustflags(None, "-Cprofile-use=p"), "-Cprofile-use=p");
+        assert_eq!(rustflags(Some("  "), "-Cprofile-use=p"), "-Cprofile-use=p");
+        assert_eq!(
+            rustflags(Some("-Ctarget-cpu=native"), "-Cprofile-use=p"),
+            "-Ctarget-cpu=native -Cprofile-use=p"
+        );
+    }
+
+    #[test]
+    fn a_training_run_counts_from_the_benchs_summary_line() {
+        let out = "starting\n{\"completed\":20000,\"failed\":0,\"cycles_per_sec\":1999.8}\n";
+        assert_eq!(bench_counts(out).unwrap(), (20_000, 0));
+        assert!(bench_counts("no summary\n").is_err());
+        assert!(bench_counts("{\"failed\":0}\n").is_err());
+    }
+}
