@@ -113,12 +113,7 @@ struct Point {
 impl Point {
     /// Reads `callplus bench --json`'s report (the last line of its stdout that is a JSON object).
     fn from_bench_output(config: Config, offered: f64, stdout: &str) -> Result<Point> {
-        let line = stdout
-            .lines()
-            .rev()
-            .find(|l| l.trim_start().starts_with('{'))
-            .ok_or("callplus bench printed no JSON")?;
-        let report: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("bench JSON: {e}"))?;
+        let report = crate::bench_report(stdout)?;
         Ok(Point {
             config,
             offered,

@@ -342,13 +342,7 @@ fn callplus_point(
         .stderr(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .ok_or("callplus bench printed no JSON")?;
-    let report: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("bench JSON: {e}"))?;
+    let report = crate::bench_report(&String::from_utf8_lossy(&out.stdout))?;
     let num = |v: &serde_json::Value| v.as_f64();
     Ok(Point {
         system,

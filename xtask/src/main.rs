@@ -178,6 +178,16 @@ fn succeeds(mut cmd: Command) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The report `callplus bench --json` prints: the last line of its stdout that is a JSON object.
+pub(crate) fn bench_report(stdout: &str) -> Result<serde_json::Value> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or("callplus bench printed no JSON")?;
+    serde_json::from_str(line).map_err(|e| format!("bench JSON: {e}"))
+}
+
 /// Takes `--flag VALUE` out of `args`.
 fn take_value(args: &mut Vec<String>, flag: &str) -> Result<Option<String>> {
     match args.iter().position(|a| a == flag) {

@@ -108,12 +108,7 @@ fn train(binary: &Path, client: &str) -> Result {
 
 /// `completed` and `failed` from `callplus bench --json`'s summary line.
 fn bench_counts(stdout: &str) -> Result<(u64, u64)> {
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .ok_or("callplus bench printed no JSON")?;
-    let report: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("bench JSON: {e}"))?;
+    let report = crate::bench_report(stdout)?;
     let count = |key: &str| report[key].as_u64().ok_or(format!("bench JSON has no {key:?}"));
     Ok((count("completed")?, count("failed")?))
 }
