@@ -63,11 +63,15 @@ request_route {{
 /// The anchor's row label.
 const ANCHOR: &str = "Kamailio + SIPp";
 
-/// How callplus runs: `callplus bench --call-client` value, the server's worker threads (`None`:
-/// its default, one per core), and the table label. One worker costs less CPU per call over
+/// One callplus run: `callplus bench --call-client` value, the server's worker threads (`None`:
+/// its default), and the table label.
+type CallplusRun = (&'static str, Option<u16>, &'static str);
+
+/// The runs of the plain release build's server (its default workers: one per core). One
+/// worker costs less CPU per call over
 /// gRPC on this kind of machine (docs/performance.md, "The driver writes WebSocket frames
 /// itself"); over WebSocket the two cost about the same.
-const CALLPLUS_CLIENTS: &[(&str, Option<u16>, &str)] = &[
+const CALLPLUS_CLIENTS: &[CallplusRun] = &[
     ("raw", None, "callplus (gRPC)"),
     ("raw", Some(1), "callplus (gRPC, 1 worker)"),
     ("websocket", None, "callplus (WebSocket)"),
@@ -77,7 +81,7 @@ const CALLPLUS_CLIENTS: &[(&str, Option<u16>, &str)] = &[
 /// With `--pgo`, the runs of the server built with profile-guided optimisation (`cargo xtask
 /// pgo`), under the same load generator as the others (the plain release build's `callplus
 /// bench`, `--server-binary`), so that only the server differs.
-const PGO_CLIENTS: &[(&str, Option<u16>, &str)] =
+const PGO_CLIENTS: &[CallplusRun] =
     &[("raw", None, "callplus (gRPC, PGO)"), ("websocket", None, "callplus (WebSocket, PGO)")];
 
 /// One side's result at one offered rate.
@@ -145,11 +149,7 @@ pub(crate) fn compare_sip(args: &[String]) -> Result {
     build.args(["build", "--release", "-p", "callplus-signal", "--bin", "callplus"]);
     run("build callplus (release)", build)?;
     let pgo_binary = if pgo { Some(crate::pgo::build()?) } else { None };
-    let runs = CALLPLUS_CLIENTS
-        .iter()
-        .map(|&run| (run, None))
-        .chain(pgo_binary.iter().flat_map(|b| PGO_CLIENTS.iter().map(move |&run| (run, Some(b.as_path())))))
-        .collect::<Vec<_>>();
+    let runs = callplus_runs(pgo_binary.as_deref());
     let work = std::env::temp_dir().join(format!("callplus-compare-sip-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
     let mut points = Vec::new();
@@ -176,6 +176,14 @@ pub(crate) fn compare_sip(args: &[String]) -> Result {
     }
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+/// Every callplus run of a round: [`CALLPLUS_CLIENTS`] on the plain build's server (no
+/// `--server-binary`), then, given the PGO build, [`PGO_CLIENTS`] on that one.
+fn callplus_runs(pgo_binary: Option<&Path>) -> Vec<(CallplusRun, Option<&Path>)> {
+    let plain = CALLPLUS_CLIENTS.iter().map(|&run| (run, None));
+    let pgo = pgo_binary.into_iter().flat_map(|b| PGO_CLIENTS.iter().map(move |&run| (run, Some(b))));
+    plain.chain(pgo).collect()
 }
 
 /// Starts `cmd` in a process group of its own, its output discarded; dropping the [`Group`]
@@ -473,6 +481,25 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(sipp_counts(&file).ok(), Some((4858, 76)));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_the_pgo_rows_run_the_pgo_server() {
+        let plain = callplus_runs(None);
+        assert_eq!(plain.len(), CALLPLUS_CLIENTS.len());
+        assert!(plain.iter().all(|(_, binary)| binary.is_none()), "{plain:?}");
+
+        let built = Path::new("/build/pgo/callplus");
+        let with_pgo = callplus_runs(Some(built));
+        assert_eq!(with_pgo.len(), CALLPLUS_CLIENTS.len() + PGO_CLIENTS.len());
+        for ((client, workers, system), binary) in &with_pgo {
+            assert_eq!(system.contains("PGO"), *binary == Some(built), "{system}: {binary:?}");
+            if binary.is_some() {
+                // The PGO server runs as the plain rows' default setup, each framing once.
+                assert_eq!(*workers, None);
+                assert!(["raw", "websocket"].contains(client), "{client}");
+            }
+        }
     }
 
     #[test]

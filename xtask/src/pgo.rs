@@ -21,10 +21,13 @@ use std::process::Command;
 
 use crate::{Result, cargo, run};
 
-/// The training load: each `callplus bench --call-client` value, for [`TRAINING_SECONDS`] at
-/// [`TRAINING_RATE`] cycles per second between 200 users.
+/// The training load: each `callplus bench --call-client` value in turn, gRPC streams then
+/// WebSockets, the two framings devices use.
 const TRAINING_CLIENTS: &[&str] = &["raw", "websocket"];
+/// Call cycles per second over 200 users: a load at which the signalling thread still sleeps
+/// between frames, as at the rates compare-sip measures, and every cycle completes.
 const TRAINING_RATE: u32 = 2_000;
+/// Seconds of each training run: some 20,000 cycles, enough for stable counts.
 const TRAINING_SECONDS: u32 = 10;
 
 /// Where the two builds and the counts go, under the target directory.
@@ -113,11 +116,25 @@ fn bench_counts(stdout: &str) -> Result<(u64, u64)> {
     Ok((count("completed")?, count("failed")?))
 }
 
+/// What the toolchain's `rustc` (`RUSTC` when cargo set it) prints with `args`; an error unless
+/// it ran and exited 0.
+fn rustc_says(args: &[&str]) -> Result<String> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = Command::new(&rustc).args(args).output().map_err(|e| format!("cannot run rustc: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "rustc {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The host's target triple, from `rustc -vV`.
 fn host_triple() -> Result<String> {
-    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let out = Command::new(rustc).arg("-vV").output().map_err(|e| format!("cannot run rustc: {e}"))?;
-    host_of(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| "rustc -vV printed no host".to_owned())
+    host_of(&rustc_says(&["-vV"])?).ok_or_else(|| "rustc -vV printed no host".to_owned())
 }
 
 fn host_of(rustc_version: &str) -> Option<String> {
@@ -127,12 +144,7 @@ fn host_of(rustc_version: &str) -> Option<String> {
 /// `llvm-profdata` of the toolchain (the LLVM that reads the counts must be the one that wrote
 /// them), adding the `llvm-tools` component when it is missing.
 fn llvm_profdata(host: &str) -> Result<PathBuf> {
-    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let out = Command::new(rustc)
-        .args(["--print", "sysroot"])
-        .output()
-        .map_err(|e| format!("cannot run rustc: {e}"))?;
-    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let sysroot = PathBuf::from(rustc_says(&["--print", "sysroot"])?.trim());
     let path = sysroot.join("lib").join("rustlib").join(host).join("bin").join("llvm-profdata");
     if !path.exists() {
         let mut add = Command::new("rustup");
@@ -153,6 +165,17 @@ mod tests {
                     release: 1.95.0\n";
         assert_eq!(host_of(text).as_deref(), Some("x86_64-unknown-linux-gnu"));
         assert_eq!(host_of("rustc 1.95.0\n"), None);
+    }
+
+    #[test]
+    fn the_toolchains_rustc_names_the_host_and_its_sysroot() {
+        let host = host_triple().unwrap();
+        assert!(host.split('-').count() >= 3, "{host}");
+        let sysroot = rustc_says(&["--print", "sysroot"]).unwrap();
+        assert!(Path::new(sysroot.trim()).join("lib").join("rustlib").join(&host).is_dir(), "{sysroot}");
+        // A rustc that refuses its arguments is an error that says so, not an empty answer.
+        let refused = rustc_says(&["--no-such-flag"]).unwrap_err();
+        assert!(refused.contains("--no-such-flag"), "{refused}");
     }
 
     #[test]
