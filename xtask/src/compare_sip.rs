@@ -5,15 +5,16 @@
 //! candidate is `callplus bench` (full 1:1 cycles: start, ring, accept, connect, hang-up, records)
 //! against a `callplus serve` child, twice: its users on gRPC streams (HTTP/2), then on
 //! WebSockets (`/v1/ws`). All run at the same offered rates on 127.0.0.1, one right after the
-//! other, and the table reports each run's achieved rate, failures, p99 setup time and server CPU
-//! per call, and each callplus run's CPU per call as a multiple of the anchor's. Figures from
+//! other, and the table reports each run's achieved rate, failures, p99 setup time, server CPU
+//! per call and the load generator's (both SIPp endpoints; `callplus bench`), and each callplus
+//! run's CPU per call as a multiple of the anchor's. Figures from
 //! different moments are not comparable; ratios from one run are.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::procs::{Group, tree_cpu_s};
+use crate::procs::{Group, reaped_children_cpu_s, tree_cpu_s};
 use crate::{Result, cargo, run};
 
 /// Debian packages the comparison needs.
@@ -96,6 +97,10 @@ struct Point {
     cpu_s: f64,
     /// Of `cpu_s`, callplus's storage writer thread (durable call records; the anchor keeps none).
     storage_s: Option<f64>,
+    /// The load generator's CPU in the run (the anchor: both SIPp endpoints; callplus: `callplus
+    /// bench`, its server child not included). It shares the two cores with the server, so a
+    /// heavier one would leave the server colder caches and less room.
+    loadgen_s: Option<f64>,
 }
 
 impl Point {
@@ -238,7 +243,7 @@ fn sip_point(work: &Path, rate: f64, seconds: u64) -> Result<Point> {
     )?;
     wait_for_udp(PROXY_PORT, Duration::from_secs(10))?;
     let port = |p: u16| p.to_string();
-    let _uas = spawn(
+    let uas = spawn(
         "sipp (UAS)",
         Command::new("sipp").args(["-sn", "uas", "-i", "127.0.0.1", "-p", &port(UAS_PORT), "-nostdin"]),
     )?;
@@ -248,6 +253,8 @@ fn sip_point(work: &Path, rate: f64, seconds: u64) -> Result<Point> {
     let rtt_dir = work.join(format!("rtt-{rate}"));
     std::fs::create_dir_all(&rtt_dir).map_err(|e| e.to_string())?;
     let cpu_before = tree_cpu_s(proxy.id());
+    let uas_before = tree_cpu_s(uas.id());
+    let uac_before = reaped_children_cpu_s();
     let start = Instant::now();
     let status = Command::new("sipp")
         .current_dir(&rtt_dir)
@@ -267,6 +274,8 @@ fn sip_point(work: &Path, rate: f64, seconds: u64) -> Result<Point> {
         .map_err(|e| format!("cannot run sipp (UAC): {e}"))?;
     let elapsed = start.elapsed().as_secs_f64();
     let cpu_s = tree_cpu_s(proxy.id()) - cpu_before;
+    // The UAC has exited and been waited for: its CPU is among this process's reaped children's.
+    let loadgen_s = (tree_cpu_s(uas.id()) - uas_before) + (reaped_children_cpu_s() - uac_before);
     eprintln!("xtask: compare-sip: sipp UAC at {rate}/s exited with {status}");
     let (completed, failed) = sipp_counts(&stats)?;
     Ok(Point {
@@ -278,6 +287,7 @@ fn sip_point(work: &Path, rate: f64, seconds: u64) -> Result<Point> {
         p99_ms: sipp_p99_ms(&rtt_dir),
         cpu_s,
         storage_s: None,
+        loadgen_s: Some(loadgen_s),
     })
 }
 
@@ -361,6 +371,7 @@ fn callplus_point(
         p99_ms: num(&report["latency_ms"]["start_to_received"]["p99"]),
         cpu_s: num(&report["server_cpu_s"]).unwrap_or(0.0),
         storage_s: num(&report["server_storage_cpu_s"]),
+        loadgen_s: num(&report["loadgen_cpu_s"]),
     })
 }
 
@@ -403,9 +414,9 @@ fn anchor_cpu_around(before: Option<&Point>, after: Option<&Point>) -> Option<f6
 fn table(points: &[Point]) -> Vec<String> {
     let mut lines = vec![
         "| system | offered/s | achieved/s | failed | p99 setup | server CPU per call | callplus / anchor CPU \
-         | of which storage writer |"
+         | of which storage writer | load generator CPU per call |"
             .to_owned(),
-        "|---|---|---|---|---|---|---|---|".to_owned(),
+        "|---|---|---|---|---|---|---|---|---|".to_owned(),
     ];
     // Each callplus row is compared with the anchor rows around it (the same rate).
     for (p, ratio) in ratios(points) {
@@ -416,7 +427,7 @@ fn table(points: &[Point]) -> Vec<String> {
         };
         let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0} µs"));
         lines.push(format!(
-            "| {} | {:.0} | {:.0} | {} | {} | {} | {ratio} | {} |",
+            "| {} | {:.0} | {:.0} | {} | {} | {} | {ratio} | {} | {} |",
             p.system,
             p.offered,
             p.achieved,
@@ -424,6 +435,7 @@ fn table(points: &[Point]) -> Vec<String> {
             p.p99_ms.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms")),
             us(p.cpu_per_call_us()),
             us(p.storage_s.and_then(|s| p.per_call_us(s))),
+            us(p.loadgen_s.and_then(|s| p.per_call_us(s))),
         ));
     }
     lines
@@ -514,6 +526,9 @@ mod tests {
             p99_ms: Some(0.5),
             cpu_s,
             storage_s: (system != ANCHOR).then_some(cpu_s / 4.0),
+            // The anchor's two SIPp endpoints cost about what its proxy costs; `callplus bench`
+            // less than its server.
+            loadgen_s: Some(if system == ANCHOR { cpu_s } else { cpu_s / 2.0 }),
         };
         let points = [
             point("Kamailio + SIPp", 1_000.0, 10_000, 0, 1.0),
@@ -531,20 +546,21 @@ mod tests {
         let columns = |line: &str| line.matches('|').count();
         assert!(lines.iter().all(|l| columns(l) == columns(&lines[0])), "{lines:?}");
         assert!(
-            lines[2].starts_with("| Kamailio + SIPp | 1000 |") && lines[2].ends_with("| 100 µs |  | - |"),
+            lines[2].starts_with("| Kamailio + SIPp | 1000 |")
+                && lines[2].ends_with("| 100 µs |  | - | 100 µs |"),
             "{}",
             lines[2]
         );
         assert!(
             lines[3].starts_with("| callplus (gRPC) | 1000 |")
-                && lines[3].ends_with("| 250 µs | 2.50× | 62 µs |"),
+                && lines[3].ends_with("| 250 µs | 2.50× | 62 µs | 125 µs |"),
             "{}",
             lines[3]
         );
         assert!(lines[4].starts_with("| callplus (WebSocket) |") && lines[4].contains("| 150 µs | 1.50× |"));
         // Each rate against its own anchor; no completed call, no ratio.
         assert!(lines[6].contains("| 200 µs | 2.00× |"), "{}", lines[6]);
-        assert!(lines[7].ends_with("| - | - | - |"), "{}", lines[7]);
+        assert!(lines[7].ends_with("| - | - | - | - |"), "{}", lines[7]);
         // An anchor that failed calls gives no ratio.
         assert!(lines[9].contains("| 120 µs | - |") && lines[10].contains("| 100 µs | - |"), "{lines:?}");
     }
@@ -582,6 +598,7 @@ mod tests {
             p99_ms: None,
             cpu_s,
             storage_s: None,
+            loadgen_s: None,
         };
         let (anchor, ws) = (ANCHOR, "callplus (WebSocket)");
         let points = [

@@ -8,7 +8,8 @@
 //!
 //! 1. a release build instrumented to count (`-Cprofile-generate`);
 //! 2. training: that binary's `callplus bench` (full 1:1 call cycles against a `callplus serve`
-//!    child of the same binary, on 127.0.0.1) over gRPC streams, then over WebSockets;
+//!    child of the same binary, on 127.0.0.1) over gRPC streams, over WebSockets, then over gRPC
+//!    streams in TLS;
 //! 3. a release build that uses the counts (`-Cprofile-use`).
 //!
 //! Both builds pass `--target <host>`, so that the flags reach the workspace's code and its
@@ -21,9 +22,14 @@ use std::process::Command;
 
 use crate::{Result, cargo, run};
 
-/// The training load: each `callplus bench --call-client` value in turn, gRPC streams then
-/// WebSockets, the two framings devices use.
-const TRAINING_CLIENTS: &[&str] = &["raw", "websocket"];
+/// One training run: a `callplus bench --call-client` value, and whether its devices connect
+/// over TLS (`--tls`).
+type TrainingRun = (&'static str, bool);
+
+/// The training load, run by run: gRPC streams, WebSockets (the two framings devices use), and
+/// gRPC streams over TLS, as devices reach a node that terminates TLS itself: without that run
+/// the handshakes and record encryption would be laid out as code never run.
+const TRAINING_RUNS: &[TrainingRun] = &[("raw", false), ("websocket", false), ("raw", true)];
 /// Call cycles per second over 200 users: a load at which the signalling thread still sleeps
 /// between frames, as at the rates compare-sip measures, and every cycle completes.
 const TRAINING_RATE: u32 = 2_000;
@@ -56,8 +62,8 @@ pub(crate) fn build() -> Result<PathBuf> {
     // Counts from an earlier training would be merged with this one's.
     let _ = std::fs::remove_dir_all(&counts);
     std::fs::create_dir_all(&counts).map_err(|e| format!("cannot create {}: {e}", counts.display()))?;
-    for client in TRAINING_CLIENTS {
-        train(&instrumented, client)?;
+    for &run in TRAINING_RUNS {
+        train(&instrumented, run)?;
     }
     let merged = profiles.join("callplus.profdata");
     let mut merge = Command::new(&profdata);
@@ -87,10 +93,10 @@ fn rustflags(existing: Option<&str>, flag: &str) -> String {
 }
 
 /// One training run; fails unless every call cycle completed.
-fn train(binary: &Path, client: &str) -> Result {
+fn train(binary: &Path, run: TrainingRun) -> Result {
+    let client = training_label(run);
     let out = Command::new(binary)
-        .args(["bench", "--call-client", client, "--users", "200"])
-        .args(["--rate", &TRAINING_RATE.to_string(), "--duration", &format!("{TRAINING_SECONDS}s"), "--json"])
+        .args(training_args(run))
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
@@ -107,6 +113,27 @@ fn train(binary: &Path, client: &str) -> Result {
         return Err(format!("training over {client}: {completed} cycles completed, {failed} failed"));
     }
     Ok(())
+}
+
+/// The `callplus` arguments of one training run.
+fn training_args((client, tls): TrainingRun) -> Vec<String> {
+    let mut args: Vec<String> = ["bench", "--call-client", client, "--users", "200", "--rate"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    args.push(TRAINING_RATE.to_string());
+    args.push("--duration".to_owned());
+    args.push(format!("{TRAINING_SECONDS}s"));
+    args.push("--json".to_owned());
+    if tls {
+        args.push("--tls".to_owned());
+    }
+    args
+}
+
+/// How the log names a training run.
+fn training_label((client, tls): TrainingRun) -> String {
+    if tls { format!("{client} over TLS") } else { client.to_owned() }
 }
 
 /// `completed` and `failed` from `callplus bench --json`'s summary line.
@@ -186,6 +213,24 @@ mod tests {
             rustflags(Some("-Ctarget-cpu=native"), "-Cprofile-use=p"),
             "-Ctarget-cpu=native -Cprofile-use=p"
         );
+    }
+
+    #[test]
+    fn training_runs_both_framings_and_tls() {
+        let args: Vec<Vec<String>> = TRAINING_RUNS.iter().map(|&run| training_args(run)).collect();
+        for client in ["raw", "websocket"] {
+            assert!(args.iter().any(|a| a.windows(2).any(|w| w == ["--call-client", client])), "{client}");
+        }
+        let tls: Vec<&Vec<String>> = args.iter().filter(|a| a.iter().any(|x| x == "--tls")).collect();
+        assert_eq!(tls.len(), 1, "{args:?}");
+        // The bench's WebSocket users connect to a plain port only: TLS is trained over gRPC.
+        assert!(tls[0].windows(2).any(|w| w == ["--call-client", "raw"]), "{tls:?}");
+        assert!(
+            args.iter()
+                .all(|a| a.first().map(String::as_str) == Some("bench") && a.contains(&"--json".to_owned()))
+        );
+        assert_eq!(training_label(("raw", true)), "raw over TLS");
+        assert_eq!(training_label(("websocket", false)), "websocket");
     }
 
     #[test]

@@ -91,3 +91,33 @@ pub(crate) fn tree_cpu_s(pid: u32) -> f64 {
     }
     total as f64 / ticks
 }
+
+/// CPU seconds (user + system) of this process's children that have exited and been waited
+/// for (`cutime` + `cstime` of `/proc/self/stat`): read before and after a child run with
+/// [`Command::status`], the difference is that child's CPU.
+pub(crate) fn reaped_children_cpu_s() -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return 0.0 };
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (field(13) + field(14)) as f64 / ticks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_waited_for_childs_cpu_is_counted_once_it_has_exited() {
+        let before = reaped_children_cpu_s();
+        // About a second of CPU in a shell loop: many clock ticks, whatever the machine.
+        let status = Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 1000000 ]; do i=$((i+1)); done"])
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run sh: {e}"));
+        assert!(status.success());
+        let spent = reaped_children_cpu_s() - before;
+        assert!(spent > 0.0, "the loop's CPU is among the reaped children's: {spent}");
+    }
+}
