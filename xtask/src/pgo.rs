@@ -30,6 +30,7 @@ type TrainingRun = (&'static str, bool);
 /// gRPC streams over TLS, as devices reach a node that terminates TLS itself: without that run
 /// the handshakes and record encryption would be laid out as code never run.
 const TRAINING_RUNS: &[TrainingRun] = &[("raw", false), ("websocket", false), ("raw", true)];
+
 /// Call cycles per second over 200 users: a load at which the signalling thread still sleeps
 /// between frames, as at the rates compare-sip measures, and every cycle completes.
 const TRAINING_RATE: u32 = 2_000;
@@ -94,7 +95,7 @@ fn rustflags(existing: Option<&str>, flag: &str) -> String {
 
 /// One training run; fails unless every call cycle completed.
 fn train(binary: &Path, run: TrainingRun) -> Result {
-    let client = training_label(run);
+    let label = training_label(run);
     let out = Command::new(binary)
         .args(training_args(run))
         .stdin(std::process::Stdio::null())
@@ -102,15 +103,15 @@ fn train(binary: &Path, run: TrainingRun) -> Result {
         .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
     if !out.status.success() {
         return Err(format!(
-            "training over {client} failed ({}): {}",
+            "training over {label} failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         ));
     }
     let (completed, failed) = bench_counts(&String::from_utf8_lossy(&out.stdout))?;
-    eprintln!("xtask: training over {client}: {completed} call cycles");
+    eprintln!("xtask: training over {label}: {completed} call cycles");
     if failed > 0 || completed == 0 {
-        return Err(format!("training over {client}: {completed} cycles completed, {failed} failed"));
+        return Err(format!("training over {label}: {completed} cycles completed, {failed} failed"));
     }
     Ok(())
 }
