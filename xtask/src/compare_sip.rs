@@ -127,12 +127,17 @@ struct SipArgs {
     pgo: bool,
 }
 
-/// Parses `--rates 2000,5000`, `--seconds 12`, `--rounds 1` and `--pgo`.
+/// The offered rates when none are given: on a 2-core machine the anchor runs cleanly up to about
+/// 1,500 calls/s and answers part of its INVITEs with `500` from 2,000/s on (docs/performance.md),
+/// and a rate at which the anchor fails gives no ratio.
+const DEFAULT_RATES: [f64; 2] = [1_000.0, 1_500.0];
+
+/// Parses `--rates 1000,1500`, `--seconds 12`, `--rounds 1` and `--pgo`.
 fn parse_args(args: &[String]) -> Result<SipArgs> {
     let mut args = args.to_vec();
     let rates = match crate::take_value(&mut args, "--rates")? {
         Some(list) => crate::rates(&list)?,
-        None => vec![2_000.0, 5_000.0],
+        None => DEFAULT_RATES.to_vec(),
     };
     let seconds = crate::seconds(crate::take_value(&mut args, "--seconds")?, 12)?;
     if seconds == 0 {
@@ -569,10 +574,10 @@ mod tests {
     fn arguments_have_defaults_and_are_checked() {
         let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
         let defaults = parse_args(&[]).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(defaults, SipArgs { rates: vec![2_000.0, 5_000.0], seconds: 12, rounds: 1, pgo: false });
-        let given = parse_args(&args(&["--rates", "1000, 1500", "--seconds", "8", "--rounds", "3", "--pgo"]))
+        assert_eq!(defaults, SipArgs { rates: vec![1_000.0, 1_500.0], seconds: 12, rounds: 1, pgo: false });
+        let given = parse_args(&args(&["--rates", "2000, 5000", "--seconds", "8", "--rounds", "3", "--pgo"]))
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(given, SipArgs { rates: vec![1_000.0, 1_500.0], seconds: 8, rounds: 3, pgo: true });
+        assert_eq!(given, SipArgs { rates: vec![2_000.0, 5_000.0], seconds: 8, rounds: 3, pgo: true });
         for bad in [
             &["--rates", "1000,x"][..],
             &["--rates", "0"],
