@@ -33,9 +33,9 @@ use callplus_session::{
 };
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
 
 use super::connection::Inbound;
+use super::deadline_timer::DeadlineTimer;
 use super::driver_reads::{HandedOver, ReadSet};
 use super::media_relay::SfuCommand;
 use super::metrics::{Metrics, ReasonLabel};
@@ -192,13 +192,6 @@ impl DriverHandle {
     /// Whether the driver has stopped.
     pub(crate) fn is_closed(&self) -> bool {
         self.tx.is_closed()
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -378,15 +371,13 @@ impl Driver {
         self.drain();
         let mut alive = tokio::time::interval(ALIVE_MARK_INTERVAL);
         alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut timer = DeadlineTimer::new();
         loop {
-            let deadline = self.sb.poll_timeout().map(|at| {
-                let wait = u64::try_from(at.saturating_sub(unix_ms())).unwrap_or(0);
-                Instant::now() + Duration::from_millis(wait)
-            });
+            timer.set(self.sb.poll_timeout());
             let next = tokio::select! {
                 biased;
                 next = std::future::poll_fn(|cx| self.poll_next(cx)) => next,
-                () = sleep_until_opt(deadline) => {
+                () = timer.fired() => {
                     let now = self.now();
                     self.sb.handle_timeout(now);
                     self.drain();

@@ -26,6 +26,7 @@ mod admin;
 mod auth;
 pub mod config;
 mod connection;
+mod deadline_timer;
 mod device_port;
 mod driver;
 mod driver_reads;
