@@ -15,7 +15,7 @@ use super::driver::unix_ms;
 
 /// A timer set to the switchboard's `poll_timeout` (Unix milliseconds).
 ///
-/// ```ignore
+/// ```text
 /// let mut timer = DeadlineTimer::new();
 /// loop {
 ///     timer.set(switchboard.poll_timeout());
