@@ -68,10 +68,11 @@ const ANCHOR: &str = "Kamailio + SIPp";
 /// its default), and the table label.
 type CallplusRun = (&'static str, Option<u16>, &'static str);
 
-/// The runs of the plain release build's server (its default workers: one per core). One
-/// worker costs less CPU per call over
-/// gRPC on this kind of machine (docs/performance.md, "The driver writes WebSocket frames
-/// itself"); over WebSocket the two cost about the same.
+/// The runs of the plain release build's server: on its default workers (one per core), and on
+/// one. The signalling runs on a thread of its own either way (docs/performance.md, "The
+/// signalling thread"), so the two differ only in the runtime left for media and the admin
+/// port; the one-worker rows show that this does not move the signalling's cost, which once it
+/// did (a second worker woken for every other frame).
 const CALLPLUS_CLIENTS: &[CallplusRun] = &[
     ("raw", None, "callplus (gRPC)"),
     ("raw", Some(1), "callplus (gRPC, 1 worker)"),
