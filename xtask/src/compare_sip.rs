@@ -341,7 +341,7 @@ fn callplus_point(
 ) -> Result<Point> {
     let binary = crate::release_binary("callplus");
     let mut bench = Command::new(&binary);
-    bench.arg("bench");
+    bench.args(crate::bench_cycle_args(client, rate, seconds));
     if let Some(server) = server_binary {
         bench.arg("--server-binary").arg(server);
     }
@@ -349,19 +349,6 @@ fn callplus_point(
         bench.arg(format!("--server-arg=--worker-threads={workers}"));
     }
     let out = bench
-        .args([
-            // Raw users (on gRPC streams or WebSockets): the load generator shares the two cores
-            // with the server, so it is kept cheap (see docs/performance.md).
-            "--call-client",
-            client,
-            "--users",
-            "200",
-            "--rate",
-            &format!("{rate}"),
-            "--duration",
-            &format!("{seconds}s"),
-            "--json",
-        ])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()

@@ -86,8 +86,9 @@ commands:
                                      `callplus bench` against 1 node, N nodes (default 3) and
                                      the SQLite single node; one table with N-node/1-node ratios
   pgo                                the `callplus` binary built with profile-guided optimisation:
-                                     an instrumented release build, 20 s of `callplus bench`
-                                     (gRPC, then WebSocket), a release build using the counts;
+                                     an instrumented release build, 30 s of `callplus bench`
+                                     (gRPC, WebSocket, gRPC over TLS), a release build using the
+                                     counts;
                                      prints the binary's path (target/pgo/<host>/release/callplus)
 ";
 
@@ -176,6 +177,19 @@ fn succeeds(mut cmd: Command) -> bool {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// `callplus` arguments for full 1:1 call cycles between 200 raw users (`client`: `raw` for gRPC
+/// streams, `websocket`) at `rate` cycles per second for `seconds`, with the JSON report: the
+/// load compare-sip measures and the PGO build is trained on. Raw users keep the load generator
+/// cheap next to the server it shares the cores with (docs/performance.md).
+pub(crate) fn bench_cycle_args(client: &str, rate: f64, seconds: u64) -> Vec<String> {
+    let rate = rate.to_string();
+    let duration = format!("{seconds}s");
+    ["bench", "--call-client", client, "--users", "200", "--rate", &rate, "--duration", &duration, "--json"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The report `callplus bench --json` prints: the last line of its stdout that is a JSON object.
@@ -486,6 +500,19 @@ fn bench(args: &[String]) -> Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bench_cycles_are_asked_for_at_the_rate_and_length_given() {
+        let args = bench_cycle_args("websocket", 1_500.0, 12);
+        let value = |flag: &str| args.windows(2).find(|w| w[0] == flag).map(|w| w[1].as_str());
+        assert_eq!(args.first().map(String::as_str), Some("bench"));
+        assert_eq!(value("--call-client"), Some("websocket"));
+        assert_eq!(value("--users"), Some("200"));
+        assert_eq!(value("--rate"), Some("1500"));
+        assert_eq!(value("--duration"), Some("12s"));
+        assert!(args.iter().any(|a| a == "--json"), "{args:?}");
+        assert_eq!(bench_cycle_args("raw", 2_500.5, 1)[6], "2500.5");
+    }
 
     #[test]
     fn the_run_time_manifest_path_wins_over_the_build_time_one() {

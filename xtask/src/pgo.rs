@@ -33,9 +33,9 @@ const TRAINING_RUNS: &[TrainingRun] = &[("raw", false), ("websocket", false), ("
 
 /// Call cycles per second over 200 users: a load at which the signalling thread still sleeps
 /// between frames, as at the rates compare-sip measures, and every cycle completes.
-const TRAINING_RATE: u32 = 2_000;
+const TRAINING_RATE: f64 = 2_000.0;
 /// Seconds of each training run: some 20,000 cycles, enough for stable counts.
-const TRAINING_SECONDS: u32 = 10;
+const TRAINING_SECONDS: u64 = 10;
 
 /// Where the two builds and the counts go, under the target directory.
 const GENERATE_DIR: &str = "pgo-generate";
@@ -118,14 +118,7 @@ fn train(binary: &Path, run: TrainingRun) -> Result {
 
 /// The `callplus` arguments of one training run.
 fn training_args((client, tls): TrainingRun) -> Vec<String> {
-    let mut args: Vec<String> = ["bench", "--call-client", client, "--users", "200", "--rate"]
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-    args.push(TRAINING_RATE.to_string());
-    args.push("--duration".to_owned());
-    args.push(format!("{TRAINING_SECONDS}s"));
-    args.push("--json".to_owned());
+    let mut args = crate::bench_cycle_args(client, TRAINING_RATE, TRAINING_SECONDS);
     if tls {
         args.push("--tls".to_owned());
     }

@@ -2,6 +2,7 @@
 //! in a process group of its own, stopped with the whole group, and their CPU time read from
 //! `/proc`.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -69,44 +70,100 @@ impl Drop for Group {
     }
 }
 
+/// Clock ticks per second of `/proc/<pid>/stat`'s times (`USER_HZ`, 100 on Linux).
+const TICKS_PER_S: f64 = 100.0;
+
+/// The fields of a `/proc/<pid>/stat` line this module reads.
+#[derive(Debug, PartialEq)]
+struct Stat {
+    pid: u32,
+    ppid: u32,
+    /// `utime` + `stime`: the process's own CPU, in ticks.
+    own_ticks: u64,
+    /// `cutime` + `cstime`: its children's that exited and were waited for, in ticks.
+    reaped_children_ticks: u64,
+}
+
+impl Stat {
+    /// Parses `pid (comm) state ppid … utime(14) stime(15) cutime(16) cstime(17) …`. The command
+    /// name may hold spaces and parentheses, so the fields are counted from its last `)`.
+    fn parse(line: &str) -> Option<Stat> {
+        let pid = line.split_whitespace().next()?.parse().ok()?;
+        let after = line.get(line.rfind(')')? + 2..)?;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+        Some(Stat {
+            pid,
+            ppid: u32::try_from(field(1)?).ok()?,
+            own_ticks: field(11)? + field(12)?,
+            reaped_children_ticks: field(13)? + field(14)?,
+        })
+    }
+
+    fn read(path: &Path) -> Option<Stat> {
+        Stat::parse(&std::fs::read_to_string(path).ok()?)
+    }
+}
+
 /// CPU seconds (user + system) of `pid`, of its children now running, and of its children
 /// already reaped (`cutime`/`cstime`).
 pub(crate) fn tree_cpu_s(pid: u32) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    let mut total = 0u64;
     let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
-    for entry in entries.flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // pid (comm) state ppid ... utime(14) stime(15) cutime(16) cstime(17)
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let own: Option<u32> = stat.split_whitespace().next().and_then(|p| p.parse().ok());
-        let ppid: Option<u32> = fields.get(1).and_then(|p| p.parse().ok());
-        let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        if own == Some(pid) {
-            total += field(11) + field(12) + field(13) + field(14);
-        } else if ppid == Some(pid) {
-            total += field(11) + field(12);
-        }
-    }
-    total as f64 / ticks
+    let ticks: u64 = entries
+        .flatten()
+        .filter_map(|entry| Stat::read(&entry.path().join("stat")))
+        .map(|stat| match stat {
+            Stat { pid: own, own_ticks, reaped_children_ticks, .. } if own == pid => {
+                own_ticks + reaped_children_ticks
+            }
+            Stat { ppid, own_ticks, .. } if ppid == pid => own_ticks,
+            _ => 0,
+        })
+        .sum();
+    ticks as f64 / TICKS_PER_S
 }
 
 /// CPU seconds (user + system) of this process's children that have exited and been waited
 /// for (`cutime` + `cstime` of `/proc/self/stat`): read before and after a child run with
 /// [`Command::status`], the difference is that child's CPU.
 pub(crate) fn reaped_children_cpu_s() -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
-    let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return 0.0 };
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (field(13) + field(14)) as f64 / ticks
+    Stat::read(Path::new("/proc/self/stat"))
+        .map_or(0.0, |stat| stat.reaped_children_ticks as f64 / TICKS_PER_S)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stat_line_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        let line = "4242 (sipp (UAC) x) S 17 4242 4242 0 -1 4194560 1 0 0 0 \
+                    120 30 7 3 20 0 1 0 100 0 0 18446744073709551615";
+        let stat = Stat::parse(line).unwrap_or_else(|| panic!("{line}"));
+        assert_eq!(stat, Stat { pid: 4242, ppid: 17, own_ticks: 150, reaped_children_ticks: 10 });
+        assert_eq!(Stat::parse("4242 (cut short) S 17"), None);
+        assert_eq!(Stat::parse("garbage"), None);
+    }
+
+    #[test]
+    fn a_running_processs_cpu_is_read_from_proc() {
+        use std::io::{BufRead as _, BufReader};
+        // The shell burns CPU, says so, then waits on its stdin until the test lets it go.
+        let mut child = Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 1000000 ]; do i=$((i+1)); done; echo burnt; read _"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run sh: {e}"));
+        let mut line = String::new();
+        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+        BufReader::new(stdout).read_line(&mut line).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(line.trim(), "burnt");
+        let spent = tree_cpu_s(child.id());
+        drop(child.stdin.take());
+        let _ = child.wait();
+        assert!(spent > 0.0, "the running shell's CPU: {spent}");
+    }
 
     #[test]
     fn a_waited_for_childs_cpu_is_counted_once_it_has_exited() {
