@@ -10,7 +10,7 @@ use callplus_proto::v1::server_frame::Body as ServerBody;
 use callplus_signal::server::{WEBSOCKET_PATH, WEBSOCKET_SUBPROTOCOL};
 use futures_util::{SinkExt as _, StreamExt as _};
 use prost::Message as _;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::rustls;
@@ -22,6 +22,19 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, http};
 
 use crate::WAIT;
+
+/// Reads an HTTP response's status line and headers, a byte at a time so that nothing after
+/// them is taken from the socket.
+pub async fn read_http_head(tcp: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        let n = timeout(WAIT, tcp.read(&mut byte)).await.expect("the response in time").expect("readable");
+        assert_eq!(n, 1, "the connection closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
 
 /// Any byte stream a WebSocket can run over (TCP, TLS).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -42,6 +55,8 @@ pub struct WsStream {
     pub close: Option<CloseFrame>,
     /// The subprotocol the server selected.
     pub protocol: Option<String>,
+    /// The payloads of the WebSocket pongs received, in order.
+    pub pongs: Vec<Vec<u8>>,
 }
 
 impl WsStream {
@@ -88,6 +103,38 @@ impl WsStream {
         WsStream::handshake(Box::new(tcp), &format!("ws://{addr}{WEBSOCKET_PATH}"), false).await
     }
 
+    /// Opens `ws://addr/v1/ws` with a handshake written by hand, then writes `raw` as the
+    /// first bytes of the WebSocket: frames no WebSocket library sends (unmasked, reserved
+    /// bits set).
+    pub async fn open_then_write(addr: SocketAddr, raw: &[u8]) -> WsStream {
+        let mut tcp = TcpStream::connect(addr).await.expect("the device port accepts");
+        let request = format!(
+            "GET {WEBSOCKET_PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.expect("the handshake is written");
+        let head = read_http_head(&mut tcp).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "the upgrade is accepted: {head}");
+        tcp.write_all(raw).await.expect("the raw bytes are written");
+        let io: Box<dyn Io> = Box::new(tcp);
+        let ws = WebSocketStream::from_raw_socket(
+            io,
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        WsStream {
+            ws,
+            next_seq: 1,
+            next_request: 100,
+            ack: 0,
+            events: Vec::new(),
+            close: None,
+            protocol: None,
+            pongs: Vec::new(),
+        }
+    }
+
     async fn handshake(io: Box<dyn Io>, url: &str, subprotocol: bool) -> WsStream {
         let mut request = url.into_client_request().expect("a WebSocket request");
         if subprotocol {
@@ -110,7 +157,16 @@ impl WsStream {
             .get(http::header::SEC_WEBSOCKET_PROTOCOL)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        WsStream { ws, next_seq: 1, next_request: 100, ack: 0, events: Vec::new(), close: None, protocol }
+        WsStream {
+            ws,
+            next_seq: 1,
+            next_request: 100,
+            ack: 0,
+            events: Vec::new(),
+            close: None,
+            protocol,
+            pongs: Vec::new(),
+        }
     }
 
     /// Opens `http://addr/v1/ws` as WebSocket over HTTP/2 (extended CONNECT, RFC 8441), the
@@ -157,7 +213,16 @@ impl WsStream {
             None,
         )
         .await;
-        WsStream { ws, next_seq: 1, next_request: 100, ack: 0, events: Vec::new(), close: None, protocol }
+        WsStream {
+            ws,
+            next_seq: 1,
+            next_request: 100,
+            ack: 0,
+            events: Vec::new(),
+            close: None,
+            protocol,
+            pongs: Vec::new(),
+        }
     }
 
     /// Sends a message as is; false if the socket is closed.
@@ -215,7 +280,8 @@ impl WsStream {
                     self.close = close;
                     return None;
                 }
-                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+                Ok(Message::Pong(payload)) => self.pongs.push(payload.to_vec()),
+                Ok(Message::Ping(_) | Message::Frame(_)) => continue,
                 Ok(Message::Text(text)) => panic!("the server sent a text message: {text}"),
                 Err(_) => return None,
             }

@@ -233,6 +233,53 @@ async fn text_messages_and_garbage_bytes_get_frame_invalid() {
     server.shutdown().await;
 }
 
+/// Frames RFC 6455 does not allow a client to send, written raw after a hand-made handshake,
+/// get the same FRAME_INVALID as a message that does not decode; a request that is not a
+/// handshake gets an HTTP error, not an upgrade.
+#[tokio::test]
+async fn websocket_protocol_errors_are_refused_with_a_code() {
+    let server = TestServer::start(ws_config()).await;
+    let mask = [1, 2, 3, 4];
+    for (what, raw) in [
+        ("an unmasked frame", vec![0x82, 0x02, 0x08, 0x05]),
+        ("a reserved bit", vec![0xc2, 0x80, mask[0], mask[1], mask[2], mask[3]]),
+        ("a fragmented ping", vec![0x09, 0x80, mask[0], mask[1], mask[2], mask[3]]),
+        ("a continuation of nothing", vec![0x80, 0x80, mask[0], mask[1], mask[2], mask[3]]),
+    ] {
+        let mut s = WsStream::open_then_write(server.addr(), &raw).await;
+        let r = refused_then_closed(&mut s).await;
+        assert_eq!(R::try_from(r.code), Ok(R::FrameInvalid), "{what}: {r:?}");
+        assert!(r.message.contains("WebSocket protocol error"), "{what}: {}", r.message);
+    }
+    let mut tcp = tokio::net::TcpStream::connect(server.addr()).await.expect("connects");
+    let plain = format!("GET {} HTTP/1.1\r\nHost: callplus\r\n\r\n", callplus_signal::server::WEBSOCKET_PATH);
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, plain.as_bytes()).await.expect("written");
+    let head = callplus_tests::ws::read_http_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "not a handshake: {head}");
+    still_serves(&server).await;
+    server.shutdown().await;
+}
+
+/// A WebSocket ping (which a browser never sends, but other clients do) is answered with a
+/// pong carrying its payload, between the frames of the protocol.
+#[tokio::test]
+async fn websocket_pings_are_answered() {
+    let server = TestServer::start(ws_config()).await;
+    let mut s = WsStream::open(server.addr()).await;
+    s.hello(&server.token("dave"), "dave-browser").await.expect("welcomed");
+    assert!(s.send_message(Message::Ping(b"still there?".to_vec().into())).await);
+    // The protocol's own ping, answered after it.
+    s.ping().await;
+    loop {
+        let frame = s.next().await.expect("the protocol's Pong");
+        if matches!(frame.body, Some(pb::server_frame::Body::Pong(_))) {
+            break;
+        }
+    }
+    assert_eq!(s.pongs, [b"still there?".to_vec()]);
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_first_frame_must_be_a_hello_with_a_valid_token() {
     let server = TestServer::start(ws_config()).await;

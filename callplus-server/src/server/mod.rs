@@ -49,6 +49,8 @@ mod tls;
 mod tls_listener;
 mod web_page;
 mod websocket;
+mod ws_framing;
+mod ws_handshake;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

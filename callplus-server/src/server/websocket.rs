@@ -8,41 +8,54 @@
 //! `Response` (`FRAME_INVALID` or `MESSAGE_TOO_LARGE`, request id 0) and the socket is closed,
 //! as a gRPC stream is after a message it cannot decode.
 
+use std::fmt;
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
 use axum::routing::get;
 use callplus_proto::v1 as pb;
 use callplus_session::limits::MAX_FRAME_BYTES;
 use callplus_session::{Code, Error, OutFrame};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{Sink, StreamExt as _};
+use futures_util::Stream;
+use hyper_util::rt::TokioIo;
 use prost::Message as _;
+use prost::bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, oneshot};
-use tokio_tungstenite::tungstenite;
 
 use super::connection::{Inbound, InboundFrames, Shared, run_connection};
 use super::driver_reads::FrameStream;
-use super::frame_scratch::frame_message;
+use super::frame_scratch::append_ws_message;
 use super::outbound::{DirectSink, OutboundReceiver};
 use super::silence::ConnInfo;
+use super::ws_framing::{self, MessageReader, WsEvent};
+use super::ws_handshake;
 
 /// Where the device port accepts WebSocket upgrades.
 pub const PATH: &str = "/v1/ws";
 /// The subprotocol the server selects when a client offers it (offering none is fine too).
 pub const SUBPROTOCOL: &str = "callplus.v1";
 
-/// How much a socket reads at a time. The library zero-fills this much before every read
-/// attempt (two per frame received, counting the one that finds nothing more): its default,
-/// 128 KiB, kept 128 KiB resident per idle socket, and 4 KiB still cost the server about 10 k
-/// instructions per call cycle (docs/performance.md). A client frame is tens to hundreds of
-/// bytes; a larger one still arrives whole (the buffer reserves a frame's length once its header
-/// is read), in more reads.
+/// How much a socket reads at a time, unless the frame it is reading needs more. The buffer is
+/// zero-filled before each read (safe code cannot read into uninitialised memory): a general
+/// library's 128 KiB kept 128 KiB resident per idle socket, and 4 KiB still cost the server
+/// about 10 k instructions per call cycle (docs/performance.md). A client frame is tens to
+/// hundreds of bytes.
 const READ_BUFFER_BYTES: usize = 512;
+
+/// A read buffer that grew past this for a large message is given back once it is empty.
+const KEPT_READ_BYTES: usize = 8 * 1024;
+
+/// A write buffer that grew past this (a page of call records) is given back once written.
+const KEPT_WRITE_BYTES: usize = 16 * 1024;
+
+/// Past this many bytes waiting in the socket's write buffer the driver stops writing to it
+/// directly and queues instead, where the queue's bound on a slow reader applies.
+const DIRECT_WRITE_LIMIT: usize = 64 * 1024;
 
 /// The WebSocket route, to be merged with the gRPC routes on the device port.
 pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
@@ -54,146 +67,194 @@ pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
 async fn upgrade(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(info): ConnectInfo<ConnInfo>,
-    ws: WebSocketUpgrade,
+    mut request: Request,
 ) -> Response {
     let peer = info.peer();
-    // The same limit as gRPC's decoder: a larger message is refused as soon as its header is read.
-    ws.read_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(MAX_FRAME_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
-        .protocols([SUBPROTOCOL])
-        .on_failed_upgrade(move |e| tracing::debug!(?peer, error = %e, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| serve(shared, socket, info))
+    let accepted = match ws_handshake::accept(&mut request, SUBPROTOCOL) {
+        Ok(accepted) => accepted,
+        Err(refusal) => {
+            tracing::debug!(?peer, status = %refusal.status, why = refusal.why, "WebSocket handshake refused");
+            return refusal.into_response();
+        }
+    };
+    let on_upgrade = accepted.on_upgrade;
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => serve(shared, TokioIo::new(upgraded), info).await,
+            Err(e) => tracing::debug!(?peer, error = %e, "WebSocket upgrade failed"),
+        }
+    });
+    accepted.response
 }
 
 /// Runs one WebSocket connection: the driver writes frames to the socket itself when it can
 /// ([`WsSink`]), a writer task drains the outbound queue otherwise, and the connection task
 /// reads. The upgraded socket is still the guarded connection: a WebSocket that never sends an
 /// authenticated Hello is closed like any other silent connection.
-async fn serve(shared: Arc<Shared>, socket: WebSocket, info: ConnInfo) {
-    let (sink, stream) = socket.split();
-    let sink = Arc::new(WsSink::new(sink));
+async fn serve<S>(shared: Arc<Shared>, socket: S, info: ConnInfo)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read, write) = tokio::io::split(socket);
+    let sink = Arc::new(WsSink::new(write));
     let (mut tx, rx) = shared.outbound();
     tx.set_direct(sink.clone());
     let (closed_tx, closed_rx) = oneshot::channel();
     shared.metrics.connections.inc();
-    let writer = tokio::spawn(write(sink, rx, closed_tx));
-    run_connection(shared, WsInbound(stream), tx, closed_rx, Some(info)).await;
+    let writer = tokio::spawn(write_queue(sink.clone(), rx, closed_tx));
+    run_connection(shared, WsInbound::new(read, sink), tx, closed_rx, Some(info)).await;
     // The writer ends once the driver lets go of the queue (after the last frames and a Close).
     let _ = writer.await;
 }
 
-/// The socket's sending half, shared by the driver's direct writes and the writer task.
+/// The socket's sending half and the frames waiting for it, shared by the driver's direct
+/// writes, the writer task and the reader (which answers pings).
 ///
 /// The lock is only ever held for one poll, never across an await: the driver only tries it,
 /// and goes through the queue when the writer (or, on another worker, the reader) has it.
-#[derive(Debug)]
-struct WsSink {
-    state: Mutex<SinkState>,
+struct WsSink<W> {
+    state: Mutex<SinkState<W>>,
     /// Asks the writer task to finish a flush a direct write could not complete.
     flush: Notify,
 }
 
-#[derive(Debug)]
-struct SinkState {
-    sink: SplitSink<WebSocket, Message>,
+struct SinkState<W> {
+    io: W,
+    /// Whole frames, the first `written` bytes of which the socket has taken.
+    out: Vec<u8>,
+    written: usize,
     /// The driver buffered frames and has not flushed them yet.
     buffered: bool,
     /// A direct flush could not finish: nothing more goes direct until the writer has flushed.
     unflushed: bool,
 }
 
-impl DirectSink for WsSink {
+impl<W> fmt::Debug for WsSink<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsSink").finish_non_exhaustive()
+    }
+}
+
+impl<W: AsyncWrite> SinkState<W> {
+    fn waiting(&self) -> usize {
+        self.out.len() - self.written
+    }
+
+    /// Writes what is waiting, then flushes the socket (TLS keeps its own buffer).
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>
+    where
+        W: Unpin,
+    {
+        while self.written < self.out.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.out.clear();
+        self.written = 0;
+        if self.out.capacity() > KEPT_WRITE_BYTES {
+            self.out = Vec::new();
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+}
+
+impl<W: AsyncWrite + Send + Unpin> DirectSink for WsSink<W> {
     fn try_buffer(&self, frame: &OutFrame) -> bool {
         let Ok(mut state) = self.state.try_lock() else { return false };
-        if state.unflushed {
+        if state.unflushed || state.waiting() > DIRECT_WRITE_LIMIT {
             return false;
         }
-        // Nothing waits on this context: a direct write that cannot finish hands its bytes to
-        // the writer task, which polls with its own.
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut sink = Pin::new(&mut state.sink);
-        if !matches!(sink.as_mut().poll_ready(&mut cx), Poll::Ready(Ok(()))) {
-            return false;
-        }
-        if sink.as_mut().start_send(encode(frame)).is_err() {
-            return false;
-        }
+        append_ws_message(frame, &mut state.out);
         state.buffered = true;
         true
     }
 
     fn flush(&self) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.lock();
         if !state.buffered {
             return;
         }
         state.buffered = false;
-        let mut cx = Context::from_waker(Waker::noop());
-        if !matches!(Pin::new(&mut state.sink).poll_flush(&mut cx), Poll::Ready(Ok(()))) {
-            // Still buffered (the socket is full, or the reader holds the socket on another
-            // worker) or failed: the writer flushes it, or finds out.
-            state.unflushed = true;
-            self.flush.notify_one();
-        }
+        self.write_now(&mut state);
     }
 }
 
-impl WsSink {
-    fn new(sink: SplitSink<WebSocket, Message>) -> WsSink {
+impl<W: AsyncWrite + Unpin> WsSink<W> {
+    fn new(io: W) -> WsSink<W> {
         WsSink {
-            state: Mutex::new(SinkState { sink, buffered: false, unflushed: false }),
+            state: Mutex::new(SinkState {
+                io,
+                out: Vec::new(),
+                written: 0,
+                buffered: false,
+                unflushed: false,
+            }),
             flush: Notify::new(),
         }
     }
 
-    /// Runs one poll of the sink under the lock.
-    async fn poll_sink<R>(
-        &self,
-        mut f: impl FnMut(Pin<&mut SplitSink<WebSocket, Message>>, &mut Context<'_>) -> Poll<R>,
-    ) -> R {
-        std::future::poll_fn(|cx| {
-            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            f(Pin::new(&mut state.sink), cx)
-        })
-        .await
+    fn lock(&self) -> std::sync::MutexGuard<'_, SinkState<W>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn feed(&self, message: Message) -> Result<(), axum::Error> {
-        let mut message = Some(message);
-        self.poll_sink(|mut sink, cx| {
-            futures_util::ready!(sink.as_mut().poll_ready(cx))?;
-            match message.take() {
-                Some(message) => Poll::Ready(sink.start_send(message)),
-                None => Poll::Ready(Ok(())),
-            }
-        })
-        .await
+    /// Writes what is waiting without waiting: what the socket does not take at once (it is
+    /// full, or failed) is left to the writer task, which finishes it or finds out.
+    fn write_now(&self, state: &mut SinkState<W>) {
+        // Nothing waits on this context: the writer task polls with its own.
+        let mut cx = Context::from_waker(Waker::noop());
+        if !matches!(state.poll_write_out(&mut cx), Poll::Ready(Ok(()))) {
+            state.unflushed = true;
+            self.flush.notify_one();
+        }
     }
 
-    /// Flushes everything buffered, the direct writes' leftovers included, waiting for the
+    /// Answers a client's ping (RFC 6455, 5.5.2), after the frames already waiting.
+    fn pong(&self, payload: &[u8]) {
+        let mut state = self.lock();
+        ws_framing::append_pong(&mut state.out, payload);
+        self.write_now(&mut state);
+    }
+
+    /// Adds a frame for the writer task, first writing out what waits if that is a lot.
+    async fn feed(&self, frame: &OutFrame) -> io::Result<()> {
+        if self.lock().waiting() > DIRECT_WRITE_LIMIT {
+            self.flush_all().await?;
+        }
+        append_ws_message(frame, &mut self.lock().out);
+        Ok(())
+    }
+
+    /// Writes everything waiting, the direct writes' leftovers included, waiting for the
     /// socket (the writer task's flush, where [`DirectSink::flush`] never waits).
-    async fn flush_all(&self) -> Result<(), axum::Error> {
+    async fn flush_all(&self) -> io::Result<()> {
         std::future::poll_fn(|cx| {
-            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            let flushed = futures_util::ready!(Pin::new(&mut state.sink).poll_flush(cx));
+            let mut state = self.lock();
+            let flushed = futures_util::ready!(state.poll_write_out(cx));
             state.unflushed = false;
             Poll::Ready(flushed)
         })
         .await
     }
 
+    /// Sends a Close frame (normal closure) and shuts the sending side down.
     async fn close(&self) {
-        let close = CloseFrame { code: close_code::NORMAL, reason: "".into() };
-        if self.feed(Message::Close(Some(close))).await.is_ok() {
-            let _ = self.poll_sink(|sink, cx| sink.poll_close(cx)).await;
+        ws_framing::append_close(&mut self.lock().out, ws_framing::CLOSE_NORMAL);
+        if self.flush_all().await.is_ok() {
+            let _ = std::future::poll_fn(|cx| Pin::new(&mut self.lock().io).poll_shutdown(cx)).await;
         }
     }
 }
 
 /// Sends the outbound queue as binary messages until it closes (then a Close) or the socket
 /// fails. Dropping `_closed` tells the connection task that nothing more can be sent.
-async fn write(sink: Arc<WsSink>, mut rx: OutboundReceiver, _closed: oneshot::Sender<()>) {
+async fn write_queue<W>(sink: Arc<WsSink<W>>, mut rx: OutboundReceiver, _closed: oneshot::Sender<()>)
+where
+    W: AsyncWrite + Unpin,
+{
     loop {
         let frame = tokio::select! {
             biased;
@@ -207,11 +268,11 @@ async fn write(sink: Arc<WsSink>, mut rx: OutboundReceiver, _closed: oneshot::Se
             }
         };
         let Some(frame) = frame else { break };
-        // Whatever else is queued goes out with it, flushed once.
+        // Whatever else is queued goes out with it, written once.
         let mut next = Some(frame);
         let mut fed = 0;
         while let Some(frame) = next {
-            if let Err(e) = sink.feed(encode(&frame)).await {
+            if let Err(e) = sink.feed(&frame).await {
                 tracing::debug!(error = %e, "WebSocket send failed");
                 return;
             }
@@ -227,65 +288,123 @@ async fn write(sink: Arc<WsSink>, mut rx: OutboundReceiver, _closed: oneshot::Se
     sink.close().await;
 }
 
-/// One binary message per frame, its bytes written straight from the domain frame.
-fn encode(frame: &OutFrame) -> Message {
-    Message::Binary(frame_message(frame))
+/// The socket's reading half, as inbound frames.
+struct WsInbound<R, W> {
+    io: R,
+    reader: MessageReader,
+    /// Where pings are answered.
+    sink: Arc<WsSink<W>>,
+    /// A `Closed` or `Broken` was returned: nothing more is read.
+    ended: bool,
 }
 
-/// The socket's messages as inbound frames.
-struct WsInbound(SplitStream<WebSocket>);
+impl<R, W> WsInbound<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    fn new(io: R, sink: Arc<WsSink<W>>) -> Self {
+        WsInbound { io, reader: MessageReader::new(MAX_FRAME_BYTES), sink, ended: false }
+    }
 
-impl InboundFrames for WsInbound {
+    fn poll_inbound(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+        if self.ended {
+            return Poll::Ready(Inbound::Closed);
+        }
+        let inbound = futures_util::ready!(self.poll_read_inbound(cx));
+        self.ended = !matches!(inbound, Inbound::Frame(_));
+        Poll::Ready(inbound)
+    }
+
+    fn poll_read_inbound(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+        loop {
+            match self.reader.next_event() {
+                Err(error) => return Poll::Ready(Inbound::Broken(Some(error))),
+                Ok(Some(WsEvent::Binary(payload))) => return Poll::Ready(decode(&payload)),
+                Ok(Some(WsEvent::Text)) => {
+                    return Poll::Ready(Inbound::Broken(Some(Error::new(
+                        Code::FrameInvalid,
+                        "text messages are not accepted: send each ClientFrame as a binary message",
+                    ))));
+                }
+                // Liveness is the protocol's Ping/heartbeat; a WebSocket ping is only answered.
+                Ok(Some(WsEvent::Ping(payload))) => {
+                    self.sink.pong(&payload);
+                    continue;
+                }
+                Ok(Some(WsEvent::Close)) => return Poll::Ready(Inbound::Closed),
+                Ok(None) => {}
+            }
+            let want = self.reader.wanted().max(READ_BUFFER_BYTES);
+            match futures_util::ready!(poll_read_into(&mut self.io, self.reader.buffer(), want, cx)) {
+                Ok(0) => return Poll::Ready(Inbound::Closed),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "WebSocket read failed");
+                    return Poll::Ready(Inbound::Broken(None));
+                }
+            }
+        }
+    }
+}
+
+/// Reads at most `want` bytes onto the end of `buffer`; `Ok(0)` at the end of the stream.
+fn poll_read_into<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buffer: &mut BytesMut,
+    want: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buffer.is_empty() && buffer.capacity() > KEPT_READ_BYTES {
+        *buffer = BytesMut::new();
+    }
+    let len = buffer.len();
+    buffer.resize(len + want, 0);
+    let mut read = ReadBuf::new(&mut buffer[len..]);
+    let polled = Pin::new(io).poll_read(cx, &mut read);
+    let n = read.filled().len();
+    buffer.truncate(len + n);
+    polled.map_ok(|()| n)
+}
+
+/// A binary message as the `ClientFrame` it must be.
+fn decode(payload: &[u8]) -> Inbound {
+    match pb::ClientFrame::decode(payload) {
+        Ok(frame) => Inbound::Frame(Box::new(frame)),
+        Err(e) => Inbound::Broken(Some(Error::new(
+            Code::FrameInvalid,
+            format!("a binary message is not a ClientFrame: {e}"),
+        ))),
+    }
+}
+
+impl<R, W> Stream for WsInbound<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    type Item = Inbound;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Inbound>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        this.poll_inbound(cx).map(Some)
+    }
+}
+
+impl<R, W> InboundFrames for WsInbound<R, W>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     fn into_frames(self) -> FrameStream {
-        Box::pin(futures_util::stream::unfold(self, |mut inbound| async move {
-            let next = inbound.next().await;
-            Some((next, inbound))
-        }))
+        Box::pin(self)
     }
 
     async fn next(&mut self) -> Inbound {
-        loop {
-            let message = match self.0.next().await {
-                None => return Inbound::Closed,
-                Some(Ok(message)) => message,
-                Some(Err(e)) => return Inbound::Broken(read_error(e)),
-            };
-            return match message {
-                Message::Binary(bytes) => match pb::ClientFrame::decode(bytes) {
-                    Ok(frame) => Inbound::Frame(Box::new(frame)),
-                    Err(e) => Inbound::Broken(Some(Error::new(
-                        Code::FrameInvalid,
-                        format!("a binary message is not a ClientFrame: {e}"),
-                    ))),
-                },
-                Message::Text(_) => Inbound::Broken(Some(Error::new(
-                    Code::FrameInvalid,
-                    "text messages are not accepted: send each ClientFrame as a binary message",
-                ))),
-                // Answered by the socket itself; liveness is the protocol's Ping/heartbeat.
-                Message::Ping(_) | Message::Pong(_) => continue,
-                Message::Close(_) => Inbound::Closed,
-            };
-        }
-    }
-}
-
-/// What to tell the device about a failed read, if anyone is left to tell.
-fn read_error(error: axum::Error) -> Option<Error> {
-    let inner = error.into_inner();
-    let Some(error) = inner.downcast_ref::<tungstenite::Error>() else {
-        tracing::debug!(error = %inner, "WebSocket read failed");
-        return None;
-    };
-    match error {
-        tungstenite::Error::Capacity(e) => Some(Error::new(Code::MessageTooLarge, e.to_string())),
-        tungstenite::Error::Utf8(_) => Some(Error::new(Code::FrameInvalid, error.to_string())),
-        tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => None,
-        tungstenite::Error::Protocol(e) => Some(Error::new(Code::FrameInvalid, e.to_string())),
-        _ => {
-            tracing::debug!(%error, "WebSocket read failed");
-            None
-        }
+        std::future::poll_fn(|cx| self.poll_inbound(cx)).await
     }
 }
 
@@ -295,36 +414,37 @@ mod tests {
     use std::time::Duration;
 
     use callplus_session::{EndReason, Event, ServerBody, ServerFrame};
-    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
     use super::super::outbound::{Sent, outbound};
     use super::*;
 
-    /// A server-side WebSocket from axum's upgrade, and the client's end of it.
-    async fn socket_pair() -> (WebSocket, tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) {
-        let (upgraded, socket) = oneshot::channel();
-        let upgraded = Arc::new(Mutex::new(Some(upgraded)));
-        let app = axum::Router::new().route(
-            "/",
-            get(move |ws: WebSocketUpgrade| async move {
-                ws.on_upgrade(move |socket| async move {
-                    let tx = upgraded.lock().unwrap_or_else(PoisonError::into_inner).take();
-                    if let Some(tx) = tx {
-                        let _ = tx.send(socket);
-                    }
-                })
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds on loopback");
+    /// The server's two halves of a TCP connection on loopback, and a WebSocket client on the
+    /// other end (tungstenite's, so the framing is checked against another implementation).
+    async fn socket_pair() -> (OwnedReadHalf, OwnedWriteHalf, WebSocketStream<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds on loopback");
         let addr = listener.local_addr().expect("bound");
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connects");
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (read, write) = accepted.expect("accepted").0.into_split();
         let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
-        let (client, _) =
-            tokio_tungstenite::client_async_with_config(format!("ws://{addr}/"), tcp, Some(config))
-                .await
-                .expect("upgrades");
-        (socket.await.expect("the server side"), client)
+        let client =
+            WebSocketStream::from_raw_socket(client.expect("connects"), Role::Client, Some(config)).await;
+        (read, write, client)
+    }
+
+    async fn received(client: &mut WebSocketStream<TcpStream>) -> Message {
+        tokio::time::timeout(Duration::from_secs(20), client.next())
+            .await
+            .expect("a message in time")
+            .expect("a message")
+            .expect("readable")
     }
 
     /// A direct write whose flush the socket cannot take at once (the client is not reading,
@@ -332,36 +452,97 @@ mod tests {
     /// with nothing more sent to wake it: the frame arrives whole once the client reads.
     #[tokio::test]
     async fn a_direct_write_the_socket_cannot_take_at_once_is_finished_by_the_writer() {
-        let (socket, mut client) = socket_pair().await;
-        let (sink, _stream) = socket.split();
-        let sink = Arc::new(WsSink::new(sink));
+        let (_read, write, mut client) = socket_pair().await;
+        let sink = Arc::new(WsSink::new(write));
         let (mut tx, rx) = outbound(16, 1 << 30);
         tx.set_direct(sink.clone());
         let (closed, _closed) = oneshot::channel();
-        let writer = tokio::spawn(write(sink.clone(), rx, closed));
+        let writer = tokio::spawn(write_queue(sink.clone(), rx, closed));
         let message = "x".repeat(32 << 20);
         let kicked = Event::Kicked { reason: EndReason::Hangup, message: message.clone() };
         let frame = OutFrame::from(ServerFrame { seq: 7, ack: 0, body: ServerBody::Event(kicked) });
         assert_eq!(tx.try_send(frame), Ok(Sent::Direct));
         tx.flush_direct();
-        let handed_over = sink.state.lock().unwrap_or_else(PoisonError::into_inner).unflushed;
-        assert!(handed_over, "32 MiB cannot fit the sockets' buffers: the rest is the writer's");
-        let received = tokio::time::timeout(Duration::from_secs(20), client.next())
-            .await
-            .expect("the whole frame in time")
-            .expect("a message")
-            .expect("readable");
-        let tungstenite::Message::Binary(bytes) = received else { panic!("a binary message") };
+        assert!(sink.lock().unflushed, "32 MiB cannot fit the sockets' buffers: the rest is the writer's");
+        let Message::Binary(bytes) = received(&mut client).await else { panic!("a binary message") };
         let frame = pb::ServerFrame::decode(bytes).expect("a ServerFrame");
         assert_eq!(frame.seq, 7);
         let Some(pb::server_frame::Body::Event(event)) = frame.body else { panic!("an event") };
         let Some(pb::event::Kind::Kicked(kicked)) = event.kind else { panic!("Kicked") };
         assert_eq!(kicked.message.len(), message.len());
-        // Once the driver lets go, the writer closes the socket and ends.
+        // Once the driver lets go, the writer sends a Close and ends.
         drop(tx);
+        let Message::Close(Some(close)) = received(&mut client).await else { panic!("a Close") };
+        assert_eq!(u16::from(close.code), ws_framing::CLOSE_NORMAL);
         tokio::time::timeout(Duration::from_secs(10), writer)
             .await
             .expect("the writer ends")
             .expect("no panic");
+    }
+
+    /// A ping is answered with its payload, a message sent in fragments arrives whole, and a
+    /// Close ends the frames.
+    #[tokio::test]
+    async fn pings_are_answered_fragments_joined_and_a_close_ends_the_frames() {
+        let (read, write, mut client) = socket_pair().await;
+        let mut inbound = WsInbound::new(read, Arc::new(WsSink::new(write)));
+        let hello = pb::ClientFrame { request_id: 5, ..Default::default() }.encode_to_vec();
+        let mut padded = hello.clone();
+        // Unknown fields are skipped: a message long enough to be cut in three.
+        padded.extend(pb::ClientFrame { seq: 9, ..Default::default() }.encode_to_vec());
+        client.send(Message::Ping("are you there".into())).await.expect("sent");
+        let third = padded.len() / 3;
+        for (i, part) in
+            [&padded[..third], &padded[third..2 * third], &padded[2 * third..]].into_iter().enumerate()
+        {
+            let opcode = if i == 0 { OpCode::Data(Data::Binary) } else { OpCode::Data(Data::Continue) };
+            let frame = Frame::message(part.to_vec(), opcode, i == 2);
+            client.send(Message::Frame(frame)).await.expect("sent");
+        }
+        let Inbound::Frame(frame) = InboundFrames::next(&mut inbound).await else { panic!("a frame") };
+        assert_eq!((frame.request_id, frame.seq), (5, 9));
+        let Message::Pong(payload) = received(&mut client).await else { panic!("a pong") };
+        assert_eq!(payload.as_ref(), b"are you there");
+        client.send(Message::Close(None)).await.expect("sent");
+        assert!(matches!(InboundFrames::next(&mut inbound).await, Inbound::Closed));
+    }
+
+    /// What the socket cannot decode ends the frames with the reason for the device.
+    #[tokio::test]
+    async fn text_garbage_and_oversized_messages_break_the_connection_with_a_code() {
+        for (message, code) in [
+            (Message::Text("hello".into()), Code::FrameInvalid),
+            (Message::Binary(vec![0xff; 8].into()), Code::FrameInvalid),
+            (Message::Binary(vec![0; MAX_FRAME_BYTES + 1].into()), Code::MessageTooLarge),
+        ] {
+            let (read, write, mut client) = socket_pair().await;
+            let mut inbound = WsInbound::new(read, Arc::new(WsSink::new(write)));
+            let sent = tokio::spawn(async move {
+                let _ = client.send(message).await;
+                client
+            });
+            let Inbound::Broken(Some(error)) = InboundFrames::next(&mut inbound).await else {
+                panic!("broken with a reason")
+            };
+            assert_eq!(error.code, code, "{}", error.message);
+            drop(sent.await);
+        }
+    }
+
+    /// An unmasked client frame, which tungstenite's client never sends, written raw.
+    #[tokio::test]
+    async fn an_unmasked_client_frame_breaks_the_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds on loopback");
+        let mut client = TcpStream::connect(listener.local_addr().expect("bound")).await.expect("connects");
+        let (read, write) = listener.accept().await.expect("accepted").0.into_split();
+        let mut inbound = WsInbound::new(read, Arc::new(WsSink::new(write)));
+        tokio::io::AsyncWriteExt::write_all(&mut client, &[0x82, 0x02, 0x08, 0x05]).await.expect("written");
+        let Inbound::Broken(Some(error)) = InboundFrames::next(&mut inbound).await else {
+            panic!("broken with a reason")
+        };
+        assert_eq!(error.code, Code::FrameInvalid);
+        assert!(error.message.contains("masked"), "{}", error.message);
+        // Nothing more is read after it.
+        assert!(matches!(InboundFrames::next(&mut inbound).await, Inbound::Closed));
     }
 }
