@@ -787,3 +787,50 @@ async fn a_caller_cannot_accept_her_own_outgoing_call() {
     bob.answer(&call).await;
     server.shutdown().await;
 }
+
+/// gRPC messages no gRPC library sends, on a stream opened by hand over HTTP/2: a message
+/// flagged compressed (no compression is ever negotiated) and a request stream that ends
+/// inside a message. Each is answered with FRAME_INVALID (request id 0), then the response
+/// ends with `grpc-status: 0`, as after any frame the server cannot read.
+#[tokio::test]
+async fn grpc_messages_that_break_the_framing_get_frame_invalid() {
+    use http_body_util::BodyExt as _;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use prost::Message as _;
+
+    let server = TestServer::start(config()).await;
+    for (what, bytes) in [
+        ("a compressed message", vec![1, 0, 0, 0, 2, 8, 1]),
+        ("a stream that ends inside a message", vec![0, 0, 0, 0, 9, 8]),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(server.addr()).await.expect("the device port accepts");
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .expect("HTTP/2 handshake");
+        tokio::spawn(connection);
+        let request = hyper::Request::post(format!("http://{}/callplus.v1.Signal/Connect", server.addr()))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::from(bytes)))
+            .expect("a request");
+        let response =
+            timeout(WAIT, sender.send_request(request)).await.expect("answered in time").expect("answered");
+        assert_eq!(response.status(), hyper::StatusCode::OK, "{what}");
+        let body = timeout(WAIT, response.into_body().collect())
+            .await
+            .expect("the whole body in time")
+            .expect("readable");
+        let trailers = body.trailers().cloned().expect("trailers");
+        assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]), "{what}");
+        let data = body.to_bytes();
+        assert!(data.len() > 5 && data[0] == 0, "{what}: one uncompressed message: {data:?}");
+        let length = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+        assert_eq!(data.len(), 5 + length, "{what}: exactly one message");
+        let frame = pb::ServerFrame::decode(&data[5..]).expect("a ServerFrame");
+        let Some(pb::server_frame::Body::Response(r)) = frame.body else { panic!("{what}: a Response") };
+        assert_eq!(R::try_from(r.code), Ok(R::FrameInvalid), "{what}: {r:?}");
+        assert_eq!(r.request_id, 0, "{what}");
+    }
+    server.shutdown().await;
+}

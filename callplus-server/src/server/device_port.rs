@@ -1,10 +1,11 @@
 //! The device port's HTTP server: gRPC (HTTP/2) and WebSocket (HTTP/1.1 upgrade, or HTTP/2
 //! extended CONNECT) on one listener.
 //!
-//! tonic's own server cannot complete an HTTP/1.1 upgrade, so the device port is served by
-//! axum (hyper's HTTP/1.1 and HTTP/2, chosen per connection), with tonic's gRPC routes merged
-//! into the same router as the WebSocket route. With TLS, ALPN offers `h2` and `http/1.1`:
-//! gRPC clients pick `h2`, WebSocket clients (`wss://`) `http/1.1`.
+//! The device port is served by axum (hyper's HTTP/1.1 and HTTP/2, chosen per connection): the
+//! gRPC method `Signal.Connect` ([`super::grpc`]), the WebSocket upgrade ([`super::websocket`])
+//! and the web page are routes of one router, and any other request gets gRPC's
+//! `UNIMPLEMENTED`. With TLS, ALPN offers `h2` and `http/1.1`: gRPC clients pick `h2`,
+//! WebSocket clients (`wss://`) `http/1.1`.
 //!
 //! Connections come from a [`GuardedListener`]: bounded in number, accepted without spinning
 //! when the process is out of descriptors, and closed unless they carry an authenticated Hello

@@ -1,205 +1,263 @@
 //! The gRPC transport: `Signal.Connect`, one bidirectional stream per device.
 //!
-//! Each stream becomes a connection ([`super::connection`]): tonic's decoded messages are its
-//! inbound frames, which the driver reads once the Hello is authenticated, and the
-//! connection's outbound queue is the response stream.
+//! Each stream becomes a connection ([`super::connection`]): the request body's messages are
+//! its inbound frames, which the driver reads once the Hello is authenticated, and the
+//! connection's outbound queue is the response body. hyper carries the HTTP/2 stream; the
+//! gRPC messages on it are cut and written by [`super::grpc_framing`], and the response ends
+//! with the `grpc-status` trailer.
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use callplus_proto::codec::{SignalCodec, buffer_settings};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use axum::routing::post;
 use callplus_proto::v1 as pb;
-use callplus_session::{Code, Error, OutFrame};
-use futures_util::StreamExt as _;
+use callplus_session::limits::MAX_FRAME_BYTES;
+use callplus_session::{Code, Error};
+use futures_util::Stream;
+use hyper::body::{Body as _, Frame};
+use prost::Message as _;
+use prost::bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::codegen::{BoxFuture, Service, StdError, http};
-use tonic::server::{Grpc, NamedService, StreamingService};
-use tonic::{Request, Status, Streaming};
 
 use super::connection::{Inbound, InboundFrames, Shared, run_connection};
 use super::driver_reads::FrameStream;
 use super::frame_scratch::put_frame;
+use super::grpc_framing::{self, MessageReader};
 use super::outbound::OutboundReceiver;
 use super::silence::ConnInfo;
 
 /// The gRPC path of `Signal.Connect`.
 const CONNECT_PATH: &str = "/callplus.v1.Signal/Connect";
 
-/// The `Signal` service, written out rather than generated: the generated stub fixes the
-/// response stream's items to `pb::ServerFrame`, and this one sends the switchboard's
-/// [`OutFrame`]s, which [`FrameEncoder`] writes straight into tonic's buffer
-/// ([`super::frame_scratch::put_frame`]) without building the generated struct.
-#[derive(Clone)]
-pub(crate) struct SignalService {
-    pub(crate) shared: Arc<Shared>,
-    /// The largest client frame accepted (tonic answers larger ones with `OUT_OF_RANGE`).
-    pub(crate) max_decoding_message_size: usize,
+/// The media type of gRPC requests and responses.
+const GRPC_CONTENT_TYPE: &str = "application/grpc";
+
+/// How many bytes of queued frames one response chunk takes at most before it is handed to
+/// HTTP/2 (more are taken by the next).
+const MAX_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A chunk buffer that grew past this (a page of call records) is not kept for the next one.
+const KEPT_CHUNK_BYTES: usize = 16 * 1024;
+
+/// The `Signal.Connect` route, to be merged with the WebSocket and page routes on the device
+/// port.
+pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
+    axum::Router::new().route(CONNECT_PATH, post(connect)).with_state(shared)
 }
 
-impl NamedService for SignalService {
-    const NAME: &'static str = pb::signal_server::SERVICE_NAME;
+/// What the device port answers any other request: gRPC's `UNIMPLEMENTED` (status 12) as a
+/// response of trailers only, which a gRPC client reads as an unknown method.
+pub(crate) async fn unimplemented() -> Response {
+    let mut response = Response::new(Body::empty());
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(GRPC_CONTENT_TYPE));
+    headers.insert("grpc-status", HeaderValue::from_static("12"));
+    response
 }
 
-impl<B> Service<http::Request<B>> for SignalService
-where
-    B: tonic::codegen::Body + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.uri().path() != CONNECT_PATH {
-            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
-        }
-        let connect = Connect { shared: self.shared.clone() };
-        let max = self.max_decoding_message_size;
-        Box::pin(async move {
-            let mut grpc = Grpc::new(FrameCodec).apply_max_message_size_config(Some(max), None);
-            Ok(grpc.streaming(connect, req).await)
-        })
-    }
+/// `Signal.Connect`: the response's headers at once, then the connection's frames as they are
+/// queued, then `grpc-status: 0` once the driver lets go of the connection.
+async fn connect(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    // Served through axum (see `device_port`), which hands every request its connection's info
+    // (the peer, and the flag an authenticated Hello sets) as `ConnectInfo`.
+    let info = request.extensions().get::<axum::extract::ConnectInfo<ConnInfo>>().map(|info| info.0.clone());
+    let inbound =
+        GrpcInbound { body: request.into_body(), reader: MessageReader::new(MAX_FRAME_BYTES), ended: false };
+    let (tx, rx) = shared.outbound();
+    let (closed_tx, closed_rx) = oneshot::channel();
+    shared.metrics.connections.inc();
+    tokio::spawn(run_connection(shared.clone(), inbound, tx, closed_rx, info));
+    let body = OutboundBody { rx, chunk: BytesMut::new(), ended: false, _closed: closed_tx };
+    let mut response = Response::new(Body::new(body));
+    *response.status_mut() = StatusCode::OK;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(GRPC_CONTENT_TYPE));
+    response
 }
 
-/// `Signal.Connect`: one bidirectional stream per device.
-struct Connect {
-    shared: Arc<Shared>,
-}
-
-impl StreamingService<pb::ClientFrame> for Connect {
-    type Response = OutFrame;
-    type ResponseStream = OutboundStream;
-    type Future = BoxFuture<tonic::Response<OutboundStream>, Status>;
-
-    fn call(&mut self, request: Request<Streaming<pb::ClientFrame>>) -> Self::Future {
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            // Served through axum (see `device_port`), which hands every request its
-            // connection's info (the peer, and the flag an authenticated Hello sets) as
-            // `ConnectInfo`.
-            let info =
-                request.extensions().get::<axum::extract::ConnectInfo<ConnInfo>>().map(|info| info.0.clone());
-            let inbound = GrpcInbound(request.into_inner());
-            let (tx, rx) = shared.outbound();
-            let (closed_tx, closed_rx) = oneshot::channel();
-            shared.metrics.connections.inc();
-            tokio::spawn(run_connection(shared.clone(), inbound, tx, closed_rx, info));
-            Ok(tonic::Response::new(OutboundStream { rx, _closed: closed_tx }))
-        })
-    }
-}
-
-/// The stream's codec: client frames through prost (as the generated stub), server frames
-/// through [`FrameEncoder`]; both with the signalling stream's small buffers.
-struct FrameCodec;
-
-impl Codec for FrameCodec {
-    type Encode = OutFrame;
-    type Decode = pb::ClientFrame;
-    type Encoder = FrameEncoder;
-    type Decoder = ClientFrameDecoder;
-
-    fn encoder(&mut self) -> FrameEncoder {
-        FrameEncoder
-    }
-
-    fn decoder(&mut self) -> ClientFrameDecoder {
-        ClientFrameDecoder(SignalCodec::<pb::ServerFrame, pb::ClientFrame>::default().decoder())
-    }
-}
-
-/// Writes each frame's protobuf bytes straight from the domain frame.
-struct FrameEncoder;
-
-impl Encoder for FrameEncoder {
-    type Item = OutFrame;
-    type Error = Status;
-
-    fn encode(&mut self, frame: OutFrame, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        put_frame(&frame, dst);
-        Ok(())
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        buffer_settings()
-    }
-}
-
-/// The generated stub's decoder of client frames.
-struct ClientFrameDecoder(<SignalCodec<pb::ServerFrame, pb::ClientFrame> as Codec>::Decoder);
-
-impl Decoder for ClientFrameDecoder {
-    type Item = pb::ClientFrame;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<pb::ClientFrame>, Status> {
-        self.0.decode(src)
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        self.0.buffer_settings()
-    }
-}
-
-/// The response stream: the connection's outbound queue. Dropping it (the client went away or
-/// the queue closed) tells the connection task to stop reading.
-pub(crate) struct OutboundStream {
+/// The response body: the connection's outbound queue, each frame one gRPC message, every
+/// frame queued at the time in one chunk. Dropping it (the client went away, or the stream
+/// ended) tells the connection task to stop reading.
+struct OutboundBody {
     rx: OutboundReceiver,
+    /// Where chunks are written; each is split off, and its room used again once HTTP/2 has
+    /// sent it.
+    chunk: BytesMut,
+    /// The trailers were returned.
+    ended: bool,
     _closed: oneshot::Sender<()>,
 }
 
-impl tokio_stream::Stream for OutboundStream {
-    type Item = Result<OutFrame, Status>;
+impl hyper::body::Body for OutboundBody {
+    type Data = Bytes;
+    type Error = Infallible;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx).map(|frame| frame.map(Ok))
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let Some(first) = futures_util::ready!(this.rx.poll_recv(cx)) else {
+            this.ended = true;
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        };
+        if this.chunk.capacity() > KEPT_CHUNK_BYTES {
+            this.chunk = BytesMut::new();
+        }
+        let mut next = Some(first);
+        while let Some(frame) = next {
+            grpc_framing::append_message(&mut this.chunk, |out| put_frame(&frame, out));
+            next = if this.chunk.len() < MAX_CHUNK_BYTES { this.rx.try_recv() } else { None };
+        }
+        Poll::Ready(Some(Ok(Frame::data(this.chunk.split().freeze()))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
     }
 }
 
-/// The request stream as inbound frames.
+/// The request body as inbound frames.
 ///
-/// tonic's [`Streaming`] reads its stream's body, which the HTTP/2 connection's task fills and
-/// wakes whoever polls it: once the Hello is authenticated the driver polls it itself
-/// ([`super::driver_reads`]), and a frame goes from the connection's task to the switchboard
-/// without a connection task and a queue between them.
-struct GrpcInbound(Streaming<pb::ClientFrame>);
+/// hyper's request body is filled by the HTTP/2 connection's task, which wakes whoever polls
+/// it: once the Hello is authenticated the driver polls it itself ([`super::driver_reads`]),
+/// and a frame goes from the connection's task to the switchboard without a connection task
+/// and a queue between them.
+struct GrpcInbound {
+    body: Body,
+    reader: MessageReader,
+    /// A `Closed` or `Broken` was returned: nothing more is read.
+    ended: bool,
+}
+
+impl GrpcInbound {
+    fn poll_inbound(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+        if self.ended {
+            return Poll::Ready(Inbound::Closed);
+        }
+        let inbound = futures_util::ready!(self.poll_read_inbound(cx));
+        self.ended = !matches!(inbound, Inbound::Frame(_));
+        Poll::Ready(inbound)
+    }
+
+    fn poll_read_inbound(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+        loop {
+            match self.reader.next_message() {
+                Err(error) => return Poll::Ready(Inbound::Broken(Some(error))),
+                Ok(Some(message)) => return Poll::Ready(decode(&message)),
+                Ok(None) => {}
+            }
+            match futures_util::ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    // Trailers from a client carry nothing the stream needs.
+                    if let Some(data) = frame.data_ref() {
+                        self.reader.buffer().extend_from_slice(data);
+                    }
+                }
+                None if self.reader.is_mid_message() => {
+                    let error = Error::new(Code::FrameInvalid, "the request stream ended inside a message");
+                    return Poll::Ready(Inbound::Broken(Some(error)));
+                }
+                None => return Poll::Ready(Inbound::Closed),
+                // The client cancelled or the connection dropped: nobody is left to tell.
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "stream ended");
+                    return Poll::Ready(Inbound::Broken(None));
+                }
+            }
+        }
+    }
+}
+
+/// A message as the `ClientFrame` it must be.
+fn decode(message: &[u8]) -> Inbound {
+    match pb::ClientFrame::decode(message) {
+        Ok(frame) => Inbound::Frame(Box::new(frame)),
+        Err(e) => Inbound::Broken(Some(Error::new(
+            Code::FrameInvalid,
+            format!("a gRPC message is not a ClientFrame: {e}"),
+        ))),
+    }
+}
+
+impl Stream for GrpcInbound {
+    type Item = Inbound;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Inbound>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        this.poll_inbound(cx).map(Some)
+    }
+}
 
 impl InboundFrames for GrpcInbound {
     fn into_frames(self) -> FrameStream {
-        Box::pin(self.0.map(|message| inbound(Some(message))))
+        Box::pin(self)
     }
 
     async fn next(&mut self) -> Inbound {
-        inbound(self.0.message().await.transpose())
+        std::future::poll_fn(|cx| self.poll_inbound(cx)).await
     }
 }
 
-/// What the request stream's next item means for the connection.
-fn inbound(message: Option<Result<pb::ClientFrame, Status>>) -> Inbound {
-    match message {
-        Some(Ok(frame)) => Inbound::Frame(Box::new(frame)),
-        None => Inbound::Closed,
-        // The client cancelled or the connection dropped: nobody is left to tell.
-        Some(Err(status)) if matches!(status.code(), tonic::Code::Cancelled | tonic::Code::Unknown) => {
-            tracing::debug!(%status, "stream ended");
-            Inbound::Broken(None)
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::task::Waker;
+
+    use callplus_session::{EndReason, Event, OutFrame, ServerBody, ServerFrame};
+
+    use super::super::outbound::outbound;
+    use super::*;
+
+    fn frame(seq: u64) -> OutFrame {
+        let kicked = Event::Kicked { reason: EndReason::Hangup, message: format!("frame {seq}") };
+        OutFrame::from(ServerFrame { seq, ack: 0, body: ServerBody::Event(kicked) })
+    }
+
+    fn poll(body: &mut OutboundBody) -> Poll<Option<Frame<Bytes>>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(body).poll_frame(&mut cx).map(|frame| frame.map(|f| f.unwrap_or_else(|e| match e {})))
+    }
+
+    /// Every frame queued when the body is polled goes out in one chunk, each one message; the
+    /// queue's end is the `grpc-status: 0` trailer, and after it the body is over.
+    #[test]
+    fn queued_frames_leave_in_one_chunk_and_the_end_is_the_ok_trailer() {
+        let (tx, rx) = outbound(16, 1 << 20);
+        let (closed, _closed) = oneshot::channel();
+        let mut body = OutboundBody { rx, chunk: BytesMut::new(), ended: false, _closed: closed };
+        assert!(poll(&mut body).is_pending(), "nothing queued yet");
+        for seq in 1..=3 {
+            tx.try_send(frame(seq)).unwrap();
         }
-        Some(Err(status)) => Inbound::Broken(Some(status_error(&status))),
-    }
-}
-
-fn status_error(status: &Status) -> Error {
-    if status.code() == tonic::Code::OutOfRange || status.message().contains("message length too large") {
-        Error::new(Code::MessageTooLarge, status.message().to_owned())
-    } else {
-        Error::new(Code::FrameInvalid, status.message().to_owned())
+        let Poll::Ready(Some(chunk)) = poll(&mut body) else { panic!("a chunk") };
+        let mut reader = MessageReader::new(1 << 20);
+        reader.buffer().extend_from_slice(chunk.data_ref().expect("data"));
+        let mut seqs = Vec::new();
+        while let Some(message) = reader.next_message().unwrap() {
+            seqs.push(pb::ServerFrame::decode(message).unwrap().seq);
+        }
+        assert_eq!(seqs, [1, 2, 3]);
+        drop(tx);
+        let Poll::Ready(Some(end)) = poll(&mut body) else { panic!("the trailers") };
+        assert_eq!(
+            end.trailers_ref().and_then(|t| t.get("grpc-status")).map(HeaderValue::as_bytes),
+            Some(&b"0"[..])
+        );
+        assert!(body.is_end_stream());
+        assert!(matches!(poll(&mut body), Poll::Ready(None)));
     }
 }

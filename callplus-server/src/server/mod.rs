@@ -33,6 +33,7 @@ mod driver_reads;
 mod fd_limit;
 mod frame_scratch;
 mod grpc;
+mod grpc_framing;
 mod media_relay;
 mod media_relay_pool;
 mod media_relay_remote;
@@ -59,7 +60,6 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use callplus_session::CallId;
-use callplus_session::limits::MAX_FRAME_BYTES;
 use callplus_session::switchboard::{Switchboard, SwitchboardConfig, owner_node};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -588,12 +588,10 @@ impl ServerBuilder {
             next_conn: AtomicU64::new(1),
             stopping: stopping_rx,
         });
-        let service =
-            grpc::SignalService { shared: shared.clone(), max_decoding_message_size: MAX_FRAME_BYTES };
-        let device_app = tonic::service::Routes::new(service)
-            .into_axum_router()
+        let device_app = grpc::router(shared.clone())
             .merge(websocket::router(shared))
-            .merge(web_page::router());
+            .merge(web_page::router())
+            .fallback(grpc::unimplemented);
         let (grpc_stop, grpc_stop_rx) = oneshot::channel::<()>();
         let fatal = fatal_tx.clone();
         let device_guard = silence::Guard {
