@@ -116,13 +116,21 @@ impl WsStream {
         let head = read_http_head(&mut tcp).await;
         assert!(head.starts_with("HTTP/1.1 101"), "the upgrade is accepted: {head}");
         tcp.write_all(raw).await.expect("the raw bytes are written");
-        let io: Box<dyn Io> = Box::new(tcp);
+        WsStream::upgraded(Box::new(tcp), None).await
+    }
+
+    /// The client's end of a connection already upgraded to WebSocket.
+    async fn upgraded(io: Box<dyn Io>, protocol: Option<String>) -> WsStream {
         let ws = WebSocketStream::from_raw_socket(
             io,
             tokio_tungstenite::tungstenite::protocol::Role::Client,
             None,
         )
         .await;
+        WsStream::new(ws, protocol)
+    }
+
+    fn new(ws: WebSocketStream<Box<dyn Io>>, protocol: Option<String>) -> WsStream {
         WsStream {
             ws,
             next_seq: 1,
@@ -130,7 +138,7 @@ impl WsStream {
             ack: 0,
             events: Vec::new(),
             close: None,
-            protocol: None,
+            protocol,
             pongs: Vec::new(),
         }
     }
@@ -157,16 +165,7 @@ impl WsStream {
             .get(http::header::SEC_WEBSOCKET_PROTOCOL)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        WsStream {
-            ws,
-            next_seq: 1,
-            next_request: 100,
-            ack: 0,
-            events: Vec::new(),
-            close: None,
-            protocol,
-            pongs: Vec::new(),
-        }
+        WsStream::new(ws, protocol)
     }
 
     /// Opens `http://addr/v1/ws` as WebSocket over HTTP/2 (extended CONNECT, RFC 8441), the
@@ -206,23 +205,7 @@ impl WsStream {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let upgraded = hyper::upgrade::on(response).await.expect("the stream is the WebSocket");
-        let io: Box<dyn Io> = Box::new(TokioIo::new(upgraded));
-        let ws = WebSocketStream::from_raw_socket(
-            io,
-            tokio_tungstenite::tungstenite::protocol::Role::Client,
-            None,
-        )
-        .await;
-        WsStream {
-            ws,
-            next_seq: 1,
-            next_request: 100,
-            ack: 0,
-            events: Vec::new(),
-            close: None,
-            protocol,
-            pongs: Vec::new(),
-        }
+        WsStream::upgraded(Box::new(TokioIo::new(upgraded)), protocol).await
     }
 
     /// Sends a message as is; false if the socket is closed.

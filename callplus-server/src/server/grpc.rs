@@ -16,19 +16,16 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::post;
-use callplus_proto::v1 as pb;
 use callplus_session::limits::MAX_FRAME_BYTES;
 use callplus_session::{Code, Error};
-use futures_util::Stream;
 use hyper::body::{Body as _, Frame};
-use prost::Message as _;
 use prost::bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-use super::connection::{Inbound, InboundFrames, Shared, run_connection};
-use super::driver_reads::FrameStream;
+use super::connection::{Inbound, Shared, run_connection};
 use super::frame_scratch::put_frame;
 use super::grpc_framing::{self, MessageReader};
+use super::inbound_frames::{Frames, PollFrames, decode_client_frame};
 use super::outbound::OutboundReceiver;
 use super::silence::ConnInfo;
 
@@ -68,7 +65,7 @@ async fn connect(State(shared): State<Arc<Shared>>, request: Request) -> Respons
     // (the peer, and the flag an authenticated Hello sets) as `ConnectInfo`.
     let info = request.extensions().get::<axum::extract::ConnectInfo<ConnInfo>>().map(|info| info.0.clone());
     let inbound =
-        GrpcInbound { body: request.into_body(), reader: MessageReader::new(MAX_FRAME_BYTES), ended: false };
+        Frames::new(GrpcInbound { body: request.into_body(), reader: MessageReader::new(MAX_FRAME_BYTES) });
     let (tx, rx) = shared.outbound();
     let (closed_tx, closed_rx) = oneshot::channel();
     shared.metrics.connections.inc();
@@ -136,25 +133,14 @@ impl hyper::body::Body for OutboundBody {
 struct GrpcInbound {
     body: Body,
     reader: MessageReader,
-    /// A `Closed` or `Broken` was returned: nothing more is read.
-    ended: bool,
 }
 
-impl GrpcInbound {
-    fn poll_inbound(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
-        if self.ended {
-            return Poll::Ready(Inbound::Closed);
-        }
-        let inbound = futures_util::ready!(self.poll_read_inbound(cx));
-        self.ended = !matches!(inbound, Inbound::Frame(_));
-        Poll::Ready(inbound)
-    }
-
-    fn poll_read_inbound(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+impl PollFrames for GrpcInbound {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
         loop {
             match self.reader.next_message() {
                 Err(error) => return Poll::Ready(Inbound::Broken(Some(error))),
-                Ok(Some(message)) => return Poll::Ready(decode(&message)),
+                Ok(Some(message)) => return Poll::Ready(decode_client_frame(&message, "a gRPC message")),
                 Ok(None) => {}
             }
             match futures_util::ready!(Pin::new(&mut self.body).poll_frame(cx)) {
@@ -179,45 +165,14 @@ impl GrpcInbound {
     }
 }
 
-/// A message as the `ClientFrame` it must be.
-fn decode(message: &[u8]) -> Inbound {
-    match pb::ClientFrame::decode(message) {
-        Ok(frame) => Inbound::Frame(Box::new(frame)),
-        Err(e) => Inbound::Broken(Some(Error::new(
-            Code::FrameInvalid,
-            format!("a gRPC message is not a ClientFrame: {e}"),
-        ))),
-    }
-}
-
-impl Stream for GrpcInbound {
-    type Item = Inbound;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Inbound>> {
-        let this = self.get_mut();
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        this.poll_inbound(cx).map(Some)
-    }
-}
-
-impl InboundFrames for GrpcInbound {
-    fn into_frames(self) -> FrameStream {
-        Box::pin(self)
-    }
-
-    async fn next(&mut self) -> Inbound {
-        std::future::poll_fn(|cx| self.poll_inbound(cx)).await
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use std::task::Waker;
 
+    use callplus_proto::v1 as pb;
     use callplus_session::{EndReason, Event, OutFrame, ServerBody, ServerFrame};
+    use prost::Message as _;
 
     use super::super::outbound::outbound;
     use super::*;

@@ -34,6 +34,7 @@ mod fd_limit;
 mod frame_scratch;
 mod grpc;
 mod grpc_framing;
+mod inbound_frames;
 mod media_relay;
 mod media_relay_pool;
 mod media_relay_remote;

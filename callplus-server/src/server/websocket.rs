@@ -17,19 +17,16 @@ use std::task::{Context, Poll, Waker};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
 use axum::routing::get;
-use callplus_proto::v1 as pb;
 use callplus_session::limits::MAX_FRAME_BYTES;
 use callplus_session::{Code, Error, OutFrame};
-use futures_util::Stream;
 use hyper_util::rt::TokioIo;
-use prost::Message as _;
 use prost::bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, oneshot};
 
-use super::connection::{Inbound, InboundFrames, Shared, run_connection};
-use super::driver_reads::FrameStream;
+use super::connection::{Inbound, Shared, run_connection};
 use super::frame_scratch::append_ws_message;
+use super::inbound_frames::{Frames, PollFrames, decode_client_frame};
 use super::outbound::{DirectSink, OutboundReceiver};
 use super::silence::ConnInfo;
 use super::ws_framing::{self, MessageReader, WsEvent};
@@ -294,8 +291,6 @@ struct WsInbound<R, W> {
     reader: MessageReader,
     /// Where pings are answered.
     sink: Arc<WsSink<W>>,
-    /// A `Closed` or `Broken` was returned: nothing more is read.
-    ended: bool,
 }
 
 impl<R, W> WsInbound<R, W>
@@ -303,24 +298,26 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    fn new(io: R, sink: Arc<WsSink<W>>) -> Self {
-        WsInbound { io, reader: MessageReader::new(MAX_FRAME_BYTES), sink, ended: false }
+    fn new(io: R, sink: Arc<WsSink<W>>) -> Frames<Self>
+    where
+        Self: PollFrames,
+    {
+        Frames::new(WsInbound { io, reader: MessageReader::new(MAX_FRAME_BYTES), sink })
     }
+}
 
-    fn poll_inbound(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
-        if self.ended {
-            return Poll::Ready(Inbound::Closed);
-        }
-        let inbound = futures_util::ready!(self.poll_read_inbound(cx));
-        self.ended = !matches!(inbound, Inbound::Frame(_));
-        Poll::Ready(inbound)
-    }
-
-    fn poll_read_inbound(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+impl<R, W> PollFrames for WsInbound<R, W>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
         loop {
             match self.reader.next_event() {
                 Err(error) => return Poll::Ready(Inbound::Broken(Some(error))),
-                Ok(Some(WsEvent::Binary(payload))) => return Poll::Ready(decode(&payload)),
+                Ok(Some(WsEvent::Binary(payload))) => {
+                    return Poll::Ready(decode_client_frame(&payload, "a binary message"));
+                }
                 Ok(Some(WsEvent::Text)) => {
                     return Poll::Ready(Inbound::Broken(Some(Error::new(
                         Code::FrameInvalid,
@@ -367,47 +364,6 @@ fn poll_read_into<R: AsyncRead + Unpin>(
     polled.map_ok(|()| n)
 }
 
-/// A binary message as the `ClientFrame` it must be.
-fn decode(payload: &[u8]) -> Inbound {
-    match pb::ClientFrame::decode(payload) {
-        Ok(frame) => Inbound::Frame(Box::new(frame)),
-        Err(e) => Inbound::Broken(Some(Error::new(
-            Code::FrameInvalid,
-            format!("a binary message is not a ClientFrame: {e}"),
-        ))),
-    }
-}
-
-impl<R, W> Stream for WsInbound<R, W>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    type Item = Inbound;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Inbound>> {
-        let this = self.get_mut();
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        this.poll_inbound(cx).map(Some)
-    }
-}
-
-impl<R, W> InboundFrames for WsInbound<R, W>
-where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
-    fn into_frames(self) -> FrameStream {
-        Box::pin(self)
-    }
-
-    async fn next(&mut self) -> Inbound {
-        std::future::poll_fn(|cx| self.poll_inbound(cx)).await
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -423,6 +379,10 @@ mod tests {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
     use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
+    use callplus_proto::v1 as pb;
+    use prost::Message as _;
+
+    use super::super::connection::InboundFrames;
     use super::super::outbound::{Sent, outbound};
     use super::*;
 
