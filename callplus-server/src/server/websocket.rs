@@ -210,8 +210,16 @@ impl<W: AsyncWrite + Unpin> WsSink<W> {
     }
 
     /// Answers a client's ping (RFC 6455, 5.5.2), after the frames already waiting.
+    ///
+    /// Not while the socket is backed up past [`DIRECT_WRITE_LIMIT`]: a client that pings and
+    /// never reads would otherwise grow the buffer without bound. RFC 6455 lets an endpoint
+    /// answer only the latest of several pings, and a later one is answered once the socket
+    /// drains.
     fn pong(&self, payload: &[u8]) {
         let mut state = self.lock();
+        if state.waiting() > DIRECT_WRITE_LIMIT {
+            return;
+        }
         ws_framing::append_pong(&mut state.out, payload);
         self.write_now(&mut state);
     }
@@ -487,6 +495,20 @@ mod tests {
             assert_eq!(error.code, code, "{}", error.message);
             drop(sent.await);
         }
+    }
+
+    /// A client that pings and never reads cannot grow the socket's buffer without bound.
+    #[tokio::test]
+    async fn pings_from_a_client_that_never_reads_do_not_grow_the_buffer() {
+        let (_client, server) = tokio::io::duplex(4096);
+        let (_read, write) = tokio::io::split(server);
+        let sink = WsSink::new(write);
+        for _ in 0..10_000 {
+            sink.pong(&[7; 125]);
+        }
+        let waiting = sink.lock().waiting();
+        assert!(waiting > 0, "the pipe is full: pongs are waiting");
+        assert!(waiting <= DIRECT_WRITE_LIMIT + 127, "{waiting} bytes waiting");
     }
 
     /// An unmasked client frame, which tungstenite's client never sends, written raw.
