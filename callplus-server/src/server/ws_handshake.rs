@@ -75,7 +75,9 @@ pub(crate) fn accept(request: &mut Request, subprotocol: &'static str) -> Result
     if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != VERSION.as_bytes()) {
         return Err(refuse(StatusCode::UPGRADE_REQUIRED, "this server speaks WebSocket version 13"));
     }
-    let offered = has_token(headers, header::SEC_WEBSOCKET_PROTOCOL, subprotocol);
+    // A browser fails the connection unless the selected subprotocol is one it offered, as
+    // written: compared exactly.
+    let offered = items(headers, header::SEC_WEBSOCKET_PROTOCOL).any(|item| item == subprotocol.as_bytes());
     let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
         return Err(refuse(StatusCode::UPGRADE_REQUIRED, "this connection cannot be upgraded"));
     };
@@ -98,11 +100,16 @@ pub(crate) fn accept(request: &mut Request, subprotocol: &'static str) -> Result
 
 /// Whether a comma-separated header (any of its lines) has `token`, compared without case.
 fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    items(headers, name).any(|item| item.eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The items of a comma-separated header, over all its lines, trimmed.
+fn items(headers: &HeaderMap, name: header::HeaderName) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(name)
-        .iter()
+        .into_iter()
         .flat_map(|value| value.as_bytes().split(|b| *b == b','))
-        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        .map(<[u8]>::trim_ascii)
 }
 
 fn refuse(status: StatusCode, why: &'static str) -> Refusal {
@@ -144,10 +151,13 @@ mod tests {
     }
 
     #[test]
-    fn no_subprotocol_is_selected_unless_offered() {
-        let mut request = request(handshake);
-        let accepted = accept(&mut request, "callplus.v1").map_err(|r| r.status).unwrap();
+    fn no_subprotocol_is_selected_unless_offered_as_written() {
+        let mut plain = request(handshake);
+        let accepted = accept(&mut plain, "callplus.v1").map_err(|r| r.status).unwrap();
         assert!(accepted.response.headers().get(header::SEC_WEBSOCKET_PROTOCOL).is_none());
+        let mut shouted = request(|b| handshake(b).header("sec-websocket-protocol", "CALLPLUS.V1"));
+        let accepted = accept(&mut shouted, "callplus.v1").map_err(|r| r.status).unwrap();
+        assert!(accepted.response.headers().get(header::SEC_WEBSOCKET_PROTOCOL).is_none(), "another name");
     }
 
     #[test]
