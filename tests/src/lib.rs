@@ -137,6 +137,30 @@ pub struct TestServer {
     client_tls: TlsOptions,
 }
 
+/// One HTTP/1.1 GET to the server's device port: the status line, the headers (lower-cased
+/// names) and the body.
+pub async fn http_get(server: &TestServer, path: &str) -> (String, Vec<(String, String)>, Vec<u8>) {
+    let mut tcp = TcpStream::connect(server.addr()).await.expect("the device port accepts");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.expect("the request is written");
+    let mut raw = Vec::new();
+    timeout(WAIT, tcp.read_to_end(&mut raw)).await.expect("the response in time").expect("readable");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete response");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or_default().to_owned();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, raw[split + 4..].to_vec())
+}
+
+/// The value of header `name` (lower-case) in [`http_get`]'s headers.
+pub fn http_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
 impl TestServer {
     /// An in-memory server with `config`.
     pub async fn start(config: SwitchboardConfig) -> TestServer {

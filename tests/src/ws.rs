@@ -25,7 +25,7 @@ use crate::WAIT;
 
 /// Reads an HTTP response's status line and headers, a byte at a time so that nothing after
 /// them is taken from the socket.
-pub async fn read_http_head(tcp: &mut TcpStream) -> String {
+async fn read_http_head(tcp: &mut TcpStream) -> String {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0];

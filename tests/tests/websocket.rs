@@ -251,11 +251,9 @@ async fn websocket_protocol_errors_are_refused_with_a_code() {
         assert_eq!(R::try_from(r.code), Ok(R::FrameInvalid), "{what}: {r:?}");
         assert!(r.message.contains("WebSocket protocol error"), "{what}: {}", r.message);
     }
-    let mut tcp = tokio::net::TcpStream::connect(server.addr()).await.expect("connects");
-    let plain = format!("GET {} HTTP/1.1\r\nHost: callplus\r\n\r\n", callplus_signal::server::WEBSOCKET_PATH);
-    tokio::io::AsyncWriteExt::write_all(&mut tcp, plain.as_bytes()).await.expect("written");
-    let head = callplus_tests::ws::read_http_head(&mut tcp).await;
-    assert!(head.starts_with("HTTP/1.1 400"), "not a handshake: {head}");
+    let (status, _, body) = http_get(&server, callplus_signal::server::WEBSOCKET_PATH).await;
+    assert!(status.starts_with("HTTP/1.1 400"), "not a handshake: {status}");
+    assert!(!body.is_empty(), "the refusal says why");
     still_serves(&server).await;
     server.shutdown().await;
 }

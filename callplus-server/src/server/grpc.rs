@@ -39,7 +39,7 @@ const GRPC_CONTENT_TYPE: &str = "application/grpc";
 /// HTTP/2 (more are taken by the next).
 const MAX_CHUNK_BYTES: usize = 64 * 1024;
 
-/// A chunk buffer that grew past this (a page of call records) is not kept for the next one.
+/// A chunk larger than this (a page of call records) takes the chunk buffer's memory with it.
 const KEPT_CHUNK_BYTES: usize = 16 * 1024;
 
 /// The `Signal.Connect` route, to be merged with the WebSocket and page routes on the device
@@ -108,15 +108,18 @@ impl hyper::body::Body for OutboundBody {
             trailers.insert("grpc-status", HeaderValue::from_static("0"));
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         };
-        if this.chunk.capacity() > KEPT_CHUNK_BYTES {
-            this.chunk = BytesMut::new();
-        }
         let mut next = Some(first);
         while let Some(frame) = next {
             grpc_framing::append_message(&mut this.chunk, |out| put_frame(&frame, out));
             next = if this.chunk.len() < MAX_CHUNK_BYTES { this.rx.try_recv() } else { None };
         }
-        Poll::Ready(Some(Ok(Frame::data(this.chunk.split().freeze()))))
+        let data = this.chunk.split().freeze();
+        // The chunk and the buffer share one allocation, which the buffer reuses whole once
+        // HTTP/2 has sent the chunk: after a large chunk the buffer starts afresh instead.
+        if data.len() > KEPT_CHUNK_BYTES {
+            this.chunk = BytesMut::new();
+        }
+        Poll::Ready(Some(Ok(Frame::data(data))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -185,6 +188,25 @@ mod tests {
     fn poll(body: &mut OutboundBody) -> Poll<Option<Frame<Bytes>>> {
         let mut cx = Context::from_waker(Waker::noop());
         Pin::new(body).poll_frame(&mut cx).map(|frame| frame.map(|f| f.unwrap_or_else(|e| match e {})))
+    }
+
+    /// A large chunk (a page of records) does not leave its room in the buffer for the
+    /// stream's later, small chunks.
+    #[test]
+    fn a_large_chunk_takes_the_buffers_memory_with_it() {
+        let (tx, rx) = outbound(16, 1 << 30);
+        let (closed, _closed) = oneshot::channel();
+        let mut body = OutboundBody { rx, chunk: BytesMut::new(), ended: false, _closed: closed };
+        let kicked = Event::Kicked { reason: EndReason::Hangup, message: "x".repeat(100_000) };
+        tx.try_send(OutFrame::from(ServerFrame { seq: 1, ack: 0, body: ServerBody::Event(kicked) })).unwrap();
+        let Poll::Ready(Some(large)) = poll(&mut body) else { panic!("a chunk") };
+        assert!(large.data_ref().expect("data").len() > 100_000);
+        drop(large);
+        tx.try_send(frame(2)).unwrap();
+        let Poll::Ready(Some(small)) = poll(&mut body) else { panic!("a chunk") };
+        drop(small);
+        body.chunk.reserve(16);
+        assert!(body.chunk.capacity() <= KEPT_CHUNK_BYTES, "{} bytes kept", body.chunk.capacity());
     }
 
     /// Every frame queued when the body is polled goes out in one chunk, each one message; the

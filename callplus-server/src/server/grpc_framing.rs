@@ -10,6 +10,8 @@
 use callplus_session::{Code, Error};
 use prost::bytes::{Buf as _, BufMut as _, BytesMut};
 
+use super::inbound_frames::release_after;
+
 /// The bytes before each message: the compressed flag and the length.
 const PREFIX: usize = 5;
 
@@ -65,7 +67,9 @@ impl MessageReader {
             return Ok(None);
         }
         self.buffer.advance(PREFIX);
-        Ok(Some(self.buffer.split_to(length)))
+        let message = self.buffer.split_to(length);
+        release_after(&mut self.buffer, length);
+        Ok(Some(message))
     }
 }
 
@@ -125,6 +129,18 @@ mod tests {
         let mut reader = MessageReader::new(100);
         reader.buffer().extend_from_slice(&[0, 0xff, 0xff, 0xff, 0xff]);
         assert_eq!(reader.next_message().unwrap_err().code, Code::MessageTooLarge);
+    }
+
+    /// A connection does not keep the room of the largest message it ever received.
+    #[test]
+    fn the_room_of_a_large_message_is_given_back_once_it_is_taken() {
+        let mut reader = MessageReader::new(1 << 20);
+        reader.buffer().extend_from_slice(&message(&[5; 100_000]));
+        assert_eq!(reader.next_message().unwrap().map(|m| m.len()), Some(100_000));
+        reader.buffer().reserve(512);
+        assert!(reader.buffer().capacity() <= 8 * 1024, "{} bytes kept", reader.buffer().capacity());
+        reader.buffer().extend_from_slice(&message(b"next"));
+        assert_eq!(reader.next_message().unwrap().as_deref(), Some(&b"next"[..]));
     }
 
     #[test]

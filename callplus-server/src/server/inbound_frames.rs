@@ -13,6 +13,7 @@ use callplus_proto::v1 as pb;
 use callplus_session::{Code, Error};
 use futures_util::Stream;
 use prost::Message as _;
+use prost::bytes::BytesMut;
 
 use super::connection::{Inbound, InboundFrames};
 use super::driver_reads::FrameStream;
@@ -64,6 +65,22 @@ impl<T: PollFrames> InboundFrames for Frames<T> {
 
     async fn next(&mut self) -> Inbound {
         std::future::poll_fn(|cx| self.poll_inbound(cx)).await
+    }
+}
+
+/// A message larger than this, once taken from a read buffer, takes the buffer's memory with
+/// it: see [`release_after`].
+const KEPT_READ_BYTES: usize = 8 * 1024;
+
+/// Call after splitting a message of `taken` bytes off the front of `buffer`.
+///
+/// The message and what is left of the buffer share one allocation, and once the message is
+/// dropped the buffer reuses all of it: a connection would keep the room of the largest
+/// message it ever received. After a large message the rest (the start of the next frame, if
+/// any) is copied into a buffer of its own, so the large allocation goes with the message.
+pub(crate) fn release_after(buffer: &mut BytesMut, taken: usize) {
+    if taken > KEPT_READ_BYTES {
+        *buffer = BytesMut::from(&buffer[..]);
     }
 }
 
@@ -125,6 +142,28 @@ mod tests {
         assert!(matches!(InboundFrames::next(&mut frames).await, Inbound::Closed));
         assert_eq!(frames.inner.polls_after_the_end, 0);
         assert_eq!(frames.inner.script.len(), 1, "the frame after the end is never read");
+    }
+
+    /// After a large message the buffer's later growth starts from its own small allocation;
+    /// after a small one it keeps reusing the shared one.
+    #[test]
+    fn a_large_message_takes_the_buffers_memory_with_it() {
+        for (size, kept) in [(100_000usize, false), (1_000, true)] {
+            let mut buffer = BytesMut::new();
+            buffer.extend_from_slice(&vec![1; size]);
+            buffer.extend_from_slice(b"next");
+            let message = buffer.split_to(size);
+            release_after(&mut buffer, size);
+            drop(message);
+            assert_eq!(&buffer[..], b"next");
+            buffer.reserve(64);
+            assert_eq!(
+                buffer.capacity() >= size,
+                kept,
+                "after a message of {size} bytes: {}",
+                buffer.capacity()
+            );
+        }
     }
 
     #[test]

@@ -44,9 +44,6 @@ pub const SUBPROTOCOL: &str = "callplus.v1";
 /// hundreds of bytes.
 const READ_BUFFER_BYTES: usize = 512;
 
-/// A read buffer that grew past this for a large message is given back once it is empty.
-const KEPT_READ_BYTES: usize = 8 * 1024;
-
 /// A write buffer that grew past this (a page of call records) is given back once written.
 const KEPT_WRITE_BYTES: usize = 16 * 1024;
 
@@ -360,9 +357,6 @@ fn poll_read_into<R: AsyncRead + Unpin>(
     want: usize,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    if buffer.is_empty() && buffer.capacity() > KEPT_READ_BYTES {
-        *buffer = BytesMut::new();
-    }
     let len = buffer.len();
     buffer.resize(len + want, 0);
     let mut read = ReadBuf::new(&mut buffer[len..]);

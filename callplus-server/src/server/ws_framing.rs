@@ -20,6 +20,8 @@ use std::io::Cursor;
 
 use callplus_session::{Code, Error};
 use prost::bytes::{Buf as _, Bytes, BytesMut};
+
+use super::inbound_frames::release_after;
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
@@ -94,7 +96,8 @@ impl MessageReader {
                 self.wanted = 0;
                 return Ok(None);
             };
-            let header_len = usize::try_from(cursor.position()).map_err(|_| too_large(u64::MAX))?;
+            // A parsed header is 2 to 14 bytes.
+            let header_len = cursor.position() as usize;
             let length = self.check(&header, length)?;
             let available = self.buffer.len() - header_len;
             if available < length {
@@ -105,6 +108,7 @@ impl MessageReader {
             self.wanted = 0;
             self.buffer.advance(header_len);
             let mut payload = self.buffer.split_to(length);
+            release_after(&mut self.buffer, length);
             if let Some(mask) = header.mask {
                 unmask(&mut payload, mask);
             }
@@ -334,6 +338,18 @@ mod tests {
         let mut reader = reader_with(&bytes);
         assert_eq!(reader.next_event().unwrap(), Some(WsEvent::Text));
         assert_eq!(reader.next_event().unwrap(), Some(WsEvent::Close));
+    }
+
+    /// A connection does not keep the room of the largest message it ever received.
+    #[test]
+    fn the_room_of_a_large_message_is_given_back_once_it_is_taken() {
+        let mut reader = MessageReader::new(1 << 20);
+        reader.buffer().extend_from_slice(&client_frame(true, 2, &[5; 100_000]));
+        assert!(matches!(reader.next_event().unwrap(), Some(WsEvent::Binary(m)) if m.len() == 100_000));
+        reader.buffer().reserve(512);
+        assert!(reader.buffer().capacity() <= 8 * 1024, "{} bytes kept", reader.buffer().capacity());
+        reader.buffer().extend_from_slice(&client_frame(true, 2, b"next"));
+        assert_eq!(reader.next_event().unwrap(), Some(WsEvent::Binary(BytesMut::from(&b"next"[..]))));
     }
 
     #[test]
