@@ -7,6 +7,10 @@ mod support;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
+use callplus_session::{
+    AppKey, CallId, CallInfo, CallRecord, CallType, Delivery, Direction, EndReason, MediaType, Participant,
+    ParticipantState, UserId, wire,
+};
 use callplus_signal::storage::{
     AppCredentials, BatchOp, BatchWriter, CallRow, FIRST_PAGE, OfflineRow, PageOrder, PostgresStorage,
     RecordPage, RecordRow, SqliteStorage, Storage, StorageError, WriteOp,
@@ -25,6 +29,74 @@ fn record(app: &str, owner: &str, call: &str, sync_time: i64) -> RecordRow {
 
 fn call(app: &str, id: &str, body: &[u8]) -> CallRow {
     CallRow { app_key: app.into(), call_id: id.into(), body: body.to_vec(), fence: 0 }
+}
+
+/// A snapshot of call `id` of app `a` as the switchboard makes one; `state` rides in `extra`,
+/// so that two states of a call are told apart.
+fn snapshot(id: &str, state: &str) -> CallInfo {
+    let creator = UserId::new("alice").unwrap();
+    CallInfo {
+        call_id: CallId::new(id).unwrap(),
+        call_type: CallType::Single,
+        media_type: MediaType::Audio,
+        creator: creator.clone(),
+        participants: vec![Participant {
+            user_id: creator,
+            state: ParticipantState::OnCall,
+            reason: None,
+            inviter: None,
+            invited_at_ms: 1_000,
+            connected_at_ms: None,
+            ended_at_ms: None,
+            devices: Vec::new(),
+            delivery: Delivery::Delivered,
+            camera_disabled: false,
+            microphone_disabled: false,
+            device_id: None,
+        }],
+        created_at_ms: 1_000,
+        started_at_ms: None,
+        first_frame_at_ms: None,
+        ended_at_ms: None,
+        version: 1,
+        extra: state.to_owned(),
+        ring_timeout_ms: 0,
+    }
+}
+
+/// The row of app `a` that [`save_call`]`(id, state, _)` stores.
+fn snapshot_row(id: &str, state: &str) -> CallRow {
+    call("a", id, &wire::call_info_to_vec(&snapshot(id, state)))
+}
+
+/// How [`Flaky`] notes the snapshot row of [`snapshot_row`].
+fn shown(id: &str, state: &str) -> String {
+    format!("{id}={}", String::from_utf8_lossy(&wire::call_info_to_vec(&snapshot(id, state))))
+}
+
+/// `owner`'s record of call `id` of app `a`, as the switchboard makes one.
+fn call_record(owner: &str, id: &str, sync_time: i64) -> CallRecord {
+    CallRecord {
+        owner: UserId::new(owner).unwrap(),
+        call: snapshot(id, "ended"),
+        inviter: None,
+        end_reason: EndReason::Hangup,
+        direction: Direction::Outgoing,
+        duration_ms: 0,
+        sync_time,
+    }
+}
+
+/// The row that [`record_op`]`(owner, id, sync_time)` stores.
+fn record_row(owner: &str, id: &str, sync_time: i64) -> RecordRow {
+    RecordRow {
+        body: wire::call_record_to_vec(&call_record(owner, id, sync_time)),
+        ..record("a", owner, id, sync_time)
+    }
+}
+
+fn app_a() -> AppKey {
+    AppKey::new("a").unwrap()
 }
 
 fn app(key: &str) -> AppCredentials {
@@ -144,20 +216,12 @@ fn writes_with_an_older_fencing_token_change_nothing(e: &dyn Engine) {
     let results = s.apply_batch(&[BatchOp::Records(vec![fenced(31, 1, "late in a batch")])]).unwrap();
     assert!(results.iter().all(Result::is_ok), "refused quietly, not failed: {results:?}");
     let writer = BatchWriter::spawn(s.clone());
-    writer.submit(WriteOp::Record {
-        app_key: "a".into(),
-        owner_id: "bob".into(),
-        call_id: "node-a_1".into(),
-        sync_time: 32,
-        fence: 1,
-        body: Box::new(|| b"late through the writer".to_vec()),
-    });
+    writer.submit(WriteOp::Record { app_key: app_a(), record: call_record("bob", "node-a_1", 32), fence: 1 });
     writer.submit(WriteOp::SaveCall {
-        app_key: "a".into(),
-        call_id: "node-a_2".into(),
+        app_key: app_a(),
+        call: snapshot("node-a_2", "stale"),
         fresh: false,
         fence: 1,
-        body: Box::new(|| b"stale snapshot".to_vec()),
     });
     writer.flush().unwrap();
     assert_eq!(bodies(s.as_ref()), successors);
@@ -603,28 +667,19 @@ fn apply_batch_raises_the_highest_sync_time_to_the_batchs(e: &dyn Engine) {
     assert_eq!(e.open().max_sync_time().unwrap(), 60, "committed with the batch");
 }
 
-/// A deferred snapshot whose body is `state`.
-fn save_call(id: &str, state: &'static str, fresh: bool) -> WriteOp {
-    WriteOp::SaveCall {
-        app_key: "a".into(),
-        call_id: id.into(),
-        fresh,
-        fence: 0,
-        body: Box::new(move || state.as_bytes().to_vec()),
-    }
+/// A snapshot of call `id` in `state`, encoded when written.
+fn save_call(id: &str, state: &str, fresh: bool) -> WriteOp {
+    WriteOp::SaveCall { app_key: app_a(), call: snapshot(id, state), fresh, fence: 0 }
 }
 
-/// A deferred record of `owner` for call `id`.
+/// A record of `owner` for call `id`, encoded when written.
 fn record_op(owner: &str, id: &str, sync_time: i64) -> WriteOp {
-    let body = record("a", owner, id, sync_time).body;
-    WriteOp::Record {
-        app_key: "a".into(),
-        owner_id: owner.into(),
-        call_id: id.into(),
-        sync_time,
-        fence: 0,
-        body: Box::new(move || body),
-    }
+    WriteOp::Record { app_key: app_a(), record: call_record(owner, id, sync_time), fence: 0 }
+}
+
+/// The switchboard's removal of call `id`'s snapshot.
+fn forget(id: &str) -> WriteOp {
+    WriteOp::ForgetCall { app_key: app_a(), call_id: CallId::new(id).unwrap() }
 }
 
 /// What the writer leaves in `active_calls` for calls made in this process (fresh) and calls
@@ -644,26 +699,23 @@ fn batch_writer_snapshots_of_calls_fresh_and_stored(e: &dyn Engine) {
         record_op("alice", "short", 1),
         save_call("mid", "ringing", true),
         record_op("bob", "short", 2),
-        WriteOp::RemoveCalls(vec![("a".into(), "short".into())]),
-        WriteOp::RemoveCalls(vec![("a".into(), "old".into())]),
+        forget("short"),
+        forget("old"),
         save_call("mid", "on_call", false),
     ]);
     writer.flush().unwrap();
     // The call ended in the batch left no snapshot and both its records; the stored call is
     // gone; the live call's last state is stored, and a fresh open (what a crash would leave)
     // finds it.
-    assert_eq!(e.open().active_calls().unwrap(), vec![call("a", "mid", b"on_call")]);
+    assert_eq!(e.open().active_calls().unwrap(), vec![snapshot_row("mid", "on_call")]);
     for (owner, time) in [("alice", 1), ("bob", 2)] {
         let page = storage.page_records("a", owner, FIRST_PAGE, 10, PageOrder::Asc).unwrap();
-        assert_eq!(page.rows, vec![record("a", owner, "short", time)], "{owner}");
+        assert_eq!(page.rows, vec![record_row(owner, "short", time)], "{owner}");
     }
     assert_eq!(storage.max_sync_time().unwrap(), 2);
 
     // A fresh call ended in a later batch than its first save is removed by that batch.
-    writer.submit_all(vec![
-        record_op("alice", "mid", 3),
-        WriteOp::RemoveCalls(vec![("a".into(), "mid".into())]),
-    ]);
+    writer.submit_all(vec![record_op("alice", "mid", 3), forget("mid")]);
     writer.flush().unwrap();
     assert!(e.open().active_calls().unwrap().is_empty());
     writer.shutdown().unwrap();
@@ -681,23 +733,26 @@ fn batch_writer_writes_nothing_for_a_fresh_call_ended_in_its_batch() {
         save_call("short", "ended", false),
         WriteOp::RemoveCalls(vec![("a".into(), "short".into()), ("a".into(), "stored".into())]),
         save_call("again", "ringing", true),
-        WriteOp::RemoveCalls(vec![("a".into(), "again".into())]),
+        forget("again"),
         save_call("again", "back", false),
         save_call("put", "x", true),
         WriteOp::PutCalls(vec![call("a", "put", b"y")]),
-        WriteOp::RemoveCalls(vec![("a".into(), "put".into())]),
+        forget("put"),
         WriteOp::PutCalls(vec![call("a", "plain", b"y")]),
         save_call("plain", "x", true),
-        WriteOp::RemoveCalls(vec![("a".into(), "plain".into())]),
+        forget("plain"),
+        save_call("gone", "ringing", true),
+        forget("gone"),
     ]);
     writer.flush().unwrap();
-    assert_eq!(*storage.put_rows.lock().unwrap(), ["again=back"]);
+    assert_eq!(*storage.put_rows.lock().unwrap(), [shown("again", "back")]);
     // `again` was saved after its removal; `plain` was first written by a plain `PutCalls`,
-    // which does not say the call is fresh: their removals stay.
+    // which does not say the call is fresh: their removals stay. `gone`, fresh and forgotten
+    // in its batch, is written neither way.
     assert_eq!(*storage.removed.lock().unwrap(), ["stored", "again", "plain"]);
-    assert_eq!(storage.active_calls().unwrap(), vec![call("a", "again", b"back")]);
+    assert_eq!(storage.active_calls().unwrap(), vec![snapshot_row("again", "back")]);
     let page = storage.page_records("a", "alice", FIRST_PAGE, 10, PageOrder::Asc).unwrap();
-    assert_eq!(page.rows, vec![record("a", "alice", "short", 1)], "the records are written");
+    assert_eq!(page.rows, vec![record_row("alice", "short", 1)], "the records are written");
     writer.shutdown().unwrap();
 }
 
@@ -727,47 +782,30 @@ fn batch_writer_skips_snapshots_replaced_in_the_same_batch() {
     assert_eq!(storage.active_calls().unwrap(), vec![call("b", "long", b"ringing")]);
 }
 
-/// Deferred writes (`SaveCall`, `Record`) are encoded on the writer's thread, and a snapshot
-/// that a later op of its batch replaces or removes is never encoded.
+/// Records and snapshots handed over as the switchboard made them are encoded on the writer's
+/// thread into the rows a direct write would store, and a snapshot that a later op of its
+/// batch replaces or removes is never written.
 #[test]
-fn batch_writer_encodes_only_the_snapshots_it_writes() {
+fn batch_writer_writes_handed_over_values_as_their_rows() {
     let storage = Arc::new(Flaky::new());
     let writer = BatchWriter::spawn_with_delay(storage.clone(), std::time::Duration::from_secs(3600));
-    let encoded = Arc::new(Mutex::new(Vec::<String>::new()));
-    let save = |id: &str, state: &'static str| {
-        let (encoded, id_owned) = (encoded.clone(), id.to_owned());
-        WriteOp::SaveCall {
-            app_key: "a".into(),
-            call_id: id.into(),
-            fresh: false,
-            fence: 0,
-            body: Box::new(move || {
-                encoded.lock().unwrap().push(format!("{id_owned}={state}"));
-                state.as_bytes().to_vec()
-            }),
-        }
-    };
-    let record_op = WriteOp::Record {
-        app_key: "a".into(),
-        owner_id: "u".into(),
-        call_id: "short".into(),
-        sync_time: 7,
-        fence: 0,
-        body: Box::new(|| b"the record".to_vec()),
-    };
     writer.submit_all(vec![
-        save("short", "ringing"),
-        save("long", "ringing"),
-        save("short", "on_call"),
-        WriteOp::RemoveCalls(vec![("a".into(), "short".into())]),
-        record_op,
-        save("long", "on_call"),
+        save_call("short", "ringing", false),
+        save_call("long", "ringing", false),
+        save_call("short", "on_call", false),
+        forget("short"),
+        record_op("u", "short", 7),
+        save_call("long", "on_call", false),
     ]);
     writer.flush().unwrap();
-    assert_eq!(*encoded.lock().unwrap(), ["long=on_call"], "only the snapshot that is written is encoded");
-    assert_eq!(storage.active_calls().unwrap(), vec![call("a", "long", b"on_call")]);
+    assert_eq!(
+        *storage.put_rows.lock().unwrap(),
+        [shown("long", "on_call")],
+        "only the last snapshot is written"
+    );
+    assert_eq!(storage.active_calls().unwrap(), vec![snapshot_row("long", "on_call")]);
     let page = storage.page_records("a", "u", FIRST_PAGE, 10, PageOrder::Asc).unwrap();
-    assert_eq!(page.rows.iter().map(|r| r.body.as_slice()).collect::<Vec<_>>(), [b"the record".as_slice()]);
+    assert_eq!(page.rows, vec![record_row("u", "short", 7)]);
     writer.shutdown().unwrap();
 }
 

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use callplus_proto::v1 as pb;
 use callplus_session::switchboard::ConnId;
+use callplus_session::wire::FrameError;
 use callplus_session::{ClientBody, ClientFrame, Code, Error, OutFrame, Response, ServerBody, ServerFrame};
 use tokio::sync::{oneshot, watch};
 
@@ -50,8 +50,12 @@ pub(crate) struct Shared {
 
 /// The next thing a transport read from the device.
 pub(crate) enum Inbound {
-    /// A whole protobuf frame.
-    Frame(Box<pb::ClientFrame>),
+    /// A whole frame, converted from protobuf as it was read (boxed once, here: the driver's
+    /// input carries the same box on).
+    Frame(Box<ClientFrame>),
+    /// A whole protobuf frame that does not make a valid `ClientFrame` (a missing body, a bad
+    /// id): answered with an error, and the connection goes on.
+    Invalid(FrameError),
     /// The device ended its side cleanly.
     Closed,
     /// The transport cannot be read past this point. With an error, the device is told why
@@ -67,10 +71,8 @@ impl Inbound {
     /// Welcome and whatever else it was sent, and closes the connection.
     pub(crate) fn into_input(self, conn: ConnId) -> Input {
         match self {
-            Inbound::Frame(frame) => match ClientFrame::try_from(*frame) {
-                Ok(frame) => Input::Frame { conn, frame: Box::new(frame) },
-                Err(error) => Input::Invalid { conn, error },
-            },
+            Inbound::Frame(frame) => Input::Frame { conn, frame },
+            Inbound::Invalid(error) => Input::Invalid { conn, error },
             Inbound::Closed | Inbound::Broken(None) => Input::Lost { conn },
             Inbound::Broken(Some(error)) => {
                 tracing::debug!(conn, code = error.code.number(), message = %error.message, "stream error");
@@ -143,17 +145,14 @@ pub(crate) async fn run_connection(
             return refuse(&shared, out, 0, error).await;
         }
         Ok(Inbound::Frame(frame)) => *frame,
+        Ok(Inbound::Invalid(e)) => return refuse(&shared, out, e.request_id, e.error).await,
         Ok(Inbound::Closed | Inbound::Broken(None)) => return,
         Ok(Inbound::Broken(Some(error))) => return refuse(&shared, out, 0, error).await,
     };
     let request_id = first.request_id;
-    let hello = match ClientFrame::try_from(first) {
-        Ok(ClientFrame { body: ClientBody::Hello(hello), .. }) => hello,
-        Ok(_) => {
-            let error = Error::new(Code::InvalidState, "the first frame must be a Hello");
-            return refuse(&shared, out, request_id, error).await;
-        }
-        Err(e) => return refuse(&shared, out, request_id, e.error).await,
+    let ClientFrame { body: ClientBody::Hello(hello), .. } = first else {
+        let error = Error::new(Code::InvalidState, "the first frame must be a Hello");
+        return refuse(&shared, out, request_id, error).await;
     };
     let (app, user) = match shared.auth.authenticate(&hello.token, unix_secs()).await {
         Ok(who) => who,

@@ -26,7 +26,7 @@ use callplus_session::switchboard::{
     ConnId, FastMap, FastSet, NodeMessage, NodeOutput, OfflineEvent, Output, PushRequest, Query, QueryAnswer,
     QueryId, QueryResult, Switchboard, owner_node,
 };
-use callplus_session::wire::{self, FrameError, event_to_wire};
+use callplus_session::wire::{FrameError, event_to_wire};
 use callplus_session::{
     AppKey, CallId, CallInfo, CallRecord, ClientBody, ClientFrame, Code, DeviceId, Error, Hello,
     MediaPayload, OutFrame, RecordOrder, RecordPage, Response, ServerBody, ServerFrame, UserId,
@@ -41,7 +41,7 @@ use super::media_relay::SfuCommand;
 use super::metrics::{Metrics, ReasonLabel};
 use super::presence::{Note, PresenceQueue};
 use crate::cluster::Lease;
-use crate::storage::{BatchWriter, Encode, PageOrder, Storage, StorageError, WriteOp};
+use crate::storage::{BatchWriter, PageOrder, Storage, StorageError, WriteOp};
 
 /// How long a connecting device's stored events wait for its presence registration (a node
 /// of several; Redis commands time out after 2 s).
@@ -690,15 +690,9 @@ impl Driver {
                     let reason = end_reason_label(&record);
                     self.metrics.calls_ended.get_or_create(&ReasonLabel { reason }).inc();
                 }
-                // Encoded on the storage writer's thread (see `storage::Encode`).
-                self.writes.push(WriteOp::Record {
-                    app_key: app.as_str().to_owned(),
-                    owner_id: record.owner.as_str().to_owned(),
-                    call_id: record.call.call_id.as_str().to_owned(),
-                    sync_time: record.sync_time,
-                    fence: self.fence(&app, &record.call.call_id),
-                    body: Box::new(move || wire::call_record_to_vec(&record)),
-                });
+                // Encoded on the storage writer's thread (see `WriteOp::Record`).
+                let fence = self.fence(&app, &record.call.call_id);
+                self.writes.push(WriteOp::Record { app_key: app, record, fence });
             }
             Output::StoreOffline { app, user, event } => {
                 let (app_key, user_id) = (app.as_str().to_owned(), user.as_str().to_owned());
@@ -727,8 +721,7 @@ impl Driver {
                 });
             }
             Output::SaveCall { app, call } => {
-                let (app_key, call_id) = (app.as_str().to_owned(), call.call_id.as_str().to_owned());
-                let key = (app, call.call_id.clone());
+                let key = (app.clone(), call.call_id.clone());
                 // The first save of a call this process made: nothing of it is stored yet.
                 let fresh = !self.stored_calls.contains(&key);
                 let fence = self.fence(&key.0, &key.1);
@@ -740,7 +733,8 @@ impl Driver {
                     _ => None,
                 };
                 if let Some((routing, app, id)) = hold {
-                    routing.hold(app, id, Lease::first(routing.node(), &app_key, &call_id));
+                    let lease = Lease::first(routing.node(), app.as_str(), id.as_str());
+                    routing.hold(app, id, lease);
                 }
                 let first = self.known_calls.insert(key);
                 if first {
@@ -748,12 +742,10 @@ impl Driver {
                 }
                 let fresh = fresh && first;
                 // Encoded on the storage writer's thread, and only if no later write of its
-                // batch replaces it (see `storage::Encode`).
-                let body: Encode = Box::new(move || wire::call_info_to_vec(&call));
-                self.writes.push(WriteOp::SaveCall { app_key, call_id, fresh, fence, body });
+                // batch replaces it (see `WriteOp::SaveCall`).
+                self.writes.push(WriteOp::SaveCall { app_key: app, call, fresh, fence });
             }
             Output::ForgetCall { app, call_id } => {
-                let key = (app.as_str().to_owned(), call_id.as_str().to_owned());
                 let call = (app, call_id);
                 self.known_calls.remove(&call);
                 self.stored_calls.remove(&call);
@@ -761,7 +753,8 @@ impl Driver {
                 if let Some(routing) = &self.routing {
                     routing.drop_lease(call.0.clone(), call.1.clone());
                 }
-                self.writes.push(WriteOp::RemoveCalls(vec![key]));
+                let (app_key, call_id) = call;
+                self.writes.push(WriteOp::ForgetCall { app_key, call_id });
             }
             Output::Push(request) => match &self.push {
                 Some(push) => {
@@ -919,9 +912,9 @@ impl Driver {
     }
 }
 
-fn end_reason_label(record: &CallRecord) -> String {
+fn end_reason_label(record: &CallRecord) -> &'static str {
     let name = pb::EndReason::from(record.end_reason).as_str_name();
-    name.strip_prefix("END_REASON_").unwrap_or(name).to_owned()
+    name.strip_prefix("END_REASON_").unwrap_or(name)
 }
 
 fn internal(e: &StorageError) -> Error {
@@ -1119,7 +1112,9 @@ mod tests {
         // Connection 7's socket holds frames 100.., read by the driver itself.
         let (_transport, transport_closed) = oneshot::channel();
         let (_release, released) = oneshot::channel();
-        let read: Vec<Inbound> = (100..108).map(|id| Inbound::Frame(Box::new(frame(id)))).collect();
+        let read: Vec<Inbound> = (100..108)
+            .map(|id| Inbound::Frame(Box::new(ClientFrame::try_from(frame(id)).unwrap())))
+            .collect();
         let frames = Box::pin(futures_util::StreamExt::chain(
             futures_util::stream::iter(read),
             futures_util::stream::pending(),

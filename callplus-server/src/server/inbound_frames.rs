@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use callplus_proto::v1 as pb;
-use callplus_session::{Code, Error};
+use callplus_session::{ClientFrame, Code, Error};
 use futures_util::Stream;
 use prost::Message as _;
 use prost::bytes::BytesMut;
@@ -41,7 +41,7 @@ impl<T: PollFrames> Frames<T> {
             return Poll::Ready(Inbound::Closed);
         }
         let inbound = futures_util::ready!(self.inner.poll_frame(cx));
-        self.ended = !matches!(inbound, Inbound::Frame(_));
+        self.ended = !matches!(inbound, Inbound::Frame(_) | Inbound::Invalid(_));
         Poll::Ready(inbound)
     }
 }
@@ -88,7 +88,10 @@ pub(crate) fn release_after(buffer: &mut BytesMut, taken: usize) {
 /// device ("a binary message", "a gRPC message").
 pub(crate) fn decode_client_frame(message: &[u8], what: &str) -> Inbound {
     match pb::ClientFrame::decode(message) {
-        Ok(frame) => Inbound::Frame(Box::new(frame)),
+        Ok(frame) => match ClientFrame::try_from(frame) {
+            Ok(frame) => Inbound::Frame(Box::new(frame)),
+            Err(invalid) => Inbound::Invalid(invalid),
+        },
         Err(e) => {
             Inbound::Broken(Some(Error::new(Code::FrameInvalid, format!("{what} is not a ClientFrame: {e}"))))
         }
@@ -123,6 +126,15 @@ mod tests {
     }
 
     fn frame(request_id: u64) -> Inbound {
+        let body = Some(pb::client_frame::Body::Ping(pb::Ping {}));
+        decode_client_frame(
+            &pb::ClientFrame { request_id, body, ..Default::default() }.encode_to_vec(),
+            "a message",
+        )
+    }
+
+    /// A protobuf frame that is not a valid `ClientFrame` (here: no body).
+    fn invalid(request_id: u64) -> Inbound {
         decode_client_frame(
             &pb::ClientFrame { request_id, ..Default::default() }.encode_to_vec(),
             "a message",
@@ -132,9 +144,15 @@ mod tests {
     #[tokio::test]
     async fn the_frames_end_at_the_first_end_and_the_transport_is_not_read_past_it() {
         let error = Error::new(Code::FrameInvalid, "cut");
-        let script = VecDeque::from([frame(1), Inbound::Broken(Some(error)), frame(2)]);
+        let script = VecDeque::from([frame(1), invalid(5), frame(6), Inbound::Broken(Some(error)), frame(2)]);
         let mut frames = Frames::new(Scripted { script, polls_after_the_end: 0 });
         assert!(matches!(InboundFrames::next(&mut frames).await, Inbound::Frame(f) if f.request_id == 1));
+        // An invalid frame is answered, not an end: the frames go on after it.
+        assert!(matches!(
+            InboundFrames::next(&mut frames).await,
+            Inbound::Invalid(e) if e.request_id == 5 && e.error.code == Code::FrameInvalid
+        ));
+        assert!(matches!(InboundFrames::next(&mut frames).await, Inbound::Frame(f) if f.request_id == 6));
         assert!(
             matches!(StreamExt::next(&mut frames).await, Some(Inbound::Broken(Some(e))) if e.message == "cut")
         );

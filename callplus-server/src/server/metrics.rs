@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReasonLabel {
     /// The end reason as the creator saw it (`HANGUP`, `REMOTE_NO_RESPONSE`, …).
-    pub(crate) reason: String,
+    pub(crate) reason: &'static str,
 }
 
 /// Label of counters that count outcomes.

@@ -448,7 +448,8 @@ mod tests {
     async fn pings_are_answered_fragments_joined_and_a_close_ends_the_frames() {
         let (read, write, mut client) = socket_pair().await;
         let mut inbound = WsInbound::new(read, Arc::new(WsSink::new(write)));
-        let hello = pb::ClientFrame { request_id: 5, ..Default::default() }.encode_to_vec();
+        let body = Some(pb::client_frame::Body::Ping(pb::Ping {}));
+        let hello = pb::ClientFrame { request_id: 5, body, ..Default::default() }.encode_to_vec();
         let mut padded = hello.clone();
         // Unknown fields are skipped: a message long enough to be cut in three.
         padded.extend(pb::ClientFrame { seq: 9, ..Default::default() }.encode_to_vec());

@@ -22,8 +22,7 @@ pub use crate::token::AppCredentials;
 pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
 pub use writer::{
-    BatchWriter, DEFAULT_COMMIT_DELAY, DEFAULT_OUTAGE_WINDOW, Encode, OfflineReply, WRITER_THREAD_NAME,
-    WriteOp,
+    BatchWriter, DEFAULT_COMMIT_DELAY, DEFAULT_OUTAGE_WINDOW, OfflineReply, WRITER_THREAD_NAME, WriteOp,
 };
 
 /// The largest page [`Storage::page_records`] returns.

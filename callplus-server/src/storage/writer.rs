@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use callplus_session::switchboard::FastMap;
+use callplus_session::{AppKey, CallId, CallInfo, CallRecord, wire};
 
 use super::write_queue::{AbandonOnDrop, Msg, URGENT_OPS, WriteQueue};
 use super::{BatchOp, OpResult, Storage, StorageError};
@@ -51,14 +52,6 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// It must not block: with tokio, send the result through a `tokio::sync::oneshot` channel.
 pub type OfflineReply = Box<dyn FnOnce(Result<Vec<i64>, StorageError>) + Send + 'static>;
 
-/// Makes a row's encoded body on the writer thread, when the write is applied.
-///
-/// The driver hands over the value to store and a closure that encodes it, so the encoding
-/// (a protobuf conversion and `encode_to_vec`, about 9 % of the server's instructions per call
-/// cycle when the driver did it) leaves the single-threaded driver for the writer's thread, and
-/// a call snapshot replaced or removed later in the same batch is never encoded at all.
-pub type Encode = Box<dyn FnOnce() -> Vec<u8> + Send>;
-
 /// A write submitted to a [`BatchWriter`].
 pub enum WriteOp {
     /// Store call records (upsert), like [`Storage::append_records`].
@@ -85,39 +78,43 @@ pub enum WriteOp {
     },
     /// Store call snapshots (upsert), like [`Storage::put_active_calls`].
     PutCalls(Vec<super::CallRow>),
-    /// Store one call record (upsert) whose body is encoded when it is written.
+    /// Store one call record (upsert), as the switchboard made it.
+    ///
+    /// The record moves here whole and is encoded, and its row's keys made, on the writer's
+    /// thread when it is written: the single-threaded driver neither encodes (a protobuf
+    /// encoding, about 9 % of the server's instructions per call cycle when the driver did it)
+    /// nor allocates for it (docs/performance.md, "Storage writes handed over as they are").
     Record {
         /// The app the record belongs to.
-        app_key: String,
-        /// The user whose record it is.
-        owner_id: String,
-        /// The call's id.
-        call_id: String,
-        /// The record's sync time.
-        sync_time: i64,
+        app_key: AppKey,
+        /// The record; its owner, call and sync time make the row's key.
+        record: CallRecord,
         /// The call's owner's fencing token (see [`super::RecordRow::fence`]).
         fence: i64,
-        /// Encodes the record.
-        body: Encode,
     },
-    /// Store one call snapshot (upsert) whose body is encoded only if no later op of the same
-    /// batch replaces or removes it.
+    /// Store one call snapshot (upsert), as the switchboard made it: encoded on the writer's
+    /// thread, and only if no later op of the same batch replaces or removes it.
     SaveCall {
         /// The app the call belongs to.
-        app_key: String,
-        /// The call's id.
-        call_id: String,
+        app_key: AppKey,
+        /// The snapshot; its id is the row's key.
+        call: CallInfo,
         /// No snapshot of this call can be stored yet: this is the first save of a call this
         /// process made (not one read back from storage). When a later op of the same batch
         /// removes a fresh call, neither write is made: the table ends as it was.
         fresh: bool,
         /// The call's owner's fencing token (see [`super::CallRow::fence`]).
         fence: i64,
-        /// Encodes the snapshot.
-        body: Encode,
     },
     /// Remove call snapshots by `(app_key, call_id)`, like [`Storage::remove_active_calls`].
     RemoveCalls(Vec<(String, String)>),
+    /// Remove one call's snapshot, by the switchboard's ids (see [`WriteOp::Record`]).
+    ForgetCall {
+        /// The app the call belongs to.
+        app_key: AppKey,
+        /// The call.
+        call_id: CallId,
+    },
     /// Note that the server is running with live calls, like [`Storage::set_alive_mark`].
     AliveMark(i64),
 }
@@ -140,22 +137,25 @@ impl std::fmt::Debug for WriteOp {
                 .field("ids", ids)
                 .finish(),
             WriteOp::PutCalls(rows) => f.debug_tuple("PutCalls").field(&rows.len()).finish(),
-            WriteOp::Record { app_key, owner_id, call_id, sync_time, fence, body: _ } => f
+            WriteOp::Record { app_key, record, fence } => f
                 .debug_struct("Record")
                 .field("app_key", app_key)
-                .field("owner_id", owner_id)
-                .field("call_id", call_id)
-                .field("sync_time", sync_time)
+                .field("owner_id", &record.owner)
+                .field("call_id", &record.call.call_id)
+                .field("sync_time", &record.sync_time)
                 .field("fence", fence)
                 .finish(),
-            WriteOp::SaveCall { app_key, call_id, fresh, fence, body: _ } => f
+            WriteOp::SaveCall { app_key, call, fresh, fence } => f
                 .debug_struct("SaveCall")
                 .field("app_key", app_key)
-                .field("call_id", call_id)
+                .field("call_id", &call.call_id)
                 .field("fresh", fresh)
                 .field("fence", fence)
                 .finish(),
             WriteOp::RemoveCalls(keys) => f.debug_tuple("RemoveCalls").field(keys).finish(),
+            WriteOp::ForgetCall { app_key, call_id } => {
+                f.debug_struct("ForgetCall").field("app_key", app_key).field("call_id", call_id).finish()
+            }
             WriteOp::AliveMark(at_ms) => f.debug_tuple("AliveMark").field(at_ms).finish(),
         }
     }
@@ -172,14 +172,30 @@ impl WriteOp {
                 (BatchOp::RemoveOffline { app_key, user_id, ids }, None)
             }
             WriteOp::PutCalls(rows) => (BatchOp::PutCalls(rows), None),
-            WriteOp::Record { app_key, owner_id, call_id, sync_time, fence, body } => {
-                let row = super::RecordRow { app_key, owner_id, call_id, sync_time, body: body(), fence };
+            WriteOp::Record { app_key, record, fence } => {
+                let row = super::RecordRow {
+                    app_key: app_key.as_str().to_owned(),
+                    owner_id: record.owner.as_str().to_owned(),
+                    call_id: record.call.call_id.as_str().to_owned(),
+                    sync_time: record.sync_time,
+                    body: wire::call_record_to_vec(&record),
+                    fence,
+                };
                 (BatchOp::Records(vec![row]), None)
             }
-            WriteOp::SaveCall { app_key, call_id, fresh: _, fence, body } => {
-                (BatchOp::PutCalls(vec![super::CallRow { app_key, call_id, body: body(), fence }]), None)
+            WriteOp::SaveCall { app_key, call, fresh: _, fence } => {
+                let row = super::CallRow {
+                    app_key: app_key.as_str().to_owned(),
+                    call_id: call.call_id.as_str().to_owned(),
+                    body: wire::call_info_to_vec(&call),
+                    fence,
+                };
+                (BatchOp::PutCalls(vec![row]), None)
             }
             WriteOp::RemoveCalls(keys) => (BatchOp::RemoveCalls(keys), None),
+            WriteOp::ForgetCall { app_key, call_id } => {
+                (BatchOp::RemoveCalls(vec![(app_key.as_str().to_owned(), call_id.as_str().to_owned())]), None)
+            }
             WriteOp::AliveMark(at_ms) => (BatchOp::AliveMark(at_ms), None),
         }
     }
@@ -422,8 +438,8 @@ fn coalesce_saves(ops: &mut [WriteOp]) {
         let mut seen: FastMap<(&str, &str), Seen> = FastMap::default();
         for (i, op) in ops.iter().enumerate().rev() {
             match op {
-                WriteOp::SaveCall { app_key, call_id, fresh, .. } => {
-                    match seen.entry((app_key.as_str(), call_id.as_str())) {
+                WriteOp::SaveCall { app_key, call, fresh, .. } => {
+                    match seen.entry((app_key.as_str(), call.call_id.as_str())) {
                         Entry::Occupied(mut later) => {
                             later.get_mut().fresh_first = *fresh;
                             emptied.push(i);
@@ -453,6 +469,11 @@ fn coalesce_saves(ops: &mut [WriteOp]) {
                             .or_insert(Seen { removed_last: Some((i, j)), fresh_first: false });
                     }
                 }
+                WriteOp::ForgetCall { app_key, call_id } => {
+                    seen.entry((app_key.as_str(), call_id.as_str()))
+                        .and_modify(|s| s.fresh_first = false)
+                        .or_insert(Seen { removed_last: Some((i, 0)), fresh_first: false });
+                }
                 WriteOp::Records(_)
                 | WriteOp::Record { .. }
                 | WriteOp::Offline { .. }
@@ -475,6 +496,7 @@ fn coalesce_saves(ops: &mut [WriteOp]) {
         match ops.get_mut(i) {
             Some(WriteOp::PutCalls(rows)) if j < rows.len() => drop(rows.remove(j)),
             Some(WriteOp::RemoveCalls(keys)) if j < keys.len() => drop(keys.remove(j)),
+            Some(op @ WriteOp::ForgetCall { .. }) => *op = WriteOp::RemoveCalls(Vec::new()),
             _ => {}
         }
     }
