@@ -172,6 +172,7 @@ every_engine!(
     paging_250_records_both_orders,
     page_size_must_be_1_to_100,
     records_upsert_by_call,
+    one_record_by_owner_and_call,
     delete_by_ids_and_all,
     apps_are_isolated,
     offline_events_keep_order,
@@ -189,6 +190,25 @@ every_engine!(
     the_alive_mark_is_kept_and_written_in_batches,
     writes_with_an_older_fencing_token_change_nothing,
 );
+
+/// `record` finds exactly the owner's record of the call: not another owner's, app's or call's.
+fn one_record_by_owner_and_call(e: &dyn Engine) {
+    let s = e.open();
+    let rows = [
+        record("a", "alice", "c1", 1),
+        record("a", "bob", "c1", 2),
+        record("a", "alice", "c2", 3),
+        record("b", "alice", "c1", 4),
+    ];
+    s.append_records(&rows).unwrap();
+    assert_eq!(s.record("a", "alice", "c1").unwrap(), Some(rows[0].clone()));
+    assert_eq!(s.record("a", "bob", "c1").unwrap(), Some(rows[1].clone()));
+    assert_eq!(s.record("b", "alice", "c1").unwrap(), Some(rows[3].clone()));
+    assert_eq!(s.record("a", "carol", "c1").unwrap(), None);
+    assert_eq!(s.record("a", "bob", "c2").unwrap(), None);
+    assert_eq!(s.delete_records("a", "alice", &["c1".to_owned()]).unwrap(), 1);
+    assert_eq!(s.record("a", "alice", "c1").unwrap(), None);
+}
 
 /// Fencing: what a call's successor wrote (a larger token) is never overwritten by its former
 /// owner's late writes (a smaller one), whichever way they reach storage; writes with the same
@@ -921,6 +941,9 @@ impl Storage for Flaky {
         order: PageOrder,
     ) -> Result<RecordPage, StorageError> {
         self.inner.page_records(app_key, owner_id, sync_time, count, order)
+    }
+    fn record(&self, a: &str, o: &str, call_id: &str) -> Result<Option<RecordRow>, StorageError> {
+        self.inner.record(a, o, call_id)
     }
     fn delete_records(&self, a: &str, o: &str, ids: &[String]) -> Result<u64, StorageError> {
         self.inner.delete_records(a, o, ids)

@@ -379,8 +379,25 @@ async fn a_server_restart_keeps_records_and_ends_the_interrupted_call() {
             Ok(info) => assert!(info.is_ended(), "{user}: the interrupted call is not live: {info:?}"),
             Err(e) => assert_eq!(e.code, Code::CallNotFound, "{user}: {e}"),
         }
+        // The call that ended before the restart is not in the restarted server's memory:
+        // GetCall answers from the user's own record of it, the call as it ended.
+        let info = party.client.get_call(&done).await.expect("an ended call, from the record");
+        assert_eq!(info.call_id, done, "{user}");
+        assert!(info.is_ended() && info.started_at_ms.is_some(), "{user}: {info:?}");
+        let users: Vec<_> = info.participants.iter().map(|p| p.user_id.as_str()).collect();
+        assert_eq!(users, ["alice", "bob"], "{user}");
+        if user == "bob" {
+            // Without the record, the call is not found, as for a stranger.
+            party.client.delete_call_records(vec![done.clone()]).await.expect("delete");
+            let gone = party.client.get_call(&done).await.expect_err("no record, no call");
+            assert_eq!(gone.code, Code::CallNotFound);
+        }
         party.finish().await;
     }
+    let carol = second.user("carol").await;
+    let stranger = carol.client.get_call(&done).await.expect_err("a stranger finds no call");
+    assert_eq!(stranger.code, Code::CallNotFound);
+    carol.finish().await;
     // And the restarted server serves calls.
     let mut alice = second.user("alice").await;
     let mut bob = second.user("bob").await;

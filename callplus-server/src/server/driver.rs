@@ -963,6 +963,18 @@ fn run_query(
                 sync_time: page.sync_time,
             }))
         }
+        Query::EndedCall { call_id } => {
+            let row =
+                storage.record(app.as_str(), user.as_str(), call_id.as_str()).map_err(|e| internal(&e))?;
+            let call = row.and_then(|row| match decode_record(&row.body) {
+                Ok(record) => Some(record.call),
+                Err(e) => {
+                    tracing::error!(call = %row.call_id, error = %e, "an undecodable record");
+                    None
+                }
+            });
+            Ok(QueryAnswer::EndedCall(call))
+        }
         Query::DeleteRecords { call_ids } => {
             let ids: Vec<String> = call_ids.iter().map(|c| c.as_str().to_owned()).collect();
             storage.delete_records(app.as_str(), user.as_str(), &ids).map_err(|e| internal(&e))?;

@@ -253,6 +253,11 @@ pub trait Storage: Send + Sync + 'static {
         order: PageOrder,
     ) -> Result<RecordPage, StorageError>;
 
+    /// The user's record of one call, if there is one (`GetCall` of a call no longer held in
+    /// memory: the record holds the call as it ended).
+    fn record(&self, app_key: &str, owner_id: &str, call_id: &str)
+    -> Result<Option<RecordRow>, StorageError>;
+
     /// Deletes the user's records of the given calls; returns how many were deleted.
     fn delete_records(&self, app_key: &str, owner_id: &str, call_ids: &[String])
     -> Result<u64, StorageError>;

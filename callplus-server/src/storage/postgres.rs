@@ -506,6 +506,37 @@ impl Storage for PostgresStorage {
         Ok(RecordPage { rows, has_more, sync_time: next })
     }
 
+    fn record(
+        &self,
+        app_key: &str,
+        owner_id: &str,
+        call_id: &str,
+    ) -> Result<Option<RecordRow>, StorageError> {
+        let (app_key, owner_id, call_id) = (app_key.to_owned(), owner_id.to_owned(), call_id.to_owned());
+        self.run(|inner| async move {
+            let client = inner.read_client().await?;
+            let found = client
+                .query_opt(
+                    "SELECT sync_time, body, fence FROM records
+                     WHERE app_key = $1 AND call_id = $2 AND owner_id = $3",
+                    &[&app_key, &call_id, &owner_id],
+                )
+                .await?;
+            found
+                .map(|r| {
+                    Ok(RecordRow {
+                        sync_time: r.try_get(0)?,
+                        body: r.try_get(1)?,
+                        fence: r.try_get(2)?,
+                        app_key,
+                        owner_id,
+                        call_id,
+                    })
+                })
+                .transpose()
+        })
+    }
+
     fn delete_records(
         &self,
         app_key: &str,

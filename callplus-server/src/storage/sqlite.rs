@@ -528,6 +528,32 @@ impl Storage for SqliteStorage {
         Ok(RecordPage { rows, has_more, sync_time: next })
     }
 
+    fn record(
+        &self,
+        app_key: &str,
+        owner_id: &str,
+        call_id: &str,
+    ) -> Result<Option<RecordRow>, StorageError> {
+        let conn = self.read_conn();
+        // The key `(app_key, call_id, owner_id)` finds it in one seek.
+        let mut stmt = conn.prepare_cached(
+            "SELECT sync_time, body, fence FROM records WHERE app_key = ?1 AND call_id = ?2 AND owner_id = ?3",
+        )?;
+        let row = stmt
+            .query_row(params![app_key, call_id, owner_id], |r| {
+                Ok(RecordRow {
+                    app_key: app_key.to_owned(),
+                    owner_id: owner_id.to_owned(),
+                    call_id: call_id.to_owned(),
+                    sync_time: r.get(0)?,
+                    body: r.get(1)?,
+                    fence: r.get(2)?,
+                })
+            })
+            .optional()?;
+        Ok(row)
+    }
+
     fn delete_records(
         &self,
         app_key: &str,

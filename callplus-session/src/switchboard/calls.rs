@@ -844,7 +844,17 @@ impl Switchboard {
         Ok(())
     }
 
+    /// A call the switchboard holds is answered from memory. One it does not hold (ended and
+    /// past its retention, or never made here) is looked up in the requester's records: every
+    /// participant's record of an ended call holds the call as it ended, so memory holds ended
+    /// calls only briefly (`ended_call_retention_ms`) while a device woken by a late push can
+    /// still learn that its call ended. A stranger to a held call is told it is not found, as
+    /// a stranger has no record to find.
     fn get_call(&mut self, ctx: &Ctx, rid: u64, id: &CallId) -> Result<(), Error> {
+        if !self.calls.contains_key(id) {
+            self.query(ctx, rid, Query::EndedCall { call_id: id.clone() });
+            return Ok(());
+        }
         let (call, _) = find(&mut self.calls, ctx, id)?;
         let snapshot = call.snapshot();
         self.net.respond(ctx.sk, rid, Ok(ResponseBody::Call(snapshot)));

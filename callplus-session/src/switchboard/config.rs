@@ -64,7 +64,12 @@ pub struct SwitchboardConfig {
     pub requests_per_second: u32,
     /// Burst of requests allowed per device above the sustained rate.
     pub request_burst: u32,
-    /// How long an ended call can still be looked up with GetCall.
+    /// How long an ended call stays in memory, answered from there by GetCall. After it, GetCall
+    /// asks storage for the requester's record of the call ([`Query::EndedCall`]), which holds
+    /// the call as it ended: held for ten minutes, ended calls took about 1 KiB each, 600 MB at
+    /// 1,000 calls/s (docs/performance.md, "Ended calls answered from the records").
+    ///
+    /// [`Query::EndedCall`]: super::Query::EndedCall
     pub ended_call_retention_ms: u32,
     /// This node's id in a deployment of several nodes; empty for a single node. It leads every
     /// call and session id this switchboard mints, so nodes started in the same millisecond
@@ -158,7 +163,7 @@ impl Default for SwitchboardConfig {
             max_devices_per_user: 16,
             requests_per_second: 50,
             request_burst: 200,
-            ended_call_retention_ms: 600_000,
+            ended_call_retention_ms: 30_000,
             node_id: String::new(),
             media_recovery_ms: MEDIA_RECOVERY_MS,
         }

@@ -375,6 +375,10 @@ impl Switchboard {
                 let result = result.and_then(|answer| match answer {
                     QueryAnswer::Records(page) => Ok(ResponseBody::Records(page)),
                     QueryAnswer::Deleted => Ok(ResponseBody::Empty),
+                    // Not found, as a stranger to the call is told (`calls::find`).
+                    QueryAnswer::EndedCall(call) => {
+                        call.map(ResponseBody::Call).ok_or_else(|| Error::from_code(Code::CallNotFound))
+                    }
                     QueryAnswer::OfflineEvents(_) => {
                         Err(Error::new(Code::Internal, "a request got offline events"))
                     }

@@ -60,6 +60,13 @@ pub enum Query {
     },
     /// Delete all of the user's records.
     DeleteAllRecords,
+    /// The user's own record of a call the switchboard no longer holds (`GetCall` after the
+    /// ended call's retention): the call as it ended, or nothing for a call the user was never
+    /// in (or whose record the user deleted).
+    EndedCall {
+        /// The call.
+        call_id: CallId,
+    },
     /// The user's stored offline events, oldest first, for a device that just connected. The
     /// driver runs it after every storage write queued before it, so an event stored before
     /// the device connected is in the answer; later ones go to the device directly.
@@ -75,6 +82,8 @@ pub enum QueryAnswer {
     Deleted,
     /// The user's stored offline events.
     OfflineEvents(Vec<OfflineEvent>),
+    /// The call as it ended, from the user's record of it ([`Query::EndedCall`]).
+    EndedCall(Option<CallInfo>),
 }
 
 /// Something the driver must do.

@@ -1928,8 +1928,10 @@ fn rejected_participant_can_still_look_the_call_up() {
     assert_eq!(code(h.hangup(c, &id)), Code::NotInCall);
 }
 
+/// An ended call is held in memory for its retention, then forgotten; `GetCall` then asks the
+/// requester's record of it, which has the call as it ended.
 #[test]
-fn retention_forgets_ended_calls() {
+fn retention_forgets_ended_calls_and_get_call_then_asks_the_records() {
     let mut h = H::new(SwitchboardConfig {
         ended_call_retention_ms: 10_000,
         push_enabled: false,
@@ -1937,10 +1939,42 @@ fn retention_forgets_ended_calls() {
     });
     let (a, b, id) = h.connected_pair();
     ok(h.hangup(a, &id));
-    assert!(h.req(b, Request::GetCall { call_id: id.clone() }).is_ok());
+    let Ok(ResponseBody::Call(held)) = h.req(b, Request::GetCall { call_id: id.clone() }) else {
+        panic!("a held call is answered from memory")
+    };
+    assert!(held.is_ended());
+    assert!(h.outputs().iter().all(|o| !matches!(o, Output::Query { .. })), "no storage query for it");
     h.advance_pinging(10_000, &[a, b]);
-    assert_eq!(code(h.req(b, Request::GetCall { call_id: id.clone() })), Code::CallNotFound);
     assert!(h.sb.call(&app(), &id).is_none());
+
+    // What storage has for the requester: the call as it ended, or no record at all.
+    for (stored, want) in
+        [(Some(held.clone()), Ok(ResponseBody::Call(held.clone()))), (None, Err(Code::CallNotFound))]
+    {
+        h.outputs();
+        let frame = h.frame(b, ClientBody::Request(Request::GetCall { call_id: id.clone() }), true);
+        let rid = frame.request_id;
+        h.send_frame(b, frame);
+        assert!(h.response(b, rid).is_none(), "answered once storage is asked");
+        let asked: Vec<_> = h
+            .outputs()
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Query { id: query, app, user, query: Query::EndedCall { call_id } } => {
+                    Some((query, app, user, call_id))
+                }
+                _ => None,
+            })
+            .collect();
+        let [(query, asked_app, asked_user, asked_call)] = asked.as_slice() else {
+            panic!("one record lookup: {asked:?}")
+        };
+        assert_eq!((asked_app, asked_user, asked_call), (&app(), &uid("bob"), &id));
+        h.sb.complete_query(h.now, *query, Ok(QueryAnswer::EndedCall(stored)));
+        h.drain();
+        let got = h.response(b, rid).unwrap_or_else(|| panic!("a response")).map_err(|e| e.code);
+        assert_eq!(got, want);
+    }
 }
 
 #[test]

@@ -170,6 +170,11 @@ impl SimStorage {
                 }
                 Ok(QueryAnswer::Deleted)
             }
+            Query::EndedCall { call_id } => {
+                let record =
+                    self.records.get(&key).and_then(|r| r.values().find(|r| &r.call.call_id == call_id));
+                Ok(QueryAnswer::EndedCall(record.map(|r| r.call.clone())))
+            }
             Query::OfflineEvents => Ok(QueryAnswer::OfflineEvents(self.offline_for(app, user))),
             Query::DeleteAllRecords => {
                 self.records.remove(&key);

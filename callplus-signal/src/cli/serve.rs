@@ -179,8 +179,9 @@ pub struct ServeArgs {
     /// Burst of requests allowed per device above the sustained rate.
     #[arg(long, env = "CALLPLUS_REQUEST_BURST", default_value_t = 200)]
     pub request_burst: u32,
-    /// How long an ended call can still be looked up (GetCall).
-    #[arg(long, env = "CALLPLUS_ENDED_CALL_RETENTION", default_value = "10m", value_parser = parse_duration)]
+    /// How long an ended call is kept in memory for GetCall; later, GetCall answers from the
+    /// requester's call record.
+    #[arg(long, env = "CALLPLUS_ENDED_CALL_RETENTION", default_value = "30s", value_parser = parse_duration)]
     pub ended_call_retention: Duration,
     /// How long a new stream may take to send its Hello.
     #[arg(long, env = "CALLPLUS_HELLO_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
