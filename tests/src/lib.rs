@@ -140,20 +140,46 @@ pub struct TestServer {
 /// One HTTP/1.1 GET to the server's device port: the status line, the headers (lower-cased
 /// names) and the body.
 pub async fn http_get(server: &TestServer, path: &str) -> (String, Vec<(String, String)>, Vec<u8>) {
+    http_request(server, &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"))
+        .await
+}
+
+/// `request`, written as it is to the server's device port, and the response as [`http_get`]
+/// gives it: the body as long as its `Content-Length`, or up to the end of the connection.
+pub async fn http_request(server: &TestServer, request: &str) -> (String, Vec<(String, String)>, Vec<u8>) {
     let mut tcp = TcpStream::connect(server.addr()).await.expect("the device port accepts");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.expect("the request is written");
     let mut raw = Vec::new();
-    timeout(WAIT, tcp.read_to_end(&mut raw)).await.expect("the response in time").expect("readable");
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete response");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap_or_default().to_owned();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, raw[split + 4..].to_vec())
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+                let mut lines = head.split("\r\n");
+                let status = lines.next().unwrap_or_default().to_owned();
+                let headers: Vec<(String, String)> = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                    .collect();
+                let length = http_header(&headers, "content-length").and_then(|v| v.parse::<usize>().ok());
+                if let Some(length) = length
+                    && raw.len() >= split + 4 + length
+                {
+                    return (status, headers, raw[split + 4..split + 4 + length].to_vec());
+                }
+                let n = tcp.read(&mut chunk).await.expect("readable");
+                if n == 0 {
+                    return (status, headers, raw[split + 4..].to_vec());
+                }
+                raw.extend_from_slice(&chunk[..n]);
+                continue;
+            }
+            let n = tcp.read(&mut chunk).await.expect("readable");
+            assert!(n > 0, "the connection closed before a whole response head");
+            raw.extend_from_slice(&chunk[..n]);
+        }
+    };
+    timeout(WAIT, read).await.expect("the response in time")
 }
 
 /// The value of header `name` (lower-case) in [`http_get`]'s headers.

@@ -251,8 +251,22 @@ async fn websocket_protocol_errors_are_refused_with_a_code() {
         assert_eq!(R::try_from(r.code), Ok(R::FrameInvalid), "{what}: {r:?}");
         assert!(r.message.contains("WebSocket protocol error"), "{what}: {}", r.message);
     }
-    let (status, _, body) = http_get(&server, callplus_signal::server::WEBSOCKET_PATH).await;
+    let path = callplus_signal::server::WEBSOCKET_PATH;
+    let (status, _, body) = http_get(&server, path).await;
     assert!(status.starts_with("HTTP/1.1 400"), "not a handshake: {status}");
+    assert!(!body.is_empty(), "the refusal says why");
+    let handshake = |method: &str, version: &str| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+    };
+    let (status, _, _) = http_request(&server, &handshake("POST", "13")).await;
+    assert!(status.starts_with("HTTP/1.1 405"), "a handshake is a GET: {status}");
+    let (status, headers, body) = http_request(&server, &handshake("GET", "8")).await;
+    assert!(status.starts_with("HTTP/1.1 426"), "another WebSocket version: {status}");
+    assert_eq!(http_header(&headers, "sec-websocket-version"), Some("13"), "the version it speaks");
     assert!(!body.is_empty(), "the refusal says why");
     still_serves(&server).await;
     server.shutdown().await;
