@@ -791,7 +791,8 @@ async fn a_caller_cannot_accept_her_own_outgoing_call() {
 /// gRPC messages no gRPC library sends, on a stream opened by hand over HTTP/2: a message
 /// flagged compressed (no compression is ever negotiated) and a request stream that ends
 /// inside a message. Each is answered with FRAME_INVALID (request id 0), then the response
-/// ends with `grpc-status: 0`, as after any frame the server cannot read.
+/// ends with `grpc-status: 0`, as after any frame the server cannot read. A request that is not
+/// gRPC at all (another content type) gets HTTP 415.
 #[tokio::test]
 async fn grpc_messages_that_break_the_framing_get_frame_invalid() {
     use http_body_util::BodyExt as _;
@@ -832,5 +833,21 @@ async fn grpc_messages_that_break_the_framing_get_frame_invalid() {
         assert_eq!(R::try_from(r.code), Ok(R::FrameInvalid), "{what}: {r:?}");
         assert_eq!(r.request_id, 0, "{what}");
     }
+
+    // A request that is not gRPC is refused as gRPC's protocol asks, with HTTP 415, not the
+    // 200 of a gRPC error a plain HTTP client would take for success.
+    let tcp = tokio::net::TcpStream::connect(server.addr()).await.expect("the device port accepts");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let request = hyper::Request::post(format!("http://{}/callplus.v1.Signal/Connect", server.addr()))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .expect("a request");
+    let response =
+        timeout(WAIT, sender.send_request(request)).await.expect("answered in time").expect("answered");
+    assert_eq!(response.status(), hyper::StatusCode::UNSUPPORTED_MEDIA_TYPE);
     server.shutdown().await;
 }

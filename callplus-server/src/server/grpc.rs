@@ -61,6 +61,9 @@ pub(crate) async fn unimplemented() -> Response {
 /// `Signal.Connect`: the response's headers at once, then the connection's frames as they are
 /// queued, then `grpc-status: 0` once the driver lets go of the connection.
 async fn connect(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    if !is_grpc(request.headers()) {
+        return unsupported_media_type();
+    }
     // Served through axum (see `device_port`), which hands every request its connection's info
     // (the peer, and the flag an authenticated Hello sets) as `ConnectInfo`.
     let info = request.extensions().get::<axum::extract::ConnectInfo<ConnInfo>>().map(|info| info.0.clone());
@@ -74,6 +77,22 @@ async fn connect(State(shared): State<Arc<Shared>>, request: Request) -> Respons
     let mut response = Response::new(Body::new(body));
     *response.status_mut() = StatusCode::OK;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(GRPC_CONTENT_TYPE));
+    response
+}
+
+/// Whether the request says it carries gRPC (`application/grpc`, `application/grpc+proto`,
+/// `application/grpc;…`).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.strip_prefix(GRPC_CONTENT_TYPE).is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+    })
+}
+
+/// gRPC's answer to a request that is not gRPC (HTTP 415), so that a plain HTTP client does not
+/// take the `200` of a gRPC error for success.
+fn unsupported_media_type() -> Response {
+    let mut response = Response::new(Body::from("Signal.Connect takes application/grpc\n"));
+    *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
     response
 }
 
@@ -179,6 +198,22 @@ mod tests {
 
     use super::super::outbound::outbound;
     use super::*;
+
+    #[test]
+    fn only_grpc_content_types_are_grpc() {
+        let typed = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            is_grpc(&headers)
+        };
+        for grpc in ["application/grpc", "application/grpc+proto", "application/grpc;charset=utf-8"] {
+            assert!(typed(grpc), "{grpc}");
+        }
+        for other in ["application/json", "application/grpc-web", "application/grpcx", "text/plain"] {
+            assert!(!typed(other), "{other}");
+        }
+        assert!(!is_grpc(&HeaderMap::new()), "no content type");
+    }
 
     fn frame(seq: u64) -> OutFrame {
         let kicked = Event::Kicked { reason: EndReason::Hangup, message: format!("frame {seq}") };
