@@ -400,6 +400,32 @@ mod routing {
         assert_eq!(from_b.records[0].call.call_id, call);
     }
 
+    /// A call its owner node has ended and since forgotten (past the retention) is still
+    /// answered to a participant on another node: the request goes to the owner, which finds
+    /// the participant's record in the shared database.
+    #[test]
+    fn an_ended_call_past_its_retention_is_answered_from_the_shared_records() {
+        let mut c = cluster();
+        let alice = c.add_device(A, "alice", "alice-phone");
+        let bob = c.add_device(B, "bob", "bob-phone");
+        let call = start(&mut c, A, alice, &["bob"], CallType::Single);
+        rings(&mut c, B, bob, &call);
+        accept(&mut c, B, bob, &call);
+        hangup(&mut c, A, alice, &call);
+        c.settle();
+        c.run_for(31_000);
+        assert!(c.nodes[A].switchboard.call(&default_app(), &call).is_none(), "forgotten by its owner");
+        let now = c.device_now(B, bob);
+        let id = c.nodes[B].devices[bob].engine.get_call(now, &call).expect("asked");
+        match c.wait_request(B, bob, id) {
+            Ok(ResponseBody::Call(info)) => {
+                assert_eq!(info.call_id, call);
+                assert!(info.is_ended(), "{info:?}");
+            }
+            other => panic!("get_call answered {other:?}"),
+        }
+    }
+
     #[test]
     fn a_callee_ringing_on_two_nodes_stops_on_the_other_when_one_answers() {
         let mut c = cluster();
