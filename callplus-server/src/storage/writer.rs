@@ -430,6 +430,17 @@ fn coalesce_saves(ops: &mut [WriteOp]) {
         /// The key's earliest op so far (backwards) is a fresh `SaveCall`.
         fresh_first: bool,
     }
+    /// A removal of `key` at `(op, position in the op)`, seen going backwards: the key's last
+    /// op if none was seen before it; otherwise its earliest op so far, which is not a save.
+    fn removal<'k>(
+        seen: &mut FastMap<(&'k str, &'k str), Seen>,
+        key: (&'k str, &'k str),
+        at: (usize, usize),
+    ) {
+        seen.entry(key)
+            .and_modify(|s| s.fresh_first = false)
+            .or_insert(Seen { removed_last: Some(at), fresh_first: false });
+    }
     let mut emptied = Vec::new();
     let mut dropped: Vec<(usize, usize)> = Vec::new();
     {
@@ -464,15 +475,11 @@ fn coalesce_saves(ops: &mut [WriteOp]) {
                 }
                 WriteOp::RemoveCalls(keys) => {
                     for (j, (app_key, call_id)) in keys.iter().enumerate().rev() {
-                        seen.entry((app_key.as_str(), call_id.as_str()))
-                            .and_modify(|s| s.fresh_first = false)
-                            .or_insert(Seen { removed_last: Some((i, j)), fresh_first: false });
+                        removal(&mut seen, (app_key.as_str(), call_id.as_str()), (i, j));
                     }
                 }
                 WriteOp::ForgetCall { app_key, call_id } => {
-                    seen.entry((app_key.as_str(), call_id.as_str()))
-                        .and_modify(|s| s.fresh_first = false)
-                        .or_insert(Seen { removed_last: Some((i, 0)), fresh_first: false });
+                    removal(&mut seen, (app_key.as_str(), call_id.as_str()), (i, 0));
                 }
                 WriteOp::Records(_)
                 | WriteOp::Record { .. }
