@@ -340,8 +340,12 @@ impl Client {
         let body =
             self.request(move |e, now| e.start_call(now, &callees, call_type, media_type, options)).await?;
         match body {
-            ResponseBody::Started { call, busy } => Ok(StartedCall { call, busy_users: busy }),
-            ResponseBody::Call(call) => Ok(StartedCall { call, busy_users: Vec::new() }),
+            ResponseBody::Started { call, busy } => {
+                Ok(StartedCall { call: Arc::unwrap_or_clone(call), busy_users: busy })
+            }
+            ResponseBody::Call(call) => {
+                Ok(StartedCall { call: Arc::unwrap_or_clone(call), busy_users: Vec::new() })
+            }
             other => Err(unexpected("start_call", &other)),
         }
     }
@@ -590,7 +594,7 @@ impl Client {
     pub async fn get_call(&self, call_id: &CallId) -> Result<CallInfo, Error> {
         let call_id = call_id.clone();
         match self.request(move |e, now| e.get_call(now, &call_id)).await? {
-            ResponseBody::Call(call) => Ok(call),
+            ResponseBody::Call(call) => Ok(Arc::unwrap_or_clone(call)),
             other => Err(unexpected("get_call", &other)),
         }
     }

@@ -611,7 +611,7 @@ impl Record {
         Record {
             owner: cstring(inner.owner.as_str()),
             inviter: inner.inviter.as_ref().map(|u| cstring(u.as_str())),
-            call: Info::new(inner.call.clone()),
+            call: Info::new(CallInfo::clone(&inner.call)),
             inner,
         }
     }

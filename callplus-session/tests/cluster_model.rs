@@ -147,8 +147,13 @@ fn take_over(
     order: &[usize],
 ) -> Vec<(usize, CallId, u64)> {
     let mut ended = Vec::new();
-    let orphans: Vec<(AppKey, CallInfo)> =
-        nodes[lost].sim.storage.calls.iter().map(|((app, _), info)| (app.clone(), info.clone())).collect();
+    let orphans: Vec<(AppKey, CallInfo)> = nodes[lost]
+        .sim
+        .storage
+        .calls
+        .iter()
+        .map(|((app, _), info)| (app.clone(), CallInfo::clone(info)))
+        .collect();
     for (app, info) in orphans {
         for &idx in order {
             let now = nodes[idx].sim.now;
@@ -157,7 +162,7 @@ fn take_over(
             // Read the snapshot again under the lease: a node that read the table before another
             // ended the call (and released its lease) must not end it a second time.
             let key = (app.clone(), info.call_id.clone());
-            let Some(info) = nodes[lost].sim.storage.calls.get(&key).cloned() else {
+            let Some(info) = nodes[lost].sim.storage.calls.get(&key).map(|info| CallInfo::clone(info)) else {
                 assert!(redis.release(now, key.1.as_str(), &name, token));
                 continue;
             };
@@ -458,7 +463,7 @@ mod routing {
         let daves = match c.wait_request(A, dave, rid) {
             Ok(ResponseBody::Started { call, busy }) => {
                 assert_eq!(busy, [user("bob")]);
-                call.call_id
+                call.call_id.clone()
             }
             other => panic!("{other:?}"),
         };
@@ -522,7 +527,7 @@ mod routing {
             .start_call(now, &["dave"], CallType::Single, MediaType::Audio, options)
             .unwrap();
         let call = match c.wait_request(A, alice, rid) {
-            Ok(ResponseBody::Started { call, .. }) => call.call_id,
+            Ok(ResponseBody::Started { call, .. }) => call.call_id.clone(),
             other => panic!("{other:?}"),
         };
         let call2 = call.clone();
@@ -844,7 +849,7 @@ mod stale_presence {
             .start_call(now, &["dave"], CallType::Single, MediaType::Audio, options)
             .unwrap();
         let call = match c.wait_request(0, alice, rid) {
-            Ok(ResponseBody::Started { call, .. }) => call.call_id,
+            Ok(ResponseBody::Started { call, .. }) => call.call_id.clone(),
             other => panic!("{other:?}"),
         };
         c.run_until(1_000, "the owner forgets the stale session", |c| {

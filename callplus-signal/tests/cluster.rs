@@ -63,7 +63,7 @@ fn reason(event: &Event) -> Option<EndReason> {
 
 async fn record_ids(client: &Client) -> Vec<CallId> {
     let page = client.get_call_records(-1, 20, RecordOrder::Desc).await.expect("records");
-    page.records.into_iter().map(|r| r.call.call_id).collect()
+    page.records.into_iter().map(|r| r.call.call_id.clone()).collect()
 }
 
 /// The user's record ids once they are `expected`. The call's owner writes the records through

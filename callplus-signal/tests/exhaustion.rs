@@ -139,7 +139,7 @@ fn record(owner: &str, n: usize, extra: usize) -> RecordRow {
     let sync_time = i64::try_from(n).unwrap() + 1;
     let record = CallRecord {
         owner: owner_id,
-        call,
+        call: call.into(),
         inviter: None,
         end_reason: EndReason::Hangup,
         direction: Direction::Outgoing,

@@ -45,7 +45,7 @@ async fn wait_for(events: &mut EventStream, what: &str, pred: impl Fn(&Event) ->
 
 async fn record_ids(client: &Client) -> Vec<CallId> {
     let page = client.get_call_records(-1, 10, RecordOrder::Desc).await.expect("records");
-    page.records.into_iter().map(|r| r.call.call_id).collect()
+    page.records.into_iter().map(|r| r.call.call_id.clone()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,7 +78,7 @@ fn shown(id: &str, state: &str) -> String {
 fn call_record(owner: &str, id: &str, sync_time: i64) -> CallRecord {
     CallRecord {
         owner: UserId::new(owner).unwrap(),
-        call: snapshot(id, "ended"),
+        call: snapshot(id, "ended").into(),
         inviter: None,
         end_reason: EndReason::Hangup,
         direction: Direction::Outgoing,
@@ -239,7 +239,7 @@ fn writes_with_an_older_fencing_token_change_nothing(e: &dyn Engine) {
     writer.submit(WriteOp::Record { app_key: app_a(), record: call_record("bob", "node-a_1", 32), fence: 1 });
     writer.submit(WriteOp::SaveCall {
         app_key: app_a(),
-        call: snapshot("node-a_2", "stale"),
+        call: snapshot("node-a_2", "stale").into(),
         fresh: false,
         fence: 1,
     });
@@ -689,7 +689,7 @@ fn apply_batch_raises_the_highest_sync_time_to_the_batchs(e: &dyn Engine) {
 
 /// A snapshot of call `id` in `state`, encoded when written.
 fn save_call(id: &str, state: &str, fresh: bool) -> WriteOp {
-    WriteOp::SaveCall { app_key: app_a(), call: snapshot(id, state), fresh, fence: 0 }
+    WriteOp::SaveCall { app_key: app_a(), call: snapshot(id, state).into(), fresh, fence: 0 }
 }
 
 /// A record of `owner` for call `id`, encoded when written.

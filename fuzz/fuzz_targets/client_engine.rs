@@ -191,9 +191,11 @@ fn info(t: &Template, now: i64) -> CallInfo {
 
 fn event(e: &Ev, now: i64) -> Event {
     match e {
-        Ev::Incoming { call, inviter } => {
-            Event::IncomingCall { call: info(call, now), inviter: user(*inviter), extra: String::new() }
-        }
+        Ev::Incoming { call, inviter } => Event::IncomingCall {
+            call: info(call, now).into(),
+            inviter: user(*inviter),
+            extra: String::new(),
+        },
         Ev::Invited { call, inviter, invitees, version } => Event::UsersInvited {
             call_id: call_id(*call),
             inviter: user(*inviter),
@@ -220,7 +222,9 @@ fn event(e: &Ev, now: i64) -> Event {
             started_at_ms: now,
             version: u64::from(*version),
         },
-        Ev::Ended { call, reason: r } => Event::CallEnded { call: info(call, now), reason: reason(*r) },
+        Ev::Ended { call, reason: r } => {
+            Event::CallEnded { call: info(call, now).into(), reason: reason(*r) }
+        }
         Ev::MediaState { call, user: u, video, disabled } => Event::MediaStateChanged {
             call_id: call_id(*call),
             user_id: user(*u),
@@ -246,7 +250,7 @@ fn event(e: &Ev, now: i64) -> Event {
         Ev::FirstFrame { call } => Event::FirstFrame { call_id: call_id(*call), at_ms: now },
         Ev::Record { call, reason: r } => Event::CallRecord(CallRecord {
             owner: user(0),
-            call: info(call, now),
+            call: info(call, now).into(),
             inviter: None,
             end_reason: reason(*r),
             direction: Direction::Outgoing,
@@ -280,8 +284,8 @@ fn outcome(o: &Outcome, now: i64) -> Result<ResponseBody, Error> {
     Ok(match o {
         Outcome::Empty => ResponseBody::Empty,
         Outcome::Error(n) => return Err(Error::from_code(pick(&CODES, *n))),
-        Outcome::Started { call } => ResponseBody::Started { call: info(call, now), busy: Vec::new() },
-        Outcome::Call(t) => ResponseBody::Call(info(t, now)),
+        Outcome::Started { call } => ResponseBody::Started { call: info(call, now).into(), busy: Vec::new() },
+        Outcome::Call(t) => ResponseBody::Call(info(t, now).into()),
         Outcome::Busy(us) => ResponseBody::Busy(us.iter().take(4).map(|&u| user(u)).collect()),
         Outcome::Transaction(t) => ResponseBody::Transaction(tx(*t)),
         Outcome::Records(ts) => ResponseBody::Records(RecordPage {
@@ -290,7 +294,7 @@ fn outcome(o: &Outcome, now: i64) -> Result<ResponseBody, Error> {
                 .take(4)
                 .map(|t| CallRecord {
                     owner: user(0),
-                    call: info(t, now),
+                    call: info(t, now).into(),
                     inviter: None,
                     end_reason: EndReason::Hangup,
                     direction: Direction::Incoming,

@@ -1329,7 +1329,8 @@ mod tests {
                 version: 3,
                 extra: String::new(),
                 ring_timeout_ms: 0,
-            },
+            }
+            .into(),
             inviter: None,
             end_reason: EndReason::Hangup,
             direction: Direction::Outgoing,
@@ -1364,7 +1365,7 @@ mod tests {
                 fence: 0,
             }])
             .unwrap();
-        driver.note_stored(&[(app.clone(), snapshot("old"))]);
+        driver.note_stored(&[(app.clone(), CallInfo::clone(&snapshot("old")))]);
         // In one batch: it is saved and forgotten, and a call made here starts and ends.
         save(&mut driver, "old");
         save(&mut driver, "short");

@@ -53,7 +53,7 @@ impl PushPayload {
                 MediaType::AudioVideo => "AUDIO_VIDEO",
             }
             .to_owned(),
-            push_config: request.push_config.as_ref().map_or(Value::Null, push_config_json),
+            push_config: request.push_config.as_deref().map_or(Value::Null, push_config_json),
             extra: request.extra.clone(),
         }
     }

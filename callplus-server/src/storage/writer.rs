@@ -97,8 +97,8 @@ pub enum WriteOp {
     SaveCall {
         /// The app the call belongs to.
         app_key: AppKey,
-        /// The snapshot; its id is the row's key.
-        call: CallInfo,
+        /// The snapshot (shared with the frames of the same change); its id is the row's key.
+        call: Arc<CallInfo>,
         /// No snapshot of this call can be stored yet: this is the first save of a call this
         /// process made (not one read back from storage). When a later op of the same batch
         /// removes a fresh call, neither write is made: the table ends as it was.

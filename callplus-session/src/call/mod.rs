@@ -17,6 +17,8 @@ mod transitions;
 
 pub(crate) use transitions::{Answered, Rang};
 
+use std::sync::Arc;
+
 use crate::model::ids::{AppKey, CallId, DeviceId, TransactionId, UserId};
 use crate::model::kinds::{CallType, Delivery, Direction, EndReason, MediaType, ParticipantState};
 use crate::model::snapshot::{CallInfo, CallRecord, CallSummary, DeviceLeg, Participant, PushConfig};
@@ -171,7 +173,7 @@ pub(crate) struct NewCall {
     pub(crate) creator_device: DeviceId,
     pub(crate) extra: String,
     pub(crate) ring_timeout_ms: u32,
-    pub(crate) push: Option<PushConfig>,
+    pub(crate) push: Option<Box<PushConfig>>,
     /// How many participants to make room for.
     pub(crate) capacity: usize,
 }
@@ -195,7 +197,7 @@ impl Call {
             version: 1,
             extra: spec.extra,
             ring_timeout_ms: spec.ring_timeout_ms,
-            push: spec.push.map(Box::new),
+            push: spec.push,
             parties: {
                 let mut parties = Vec::with_capacity(spec.capacity.max(2));
                 parties.push(creator);
@@ -271,9 +273,10 @@ impl Call {
         self.version
     }
 
-    /// A snapshot of the call as clients see it.
-    pub fn snapshot(&self) -> CallInfo {
-        CallInfo {
+    /// A snapshot of the call as clients see it, made once per change and shared (a reference
+    /// count each) by that change's responses, events, records and saved state.
+    pub fn snapshot(&self) -> Arc<CallInfo> {
+        Arc::new(CallInfo {
             call_id: self.id.clone(),
             call_type: self.call_type,
             media_type: self.media_type,
@@ -286,7 +289,7 @@ impl Call {
             version: self.version,
             extra: self.extra.clone(),
             ring_timeout_ms: self.ring_timeout_ms,
-        }
+        })
     }
 
     pub(crate) fn bump(&mut self) -> u64 {
@@ -432,7 +435,7 @@ impl Call {
     }
 
     /// The call record of participant `idx`, with the ended call's snapshot `call`.
-    pub(crate) fn record(&self, idx: usize, sync_time: i64, call: CallInfo) -> Option<CallRecord> {
+    pub(crate) fn record(&self, idx: usize, sync_time: i64, call: Arc<CallInfo>) -> Option<CallRecord> {
         let party = self.parties.get(idx)?;
         Some(CallRecord {
             owner: party.user.clone(),

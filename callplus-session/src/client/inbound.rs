@@ -1,5 +1,7 @@
 //! What the server's responses and events do to this device's calls.
 
+use std::sync::Arc;
+
 use crate::error::{Code, Error};
 use crate::model::ids::{CallId, UserId};
 use crate::model::kinds::EndReason;
@@ -276,7 +278,7 @@ impl ClientEngine {
         }
     }
 
-    pub(super) fn on_incoming(&mut self, me: &UserId, info: CallInfo, inviter: UserId, extra: String) {
+    pub(super) fn on_incoming(&mut self, me: &UserId, info: Arc<CallInfo>, inviter: UserId, extra: String) {
         let id = info.call_id.clone();
         if let Some(call) = self.calls.get_mut(&id) {
             // A repeated invitation to a call already known: just newer information.

@@ -146,8 +146,14 @@ impl ClientEngine {
         self.ready()?;
         self.ensure_no_current()?;
         let CallOptions { push, extra, ring_timeout_ms } = options;
-        let request =
-            Request::StartCall(StartCall { callees, call_type, media_type, push, extra, ring_timeout_ms });
+        let request = Request::StartCall(StartCall {
+            callees,
+            call_type,
+            media_type,
+            push: push.map(Box::new),
+            extra,
+            ring_timeout_ms,
+        });
         Ok(self.send_request(now_ms, Op::StartCall, request, false))
     }
 
@@ -193,7 +199,7 @@ impl ClientEngine {
             Some(id) => self.live(id)?.call_id().clone(),
             None => self.current_live()?.call_id().clone(),
         };
-        let request = Request::Hangup { call_id: id.clone(), push };
+        let request = Request::Hangup { call_id: id.clone(), push: push.map(Box::new) };
         Ok(self.send_request(now_ms, Op::Hangup(id), request, false))
     }
 
@@ -228,7 +234,7 @@ impl ClientEngine {
         check_push(push.as_ref())?;
         self.ready()?;
         let call_id = self.current_live()?.call_id().clone();
-        let request = Request::Invite { call_id, users, push, extra };
+        let request = Request::Invite { call_id, users, push: push.map(Box::new), extra };
         Ok(self.send_request(now_ms, Op::Plain, request, false))
     }
 

@@ -108,7 +108,7 @@ fn event() -> impl Strategy<Value = Event> {
             if mine.is_ringing() {
                 call.participants.push(participant("alice", mine));
             }
-            Event::IncomingCall { call, inviter, extra: String::new() }
+            Event::IncomingCall { call: call.into(), inviter, extra: String::new() }
         }),
         1 => (call_id(), user(), prop::collection::vec(user(), 0..3)).prop_map(|(call_id, inviter, invitees)| {
             Event::UsersInvited { call_id, inviter, invitees, version: 1 }
@@ -134,7 +134,7 @@ fn event() -> impl Strategy<Value = Event> {
             started_at_ms: T0,
             version: 1
         }),
-        2 => (call_info(), reason()).prop_map(|(call, reason)| Event::CallEnded { call, reason }),
+        2 => (call_info(), reason()).prop_map(|(call, reason)| Event::CallEnded { call: call.into(), reason }),
         1 => (call_id(), user(), any::<bool>(), any::<bool>()).prop_map(|(call_id, user_id, video, disabled)| {
             let kind = if video { MediaKind::Video } else { MediaKind::Audio };
             Event::MediaStateChanged { call_id, user_id, kind, disabled }
@@ -176,8 +176,8 @@ fn event() -> impl Strategy<Value = Event> {
 fn response_result() -> impl Strategy<Value = Result<ResponseBody, Error>> {
     prop_oneof![
         Just(Ok(ResponseBody::Empty)),
-        call_info().prop_map(|call| Ok(ResponseBody::Call(call))),
-        call_info().prop_map(|call| Ok(ResponseBody::Started { call, busy: vec![] })),
+        call_info().prop_map(|call| Ok(ResponseBody::Call(call.into()))),
+        call_info().prop_map(|call| Ok(ResponseBody::Started { call: call.into(), busy: vec![] })),
         tx().prop_map(|tx| Ok(ResponseBody::Transaction(tx))),
         Just(Ok(ResponseBody::Busy(vec![]))),
         prop_oneof![
@@ -324,7 +324,7 @@ fn live_step(
         };
         return Some(ServerBody::Response(Response {
             request_id: id,
-            result: Ok(ResponseBody::Started { call, busy: vec![] }),
+            result: Ok(ResponseBody::Started { call: call.into(), busy: vec![] }),
         }));
     }
     let calls: Vec<CallSession> = e.calls().cloned().collect();
@@ -362,7 +362,10 @@ fn live_step(
             version: 1,
             device_id: None,
         },
-        2 => Event::CallEnded { call: snapshot(ParticipantState::Ended), reason: EndReason::RemoteHangup },
+        2 => Event::CallEnded {
+            call: snapshot(ParticipantState::Ended).into(),
+            reason: EndReason::RemoteHangup,
+        },
         3 => Event::ChangeMediaTypeRequested {
             call_id,
             user_id,
@@ -375,7 +378,7 @@ fn live_step(
             *latest = id;
             return Some(ServerBody::Response(Response {
                 request_id: id,
-                result: Ok(ResponseBody::Call(snapshot(ParticipantState::OnCall))),
+                result: Ok(ResponseBody::Call(snapshot(ParticipantState::OnCall).into())),
             }));
         }
         5 => {
@@ -387,7 +390,7 @@ fn live_step(
         6 => {
             return Some(ServerBody::Response(Response {
                 request_id: *latest,
-                result: Ok(ResponseBody::Call(snapshot(ParticipantState::OnCall))),
+                result: Ok(ResponseBody::Call(snapshot(ParticipantState::OnCall).into())),
             }));
         }
         _ => Event::CallStarted { call_id, call_type: session.call_type(), started_at_ms: T0, version: 1 },

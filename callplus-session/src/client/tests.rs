@@ -156,7 +156,7 @@ fn start_single(e: &mut ClientEngine, seq: u64) -> RequestId {
         "alice",
         &[("alice", ParticipantState::OnCall), ("bob", ParticipantState::Incoming)],
     );
-    e.handle_frame(T0, resp(seq, rid, Ok(ResponseBody::Started { call, busy: vec![] })));
+    e.handle_frame(T0, resp(seq, rid, Ok(ResponseBody::Started { call: call.into(), busy: vec![] })));
     rid
 }
 
@@ -169,7 +169,10 @@ fn incoming(e: &mut ClientEngine, seq: u64, id: &str, media: MediaType) {
         "bob",
         &[("bob", ParticipantState::OnCall), ("alice", ParticipantState::Incoming)],
     );
-    e.handle_frame(T0, ev(seq, Event::IncomingCall { call, inviter: uid("bob"), extra: "hi".into() }));
+    e.handle_frame(
+        T0,
+        ev(seq, Event::IncomingCall { call: call.into(), inviter: uid("bob"), extra: "hi".into() }),
+    );
 }
 
 /// alice in an accepted call `c9` with bob (seq 1 IncomingCall, seq 2 Accept response).
@@ -183,7 +186,7 @@ fn on_call(e: &mut ClientEngine, media: MediaType) {
         "bob",
         &[("bob", ParticipantState::OnCall), ("alice", ParticipantState::OnCall)],
     );
-    e.handle_frame(T0, resp(2, rid, Ok(ResponseBody::Call(call))));
+    e.handle_frame(T0, resp(2, rid, Ok(ResponseBody::Call(call.into()))));
     let _ = transmits(e);
     let _ = events(e);
 }
@@ -276,7 +279,7 @@ fn validation_codes_in_a_call() {
 
     // Ended calls answer NotInCall.
     let call = info("c9", CallType::Multi, MediaType::Audio, "bob", &[]);
-    e.handle_frame(T0, ev(4, Event::CallEnded { call, reason: EndReason::RemoteHangup }));
+    e.handle_frame(T0, ev(4, Event::CallEnded { call: call.into(), reason: EndReason::RemoteHangup }));
     assert_eq!(code(e.hangup(T0, Some(&cid("c9")), None)), Code::NotInCall);
     assert_eq!(code(e.accept(T0, &cid("c9"))), Code::NotInCall);
     assert_eq!(code(e.report_first_frame(T0, &cid("c9"))), Code::NotInCall);
@@ -398,7 +401,7 @@ fn outgoing_call_lifecycle() {
     // The server's CallEnded and anything else about c1 come too late: no event.
     let mut last = info("c1", CallType::Single, MediaType::Audio, "alice", &[]);
     last.ended_at_ms = Some(T0 + 1_005);
-    e.handle_frame(T0, ev(7, Event::CallEnded { call: last, reason: EndReason::Hangup }));
+    e.handle_frame(T0, ev(7, Event::CallEnded { call: last.into(), reason: EndReason::Hangup }));
     e.handle_frame(T0, ev(8, changed("c1", "bob", ParticipantState::Ended, 5)));
     assert_eq!(events(&mut e), vec![]);
     // A new call may start at once.
@@ -417,7 +420,7 @@ fn cancel_before_answer_and_remote_end() {
     start_single(&mut e, 1);
     let mut last = info("c1", CallType::Single, MediaType::Audio, "alice", &[]);
     last.ended_at_ms = Some(T0 + 5);
-    e.handle_frame(T0 + 9, ev(2, Event::CallEnded { call: last, reason: EndReason::RemoteReject }));
+    e.handle_frame(T0 + 9, ev(2, Event::CallEnded { call: last.into(), reason: EndReason::RemoteReject }));
     let evs = events(&mut e);
     let Some(ClientEvent::CallEnded { session, reason }) = evs.last() else { panic!("{evs:?}") };
     assert_eq!(
@@ -453,7 +456,7 @@ fn incoming_call_accept() {
         "bob",
         &[("bob", ParticipantState::OnCall), ("alice", ParticipantState::Connecting)],
     );
-    e.handle_frame(T0, resp(2, rid, Ok(ResponseBody::Call(call))));
+    e.handle_frame(T0, resp(2, rid, Ok(ResponseBody::Call(call.into()))));
     let _ = events(&mut e);
     let drv = driver(&mut e);
     assert!(completed(&drv, rid).is_some());
@@ -516,7 +519,10 @@ fn accept_while_in_another_call() {
         "carol",
         &[("carol", ParticipantState::OnCall), ("alice", ParticipantState::Incoming)],
     );
-    e.handle_frame(T0, ev(3, Event::IncomingCall { call, inviter: uid("carol"), extra: String::new() }));
+    e.handle_frame(
+        T0,
+        ev(3, Event::IncomingCall { call: call.into(), inviter: uid("carol"), extra: String::new() }),
+    );
     assert!(matches!(&events(&mut e)[..], [ClientEvent::ReceivedCall { .. }]));
     assert_eq!(e.current_call().unwrap().call_id().as_str(), "c9");
 
@@ -524,7 +530,7 @@ fn accept_while_in_another_call() {
     // The server ends the old call first, then answers.
     let mut old = info("c9", CallType::Single, MediaType::Audio, "bob", &[]);
     old.ended_at_ms = Some(T0);
-    e.handle_frame(T0, ev(4, Event::CallEnded { call: old, reason: EndReason::AcceptedAnotherCall }));
+    e.handle_frame(T0, ev(4, Event::CallEnded { call: old.into(), reason: EndReason::AcceptedAnotherCall }));
     let call = info(
         "c5",
         CallType::Single,
@@ -532,7 +538,7 @@ fn accept_while_in_another_call() {
         "carol",
         &[("carol", ParticipantState::OnCall), ("alice", ParticipantState::OnCall)],
     );
-    e.handle_frame(T0, resp(5, rid, Ok(ResponseBody::Call(call))));
+    e.handle_frame(T0, resp(5, rid, Ok(ResponseBody::Call(call.into()))));
     let evs = events(&mut e);
     assert_eq!(ended_reason(&evs, "c9"), Some(EndReason::AcceptedAnotherCall));
     assert!(evs.iter().any(
@@ -551,7 +557,7 @@ fn accept_response_before_old_call_ends() {
     e.handle_frame(T0, resp(4, rid, Ok(ResponseBody::Empty)));
     assert_eq!(e.current_call().unwrap().call_id().as_str(), "c5");
     let old = info("c9", CallType::Single, MediaType::Audio, "bob", &[]);
-    e.handle_frame(T0, ev(5, Event::CallEnded { call: old, reason: EndReason::AcceptedAnotherCall }));
+    e.handle_frame(T0, ev(5, Event::CallEnded { call: old.into(), reason: EndReason::AcceptedAnotherCall }));
     assert_eq!(ended_reason(&events(&mut e), "c9"), Some(EndReason::AcceptedAnotherCall));
     assert_eq!(e.current_call().unwrap().call_id().as_str(), "c5", "the accepted call stays current");
 }
@@ -680,7 +686,7 @@ fn start_answered_after_timeout_is_hung_up() {
     let _ = transmits(&mut e);
     let call =
         info("c1", CallType::Single, MediaType::Audio, "alice", &[("alice", ParticipantState::OnCall)]);
-    e.handle_frame(T0 + 10_500, resp(1, rid, Ok(ResponseBody::Started { call, busy: vec![] })));
+    e.handle_frame(T0 + 10_500, resp(1, rid, Ok(ResponseBody::Started { call: call.into(), busy: vec![] })));
     assert!(events(&mut e).is_empty());
     let tx = transmits(&mut e);
     assert!(
@@ -936,7 +942,7 @@ fn events_before_the_start_response_are_kept() {
         "alice",
         &[("alice", ParticipantState::OnCall), ("bob", ParticipantState::Incoming)],
     );
-    e.handle_frame(T0, resp(2, rid, Ok(ResponseBody::Started { call, busy: vec![] })));
+    e.handle_frame(T0, resp(2, rid, Ok(ResponseBody::Started { call: call.into(), busy: vec![] })));
     let evs = events(&mut e);
     let drv = driver(&mut e);
     assert!(completed(&drv, rid).is_some());
@@ -990,7 +996,7 @@ fn join_reopens_an_ended_multi_call() {
     let mut e = connected();
     on_call(&mut e, MediaType::Audio);
     let call = info("c9", CallType::Multi, MediaType::Audio, "bob", &[]);
-    e.handle_frame(T0, ev(3, Event::CallEnded { call, reason: EndReason::NetworkError }));
+    e.handle_frame(T0, ev(3, Event::CallEnded { call: call.into(), reason: EndReason::NetworkError }));
     let _ = events(&mut e);
     let rid = e.join_call(T0, &cid("c9")).unwrap();
     let mut call = info(
@@ -1005,7 +1011,7 @@ fn join_reopens_an_ended_multi_call() {
         ],
     );
     call.version = 9;
-    e.handle_frame(T0, resp(4, rid, Ok(ResponseBody::Call(call))));
+    e.handle_frame(T0, resp(4, rid, Ok(ResponseBody::Call(call.into()))));
     let evs = events(&mut e);
     assert!(evs.iter().any(|ev| matches!(ev, ClientEvent::CallConnected { .. })), "{evs:?}");
     assert_eq!(e.current_call().unwrap().state(), CallState::OnCall);
@@ -1020,7 +1026,10 @@ fn other_device_answering_does_not_connect_here() {
     assert!(events(&mut e).is_empty());
     assert!(e.current_call().is_none());
     let call = info("c2", CallType::Single, MediaType::Audio, "bob", &[]);
-    e.handle_frame(T0, ev(3, Event::CallEnded { call, reason: EndReason::AcceptedOnOtherDevice }));
+    e.handle_frame(
+        T0,
+        ev(3, Event::CallEnded { call: call.into(), reason: EndReason::AcceptedOnOtherDevice }),
+    );
     assert_eq!(ended_reason(&events(&mut e), "c2"), Some(EndReason::AcceptedOnOtherDevice));
 }
 
@@ -1031,11 +1040,14 @@ fn hostile_frames_are_ignored() {
     e.handle_frame(T0, ev(1, changed("ghost", "bob", ParticipantState::OnCall, 1)));
     e.handle_frame(T0, ev(2, Event::FirstFrame { call_id: cid("ghost"), at_ms: 1 }));
     let ghost = info("ghost", CallType::Single, MediaType::Audio, "bob", &[]);
-    e.handle_frame(T0, ev(3, Event::CallEnded { call: ghost.clone(), reason: EndReason::Hangup }));
+    e.handle_frame(T0, ev(3, Event::CallEnded { call: ghost.clone().into(), reason: EndReason::Hangup }));
     // An invitation that is already over.
     let mut over = ghost.clone();
     over.ended_at_ms = Some(T0);
-    e.handle_frame(T0, ev(4, Event::IncomingCall { call: over, inviter: uid("bob"), extra: String::new() }));
+    e.handle_frame(
+        T0,
+        ev(4, Event::IncomingCall { call: over.into(), inviter: uid("bob"), extra: String::new() }),
+    );
     // A second Welcome, a Welcome for a session never asked for, absurd acks and seqs.
     e.handle_frame(T0, welcome("s9", "mallory", true, u64::MAX));
     e.handle_frame(
@@ -1050,9 +1062,12 @@ fn hostile_frames_are_ignored() {
     // Events after the end, and a replayed invitation of the ended call, stay silent.
     incoming(&mut e, 5, "c2", MediaType::Audio);
     let call = info("c2", CallType::Single, MediaType::Audio, "bob", &[]);
-    e.handle_frame(T0, ev(6, Event::CallEnded { call: call.clone(), reason: EndReason::RemoteCancel }));
+    e.handle_frame(
+        T0,
+        ev(6, Event::CallEnded { call: call.clone().into(), reason: EndReason::RemoteCancel }),
+    );
     let _ = events(&mut e);
-    e.handle_frame(T0, ev(7, Event::CallEnded { call, reason: EndReason::RemoteCancel }));
+    e.handle_frame(T0, ev(7, Event::CallEnded { call: call.into(), reason: EndReason::RemoteCancel }));
     e.handle_frame(T0, ev(8, changed("c2", "bob", ParticipantState::Ended, 2)));
     incoming(&mut e, 9, "c2", MediaType::Audio);
     e.handle_frame(
@@ -1085,7 +1100,7 @@ fn get_call_refresh_ends_a_dead_call() {
     call.ended_at_ms = Some(T0 + 3);
     call.participants[0].reason = Some(EndReason::RemoteCancel);
     call.version = 7;
-    e.handle_frame(T0 + 10, resp(2, rid, Ok(ResponseBody::Call(call))));
+    e.handle_frame(T0 + 10, resp(2, rid, Ok(ResponseBody::Call(call.into()))));
     assert_eq!(ended_reason(&events(&mut e), "c2"), Some(EndReason::RemoteCancel));
     assert_eq!(e.incoming_calls().count(), 0);
 }
@@ -1103,7 +1118,7 @@ fn events_older_than_the_snapshot_are_ignored() {
         &[("bob", ParticipantState::OnCall), ("alice", ParticipantState::OnCall)],
     );
     call.version = 5;
-    e.handle_frame(T0, resp(3, rid, Ok(ResponseBody::Call(call))));
+    e.handle_frame(T0, resp(3, rid, Ok(ResponseBody::Call(call.into()))));
     let _ = events(&mut e);
     e.handle_frame(T0, ev(4, changed("c9", "bob", ParticipantState::Ringing, 3)));
     assert!(events(&mut e).is_empty());
@@ -1126,13 +1141,13 @@ fn start_answered_with_an_ended_call_ends_at_once() {
     call.ended_at_ms = Some(T0);
     e.handle_frame(
         T0,
-        resp(1, rid, Ok(ResponseBody::Started { call: call.clone(), busy: vec![uid("bob")] })),
+        resp(1, rid, Ok(ResponseBody::Started { call: call.clone().into(), busy: vec![uid("bob")] })),
     );
     let evs = events(&mut e);
     let drv = driver(&mut e);
     assert!(completed(&drv, rid).is_some());
     assert_eq!(ended_reason(&evs, "c1"), Some(EndReason::RemoteBusy));
     assert!(e.current_call().is_none());
-    e.handle_frame(T0, ev(2, Event::CallEnded { call, reason: EndReason::RemoteBusy }));
+    e.handle_frame(T0, ev(2, Event::CallEnded { call: call.into(), reason: EndReason::RemoteBusy }));
     assert!(events(&mut e).is_empty(), "ended once");
 }

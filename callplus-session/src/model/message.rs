@@ -9,6 +9,8 @@ use super::kinds::{
     CallType, ChangeMediaTypeResult, Delivery, EndReason, MediaKind, MediaType, ParticipantState, RecordOrder,
 };
 use super::snapshot::{CallInfo, CallRecord, CallSummary, DeviceLeg, IceServer, PushConfig, RecordPage};
+use std::sync::Arc;
+
 use crate::error::Error;
 
 /// Frames a device sends.
@@ -90,7 +92,7 @@ pub struct StartCall {
     /// AUDIO or AUDIO_VIDEO.
     pub media_type: MediaType,
     /// Push settings for offline callees.
-    pub push: Option<PushConfig>,
+    pub push: Option<Box<PushConfig>>,
     /// Data for the callees.
     pub extra: String,
     /// Ring timeout; `None` for the server default, `Some(0)` for none.
@@ -112,7 +114,7 @@ pub enum Request {
         /// The call.
         call_id: CallId,
         /// Push settings for the cancel notification.
-        push: Option<PushConfig>,
+        push: Option<Box<PushConfig>>,
     },
     /// This device shows the call.
     Ringing {
@@ -131,7 +133,7 @@ pub enum Request {
         /// The invitees.
         users: Vec<UserId>,
         /// Push settings.
-        push: Option<PushConfig>,
+        push: Option<Box<PushConfig>>,
         /// Data for the invitees.
         extra: String,
     },
@@ -255,7 +257,7 @@ pub struct OutFrame {
     /// Highest client seq received in order.
     pub ack: u64,
     /// The payload.
-    pub body: std::sync::Arc<ServerBody>,
+    pub body: Arc<ServerBody>,
 }
 
 impl OutFrame {
@@ -268,7 +270,7 @@ impl OutFrame {
 
 impl From<ServerFrame> for OutFrame {
     fn from(frame: ServerFrame) -> Self {
-        OutFrame { seq: frame.seq, ack: frame.ack, body: std::sync::Arc::new(frame.body) }
+        OutFrame { seq: frame.seq, ack: frame.ack, body: Arc::new(frame.body) }
     }
 }
 
@@ -324,11 +326,11 @@ pub enum ResponseBody {
     /// Nothing beyond success.
     Empty,
     /// A call (Accept, JoinCall, GetCall).
-    Call(CallInfo),
+    Call(Arc<CallInfo>),
     /// A new call and the callees found busy (StartCall).
     Started {
         /// The call.
-        call: CallInfo,
+        call: Arc<CallInfo>,
         /// Busy callees.
         busy: Vec<UserId>,
     },
@@ -348,7 +350,7 @@ pub enum Event {
     /// This user is invited.
     IncomingCall {
         /// The call.
-        call: CallInfo,
+        call: Arc<CallInfo>,
         /// Who invited.
         inviter: UserId,
         /// Attached data.
@@ -403,7 +405,7 @@ pub enum Event {
     /// The call ended for the recipient.
     CallEnded {
         /// The call as it is now.
-        call: CallInfo,
+        call: Arc<CallInfo>,
         /// Why, for the recipient.
         reason: EndReason,
     },

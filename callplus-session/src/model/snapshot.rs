@@ -1,5 +1,7 @@
 //! Value types that describe calls: snapshots, participants, records and summaries.
 
+use std::sync::Arc;
+
 use super::ids::{CallId, DeviceId, UserId};
 use super::kinds::{CallType, Delivery, Direction, EndReason, MediaType, ParticipantState};
 
@@ -94,8 +96,8 @@ impl CallInfo {
 pub struct CallRecord {
     /// The owner of the record.
     pub owner: UserId,
-    /// The call as it ended.
-    pub call: CallInfo,
+    /// The call as it ended, shared by every participant's record of it.
+    pub call: Arc<CallInfo>,
     /// Who invited the owner (`None` for the creator).
     pub inviter: Option<UserId>,
     /// Why the call ended for the owner.

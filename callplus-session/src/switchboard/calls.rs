@@ -1,5 +1,7 @@
 //! Call requests and call endings: the switchboard side of [`crate::call`].
 
+use std::sync::Arc;
+
 use crate::call::{Answered, Call, Holders, MediaChange, NewCall, Party, Rang, SessionKey, remote_view};
 use crate::error::{Code, Error};
 use crate::model::ids::{CallId, DeviceId, TransactionId, UserId};
@@ -106,7 +108,7 @@ fn send_leaver_ended(
     net: &mut Net,
     call: &Call,
     leaver: &Leaver,
-    snapshot: &crate::model::snapshot::CallInfo,
+    snapshot: &Arc<crate::model::snapshot::CallInfo>,
 ) {
     let reason = call.party(leaver.idx).and_then(|p| p.reason).unwrap_or(EndReason::Hangup);
     for &sk in leaver.sessions.as_slice() {
@@ -159,7 +161,7 @@ impl Switchboard {
                         && call.call_type == CallType::Multi
                         && !call.is_ended()
                     {
-                        list.push(call.snapshot());
+                        list.push(Arc::unwrap_or_clone(call.snapshot()));
                     }
                 }
                 self.net.respond(ctx.sk, rid, Ok(ResponseBody::Calls(list)));
@@ -269,7 +271,7 @@ impl Switchboard {
                 call_id: call.id.clone(),
                 caller: inviter.clone(),
                 media_type: call.media_type,
-                push_config: push.cloned(),
+                push_config: push.map(|p| Box::new(p.clone())),
                 extra: party.extra.clone().unwrap_or_else(|| call.extra.clone()),
             };
             self.net.outputs.push_back(Output::Push(request));
@@ -509,7 +511,7 @@ impl Switchboard {
         rid: u64,
         id: &CallId,
         users: Vec<UserId>,
-        push: Option<PushConfig>,
+        push: Option<Box<PushConfig>>,
         extra: String,
     ) -> Result<(), Error> {
         // Checks first (busy needs the other calls, so no mutable borrow yet).
@@ -564,7 +566,7 @@ impl Switchboard {
                 rejected.push(j);
                 continue;
             }
-            self.ring(now, &mut call, j, &ctx.user, push.as_ref());
+            self.ring(now, &mut call, j, &ctx.user, push.as_deref());
             invited.push(j);
             self.net.add_call(&ctx.app, u, id);
         }
@@ -881,7 +883,7 @@ impl Switchboard {
             call_id: call.id.clone(),
             caller: inviter.clone(),
             media_type: call.media_type,
-            push_config: push.cloned(),
+            push_config: push.map(|p| Box::new(p.clone())),
             extra: party.extra.clone().unwrap_or_else(|| call.extra.clone()),
         };
         self.net.outputs.push_back(Output::Push(request));
@@ -1051,12 +1053,10 @@ impl Switchboard {
         let single = call.call_type == CallType::Single;
         // Fenced: the records and summaries are the successor's to write.
         let n = if fenced { 0 } else { call.parties.len() };
-        let mut snapshot = Some(snapshot);
         for j in 0..n {
             self.last_sync_time = now.max(self.last_sync_time.saturating_add(1));
             let sync_time = self.last_sync_time;
-            let info = if j + 1 == n { snapshot.take() } else { snapshot.clone() };
-            let Some(record) = info.and_then(|info| call.record(j, sync_time, info)) else { continue };
+            let Some(record) = call.record(j, sync_time, Arc::clone(&snapshot)) else { continue };
             let owner = record.owner.clone();
             self.net.outputs.push_back(Output::StoreRecord { app: app.clone(), record: record.clone() });
             let devices = self.net.user_devices(&app, &owner, Some(id));

@@ -19,6 +19,8 @@
 //! devices on this node and, through [`NodeOutput::Route`], to their devices on every other
 //! node; the driver stores them for the next connect when the user has no device anywhere.
 
+use std::sync::Arc;
+
 use crate::call::{Call, SessionKey};
 use crate::error::{Code, Error};
 use crate::model::ids::{AppKey, CallId, DeviceId, UserId};
@@ -863,7 +865,8 @@ impl Switchboard {
         self.held_elsewhere.retain(|_, held| !held.is_empty());
         ends.sort_by(|a, b| (a.0, &a.1.call_id).cmp(&(b.0, &b.1.call_id)));
         for (sk, mut call) in ends {
-            call.ended_at_ms = Some(died_at_ms.max(call.created_at_ms));
+            let ended = Arc::make_mut(&mut call);
+            ended.ended_at_ms = Some(died_at_ms.max(ended.created_at_ms));
             self.net.send(sk, Event::CallEnded { call, reason: EndReason::NetworkError });
         }
     }

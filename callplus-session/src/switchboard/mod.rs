@@ -145,7 +145,7 @@ pub struct Switchboard {
     /// session was invited to (the `IncomingCall` delivered to it), until their end reaches it.
     /// If that owner is lost they end here at once (`cluster::node_lost`): a call whose saved
     /// snapshot died with its owner is known to no survivor, and must not live on in a device.
-    held_elsewhere: FastMap<SessionKey, Vec<CallInfo>>,
+    held_elsewhere: FastMap<SessionKey, Vec<Arc<CallInfo>>>,
     /// A node of several: when each lost node is thought to have died (`node_lost`), so the
     /// calls taken over from it end then rather than when the loss was noticed.
     lost_at: FastMap<String, i64>,
@@ -514,7 +514,7 @@ impl Switchboard {
 
     /// A snapshot of a live call, or of an ended one still retained.
     pub fn call(&self, app: &AppKey, call_id: &CallId) -> Option<CallInfo> {
-        self.calls.get(call_id).filter(|c| &c.app == app).map(|c| c.snapshot())
+        self.calls.get(call_id).filter(|c| &c.app == app).map(|c| Arc::unwrap_or_clone(c.snapshot()))
     }
 
     /// Device sessions that currently have a transport connection. O(1): every attached

@@ -1,5 +1,7 @@
 //! What the switchboard asks its driver to do.
 
+use std::sync::Arc;
+
 use crate::error::Error;
 use crate::model::ids::{AppKey, CallId, DeviceId, UserId};
 use crate::model::kinds::{MediaKind, MediaType, RecordOrder};
@@ -36,7 +38,7 @@ pub struct PushRequest {
     /// Media type.
     pub media_type: MediaType,
     /// The caller's push settings.
-    pub push_config: Option<PushConfig>,
+    pub push_config: Option<Box<PushConfig>>,
     /// The caller's extra data.
     pub extra: String,
 }
@@ -83,7 +85,7 @@ pub enum QueryAnswer {
     /// The user's stored offline events.
     OfflineEvents(Vec<OfflineEvent>),
     /// The call as it ended, from the user's record of it ([`Query::EndedCall`]).
-    EndedCall(Option<CallInfo>),
+    EndedCall(Option<Arc<CallInfo>>),
 }
 
 /// Something the driver must do.
@@ -184,8 +186,8 @@ pub enum Output {
     SaveCall {
         /// The app.
         app: AppKey,
-        /// The snapshot.
-        call: CallInfo,
+        /// The snapshot (shared with the events and responses of the same change).
+        call: Arc<CallInfo>,
     },
     /// A call ended: forget its saved snapshot.
     ForgetCall {

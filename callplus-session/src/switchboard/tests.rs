@@ -1,6 +1,7 @@
 //! Switchboard scenarios driven directly with hand-made frames and a virtual clock.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::*;
 use crate::error::{Code, Error};
@@ -47,6 +48,8 @@ struct H {
     next_conn: ConnId,
     /// What storage holds for the next device that connects.
     stored_offline: Vec<OfflineEvent>,
+    /// The bodies of every frame transmitted, as the switchboard shared them.
+    sent: Vec<Arc<ServerBody>>,
 }
 
 impl H {
@@ -59,6 +62,7 @@ impl H {
             outputs: Vec::new(),
             closed: Vec::new(),
             next_conn: 0,
+            sent: Vec::new(),
         }
     }
 
@@ -85,6 +89,7 @@ impl H {
                         d.ack = frame.seq;
                     }
                     d.inbox.push(frame.to_frame());
+                    self.sent.push(Arc::clone(&frame.body));
                 }
                 Output::Close { conn } => self.closed.push(conn),
                 // The storage answers a connecting device with what the test stored for it.
@@ -235,7 +240,7 @@ impl H {
 
     fn start(&mut self, conn: ConnId, callees: &[&str], call_type: CallType, media: MediaType) -> CallInfo {
         match self.start_full(conn, callees, call_type, media, None) {
-            Ok(ResponseBody::Started { call, .. }) => call,
+            Ok(ResponseBody::Started { call, .. }) => Arc::unwrap_or_clone(call),
             other => panic!("start failed: {other:?}"),
         }
     }
@@ -516,13 +521,13 @@ fn ring_timeout_override_and_never() {
     let a = h.connect("alice", "a1");
     let b = h.connect("bob", "b1");
     let id = match h.start_full(a, &["bob"], CallType::Single, MediaType::Audio, Some(5_000)) {
-        Ok(ResponseBody::Started { call, .. }) => call.call_id,
+        Ok(ResponseBody::Started { call, .. }) => call.call_id.clone(),
         other => panic!("{other:?}"),
     };
     h.advance_pinging(5_000, &[a, b]);
     assert!(!h.sb.is_call_live(&app(), &id));
     let id = match h.start_full(a, &["bob"], CallType::Single, MediaType::Audio, Some(0)) {
-        Ok(ResponseBody::Started { call, .. }) => call.call_id,
+        Ok(ResponseBody::Started { call, .. }) => call.call_id.clone(),
         other => panic!("{other:?}"),
     };
     h.advance_pinging(600_000, &[a, b]);
@@ -1441,7 +1446,7 @@ fn big_record(owner: &UserId, extra: usize) -> CallRecord {
     };
     CallRecord {
         owner: owner.clone(),
-        call,
+        call: call.into(),
         inviter: None,
         end_reason: EndReason::Hangup,
         direction: Direction::Outgoing,
@@ -1634,8 +1639,70 @@ fn shutdown_ends_everything() {
     assert_eq!(h.sb.connected_devices(), 0);
 }
 
+/// The call snapshots in transmitted frames and in storage writes, in order.
+fn snapshots(sent: &[Arc<ServerBody>], outputs: &[Output]) -> Vec<(&'static str, Arc<CallInfo>)> {
+    let mut found = Vec::new();
+    for body in sent {
+        match &**body {
+            ServerBody::Response(Response { result: Ok(ResponseBody::Started { call, .. }), .. }) => {
+                found.push(("Started", Arc::clone(call)));
+            }
+            ServerBody::Response(Response { result: Ok(ResponseBody::Call(call)), .. }) => {
+                found.push(("Call", Arc::clone(call)));
+            }
+            ServerBody::Event(Event::IncomingCall { call, .. }) => {
+                found.push(("IncomingCall", Arc::clone(call)))
+            }
+            ServerBody::Event(Event::CallEnded { call, .. }) => found.push(("CallEnded", Arc::clone(call))),
+            ServerBody::Event(Event::CallRecord(record)) => {
+                found.push(("CallRecord", Arc::clone(&record.call)))
+            }
+            _ => {}
+        }
+    }
+    for output in outputs {
+        match output {
+            Output::SaveCall { call, .. } => found.push(("SaveCall", Arc::clone(call))),
+            Output::StoreRecord { record, .. } => found.push(("StoreRecord", Arc::clone(&record.call))),
+            _ => {}
+        }
+    }
+    found
+}
+
+/// A change of a call is snapshot once: every frame and storage write that carries the call
+/// after it shares that one snapshot (a reference count each, not a copy of the participants).
+#[test]
+fn the_frames_and_writes_of_one_change_share_its_snapshot() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    h.sent.clear();
+    h.outputs();
+
+    let id = h.single(a, "bob");
+    let outputs = h.outputs();
+    let started = snapshots(&h.sent, &outputs);
+    let kinds: Vec<_> = started.iter().map(|(kind, _)| *kind).collect();
+    assert_eq!(kinds, ["Started", "IncomingCall", "SaveCall"]);
+    assert!(started.iter().all(|(_, call)| Arc::ptr_eq(call, &started[0].1)), "{started:?}");
+
+    ok(h.accept(b, &id));
+    h.sent.clear();
+    h.outputs();
+    ok(h.hangup(a, &id));
+    let outputs = h.outputs();
+    let ended = snapshots(&h.sent, &outputs);
+    let mut kinds: Vec<_> = ended.iter().map(|(kind, _)| *kind).collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["CallEnded", "CallRecord", "CallRecord", "StoreRecord", "StoreRecord"]);
+    assert!(ended.iter().all(|(_, call)| Arc::ptr_eq(call, &ended[0].1)), "{ended:?}");
+    assert!(ended[0].1.is_ended());
+    assert!(!Arc::ptr_eq(&ended[0].1, &started[0].1));
+}
+
 /// A connected 1:1 call's last saved snapshot, and when it was accepted.
-fn saved_connected_call(h: &mut H) -> ((AppKey, CallInfo), i64) {
+fn saved_connected_call(h: &mut H) -> ((AppKey, Arc<CallInfo>), i64) {
     let a = h.connect("alice", "a1");
     let b = h.connect("bob", "b1");
     let id = h.single(a, "bob");
@@ -1659,7 +1726,7 @@ fn recovered_calls_end_with_records() {
     let id = saved.1.call_id.clone();
     let mut fresh = H::default();
     fresh.sb.set_min_sync_time(i64::MAX / 2);
-    fresh.sb.end_recovered_calls(fresh.now, None, vec![saved]);
+    fresh.sb.end_recovered_calls(fresh.now, None, vec![(saved.0, Arc::unwrap_or_clone(saved.1))]);
     fresh.drain();
     let out = fresh.outputs();
     let recs = records(&out);
@@ -1680,7 +1747,11 @@ fn a_recovered_call_ends_when_the_stopped_server_was_last_known_alive() {
     let alive_until = accepted_at + 1_000;
     let mut fresh = H::default();
     fresh.now = alive_until + 30_000;
-    fresh.sb.end_recovered_calls(fresh.now, Some(alive_until), vec![saved.clone()]);
+    fresh.sb.end_recovered_calls(
+        fresh.now,
+        Some(alive_until),
+        vec![(saved.0.clone(), CallInfo::clone(&saved.1))],
+    );
     fresh.drain();
     let out = fresh.outputs();
     let recs = records(&out);
@@ -1695,7 +1766,7 @@ fn a_recovered_call_ends_when_the_stopped_server_was_last_known_alive() {
     for mark in [Some(accepted_at - 60_000), None] {
         let mut fresh = H::default();
         fresh.now = accepted_at + 30_000;
-        fresh.sb.end_recovered_calls(fresh.now, mark, vec![saved.clone()]);
+        fresh.sb.end_recovered_calls(fresh.now, mark, vec![(saved.0.clone(), CallInfo::clone(&saved.1))]);
         fresh.drain();
         let out = fresh.outputs();
         let recs = records(&out);

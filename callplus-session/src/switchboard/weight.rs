@@ -133,7 +133,7 @@ mod tests {
         };
         Some(CallRecord {
             owner: user,
-            call,
+            call: call.into(),
             inviter: None,
             end_reason: EndReason::Hangup,
             direction: Direction::Outgoing,

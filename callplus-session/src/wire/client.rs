@@ -40,7 +40,7 @@ impl TryFrom<pb::ClientFrame> for ClientFrame {
     }
 }
 
-fn push(p: Option<pb::PushConfig>) -> Result<Option<pb::PushConfig>, Error> {
+fn push(p: Option<pb::PushConfig>) -> Result<Option<Box<pb::PushConfig>>, Error> {
     if let Some(p) = &p {
         let size = callplus_proto::prost::Message::encoded_len(p);
         if size > limits::MAX_PUSH_CONFIG_BYTES {
@@ -50,7 +50,7 @@ fn push(p: Option<pb::PushConfig>) -> Result<Option<pb::PushConfig>, Error> {
             ));
         }
     }
-    Ok(p)
+    Ok(p.map(Box::new))
 }
 
 fn media_type(n: i32) -> Result<MediaType, Error> {
@@ -236,20 +236,20 @@ fn request_to_wire(r: &Request) -> Body {
             callee_ids: ids(&s.callees),
             call_type: s.call_type.into(),
             media_type: s.media_type.into(),
-            push_config: s.push.clone(),
+            push_config: s.push.as_deref().cloned(),
             extra: s.extra.clone(),
             ring_timeout_ms: s.ring_timeout_ms,
         }),
         Request::Accept { call_id } => Body::Accept(pb::Accept { call_id: call_id.to_string() }),
         Request::Hangup { call_id, push } => {
-            Body::Hangup(pb::Hangup { call_id: call_id.to_string(), push_config: push.clone() })
+            Body::Hangup(pb::Hangup { call_id: call_id.to_string(), push_config: push.as_deref().cloned() })
         }
         Request::Ringing { call_id } => Body::Ringing(pb::Ringing { call_id: call_id.to_string() }),
         Request::JoinCall { call_id } => Body::JoinCall(pb::JoinCall { call_id: call_id.to_string() }),
         Request::Invite { call_id, users, push, extra } => Body::Invite(pb::Invite {
             call_id: call_id.to_string(),
             user_ids: ids(users),
-            push_config: push.clone(),
+            push_config: push.as_deref().cloned(),
             extra: extra.clone(),
         }),
         Request::RequestChangeMediaType { call_id, media_type } => {

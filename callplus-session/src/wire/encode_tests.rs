@@ -126,7 +126,7 @@ fn record() -> impl Strategy<Value = CallRecord> {
     (user(), call(), prop::option::of(user()), every::<EndReason>(), every::<Direction>(), int(), int())
         .prop_map(|(owner, call, inviter, end_reason, direction, duration_ms, sync_time)| CallRecord {
             owner,
-            call,
+            call: call.into(),
             inviter,
             end_reason,
             direction,
@@ -174,7 +174,7 @@ fn event() -> impl Strategy<Value = Event> {
     let v = any::<u64>;
     prop_oneof![
         (call(), user(), text()).prop_map(|(call, inviter, extra)| Event::IncomingCall {
-            call,
+            call: call.into(),
             inviter,
             extra
         }),
@@ -199,7 +199,8 @@ fn event() -> impl Strategy<Value = Event> {
                 Event::CallStarted { call_id, call_type, started_at_ms, version }
             }
         ),
-        (call(), every::<EndReason>()).prop_map(|(call, reason)| Event::CallEnded { call, reason }),
+        (call(), every::<EndReason>())
+            .prop_map(|(call, reason)| Event::CallEnded { call: call.into(), reason }),
         (call_id(), user(), every::<MediaKind>(), any::<bool>()).prop_map(
             |(call_id, user_id, kind, disabled)| {
                 Event::MediaStateChanged { call_id, user_id, kind, disabled }
@@ -258,8 +259,8 @@ fn code() -> impl Strategy<Value = Code> {
 fn response_body() -> impl Strategy<Value = ResponseBody> {
     prop_oneof![
         Just(ResponseBody::Empty),
-        call().prop_map(ResponseBody::Call),
-        (call(), users()).prop_map(|(call, busy)| ResponseBody::Started { call, busy }),
+        call().prop_map(|call| ResponseBody::Call(call.into())),
+        (call(), users()).prop_map(|(call, busy)| ResponseBody::Started { call: call.into(), busy }),
         users().prop_map(ResponseBody::Busy),
         tx().prop_map(ResponseBody::Transaction),
         (prop::collection::vec(record(), 0..3), any::<bool>(), int()).prop_map(

@@ -1,5 +1,7 @@
 //! Server frames (server → device) to and from the wire.
 
+use std::sync::Arc;
+
 use callplus_proto::v1 as pb;
 use callplus_proto::v1::event::Kind;
 use callplus_proto::v1::response::Result as PbResult;
@@ -61,9 +63,9 @@ fn response_to_wire(r: &Response) -> pb::Response {
             message: String::new(),
             result: match body {
                 ResponseBody::Empty => None,
-                ResponseBody::Call(c) => Some(PbResult::Call(c.into())),
+                ResponseBody::Call(c) => Some(PbResult::Call(c.as_ref().into())),
                 ResponseBody::Started { call, busy } => Some(PbResult::Started(pb::StartCallResult {
-                    call: Some(call.into()),
+                    call: Some(call.as_ref().into()),
                     busy_user_ids: ids(busy),
                 })),
                 ResponseBody::Busy(users) => Some(PbResult::Busy(pb::BusyUsers { user_ids: ids(users) })),
@@ -93,7 +95,7 @@ pub fn event_from_wire(e: pb::Event, me: &UserId) -> Result<Event, Error> {
 fn event_kind_to_wire(e: &Event) -> Kind {
     match e {
         Event::IncomingCall { call, inviter, extra } => Kind::IncomingCall(pb::IncomingCall {
-            call: Some(call.into()),
+            call: Some(call.as_ref().into()),
             inviter_id: owned(&inviter),
             extra: extra.clone(),
         }),
@@ -129,7 +131,7 @@ fn event_kind_to_wire(e: &Event) -> Kind {
             })
         }
         Event::CallEnded { call, reason } => {
-            Kind::CallEnded(pb::CallEnded { call: Some(call.into()), reason: (*reason).into() })
+            Kind::CallEnded(pb::CallEnded { call: Some(call.as_ref().into()), reason: (*reason).into() })
         }
         Event::MediaStateChanged { call_id, user_id, kind, disabled } => {
             Kind::MediaStateChanged(pb::MediaStateChanged {
@@ -231,7 +233,7 @@ fn response_from_wire(r: pb::Response) -> Result<Response, Error> {
     }
     let body = match r.result {
         None => ResponseBody::Empty,
-        Some(PbResult::Call(c)) => ResponseBody::Call(CallInfo::try_from(&c)?),
+        Some(PbResult::Call(c)) => ResponseBody::Call(Arc::new(CallInfo::try_from(&c)?)),
         Some(PbResult::Started(s)) => {
             ResponseBody::Started { call: required_call(s.call.as_ref())?, busy: users(&s.busy_user_ids)? }
         }

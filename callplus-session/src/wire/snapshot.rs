@@ -1,5 +1,7 @@
 //! Snapshots (calls, participants, records, summaries) to and from the wire.
 
+use std::sync::Arc;
+
 use callplus_proto::v1 as pb;
 
 use super::owned;
@@ -118,16 +120,16 @@ impl TryFrom<&pb::CallInfo> for CallInfo {
 }
 
 /// A call snapshot that must be present in a message.
-pub(crate) fn required_call(c: Option<&pb::CallInfo>) -> Result<CallInfo, Error> {
+pub(crate) fn required_call(c: Option<&pb::CallInfo>) -> Result<Arc<CallInfo>, Error> {
     match c {
-        Some(c) => CallInfo::try_from(c),
+        Some(c) => CallInfo::try_from(c).map(Arc::new),
         None => Err(Error::new(Code::FrameInvalid, "a call snapshot is missing")),
     }
 }
 
 impl From<&CallRecord> for pb::CallRecord {
     fn from(r: &CallRecord) -> Self {
-        let call = pb::CallInfo::from(&r.call);
+        let call = pb::CallInfo::from(&*r.call);
         pb::CallRecord {
             call_id: call.call_id,
             call_type: call.call_type,
@@ -167,7 +169,7 @@ impl TryFrom<&pb::CallRecord> for CallRecord {
         };
         Ok(CallRecord {
             owner: UserId::new(&r.owner_id)?,
-            call,
+            call: Arc::new(call),
             inviter: opt_user(&r.inviter_id)?,
             end_reason: EndReason::try_from(r.end_reason)?,
             direction: Direction::try_from(r.direction)?,

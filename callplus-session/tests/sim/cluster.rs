@@ -354,7 +354,7 @@ impl Cluster {
                 .calls
                 .iter()
                 .filter(|((_, id), _)| owner_node(id) == Some(lost.as_str()))
-                .map(|((app, _), info)| (app.clone(), info.clone()))
+                .map(|((app, _), info)| (app.clone(), CallInfo::clone(info)))
                 .collect();
             // Each call's lease is taken over before it is ended (`take_calls`), with a token
             // past any its owners had; the ends' writes carry it.
@@ -461,7 +461,7 @@ impl Cluster {
             .start_call(now, callees, call_type, MediaType::Audio, options)
             .unwrap_or_else(|e| panic!("start_call refused: {e:?}"));
         match self.wait_request(node, idx, id) {
-            Ok(ResponseBody::Started { call, busy }) => (call.call_id, busy),
+            Ok(ResponseBody::Started { call, busy }) => (call.call_id.clone(), busy),
             other => panic!("start_call answered {other:?}"),
         }
     }

@@ -58,7 +58,7 @@ impl Sim {
         let callees: Vec<String> = callees.iter().map(|s| s.to_string()).collect();
         let id = self.devices[idx].engine.start_call(now, &callees, call_type, media, options)?;
         match self.wait_request(idx, id)? {
-            ResponseBody::Started { call, busy } => Ok((call.call_id, busy)),
+            ResponseBody::Started { call, busy } => Ok((call.call_id.clone(), busy)),
             other => panic!("start_call answered {other:?}"),
         }
     }
@@ -147,7 +147,7 @@ impl Sim {
         let now = self.device_now(idx);
         let id = ok("get_call", self.devices[idx].engine.get_call(now, call));
         match ok("get_call answered", self.wait_request(idx, id)) {
-            ResponseBody::Call(info) => info,
+            ResponseBody::Call(info) => std::sync::Arc::unwrap_or_clone(info),
             other => panic!("get_call answered {other:?}"),
         }
     }

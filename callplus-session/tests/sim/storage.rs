@@ -21,7 +21,7 @@ pub struct SimStorage {
     /// Every push requested.
     pub pushes: Vec<PushRequest>,
     /// Saved live calls.
-    pub calls: HashMap<(AppKey, CallId), CallInfo>,
+    pub calls: HashMap<(AppKey, CallId), std::sync::Arc<CallInfo>>,
     /// Every record ever written (deletes do not remove from here), in write order.
     pub written: Vec<(AppKey, CallRecord)>,
     /// The presence registry a node of several keeps: device → its live session's id.
