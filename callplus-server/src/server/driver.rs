@@ -662,9 +662,7 @@ impl Driver {
 
     /// Hands the writes queued so far to the storage writer.
     fn submit_writes(&mut self) {
-        if !self.writes.is_empty() {
-            self.writer.submit_all(std::mem::take(&mut self.writes));
-        }
+        self.writer.submit_from(&mut self.writes);
     }
 
     fn act(&mut self, output: Output) {

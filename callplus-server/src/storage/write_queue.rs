@@ -76,6 +76,36 @@ impl WriteQueue {
         Ok(())
     }
 
+    /// Moves `ops` to the end of the queue, joining the ops already waiting there when nothing
+    /// was queued after them; `ops` is left empty with its capacity, for the caller's next burst
+    /// (the signalling thread hands over a few ops per frame it handles, and a new `Vec` for
+    /// each would be an allocation per frame, freed on the writer's thread). Returns `false`,
+    /// leaving `ops` as it was, once the queue is closed.
+    pub(super) fn push_ops(&self, ops: &mut Vec<WriteOp>) -> bool {
+        let mut state = self.lock();
+        if state.closed {
+            return false;
+        }
+        state.ops += ops.len();
+        if state.ops >= URGENT_OPS {
+            state.urgent = true;
+        }
+        let wake = state.idle || state.urgent;
+        match state.msgs.last_mut() {
+            Some(Msg::Ops(waiting)) => waiting.append(ops),
+            _ => {
+                let mut waiting = Vec::with_capacity(ops.capacity());
+                waiting.append(ops);
+                state.msgs.push(Msg::Ops(waiting));
+            }
+        }
+        drop(state);
+        if wake {
+            self.ready.notify_one();
+        }
+        true
+    }
+
     /// Takes no more messages; the thread still gets those already queued.
     pub(super) fn close(&self) {
         self.lock().closed = true;
@@ -170,6 +200,39 @@ mod tests {
         let batch = consumer.join().unwrap();
         assert_eq!(op_count(&batch), 5);
         assert!(matches!(batch.last(), Some(Msg::Flush(_))));
+    }
+
+    /// Ops handed over in bursts join the message waiting at the end of the queue, in order,
+    /// and the caller keeps its buffer; a flush between bursts keeps its place.
+    #[test]
+    fn bursts_of_ops_join_the_waiting_message_and_the_caller_keeps_its_buffer() {
+        let queue = WriteQueue::default();
+        let Msg::Ops(mut burst) = ops(3) else { unreachable!() };
+        let capacity = burst.capacity();
+        assert!(queue.push_ops(&mut burst));
+        assert!(burst.is_empty());
+        assert_eq!(burst.capacity(), capacity);
+        let Msg::Ops(more) = ops(2) else { unreachable!() };
+        burst.extend(more);
+        assert!(queue.push_ops(&mut burst));
+        let (done, _wait) = mpsc::channel();
+        queue.push(Msg::Flush(done)).map_err(|_| ()).unwrap();
+        let Msg::Ops(after) = ops(1) else { unreachable!() };
+        burst.extend(after);
+        assert!(queue.push_ops(&mut burst));
+
+        let batch = queue.next_batch(Duration::ZERO).unwrap();
+        let shape: Vec<Option<usize>> =
+            batch.iter().map(|m| if let Msg::Ops(o) = m { Some(o.len()) } else { None }).collect();
+        assert_eq!(shape, [Some(5), None, Some(1)]);
+
+        queue.close();
+        burst.extend(match ops(1) {
+            Msg::Ops(o) => o,
+            Msg::Flush(_) => unreachable!(),
+        });
+        assert!(!queue.push_ops(&mut burst), "no ops after close");
+        assert_eq!(burst.len(), 1, "refused ops stay with the caller");
     }
 
     #[test]

@@ -273,12 +273,20 @@ impl BatchWriter {
 
     /// Queues several writes at once, in order, as [`submit`](Self::submit) does for one: a
     /// caller that produces writes in bursts wakes the writer thread once per burst.
-    pub fn submit_all(&self, ops: Vec<WriteOp>) {
+    pub fn submit_all(&self, mut ops: Vec<WriteOp>) {
+        self.submit_from(&mut ops);
+    }
+
+    /// Queues the writes in `ops`, in order, as [`submit_all`](Self::submit_all) does, and
+    /// leaves `ops` empty with its capacity: a caller that queues a few writes at a time (the
+    /// driver, once per drain) reuses one buffer instead of allocating one per burst.
+    pub fn submit_from(&self, ops: &mut Vec<WriteOp>) {
         if ops.is_empty() {
             return;
         }
-        if let Err(Msg::Ops(ops)) = self.queue.push(Msg::Ops(ops)) {
+        if !self.queue.push_ops(ops) {
             tracing::error!(?ops, "storage writer has stopped; writes dropped");
+            ops.clear();
         }
     }
 
