@@ -4,13 +4,13 @@
 //! these types; every id is validated and every required part present, so the engines never
 //! see a half-filled message.
 
+use std::sync::Arc;
+
 use super::ids::{CallId, DeviceId, TransactionId, UserId};
 use super::kinds::{
     CallType, ChangeMediaTypeResult, Delivery, EndReason, MediaKind, MediaType, ParticipantState, RecordOrder,
 };
 use super::snapshot::{CallInfo, CallRecord, CallSummary, DeviceLeg, IceServer, PushConfig, RecordPage};
-use std::sync::Arc;
-
 use crate::error::Error;
 
 /// Frames a device sends.
