@@ -353,6 +353,17 @@ mod routing {
         c.rings(node, idx, call);
     }
 
+    /// Alice (on node A) calls bob (on node B), whose device rings and answers: their devices
+    /// and the call, which node A owns.
+    fn answered_across_nodes(c: &mut Cluster) -> (usize, usize, CallId) {
+        let alice = c.add_device(A, "alice", "alice-phone");
+        let bob = c.add_device(B, "bob", "bob-phone");
+        let call = start(c, A, alice, &["bob"], CallType::Single);
+        rings(c, B, bob, &call);
+        accept(c, B, bob, &call);
+        (alice, bob, call)
+    }
+
     /// Only the owner ever holds the call; every other node only routes it.
     fn only_owner_holds(c: &Cluster, owner: usize, call: &CallId) {
         for (n, node) in c.nodes.iter().enumerate() {
@@ -369,12 +380,8 @@ mod routing {
     #[test]
     fn a_call_from_one_node_to_another_connects_ends_once_and_records_both() {
         let mut c = cluster();
-        let alice = c.add_device(A, "alice", "alice-phone");
-        let bob = c.add_device(B, "bob", "bob-phone");
-        let call = start(&mut c, A, alice, &["bob"], CallType::Single);
+        let (alice, bob, call) = answered_across_nodes(&mut c);
         assert_eq!(owner_node(&call), Some("node-a"));
-        rings(&mut c, B, bob, &call);
-        accept(&mut c, B, bob, &call);
         let call2 = call.clone();
         c.run_until(2_000, "both connected", move |c| {
             c.nodes[A].connected(alice, &call2) && c.nodes[B].connected(bob, &call2)
@@ -411,11 +418,7 @@ mod routing {
     #[test]
     fn an_ended_call_past_its_retention_is_answered_from_the_shared_records() {
         let mut c = cluster();
-        let alice = c.add_device(A, "alice", "alice-phone");
-        let bob = c.add_device(B, "bob", "bob-phone");
-        let call = start(&mut c, A, alice, &["bob"], CallType::Single);
-        rings(&mut c, B, bob, &call);
-        accept(&mut c, B, bob, &call);
+        let (alice, bob, call) = answered_across_nodes(&mut c);
         hangup(&mut c, A, alice, &call);
         c.settle();
         c.run_for(31_000);
@@ -550,11 +553,7 @@ mod routing {
     #[test]
     fn a_device_silent_on_its_node_ends_its_leg_on_the_owner() {
         let mut c = cluster();
-        let alice = c.add_device(A, "alice", "alice-phone");
-        let bob = c.add_device(B, "bob", "bob-phone");
-        let call = start(&mut c, A, alice, &["bob"], CallType::Single);
-        rings(&mut c, B, bob, &call);
-        accept(&mut c, B, bob, &call);
+        let (alice, bob, call) = answered_across_nodes(&mut c);
         c.settle();
         // A minute of talk, bob's phone pinging its own node only.
         c.run_for(60_000);
@@ -581,11 +580,7 @@ mod routing {
     #[test]
     fn a_lost_node_ends_its_devices_legs_on_the_owner() {
         let mut c = cluster();
-        let alice = c.add_device(A, "alice", "alice-phone");
-        let bob = c.add_device(B, "bob", "bob-phone");
-        let call = start(&mut c, A, alice, &["bob"], CallType::Single);
-        rings(&mut c, B, bob, &call);
-        accept(&mut c, B, bob, &call);
+        let (alice, _bob, call) = answered_across_nodes(&mut c);
         c.settle();
         assert_eq!(c.nodes[A].switchboard.remote_sessions(), 1);
         // A minute of talk with nothing to signal: bob's node says nothing about him meanwhile.

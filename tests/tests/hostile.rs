@@ -796,7 +796,6 @@ async fn a_caller_cannot_accept_her_own_outgoing_call() {
 #[tokio::test]
 async fn grpc_messages_that_break_the_framing_get_frame_invalid() {
     use http_body_util::BodyExt as _;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     use prost::Message as _;
 
     let server = TestServer::start(config()).await;
@@ -804,19 +803,7 @@ async fn grpc_messages_that_break_the_framing_get_frame_invalid() {
         ("a compressed message", vec![1, 0, 0, 0, 2, 8, 1]),
         ("a stream that ends inside a message", vec![0, 0, 0, 0, 9, 8]),
     ] {
-        let tcp = tokio::net::TcpStream::connect(server.addr()).await.expect("the device port accepts");
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .expect("HTTP/2 handshake");
-        tokio::spawn(connection);
-        let request = hyper::Request::post(format!("http://{}/callplus.v1.Signal/Connect", server.addr()))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(http_body_util::Full::new(bytes::Bytes::from(bytes)))
-            .expect("a request");
-        let response =
-            timeout(WAIT, sender.send_request(request)).await.expect("answered in time").expect("answered");
+        let response = post_connect(server.addr(), "application/grpc", bytes).await;
         assert_eq!(response.status(), hyper::StatusCode::OK, "{what}");
         let body = timeout(WAIT, response.into_body().collect())
             .await
@@ -836,18 +823,30 @@ async fn grpc_messages_that_break_the_framing_get_frame_invalid() {
 
     // A request that is not gRPC is refused as gRPC's protocol asks, with HTTP 415, not the
     // 200 of a gRPC error a plain HTTP client would take for success.
-    let tcp = tokio::net::TcpStream::connect(server.addr()).await.expect("the device port accepts");
+    let response = post_connect(server.addr(), "application/json", b"{}".to_vec()).await;
+    assert_eq!(response.status(), hyper::StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    server.shutdown().await;
+}
+
+/// `Signal.Connect` posted by hand on a new HTTP/2 connection: `body` as the request body, with
+/// the given content type.
+async fn post_connect(
+    addr: std::net::SocketAddr,
+    content_type: &str,
+    body: Vec<u8>,
+) -> hyper::Response<hyper::body::Incoming> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("the device port accepts");
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
             .await
             .expect("HTTP/2 handshake");
     tokio::spawn(connection);
-    let request = hyper::Request::post(format!("http://{}/callplus.v1.Signal/Connect", server.addr()))
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+    let request = hyper::Request::post(format!("http://{addr}/callplus.v1.Signal/Connect"))
+        .header("content-type", content_type)
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
         .expect("a request");
-    let response =
-        timeout(WAIT, sender.send_request(request)).await.expect("answered in time").expect("answered");
-    assert_eq!(response.status(), hyper::StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    server.shutdown().await;
+    timeout(WAIT, sender.send_request(request)).await.expect("answered in time").expect("answered")
 }

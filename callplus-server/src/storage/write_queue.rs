@@ -56,24 +56,25 @@ impl WriteQueue {
 
     /// Queues a message; gives it back when the queue is closed.
     pub(super) fn push(&self, msg: Msg) -> Result<(), Msg> {
-        let mut state = self.lock();
-        if state.closed {
-            return Err(msg);
+        match msg {
+            Msg::Ops(mut ops) => {
+                if self.push_ops(&mut ops) {
+                    Ok(())
+                } else {
+                    Err(Msg::Ops(ops))
+                }
+            }
+            Msg::Flush(done) => {
+                let mut state = self.lock();
+                if state.closed {
+                    return Err(Msg::Flush(done));
+                }
+                state.urgent = true;
+                state.msgs.push(Msg::Flush(done));
+                self.signal(state);
+                Ok(())
+            }
         }
-        match &msg {
-            Msg::Ops(ops) => state.ops += ops.len(),
-            Msg::Flush(_) => state.urgent = true,
-        }
-        if state.ops >= URGENT_OPS {
-            state.urgent = true;
-        }
-        let wake = state.idle || state.urgent;
-        state.msgs.push(msg);
-        drop(state);
-        if wake {
-            self.ready.notify_one();
-        }
-        Ok(())
     }
 
     /// Moves `ops` to the end of the queue, joining the ops already waiting there when nothing
@@ -87,10 +88,6 @@ impl WriteQueue {
             return false;
         }
         state.ops += ops.len();
-        if state.ops >= URGENT_OPS {
-            state.urgent = true;
-        }
-        let wake = state.idle || state.urgent;
         match state.msgs.last_mut() {
             Some(Msg::Ops(waiting)) => waiting.append(ops),
             _ => {
@@ -99,11 +96,21 @@ impl WriteQueue {
                 state.msgs.push(Msg::Ops(waiting));
             }
         }
+        self.signal(state);
+        true
+    }
+
+    /// After a message was queued: a full batch cannot wait either, and the thread is woken if
+    /// it sleeps on an empty queue or something cannot wait.
+    fn signal(&self, mut state: MutexGuard<'_, State>) {
+        if state.ops >= URGENT_OPS {
+            state.urgent = true;
+        }
+        let wake = state.idle || state.urgent;
         drop(state);
         if wake {
             self.ready.notify_one();
         }
-        true
     }
 
     /// Takes no more messages; the thread still gets those already queued.
