@@ -8,11 +8,15 @@
 //! per connection, so an idle connection holds none of it. From there a frame's bytes are
 //! copied once, into the transport's own buffer (gRPC's encode buffer, a WebSocket's write
 //! buffer behind the frame's header).
+//!
+//! The thread also keeps the participants of the last call snapshot it encoded
+//! ([`SnapshotCache`]): the frames of one change of a call share its snapshot, and a call
+//! cycle's six frames that carry one need three encodings of its participants rather than six.
 
 use std::cell::RefCell;
 
 use callplus_session::OutFrame;
-use callplus_session::wire::{append_server_frame, server_frame_to_vec};
+use callplus_session::wire::{SnapshotCache, append_server_frame_with, server_frame_to_vec};
 use prost::bytes::BufMut;
 
 use super::ws_framing;
@@ -23,22 +27,31 @@ const FIRST_CAPACITY: usize = 8 * 1024;
 /// a thread does not keep the largest frame it ever sent.
 const KEPT_CAPACITY: usize = 64 * 1024;
 
-thread_local! {
+/// A thread's encoding state.
+struct Scratch {
     /// Where a frame is encoded.
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    encode: Vec<u8>,
+    /// The participants of the last shared snapshot encoded.
+    snapshots: SnapshotCache,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> =
+        RefCell::new(Scratch { encode: Vec::new(), snapshots: SnapshotCache::default() });
 }
 
 /// Runs `f` on this thread's frame encoded in its scratch buffer (or in a fresh one if the
 /// scratch is in use further up the stack, which the server never does).
 fn with_encoded<R>(frame: &OutFrame, f: impl FnOnce(&[u8]) -> R) -> R {
     SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-        Ok(mut encode) => {
+        Ok(mut scratch) => {
+            let Scratch { encode, snapshots } = &mut *scratch;
             encode.clear();
             if encode.capacity() == 0 {
                 encode.reserve(FIRST_CAPACITY);
             }
-            append_server_frame(frame.seq, frame.ack, &frame.body, &mut encode);
-            let out = f(&encode);
+            append_server_frame_with(frame.seq, frame.ack, &frame.body, encode, snapshots);
+            let out = f(encode);
             if encode.capacity() > KEPT_CAPACITY {
                 *encode = Vec::new();
             }
@@ -98,7 +111,7 @@ mod tests {
         }
         assert_eq!(ws, expected_ws);
         assert_eq!(grpc.as_ref(), expected_grpc.as_slice());
-        let kept = SCRATCH.with(|scratch| scratch.borrow().capacity());
+        let kept = SCRATCH.with(|scratch| scratch.borrow().encode.capacity());
         assert!(kept <= KEPT_CAPACITY, "the scratch keeps {kept} bytes after a large frame");
     }
 

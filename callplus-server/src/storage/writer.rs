@@ -8,7 +8,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use callplus_session::switchboard::FastMap;
-use callplus_session::{AppKey, CallId, CallInfo, CallRecord, wire};
+use callplus_session::wire::{self, SnapshotCache};
+use callplus_session::{AppKey, CallId, CallInfo, CallRecord};
 
 use super::write_queue::{AbandonOnDrop, Msg, URGENT_OPS, WriteQueue};
 use super::{BatchOp, OpResult, Storage, StorageError};
@@ -162,7 +163,9 @@ impl std::fmt::Debug for WriteOp {
 }
 
 impl WriteOp {
-    fn into_parts(self) -> (BatchOp, Option<OfflineReply>) {
+    /// The op as the storage engine takes it; `snapshots` keeps the participants of the last
+    /// snapshot encoded, which every participant's record of one call end shares.
+    fn into_parts(self, snapshots: &mut SnapshotCache) -> (BatchOp, Option<OfflineReply>) {
         match self {
             WriteOp::Records(rows) => (BatchOp::Records(rows), None),
             WriteOp::Offline { app_key, user_id, bodies, reply } => {
@@ -178,7 +181,7 @@ impl WriteOp {
                     owner_id: record.owner.as_str().to_owned(),
                     call_id: record.call.call_id.as_str().to_owned(),
                     sync_time: record.sync_time,
-                    body: wire::call_record_to_vec(&record),
+                    body: wire::call_record_to_vec_with(&record, snapshots),
                     fence,
                 };
                 (BatchOp::Records(vec![row]), None)
@@ -369,6 +372,7 @@ fn run(storage: &dyn Storage, queue: &WriteQueue, commit_delay: Duration, policy
     let mut replies = Vec::new();
     let mut flushes = Vec::new();
     let mut submitted_ops = Vec::new();
+    let mut snapshots = SnapshotCache::default();
     while let Some(batch) = queue.next_batch(commit_delay) {
         for msg in batch {
             match msg {
@@ -379,7 +383,7 @@ fn run(storage: &dyn Storage, queue: &WriteQueue, commit_delay: Duration, policy
         }
         coalesce_saves(&mut submitted_ops);
         for op in submitted_ops.drain(..) {
-            let (op, reply) = op.into_parts();
+            let (op, reply) = op.into_parts(&mut snapshots);
             ops.push(op);
             replies.push(reply);
         }

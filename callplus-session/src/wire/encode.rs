@@ -18,6 +18,8 @@
 //! nested message first (as prost's `encoded_len` does, once per level of nesting) would walk
 //! every field again.
 
+use std::sync::Arc;
+
 use callplus_proto::prost::bytes::BufMut;
 use callplus_proto::prost::encoding::{WireType, encoded_len_varint, key_len};
 use callplus_proto::v1 as pb;
@@ -65,7 +67,79 @@ pub fn server_frame_to_vec(seq: u64, ack: u64, body: &ServerBody) -> Vec<u8> {
 /// assert_eq!(buf[1..], server_frame_to_vec(1, 0, &body)[..]);
 /// ```
 pub fn append_server_frame(seq: u64, ack: u64, body: &ServerBody, buf: &mut Vec<u8>) {
-    Frame { seq, ack, body }.fields(&mut Backfill { buf });
+    Frame { seq, ack, body }.fields(&mut Backfill { buf, cache: None });
+}
+
+/// [`append_server_frame`], taking the participants of a call snapshot the frame shares with
+/// the frames before it from `cache` instead of encoding them again (see [`SnapshotCache`]).
+/// The bytes are the same.
+///
+/// ```
+/// use callplus_session::wire::{SnapshotCache, append_server_frame_with, server_frame_to_vec};
+/// use callplus_session::{EndReason, Event, ServerBody};
+///
+/// // One cache for every frame an encoder writes, kept from one frame to the next.
+/// let mut cache = SnapshotCache::default();
+/// let body = ServerBody::Event(Event::Kicked { reason: EndReason::Hangup, message: "bye".into() });
+/// let mut buf = Vec::new();
+/// append_server_frame_with(1, 0, &body, &mut buf, &mut cache);
+/// assert_eq!(buf, server_frame_to_vec(1, 0, &body));
+/// ```
+pub fn append_server_frame_with(
+    seq: u64,
+    ack: u64,
+    body: &ServerBody,
+    buf: &mut Vec<u8>,
+    cache: &mut SnapshotCache,
+) {
+    Frame { seq, ack, body }.fields(&mut Backfill { buf, cache: Some(cache) });
+}
+
+/// The participants of the last shared call snapshot written, kept encoded.
+///
+/// One change of a call makes one snapshot (`Arc<CallInfo>`), and several frames carry it:
+/// the caller's `Started` and each callee's `IncomingCall`; the callee's `CallEnded` and every
+/// participant's `CallRecord` (and the stored records). Its participants are most of each of
+/// those frames' bytes, and they are the same bytes every time. An encoder that keeps one
+/// cache writes them once per snapshot and copies them into the frames after.
+///
+/// The cache holds the snapshot it describes, so no other snapshot can be at its address while
+/// it is kept; an `Arc`'s value cannot change while another `Arc` to it exists. Only snapshots
+/// held in an `Arc` are kept, and only while their participants take at most
+/// [`SnapshotCache::MAX_BYTES`].
+#[derive(Debug, Default)]
+pub struct SnapshotCache {
+    /// The snapshot whose participants `bytes` holds.
+    call: Option<Arc<CallInfo>>,
+    /// Each participant's message as it follows its field's key: its length, then its fields.
+    bytes: Vec<u8>,
+    /// Where each participant's message ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl SnapshotCache {
+    /// A snapshot whose participants take more bytes than this (a large group call) is not
+    /// kept, so the cache never holds much.
+    pub const MAX_BYTES: usize = 4096;
+
+    fn holds(&self, call: &Arc<CallInfo>) -> bool {
+        self.call.as_ref().is_some_and(|held| Arc::ptr_eq(held, call))
+    }
+
+    /// Each kept participant's message, in order.
+    fn messages(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter().copied()).filter_map(|(start, end)| self.bytes.get(start..end))
+    }
+
+    fn forget(&mut self) {
+        self.call = None;
+        self.bytes.clear();
+        self.ends.clear();
+        if self.bytes.capacity() > Self::MAX_BYTES {
+            self.bytes = Vec::new();
+        }
+    }
 }
 
 /// A call record as the protobuf `CallRecord` (the bytes prost writes for the generated
@@ -79,12 +153,21 @@ pub fn call_record_to_vec(record: &CallRecord) -> Vec<u8> {
 /// converted from it): how storage keeps live calls.
 #[must_use]
 pub fn call_info_to_vec(call: &CallInfo) -> Vec<u8> {
-    message_to_vec(&CallMsg(call))
+    message_to_vec(&CallMsg(call, None))
+}
+
+/// [`call_record_to_vec`], with the participants of a snapshot shared with the records before
+/// it taken from `cache` (see [`SnapshotCache`]). The bytes are the same.
+#[must_use]
+pub fn call_record_to_vec_with(record: &CallRecord, cache: &mut SnapshotCache) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(FIRST_CAPACITY);
+    RecordMsg(record).fields(&mut Backfill { buf: &mut buf, cache: Some(cache) });
+    buf
 }
 
 fn message_to_vec<M: Msg>(message: &M) -> Vec<u8> {
     let mut buf = Vec::with_capacity(FIRST_CAPACITY);
-    message.fields(&mut Backfill { buf: &mut buf });
+    message.fields(&mut Backfill { buf: &mut buf, cache: None });
     buf
 }
 
@@ -98,6 +181,15 @@ trait Out {
     fn varint(&mut self, tag: u32, value: u64);
     fn bytes(&mut self, tag: u32, value: &[u8]);
     fn message<M: Msg>(&mut self, tag: u32, message: &M);
+
+    /// The participants of `call` as the repeated field `tag`; `shared` is the `Arc` the call
+    /// is held in, when it is (an encoder may then reuse their bytes).
+    fn participants(&mut self, tag: u32, call: &CallInfo, shared: Option<&Arc<CallInfo>>) {
+        let _ = shared;
+        for p in &call.participants {
+            self.message(tag, &ParticipantMsg(p));
+        }
+    }
 }
 
 /// A message: its fields in tag order.
@@ -158,6 +250,7 @@ fn put_key(buf: &mut Vec<u8>, tag: u32, wire_type: WireType) {
 /// length's extra bytes, one `memmove` of bytes just written.
 struct Backfill<'a> {
     buf: &'a mut Vec<u8>,
+    cache: Option<&'a mut SnapshotCache>,
 }
 
 impl Out for Backfill<'_> {
@@ -174,6 +267,48 @@ impl Out for Backfill<'_> {
 
     fn message<M: Msg>(&mut self, tag: u32, message: &M) {
         put_key(self.buf, tag, WireType::LengthDelimited);
+        self.nested(message);
+    }
+
+    fn participants(&mut self, tag: u32, call: &CallInfo, shared: Option<&Arc<CallInfo>>) {
+        let (Some(cache), Some(shared)) = (self.cache.take(), shared) else {
+            for p in &call.participants {
+                self.message(tag, &ParticipantMsg(p));
+            }
+            return;
+        };
+        if cache.holds(shared) {
+            for message in cache.messages() {
+                put_key(self.buf, tag, WireType::LengthDelimited);
+                self.buf.extend_from_slice(message);
+            }
+        } else {
+            cache.forget();
+            let mut keep = true;
+            for p in &call.participants {
+                put_key(self.buf, tag, WireType::LengthDelimited);
+                let at = self.buf.len();
+                self.nested(&ParticipantMsg(p));
+                let message = self.buf.get(at..).unwrap_or_default();
+                keep = keep && cache.bytes.len() + message.len() <= SnapshotCache::MAX_BYTES;
+                if keep {
+                    cache.bytes.extend_from_slice(message);
+                    cache.ends.push(cache.bytes.len());
+                }
+            }
+            if keep {
+                cache.call = Some(Arc::clone(shared));
+            } else {
+                cache.forget();
+            }
+        }
+        self.cache = Some(cache);
+    }
+}
+
+impl Backfill<'_> {
+    /// Writes a nested message after its key: its length, then its fields.
+    fn nested<M: Msg>(&mut self, message: &M) {
         let at = self.buf.len();
         self.buf.push(0);
         message.fields(self);
@@ -340,7 +475,7 @@ impl Msg for ResponseMsg<'_> {
         i32_field(o, 2, pb::ResultCode::Success as i32);
         match body {
             ResponseBody::Empty => {}
-            ResponseBody::Call(call) => o.message(10, &CallMsg(call)),
+            ResponseBody::Call(call) => o.message(10, &CallMsg::shared(call)),
             ResponseBody::Busy(users) => o.message(11, &UsersMsg(users)),
             ResponseBody::Transaction(tx) => o.bytes(12, tx.as_str().as_bytes()),
             ResponseBody::Records(page) => o.message(13, &PageMsg(page)),
@@ -359,11 +494,11 @@ impl Msg for UsersMsg<'_> {
     }
 }
 
-struct StartedMsg<'a>(&'a CallInfo, &'a [UserId]);
+struct StartedMsg<'a>(&'a Arc<CallInfo>, &'a [UserId]);
 
 impl Msg for StartedMsg<'_> {
     fn fields<O: Out>(&self, o: &mut O) {
-        o.message(1, &CallMsg(self.0));
+        o.message(1, &CallMsg::shared(self.0));
         strs_field(o, 2, self.1);
     }
 }
@@ -373,7 +508,7 @@ struct CallsMsg<'a>(&'a [CallInfo]);
 impl Msg for CallsMsg<'_> {
     fn fields<O: Out>(&self, o: &mut O) {
         for call in self.0 {
-            o.message(1, &CallMsg(call));
+            o.message(1, &CallMsg(call, None));
         }
     }
 }
@@ -421,7 +556,14 @@ impl Msg for ParticipantMsg<'_> {
     }
 }
 
-struct CallMsg<'a>(&'a CallInfo);
+/// A `CallInfo`, and the `Arc` it is shared in when a frame holds it in one.
+struct CallMsg<'a>(&'a CallInfo, Option<&'a Arc<CallInfo>>);
+
+impl<'a> CallMsg<'a> {
+    fn shared(call: &'a Arc<CallInfo>) -> Self {
+        Self(call, Some(call))
+    }
+}
 
 impl Msg for CallMsg<'_> {
     fn fields<O: Out>(&self, o: &mut O) {
@@ -430,9 +572,7 @@ impl Msg for CallMsg<'_> {
         i32_field(o, 2, c.call_type.into());
         i32_field(o, 3, c.media_type.into());
         str_field(o, 4, c.creator.as_str());
-        for p in &c.participants {
-            o.message(5, &ParticipantMsg(p));
-        }
+        o.participants(5, c, self.1);
         i64_field(o, 6, c.created_at_ms);
         i64_field(o, 7, c.started_at_ms.unwrap_or(0));
         i64_field(o, 8, c.first_frame_at_ms.unwrap_or(0));
@@ -454,9 +594,7 @@ impl Msg for RecordMsg<'_> {
         i32_field(o, 3, c.media_type.into());
         str_field(o, 4, c.creator.as_str());
         opt_str_field(o, 5, r.inviter.as_ref());
-        for p in &c.participants {
-            o.message(6, &ParticipantMsg(p));
-        }
+        o.participants(6, c, Some(&r.call));
         i64_field(o, 7, c.created_at_ms);
         i64_field(o, 8, c.started_at_ms.unwrap_or(0));
         i64_field(o, 9, c.first_frame_at_ms.unwrap_or(0));
@@ -528,7 +666,7 @@ impl Msg for KindMsg<'_> {
     fn fields<O: Out>(&self, o: &mut O) {
         match self.0 {
             Event::IncomingCall { call, inviter, extra } => {
-                o.message(1, &CallMsg(call));
+                o.message(1, &CallMsg::shared(call));
                 str_field(o, 2, inviter.as_str());
                 str_field(o, 3, extra);
             }
@@ -558,7 +696,7 @@ impl Msg for KindMsg<'_> {
                 u64_field(o, 4, *version);
             }
             Event::CallEnded { call, reason } => {
-                o.message(1, &CallMsg(call));
+                o.message(1, &CallMsg::shared(call));
                 i32_field(o, 2, (*reason).into());
             }
             Event::MediaStateChanged { call_id, user_id, kind, disabled } => {

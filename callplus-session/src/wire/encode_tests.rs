@@ -399,3 +399,164 @@ fn a_large_page_moves_its_messages_up_for_long_lengths_and_keeps_prosts_bytes() 
     encode_server_frame(9, 4, &frame.body, &mut buf);
     assert_eq!(buf, expected);
 }
+
+/// A frame carrying one of `snapshots` (by index), or none: what a thread's frames and stored
+/// records hold one after the other.
+#[derive(Debug, Clone)]
+enum Carrier {
+    Started(usize),
+    Call(usize),
+    Incoming(usize),
+    Ended(usize),
+    Record(usize, UserId),
+    Stored(usize, UserId),
+    Listed(usize),
+    Other,
+}
+
+fn carriers(snapshots: usize) -> impl Strategy<Value = Vec<Carrier>> {
+    let carrier = (0..snapshots, user(), 0..8u8).prop_map(|(i, owner, kind)| match kind {
+        0 => Carrier::Started(i),
+        1 => Carrier::Call(i),
+        2 => Carrier::Incoming(i),
+        3 => Carrier::Ended(i),
+        4 => Carrier::Record(i, owner),
+        5 => Carrier::Stored(i, owner),
+        6 => Carrier::Listed(i),
+        _ => Carrier::Other,
+    });
+    prop::collection::vec(carrier, 1..12)
+}
+
+fn shared_record(owner: &UserId, call: &Arc<CallInfo>) -> CallRecord {
+    CallRecord {
+        owner: owner.clone(),
+        call: Arc::clone(call),
+        inviter: None,
+        end_reason: EndReason::Hangup,
+        direction: Direction::Outgoing,
+        duration_ms: 5,
+        sync_time: 9,
+    }
+}
+
+/// The bytes of `carrier` through `cache`, and the bytes prost writes for the same message.
+fn encode_both(
+    carrier: &Carrier,
+    snapshots: &[Arc<CallInfo>],
+    cache: &mut SnapshotCache,
+) -> (Vec<u8>, Vec<u8>) {
+    let body = |result| ServerBody::Response(Response { request_id: 2, result: Ok(result) });
+    let body = match carrier {
+        Carrier::Started(i) => body(ResponseBody::Started { call: Arc::clone(&snapshots[*i]), busy: vec![] }),
+        Carrier::Call(i) => body(ResponseBody::Call(Arc::clone(&snapshots[*i]))),
+        Carrier::Listed(i) => body(ResponseBody::Calls(vec![(*snapshots[*i]).clone()])),
+        Carrier::Incoming(i) => ServerBody::Event(Event::IncomingCall {
+            call: Arc::clone(&snapshots[*i]),
+            inviter: snapshots[*i].creator.clone(),
+            extra: String::new(),
+        }),
+        Carrier::Ended(i) => ServerBody::Event(Event::CallEnded {
+            call: Arc::clone(&snapshots[*i]),
+            reason: EndReason::Hangup,
+        }),
+        Carrier::Record(i, owner) => {
+            ServerBody::Event(Event::CallRecord(shared_record(owner, &snapshots[*i])))
+        }
+        Carrier::Stored(i, owner) => {
+            let record = shared_record(owner, &snapshots[*i]);
+            return (call_record_to_vec_with(&record, cache), pb::CallRecord::from(&record).encode_to_vec());
+        }
+        Carrier::Other => ServerBody::Pong { server_time_ms: 4 },
+    };
+    let mut bytes = vec![0xff];
+    append_server_frame_with(3, 1, &body, &mut bytes, cache);
+    let frame = ServerFrame { seq: 3, ack: 1, body };
+    let mut expected = vec![0xff];
+    expected.extend(pb::ServerFrame::from(&frame).encode_to_vec());
+    (bytes, expected)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Frames and records that share snapshots, in any order through one cache, are the bytes
+    /// prost writes for each on its own.
+    #[test]
+    fn frames_sharing_snapshots_through_one_cache_are_prosts(
+        snapshots in prop::collection::vec(call(), 1..4),
+        carriers in carriers(3),
+    ) {
+        let snapshots: Vec<Arc<CallInfo>> = snapshots.into_iter().map(Arc::new).collect();
+        let mut cache = SnapshotCache::default();
+        for carrier in &carriers {
+            let index = match carrier {
+                Carrier::Started(i) | Carrier::Call(i) | Carrier::Incoming(i) | Carrier::Ended(i)
+                | Carrier::Record(i, _) | Carrier::Stored(i, _) | Carrier::Listed(i) => Some(*i),
+                Carrier::Other => None,
+            };
+            if index.is_some_and(|i| i >= snapshots.len()) {
+                continue;
+            }
+            let (bytes, expected) = encode_both(carrier, &snapshots, &mut cache);
+            prop_assert_eq!(bytes, expected, "{:?}", carrier);
+        }
+    }
+}
+
+fn snapshot_with(participants: usize) -> Arc<CallInfo> {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let mut call = call().new_tree(&mut runner).unwrap().current();
+    call.participants =
+        prop::collection::vec(participant(), participants).new_tree(&mut runner).unwrap().current();
+    Arc::new(call)
+}
+
+/// The second frame of a snapshot takes its participants from the cache: the kept bytes, not
+/// an encoding of the snapshot (here the kept bytes are altered to tell them apart).
+#[test]
+fn a_frame_sharing_the_kept_snapshot_copies_its_participants() {
+    let call = snapshot_with(2);
+    let ended = ServerBody::Event(Event::CallEnded { call: Arc::clone(&call), reason: EndReason::Hangup });
+    let mut cache = SnapshotCache::default();
+    let mut first = Vec::new();
+    append_server_frame_with(1, 0, &ended, &mut first, &mut cache);
+    assert!(cache.holds(&call));
+    assert_eq!(cache.ends.len(), 2);
+
+    let marker = cache.bytes.len() - 1;
+    cache.bytes[marker] ^= 0x55;
+    let mut second = Vec::new();
+    append_server_frame_with(1, 0, &ended, &mut second, &mut cache);
+    assert_eq!(second.len(), first.len());
+    assert_ne!(second, first, "the second frame was encoded again rather than copied");
+
+    // An equal snapshot in another `Arc` is encoded, and replaces the kept one.
+    let twin = Arc::new((*call).clone());
+    let twin_ended =
+        ServerBody::Event(Event::CallEnded { call: Arc::clone(&twin), reason: EndReason::Hangup });
+    let mut third = Vec::new();
+    append_server_frame_with(1, 0, &twin_ended, &mut third, &mut cache);
+    assert_eq!(third, first);
+    assert!(cache.holds(&twin) && !cache.holds(&call));
+}
+
+/// A snapshot whose participants take more than the cache keeps (a large group call) is
+/// encoded every time, correctly, and not kept.
+#[test]
+fn a_large_snapshot_is_not_kept() {
+    let call = snapshot_with(200);
+    let ended = ServerBody::Event(Event::CallEnded { call: Arc::clone(&call), reason: EndReason::Hangup });
+    let mut cache = SnapshotCache::default();
+    let expected = server_frame_to_vec(1, 0, &ended);
+    assert!(expected.len() > SnapshotCache::MAX_BYTES, "{} bytes", expected.len());
+    for _ in 0..2 {
+        let mut bytes = Vec::new();
+        append_server_frame_with(1, 0, &ended, &mut bytes, &mut cache);
+        assert_eq!(bytes, expected);
+        assert!(!cache.holds(&call));
+        assert!(cache.bytes.is_empty() && cache.bytes.capacity() <= SnapshotCache::MAX_BYTES);
+    }
+}

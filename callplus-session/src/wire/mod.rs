@@ -11,8 +11,8 @@ mod snapshot;
 
 pub use client::FrameError;
 pub use encode::{
-    append_server_frame, call_info_to_vec, call_record_to_vec, encode_server_frame, server_frame_len,
-    server_frame_to_vec,
+    SnapshotCache, append_server_frame, append_server_frame_with, call_info_to_vec, call_record_to_vec,
+    call_record_to_vec_with, encode_server_frame, server_frame_len, server_frame_to_vec,
 };
 pub use server::{event_from_wire, event_to_wire, server_frame_from_wire};
 
