@@ -271,7 +271,7 @@ impl Out for Backfill<'_> {
     }
 
     fn participants(&mut self, tag: u32, call: &CallInfo, shared: Option<&Arc<CallInfo>>) {
-        let (Some(cache), Some(shared)) = (self.cache.take(), shared) else {
+        let Some((cache, shared)) = shared.and_then(|shared| Some((self.cache.take()?, shared))) else {
             for p in &call.participants {
                 self.message(tag, &ParticipantMsg(p));
             }
