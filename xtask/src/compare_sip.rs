@@ -126,6 +126,9 @@ struct SipArgs {
     rounds: u32,
     /// Also run the server built by `cargo xtask pgo` ([`PGO_CLIENTS`]).
     pgo: bool,
+    /// Keep every core busy at the lowest priority for the whole comparison
+    /// ([`keep_cores_awake`]).
+    no_idle_cores: bool,
 }
 
 /// The offered rates when none are given: on a 2-core machine the anchor runs cleanly up to about
@@ -133,7 +136,7 @@ struct SipArgs {
 /// and a rate at which the anchor fails gives no ratio.
 const DEFAULT_RATES: [f64; 2] = [1_000.0, 1_500.0];
 
-/// Parses `--rates 1000,1500`, `--seconds 12`, `--rounds 1` and `--pgo`.
+/// Parses `--rates 1000,1500`, `--seconds 12`, `--rounds 1`, `--pgo` and `--no-idle-cores`.
 fn parse_args(args: &[String]) -> Result<SipArgs> {
     let mut args = args.to_vec();
     let rates = match crate::take_value(&mut args, "--rates")? {
@@ -149,12 +152,13 @@ fn parse_args(args: &[String]) -> Result<SipArgs> {
         None => 1,
     };
     let pgo = crate::take_flag(&mut args, "--pgo");
+    let no_idle_cores = crate::take_flag(&mut args, "--no-idle-cores");
     crate::no_more(&args)?;
-    Ok(SipArgs { rates, seconds, rounds, pgo })
+    Ok(SipArgs { rates, seconds, rounds, pgo, no_idle_cores })
 }
 
 pub(crate) fn compare_sip(args: &[String]) -> Result {
-    let SipArgs { rates, seconds, rounds, pgo } = parse_args(args)?;
+    let SipArgs { rates, seconds, rounds, pgo, no_idle_cores } = parse_args(args)?;
     crate::ensure_packages(PACKAGES)?;
     let mut build = cargo();
     build.args(["build", "--release", "-p", "callplus-signal", "--bin", "callplus"]);
@@ -163,6 +167,7 @@ pub(crate) fn compare_sip(args: &[String]) -> Result {
     let runs = callplus_runs(pgo_binary.as_deref());
     let work = std::env::temp_dir().join(format!("callplus-compare-sip-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+    let _spinners = if no_idle_cores { keep_cores_awake()? } else { Vec::new() };
     let mut points = Vec::new();
     for &rate in &rates {
         // Each round is the anchor, then every callplus run, at this rate, and one more anchor
@@ -195,6 +200,28 @@ fn callplus_runs(pgo_binary: Option<&Path>) -> Vec<(CallplusRun, Option<&Path>)>
     let plain = CALLPLUS_CLIENTS.iter().map(|&run| (run, None));
     let pgo = pgo_binary.into_iter().flat_map(|b| PGO_CLIENTS.iter().map(move |&run| (run, Some(b))));
     plain.chain(pgo).collect()
+}
+
+/// One busy loop per core under `SCHED_IDLE` (`chrt --idle`), until the groups are dropped.
+///
+/// A core with nothing to run halts, and on a virtual machine waking a halted core costs the
+/// thread that wakes it: a server's send to a sleeping client, a client's to the sleeping
+/// server. At the compared rates the two cores are idle most of the time, so much of what each
+/// system spends per call is that cost, and it depends on how busy the rest of the machine
+/// happens to be (a cheaper load generator leaves the cores idle more often). A `SCHED_IDLE`
+/// loop runs only when nothing else wants the core, so the systems measured keep the cores as
+/// before, but no core halts: what remains is each system's own work (docs/performance.md,
+/// "Idle cores").
+fn keep_cores_awake() -> Result<Vec<Group>> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (0..cores)
+        .map(|_| {
+            spawn(
+                "a spinner at SCHED_IDLE",
+                Command::new("chrt").args(["--idle", "0", "sh", "-c", "while :; do :; done"]),
+            )
+        })
+        .collect()
 }
 
 /// Starts `cmd` in a process group of its own, its output discarded; dropping the [`Group`]
@@ -562,10 +589,31 @@ mod tests {
     fn arguments_have_defaults_and_are_checked() {
         let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
         let defaults = parse_args(&[]).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(defaults, SipArgs { rates: vec![1_000.0, 1_500.0], seconds: 12, rounds: 1, pgo: false });
-        let given = parse_args(&args(&["--rates", "2000, 5000", "--seconds", "8", "--rounds", "3", "--pgo"]))
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(given, SipArgs { rates: vec![2_000.0, 5_000.0], seconds: 8, rounds: 3, pgo: true });
+        assert_eq!(
+            defaults,
+            SipArgs {
+                rates: vec![1_000.0, 1_500.0],
+                seconds: 12,
+                rounds: 1,
+                pgo: false,
+                no_idle_cores: false
+            }
+        );
+        let given = parse_args(&args(&[
+            "--rates",
+            "2000, 5000",
+            "--seconds",
+            "8",
+            "--rounds",
+            "3",
+            "--pgo",
+            "--no-idle-cores",
+        ]))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            given,
+            SipArgs { rates: vec![2_000.0, 5_000.0], seconds: 8, rounds: 3, pgo: true, no_idle_cores: true }
+        );
         for bad in [
             &["--rates", "1000,x"][..],
             &["--rates", "0"],

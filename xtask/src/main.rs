@@ -10,7 +10,7 @@
 //! cargo xtask fuzz [--seconds N] [TARGET...]
 //!                                      run each fuzz target (or the named ones) for N seconds
 //! cargo xtask bench [ARGS...]          criterion benches of the workspace (ARGS go to cargo bench)
-//! cargo xtask bench --compare-sip [--rates R1,R2] [--seconds N] [--rounds N] [--pgo]
+//! cargo xtask bench --compare-sip [--rates R1,R2] [--seconds N] [--rounds N] [--pgo] [--no-idle-cores]
 //!                                      callplus against Kamailio + SIPp, back to back
 //! cargo xtask bench --cluster [--nodes N] [--rates R1,R2] [--seconds S] [--users U] [--no-sqlite]
 //!                                      1 node against N nodes on Redis + PostgreSQL, back to back
@@ -76,11 +76,13 @@ commands:
                                      network namespace; installs Chromium and playwright-core)
   fuzz [--seconds N] [TARGET...]     run every fuzz target (or the named ones) for N s (default 30)
   bench [ARGS...]                    run the criterion benches (cargo bench --workspace ARGS)
-  bench --compare-sip [--rates R1,R2] [--seconds N] [--rounds N] [--pgo]
+  bench --compare-sip [--rates R1,R2] [--seconds N] [--rounds N] [--pgo] [--no-idle-cores]
                                      Kamailio + SIPp and `callplus bench` back to back at the
                                      same offered rates on 127.0.0.1; one table with the ratio;
                                      --rounds N: each rate N times, and the median ratio;
-                                     --pgo: also the server built by `pgo` (below)
+                                     --pgo: also the server built by `pgo` (below);
+                                     --no-idle-cores: a SCHED_IDLE spinner on every core, so
+                                     no core halts between messages (each system's own work)
   bench --cluster [--nodes N] [--rates R1,R2] [--seconds S] [--users U] [--no-sqlite]
                                      its own Redis and PostgreSQL on 127.0.0.1, then per rate
                                      `callplus bench` against 1 node, N nodes (default 3) and
