@@ -212,14 +212,15 @@ fn callplus_runs(pgo_binary: Option<&Path>) -> Vec<(CallplusRun, Option<&Path>)>
 /// loop runs only when nothing else wants the core, so the systems measured keep the cores as
 /// before, but no core halts: what remains is each system's own work (docs/performance.md,
 /// "Idle cores").
+///
+/// Each loop also ends by itself once this process is gone (`kill -0`, a shell builtin, fails),
+/// so an interrupted comparison leaves none behind.
 fn keep_cores_awake() -> Result<Vec<Group>> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let spin = format!("while kill -0 {} 2>/dev/null; do :; done", std::process::id());
     (0..cores)
         .map(|_| {
-            spawn(
-                "a spinner at SCHED_IDLE",
-                Command::new("chrt").args(["--idle", "0", "sh", "-c", "while :; do :; done"]),
-            )
+            spawn("a spinner at SCHED_IDLE", Command::new("chrt").args(["--idle", "0", "sh", "-c", &spin]))
         })
         .collect()
 }
@@ -503,6 +504,33 @@ fn summary(points: &[Point]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scheduling policy of `pid` (field 41 of its `stat`; 5 is `SCHED_IDLE`).
+    fn policy(pid: u32) -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let after_comm = stat.rsplit_once(')')?.1;
+        // Fields from the state (3rd) on; the policy is the 41st field.
+        after_comm.split_whitespace().nth(41 - 3)?.parse().ok()
+    }
+
+    #[test]
+    fn the_spinners_run_one_per_core_at_the_lowest_priority_until_dropped() {
+        let spinners = keep_cores_awake().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spinners.len(), std::thread::available_parallelism().map_or(1, usize::from));
+        let pids: Vec<u32> = spinners.iter().map(Group::id).collect();
+        for &pid in &pids {
+            // `chrt` sets the policy, then becomes the shell.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while policy(pid) != Some(5) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert_eq!(policy(pid), Some(5), "spinner {pid} is not at SCHED_IDLE");
+        }
+        drop(spinners);
+        for pid in pids {
+            assert!(!Path::new(&format!("/proc/{pid}")).exists(), "spinner {pid} outlived its group");
+        }
+    }
 
     #[test]
     fn sipp_final_counts_come_from_the_last_statistics_line() {
