@@ -186,9 +186,14 @@ trait Out {
     /// is held in, when it is (an encoder may then reuse their bytes).
     fn participants(&mut self, tag: u32, call: &CallInfo, shared: Option<&Arc<CallInfo>>) {
         let _ = shared;
-        for p in &call.participants {
-            self.message(tag, &ParticipantMsg(p));
-        }
+        each_participant(self, tag, call);
+    }
+}
+
+/// Writes each participant of `call` as the repeated field `tag`.
+fn each_participant<O: Out + ?Sized>(o: &mut O, tag: u32, call: &CallInfo) {
+    for p in &call.participants {
+        o.message(tag, &ParticipantMsg(p));
     }
 }
 
@@ -272,9 +277,7 @@ impl Out for Backfill<'_> {
 
     fn participants(&mut self, tag: u32, call: &CallInfo, shared: Option<&Arc<CallInfo>>) {
         let Some((cache, shared)) = shared.and_then(|shared| Some((self.cache.take()?, shared))) else {
-            for p in &call.participants {
-                self.message(tag, &ParticipantMsg(p));
-            }
+            each_participant(self, tag, call);
             return;
         };
         if cache.holds(shared) {
