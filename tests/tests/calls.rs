@@ -435,6 +435,33 @@ async fn an_unended_group_call_can_be_joined_but_not_by_a_stranger() {
     server.shutdown().await;
 }
 
+/// Whoever answers a group call after it started counts its time from the call's start: the
+/// third participant gets the same start time as the first two.
+#[tokio::test]
+async fn a_late_participant_gets_the_call_s_start_time() {
+    let server = TestServer::start(config()).await;
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    let mut carol = server.user("carol").await;
+    let call = multi(&alice, &["bob", "carol"], MediaType::Audio).await;
+    bob.answer(&call).await;
+    let Event::CallStartTime { started_at_ms, .. } = alice.expect(is_start_time(&call), "start time").await
+    else {
+        unreachable!()
+    };
+    bob.expect(is_start_time(&call), "start time").await;
+    carol.answer(&call).await;
+    let Event::CallStartTime { started_at_ms: carol_start, call_type, .. } =
+        carol.expect(is_start_time(&call), "carol's start time").await
+    else {
+        unreachable!()
+    };
+    assert_eq!((carol_start, call_type), (started_at_ms, CallType::Multi));
+    alice.sync().await;
+    assert_eq!(alice.seen(is_start_time(&call)), 1, "told once");
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_group_call_survives_one_leaving_and_ends_under_two() {
     let server = TestServer::start(config()).await;

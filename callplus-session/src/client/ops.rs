@@ -326,11 +326,14 @@ impl ClientEngine {
     /// Turns this user's camera on or off in the current call; the others get
     /// `RemoteCameraStateChanged`. The session's `camera_enabled` follows once confirmed.
     ///
-    /// Errors: no current call → `NotInCall`; an AUDIO call → `NotVideoCall`.
+    /// Turning it off is accepted in an AUDIO call too (the server's rule), so a camera turned
+    /// off beforehand stays off if the call later becomes a video call.
+    ///
+    /// Errors: no current call → `NotInCall`; turning it on in an AUDIO call → `NotVideoCall`.
     pub fn set_camera_enabled(&mut self, now_ms: i64, enabled: bool) -> Result<RequestId, Error> {
         self.ready()?;
         let call = self.current_live()?;
-        if call.session.media_type() == MediaType::Audio {
+        if enabled && call.session.media_type() == MediaType::Audio {
             return Err(err(Code::NotVideoCall, "the current call is audio only"));
         }
         let call_id = call.call_id().clone();

@@ -262,6 +262,7 @@ fn validation_codes_in_a_call() {
         Code::SessionExist
     );
     assert_eq!(code(e.set_camera_enabled(T0, true)), Code::NotVideoCall);
+    assert!(e.set_camera_enabled(T0, false).is_ok(), "turning the camera off is always accepted");
     assert!(e.set_microphone_enabled(T0, false).is_ok());
     assert_eq!(code(e.request_change_media_type(T0, MediaType::Audio)), Code::MediaTypeInvalid);
     let tx = TransactionId::new("tx1").unwrap();

@@ -455,6 +455,15 @@ impl Switchboard {
                 version,
             };
             notify(&mut self.net, call, |_, p| p.state.is_connected(), event);
+        } else if let Some(started_at_ms) = call.started_at_ms {
+            // A late joiner (a third participant, a later invitee, a rejoin) starts its call
+            // timer from the call's start, as the others did.
+            let event =
+                Event::CallStarted { call_id: id.clone(), call_type: call.call_type, started_at_ms, version };
+            self.net.send(ctx.sk, event);
+        }
+        if let Some(at_ms) = call.first_frame_at_ms {
+            self.net.send(ctx.sk, Event::FirstFrame { call_id: id.clone(), at_ms });
         }
         self.net.outputs.push_back(Output::SaveCall { app: ctx.app.clone(), call: snapshot });
         Ok(())
@@ -798,7 +807,9 @@ impl Switchboard {
         }
         self.net.respond(ctx.sk, rid, Ok(ResponseBody::Empty));
         if first {
-            notify_others(&mut self.net, call, &[], Event::FirstFrame { call_id: id.clone(), at_ms: now });
+            // Those still ringing hear of it when they answer (`connect_party`).
+            let event = Event::FirstFrame { call_id: id.clone(), at_ms: now };
+            notify(&mut self.net, call, |_, p| p.state.is_connected(), event);
         }
         Ok(())
     }

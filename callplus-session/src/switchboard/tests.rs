@@ -730,6 +730,51 @@ fn multi_leave_continue_and_end() {
 }
 
 #[test]
+fn a_late_joiner_is_told_when_the_call_started_and_its_first_frame() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let c = h.connect("carol", "c1");
+    let id = h.start(a, &["bob", "carol"], CallType::Multi, MediaType::Audio).call_id;
+    h.advance_pinging(1_000, &[a, b, c]);
+    let started = h.now;
+    ok(h.accept(b, &id));
+    h.advance_pinging(500, &[a, b, c]);
+    let first_frame = h.now;
+    ok(h.req(b, Request::ReportFirstFrame { call_id: id.clone() }));
+    h.events(a);
+    h.events(b);
+    let before_answer = h.events(c);
+    assert!(!before_answer.iter().any(|e| matches!(e, Event::CallStarted { .. } | Event::FirstFrame { .. })));
+    h.advance_pinging(2_000, &[a, b, c]);
+    ok(h.accept(c, &id));
+    let times = |events: &[Event]| {
+        let started = events.iter().find_map(|e| match e {
+            Event::CallStarted { started_at_ms, .. } => Some(*started_at_ms),
+            _ => None,
+        });
+        let first = events.iter().find_map(|e| match e {
+            Event::FirstFrame { at_ms, .. } => Some(*at_ms),
+            _ => None,
+        });
+        (started, first)
+    };
+    assert_eq!(
+        times(&h.events(c)),
+        (Some(started), Some(first_frame)),
+        "carol's timer starts with the call's"
+    );
+    assert_eq!(times(&h.events(a)), (None, None), "the others were told once");
+    // Leaving and joining again: told again, on the device that joins.
+    ok(h.hangup(c, &id));
+    h.events(c);
+    h.advance_pinging(1_000, &[a, b, c]);
+    ok(h.req(c, Request::JoinCall { call_id: id.clone() }));
+    assert_eq!(times(&h.events(c)), (Some(started), Some(first_frame)));
+    assert_eq!(times(&h.events(b)), (None, None));
+}
+
+#[test]
 fn multi_creator_cancel_stops_the_ringing() {
     let mut h = H::default();
     let a = h.connect("alice", "a1");
