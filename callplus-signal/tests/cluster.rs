@@ -604,3 +604,47 @@ async fn single_device_policy_kicks_the_older_login_on_another_node() {
     }
     drop(phone);
 }
+
+/// The operator asks node B's admin API to end a call node A holds: B forwards it (202), A ends
+/// it, and the participants on both nodes see ENDED_BY_SERVER.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_ends_a_call_through_another_nodes_admin_api() {
+    let Some(redis) = OwnedRedis::start() else { return };
+    let postgres = support::postgres::fresh_database();
+    let a = Node::start(&postgres, &redis, "node-a").await;
+    let secret = a.value("app secret:");
+    let app_key = a.value("app key:");
+    let b = Node::start(&postgres, &redis, "node-b").await;
+    let (alice, mut alice_ev) = a.connect(&secret, "alice", "alice-phone").await;
+    let (carol, mut carol_ev) = b.connect(&secret, "carol", "carol-phone").await;
+    let call = alice.start_call(&["carol"], CallType::Single, MediaType::Audio, CallOptions::default()).await;
+    let call = call.expect("start_call").call_id().clone();
+    wait_for(&mut carol_ev, "carol rings on node B", rings(&call)).await;
+    carol.accept(&call).await.expect("accept");
+    wait_for(&mut alice_ev, "alice connected", connected(&call)).await;
+
+    let admin = b.value("admin API:");
+    let admin = admin.split_whitespace().next().expect("the admin URL");
+    let body = serde_json::json!({ "call_id": call.as_str() }).to_string();
+    let (nonce, ts) = ("end-1", (wall_ms() / 1000).to_string());
+    let reply = reqwest::Client::new()
+        .post(format!("{admin}/v1/calls/end"))
+        .header("X-App-Key", &app_key)
+        .header("X-Nonce", nonce)
+        .header("X-Timestamp", &ts)
+        .header("X-Signature", callplus_signal::server::sign_request(&secret, nonce, &ts, body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .expect("node B's admin API answers");
+    assert_eq!(reply.status(), 202);
+    let reply: serde_json::Value = reply.json().await.expect("JSON");
+    assert_eq!(reply["forwarded_to"], "node-a");
+    for (events, who) in [(&mut alice_ev, "alice on A"), (&mut carol_ev, "carol on B")] {
+        let end = wait_for(events, who, ended(&call)).await;
+        assert_eq!(reason(&end), Some(EndReason::EndedByServer), "{who}");
+    }
+    for client in [alice, carol] {
+        client.disconnect().await;
+    }
+}

@@ -11,7 +11,7 @@ pub mod ws;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +22,7 @@ use callplus_proto::v1::signal_client::SignalClient;
 use callplus_session::client::CallOptions;
 use callplus_session::switchboard::SwitchboardConfig;
 use callplus_session::{CallId, DeviceId, EndReason, ParticipantState, UserId};
-use callplus_signal::server::{RunningServer, Server, ServerTls};
+use callplus_signal::server::{RunningServer, Server, ServerTls, sign_request};
 use callplus_signal::storage::Storage;
 use callplus_signal::token::{self, AppCredentials};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -309,6 +309,29 @@ impl TestServer {
         let welcome = s.hello(&self.token(user), device).await.expect("welcomed");
         assert_eq!(welcome.user_id, user);
         s
+    }
+
+    /// `body` POSTed to the admin API's `path`, signed with the app's secret under a fresh
+    /// nonce: the status and the JSON reply.
+    pub async fn admin_post(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        static NONCES: AtomicU64 = AtomicU64::new(0);
+        let admin = self.server.admin_url().expect("an admin listener");
+        let app = self.app();
+        let nonce = format!("e2e-{}-{}", now_ms(), NONCES.fetch_add(1, Ordering::Relaxed));
+        let ts = now_secs().to_string();
+        let reply = reqwest::Client::new()
+            .post(format!("{admin}{path}"))
+            .header("X-App-Key", &app.app_key)
+            .header("X-Nonce", &nonce)
+            .header("X-Timestamp", &ts)
+            .header("X-Signature", sign_request(&app.app_secret, &nonce, &ts, body.as_bytes()))
+            .header("Content-Type", "application/json")
+            .body(body.to_owned())
+            .send();
+        let reply = timeout(WAIT, reply).await.expect("the admin API answers in time").expect("an answer");
+        let status = reply.status().as_u16();
+        let json = timeout(WAIT, reply.json()).await.expect("the reply in time").expect("a JSON reply");
+        (status, json)
     }
 
     /// Graceful shutdown.

@@ -64,6 +64,15 @@ pub fn encode(from: &str, message: &NodeMessage) -> Fields {
             text(&mut f, "session", session_id);
             text(&mut f, "call", call_id.as_str());
         }
+        NodeMessage::EndCall { app, call_id, user } => {
+            text(&mut f, "kind", "end_call");
+            text(&mut f, "app", app.as_str());
+            text(&mut f, "call", call_id.as_str());
+            // Absent: the whole call ends.
+            if let Some(user) = user {
+                text(&mut f, "user", user.as_str());
+            }
+        }
         NodeMessage::DeviceOnline { app, user, device, session_id } => {
             text(&mut f, "kind", "online");
             text(&mut f, "app", app.as_str());
@@ -169,6 +178,11 @@ pub fn decode(fields: &[Vec<u8>]) -> Result<(String, NodeMessage), ClusterError>
             session_id: e.text("session")?.to_owned(),
             call_id: CallId::new(e.text("call")?).map_err(|e| bad(&e.to_string()))?,
         },
+        "end_call" => NodeMessage::EndCall {
+            app: e.app()?,
+            call_id: CallId::new(e.text("call")?).map_err(|e| bad(&e.to_string()))?,
+            user: if e.bytes("user").is_ok() { Some(e.user()?) } else { None },
+        },
         "online" => NodeMessage::DeviceOnline {
             app: e.app()?,
             user: e.user()?,
@@ -267,6 +281,9 @@ mod tests {
             last_seen_ms: 1_767_225_600_085,
         });
         roundtrip(NodeMessage::OfflineWaiting { app: app.clone(), user: user.clone() });
+        let ended = CallId::new("node-b_0123456789-2")?;
+        roundtrip(NodeMessage::EndCall { app: app.clone(), call_id: ended.clone(), user: None });
+        roundtrip(NodeMessage::EndCall { app: app.clone(), call_id: ended, user: Some(user.clone()) });
         roundtrip(NodeMessage::SessionGone {
             app,
             user,

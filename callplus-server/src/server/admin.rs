@@ -1,6 +1,7 @@
-//! The admin HTTP API: token minting for the app's backend, `/metrics`, `/healthz`.
+//! The admin HTTP API: token minting for the app's backend, ending calls and removing
+//! participants (`POST /v1/calls/end`), `/metrics`, `/healthz`.
 //!
-//! `POST /v1/tokens` is authenticated like the seed vendors' server APIs: the request carries
+//! `POST /v1/tokens` and `POST /v1/calls/end` are authenticated like the seed vendors' server APIs: the request carries
 //! `X-App-Key`, `X-Nonce` (1–128 visible ASCII characters, never reused within the time
 //! window), `X-Timestamp` (Unix seconds, within ±300 s of the server clock) and `X-Signature` =
 //! hex(HMAC-SHA256(app_secret, nonce + "\n" + timestamp + "\n" + body)).
@@ -29,6 +30,8 @@ use super::driver::{DriverHandle, unix_ms};
 use super::metrics::Metrics;
 use crate::storage::Storage;
 use crate::token;
+use callplus_session::switchboard::ServerEnd;
+use callplus_session::{AppKey, CallId, Code, UserId};
 
 /// Largest accepted request body.
 const MAX_BODY: usize = 16 * 1024;
@@ -56,14 +59,17 @@ pub(crate) struct AdminState {
 pub(crate) fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/v1/tokens", post(mint_token))
+        .route("/v1/calls/end", post(end_call))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 
-/// Body of `POST /v1/tokens`.
+/// Body of `POST /v1/tokens`. Unknown fields are refused, as in every admin body, so a body
+/// signed for one endpoint is never read as another's.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct MintRequest {
     user_id: String,
     ttl_secs: Option<u64>,
@@ -135,54 +141,75 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
 }
 
-async fn mint_token(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: Bytes) -> Response {
+/// A request signed with an app's secret, whose nonce is now used up.
+struct Signed {
+    app_key: String,
+    secret: String,
+    /// The server clock, Unix seconds.
+    now: i64,
+}
+
+/// Checks a signed admin request (see the module's documentation) and claims its nonce, or
+/// returns the answer refusing it.
+async fn authenticate(state: &AdminState, headers: &HeaderMap, body: &[u8]) -> Result<Signed, Response> {
     let (Some(app_key), Some(nonce), Some(timestamp), Some(signature)) = (
-        header_str(&headers, "x-app-key"),
-        header_str(&headers, "x-nonce"),
-        header_str(&headers, "x-timestamp"),
-        header_str(&headers, "x-signature"),
+        header_str(headers, "x-app-key"),
+        header_str(headers, "x-nonce"),
+        header_str(headers, "x-timestamp"),
+        header_str(headers, "x-signature"),
     ) else {
-        return error(
+        return Err(error(
             StatusCode::UNAUTHORIZED,
             "X-App-Key, X-Nonce, X-Timestamp and X-Signature headers are required",
-        );
+        ));
     };
     if !valid_nonce(nonce) {
-        return error(StatusCode::UNAUTHORIZED, "X-Nonce must be 1-128 visible ASCII characters");
+        return Err(error(StatusCode::UNAUTHORIZED, "X-Nonce must be 1-128 visible ASCII characters"));
     }
     let now = unix_ms() / 1000;
     let Some(ts) = parse_timestamp(timestamp) else {
-        return error(
+        return Err(error(
             StatusCode::UNAUTHORIZED,
             "X-Timestamp must be Unix seconds: digits only, no sign, no leading zero",
-        );
+        ));
     };
     if (now - ts).abs() > MAX_CLOCK_SKEW_SECS {
-        return error(StatusCode::UNAUTHORIZED, "X-Timestamp is more than 300 s away from the server clock");
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "X-Timestamp is more than 300 s away from the server clock",
+        ));
     }
     let Some(secret) = state.auth.secret(app_key).await else {
-        return error(StatusCode::UNAUTHORIZED, "unknown app key or bad signature");
+        return Err(error(StatusCode::UNAUTHORIZED, "unknown app key or bad signature"));
     };
-    let mac = signed_message_mac(&secret, nonce, timestamp, &body);
+    let mac = signed_message_mac(&secret, nonce, timestamp, body);
     let valid = unhex(signature.trim()).is_some_and(|sig| mac.verify_slice(&sig).is_ok());
     if !valid {
-        return error(StatusCode::UNAUTHORIZED, "unknown app key or bad signature");
+        return Err(error(StatusCode::UNAUTHORIZED, "unknown app key or bad signature"));
     }
     // Remembered (durably, before the answer) for as long as this timestamp is acceptable.
     let forget_at = ts.max(now) + 2 * MAX_CLOCK_SKEW_SECS;
     let (storage, key, used) = (state.storage.clone(), app_key.to_owned(), nonce.to_owned());
     match tokio::task::spawn_blocking(move || storage.claim_nonce(&key, &used, now, forget_at)).await {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => return error(StatusCode::UNAUTHORIZED, "X-Nonce was already used"),
+        Ok(Ok(true)) => Ok(Signed { app_key: app_key.to_owned(), secret, now }),
+        Ok(Ok(false)) => Err(error(StatusCode::UNAUTHORIZED, "X-Nonce was already used")),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot record an admin nonce");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "storage error");
+            Err(error(StatusCode::INTERNAL_SERVER_ERROR, "storage error"))
         }
         Err(e) => {
             tracing::error!(error = %e, "admin nonce task failed");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
         }
     }
+}
+
+async fn mint_token(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Signed { app_key, secret, now } = match authenticate(&state, &headers, &body).await {
+        Ok(signed) => signed,
+        Err(refused) => return refused,
+    };
+    let app_key = app_key.as_str();
     let request: MintRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
@@ -198,6 +225,55 @@ async fn mint_token(State(state): State<Arc<AdminState>>, headers: HeaderMap, bo
             Json(MintReply { token, expires_at: issued_at + ttl }).into_response()
         }
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+/// Body of `POST /v1/calls/end`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndCallRequest {
+    call_id: String,
+    /// Remove only this user (`KICKED_BY_SERVER`); absent, the call ends for everyone
+    /// (`ENDED_BY_SERVER`).
+    user_id: Option<String>,
+}
+
+/// `POST /v1/calls/end`: the operator ends a call, or removes one participant from it. `200`
+/// once done, `202` with the node's id when the call is held by another node (it is done
+/// there), `404` (`CALL_NOT_FOUND`) for no live call of this app with this id, `409`
+/// (`NOT_IN_CALL`) for a user with no place in the call.
+async fn end_call(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Signed { app_key, .. } = match authenticate(&state, &headers, &body).await {
+        Ok(signed) => signed,
+        Err(refused) => return refused,
+    };
+    let request: EndCallRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
+    };
+    let ids = (
+        AppKey::new(&app_key),
+        CallId::new(&request.call_id),
+        request.user_id.as_deref().map(UserId::new).transpose(),
+    );
+    let (Ok(app), Ok(call_id), Ok(user)) = ids else {
+        return error(StatusCode::BAD_REQUEST, "call_id and user_id must be valid ids");
+    };
+    match state.driver.end_call(app, call_id, user).await {
+        Some(Ok(ServerEnd::Done)) => Json(serde_json::json!({ "ended": true })).into_response(),
+        Some(Ok(ServerEnd::Forwarded { node })) => {
+            (StatusCode::ACCEPTED, Json(serde_json::json!({ "forwarded_to": node }))).into_response()
+        }
+        Some(Err(e)) => {
+            let status = match e.code {
+                Code::CallNotFound => StatusCode::NOT_FOUND,
+                Code::NotInCall => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            let body = serde_json::json!({ "error": e.message, "code": e.code.name() });
+            (status, Json(body)).into_response()
+        }
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping"),
     }
 }
 

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use callplus_proto::v1 as pb;
 use callplus_session::switchboard::{
     ConnId, FastMap, FastSet, NodeMessage, NodeOutput, OfflineEvent, Output, PushRequest, Query, QueryAnswer,
-    QueryId, QueryResult, Switchboard, owner_node,
+    QueryId, QueryResult, ServerEnd, Switchboard, owner_node,
 };
 use callplus_session::wire::{FrameError, event_to_wire};
 use callplus_session::{
@@ -127,6 +127,17 @@ pub(crate) enum Input {
         /// The answer.
         reply: oneshot::Sender<bool>,
     },
+    /// The operator ends a call, or removes a user from it (the admin API).
+    EndCall {
+        /// The app.
+        app: AppKey,
+        /// The call.
+        call_id: CallId,
+        /// The user removed, or `None` to end the call.
+        user: Option<UserId>,
+        /// What was done.
+        reply: oneshot::Sender<Result<ServerEnd, Error>>,
+    },
     /// SDP/ICE from the SFU to one participant device.
     SfuSignal {
         /// The call.
@@ -187,6 +198,21 @@ impl DriverHandle {
     pub(crate) async fn is_call_live(&self, app: AppKey, call_id: CallId) -> bool {
         let (reply, rx) = oneshot::channel();
         self.send(Input::IsLive { app, call_id, reply }).await && rx.await.unwrap_or(false)
+    }
+
+    /// Ends a call, or removes `user` from it, as the operator; `None` when the driver has
+    /// stopped.
+    pub(crate) async fn end_call(
+        &self,
+        app: AppKey,
+        call_id: CallId,
+        user: Option<UserId>,
+    ) -> Option<Result<ServerEnd, Error>> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Input::EndCall { app, call_id, user, reply }).await {
+            return None;
+        }
+        rx.await.ok()
     }
 
     /// Whether the driver has stopped.
@@ -478,6 +504,9 @@ impl Driver {
             Input::QueryDone { id, result } => self.sb.complete_query(now, id, result),
             Input::IsLive { app, call_id, reply } => {
                 let _ = reply.send(self.sb.is_call_live(&app, &call_id));
+            }
+            Input::EndCall { app, call_id, user, reply } => {
+                let _ = reply.send(self.sb.end_call_by_server(now, &app, &call_id, user.as_ref()));
             }
             Input::SfuSignal { call_id, to_user, to_device, payload } => {
                 self.sb.sfu_signal(now, &call_id, &to_user, &to_device, payload);

@@ -97,6 +97,16 @@ pub enum NodeMessage {
         /// The call.
         call_id: CallId,
     },
+    /// The operator ended the call, or removed `user` from it, through the sending node's admin
+    /// API (that node → the call's owner; see [`Switchboard::end_call_by_server`]).
+    EndCall {
+        /// The app.
+        app: AppKey,
+        /// The call.
+        call_id: CallId,
+        /// The user removed, or `None` to end the call.
+        user: Option<UserId>,
+    },
     /// Events were stored for a user who has no device on the sending node, and presence then
     /// found devices of theirs on the receiving node: those sessions load the user's stored
     /// events again (a device that connected while the event was being stored may have looked
@@ -319,10 +329,14 @@ impl Switchboard {
     /// The other node that owns the call `request` is about, when there is one: the request is
     /// forwarded there. A call this switchboard holds (created or recovered here) is its own.
     fn remote_owner(&self, request: &Request) -> Option<String> {
+        self.remote_owner_of(request.call_id()?)
+    }
+
+    /// The other node that owns call `id`, when there is one.
+    pub(super) fn remote_owner_of(&self, id: &CallId) -> Option<String> {
         if !self.clustered() {
             return None;
         }
-        let id = request.call_id()?;
         if self.calls.contains_key(id) {
             return None;
         }
@@ -692,6 +706,11 @@ impl Switchboard {
             NodeMessage::OfflineWaiting { app, user } => {
                 for sk in self.net.user_devices(&app, &user, None).iter() {
                     self.load_offline(sk);
+                }
+            }
+            NodeMessage::EndCall { app, call_id, user } => {
+                if let Err(e) = self.server_end(now_ms, &app, &call_id, user.as_ref()) {
+                    tracing::warn!(from, call = %call_id, error = %e, "an operator's end from another node not done");
                 }
             }
             NodeMessage::Delivered { app, user, device, session_id, call_id } => {

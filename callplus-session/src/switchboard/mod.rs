@@ -55,6 +55,7 @@ mod media_route;
 mod net;
 mod output;
 mod queue;
+mod server_end;
 mod session;
 mod sessions;
 mod timer;
@@ -82,6 +83,7 @@ pub use config::{
 pub use fasthash::{FastHasher, FastMap, FastSet};
 pub use media_route::{MediaRouter, TokenSigner};
 pub use output::{ConnId, DevicePresence, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId};
+pub use server_end::ServerEnd;
 
 pub use output::QueryResult;
 pub use weight::{body_frame_bytes, frame_bytes};

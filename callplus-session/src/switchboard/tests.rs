@@ -2354,3 +2354,107 @@ fn call_ids_sort_in_the_order_they_were_made() {
     assert_eq!(made[3].as_str(), format!("{prefix}-110"));
     assert_eq!(made[11].as_str(), format!("{prefix}-f{:x}", u64::MAX));
 }
+
+/// The operator ends a call: every participant, connected or still rung, ends with
+/// ENDED_BY_SERVER, and each gets a record saying so.
+#[test]
+fn the_operator_ends_a_call_for_everyone() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let c = h.connect("carol", "c1");
+    let id = h.start(a, &["bob", "carol"], CallType::Multi, MediaType::Audio).call_id;
+    ok(h.accept(b, &id));
+    h.outputs();
+    assert_eq!(h.sb.end_call_by_server(h.now, &app(), &id, None), Ok(ServerEnd::Done));
+    h.drain();
+    assert!(!h.sb.is_call_live(&app(), &id));
+    for conn in [a, b, c] {
+        assert_eq!(ended_reason(&h.events(conn), &id), Some(EndReason::EndedByServer));
+    }
+    let out = h.outputs();
+    let reasons: Vec<EndReason> = records(&out).iter().map(|r| r.end_reason).collect();
+    assert_eq!(reasons, vec![EndReason::EndedByServer; 3], "one record per participant");
+    // Once ended, or unknown, or another app's: not found, and nothing else is touched.
+    let unknown = ok(CallId::new("no-such-call"));
+    for call in [&id, &unknown] {
+        assert_eq!(code(h.sb.end_call_by_server(h.now, &app(), call, None)), Code::CallNotFound);
+    }
+    let d = h.connect("dave", "d1");
+    let live = h.single(d, "erin");
+    let other_app = ok(AppKey::new("other-app"));
+    assert_eq!(code(h.sb.end_call_by_server(h.now, &other_app, &live, None)), Code::CallNotFound);
+    assert!(h.sb.is_call_live(&app(), &live));
+}
+
+/// The operator removes one participant: their devices end with KICKED_BY_SERVER, the others
+/// see them leave with that reason and go on; removing the last but one ends the call for the
+/// other with REMOTE_KICKED_BY_SERVER.
+#[test]
+fn the_operator_removes_a_participant() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let b1 = h.connect("bob", "b1");
+    let b2 = h.connect("bob", "b2");
+    let c = h.connect("carol", "c1");
+    let id = h.start(a, &["bob", "carol"], CallType::Multi, MediaType::Audio).call_id;
+    ok(h.accept(c, &id));
+    h.events(a);
+    h.events(c);
+    // Bob is still being rung on two devices: both stop.
+    let bob = uid("bob");
+    assert_eq!(h.sb.end_call_by_server(h.now, &app(), &id, Some(&bob)), Ok(ServerEnd::Done));
+    h.drain();
+    for conn in [b1, b2] {
+        assert_eq!(ended_reason(&h.events(conn), &id), Some(EndReason::KickedByServer));
+    }
+    assert!(h.sb.is_call_live(&app(), &id), "alice and carol go on");
+    assert!(h.events(a).iter().any(|e| matches!(e,
+        Event::ParticipantChanged { state: ParticipantState::Ended, reason: Some(EndReason::KickedByServer), user_id, .. }
+        if user_id.as_str() == "bob")));
+    assert_eq!(code(h.sb.end_call_by_server(h.now, &app(), &id, Some(&bob))), Code::NotInCall, "already out");
+    let stranger = uid("mallory");
+    assert_eq!(code(h.sb.end_call_by_server(h.now, &app(), &id, Some(&stranger))), Code::NotInCall);
+    h.outputs();
+    ok(h.sb.end_call_by_server(h.now, &app(), &id, Some(&uid("carol"))));
+    h.drain();
+    assert_eq!(ended_reason(&h.events(c), &id), Some(EndReason::KickedByServer));
+    assert_eq!(ended_reason(&h.events(a), &id), Some(EndReason::RemoteKickedByServer));
+    assert!(!h.sb.is_call_live(&app(), &id));
+    let out = h.outputs();
+    let of = |who: &str| records(&out).iter().find(|r| r.owner.as_str() == who).map(|r| r.end_reason);
+    assert_eq!(of("carol"), Some(EndReason::KickedByServer));
+    assert_eq!(of("alice"), Some(EndReason::RemoteKickedByServer));
+}
+
+/// On a node of several, an end asked for a call another node owns goes to that node; the
+/// owner ends it as if asked on its own admin API.
+#[test]
+fn the_operator_ending_another_nodes_call_is_forwarded_to_its_owner() {
+    let mut owner = H::new(node_a_config());
+    let a = owner.connect("alice", "a1");
+    let b = owner.connect("bob", "b1");
+    let id = owner.single(a, "bob");
+    ok(owner.accept(b, &id));
+    owner.events(a);
+    owner.events(b);
+
+    let mut other = H::new(SwitchboardConfig { node_id: "node-b".into(), ..node_a_config() });
+    let forwarded = other.sb.end_call_by_server(other.now, &app(), &id, None);
+    assert_eq!(forwarded, Ok(ServerEnd::Forwarded { node: "node-a".into() }));
+    other.drain();
+    let sent = other.outputs().into_iter().find_map(|o| match o {
+        Output::Node(NodeOutput::Send { node, message }) if node == "node-a" => Some(*message),
+        _ => None,
+    });
+    let Some(message) = sent else { panic!("the end did not go to the owner") };
+    assert!(matches!(&message, NodeMessage::EndCall { call_id, user: None, .. } if *call_id == id));
+    owner.sb.handle_node_message(owner.now, "node-b", message);
+    owner.drain();
+    for conn in [a, b] {
+        assert_eq!(ended_reason(&owner.events(conn), &id), Some(EndReason::EndedByServer));
+    }
+    // A call id of this node's that it does not hold is simply not found (never sent around).
+    let own = ok(CallId::new("node-b_zzzz-1"));
+    assert_eq!(code(other.sb.end_call_by_server(other.now, &app(), &own, None)), Code::CallNotFound);
+}

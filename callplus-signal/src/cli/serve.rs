@@ -362,7 +362,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("  web phone:        {}/  (sign in with a token)", server.grpc_url());
     match server.admin_url() {
         Some(url) => {
-            println!("  admin API:        {url}  (POST /v1/tokens, GET /metrics, GET /healthz)")
+            println!(
+                "  admin API:        {url}  (POST /v1/tokens, POST /v1/calls/end, GET /metrics, GET /healthz)"
+            )
         }
         None => println!("  admin API:        off"),
     }

@@ -1,0 +1,99 @@
+//! The operator's side of a call, through the real server: the admin API removes a participant
+//! (`KICKED_BY_SERVER`) or ends a call for everyone (`ENDED_BY_SERVER`), and real clients see it.
+#![allow(clippy::expect_used)]
+
+use callplus_session::client::CallOptions;
+use callplus_session::{CallId, EndReason, ParticipantState};
+use callplus_tests::{
+    CallType, Event, MediaType, Party, TestServer, config, connected, ended_with, record_of, remote_state,
+};
+
+/// Starts a MULTI call from `caller` to `callees`.
+async fn multi(caller: &Party, callees: &[&str]) -> CallId {
+    caller
+        .client
+        .start_call(callees, CallType::Multi, MediaType::Audio, CallOptions::default())
+        .await
+        .expect("multi start_call")
+        .call_id()
+        .clone()
+}
+
+fn end_body(call: &CallId, user: Option<&str>) -> String {
+    match user {
+        Some(user) => serde_json::json!({ "call_id": call.as_str(), "user_id": user }).to_string(),
+        None => serde_json::json!({ "call_id": call.as_str() }).to_string(),
+    }
+}
+
+#[tokio::test]
+async fn the_operator_removes_a_participant_then_ends_the_call() {
+    let server = TestServer::start(config()).await;
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    let mut carol = server.user("carol").await;
+    let call = multi(&alice, &["bob", "carol"]).await;
+    bob.answer(&call).await;
+    carol.answer(&call).await;
+    alice.expect(connected(&call), "alice connected").await;
+
+    let (status, reply) = server.admin_post("/v1/calls/end", &end_body(&call, Some("bob"))).await;
+    assert_eq!(status, 200, "{reply}");
+    bob.expect(ended_with(&call, EndReason::KickedByServer), "bob removed").await;
+    for party in [&mut alice, &mut carol] {
+        let Event::RemoteUserStateChanged { reason, .. } =
+            party.expect(remote_state(&call, "bob", ParticipantState::Ended), "bob removed").await
+        else {
+            unreachable!()
+        };
+        assert_eq!(reason, Some(EndReason::KickedByServer));
+    }
+    let info = alice.client.get_call(&call).await.expect("get_call");
+    assert!(!info.is_ended(), "two remain: the call goes on");
+
+    // Removing him again, or someone never in the call: 409. Another call id: 404.
+    let (status, reply) = server.admin_post("/v1/calls/end", &end_body(&call, Some("bob"))).await;
+    assert_eq!((status, reply["code"].as_str()), (409, Some("NOT_IN_CALL")), "{reply}");
+    let (status, _) = server.admin_post("/v1/calls/end", &end_body(&call, Some("mallory"))).await;
+    assert_eq!(status, 409);
+    let unknown = CallId::new("no-such-call").expect("an id");
+    let (status, reply) = server.admin_post("/v1/calls/end", &end_body(&unknown, None)).await;
+    assert_eq!((status, reply["code"].as_str()), (404, Some("CALL_NOT_FOUND")), "{reply}");
+    // Not JSON of this endpoint (a token request's body), or not an id: 400, and nothing ends.
+    let (status, _) = server.admin_post("/v1/calls/end", r#"{"user_id":"alice"}"#).await;
+    assert_eq!(status, 400);
+    let (status, _) = server.admin_post("/v1/calls/end", r#"{"call_id":"no spaces"}"#).await;
+    assert_eq!(status, 400);
+    let (status, _) = server.admin_post("/v1/tokens", &end_body(&call, Some("alice"))).await;
+    assert_eq!(status, 400, "an end request's body mints no token");
+
+    let (status, reply) = server.admin_post("/v1/calls/end", &end_body(&call, None)).await;
+    assert_eq!(status, 200, "{reply}");
+    for party in [&mut alice, &mut carol] {
+        party.expect(ended_with(&call, EndReason::EndedByServer), "the call ended by the operator").await;
+        let Event::ReceivedCallRecord(record) = party.expect(record_of(&call), "record").await else {
+            unreachable!()
+        };
+        assert_eq!(record.end_reason, EndReason::EndedByServer);
+    }
+    let Event::ReceivedCallRecord(record) = bob.expect(record_of(&call), "bob's record").await else {
+        unreachable!()
+    };
+    assert_eq!(record.end_reason, EndReason::KickedByServer);
+    let (status, _) = server.admin_post("/v1/calls/end", &end_body(&call, None)).await;
+    assert_eq!(status, 404, "an ended call is not found");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_operator_removing_one_of_two_ends_a_single_call_for_the_other() {
+    let server = TestServer::start(config()).await;
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    let call = callplus_tests::establish(&mut alice, &mut bob, MediaType::Audio).await;
+    let (status, reply) = server.admin_post("/v1/calls/end", &end_body(&call, Some("alice"))).await;
+    assert_eq!(status, 200, "{reply}");
+    alice.expect(ended_with(&call, EndReason::KickedByServer), "alice removed").await;
+    bob.expect(ended_with(&call, EndReason::RemoteKickedByServer), "bob's call ends with her").await;
+    server.shutdown().await;
+}
