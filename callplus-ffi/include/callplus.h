@@ -829,7 +829,8 @@ typedef struct callplus_client_options {
 } callplus_client_options;
 
 /**
- * Optional settings of `callplus_client_start_call_with_options`.
+ * Optional settings of `callplus_client_start_call_with_options` (and, its push fields only, of
+ * `callplus_client_hangup_with_options`).
  *
  * Zero-initialise it and set only what you need; a zero or NULL field means "not set":
  *
@@ -1645,6 +1646,25 @@ enum callplus_result callplus_client_accept(const struct callplus_client *client
  */
 enum callplus_result callplus_client_hangup(const struct callplus_client *client,
                                             const char *call_id);
+
+/**
+ * `callplus_client_hangup` with push settings for the "call cancelled" notification that
+ * callees who were pushed the invitation get when the caller cancels. Only the push fields of
+ * `options` are read (`extra` or `ring_timeout_ms` set: `PARAM_ERROR`); NULL: none.
+ *
+ * ```c
+ * struct callplus_call_options push = {0};
+ * push.push_title = "Missed call";
+ * callplus_client_hangup_with_options(client, NULL, &push);
+ * ```
+ *
+ * # Safety
+ * `client` must be NULL or a live client; `call_id` NULL or NUL-terminated; `options` NULL or
+ * a readable `callplus_call_options` whose strings are NULL or NUL-terminated.
+ */
+enum callplus_result callplus_client_hangup_with_options(const struct callplus_client *client,
+                                                         const char *call_id,
+                                                         const struct callplus_call_options *options);
 
 /**
  * Tells the caller that this device shows (rings) the incoming call `call_id`.

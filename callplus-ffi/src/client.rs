@@ -23,7 +23,7 @@ use crate::ffi::{
     to_boxed, try_ref, with_ref, write_out,
 };
 use crate::media::ClientMedia;
-use crate::options::{call_options_arg, callplus_call_options};
+use crate::options::{call_options_arg, callplus_call_options, hangup_push_arg};
 use crate::result::callplus_result;
 use crate::string::{callplus_string, callplus_string_list, new_string, new_string_list};
 
@@ -507,6 +507,34 @@ pub unsafe extern "C" fn callplus_client_hangup(
         let (handle, call_id) = unsafe { (try_ref(client)?, opt_str_arg(call_id)?) };
         let call_id = call_id.map(call_id_arg).transpose()?;
         handle.run(|c| async move { c.hangup(call_id.as_ref()).await })
+    })
+}
+
+/// `callplus_client_hangup` with push settings for the "call cancelled" notification that
+/// callees who were pushed the invitation get when the caller cancels. Only the push fields of
+/// `options` are read (`extra` or `ring_timeout_ms` set: `PARAM_ERROR`); NULL: none.
+///
+/// ```c
+/// struct callplus_call_options push = {0};
+/// push.push_title = "Missed call";
+/// callplus_client_hangup_with_options(client, NULL, &push);
+/// ```
+///
+/// # Safety
+/// `client` must be NULL or a live client; `call_id` NULL or NUL-terminated; `options` NULL or
+/// a readable `callplus_call_options` whose strings are NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_client_hangup_with_options(
+    client: *const callplus_client,
+    call_id: *const c_char,
+    options: *const callplus_call_options,
+) -> callplus_result {
+    boundary_result(|| {
+        // SAFETY: forwarded contract.
+        let (handle, call_id, push) =
+            unsafe { (try_ref(client)?, opt_str_arg(call_id)?, hangup_push_arg(options)?) };
+        let call_id = call_id.map(call_id_arg).transpose()?;
+        handle.run(|c| async move { c.hangup_with_push(call_id.as_ref(), push).await })
     })
 }
 

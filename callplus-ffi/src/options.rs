@@ -11,7 +11,8 @@ use crate::result::callplus_result;
 /// `ring_timeout_ms` value asking the server to ring until the call is answered or cancelled.
 pub const CALLPLUS_RING_UNTIL_ANSWERED: i64 = -1;
 
-/// Optional settings of `callplus_client_start_call_with_options`.
+/// Optional settings of `callplus_client_start_call_with_options` (and, its push fields only, of
+/// `callplus_client_hangup_with_options`).
 ///
 /// Zero-initialise it and set only what you need; a zero or NULL field means "not set":
 ///
@@ -73,6 +74,22 @@ pub(crate) unsafe fn call_options_arg(
     Ok(CallOptions { push, extra: extra.unwrap_or_default().to_owned(), ring_timeout_ms })
 }
 
+/// The push settings of a hangup (`callplus_client_hangup_with_options`): only the push fields
+/// are read; `extra` or `ring_timeout_ms` set is `PARAM_ERROR` (they mean nothing to a hangup).
+///
+/// # Safety
+/// As [`call_options_arg`].
+pub(crate) unsafe fn hangup_push_arg(
+    options: *const callplus_call_options,
+) -> Result<Option<PushConfig>, callplus_result> {
+    // SAFETY: forwarded contract.
+    let CallOptions { push, extra, ring_timeout_ms } = unsafe { call_options_arg(options) }?;
+    if !extra.is_empty() || ring_timeout_ms.is_some() {
+        return Err(callplus_result::ParamError);
+    }
+    Ok(push)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -130,5 +147,22 @@ mod tests {
         assert_eq!(unsafe { call_options_arg(&huge) }, Err(callplus_result::ParamError));
         let bad_text = callplus_call_options { push_title: [0xffu8, 0].as_ptr().cast(), ..zeroed() };
         assert!(unsafe { call_options_arg(&bad_text) }.is_err());
+    }
+
+    #[test]
+    fn a_hangup_reads_only_the_push_fields() {
+        assert_eq!(unsafe { hangup_push_arg(null()) }, Ok(None));
+        assert_eq!(unsafe { hangup_push_arg(&zeroed()) }, Ok(None));
+        let o = callplus_call_options { push_title: c"Missed call".as_ptr(), ..zeroed() };
+        let push = unsafe { hangup_push_arg(&o) }.unwrap().unwrap();
+        assert_eq!((push.title.as_str(), push.disable_push), ("Missed call", false));
+        let off = callplus_call_options { disable_push: true, ..zeroed() };
+        assert!(unsafe { hangup_push_arg(&off) }.unwrap().unwrap().disable_push);
+        for stray in [
+            callplus_call_options { extra: c"x".as_ptr(), ..zeroed() },
+            callplus_call_options { ring_timeout_ms: 5, ..zeroed() },
+        ] {
+            assert_eq!(unsafe { hangup_push_arg(&stray) }, Err(callplus_result::ParamError));
+        }
     }
 }

@@ -97,6 +97,7 @@ fn null_client_is_refused_everywhere() {
         assert_eq!(callplus_client_start_call(c, callees.as_ptr(), 1, 1, 1, null(), &mut s), N);
         assert_eq!(callplus_client_accept(c, id), N);
         assert_eq!(callplus_client_hangup(c, null()), N);
+        assert_eq!(callplus_client_hangup_with_options(c, null(), null()), N);
         assert_eq!(callplus_client_ringing(c, id), N);
         assert_eq!(callplus_client_join_call(c, id), N);
         assert_eq!(callplus_client_invite(c, callees.as_ptr(), 1, null(), &mut l), N);
@@ -716,7 +717,24 @@ fn start_call_options_reach_the_call() {
         let waiting = wait_for(bob, callplus_event_type::ReceivedCall);
         assert_eq!(text(callplus_event_call_id(waiting)), text(callplus_string_data(third)));
         callplus_event_free(waiting);
-        assert_eq!(callplus_client_hangup(carol, callplus_string_data(third)), R::Ok);
+        // Carol cancels with settings for the "call cancelled" push; a hangup's options carry
+        // push settings only.
+        let stray = callplus_call_options { extra: c"x".as_ptr(), ..options };
+        assert_eq!(
+            callplus_client_hangup_with_options(carol, callplus_string_data(third), &stray),
+            R::ParamError
+        );
+        let push = callplus_call_options {
+            extra: null(),
+            ring_timeout_ms: 0,
+            push_title: c"Missed call".as_ptr(),
+            ..options
+        };
+        assert_eq!(callplus_client_hangup_with_options(carol, callplus_string_data(third), &push), R::Ok);
+        let cancelled = wait_for(bob, callplus_event_type::CallEnded);
+        assert_eq!(text(callplus_event_call_id(cancelled)), text(callplus_string_data(third)));
+        assert_eq!(callplus_event_reason(cancelled), callplus_end_reason::RemoteCancel);
+        callplus_event_free(cancelled);
         assert_eq!(callplus_client_hangup(alice, callplus_string_data(second)), R::Ok);
         callplus_string_free(second);
         callplus_string_free(third);

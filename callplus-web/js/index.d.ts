@@ -271,7 +271,7 @@ export declare class CallPlusClient {
   startCall(options: StartCallOptions): Promise<Result<{ callId: string; busyUsers: string[] }>>;
   startCall(userIds: string[], callType?: CallTypeName, mediaType?: MediaTypeName, pushConfig?: PushConfig, extra?: string): Promise<Result<{ callId: string; busyUsers: string[] }>>;
   accept(callId: string): Promise<Result>;
-  hangup(callId?: string): Promise<Result>;
+  hangup(callId?: string, pushConfig?: PushConfig): Promise<Result>;
   joinCall(callId: string): Promise<Result>;
   invite(userIds: string[], options?: { extra?: string; pushConfig?: PushConfig }): Promise<Result<{ busyUsers: string[] }>>;
   requestChangeMediaType(mediaType: MediaTypeName): Promise<Result<{ transactionId: string }>>;

@@ -220,8 +220,14 @@ export class CallPlusClient {
     return this.#plain(await this.#request((t) => this.#engine.accept(t, callId)));
   }
 
-  /** Hangs up (or rejects) `callId`, by default the current call. */
-  async hangup(callId) { return this.#plain(await this.#request((t) => this.#engine.hangup(t, callId || ''))); }
+  /**
+   * Hangs up (or rejects) `callId`, by default the current call. `pushConfig` is for the "call
+   * cancelled" push to callees who were pushed the invitation (the seed's `hangup(pushConfig)`).
+   */
+  async hangup(callId, pushConfig) {
+    const push = pushConfig ? JSON.stringify(pushConfig) : '';
+    return this.#plain(await this.#request((t) => this.#engine.hangup(t, callId || '', push)));
+  }
 
   async joinCall(callId) { return this.#plain(await this.#request((t) => this.#engine.joinCall(t, callId))); }
 

@@ -138,8 +138,8 @@ impl Engine {
     }
 
     /// Hang up (empty id: the current call).
-    pub fn hangup(&mut self, now: f64, call_id: &str) -> Result<f64, JsError> {
-        id(self.inner.hangup(now, call_id))
+    pub fn hangup(&mut self, now: f64, call_id: &str, push: &str) -> Result<f64, JsError> {
+        id(self.inner.hangup(now, call_id, push))
     }
 
     /// Join a group call.

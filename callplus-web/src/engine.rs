@@ -193,13 +193,14 @@ impl WebEngine {
         self.engine.accept(ms(now), &call_id(call_id_)?)
     }
 
-    /// `hangup`; an empty id means the current call.
+    /// `hangup`; an empty id means the current call. `push` (JSON, empty for none) is for the
+    /// "call cancelled" push to callees that were pushed the invitation.
     ///
     /// # Errors
-    /// See [`ClientEngine::hangup`].
-    pub fn hangup(&mut self, now: f64, call_id_: &str) -> Result<RequestId, Error> {
+    /// `PARAM_ERROR` for a push config that does not read; see [`ClientEngine::hangup`].
+    pub fn hangup(&mut self, now: f64, call_id_: &str, push: &str) -> Result<RequestId, Error> {
         let id = if call_id_.is_empty() { None } else { Some(call_id(call_id_)?) };
-        self.engine.hangup(ms(now), id.as_ref(), None)
+        self.engine.hangup(ms(now), id.as_ref(), push_config(push)?)
     }
 
     /// `joinCall`.

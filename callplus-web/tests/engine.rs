@@ -231,7 +231,7 @@ async fn a_video_call_between_two_pages_negotiates_media_through_the_engine() {
     assert_eq!(w.pages[alice].media("setDevice").unwrap()["kind"], "VIDEO");
     assert_eq!(w.pages[alice].media("setDevice").unwrap()["enabled"], false);
 
-    w.pages[alice].engine.hangup(now(), "").unwrap();
+    w.pages[alice].engine.hangup(now(), "", r#"{"title": "Missed call"}"#).unwrap();
     w.until("both ended with records and summaries", |w| {
         [alice, bob].iter().all(|&p| {
             let page = &w.pages[p];
@@ -279,6 +279,8 @@ async fn bad_input_from_a_page_gets_a_clear_error() {
         let e = engine.start_call(now(), &["bob".to_owned()], "SINGLE", "AUDIO", "", -1.0, push).unwrap_err();
         assert_eq!(e.code, callplus_session::Code::ParamError, "pushConfig {push}");
         assert!(e.message.contains("pushConfig"), "{}", e.message);
+        let e = engine.hangup(now(), "", push).unwrap_err();
+        assert_eq!(e.code, callplus_session::Code::ParamError, "hangup's pushConfig {push}");
     }
     let e = engine.send_media_signal(now(), "c1", "bob", "d", "telepathy", "x", "", 0).unwrap_err();
     assert_eq!(e.code, callplus_session::Code::ParamError);

@@ -47,9 +47,16 @@ async fn offline_callee_is_pushed_then_gets_summary_and_record_exactly_once() {
     let info = alice.client.get_call(&call).await.expect("get_call");
     assert_eq!(info.participant(&uid("bob")).map(|p| p.delivery), Some(Delivery::Pushed));
 
-    // Alice gives up.
-    alice.client.hangup(None).await.expect("cancel");
+    assert_eq!(payload["kind"], "invite", "{payload}");
+
+    // Alice gives up: bob's phone is told the call was cancelled, with her hangup's settings.
+    let cancelled = PushConfig { title: "Missed call from Alice".into(), ..PushConfig::default() };
+    alice.client.hangup_with_push(None, Some(cancelled)).await.expect("cancel");
     alice.expect(ended_with(&call, EndReason::Cancel), "alice ended CANCEL").await;
+    let payload = push.next().await;
+    assert_eq!((&payload["kind"], &payload["callee"]), (&"cancel".into(), &"bob".into()), "{payload}");
+    assert_eq!(payload["call_id"], call.as_str(), "{payload}");
+    assert_eq!(payload["push_config"]["title"], "Missed call from Alice", "{payload}");
 
     // Bob comes online: the summary and the record are waiting for him, the call does not ring.
     let mut bob = server.user("bob").await;

@@ -1,12 +1,14 @@
-//! Push notifications for offline callees, POSTed as JSON to the configured webhook.
+//! Push notifications for offline callees, POSTed as JSON to the configured webhook: the
+//! invitation, and its cancellation when the caller hangs up before the callee answered.
 //!
-//! Each notification is tried a few times with exponential backoff; before every try the driver
-//! is asked whether the call is still live, so an ended call is never pushed.
+//! Each notification is tried a few times with exponential backoff; before every try of an
+//! invitation the driver is asked whether the call is still live, so an ended call is never
+//! pushed as ringing.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use callplus_session::switchboard::PushRequest;
+use callplus_session::switchboard::{PushKind, PushRequest};
 use callplus_session::{MediaType, PushConfig};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -23,6 +25,9 @@ const CONCURRENCY: usize = 64;
 /// The JSON body POSTed to the webhook.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PushPayload {
+    /// `invite` (a call rings for the callee) or `cancel` (the call pushed before was
+    /// cancelled before the callee answered: withdraw its notification).
+    pub kind: String,
     /// The app.
     pub app_key: String,
     /// The user to wake.
@@ -34,7 +39,8 @@ pub struct PushPayload {
     /// `AUDIO` or `AUDIO_VIDEO`.
     pub media_type: String,
     /// The caller's push settings (`title`, `content`, `template_id`, `ios`, `android`,
-    /// `custom_data`), or `null`.
+    /// `custom_data`): those of `start_call` or `invite` for an invitation, of `hangup` for a
+    /// cancellation; or `null`.
     pub push_config: Value,
     /// The caller's extra data.
     pub extra: String,
@@ -44,6 +50,11 @@ impl PushPayload {
     /// The payload of a push request.
     pub fn new(request: &PushRequest) -> Self {
         PushPayload {
+            kind: match request.kind {
+                PushKind::Invite => "invite",
+                PushKind::Cancel => "cancel",
+            }
+            .to_owned(),
             app_key: request.app.as_str().to_owned(),
             callee: request.callee.as_str().to_owned(),
             call_id: request.call_id.as_str().to_owned(),
@@ -165,7 +176,8 @@ async fn deliver(
     let payload = PushPayload::new(&request);
     let mut delay = settings.backoff;
     for attempt in 1..=settings.attempts.max(1) {
-        if !driver.is_call_live(request.app.clone(), request.call_id.clone()).await {
+        let ringing = request.kind == PushKind::Invite;
+        if ringing && !driver.is_call_live(request.app.clone(), request.call_id.clone()).await {
             tracing::debug!(call = %request.call_id, "call ended; push skipped");
             metrics.count_push("skipped_ended");
             return;

@@ -14,7 +14,7 @@ use crate::model::snapshot::PushConfig;
 use super::Output;
 use super::fasthash::FastMap;
 use super::media_route::send_route;
-use super::{BusyPolicy, Ctx, Net, PushRequest, Query, Switchboard, Timer};
+use super::{BusyPolicy, Ctx, Net, PushKind, PushRequest, Query, Switchboard, Timer};
 
 /// The participant whose departure is being processed, and the device sessions that held the
 /// call for it.
@@ -132,7 +132,7 @@ impl Switchboard {
             Request::StartCall(start) => self.start_call(now, ctx, rid, start),
             Request::Accept { call_id } => self.accept(now, ctx, rid, &call_id, false),
             Request::JoinCall { call_id } => self.accept(now, ctx, rid, &call_id, true),
-            Request::Hangup { call_id, push: _ } => self.hangup(now, ctx, rid, &call_id),
+            Request::Hangup { call_id, push } => self.hangup(now, ctx, rid, &call_id, push.as_deref()),
             Request::Ringing { call_id } => self.ringing(ctx, rid, &call_id),
             Request::Invite { call_id, users, push, extra } => {
                 self.invite(now, ctx, rid, &call_id, users, push, extra)
@@ -266,6 +266,7 @@ impl Switchboard {
         party.offered = live;
         if pushed {
             let request = PushRequest {
+                kind: PushKind::Invite,
                 app: call.app.clone(),
                 callee: party.user.clone(),
                 call_id: call.id.clone(),
@@ -469,7 +470,14 @@ impl Switchboard {
         Ok(())
     }
 
-    fn hangup(&mut self, now: i64, ctx: &Ctx, rid: u64, id: &CallId) -> Result<(), Error> {
+    fn hangup(
+        &mut self,
+        now: i64,
+        ctx: &Ctx,
+        rid: u64,
+        id: &CallId,
+        push: Option<&PushConfig>,
+    ) -> Result<(), Error> {
         let (call, idx) = find(&mut self.calls, ctx, id)?;
         not_ended(call)?;
         let Some(party) = call.party(idx) else { return Err(Error::from_code(Code::Internal)) };
@@ -484,7 +492,32 @@ impl Switchboard {
             if reason == EndReason::Reject { EndReason::RejectedOnOtherDevice } else { reason };
         self.net.respond(ctx.sk, rid, Ok(ResponseBody::Empty));
         self.leave(now, id, idx, reason, Some(ctx.sk), other_devices);
+        self.push_cancels(id, &ctx.user, push);
         Ok(())
+    }
+
+    /// After a hangup that ended the call: each callee who was pushed the invitation and was
+    /// still being rung gets a cancel push with the hanging-up user's push settings, so the
+    /// notification on their phone can be withdrawn.
+    fn push_cancels(&mut self, id: &CallId, by: &UserId, push: Option<&PushConfig>) {
+        if !push_allowed(self.cfg.push_enabled, push) {
+            return;
+        }
+        let Some(call) = self.calls.get(id).filter(|c| c.is_ended()) else { return };
+        let cancelled = call.parties.iter().filter(|p| p.pushed && p.reason == Some(EndReason::RemoteCancel));
+        for party in cancelled {
+            let request = PushRequest {
+                kind: PushKind::Cancel,
+                app: call.app.clone(),
+                callee: party.user.clone(),
+                call_id: call.id.clone(),
+                caller: by.clone(),
+                media_type: call.media_type,
+                push_config: push.map(|p| Box::new(p.clone())),
+                extra: party.extra.clone().unwrap_or_else(|| call.extra.clone()),
+            };
+            self.net.outputs.push_back(Output::Push(request));
+        }
     }
 
     fn ringing(&mut self, ctx: &Ctx, rid: u64, id: &CallId) -> Result<(), Error> {
@@ -889,6 +922,7 @@ impl Switchboard {
             return;
         }
         let request = PushRequest {
+            kind: PushKind::Invite,
             app: call.app.clone(),
             callee: party.user.clone(),
             call_id: call.id.clone(),

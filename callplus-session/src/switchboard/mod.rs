@@ -82,7 +82,9 @@ pub use config::{
 };
 pub use fasthash::{FastHasher, FastMap, FastSet};
 pub use media_route::{MediaRouter, TokenSigner};
-pub use output::{ConnId, DevicePresence, OfflineEvent, Output, PushRequest, Query, QueryAnswer, QueryId};
+pub use output::{
+    ConnId, DevicePresence, OfflineEvent, Output, PushKind, PushRequest, Query, QueryAnswer, QueryId,
+};
 pub use server_end::ServerEnd;
 
 pub use output::QueryResult;

@@ -27,6 +27,8 @@ pub struct OfflineEvent {
 /// A push notification to send to an offline callee through the webhook.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PushRequest {
+    /// An invitation, or its withdrawal.
+    pub kind: PushKind,
     /// The app.
     pub app: AppKey,
     /// Who to wake.
@@ -41,6 +43,17 @@ pub struct PushRequest {
     pub push_config: Option<Box<PushConfig>>,
     /// The caller's extra data.
     pub extra: String,
+}
+
+/// What a push tells the callee's phone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PushKind {
+    /// A call is ringing for the callee (the push config of `start_call` or `invite`).
+    #[default]
+    Invite,
+    /// The call pushed earlier was cancelled before the callee answered, so the notification
+    /// can be withdrawn (the push config of the caller's `hangup`).
+    Cancel,
 }
 
 /// A storage operation on behalf of a device request.

@@ -10,7 +10,7 @@ use crate::model::kinds::{
     CallType, ChangeMediaTypeResult, Delivery, Direction, MediaKind, MediaType, ParticipantState,
 };
 use crate::model::message::{ClientBody, MediaPayload, Request, Resume, ServerFrame, StartCall};
-use crate::model::snapshot::CallRecord;
+use crate::model::snapshot::{CallRecord, PushConfig};
 
 fn ok<T>(r: Result<T, Error>) -> T {
     r.unwrap_or_else(|e| panic!("unexpected error: {e}"))
@@ -513,6 +513,63 @@ fn pushed_callee_times_out_as_no_response() {
     );
     h.advance_pinging(30_000, &[a, b]);
     assert_eq!(ended_reason(&h.events(a), &id), Some(EndReason::RemoteNoResponse));
+}
+
+/// A caller who cancels sends a cancel push, with the push config of the hangup, to each
+/// callee who was pushed the invitation and was still being rung; not to a callee reached on a
+/// device only, not after an answer, and not with `disable_push`.
+#[test]
+fn a_cancelled_call_pushes_its_cancel_to_the_pushed_callees() {
+    let cancels = |out: &[Output]| -> Vec<(String, Option<String>)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Push(p) if p.kind == PushKind::Cancel => {
+                    Some((p.callee.as_str().to_owned(), p.push_config.as_ref().map(|c| c.title.clone())))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let hangup_with = |call_id: &CallId, title: &str, disable_push: bool| Request::Hangup {
+        call_id: call_id.clone(),
+        push: Some(Box::new(PushConfig { title: title.into(), disable_push, ..PushConfig::default() })),
+    };
+    let mut h = H::new(SwitchboardConfig::default());
+    let a = h.connect("alice", "a1");
+    let c = h.connect("carol", "c1");
+    let id = h.start(a, &["bob", "carol", "dave"], CallType::Multi, MediaType::Audio).call_id;
+    let invites: Vec<String> = h
+        .outputs()
+        .iter()
+        .filter_map(|o| match o {
+            Output::Push(p) if p.kind == PushKind::Invite => Some(p.callee.as_str().to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(invites, vec!["bob", "dave"], "carol has a device: not pushed");
+    h.events(c);
+    ok(h.req(a, hangup_with(&id, "Missed call", false)));
+    assert_eq!(ended_reason(&h.events(c), &id), Some(EndReason::RemoteCancel));
+    let out = h.outputs();
+    assert_eq!(
+        cancels(&out),
+        vec![("bob".into(), Some("Missed call".into())), ("dave".into(), Some("Missed call".into()))]
+    );
+
+    // disable_push: nothing.
+    let id = h.single(a, "bob");
+    h.outputs();
+    ok(h.req(a, hangup_with(&id, "t", true)));
+    assert_eq!(cancels(&h.outputs()), vec![]);
+
+    // Answered, then hung up: no cancel.
+    let id = h.single(a, "bob");
+    let b = h.connect("bob", "b1");
+    ok(h.accept(b, &id));
+    h.outputs();
+    ok(h.req(a, hangup_with(&id, "t", false)));
+    assert_eq!(ended_reason(&h.events(b), &id), Some(EndReason::RemoteHangup));
+    assert_eq!(cancels(&h.outputs()), vec![]);
 }
 
 #[test]

@@ -54,7 +54,7 @@ export class Engine {
     /**
      * Hang up (empty id: the current call).
      */
-    hangup(now: number, call_id: string): number;
+    hangup(now: number, call_id: string, push: string): number;
     /**
      * Invite users into the current call.
      */
@@ -157,7 +157,7 @@ export interface InitOutput {
     readonly engine_getCallRecords: (a: number, b: number, c: number, d: number, e: number, f: number) => [number, number, number];
     readonly engine_handleFrame: (a: number, b: number, c: number, d: number) => [number, number];
     readonly engine_handleTimeout: (a: number, b: number) => void;
-    readonly engine_hangup: (a: number, b: number, c: number, d: number) => [number, number, number];
+    readonly engine_hangup: (a: number, b: number, c: number, d: number, e: number, f: number) => [number, number, number];
     readonly engine_invite: (a: number, b: number, c: number, d: number, e: number, f: number, g: number, h: number) => [number, number, number];
     readonly engine_joinCall: (a: number, b: number, c: number, d: number) => [number, number, number];
     readonly engine_mediaFirstFrame: (a: number, b: number, c: number, d: number) => [number, number];

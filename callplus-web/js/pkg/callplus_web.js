@@ -167,13 +167,23 @@ export class Engine {
      * Hang up (empty id: the current call).
      * @param {number} now
      * @param {string} call_id
+     * @param {string} push
      * @returns {number}
      */
-    hangup(now, call_id) {
-        const val2 = +now;
-        const ptr0 = passStringToWasm0(call_id, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-        const len0 = WASM_VECTOR_LEN;
-        const ret = wasm.engine_hangup(this.__wbg_ptr, val2, ptr0, len0);
+    hangup(now, call_id, push) {
+        const val3 = +now;
+        let ptr0, len0, ptr1, len1;
+        try {
+            ptr0 = passStringToWasm0(call_id, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = passStringToWasm0(push, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len1 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.engine_hangup(this.__wbg_ptr, val3, ptr0, len0, ptr1, len1);
         if (ret[2]) {
             throw takeFromExternrefTable0(ret[1]);
         }
