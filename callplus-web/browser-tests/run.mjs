@@ -66,6 +66,31 @@ async function oneToOneVideo(context, server) {
     && window.reports.some((r) => r.receive && r.receive.bob && r.receive.bob.bitRate > 0)
     && window.reports.some((r) => r.send));
 
+  // The session's times, the server's view of the call, the SDK's version.
+  const times = await alice.evaluate(async (id) => {
+    const s = window.client.getCurrentCallSession();
+    const got = await window.client.getCall(id);
+    return { start: s.getStartTime(), duration: s.getDuration(), got, version: await window.client.version() };
+  }, started.callId);
+  check(typeof times.start === 'number' && times.duration > 0, `alice's session has a start and a duration (${JSON.stringify(times)})`);
+  check(times.got.code === 0 && times.got.call.callId === started.callId && times.got.call.startedAt === times.start,
+    `getCall answers the server's view of the call (${JSON.stringify(times.got)})`);
+  check(/^\d+\.\d+\.\d+/.test(times.version), `version() is the SDK's (${times.version})`);
+  // Views and audio output: a removed view shows nothing and playing video without one says so.
+  const views = await bob.evaluate(async () => {
+    const removed = window.client.removeVideoView('alice');
+    const cleared = window.videos.alice.srcObject === null;
+    const withoutView = await window.client.playMedia('alice', 'AUDIO_VIDEO');
+    window.client.setVideoView('alice', window.videos.alice);
+    const shownAgain = window.videos.alice.srcObject !== null;
+    const output = await window.client.setAudioOutput('default');
+    return { removed: removed.code, cleared, withoutView, shownAgain, output };
+  });
+  check(views.removed === 0 && views.cleared && views.shownAgain, `bob removes alice's view and sets it again (${JSON.stringify(views)})`);
+  check(views.withoutView.code === 80105 && views.withoutView.name === 'VIDEO_VIEW_NOT_SET',
+    `playing video with no view is VIDEO_VIEW_NOT_SET (${JSON.stringify(views.withoutView)})`);
+  check(views.output.code === 0, `bob plays remote sound on the default output (${JSON.stringify(views.output)})`);
+
   const off = await alice.evaluate(() => window.client.stopCamera());
   check(off.code === 0, 'alice turns her camera off');
   await waitFor(bob, 'bob sees alice camera off', hasEvent, ['remoteCameraStateChanged', 'disabled', true]);

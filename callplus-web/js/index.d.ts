@@ -113,6 +113,12 @@ export declare class CallSession {
   getState(): CallStateName;
   getExtra(): string;
   getUserList(): { userId: string; state: ParticipantStateName }[];
+  /** When the call was created, Unix ms (server clock). */
+  getCreateTime(): number;
+  /** When the call connected (billing start), Unix ms, or null before. */
+  getStartTime(): number | null;
+  /** Talk time in ms: to the end, or to now while the call lasts; 0 before it connected. */
+  getDuration(): number;
 }
 
 /** A call as the server keeps it (records, available calls). */
@@ -244,8 +250,8 @@ export interface CallPlusClientOptions {
   connectTimeoutMs?: number;
   /**
    * Send this page's video to the SFU in two layers (rid "f" and a tiny "q"), so that others can
-   * view it tiny (`setVideoView(…, isTiny)`). Off by default: the SFU loses a browser's layers
-   * when it renegotiates the connection late in the call (docs/web.md, "Not done yet").
+   * view it tiny (`setVideoView(…, isTiny)`). On by default; `false` sends one layer (less
+   * encoding work).
    */
   simulcast?: boolean;
 }
@@ -294,7 +300,12 @@ export declare class CallPlusClient {
    */
   setVideoView(userId: string, element: HTMLVideoElement | null, isTiny?: boolean): Result;
   setVideoView(list: { userId: string; videoElement: HTMLVideoElement | null; isTiny?: boolean }[]): Result;
+  /** Stops showing a user's video in the element given to `setVideoView`. */
+  removeVideoView(userId: string): Result;
+  /** VIDEO_VIEW_NOT_SET (80105) when video is asked for without a view (the sound still plays); PLAY_MEDIA_FAILED (80104) when the browser refuses. */
   playMedia(userId: string, mediaType: MediaTypeName): Promise<Result>;
+  /** Plays remote sound on output device `deviceId` (`HTMLMediaElement.setSinkId`), in later calls too. */
+  setAudioOutput(deviceId: string): Promise<Result>;
   muteAllRemoteAudio(mute: boolean): Result;
   getMediaStats(): Promise<Record<string, ReceivedMediaStats>>;
   getRemoteMediaStream(userId: string): MediaStream | null;
@@ -307,4 +318,8 @@ export declare class CallPlusClient {
   deleteAllCallRecords(): Promise<Result>;
   getAvailableCallRecordsFromServer(): Promise<Result<{ records: CallInfo[] }>>;
   getAvailableCalls(): Promise<Result<{ records: CallInfo[] }>>;
+  /** One call this user is or was in, as the server sees it. */
+  getCall(callId: string): Promise<Result<{ call: CallInfo }>>;
+  /** The SDK's version (loads the engine if needed). */
+  version(): Promise<string>;
 }

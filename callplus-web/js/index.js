@@ -7,7 +7,7 @@
 // WebSocket messages, runs its timers on a monotonic clock, reconnects with backoff, and hands
 // the engine's media commands to the RTCPeerConnection executor (./media.js).
 
-import init, { Engine } from './pkg/callplus_web.js';
+import init, { Engine, sdkVersion } from './pkg/callplus_web.js';
 import { MediaExecutor } from './media.js';
 import { AudioConfigBuilder, VideoConfigBuilder } from './config.js';
 
@@ -80,6 +80,15 @@ export class CallSession {
   getState() { return this.state; }
   getExtra() { return this.extra; }
   getUserList() { return this.participants.map((p) => ({ userId: p.userId, state: p.state })); }
+  /** When the call was created, Unix ms (server clock). */
+  getCreateTime() { return this.createdAt; }
+  /** When the call connected (billing start), Unix ms, or null before. */
+  getStartTime() { return this.startedAt ?? null; }
+  /** Talk time in ms: from the start to the end, or to now while the call lasts; 0 before it connected. */
+  getDuration() {
+    if (this.startedAt == null) return 0;
+    return Math.max(0, (this.endedAt ?? Date.now()) - this.startedAt);
+  }
 }
 
 const session = (json) => (json ? new CallSession(json) : null);
@@ -288,8 +297,21 @@ export class CallPlusClient {
     return { code: CallPlusCode.SUCCESS };
   }
 
-  /** Plays a user's media (after `onUserMediaAvailable`); the local user's sound never plays. */
+  /** Stops showing a user's video in the element given to `setVideoView`. */
+  removeVideoView(userId) {
+    this.#media.removeView(userId);
+    return { code: CallPlusCode.SUCCESS };
+  }
+
+  /**
+   * Plays a user's media (after `onUserMediaAvailable`); the local user's sound never plays.
+   * `VIDEO_VIEW_NOT_SET` when video is asked for and the user has no view (their sound still
+   * plays); `PLAY_MEDIA_FAILED` when the browser refuses to play (autoplay rules).
+   */
   async playMedia(userId, mediaType) { return this.#local(() => this.#media.play(userId, mediaType)); }
+
+  /** Plays every remote user's sound on the output device `deviceId` (`HTMLMediaElement.setSinkId`). */
+  async setAudioOutput(deviceId) { return this.#local(() => this.#media.setAudioOutput(deviceId)); }
 
   muteAllRemoteAudio(mute) {
     this.#media.muteAllRemoteAudio(!!mute);
@@ -323,6 +345,18 @@ export class CallPlusClient {
   }
 
   async deleteAllCallRecords() { return this.#plain(await this.#request((t) => this.#engine.deleteAllCallRecords(t))); }
+
+  /** One call as the server sees it (one this user is or was in): `{code, call}`. */
+  async getCall(callId) {
+    const r = await this.#request((t) => this.#engine.getCall(t, callId));
+    return r.code === CallPlusCode.SUCCESS ? { code: r.code, call: r.result } : r;
+  }
+
+  /** The SDK's version, once its engine is loaded. */
+  async version() {
+    await loadEngine(this.#wasmUrl);
+    return sdkVersion();
+  }
 
   /** Unended group calls this user can join: `{code, records}`. */
   async getAvailableCallRecordsFromServer() {

@@ -28,6 +28,12 @@
 import { TINY_RID, applyMaxBitrate, audioConstraints, videoConstraints } from './config.js';
 
 const KIND_AUDIO = 'AUDIO';
+
+/** An error carrying one of the SPEC's result codes, as the client reports it (`{code, name, message}`). */
+function sdkError(code, name, message) {
+  return new Error(JSON.stringify({ code, name, message }));
+}
+
 const KIND_VIDEO = 'VIDEO';
 
 /** The SDP session attribute carrying the media token to the SFU (callplus-session's media_token). */
@@ -490,6 +496,7 @@ export class MediaExecutor {
       const audio = document.createElement('audio');
       audio.autoplay = true;
       audio.muted = this.remoteAudioMuted;
+      if (this.audioOutput && audio.setSinkId) audio.setSinkId(this.audioOutput).catch(() => {});
       r = { videoStream: new MediaStream(), audioStream: new MediaStream(), audio };
       audio.srcObject = r.audioStream;
       this.remotes.set(userId, r);
@@ -547,13 +554,37 @@ export class MediaExecutor {
     if (userId === this.localUser) this.showLocal(); else this.attachView(userId);
   }
 
+  /** Stops showing `userId`'s video in its element, and forgets the element. */
+  removeView(userId) {
+    const el = this.views.get(userId);
+    this.views.delete(userId);
+    if (el) el.srcObject = null;
+  }
+
   async play(userId, mediaType) {
     const jobs = [];
     const el = this.views.get(userId);
     if (el && mediaType !== 'AUDIO') jobs.push(el.play());
     const r = this.remotes.get(userId);
     if (r && userId !== this.localUser) jobs.push(r.audio.play());
-    await Promise.all(jobs);
+    try {
+      await Promise.all(jobs);
+    } catch (e) {
+      throw sdkError(80104, 'PLAY_MEDIA_FAILED', `the browser did not play ${userId}'s media: ${e && e.message ? e.message : e}`);
+    }
+    if (!el && mediaType !== 'AUDIO') {
+      throw sdkError(80105, 'VIDEO_VIEW_NOT_SET', `no video view for ${userId}: setVideoView first`);
+    }
+  }
+
+  /** Every remote user's sound, now and in later calls, on output device `deviceId`. */
+  async setAudioOutput(deviceId) {
+    const probe = document.createElement('audio');
+    if (typeof probe.setSinkId !== 'function') {
+      throw sdkError(80102, 'MEDIA_RESOURCE_INVALID', 'this browser cannot choose the audio output');
+    }
+    await Promise.all([...this.remotes.values()].map((r) => r.audio.setSinkId(deviceId)));
+    this.audioOutput = deviceId;
   }
 
   /** A user's received audio and video tracks as one stream (for analysis or recording). */

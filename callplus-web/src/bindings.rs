@@ -13,6 +13,12 @@ fn id(r: Result<u64, callplus_session::Error>) -> Result<f64, JsError> {
     r.map(|id| id as f64).map_err(js)
 }
 
+/// The SDK's version (the engine's crate version), as `CallPlusClient.version()` reports it.
+#[wasm_bindgen(js_name = sdkVersion)]
+pub fn sdk_version() -> String {
+    env!("CARGO_PKG_VERSION").to_owned()
+}
+
 /// The client engine (`new Engine(deviceId, token, clientVersion)`).
 #[wasm_bindgen]
 pub struct Engine {
@@ -221,6 +227,12 @@ impl Engine {
     #[wasm_bindgen(js_name = deleteAllCallRecords)]
     pub fn delete_all_call_records(&mut self, now: f64) -> Result<f64, JsError> {
         id(self.inner.delete_all_call_records(now))
+    }
+
+    /// One call as the server sees it.
+    #[wasm_bindgen(js_name = getCall)]
+    pub fn get_call(&mut self, now: f64, call_id: &str) -> Result<f64, JsError> {
+        id(self.inner.get_call(now, call_id))
     }
 
     /// Group calls this user can join.

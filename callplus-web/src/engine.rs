@@ -310,6 +310,14 @@ impl WebEngine {
         self.engine.delete_all_call_records(ms(now))
     }
 
+    /// `getCall`: the server's current view of one call this user is or was in.
+    ///
+    /// # Errors
+    /// `CALL_ID_INVALID` for a malformed id; see [`ClientEngine::get_call`].
+    pub fn get_call(&mut self, now: f64, call_id_: &str) -> Result<RequestId, Error> {
+        self.engine.get_call(ms(now), &call_id(call_id_)?)
+    }
+
     /// Unended group calls this user can join.
     ///
     /// # Errors

@@ -44,6 +44,10 @@ export class Engine {
      */
     getCallRecords(now: number, sync_time: number, count: number, order: string): number;
     /**
+     * One call as the server sees it.
+     */
+    getCall(now: number, call_id: string): number;
+    /**
      * One binary message from the server.
      */
     handleFrame(now: number, bytes: Uint8Array | number[]): void;
@@ -141,6 +145,11 @@ export class Engine {
     userId(): string | undefined;
 }
 
+/**
+ * The SDK's version (the engine's crate version), as `CallPlusClient.version()` reports it.
+ */
+export function sdkVersion(): string;
+
 export type InitInput = RequestInfo | URL | Response | BufferSource | WebAssembly.Module;
 
 export interface InitOutput {
@@ -154,6 +163,7 @@ export interface InitOutput {
     readonly engine_deleteCallRecords: (a: number, b: number, c: number, d: number) => [number, number, number];
     readonly engine_disconnect: (a: number, b: number) => void;
     readonly engine_getAvailableCalls: (a: number, b: number) => [number, number, number];
+    readonly engine_getCall: (a: number, b: number, c: number, d: number) => [number, number, number];
     readonly engine_getCallRecords: (a: number, b: number, c: number, d: number, e: number, f: number) => [number, number, number];
     readonly engine_handleFrame: (a: number, b: number, c: number, d: number) => [number, number];
     readonly engine_handleTimeout: (a: number, b: number) => void;
@@ -179,6 +189,7 @@ export interface InitOutput {
     readonly engine_transportConnected: (a: number, b: number) => void;
     readonly engine_transportLost: (a: number, b: number) => void;
     readonly engine_userId: (a: number) => [number, number];
+    readonly sdkVersion: () => [number, number];
     readonly __wbindgen_malloc: (a: number, b: number) => number;
     readonly __wbindgen_realloc: (a: number, b: number, c: number, d: number) => number;
     readonly __wbindgen_free: (a: number, b: number, c: number) => void;

@@ -143,6 +143,22 @@ export class Engine {
         return ret[0];
     }
     /**
+     * One call as the server sees it.
+     * @param {number} now
+     * @param {string} call_id
+     * @returns {number}
+     */
+    getCall(now, call_id) {
+        const val2 = +now;
+        const ptr0 = passStringToWasm0(call_id, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        const len0 = WASM_VECTOR_LEN;
+        const ret = wasm.engine_getCall(this.__wbg_ptr, val2, ptr0, len0);
+        if (ret[2]) {
+            throw takeFromExternrefTable0(ret[1]);
+        }
+        return ret[0];
+    }
+    /**
      * One binary message from the server.
      * @param {number} now
      * @param {Uint8Array | number[]} bytes
@@ -545,6 +561,23 @@ export class Engine {
     }
 }
 if (Symbol.dispose) Engine.prototype[Symbol.dispose] = Engine.prototype.free;
+
+/**
+ * The SDK's version (the engine's crate version), as `CallPlusClient.version()` reports it.
+ * @returns {string}
+ */
+export function sdkVersion() {
+    let deferred1_0;
+    let deferred1_1;
+    try {
+        const ret = wasm.sdkVersion();
+        deferred1_0 = ret[0];
+        deferred1_1 = ret[1];
+        return getStringFromWasm0(ret[0], ret[1]);
+    } finally {
+        wasm.__wbindgen_free(deferred1_0, deferred1_1, 1);
+    }
+}
 function __wbg_get_imports() {
     const import0 = {
         __proto__: null,

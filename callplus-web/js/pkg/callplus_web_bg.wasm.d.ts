@@ -10,6 +10,7 @@ export const engine_deleteAllCallRecords: (a: number, b: number) => [number, num
 export const engine_deleteCallRecords: (a: number, b: number, c: number, d: number) => [number, number, number];
 export const engine_disconnect: (a: number, b: number) => void;
 export const engine_getAvailableCalls: (a: number, b: number) => [number, number, number];
+export const engine_getCall: (a: number, b: number, c: number, d: number) => [number, number, number];
 export const engine_getCallRecords: (a: number, b: number, c: number, d: number, e: number, f: number) => [number, number, number];
 export const engine_handleFrame: (a: number, b: number, c: number, d: number) => [number, number];
 export const engine_handleTimeout: (a: number, b: number) => void;
@@ -35,6 +36,7 @@ export const engine_startCall: (a: number, b: number, c: number, d: number, e: n
 export const engine_transportConnected: (a: number, b: number) => void;
 export const engine_transportLost: (a: number, b: number) => void;
 export const engine_userId: (a: number) => [number, number];
+export const sdkVersion: () => [number, number];
 export const __wbindgen_malloc: (a: number, b: number) => number;
 export const __wbindgen_realloc: (a: number, b: number, c: number, d: number) => number;
 export const __wbindgen_free: (a: number, b: number, c: number) => void;
