@@ -829,7 +829,8 @@ typedef struct callplus_client_options {
 } callplus_client_options;
 
 /**
- * Optional settings of `callplus_client_start_call_with_options` (and, its push fields only, of
+ * Optional settings of `callplus_client_start_call_with_options` (and, without the ring timeout,
+ * of `callplus_client_invite_with_options`; its push fields only, of
  * `callplus_client_hangup_with_options`).
  *
  * Zero-initialise it and set only what you need; a zero or NULL field means "not set":
@@ -1714,6 +1715,22 @@ enum callplus_result callplus_client_invite(const struct callplus_client *client
                                             size_t user_count,
                                             const char *extra,
                                             struct callplus_string_list **busy_out);
+
+/**
+ * `callplus_client_invite` with push settings for the invitees who have no connected device:
+ * the `extra` and push fields of `options` are read (`ring_timeout_ms` set: `PARAM_ERROR`);
+ * NULL: none, as `callplus_client_invite` with a NULL `extra`.
+ *
+ * # Safety
+ * `client` must be NULL or a live client; `users` NULL or `user_count` pointers to
+ * NUL-terminated strings; `options` NULL or a readable `callplus_call_options` whose strings
+ * are NULL or NUL-terminated; `busy_out` NULL or writable.
+ */
+enum callplus_result callplus_client_invite_with_options(const struct callplus_client *client,
+                                                         const char *const *users,
+                                                         size_t user_count,
+                                                         const struct callplus_call_options *options,
+                                                         struct callplus_string_list **busy_out);
 
 /**
  * Asks the peer of the current SINGLE call to switch to `media_type` (a

@@ -23,7 +23,7 @@ use crate::ffi::{
     to_boxed, try_ref, with_ref, write_out,
 };
 use crate::media::ClientMedia;
-use crate::options::{call_options_arg, callplus_call_options, hangup_push_arg};
+use crate::options::{call_options_arg, callplus_call_options, hangup_push_arg, invite_options_arg};
 use crate::result::callplus_result;
 use crate::string::{callplus_string, callplus_string_list, new_string, new_string_list};
 
@@ -603,6 +603,35 @@ pub unsafe extern "C" fn callplus_client_invite(
         let users: Vec<String> = users.into_iter().map(str::to_owned).collect();
         let extra = extra.unwrap_or_default().to_owned();
         let busy = handle.run(|c| async move { c.invite_with(&users, None, extra).await })?;
+        // SAFETY: checked non-NULL above.
+        unsafe { write_out(busy_out, new_string_list(&busy)) };
+        Ok(())
+    })
+}
+
+/// `callplus_client_invite` with push settings for the invitees who have no connected device:
+/// the `extra` and push fields of `options` are read (`ring_timeout_ms` set: `PARAM_ERROR`);
+/// NULL: none, as `callplus_client_invite` with a NULL `extra`.
+///
+/// # Safety
+/// `client` must be NULL or a live client; `users` NULL or `user_count` pointers to
+/// NUL-terminated strings; `options` NULL or a readable `callplus_call_options` whose strings
+/// are NULL or NUL-terminated; `busy_out` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_client_invite_with_options(
+    client: *const callplus_client,
+    users: *const *const c_char,
+    user_count: usize,
+    options: *const callplus_call_options,
+    busy_out: *mut *mut callplus_string_list,
+) -> callplus_result {
+    boundary_result(|| {
+        // SAFETY: forwarded contract.
+        let (handle, users, (push, extra)) =
+            unsafe { (try_ref(client)?, str_array_arg(users, user_count)?, invite_options_arg(options)?) };
+        check_out(busy_out)?;
+        let users: Vec<String> = users.into_iter().map(str::to_owned).collect();
+        let busy = handle.run(|c| async move { c.invite_with(&users, push, extra).await })?;
         // SAFETY: checked non-NULL above.
         unsafe { write_out(busy_out, new_string_list(&busy)) };
         Ok(())

@@ -11,7 +11,8 @@ use crate::result::callplus_result;
 /// `ring_timeout_ms` value asking the server to ring until the call is answered or cancelled.
 pub const CALLPLUS_RING_UNTIL_ANSWERED: i64 = -1;
 
-/// Optional settings of `callplus_client_start_call_with_options` (and, its push fields only, of
+/// Optional settings of `callplus_client_start_call_with_options` (and, without the ring timeout,
+/// of `callplus_client_invite_with_options`; its push fields only, of
 /// `callplus_client_hangup_with_options`).
 ///
 /// Zero-initialise it and set only what you need; a zero or NULL field means "not set":
@@ -72,6 +73,22 @@ pub(crate) unsafe fn call_options_arg(
         ..PushConfig::default()
     });
     Ok(CallOptions { push, extra: extra.unwrap_or_default().to_owned(), ring_timeout_ms })
+}
+
+/// The extra data and push settings of an invitation (`callplus_client_invite_with_options`):
+/// `ring_timeout_ms` set is `PARAM_ERROR` (the call's ring timeout was set when it started).
+///
+/// # Safety
+/// As [`call_options_arg`].
+pub(crate) unsafe fn invite_options_arg(
+    options: *const callplus_call_options,
+) -> Result<(Option<PushConfig>, String), callplus_result> {
+    // SAFETY: forwarded contract.
+    let CallOptions { push, extra, ring_timeout_ms } = unsafe { call_options_arg(options) }?;
+    if ring_timeout_ms.is_some() {
+        return Err(callplus_result::ParamError);
+    }
+    Ok((push, extra))
 }
 
 /// The push settings of a hangup (`callplus_client_hangup_with_options`): only the push fields
@@ -164,5 +181,15 @@ mod tests {
         ] {
             assert_eq!(unsafe { hangup_push_arg(&stray) }, Err(callplus_result::ParamError));
         }
+    }
+
+    #[test]
+    fn an_invitation_reads_extra_and_push_but_no_ring_timeout() {
+        assert_eq!(unsafe { invite_options_arg(null()) }, Ok((None, String::new())));
+        let o = callplus_call_options { extra: c"x".as_ptr(), push_title: c"Join us".as_ptr(), ..zeroed() };
+        let (push, extra) = unsafe { invite_options_arg(&o) }.unwrap();
+        assert_eq!((push.map(|p| p.title), extra.as_str()), (Some("Join us".to_owned()), "x"));
+        let timed = callplus_call_options { ring_timeout_ms: 5, ..zeroed() };
+        assert_eq!(unsafe { invite_options_arg(&timed) }, Err(callplus_result::ParamError));
     }
 }

@@ -101,6 +101,7 @@ fn null_client_is_refused_everywhere() {
         assert_eq!(callplus_client_ringing(c, id), N);
         assert_eq!(callplus_client_join_call(c, id), N);
         assert_eq!(callplus_client_invite(c, callees.as_ptr(), 1, null(), &mut l), N);
+        assert_eq!(callplus_client_invite_with_options(c, callees.as_ptr(), 1, null(), &mut l), N);
         assert_eq!(callplus_client_request_change_media_type(c, 2, &mut s), N);
         assert_eq!(callplus_client_cancel_change_media_type(c, id), N);
         assert_eq!(callplus_client_reply_change_media_type(c, id, true), N);
@@ -1103,9 +1104,25 @@ fn an_invite_turns_a_single_call_multi_and_reports_busy_users() {
 
         // alice invites the two busy users and erin, who is not connected.
         let (_keep, invitees) = c_list(&["carol", "dave", "erin"]);
-        let mut busy = null_mut();
+        // With options: the extra, and push settings for erin (no device); a ring timeout means
+        // nothing to an invitation.
+        let options = callplus_call_options {
+            extra: c"join us".as_ptr(),
+            ring_timeout_ms: 0,
+            push_title: c"alice invites you".as_ptr(),
+            push_content: null(),
+            push_custom_data: null(),
+            disable_push: false,
+        };
+        let mut busy = sentinel();
+        let timed = callplus_call_options { ring_timeout_ms: 1_000, ..options };
         assert_eq!(
-            callplus_client_invite(alice, invitees.as_ptr(), 3, c"join us".as_ptr(), &mut busy),
+            callplus_client_invite_with_options(alice, invitees.as_ptr(), 3, &timed, &mut busy),
+            R::ParamError
+        );
+        assert_eq!(busy, sentinel(), "no output on failure");
+        assert_eq!(
+            callplus_client_invite_with_options(alice, invitees.as_ptr(), 3, &options, &mut busy),
             R::Ok
         );
         let mut busy_users = list_strings(busy);

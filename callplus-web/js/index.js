@@ -7,7 +7,7 @@
 // WebSocket messages, runs its timers on a monotonic clock, reconnects with backoff, and hands
 // the engine's media commands to the RTCPeerConnection executor (./media.js).
 
-import init, { Engine, sdkVersion } from './pkg/callplus_web.js';
+import init, { Engine } from './pkg/callplus_web.js';
 import { MediaExecutor } from './media.js';
 import { AudioConfigBuilder, VideoConfigBuilder } from './config.js';
 
@@ -355,7 +355,7 @@ export class CallPlusClient {
   /** The SDK's version, once its engine is loaded. */
   async version() {
     await loadEngine(this.#wasmUrl);
-    return sdkVersion();
+    return Engine.sdkVersion();
   }
 
   /** Unended group calls this user can join: `{code, records}`. */

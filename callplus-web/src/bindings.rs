@@ -13,12 +13,6 @@ fn id(r: Result<u64, callplus_session::Error>) -> Result<f64, JsError> {
     r.map(|id| id as f64).map_err(js)
 }
 
-/// The SDK's version (the engine's crate version), as `CallPlusClient.version()` reports it.
-#[wasm_bindgen(js_name = sdkVersion)]
-pub fn sdk_version() -> String {
-    env!("CARGO_PKG_VERSION").to_owned()
-}
-
 /// The client engine (`new Engine(deviceId, token, clientVersion)`).
 #[wasm_bindgen]
 pub struct Engine {
@@ -27,6 +21,12 @@ pub struct Engine {
 
 #[wasm_bindgen]
 impl Engine {
+    /// The SDK's version (the engine's crate version), as `CallPlusClient.version()` reports it.
+    #[wasm_bindgen(js_name = sdkVersion)]
+    pub fn sdk_version() -> String {
+        env!("CARGO_PKG_VERSION").to_owned()
+    }
+
     /// A new engine; throws for a malformed device id.
     #[wasm_bindgen(constructor)]
     pub fn new(device_id: &str, token: &str, client_version: &str) -> Result<Engine, JsError> {

@@ -268,3 +268,27 @@ async fn an_https_webhook_with_a_private_ca_is_pushed() {
     assert_eq!(payload["push_config"]["title"], "Alice is calling", "{payload}");
     server.shutdown().await;
 }
+
+/// An invitee with no device is pushed with the invitation's own settings and extra, from the
+/// inviter, not the caller.
+#[tokio::test]
+async fn an_offline_invitee_is_pushed_with_the_invitation_s_settings() {
+    let mut push = PushReceiver::start().await;
+    let server = server_with_push(&push).await;
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    let call = callplus_tests::establish(&mut alice, &mut bob, MediaType::Audio).await;
+    let settings = PushConfig { title: "Bob asks you to join".into(), ..PushConfig::default() };
+    let busy = bob.client.invite_with(&["carol"], Some(settings), "room 7".into()).await.expect("invite");
+    assert!(busy.is_empty());
+    let payload = push.next().await;
+    assert_eq!((&payload["kind"], &payload["callee"]), (&"invite".into(), &"carol".into()), "{payload}");
+    assert_eq!(
+        (&payload["call_id"], &payload["caller"]),
+        (&call.as_str().into(), &"bob".into()),
+        "{payload}"
+    );
+    assert_eq!(payload["push_config"]["title"], "Bob asks you to join", "{payload}");
+    assert_eq!(payload["extra"], "room 7", "{payload}");
+    server.shutdown().await;
+}

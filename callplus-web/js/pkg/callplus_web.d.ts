@@ -108,6 +108,10 @@ export class Engine {
      */
     ringing(now: number, call_id: string): number;
     /**
+     * The SDK's version (the engine's crate version), as `CallPlusClient.version()` reports it.
+     */
+    static sdkVersion(): string;
+    /**
      * SDP or a candidate for one peer device.
      */
     sendMediaSignal(now: number, call_id: string, to_user: string, to_device: string, kind: string, text: string, sdp_mid: string, mline_index: number): number;
@@ -145,11 +149,6 @@ export class Engine {
     userId(): string | undefined;
 }
 
-/**
- * The SDK's version (the engine's crate version), as `CallPlusClient.version()` reports it.
- */
-export function sdkVersion(): string;
-
 export type InitInput = RequestInfo | URL | Response | BufferSource | WebAssembly.Module;
 
 export interface InitOutput {
@@ -180,6 +179,7 @@ export interface InitOutput {
     readonly engine_replyChangeMediaType: (a: number, b: number, c: number, d: number, e: number) => [number, number, number];
     readonly engine_requestChangeMediaType: (a: number, b: number, c: number, d: number) => [number, number, number];
     readonly engine_ringing: (a: number, b: number, c: number, d: number) => [number, number, number];
+    readonly engine_sdkVersion: () => [number, number];
     readonly engine_sendMediaSignal: (a: number, b: number, c: number, d: number, e: number, f: number, g: number, h: number, i: number, j: number, k: number, l: number, m: number, n: number, o: number) => [number, number, number];
     readonly engine_serverTime: (a: number, b: number) => number;
     readonly engine_setCameraEnabled: (a: number, b: number, c: number) => [number, number, number];
@@ -189,7 +189,6 @@ export interface InitOutput {
     readonly engine_transportConnected: (a: number, b: number) => void;
     readonly engine_transportLost: (a: number, b: number) => void;
     readonly engine_userId: (a: number) => [number, number];
-    readonly sdkVersion: () => [number, number];
     readonly __wbindgen_malloc: (a: number, b: number) => number;
     readonly __wbindgen_realloc: (a: number, b: number, c: number, d: number) => number;
     readonly __wbindgen_free: (a: number, b: number, c: number) => void;

@@ -405,6 +405,22 @@ export class Engine {
         return ret[0];
     }
     /**
+     * The SDK's version (the engine's crate version), as `CallPlusClient.version()` reports it.
+     * @returns {string}
+     */
+    static sdkVersion() {
+        let deferred1_0;
+        let deferred1_1;
+        try {
+            const ret = wasm.engine_sdkVersion();
+            deferred1_0 = ret[0];
+            deferred1_1 = ret[1];
+            return getStringFromWasm0(ret[0], ret[1]);
+        } finally {
+            wasm.__wbindgen_free(deferred1_0, deferred1_1, 1);
+        }
+    }
+    /**
      * SDP or a candidate for one peer device.
      * @param {number} now
      * @param {string} call_id
@@ -561,23 +577,6 @@ export class Engine {
     }
 }
 if (Symbol.dispose) Engine.prototype[Symbol.dispose] = Engine.prototype.free;
-
-/**
- * The SDK's version (the engine's crate version), as `CallPlusClient.version()` reports it.
- * @returns {string}
- */
-export function sdkVersion() {
-    let deferred1_0;
-    let deferred1_1;
-    try {
-        const ret = wasm.sdkVersion();
-        deferred1_0 = ret[0];
-        deferred1_1 = ret[1];
-        return getStringFromWasm0(ret[0], ret[1]);
-    } finally {
-        wasm.__wbindgen_free(deferred1_0, deferred1_1, 1);
-    }
-}
 function __wbg_get_imports() {
     const import0 = {
         __proto__: null,

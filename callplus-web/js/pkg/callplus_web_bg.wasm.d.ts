@@ -27,6 +27,7 @@ export const engine_pollTransmit: (a: number) => [number, number];
 export const engine_replyChangeMediaType: (a: number, b: number, c: number, d: number, e: number) => [number, number, number];
 export const engine_requestChangeMediaType: (a: number, b: number, c: number, d: number) => [number, number, number];
 export const engine_ringing: (a: number, b: number, c: number, d: number) => [number, number, number];
+export const engine_sdkVersion: () => [number, number];
 export const engine_sendMediaSignal: (a: number, b: number, c: number, d: number, e: number, f: number, g: number, h: number, i: number, j: number, k: number, l: number, m: number, n: number, o: number) => [number, number, number];
 export const engine_serverTime: (a: number, b: number) => number;
 export const engine_setCameraEnabled: (a: number, b: number, c: number) => [number, number, number];
@@ -36,7 +37,6 @@ export const engine_startCall: (a: number, b: number, c: number, d: number, e: n
 export const engine_transportConnected: (a: number, b: number) => void;
 export const engine_transportLost: (a: number, b: number) => void;
 export const engine_userId: (a: number) => [number, number];
-export const sdkVersion: () => [number, number];
 export const __wbindgen_malloc: (a: number, b: number) => number;
 export const __wbindgen_realloc: (a: number, b: number, c: number, d: number) => number;
 export const __wbindgen_free: (a: number, b: number, c: number) => void;
