@@ -432,6 +432,15 @@ async fn video_call_carries_vp8_both_ways_camera_off_and_downgrade_stop_it() {
     assert_stopped(&mut video_at_bob, &mut audio_at_bob, (8, 15), "bob muted remote audio").await;
     bob.party.client.mute_all_remote_audio(false).unwrap();
     frames(&mut audio_at_bob, 10, "alice's audio after bob unmuted it").await;
+    // set_video_view: from now on bob's video at alice goes to the sink alice gives; the sink
+    // it replaces is told the stream ended.
+    let (view, mut video_in_view) = ChannelSink::new();
+    let bob_id = UserId::new("bob").unwrap();
+    alice.party.client.set_video_view(&bob_id, Box::new(view), false).await.unwrap();
+    sink_closed(&mut video_at_alice, "the sink the view replaced").await;
+    frames(&mut video_in_view, 5, "bob's video in the view alice set").await;
+    let mut video_at_alice = video_in_view;
+
     // A client without media has nothing to mute: the app plays remote audio itself.
     let carol = server.user("carol").await;
     let refused = carol.client.mute_all_remote_audio(true).expect_err("no media to mute");
