@@ -620,11 +620,8 @@ async fn a_failing_push_is_not_retried_once_the_call_ended() {
     })
     .await
     .expect("push given up in time");
-    // The cancellation of the pushed invitation is pushed (and tried again, the webhook failing);
-    // the invitation is not.
-    while let Ok(push) = pushes.try_recv() {
-        assert_eq!(push["kind"], "cancel", "no second try of an ended call's invitation: {push}");
-    }
+    // (A hangup without push settings pushes no cancellation either.)
+    assert!(pushes.try_recv().is_err(), "no second try for an ended call");
     drop(alice);
     server.shutdown().await.unwrap();
 }

@@ -71,7 +71,12 @@ function randomDeviceId() {
 
 /** A call as the engine describes it, with the seed's getters. */
 export class CallSession {
-  constructor(json) { Object.assign(this, json); }
+  #serverNow;
+  /** `serverNow`: the server's clock now, in Unix ms (the engine measures the device's offset). */
+  constructor(json, serverNow = Date.now) {
+    Object.assign(this, json);
+    this.#serverNow = serverNow;
+  }
   getCallId() { return this.callId; }
   getCallType() { return this.callType; }
   getMediaType() { return this.mediaType; }
@@ -84,14 +89,17 @@ export class CallSession {
   getCreateTime() { return this.createdAt; }
   /** When the call connected (billing start), Unix ms, or null before. */
   getStartTime() { return this.startedAt ?? null; }
-  /** Talk time in ms: from the start to the end, or to now while the call lasts; 0 before it connected. */
+  /**
+   * Talk time in ms: from the start to the end, or to now while the call lasts; 0 before it
+   * connected. Counted on the server's clock, whatever the device's clock says.
+   */
   getDuration() {
     if (this.startedAt == null) return 0;
-    return Math.max(0, (this.endedAt ?? Date.now()) - this.startedAt);
+    return Math.max(0, (this.endedAt ?? this.#serverNow()) - this.startedAt);
   }
 }
 
-const session = (json) => (json ? new CallSession(json) : null);
+
 
 export class CallPlusClient {
   #engine = null;
@@ -155,7 +163,7 @@ export class CallPlusClient {
 
   getConnectionState() { return this.#engine ? this.#engine.connectionState() : ConnectionState.IDLE; }
 
-  getCurrentCallSession() { return this.#engine ? session(JSON.parse(this.#engine.currentCall() ?? 'null')) : null; }
+  getCurrentCallSession() { return this.#engine ? this.#session(JSON.parse(this.#engine.currentCall() ?? 'null')) : null; }
 
   /**
    * Connects to `serverUrl` (`ws://host:port`, `https://…`; default: the page's own host) with a
@@ -367,6 +375,12 @@ export class CallPlusClient {
   getAvailableCalls() { return this.getAvailableCallRecordsFromServer(); }
 
   // ----- the engine's I/O -------------------------------------------------------------------
+
+  /** A session object whose duration counts on the server's clock, as the engine measures it. */
+  #session(json) {
+    if (!json) return null;
+    return new CallSession(json, () => (this.#engine ? this.#engine.serverTime(now()) : Date.now()));
+  }
 
   #plain(r) { return r.code === CallPlusCode.SUCCESS ? { code: r.code } : r; }
 
@@ -588,7 +602,7 @@ export class CallPlusClient {
         break;
       }
       case 'receivedCall': {
-        const s = session(e.session);
+        const s = this.#session(e.session);
         // The app is shown the call now: the caller sees this device ringing.
         try {
           this.#engine.ringing(now(), s.callId);
@@ -598,8 +612,8 @@ export class CallPlusClient {
         this.#emit('onReceivedCall', s, e.extra, e.inviter);
         break;
       }
-      case 'callConnected': this.#emit('onCallConnected', session(e.session)); break;
-      case 'callEnded': this.#emit('onCallEnded', session(e.session), e.reason); break;
+      case 'callConnected': this.#emit('onCallConnected', this.#session(e.session)); break;
+      case 'callEnded': this.#emit('onCallEnded', this.#session(e.session), e.reason); break;
       case 'remoteUserStateChanged': this.#emit('onRemoteUserStateChanged', e.callId, e.userId, e.state, e.reason); break;
       case 'remoteUserInvited': this.#emit('onRemoteUserInvited', e.invitees, e.inviter, e.callId); break;
       case 'callTypeChanged': this.#emit('onCallTypeChanged', e.callType, e.callId); break;

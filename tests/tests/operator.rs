@@ -5,7 +5,8 @@
 use callplus_session::client::CallOptions;
 use callplus_session::{CallId, EndReason, ParticipantState};
 use callplus_tests::{
-    CallType, Event, MediaType, Party, TestServer, config, connected, ended_with, record_of, remote_state,
+    CallType, Code, Event, MediaType, Party, TestServer, config, connected, ended_with, record_of,
+    remote_state,
 };
 
 /// Starts a MULTI call from `caller` to `callees`.
@@ -50,6 +51,10 @@ async fn the_operator_removes_a_participant_then_ends_the_call() {
     }
     let info = alice.client.get_call(&call).await.expect("get_call");
     assert!(!info.is_ended(), "two remain: the call goes on");
+    // Bob cannot come back by himself.
+    let refused = bob.client.join_call(&call).await.expect_err("a removed user cannot rejoin");
+    assert_eq!(refused.code, Code::NotInCall, "{refused}");
+    assert!(bob.client.get_available_calls().await.expect("available calls").is_empty());
 
     // Removing him again, or someone never in the call: 409. Another call id: 404.
     let (status, reply) = server.admin_post("/v1/calls/end", &end_body(&call, Some("bob"))).await;
@@ -64,6 +69,9 @@ async fn the_operator_removes_a_participant_then_ends_the_call() {
     assert_eq!(status, 400);
     let (status, _) = server.admin_post("/v1/calls/end", r#"{"call_id":"no spaces"}"#).await;
     assert_eq!(status, 400);
+    let null_user = format!(r#"{{"call_id":"{}","user_id":null}}"#, call.as_str());
+    let (status, reply) = server.admin_post("/v1/calls/end", &null_user).await;
+    assert_eq!(status, 400, "a null user ends nothing: {reply}");
     let (status, _) = server.admin_post("/v1/tokens", &end_body(&call, Some("alice"))).await;
     assert_eq!(status, 400, "an end request's body mints no token");
 

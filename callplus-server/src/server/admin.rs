@@ -239,9 +239,10 @@ struct EndCallRequest {
 }
 
 /// `POST /v1/calls/end`: the operator ends a call, or removes one participant from it. `200`
-/// once done, `202` with the node's id when the call is held by another node (it is done
-/// there), `404` (`CALL_NOT_FOUND`) for no live call of this app with this id, `409`
-/// (`NOT_IN_CALL`) for a user with no place in the call.
+/// once done; `202` with the node's id when the call's id names another node (the request went
+/// there, whose answer is logged there, not returned); `404` (`CALL_NOT_FOUND`) for no live
+/// call of this app with this id; `409` (`NOT_IN_CALL`) for a user with no place in the call;
+/// `503` while the server stops.
 async fn end_call(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: Bytes) -> Response {
     let Signed { app_key, .. } = match authenticate(&state, &headers, &body).await {
         Ok(signed) => signed,
@@ -251,6 +252,13 @@ async fn end_call(State(state): State<Arc<AdminState>>, headers: HeaderMap, body
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
     };
+    // An explicit null would read as "no user" and end the call for everyone: a backend that
+    // meant to remove one user and lost the id must not do that.
+    let explicit_null = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
+        .is_ok_and(|map| map.get("user_id").is_some_and(serde_json::Value::is_null));
+    if explicit_null {
+        return error(StatusCode::BAD_REQUEST, "user_id is null: leave it out to end the call for everyone");
+    }
     let ids = (
         AppKey::new(&app_key),
         CallId::new(&request.call_id),
@@ -268,6 +276,7 @@ async fn end_call(State(state): State<Arc<AdminState>>, headers: HeaderMap, body
             let status = match e.code {
                 Code::CallNotFound => StatusCode::NOT_FOUND,
                 Code::NotInCall => StatusCode::CONFLICT,
+                Code::InvalidState => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_REQUEST,
             };
             let body = serde_json::json!({ "error": e.message, "code": e.code.name() });

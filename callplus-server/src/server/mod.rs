@@ -43,6 +43,7 @@ mod metrics;
 mod outbound;
 mod presence;
 mod push;
+mod push_lanes;
 mod routing;
 pub mod shutdown;
 mod signal_thread;

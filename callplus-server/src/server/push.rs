@@ -16,6 +16,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::driver::DriverHandle;
 use super::metrics::Metrics;
+use super::push_lanes::PushLanes;
 
 /// Push requests waiting for the worker.
 pub(crate) const PUSH_QUEUE: usize = 4096;
@@ -152,12 +153,23 @@ pub(crate) async fn run(
     metrics: Arc<Metrics>,
 ) {
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
+    let lanes = PushLanes::default();
     while let Some(request) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else { break };
         let (client, settings, driver, metrics) =
             (client.clone(), settings.clone(), driver.clone(), metrics.clone());
+        // Queued here, in the order the switchboard made them: a cancellation goes after the
+        // invitation it withdraws.
+        let key = (
+            request.app.as_str().to_owned(),
+            request.call_id.as_str().to_owned(),
+            request.callee.as_str().to_owned(),
+        );
+        let mut turn = lanes.queue(key);
         tokio::spawn(async move {
+            turn.wait().await;
             deliver(&client, &settings, &driver, &metrics, request).await;
+            drop(turn);
             drop(permit);
         });
     }

@@ -121,6 +121,13 @@ fn send_leaver_ended(
     }
 }
 
+/// Whether the operator removed `user` from `call` (and nobody invited them back since).
+fn removed_by_operator(call: &Call, user: &UserId) -> bool {
+    call.index_of(user)
+        .and_then(|i| call.party(i))
+        .is_some_and(|p| p.reason == Some(EndReason::KickedByServer))
+}
+
 fn push_allowed(enabled: bool, push: Option<&PushConfig>) -> bool {
     enabled && !push.is_some_and(|p| p.disable_push)
 }
@@ -160,6 +167,7 @@ impl Switchboard {
                     if let Some(call) = self.calls.get(&id)
                         && call.call_type == CallType::Multi
                         && !call.is_ended()
+                        && !removed_by_operator(call, &ctx.user)
                     {
                         list.push(Arc::unwrap_or_clone(call.snapshot()));
                     }
@@ -400,6 +408,10 @@ impl Switchboard {
                 if !join {
                     return Err(err(Code::NotInCall, "you are no longer invited to this call"));
                 }
+                // Removed by the operator: back only if someone invites them again.
+                if party.reason == Some(EndReason::KickedByServer) {
+                    return Err(err(Code::NotInCall, "the operator removed you from this call"));
+                }
                 if call.active() + 1 > Call::limit(call.media_type, limit_video, limit_audio) {
                     return Err(err(Code::CallFull, "the call is full"));
                 }
@@ -496,11 +508,12 @@ impl Switchboard {
         Ok(())
     }
 
-    /// After a hangup that ended the call: each callee who was pushed the invitation and was
-    /// still being rung gets a cancel push with the hanging-up user's push settings, so the
-    /// notification on their phone can be withdrawn.
+    /// After a hangup that ended the call and carried push settings: each callee who was
+    /// pushed the invitation and was still being rung gets a cancel push with those settings,
+    /// so the notification on their phone can be withdrawn. A hangup without push settings
+    /// pushes nothing (a webhook written before cancel pushes existed sees no new kind).
     fn push_cancels(&mut self, id: &CallId, by: &UserId, push: Option<&PushConfig>) {
-        if !push_allowed(self.cfg.push_enabled, push) {
+        if push.is_none() || !push_allowed(self.cfg.push_enabled, push) {
             return;
         }
         let Some(call) = self.calls.get(id).filter(|c| c.is_ended()) else { return };

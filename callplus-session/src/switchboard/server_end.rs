@@ -27,8 +27,12 @@ pub enum ServerEnd {
 impl Switchboard {
     /// Ends call `call_id` of `app` for everyone (`user` is `None`), or removes `user` from it.
     ///
+    /// A removed user may come back only when invited again (`join_call` is refused, and the
+    /// call is not among their available calls).
+    ///
     /// Errors: the call is not live in this app → `CALL_NOT_FOUND`; `user` has no place in the
-    /// call any more (never invited, or already left) → `NOT_IN_CALL`.
+    /// call any more (never invited, or already left) → `NOT_IN_CALL`; the server is shutting
+    /// down → `INVALID_STATE`.
     ///
     /// ```
     /// use callplus_session::switchboard::{ServerEnd, Switchboard, SwitchboardConfig};
@@ -61,7 +65,7 @@ impl Switchboard {
     ) -> Result<ServerEnd, Error> {
         let not_found = || Error::new(Code::CallNotFound, "no live call with this id in this app");
         if self.stopped {
-            return Err(Error::new(Code::CallNotFound, "the server is shutting down"));
+            return Err(Error::new(Code::InvalidState, "the server is shutting down"));
         }
         let Some(call) = self.calls.get(call_id) else {
             if let Some(node) = self.remote_owner_of(call_id) {

@@ -556,10 +556,14 @@ fn a_cancelled_call_pushes_its_cancel_to_the_pushed_callees() {
         vec![("bob".into(), Some("Missed call".into())), ("dave".into(), Some("Missed call".into()))]
     );
 
-    // disable_push: nothing.
+    // disable_push, or no push settings at all: nothing.
     let id = h.single(a, "bob");
     h.outputs();
     ok(h.req(a, hangup_with(&id, "t", true)));
+    assert_eq!(cancels(&h.outputs()), vec![]);
+    let id = h.single(a, "bob");
+    h.outputs();
+    ok(h.hangup(a, &id));
     assert_eq!(cancels(&h.outputs()), vec![]);
 
     // Answered, then hung up: no cancel.
@@ -2470,6 +2474,19 @@ fn the_operator_removes_a_participant() {
         Event::ParticipantChanged { state: ParticipantState::Ended, reason: Some(EndReason::KickedByServer), user_id, .. }
         if user_id.as_str() == "bob")));
     assert_eq!(code(h.sb.end_call_by_server(h.now, &app(), &id, Some(&bob))), Code::NotInCall, "already out");
+    // Bob cannot come back by himself: the call is not his to join, until he is invited again.
+    assert_eq!(code(h.req(b1, Request::JoinCall { call_id: id.clone() })), Code::NotInCall);
+    assert!(matches!(h.req(b1, Request::GetAvailableCalls), Ok(ResponseBody::Calls(l)) if l.is_empty()));
+    let invite =
+        Request::Invite { call_id: id.clone(), users: vec![bob.clone()], push: None, extra: String::new() };
+    ok(h.req(a, invite));
+    assert!(matches!(h.req(b2, Request::GetAvailableCalls), Ok(ResponseBody::Calls(l)) if l.len() == 1));
+    ok(h.accept(b2, &id));
+    ok(h.hangup(b2, &id));
+    h.drain();
+    h.events(a);
+    h.events(b1);
+    h.events(b2);
     let stranger = uid("mallory");
     assert_eq!(code(h.sb.end_call_by_server(h.now, &app(), &id, Some(&stranger))), Code::NotInCall);
     h.outputs();
