@@ -102,8 +102,10 @@ pub(super) struct Driver {
 }
 
 impl Driver {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         engine: ClientEngine,
+        clock: EngineClock,
         transport: Arc<dyn Transport>,
         backoff: Backoff,
         commands: mpsc::UnboundedReceiver<Command>,
@@ -115,7 +117,7 @@ impl Driver {
         let anonymous = UserId::new("anonymous").expect("a valid id literal");
         Driver {
             engine,
-            clock: EngineClock::start(),
+            clock,
             transport,
             backoff,
             commands,
@@ -397,6 +399,8 @@ impl Driver {
 
     fn publish(&self) {
         let mut snapshot = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = self.clock.now_ms();
+        snapshot.server_offset_ms = self.engine.server_time_ms(now).saturating_sub(now);
         snapshot.state = self.engine.connection_state();
         snapshot.user_id = self.engine.user_id().cloned();
         snapshot.current = self.engine.current_call().cloned();

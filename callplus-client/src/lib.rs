@@ -169,6 +169,10 @@ enum Command {
 /// What the driver publishes for the synchronous getters.
 #[derive(Debug, Clone)]
 struct Snapshot {
+    /// The engine's clock (shared with the driver, which reads the engine by it).
+    clock: clock::EngineClock,
+    /// The server's clock minus the engine's, as the engine last measured it.
+    server_offset_ms: i64,
     state: ConnectionState,
     user_id: Option<UserId>,
     current: Option<CallSession>,
@@ -244,7 +248,10 @@ impl Client {
         config.client_version = format!("callplus-signal/{VERSION}");
         config.request_timeout_ms = u32::try_from(options.request_timeout.as_millis()).unwrap_or(u32::MAX);
         let engine = ClientEngine::new(config);
+        let clock = clock::EngineClock::start();
         let snapshot = Arc::new(Mutex::new(Snapshot {
+            clock,
+            server_offset_ms: 0,
             state: engine.connection_state(),
             user_id: None,
             current: None,
@@ -261,6 +268,7 @@ impl Client {
         let (ready_tx, ready_rx) = oneshot::channel();
         let driver = driver::Driver::new(
             engine,
+            clock,
             transport,
             driver::Backoff::new(options.reconnect_backoff_min, options.reconnect_backoff_max),
             commands_rx,
@@ -318,6 +326,23 @@ impl Client {
     /// The current call (placed, accepted or joined here, and not ended), if any.
     pub fn current_call(&self) -> Option<CallSession> {
         self.snapshot().current
+    }
+
+    /// The server's clock now (Unix ms), as measured at the latest Welcome or heartbeat answer;
+    /// this machine's clock before any. Pass it to [`CallSession::duration_ms`] for the talk
+    /// time so far, which then counts from the server's start time whatever this machine's
+    /// clock says.
+    ///
+    /// ```no_run
+    /// # async fn f(client: callplus_client::Client) {
+    /// if let Some(call) = client.current_call() {
+    ///     println!("{} ms", call.duration_ms(client.server_time_ms()));
+    /// }
+    /// # }
+    /// ```
+    pub fn server_time_ms(&self) -> i64 {
+        let snapshot = self.inner.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+        snapshot.clock.now_ms().saturating_add(snapshot.server_offset_ms)
     }
 
     fn snapshot(&self) -> Snapshot {

@@ -1071,12 +1071,30 @@ enum callplus_end_reason callplus_call_session_end_reason(const struct callplus_
 
 /**
  * Talk time in ms: from the start to the end, or to now (this machine's clock) while the call
- * lasts; 0 when it never connected.
+ * lasts; 0 when it never connected. A machine whose clock is off counts it off by as much:
+ * `callplus_call_session_duration_at_ms` with `callplus_client_server_time_ms` does not.
  *
  * # Safety
  * `s` must be NULL or a live `callplus_call_session`.
  */
 int64_t callplus_call_session_duration_ms(const struct callplus_call_session *s);
+
+/**
+ * Talk time in ms as of `server_now_ms` (the server's clock, from
+ * `callplus_client_server_time_ms`): from the start to the end, or to `server_now_ms` while the
+ * call lasts; 0 when it never connected. Never negative.
+ *
+ * ```c
+ * int64_t server_now = 0;
+ * callplus_client_server_time_ms(client, &server_now);
+ * int64_t talked = callplus_call_session_duration_at_ms(session, server_now);
+ * ```
+ *
+ * # Safety
+ * `s` must be NULL or a live `callplus_call_session`.
+ */
+int64_t callplus_call_session_duration_at_ms(const struct callplus_call_session *s,
+                                             int64_t server_now_ms);
 
 /**
  * The number of participants (everyone ever invited, the creator first).
@@ -1541,6 +1559,16 @@ void callplus_client_free(struct callplus_client *client);
  * `client` must be NULL or a live client.
  */
 enum callplus_result callplus_client_disconnect(const struct callplus_client *client);
+
+/**
+ * The server's clock now (Unix ms), as measured at the latest Welcome or heartbeat answer;
+ * this machine's clock before any. For `callplus_call_session_duration_at_ms`.
+ *
+ * # Safety
+ * `client` must be NULL or a live client; `now_out` NULL or writable.
+ */
+enum callplus_result callplus_client_server_time_ms(const struct callplus_client *client,
+                                                    int64_t *now_out);
 
 /**
  * The connection's state now. NONE when `client` is NULL.

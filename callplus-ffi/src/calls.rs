@@ -278,7 +278,8 @@ pub unsafe extern "C" fn callplus_call_session_end_reason(
 }
 
 /// Talk time in ms: from the start to the end, or to now (this machine's clock) while the call
-/// lasts; 0 when it never connected.
+/// lasts; 0 when it never connected. A machine whose clock is off counts it off by as much:
+/// `callplus_call_session_duration_at_ms` with `callplus_client_server_time_ms` does not.
 ///
 /// # Safety
 /// `s` must be NULL or a live `callplus_call_session`.
@@ -286,6 +287,27 @@ pub unsafe extern "C" fn callplus_call_session_end_reason(
 pub unsafe extern "C" fn callplus_call_session_duration_ms(s: *const callplus_call_session) -> i64 {
     // SAFETY: forwarded contract.
     unsafe { with_ref(s, |s| s.inner.duration_ms(now_ms())) }
+}
+
+/// Talk time in ms as of `server_now_ms` (the server's clock, from
+/// `callplus_client_server_time_ms`): from the start to the end, or to `server_now_ms` while the
+/// call lasts; 0 when it never connected. Never negative.
+///
+/// ```c
+/// int64_t server_now = 0;
+/// callplus_client_server_time_ms(client, &server_now);
+/// int64_t talked = callplus_call_session_duration_at_ms(session, server_now);
+/// ```
+///
+/// # Safety
+/// `s` must be NULL or a live `callplus_call_session`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_call_session_duration_at_ms(
+    s: *const callplus_call_session,
+    server_now_ms: i64,
+) -> i64 {
+    // SAFETY: forwarded contract.
+    unsafe { with_ref(s, |s| s.inner.duration_ms(server_now_ms)) }
 }
 
 /// The number of participants (everyone ever invited, the creator first).

@@ -293,6 +293,27 @@ pub unsafe extern "C" fn callplus_client_disconnect(client: *const callplus_clie
     })
 }
 
+/// The server's clock now (Unix ms), as measured at the latest Welcome or heartbeat answer;
+/// this machine's clock before any. For `callplus_call_session_duration_at_ms`.
+///
+/// # Safety
+/// `client` must be NULL or a live client; `now_out` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_client_server_time_ms(
+    client: *const callplus_client,
+    now_out: *mut i64,
+) -> callplus_result {
+    boundary_result(|| {
+        // SAFETY: forwarded contract.
+        let handle = unsafe { try_ref(client)? };
+        check_out(now_out)?;
+        let now = handle.client()?.server_time_ms();
+        // SAFETY: checked non-NULL above.
+        unsafe { write_out(now_out, now) };
+        Ok(())
+    })
+}
+
 /// The connection's state now. NONE when `client` is NULL.
 ///
 /// # Safety

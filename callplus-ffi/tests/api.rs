@@ -121,6 +121,9 @@ fn null_client_is_refused_everywhere() {
         assert_eq!(callplus_client_push_audio_sample(c, sample.as_ptr(), 1, 20_000), N);
         assert_eq!(callplus_client_push_video_sample(c, sample.as_ptr(), 1, 66_666), N);
         assert_eq!(callplus_client_connection_state(c), callplus_connection_state::None);
+        let mut now = 7;
+        assert_eq!(callplus_client_server_time_ms(c, &mut now), N);
+        assert_eq!(now, 7, "no output on failure");
         assert!(callplus_client_user_id(c).is_null());
         assert!(callplus_client_device_id(c).is_null());
         callplus_client_free(null_mut());
@@ -430,6 +433,20 @@ fn a_call_through_the_c_api() {
         assert_eq!(callplus_call_session_state(current), callplus_call_state::OnCall);
         assert!(callplus_call_session_is_outgoing(current));
         assert!(callplus_call_session_inviter(current).is_null());
+        // Talk time on the server's clock: the server runs on this machine, so its clock reads
+        // this machine's within the measurement; a second later the call has lasted a second more.
+        let mut server_now = 0;
+        assert_eq!(callplus_client_server_time_ms(alice, &mut server_now), R::Ok);
+        let machine_now = i64::try_from(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis(),
+        )
+        .unwrap();
+        assert!((server_now - machine_now).abs() < 2_000, "server {server_now}, here {machine_now}");
+        let started = callplus_call_session_started_at_ms(current);
+        assert!(started > 0, "a connected call has a start time");
+        assert_eq!(callplus_call_session_duration_at_ms(current, started + 1_500), 1_500);
+        assert_eq!(callplus_call_session_duration_at_ms(current, started - 1), 0, "never negative");
+        assert_eq!(callplus_call_session_duration_at_ms(null(), server_now), 0);
         callplus_call_session_free(current);
 
         // Microphone off reaches the peer.

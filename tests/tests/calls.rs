@@ -71,6 +71,13 @@ async fn audio_call_accepted_then_hung_up_by_the_caller() {
         unreachable!()
     };
     assert_eq!(call_type, CallType::Single);
+    // The server's clock as the client measures it: the server runs on this machine, so it
+    // reads this machine's clock within the measurement, and it never goes back.
+    let server_now = alice.client.server_time_ms();
+    let here = callplus_tests::now_ms();
+    assert!((server_now - here).abs() < 2_000, "server {server_now}, here {here}");
+    assert!(alice.client.server_time_ms() >= server_now);
+    assert!(server_now >= started_at_ms - 2_000, "the call started before now");
     bob.expect(is_start_time(&call), "call start time").await;
     assert_eq!(bob.client.current_call().map(|s| s.state()), Some(CallState::OnCall));
 
