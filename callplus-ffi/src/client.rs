@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ::callplus_client::{Client, ClientOptions};
 use callplus_session::client::CallOptions;
-use callplus_session::{CallId, DeviceId, TransactionId, UserId};
+use callplus_session::{CallId, DeviceId, PushConfig, TransactionId, UserId};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
@@ -620,13 +620,8 @@ pub unsafe extern "C" fn callplus_client_invite(
         // SAFETY: forwarded contract.
         let (handle, users, extra) =
             unsafe { (try_ref(client)?, str_array_arg(users, user_count)?, opt_str_arg(extra)?) };
-        check_out(busy_out)?;
-        let users: Vec<String> = users.into_iter().map(str::to_owned).collect();
-        let extra = extra.unwrap_or_default().to_owned();
-        let busy = handle.run(|c| async move { c.invite_with(&users, None, extra).await })?;
-        // SAFETY: checked non-NULL above.
-        unsafe { write_out(busy_out, new_string_list(&busy)) };
-        Ok(())
+        // SAFETY: forwarded contract.
+        unsafe { invite(handle, users, None, extra.unwrap_or_default().to_owned(), busy_out) }
     })
 }
 
@@ -650,13 +645,28 @@ pub unsafe extern "C" fn callplus_client_invite_with_options(
         // SAFETY: forwarded contract.
         let (handle, users, (push, extra)) =
             unsafe { (try_ref(client)?, str_array_arg(users, user_count)?, invite_options_arg(options)?) };
-        check_out(busy_out)?;
-        let users: Vec<String> = users.into_iter().map(str::to_owned).collect();
-        let busy = handle.run(|c| async move { c.invite_with(&users, push, extra).await })?;
-        // SAFETY: checked non-NULL above.
-        unsafe { write_out(busy_out, new_string_list(&busy)) };
-        Ok(())
+        // SAFETY: forwarded contract.
+        unsafe { invite(handle, users, push, extra, busy_out) }
     })
+}
+
+/// The invitation both `callplus_client_invite` functions send, once their arguments are read.
+///
+/// # Safety
+/// `busy_out` NULL or writable.
+unsafe fn invite(
+    handle: &ClientHandle,
+    users: Vec<&str>,
+    push: Option<PushConfig>,
+    extra: String,
+    busy_out: *mut *mut callplus_string_list,
+) -> Result<(), callplus_result> {
+    check_out(busy_out)?;
+    let users: Vec<String> = users.into_iter().map(str::to_owned).collect();
+    let busy = handle.run(|c| async move { c.invite_with(&users, push, extra).await })?;
+    // SAFETY: checked non-NULL above.
+    unsafe { write_out(busy_out, new_string_list(&busy)) };
+    Ok(())
 }
 
 /// Asks the peer of the current SINGLE call to switch to `media_type` (a

@@ -121,6 +121,27 @@ fn send_leaver_ended(
     }
 }
 
+/// The push for `party` of `call`, from `caller` (the inviter, or who hung up), with `push`'s
+/// settings and the party's own extra data (the call's when the invitation had none).
+fn push_request(
+    call: &Call,
+    party: &Party,
+    kind: PushKind,
+    caller: &UserId,
+    push: Option<&PushConfig>,
+) -> PushRequest {
+    PushRequest {
+        kind,
+        app: call.app.clone(),
+        callee: party.user.clone(),
+        call_id: call.id.clone(),
+        caller: caller.clone(),
+        media_type: call.media_type,
+        push_config: push.map(|p| Box::new(p.clone())),
+        extra: party.extra.clone().unwrap_or_else(|| call.extra.clone()),
+    }
+}
+
 /// Whether the operator removed `user` from `call` (and nobody invited them back since).
 fn removed_by_operator(call: &Call, user: &UserId) -> bool {
     call.index_of(user)
@@ -272,17 +293,8 @@ impl Switchboard {
             self.timers.set(at, Timer::Ring(call.id.clone(), idx));
         }
         party.offered = live;
-        if pushed {
-            let request = PushRequest {
-                kind: PushKind::Invite,
-                app: call.app.clone(),
-                callee: party.user.clone(),
-                call_id: call.id.clone(),
-                caller: inviter.clone(),
-                media_type: call.media_type,
-                push_config: push.map(|p| Box::new(p.clone())),
-                extra: party.extra.clone().unwrap_or_else(|| call.extra.clone()),
-            };
+        if pushed && let Some(party) = call.party(idx) {
+            let request = push_request(call, party, PushKind::Invite, inviter, push);
             self.net.outputs.push_back(Output::Push(request));
             call.mark_pushed(idx);
         }
@@ -519,16 +531,7 @@ impl Switchboard {
         let Some(call) = self.calls.get(id).filter(|c| c.is_ended()) else { return };
         let cancelled = call.parties.iter().filter(|p| p.pushed && p.reason == Some(EndReason::RemoteCancel));
         for party in cancelled {
-            let request = PushRequest {
-                kind: PushKind::Cancel,
-                app: call.app.clone(),
-                callee: party.user.clone(),
-                call_id: call.id.clone(),
-                caller: by.clone(),
-                media_type: call.media_type,
-                push_config: push.map(|p| Box::new(p.clone())),
-                extra: party.extra.clone().unwrap_or_else(|| call.extra.clone()),
-            };
+            let request = push_request(call, party, PushKind::Cancel, by, push);
             self.net.outputs.push_back(Output::Push(request));
         }
     }
@@ -934,16 +937,7 @@ impl Switchboard {
         if call.is_ended() || !party.state.is_ringing() || !party.offered.is_empty() || party.pushed {
             return;
         }
-        let request = PushRequest {
-            kind: PushKind::Invite,
-            app: call.app.clone(),
-            callee: party.user.clone(),
-            call_id: call.id.clone(),
-            caller: inviter.clone(),
-            media_type: call.media_type,
-            push_config: push.map(|p| Box::new(p.clone())),
-            extra: party.extra.clone().unwrap_or_else(|| call.extra.clone()),
-        };
+        let request = push_request(call, party, PushKind::Invite, inviter, push);
         self.net.outputs.push_back(Output::Push(request));
         call.mark_pushed(idx);
         notify_inviter(&mut self.net, call, idx);
