@@ -128,8 +128,11 @@ fn check_invariants(sim: &Sim, disconnected_at: i64) -> Result<(), TestCaseError
             {
                 ended.clear();
             }
-            // `call_id()` leaves out records and summaries, which legitimately follow the end.
-            if let Some(call) = event.call_id() {
+            // `call_id()` leaves out records and summaries, which legitimately follow the end;
+            // so does whom a group call invited, told to those who left it (they may rejoin).
+            if let Some(call) = event.call_id()
+                && !matches!(event, ClientEvent::RemoteUserInvited { .. })
+            {
                 // A re-invitation after leaving is a new leg in the same call
                 // (`invite` in docs/protocol.md#client-operations).
                 if let ClientEvent::ReceivedCall { .. } = event {

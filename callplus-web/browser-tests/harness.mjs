@@ -84,6 +84,9 @@ export async function signIn(context, url, user, token, serverUrl, options = {})
       onActiveSpeakerChanged: (callId, userId) => window.speakers.push({ callId, userId }),
       // What the app finds in the same turn as the call's end.
       onCallEnded: () => { window.speakerAtEnd = client.getActiveSpeaker(); },
+      onReceivedChangeMediaTypeResult: (info) => {
+        window.changeResults = (window.changeResults || []).concat([info]);
+      },
       onReceivedChangeMediaTypeRequest: (userId, transactionId, mediaType) => {
         window.changeRequests = (window.changeRequests || []).concat([{ userId, transactionId, mediaType }]);
       },

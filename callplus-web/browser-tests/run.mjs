@@ -70,12 +70,24 @@ async function oneToOneVideo(context, server) {
   const times = await alice.evaluate(async (id) => {
     const s = window.client.getCurrentCallSession();
     const got = await window.client.getCall(id);
-    return { start: s.getStartTime(), duration: s.getDuration(), got, version: await window.client.version() };
+    const mic = [window.client.isMicrophoneEnable()];
+    await window.client.stopMicrophone();
+    mic.push(window.client.isMicrophoneEnable());
+    await window.client.startMicrophone();
+    mic.push(window.client.isMicrophoneEnable());
+    return {
+      start: s.getStartTime(), duration: s.getDuration(), got, version: await window.client.version(),
+      seedNames: [s.getCreatorUserId() === 'alice', s.getCreateTimestamp() === got.call.createdAt,
+        (await window.client.getVersion()) === (await window.client.version())],
+      mic,
+    };
   }, started.callId);
   check(typeof times.start === 'number' && times.duration > 0, `alice's session has a start and a duration (${JSON.stringify(times)})`);
   check(times.got.code === 0 && times.got.call.callId === started.callId && times.got.call.startedAt === times.start,
     `getCall answers the server's view of the call (${JSON.stringify(times.got)})`);
   check(/^\d+\.\d+\.\d+/.test(times.version), `version() is the SDK's (${times.version})`);
+  check(times.seedNames.every((same) => same), `the seed's names answer as ours (${JSON.stringify(times.seedNames)})`);
+  check(JSON.stringify(times.mic) === '[true,false,true]', `isMicrophoneEnable follows stop and start (${JSON.stringify(times.mic)})`);
   // Views and audio output: a removed view shows nothing and playing video without one says so.
   const views = await bob.evaluate(async () => {
     const removed = window.client.removeVideoView('alice');
@@ -311,16 +323,19 @@ async function upgradeToVideo(context, server) {
   await waitFor(kate, "kate gets jack's request", (tx) => (window.changeRequests || []).some((r) => r.transactionId === tx && r.mediaType === 'AUDIO_VIDEO'), asked.transactionId);
   check((await kate.evaluate((tx) => window.client.replyChangeMediaType(tx, true), asked.transactionId)).code === 0, 'kate agrees');
   await waitFor(jack, 'jack: the change is accepted', hasEvent, ['changeMediaTypeResult', 'result', 'ACCEPTED']);
+  const results = await jack.evaluate(() => window.changeResults || []);
+  check(results.length === 1 && results[0].code === 'ACCEPTED' && results[0].transactionId === asked.transactionId,
+    `onReceivedChangeMediaTypeResult carries the seed's code (${JSON.stringify(results)})`);
   await seesAndHears(jack, 'jack', 'kate');
   await seesAndHears(kate, 'kate', 'jack');
   check((await kate.evaluate(() => window.client.hangup())).code === 0, 'kate hangs up');
   await waitFor(jack, 'jack: record', hasEvent, ['receivedCallRecord', null, null]);
   const before = await jack.evaluate(() => window.client.getCallRecords(-1, 10, 1));
   check(before.code === 0 && before.result.list.length === 1 && before.result.list[0].call.mediaType === 'AUDIO_VIDEO', 'jack has one record, of a video call');
-  check((await jack.evaluate((id) => window.client.deleteCallRecords([id]), started.callId)).code === 0, 'jack deletes it');
+  check((await jack.evaluate((id) => window.client.deleteCallRecordsFromServer([id]), started.callId)).code === 0, 'jack deletes it');
   const after = await jack.evaluate(() => window.client.getCallRecords(-1, 10, 1));
   check(after.code === 0 && after.result.list.length === 0, 'jack has no record left');
-  check((await kate.evaluate(() => window.client.deleteAllCallRecords())).code === 0, 'kate deletes all hers');
+  check((await kate.evaluate(() => window.client.deleteAllCallRecordsFromServer())).code === 0, 'kate deletes all hers');
   const kates = await kate.evaluate(() => window.client.getCallRecords(-1, 10, 1));
   check(kates.code === 0 && kates.result.list.length === 0, 'kate has no record left');
   await jack.close();

@@ -109,12 +109,16 @@ export declare class CallSession {
   getCallType(): CallTypeName;
   getMediaType(): MediaTypeName;
   getCallerUserId(): string;
+  /** The seed's name of `getCallerUserId`. */
+  getCreatorUserId(): string;
   getInviterUserId(): string;
   getState(): CallStateName;
   getExtra(): string;
   getUserList(): { userId: string; state: ParticipantStateName }[];
   /** When the call was created, Unix ms (server clock). */
   getCreateTime(): number;
+  /** The seed's name of `getCreateTime`. */
+  getCreateTimestamp(): number;
   /** When the call connected (billing start), Unix ms, or null before. */
   getStartTime(): number | null;
   /** Talk time in ms: to the end, or to now while the call lasts; 0 before it connected. */
@@ -199,7 +203,7 @@ export interface CallPlusEventListener {
   onReceivedCallRecord?(record: CallRecord): void;
   onReceivedCallPlusSummaryMessage?(summary: CallSummary): void;
   onReceivedChangeMediaTypeRequest?(userId: string, transactionId: string, mediaType: MediaTypeName, callId: string): void;
-  onReceivedChangeMediaTypeResult?(info: { callId: string; userId: string; transactionId: string; mediaType: MediaTypeName; result: ChangeMediaTypeResultName }): void;
+  onReceivedChangeMediaTypeResult?(info: { callId: string; userId: string; transactionId: string; mediaType: MediaTypeName; code: ChangeMediaTypeResultName; result: ChangeMediaTypeResultName }): void;
   onReceivedCallStartTime?(info: { callId: string; callType: CallTypeName; callStartTime: number }): void;
   onReceivedCallFirstFrameTime?(callId: string, callFirstFrameTime: number): void;
   onDeliveryChanged?(callId: string, userId: string, delivery: DeliveryName): void;
@@ -287,6 +291,8 @@ export declare class CallPlusClient {
   stopCamera(): Promise<Result>;
   startMicrophone(): Promise<Result>;
   stopMicrophone(): Promise<Result>;
+  /** Whether this page's microphone is on. */
+  isMicrophoneEnable(): boolean;
   createVideoConfigBuilder(): VideoConfigBuilder;
   createAudioConfigBuilder(): AudioConfigBuilder;
   /** Resolution, frame rate and camera at the next capture; the maximum bitrate at once. */
@@ -315,11 +321,17 @@ export declare class CallPlusClient {
   /** `order`: 0 ascending after `syncTime`, 1 descending before it. */
   getCallRecords(syncTime?: number, count?: number, order?: 0 | 1): Promise<Result<{ result: { list: CallRecord[]; hasMore: boolean; syncTime: number } }>>;
   deleteCallRecords(callIds: string[]): Promise<Result>;
+  /** The seed's name of `deleteCallRecords`. */
+  deleteCallRecordsFromServer(callIds: string[]): Promise<Result>;
   deleteAllCallRecords(): Promise<Result>;
+  /** The seed's name of `deleteAllCallRecords`. */
+  deleteAllCallRecordsFromServer(): Promise<Result>;
   getAvailableCallRecordsFromServer(): Promise<Result<{ records: CallInfo[] }>>;
   getAvailableCalls(): Promise<Result<{ records: CallInfo[] }>>;
   /** One call this user is or was in, as the server sees it. */
   getCall(callId: string): Promise<Result<{ call: CallInfo }>>;
   /** The SDK's version (loads the engine if needed). */
   version(): Promise<string>;
+  /** The seed's name of `version`. */
+  getVersion(): Promise<string>;
 }

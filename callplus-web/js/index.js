@@ -81,12 +81,16 @@ export class CallSession {
   getCallType() { return this.callType; }
   getMediaType() { return this.mediaType; }
   getCallerUserId() { return this.creator; }
+  /** The seed's name of `getCallerUserId`. */
+  getCreatorUserId() { return this.creator; }
   getInviterUserId() { return this.inviter || this.creator; }
   getState() { return this.state; }
   getExtra() { return this.extra; }
   getUserList() { return this.participants.map((p) => ({ userId: p.userId, state: p.state })); }
   /** When the call was created, Unix ms (server clock). */
   getCreateTime() { return this.createdAt; }
+  /** The seed's name of `getCreateTime`. */
+  getCreateTimestamp() { return this.createdAt; }
   /** When the call connected (billing start), Unix ms, or null before. */
   getStartTime() { return this.startedAt ?? null; }
   /**
@@ -274,6 +278,9 @@ export class CallPlusClient {
   async startMicrophone() { return this.#plain(await this.#request((t) => this.#engine.setMicrophoneEnabled(t, true))); }
   async stopMicrophone() { return this.#plain(await this.#request((t) => this.#engine.setMicrophoneEnabled(t, false))); }
 
+  /** Whether this page's microphone is on (`startMicrophone` / `stopMicrophone`). */
+  isMicrophoneEnable() { return this.#media.micEnabled; }
+
   /** A builder of the local video's capture settings (`setVideoConfig`). */
   createVideoConfigBuilder() { return new VideoConfigBuilder(); }
 
@@ -354,6 +361,12 @@ export class CallPlusClient {
 
   async deleteAllCallRecords() { return this.#plain(await this.#request((t) => this.#engine.deleteAllCallRecords(t))); }
 
+  /** The seed's name of `deleteCallRecords`. */
+  deleteCallRecordsFromServer(callIds) { return this.deleteCallRecords(callIds); }
+
+  /** The seed's name of `deleteAllCallRecords`. */
+  deleteAllCallRecordsFromServer() { return this.deleteAllCallRecords(); }
+
   /** One call as the server sees it (one this user is or was in): `{code, call}`. */
   async getCall(callId) {
     const r = await this.#request((t) => this.#engine.getCall(t, callId));
@@ -365,6 +378,9 @@ export class CallPlusClient {
     await loadEngine(this.#wasmUrl);
     return Engine.sdkVersion();
   }
+
+  /** The seed's name of `version`. */
+  getVersion() { return this.version(); }
 
   /** Unended group calls this user can join: `{code, records}`. */
   async getAvailableCallRecordsFromServer() {
@@ -624,7 +640,8 @@ export class CallPlusClient {
       case 'changeMediaTypeRequest': this.#emit('onReceivedChangeMediaTypeRequest', e.userId, e.transactionId, e.mediaType, e.callId); break;
       case 'changeMediaTypeResult':
         this.#emit('onReceivedChangeMediaTypeResult', {
-          callId: e.callId, userId: e.userId, transactionId: e.transactionId, mediaType: e.mediaType, result: e.result,
+          // `code` is the seed's name of the result; `result` is kept for earlier pages.
+          callId: e.callId, userId: e.userId, transactionId: e.transactionId, mediaType: e.mediaType, code: e.result, result: e.result,
         });
         break;
       case 'callStartTime':

@@ -427,6 +427,24 @@ async fn an_unended_group_call_can_be_joined_but_not_by_a_stranger() {
     carol.expect(ended_with(&call, EndReason::Hangup), "carol left").await;
     alice.expect(remote_state(&call, "carol", ParticipantState::Ended), "carol left (alice)").await;
 
+    // One who left hears whom the call invites, as those in it do.
+    let mut erin = server.user("erin").await;
+    alice.client.invite(&["erin"]).await.expect("invite erin");
+    erin.expect(received(&call), "erin invited").await;
+    for party in [&mut carol, &mut bob] {
+        let Event::RemoteUserInvited { inviter, invitees, .. } = party
+            .expect(|e| matches!(e, Event::RemoteUserInvited { call_id, .. } if *call_id == call), "invited")
+            .await
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            (inviter.as_str(), invitees.iter().map(|u| u.as_str()).collect::<Vec<_>>()),
+            ("alice", vec!["erin"])
+        );
+    }
+    assert!(carol.client.current_call().is_none(), "hearing of the call is not joining it");
+
     let available = carol.client.get_available_calls().await.expect("available calls");
     assert_eq!(available.iter().map(|c| &c.call_id).collect::<Vec<_>>(), [&call]);
     carol.client.join_call(&call).await.expect("carol joins again");

@@ -267,6 +267,23 @@ impl ClientEngine {
             Event::IncomingCall { call, inviter, extra } => self.on_incoming(&me, call, inviter, extra),
             event => {
                 let Some(id) = event.call_id().cloned() else { return };
+                if let Event::UsersInvited { inviter, invitees, .. } = &event
+                    && !self.calls.contains_key(&id)
+                    && (self.ended.contains(&id) || !self.requests.claims_current())
+                {
+                    // A group call this user left: the server tells those who may join again
+                    // whom it invited.
+                    let invitees: Vec<UserId> = invitees.iter().filter(|u| **u != me).cloned().collect();
+                    if !invitees.is_empty() {
+                        let inviter = inviter.clone();
+                        self.events.push_back(ClientEvent::RemoteUserInvited {
+                            call_id: id,
+                            inviter,
+                            invitees,
+                        });
+                    }
+                    return;
+                }
                 if !self.calls.contains_key(&id) {
                     if self.requests.claims_current() && self.early.len() < MAX_EARLY_EVENTS {
                         self.early.push(event);

@@ -1019,6 +1019,41 @@ fn join_reopens_an_ended_multi_call() {
 }
 
 #[test]
+fn a_group_call_left_still_reports_whom_it_invited() {
+    let mut e = connected();
+    on_call(&mut e, MediaType::Audio);
+    let call = info("c9", CallType::Multi, MediaType::Audio, "bob", &[]);
+    e.handle_frame(T0, ev(3, Event::CallEnded { call: call.into(), reason: EndReason::Hangup }));
+    let _ = events(&mut e);
+    let invited = |invitees: &[&str]| Event::UsersInvited {
+        call_id: cid("c9"),
+        inviter: uid("bob"),
+        invitees: invitees.iter().map(|u| uid(u)).collect(),
+        version: 7,
+    };
+    e.handle_frame(T0, ev(4, invited(&["dave", "erin"])));
+    assert_eq!(
+        events(&mut e),
+        vec![ClientEvent::RemoteUserInvited {
+            call_id: cid("c9"),
+            inviter: uid("bob"),
+            invitees: vec![uid("dave"), uid("erin")]
+        }]
+    );
+    // The call stays ended here: hearing of it is not joining it.
+    assert!(e.current_call().is_none());
+    // This user among the invitees is told of the others only (its own invitation rings).
+    e.handle_frame(T0, ev(5, invited(&["alice", "frank"])));
+    let evs = events(&mut e);
+    assert!(
+        matches!(evs.as_slice(), [ClientEvent::RemoteUserInvited { invitees, .. }] if invitees == &vec![uid("frank")]),
+        "{evs:?}"
+    );
+    e.handle_frame(T0, ev(6, invited(&["alice"])));
+    assert!(events(&mut e).is_empty());
+}
+
+#[test]
 fn other_device_answering_does_not_connect_here() {
     let mut e = connected();
     incoming(&mut e, 1, "c2", MediaType::Audio);

@@ -561,6 +561,24 @@ impl Switchboard {
         Ok(())
     }
 
+    /// Tells the participants who left a group call whom it invited (`remote_user_invited`), as
+    /// the vendors' SDKs do: a user who left may join again, and learns who is now in it. Those
+    /// the operator removed are not told (they may not come back), nor those the same invitation
+    /// just ended (refused as busy), who hear of the call's other changes no more than before.
+    fn tell_those_who_left(&mut self, call: &Call, just_ended: &[usize], event: &Event) {
+        for (j, p) in call.parties.iter().enumerate() {
+            if p.state != ParticipantState::Ended
+                || just_ended.contains(&j)
+                || p.reason == Some(EndReason::KickedByServer)
+            {
+                continue;
+            }
+            for sk in self.net.live_sessions(&call.app, &p.user) {
+                self.net.send(sk, event.clone());
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn invite(
         &mut self,
@@ -650,6 +668,7 @@ impl Switchboard {
             let invitees = invited.iter().filter_map(|&j| call.party(j)).map(|p| p.user.clone()).collect();
             let event =
                 Event::UsersInvited { call_id: id.clone(), inviter: ctx.user.clone(), invitees, version };
+            self.tell_those_who_left(&call, &rejected, &event);
             notify_others(&mut self.net, &call, &invited, event);
         }
         for &j in &rejected {

@@ -791,6 +791,46 @@ fn multi_leave_continue_and_end() {
 }
 
 #[test]
+fn those_who_left_a_group_call_hear_whom_it_invited() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let b = h.connect("bob", "b1");
+    let c = h.connect("carol", "c1");
+    let d = h.connect("dave", "d1");
+    let f = h.connect("frank", "f1");
+    let id = h.start(a, &["bob", "carol", "dave", "frank"], CallType::Multi, MediaType::Audio).call_id;
+    ok(h.accept(b, &id));
+    ok(h.accept(c, &id));
+    ok(h.hangup(d, &id)); // dave refuses
+    ok(h.accept(f, &id));
+    ok(h.hangup(b, &id)); // bob leaves
+    assert_eq!(h.sb.end_call_by_server(h.now, &app(), &id, Some(&uid("frank"))), Ok(ServerEnd::Done));
+    h.drain();
+    for conn in [a, b, c, d, f] {
+        h.events(conn);
+    }
+    let e = h.connect("erin", "e1");
+    let r = h.req(
+        a,
+        Request::Invite { call_id: id.clone(), users: vec![uid("erin")], push: None, extra: String::new() },
+    );
+    assert_eq!(r, Ok(ResponseBody::Busy(Vec::new())));
+    let told = |events: &[Event]| {
+        events.iter().any(|ev| {
+            matches!(ev, Event::UsersInvited { invitees, inviter, call_id, .. }
+                if invitees == &vec![uid("erin")] && inviter == &uid("alice") && call_id == &id)
+        })
+    };
+    assert!(told(&h.events(c)), "a participant on the call");
+    assert!(told(&h.events(b)), "one who left");
+    assert!(told(&h.events(d)), "one who refused");
+    let ef = h.events(f);
+    assert!(ef.is_empty(), "one the operator removed hears nothing: {ef:?}");
+    assert!(!told(&h.events(e)), "the invitee is rung instead");
+    assert!(told(&h.events(a)), "the inviter, as every participant");
+}
+
+#[test]
 fn a_late_joiner_is_told_when_the_call_started_and_its_first_frame() {
     let mut h = H::default();
     let a = h.connect("alice", "a1");
