@@ -648,3 +648,50 @@ async fn the_operator_ends_a_call_through_another_nodes_admin_api() {
         client.disconnect().await;
     }
 }
+
+/// A sign-out asked of one node reaches the user's device on another: the device is told
+/// `KICKED_BY_SERVER` and stops, and its call ends for the peer on the first node.
+#[tokio::test]
+async fn the_operator_signs_out_a_user_whose_device_is_on_another_node() {
+    use callplus_signal::client::ConnectionState;
+
+    let Some(redis) = OwnedRedis::start() else { return };
+    let postgres = support::postgres::fresh_database();
+    let a = Node::start(&postgres, &redis, "node-a").await;
+    let secret = a.value("app secret:");
+    let app_key = a.value("app key:");
+    let b = Node::start(&postgres, &redis, "node-b").await;
+    let (alice, mut alice_ev) = a.connect(&secret, "alice", "alice-phone").await;
+    let (carol, mut carol_ev) = b.connect(&secret, "carol", "carol-phone").await;
+    let call = alice.start_call(&["carol"], CallType::Single, MediaType::Audio, CallOptions::default()).await;
+    let call = call.expect("start_call").call_id().clone();
+    wait_for(&mut carol_ev, "carol rings on node B", rings(&call)).await;
+    carol.accept(&call).await.expect("accept");
+    wait_for(&mut alice_ev, "alice connected", connected(&call)).await;
+
+    let admin = a.value("admin API:");
+    let admin = admin.split_whitespace().next().expect("the admin URL");
+    let body = serde_json::json!({ "user_id": "carol" }).to_string();
+    let (nonce, ts) = ("sign-out-1", (wall_ms() / 1000).to_string());
+    let reply = reqwest::Client::new()
+        .post(format!("{admin}/v1/users/sign_out"))
+        .header("X-App-Key", &app_key)
+        .header("X-Nonce", nonce)
+        .header("X-Timestamp", &ts)
+        .header("X-Signature", callplus_signal::server::sign_request(&secret, nonce, &ts, body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .expect("node A's admin API answers");
+    assert_eq!(reply.status(), 200);
+    let reply: serde_json::Value = reply.json().await.expect("JSON");
+    assert_eq!(reply["signed_out"], 0, "carol has no device on node A");
+    let kicked = |e: &Event| {
+        matches!(e, Event::ConnectionStateChanged(ConnectionState::Kicked(EndReason::KickedByServer)))
+    };
+    wait_for(&mut carol_ev, "carol on B signed out", kicked).await;
+    let end = wait_for(&mut alice_ev, "alice's call ends", ended(&call)).await;
+    assert_eq!(reason(&end), Some(EndReason::RemoteKickedByServer));
+    alice.disconnect().await;
+    carol.disconnect().await;
+}

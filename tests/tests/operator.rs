@@ -105,3 +105,63 @@ async fn the_operator_removing_one_of_two_ends_a_single_call_for_the_other() {
     bob.expect(ended_with(&call, EndReason::RemoteKickedByServer), "bob's call ends with her").await;
     server.shutdown().await;
 }
+
+fn sign_out_body(user: &str, device: Option<&str>) -> String {
+    match device {
+        Some(device) => serde_json::json!({ "user_id": user, "device_id": device }).to_string(),
+        None => serde_json::json!({ "user_id": user }).to_string(),
+    }
+}
+
+/// The operator signs one device of a user out, then all of them: each is told
+/// `KICKED_BY_SERVER`, stops, and its call ends; the peer of a 1:1 call sees the remote form.
+#[tokio::test]
+async fn the_operator_signs_a_device_out_then_the_user() {
+    use callplus_tests::{ConnectionState, state_is};
+
+    let server = TestServer::start(config()).await;
+    let mut alice = server.user("alice").await;
+    let mut phone = server.device("bob", "bob-phone").await;
+    let mut tablet = server.device("bob", "bob-tablet").await;
+    let call = alice.call("bob", MediaType::Audio).await;
+    phone.answer(&call).await;
+    alice.expect(connected(&call), "alice connected").await;
+
+    // One device: the tablet, which holds no leg of the call.
+    let (status, reply) =
+        server.admin_post("/v1/users/sign_out", &sign_out_body("bob", Some("bob-tablet"))).await;
+    assert_eq!((status, reply["signed_out"].as_u64()), (200, Some(1)), "{reply}");
+    let kicked = ConnectionState::Kicked(EndReason::KickedByServer);
+    tablet.expect(state_is(kicked), "tablet signed out").await;
+    let stopped = tablet.client.get_available_calls().await.map_err(|e| e.code);
+    assert_eq!(stopped.expect_err("a signed-out client stops"), Code::NotConnected);
+    let info = alice.client.get_call(&call).await.expect("get_call");
+    assert!(!info.is_ended(), "the phone's call goes on");
+
+    // Bad input signs nobody out: an explicit null device (which would widen it to all), a
+    // bad id, a body of another endpoint.
+    let (status, _) = server.admin_post("/v1/users/sign_out", r#"{"user_id":"bob","device_id":null}"#).await;
+    assert_eq!(status, 400);
+    let (status, _) = server.admin_post("/v1/users/sign_out", &sign_out_body("no spaces", None)).await;
+    assert_eq!(status, 400);
+    let (status, _) = server.admin_post("/v1/users/sign_out", &end_body(&call, Some("bob"))).await;
+    assert_eq!(status, 400);
+    let info = alice.client.get_call(&call).await.expect("get_call");
+    assert!(!info.is_ended(), "still on");
+
+    // Every device of bob: the phone, in the call.
+    let (status, reply) = server.admin_post("/v1/users/sign_out", &sign_out_body("bob", None)).await;
+    assert_eq!((status, reply["signed_out"].as_u64()), (200, Some(1)), "{reply}");
+    phone.expect(state_is(ConnectionState::Kicked(EndReason::KickedByServer)), "phone signed out").await;
+    phone.expect(ended_with(&call, EndReason::KickedByServer), "the phone's call ends").await;
+    alice.expect(ended_with(&call, EndReason::RemoteKickedByServer), "alice's ends with it").await;
+    let Event::ReceivedCallRecord(record) = alice.expect(record_of(&call), "alice's record").await else {
+        unreachable!()
+    };
+    assert_eq!(record.end_reason, EndReason::RemoteKickedByServer);
+
+    // Nobody left to sign out: 0, and nothing else happens.
+    let (status, reply) = server.admin_post("/v1/users/sign_out", &sign_out_body("bob", None)).await;
+    assert_eq!((status, reply["signed_out"].as_u64()), (200, Some(0)), "{reply}");
+    server.shutdown().await;
+}

@@ -73,6 +73,15 @@ pub fn encode(from: &str, message: &NodeMessage) -> Fields {
                 text(&mut f, "user", user.as_str());
             }
         }
+        NodeMessage::SignOut { app, user, device } => {
+            text(&mut f, "kind", "sign_out");
+            text(&mut f, "app", app.as_str());
+            text(&mut f, "user", user.as_str());
+            // Absent: every device of the user.
+            if let Some(device) = device {
+                text(&mut f, "device", device.as_str());
+            }
+        }
         NodeMessage::DeviceOnline { app, user, device, session_id } => {
             text(&mut f, "kind", "online");
             text(&mut f, "app", app.as_str());
@@ -183,6 +192,11 @@ pub fn decode(fields: &[Vec<u8>]) -> Result<(String, NodeMessage), ClusterError>
             call_id: CallId::new(e.text("call")?).map_err(|e| bad(&e.to_string()))?,
             user: if e.bytes("user").is_ok() { Some(e.user()?) } else { None },
         },
+        "sign_out" => NodeMessage::SignOut {
+            app: e.app()?,
+            user: e.user()?,
+            device: if e.bytes("device").is_ok() { Some(e.device()?) } else { None },
+        },
         "online" => NodeMessage::DeviceOnline {
             app: e.app()?,
             user: e.user()?,
@@ -284,6 +298,12 @@ mod tests {
         let ended = CallId::new("node-b_0123456789-2")?;
         roundtrip(NodeMessage::EndCall { app: app.clone(), call_id: ended.clone(), user: None });
         roundtrip(NodeMessage::EndCall { app: app.clone(), call_id: ended, user: Some(user.clone()) });
+        roundtrip(NodeMessage::SignOut { app: app.clone(), user: user.clone(), device: None });
+        roundtrip(NodeMessage::SignOut {
+            app: app.clone(),
+            user: user.clone(),
+            device: Some(DeviceId::new("tablet")?),
+        });
         roundtrip(NodeMessage::SessionGone {
             app,
             user,

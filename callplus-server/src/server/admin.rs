@@ -1,7 +1,8 @@
 //! The admin HTTP API: token minting for the app's backend, ending calls and removing
-//! participants (`POST /v1/calls/end`), `/metrics`, `/healthz`.
+//! participants (`POST /v1/calls/end`), signing users' devices out (`POST /v1/users/sign_out`),
+//! `/metrics`, `/healthz`.
 //!
-//! `POST /v1/tokens` and `POST /v1/calls/end` are authenticated like the seed vendors' server APIs: the request carries
+//! The `POST` endpoints are authenticated like the seed vendors' server APIs: the request carries
 //! `X-App-Key`, `X-Nonce` (1–128 visible ASCII characters, never reused within the time
 //! window), `X-Timestamp` (Unix seconds, within ±300 s of the server clock) and `X-Signature` =
 //! hex(HMAC-SHA256(app_secret, nonce + "\n" + timestamp + "\n" + body)).
@@ -31,7 +32,7 @@ use super::metrics::Metrics;
 use crate::storage::Storage;
 use crate::token;
 use callplus_session::switchboard::ServerEnd;
-use callplus_session::{AppKey, CallId, Code, UserId};
+use callplus_session::{AppKey, CallId, Code, DeviceId, UserId};
 
 /// Largest accepted request body.
 const MAX_BODY: usize = 16 * 1024;
@@ -60,6 +61,7 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/v1/tokens", post(mint_token))
         .route("/v1/calls/end", post(end_call))
+        .route("/v1/users/sign_out", post(sign_out))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -228,6 +230,14 @@ async fn mint_token(State(state): State<Arc<AdminState>>, headers: HeaderMap, bo
     }
 }
 
+/// Whether `body` gives `field` as an explicit `null`. Where an absent field widens what a
+/// request does (every participant, every device), a null would read the same: a backend that
+/// meant one and lost its id must not act on all.
+fn explicit_null(body: &[u8], field: &str) -> bool {
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+        .is_ok_and(|map| map.get(field).is_some_and(serde_json::Value::is_null))
+}
+
 /// Body of `POST /v1/calls/end`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -252,11 +262,7 @@ async fn end_call(State(state): State<Arc<AdminState>>, headers: HeaderMap, body
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
     };
-    // An explicit null would read as "no user" and end the call for everyone: a backend that
-    // meant to remove one user and lost the id must not do that.
-    let explicit_null = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
-        .is_ok_and(|map| map.get("user_id").is_some_and(serde_json::Value::is_null));
-    if explicit_null {
+    if explicit_null(&body, "user_id") {
         return error(StatusCode::BAD_REQUEST, "user_id is null: leave it out to end the call for everyone");
     }
     let ids = (
@@ -283,6 +289,46 @@ async fn end_call(State(state): State<Arc<AdminState>>, headers: HeaderMap, body
             (status, Json(body)).into_response()
         }
         None => error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping"),
+    }
+}
+
+/// Body of `POST /v1/users/sign_out`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignOutRequest {
+    user_id: String,
+    /// Sign out only this device; absent, every device of the user.
+    device_id: Option<String>,
+}
+
+/// `POST /v1/users/sign_out`: the operator closes a user's sessions (every device, or one),
+/// which end with `KICKED_BY_SERVER` and do not reconnect by themselves. `200` with how many
+/// sessions this node closed (`"signed_out"`; on a node of several the nodes holding the user's
+/// other devices are told too and close theirs); `503` while the server stops. The user's token
+/// stays valid until it expires: to keep a user out, stop minting tokens for them as well.
+async fn sign_out(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Signed { app_key, .. } = match authenticate(&state, &headers, &body).await {
+        Ok(signed) => signed,
+        Err(refused) => return refused,
+    };
+    let request: SignOutRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
+    };
+    if explicit_null(&body, "device_id") {
+        return error(StatusCode::BAD_REQUEST, "device_id is null: leave it out to sign out every device");
+    }
+    let ids = (
+        AppKey::new(&app_key),
+        UserId::new(&request.user_id),
+        request.device_id.as_deref().map(DeviceId::new).transpose(),
+    );
+    let (Ok(app), Ok(user), Ok(device)) = ids else {
+        return error(StatusCode::BAD_REQUEST, "user_id and device_id must be valid ids");
+    };
+    match state.driver.sign_out(app, user, device).await {
+        Some(Ok(closed)) => Json(serde_json::json!({ "signed_out": closed })).into_response(),
+        Some(Err(_)) | None => error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping"),
     }
 }
 

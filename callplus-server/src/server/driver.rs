@@ -138,6 +138,17 @@ pub(crate) enum Input {
         /// What was done.
         reply: oneshot::Sender<Result<ServerEnd, Error>>,
     },
+    /// The operator signs a user's devices out, or one device (the admin API).
+    SignOut {
+        /// The app.
+        app: AppKey,
+        /// The user.
+        user: UserId,
+        /// The one device, or `None` for all.
+        device: Option<DeviceId>,
+        /// How many sessions this node closed.
+        reply: oneshot::Sender<Result<usize, Error>>,
+    },
     /// SDP/ICE from the SFU to one participant device.
     SfuSignal {
         /// The call.
@@ -210,6 +221,21 @@ impl DriverHandle {
     ) -> Option<Result<ServerEnd, Error>> {
         let (reply, rx) = oneshot::channel();
         if !self.send(Input::EndCall { app, call_id, user, reply }).await {
+            return None;
+        }
+        rx.await.ok()
+    }
+
+    /// Signs `user` out as the operator (every device, or `device`); `None` when the driver has
+    /// stopped.
+    pub(crate) async fn sign_out(
+        &self,
+        app: AppKey,
+        user: UserId,
+        device: Option<DeviceId>,
+    ) -> Option<Result<usize, Error>> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Input::SignOut { app, user, device, reply }).await {
             return None;
         }
         rx.await.ok()
@@ -507,6 +533,9 @@ impl Driver {
             }
             Input::EndCall { app, call_id, user, reply } => {
                 let _ = reply.send(self.sb.end_call_by_server(now, &app, &call_id, user.as_ref()));
+            }
+            Input::SignOut { app, user, device, reply } => {
+                let _ = reply.send(self.sb.sign_out_by_server(now, &app, &user, device.as_ref()));
             }
             Input::SfuSignal { call_id, to_user, to_device, payload } => {
                 self.sb.sfu_signal(now, &call_id, &to_user, &to_device, payload);
@@ -842,7 +871,8 @@ impl Driver {
             NodeOutput::AcquireTakeover { .. }
             | NodeOutput::InCall { .. }
             | NodeOutput::FindRinging { .. }
-            | NodeOutput::KickElsewhere { .. } => {}
+            | NodeOutput::KickElsewhere { .. }
+            | NodeOutput::SignOutElsewhere { .. } => {}
             NodeOutput::CheckBusy { id, .. } => self.sb.complete_busy(now, id, Vec::new()),
             NodeOutput::Route { app, user, event, store_if_absent } => {
                 if store_if_absent {

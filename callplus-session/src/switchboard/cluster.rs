@@ -107,6 +107,18 @@ pub enum NodeMessage {
         /// The user removed, or `None` to end the call.
         user: Option<UserId>,
     },
+    /// The operator signed `user` out through the sending node's admin API (that node → every
+    /// node holding a device of the user): the receiving node closes its own sessions of the
+    /// user, or of `device` only, with `KICKED_BY_SERVER` (see
+    /// [`Switchboard::sign_out_by_server`]).
+    SignOut {
+        /// The app.
+        app: AppKey,
+        /// The user.
+        user: UserId,
+        /// The one device to sign out, or `None` for all.
+        device: Option<DeviceId>,
+    },
     /// Events were stored for a user who has no device on the sending node, and presence then
     /// found devices of theirs on the receiving node: those sessions load the user's stored
     /// events again (a device that connected while the event was being stored may have looked
@@ -263,6 +275,16 @@ pub enum NodeOutput {
         device: DeviceId,
         /// When its session opened (this node's clock).
         at_ms: i64,
+    },
+    /// The operator signed `user` out here: send [`NodeMessage::SignOut`] to every other node
+    /// holding a device of theirs (presence).
+    SignOutElsewhere {
+        /// The app.
+        app: AppKey,
+        /// The user.
+        user: UserId,
+        /// The one device to sign out, or `None` for all.
+        device: Option<DeviceId>,
     },
 }
 
@@ -731,6 +753,9 @@ impl Switchboard {
                     let sk = self.remote_session(from, &app, &user, &device, &session_id);
                     self.offer_ringing(sk);
                 }
+            }
+            NodeMessage::SignOut { app, user, device } => {
+                self.sign_out_here(now_ms, &app, &user, device.as_ref());
             }
             NodeMessage::LoggedIn { app, user, device, at_ms } => {
                 if self.cfg.device_policy == super::DevicePolicy::SingleDevice {

@@ -58,6 +58,7 @@ mod queue;
 mod server_end;
 mod session;
 mod sessions;
+mod sign_out;
 mod timer;
 mod weight;
 

@@ -831,6 +831,36 @@ fn those_who_left_a_group_call_hear_whom_it_invited() {
 }
 
 #[test]
+fn the_operator_signs_out_one_device_then_every_device() {
+    let mut h = H::default();
+    let (a, phone, id) = h.connected_pair();
+    let tablet = h.connect("bob", "b2");
+    let other_app_bob = h.connect_app(ok(AppKey::new("other")), "bob", "b1");
+    h.outputs();
+    let kicked = |events: &[Event]| {
+        events.iter().any(|e| matches!(e, Event::Kicked { reason: EndReason::KickedByServer, .. }))
+    };
+    let bob = uid("bob");
+    let b2 = ok(DeviceId::new("b2"));
+    assert_eq!(h.sb.sign_out_by_server(h.now, &app(), &bob, Some(&b2)), Ok(1));
+    h.drain();
+    assert!(kicked(&h.events(tablet)) && h.closed.contains(&tablet), "the tablet is told and closed");
+    assert!(h.sb.is_call_live(&app(), &id), "the phone's call goes on");
+    assert!(h.events(phone).is_empty() && h.events(a).is_empty());
+
+    assert_eq!(h.sb.sign_out_by_server(h.now, &app(), &bob, None), Ok(1));
+    h.drain();
+    assert!(kicked(&h.events(phone)) && h.closed.contains(&phone));
+    assert_eq!(ended_reason(&h.events(a), &id), Some(EndReason::RemoteKickedByServer));
+    assert!(!h.sb.is_call_live(&app(), &id));
+    assert!(
+        h.events(other_app_bob).is_empty() && !h.closed.contains(&other_app_bob),
+        "another app's bob stays"
+    );
+    assert_eq!(h.sb.sign_out_by_server(h.now, &app(), &bob, None), Ok(0), "nobody left");
+}
+
+#[test]
 fn a_late_joiner_is_told_when_the_call_started_and_its_first_frame() {
     let mut h = H::default();
     let a = h.connect("alice", "a1");

@@ -55,6 +55,12 @@ enum Step {
         at_ms: i64,
         found: Slot,
     },
+    SignOutElsewhere {
+        app: AppKey,
+        user: UserId,
+        device: Option<DeviceId>,
+        found: Slot,
+    },
     Route {
         app: AppKey,
         user: UserId,
@@ -236,6 +242,10 @@ impl Worker {
                     let found = self.presence.lookup_in(batch, app.as_str(), user.as_str());
                     Step::KickElsewhere { app, user, device, at_ms, found }
                 }
+                NodeOutput::SignOutElsewhere { app, user, device } => {
+                    let found = self.presence.lookup_in(batch, app.as_str(), user.as_str());
+                    Step::SignOutElsewhere { app, user, device, found }
+                }
                 NodeOutput::Route { app, user, event, store_if_absent } => {
                     let found = self.presence.lookup_in(batch, app.as_str(), user.as_str());
                     Step::Route { app, user, event, store_if_absent, found }
@@ -307,6 +317,20 @@ impl Worker {
                 let failed = "presence lookup failed; older logins elsewhere not kicked";
                 let nodes = self.other_nodes(replies, found, Some(&device), failed);
                 let message = Box::new(NodeMessage::LoggedIn { app, user, device, at_ms });
+                Resolved::Fanout { nodes, checked: true, message, then: Unsent::Nothing }
+            }
+            Step::SignOutElsewhere { app, user, device, found } => {
+                let failed = "presence lookup failed; devices on other nodes not signed out";
+                let mut nodes: Vec<String> = self
+                    .found(replies, found, failed)
+                    .into_iter()
+                    .filter(|d| d.node_id != self.node.as_str())
+                    .filter(|d| device.as_ref().is_none_or(|only| d.device_id == only.as_str()))
+                    .map(|d| d.node_id)
+                    .collect();
+                nodes.sort();
+                nodes.dedup();
+                let message = Box::new(NodeMessage::SignOut { app, user, device });
                 Resolved::Fanout { nodes, checked: true, message, then: Unsent::Nothing }
             }
             Step::Route { app, user, event, store_if_absent, found } => {
