@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use callplus_proto::v1 as pb;
@@ -12,7 +13,7 @@ use callplus_proto::v1::signal_client::SignalClient;
 use callplus_session::switchboard::SwitchboardConfig;
 use callplus_signal::server::{RunningServer, Server, sign_request};
 use callplus_signal::token;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 /// Longest wait for any expected frame or reply.
@@ -575,6 +576,90 @@ async fn graceful_shutdown_ends_live_calls_and_keeps_their_records() {
     let log = records(&mut alice, 1, 10).await;
     let record = log.iter().find(|r| r.call_id == call_id).expect("record kept");
     assert_eq!(record.end_reason, pb::EndReason::EndedByServer as i32);
+    drop(alice);
+    server.shutdown().await.unwrap();
+}
+
+/// A webhook that records every body as it arrives and answers the first one only once
+/// `release` fires (the others at once).
+async fn webhook_holding_the_first()
+-> (String, mpsc::UnboundedReceiver<serde_json::Value>, oneshot::Sender<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (release, released) = oneshot::channel::<()>();
+    let held = Arc::new(tokio::sync::Mutex::new(Some(released)));
+    let app = axum::Router::new().route(
+        "/push",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let (tx, held) = (tx.clone(), held.clone());
+            async move {
+                let _ = tx.send(body);
+                if let Some(released) = held.lock().await.take() {
+                    let _ = released.await;
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/push"), rx, release)
+}
+
+/// The webhook is still busy with an invitation when the caller hangs up: the cancellation
+/// waits for it (the metrics count the wait) and is posted only after the invitation's answer.
+#[tokio::test]
+async fn a_cancellation_waits_for_the_invitation_still_in_flight() {
+    let (url, mut pushes, release) = webhook_holding_the_first().await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = callplus_signal::server::ServerOptions { push_webhook: Some(url), ..Default::default() };
+    let server = Server::builder()
+        .data_dir(dir.path())
+        .listen("127.0.0.1:0")
+        .admin_listen("127.0.0.1:0")
+        .options(options)
+        .start()
+        .await
+        .unwrap();
+    let token = server.mint_token("alice", Duration::from_secs(60)).unwrap();
+    let mut alice = welcome(server.grpc_addr(), &token).await;
+    alice.request(1, 10, start_call_to("bob")).await;
+    let call_id = started_call_id(&alice.response_to(10).await.0);
+    let invite = tokio::time::timeout(WAIT, pushes.recv()).await.expect("the invitation in time").unwrap();
+    assert_eq!(invite["kind"], "invite");
+
+    let cancel_config = pb::PushConfig { title: "Missed call".into(), ..Default::default() };
+    alice
+        .request(
+            2,
+            11,
+            Body::Hangup(pb::Hangup { call_id: call_id.clone(), push_config: Some(cancel_config) }),
+        )
+        .await;
+    alice.response_to(11).await;
+    let metrics = format!("http://{}/metrics", server.admin_addr().unwrap());
+    let http = reqwest::Client::new();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let text = http.get(&metrics).send().await.unwrap().text().await.unwrap();
+            if text.contains("callplus_push_waits_total 1") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the cancellation queued behind the invitation");
+    assert!(pushes.try_recv().is_err(), "nothing posted while the invitation is in flight");
+
+    release.send(()).unwrap();
+    let cancel = tokio::time::timeout(WAIT, pushes.recv()).await.expect("the cancellation in time").unwrap();
+    assert_eq!(
+        (&cancel["kind"], &cancel["call_id"]),
+        (&"cancel".into(), &call_id.as_str().into()),
+        "{cancel}"
+    );
+    assert_eq!(cancel["push_config"]["title"], "Missed call");
     drop(alice);
     server.shutdown().await.unwrap();
 }

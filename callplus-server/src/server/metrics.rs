@@ -58,6 +58,9 @@ pub(crate) struct Metrics {
     pub(crate) silent_connections: Family<PortLabel, Counter>,
     /// Push webhook deliveries, by outcome.
     pub(crate) pushes: Family<ResultLabel, Counter>,
+    /// Push deliveries that waited for an earlier one to the same callee of the same call (a
+    /// cancellation behind its invitation): how often the webhook was still busy with it.
+    pub(crate) push_waits: Counter,
     /// Presence registry commands (`serve --redis`), by outcome: `ok`, `error` (Redis
     /// unreachable or refusing), `dropped` (the queue to the presence task was full).
     pub(crate) presence: Family<ResultLabel, Counter>,
@@ -84,6 +87,7 @@ impl Metrics {
             slow_consumers: Counter::default(),
             silent_connections: Family::default(),
             pushes: Family::default(),
+            push_waits: Counter::default(),
             presence: Family::default(),
             node_messages: Family::default(),
         };
@@ -111,6 +115,11 @@ impl Metrics {
             m.silent_connections.clone(),
         );
         registry.register("pushes", "Push webhook deliveries, by outcome", m.pushes.clone());
+        registry.register(
+            "push_waits",
+            "Push deliveries that waited for an earlier one to the same callee of the same call",
+            m.push_waits.clone(),
+        );
         registry.register(
             "presence_updates",
             "Presence registry updates (--redis), by outcome: ok, error, dropped",

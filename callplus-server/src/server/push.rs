@@ -166,6 +166,9 @@ pub(crate) async fn run(
             request.callee.as_str().to_owned(),
         );
         let mut turn = lanes.queue(key);
+        if turn.waits() {
+            metrics.push_waits.inc();
+        }
         tokio::spawn(async move {
             turn.wait().await;
             deliver(&client, &settings, &driver, &metrics, request).await;

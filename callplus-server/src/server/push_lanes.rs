@@ -56,6 +56,11 @@ impl PushLanes {
 }
 
 impl Turn {
+    /// Whether an earlier delivery in the lane is queued or running.
+    pub(crate) fn waits(&self) -> bool {
+        self.before.is_some()
+    }
+
     /// Waits until the delivery before this one in the lane is done.
     pub(crate) async fn wait(&mut self) {
         if let Some(before) = self.before.as_mut() {
