@@ -249,6 +249,28 @@ typedef enum callplus_participant_state {
 } callplus_participant_state;
 
 /**
+ * How far an invitation got to a callee (the best over the callee's devices).
+ */
+typedef enum callplus_delivery {
+    /**
+     * No connected device and no push (also the value for events without a delivery).
+     */
+    CALLPLUS_DELIVERY_UNREACHABLE = 0,
+    /**
+     * Only a push was requested.
+     */
+    CALLPLUS_DELIVERY_PUSHED = 1,
+    /**
+     * A device received the invitation.
+     */
+    CALLPLUS_DELIVERY_DELIVERED = 2,
+    /**
+     * A device shows the call.
+     */
+    CALLPLUS_DELIVERY_RINGING = 3,
+} callplus_delivery;
+
+/**
  * Direction of a call from a record's owner's point of view.
  */
 typedef enum callplus_direction {
@@ -625,28 +647,6 @@ typedef enum callplus_change_media_type_result {
 } callplus_change_media_type_result;
 
 /**
- * How far an invitation got to a callee (the best over the callee's devices).
- */
-typedef enum callplus_delivery {
-    /**
-     * No connected device and no push (also the value for events without a delivery).
-     */
-    CALLPLUS_DELIVERY_UNREACHABLE = 0,
-    /**
-     * Only a push was requested.
-     */
-    CALLPLUS_DELIVERY_PUSHED = 1,
-    /**
-     * A device received the invitation.
-     */
-    CALLPLUS_DELIVERY_DELIVERED = 2,
-    /**
-     * A device shows the call.
-     */
-    CALLPLUS_DELIVERY_RINGING = 3,
-} callplus_delivery;
-
-/**
  * A kind of track: a microphone's audio or a camera's video.
  */
 typedef enum callplus_media_kind {
@@ -829,6 +829,81 @@ typedef struct callplus_client_options {
 } callplus_client_options;
 
 /**
+ * APNs settings of a push notification (`callplus_call_options.push_ios`), forwarded to the
+ * push webhook as its `ios` object. Zero-initialise it; a NULL string is "".
+ */
+typedef struct callplus_ios_push {
+    /**
+     * APNs thread id, for grouping notifications, or NULL.
+     */
+    const char *thread_id;
+    /**
+     * APNs collapse id, or NULL.
+     */
+    const char *apns_collapse_id;
+    /**
+     * Notification category, or NULL.
+     */
+    const char *category;
+    /**
+     * Rich media URI, or NULL.
+     */
+    const char *rich_media_uri;
+    /**
+     * Send it as a VoIP push (PushKit).
+     */
+    bool voip;
+} callplus_ios_push;
+
+/**
+ * One vendor-specific setting of an Android push: a key and its value, both required
+ * (NUL-terminated UTF-8).
+ */
+typedef struct callplus_push_vendor_entry {
+    /**
+     * The setting's name.
+     */
+    const char *key;
+    /**
+     * Its value.
+     */
+    const char *value;
+} callplus_push_vendor_entry;
+
+/**
+ * Android settings of a push notification (`callplus_call_options.push_android`), forwarded to
+ * the push webhook as its `android` object. Zero-initialise it; a NULL string is "".
+ *
+ * ```c
+ * struct callplus_push_vendor_entry vendor[] = {{"huawei.importance", "high"}};
+ * struct callplus_android_push android = {0};
+ * android.channel_id = "calls";
+ * android.vendor = vendor;
+ * android.vendor_len = 1;
+ * options.push_android = &android;
+ * ```
+ */
+typedef struct callplus_android_push {
+    /**
+     * Notification channel id, or NULL.
+     */
+    const char *channel_id;
+    /**
+     * Collapse key / notification id, or NULL.
+     */
+    const char *collapse_key;
+    /**
+     * `vendor_len` vendor-specific settings (e.g. "huawei.importance"), or NULL when
+     * `vendor_len` is 0. Keys must be distinct: they become a JSON object.
+     */
+    const struct callplus_push_vendor_entry *vendor;
+    /**
+     * The number of entries of `vendor`.
+     */
+    size_t vendor_len;
+} callplus_android_push;
+
+/**
  * Optional settings of `callplus_client_start_call_with_options` (and, without the ring timeout,
  * of `callplus_client_invite_with_options`; its push fields only, of
  * `callplus_client_hangup_with_options`).
@@ -840,6 +915,12 @@ typedef struct callplus_client_options {
  * options.ring_timeout_ms = 30000;
  * options.push_title = "Incoming call";
  * ```
+ *
+ * The `push_*` fields and `disable_push` are the settings of the push notification a callee
+ * with no connected device gets (the push webhook's `push_config`: title, content, template
+ * id, iOS and Android settings, custom data); with all of them unset the call has none.
+ * Every pointer in the struct, and in the structs it points to, is borrowed for the duration
+ * of the call only.
  */
 typedef struct callplus_call_options {
     /**
@@ -867,6 +948,18 @@ typedef struct callplus_call_options {
      * Send no push notification for this call.
      */
     bool disable_push;
+    /**
+     * Template id understood by the app's push service, or NULL.
+     */
+    const char *push_template_id;
+    /**
+     * APNs settings of that notification, or NULL for none.
+     */
+    const struct callplus_ios_push *push_ios;
+    /**
+     * Android settings of that notification, or NULL for none.
+     */
+    const struct callplus_android_push *push_android;
 } callplus_call_options;
 
 /**
@@ -1070,9 +1163,11 @@ int64_t callplus_call_session_ended_at_ms(const struct callplus_call_session *s)
 enum callplus_end_reason callplus_call_session_end_reason(const struct callplus_call_session *s);
 
 /**
- * Talk time in ms: from the start to the end, or to now (this machine's clock) while the call
- * lasts; 0 when it never connected. A machine whose clock is off counts it off by as much:
- * `callplus_call_session_duration_at_ms` with `callplus_client_server_time_ms` does not.
+ * Talk time in ms: from the start to the end, or to now while the call lasts; 0 when it never
+ * connected. Now is the server's clock, which the start time is on: the reading of
+ * `callplus_client_server_time_ms` of the client the session came from, so a machine whose
+ * clock is off still counts the right talk time. (After that client was freed: its last
+ * reading, counted on by this machine's monotonic clock.) Never negative.
  *
  * # Safety
  * `s` must be NULL or a live `callplus_call_session`.
@@ -1130,6 +1225,37 @@ enum callplus_participant_state callplus_call_session_participant_state(const st
  * `s` must be NULL or a live `callplus_call_session`.
  */
 enum callplus_end_reason callplus_call_session_participant_reason(const struct callplus_call_session *s,
+                                                                  size_t index);
+
+/**
+ * Whether participant `index` has turned the camera off (as of the snapshot: a user who
+ * joins later learns it here, as the others learned it from `REMOTE_CAMERA_STATE_CHANGED`);
+ * false when out of range.
+ *
+ * # Safety
+ * `s` must be NULL or a live `callplus_call_session`.
+ */
+bool callplus_call_session_participant_camera_disabled(const struct callplus_call_session *s,
+                                                       size_t index);
+
+/**
+ * Whether participant `index` has turned the microphone off (as of the snapshot); false when
+ * out of range.
+ *
+ * # Safety
+ * `s` must be NULL or a live `callplus_call_session`.
+ */
+bool callplus_call_session_participant_microphone_disabled(const struct callplus_call_session *s,
+                                                           size_t index);
+
+/**
+ * How far the invitation got to participant `index`, the best over the user's devices (as
+ * `DELIVERY_CHANGED` reports it); UNREACHABLE when out of range.
+ *
+ * # Safety
+ * `s` must be NULL or a live `callplus_call_session`.
+ */
+enum callplus_delivery callplus_call_session_participant_delivery(const struct callplus_call_session *s,
                                                                   size_t index);
 
 /**
@@ -1198,6 +1324,14 @@ int64_t callplus_call_info_created_at_ms(const struct callplus_call_info *c);
 int64_t callplus_call_info_started_at_ms(const struct callplus_call_info *c);
 
 /**
+ * When the first media frame was reported; 0 when not yet.
+ *
+ * # Safety
+ * `c` must be NULL or a live `callplus_call_info`.
+ */
+int64_t callplus_call_info_first_frame_at_ms(const struct callplus_call_info *c);
+
+/**
  * When the call ended; 0 while it lasts.
  *
  * # Safety
@@ -1246,6 +1380,34 @@ enum callplus_participant_state callplus_call_info_participant_state(const struc
  * `c` must be NULL or a live `callplus_call_info`.
  */
 enum callplus_end_reason callplus_call_info_participant_reason(const struct callplus_call_info *c,
+                                                               size_t index);
+
+/**
+ * Whether participant `index` has turned the camera off; false when out of range.
+ *
+ * # Safety
+ * `c` must be NULL or a live `callplus_call_info`.
+ */
+bool callplus_call_info_participant_camera_disabled(const struct callplus_call_info *c,
+                                                    size_t index);
+
+/**
+ * Whether participant `index` has turned the microphone off; false when out of range.
+ *
+ * # Safety
+ * `c` must be NULL or a live `callplus_call_info`.
+ */
+bool callplus_call_info_participant_microphone_disabled(const struct callplus_call_info *c,
+                                                        size_t index);
+
+/**
+ * How far the invitation got to participant `index`, the best over the user's devices;
+ * UNREACHABLE when out of range.
+ *
+ * # Safety
+ * `c` must be NULL or a live `callplus_call_info`.
+ */
+enum callplus_delivery callplus_call_info_participant_delivery(const struct callplus_call_info *c,
                                                                size_t index);
 
 /**
@@ -1562,7 +1724,9 @@ enum callplus_result callplus_client_disconnect(const struct callplus_client *cl
 
 /**
  * The server's clock now (Unix ms), as measured at the latest Welcome or heartbeat answer;
- * this machine's clock before any. For `callplus_call_session_duration_at_ms`.
+ * this machine's clock before any. `callplus_call_session_duration_ms` counts on it for the
+ * sessions of this client; `callplus_call_session_duration_at_ms` takes one reading (e.g. to
+ * show several calls' talk times as of the same instant).
  *
  * # Safety
  * `client` must be NULL or a live client; `now_out` NULL or writable.
@@ -1641,11 +1805,15 @@ enum callplus_result callplus_client_start_call(const struct callplus_client *cl
  * rung all the same (call waiting) unless the server rejects busy callees.
  *
  * Errors as `callplus_client_start_call`, and `PARAM_ERROR` for a ring timeout below
- * `CALLPLUS_RING_UNTIL_ANSWERED` or above `UINT32_MAX`.
+ * `CALLPLUS_RING_UNTIL_ANSWERED` or above `UINT32_MAX`, for a string that is not UTF-8, for
+ * push settings over 8 KiB in all, or for a vendor key given twice; `NULL_PARAMETER` for a
+ * NULL vendor key or value, or a NULL `vendor` with a non-zero `vendor_len`. The invite and
+ * hangup functions refuse their options the same way.
  *
  * # Safety
- * As `callplus_client_start_call`; `options` NULL or a readable `callplus_call_options` whose
- * strings are NULL or NUL-terminated; `busy_out` NULL or writable.
+ * As `callplus_client_start_call`; `options` NULL or a readable `callplus_call_options` as its
+ * doc says (strings NULL or NUL-terminated, `push_ios` / `push_android` NULL or readable);
+ * `busy_out` NULL or writable.
  */
 enum callplus_result callplus_client_start_call_with_options(const struct callplus_client *client,
                                                              const char *const *callees,
@@ -1689,7 +1857,8 @@ enum callplus_result callplus_client_hangup(const struct callplus_client *client
  *
  * # Safety
  * `client` must be NULL or a live client; `call_id` NULL or NUL-terminated; `options` NULL or
- * a readable `callplus_call_options` whose strings are NULL or NUL-terminated.
+ * a readable `callplus_call_options` as its doc says (strings NULL or NUL-terminated,
+ * `push_ios` / `push_android` NULL or readable).
  */
 enum callplus_result callplus_client_hangup_with_options(const struct callplus_client *client,
                                                          const char *call_id,
@@ -1751,8 +1920,9 @@ enum callplus_result callplus_client_invite(const struct callplus_client *client
  *
  * # Safety
  * `client` must be NULL or a live client; `users` NULL or `user_count` pointers to
- * NUL-terminated strings; `options` NULL or a readable `callplus_call_options` whose strings
- * are NULL or NUL-terminated; `busy_out` NULL or writable.
+ * NUL-terminated strings; `options` NULL or a readable `callplus_call_options` as its doc says
+ * (strings NULL or NUL-terminated, `push_ios` / `push_android` NULL or readable); `busy_out`
+ * NULL or writable.
  */
 enum callplus_result callplus_client_invite_with_options(const struct callplus_client *client,
                                                          const char *const *users,

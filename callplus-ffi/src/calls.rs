@@ -4,23 +4,17 @@
 //! valid exactly as long as the object it came from.
 
 use std::ffi::{CString, c_char};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
 use callplus_session::client::CallSession;
 use callplus_session::{CallInfo, CallRecord, CallSummary, CallType, MediaType, Participant, RecordPage};
 
 use crate::enums::{
-    callplus_call_state, callplus_call_type, callplus_direction, callplus_end_reason, callplus_media_type,
-    callplus_participant_state, end_reason,
+    callplus_call_state, callplus_call_type, callplus_delivery, callplus_direction, callplus_end_reason,
+    callplus_media_type, callplus_participant_state, end_reason,
 };
 use crate::ffi::{Opaque, boundary, cstring, free_boxed, opt_ptr, to_boxed, to_const_ptr, with_ref};
-
-/// Milliseconds since the Unix epoch, by this machine's clock.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+use crate::server_clock::ServerClock;
 
 /// The participants of a call with their ids as C strings.
 pub(crate) struct Participants {
@@ -44,6 +38,18 @@ impl Participants {
     fn reason(&self, index: usize) -> callplus_end_reason {
         self.list.get(index).map_or(callplus_end_reason::None, |p| end_reason(p.reason))
     }
+
+    fn camera_disabled(&self, index: usize) -> bool {
+        self.list.get(index).is_some_and(|p| p.camera_disabled)
+    }
+
+    fn microphone_disabled(&self, index: usize) -> bool {
+        self.list.get(index).is_some_and(|p| p.microphone_disabled)
+    }
+
+    fn delivery(&self, index: usize) -> callplus_delivery {
+        self.list.get(index).map_or(callplus_delivery::Unreachable, |p| p.delivery.into())
+    }
 }
 
 // ----- callplus_call_session ------------------------------------------------------------------
@@ -66,11 +72,14 @@ pub(crate) struct Session {
     inviter: Option<CString>,
     extra: CString,
     participants: Participants,
+    /// The client's server clock, which the call's times are on (for the talk time so far).
+    clock: Arc<ServerClock>,
 }
 
 impl Session {
-    pub(crate) fn new(inner: CallSession) -> Self {
+    pub(crate) fn new(inner: CallSession, clock: Arc<ServerClock>) -> Self {
         Session {
+            clock,
             call_id: cstring(inner.call_id().as_str()),
             local_user: cstring(inner.local_user().as_str()),
             creator: cstring(inner.creator().as_str()),
@@ -100,8 +109,8 @@ unsafe impl Opaque for callplus_call_session {
 }
 
 /// Hands an owned session to C.
-pub(crate) fn new_session(session: CallSession) -> *mut callplus_call_session {
-    to_boxed::<callplus_call_session>(Session::new(session))
+pub(crate) fn new_session(session: CallSession, clock: Arc<ServerClock>) -> *mut callplus_call_session {
+    to_boxed::<callplus_call_session>(Session::new(session, clock))
 }
 
 /// A borrowed pointer to a session.
@@ -277,16 +286,18 @@ pub unsafe extern "C" fn callplus_call_session_end_reason(
     unsafe { with_ref(s, |s| end_reason(s.inner.end_reason())) }
 }
 
-/// Talk time in ms: from the start to the end, or to now (this machine's clock) while the call
-/// lasts; 0 when it never connected. A machine whose clock is off counts it off by as much:
-/// `callplus_call_session_duration_at_ms` with `callplus_client_server_time_ms` does not.
+/// Talk time in ms: from the start to the end, or to now while the call lasts; 0 when it never
+/// connected. Now is the server's clock, which the start time is on: the reading of
+/// `callplus_client_server_time_ms` of the client the session came from, so a machine whose
+/// clock is off still counts the right talk time. (After that client was freed: its last
+/// reading, counted on by this machine's monotonic clock.) Never negative.
 ///
 /// # Safety
 /// `s` must be NULL or a live `callplus_call_session`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn callplus_call_session_duration_ms(s: *const callplus_call_session) -> i64 {
     // SAFETY: forwarded contract.
-    unsafe { with_ref(s, |s| s.inner.duration_ms(now_ms())) }
+    unsafe { with_ref(s, |s| s.inner.duration_ms(s.clock.now_ms())) }
 }
 
 /// Talk time in ms as of `server_now_ms` (the server's clock, from
@@ -358,6 +369,49 @@ pub unsafe extern "C" fn callplus_call_session_participant_reason(
 ) -> callplus_end_reason {
     // SAFETY: forwarded contract.
     unsafe { with_ref(s, |s| s.participants.reason(index)) }
+}
+
+/// Whether participant `index` has turned the camera off (as of the snapshot: a user who
+/// joins later learns it here, as the others learned it from `REMOTE_CAMERA_STATE_CHANGED`);
+/// false when out of range.
+///
+/// # Safety
+/// `s` must be NULL or a live `callplus_call_session`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_call_session_participant_camera_disabled(
+    s: *const callplus_call_session,
+    index: usize,
+) -> bool {
+    // SAFETY: forwarded contract.
+    unsafe { with_ref(s, |s| s.participants.camera_disabled(index)) }
+}
+
+/// Whether participant `index` has turned the microphone off (as of the snapshot); false when
+/// out of range.
+///
+/// # Safety
+/// `s` must be NULL or a live `callplus_call_session`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_call_session_participant_microphone_disabled(
+    s: *const callplus_call_session,
+    index: usize,
+) -> bool {
+    // SAFETY: forwarded contract.
+    unsafe { with_ref(s, |s| s.participants.microphone_disabled(index)) }
+}
+
+/// How far the invitation got to participant `index`, the best over the user's devices (as
+/// `DELIVERY_CHANGED` reports it); UNREACHABLE when out of range.
+///
+/// # Safety
+/// `s` must be NULL or a live `callplus_call_session`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_call_session_participant_delivery(
+    s: *const callplus_call_session,
+    index: usize,
+) -> callplus_delivery {
+    // SAFETY: forwarded contract.
+    unsafe { with_ref(s, |s| s.participants.delivery(index)) }
 }
 
 /// Frees a session from `callplus_client_current_call`. NULL is ignored. Never pass a
@@ -476,6 +530,16 @@ pub unsafe extern "C" fn callplus_call_info_started_at_ms(c: *const callplus_cal
     unsafe { with_ref(c, |c| c.inner.started_at_ms.unwrap_or(0)) }
 }
 
+/// When the first media frame was reported; 0 when not yet.
+///
+/// # Safety
+/// `c` must be NULL or a live `callplus_call_info`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_call_info_first_frame_at_ms(c: *const callplus_call_info) -> i64 {
+    // SAFETY: forwarded contract.
+    unsafe { with_ref(c, |c| c.inner.first_frame_at_ms.unwrap_or(0)) }
+}
+
 /// When the call ended; 0 while it lasts.
 ///
 /// # Safety
@@ -543,6 +607,46 @@ pub unsafe extern "C" fn callplus_call_info_participant_reason(
 ) -> callplus_end_reason {
     // SAFETY: forwarded contract.
     unsafe { with_ref(c, |c| c.participants.reason(index)) }
+}
+
+/// Whether participant `index` has turned the camera off; false when out of range.
+///
+/// # Safety
+/// `c` must be NULL or a live `callplus_call_info`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_call_info_participant_camera_disabled(
+    c: *const callplus_call_info,
+    index: usize,
+) -> bool {
+    // SAFETY: forwarded contract.
+    unsafe { with_ref(c, |c| c.participants.camera_disabled(index)) }
+}
+
+/// Whether participant `index` has turned the microphone off; false when out of range.
+///
+/// # Safety
+/// `c` must be NULL or a live `callplus_call_info`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_call_info_participant_microphone_disabled(
+    c: *const callplus_call_info,
+    index: usize,
+) -> bool {
+    // SAFETY: forwarded contract.
+    unsafe { with_ref(c, |c| c.participants.microphone_disabled(index)) }
+}
+
+/// How far the invitation got to participant `index`, the best over the user's devices;
+/// UNREACHABLE when out of range.
+///
+/// # Safety
+/// `c` must be NULL or a live `callplus_call_info`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn callplus_call_info_participant_delivery(
+    c: *const callplus_call_info,
+    index: usize,
+) -> callplus_delivery {
+    // SAFETY: forwarded contract.
+    unsafe { with_ref(c, |c| c.participants.delivery(index)) }
 }
 
 /// Hands an owned call snapshot to C.

@@ -87,6 +87,8 @@ impl ClientHandle {
 
 impl Drop for ClientHandle {
     fn drop(&mut self) {
+        // Sessions may outlive the client; they must not keep its connection alive.
+        self.events.clock().detach();
         self.events.stop();
         if let Some(media) = &self.media {
             media.stop();
@@ -239,6 +241,7 @@ fn connect(endpoint: &str, token: &str, settings: ConnectSettings) -> Result<Cli
             return Err(e.into());
         }
     };
+    events.clock().attach(client.clone());
     let pump = runtime.spawn(Arc::clone(&events).pump(stream));
     if let Some(media_events) = client.media_events() {
         // Ends by itself once the client stops.
@@ -294,7 +297,9 @@ pub unsafe extern "C" fn callplus_client_disconnect(client: *const callplus_clie
 }
 
 /// The server's clock now (Unix ms), as measured at the latest Welcome or heartbeat answer;
-/// this machine's clock before any. For `callplus_call_session_duration_at_ms`.
+/// this machine's clock before any. `callplus_call_session_duration_ms` counts on it for the
+/// sessions of this client; `callplus_call_session_duration_at_ms` takes one reading (e.g. to
+/// show several calls' talk times as of the same instant).
 ///
 /// # Safety
 /// `client` must be NULL or a live client; `now_out` NULL or writable.
@@ -416,11 +421,15 @@ pub unsafe extern "C" fn callplus_client_start_call(
 /// rung all the same (call waiting) unless the server rejects busy callees.
 ///
 /// Errors as `callplus_client_start_call`, and `PARAM_ERROR` for a ring timeout below
-/// `CALLPLUS_RING_UNTIL_ANSWERED` or above `UINT32_MAX`.
+/// `CALLPLUS_RING_UNTIL_ANSWERED` or above `UINT32_MAX`, for a string that is not UTF-8, for
+/// push settings over 8 KiB in all, or for a vendor key given twice; `NULL_PARAMETER` for a
+/// NULL vendor key or value, or a NULL `vendor` with a non-zero `vendor_len`. The invite and
+/// hangup functions refuse their options the same way.
 ///
 /// # Safety
-/// As `callplus_client_start_call`; `options` NULL or a readable `callplus_call_options` whose
-/// strings are NULL or NUL-terminated; `busy_out` NULL or writable.
+/// As `callplus_client_start_call`; `options` NULL or a readable `callplus_call_options` as its
+/// doc says (strings NULL or NUL-terminated, `push_ios` / `push_android` NULL or readable);
+/// `busy_out` NULL or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn callplus_client_start_call_with_options(
     client: *const callplus_client,
@@ -543,7 +552,8 @@ pub unsafe extern "C" fn callplus_client_hangup(
 ///
 /// # Safety
 /// `client` must be NULL or a live client; `call_id` NULL or NUL-terminated; `options` NULL or
-/// a readable `callplus_call_options` whose strings are NULL or NUL-terminated.
+/// a readable `callplus_call_options` as its doc says (strings NULL or NUL-terminated,
+/// `push_ios` / `push_android` NULL or readable).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn callplus_client_hangup_with_options(
     client: *const callplus_client,
@@ -631,8 +641,9 @@ pub unsafe extern "C" fn callplus_client_invite(
 ///
 /// # Safety
 /// `client` must be NULL or a live client; `users` NULL or `user_count` pointers to
-/// NUL-terminated strings; `options` NULL or a readable `callplus_call_options` whose strings
-/// are NULL or NUL-terminated; `busy_out` NULL or writable.
+/// NUL-terminated strings; `options` NULL or a readable `callplus_call_options` as its doc says
+/// (strings NULL or NUL-terminated, `push_ios` / `push_android` NULL or readable); `busy_out`
+/// NULL or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn callplus_client_invite_with_options(
     client: *const callplus_client,
@@ -817,7 +828,7 @@ pub unsafe extern "C" fn callplus_client_current_call(
         check_out(session_out)?;
         let session = handle.client()?.current_call().ok_or(callplus_result::NotInCall)?;
         // SAFETY: checked non-NULL above.
-        unsafe { write_out(session_out, new_session(session)) };
+        unsafe { write_out(session_out, new_session(session, Arc::clone(handle.events.clock()))) };
         Ok(())
     })
 }
@@ -950,7 +961,9 @@ pub unsafe extern "C" fn callplus_client_poll_event(
         check_out(event_out)?;
         let event = handle.events.poll(Duration::from_millis(u64::from(timeout_ms)))?;
         // SAFETY: checked non-NULL above.
-        unsafe { write_out(event_out, to_boxed::<callplus_event>(EventData::new(event))) };
+        unsafe {
+            write_out(event_out, to_boxed::<callplus_event>(EventData::new(event, handle.events.clock())))
+        };
         Ok(())
     })
 }

@@ -33,6 +33,7 @@ mod ffi;
 mod media;
 mod options;
 mod result;
+mod server_clock;
 mod sink;
 mod stats;
 mod string;

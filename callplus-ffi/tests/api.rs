@@ -4,12 +4,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unsafe_code)]
 
 use std::ffi::{CStr, CString, c_char, c_void};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::ptr::{null, null_mut};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use callplus::*;
+use callplus_server::server::push_config_json;
+use callplus_session::PushConfig;
 use common::TestServer;
 
 mod common;
@@ -158,7 +162,15 @@ fn null_objects_read_as_nothing() {
         assert_eq!(callplus_call_session_state(null()), callplus_call_state::None);
         assert_eq!(callplus_call_session_participant_count(null()), 0);
         assert!(callplus_call_session_participant_user_id(null(), 3).is_null());
+        assert!(!callplus_call_session_participant_camera_disabled(null(), 0));
+        assert!(!callplus_call_session_participant_microphone_disabled(null(), 0));
+        assert_eq!(callplus_call_session_participant_delivery(null(), 0), callplus_delivery::Unreachable);
+        assert_eq!(callplus_call_session_duration_ms(null()), 0);
         assert!(callplus_call_info_call_id(null()).is_null());
+        assert!(!callplus_call_info_participant_camera_disabled(null(), 0));
+        assert!(!callplus_call_info_participant_microphone_disabled(null(), 0));
+        assert_eq!(callplus_call_info_participant_delivery(null(), 0), callplus_delivery::Unreachable);
+        assert_eq!(callplus_call_info_first_frame_at_ms(null()), 0);
         assert_eq!(callplus_record_page_len(null()), 0);
         assert!(callplus_record_page_get(null(), 0).is_null());
         assert!(!callplus_record_page_has_more(null()));
@@ -250,7 +262,7 @@ fn connect_refuses_bad_arguments() {
 fn connect_over_tls_checks_the_certificate() {
     let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let tls = callplus_server::server::ServerTls::from_pem(made.cert.pem(), made.signing_key.serialize_pem());
-    let server = TestServer::start_with(Some(tls));
+    let server = TestServer::start_with(|builder| builder.tls(tls));
     let (endpoint, token) = (server.endpoint(), server.token("alice"));
     assert!(endpoint.to_str().unwrap().starts_with("https://127.0.0.1:"));
     let ca = CString::new(made.cert.pem()).unwrap();
@@ -641,6 +653,9 @@ fn start_call_options_reach_the_call() {
             push_content: null(),
             push_custom_data: null(),
             disable_push: false,
+            push_template_id: null(),
+            push_ios: null(),
+            push_android: null(),
         };
         let (mut call_id, mut busy) = (sentinel(), sentinel());
         let bad = callplus_call_options { ring_timeout_ms: -5, ..options };
@@ -1130,6 +1145,9 @@ fn an_invite_turns_a_single_call_multi_and_reports_busy_users() {
             push_content: null(),
             push_custom_data: null(),
             disable_push: false,
+            push_template_id: null(),
+            push_ios: null(),
+            push_android: null(),
         };
         let mut busy = sentinel();
         let timed = callplus_call_options { ring_timeout_ms: 1_000, ..options };
@@ -1355,5 +1373,529 @@ fn group_operations_refuse_bad_input() {
         for c in [alice, bob, carol] {
             callplus_client_free(c);
         }
+    }
+}
+
+// ----- push settings, the participants' media state, talk time ---------------------------------
+
+/// A push webhook on 127.0.0.1 (plain HTTP/1.1): answers every POST with 200 and hands its body
+/// to the test.
+struct Webhook {
+    url: String,
+    addr: SocketAddr,
+    bodies: mpsc::Receiver<String>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Webhook {
+    fn start() -> Webhook {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, bodies) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let tx = tx.clone();
+                std::thread::spawn(move || serve_posts(&stream, &tx));
+            }
+        });
+        Webhook { url: format!("http://{addr}/push"), addr, bodies, stop }
+    }
+
+    /// The body of the next POST (within 10 s).
+    fn next(&self) -> String {
+        self.bodies.recv_timeout(Duration::from_secs(10)).expect("a push in time")
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accepting thread, which then sees the flag.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// Answers the requests of one (keep-alive) connection until it closes.
+fn serve_posts(stream: &TcpStream, bodies: &mpsc::Sender<String>) {
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let mut writer = stream;
+        if writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_err() {
+            return;
+        }
+        let _ = bodies.send(String::from_utf8_lossy(&body).into_owned());
+    }
+}
+
+/// Checks a webhook body: its kind, callee and call, and push settings exactly `expected` (as
+/// the server writes them).
+fn assert_push(body: &str, kind: &str, callee: &str, call_id: &str, expected: &PushConfig) {
+    for field in [
+        format!(r#""kind":"{kind}""#),
+        format!(r#""callee":"{callee}""#),
+        format!(r#""call_id":"{call_id}""#),
+        format!(r#""push_config":{}"#, push_config_json(expected)),
+    ] {
+        assert!(body.contains(&field), "{field} is not in {body}");
+    }
+}
+
+/// What `{0}` makes in C.
+fn no_options() -> callplus_call_options {
+    callplus_call_options {
+        extra: null(),
+        ring_timeout_ms: 0,
+        push_title: null(),
+        push_content: null(),
+        push_custom_data: null(),
+        disable_push: false,
+        push_template_id: null(),
+        push_ios: null(),
+        push_android: null(),
+    }
+}
+
+/// What `{0}` makes in C.
+fn no_ios() -> callplus_ios_push {
+    callplus_ios_push {
+        thread_id: null(),
+        apns_collapse_id: null(),
+        category: null(),
+        rich_media_uri: null(),
+        voip: false,
+    }
+}
+
+/// What `{0}` makes in C.
+fn no_android() -> callplus_android_push {
+    callplus_android_push { channel_id: null(), collapse_key: null(), vendor: null(), vendor_len: 0 }
+}
+
+#[test]
+fn every_push_setting_from_c_reaches_the_webhook() {
+    use callplus_result as R;
+
+    let webhook = Webhook::start();
+    let url = webhook.url.clone();
+    let server = TestServer::start_with(|builder| builder.push_webhook(url));
+    let [alice, carol] = ["alice", "carol"].map(|u| server.connect(u));
+    let to_bob = [c"bob".as_ptr()];
+    unsafe {
+        let start = |options: &callplus_call_options, call_id: &mut *mut callplus_string| {
+            callplus_client_start_call_with_options(
+                alice,
+                to_bob.as_ptr(),
+                1,
+                1,
+                1,
+                options,
+                call_id,
+                null_mut(),
+            )
+        };
+
+        // Too large or not UTF-8 in a new field: the codes of the older fields, nothing sent.
+        let huge = CString::new("x".repeat(9_000)).unwrap();
+        let huge_ios = callplus_ios_push { thread_id: huge.as_ptr(), ..no_ios() };
+        let huge_vendor = [callplus_push_vendor_entry { key: c"k".as_ptr(), value: huge.as_ptr() }];
+        let huge_android =
+            callplus_android_push { vendor: huge_vendor.as_ptr(), vendor_len: 1, ..no_android() };
+        let bad_ios = callplus_ios_push { category: not_utf8(), ..no_ios() };
+        let bad_android = callplus_android_push { channel_id: not_utf8(), ..no_android() };
+        let null_key = [callplus_push_vendor_entry { key: null(), value: c"v".as_ptr() }];
+        let null_key_android =
+            callplus_android_push { vendor: null_key.as_ptr(), vendor_len: 1, ..no_android() };
+        let refused = [
+            (
+                "an oversize title",
+                callplus_call_options { push_title: huge.as_ptr(), ..no_options() },
+                R::ParamError,
+            ),
+            (
+                "an oversize template id",
+                callplus_call_options { push_template_id: huge.as_ptr(), ..no_options() },
+                R::ParamError,
+            ),
+            (
+                "an oversize iOS field",
+                callplus_call_options { push_ios: &huge_ios, ..no_options() },
+                R::ParamError,
+            ),
+            (
+                "an oversize vendor value",
+                callplus_call_options { push_android: &huge_android, ..no_options() },
+                R::ParamError,
+            ),
+            (
+                "a non-UTF-8 title",
+                callplus_call_options { push_title: not_utf8(), ..no_options() },
+                R::ParamError,
+            ),
+            (
+                "a non-UTF-8 template id",
+                callplus_call_options { push_template_id: not_utf8(), ..no_options() },
+                R::ParamError,
+            ),
+            (
+                "a non-UTF-8 iOS field",
+                callplus_call_options { push_ios: &bad_ios, ..no_options() },
+                R::ParamError,
+            ),
+            (
+                "a non-UTF-8 Android field",
+                callplus_call_options { push_android: &bad_android, ..no_options() },
+                R::ParamError,
+            ),
+            (
+                "a NULL vendor key",
+                callplus_call_options { push_android: &null_key_android, ..no_options() },
+                R::NullParameter,
+            ),
+        ];
+        for (what, options, code) in refused {
+            let mut call_id = sentinel();
+            assert_eq!(start(&options, &mut call_id), code, "{what}");
+            assert_eq!(call_id, sentinel(), "no output for {what}");
+        }
+
+        // Every field, for bob, who has no device: the webhook gets exactly these settings.
+        let ios = callplus_ios_push {
+            thread_id: c"calls".as_ptr(),
+            apns_collapse_id: c"call-from-alice".as_ptr(),
+            category: c"INCOMING_CALL".as_ptr(),
+            rich_media_uri: c"https://example.com/alice.png".as_ptr(),
+            voip: true,
+        };
+        let vendor =
+            [callplus_push_vendor_entry { key: c"huawei.importance".as_ptr(), value: c"high".as_ptr() }];
+        let android = callplus_android_push {
+            channel_id: c"ringing".as_ptr(),
+            collapse_key: c"call-from-alice".as_ptr(),
+            vendor: vendor.as_ptr(),
+            vendor_len: vendor.len(),
+        };
+        let options = callplus_call_options {
+            push_title: c"Alice is calling".as_ptr(),
+            push_content: c"Tap to answer".as_ptr(),
+            push_custom_data: c"{\"room\":\"42\"}".as_ptr(),
+            push_template_id: c"tpl-7".as_ptr(),
+            push_ios: &ios,
+            push_android: &android,
+            ..no_options()
+        };
+        let mut call_id = null_mut();
+        assert_eq!(start(&options, &mut call_id), R::Ok);
+        let id = text(callplus_string_data(call_id));
+        let mut expected = PushConfig {
+            title: "Alice is calling".into(),
+            content: "Tap to answer".into(),
+            custom_data: r#"{"room":"42"}"#.into(),
+            template_id: "tpl-7".into(),
+            ..PushConfig::default()
+        };
+        let e = expected.ios.insert(Default::default());
+        e.thread_id = "calls".into();
+        e.apns_collapse_id = "call-from-alice".into();
+        e.category = "INCOMING_CALL".into();
+        e.rich_media_uri = "https://example.com/alice.png".into();
+        e.voip = true;
+        let e = expected.android.insert(Default::default());
+        e.channel_id = "ringing".into();
+        e.collapse_key = "call-from-alice".into();
+        e.vendor.insert("huawei.importance".into(), "high".into());
+        assert_push(&webhook.next(), "invite", "bob", &id, &expected);
+        // bob's delivery is PUSHED, in alice's snapshot and in the server's.
+        let session = current(alice);
+        assert_eq!(text(callplus_call_session_participant_user_id(session, 1)), "bob");
+        assert_eq!(callplus_call_session_participant_delivery(session, 1), callplus_delivery::Pushed);
+        callplus_call_session_free(session);
+        let mut info = null_mut();
+        assert_eq!(callplus_client_get_call(alice, callplus_string_data(call_id), &mut info), R::Ok);
+        assert_eq!(callplus_call_info_participant_delivery(info, 1), callplus_delivery::Pushed);
+        callplus_call_info_free(info);
+
+        // alice cancels: the cancellation carries the hangup's own settings.
+        let missed_ios = callplus_ios_push { thread_id: c"missed".as_ptr(), ..no_ios() };
+        let cancel = callplus_call_options {
+            push_title: c"Missed call from Alice".as_ptr(),
+            push_template_id: c"tpl-missed".as_ptr(),
+            push_ios: &missed_ios,
+            ..no_options()
+        };
+        assert_eq!(callplus_client_hangup_with_options(alice, callplus_string_data(call_id), &cancel), R::Ok);
+        let mut expected = PushConfig {
+            title: "Missed call from Alice".into(),
+            template_id: "tpl-missed".into(),
+            ..PushConfig::default()
+        };
+        expected.ios.insert(Default::default()).thread_id = "missed".into();
+        assert_push(&webhook.next(), "cancel", "bob", &id, &expected);
+        callplus_event_free(wait_for(alice, callplus_event_type::CallEnded));
+        callplus_string_free(call_id);
+
+        // An invitation into a call: dave, who has no device, gets the invitation's settings.
+        let to_carol = [c"carol".as_ptr()];
+        let mut call_id = null_mut();
+        assert_eq!(
+            callplus_client_start_call(alice, to_carol.as_ptr(), 1, 1, 1, null(), &mut call_id),
+            R::Ok
+        );
+        let id = text(callplus_string_data(call_id));
+        callplus_event_free(wait_for(carol, callplus_event_type::ReceivedCall));
+        assert_eq!(callplus_client_accept(carol, callplus_string_data(call_id)), R::Ok);
+        callplus_event_free(wait_for(alice, callplus_event_type::CallConnected));
+        let vendor =
+            [callplus_push_vendor_entry { key: c"xiaomi.channel".as_ptr(), value: c"calls".as_ptr() }];
+        let android = callplus_android_push {
+            channel_id: c"group".as_ptr(),
+            vendor: vendor.as_ptr(),
+            vendor_len: vendor.len(),
+            ..no_android()
+        };
+        let invite = callplus_call_options {
+            push_title: c"Alice invites you".as_ptr(),
+            push_template_id: c"tpl-group".as_ptr(),
+            push_android: &android,
+            ..no_options()
+        };
+        let to_dave = [c"dave".as_ptr()];
+        let mut busy = null_mut();
+        assert_eq!(
+            callplus_client_invite_with_options(alice, to_dave.as_ptr(), 1, &invite, &mut busy),
+            R::Ok
+        );
+        callplus_string_list_free(busy);
+        let mut expected = PushConfig {
+            title: "Alice invites you".into(),
+            template_id: "tpl-group".into(),
+            ..PushConfig::default()
+        };
+        let e = expected.android.insert(Default::default());
+        e.channel_id = "group".into();
+        e.vendor.insert("xiaomi.channel".into(), "calls".into());
+        assert_push(&webhook.next(), "invite", "dave", &id, &expected);
+
+        assert_eq!(callplus_client_hangup(carol, null()), R::Ok);
+        callplus_string_free(call_id);
+        callplus_client_free(alice);
+        callplus_client_free(carol);
+    }
+}
+
+type MediaState = Vec<(String, bool, bool)>;
+
+/// Every participant of a session with its camera and microphone off flags, read by index;
+/// the index after the last one reads as on, and UNREACHABLE.
+fn session_media(s: *const callplus_call_session) -> MediaState {
+    let n = unsafe { callplus_call_session_participant_count(s) };
+    unsafe {
+        assert!(!callplus_call_session_participant_camera_disabled(s, n));
+        assert!(!callplus_call_session_participant_microphone_disabled(s, n));
+        assert_eq!(callplus_call_session_participant_delivery(s, n), callplus_delivery::Unreachable);
+    }
+    (0..n)
+        .map(|i| unsafe {
+            (
+                text(callplus_call_session_participant_user_id(s, i)),
+                callplus_call_session_participant_camera_disabled(s, i),
+                callplus_call_session_participant_microphone_disabled(s, i),
+            )
+        })
+        .collect()
+}
+
+/// As [`session_media`], for a call snapshot.
+fn info_media(c: *const callplus_call_info) -> MediaState {
+    let n = unsafe { callplus_call_info_participant_count(c) };
+    unsafe {
+        assert!(!callplus_call_info_participant_camera_disabled(c, n));
+        assert!(!callplus_call_info_participant_microphone_disabled(c, n));
+        assert_eq!(callplus_call_info_participant_delivery(c, n), callplus_delivery::Unreachable);
+    }
+    (0..n)
+        .map(|i| unsafe {
+            (
+                text(callplus_call_info_participant_user_id(c, i)),
+                callplus_call_info_participant_camera_disabled(c, i),
+                callplus_call_info_participant_microphone_disabled(c, i),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_late_invitee_reads_who_turned_camera_and_microphone_off() {
+    use callplus_delivery as D;
+    use callplus_event_type as E;
+    use callplus_result as R;
+
+    let server = TestServer::start();
+    let [alice, bob, carol] = ["alice", "bob", "carol"].map(|u| server.connect(u));
+    unsafe {
+        // alice and bob in a video call; bob turns his camera and microphone off.
+        let to_bob = [c"bob".as_ptr()];
+        let mut call_id = null_mut();
+        assert_eq!(callplus_client_start_call(alice, to_bob.as_ptr(), 1, 1, 2, null(), &mut call_id), R::Ok);
+        let id = text(callplus_string_data(call_id));
+        let id_ptr = callplus_string_data(call_id);
+        callplus_event_free(wait_for(bob, E::ReceivedCall));
+        assert_eq!(callplus_client_accept(bob, id_ptr), R::Ok);
+        callplus_event_free(wait_for(alice, E::CallConnected));
+        assert_eq!(callplus_client_set_camera_enabled(bob, false), R::Ok);
+        assert_eq!(callplus_client_set_microphone_enabled(bob, false), R::Ok);
+        for kind in [E::RemoteCameraStateChanged, E::RemoteMicrophoneStateChanged] {
+            let off = wait_for(alice, kind);
+            assert_eq!(text(callplus_event_user_id(off)), "bob");
+            assert!(callplus_event_disabled(off));
+            callplus_event_free(off);
+        }
+        // The first frame, stamped by the server.
+        assert_eq!(callplus_client_report_first_frame(alice, id_ptr), R::Ok);
+        callplus_event_free(wait_for(alice, E::CallFirstFrameTime));
+
+        // carol and erin (no device) are invited only now: carol's snapshot tells her.
+        let (_keep, invitees) = c_list(&["carol", "erin"]);
+        let mut busy = null_mut();
+        assert_eq!(callplus_client_invite(alice, invitees.as_ptr(), 2, null(), &mut busy), R::Ok);
+        callplus_string_list_free(busy);
+        let incoming = wait_for(carol, E::ReceivedCall);
+        assert_eq!(text(callplus_event_call_id(incoming)), id);
+        let expected: MediaState =
+            [("alice", false, false), ("bob", true, true), ("carol", false, false), ("erin", false, false)]
+                .iter()
+                .map(|&(u, camera, microphone)| (u.to_owned(), camera, microphone))
+                .collect();
+        assert_eq!(session_media(callplus_event_session(incoming)), expected);
+        callplus_event_free(incoming);
+
+        // carol's device shows the call; alice is told, and both snapshots keep it.
+        assert_eq!(callplus_client_ringing(carol, id_ptr), R::Ok);
+        let ringing = wait_until(alice, E::DeliveryChanged, |e| {
+            text(callplus_event_user_id(e)) == "carol" && callplus_event_delivery(e) == D::Ringing
+        });
+        callplus_event_free(ringing);
+        let session = current(alice);
+        assert_eq!(session_media(session), expected);
+        assert_eq!(callplus_call_session_participant_delivery(session, 2), D::Ringing);
+        assert_eq!(callplus_call_session_participant_delivery(session, 3), D::Unreachable, "erin");
+        let first_frame = callplus_call_session_first_frame_at_ms(session);
+        assert!(first_frame > 0);
+        callplus_call_session_free(session);
+        let mut info = null_mut();
+        assert_eq!(callplus_client_get_call(carol, id_ptr, &mut info), R::Ok);
+        assert_eq!(info_media(info), expected);
+        assert_eq!(callplus_call_info_participant_delivery(info, 2), D::Ringing);
+        assert_eq!(callplus_call_info_participant_delivery(info, 3), D::Unreachable, "erin");
+        assert_eq!(callplus_call_info_first_frame_at_ms(info), first_frame);
+        callplus_call_info_free(info);
+
+        // bob turns his camera back on: a later snapshot says so.
+        assert_eq!(callplus_client_set_camera_enabled(bob, true), R::Ok);
+        let on = wait_for(alice, E::RemoteCameraStateChanged);
+        assert!(!callplus_event_disabled(on));
+        callplus_event_free(on);
+        let mut info = null_mut();
+        assert_eq!(callplus_client_get_call(carol, id_ptr, &mut info), R::Ok);
+        assert!(!callplus_call_info_participant_camera_disabled(info, 1));
+        assert!(callplus_call_info_participant_microphone_disabled(info, 1));
+        callplus_call_info_free(info);
+
+        assert_eq!(callplus_client_hangup(bob, null()), R::Ok);
+        callplus_string_free(call_id);
+        for c in [alice, bob, carol] {
+            callplus_client_free(c);
+        }
+    }
+}
+
+/// Reads `session`'s talk time between two readings of `client`'s server clock: it counts to
+/// a server time between them (not a timing bound: the two getters read the same clock).
+fn assert_talk_time_on_server_clock(client: *const callplus_client, session: *const callplus_call_session) {
+    for _ in 0..3 {
+        let (mut before, mut after) = (0, 0);
+        unsafe {
+            assert_eq!(callplus_client_server_time_ms(client, &mut before), callplus_result::Ok);
+            let talked = callplus_call_session_duration_ms(session);
+            assert_eq!(callplus_client_server_time_ms(client, &mut after), callplus_result::Ok);
+            let low = callplus_call_session_duration_at_ms(session, before);
+            let high = callplus_call_session_duration_at_ms(session, after);
+            assert!(low <= talked && talked <= high, "{low} <= {talked} <= {high}");
+        }
+    }
+}
+
+#[test]
+fn talk_time_counts_on_the_client_s_server_clock() {
+    use callplus_event_type as E;
+    use callplus_result as R;
+
+    let server = TestServer::start();
+    let [alice, bob, carol] = ["alice", "bob", "carol"].map(|u| server.connect(u));
+    unsafe {
+        let to_bob = [c"bob".as_ptr()];
+        let mut call_id = null_mut();
+        assert_eq!(callplus_client_start_call(alice, to_bob.as_ptr(), 1, 1, 1, null(), &mut call_id), R::Ok);
+        let id_ptr = callplus_string_data(call_id);
+        callplus_event_free(wait_for(bob, E::ReceivedCall));
+        assert_eq!(callplus_client_accept(bob, id_ptr), R::Ok);
+        callplus_event_free(wait_for(alice, E::CallStartTime));
+
+        // A session of the client's current call.
+        let owned = current(alice);
+        assert!(callplus_call_session_started_at_ms(owned) > 0);
+        assert_talk_time_on_server_clock(alice, owned);
+
+        // A session of an event: carol, invited into the running call, reads its talk time on
+        // her own client's clock.
+        let to_carol = [c"carol".as_ptr()];
+        let mut busy = null_mut();
+        assert_eq!(callplus_client_invite(alice, to_carol.as_ptr(), 1, null(), &mut busy), R::Ok);
+        callplus_string_list_free(busy);
+        let incoming = wait_for(carol, E::ReceivedCall);
+        let session = callplus_event_session(incoming);
+        assert_eq!(callplus_call_session_started_at_ms(session), callplus_call_session_started_at_ms(owned));
+        assert_eq!(callplus_call_session_ended_at_ms(session), 0);
+        assert_talk_time_on_server_clock(carol, session);
+        callplus_event_free(incoming);
+
+        // A session outlives its client: it counts on from the client's last reading.
+        let mut last = 0;
+        assert_eq!(callplus_client_server_time_ms(alice, &mut last), R::Ok);
+        let before_free = callplus_call_session_duration_at_ms(owned, last);
+        callplus_client_free(alice);
+        let after_free = callplus_call_session_duration_ms(owned);
+        assert!(before_free <= after_free, "{before_free} <= {after_free}");
+        assert!(after_free <= callplus_call_session_duration_ms(owned));
+        callplus_call_session_free(owned);
+
+        callplus_string_free(call_id);
+        callplus_client_free(bob);
+        callplus_client_free(carol);
     }
 }

@@ -13,6 +13,7 @@ use super::event::{EventData, Queued, callplus_event};
 use super::kind::media_kind;
 use crate::ffi::{boundary, to_const_ptr};
 use crate::result::callplus_result;
+use crate::server_clock::ServerClock;
 
 /// Media events kept in a client's queue before the app takes them; beyond, new ones are
 /// dropped (an app that never reads its events loses reports, never memory).
@@ -58,6 +59,8 @@ pub(super) struct QueueState {
 pub(crate) struct Events {
     state: Mutex<QueueState>,
     changed: Condvar,
+    /// The client's server clock, handed to the sessions of its events.
+    clock: Arc<ServerClock>,
 }
 
 impl QueueState {
@@ -81,6 +84,11 @@ impl QueueState {
 }
 
 impl Events {
+    /// The client's server clock: the sessions of its events and of its current call read it.
+    pub(crate) fn clock(&self) -> &Arc<ServerClock> {
+        &self.clock
+    }
+
     pub(super) fn lock(&self) -> MutexGuard<'_, QueueState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -211,7 +219,7 @@ impl Events {
                     st = self.wait(st);
                 }
             };
-            let data = EventData::new(event);
+            let data = EventData::new(event, &self.clock);
             if let Some(cb) = callback {
                 let ptr = to_const_ptr::<callplus_event>(&data);
                 // SAFETY: the app installed `f` for exactly this call; the event outlives it.

@@ -1,6 +1,7 @@
 //! The `callplus_event` object: what an event carries, and the accessors C reads it with.
 
 use std::ffi::{CString, c_char};
+use std::sync::Arc;
 
 use ::callplus_client::{Event, describe_event, describe_media_event};
 use callplus_media::MediaEvent;
@@ -18,6 +19,7 @@ use crate::enums::{
 };
 use crate::ffi::{Opaque, boundary, cstring, free_boxed, opt_ptr, try_ref, with_ref};
 use crate::result::callplus_result;
+use crate::server_clock::ServerClock;
 use crate::stats::{Stats, callplus_media_stats, stats_ptr};
 
 /// One event, owned by the caller when it came from `callplus_client_poll_event` (free it with
@@ -66,9 +68,10 @@ fn id(s: &impl AsRef<str>) -> Option<CString> {
 }
 
 impl EventData {
-    pub(crate) fn new(event: Queued) -> Self {
+    /// The C side of `event`; its session, if any, reads talk time on `clock` (the client's).
+    pub(crate) fn new(event: Queued, clock: &Arc<ServerClock>) -> Self {
         match event {
-            Queued::Call(event) => Self::from_call(event),
+            Queued::Call(event) => Self::from_call(event, clock),
             Queued::Media(event) => Self::from_media(event),
             Queued::KeyframeRequested => {
                 Self::empty(c"video key frame requested".into(), Queued::KeyframeRequested)
@@ -95,13 +98,13 @@ impl EventData {
         }
     }
 
-    fn from_call(event: Event) -> Self {
+    fn from_call(event: Event, clock: &Arc<ServerClock>) -> Self {
         let mut d = Self::empty(cstring(&describe_event(&event)), Queued::KeyframeRequested);
         match &event {
             ClientEvent::ConnectionStateChanged(_) => {}
             ClientEvent::ConnectionRejected(e) => d.message = Some(cstring(&e.message)),
             ClientEvent::ReceivedCall { session, inviter, extra } => {
-                let s = Session::new(session.clone());
+                let s = Session::new(session.clone(), Arc::clone(clock));
                 d.call_id = Some(s.call_id().clone());
                 d.session = Some(s);
                 d.inviter = id(inviter);
@@ -113,7 +116,7 @@ impl EventData {
                 d.users = invitees.iter().map(|u| cstring(u.as_str())).collect();
             }
             ClientEvent::CallConnected { session } | ClientEvent::CallEnded { session, .. } => {
-                let s = Session::new(session.clone());
+                let s = Session::new(session.clone(), Arc::clone(clock));
                 d.call_id = Some(s.call_id().clone());
                 d.session = Some(s);
             }

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::ffi::CStr;
+use std::sync::Arc;
 
 use callplus_media::MediaEvent;
 
@@ -63,7 +64,7 @@ fn every_event_type_has_its_constant_name() {
 }
 
 fn media(event: MediaEvent) -> EventData {
-    EventData::new(Queued::Media(event))
+    EventData::new(Queued::Media(event), &Arc::default())
 }
 
 #[test]
@@ -121,7 +122,7 @@ fn media_events_read_through_the_accessors() {
         assert_eq!(callplus_event_kind(e), callplus_event_type::ActiveSpeaker);
         assert!(callplus_event_user_id(e).is_null());
     }
-    let keyframe = EventData::new(Queued::KeyframeRequested);
+    let keyframe = EventData::new(Queued::KeyframeRequested, &Arc::default());
     let e = to_const_ptr::<callplus_event>(&keyframe);
     // SAFETY: as above.
     unsafe {

@@ -2,7 +2,7 @@
 //! its own runtime (the C API blocks its calling thread, so the server must not share it).
 //! Each suite adds the helpers it needs in its own `impl TestServer` block.
 
-use callplus_server::server::{RunningServer, Server, ServerTls};
+use callplus_server::server::{RunningServer, Server, ServerBuilder};
 
 pub(crate) struct TestServer {
     runtime: tokio::runtime::Runtime,
@@ -11,17 +11,14 @@ pub(crate) struct TestServer {
 
 impl TestServer {
     pub(crate) fn start() -> TestServer {
-        TestServer::start_with(None)
+        TestServer::start_with(|builder| builder)
     }
 
-    /// A server that serves devices over TLS when `tls` is given.
-    pub(crate) fn start_with(tls: Option<ServerTls>) -> TestServer {
+    /// A server with more settings (TLS, a push webhook, …) made by `configure`.
+    pub(crate) fn start_with(configure: impl FnOnce(ServerBuilder) -> ServerBuilder) -> TestServer {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let mut builder = Server::builder().in_memory().listen("127.0.0.1:0").no_admin();
-        if let Some(tls) = tls {
-            builder = builder.tls(tls);
-        }
+        let builder = configure(Server::builder().in_memory().listen("127.0.0.1:0").no_admin());
         let server = runtime.block_on(builder.start()).expect("server starts");
         TestServer { runtime, server: Some(server) }
     }
