@@ -760,7 +760,8 @@ typedef struct callplus_string_list callplus_string_list;
  *
  * Zero-initialise it and set only what you need; a zero, false or NULL field means "not set"
  * (the defaults of `callplus_client_connect`). Fields may be added at the end in later
- * versions, so always start from `{0}`:
+ * versions, and the library reads the struct of its own version: build against the header of
+ * the library you link, and always start from `{0}`:
  *
  * ```c
  * struct callplus_client_options options = {0};
@@ -921,6 +922,10 @@ typedef struct callplus_android_push {
  * id, iOS and Android settings, custom data); with all of them unset the call has none.
  * Every pointer in the struct, and in the structs it points to, is borrowed for the duration
  * of the call only.
+ *
+ * Fields may be added at the end in later versions (`push_template_id`, `push_ios` and
+ * `push_android` were): the library reads the struct of its own version, so build against the
+ * header of the library you link, and start from `{0}`.
  */
 typedef struct callplus_call_options {
     /**

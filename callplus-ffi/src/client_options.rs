@@ -16,7 +16,8 @@ const MAX_TONE_HZ: u32 = 20_000;
 ///
 /// Zero-initialise it and set only what you need; a zero, false or NULL field means "not set"
 /// (the defaults of `callplus_client_connect`). Fields may be added at the end in later
-/// versions, so always start from `{0}`:
+/// versions, and the library reads the struct of its own version: build against the header of
+/// the library you link, and always start from `{0}`:
 ///
 /// ```c
 /// struct callplus_client_options options = {0};

@@ -28,6 +28,10 @@ pub const CALLPLUS_RING_UNTIL_ANSWERED: i64 = -1;
 /// id, iOS and Android settings, custom data); with all of them unset the call has none.
 /// Every pointer in the struct, and in the structs it points to, is borrowed for the duration
 /// of the call only.
+///
+/// Fields may be added at the end in later versions (`push_template_id`, `push_ios` and
+/// `push_android` were): the library reads the struct of its own version, so build against the
+/// header of the library you link, and start from `{0}`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct callplus_call_options {

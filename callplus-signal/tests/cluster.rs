@@ -626,13 +626,16 @@ async fn the_operator_ends_a_call_through_another_nodes_admin_api() {
     let admin = b.value("admin API:");
     let admin = admin.split_whitespace().next().expect("the admin URL");
     let body = serde_json::json!({ "call_id": call.as_str() }).to_string();
-    let (nonce, ts) = ("end-1", (wall_ms() / 1000).to_string());
+    let (path, nonce, ts) = ("/v1/calls/end", "end-1", (wall_ms() / 1000).to_string());
     let reply = reqwest::Client::new()
-        .post(format!("{admin}/v1/calls/end"))
+        .post(format!("{admin}{path}"))
         .header("X-App-Key", &app_key)
         .header("X-Nonce", nonce)
         .header("X-Timestamp", &ts)
-        .header("X-Signature", callplus_signal::server::sign_request(&secret, nonce, &ts, body.as_bytes()))
+        .header(
+            "X-Signature",
+            callplus_signal::server::sign_request(&secret, path, nonce, &ts, body.as_bytes()),
+        )
         .body(body)
         .send()
         .await
@@ -672,13 +675,16 @@ async fn the_operator_signs_out_a_user_whose_device_is_on_another_node() {
     let admin = a.value("admin API:");
     let admin = admin.split_whitespace().next().expect("the admin URL");
     let body = serde_json::json!({ "user_id": "carol" }).to_string();
-    let (nonce, ts) = ("sign-out-1", (wall_ms() / 1000).to_string());
+    let (path, nonce, ts) = ("/v1/users/sign_out", "sign-out-1", (wall_ms() / 1000).to_string());
     let reply = reqwest::Client::new()
-        .post(format!("{admin}/v1/users/sign_out"))
+        .post(format!("{admin}{path}"))
         .header("X-App-Key", &app_key)
         .header("X-Nonce", nonce)
         .header("X-Timestamp", &ts)
-        .header("X-Signature", callplus_signal::server::sign_request(&secret, nonce, &ts, body.as_bytes()))
+        .header(
+            "X-Signature",
+            callplus_signal::server::sign_request(&secret, path, nonce, &ts, body.as_bytes()),
+        )
         .body(body)
         .send()
         .await

@@ -151,7 +151,7 @@ async fn a_signed_admin_request_replayed_after_a_crash_is_refused() {
     let http = reqwest::Client::new();
     let body = r#"{"user_id":"alice","ttl_secs":60}"#;
     let ts = now_secs().to_string();
-    let signature = sign_request(&secret, "nonce-7", &ts, body.as_bytes());
+    let signature = sign_request(&secret, "/v1/tokens", "nonce-7", &ts, body.as_bytes());
     let post = |admin: String| {
         http.post(format!("{admin}/v1/tokens"))
             .header("X-App-Key", &app_key)

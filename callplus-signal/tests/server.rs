@@ -242,7 +242,7 @@ async fn post_token(
         .header("X-App-Key", app_key)
         .header("X-Nonce", nonce)
         .header("X-Timestamp", &ts)
-        .header("X-Signature", sign_request(secret, nonce, &ts, body.as_bytes()))
+        .header("X-Signature", sign_request(secret, "/v1/tokens", nonce, &ts, body.as_bytes()))
         .header("Content-Type", "application/json")
         .body(body.to_owned())
         .send()
@@ -284,7 +284,7 @@ async fn admin_api_mints_tokens_for_signed_requests_only() {
     // A captured request cannot be turned into a new one by moving characters between the
     // nonce and the timestamp (a leading 0 or + once kept the timestamp's value).
     let ts = now_secs().to_string();
-    let signature = sign_request(&app.app_secret, "n-60", &ts, body.as_bytes());
+    let signature = sign_request(&app.app_secret, "/v1/tokens", "n-60", &ts, body.as_bytes());
     let send = |nonce: &str, timestamp: String| {
         http.post(format!("{admin}/v1/tokens"))
             .header("X-App-Key", &app.app_key)
@@ -301,7 +301,7 @@ async fn admin_api_mints_tokens_for_signed_requests_only() {
         let split = send(nonce, timestamp.clone()).await.unwrap();
         assert_eq!(split.status(), 401, "nonce {nonce:?} with timestamp {timestamp:?}");
     }
-    let signature = sign_request(&app.app_secret, "n-61+", &ts, body.as_bytes());
+    let signature = sign_request(&app.app_secret, "/v1/tokens", "n-61+", &ts, body.as_bytes());
     let plus = http
         .post(format!("{admin}/v1/tokens"))
         .header("X-App-Key", &app.app_key)
@@ -580,21 +580,24 @@ async fn graceful_shutdown_ends_live_calls_and_keeps_their_records() {
     server.shutdown().await.unwrap();
 }
 
-/// A webhook that records every body as it arrives and answers the first one only once
-/// `release` fires (the others at once).
+/// A webhook that answers the first body only once `release` fires (the others at once), and
+/// records every body as it arrives with whether the first had been answered by then.
 async fn webhook_holding_the_first()
--> (String, mpsc::UnboundedReceiver<serde_json::Value>, oneshot::Sender<()>) {
+-> (String, mpsc::UnboundedReceiver<(serde_json::Value, bool)>, oneshot::Sender<()>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
     let (tx, rx) = mpsc::unbounded_channel();
     let (release, released) = oneshot::channel::<()>();
     let held = Arc::new(tokio::sync::Mutex::new(Some(released)));
+    let first_answered = Arc::new(AtomicBool::new(false));
     let app = axum::Router::new().route(
         "/push",
         axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
-            let (tx, held) = (tx.clone(), held.clone());
+            let (tx, held, first_answered) = (tx.clone(), held.clone(), first_answered.clone());
             async move {
-                let _ = tx.send(body);
+                let _ = tx.send((body, first_answered.load(Ordering::SeqCst)));
                 if let Some(released) = held.lock().await.take() {
                     let _ = released.await;
+                    first_answered.store(true, Ordering::SeqCst);
                 }
                 axum::http::StatusCode::OK
             }
@@ -625,7 +628,8 @@ async fn a_cancellation_waits_for_the_invitation_still_in_flight() {
     let mut alice = welcome(server.grpc_addr(), &token).await;
     alice.request(1, 10, start_call_to("bob")).await;
     let call_id = started_call_id(&alice.response_to(10).await.0);
-    let invite = tokio::time::timeout(WAIT, pushes.recv()).await.expect("the invitation in time").unwrap();
+    let (invite, _) =
+        tokio::time::timeout(WAIT, pushes.recv()).await.expect("the invitation in time").unwrap();
     assert_eq!(invite["kind"], "invite");
 
     let cancel_config = pb::PushConfig { title: "Missed call".into(), ..Default::default() };
@@ -653,7 +657,9 @@ async fn a_cancellation_waits_for_the_invitation_still_in_flight() {
     assert!(pushes.try_recv().is_err(), "nothing posted while the invitation is in flight");
 
     release.send(()).unwrap();
-    let cancel = tokio::time::timeout(WAIT, pushes.recv()).await.expect("the cancellation in time").unwrap();
+    let (cancel, after_the_invitation) =
+        tokio::time::timeout(WAIT, pushes.recv()).await.expect("the cancellation in time").unwrap();
+    assert!(after_the_invitation, "the cancellation arrived while the invitation was unanswered");
     assert_eq!(
         (&cancel["kind"], &cancel["call_id"]),
         (&"cancel".into(), &call_id.as_str().into()),

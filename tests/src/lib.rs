@@ -314,6 +314,17 @@ impl TestServer {
     /// `body` POSTed to the admin API's `path`, signed with the app's secret under a fresh
     /// nonce: the status and the JSON reply.
     pub async fn admin_post(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        self.admin_post_signed_for(path, path, body).await
+    }
+
+    /// `body` POSTed to the admin API's `path`, signed as a request to `signed_path` (a replay
+    /// of a request signed for another endpoint when they differ).
+    pub async fn admin_post_signed_for(
+        &self,
+        signed_path: &str,
+        path: &str,
+        body: &str,
+    ) -> (u16, serde_json::Value) {
         static NONCES: AtomicU64 = AtomicU64::new(0);
         let admin = self.server.admin_url().expect("an admin listener");
         let app = self.app();
@@ -324,7 +335,7 @@ impl TestServer {
             .header("X-App-Key", &app.app_key)
             .header("X-Nonce", &nonce)
             .header("X-Timestamp", &ts)
-            .header("X-Signature", sign_request(&app.app_secret, &nonce, &ts, body.as_bytes()))
+            .header("X-Signature", sign_request(&app.app_secret, signed_path, &nonce, &ts, body.as_bytes()))
             .header("Content-Type", "application/json")
             .body(body.to_owned())
             .send();

@@ -138,6 +138,15 @@ async fn the_operator_signs_a_device_out_then_the_user() {
     let info = alice.client.get_call(&call).await.expect("get_call");
     assert!(!info.is_ended(), "the phone's call goes on");
 
+    // A sign-out and a token request can have the same body: each is signed for its endpoint,
+    // so neither can be replayed to the other.
+    let bob_body = sign_out_body("bob", None);
+    let (status, _) = server.admin_post_signed_for("/v1/users/sign_out", "/v1/tokens", &bob_body).await;
+    assert_eq!(status, 401, "a sign-out replayed as a token request mints nothing");
+    let (status, _) = server.admin_post_signed_for("/v1/tokens", "/v1/users/sign_out", &bob_body).await;
+    assert_eq!(status, 401, "a token request replayed as a sign-out signs nobody out");
+    assert_eq!(phone.client.connection_state(), ConnectionState::Connected);
+
     // Bad input signs nobody out: an explicit null device (which would widen it to all), a
     // bad id, a body of another endpoint.
     let (status, _) = server.admin_post("/v1/users/sign_out", r#"{"user_id":"bob","device_id":null}"#).await;

@@ -5,12 +5,15 @@
 //! The `POST` endpoints are authenticated like the seed vendors' server APIs: the request carries
 //! `X-App-Key`, `X-Nonce` (1–128 visible ASCII characters, never reused within the time
 //! window), `X-Timestamp` (Unix seconds, within ±300 s of the server clock) and `X-Signature` =
-//! hex(HMAC-SHA256(app_secret, nonce + "\n" + timestamp + "\n" + body)).
+//! hex(HMAC-SHA256(app_secret, path + "\n" + nonce + "\n" + timestamp + "\n" + body)), where
+//! `path` is the endpoint's (`/v1/tokens`).
 //!
-//! The signed message must have exactly one reading: the nonce cannot hold a newline and the
-//! timestamp is plain digits without sign or leading zero, so no two header sets sign the same
-//! bytes (with fields simply glued together, moving the nonce's last digit into the timestamp
-//! gave a second request with the same signature). Nonces are kept in storage until their
+//! The signed message must have exactly one reading: the path and the nonce cannot hold a
+//! newline and the timestamp is plain digits without sign or leading zero, so no two header sets
+//! sign the same bytes (with fields simply glued together, moving the nonce's last digit into
+//! the timestamp gave a second request with the same signature). The path is signed so that a
+//! request cannot be replayed to another endpoint whose body reads the same
+//! (`{"user_id": "bob"}` asks for a token at one and signs Bob out at another). Nonces are kept in storage until their
 //! request could no longer be accepted, so a replay is refused across restarts too.
 
 use std::sync::Arc;
@@ -47,6 +50,11 @@ const MAX_NONCE_LEN: usize = 128;
 /// Most digits of `X-Timestamp` (Unix seconds fit in 12 digits for the next 30,000 years).
 const MAX_TIMESTAMP_DIGITS: usize = 12;
 
+/// The signed endpoints' paths, as routed and as signed.
+const TOKENS: &str = "/v1/tokens";
+const END_CALL: &str = "/v1/calls/end";
+const SIGN_OUT: &str = "/v1/users/sign_out";
+
 /// Admin API state.
 pub(crate) struct AdminState {
     pub(crate) auth: Arc<Auth>,
@@ -59,9 +67,9 @@ pub(crate) struct AdminState {
 /// The admin router.
 pub(crate) fn router(state: Arc<AdminState>) -> Router {
     Router::new()
-        .route("/v1/tokens", post(mint_token))
-        .route("/v1/calls/end", post(end_call))
-        .route("/v1/users/sign_out", post(sign_out))
+        .route(TOKENS, post(mint_token))
+        .route(END_CALL, post(end_call))
+        .route(SIGN_OUT, post(sign_out))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -92,15 +100,25 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// hex(HMAC-SHA256(secret, nonce + "\n" + timestamp + "\n" + body)): what a client puts in
-/// `X-Signature`.
-pub fn sign_request(app_secret: &str, nonce: &str, timestamp: &str, body: &[u8]) -> String {
-    hex(&signed_message_mac(app_secret, nonce, timestamp, body).finalize().into_bytes())
+/// hex(HMAC-SHA256(secret, path + "\n" + nonce + "\n" + timestamp + "\n" + body)): what a
+/// client puts in `X-Signature` for a request to the endpoint `path` (`"/v1/tokens"`).
+///
+/// ```
+/// use callplus_server::server::sign_request;
+///
+/// let signature = sign_request("app-secret", "/v1/tokens", "nonce-1", "1700000000", b"{}");
+/// assert_eq!(signature.len(), 64);
+/// assert_ne!(signature, sign_request("app-secret", "/v1/users/sign_out", "nonce-1", "1700000000", b"{}"));
+/// ```
+pub fn sign_request(app_secret: &str, path: &str, nonce: &str, timestamp: &str, body: &[u8]) -> String {
+    hex(&signed_message_mac(app_secret, path, nonce, timestamp, body).finalize().into_bytes())
 }
 
 /// The MAC over the one encoding of a request that is signed.
-fn signed_message_mac(secret: &str, nonce: &str, timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
+fn signed_message_mac(secret: &str, path: &str, nonce: &str, timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
     let mut mac = new_mac(secret);
+    mac.update(path.as_bytes());
+    mac.update(b"\n");
     mac.update(nonce.as_bytes());
     mac.update(b"\n");
     mac.update(timestamp.as_bytes());
@@ -153,7 +171,12 @@ struct Signed {
 
 /// Checks a signed admin request (see the module's documentation) and claims its nonce, or
 /// returns the answer refusing it.
-async fn authenticate(state: &AdminState, headers: &HeaderMap, body: &[u8]) -> Result<Signed, Response> {
+async fn authenticate(
+    state: &AdminState,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Signed, Response> {
     let (Some(app_key), Some(nonce), Some(timestamp), Some(signature)) = (
         header_str(headers, "x-app-key"),
         header_str(headers, "x-nonce"),
@@ -184,7 +207,7 @@ async fn authenticate(state: &AdminState, headers: &HeaderMap, body: &[u8]) -> R
     let Some(secret) = state.auth.secret(app_key).await else {
         return Err(error(StatusCode::UNAUTHORIZED, "unknown app key or bad signature"));
     };
-    let mac = signed_message_mac(&secret, nonce, timestamp, body);
+    let mac = signed_message_mac(&secret, path, nonce, timestamp, body);
     let valid = unhex(signature.trim()).is_some_and(|sig| mac.verify_slice(&sig).is_ok());
     if !valid {
         return Err(error(StatusCode::UNAUTHORIZED, "unknown app key or bad signature"));
@@ -207,7 +230,7 @@ async fn authenticate(state: &AdminState, headers: &HeaderMap, body: &[u8]) -> R
 }
 
 async fn mint_token(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Signed { app_key, secret, now } = match authenticate(&state, &headers, &body).await {
+    let Signed { app_key, secret, now } = match authenticate(&state, TOKENS, &headers, &body).await {
         Ok(signed) => signed,
         Err(refused) => return refused,
     };
@@ -254,7 +277,7 @@ struct EndCallRequest {
 /// call of this app with this id; `409` (`NOT_IN_CALL`) for a user with no place in the call;
 /// `503` while the server stops.
 async fn end_call(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Signed { app_key, .. } = match authenticate(&state, &headers, &body).await {
+    let Signed { app_key, .. } = match authenticate(&state, END_CALL, &headers, &body).await {
         Ok(signed) => signed,
         Err(refused) => return refused,
     };
@@ -307,7 +330,7 @@ struct SignOutRequest {
 /// other devices are told too and close theirs); `503` while the server stops. The user's token
 /// stays valid until it expires: to keep a user out, stop minting tokens for them as well.
 async fn sign_out(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Signed { app_key, .. } = match authenticate(&state, &headers, &body).await {
+    let Signed { app_key, .. } = match authenticate(&state, SIGN_OUT, &headers, &body).await {
         Ok(signed) => signed,
         Err(refused) => return refused,
     };
@@ -352,7 +375,7 @@ async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
 mod tests {
     use super::*;
 
-    const EXPECTED_SIGNATURE: &str = "fea2c943a8d09e0d17d2f00db07431fd0cdb8957533937bb5e92af2be84f005f";
+    const EXPECTED_SIGNATURE: &str = "c491d6db13d9821f11e4c3b0929c651ccc4204c4bae353cd25747d7c4b36e316";
 
     #[test]
     fn hex_roundtrip() {
@@ -364,16 +387,16 @@ mod tests {
 
     #[test]
     fn signature_is_hmac_of_newline_joined_fields() {
-        // HMAC-SHA256("Jefe", "nonce-1\n1700000000\n{}"), computed independently
-        // (`printf 'nonce-1\n1700000000\n{}' | openssl dgst -sha256 -hmac Jefe`).
-        let sig = sign_request("Jefe", "nonce-1", "1700000000", b"{}");
+        // HMAC-SHA256("Jefe", "/v1/tokens\nnonce-1\n1700000000\n{}"), computed independently
+        // (`printf '/v1/tokens\nnonce-1\n1700000000\n{}' | openssl dgst -sha256 -hmac Jefe`).
+        let sig = sign_request("Jefe", "/v1/tokens", "nonce-1", "1700000000", b"{}");
         assert_eq!(sig, EXPECTED_SIGNATURE);
     }
 
     #[test]
     fn moving_a_digit_between_nonce_and_timestamp_changes_the_signature() {
-        let a = sign_request("secret", "n12", "1700000000", b"{}");
-        let b = sign_request("secret", "n1", "21700000000", b"{}");
+        let a = sign_request("secret", TOKENS, "n12", "1700000000", b"{}");
+        let b = sign_request("secret", TOKENS, "n1", "21700000000", b"{}");
         assert_ne!(a, b);
     }
 

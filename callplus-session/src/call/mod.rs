@@ -51,6 +51,10 @@ pub(crate) struct Party {
     pub(crate) ring_deadline: Option<i64>,
     /// The invitation's extra when it differs from the call's (invited later).
     pub(crate) extra: Option<String>,
+    /// The operator removed this user from the call (`POST /v1/calls/end` with a user): they
+    /// may not come back by themselves. A new invitation makes a new party, which clears it. A
+    /// device signed out also ends its leg with `KICKED_BY_SERVER`, but is not a removal.
+    pub(crate) removed: bool,
 }
 
 impl Party {
@@ -73,6 +77,7 @@ impl Party {
             offered: Vec::new(),
             ring_deadline: None,
             extra: None,
+            removed: false,
         }
     }
 
@@ -231,6 +236,8 @@ impl Call {
                 offered: Vec::new(),
                 ring_deadline: None,
                 extra: None,
+                // A rebuilt call is only ended; its removals still read as such.
+                removed: p.reason == Some(EndReason::KickedByServer),
             })
             .collect();
         Call {

@@ -269,7 +269,7 @@ impl ClientEngine {
                 let Some(id) = event.call_id().cloned() else { return };
                 if let Event::UsersInvited { inviter, invitees, .. } = &event
                     && !self.calls.contains_key(&id)
-                    && (self.ended.contains(&id) || !self.requests.claims_current())
+                    && !self.requests.opens(&id)
                 {
                     // A group call this user left: the server tells those who may join again
                     // whom it invited.

@@ -93,6 +93,11 @@ impl Requests {
         self.by_id.values().any(|p| p.op.claims_current())
     }
 
+    /// Whether an accept or join of `call` is in flight (its answer opens the call here).
+    pub(super) fn opens(&self, call: &CallId) -> bool {
+        self.by_id.values().any(|p| matches!(&p.op, Op::Accept(c) | Op::Join(c) if c == call))
+    }
+
     pub(super) fn len(&self) -> usize {
         self.by_id.len()
     }

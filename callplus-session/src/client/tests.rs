@@ -1051,6 +1051,20 @@ fn a_group_call_left_still_reports_whom_it_invited() {
     );
     e.handle_frame(T0, ev(6, invited(&["alice"])));
     assert!(events(&mut e).is_empty());
+    // A call being started here does not hold back news of another call.
+    e.start_call(T0, &["carol"], CallType::Single, MediaType::Audio, CallOptions::default()).unwrap();
+    let elsewhere = Event::UsersInvited {
+        call_id: cid("c7"),
+        inviter: uid("bob"),
+        invitees: vec![uid("gina")],
+        version: 3,
+    };
+    e.handle_frame(T0, ev(7, elsewhere));
+    let evs = events(&mut e);
+    assert!(
+        matches!(evs.as_slice(), [ClientEvent::RemoteUserInvited { call_id, .. }] if call_id == &cid("c7")),
+        "{evs:?}"
+    );
 }
 
 #[test]

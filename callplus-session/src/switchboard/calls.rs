@@ -144,9 +144,7 @@ fn push_request(
 
 /// Whether the operator removed `user` from `call` (and nobody invited them back since).
 fn removed_by_operator(call: &Call, user: &UserId) -> bool {
-    call.index_of(user)
-        .and_then(|i| call.party(i))
-        .is_some_and(|p| p.reason == Some(EndReason::KickedByServer))
+    call.index_of(user).and_then(|i| call.party(i)).is_some_and(|p| p.removed)
 }
 
 fn push_allowed(enabled: bool, push: Option<&PushConfig>) -> bool {
@@ -421,7 +419,7 @@ impl Switchboard {
                     return Err(err(Code::NotInCall, "you are no longer invited to this call"));
                 }
                 // Removed by the operator: back only if someone invites them again.
-                if party.reason == Some(EndReason::KickedByServer) {
+                if party.removed {
                     return Err(err(Code::NotInCall, "the operator removed you from this call"));
                 }
                 if call.active() + 1 > Call::limit(call.media_type, limit_video, limit_audio) {
@@ -561,16 +559,18 @@ impl Switchboard {
         Ok(())
     }
 
-    /// Tells the participants who left a group call whom it invited (`remote_user_invited`), as
-    /// the vendors' SDKs do: a user who left may join again, and learns who is now in it. Those
-    /// the operator removed are not told (they may not come back), nor those the same invitation
-    /// just ended (refused as busy), who hear of the call's other changes no more than before.
+    /// Tells the participants who left a group call, or refused it, whom it invited
+    /// (`remote_user_invited`), as the vendors' SDKs do: they may join again, and learn who is
+    /// now in it. Only those whose devices knew of the call (they were on it, a device received
+    /// the invitation, or they refused it): not a user turned away as busy or never reached,
+    /// whose app never had the call's id. Not those the operator removed (they may not come
+    /// back by themselves).
     fn tell_those_who_left(&mut self, call: &Call, just_ended: &[usize], event: &Event) {
         for (j, p) in call.parties.iter().enumerate() {
-            if p.state != ParticipantState::Ended
-                || just_ended.contains(&j)
-                || p.reason == Some(EndReason::KickedByServer)
-            {
+            let knew_of_it = p.connected_at_ms.is_some()
+                || p.delivery >= Delivery::Delivered
+                || p.reason == Some(EndReason::Reject);
+            if p.state != ParticipantState::Ended || just_ended.contains(&j) || p.removed || !knew_of_it {
                 continue;
             }
             for sk in self.net.live_sessions(&call.app, &p.user) {

@@ -135,6 +135,9 @@ pub struct Switchboard {
     min_sync_time: i64,
     last_sync_time: i64,
     stopped: bool,
+    /// Sessions the operator signed out, by id: their user and until when a resume of them is
+    /// answered with the kick (a device that was away when it was sent learns it on return).
+    signed_out: FastMap<String, (UserId, i64)>,
     /// Sessions dropped so far for holding too much unacked (frames or bytes).
     slow_dropped: u64,
     scratch: Vec<CallId>,
@@ -208,6 +211,7 @@ impl Switchboard {
             min_sync_time: 0,
             last_sync_time: 0,
             stopped: false,
+            signed_out: FastMap::default(),
             slow_dropped: 0,
             scratch: Vec::new(),
             id_buf: String::new(),
@@ -270,6 +274,12 @@ impl Switchboard {
             let frame = OutFrame { seq: 0, ack: 0, body: Arc::new(body) };
             self.net.outputs.push_back(Output::Transmit { conn, frame });
             self.net.outputs.push_back(Output::Close { conn });
+            return;
+        }
+        if let Some(resume) = &hello.resume
+            && self.was_signed_out(now_ms, &user, &resume.session_id)
+        {
+            self.refuse_signed_out(conn);
             return;
         }
         let existing = self.net.user(&app, &user).and_then(|entry| {

@@ -89,6 +89,9 @@ impl Switchboard {
                     .ok_or_else(|| Error::new(Code::NotInCall, "the user has no place in this call"))?;
                 let reason = EndReason::KickedByServer;
                 self.leave(now_ms, call_id, idx, reason, None, reason);
+                if let Some(party) = self.calls.get_mut(call_id).and_then(|c| c.party_mut(idx)) {
+                    party.removed = true;
+                }
             }
         }
         tracing::info!(app = %app, call = %call_id, user = ?user.map(UserId::as_str), "ended by the operator");

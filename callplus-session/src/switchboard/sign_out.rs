@@ -7,11 +7,14 @@
 //! valid until it expires: an app that wants the user out for good stops minting tokens for
 //! them and signs them out.
 
-use super::{NodeOutput, Output, Switchboard};
+use std::sync::Arc;
+
+use super::{ConnId, NodeOutput, Output, Switchboard};
 use crate::call::SessionKey;
 use crate::error::{Code, Error};
 use crate::model::ids::{AppKey, DeviceId, UserId};
 use crate::model::kinds::EndReason;
+use crate::model::message::{Event, OutFrame, ServerBody};
 
 /// What a signed-out device is told.
 const SIGNED_OUT: &str = "the operator signed this device out";
@@ -82,9 +85,28 @@ impl Switchboard {
                     .collect()
             })
             .unwrap_or_default();
+        let until = now_ms.saturating_add(i64::from(self.cfg.resume_window_ms));
+        self.signed_out.retain(|_, (_, expiry)| *expiry > now_ms);
         for &sk in &sessions {
+            if let Some(s) = self.net.sessions.get(&sk) {
+                self.signed_out.insert(s.id.clone(), (user.clone(), until));
+            }
             self.kick(now_ms, sk, EndReason::KickedByServer, SIGNED_OUT);
         }
         sessions.len()
+    }
+
+    /// Whether `user`'s session `session_id` was signed out within the resume window.
+    pub(super) fn was_signed_out(&mut self, now_ms: i64, user: &UserId, session_id: &str) -> bool {
+        self.signed_out.retain(|_, (_, expiry)| *expiry > now_ms);
+        self.signed_out.get(session_id).is_some_and(|(who, _)| who == user)
+    }
+
+    /// Answers a resume of a signed-out session with the kick it missed, then closes.
+    pub(super) fn refuse_signed_out(&mut self, conn: ConnId) {
+        let kicked = Event::Kicked { reason: EndReason::KickedByServer, message: SIGNED_OUT.to_owned() };
+        let frame = OutFrame { seq: 0, ack: 0, body: Arc::new(ServerBody::Event(kicked)) };
+        self.net.outputs.push_back(Output::Transmit { conn, frame });
+        self.net.outputs.push_back(Output::Close { conn });
     }
 }

@@ -798,7 +798,9 @@ fn those_who_left_a_group_call_hear_whom_it_invited() {
     let c = h.connect("carol", "c1");
     let d = h.connect("dave", "d1");
     let f = h.connect("frank", "f1");
-    let id = h.start(a, &["bob", "carol", "dave", "frank"], CallType::Multi, MediaType::Audio).call_id;
+    // Gina is offline: never reached, her invitation times out.
+    let id =
+        h.start(a, &["bob", "carol", "dave", "frank", "gina"], CallType::Multi, MediaType::Audio).call_id;
     ok(h.accept(b, &id));
     ok(h.accept(c, &id));
     ok(h.hangup(d, &id)); // dave refuses
@@ -806,7 +808,10 @@ fn those_who_left_a_group_call_hear_whom_it_invited() {
     ok(h.hangup(b, &id)); // bob leaves
     assert_eq!(h.sb.end_call_by_server(h.now, &app(), &id, Some(&uid("frank"))), Ok(ServerEnd::Done));
     h.drain();
-    for conn in [a, b, c, d, f] {
+    h.advance_pinging(61_000, &[a, b, c, d, f]);
+    assert!(h.sb.is_call_live(&app(), &id));
+    let g = h.connect("gina", "g1");
+    for conn in [a, b, c, d, f, g] {
         h.events(conn);
     }
     let e = h.connect("erin", "e1");
@@ -827,6 +832,7 @@ fn those_who_left_a_group_call_hear_whom_it_invited() {
     let ef = h.events(f);
     assert!(ef.is_empty(), "one the operator removed hears nothing: {ef:?}");
     assert!(!told(&h.events(e)), "the invitee is rung instead");
+    assert!(!told(&h.events(g)), "one whose app never had the call");
     assert!(told(&h.events(a)), "the inviter, as every participant");
 }
 
@@ -858,6 +864,50 @@ fn the_operator_signs_out_one_device_then_every_device() {
         "another app's bob stays"
     );
     assert_eq!(h.sb.sign_out_by_server(h.now, &app(), &bob, None), Ok(0), "nobody left");
+}
+
+#[test]
+fn a_device_signed_out_of_a_group_call_is_no_removal_of_its_user() {
+    let mut h = H::default();
+    let a = h.connect("alice", "a1");
+    let tablet = h.connect("bob", "b1");
+    let phone = h.connect("bob", "b2");
+    let c = h.connect("carol", "c1");
+    let id = h.start(a, &["bob", "carol"], CallType::Multi, MediaType::Audio).call_id;
+    ok(h.accept(tablet, &id));
+    ok(h.accept(c, &id));
+    let b1 = ok(DeviceId::new("b1"));
+    assert_eq!(h.sb.sign_out_by_server(h.now, &app(), &uid("bob"), Some(&b1)), Ok(1));
+    h.drain();
+    assert!(h.sb.is_call_live(&app(), &id), "alice and carol go on");
+    // Bob's phone may take him back: the call is listed, joining works.
+    h.events(phone);
+    assert!(matches!(h.req(phone, Request::GetAvailableCalls), Ok(ResponseBody::Calls(l)) if l.len() == 1));
+    ok(h.req(phone, Request::JoinCall { call_id: id.clone() }));
+}
+
+#[test]
+fn a_device_away_when_signed_out_is_told_on_its_return() {
+    let mut h = H::default();
+    let (a, b, id) = h.connected_pair();
+    h.sb.connection_lost(h.now, b);
+    assert_eq!(h.sb.sign_out_by_server(h.now, &app(), &uid("bob"), None), Ok(1));
+    h.drain();
+    assert_eq!(ended_reason(&h.events(a), &id), Some(EndReason::RemoteKickedByServer));
+    h.advance(1_000);
+    let back = h.reconnect(b, true, Vec::new());
+    let frames = h.devs.get(&back).map(|d| d.inbox.clone()).unwrap_or_default();
+    assert!(
+        matches!(frames.as_slice(), [f] if matches!(&f.body,
+            ServerBody::Event(Event::Kicked { reason: EndReason::KickedByServer, .. }))),
+        "the resume is answered with the kick, not a Welcome: {frames:?}"
+    );
+    assert!(h.closed.contains(&back));
+    // Past the resume window it is an ordinary device again (a fresh Hello was always one).
+    h.advance(i64::from(SwitchboardConfig::default().resume_window_ms));
+    let later = h.reconnect(back, true, Vec::new());
+    let frames = h.devs.get(&later).map(|d| d.inbox.clone()).unwrap_or_default();
+    assert!(frames.iter().any(|f| matches!(&f.body, ServerBody::Welcome(w) if !w.resumed)), "{frames:?}");
 }
 
 #[test]

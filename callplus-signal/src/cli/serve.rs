@@ -363,7 +363,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     match server.admin_url() {
         Some(url) => {
             println!(
-                "  admin API:        {url}  (POST /v1/tokens, POST /v1/calls/end, GET /metrics, GET /healthz)"
+                "  admin API:        {url}  (POST /v1/tokens, /v1/calls/end, /v1/users/sign_out; GET /metrics, /healthz)"
             )
         }
         None => println!("  admin API:        off"),
