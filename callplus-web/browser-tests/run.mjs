@@ -87,6 +87,16 @@ async function oneToOneVideo(context, server) {
     `getCall answers the server's view of the call (${JSON.stringify(times.got)})`);
   check(/^\d+\.\d+\.\d+/.test(times.version), `version() is the SDK's (${times.version})`);
   check(times.seedNames.every((same) => same), `the seed's names answer as ours (${JSON.stringify(times.seedNames)})`);
+  // Talk time counts on the clock the session is given (the engine's server time), not the
+  // page's: a server clock an hour behind the page still gives the right duration.
+  const skewed = await alice.evaluate(() => {
+    const hourAgo = Date.now() - 3600000;
+    const live = new window.sdk.CallSession({ startedAt: hourAgo - 90000, endedAt: null }, () => hourAgo);
+    const ended = new window.sdk.CallSession({ startedAt: hourAgo - 90000, endedAt: hourAgo - 30000 }, () => hourAgo);
+    const before = new window.sdk.CallSession({ startedAt: null, endedAt: null }, () => hourAgo);
+    return [live.getDuration(), ended.getDuration(), before.getDuration()];
+  });
+  check(JSON.stringify(skewed) === '[90000,60000,0]', `getDuration counts on the server's clock (${JSON.stringify(skewed)})`);
   check(JSON.stringify(times.mic) === '[true,false,true]', `isMicrophoneEnable follows stop and start (${JSON.stringify(times.mic)})`);
   // Views and audio output: a removed view shows nothing and playing video without one says so.
   const views = await bob.evaluate(async () => {

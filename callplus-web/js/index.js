@@ -278,8 +278,15 @@ export class CallPlusClient {
   async startMicrophone() { return this.#plain(await this.#request((t) => this.#engine.setMicrophoneEnabled(t, true))); }
   async stopMicrophone() { return this.#plain(await this.#request((t) => this.#engine.setMicrophoneEnabled(t, false))); }
 
-  /** Whether this page's microphone is on (`startMicrophone` / `stopMicrophone`). */
-  isMicrophoneEnable() { return this.#media.micEnabled; }
+  /**
+   * Whether this page's microphone is on (`startMicrophone` / `stopMicrophone`): in a call, as
+   * the server confirmed it (so it holds as soon as their promise resolves); outside one, the
+   * capture setting.
+   */
+  isMicrophoneEnable() {
+    const call = this.getCurrentCallSession();
+    return call ? !!call.microphoneEnabled : this.#media.micEnabled;
+  }
 
   /** A builder of the local video's capture settings (`setVideoConfig`). */
   createVideoConfigBuilder() { return new VideoConfigBuilder(); }
