@@ -623,25 +623,9 @@ async fn the_operator_ends_a_call_through_another_nodes_admin_api() {
     carol.accept(&call).await.expect("accept");
     wait_for(&mut alice_ev, "alice connected", connected(&call)).await;
 
-    let admin = b.value("admin API:");
-    let admin = admin.split_whitespace().next().expect("the admin URL");
-    let body = serde_json::json!({ "call_id": call.as_str() }).to_string();
-    let (path, nonce, ts) = ("/v1/calls/end", "end-1", (wall_ms() / 1000).to_string());
-    let reply = reqwest::Client::new()
-        .post(format!("{admin}{path}"))
-        .header("X-App-Key", &app_key)
-        .header("X-Nonce", nonce)
-        .header("X-Timestamp", &ts)
-        .header(
-            "X-Signature",
-            callplus_signal::server::sign_request(&secret, path, nonce, &ts, body.as_bytes()),
-        )
-        .body(body)
-        .send()
-        .await
-        .expect("node B's admin API answers");
-    assert_eq!(reply.status(), 202);
-    let reply: serde_json::Value = reply.json().await.expect("JSON");
+    let body = serde_json::json!({ "call_id": call.as_str() });
+    let (status, reply) = admin_post(&b, (&app_key, &secret), "/v1/calls/end", &body).await;
+    assert_eq!(status, 202);
     assert_eq!(reply["forwarded_to"], "node-a");
     for (events, who) in [(&mut alice_ev, "alice on A"), (&mut carol_ev, "carol on B")] {
         let end = wait_for(events, who, ended(&call)).await;
@@ -650,6 +634,35 @@ async fn the_operator_ends_a_call_through_another_nodes_admin_api() {
     for client in [alice, carol] {
         client.disconnect().await;
     }
+}
+
+/// `body` POSTed to `node`'s admin API at `path`, signed with the app's (key, secret): the
+/// status and the JSON reply.
+async fn admin_post(
+    node: &Node,
+    (app_key, secret): (&str, &str),
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let admin = node.value("admin API:");
+    let admin = admin.split_whitespace().next().expect("the admin URL");
+    let body = body.to_string();
+    let (nonce, ts) = (format!("{path}-{}", wall_ms()), (wall_ms() / 1000).to_string());
+    let reply = reqwest::Client::new()
+        .post(format!("{admin}{path}"))
+        .header("X-App-Key", app_key)
+        .header("X-Nonce", &nonce)
+        .header("X-Timestamp", &ts)
+        .header(
+            "X-Signature",
+            callplus_signal::server::sign_request(secret, path, &nonce, &ts, body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("the admin API answers");
+    let status = reply.status().as_u16();
+    (status, reply.json().await.expect("JSON"))
 }
 
 /// A sign-out asked of one node reaches the user's device on another: the device is told
@@ -672,25 +685,9 @@ async fn the_operator_signs_out_a_user_whose_device_is_on_another_node() {
     carol.accept(&call).await.expect("accept");
     wait_for(&mut alice_ev, "alice connected", connected(&call)).await;
 
-    let admin = a.value("admin API:");
-    let admin = admin.split_whitespace().next().expect("the admin URL");
-    let body = serde_json::json!({ "user_id": "carol" }).to_string();
-    let (path, nonce, ts) = ("/v1/users/sign_out", "sign-out-1", (wall_ms() / 1000).to_string());
-    let reply = reqwest::Client::new()
-        .post(format!("{admin}{path}"))
-        .header("X-App-Key", &app_key)
-        .header("X-Nonce", nonce)
-        .header("X-Timestamp", &ts)
-        .header(
-            "X-Signature",
-            callplus_signal::server::sign_request(&secret, path, nonce, &ts, body.as_bytes()),
-        )
-        .body(body)
-        .send()
-        .await
-        .expect("node A's admin API answers");
-    assert_eq!(reply.status(), 200);
-    let reply: serde_json::Value = reply.json().await.expect("JSON");
+    let body = serde_json::json!({ "user_id": "carol" });
+    let (status, reply) = admin_post(&a, (&app_key, &secret), "/v1/users/sign_out", &body).await;
+    assert_eq!(status, 200);
     assert_eq!(reply["signed_out"], 0, "carol has no device on node A");
     let kicked = |e: &Event| {
         matches!(e, Event::ConnectionStateChanged(ConnectionState::Kicked(EndReason::KickedByServer)))

@@ -229,16 +229,34 @@ async fn authenticate(
     }
 }
 
+/// A signed request to `path` with its body read as `T`, or the answer refusing it: `401` for
+/// the signature (see [`authenticate`]), `400` for a body that is not `T`'s JSON, or that gives
+/// `widening`'s field (whose absence means what its second part says) as an explicit `null`.
+async fn signed_body<T: serde::de::DeserializeOwned>(
+    state: &AdminState,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    widening: Option<(&str, &str)>,
+) -> Result<(Signed, T), Response> {
+    let signed = authenticate(state, path, headers, body).await?;
+    let request = serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?;
+    if let Some((field, absent)) = widening
+        && explicit_null(body, field)
+    {
+        return Err(error(StatusCode::BAD_REQUEST, format!("{field} is null: leave it out to {absent}")));
+    }
+    Ok((signed, request))
+}
+
 async fn mint_token(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Signed { app_key, secret, now } = match authenticate(&state, TOKENS, &headers, &body).await {
-        Ok(signed) => signed,
-        Err(refused) => return refused,
-    };
+    let (Signed { app_key, secret, now }, request) =
+        match signed_body::<MintRequest>(&state, TOKENS, &headers, &body, None).await {
+            Ok(signed) => signed,
+            Err(refused) => return refused,
+        };
     let app_key = app_key.as_str();
-    let request: MintRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
-    };
     let ttl = request.ttl_secs.unwrap_or(DEFAULT_TTL_SECS);
     if ttl == 0 || ttl > MAX_TTL_SECS {
         return error(StatusCode::BAD_REQUEST, format!("ttl_secs must be 1..={MAX_TTL_SECS}"));
@@ -277,17 +295,18 @@ struct EndCallRequest {
 /// call of this app with this id; `409` (`NOT_IN_CALL`) for a user with no place in the call;
 /// `503` while the server stops.
 async fn end_call(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Signed { app_key, .. } = match authenticate(&state, END_CALL, &headers, &body).await {
+    let (Signed { app_key, .. }, request) = match signed_body::<EndCallRequest>(
+        &state,
+        END_CALL,
+        &headers,
+        &body,
+        Some(("user_id", "end the call for everyone")),
+    )
+    .await
+    {
         Ok(signed) => signed,
         Err(refused) => return refused,
     };
-    let request: EndCallRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
-    };
-    if explicit_null(&body, "user_id") {
-        return error(StatusCode::BAD_REQUEST, "user_id is null: leave it out to end the call for everyone");
-    }
     let ids = (
         AppKey::new(&app_key),
         CallId::new(&request.call_id),
@@ -330,17 +349,18 @@ struct SignOutRequest {
 /// other devices are told too and close theirs); `503` while the server stops. The user's token
 /// stays valid until it expires: to keep a user out, stop minting tokens for them as well.
 async fn sign_out(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Signed { app_key, .. } = match authenticate(&state, SIGN_OUT, &headers, &body).await {
+    let (Signed { app_key, .. }, request) = match signed_body::<SignOutRequest>(
+        &state,
+        SIGN_OUT,
+        &headers,
+        &body,
+        Some(("device_id", "sign out every device")),
+    )
+    .await
+    {
         Ok(signed) => signed,
         Err(refused) => return refused,
     };
-    let request: SignOutRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
-    };
-    if explicit_null(&body, "device_id") {
-        return error(StatusCode::BAD_REQUEST, "device_id is null: leave it out to sign out every device");
-    }
     let ids = (
         AppKey::new(&app_key),
         UserId::new(&request.user_id),

@@ -205,10 +205,19 @@ impl DriverHandle {
         self.tx.send(input).await.is_ok()
     }
 
+    /// Asks the driver something: the input `ask` makes with the reply's sender, and the reply;
+    /// `None` when the driver has stopped.
+    async fn ask<T>(&self, ask: impl FnOnce(oneshot::Sender<T>) -> Input) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(ask(reply)).await {
+            return None;
+        }
+        rx.await.ok()
+    }
+
     /// Whether the call is live; `false` when the driver has stopped.
     pub(crate) async fn is_call_live(&self, app: AppKey, call_id: CallId) -> bool {
-        let (reply, rx) = oneshot::channel();
-        self.send(Input::IsLive { app, call_id, reply }).await && rx.await.unwrap_or(false)
+        self.ask(|reply| Input::IsLive { app, call_id, reply }).await.unwrap_or(false)
     }
 
     /// Ends a call, or removes `user` from it, as the operator; `None` when the driver has
@@ -219,11 +228,7 @@ impl DriverHandle {
         call_id: CallId,
         user: Option<UserId>,
     ) -> Option<Result<ServerEnd, Error>> {
-        let (reply, rx) = oneshot::channel();
-        if !self.send(Input::EndCall { app, call_id, user, reply }).await {
-            return None;
-        }
-        rx.await.ok()
+        self.ask(|reply| Input::EndCall { app, call_id, user, reply }).await
     }
 
     /// Signs `user` out as the operator (every device, or `device`); `None` when the driver has
@@ -234,11 +239,7 @@ impl DriverHandle {
         user: UserId,
         device: Option<DeviceId>,
     ) -> Option<Result<usize, Error>> {
-        let (reply, rx) = oneshot::channel();
-        if !self.send(Input::SignOut { app, user, device, reply }).await {
-            return None;
-        }
-        rx.await.ok()
+        self.ask(|reply| Input::SignOut { app, user, device, reply }).await
     }
 
     /// Whether the driver has stopped.
