@@ -1,9 +1,10 @@
 //! The server's switchboard fed arbitrary request sequences from several devices of several
 //! users (in two apps): connects and resumes, well-formed requests on ids it handed out, raw
-//! decoded-or-garbage frames, lost connections, clock jumps, storage answers and a final
-//! shutdown. With an SFU (when the setup says so) MULTI calls are routed through it, and the
-//! SFU's reports come in too: its signals, participant connections failed or up again, against
-//! a media recovery bound (`media_recovery_ms`) the setup picks, from 0 to about a minute.
+//! decoded-or-garbage frames, lost connections, clock jumps, storage answers, the operator's
+//! ends, removals and sign-outs (the admin API), and a final shutdown. With an SFU (when the
+//! setup says so) MULTI calls are routed through it, and the SFU's reports come in too: its
+//! signals, participant connections failed or up again, against a media recovery bound
+//! (`media_recovery_ms`) the setup picks, from 0 to about a minute.
 //!
 //! Checked: no panic; every connection sees its sequenced frames in order without gaps
 //! (resumes replay exactly the missed ones); after shutdown no call is live.
@@ -45,15 +46,57 @@ struct Setup {
 
 #[derive(Debug, Arbitrary)]
 enum Op {
-    Connect { conn: u8, second_app: bool, user: u8, device: u8, resume: Option<(u8, u16)> },
-    Request { conn: u8, seq: Option<u16>, request: Req },
-    Ping { conn: u8, ack: Option<u16> },
-    Goodbye { conn: u8 },
-    Raw { conn: u8, bytes: Vec<u8> },
-    Lost { conn: u8 },
-    Advance { ms: u32 },
-    Complete { query: u8, ok: bool },
-    Sfu { call: u8, user: u8, device: u8, report: SfuReport },
+    Connect {
+        conn: u8,
+        second_app: bool,
+        user: u8,
+        device: u8,
+        resume: Option<(u8, u16)>,
+    },
+    Request {
+        conn: u8,
+        seq: Option<u16>,
+        request: Req,
+    },
+    Ping {
+        conn: u8,
+        ack: Option<u16>,
+    },
+    Goodbye {
+        conn: u8,
+    },
+    Raw {
+        conn: u8,
+        bytes: Vec<u8>,
+    },
+    Lost {
+        conn: u8,
+    },
+    Advance {
+        ms: u32,
+    },
+    Complete {
+        query: u8,
+        ok: bool,
+    },
+    Sfu {
+        call: u8,
+        user: u8,
+        device: u8,
+        report: SfuReport,
+    },
+    /// The operator ends a call, or removes a user from it (the admin API).
+    EndCall {
+        call: u8,
+        user: Option<u8>,
+        second_app: bool,
+    },
+    /// The operator signs a user out, every device or one (the admin API).
+    SignOut {
+        user: u8,
+        device: Option<u8>,
+        second_app: bool,
+    },
     Shutdown,
 }
 
@@ -398,6 +441,14 @@ fuzz_target!(|input: Input| {
                     SfuReport::Failed => sb.sfu_participant_failed(now, &call, &user, &device),
                     SfuReport::Connected => sb.sfu_participant_connected(now, &call, &user, &device),
                 }
+            }
+            Op::EndCall { call, user: u, second_app } => {
+                let app = AppKey::new(APPS[usize::from(second_app)]).expect("valid");
+                let _ = sb.end_call_by_server(now, &app, &world.call(call), u.map(user).as_ref());
+            }
+            Op::SignOut { user: u, device: d, second_app } => {
+                let app = AppKey::new(APPS[usize::from(second_app)]).expect("valid");
+                let _ = sb.sign_out_by_server(now, &app, &user(u), d.map(device).as_ref());
             }
             Op::Shutdown => sb.shutdown(now),
         }
