@@ -580,6 +580,35 @@ async fn graceful_shutdown_ends_live_calls_and_keeps_their_records() {
     server.shutdown().await.unwrap();
 }
 
+/// A server on `dir` with `options`, its device and admin ports on 127.0.0.1.
+async fn start_with(dir: &std::path::Path, options: callplus_signal::server::ServerOptions) -> RunningServer {
+    Server::builder()
+        .data_dir(dir)
+        .listen("127.0.0.1:0")
+        .admin_listen("127.0.0.1:0")
+        .options(options)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Waits (up to `WAIT`) until the server's `/metrics` holds `line`.
+async fn metric_reaches(server: &RunningServer, line: &str, what: &str) {
+    let metrics = format!("http://{}/metrics", server.admin_addr().unwrap());
+    let http = reqwest::Client::new();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let text = http.get(&metrics).send().await.unwrap().text().await.unwrap();
+            if text.contains(line) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect(what);
+}
+
 /// A webhook that answers the first body only once `release` fires (the others at once), and
 /// records every body as it arrives with whether the first had been answered by then.
 async fn webhook_holding_the_first()
@@ -616,14 +645,7 @@ async fn a_cancellation_waits_for_the_invitation_still_in_flight() {
     let (url, mut pushes, release) = webhook_holding_the_first().await;
     let dir = tempfile::tempdir().unwrap();
     let options = callplus_signal::server::ServerOptions { push_webhook: Some(url), ..Default::default() };
-    let server = Server::builder()
-        .data_dir(dir.path())
-        .listen("127.0.0.1:0")
-        .admin_listen("127.0.0.1:0")
-        .options(options)
-        .start()
-        .await
-        .unwrap();
+    let server = start_with(dir.path(), options).await;
     let token = server.mint_token("alice", Duration::from_secs(60)).unwrap();
     let mut alice = welcome(server.grpc_addr(), &token).await;
     alice.request(1, 10, start_call_to("bob")).await;
@@ -641,19 +663,8 @@ async fn a_cancellation_waits_for_the_invitation_still_in_flight() {
         )
         .await;
     alice.response_to(11).await;
-    let metrics = format!("http://{}/metrics", server.admin_addr().unwrap());
-    let http = reqwest::Client::new();
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let text = http.get(&metrics).send().await.unwrap().text().await.unwrap();
-            if text.contains("callplus_push_waits_total 1") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the cancellation queued behind the invitation");
+    metric_reaches(&server, "callplus_push_waits_total 1", "the cancellation queued behind the invitation")
+        .await;
     assert!(pushes.try_recv().is_err(), "nothing posted while the invitation is in flight");
 
     release.send(()).unwrap();
@@ -680,14 +691,7 @@ async fn a_failing_push_is_not_retried_once_the_call_ended() {
         push_backoff: Duration::from_millis(200),
         ..Default::default()
     };
-    let server = Server::builder()
-        .data_dir(dir.path())
-        .listen("127.0.0.1:0")
-        .admin_listen("127.0.0.1:0")
-        .options(options)
-        .start()
-        .await
-        .unwrap();
+    let server = start_with(dir.path(), options).await;
     let token = server.mint_token("alice", Duration::from_secs(60)).unwrap();
     let mut alice = welcome(server.grpc_addr(), &token).await;
     alice.request(1, 10, start_call_to("bob")).await;
@@ -698,19 +702,8 @@ async fn a_failing_push_is_not_retried_once_the_call_ended() {
     alice.response_to(11).await;
 
     // The next try finds the call ended and gives up: the metrics say so, the webhook saw one try.
-    let metrics = format!("http://{}/metrics", server.admin_addr().unwrap());
-    let http = reqwest::Client::new();
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let text = http.get(&metrics).send().await.unwrap().text().await.unwrap();
-            if text.contains(r#"callplus_pushes_total{result="skipped_ended"} 1"#) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("push given up in time");
+    metric_reaches(&server, r#"callplus_pushes_total{result="skipped_ended"} 1"#, "push given up in time")
+        .await;
     // (A hangup without push settings pushes no cancellation either.)
     assert!(pushes.try_recv().is_err(), "no second try for an ended call");
     drop(alice);
